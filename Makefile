@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: Apache-2.0
+# regproxy build. `make` builds ./regproxy; `make test` installs what is missing, builds a
+# sanitizer build and runs every test; `make run` serves the embedded default config.
+
+CC      ?= cc
+FUZZCC  ?= clang
+PKGS     = libevent libevent_openssl libcurl jansson liblz4 openssl
+WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wformat=2 -Wvla
+CFLAGS  ?= -O2 -g
+CPPFLAGS += -D_GNU_SOURCE
+ALLCFLAGS = -std=c11 $(WARN) $(CFLAGS) $(CPPFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt
+
+SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+ifeq ($(SANITIZE),1)
+  B       = build/san
+  ALLCFLAGS += $(SANFLAGS) -O1
+  LDFLAGS += $(SANFLAGS)
+else
+  B       = build/rel
+endif
+
+MODULES  = util conf auth cache proxy
+LIB_SRC  = $(filter-out proxy/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
+LIB_OBJ  = $(LIB_SRC:%.c=$(B)/%.o) $(B)/gen/default_conf.o
+UNIT_SRC = $(wildcard tests/unit/*/*.c)
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
+FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_TIME ?= 60
+
+.PHONY: all deps run test unit fuzz fuzz-replay format format-check check-includes banned clean bench
+
+all: regproxy
+
+regproxy: $(B)/regproxy
+	cp $< $@
+
+$(B)/regproxy: $(LIB_OBJ) $(B)/proxy/main.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -MMD -MP -c -o $@ $<
+
+# The default configuration is compiled in, so `regproxy serve` works with no file at all.
+$(B)/gen/default_conf.c: conf/regproxy.conf tests/tools/embed.sh
+	@mkdir -p $(dir $@)
+	sh tests/tools/embed.sh rp_conf_default_text_data $< > $@
+
+$(B)/gen/default_conf.o: $(B)/gen/default_conf.c
+	$(CC) $(ALLCFLAGS) -c -o $@ $<
+
+$(B)/tests/unit/%: tests/unit/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) $(LDFLAGS) -I. -o $@ $< $(LIB_OBJ) $(LDLIBS)
+
+build/fuzz/%: tests/fuzz/%.c $(filter-out proxy/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c))) build/fuzz/gen/default_conf.c
+	@mkdir -p $(dir $@)
+	$(FUZZCC) -std=c11 -g -O1 -D_GNU_SOURCE -DRP_FUZZ -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=all $(shell pkg-config --cflags $(PKGS)) -I. -o $@ $^ $(LDLIBS)
+
+build/fuzz/gen/default_conf.c: conf/regproxy.conf tests/tools/embed.sh
+	@mkdir -p $(dir $@)
+	sh tests/tools/embed.sh rp_conf_default_text_data $< > $@
+
+-include $(shell find build -name '*.d' 2>/dev/null)
+
+deps:
+	@sh tests/tools/deps.sh
+
+run: deps regproxy
+	./regproxy serve
+
+# Everything CI runs: sanitizer build of the proxy and unit tests, fuzz corpus replay,
+# integration tests against real registries and clients. Closes with "N passed, N failed".
+test: deps
+	$(MAKE) SANITIZE=1 build/san/regproxy $(UNIT_SRC:tests/unit/%.c=build/san/tests/unit/%)
+	$(MAKE) $(FUZZ_BIN)
+	$(MAKE) regproxy
+	/usr/bin/python3 tests/run.py --bin build/san/regproxy --unit build/san/tests/unit \
+	  --fuzz build/fuzz $(TESTS)
+
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build/fuzz/work/$$n; \
+	  echo "== $$n ($(FUZZ_TIME)s)"; \
+	  $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build/fuzz/work/$$n tests/fuzz/corpus/$$n \
+	    2>&1 | grep -E 'stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY' ; done
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+
+# Module boundaries (DESIGN.md): only proxy/ touches libevent and libcurl; cache/ and auth/
+# know nothing of HTTP; conf/ uses nothing of ours.
+check-includes:
+	@! grep -nE '#include [<"](event2/|curl/)' util conf auth cache -r || \
+	  { echo "check-includes: event2/ or curl/ outside proxy/"; exit 1; }
+	@! grep -nE '#include "\.\./(auth|cache|proxy)/' conf -r || \
+	  { echo "check-includes: conf/ may use nothing of ours"; exit 1; }
+	@! grep -nE '#include "\.\./(cache|proxy)/' auth -r || \
+	  { echo "check-includes: auth/ may use conf/ only"; exit 1; }
+	@! grep -nE '#include "\.\./(auth|proxy)/' cache -r || \
+	  { echo "check-includes: cache/ may use conf/ only"; exit 1; }
+	@echo "check-includes: ok"
+
+banned:
+	@! grep -nwE '(sprintf|strcpy|strcat|atoi|gets|strtok)\s*\(' $$(git ls-files '*.c' '*.h') || \
+	  { echo "banned: use the bounded alternatives"; exit 1; }
+	@echo "banned: ok"
+
+bench: regproxy
+	sh bench/run.sh
+
+clean:
+	rm -rf build regproxy

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* conf: the configuration file (INI style, see docs/configuration.md), its validation and
+ * defaults, and the embedded default configuration. Plain C, no I/O beyond reading files. */
+#ifndef RP_CONF_H
+#define RP_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One upstream registry: a [registry "NAME"] section. All strings are owned by the
+ * struct rp_conf they belong to and live as long as it does. */
+struct rp_conf_registry {
+    char *name;     /* the section's NAME, e.g. "registry.redhat.io" or "docker.io" */
+    char *url;      /* as configured, e.g. "https://registry.redhat.io" (no trailing slash) */
+    char *scheme;   /* "https" or "http", lower case */
+    char *host;     /* lower case host name or IP literal (IPv6 without brackets) */
+    int port;       /* explicit port, or 443 / 80 from the scheme */
+    char *hostport; /* "host" when the port is the scheme's default, else "host:port"
+                     * (IPv6 literals in brackets): what clients and Host headers use */
+    bool dockerhub; /* Docker Hub: single-component names get "library/" (true when the
+                     * host is registry-1.docker.io or docker.io) */
+    char *user;     /* NULL for anonymous */
+    char *password; /* secret: from `password` or the first line of `password_file`;
+                     * never logged; zeroed when the conf is freed */
+    char *password_file;
+    bool tls_verify; /* default yes */
+    char *ca_file;   /* PEM bundle to verify the registry's TLS with; NULL = system CAs */
+    /* Realms that may receive this registry's credentials, as URL prefixes (scheme, host,
+     * optional port and path). n_token_realms == 0 means the default policy: https realms
+     * on the registry's own host or its registrable domain (see rp_conf_realm_allowed). */
+    char **token_realms;
+    size_t n_token_realms;
+    char *test_image; /* repository used by `regproxy check`; may be NULL */
+    bool test_login;  /* default yes */
+    int64_t tag_ttl_ms; /* -1: inherit [cache] tag_ttl */
+};
+
+/* One listening address: a [listen "ADDR"] section. */
+struct rp_conf_listen {
+    char *addr;                         /* as written: "0.0.0.0:5000", "[::1]:5000" */
+    char *host;                         /* "0.0.0.0", "::1" */
+    int port;                           /* 1..65535 */
+    char *default_name;                 /* the `default` key, NULL when absent */
+    const struct rp_conf_registry *def; /* resolved default registry, or NULL */
+    char *tls_cert;
+    char *tls_key;
+};
+
+struct rp_conf_cache {
+    char *dir;          /* default /var/cache/regproxy */
+    uint64_t max_size;  /* bytes; 0 = unbounded. Accepts suffixes K, M, G, T (powers of 1024) */
+    int64_t tag_ttl_ms; /* default 10 minutes; accepts ms, s, m, h, d suffixes */
+};
+
+struct rp_conf {
+    char *source; /* file path, or "<embedded>" */
+    struct rp_conf_listen *listens;
+    size_t n_listens;
+    struct rp_conf_registry *registries;
+    size_t n_registries;
+    struct rp_conf_cache cache;
+};
+
+/* Parses configuration text. `source` names it in error messages. On success returns 0
+ * and *out (free with rp_conf_free). On failure returns -1 and writes a one-line message
+ * naming source, line and key (e.g. "regproxy.conf:12: unknown key 'pasword' in
+ * [registry \"x\"]") into err. Password files are read during parsing (relative paths are
+ * relative to the config file's directory); their contents never appear in err. */
+int rp_conf_parse(const char *text, size_t len, const char *source, struct rp_conf **out,
+                  char *err, size_t errlen);
+/* Reads and parses a file (at most 1 MiB). Same contract as rp_conf_parse. */
+int rp_conf_load_file(const char *path, struct rp_conf **out, char *err, size_t errlen);
+/* The embedded default configuration (the text of conf/regproxy.conf at build time). */
+const char *rp_conf_default_text(void);
+/* Frees everything, zeroing secrets. Accepts NULL. */
+void rp_conf_free(struct rp_conf *conf);
+
+/* The registry whose section name, host, or hostport equals s (case-insensitive);
+ * "docker.io" also finds a registry whose host is registry-1.docker.io. NULL if none. */
+const struct rp_conf_registry *rp_conf_find_registry(const struct rp_conf *conf, const char *s,
+                                                     size_t len);
+
+/* Whether `realm_url` may be sent this registry's credentials (and, since the proxy dials
+ * nothing it was not configured for, whether it may be dialed at all). With token_realms
+ * set: realm_url starts with one of them (scheme and host compared case-insensitively, the
+ * prefix ending at a '/' boundary or the end). Default: the realm's scheme is https (or http
+ * when the registry's own url is http), and its host equals the registry's host or ends in
+ * "." + the registry's registrable domain (the last two labels of the host; an IP literal
+ * is its own domain). */
+bool rp_conf_realm_allowed(const struct rp_conf_registry *reg, const char *realm_url);
+
+/* Splits "scheme://host[:port][/path]" into parts. Returns 0 or -1 when malformed (no
+ * scheme, empty host, bad port, userinfo present). Outputs are new strings (host lower
+ * case; IPv6 without brackets); *path is "" when absent. Any output pointer may be NULL. */
+int rp_conf_split_url(const char *url, char **scheme, char **host, int *port, char **path);
+
+#endif

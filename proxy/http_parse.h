@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* http_parse: strict HTTP/1.x request-head parsing and Range parsing. Pure functions over
+ * caller-owned bytes; no allocation. Hostile input is the normal case here. */
+#ifndef RP_HTTP_PARSE_H
+#define RP_HTTP_PARSE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RP_HTTP_MAX_HEADERS 64
+#define RP_HTTP_MAX_HEAD 16384 /* request line + headers */
+
+enum rp_http_method { RP_HTTP_GET, RP_HTTP_HEAD, RP_HTTP_OTHER };
+
+struct rp_http_header {
+    const char *name;
+    size_t name_len;
+    const char *value; /* leading/trailing whitespace trimmed */
+    size_t value_len;
+};
+
+struct rp_http_request_head {
+    enum rp_http_method method;
+    const char *method_str;
+    size_t method_len;
+    const char *target; /* as sent: origin-form "/..." (others are rejected) */
+    size_t target_len;
+    int minor; /* HTTP/1.<minor>: 0 or 1 */
+    struct rp_http_header headers[RP_HTTP_MAX_HEADERS];
+    size_t n_headers;
+    bool keep_alive;      /* 1.1 unless "Connection: close"; 1.0 only with keep-alive */
+    bool has_body;        /* Content-Length > 0 or any Transfer-Encoding */
+    bool expect_continue; /* Expect: 100-continue */
+};
+
+enum rp_http_parse_err {
+    RP_HTTP_NEED_MORE = 0,           /* incomplete: read more (unless the buffer is full) */
+    RP_HTTP_E_BAD = -1,              /* 400: malformed line, bad header syntax, obs-fold,
+                                        bare CR, NUL, missing/duplicate Host in 1.1 */
+    RP_HTTP_E_HEADERS_TOO_LARGE = -2, /* 431: more than RP_HTTP_MAX_HEADERS, or head longer
+                                         than RP_HTTP_MAX_HEAD */
+    RP_HTTP_E_URI_TOO_LONG = -3,     /* 414: target longer than the caller's limit */
+    RP_HTTP_E_VERSION = -4,          /* 505: not HTTP/1.0 or HTTP/1.1 */
+    RP_HTTP_E_FRAMING = -5,          /* 400 + close: both Content-Length and
+                                        Transfer-Encoding, differing or repeated
+                                        Content-Length, malformed Content-Length */
+    RP_HTTP_E_TARGET = -6,           /* 400: absolute-form, authority-form (CONNECT) or
+                                        asterisk-form target */
+};
+
+/* Parses the head at buf[0..len). Returns the head's length in bytes (> 0, including the
+ * final CRLFCRLF; a bare LF line end is accepted too) when complete, or an error above.
+ * Pointers in *out point into buf. max_target bounds the target length. */
+int rp_http_parse_request(const char *buf, size_t len, size_t max_target,
+                          struct rp_http_request_head *out);
+/* First header named `name` (case-insensitive) or NULL. */
+const struct rp_http_header *rp_http_find_header(const struct rp_http_request_head *h,
+                                                 const char *name);
+
+enum rp_range_result {
+    RP_RANGE_NONE = 0,      /* no usable range: serve the whole body (200) */
+    RP_RANGE_OK = 1,        /* single satisfiable range [*start, *end] inclusive: 206 */
+    RP_RANGE_UNSATISFIABLE = 2, /* 416 with Content-Range: bytes * /size */
+};
+/* Parses a Range header value against a body of `size` bytes (RFC 9110 14.1.2). Only a
+ * single "bytes=" range is honoured (first-last, first-, -suffix); multiple ranges,
+ * other units and malformed values give RP_RANGE_NONE, as RFC 9110 allows. */
+enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t size,
+                                         uint64_t *start, uint64_t *end);
+
+#endif

@@ -1,0 +1,266 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* util: shared helpers; see util.h for the contract of each. */
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static void oom(size_t n)
+{
+    fprintf(stderr, "regproxy: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *rp_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        oom(n);
+    return p;
+}
+
+void *rp_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        oom(n * size);
+    return p;
+}
+
+void *rp_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        oom(n);
+    return q;
+}
+
+char *rp_xstrdup(const char *s)
+{
+    return rp_xstrndup(s, strlen(s));
+}
+
+char *rp_xstrndup(const char *s, size_t n)
+{
+    char *p = rp_xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *rp_xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    int r = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (r < 0)
+        oom(0);
+    return s;
+}
+
+void rp_buf_init(struct rp_buf *b, size_t cap)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->alloc = 0;
+    b->cap = cap;
+}
+
+int rp_buf_add(struct rp_buf *b, const void *p, size_t n)
+{
+    if (n > b->cap || b->len > b->cap - n)
+        return -1;
+    if (b->len + n + 1 > b->alloc) {
+        size_t a = b->alloc ? b->alloc : 256;
+        while (a < b->len + n + 1)
+            a *= 2;
+        if (a > b->cap + 1)
+            a = b->cap + 1;
+        b->data = rp_xrealloc(b->data, a);
+        b->alloc = a;
+    }
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int rp_buf_addf(struct rp_buf *b, const char *fmt, ...)
+{
+    char small[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof(small), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return -1;
+    if ((size_t)n < sizeof(small))
+        return rp_buf_add(b, small, (size_t)n);
+    char *big = rp_xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    int r = rp_buf_add(b, big, (size_t)n);
+    free(big);
+    return r;
+}
+
+void rp_buf_reset(struct rp_buf *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+void rp_buf_free(struct rp_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->alloc = 0;
+}
+
+static enum rp_log_level log_level = RP_LOG_INFO;
+
+void rp_log_set_level(enum rp_log_level level)
+{
+    log_level = level;
+}
+
+void rp_log(enum rp_log_level level, const char *fmt, ...)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    if (level < log_level)
+        return;
+    char line[2048];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    int off = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
+                       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                       tm.tm_sec, ts.tv_nsec / 1000000, names[level]);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + off, sizeof(line) - (size_t)off, fmt, ap);
+    va_end(ap);
+    /* One write per line keeps lines whole when several processes share stderr. */
+    size_t n = strlen(line);
+    if (n > sizeof(line) - 2)
+        n = sizeof(line) - 2;
+    for (size_t i = (size_t)off; i < n; i++)
+        if (line[i] == '\n' || line[i] == '\r')
+            line[i] = ' ';
+    line[n++] = '\n';
+    fwrite(line, 1, n, stderr);
+}
+
+int64_t rp_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t rp_wall_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+bool rp_strieq_n(const char *a, size_t alen, const char *b)
+{
+    size_t blen = strlen(b);
+    return alen == blen && strncasecmp(a, b, alen) == 0;
+}
+
+int rp_parse_u64(const char *s, size_t len, uint64_t *out)
+{
+    if (len == 0 || len > 20)
+        return -1;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+char *rp_base64_encode(const void *p, size_t n)
+{
+    size_t outlen = 4 * ((n + 2) / 3);
+    char *out = rp_xmalloc(outlen + 1);
+    int w = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+    out[w] = '\0';
+    return out;
+}
+
+static int b64val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+unsigned char *rp_base64_decode(const char *s, size_t len, size_t *outlen)
+{
+    while (len > 0 && s[len - 1] == '=')
+        len--;
+    if (len % 4 == 1)
+        return NULL;
+    unsigned char *out = rp_xmalloc(len / 4 * 3 + 3 + 1);
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64val((unsigned char)s[i]);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    out[o] = '\0';
+    *outlen = o;
+    return out;
+}
+
+void rp_secure_zero(void *p, size_t n)
+{
+    if (p && n)
+        OPENSSL_cleanse(p, n);
+}
+
+void rp_free_secret(char *s)
+{
+    if (!s)
+        return;
+    rp_secure_zero(s, strlen(s));
+    free(s);
+}

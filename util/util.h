@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* util: the few helpers every module shares: aborting allocation, capped buffers for
+ * network-fed data, logging with levels, clocks and small string checks. */
+#ifndef RP_UTIL_H
+#define RP_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RP_VERSION "0.1.0"
+
+/* Allocation failure is not recoverable for sizes we choose; these abort with a message.
+ * Sizes that come from the network go through struct rp_buf, which has a cap. */
+void *rp_xmalloc(size_t n);
+void *rp_xcalloc(size_t n, size_t size);
+void *rp_xrealloc(void *p, size_t n);
+char *rp_xstrdup(const char *s);
+char *rp_xstrndup(const char *s, size_t n);
+/* printf into a new string (aborts on allocation failure). */
+char *rp_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A growable byte buffer with a hard cap. Always NUL-terminated after the data (the NUL is
+ * not counted in len), so text can be used as a C string. */
+struct rp_buf {
+    char *data;
+    size_t len;
+    size_t alloc;
+    size_t cap; /* rp_buf_add fails with -1 rather than grow len past this */
+};
+void rp_buf_init(struct rp_buf *b, size_t cap);
+/* Appends; returns 0, or -1 when the cap would be exceeded (the buffer is unchanged). */
+int rp_buf_add(struct rp_buf *b, const void *p, size_t n);
+int rp_buf_addf(struct rp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void rp_buf_reset(struct rp_buf *b);
+void rp_buf_free(struct rp_buf *b);
+
+/* Logging. Messages go to stderr as one line each. Callers never pass secrets. */
+enum rp_log_level { RP_LOG_DEBUG, RP_LOG_INFO, RP_LOG_WARN, RP_LOG_ERROR };
+void rp_log_set_level(enum rp_log_level level);
+void rp_log(enum rp_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define rp_debug(...) rp_log(RP_LOG_DEBUG, __VA_ARGS__)
+#define rp_info(...) rp_log(RP_LOG_INFO, __VA_ARGS__)
+#define rp_warn(...) rp_log(RP_LOG_WARN, __VA_ARGS__)
+#define rp_error(...) rp_log(RP_LOG_ERROR, __VA_ARGS__)
+
+/* Milliseconds on the monotonic clock (for deadlines and token expiry). */
+int64_t rp_now_ms(void);
+/* Seconds since the epoch (for issued_at in token answers and log stamps). */
+int64_t rp_wall_s(void);
+
+/* Case-insensitive comparison of a counted string with a C string. */
+bool rp_strieq_n(const char *a, size_t alen, const char *b);
+/* Strict decimal parse of [s, s+len) into *out: digits only, no sign, no overflow. */
+int rp_parse_u64(const char *s, size_t len, uint64_t *out);
+
+/* Standard base64 (with padding) of n bytes, as a new string. */
+char *rp_base64_encode(const void *p, size_t n);
+/* Decodes standard base64 (padding optional, no whitespace). Returns a new buffer with a
+ * trailing NUL (not counted in *outlen), or NULL when the input is not base64. */
+unsigned char *rp_base64_decode(const char *s, size_t len, size_t *outlen);
+
+/* Overwrites memory holding a secret before it is freed. */
+void rp_secure_zero(void *p, size_t n);
+/* rp_secure_zero + free for NUL-terminated secrets; accepts NULL. */
+void rp_free_secret(char *s);
+
+#endif
