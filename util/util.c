@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* util: shared helpers; see util.h for the contract of each. */
-#define _GNU_SOURCE
 #include "util.h"
 
 #include <errno.h>

@@ -1,0 +1,366 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* server: listeners, connections and HTTP/1.1 framing toward clients. Requests are parsed
+ * by http_parse.c and handed to request.c; this file owns sockets and keep-alive. */
+#include "proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define IDLE_TIMEOUT_S 60 /* keep-alive connections with nothing to say */
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 206: return "Partial Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 416: return "Range Not Satisfiable";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+struct evbuffer *rp_conn_output(struct rp_conn *c)
+{
+    return bufferevent_get_output(c->bev);
+}
+
+size_t rp_conn_output_len(struct rp_conn *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
+void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
+                        int64_t content_length, const char *extra)
+{
+    struct evbuffer *out = rp_conn_output(c);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\n"
+                        "Docker-Distribution-API-Version: registry/2.0\r\n",
+                        status, status_reason(status));
+    if (content_type)
+        evbuffer_add_printf(out, "Content-Type: %s\r\n", content_type);
+    if (content_length >= 0)
+        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)content_length);
+    if (extra)
+        evbuffer_add(out, extra, strlen(extra));
+    if (!c->keep_alive)
+        evbuffer_add_printf(out, "Connection: close\r\n");
+    evbuffer_add(out, "\r\n", 2);
+    if (c->req)
+        c->req->status = status;
+}
+
+static void conn_free(struct rp_conn *c)
+{
+    if (c->req) {
+        rp_req_free(c->req);
+        c->req = NULL;
+    }
+    TAILQ_REMOVE(&c->srv->conns, c, link);
+    c->srv->n_conns--;
+    bufferevent_free(c->bev);
+    free(c);
+}
+
+/* Answers a request that never reached request.c (malformed head) and closes. */
+static void conn_reject(struct rp_conn *c, int status, const char *code, const char *message)
+{
+    c->keep_alive = false;
+    char *body = rp_error_body(code, message, NULL);
+    rp_conn_write_head(c, status, "application/json", (int64_t)strlen(body), NULL);
+    evbuffer_add(rp_conn_output(c), body, strlen(body));
+    free(body);
+    rp_info("access method=- path=- status=%d bytes=0 ms=0 registry=- cache=- upstream=- "
+            "peer=%s reason=\"%s\"",
+            status, c->peer, message);
+    c->close_after = true;
+    bufferevent_disable(c->bev, EV_READ);
+}
+
+static void conn_try_parse(struct rp_conn *c);
+
+void rp_conn_request_done(struct rp_conn *c, bool abort)
+{
+    struct rp_req *r = c->req;
+    c->req = NULL;
+    rp_req_free(r);
+    if (abort || !c->keep_alive || c->srv->stopping) {
+        if (abort || rp_conn_output_len(c) == 0) {
+            conn_free(c);
+            return;
+        }
+        c->close_after = true;
+        bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    struct timeval idle = {IDLE_TIMEOUT_S, 0};
+    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    conn_try_parse(c);
+}
+
+static void conn_try_parse(struct rp_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t avail = evbuffer_get_length(in);
+    if (c->req || c->close_after || avail == 0)
+        return;
+    size_t look = avail < RP_HTTP_MAX_HEAD + 1 ? avail : RP_HTTP_MAX_HEAD + 1;
+    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)look);
+    struct rp_http_request_head h;
+    int n = rp_http_parse_request(data, look, RP_TARGET_MAX, &h);
+    switch (n) {
+    case RP_HTTP_NEED_MORE:
+        return;
+    case RP_HTTP_E_HEADERS_TOO_LARGE:
+        conn_reject(c, 431, "UNSUPPORTED", "request header fields too large");
+        return;
+    case RP_HTTP_E_URI_TOO_LONG:
+        conn_reject(c, 414, "NAME_INVALID", "request target too long");
+        return;
+    case RP_HTTP_E_VERSION:
+        conn_reject(c, 505, "UNSUPPORTED", "only HTTP/1.0 and HTTP/1.1 are spoken here");
+        return;
+    case RP_HTTP_E_FRAMING:
+        conn_reject(c, 400, "UNSUPPORTED", "conflicting or malformed message framing");
+        return;
+    case RP_HTTP_E_TARGET:
+        conn_reject(c, 400, "UNSUPPORTED", "only origin-form request targets are accepted");
+        return;
+    default:
+        if (n < 0) {
+            conn_reject(c, 400, "UNSUPPORTED", "malformed request");
+            return;
+        }
+    }
+    c->keep_alive = h.keep_alive;
+    /* A pull proxy takes no uploads: any body is refused and the connection closed, so
+     * its bytes can never be read as a second request. */
+    if (h.has_body) {
+        conn_reject(c, 400, "UNSUPPORTED", "request bodies are not accepted");
+        return;
+    }
+    if (h.method != RP_HTTP_GET && h.method != RP_HTTP_HEAD) {
+        c->keep_alive = false;
+        char *body = rp_error_body("UNSUPPORTED", "only GET and HEAD are supported", NULL);
+        rp_conn_write_head(c, 405, "application/json", (int64_t)strlen(body),
+                           "Allow: GET, HEAD\r\n");
+        evbuffer_add(rp_conn_output(c), body, strlen(body));
+        free(body);
+        rp_info("access method=%.*s path=- status=405 bytes=0 ms=0 registry=- cache=- "
+                "upstream=- peer=%s",
+                (int)(h.method_len > 16 ? 16 : h.method_len), h.method_str, c->peer);
+        c->close_after = true;
+        bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    c->req = rp_req_new(c, &h);
+    evbuffer_drain(in, (size_t)n);
+    /* The idle timeout does not apply while we are answering. */
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    rp_req_drive(c->req);
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    conn_try_parse(arg);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct rp_conn *c = arg;
+    if (c->close_after && rp_conn_output_len(c) == 0) {
+        conn_free(c);
+        return;
+    }
+    if (c->req)
+        rp_req_output_drained(c->req);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct rp_conn *c = arg;
+    if (what & BEV_EVENT_TIMEOUT) {
+        rp_debug("conn %s: idle timeout", c->peer);
+    } else if (what & BEV_EVENT_ERROR) {
+        rp_debug("conn %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    }
+    /* EOF, error or timeout: the client is gone; whatever it was waiting for is moot. */
+    if (c->req && !c->close_after)
+        rp_info("access method=%s path=%s status=%d bytes=%llu ms=%lld registry=%s "
+                "cache=%s upstream=%d peer=%s aborted=client",
+                c->req->head ? "HEAD" : "GET", c->req->target, c->req->status,
+                (unsigned long long)c->req->bytes, (long long)(rp_now_ms() - c->req->started_ms),
+                c->req->route.reg ? c->req->route.reg->name : "-", c->req->cache_status,
+                c->req->up_status, c->peer);
+    conn_free(c);
+}
+
+/* The listener callback needs the server and the listener's config: both are reachable
+ * through this small struct passed as the libevent callback argument. */
+struct listen_ctx {
+    struct rp_server *srv;
+    const struct rp_conf_listen *conf;
+};
+
+static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                             int salen, void *arg)
+{
+    (void)l;
+    (void)salen;
+    struct listen_ctx *ctx = arg;
+    struct rp_server *srv = ctx->srv;
+    struct rp_conn *c = rp_xcalloc(1, sizeof(*c));
+    c->srv = srv;
+    c->listen = ctx->conf;
+    if (sa->sa_family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)sa;
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+        snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, ntohs(sin->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)sa;
+        char ip[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+        snprintf(c->peer, sizeof(c->peer), "[%s]:%u", ip, ntohs(sin6->sin6_port));
+    }
+    c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!c->bev) {
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    TAILQ_INSERT_TAIL(&srv->conns, c, link);
+    srv->n_conns++;
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    /* Stop reading ahead once a full head is buffered: pipelined requests wait there. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, RP_HTTP_MAX_HEAD + 1);
+    struct timeval idle = {IDLE_TIMEOUT_S, 0};
+    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct rp_server *srv = arg;
+    rp_info("signal %d: shutting down", (int)sig);
+    srv->stopping = true;
+    event_base_loopexit(srv->base, NULL);
+}
+
+static int listen_on(struct rp_server *srv, struct rp_listener *li, struct listen_ctx *ctx)
+{
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    char spec[300];
+    if (strchr(li->conf->host, ':'))
+        snprintf(spec, sizeof(spec), "[%s]:%d", li->conf->host, li->conf->port);
+    else
+        snprintf(spec, sizeof(spec), "%s:%d", li->conf->host, li->conf->port);
+    if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) < 0) {
+        rp_error("listen %s: not an address", li->conf->addr);
+        return -1;
+    }
+    li->ev = evconnlistener_new_bind(srv->base, listen_accept_cb, ctx,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 511,
+                                     (struct sockaddr *)&ss, sslen);
+    if (!li->ev) {
+        rp_error("listen %s: %s", li->conf->addr, strerror(errno));
+        return -1;
+    }
+    rp_info("listening on %s (default registry: %s)", li->conf->addr,
+            li->conf->def ? li->conf->def->name : "none");
+    return 0;
+}
+
+int rp_server_run(struct rp_conf *conf)
+{
+    int rc = 1;
+    struct rp_server srv;
+    memset(&srv, 0, sizeof(srv));
+    struct listen_ctx *ctxs = NULL;
+    srv.conf = conf;
+    TAILQ_INIT(&srv.conns);
+    TAILQ_INIT(&srv.token_fetches);
+    signal(SIGPIPE, SIG_IGN);
+    srv.base = event_base_new();
+    if (!srv.base) {
+        rp_error("cannot create the event loop");
+        goto out;
+    }
+    srv.up = rp_upstream_new(srv.base);
+    if (!srv.up) {
+        rp_error("cannot initialise libcurl");
+        goto out;
+    }
+    srv.auths = rp_xcalloc(conf->n_registries, sizeof(*srv.auths));
+    for (size_t i = 0; i < conf->n_registries; i++)
+        srv.auths[i] = rp_auth_new(&conf->registries[i]);
+    srv.n_listeners = conf->n_listens;
+    srv.listeners = rp_xcalloc(conf->n_listens, sizeof(*srv.listeners));
+    ctxs = rp_xcalloc(conf->n_listens, sizeof(*ctxs));
+    for (size_t i = 0; i < conf->n_listens; i++) {
+        srv.listeners[i].conf = &conf->listens[i];
+        ctxs[i].srv = &srv;
+        ctxs[i].conf = &conf->listens[i];
+        if (listen_on(&srv, &srv.listeners[i], &ctxs[i]) < 0)
+            goto out;
+    }
+    srv.sig_term = evsignal_new(srv.base, SIGTERM, signal_cb, &srv);
+    srv.sig_int = evsignal_new(srv.base, SIGINT, signal_cb, &srv);
+    evsignal_add(srv.sig_term, NULL);
+    evsignal_add(srv.sig_int, NULL);
+    rp_info("regproxy %s serving (%zu registries)", RP_VERSION, conf->n_registries);
+    event_base_dispatch(srv.base);
+    rc = 0;
+out:
+    while (!TAILQ_EMPTY(&srv.conns))
+        conn_free(TAILQ_FIRST(&srv.conns));
+    rp_tokens_free_all(&srv);
+    for (size_t i = 0; i < srv.n_listeners; i++)
+        if (srv.listeners[i].ev)
+            evconnlistener_free(srv.listeners[i].ev);
+    free(srv.listeners);
+    free(ctxs);
+    if (srv.auths)
+        for (size_t i = 0; i < conf->n_registries; i++)
+            rp_auth_free(srv.auths[i]);
+    free(srv.auths);
+    rp_upstream_free(srv.up);
+    if (srv.sig_term)
+        event_free(srv.sig_term);
+    if (srv.sig_int)
+        event_free(srv.sig_int);
+    if (srv.base)
+        event_base_free(srv.base);
+    return rc;
+}

@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* tokens: token fetches shared per (registry, scope). However many requests need the same
+ * token at once, the realm sees one request; auth/ decides what to send and parses the
+ * answer, this file only performs it. */
+#include "proxy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TOKEN_TIMEOUT_MS 30000L
+
+struct rp_token_fetch {
+    struct rp_server *srv;
+    struct rp_auth *auth;
+    const struct rp_conf_registry *reg;
+    char *scope;
+    struct rp_xfer *xfer;
+    struct rp_buf body;
+    int64_t started_ms;
+    TAILQ_HEAD(, rp_req) waiters;
+    TAILQ_ENTRY(rp_token_fetch) link;
+};
+
+static void fetch_free(struct rp_token_fetch *f)
+{
+    if (f->xfer)
+        rp_xfer_cancel(f->xfer);
+    free(f->scope);
+    /* The body held a token. */
+    if (f->body.data)
+        rp_secure_zero(f->body.data, f->body.len);
+    rp_buf_free(&f->body);
+    free(f);
+}
+
+static int fetch_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
+{
+    (void)status;
+    (void)arg;
+    return h->length > RP_ERROR_BODY_MAX ? -1 : 0;
+}
+
+static long fetch_data_cb(void *arg, const char *p, size_t n)
+{
+    struct rp_token_fetch *f = arg;
+    return rp_buf_add(&f->body, p, n) < 0 ? -1 : (long)n;
+}
+
+static void fetch_done_cb(void *arg, bool ok, int status, const char *err)
+{
+    struct rp_token_fetch *f = arg;
+    f->xfer = NULL;
+    int e;
+    if (ok)
+        e = rp_auth_token_response(f->auth, f->scope, status, f->body.data, f->body.len,
+                                   rp_now_ms());
+    else
+        e = RP_AUTH_E_REALM_ERROR;
+    if (e == RP_AUTH_OK)
+        rp_info("token registry=%s status=%d ms=%lld", f->reg->name, status,
+                (long long)(rp_now_ms() - f->started_ms));
+    else
+        rp_warn("token registry=%s status=%d ms=%lld error=\"%s\"%s%s", f->reg->name, status,
+                (long long)(rp_now_ms() - f->started_ms), rp_auth_strerror(e),
+                err ? " detail=" : "", err ? err : "");
+    TAILQ_REMOVE(&f->srv->token_fetches, f, link);
+    /* Each waiter may finish (and free) itself; unlink it before waking it. */
+    struct rp_req *r;
+    while ((r = TAILQ_FIRST(&f->waiters))) {
+        TAILQ_REMOVE(&f->waiters, r, token_link);
+        r->waiting_on = NULL;
+        r->token_err = e;
+        if (err && !ok) {
+            free(r->up_err);
+            r->up_err = rp_xstrdup(err);
+        }
+        rp_req_drive(r);
+    }
+    fetch_free(f);
+}
+
+static const struct rp_xfer_cb fetch_cb = {
+    .on_headers_cb = fetch_headers_cb,
+    .on_data_cb = fetch_data_cb,
+    .on_done_cb = fetch_done_cb,
+};
+
+int rp_tokens_wait(struct rp_server *srv, struct rp_req *r)
+{
+    struct rp_token_fetch *f;
+    TAILQ_FOREACH(f, &srv->token_fetches, link)
+    {
+        if (f->auth == r->auth && strcmp(f->scope, r->scope) == 0) {
+            TAILQ_INSERT_TAIL(&f->waiters, r, token_link);
+            r->waiting_on = f;
+            return 0;
+        }
+    }
+    char *url = NULL, *authorization = NULL;
+    int e = rp_auth_token_request(r->auth, r->scope, &url, &authorization);
+    if (e != RP_AUTH_OK) {
+        rp_warn("token registry=%s error=\"%s\"", r->route.reg->name, rp_auth_strerror(e));
+        r->token_err = e;
+        free(url);
+        rp_free_secret(authorization);
+        return -1;
+    }
+    f = rp_xcalloc(1, sizeof(*f));
+    f->srv = srv;
+    f->auth = r->auth;
+    f->reg = r->route.reg;
+    f->scope = rp_xstrdup(r->scope);
+    f->started_ms = rp_now_ms();
+    rp_buf_init(&f->body, RP_ERROR_BODY_MAX);
+    TAILQ_INIT(&f->waiters);
+    struct rp_xfer_opts o = {
+        .url = url,
+        .authorization = authorization,
+        .ca_file = f->reg->ca_file,
+        .tls_verify = f->reg->tls_verify,
+        .timeout_ms = TOKEN_TIMEOUT_MS,
+    };
+    f->xfer = rp_upstream_start(srv->up, &o, &fetch_cb, f);
+    free(url);
+    rp_free_secret(authorization);
+    if (!f->xfer) {
+        fetch_free(f);
+        r->token_err = RP_AUTH_E_REALM_ERROR;
+        return -1;
+    }
+    TAILQ_INSERT_TAIL(&srv->token_fetches, f, link);
+    TAILQ_INSERT_TAIL(&f->waiters, r, token_link);
+    r->waiting_on = f;
+    return 0;
+}
+
+void rp_tokens_leave(struct rp_req *r)
+{
+    /* The fetch goes on without this waiter: its token will serve the next request. */
+    TAILQ_REMOVE(&r->waiting_on->waiters, r, token_link);
+    r->waiting_on = NULL;
+}
+
+void rp_tokens_free_all(struct rp_server *srv)
+{
+    struct rp_token_fetch *f;
+    while ((f = TAILQ_FIRST(&srv->token_fetches))) {
+        TAILQ_REMOVE(&srv->token_fetches, f, link);
+        struct rp_req *r;
+        while ((r = TAILQ_FIRST(&f->waiters))) {
+            TAILQ_REMOVE(&f->waiters, r, token_link);
+            r->waiting_on = NULL;
+        }
+        fetch_free(f);
+    }
+}

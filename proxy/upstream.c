@@ -1,0 +1,426 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* upstream: libcurl multi on libevent (the hiperfifo pattern: curl tells us which sockets
+ * to watch through the socket callback and when to call back through the timer callback;
+ * after every curl_multi_socket_action we drain curl_multi_info_read). */
+#include "upstream.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "../util/util.h"
+
+#define HEADER_BYTES_MAX (64 * 1024) /* all header lines of one response */
+#define HEADER_VALUE_MAX 8192
+
+struct sockinfo {
+    struct event ev;
+    bool added;
+};
+
+struct rp_xfer {
+    struct rp_upstream *up;
+    CURL *easy;
+    struct curl_slist *req_headers;
+    struct rp_xfer_cb cb;
+    void *arg;
+    struct rp_xfer_headers h;
+    size_t header_bytes;
+    bool headers_done;
+    bool cancelled;
+    char errbuf[CURL_ERROR_SIZE];
+    TAILQ_ENTRY(rp_xfer) link;
+};
+TAILQ_HEAD(xfer_list, rp_xfer);
+
+struct rp_upstream {
+    struct event_base *base;
+    CURLM *multi;
+    struct event *timer;
+    struct xfer_list xfers;
+    size_t n_active;
+    int in_curl; /* depth of calls into curl: cancellation must be deferred while > 0 */
+};
+
+static void headers_clear(struct rp_xfer_headers *h)
+{
+    char **fields[] = {&h->content_type, &h->content_length,        &h->content_range,
+                       &h->docker_content_digest, &h->www_authenticate, &h->location,
+                       &h->retry_after,   &h->link,                  &h->etag,
+                       &h->oci_filters_applied};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        free(*fields[i]);
+        *fields[i] = NULL;
+    }
+    h->length = -1;
+}
+
+static void xfer_free(struct rp_xfer *x)
+{
+    if (!x)
+        return;
+    headers_clear(&x->h);
+    curl_slist_free_all(x->req_headers); /* held an Authorization value: see add_secret_header */
+    curl_easy_cleanup(x->easy);
+    free(x);
+}
+
+static void xfer_remove(struct rp_upstream *up, struct rp_xfer *x)
+{
+    curl_multi_remove_handle(up->multi, x->easy);
+    TAILQ_REMOVE(&up->xfers, x, link);
+    up->n_active--;
+    xfer_free(x);
+}
+
+/* Transfers cancelled while curl was on the stack are removed here, once it returned. */
+static void reap_cancelled(struct rp_upstream *up)
+{
+    if (up->in_curl)
+        return;
+    struct rp_xfer *x, *next;
+    for (x = TAILQ_FIRST(&up->xfers); x; x = next) {
+        next = TAILQ_NEXT(x, link);
+        if (x->cancelled)
+            xfer_remove(up, x);
+    }
+}
+
+static void check_multi_info(struct rp_upstream *up)
+{
+    CURLMsg *msg;
+    int left;
+    /* Callbacks may cancel or start transfers; removal waits until the loop is done. */
+    up->in_curl++;
+    while ((msg = curl_multi_info_read(up->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURLcode rc = msg->data.result;
+        struct rp_xfer *x = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        long status = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (!x->cancelled && x->cb.on_done_cb) {
+            char err[CURL_ERROR_SIZE + 64];
+            if (rc != CURLE_OK)
+                snprintf(err, sizeof(err), "%s%s%s", curl_easy_strerror(rc),
+                         x->errbuf[0] ? ": " : "", x->errbuf);
+            /* Mark it cancelled first so anything the callback does to it is a no-op. */
+            x->cancelled = true;
+            x->cb.on_done_cb(x->arg, rc == CURLE_OK, (int)status, rc == CURLE_OK ? NULL : err);
+        }
+        x->cancelled = true;
+    }
+    up->in_curl--;
+    reap_cancelled(up);
+}
+
+static void socket_action(struct rp_upstream *up, curl_socket_t fd, int ev)
+{
+    int running;
+    up->in_curl++;
+    curl_multi_socket_action(up->multi, fd, ev, &running);
+    up->in_curl--;
+    check_multi_info(up);
+}
+
+static void sock_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct rp_upstream *up = arg;
+    int ev = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    socket_action(up, fd, ev);
+}
+
+static void timer_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    socket_action(arg, CURL_SOCKET_TIMEOUT, 0);
+}
+
+static int curl_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    struct rp_upstream *up = userp;
+    struct sockinfo *si = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (si) {
+            if (si->added)
+                event_del(&si->ev);
+            free(si);
+            curl_multi_assign(up->multi, s, NULL);
+        }
+        return 0;
+    }
+    if (!si) {
+        si = rp_xcalloc(1, sizeof(*si));
+        curl_multi_assign(up->multi, s, si);
+    } else if (si->added) {
+        event_del(&si->ev);
+    }
+    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+                 ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    event_assign(&si->ev, up->base, s, kind, sock_event_cb, up);
+    event_add(&si->ev, NULL);
+    si->added = true;
+    return 0;
+}
+
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    struct rp_upstream *up = userp;
+    if (timeout_ms < 0) {
+        evtimer_del(up->timer);
+        return 0;
+    }
+    /* Even a zero timeout goes through the loop: curl forbids calling
+     * curl_multi_socket_action from inside this callback. */
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(up->timer, &tv);
+    return 0;
+}
+
+static char **header_slot(struct rp_xfer_headers *h, const char *name, size_t len)
+{
+    static const struct {
+        const char *name;
+        size_t off;
+    } known[] = {
+        {"content-type", offsetof(struct rp_xfer_headers, content_type)},
+        {"content-length", offsetof(struct rp_xfer_headers, content_length)},
+        {"content-range", offsetof(struct rp_xfer_headers, content_range)},
+        {"docker-content-digest", offsetof(struct rp_xfer_headers, docker_content_digest)},
+        {"www-authenticate", offsetof(struct rp_xfer_headers, www_authenticate)},
+        {"location", offsetof(struct rp_xfer_headers, location)},
+        {"retry-after", offsetof(struct rp_xfer_headers, retry_after)},
+        {"link", offsetof(struct rp_xfer_headers, link)},
+        {"etag", offsetof(struct rp_xfer_headers, etag)},
+        {"oci-filters-applied", offsetof(struct rp_xfer_headers, oci_filters_applied)},
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (rp_strieq_n(name, len, known[i].name))
+            return (char **)((char *)h + known[i].off);
+    return NULL;
+}
+
+static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
+{
+    struct rp_xfer *x = userp;
+    size_t n = size * nitems;
+    if (x->cancelled)
+        return 0;
+    x->header_bytes += n;
+    if (x->header_bytes > HEADER_BYTES_MAX)
+        return 0; /* aborts: CURLE_WRITE_ERROR */
+    if (n >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
+        /* A new response (after a 1xx): forget what the previous one said. */
+        headers_clear(&x->h);
+        x->header_bytes = n;
+        return n;
+    }
+    size_t len = n;
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        len--;
+    if (len == 0) {
+        long status = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 100 && status < 200)
+            return n;
+        x->headers_done = true;
+        if (x->h.content_length) {
+            uint64_t v;
+            if (rp_parse_u64(x->h.content_length, strlen(x->h.content_length), &v) == 0 &&
+                v <= INT64_MAX)
+                x->h.length = (int64_t)v;
+        }
+        if (x->cb.on_headers_cb && x->cb.on_headers_cb(x->arg, (int)status, &x->h) < 0)
+            return 0;
+        return n;
+    }
+    const char *colon = memchr(buf, ':', len);
+    if (!colon)
+        return n;
+    char **slot = header_slot(&x->h, buf, (size_t)(colon - buf));
+    if (!slot)
+        return n;
+    const char *v = colon + 1;
+    const char *end = buf + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    if ((size_t)(end - v) > HEADER_VALUE_MAX)
+        return 0;
+    if (*slot) {
+        /* Repeated headers: the first wins, except WWW-Authenticate and Link which may be
+         * split across lines and are joined as a list (RFC 9110 5.3). */
+        if (slot == &x->h.www_authenticate || slot == &x->h.link) {
+            char *joined = rp_xasprintf("%s, %.*s", *slot, (int)(end - v), v);
+            free(*slot);
+            *slot = joined;
+        }
+        return n;
+    }
+    *slot = rp_xstrndup(v, (size_t)(end - v));
+    return n;
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
+{
+    struct rp_xfer *x = userp;
+    size_t n = size * nmemb;
+    if (x->cancelled || !x->cb.on_data_cb)
+        return 0;
+    long r = x->cb.on_data_cb(x->arg, ptr, n);
+    if (r == 0)
+        return CURL_WRITEFUNC_PAUSE;
+    if (r < 0)
+        return 0;
+    return n;
+}
+
+struct rp_upstream *rp_upstream_new(struct event_base *base)
+{
+    static bool global_done;
+    if (!global_done) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            return NULL;
+        global_done = true;
+    }
+    struct rp_upstream *up = rp_xcalloc(1, sizeof(*up));
+    up->base = base;
+    TAILQ_INIT(&up->xfers);
+    up->multi = curl_multi_init();
+    if (!up->multi) {
+        free(up);
+        return NULL;
+    }
+    up->timer = evtimer_new(base, timer_event_cb, up);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, 64L);
+    return up;
+}
+
+void rp_upstream_free(struct rp_upstream *up)
+{
+    if (!up)
+        return;
+    struct rp_xfer *x;
+    while ((x = TAILQ_FIRST(&up->xfers)))
+        xfer_remove(up, x);
+    curl_multi_cleanup(up->multi);
+    event_free(up->timer);
+    free(up);
+}
+
+/* curl copies header strings into its own buffers only when sending; the slist keeps our
+ * copy, which holds the secret until the transfer is freed. */
+static struct curl_slist *add_header(struct curl_slist *l, const char *name, const char *value)
+{
+    char *line = rp_xasprintf("%s: %s", name, value);
+    struct curl_slist *r = curl_slist_append(l, line);
+    rp_free_secret(line);
+    if (!r) {
+        rp_error("upstream: out of memory building headers");
+        abort();
+    }
+    return r;
+}
+
+struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_opts *o,
+                                  const struct rp_xfer_cb *cb, void *arg)
+{
+    struct rp_xfer *x = rp_xcalloc(1, sizeof(*x));
+    x->up = up;
+    x->cb = *cb;
+    x->arg = arg;
+    x->h.length = -1;
+    x->easy = curl_easy_init();
+    if (!x->easy) {
+        free(x);
+        return NULL;
+    }
+    CURL *e = x->easy;
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    if (curl_easy_setopt(e, CURLOPT_URL, o->url) != CURLE_OK)
+        goto fail;
+    /* Only the web's schemes; redirects are the caller's decision, never curl's. */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    /* HTTP/1.1 keeps pausing one transfer from stalling others on a shared connection. */
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "regproxy/" RP_VERSION);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 64L * 1024);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (o->head)
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    if (o->ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+    if (!o->tls_verify) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 15000L);
+    if (o->timeout_ms > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    /* No Accept-Encoding: a registry must hand us the stored bytes, or digests and sizes
+     * would not match (a gzipped config blob breaks both). */
+    if (o->authorization)
+        x->req_headers = add_header(x->req_headers, "Authorization", o->authorization);
+    if (o->accept)
+        x->req_headers = add_header(x->req_headers, "Accept", o->accept);
+    if (o->range)
+        x->req_headers = add_header(x->req_headers, "Range", o->range);
+    if (x->req_headers)
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->req_headers);
+    if (curl_multi_add_handle(up->multi, e) != CURLM_OK)
+        goto fail;
+    TAILQ_INSERT_TAIL(&up->xfers, x, link);
+    up->n_active++;
+    return x;
+fail:
+    xfer_free(x);
+    return NULL;
+}
+
+void rp_xfer_resume(struct rp_xfer *x)
+{
+    if (!x || x->cancelled)
+        return;
+    struct rp_upstream *up = x->up;
+    up->in_curl++;
+    curl_easy_pause(x->easy, CURLPAUSE_CONT);
+    up->in_curl--;
+    /* Unpausing may have finished the transfer or changed its timers. */
+    check_multi_info(up);
+}
+
+void rp_xfer_cancel(struct rp_xfer *x)
+{
+    if (!x)
+        return;
+    x->cancelled = true;
+    x->cb.on_headers_cb = NULL;
+    x->cb.on_data_cb = NULL;
+    x->cb.on_done_cb = NULL;
+    reap_cancelled(x->up);
+}
+
+size_t rp_upstream_active(const struct rp_upstream *up)
+{
+    return up->n_active;
+}

@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* upstream: the HTTP client toward registries, token realms and CDNs: libcurl's multi
+ * interface driven by the proxy's libevent loop (one event per curl socket, one timer),
+ * so no call ever blocks the loop. Redirects are never followed here: the caller decides
+ * where credentials may go. */
+#ifndef RP_UPSTREAM_H
+#define RP_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct rp_upstream;
+struct rp_xfer;
+
+/* Response headers the proxy acts on; each value is a NUL-terminated copy (or NULL) owned
+ * by the transfer and valid until the transfer's on_done returns. */
+struct rp_xfer_headers {
+    char *content_type;
+    char *content_length;
+    char *content_range;
+    char *docker_content_digest;
+    char *www_authenticate;
+    char *location;
+    char *retry_after;
+    char *link;
+    char *etag;
+    char *oci_filters_applied;
+    int64_t length; /* parsed Content-Length, or -1 */
+};
+
+struct rp_xfer_cb {
+    /* Final (non-1xx) status line and headers arrived. Return 0 to continue, -1 to abort
+     * the transfer (on_done follows with an error). */
+    int (*on_headers_cb)(void *arg, int status, const struct rp_xfer_headers *h);
+    /* Body bytes. Return n when consumed, 0 to pause (the same bytes are offered again
+     * after rp_xfer_resume), -1 to abort. */
+    long (*on_data_cb)(void *arg, const char *p, size_t n);
+    /* The transfer ended: ok is true when the whole response was received; err is a short
+     * description otherwise (curl's message, no URL credentials since we never put any in
+     * URLs). The xfer is freed after this returns; do not use it again. */
+    void (*on_done_cb)(void *arg, bool ok, int status, const char *err);
+};
+
+struct rp_xfer_opts {
+    const char *url;
+    bool head;                 /* HEAD instead of GET */
+    const char *authorization; /* full header value or NULL; a secret, copied and zeroed */
+    const char *accept;        /* forwarded Accept value or NULL */
+    const char *range;         /* forwarded Range value or NULL */
+    const char *ca_file;       /* NULL: system CAs */
+    bool tls_verify;
+    long timeout_ms; /* whole-transfer limit; 0 = none (blob streams have their own) */
+    long connect_timeout_ms;
+};
+
+/* Creates the client on `base`. Returns NULL on failure (curl could not initialise). */
+struct rp_upstream *rp_upstream_new(struct event_base *base);
+/* Cancels every transfer without callbacks and frees. Accepts NULL. */
+void rp_upstream_free(struct rp_upstream *up);
+
+/* Starts a transfer. Callbacks are never called from inside this function. Returns NULL
+ * only when curl refuses the options (for example a malformed URL). */
+struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_opts *opts,
+                                  const struct rp_xfer_cb *cb, void *arg);
+/* Resumes a transfer paused by on_data_cb returning 0. May deliver data synchronously. */
+void rp_xfer_resume(struct rp_xfer *x);
+/* Stops a transfer; no callback is called after this. Safe from inside callbacks. */
+void rp_xfer_cancel(struct rp_xfer *x);
+/* Number of transfers in flight (for shutdown and metrics). */
+size_t rp_upstream_active(const struct rp_upstream *up);
+
+#endif
