@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* cache: the on-disk store of verified blobs and manifests, tag freshness, repository
+ * links (which repository of which registry references which digest), the LRU index and
+ * eviction to max_size. Plain C with a synchronous API; proxy/ drives it from events and
+ * moves the bytes. Nothing becomes visible to readers until its digest (and size, when
+ * known) matched: fills go to a temp file on the same filesystem, then fsync, rename,
+ * fsync of the directory. File names come only from validated digests and from hashes of
+ * (registry, repository, tag) keys, never from request text. */
+#ifndef RP_CACHE_H
+#define RP_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct rp_cache;
+struct rp_cache_fill;
+
+enum rp_cache_err {
+    RP_CACHE_OK = 0,
+    RP_CACHE_E_NOENT = -1,    /* not cached */
+    RP_CACHE_E_IO = -2,       /* a system call failed (errno kept in the message) */
+    RP_CACHE_E_DIGEST = -3,   /* content does not match its digest */
+    RP_CACHE_E_SIZE = -4,     /* content does not match the expected size */
+    RP_CACHE_E_INVALID = -5,  /* bad argument (digest grammar, oversized manifest ...) */
+    RP_CACHE_E_CORRUPT = -6,  /* a stored file is damaged (it is removed) */
+};
+const char *rp_cache_strerror(int err);
+
+enum rp_cache_kind { RP_CACHE_BLOB, RP_CACHE_MANIFEST };
+
+struct rp_cache_stats {
+    uint64_t size;    /* bytes of published entries */
+    uint64_t entries; /* published blobs + manifests */
+    uint64_t evictions;
+    uint64_t evicted_bytes;
+};
+
+/* Opens (creating as needed) the store under dir. Removes leftovers of unfinished fills.
+ * Loads the index snapshot if present and consistent, else rebuilds it from the files.
+ * max_size 0 = unbounded. On failure returns NULL with a message in err. */
+struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, size_t errlen);
+/* Writes the index snapshot (best effort) and frees. Accepts NULL. */
+void rp_cache_close(struct rp_cache *c);
+void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out);
+
+/* --- reading published content --- */
+struct rp_cache_blob {
+    int fd;        /* open for reading; the caller closes it */
+    uint64_t size;
+};
+/* Opens a published blob. Marks it in use until rp_cache_release(digest) is called the
+ * same number of times (in-use entries are never evicted; an open fd stays valid anyway,
+ * but the accounting must not count it as freed while it is served). */
+int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out);
+void rp_cache_release(struct rp_cache *c, const char *digest);
+
+struct rp_cache_manifest {
+    char *data; /* exact bytes as published (owned; free()) */
+    size_t len;
+    char *media_type; /* owned; free() */
+};
+/* Reads a published manifest (small: at most the configured manifest limit). */
+int rp_cache_manifest_get(struct rp_cache *c, const char *digest, struct rp_cache_manifest *out);
+void rp_cache_manifest_free(struct rp_cache_manifest *m);
+/* Publishes a manifest whose bytes are in memory: verified against digest, then stored
+ * atomically with its media type. Idempotent. */
+int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *media_type,
+                          const char *data, size_t len);
+
+/* --- filling a blob from upstream --- */
+/* Starts a fill for digest; expected_size -1 when unknown. The temp file lives under the
+ * cache dir; readers may open it by rp_cache_fill_path while it grows. */
+struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest,
+                                          int64_t expected_size, int *err);
+/* Appends bytes (written and hashed). Returns 0 or an error (E_IO, E_SIZE when more than
+ * expected_size arrives). */
+int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n);
+uint64_t rp_cache_fill_written(const struct rp_cache_fill *f);
+/* Path of the temp file (readers open their own fd on it while it grows). */
+const char *rp_cache_fill_path(const struct rp_cache_fill *f);
+/* Verifies digest and size, fsyncs, renames into place, fsyncs the directory, indexes.
+ * On mismatch the temp file is removed and E_DIGEST / E_SIZE returned. Frees f always. */
+int rp_cache_fill_commit(struct rp_cache_fill *f);
+/* Removes the temp file and frees f. Accepts NULL. */
+void rp_cache_fill_abort(struct rp_cache_fill *f);
+
+/* --- repository links: content is served for (registry, repo) only when linked --- */
+int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo,
+                  const char *digest);
+bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo,
+                     const char *digest);
+
+/* --- tags --- */
+/* Records tag -> digest, fetched at wall-clock time `now_s` (seconds). Atomic replace. */
+int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
+                     const char *tag, const char *digest, int64_t now_s);
+/* Looks a tag up: digest (buffer of at least 136 bytes) and when it was last confirmed. */
+int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
+                     const char *tag, char *digest, size_t digest_len, int64_t *fetched_s);
+
+/* --- size bound --- */
+/* Pins a digest (mirrored or matched by a `pin` pattern): never evicted. */
+void rp_cache_pin(struct rp_cache *c, const char *digest);
+/* Evicts least recently used, unpinned, unused entries until the store is at most
+ * max_size. Returns how many were evicted. Called after each commit by the cache itself;
+ * exposed for tests. */
+size_t rp_cache_evict(struct rp_cache *c);
+
+#endif
