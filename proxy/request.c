@@ -16,6 +16,7 @@
 #define ACCEPT_MAX 4096
 #define RANGE_MAX 128
 #define METADATA_TIMEOUT_MS 60000L
+#define STALL_TIMEOUT_S 60L
 
 static const struct rp_xfer_cb upstream_cb;
 
@@ -264,6 +265,7 @@ static void start_upstream(struct rp_req *r)
         .ca_file = reg->ca_file,
         .tls_verify = reg->tls_verify,
         .timeout_ms = stream ? 0 : METADATA_TIMEOUT_MS,
+        .stall_timeout_s = STALL_TIMEOUT_S,
     };
     headers_free(&r->up_h);
     rp_buf_free(&r->body);

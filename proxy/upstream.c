@@ -377,6 +377,10 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
                      o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 15000L);
     if (o->timeout_ms > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    if (o->stall_timeout_s > 0) {
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s);
+    }
     /* No Accept-Encoding: a registry must hand us the stored bytes, or digests and sizes
      * would not match (a gzipped config blob breaks both). */
     if (o->authorization)

@@ -52,6 +52,9 @@ struct rp_xfer_opts {
     const char *ca_file;       /* NULL: system CAs */
     bool tls_verify;
     long timeout_ms; /* whole-transfer limit; 0 = none (blob streams have their own) */
+    /* Abort when fewer than 1 byte/s arrive for this long (0 = off). A transfer paused
+     * for a slow client is not counted as slow by curl. */
+    long stall_timeout_s;
     long connect_timeout_ms;
 };
 
