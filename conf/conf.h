@@ -31,8 +31,8 @@ struct rp_conf_registry {
      * on the registry's own host or its registrable domain (see rp_conf_realm_allowed). */
     char **token_realms;
     size_t n_token_realms;
-    char *test_image; /* repository used by `regproxy check`; may be NULL */
-    bool test_login;  /* default yes */
+    char *test_image;   /* repository used by `regproxy check`; may be NULL */
+    bool test_login;    /* default yes */
     int64_t tag_ttl_ms; /* -1: inherit [cache] tag_ttl */
 };
 
@@ -67,8 +67,8 @@ struct rp_conf {
  * naming source, line and key (e.g. "regproxy.conf:12: unknown key 'pasword' in
  * [registry \"x\"]") into err. Password files are read during parsing (relative paths are
  * relative to the config file's directory); their contents never appear in err. */
-int rp_conf_parse(const char *text, size_t len, const char *source, struct rp_conf **out,
-                  char *err, size_t errlen);
+int rp_conf_parse(const char *text, size_t len, const char *source, struct rp_conf **out, char *err,
+                  size_t errlen);
 /* Reads and parses a file (at most 1 MiB). Same contract as rp_conf_parse. */
 int rp_conf_load_file(const char *path, struct rp_conf **out, char *err, size_t errlen);
 /* The embedded default configuration (the text of conf/regproxy.conf at build time). */
@@ -92,7 +92,54 @@ bool rp_conf_realm_allowed(const struct rp_conf_registry *reg, const char *realm
 
 /* Splits "scheme://host[:port][/path]" into parts. Returns 0 or -1 when malformed (no
  * scheme, empty host, bad port, userinfo present). Outputs are new strings (host lower
- * case; IPv6 without brackets); *path is "" when absent. Any output pointer may be NULL. */
+ * case; IPv6 without brackets); *path is "" when absent. Any output pointer may be NULL.
+ * *port is 0 when no port is given and the scheme is neither http nor https; the path
+ * output is everything after the authority (path, query and fragment). */
 int rp_conf_split_url(const char *url, char **scheme, char **host, int *port, char **path);
+
+/* The option table: one row per key, in file order. The parser is driven by it, and
+ * `regproxy check` and docs/configuration.md are generated from or checked against it. */
+enum rp_conf_section_kind {
+    RP_CONF_SECTION_LISTEN,   /* [listen "ADDR"]: struct rp_conf_listen */
+    RP_CONF_SECTION_CACHE,    /* [cache]: struct rp_conf_cache */
+    RP_CONF_SECTION_REGISTRY, /* [registry "NAME"]: struct rp_conf_registry */
+};
+
+enum rp_conf_type {
+    RP_CONF_STRING,   /* char *, taken literally */
+    RP_CONF_BOOL,     /* bool: yes/no, true/false, on/off, 1/0 */
+    RP_CONF_SIZE,     /* uint64_t bytes: a number with optional K, M, G, T (powers of 1024) */
+    RP_CONF_DURATION, /* int64_t ms: a number with optional ms, s, m, h, d (plain = seconds);
+                       * -1 when unset and without default */
+    RP_CONF_URL,      /* char *: http(s)://host[:port], no userinfo, no path */
+    RP_CONF_LIST,     /* char ** + size_t count (aux_offset): comma-separated http(s) URLs */
+    RP_CONF_PATH,     /* char *: relative paths are taken from the config file's directory */
+    RP_CONF_SECRET,   /* char *: never logged or put in errors, zeroed on free */
+};
+
+#define RP_CONF_F_REQUIRED 1u    /* the section is an error without it */
+#define RP_CONF_F_READABLE 2u    /* PATH: must name a readable regular file at parse time */
+#define RP_CONF_F_SECRET_FILE 4u /* PATH: its first line fills the secret at aux_offset */
+
+struct rp_conf_option {
+    enum rp_conf_section_kind section;
+    const char *key;
+    enum rp_conf_type type;
+    const char *default_text; /* as it would be written in the file; NULL: none */
+    uint64_t min, max;        /* inclusive bounds for SIZE (bytes) and DURATION (ms) */
+    size_t offset;            /* the field it fills in the section's struct */
+    size_t aux_offset;        /* LIST: its size_t count; F_SECRET_FILE: the secret */
+    unsigned flags;           /* RP_CONF_F_* */
+    const char *requires;     /* key that must be set too in the same section, or NULL */
+    const char *conflicts;    /* key that must not be set too, or NULL */
+    const char *help;         /* one line for docs and `regproxy check` */
+};
+
+/* The table and its length. */
+const struct rp_conf_option *rp_conf_options(size_t *n);
+/* "listen", "cache", "registry". */
+const char *rp_conf_section_name(enum rp_conf_section_kind kind);
+/* "string", "bool", "size", "duration", "url", "list", "path", "secret". */
+const char *rp_conf_type_name(enum rp_conf_type type);
 
 #endif

@@ -1,0 +1,1326 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* conf: reads the INI-style configuration into struct rp_conf. One option table drives the
+ * parser, the defaults and freeing; URL splitting and the token-realm policy live here too. */
+#include "conf.h"
+
+#include "../util/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Generated from conf/regproxy.conf by tests/tools/embed.sh (see the Makefile). */
+extern const char rp_conf_default_text_data[];
+
+#define MAX_TEXT ((size_t)1 << 20)         /* a config file; also bounds the number of lines */
+#define MAX_LINE 4096                      /* bytes per line, without the newline */
+#define MAX_SECTIONS 256                   /* [listen], [cache] and [registry] sections together */
+#define MAX_SECRET_FILE ((size_t)64 << 10) /* password_file */
+#define MAX_KEY 64
+
+#define SECOND_MS INT64_C(1000)
+#define DAY_MS (86400 * SECOND_MS)
+#define TTL_MAX_MS (30 * DAY_MS)
+#define SIZE_MAX_BYTES (UINT64_C(1) << 60)
+
+#define LISTEN_F(f) offsetof(struct rp_conf_listen, f)
+#define CACHE_F(f) offsetof(struct rp_conf_cache, f)
+#define REG_F(f) offsetof(struct rp_conf_registry, f)
+
+/* Every option, in the order docs/configuration.md lists them. Adding a row here is all a
+ * new key needs unless it has cross-field rules (see finish_section). */
+static const struct rp_conf_option options[] = {
+    {.section = RP_CONF_SECTION_LISTEN,
+     .key = "default",
+     .type = RP_CONF_STRING,
+     .offset = LISTEN_F(default_name),
+     .help = "registry (its name, host or host:port) serving names without a registry prefix"},
+    {.section = RP_CONF_SECTION_LISTEN,
+     .key = "tls_cert",
+     .type = RP_CONF_PATH,
+     .offset = LISTEN_F(tls_cert),
+     .requires = "tls_key",
+     .help = "PEM certificate chain to serve HTTPS with; needs tls_key"},
+    {.section = RP_CONF_SECTION_LISTEN,
+     .key = "tls_key",
+     .type = RP_CONF_PATH,
+     .offset = LISTEN_F(tls_key),
+     .requires = "tls_cert",
+     .help = "PEM private key for tls_cert"},
+
+    {.section = RP_CONF_SECTION_CACHE,
+     .key = "dir",
+     .type = RP_CONF_PATH,
+     .default_text = "/var/cache/regproxy",
+     .offset = CACHE_F(dir),
+     .help = "directory holding cached blobs, manifests and the index"},
+    {.section = RP_CONF_SECTION_CACHE,
+     .key = "max_size",
+     .type = RP_CONF_SIZE,
+     .default_text = "100G",
+     .min = 0,
+     .max = SIZE_MAX_BYTES,
+     .offset = CACHE_F(max_size),
+     .help = "evict least recently used content beyond this size; 0 = unbounded"},
+    {.section = RP_CONF_SECTION_CACHE,
+     .key = "tag_ttl",
+     .type = RP_CONF_DURATION,
+     .default_text = "10m",
+     .min = 0,
+     .max = TTL_MAX_MS,
+     .offset = CACHE_F(tag_ttl_ms),
+     .help = "how long a cached tag is served without asking upstream"},
+
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "url",
+     .type = RP_CONF_URL,
+     .offset = REG_F(url),
+     .flags = RP_CONF_F_REQUIRED,
+     .help = "upstream base URL, http(s)://host[:port]"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "user",
+     .type = RP_CONF_STRING,
+     .offset = REG_F(user),
+     .help = "user name for the token flow or Basic auth (taken literally, '|' included)"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "password",
+     .type = RP_CONF_SECRET,
+     .offset = REG_F(password),
+     .requires = "user",
+     .conflicts = "password_file",
+     .help = "password or token for user; prefer password_file"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "password_file",
+     .type = RP_CONF_PATH,
+     .offset = REG_F(password_file),
+     .aux_offset = REG_F(password),
+     .flags = RP_CONF_F_SECRET_FILE,
+     .requires = "user",
+     .conflicts = "password",
+     .help = "file whose first line is the password, read at startup (at most 64 KiB)"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "tls_verify",
+     .type = RP_CONF_BOOL,
+     .default_text = "yes",
+     .offset = REG_F(tls_verify),
+     .help = "verify the registry's TLS certificate"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "ca_file",
+     .type = RP_CONF_PATH,
+     .offset = REG_F(ca_file),
+     .flags = RP_CONF_F_READABLE,
+     .help = "PEM bundle to verify the registry with instead of the system CAs"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "token_realms",
+     .type = RP_CONF_LIST,
+     .offset = REG_F(token_realms),
+     .aux_offset = REG_F(n_token_realms),
+     .help = "URL prefixes that may receive the credentials (default: https on the registry's "
+             "host or domain)"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "test_image",
+     .type = RP_CONF_STRING,
+     .offset = REG_F(test_image),
+     .help = "repository `regproxy check` inspects (default: openshift3/ose-pod on "
+             "registry.redhat.io)"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "test_login",
+     .type = RP_CONF_BOOL,
+     .default_text = "yes",
+     .offset = REG_F(test_login),
+     .help = "whether `regproxy check` logs in to this registry"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "tag_ttl",
+     .type = RP_CONF_DURATION,
+     .min = 0,
+     .max = TTL_MAX_MS,
+     .offset = REG_F(tag_ttl_ms),
+     .help = "tag freshness for this registry (default: [cache] tag_ttl)"},
+};
+
+#define N_OPTIONS (sizeof(options) / sizeof(options[0]))
+
+const struct rp_conf_option *rp_conf_options(size_t *n)
+{
+    if (n)
+        *n = N_OPTIONS;
+    return options;
+}
+
+const char *rp_conf_section_name(enum rp_conf_section_kind kind)
+{
+    switch (kind) {
+    case RP_CONF_SECTION_LISTEN:
+        return "listen";
+    case RP_CONF_SECTION_CACHE:
+        return "cache";
+    case RP_CONF_SECTION_REGISTRY:
+        return "registry";
+    }
+    return "?";
+}
+
+const char *rp_conf_type_name(enum rp_conf_type type)
+{
+    static const char *const names[] = {"string", "bool", "size", "duration",
+                                        "url",    "list", "path", "secret"};
+    if ((unsigned)type < sizeof(names) / sizeof(names[0]))
+        return names[type];
+    return "?";
+}
+
+const char *rp_conf_default_text(void)
+{
+    return rp_conf_default_text_data;
+}
+
+/* ---- small character and host checks (ASCII only, locale-independent) ---- */
+
+static bool is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r';
+}
+
+static bool is_ctl(char c)
+{
+    return (unsigned char)c < 0x20 || c == 0x7f;
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool is_alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static char to_lower(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c | 0x20) : c;
+}
+
+static void trim(const char **s, size_t *n)
+{
+    while (*n > 0 && is_ws((*s)[0])) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n > 0 && is_ws((*s)[*n - 1]))
+        (*n)--;
+}
+
+static char *lower_dup(const char *s, size_t n)
+{
+    char *d = rp_xstrndup(s, n);
+    for (size_t i = 0; i < n; i++)
+        d[i] = to_lower(d[i]);
+    return d;
+}
+
+/* A DNS name or dotted IPv4: labels of letters, digits, '-' and '_', no empty label. */
+static bool valid_hostname(const char *h, size_t n)
+{
+    if (n == 0 || n > 253)
+        return false;
+    size_t label = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+        } else if (is_alpha(c) || is_digit(c) || c == '-' || c == '_') {
+            if (++label > 63)
+                return false;
+        } else {
+            return false;
+        }
+    }
+    return label > 0;
+}
+
+static bool valid_ipv6(const char *h, size_t n)
+{
+    char buf[INET6_ADDRSTRLEN];
+    struct in6_addr a;
+    if (n == 0 || n >= sizeof(buf))
+        return false;
+    memcpy(buf, h, n);
+    buf[n] = '\0';
+    return inet_pton(AF_INET6, buf, &a) == 1;
+}
+
+static bool is_ip_literal(const char *h)
+{
+    struct in_addr a;
+    return strchr(h, ':') != NULL || inet_pton(AF_INET, h, &a) == 1;
+}
+
+static int default_port(const char *scheme)
+{
+    if (strcmp(scheme, "https") == 0)
+        return 443;
+    if (strcmp(scheme, "http") == 0)
+        return 80;
+    return 0;
+}
+
+static bool is_http_scheme(const char *scheme)
+{
+    return strcmp(scheme, "https") == 0 || strcmp(scheme, "http") == 0;
+}
+
+/* Parses "1".."65535". */
+static int parse_port(const char *s, size_t n, int *port)
+{
+    uint64_t v;
+    if (rp_parse_u64(s, n, &v) != 0 || v < 1 || v > 65535)
+        return -1;
+    *port = (int)v;
+    return 0;
+}
+
+/* ---- URLs ---- */
+
+int rp_conf_split_url(const char *url, char **scheme, char **host, int *port, char **path)
+{
+    if (!url)
+        return -1;
+    /* URLs are ASCII without spaces; anything else is a sign of a mangled header. */
+    for (const char *c = url; *c; c++)
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
+            return -1;
+    const char *sep = strstr(url, "://");
+    if (!sep || sep == url || !is_alpha(url[0]))
+        return -1;
+    size_t slen = (size_t)(sep - url);
+    for (size_t i = 1; i < slen; i++)
+        if (!is_alpha(url[i]) && !is_digit(url[i]) && url[i] != '+' && url[i] != '-' &&
+            url[i] != '.')
+            return -1;
+
+    const char *auth = sep + 3;
+    size_t alen = strcspn(auth, "/?#");
+    if (alen == 0 || memchr(auth, '@', alen))
+        return -1;
+    const char *h, *p = NULL;
+    size_t hlen, plen = 0;
+    if (auth[0] == '[') {
+        const char *rb = memchr(auth, ']', alen);
+        if (!rb)
+            return -1;
+        h = auth + 1;
+        hlen = (size_t)(rb - h);
+        size_t rest = alen - hlen - 2;
+        if (rest > 0) {
+            if (rb[1] != ':')
+                return -1;
+            p = rb + 2;
+            plen = rest - 1;
+        }
+        if (!valid_ipv6(h, hlen))
+            return -1;
+    } else {
+        const char *colon = memchr(auth, ':', alen);
+        h = auth;
+        hlen = colon ? (size_t)(colon - auth) : alen;
+        if (colon) {
+            p = colon + 1;
+            plen = alen - hlen - 1;
+        }
+        if (!valid_hostname(h, hlen))
+            return -1;
+    }
+
+    char *s = lower_dup(url, slen);
+    int prt = default_port(s);
+    if (p && parse_port(p, plen, &prt) != 0) {
+        free(s);
+        return -1;
+    }
+    if (scheme)
+        *scheme = s;
+    else
+        free(s);
+    if (host)
+        *host = lower_dup(h, hlen);
+    if (port)
+        *port = prt;
+    if (path)
+        *path = rp_xstrdup(auth + alen);
+    return 0;
+}
+
+/* The "registrable domain" is approximated as the last two labels of the host: without a
+ * public-suffix list, "example.co.uk" gives "co.uk", which is too broad for such hosts, but
+ * the registries this proxy is meant for (redhat.io, docker.io, quay.io) are all
+ * second-level names. Set token_realms where that matters. */
+static const char *registrable_domain(const char *host)
+{
+    const char *last = strrchr(host, '.');
+    if (!last)
+        return host;
+    const char *d = host;
+    for (const char *c = host; c < last; c++)
+        if (*c == '.')
+            d = c + 1;
+    return d;
+}
+
+/* realm (already split) starts with the configured prefix: same scheme, host and port, and
+ * the prefix's path ends at a '/' boundary of the realm's path. */
+static bool realm_prefix_match(const char *prefix, const char *scheme, const char *host, int port,
+                               const char *path)
+{
+    char *ps = NULL, *ph = NULL, *pp = NULL;
+    int pport;
+    bool ok = false;
+    if (rp_conf_split_url(prefix, &ps, &ph, &pport, &pp) != 0)
+        goto out;
+    if (strcmp(ps, scheme) != 0 || strcmp(ph, host) != 0 || pport != port)
+        goto out;
+    size_t n = strlen(pp);
+    if (strncmp(path, pp, n) != 0)
+        goto out;
+    ok = n == 0 || pp[n - 1] == '/' || path[n] == '\0' || path[n] == '/' || path[n] == '?' ||
+         path[n] == '#';
+out:
+    free(ps);
+    free(ph);
+    free(pp);
+    return ok;
+}
+
+bool rp_conf_realm_allowed(const struct rp_conf_registry *reg, const char *realm_url)
+{
+    char *scheme = NULL, *host = NULL, *path = NULL;
+    int port;
+    bool ok = false;
+    if (!reg || !realm_url || rp_conf_split_url(realm_url, &scheme, &host, &port, &path) != 0)
+        return false;
+    if (!is_http_scheme(scheme))
+        goto out;
+    if (reg->n_token_realms > 0) {
+        for (size_t i = 0; i < reg->n_token_realms && !ok; i++)
+            ok = realm_prefix_match(reg->token_realms[i], scheme, host, port, path);
+        goto out;
+    }
+    /* Plain http only when the registry itself is plain http: a test or in-cluster
+     * registry. Credentials for an https registry never travel in the clear. */
+    if (strcmp(scheme, "https") != 0 && !(reg->scheme && strcmp(reg->scheme, "http") == 0))
+        goto out;
+    if (!reg->host)
+        goto out;
+    if (strcasecmp(host, reg->host) == 0) {
+        ok = true;
+        goto out;
+    }
+    if (is_ip_literal(reg->host))
+        goto out;
+    const char *dom = registrable_domain(reg->host);
+    size_t hl = strlen(host), dl = strlen(dom);
+    ok = hl > dl + 1 && host[hl - dl - 1] == '.' && strcasecmp(host + hl - dl, dom) == 0;
+out:
+    free(scheme);
+    free(host);
+    free(path);
+    return ok;
+}
+
+static bool is_dockerhub_host(const char *s, size_t n)
+{
+    return rp_strieq_n(s, n, "docker.io") || rp_strieq_n(s, n, "registry-1.docker.io") ||
+           rp_strieq_n(s, n, "index.docker.io");
+}
+
+const struct rp_conf_registry *rp_conf_find_registry(const struct rp_conf *conf, const char *s,
+                                                     size_t len)
+{
+    if (!conf || !s || len == 0)
+        return NULL;
+    /* Names first: a section named like another registry's host is the one meant. */
+    for (size_t i = 0; i < conf->n_registries; i++)
+        if (rp_strieq_n(s, len, conf->registries[i].name))
+            return &conf->registries[i];
+    for (size_t i = 0; i < conf->n_registries; i++) {
+        const struct rp_conf_registry *r = &conf->registries[i];
+        if (rp_strieq_n(s, len, r->host) || rp_strieq_n(s, len, r->hostport))
+            return r;
+    }
+    /* Docker Hub goes by three names; clients use "docker.io" for the one the API is on. */
+    if (is_dockerhub_host(s, len))
+        for (size_t i = 0; i < conf->n_registries; i++)
+            if (is_dockerhub_host(conf->registries[i].host, strlen(conf->registries[i].host)))
+                return &conf->registries[i];
+    return NULL;
+}
+
+/* ---- the parser ---- */
+
+struct parser {
+    struct rp_conf *conf;
+    const char *source;
+    char *dir; /* the config file's directory, for relative paths; NULL when it has none */
+    char *err;
+    size_t errlen;
+    int kind;     /* current section kind, -1 before the first header */
+    size_t index; /* current section's index in listens or registries */
+    unsigned header_line;
+    unsigned key_line[N_OPTIONS]; /* current section: line where each key was set, 0 = not */
+    bool have_cache;
+    size_t n_sections;
+    unsigned *default_line; /* per listen: line of its `default` key */
+};
+
+static void fail(struct parser *p, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail(struct parser *p, unsigned line, const char *fmt, ...)
+{
+    if (!p->err || p->errlen == 0)
+        return;
+    int n = line ? snprintf(p->err, p->errlen, "%s:%u: ", p->source, line)
+                 : snprintf(p->err, p->errlen, "%s: ", p->source);
+    if (n < 0 || (size_t)n >= p->errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+static void *section_base(const struct parser *p)
+{
+    switch (p->kind) {
+    case RP_CONF_SECTION_LISTEN:
+        return &p->conf->listens[p->index];
+    case RP_CONF_SECTION_CACHE:
+        return &p->conf->cache;
+    default:
+        return &p->conf->registries[p->index];
+    }
+}
+
+/* "[registry "x"]" for messages. Names hold no control characters or quotes. */
+static const char *section_desc(const struct parser *p, char *buf, size_t n)
+{
+    switch (p->kind) {
+    case RP_CONF_SECTION_LISTEN:
+        snprintf(buf, n, "[listen \"%s\"]", p->conf->listens[p->index].addr);
+        break;
+    case RP_CONF_SECTION_CACHE:
+        snprintf(buf, n, "[cache]");
+        break;
+    default:
+        snprintf(buf, n, "[registry \"%s\"]", p->conf->registries[p->index].name);
+        break;
+    }
+    return buf;
+}
+
+static int option_index(int kind, const char *key, size_t n)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if ((int)options[i].section == kind && strlen(options[i].key) == n &&
+            memcmp(options[i].key, key, n) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void *field(void *base, size_t offset)
+{
+    return (char *)base + offset;
+}
+
+static void free_option(const struct rp_conf_option *o, void *base)
+{
+    if (o->type == RP_CONF_LIST) {
+        char ***list = field(base, o->offset);
+        size_t *n = field(base, o->aux_offset);
+        for (size_t i = 0; i < *n; i++)
+            free((*list)[i]);
+        free(*list);
+        *list = NULL;
+        *n = 0;
+        return;
+    }
+    char **s = field(base, o->offset);
+    if (o->type == RP_CONF_SECRET)
+        rp_free_secret(*s);
+    else if (o->type == RP_CONF_STRING || o->type == RP_CONF_URL || o->type == RP_CONF_PATH)
+        free(*s);
+    else
+        return;
+    *s = NULL;
+}
+
+static void free_section(int kind, void *base)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if ((int)options[i].section == kind)
+            free_option(&options[i], base);
+}
+
+void rp_conf_free(struct rp_conf *conf)
+{
+    if (!conf)
+        return;
+    for (size_t i = 0; i < conf->n_listens; i++) {
+        struct rp_conf_listen *l = &conf->listens[i];
+        free_section(RP_CONF_SECTION_LISTEN, l);
+        free(l->addr);
+        free(l->host);
+    }
+    free(conf->listens);
+    for (size_t i = 0; i < conf->n_registries; i++) {
+        struct rp_conf_registry *r = &conf->registries[i];
+        free_section(RP_CONF_SECTION_REGISTRY, r);
+        free(r->name);
+        free(r->scheme);
+        free(r->host);
+        free(r->hostport);
+    }
+    free(conf->registries);
+    free_section(RP_CONF_SECTION_CACHE, &conf->cache);
+    free(conf->source);
+    free(conf);
+}
+
+/* ---- values ---- */
+
+static int parse_bool(const char *v, size_t n, bool *out)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (rp_strieq_n(v, n, yes[i])) {
+            *out = true;
+            return 0;
+        }
+        if (rp_strieq_n(v, n, no[i])) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Digits followed by one of `units` (case-insensitive); a plain number is in units of
+ * `plain`. Returns -1 on syntax errors and overflow. */
+struct unit {
+    const char *name;
+    uint64_t mult;
+};
+
+static int parse_with_unit(const char *v, size_t n, const struct unit *units, size_t n_units,
+                           uint64_t plain, uint64_t *out)
+{
+    size_t d = 0;
+    while (d < n && is_digit(v[d]))
+        d++;
+    uint64_t num, mult = 0;
+    if (rp_parse_u64(v, d, &num) != 0)
+        return -1;
+    if (d == n) {
+        mult = plain;
+    } else {
+        for (size_t i = 0; i < n_units && !mult; i++)
+            if (rp_strieq_n(v + d, n - d, units[i].name))
+                mult = units[i].mult;
+        if (!mult)
+            return -1;
+    }
+    if (num > UINT64_MAX / mult)
+        return -1;
+    *out = num * mult;
+    return 0;
+}
+
+static const struct unit size_units[] = {{"K", UINT64_C(1) << 10},
+                                         {"M", UINT64_C(1) << 20},
+                                         {"G", UINT64_C(1) << 30},
+                                         {"T", UINT64_C(1) << 40}};
+static const struct unit duration_units[] = {
+    {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+
+/* Bounds in messages, in the largest unit that divides them: "30d", "1048576T". */
+static void format_amount(char *buf, size_t n, uint64_t v, const struct unit *units, size_t n_units,
+                          const char *base)
+{
+    if (v == 0) {
+        snprintf(buf, n, "0");
+        return;
+    }
+    for (size_t i = n_units; i-- > 0;) {
+        if (units[i].mult > 1 && v % units[i].mult == 0) {
+            snprintf(buf, n, "%llu%s", (unsigned long long)(v / units[i].mult), units[i].name);
+            return;
+        }
+    }
+    snprintf(buf, n, "%llu%s", (unsigned long long)v, base);
+}
+
+static void out_of_range(struct parser *p, const struct rp_conf_option *o, unsigned line,
+                         const struct unit *units, size_t n_units, const char *base)
+{
+    char desc[MAX_LINE + 32], lo[32], hi[32];
+    format_amount(lo, sizeof(lo), o->min, units, n_units, base);
+    format_amount(hi, sizeof(hi), o->max, units, n_units, base);
+    fail(p, line, "'%s' in %s must be between %s and %s", o->key,
+         section_desc(p, desc, sizeof(desc)), lo, hi);
+}
+
+/* Paths relative to the config file's directory, so a config works from any cwd. */
+static char *resolve_path(const struct parser *p, const char *v, size_t n)
+{
+    if (v[0] == '/' || !p->dir)
+        return rp_xstrndup(v, n);
+    return rp_xasprintf("%s/%.*s", p->dir, (int)n, v);
+}
+
+/* Opens a regular file for reading. Non-blocking so that a FIFO or device named in the
+ * config cannot hang the parser; it is then refused as not regular. */
+static int open_regular(const char *path, struct stat *st, const char **why)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        *why = strerror(errno);
+        return -1;
+    }
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+        *why = "not a regular file";
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Reads the first line of a password file into a new string. The read buffer is zeroed
+ * because it holds the secret. Never puts file content into the error. */
+static char *read_secret_file(const char *path, const char **why)
+{
+    struct stat st;
+    char *buf = NULL, *secret = NULL;
+    size_t len = 0, n = 0;
+    int fd = open_regular(path, &st, why);
+    if (fd < 0)
+        return NULL;
+    buf = rp_xmalloc(MAX_SECRET_FILE + 1);
+    while (len <= MAX_SECRET_FILE) {
+        ssize_t r = read(fd, buf + len, MAX_SECRET_FILE + 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            *why = strerror(errno);
+            goto out;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    if (len > MAX_SECRET_FILE) {
+        *why = "larger than 64 KiB";
+        goto out;
+    }
+    while (n < len && buf[n] != '\n')
+        n++;
+    while (n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (n == 0) {
+        *why = "empty first line";
+        goto out;
+    }
+    if (memchr(buf, '\0', n)) {
+        *why = "contains a NUL byte";
+        goto out;
+    }
+    secret = rp_xstrndup(buf, n);
+out:
+    rp_secure_zero(buf, MAX_SECRET_FILE + 1);
+    free(buf);
+    close(fd);
+    return secret;
+}
+
+/* A registry url: http(s), no userinfo, nothing after the authority but one '/'. */
+static const char *check_base_url(const char *v)
+{
+    char *scheme = NULL, *path = NULL;
+    const char *why = NULL;
+    /* Checked first so the message says what to do instead; the parser rejects it too. */
+    if (strchr(v, '@'))
+        return "credentials in the url are not allowed; use user and password_file";
+    if (rp_conf_split_url(v, &scheme, NULL, NULL, &path) != 0)
+        return "expected http(s)://host[:port]";
+    if (!is_http_scheme(scheme))
+        why = "the scheme must be http or https";
+    else if (path[0] != '\0' && strcmp(path, "/") != 0)
+        why = "a path, query or fragment is not allowed";
+    free(scheme);
+    free(path);
+    return why;
+}
+
+static const char *check_realm_url(const char *v)
+{
+    char *scheme = NULL;
+    if (strchr(v, '@'))
+        return "credentials in a realm url are not allowed";
+    if (rp_conf_split_url(v, &scheme, NULL, NULL, NULL) != 0)
+        return "expected a comma-separated list of http(s)://host[:port][/path]";
+    bool ok = is_http_scheme(scheme);
+    free(scheme);
+    return ok ? NULL : "the scheme must be http or https";
+}
+
+static int set_list(const struct rp_conf_option *o, void *base, const char *v, size_t n,
+                    const char **why)
+{
+    char ***list = field(base, o->offset);
+    size_t *count = field(base, o->aux_offset);
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && v[i] != ',')
+            continue;
+        const char *item = v + start;
+        size_t ilen = i - start;
+        start = i + 1;
+        trim(&item, &ilen);
+        if (ilen == 0) {
+            *why = "empty list item";
+            return -1;
+        }
+        char *s = rp_xstrndup(item, ilen);
+        if ((*why = check_realm_url(s)) != NULL) {
+            free(s);
+            return -1;
+        }
+        *list = rp_xrealloc(*list, (*count + 1) * sizeof(**list));
+        (*list)[(*count)++] = s;
+    }
+    return 0;
+}
+
+/* Stores one value into the option's field. `line` 0 means a built-in default. Values are
+ * never echoed in messages: a mistyped key may have a password on its line. */
+static int set_value(struct parser *p, const struct rp_conf_option *o, void *base, const char *v,
+                     size_t n, unsigned line)
+{
+    const char *why = NULL;
+    char desc[MAX_LINE + 32];
+    void *f = field(base, o->offset);
+    uint64_t u;
+    bool b;
+    char *s = NULL;
+
+    switch (o->type) {
+    case RP_CONF_STRING:
+    case RP_CONF_SECRET:
+        free_option(o, base);
+        *(char **)f = rp_xstrndup(v, n);
+        return 0;
+    case RP_CONF_BOOL:
+        if (parse_bool(v, n, &b) != 0) {
+            why = "expected yes or no";
+            break;
+        }
+        *(bool *)f = b;
+        return 0;
+    case RP_CONF_SIZE:
+        if (parse_with_unit(v, n, size_units, 4, 1, &u) != 0) {
+            why = "expected a size: a number with optional K, M, G or T";
+            break;
+        }
+        if (u < o->min || u > o->max) {
+            out_of_range(p, o, line, size_units, 4, "");
+            return -1;
+        }
+        *(uint64_t *)f = u;
+        return 0;
+    case RP_CONF_DURATION:
+        if (parse_with_unit(v, n, duration_units, 5, 1000, &u) != 0) {
+            why = "expected a duration: a number with optional ms, s, m, h or d";
+            break;
+        }
+        if (u < o->min || u > o->max) {
+            out_of_range(p, o, line, duration_units, 5, "ms");
+            return -1;
+        }
+        *(int64_t *)f = (int64_t)u;
+        return 0;
+    case RP_CONF_URL:
+        s = rp_xstrndup(v, n);
+        if ((why = check_base_url(s)) != NULL) {
+            free(s);
+            break;
+        }
+        if (n > 0 && s[n - 1] == '/')
+            s[n - 1] = '\0';
+        free_option(o, base);
+        *(char **)f = s;
+        return 0;
+    case RP_CONF_LIST:
+        free_option(o, base);
+        if (set_list(o, base, v, n, &why) != 0)
+            break;
+        return 0;
+    case RP_CONF_PATH:
+        s = resolve_path(p, v, n);
+        if (o->flags & RP_CONF_F_READABLE) {
+            struct stat st;
+            int fd = open_regular(s, &st, &why);
+            if (fd < 0) {
+                fail(p, line, "%s '%s' in %s: %s", o->key, s, section_desc(p, desc, sizeof(desc)),
+                     why);
+                free(s);
+                return -1;
+            }
+            close(fd);
+        }
+        if (o->flags & RP_CONF_F_SECRET_FILE) {
+            char *secret = read_secret_file(s, &why);
+            if (!secret) {
+                fail(p, line, "%s '%s' in %s: %s", o->key, s, section_desc(p, desc, sizeof(desc)),
+                     why);
+                free(s);
+                return -1;
+            }
+            char **aux = field(base, o->aux_offset);
+            rp_free_secret(*aux);
+            *aux = secret;
+        }
+        free_option(o, base);
+        *(char **)f = s;
+        return 0;
+    }
+    fail(p, line, "bad value for '%s' in %s: %s", o->key, section_desc(p, desc, sizeof(desc)),
+         why ? why : "invalid");
+    return -1;
+}
+
+static void apply_defaults(struct parser *p, int kind, void *base)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const struct rp_conf_option *o = &options[i];
+        if ((int)o->section != kind)
+            continue;
+        if (o->default_text)
+            set_value(p, o, base, o->default_text, strlen(o->default_text), 0);
+        else if (o->type == RP_CONF_DURATION)
+            *(int64_t *)field(base, o->offset) = -1;
+    }
+}
+
+/* Cross-field rules and derived fields, once the section's last key is read. */
+static int finish_section(struct parser *p)
+{
+    char desc[MAX_LINE + 32];
+    if (p->kind < 0)
+        return 0;
+    section_desc(p, desc, sizeof(desc));
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const struct rp_conf_option *o = &options[i];
+        if ((int)o->section != p->kind)
+            continue;
+        if ((o->flags & RP_CONF_F_REQUIRED) && !p->key_line[i]) {
+            fail(p, p->header_line, "missing required key '%s' in %s", o->key, desc);
+            return -1;
+        }
+        if (o->requires && p->key_line[i]) {
+            int r = option_index(p->kind, o->requires, strlen(o->requires));
+            if (r >= 0 && !p->key_line[r]) {
+                fail(p, p->key_line[i], "'%s' in %s needs '%s'", o->key, desc, o->requires);
+                return -1;
+            }
+        }
+    }
+    if (p->kind == RP_CONF_SECTION_REGISTRY) {
+        struct rp_conf_registry *r = &p->conf->registries[p->index];
+        if (rp_conf_split_url(r->url, &r->scheme, &r->host, &r->port, NULL) != 0) {
+            fail(p, p->header_line, "bad url in %s", desc); /* checked when set */
+            return -1;
+        }
+        bool v6 = strchr(r->host, ':') != NULL;
+        if (r->port == default_port(r->scheme))
+            r->hostport = v6 ? rp_xasprintf("[%s]", r->host) : rp_xstrdup(r->host);
+        else
+            r->hostport = v6 ? rp_xasprintf("[%s]:%d", r->host, r->port)
+                             : rp_xasprintf("%s:%d", r->host, r->port);
+        r->dockerhub =
+            strcmp(r->host, "registry-1.docker.io") == 0 || strcmp(r->host, "docker.io") == 0;
+        if (!r->test_image && strcmp(r->host, "registry.redhat.io") == 0)
+            r->test_image = rp_xstrdup("openshift3/ose-pod");
+    }
+    p->kind = -1;
+    return 0;
+}
+
+/* "host:port" or "[v6]:port". */
+static int parse_listen_addr(const char *a, size_t n, char **host, int *port)
+{
+    const char *h, *pt;
+    size_t hlen;
+    if (n > 0 && a[0] == '[') {
+        const char *rb = memchr(a, ']', n);
+        if (!rb || (size_t)(rb - a) + 1 >= n || rb[1] != ':')
+            return -1;
+        h = a + 1;
+        hlen = (size_t)(rb - h);
+        pt = rb + 2;
+        if (!valid_ipv6(h, hlen))
+            return -1;
+    } else {
+        const char *colon = memchr(a, ':', n);
+        if (!colon)
+            return -1;
+        h = a;
+        hlen = (size_t)(colon - a);
+        pt = colon + 1;
+        if (!valid_hostname(h, hlen))
+            return -1;
+    }
+    if (parse_port(pt, n - (size_t)(pt - a), port) != 0)
+        return -1;
+    *host = lower_dup(h, hlen);
+    return 0;
+}
+
+static int open_section(struct parser *p, int kind, const char *name, size_t nlen, unsigned line)
+{
+    struct rp_conf *c = p->conf;
+    if (++p->n_sections > MAX_SECTIONS) {
+        fail(p, line, "too many sections (at most %d)", MAX_SECTIONS);
+        return -1;
+    }
+    memset(p->key_line, 0, sizeof(p->key_line));
+    p->header_line = line;
+
+    if (kind == RP_CONF_SECTION_CACHE) {
+        if (p->have_cache) {
+            fail(p, line, "duplicate section [cache]");
+            return -1;
+        }
+        p->have_cache = true; /* defaults were applied when the conf was created */
+    } else if (kind == RP_CONF_SECTION_LISTEN) {
+        char *host;
+        int port;
+        if (parse_listen_addr(name, nlen, &host, &port) != 0) {
+            fail(p, line,
+                 "bad listen address \"%.*s\": expected host:port or [v6]:port (port "
+                 "1-65535)",
+                 (int)nlen, name);
+            return -1;
+        }
+        for (size_t i = 0; i < c->n_listens; i++) {
+            if (c->listens[i].port == port && strcmp(c->listens[i].host, host) == 0) {
+                fail(p, line,
+                     "duplicate section [listen \"%.*s\"] (same address as [listen "
+                     "\"%s\"])",
+                     (int)nlen, name, c->listens[i].addr);
+                free(host);
+                return -1;
+            }
+        }
+        c->listens = rp_xrealloc(c->listens, (c->n_listens + 1) * sizeof(*c->listens));
+        p->default_line = rp_xrealloc(p->default_line, (c->n_listens + 1) * sizeof(unsigned));
+        struct rp_conf_listen *l = &c->listens[c->n_listens];
+        memset(l, 0, sizeof(*l));
+        l->addr = rp_xstrndup(name, nlen);
+        l->host = host;
+        l->port = port;
+        p->default_line[c->n_listens] = 0;
+        p->index = c->n_listens++;
+        apply_defaults(p, kind, l);
+    } else {
+        for (size_t i = 0; i < c->n_registries; i++) {
+            if (rp_strieq_n(name, nlen, c->registries[i].name)) {
+                fail(p, line, "duplicate section [registry \"%.*s\"]", (int)nlen, name);
+                return -1;
+            }
+        }
+        c->registries = rp_xrealloc(c->registries, (c->n_registries + 1) * sizeof(*c->registries));
+        struct rp_conf_registry *r = &c->registries[c->n_registries];
+        memset(r, 0, sizeof(*r));
+        r->name = rp_xstrndup(name, nlen);
+        p->index = c->n_registries++;
+        apply_defaults(p, kind, r);
+    }
+    p->kind = kind;
+    return 0;
+}
+
+/* s is a trimmed line starting with '['. */
+static int parse_header(struct parser *p, const char *s, size_t n, unsigned line)
+{
+    if (n < 2 || s[n - 1] != ']') {
+        fail(p, line, "malformed section header: expected [kind] or [kind \"name\"]");
+        return -1;
+    }
+    const char *in = s + 1;
+    size_t il = n - 2;
+    trim(&in, &il);
+    size_t wl = 0;
+    while (wl < il && in[wl] >= 'a' && in[wl] <= 'z')
+        wl++;
+    const char *rest = in + wl;
+    size_t rl = il - wl;
+    trim(&rest, &rl);
+    if (wl == 0 || (rl > 0 && (rl < 2 || rest[0] != '"' || rest[rl - 1] != '"'))) {
+        fail(p, line, "malformed section header: expected [kind] or [kind \"name\"]");
+        return -1;
+    }
+    int kind = -1;
+    for (int k = RP_CONF_SECTION_LISTEN; k <= RP_CONF_SECTION_REGISTRY; k++) {
+        const char *kn = rp_conf_section_name((enum rp_conf_section_kind)k);
+        if (strlen(kn) == wl && memcmp(in, kn, wl) == 0)
+            kind = k;
+    }
+    if (kind < 0) {
+        fail(p, line, "unknown section [%.*s]", (int)wl, in);
+        return -1;
+    }
+    const char *name = rl ? rest + 1 : NULL;
+    size_t nlen = rl ? rl - 2 : 0;
+    for (size_t i = 0; i < nlen; i++) {
+        if (name[i] == '"' || is_ctl(name[i])) {
+            fail(p, line, "section name may not contain quotes or control characters");
+            return -1;
+        }
+    }
+    bool named = kind != RP_CONF_SECTION_CACHE;
+    if (named && !name) {
+        fail(p, line, "section [%s] needs a name: [%s \"%s\"]", rp_conf_section_name(kind),
+             rp_conf_section_name(kind), kind == RP_CONF_SECTION_LISTEN ? "ADDR" : "NAME");
+        return -1;
+    }
+    if (named && nlen == 0) {
+        fail(p, line, "empty name in section [%s \"\"]", rp_conf_section_name(kind));
+        return -1;
+    }
+    if (!named && name) {
+        fail(p, line, "section [%s] takes no name", rp_conf_section_name(kind));
+        return -1;
+    }
+    if (finish_section(p) != 0)
+        return -1;
+    return open_section(p, kind, name, nlen, line);
+}
+
+/* s is a trimmed, non-empty line that is neither a comment nor a header. */
+static int parse_key_value(struct parser *p, const char *s, size_t n, unsigned line)
+{
+    char desc[MAX_LINE + 32];
+    const char *eq = memchr(s, '=', n);
+    if (!eq) {
+        fail(p, line, "expected 'key = value' or a [section]");
+        return -1;
+    }
+    const char *key = s, *v = eq + 1;
+    size_t klen = (size_t)(eq - s), vlen = n - klen - 1;
+    trim(&key, &klen);
+    trim(&v, &vlen);
+    bool key_ok = klen > 0 && klen <= MAX_KEY;
+    for (size_t i = 0; i < klen && key_ok; i++)
+        key_ok =
+            is_alpha(key[i]) || is_digit(key[i]) || key[i] == '_' || key[i] == '-' || key[i] == '.';
+    if (!key_ok) {
+        /* Not echoed: a line like "password hunter2 = x" would leak. */
+        fail(p, line, "invalid key name");
+        return -1;
+    }
+    if (p->kind < 0) {
+        fail(p, line, "key '%.*s' outside a section", (int)klen, key);
+        return -1;
+    }
+    section_desc(p, desc, sizeof(desc));
+    int idx = option_index(p->kind, key, klen);
+    if (idx < 0) {
+        fail(p, line, "unknown key '%.*s' in %s", (int)klen, key, desc);
+        return -1;
+    }
+    const struct rp_conf_option *o = &options[idx];
+    if (p->key_line[idx]) {
+        fail(p, line, "duplicate key '%s' in %s (first on line %u)", o->key, desc,
+             p->key_line[idx]);
+        return -1;
+    }
+    if (o->conflicts) {
+        int c = option_index(p->kind, o->conflicts, strlen(o->conflicts));
+        if (c >= 0 && p->key_line[c]) {
+            fail(p, line, "'%s' and '%s' in %s are mutually exclusive", o->key, o->conflicts, desc);
+            return -1;
+        }
+    }
+    /* Quotes keep leading or trailing spaces; there are no escapes, and quotes elsewhere in
+     * a value are literal. */
+    if (vlen > 0 && v[0] == '"') {
+        if (vlen < 2 || v[vlen - 1] != '"' || memchr(v + 1, '"', vlen - 2)) {
+            fail(p, line, "bad value for '%s' in %s: unbalanced quotes", o->key, desc);
+            return -1;
+        }
+        v++;
+        vlen -= 2;
+    }
+    if (vlen == 0) {
+        fail(p, line, "empty value for '%s' in %s", o->key, desc);
+        return -1;
+    }
+    for (size_t i = 0; i < vlen; i++) {
+        if (is_ctl(v[i])) {
+            fail(p, line, "bad value for '%s' in %s: control character", o->key, desc);
+            return -1;
+        }
+    }
+    if (set_value(p, o, section_base(p), v, vlen, line) != 0)
+        return -1;
+    p->key_line[idx] = line;
+    if (p->kind == RP_CONF_SECTION_LISTEN && o->offset == LISTEN_F(default_name))
+        p->default_line[p->index] = line;
+    return 0;
+}
+
+/* After the last line: the file as a whole must make sense. */
+static int finish_file(struct parser *p)
+{
+    struct rp_conf *c = p->conf;
+    if (finish_section(p) != 0)
+        return -1;
+    if (c->n_listens == 0) {
+        fail(p, 0, "no [listen \"ADDR\"] section");
+        return -1;
+    }
+    if (c->n_registries == 0) {
+        fail(p, 0, "no [registry \"NAME\"] section");
+        return -1;
+    }
+    for (size_t i = 0; i < c->n_listens; i++) {
+        struct rp_conf_listen *l = &c->listens[i];
+        if (!l->default_name)
+            continue;
+        l->def = rp_conf_find_registry(c, l->default_name, strlen(l->default_name));
+        if (!l->def) {
+            fail(p, p->default_line[i], "default '%s' in [listen \"%s\"] names no [registry]",
+                 l->default_name, l->addr);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int rp_conf_parse(const char *text, size_t len, const char *source, struct rp_conf **out, char *err,
+                  size_t errlen)
+{
+    struct parser p = {
+        .source = source ? source : "<config>", .err = err, .errlen = errlen, .kind = -1};
+    int rc = -1;
+    if (err && errlen)
+        err[0] = '\0';
+    if (!out)
+        return -1;
+    *out = NULL;
+    p.conf = rp_xcalloc(1, sizeof(*p.conf));
+    p.conf->source = rp_xstrdup(p.source);
+    const char *slash = strrchr(p.source, '/');
+    if (slash)
+        p.dir =
+            slash == p.source ? rp_xstrdup("/") : rp_xstrndup(p.source, (size_t)(slash - p.source));
+    p.kind = RP_CONF_SECTION_CACHE;
+    apply_defaults(&p, RP_CONF_SECTION_CACHE, &p.conf->cache);
+    p.kind = -1;
+    if (!text && len > 0) {
+        fail(&p, 0, "no text");
+        goto out;
+    }
+    if (len > MAX_TEXT) {
+        fail(&p, 0, "larger than 1 MiB");
+        goto out;
+    }
+    size_t pos = 0;
+    if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
+        pos = 3; /* a UTF-8 byte order mark, as some editors write */
+    for (unsigned line = 1; pos < len; line++) {
+        const char *s = text + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t n = nl ? (size_t)(nl - s) : len - pos;
+        pos += n + (nl ? 1 : 0);
+        if (n > MAX_LINE) {
+            fail(&p, line, "line longer than %d bytes", MAX_LINE);
+            goto out;
+        }
+        if (memchr(s, '\0', n)) {
+            fail(&p, line, "NUL byte in line");
+            goto out;
+        }
+        trim(&s, &n);
+        if (n == 0 || s[0] == '#' || s[0] == ';')
+            continue;
+        if (s[0] == '[' ? parse_header(&p, s, n, line) : parse_key_value(&p, s, n, line))
+            goto out;
+    }
+    if (finish_file(&p) != 0)
+        goto out;
+    *out = p.conf;
+    p.conf = NULL;
+    rc = 0;
+out:
+    rp_conf_free(p.conf);
+    free(p.dir);
+    free(p.default_line);
+    return rc;
+}
+
+int rp_conf_load_file(const char *path, struct rp_conf **out, char *err, size_t errlen)
+{
+    struct stat st;
+    const char *why = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = -1;
+    if (out)
+        *out = NULL;
+    if (err && errlen)
+        err[0] = '\0';
+    if (!path || !out)
+        return -1;
+    int fd = open_regular(path, &st, &why);
+    if (fd < 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s: cannot read: %s", path, why);
+        return -1;
+    }
+    /* One byte more than allowed, to tell "exactly 1 MiB" from "larger". */
+    buf = rp_xmalloc(MAX_TEXT + 1);
+    while (len <= MAX_TEXT) {
+        ssize_t r = read(fd, buf + len, MAX_TEXT + 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            if (err && errlen)
+                snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    if (len > MAX_TEXT) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s: file is larger than 1 MiB", path);
+        goto out;
+    }
+    rc = rp_conf_parse(buf, len, path, out, err, errlen);
+out:
+    rp_secure_zero(buf, len); /* may hold a password */
+    free(buf);
+    close(fd);
+    return rc;
+}

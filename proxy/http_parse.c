@@ -1,0 +1,311 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* http_parse: strict HTTP/1.x request heads (RFC 9112) and single byte ranges (RFC 9110).
+ * Anything ambiguous is an error rather than a guess: request smuggling lives in the gap
+ * between two parsers' guesses. */
+#include "http_parse.h"
+
+#include <string.h>
+
+#include "../util/util.h"
+
+/* Longest method we bother to read; we serve GET and HEAD, the rest is 405 anyway. */
+#define METHOD_MAX 32
+
+/* tchar (RFC 9110 5.6.2). */
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Parses the request line p[0..n), without its line end. `complete` is false while the line
+ * end has not arrived yet: then only what is already decidable is checked. Every part is
+ * bounded (method, target by max_target, version), so an endless request line is refused
+ * within max_target + ~45 bytes, before the buffer fills. */
+static int parse_request_line(const char *p, size_t n, bool complete, size_t max_target,
+                              struct rp_http_request_head *out)
+{
+    size_t i = 0;
+    while (i < n && is_tchar((unsigned char)p[i]) && i <= METHOD_MAX)
+        i++;
+    if (i > METHOD_MAX)
+        return RP_HTTP_E_BAD;
+    if (i == n)
+        return complete ? RP_HTTP_E_BAD : RP_HTTP_NEED_MORE;
+    if (p[i] != ' ' || i == 0)
+        return RP_HTTP_E_BAD;
+    out->method_str = p;
+    out->method_len = i;
+
+    size_t t = i + 1, j = t;
+    for (; j < n && p[j] != ' '; j++) {
+        unsigned char c = (unsigned char)p[j];
+        /* RFC 9112 3.2: the target is visible ASCII; no whitespace, controls or raw UTF-8. */
+        if (c < 0x21 || c >= 0x7f)
+            return RP_HTTP_E_BAD;
+        if (j - t >= max_target)
+            return RP_HTTP_E_URI_TOO_LONG;
+    }
+    if (j == n)
+        return complete ? RP_HTTP_E_BAD : RP_HTTP_NEED_MORE;
+    if (j == t)
+        return RP_HTTP_E_BAD; /* two spaces */
+    out->target = p + t;
+    out->target_len = j - t;
+
+    const char *v = p + j + 1;
+    size_t vlen = n - j - 1;
+    if (!complete)
+        return vlen > 9 ? RP_HTTP_E_BAD : RP_HTTP_NEED_MORE; /* "HTTP/1.1\r" at most */
+    if (vlen != 8 || memcmp(v, "HTTP/", 5) != 0 || v[6] != '.' || v[5] < '0' || v[5] > '9' ||
+        v[7] < '0' || v[7] > '9')
+        return RP_HTTP_E_BAD;
+    /* Version before target form, so the HTTP/2 preface "PRI * HTTP/2.0" reads as a version
+     * error rather than an asterisk-form target. */
+    if (v[5] != '1' || (v[7] != '0' && v[7] != '1'))
+        return RP_HTTP_E_VERSION;
+    out->minor = v[7] - '0';
+    if (out->target[0] != '/')
+        return RP_HTTP_E_TARGET;
+
+    if (i == 3 && memcmp(p, "GET", 3) == 0)
+        out->method = RP_HTTP_GET;
+    else if (i == 4 && memcmp(p, "HEAD", 4) == 0)
+        out->method = RP_HTTP_HEAD;
+    else
+        out->method = RP_HTTP_OTHER;
+    return 1;
+}
+
+/* Finds the next line starting at `pos`: sets *content_end (before CR LF or LF) and *next
+ * (after the LF). Returns 1, 0 when no LF yet, or E_BAD for a CR not followed by LF or a NUL.
+ */
+static int next_line(const char *buf, size_t len, size_t pos, size_t *content_end, size_t *next)
+{
+    for (size_t i = pos; i < len; i++) {
+        char c = buf[i];
+        if (c == '\n') {
+            *content_end = i;
+            *next = i + 1;
+            return 1;
+        }
+        if (c == '\0')
+            return RP_HTTP_E_BAD;
+        if (c == '\r') {
+            if (i + 1 == len)
+                return 0;
+            if (buf[i + 1] != '\n')
+                return RP_HTTP_E_BAD; /* bare CR (RFC 9112 2.2) */
+            *content_end = i;
+            *next = i + 2;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int parse_header_line(const char *p, size_t n, struct rp_http_header *h)
+{
+    if (n == 0 || is_ows(p[0]))
+        return RP_HTTP_E_BAD; /* obs-fold, or whitespace before the name (RFC 9112 5.2) */
+    size_t i = 0;
+    while (i < n && is_tchar((unsigned char)p[i]))
+        i++;
+    if (i == 0 || i == n || p[i] != ':')
+        return RP_HTTP_E_BAD; /* no whitespace between name and colon (RFC 9112 5.1) */
+    h->name = p;
+    h->name_len = i;
+    size_t vs = i + 1, ve = n;
+    while (vs < ve && is_ows(p[vs]))
+        vs++;
+    while (ve > vs && is_ows(p[ve - 1]))
+        ve--;
+    for (size_t k = vs; k < ve; k++) {
+        unsigned char c = (unsigned char)p[k];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return RP_HTTP_E_BAD;
+    }
+    h->value = p + vs;
+    h->value_len = ve - vs;
+    return 1;
+}
+
+static bool name_is(const struct rp_http_header *h, const char *name)
+{
+    return rp_strieq_n(h->name, h->name_len, name);
+}
+
+/* Connection is a comma-separated token list and may be repeated (RFC 9110 7.6.1). */
+static void apply_connection(const struct rp_http_header *h, bool *close, bool *keep)
+{
+    size_t i = 0, n = h->value_len;
+    const char *v = h->value;
+    while (i < n) {
+        while (i < n && (is_ows(v[i]) || v[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < n && v[i] != ',')
+            i++;
+        size_t e = i;
+        while (e > s && is_ows(v[e - 1]))
+            e--;
+        if (rp_strieq_n(v + s, e - s, "close"))
+            *close = true;
+        else if (rp_strieq_n(v + s, e - s, "keep-alive"))
+            *keep = true;
+    }
+}
+
+static int check_semantics(struct rp_http_request_head *out)
+{
+    size_t n_host = 0, n_cl = 0, n_te = 0;
+    uint64_t cl = 0;
+    bool close = false, keep = false;
+    for (size_t i = 0; i < out->n_headers; i++) {
+        const struct rp_http_header *h = &out->headers[i];
+        if (name_is(h, "host")) {
+            n_host++;
+        } else if (name_is(h, "content-length")) {
+            /* Even a repeated equal value is refused: RFC 9112 6.3 allows merging them, but a
+             * proxy in front of us might not, and disagreement is how smuggling starts. */
+            if (++n_cl > 1 || rp_parse_u64(h->value, h->value_len, &cl) != 0)
+                return RP_HTTP_E_FRAMING;
+        } else if (name_is(h, "transfer-encoding")) {
+            n_te++;
+        } else if (name_is(h, "connection")) {
+            apply_connection(h, &close, &keep);
+        } else if (name_is(h, "expect")) {
+            /* RFC 9110 10.1.1: a 100-continue expectation in HTTP/1.0 is ignored. */
+            if (out->minor == 1 && rp_strieq_n(h->value, h->value_len, "100-continue"))
+                out->expect_continue = true;
+        }
+    }
+    /* RFC 9112 6.1: TE in a 1.0 request means faulty framing; TE with CL is smuggling. */
+    if (n_te > 0 && (n_cl > 0 || out->minor == 0))
+        return RP_HTTP_E_FRAMING;
+    if (n_host > 1 || (n_host == 0 && out->minor == 1))
+        return RP_HTTP_E_BAD; /* RFC 9112 3.2 */
+    out->has_body = cl > 0 || n_te > 0;
+    out->keep_alive = !close && (out->minor == 1 || keep);
+    return 0;
+}
+
+int rp_http_parse_request(const char *buf, size_t len, size_t max_target,
+                          struct rp_http_request_head *out)
+{
+    memset(out, 0, sizeof(*out));
+    size_t pos = 0, ce, next;
+    int rc;
+    /* RFC 9112 2.2: ignore empty lines before the request line (bounded by the head cap). */
+    for (;;) {
+        rc = next_line(buf, len, pos, &ce, &next);
+        if (rc < 0)
+            return rc;
+        if (rc == 0 || ce > pos)
+            break;
+        pos = next;
+        if (pos > RP_HTTP_MAX_HEAD)
+            return RP_HTTP_E_HEADERS_TOO_LARGE;
+    }
+    if (rc == 0) {
+        if (len - pos == 1 && buf[pos] == '\r')
+            return RP_HTTP_NEED_MORE; /* the CR of an empty line before the request line */
+        rc = parse_request_line(buf + pos, len - pos, false, max_target, out);
+        if (rc < 0)
+            return rc;
+        return len >= RP_HTTP_MAX_HEAD ? RP_HTTP_E_HEADERS_TOO_LARGE : RP_HTTP_NEED_MORE;
+    }
+    rc = parse_request_line(buf + pos, ce - pos, true, max_target, out);
+    if (rc < 0)
+        return rc;
+    pos = next;
+    for (;;) {
+        if (pos > RP_HTTP_MAX_HEAD)
+            return RP_HTTP_E_HEADERS_TOO_LARGE;
+        rc = next_line(buf, len, pos, &ce, &next);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return len >= RP_HTTP_MAX_HEAD ? RP_HTTP_E_HEADERS_TOO_LARGE : RP_HTTP_NEED_MORE;
+        if (ce == pos)
+            break; /* the empty line ending the head */
+        if (out->n_headers == RP_HTTP_MAX_HEADERS)
+            return RP_HTTP_E_HEADERS_TOO_LARGE;
+        rc = parse_header_line(buf + pos, ce - pos, &out->headers[out->n_headers]);
+        if (rc < 0)
+            return rc;
+        out->n_headers++;
+        pos = next;
+    }
+    if (next > RP_HTTP_MAX_HEAD)
+        return RP_HTTP_E_HEADERS_TOO_LARGE;
+    rc = check_semantics(out);
+    if (rc < 0)
+        return rc;
+    return (int)next;
+}
+
+const struct rp_http_header *rp_http_find_header(const struct rp_http_request_head *h,
+                                                 const char *name)
+{
+    for (size_t i = 0; i < h->n_headers; i++)
+        if (name_is(&h->headers[i], name))
+            return &h->headers[i];
+    return NULL;
+}
+
+enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t size,
+                                         uint64_t *start, uint64_t *end)
+{
+    /* ranges-specifier = range-unit "=" range-set; the unit is case-insensitive (RFC 9110
+     * 14.1). OWS is tolerated after '=' and at the end, as list syntax allows. */
+    if (len < 6 || !rp_strieq_n(value, 6, "bytes="))
+        return RP_RANGE_NONE;
+    size_t i = 6, e = len;
+    while (i < e && is_ows(value[i]))
+        i++;
+    while (e > i && is_ows(value[e - 1]))
+        e--;
+    const char *s = value + i;
+    size_t n = e - i;
+    if (memchr(s, ',', n))
+        return RP_RANGE_NONE; /* multiple ranges: serving the whole body is allowed */
+    const char *dash = memchr(s, '-', n);
+    if (!dash)
+        return RP_RANGE_NONE;
+    size_t a_len = (size_t)(dash - s), b_len = n - a_len - 1;
+    uint64_t a, b;
+    if (a_len == 0) {
+        /* suffix-range: the last b bytes; "-0" is never satisfiable (RFC 9110 14.1.1). */
+        if (rp_parse_u64(dash + 1, b_len, &b) != 0)
+            return RP_RANGE_NONE;
+        if (b == 0)
+            return RP_RANGE_UNSATISFIABLE;
+        if (size == 0)
+            return RP_RANGE_NONE; /* satisfiable but empty: a 200 with no body says it */
+        *start = b >= size ? 0 : size - b;
+        *end = size - 1;
+        return RP_RANGE_OK;
+    }
+    if (rp_parse_u64(s, a_len, &a) != 0)
+        return RP_RANGE_NONE;
+    if (b_len == 0) {
+        b = UINT64_MAX;
+    } else {
+        if (rp_parse_u64(dash + 1, b_len, &b) != 0)
+            return RP_RANGE_NONE;
+        if (b < a)
+            return RP_RANGE_NONE; /* invalid range-spec: ignore the header */
+    }
+    if (a >= size)
+        return RP_RANGE_UNSATISFIABLE;
+    *start = a;
+    *end = b >= size ? size - 1 : b;
+    return RP_RANGE_OK;
+}

@@ -1,0 +1,402 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Unit tests for proxy/http_parse.c: request heads split at every byte, each error class,
+ * the size limits, framing and keep-alive rules, and Range parsing. */
+#include "../unit.h"
+
+#include "../../../proxy/http_parse.h"
+
+#define MAXT 2048
+
+static struct rp_http_request_head h;
+
+static int parse_n(const char *s, size_t n)
+{
+    return rp_http_parse_request(s, n, MAXT, &h);
+}
+
+static int parse(const char *s)
+{
+    return parse_n(s, strlen(s));
+}
+
+/* A complete head: the whole string. */
+#define CHECK_PARSES(s) CHECK_INT(parse(s), strlen(s))
+
+static bool hdr_is(const char *name, const char *value)
+{
+    const struct rp_http_header *x = rp_http_find_header(&h, name);
+    return x && x->value_len == strlen(value) && memcmp(x->value, value, x->value_len) == 0;
+}
+
+static const char GET_REQ[] = "GET /v2/foo/manifests/latest HTTP/1.1\r\n"
+                              "Host: localhost:5000\r\n"
+                              "User-Agent: docker/24.0\r\n"
+                              "Accept: application/vnd.oci.image.index.v1+json, */*\r\n"
+                              "X-Empty:\r\n"
+                              "X-Spaces: \t padded \t \r\n"
+                              "\r\n";
+
+static void test_complete(void)
+{
+    size_t n = strlen(GET_REQ);
+    CHECK_INT(parse(GET_REQ), n);
+    CHECK_INT(h.method, RP_HTTP_GET);
+    CHECK_INT(h.method_len, 3);
+    CHECK(memcmp(h.method_str, "GET", 3) == 0);
+    CHECK_INT(h.target_len, strlen("/v2/foo/manifests/latest"));
+    CHECK(memcmp(h.target, "/v2/foo/manifests/latest", h.target_len) == 0);
+    CHECK_INT(h.minor, 1);
+    CHECK_INT(h.n_headers, 5);
+    CHECK(h.keep_alive);
+    CHECK(!h.has_body);
+    CHECK(!h.expect_continue);
+    CHECK(hdr_is("host", "localhost:5000"));
+    CHECK(hdr_is("HOST", "localhost:5000"));
+    CHECK(hdr_is("accept", "application/vnd.oci.image.index.v1+json, */*"));
+    CHECK(hdr_is("x-empty", ""));
+    CHECK(hdr_is("X-SPACES", "padded"));
+    CHECK(rp_http_find_header(&h, "x-missing") == NULL);
+    CHECK(rp_http_find_header(&h, "hos") == NULL);
+
+    CHECK_INT(parse("HEAD /v2/ HTTP/1.0\r\n\r\n"), 22);
+    CHECK_INT(h.method, RP_HTTP_HEAD);
+    CHECK_INT(h.minor, 0);
+    CHECK(!h.keep_alive);
+    CHECK_INT(h.n_headers, 0);
+    CHECK_INT(parse("DELETE /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), 33);
+    CHECK_INT(h.method, RP_HTTP_OTHER);
+    CHECK_INT(parse("get /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), 30);
+    CHECK_INT(h.method, RP_HTTP_OTHER); /* methods are case-sensitive */
+}
+
+/* Every proper prefix of a valid head needs more; the whole head parses to its length. */
+static void test_every_split(void)
+{
+    const char *reqs[] = {
+        GET_REQ,
+        "GET / HTTP/1.0\n\n",
+        "HEAD /v2/ HTTP/1.1\nHost: a\n\n",
+        "\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    };
+    for (size_t k = 0; k < sizeof(reqs) / sizeof(reqs[0]); k++) {
+        size_t n = strlen(reqs[k]);
+        for (size_t i = 0; i < n; i++) {
+            char *copy = malloc(i ? i : 1); /* exact-size copy so ASan sees over-reads */
+            memcpy(copy, reqs[k], i);
+            int rc = parse_n(copy, i);
+            if (rc != RP_HTTP_NEED_MORE) {
+                fprintf(stderr, "request %zu prefix %zu: %d\n", k, i, rc);
+                unit_cur_failed = 1;
+            }
+            free(copy);
+        }
+        char *copy = malloc(n);
+        memcpy(copy, reqs[k], n);
+        CHECK_INT(parse_n(copy, n), n);
+        free(copy);
+    }
+}
+
+static void test_pipelined(void)
+{
+    const char two[] = "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+    int n = parse(two);
+    CHECK_INT(n, 28);
+    CHECK_INT(parse(two + n), 28);
+    CHECK(memcmp(h.target, "/b", 2) == 0);
+    /* Garbage after the head is the caller's (a body or the next request). */
+    CHECK_INT(parse("GET /a HTTP/1.1\r\nHost: x\r\n\r\n\x01\x02garbage"), 28);
+}
+
+static void test_lf_only(void)
+{
+    CHECK_INT(parse("GET /v2/ HTTP/1.1\nHost: x\n\n"), 27);
+    CHECK(hdr_is("host", "x"));
+    /* Mixed line ends. */
+    CHECK_INT(parse("GET /v2/ HTTP/1.1\r\nHost: x\n\r\n"), 29);
+    CHECK_INT(parse("GET /v2/ HTTP/1.1\nHost: x\r\n\n"), 28);
+}
+
+static void test_request_line_errors(void)
+{
+    CHECK_INT(parse("GET  /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/  HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/ HTTP/1.1 \r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse(" GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET\t/v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/\r\n\r\n"), RP_HTTP_E_BAD); /* HTTP/0.9 */
+    CHECK_INT(parse("GET\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("G(T /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/\x01 HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/ http/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/ HTTP/1.1x\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/ HTTP/11\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    /* Errors are found before the line ends. */
+    CHECK_INT(parse("G(T"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/\x01"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET /v2/ HTTP/1.1xxxx"), RP_HTTP_E_BAD);
+    char longmethod[64];
+    memset(longmethod, 'A', sizeof(longmethod));
+    CHECK_INT(parse_n(longmethod, sizeof(longmethod)), RP_HTTP_E_BAD);
+}
+
+static void test_version(void)
+{
+    CHECK_INT(parse("GET /v2/ HTTP/2.0\r\nHost: x\r\n\r\n"), RP_HTTP_E_VERSION);
+    CHECK_INT(parse("GET /v2/ HTTP/1.2\r\nHost: x\r\n\r\n"), RP_HTTP_E_VERSION);
+    CHECK_INT(parse("GET /v2/ HTTP/0.9\r\nHost: x\r\n\r\n"), RP_HTTP_E_VERSION);
+    CHECK_INT(parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), RP_HTTP_E_VERSION);
+}
+
+static void test_target_forms(void)
+{
+    CHECK_INT(parse("GET http://evil.example/v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+    CHECK_INT(parse("CONNECT evil.example:443 HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+    CHECK_INT(parse("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+    CHECK_INT(parse("GET v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+}
+
+static void test_uri_too_long(void)
+{
+    static char buf[RP_HTTP_MAX_HEAD + 100];
+    int n = snprintf(buf, sizeof(buf), "GET /");
+    memset(buf + n, 'a', MAXT - 1); /* target of exactly MAXT bytes */
+    n += MAXT - 1;
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK_INT(parse(buf), n);
+    CHECK_INT(h.target_len, MAXT);
+
+    n = snprintf(buf, sizeof(buf), "GET /");
+    memset(buf + n, 'a', MAXT);
+    n += MAXT;
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK_INT(parse(buf), RP_HTTP_E_URI_TOO_LONG);
+    /* While the line is still arriving: refused as soon as the target is too long. */
+    CHECK_INT(parse_n(buf, 5 + MAXT), RP_HTTP_E_URI_TOO_LONG);
+    CHECK_INT(parse_n(buf, 4 + MAXT), RP_HTTP_NEED_MORE);
+    /* Even when the caller's limit exceeds the head limit, a head that cannot end is refused. */
+    memset(buf, 'a', sizeof(buf));
+    memcpy(buf, "GET /", 5);
+    CHECK_INT(rp_http_parse_request(buf, sizeof(buf), 1 << 20, &h), RP_HTTP_E_HEADERS_TOO_LARGE);
+    CHECK_INT(rp_http_parse_request("GET /a HTTP/1.1\r\n", 17, 1, &h), RP_HTTP_E_URI_TOO_LONG);
+}
+
+static void test_header_errors(void)
+{
+    /* obs-fold */
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\n Host: x\r\n\r\n"), RP_HTTP_E_BAD);
+    /* whitespace before the colon: a smuggling classic */
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length\t: 5\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\n: x\r\nHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHo(st: x\r\n\r\n"), RP_HTTP_E_BAD);
+    /* bare CR, NUL, control characters */
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\rHost: x\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\n\r\r\n"), RP_HTTP_E_BAD);
+    const char nul[] = "GET / HTTP/1.1\r\nHost: x\0y\r\n\r\n";
+    CHECK_INT(parse_n(nul, sizeof(nul) - 1), RP_HTTP_E_BAD);
+    CHECK_INT(parse_n(nul, 24), RP_HTTP_E_BAD); /* NUL seen before the head is complete */
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7f\r\n\r\n"), RP_HTTP_E_BAD);
+    /* obs-text in values is allowed (RFC 9110 5.5) */
+    CHECK_PARSES("GET / HTTP/1.1\r\nHost: x\r\nX-A: caf\xc3\xa9\r\n\r\n");
+    /* Host rules */
+    CHECK_INT(parse("GET / HTTP/1.1\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"), RP_HTTP_E_BAD);
+    CHECK_INT(parse("GET / HTTP/1.0\r\n\r\n"), 18);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost:\r\n\r\n"), 25);
+}
+
+static void test_limits(void)
+{
+    static char buf[RP_HTTP_MAX_HEAD + 1024];
+    size_t n = (size_t)snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < RP_HTTP_MAX_HEADERS - 1; i++)
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "X-%d: v\r\n", i);
+    size_t before_end = n;
+    n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\r\n");
+    CHECK_INT(parse_n(buf, n), n);
+    CHECK_INT(h.n_headers, RP_HTTP_MAX_HEADERS);
+    n = before_end + (size_t)snprintf(buf + before_end, sizeof(buf) - before_end, "X-L: v\r\n");
+    CHECK_INT(parse_n(buf, n), RP_HTTP_E_HEADERS_TOO_LARGE); /* even before the head ends */
+    n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\r\n");
+    CHECK_INT(parse_n(buf, n), RP_HTTP_E_HEADERS_TOO_LARGE);
+
+    /* A head of exactly RP_HTTP_MAX_HEAD bytes is fine; one more is not. */
+    n = (size_t)snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    size_t fill = RP_HTTP_MAX_HEAD - n - 4;
+    memset(buf + n, 'v', fill);
+    n += fill;
+    memcpy(buf + n, "\r\n\r\n", 4);
+    n += 4;
+    CHECK_INT(n, RP_HTTP_MAX_HEAD);
+    CHECK_INT(parse_n(buf, n), RP_HTTP_MAX_HEAD);
+    CHECK_INT(parse_n(buf, n - 1), RP_HTTP_NEED_MORE);
+    memmove(buf + n - 3, buf + n - 4, 4);
+    buf[n - 4] = 'v';
+    CHECK_INT(parse_n(buf, n + 1), RP_HTTP_E_HEADERS_TOO_LARGE);
+    CHECK_INT(parse_n(buf, n), RP_HTTP_E_HEADERS_TOO_LARGE); /* no end yet, no room left */
+    CHECK_INT(parse_n(buf, n - 1), RP_HTTP_NEED_MORE);
+
+    /* Leading empty lines count against the head limit. */
+    memset(buf, '\n', RP_HTTP_MAX_HEAD + 10);
+    CHECK_INT(parse_n(buf, RP_HTTP_MAX_HEAD + 10), RP_HTTP_E_HEADERS_TOO_LARGE);
+    CHECK_INT(parse_n(buf, 100), RP_HTTP_NEED_MORE);
+}
+
+static void test_framing(void)
+{
+    CHECK_PARSES("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    CHECK(!h.has_body);
+    CHECK_PARSES("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n");
+    CHECK(h.has_body);
+    CHECK_PARSES("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    CHECK(h.has_body);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n"),
+              RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                    "Content-Length: 0\r\n\r\n"),
+              RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+              RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+              RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n"),
+              RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"), RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n"), RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10\r\n\r\n"),
+              RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n"), RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+              RP_HTTP_E_FRAMING);
+    CHECK_INT(parse("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), RP_HTTP_E_FRAMING);
+}
+
+static void test_keep_alive(void)
+{
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n") > 0, 1);
+    CHECK(h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") > 0, 1);
+    CHECK(!h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, CLOSE\r\n\r\n") > 0, 1);
+    CHECK(!h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: te\r\nConnection: close\r\n\r\n") > 0,
+              1);
+    CHECK(!h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n") > 0, 1);
+    CHECK(h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.0\r\n\r\n") > 0, 1);
+    CHECK(!h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n") > 0, 1);
+    CHECK(h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.0\r\nConnection: foo ,keep-alive ,\r\n\r\n") > 0, 1);
+    CHECK(h.keep_alive);
+    CHECK_INT(parse("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n") > 0, 1);
+    CHECK(!h.keep_alive);
+}
+
+static void test_expect(void)
+{
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n") > 0, 1);
+    CHECK(h.expect_continue);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nexpect: 100-Continue\r\n\r\n") > 0, 1);
+    CHECK(h.expect_continue);
+    CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n") > 0, 1);
+    CHECK(!h.expect_continue);
+    CHECK_INT(parse("GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n") > 0, 1);
+    CHECK(!h.expect_continue);
+}
+
+static enum rp_range_result range(const char *v, uint64_t size, uint64_t *s, uint64_t *e)
+{
+    *s = *e = 12345;
+    return rp_http_parse_range(v, strlen(v), size, s, e);
+}
+
+static void test_range(void)
+{
+    uint64_t s, e;
+    CHECK_INT(range("bytes=0-99", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(s, 0);
+    CHECK_INT(e, 99);
+    CHECK_INT(range("bytes=100-", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(s, 100);
+    CHECK_INT(e, 999);
+    CHECK_INT(range("bytes=-50", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(s, 950);
+    CHECK_INT(e, 999);
+    CHECK_INT(range("bytes=-5000", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(s, 0);
+    CHECK_INT(e, 999);
+    CHECK_INT(range("bytes=500-5000", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(s, 500);
+    CHECK_INT(e, 999);
+    CHECK_INT(range("bytes=999-999", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(s, 999);
+    CHECK_INT(e, 999);
+    CHECK_INT(range("Bytes=1-1", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(range("bytes= 1-2 ", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(e, 2);
+    CHECK_INT(range("bytes=0-18446744073709551615", 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(e, 999);
+
+    CHECK_INT(range("bytes=1000-", 1000, &s, &e), RP_RANGE_UNSATISFIABLE);
+    CHECK_INT(range("bytes=1000-2000", 1000, &s, &e), RP_RANGE_UNSATISFIABLE);
+    CHECK_INT(range("bytes=-0", 1000, &s, &e), RP_RANGE_UNSATISFIABLE);
+    CHECK_INT(range("bytes=0-", 0, &s, &e), RP_RANGE_UNSATISFIABLE);
+    CHECK_INT(range("bytes=0-0", 0, &s, &e), RP_RANGE_UNSATISFIABLE);
+    CHECK_INT(range("bytes=-0", 0, &s, &e), RP_RANGE_UNSATISFIABLE);
+    /* A non-zero suffix of an empty body is satisfiable but empty: serve the body (200). */
+    CHECK_INT(range("bytes=-5", 0, &s, &e), RP_RANGE_NONE);
+
+    CHECK_INT(range("bytes=5-1", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=0-1,5-6", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=0-1, 5-6", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("items=0-1", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes 0-1", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes =0-1", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=-", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=abc", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=1", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=1-2-3", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=--5", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=+1-2", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=1 - 2", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=0x1-2", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=18446744073709551616-", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("bytes=-18446744073709551616", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(range("", 1000, &s, &e), RP_RANGE_NONE);
+    CHECK_INT(s, 12345); /* outputs untouched unless OK */
+    CHECK_INT(e, 12345);
+    /* Counted, not NUL-terminated. */
+    CHECK_INT(rp_http_parse_range("bytes=0-99trailing", 10, 1000, &s, &e), RP_RANGE_OK);
+    CHECK_INT(e, 99);
+}
+
+int main(void)
+{
+    RUN(test_complete);
+    RUN(test_every_split);
+    RUN(test_pipelined);
+    RUN(test_lf_only);
+    RUN(test_request_line_errors);
+    RUN(test_version);
+    RUN(test_target_forms);
+    RUN(test_uri_too_long);
+    RUN(test_header_errors);
+    RUN(test_limits);
+    RUN(test_framing);
+    RUN(test_keep_alive);
+    RUN(test_expect);
+    RUN(test_range);
+    UNIT_EXIT();
+}
