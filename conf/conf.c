@@ -27,6 +27,7 @@ extern const char rp_conf_default_text_data[];
 
 #define SECOND_MS INT64_C(1000)
 #define DAY_MS (86400 * SECOND_MS)
+#define STALE_MAX_MS (365LL * 24 * 3600 * 1000)
 #define TTL_MAX_MS (30 * DAY_MS)
 #define SIZE_MAX_BYTES (UINT64_C(1) << 60)
 
@@ -77,6 +78,15 @@ static const struct rp_conf_option options[] = {
      .max = TTL_MAX_MS,
      .offset = CACHE_F(tag_ttl_ms),
      .help = "how long a cached tag is served without asking upstream"},
+    {.section = RP_CONF_SECTION_CACHE,
+     .key = "max_stale",
+     .type = RP_CONF_DURATION,
+     .default_text = "7d",
+     .min = 0,
+     .max = STALE_MAX_MS,
+     .offset = CACHE_F(max_stale_ms),
+     .help = "how long past its tag_ttl a cached tag may still be served while upstream "
+             "is down or failing (stale-if-error)"},
 
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "url",

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* errors: the registry error format (distribution spec, "Error Codes"), used for every
- * error the proxy answers itself. */
+ * error the proxy answers itself, and the small header and digest helpers that the
+ * request, fetch and fill code share. */
 #include "proxy.h"
 
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 
 char *rp_error_body(const char *code, const char *message, const char *detail)
@@ -39,4 +41,71 @@ const char *rp_error_code_for_status(int status, enum rp_route_kind kind)
     case 503: return "UNAVAILABLE";
     default: return "UNKNOWN";
     }
+}
+
+/* Header values are forwarded to clients only when they are plain visible ASCII, so an
+ * upstream cannot split our response or inject headers. */
+bool rp_header_value_safe(const char *v)
+{
+    if (!v)
+        return false;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+        if ((*p < 0x20 && *p != '\t') || *p >= 0x7f)
+            return false;
+    return true;
+}
+
+void rp_headers_free(struct rp_xfer_headers *h)
+{
+    free(h->content_type);
+    free(h->content_length);
+    free(h->content_range);
+    free(h->docker_content_digest);
+    free(h->www_authenticate);
+    free(h->location);
+    free(h->retry_after);
+    free(h->link);
+    free(h->etag);
+    free(h->oci_filters_applied);
+    memset(h, 0, sizeof(*h));
+    h->length = -1;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? rp_xstrdup(s) : NULL;
+}
+
+void rp_headers_copy(struct rp_xfer_headers *dst, const struct rp_xfer_headers *src)
+{
+    rp_headers_free(dst);
+    dst->content_type = dup_or_null(src->content_type);
+    dst->content_length = dup_or_null(src->content_length);
+    dst->content_range = dup_or_null(src->content_range);
+    dst->docker_content_digest = dup_or_null(src->docker_content_digest);
+    dst->www_authenticate = dup_or_null(src->www_authenticate);
+    dst->location = dup_or_null(src->location);
+    dst->retry_after = dup_or_null(src->retry_after);
+    dst->link = dup_or_null(src->link);
+    dst->etag = dup_or_null(src->etag);
+    dst->oci_filters_applied = dup_or_null(src->oci_filters_applied);
+    dst->length = src->length;
+}
+
+const EVP_MD *rp_digest_md(const char *digest)
+{
+    return strncmp(digest, "sha512:", 7) == 0 ? EVP_sha512() : EVP_sha256();
+}
+
+bool rp_digest_matches(const char *digest, const unsigned char *md, unsigned int mdlen)
+{
+    const char *hex = strchr(digest, ':');
+    if (!hex || strlen(hex + 1) != (size_t)mdlen * 2)
+        return false;
+    hex++;
+    static const char digits[] = "0123456789abcdef";
+    for (unsigned int i = 0; i < mdlen; i++)
+        if (hex[2 * i] != digits[md[i] >> 4] || hex[2 * i + 1] != digits[md[i] & 15])
+            return false;
+    return true;
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* proxy: the event-driven server. This header is internal to proxy/: the connection,
- * request and server types shared by server.c (sockets, HTTP framing), request.c (the
- * request state machine), tokens.c (shared token fetches) and errors.c. */
+/* proxy: the event-driven server. This header is internal to proxy/: the types shared by
+ * server.c (sockets, HTTP framing), request.c (the client request state machine),
+ * fetch.c (one authenticated upstream exchange), tokens.c (shared token fetches),
+ * fill.c (shared blob downloads into the cache) and errors.c. */
 #ifndef RP_PROXY_H
 #define RP_PROXY_H
 
@@ -11,6 +12,7 @@
 #include <sys/queue.h>
 
 #include "../auth/auth.h"
+#include "../cache/cache.h"
 #include "../conf/conf.h"
 #include "../util/util.h"
 #include "http_parse.h"
@@ -27,79 +29,174 @@ struct evbuffer;
 #define RP_SMALL_BODY_MAX (1024 * 1024)   /* tags lists, referrers */
 #define RP_ERROR_BODY_MAX (64 * 1024)     /* upstream error bodies kept for the client */
 #define RP_REDIRECTS_MAX 5
-#define RP_STREAM_HIGH (1024 * 1024)  /* pause upstream when this much waits for the client */
-#define RP_STREAM_LOW (256 * 1024)    /* and resume when the client has drained to this */
+#define RP_STREAM_HIGH (1024 * 1024) /* stop feeding a client with this much queued */
+#define RP_STREAM_LOW (256 * 1024)   /* and go on when it has drained to this */
 
 struct rp_server;
 struct rp_conn;
+struct rp_req;
+struct rp_fetch;
+struct rp_fill;
 struct rp_token_fetch;
 
-enum rp_req_state {
-    RQ_ROUTE,        /* parse and validate the target, pick the registry */
-    RQ_AUTH,         /* ask auth/ what to attach; may need a token first */
-    RQ_WAIT_TOKEN,   /* waiting on a shared token fetch */
-    RQ_SEND,         /* start the upstream request (registry or redirect target) */
-    RQ_WAIT_UPSTREAM, /* upstream transfer under way (headers, then body) */
-    RQ_UPSTREAM_DONE, /* the transfer ended: decide retry, redirect, answer or error */
-    RQ_STREAMING,    /* response headers sent; body flowing from upstream */
-    RQ_FINISHING,    /* response fully queued; waiting for the client to drain it */
-    RQ_DONE,
+/* ------------------------------------------------------------------------- fetch.c */
+/* One exchange with a registry: attaches credentials (waiting for a shared token fetch
+ * when needed), retries once per 401 with refreshed credentials, follows blob redirects
+ * without credentials, and hands the final response to its owner. */
+
+enum rp_fetch_fail {
+    RP_FETCH_OK = 0,
+    RP_FETCH_E_TRANSPORT, /* no (complete) response: unreachable, TLS, timeout, reset */
+    RP_FETCH_E_TOKEN,     /* no token could be had (token_err says why) */
+    RP_FETCH_E_AUTH,      /* a 401 that credentials cannot fix (auth_err says why) */
+    RP_FETCH_E_REDIRECT,  /* a redirect we refuse: too many, bad scheme, malformed */
+    RP_FETCH_E_OWNER,     /* the owner's callback aborted the transfer */
 };
 
-/* How the current upstream response's body is handled. */
-enum rp_body_mode {
-    BODY_NONE,    /* nothing decided yet */
-    BODY_BUFFER,  /* collect (capped) and answer at the end: manifests, lists, errors */
-    BODY_DISCARD, /* drain and ignore (a 401 that we retry, a redirect) */
-    BODY_STREAM,  /* forward to the client as it arrives: blobs */
+struct rp_fetch_result {
+    enum rp_fetch_fail fail;
+    int status;    /* final HTTP status, 0 when none arrived */
+    int token_err; /* RP_FETCH_E_TOKEN */
+    int auth_err;  /* RP_FETCH_E_AUTH */
+    const char *err; /* human-readable detail, or NULL; valid during on_done_cb */
+};
+
+struct rp_fetch_cb {
+    /* The final response's status and headers (not a retried 401, not a followed
+     * redirect). Return 0 to go on, -1 to abort (on_done follows with E_OWNER). */
+    int (*on_headers_cb)(void *arg, int status, const struct rp_xfer_headers *h);
+    /* Final response body bytes: return n, 0 to pause (see rp_fetch_resume), -1 to abort. */
+    long (*on_data_cb)(void *arg, const char *p, size_t n);
+    /* Always called exactly once unless cancelled; never from inside rp_fetch_start. */
+    void (*on_done_cb)(void *arg, const struct rp_fetch_result *res);
+};
+
+struct rp_fetch_opts {
+    const struct rp_conf_registry *reg;
+    const char *path; /* "/v2/..." with an optional query: appended to reg->url */
+    const char *name; /* repository, for the token scope */
+    bool head;
+    const char *accept;
+    const char *range;
+    bool stream;           /* long body: a stall timeout instead of a total one */
+    bool follow_redirects; /* blobs: registries send them to CDNs */
+};
+
+struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opts *o,
+                                const struct rp_fetch_cb *cb, void *arg);
+/* Stops the exchange; no callback follows. Accepts NULL. Safe inside callbacks. */
+void rp_fetch_cancel(struct rp_fetch *f);
+void rp_fetch_resume(struct rp_fetch *f);
+/* For tokens.c: the token wait of f ended with err (RP_AUTH_OK or an error). */
+void rp_fetch_token_ready(struct rp_fetch *f, int err, const char *detail);
+
+/* ------------------------------------------------------------------------ tokens.c */
+/* One token request per (registry, scope), shared by every fetch that needs it. */
+/* Registers f as waiting; starts the token request if none runs. Returns 0 when f waits
+ * (rp_fetch_token_ready follows), or an RP_AUTH_E_* code when no request can be made
+ * (nothing was dialed). */
+int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth,
+                   const struct rp_conf_registry *reg, const char *scope, struct rp_fetch *f);
+void rp_tokens_leave(struct rp_server *srv, struct rp_fetch *f);
+void rp_tokens_free_all(struct rp_server *srv);
+
+/* -------------------------------------------------------------------------- fill.c */
+/* A blob download into the cache, shared by every client that asks for the digest while
+ * it runs. The download goes at upstream speed into the cache's temp file; each reader
+ * streams from that file at its own pace. */
+
+/* Joins the fill of r's blob, starting one when none runs. r becomes a reader: fill.c
+ * answers it (headers when upstream's arrive, bytes as they land, an error or an abort).
+ * Returns 0, or -1 when no fill could be started (r was answered with an error). */
+int rp_fill_join(struct rp_server *srv, struct rp_req *r);
+/* r goes away (client left); the fill continues without it. */
+void rp_fill_leave(struct rp_req *r);
+/* r's client drained its output: feed it more. */
+void rp_fill_reader_drained(struct rp_req *r);
+/* The fill running for digest, or NULL. */
+struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest);
+/* Whether f downloads for this registry and repository (its readers need no
+ * confirmation that the repository has the blob: the download itself confirms it). */
+bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
+                    const char *repo);
+/* Size the running fill expects (-1 if not known yet). */
+int64_t rp_fill_expected(const struct rp_fill *f);
+void rp_fills_free_all(struct rp_server *srv);
+
+/* ----------------------------------------------------------------------- request.c */
+
+enum rp_req_state {
+    RQ_ROUTE,    /* parse and validate the target, pick the registry */
+    RQ_LOOKUP,   /* consult the cache */
+    RQ_CONFIRM,  /* cached, but not known for this repository: HEAD upstream */
+    RQ_UPSTREAM, /* an upstream fetch answers (manifests, tags, referrers, pass-through) */
+    RQ_FILL,     /* reading a blob from a shared fill */
+    RQ_SENDING,  /* response fully queued or streaming from a file */
+    RQ_DONE,
 };
 
 struct rp_req {
     struct rp_conn *conn;
     enum rp_req_state state;
     int64_t started_ms;
-    bool head;        /* client asked HEAD */
-    char *target;     /* request target as sent (owned) */
-    char *accept;     /* client's Accept, forwarded for manifests (owned, may be NULL) */
-    char *range;      /* client's Range, forwarded for blobs (owned, may be NULL) */
+    bool head;
+    char *target;
+    char *accept;
+    char *range;
     struct rp_route route;
-    struct rp_auth *auth; /* the routed registry's auth state (server-owned) */
-    char *scope;          /* "repository:NAME:pull" */
-    char *authorization;  /* what we attach to the registry request (secret, owned) */
-    int auth_retries;     /* 401s answered by refreshing credentials */
-    int token_err;        /* result of the shared token fetch we waited on */
-    int redirects;
-    char *url;            /* current upstream URL (owned) */
-    bool url_is_registry; /* current URL is on the registry's own origin */
-    struct rp_xfer *xfer;
-    enum rp_body_mode mode;
-    struct rp_buf body; /* BUFFER mode */
+    const char *cache_status; /* HIT, MISS, STALE, REVALIDATED, PASS: for logs and header */
+    /* upstream */
+    struct rp_fetch *fetch;
+    int up_status;
+    char *up_err;
+    struct rp_xfer_headers up_h;
+    struct rp_buf body;
     size_t body_cap;
-    int up_status;       /* last upstream status (0: none) */
-    bool up_ok;          /* last transfer completed */
-    char *up_err;        /* last transfer's error text (owned) */
-    struct rp_xfer_headers up_h; /* copies of the upstream headers we act on (owned) */
-    /* STREAM mode */
-    int64_t stream_expected; /* bytes the client was promised, or -1 */
-    int64_t stream_sent;
-    bool stream_verify;      /* whole-blob GET: verify the digest before the last byte */
-    EVP_MD_CTX *sha;
+    bool fetch_head; /* the current fetch is a HEAD */
+    bool streaming;  /* pass-through stream of a blob range */
     bool paused;
-    /* response accounting for the access log */
+    int64_t stream_expected, stream_sent;
+    /* tags: what the cache had, for revalidation and stale-if-error */
+    bool have_stale;
+    char stale_digest[RP_DIGEST_MAX + 1];
+    int64_t stale_age_s;
+    bool revalidating; /* the current fetch is a HEAD checking a cached tag */
+    /* reading from a fill */
+    struct rp_fill *fill;
+    int fill_fd;
+    int64_t fill_sent; /* bytes of the blob queued to the client */
+    int64_t fill_end;  /* bytes the client is owed in total */
+    TAILQ_ENTRY(rp_req) fill_link;
+    /* accounting */
     int status;
     uint64_t bytes;
-    const char *cache_status; /* "PASS" for uncached pass-through */
-    TAILQ_ENTRY(rp_req) token_link; /* on a token fetch's waiter list */
-    struct rp_token_fetch *waiting_on;
 };
+
+struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *h);
+void rp_req_drive(struct rp_req *r);
+void rp_req_output_drained(struct rp_req *r);
+void rp_req_free(struct rp_req *r); /* accepts NULL */
+void rp_req_error(struct rp_req *r, int status, const char *code, const char *message,
+                  const char *detail);
+/* An error about upstream, with the registry, its status and error in the detail. */
+void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const char *message,
+                           int up_status, const char *err);
+/* Passes a failed upstream answer on honestly (never turned into 404). */
+void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
+                                    const char *body, size_t len);
+/* Logs the access line and hands the connection on (abort: close at once). */
+void rp_req_finish(struct rp_req *r, const char *aborted);
+
+/* ------------------------------------------------------------------------ server.c */
 
 struct rp_conn {
     struct rp_server *srv;
     const struct rp_conf_listen *listen;
     struct bufferevent *bev;
-    struct rp_req *req; /* the request being answered, or NULL between requests */
-    bool keep_alive;    /* of the current request */
-    bool close_after;   /* close once the output buffer is drained */
+    struct rp_req *req;
+    bool keep_alive;
+    bool close_after;
+    struct event *linger_ev; /* closing: draining input until EOF or this fires */
     char peer[64];
     TAILQ_ENTRY(rp_conn) link;
 };
@@ -114,54 +211,36 @@ struct rp_server {
     struct event_base *base;
     struct rp_conf *conf;
     struct rp_upstream *up;
+    struct rp_cache *cache;
     struct rp_auth **auths; /* one per conf->registries[i] */
     struct rp_listener *listeners;
     size_t n_listeners;
     struct rp_conn_list conns;
     size_t n_conns;
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
+    TAILQ_HEAD(, rp_fill) fills;
     struct event *sig_term, *sig_int;
     bool stopping;
 };
 
-/* server.c */
-/* Queues the status line and headers common to every response; `extra` is a block of
- * further "Name: value\r\n" lines (may be NULL). content_length < 0 omits it. */
+struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg);
 void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         int64_t content_length, const char *extra);
 struct evbuffer *rp_conn_output(struct rp_conn *c);
 size_t rp_conn_output_len(struct rp_conn *c);
-/* The request is answered (fully queued, or aborted when `abort` is set). The connection
- * goes on with the next request, or closes (at once when aborted, so a truncated body is
- * never mistaken for a complete one). Frees the request. */
+/* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
+void rp_conn_stream_mode(struct rp_conn *c);
 void rp_conn_request_done(struct rp_conn *c, bool abort);
 
-/* request.c */
-struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *h);
-void rp_req_drive(struct rp_req *r);
-/* The client drained its output to the low watermark (resume a paused stream). */
-void rp_req_output_drained(struct rp_req *r);
-/* Frees the request, cancelling its transfer and leaving any token wait. Accepts NULL. */
-void rp_req_free(struct rp_req *r);
-/* Answers with a registry-format JSON error and finishes the request. */
-void rp_req_error(struct rp_req *r, int status, const char *code, const char *message,
-                  const char *detail);
-
-/* tokens.c: one token request per (registry, scope), shared by every waiting request. */
-/* Registers r as waiting for a token for r->scope; starts the fetch if none runs. Returns
- * 0 when r waits (when the fetch ends, r->token_err is set and rp_req_drive(r) called), or
- * -1 when no fetch can be made (r->token_err says why; nothing was dialed). */
-int rp_tokens_wait(struct rp_server *srv, struct rp_req *r);
-/* Removes r from its waiter list (r is going away). */
-void rp_tokens_leave(struct rp_req *r);
-void rp_tokens_free_all(struct rp_server *srv);
-
-/* errors.c: {"errors":[{"code":..,"message":..,"detail":..}]}; detail may be NULL. */
+/* ------------------------------------------------------------------------ errors.c */
 char *rp_error_body(const char *code, const char *message, const char *detail);
-/* The spec's error code for an upstream status we pass on (401 UNAUTHORIZED, ...). */
 const char *rp_error_code_for_status(int status, enum rp_route_kind kind);
+bool rp_header_value_safe(const char *v);
+void rp_headers_copy(struct rp_xfer_headers *dst, const struct rp_xfer_headers *src);
+void rp_headers_free(struct rp_xfer_headers *h);
+bool rp_digest_matches(const char *digest, const unsigned char *md, unsigned int mdlen);
+const EVP_MD *rp_digest_md(const char *digest);
 
-/* main.c entry for `serve`. */
 int rp_server_run(struct rp_conf *conf);
 
 #endif

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 
 #define IDLE_TIMEOUT_S 60 /* keep-alive connections with nothing to say */
+#define LINGER_S 2       /* draining a rejected client before closing */
 
 static const char *status_reason(int status)
 {
@@ -75,8 +76,20 @@ void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
         c->req->status = status;
 }
 
+struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg)
+{
+    return srv->auths[reg - srv->conf->registries];
+}
+
+void rp_conn_stream_mode(struct rp_conn *c)
+{
+    bufferevent_setwatermark(c->bev, EV_WRITE, RP_STREAM_LOW, 0);
+}
+
 static void conn_free(struct rp_conn *c)
 {
+    if (c->linger_ev)
+        event_free(c->linger_ev);
     if (c->req) {
         rp_req_free(c->req);
         c->req = NULL;
@@ -85,6 +98,35 @@ static void conn_free(struct rp_conn *c)
     c->srv->n_conns--;
     bufferevent_free(c->bev);
     free(c);
+}
+
+static void linger_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_free(arg);
+}
+
+static void conn_linger(struct rp_conn *c)
+{
+    if (c->linger_ev)
+        return;
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_enable(c->bev, EV_READ);
+    c->linger_ev = evtimer_new(c->srv->base, linger_timeout_cb, c);
+    struct timeval tv = {LINGER_S, 0};
+    evtimer_add(c->linger_ev, &tv);
+}
+
+/* Closes after the queued response: once it is flushed we shut our side down and drain
+ * whatever the client still sends for a moment, because closing with unread input makes the
+ * kernel send a reset that can destroy the response before the client reads it. */
+static void conn_close_after_flush(struct rp_conn *c)
+{
+    c->close_after = true;
+    if (rp_conn_output_len(c) == 0)
+        conn_linger(c);
 }
 
 /* Answers a request that never reached request.c (malformed head) and closes. */
@@ -98,8 +140,7 @@ static void conn_reject(struct rp_conn *c, int status, const char *code, const c
     rp_info("access method=- path=- status=%d bytes=0 ms=0 registry=- cache=- upstream=- "
             "peer=%s reason=\"%s\"",
             status, c->peer, message);
-    c->close_after = true;
-    bufferevent_disable(c->bev, EV_READ);
+    conn_close_after_flush(c);
 }
 
 static void conn_try_parse(struct rp_conn *c);
@@ -114,8 +155,7 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
             conn_free(c);
             return;
         }
-        c->close_after = true;
-        bufferevent_disable(c->bev, EV_READ);
+        conn_close_after_flush(c);
         return;
     }
     struct timeval idle = {IDLE_TIMEOUT_S, 0};
@@ -175,8 +215,7 @@ static void conn_try_parse(struct rp_conn *c)
         rp_info("access method=%.*s path=- status=405 bytes=0 ms=0 registry=- cache=- "
                 "upstream=- peer=%s",
                 (int)(h.method_len > 16 ? 16 : h.method_len), h.method_str, c->peer);
-        c->close_after = true;
-        bufferevent_disable(c->bev, EV_READ);
+        conn_close_after_flush(c);
         return;
     }
     c->req = rp_req_new(c, &h);
@@ -188,8 +227,13 @@ static void conn_try_parse(struct rp_conn *c)
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
-    (void)bev;
-    conn_try_parse(arg);
+    struct rp_conn *c = arg;
+    if (c->close_after) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    conn_try_parse(c);
 }
 
 static void conn_write_cb(struct bufferevent *bev, void *arg)
@@ -197,7 +241,7 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     struct rp_conn *c = arg;
     if (c->close_after && rp_conn_output_len(c) == 0) {
-        conn_free(c);
+        conn_linger(c);
         return;
     }
     if (c->req)
@@ -311,10 +355,17 @@ int rp_server_run(struct rp_conf *conf)
     srv.conf = conf;
     TAILQ_INIT(&srv.conns);
     TAILQ_INIT(&srv.token_fetches);
+    TAILQ_INIT(&srv.fills);
     signal(SIGPIPE, SIG_IGN);
     srv.base = event_base_new();
     if (!srv.base) {
         rp_error("cannot create the event loop");
+        goto out;
+    }
+    char err[512];
+    srv.cache = rp_cache_open(conf->cache.dir, conf->cache.max_size, err, sizeof(err));
+    if (!srv.cache) {
+        rp_error("cache %s: %s", conf->cache.dir, err);
         goto out;
     }
     srv.up = rp_upstream_new(srv.base);
@@ -345,6 +396,7 @@ int rp_server_run(struct rp_conf *conf)
 out:
     while (!TAILQ_EMPTY(&srv.conns))
         conn_free(TAILQ_FIRST(&srv.conns));
+    rp_fills_free_all(&srv);
     rp_tokens_free_all(&srv);
     for (size_t i = 0; i < srv.n_listeners; i++)
         if (srv.listeners[i].ev)
@@ -356,6 +408,7 @@ out:
             rp_auth_free(srv.auths[i]);
     free(srv.auths);
     rp_upstream_free(srv.up);
+    rp_cache_close(srv.cache);
     if (srv.sig_term)
         event_free(srv.sig_term);
     if (srv.sig_int)

@@ -9,6 +9,12 @@
 
 #define TOKEN_TIMEOUT_MS 30000L
 
+struct waiter {
+    struct rp_fetch *fetch;
+    TAILQ_ENTRY(waiter) link;
+};
+TAILQ_HEAD(waiter_list, waiter);
+
 struct rp_token_fetch {
     struct rp_server *srv;
     struct rp_auth *auth;
@@ -17,7 +23,7 @@ struct rp_token_fetch {
     struct rp_xfer *xfer;
     struct rp_buf body;
     int64_t started_ms;
-    TAILQ_HEAD(, rp_req) waiters;
+    struct waiter_list waiters;
     TAILQ_ENTRY(rp_token_fetch) link;
 };
 
@@ -65,16 +71,12 @@ static void fetch_done_cb(void *arg, bool ok, int status, const char *err)
                 err ? " detail=" : "", err ? err : "");
     TAILQ_REMOVE(&f->srv->token_fetches, f, link);
     /* Each waiter may finish (and free) itself; unlink it before waking it. */
-    struct rp_req *r;
-    while ((r = TAILQ_FIRST(&f->waiters))) {
-        TAILQ_REMOVE(&f->waiters, r, token_link);
-        r->waiting_on = NULL;
-        r->token_err = e;
-        if (err && !ok) {
-            free(r->up_err);
-            r->up_err = rp_xstrdup(err);
-        }
-        rp_req_drive(r);
+    struct waiter *w;
+    while ((w = TAILQ_FIRST(&f->waiters))) {
+        TAILQ_REMOVE(&f->waiters, w, link);
+        struct rp_fetch *waiting = w->fetch;
+        free(w);
+        rp_fetch_token_ready(waiting, e, ok ? NULL : err);
     }
     fetch_free(f);
 }
@@ -85,39 +87,45 @@ static const struct rp_xfer_cb fetch_cb = {
     .on_done_cb = fetch_done_cb,
 };
 
-int rp_tokens_wait(struct rp_server *srv, struct rp_req *r)
+static void add_waiter(struct rp_token_fetch *tf, struct rp_fetch *f)
+{
+    struct waiter *w = rp_xcalloc(1, sizeof(*w));
+    w->fetch = f;
+    TAILQ_INSERT_TAIL(&tf->waiters, w, link);
+}
+
+int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth,
+                   const struct rp_conf_registry *reg, const char *scope, struct rp_fetch *fetch)
 {
     struct rp_token_fetch *f;
     TAILQ_FOREACH(f, &srv->token_fetches, link)
     {
-        if (f->auth == r->auth && strcmp(f->scope, r->scope) == 0) {
-            TAILQ_INSERT_TAIL(&f->waiters, r, token_link);
-            r->waiting_on = f;
+        if (f->auth == auth && strcmp(f->scope, scope) == 0) {
+            add_waiter(f, fetch);
             return 0;
         }
     }
     char *url = NULL, *authorization = NULL;
-    int e = rp_auth_token_request(r->auth, r->scope, &url, &authorization);
+    int e = rp_auth_token_request(auth, scope, &url, &authorization);
     if (e != RP_AUTH_OK) {
-        rp_warn("token registry=%s error=\"%s\"", r->route.reg->name, rp_auth_strerror(e));
-        r->token_err = e;
+        rp_warn("token registry=%s error=\"%s\"", reg->name, rp_auth_strerror(e));
         free(url);
         rp_free_secret(authorization);
-        return -1;
+        return e;
     }
     f = rp_xcalloc(1, sizeof(*f));
     f->srv = srv;
-    f->auth = r->auth;
-    f->reg = r->route.reg;
-    f->scope = rp_xstrdup(r->scope);
+    f->auth = auth;
+    f->reg = reg;
+    f->scope = rp_xstrdup(scope);
     f->started_ms = rp_now_ms();
     rp_buf_init(&f->body, RP_ERROR_BODY_MAX);
     TAILQ_INIT(&f->waiters);
     struct rp_xfer_opts o = {
         .url = url,
         .authorization = authorization,
-        .ca_file = f->reg->ca_file,
-        .tls_verify = f->reg->tls_verify,
+        .ca_file = reg->ca_file,
+        .tls_verify = reg->tls_verify,
         .timeout_ms = TOKEN_TIMEOUT_MS,
     };
     f->xfer = rp_upstream_start(srv->up, &o, &fetch_cb, f);
@@ -125,20 +133,29 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_req *r)
     rp_free_secret(authorization);
     if (!f->xfer) {
         fetch_free(f);
-        r->token_err = RP_AUTH_E_REALM_ERROR;
-        return -1;
+        return RP_AUTH_E_REALM_ERROR;
     }
     TAILQ_INSERT_TAIL(&srv->token_fetches, f, link);
-    TAILQ_INSERT_TAIL(&f->waiters, r, token_link);
-    r->waiting_on = f;
+    add_waiter(f, fetch);
     return 0;
 }
 
-void rp_tokens_leave(struct rp_req *r)
+void rp_tokens_leave(struct rp_server *srv, struct rp_fetch *fetch)
 {
-    /* The fetch goes on without this waiter: its token will serve the next request. */
-    TAILQ_REMOVE(&r->waiting_on->waiters, r, token_link);
-    r->waiting_on = NULL;
+    /* The token request goes on without this waiter: its token serves the next one. */
+    struct rp_token_fetch *f;
+    TAILQ_FOREACH(f, &srv->token_fetches, link)
+    {
+        struct waiter *w;
+        TAILQ_FOREACH(w, &f->waiters, link)
+        {
+            if (w->fetch == fetch) {
+                TAILQ_REMOVE(&f->waiters, w, link);
+                free(w);
+                return;
+            }
+        }
+    }
 }
 
 void rp_tokens_free_all(struct rp_server *srv)
@@ -146,10 +163,10 @@ void rp_tokens_free_all(struct rp_server *srv)
     struct rp_token_fetch *f;
     while ((f = TAILQ_FIRST(&srv->token_fetches))) {
         TAILQ_REMOVE(&srv->token_fetches, f, link);
-        struct rp_req *r;
-        while ((r = TAILQ_FIRST(&f->waiters))) {
-            TAILQ_REMOVE(&f->waiters, r, token_link);
-            r->waiting_on = NULL;
+        struct waiter *w;
+        while ((w = TAILQ_FIRST(&f->waiters))) {
+            TAILQ_REMOVE(&f->waiters, w, link);
+            free(w);
         }
         fetch_free(f);
     }

@@ -1,0 +1,343 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* fetch: one authenticated exchange with a registry. It owns the credential dance (auth/
+ * decides, tokens.c shares token requests), the single retry per 401, and blob redirects,
+ * so request.c and fill.c only see the final answer. */
+#include "proxy.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define METADATA_TIMEOUT_MS 60000L
+#define STALL_TIMEOUT_S 60L
+#define AUTH_RETRIES 2 /* first contact (anonymous, learns the challenge) + one refresh */
+
+enum fetch_state {
+    F_AUTH,       /* decide what credentials to attach */
+    F_WAIT_TOKEN, /* a shared token request is under way */
+    F_SEND,       /* start the transfer to url */
+    F_WAIT,       /* transfer under way */
+    F_DONE,
+};
+
+struct rp_fetch {
+    struct rp_server *srv;
+    enum fetch_state state;
+    const struct rp_conf_registry *reg;
+    struct rp_auth *auth;
+    struct rp_fetch_cb cb;
+    void *arg;
+    char *scope;
+    char *registry_url; /* reg->url + path */
+    char *url;          /* current URL: registry_url or a redirect target */
+    bool url_is_registry;
+    char *authorization; /* secret */
+    char *accept, *range;
+    bool head, stream, follow_redirects;
+    int auth_retries;
+    int redirects;
+    struct rp_xfer *xfer;
+    bool final; /* the current transfer's response goes to the owner */
+    int status;
+    char *location;
+    char *www_authenticate;
+    struct rp_fetch_result res;
+    char *res_err;
+    struct event *defer; /* reports a failure that happened before any I/O */
+    bool in_token_wait;
+};
+
+static void fetch_free(struct rp_fetch *f)
+{
+    if (f->xfer)
+        rp_xfer_cancel(f->xfer);
+    if (f->in_token_wait)
+        rp_tokens_leave(f->srv, f);
+    if (f->defer)
+        event_free(f->defer);
+    free(f->scope);
+    free(f->registry_url);
+    free(f->url);
+    rp_free_secret(f->authorization);
+    free(f->accept);
+    free(f->range);
+    free(f->location);
+    free(f->www_authenticate);
+    free(f->res_err);
+    free(f);
+}
+
+static void fetch_drive(struct rp_fetch *f);
+
+static void report(struct rp_fetch *f)
+{
+    f->state = F_DONE;
+    f->res.err = f->res_err;
+    struct rp_fetch_result res = f->res;
+    void (*done)(void *, const struct rp_fetch_result *) = f->cb.on_done_cb;
+    void *arg = f->arg;
+    /* The owner may cancel or start fetches from its callback; ours is over. */
+    f->cb.on_done_cb = NULL;
+    done(arg, &res);
+    fetch_free(f);
+}
+
+static void fail(struct rp_fetch *f, enum rp_fetch_fail why, const char *err)
+{
+    f->res.fail = why;
+    if (err && !f->res_err)
+        f->res_err = rp_xstrdup(err);
+    report(f);
+}
+
+static void defer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    report(arg);
+}
+
+/* Failures before any I/O are reported from the loop, never from inside rp_fetch_start. */
+static void fail_later(struct rp_fetch *f, enum rp_fetch_fail why, const char *err)
+{
+    f->res.fail = why;
+    if (err && !f->res_err)
+        f->res_err = rp_xstrdup(err);
+    f->state = F_DONE;
+    f->defer = evtimer_new(f->srv->base, defer_cb, f);
+    struct timeval now = {0, 0};
+    evtimer_add(f->defer, &now);
+}
+
+static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
+{
+    struct rp_fetch *f = arg;
+    f->status = status;
+    f->final = true;
+    if (status == 401 && f->url_is_registry && f->auth_retries < AUTH_RETRIES) {
+        f->final = false;
+        free(f->www_authenticate);
+        f->www_authenticate = h->www_authenticate ? rp_xstrdup(h->www_authenticate) : NULL;
+    } else if (f->follow_redirects && h->location &&
+               (status == 301 || status == 302 || status == 303 || status == 307 ||
+                status == 308)) {
+        f->final = false;
+        free(f->location);
+        f->location = rp_xstrdup(h->location);
+    }
+    if (!f->final)
+        return 0; /* the body of a retried 401 or a redirect is drained and ignored */
+    f->res.status = status;
+    if (f->cb.on_headers_cb(f->arg, status, h) < 0) {
+        f->res.fail = RP_FETCH_E_OWNER;
+        return -1;
+    }
+    return 0;
+}
+
+static long xfer_data_cb(void *arg, const char *p, size_t n)
+{
+    struct rp_fetch *f = arg;
+    if (!f->final)
+        return (long)n;
+    long r = f->cb.on_data_cb(f->arg, p, n);
+    if (r < 0)
+        f->res.fail = RP_FETCH_E_OWNER;
+    return r;
+}
+
+static int follow_redirect(struct rp_fetch *f);
+
+static void xfer_done_cb(void *arg, bool ok, int status, const char *err)
+{
+    struct rp_fetch *f = arg;
+    f->xfer = NULL;
+    if (status)
+        f->status = status;
+    if (!ok) {
+        if (f->res.fail == RP_FETCH_OK)
+            f->res.fail = RP_FETCH_E_TRANSPORT;
+        fail(f, f->res.fail, err);
+        return;
+    }
+    if (f->final) {
+        report(f);
+        return;
+    }
+    if (f->status == 401) {
+        f->auth_retries++;
+        int e = rp_auth_on_unauthorized(f->auth, f->scope, f->www_authenticate, f->authorization);
+        if (e != RP_AUTH_OK) {
+            f->res.status = 401;
+            f->res.auth_err = e;
+            fail(f, RP_FETCH_E_AUTH, rp_auth_strerror(e));
+            return;
+        }
+        f->state = F_AUTH;
+        fetch_drive(f);
+        return;
+    }
+    if (follow_redirect(f) == 0)
+        fetch_drive(f);
+}
+
+static const struct rp_xfer_cb xfer_cb = {
+    .on_headers_cb = xfer_headers_cb,
+    .on_data_cb = xfer_data_cb,
+    .on_done_cb = xfer_done_cb,
+};
+
+static bool same_origin(const char *a, const char *b)
+{
+    char *sa = NULL, *ha = NULL, *sb = NULL, *hb = NULL;
+    int pa = 0, pb = 0;
+    bool same = rp_conf_split_url(a, &sa, &ha, &pa, NULL) == 0 &&
+                rp_conf_split_url(b, &sb, &hb, &pb, NULL) == 0 && strcmp(sa, sb) == 0 &&
+                strcmp(ha, hb) == 0 && pa == pb;
+    free(sa);
+    free(ha);
+    free(sb);
+    free(hb);
+    return same;
+}
+
+/* Resolves Location against the current URL. https only (http only for a registry that
+ * is itself configured as http, and never from https to http); credentials go along only
+ * when the target is the registry's own origin. */
+static int follow_redirect(struct rp_fetch *f)
+{
+    if (++f->redirects > RP_REDIRECTS_MAX) {
+        fail(f, RP_FETCH_E_REDIRECT, "too many redirects");
+        return -1;
+    }
+    CURLU *u = curl_url();
+    char *next = NULL, *scheme = NULL;
+    bool parsed = curl_url_set(u, CURLUPART_URL, f->url, 0) == CURLUE_OK &&
+                  curl_url_set(u, CURLUPART_URL, f->location, 0) == CURLUE_OK &&
+                  curl_url_get(u, CURLUPART_URL, &next, 0) == CURLUE_OK &&
+                  curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK;
+    curl_url_cleanup(u);
+    if (!parsed) {
+        curl_free(next);
+        curl_free(scheme);
+        fail(f, RP_FETCH_E_REDIRECT, "redirect to a malformed location");
+        return -1;
+    }
+    bool allowed = strcmp(scheme, "https") == 0 ||
+                   (strcmp(scheme, "http") == 0 && strcmp(f->reg->scheme, "http") == 0 &&
+                    strncmp(f->url, "http:", 5) == 0);
+    curl_free(scheme);
+    if (!allowed) {
+        curl_free(next);
+        fail(f, RP_FETCH_E_REDIRECT, "redirect to a scheme that is not allowed (https only)");
+        return -1;
+    }
+    free(f->url);
+    f->url = rp_xstrdup(next);
+    curl_free(next);
+    f->url_is_registry = same_origin(f->url, f->reg->url);
+    f->state = F_SEND;
+    return 0;
+}
+
+void rp_fetch_token_ready(struct rp_fetch *f, int err, const char *detail)
+{
+    f->in_token_wait = false;
+    if (err != RP_AUTH_OK) {
+        f->res.token_err = err;
+        fail(f, RP_FETCH_E_TOKEN, detail ? detail : rp_auth_strerror(err));
+        return;
+    }
+    f->state = F_AUTH;
+    fetch_drive(f);
+}
+
+static void fetch_drive(struct rp_fetch *f)
+{
+    for (;;) {
+        switch (f->state) {
+        case F_AUTH: {
+            rp_free_secret(f->authorization);
+            f->authorization = NULL;
+            if (rp_auth_prepare(f->auth, f->scope, rp_now_ms(), &f->authorization) ==
+                RP_AUTH_NEED_TOKEN) {
+                int e = rp_tokens_wait(f->srv, f->auth, f->reg, f->scope, f);
+                if (e == 0) {
+                    f->state = F_WAIT_TOKEN;
+                    f->in_token_wait = true;
+                    return;
+                }
+                f->res.token_err = e;
+                fail_later(f, RP_FETCH_E_TOKEN, rp_auth_strerror(e));
+                return;
+            }
+            free(f->url);
+            f->url = rp_xstrdup(f->registry_url);
+            f->url_is_registry = true;
+            f->state = F_SEND;
+            break;
+        }
+        case F_SEND: {
+            struct rp_xfer_opts o = {
+                .url = f->url,
+                .head = f->head,
+                /* Credentials only ever go to the registry's own origin, never to a
+                 * redirect target (CDNs get signed URLs, not our secrets). */
+                .authorization = f->url_is_registry ? f->authorization : NULL,
+                .accept = f->accept,
+                .range = f->range,
+                .ca_file = f->reg->ca_file,
+                .tls_verify = f->reg->tls_verify,
+                .timeout_ms = f->stream ? 0 : METADATA_TIMEOUT_MS,
+                .stall_timeout_s = STALL_TIMEOUT_S,
+            };
+            f->final = false;
+            f->status = 0;
+            f->state = F_WAIT;
+            f->xfer = rp_upstream_start(f->srv->up, &o, &xfer_cb, f);
+            if (!f->xfer)
+                fail_later(f, RP_FETCH_E_TRANSPORT, "cannot start the upstream request");
+            return;
+        }
+        case F_WAIT_TOKEN:
+        case F_WAIT:
+        case F_DONE:
+            return;
+        }
+    }
+}
+
+struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opts *o,
+                                const struct rp_fetch_cb *cb, void *arg)
+{
+    struct rp_fetch *f = rp_xcalloc(1, sizeof(*f));
+    f->srv = srv;
+    f->reg = o->reg;
+    f->auth = rp_server_auth(srv, o->reg);
+    f->cb = *cb;
+    f->arg = arg;
+    f->scope = rp_auth_scope_pull(o->name);
+    f->registry_url = rp_xasprintf("%s%s", o->reg->url, o->path);
+    f->accept = o->accept ? rp_xstrdup(o->accept) : NULL;
+    f->range = o->range ? rp_xstrdup(o->range) : NULL;
+    f->head = o->head;
+    f->stream = o->stream;
+    f->follow_redirects = o->follow_redirects;
+    f->state = F_AUTH;
+    fetch_drive(f);
+    return f;
+}
+
+void rp_fetch_cancel(struct rp_fetch *f)
+{
+    if (!f)
+        return;
+    fetch_free(f);
+}
+
+void rp_fetch_resume(struct rp_fetch *f)
+{
+    if (f && f->xfer)
+        rp_xfer_resume(f->xfer);
+}

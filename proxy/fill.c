@@ -1,0 +1,338 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* fill: one upstream download per blob digest, however many clients ask at once. The
+ * download runs at upstream speed into the cache's temp file (the temp file is the buffer,
+ * so memory stays flat and a slow client slows no one); every reader, the first included,
+ * streams from that file at its own pace with sendfile. A reader never receives a blob's
+ * last byte before the digest matched, so a corrupt download never looks complete. */
+#include "proxy.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PUMP_CHUNK (1024 * 1024)
+
+enum fill_state {
+    FILL_WAITING, /* no answer from upstream yet */
+    FILL_RUNNING, /* bytes flowing into the temp file */
+    FILL_REFUSED, /* upstream answered with an error: collecting its body for the readers */
+};
+
+struct rp_fill {
+    struct rp_server *srv;
+    enum fill_state state;
+    char digest[RP_DIGEST_MAX + 1];
+    const struct rp_conf_registry *reg;
+    char *repo;
+    struct rp_fetch *fetch;
+    struct rp_cache_fill *cf;
+    int64_t expected;
+    int64_t written;
+    char *content_type;
+    int up_status;
+    char *retry_after;
+    struct rp_buf err_body;
+    char *fail_reason;
+    int64_t started_ms;
+    TAILQ_HEAD(, rp_req) readers;
+    TAILQ_ENTRY(rp_fill) link;
+};
+
+static void fill_free(struct rp_fill *f)
+{
+    if (f->fetch)
+        rp_fetch_cancel(f->fetch);
+    rp_cache_fill_abort(f->cf);
+    free(f->repo);
+    free(f->content_type);
+    free(f->retry_after);
+    free(f->fail_reason);
+    rp_buf_free(&f->err_body);
+    free(f);
+}
+
+struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest)
+{
+    struct rp_fill *f;
+    TAILQ_FOREACH(f, &srv->fills, link)
+    if (strcmp(f->digest, digest) == 0)
+        return f;
+    return NULL;
+}
+
+bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
+                    const char *repo)
+{
+    return f->reg == reg && strcmp(f->repo, repo) == 0;
+}
+
+int64_t rp_fill_expected(const struct rp_fill *f)
+{
+    return f->state == FILL_RUNNING ? f->expected : -1;
+}
+
+/* Queues [r->fill_sent, upto) of the blob to r's client as file segments (sendfile). Each
+ * segment holds its own descriptor, so the reader may go away at any time. */
+static int queue_range(struct rp_req *r, int64_t upto)
+{
+    int64_t n = upto - r->fill_sent;
+    if (n <= 0)
+        return 0;
+    int fd = fcntl(r->fill_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct evbuffer_file_segment *seg =
+        evbuffer_file_segment_new(fd, r->fill_sent, n, EVBUF_FS_CLOSE_ON_FREE);
+    if (!seg) {
+        close(fd);
+        return -1;
+    }
+    int rc = evbuffer_add_file_segment(rp_conn_output(r->conn), seg, 0, n);
+    evbuffer_file_segment_free(seg);
+    if (rc < 0)
+        return -1;
+    r->fill_sent += n;
+    r->bytes += (uint64_t)n;
+    return 0;
+}
+
+/* Feeds a reader what has landed, up to its client's high-water mark. Until the fill is
+ * verified, the last byte is held back. */
+static void pump(struct rp_req *r)
+{
+    struct rp_fill *f = r->fill;
+    if (r->fill_fd < 0)
+        return;
+    int64_t limit = f->written;
+    if (limit >= f->expected)
+        limit = f->expected - 1;
+    while (r->fill_sent < limit && rp_conn_output_len(r->conn) < RP_STREAM_HIGH) {
+        int64_t upto = r->fill_sent + PUMP_CHUNK < limit ? r->fill_sent + PUMP_CHUNK : limit;
+        if (queue_range(r, upto) < 0) {
+            rp_warn("fill %s: cannot queue file data: %s", f->digest, strerror(errno));
+            return;
+        }
+    }
+}
+
+/* Upstream's headers arrived: the reader's client gets its response head now (clients give
+ * up when headers take long), then bytes as they land. */
+static void reader_start(struct rp_req *r)
+{
+    struct rp_fill *f = r->fill;
+    r->fill_fd = open(rp_cache_fill_path(f->cf), O_RDONLY | O_CLOEXEC);
+    if (r->fill_fd < 0) {
+        rp_error("fill %s: cannot open temp file: %s", f->digest, strerror(errno));
+        return;
+    }
+    char extra[RP_DIGEST_MAX + 128];
+    snprintf(extra, sizeof(extra),
+             "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\nX-Regproxy-Cache: %s\r\n",
+             f->digest, r->cache_status);
+    rp_conn_write_head(r->conn, 200, f->content_type, f->expected, extra);
+    r->fill_sent = 0;
+    r->fill_end = f->expected;
+    rp_conn_stream_mode(r->conn);
+    pump(r);
+}
+
+static void reader_detach(struct rp_req *r)
+{
+    TAILQ_REMOVE(&r->fill->readers, r, fill_link);
+    r->fill = NULL;
+}
+
+static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
+{
+    struct rp_fill *f = arg;
+    f->up_status = status;
+    if (status != 200) {
+        f->state = FILL_REFUSED;
+        if (h->retry_after && rp_header_value_safe(h->retry_after) && strlen(h->retry_after) < 64)
+            f->retry_after = rp_xstrdup(h->retry_after);
+        return 0;
+    }
+    if (h->length < 0) {
+        f->fail_reason = rp_xstrdup("upstream sent a blob without Content-Length");
+        return -1;
+    }
+    int err = 0;
+    f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
+    if (!f->cf) {
+        f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(err));
+        return -1;
+    }
+    f->expected = h->length;
+    f->content_type = rp_xstrdup(rp_header_value_safe(h->content_type)
+                                     ? h->content_type
+                                     : "application/octet-stream");
+    f->state = FILL_RUNNING;
+    struct rp_req *r, *next;
+    for (r = TAILQ_FIRST(&f->readers); r; r = next) {
+        next = TAILQ_NEXT(r, fill_link);
+        reader_start(r);
+    }
+    return 0;
+}
+
+static long fill_data_cb(void *arg, const char *p, size_t n)
+{
+    struct rp_fill *f = arg;
+    if (f->state == FILL_REFUSED) {
+        rp_buf_add(&f->err_body, p, n); /* past the cap the body is cut, not fatal */
+        return (long)n;
+    }
+    int e = rp_cache_fill_write(f->cf, p, n);
+    if (e != RP_CACHE_OK) {
+        f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(e));
+        return -1;
+    }
+    f->written += (int64_t)n;
+    struct rp_req *r;
+    TAILQ_FOREACH(r, &f->readers, fill_link)
+    pump(r);
+    return (long)n;
+}
+
+/* Every reader is told the fill failed: one that has not had its head yet gets an error
+ * answer; one that is mid-body is cut off. */
+static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
+{
+    struct rp_req *r;
+    while ((r = TAILQ_FIRST(&f->readers))) {
+        reader_detach(r);
+        if (r->fill_fd >= 0) {
+            rp_req_finish(r, "fill");
+            continue;
+        }
+        if (f->state == FILL_REFUSED) {
+            rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
+                                           f->err_body.len);
+        } else if (res->fail == RP_FETCH_E_TOKEN || res->fail == RP_FETCH_E_AUTH) {
+            rp_req_upstream_error(r, 401, "UNAUTHORIZED", "cannot authenticate upstream",
+                                  res->status, f->fail_reason ? f->fail_reason : res->err);
+        } else if (res->fail == RP_FETCH_E_TRANSPORT && !res->status) {
+            rp_req_upstream_error(r, 503, "UNAVAILABLE", "upstream registry unreachable", 0,
+                                  res->err);
+        } else {
+            rp_req_upstream_error(r, 502, "UNKNOWN", "upstream blob download failed",
+                                  res->status, f->fail_reason ? f->fail_reason : res->err);
+        }
+    }
+}
+
+static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
+{
+    struct rp_fill *f = arg;
+    f->fetch = NULL;
+    TAILQ_REMOVE(&f->srv->fills, f, link);
+    int64_t ms = rp_now_ms() - f->started_ms;
+    if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
+        rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)",
+                f->digest, f->reg->name, (long long)f->written, (long long)ms,
+                f->fail_reason ? f->fail_reason : res->err ? res->err : "refused",
+                f->up_status);
+        fail_readers(f, res);
+        fill_free(f);
+        return;
+    }
+    struct rp_cache_fill *cf = f->cf;
+    f->cf = NULL;
+    int e = rp_cache_fill_commit(cf);
+    if (e != RP_CACHE_OK) {
+        rp_warn("fill %s registry=%s rejected: %s; nothing cached", f->digest, f->reg->name,
+                rp_cache_strerror(e));
+        struct rp_fetch_result bad = *res;
+        bad.fail = RP_FETCH_E_OWNER;
+        free(f->fail_reason);
+        f->fail_reason = rp_xasprintf("%s", rp_cache_strerror(e));
+        fail_readers(f, &bad);
+        fill_free(f);
+        return;
+    }
+    rp_cache_link(f->srv->cache, f->reg->name, f->repo, f->digest);
+    rp_info("fill %s registry=%s bytes=%lld ms=%lld readers ok", f->digest, f->reg->name,
+            (long long)f->written, (long long)ms);
+    /* Verified and published: every reader gets the rest (the file stays readable through
+     * its descriptor after the rename) and is done with the fill. */
+    struct rp_req *r;
+    while ((r = TAILQ_FIRST(&f->readers))) {
+        reader_detach(r);
+        if (r->fill_fd < 0 || queue_range(r, r->fill_end) < 0) {
+            rp_req_finish(r, "fill");
+            continue;
+        }
+        r->state = RQ_SENDING;
+        rp_req_finish(r, NULL);
+    }
+    fill_free(f);
+}
+
+static const struct rp_fetch_cb fill_cb = {
+    .on_headers_cb = fill_headers_cb,
+    .on_data_cb = fill_data_cb,
+    .on_done_cb = fill_done_cb,
+};
+
+int rp_fill_join(struct rp_server *srv, struct rp_req *r)
+{
+    struct rp_fill *f = rp_fill_find(srv, r->route.ref);
+    if (!f) {
+        f = rp_xcalloc(1, sizeof(*f));
+        f->srv = srv;
+        f->state = FILL_WAITING;
+        snprintf(f->digest, sizeof(f->digest), "%s", r->route.ref);
+        f->reg = r->route.reg;
+        f->repo = rp_xstrdup(r->route.name);
+        f->expected = -1;
+        f->started_ms = rp_now_ms();
+        rp_buf_init(&f->err_body, RP_ERROR_BODY_MAX);
+        TAILQ_INIT(&f->readers);
+        TAILQ_INSERT_TAIL(&srv->fills, f, link);
+        char *path = rp_xasprintf("/v2/%s/blobs/%s", r->route.name, r->route.ref);
+        struct rp_fetch_opts o = {
+            .reg = r->route.reg,
+            .path = path,
+            .name = r->route.name,
+            .stream = true,
+            .follow_redirects = true,
+        };
+        f->fetch = rp_fetch_start(srv, &o, &fill_cb, f);
+        free(path);
+    }
+    r->fill = f;
+    r->fill_fd = -1;
+    r->state = RQ_FILL;
+    TAILQ_INSERT_TAIL(&f->readers, r, fill_link);
+    if (f->state == FILL_RUNNING)
+        reader_start(r);
+    return 0;
+}
+
+void rp_fill_leave(struct rp_req *r)
+{
+    /* The download goes on: the next client, or the cache, still wants it. */
+    if (r->fill)
+        reader_detach(r);
+}
+
+void rp_fill_reader_drained(struct rp_req *r)
+{
+    if (r->fill)
+        pump(r);
+}
+
+void rp_fills_free_all(struct rp_server *srv)
+{
+    struct rp_fill *f;
+    while ((f = TAILQ_FIRST(&srv->fills))) {
+        TAILQ_REMOVE(&srv->fills, f, link);
+        struct rp_req *r;
+        while ((r = TAILQ_FIRST(&f->readers)))
+            reader_detach(r);
+        fill_free(f);
+    }
+}
