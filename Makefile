@@ -36,7 +36,7 @@ FUZZ_TIME ?= 60
 all: regproxy
 
 regproxy: $(B)/regproxy
-	cp $< $@
+	rm -f $@ && cp $< $@
 
 $(B)/regproxy: $(LIB_OBJ) $(B)/proxy/main.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
