@@ -16,14 +16,20 @@
 struct rp_cache;
 struct rp_cache_fill;
 
+/* Largest manifest the store accepts (rp_cache_manifest_put answers E_INVALID above it): the
+ * limit distribution and most registries apply, so a bigger one is not a real manifest. */
+#define RP_CACHE_MANIFEST_MAX ((size_t)4 * 1024 * 1024)
+/* Buffer size that holds any valid digest string with its NUL ("sha512:" + 128 hex). */
+#define RP_CACHE_DIGEST_BUF 136
+
 enum rp_cache_err {
     RP_CACHE_OK = 0,
-    RP_CACHE_E_NOENT = -1,    /* not cached */
-    RP_CACHE_E_IO = -2,       /* a system call failed (errno kept in the message) */
-    RP_CACHE_E_DIGEST = -3,   /* content does not match its digest */
-    RP_CACHE_E_SIZE = -4,     /* content does not match the expected size */
-    RP_CACHE_E_INVALID = -5,  /* bad argument (digest grammar, oversized manifest ...) */
-    RP_CACHE_E_CORRUPT = -6,  /* a stored file is damaged (it is removed) */
+    RP_CACHE_E_NOENT = -1,   /* not cached */
+    RP_CACHE_E_IO = -2,      /* a system call failed (errno kept in the message) */
+    RP_CACHE_E_DIGEST = -3,  /* content does not match its digest */
+    RP_CACHE_E_SIZE = -4,    /* content does not match the expected size */
+    RP_CACHE_E_INVALID = -5, /* bad argument (digest grammar, oversized manifest ...) */
+    RP_CACHE_E_CORRUPT = -6, /* a stored file is damaged (it is removed) */
 };
 const char *rp_cache_strerror(int err);
 
@@ -38,15 +44,18 @@ struct rp_cache_stats {
 
 /* Opens (creating as needed) the store under dir. Removes leftovers of unfinished fills.
  * Loads the index snapshot if present and consistent, else rebuilds it from the files.
- * max_size 0 = unbounded. On failure returns NULL with a message in err. */
+ * max_size 0 = unbounded. On failure returns NULL with a message in err; that includes a dir
+ * another open cache (any process) holds: one store, one owner. */
 struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, size_t errlen);
-/* Writes the index snapshot (best effort) and frees. Accepts NULL. */
+/* Writes the index snapshot (best effort) and frees. Accepts NULL. Fills still open are
+ * cut off (temp file removed): their writes and commit then fail with E_IO, and the caller
+ * still frees them with rp_cache_fill_commit or rp_cache_fill_abort. */
 void rp_cache_close(struct rp_cache *c);
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out);
 
 /* --- reading published content --- */
 struct rp_cache_blob {
-    int fd;        /* open for reading; the caller closes it */
+    int fd; /* open for reading; the caller closes it */
     uint64_t size;
 };
 /* Opens a published blob. Marks it in use until rp_cache_release(digest) is called the
@@ -86,21 +95,22 @@ int rp_cache_fill_commit(struct rp_cache_fill *f);
 void rp_cache_fill_abort(struct rp_cache_fill *f);
 
 /* --- repository links: content is served for (registry, repo) only when linked --- */
-int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo,
-                  const char *digest);
+int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, const char *digest);
 bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo,
                      const char *digest);
 
 /* --- tags --- */
 /* Records tag -> digest, fetched at wall-clock time `now_s` (seconds). Atomic replace. */
-int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
-                     const char *tag, const char *digest, int64_t now_s);
+int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
+                     const char *digest, int64_t now_s);
 /* Looks a tag up: digest (buffer of at least 136 bytes) and when it was last confirmed. */
-int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
-                     const char *tag, char *digest, size_t digest_len, int64_t *fetched_s);
+int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
+                     char *digest, size_t digest_len, int64_t *fetched_s);
 
 /* --- size bound --- */
-/* Pins a digest (mirrored or matched by a `pin` pattern): never evicted. */
+/* Pins a digest (mirrored or matched by a `pin` pattern): never evicted. Works before the
+ * content arrives. Pins last across clean restarts (index snapshot) but not across a crash
+ * (the index is then rebuilt from the files): callers pin again at every start. */
 void rp_cache_pin(struct rp_cache *c, const char *digest);
 /* Evicts least recently used, unpinned, unused entries until the store is at most
  * max_size. Returns how many were evicted. Called after each commit by the cache itself;

@@ -79,6 +79,13 @@ static const struct rp_conf_option options[] = {
      .offset = CACHE_F(tag_ttl_ms),
      .help = "how long a cached tag is served without asking upstream"},
     {.section = RP_CONF_SECTION_CACHE,
+     .key = "pin",
+     .type = RP_CONF_LIST,
+     .offset = CACHE_F(pins),
+     .aux_offset = CACHE_F(n_pins),
+     .help = "images never evicted: comma-separated REGISTRY/REPOSITORY patterns with shell "
+             "wildcards, e.g. registry.redhat.io/openshift3/*"},
+    {.section = RP_CONF_SECTION_CACHE,
      .key = "max_stale",
      .type = RP_CONF_DURATION,
      .default_text = "7d",
@@ -132,6 +139,7 @@ static const struct rp_conf_option options[] = {
      .type = RP_CONF_LIST,
      .offset = REG_F(token_realms),
      .aux_offset = REG_F(n_token_realms),
+     .flags = RP_CONF_F_URL_ITEMS,
      .help = "URL prefixes that may receive the credentials (default: https on the registry's "
              "host or domain)"},
     {.section = RP_CONF_SECTION_REGISTRY,
@@ -810,7 +818,7 @@ static int set_list(const struct rp_conf_option *o, void *base, const char *v, s
             return -1;
         }
         char *s = rp_xstrndup(item, ilen);
-        if ((*why = check_realm_url(s)) != NULL) {
+        if ((o->flags & RP_CONF_F_URL_ITEMS) && (*why = check_realm_url(s)) != NULL) {
             free(s);
             return -1;
         }

@@ -52,6 +52,8 @@ struct rp_conf_cache {
     uint64_t max_size;  /* bytes; 0 = unbounded. Accepts suffixes K, M, G, T (powers of 1024) */
     int64_t tag_ttl_ms; /* default 10 minutes; accepts ms, s, m, h, d suffixes */
     int64_t max_stale_ms; /* stale-if-error window past tag_ttl; default 7 days */
+    char **pins;          /* "REGISTRY/REPO" fnmatch patterns whose content is never evicted */
+    size_t n_pins;
 };
 
 struct rp_conf {
@@ -121,6 +123,7 @@ enum rp_conf_type {
 #define RP_CONF_F_REQUIRED 1u    /* the section is an error without it */
 #define RP_CONF_F_READABLE 2u    /* PATH: must name a readable regular file at parse time */
 #define RP_CONF_F_SECRET_FILE 4u /* PATH: its first line fills the secret at aux_offset */
+#define RP_CONF_F_URL_ITEMS 8u   /* LIST: every item must be an http(s) URL */
 
 struct rp_conf_option {
     enum rp_conf_section_kind section;

@@ -254,6 +254,7 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     rp_cache_link(f->srv->cache, f->reg->name, f->repo, f->digest);
+    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
     rp_info("fill %s registry=%s bytes=%lld ms=%lld readers ok", f->digest, f->reg->name,
             (long long)f->written, (long long)ms);
     /* Verified and published: every reader gets the rest (the file stays readable through

@@ -224,6 +224,9 @@ struct rp_server {
 };
 
 struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg);
+/* Pins digest when (registry, repo) matches a [cache] pin pattern. */
+void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
+                         const char *repo, const char *digest);
 void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         int64_t content_length, const char *extra);
 struct evbuffer *rp_conn_output(struct rp_conn *c);

@@ -594,6 +594,7 @@ static void manifest_fetched(struct rp_req *r)
         int e = rp_cache_manifest_put(srv->cache, digest, type, body, r->body.len);
         if (e == RP_CACHE_OK) {
             rp_cache_link(srv->cache, rt->reg->name, rt->name, digest);
+            rp_server_maybe_pin(srv, rt->reg, rt->name, digest);
             if (!rt->ref_is_digest)
                 rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
                                  rp_wall_s());
@@ -772,6 +773,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         if (res->status == 200) {
             rp_cache_link(r->conn->srv->cache, r->route.reg->name, r->route.name,
                           r->route.ref);
+            rp_server_maybe_pin(r->conn->srv, r->route.reg, r->route.name, r->route.ref);
             r->state = RQ_LOOKUP;
             rp_req_drive(r);
             return;

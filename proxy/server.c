@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -79,6 +80,22 @@ void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
 struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg)
 {
     return srv->auths[reg - srv->conf->registries];
+}
+
+void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
+                         const char *repo, const char *digest)
+{
+    const struct rp_conf_cache *cc = &srv->conf->cache;
+    if (cc->n_pins == 0)
+        return;
+    char *image = rp_xasprintf("%s/%s", reg->name, repo);
+    for (size_t i = 0; i < cc->n_pins; i++) {
+        if (fnmatch(cc->pins[i], image, 0) == 0) {
+            rp_cache_pin(srv->cache, digest);
+            break;
+        }
+    }
+    free(image);
 }
 
 void rp_conn_stream_mode(struct rp_conn *c)

@@ -1,0 +1,1578 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* cache/cache.c: the on-disk store behind cache.h: layout and atomic publishing, digest
+ * verification of fills and manifests, tags and repository links, the in-memory index with
+ * its LRU list, the index snapshot, and eviction to max_size. */
+
+/*
+ * Layout under dir (every name below comes from a validated digest or from a hash):
+ *
+ *   lock                                  flock()ed while open: one process per store
+ *   blobs/{sha256,sha512}/<hh>/<hex>      blob bytes, exactly as upstream sent them
+ *   manifests/{sha256,sha512}/<hh>/<hex>  manifest file (below)
+ *   tags/<hh>/<sha256 hex of registry\0repo\0tag>     tag file (below)
+ *   links/<hh>/<sha256 hex of registry\0repo\0digest> link file (below)
+ *   tmp/                                  fills and other temp files; emptied at open
+ *   index                                 snapshot of the index (below); disposable
+ *
+ * <hh> is the first two hex digits of the name, so no directory grows past ~1/256 of the
+ * store. Subdirectories are created on first use.
+ *
+ * Publishing. Every published file is written under tmp/ (same file system), fsynced, renamed to
+ * its name, and the parent directory is fsynced. rename is the only operation that makes a name
+ * appear, and it happens only after the content was verified (blobs and manifests: digest,
+ * and size when known) and is durable. So a kill -9 or power loss at any point leaves either
+ * no file or a complete, verified one under each name; half-written files exist only under
+ * tmp/, which open empties. A tag update is an atomic replace of its file.
+ *
+ * Manifest file: one header line, then the payload:
+ *   "RPMF 1 <raw|lz4> <length> <media type>\n" <payload>
+ * length is the manifest's byte count. raw: the payload is the manifest. lz4: the payload is
+ * one LZ4 block (HC level MANIFEST_LZ4_LEVEL) decoding to exactly length bytes; used when the
+ * manifest is at least MANIFEST_LZ4_MIN bytes and the block is smaller. Reads check the header,
+ * the length, the decode, and the digest (cheap at manifest sizes, and a manifest is what
+ * clients verify first); any failure removes the file and answers E_CORRUPT.
+ *
+ * Tag file: "RPTAG 1 <fetched_s> <digest> <len(registry)> <len(repo)> <len(tag)>\n"
+ * registry repo tag "\n" <sha256 hex of everything before> "\n". The stored key detects the
+ * (theoretical) hash collision; the checksum detects damage (E_CORRUPT, file removed).
+ * Link file: "RPLINK 1 <digest> <len(registry)> <len(repo)>\n" registry repo "\n"; only its
+ * existence is checked, the content is there for humans and a future garbage collector.
+ *
+ * Index. In memory: a chained hash table keyed by (kind, algorithm, raw digest) and an LRU
+ * list of the evictable entries. Invariants: an entry is in the LRU list iff it is present and
+ * not pinned; an entry that is not present exists only because it is pinned (a pin may come
+ * before the content). stats.size/entries sum the present entries; size is bytes on disk
+ * (for manifests: header + possibly compressed payload). Tags and links are not indexed: they
+ * are looked up by name and never evicted (the proxy treats a missing blob as a miss).
+ *
+ * Snapshot ("index"), little-endian:
+ *   "RPCINDEX" u32 version=1 u32 0 u64 count u64 total_size
+ *   count x { u8 flags (bit0 manifest, bit1 sha512, bit2 present, bit3 pinned), u64 size,
+ *             raw digest (32 or 64 bytes) }
+ *   sha256 of all preceding bytes
+ * Records come in LRU order (least recent first), pinned ones last. The snapshot is written at
+ * close and removed right after open has read it, so one that exists always describes the
+ * files as a clean close left them: after a crash there is none and open rebuilds the index
+ * from the directories (size from stat, LRU order from mtime, pins lost until the proxy pins
+ * again). A snapshot that fails any check (short, garbage, checksum, duplicate, totals) is
+ * ignored the same way. Files an operator deletes behind our back are dropped from the index
+ * when blob_open/manifest_get find them gone; files added behind our back while a snapshot
+ * exists stay invisible and unaccounted until a rebuild (delete `index` to force one).
+ * A pin applies to the digest as a blob and as a manifest (same bytes either way).
+ *
+ * Eviction runs after every publish and when the last user releases a blob: while size >
+ * max_size, unlink the least recently used entry that is neither pinned nor in use. Use means
+ * blob_open (until release) or manifest_get.
+ */
+#include "cache.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <lz4.h>
+#include <lz4hc.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../util/util.h"
+
+#define MANIFEST_MAGIC "RPMF"
+#define MANIFEST_VERSION "1"
+/* Generous for "RPMF 1 lz4 4194304 " plus the longest media type we accept. */
+#define MANIFEST_HDR_MAX 320
+#define MEDIA_TYPE_MAX 255
+/* Below this, LZ4 saves a few dozen bytes at best: not worth a decode on every read. */
+#define MANIFEST_LZ4_MIN 512
+/* HC compresses once and decodes as fast as the fast mode; manifests are read far more
+ * often than written. Level 9 is liblz4's HC default. */
+#define MANIFEST_LZ4_LEVEL 9
+#define MANIFEST_FILE_MAX                                                                          \
+    ((size_t)MANIFEST_HDR_MAX + (size_t)LZ4_COMPRESSBOUND(RP_CACHE_MANIFEST_MAX))
+
+#define TAG_MAGIC "RPTAG"
+#define LINK_MAGIC "RPLINK"
+/* Registry names, repositories (distribution caps them at 255) and tags (128) fit easily. */
+#define KEY_PART_MAX 1024
+#define TAG_HDR_MAX 256
+#define TAG_FILE_MAX (TAG_HDR_MAX + 3 * KEY_PART_MAX + 1 + 65)
+
+#define INDEX_NAME "index"
+#define INDEX_MAGIC "RPCINDEX"
+#define INDEX_VERSION 1
+#define INDEX_HDR_LEN 32
+#define INDEX_SUM_LEN 32
+#define INDEX_REC_FIXED 9 /* flags + size */
+/* A snapshot of 10 M entries is ~0.5 GB; anything bigger is not ours. */
+#define INDEX_FILE_MAX ((size_t)1 << 30)
+#define IDX_F_MANIFEST 0x1u
+#define IDX_F_SHA512 0x2u
+#define IDX_F_PRESENT 0x4u
+#define IDX_F_PINNED 0x8u
+
+#define REL_MAX 200 /* longest relative path: "manifests/sha512/hh/" + 128 hex */
+
+enum { ALGO_SHA256, ALGO_SHA512, ALGO_N };
+static const struct {
+    const char *name;
+    size_t hexlen, rawlen;
+} algos[ALGO_N] = {{"sha256", 64, 32}, {"sha512", 128, 64}};
+
+static const EVP_MD *algo_md(int algo)
+{
+    return algo == ALGO_SHA512 ? EVP_sha512() : EVP_sha256();
+}
+
+/* A digest that passed parse_digest: the only kind that may name a file. */
+struct digest {
+    int algo;
+    unsigned char raw[64];
+    char str[RP_CACHE_DIGEST_BUF]; /* "sha256:<hex>" */
+};
+
+static const char *dhex(const struct digest *d)
+{
+    return d->str + strlen(algos[d->algo].name) + 1;
+}
+
+struct entry {
+    struct entry *hnext;       /* hash chain */
+    struct entry *prev, *next; /* LRU list; both NULL when not in it */
+    uint64_t size;             /* bytes on disk; 0 when not present */
+    uint32_t in_use;
+    uint8_t kind, algo;
+    bool present, pinned;
+    unsigned char raw[64];
+};
+
+struct rp_cache {
+    char *dir; /* absolute, so fill paths stay valid whatever the cwd */
+    int dirfd, tmpfd, lockfd;
+    uint64_t max_size;
+    struct entry **buckets;
+    size_t nbuckets, nentries; /* nentries counts placeholders too */
+    struct entry lru;          /* sentinel: lru.next is the least recently used */
+    struct rp_cache_stats st;
+    uint64_t tmp_seq;
+    struct rp_cache_fill *fills; /* outstanding fills, detached at close */
+    bool ready;                  /* open completed: close may write the snapshot */
+};
+
+struct rp_cache_fill {
+    struct rp_cache *c; /* NULL once the cache was closed under it */
+    struct rp_cache_fill *prev, *next;
+    struct digest d;
+    int fd;
+    int err; /* sticky: once a write failed, commit fails the same way */
+    int64_t expected;
+    uint64_t written;
+    EVP_MD_CTX *md;
+    char *path;
+    char name[32]; /* under tmp/ */
+};
+
+const char *rp_cache_strerror(int err)
+{
+    switch (err) {
+    case RP_CACHE_OK:
+        return "ok";
+    case RP_CACHE_E_NOENT:
+        return "not cached";
+    case RP_CACHE_E_IO:
+        return "cache I/O error";
+    case RP_CACHE_E_DIGEST:
+        return "content does not match its digest";
+    case RP_CACHE_E_SIZE:
+        return "content does not match its size";
+    case RP_CACHE_E_INVALID:
+        return "invalid argument";
+    case RP_CACHE_E_CORRUPT:
+        return "stored file damaged";
+    }
+    return "unknown cache error";
+}
+
+/* ---------------------------------------------------------------- small helpers --- */
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    return -1; /* upper case too: one spelling per content, one file name per digest */
+}
+
+static void to_hex(const unsigned char *raw, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[raw[i] >> 4];
+        out[2 * i + 1] = digits[raw[i] & 0xf];
+    }
+    out[2 * n] = '\0';
+}
+
+/* "sha256:" + 64 lower hex or "sha512:" + 128 lower hex, nothing after. */
+static int parse_digest(const char *s, struct digest *d)
+{
+    if (!s)
+        return RP_CACHE_E_INVALID;
+    for (int a = 0; a < ALGO_N; a++) {
+        size_t nl = strlen(algos[a].name);
+        if (strncmp(s, algos[a].name, nl) != 0 || s[nl] != ':')
+            continue;
+        const char *h = s + nl + 1;
+        size_t hl = algos[a].hexlen;
+        if (strnlen(h, hl + 1) != hl)
+            return RP_CACHE_E_INVALID;
+        for (size_t i = 0; i < hl; i += 2) {
+            int hi = hexval(h[i]), lo = hexval(h[i + 1]);
+            if (hi < 0 || lo < 0)
+                return RP_CACHE_E_INVALID;
+            d->raw[i / 2] = (unsigned char)(hi << 4 | lo);
+        }
+        d->algo = a;
+        memcpy(d->str, s, nl + 1 + hl);
+        d->str[nl + 1 + hl] = '\0';
+        return RP_CACHE_OK;
+    }
+    return RP_CACHE_E_INVALID;
+}
+
+static void digest_from_raw(int algo, const unsigned char *raw, struct digest *d)
+{
+    size_t nl = strlen(algos[algo].name);
+    d->algo = algo;
+    memcpy(d->raw, raw, algos[algo].rawlen);
+    memcpy(d->str, algos[algo].name, nl);
+    d->str[nl] = ':';
+    to_hex(raw, algos[algo].rawlen, d->str + nl + 1);
+}
+
+/* Names of tag and link files: sha256 over the parts, each followed by a NUL. The parts are
+ * C strings, so the encoding is unambiguous, and none of their text reaches a path. */
+static void key_hex(const char *a, const char *b, const char *c3, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(ctx, a, strlen(a) + 1) != 1 ||
+        EVP_DigestUpdate(ctx, b, strlen(b) + 1) != 1 ||
+        EVP_DigestUpdate(ctx, c3, strlen(c3) + 1) != 1 ||
+        EVP_DigestFinal_ex(ctx, md, &mdlen) != 1) {
+        rp_error("cache: sha256 unavailable");
+        abort(); /* as for allocation failure: nothing sensible to continue with */
+    }
+    EVP_MD_CTX_free(ctx);
+    to_hex(md, 32, out);
+}
+
+static bool sha_ok(int algo, const void *p, size_t n, unsigned char *out)
+{
+    unsigned int len = 0;
+    return EVP_Digest(p, n, out, &len, algo_md(algo), NULL) == 1;
+}
+
+static void entry_rel(char *buf, size_t n, int kind, int algo, const char *hex)
+{
+    snprintf(buf, n, "%s/%s/%.2s/%s", kind == RP_CACHE_MANIFEST ? "manifests" : "blobs",
+             algos[algo].name, hex, hex);
+}
+
+static void key_rel(char *buf, size_t n, const char *top, const char *hex)
+{
+    snprintf(buf, n, "%s/%.2s/%s", top, hex, hex);
+}
+
+static bool key_part_ok(const char *s)
+{
+    return s && s[0] && strnlen(s, KEY_PART_MAX + 1) <= KEY_PART_MAX;
+}
+
+/* Media types go into a header line and back out to HTTP: printable ASCII only. */
+static bool media_type_ok(const char *s)
+{
+    if (!s)
+        return false;
+    size_t n = strnlen(s, MEDIA_TYPE_MAX + 1);
+    if (n > MEDIA_TYPE_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* fsync, except in the fuzz build, where thousands of runs a second must not hit the disk. */
+static int sync_fd(int fd)
+{
+#ifdef RP_FUZZ
+    (void)fd;
+    return 0;
+#else
+    return fsync(fd);
+#endif
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *s = p;
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int fsync_dir(struct rp_cache *c, const char *rel)
+{
+    int fd = openat(c->dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = sync_fd(fd);
+    close(fd);
+    return rc;
+}
+
+static void parent_of(const char *rel, char *out, size_t n)
+{
+    const char *slash = strrchr(rel, '/');
+    if (!slash)
+        snprintf(out, n, ".");
+    else
+        snprintf(out, n, "%.*s", (int)(slash - rel), rel);
+}
+
+/* Creates the missing directories leading to rel, fsyncing each new one's parent so the
+ * directory entries are as durable as the files renamed into them. */
+static int make_parents(struct rp_cache *c, const char *rel)
+{
+    char path[REL_MAX];
+    for (const char *p = strchr(rel, '/'); p; p = strchr(p + 1, '/')) {
+        snprintf(path, sizeof(path), "%.*s", (int)(p - rel), rel);
+        if (mkdirat(c->dirfd, path, 0755) == 0) {
+            char parent[REL_MAX];
+            parent_of(path, parent, sizeof(parent));
+            if (fsync_dir(c, parent) != 0)
+                return -1;
+        } else if (errno != EEXIST) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Opens a new temp file under tmp/. Names need only be unique within this process's life:
+ * the lock makes us the only writer and open empties tmp/. */
+static int tmp_open(struct rp_cache *c, const char *prefix, char *name, size_t namelen)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        snprintf(name, namelen, "%s.%llx", prefix, (unsigned long long)++c->tmp_seq);
+        int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    errno = EEXIST;
+    return -1;
+}
+
+/* Renames tmp/<name> (already written and fsynced by the caller) to rel and fsyncs rel's
+ * directory. On failure the temp file is removed. */
+static int publish(struct rp_cache *c, const char *name, const char *rel)
+{
+    if (renameat(c->tmpfd, name, c->dirfd, rel) != 0) {
+        int e = errno;
+        if (e != ENOENT || make_parents(c, rel) != 0 || renameat(c->tmpfd, name, c->dirfd, rel)) {
+            rp_warn("cache: publishing %s: %s", rel, strerror(errno ? errno : e));
+            unlinkat(c->tmpfd, name, 0);
+            return RP_CACHE_E_IO;
+        }
+    }
+    char parent[REL_MAX];
+    parent_of(rel, parent, sizeof(parent));
+    /* The file is complete and verified whatever happens now; a failed directory fsync only
+     * risks losing the name on power loss, so it is reported but does not undo the publish. */
+    if (fsync_dir(c, parent) != 0)
+        rp_warn("cache: fsync of %s: %s", parent, strerror(errno));
+    return RP_CACHE_OK;
+}
+
+/* Writes the pieces to a temp file, fsyncs, publishes as rel. */
+static int atomic_write(struct rp_cache *c, const char *prefix, const char *rel, const void *a,
+                        size_t alen, const void *b, size_t blen)
+{
+    char name[32];
+    int fd = tmp_open(c, prefix, name, sizeof(name));
+    if (fd < 0) {
+        rp_warn("cache: creating a temp file for %s: %s", rel, strerror(errno));
+        return RP_CACHE_E_IO;
+    }
+    if (write_all(fd, a, alen) != 0 || write_all(fd, b, blen) != 0 || sync_fd(fd) != 0) {
+        rp_warn("cache: writing %s: %s", rel, strerror(errno));
+        close(fd);
+        unlinkat(c->tmpfd, name, 0);
+        return RP_CACHE_E_IO;
+    }
+    if (close(fd) != 0) {
+        rp_warn("cache: writing %s: %s", rel, strerror(errno));
+        unlinkat(c->tmpfd, name, 0);
+        return RP_CACHE_E_IO;
+    }
+    return publish(c, name, rel);
+}
+
+/* Reads a whole file of at most cap bytes. Returns OK, E_NOENT, E_IO, or E_CORRUPT when
+ * it is larger than cap, not a regular file, or shorter than fstat said. *out gets a
+ * trailing NUL not counted in *outlen. */
+static int read_file(struct rp_cache *c, const char *rel, size_t cap, char **out, size_t *outlen)
+{
+    int rc = RP_CACHE_E_IO;
+    char *buf = NULL;
+    int fd = openat(c->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        rc = errno == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO;
+        goto out;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        goto out;
+    if (!S_ISREG(st.st_mode) || st.st_size < 0 || (uint64_t)st.st_size > cap) {
+        rc = RP_CACHE_E_CORRUPT;
+        goto out;
+    }
+    size_t n = (size_t)st.st_size, got = 0;
+    buf = rp_xmalloc(n + 1);
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            goto out;
+        if (r == 0) {
+            rc = RP_CACHE_E_CORRUPT;
+            goto out;
+        }
+        got += (size_t)r;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *outlen = n;
+    buf = NULL;
+    rc = RP_CACHE_OK;
+out:
+    if (rc == RP_CACHE_E_IO)
+        rp_warn("cache: reading %s: %s", rel, strerror(errno));
+    free(buf);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Splits off the next space-terminated token of [*p, end). */
+static bool next_token(const char **p, const char *end, const char **tok, size_t *len)
+{
+    const char *s = *p;
+    const char *sp = memchr(s, ' ', (size_t)(end - s));
+    if (!sp || sp == s)
+        return false;
+    *tok = s;
+    *len = (size_t)(sp - s);
+    *p = sp + 1;
+    return true;
+}
+
+static bool token_is(const char *tok, size_t len, const char *want)
+{
+    return len == strlen(want) && memcmp(tok, want, len) == 0;
+}
+
+/* ---------------------------------------------------------------- index --- */
+
+static uint64_t entry_hash(int kind, int algo, const unsigned char *raw)
+{
+    /* The raw bytes are a cryptographic hash of content we verified (or a pinned digest),
+     * so their first bytes are already uniform: no further mixing needed. */
+    uint64_t h;
+    memcpy(&h, raw, sizeof(h));
+    return h ^ ((uint64_t)(kind * ALGO_N + algo) * 0x9e3779b97f4a7c15ull);
+}
+
+static struct entry *index_find(struct rp_cache *c, int kind, int algo, const unsigned char *raw)
+{
+    struct entry *e = c->buckets[entry_hash(kind, algo, raw) & (c->nbuckets - 1)];
+    for (; e; e = e->hnext)
+        if (e->kind == kind && e->algo == algo && memcmp(e->raw, raw, algos[algo].rawlen) == 0)
+            return e;
+    return NULL;
+}
+
+static void index_grow(struct rp_cache *c)
+{
+    size_t nb = c->nbuckets * 2;
+    struct entry **b = rp_xcalloc(nb, sizeof(*b));
+    for (size_t i = 0; i < c->nbuckets; i++) {
+        struct entry *e = c->buckets[i], *next;
+        for (; e; e = next) {
+            next = e->hnext;
+            size_t h = entry_hash(e->kind, e->algo, e->raw) & (nb - 1);
+            e->hnext = b[h];
+            b[h] = e;
+        }
+    }
+    free(c->buckets);
+    c->buckets = b;
+    c->nbuckets = nb;
+}
+
+/* Finds or creates the entry (created: not present, not pinned, in no list). */
+static struct entry *index_get(struct rp_cache *c, int kind, int algo, const unsigned char *raw)
+{
+    struct entry *e = index_find(c, kind, algo, raw);
+    if (e)
+        return e;
+    if (c->nentries >= c->nbuckets)
+        index_grow(c);
+    e = rp_xcalloc(1, sizeof(*e));
+    e->kind = (uint8_t)kind;
+    e->algo = (uint8_t)algo;
+    memcpy(e->raw, raw, algos[algo].rawlen);
+    size_t h = entry_hash(kind, algo, raw) & (c->nbuckets - 1);
+    e->hnext = c->buckets[h];
+    c->buckets[h] = e;
+    c->nentries++;
+    return e;
+}
+
+static void lru_unlink(struct entry *e)
+{
+    if (!e->prev)
+        return;
+    e->prev->next = e->next;
+    e->next->prev = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void lru_append(struct rp_cache *c, struct entry *e)
+{
+    e->prev = c->lru.prev;
+    e->next = &c->lru;
+    c->lru.prev->next = e;
+    c->lru.prev = e;
+}
+
+static void touch(struct rp_cache *c, struct entry *e)
+{
+    if (!e->present || e->pinned)
+        return;
+    lru_unlink(e);
+    lru_append(c, e);
+}
+
+static void index_free_entry(struct rp_cache *c, struct entry *e)
+{
+    struct entry **pp = &c->buckets[entry_hash(e->kind, e->algo, e->raw) & (c->nbuckets - 1)];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    c->nentries--;
+    free(e);
+}
+
+/* Records that the file of (kind, digest) exists with size bytes, as most recently used. */
+static void index_publish(struct rp_cache *c, int kind, int algo, const unsigned char *raw,
+                          uint64_t size)
+{
+    struct entry *e = index_get(c, kind, algo, raw);
+    if (e->present) {
+        c->st.size -= e->size;
+    } else {
+        e->present = true;
+        c->st.entries++;
+    }
+    e->size = size;
+    c->st.size += size;
+    touch(c, e);
+}
+
+/* The file is gone (evicted, damaged, deleted behind our back): forget it. Pinned entries
+ * stay as placeholders so the pin holds when the content comes back. */
+static void index_forget(struct rp_cache *c, struct entry *e)
+{
+    lru_unlink(e);
+    if (e->present) {
+        c->st.size -= e->size;
+        c->st.entries--;
+    }
+    e->present = false;
+    e->size = 0;
+    if (!e->pinned)
+        index_free_entry(c, e);
+}
+
+static void index_clear(struct rp_cache *c)
+{
+    for (size_t i = 0; i < c->nbuckets; i++) {
+        struct entry *e = c->buckets[i], *next;
+        for (; e; e = next) {
+            next = e->hnext;
+            free(e);
+        }
+        c->buckets[i] = NULL;
+    }
+    c->nentries = 0;
+    c->lru.next = c->lru.prev = &c->lru;
+    c->st.size = c->st.entries = 0;
+}
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static size_t index_put_record(unsigned char *p, const struct entry *e)
+{
+    unsigned flags = (e->kind == RP_CACHE_MANIFEST ? IDX_F_MANIFEST : 0) |
+                     (e->algo == ALGO_SHA512 ? IDX_F_SHA512 : 0) |
+                     (e->present ? IDX_F_PRESENT : 0) | (e->pinned ? IDX_F_PINNED : 0);
+    p[0] = (unsigned char)flags;
+    put_u64(p + 1, e->size);
+    memcpy(p + INDEX_REC_FIXED, e->raw, algos[e->algo].rawlen);
+    return INDEX_REC_FIXED + algos[e->algo].rawlen;
+}
+
+static int index_save(struct rp_cache *c)
+{
+    size_t cap = INDEX_HDR_LEN + c->nentries * (INDEX_REC_FIXED + 64) + INDEX_SUM_LEN;
+    unsigned char *buf = rp_xmalloc(cap);
+    size_t off = INDEX_HDR_LEN;
+    uint64_t count = 0;
+    for (struct entry *e = c->lru.next; e != &c->lru; e = e->next, count++)
+        off += index_put_record(buf + off, e);
+    for (size_t i = 0; i < c->nbuckets; i++)
+        for (struct entry *e = c->buckets[i]; e; e = e->hnext)
+            if (e->pinned) {
+                off += index_put_record(buf + off, e);
+                count++;
+            }
+    memcpy(buf, INDEX_MAGIC, 8);
+    put_u32(buf + 8, INDEX_VERSION);
+    put_u32(buf + 12, 0);
+    put_u64(buf + 16, count);
+    put_u64(buf + 24, c->st.size);
+    int rc = RP_CACHE_E_IO;
+    if (sha_ok(ALGO_SHA256, buf, off, buf + off))
+        rc = atomic_write(c, "index", INDEX_NAME, buf, off + INDEX_SUM_LEN, NULL, 0);
+    free(buf);
+    return rc;
+}
+
+/* Loads a snapshot into an empty index. On any inconsistency returns -1 with the index
+ * possibly half filled (the caller clears it). The structure is checked before the checksum
+ * so the fuzzer reaches the parser; both must pass. */
+static int index_parse(struct rp_cache *c, const unsigned char *p, size_t n)
+{
+    if (n < INDEX_HDR_LEN + INDEX_SUM_LEN || memcmp(p, INDEX_MAGIC, 8) != 0 ||
+        get_u32(p + 8) != INDEX_VERSION || get_u32(p + 12) != 0)
+        return -1;
+    uint64_t count = get_u64(p + 16), total = get_u64(p + 24), sum = 0;
+    size_t off = INDEX_HDR_LEN, end = n - INDEX_SUM_LEN;
+    if (count > (end - off) / (INDEX_REC_FIXED + 32))
+        return -1;
+    for (uint64_t i = 0; i < count; i++) {
+        if (end - off < INDEX_REC_FIXED)
+            return -1;
+        unsigned flags = p[off];
+        uint64_t size = get_u64(p + off + 1);
+        int kind = flags & IDX_F_MANIFEST ? RP_CACHE_MANIFEST : RP_CACHE_BLOB;
+        int algo = flags & IDX_F_SHA512 ? ALGO_SHA512 : ALGO_SHA256;
+        bool present = flags & IDX_F_PRESENT, pinned = flags & IDX_F_PINNED;
+        size_t rawlen = algos[algo].rawlen;
+        if (flags & ~0xfu || (!present && (!pinned || size)) ||
+            end - off - INDEX_REC_FIXED < rawlen)
+            return -1;
+        const unsigned char *raw = p + off + INDEX_REC_FIXED;
+        if (index_find(c, kind, algo, raw) || size > UINT64_MAX - sum)
+            return -1;
+        struct entry *e = index_get(c, kind, algo, raw);
+        e->pinned = pinned;
+        if (present) {
+            e->present = true;
+            e->size = size;
+            sum += size;
+            c->st.entries++;
+            if (!pinned)
+                lru_append(c, e);
+        }
+        off += INDEX_REC_FIXED + rawlen;
+    }
+    c->st.size = sum;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    if (off != end || sum != total || !sha_ok(ALGO_SHA256, p, end, md) ||
+        memcmp(md, p + end, INDEX_SUM_LEN) != 0)
+        return -1;
+    return 0;
+}
+
+/* Returns 0 when a snapshot was loaded (and removed), -1 when the index must be rebuilt. */
+static int index_load(struct rp_cache *c)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    int rc = read_file(c, INDEX_NAME, INDEX_FILE_MAX, &buf, &n);
+    if (rc == RP_CACHE_E_NOENT)
+        return -1;
+    if (rc == RP_CACHE_OK && index_parse(c, (const unsigned char *)buf, n) == 0) {
+        free(buf);
+        /* From here on the snapshot goes stale: remove it so a crash leads to a rebuild
+         * rather than to a snapshot that misses new files or lists evicted ones. */
+        if (unlinkat(c->dirfd, INDEX_NAME, 0) != 0 || fsync_dir(c, ".") != 0)
+            rp_warn("cache: removing the loaded index snapshot: %s", strerror(errno));
+        return 0;
+    }
+    free(buf);
+    rp_warn("cache: index snapshot in %s is damaged; rebuilding from the files", c->dir);
+    index_clear(c);
+    if (unlinkat(c->dirfd, INDEX_NAME, 0) != 0 && errno != ENOENT)
+        rp_warn("cache: removing the damaged index snapshot: %s", strerror(errno));
+    return -1;
+}
+
+struct found {
+    int64_t mtime_ns;
+    uint64_t size;
+    uint8_t kind, algo;
+    unsigned char raw[64];
+};
+
+static int found_cmp(const void *a, const void *b)
+{
+    const struct found *x = a, *y = b;
+    if (x->mtime_ns != y->mtime_ns)
+        return x->mtime_ns < y->mtime_ns ? -1 : 1;
+    return memcmp(x->raw, y->raw, sizeof(x->raw));
+}
+
+/* Parses a file name that must be the hex digest of algo and start with prefix (the <hh>
+ * directory). Anything else under our directories is ignored, not deleted: it is not ours
+ * to judge. */
+static bool name_to_raw(const char *name, int algo, const char *prefix, unsigned char *raw)
+{
+    size_t hl = algos[algo].hexlen;
+    if (strlen(name) != hl || memcmp(name, prefix, 2) != 0)
+        return false;
+    for (size_t i = 0; i < hl; i += 2) {
+        int hi = hexval(name[i]), lo = hexval(name[i + 1]);
+        if (hi < 0 || lo < 0)
+            return false;
+        raw[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    return true;
+}
+
+static int scan_dir(struct rp_cache *c, int kind, int algo, struct found **v, size_t *n,
+                    size_t *cap)
+{
+    char top[32];
+    snprintf(top, sizeof(top), "%s/%s", kind == RP_CACHE_MANIFEST ? "manifests" : "blobs",
+             algos[algo].name);
+    int fd = openat(c->dirfd, top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -1;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *hh = de->d_name;
+        if (strlen(hh) != 2 || hexval(hh[0]) < 0 || hexval(hh[1]) < 0)
+            continue;
+        int sfd = openat(dirfd(d), hh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (sfd < 0)
+            continue;
+        DIR *sd = fdopendir(sfd);
+        if (!sd) {
+            close(sfd);
+            continue;
+        }
+        struct dirent *fe;
+        while ((fe = readdir(sd)) != NULL) {
+            struct found f;
+            struct stat st;
+            if (fe->d_type != DT_REG && fe->d_type != DT_UNKNOWN)
+                continue;
+            if (!name_to_raw(fe->d_name, algo, hh, f.raw))
+                continue;
+            if (fstatat(dirfd(sd), fe->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                !S_ISREG(st.st_mode))
+                continue;
+            memset(f.raw + algos[algo].rawlen, 0, sizeof(f.raw) - algos[algo].rawlen);
+            f.kind = (uint8_t)kind;
+            f.algo = (uint8_t)algo;
+            f.size = (uint64_t)st.st_size;
+            f.mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+            if (*n == *cap) {
+                *cap = *cap ? *cap * 2 : 1024;
+                *v = rp_xrealloc(*v, *cap * sizeof(**v));
+            }
+            (*v)[(*n)++] = f;
+        }
+        closedir(sd);
+    }
+    closedir(d);
+    return 0;
+}
+
+/* Rebuilds the index from the files: sizes from stat, LRU order from mtime (the publish
+ * time: an approximation of use that errs towards keeping what arrived last). */
+static int index_rebuild(struct rp_cache *c)
+{
+    struct found *v = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    for (int kind = RP_CACHE_BLOB; kind <= RP_CACHE_MANIFEST && rc == 0; kind++)
+        for (int algo = 0; algo < ALGO_N && rc == 0; algo++)
+            rc = scan_dir(c, kind, algo, &v, &n, &cap);
+    if (rc == 0) {
+        if (n > 1)
+            qsort(v, n, sizeof(*v), found_cmp);
+        for (size_t i = 0; i < n; i++)
+            index_publish(c, v[i].kind, v[i].algo, v[i].raw, v[i].size);
+    }
+    free(v);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- open / close --- */
+
+static int mkdir_p(const char *dir)
+{
+    char *p = rp_xstrdup(dir);
+    int rc = 0;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char saved = *s;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            rc = -1;
+            break;
+        }
+        *s = saved;
+        if (!saved)
+            break;
+    }
+    free(p);
+    return rc;
+}
+
+static void clear_tmp(struct rp_cache *c)
+{
+    int fd = openat(c->tmpfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        rp_warn("cache: listing %s/tmp: %s", c->dir, strerror(errno));
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (unlinkat(c->tmpfd, de->d_name, 0) != 0 &&
+            unlinkat(c->tmpfd, de->d_name, AT_REMOVEDIR) != 0)
+            rp_warn("cache: removing %s/tmp/%s: %s", c->dir, de->d_name, strerror(errno));
+    }
+    closedir(d);
+}
+
+struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, size_t errlen)
+{
+    static const char *const subdirs[] = {
+        "blobs",
+        "blobs/sha256",
+        "blobs/sha512",
+        "manifests",
+        "manifests/sha256",
+        "manifests/sha512",
+        "tags",
+        "links",
+        "tmp",
+    };
+    struct rp_cache *c = NULL;
+    const char *what = NULL;
+    if (err && errlen)
+        err[0] = '\0';
+    if (!dir || !dir[0]) {
+        if (err)
+            snprintf(err, errlen, "cache: no directory given");
+        return NULL;
+    }
+    c = rp_xcalloc(1, sizeof(*c));
+    c->dirfd = c->tmpfd = c->lockfd = -1;
+    c->max_size = max_size;
+    c->nbuckets = 1024;
+    c->buckets = rp_xcalloc(c->nbuckets, sizeof(*c->buckets));
+    c->lru.next = c->lru.prev = &c->lru;
+
+    what = "creating";
+    if (mkdir_p(dir) != 0)
+        goto fail;
+    what = "resolving";
+    c->dir = realpath(dir, NULL);
+    if (!c->dir)
+        goto fail;
+    what = "opening";
+    c->dirfd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (c->dirfd < 0)
+        goto fail;
+    c->lockfd = openat(c->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (c->lockfd < 0)
+        goto fail;
+    what = "locking (is another regproxy using it?)";
+    if (flock(c->lockfd, LOCK_EX | LOCK_NB) != 0)
+        goto fail;
+    what = "creating subdirectories of";
+    for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++)
+        if (mkdirat(c->dirfd, subdirs[i], 0755) != 0 && errno != EEXIST)
+            goto fail;
+    what = "opening tmp/ of";
+    c->tmpfd = openat(c->dirfd, "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (c->tmpfd < 0)
+        goto fail;
+    clear_tmp(c);
+    if (index_load(c) != 0) {
+        what = "scanning";
+        if (index_rebuild(c) != 0)
+            goto fail;
+    }
+    rp_cache_evict(c);
+    c->ready = true;
+    return c;
+fail:
+    if (err)
+        snprintf(err, errlen, "cache: %s %s: %s", what, dir, strerror(errno));
+    rp_cache_close(c); /* not ready: no snapshot of a half-built index is written */
+    return NULL;
+}
+
+static void fill_detach(struct rp_cache_fill *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    f->fd = -1;
+    if (f->c) {
+        unlinkat(f->c->tmpfd, f->name, 0);
+        if (f->prev)
+            f->prev->next = f->next;
+        else
+            f->c->fills = f->next;
+        if (f->next)
+            f->next->prev = f->prev;
+    }
+    f->c = NULL;
+    f->prev = f->next = NULL;
+}
+
+void rp_cache_close(struct rp_cache *c)
+{
+    if (!c)
+        return;
+    while (c->fills) {
+        c->fills->err = RP_CACHE_E_IO;
+        fill_detach(c->fills);
+    }
+    if (c->ready && index_save(c) != 0)
+        rp_warn("cache: could not write the index snapshot; the next start rebuilds it");
+    index_clear(c);
+    free(c->buckets);
+    if (c->tmpfd >= 0)
+        close(c->tmpfd);
+    if (c->dirfd >= 0)
+        close(c->dirfd);
+    if (c->lockfd >= 0)
+        close(c->lockfd); /* releases the flock */
+    free(c->dir);
+    free(c);
+}
+
+void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out)
+{
+    if (c)
+        *out = c->st;
+    else
+        memset(out, 0, sizeof(*out));
+}
+
+/* ---------------------------------------------------------------- eviction --- */
+
+size_t rp_cache_evict(struct rp_cache *c)
+{
+    size_t n = 0;
+    if (!c || !c->max_size)
+        return 0;
+    struct entry *e = c->lru.next;
+    while (c->st.size > c->max_size && e != &c->lru) {
+        struct entry *next = e->next;
+        if (e->in_use == 0) {
+            struct digest d;
+            char rel[REL_MAX];
+            digest_from_raw(e->algo, e->raw, &d);
+            entry_rel(rel, sizeof(rel), e->kind, e->algo, dhex(&d));
+            /* Not finding the file is fine (someone else removed it); failing to remove it
+             * still drops it from the index, or eviction would retry it forever. */
+            if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+                rp_warn("cache: evicting %s: %s", rel, strerror(errno));
+            c->st.evictions++;
+            c->st.evicted_bytes += e->size;
+            index_forget(c, e);
+            n++;
+        }
+        e = next;
+    }
+    return n;
+}
+
+void rp_cache_pin(struct rp_cache *c, const char *digest)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0) {
+        rp_warn("cache: not pinning invalid digest");
+        return;
+    }
+    /* A digest names the same bytes whether fetched as a blob or a manifest: pin both. */
+    for (int kind = RP_CACHE_BLOB; kind <= RP_CACHE_MANIFEST; kind++) {
+        struct entry *e = index_get(c, kind, d.algo, d.raw);
+        e->pinned = true;
+        lru_unlink(e);
+    }
+}
+
+/* ---------------------------------------------------------------- blobs --- */
+
+int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out)
+{
+    struct digest d;
+    out->fd = -1;
+    out->size = 0;
+    if (!c || parse_digest(digest, &d) != 0)
+        return RP_CACHE_E_INVALID;
+    struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
+    if (!e || !e->present)
+        return RP_CACHE_E_NOENT;
+    char rel[REL_MAX];
+    entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d.algo, dhex(&d));
+    int fd = openat(c->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        int e2 = errno;
+        if (fd >= 0)
+            close(fd);
+        if (e2 == ENOENT) {
+            index_forget(c, e);
+            return RP_CACHE_E_NOENT;
+        }
+        rp_warn("cache: opening %s: %s", rel, strerror(e2));
+        return RP_CACHE_E_IO;
+    }
+    if ((uint64_t)st.st_size != e->size) { /* only if someone touched it: trust the file */
+        c->st.size = c->st.size - e->size + (uint64_t)st.st_size;
+        e->size = (uint64_t)st.st_size;
+    }
+    touch(c, e);
+    e->in_use++;
+    out->fd = fd;
+    out->size = (uint64_t)st.st_size;
+    return RP_CACHE_OK;
+}
+
+void rp_cache_release(struct rp_cache *c, const char *digest)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0)
+        return;
+    struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
+    if (!e || e->in_use == 0)
+        return;
+    /* Entries that stayed only because they were served may go now. */
+    if (--e->in_use == 0 && c->max_size && c->st.size > c->max_size)
+        rp_cache_evict(c);
+}
+
+static void fill_free(struct rp_cache_fill *f)
+{
+    fill_detach(f);
+    EVP_MD_CTX_free(f->md);
+    free(f->path);
+    free(f);
+}
+
+struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest,
+                                          int64_t expected_size, int *err)
+{
+    int rc = RP_CACHE_E_INVALID;
+    struct rp_cache_fill *f = NULL;
+    struct digest d;
+    if (!c || expected_size < -1 || parse_digest(digest, &d) != 0)
+        goto out;
+    f = rp_xcalloc(1, sizeof(*f));
+    f->fd = -1;
+    f->d = d;
+    f->expected = expected_size;
+    rc = RP_CACHE_E_IO;
+    f->md = EVP_MD_CTX_new();
+    if (!f->md || EVP_DigestInit_ex(f->md, algo_md(d.algo), NULL) != 1)
+        goto out;
+    f->fd = tmp_open(c, "fill", f->name, sizeof(f->name));
+    if (f->fd < 0) {
+        rp_warn("cache: creating a temp file in %s/tmp: %s", c->dir, strerror(errno));
+        goto out;
+    }
+    f->path = rp_xasprintf("%s/tmp/%s", c->dir, f->name);
+    f->c = c;
+    f->next = c->fills;
+    if (c->fills)
+        c->fills->prev = f;
+    c->fills = f;
+    rc = RP_CACHE_OK;
+out:
+    if (rc != RP_CACHE_OK && f) {
+        if (f->fd >= 0) {
+            close(f->fd);
+            f->fd = -1;
+            unlinkat(c->tmpfd, f->name, 0);
+        }
+        fill_free(f);
+        f = NULL;
+    }
+    if (err)
+        *err = rc;
+    return f;
+}
+
+int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n)
+{
+    if (!f)
+        return RP_CACHE_E_INVALID;
+    if (f->err)
+        return f->err;
+    if (!f->c)
+        return f->err = RP_CACHE_E_IO;
+    if (f->expected >= 0 && n > (uint64_t)f->expected - f->written)
+        return f->err = RP_CACHE_E_SIZE;
+    if (n == 0)
+        return RP_CACHE_OK;
+    if (write_all(f->fd, p, n) != 0) {
+        rp_warn("cache: writing %s: %s", f->path, strerror(errno));
+        return f->err = RP_CACHE_E_IO;
+    }
+    if (EVP_DigestUpdate(f->md, p, n) != 1)
+        return f->err = RP_CACHE_E_IO;
+    f->written += n;
+    return RP_CACHE_OK;
+}
+
+uint64_t rp_cache_fill_written(const struct rp_cache_fill *f)
+{
+    return f ? f->written : 0;
+}
+
+const char *rp_cache_fill_path(const struct rp_cache_fill *f)
+{
+    return f ? f->path : NULL;
+}
+
+int rp_cache_fill_commit(struct rp_cache_fill *f)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    int rc;
+    if (!f)
+        return RP_CACHE_E_INVALID;
+    struct rp_cache *c = f->c;
+    rc = f->err ? f->err : RP_CACHE_E_IO;
+    if (f->err || !c)
+        goto out;
+    rc = RP_CACHE_E_SIZE;
+    if (f->expected >= 0 && f->written != (uint64_t)f->expected)
+        goto out;
+    rc = RP_CACHE_E_IO;
+    if (EVP_DigestFinal_ex(f->md, md, &mdlen) != 1)
+        goto out;
+    rc = RP_CACHE_E_DIGEST;
+    if (mdlen != algos[f->d.algo].rawlen || memcmp(md, f->d.raw, mdlen) != 0)
+        goto out;
+    /* Verified: make the bytes durable before the name can point at them. */
+    rc = RP_CACHE_E_IO;
+    int fd = f->fd;
+    f->fd = -1;
+    if (sync_fd(fd) != 0 || close(fd) != 0) {
+        rp_warn("cache: writing %s: %s", f->path, strerror(errno));
+        goto out;
+    }
+    char rel[REL_MAX];
+    entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, f->d.algo, dhex(&f->d));
+    rc = publish(c, f->name, rel);
+    if (rc == RP_CACHE_OK) {
+        index_publish(c, RP_CACHE_BLOB, f->d.algo, f->d.raw, f->written);
+        rp_cache_evict(c);
+    }
+out:
+    fill_free(f); /* removes the temp file unless it was renamed away */
+    return rc;
+}
+
+void rp_cache_fill_abort(struct rp_cache_fill *f)
+{
+    if (f)
+        fill_free(f);
+}
+
+/* ---------------------------------------------------------------- manifests --- */
+
+/* Decodes a manifest file and checks it against d. OK or E_CORRUPT. */
+static int manifest_decode(const char *buf, size_t n, const struct digest *d,
+                           struct rp_cache_manifest *out)
+{
+    const char *nl = memchr(buf, '\n', n < MANIFEST_HDR_MAX ? n : MANIFEST_HDR_MAX);
+    if (!nl)
+        return RP_CACHE_E_CORRUPT;
+    const char *p = buf, *tok;
+    size_t toklen;
+    uint64_t len;
+    bool lz4;
+    if (!next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, MANIFEST_MAGIC) ||
+        !next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, MANIFEST_VERSION) ||
+        !next_token(&p, nl, &tok, &toklen))
+        return RP_CACHE_E_CORRUPT;
+    if (token_is(tok, toklen, "lz4"))
+        lz4 = true;
+    else if (token_is(tok, toklen, "raw"))
+        lz4 = false;
+    else
+        return RP_CACHE_E_CORRUPT;
+    if (!next_token(&p, nl, &tok, &toklen) || rp_parse_u64(tok, toklen, &len) != 0 ||
+        len > RP_CACHE_MANIFEST_MAX)
+        return RP_CACHE_E_CORRUPT;
+    size_t mtlen = (size_t)(nl - p);
+    for (size_t i = 0; i < mtlen; i++)
+        if (p[i] < 0x20 || p[i] > 0x7e)
+            return RP_CACHE_E_CORRUPT;
+    const char *payload = nl + 1;
+    size_t plen = n - (size_t)(payload - buf);
+    char *data = rp_xmalloc((size_t)len + 1);
+    if (lz4) {
+        if (plen == 0 || plen > (size_t)LZ4_COMPRESSBOUND(RP_CACHE_MANIFEST_MAX) ||
+            LZ4_decompress_safe(payload, data, (int)plen, (int)len) != (int)len)
+            goto corrupt;
+    } else {
+        if (plen != len)
+            goto corrupt;
+        memcpy(data, payload, plen);
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    if (!sha_ok(d->algo, data, (size_t)len, md) || memcmp(md, d->raw, algos[d->algo].rawlen) != 0)
+        goto corrupt;
+    data[len] = '\0';
+    out->data = data;
+    out->len = (size_t)len;
+    out->media_type = rp_xstrndup(p, mtlen);
+    return RP_CACHE_OK;
+corrupt:
+    free(data);
+    return RP_CACHE_E_CORRUPT;
+}
+
+static int manifest_read(struct rp_cache *c, struct entry *e, const struct digest *d,
+                         struct rp_cache_manifest *out)
+{
+    char rel[REL_MAX];
+    char *buf = NULL;
+    size_t n = 0;
+    entry_rel(rel, sizeof(rel), RP_CACHE_MANIFEST, d->algo, dhex(d));
+    int rc = read_file(c, rel, MANIFEST_FILE_MAX, &buf, &n);
+    if (rc == RP_CACHE_OK)
+        rc = manifest_decode(buf, n, d, out);
+    free(buf);
+    if (rc == RP_CACHE_E_NOENT) {
+        index_forget(c, e);
+    } else if (rc == RP_CACHE_E_CORRUPT) {
+        rp_warn("cache: %s is damaged; removed", rel);
+        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+            rp_warn("cache: removing %s: %s", rel, strerror(errno));
+        index_forget(c, e);
+    } else if (rc == RP_CACHE_OK) {
+        touch(c, e);
+    }
+    return rc;
+}
+
+int rp_cache_manifest_get(struct rp_cache *c, const char *digest, struct rp_cache_manifest *out)
+{
+    struct digest d;
+    memset(out, 0, sizeof(*out));
+    if (!c || parse_digest(digest, &d) != 0)
+        return RP_CACHE_E_INVALID;
+    struct entry *e = index_find(c, RP_CACHE_MANIFEST, d.algo, d.raw);
+    if (!e || !e->present)
+        return RP_CACHE_E_NOENT;
+    return manifest_read(c, e, &d, out);
+}
+
+void rp_cache_manifest_free(struct rp_cache_manifest *m)
+{
+    if (!m)
+        return;
+    free(m->data);
+    free(m->media_type);
+    m->data = m->media_type = NULL;
+    m->len = 0;
+}
+
+int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *media_type,
+                          const char *data, size_t len)
+{
+    struct digest d;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    if (!c || !media_type || !media_type_ok(media_type) || parse_digest(digest, &d) != 0 ||
+        len > RP_CACHE_MANIFEST_MAX || (!data && len))
+        return RP_CACHE_E_INVALID;
+    if (!data)
+        data = "";
+    char *lz = NULL;
+    int rc = RP_CACHE_E_IO;
+    if (!sha_ok(d.algo, data, len, md))
+        goto out;
+    rc = RP_CACHE_E_DIGEST;
+    if (memcmp(md, d.raw, algos[d.algo].rawlen) != 0)
+        goto out;
+
+    /* Already there with the same media type: nothing to write (saves two fsyncs). */
+    struct entry *e = index_find(c, RP_CACHE_MANIFEST, d.algo, d.raw);
+    if (e && e->present) {
+        struct rp_cache_manifest old;
+        if (manifest_read(c, e, &d, &old) == RP_CACHE_OK) {
+            bool same = strcmp(old.media_type, media_type) == 0;
+            rp_cache_manifest_free(&old);
+            if (same) {
+                rc = RP_CACHE_OK;
+                goto out;
+            }
+        }
+    }
+
+    const char *payload = data;
+    size_t plen = len;
+    const char *enc = "raw";
+    if (len >= MANIFEST_LZ4_MIN) {
+        int bound = LZ4_compressBound((int)len);
+        lz = rp_xmalloc((size_t)bound);
+        int n = LZ4_compress_HC(data, lz, (int)len, bound, MANIFEST_LZ4_LEVEL);
+        if (n > 0 && (size_t)n < len) {
+            payload = lz;
+            plen = (size_t)n;
+            enc = "lz4";
+        }
+    }
+    char hdr[MANIFEST_HDR_MAX];
+    int hl = snprintf(hdr, sizeof(hdr), "%s %s %s %zu %s\n", MANIFEST_MAGIC, MANIFEST_VERSION, enc,
+                      len, media_type);
+    rc = RP_CACHE_E_INVALID;
+    if (hl < 0 || (size_t)hl >= sizeof(hdr))
+        goto out;
+    char rel[REL_MAX];
+    entry_rel(rel, sizeof(rel), RP_CACHE_MANIFEST, d.algo, dhex(&d));
+    rc = atomic_write(c, "manifest", rel, hdr, (size_t)hl, payload, plen);
+    if (rc == RP_CACHE_OK) {
+        index_publish(c, RP_CACHE_MANIFEST, d.algo, d.raw, (uint64_t)hl + plen);
+        rp_cache_evict(c);
+    }
+out:
+    free(lz);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- links --- */
+
+int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, const char *digest)
+{
+    struct digest d;
+    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || parse_digest(digest, &d) != 0)
+        return RP_CACHE_E_INVALID;
+    char hex[65], rel[REL_MAX];
+    key_hex(registry, repo, d.str, hex);
+    key_rel(rel, sizeof(rel), "links", hex);
+    struct stat st;
+    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+        return RP_CACHE_OK;
+    char hdr[TAG_HDR_MAX];
+    snprintf(hdr, sizeof(hdr), "%s 1 %s %zu %zu\n", LINK_MAGIC, d.str, strlen(registry),
+             strlen(repo));
+    char *body = rp_xasprintf("%s%s\n", registry, repo);
+    int rc = atomic_write(c, "link", rel, hdr, strlen(hdr), body, strlen(body));
+    free(body);
+    return rc;
+}
+
+bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo, const char *digest)
+{
+    struct digest d;
+    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || parse_digest(digest, &d) != 0)
+        return false;
+    char hex[65], rel[REL_MAX];
+    key_hex(registry, repo, d.str, hex);
+    key_rel(rel, sizeof(rel), "links", hex);
+    struct stat st;
+    return fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+/* ---------------------------------------------------------------- tags --- */
+
+int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
+                     const char *digest, int64_t now_s)
+{
+    struct digest d;
+    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || now_s < 0 ||
+        parse_digest(digest, &d) != 0)
+        return RP_CACHE_E_INVALID;
+    char hex[65], rel[REL_MAX];
+    key_hex(registry, repo, tag, hex);
+    key_rel(rel, sizeof(rel), "tags", hex);
+    char *body =
+        rp_xasprintf("%s 1 %lld %s %zu %zu %zu\n%s%s%s\n", TAG_MAGIC, (long long)now_s, d.str,
+                     strlen(registry), strlen(repo), strlen(tag), registry, repo, tag);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    char sum[66];
+    int rc = RP_CACHE_E_IO;
+    if (sha_ok(ALGO_SHA256, body, strlen(body), md)) {
+        to_hex(md, 32, sum);
+        sum[64] = '\n';
+        rc = atomic_write(c, "tag", rel, body, strlen(body), sum, 65);
+    }
+    free(body);
+    return rc;
+}
+
+/* Parses a tag file. OK (and the key matches), E_NOENT (another key: a hash collision),
+ * E_CORRUPT. */
+static int tag_decode(const char *buf, size_t n, const char *registry, const char *repo,
+                      const char *tag, struct digest *d, int64_t *fetched_s)
+{
+    if (n < 65 || buf[n - 1] != '\n')
+        return RP_CACHE_E_CORRUPT;
+    size_t blen = n - 65;
+    const char *nl = memchr(buf, '\n', blen < TAG_HDR_MAX ? blen : TAG_HDR_MAX);
+    if (!nl)
+        return RP_CACHE_E_CORRUPT;
+    const char *p = buf, *tok;
+    size_t toklen;
+    uint64_t when, lens[3];
+    char dstr[RP_CACHE_DIGEST_BUF];
+    if (!next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, TAG_MAGIC) ||
+        !next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, "1") ||
+        !next_token(&p, nl, &tok, &toklen) || rp_parse_u64(tok, toklen, &when) != 0 ||
+        when > INT64_MAX || !next_token(&p, nl, &tok, &toklen) || toklen >= sizeof(dstr))
+        return RP_CACHE_E_CORRUPT;
+    memcpy(dstr, tok, toklen);
+    dstr[toklen] = '\0';
+    if (parse_digest(dstr, d) != 0)
+        return RP_CACHE_E_CORRUPT;
+    for (int i = 0; i < 3; i++) {
+        if (i < 2) {
+            if (!next_token(&p, nl, &tok, &toklen))
+                return RP_CACHE_E_CORRUPT;
+        } else { /* the last one runs to the end of the line */
+            tok = p;
+            toklen = (size_t)(nl - p);
+        }
+        if (rp_parse_u64(tok, toklen, &lens[i]) != 0 || lens[i] == 0 || lens[i] > KEY_PART_MAX)
+            return RP_CACHE_E_CORRUPT;
+    }
+    const char *key = nl + 1;
+    size_t klen = (size_t)(lens[0] + lens[1] + lens[2]);
+    if ((size_t)(key - buf) + klen + 1 != blen || key[klen] != '\n')
+        return RP_CACHE_E_CORRUPT;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    char sum[65];
+    if (!sha_ok(ALGO_SHA256, buf, blen, md))
+        return RP_CACHE_E_CORRUPT;
+    to_hex(md, 32, sum);
+    if (memcmp(sum, buf + blen, 64) != 0)
+        return RP_CACHE_E_CORRUPT;
+    const char *parts[3] = {registry, repo, tag};
+    for (int i = 0; i < 3; i++) {
+        if (strlen(parts[i]) != lens[i] || memcmp(key, parts[i], (size_t)lens[i]) != 0)
+            return RP_CACHE_E_NOENT;
+        key += lens[i];
+    }
+    *fetched_s = (int64_t)when;
+    return RP_CACHE_OK;
+}
+
+int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
+                     char *digest, size_t digest_len, int64_t *fetched_s)
+{
+    if (digest && digest_len)
+        digest[0] = '\0';
+    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || !digest ||
+        digest_len < RP_CACHE_DIGEST_BUF || !fetched_s)
+        return RP_CACHE_E_INVALID;
+    char hex[65], rel[REL_MAX];
+    key_hex(registry, repo, tag, hex);
+    key_rel(rel, sizeof(rel), "tags", hex);
+    char *buf = NULL;
+    size_t n = 0;
+    struct digest d;
+    int64_t when = 0;
+    int rc = read_file(c, rel, TAG_FILE_MAX, &buf, &n);
+    if (rc == RP_CACHE_OK)
+        rc = tag_decode(buf, n, registry, repo, tag, &d, &when);
+    free(buf);
+    if (rc == RP_CACHE_E_CORRUPT) {
+        rp_warn("cache: %s is damaged; removed", rel);
+        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+            rp_warn("cache: removing %s: %s", rel, strerror(errno));
+    }
+    if (rc != RP_CACHE_OK)
+        return rc;
+    snprintf(digest, digest_len, "%s", d.str);
+    *fetched_s = when;
+    return RP_CACHE_OK;
+}

@@ -1,0 +1,1691 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Unit tests for cache/: fills and their verification, manifests (raw and lz4), tags, links,
+ * persistence, index snapshot damage, crash safety (kill -9 of a writer), eviction. With
+ * RP_CACHE_BENCH=1 it instead times open at 100k entries and measures manifest compression. */
+#include "../unit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <lz4.h>
+#include <lz4hc.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/cache.h"
+#include "util/util.h"
+
+#define REG "registry.redhat.io"
+#define REPO "rhel8/ubi"
+#define MT_OCI "application/vnd.oci.image.manifest.v1+json"
+#define MT_INDEX "application/vnd.oci.image.index.v1+json"
+
+/* ---------------------------------------------------------------- helpers --- */
+
+static char *mk_tmpdir(void)
+{
+    char tmpl[] = "/tmp/rp_cache_test.XXXXXX";
+    char *d = mkdtemp(tmpl);
+    if (!d) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    return rp_xstrdup(d);
+}
+
+static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void rm_rf(char *dir)
+{
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    free(dir);
+}
+
+static int count_n;
+static int count_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)path;
+    (void)st;
+    (void)ftw;
+    if (flag == FTW_F)
+        count_n++;
+    return 0;
+}
+
+/* Regular files under dir/sub, recursively. */
+static int count_files(const char *dir, const char *sub)
+{
+    char *p = rp_xasprintf("%s/%s", dir, sub);
+    count_n = 0;
+    nftw(p, count_cb, 16, FTW_PHYS);
+    free(p);
+    return count_n;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static void hexify(const unsigned char *md, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* "sha256:<hex>" (or sha512) of the bytes, into out (RP_CACHE_DIGEST_BUF). */
+static void digest_of(const void *p, size_t n, char *out, bool sha512)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(p, n, md, &len, sha512 ? EVP_sha512() : EVP_sha256(), NULL);
+    memcpy(out, sha512 ? "sha512:" : "sha256:", 7);
+    hexify(md, len, out + 7);
+}
+
+static char *obj_path(const char *dir, const char *top, const char *digest)
+{
+    return rp_xasprintf("%s/%s/%.6s/%.2s/%s", dir, top, digest, digest + 7, digest + 7);
+}
+
+static struct rp_cache *open_ok(const char *dir, uint64_t max)
+{
+    char err[256];
+    struct rp_cache *c = rp_cache_open(dir, max, err, sizeof(err));
+    if (!c)
+        fprintf(stderr, "open %s: %s\n", dir, err);
+    return c;
+}
+
+/* Fills digest with the bytes (in chunks of 7 to exercise appends). */
+static int fill(struct rp_cache *c, const char *digest, const void *p, size_t n, int64_t expect)
+{
+    int err = 0;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, digest, expect, &err);
+    if (!f)
+        return err;
+    for (size_t off = 0; off < n; off += 7) {
+        size_t k = n - off < 7 ? n - off : 7;
+        int rc = rp_cache_fill_write(f, (const char *)p + off, k);
+        if (rc != RP_CACHE_OK) {
+            rp_cache_fill_abort(f);
+            return rc;
+        }
+    }
+    return rp_cache_fill_commit(f);
+}
+
+/* Publishes the string as a blob under its own digest; digest receives it. */
+static int put_blob(struct rp_cache *c, const char *s, char *digest)
+{
+    digest_of(s, strlen(s), digest, false);
+    return fill(c, digest, s, strlen(s), (int64_t)strlen(s));
+}
+
+/* Blob of exactly n bytes derived from seed. */
+static char *sized(size_t n, int seed)
+{
+    char *p = rp_xmalloc(n + 1);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (char)('a' + (seed * 7 + (int)i) % 26);
+    p[n] = '\0';
+    return p;
+}
+
+static char *read_all(int fd, size_t *len)
+{
+    struct rp_buf b;
+    rp_buf_init(&b, 1 << 26);
+    char tmp[4096];
+    ssize_t r;
+    while ((r = read(fd, tmp, sizeof(tmp))) > 0)
+        rp_buf_add(&b, tmp, (size_t)r);
+    *len = b.len;
+    return b.data ? b.data : rp_xstrdup("");
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        *len = 0;
+        return NULL;
+    }
+    char *s = read_all(fd, len);
+    close(fd);
+    return s;
+}
+
+static void spit(const char *path, const void *p, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || write(fd, p, n) != (ssize_t)n)
+        perror(path);
+    if (fd >= 0)
+        close(fd);
+}
+
+static bool blob_is(struct rp_cache *c, const char *digest, const char *want)
+{
+    struct rp_cache_blob b;
+    if (rp_cache_blob_open(c, digest, &b) != RP_CACHE_OK)
+        return false;
+    size_t n;
+    char *s = read_all(b.fd, &n);
+    close(b.fd);
+    rp_cache_release(c, digest);
+    bool ok = b.size == strlen(want) && n == strlen(want) && memcmp(s, want, n) == 0;
+    free(s);
+    return ok;
+}
+
+static bool has_blob(struct rp_cache *c, const char *digest)
+{
+    struct rp_cache_blob b;
+    if (rp_cache_blob_open(c, digest, &b) != RP_CACHE_OK)
+        return false;
+    close(b.fd);
+    rp_cache_release(c, digest);
+    return true;
+}
+
+/* A manifest-like JSON text of about n bytes (repetitive: compresses well). */
+static char *json_manifest(size_t layers, int seed)
+{
+    struct rp_buf b;
+    rp_buf_init(&b, 1 << 24);
+    rp_buf_addf(&b, "{\"schemaVersion\":2,\"mediaType\":\"%s\",\"layers\":[", MT_OCI);
+    for (size_t i = 0; i < layers; i++) {
+        char d[RP_CACHE_DIGEST_BUF];
+        char seedtxt[32];
+        snprintf(seedtxt, sizeof(seedtxt), "%d/%zu", seed, i);
+        digest_of(seedtxt, strlen(seedtxt), d, false);
+        rp_buf_addf(&b,
+                    "%s{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\","
+                    "\"digest\":\"%s\",\"size\":%zu}",
+                    i ? "," : "", d, 1000 + i * 37);
+    }
+    rp_buf_addf(&b, "]}");
+    return b.data;
+}
+
+static char *manifest_header(const char *dir, const char *digest)
+{
+    char *p = obj_path(dir, "manifests", digest);
+    size_t n;
+    char *s = slurp(p, &n);
+    free(p);
+    if (!s)
+        return NULL;
+    char *nl = memchr(s, '\n', n);
+    if (nl)
+        *nl = '\0';
+    return s;
+}
+
+/* ---------------------------------------------------------------- fills --- */
+
+static void test_fill_commit(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    const char *data = "hello, layer bytes\n";
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of(data, strlen(data), d, false);
+
+    int err = -99;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, d, (int64_t)strlen(data), &err);
+    CHECK(f != NULL);
+    CHECK_INT(err, RP_CACHE_OK);
+    /* Readers can follow the temp file while it grows; it lives under dir/tmp. */
+    const char *tp = rp_cache_fill_path(f);
+    char *tmpdir = rp_xasprintf("%s/tmp/", dir);
+    CHECK(tp && strncmp(tp, tmpdir, strlen(tmpdir)) == 0 && exists(tp));
+    CHECK_INT(rp_cache_fill_write(f, data, 5), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_write(f, data + 5, 0), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_written(f), 5);
+    int rfd = open(tp, O_RDONLY);
+    CHECK(rfd >= 0);
+    CHECK_INT(rp_cache_fill_write(f, data + 5, strlen(data) - 5), RP_CACHE_OK);
+    /* Not visible before commit. */
+    struct rp_cache_blob b;
+    CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_NOENT);
+    CHECK_INT(b.fd, -1);
+    CHECK_INT(rp_cache_fill_commit(f), RP_CACHE_OK);
+    /* The early reader's fd still reads the whole content after the rename. */
+    size_t n;
+    char *s = read_all(rfd, &n);
+    CHECK(n == strlen(data) && memcmp(s, data, n) == 0);
+    free(s);
+    close(rfd);
+
+    CHECK(blob_is(c, d, data));
+    char *bp = obj_path(dir, "blobs", d);
+    CHECK(exists(bp));
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 1);
+    CHECK_INT(st.size, strlen(data));
+
+    /* Unknown size, and committing the same digest again is harmless. */
+    CHECK_INT(fill(c, d, data, strlen(data), -1), RP_CACHE_OK);
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 1);
+    CHECK_INT(st.size, strlen(data));
+
+    /* sha512 and the empty blob. */
+    char d512[RP_CACHE_DIGEST_BUF], d0[RP_CACHE_DIGEST_BUF];
+    digest_of(data, strlen(data), d512, true);
+    CHECK_INT(fill(c, d512, data, strlen(data), (int64_t)strlen(data)), RP_CACHE_OK);
+    CHECK(blob_is(c, d512, data));
+    digest_of("", 0, d0, false);
+    CHECK_INT(fill(c, d0, "", 0, 0), RP_CACHE_OK);
+    CHECK(blob_is(c, d0, ""));
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 3);
+    CHECK_INT(st.size, 2 * strlen(data));
+
+    free(bp);
+    free(tmpdir);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_fill_digest_mismatch(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of("the real content", 16, d, false);
+    CHECK_INT(fill(c, d, "tampered content", 16, 16), RP_CACHE_E_DIGEST);
+    CHECK_INT(fill(c, d, "tampered content", 16, -1), RP_CACHE_E_DIGEST);
+    CHECK_INT(count_files(dir, "blobs"), 0);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    struct rp_cache_blob b;
+    CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_NOENT);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 0);
+    CHECK_INT(st.size, 0);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_fill_size_mismatch(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    const char *data = "0123456789";
+    digest_of(data, 10, d, false);
+    /* Fewer bytes than announced (the digest would not match either: size is checked). */
+    CHECK_INT(fill(c, d, data, 10, 11), RP_CACHE_E_SIZE);
+    CHECK_INT(fill(c, d, data, 10, 0), RP_CACHE_E_SIZE);
+    /* Right bytes, wrong announced size: still refused. */
+    int err;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, d, 12, &err);
+    CHECK_INT(rp_cache_fill_write(f, data, 10), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_commit(f), RP_CACHE_E_SIZE);
+    CHECK_INT(count_files(dir, "blobs"), 0);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_fill_write_past_expected(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of("abc", 3, d, false);
+    int err;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, d, 3, &err);
+    CHECK_INT(rp_cache_fill_write(f, "ab", 2), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_write(f, "cde", 3), RP_CACHE_E_SIZE);
+    CHECK_INT(rp_cache_fill_written(f), 2);
+    /* Sticky: the fill is doomed even if the rest would fit. */
+    CHECK_INT(rp_cache_fill_write(f, "c", 1), RP_CACHE_E_SIZE);
+    CHECK_INT(rp_cache_fill_commit(f), RP_CACHE_E_SIZE);
+    CHECK_INT(count_files(dir, "blobs"), 0);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_fill_abort(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of("abc", 3, d, false);
+    int err;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, d, -1, &err);
+    CHECK_INT(rp_cache_fill_write(f, "abc", 3), RP_CACHE_OK);
+    CHECK_INT(count_files(dir, "tmp"), 1);
+    rp_cache_fill_abort(f);
+    rp_cache_fill_abort(NULL);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    CHECK_INT(count_files(dir, "blobs"), 0);
+    CHECK(!has_blob(c, d));
+    CHECK(rp_cache_fill_begin(c, d, -2, &err) == NULL);
+    CHECK_INT(err, RP_CACHE_E_INVALID);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* Closing the cache under an unfinished fill removes its temp file; the fill object stays
+ * valid until committed (which fails) or aborted. */
+static void test_close_with_open_fill(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of("abc", 3, d, false);
+    int err;
+    struct rp_cache_fill *f1 = rp_cache_fill_begin(c, d, 3, &err);
+    struct rp_cache_fill *f2 = rp_cache_fill_begin(c, d, 3, &err);
+    CHECK_INT(rp_cache_fill_write(f1, "abc", 3), RP_CACHE_OK);
+    rp_cache_close(c);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    CHECK_INT(rp_cache_fill_write(f2, "abc", 3), RP_CACHE_E_IO);
+    CHECK_INT(rp_cache_fill_commit(f1), RP_CACHE_E_IO);
+    rp_cache_fill_abort(f2);
+    CHECK_INT(count_files(dir, "blobs"), 0);
+    rm_rf(dir);
+}
+
+/* ---------------------------------------------------------------- manifests --- */
+
+static void test_manifest_raw(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    const char *m = "{\"schemaVersion\":2,\"mediaType\":\"" MT_OCI "\"}";
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), d, false);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK(got.len == strlen(m) && memcmp(got.data, m, got.len) == 0);
+    CHECK_STR(got.media_type, MT_OCI);
+    rp_cache_manifest_free(&got);
+    rp_cache_manifest_free(NULL);
+    char *h = manifest_header(dir, d);
+    char *want = rp_xasprintf("RPMF 1 raw %zu %s", strlen(m), MT_OCI);
+    CHECK_STR(h, want);
+    free(h);
+    free(want);
+    /* A blob of that digest is another entry. */
+    struct rp_cache_blob b;
+    CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_NOENT);
+    /* Media types with parameters and spaces, and the empty one, survive. */
+    const char *m2 = "{}";
+    digest_of(m2, 2, d, false);
+    CHECK_INT(rp_cache_manifest_put(c, d, "application/json; charset=utf-8", m2, 2), RP_CACHE_OK);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK_STR(got.media_type, "application/json; charset=utf-8");
+    CHECK_STR(got.data, "{}");
+    rp_cache_manifest_free(&got);
+    digest_of("", 0, d, false);
+    CHECK_INT(rp_cache_manifest_put(c, d, "", NULL, 0), RP_CACHE_OK);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK_STR(got.media_type, "");
+    CHECK_INT(got.len, 0);
+    rp_cache_manifest_free(&got);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 3);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_manifest_lz4(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char *m = json_manifest(20, 1);
+    size_t len = strlen(m);
+    CHECK(len > 2000);
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of(m, len, d, false);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, m, len), RP_CACHE_OK);
+    char *h = manifest_header(dir, d);
+    char *want = rp_xasprintf("RPMF 1 lz4 %zu %s", len, MT_OCI);
+    CHECK_STR(h, want);
+    free(h);
+    free(want);
+    char *p = obj_path(dir, "manifests", d);
+    struct stat sb;
+    CHECK(stat(p, &sb) == 0 && (size_t)sb.st_size < len);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.size, sb.st_size); /* accounted as stored, not as served */
+    struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK(got.len == len && memcmp(got.data, m, len) == 0);
+    CHECK_STR(got.media_type, MT_OCI);
+    rp_cache_manifest_free(&got);
+
+    /* Incompressible bytes at/above the threshold stay raw. */
+    unsigned char rnd[600];
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        rnd[i] = (unsigned char)((i * 2654435761u) >> 13 ^ (i * 40503u) >> 5);
+    char d2[RP_CACHE_DIGEST_BUF];
+    digest_of(rnd, sizeof(rnd), d2, false);
+    CHECK_INT(rp_cache_manifest_put(c, d2, MT_OCI, (char *)rnd, sizeof(rnd)), RP_CACHE_OK);
+    h = manifest_header(dir, d2);
+    CHECK(h && strncmp(h, "RPMF 1 raw 600 ", 15) == 0);
+    free(h);
+    CHECK_INT(rp_cache_manifest_get(c, d2, &got), RP_CACHE_OK);
+    CHECK(got.len == sizeof(rnd) && memcmp(got.data, rnd, sizeof(rnd)) == 0);
+    rp_cache_manifest_free(&got);
+
+    /* Re-put with the same media type is a no-op; another media type replaces it. */
+    struct stat sb2;
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, m, len), RP_CACHE_OK);
+    CHECK(stat(p, &sb2) == 0 && sb2.st_ino == sb.st_ino);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_INDEX, m, len), RP_CACHE_OK);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK_STR(got.media_type, MT_INDEX);
+    rp_cache_manifest_free(&got);
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 2);
+    free(p);
+    free(m);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_manifest_put_rejects(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    const char *m = "{\"schemaVersion\":2}";
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), d, false);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, "{\"schemaVersion\":3}", strlen(m)),
+              RP_CACHE_E_DIGEST);
+    CHECK_INT(rp_cache_manifest_put(c, d, "bad\ntype", m, strlen(m)), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_manifest_put(c, d, NULL, m, strlen(m)), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, NULL, 3), RP_CACHE_E_INVALID);
+    char *longmt = sized(256, 1);
+    CHECK_INT(rp_cache_manifest_put(c, d, longmt, m, strlen(m)), RP_CACHE_E_INVALID);
+    free(longmt);
+    char *big = sized(RP_CACHE_MANIFEST_MAX + 1, 2);
+    char db[RP_CACHE_DIGEST_BUF];
+    digest_of(big, RP_CACHE_MANIFEST_MAX + 1, db, false);
+    CHECK_INT(rp_cache_manifest_put(c, db, MT_OCI, big, RP_CACHE_MANIFEST_MAX + 1),
+              RP_CACHE_E_INVALID);
+    /* Exactly at the limit is fine. */
+    digest_of(big, RP_CACHE_MANIFEST_MAX, db, false);
+    CHECK_INT(rp_cache_manifest_put(c, db, MT_OCI, big, RP_CACHE_MANIFEST_MAX), RP_CACHE_OK);
+    struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, db, &got), RP_CACHE_OK);
+    CHECK(got.len == RP_CACHE_MANIFEST_MAX && memcmp(got.data, big, got.len) == 0);
+    rp_cache_manifest_free(&got);
+    free(big);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_E_NOENT);
+    CHECK(got.data == NULL && got.media_type == NULL);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 1);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* Damages the stored file of a manifest with fn and checks the read answers E_CORRUPT,
+ * removes the file and forgets the entry. */
+static void corrupt_case(const char *what, bool compressible,
+                         void (*fn)(const char *path, char *s, size_t n))
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char *m = compressible ? json_manifest(10, 7) : rp_xstrdup("{\"a\":1}");
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), d, false);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    char *p = obj_path(dir, "manifests", d);
+    size_t n;
+    char *s = slurp(p, &n);
+    fn(p, s, n);
+    free(s);
+    struct rp_cache_manifest got;
+    int rc = rp_cache_manifest_get(c, d, &got);
+    if (rc != RP_CACHE_E_CORRUPT)
+        fprintf(stderr, "corrupt case %s: rc %d\n", what, rc);
+    CHECK_INT(rc, RP_CACHE_E_CORRUPT);
+    CHECK(got.data == NULL);
+    CHECK(!exists(p));
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 0);
+    CHECK_INT(st.size, 0);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_E_NOENT);
+    /* It can be stored again. */
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    rp_cache_manifest_free(&got);
+    free(p);
+    free(m);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void flip_last(const char *path, char *s, size_t n)
+{
+    s[n - 1] ^= 0x20;
+    spit(path, s, n);
+}
+
+static void truncate_one(const char *path, char *s, size_t n)
+{
+    spit(path, s, n - 1);
+}
+
+static void flip_middle_payload(const char *path, char *s, size_t n)
+{
+    char *nl = memchr(s, '\n', n);
+    size_t off = (size_t)(nl - s) + 1 + (n - (size_t)(nl - s)) / 2;
+    s[off] ^= 0x01;
+    spit(path, s, n);
+}
+
+static void bad_header(const char *path, char *s, size_t n)
+{
+    s[1] = 'X';
+    spit(path, s, n);
+}
+
+static void wrong_length(const char *path, char *s, size_t n)
+{
+    /* "RPMF 1 raw 7 ..." -> "RPMF 1 raw 8 ...": the length no longer matches. */
+    char *sp = strchr(s + 11, ' ');
+    sp[-1]++;
+    spit(path, s, n);
+}
+
+static void empty_file(const char *path, char *s, size_t n)
+{
+    (void)s;
+    (void)n;
+    spit(path, "", 0);
+}
+
+static void test_manifest_corrupt(void)
+{
+    corrupt_case("raw flip", false, flip_last);
+    corrupt_case("raw truncated", false, truncate_one);
+    corrupt_case("raw length", false, wrong_length);
+    corrupt_case("lz4 flip", true, flip_middle_payload);
+    corrupt_case("lz4 truncated", true, truncate_one);
+    corrupt_case("bad header", true, bad_header);
+    corrupt_case("empty", true, empty_file);
+}
+
+/* ---------------------------------------------------------------- tags, links --- */
+
+static void test_tags(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d1[RP_CACHE_DIGEST_BUF], d2[RP_CACHE_DIGEST_BUF], got[RP_CACHE_DIGEST_BUF];
+    digest_of("one", 3, d1, false);
+    digest_of("two", 3, d2, true);
+    int64_t when = -1;
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_E_NOENT);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, 1700000000), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, d1);
+    CHECK_INT(when, 1700000000);
+    /* Replace (atomic) with a sha512 digest and a newer time. */
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d2, 1700000600), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, d2);
+    CHECK_INT(when, 1700000600);
+    CHECK_INT(count_files(dir, "tags"), 1);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    /* Keys are distinct per registry, repo and tag, including shifted boundaries. */
+    CHECK_INT(rp_cache_tag_get(c, "docker.io", REPO, "latest", got, sizeof(got), &when),
+              RP_CACHE_E_NOENT);
+    CHECK_INT(rp_cache_tag_get(c, REG, "rhel8/ubi/latest", "x", got, sizeof(got), &when),
+              RP_CACHE_E_NOENT);
+    CHECK_INT(rp_cache_tag_set(c, REG, "rhel8", "ubilatest", d1, 5), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, d2);
+    /* Request text never reaches a path. */
+    CHECK_INT(rp_cache_tag_set(c, "../../x", "../../../etc/passwd", "..", d1, 1), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_get(c, "../../x", "../../../etc/passwd", "..", got, sizeof(got), &when),
+              RP_CACHE_OK);
+    CHECK_INT(count_files(dir, "tags"), 3);
+    /* Bad arguments. */
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, 100, &when), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", "sha256:abc", 1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "", d1, 1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, NULL, "x", d1, 1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "x", d1, -1), RP_CACHE_E_INVALID);
+    char *longrepo = sized(1025, 3);
+    CHECK_INT(rp_cache_tag_set(c, REG, longrepo, "x", d1, 1), RP_CACHE_E_INVALID);
+    free(longrepo);
+
+    /* A damaged tag file is reported and removed. */
+    char hexname[65];
+    {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int mdlen;
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+        EVP_DigestUpdate(ctx, REG, sizeof(REG));
+        EVP_DigestUpdate(ctx, REPO, sizeof(REPO));
+        EVP_DigestUpdate(ctx, "latest", 7);
+        EVP_DigestFinal_ex(ctx, md, &mdlen);
+        EVP_MD_CTX_free(ctx);
+        hexify(md, 32, hexname);
+    }
+    char *tp = rp_xasprintf("%s/tags/%.2s/%s", dir, hexname, hexname);
+    size_t n;
+    char *s = slurp(tp, &n);
+    CHECK(s && strncmp(s, "RPTAG 1 1700000600 sha512:", 26) == 0);
+    if (s) {
+        s[30] = s[30] == '0' ? '1' : '0'; /* a digit of the digest: only the checksum notices */
+        spit(tp, s, n);
+        free(s);
+    }
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when),
+              RP_CACHE_E_CORRUPT);
+    CHECK(!exists(tp));
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_E_NOENT);
+    spit(tp, "garbage", 7);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when),
+              RP_CACHE_E_CORRUPT);
+    CHECK(!exists(tp));
+    free(tp);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_links(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF], d2[RP_CACHE_DIGEST_BUF];
+    digest_of("layer", 5, d, false);
+    digest_of("other", 5, d2, false);
+    CHECK(!rp_cache_linked(c, REG, REPO, d));
+    CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK);
+    CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK); /* idempotent */
+    CHECK(rp_cache_linked(c, REG, REPO, d));
+    CHECK(!rp_cache_linked(c, REG, REPO, d2));
+    CHECK(!rp_cache_linked(c, REG, "rhel8/other", d));
+    CHECK(!rp_cache_linked(c, "docker.io", REPO, d));
+    CHECK_INT(count_files(dir, "links"), 1);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    CHECK_INT(rp_cache_link(c, REG, REPO, "sha256:" REPO), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_link(c, "", REPO, d), RP_CACHE_E_INVALID);
+    CHECK(!rp_cache_linked(c, REG, REPO, "sha256:"));
+    CHECK(!rp_cache_linked(c, NULL, REPO, d));
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* ---------------------------------------------------------------- persistence --- */
+
+static void test_reopen_persists(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char b1[RP_CACHE_DIGEST_BUF], b2[RP_CACHE_DIGEST_BUF], md[RP_CACHE_DIGEST_BUF],
+        got[RP_CACHE_DIGEST_BUF];
+    CHECK_INT(put_blob(c, "first blob", b1), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, "second blob", b2), RP_CACHE_OK);
+    char *m = json_manifest(12, 3);
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "8.9", md, 42), RP_CACHE_OK);
+    CHECK_INT(rp_cache_link(c, REG, REPO, b1), RP_CACHE_OK);
+    struct rp_cache_stats st1, st2;
+    rp_cache_stats(c, &st1);
+    rp_cache_close(c);
+    char *ip = rp_xasprintf("%s/index", dir);
+    CHECK(exists(ip));
+
+    c = open_ok(dir, 0);
+    CHECK(c != NULL);
+    /* The loaded snapshot is removed at once: a crash from now on must rebuild. */
+    CHECK(!exists(ip));
+    rp_cache_stats(c, &st2);
+    CHECK_INT(st2.entries, st1.entries);
+    CHECK_INT(st2.size, st1.size);
+    CHECK(blob_is(c, b1, "first blob"));
+    CHECK(blob_is(c, b2, "second blob"));
+    struct rp_cache_manifest mf;
+    CHECK_INT(rp_cache_manifest_get(c, md, &mf), RP_CACHE_OK);
+    CHECK_STR(mf.data, m);
+    CHECK_STR(mf.media_type, MT_OCI);
+    rp_cache_manifest_free(&mf);
+    int64_t when;
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "8.9", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, md);
+    CHECK_INT(when, 42);
+    CHECK(rp_cache_linked(c, REG, REPO, b1));
+    CHECK(!rp_cache_linked(c, REG, REPO, b2));
+
+    /* A second process (or open) on the same directory is refused while we hold it. */
+    char err[256];
+    CHECK(rp_cache_open(dir, 0, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, "lock") != NULL);
+    rp_cache_close(c);
+    free(ip);
+    free(m);
+    rm_rf(dir);
+}
+
+static void test_tmp_leftovers_removed(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    rp_cache_close(c);
+    char *p1 = rp_xasprintf("%s/tmp/fill.1", dir), *p2 = rp_xasprintf("%s/tmp/junk", dir);
+    spit(p1, "half a layer", 12);
+    spit(p2, "", 0);
+    c = open_ok(dir, 0);
+    CHECK(!exists(p1) && !exists(p2));
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 0);
+    rp_cache_close(c);
+    free(p1);
+    free(p2);
+    rm_rf(dir);
+}
+
+/* Writes n entries, closes, damages the snapshot with fn, reopens: everything is served. */
+static void damaged_index_case(void (*fn)(const char *path, char *s, size_t n))
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[5][RP_CACHE_DIGEST_BUF];
+    char text[5][32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(text[i], sizeof(text[i]), "blob number %d", i);
+        CHECK_INT(put_blob(c, text[i], d[i]), RP_CACHE_OK);
+    }
+    char *m = json_manifest(9, 4);
+    char md[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    struct rp_cache_stats st1, st2;
+    rp_cache_stats(c, &st1);
+    rp_cache_close(c);
+    char *ip = rp_xasprintf("%s/index", dir);
+    size_t n;
+    char *s = slurp(ip, &n);
+    CHECK(s != NULL && n > 64);
+    fn(ip, s, n);
+    free(s);
+    c = open_ok(dir, 0);
+    CHECK(c != NULL);
+    CHECK(!exists(ip));
+    rp_cache_stats(c, &st2);
+    CHECK_INT(st2.entries, st1.entries);
+    CHECK_INT(st2.size, st1.size);
+    for (int i = 0; i < 5; i++)
+        CHECK(blob_is(c, d[i], text[i]));
+    struct rp_cache_manifest mf;
+    CHECK_INT(rp_cache_manifest_get(c, md, &mf), RP_CACHE_OK);
+    rp_cache_manifest_free(&mf);
+    rp_cache_close(c);
+    free(ip);
+    free(m);
+    rm_rf(dir);
+}
+
+static void idx_truncate(const char *path, char *s, size_t n)
+{
+    spit(path, s, n - 40);
+}
+
+static void idx_garbage(const char *path, char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        s[i] = (char)(i * 131 + 7);
+    spit(path, s, n);
+}
+
+static void idx_flip(const char *path, char *s, size_t n)
+{
+    s[40] ^= 0x10; /* inside the first record: only the checksum notices */
+    spit(path, s, n);
+}
+
+static void idx_empty(const char *path, char *s, size_t n)
+{
+    (void)s;
+    (void)n;
+    spit(path, "", 0);
+}
+
+/* A snapshot with a plausible structure that lists one entry twice (checksum recomputed). */
+static void idx_duplicate(const char *path, char *s, size_t n)
+{
+    const size_t rec = 9 + 32;
+    size_t body = n - 32;
+    char *t = rp_xmalloc(n + rec);
+    memcpy(t, s, body);
+    memcpy(t + body, s + 32, rec); /* copy of the first record */
+    uint64_t count = 0;
+    for (int i = 7; i >= 0; i--)
+        count = count << 8 | (unsigned char)t[16 + i];
+    count++;
+    for (int i = 0; i < 8; i++)
+        t[16 + i] = (char)(count >> (8 * i));
+    unsigned int mdlen;
+    EVP_Digest(t, body + rec, (unsigned char *)t + body + rec, &mdlen, EVP_sha256(), NULL);
+    spit(path, t, n + rec);
+    free(t);
+}
+
+static void test_index_damaged(void)
+{
+    damaged_index_case(idx_truncate);
+    damaged_index_case(idx_garbage);
+    damaged_index_case(idx_flip);
+    damaged_index_case(idx_empty);
+    damaged_index_case(idx_duplicate);
+}
+
+/* A writer killed with SIGKILL at arbitrary moments never leaves a published file whose
+ * content does not match its name, and the next open serves what was published. */
+static void crash_writer(const char *dir)
+{
+    struct rp_cache *c = open_ok(dir, 0);
+    if (!c)
+        _exit(3);
+    for (int i = 0;; i++) {
+        size_t n = 4096 + (size_t)(i % 13) * 20000;
+        char *p = sized(n, i);
+        char d[RP_CACHE_DIGEST_BUF];
+        digest_of(p, n, d, false);
+        struct rp_cache_fill *f = rp_cache_fill_begin(c, d, (int64_t)n, NULL);
+        for (size_t off = 0; f && off < n; off += 4096)
+            rp_cache_fill_write(f, p + off, n - off < 4096 ? n - off : 4096);
+        rp_cache_fill_commit(f);
+        free(p);
+        char *m = json_manifest(5 + (size_t)(i % 30), i);
+        digest_of(m, strlen(m), d, false);
+        rp_cache_manifest_put(c, d, MT_OCI, m, strlen(m));
+        char tag[16];
+        snprintf(tag, sizeof(tag), "t%d", i % 4);
+        rp_cache_tag_set(c, REG, REPO, tag, d, i);
+        rp_cache_link(c, REG, REPO, d);
+        free(m);
+    }
+}
+
+static int verify_n, verify_bad;
+static int verify_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    if (flag != FTW_F)
+        return 0;
+    size_t n;
+    char *s = slurp(path, &n);
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of(s, n, d, false);
+    if (strcmp(d + 7, path + ftw->base) != 0) {
+        fprintf(stderr, "published blob %s does not match its name\n", path);
+        verify_bad++;
+    }
+    verify_n++;
+    free(s);
+    return 0;
+}
+
+static int manifest_cb_bad;
+static struct rp_cache *manifest_cb_cache;
+static int manifest_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    if (flag != FTW_F)
+        return 0;
+    char d[RP_CACHE_DIGEST_BUF];
+    snprintf(d, sizeof(d), "sha256:%s", path + ftw->base);
+    struct rp_cache_manifest m;
+    if (rp_cache_manifest_get(manifest_cb_cache, d, &m) != RP_CACHE_OK) {
+        fprintf(stderr, "published manifest %s not served\n", path);
+        manifest_cb_bad++;
+    }
+    rp_cache_manifest_free(&m);
+    return 0;
+}
+
+static void test_crash_kill9(void)
+{
+    char *dir = mk_tmpdir();
+    int rounds = 10, total_blobs = 0;
+    for (int r = 0; r < rounds; r++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            crash_writer(dir);
+            _exit(0);
+        }
+        /* From "still opening" to "dozens of files published". */
+        struct timespec ts = {0, (long)(1 + (r * 7) % 45) * 1000000L};
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        int status;
+        waitpid(pid, &status, 0);
+        CHECK(WIFSIGNALED(status));
+
+        struct rp_cache *c = open_ok(dir, 0);
+        CHECK(c != NULL);
+        if (!c)
+            break;
+        CHECK_INT(count_files(dir, "tmp"), 0);
+        char *bd = rp_xasprintf("%s/blobs", dir);
+        verify_n = verify_bad = 0;
+        nftw(bd, verify_cb, 16, FTW_PHYS);
+        free(bd);
+        CHECK_INT(verify_bad, 0);
+        total_blobs = verify_n;
+        struct rp_cache_stats st;
+        rp_cache_stats(c, &st);
+        CHECK_INT(st.entries, (uint64_t)verify_n + (uint64_t)count_files(dir, "manifests"));
+        char *mdir = rp_xasprintf("%s/manifests", dir);
+        manifest_cb_bad = 0;
+        manifest_cb_cache = c;
+        nftw(mdir, manifest_cb, 16, FTW_PHYS);
+        free(mdir);
+        CHECK_INT(manifest_cb_bad, 0);
+        for (int t = 0; t < 4; t++) {
+            char tag[16], got[RP_CACHE_DIGEST_BUF];
+            int64_t when;
+            snprintf(tag, sizeof(tag), "t%d", t);
+            int rc = rp_cache_tag_get(c, REG, REPO, tag, got, sizeof(got), &when);
+            CHECK(rc == RP_CACHE_OK || rc == RP_CACHE_E_NOENT);
+        }
+        rp_cache_close(c);
+        /* The next writer starts from a clean snapshot or, every other round, rebuilds. */
+        if (r % 2) {
+            char *ip = rp_xasprintf("%s/index", dir);
+            unlink(ip);
+            free(ip);
+        }
+    }
+    CHECK(total_blobs > 0);
+    rm_rf(dir);
+}
+
+/* ---------------------------------------------------------------- eviction --- */
+
+static void test_evict_lru(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 300);
+    char d[5][RP_CACHE_DIGEST_BUF];
+    char *t[5];
+    for (int i = 0; i < 5; i++)
+        t[i] = sized(100, i);
+    CHECK_INT(put_blob(c, t[0], d[0]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[1], d[1]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[2], d[2]), RP_CACHE_OK);
+    CHECK(has_blob(c, d[0])); /* 0 becomes the most recent: 1 is now the oldest */
+    CHECK_INT(put_blob(c, t[3], d[3]), RP_CACHE_OK);
+    CHECK(!has_blob(c, d[1]));
+    char *p1 = obj_path(dir, "blobs", d[1]);
+    CHECK(!exists(p1));
+    free(p1);
+    CHECK(has_blob(c, d[0]) && has_blob(c, d[2]) && has_blob(c, d[3]));
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 3);
+    CHECK_INT(st.size, 300);
+    CHECK_INT(st.evictions, 1);
+    CHECK_INT(st.evicted_bytes, 100);
+    /* Reopening with a smaller bound evicts at open, oldest first, and keeps the order the
+     * snapshot recorded. */
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
+    CHECK_INT(put_blob(c, t[0], d[0]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[1], d[1]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[2], d[2]), RP_CACHE_OK);
+    CHECK(has_blob(c, d[0]));
+    rp_cache_close(c);
+    c = open_ok(dir, 200);
+    rp_cache_stats(c, &st);
+    CHECK(st.size <= 200);
+    CHECK(has_blob(c, d[0])); /* most recent before close */
+    CHECK(!has_blob(c, d[1]));
+    rp_cache_close(c);
+    for (int i = 0; i < 5; i++)
+        free(t[i]);
+    rm_rf(dir);
+}
+
+/* manifest_get counts as use, and the snapshot keeps the LRU order across a restart. */
+static void test_evict_manifest_touch(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char *m = json_manifest(3, 11);
+    char md[RP_CACHE_DIGEST_BUF], a[RP_CACHE_DIGEST_BUF], b[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    char *ta = sized(100, 31), *tb = sized(100, 32);
+    CHECK_INT(put_blob(c, ta, a), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, tb, b), RP_CACHE_OK);
+    struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, md, &got), RP_CACHE_OK); /* order now: a, b, m */
+    rp_cache_manifest_free(&got);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    rp_cache_close(c);
+    c = open_ok(dir, st.size - 1);
+    CHECK(!has_blob(c, a));
+    CHECK(has_blob(c, b));
+    CHECK_INT(rp_cache_manifest_get(c, md, &got), RP_CACHE_OK);
+    rp_cache_manifest_free(&got);
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.evictions, 1);
+    CHECK_INT(st.evicted_bytes, 100);
+    rp_cache_close(c);
+    free(m);
+    free(ta);
+    free(tb);
+    rm_rf(dir);
+}
+
+static void test_evict_pinned(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 200);
+    char d[4][RP_CACHE_DIGEST_BUF];
+    char *t[4];
+    for (int i = 0; i < 4; i++) {
+        t[i] = sized(100, 10 + i);
+        digest_of(t[i], 100, d[i], false);
+    }
+    rp_cache_pin(c, d[0]); /* before the content arrives */
+    rp_cache_pin(c, "sha256:nope");
+    CHECK_INT(put_blob(c, t[0], d[0]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[1], d[1]), RP_CACHE_OK);
+    rp_cache_pin(c, d[1]); /* after */
+    CHECK_INT(put_blob(c, t[2], d[2]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[3], d[3]), RP_CACHE_OK);
+    CHECK(has_blob(c, d[0]) && has_blob(c, d[1]));
+    CHECK(!has_blob(c, d[2]) && !has_blob(c, d[3]));
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.size, 200);
+    CHECK_INT(st.evictions, 2);
+    /* Pins survive a clean restart (they are in the snapshot). */
+    rp_cache_close(c);
+    c = open_ok(dir, 100);
+    CHECK(has_blob(c, d[0]) && has_blob(c, d[1]));
+    CHECK_INT(put_blob(c, t[2], d[2]), RP_CACHE_OK);
+    CHECK(!has_blob(c, d[2]));
+    rp_cache_close(c);
+    for (int i = 0; i < 4; i++)
+        free(t[i]);
+    rm_rf(dir);
+}
+
+static void test_evict_in_use(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 200);
+    char d[4][RP_CACHE_DIGEST_BUF];
+    char *t[4];
+    for (int i = 0; i < 4; i++)
+        t[i] = sized(100, 20 + i);
+    CHECK_INT(put_blob(c, t[0], d[0]), RP_CACHE_OK);
+    struct rp_cache_blob b1, b2;
+    CHECK_INT(rp_cache_blob_open(c, d[0], &b1), RP_CACHE_OK);
+    CHECK_INT(rp_cache_blob_open(c, d[0], &b2), RP_CACHE_OK); /* two readers */
+    CHECK_INT(put_blob(c, t[1], d[1]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[2], d[2]), RP_CACHE_OK); /* 0 is oldest but in use: 1 goes */
+    CHECK(!has_blob(c, d[1]));
+    char *p0 = obj_path(dir, "blobs", d[0]);
+    CHECK(exists(p0));
+    rp_cache_release(c, d[0]);
+    CHECK_INT(put_blob(c, t[3], d[3]), RP_CACHE_OK); /* still one reader: 2 goes */
+    CHECK(!has_blob(c, d[2]));
+    CHECK(exists(p0));
+    rp_cache_release(c, d[0]);
+    rp_cache_release(c, d[0]);                       /* extra releases are ignored */
+    CHECK_INT(put_blob(c, t[1], d[1]), RP_CACHE_OK); /* 0 is free and the oldest now */
+    CHECK(!exists(p0));
+    /* The readers' fds still read the whole content after the unlink. */
+    size_t n;
+    char *s = read_all(b1.fd, &n);
+    CHECK(n == 100 && memcmp(s, t[0], 100) == 0);
+    free(s);
+    close(b1.fd);
+    close(b2.fd);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.evictions, 3);
+    CHECK_INT(st.evicted_bytes, 300);
+    CHECK_INT(st.entries, 2);
+    free(p0);
+    rp_cache_close(c);
+    for (int i = 0; i < 4; i++)
+        free(t[i]);
+    rm_rf(dir);
+}
+
+/* A blob deleted behind the cache's back is a miss, and the accounting follows. */
+static void test_blob_vanished(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    CHECK_INT(put_blob(c, "short-lived", d), RP_CACHE_OK);
+    char *p = obj_path(dir, "blobs", d);
+    unlink(p);
+    struct rp_cache_blob b;
+    CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_NOENT);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 0);
+    CHECK_INT(st.size, 0);
+    free(p);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* ---------------------------------------------------------------- arguments --- */
+
+static void test_invalid_digests(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char ok[RP_CACHE_DIGEST_BUF];
+    digest_of("x", 1, ok, false);
+    char upper[RP_CACHE_DIGEST_BUF];
+    snprintf(upper, sizeof(upper), "%s", ok);
+    for (char *q = upper + 7; *q; q++)
+        if (*q >= 'a' && *q <= 'f')
+            *q = (char)(*q - 'a' + 'A');
+    char shorter[RP_CACHE_DIGEST_BUF], longer[RP_CACHE_DIGEST_BUF + 2], nl[RP_CACHE_DIGEST_BUF + 2];
+    snprintf(shorter, sizeof(shorter), "%.70s", ok);
+    snprintf(longer, sizeof(longer), "%s0", ok);
+    snprintf(nl, sizeof(nl), "%s\n", ok);
+    char s512as256[RP_CACHE_DIGEST_BUF];
+    snprintf(s512as256, sizeof(s512as256), "sha512:%s", ok + 7);
+    char trav[RP_CACHE_DIGEST_BUF];
+    snprintf(trav, sizeof(trav), "sha256:../../../../../../etc/passwd%.36s", ok + 7);
+    const char *bad[] = {
+        "",
+        "sha256:",
+        "sha256",
+        "SHA256:0000000000000000000000000000000000000000000000000000000000000000",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        upper,
+        shorter,
+        longer,
+        nl,
+        s512as256,
+        trav,
+        "sha256:000000000000000000000000000000000000000000000000000000000000000g",
+        NULL,
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *b = bad[i];
+        struct rp_cache_blob blob;
+        struct rp_cache_manifest m;
+        char got[RP_CACHE_DIGEST_BUF];
+        int64_t when;
+        int err = 0;
+        CHECK_INT(rp_cache_blob_open(c, b, &blob), RP_CACHE_E_INVALID);
+        CHECK_INT(rp_cache_manifest_get(c, b, &m), RP_CACHE_E_INVALID);
+        CHECK_INT(rp_cache_manifest_put(c, b, MT_OCI, "x", 1), RP_CACHE_E_INVALID);
+        CHECK(rp_cache_fill_begin(c, b, -1, &err) == NULL);
+        CHECK_INT(err, RP_CACHE_E_INVALID);
+        CHECK_INT(rp_cache_link(c, REG, REPO, b), RP_CACHE_E_INVALID);
+        CHECK(!rp_cache_linked(c, REG, REPO, b));
+        CHECK_INT(rp_cache_tag_set(c, REG, REPO, "t", b, 1), RP_CACHE_E_INVALID);
+        CHECK_INT(rp_cache_tag_get(c, REG, REPO, "t", got, sizeof(got), &when), RP_CACHE_E_NOENT);
+        rp_cache_release(c, b);
+        rp_cache_pin(c, b);
+    }
+    CHECK_INT(count_files(dir, "blobs") + count_files(dir, "manifests") +
+                  count_files(dir, "links") + count_files(dir, "tags") + count_files(dir, "tmp"),
+              0);
+    /* The valid spelling works; NULL cache arguments are refused, not crashed on. */
+    CHECK_INT(fill(c, ok, "x", 1, 1), RP_CACHE_OK);
+    struct rp_cache_blob blob;
+    CHECK_INT(rp_cache_blob_open(NULL, ok, &blob), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_fill_commit(NULL), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_evict(NULL), 0);
+    rp_cache_close(NULL);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_strerror_and_open_errors(void)
+{
+    for (int e = RP_CACHE_E_CORRUPT; e <= RP_CACHE_OK; e++)
+        CHECK(strstr(rp_cache_strerror(e), "unknown") == NULL);
+    CHECK(strstr(rp_cache_strerror(-100), "unknown") != NULL);
+    char err[256];
+    CHECK(rp_cache_open("", 0, err, sizeof(err)) == NULL);
+    CHECK(err[0] != '\0');
+    CHECK(rp_cache_open(NULL, 0, err, sizeof(err)) == NULL);
+    /* A file where the directory should be. */
+    char *dir = mk_tmpdir();
+    char *f = rp_xasprintf("%s/file", dir);
+    spit(f, "x", 1);
+    CHECK(rp_cache_open(f, 0, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, f) != NULL);
+    /* Nested directories are created. */
+    char *nested = rp_xasprintf("%s/a/b/c", dir);
+    struct rp_cache *c = open_ok(nested, 0);
+    CHECK(c != NULL);
+    rp_cache_close(c);
+    free(f);
+    free(nested);
+    rm_rf(dir);
+}
+
+static void test_stats(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK(st.size == 0 && st.entries == 0 && st.evictions == 0 && st.evicted_bytes == 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    char *big = sized(10000, 5);
+    CHECK_INT(put_blob(c, big, d), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, "tiny", d), RP_CACHE_OK);
+    char *m = json_manifest(30, 1);
+    char md[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    char *mp = obj_path(dir, "manifests", md);
+    struct stat sb;
+    stat(mp, &sb);
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 3);
+    CHECK_INT(st.size, 10000 + 4 + (uint64_t)sb.st_size);
+    /* Tags and links are not entries. */
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "x", md, 1), RP_CACHE_OK);
+    CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK);
+    struct rp_cache_stats st2;
+    rp_cache_stats(c, &st2);
+    CHECK(memcmp(&st, &st2, sizeof(st)) == 0);
+    free(big);
+    free(m);
+    free(mp);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* ---------------------------------------------------------------- benchmark --- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static void rnd_digest(char *out)
+{
+    unsigned char raw[32];
+    for (int i = 0; i < 32; i++)
+        raw[i] = (unsigned char)rng();
+    memcpy(out, "sha256:", 7);
+    hexify(raw, 32, out + 7);
+}
+
+/* Real-ish manifests: the shapes registries serve, with random digests (which is what
+ * limits compression: 64 hex digits carry 32 bytes of entropy). */
+static char *gen_v2s2_pretty(int layers)
+{
+    struct rp_buf b;
+    char d[RP_CACHE_DIGEST_BUF];
+    rp_buf_init(&b, 1 << 22);
+    rnd_digest(d);
+    rp_buf_addf(&b,
+                "{\n   \"schemaVersion\": 2,\n   \"mediaType\": "
+                "\"application/vnd.docker.distribution.manifest.v2+json\",\n   \"config\": {\n"
+                "      \"mediaType\": \"application/vnd.docker.container.image.v1+json\",\n"
+                "      \"size\": %d,\n      \"digest\": \"%s\"\n   },\n   \"layers\": [\n",
+                1000 + (int)(rng() % 9000), d);
+    for (int i = 0; i < layers; i++) {
+        rnd_digest(d);
+        rp_buf_addf(&b,
+                    "      {\n         \"mediaType\": "
+                    "\"application/vnd.docker.image.rootfs.diff.tar.gzip\",\n"
+                    "         \"size\": %llu,\n         \"digest\": \"%s\"\n      }%s\n",
+                    (unsigned long long)(rng() % 90000000), d, i + 1 < layers ? "," : "");
+    }
+    rp_buf_addf(&b, "   ]\n}");
+    return b.data;
+}
+
+static char *gen_oci_manifest(int layers)
+{
+    struct rp_buf b;
+    char d[RP_CACHE_DIGEST_BUF], base[RP_CACHE_DIGEST_BUF];
+    rp_buf_init(&b, 1 << 22);
+    rnd_digest(d);
+    rp_buf_addf(&b,
+                "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+                "\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\","
+                "\"digest\":\"%s\",\"size\":%d},\"layers\":[",
+                d, 1000 + (int)(rng() % 9000));
+    for (int i = 0; i < layers; i++) {
+        rnd_digest(d);
+        rp_buf_addf(&b,
+                    "%s{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\","
+                    "\"digest\":\"%s\",\"size\":%llu}",
+                    i ? "," : "", d, (unsigned long long)(rng() % 90000000));
+    }
+    rnd_digest(base);
+    rp_buf_addf(&b,
+                "],\"annotations\":{\"org.opencontainers.image.base.digest\":\"%s\","
+                "\"org.opencontainers.image.base.name\":\"docker.io/library/alpine:3.19\","
+                "\"org.opencontainers.image.created\":\"2024-05-01T10:11:12Z\"}}",
+                base);
+    return b.data;
+}
+
+static const char *const arches[][3] = {
+    {"amd64", "", ""}, {"arm", "v6", ""},   {"arm", "v7", ""},   {"arm64", "v8", ""},
+    {"386", "", ""},   {"ppc64le", "", ""}, {"riscv64", "", ""}, {"s390x", "", ""},
+};
+
+/* BuildKit style OCI index: one image manifest and one attestation manifest per platform. */
+static char *gen_oci_index_buildkit(int platforms)
+{
+    struct rp_buf b;
+    char att[RP_CACHE_DIGEST_BUF];
+    rp_buf_init(&b, 1 << 22);
+    rp_buf_addf(&b,
+                "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\","
+                "\"manifests\":[");
+    char(*ds)[RP_CACHE_DIGEST_BUF] = rp_xmalloc((size_t)platforms * sizeof(*ds));
+    for (int i = 0; i < platforms; i++) {
+        rnd_digest(ds[i]);
+        rp_buf_addf(&b,
+                    "%s{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+                    "\"digest\":\"%s\",\"size\":%d,\"platform\":{\"architecture\":\"%s\","
+                    "\"os\":\"linux\"%s%s%s}}",
+                    i ? "," : "", ds[i], 1000 + (int)(rng() % 1000), arches[i % 8][0],
+                    arches[i % 8][1][0] ? ",\"variant\":\"" : "", arches[i % 8][1],
+                    arches[i % 8][1][0] ? "\"" : "");
+    }
+    for (int i = 0; i < platforms; i++) {
+        rnd_digest(att);
+        rp_buf_addf(&b,
+                    ",{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+                    "\"digest\":\"%s\",\"size\":%d,\"annotations\":{"
+                    "\"vnd.docker.reference.digest\":\"%s\","
+                    "\"vnd.docker.reference.type\":\"attestation-manifest\"},"
+                    "\"platform\":{\"architecture\":\"unknown\",\"os\":\"unknown\"}}",
+                    att, 500 + (int)(rng() % 500), ds[i]);
+    }
+    rp_buf_addf(&b, "]}");
+    free(ds);
+    return b.data;
+}
+
+/* Docker Hub library style manifest list, pretty-printed with 3 spaces. */
+static char *gen_manifest_list_pretty(int platforms)
+{
+    struct rp_buf b;
+    char d[RP_CACHE_DIGEST_BUF];
+    rp_buf_init(&b, 1 << 22);
+    rp_buf_addf(&b, "{\n   \"manifests\": [\n");
+    for (int i = 0; i < platforms; i++) {
+        rnd_digest(d);
+        rp_buf_addf(&b,
+                    "      {\n         \"digest\": \"%s\",\n         \"mediaType\": "
+                    "\"application/vnd.docker.distribution.manifest.v2+json\",\n"
+                    "         \"platform\": {\n            \"architecture\": \"%s\",\n"
+                    "            \"os\": \"linux\"%s%s%s\n         },\n         \"size\": %d\n"
+                    "      }%s\n",
+                    d, arches[i % 8][0],
+                    arches[i % 8][1][0] ? ",\n            \"variant\": \"" : "", arches[i % 8][1],
+                    arches[i % 8][1][0] ? "\"" : "", 500 + (int)(rng() % 1000),
+                    i + 1 < platforms ? "," : "");
+    }
+    rp_buf_addf(&b, "   ],\n   \"mediaType\": "
+                    "\"application/vnd.docker.distribution.manifest.list.v2+json\",\n"
+                    "   \"schemaVersion\": 2\n}");
+    return b.data;
+}
+
+/* Docker schema 1 (signed): fsLayers plus escaped v1Compatibility history. */
+static char *gen_schema1(int layers)
+{
+    struct rp_buf b;
+    char d[RP_CACHE_DIGEST_BUF], id[RP_CACHE_DIGEST_BUF], parent[RP_CACHE_DIGEST_BUF];
+    rp_buf_init(&b, 1 << 22);
+    rp_buf_addf(&b, "{\n   \"schemaVersion\": 1,\n   \"name\": \"openshift3/ose-pod\",\n"
+                    "   \"tag\": \"v3.11\",\n   \"architecture\": \"amd64\",\n"
+                    "   \"fsLayers\": [\n");
+    for (int i = 0; i < layers; i++) {
+        rnd_digest(d);
+        rp_buf_addf(&b, "      {\n         \"blobSum\": \"%s\"\n      }%s\n", d,
+                    i + 1 < layers ? "," : "");
+    }
+    rp_buf_addf(&b, "   ],\n   \"history\": [\n");
+    parent[0] = '\0';
+    for (int i = 0; i < layers; i++) {
+        rnd_digest(id);
+        rp_buf_addf(
+            &b,
+            "      {\n         \"v1Compatibility\": \"{\\\"id\\\":\\\"%s\\\",%s%s%s"
+            "\\\"created\\\":\\\"2019-0%d-1%dT08:%02d:11.%09dZ\\\",\\\"container_config\\\":"
+            "{\\\"Cmd\\\":[\\\"/bin/sh -c #(nop) LABEL release=%d\\\"]},"
+            "\\\"throwaway\\\":true}\"\n      }%s\n",
+            id + 7, parent[0] ? "\\\"parent\\\":\\\"" : "", parent[0] ? parent + 7 : "",
+            parent[0] ? "\\\"," : "", 1 + i % 9, i % 10, i % 60, (int)(rng() % 999999999), i,
+            i + 1 < layers ? "," : "");
+        memcpy(parent, id, sizeof(parent));
+    }
+    rp_buf_addf(&b, "   ],\n   \"signatures\": [\n      {\n         \"header\": {\n"
+                    "            \"jwk\": {\n               \"crv\": \"P-256\",\n"
+                    "               \"kid\": \"5GNM:JZFC:ZUSR:TLB2:JGWJ:7UJN:LGB3:HGUZ:MZAC:"
+                    "N3YS:JSZR:RUDF\",\n               \"kty\": \"EC\",\n"
+                    "               \"x\": \"jGh5lKcUGM1KEG7KsKJpwBtJ2e0VMlwM-Lrr02c3pN0\",\n"
+                    "               \"y\": \"ZzcfzEnnQFRcNvydFxRpHTA2LMHnHQKXQZzZ0q8n8Vo\"\n"
+                    "            },\n            \"alg\": \"ES256\"\n         },\n"
+                    "         \"signature\": \"ldGn0bHUqrs2a4KN1bYSMgZ6uxPe9xxqH1Og2EMKHKD3"
+                    "W8vKk0iC1o8J-M8S6yl3ySpInbTw9qzFpT1wn4cc1A\",\n"
+                    "         \"protected\": \"eyJmb3JtYXRMZW5ndGgiOjY0MzksImZvcm1hdFRhaWwiOiJD"
+                    "bjAiLCJ0aW1lIjoiMjAxOS0wNS0xNlQxMjowMDowMFoifQ\"\n      }\n   ]\n}");
+    return b.data;
+}
+
+static void bench_manifests(void)
+{
+    struct {
+        const char *name;
+        char *text;
+    } cases[] = {
+        {"docker v2s2, 5 layers, pretty", gen_v2s2_pretty(5)},
+        {"docker v2s2, 12 layers, pretty", gen_v2s2_pretty(12)},
+        {"OCI manifest, 8 layers, compact", gen_oci_manifest(8)},
+        {"OCI index (BuildKit), 2 platforms + attestations", gen_oci_index_buildkit(2)},
+        {"OCI index (BuildKit), 8 platforms + attestations", gen_oci_index_buildkit(8)},
+        {"manifest list, 8 platforms, pretty", gen_manifest_list_pretty(8)},
+        {"schema1 signed, 10 layers", gen_schema1(10)},
+    };
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    size_t tot_raw = 0, tot_disk = 0;
+    printf(
+        "BENCH manifests: raw bytes -> stored file (header + payload), lz4 fast for reference\n");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *m = cases[i].text;
+        size_t len = strlen(m);
+        char d[RP_CACHE_DIGEST_BUF];
+        digest_of(m, len, d, false);
+        rp_cache_manifest_put(c, d, MT_OCI, m, len);
+        char *p = obj_path(dir, "manifests", d);
+        struct stat sb;
+        stat(p, &sb);
+        free(p);
+        char *tmp = rp_xmalloc((size_t)LZ4_compressBound((int)len));
+        int fast = LZ4_compress_default(m, tmp, (int)len, LZ4_compressBound((int)len));
+        double t0 = now_s();
+        int hc = 0;
+        for (int k = 0; k < 100; k++)
+            hc = LZ4_compress_HC(m, tmp, (int)len, LZ4_compressBound((int)len), 9);
+        double t_hc = (now_s() - t0) / 100;
+        char *back = rp_xmalloc(len);
+        t0 = now_s();
+        for (int k = 0; k < 1000; k++)
+            LZ4_decompress_safe(tmp, back, hc, (int)len);
+        double t_dec = (now_s() - t0) / 1000;
+        struct rp_cache_manifest got;
+        t0 = now_s();
+        for (int k = 0; k < 100; k++) {
+            rp_cache_manifest_get(c, d, &got);
+            rp_cache_manifest_free(&got);
+        }
+        double t_get = (now_s() - t0) / 100;
+        printf("BENCH   %-52s %6zu -> %6lld (%5.1f%% saved; lz4 fast payload %d, hc %d; "
+               "hc %.0f us, decode %.1f us, get %.0f us)\n",
+               cases[i].name, len, (long long)sb.st_size,
+               100.0 * (1.0 - (double)sb.st_size / (double)len), fast, hc, t_hc * 1e6, t_dec * 1e6,
+               t_get * 1e6);
+        tot_raw += len;
+        tot_disk += (size_t)sb.st_size;
+        free(tmp);
+        free(back);
+        free(cases[i].text);
+    }
+    printf("BENCH   total %zu -> %zu bytes (%.1f%% saved)\n", tot_raw, tot_disk,
+           100.0 * (1.0 - (double)tot_disk / (double)tot_raw));
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static long max_rss_kb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+static void bench_open(long n)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0); /* creates the layout */
+    rp_cache_close(c);
+    char *ip0 = rp_xasprintf("%s/index", dir);
+    unlink(ip0); /* it lists no entries: the files below come behind the cache's back */
+    free(ip0);
+    double t0 = now_s();
+    char text[64], d[RP_CACHE_DIGEST_BUF];
+    for (long i = 0; i < n; i++) {
+        int len = snprintf(text, sizeof(text), "bench blob %ld\n", i);
+        digest_of(text, (size_t)len, d, false);
+        char *sub = rp_xasprintf("%s/blobs/sha256/%.2s", dir, d + 7);
+        mkdir(sub, 0755);
+        char *p = rp_xasprintf("%s/%s", sub, d + 7);
+        spit(p, text, (size_t)len);
+        free(sub);
+        free(p);
+    }
+    printf("BENCH open: created %ld blob files in %.2f s\n", n, now_s() - t0);
+    long rss0 = max_rss_kb();
+    struct rp_cache_stats st;
+    for (int round = 0; round < 3; round++) {
+        t0 = now_s();
+        c = open_ok(dir, 0);
+        double t_rebuild = now_s() - t0;
+        rp_cache_stats(c, &st);
+        t0 = now_s();
+        rp_cache_close(c);
+        double t_close = now_s() - t0;
+        t0 = now_s();
+        c = open_ok(dir, 0);
+        double t_snap = now_s() - t0;
+        rp_cache_stats(c, &st);
+        char *ip = rp_xasprintf("%s/index", dir);
+        t0 = now_s();
+        rp_cache_close(c);
+        double t_close2 = now_s() - t0;
+        struct stat sb;
+        stat(ip, &sb);
+        printf("BENCH open %ld entries: rebuild from files %.1f ms, snapshot write+fsync at close "
+               "%.1f ms (%lld bytes), open from snapshot %.1f ms, close %.1f ms\n",
+               (long)st.entries, t_rebuild * 1e3, t_close * 1e3, (long long)sb.st_size,
+               t_snap * 1e3, t_close2 * 1e3);
+        unlink(ip); /* next round rebuilds again */
+        free(ip);
+    }
+    printf("BENCH open: max RSS grew by %ld KiB while open\n", max_rss_kb() - rss0);
+    t0 = now_s();
+    rm_rf(dir);
+    printf("BENCH open: removed in %.1f s\n", now_s() - t0);
+}
+
+int main(void)
+{
+    rp_log_set_level(RP_LOG_ERROR); /* damaged-file warnings are expected here */
+    const char *bench = getenv("RP_CACHE_BENCH");
+    if (bench && strcmp(bench, "1") == 0) {
+        const char *ns = getenv("RP_CACHE_BENCH_N");
+        long n = ns ? strtol(ns, NULL, 10) : 100000;
+        bench_manifests();
+        bench_open(n > 0 ? n : 100000);
+        return 0;
+    }
+    RUN(test_fill_commit);
+    RUN(test_fill_digest_mismatch);
+    RUN(test_fill_size_mismatch);
+    RUN(test_fill_write_past_expected);
+    RUN(test_fill_abort);
+    RUN(test_close_with_open_fill);
+    RUN(test_manifest_raw);
+    RUN(test_manifest_lz4);
+    RUN(test_manifest_put_rejects);
+    RUN(test_manifest_corrupt);
+    RUN(test_tags);
+    RUN(test_links);
+    RUN(test_reopen_persists);
+    RUN(test_tmp_leftovers_removed);
+    RUN(test_index_damaged);
+    RUN(test_crash_kill9);
+    RUN(test_evict_lru);
+    RUN(test_evict_manifest_touch);
+    RUN(test_evict_pinned);
+    RUN(test_evict_in_use);
+    RUN(test_blob_vanished);
+    RUN(test_invalid_digests);
+    RUN(test_strerror_and_open_errors);
+    RUN(test_stats);
+    UNIT_EXIT();
+}
