@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One access-log line per request with method, path, status, bytes, ms, registry, cache,
+upstream; and no secret (service-account password, Basic credentials, bearer token) ever
+appears in the proxy's output."""
+import base64
+import re
+import time
+
+import lib
+from lib import check, eq
+
+
+def test_one_line_per_request(t):
+    s = t.s
+    reg = s.token_registry
+    p = t.proxy()
+    time.sleep(0.3)
+    mark = len(p.access())
+    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][0]
+    reqs = [("GET", "/v2/", {}),
+            ("GET", "/v2/ns/multi/manifests/v1", {"Accept": lib.ACCEPT_ALL}),
+            ("HEAD", "/v2/ns/multi/manifests/v1", {"Accept": lib.ACCEPT_ALL}),
+            ("HEAD", "/v2/ns/multi/blobs/" + layer["digest"], {}),
+            ("GET", "/v2/ns/multi/blobs/" + layer["digest"], {}),
+            ("GET", "/v2/ns/multi/blobs/" + layer["digest"], {"Range": "bytes=0-9"}),
+            ("GET", "/v2/ns/multi/manifests/nosuchtag", {"Accept": lib.ACCEPT_ALL}),
+            ("GET", "/v2/registry.basic.test/ns/multi/manifests/v1", {"Accept": lib.ACCEPT_ALL}),
+            ("GET", "/v2/%2e%2e/manifests/latest", {}),
+            ("GET", "/v2/evil.example/x/manifests/latest", {})]
+    got = []
+    for method, path, h in reqs:
+        st, hd, body = p.raw(method, path, h)
+        got.append((method, path, st, len(body)))
+    lines = lib.wait_until(lambda: len(p.access()) - mark >= len(reqs) and p.access()[mark:],
+                           10, "%d access lines" % len(reqs))
+    time.sleep(0.5)
+    lines = p.access()[mark:]
+    eq(len(lines), len(reqs), "access lines for %d requests (lines: %r)" % (len(reqs), lines))
+    problems = []
+    for (method, path, st, blen), line in zip(got, lines):
+        for k in ("method", "path", "status", "bytes", "ms"):
+            if k not in line:
+                problems.append("%s %s: access line lacks %s: %r" % (method, path, k, line))
+        if line.get("method") != method or line.get("path", "").split("?")[0] != path:
+            problems.append("line for %s %s is %r" % (method, path, line))
+        if line.get("status") != str(st):
+            problems.append("%s %s: client got %d, log says %r" % (method, path, st,
+                                                                   line.get("status")))
+        if not re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", line["time"]):
+            problems.append("timestamp %r is not RFC 3339 UTC" % line["time"])
+        if "/ns/multi/" in path:
+            for k in ("registry", "cache", "upstream"):
+                if k not in line:
+                    problems.append("%s %s: access line lacks %s: %r" % (method, path, k, line))
+        try:
+            if method == "GET" and int(line.get("bytes", -1)) < blen:
+                problems.append("%s %s: %d body bytes sent, log says bytes=%s"
+                                % (method, path, blen, line.get("bytes")))
+        except ValueError:
+            problems.append("bytes=%r is not a number" % line.get("bytes"))
+    eq(lines[1].get("registry"), "registry.token.test", "registry of the default route")
+    eq(lines[7].get("registry"), "registry.basic.test", "registry of the prefix route")
+    check(not problems, "\n".join(problems))
+
+
+def test_no_secrets_in_logs(t):
+    s = t.s
+    iss = s.issuer
+    p = t.proxy()
+    t.pull(p, "ns/multi:v1")
+    t.pull(p, "registry.basic.test/ns/multi:v1")
+    r = p.get("/v2/registry.basic.test/ns/nosuch/manifests/v1")  # an upstream error, logged
+    check(r.status >= 400, "unknown repository status %d" % r.status)
+    text = p.log_text()
+    check(text.strip(), "the proxy wrote nothing to its log")
+    secrets = {"service-account password": s.sa_password,
+               "alice's password": s.alice_password}
+    for u, pw in ((lib.SA_USER, s.sa_password), ("alice", s.alice_password)):
+        secrets["Basic credentials of %s" % u] = base64.b64encode(
+            ("%s:%s" % (u, pw)).encode()).decode()
+    tokens = iss.tokens()
+    check(tokens, "the issuer issued no token: the pull did not exercise the token flow")
+    for i, tok in enumerate(tokens):
+        secrets["token %d" % i] = tok
+        secrets["token %d signature" % i] = tok.rsplit(".", 1)[1]
+    leaked = [k for k, v in secrets.items() if v and v in text]
+    check(not leaked, "secrets in the proxy's log: %s" % ", ".join(leaked))
+    check("Bearer ey" not in text, "a bearer token in the proxy's log")

@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The registry API as a client sees it through the proxy: ping, manifests and blobs by
+tag and digest (GET/HEAD/Range), tags/list pagination with Link rewriting, referrers, and
+upstream errors relayed with the right statuses."""
+import json
+import urllib.parse
+
+import lib
+from lib import check, eq
+
+
+def _proxy(t):
+    s = t.s
+    fr = s.fakereg
+    regs = [s.token_registry.conf(), s.basic_registry.conf(), s.anon_registry.conf(),
+            fr.conf(),
+            fr.conf(name="registry.badpw.test", password="not-" + fr.password),
+            s.token_registry.conf(name="registry.badtoken.test",
+                                  password="not-" + s.sa_password)]
+    # The second listener's default is the fake registry (tags pagination by default route).
+    return t.proxy(registries=regs, listeners=[{"default": "registry.token.test"},
+                                               {"default": "registry.fake.test"}])
+
+
+def _errors(r, what):
+    """The registry error body: {"errors": [{"code": ...}, ...]}; returns the codes."""
+    codes = r.error_codes()
+    check(codes, "%s: expected a JSON error body {\"errors\":[{\"code\":...}]}, got %d %r"
+          % (what, r.status, r.body[:300]))
+    return codes
+
+
+def test_ping(t):
+    p = _proxy(t)
+    r = p.get("/v2/")
+    eq(r.status, 200, "GET /v2/")
+    eq(r.header("Docker-Distribution-API-Version"), "registry/2.0",
+       "Docker-Distribution-API-Version of GET /v2/")
+    st, h, body = p.raw("HEAD", "/v2/")
+    eq((st, body), (200, b""), "HEAD /v2/")
+
+
+def test_manifests_by_tag_and_digest(t):
+    s = t.s
+    p = _proxy(t)
+    reg = s.token_registry
+    up = reg.client("pull")
+    for ref in ("ns/multi:v1", "ns/multi-v2s2:v1", "ns/multiarch:v1"):
+        repo, tag = ref.split(":")
+        digest = reg.pushed[ref]["digest"]
+        for r_ in (tag, digest):
+            path = "/v2/%s/manifests/%s" % (repo, r_)
+            u = up.manifest(repo, r_)
+            eq(u.status, 200, "upstream GET %s" % path)
+            r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+            what = "GET %s" % path
+            eq(r.status, 200, what)
+            eq(lib.sha256(r.body), digest, "%s body digest" % what)
+            for h in ("Content-Type", "Content-Length", "Docker-Content-Digest"):
+                eq(r.header(h), u.header(h), "%s header %s (upstream's)" % (what, h))
+            st, hd, body = p.raw("HEAD", path, {"Accept": lib.ACCEPT_ALL})
+            eq((st, body), (200, b""), "HEAD %s (status, body)" % path)
+            for h in ("Content-Type", "Content-Length", "Docker-Content-Digest"):
+                eq(hd.get(h.lower()), u.header(h), "HEAD %s header %s" % (path, h))
+    # Children of the index by digest, too.
+    idx = json.loads(reg.pushed["ns/multiarch:v1"]["body"])
+    for d in idx["manifests"]:
+        r = p.get("/v2/ns/multiarch/manifests/" + d["digest"],
+                  headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, lib.sha256(r.body), r.header("Content-Type")),
+           (200, d["digest"], d["mediaType"]), "platform manifest %s" % d["digest"])
+
+
+def test_blobs_head_get_range(t):
+    s = t.s
+    p = _proxy(t)
+    reg = s.token_registry
+    m = lib.image_manifests(reg, "ns/multi:v1")[0]
+    cold, warm = m["layers"][2], m["layers"][1]
+    # Range on a blob the proxy has never fetched.
+    full = reg.client().get("/v2/ns/multi/blobs/" + cold["digest"]).body
+    eq(lib.sha256(full), cold["digest"], "upstream blob")
+    path = "/v2/ns/multi/blobs/" + cold["digest"]
+    r = p.get(path, headers={"Range": "bytes=10-99"})
+    eq(r.status, 206, "cold ranged GET %s" % path)
+    eq(r.header("Content-Range"), "bytes 10-99/%d" % cold["size"], "cold Content-Range")
+    eq(r.header("Content-Length"), "90", "cold ranged Content-Length")
+    check(r.body == full[10:100], "cold ranged bytes differ from bytes 10..99 of the blob")
+    # HEAD: no body, right length, digest header.
+    path = "/v2/ns/multi/blobs/" + warm["digest"]
+    st, h, body = p.raw("HEAD", path)
+    eq((st, h.get("content-length"), body), (200, str(warm["size"]), b""), "HEAD " + path)
+    eq(h.get("docker-content-digest"), warm["digest"], "HEAD Docker-Content-Digest")
+    r = p.get(path)
+    eq((r.status, lib.sha256(r.body), r.header("Content-Length")),
+       (200, warm["digest"], str(warm["size"])), "GET " + path)
+    eq(r.header("Docker-Content-Digest"), warm["digest"], "GET Docker-Content-Digest")
+    # Now cached: HEAD, Range (several shapes) from the cache.
+    blob = r.body
+    st, h, body = p.raw("HEAD", path)
+    eq((st, h.get("content-length"), body), (200, str(warm["size"]), b""), "warm HEAD")
+    for rng, lo, hi in (("bytes=10-99", 10, 99), ("bytes=0-0", 0, 0),
+                        ("bytes=%d-" % (warm["size"] - 5), warm["size"] - 5, warm["size"] - 1),
+                        ("bytes=-7", warm["size"] - 7, warm["size"] - 1)):
+        r = p.get(path, headers={"Range": rng})
+        eq(r.status, 206, "warm GET Range: " + rng)
+        eq(r.header("Content-Range"), "bytes %d-%d/%d" % (lo, hi, warm["size"]),
+           "Content-Range for " + rng)
+        check(r.body == blob[lo:hi + 1], "bytes for Range: %s" % rng)
+    r = p.get(path, headers={"Range": "bytes=%d-" % (warm["size"] + 10)})
+    eq(r.status, 416, "Range past the end")
+    # Unknown blob.
+    r = p.get("/v2/ns/multi/blobs/sha256:" + "0" * 64)
+    eq(r.status, 404, "unknown blob")
+    eq(_errors(r, "unknown blob"), ["BLOB_UNKNOWN"], "error code of an unknown blob")
+
+
+def _link(r):
+    """The next URL of a Link header as (path, {query}) or None."""
+    h = r.header("Link")
+    if not h:
+        return None
+    check(h.startswith("<") and 'rel="next"' in h, "malformed Link header %r" % h)
+    u = urllib.parse.urlsplit(h[1:h.index(">")])
+    return u.path, urllib.parse.parse_qs(u.query), h
+
+
+def _walk_tags(t, p, first, listener, want_path, want_ns=None):
+    tags = []
+    target = first
+    pages = 0
+    while target:
+        r = p.get(target, listener=listener)
+        eq(r.status, 200, "GET %s" % target)
+        page = r.json()["tags"]
+        check(len(page) <= 5, "page %s has %d tags (n=5)" % (target, len(page)))
+        tags += page
+        pages += 1
+        check(pages <= 10, "more than 10 pages following Links")
+        nxt = _link(r)
+        if not nxt:
+            break
+        path, q, raw = nxt
+        eq(path, want_path, "path of Link %s" % raw)
+        eq(q.get("n"), ["5"], "n in Link %s" % raw)
+        eq(q.get("last"), [page[-1]], "last in Link %s" % raw)
+        if want_ns:
+            eq(q.get("ns"), [want_ns], "ns kept in Link %s" % raw)
+        target = raw[1:raw.index(">")]
+        if target.startswith("http"):
+            u = urllib.parse.urlsplit(target)
+            eq(u.netloc, "127.0.0.1:%d" % p.ports[listener], "absolute Link points at proxy")
+            target = u.path + "?" + u.query
+    eq(tags, ["t%02d" % i for i in range(lib.NTAGS)], "all tags following Links from %s" % first)
+    eq(pages, 5, "pages of 5 tags")
+
+
+def test_tags_pagination_and_links(t):
+    s = t.s
+    fr = s.fakereg
+    p = _proxy(t)
+    # prefix route: the Link keeps the prefix
+    _walk_tags(t, p, "/v2/registry.fake.test/ns/tags/tags/list?n=5", 0,
+               "/v2/registry.fake.test/ns/tags/tags/list")
+    # hostport prefix
+    _walk_tags(t, p, "/v2/%s/ns/tags/tags/list?n=5" % fr.hostport, 0,
+               "/v2/%s/ns/tags/tags/list" % fr.hostport)
+    # default route of the second listener
+    _walk_tags(t, p, "/v2/ns/tags/tags/list?n=5", 1, "/v2/ns/tags/tags/list")
+    # containerd ns=: the Link keeps ns=
+    _walk_tags(t, p, "/v2/ns/tags/tags/list?n=5&ns=registry.fake.test", 0,
+               "/v2/ns/tags/tags/list", want_ns="registry.fake.test")
+    # docker-registry 2.8 does not paginate: all tags at once, no Link
+    r = p.get("/v2/ns/tags/tags/list")
+    eq(r.status, 200, "tags/list on the token registry")
+    eq(sorted(r.json()["tags"]), ["t%02d" % i for i in range(lib.NTAGS)], "token registry tags")
+    r = p.get("/v2/ns/tags/tags/list?n=abc", listener=1)
+    eq(r.status, 400, "tags/list?n=abc")
+
+
+def test_referrers_forwarded(t):
+    s = t.s
+    p = _proxy(t)
+    reg = s.token_registry
+    d = reg.pushed["ns/multi:v1"]["digest"]
+    u = reg.client().get("/v2/ns/multi/referrers/" + d)
+    r = p.get("/v2/ns/multi/referrers/" + d)
+    eq(r.status, u.status, "referrers status through the proxy vs docker-registry's")
+    r = p.get("/v2/registry.fake.test/ns/multi/referrers/" + s.images["multi"]["tags"]["v1"])
+    eq(r.status, 200, "referrers on the fake registry")
+    eq(r.json().get("manifests"), [], "referrers index")
+    eq(r.header("Content-Type"), "application/vnd.oci.image.index.v1+json",
+       "referrers Content-Type")
+
+
+def test_upstream_429_relayed(t):
+    s = t.s
+    p = _proxy(t)
+    digest = s.images["multi"]["tags"]["v1"]
+    for path in ("/v2/registry.fake.test/mode/429/ns/multi/manifests/v1",
+                 "/v2/registry.fake.test/mode/429/ns/multi/manifests/" + digest,
+                 "/v2/registry.fake.test/mode/429/ns/multi/blobs/" + digest):
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, 429, "GET %s (upstream answers 429)" % path)
+        eq(r.header("Retry-After"), "7", "Retry-After of %s" % path)
+        eq(_errors(r, path), ["TOOMANYREQUESTS"], "error code of %s" % path)
+
+
+def test_upstream_5xx_never_404(t):
+    s = t.s
+    p = _proxy(t)
+    digest = s.images["multi"]["tags"]["v1"]
+    for mode in ("500", "503"):
+        for kind in ("manifests/v1", "manifests/" + digest, "blobs/" + digest,
+                     "tags/list"):
+            path = "/v2/registry.fake.test/mode/%s/ns/multi/%s" % (mode, kind)
+            r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+            check(500 <= r.status <= 599, "GET %s (upstream answers %s): expected a 5xx, got %r"
+                  % (path, mode, r))
+            _errors(r, path)
+
+
+def test_wrong_credentials_never_404(t):
+    s = t.s
+    p = _proxy(t)
+    digest = s.images["multi"]["tags"]["v1"]
+    paths = ["/v2/registry.badpw.test/ns/multi/manifests/v1",
+             "/v2/registry.badpw.test/ns/multi/blobs/" + digest,
+             "/v2/registry.fake.test/mode/401/ns/multi/manifests/v1",
+             "/v2/registry.badtoken.test/ns/multi/manifests/v1",
+             "/v2/registry.badtoken.test/ns/multi/blobs/" + digest]
+    for path in paths:
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        check(r.status in (401, 403, 502), "GET %s with credentials upstream refuses: expected "
+              "401/403 (or 502), never 404; got %r" % (path, r))
+        _errors(r, path)
+
+
+def test_unknown_manifest_and_repo(t):
+    p = _proxy(t)
+    r = p.get("/v2/ns/multi/manifests/nosuchtag", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 404, "unknown tag")
+    eq(_errors(r, "unknown tag"), ["MANIFEST_UNKNOWN"], "error code of an unknown tag")
+    check(r.header("Content-Type", "").startswith("application/json"),
+          "error Content-Type %r" % r.header("Content-Type"))
+    r = p.get("/v2/ns/multi/manifests/sha256:" + "1" * 64, headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 404, "unknown digest")
+    eq(_errors(r, "unknown digest"), ["MANIFEST_UNKNOWN"], "error code of an unknown digest")
+    r = p.get("/v2/ns/nosuchrepo/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 404, "unknown repository")
+    check(_errors(r, "unknown repository")[0] in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN"),
+          "error code of an unknown repository: %r" % r.body)

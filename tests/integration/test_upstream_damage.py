@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Upstream bytes that do not match their digest (a flipped byte, a short body, a
+connection cut mid-body) never become a cache entry and never reach a client as a
+complete, successful response; once upstream is healthy again the right bytes are served.
+The fake registry's global mode is switched for these tests and restored afterwards."""
+import json
+import socket
+
+import lib
+from lib import check, eq
+
+
+def _get(p, path, timeout=60):
+    """(status, announced length, received bytes, complete?) of a GET on a fresh connection.
+    complete means the announced Content-Length arrived in full."""
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=timeout)
+    try:
+        c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   % (path, p.hostport)).encode())
+        buf = b""
+        while True:
+            try:
+                b = c.recv(1 << 16)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not b:
+                break
+            buf += b
+    finally:
+        c.close()
+    head, sep, body = buf.partition(b"\r\n\r\n")
+    if not sep:
+        return 0, None, b"", False
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    h = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    if h.get("transfer-encoding", "").lower() == "chunked":
+        try:
+            return status, None, lib.dechunk(body), True
+        except (ValueError, IndexError):
+            return status, None, body, False
+    n = int(h["content-length"]) if "content-length" in h else None
+    return status, n, body, n is not None and len(body) >= n
+
+
+def _layer(s):
+    r = s.fakereg.client().manifest("ns/multi", "v1")
+    return json.loads(r.body)["layers"][2]  # 512 KiB of random bytes, gzip'd
+
+
+def _damaged_then_healthy(t, mode):
+    s = t.s
+    fr = s.fakereg
+    layer = _layer(s)
+    p = t.proxy(registries=[fr.conf()])
+    path = "/v2/ns/multi/blobs/" + layer["digest"]
+    fr.set_mode(mode)
+    t.defer(lambda: fr.set_mode("ok"))
+    for attempt in (1, 2):
+        st, n, body, complete = _get(p, path)
+        bad = st == 200 and complete and lib.sha256(body[:layer["size"]]) != layer["digest"]
+        check(not bad, "attempt %d with upstream mode %s: a complete 200 with bytes that do "
+              "not match %s" % (attempt, mode, layer["digest"]))
+        check(not (st == 200 and complete and lib.sha256(body) == layer["digest"]),
+              "attempt %d with upstream mode %s: the right bytes came back, so the damage "
+              "did not reach the proxy (fixture problem?)" % (attempt, mode))
+    fr.set_mode("ok")
+    _, m_cdn = fr.mark()
+    st, n, body, complete = _get(p, path)
+    eq((st, complete, lib.sha256(body)), (200, True, layer["digest"]),
+       "GET after upstream recovered from mode %s" % mode)
+    check(fr.cdn_requests(m_cdn), "the good copy came from somewhere other than upstream: "
+          "a damaged copy must not have been cached")
+    st, n, body, complete = _get(p, path)
+    eq((st, lib.sha256(body)), (200, layer["digest"]), "GET once the good copy is cached")
+
+
+def test_corrupt_blob_not_served_or_cached(t):
+    _damaged_then_healthy(t, "corrupt")
+
+
+def test_truncated_blob_not_served_or_cached(t):
+    _damaged_then_healthy(t, "truncate")
+
+
+def test_cut_connection_not_served_or_cached(t):
+    _damaged_then_healthy(t, "cut")
+
+
+def test_corrupt_pull_fails_cleanly(t):
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    fr.set_mode("corrupt")
+    t.defer(lambda: fr.set_mode("ok"))
+    out = t.tmp + "/corrupt-pull"
+    r = s.skopeo(["copy", "-q", "--src-tls-verify=false", "--src-no-creds",
+                  "--dest-oci-accept-uncompressed-layers",
+                  "docker://%s/ns/multi:v1" % p.hostport, "oci:%s:v1" % out], check_rc=False,
+                 timeout=300)
+    check(r.returncode != 0, "skopeo pulled an image whose upstream blobs are corrupt")
+    fr.set_mode("ok")
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags["v1"], s.images["multi"]["tags"]["v1"], "pull after upstream recovered")
