@@ -48,9 +48,9 @@ struct rp_conf_listen {
 };
 
 struct rp_conf_cache {
-    char *dir;          /* default /var/cache/regproxy */
-    uint64_t max_size;  /* bytes; 0 = unbounded. Accepts suffixes K, M, G, T (powers of 1024) */
-    int64_t tag_ttl_ms; /* default 10 minutes; accepts ms, s, m, h, d suffixes */
+    char *dir;            /* default /var/cache/regproxy */
+    uint64_t max_size;    /* bytes; 0 = unbounded. Accepts suffixes K, M, G, T (powers of 1024) */
+    int64_t tag_ttl_ms;   /* default 10 minutes; accepts ms, s, m, h, d suffixes */
     int64_t max_stale_ms; /* stale-if-error window past tag_ttl; default 7 days */
     char **pins;          /* "REGISTRY/REPO" fnmatch patterns whose content is never evicted */
     size_t n_pins;

@@ -29,17 +29,24 @@ char *rp_error_body(const char *code, const char *message, const char *detail)
 const char *rp_error_code_for_status(int status, enum rp_route_kind kind)
 {
     switch (status) {
-    case 400: return "UNSUPPORTED";
-    case 401: return "UNAUTHORIZED";
-    case 403: return "DENIED";
+    case 400:
+        return "UNSUPPORTED";
+    case 401:
+        return "UNAUTHORIZED";
+    case 403:
+        return "DENIED";
     case 404:
         return kind == RP_ROUTE_BLOB       ? "BLOB_UNKNOWN"
                : kind == RP_ROUTE_MANIFEST ? "MANIFEST_UNKNOWN"
                                            : "NAME_UNKNOWN";
-    case 405: return "UNSUPPORTED";
-    case 429: return "TOOMANYREQUESTS";
-    case 503: return "UNAVAILABLE";
-    default: return "UNKNOWN";
+    case 405:
+        return "UNSUPPORTED";
+    case 429:
+        return "TOOMANYREQUESTS";
+    case 503:
+        return "UNAVAILABLE";
+    default:
+        return "UNKNOWN";
     }
 }
 

@@ -63,8 +63,7 @@ struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest)
     return NULL;
 }
 
-bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
-                    const char *repo)
+bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg, const char *repo)
 {
     return f->reg == reg && strcmp(f->repo, repo) == 0;
 }
@@ -166,9 +165,8 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         return -1;
     }
     f->expected = h->length;
-    f->content_type = rp_xstrdup(rp_header_value_safe(h->content_type)
-                                     ? h->content_type
-                                     : "application/octet-stream");
+    f->content_type = rp_xstrdup(
+        rp_header_value_safe(h->content_type) ? h->content_type : "application/octet-stream");
     f->state = FILL_RUNNING;
     struct rp_req *r, *next;
     for (r = TAILQ_FIRST(&f->readers); r; r = next) {
@@ -218,8 +216,8 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             rp_req_upstream_error(r, 503, "UNAVAILABLE", "upstream registry unreachable", 0,
                                   res->err);
         } else {
-            rp_req_upstream_error(r, 502, "UNKNOWN", "upstream blob download failed",
-                                  res->status, f->fail_reason ? f->fail_reason : res->err);
+            rp_req_upstream_error(r, 502, "UNKNOWN", "upstream blob download failed", res->status,
+                                  f->fail_reason ? f->fail_reason : res->err);
         }
     }
 }
@@ -233,7 +231,9 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
     if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
         rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)",
                 f->digest, f->reg->name, (long long)f->written, (long long)ms,
-                f->fail_reason ? f->fail_reason : res->err ? res->err : "refused",
+                f->fail_reason ? f->fail_reason
+                : res->err     ? res->err
+                               : "refused",
                 f->up_status);
         fail_readers(f, res);
         fill_free(f);

@@ -35,18 +35,18 @@ struct rp_http_request_head {
 };
 
 enum rp_http_parse_err {
-    RP_HTTP_NEED_MORE = 0,           /* incomplete: read more (unless the buffer is full) */
-    RP_HTTP_E_BAD = -1,              /* 400: malformed line, bad header syntax, obs-fold,
-                                        bare CR, NUL, missing/duplicate Host in 1.1 */
+    RP_HTTP_NEED_MORE = 0,            /* incomplete: read more (unless the buffer is full) */
+    RP_HTTP_E_BAD = -1,               /* 400: malformed line, bad header syntax, obs-fold,
+                                         bare CR, NUL, missing/duplicate Host in 1.1 */
     RP_HTTP_E_HEADERS_TOO_LARGE = -2, /* 431: more than RP_HTTP_MAX_HEADERS, or head longer
                                          than RP_HTTP_MAX_HEAD */
-    RP_HTTP_E_URI_TOO_LONG = -3,     /* 414: target longer than the caller's limit */
-    RP_HTTP_E_VERSION = -4,          /* 505: not HTTP/1.0 or HTTP/1.1 */
-    RP_HTTP_E_FRAMING = -5,          /* 400 + close: both Content-Length and
-                                        Transfer-Encoding, differing or repeated
-                                        Content-Length, malformed Content-Length */
-    RP_HTTP_E_TARGET = -6,           /* 400: absolute-form, authority-form (CONNECT) or
-                                        asterisk-form target */
+    RP_HTTP_E_URI_TOO_LONG = -3,      /* 414: target longer than the caller's limit */
+    RP_HTTP_E_VERSION = -4,           /* 505: not HTTP/1.0 or HTTP/1.1 */
+    RP_HTTP_E_FRAMING = -5,           /* 400 + close: both Content-Length and
+                                         Transfer-Encoding, differing or repeated
+                                         Content-Length, malformed Content-Length */
+    RP_HTTP_E_TARGET = -6,            /* 400: absolute-form, authority-form (CONNECT) or
+                                         asterisk-form target */
 };
 
 /* Parses the head at buf[0..len). Returns the head's length in bytes (> 0, including the
@@ -59,8 +59,8 @@ const struct rp_http_header *rp_http_find_header(const struct rp_http_request_he
                                                  const char *name);
 
 enum rp_range_result {
-    RP_RANGE_NONE = 0,      /* no usable range: serve the whole body (200) */
-    RP_RANGE_OK = 1,        /* single satisfiable range [*start, *end] inclusive: 206 */
+    RP_RANGE_NONE = 0,          /* no usable range: serve the whole body (200) */
+    RP_RANGE_OK = 1,            /* single satisfiable range [*start, *end] inclusive: 206 */
     RP_RANGE_UNSATISFIABLE = 2, /* 416 with Content-Range: bytes * /size */
 };
 /* Parses a Range header value against a body of `size` bytes (RFC 9110 14.1.2). Only a

@@ -50,19 +50,31 @@ static struct rp_conf *load(const char *path)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
+        {"config", required_argument, NULL, 'c'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     const char *config = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "+c:vhV", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': config = optarg; break;
-        case 'v': rp_log_set_level(RP_LOG_DEBUG); break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("regproxy %s\n", RP_VERSION); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            config = optarg;
+            break;
+        case 'v':
+            rp_log_set_level(RP_LOG_DEBUG);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("regproxy %s\n", RP_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind >= argc) {
@@ -74,11 +86,21 @@ int main(int argc, char **argv)
     optind++;
     while ((c = getopt_long(argc, argv, "c:vhV", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': config = optarg; break;
-        case 'v': rp_log_set_level(RP_LOG_DEBUG); break;
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("regproxy %s\n", RP_VERSION); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            config = optarg;
+            break;
+        case 'v':
+            rp_log_set_level(RP_LOG_DEBUG);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("regproxy %s\n", RP_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {

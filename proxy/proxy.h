@@ -55,9 +55,9 @@ enum rp_fetch_fail {
 
 struct rp_fetch_result {
     enum rp_fetch_fail fail;
-    int status;    /* final HTTP status, 0 when none arrived */
-    int token_err; /* RP_FETCH_E_TOKEN */
-    int auth_err;  /* RP_FETCH_E_AUTH */
+    int status;      /* final HTTP status, 0 when none arrived */
+    int token_err;   /* RP_FETCH_E_TOKEN */
+    int auth_err;    /* RP_FETCH_E_AUTH */
     const char *err; /* human-readable detail, or NULL; valid during on_done_cb */
 };
 
@@ -95,8 +95,8 @@ void rp_fetch_token_ready(struct rp_fetch *f, int err, const char *detail);
 /* Registers f as waiting; starts the token request if none runs. Returns 0 when f waits
  * (rp_fetch_token_ready follows), or an RP_AUTH_E_* code when no request can be made
  * (nothing was dialed). */
-int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth,
-                   const struct rp_conf_registry *reg, const char *scope, struct rp_fetch *f);
+int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_conf_registry *reg,
+                   const char *scope, struct rp_fetch *f);
 void rp_tokens_leave(struct rp_server *srv, struct rp_fetch *f);
 void rp_tokens_free_all(struct rp_server *srv);
 
@@ -117,8 +117,7 @@ void rp_fill_reader_drained(struct rp_req *r);
 struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest);
 /* Whether f downloads for this registry and repository (its readers need no
  * confirmation that the repository has the blob: the download itself confirms it). */
-bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
-                    const char *repo);
+bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg, const char *repo);
 /* Size the running fill expects (-1 if not known yet). */
 int64_t rp_fill_expected(const struct rp_fill *f);
 void rp_fills_free_all(struct rp_server *srv);

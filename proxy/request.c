@@ -136,10 +136,9 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
     json_t *j = len ? json_loadb(body, len, 0, NULL) : NULL;
     bool registry_format = j && json_is_array(json_object_get(j, "errors"));
     if (status >= 500) {
-        char *msg = rp_xasprintf("upstream registry %s failed with %d", r->route.reg->name,
-                                 status);
-        json_t *d = json_pack("{s:s, s:i}", "registry", r->route.reg->name, "upstream_status",
-                              status);
+        char *msg = rp_xasprintf("upstream registry %s failed with %d", r->route.reg->name, status);
+        json_t *d =
+            json_pack("{s:s, s:i}", "registry", r->route.reg->name, "upstream_status", status);
         if (registry_format)
             json_object_set(d, "upstream_errors", json_object_get(j, "errors"));
         char *detail = json_dumps(d, JSON_COMPACT);
@@ -296,8 +295,8 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     rp_buf_free(&extra);
     if (r->head || len == 0) {
         close(b->fd);
-    } else if (evbuffer_add_file(rp_conn_output(r->conn), b->fd, (ev_off_t)start,
-                                 (ev_off_t)len) < 0) {
+    } else if (evbuffer_add_file(rp_conn_output(r->conn), b->fd, (ev_off_t)start, (ev_off_t)len) <
+               0) {
         close(b->fd);
         rp_cache_release(r->conn->srv->cache, r->route.ref);
         rp_req_finish(r, "file");
@@ -327,8 +326,7 @@ static bool accept_allows(const char *accept, const char *media_type)
     return strstr(accept, "*/*") != NULL;
 }
 
-static void serve_manifest(struct rp_req *r, const struct rp_cache_manifest *m,
-                           const char *digest)
+static void serve_manifest(struct rp_req *r, const struct rp_cache_manifest *m, const char *digest)
 {
     struct rp_buf extra;
     rp_buf_init(&extra, 1024);
@@ -450,8 +448,7 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         }
         struct rp_buf extra;
         rp_buf_init(&extra, 16384);
-        rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n",
-                    r->route.ref);
+        rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
         if (status == 206 && rp_header_value_safe(h->content_range))
             rp_buf_addf(&extra, "Content-Range: %s\r\n", h->content_range);
         cache_header(r, &extra);
@@ -468,7 +465,7 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
     }
     if (r->fetch_head)
         return 0; /* no body: Content-Length describes what a GET would send */
-    size_t cap = !ok ? RP_ERROR_BODY_MAX
+    size_t cap = !ok                                  ? RP_ERROR_BODY_MAX
                  : r->route.kind == RP_ROUTE_MANIFEST ? RP_MANIFEST_MAX
                                                       : RP_SMALL_BODY_MAX;
     r->body_cap = cap;
@@ -581,8 +578,8 @@ static void manifest_fetched(struct rp_req *r)
     const char *type = rp_header_value_safe(r->up_h.content_type) ? r->up_h.content_type : NULL;
     const char *body = r->body.data ? r->body.data : "";
     char digest[RP_DIGEST_MAX + 1];
-    digest_hex(rt->ref_is_digest && strncmp(rt->ref, "sha512:", 7) == 0 ? "sha512" : "sha256",
-               body, r->body.len, digest, sizeof(digest));
+    digest_hex(rt->ref_is_digest && strncmp(rt->ref, "sha512:", 7) == 0 ? "sha512" : "sha256", body,
+               r->body.len, digest, sizeof(digest));
     /* A manifest asked for by digest must be that digest, whatever upstream says. */
     if (rt->ref_is_digest && strcmp(digest, rt->ref) != 0) {
         rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
@@ -596,8 +593,7 @@ static void manifest_fetched(struct rp_req *r)
             rp_cache_link(srv->cache, rt->reg->name, rt->name, digest);
             rp_server_maybe_pin(srv, rt->reg, rt->name, digest);
             if (!rt->ref_is_digest)
-                rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
-                                 rp_wall_s());
+                rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest, rp_wall_s());
         } else {
             rp_warn("cache: manifest %s not stored: %s", digest, rp_cache_strerror(e));
         }
@@ -630,8 +626,7 @@ static void answer_success(struct rp_req *r)
             rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\n", h->docker_content_digest);
         break;
     case RP_ROUTE_BLOB: /* HEAD */
-        rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n",
-                    r->route.ref);
+        rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
         if (!type)
             type = "application/octet-stream";
         break;
@@ -666,8 +661,8 @@ static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
     switch (res->fail) {
     case RP_FETCH_E_TOKEN: {
         int e = res->token_err;
-        char *msg = rp_xasprintf("cannot authenticate to %s: %s", r->route.reg->name,
-                                 rp_auth_strerror(e));
+        char *msg =
+            rp_xasprintf("cannot authenticate to %s: %s", r->route.reg->name, rp_auth_strerror(e));
         if (e == RP_AUTH_E_REJECTED || e == RP_AUTH_E_NO_CREDENTIALS)
             rp_req_upstream_error(r, 401, "UNAUTHORIZED", msg, 0, NULL);
         else if (e == RP_AUTH_E_REALM_ERROR)
@@ -697,8 +692,7 @@ static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
             rp_req_upstream_error(r, 502, "UNKNOWN", "upstream answer incomplete", res->status,
                                   err);
         else
-            rp_req_upstream_error(r, 503, "UNAVAILABLE", "upstream registry unreachable", 0,
-                                  err);
+            rp_req_upstream_error(r, 503, "UNAVAILABLE", "upstream registry unreachable", 0, err);
         return;
     }
 }
@@ -743,17 +737,16 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         if (res->fail == RP_FETCH_OK && res->status == 200 && d &&
             strcmp(d, r->stale_digest) == 0) {
             /* Unchanged upstream: fresh again, answered from the cache. */
-            rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name,
-                             r->route.ref, d, rp_wall_s());
+            rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref,
+                             d, rp_wall_s());
             if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
         }
         if (res->fail == RP_FETCH_OK && res->status >= 400) {
-            rp_req_answer_upstream_failure(r, res->status,
-                                           rp_header_value_safe(r->up_h.retry_after)
-                                               ? r->up_h.retry_after
-                                               : NULL,
-                                           r->body.data, r->body.len);
+            rp_req_answer_upstream_failure(
+                r, res->status,
+                rp_header_value_safe(r->up_h.retry_after) ? r->up_h.retry_after : NULL,
+                r->body.data, r->body.len);
             return;
         }
         if (res->fail != RP_FETCH_OK) {
@@ -771,8 +764,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
     }
     if (r->state == RQ_CONFIRM) {
         if (res->status == 200) {
-            rp_cache_link(r->conn->srv->cache, r->route.reg->name, r->route.name,
-                          r->route.ref);
+            rp_cache_link(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref);
             rp_server_maybe_pin(r->conn->srv, r->route.reg, r->route.name, r->route.ref);
             r->state = RQ_LOOKUP;
             rp_req_drive(r);
@@ -784,10 +776,9 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
     }
     if (serve_stale(r, res))
         return;
-    rp_req_answer_upstream_failure(r, res->status,
-                                   rp_header_value_safe(r->up_h.retry_after) ? r->up_h.retry_after
-                                                                             : NULL,
-                                   r->body.data, r->body.len);
+    rp_req_answer_upstream_failure(
+        r, res->status, rp_header_value_safe(r->up_h.retry_after) ? r->up_h.retry_after : NULL,
+        r->body.data, r->body.len);
 }
 
 static const struct rp_fetch_cb upstream_cb = {
@@ -802,8 +793,8 @@ void rp_req_drive(struct rp_req *r)
     switch (r->state) {
     case RQ_ROUTE: {
         const char *why = NULL;
-        int e = rp_route_parse(srv->conf, r->conn->listen, r->target, strlen(r->target),
-                               &r->route, &why);
+        int e = rp_route_parse(srv->conf, r->conn->listen, r->target, strlen(r->target), &r->route,
+                               &why);
         if (e != RP_ROUTE_OK) {
             route_error(r, e, why);
             return;

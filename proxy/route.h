@@ -48,10 +48,10 @@ struct rp_route {
     char client_name[RP_TARGET_MAX + 1];
     char ref[RP_DIGEST_MAX + 1]; /* tag or digest (MANIFEST, BLOB, REFERRERS); "" else */
     bool ref_is_digest;
-    bool via_ns;      /* chosen by ?ns= (Link rewrites must keep the ns parameter) */
-    long n;           /* TAGS: ?n=, -1 when absent; capped at RP_TAGS_N_MAX */
-    char last[RP_TAG_MAX + 1];  /* TAGS: ?last=, "" when absent */
-    char artifact_type[256];    /* REFERRERS: ?artifactType=, "" when absent */
+    bool via_ns;               /* chosen by ?ns= (Link rewrites must keep the ns parameter) */
+    long n;                    /* TAGS: ?n=, -1 when absent; capped at RP_TAGS_N_MAX */
+    char last[RP_TAG_MAX + 1]; /* TAGS: ?last=, "" when absent */
+    char artifact_type[256];   /* REFERRERS: ?artifactType=, "" when absent */
 };
 #define RP_TAGS_N_MAX 10000
 
@@ -67,7 +67,7 @@ int rp_route_parse(const struct rp_conf *conf, const struct rp_conf_listen *list
                    const char *target, size_t len, struct rp_route *out, const char **why);
 
 /* Grammar checks (distribution spec). */
-bool rp_valid_name(const char *s, size_t len);   /* path-component grammar, <= RP_NAME_MAX */
+bool rp_valid_name(const char *s, size_t len); /* path-component grammar, <= RP_NAME_MAX */
 bool rp_valid_tag(const char *s, size_t len);
 /* "sha256:" + 64 lower-case hex, or "sha512:" + 128 lower-case hex. */
 bool rp_valid_digest(const char *s, size_t len);

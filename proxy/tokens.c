@@ -94,8 +94,8 @@ static void add_waiter(struct rp_token_fetch *tf, struct rp_fetch *f)
     TAILQ_INSERT_TAIL(&tf->waiters, w, link);
 }
 
-int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth,
-                   const struct rp_conf_registry *reg, const char *scope, struct rp_fetch *fetch)
+int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_conf_registry *reg,
+                   const char *scope, struct rp_fetch *fetch)
 {
     struct rp_token_fetch *f;
     TAILQ_FOREACH(f, &srv->token_fetches, link)

@@ -47,9 +47,15 @@ struct rp_upstream {
 
 static void headers_clear(struct rp_xfer_headers *h)
 {
-    char **fields[] = {&h->content_type, &h->content_length,        &h->content_range,
-                       &h->docker_content_digest, &h->www_authenticate, &h->location,
-                       &h->retry_after,   &h->link,                  &h->etag,
+    char **fields[] = {&h->content_type,
+                       &h->content_length,
+                       &h->content_range,
+                       &h->docker_content_digest,
+                       &h->www_authenticate,
+                       &h->location,
+                       &h->retry_after,
+                       &h->link,
+                       &h->etag,
                        &h->oci_filters_applied};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         free(*fields[i]);

@@ -11,33 +11,32 @@
 static int unit_passed, unit_failed, unit_cur_failed;
 static const char *unit_cur;
 
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n", __FILE__, __LINE__, unit_cur,     \
-                    #cond);                                                                    \
-            unit_cur_failed = 1;                                                               \
-        }                                                                                      \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n", __FILE__, __LINE__, unit_cur, #cond); \
+            unit_cur_failed = 1;                                                                   \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                        \
-    do {                                                                                       \
-        const char *ua_ = (a), *ub_ = (b);                                                     \
-        if (!ua_ || !ub_ || strcmp(ua_, ub_) != 0) {                                           \
-            fprintf(stderr, "%s:%d: %s: \"%s\" != \"%s\"\n", __FILE__, __LINE__, unit_cur,      \
-                    ua_ ? ua_ : "(null)", ub_ ? ub_ : "(null)");                               \
-            unit_cur_failed = 1;                                                               \
-        }                                                                                      \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *ua_ = (a), *ub_ = (b);                                                         \
+        if (!ua_ || !ub_ || strcmp(ua_, ub_) != 0) {                                               \
+            fprintf(stderr, "%s:%d: %s: \"%s\" != \"%s\"\n", __FILE__, __LINE__, unit_cur,         \
+                    ua_ ? ua_ : "(null)", ub_ ? ub_ : "(null)");                                   \
+            unit_cur_failed = 1;                                                                   \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_INT(a, b)                                                                        \
-    do {                                                                                       \
-        long long ua_ = (long long)(a), ub_ = (long long)(b);                                  \
-        if (ua_ != ub_) {                                                                      \
-            fprintf(stderr, "%s:%d: %s: %s == %lld, expected %lld\n", __FILE__, __LINE__,      \
-                    unit_cur, #a, ua_, ub_);                                                   \
-            unit_cur_failed = 1;                                                               \
-        }                                                                                      \
+#define CHECK_INT(a, b)                                                                            \
+    do {                                                                                           \
+        long long ua_ = (long long)(a), ub_ = (long long)(b);                                      \
+        if (ua_ != ub_) {                                                                          \
+            fprintf(stderr, "%s:%d: %s: %s == %lld, expected %lld\n", __FILE__, __LINE__,          \
+                    unit_cur, #a, ua_, ub_);                                                       \
+            unit_cur_failed = 1;                                                                   \
+        }                                                                                          \
     } while (0)
 
 static inline void unit_run(const char *name, void (*fn)(void))
