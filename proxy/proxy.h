@@ -196,6 +196,9 @@ struct rp_conn {
     bool keep_alive;
     bool close_after;
     struct event *linger_ev; /* closing: draining input until EOF or this fires */
+    struct event *wait_ev;   /* between requests: idle timeout, then the head deadline */
+    bool head_started;       /* a request's first bytes arrived; its deadline runs */
+    unsigned n_requests;
     char peer[64];
     TAILQ_ENTRY(rp_conn) link;
 };

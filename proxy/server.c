@@ -8,17 +8,24 @@
 #include <fnmatch.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
-#define IDLE_TIMEOUT_S 60 /* keep-alive connections with nothing to say */
-#define LINGER_S 2        /* draining a rejected client before closing */
+#define IDLE_TIMEOUT_S 60  /* keep-alive connections with nothing to say */
+#define HEAD_DEADLINE_S 10 /* from a request's first byte to its complete head (slowloris) */
+#define SEND_TIMEOUT_S 120 /* a client that takes nothing for this long is gone */
+#define MAX_CONNECTIONS 16384
+#define MAX_REQUESTS_PER_CONN 10000
+#define LINGER_S 2 /* draining a rejected client before closing */
 
 static const char *status_reason(int status)
 {
@@ -123,8 +130,38 @@ void rp_conn_stream_mode(struct rp_conn *c)
     bufferevent_setwatermark(c->bev, EV_WRITE, RP_STREAM_LOW, 0);
 }
 
+/* Waiting for a request: idle until its first byte, then a hard deadline for the whole
+ * head, so a client trickling one byte a second is cut off (an inactivity timeout would
+ * be reset by every byte). */
+static void conn_wait_request(struct rp_conn *c, bool head_started)
+{
+    struct timeval tv = {head_started ? HEAD_DEADLINE_S : IDLE_TIMEOUT_S, 0};
+    c->head_started = head_started;
+    evtimer_add(c->wait_ev, &tv);
+}
+
+static void conn_free(struct rp_conn *c);
+static void conn_reject(struct rp_conn *c, int status, const char *code, const char *message);
+
+static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_conn *c = arg;
+    if (c->req || c->close_after)
+        return;
+    if (c->head_started) {
+        conn_reject(c, 408, "UNSUPPORTED", "request head not received in time");
+        return;
+    }
+    rp_debug("conn %s: idle timeout", c->peer);
+    conn_free(c);
+}
+
 static void conn_free(struct rp_conn *c)
 {
+    if (c->wait_ev)
+        event_free(c->wait_ev);
     if (c->linger_ev)
         event_free(c->linger_ev);
     if (c->req) {
@@ -195,9 +232,8 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
         conn_close_after_flush(c);
         return;
     }
-    struct timeval idle = {IDLE_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(c->bev, &idle, NULL);
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    conn_wait_request(c, false);
     conn_try_parse(c);
 }
 
@@ -207,6 +243,8 @@ static void conn_try_parse(struct rp_conn *c)
     size_t avail = evbuffer_get_length(in);
     if (c->req || c->close_after || avail == 0)
         return;
+    if (!c->head_started)
+        conn_wait_request(c, true);
     size_t look = avail < RP_HTTP_MAX_HEAD + 1 ? avail : RP_HTTP_MAX_HEAD + 1;
     const char *data = (const char *)evbuffer_pullup(in, (ssize_t)look);
     struct rp_http_request_head h;
@@ -235,7 +273,8 @@ static void conn_try_parse(struct rp_conn *c)
             return;
         }
     }
-    c->keep_alive = h.keep_alive;
+    /* Keep-alive is bounded too: the last allowed request is answered with close. */
+    c->keep_alive = h.keep_alive && ++c->n_requests < MAX_REQUESTS_PER_CONN;
     /* A pull proxy takes no uploads: any body is refused and the connection closed, so
      * its bytes can never be read as a second request. */
     if (h.has_body) {
@@ -257,8 +296,8 @@ static void conn_try_parse(struct rp_conn *c)
     }
     c->req = rp_req_new(c, &h);
     evbuffer_drain(in, (size_t)n);
-    /* The idle timeout does not apply while we are answering. */
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    evtimer_del(c->wait_ev);
+    c->head_started = false;
     rp_req_drive(c->req);
 }
 
@@ -289,8 +328,10 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct rp_conn *c = arg;
+    if (what == BEV_EVENT_CONNECTED)
+        return; /* TLS handshake done */
     if (what & BEV_EVENT_TIMEOUT) {
-        rp_debug("conn %s: idle timeout", c->peer);
+        rp_info("conn %s: client took nothing for %d s; closing", c->peer, SEND_TIMEOUT_S);
     } else if (what & BEV_EVENT_ERROR) {
         rp_debug("conn %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
     }
@@ -305,12 +346,45 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     conn_free(c);
 }
 
-/* The listener callback needs the server and the listener's config: both are reachable
- * through this small struct passed as the libevent callback argument. */
+/* The listener callback needs the server, the listener's config and its TLS context. */
 struct listen_ctx {
     struct rp_server *srv;
     const struct rp_conf_listen *conf;
+    SSL_CTX *tls;
 };
+
+static void peer_name(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "%s:%u", ip, ntohs(sin->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "[%s]:%u", ip, ntohs(sin6->sin6_port));
+    } else {
+        snprintf(out, outlen, "unix");
+    }
+}
+
+/* Past the connection limit a plain-HTTP client still learns why; the answer is small
+ * enough for the socket buffer, so one non-blocking send does it. */
+static void refuse_connection(struct listen_ctx *ctx, evutil_socket_t fd, const char *peer)
+{
+    static const char busy[] =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Retry-After: 1\r\nConnection: close\r\nContent-Length: 76\r\n\r\n"
+        "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"too many connections, retry\"}]}\n";
+    if (!ctx->tls) {
+        ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)w;
+    }
+    rp_warn("conn %s: refused, %zu connections open (limit %d)", peer, ctx->srv->n_conns,
+            MAX_CONNECTIONS);
+    evutil_closesocket(fd);
+}
 
 static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg)
@@ -319,34 +393,63 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
     (void)salen;
     struct listen_ctx *ctx = arg;
     struct rp_server *srv = ctx->srv;
+    char peer[64];
+    peer_name(sa, peer, sizeof(peer));
+    if (srv->n_conns >= MAX_CONNECTIONS) {
+        refuse_connection(ctx, fd, peer);
+        return;
+    }
     struct rp_conn *c = rp_xcalloc(1, sizeof(*c));
     c->srv = srv;
     c->listen = ctx->conf;
-    if (sa->sa_family == AF_INET) {
-        struct sockaddr_in *sin = (struct sockaddr_in *)sa;
-        char ip[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
-        snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, ntohs(sin->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)sa;
-        char ip[INET6_ADDRSTRLEN];
-        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
-        snprintf(c->peer, sizeof(c->peer), "[%s]:%u", ip, ntohs(sin6->sin6_port));
+    memcpy(c->peer, peer, sizeof(c->peer));
+    int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
+    if (ctx->tls) {
+        SSL *ssl = SSL_new(ctx->tls);
+        c->bev = ssl ? bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                      opts)
+                     : NULL;
+        if (!c->bev && ssl)
+            SSL_free(ssl);
+    } else {
+        c->bev = bufferevent_socket_new(srv->base, fd, opts);
     }
-    c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (!c->bev) {
         evutil_closesocket(fd);
         free(c);
         return;
     }
+    c->wait_ev = evtimer_new(srv->base, wait_timeout_cb, c);
     TAILQ_INSERT_TAIL(&srv->conns, c, link);
     srv->n_conns++;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     /* Stop reading ahead once a full head is buffered: pipelined requests wait there. */
     bufferevent_setwatermark(c->bev, EV_READ, 0, RP_HTTP_MAX_HEAD + 1);
-    struct timeval idle = {IDLE_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    struct timeval send_timeout = {SEND_TIMEOUT_S, 0};
+    bufferevent_set_timeouts(c->bev, NULL, &send_timeout);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    conn_wait_request(c, false);
+}
+
+/* TLS 1.2 or newer, the certificate chain and key from the listener's config. */
+static SSL_CTX *tls_context(const struct rp_conf_listen *l)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        unsigned long e = ERR_get_error();
+        char buf[256];
+        ERR_error_string_n(e, buf, sizeof(buf));
+        rp_error("listen %s: cannot load tls_cert/tls_key: %s", l->addr, buf);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -360,6 +463,11 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 
 static int listen_on(struct rp_server *srv, struct rp_listener *li, struct listen_ctx *ctx)
 {
+    if (li->conf->tls_cert) {
+        ctx->tls = tls_context(li->conf);
+        if (!ctx->tls)
+            return -1;
+    }
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
     char spec[300];
@@ -378,7 +486,7 @@ static int listen_on(struct rp_server *srv, struct rp_listener *li, struct liste
         rp_error("listen %s: %s", li->conf->addr, strerror(errno));
         return -1;
     }
-    rp_info("listening on %s (default registry: %s)", li->conf->addr,
+    rp_info("listening on %s%s (default registry: %s)", li->conf->addr, ctx->tls ? " with TLS" : "",
             li->conf->def ? li->conf->def->name : "none");
     return 0;
 }
@@ -439,6 +547,10 @@ out:
         if (srv.listeners[i].ev)
             evconnlistener_free(srv.listeners[i].ev);
     free(srv.listeners);
+    if (ctxs)
+        for (size_t i = 0; i < conf->n_listens; i++)
+            if (ctxs[i].tls)
+                SSL_CTX_free(ctxs[i].tls);
     free(ctxs);
     if (srv.auths)
         for (size_t i = 0; i < conf->n_registries; i++)
