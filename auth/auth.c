@@ -369,3 +369,8 @@ int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, con
     store_token(a, scope_key(scope), t.token, expiry);
     return RP_AUTH_OK;
 }
+
+const char *rp_auth_realm(const struct rp_auth *a)
+{
+    return a->realm;
+}

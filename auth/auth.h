@@ -100,6 +100,9 @@ int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char
 int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, const char *body,
                            size_t len, int64_t now_ms);
 
+/* The Bearer realm learned from the registry's challenge, or NULL (for messages). */
+const char *rp_auth_realm(const struct rp_auth *a);
+
 /* Forgets every token and the learned challenge (credentials changed). */
 void rp_auth_reset(struct rp_auth *a);
 

@@ -149,13 +149,14 @@ static long xfer_data_cb(void *arg, const char *p, size_t n)
 
 static int follow_redirect(struct rp_fetch *f);
 
-static void xfer_done_cb(void *arg, bool ok, int status, const char *err)
+static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const char *err)
 {
     struct rp_fetch *f = arg;
     f->xfer = NULL;
     if (status)
         f->status = status;
-    if (!ok) {
+    if (xe != RP_XFER_OK) {
+        f->res.xfer_err = xe;
         if (f->res.fail == RP_FETCH_OK)
             f->res.fail = RP_FETCH_E_TRANSPORT;
         fail(f, f->res.fail, err);
@@ -241,11 +242,12 @@ static int follow_redirect(struct rp_fetch *f)
     return 0;
 }
 
-void rp_fetch_token_ready(struct rp_fetch *f, int err, const char *detail)
+void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail)
 {
     f->in_token_wait = false;
     if (err != RP_AUTH_OK) {
         f->res.token_err = err;
+        f->res.xfer_err = xe;
         fail(f, RP_FETCH_E_TOKEN, detail ? detail : rp_auth_strerror(err));
         return;
     }

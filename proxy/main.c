@@ -19,7 +19,9 @@ static void usage(FILE *f)
                "commands:\n"
                "  serve [-c FILE] [-v]   serve the registry API (default config: the embedded\n"
                "                         copy of conf/regproxy.conf)\n"
-               "  check [-c FILE]        validate a configuration file and print a summary\n"
+               "  check [-c FILE]        validate a configuration file, then log in to each\n"
+               "                         registry with test_login (ping, token, manifest of\n"
+               "                         test_image): one line each; non-zero exit on failure\n"
                "  help                   this text\n"
                "\n"
                "options:\n"
@@ -123,15 +125,12 @@ int main(int argc, char **argv)
         struct rp_conf *conf = load(config);
         if (!conf)
             return 1;
-        printf("%s: ok: %zu listener(s), %zu registr%s\n", conf->source, conf->n_listens,
-               conf->n_registries, conf->n_registries == 1 ? "y" : "ies");
-        for (size_t i = 0; i < conf->n_registries; i++) {
-            const struct rp_conf_registry *r = &conf->registries[i];
-            printf("  registry %s: %s (%s)\n", r->name, r->url,
-                   r->user ? "credentials configured" : "anonymous");
-        }
+        printf("%s: configuration ok: %zu listener(s), %zu registr%s\n", conf->source,
+               conf->n_listens, conf->n_registries, conf->n_registries == 1 ? "y" : "ies");
+        fflush(stdout);
+        int rc = rp_check_main(conf);
         rp_conf_free(conf);
-        return 0;
+        return rc;
     }
     fprintf(stderr, "regproxy: unknown command '%s' (see regproxy --help)\n", cmd);
     return 2;

@@ -55,10 +55,11 @@ enum rp_fetch_fail {
 
 struct rp_fetch_result {
     enum rp_fetch_fail fail;
-    int status;      /* final HTTP status, 0 when none arrived */
-    int token_err;   /* RP_FETCH_E_TOKEN */
-    int auth_err;    /* RP_FETCH_E_AUTH */
-    const char *err; /* human-readable detail, or NULL; valid during on_done_cb */
+    int status;                  /* final HTTP status, 0 when none arrived */
+    int token_err;               /* RP_FETCH_E_TOKEN */
+    int auth_err;                /* RP_FETCH_E_AUTH */
+    enum rp_xfer_error xfer_err; /* E_TRANSPORT, or the realm's for E_TOKEN */
+    const char *err;             /* human-readable detail, or NULL; valid during on_done_cb */
 };
 
 struct rp_fetch_cb {
@@ -88,7 +89,7 @@ struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opt
 void rp_fetch_cancel(struct rp_fetch *f);
 void rp_fetch_resume(struct rp_fetch *f);
 /* For tokens.c: the token wait of f ended with err (RP_AUTH_OK or an error). */
-void rp_fetch_token_ready(struct rp_fetch *f, int err, const char *detail);
+void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail);
 
 /* ------------------------------------------------------------------------ tokens.c */
 /* One token request per (registry, scope), shared by every fetch that needs it. */
@@ -247,5 +248,15 @@ bool rp_digest_matches(const char *digest, const unsigned char *md, unsigned int
 const EVP_MD *rp_digest_md(const char *digest);
 
 int rp_server_run(struct rp_conf *conf);
+
+/* -------------------------------------------------------------------------- check.c */
+typedef void (*rp_check_done_cb)(void *arg, const struct rp_conf_registry *reg, bool ok,
+                                 const char *line);
+/* Starts the login check of reg (ping, token flow, manifest of test_image); done is called
+ * once with a one-line verdict. Returns -1 (and never calls done) when test_login is off. */
+int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg, rp_check_done_cb done,
+                   void *arg);
+/* `regproxy check`: checks every registry, prints a line each; 0 when all passed. */
+int rp_check_main(struct rp_conf *conf);
 
 #endif

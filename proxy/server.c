@@ -491,6 +491,16 @@ static int listen_on(struct rp_server *srv, struct rp_listener *li, struct liste
     return 0;
 }
 
+static void startup_check_done(void *arg, const struct rp_conf_registry *reg, bool ok,
+                               const char *line)
+{
+    (void)arg;
+    if (ok)
+        rp_info("check registry=%s: %s", reg->name, line);
+    else
+        rp_warn("check registry=%s: FAILED: %s", reg->name, line);
+}
+
 int rp_server_run(struct rp_conf *conf)
 {
     int rc = 1;
@@ -536,6 +546,10 @@ int rp_server_run(struct rp_conf *conf)
     evsignal_add(srv.sig_term, NULL);
     evsignal_add(srv.sig_int, NULL);
     rp_info("regproxy %s serving (%zu registries)", RP_VERSION, conf->n_registries);
+    /* The same login checks as `regproxy check`, logged; a failing registry does not stop
+     * the others from being served. */
+    for (size_t i = 0; i < conf->n_registries; i++)
+        rp_check_start(&srv, &conf->registries[i], startup_check_done, NULL);
     event_base_dispatch(srv.base);
     rc = 0;
 out:

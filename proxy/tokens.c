@@ -52,8 +52,9 @@ static long fetch_data_cb(void *arg, const char *p, size_t n)
     return rp_buf_add(&f->body, p, n) < 0 ? -1 : (long)n;
 }
 
-static void fetch_done_cb(void *arg, bool ok, int status, const char *err)
+static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const char *err)
 {
+    bool ok = xe == RP_XFER_OK;
     struct rp_token_fetch *f = arg;
     f->xfer = NULL;
     int e;
@@ -76,7 +77,7 @@ static void fetch_done_cb(void *arg, bool ok, int status, const char *err)
         TAILQ_REMOVE(&f->waiters, w, link);
         struct rp_fetch *waiting = w->fetch;
         free(w);
-        rp_fetch_token_ready(waiting, e, ok ? NULL : err);
+        rp_fetch_token_ready(waiting, e, xe, ok ? NULL : err);
     }
     fetch_free(f);
 }

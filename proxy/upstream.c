@@ -95,6 +95,50 @@ static void reap_cancelled(struct rp_upstream *up)
     }
 }
 
+const char *rp_xfer_error_name(enum rp_xfer_error e)
+{
+    switch (e) {
+    case RP_XFER_OK:
+        return "ok";
+    case RP_XFER_E_UNREACHABLE:
+        return "unreachable";
+    case RP_XFER_E_TLS:
+        return "TLS verification failed";
+    case RP_XFER_E_TIMEOUT:
+        return "timed out";
+    case RP_XFER_E_ABORTED:
+        return "aborted";
+    case RP_XFER_E_OTHER:
+    default:
+        return "transfer failed";
+    }
+}
+
+static enum rp_xfer_error classify(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OK:
+        return RP_XFER_OK;
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+        return RP_XFER_E_UNREACHABLE;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        return RP_XFER_E_TLS;
+    case CURLE_OPERATION_TIMEDOUT:
+        return RP_XFER_E_TIMEOUT;
+    case CURLE_WRITE_ERROR:
+        return RP_XFER_E_ABORTED;
+    default:
+        return RP_XFER_E_OTHER;
+    }
+}
+
 static void check_multi_info(struct rp_upstream *up)
 {
     CURLMsg *msg;
@@ -116,7 +160,7 @@ static void check_multi_info(struct rp_upstream *up)
                          x->errbuf[0] ? ": " : "", x->errbuf);
             /* Mark it cancelled first so anything the callback does to it is a no-op. */
             x->cancelled = true;
-            x->cb.on_done_cb(x->arg, rc == CURLE_OK, (int)status, rc == CURLE_OK ? NULL : err);
+            x->cb.on_done_cb(x->arg, classify(rc), (int)status, rc == CURLE_OK ? NULL : err);
         }
         x->cancelled = true;
     }

@@ -30,6 +30,17 @@ struct rp_xfer_headers {
     int64_t length; /* parsed Content-Length, or -1 */
 };
 
+/* Why a transfer failed, for messages that tell an admin what to fix. */
+enum rp_xfer_error {
+    RP_XFER_OK = 0,
+    RP_XFER_E_UNREACHABLE, /* name resolution or connection failed */
+    RP_XFER_E_TLS,         /* TLS handshake or certificate verification failed */
+    RP_XFER_E_TIMEOUT,     /* connect, total or stall timeout */
+    RP_XFER_E_ABORTED,     /* a callback asked to stop */
+    RP_XFER_E_OTHER,       /* anything else (protocol error, reset mid-body) */
+};
+const char *rp_xfer_error_name(enum rp_xfer_error e);
+
 struct rp_xfer_cb {
     /* Final (non-1xx) status line and headers arrived. Return 0 to continue, -1 to abort
      * the transfer (on_done follows with an error). */
@@ -37,10 +48,10 @@ struct rp_xfer_cb {
     /* Body bytes. Return n when consumed, 0 to pause (the same bytes are offered again
      * after rp_xfer_resume), -1 to abort. */
     long (*on_data_cb)(void *arg, const char *p, size_t n);
-    /* The transfer ended: ok is true when the whole response was received; err is a short
+    /* The transfer ended: e is RP_XFER_OK when the whole response was received; err is a short
      * description otherwise (curl's message, no URL credentials since we never put any in
      * URLs). The xfer is freed after this returns; do not use it again. */
-    void (*on_done_cb)(void *arg, bool ok, int status, const char *err);
+    void (*on_done_cb)(void *arg, enum rp_xfer_error e, int status, const char *err);
 };
 
 struct rp_xfer_opts {
