@@ -1576,3 +1576,17 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
     *fetched_s = when;
     return RP_CACHE_OK;
 }
+
+int rp_cache_probe_writable(struct rp_cache *c)
+{
+    /* What a fill does first: create a file in tmp/ and write to it. */
+    char name[64];
+    snprintf(name, sizeof(name), "probe.%ld", (long)getpid());
+    int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return RP_CACHE_E_IO;
+    bool ok = write(fd, "x", 1) == 1;
+    close(fd);
+    unlinkat(c->tmpfd, name, 0);
+    return ok ? RP_CACHE_OK : RP_CACHE_E_IO;
+}

@@ -52,6 +52,9 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
  * still frees them with rp_cache_fill_commit or rp_cache_fill_abort. */
 void rp_cache_close(struct rp_cache *c);
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out);
+/* Whether a fill could start now (creates, writes and removes a file in tmp/): for
+ * readiness probes. RP_CACHE_OK or E_IO. */
+int rp_cache_probe_writable(struct rp_cache *c);
 
 /* --- reading published content --- */
 struct rp_cache_blob {

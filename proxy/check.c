@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHECK_ACCEPT                                                                           \
-    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "   \
-    "application/vnd.docker.distribution.manifest.list.v2+json, "                             \
+#define CHECK_ACCEPT                                                                               \
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "        \
+    "application/vnd.docker.distribution.manifest.list.v2+json, "                                  \
     "application/vnd.docker.distribution.manifest.v2+json"
 
 enum check_step { STEP_PING, STEP_MANIFEST };
@@ -26,6 +26,7 @@ struct rp_check {
     struct rp_fetch *fetch;
     rp_check_done_cb done;
     void *arg;
+    TAILQ_ENTRY(rp_check) link;
 };
 
 static void check_finish(struct rp_check *c, bool ok, const char *fmt, ...)
@@ -38,6 +39,7 @@ static void check_finish(struct rp_check *c, bool ok, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    TAILQ_REMOVE(&c->srv->checks_running, c, link);
     c->done(c->arg, c->reg, ok, line);
     free(c);
 }
@@ -121,8 +123,9 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
             check_finish(c, false, "credentials rejected by realm %s", realm ? realm : "?");
             return;
         case RP_AUTH_E_REALM_NOT_ALLOWED:
-            check_finish(c, false, "realm not allowed: %s (add it to token_realms if it is "
-                                   "trusted with this registry's credentials)",
+            check_finish(c, false,
+                         "realm not allowed: %s (add it to token_realms if it is "
+                         "trusted with this registry's credentials)",
                          realm ? realm : "?");
             return;
         case RP_AUTH_E_REALM_ERROR:
@@ -181,8 +184,8 @@ static const struct rp_fetch_cb check_cb = {
     .on_done_cb = check_done_cb,
 };
 
-int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg,
-                   rp_check_done_cb done, void *arg)
+int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg, rp_check_done_cb done,
+                   void *arg)
 {
     if (!reg->test_login)
         return -1;
@@ -192,11 +195,11 @@ int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg,
     c->done = done;
     c->arg = arg;
     c->step = STEP_PING;
-    if (reg->test_image && parse_test_image(reg->test_image, c->name, sizeof(c->name), c->ref,
-                                            sizeof(c->ref)) < 0) {
+    TAILQ_INSERT_TAIL(&srv->checks_running, c, link);
+    if (reg->test_image &&
+        parse_test_image(reg->test_image, c->name, sizeof(c->name), c->ref, sizeof(c->ref)) < 0) {
         snprintf(c->name, sizeof(c->name), "invalid");
-        check_finish(c, false, "test_image '%s' is not a valid image reference",
-                     reg->test_image);
+        check_finish(c, false, "test_image '%s' is not a valid image reference", reg->test_image);
         return 0;
     }
     if (!reg->test_image)
@@ -222,6 +225,16 @@ static void cli_done(void *arg, const struct rp_conf_registry *reg, bool ok, con
         event_base_loopexit(st->base, NULL);
 }
 
+void rp_checks_free_all(struct rp_server *srv)
+{
+    struct rp_check *c;
+    while ((c = TAILQ_FIRST(&srv->checks_running))) {
+        TAILQ_REMOVE(&srv->checks_running, c, link);
+        rp_fetch_cancel(c->fetch);
+        free(c);
+    }
+}
+
 int rp_check_main(struct rp_conf *conf)
 {
     struct rp_server srv;
@@ -230,6 +243,7 @@ int rp_check_main(struct rp_conf *conf)
     TAILQ_INIT(&srv.conns);
     TAILQ_INIT(&srv.token_fetches);
     TAILQ_INIT(&srv.fills);
+    TAILQ_INIT(&srv.checks_running);
     signal(SIGPIPE, SIG_IGN);
     srv.base = event_base_new();
     srv.up = srv.base ? rp_upstream_new(srv.base) : NULL;

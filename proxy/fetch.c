@@ -45,6 +45,7 @@ struct rp_fetch {
     struct rp_fetch_result res;
     char *res_err;
     struct event *defer; /* reports a failure that happened before any I/O */
+    int64_t sent_ms;     /* when the current transfer started */
     bool in_token_wait;
 };
 
@@ -155,6 +156,8 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
     f->xfer = NULL;
     if (status)
         f->status = status;
+    rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
+                        xe == RP_XFER_OK ? f->status : 0, rp_now_ms() - f->sent_ms);
     if (xe != RP_XFER_OK) {
         f->res.xfer_err = xe;
         if (f->res.fail == RP_FETCH_OK)
@@ -297,6 +300,7 @@ static void fetch_drive(struct rp_fetch *f)
             f->final = false;
             f->status = 0;
             f->state = F_WAIT;
+            f->sent_ms = rp_now_ms();
             f->xfer = rp_upstream_start(f->srv->up, &o, &xfer_cb, f);
             if (!f->xfer)
                 fail_later(f, RP_FETCH_E_TRANSPORT, "cannot start the upstream request");

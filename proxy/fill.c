@@ -227,6 +227,7 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
     struct rp_fill *f = arg;
     f->fetch = NULL;
     TAILQ_REMOVE(&f->srv->fills, f, link);
+    f->srv->n_fills--;
     int64_t ms = rp_now_ms() - f->started_ms;
     if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
         rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)",
@@ -293,6 +294,7 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
         rp_buf_init(&f->err_body, RP_ERROR_BODY_MAX);
         TAILQ_INIT(&f->readers);
         TAILQ_INSERT_TAIL(&srv->fills, f, link);
+        srv->n_fills++;
         char *path = rp_xasprintf("/v2/%s/blobs/%s", r->route.name, r->route.ref);
         struct rp_fetch_opts o = {
             .reg = r->route.reg,
@@ -331,6 +333,7 @@ void rp_fills_free_all(struct rp_server *srv)
     struct rp_fill *f;
     while ((f = TAILQ_FIRST(&srv->fills))) {
         TAILQ_REMOVE(&srv->fills, f, link);
+        srv->n_fills--;
         struct rp_req *r;
         while ((r = TAILQ_FIRST(&f->readers)))
             reader_detach(r);

@@ -16,6 +16,7 @@
 #include "../conf/conf.h"
 #include "../util/util.h"
 #include "http_parse.h"
+#include "metrics.h"
 #include "route.h"
 #include "upstream.h"
 
@@ -38,6 +39,7 @@ struct rp_req;
 struct rp_fetch;
 struct rp_fill;
 struct rp_token_fetch;
+struct rp_check;
 
 /* ------------------------------------------------------------------------- fetch.c */
 /* One exchange with a registry: attaches credentials (waiting for a shared token fetch
@@ -144,6 +146,7 @@ struct rp_req {
     char *accept;
     char *range;
     struct rp_route route;
+    bool routed;              /* route is valid */
     const char *cache_status; /* HIT, MISS, STALE, REVALIDATED, PASS: for logs and header */
     /* upstream */
     struct rp_fetch *fetch;
@@ -210,6 +213,12 @@ struct rp_listener {
     struct evconnlistener *ev;
 };
 
+enum rp_check_state { RP_CHECK_PENDING, RP_CHECK_OK, RP_CHECK_FAILED, RP_CHECK_SKIPPED };
+struct rp_check_status {
+    enum rp_check_state state;
+    char *line;
+};
+
 struct rp_server {
     struct event_base *base;
     struct rp_conf *conf;
@@ -222,7 +231,13 @@ struct rp_server {
     size_t n_conns;
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
-    struct event *sig_term, *sig_int;
+    size_t n_fills;
+    struct event *sig_term, *sig_int, *sig_hup;
+    struct event *watch_ev; /* polls credential files for changes */
+    struct evconnlistener *admin;
+    struct rp_metrics metrics;
+    struct rp_check_status *checks; /* one per registry: the last login check */
+    TAILQ_HEAD(, rp_check) checks_running;
     bool stopping;
 };
 
@@ -249,6 +264,14 @@ const EVP_MD *rp_digest_md(const char *digest);
 
 int rp_server_run(struct rp_conf *conf);
 
+/* admin.c: /metrics, /healthz, /readyz on the admin address (not fatal when it fails). */
+int rp_admin_start(struct rp_server *srv, const char *addr);
+
+/* reload.c: SIGHUP and credential-file changes re-read the configuration in place. */
+int rp_reload(struct rp_server *srv, const char *why);
+void rp_reload_init(struct rp_server *srv);
+void rp_reload_fini(struct rp_server *srv);
+
 /* -------------------------------------------------------------------------- check.c */
 typedef void (*rp_check_done_cb)(void *arg, const struct rp_conf_registry *reg, bool ok,
                                  const char *line);
@@ -256,6 +279,11 @@ typedef void (*rp_check_done_cb)(void *arg, const struct rp_conf_registry *reg, 
  * once with a one-line verdict. Returns -1 (and never calls done) when test_login is off. */
 int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg, rp_check_done_cb done,
                    void *arg);
+/* A rp_check_done_cb that logs the verdict (serve's start-up and reload checks). */
+void rp_server_check_logged(void *arg, const struct rp_conf_registry *reg, bool ok,
+                            const char *line);
+/* Cancels checks still running (shutdown). */
+void rp_checks_free_all(struct rp_server *srv);
 /* `regproxy check`: checks every registry, prints a line each; 0 when all passed. */
 int rp_check_main(struct rp_conf *conf);
 

@@ -80,6 +80,8 @@ void rp_req_finish(struct rp_req *r, const char *aborted)
             r->cache_status, r->up_status, r->conn->peer, aborted ? " aborted=" : "",
             aborted ? aborted : "");
     r->state = RQ_DONE;
+    rp_metrics_request(&r->conn->srv->metrics, r->routed ? (int)r->route.kind : -1, r->status,
+                       r->cache_status, r->bytes);
     /* Aborted: the connection closes at once, so a cut body never looks complete. */
     rp_conn_request_done(r->conn, aborted != NULL);
 }
@@ -799,6 +801,7 @@ void rp_req_drive(struct rp_req *r)
             route_error(r, e, why);
             return;
         }
+        r->routed = true;
         if (r->route.kind == RP_ROUTE_PING) {
             /* Answered here: clients ping before every pull, and no upstream is needed to
              * say that this endpoint speaks the v2 API anonymously. */

@@ -211,6 +211,7 @@ static void conn_reject(struct rp_conn *c, int status, const char *code, const c
     rp_conn_write_head(c, status, "application/json", (int64_t)strlen(body), NULL);
     evbuffer_add(rp_conn_output(c), body, strlen(body));
     free(body);
+    rp_metrics_request(&c->srv->metrics, -1, status, NULL, 0);
     rp_info("access method=- path=- status=%d bytes=0 ms=0 registry=- cache=- upstream=- "
             "peer=%s reason=\"%s\"",
             status, c->peer, message);
@@ -381,6 +382,7 @@ static void refuse_connection(struct listen_ctx *ctx, evutil_socket_t fd, const 
         ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
         (void)w;
     }
+    ctx->srv->metrics.connections_refused++;
     rp_warn("conn %s: refused, %zu connections open (limit %d)", peer, ctx->srv->n_conns,
             MAX_CONNECTIONS);
     evutil_closesocket(fd);
@@ -491,10 +493,14 @@ static int listen_on(struct rp_server *srv, struct rp_listener *li, struct liste
     return 0;
 }
 
-static void startup_check_done(void *arg, const struct rp_conf_registry *reg, bool ok,
-                               const char *line)
+void rp_server_check_logged(void *arg, const struct rp_conf_registry *reg, bool ok,
+                            const char *line)
 {
-    (void)arg;
+    struct rp_server *srv = arg;
+    struct rp_check_status *cs = &srv->checks[reg - srv->conf->registries];
+    cs->state = ok ? RP_CHECK_OK : RP_CHECK_FAILED;
+    free(cs->line);
+    cs->line = rp_xstrdup(line);
     if (ok)
         rp_info("check registry=%s: %s", reg->name, line);
     else
@@ -511,6 +517,7 @@ int rp_server_run(struct rp_conf *conf)
     TAILQ_INIT(&srv.conns);
     TAILQ_INIT(&srv.token_fetches);
     TAILQ_INIT(&srv.fills);
+    TAILQ_INIT(&srv.checks_running);
     signal(SIGPIPE, SIG_IGN);
     srv.base = event_base_new();
     if (!srv.base) {
@@ -529,6 +536,8 @@ int rp_server_run(struct rp_conf *conf)
         goto out;
     }
     srv.auths = rp_xcalloc(conf->n_registries, sizeof(*srv.auths));
+    srv.checks = rp_xcalloc(conf->n_registries + 1, sizeof(*srv.checks));
+    rp_metrics_init(&srv.metrics, conf->n_registries);
     for (size_t i = 0; i < conf->n_registries; i++)
         srv.auths[i] = rp_auth_new(&conf->registries[i]);
     srv.n_listeners = conf->n_listens;
@@ -545,16 +554,22 @@ int rp_server_run(struct rp_conf *conf)
     srv.sig_int = evsignal_new(srv.base, SIGINT, signal_cb, &srv);
     evsignal_add(srv.sig_term, NULL);
     evsignal_add(srv.sig_int, NULL);
+    rp_reload_init(&srv);
+    rp_admin_start(&srv, "127.0.0.1:5001");
+    for (size_t i = 0; i < conf->n_warnings; i++)
+        rp_warn("config: %s", conf->warnings[i]);
     rp_info("regproxy %s serving (%zu registries)", RP_VERSION, conf->n_registries);
     /* The same login checks as `regproxy check`, logged; a failing registry does not stop
      * the others from being served. */
     for (size_t i = 0; i < conf->n_registries; i++)
-        rp_check_start(&srv, &conf->registries[i], startup_check_done, NULL);
+        if (rp_check_start(&srv, &conf->registries[i], rp_server_check_logged, &srv) < 0)
+            srv.checks[i].state = RP_CHECK_SKIPPED;
     event_base_dispatch(srv.base);
     rc = 0;
 out:
     while (!TAILQ_EMPTY(&srv.conns))
         conn_free(TAILQ_FIRST(&srv.conns));
+    rp_checks_free_all(&srv);
     rp_fills_free_all(&srv);
     rp_tokens_free_all(&srv);
     for (size_t i = 0; i < srv.n_listeners; i++)
@@ -576,6 +591,14 @@ out:
         event_free(srv.sig_term);
     if (srv.sig_int)
         event_free(srv.sig_int);
+    rp_reload_fini(&srv);
+    if (srv.admin)
+        evconnlistener_free(srv.admin);
+    if (srv.checks)
+        for (size_t i = 0; i < conf->n_registries; i++)
+            free(srv.checks[i].line);
+    free(srv.checks);
+    rp_metrics_fini(&srv.metrics);
     if (srv.base)
         event_base_free(srv.base);
     return rc;

@@ -63,6 +63,8 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
                                    rp_now_ms());
     else
         e = RP_AUTH_E_REALM_ERROR;
+    rp_metrics_token(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
+                     e == RP_AUTH_OK);
     if (e == RP_AUTH_OK)
         rp_info("token registry=%s status=%d ms=%lld", f->reg->name, status,
                 (long long)(rp_now_ms() - f->started_ms));

@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* admin: the operator's listener (never a registry listener): /metrics in the Prometheus
+ * text format, /healthz (the process answers) and /readyz (configuration loaded, cache
+ * writable; each registry's last login check is reported alongside). One request per
+ * connection; these are scraped, not browsed. */
+#include "proxy.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ADMIN_TIMEOUT_S 10
+
+struct admin_conn {
+    struct rp_server *srv;
+    struct bufferevent *bev;
+    bool done;
+};
+
+static void admin_free(struct admin_conn *a)
+{
+    bufferevent_free(a->bev);
+    free(a);
+}
+
+static void admin_reply(struct admin_conn *a, int status, const char *type, const char *body,
+                        size_t len)
+{
+    struct evbuffer *out = bufferevent_get_output(a->bev);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                        status, status == 200 ? "OK" : status == 503 ? "Service Unavailable"
+                                                     : status == 405 ? "Method Not Allowed"
+                                                                     : "Not Found",
+                        type, len);
+    evbuffer_add(out, body, len);
+    a->done = true;
+    bufferevent_disable(a->bev, EV_READ);
+}
+
+static void render_metrics(struct rp_server *srv, struct rp_buf *out)
+{
+    struct rp_cache_stats st;
+    rp_cache_stats(srv->cache, &st);
+    struct rp_metrics_gauges g = {
+        .open_connections = srv->n_conns,
+        .fills_in_flight = srv->n_fills,
+        .cache_bytes = st.size,
+        .cache_entries = st.entries,
+        .cache_evictions = st.evictions,
+        .cache_evicted_bytes = st.evicted_bytes,
+        .max_size = srv->conf->cache.max_size,
+    };
+    const char **names = rp_xcalloc(srv->conf->n_registries + 1, sizeof(*names));
+    for (size_t i = 0; i < srv->conf->n_registries; i++)
+        names[i] = srv->conf->registries[i].name;
+    rp_metrics_render(&srv->metrics, &g, names, out);
+    free(names);
+}
+
+/* Ready when a pull could be served: the configuration is loaded (we run) and the cache
+ * takes writes. A registry whose login check fails does not make the proxy unready: it
+ * still serves the other registries and everything cached. */
+static int render_ready(struct rp_server *srv, struct rp_buf *out)
+{
+    bool writable = rp_cache_probe_writable(srv->cache) == RP_CACHE_OK;
+    json_t *regs = json_object();
+    for (size_t i = 0; i < srv->conf->n_registries; i++) {
+        const struct rp_check_status *cs = &srv->checks[i];
+        json_object_set_new(regs, srv->conf->registries[i].name,
+                            json_pack("{s:s, s:s}", "check",
+                                      cs->state == RP_CHECK_OK       ? "ok"
+                                      : cs->state == RP_CHECK_FAILED ? "failed"
+                                      : cs->state == RP_CHECK_SKIPPED
+                                          ? "skipped"
+                                          : "pending",
+                                      "detail", cs->line ? cs->line : ""));
+    }
+    json_t *root = json_pack("{s:b, s:b, s:b, s:o}", "ready", writable, "config_loaded", 1,
+                             "cache_writable", writable, "registries", regs);
+    char *s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(root);
+    rp_buf_add(out, s, strlen(s));
+    rp_buf_add(out, "\n", 1);
+    free(s);
+    return writable ? 200 : 503;
+}
+
+static void admin_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct admin_conn *a = arg;
+    if (a->done)
+        return;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t avail = evbuffer_get_length(in);
+    size_t look = avail < RP_HTTP_MAX_HEAD ? avail : RP_HTTP_MAX_HEAD;
+    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)look);
+    struct rp_http_request_head h;
+    int n = rp_http_parse_request(data, look, 256, &h);
+    if (n == RP_HTTP_NEED_MORE && avail < RP_HTTP_MAX_HEAD)
+        return;
+    if (n <= 0) {
+        admin_reply(a, 404, "text/plain", "bad request\n", 12);
+        return;
+    }
+    if (h.method != RP_HTTP_GET && h.method != RP_HTTP_HEAD) {
+        admin_reply(a, 405, "text/plain", "GET only\n", 9);
+        return;
+    }
+    size_t plen = h.target_len;
+    const char *q = memchr(h.target, '?', plen);
+    if (q)
+        plen = (size_t)(q - h.target);
+    struct rp_buf body;
+    rp_buf_init(&body, 16 * 1024 * 1024);
+    if (rp_strieq_n(h.target, plen, "/metrics")) {
+        render_metrics(a->srv, &body);
+        admin_reply(a, 200, "text/plain; version=0.0.4; charset=utf-8", body.data, body.len);
+    } else if (rp_strieq_n(h.target, plen, "/healthz")) {
+        admin_reply(a, 200, "text/plain", "ok\n", 3);
+    } else if (rp_strieq_n(h.target, plen, "/readyz")) {
+        int status = render_ready(a->srv, &body);
+        admin_reply(a, status, "application/json", body.data, body.len);
+    } else {
+        admin_reply(a, 404, "text/plain", "not found\n", 10);
+    }
+    rp_buf_free(&body);
+}
+
+static void admin_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct admin_conn *a = arg;
+    if (a->done && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        admin_free(a);
+}
+
+static void admin_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what;
+    admin_free(arg);
+}
+
+static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                            int salen, void *arg)
+{
+    (void)l;
+    (void)sa;
+    (void)salen;
+    struct rp_server *srv = arg;
+    struct admin_conn *a = rp_xcalloc(1, sizeof(*a));
+    a->srv = srv;
+    a->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!a->bev) {
+        evutil_closesocket(fd);
+        free(a);
+        return;
+    }
+    bufferevent_setcb(a->bev, admin_read_cb, admin_write_cb, admin_event_cb, a);
+    struct timeval tv = {ADMIN_TIMEOUT_S, 0};
+    bufferevent_set_timeouts(a->bev, &tv, &tv);
+    bufferevent_enable(a->bev, EV_READ | EV_WRITE);
+}
+
+int rp_admin_start(struct rp_server *srv, const char *addr)
+{
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) < 0) {
+        rp_error("admin listen %s: not an address", addr);
+        return -1;
+    }
+    srv->admin = evconnlistener_new_bind(srv->base, admin_accept_cb, srv,
+                                         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 64,
+                                         (struct sockaddr *)&ss, sslen);
+    if (!srv->admin) {
+        rp_error("admin listen %s: %s (metrics and probes unavailable; still serving)", addr,
+                 strerror(errno));
+        return -1;
+    }
+    rp_info("admin listener on %s (/metrics, /healthz, /readyz)", addr);
+    return 0;
+}

@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* metrics: counting and the Prometheus text rendering; see metrics.h. */
+#include "metrics.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const kind_names[RP_METRICS_KINDS] = {"ping", "manifest", "blob",
+                                                         "tags", "referrers", "other"};
+static const char *const class_names[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
+static const char *const cache_names[RP_METRICS_CACHE_RESULTS] = {"hit", "miss", "stale",
+                                                                  "revalidated", "pass"};
+/* Upper bounds in seconds of the upstream latency histogram. */
+static const double latency_le[RP_METRICS_LATENCY_BUCKETS] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+
+void rp_metrics_init(struct rp_metrics *m, size_t n_registries)
+{
+    memset(m, 0, sizeof(*m));
+    m->regs = rp_xcalloc(n_registries ? n_registries : 1, sizeof(*m->regs));
+    m->n_regs = n_registries;
+}
+
+void rp_metrics_fini(struct rp_metrics *m)
+{
+    free(m->regs);
+    m->regs = NULL;
+}
+
+static int status_class(int status)
+{
+    return status >= 100 && status < 600 ? status / 100 : 0;
+}
+
+void rp_metrics_request(struct rp_metrics *m, int kind, int status, const char *cache_status,
+                        uint64_t bytes)
+{
+    if (kind < 0 || kind >= RP_METRICS_KINDS)
+        kind = RP_METRICS_KINDS - 1;
+    m->requests[kind][status_class(status)]++;
+    if (!cache_status || kind == 0 || kind == RP_METRICS_KINDS - 1)
+        return;
+    static const struct {
+        const char *name;
+        enum rp_cache_result r;
+    } map[] = {{"HIT", RP_CR_HIT},
+               {"MISS", RP_CR_MISS},
+               {"STALE", RP_CR_STALE},
+               {"REVALIDATED", RP_CR_REVALIDATED},
+               {"PASS", RP_CR_PASS}};
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+        if (strcmp(cache_status, map[i].name) == 0) {
+            m->cache[map[i].r]++;
+            if (map[i].r == RP_CR_MISS || map[i].r == RP_CR_PASS)
+                m->bytes_from_upstream += bytes;
+            else
+                m->bytes_from_cache += bytes;
+            return;
+        }
+    }
+}
+
+void rp_metrics_upstream(struct rp_metrics *m, size_t reg, int status, int64_t ms)
+{
+    if (reg >= m->n_regs)
+        return;
+    struct rp_metrics_registry *r = &m->regs[reg];
+    r->upstream_by_class[status_class(status)]++;
+    double s = (double)ms / 1000.0;
+    for (int i = 0; i < RP_METRICS_LATENCY_BUCKETS; i++) {
+        if (s <= latency_le[i]) {
+            r->latency_buckets[i]++;
+            break;
+        }
+        if (i == RP_METRICS_LATENCY_BUCKETS - 1)
+            r->latency_buckets[RP_METRICS_LATENCY_BUCKETS]++;
+    }
+    r->latency_sum += s;
+    r->latency_count++;
+}
+
+void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok)
+{
+    if (reg >= m->n_regs)
+        return;
+    if (ok)
+        m->regs[reg].token_ok++;
+    else
+        m->regs[reg].token_failed++;
+}
+
+/* Label values are registry names from the configuration; escape them anyway as the
+ * format requires (backslash, quote, newline). */
+static void add_label_value(struct rp_buf *out, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            rp_buf_addf(out, "\\%c", *v);
+        else if (*v == '\n')
+            rp_buf_addf(out, "\\n");
+        else
+            rp_buf_add(out, v, 1);
+    }
+}
+
+static void head(struct rp_buf *out, const char *name, const char *type, const char *help)
+{
+    rp_buf_addf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauges *g,
+                       const char *const *registry_names, struct rp_buf *out)
+{
+    head(out, "regproxy_requests_total", "counter",
+         "Client requests answered, by route kind and status class.");
+    for (int k = 0; k < RP_METRICS_KINDS; k++)
+        for (int c = 0; c < 6; c++)
+            if (m->requests[k][c])
+                rp_buf_addf(out, "regproxy_requests_total{route=\"%s\",status=\"%s\"} %llu\n",
+                            kind_names[k], class_names[c],
+                            (unsigned long long)m->requests[k][c]);
+    head(out, "regproxy_cache_requests_total", "counter",
+         "Manifest and blob requests by cache result (hit, miss, stale, revalidated, pass).");
+    for (int i = 0; i < RP_METRICS_CACHE_RESULTS; i++)
+        rp_buf_addf(out, "regproxy_cache_requests_total{result=\"%s\"} %llu\n", cache_names[i],
+                    (unsigned long long)m->cache[i]);
+    head(out, "regproxy_served_bytes_total", "counter",
+         "Body bytes sent to clients, by where they came from.");
+    rp_buf_addf(out, "regproxy_served_bytes_total{source=\"cache\"} %llu\n",
+                (unsigned long long)m->bytes_from_cache);
+    rp_buf_addf(out, "regproxy_served_bytes_total{source=\"upstream\"} %llu\n",
+                (unsigned long long)m->bytes_from_upstream);
+    head(out, "regproxy_upstream_requests_total", "counter",
+         "Requests to upstream registries, by registry and status class (other: no answer).");
+    for (size_t r = 0; r < m->n_regs; r++)
+        for (int c = 0; c < 6; c++) {
+            rp_buf_addf(out, "regproxy_upstream_requests_total{registry=\"");
+            add_label_value(out, registry_names[r]);
+            rp_buf_addf(out, "\",status=\"%s\"} %llu\n", class_names[c],
+                        (unsigned long long)m->regs[r].upstream_by_class[c]);
+        }
+    head(out, "regproxy_upstream_request_duration_seconds", "histogram",
+         "Time from starting an upstream request to its end.");
+    for (size_t r = 0; r < m->n_regs; r++) {
+        const struct rp_metrics_registry *x = &m->regs[r];
+        uint64_t cum = 0;
+        for (int i = 0; i <= RP_METRICS_LATENCY_BUCKETS; i++) {
+            cum += x->latency_buckets[i];
+            rp_buf_addf(out, "regproxy_upstream_request_duration_seconds_bucket{registry=\"");
+            add_label_value(out, registry_names[r]);
+            if (i < RP_METRICS_LATENCY_BUCKETS)
+                rp_buf_addf(out, "\",le=\"%g\"} %llu\n", latency_le[i], (unsigned long long)cum);
+            else
+                rp_buf_addf(out, "\",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+        }
+        rp_buf_addf(out, "regproxy_upstream_request_duration_seconds_sum{registry=\"");
+        add_label_value(out, registry_names[r]);
+        rp_buf_addf(out, "\"} %.6f\n", x->latency_sum);
+        rp_buf_addf(out, "regproxy_upstream_request_duration_seconds_count{registry=\"");
+        add_label_value(out, registry_names[r]);
+        rp_buf_addf(out, "\"} %llu\n", (unsigned long long)x->latency_count);
+    }
+    head(out, "regproxy_token_fetches_total", "counter",
+         "Token requests to registry realms, by registry and result.");
+    for (size_t r = 0; r < m->n_regs; r++) {
+        rp_buf_addf(out, "regproxy_token_fetches_total{registry=\"");
+        add_label_value(out, registry_names[r]);
+        rp_buf_addf(out, "\",result=\"ok\"} %llu\n", (unsigned long long)m->regs[r].token_ok);
+        rp_buf_addf(out, "regproxy_token_fetches_total{registry=\"");
+        add_label_value(out, registry_names[r]);
+        rp_buf_addf(out, "\",result=\"failed\"} %llu\n",
+                    (unsigned long long)m->regs[r].token_failed);
+    }
+    head(out, "regproxy_fills_in_flight", "gauge", "Blob downloads into the cache under way.");
+    rp_buf_addf(out, "regproxy_fills_in_flight %llu\n", (unsigned long long)g->fills_in_flight);
+    head(out, "regproxy_cache_size_bytes", "gauge", "Bytes of published cache entries.");
+    rp_buf_addf(out, "regproxy_cache_size_bytes %llu\n", (unsigned long long)g->cache_bytes);
+    head(out, "regproxy_cache_max_size_bytes", "gauge", "The configured max_size (0: unbounded).");
+    rp_buf_addf(out, "regproxy_cache_max_size_bytes %llu\n", (unsigned long long)g->max_size);
+    head(out, "regproxy_cache_entries", "gauge", "Published blobs and manifests.");
+    rp_buf_addf(out, "regproxy_cache_entries %llu\n", (unsigned long long)g->cache_entries);
+    head(out, "regproxy_cache_evictions_total", "counter", "Entries evicted to honour max_size.");
+    rp_buf_addf(out, "regproxy_cache_evictions_total %llu\n",
+                (unsigned long long)g->cache_evictions);
+    head(out, "regproxy_cache_evicted_bytes_total", "counter", "Bytes evicted.");
+    rp_buf_addf(out, "regproxy_cache_evicted_bytes_total %llu\n",
+                (unsigned long long)g->cache_evicted_bytes);
+    head(out, "regproxy_open_connections", "gauge", "Client connections open.");
+    rp_buf_addf(out, "regproxy_open_connections %llu\n", (unsigned long long)g->open_connections);
+    head(out, "regproxy_connections_refused_total", "counter",
+         "Connections refused at the connection limit.");
+    rp_buf_addf(out, "regproxy_connections_refused_total %llu\n",
+                (unsigned long long)m->connections_refused);
+}

@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* metrics: counters, gauges and histograms in the Prometheus text format. Plain counting
+ * with fixed label sets (route kinds, status codes, configured registry names), so no
+ * label can grow without bound and none carries a secret. */
+#ifndef RP_METRICS_H
+#define RP_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../util/util.h"
+
+#define RP_METRICS_KINDS 6 /* ping, manifest, blob, tags, referrers, other */
+#define RP_METRICS_CACHE_RESULTS 5
+#define RP_METRICS_LATENCY_BUCKETS 12
+
+enum rp_cache_result { RP_CR_HIT, RP_CR_MISS, RP_CR_STALE, RP_CR_REVALIDATED, RP_CR_PASS };
+
+struct rp_metrics_registry {
+    uint64_t upstream_by_class[6]; /* 1xx..5xx by first digit; [0]: no answer */
+    uint64_t latency_buckets[RP_METRICS_LATENCY_BUCKETS + 1]; /* cumulative at render */
+    double latency_sum;
+    uint64_t latency_count;
+    uint64_t token_ok, token_failed;
+};
+
+struct rp_metrics {
+    /* requests by route kind and status class (2xx..5xx, and [0] for others) */
+    uint64_t requests[RP_METRICS_KINDS][6];
+    uint64_t cache[RP_METRICS_CACHE_RESULTS];
+    uint64_t bytes_from_cache, bytes_from_upstream;
+    uint64_t connections_refused;
+    struct rp_metrics_registry *regs; /* one per configured registry */
+    size_t n_regs;
+};
+
+void rp_metrics_init(struct rp_metrics *m, size_t n_registries);
+void rp_metrics_fini(struct rp_metrics *m);
+/* kind: enum rp_route_kind value, or RP_METRICS_KINDS - 1 for requests that never routed. */
+void rp_metrics_request(struct rp_metrics *m, int kind, int status, const char *cache_status,
+                        uint64_t bytes);
+void rp_metrics_upstream(struct rp_metrics *m, size_t reg, int status, int64_t ms);
+void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok);
+
+/* Values that are read at render time rather than counted. */
+struct rp_metrics_gauges {
+    uint64_t open_connections;
+    uint64_t fills_in_flight;
+    uint64_t cache_bytes, cache_entries, cache_evictions, cache_evicted_bytes;
+    uint64_t max_size;
+};
+/* Renders everything in the text exposition format (version 0.0.4) into out.
+ * registry_names[i] names m->regs[i]. */
+void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauges *g,
+                       const char *const *registry_names, struct rp_buf *out);
+
+#endif

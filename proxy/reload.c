@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* reload: applies a re-read configuration on SIGHUP or when a credential file changes.
+ * In-flight pulls keep going: listeners, registries and the cache stay as they are and
+ * only the values of existing registries change in place (credentials, TLS settings,
+ * realms, checks, tag freshness). Tokens obtained with the old credentials are dropped.
+ * A new file that fails to parse, or that adds, removes or re-points registries or
+ * listeners, leaves the running configuration untouched and says why. */
+#include "proxy.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WATCH_INTERVAL_S 2
+
+#define SWAP(a, b)                                                                             \
+    do {                                                                                       \
+        __typeof__(a) swap_tmp_ = (a);                                                         \
+        (a) = (b);                                                                             \
+        (b) = swap_tmp_;                                                                       \
+    } while (0)
+
+static bool same_shape(const struct rp_conf *a, const struct rp_conf *b, const char **why)
+{
+    if (a->n_registries != b->n_registries || a->n_listens != b->n_listens) {
+        *why = "registries or listeners were added or removed";
+        return false;
+    }
+    for (size_t i = 0; i < a->n_registries; i++)
+        if (strcmp(a->registries[i].name, b->registries[i].name) != 0 ||
+            strcmp(a->registries[i].url, b->registries[i].url) != 0) {
+            *why = "a registry's name or url changed";
+            return false;
+        }
+    for (size_t i = 0; i < a->n_listens; i++) {
+        const struct rp_conf_listen *x = &a->listens[i], *y = &b->listens[i];
+        if (strcmp(x->addr, y->addr) != 0 || (x->def == NULL) != (y->def == NULL) ||
+            (x->def && strcmp(x->def->name, y->def->name) != 0)) {
+            *why = "a listener's address or default registry changed";
+            return false;
+        }
+    }
+    if (strcmp(a->cache.dir, b->cache.dir) != 0) {
+        *why = "the cache directory changed";
+        return false;
+    }
+    return true;
+}
+
+/* Moves the new values into the running registry; the old ones end up in `fresh`, which
+ * the caller frees (secrets are zeroed there). */
+static void swap_registry(struct rp_conf_registry *run, struct rp_conf_registry *fresh)
+{
+    SWAP(run->user, fresh->user);
+    SWAP(run->password, fresh->password);
+    SWAP(run->password_file, fresh->password_file);
+    SWAP(run->auth_file, fresh->auth_file);
+    SWAP(run->identity_token, fresh->identity_token);
+    SWAP(run->allow_readable_credentials, fresh->allow_readable_credentials);
+    SWAP(run->tls_verify, fresh->tls_verify);
+    SWAP(run->ca_file, fresh->ca_file);
+    SWAP(run->token_realms, fresh->token_realms);
+    SWAP(run->n_token_realms, fresh->n_token_realms);
+    SWAP(run->test_image, fresh->test_image);
+    SWAP(run->test_login, fresh->test_login);
+    SWAP(run->tag_ttl_ms, fresh->tag_ttl_ms);
+}
+
+int rp_reload(struct rp_server *srv, const char *why)
+{
+    struct rp_conf *run = srv->conf;
+    if (strcmp(run->source, "<embedded>") == 0) {
+        rp_info("reload (%s): the embedded configuration cannot change", why);
+        return 0;
+    }
+    char err[512];
+    struct rp_conf *fresh = NULL;
+    if (rp_conf_load_file(run->source, &fresh, err, sizeof(err)) != 0) {
+        rp_error("reload (%s) refused, still serving the previous configuration: %s", why,
+                 err);
+        return -1;
+    }
+    const char *shape_why = NULL;
+    if (!same_shape(run, fresh, &shape_why)) {
+        rp_error("reload (%s) refused, still serving the previous configuration: %s; "
+                 "restart regproxy to apply that",
+                 why, shape_why);
+        rp_conf_free(fresh);
+        return -1;
+    }
+    for (size_t i = 0; i < run->n_registries; i++) {
+        swap_registry(&run->registries[i], &fresh->registries[i]);
+        /* Tokens were issued for the old credentials: the next request fetches anew. */
+        rp_auth_reset(srv->auths[i]);
+    }
+    SWAP(run->cache.tag_ttl_ms, fresh->cache.tag_ttl_ms);
+    SWAP(run->cache.max_stale_ms, fresh->cache.max_stale_ms);
+    SWAP(run->cache.pins, fresh->cache.pins);
+    SWAP(run->cache.n_pins, fresh->cache.n_pins);
+    SWAP(run->watch, fresh->watch);
+    SWAP(run->n_watch, fresh->n_watch);
+    SWAP(run->warnings, fresh->warnings);
+    SWAP(run->n_warnings, fresh->n_warnings);
+    rp_conf_free(fresh);
+    for (size_t i = 0; i < run->n_warnings; i++)
+        rp_warn("config: %s", run->warnings[i]);
+    rp_info("reload (%s): configuration applied; tokens dropped", why);
+    for (size_t i = 0; i < run->n_registries; i++)
+        rp_check_start(srv, &run->registries[i], rp_server_check_logged, srv);
+    return 0;
+}
+
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_server *srv = arg;
+    if (rp_conf_files_changed(srv->conf))
+        rp_reload(srv, "a credential file changed");
+}
+
+static void sighup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rp_reload(arg, "SIGHUP");
+}
+
+void rp_reload_init(struct rp_server *srv)
+{
+    srv->sig_hup = evsignal_new(srv->base, SIGHUP, sighup_cb, srv);
+    evsignal_add(srv->sig_hup, NULL);
+    srv->watch_ev = event_new(srv->base, -1, EV_PERSIST, watch_cb, srv);
+    struct timeval tv = {WATCH_INTERVAL_S, 0};
+    event_add(srv->watch_ev, &tv);
+}
+
+void rp_reload_fini(struct rp_server *srv)
+{
+    if (srv->sig_hup)
+        event_free(srv->sig_hup);
+    if (srv->watch_ev)
+        event_free(srv->watch_ev);
+}
