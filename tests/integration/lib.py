@@ -440,14 +440,269 @@ def parse_access_log(text):
     return out
 
 
+# ------------------------------------------------------------------- streaming client
+
+class Stream:
+    """What stream_get saw. status 0 = no response head. length: the announced
+    Content-Length (None if absent). got: body bytes received; digest: their sha256;
+    complete: the announced length arrived exactly and the connection was not reset.
+    error: how the connection broke, if it did. body: the first 64 KiB."""
+
+    def __init__(self):
+        self.status, self.headers, self.length, self.got = 0, {}, None, 0
+        self.digest, self.complete, self.error, self.body = None, False, None, b""
+        self.elapsed = 0.0
+
+    def header(self, name, default=None):
+        return self.headers.get(name.lower(), default)
+
+    def __repr__(self):
+        return ("<status=%s length=%s got=%d complete=%s error=%s digest=%s cache=%s body=%r>"
+                % (self.status, self.length, self.got, self.complete, self.error,
+                   self.digest, self.header("x-regproxy-cache"), self.body[:200]))
+
+
+def stream_get(port, path, headers=None, method="GET", timeout=120, host="127.0.0.1"):
+    """One request on a fresh connection (Connection: close), the body hashed as it arrives
+    and not kept (50 clients x 100 MB stay cheap). Never raises for a broken connection:
+    that is reported in the Stream (error, complete=False)."""
+    out = Stream()
+    t0 = time.monotonic()
+    h = hashlib.sha256()
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (host, port),
+             "Connection: close"] + ["%s: %s" % kv for kv in (headers or {}).items()]
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as c:
+            c.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                b = c.recv(65536)
+                if not b:
+                    out.error = "closed before a complete response head (%d bytes)" % len(buf)
+                    return out
+                buf += b
+                if len(buf) > 1 << 20:
+                    out.error = "response head over 1 MiB"
+                    return out
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            hl = head.decode("latin-1").split("\r\n")
+            out.status = int(hl[0].split()[1])
+            for line in hl[1:]:
+                k, _, v = line.partition(":")
+                out.headers.setdefault(k.strip().lower(), v.strip())
+            if "content-length" in out.headers:
+                out.length = int(out.headers["content-length"])
+            if method == "HEAD":
+                out.got, out.body = len(rest), rest
+                out.complete = not rest
+                return out
+            chunked = out.headers.get("transfer-encoding", "").lower() == "chunked"
+            raw = b""
+
+            def take(b):
+                nonlocal raw
+                if chunked:
+                    raw += b
+                    return
+                out.got += len(b)
+                h.update(b)
+                if len(out.body) < 65536:
+                    out.body += b[:65536 - len(out.body)]
+            take(rest)
+            while True:
+                try:
+                    b = c.recv(1 << 20)
+                except (ConnectionError, socket.timeout, OSError) as e:
+                    out.error = "%s after %d body bytes" % (type(e).__name__, out.got)
+                    break
+                if not b:
+                    break
+                take(b)
+            if chunked:
+                try:
+                    body = dechunk(raw)
+                    out.got, out.body = len(body), body[:65536]
+                    h.update(body)
+                    out.complete = out.error is None
+                except (ValueError, IndexError):
+                    out.got, out.body = len(raw), raw[:65536]
+                    out.error = out.error or "bad chunked encoding"
+            else:
+                out.complete = (out.error is None and out.length is not None and
+                                out.got == out.length)
+    except (ConnectionError, socket.timeout, OSError) as e:
+        out.error = out.error or "%s: %s" % (type(e).__name__, e)
+    finally:
+        out.digest = "sha256:" + h.hexdigest()
+        out.elapsed = time.monotonic() - t0
+    return out
+
+
+def parallel(fns, timeout=300):
+    """Runs the callables at once in threads (started together); returns their results in
+    order. An exception in one is re-raised after all finished."""
+    results = [None] * len(fns)
+    errors = []
+    gate = threading.Barrier(len(fns)) if fns else None
+
+    def run(i, fn):
+        try:
+            gate.wait(30)
+            results[i] = fn()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    ths = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(fns)]
+    for th in ths:
+        th.start()
+    deadline = time.monotonic() + timeout
+    for th in ths:
+        th.join(max(0.1, deadline - time.monotonic()))
+    if any(th.is_alive() for th in ths):
+        fail("%d of %d parallel clients still running after %d s"
+             % (sum(th.is_alive() for th in ths), len(ths), timeout))
+    if errors:
+        raise errors[0]
+    return results
+
+
+# ---------------------------------------------------------------------- the cache on disk
+
+def cache_path(cache_dir, kind, digest):
+    """Where a published blob (kind "blobs") or manifest ("manifests") lives:
+    DIR/KIND/ALGO/HH/HEX."""
+    algo, _, hexd = digest.partition(":")
+    return os.path.join(cache_dir, kind, algo, hexd[:2], hexd)
+
+
+def cache_files(cache_dir, sub):
+    """[(path, size)] of the regular files under DIR/sub (blobs, manifests, tmp, ...)."""
+    out = []
+    for dp, _, fns in os.walk(os.path.join(cache_dir, sub)):
+        for fn in fns:
+            p = os.path.join(dp, fn)
+            with contextlib.suppress(OSError):
+                out.append((p, os.stat(p).st_size))
+    return out
+
+
+def cache_bytes(cache_dir):
+    """Bytes of the published content files (blobs/ + manifests/), what max_size bounds."""
+    return sum(n for sub in ("blobs", "manifests") for _, n in cache_files(cache_dir, sub))
+
+
+def cache_digests(cache_dir, sub):
+    """{digest: size} of the files under blobs/ or manifests/, named by their paths."""
+    out = {}
+    for p, n in cache_files(cache_dir, sub):
+        rel = os.path.relpath(p, os.path.join(cache_dir, sub)).split(os.sep)
+        if len(rel) == 3:
+            out["%s:%s" % (rel[0], rel[2])] = n
+        else:
+            out["?" + "/".join(rel)] = n
+    return out
+
+
+def lz4_block_decode(src, size):
+    """Decodes one LZ4 block (the format liblz4's LZ4_compress_HC writes) into size bytes.
+    Raises ValueError on anything malformed."""
+    out = bytearray()
+    i, n = 0, len(src)
+    while i < n:
+        token = src[i]
+        i += 1
+        lit = token >> 4
+        if lit == 15:
+            while True:
+                if i >= n:
+                    raise ValueError("truncated literal length")
+                b = src[i]
+                i += 1
+                lit += b
+                if b != 255:
+                    break
+        if i + lit > n:
+            raise ValueError("literals run past the block")
+        out += src[i:i + lit]
+        i += lit
+        if i >= n:
+            break  # the last sequence has literals only
+        if i + 2 > n:
+            raise ValueError("truncated match offset")
+        off = src[i] | (src[i + 1] << 8)
+        i += 2
+        if off == 0 or off > len(out):
+            raise ValueError("bad match offset %d at output %d" % (off, len(out)))
+        ml = token & 15
+        if ml == 15:
+            while True:
+                if i >= n:
+                    raise ValueError("truncated match length")
+                b = src[i]
+                i += 1
+                ml += b
+                if b != 255:
+                    break
+        ml += 4
+        start = len(out) - off
+        for k in range(ml):  # may overlap its own output
+            out.append(out[start + k])
+        if len(out) > size:
+            raise ValueError("decodes to more than %d bytes" % size)
+    if len(out) != size:
+        raise ValueError("decodes to %d bytes, header says %d" % (len(out), size))
+    return bytes(out)
+
+
+def read_cached_manifest(path):
+    """Parses a manifest file of the store ("RPMF 1 <raw|lz4> <length> <media type>\\n" then
+    the payload). Returns (media_type, manifest bytes); fails naming what is wrong."""
+    with open(path, "rb") as f:
+        data = f.read()
+    nl = data.find(b"\n")
+    check(nl > 0, "cached manifest %s has no header line: %r" % (path, data[:100]))
+    parts = data[:nl].decode("latin-1").split(" ", 4)
+    check(len(parts) == 5 and parts[0] == "RPMF" and parts[1] == "1" and
+          parts[2] in ("raw", "lz4") and parts[3].isdigit(),
+          "cached manifest %s: bad header %r" % (path, data[:nl]))
+    length, payload = int(parts[3]), data[nl + 1:]
+    if parts[2] == "raw":
+        eq(len(payload), length, "payload length of cached manifest %s" % path)
+        return parts[4], payload
+    try:
+        return parts[4], lz4_block_decode(payload, length)
+    except ValueError as e:
+        fail("cached manifest %s: bad lz4 payload: %s" % (path, e))
+
+
+def check_cache_store(cache_dir, what=""):
+    """Every blob file under blobs/ hashes to its name; every manifest file under manifests/
+    parses and its manifest bytes hash to its name. Returns (n_blobs, n_manifests)."""
+    blobs = cache_digests(cache_dir, "blobs")
+    for d in blobs:
+        check(not d.startswith("?"), "%sunexpected file blobs/%s in %s" % (what, d[1:], cache_dir))
+        p = cache_path(cache_dir, "blobs", d)
+        got = sha256_file(p)
+        check(got == d, "%sblob file %s holds content %s (%d bytes): a file under blobs/ "
+              "must hash to its name" % (what, p, got, os.path.getsize(p)))
+    mans = cache_digests(cache_dir, "manifests")
+    for d in mans:
+        check(not d.startswith("?"), "%sunexpected file manifests/%s" % (what, d[1:]))
+        p = cache_path(cache_dir, "manifests", d)
+        _, body = read_cached_manifest(p)
+        eq(sha256(body), d, "%sdigest of the manifest stored as %s" % (what, p))
+    return len(blobs), len(mans)
+
+
 # ------------------------------------------------------------------------------ servers
 
 class Registry:
     """A docker-registry instance. kind: token | basic | anon (| token-lie, token-anon)."""
 
-    def __init__(self, s, kind, name, storage=None, realm=None, readonly=False):
+    def __init__(self, s, kind, name, storage=None, realm=None, readonly=False, dir=None):
+        """dir: where its config, log and (default) storage live; default the session's
+        reg-KIND (a test's private registry passes one under its own temp dir)."""
         self.s, self.kind, self.name = s, kind, name
-        d = os.path.join(s.tmp, "reg-" + kind)
+        d = dir or os.path.join(s.tmp, "reg-" + kind)
         os.makedirs(d, exist_ok=True)
         self.dir = d
         self.storage = storage or os.path.join(d, "storage")
@@ -506,6 +761,21 @@ class Registry:
     def client(self, creds="pull"):
         c = {"pull": self.pull_creds, "push": self.push_creds, None: None}[creds]
         return UpstreamClient(self.url, self.s.ca["ca.crt"], c)
+
+    def stop(self):
+        """Stops the registry process (an upstream outage: connections are refused)."""
+        self.proc.stop(10)
+
+    def restart(self):
+        """Starts it again with the same config and port (after stop())."""
+        self.proc.kill()
+        self.proc = Proc("docker-registry(%s)" % self.kind,
+                         ["docker-registry", "serve", os.path.join(self.dir, "config.yml")],
+                         self.log)
+        wait_until(lambda: request(self.url + "/v2/", ca=self.s.ca["ca.crt"],
+                                   timeout=5).status in (200, 401),
+                   30, "docker-registry (%s) at %s to come back" % (self.kind, self.url),
+                   proc=self.proc)
 
     def conf(self, name=None, **extra):
         """The [registry] entry a proxy config needs for this upstream."""
@@ -720,6 +990,10 @@ class Proxy:
         out.append("")
         for r in self.registries:
             out.append('[registry "%s"]' % r["name"])
+            if "test_login" not in r:
+                # serve logs in to each registry at start-up (like `regproxy check`); tests
+                # count upstream requests, so they ask for that check explicitly.
+                out.append("test_login = no")
             for k, v in r.items():
                 if k == "name" or v is None:
                     continue
@@ -856,6 +1130,14 @@ class Proxy:
         if problems:
             fail("; ".join(problems))
         return self.start()
+
+    def kill9(self):
+        """SIGKILL, no clean shutdown (no index snapshot, fills cut mid-write): for crash
+        tests. Not a test failure by itself; start() again reuses the same cache dir, and the
+        log (appended to by every start) is still checked for sanitizer reports at the end."""
+        if self.proc is not None and not self.stopped:
+            self.proc.kill()
+        self.stopped = True
 
 
 # ------------------------------------------------------------------------------ session
@@ -1011,6 +1293,25 @@ class Session:
             eq(r.header("Docker-Content-Digest"), sha256(r.body),
                "upstream Docker-Content-Digest of %s" % ref)
 
+    def push(self, reg, src, ref, fmt=None):
+        """skopeo copy --all --preserve-digests of src (e.g. "oci:DIR:v1") to reg as ref
+        ("ns/x:v1") with reg's push credentials (fmt "v2s2" converts, without
+        --preserve-digests); records what ref now is upstream in reg.pushed[ref]."""
+        args = ["copy", "-q", "--dest-cert-dir", self.ca["certdir"]]
+        args += (["--format", fmt] if fmt else ["--all", "--preserve-digests"])
+        args += (["--dest-creds", "%s:%s" % reg.push_creds] if reg.push_creds
+                 else ["--dest-no-creds"])
+        self.skopeo(args + [src, "docker://%s/%s" % (reg.hostport, ref)], timeout=300)
+        if not hasattr(reg, "pushed"):
+            reg.pushed = {}
+        repo, tag = ref.rsplit(":", 1)
+        r = reg.client("pull").manifest(repo, tag)
+        eq(r.status, 200, "GET %s manifest %s directly from %s after pushing it"
+           % (reg.kind, ref, reg.url))
+        reg.pushed[ref] = {"digest": sha256(r.body), "media_type": r.header("Content-Type"),
+                           "body": r.body}
+        return reg.pushed[ref]
+
     @property
     def token_registry(self):
         return self.upstreams["token"]
@@ -1104,6 +1405,26 @@ class TestCtx:
             registries = [s.token_registry.conf(), s.basic_registry.conf(),
                           s.anon_registry.conf()]
         return Proxy(self, registries, **kw)
+
+    def private_registry(self, kind="anon", name=None, images=None):
+        """A docker-registry of this test's own (under its temp dir; stopped at the end of
+        the test), so the test may stop it or push to it without touching the shared ones.
+        kind: anon | basic (htpasswd, the session's users). images: {ref: src} pushed with
+        Session.push, e.g. {"ns/multi:v1": "oci:%s:v1" % t.s.images["multi"]["dir"]}."""
+        s = self.s
+        s.ca, s.child_env  # noqa: B018 - built first
+        n = len([c for c in self.cleanups if getattr(c, "private_registry", False)])
+        reg = Registry(s, kind, name or "registry.private%d.test" % n,
+                       dir=os.path.join(self.tmp, "reg-%s-%d" % (kind, n)))
+        reg.pushed = {}
+
+        def stop():
+            reg.proc.stop(10)
+        stop.private_registry = True
+        self.defer(stop)
+        for ref, src in (images or {}).items():
+            s.push(reg, src, ref)
+        return reg
 
     def canary(self):
         c = Canary()
