@@ -1,0 +1,83 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`regproxy check` and serve's start-up checks: one line per registry, `ok` or the precise
+reason (credentials rejected by the realm, realm not allowed, TLS verification failed,
+image not found, unreachable), a non-zero exit when any fails."""
+import os
+import subprocess
+
+import lib
+from lib import check, eq
+
+
+def _run_check(t, p):
+    r = subprocess.run([t.s.bin, "check", "-c", p.conf_path], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=120, env=lib.clean_env())
+    out = r.stdout.decode()
+    lines = {}
+    for line in out.splitlines():
+        if line.startswith("registry "):
+            name, _, verdict = line[len("registry "):].partition(": ")
+            lines[name] = verdict
+    return r.returncode, lines, out + r.stderr.decode()
+
+
+def test_check_reports_each_registry(t):
+    s = t.s
+    tok = s.token_registry
+    closed = lib.free_port()  # nothing listens there
+    regs = [
+        tok.conf("good.test", test_image="ns/multi:v1", test_login="yes"),
+        tok.conf("wrongpass.test", password="not-the-password", test_image="ns/multi:v1",
+                 test_login="yes"),
+        tok.conf("missing.test", test_image="ns/does-not-exist:v1", test_login="yes"),
+        tok.conf("notallowed.test", token_realms="https://localhost:1/token",
+                 test_image="ns/multi:v1", test_login="yes"),
+        dict(tok.conf("wrongca.test", test_image="ns/multi:v1", test_login="yes"),
+             ca_file=None),
+        {"name": "down.test", "url": "https://127.0.0.1:%d" % closed, "test_login": "yes"},
+        {"name": "skipped.test", "url": "https://127.0.0.1:%d" % closed, "test_login": "no"},
+    ]
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    check(rc != 0, "check exited 0 although registries fail:\n" + out)
+    eq(lines.get("good.test", "")[:2], "ok", "good.test verdict (%s)" % out)
+    expect = {
+        "wrongpass.test": "FAILED: credentials rejected by realm https://127.0.0.1:",
+        "missing.test": "FAILED: image not found: ns/does-not-exist:v1",
+        "notallowed.test": "FAILED: realm not allowed: https://127.0.0.1:",
+        "wrongca.test": "FAILED: TLS verification failed",
+        "down.test": "FAILED: unreachable",
+        "skipped.test": "skipped",
+    }
+    for name, prefix in expect.items():
+        check(lines.get(name, "").startswith(prefix),
+              "check line for %s: expected %r..., got %r\n%s" % (name, prefix, lines.get(name),
+                                                                 out))
+    check(s.sa_password not in out, "the password appears in check's output")
+    # All good: exit 0.
+    p2 = t.proxy(registries=[regs[0]], start=False)
+    p2.ports = [lib.free_port()]
+    p2.write_conf()
+    rc, lines, out = _run_check(t, p2)
+    eq(rc, 0, "check exit status with a good registry only (%s)" % out)
+
+
+def test_serve_logs_startup_checks_and_keeps_serving(t):
+    s = t.s
+    tok = s.token_registry
+    closed = lib.free_port()
+    p = t.proxy(registries=[
+        tok.conf("registry.token.test", test_image="ns/multi:v1", test_login="yes"),
+        {"name": "down.test", "url": "https://127.0.0.1:%d" % closed, "test_login": "yes"}])
+    lib.wait_until(lambda: "check registry=down.test" in p.log_text()
+                   and "check registry=registry.token.test" in p.log_text(), 30,
+                   "start-up check lines in the log")
+    text = p.log_text()
+    check("check registry=registry.token.test: ok" in text, "no ok line:\n" + text[-2000:])
+    check("check registry=down.test: FAILED: unreachable" in text,
+          "no failure line:\n" + text[-2000:])
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags["v1"], tok.pushed["ns/multi:v1"]["digest"], "pull while another registry fails")
+    check(s.sa_password not in p.log_text(), "the password appears in the log")

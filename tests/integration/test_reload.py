@@ -1,0 +1,114 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Credential rotation: the upstream's password changes and the credential file is
+rewritten while a large pull is in flight; SIGHUP (or the file watch) applies it without
+dropping the pull, and the next pull uses the new credentials. A broken configuration on
+SIGHUP leaves the proxy serving with the old one."""
+import hashlib
+import os
+import secrets
+import socket
+import signal
+import time
+
+import lib
+from lib import check, eq
+
+
+def _write_pw(path, pw):
+    with open(path + ".new", "w") as f:
+        f.write(pw + "\n")
+    os.chmod(path + ".new", 0o600)
+    os.rename(path + ".new", path)
+
+
+def _start_slow_blob(p, path):
+    """A GET whose body we read later: the pull is in flight for as long as we wish."""
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=120)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = c.recv(65536)
+        check(b, "connection closed before the response head")
+        buf += b
+    head, _, body = buf.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 200"), "blob GET: %r" % head[:200])
+    length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
+                  if ln.lower().startswith(b"content-length:")][0])
+    return c, body, length
+
+
+def _finish_blob(c, body, length):
+    h = hashlib.sha256(body)
+    got = len(body)
+    while got < length:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        h.update(b)
+        got += len(b)
+    c.close()
+    return got, "sha256:" + h.hexdigest()
+
+
+def test_rotation_during_pull(t):
+    s = t.s
+    reg = s.token_registry
+    old = s.sa_password
+    new = "sa-" + secrets.token_hex(16)
+    p = t.proxy(registries=[reg.conf("registry.token.test")])
+    pwfile = os.path.join(p.dir, "registry.token.test.pw")
+    check(os.path.exists(pwfile), "password file %s missing" % pwfile)
+    layer = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    c, body, length = _start_slow_blob(p, "/v2/ns/large/blobs/%s" % layer["digest"])
+    try:
+        s.write_accounts({}, sa_password=new)
+        _write_pw(pwfile, new)
+        os.kill(p.pid, signal.SIGHUP)
+        lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
+                       "the reload to be applied")
+        got, digest = _finish_blob(c, body, length)
+        eq((got, digest), (layer["size"], layer["digest"]), "the blob in flight across the reload")
+        # The next pull needs a new token, which only the new password can get.
+        mark = time.time()
+        _, tags = t.pull(p, "ns/multi-v2s2:v1")
+        eq(tags["v1"], reg.pushed["ns/multi-v2s2:v1"]["digest"], "pull after rotation")
+        fetched = s.issuer.fetches(lib.SA_USER, since=mark)
+        check(fetched, "no token fetched after the reload (tokens were not dropped?)")
+        check(new not in p.log_text() and old not in p.log_text(),
+              "a password appears in the proxy log")
+    finally:
+        s.write_accounts({}, sa_password=old)
+
+
+def test_file_change_triggers_reload(t):
+    s = t.s
+    reg = s.token_registry
+    old = s.sa_password
+    p = t.proxy(registries=[reg.conf("registry.token.test", password="wrong-at-first")])
+    pwfile = os.path.join(p.dir, "registry.token.test.pw")
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 401, "manifest with a wrong password")
+    _write_pw(pwfile, old)
+    lib.wait_until(lambda: "reload (a credential file changed)" in p.log_text(), 15,
+                   "the proxy to notice the rewritten password file")
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest after the password file was fixed")
+
+
+def test_broken_config_keeps_serving(t):
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest before the reload")
+    with open(p.conf_path, "a") as f:
+        f.write("\n[registry \"broken\"]\nnot a key value line\n")
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "reload (SIGHUP) refused" in p.log_text(), 10,
+                   "the refused reload to be logged")
+    check("regproxy.conf:" in p.log_text().split("reload (SIGHUP) refused")[1][:300],
+          "the refusal does not name the file and line:\n" + p.log_text()[-1500:])
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest after the refused reload")
+    check(p.proc.alive(), "the proxy died")
