@@ -1,0 +1,233 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* acl: network, client-credential and repository checks; see acl.h. */
+#include "acl.h"
+
+#include <arpa/inet.h>
+#include <crypt.h>
+#include <fnmatch.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../util/util.h"
+
+#define HTPASSWD_MAX (1024 * 1024)
+#define VERIFIED_MAX 256
+
+int rp_acl_parse_cidr(const char *s, struct rp_cidr *out)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    if (strlen(s) >= sizeof(buf))
+        return -1;
+    snprintf(buf, sizeof(buf), "%s", s);
+    char *slash = strchr(buf, '/');
+    long bits = -1;
+    if (slash) {
+        *slash = '\0';
+        uint64_t v;
+        if (rp_parse_u64(slash + 1, strlen(slash + 1), &v) < 0 || v > 128)
+            return -1;
+        bits = (long)v;
+    }
+    memset(out, 0, sizeof(*out));
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        if (bits > 32)
+            return -1;
+        out->bits = bits < 0 ? 32 : (unsigned)bits;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        out->bits = bits < 0 ? 128 : (unsigned)bits;
+    } else {
+        return -1;
+    }
+    size_t len = out->family == AF_INET ? 4 : 16;
+    for (size_t i = 0; i < len; i++) {
+        unsigned keep = out->bits >= (i + 1) * 8 ? 8 : out->bits > i * 8 ? out->bits - i * 8 : 0;
+        uint8_t mask = keep ? (uint8_t)(0xff << (8 - keep)) : 0;
+        if (out->addr[i] & (uint8_t)~mask)
+            return -1;
+    }
+    return 0;
+}
+
+static bool prefix_match(const uint8_t *a, const uint8_t *net, unsigned bits)
+{
+    for (unsigned i = 0; i < bits / 8; i++)
+        if (a[i] != net[i])
+            return false;
+    unsigned rest = bits % 8;
+    if (!rest)
+        return true;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (a[bits / 8] & mask) == (net[bits / 8] & mask);
+}
+
+bool rp_acl_allows(const struct rp_cidr *nets, size_t n, const struct sockaddr *sa)
+{
+    if (n == 0)
+        return true;
+    uint8_t v4[4], v6[16];
+    bool has4 = false, has6 = false;
+    if (sa->sa_family == AF_INET) {
+        memcpy(v4, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        has4 = true;
+    } else if (sa->sa_family == AF_INET6) {
+        memcpy(v6, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        has6 = true;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(v6, mapped, 12) == 0) {
+            memcpy(v4, v6 + 12, 4);
+            has4 = true;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (nets[i].family == AF_INET && has4 && prefix_match(v4, nets[i].addr, nets[i].bits))
+            return true;
+        if (nets[i].family == AF_INET6 && has6 && prefix_match(v6, nets[i].addr, nets[i].bits))
+            return true;
+    }
+    return false;
+}
+
+bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo)
+{
+    if (n == 0)
+        return true;
+    for (size_t i = 0; i < n; i++)
+        if (fnmatch(patterns[i], repo, FNM_PATHNAME) == 0)
+            return true;
+    return false;
+}
+
+struct htpasswd_user {
+    char *name;
+    char *hash;
+};
+
+struct rp_htpasswd {
+    struct htpasswd_user *users;
+    size_t n;
+    /* Keyed digests of credentials that verified: HMAC(key, user:pass). The key is random
+     * per process, so the table is useless to anyone who reads the memory later. */
+    unsigned char key[32];
+    unsigned char verified[VERIFIED_MAX][32];
+    size_t n_verified, next_verified;
+};
+
+void rp_htpasswd_free(struct rp_htpasswd *h)
+{
+    if (!h)
+        return;
+    for (size_t i = 0; i < h->n; i++) {
+        free(h->users[i].name);
+        rp_free_secret(h->users[i].hash);
+    }
+    free(h->users);
+    rp_secure_zero(h, sizeof(*h));
+    free(h);
+}
+
+struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open", path);
+        return NULL;
+    }
+    struct rp_htpasswd *h = rp_xcalloc(1, sizeof(*h));
+    RAND_bytes(h->key, sizeof(h->key));
+    char line[4096];
+    unsigned lineno = 0;
+    size_t total = 0;
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        total += strlen(line);
+        if (total > HTPASSWD_MAX) {
+            snprintf(err, errlen, "%s: larger than 1 MiB", path);
+            goto fail;
+        }
+        size_t len = strcspn(line, "\r\n");
+        line[len] = '\0';
+        if (len == 0 || line[0] == '#')
+            continue;
+        char *colon = strchr(line, ':');
+        if (!colon || colon == line || !colon[1]) {
+            snprintf(err, errlen, "%s:%u: expected user:hash", path, lineno);
+            goto fail;
+        }
+        *colon = '\0';
+        h->users = rp_xrealloc(h->users, (h->n + 1) * sizeof(*h->users));
+        h->users[h->n].name = rp_xstrdup(line);
+        h->users[h->n].hash = rp_xstrdup(colon + 1);
+        h->n++;
+    }
+    fclose(f);
+    return h;
+fail:
+    fclose(f);
+    rp_htpasswd_free(h);
+    return NULL;
+}
+
+bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization)
+{
+    if (!authorization || strncasecmp(authorization, "Basic ", 6) != 0)
+        return false;
+    const char *b64 = authorization + 6;
+    while (*b64 == ' ')
+        b64++;
+    size_t dlen = 0;
+    unsigned char *dec = rp_base64_decode(b64, strlen(b64), &dlen);
+    if (!dec)
+        return false;
+    bool ok = false;
+    char *colon = memchr(dec, ':', dlen);
+    if (!colon)
+        goto out;
+    unsigned char mac[32];
+    unsigned int maclen = sizeof(mac);
+    /* sha256(random key || user:pass): a keyed digest, enough to recognise a credential
+     * that already verified without keeping it. */
+    unsigned char keyed[32 + 4096];
+    if (dlen > 4096)
+        goto out;
+    memcpy(keyed, h->key, 32);
+    memcpy(keyed + 32, dec, dlen);
+    EVP_Digest(keyed, 32 + dlen, mac, &maclen, EVP_sha256(), NULL);
+    rp_secure_zero(keyed, sizeof(keyed));
+    for (size_t i = 0; i < h->n_verified; i++)
+        if (CRYPTO_memcmp(h->verified[i], mac, 32) == 0) {
+            ok = true;
+            goto out;
+        }
+    *colon = '\0';
+    const char *user = (const char *)dec;
+    const char *pass = colon + 1;
+    for (size_t i = 0; i < h->n; i++) {
+        if (strcmp(h->users[i].name, user) != 0)
+            continue;
+        struct crypt_data cd;
+        memset(&cd, 0, sizeof(cd));
+        const char *out = crypt_r(pass, h->users[i].hash, &cd);
+        ok = out && out[0] != '*' && strlen(out) == strlen(h->users[i].hash) &&
+             CRYPTO_memcmp(out, h->users[i].hash, strlen(out)) == 0;
+        rp_secure_zero(&cd, sizeof(cd));
+        break;
+    }
+    if (ok) {
+        memcpy(h->verified[h->next_verified], mac, 32);
+        h->next_verified = (h->next_verified + 1) % VERIFIED_MAX;
+        if (h->n_verified < VERIFIED_MAX)
+            h->n_verified++;
+    }
+out:
+    rp_secure_zero(dec, dlen);
+    free(dec);
+    return ok;
+}

@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* acl: who may pull. Network allow-lists per listener, client credentials from an
+ * htpasswd file (bcrypt and the other hashes libxcrypt's crypt knows), and the repository
+ * allow-list per registry. Pure functions plus a small verified-credential cache. */
+#ifndef RP_ACL_H
+#define RP_ACL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct rp_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned bits;
+};
+
+/* Parses "10.0.0.0/8", "192.168.1.7" (a /32), "fd00::/8", "::1". The address must have no
+ * bits set beyond the prefix ("10.0.0.1/8" is refused: it is almost always a typo).
+ * Returns 0 or -1. */
+int rp_acl_parse_cidr(const char *s, struct rp_cidr *out);
+/* Whether sa falls in any of the n networks. IPv4-mapped IPv6 addresses (::ffff:a.b.c.d)
+ * match IPv4 networks. n == 0 allows everyone. */
+bool rp_acl_allows(const struct rp_cidr *nets, size_t n, const struct sockaddr *sa);
+
+/* Whether repo matches one of the fnmatch(3) patterns, such as "rhel8/ubi" or a prefix
+ * followed by the shell wildcard;
+ * n == 0 allows every repository. */
+bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo);
+
+struct rp_htpasswd;
+/* Loads "user:hash" lines (at most 1 MiB; comments and blank lines skipped). NULL with a
+ * message naming file and line on failure. */
+struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen);
+void rp_htpasswd_free(struct rp_htpasswd *h);
+/* Checks an Authorization header value ("Basic base64(user:pass)"). Hashing is slow by
+ * design (bcrypt), so successful checks are remembered (as a keyed digest, never the
+ * password) and repeated requests cost a lookup. */
+bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization);
+
+#endif
