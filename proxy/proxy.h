@@ -141,6 +141,7 @@ struct rp_req {
     struct rp_conn *conn;
     enum rp_req_state state;
     int64_t started_ms;
+    char id[32];
     bool head;
     char *target;
     char *accept;
@@ -187,6 +188,8 @@ void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const
 /* Passes a failed upstream answer on honestly (never turned into 404). */
 void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
                                     const char *body, size_t len);
+/* Writes r's access-log line (aborted: why it was cut short, or NULL). */
+void rp_req_log(const struct rp_req *r, const char *aborted);
 /* Logs the access line and hands the connection on (abort: close at once). */
 void rp_req_finish(struct rp_req *r, const char *aborted);
 
@@ -252,6 +255,19 @@ size_t rp_conn_output_len(struct rp_conn *c);
 /* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
 void rp_conn_stream_mode(struct rp_conn *c);
 void rp_conn_request_done(struct rp_conn *c, bool abort);
+
+/* --------------------------------------------------------------------- accesslog.c */
+struct rp_access {
+    const char *id, *method, *path, *registry, *cache, *peer;
+    int status, upstream;
+    uint64_t bytes;
+    int64_t ms;
+    const char *aborted; /* why the response was cut short, or NULL */
+    const char *reason;  /* why a malformed request was refused, or NULL */
+};
+void rp_access_log(const struct rp_access *a);
+/* A new request id ("prefix-sequence"). */
+void rp_request_id(char *buf, size_t len);
 
 /* ------------------------------------------------------------------------ errors.c */
 char *rp_error_body(const char *code, const char *message, const char *detail);

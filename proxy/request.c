@@ -24,6 +24,7 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
     r->started_ms = rp_now_ms();
     r->head = h->method == RP_HTTP_HEAD;
     r->target = rp_xstrndup(h->target, h->target_len);
+    rp_request_id(r->id, sizeof(r->id));
     r->cache_status = "PASS";
     r->stream_expected = -1;
     r->up_h.length = -1;
@@ -71,14 +72,27 @@ void rp_req_free(struct rp_req *r)
     free(r);
 }
 
+void rp_req_log(const struct rp_req *r, const char *aborted)
+{
+    struct rp_access a = {
+        .id = r->id,
+        .method = r->head ? "HEAD" : "GET",
+        .path = r->target,
+        .registry = r->route.reg ? r->route.reg->name : "-",
+        .cache = r->cache_status,
+        .peer = r->conn->peer,
+        .status = r->status,
+        .upstream = r->up_status,
+        .bytes = r->bytes,
+        .ms = rp_now_ms() - r->started_ms,
+        .aborted = aborted,
+    };
+    rp_access_log(&a);
+}
+
 void rp_req_finish(struct rp_req *r, const char *aborted)
 {
-    rp_info("access method=%s path=%s status=%d bytes=%llu ms=%lld registry=%s cache=%s "
-            "upstream=%d peer=%s%s%s",
-            r->head ? "HEAD" : "GET", r->target, r->status, (unsigned long long)r->bytes,
-            (long long)(rp_now_ms() - r->started_ms), r->route.reg ? r->route.reg->name : "-",
-            r->cache_status, r->up_status, r->conn->peer, aborted ? " aborted=" : "",
-            aborted ? aborted : "");
+    rp_req_log(r, aborted);
     r->state = RQ_DONE;
     rp_metrics_request(&r->conn->srv->metrics, r->routed ? (int)r->route.kind : -1, r->status,
                        r->cache_status, r->bytes);

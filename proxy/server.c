@@ -91,6 +91,8 @@ void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         "HTTP/1.1 %d %s\r\n"
                         "Docker-Distribution-API-Version: registry/2.0\r\n",
                         status, status_reason(status));
+    if (c->req)
+        evbuffer_add_printf(out, "X-Request-Id: %s\r\n", c->req->id);
     if (content_type)
         evbuffer_add_printf(out, "Content-Type: %s\r\n", content_type);
     if (content_length >= 0)
@@ -212,9 +214,17 @@ static void conn_reject(struct rp_conn *c, int status, const char *code, const c
     evbuffer_add(rp_conn_output(c), body, strlen(body));
     free(body);
     rp_metrics_request(&c->srv->metrics, -1, status, NULL, 0);
-    rp_info("access method=- path=- status=%d bytes=0 ms=0 registry=- cache=- upstream=- "
-            "peer=%s reason=\"%s\"",
-            status, c->peer, message);
+    char id[32];
+    rp_request_id(id, sizeof(id));
+    struct rp_access a = {.id = id,
+                          .method = "-",
+                          .path = "-",
+                          .registry = "-",
+                          .cache = "-",
+                          .peer = c->peer,
+                          .status = status,
+                          .reason = message};
+    rp_access_log(&a);
     conn_close_after_flush(c);
 }
 
@@ -289,9 +299,19 @@ static void conn_try_parse(struct rp_conn *c)
                            "Allow: GET, HEAD\r\n");
         evbuffer_add(rp_conn_output(c), body, strlen(body));
         free(body);
-        rp_info("access method=%.*s path=- status=405 bytes=0 ms=0 registry=- cache=- "
-                "upstream=- peer=%s",
-                (int)(h.method_len > 16 ? 16 : h.method_len), h.method_str, c->peer);
+        char id[32], method[17];
+        rp_request_id(id, sizeof(id));
+        snprintf(method, sizeof(method), "%.*s", (int)(h.method_len > 16 ? 16 : h.method_len),
+                 h.method_str);
+        struct rp_access a = {.id = id,
+                              .method = method,
+                              .path = "-",
+                              .registry = "-",
+                              .cache = "-",
+                              .peer = c->peer,
+                              .status = 405,
+                              .reason = "method not allowed"};
+        rp_access_log(&a);
         conn_close_after_flush(c);
         return;
     }
@@ -338,12 +358,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     }
     /* EOF, error or timeout: the client is gone; whatever it was waiting for is moot. */
     if (c->req && !c->close_after)
-        rp_info("access method=%s path=%s status=%d bytes=%llu ms=%lld registry=%s "
-                "cache=%s upstream=%d peer=%s aborted=client",
-                c->req->head ? "HEAD" : "GET", c->req->target, c->req->status,
-                (unsigned long long)c->req->bytes, (long long)(rp_now_ms() - c->req->started_ms),
-                c->req->route.reg ? c->req->route.reg->name : "-", c->req->cache_status,
-                c->req->up_status, c->peer);
+        rp_req_log(c->req, "client");
     conn_free(c);
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 static void oom(size_t n)
 {
@@ -129,10 +130,68 @@ void rp_buf_free(struct rp_buf *b)
 }
 
 static enum rp_log_level log_level = RP_LOG_INFO;
+static bool log_json;
 
 void rp_log_set_level(enum rp_log_level level)
 {
     log_level = level;
+}
+
+void rp_log_set_json(bool on)
+{
+    log_json = on;
+}
+
+bool rp_log_is_json(void)
+{
+    return log_json;
+}
+
+bool rp_log_enabled(enum rp_log_level level)
+{
+    return level >= log_level;
+}
+
+void rp_log_time(char *buf, size_t len)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+void rp_log_line(const char *line, size_t len)
+{
+    /* One write per line keeps lines whole when several processes share stderr. */
+    char buf[8192];
+    if (len > sizeof(buf) - 1)
+        len = sizeof(buf) - 1;
+    memcpy(buf, line, len);
+    buf[len] = '\n';
+    ssize_t w = write(STDERR_FILENO, buf, len + 1);
+    (void)w;
+}
+
+/* Appends s to out as the body of a JSON string (no quotes), escaping what RFC 8259
+ * requires; bytes >= 0x80 pass through (our messages are ASCII or UTF-8). */
+static size_t json_escape(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (; *s && o + 7 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else if (ch < 0x20) {
+            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = '\0';
+    return o;
 }
 
 void rp_log(enum rp_log_level level, const char *fmt, ...)
@@ -140,27 +199,29 @@ void rp_log(enum rp_log_level level, const char *fmt, ...)
     static const char *const names[] = {"debug", "info", "warn", "error"};
     if (level < log_level)
         return;
-    char line[2048];
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    int off = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
-                       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                       tm.tm_sec, ts.tv_nsec / 1000000, names[level]);
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line + off, sizeof(line) - (size_t)off, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    /* One write per line keeps lines whole when several processes share stderr. */
-    size_t n = strlen(line);
-    if (n > sizeof(line) - 2)
-        n = sizeof(line) - 2;
-    for (size_t i = (size_t)off; i < n; i++)
-        if (line[i] == '\n' || line[i] == '\r')
-            line[i] = ' ';
-    line[n++] = '\n';
-    fwrite(line, 1, n, stderr);
+    char ts[40];
+    rp_log_time(ts, sizeof(ts));
+    char line[6300];
+    size_t n;
+    if (log_json) {
+        n = (size_t)snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts,
+                             names[level]);
+        n += json_escape(line + n, sizeof(line) - n - 3, msg);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\"}");
+    } else {
+        for (char *p = msg; *p; p++)
+            if (*p == '\n' || *p == '\r')
+                *p = ' ';
+        n = (size_t)snprintf(line, sizeof(line), "%s %s %s", ts, names[level], msg);
+    }
+    if (n >= sizeof(line))
+        n = sizeof(line) - 1;
+    rp_log_line(line, n);
 }
 
 int64_t rp_now_ms(void)

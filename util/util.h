@@ -40,6 +40,14 @@ void rp_buf_free(struct rp_buf *b);
 enum rp_log_level { RP_LOG_DEBUG, RP_LOG_INFO, RP_LOG_WARN, RP_LOG_ERROR };
 void rp_log_set_level(enum rp_log_level level);
 void rp_log(enum rp_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* JSON lines instead of text: every line becomes {"ts":..,"level":..,"msg":..}. */
+void rp_log_set_json(bool on);
+bool rp_log_is_json(void);
+bool rp_log_enabled(enum rp_log_level level);
+/* Writes one preformatted line (no newline inside) with a single write. */
+void rp_log_line(const char *line, size_t len);
+/* The current time as RFC 3339 UTC with milliseconds into buf (at least 32 bytes). */
+void rp_log_time(char *buf, size_t len);
 #define rp_debug(...) rp_log(RP_LOG_DEBUG, __VA_ARGS__)
 #define rp_info(...) rp_log(RP_LOG_INFO, __VA_ARGS__)
 #define rp_warn(...) rp_log(RP_LOG_WARN, __VA_ARGS__)
