@@ -131,6 +131,7 @@ static void reader_start(struct rp_req *r)
     snprintf(extra, sizeof(extra),
              "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\nX-Regproxy-Cache: %s\r\n",
              f->digest, r->cache_status);
+    r->up_status = f->up_status;
     rp_conn_write_head(r->conn, 200, f->content_type, f->expected, extra);
     r->fill_sent = 0;
     r->fill_end = f->expected;
@@ -242,6 +243,8 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
     }
     struct rp_cache_fill *cf = f->cf;
     f->cf = NULL;
+    /* Pinned before publishing: publishing runs eviction, which must not take it. */
+    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
     int e = rp_cache_fill_commit(cf);
     if (e != RP_CACHE_OK) {
         rp_warn("fill %s registry=%s rejected: %s; nothing cached", f->digest, f->reg->name,
@@ -255,7 +258,6 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     rp_cache_link(f->srv->cache, f->reg->name, f->repo, f->digest);
-    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
     rp_info("fill %s registry=%s bytes=%lld ms=%lld readers ok", f->digest, f->reg->name,
             (long long)f->written, (long long)ms);
     /* Verified and published: every reader gets the rest (the file stays readable through

@@ -363,6 +363,7 @@ static bool manifest_from_cache(struct rp_req *r, const char *digest, const char
         return false;
     bool ok = accept_allows(r->accept, m.media_type);
     if (ok) {
+        rp_server_maybe_pin(srv, r->route.reg, r->route.name, digest);
         r->cache_status = status;
         serve_manifest(r, &m, digest);
     }
@@ -387,6 +388,9 @@ static void lookup(struct rp_req *r)
         bool linked = rp_cache_linked(srv->cache, rt->reg->name, rt->name, rt->ref);
         if (cached && linked) {
             r->cache_status = "HIT";
+            /* Pins are not kept across a crash: whatever is served under a pinned name is
+             * pinned again. */
+            rp_server_maybe_pin(srv, rt->reg, rt->name, rt->ref);
             serve_blob(r, &b);
             return;
         }
@@ -604,10 +608,11 @@ static void manifest_fetched(struct rp_req *r)
         return;
     }
     if (type) {
+        /* Pinned before publishing: publishing runs eviction, which must not take it. */
+        rp_server_maybe_pin(srv, rt->reg, rt->name, digest);
         int e = rp_cache_manifest_put(srv->cache, digest, type, body, r->body.len);
         if (e == RP_CACHE_OK) {
             rp_cache_link(srv->cache, rt->reg->name, rt->name, digest);
-            rp_server_maybe_pin(srv, rt->reg, rt->name, digest);
             if (!rt->ref_is_digest)
                 rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest, rp_wall_s());
         } else {

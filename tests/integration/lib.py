@@ -440,6 +440,18 @@ def parse_access_log(text):
     return out
 
 
+def settle(fn, at_least=0, timeout=5, quiet=0.3):
+    """For counting requests in logs that are written after the answer went out
+    (docker-registry, fakereg): waits up to timeout until len(fn()) >= at_least, then quiet
+    seconds more for late lines, and returns fn(). Never fails by itself: the caller's
+    assertion on the result says what was expected."""
+    deadline = time.monotonic() + timeout
+    while len(fn()) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(quiet)
+    return fn()
+
+
 # ------------------------------------------------------------------- streaming client
 
 class Stream:

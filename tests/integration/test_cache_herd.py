@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A thundering herd: 50 clients ask at once for the same uncached 100 MiB layer. The proxy
+makes exactly one upstream download, every client gets the whole blob with the right
+digest, and the blob is then a cache hit. Wall times (the herd vs one cold GET on a fresh
+proxy) are printed, not asserted."""
+import os
+import time
+
+import lib
+from lib import check, eq
+
+CLIENTS = 50
+
+
+def _big_layer(reg):
+    layers = lib.image_manifests(reg, "ns/large:v1")[0]["layers"]
+    big = max(layers, key=lambda x: x["size"])
+    check(big["size"] >= 100 * 1024 * 1024, "ns/large's big layer is %d bytes" % big["size"])
+    return big
+
+
+def _upstream_gets(reg, mark, digest, want=None, timeout=10):
+    """GETs of the blob upstream since mark; docker-registry logs a request when it ends, so
+    wait (up to timeout) for `want` of them when given, else settle briefly."""
+    def n():
+        # 200s only: the token dance adds a 401 before the first authorised GET.
+        return reg.count("GET", "/v2/ns/large/blobs/" + digest, status=200, since=mark)
+    if want is not None:
+        lib.wait_until(lambda: n() >= want, timeout,
+                       "%d upstream GET(s) of %s in %s" % (want, digest, reg.log))
+    time.sleep(0.5)
+    return n()
+
+
+def test_herd_one_upstream_fetch(t):
+    reg = t.s.token_registry
+    big = _big_layer(reg)
+    path = "/v2/ns/large/blobs/" + big["digest"]
+
+    # Reference: one cold GET on a proxy of its own (its own empty cache).
+    solo = t.proxy()
+    m = reg.mark()
+    r = lib.stream_get(solo.port, path)
+    eq((r.status, r.complete, r.digest), (200, True, big["digest"]),
+       "one cold GET %s (%r)" % (path, r))
+    _upstream_gets(reg, m, big["digest"], want=1)
+    one_cold = r.elapsed
+
+    p = t.proxy()
+    m = reg.mark()
+    t0 = time.monotonic()
+    res = lib.parallel([lambda: lib.stream_get(p.port, path, timeout=180)] * CLIENTS,
+                       timeout=240)
+    herd = time.monotonic() - t0
+    bad = [(i, r) for i, r in enumerate(res)
+           if (r.status, r.complete, r.digest, r.got) != (200, True, big["digest"], big["size"])]
+    check(not bad, lambda: "%d of %d herd clients did not get the whole blob %s; first ones: %s"
+          % (len(bad), CLIENTS, big["digest"], bad[:3]))
+    n = _upstream_gets(reg, m, big["digest"], want=1)
+    eq(n, 1, "upstream GETs of %s for %d concurrent cold clients (one shared fill expected)"
+       % (big["digest"], CLIENTS))
+    total = reg.count("GET", "/v2/ns/large/blobs/" + big["digest"], since=m)
+    check(total <= 2, "upstream saw %d GETs of %s in all (at most a 401 of the token dance and "
+          "the one download expected)" % (total, big["digest"]))
+    misses = [a for a in p.access() if a.get("path") == path]
+    eq(len(misses), CLIENTS, "access-log lines for the herd's path")
+    check(all(a.get("cache") == "MISS" for a in misses),
+          "herd clients should all be cache=MISS (joined the one fill): %s"
+          % sorted({a.get("cache") for a in misses}))
+    check(os.path.isfile(lib.cache_path(p.cache_dir, "blobs", big["digest"])),
+          "the blob is not in the cache after the herd")
+
+    m = reg.mark()
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.complete, r.digest, r.header("x-regproxy-cache")),
+       (200, True, big["digest"], "HIT"), "GET after the herd")
+    eq(_upstream_gets(reg, m, big["digest"]), 0, "upstream GETs for a GET after the herd")
+
+    slowest = max(r.elapsed for r in res)
+    print("    herd: %d clients x %d MiB in %.2fs (slowest client %.2fs); one cold GET "
+          "%.2fs" % (CLIENTS, big["size"] >> 20, herd, slowest, one_cold), flush=True)
+
+
+def test_herd_across_repositories(t):
+    """Two repositories of one registry hold the same layer; clients of both ask at once.
+    Those of the repository that did not start the download wait for upstream to confirm
+    (a HEAD) and then share the same download: still one upstream GET."""
+    s = t.s
+    reg = s.anon_registry
+    if "ns/large-copy:v1" not in reg.pushed:
+        s.push(reg, "oci:%s:v1" % s.images["large"]["dir"], "ns/large-copy:v1")
+    big = _big_layer(reg)
+    p = t.proxy(registries=[reg.conf()])
+    m = reg.mark()
+    per_repo = 8
+    fns = []
+    for i in range(per_repo):
+        for repo in ("ns/large", "ns/large-copy"):
+            fns.append(lambda repo=repo: (repo, lib.stream_get(
+                p.port, "/v2/%s/blobs/%s" % (repo, big["digest"]), timeout=180)))
+    res = lib.parallel(fns, timeout=240)
+    bad = [(repo, r) for repo, r in res
+           if (r.status, r.complete, r.digest) != (200, True, big["digest"])]
+    check(not bad, lambda: "%d of %d clients (two repositories) did not get the whole blob: %s"
+          % (len(bad), len(res), bad[:3]))
+
+    def gets():
+        return [(mth, path, st) for mth, path, st in reg.since(m)
+                if path.endswith("/blobs/" + big["digest"]) and mth == "GET"]
+    lib.wait_until(gets, 10, "the upstream GET of %s to be logged" % big["digest"])
+    time.sleep(0.5)
+    eq(len(gets()), 1, "upstream GETs of %s for %d clients over two repositories: %s"
+       % (big["digest"], len(res), gets()))
+    heads = [(mth, path, st) for mth, path, st in reg.since(m)
+             if path.endswith("/blobs/" + big["digest"]) and mth == "HEAD"]
+    check(1 <= len(heads) <= per_repo,
+          "expected the second repository's clients to be confirmed by HEAD upstream "
+          "(1..%d HEADs), saw %s" % (per_repo, heads))

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Cached content is served per (registry, repository). The same name ns/same:v1 holds
+different images on the anon and basic registries: each prefix route gets its own
+manifest and blobs. A blob cached through one repository is served for another repository
+of the same registry only after upstream confirmed (a HEAD) that the repository has it; a
+repository (or registry) that does not have it upstream gets 404 BLOB_UNKNOWN although the
+bytes are in the cache, and a manifest digest cached for one registry is not served for
+another."""
+import os
+
+import lib
+from lib import check, eq
+
+ANON = "registry.anon.test"
+BASIC = "registry.basic.test"
+
+
+def _ups(reg, mark, needle, n=0):
+    """(method, status) of upstream requests whose path has needle, since mark (waiting for
+    n of them: docker-registry logs a request when it has ended)."""
+    return lib.settle(lambda: [(m, st) for m, p, st in reg.since(mark) if needle in p], n)
+
+
+def _blob_404(p, path, what):
+    r = p.get(path)
+    eq(r.status, 404, "%s: GET %s (body %r)" % (what, path, r.body[:200]))
+    eq(r.error_codes(), ["BLOB_UNKNOWN"], "%s: error codes" % what)
+    st, h, body = p.raw("HEAD", path)
+    eq((st, body), (404, b""), "%s: HEAD %s" % (what, path))
+
+
+def test_same_name_two_registries(t):
+    s = t.s
+    anon, basic = s.anon_registry, s.basic_registry
+    a_img = s.push(anon, "oci:%s:v1" % s.images["multi"]["dir"], "ns/same:v1")
+    b_img = s.push(basic, "oci:%s:t00" % s.images["tags"]["dir"], "ns/same:v1")
+    check(a_img["digest"] != b_img["digest"], "fixture: both ns/same:v1 have one digest")
+    p = t.proxy()
+
+    for name, reg, img in ((ANON, anon, a_img), (BASIC, basic, b_img)):
+        path = "/v2/%s/ns/same/manifests/v1" % name
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, lib.sha256(r.body)), (200, img["digest"]), "GET %s" % path)
+        _, tags = t.pull(p, "%s/ns/same:v1" % name)
+        eq(tags.get("v1"), img["digest"], "pull of %s/ns/same:v1" % name)
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")),
+           (200, img["digest"], "HIT"), "GET %s again" % path)
+    # Each registry's image, by digest, through the other registry's route: not served from
+    # the cache (upstream says it does not know it).
+    for name, reg, img in ((ANON, anon, b_img), (BASIC, basic, a_img)):
+        path = "/v2/%s/ns/same/manifests/%s" % (name, img["digest"])
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        check(r.status == 404 and r.error_codes() == ["MANIFEST_UNKNOWN"],
+              "GET %s (a digest only the other registry has, cached through it): expected "
+              "404 MANIFEST_UNKNOWN, got %d %s %r" % (path, r.status,
+                                                       r.header("X-Regproxy-Cache"), r.body[:200]))
+
+    a_layers = lib.image_manifests(anon, "ns/same:v1")[0]["layers"]
+    layer = a_layers[1]["digest"]  # cached via registry.anon.test/ns/same by the pull
+    check(len(lib.cache_files(p.cache_dir, "blobs")) > 0 and
+          os.path.isfile(lib.cache_path(p.cache_dir, "blobs", layer)),
+          "layer %s not in the cache after the pull" % layer)
+
+    # Same registry, another repository that has the blob upstream: one HEAD, then hits.
+    path = "/v2/%s/ns/multi/blobs/%s" % (ANON, layer)
+    mk = anon.mark()
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.complete, r.digest), (200, True, layer),
+       "GET %s (cached via ns/same, upstream has it in ns/multi too)" % path)
+    eq(_ups(anon, mk, "/v2/ns/multi/blobs/" + layer, 1), [("HEAD", 200)],
+       "upstream requests to confirm ns/multi has %s before serving it from cache" % layer)
+    mk = anon.mark()
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, layer, "HIT"),
+       "GET %s once confirmed" % path)
+    eq(_ups(anon, mk, "/blobs/" + layer), [], "upstream requests for a confirmed, linked blob")
+
+    # Same registry, a repository that does not have it: 404 although the bytes are cached.
+    mk = anon.mark()
+    _blob_404(p, "/v2/%s/ns/multiarch/blobs/%s" % (ANON, layer),
+              "a cached blob asked for through a repository that does not have it upstream")
+    got = _ups(anon, mk, "/v2/ns/multiarch/blobs/" + layer, 2)
+    check(got and all(m == "HEAD" for m, _ in got),
+          "upstream should have been asked (HEAD only) whether ns/multiarch has %s; saw %s"
+          % (layer, got))
+    # Another registry, same repository name, without that blob upstream.
+    mk = basic.mark()
+    _blob_404(p, "/v2/%s/ns/same/blobs/%s" % (BASIC, layer),
+              "a blob cached for %s/ns/same asked for through %s/ns/same" % (ANON, BASIC))
+    got = _ups(basic, mk, "/blobs/" + layer, 2)
+    check(got and all(m == "HEAD" for m, _ in got),
+          "the basic registry should have been asked (HEAD only); saw %s" % got)
+    # And the negative answers did not link anything: still 404 the second time.
+    _blob_404(p, "/v2/%s/ns/multiarch/blobs/%s" % (ANON, layer), "second ask via ns/multiarch")

@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: Apache-2.0
+"""stale-if-error. With a short tag_ttl, a cached tag whose upstream is down (a private
+docker-registry, stopped) or failing (the fake registry answering 500, 503, 429) is still
+served, marked STALE (header, Warning: 110, access log), and a pull of it succeeds; cached
+digests are served as hits; content that was never cached gets 503 UNAVAILABLE naming the
+upstream error, never 404; past tag_ttl + max_stale the stale tag is no longer served. When
+upstream comes back the tag revalidates."""
+import json
+import math
+import time
+
+import lib
+from lib import check, eq
+
+
+def _past(t_after, secs):
+    """Sleeps until a tag stored before wall time t_after is at least secs whole seconds old
+    (the proxy keeps tag times in whole seconds)."""
+    until = math.floor(t_after) + secs + 0.1
+    while time.time() < until:
+        time.sleep(until - time.time())
+
+
+def _unavailable(r, what, want_status=503):
+    eq(r.status, want_status, "%s: status (body %r)" % (what, r.body[:300]))
+    codes = r.error_codes()
+    check(codes and codes[0] == "UNAVAILABLE",
+          "%s: expected error code UNAVAILABLE, got %r" % (what, r.body[:300]))
+    detail = json.loads(r.body)["errors"][0].get("detail")
+    check(isinstance(detail, dict) and (detail.get("error") or detail.get("upstream_status")),
+          "%s: the error detail should name the upstream failure, got %r" % (what, detail))
+    return detail
+
+
+def _stale(r, digest, what):
+    eq((r.status, lib.sha256(r.body)), (200, digest), "%s: status, body digest" % what)
+    eq(r.header("X-Regproxy-Cache"), "STALE", "%s: X-Regproxy-Cache" % what)
+    w = r.header("Warning") or ""
+    check(w.startswith("110 "), "%s: expected a `Warning: 110 ...` header, got %r" % (what, w))
+
+
+def test_upstream_down(t):
+    s = t.s
+    reg = t.private_registry("anon", images={
+        "ns/multi:v1": "oci:%s:v1" % s.images["multi"]["dir"],
+        "ns/multiarch:v1": "oci:%s:v1" % s.images["multiarch"]["dir"]})
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "1s", "max_stale": "4s"})
+    digest = reg.pushed["ns/multi:v1"]["digest"]
+    _, tags = t.pull(p, "ns/multi:v1")
+    t_fetched = time.time()
+    eq(tags.get("v1"), digest, "pull of ns/multi:v1 with upstream up")
+    m = lib.image_manifests(reg, "ns/multi:v1")[0]
+    other = lib.image_manifests(reg, "ns/multiarch:v1")[0]["layers"][0]["digest"]
+
+    reg.stop()
+    _past(t_fetched, 1)
+    a0 = len(p.access())
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags.get("v1"), digest, "pull of the cached tag with upstream down, past tag_ttl")
+    lines = [a for a in p.access(a0) if a.get("path") == "/v2/ns/multi/manifests/v1"]
+    check(lines and all(a.get("cache") == "STALE" for a in lines),
+          "access log of the pull's tag requests should say cache=STALE: %s"
+          % [(a.get("status"), a.get("cache")) for a in lines])
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    _stale(r, digest, "GET the cached tag, upstream down")
+    st, h, body = p.raw("HEAD", "/v2/ns/multi/manifests/v1", {"Accept": lib.ACCEPT_ALL})
+    eq((st, h.get("x-regproxy-cache"), h.get("docker-content-digest"), body),
+       (200, "STALE", digest, b""), "HEAD the cached tag, upstream down")
+    r = p.get("/v2/ns/multi/manifests/" + digest, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, digest, "HIT"),
+       "GET the cached manifest by digest, upstream down")
+    for b in [m["config"]] + m["layers"]:
+        r = lib.stream_get(p.port, "/v2/ns/multi/blobs/" + b["digest"])
+        eq((r.status, r.complete, r.digest, r.header("x-regproxy-cache")),
+           (200, True, b["digest"], "HIT"), "cached blob %s, upstream down" % b["digest"])
+
+    # Never cached: 503 naming the failure, not 404.
+    _unavailable(p.get("/v2/ns/multiarch/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}),
+                 "uncached tag ns/multiarch:v1, upstream down")
+    _unavailable(p.get("/v2/ns/multi/manifests/v2", headers={"Accept": lib.ACCEPT_ALL}),
+                 "uncached tag ns/multi:v2, upstream down")
+    _unavailable(p.get("/v2/ns/multiarch/blobs/" + other),
+                 "uncached blob %s, upstream down" % other)
+    st, h, body = p.raw("HEAD", "/v2/ns/multiarch/blobs/" + other)
+    eq((st, body), (503, b""), "HEAD of an uncached blob, upstream down (status, body)")
+    r = s.skopeo(["copy", "-q", "--src-tls-verify=false", "--src-no-creds",
+                  "docker://%s/ns/multiarch:v1" % p.hostport, "oci:%s/never:v1" % t.tmp],
+                 check_rc=False, timeout=120)
+    check(r.returncode != 0, "skopeo pulled ns/multiarch:v1 (never cached) with upstream down")
+    check("manifest unknown" not in r.err.lower(),
+          "skopeo was told the uncached image does not exist (must be unavailable, not "
+          "unknown): %s" % r.err[-500:])
+
+    # Past tag_ttl (1 s) + max_stale (4 s): no longer served by tag; by digest still.
+    _past(t_fetched, 6)
+    _unavailable(p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}),
+                 "cached tag past tag_ttl + max_stale, upstream down")
+    r = p.get("/v2/ns/multi/manifests/" + digest, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body)), (200, digest),
+       "cached manifest by digest past tag_ttl + max_stale")
+
+    # Upstream is back: one HEAD revalidates the tag.
+    reg.restart()
+    mk = reg.mark()
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")),
+       (200, digest, "REVALIDATED"), "GET the tag once upstream is back")
+    ups = lib.settle(lambda: [x for x in reg.since(mk) if x[1] == "/v2/ns/multi/manifests/v1"],
+                     1)
+    eq([x[0] for x in ups], ["HEAD"], "upstream requests for the revalidation")
+
+
+def test_upstream_errors(t):
+    """500, 503 and 429 from upstream on revalidation: the cached tag is served STALE."""
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf()], cache={"tag_ttl": "1s"})
+    t.defer(lambda: fr.set_mode("ok"))
+    path = "/v2/ns/multi/manifests/v1"
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    t_fetched = time.time()
+    eq((r.status, r.header("X-Regproxy-Cache")), (200, "MISS"), "first GET %s" % path)
+    digest = lib.sha256(r.body)
+    _past(t_fetched, 1)
+    for mode in ("500", "503", "429"):
+        fr.set_mode(mode)
+        mk = fr.mark()
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        _stale(r, digest, "GET the cached tag while upstream answers %s" % mode)
+        ups = lib.settle(lambda: [(x["method"], x["status"]) for x in fr.requests(mk[0])
+                                  if x["path"] == path], 1)
+        check(ups and all(st == int(mode) for _, st in ups),
+              "upstream mode %s: expected the proxy to ask upstream (and get %s), saw %s"
+              % (mode, mode, ups))
+        # Never cached while failing: not 404, not 200.
+        r = p.get("/v2/ns/multiarch/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+        if mode == "429":
+            check(r.status in (429, 503), "uncached tag while upstream answers 429: expected "
+                  "429 or 503, got %d %r" % (r.status, r.body[:200]))
+        else:
+            _unavailable(r, "uncached tag while upstream answers %s" % mode)
+    fr.set_mode("ok")
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")),
+       (200, digest, "REVALIDATED"), "GET the tag once upstream is healthy")
+    stale = [a for a in p.access() if a.get("path") == path and a.get("cache") == "STALE"]
+    eq(len(stale), 3, "access-log lines with cache=STALE for %s" % path)
