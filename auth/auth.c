@@ -306,10 +306,31 @@ static size_t put(char *dst, const char *s, size_t n)
     return n;
 }
 
-int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char **authorization)
+/* The Docker token spec's OAuth2 form: a refresh token (docker login's identitytoken)
+ * is exchanged for an access token. */
+static char *oauth2_body(const struct rp_auth *a, const char *scope)
+{
+    const char *tok = a->reg->identity_token;
+    const char *service = a->service ? a->service : "";
+    const char *sc = scope ? scope : "";
+    size_t need = 64 + 3 * (strlen(service) + strlen(sc) + strlen(tok)) + 1;
+    char *b = rp_xmalloc(need);
+    size_t o = put(b, "grant_type=refresh_token&client_id=regproxy&service=", 52);
+    o += put_encoded(b + o, service);
+    o += put(b + o, "&scope=", 7);
+    o += put_encoded(b + o, sc);
+    o += put(b + o, "&refresh_token=", 15);
+    o += put_encoded(b + o, tok);
+    b[o] = '\0';
+    return b;
+}
+
+int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char **authorization,
+                          char **post_body)
 {
     *url = NULL;
     *authorization = NULL;
+    *post_body = NULL;
     if (a->kind != KIND_BEARER)
         return RP_AUTH_E_NO_CHALLENGE;
     /* The realm is named by the upstream; it is dialed (with or without credentials) only
@@ -342,6 +363,13 @@ int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char
         o += put_encoded(u + o, sc);
     }
     u[o] = '\0';
+    if (a->reg->identity_token && *a->reg->identity_token) {
+        /* POST to the realm itself; everything travels in the form body. */
+        u[rlen] = '\0';
+        *url = u;
+        *post_body = oauth2_body(a, sc);
+        return RP_AUTH_OK;
+    }
     *url = u;
     *authorization = basic_authorization(a->reg);
     return RP_AUTH_OK;

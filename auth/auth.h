@@ -87,12 +87,17 @@ enum rp_auth_step rp_auth_prepare(struct rp_auth *a, const char *scope, int64_t 
 int rp_auth_on_unauthorized(struct rp_auth *a, const char *scope, const char *www_authenticate,
                             const char *sent_authorization);
 
-/* The token request to make for scope (after NEED_TOKEN): a GET of *url with
+/* The token request to make for scope (after NEED_TOKEN). With an identity token (an
+ * OAuth2 refresh token from a docker config.json) it is an OAuth2 POST of *post_body
+ * (form-encoded grant_type=refresh_token, service, scope, client_id, refresh_token; a
+ * secret: free with rp_free_secret) to the realm, with no Authorization. Otherwise
+ * *post_body is NULL and it is a GET of *url with
  * *authorization (NULL: anonymous; credentials are sent only when the realm is allowed and
  * credentials are configured). Returns RP_AUTH_OK, or E_REALM_NOT_ALLOWED when the realm
  * may not be dialed, or E_NO_CHALLENGE if no Bearer challenge is known.
  * *url and *authorization are new strings (free *authorization with rp_free_secret). */
-int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char **authorization);
+int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char **authorization,
+                          char **post_body);
 
 /* The realm answered a token request for scope with HTTP `status` and `body`. On success
  * the token is cached until now_ms + expires_in minus a margin. Returns RP_AUTH_OK,

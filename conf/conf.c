@@ -2,6 +2,7 @@
 /* conf: reads the INI-style configuration into struct rp_conf. One option table drives the
  * parser, the defaults and freeing; URL splitting and the token-realm policy live here too. */
 #include "conf.h"
+#include "internal.h"
 
 #include "../util/util.h"
 
@@ -23,6 +24,7 @@ extern const char rp_conf_default_text_data[];
 #define MAX_LINE 4096                      /* bytes per line, without the newline */
 #define MAX_SECTIONS 256                   /* [listen], [cache] and [registry] sections together */
 #define MAX_SECRET_FILE ((size_t)64 << 10) /* password_file */
+#define MAX_WARNINGS (2 * MAX_SECTIONS)    /* two per registry at most */
 #define MAX_KEY 64
 
 #define SECOND_MS INT64_C(1000)
@@ -48,7 +50,7 @@ static const struct rp_conf_option options[] = {
      .type = RP_CONF_PATH,
      .offset = LISTEN_F(tls_cert),
      .requires = "tls_key",
-     .help = "PEM certificate chain to serve HTTPS with; needs tls_key"},
+     .help = "PEM certificate chain to serve HTTPS with"},
     {.section = RP_CONF_SECTION_LISTEN,
      .key = "tls_key",
      .type = RP_CONF_PATH,
@@ -105,13 +107,14 @@ static const struct rp_conf_option options[] = {
      .key = "user",
      .type = RP_CONF_STRING,
      .offset = REG_F(user),
+     .conflicts = "auth_file",
      .help = "user name for the token flow or Basic auth (taken literally, '|' included)"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "password",
      .type = RP_CONF_SECRET,
      .offset = REG_F(password),
      .requires = "user",
-     .conflicts = "password_file",
+     .conflicts = "password_file auth_file",
      .help = "password or token for user; prefer password_file"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "password_file",
@@ -120,8 +123,25 @@ static const struct rp_conf_option options[] = {
      .aux_offset = REG_F(password),
      .flags = RP_CONF_F_SECRET_FILE,
      .requires = "user",
-     .conflicts = "password",
-     .help = "file whose first line is the password, read at startup (at most 64 KiB)"},
+     .conflicts = "password auth_file",
+     .help = "file whose first line is the password, read at startup (at most 64 KiB; "
+             "mode 0600, see allow_readable_credentials)"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "auth_file",
+     .type = RP_CONF_PATH,
+     .offset = REG_F(auth_file),
+     .flags = RP_CONF_F_AUTH_FILE,
+     .conflicts = "user password password_file",
+     .help = "docker config.json or kubernetes.io/dockerconfigjson Secret (JSON or YAML) "
+             "whose entry for the url's host gives user and password (at most 1 MiB; mode "
+             "0600)"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "allow_readable_credentials",
+     .type = RP_CONF_BOOL,
+     .default_text = "no",
+     .offset = REG_F(allow_readable_credentials),
+     .help = "accept a password_file or auth_file that group or others may read (logged as "
+             "a warning) instead of refusing it"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "tls_verify",
      .type = RP_CONF_BOOL,
@@ -606,8 +626,15 @@ void rp_conf_free(struct rp_conf *conf)
         free(r->scheme);
         free(r->host);
         free(r->hostport);
+        rp_free_secret(r->identity_token);
     }
     free(conf->registries);
+    for (size_t i = 0; i < conf->n_watch; i++)
+        free(conf->watch[i].path);
+    free(conf->watch);
+    for (size_t i = 0; i < conf->n_warnings; i++)
+        free(conf->warnings[i]);
+    free(conf->warnings);
     free_section(RP_CONF_SECTION_CACHE, &conf->cache);
     free(conf->source);
     free(conf);
@@ -705,68 +732,23 @@ static char *resolve_path(const struct parser *p, const char *v, size_t n)
     return rp_xasprintf("%s/%.*s", p->dir, (int)n, v);
 }
 
-/* Opens a regular file for reading. Non-blocking so that a FIFO or device named in the
- * config cannot hang the parser; it is then refused as not regular. */
-static int open_regular(const char *path, struct stat *st, const char **why)
+/* The password in a password file's text: its first line, without CR. */
+static char *first_line_secret(const char *buf, size_t len, const char **why)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) {
-        *why = strerror(errno);
-        return -1;
-    }
-    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
-        *why = "not a regular file";
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-/* Reads the first line of a password file into a new string. The read buffer is zeroed
- * because it holds the secret. Never puts file content into the error. */
-static char *read_secret_file(const char *path, const char **why)
-{
-    struct stat st;
-    char *buf = NULL, *secret = NULL;
-    size_t len = 0, n = 0;
-    int fd = open_regular(path, &st, why);
-    if (fd < 0)
-        return NULL;
-    buf = rp_xmalloc(MAX_SECRET_FILE + 1);
-    while (len <= MAX_SECRET_FILE) {
-        ssize_t r = read(fd, buf + len, MAX_SECRET_FILE + 1 - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            *why = strerror(errno);
-            goto out;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-    }
-    if (len > MAX_SECRET_FILE) {
-        *why = "larger than 64 KiB";
-        goto out;
-    }
+    size_t n = 0;
     while (n < len && buf[n] != '\n')
         n++;
     while (n > 0 && buf[n - 1] == '\r')
         n--;
     if (n == 0) {
         *why = "empty first line";
-        goto out;
+        return NULL;
     }
     if (memchr(buf, '\0', n)) {
         *why = "contains a NUL byte";
-        goto out;
+        return NULL;
     }
-    secret = rp_xstrndup(buf, n);
-out:
-    rp_secure_zero(buf, MAX_SECRET_FILE + 1);
-    free(buf);
-    close(fd);
-    return secret;
+    return rp_xstrndup(buf, n);
 }
 
 /* A registry url: http(s), no userinfo, nothing after the authority but one '/'. */
@@ -895,7 +877,7 @@ static int set_value(struct parser *p, const struct rp_conf_option *o, void *bas
         s = resolve_path(p, v, n);
         if (o->flags & RP_CONF_F_READABLE) {
             struct stat st;
-            int fd = open_regular(s, &st, &why);
+            int fd = rp_conf_open_regular(s, &st, &why);
             if (fd < 0) {
                 fail(p, line, "%s '%s' in %s: %s", o->key, s, section_desc(p, desc, sizeof(desc)),
                      why);
@@ -904,18 +886,8 @@ static int set_value(struct parser *p, const struct rp_conf_option *o, void *bas
             }
             close(fd);
         }
-        if (o->flags & RP_CONF_F_SECRET_FILE) {
-            char *secret = read_secret_file(s, &why);
-            if (!secret) {
-                fail(p, line, "%s '%s' in %s: %s", o->key, s, section_desc(p, desc, sizeof(desc)),
-                     why);
-                free(s);
-                return -1;
-            }
-            char **aux = field(base, o->aux_offset);
-            rp_free_secret(*aux);
-            *aux = secret;
-        }
+        /* Credential files are read in finish_section: which entry of an auth file applies
+         * and whether a readable mode is allowed depend on keys that may come later. */
         free_option(o, base);
         *(char **)f = s;
         return 0;
@@ -936,6 +908,150 @@ static void apply_defaults(struct parser *p, int kind, void *base)
         else if (o->type == RP_CONF_DURATION)
             *(int64_t *)field(base, o->offset) = -1;
     }
+}
+
+static void warn(struct parser *p, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records a warning for the proxy to log: "SOURCE:LINE: message". */
+static void warn(struct parser *p, unsigned line, const char *fmt, ...)
+{
+    struct rp_conf *c = p->conf;
+    if (c->n_warnings >= MAX_WARNINGS)
+        return;
+    char msg[3 * MAX_LINE];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    c->warnings = rp_xrealloc(c->warnings, (c->n_warnings + 1) * sizeof(*c->warnings));
+    c->warnings[c->n_warnings++] = rp_xasprintf("%s:%u: %s", p->source, line, msg);
+}
+
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void watch_fill(struct rp_conf_watch *w, const struct stat *st)
+{
+    w->dev = (uint64_t)st->st_dev;
+    w->ino = (uint64_t)st->st_ino;
+    w->size = (int64_t)st->st_size;
+    w->mtime_ns = ts_ns(st->st_mtim);
+    w->ctime_ns = ts_ns(st->st_ctim);
+}
+
+static void watch_add(struct rp_conf *c, const char *path, const struct stat *st)
+{
+    for (size_t i = 0; i < c->n_watch; i++)
+        if (strcmp(c->watch[i].path, path) == 0)
+            return;
+    c->watch = rp_xrealloc(c->watch, (c->n_watch + 1) * sizeof(*c->watch));
+    struct rp_conf_watch *w = &c->watch[c->n_watch++];
+    w->path = rp_xstrdup(path);
+    watch_fill(w, st);
+}
+
+bool rp_conf_files_changed(const struct rp_conf *conf)
+{
+    if (!conf)
+        return false;
+    for (size_t i = 0; i < conf->n_watch; i++) {
+        const struct rp_conf_watch *w = &conf->watch[i];
+        struct rp_conf_watch now;
+        struct stat st;
+        if (stat(w->path, &st) != 0)
+            return true;
+        watch_fill(&now, &st);
+        if (now.dev != w->dev || now.ino != w->ino || now.size != w->size ||
+            now.mtime_ns != w->mtime_ns || now.ctime_ns != w->ctime_ns)
+            return true;
+    }
+    return false;
+}
+
+/* What a group/other mode bit lets others do, for the message. */
+static const char *exposure(mode_t mode)
+{
+    if (mode & S_IROTH)
+        return "readable by others";
+    if (mode & S_IRGRP)
+        return "readable by its group";
+    if (mode & S_IWOTH)
+        return "writable by others";
+    if (mode & S_IWGRP)
+        return "writable by its group";
+    return "accessible to group or others";
+}
+
+/* Reads a password_file or auth_file into the registry: the mode check (a credential file
+ * others can read is a leaked credential, so it is refused unless the registry opts in),
+ * the watch entry, then the content. The fd is checked, not the path, so the file judged is
+ * the file read. */
+static int load_credential_file(struct parser *p, const struct rp_conf_option *o,
+                                struct rp_conf_registry *r, unsigned line, const char *desc)
+{
+    const char *path = *(char **)field(r, o->offset);
+    const char *why = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    struct stat st;
+    int rc = -1;
+    bool auth = (o->flags & RP_CONF_F_AUTH_FILE) != 0;
+    int fd = rp_conf_open_regular(path, &st, &why);
+    if (fd < 0) {
+        fail(p, line, "%s '%s' in %s: %s", o->key, path, desc, why);
+        return -1;
+    }
+    mode_t loose = st.st_mode & 077;
+    if (loose && !r->allow_readable_credentials) {
+        fail(p, line,
+             "%s '%s' in %s is %s (mode %04o); chmod 600 it, or set "
+             "allow_readable_credentials = yes",
+             o->key, path, desc, exposure(loose), (unsigned)(st.st_mode & 07777));
+        goto out;
+    }
+    if (rp_conf_read_fd(fd, &st, auth ? RP_CONF_MAX_DOC : MAX_SECRET_FILE,
+                        auth ? "larger than 1 MiB" : "larger than 64 KiB", &buf, &len, &why) != 0) {
+        fail(p, line, "%s '%s' in %s: %s", o->key, path, desc, why);
+        goto out;
+    }
+    if (!auth) {
+        char *secret = first_line_secret(buf, len, &why);
+        if (!secret) {
+            fail(p, line, "%s '%s' in %s: %s", o->key, path, desc, why);
+            goto out;
+        }
+        char **aux = field(r, o->aux_offset);
+        rp_free_secret(*aux);
+        *aux = secret;
+    } else {
+        struct rp_conf_auth a;
+        char why2[1024];
+        if (rp_conf_auth_parse(buf, len, NULL, r->host, r->port, r->dockerhub, &a, why2,
+                               sizeof(why2)) != 0) {
+            fail(p, line, "%s '%s' in %s: %s", o->key, path, desc, why2);
+            goto out;
+        }
+        /* user, password and password_file conflict with auth_file: nothing to replace. */
+        r->user = a.user;
+        r->password = a.password;
+        r->identity_token = a.identity_token;
+        free(a.key);
+    }
+    if (loose)
+        warn(p, line, "%s '%s' in %s is %s (mode %04o); allowed by allow_readable_credentials",
+             o->key, path, desc, exposure(loose), (unsigned)(st.st_mode & 07777));
+    watch_add(p->conf, path, &st);
+    rc = 0;
+out:
+    if (buf) {
+        rp_secure_zero(buf, len);
+        free(buf);
+    }
+    close(fd);
+    return rc;
 }
 
 /* Cross-field rules and derived fields, once the section's last key is read. */
@@ -977,6 +1093,13 @@ static int finish_section(struct parser *p)
             strcmp(r->host, "registry-1.docker.io") == 0 || strcmp(r->host, "docker.io") == 0;
         if (!r->test_image && strcmp(r->host, "registry.redhat.io") == 0)
             r->test_image = rp_xstrdup("openshift3/ose-pod");
+        for (size_t i = 0; i < N_OPTIONS; i++) {
+            const struct rp_conf_option *o = &options[i];
+            if ((int)o->section == p->kind && p->key_line[i] &&
+                (o->flags & (RP_CONF_F_SECRET_FILE | RP_CONF_F_AUTH_FILE)) &&
+                load_credential_file(p, o, r, p->key_line[i], desc) != 0)
+                return -1;
+        }
     }
     p->kind = -1;
     return 0;
@@ -1171,12 +1294,16 @@ static int parse_key_value(struct parser *p, const char *s, size_t n, unsigned l
              p->key_line[idx]);
         return -1;
     }
-    if (o->conflicts) {
-        int c = option_index(p->kind, o->conflicts, strlen(o->conflicts));
-        if (c >= 0 && p->key_line[c]) {
-            fail(p, line, "'%s' and '%s' in %s are mutually exclusive", o->key, o->conflicts, desc);
+    for (const char *c = o->conflicts; c && *c;) {
+        size_t cl = strcspn(c, " ");
+        int ci = option_index(p->kind, c, cl);
+        if (ci >= 0 && p->key_line[ci]) {
+            fail(p, line, "'%s' and '%.*s' in %s are mutually exclusive", o->key, (int)cl, c, desc);
             return -1;
         }
+        c += cl;
+        while (*c == ' ')
+            c++;
     }
     /* Quotes keep leading or trailing spaces; there are no escapes, and quotes elsewhere in
      * a value are literal. */
@@ -1309,7 +1436,7 @@ int rp_conf_load_file(const char *path, struct rp_conf **out, char *err, size_t 
         err[0] = '\0';
     if (!path || !out)
         return -1;
-    int fd = open_regular(path, &st, &why);
+    int fd = rp_conf_open_regular(path, &st, &why);
     if (fd < 0) {
         if (err && errlen)
             snprintf(err, errlen, "%s: cannot read: %s", path, why);

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* One upstream registry: a [registry "NAME"] section. All strings are owned by the
  * struct rp_conf they belong to and live as long as it does. */
@@ -34,6 +35,16 @@ struct rp_conf_registry {
     char *test_image;   /* repository used by `regproxy check`; may be NULL */
     bool test_login;    /* default yes */
     int64_t tag_ttl_ms; /* -1: inherit [cache] tag_ttl */
+    /* A docker config.json or a kubernetes.io/dockerconfigjson Secret (JSON or YAML) whose
+     * entry for this registry's host fills user and password, or identity_token. */
+    char *auth_file;
+    /* Credential files (password_file, auth_file) readable by group or others are refused
+     * unless this is set; then a warning is recorded in struct rp_conf instead. */
+    bool allow_readable_credentials;
+    /* secret: the auth_file entry's `identitytoken` (an OAuth2 refresh token, as `docker
+     * login` stores for some registries). auth/ exchanges it for access tokens with the
+     * token spec's OAuth2 POST. Zeroed when the conf is freed. */
+    char *identity_token;
 };
 
 /* One listening address: a [listen "ADDR"] section. */
@@ -56,6 +67,15 @@ struct rp_conf_cache {
     size_t n_pins;
 };
 
+/* A credential file the configuration read, as it was when read: the proxy re-stats it
+ * (rp_conf_files_changed) to reload when a token is rotated. */
+struct rp_conf_watch {
+    char *path; /* as resolved: absolute, or relative to the cwd at parse time */
+    uint64_t dev, ino;
+    int64_t size;
+    int64_t mtime_ns, ctime_ns;
+};
+
 struct rp_conf {
     char *source; /* file path, or "<embedded>" */
     struct rp_conf_listen *listens;
@@ -63,6 +83,15 @@ struct rp_conf {
     struct rp_conf_registry *registries;
     size_t n_registries;
     struct rp_conf_cache cache;
+    /* Every password_file and auth_file read, in file order (a file named twice is listed
+     * once). */
+    struct rp_conf_watch *watch;
+    size_t n_watch;
+    /* Things that are allowed but worth a line in the log (readable credential files under
+     * allow_readable_credentials, unsupported identitytoken credentials), one sentence each,
+     * naming file and section, never a secret. The proxy logs them at startup. */
+    char **warnings;
+    size_t n_warnings;
 };
 
 /* Parses configuration text. `source` names it in error messages. On success returns 0
@@ -78,6 +107,61 @@ int rp_conf_load_file(const char *path, struct rp_conf **out, char *err, size_t 
 const char *rp_conf_default_text(void);
 /* Frees everything, zeroing secrets. Accepts NULL. */
 void rp_conf_free(struct rp_conf *conf);
+
+/* Whether any file in conf->watch now differs from when it was read (device, inode, size,
+ * mtime or ctime; a file that vanished or cannot be stat'ed counts as changed). Symlinks
+ * are followed, so a Kubernetes secret volume's atomic `..data` swap is seen. */
+bool rp_conf_files_changed(const struct rp_conf *conf);
+
+/* Credentials found in an auth file (docker config.json or dockerconfigjson Secret). */
+struct rp_conf_auth {
+    char *key;            /* the `auths` key that matched, as written */
+    char *user;           /* NULL when the entry has only an identitytoken */
+    char *password;       /* secret; NULL when the entry has only an identitytoken */
+    char *identity_token; /* secret; NULL unless the entry has `identitytoken` */
+};
+
+/* Finds the credentials for a registry in the text of an auth file: a docker config.json
+ * ({"auths": {KEY: {"auth": base64("user:password")} | {"username", "password"} |
+ * {"identitytoken"}}}) or a Kubernetes Secret of type kubernetes.io/dockerconfigjson whose
+ * data[".dockerconfigjson"] is a base64 config.json (or stringData, plain), in JSON or YAML.
+ * KEY matches as docker matches it: scheme and path are ignored ("https://index.docker.io/v1/"
+ * is "index.docker.io"); a KEY with a port matches only that port (`host` is lower case,
+ * IPv6 without brackets, `port` the effective port, 443 for https); a KEY without one
+ * matches the host on any port. host:port matches are preferred to host-only ones, and
+ * KEYs without a repository path to ones with it; ties go to the first in the file. With
+ * `dockerhub`, docker.io, index.docker.io and registry-1.docker.io are all the same host.
+ * Returns 0 and fills *out (free with rp_conf_auth_clear), or -1 with a one-line message
+ * in err, "SOURCE: what is wrong" (no prefix when source is NULL): invalid JSON/YAML with
+ * line and column, binary data, a missing or mistyped field with its path, bad base64, or
+ * no entry for the host with the KEYs present. Never puts a secret into err. At most
+ * 1 MiB of text. */
+int rp_conf_auth_parse(const char *text, size_t len, const char *source, const char *host, int port,
+                       bool dockerhub, struct rp_conf_auth *out, char *err, size_t errlen);
+/* Frees the strings (zeroing secrets) and clears *a. Accepts NULL. */
+void rp_conf_auth_clear(struct rp_conf_auth *a);
+
+/* Reads an openshift-ansible inventory, an INI file with an [OSEv3:vars] (or [all:vars])
+ * section or a YAML group_vars / YAML inventory file, and prints an equivalent regproxy
+ * configuration to `out`: oreg_url's registry (with oreg_auth_user/oreg_auth_password) as
+ * the default registry of a [listen "0.0.0.0:PORT"] section, one [registry] section per
+ * openshift_additional_registry_credentials item (Python-literal or YAML list: host, user,
+ * password, test_login, test_image, tls_verify), and, as a closing comment, the oreg_url that
+ * points the cluster at the proxy: "oreg_url=PROXY_HOSTPORT/<oreg_url's path>". PORT is
+ * proxy_hostport's port (5000 when it has none; then ":5000" is added to the oreg_url).
+ * Each password is written to "<out_dir>/<host>.password" (mode 0600, created under a
+ * temporary name and renamed, so it is never readable by others even for a moment; out_dir
+ * is created 0700 if missing) and the configuration names it with password_file, as an
+ * absolute path. No password is ever printed or put into err. Nothing is written (neither
+ * files nor `out`) unless the whole inventory was understood. Returns 0, or -1 with a
+ * one-line message naming the inventory (and line, for INI) in err. */
+int rp_conf_import_inventory(const char *inventory_path, const char *out_dir,
+                             const char *proxy_hostport, FILE *out, char *err, size_t errlen);
+
+/* Writes docs/configuration.md: an introduction, one table per section generated from the
+ * option table (key, type, default, meaning), and the credential file formats. The unit
+ * tests fail when the committed file differs. Returns 0, or -1 on a write error. */
+int rp_conf_write_doc(FILE *out);
 
 /* The registry whose section name, host, or hostport equals s (case-insensitive);
  * "docker.io" also finds a registry whose host is registry-1.docker.io. NULL if none. */
@@ -120,10 +204,16 @@ enum rp_conf_type {
     RP_CONF_SECRET,   /* char *: never logged or put in errors, zeroed on free */
 };
 
-#define RP_CONF_F_REQUIRED 1u    /* the section is an error without it */
-#define RP_CONF_F_READABLE 2u    /* PATH: must name a readable regular file at parse time */
-#define RP_CONF_F_SECRET_FILE 4u /* PATH: its first line fills the secret at aux_offset */
-#define RP_CONF_F_URL_ITEMS 8u   /* LIST: every item must be an http(s) URL */
+#define RP_CONF_F_REQUIRED 1u /* the section is an error without it */
+#define RP_CONF_F_READABLE 2u /* PATH: must name a readable regular file at parse time */
+/* PATH: a credential file whose first line fills the secret at aux_offset; read once the
+ * section is complete (see RP_CONF_F_AUTH_FILE for the mode check and the watch). */
+#define RP_CONF_F_SECRET_FILE 4u
+#define RP_CONF_F_URL_ITEMS 8u /* LIST: every item must be an http(s) URL */
+/* PATH: an auth file (see rp_conf_auth_parse), read once the section is complete, since the
+ * entry is chosen by the section's url. Like F_SECRET_FILE files it is a credential file:
+ * its mode is checked (allow_readable_credentials) and it is recorded in rp_conf.watch. */
+#define RP_CONF_F_AUTH_FILE 16u
 
 struct rp_conf_option {
     enum rp_conf_section_kind section;
@@ -135,7 +225,7 @@ struct rp_conf_option {
     size_t aux_offset;        /* LIST: its size_t count; F_SECRET_FILE: the secret */
     unsigned flags;           /* RP_CONF_F_* */
     const char *requires;     /* key that must be set too in the same section, or NULL */
-    const char *conflicts;    /* key that must not be set too, or NULL */
+    const char *conflicts;    /* keys that must not be set too, separated by spaces, or NULL */
     const char *help;         /* one line for docs and `regproxy check` */
 };
 

@@ -27,12 +27,11 @@ void rp_access_log(const struct rp_access *a)
     if (rp_log_is_json()) {
         char ts[40];
         rp_log_time(ts, sizeof(ts));
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:i, s:s}",
-                              "ts", ts, "level", "info", "msg", "access", "id", a->id, "method",
-                              a->method, "path", a->path, "status", a->status, "bytes",
-                              (json_int_t)a->bytes, "ms", (json_int_t)a->ms, "registry",
-                              a->registry, "cache", a->cache, "upstream", a->upstream, "peer",
-                              a->peer);
+        json_t *o = json_pack(
+            "{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:s, s:s, s:i, s:s}", "ts", ts, "level",
+            "info", "msg", "access", "id", a->id, "method", a->method, "path", a->path, "status",
+            a->status, "bytes", (json_int_t)a->bytes, "ms", (json_int_t)a->ms, "registry",
+            a->registry, "cache", a->cache, "upstream", a->upstream, "peer", a->peer);
         if (a->aborted)
             json_object_set_new(o, "aborted", json_string(a->aborted));
         if (a->reason)
@@ -49,6 +48,6 @@ void rp_access_log(const struct rp_access *a)
             "upstream=%d peer=%s%s%s%s%s%s",
             a->id, a->method, a->path, a->status, (unsigned long long)a->bytes, (long long)a->ms,
             a->registry, a->cache, a->upstream, a->peer, a->aborted ? " aborted=" : "",
-            a->aborted ? a->aborted : "", a->reason ? " reason=\"" : "",
-            a->reason ? a->reason : "", a->reason ? "\"" : "");
+            a->aborted ? a->aborted : "", a->reason ? " reason=\"" : "", a->reason ? a->reason : "",
+            a->reason ? "\"" : "");
 }

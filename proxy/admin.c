@@ -35,9 +35,11 @@ static void admin_reply(struct admin_conn *a, int status, const char *type, cons
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                         "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                        status, status == 200 ? "OK" : status == 503 ? "Service Unavailable"
-                                                     : status == 405 ? "Method Not Allowed"
-                                                                     : "Not Found",
+                        status,
+                        status == 200   ? "OK"
+                        : status == 503 ? "Service Unavailable"
+                        : status == 405 ? "Method Not Allowed"
+                                        : "Not Found",
                         type, len);
     evbuffer_add(out, body, len);
     a->done = true;
@@ -75,11 +77,10 @@ static int render_ready(struct rp_server *srv, struct rp_buf *out)
         const struct rp_check_status *cs = &srv->checks[i];
         json_object_set_new(regs, srv->conf->registries[i].name,
                             json_pack("{s:s, s:s}", "check",
-                                      cs->state == RP_CHECK_OK       ? "ok"
-                                      : cs->state == RP_CHECK_FAILED ? "failed"
-                                      : cs->state == RP_CHECK_SKIPPED
-                                          ? "skipped"
-                                          : "pending",
+                                      cs->state == RP_CHECK_OK        ? "ok"
+                                      : cs->state == RP_CHECK_FAILED  ? "failed"
+                                      : cs->state == RP_CHECK_SKIPPED ? "skipped"
+                                                                      : "pending",
                                       "detail", cs->line ? cs->line : ""));
     }
     json_t *root = json_pack("{s:b, s:b, s:b, s:o}", "ready", writable, "config_loaded", 1,

@@ -5,14 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kind_names[RP_METRICS_KINDS] = {"ping", "manifest", "blob",
+static const char *const kind_names[RP_METRICS_KINDS] = {"ping", "manifest",  "blob",
                                                          "tags", "referrers", "other"};
 static const char *const class_names[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
 static const char *const cache_names[RP_METRICS_CACHE_RESULTS] = {"hit", "miss", "stale",
                                                                   "revalidated", "pass"};
 /* Upper bounds in seconds of the upstream latency histogram. */
-static const double latency_le[RP_METRICS_LATENCY_BUCKETS] = {
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+static const double latency_le[RP_METRICS_LATENCY_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                              0.5,   1,    2.5,   5,    10,  30};
 
 void rp_metrics_init(struct rp_metrics *m, size_t n_registries)
 {
@@ -117,8 +117,7 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
         for (int c = 0; c < 6; c++)
             if (m->requests[k][c])
                 rp_buf_addf(out, "regproxy_requests_total{route=\"%s\",status=\"%s\"} %llu\n",
-                            kind_names[k], class_names[c],
-                            (unsigned long long)m->requests[k][c]);
+                            kind_names[k], class_names[c], (unsigned long long)m->requests[k][c]);
     head(out, "regproxy_cache_requests_total", "counter",
          "Manifest and blob requests by cache result (hit, miss, stale, revalidated, pass).");
     for (int i = 0; i < RP_METRICS_CACHE_RESULTS; i++)

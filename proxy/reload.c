@@ -14,11 +14,11 @@
 
 #define WATCH_INTERVAL_S 2
 
-#define SWAP(a, b)                                                                             \
-    do {                                                                                       \
-        __typeof__(a) swap_tmp_ = (a);                                                         \
-        (a) = (b);                                                                             \
-        (b) = swap_tmp_;                                                                       \
+#define SWAP(a, b)                                                                                 \
+    do {                                                                                           \
+        __typeof__(a) swap_tmp_ = (a);                                                             \
+        (a) = (b);                                                                                 \
+        (b) = swap_tmp_;                                                                           \
     } while (0)
 
 static bool same_shape(const struct rp_conf *a, const struct rp_conf *b, const char **why)
@@ -77,8 +77,7 @@ int rp_reload(struct rp_server *srv, const char *why)
     char err[512];
     struct rp_conf *fresh = NULL;
     if (rp_conf_load_file(run->source, &fresh, err, sizeof(err)) != 0) {
-        rp_error("reload (%s) refused, still serving the previous configuration: %s", why,
-                 err);
+        rp_error("reload (%s) refused, still serving the previous configuration: %s", why, err);
         return -1;
     }
     const char *shape_why = NULL;

@@ -108,8 +108,8 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
             return 0;
         }
     }
-    char *url = NULL, *authorization = NULL;
-    int e = rp_auth_token_request(auth, scope, &url, &authorization);
+    char *url = NULL, *authorization = NULL, *post_body = NULL;
+    int e = rp_auth_token_request(auth, scope, &url, &authorization, &post_body);
     if (e != RP_AUTH_OK) {
         rp_warn("token registry=%s error=\"%s\"", reg->name, rp_auth_strerror(e));
         free(url);
@@ -127,6 +127,7 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     struct rp_xfer_opts o = {
         .url = url,
         .authorization = authorization,
+        .post_body = post_body,
         .ca_file = reg->ca_file,
         .tls_verify = reg->tls_verify,
         .timeout_ms = TOKEN_TIMEOUT_MS,
@@ -134,6 +135,7 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     f->xfer = rp_upstream_start(srv->up, &o, &fetch_cb, f);
     free(url);
     rp_free_secret(authorization);
+    rp_free_secret(post_body);
     if (!f->xfer) {
         fetch_free(f);
         return RP_AUTH_E_REALM_ERROR;

@@ -417,6 +417,11 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     if (o->head)
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    if (o->post_body) {
+        /* COPYPOSTFIELDS: curl keeps its own copy for the transfer's life. */
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(o->post_body));
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->post_body);
+    }
     if (o->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
     if (!o->tls_verify) {

@@ -60,6 +60,7 @@ struct rp_xfer_opts {
     const char *authorization; /* full header value or NULL; a secret, copied and zeroed */
     const char *accept;        /* forwarded Accept value or NULL */
     const char *range;         /* forwarded Range value or NULL */
+    const char *post_body;     /* form-encoded POST body (a secret: copied, zeroed) or NULL */
     const char *ca_file;       /* NULL: system CAs */
     bool tls_verify;
     long timeout_ms; /* whole-transfer limit; 0 = none (blob streams have their own) */

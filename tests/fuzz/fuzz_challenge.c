@@ -50,9 +50,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The same bytes as a header the proxy received (a C string: cut at the first NUL). */
     char *h = rp_xstrndup((const char *)data, size);
     struct rp_auth *a = rp_auth_new(&reg);
-    char *url = NULL, *authz = NULL;
+    char *url = NULL, *authz = NULL, *post = NULL;
     if (rp_auth_on_unauthorized(a, "repository:a/b:pull", h, NULL) == RP_AUTH_OK &&
-        rp_auth_token_request(a, "repository:a/b:pull", &url, &authz) == RP_AUTH_OK) {
+        rp_auth_token_request(a, "repository:a/b:pull", &url, &authz, &post) == RP_AUTH_OK) {
         for (const char *p = url; *p; p++)
             if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
                 abort();

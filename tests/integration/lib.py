@@ -1166,6 +1166,7 @@ class Session:
         self._cache = {}
         self._broken = {}
         self.sa_password = "sa-" + secrets.token_hex(16)
+        self.sa_refresh_token = "rt-" + secrets.token_hex(16)
         self.alice_password = "alice-" + secrets.token_hex(12)
         self.pusher_password = "push-" + secrets.token_hex(12)
         self.env = None
@@ -1235,7 +1236,8 @@ class Session:
         if sa_password is not None:
             self.sa_password = sa_password
         d = {"accounts": {
-            SA_USER: {"password": self.sa_password, "actions": ["pull"], "repos": ["*"]},
+            SA_USER: {"password": self.sa_password, "actions": ["pull"], "repos": ["*"],
+                      "refresh_token": self.sa_refresh_token},
             "pusher": {"password": self.pusher_password, "actions": ["pull", "push"]}},
              "knobs": knobs}
         p = os.path.join(self.tmp, "accounts.json")

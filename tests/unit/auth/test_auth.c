@@ -8,6 +8,10 @@
 #include "auth/auth.h"
 #include "util/util.h"
 
+/* rp_auth_token_request's OAuth2 body: NULL for every registry here but the one with an
+ * identity token (test_flow_identity_token frees it). */
+static char *post;
+
 #define RH_CHALLENGE                                                                               \
     "Bearer "                                                                                      \
     "realm=\"https://registry.redhat.io/auth/realms/rhcc/protocol/redhat-docker-v2/auth\","        \
@@ -537,6 +541,33 @@ static void test_scope_and_strerror(void)
     CHECK(rp_auth_strerror(-2147483647 - 1) != NULL);
 }
 
+/* docker login's identitytoken: the token request is an OAuth2 POST of the refresh token
+ * to the realm, with no Basic credentials anywhere. */
+static void test_flow_identity_token(void)
+{
+    struct rp_conf_registry reg = rh_reg;
+    reg.user = NULL;
+    reg.password = NULL;
+    reg.identity_token = "refresh/me+1";
+    struct rp_auth *a = rp_auth_new(&reg);
+    char *url = NULL, *authz = (char *)1, *body = NULL;
+    const char *scope = "repository:rhel8/ubi:pull";
+    CHECK_INT(rp_auth_on_unauthorized(a, scope, RH_CHALLENGE, NULL), RP_AUTH_OK);
+    CHECK_INT(rp_auth_token_request(a, scope, &url, &authz, &body), RP_AUTH_OK);
+    CHECK_STR(url, RH_REALM);
+    CHECK(authz == NULL);
+    CHECK_STR(body, "grant_type=refresh_token&client_id=regproxy&service=docker-registry"
+                    "&scope=repository%3Arhel8%2Fubi%3Apull&refresh_token=refresh%2Fme%2B1");
+    free(url);
+    rp_free_secret(body);
+    const char *answer = "{\"access_token\":\"at1\",\"expires_in\":300}";
+    CHECK_INT(rp_auth_token_response(a, scope, 200, answer, strlen(answer), 1000), RP_AUTH_OK);
+    CHECK_INT(rp_auth_prepare(a, scope, 1000, &authz), RP_AUTH_SEND);
+    CHECK_STR(authz, "Bearer at1");
+    rp_free_secret(authz);
+    rp_auth_free(a);
+}
+
 /* The whole Bearer flow as proxy/ drives it against registry.redhat.io. */
 static void test_flow_bearer(void)
 {
@@ -551,7 +582,7 @@ static void test_flow_bearer(void)
     CHECK_INT(rp_auth_prepare(a, scope, now, &authz), RP_AUTH_NEED_TOKEN);
     CHECK(authz == NULL);
 
-    CHECK_INT(rp_auth_token_request(a, scope, &url, &authz), RP_AUTH_OK);
+    CHECK_INT(rp_auth_token_request(a, scope, &url, &authz, &post), RP_AUTH_OK);
     CHECK_STR(url, RH_REALM "?service=docker-registry&scope=repository%3Arhel8%2Fubi%3Apull");
     CHECK_STR(authz, RH_BASIC);
     free(url);
@@ -629,7 +660,7 @@ static void test_flow_anonymous_dockerhub(void)
 
     CHECK_INT(rp_auth_on_unauthorized(a, scope, HUB_CHALLENGE, NULL), RP_AUTH_OK);
     CHECK_INT(rp_auth_prepare(a, scope, 0, &authz), RP_AUTH_NEED_TOKEN);
-    CHECK_INT(rp_auth_token_request(a, scope, &url, &authz), RP_AUTH_OK);
+    CHECK_INT(rp_auth_token_request(a, scope, &url, &authz, &post), RP_AUTH_OK);
     CHECK_STR(url, "https://auth.docker.io/token?service=registry.docker.io"
                    "&scope=repository%3Alibrary%2Fubuntu%3Apull");
     CHECK(authz == NULL);
@@ -668,7 +699,7 @@ static void test_token_request_url_forms(void)
         struct rp_auth *a = rp_auth_new(&rh_reg);
         char *url = NULL, *authz = NULL;
         CHECK_INT(rp_auth_on_unauthorized(a, cases[k].scope, cases[k].challenge, NULL), RP_AUTH_OK);
-        CHECK_INT(rp_auth_token_request(a, cases[k].scope, &url, &authz), RP_AUTH_OK);
+        CHECK_INT(rp_auth_token_request(a, cases[k].scope, &url, &authz, &post), RP_AUTH_OK);
         CHECK_STR(url, cases[k].want);
         CHECK_STR(authz, RH_BASIC);
         free(url);
@@ -690,7 +721,7 @@ static void test_foreign_realm(void)
         char *url = (char *)1, *authz = (char *)1;
         CHECK_INT(rp_auth_on_unauthorized(a, "s", realms[k], NULL), RP_AUTH_OK);
         CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
-        CHECK_INT(rp_auth_token_request(a, "s", &url, &authz), RP_AUTH_E_REALM_NOT_ALLOWED);
+        CHECK_INT(rp_auth_token_request(a, "s", &url, &authz, &post), RP_AUTH_E_REALM_NOT_ALLOWED);
         CHECK(url == NULL);
         CHECK(authz == NULL);
         rp_auth_free(a);
@@ -709,7 +740,7 @@ static void test_flow_basic(void)
     /* The credentials just sent were refused: retrying cannot help. */
     CHECK_INT(rp_auth_on_unauthorized(a, "s", h, authz), RP_AUTH_E_REJECTED);
     rp_free_secret(authz);
-    CHECK_INT(rp_auth_token_request(a, "s", &url, &authz), RP_AUTH_E_NO_CHALLENGE);
+    CHECK_INT(rp_auth_token_request(a, "s", &url, &authz, &post), RP_AUTH_E_NO_CHALLENGE);
     CHECK(url == NULL && authz == NULL);
     rp_auth_free(a);
 
@@ -803,7 +834,7 @@ static void test_reset(void)
     rp_auth_reset(a);
     CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
     CHECK(authz == NULL);
-    CHECK_INT(rp_auth_token_request(a, "s", &url, &authz), RP_AUTH_E_NO_CHALLENGE);
+    CHECK_INT(rp_auth_token_request(a, "s", &url, &authz, &post), RP_AUTH_E_NO_CHALLENGE);
     /* And it learns again from the next 401. */
     CHECK_INT(rp_auth_on_unauthorized(a, "s", RH_CHALLENGE, NULL), RP_AUTH_OK);
     CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
@@ -861,6 +892,7 @@ int main(void)
     RUN(test_token_issued_at);
     RUN(test_scope_and_strerror);
     RUN(test_flow_bearer);
+    RUN(test_flow_identity_token);
     RUN(test_token_margin);
     RUN(test_flow_anonymous_dockerhub);
     RUN(test_token_request_url_forms);

@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for conf/: the option table, parsing and its error messages, password files,
- * URL splitting, registry lookup and the token-realm policy. */
+ * URL splitting, registry lookup and the token-realm policy; auth files (docker config.json
+ * and dockerconfigjson Secrets), credential file modes and the change watch; the
+ * openshift-ansible inventory importer; docs/configuration.md against the table. */
 #include "conf/conf.h"
+#include "conf/internal.h"
 #include "tests/unit/unit.h"
 #include "util/util.h"
 
@@ -12,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MINIMAL                                                                                    \
@@ -490,6 +494,16 @@ static void write_file(const char *name, const char *content, size_t len)
         return;
     CHECK(fwrite(content, 1, len, f) == len);
     fclose(f);
+    /* Credential files others can read are refused; tests that want that say so. */
+    CHECK(chmod(path, 0600) == 0);
+}
+
+static void write_file_mode(const char *name, const char *content, mode_t mode)
+{
+    char path[256];
+    write_file(name, content, strlen(content));
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    CHECK(chmod(path, mode) == 0);
 }
 
 static void remove_file(const char *name)
@@ -896,15 +910,20 @@ static void test_option_table(void)
         /* Keys are unique within a section. */
         for (size_t j = 0; j < i; j++)
             CHECK(o[j].section != o[i].section || strcmp(o[j].key, o[i].key) != 0);
-        /* requires/conflicts name keys of the same section. */
+        /* requires/conflicts name keys of the same section (conflicts: a list). */
         const char *rel[2] = {o[i].requires, o[i].conflicts};
         for (int k = 0; k < 2; k++) {
-            if (!rel[k])
-                continue;
-            bool found = false;
-            for (size_t j = 0; j < n; j++)
-                found |= o[j].section == o[i].section && strcmp(o[j].key, rel[k]) == 0;
-            CHECK(found);
+            for (const char *r = rel[k]; r && *r;) {
+                size_t rl = strcspn(r, " ");
+                bool found = false;
+                for (size_t j = 0; j < n; j++)
+                    found |= o[j].section == o[i].section && strlen(o[j].key) == rl &&
+                             strncmp(o[j].key, r, rl) == 0;
+                CHECK(found);
+                r += rl;
+                while (*r == ' ')
+                    r++;
+            }
         }
     }
     CHECK(seen_url);
@@ -922,8 +941,1137 @@ static void test_option_table(void)
     }
 }
 
-int main(void)
+/* ---- auth files: docker config.json and dockerconfigjson Secrets ---- */
+
+static char *b64(const char *s)
 {
+    return rp_base64_encode(s, strlen(s));
+}
+
+/* Parses an auth file text for host:port as "pull.json"; the caller clears *a. */
+static int auth(const char *text, const char *host, int port, bool hub, struct rp_conf_auth *a)
+{
+    return rp_conf_auth_parse(text, strlen(text), "pull.json", host, port, hub, a, err,
+                              sizeof(err));
+}
+
+static void expect_auth_err(const char *text, const char *host, int port, const char *want)
+{
+    struct rp_conf_auth a;
+    CHECK_INT(auth(text, host, port, false, &a), -1);
+    CHECK(a.user == NULL && a.password == NULL && a.identity_token == NULL && a.key == NULL);
+    CHECK_STR(err, want);
+}
+
+static void test_auth_formats(void)
+{
+    struct rp_conf_auth a;
+    char *u = b64("12345678|cluster-pull:s3cr3t:with:colons");
+    char *t = rp_xasprintf("{\"auths\": {\"registry.redhat.io\": {\"auth\": \"%s\", \"email\": "
+                           "\"me@example.com\"}}}",
+                           u);
+    CHECK_INT(auth(t, "registry.redhat.io", 443, false, &a), 0);
+    CHECK_STR(err, "");
+    CHECK_STR(a.key, "registry.redhat.io");
+    CHECK_STR(a.user, "12345678|cluster-pull");
+    CHECK_STR(a.password, "s3cr3t:with:colons"); /* split at the first ':' */
+    CHECK(a.identity_token == NULL);
+    rp_conf_auth_clear(&a);
+    CHECK(a.user == NULL && a.key == NULL);
+    free(t);
+    free(u);
+
+    /* username and password, as podman writes for robot accounts. */
+    CHECK_INT(auth("{\"auths\":{\"quay.io\":{\"username\":\"org+robot\",\"password\":\"pw\"}}}",
+                   "quay.io", 443, false, &a),
+              0);
+    CHECK_STR(a.user, "org+robot");
+    CHECK_STR(a.password, "pw");
+    rp_conf_auth_clear(&a);
+
+    /* `auth` wins over username/password, as in docker. */
+    u = b64("a:b");
+    t = rp_xasprintf("{\"auths\":{\"quay.io\":{\"username\":\"x\",\"password\":\"y\",\"auth\":"
+                     "\"%s\"}}}",
+                     u);
+    CHECK_INT(auth(t, "quay.io", 443, false, &a), 0);
+    CHECK_STR(a.user, "a");
+    CHECK_STR(a.password, "b");
+    rp_conf_auth_clear(&a);
+    free(t);
+    free(u);
+
+    /* identitytoken, with docker's "<token>:" auth beside it, and alone. */
+    u = b64("<token>:");
+    t = rp_xasprintf("{\"auths\":{\"r.example.com\":{\"auth\":\"%s\",\"identitytoken\":"
+                     "\"refresh-tok\"}}}",
+                     u);
+    CHECK_INT(auth(t, "r.example.com", 443, false, &a), 0);
+    CHECK_STR(a.user, "<token>");
+    CHECK(a.password == NULL);
+    CHECK_STR(a.identity_token, "refresh-tok");
+    rp_conf_auth_clear(&a);
+    free(t);
+    free(u);
+    CHECK_INT(auth("{\"auths\":{\"r.example.com\":{\"identitytoken\":\"tok\",\"auth\":\"\"}}}",
+                   "r.example.com", 443, false, &a),
+              0);
+    CHECK(a.user == NULL && a.password == NULL);
+    CHECK_STR(a.identity_token, "tok");
+    rp_conf_auth_clear(&a);
+
+    /* Unpadded base64 and other top-level keys docker writes. */
+    u = b64("ab:cd");
+    CHECK(u[strlen(u) - 1] == '=');
+    u[strlen(u) - 1] = '\0';
+    t = rp_xasprintf("{\"auths\":{\"h.example.com\":{\"auth\":\"%s\"}},\"HttpHeaders\":"
+                     "{\"User-Agent\":\"x\"},\"credsStore\":\"desktop\"}",
+                     u);
+    CHECK_INT(auth(t, "h.example.com", 443, false, &a), 0);
+    CHECK_STR(a.password, "cd");
+    rp_conf_auth_clear(&a);
+    free(t);
+    free(u);
+    rp_conf_auth_clear(NULL);
+}
+
+/* Which key of {"auths": {keys...}} is chosen for host:port. */
+static const char *pick(const char *keys_json, const char *host, int port, bool hub)
+{
+    static char got[128];
+    struct rp_conf_auth a;
+    char *t = rp_xasprintf("{\"auths\": %s}", keys_json);
+    got[0] = '\0';
+    if (auth(t, host, port, hub, &a) == 0)
+        snprintf(got, sizeof(got), "%s", a.password);
+    else
+        snprintf(got, sizeof(got), "none");
+    rp_conf_auth_clear(&a);
+    free(t);
+    return got;
+}
+
+#define E(key, pw) "\"" key "\": {\"username\": \"u\", \"password\": \"" pw "\"}"
+
+static void test_auth_key_matching(void)
+{
+    static const char *const match[] = {
+        "registry.example.com",
+        "https://registry.example.com",
+        "http://registry.example.com",
+        "https://registry.example.com/",
+        "https://registry.example.com/v2/",
+        "registry.example.com:443",
+        "https://registry.example.com:443/v1/",
+        "REGISTRY.Example.COM",
+        "HTTPS://registry.example.com",
+        "registry.example.com/some/org",
+    };
+    static const char *const nomatch[] = {
+        "registry.example.com:5000",
+        "registry.example.com.evil",
+        "evil.com/registry.example.com",
+        "example.com",
+        "oci://registry.example.com",
+        "registry.example.com:x",
+        "https://",
+        "",
+        "registry.example.com:0443x",
+    };
+    char keys[256];
+    for (size_t i = 0; i < sizeof(match) / sizeof(match[0]); i++) {
+        snprintf(keys, sizeof(keys), "{\"%s\": {\"auth\": \"dTpw\"}}", match[i]);
+        const char *got = pick(keys, "registry.example.com", 443, false);
+        if (strcmp(got, "p") != 0)
+            fprintf(stderr, "key %s: %s\n", match[i], err);
+        CHECK_STR(got, "p");
+    }
+    for (size_t i = 0; i < sizeof(nomatch) / sizeof(nomatch[0]); i++) {
+        snprintf(keys, sizeof(keys), "{\"%s\": {\"auth\": \"dTpw\"}}", nomatch[i]);
+        const char *got = pick(keys, "registry.example.com", 443, false);
+        if (strcmp(got, "none") != 0)
+            fprintf(stderr, "key %s matched\n", nomatch[i]);
+        CHECK_STR(got, "none");
+    }
+    /* Exact host:port first, then host only, whatever the order in the file. */
+    CHECK_STR(
+        pick("{" E("registry.example.com", "host") "," E("registry.example.com:443", "exact") "}",
+             "registry.example.com", 443, false),
+        "exact");
+    CHECK_STR(pick("{" E("https://registry.example.com:5000/v2/",
+                         "exact") "," E("registry.example.com", "host") "}",
+                   "registry.example.com", 5000, false),
+              "exact");
+    CHECK_STR(
+        pick("{" E("registry.example.com:5000", "exact") "," E("registry.example.com", "host") "}",
+             "registry.example.com", 443, false),
+        "host");
+    /* A bare key beats a per-namespace one; among equals the first wins. */
+    CHECK_STR(pick("{" E("quay.io/org", "ns") "," E("quay.io", "bare") "}", "quay.io", 443, false),
+              "bare");
+    CHECK_STR(pick("{" E("https://quay.io", "first") "," E("quay.io", "second") "}", "quay.io", 443,
+                   false),
+              "first");
+    /* Other ports and IPv6 literals. */
+    CHECK_STR(pick("{" E("localhost:5000", "l") "}", "localhost", 5000, false), "l");
+    CHECK_STR(pick("{" E("http://localhost:5000/", "l") "}", "localhost", 5000, false), "l");
+    CHECK_STR(pick("{" E("localhost:5001", "l") "}", "localhost", 5000, false), "none");
+    CHECK_STR(pick("{" E("[::1]:5000", "v6") "}", "::1", 5000, false), "v6");
+    CHECK_STR(pick("{" E("[::1]", "v6") "}", "::1", 5000, false), "v6");
+    CHECK_STR(pick("{" E("::1", "v6") "}", "::1", 5000, false), "none");
+    CHECK_STR(pick("{" E("[::1]:5001", "v6") "}", "::1", 5000, false), "none");
+}
+
+static void test_auth_dockerhub(void)
+{
+    static const char *const keys[] = {"docker.io",
+                                       "index.docker.io",
+                                       "https://index.docker.io/v1/",
+                                       "registry-1.docker.io",
+                                       "https://registry-1.docker.io",
+                                       "Docker.IO:443"};
+    char json[256];
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        snprintf(json, sizeof(json), "{\"%s\": {\"auth\": \"dTpw\"}}", keys[i]);
+        CHECK_STR(pick(json, "registry-1.docker.io", 443, true), "p");
+        CHECK_STR(pick(json, "docker.io", 443, true), "p");
+        /* Only Docker Hub treats them as one host. */
+        CHECK_STR(pick(json, "quay.io", 443, false), "none");
+    }
+    CHECK_STR(
+        pick("{\"index.docker.io\": {\"auth\": \"dTpw\"}}", "registry-1.docker.io", 443, false),
+        "none");
+
+    /* Through a config: url = https://registry-1.docker.io is a Docker Hub registry. */
+    char src[256], text[512];
+    struct rp_conf *c = NULL;
+    snprintf(src, sizeof(src), "%s/regproxy.conf", tmpdir);
+    const char *hub = "{\"auths\":{\"https://index.docker.io/v1/\":{\"auth\":\"dTpw\"}}}";
+    write_file("hub.json", hub, strlen(hub));
+    snprintf(text, sizeof(text),
+             "[listen \"127.0.0.1:5000\"]\n[registry \"docker.io\"]\nurl = "
+             "https://registry-1.docker.io\nauth_file = hub.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    CHECK_STR(err, "");
+    if (c) {
+        CHECK_STR(reg0(c)->user, "u");
+        CHECK_STR(reg0(c)->password, "p");
+    }
+    rp_conf_free(c);
+    remove_file("hub.json");
+}
+
+static const char *const config_json_for_secret =
+    "{\"auths\":{\"registry.redhat.io\":{\"auth\":\"MTEwMDkxMDN8dWhjLXB1bGw6ZXlKaGJHY2lP\","
+    "\"email\":\"me@example.com\"},\"quay.io\":{\"username\":\"q\",\"password\":\"qp\"}}}";
+
+static void test_auth_secret(void)
+{
+    struct rp_conf_auth a;
+    char *inner = b64(config_json_for_secret);
+    /* The YAML secret as Red Hat's service-account page offers it. */
+    char *yaml = rp_xasprintf("apiVersion: v1\n"
+                              "kind: Secret\n"
+                              "metadata:\n"
+                              "  name: 11009103-uhc-pull-pull-secret\n"
+                              "data:\n"
+                              "  .dockerconfigjson: %s\n"
+                              "type: kubernetes.io/dockerconfigjson\n",
+                              inner);
+    CHECK_INT(auth(yaml, "registry.redhat.io", 443, false, &a), 0);
+    CHECK_STR(err, "");
+    CHECK_STR(a.user, "11009103|uhc-pull");
+    CHECK_STR(a.password, "eyJhbGciO");
+    rp_conf_auth_clear(&a);
+    CHECK_INT(auth(yaml, "quay.io", 443, false, &a), 0);
+    CHECK_STR(a.password, "qp");
+    rp_conf_auth_clear(&a);
+    free(yaml);
+
+    /* The same in JSON (`oc get secret -o json`). */
+    char *json = rp_xasprintf("{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{\"name\":"
+                              "\"x\"},\"type\":\"kubernetes.io/dockerconfigjson\",\"data\":{"
+                              "\".dockerconfigjson\":\"%s\"}}",
+                              inner);
+    CHECK_INT(auth(json, "registry.redhat.io", 443, false, &a), 0);
+    CHECK_STR(a.user, "11009103|uhc-pull");
+    rp_conf_auth_clear(&a);
+    free(json);
+
+    /* Base64 folded over several lines, a document marker, CRLF line ends. */
+    size_t n = strlen(inner);
+    struct rp_buf b;
+    rp_buf_init(&b, 1 << 16);
+    rp_buf_addf(&b, "---\r\nkind: Secret\r\ntype: kubernetes.io/dockerconfigjson\r\ndata:\r\n  "
+                    ".dockerconfigjson: >-\r\n");
+    for (size_t i = 0; i < n; i += 40)
+        rp_buf_addf(&b, "    %.*s\r\n", (int)(n - i < 40 ? n - i : 40), inner + i);
+    CHECK_INT(auth(b.data, "registry.redhat.io", 443, false, &a), 0);
+    CHECK_STR(a.password, "eyJhbGciO");
+    rp_conf_auth_clear(&a);
+    rp_buf_free(&b);
+
+    /* stringData holds the plain JSON. */
+    yaml = rp_xasprintf("kind: Secret\nstringData:\n  .dockerconfigjson: '%s'\n",
+                        config_json_for_secret);
+    CHECK_INT(auth(yaml, "quay.io", 443, false, &a), 0);
+    CHECK_STR(a.user, "q");
+    rp_conf_auth_clear(&a);
+    free(yaml);
+
+    /* A plain config.json in YAML is fine too. */
+    CHECK_INT(auth("auths:\n  quay.io:\n    auth: dTpw\n", "quay.io", 443, false, &a), 0);
+    CHECK_STR(a.password, "p");
+    rp_conf_auth_clear(&a);
+    free(inner);
+}
+
+static void test_auth_errors(void)
+{
+    /* Malformed entries: the message has the file, the field's path and the fault. */
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"auth\":\"!!not-base64!!\"}}}",
+                    "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\".auth is not valid base64");
+    char *nocolon = b64("userpass");
+    char *t = rp_xasprintf("{\"auths\":{\"r.example.com\":{\"auth\":\"%s\"}}}", nocolon);
+    expect_auth_err(t, "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\".auth does not decode to user:password");
+    free(t);
+    free(nocolon);
+    char *empty_pw = b64("user:");
+    t = rp_xasprintf("{\"auths\":{\"r.example.com\":{\"auth\":\"%s\"}}}", empty_pw);
+    expect_auth_err(t, "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\".auth decodes to an empty password");
+    free(t);
+    free(empty_pw);
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"auth\":\"OnA=\"}}}", "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\".auth decodes to an empty user name");
+    expect_auth_err("{\"auths\":{\"r.example.com\":{}}}", "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\" has no credentials (auth, username and "
+                    "password, or identitytoken)");
+    expect_auth_err("{\"auths\":{\"r.example.com\":{}},\"credsStore\":\"desktop\"}",
+                    "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\" has no credentials (auth, username and "
+                    "password, or identitytoken): docker keeps them in the credential store "
+                    "'desktop' (credsStore), which regproxy does not read");
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"username\":\"u\"}}}", "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\" has a username but no password");
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"password\":\"hunter2\"}}}", "r.example.com",
+                    443, "pull.json: auths.\"r.example.com\" has a password but no username");
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"registrytoken\":\"hunter2\"}}}",
+                    "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\" holds a registrytoken; registrytoken "
+                    "credentials are not supported");
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"username\":\"u\",\"password\":\"a\\nb\"}}}",
+                    "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\": a credential contains a control "
+                    "character");
+    /* Wrong types. */
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"auth\":12345}}}", "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\".auth is not a string");
+    expect_auth_err("{\"auths\":{\"r.example.com\":{\"username\":[\"u\"],\"password\":\"p\"}}}",
+                    "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\".username is not a string");
+    expect_auth_err("{\"auths\":{\"r.example.com\":\"dTpw\"}}", "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\" is not an object");
+    expect_auth_err("{\"auths\":[]}", "r.example.com", 443,
+                    "pull.json: \"auths\" is not an object");
+    expect_auth_err("[1, 2]", "r.example.com", 443,
+                    "pull.json: expected a JSON object or YAML mapping (a docker config.json or a "
+                    "Kubernetes Secret of type kubernetes.io/dockerconfigjson)");
+    expect_auth_err("just some text\n", "r.example.com", 443,
+                    "pull.json: expected a JSON object or YAML mapping (a docker config.json or a "
+                    "Kubernetes Secret of type kubernetes.io/dockerconfigjson)");
+    expect_auth_err("{\"credHelpers\":{}}", "r.example.com", 443,
+                    "pull.json: no \"auths\" object: not a docker config.json or a Kubernetes "
+                    "Secret of type kubernetes.io/dockerconfigjson");
+    expect_auth_err("", "r.example.com", 443, "pull.json: empty document");
+    /* No entry for the host: the keys present are listed, never their credentials. */
+    expect_auth_err("{\"auths\":{}}", "r.example.com", 443,
+                    "pull.json: \"auths\" is empty: no entry for r.example.com");
+    expect_auth_err("{\"auths\":{\"quay.io\":{\"auth\":\"aHVudGVyMjpodW50ZXIy\"},\"https://"
+                    "index.docker.io/v1/\":{\"auth\":\"aHVudGVyMjpodW50ZXIy\"}}}",
+                    "r.example.com", 5000,
+                    "pull.json: no entry for r.example.com:5000 (keys present: \"quay.io\", "
+                    "\"https://index.docker.io/v1/\")");
+    expect_auth_err("{\"auths\":{\"r.example.com:5000\":{\"auth\":\"dTpw\"}},\"credHelpers\":{"
+                    "\"r.example.com\":\"ecr-login\"}}",
+                    "r.example.com", 443,
+                    "pull.json: no entry for r.example.com (keys present: "
+                    "\"r.example.com:5000\"); r.example.com is served by the credential helper "
+                    "'ecr-login' (credHelpers), which regproxy does not run");
+    expect_auth_err("{\"auths\":{\"bad\\u0001key\\nx\":{\"auth\":\"dTpw\"}}}", "r.example.com", 443,
+                    "pull.json: no entry for r.example.com (keys present: \"bad?key?x\")");
+    /* Syntax errors: where, and what, but never the text there. */
+    struct rp_conf_auth a;
+    CHECK_INT(auth("{\"auths\": {\"x\": {\"auth\": hunter2}}}", "x", 443, false, &a), -1);
+    CHECK_STR(err, "pull.json: invalid JSON at line 1, column 31: invalid token");
+    CHECK_INT(auth("{\"auths\": {\"x\": {\"auth\": \"aHVudGVyMjpodW50ZXIy\"", "x", 443, false, &a),
+              -1);
+    CHECK(strncmp(err, "pull.json: invalid JSON at line 1, column ", 42) == 0);
+    CHECK(strstr(err, "aHVudGVy") == NULL);
+    CHECK_INT(auth("{\"auths\": {}, \"auths\": {}}", "x", 443, false, &a), -1);
+    CHECK(strncmp(err, "pull.json: invalid JSON at line 1, column ", 42) == 0);
+    CHECK(strstr(err, "duplicate") != NULL);
+    expect_auth_err("kind: Secret\ndata: {.dockerconfigjson: [unclosed\n", "x", 443,
+                    "pull.json: invalid YAML at line 3, column 1: did not find expected ',' or "
+                    "']'");
+    expect_auth_err("auths:\n  quay.io: &a {auth: dTpw}\n  r.example.com: *a\n", "r.example.com",
+                    443,
+                    "pull.json: invalid YAML at line 3, column 18: aliases (*name) are not "
+                    "supported");
+    expect_auth_err("auths: {}\n---\nauths: {}\n", "x", 443,
+                    "pull.json: invalid YAML at line 2, column 1: more than one document");
+    expect_auth_err("auths: {}\nauths: {}\n", "x", 443,
+                    "pull.json: invalid YAML at line 2, column 1: duplicate key");
+    /* Binary garbage. */
+    static const char garbage[] = "\x7f"
+                                  "ELF\x02\x01\x01\0\0\0";
+    CHECK_INT(rp_conf_auth_parse(garbage, sizeof(garbage) - 1, "pull.json", "x", 443, false, &a,
+                                 err, sizeof(err)),
+              -1);
+    CHECK_STR(err, "pull.json: binary data, not a docker config.json or a Kubernetes Secret "
+                   "(JSON or YAML)");
+    expect_auth_err("{\"auths\": \"\xff\xfe\"}", "x", 443,
+                    "pull.json: binary data, not a docker config.json or a Kubernetes Secret "
+                    "(JSON or YAML)");
+    /* Secrets that are not dockerconfigjson. */
+    expect_auth_err("kind: ConfigMap\ndata: {}\n", "x", 443,
+                    "pull.json: \"kind\" is \"ConfigMap\", expected \"Secret\"");
+    expect_auth_err("kind: Secret\ntype: Opaque\ndata: {}\n", "x", 443,
+                    "pull.json: Secret \"type\" is \"Opaque\", expected "
+                    "\"kubernetes.io/dockerconfigjson\"");
+    expect_auth_err("kind: Secret\ntype: kubernetes.io/dockercfg\ndata: {.dockercfg: e30=}\n", "x",
+                    443,
+                    "pull.json: Secret \"type\" is \"kubernetes.io/dockercfg\", expected "
+                    "\"kubernetes.io/dockerconfigjson\" (the legacy .dockercfg format is not "
+                    "supported)");
+    expect_auth_err("kind: Secret\ndata:\n  other: e30=\n", "x", 443,
+                    "pull.json: Secret has no data.\".dockerconfigjson\"");
+    expect_auth_err("kind: Secret\ndata:\n  .dockerconfigjson: '***'\n", "x", 443,
+                    "pull.json: data.\".dockerconfigjson\" is not valid base64");
+    expect_auth_err("kind: Secret\ndata:\n  .dockerconfigjson: [1]\n", "x", 443,
+                    "pull.json: data.\".dockerconfigjson\" is not a string");
+    expect_auth_err("kind: Secret\ndata: [1]\n", "x", 443,
+                    "pull.json: Secret \"data\" is not an object");
+    char *notjson = b64("auths: {}");
+    t = rp_xasprintf("kind: Secret\ndata:\n  .dockerconfigjson: %s\n", notjson);
+    expect_auth_err(t, "x", 443,
+                    "pull.json: data.\".dockerconfigjson\" does not decode to JSON: line 1, "
+                    "column 5: '[' or '{' expected");
+    free(t);
+    free(notjson);
+    char *inner = b64("{\"auths\":{\"r.example.com\":{\"auth\":\"%%%\"}}}");
+    t = rp_xasprintf("kind: Secret\ndata:\n  .dockerconfigjson: %s\n", inner);
+    expect_auth_err(t, "r.example.com", 443,
+                    "pull.json: data.\".dockerconfigjson\": auths.\"r.example.com\".auth is not "
+                    "valid base64");
+    free(t);
+    free(inner);
+    /* Size. */
+    char *big = rp_xmalloc((1 << 20) + 2);
+    memset(big, ' ', (1 << 20) + 1);
+    big[(1 << 20) + 1] = '\0';
+    CHECK_INT(
+        rp_conf_auth_parse(big, (1 << 20) + 1, "pull.json", "x", 443, false, &a, err, sizeof(err)),
+        -1);
+    CHECK_STR(err, "pull.json: larger than 1 MiB");
+    free(big);
+    /* Without a source, no prefix; NULL err is fine. */
+    CHECK_INT(rp_conf_auth_parse("{}", 2, NULL, "x", 443, false, &a, err, sizeof(err)), -1);
+    CHECK_STR(err, "no \"auths\" object: not a docker config.json or a Kubernetes Secret of type "
+                   "kubernetes.io/dockerconfigjson");
+    CHECK_INT(rp_conf_auth_parse("{}", 2, NULL, "x", 443, false, &a, NULL, 0), -1);
+    CHECK_INT(rp_conf_auth_parse("{}", 2, NULL, "x", 443, false, NULL, err, sizeof(err)), -1);
+}
+
+/* auth_file inside a configuration. */
+static void test_auth_file_conf(void)
+{
+    char text[2048], src[256], want[1024];
+    struct rp_conf *c = NULL;
+    snprintf(src, sizeof(src), "%s/regproxy.conf", tmpdir);
+    char *rh = b64("11009103|uhc-pull:rh-secret");
+    char *json = rp_xasprintf("{\"auths\":{\"registry.redhat.io\":{\"auth\":\"%s\"},"
+                              "\"quay.io\":{\"username\":\"q\",\"password\":\"quay-secret\"},"
+                              "\"tok.example.com\":{\"identitytoken\":\"tok-secret\"}}}",
+                              rh);
+    write_file("pull.json", json, strlen(json));
+    snprintf(text, sizeof(text),
+             "[listen \"127.0.0.1:5000\"]\ndefault = registry.redhat.io\n"
+             "[registry \"registry.redhat.io\"]\nauth_file = pull.json\n"
+             "url = https://registry.redhat.io\n"
+             "[registry \"quay.io\"]\nurl = https://quay.io\nauth_file = %s/pull.json\n"
+             "[registry \"tok\"]\nurl = https://tok.example.com\nauth_file = pull.json\n",
+             tmpdir);
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    CHECK_STR(err, "");
+    if (c) {
+        snprintf(want, sizeof(want), "%s/pull.json", tmpdir);
+        CHECK_STR(c->registries[0].auth_file, want);
+        CHECK_STR(c->registries[0].user, "11009103|uhc-pull");
+        CHECK_STR(c->registries[0].password, "rh-secret");
+        CHECK_STR(c->registries[0].test_image, "openshift3/ose-pod");
+        CHECK(c->registries[0].identity_token == NULL);
+        CHECK_STR(c->registries[1].user, "q");
+        CHECK_STR(c->registries[1].password, "quay-secret");
+        CHECK(c->registries[2].user == NULL && c->registries[2].password == NULL);
+        CHECK_STR(c->registries[2].identity_token, "tok-secret");
+        /* One file, watched once; an identitytoken is used as an OAuth2 refresh token,
+         * nothing to warn about. */
+        CHECK_INT(c->n_watch, 1);
+        if (c->n_watch == 1)
+            CHECK_STR(c->watch[0].path, want);
+        CHECK_INT(c->n_warnings, 0);
+    }
+    rp_conf_free(c);
+
+    /* auth_file is exclusive with user, password and password_file, in either order. */
+    static const struct {
+        const char *keys, *msg;
+    } conflicts[] = {
+        {"user = u\nauth_file = pull.json\n", "'auth_file' and 'user'"},
+        {"auth_file = pull.json\nuser = u\n", "'user' and 'auth_file'"},
+        {"auth_file = pull.json\npassword_file = pw\n", "'password_file' and 'auth_file'"},
+        {"password = x\nauth_file = pull.json\n", "'auth_file' and 'password'"},
+    };
+    for (size_t i = 0; i < sizeof(conflicts) / sizeof(conflicts[0]); i++) {
+        snprintf(text, sizeof(text), MINIMAL "%s", conflicts[i].keys);
+        CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+        snprintf(want, sizeof(want), "%s:5: %s in [registry \"r\"] are mutually exclusive", src,
+                 conflicts[i].msg);
+        CHECK_STR(err, want);
+    }
+
+    /* Errors name the config line, the file and the fault; never a secret. */
+    snprintf(text, sizeof(text), MINIMAL "auth_file = pull.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want),
+             "%s:4: auth_file '%s/pull.json' in [registry \"r\"]: no entry for r.example.com "
+             "(keys present: \"registry.redhat.io\", \"quay.io\", \"tok.example.com\")",
+             src, tmpdir);
+    CHECK_STR(err, want);
+    CHECK(strstr(err, "secret") == NULL && strstr(err, rh) == NULL);
+    snprintf(text, sizeof(text), MINIMAL "auth_file = nope.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want),
+             "%s:4: auth_file '%s/nope.json' in [registry \"r\"]: No such file or directory", src,
+             tmpdir);
+    CHECK_STR(err, want);
+    static const char garbage[] = "\x1f\x8b\x08\0\0\0\0\0\0\x03";
+    write_file("garbage.json", garbage, sizeof(garbage) - 1);
+    snprintf(text, sizeof(text), MINIMAL "auth_file = garbage.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want),
+             "%s:4: auth_file '%s/garbage.json' in [registry \"r\"]: binary data, not a docker "
+             "config.json or a Kubernetes Secret (JSON or YAML)",
+             src, tmpdir);
+    CHECK_STR(err, want);
+    const char *bad = "{\"auths\":{\"r.example.com\":{\"auth\":\"hunter2!\"}}}";
+    write_file("bad.json", bad, strlen(bad));
+    snprintf(text, sizeof(text), MINIMAL "auth_file = bad.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want),
+             "%s:4: auth_file '%s/bad.json' in [registry \"r\"]: auths.\"r.example.com\".auth is "
+             "not valid base64",
+             src, tmpdir);
+    CHECK_STR(err, want);
+
+    /* A 50 MB file is refused from its size, without reading it. */
+    char path[256];
+    snprintf(path, sizeof(path), "%s/huge.json", tmpdir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    if (fd >= 0) {
+        CHECK_INT(ftruncate(fd, 50 * 1000 * 1000), 0);
+        close(fd);
+    }
+    snprintf(text, sizeof(text), MINIMAL "auth_file = huge.json\n");
+    int64_t t0 = rp_now_ms();
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+    CHECK(rp_now_ms() - t0 < 500);
+    snprintf(want, sizeof(want),
+             "%s:4: auth_file '%s/huge.json' in [registry \"r\"]: larger than 1 MiB", src, tmpdir);
+    CHECK_STR(err, want);
+    remove_file("huge.json");
+    remove_file("garbage.json");
+    remove_file("bad.json");
+    remove_file("pull.json");
+    free(json);
+    free(rh);
+}
+
+static void test_credential_mode(void)
+{
+    char text[1024], src[256], want[1024];
+    struct rp_conf *c = NULL;
+    snprintf(src, sizeof(src), "%s/regproxy.conf", tmpdir);
+    write_file_mode("pw644", "s3cr3t\n", 0644);
+    write_file_mode("pw640", "s3cr3t\n", 0640);
+    write_file_mode("pw620", "s3cr3t\n", 0620);
+    write_file_mode("pw400", "s3cr3t\n", 0400);
+    write_file_mode("pull644.json", "{\"auths\":{\"r.example.com\":{\"auth\":\"dTpw\"}}}", 0644);
+
+    static const struct {
+        const char *file, *what;
+        unsigned mode;
+    } refused[] = {
+        {"pw644", "readable by others", 0644},
+        {"pw640", "readable by its group", 0640},
+        {"pw620", "writable by its group", 0620},
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        snprintf(text, sizeof(text), MINIMAL "user = u\npassword_file = %s\n", refused[i].file);
+        CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+        snprintf(want, sizeof(want),
+                 "%s:5: password_file '%s/%s' in [registry \"r\"] is %s (mode %04o); chmod 600 "
+                 "it, or set allow_readable_credentials = yes",
+                 src, tmpdir, refused[i].file, refused[i].what, refused[i].mode);
+        CHECK_STR(err, want);
+    }
+    snprintf(text, sizeof(text), MINIMAL "auth_file = pull644.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want),
+             "%s:4: auth_file '%s/pull644.json' in [registry \"r\"] is readable by others (mode "
+             "0644); chmod 600 it, or set allow_readable_credentials = yes",
+             src, tmpdir);
+    CHECK_STR(err, want);
+    snprintf(text, sizeof(text),
+             MINIMAL "allow_readable_credentials = no\nauth_file = pull644.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+
+    /* Owner-only modes pass without a warning. */
+    snprintf(text, sizeof(text), MINIMAL "user = u\npassword_file = pw400\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (c) {
+        CHECK_STR(reg0(c)->password, "s3cr3t");
+        CHECK_INT(c->n_warnings, 0);
+        CHECK(!reg0(c)->allow_readable_credentials);
+    }
+    rp_conf_free(c);
+
+    /* allow_readable_credentials = yes accepts them with a warning, whatever the key order. */
+    snprintf(text, sizeof(text),
+             MINIMAL
+             "user = u\npassword_file = pw644\nallow_readable_credentials = yes\n"
+             "[registry \"s\"]\nallow_readable_credentials = yes\nurl = https://r.example.com\n"
+             "auth_file = pull644.json\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    CHECK_STR(err, "");
+    if (c) {
+        CHECK_STR(reg0(c)->password, "s3cr3t");
+        CHECK(reg0(c)->allow_readable_credentials);
+        CHECK_STR(c->registries[1].password, "p");
+        CHECK_INT(c->n_warnings, 2);
+        if (c->n_warnings == 2) {
+            snprintf(want, sizeof(want),
+                     "%s:5: password_file '%s/pw644' in [registry \"r\"] is readable by others "
+                     "(mode 0644); allowed by allow_readable_credentials",
+                     src, tmpdir);
+            CHECK_STR(c->warnings[0], want);
+            snprintf(want, sizeof(want),
+                     "%s:10: auth_file '%s/pull644.json' in [registry \"s\"] is readable by "
+                     "others (mode 0644); allowed by allow_readable_credentials",
+                     src, tmpdir);
+            CHECK_STR(c->warnings[1], want);
+        }
+        CHECK_INT(c->n_watch, 2);
+    }
+    rp_conf_free(c);
+    /* It is per registry. */
+    snprintf(text, sizeof(text),
+             MINIMAL "allow_readable_credentials = yes\n[registry \"s\"]\nurl = https://s\n"
+                     "user = u\npassword_file = pw644\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+    CHECK(strstr(err, "[registry \"s\"] is readable by others (mode 0644)") != NULL);
+    remove_file("pw644");
+    remove_file("pw640");
+    remove_file("pw620");
+    remove_file("pw400");
+    remove_file("pull644.json");
+}
+
+static void set_mtime(const char *name, time_t sec)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    struct timespec ts[2] = {{.tv_sec = sec}, {.tv_sec = sec}};
+    CHECK_INT(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+static void test_watch(void)
+{
+    char text[1024], src[256], want[512];
+    struct rp_conf *c = NULL;
+    snprintf(src, sizeof(src), "%s/regproxy.conf", tmpdir);
+    write_file("pw", "one\n", 4);
+    const char *pull = "{\"auths\":{\"s.example.com\":{\"auth\":\"dTpw\"}}}";
+    write_file("pull.json", pull, strlen(pull));
+    snprintf(text, sizeof(text),
+             MINIMAL "user = u\npassword_file = pw\n[registry \"s\"]\nurl = https://s.example.com\n"
+                     "auth_file = pull.json\n[registry \"t\"]\nurl = https://t\nuser = v\n"
+                     "password_file = pw\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (!c)
+        return;
+    CHECK_INT(c->n_watch, 2); /* pw is named twice, watched once */
+    if (c->n_watch == 2) {
+        snprintf(want, sizeof(want), "%s/pw", tmpdir);
+        CHECK_STR(c->watch[0].path, want);
+        CHECK_INT(c->watch[0].size, 4);
+        snprintf(want, sizeof(want), "%s/pull.json", tmpdir);
+        CHECK_STR(c->watch[1].path, want);
+    }
+    CHECK(!rp_conf_files_changed(c));
+    set_mtime("pw", 1000000000); /* touch */
+    CHECK(rp_conf_files_changed(c));
+    rp_conf_free(c);
+
+    /* Rewritten content, same size. */
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (!c)
+        return;
+    CHECK(!rp_conf_files_changed(c));
+    write_file("pull.json", "{\"auths\":{\"s.example.com\":{\"auth\":\"dTpx\"}}}",
+               strlen(pull)); /* same size */
+    CHECK(rp_conf_files_changed(c));
+    rp_conf_free(c);
+
+    /* Replaced by rename, as a Kubernetes secret volume does; then removed. */
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (!c)
+        return;
+    char a[256], b[256];
+    snprintf(a, sizeof(a), "%s/pw.new", tmpdir);
+    snprintf(b, sizeof(b), "%s/pw", tmpdir);
+    write_file("pw.new", "one\n", 4);
+    set_mtime("pw.new", 1000000000);
+    set_mtime("pw", 1000000000);
+    rp_conf_free(c);
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (!c)
+        return;
+    CHECK(!rp_conf_files_changed(c));
+    CHECK_INT(rename(a, b), 0);
+    CHECK(rp_conf_files_changed(c));
+    rp_conf_free(c);
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (!c)
+        return;
+    remove_file("pw");
+    CHECK(rp_conf_files_changed(c));
+    rp_conf_free(c);
+    remove_file("pull.json");
+
+    /* Nothing to watch. */
+    c = parse(MINIMAL);
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->n_watch, 0);
+        CHECK_INT(c->n_warnings, 0);
+        CHECK(!rp_conf_files_changed(c));
+    }
+    rp_conf_free(c);
+    CHECK(!rp_conf_files_changed(NULL));
+}
+
+/* ---- openshift-ansible inventories ---- */
+
+/* Runs the importer into a string; returns it (free it) or NULL. */
+static char *import(const char *inventory, const char *out_dir, const char *proxy)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    int rc = rp_conf_import_inventory(inventory, out_dir, proxy, f, err, sizeof(err));
+    fclose(f);
+    if (rc != 0) {
+        CHECK_INT(len, 0); /* nothing printed on failure */
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* The imported text parses; password files exist with mode 0600 and hold the password. */
+static struct rp_conf *check_imported(const char *text, const char *const *secrets)
+{
+    struct rp_conf *c = NULL;
+    for (size_t i = 0; secrets[i]; i++) {
+        if (strstr(text, secrets[i]))
+            fprintf(stderr, "password printed: %s\n", secrets[i]);
+        CHECK(strstr(text, secrets[i]) == NULL);
+    }
+    CHECK_INT(rp_conf_parse(text, strlen(text), "imported.conf", &c, err, sizeof(err)), 0);
+    CHECK_STR(err, "");
+    if (!c) {
+        fprintf(stderr, "%s\n", text);
+        return NULL;
+    }
+    for (size_t i = 0; i < c->n_registries; i++) {
+        const char *pf = c->registries[i].password_file;
+        struct stat st;
+        if (!pf)
+            continue;
+        CHECK(pf[0] == '/');
+        CHECK_INT(stat(pf, &st), 0);
+        CHECK_INT(st.st_mode & 07777, 0600);
+    }
+    return c;
+}
+
+static void rm_dir(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK_INT(system(cmd), 0);
+}
+
+static void test_import_inventory_ini(void)
+{
+    char out[256], want[512];
+    struct stat st;
+    snprintf(out, sizeof(out), "%s/ini-out", tmpdir);
+    char *text = import("tests/fixtures/inventory/hosts.ini", out, "proxy.example.com:5000");
+    CHECK(text != NULL);
+    if (!text) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    CHECK_INT(stat(out, &st), 0);
+    CHECK_INT(st.st_mode & 07777, 0700);
+    static const char *const secrets[] = {"ini-oreg-secret", "eyJhbGciOiJSUzUxMiJ9", "ini-pass-1",
+                                          "ini-pass-2", NULL};
+    CHECK(strstr(text, "[listen \"0.0.0.0:5000\"]\ndefault = registry.redhat.io\n") != NULL);
+    CHECK(strstr(text, "\n# oreg_url=proxy.example.com:5000/openshift3/ose-${component}:"
+                       "${version}\n") != NULL);
+    CHECK(strstr(text, "ignored.example.com") == NULL); /* [OSEv3:vars] beats [all:vars] */
+    struct rp_conf *c = check_imported(text, secrets);
+    if (c) {
+        CHECK_INT(c->n_registries, 3);
+        CHECK(c->listens[0].def == &c->registries[0]);
+        const struct rp_conf_registry *r = &c->registries[0];
+        CHECK_STR(r->name, "registry.redhat.io");
+        CHECK_STR(r->url, "https://registry.redhat.io");
+        CHECK_STR(r->user, "11009103|uhc-pull");
+        CHECK_STR(r->password, "eyJhbGciOiJSUzUxMiJ9.ini-oreg-secret");
+        snprintf(want, sizeof(want), "%s/registry.redhat.io.password", out);
+        char *real = realpath(out, NULL);
+        if (real) {
+            snprintf(want, sizeof(want), "%s/registry.redhat.io.password", real);
+            CHECK_STR(r->password_file, want);
+            free(real);
+        }
+        CHECK(!r->test_login);
+        r = &c->registries[1];
+        CHECK_STR(r->name, "registry.connect.redhat.com");
+        CHECK_STR(r->user, "rhn-user");
+        CHECK_STR(r->password, "ini-pass-1;#x");
+        CHECK_STR(r->test_image, "mongodb/enterprise-operator:0.3.2");
+        CHECK(r->test_login && r->tls_verify);
+        r = &c->registries[2];
+        CHECK_STR(r->name, "registry.example.com:5000");
+        CHECK_STR(r->url, "https://registry.example.com:5000");
+        CHECK_STR(r->user, "admin");
+        CHECK_STR(r->password, "ini-pass-2");
+        CHECK(!r->test_login && !r->tls_verify);
+        CHECK_INT(c->n_watch, 3);
+    }
+    rp_conf_free(c);
+    free(text);
+
+    /* Importing again replaces the password files. */
+    text = import("tests/fixtures/inventory/hosts.ini", out, "proxy.example.com:5000");
+    CHECK(text != NULL);
+    free(text);
+    rm_dir(out);
+}
+
+static void test_import_inventory_yaml(void)
+{
+    char out[256];
+    snprintf(out, sizeof(out), "%s/yaml-out", tmpdir);
+    char *text = import("tests/fixtures/inventory/OSEv3.yml", out, "10.0.0.5:5001");
+    CHECK(text != NULL);
+    if (!text) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    static const char *const secrets[] = {"yaml-oreg-secret", "yaml-pass-1", "0123456789", NULL};
+    CHECK(strstr(text, "[listen \"0.0.0.0:5001\"]\n") != NULL);
+    CHECK(strstr(text, "\n# oreg_url=10.0.0.5:5001/openshift3/ose-${component}:${version}\n") !=
+          NULL);
+    struct rp_conf *c = check_imported(text, secrets);
+    if (c) {
+        /* registry.redhat.io is listed twice with the same credentials: one section. */
+        CHECK_INT(c->n_registries, 3);
+        CHECK_STR(c->registries[0].name, "registry.redhat.io");
+        CHECK_STR(c->registries[0].user, "11009103|uhc-pull");
+        CHECK_STR(c->registries[0].password, "yaml-oreg-secret-XyZ");
+        CHECK_STR(c->registries[1].name, "registry.connect.redhat.com");
+        CHECK_STR(c->registries[1].test_image, "sonatype/nexus-repository-manager:latest");
+        CHECK_STR(c->registries[2].name, "quay.io");
+        CHECK_STR(c->registries[2].user, "robot+puller");
+        CHECK_STR(c->registries[2].password, "0123456789");
+        CHECK(!c->registries[2].test_login);
+        CHECK(c->registries[2].tls_verify);
+    }
+    rp_conf_free(c);
+    free(text);
+    rm_dir(out);
+
+    /* A YAML inventory (hosts.yml) for origin: Docker Hub is the default registry, and the
+     * credentials list is a Python literal inside a YAML string. No port: 5000 is added. */
+    text = import("tests/fixtures/inventory/hosts.yml", out, "proxy.example.com");
+    CHECK(text != NULL);
+    if (!text) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    static const char *const secrets2[] = {"yaml-hub-secret", "yaml-inline-pass", NULL};
+    CHECK(strstr(text, "# The inventory sets no oreg_url; assumed "
+                       "docker.io/openshift/origin-${component}:${version}.\n") != NULL);
+    CHECK(strstr(text, "\n# oreg_url=proxy.example.com:5000/openshift/origin-${component}:"
+                       "${version}\n") != NULL);
+    c = check_imported(text, secrets2);
+    if (c) {
+        CHECK_INT(c->n_registries, 2);
+        CHECK_STR(c->registries[0].name, "docker.io");
+        CHECK_STR(c->registries[0].url, "https://registry-1.docker.io");
+        CHECK(c->registries[0].dockerhub);
+        CHECK_STR(c->registries[0].user, "hubuser");
+        CHECK_STR(c->registries[0].password, "yaml-hub-secret");
+        CHECK_STR(c->registries[1].name, "registry.example.com");
+        CHECK_STR(c->registries[1].password, "yaml-inline-pass");
+        CHECK_INT(c->listens[0].port, 5000);
+    }
+    rp_conf_free(c);
+    free(text);
+    rm_dir(out);
+}
+
+/* Imports inventory text written to tmpdir/inv.EXT; expects failure with `want` (after
+ * "PATH"), no password in the message and no output directory created. */
+static void expect_import_err(const char *ext, const char *inventory, const char *want)
+{
+    char path[256], out[256], full[1024];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/inv.%s", tmpdir, ext);
+    snprintf(out, sizeof(out), "%s/err-out", tmpdir);
+    write_file(strrchr(path, '/') + 1, inventory, strlen(inventory));
+    char *text = import(path, out, "proxy:5000");
+    CHECK(text == NULL);
+    free(text);
+    snprintf(full, sizeof(full), "%s%s", path, want);
+    CHECK_STR(err, full);
+    CHECK(strstr(err, "leakme") == NULL);
+    CHECK(stat(out, &st) != 0);
+    unlink(path);
+}
+
+static void test_import_inventory_errors(void)
+{
+    expect_import_err("ini",
+                      "[OSEv3:vars]\nopenshift_additional_registry_credentials=[{'host':'a.example."
+                      "com','password':'leakme'}]\n",
+                      ":2: openshift_additional_registry_credentials[0] (a.example.com): a "
+                      "password without a user; regproxy logs in with both");
+    expect_import_err("ini",
+                      "[OSEv3:vars]\nopenshift_additional_registry_credentials=[{'host':'a.example."
+                      "com','user':'u','password':'leakme'\n\n",
+                      ":2: openshift_additional_registry_credentials: expected ',' or '}' at "
+                      "character 56 of the value");
+    expect_import_err("ini",
+                      "[OSEv3:vars]\nopenshift_additional_registry_credentials=[{'user':'u',"
+                      "'password':'leakme'}]\n",
+                      ":2: openshift_additional_registry_credentials[0] has no 'host'");
+    expect_import_err("ini",
+                      "[OSEv3:vars]\nopenshift_additional_registry_credentials=[{'host':'a.example."
+                      "com','test_login':'maybe'}]\n",
+                      ":2: openshift_additional_registry_credentials[0]: 'test_login': expected "
+                      "True or False");
+    expect_import_err("ini",
+                      "[OSEv3:vars]\nopenshift_additional_registry_credentials=[{'host':'not a "
+                      "host','user':'u','password':'leakme'}]\n",
+                      ":2: openshift_additional_registry_credentials[0]: expected a registry "
+                      "host[:port]");
+    expect_import_err("ini",
+                      "[OSEv3:vars]\noreg_url=r.example.com/x/y:1\noreg_auth_user=u\n"
+                      "oreg_auth_password=leakme\nopenshift_additional_registry_credentials=[{"
+                      "'host':'R.example.com','user':'u','password':'other'}]\n",
+                      ":5: openshift_additional_registry_credentials[0] (r.example.com): "
+                      "different credentials than oreg_url for the same registry");
+    expect_import_err("ini", "[OSEv3:vars]\noreg_url=registry.example.com\n",
+                      ":2: oreg_url: expected REGISTRY/REPOSITORY, e.g. "
+                      "registry.redhat.io/openshift3/ose-${component}:${version}");
+    expect_import_err("ini", "[OSEv3:vars]\noreg_url={{ my_registry }}/x\n",
+                      ":2: oreg_url is a Jinja template; put the plain value in");
+    expect_import_err("ini", "[OSEv3:vars]\noreg_auth_user=u\nleakme\n",
+                      ":3: expected key=value in the vars section");
+    expect_import_err("ini",
+                      "[OSEv3:vars]\nopenshift_additional_registry_credentials={'host': 'x'}\n",
+                      ":2: openshift_additional_registry_credentials is not a list");
+    expect_import_err("yml", "oreg_url: [unclosed\n",
+                      ": invalid YAML at line 2, column 1: did not find expected ',' or ']'");
+    expect_import_err("yml", "- a\n- b\n",
+                      ": expected an INI inventory with [OSEv3:vars] or a YAML mapping of "
+                      "variables");
+    expect_import_err("yml",
+                      "openshift_additional_registry_credentials:\n- host: a.example.com\n  "
+                      "user: [u]\n",
+                      ": openshift_additional_registry_credentials[0]: 'user' is not a string");
+    expect_import_err("yml", "oreg_url: 5\n",
+                      ": oreg_url: expected REGISTRY/REPOSITORY, e.g. "
+                      "registry.redhat.io/openshift3/ose-${component}:${version}");
+    expect_import_err("yml", "oreg_auth_user: {a: b}\n", ": oreg_auth_user is not a string");
+    expect_import_err("bin", "\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+                      ": binary data, not an INI or YAML inventory");
+
+    char path[256], out[256], want[512];
+    snprintf(out, sizeof(out), "%s/err-out", tmpdir);
+    snprintf(path, sizeof(path), "%s/missing.ini", tmpdir);
+    CHECK(import(path, out, "proxy:5000") == NULL);
+    snprintf(want, sizeof(want), "%s: cannot read: No such file or directory", path);
+    CHECK_STR(err, want);
+    /* A bad proxy address is found before anything is written. */
+    static const char *const bad_proxy[] = {"", "http://proxy:5000", "proxy:5000/x", "proxy:0",
+                                            "a b:1"};
+    for (size_t i = 0; i < sizeof(bad_proxy) / sizeof(bad_proxy[0]); i++) {
+        struct stat st;
+        CHECK(import("tests/fixtures/inventory/hosts.ini", out, bad_proxy[i]) == NULL);
+        CHECK_STR(err, "proxy address: expected host:port, e.g. proxy.example.com:5000");
+        CHECK(stat(out, &st) != 0);
+    }
+    CHECK(import("tests/fixtures/inventory/hosts.ini", out, NULL) == NULL);
+    CHECK_INT(rp_conf_import_inventory(NULL, out, "p:1", stdout, err, sizeof(err)), -1);
+
+    /* A templated or vaulted password is not written; the config says what to do. */
+    snprintf(path, sizeof(path), "%s/vault.ini", tmpdir);
+    const char *inv = "[OSEv3:vars]\noreg_auth_user=u\noreg_auth_password={{ vault_leakme }}\n"
+                      "openshift_additional_registry_credentials=[{'host':'q.example.com','user':"
+                      "'u2'}]\n";
+    write_file("vault.ini", inv, strlen(inv));
+    char *text = import(path, out, "[::1]:5000");
+    CHECK(text != NULL);
+    if (text) {
+        CHECK(strstr(text, "leakme") == NULL);
+        CHECK(strstr(text, "# the password in oreg_url is a Jinja template or vault-encrypted: "
+                           "write it to a file (chmod 600) and set\n# password_file = "
+                           "/etc/regproxy/registry.redhat.io.password\n") != NULL);
+        CHECK(strstr(text, "# the inventory has no password for this user") != NULL);
+        CHECK(strstr(text, "# oreg_url=[::1]:5000/openshift3/ose-${component}:${version}") != NULL);
+        static const char *const none[] = {NULL};
+        struct rp_conf *c = check_imported(text, none);
+        if (c) {
+            CHECK_STR(c->registries[0].user, "u");
+            CHECK(c->registries[0].password_file == NULL);
+            CHECK_STR(c->registries[1].name, "q.example.com");
+        }
+        rp_conf_free(c);
+        snprintf(want, sizeof(want), "%s/registry.redhat.io.password", out);
+        struct stat st;
+        CHECK(stat(want, &st) != 0);
+    }
+    free(text);
+    unlink(path);
+    rm_dir(out);
+}
+
+/* The Python-literal parser on its own, through the fuzz-facing text API. */
+static void test_inventory_literals(void)
+{
+    static const char *const ok[] = {
+        "[OSEv3:vars]\nopenshift_additional_registry_credentials=[]\n",
+        "[OSEv3:vars]\nopenshift_additional_registry_credentials=\n",
+        "[OSEv3:vars]\nopenshift_additional_registry_credentials=[ { \"host\" : \"a.example.com\" "
+        ", 'user':u'x', 'password': r'p\\w', 'test_login': True, 'tls_verify': 0 }, ]  # c\n",
+        "[OSEv3:vars]\nopenshift_additional_registry_credentials=[\n  {'host':'a.example.com',\n"
+        "   'user':'x','password':'it''s'}]\n",
+        "[OSEv3:vars]\nopenshift_additional_registry_credentials=({'host':'a.example.com',"
+        "'user':'x','password':12345,'test_image':None},)\n",
+        "[OSEv3:vars]\noreg_url='localhost:5000/ocp/ose-${component}:${version}' # comment\n",
+        "[OSEv3:vars]\noreg_url=\"registry.example.com/o/i:${version}\"\n",
+        "[OSEv3:vars]\noreg_url=ocp/ose-${component}:${version}\n",
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct rp_conf_inventory *inv = NULL;
+        int rc = rp_conf_inventory_parse(ok[i], strlen(ok[i]), "inv", &inv, err, sizeof(err));
+        if (rc != 0)
+            fprintf(stderr, "%zu: %s\n", i, err);
+        CHECK_INT(rc, 0);
+        struct rp_buf b;
+        rp_buf_init(&b, 1 << 20);
+        if (inv) {
+            CHECK_INT(rp_conf_inventory_render(inv, NULL, "p:1", &b, err, sizeof(err)), 0);
+            struct rp_conf *c = NULL;
+            CHECK_INT(rp_conf_parse(b.data, b.len, "r.conf", &c, err, sizeof(err)), 0);
+            if (!c)
+                fprintf(stderr, "%s\n%s\n", err, b.data);
+            if (c && i == 5)
+                CHECK_STR(c->registries[0].url, "https://localhost:5000");
+            if (c && i == 7)
+                CHECK_STR(c->registries[0].name, "docker.io");
+            if (c && i == 2)
+                CHECK(c->registries[1].test_login && !c->registries[1].tls_verify);
+            rp_conf_free(c);
+        }
+        rp_buf_free(&b);
+        rp_conf_inventory_free(inv);
+    }
+}
+
+static void test_doc_up_to_date(void)
+{
+    char *want = NULL, *have = NULL;
+    size_t wlen = 0;
+    FILE *f = open_memstream(&want, &wlen);
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    CHECK_INT(rp_conf_write_doc(f), 0);
+    fclose(f);
+    /* Unit tests run from the repository root. */
+    f = fopen("docs/configuration.md", "rb");
+    CHECK(f != NULL);
+    if (f) {
+        have = rp_xmalloc(wlen + 2);
+        size_t hlen = fread(have, 1, wlen + 1, f);
+        fclose(f);
+        bool same = hlen == wlen && memcmp(have, want, wlen) == 0;
+        if (!same)
+            fprintf(stderr, "docs/configuration.md is not what the option table says; "
+                            "regenerate it: build/san/tests/unit/conf/test_conf --write-doc "
+                            "docs/configuration.md\n");
+        CHECK(same);
+    }
+    /* Every key is documented. */
+    size_t n;
+    const struct rp_conf_option *o = rp_conf_options(&n);
+    for (size_t i = 0; i < n; i++) {
+        char row[128];
+        snprintf(row, sizeof(row), "\n| `%s`", o[i].key);
+        CHECK(strstr(want, row) != NULL);
+    }
+    free(have);
+    free(want);
+}
+
+static int write_doc(const char *path)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || rp_conf_write_doc(f) != 0 || fclose(f) != 0) {
+        perror(path);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--write-doc") == 0)
+        return write_doc(argv[2]);
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/rp-test-conf-XXXXXX");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
@@ -948,6 +2096,19 @@ int main(void)
     RUN(test_find_registry);
     RUN(test_realm_policy);
     RUN(test_option_table);
+    RUN(test_auth_formats);
+    RUN(test_auth_key_matching);
+    RUN(test_auth_dockerhub);
+    RUN(test_auth_secret);
+    RUN(test_auth_errors);
+    RUN(test_auth_file_conf);
+    RUN(test_credential_mode);
+    RUN(test_watch);
+    RUN(test_import_inventory_ini);
+    RUN(test_import_inventory_yaml);
+    RUN(test_import_inventory_errors);
+    RUN(test_inventory_literals);
+    RUN(test_doc_up_to_date);
     rmdir(tmpdir);
     UNIT_EXIT();
 }
