@@ -4,7 +4,7 @@
 
 CC      ?= cc
 FUZZCC  ?= clang
-PKGS     = libevent libevent_openssl libcurl jansson liblz4 openssl
+PKGS     = libevent libevent_openssl libcurl jansson liblz4 openssl yaml-0.1
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wformat=2 -Wvla
 CFLAGS  ?= -O2 -g
@@ -113,8 +113,64 @@ banned:
 	  { echo "banned: use the bounded alternatives"; exit 1; }
 	@echo "banned: ok"
 
-bench: regproxy
-	sh bench/run.sh
+# Benchmarks (never part of `make test`): regproxy against docker-registry's proxy mode and
+# nginx serving the same files; prints a Markdown table, also kept in build/bench/results.md.
+# BENCH_ARGS passes options to bench/run.py (e.g. --only herd --reps 1; see --help).
+bench: deps regproxy build/bench/loadgen
+	sh bench/run.sh $(BENCH_ARGS)
+
+build/bench/loadgen: bench/loadgen.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) -O2 -g $(CPPFLAGS) $(shell pkg-config --cflags libevent) -o $@ $< \
+	  $(shell pkg-config --libs libevent) -lm
+
+# Installation (GNU conventions: PREFIX, DESTDIR). `make install` builds ./regproxy if needed
+# (INSTALL_BIN=path installs another binary) and installs it, the man page, the systemd unit
+# (ExecStart pointing at BINDIR), the sysusers.d entry for its user, and the example
+# configuration as $(SYSCONFDIR)/regproxy/regproxy.conf (mode 0640) unless one is there.
+# Without DESTDIR, as root, it also creates the regproxy user and gives it the configuration.
+# `make uninstall` removes what install put there except the configuration and the cache.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
+SYSCONFDIR  ?= /etc
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+ifeq ($(PREFIX),/usr)
+  UNITDIR   ?= /lib/systemd/system
+else
+  UNITDIR   ?= $(PREFIX)/lib/systemd/system
+endif
+INSTALL_BIN ?= regproxy
+
+.PHONY: install uninstall
+
+install: $(INSTALL_BIN)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(SYSUSERSDIR)
+	install -m 0755 $(INSTALL_BIN) $(DESTDIR)$(BINDIR)/regproxy
+	install -m 0644 docs/regproxy.1 $(DESTDIR)$(MANDIR)/man1/regproxy.1
+	sed -e 's#/usr/local/bin/regproxy#$(BINDIR)/regproxy#g' \
+	  -e 's#/etc/regproxy/#$(SYSCONFDIR)/regproxy/#g' dist/regproxy.service \
+	  > $(DESTDIR)$(UNITDIR)/regproxy.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/regproxy.service.tmp
+	mv -f $(DESTDIR)$(UNITDIR)/regproxy.service.tmp $(DESTDIR)$(UNITDIR)/regproxy.service
+	install -m 0644 dist/regproxy.sysusers $(DESTDIR)$(SYSUSERSDIR)/regproxy.conf
+	@conf=$(DESTDIR)$(SYSCONFDIR)/regproxy/regproxy.conf; fresh=; \
+	[ -d $(DESTDIR)$(SYSCONFDIR)/regproxy ] || install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/regproxy; \
+	if [ -e $$conf ]; then echo "install: keeping the existing $$conf"; \
+	else echo "install -m 0640 conf/regproxy.conf $$conf"; \
+	  install -m 0640 conf/regproxy.conf $$conf && fresh=1; fi; \
+	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+	  if ! getent passwd regproxy >/dev/null && command -v systemd-sysusers >/dev/null; then \
+	    systemd-sysusers $(SYSUSERSDIR)/regproxy.conf; fi; \
+	  if [ -n "$$fresh" ] && getent group regproxy >/dev/null; then chgrp regproxy $$conf; fi; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/regproxy $(DESTDIR)$(MANDIR)/man1/regproxy.1 \
+	  $(DESTDIR)$(UNITDIR)/regproxy.service $(DESTDIR)$(SYSUSERSDIR)/regproxy.conf
+	@echo "uninstall: kept $(DESTDIR)$(SYSCONFDIR)/regproxy/, the cache and the regproxy user"
 
 clean:
 	rm -rf build regproxy
