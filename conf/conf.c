@@ -36,6 +36,7 @@ extern const char rp_conf_default_text_data[];
 #define LISTEN_F(f) offsetof(struct rp_conf_listen, f)
 #define CACHE_F(f) offsetof(struct rp_conf_cache, f)
 #define REG_F(f) offsetof(struct rp_conf_registry, f)
+#define ADMIN_F(f) offsetof(struct rp_conf_admin, f)
 
 /* Every option, in the order docs/configuration.md lists them. Adding a row here is all a
  * new key needs unless it has cross-field rules (see finish_section). */
@@ -57,6 +58,21 @@ static const struct rp_conf_option options[] = {
      .offset = LISTEN_F(tls_key),
      .requires = "tls_cert",
      .help = "PEM private key for tls_cert"},
+    {.section = RP_CONF_SECTION_LISTEN,
+     .key = "allow",
+     .type = RP_CONF_LIST,
+     .offset = LISTEN_F(allow),
+     .aux_offset = LISTEN_F(n_allow),
+     .flags = RP_CONF_F_CIDR_ITEMS,
+     .help = "client networks allowed on this listener, e.g. 10.128.0.0/14, 172.30.0.0/16 "
+             "(default: everyone); others get 403"},
+    {.section = RP_CONF_SECTION_LISTEN,
+     .key = "htpasswd",
+     .type = RP_CONF_PATH,
+     .offset = LISTEN_F(htpasswd),
+     .flags = RP_CONF_F_READABLE,
+     .help = "htpasswd file (htpasswd -B) of client accounts: clients must log in with Basic "
+             "credentials (default: anonymous)"},
 
     {.section = RP_CONF_SECTION_CACHE,
      .key = "dir",
@@ -143,6 +159,32 @@ static const struct rp_conf_option options[] = {
      .help = "accept a password_file or auth_file that group or others may read (logged as "
              "a warning) instead of refusing it"},
     {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "repos",
+     .type = RP_CONF_LIST,
+     .offset = REG_F(repos),
+     .aux_offset = REG_F(n_repos),
+     .help = "repositories clients may pull, as shell patterns (openshift3/*, rhel8/ubi); "
+             "default: all; others get 403 DENIED before any upstream contact"},
+    {.section = RP_CONF_SECTION_ADMIN,
+     .key = "listen",
+     .type = RP_CONF_STRING,
+     .default_text = "127.0.0.1:5001",
+     .offset = ADMIN_F(listen),
+     .help = "address of /metrics, /healthz and /readyz (never a registry listener); off "
+             "disables it"},
+    {.section = RP_CONF_SECTION_ADMIN,
+     .key = "log_format",
+     .type = RP_CONF_STRING,
+     .default_text = "text",
+     .offset = ADMIN_F(log_format),
+     .help = "text (key=value lines) or json (one JSON object per line)"},
+    {.section = RP_CONF_SECTION_ADMIN,
+     .key = "log_level",
+     .type = RP_CONF_STRING,
+     .default_text = "info",
+     .offset = ADMIN_F(log_level),
+     .help = "debug, info, warn or error"},
+    {.section = RP_CONF_SECTION_REGISTRY,
      .key = "tls_verify",
      .type = RP_CONF_BOOL,
      .default_text = "yes",
@@ -201,6 +243,8 @@ const char *rp_conf_section_name(enum rp_conf_section_kind kind)
         return "cache";
     case RP_CONF_SECTION_REGISTRY:
         return "registry";
+    case RP_CONF_SECTION_ADMIN:
+        return "admin";
     }
     return "?";
 }
@@ -515,6 +559,7 @@ struct parser {
     unsigned header_line;
     unsigned key_line[N_OPTIONS]; /* current section: line where each key was set, 0 = not */
     bool have_cache;
+    bool have_admin;
     size_t n_sections;
     unsigned *default_line; /* per listen: line of its `default` key */
 };
@@ -543,6 +588,8 @@ static void *section_base(const struct parser *p)
         return &p->conf->listens[p->index];
     case RP_CONF_SECTION_CACHE:
         return &p->conf->cache;
+    case RP_CONF_SECTION_ADMIN:
+        return &p->conf->admin;
     default:
         return &p->conf->registries[p->index];
     }
@@ -557,6 +604,9 @@ static const char *section_desc(const struct parser *p, char *buf, size_t n)
         break;
     case RP_CONF_SECTION_CACHE:
         snprintf(buf, n, "[cache]");
+        break;
+    case RP_CONF_SECTION_ADMIN:
+        snprintf(buf, n, "[admin]");
         break;
     default:
         snprintf(buf, n, "[registry \"%s\"]", p->conf->registries[p->index].name);
@@ -636,6 +686,7 @@ void rp_conf_free(struct rp_conf *conf)
         free(conf->warnings[i]);
     free(conf->warnings);
     free_section(RP_CONF_SECTION_CACHE, &conf->cache);
+    free_section(RP_CONF_SECTION_ADMIN, &conf->admin);
     free(conf->source);
     free(conf);
 }
@@ -782,6 +833,25 @@ static const char *check_realm_url(const char *v)
     return ok ? NULL : "the scheme must be http or https";
 }
 
+/* An address with an optional /bits; the proxy checks the rest (no host bits set). */
+static bool cidr_ok(const char *s)
+{
+    char buf[64];
+    unsigned char addr[16];
+    if (strlen(s) >= sizeof(buf))
+        return false;
+    snprintf(buf, sizeof(buf), "%s", s);
+    char *slash = strchr(buf, '/');
+    long max = strchr(buf, ':') ? 128 : 32;
+    if (slash) {
+        *slash = '\0';
+        uint64_t bits;
+        if (rp_parse_u64(slash + 1, strlen(slash + 1), &bits) != 0 || (long)bits > max)
+            return false;
+    }
+    return inet_pton(max == 128 ? AF_INET6 : AF_INET, buf, addr) == 1;
+}
+
 static int set_list(const struct rp_conf_option *o, void *base, const char *v, size_t n,
                     const char **why)
 {
@@ -800,7 +870,9 @@ static int set_list(const struct rp_conf_option *o, void *base, const char *v, s
             return -1;
         }
         char *s = rp_xstrndup(item, ilen);
-        if ((o->flags & RP_CONF_F_URL_ITEMS) && (*why = check_realm_url(s)) != NULL) {
+        if ((o->flags & RP_CONF_F_CIDR_ITEMS) && !cidr_ok(s))
+            *why = "expected a network such as 10.128.0.0/14 or fd00::/8";
+        if (*why || ((o->flags & RP_CONF_F_URL_ITEMS) && (*why = check_realm_url(s)) != NULL)) {
             free(s);
             return -1;
         }
@@ -1055,6 +1127,48 @@ out:
 }
 
 /* Cross-field rules and derived fields, once the section's last key is read. */
+static int parse_listen_addr(const char *a, size_t n, char **host, int *port);
+
+static bool one_of(const char *v, const char *const *allowed)
+{
+    for (; *allowed; allowed++)
+        if (strcmp(v, *allowed) == 0)
+            return true;
+    return false;
+}
+
+/* [admin] values with a fixed vocabulary. */
+static int check_admin(struct parser *p, const char *desc)
+{
+    static const char *const formats[] = {"text", "json", NULL};
+    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+    const struct rp_conf_admin *a = &p->conf->admin;
+    int i;
+    if (!one_of(a->log_format, formats)) {
+        i = option_index(p->kind, "log_format", 10);
+        fail(p, i >= 0 && p->key_line[i] ? p->key_line[i] : p->header_line,
+             "log_format in %s must be text or json", desc);
+        return -1;
+    }
+    if (!one_of(a->log_level, levels)) {
+        i = option_index(p->kind, "log_level", 9);
+        fail(p, i >= 0 && p->key_line[i] ? p->key_line[i] : p->header_line,
+             "log_level in %s must be debug, info, warn or error", desc);
+        return -1;
+    }
+    char *host = NULL;
+    int port;
+    if (strcmp(a->listen, "off") != 0 &&
+        parse_listen_addr(a->listen, strlen(a->listen), &host, &port) != 0) {
+        i = option_index(p->kind, "listen", 6);
+        fail(p, i >= 0 && p->key_line[i] ? p->key_line[i] : p->header_line,
+             "listen in %s: expected host:port, [v6]:port or off", desc);
+        return -1;
+    }
+    free(host);
+    return 0;
+}
+
 static int finish_section(struct parser *p)
 {
     char desc[MAX_LINE + 32];
@@ -1077,6 +1191,8 @@ static int finish_section(struct parser *p)
             }
         }
     }
+    if (p->kind == RP_CONF_SECTION_ADMIN && check_admin(p, desc) != 0)
+        return -1;
     if (p->kind == RP_CONF_SECTION_REGISTRY) {
         struct rp_conf_registry *r = &p->conf->registries[p->index];
         if (rp_conf_split_url(r->url, &r->scheme, &r->host, &r->port, NULL) != 0) {
@@ -1151,6 +1267,12 @@ static int open_section(struct parser *p, int kind, const char *name, size_t nle
             return -1;
         }
         p->have_cache = true; /* defaults were applied when the conf was created */
+    } else if (kind == RP_CONF_SECTION_ADMIN) {
+        if (p->have_admin) {
+            fail(p, line, "duplicate section [admin]");
+            return -1;
+        }
+        p->have_admin = true;
     } else if (kind == RP_CONF_SECTION_LISTEN) {
         char *host;
         int port;
@@ -1220,7 +1342,7 @@ static int parse_header(struct parser *p, const char *s, size_t n, unsigned line
         return -1;
     }
     int kind = -1;
-    for (int k = RP_CONF_SECTION_LISTEN; k <= RP_CONF_SECTION_REGISTRY; k++) {
+    for (int k = RP_CONF_SECTION_LISTEN; k <= RP_CONF_SECTION_ADMIN; k++) {
         const char *kn = rp_conf_section_name((enum rp_conf_section_kind)k);
         if (strlen(kn) == wl && memcmp(in, kn, wl) == 0)
             kind = k;
@@ -1237,7 +1359,7 @@ static int parse_header(struct parser *p, const char *s, size_t n, unsigned line
             return -1;
         }
     }
-    bool named = kind != RP_CONF_SECTION_CACHE;
+    bool named = kind != RP_CONF_SECTION_CACHE && kind != RP_CONF_SECTION_ADMIN;
     if (named && !name) {
         fail(p, line, "section [%s] needs a name: [%s \"%s\"]", rp_conf_section_name(kind),
              rp_conf_section_name(kind), kind == RP_CONF_SECTION_LISTEN ? "ADDR" : "NAME");
@@ -1380,6 +1502,8 @@ int rp_conf_parse(const char *text, size_t len, const char *source, struct rp_co
             slash == p.source ? rp_xstrdup("/") : rp_xstrndup(p.source, (size_t)(slash - p.source));
     p.kind = RP_CONF_SECTION_CACHE;
     apply_defaults(&p, RP_CONF_SECTION_CACHE, &p.conf->cache);
+    p.kind = RP_CONF_SECTION_ADMIN;
+    apply_defaults(&p, RP_CONF_SECTION_ADMIN, &p.conf->admin);
     p.kind = -1;
     if (!text && len > 0) {
         fail(&p, 0, "no text");

@@ -45,6 +45,10 @@ struct rp_conf_registry {
      * login` stores for some registries). auth/ exchanges it for access tokens with the
      * token spec's OAuth2 POST. Zeroed when the conf is freed. */
     char *identity_token;
+    /* Repositories clients may pull from this registry (fnmatch patterns such as
+     * "openshift3/" + "*"); none: all. Checked before any upstream contact. */
+    char **repos;
+    size_t n_repos;
 };
 
 /* One listening address: a [listen "ADDR"] section. */
@@ -56,6 +60,12 @@ struct rp_conf_listen {
     const struct rp_conf_registry *def; /* resolved default registry, or NULL */
     char *tls_cert;
     char *tls_key;
+    /* Client networks allowed on this listener ("10.128.0.0/14", "fd00::/8"); none: all.
+     * Others get 403 before anything else runs. */
+    char **allow;
+    size_t n_allow;
+    /* htpasswd file (bcrypt) of client accounts; NULL: clients are anonymous. */
+    char *htpasswd;
 };
 
 struct rp_conf_cache {
@@ -76,6 +86,13 @@ struct rp_conf_watch {
     int64_t mtime_ns, ctime_ns;
 };
 
+/* The operator's side: the admin listener and logging. */
+struct rp_conf_admin {
+    char *listen;     /* host:port of /metrics, /healthz, /readyz; "off" disables it */
+    char *log_format; /* "text" or "json" */
+    char *log_level;  /* "debug", "info", "warn" or "error" */
+};
+
 struct rp_conf {
     char *source; /* file path, or "<embedded>" */
     struct rp_conf_listen *listens;
@@ -83,6 +100,7 @@ struct rp_conf {
     struct rp_conf_registry *registries;
     size_t n_registries;
     struct rp_conf_cache cache;
+    struct rp_conf_admin admin;
     /* Every password_file and auth_file read, in file order (a file named twice is listed
      * once). */
     struct rp_conf_watch *watch;
@@ -190,6 +208,7 @@ enum rp_conf_section_kind {
     RP_CONF_SECTION_LISTEN,   /* [listen "ADDR"]: struct rp_conf_listen */
     RP_CONF_SECTION_CACHE,    /* [cache]: struct rp_conf_cache */
     RP_CONF_SECTION_REGISTRY, /* [registry "NAME"]: struct rp_conf_registry */
+    RP_CONF_SECTION_ADMIN,    /* [admin]: struct rp_conf_admin */
 };
 
 enum rp_conf_type {
@@ -214,6 +233,7 @@ enum rp_conf_type {
  * entry is chosen by the section's url. Like F_SECRET_FILE files it is a credential file:
  * its mode is checked (allow_readable_credentials) and it is recorded in rp_conf.watch. */
 #define RP_CONF_F_AUTH_FILE 16u
+#define RP_CONF_F_CIDR_ITEMS 32u /* LIST: every item must be an address or address/bits */
 
 struct rp_conf_option {
     enum rp_conf_section_kind section;

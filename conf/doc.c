@@ -68,12 +68,17 @@ static const char *const section_intro[] = {
         "The proxy dials no host that is not configured here. Credentials come from `user`\n"
         "with `password` or `password_file`, or from `auth_file`; with none the registry is\n"
         "pulled anonymously.\n",
+    [RP_CONF_SECTION_ADMIN] =
+        "At most one section: the operator's listener (/metrics in the Prometheus text\n"
+        "format, /healthz, /readyz) and logging. Never put the admin address on a registry\n"
+        "listener's network unless you mean to.\n",
 };
 
 static const char *const section_header[] = {
     [RP_CONF_SECTION_LISTEN] = "[listen \"ADDR\"]",
     [RP_CONF_SECTION_CACHE] = "[cache]",
     [RP_CONF_SECTION_REGISTRY] = "[registry \"NAME\"]",
+    [RP_CONF_SECTION_ADMIN] = "[admin]",
 };
 
 static const char credentials[] =
@@ -207,7 +212,7 @@ int rp_conf_write_doc(FILE *out)
     size_t n;
     const struct rp_conf_option *o = rp_conf_options(&n);
     fputs(intro, out);
-    for (int k = RP_CONF_SECTION_LISTEN; k <= RP_CONF_SECTION_REGISTRY; k++) {
+    for (int k = RP_CONF_SECTION_LISTEN; k <= RP_CONF_SECTION_ADMIN; k++) {
         fprintf(out,
                 "\n## %s\n\n%s\n| key | type | default | meaning |\n| --- | --- | --- | --- |\n",
                 section_header[k], section_intro[k]);

@@ -40,6 +40,8 @@ struct rp_fetch;
 struct rp_fill;
 struct rp_token_fetch;
 struct rp_check;
+struct rp_htpasswd;
+struct rp_listen_ctx;
 
 /* ------------------------------------------------------------------------- fetch.c */
 /* One exchange with a registry: attaches credentials (waiting for a shared token fetch
@@ -202,9 +204,11 @@ struct rp_conn {
     struct rp_req *req;
     bool keep_alive;
     bool close_after;
-    struct event *linger_ev; /* closing: draining input until EOF or this fires */
-    struct event *wait_ev;   /* between requests: idle timeout, then the head deadline */
-    bool head_started;       /* a request's first bytes arrived; its deadline runs */
+    struct event *linger_ev;    /* closing: draining input until EOF or this fires */
+    struct event *wait_ev;      /* between requests: idle timeout, then the head deadline */
+    bool head_started;          /* a request's first bytes arrived; its deadline runs */
+    bool denied;                /* the peer is outside the listener's allow list */
+    struct rp_listen_ctx *lctx; /* the listener it came in on (settings swap on reload) */
     unsigned n_requests;
     char peer[64];
     TAILQ_ENTRY(rp_conn) link;
@@ -229,6 +233,7 @@ struct rp_server {
     struct rp_cache *cache;
     struct rp_auth **auths; /* one per conf->registries[i] */
     struct rp_listener *listeners;
+    struct rp_listen_ctx *lctx; /* one per listener */
     size_t n_listeners;
     struct rp_conn_list conns;
     size_t n_conns;
@@ -244,6 +249,14 @@ struct rp_server {
     bool stopping;
 };
 
+/* Rebuilds every listener's TLS context, allow list and client accounts from fresh
+ * (same shape as the running configuration) and swaps them in; -1 (nothing changed) when
+ * any fails to load. */
+int rp_server_reload_listeners(struct rp_server *srv, const struct rp_conf *fresh);
+/* The client accounts of the listener c came in on, or NULL (anonymous). */
+struct rp_htpasswd *rp_conn_htpasswd(const struct rp_conn *c);
+/* [admin] log_format and log_level (-v on the command line keeps debug). */
+void rp_server_apply_logging(const struct rp_conf *conf);
 struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg);
 /* Pins digest when (registry, repo) matches a [cache] pin pattern. */
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* reload: applies a re-read configuration on SIGHUP or when a credential file changes.
  * In-flight pulls keep going: listeners, registries and the cache stay as they are and
- * only the values of existing registries change in place (credentials, TLS settings,
- * realms, checks, tag freshness). Tokens obtained with the old credentials are dropped.
- * A new file that fails to parse, or that adds, removes or re-points registries or
- * listeners, leaves the running configuration untouched and says why. */
+ * only their values change in place (credentials, TLS settings and certificates, realms,
+ * allow lists, client accounts, repository lists, checks, tag freshness, logging). Tokens obtained
+ * with the old credentials are dropped. A new file that fails to parse, or that adds, removes or
+ * re-points registries or listeners, leaves the running configuration untouched and says why. */
 #include "proxy.h"
 
 #include <event2/event.h>
@@ -65,6 +65,8 @@ static void swap_registry(struct rp_conf_registry *run, struct rp_conf_registry 
     SWAP(run->test_image, fresh->test_image);
     SWAP(run->test_login, fresh->test_login);
     SWAP(run->tag_ttl_ms, fresh->tag_ttl_ms);
+    SWAP(run->repos, fresh->repos);
+    SWAP(run->n_repos, fresh->n_repos);
 }
 
 int rp_reload(struct rp_server *srv, const char *why)
@@ -88,6 +90,23 @@ int rp_reload(struct rp_server *srv, const char *why)
         rp_conf_free(fresh);
         return -1;
     }
+    if (rp_server_reload_listeners(srv, fresh) != 0) {
+        rp_error("reload (%s) refused, still serving the previous configuration: a "
+                 "listener's tls_cert, tls_key, allow or htpasswd did not load (see above)",
+                 why);
+        rp_conf_free(fresh);
+        return -1;
+    }
+    for (size_t i = 0; i < run->n_listens; i++) {
+        SWAP(run->listens[i].tls_cert, fresh->listens[i].tls_cert);
+        SWAP(run->listens[i].tls_key, fresh->listens[i].tls_key);
+        SWAP(run->listens[i].allow, fresh->listens[i].allow);
+        SWAP(run->listens[i].n_allow, fresh->listens[i].n_allow);
+        SWAP(run->listens[i].htpasswd, fresh->listens[i].htpasswd);
+    }
+    SWAP(run->admin.log_format, fresh->admin.log_format);
+    SWAP(run->admin.log_level, fresh->admin.log_level);
+    rp_server_apply_logging(run);
     for (size_t i = 0; i < run->n_registries; i++) {
         swap_registry(&run->registries[i], &fresh->registries[i]);
         /* Tokens were issued for the old credentials: the next request fetches anew. */

@@ -3,6 +3,7 @@
  * upstream fetch | shared fill) -> answer. Callbacks from the client socket, fetches and
  * fills only record what happened and call rp_req_drive or answer. */
 #include "proxy.h"
+#include "acl.h"
 
 #include <event2/buffer.h>
 #include <jansson.h>
@@ -821,6 +822,13 @@ void rp_req_drive(struct rp_req *r)
             return;
         }
         r->routed = true;
+        if (r->route.reg &&
+            !rp_acl_repo_allowed(r->route.reg->repos, r->route.reg->n_repos, r->route.name)) {
+            /* Checked before the cache and before any upstream contact. */
+            rp_req_error(r, 403, "DENIED", "repository not allowed by this proxy's repos list",
+                         NULL);
+            return;
+        }
         if (r->route.kind == RP_ROUTE_PING) {
             /* Answered here: clients ping before every pull, and no upstream is needed to
              * say that this endpoint speaks the v2 API anonymously. */

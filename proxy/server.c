@@ -2,6 +2,7 @@
 /* server: listeners, connections and HTTP/1.1 framing toward clients. Requests are parsed
  * by http_parse.c and handed to request.c; this file owns sockets and keep-alive. */
 #include "proxy.h"
+#include "acl.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -230,6 +231,34 @@ static void conn_reject(struct rp_conn *c, int status, const char *code, const c
 
 static void conn_try_parse(struct rp_conn *c);
 
+/* 401 with a Basic challenge; the connection stays usable for the retry with credentials. */
+static void conn_challenge(struct rp_conn *c)
+{
+    char *body = rp_error_body("UNAUTHORIZED", "authentication required", NULL);
+    rp_conn_write_head(c, 401, "application/json", (int64_t)strlen(body),
+                       "WWW-Authenticate: Basic realm=\"regproxy\"\r\n");
+    evbuffer_add(rp_conn_output(c), body, strlen(body));
+    free(body);
+    char id[32];
+    rp_request_id(id, sizeof(id));
+    struct rp_access a = {.id = id,
+                          .method = "-",
+                          .path = "-",
+                          .registry = "-",
+                          .cache = "-",
+                          .peer = c->peer,
+                          .status = 401,
+                          .reason = "no valid client credentials"};
+    rp_access_log(&a);
+    rp_metrics_request(&c->srv->metrics, -1, 401, NULL, 0);
+    if (!c->keep_alive) {
+        conn_close_after_flush(c);
+        return;
+    }
+    conn_wait_request(c, false);
+    conn_try_parse(c);
+}
+
 void rp_conn_request_done(struct rp_conn *c, bool abort)
 {
     struct rp_req *r = c->req;
@@ -315,6 +344,23 @@ static void conn_try_parse(struct rp_conn *c)
         conn_close_after_flush(c);
         return;
     }
+    if (c->denied) {
+        conn_reject(c, 403, "DENIED", "this network may not pull from this proxy");
+        return;
+    }
+    struct rp_htpasswd *accounts = rp_conn_htpasswd(c);
+    if (accounts) {
+        const struct rp_http_header *ah = rp_http_find_header(&h, "authorization");
+        char *value = ah ? rp_xstrndup(ah->value, ah->value_len) : NULL;
+        bool ok = value && rp_htpasswd_check(accounts, value);
+        rp_free_secret(value);
+        if (!ok) {
+            /* Registry clients log in when challenged, then send Basic on every request. */
+            evbuffer_drain(in, (size_t)n);
+            conn_challenge(c);
+            return;
+        }
+    }
     c->req = rp_req_new(c, &h);
     evbuffer_drain(in, (size_t)n);
     evtimer_del(c->wait_ev);
@@ -363,11 +409,89 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 }
 
 /* The listener callback needs the server, the listener's config and its TLS context. */
-struct listen_ctx {
+/* What a listener's configuration turns into; rebuilt on reload and swapped whole. */
+struct listen_settings {
+    SSL_CTX *tls;
+    struct rp_cidr *allow; /* parsed conf->allow */
+    size_t n_allow;
+    struct rp_htpasswd *htpasswd;
+};
+
+struct rp_listen_ctx {
     struct rp_server *srv;
     const struct rp_conf_listen *conf;
-    SSL_CTX *tls;
+    struct listen_settings set;
 };
+
+static void settings_free(struct listen_settings *st)
+{
+    /* Connections keep their own reference to an SSL_CTX through their SSL objects. */
+    if (st->tls)
+        SSL_CTX_free(st->tls);
+    free(st->allow);
+    rp_htpasswd_free(st->htpasswd);
+    memset(st, 0, sizeof(*st));
+}
+
+static SSL_CTX *tls_context(const struct rp_conf_listen *l);
+
+static int settings_load(const struct rp_conf_listen *l, struct listen_settings *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (l->tls_cert) {
+        st->tls = tls_context(l);
+        if (!st->tls)
+            goto fail;
+    }
+    if (l->n_allow) {
+        st->allow = rp_xcalloc(l->n_allow, sizeof(*st->allow));
+        for (size_t i = 0; i < l->n_allow; i++) {
+            if (rp_acl_parse_cidr(l->allow[i], &st->allow[i]) != 0) {
+                rp_error("listen %s: allow '%s' is not a network (host bits set?)", l->addr,
+                         l->allow[i]);
+                goto fail;
+            }
+        }
+        st->n_allow = l->n_allow;
+    }
+    if (l->htpasswd) {
+        char err[512];
+        st->htpasswd = rp_htpasswd_load(l->htpasswd, err, sizeof(err));
+        if (!st->htpasswd) {
+            rp_error("listen %s: htpasswd %s", l->addr, err);
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    settings_free(st);
+    return -1;
+}
+
+int rp_server_reload_listeners(struct rp_server *srv, const struct rp_conf *fresh)
+{
+    struct listen_settings *tmp = rp_xcalloc(srv->n_listeners + 1, sizeof(*tmp));
+    int rc = -1;
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        if (settings_load(&fresh->listens[i], &tmp[i]) != 0)
+            goto out;
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        struct listen_settings old = srv->lctx[i].set;
+        srv->lctx[i].set = tmp[i];
+        tmp[i] = old;
+    }
+    rc = 0;
+out:
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        settings_free(&tmp[i]);
+    free(tmp);
+    return rc;
+}
+
+struct rp_htpasswd *rp_conn_htpasswd(const struct rp_conn *c)
+{
+    return c->lctx->set.htpasswd;
+}
 
 static void peer_name(const struct sockaddr *sa, char *out, size_t outlen)
 {
@@ -387,13 +511,14 @@ static void peer_name(const struct sockaddr *sa, char *out, size_t outlen)
 
 /* Past the connection limit a plain-HTTP client still learns why; the answer is small
  * enough for the socket buffer, so one non-blocking send does it. */
-static void refuse_connection(struct listen_ctx *ctx, evutil_socket_t fd, const char *peer)
+static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
 {
+    bool tls = ctx->set.tls != NULL;
     static const char busy[] =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         "Retry-After: 1\r\nConnection: close\r\nContent-Length: 76\r\n\r\n"
         "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"too many connections, retry\"}]}\n";
-    if (!ctx->tls) {
+    if (!tls) {
         ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
         (void)w;
     }
@@ -408,7 +533,7 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
 {
     (void)l;
     (void)salen;
-    struct listen_ctx *ctx = arg;
+    struct rp_listen_ctx *ctx = arg;
     struct rp_server *srv = ctx->srv;
     char peer[64];
     peer_name(sa, peer, sizeof(peer));
@@ -419,10 +544,13 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
     struct rp_conn *c = rp_xcalloc(1, sizeof(*c));
     c->srv = srv;
     c->listen = ctx->conf;
+    c->lctx = ctx;
+    /* Outside `allow`: the first request gets 403 and nothing else happens for it. */
+    c->denied = !rp_acl_allows(ctx->set.allow, ctx->set.n_allow, sa);
     memcpy(c->peer, peer, sizeof(c->peer));
     int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
-    if (ctx->tls) {
-        SSL *ssl = SSL_new(ctx->tls);
+    if (ctx->set.tls) {
+        SSL *ssl = SSL_new(ctx->set.tls);
         c->bev = ssl ? bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                       opts)
                      : NULL;
@@ -478,13 +606,10 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(srv->base, NULL);
 }
 
-static int listen_on(struct rp_server *srv, struct rp_listener *li, struct listen_ctx *ctx)
+static int listen_on(struct rp_server *srv, struct rp_listener *li, struct rp_listen_ctx *ctx)
 {
-    if (li->conf->tls_cert) {
-        ctx->tls = tls_context(li->conf);
-        if (!ctx->tls)
-            return -1;
-    }
+    if (settings_load(li->conf, &ctx->set) != 0)
+        return -1;
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
     char spec[300];
@@ -503,8 +628,8 @@ static int listen_on(struct rp_server *srv, struct rp_listener *li, struct liste
         rp_error("listen %s: %s", li->conf->addr, strerror(errno));
         return -1;
     }
-    rp_info("listening on %s%s (default registry: %s)", li->conf->addr, ctx->tls ? " with TLS" : "",
-            li->conf->def ? li->conf->def->name : "none");
+    rp_info("listening on %s%s (default registry: %s)", li->conf->addr,
+            ctx->set.tls ? " with TLS" : "", li->conf->def ? li->conf->def->name : "none");
     return 0;
 }
 
@@ -522,13 +647,23 @@ void rp_server_check_logged(void *arg, const struct rp_conf_registry *reg, bool 
         rp_warn("check registry=%s: FAILED: %s", reg->name, line);
 }
 
+void rp_server_apply_logging(const struct rp_conf *conf)
+{
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    rp_log_set_json(strcmp(conf->admin.log_format, "json") == 0);
+    for (int i = 0; i < 4; i++)
+        if (strcmp(conf->admin.log_level, levels[i]) == 0 && !rp_log_enabled(RP_LOG_DEBUG))
+            rp_log_set_level((enum rp_log_level)i);
+}
+
 int rp_server_run(struct rp_conf *conf)
 {
     int rc = 1;
     struct rp_server srv;
     memset(&srv, 0, sizeof(srv));
-    struct listen_ctx *ctxs = NULL;
+    struct rp_listen_ctx *ctxs = NULL;
     srv.conf = conf;
+    rp_server_apply_logging(conf);
     TAILQ_INIT(&srv.conns);
     TAILQ_INIT(&srv.token_fetches);
     TAILQ_INIT(&srv.fills);
@@ -558,6 +693,7 @@ int rp_server_run(struct rp_conf *conf)
     srv.n_listeners = conf->n_listens;
     srv.listeners = rp_xcalloc(conf->n_listens, sizeof(*srv.listeners));
     ctxs = rp_xcalloc(conf->n_listens, sizeof(*ctxs));
+    srv.lctx = ctxs;
     for (size_t i = 0; i < conf->n_listens; i++) {
         srv.listeners[i].conf = &conf->listens[i];
         ctxs[i].srv = &srv;
@@ -570,7 +706,8 @@ int rp_server_run(struct rp_conf *conf)
     evsignal_add(srv.sig_term, NULL);
     evsignal_add(srv.sig_int, NULL);
     rp_reload_init(&srv);
-    rp_admin_start(&srv, "127.0.0.1:5001");
+    if (strcmp(conf->admin.listen, "off") != 0)
+        rp_admin_start(&srv, conf->admin.listen);
     for (size_t i = 0; i < conf->n_warnings; i++)
         rp_warn("config: %s", conf->warnings[i]);
     rp_info("regproxy %s serving (%zu registries)", RP_VERSION, conf->n_registries);
@@ -593,8 +730,7 @@ out:
     free(srv.listeners);
     if (ctxs)
         for (size_t i = 0; i < conf->n_listens; i++)
-            if (ctxs[i].tls)
-                SSL_CTX_free(ctxs[i].tls);
+            settings_free(&ctxs[i].set);
     free(ctxs);
     if (srv.auths)
         for (size_t i = 0; i < conf->n_registries; i++)

@@ -262,10 +262,16 @@ def request(url, method="GET", headers=None, body=None, ca=None, timeout=60):
         c.close()
 
 
-def raw_request(host, port, data, timeout=30):
-    """Sends raw bytes on a plain TCP connection, returns the whole answer (until close or
-    a complete response with Content-Length)."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
+def raw_request(host, port, data, timeout=30, tls=False):
+    """Sends raw bytes on a plain TCP connection (or TLS without verification), returns the
+    whole answer (until close or a complete response with Content-Length)."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        s = raw
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s = ctx.wrap_socket(raw)
         s.sendall(data)
         buf = b""
         while True:
@@ -962,7 +968,7 @@ class Proxy:
     [cache] keys. extra: raw text appended to the config."""
 
     def __init__(self, t, registries, listeners=None, cache=None, extra="", env=None,
-                 start=True):
+                 start=True, wrapper=None):
         s = t.s
         check(s.bin and os.path.exists(s.bin),
               "proxy binary %r not found (pass --bin build/san/regproxy)" % s.bin)
@@ -980,6 +986,7 @@ class Proxy:
         self.cache = dict(cache or {})
         self.extra = extra
         self.env = env
+        self.wrapper = list(wrapper or ())  # argv prefix, e.g. setpriv to drop privileges
         self.proc = None
         self.stopped = False
         t.proxies.append(self)
@@ -1018,6 +1025,12 @@ class Proxy:
                     k, v = "password_file", pw
                 out.append("%s = %s" % (k, v))
             out.append("")
+        if "[admin]" not in self.extra:
+            # Every proxy gets an admin listener of its own (the default 127.0.0.1:5001
+            # would be shared by all of them).
+            if not getattr(self, "admin_port", None):
+                self.admin_port = free_port()
+            out.append("[admin]\nlisten = 127.0.0.1:%d\n" % self.admin_port)
         out.append(self.extra)
         with open(self.conf_path, "w") as f:
             f.write("\n".join(out) + "\n")
@@ -1035,8 +1048,8 @@ class Proxy:
         for attempt in range(3):
             self.ports = [free_port() for _ in self.listeners]
             self.write_conf()
-            self.proc = Proc("regproxy", [self.t.s.bin, "serve", "-c", self.conf_path],
-                             self.log, env=env)
+            self.proc = Proc("regproxy", self.wrapper + [self.t.s.bin, "serve", "-c",
+                                                         self.conf_path], self.log, env=env)
             self.stopped = False
             try:
                 wait_until(self._answers, 30, "regproxy to answer GET /v2/ on port %d"
@@ -1056,7 +1069,7 @@ class Proxy:
     def _answers(self):
         data = raw_request("127.0.0.1", self.ports[0],
                            b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                           timeout=5)
+                           timeout=5, tls=bool(self.listeners[0].get("tls_cert")))
         return data.startswith(b"HTTP/1.")
 
     def raw(self, method, path, headers=None, listener=0, timeout=60):
@@ -1094,6 +1107,25 @@ class Proxy:
     def get(self, path, method="GET", headers=None, listener=0, timeout=120):
         """A plain-HTTP request to the proxy (path sent verbatim)."""
         return request(self.url_for(listener) + path, method, headers, timeout=timeout)
+
+    def admin(self, path):
+        """GET on the admin listener (/metrics, /healthz, /readyz)."""
+        return request("http://127.0.0.1:%d%s" % (self.admin_port, path), timeout=30)
+
+    def metrics(self):
+        """/metrics parsed: {(name, frozenset(labels.items())): value}."""
+        r = self.admin("/metrics")
+        check(r.status == 200, "GET /metrics: %d" % r.status)
+        out = {}
+        for line in r.body.decode().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$', line)
+            check(m, "malformed metrics line %r" % line)
+            labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"',
+                                     m.group(3) or ""))
+            out[(m.group(1), frozenset(labels.items()))] = float(m.group(4))
+        return out
 
     def rss_kb(self):
         with open("/proc/%d/status" % self.proc.pid) as f:

@@ -399,7 +399,7 @@ static void test_syntax_errors(void)
                "test.conf:4: bad value for 'user' in [registry \"r\"]: control character");
     expect_err(MINIMAL " = x\n", "test.conf:4: invalid key name");
     expect_err(MINIMAL "password hunter2 = x\n", "test.conf:4: invalid key name");
-    expect_err(MINIMAL "repos = a/*\n", "test.conf:4: unknown key 'repos' in [registry \"r\"]");
+    expect_err(MINIMAL "repo = a/*\n", "test.conf:4: unknown key 'repo' in [registry \"r\"]");
     expect_err(MINIMAL "url = https://r\n",
                "test.conf:4: duplicate key 'url' in [registry \"r\"] (first on line 3)");
     expect_err(MINIMAL "[cache]\nurl = https://x\n", "test.conf:5: unknown key 'url' in [cache]");
@@ -2022,6 +2022,72 @@ static void test_inventory_literals(void)
     }
 }
 
+/* [admin], allow, htpasswd and repos. */
+static void test_admin_and_access_keys(void)
+{
+    struct rp_conf *c = NULL;
+    char msg[512];
+    const char *good = "[listen \"127.0.0.1:5000\"]\ndefault = r\nallow = 10.128.0.0/14, "
+                       "fd00::/8, 192.168.1.7\n\n[registry \"r\"]\nurl = https://r.example.com\n"
+                       "repos = openshift3/*, rhel8/ubi\n\n[admin]\nlisten = 0.0.0.0:5001\n"
+                       "log_format = json\nlog_level = warn\n";
+    CHECK_INT(rp_conf_parse(good, strlen(good), "t.conf", &c, msg, sizeof(msg)), 0);
+    if (c) {
+        CHECK_INT(c->listens[0].n_allow, 3);
+        CHECK_STR(c->listens[0].allow[1], "fd00::/8");
+        CHECK_INT(c->registries[0].n_repos, 2);
+        CHECK_STR(c->registries[0].repos[0], "openshift3/*");
+        CHECK_STR(c->admin.listen, "0.0.0.0:5001");
+        CHECK_STR(c->admin.log_format, "json");
+        CHECK_STR(c->admin.log_level, "warn");
+    }
+    rp_conf_free(c);
+    const char *dflt =
+        "[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.example.com\n";
+    c = NULL;
+    CHECK_INT(rp_conf_parse(dflt, strlen(dflt), "t.conf", &c, msg, sizeof(msg)), 0);
+    if (c) {
+        CHECK_STR(c->admin.listen, "127.0.0.1:5001");
+        CHECK_STR(c->admin.log_format, "text");
+        CHECK_STR(c->admin.log_level, "info");
+        CHECK_INT(c->listens[0].n_allow, 0);
+    }
+    rp_conf_free(c);
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"[listen \"127.0.0.1:5000\"]\nallow = 10.0.0.0/33\n[registry \"r\"]\nurl = https://r.x\n",
+         "t.conf:2: bad value for 'allow' in [listen \"127.0.0.1:5000\"]: expected a network"},
+        {"[listen \"127.0.0.1:5000\"]\nallow = example.com\n[registry \"r\"]\nurl = https://r.x\n",
+         "t.conf:2: bad value for 'allow' in [listen \"127.0.0.1:5000\"]: expected a network"},
+        {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin]\n"
+         "log_format = xml\n",
+         "t.conf:5: log_format in [admin] must be text or json"},
+        {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin]\n"
+         "log_level = loud\n",
+         "t.conf:5: log_level in [admin] must be debug, info, warn or error"},
+        {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin]\n"
+         "listen = nowhere\n",
+         "t.conf:5: listen in [admin]: expected host:port, [v6]:port or off"},
+        {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin]\n[admin]\n",
+         "t.conf:5: duplicate section [admin]"},
+        {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin \"x\"]\n",
+         "t.conf:4: section [admin] takes no name"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        c = NULL;
+        msg[0] = '\0';
+        CHECK_INT(rp_conf_parse(bad[i].text, strlen(bad[i].text), "t.conf", &c, msg, sizeof(msg)),
+                  -1);
+        CHECK(c == NULL);
+        if (strncmp(msg, bad[i].msg, strlen(bad[i].msg)) != 0) {
+            fprintf(stderr, "case %zu: got \"%s\", want prefix \"%s\"\n", i, msg, bad[i].msg);
+            unit_cur_failed = 1;
+        }
+        rp_conf_free(c);
+    }
+}
+
 static void test_doc_up_to_date(void)
 {
     char *want = NULL, *have = NULL;
@@ -2108,6 +2174,7 @@ int main(int argc, char **argv)
     RUN(test_import_inventory_yaml);
     RUN(test_import_inventory_errors);
     RUN(test_inventory_literals);
+    RUN(test_admin_and_access_keys);
     RUN(test_doc_up_to_date);
     rmdir(tmpdir);
     UNIT_EXIT();

@@ -1,0 +1,214 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Who may pull and strict HTTP: allow networks (403 before anything else), client
+accounts from an htpasswd file, the repos allow-list (403 before any upstream contact),
+TLS serving with a certificate reloaded on SIGHUP, slowloris cut off, conflicting framing
+and request bodies refused."""
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import lib
+from lib import check, eq
+
+
+def test_allow_networks(t):
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "allow": "10.0.0.0/8, fd00::/8"},
+                           {"default": "registry.anon.test", "allow": "127.0.0.0/8"}])
+    mark = reg.mark()
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.error_codes()), (403, ["DENIED"]), "request from outside allow")
+    r = p.get("/v2/", listener=0)
+    eq(r.status, 403, "even the ping is refused outside allow")
+    eq(len(reg.since(mark)), 0, "upstream requests caused by a denied client")
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, listener=1)
+    eq(r.status, 200, "request from inside allow")
+
+
+def test_htpasswd_client_accounts(t):
+    s = t.s
+    reg = s.anon_registry
+    htp = os.path.join(t.tmp, "clients.htpasswd")
+    out = subprocess.run(["htpasswd", "-Bbn", "node", "node-secret"], stdout=subprocess.PIPE,
+                         check=True).stdout
+    with open(htp, "wb") as f:
+        f.write(out)
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
+    r = p.get("/v2/")
+    eq(r.status, 401, "ping without credentials")
+    check("basic" in (r.header("www-authenticate") or "").lower(), "no Basic challenge")
+    out = os.path.join(t.tmp, "pull-auth")
+    r = s.skopeo(["copy", "-q", "--preserve-digests", "--dest-oci-accept-uncompressed-layers",
+                  "--src-tls-verify=false", "--src-creds", "node:node-secret",
+                  "docker://127.0.0.1:%d/ns/multi:v1" % p.port, "oci:%s:v1" % out],
+                 check_rc=False)
+    eq(r.returncode, 0, "skopeo with client credentials: %s" % r.stderr.decode()[-500:])
+    lib.verify_oci_layout(out)
+    r = p.get("/v2/ns/multi/manifests/v1", headers={
+        "Accept": lib.ACCEPT_ALL, "Authorization": "Basic bm9kZTp3cm9uZw=="})  # node:wrong
+    eq(r.status, 401, "wrong client password")
+    check("node-secret" not in p.log_text(), "client password in the log")
+
+
+def test_repos_allow_list(t):
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test", repos="ns/multi, other/*")])
+    mark = reg.mark()
+    for path in ("/v2/ns/large/manifests/v1", "/v2/ns/multiarch/manifests/v1",
+                 "/v2/ns/large/tags/list"):
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, r.error_codes()), (403, ["DENIED"]), "GET %s outside repos" % path)
+    eq(len(reg.since(mark)), 0, "upstream requests for repositories outside repos")
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags["v1"], reg.pushed["ns/multi:v1"]["digest"], "pull inside repos")
+
+
+def _serving_cert(t, name):
+    """A server certificate for 127.0.0.1 from a CA of this test's own."""
+    d = os.path.join(t.tmp, name)
+    os.makedirs(d, exist_ok=True)
+    key, crt = os.path.join(d, "tls.key"), os.path.join(d, "tls.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", crt, "-days", "1", "-subj", "/CN=%s" % name, "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    # skopeo's --cert-dir reads *.key as client keys: the CA goes in a directory of its own.
+    cadir = os.path.join(d, "ca")
+    os.makedirs(cadir, exist_ok=True)
+    with open(os.path.join(cadir, "ca.crt"), "wb") as f, open(crt, "rb") as c:
+        f.write(c.read())
+    return cadir, key, crt
+
+
+def _peer_cn(port, cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as c:
+            subj = dict(x[0] for x in c.getpeercert()["subject"])
+            return subj.get("commonName"), c.version()
+
+
+def test_tls_serving_and_reload(t):
+    s = t.s
+    reg = s.anon_registry
+    d1, key1, crt1 = _serving_cert(t, "first")
+    d2, key2, crt2 = _serving_cert(t, "second")
+    live_key, live_crt = os.path.join(t.tmp, "live.key"), os.path.join(t.tmp, "live.crt")
+    for src, dst in ((key1, live_key), (crt1, live_crt)):
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read())
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": live_crt,
+                            "tls_key": live_key}])
+    cn, version = _peer_cn(p.port, os.path.join(d1, "ca.crt"))
+    eq(cn, "first", "certificate served")
+    check(version in ("TLSv1.2", "TLSv1.3"), "TLS version %s" % version)
+    # TLS 1.1 is refused.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as c:
+                lib.fail("a TLS 1.1 handshake succeeded (%s)" % c.version())
+    except (ssl.SSLError, ConnectionResetError, ValueError):
+        pass
+    out = os.path.join(t.tmp, "pull-tls")
+    r = s.skopeo(["copy", "-q", "--preserve-digests", "--dest-oci-accept-uncompressed-layers",
+                  "--src-cert-dir", d1, "--src-no-creds",
+                  "docker://127.0.0.1:%d/ns/multi:v1" % p.port, "oci:%s:v1" % out],
+                 check_rc=False)
+    eq(r.returncode, 0, "skopeo over TLS: %s" % r.stderr.decode()[-500:])
+    lib.verify_oci_layout(out)
+    # Rotate the certificate; SIGHUP makes new connections use it.
+    for src, dst in ((key2, live_key), (crt2, live_crt)):
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read())
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
+                   "the reload")
+    cn, _ = _peer_cn(p.port, os.path.join(d2, "ca.crt"))
+    eq(cn, "second", "certificate served after SIGHUP")
+
+
+def test_slowloris_cut_off(t):
+    s = t.s
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")])
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    req = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40
+    t0 = time.monotonic()
+    got = b""
+    try:
+        for b in req:
+            c.sendall(bytes([b]))
+            time.sleep(0.5)
+            if time.monotonic() - t0 > 25:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    try:
+        got = c.recv(4096)
+    except (ConnectionResetError, socket.timeout):
+        pass
+    took = time.monotonic() - t0
+    check(took < 20, "a client sending a byte every 0.5 s was held for %.0f s" % took)
+    check(got.startswith(b"HTTP/1.1 408"), "expected 408, got %r" % got[:80])
+
+
+def _raw(p, data):
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
+        c.sendall(data)
+        buf = b""
+        try:
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                buf += b
+        except socket.timeout:
+            lib.fail("the connection was kept open after %r" % data[:60])
+        return buf
+
+
+def test_framing_and_bodies_refused(t):
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    mark = reg.mark()
+    both = (b"GET /v2/ns/multi/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v2/ns/large/manifests/v1 HTTP/1.1\r\n"
+            b"Host: x\r\n\r\n")
+    out = _raw(p, both)
+    check(out.startswith(b"HTTP/1.1 400"), "CL+TE: %r" % out[:80])
+    eq(out.count(b"HTTP/1.1 "), 1, "responses to a smuggling attempt (the second request "
+       "must never be read)")
+    body = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd"
+    out = _raw(p, body)
+    check(out.startswith(b"HTTP/1.1 400"), "request with a body: %r" % out[:80])
+    for m in (b"POST", b"PUT", b"DELETE", b"PATCH"):
+        out = _raw(p, m + b" /v2/ns/multi/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(out.startswith(b"HTTP/1.1 405"), "%s: %r" % (m, out[:80]))
+    out = _raw(p, b"GET http://evil.example/v2/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    check(out.startswith(b"HTTP/1.1 400"), "absolute-form target: %r" % out[:80])
+    out = _raw(p, b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n")
+    check(out.startswith(b"HTTP/1.1 4"), "CONNECT: %r" % out[:80])
+    eq(len(reg.since(mark)), 0, "upstream requests caused by refused requests")
+
+
+def test_admin_not_on_registry_listener(t):
+    s = t.s
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")])
+    for path in ("/metrics", "/healthz", "/readyz"):
+        r = p.get(path)
+        check(r.status == 404, "%s answered %d on the registry listener" % (path, r.status))
+        r = p.admin(path)
+        eq(r.status, 200, "%s on the admin listener" % path)
