@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Upstream-side threats: a blob redirect from https to plain http, a redirect loop, an
+oversized manifest, and a Host header naming an internal host. Each is refused with a
+clear error, sends no credential anywhere it should not, dials nothing it should not, and
+caches nothing."""
+import json
+import os
+import socket
+
+import lib
+from lib import check, eq
+
+
+def _first_layer(s):
+    img = s.images["multi"]
+    with open(os.path.join(img["dir"], "index.json")) as f:
+        idx = json.load(f)
+    mdig = idx["manifests"][0]["digest"].split(":")[1]
+    with open(os.path.join(img["dir"], "blobs", "sha256", mdig)) as f:
+        return json.load(f)["layers"][0]["digest"]
+
+
+def _blobs_cached(p):
+    d = os.path.join(p.cache_dir, "blobs")
+    return [f for _, _, fs in os.walk(d) for f in fs] if os.path.isdir(d) else []
+
+
+def test_redirect_to_http_refused(t):
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    digest = _first_layer(s)
+    m_reg, m_cdn = fr.mark()
+    r = p.get("/v2/mode/redirect-http/ns/multi/blobs/%s" % digest)
+    eq(r.status, 502, "blob redirected from https to http")
+    check("https" in json_detail(r), "the error does not say why: %r" % r.body[:300])
+    eq(len(fr.cdn_requests(m_cdn)), 0, "requests that reached the plain-http target")
+    eq(_blobs_cached(p), [], "blobs cached after a refused redirect")
+
+
+def test_redirect_loop_bounded(t):
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    digest = _first_layer(s)
+    m_reg, _ = fr.mark()
+    r = p.get("/v2/mode/redirect-loop/ns/multi/blobs/%s" % digest)
+    eq(r.status, 502, "blob redirected in a loop")
+    hops = [x for x in fr.requests(m_reg) if "/blobs/" in x.get("path", "")]
+    check(len(hops) <= 7, "the proxy followed %d redirects (at most 5 allowed)" % len(hops))
+    # Redirect targets on the registry's own origin may get credentials; no other may.
+
+
+def test_oversized_manifest_refused(t):
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    r = p.get("/v2/mode/bigmanifest/ns/multi/manifests/v1",
+              headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 502, "a 5 MiB manifest")
+    check("limit" in json_detail(r), "the error does not name the limit: %r" % r.body[:300])
+    mdir = os.path.join(p.cache_dir, "manifests")
+    stored = [f for _, _, fs in os.walk(mdir) for f in fs] if os.path.isdir(mdir) else []
+    eq(stored, [], "manifests stored after an oversized answer")
+    check(p.proc.alive(), "the proxy died")
+
+
+def test_host_header_does_not_steer(t):
+    """Routing never looks at Host: a request naming an internal host there goes to the
+    listener's default registry, and the internal host sees nothing."""
+    s = t.s
+    canary = t.canary()
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test"),
+                            {"name": "internal.test", "url": "https://127.0.0.1:%d" % canary.port,
+                             "test_login": "no"}],
+                listeners=[{"default": "registry.anon.test"}])
+    for host in ("127.0.0.1:%d" % canary.port, "internal.test", "169.254.169.254"):
+        req = ("GET /v2/ns/multi/manifests/v1 HTTP/1.1\r\nHost: %s\r\nAccept: %s\r\n"
+               "Connection: close\r\n\r\n" % (host, lib.ACCEPT_ALL)).encode()
+        data = lib.raw_request("127.0.0.1", p.port, req)
+        check(data.startswith(b"HTTP/1.1 200"),
+              "manifest with Host: %s: %r" % (host, data[:120]))
+    eq(canary.count, 0, "connections to the internal host")
+
+
+def json_detail(r):
+    try:
+        return str(r.json())
+    except Exception:
+        return r.body.decode(errors="replace")
