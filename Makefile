@@ -30,6 +30,7 @@ UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(B)/tests/unit/%)
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_TIME ?= 60
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all deps run test unit fuzz fuzz-replay format format-check check-includes banned clean bench
 
@@ -57,10 +58,22 @@ $(B)/tests/unit/%: tests/unit/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) $(LDFLAGS) -I. -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
-build/fuzz/%: tests/fuzz/%.c $(filter-out proxy/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c))) build/fuzz/gen/default_conf.c
+# Fuzz targets share one set of objects built with the sanitizers and fuzzer coverage;
+# each target links them with its LLVMFuzzerTestOneInput.
+FUZZ_CFLAGS = -std=c11 -g -O1 -D_GNU_SOURCE -DRP_FUZZ -fno-sanitize-recover=all \
+              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I.
+FUZZ_OBJ = $(LIB_SRC:%.c=build/fuzz/obj/%.o) build/fuzz/obj/gen/default_conf.o
+
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(FUZZCC) -std=c11 -g -O1 -D_GNU_SOURCE -DRP_FUZZ -fsanitize=fuzzer,address,undefined \
-	  -fno-sanitize-recover=all $(shell pkg-config --cflags $(PKGS)) -I. -o $@ $^ $(LDLIBS)
+	$(FUZZCC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c -o $@ $<
+
+build/fuzz/obj/gen/default_conf.o: build/fuzz/gen/default_conf.c
+	@mkdir -p $(dir $@)
+	$(FUZZCC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_OBJ)
+	$(FUZZCC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_OBJ) $(LDLIBS)
 
 build/fuzz/gen/default_conf.c: conf/regproxy.conf tests/tools/embed.sh
 	@mkdir -p $(dir $@)
@@ -77,9 +90,9 @@ run: deps regproxy
 # Everything CI runs: sanitizer build of the proxy and unit tests, fuzz corpus replay,
 # integration tests against real registries and clients. Closes with "N passed, N failed".
 test: deps
-	$(MAKE) SANITIZE=1 build/san/regproxy $(UNIT_SRC:tests/unit/%.c=build/san/tests/unit/%)
-	$(MAKE) $(FUZZ_BIN)
-	$(MAKE) regproxy
+	$(MAKE) -j$(JOBS) SANITIZE=1 build/san/regproxy $(UNIT_SRC:tests/unit/%.c=build/san/tests/unit/%)
+	$(MAKE) -j$(JOBS) $(FUZZ_BIN)
+	$(MAKE) -j$(JOBS) regproxy
 	/usr/bin/python3 tests/run.py --bin build/san/regproxy --unit build/san/tests/unit \
 	  --fuzz build/fuzz $(TESTS)
 
