@@ -237,6 +237,22 @@ class Resp:
                                                dict(self.headers_list), self.body[:400])
 
 
+# Every answer a test client receives over plain HTTP (the proxy's listeners) is appended
+# here, so the canary check at the end can prove no secret ever reached a client.
+RESPONSES_LOG = None
+
+
+def record_response(url, status, headers, body):
+    if not RESPONSES_LOG or not url.startswith("http://"):
+        return
+    with contextlib.suppress(OSError):
+        with open(RESPONSES_LOG, "ab") as f:
+            f.write(("%s %s\n" % (status, url)).encode())
+            for k, v in headers:
+                f.write(("%s: %s\n" % (k, v)).encode("latin-1", "replace"))
+            f.write(body[:65536] + b"\n")
+
+
 def request(url, method="GET", headers=None, body=None, ca=None, timeout=60):
     """One HTTP(S) request, the path sent exactly as given (no normalisation, no redirects).
     Returns a Resp."""
@@ -257,6 +273,7 @@ def request(url, method="GET", headers=None, body=None, ca=None, timeout=60):
         c.endheaders(body)
         r = c.getresponse()
         data = r.read()
+        record_response(url, r.status, r.getheaders(), data)
         return Resp(r.status, r.reason, r.getheaders(), data)
     finally:
         c.close()
@@ -1197,6 +1214,8 @@ class Session:
         self.timings = []
         self._cache = {}
         self._broken = {}
+        global RESPONSES_LOG
+        RESPONSES_LOG = os.path.join(tmp, "responses.log")
         self.sa_password = "sa-" + secrets.token_hex(16)
         self.sa_refresh_token = "rt-" + secrets.token_hex(16)
         self.alice_password = "alice-" + secrets.token_hex(12)
