@@ -62,7 +62,27 @@
  *
  * Eviction runs after every publish and when the last user releases a blob: while size >
  * max_size, unlink the least recently used entry that is neither pinned nor in use. Use means
- * blob_open (until release) or manifest_get.
+ * blob_open (until release) or manifest_get/peek.
+ *
+ * Memory. Three bounded caches in front of the files make a warm "manifest by tag" request
+ * cost no system call and no hashing of content:
+ *   - tags: registry\0repo\0tag\0 -> digest + fetched_s, filled by tag_set and by a tag file
+ *     that passed its checksum; tag_set replaces the entry (it drops it if the write failed).
+ *   - links: registry\0repo\0digest\0, filled by link and by a positive stat. Negative answers
+ *     are not remembered: link would have to invalidate them (easy, it is the only writer),
+ *     but any client can ask for any digest, and remembering those misses would push out the
+ *     links that serve real traffic; a miss costs one stat, as before.
+ *   - manifests: the exact verified bytes and media type, hung off the index entry (e->mem)
+ *     and on a byte-bounded LRU list of their own. Filled by manifest_put (the bytes matched
+ *     the digest) and by a disk read that passed every check, so a damaged file is still
+ *     caught on its first read, and nothing unverified ever reaches memory. index_forget drops
+ *     the memory copy with the entry, so eviction, damage and vanished files invalidate it.
+ *     A hit still touches the index entry: the store's LRU order is the same as without it.
+ * Tags and links are keyed by a seeded SipHash of the key text, which comes from requests.
+ * Only upstream-confirmed or written keys get in, and the bounds cap the rest; least recently
+ * used goes first. Memory answers are exactly what the disk said or was told last by this
+ * process (the only writer, by the lock); an operator's edits behind our back are seen once
+ * the entry is gone from memory.
  */
 #include "cache.h"
 
@@ -76,7 +96,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../util/util.h"
@@ -100,6 +122,8 @@
 #define KEY_PART_MAX 1024
 #define TAG_HDR_MAX 256
 #define TAG_FILE_MAX (TAG_HDR_MAX + 3 * KEY_PART_MAX + 1 + 65)
+/* A memory key: three parts of at most KEY_PART_MAX, each followed by a NUL. */
+#define MEMO_KEY_MAX (3 * (KEY_PART_MAX + 1))
 
 #define INDEX_NAME "index"
 #define INDEX_MAGIC "RPCINDEX"
@@ -139,14 +163,43 @@ static const char *dhex(const struct digest *d)
     return d->str + strlen(algos[d->algo].name) + 1;
 }
 
+struct mem_manifest;
+
 struct entry {
     struct entry *hnext;       /* hash chain */
     struct entry *prev, *next; /* LRU list; both NULL when not in it */
+    struct mem_manifest *mem;  /* verified copy in memory (manifests only), or NULL */
     uint64_t size;             /* bytes on disk; 0 when not present */
     uint32_t in_use;
     uint8_t kind, algo;
     bool present, pinned;
     unsigned char raw[64];
+};
+
+/* A verified manifest held in memory (see "Memory" at the top). */
+struct mem_manifest {
+    struct mem_manifest *prev, *next; /* memory LRU: c->mm_head is the least recently used */
+    struct entry *owner;              /* NULL for the spare (too big to keep) */
+    size_t len, cost;
+    const char *media_type; /* inside data[], after the manifest's NUL */
+    char data[];            /* len bytes, NUL, media type, NUL */
+};
+
+/* A remembered tag or link. */
+struct memo_ent {
+    struct memo_ent *hnext;       /* hash chain */
+    struct memo_ent *prev, *next; /* use order: memo.head is the least recently used */
+    uint64_t hash;
+    int64_t when;  /* tags: fetched_s */
+    uint32_t klen; /* key bytes (parts and their NULs) */
+    uint32_t vlen; /* value bytes after the key (tags: the digest and its NUL) */
+    char kv[];
+};
+
+struct memo {
+    struct memo_ent **b; /* allocated on first insert */
+    size_t nb, n, max;   /* max 0: off */
+    struct memo_ent *head, *tail;
 };
 
 struct rp_cache {
@@ -160,6 +213,11 @@ struct rp_cache {
     uint64_t tmp_seq;
     struct rp_cache_fill *fills; /* outstanding fills, detached at close */
     bool ready;                  /* open completed: close may write the snapshot */
+    uint64_t hkey[2];            /* SipHash key of the memo tables */
+    struct memo tags, links;
+    struct mem_manifest *mm_head, *mm_tail;
+    size_t mm_bytes, mm_max;
+    struct mem_manifest *mm_spare; /* last peeked manifest too big for the memory bound */
 };
 
 struct rp_cache_fill {
@@ -498,6 +556,287 @@ static bool token_is(const char *tok, size_t len, const char *want)
     return len == strlen(want) && memcmp(tok, want, len) == 0;
 }
 
+/* ---------------------------------------------------------------- memory --- */
+
+static uint64_t rotl64(uint64_t x, int b)
+{
+    return (x << b) | (x >> (64 - b));
+}
+
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1;                                                                                  \
+        v1 = rotl64(v1, 13);                                                                       \
+        v1 ^= v0;                                                                                  \
+        v0 = rotl64(v0, 32);                                                                       \
+        v2 += v3;                                                                                  \
+        v3 = rotl64(v3, 16);                                                                       \
+        v3 ^= v2;                                                                                  \
+        v0 += v3;                                                                                  \
+        v3 = rotl64(v3, 21);                                                                       \
+        v3 ^= v0;                                                                                  \
+        v2 += v1;                                                                                  \
+        v1 = rotl64(v1, 17);                                                                       \
+        v1 ^= v2;                                                                                  \
+        v2 = rotl64(v2, 32);                                                                       \
+    } while (0)
+
+static uint64_t load_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* SipHash-2-4: memo keys are request text, so the table must not be floodable by anyone who
+ * knows the hash function; the key is random per open. */
+static uint64_t siphash(const uint64_t k[2], const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    uint64_t v0 = 0x736f6d6570736575ull ^ k[0], v1 = 0x646f72616e646f6dull ^ k[1];
+    uint64_t v2 = 0x6c7967656e657261ull ^ k[0], v3 = 0x7465646279746573ull ^ k[1];
+    uint64_t b = (uint64_t)n << 56;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t m = load_le64(p);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    for (size_t i = 0; i < n; i++)
+        b |= (uint64_t)p[i] << (8 * i);
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static void hkey_init(struct rp_cache *c)
+{
+    unsigned char k[16];
+    if (getrandom(k, sizeof(k), GRND_NONBLOCK) != (ssize_t)sizeof(k)) {
+        /* Early boot without entropy: weaker, but the bounds still cap any chain. */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t a = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 32 ^ (uint64_t)getpid();
+        uint64_t b = (uint64_t)(uintptr_t)c * 0x9e3779b97f4a7c15ull;
+        memcpy(k, &a, 8);
+        memcpy(k + 8, &b, 8);
+    }
+    c->hkey[0] = load_le64(k);
+    c->hkey[1] = load_le64(k + 8);
+}
+
+/* Joins the parts, each followed by its NUL (as key_hex hashes them). The caller checked
+ * each part's length, so buf (MEMO_KEY_MAX) always holds them. */
+static size_t memo_key(char *buf, const char *a, const char *b, const char *c3)
+{
+    size_t n = 0;
+    const char *parts[3] = {a, b, c3};
+    for (int i = 0; i < 3; i++) {
+        size_t l = strlen(parts[i]) + 1;
+        memcpy(buf + n, parts[i], l);
+        n += l;
+    }
+    return n;
+}
+
+static void memo_unlink_use(struct memo *m, struct memo_ent *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        m->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        m->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void memo_append_use(struct memo *m, struct memo_ent *e)
+{
+    e->prev = m->tail;
+    e->next = NULL;
+    if (m->tail)
+        m->tail->next = e;
+    else
+        m->head = e;
+    m->tail = e;
+}
+
+/* Finds a key and marks it most recently used. */
+static struct memo_ent *memo_find(struct rp_cache *c, struct memo *m, const char *key, size_t klen)
+{
+    if (!m->n)
+        return NULL;
+    uint64_t h = siphash(c->hkey, key, klen);
+    for (struct memo_ent *e = m->b[h & (m->nb - 1)]; e; e = e->hnext)
+        if (e->hash == h && e->klen == klen && memcmp(e->kv, key, klen) == 0) {
+            if (e != m->tail) {
+                memo_unlink_use(m, e);
+                memo_append_use(m, e);
+            }
+            return e;
+        }
+    return NULL;
+}
+
+static void memo_remove(struct memo *m, struct memo_ent *e)
+{
+    struct memo_ent **pp = &m->b[e->hash & (m->nb - 1)];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    memo_unlink_use(m, e);
+    m->n--;
+    free(e);
+}
+
+static void memo_del(struct rp_cache *c, struct memo *m, const char *key, size_t klen)
+{
+    struct memo_ent *e = memo_find(c, m, key, klen);
+    if (e)
+        memo_remove(m, e);
+}
+
+/* Inserts or replaces key -> (val, when) as the most recently used, pushing out the least
+ * recently used beyond the bound. */
+static void memo_put(struct rp_cache *c, struct memo *m, const char *key, size_t klen,
+                     const char *val, size_t vlen, int64_t when)
+{
+    if (!m->max)
+        return;
+    if (!m->b) {
+        m->nb = 16;
+        while (m->nb < m->max && m->nb < ((size_t)1 << 24))
+            m->nb *= 2;
+        m->b = rp_xcalloc(m->nb, sizeof(*m->b));
+    }
+    memo_del(c, m, key, klen);
+    while (m->n >= m->max && m->head)
+        memo_remove(m, m->head);
+    struct memo_ent *e = rp_xmalloc(sizeof(*e) + klen + vlen);
+    e->hash = siphash(c->hkey, key, klen);
+    e->when = when;
+    e->klen = (uint32_t)klen;
+    e->vlen = (uint32_t)vlen;
+    memcpy(e->kv, key, klen);
+    if (vlen)
+        memcpy(e->kv + klen, val, vlen);
+    size_t i = e->hash & (m->nb - 1);
+    e->hnext = m->b[i];
+    m->b[i] = e;
+    memo_append_use(m, e);
+    m->n++;
+}
+
+static void memo_clear(struct memo *m)
+{
+    while (m->head) {
+        struct memo_ent *e = m->head;
+        m->head = e->next;
+        free(e);
+    }
+    free(m->b);
+    m->b = NULL;
+    m->nb = m->n = 0;
+    m->head = m->tail = NULL;
+}
+
+static void mm_unlink(struct rp_cache *c, struct mem_manifest *mm)
+{
+    if (mm->prev)
+        mm->prev->next = mm->next;
+    else
+        c->mm_head = mm->next;
+    if (mm->next)
+        mm->next->prev = mm->prev;
+    else
+        c->mm_tail = mm->prev;
+    mm->prev = mm->next = NULL;
+}
+
+static void mm_append(struct rp_cache *c, struct mem_manifest *mm)
+{
+    mm->prev = c->mm_tail;
+    mm->next = NULL;
+    if (c->mm_tail)
+        c->mm_tail->next = mm;
+    else
+        c->mm_head = mm;
+    c->mm_tail = mm;
+}
+
+/* Frees a manifest's memory copy (the file and the index entry are not affected). */
+static void mm_drop(struct rp_cache *c, struct mem_manifest *mm)
+{
+    mm_unlink(c, mm);
+    mm->owner->mem = NULL;
+    c->mm_bytes -= mm->cost;
+    free(mm);
+}
+
+static void mm_clear(struct rp_cache *c)
+{
+    while (c->mm_head)
+        mm_drop(c, c->mm_head);
+    free(c->mm_spare);
+    c->mm_spare = NULL;
+}
+
+/* Keeps verified bytes of e's manifest in memory, replacing any older copy, and pushes out the
+ * least recently used copies beyond the bound. What does not fit the bound at all becomes the
+ * spare, which lives until the next one (peek's lifetime rule covers it). Returns the copy. */
+static struct mem_manifest *mm_store(struct rp_cache *c, struct entry *e, const char *data,
+                                     size_t len, const char *media_type)
+{
+    size_t mtlen = strlen(media_type);
+    size_t cost = sizeof(struct mem_manifest) + len + 1 + mtlen + 1;
+    struct mem_manifest *mm = rp_xmalloc(cost);
+    memset(mm, 0, sizeof(*mm));
+    mm->len = len;
+    mm->cost = cost;
+    if (len)
+        memcpy(mm->data, data, len);
+    mm->data[len] = '\0';
+    memcpy(mm->data + len + 1, media_type, mtlen + 1);
+    mm->media_type = mm->data + len + 1;
+    if (e->mem)
+        mm_drop(c, e->mem);
+    if (cost > c->mm_max) {
+        free(c->mm_spare);
+        c->mm_spare = mm;
+        return mm;
+    }
+    while (c->mm_bytes + cost > c->mm_max && c->mm_head)
+        mm_drop(c, c->mm_head);
+    mm->owner = e;
+    e->mem = mm;
+    c->mm_bytes += cost;
+    mm_append(c, mm);
+    return mm;
+}
+
+void rp_cache_set_memory(struct rp_cache *c, size_t manifest_bytes, size_t tags, size_t links)
+{
+    if (!c)
+        return;
+    mm_clear(c);
+    memo_clear(&c->tags);
+    memo_clear(&c->links);
+    c->mm_max = manifest_bytes;
+    c->tags.max = tags;
+    c->links.max = links;
+}
+
 /* ---------------------------------------------------------------- index --- */
 
 static uint64_t entry_hash(int kind, int algo, const unsigned char *raw)
@@ -610,6 +949,8 @@ static void index_publish(struct rp_cache *c, int kind, int algo, const unsigned
  * stay as placeholders so the pin holds when the content comes back. */
 static void index_forget(struct rp_cache *c, struct entry *e)
 {
+    if (e->mem)
+        mm_drop(c, e->mem);
     lru_unlink(e);
     if (e->present) {
         c->st.size -= e->size;
@@ -623,6 +964,7 @@ static void index_forget(struct rp_cache *c, struct entry *e)
 
 static void index_clear(struct rp_cache *c)
 {
+    mm_clear(c); /* before the entries its copies point back to */
     for (size_t i = 0; i < c->nbuckets; i++) {
         struct entry *e = c->buckets[i], *next;
         for (; e; e = next) {
@@ -951,6 +1293,8 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
     c->nbuckets = 1024;
     c->buckets = rp_xcalloc(c->nbuckets, sizeof(*c->buckets));
     c->lru.next = c->lru.prev = &c->lru;
+    hkey_init(c);
+    rp_cache_set_memory(c, RP_CACHE_MEM_MANIFEST_BYTES, RP_CACHE_MEM_TAGS, RP_CACHE_MEM_LINKS);
 
     what = "creating";
     if (mkdir_p(dir) != 0)
@@ -1022,6 +1366,8 @@ void rp_cache_close(struct rp_cache *c)
     if (c->ready && index_save(c) != 0)
         rp_warn("cache: could not write the index snapshot; the next start rebuilds it");
     index_clear(c);
+    memo_clear(&c->tags);
+    memo_clear(&c->links);
     free(c->buckets);
     if (c->tmpfd >= 0)
         close(c->tmpfd);
@@ -1344,16 +1690,61 @@ static int manifest_read(struct rp_cache *c, struct entry *e, const struct diges
     return rc;
 }
 
-int rp_cache_manifest_get(struct rp_cache *c, const char *digest, struct rp_cache_manifest *out)
+/* The verified manifest of digest, from memory or else from its file (which then goes to
+ * memory). Either way it counts as use of the index entry. */
+static int manifest_load(struct rp_cache *c, const char *digest, struct mem_manifest **out)
 {
     struct digest d;
-    memset(out, 0, sizeof(*out));
     if (!c || parse_digest(digest, &d) != 0)
         return RP_CACHE_E_INVALID;
     struct entry *e = index_find(c, RP_CACHE_MANIFEST, d.algo, d.raw);
     if (!e || !e->present)
         return RP_CACHE_E_NOENT;
-    return manifest_read(c, e, &d, out);
+    if (e->mem) {
+        touch(c, e);
+        if (e->mem != c->mm_tail) {
+            mm_unlink(c, e->mem);
+            mm_append(c, e->mem);
+        }
+        *out = e->mem;
+        return RP_CACHE_OK;
+    }
+    struct rp_cache_manifest m;
+    int rc = manifest_read(c, e, &d, &m);
+    if (rc == RP_CACHE_OK) {
+        *out = mm_store(c, e, m.data, m.len, m.media_type);
+        rp_cache_manifest_free(&m);
+    }
+    return rc;
+}
+
+int rp_cache_manifest_get(struct rp_cache *c, const char *digest, struct rp_cache_manifest *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct mem_manifest *mm;
+    int rc = manifest_load(c, digest, &mm);
+    if (rc != RP_CACHE_OK)
+        return rc;
+    out->data = rp_xmalloc(mm->len + 1);
+    memcpy(out->data, mm->data, mm->len + 1);
+    out->len = mm->len;
+    out->media_type = rp_xstrdup(mm->media_type);
+    return RP_CACHE_OK;
+}
+
+int rp_cache_manifest_peek(struct rp_cache *c, const char *digest, const char **data, size_t *len,
+                           const char **media_type)
+{
+    struct mem_manifest *mm;
+    *data = *media_type = NULL;
+    *len = 0;
+    int rc = manifest_load(c, digest, &mm);
+    if (rc != RP_CACHE_OK)
+        return rc;
+    *data = mm->data;
+    *len = mm->len;
+    *media_type = mm->media_type;
+    return RP_CACHE_OK;
 }
 
 void rp_cache_manifest_free(struct rp_cache_manifest *m)
@@ -1387,14 +1778,22 @@ int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *me
     /* Already there with the same media type: nothing to write (saves two fsyncs). */
     struct entry *e = index_find(c, RP_CACHE_MANIFEST, d.algo, d.raw);
     if (e && e->present) {
-        struct rp_cache_manifest old;
-        if (manifest_read(c, e, &d, &old) == RP_CACHE_OK) {
-            bool same = strcmp(old.media_type, media_type) == 0;
+        bool same;
+        if (e->mem) {
+            same = strcmp(e->mem->media_type, media_type) == 0;
+            touch(c, e); /* as the read below would */
+        } else {
+            struct rp_cache_manifest old = {0};
+            /* A failed read forgets e (and may free it): only use it when this succeeded. */
+            same = manifest_read(c, e, &d, &old) == RP_CACHE_OK &&
+                   strcmp(old.media_type, media_type) == 0;
             rp_cache_manifest_free(&old);
-            if (same) {
-                rc = RP_CACHE_OK;
-                goto out;
-            }
+        }
+        if (same) {
+            if (!e->mem) /* the bytes just matched the digest: as good as a verified read */
+                mm_store(c, e, data, len, media_type);
+            rc = RP_CACHE_OK;
+            goto out;
         }
     }
 
@@ -1422,6 +1821,9 @@ int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *me
     rc = atomic_write(c, "manifest", rel, hdr, (size_t)hl, payload, plen);
     if (rc == RP_CACHE_OK) {
         index_publish(c, RP_CACHE_MANIFEST, d.algo, d.raw, (uint64_t)hl + plen);
+        /* Replaces a copy with another media type; eviction right after drops it again if
+         * the new file itself does not fit the store. */
+        mm_store(c, index_find(c, RP_CACHE_MANIFEST, d.algo, d.raw), data, len, media_type);
         rp_cache_evict(c);
     }
 out:
@@ -1436,31 +1838,49 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
     struct digest d;
     if (!c || !key_part_ok(registry) || !key_part_ok(repo) || parse_digest(digest, &d) != 0)
         return RP_CACHE_E_INVALID;
+    char key[MEMO_KEY_MAX];
+    size_t klen = memo_key(key, registry, repo, d.str);
+    if (memo_find(c, &c->links, key, klen))
+        return RP_CACHE_OK;
     char hex[65], rel[REL_MAX];
     key_hex(registry, repo, d.str, hex);
     key_rel(rel, sizeof(rel), "links", hex);
     struct stat st;
-    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
-        return RP_CACHE_OK;
-    char hdr[TAG_HDR_MAX];
-    snprintf(hdr, sizeof(hdr), "%s 1 %s %zu %zu\n", LINK_MAGIC, d.str, strlen(registry),
-             strlen(repo));
-    char *body = rp_xasprintf("%s%s\n", registry, repo);
-    int rc = atomic_write(c, "link", rel, hdr, strlen(hdr), body, strlen(body));
-    free(body);
+    int rc = RP_CACHE_OK;
+    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
+        char hdr[TAG_HDR_MAX];
+        snprintf(hdr, sizeof(hdr), "%s 1 %s %zu %zu\n", LINK_MAGIC, d.str, strlen(registry),
+                 strlen(repo));
+        char *body = rp_xasprintf("%s%s\n", registry, repo);
+        rc = atomic_write(c, "link", rel, hdr, strlen(hdr), body, strlen(body));
+        free(body);
+    }
+    if (rc == RP_CACHE_OK)
+        memo_put(c, &c->links, key, klen, NULL, 0, 0);
     return rc;
 }
 
 bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo, const char *digest)
 {
     struct digest d;
-    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || parse_digest(digest, &d) != 0)
+    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !digest ||
+        strnlen(digest, RP_CACHE_DIGEST_BUF) >= RP_CACHE_DIGEST_BUF)
+        return false;
+    /* Only validated digests get into the table, so an exact match needs no parse. */
+    char key[MEMO_KEY_MAX];
+    size_t klen = memo_key(key, registry, repo, digest);
+    if (memo_find(c, &c->links, key, klen))
+        return true;
+    if (parse_digest(digest, &d) != 0)
         return false;
     char hex[65], rel[REL_MAX];
     key_hex(registry, repo, d.str, hex);
     key_rel(rel, sizeof(rel), "links", hex);
     struct stat st;
-    return fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+        return false;
+    memo_put(c, &c->links, key, klen, NULL, 0, 0);
+    return true;
 }
 
 /* ---------------------------------------------------------------- tags --- */
@@ -1487,6 +1907,12 @@ int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
         rc = atomic_write(c, "tag", rel, body, strlen(body), sum, 65);
     }
     free(body);
+    char key[MEMO_KEY_MAX];
+    size_t klen = memo_key(key, registry, repo, tag);
+    if (rc == RP_CACHE_OK)
+        memo_put(c, &c->tags, key, klen, d.str, strlen(d.str) + 1, now_s);
+    else /* the file still says what it said; let the next get read it */
+        memo_del(c, &c->tags, key, klen);
     return rc;
 }
 
@@ -1554,6 +1980,14 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
     if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || !digest ||
         digest_len < RP_CACHE_DIGEST_BUF || !fetched_s)
         return RP_CACHE_E_INVALID;
+    char key[MEMO_KEY_MAX];
+    size_t klen = memo_key(key, registry, repo, tag);
+    struct memo_ent *me = memo_find(c, &c->tags, key, klen);
+    if (me) {
+        memcpy(digest, me->kv + me->klen, me->vlen);
+        *fetched_s = me->when;
+        return RP_CACHE_OK;
+    }
     char hex[65], rel[REL_MAX];
     key_hex(registry, repo, tag, hex);
     key_rel(rel, sizeof(rel), "tags", hex);
@@ -1574,6 +2008,7 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
         return rc;
     snprintf(digest, digest_len, "%s", d.str);
     *fetched_s = when;
+    memo_put(c, &c->tags, key, klen, d.str, strlen(d.str) + 1, when);
     return RP_CACHE_OK;
 }
 

@@ -75,6 +75,15 @@ struct rp_cache_manifest {
 /* Reads a published manifest (small: at most the configured manifest limit). */
 int rp_cache_manifest_get(struct rp_cache *c, const char *digest, struct rp_cache_manifest *out);
 void rp_cache_manifest_free(struct rp_cache_manifest *m);
+/* Zero-copy variant of rp_cache_manifest_get for the hot path: on OK, *data (NUL-terminated,
+ * the terminator not counted in *len) and *media_type point into memory the cache owns. They
+ * stay valid until the next call of rp_cache_manifest_get, rp_cache_manifest_peek,
+ * rp_cache_manifest_put, rp_cache_fill_commit, rp_cache_release, rp_cache_evict,
+ * rp_cache_set_memory or rp_cache_close on the same cache (the calls that can read, publish,
+ * evict or forget manifests); the tag, link, pin, stats, blob_open and other fill calls leave
+ * them alone. Counts as use like rp_cache_manifest_get; same errors. */
+int rp_cache_manifest_peek(struct rp_cache *c, const char *digest, const char **data, size_t *len,
+                           const char **media_type);
 /* Publishes a manifest whose bytes are in memory: verified against digest, then stored
  * atomically with its media type. Idempotent. */
 int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *media_type,
@@ -109,6 +118,19 @@ int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
 /* Looks a tag up: digest (buffer of at least 136 bytes) and when it was last confirmed. */
 int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
                      char *digest, size_t digest_len, int64_t *fetched_s);
+
+/* --- memory in front of the files ---
+ * Tags, links and verified manifests that were written or read once are answered from
+ * memory afterwards, with no system call and no hashing of content. Each is bounded (least
+ * recently used goes first) and kept coherent with this process's writes and evictions; the
+ * lock makes this process the only writer. Files changed or deleted behind the cache's back
+ * are noticed only once their memory entry is gone (pushed out, evicted, or a restart). */
+#define RP_CACHE_MEM_MANIFEST_BYTES ((size_t)64 * 1024 * 1024)
+#define RP_CACHE_MEM_TAGS ((size_t)65536)
+#define RP_CACHE_MEM_LINKS ((size_t)65536)
+/* Sets the bounds (bytes of manifests, number of tags, number of links; 0 turns one off) and
+ * empties the three memories. rp_cache_open starts with the RP_CACHE_MEM_* defaults. */
+void rp_cache_set_memory(struct rp_cache *c, size_t manifest_bytes, size_t tags, size_t links);
 
 /* --- size bound --- */
 /* Pins a digest (mirrored or matched by a `pin` pattern): never evicted. Works before the

@@ -549,7 +549,8 @@ static void test_manifest_put_rejects(void)
 }
 
 /* Damages the stored file of a manifest with fn and checks the read answers E_CORRUPT,
- * removes the file and forgets the entry. */
+ * removes the file and forgets the entry. The verified copy in memory keeps answering until
+ * a restart empties memory; the first read from disk after it must catch the damage. */
 static void corrupt_case(const char *what, bool compressible,
                          void (*fn)(const char *path, char *s, size_t n))
 {
@@ -565,6 +566,11 @@ static void corrupt_case(const char *what, bool compressible,
     fn(p, s, n);
     free(s);
     struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK(got.len == strlen(m) && memcmp(got.data, m, got.len) == 0);
+    rp_cache_manifest_free(&got);
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
     int rc = rp_cache_manifest_get(c, d, &got);
     if (rc != RP_CACHE_E_CORRUPT)
         fprintf(stderr, "corrupt case %s: rc %d\n", what, rc);
@@ -697,6 +703,9 @@ static void test_tags(void)
         hexify(md, 32, hexname);
     }
     char *tp = rp_xasprintf("%s/tags/%.2s/%s", dir, hexname, hexname);
+    /* Memory answers until a restart; then the file is read and its checksum checked. */
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
     size_t n;
     char *s = slurp(tp, &n);
     CHECK(s && strncmp(s, "RPTAG 1 1700000600 sha512:", 26) == 0);
@@ -1337,6 +1346,246 @@ static void test_stats(void)
     rm_rf(dir);
 }
 
+/* ---------------------------------------------------------------- memory --- */
+
+/* Path of the tag or link file of (a, b, c3), as cache.c names it. */
+static char *key_file(const char *dir, const char *top, const char *a, const char *b,
+                      const char *c3)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen;
+    char hexname[65];
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestUpdate(ctx, a, strlen(a) + 1);
+    EVP_DigestUpdate(ctx, b, strlen(b) + 1);
+    EVP_DigestUpdate(ctx, c3, strlen(c3) + 1);
+    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    EVP_MD_CTX_free(ctx);
+    hexify(md, 32, hexname);
+    return rp_xasprintf("%s/%s/%.2s/%s", dir, top, hexname, hexname);
+}
+
+/* Tags answer from memory after tag_set and after a good disk read, even with the file gone
+ * behind the cache's back; tag_set keeps memory coherent; a restart goes back to disk. */
+static void test_mem_tags(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d1[RP_CACHE_DIGEST_BUF], d2[RP_CACHE_DIGEST_BUF], got[RP_CACHE_DIGEST_BUF];
+    digest_of("one", 3, d1, false);
+    digest_of("two", 3, d2, true);
+    int64_t when = -1;
+    char *tp = key_file(dir, "tags", REG, REPO, "latest");
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, 100), RP_CACHE_OK);
+    CHECK(exists(tp));
+    unlink(tp);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, d1);
+    CHECK_INT(when, 100);
+    /* A replace is seen at once (memory and file agree again). */
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d2, 200), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, d2);
+    CHECK_INT(when, 200);
+    /* A disk read fills memory too. */
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, d2);
+    unlink(tp);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, d2);
+    CHECK_INT(when, 200);
+    /* Memory is per process life: after a restart the missing file is a miss. */
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_E_NOENT);
+    /* Turned off, every get reads the file. */
+    rp_cache_set_memory(c, 0, 0, 0);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, 300), RP_CACHE_OK);
+    unlink(tp);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_E_NOENT);
+    free(tp);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* Positive link answers are remembered (after link and after a stat that found the file);
+ * negative ones are not, so a link file that appears later is seen. */
+static void test_mem_links(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF], d2[RP_CACHE_DIGEST_BUF];
+    digest_of("layer", 5, d, false);
+    digest_of("other", 5, d2, false);
+    char *lp = key_file(dir, "links", REG, REPO, d), *lp2 = key_file(dir, "links", REG, REPO, d2);
+    CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK);
+    unlink(lp);
+    CHECK(rp_cache_linked(c, REG, REPO, d));
+    CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK); /* remembered: no rewrite */
+    CHECK(!exists(lp));
+    CHECK(!rp_cache_linked(c, REG, REPO, d2));
+    size_t n;
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
+    CHECK(!rp_cache_linked(c, REG, REPO, d)); /* the file is gone and memory with it */
+    CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK);
+    char *s = slurp(lp, &n);
+    CHECK(s != NULL);
+    char *sub = rp_xasprintf("%.*s", (int)(strrchr(lp2, '/') - lp2), lp2);
+    mkdir(sub, 0755);
+    free(sub);
+    spit(lp2, s ? s : "", s ? n : 0); /* d2's link appears behind our back: not remembered */
+    free(s);
+    CHECK(rp_cache_linked(c, REG, REPO, d2));
+    unlink(lp2); /* ... but now it is, from the positive stat */
+    CHECK(rp_cache_linked(c, REG, REPO, d2));
+    /* Keys that differ only in where the parts split are different keys. */
+    CHECK(!rp_cache_linked(c, REG "/rhel8", "ubi", d));
+    CHECK(!rp_cache_linked(c, REG, REPO, "sha256:nothex"));
+    free(lp);
+    free(lp2);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* Manifests answer from memory after put and after a verified read; peek hands out the
+ * memory copy itself; eviction from the store drops the copy. */
+static void test_mem_manifests(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char *m = json_manifest(10, 21);
+    size_t len = strlen(m);
+    char d[RP_CACHE_DIGEST_BUF];
+    digest_of(m, len, d, false);
+    char *p = obj_path(dir, "manifests", d);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, m, len), RP_CACHE_OK);
+    unlink(p);
+    const char *data = NULL, *mt = NULL;
+    size_t n = 0;
+    CHECK_INT(rp_cache_manifest_peek(c, d, &data, &n, &mt), RP_CACHE_OK);
+    CHECK(n == len && data && memcmp(data, m, len) == 0 && data[len] == '\0');
+    CHECK_STR(mt, MT_OCI);
+    const char *again = NULL;
+    CHECK_INT(rp_cache_manifest_peek(c, d, &again, &n, &mt), RP_CACHE_OK);
+    CHECK(again == data); /* zero-copy: the same memory each time */
+    struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK(got.len == len && got.data != data && memcmp(got.data, m, len) == 0);
+    CHECK(got.data[len] == '\0');
+    CHECK_STR(got.media_type, MT_OCI);
+    rp_cache_manifest_free(&got);
+    /* Republished with another media type: memory follows. */
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_INDEX, m, len), RP_CACHE_OK);
+    CHECK_INT(rp_cache_manifest_peek(c, d, &data, &n, &mt), RP_CACHE_OK);
+    CHECK_STR(mt, MT_INDEX);
+    /* A verified disk read fills memory. */
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
+    CHECK_INT(rp_cache_manifest_peek(c, d, &data, &n, &mt), RP_CACHE_OK);
+    CHECK_STR(mt, MT_INDEX);
+    unlink(p);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_OK);
+    CHECK(got.len == len && memcmp(got.data, m, len) == 0);
+    rp_cache_manifest_free(&got);
+    /* Store eviction drops the memory copy with the entry. */
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    rp_cache_close(c);
+    c = open_ok(dir, st.size + 50);
+    CHECK_INT(rp_cache_manifest_put(c, d, MT_OCI, m, len), RP_CACHE_OK); /* file back */
+    CHECK_INT(rp_cache_manifest_peek(c, d, &data, &n, &mt), RP_CACHE_OK);
+    char b[RP_CACHE_DIGEST_BUF];
+    char *big = sized(100, 4);
+    CHECK_INT(put_blob(c, big, b), RP_CACHE_OK);
+    CHECK(!exists(p));
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.evictions, 1);
+    CHECK_INT(rp_cache_manifest_peek(c, d, &data, &n, &mt), RP_CACHE_E_NOENT);
+    CHECK(data == NULL && n == 0 && mt == NULL);
+    CHECK_INT(rp_cache_manifest_get(c, d, &got), RP_CACHE_E_NOENT);
+    CHECK_INT(rp_cache_manifest_peek(c, "sha256:xyz", &data, &n, &mt), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_manifest_peek(NULL, d, &data, &n, &mt), RP_CACHE_E_INVALID);
+    free(big);
+    free(p);
+    free(m);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* Each memory is bounded, least recently used first; a manifest too big for the memory bound
+ * is still served (from the spare) and verified like any other. */
+static void test_mem_bounds(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char *m[3], d[3][RP_CACHE_DIGEST_BUF], got[RP_CACHE_DIGEST_BUF], tag[3][16];
+    char *mp[3], *tp[3], *lp[3];
+    for (int i = 0; i < 3; i++) {
+        m[i] = json_manifest(4, 40 + i);
+        digest_of(m[i], strlen(m[i]), d[i], false);
+        snprintf(tag[i], sizeof(tag[i]), "t%d", i);
+        mp[i] = obj_path(dir, "manifests", d[i]);
+        tp[i] = key_file(dir, "tags", REG, REPO, tag[i]);
+        lp[i] = key_file(dir, "links", REG, REPO, d[i]);
+    }
+    /* Room for two manifests of this size (each costs its bytes plus a small header). */
+    size_t two = 2 * (strlen(m[0]) + 200);
+    rp_cache_set_memory(c, two, 2, 2);
+    int64_t when;
+    const char *data, *mt;
+    size_t n;
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(rp_cache_manifest_put(c, d[i], MT_OCI, m[i], strlen(m[i])), RP_CACHE_OK);
+        CHECK_INT(rp_cache_tag_set(c, REG, REPO, tag[i], d[i], i), RP_CACHE_OK);
+        CHECK_INT(rp_cache_link(c, REG, REPO, d[i]), RP_CACHE_OK);
+        if (i == 1) { /* 0 becomes the most recent of each: 1 is now the one to go */
+            CHECK_INT(rp_cache_manifest_peek(c, d[0], &data, &n, &mt), RP_CACHE_OK);
+            CHECK_INT(rp_cache_tag_get(c, REG, REPO, tag[0], got, sizeof(got), &when), 0);
+            CHECK(rp_cache_linked(c, REG, REPO, d[0]));
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        unlink(mp[i]);
+        unlink(tp[i]);
+        unlink(lp[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        bool kept = i != 1;
+        CHECK_INT(rp_cache_manifest_peek(c, d[i], &data, &n, &mt),
+                  kept ? RP_CACHE_OK : RP_CACHE_E_NOENT);
+        if (kept)
+            CHECK(n == strlen(m[i]) && memcmp(data, m[i], n) == 0);
+        CHECK_INT(rp_cache_tag_get(c, REG, REPO, tag[i], got, sizeof(got), &when),
+                  kept ? RP_CACHE_OK : RP_CACHE_E_NOENT);
+        CHECK(rp_cache_linked(c, REG, REPO, d[i]) == kept);
+    }
+    /* Too big for the memory bound: answered from the spare, read and verified each time. */
+    rp_cache_set_memory(c, 64, 2, 2);
+    for (int i = 0; i < 3; i++)
+        if (i != 1)
+            CHECK_INT(rp_cache_manifest_put(c, d[i], MT_OCI, m[i], strlen(m[i])), RP_CACHE_OK);
+    CHECK_INT(rp_cache_manifest_peek(c, d[0], &data, &n, &mt), RP_CACHE_OK);
+    CHECK(n == strlen(m[0]) && memcmp(data, m[0], n) == 0);
+    CHECK_INT(rp_cache_manifest_peek(c, d[2], &data, &n, &mt), RP_CACHE_OK);
+    CHECK(n == strlen(m[2]) && memcmp(data, m[2], n) == 0);
+    unlink(mp[0]);
+    CHECK_INT(rp_cache_manifest_peek(c, d[0], &data, &n, &mt), RP_CACHE_E_NOENT);
+    spit(mp[2], "garbage", 7);
+    CHECK_INT(rp_cache_manifest_peek(c, d[2], &data, &n, &mt), RP_CACHE_E_CORRUPT);
+    for (int i = 0; i < 3; i++) {
+        free(m[i]);
+        free(mp[i]);
+        free(tp[i]);
+        free(lp[i]);
+    }
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
 /* ---------------------------------------------------------------- benchmark --- */
 
 static double now_s(void)
@@ -1591,6 +1840,57 @@ static void bench_manifests(void)
     rm_rf(dir);
 }
 
+/* The proxy's warm "manifest by tag" path: tag_get, linked, then the manifest, per request;
+ * with rp_cache_manifest_get (a copy to free) and with rp_cache_manifest_peek (none), from
+ * memory and, for comparison, with memory turned off (every call reads and checks a file). */
+static void bench_hot_path(long loops)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char *m = gen_oci_manifest(8);
+    char d[RP_CACHE_DIGEST_BUF], got[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), d, false);
+    rp_cache_manifest_put(c, d, MT_OCI, m, strlen(m));
+    rp_cache_link(c, REG, REPO, d);
+    rp_cache_tag_set(c, REG, REPO, "latest", d, 1700000000);
+    for (int mode = 0; mode < 3; mode++) {
+        bool peek = mode == 1, disk = mode == 2;
+        long k = disk ? (loops / 20 > 0 ? loops / 20 : 1) : loops;
+        if (disk)
+            rp_cache_set_memory(c, 0, 0, 0);
+        size_t sink = 0;
+        int64_t when;
+        double t0 = now_s();
+        for (long i = 0; i < k; i++) {
+            if (rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when) != 0 ||
+                !rp_cache_linked(c, REG, REPO, got))
+                abort();
+            if (peek) {
+                const char *data, *mt;
+                size_t n;
+                if (rp_cache_manifest_peek(c, got, &data, &n, &mt) != 0)
+                    abort();
+                sink += n;
+            } else {
+                struct rp_cache_manifest mm;
+                if (rp_cache_manifest_get(c, got, &mm) != 0)
+                    abort();
+                sink += mm.len;
+                rp_cache_manifest_free(&mm);
+            }
+        }
+        double t = now_s() - t0;
+        printf("BENCH hot path (%zu-byte manifest, %ld loops): tag_get+linked+manifest_%s %s "
+               "%.0f ns/op\n",
+               strlen(m), k, peek ? "peek" : "get", disk ? "(memory off)" : "(memory)",
+               t / (double)k * 1e9);
+        CHECK(sink == strlen(m) * (size_t)k);
+    }
+    free(m);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
 static long max_rss_kb(void)
 {
     struct rusage ru;
@@ -1659,6 +1959,11 @@ int main(void)
     if (bench && strcmp(bench, "1") == 0) {
         const char *ns = getenv("RP_CACHE_BENCH_N");
         long n = ns ? strtol(ns, NULL, 10) : 100000;
+        const char *ls = getenv("RP_CACHE_BENCH_LOOPS");
+        long loops = ls ? strtol(ls, NULL, 10) : 1000000;
+        bench_hot_path(loops > 0 ? loops : 1000000);
+        if (getenv("RP_CACHE_BENCH_HOT_ONLY"))
+            return 0;
         bench_manifests();
         bench_open(n > 0 ? n : 100000);
         return 0;
@@ -1687,5 +1992,9 @@ int main(void)
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);
     RUN(test_stats);
+    RUN(test_mem_tags);
+    RUN(test_mem_links);
+    RUN(test_mem_manifests);
+    RUN(test_mem_bounds);
     UNIT_EXIT();
 }
