@@ -112,13 +112,21 @@ static const struct rp_conf_option options[] = {
      .offset = CACHE_F(max_stale_ms),
      .help = "how long past its tag_ttl a cached tag may still be served while upstream "
              "is down or failing (stale-if-error)"},
+    {.section = RP_CONF_SECTION_CACHE,
+     .key = "offline",
+     .type = RP_CONF_BOOL,
+     .default_text = "no",
+     .offset = CACHE_F(offline),
+     .help = "every registry is offline (see offline in [registry]): a disconnected proxy "
+             "serving mirrored or imported content"},
 
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "url",
      .type = RP_CONF_URL,
      .offset = REG_F(url),
-     .flags = RP_CONF_F_REQUIRED,
-     .help = "upstream base URL, http(s)://host[:port]"},
+     .flags = RP_CONF_F_REQUIRED | RP_CONF_F_UNLESS_OFFLINE,
+     .help = "upstream base URL, http(s)://host[:port]; required unless the registry is "
+             "offline"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "user",
      .type = RP_CONF_STRING,
@@ -223,6 +231,14 @@ static const struct rp_conf_option options[] = {
      .max = TTL_MAX_MS,
      .offset = REG_F(tag_ttl_ms),
      .help = "tag freshness for this registry (default: [cache] tag_ttl)"},
+    {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "offline",
+     .type = RP_CONF_BOOL,
+     .default_text = "no",
+     .offset = REG_F(offline),
+     .help = "never contact this registry (no token, ping or login check): serve only what "
+             "the cache holds (mirrored or imported), tags whatever their age; the rest is "
+             "404. Without url, the section name is the registry's host[:port]"},
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -562,6 +578,11 @@ struct parser {
     bool have_admin;
     size_t n_sections;
     unsigned *default_line; /* per listen: line of its `default` key */
+    /* per registry: its header line when a F_UNLESS_OFFLINE key is missing (0: none is),
+     * and whether its name could stand in for the url (a host[:port]) */
+    unsigned *unless_offline_line;
+    const char **unless_offline_key;
+    bool *name_is_host;
 };
 
 static void fail(struct parser *p, unsigned line, const char *fmt, ...)
@@ -1180,6 +1201,11 @@ static int finish_section(struct parser *p)
         if ((int)o->section != p->kind)
             continue;
         if ((o->flags & RP_CONF_F_REQUIRED) && !p->key_line[i]) {
+            if ((o->flags & RP_CONF_F_UNLESS_OFFLINE) && p->kind == RP_CONF_SECTION_REGISTRY) {
+                p->unless_offline_line[p->index] = p->header_line;
+                p->unless_offline_key[p->index] = o->key;
+                continue; /* decided in finish_file, once [cache] offline is known */
+            }
             fail(p, p->header_line, "missing required key '%s' in %s", o->key, desc);
             return -1;
         }
@@ -1195,6 +1221,26 @@ static int finish_section(struct parser *p)
         return -1;
     if (p->kind == RP_CONF_SECTION_REGISTRY) {
         struct rp_conf_registry *r = &p->conf->registries[p->index];
+        if (!r->url) {
+            /* Offline without url (checked in finish_file): the name is the host[:port]
+             * clients and auth files know the registry by. */
+            char *guess = rp_xasprintf("https://%s", r->name);
+            p->name_is_host[p->index] = check_base_url(guess) == NULL;
+            if (p->name_is_host[p->index])
+                r->url = guess;
+            else
+                free(guess);
+        }
+        if (!r->url) {
+            /* Not a usable host: finish_file reports it; placeholders keep the struct
+             * complete until then. */
+            r->scheme = rp_xstrdup("https");
+            r->host = lower_dup(r->name, strlen(r->name));
+            r->port = 443;
+            r->hostport = rp_xstrdup(r->host);
+            p->kind = -1;
+            return 0;
+        }
         if (rp_conf_split_url(r->url, &r->scheme, &r->host, &r->port, NULL) != 0) {
             fail(p, p->header_line, "bad url in %s", desc); /* checked when set */
             return -1;
@@ -1311,6 +1357,13 @@ static int open_section(struct parser *p, int kind, const char *name, size_t nle
             }
         }
         c->registries = rp_xrealloc(c->registries, (c->n_registries + 1) * sizeof(*c->registries));
+        size_t nr = c->n_registries + 1;
+        p->unless_offline_line = rp_xrealloc(p->unless_offline_line, nr * sizeof(unsigned));
+        p->unless_offline_key = rp_xrealloc(p->unless_offline_key, nr * sizeof(const char *));
+        p->name_is_host = rp_xrealloc(p->name_is_host, nr * sizeof(bool));
+        p->unless_offline_line[nr - 1] = 0;
+        p->unless_offline_key[nr - 1] = NULL;
+        p->name_is_host[nr - 1] = true;
         struct rp_conf_registry *r = &c->registries[c->n_registries];
         memset(r, 0, sizeof(*r));
         r->name = rp_xstrndup(name, nlen);
@@ -1469,6 +1522,27 @@ static int finish_file(struct parser *p)
         fail(p, 0, "no [registry \"NAME\"] section");
         return -1;
     }
+    for (size_t i = 0; i < c->n_registries; i++) {
+        struct rp_conf_registry *r = &c->registries[i];
+        r->offline = r->offline || c->cache.offline;
+        /* An offline registry is never dialed, the login check included. */
+        if (r->offline)
+            r->test_login = false;
+        if (!p->unless_offline_line[i])
+            continue;
+        if (!r->offline) {
+            fail(p, p->unless_offline_line[i], "missing required key '%s' in [registry \"%s\"]",
+                 p->unless_offline_key[i], r->name);
+            return -1;
+        }
+        if (!p->name_is_host[i]) {
+            fail(p, p->unless_offline_line[i],
+                 "[registry \"%s\"] is offline without url, so its name must be the "
+                 "registry's host[:port]; set url to name it otherwise",
+                 r->name);
+            return -1;
+        }
+    }
     for (size_t i = 0; i < c->n_listens; i++) {
         struct rp_conf_listen *l = &c->listens[i];
         if (!l->default_name)
@@ -1544,6 +1618,9 @@ out:
     rp_conf_free(p.conf);
     free(p.dir);
     free(p.default_line);
+    free(p.unless_offline_line);
+    free(p.unless_offline_key);
+    free(p.name_is_host);
     return rc;
 }
 

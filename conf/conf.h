@@ -13,7 +13,10 @@
  * struct rp_conf they belong to and live as long as it does. */
 struct rp_conf_registry {
     char *name;     /* the section's NAME, e.g. "registry.redhat.io" or "docker.io" */
-    char *url;      /* as configured, e.g. "https://registry.redhat.io" (no trailing slash) */
+    char *url;      /* as configured, e.g. "https://registry.redhat.io" (no trailing slash);
+                     * an offline registry without url gets "https://NAME" (NAME must then
+                     * be a host[:port]), so host and hostport route as usual. Never dialed
+                     * while offline. */
     char *scheme;   /* "https" or "http", lower case */
     char *host;     /* lower case host name or IP literal (IPv6 without brackets) */
     int port;       /* explicit port, or 443 / 80 from the scheme */
@@ -49,6 +52,10 @@ struct rp_conf_registry {
      * "openshift3/" + "*"); none: all. Checked before any upstream contact. */
     char **repos;
     size_t n_repos;
+    /* Never contact upstream (no token, ping, login check or fetch): answer from the cache
+     * only, tags whatever their age, 404 for the rest. Set by `offline` here or in [cache];
+     * it also turns test_login off. Not reloadable (SIGHUP keeps the running value). */
+    bool offline;
 };
 
 /* One listening address: a [listen "ADDR"] section. */
@@ -75,6 +82,7 @@ struct rp_conf_cache {
     int64_t max_stale_ms; /* stale-if-error window past tag_ttl; default 7 days */
     char **pins;          /* "REGISTRY/REPO" fnmatch patterns whose content is never evicted */
     size_t n_pins;
+    bool offline; /* every registry is offline (copied into each rp_conf_registry.offline) */
 };
 
 /* A credential file the configuration read, as it was when read: the proxy re-stats it
@@ -234,6 +242,9 @@ enum rp_conf_type {
  * its mode is checked (allow_readable_credentials) and it is recorded in rp_conf.watch. */
 #define RP_CONF_F_AUTH_FILE 16u
 #define RP_CONF_F_CIDR_ITEMS 32u /* LIST: every item must be an address or address/bits */
+/* With F_REQUIRED in [registry]: not required when the registry is offline (its own
+ * `offline` or [cache] offline, which may come later in the file: checked at the end). */
+#define RP_CONF_F_UNLESS_OFFLINE 64u
 
 struct rp_conf_option {
     enum rp_conf_section_kind section;

@@ -1,14 +1,19 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* main: the command line. `serve` runs the proxy, `check` validates a configuration and
  * logs in to each registry, `import-inventory` turns an openshift-ansible inventory into a
- * configuration, `help` explains each. */
+ * configuration, `mirror`, `export` and `import` prepare and feed disconnected clusters,
+ * `help` explains each. */
+#include <errno.h>
 #include <getopt.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../conf/conf.h"
 #include "../util/util.h"
+#include "offline.h"
 #include "proxy.h"
 
 struct command_help {
@@ -45,6 +50,35 @@ static const struct command_help commands[] = {
      "written to DIR/<host>.password (mode 0600; DIR defaults to ./regproxy-credentials),\n"
      "never into the configuration. Ends with the new oreg_url pointing at the proxy\n"
      "(--proxy, default proxy.example.com:5000).\n"},
+    {"mirror", "mirror -c FILE LIST [--platform OS/ARCH[,...]] [-j N]",
+     "Pulls every image of LIST into the cache ahead of a disconnection. LIST has one image\n"
+     "a line, REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:... ('#' starts a comment), where\n"
+     "REGISTRY is a configured registry's name or host, as in the proxy's prefix routing.\n"
+     "The proxy runs in-process on an internal 127.0.0.1 listener and every manifest, the\n"
+     "children of indexes (only those of --platform when given), every config and layer\n"
+     "are pulled through it, so they are verified, linked and tagged as a cluster's pull\n"
+     "would; the mirror checks each digest again. N blobs at a time (-j, default 4).\n"
+     "Everything mirrored is pinned (never evicted) and recorded in the cache dir's `pins`\n"
+     "file, which `serve` re-applies at every start. A rerun fetches only what is missing.\n"
+     "Prints a line per image (a progress line on a terminal) and a summary; exits 0 when\n"
+     "every image succeeded, else 1, naming each failure with the proxy's error.\n"
+     "The cache must not be in use by a running regproxy.\n"},
+    {"export", "export -c FILE [LIST] -o BUNDLE [--split SIZE] | [LIST] --oci DIR",
+     "Writes the cached images of LIST (default: everything in the `pins` file, i.e. every\n"
+     "image mirrored or imported) into BUNDLE, a single file checked end to end (format\n"
+     "version 1: header, LZ4-compressed metadata and manifests, blobs as stored, a sha256\n"
+     "trailer). --split SIZE (e.g. 4G) writes BUNDLE.000, BUNDLE.001, ... of at most SIZE\n"
+     "bytes each. --oci DIR writes an OCI image layout instead, readable by skopeo copy\n"
+     "oci:DIR:TAG (each image is named REGISTRY/REPO:TAG, and TAG alone when unique).\n"
+     "Every blob's digest is checked as it is copied. Needs the cache not in use.\n"},
+    {"import", "import -c FILE BUNDLE",
+     "Loads a bundle (BUNDLE, or BUNDLE.000 for a split one) into the cache. The whole\n"
+     "bundle is read and verified first (format version, every part present, every digest\n"
+     "and size, the trailer checksum); a truncated, corrupted or incomplete bundle is\n"
+     "refused without touching the cache. Then it is published: manifests, blobs, repository\n"
+     "links, tags, pins (recorded in the `pins` file). Importing a bundle twice changes\n"
+     "nothing. Every registry the bundle names must be configured (offline = yes and no url\n"
+     "is the disconnected setup). Stop the proxy serving the cache first.\n"},
     {"help", "help [COMMAND]", "Explains a command, or lists them all.\n"},
 };
 
@@ -64,6 +98,11 @@ static void usage(FILE *f)
                "  -v, --verbose          debug logging\n"
                "  -o, --output DIR       inventory import: where password files go\n"
                "      --proxy HOST:PORT  inventory import: the proxy's address for oreg_url\n"
+               "  -o, --output BUNDLE    export: the bundle to write\n"
+               "      --platform LIST    mirror: OS/ARCH[/VARIANT],... of indexes to mirror\n"
+               "  -j, --jobs N           mirror: blobs fetched at once (default 4)\n"
+               "      --split SIZE       export: parts of at most SIZE bytes (K, M, G, T)\n"
+               "      --oci DIR          export: an OCI image layout instead of a bundle\n"
                "  -h, --help             this text\n"
                "  -V, --version          print the version\n"
                "\n"
@@ -86,6 +125,44 @@ static int help(const char *cmd)
     return 2;
 }
 
+/* "4G", "700M", "65536": bytes, suffixes in powers of 1024. 0 on a bad value. */
+static uint64_t parse_size(const char *s)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-')
+        return 0;
+    unsigned shift = 0;
+    switch (*end) {
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        shift = 10;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        break;
+    case 't':
+    case 'T':
+        shift = 40;
+        break;
+    default:
+        return 0;
+    }
+    if (*end && end[1] && !((end[1] == 'B' || end[1] == 'b') && !end[2]))
+        return 0;
+    if (v > (UINT64_MAX >> shift))
+        return 0;
+    return (uint64_t)v << shift;
+}
+
 static struct rp_conf *load(const char *path)
 {
     char err[1024];
@@ -106,7 +183,7 @@ static struct rp_conf *load(const char *path)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_PROXY = 1000 };
+    enum { OPT_PROXY = 1000, OPT_PLATFORM, OPT_SPLIT, OPT_OCI };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"verbose", no_argument, NULL, 'v'},
@@ -114,15 +191,21 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {"output", required_argument, NULL, 'o'},
         {"proxy", required_argument, NULL, OPT_PROXY},
+        {"platform", required_argument, NULL, OPT_PLATFORM},
+        {"jobs", required_argument, NULL, 'j'},
+        {"split", required_argument, NULL, OPT_SPLIT},
+        {"oci", required_argument, NULL, OPT_OCI},
         {NULL, 0, NULL, 0},
     };
     const char *config = NULL, *outdir = "regproxy-credentials", *proxy = "proxy.example.com:5000";
-    const char *cmd = NULL;
+    const char *cmd = NULL, *platform = NULL, *oci = NULL, *split = NULL;
+    bool have_output = false;
+    int jobs = 4;
     const char *args[4];
     size_t nargs = 0;
     /* Options may come before or after the command: `regproxy serve -c FILE`. */
     int c;
-    while ((c = getopt_long(argc, argv, "-c:vhVo:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "-c:vhVo:j:", opts, NULL)) != -1) {
         switch (c) {
         case 1:
             if (!cmd)
@@ -142,9 +225,29 @@ int main(int argc, char **argv)
             break;
         case 'o':
             outdir = optarg;
+            have_output = true;
             break;
         case OPT_PROXY:
             proxy = optarg;
+            break;
+        case OPT_PLATFORM:
+            platform = optarg;
+            break;
+        case 'j': {
+            char *end = NULL;
+            long v = strtol(optarg, &end, 10);
+            if (!end || *end || v < 1 || v > 256) {
+                fprintf(stderr, "regproxy: -j wants a number from 1 to 256\n");
+                return 2;
+            }
+            jobs = (int)v;
+            break;
+        }
+        case OPT_SPLIT:
+            split = optarg;
+            break;
+        case OPT_OCI:
+            oci = optarg;
             break;
         case 'h':
             return help(cmd);
@@ -174,6 +277,45 @@ int main(int argc, char **argv)
             return 1;
         }
         return 0;
+    }
+    if (strcmp(cmd, "mirror") == 0 || strcmp(cmd, "export") == 0 || strcmp(cmd, "import") == 0) {
+        /* The cache they work on is the configuration's: the embedded default would be
+         * /var/cache/regproxy, which is rarely what a one-off command means. */
+        if (!config) {
+            fprintf(stderr, "regproxy %s: -c FILE is required\n", cmd);
+            return 2;
+        }
+        bool is_export = strcmp(cmd, "export") == 0;
+        if ((strcmp(cmd, "export") != 0 && nargs != 1) || (is_export && nargs > 1) ||
+            (is_export && !have_output == !oci)) {
+            for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+                if (strcmp(commands[i].name, cmd) == 0)
+                    fprintf(stderr, "usage: regproxy %s\n", commands[i].synopsis);
+            return 2;
+        }
+        uint64_t split_bytes = 0;
+        if (split && (!is_export || oci || (split_bytes = parse_size(split)) == 0)) {
+            fprintf(stderr, "regproxy: --split SIZE goes with export -o (e.g. --split 4G)\n");
+            return 2;
+        }
+        struct rp_conf *conf = load(config);
+        if (!conf)
+            return 1;
+        int rc;
+        if (strcmp(cmd, "mirror") == 0) {
+            struct rp_mirror_opts mo = {.list = args[0], .platforms = platform, .jobs = jobs};
+            rc = rp_mirror_main(conf, &mo);
+        } else if (is_export) {
+            struct rp_export_opts eo = {.list = nargs ? args[0] : NULL,
+                                        .output = have_output ? outdir : NULL,
+                                        .split = split_bytes,
+                                        .oci = oci};
+            rc = rp_export_main(conf, &eo);
+        } else {
+            rc = rp_import_main(conf, args[0]);
+        }
+        rp_conf_free(conf);
+        return rc;
     }
     if (nargs) {
         fprintf(stderr, "regproxy: unexpected argument '%s'\n", args[0]);

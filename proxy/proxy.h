@@ -292,6 +292,16 @@ bool rp_digest_matches(const char *digest, const unsigned char *md, unsigned int
 const EVP_MD *rp_digest_md(const char *digest);
 
 int rp_server_run(struct rp_conf *conf);
+/* What rp_server_run serves with, without listeners, signals, admin, reload or checks: the
+ * event loop, the cache (pins file applied), the upstream client, auths, metrics. 0, or -1
+ * (logged); either way rp_server_fini undoes what was done. Used by `regproxy mirror`,
+ * which runs the proxy in-process. */
+int rp_server_init(struct rp_server *srv, struct rp_conf *conf);
+/* Serves on l alone (the mirror's internal listener, e.g. 127.0.0.1 port 0; l must outlive
+ * the server). Returns the bound port, or -1 (logged). */
+int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen *l);
+/* Closes connections, fills, listeners and the cache, frees everything; srv is zeroed. */
+void rp_server_fini(struct rp_server *srv);
 
 /* admin.c: /metrics, /healthz, /readyz on the admin address (not fatal when it fails). */
 int rp_admin_start(struct rp_server *srv, const char *addr);

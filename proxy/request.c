@@ -378,10 +378,101 @@ static int64_t tag_ttl_ms(const struct rp_req *r)
     return r->route.reg->tag_ttl_ms >= 0 ? r->route.reg->tag_ttl_ms : conf->cache.tag_ttl_ms;
 }
 
+/* --- offline registries: the cache is all there is --- */
+
+/* 404 naming what is missing and that the registry is offline: a disconnected cluster's
+ * admin must see at once that the content was never mirrored or imported, not wait for a
+ * timeout or read a 503 that suggests retrying. */
+static void offline_missing(struct rp_req *r, const char *code, const char *what, const char *why)
+{
+    const struct rp_route *rt = &r->route;
+    char *msg = rp_xasprintf("%s %s of %s/%s is not in the cache and registry %s is offline", what,
+                             rt->ref, rt->reg->name, rt->name, rt->reg->name);
+    json_t *d = json_pack("{s:s, s:s, s:s, s:b}", "registry", rt->reg->name, "repository", rt->name,
+                          "reference", rt->ref, "offline", 1);
+    if (why)
+        json_object_set_new(d, "reason", json_string(why));
+    char *detail = json_dumps(d, JSON_COMPACT);
+    json_decref(d);
+    r->cache_status = "MISS";
+    rp_req_error(r, 404, code, msg, detail);
+    free(detail);
+    free(msg);
+}
+
+/* lookup() for an offline registry: never starts a fetch. Tags are served whatever their
+ * age (there is nobody to revalidate with); links still decide what a repository may
+ * read, so a blob cached for another repository stays invisible here. */
+static void offline_lookup(struct rp_req *r)
+{
+    struct rp_server *srv = r->conn->srv;
+    const struct rp_route *rt = &r->route;
+    switch (rt->kind) {
+    case RP_ROUTE_BLOB: {
+        struct rp_cache_blob b;
+        if (rp_cache_linked(srv->cache, rt->reg->name, rt->name, rt->ref) &&
+            rp_cache_blob_open(srv->cache, rt->ref, &b) == RP_CACHE_OK) {
+            r->cache_status = "HIT";
+            serve_blob(r, &b);
+            return;
+        }
+        offline_missing(r, "BLOB_UNKNOWN", "blob", NULL);
+        return;
+    }
+    case RP_ROUTE_MANIFEST: {
+        char digest[RP_DIGEST_MAX + 1];
+        int64_t fetched_s = 0;
+        if (rt->ref_is_digest) {
+            snprintf(digest, sizeof(digest), "%s", rt->ref);
+        } else if (rp_cache_tag_get(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
+                                    sizeof(digest), &fetched_s) != RP_CACHE_OK) {
+            offline_missing(r, "MANIFEST_UNKNOWN", "tag", NULL);
+            return;
+        }
+        if (manifest_from_cache(r, digest, "HIT"))
+            return;
+        /* Cached but in a media type the client does not accept says so; an upstream
+         * would have converted or refused the same way. */
+        struct rp_cache_manifest m;
+        const char *why = NULL;
+        char *buf = NULL;
+        if (rp_cache_linked(srv->cache, rt->reg->name, rt->name, digest) &&
+            rp_cache_manifest_get(srv->cache, digest, &m) == RP_CACHE_OK) {
+            buf = rp_xasprintf("cached as %s, which the client's Accept list does not include",
+                               m.media_type);
+            why = buf;
+            rp_cache_manifest_free(&m);
+        }
+        offline_missing(r, "MANIFEST_UNKNOWN", rt->ref_is_digest ? "manifest" : "tag", why);
+        free(buf);
+        return;
+    }
+    case RP_ROUTE_TAGS:
+    case RP_ROUTE_REFERRERS:
+    case RP_ROUTE_PING:
+    default: {
+        /* The cache keeps no tag lists or referrers; 404 is what the distribution spec
+         * answers for an unsupported referrers API, and clients fall back on it. */
+        char *msg = rp_xasprintf("%s of %s/%s cannot be answered: registry %s is offline and "
+                                 "the cache does not keep them",
+                                 rt->kind == RP_ROUTE_TAGS ? "tag lists" : "referrers",
+                                 rt->reg->name, rt->name, rt->reg->name);
+        rp_req_error(r, 404, rt->kind == RP_ROUTE_TAGS ? "NAME_UNKNOWN" : "UNSUPPORTED", msg,
+                     "{\"offline\":true}");
+        free(msg);
+        return;
+    }
+    }
+}
+
 static void lookup(struct rp_req *r)
 {
     struct rp_server *srv = r->conn->srv;
     const struct rp_route *rt = &r->route;
+    if (rt->reg->offline) {
+        offline_lookup(r);
+        return;
+    }
     switch (rt->kind) {
     case RP_ROUTE_BLOB: {
         struct rp_cache_blob b;

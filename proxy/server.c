@@ -3,6 +3,7 @@
  * by http_parse.c and handed to request.c; this file owns sockets and keep-alive. */
 #include "proxy.h"
 #include "acl.h"
+#include "offline.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -656,49 +657,132 @@ void rp_server_apply_logging(const struct rp_conf *conf)
             rp_log_set_level((enum rp_log_level)i);
 }
 
+int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
+{
+    memset(srv, 0, sizeof(*srv));
+    srv->conf = conf;
+    rp_server_apply_logging(conf);
+    TAILQ_INIT(&srv->conns);
+    TAILQ_INIT(&srv->token_fetches);
+    TAILQ_INIT(&srv->fills);
+    TAILQ_INIT(&srv->checks_running);
+    signal(SIGPIPE, SIG_IGN);
+    srv->base = event_base_new();
+    if (!srv->base) {
+        rp_error("cannot create the event loop");
+        return -1;
+    }
+    char err[512];
+    srv->cache = rp_cache_open(conf->cache.dir, conf->cache.max_size, err, sizeof(err));
+    if (!srv->cache) {
+        rp_error("cache %s: %s", conf->cache.dir, err);
+        return -1;
+    }
+    /* Pins of mirrored and imported images come back from the pins file: the index
+     * snapshot keeps pins only across clean restarts. */
+    rp_pins_apply(srv->cache, conf);
+    srv->up = rp_upstream_new(srv->base);
+    if (!srv->up) {
+        rp_error("cannot initialise libcurl");
+        return -1;
+    }
+    srv->auths = rp_xcalloc(conf->n_registries, sizeof(*srv->auths));
+    srv->checks = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->checks));
+    rp_metrics_init(&srv->metrics, conf->n_registries);
+    for (size_t i = 0; i < conf->n_registries; i++)
+        srv->auths[i] = rp_auth_new(&conf->registries[i]);
+    return 0;
+}
+
+int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen *l)
+{
+    srv->n_listeners = 1;
+    srv->listeners = rp_xcalloc(1, sizeof(*srv->listeners));
+    srv->lctx = rp_xcalloc(1, sizeof(*srv->lctx));
+    srv->listeners[0].conf = l;
+    srv->lctx[0].srv = srv;
+    srv->lctx[0].conf = l;
+    if (settings_load(l, &srv->lctx[0].set) != 0)
+        return -1;
+    /* Bound here rather than by listen_on: port 0 (any free port) is the point. */
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons((uint16_t)l->port);
+    if (inet_pton(AF_INET, l->host, &sin.sin_addr) != 1) {
+        rp_error("internal listener: %s is not an IPv4 address", l->host);
+        return -1;
+    }
+    srv->listeners[0].ev =
+        evconnlistener_new_bind(srv->base, listen_accept_cb, &srv->lctx[0], LEV_OPT_CLOSE_ON_FREE,
+                                64, (struct sockaddr *)&sin, sizeof(sin));
+    if (!srv->listeners[0].ev) {
+        rp_error("internal listener on %s: %s", l->host, strerror(errno));
+        return -1;
+    }
+    socklen_t len = sizeof(sin);
+    if (getsockname(evconnlistener_get_fd(srv->listeners[0].ev), (struct sockaddr *)&sin, &len) !=
+        0)
+        return -1;
+    return ntohs(sin.sin_port);
+}
+
+void rp_server_fini(struct rp_server *srv)
+{
+    if (srv->conns.tqh_last) /* initialised */
+        while (!TAILQ_EMPTY(&srv->conns))
+            conn_free(TAILQ_FIRST(&srv->conns));
+    if (srv->checks_running.tqh_last)
+        rp_checks_free_all(srv);
+    if (srv->fills.tqh_last)
+        rp_fills_free_all(srv);
+    if (srv->token_fetches.tqh_last)
+        rp_tokens_free_all(srv);
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        if (srv->listeners[i].ev)
+            evconnlistener_free(srv->listeners[i].ev);
+    free(srv->listeners);
+    if (srv->lctx)
+        for (size_t i = 0; i < srv->n_listeners; i++)
+            settings_free(&srv->lctx[i].set);
+    free(srv->lctx);
+    if (srv->auths)
+        for (size_t i = 0; i < srv->conf->n_registries; i++)
+            rp_auth_free(srv->auths[i]);
+    free(srv->auths);
+    rp_upstream_free(srv->up);
+    rp_cache_close(srv->cache);
+    if (srv->sig_term)
+        event_free(srv->sig_term);
+    if (srv->sig_int)
+        event_free(srv->sig_int);
+    rp_reload_fini(srv);
+    if (srv->admin)
+        evconnlistener_free(srv->admin);
+    if (srv->checks)
+        for (size_t i = 0; i < srv->conf->n_registries; i++)
+            free(srv->checks[i].line);
+    free(srv->checks);
+    rp_metrics_fini(&srv->metrics);
+    if (srv->base)
+        event_base_free(srv->base);
+    memset(srv, 0, sizeof(*srv));
+}
+
 int rp_server_run(struct rp_conf *conf)
 {
     int rc = 1;
     struct rp_server srv;
-    memset(&srv, 0, sizeof(srv));
-    struct rp_listen_ctx *ctxs = NULL;
-    srv.conf = conf;
-    rp_server_apply_logging(conf);
-    TAILQ_INIT(&srv.conns);
-    TAILQ_INIT(&srv.token_fetches);
-    TAILQ_INIT(&srv.fills);
-    TAILQ_INIT(&srv.checks_running);
-    signal(SIGPIPE, SIG_IGN);
-    srv.base = event_base_new();
-    if (!srv.base) {
-        rp_error("cannot create the event loop");
+    if (rp_server_init(&srv, conf) != 0)
         goto out;
-    }
-    char err[512];
-    srv.cache = rp_cache_open(conf->cache.dir, conf->cache.max_size, err, sizeof(err));
-    if (!srv.cache) {
-        rp_error("cache %s: %s", conf->cache.dir, err);
-        goto out;
-    }
-    srv.up = rp_upstream_new(srv.base);
-    if (!srv.up) {
-        rp_error("cannot initialise libcurl");
-        goto out;
-    }
-    srv.auths = rp_xcalloc(conf->n_registries, sizeof(*srv.auths));
-    srv.checks = rp_xcalloc(conf->n_registries + 1, sizeof(*srv.checks));
-    rp_metrics_init(&srv.metrics, conf->n_registries);
-    for (size_t i = 0; i < conf->n_registries; i++)
-        srv.auths[i] = rp_auth_new(&conf->registries[i]);
     srv.n_listeners = conf->n_listens;
     srv.listeners = rp_xcalloc(conf->n_listens, sizeof(*srv.listeners));
-    ctxs = rp_xcalloc(conf->n_listens, sizeof(*ctxs));
-    srv.lctx = ctxs;
+    srv.lctx = rp_xcalloc(conf->n_listens, sizeof(*srv.lctx));
     for (size_t i = 0; i < conf->n_listens; i++) {
         srv.listeners[i].conf = &conf->listens[i];
-        ctxs[i].srv = &srv;
-        ctxs[i].conf = &conf->listens[i];
-        if (listen_on(&srv, &srv.listeners[i], &ctxs[i]) < 0)
+        srv.lctx[i].srv = &srv;
+        srv.lctx[i].conf = &conf->listens[i];
+        if (listen_on(&srv, &srv.listeners[i], &srv.lctx[i]) < 0)
             goto out;
     }
     srv.sig_term = evsignal_new(srv.base, SIGTERM, signal_cb, &srv);
@@ -712,45 +796,20 @@ int rp_server_run(struct rp_conf *conf)
         rp_warn("config: %s", conf->warnings[i]);
     rp_info("regproxy %s serving (%zu registries)", RP_VERSION, conf->n_registries);
     /* The same login checks as `regproxy check`, logged; a failing registry does not stop
-     * the others from being served. */
-    for (size_t i = 0; i < conf->n_registries; i++)
-        if (rp_check_start(&srv, &conf->registries[i], rp_server_check_logged, &srv) < 0)
+     * the others from being served. Offline registries are never dialed. */
+    for (size_t i = 0; i < conf->n_registries; i++) {
+        if (conf->registries[i].offline) {
+            rp_info("registry %s is offline: serving from the cache only",
+                    conf->registries[i].name);
             srv.checks[i].state = RP_CHECK_SKIPPED;
+            srv.checks[i].line = rp_xstrdup("offline");
+        } else if (rp_check_start(&srv, &conf->registries[i], rp_server_check_logged, &srv) < 0) {
+            srv.checks[i].state = RP_CHECK_SKIPPED;
+        }
+    }
     event_base_dispatch(srv.base);
     rc = 0;
 out:
-    while (!TAILQ_EMPTY(&srv.conns))
-        conn_free(TAILQ_FIRST(&srv.conns));
-    rp_checks_free_all(&srv);
-    rp_fills_free_all(&srv);
-    rp_tokens_free_all(&srv);
-    for (size_t i = 0; i < srv.n_listeners; i++)
-        if (srv.listeners[i].ev)
-            evconnlistener_free(srv.listeners[i].ev);
-    free(srv.listeners);
-    if (ctxs)
-        for (size_t i = 0; i < conf->n_listens; i++)
-            settings_free(&ctxs[i].set);
-    free(ctxs);
-    if (srv.auths)
-        for (size_t i = 0; i < conf->n_registries; i++)
-            rp_auth_free(srv.auths[i]);
-    free(srv.auths);
-    rp_upstream_free(srv.up);
-    rp_cache_close(srv.cache);
-    if (srv.sig_term)
-        event_free(srv.sig_term);
-    if (srv.sig_int)
-        event_free(srv.sig_int);
-    rp_reload_fini(&srv);
-    if (srv.admin)
-        evconnlistener_free(srv.admin);
-    if (srv.checks)
-        for (size_t i = 0; i < conf->n_registries; i++)
-            free(srv.checks[i].line);
-    free(srv.checks);
-    rp_metrics_fini(&srv.metrics);
-    if (srv.base)
-        event_base_free(srv.base);
+    rp_server_fini(&srv);
     return rc;
 }

@@ -1,0 +1,1948 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* bundle: moving cached images across an air gap. `export` writes the images of a list (or
+ * of the pins file) from the cache into one bundle stream (format in offline.h), optionally
+ * split into parts for removable media, or into an OCI image layout; `import` reads a
+ * bundle twice: a first pass verifies everything (header, version, every digest, sizes,
+ * completeness, the trailer checksum) without touching the cache, a second publishes it
+ * through the cache's verifying API. Plain files and the cache; no event loop. */
+#include "offline.h"
+#include "proxy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <lz4frame.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define IO_CHUNK ((size_t)1 << 20)
+#define NAME_MAX_LEN 255
+#define REC_META 'M'
+#define REC_MANIFEST 'm'
+#define REC_BLOB 'b'
+#define REC_TRAILER 'T'
+#define TRAILER_LEN 32
+#define META_ITEMS_MAX 1000000
+#define META_REPOS_MAX 10000 /* repositories one digest is linked to */
+#define REGISTRY_NAME_MAX 255
+#define SPLIT_MIN ((uint64_t)64 << 10)
+#define PARTS_MAX 100000
+
+/* ------------------------------------------------------------------ helpers --- */
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static bool printable(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+/* A registry's name as a bundle carries it: what a [registry "NAME"] section may be called
+ * and a prefix may route by (no '/', printable). */
+static bool registry_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && n <= REGISTRY_NAME_MAX && printable(s, n) && !strchr(s, '/') && !strchr(s, '"');
+}
+
+static bool media_type_ok(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && n <= RP_MEDIA_TYPE_MAX && printable(s, n);
+}
+
+/* One LZ4 frame of exactly srclen bytes decoding to at most cap bytes. */
+static int lz4_decode(const void *src, size_t srclen, size_t cap, char **out, size_t *outlen,
+                      const char **why)
+{
+    LZ4F_dctx *dctx = NULL;
+    char *buf = NULL;
+    size_t alloc = 0, len = 0, pos = 0;
+    int rc = -1;
+    *out = NULL;
+    *outlen = 0;
+    if (LZ4F_isError(LZ4F_createDecompressionContext(&dctx, LZ4F_VERSION))) {
+        *why = "cannot create an LZ4 context";
+        return -1;
+    }
+    for (;;) {
+        if (len == alloc) {
+            if (alloc >= cap + 1) {
+                *why = "compressed data decodes to more than allowed";
+                goto out;
+            }
+            alloc = alloc ? alloc * 2 : 64 * 1024;
+            if (alloc > cap + 1)
+                alloc = cap + 1; /* one byte more, to tell "exactly cap" from "more" */
+            buf = rp_xrealloc(buf, alloc + 1);
+        }
+        size_t dst = alloc - len, in = srclen - pos;
+        size_t hint = LZ4F_decompress(dctx, buf + len, &dst, (const char *)src + pos, &in, NULL);
+        if (LZ4F_isError(hint)) {
+            *why = "corrupt LZ4 frame";
+            goto out;
+        }
+        len += dst;
+        pos += in;
+        if (len > cap) {
+            *why = "compressed data decodes to more than allowed";
+            goto out;
+        }
+        if (hint == 0) {
+            if (pos != srclen) {
+                *why = "data after the LZ4 frame";
+                goto out;
+            }
+            break;
+        }
+        if (pos == srclen && dst == 0) {
+            *why = "truncated LZ4 frame";
+            goto out;
+        }
+    }
+    buf = rp_xrealloc(buf, len + 1);
+    buf[len] = '\0';
+    *out = buf;
+    *outlen = len;
+    buf = NULL;
+    rc = 0;
+out:
+    free(buf);
+    LZ4F_freeDecompressionContext(dctx);
+    return rc;
+}
+
+static char *lz4_encode(const void *src, size_t len, size_t *outlen)
+{
+    LZ4F_preferences_t prefs;
+    memset(&prefs, 0, sizeof(prefs));
+    prefs.frameInfo.contentSize = len; /* lets a reader size its buffer and check the end */
+    size_t bound = LZ4F_compressFrameBound(len, &prefs);
+    char *out = rp_xmalloc(bound);
+    size_t n = LZ4F_compressFrame(out, bound, src, len, &prefs);
+    if (LZ4F_isError(n)) {
+        rp_error("bundle: LZ4 compression failed: %s", LZ4F_getErrorName(n));
+        abort(); /* only on a programming error: the bound is what liblz4 asked for */
+    }
+    *outlen = n;
+    return out;
+}
+
+/* ----------------------------------------------------------------- metadata --- */
+
+struct bundle_repo {
+    char *registry, *repo;
+};
+
+struct bundle_item {
+    char digest[RP_CACHE_DIGEST_BUF];
+    char *media_type; /* manifests */
+    uint64_t size;
+    struct bundle_repo *repos;
+    size_t n_repos;
+    /* export only */
+    char *data; /* manifest: the LZ4 frame of its bytes */
+    size_t data_len;
+};
+
+struct bundle_image {
+    char *registry, *repo, *tag; /* tag NULL when by digest */
+    char digest[RP_CACHE_DIGEST_BUF];
+    int64_t tag_time; /* -1 when unknown */
+};
+
+struct rp_bundle_meta {
+    struct bundle_image *images;
+    size_t n_images;
+    struct bundle_item *manifests;
+    size_t n_manifests;
+    struct bundle_item *blobs;
+    size_t n_blobs;
+};
+
+static void items_free(struct bundle_item *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].media_type);
+        for (size_t k = 0; k < v[i].n_repos; k++) {
+            free(v[i].repos[k].registry);
+            free(v[i].repos[k].repo);
+        }
+        free(v[i].repos);
+        free(v[i].data);
+    }
+    free(v);
+}
+
+void rp_bundle_meta_free(struct rp_bundle_meta *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_images; i++) {
+        free(m->images[i].registry);
+        free(m->images[i].repo);
+        free(m->images[i].tag);
+    }
+    free(m->images);
+    items_free(m->manifests, m->n_manifests);
+    items_free(m->blobs, m->n_blobs);
+    free(m);
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static int parse_repos(json_t *arr, struct bundle_item *it, const char **why)
+{
+    if (!json_is_array(arr) || json_array_size(arr) > META_REPOS_MAX) {
+        *why = "metadata: \"repos\" is not an array of [registry, repository] pairs";
+        return -1;
+    }
+    it->repos = rp_xcalloc(json_array_size(arr) + 1, sizeof(*it->repos));
+    size_t i;
+    json_t *pair;
+    json_array_foreach(arr, i, pair)
+    {
+        json_t *r = json_array_get(pair, 0), *n = json_array_get(pair, 1);
+        if (!json_is_array(pair) || json_array_size(pair) != 2 || !json_is_string(r) ||
+            !json_is_string(n) || !registry_name_ok(json_string_value(r)) ||
+            !rp_valid_name(json_string_value(n), json_string_length(n))) {
+            *why = "metadata: a repository is not a valid [registry, repository] pair";
+            return -1;
+        }
+        it->repos[it->n_repos].registry = rp_xstrdup(json_string_value(r));
+        it->repos[it->n_repos].repo = rp_xstrdup(json_string_value(n));
+        it->n_repos++;
+    }
+    return 0;
+}
+
+static int parse_items(json_t *arr, bool manifests, struct bundle_item **out, size_t *n,
+                       const char **why)
+{
+    if (!json_is_array(arr) || json_array_size(arr) > META_ITEMS_MAX) {
+        *why = manifests ? "metadata: \"manifests\" is not an array"
+                         : "metadata: \"blobs\" is not an array";
+        return -1;
+    }
+    *out = rp_xcalloc(json_array_size(arr) + 1, sizeof(**out));
+    size_t i;
+    json_t *o;
+    json_array_foreach(arr, i, o)
+    {
+        struct bundle_item *it = &(*out)[*n];
+        const char *d = jstr(o, "digest"), *mt = jstr(o, "media_type");
+        json_t *size = json_object_get(o, "size");
+        if (!d || !rp_valid_digest(d, strlen(d))) {
+            *why = "metadata: an entry has a missing or invalid digest";
+            return -1;
+        }
+        snprintf(it->digest, sizeof(it->digest), "%s", d);
+        (*n)++;
+        if (!json_is_integer(size) || json_integer_value(size) < 0 ||
+            (manifests && json_integer_value(size) > (json_int_t)RP_CACHE_MANIFEST_MAX)) {
+            *why = "metadata: an entry has a missing or invalid size";
+            return -1;
+        }
+        it->size = (uint64_t)json_integer_value(size);
+        if (manifests) {
+            if (!mt || !media_type_ok(mt)) {
+                *why = "metadata: a manifest has a missing or invalid media_type";
+                return -1;
+            }
+            it->media_type = rp_xstrdup(mt);
+        }
+        if (parse_repos(json_object_get(o, "repos"), it, why) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Digest lookups over the metadata: an open-addressing table of indexes. */
+struct dindex {
+    size_t *slots; /* index + 1; 0 = empty */
+    size_t mask;
+};
+
+static uint64_t dhash(const char *d)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: digests are uniform already */
+    for (; *d; d++)
+        h = (h ^ (unsigned char)*d) * 1099511628211ULL;
+    return h;
+}
+
+static void dindex_init(struct dindex *x, size_t n)
+{
+    size_t cap = 16;
+    while (cap < n * 2 + 1)
+        cap *= 2;
+    x->slots = rp_xcalloc(cap, sizeof(*x->slots));
+    x->mask = cap - 1;
+}
+
+/* Index of digest among items, or (size_t)-1. */
+static size_t dindex_find(const struct dindex *x, const struct bundle_item *items, const char *d)
+{
+    for (size_t s = dhash(d) & x->mask;; s = (s + 1) & x->mask) {
+        if (!x->slots[s])
+            return (size_t)-1;
+        if (strcmp(items[x->slots[s] - 1].digest, d) == 0)
+            return x->slots[s] - 1;
+    }
+}
+
+/* Adds item i; false when its digest is there already. */
+static bool dindex_add(struct dindex *x, const struct bundle_item *items, size_t i)
+{
+    if (dindex_find(x, items, items[i].digest) != (size_t)-1)
+        return false;
+    size_t s = dhash(items[i].digest) & x->mask;
+    while (x->slots[s])
+        s = (s + 1) & x->mask;
+    x->slots[s] = i + 1;
+    return true;
+}
+
+static int meta_parse(const char *text, size_t len, struct rp_bundle_meta **out, char *err,
+                      size_t errlen)
+{
+    const char *why = NULL;
+    struct rp_bundle_meta *m = rp_xcalloc(1, sizeof(*m));
+    struct dindex mi = {0}, bi = {0};
+    json_error_t je;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    int rc = -1;
+    if (!json_is_object(root)) {
+        why = "metadata is not a JSON object";
+        goto out;
+    }
+    const char *fmt = jstr(root, "format");
+    json_t *ver = json_object_get(root, "version");
+    if (!fmt || strcmp(fmt, "regproxy-bundle") != 0 || !json_is_integer(ver) ||
+        json_integer_value(ver) != RP_BUNDLE_VERSION) {
+        why = "metadata does not describe a version 1 regproxy bundle";
+        goto out;
+    }
+    if (parse_items(json_object_get(root, "manifests"), true, &m->manifests, &m->n_manifests,
+                    &why) != 0 ||
+        parse_items(json_object_get(root, "blobs"), false, &m->blobs, &m->n_blobs, &why) != 0)
+        goto out;
+    dindex_init(&mi, m->n_manifests);
+    dindex_init(&bi, m->n_blobs);
+    for (size_t i = 0; i < m->n_manifests; i++)
+        if (!dindex_add(&mi, m->manifests, i)) {
+            why = "metadata lists a manifest twice";
+            goto out;
+        }
+    for (size_t i = 0; i < m->n_blobs; i++)
+        if (!dindex_add(&bi, m->blobs, i)) {
+            why = "metadata lists a blob twice";
+            goto out;
+        }
+    json_t *images = json_object_get(root, "images");
+    if (!json_is_array(images) || json_array_size(images) > META_ITEMS_MAX) {
+        why = "metadata: \"images\" is not an array";
+        goto out;
+    }
+    m->images = rp_xcalloc(json_array_size(images) + 1, sizeof(*m->images));
+    size_t i;
+    json_t *o;
+    json_array_foreach(images, i, o)
+    {
+        struct bundle_image *im = &m->images[m->n_images];
+        const char *reg = jstr(o, "registry"), *repo = jstr(o, "repo"), *tag = jstr(o, "tag"),
+                   *d = jstr(o, "digest");
+        json_t *tt = json_object_get(o, "tag_time");
+        if (!reg || !registry_name_ok(reg) || !repo || !rp_valid_name(repo, strlen(repo)) ||
+            (json_object_get(o, "tag") && (!tag || !rp_valid_tag(tag, strlen(tag)))) || !d ||
+            !rp_valid_digest(d, strlen(d)) || (tt && !json_is_integer(tt))) {
+            why = "metadata: an image has a missing or invalid registry, repo, tag or digest";
+            goto out;
+        }
+        if (dindex_find(&mi, m->manifests, d) == (size_t)-1) {
+            why = "metadata: an image's digest is not among the bundle's manifests";
+            goto out;
+        }
+        im->registry = rp_xstrdup(reg);
+        im->repo = rp_xstrdup(repo);
+        im->tag = tag ? rp_xstrdup(tag) : NULL;
+        snprintf(im->digest, sizeof(im->digest), "%s", d);
+        im->tag_time = tt && json_integer_value(tt) >= 0 ? (int64_t)json_integer_value(tt) : -1;
+        m->n_images++;
+    }
+    rc = 0;
+out:
+    if (rc != 0) {
+        if (!root)
+            snprintf(err, errlen, "metadata is not JSON: %s", je.text);
+        else
+            snprintf(err, errlen, "%s", why);
+        rp_bundle_meta_free(m);
+    } else {
+        *out = m;
+    }
+    free(mi.slots);
+    free(bi.slots);
+    json_decref(root);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- reader --- */
+
+struct reader {
+    const struct rp_bundle_src *src;
+    EVP_MD_CTX *sha; /* of the stream, for the trailer */
+    uint64_t pos, total;
+    char *err;
+    size_t errlen;
+};
+
+/* Exactly n bytes, hashed into the stream sum when hash is set. */
+static int rd(struct reader *r, void *buf, size_t n, bool hash)
+{
+    size_t got = 0;
+    while (got < n) {
+        const char *why = NULL;
+        long k = r->src->read(r->src->arg, (char *)buf + got, n - got, &why);
+        if (k < 0) {
+            snprintf(r->err, r->errlen, "reading the bundle at byte %llu: %s",
+                     (unsigned long long)(r->pos + got), why ? why : "read error");
+            return -1;
+        }
+        if (k == 0) {
+            snprintf(r->err, r->errlen,
+                     "the bundle is truncated: it ends at byte %llu, its header says %llu",
+                     (unsigned long long)(r->pos + got), (unsigned long long)r->total);
+            return -1;
+        }
+        got += (size_t)k;
+    }
+    if (hash)
+        EVP_DigestUpdate(r->sha, buf, n);
+    r->pos += n;
+    return 0;
+}
+
+static int parse_header(const unsigned char *h, uint64_t *total, uint64_t *part_size, char *err,
+                        size_t errlen)
+{
+    if (memcmp(h, RP_BUNDLE_MAGIC, 8) != 0) {
+        snprintf(err, errlen, "not a regproxy bundle (bad magic)");
+        return -1;
+    }
+    uint32_t version = get_u32(h + 8);
+    if (version > RP_BUNDLE_VERSION) {
+        snprintf(err, errlen,
+                 "the bundle has format version %u, newer than this regproxy reads (%d): "
+                 "import it with a newer regproxy",
+                 version, RP_BUNDLE_VERSION);
+        return -1;
+    }
+    if (version == 0 || get_u32(h + 12) != 0) {
+        snprintf(err, errlen, "bad bundle header (version %u, flags %u)", version, get_u32(h + 12));
+        return -1;
+    }
+    *total = get_u64(h + 16);
+    *part_size = get_u64(h + 24);
+    if (*total < RP_BUNDLE_HEADER_LEN + 2 * RP_BUNDLE_RECORD_HEAD + TRAILER_LEN ||
+        *total > (UINT64_C(1) << 62) || (*part_size && *part_size < SPLIT_MIN) ||
+        (*part_size && (*total + *part_size - 1) / *part_size > PARTS_MAX)) {
+        snprintf(err, errlen, "bad bundle header (length %llu, part size %llu)",
+                 (unsigned long long)*total, (unsigned long long)*part_size);
+        return -1;
+    }
+    return 0;
+}
+
+int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
+                   const struct rp_bundle_sink *sink, void *arg, struct rp_bundle_meta **metap,
+                   char *err, size_t errlen)
+{
+    static const struct rp_bundle_sink none;
+    struct reader r = {.src = src, .err = err, .errlen = errlen};
+    struct rp_bundle_meta *meta = NULL;
+    unsigned char hdr[RP_BUNDLE_HEADER_LEN], rh[RP_BUNDLE_RECORD_HEAD];
+    char *data = NULL, *plain = NULL;
+    unsigned char *chunk = NULL;
+    EVP_MD_CTX *bmd = NULL;
+    size_t next_manifest = 0, next_blob = 0;
+    uint64_t part_size;
+    bool trusted = (flags & RP_BUNDLE_F_TRUSTED) != 0;
+    int rc = -1;
+    if (!sink)
+        sink = &none;
+    if (metap)
+        *metap = NULL;
+    err[0] = '\0';
+    r.sha = EVP_MD_CTX_new();
+    bmd = EVP_MD_CTX_new();
+    if (!r.sha || !bmd || EVP_DigestInit_ex(r.sha, EVP_sha256(), NULL) != 1) {
+        snprintf(err, errlen, "cannot hash");
+        goto out;
+    }
+    r.total = RP_BUNDLE_HEADER_LEN;
+    if (rd(&r, hdr, sizeof(hdr), true) != 0 ||
+        parse_header(hdr, &r.total, &part_size, err, errlen) != 0)
+        goto out;
+    for (;;) {
+        if (r.total - r.pos < sizeof(rh)) {
+            snprintf(err, errlen, "the bundle ends at byte %llu without a trailer",
+                     (unsigned long long)r.pos);
+            goto out;
+        }
+        /* The trailer's sum covers every byte before its record: hash a head only once
+         * it is known not to be the trailer's. */
+        if (rd(&r, rh, sizeof(rh), false) != 0)
+            goto out;
+        int type = rh[0];
+        uint32_t name_len = get_u32(rh + 4);
+        uint64_t data_len = get_u64(rh + 8);
+        if (rh[1] || rh[2] || rh[3] || name_len > NAME_MAX_LEN || data_len > r.total - r.pos ||
+            name_len > r.total - r.pos - data_len) {
+            snprintf(err, errlen, "bad record at byte %llu (type 0x%02x, name %u, data %llu)",
+                     (unsigned long long)(r.pos - sizeof(rh)), type, name_len,
+                     (unsigned long long)data_len);
+            goto out;
+        }
+        if (type == REC_TRAILER) {
+            unsigned char want[TRAILER_LEN], got[EVP_MAX_MD_SIZE];
+            unsigned int gl = 0;
+            if (!meta || next_manifest != meta->n_manifests || next_blob != meta->n_blobs) {
+                snprintf(err, errlen,
+                         "the bundle is incomplete: the trailer comes after %zu of %zu "
+                         "manifests and %zu of %zu blobs",
+                         next_manifest, meta ? meta->n_manifests : 0, next_blob,
+                         meta ? meta->n_blobs : 0);
+                goto out;
+            }
+            if (name_len != 0 || data_len != TRAILER_LEN) {
+                snprintf(err, errlen, "bad trailer record");
+                goto out;
+            }
+            EVP_DigestFinal_ex(r.sha, got, &gl);
+            if (rd(&r, want, sizeof(want), false) != 0)
+                goto out;
+            if (!trusted && memcmp(got, want, TRAILER_LEN) != 0) {
+                snprintf(err, errlen,
+                         "the bundle's checksum does not match its content "
+                         "(corrupted in transit?)");
+                goto out;
+            }
+            if (r.pos != r.total) {
+                snprintf(err, errlen, "the bundle ends at byte %llu but its header says %llu",
+                         (unsigned long long)r.pos, (unsigned long long)r.total);
+                goto out;
+            }
+            unsigned char extra;
+            const char *why = NULL;
+            if (!trusted && src->read(src->arg, &extra, 1, &why) != 0) {
+                snprintf(err, errlen, "data after the bundle's trailer");
+                goto out;
+            }
+            break;
+        }
+        EVP_DigestUpdate(r.sha, rh, sizeof(rh));
+        char name[NAME_MAX_LEN + 1];
+        if (rd(&r, name, name_len, true) != 0)
+            goto out;
+        name[name_len] = '\0';
+        if (type == REC_META) {
+            if (meta || name_len) {
+                snprintf(err, errlen, "unexpected metadata record at byte %llu",
+                         (unsigned long long)r.pos);
+                goto out;
+            }
+            if (data_len > LZ4F_compressFrameBound(RP_BUNDLE_META_MAX, NULL)) {
+                snprintf(err, errlen, "metadata record too large");
+                goto out;
+            }
+            data = rp_xmalloc((size_t)data_len + 1);
+            size_t plen;
+            const char *why = NULL;
+            if (rd(&r, data, (size_t)data_len, true) != 0)
+                goto out;
+            if (lz4_decode(data, (size_t)data_len, RP_BUNDLE_META_MAX, &plain, &plen, &why) != 0) {
+                snprintf(err, errlen, "metadata: %s", why);
+                goto out;
+            }
+            if (meta_parse(plain, plen, &meta, err, errlen) != 0)
+                goto out;
+            free(data);
+            free(plain);
+            data = plain = NULL;
+            if (sink->meta && sink->meta(arg, meta, err, errlen) != 0)
+                goto out;
+        } else if (type == REC_MANIFEST) {
+            if (!meta || next_blob || next_manifest == meta->n_manifests ||
+                strcmp(name, meta->manifests[next_manifest].digest) != 0) {
+                snprintf(err, errlen, "unexpected manifest record %s at byte %llu",
+                         printable(name, name_len) ? name : "?", (unsigned long long)r.pos);
+                goto out;
+            }
+            const struct bundle_item *it = &meta->manifests[next_manifest++];
+            if (data_len > LZ4F_compressFrameBound(RP_CACHE_MANIFEST_MAX, NULL)) {
+                snprintf(err, errlen, "manifest %s: record too large", it->digest);
+                goto out;
+            }
+            data = rp_xmalloc((size_t)data_len + 1);
+            size_t plen;
+            const char *why = NULL;
+            char digest[RP_CACHE_DIGEST_BUF];
+            if (rd(&r, data, (size_t)data_len, true) != 0)
+                goto out;
+            if (lz4_decode(data, (size_t)data_len, (size_t)it->size, &plain, &plen, &why) != 0) {
+                snprintf(err, errlen, "manifest %s: %s", it->digest, why);
+                goto out;
+            }
+            rp_digest_of(it->digest, plain, plen, digest);
+            if (plen != it->size || strcmp(digest, it->digest) != 0) {
+                snprintf(err, errlen, "manifest %s: content does not match its digest", it->digest);
+                goto out;
+            }
+            if (sink->manifest &&
+                sink->manifest(arg, it->digest, it->media_type, plain, plen, err, errlen) != 0)
+                goto out;
+            free(data);
+            free(plain);
+            data = plain = NULL;
+        } else if (type == REC_BLOB) {
+            if (!meta || next_manifest != meta->n_manifests || next_blob == meta->n_blobs ||
+                strcmp(name, meta->blobs[next_blob].digest) != 0) {
+                snprintf(err, errlen, "unexpected blob record %s at byte %llu",
+                         printable(name, name_len) ? name : "?", (unsigned long long)r.pos);
+                goto out;
+            }
+            const struct bundle_item *it = &meta->blobs[next_blob++];
+            if (data_len != it->size) {
+                snprintf(err, errlen, "blob %s: %llu bytes, the metadata says %llu", it->digest,
+                         (unsigned long long)data_len, (unsigned long long)it->size);
+                goto out;
+            }
+            int want =
+                sink->blob_begin ? sink->blob_begin(arg, it->digest, it->size, err, errlen) : 1;
+            if (want < 0)
+                goto out;
+            if (want == 1 && trusted && src->skip) {
+                const char *why = NULL;
+                if (src->skip(src->arg, data_len, &why) != 0) {
+                    snprintf(err, errlen, "blob %s: %s", it->digest, why ? why : "seek failed");
+                    goto out;
+                }
+                r.pos += data_len;
+                continue;
+            }
+            const EVP_MD *alg = rp_digest_md(it->digest);
+            if (!alg || EVP_DigestInit_ex(bmd, alg, NULL) != 1) {
+                snprintf(err, errlen, "cannot hash");
+                goto out;
+            }
+            if (!chunk)
+                chunk = rp_xmalloc(IO_CHUNK);
+            for (uint64_t left = data_len; left > 0;) {
+                size_t n = left < IO_CHUNK ? (size_t)left : IO_CHUNK;
+                if (rd(&r, chunk, n, !trusted) != 0)
+                    goto out;
+                EVP_DigestUpdate(bmd, chunk, n);
+                if (want == 0 && sink->blob_data && sink->blob_data(arg, chunk, n, err, errlen))
+                    goto out;
+                left -= n;
+            }
+            unsigned char md[EVP_MAX_MD_SIZE];
+            unsigned int mdlen = 0;
+            EVP_DigestFinal_ex(bmd, md, &mdlen);
+            if (!rp_digest_matches(it->digest, md, mdlen)) {
+                snprintf(err, errlen, "blob %s: content does not match its digest", it->digest);
+                goto out;
+            }
+            if (want == 0 && sink->blob_end && sink->blob_end(arg, err, errlen) != 0)
+                goto out;
+        } else {
+            snprintf(err, errlen, "unknown record type 0x%02x at byte %llu", type,
+                     (unsigned long long)(r.pos - sizeof(rh) - name_len));
+            goto out;
+        }
+    }
+    rc = 0;
+    if (metap) {
+        *metap = meta;
+        meta = NULL;
+    }
+out:
+    rp_bundle_meta_free(meta);
+    free(data);
+    free(plain);
+    free(chunk);
+    EVP_MD_CTX_free(r.sha);
+    EVP_MD_CTX_free(bmd);
+    return rc;
+}
+
+/* ------------------------------------------------------------ cache access --- */
+
+/* The cache's lock is taken by whoever has it open; import checks it before its long
+ * verification pass so a running proxy is reported at once, not after it. The definitive
+ * check is rp_cache_open's. */
+static bool cache_lock_held(const char *dir)
+{
+    char *path = rp_xasprintf("%s/lock", dir);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    free(path);
+    if (fd < 0)
+        return false;
+    bool held = flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    close(fd); /* releases it if we got it */
+    return held;
+}
+
+static struct rp_cache *open_cache(const struct rp_conf *conf, const char *cmd)
+{
+    if (cache_lock_held(conf->cache.dir)) {
+        fprintf(stderr,
+                "regproxy %s: the cache %s is in use (its lock is held, by a running regproxy "
+                "serve or mirror?): stop it first; one process owns a cache at a time\n",
+                cmd, conf->cache.dir);
+        return NULL;
+    }
+    char err[512];
+    struct rp_cache *c = rp_cache_open(conf->cache.dir, conf->cache.max_size, err, sizeof(err));
+    if (!c)
+        fprintf(stderr, "regproxy %s: %s\n", cmd, err);
+    return c;
+}
+
+/* ----------------------------------------------------------- collecting images --- */
+
+/* What an export writes: every manifest and blob of the images, each with the
+ * repositories it is linked for. */
+struct collect {
+    struct rp_cache *c;
+    struct bundle_item *manifests, *blobs;
+    size_t n_manifests, n_blobs, alloc_m, alloc_b;
+    struct dindex mi, bi;
+    struct bundle_image *images;
+    size_t n_images;
+    uint64_t blob_bytes;
+    size_t skipped_children; /* index children not in the cache (not mirrored) */
+};
+
+static void dindex_grow(struct dindex *x, const struct bundle_item *items, size_t n)
+{
+    if ((n + 1) * 2 <= x->mask + 1 && x->slots)
+        return;
+    free(x->slots);
+    dindex_init(x, n * 2 + 16);
+    for (size_t i = 0; i < n; i++)
+        dindex_add(x, items, i);
+}
+
+static void add_repo(struct bundle_item *it, const char *reg, const char *repo)
+{
+    for (size_t i = 0; i < it->n_repos; i++)
+        if (strcmp(it->repos[i].registry, reg) == 0 && strcmp(it->repos[i].repo, repo) == 0)
+            return;
+    it->repos = rp_xrealloc(it->repos, (it->n_repos + 1) * sizeof(*it->repos));
+    it->repos[it->n_repos].registry = rp_xstrdup(reg);
+    it->repos[it->n_repos].repo = rp_xstrdup(repo);
+    it->n_repos++;
+}
+
+static struct bundle_item *new_item(struct bundle_item **v, size_t *n, size_t *alloc,
+                                    struct dindex *x, const char *digest)
+{
+    if (*n == *alloc) {
+        *alloc = *alloc ? *alloc * 2 : 64;
+        *v = rp_xrealloc(*v, *alloc * sizeof(**v));
+    }
+    struct bundle_item *it = &(*v)[*n];
+    memset(it, 0, sizeof(*it));
+    snprintf(it->digest, sizeof(it->digest), "%s", digest);
+    (*n)++;
+    dindex_grow(x, *v, *n - 1);
+    dindex_add(x, *v, *n - 1);
+    return it;
+}
+
+static int collect_blob(struct collect *k, const char *reg, const char *repo,
+                        const struct rp_manifest_ref *ref, char *err, size_t errlen)
+{
+    size_t i = k->bi.slots ? dindex_find(&k->bi, k->blobs, ref->digest) : (size_t)-1;
+    if (i != (size_t)-1) {
+        add_repo(&k->blobs[i], reg, repo);
+        return 0;
+    }
+    struct rp_cache_blob b;
+    if (!rp_cache_linked(k->c, reg, repo, ref->digest) ||
+        rp_cache_blob_open(k->c, ref->digest, &b) != RP_CACHE_OK) {
+        snprintf(err, errlen, "blob %s of %s/%s is not in the cache (mirror the image first)",
+                 ref->digest, reg, repo);
+        return -1;
+    }
+    close(b.fd);
+    rp_cache_release(k->c, ref->digest);
+    if ((int64_t)b.size != ref->size) {
+        snprintf(err, errlen, "blob %s of %s/%s: cached size %llu, the manifest says %lld",
+                 ref->digest, reg, repo, (unsigned long long)b.size, (long long)ref->size);
+        return -1;
+    }
+    struct bundle_item *it = new_item(&k->blobs, &k->n_blobs, &k->alloc_b, &k->bi, ref->digest);
+    it->size = b.size;
+    k->blob_bytes += b.size;
+    add_repo(it, reg, repo);
+    return 0;
+}
+
+/* 0, 1 when optional and not cached, -1 with err. */
+static int collect_manifest(struct collect *k, const char *reg, const char *repo,
+                            const char *digest, bool optional, int depth, char *err, size_t errlen)
+{
+    struct rp_cache_manifest m;
+    if (!rp_cache_linked(k->c, reg, repo, digest) ||
+        rp_cache_manifest_get(k->c, digest, &m) != RP_CACHE_OK) {
+        if (optional)
+            return 1;
+        snprintf(err, errlen, "manifest %s of %s/%s is not in the cache (mirror it first)", digest,
+                 reg, repo);
+        return -1;
+    }
+    size_t i = k->mi.slots ? dindex_find(&k->mi, k->manifests, digest) : (size_t)-1;
+    if (i == (size_t)-1) {
+        struct bundle_item *it =
+            new_item(&k->manifests, &k->n_manifests, &k->alloc_m, &k->mi, digest);
+        it->media_type = rp_xstrdup(m.media_type);
+        it->size = m.len;
+        it->data = lz4_encode(m.data, m.len, &it->data_len);
+        i = k->n_manifests - 1;
+    }
+    add_repo(&k->manifests[i], reg, repo);
+    struct rp_manifest_refs refs;
+    int rc = -1;
+    char why[256];
+    if (rp_manifest_refs(m.data, m.len, &refs, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "manifest %s of %s/%s: %s", digest, reg, repo, why);
+        rp_cache_manifest_free(&m);
+        return -1;
+    }
+    size_t present = 0;
+    for (size_t r = 0; r < refs.n; r++) {
+        const struct rp_manifest_ref *ref = &refs.v[r];
+        int e;
+        if (ref->kind == RP_REF_CHILD) {
+            /* Children not cached were left out by the mirror's --platform. */
+            e = depth < 2
+                    ? collect_manifest(k, reg, repo, ref->digest, true, depth + 1, err, errlen)
+                    : 1;
+            if (e == 1)
+                k->skipped_children++;
+            else if (e == 0)
+                present++;
+        } else {
+            e = collect_blob(k, reg, repo, ref, err, errlen);
+        }
+        if (e < 0)
+            goto out;
+    }
+    if (refs.is_index && present == 0) {
+        snprintf(err, errlen, "index %s of %s/%s: none of its manifests is in the cache", digest,
+                 reg, repo);
+        goto out;
+    }
+    rc = 0;
+out:
+    rp_manifest_refs_free(&refs);
+    rp_cache_manifest_free(&m);
+    return rc;
+}
+
+static void collect_free(struct collect *k)
+{
+    items_free(k->manifests, k->n_manifests);
+    items_free(k->blobs, k->n_blobs);
+    free(k->mi.slots);
+    free(k->bi.slots);
+    for (size_t i = 0; i < k->n_images; i++) {
+        free(k->images[i].registry);
+        free(k->images[i].repo);
+        free(k->images[i].tag);
+    }
+    free(k->images);
+}
+
+/* The images to export (the list, or the pins file) and everything they reference. */
+static int collect_all(struct collect *k, const struct rp_conf *conf, const char *list)
+{
+    struct rp_image_ref *refs = NULL;
+    size_t n = 0;
+    char err[1024];
+    int rc = -1;
+    if (list ? rp_image_list_load(conf, list, &refs, &n, err, sizeof(err))
+             : rp_pins_load(conf, &refs, &n, err, sizeof(err))) {
+        fprintf(stderr, "regproxy export: %s\n", err);
+        return -1;
+    }
+    if (n == 0) {
+        fprintf(stderr, "regproxy export: no images to export (%s)\n",
+                list ? "the list is empty" : "nothing was mirrored or imported into this cache");
+        goto out;
+    }
+    k->images = rp_xcalloc(n, sizeof(*k->images));
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct rp_image_ref *r = &refs[i];
+        char name[RP_TARGET_MAX];
+        rp_image_ref_format(r, name, sizeof(name));
+        struct bundle_image *im = &k->images[k->n_images];
+        im->tag_time = -1;
+        if (r->digest[0]) {
+            snprintf(im->digest, sizeof(im->digest), "%s", r->digest);
+            /* A tag whose record names this digest keeps its time; else the export time. */
+            char cur[RP_CACHE_DIGEST_BUF];
+            int64_t t;
+            if (r->tag[0] &&
+                rp_cache_tag_get(k->c, r->reg->name, r->repo, r->tag, cur, sizeof(cur), &t) ==
+                    RP_CACHE_OK &&
+                strcmp(cur, r->digest) == 0)
+                im->tag_time = t;
+        } else if (rp_cache_tag_get(k->c, r->reg->name, r->repo, r->tag, im->digest,
+                                    sizeof(im->digest), &im->tag_time) != RP_CACHE_OK) {
+            fprintf(stderr, "regproxy export: %s: the tag is not in the cache (mirror it first)\n",
+                    name);
+            bad++;
+            continue;
+        }
+        if (collect_manifest(k, r->reg->name, r->repo, im->digest, false, 0, err, sizeof(err)) !=
+            0) {
+            fprintf(stderr, "regproxy export: %s: %s\n", name, err);
+            bad++;
+            continue;
+        }
+        im->registry = rp_xstrdup(r->reg->name);
+        im->repo = rp_xstrdup(r->repo);
+        im->tag = r->tag[0] ? rp_xstrdup(r->tag) : NULL;
+        k->n_images++;
+    }
+    if (bad) {
+        fprintf(stderr, "regproxy export: %d of %zu images incomplete; nothing written\n", bad, n);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(refs);
+    return rc;
+}
+
+static json_t *repos_json(const struct bundle_item *it)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < it->n_repos; i++)
+        json_array_append_new(a, json_pack("[s,s]", it->repos[i].registry, it->repos[i].repo));
+    return a;
+}
+
+static char *meta_json(const struct collect *k)
+{
+    json_t *images = json_array(), *mans = json_array(), *blobs = json_array();
+    for (size_t i = 0; i < k->n_images; i++) {
+        const struct bundle_image *im = &k->images[i];
+        json_t *o = json_pack("{s:s, s:s, s:s}", "registry", im->registry, "repo", im->repo,
+                              "digest", im->digest);
+        if (im->tag)
+            json_object_set_new(o, "tag", json_string(im->tag));
+        if (im->tag && im->tag_time >= 0)
+            json_object_set_new(o, "tag_time", json_integer(im->tag_time));
+        json_array_append_new(images, o);
+    }
+    for (size_t i = 0; i < k->n_manifests; i++) {
+        const struct bundle_item *it = &k->manifests[i];
+        json_array_append_new(mans, json_pack("{s:s, s:s, s:I, s:o}", "digest", it->digest,
+                                              "media_type", it->media_type, "size",
+                                              (json_int_t)it->size, "repos", repos_json(it)));
+    }
+    for (size_t i = 0; i < k->n_blobs; i++) {
+        const struct bundle_item *it = &k->blobs[i];
+        json_array_append_new(blobs, json_pack("{s:s, s:I, s:o}", "digest", it->digest, "size",
+                                               (json_int_t)it->size, "repos", repos_json(it)));
+    }
+    json_t *root =
+        json_pack("{s:s, s:i, s:s, s:I, s:o, s:o, s:o}", "format", "regproxy-bundle", "version",
+                  RP_BUNDLE_VERSION, "regproxy", RP_VERSION, "created", (json_int_t)rp_wall_s(),
+                  "images", images, "manifests", mans, "blobs", blobs);
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    if (!s) {
+        rp_error("bundle: cannot encode the metadata");
+        abort();
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------------- writer --- */
+
+/* The bundle stream into one file or parts of at most `split` bytes. Each file is written
+ * under NAME.tmp and renamed only when the whole stream is written and synced, so an
+ * interrupted export never leaves something that looks like a bundle. */
+struct writer {
+    const char *base;
+    uint64_t split;
+    int fd;
+    uint64_t in_part, pos;
+    EVP_MD_CTX *sha;
+    char **names; /* final names of the parts written so far */
+    size_t n;
+    struct rp_progress *prog;
+};
+
+static char *part_name(const char *base, uint64_t split, size_t i)
+{
+    return split ? rp_xasprintf("%s.%03zu", base, i) : rp_xstrdup(base);
+}
+
+static int w_close_part(struct writer *w)
+{
+    if (w->fd < 0)
+        return 0;
+    int fd = w->fd;
+    w->fd = -1;
+    if (fsync(fd) != 0) {
+        close(fd);
+        return -1;
+    }
+    return close(fd);
+}
+
+static int w_open_part(struct writer *w)
+{
+    char *name = part_name(w->base, w->split, w->n);
+    char *tmp = rp_xasprintf("%s.tmp", name);
+    w->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    free(tmp);
+    if (w->fd < 0) {
+        free(name);
+        return -1;
+    }
+    w->names = rp_xrealloc(w->names, (w->n + 1) * sizeof(*w->names));
+    w->names[w->n++] = name;
+    w->in_part = 0;
+    return 0;
+}
+
+static int w_write(struct writer *w, const void *p, size_t n, bool hash)
+{
+    if (hash)
+        EVP_DigestUpdate(w->sha, p, n);
+    const char *c = p;
+    while (n > 0) {
+        if (w->fd < 0 || (w->split && w->in_part == w->split)) {
+            if (w_close_part(w) != 0 || w_open_part(w) != 0)
+                return -1;
+        }
+        size_t k = n;
+        if (w->split && k > w->split - w->in_part)
+            k = (size_t)(w->split - w->in_part);
+        ssize_t r = write(w->fd, c, k);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        c += r;
+        n -= (size_t)r;
+        w->in_part += (uint64_t)r;
+        w->pos += (uint64_t)r;
+        w->prog->bytes = w->pos;
+    }
+    rp_progress_update(w->prog, false);
+    return 0;
+}
+
+static int w_finish(struct writer *w)
+{
+    if (w_close_part(w) != 0)
+        return -1;
+    for (size_t i = 0; i < w->n; i++) {
+        char *tmp = rp_xasprintf("%s.tmp", w->names[i]);
+        int e = rename(tmp, w->names[i]);
+        free(tmp);
+        if (e != 0)
+            return -1;
+    }
+    /* Make the renames durable: removable media are unplugged right after. */
+    char *dir = rp_xstrdup(w->base);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+}
+
+static void w_cleanup(struct writer *w, bool failed)
+{
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = -1;
+    for (size_t i = 0; i < w->n; i++) {
+        if (failed) {
+            char *tmp = rp_xasprintf("%s.tmp", w->names[i]);
+            unlink(tmp);
+            free(tmp);
+        }
+        free(w->names[i]);
+    }
+    free(w->names);
+    w->names = NULL;
+    w->n = 0;
+    EVP_MD_CTX_free(w->sha);
+    w->sha = NULL;
+}
+
+static int w_record(struct writer *w, int type, const char *name, uint64_t data_len)
+{
+    unsigned char h[RP_BUNDLE_RECORD_HEAD];
+    memset(h, 0, sizeof(h));
+    h[0] = (unsigned char)type;
+    size_t nl = name ? strlen(name) : 0;
+    put_u32(h + 4, (uint32_t)nl);
+    put_u64(h + 8, data_len);
+    return w_write(w, h, sizeof(h), type != REC_TRAILER) ||
+           (nl && w_write(w, name, nl, type != REC_TRAILER));
+}
+
+static uint64_t record_len(const char *name, uint64_t data_len)
+{
+    return RP_BUNDLE_RECORD_HEAD + (name ? strlen(name) : 0) + data_len;
+}
+
+/* Copies a cached blob into the writer, checking its digest on the way: a damaged cache
+ * file must not travel on to the disconnected side. */
+static int write_blob(struct rp_cache *c, const struct bundle_item *it,
+                      int (*out)(void *arg, const void *p, size_t n), void *arg, char *err,
+                      size_t errlen)
+{
+    struct rp_cache_blob b;
+    int rc = -1;
+    if (rp_cache_blob_open(c, it->digest, &b) != RP_CACHE_OK) {
+        snprintf(err, errlen, "blob %s vanished from the cache", it->digest);
+        return -1;
+    }
+    posix_fadvise(b.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char *buf = rp_xmalloc(IO_CHUNK);
+    uint64_t done = 0;
+    if (!md || EVP_DigestInit_ex(md, rp_digest_md(it->digest), NULL) != 1) {
+        snprintf(err, errlen, "cannot hash");
+        goto out;
+    }
+    while (done < it->size) {
+        size_t want = it->size - done < IO_CHUNK ? (size_t)(it->size - done) : IO_CHUNK;
+        ssize_t r = read(b.fd, buf, want);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            snprintf(err, errlen, "reading blob %s from the cache: %s", it->digest,
+                     r < 0 ? strerror(errno) : "shorter than indexed");
+            goto out;
+        }
+        EVP_DigestUpdate(md, buf, (size_t)r);
+        if (out(arg, buf, (size_t)r) != 0) {
+            snprintf(err, errlen, "writing: %s", strerror(errno));
+            goto out;
+        }
+        done += (uint64_t)r;
+    }
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int dl = 0;
+    EVP_DigestFinal_ex(md, d, &dl);
+    if (!rp_digest_matches(it->digest, d, dl)) {
+        snprintf(err, errlen, "blob %s in the cache does not match its digest (damaged disk?)",
+                 it->digest);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(buf);
+    EVP_MD_CTX_free(md);
+    close(b.fd);
+    rp_cache_release(c, it->digest);
+    return rc;
+}
+
+static int w_blob_out(void *arg, const void *p, size_t n)
+{
+    return w_write(arg, p, n, true);
+}
+
+static int write_bundle(struct collect *k, const struct rp_export_opts *o, struct rp_progress *prog,
+                        uint64_t *total_out, size_t *parts_out)
+{
+    struct writer w = {.base = o->output, .split = o->split, .fd = -1, .prog = prog};
+    char err[1024];
+    int rc = -1;
+    char *meta = meta_json(k);
+    size_t zlen;
+    char *z = lz4_encode(meta, strlen(meta), &zlen);
+    free(meta);
+    /* The header carries the total length, so a reader knows how many parts to expect
+     * and when the stream is cut short. */
+    uint64_t total = RP_BUNDLE_HEADER_LEN + record_len(NULL, zlen) + record_len(NULL, TRAILER_LEN);
+    for (size_t i = 0; i < k->n_manifests; i++)
+        total += record_len(k->manifests[i].digest, k->manifests[i].data_len);
+    for (size_t i = 0; i < k->n_blobs; i++)
+        total += record_len(k->blobs[i].digest, k->blobs[i].size);
+    prog->total_bytes = total;
+    w.sha = EVP_MD_CTX_new();
+    if (!w.sha || EVP_DigestInit_ex(w.sha, EVP_sha256(), NULL) != 1)
+        goto fail;
+    unsigned char h[RP_BUNDLE_HEADER_LEN];
+    memcpy(h, RP_BUNDLE_MAGIC, 8);
+    put_u32(h + 8, RP_BUNDLE_VERSION);
+    put_u32(h + 12, 0);
+    put_u64(h + 16, total);
+    put_u64(h + 24, o->split);
+    if (w_write(&w, h, sizeof(h), true) != 0 || w_record(&w, REC_META, NULL, zlen) != 0 ||
+        w_write(&w, z, zlen, true) != 0)
+        goto fail;
+    for (size_t i = 0; i < k->n_manifests; i++) {
+        const struct bundle_item *it = &k->manifests[i];
+        if (w_record(&w, REC_MANIFEST, it->digest, it->data_len) != 0 ||
+            w_write(&w, it->data, it->data_len, true) != 0)
+            goto fail;
+    }
+    for (size_t i = 0; i < k->n_blobs; i++) {
+        const struct bundle_item *it = &k->blobs[i];
+        if (w_record(&w, REC_BLOB, it->digest, it->size) != 0)
+            goto fail;
+        if (write_blob(k->c, it, w_blob_out, &w, err, sizeof(err)) != 0) {
+            fprintf(stderr, "regproxy export: %s\n", err);
+            goto out;
+        }
+    }
+    unsigned char sum[EVP_MAX_MD_SIZE];
+    unsigned int sl = 0;
+    EVP_DigestFinal_ex(w.sha, sum, &sl);
+    if (w_record(&w, REC_TRAILER, NULL, TRAILER_LEN) != 0 ||
+        w_write(&w, sum, TRAILER_LEN, false) != 0 || w.pos != total || w_finish(&w) != 0)
+        goto fail;
+    *total_out = total;
+    *parts_out = w.n;
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "regproxy export: writing %s: %s\n", o->output, strerror(errno));
+out:
+    w_cleanup(&w, rc != 0);
+    free(z);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- OCI layout --- */
+
+static int mkdirs(const char *path)
+{
+    char *p = rp_xstrdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            free(p);
+            return -1;
+        }
+        *s = '/';
+    }
+    int rc = mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+    free(p);
+    return rc;
+}
+
+struct fd_out {
+    int fd;
+    struct rp_progress *prog;
+};
+
+static int fd_write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t r = write(fd, c, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        c += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int fd_out_cb(void *arg, const void *p, size_t n)
+{
+    struct fd_out *f = arg;
+    if (fd_write_all(f->fd, p, n) != 0)
+        return -1;
+    f->prog->bytes += n;
+    rp_progress_update(f->prog, false);
+    return 0;
+}
+
+/* path/blobs/<alg>/<hex>, written under a temp name and renamed; one of the right size is
+ * kept (a rerun after an interruption resumes). */
+static int oci_blob(const char *dir, const char *digest, struct rp_cache *c,
+                    const struct bundle_item *it, const char *data, size_t len,
+                    struct rp_progress *prog, char *err, size_t errlen)
+{
+    const char *colon = strchr(digest, ':');
+    char *sub = rp_xasprintf("%s/blobs/%.*s", dir, (int)(colon - digest), digest);
+    char *path = rp_xasprintf("%s/%s", sub, colon + 1);
+    char *tmp = rp_xasprintf("%s.tmp", path);
+    int rc = -1, fd = -1;
+    struct stat st;
+    uint64_t want = data ? len : it->size;
+    if (stat(path, &st) == 0 && (uint64_t)st.st_size == want) {
+        prog->bytes += want;
+        rc = 0;
+        goto out;
+    }
+    if (mkdirs(sub) != 0 || (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    struct fd_out fo = {.fd = fd, .prog = prog};
+    if (data) {
+        if (fd_out_cb(&fo, data, len) != 0) {
+            snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+            goto out;
+        }
+    } else if (write_blob(c, it, fd_out_cb, &fo, err, errlen) != 0) {
+        goto out;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        fd = -1;
+        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (rc != 0)
+        unlink(tmp);
+    free(tmp);
+    free(path);
+    free(sub);
+    return rc;
+}
+
+static int write_text_file(const char *dir, const char *name, const char *text)
+{
+    char *path = rp_xasprintf("%s/%s", dir, name);
+    char *tmp = rp_xasprintf("%s.tmp", path);
+    int rc = -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0 && fd_write_all(fd, text, strlen(text)) == 0 && fsync(fd) == 0) {
+        close(fd);
+        fd = -1;
+        rc = rename(tmp, path);
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rc != 0)
+        unlink(tmp);
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+/* The OCI image layout skopeo, podman and containerd read: every image under its full
+ * name "registry/repo:tag" as org.opencontainers.image.ref.name, and under its bare tag
+ * too when no other exported image has that tag (so `oci:DIR:v1` works). */
+static int write_oci(struct collect *k, const char *dir, struct rp_progress *prog)
+{
+    char err[1024];
+    if (mkdirs(dir) != 0) {
+        fprintf(stderr, "regproxy export: %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < k->n_manifests; i++) {
+        struct rp_cache_manifest m;
+        const struct bundle_item *it = &k->manifests[i];
+        if (rp_cache_manifest_get(k->c, it->digest, &m) != RP_CACHE_OK) {
+            fprintf(stderr, "regproxy export: manifest %s vanished from the cache\n", it->digest);
+            return -1;
+        }
+        int e = oci_blob(dir, it->digest, k->c, it, m.data, m.len, prog, err, sizeof(err));
+        rp_cache_manifest_free(&m);
+        if (e != 0) {
+            fprintf(stderr, "regproxy export: %s\n", err);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < k->n_blobs; i++) {
+        if (oci_blob(dir, k->blobs[i].digest, k->c, &k->blobs[i], NULL, 0, prog, err,
+                     sizeof(err)) != 0) {
+            fprintf(stderr, "regproxy export: %s\n", err);
+            return -1;
+        }
+    }
+    json_t *mans = json_array();
+    for (size_t i = 0; i < k->n_images; i++) {
+        const struct bundle_image *im = &k->images[i];
+        size_t mi = dindex_find(&k->mi, k->manifests, im->digest);
+        const struct bundle_item *it = &k->manifests[mi];
+        char *full = im->tag ? rp_xasprintf("%s/%s:%s", im->registry, im->repo, im->tag)
+                             : rp_xasprintf("%s/%s@%s", im->registry, im->repo, im->digest);
+        bool unique = im->tag != NULL;
+        for (size_t j = 0; j < k->n_images && unique; j++)
+            unique = j == i || !k->images[j].tag || strcmp(k->images[j].tag, im->tag) != 0;
+        const char *names[2] = {full, unique ? im->tag : NULL};
+        for (int n = 0; n < 2; n++) {
+            if (!names[n])
+                continue;
+            json_array_append_new(mans, json_pack("{s:s, s:s, s:I, s:{s:s}}", "mediaType",
+                                                  it->media_type, "digest", it->digest, "size",
+                                                  (json_int_t)it->size, "annotations",
+                                                  "org.opencontainers.image.ref.name", names[n]));
+        }
+        free(full);
+    }
+    json_t *index = json_pack("{s:i, s:s, s:o}", "schemaVersion", 2, "mediaType",
+                              RP_MEDIA_OCI_INDEX, "manifests", mans);
+    char *text = json_dumps(index, JSON_COMPACT);
+    json_decref(index);
+    int rc = 0;
+    if (write_text_file(dir, "oci-layout", "{\"imageLayoutVersion\":\"1.0.0\"}") != 0 ||
+        write_text_file(dir, "index.json", text) != 0) {
+        fprintf(stderr, "regproxy export: writing %s: %s\n", dir, strerror(errno));
+        rc = -1;
+    }
+    free(text);
+    return rc;
+}
+
+int rp_export_main(struct rp_conf *conf, const struct rp_export_opts *o)
+{
+    struct collect k;
+    memset(&k, 0, sizeof(k));
+    int rc = 1;
+    if (o->split && o->split < SPLIT_MIN) {
+        fprintf(stderr, "regproxy export: --split must be at least 64K\n");
+        return 2;
+    }
+    k.c = open_cache(conf, "export");
+    if (!k.c)
+        return 1;
+    if (collect_all(&k, conf, o->list) != 0)
+        goto out;
+    struct rp_progress prog;
+    uint64_t manifest_bytes = 0;
+    for (size_t i = 0; i < k.n_manifests; i++)
+        manifest_bytes += k.manifests[i].size;
+    rp_progress_init(&prog, "exporting", k.n_images, k.blob_bytes + manifest_bytes);
+    uint64_t total = 0;
+    size_t parts = 1;
+    if (o->oci) {
+        if (write_oci(&k, o->oci, &prog) != 0)
+            goto out;
+        total = prog.bytes;
+    } else if (write_bundle(&k, o, &prog, &total, &parts) != 0) {
+        goto out;
+    }
+    prog.done = k.n_images;
+    rp_progress_end(&prog);
+    for (size_t i = 0; i < k.n_images; i++)
+        printf("exported %s/%s%s%s@%s\n", k.images[i].registry, k.images[i].repo,
+               k.images[i].tag ? ":" : "", k.images[i].tag ? k.images[i].tag : "",
+               k.images[i].digest);
+    char sz[32];
+    rp_format_bytes(total, sz, sizeof(sz));
+    double secs = (double)(rp_now_ms() - prog.start_ms) / 1000.0;
+    printf("export: %zu images, %zu manifests, %zu blobs; %s %s %s in %.2f s (%.1f MB/s)",
+           k.n_images, k.n_manifests, k.n_blobs, sz, o->oci ? "into the OCI layout" : "to",
+           o->oci ? o->oci : o->output, secs, secs > 0 ? (double)total / 1e6 / secs : 0.0);
+    if (!o->oci && o->split)
+        printf(" (%zu parts %s.000 ...)", parts, o->output);
+    if (k.skipped_children)
+        printf("; %zu platform manifests not in the cache were left out", k.skipped_children);
+    printf("\n");
+    rc = 0;
+out:
+    collect_free(&k);
+    rp_cache_close(k.c);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- import --- */
+
+/* The parts of a bundle as files, read as one stream. */
+struct parts {
+    char **paths;
+    uint64_t *sizes;
+    size_t n, cur;
+    int fd;
+};
+
+static void parts_free(struct parts *p)
+{
+    if (p->fd >= 0)
+        close(p->fd);
+    for (size_t i = 0; i < p->n; i++)
+        free(p->paths[i]);
+    free(p->paths);
+    free(p->sizes);
+    memset(p, 0, sizeof(*p));
+    p->fd = -1;
+}
+
+static int parts_rewind(struct parts *p)
+{
+    if (p->fd >= 0)
+        close(p->fd);
+    p->cur = 0;
+    p->fd = open(p->paths[0], O_RDONLY | O_CLOEXEC);
+    if (p->fd >= 0)
+        posix_fadvise(p->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return p->fd < 0 ? -1 : 0;
+}
+
+static long parts_read(void *arg, void *buf, size_t n, const char **why)
+{
+    struct parts *p = arg;
+    for (;;) {
+        if (p->fd < 0)
+            return 0;
+        ssize_t r = read(p->fd, buf, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            *why = strerror(errno);
+            return -1;
+        }
+        if (r > 0)
+            return (long)r;
+        close(p->fd);
+        p->fd = -1;
+        if (p->cur + 1 == p->n)
+            return 0;
+        p->cur++;
+        p->fd = open(p->paths[p->cur], O_RDONLY | O_CLOEXEC);
+        if (p->fd < 0) {
+            *why = "a bundle part vanished while reading";
+            return -1;
+        }
+        posix_fadvise(p->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
+}
+
+static int parts_skip(void *arg, uint64_t n, const char **why)
+{
+    struct parts *p = arg;
+    while (n > 0) {
+        if (p->fd < 0) {
+            *why = "past the end";
+            return -1;
+        }
+        off_t at = lseek(p->fd, 0, SEEK_CUR);
+        uint64_t left = at < 0 ? 0 : p->sizes[p->cur] - (uint64_t)at;
+        uint64_t k = n < left ? n : left;
+        if (at < 0 || lseek(p->fd, (off_t)k, SEEK_CUR) < 0) {
+            *why = strerror(errno);
+            return -1;
+        }
+        n -= k;
+        if (n > 0) {
+            close(p->fd);
+            p->fd = -1;
+            if (p->cur + 1 == p->n) {
+                *why = "past the end";
+                return -1;
+            }
+            p->fd = open(p->paths[++p->cur], O_RDONLY | O_CLOEXEC);
+        }
+    }
+    return 0;
+}
+
+/* Finds the bundle's files from BUNDLE (one file, or the .000 part, or the prefix of the
+ * parts) and checks that every part its header announces is there with the right size. */
+static int parts_open(const char *path, struct parts *p, char *err, size_t errlen)
+{
+    memset(p, 0, sizeof(*p));
+    p->fd = -1;
+    struct stat st;
+    char *first = rp_xstrdup(path);
+    if (stat(first, &st) != 0) {
+        free(first);
+        first = rp_xasprintf("%s.000", path);
+        if (stat(first, &st) != 0) {
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+            free(first);
+            return -1;
+        }
+    }
+    unsigned char h[RP_BUNDLE_HEADER_LEN];
+    int fd = open(first, O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, h, sizeof(h)) : -1;
+    if (fd >= 0)
+        close(fd);
+    uint64_t total, part_size;
+    if (got != (ssize_t)sizeof(h)) {
+        snprintf(err, errlen, "%s: %s", first,
+                 got < 0 ? strerror(errno) : "too short for a bundle header (truncated?)");
+        free(first);
+        return -1;
+    }
+    if (parse_header(h, &total, &part_size, err, errlen) != 0) {
+        free(first);
+        return -1;
+    }
+    size_t n = part_size ? (size_t)((total + part_size - 1) / part_size) : 1;
+    char *base = NULL;
+    size_t fl = strlen(first);
+    if (part_size) {
+        if (fl < 4 || strcmp(first + fl - 4, ".000") != 0) {
+            snprintf(err, errlen, "%s is part of a split bundle: name its first part, %s.000",
+                     first, first);
+            free(first);
+            return -1;
+        }
+        base = rp_xstrndup(first, fl - 4);
+    }
+    p->paths = rp_xcalloc(n, sizeof(*p->paths));
+    p->sizes = rp_xcalloc(n, sizeof(*p->sizes));
+    p->n = n;
+    for (size_t i = 0; i < n; i++) {
+        p->paths[i] = part_size ? part_name(base, part_size, i) : rp_xstrdup(first);
+        uint64_t want = part_size ? (i + 1 < n ? part_size : total - part_size * (n - 1)) : total;
+        p->sizes[i] = want;
+        if (stat(p->paths[i], &st) != 0) {
+            snprintf(err, errlen, "bundle part %s is missing (the bundle has %zu parts)",
+                     p->paths[i], n);
+            goto fail;
+        }
+        if ((uint64_t)st.st_size != want) {
+            snprintf(err, errlen,
+                     "bundle part %s has %llu bytes, %llu expected: %s (copy it again)",
+                     p->paths[i], (unsigned long long)st.st_size, (unsigned long long)want,
+                     (uint64_t)st.st_size < want ? "truncated" : "wrong file");
+            goto fail;
+        }
+    }
+    free(base);
+    free(first);
+    if (parts_rewind(p) != 0) {
+        snprintf(err, errlen, "%s: %s", p->paths[0], strerror(errno));
+        parts_free(p);
+        return -1;
+    }
+    return 0;
+fail:
+    free(base);
+    free(first);
+    parts_free(p);
+    return -1;
+}
+
+struct import {
+    const struct rp_conf *conf;
+    struct rp_cache *c;
+    struct rp_progress *prog;
+    const struct rp_bundle_meta *meta;
+    /* publishing */
+    const struct bundle_item *blob; /* the blob being read */
+    size_t next_manifest, next_blob;
+    struct rp_cache_fill *fill;
+    size_t new_manifests, new_blobs, cached_blobs;
+    uint64_t new_bytes;
+};
+
+static const char *local_registry(const struct import *im, const char *name)
+{
+    const struct rp_conf_registry *r = rp_conf_find_registry(im->conf, name, strlen(name));
+    return r ? r->name : NULL;
+}
+
+/* Pass 1: the metadata names only registries this configuration serves. */
+static int verify_meta_cb(void *arg, const struct rp_bundle_meta *m, char *err, size_t errlen)
+{
+    struct import *im = arg;
+    im->meta = m;
+    im->prog->total = m->n_images;
+    for (size_t i = 0; i < m->n_images; i++) {
+        if (!local_registry(im, m->images[i].registry)) {
+            snprintf(err, errlen,
+                     "the bundle has images of registry %s, which %s does not configure "
+                     "(add a [registry \"%s\"] section, offline = yes)",
+                     m->images[i].registry, im->conf->source, m->images[i].registry);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int verify_blob_cb(void *arg, const char *digest, uint64_t size, char *err, size_t errlen)
+{
+    (void)digest;
+    (void)err;
+    (void)errlen;
+    struct import *im = arg;
+    im->prog->bytes += size;
+    rp_progress_update(im->prog, false);
+    return 1;
+}
+
+static int link_all(struct import *im, const struct bundle_item *it, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < it->n_repos; i++) {
+        const char *reg = local_registry(im, it->repos[i].registry);
+        if (!reg)
+            continue; /* a registry no image of ours names; nothing serves it */
+        int e = rp_cache_link(im->c, reg, it->repos[i].repo, it->digest);
+        if (e != RP_CACHE_OK) {
+            snprintf(err, errlen, "linking %s to %s/%s: %s", it->digest, reg, it->repos[i].repo,
+                     rp_cache_strerror(e));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The metadata entry of the record being read: the reader enforces metadata order, so it
+ * is the one after the previous. */
+static const struct bundle_item *next_item(const struct bundle_item *v, size_t n, size_t *cursor,
+                                           const char *digest)
+{
+    if (*cursor < n && strcmp(v[*cursor].digest, digest) == 0)
+        return &v[(*cursor)++];
+    rp_error("bundle: record %s out of order", digest); /* rp_bundle_read rules it out */
+    abort();
+}
+
+static int publish_manifest_cb(void *arg, const char *digest, const char *media_type,
+                               const char *data, size_t len, char *err, size_t errlen)
+{
+    struct import *im = arg;
+    const struct bundle_item *it =
+        next_item(im->meta->manifests, im->meta->n_manifests, &im->next_manifest, digest);
+    /* Pinned first: publishing evicts, and must not evict what it is importing. */
+    rp_cache_pin(im->c, digest);
+    struct rp_cache_manifest old;
+    bool had = rp_cache_manifest_get(im->c, digest, &old) == RP_CACHE_OK;
+    if (had)
+        rp_cache_manifest_free(&old);
+    int e = rp_cache_manifest_put(im->c, digest, media_type, data, len);
+    if (e != RP_CACHE_OK) {
+        snprintf(err, errlen, "storing manifest %s: %s", digest, rp_cache_strerror(e));
+        return -1;
+    }
+    if (!had)
+        im->new_manifests++;
+    im->prog->bytes += len;
+    return link_all(im, it, err, errlen);
+}
+
+static int publish_blob_begin_cb(void *arg, const char *digest, uint64_t size, char *err,
+                                 size_t errlen)
+{
+    struct import *im = arg;
+    im->blob = next_item(im->meta->blobs, im->meta->n_blobs, &im->next_blob, digest);
+    rp_cache_pin(im->c, digest);
+    struct rp_cache_blob b;
+    if (rp_cache_blob_open(im->c, digest, &b) == RP_CACHE_OK) {
+        /* Already there (verified when it was published): a second import changes
+         * nothing but missing links. */
+        close(b.fd);
+        rp_cache_release(im->c, digest);
+        im->cached_blobs++;
+        im->prog->bytes += size;
+        return link_all(im, im->blob, err, errlen) != 0 ? -1 : 1;
+    }
+    int e = 0;
+    im->fill = rp_cache_fill_begin(im->c, digest, (int64_t)size, &e);
+    if (!im->fill) {
+        snprintf(err, errlen, "storing blob %s: %s", digest, rp_cache_strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+static int publish_blob_data_cb(void *arg, const void *p, size_t n, char *err, size_t errlen)
+{
+    struct import *im = arg;
+    int e = rp_cache_fill_write(im->fill, p, n);
+    if (e != RP_CACHE_OK) {
+        snprintf(err, errlen, "storing blob %s: %s", im->blob->digest, rp_cache_strerror(e));
+        return -1;
+    }
+    im->prog->bytes += n;
+    rp_progress_update(im->prog, false);
+    return 0;
+}
+
+static int publish_blob_end_cb(void *arg, char *err, size_t errlen)
+{
+    struct import *im = arg;
+    int e = rp_cache_fill_commit(im->fill);
+    im->fill = NULL;
+    if (e != RP_CACHE_OK) {
+        snprintf(err, errlen, "storing blob %s: %s", im->blob->digest, rp_cache_strerror(e));
+        return -1;
+    }
+    im->new_blobs++;
+    im->new_bytes += im->blob->size;
+    return link_all(im, im->blob, err, errlen);
+}
+
+int rp_import_main(struct rp_conf *conf, const char *bundle)
+{
+    struct parts parts;
+    struct import im = {.conf = conf};
+    struct rp_progress prog;
+    struct rp_bundle_meta *meta = NULL;
+    char err[1024];
+    int rc = 1;
+    if (parts_open(bundle, &parts, err, sizeof(err)) != 0) {
+        fprintf(stderr, "regproxy import: refused, nothing imported: %s\n", err);
+        return 1;
+    }
+    /* Fail fast on a running proxy, before a long verification. */
+    if (cache_lock_held(conf->cache.dir)) {
+        fprintf(stderr,
+                "regproxy import: the cache %s is in use (its lock is held, by a running "
+                "regproxy?): stop it, import, then start it again\n",
+                conf->cache.dir);
+        goto out;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < parts.n; i++)
+        total += parts.sizes[i];
+    rp_progress_init(&prog, "verifying", 0, total);
+    im.prog = &prog;
+    struct rp_bundle_src src = {.read = parts_read, .skip = parts_skip, .arg = &parts};
+    const struct rp_bundle_sink verify = {.meta = verify_meta_cb, .blob_begin = verify_blob_cb};
+    /* Pass 1: everything is read and checked; the cache is not even opened. */
+    if (rp_bundle_read(&src, 0, &verify, &im, &meta, err, sizeof(err)) != 0) {
+        rp_progress_end(&prog);
+        fprintf(stderr, "regproxy import: refused, nothing imported: %s\n", err);
+        goto out;
+    }
+    rp_progress_end(&prog);
+    double verify_s = (double)(rp_now_ms() - prog.start_ms) / 1000.0;
+    printf("import: %s verified (%zu part%s, %zu images, %zu manifests, %zu blobs) in %.2f s\n",
+           parts.paths[0], parts.n, parts.n == 1 ? "" : "s", meta->n_images, meta->n_manifests,
+           meta->n_blobs, verify_s);
+    fflush(stdout);
+    im.c = open_cache(conf, "import");
+    if (!im.c)
+        goto out;
+    /* Pass 2: publish through the cache, which verifies each digest again. */
+    struct rp_progress pub;
+    rp_progress_init(&pub, "importing", meta->n_images, total);
+    pub.start_ms = prog.start_ms;
+    im.prog = &pub;
+    const struct rp_bundle_sink publish = {.meta = verify_meta_cb,
+                                           .manifest = publish_manifest_cb,
+                                           .blob_begin = publish_blob_begin_cb,
+                                           .blob_data = publish_blob_data_cb,
+                                           .blob_end = publish_blob_end_cb};
+    struct rp_bundle_meta *meta2 = NULL;
+    if (parts_rewind(&parts) != 0 ||
+        rp_bundle_read(&src, RP_BUNDLE_F_TRUSTED, &publish, &im, &meta2, err, sizeof(err)) != 0) {
+        rp_progress_end(&pub);
+        rp_cache_fill_abort(im.fill);
+        im.fill = NULL;
+        fprintf(stderr,
+                "regproxy import: failed while publishing (what was published is complete and "
+                "verified; importing again finishes the job): %s\n",
+                err[0] ? err : strerror(errno));
+        goto out;
+    }
+    rp_bundle_meta_free(meta2);
+    size_t tags_set = 0;
+    for (size_t i = 0; i < meta->n_images; i++) {
+        const struct bundle_image *bi = &meta->images[i];
+        const char *reg = local_registry(&im, bi->registry);
+        rp_pin_walk(im.c, bi->digest);
+        if (bi->tag) {
+            char cur[RP_CACHE_DIGEST_BUF];
+            int64_t t;
+            bool same = rp_cache_tag_get(im.c, reg, bi->repo, bi->tag, cur, sizeof(cur), &t) ==
+                            RP_CACHE_OK &&
+                        strcmp(cur, bi->digest) == 0;
+            if (!same) {
+                int e = rp_cache_tag_set(im.c, reg, bi->repo, bi->tag, bi->digest,
+                                         bi->tag_time >= 0 ? bi->tag_time : rp_wall_s());
+                if (e != RP_CACHE_OK) {
+                    fprintf(stderr, "regproxy import: tag %s/%s:%s: %s\n", reg, bi->repo, bi->tag,
+                            rp_cache_strerror(e));
+                    goto out;
+                }
+                tags_set++;
+            }
+        }
+        if (rp_pins_add(conf->cache.dir, reg, bi->repo, bi->tag, bi->digest) != 0)
+            goto out;
+        pub.done = i + 1;
+        rp_progress_line(&pub, "imported %s/%s%s%s@%s", reg, bi->repo, bi->tag ? ":" : "",
+                         bi->tag ? bi->tag : "", bi->digest);
+    }
+    rp_progress_end(&pub);
+    char nb[32], tb[32];
+    rp_format_bytes(im.new_bytes, nb, sizeof(nb));
+    rp_format_bytes(total, tb, sizeof(tb));
+    double secs = (double)(rp_now_ms() - prog.start_ms) / 1000.0;
+    printf("import: %zu images; %zu new manifests, %zu new blobs (%s), %zu blobs already "
+           "cached, %zu tags set; %s bundle in %.2f s (%.1f MB/s)\n",
+           meta->n_images, im.new_manifests, im.new_blobs, nb, im.cached_blobs, tags_set, tb, secs,
+           secs > 0 ? (double)total / 1e6 / secs : 0.0);
+    rc = 0;
+out:
+    rp_bundle_meta_free(meta);
+    rp_cache_close(im.c);
+    parts_free(&parts);
+    return rc;
+}

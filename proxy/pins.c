@@ -1,0 +1,231 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* pins: the pins file (<cache dir>/pins) that lists mirrored and imported images, and the
+ * manifest walk that pins an image's every digest. The cache's own pins survive only clean
+ * restarts; this file makes them survive crashes too: the server re-pins from it at start. */
+#include "offline.h"
+
+#include "../util/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PINS_FILE_MAX ((size_t)64 << 20)
+/* An index of indexes is legal but rare; deeper nesting is not an image. */
+#define WALK_DEPTH_MAX 4
+
+static char *pins_path(const char *cache_dir)
+{
+    return rp_xasprintf("%s/%s", cache_dir, RP_PINS_FILE);
+}
+
+/* Reads the file (missing: empty). 0 or -1 (errno set). */
+static int read_all(const char *path, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    struct stat st;
+    int rc = -1;
+    if (fstat(fd, &st) != 0)
+        goto out;
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > PINS_FILE_MAX) {
+        errno = EFBIG;
+        goto out;
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    char *buf = rp_xmalloc(size + 1);
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
+    rc = 0;
+out:
+    close(fd);
+    return rc;
+}
+
+static bool has_line(const char *buf, size_t len, const char *line)
+{
+    size_t n = strlen(line);
+    for (size_t pos = 0; pos < len;) {
+        const char *nl = memchr(buf + pos, '\n', len - pos);
+        size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
+        if (l == n && memcmp(buf + pos, line, n) == 0)
+            return true;
+        pos += l + 1;
+    }
+    return false;
+}
+
+int rp_pins_add(const char *cache_dir, const char *registry, const char *repo, const char *tag,
+                const char *digest)
+{
+    char *path = pins_path(cache_dir);
+    char *tmp = rp_xasprintf("%s.tmp", path);
+    char *line = rp_xasprintf("%s/%s%s%s@%s", registry, repo, tag && tag[0] ? ":" : "",
+                              tag ? tag : "", digest);
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = -1, fd = -1;
+    if (read_all(path, &buf, &len) != 0) {
+        rp_error("pins: reading %s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (has_line(buf, len, line)) {
+        rc = 0;
+        goto out;
+    }
+    /* Rewritten whole and renamed: a crash leaves the old list or the new, never a torn
+     * line (the lock on the cache makes us its only writer). */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        goto fail;
+    struct rp_buf b;
+    rp_buf_init(&b, PINS_FILE_MAX + 4096);
+    if ((len && rp_buf_add(&b, buf, len) < 0) ||
+        (len && buf[len - 1] != '\n' && rp_buf_add(&b, "\n", 1) < 0) ||
+        rp_buf_addf(&b, "%s\n", line) < 0) {
+        rp_buf_free(&b);
+        errno = EFBIG;
+        goto fail;
+    }
+    size_t off = 0;
+    while (off < b.len) {
+        ssize_t w = write(fd, b.data + off, b.len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            rp_buf_free(&b);
+            goto fail;
+        }
+        off += (size_t)w;
+    }
+    rp_buf_free(&b);
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        fd = -1;
+        goto fail;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0)
+        goto fail;
+    int dfd = open(cache_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    rc = 0;
+    goto out;
+fail:
+    rp_error("pins: writing %s: %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    unlink(tmp);
+out:
+    free(buf);
+    free(line);
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *n, char *err,
+                 size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    char *path = pins_path(conf->cache.dir);
+    char *buf = NULL;
+    size_t len = 0;
+    if (read_all(path, &buf, &len) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        free(path);
+        return -1;
+    }
+    struct rp_image_ref *v = NULL;
+    size_t cnt = 0, alloc = 0;
+    unsigned lineno = 0;
+    for (size_t pos = 0; pos < len;) {
+        lineno++;
+        const char *s = buf + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t l = nl ? (size_t)(nl - s) : len - pos;
+        pos += l + 1;
+        if (l == 0 || s[0] == '#')
+            continue;
+        if (cnt == alloc) {
+            alloc = alloc ? alloc * 2 : 16;
+            v = rp_xrealloc(v, alloc * sizeof(*v));
+        }
+        const char *why = NULL;
+        if (rp_image_ref_parse(conf, s, l, &v[cnt], &why) != 0 || !v[cnt].digest[0]) {
+            /* A registry removed from the configuration: its content is not served
+             * anyway, so unpinned is right. */
+            rp_warn("pins: %s:%u: skipped: %s", path, lineno, why ? why : "no digest");
+            continue;
+        }
+        cnt++;
+    }
+    free(buf);
+    free(path);
+    *out = v;
+    *n = cnt;
+    return 0;
+}
+
+static size_t walk(struct rp_cache *c, const char *digest, int depth)
+{
+    rp_cache_pin(c, digest);
+    size_t n = 1;
+    struct rp_cache_manifest m;
+    if (depth > WALK_DEPTH_MAX || rp_cache_manifest_get(c, digest, &m) != RP_CACHE_OK)
+        return n;
+    struct rp_manifest_refs refs;
+    char err[256];
+    if (rp_manifest_refs(m.data, m.len, &refs, err, sizeof(err)) == 0) {
+        for (size_t i = 0; i < refs.n; i++) {
+            if (refs.v[i].kind == RP_REF_CHILD)
+                n += walk(c, refs.v[i].digest, depth + 1);
+            else {
+                rp_cache_pin(c, refs.v[i].digest);
+                n++;
+            }
+        }
+        rp_manifest_refs_free(&refs);
+    }
+    rp_cache_manifest_free(&m);
+    return n;
+}
+
+size_t rp_pin_walk(struct rp_cache *c, const char *digest)
+{
+    return walk(c, digest, 0);
+}
+
+void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf)
+{
+    struct rp_image_ref *v = NULL;
+    size_t n = 0, digests = 0;
+    char err[512];
+    if (rp_pins_load(conf, &v, &n, err, sizeof(err)) != 0) {
+        rp_warn("pins: %s; mirrored images are not pinned", err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        digests += rp_pin_walk(c, v[i].digest);
+    if (n)
+        rp_info("pins: %zu mirrored or imported images pinned (%zu digests)", n, digests);
+    free(v);
+}

@@ -1,0 +1,397 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Unit tests of the disconnected-cluster code without a network: manifest references,
+ * --platform filters, image references, the offline configuration, and export -> verify ->
+ * import of a small cache, with damaged bundles refused. `test_bundle --write-seeds DIR`
+ * writes the fuzz_bundle seed corpus (a valid bundle and damaged variants). */
+#include "../unit.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cache/cache.h"
+#include "conf/conf.h"
+#include "proxy/offline.h"
+#include "util/util.h"
+
+static char tmpdir[64];
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)flag;
+    (void)f;
+    return remove(p);
+}
+
+static void rm_rf(const char *dir)
+{
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    struct rp_buf b;
+    rp_buf_init(&b, (size_t)1 << 30);
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        rp_buf_add(&b, chunk, n);
+    fclose(f);
+    *len = b.len;
+    return b.data ? b.data : rp_xstrdup("");
+}
+
+static void spit(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return;
+    fwrite(p, 1, n, f);
+    fclose(f);
+}
+
+static struct rp_conf *conf_for(const char *cache, bool offline)
+{
+    char *text = rp_xasprintf("[listen \"127.0.0.1:5000\"]\n[cache]\ndir = %s\n%s"
+                              "[registry \"reg.example\"]\n%s[admin]\nlisten = off\n",
+                              cache, offline ? "offline = yes\n" : "",
+                              offline ? "" : "url = https://reg.example\n");
+    struct rp_conf *c = NULL;
+    char err[512];
+    if (rp_conf_parse(text, strlen(text), "test.conf", &c, err, sizeof(err)) != 0)
+        fprintf(stderr, "conf: %s\n", err);
+    free(text);
+    return c;
+}
+
+static void test_manifest_refs(void)
+{
+    const char *idx =
+        "{\"schemaVersion\":2,\"manifests\":[{\"digest\":\"sha256:"
+        "1111111111111111111111111111111111111111111111111111111111111111\",\"size\":5,"
+        "\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\",\"variant\":\"v8\"}},"
+        "{\"digest\":\"sha256:2222222222222222222222222222222222222222222222222222222222222222\","
+        "\"size\":7,\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}]}";
+    struct rp_manifest_refs r;
+    char err[256];
+    CHECK_INT(rp_manifest_refs(idx, strlen(idx), &r, err, sizeof(err)), 0);
+    CHECK(r.is_index);
+    CHECK_INT(r.n, 2);
+    if (r.n == 2) {
+        CHECK_STR(r.v[0].arch, "arm64");
+        CHECK_STR(r.v[0].variant, "v8");
+        CHECK_INT(r.v[1].size, 7);
+        struct rp_platforms *p = NULL;
+        CHECK_INT(rp_platforms_parse("linux/arm64", &p, err, sizeof(err)), 0);
+        CHECK(rp_platforms_match(p, &r.v[0]));
+        CHECK(!rp_platforms_match(p, &r.v[1]));
+        rp_platforms_free(p);
+        CHECK_INT(rp_platforms_parse("linux/arm64/v7,linux/amd64", &p, err, sizeof(err)), 0);
+        CHECK(!rp_platforms_match(p, &r.v[0]));
+        CHECK(rp_platforms_match(p, &r.v[1]));
+        rp_platforms_free(p);
+        CHECK(rp_platforms_match(NULL, &r.v[0]));
+    }
+    rp_manifest_refs_free(&r);
+    struct rp_platforms *p = NULL;
+    CHECK_INT(rp_platforms_parse("linux", &p, err, sizeof(err)), -1);
+    CHECK_INT(rp_platforms_parse("linux/amd64,", &p, err, sizeof(err)), -1);
+    CHECK_INT(rp_platforms_parse("a/b/c/d", &p, err, sizeof(err)), -1);
+
+    const char *img =
+        "{\"schemaVersion\":2,\"config\":{\"digest\":\"sha256:"
+        "3333333333333333333333333333333333333333333333333333333333333333\",\"size\":2},"
+        "\"layers\":[{\"mediaType\":\"application/vnd.docker.image.rootfs.foreign.diff.tar."
+        "gzip\",\"digest\":\"sha256:"
+        "4444444444444444444444444444444444444444444444444444444444444444\",\"size\":1},"
+        "{\"digest\":\"sha256:5555555555555555555555555555555555555555555555555555555555555555\","
+        "\"size\":0}]}";
+    CHECK_INT(rp_manifest_refs(img, strlen(img), &r, err, sizeof(err)), 0);
+    CHECK(!r.is_index);
+    CHECK_INT(r.n, 2); /* config + the distributable layer */
+    if (r.n == 2) {
+        CHECK_INT(r.v[0].kind, RP_REF_CONFIG);
+        CHECK_INT(r.v[1].kind, RP_REF_LAYER);
+    }
+    rp_manifest_refs_free(&r);
+    const char *bad[] = {"",
+                         "[]",
+                         "{\"schemaVersion\":1,\"fsLayers\":[]}",
+                         "{\"manifests\":[{\"digest\":\"sha256:ab\",\"size\":1}]}",
+                         "{\"config\":{\"digest\":\"sha256:"
+                         "3333333333333333333333333333333333333333333333333333333333333333\","
+                         "\"size\":-1},\"layers\":[]}",
+                         "{\"manifests\":{}}",
+                         "{\"a\":1,\"a\":2}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_INT(rp_manifest_refs(bad[i], strlen(bad[i]), &r, err, sizeof(err)), -1);
+        CHECK(err[0] != '\0');
+    }
+}
+
+static void test_image_refs(void)
+{
+    struct rp_conf *c = conf_for("/tmp/unused", false);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    struct rp_image_ref r;
+    const char *why = NULL;
+    char buf[512];
+    CHECK_INT(rp_image_ref_parse(c, "reg.example/ns/x:v1", 19, &r, &why), 0);
+    CHECK_STR(r.repo, "ns/x");
+    CHECK_STR(r.tag, "v1");
+    rp_image_ref_format(&r, buf, sizeof(buf));
+    CHECK_STR(buf, "reg.example/ns/x:v1");
+    const char *d = "reg.example/ns/x@sha256:"
+                    "1111111111111111111111111111111111111111111111111111111111111111";
+    CHECK_INT(rp_image_ref_parse(c, d, strlen(d), &r, &why), 0);
+    CHECK_STR(r.tag, "");
+    CHECK(r.digest[0] == 's');
+    CHECK_INT(rp_image_ref_parse(c, "reg.example/ns/x", 16, &r, &why), 0);
+    CHECK_STR(r.tag, "latest");
+    CHECK_INT(rp_image_ref_parse(c, "other.example/ns/x:v1", 21, &r, &why), -1);
+    CHECK_INT(rp_image_ref_parse(c, "ns/x:v1", 7, &r, &why), -1);
+    CHECK_INT(rp_image_ref_parse(c, "reg.example/ns/x:v 1", 20, &r, &why), -1);
+    CHECK_INT(rp_image_ref_parse(c, "reg.example/ns/x@sha256:12", 26, &r, &why), -1);
+    rp_conf_free(c);
+}
+
+static void test_offline_conf(void)
+{
+    struct rp_conf *c = conf_for("/tmp/unused", true);
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK(c->registries[0].offline);
+    CHECK(!c->registries[0].test_login);
+    CHECK_STR(c->registries[0].host, "reg.example");
+    CHECK_STR(c->registries[0].hostport, "reg.example");
+    rp_conf_free(c);
+    const char *t = "[listen \"127.0.0.1:1\"]\n[registry \"127.0.0.1:5000\"]\noffline = yes\n";
+    char err[512];
+    CHECK_INT(rp_conf_parse(t, strlen(t), "t.conf", &c, err, sizeof(err)), 0);
+    if (c) {
+        CHECK_STR(c->registries[0].hostport, "127.0.0.1:5000");
+        CHECK_INT(c->registries[0].port, 5000);
+        rp_conf_free(c);
+    }
+    t = "[listen \"127.0.0.1:1\"]\n[registry \"my mirror\"]\noffline = yes\n";
+    CHECK_INT(rp_conf_parse(t, strlen(t), "t.conf", &c, err, sizeof(err)), -1);
+    CHECK(strstr(err, "must be the registry's host") != NULL);
+    /* [cache] offline after the registry still waives its url */
+    t = "[listen \"127.0.0.1:1\"]\n[registry \"r.example\"]\n[cache]\noffline = yes\n";
+    CHECK_INT(rp_conf_parse(t, strlen(t), "t.conf", &c, err, sizeof(err)), 0);
+    rp_conf_free(c);
+}
+
+/* A cache with one tiny image (config + one layer) of reg.example/ns/x:v1, pinned. */
+static void make_source(const char *dir, char *mdigest)
+{
+    struct rp_conf *conf = conf_for(dir, false);
+    char err[512];
+    struct rp_cache *c = rp_cache_open(dir, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c || !conf) {
+        rp_conf_free(conf);
+        return;
+    }
+    const char *blobs[2] = {"{\"architecture\":\"amd64\",\"os\":\"linux\"}",
+                            "layer bytes, not really a tar"};
+    char bd[2][RP_CACHE_DIGEST_BUF];
+    for (int i = 0; i < 2; i++) {
+        rp_digest_of(NULL, blobs[i], strlen(blobs[i]), bd[i]);
+        int e;
+        struct rp_cache_fill *f = rp_cache_fill_begin(c, bd[i], (int64_t)strlen(blobs[i]), &e);
+        CHECK(f != NULL);
+        rp_cache_fill_write(f, blobs[i], strlen(blobs[i]));
+        CHECK_INT(rp_cache_fill_commit(f), 0);
+        CHECK_INT(rp_cache_link(c, "reg.example", "ns/x", bd[i]), 0);
+    }
+    char *m = rp_xasprintf("{\"schemaVersion\":2,\"mediaType\":\"%s\",\"config\":{\"mediaType\":"
+                           "\"application/vnd.oci.image.config.v1+json\",\"digest\":\"%s\","
+                           "\"size\":%zu},\"layers\":[{\"mediaType\":\"application/"
+                           "vnd.oci.image.layer.v1.tar\",\"digest\":\"%s\",\"size\":%zu}]}",
+                           RP_MEDIA_OCI_MANIFEST, bd[0], strlen(blobs[0]), bd[1], strlen(blobs[1]));
+    rp_digest_of(NULL, m, strlen(m), mdigest);
+    CHECK_INT(rp_cache_manifest_put(c, mdigest, RP_MEDIA_OCI_MANIFEST, m, strlen(m)), 0);
+    CHECK_INT(rp_cache_link(c, "reg.example", "ns/x", mdigest), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/x", "v1", mdigest, 1000), 0);
+    CHECK_INT(rp_pins_add(dir, "reg.example", "ns/x", "v1", mdigest), 0);
+    CHECK_INT(rp_pins_add(dir, "reg.example", "ns/x", "v1", mdigest), 0); /* once */
+    free(m);
+    rp_cache_close(c);
+    rp_conf_free(conf);
+}
+
+struct mem {
+    const char *p;
+    size_t len, pos;
+};
+
+static long mem_read(void *arg, void *buf, size_t n, const char **why)
+{
+    (void)why;
+    struct mem *m = arg;
+    size_t k = m->len - m->pos < n ? m->len - m->pos : n;
+    memcpy(buf, m->p + m->pos, k);
+    m->pos += k;
+    return (long)k;
+}
+
+static int verify_mem(const char *p, size_t len, char *err, size_t errlen)
+{
+    struct mem m = {.p = p, .len = len};
+    struct rp_bundle_src src = {.read = mem_read, .arg = &m};
+    return rp_bundle_read(&src, 0, NULL, NULL, NULL, err, errlen);
+}
+
+/* Exports the source cache, returns the bundle's bytes. */
+static char *export_bundle(const char *src, const char *path, size_t *len)
+{
+    struct rp_conf *conf = conf_for(src, false);
+    struct rp_export_opts o = {.output = path};
+    int rc = conf ? rp_export_main(conf, &o) : 1;
+    CHECK_INT(rc, 0);
+    rp_conf_free(conf);
+    return rc == 0 ? slurp(path, len) : NULL;
+}
+
+static void test_export_import(void)
+{
+    char src[128], dst[128], path[160], bad[160], err[1024];
+    char mdigest[RP_CACHE_DIGEST_BUF];
+    snprintf(src, sizeof(src), "%s/src", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/dst", tmpdir);
+    snprintf(path, sizeof(path), "%s/b.rpb", tmpdir);
+    snprintf(bad, sizeof(bad), "%s/bad.rpb", tmpdir);
+    make_source(src, mdigest);
+    size_t len = 0;
+    char *b = export_bundle(src, path, &len);
+    if (!b)
+        return;
+    CHECK_INT(verify_mem(b, len, err, sizeof(err)), 0);
+    /* Every single flipped bit, every truncation and any extra byte is refused. */
+    for (size_t i = 0; i < len; i++) {
+        b[i] ^= 0x10;
+        CHECK(verify_mem(b, len, err, sizeof(err)) != 0);
+        b[i] ^= 0x10;
+    }
+    for (size_t n = 0; n < len; n++)
+        CHECK(verify_mem(b, n, err, sizeof(err)) != 0);
+    char *longer = rp_xmalloc(len + 1);
+    memcpy(longer, b, len);
+    longer[len] = 0;
+    CHECK(verify_mem(longer, len + 1, err, sizeof(err)) != 0);
+    free(longer);
+    b[11] = 9;
+    CHECK(verify_mem(b, len, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "newer") != NULL);
+    b[11] = 1;
+
+    /* A bundle of a registry the importing side does not configure is refused whole. */
+    char *other_text = rp_xasprintf("[listen \"127.0.0.1:1\"]\n[cache]\ndir = %s\noffline = yes\n"
+                                    "[registry \"other.example\"]\n",
+                                    dst);
+    struct rp_conf *other = NULL;
+    CHECK_INT(rp_conf_parse(other_text, strlen(other_text), "o.conf", &other, err, sizeof(err)), 0);
+    free(other_text);
+    if (other)
+        CHECK_INT(rp_import_main(other, path), 1);
+    rp_conf_free(other);
+    /* An image that is not cached: export refuses and writes nothing. */
+    char list[160], none[160];
+    snprintf(list, sizeof(list), "%s/missing.list", tmpdir);
+    snprintf(none, sizeof(none), "%s/none.rpb", tmpdir);
+    const char *missing = "reg.example/ns/x:v1\nreg.example/ns/y:v1 # not mirrored\n";
+    spit(list, missing, strlen(missing));
+    struct rp_conf *sconf = conf_for(src, false);
+    struct rp_export_opts eo = {.list = list, .output = none};
+    CHECK_INT(rp_export_main(sconf, &eo), 1);
+    rp_conf_free(sconf);
+    struct stat st;
+    CHECK(stat(none, &st) != 0);
+
+    struct rp_conf *conf = conf_for(dst, true);
+    b[len / 2] ^= 1;
+    spit(bad, b, len);
+    b[len / 2] ^= 1;
+    CHECK_INT(rp_import_main(conf, bad), 1);
+    CHECK(stat(dst, &st) != 0); /* refused before the cache was even created */
+    CHECK_INT(rp_import_main(conf, path), 0);
+    CHECK_INT(rp_import_main(conf, path), 0);
+    struct rp_cache *c = rp_cache_open(dst, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c) {
+        char d[RP_CACHE_DIGEST_BUF];
+        int64_t t = 0;
+        CHECK_INT(rp_cache_tag_get(c, "reg.example", "ns/x", "v1", d, sizeof(d), &t), 0);
+        CHECK_STR(d, mdigest);
+        CHECK_INT(t, 1000);
+        CHECK(rp_cache_linked(c, "reg.example", "ns/x", mdigest));
+        rp_cache_close(c);
+    }
+    char *pins_path = rp_xasprintf("%s/pins", dst);
+    size_t plen = 0;
+    char *pins = slurp(pins_path, &plen);
+    char *want = rp_xasprintf("reg.example/ns/x:v1@%s\n", mdigest);
+    CHECK_STR(pins, want);
+    free(want);
+    free(pins);
+    free(pins_path);
+    rp_conf_free(conf);
+    free(b);
+}
+
+/* The fuzz_bundle seeds: a valid bundle and a few near misses. */
+static int write_seeds(const char *dir)
+{
+    char src[128], path[160], out[512], mdigest[RP_CACHE_DIGEST_BUF];
+    snprintf(src, sizeof(src), "%s/src", tmpdir);
+    snprintf(path, sizeof(path), "%s/seed.rpb", tmpdir);
+    make_source(src, mdigest);
+    size_t len = 0;
+    char *b = export_bundle(src, path, &len);
+    if (!b)
+        return 1;
+    snprintf(out, sizeof(out), "%s/valid", dir);
+    spit(out, b, len);
+    snprintf(out, sizeof(out), "%s/truncated", dir);
+    spit(out, b, len - 40);
+    b[len - 3] ^= 1;
+    snprintf(out, sizeof(out), "%s/bad_trailer", dir);
+    spit(out, b, len);
+    b[len - 3] ^= 1;
+    b[11] = 2;
+    snprintf(out, sizeof(out), "%s/newer_version", dir);
+    spit(out, b, len);
+    free(b);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/rp-test-bundle-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    rp_log_set_level(RP_LOG_ERROR);
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
+        int rc = write_seeds(argv[2]);
+        rm_rf(tmpdir);
+        return rc;
+    }
+    RUN(test_manifest_refs);
+    RUN(test_image_refs);
+    RUN(test_offline_conf);
+    RUN(test_export_import);
+    rm_rf(tmpdir);
+    UNIT_EXIT();
+}
