@@ -243,6 +243,7 @@ int rp_check_main(struct rp_conf *conf)
     TAILQ_INIT(&srv.conns);
     TAILQ_INIT(&srv.token_fetches);
     TAILQ_INIT(&srv.fills);
+    TAILQ_INIT(&srv.inflight);
     TAILQ_INIT(&srv.checks_running);
     signal(SIGPIPE, SIG_IGN);
     srv.base = event_base_new();

@@ -40,6 +40,7 @@ struct rp_fetch;
 struct rp_fill;
 struct rp_token_fetch;
 struct rp_check;
+struct rp_inflight;
 struct rp_htpasswd;
 struct rp_listen_ctx;
 
@@ -127,15 +128,26 @@ bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
 int64_t rp_fill_expected(const struct rp_fill *f);
 void rp_fills_free_all(struct rp_server *srv);
 
+/* ---------------------------------------------------------------------- inflight.c */
+/* Concurrent misses for one manifest (registry, repository, reference, Accept) share one
+ * upstream request. Returns true when r now waits for a request already fetching it (it is
+ * driven again, from the loop, when that one is done); false when r should fetch, in which
+ * case it leads and must call rp_inflight_done when its fetch ends. */
+bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r);
+void rp_inflight_done(struct rp_req *r);  /* the leader's fetch ended (or it went away) */
+void rp_inflight_leave(struct rp_req *r); /* a waiter went away */
+void rp_inflight_free_all(struct rp_server *srv);
+
 /* ----------------------------------------------------------------------- request.c */
 
 enum rp_req_state {
-    RQ_ROUTE,    /* parse and validate the target, pick the registry */
-    RQ_LOOKUP,   /* consult the cache */
-    RQ_CONFIRM,  /* cached, but not known for this repository: HEAD upstream */
-    RQ_UPSTREAM, /* an upstream fetch answers (manifests, tags, referrers, pass-through) */
-    RQ_FILL,     /* reading a blob from a shared fill */
-    RQ_SENDING,  /* response fully queued or streaming from a file */
+    RQ_ROUTE,     /* parse and validate the target, pick the registry */
+    RQ_LOOKUP,    /* consult the cache */
+    RQ_CONFIRM,   /* cached, but not known for this repository: HEAD upstream */
+    RQ_UPSTREAM,  /* an upstream fetch answers (manifests, tags, referrers, pass-through) */
+    RQ_FILL,      /* reading a blob from a shared fill */
+    RQ_WAIT_PEER, /* another request is fetching the same manifest: look up when it is done */
+    RQ_SENDING,   /* response fully queued or streaming from a file */
     RQ_DONE,
 };
 
@@ -173,6 +185,11 @@ struct rp_req {
     int64_t fill_sent; /* bytes of the blob queued to the client */
     int64_t fill_end;  /* bytes the client is owed in total */
     TAILQ_ENTRY(rp_req) fill_link;
+    /* manifest misses shared with concurrent requests (inflight.c) */
+    struct rp_inflight *inflight; /* waiting on this one */
+    struct rp_inflight *leads;    /* fetching for this one's waiters */
+    bool coalesced;               /* already waited once: fetch alone if it still misses */
+    TAILQ_ENTRY(rp_req) inflight_link;
     /* accounting */
     int status;
     uint64_t bytes;
@@ -239,6 +256,7 @@ struct rp_server {
     size_t n_conns;
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
+    TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *watch_ev; /* polls credential files for changes */

@@ -61,6 +61,8 @@ void rp_req_free(struct rp_req *r)
         return;
     if (r->fetch)
         rp_fetch_cancel(r->fetch);
+    rp_inflight_done(r);
+    rp_inflight_leave(r);
     rp_fill_leave(r);
     if (r->fill_fd >= 0)
         close(r->fill_fd);
@@ -343,33 +345,28 @@ static bool accept_allows(const char *accept, const char *media_type)
     return strstr(accept, "*/*") != NULL;
 }
 
-static void serve_manifest(struct rp_req *r, const struct rp_cache_manifest *m, const char *digest)
-{
-    struct rp_buf extra;
-    rp_buf_init(&extra, 1024);
-    rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\n", digest);
-    cache_header(r, &extra);
-    respond(r, 200, m->media_type, m->data, m->len, extra.data);
-    rp_buf_free(&extra);
-}
-
-/* Tries to answer a manifest from the cache; true when answered. */
+/* Tries to answer a manifest from the cache; true when answered. The hot path of a
+ * cluster pulling a release: no file access, no hashing, no allocation beyond the copy
+ * into the connection's output (the cache's view is only valid until its next change). */
 static bool manifest_from_cache(struct rp_req *r, const char *digest, const char *status)
 {
     struct rp_server *srv = r->conn->srv;
     if (!rp_cache_linked(srv->cache, r->route.reg->name, r->route.name, digest))
         return false;
-    struct rp_cache_manifest m;
-    if (rp_cache_manifest_get(srv->cache, digest, &m) != RP_CACHE_OK)
+    const char *data, *type;
+    size_t len;
+    if (rp_cache_manifest_peek(srv->cache, digest, &data, &len, &type) != RP_CACHE_OK)
         return false;
-    bool ok = accept_allows(r->accept, m.media_type);
-    if (ok) {
-        rp_server_maybe_pin(srv, r->route.reg, r->route.name, digest);
-        r->cache_status = status;
-        serve_manifest(r, &m, digest);
-    }
-    rp_cache_manifest_free(&m);
-    return ok;
+    if (!accept_allows(r->accept, type))
+        return false;
+    rp_server_maybe_pin(srv, r->route.reg, r->route.name, digest);
+    r->cache_status = status;
+    char extra[RP_DIGEST_MAX + 128];
+    snprintf(extra, sizeof(extra), "Docker-Content-Digest: %s\r\nX-Regproxy-Cache: %s\r\n%s",
+             digest, status,
+             strcmp(status, "STALE") == 0 ? "Warning: 110 regproxy \"Response is Stale\"\r\n" : "");
+    respond(r, 200, type, data, len, extra);
+    return true;
 }
 
 static int64_t tag_ttl_ms(const struct rp_req *r)
@@ -534,6 +531,8 @@ static void lookup(struct rp_req *r)
             }
         }
         r->cache_status = "MISS";
+        if (!r->head && rp_inflight_wait(srv, r))
+            return; /* woken when the request fetching it is done */
         start_fetch(r, r->head, false);
         return;
     case RP_ROUTE_TAGS:
@@ -833,6 +832,8 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
 {
     struct rp_req *r = arg;
     r->fetch = NULL;
+    /* Waiters look up again from the loop, after this answer is cached (or not). */
+    rp_inflight_done(r);
     if (res->status)
         r->up_status = res->status;
     if (r->streaming) {
@@ -936,6 +937,7 @@ void rp_req_drive(struct rp_req *r)
     case RQ_CONFIRM:
     case RQ_UPSTREAM:
     case RQ_FILL:
+    case RQ_WAIT_PEER:
     case RQ_SENDING:
     case RQ_DONE:
         return;

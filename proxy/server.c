@@ -665,6 +665,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     TAILQ_INIT(&srv->conns);
     TAILQ_INIT(&srv->token_fetches);
     TAILQ_INIT(&srv->fills);
+    TAILQ_INIT(&srv->inflight);
     TAILQ_INIT(&srv->checks_running);
     signal(SIGPIPE, SIG_IGN);
     srv->base = event_base_new();
@@ -734,6 +735,8 @@ void rp_server_fini(struct rp_server *srv)
             conn_free(TAILQ_FIRST(&srv->conns));
     if (srv->checks_running.tqh_last)
         rp_checks_free_all(srv);
+    if (srv->inflight.tqh_last)
+        rp_inflight_free_all(srv);
     if (srv->fills.tqh_last)
         rp_fills_free_all(srv);
     if (srv->token_fetches.tqh_last)

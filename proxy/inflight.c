@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* inflight: concurrent misses for the same manifest share one upstream request. The first
+ * request leads (it fetches, verifies and caches); the others wait and, when the leader is
+ * done, look up again: a success is then a cache hit. After a failure each waiter asks
+ * upstream once more on its own (an error answer is not something to cache or replay). */
+#include "proxy.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rp_inflight {
+    struct rp_server *srv;
+    char *key;
+    struct rp_req *leader;
+    TAILQ_HEAD(, rp_req) waiters;
+    struct event *wake;
+    TAILQ_ENTRY(rp_inflight) link;
+};
+
+/* Registry, repository, reference and the exact Accept list: two clients that accept
+ * different media types may get different manifests for one tag. */
+static char *key_of(const struct rp_req *r)
+{
+    return rp_xasprintf("%s%c%s%c%s%c%s", r->route.reg->name, 0, r->route.name, 0, r->route.ref, 0,
+                        r->accept ? r->accept : "");
+}
+
+static size_t key_len(const char *k)
+{
+    size_t n = 0;
+    for (int i = 0; i < 4; i++)
+        n += strlen(k + n) + 1;
+    return n;
+}
+
+static struct rp_inflight *find(struct rp_server *srv, const char *key)
+{
+    size_t n = key_len(key);
+    struct rp_inflight *f;
+    TAILQ_FOREACH(f, &srv->inflight, link)
+    if (key_len(f->key) == n && memcmp(f->key, key, n) == 0)
+        return f;
+    return NULL;
+}
+
+static void entry_free(struct rp_inflight *f)
+{
+    TAILQ_REMOVE(&f->srv->inflight, f, link);
+    if (f->wake)
+        event_free(f->wake);
+    free(f->key);
+    free(f);
+}
+
+/* Waiters are woken from the loop, never from inside the leader's own teardown. */
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_inflight *f = arg;
+    struct rp_req *r;
+    while ((r = TAILQ_FIRST(&f->waiters))) {
+        TAILQ_REMOVE(&f->waiters, r, inflight_link);
+        r->inflight = NULL;
+        r->coalesced = true; /* no second wait: it fetches itself if the cache still misses */
+        r->state = RQ_LOOKUP;
+        rp_req_drive(r);
+    }
+    entry_free(f);
+}
+
+bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r)
+{
+    if (r->coalesced || r->head)
+        return false;
+    char *key = key_of(r);
+    struct rp_inflight *f = find(srv, key);
+    if (f && f->leader) {
+        free(key);
+        TAILQ_INSERT_TAIL(&f->waiters, r, inflight_link);
+        r->inflight = f;
+        r->state = RQ_WAIT_PEER;
+        return true;
+    }
+    if (!f) {
+        f = rp_xcalloc(1, sizeof(*f));
+        f->srv = srv;
+        f->key = key;
+        TAILQ_INIT(&f->waiters);
+        TAILQ_INSERT_TAIL(&srv->inflight, f, link);
+    } else {
+        free(key);
+    }
+    f->leader = r;
+    r->leads = f;
+    return false;
+}
+
+void rp_inflight_done(struct rp_req *r)
+{
+    struct rp_inflight *f = r->leads;
+    if (!f)
+        return;
+    r->leads = NULL;
+    f->leader = NULL;
+    if (TAILQ_EMPTY(&f->waiters)) {
+        entry_free(f);
+        return;
+    }
+    f->wake = evtimer_new(f->srv->base, wake_cb, f);
+    struct timeval now = {0, 0};
+    evtimer_add(f->wake, &now);
+}
+
+void rp_inflight_leave(struct rp_req *r)
+{
+    struct rp_inflight *f = r->inflight;
+    if (!f)
+        return;
+    TAILQ_REMOVE(&f->waiters, r, inflight_link);
+    r->inflight = NULL;
+}
+
+void rp_inflight_free_all(struct rp_server *srv)
+{
+    struct rp_inflight *f;
+    while ((f = TAILQ_FIRST(&srv->inflight))) {
+        struct rp_req *r;
+        while ((r = TAILQ_FIRST(&f->waiters))) {
+            TAILQ_REMOVE(&f->waiters, r, inflight_link);
+            r->inflight = NULL;
+        }
+        if (f->leader)
+            f->leader->leads = NULL;
+        entry_free(f);
+    }
+}
