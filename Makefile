@@ -32,7 +32,7 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_TIME ?= 60
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps run test unit fuzz fuzz-replay format format-check check-includes banned clean bench
+.PHONY: all deps run test unit fuzz fuzz-replay lint format format-check check-includes banned clean bench
 
 all: regproxy
 
@@ -89,7 +89,7 @@ run: deps regproxy
 
 # Everything CI runs: sanitizer build of the proxy and unit tests, fuzz corpus replay,
 # integration tests against real registries and clients. Closes with "N passed, N failed".
-test: deps
+test: deps lint
 	$(MAKE) -j$(JOBS) SANITIZE=1 build/san/regproxy $(UNIT_SRC:tests/unit/%.c=build/san/tests/unit/%)
 	$(MAKE) -j$(JOBS) $(FUZZ_BIN)
 	$(MAKE) -j$(JOBS) regproxy
@@ -101,6 +101,9 @@ fuzz: $(FUZZ_BIN)
 	  echo "== $$n ($(FUZZ_TIME)s)"; \
 	  $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build/fuzz/work/$$n tests/fuzz/corpus/$$n \
 	    2>&1 | grep -E 'stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY' ; done
+
+# House rules checked by `make test`: formatting, module boundaries, banned functions.
+lint: format-check check-includes banned
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
