@@ -67,6 +67,15 @@ static const struct rp_conf_option options[] = {
      .help = "client networks allowed on this listener, e.g. 10.128.0.0/14, 172.30.0.0/16 "
              "(default: everyone); others get 403"},
     {.section = RP_CONF_SECTION_LISTEN,
+     .key = "max_connections",
+     .type = RP_CONF_COUNT,
+     .default_text = "16384",
+     .min = 1,
+     .max = 1000000,
+     .offset = LISTEN_F(max_connections),
+     .help = "connections open at once on this listener; beyond it new connections get a 503 "
+             "and are closed"},
+    {.section = RP_CONF_SECTION_LISTEN,
      .key = "htpasswd",
      .type = RP_CONF_PATH,
      .offset = LISTEN_F(htpasswd),
@@ -267,8 +276,8 @@ const char *rp_conf_section_name(enum rp_conf_section_kind kind)
 
 const char *rp_conf_type_name(enum rp_conf_type type)
 {
-    static const char *const names[] = {"string", "bool", "size", "duration",
-                                        "url",    "list", "path", "secret"};
+    static const char *const names[] = {"string", "bool", "size",   "duration", "url",
+                                        "list",   "path", "secret", "count"};
     if ((unsigned)type < sizeof(names) / sizeof(names[0]))
         return names[type];
     return "?";
@@ -927,6 +936,19 @@ static int set_value(struct parser *p, const struct rp_conf_option *o, void *bas
             break;
         }
         *(bool *)f = b;
+        return 0;
+    case RP_CONF_COUNT:
+        if (rp_parse_u64(v, n, &u) != 0) {
+            why = "expected a whole number";
+            break;
+        }
+        if (u < o->min || u > o->max) {
+            fail(p, line, "'%s' in %s must be between %llu and %llu", o->key,
+                 section_desc(p, desc, sizeof(desc)), (unsigned long long)o->min,
+                 (unsigned long long)o->max);
+            return -1;
+        }
+        *(uint64_t *)f = u;
         return 0;
     case RP_CONF_SIZE:
         if (parse_with_unit(v, n, size_units, 4, 1, &u) != 0) {

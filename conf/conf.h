@@ -73,6 +73,8 @@ struct rp_conf_listen {
     size_t n_allow;
     /* htpasswd file (bcrypt) of client accounts; NULL: clients are anonymous. */
     char *htpasswd;
+    /* Connections open at once on this listener; beyond it new ones get a 503 and close. */
+    uint64_t max_connections;
 };
 
 struct rp_conf_cache {
@@ -229,6 +231,7 @@ enum rp_conf_type {
     RP_CONF_LIST,     /* char ** + size_t count (aux_offset): comma-separated http(s) URLs */
     RP_CONF_PATH,     /* char *: relative paths are taken from the config file's directory */
     RP_CONF_SECRET,   /* char *: never logged or put in errors, zeroed on free */
+    RP_CONF_COUNT,    /* uint64_t: a plain whole number */
 };
 
 #define RP_CONF_F_REQUIRED 1u /* the section is an error without it */

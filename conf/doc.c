@@ -48,6 +48,7 @@ static const char intro[] =
     "| string | taken literally |\n"
     "| bool | `yes`/`no`, `true`/`false`, `on`/`off`, `1`/`0` (any case) |\n"
     "| size | bytes: a number with an optional `K`, `M`, `G` or `T` (powers of 1024) |\n"
+    "| count | a whole number |\n"
     "| duration | a number with an optional `ms`, `s`, `m`, `h` or `d`; a plain number is "
     "seconds |\n"
     "| url | `http(s)://host[:port]`, no user name or password, no path |\n"

@@ -225,6 +225,7 @@ struct rp_conn {
     struct event *wait_ev;      /* between requests: idle timeout, then the head deadline */
     bool head_started;          /* a request's first bytes arrived; its deadline runs */
     bool denied;                /* the peer is outside the listener's allow list */
+    bool over_limit;            /* accepted past max_connections only to be told so */
     struct rp_listen_ctx *lctx; /* the listener it came in on (settings swap on reload) */
     unsigned n_requests;
     char peer[64];
@@ -254,6 +255,7 @@ struct rp_server {
     size_t n_listeners;
     struct rp_conn_list conns;
     size_t n_conns;
+    size_t n_refusing; /* connections past max_connections being answered 503 */
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */

@@ -25,9 +25,23 @@
 #define IDLE_TIMEOUT_S 60  /* keep-alive connections with nothing to say */
 #define HEAD_DEADLINE_S 10 /* from a request's first byte to its complete head (slowloris) */
 #define SEND_TIMEOUT_S 120 /* a client that takes nothing for this long is gone */
-#define MAX_CONNECTIONS 16384
 #define MAX_REQUESTS_PER_CONN 10000
 #define LINGER_S 2 /* draining a rejected client before closing */
+
+/* What a listener's configuration turns into; rebuilt on reload and swapped whole. */
+struct listen_settings {
+    SSL_CTX *tls;
+    struct rp_cidr *allow; /* parsed conf->allow */
+    size_t n_allow;
+    struct rp_htpasswd *htpasswd;
+};
+
+struct rp_listen_ctx {
+    struct rp_server *srv;
+    const struct rp_conf_listen *conf;
+    struct listen_settings set;
+    size_t n_conns; /* open connections accepted here (max_connections) */
+};
 
 static const char *status_reason(int status)
 {
@@ -164,6 +178,10 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_free(struct rp_conn *c)
 {
+    if (c->lctx)
+        c->lctx->n_conns--;
+    if (c->over_limit)
+        c->srv->n_refusing--;
     if (c->wait_ev)
         event_free(c->wait_ev);
     if (c->linger_ev)
@@ -410,20 +428,6 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 }
 
 /* The listener callback needs the server, the listener's config and its TLS context. */
-/* What a listener's configuration turns into; rebuilt on reload and swapped whole. */
-struct listen_settings {
-    SSL_CTX *tls;
-    struct rp_cidr *allow; /* parsed conf->allow */
-    size_t n_allow;
-    struct rp_htpasswd *htpasswd;
-};
-
-struct rp_listen_ctx {
-    struct rp_server *srv;
-    const struct rp_conf_listen *conf;
-    struct listen_settings set;
-};
-
 static void settings_free(struct listen_settings *st)
 {
     /* Connections keep their own reference to an SSL_CTX through their SSL objects. */
@@ -512,43 +516,45 @@ static void peer_name(const struct sockaddr *sa, char *out, size_t outlen)
 
 /* Past the connection limit a plain-HTTP client still learns why; the answer is small
  * enough for the socket buffer, so one non-blocking send does it. */
+/* Past the limit a connection is still told why: it gets a small 503 and the same brief
+ * lingering close as any refused request (closing with its request unread would reset the
+ * connection and lose the answer). A second, small budget bounds those refusals; beyond it
+ * the connection is simply closed. */
+#define REFUSING_MAX 256
+
+static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer);
+
 static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
 {
-    bool tls = ctx->set.tls != NULL;
-    static const char busy[] =
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        "Retry-After: 1\r\nConnection: close\r\nContent-Length: 76\r\n\r\n"
-        "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"too many connections, retry\"}]}\n";
-    if (!tls) {
-        ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-        (void)w;
-    }
     ctx->srv->metrics.connections_refused++;
-    rp_warn("conn %s: refused, %zu connections open (limit %d)", peer, ctx->srv->n_conns,
-            MAX_CONNECTIONS);
-    evutil_closesocket(fd);
-}
-
-static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                             int salen, void *arg)
-{
-    (void)l;
-    (void)salen;
-    struct rp_listen_ctx *ctx = arg;
-    struct rp_server *srv = ctx->srv;
-    char peer[64];
-    peer_name(sa, peer, sizeof(peer));
-    if (srv->n_conns >= MAX_CONNECTIONS) {
-        refuse_connection(ctx, fd, peer);
+    rp_warn("conn %s: refused, %zu connections open on %s (max_connections %llu)", peer,
+            ctx->n_conns, ctx->conf->addr, (unsigned long long)ctx->conf->max_connections);
+    if (ctx->srv->n_refusing >= REFUSING_MAX) {
+        evutil_closesocket(fd);
         return;
     }
+    struct rp_conn *c = conn_new(ctx, fd, peer);
+    if (!c)
+        return;
+    c->over_limit = true;
+    ctx->srv->n_refusing++;
+    struct evbuffer *out = rp_conn_output(c);
+    char *body = rp_error_body("UNAVAILABLE", "too many connections, retry", NULL);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                        strlen(body), body);
+    free(body);
+    conn_close_after_flush(c);
+}
+
+static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
+{
+    struct rp_server *srv = ctx->srv;
     struct rp_conn *c = rp_xcalloc(1, sizeof(*c));
     c->srv = srv;
     c->listen = ctx->conf;
-    c->lctx = ctx;
-    /* Outside `allow`: the first request gets 403 and nothing else happens for it. */
-    c->denied = !rp_acl_allows(ctx->set.allow, ctx->set.n_allow, sa);
-    memcpy(c->peer, peer, sizeof(c->peer));
+    snprintf(c->peer, sizeof(c->peer), "%s", peer);
     int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
     if (ctx->set.tls) {
         SSL *ssl = SSL_new(ctx->set.tls);
@@ -563,7 +569,7 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
     if (!c->bev) {
         evutil_closesocket(fd);
         free(c);
-        return;
+        return NULL;
     }
     c->wait_ev = evtimer_new(srv->base, wait_timeout_cb, c);
     TAILQ_INSERT_TAIL(&srv->conns, c, link);
@@ -574,6 +580,28 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
     struct timeval send_timeout = {SEND_TIMEOUT_S, 0};
     bufferevent_set_timeouts(c->bev, NULL, &send_timeout);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return c;
+}
+
+static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                             int salen, void *arg)
+{
+    (void)l;
+    (void)salen;
+    struct rp_listen_ctx *ctx = arg;
+    char peer[64];
+    peer_name(sa, peer, sizeof(peer));
+    if (ctx->n_conns >= ctx->conf->max_connections) {
+        refuse_connection(ctx, fd, peer);
+        return;
+    }
+    struct rp_conn *c = conn_new(ctx, fd, peer);
+    if (!c)
+        return;
+    c->lctx = ctx;
+    ctx->n_conns++;
+    /* Outside `allow`: the first request gets 403 and nothing else happens for it. */
+    c->denied = !rp_acl_allows(ctx->set.allow, ctx->set.n_allow, sa);
     conn_wait_request(c, false);
 }
 

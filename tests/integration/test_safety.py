@@ -212,3 +212,37 @@ def test_admin_not_on_registry_listener(t):
         check(r.status == 404, "%s answered %d on the registry listener" % (path, r.status))
         r = p.admin(path)
         eq(r.status, 200, "%s on the admin listener" % path)
+
+
+def test_connections_beyond_the_maximum(t):
+    s = t.s
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "max_connections": "20"}])
+    def open_now():
+        return p.metrics().get(("regproxy_open_connections", frozenset()), 0)
+
+    # The start-up probe's connection must be gone before we fill the listener.
+    lib.wait_until(lambda: open_now() == 0, 10, "no open connection before the test")
+    held = [socket.create_connection(("127.0.0.1", p.port), timeout=10) for _ in range(20)]
+    try:
+        lib.wait_until(lambda: open_now() == 20, 10, "20 open connections in /metrics")
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
+            c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                b = c.recv(4096)
+                if not b:
+                    break
+                data += b
+        check(data.startswith(b"HTTP/1.1 503") and b"Retry-After" in data,
+              "connection beyond the maximum: %r" % data[:200])
+        m = p.metrics()
+        eq(m.get(("regproxy_connections_refused_total", frozenset()), 0), 1,
+           "refused connections counted")
+        # The held connections still work, and room frees up as they close.
+        held[0].sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(held[0].recv(4096).startswith(b"HTTP/1.1 200"), "a held connection stopped working")
+    finally:
+        for c in held:
+            c.close()
+    lib.wait_until(lambda: p.get("/v2/").status == 200, 10, "new connections after closing")
