@@ -229,6 +229,8 @@ struct rp_cache_fill {
     int64_t expected;
     uint64_t written;
     EVP_MD_CTX *md;
+    bool verified; /* rp_cache_fill_verify ran: verify_rc holds its verdict */
+    int verify_rc;
     char *path;
     char name[32]; /* under tmp/ */
 };
@@ -1565,16 +1567,16 @@ const char *rp_cache_fill_path(const struct rp_cache_fill *f)
     return f ? f->path : NULL;
 }
 
-int rp_cache_fill_commit(struct rp_cache_fill *f)
+int rp_cache_fill_verify(struct rp_cache_fill *f)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    int rc;
     if (!f)
         return RP_CACHE_E_INVALID;
-    struct rp_cache *c = f->c;
-    rc = f->err ? f->err : RP_CACHE_E_IO;
-    if (f->err || !c)
+    if (f->verified)
+        return f->verify_rc;
+    int rc = f->err ? f->err : RP_CACHE_E_IO;
+    if (f->err || !f->c)
         goto out;
     rc = RP_CACHE_E_SIZE;
     if (f->expected >= 0 && f->written != (uint64_t)f->expected)
@@ -1585,8 +1587,27 @@ int rp_cache_fill_commit(struct rp_cache_fill *f)
     rc = RP_CACHE_E_DIGEST;
     if (mdlen != algos[f->d.algo].rawlen || memcmp(md, f->d.raw, mdlen) != 0)
         goto out;
+    rc = RP_CACHE_OK;
+out:
+    /* The digest context is final now: the verdict is kept, not recomputed. */
+    f->verified = true;
+    f->verify_rc = rc;
+    return rc;
+}
+
+int rp_cache_fill_commit(struct rp_cache_fill *f)
+{
+    int rc;
+    if (!f)
+        return RP_CACHE_E_INVALID;
+    struct rp_cache *c = f->c;
+    rc = rp_cache_fill_verify(f);
+    if (rc != RP_CACHE_OK)
+        goto out;
     /* Verified: make the bytes durable before the name can point at them. */
     rc = RP_CACHE_E_IO;
+    if (!c)
+        goto out;
     int fd = f->fd;
     f->fd = -1;
     if (sync_fd(fd) != 0 || close(fd) != 0) {

@@ -100,6 +100,10 @@ int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n);
 uint64_t rp_cache_fill_written(const struct rp_cache_fill *f);
 /* Path of the temp file (readers open their own fd on it while it grows). */
 const char *rp_cache_fill_path(const struct rp_cache_fill *f);
+/* Checks size and digest of what was written (once: later calls return the same verdict)
+ * without publishing anything: RP_CACHE_OK, E_SIZE, E_DIGEST or E_IO. Lets a caller release
+ * verified bytes to readers before the slower durable publish. */
+int rp_cache_fill_verify(struct rp_cache_fill *f);
 /* Verifies digest and size, fsyncs, renames into place, fsyncs the directory, indexes.
  * On mismatch the temp file is removed and E_DIGEST / E_SIZE returned. Frees f always. */
 int rp_cache_fill_commit(struct rp_cache_fill *f);

@@ -243,12 +243,11 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
     }
     struct rp_cache_fill *cf = f->cf;
     f->cf = NULL;
-    /* Pinned before publishing: publishing runs eviction, which must not take it. */
-    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
-    int e = rp_cache_fill_commit(cf);
+    int e = rp_cache_fill_verify(cf);
     if (e != RP_CACHE_OK) {
         rp_warn("fill %s registry=%s rejected: %s; nothing cached", f->digest, f->reg->name,
                 rp_cache_strerror(e));
+        rp_cache_fill_abort(cf);
         struct rp_fetch_result bad = *res;
         bad.fail = RP_FETCH_E_OWNER;
         free(f->fail_reason);
@@ -257,11 +256,8 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         fill_free(f);
         return;
     }
-    rp_cache_link(f->srv->cache, f->reg->name, f->repo, f->digest);
-    rp_info("fill %s registry=%s bytes=%lld ms=%lld readers ok", f->digest, f->reg->name,
-            (long long)f->written, (long long)ms);
-    /* Verified and published: every reader gets the rest (the file stays readable through
-     * its descriptor after the rename) and is done with the fill. */
+    /* Verified: every reader gets the rest now (the file stays readable through its
+     * descriptor after the rename), before the slower fsync and publish below. */
     struct rp_req *r;
     while ((r = TAILQ_FIRST(&f->readers))) {
         reader_detach(r);
@@ -272,6 +268,18 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         r->state = RQ_SENDING;
         rp_req_finish(r, NULL);
     }
+    /* Pinned before publishing: publishing runs eviction, which must not take it. */
+    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
+    e = rp_cache_fill_commit(cf);
+    if (e != RP_CACHE_OK) {
+        rp_warn("fill %s registry=%s verified but not cached: %s", f->digest, f->reg->name,
+                rp_cache_strerror(e));
+        fill_free(f);
+        return;
+    }
+    rp_cache_link(f->srv->cache, f->reg->name, f->repo, f->digest);
+    rp_info("fill %s registry=%s bytes=%lld ms=%lld", f->digest, f->reg->name,
+            (long long)f->written, (long long)ms);
     fill_free(f);
 }
 
