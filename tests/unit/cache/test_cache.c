@@ -325,6 +325,33 @@ static void test_fill_digest_mismatch(void)
     rm_rf(dir);
 }
 
+/* rp_cache_fill_verify gives the verdict early (readers get the last byte then) and once:
+ * commit keeps it rather than hashing again. */
+static void test_fill_verify_then_commit(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char good[RP_CACHE_DIGEST_BUF];
+    digest_of("verified bytes", 14, good, false);
+    int err = 0;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, good, 14, &err);
+    CHECK(f != NULL);
+    CHECK_INT(rp_cache_fill_write(f, "verified bytes", 14), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_verify(f), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_verify(f), RP_CACHE_OK);
+    CHECK_INT(count_files(dir, "blobs"), 0); /* verified is not yet published */
+    CHECK_INT(rp_cache_fill_commit(f), RP_CACHE_OK);
+    CHECK_INT(count_files(dir, "blobs"), 1);
+    f = rp_cache_fill_begin(c, good, 14, &err);
+    CHECK(f != NULL);
+    CHECK_INT(rp_cache_fill_write(f, "tampered bytes", 14), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_verify(f), RP_CACHE_E_DIGEST);
+    CHECK_INT(rp_cache_fill_commit(f), RP_CACHE_E_DIGEST);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
 static void test_fill_size_mismatch(void)
 {
     char *dir = mk_tmpdir();
@@ -1970,6 +1997,7 @@ int main(void)
     }
     RUN(test_fill_commit);
     RUN(test_fill_digest_mismatch);
+    RUN(test_fill_verify_then_commit);
     RUN(test_fill_size_mismatch);
     RUN(test_fill_write_past_expected);
     RUN(test_fill_abort);
