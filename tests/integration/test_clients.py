@@ -45,11 +45,30 @@ def render(rel, proxy, out_dir, docker_listener=None):
     text = text.replace(PLACEHOLDER, proxy.hostport)
     if docker_listener is not None:
         text = text.replace(PLACEHOLDER_DOCKER, "127.0.0.1:%d" % proxy.ports[docker_listener])
+    text = no_fallback(text, proxy.hostport)
     out = os.path.join(out_dir, rel)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
     return out
+
+
+# Tests send traffic to loopback only. A client whose mirror fails falls back to the real
+# registry (registries.conf `location`, hosts.toml `server`), so the rendered copies point
+# those at a closed loopback port: a broken mirror then fails the test instead of reaching
+# out to registry.redhat.io.
+DEAD_END = "127.0.0.1:9"
+
+
+def no_fallback(text, proxy_hostport):
+    def loc(m):
+        v = m.group(2)
+        if proxy_hostport in v or v.startswith(DEAD_END):
+            return m.group(0)
+        return '%s"%s/%s"' % (m.group(1), DEAD_END, v)
+    text = re.sub(r'^(\s*location\s*=\s*)"([^"]*)"', loc, text, flags=re.M)
+    return re.sub(r'^(\s*server\s*=\s*)"https?://[^"]*"', r'\1"https://%s"' % DEAD_END, text,
+                  flags=re.M)
 
 
 def client_proxy(t, listeners=None):
@@ -415,7 +434,8 @@ def registries_conf_from(items, digest_only, hostport):
     mirror-by-digest-only)."""
     out = ["unqualified-search-registries = []"]
     for it in items:
-        out += ["", "[[registry]]", 'prefix = ""', 'location = "%s"' % it["source"]]
+        out += ["", "[[registry]]", 'prefix = "%s"' % it["source"],
+                'location = "%s/%s"' % (DEAD_END, it["source"])]
         if digest_only:
             out.append("mirror-by-digest-only = true")
         for m in it["mirrors"]:
