@@ -68,11 +68,6 @@ bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
     return f->reg == reg && strcmp(f->repo, repo) == 0;
 }
 
-int64_t rp_fill_expected(const struct rp_fill *f)
-{
-    return f->state == FILL_RUNNING ? f->expected : -1;
-}
-
 /* Queues [r->fill_sent, upto) of the blob to r's client as file segments (sendfile). Each
  * segment holds its own descriptor, so the reader may go away at any time. */
 static int queue_range(struct rp_req *r, int64_t upto)

@@ -124,8 +124,6 @@ struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest);
 /* Whether f downloads for this registry and repository (its readers need no
  * confirmation that the repository has the blob: the download itself confirms it). */
 bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg, const char *repo);
-/* Size the running fill expects (-1 if not known yet). */
-int64_t rp_fill_expected(const struct rp_fill *f);
 void rp_fills_free_all(struct rp_server *srv);
 
 /* ---------------------------------------------------------------------- inflight.c */

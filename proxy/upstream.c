@@ -478,8 +478,3 @@ void rp_xfer_cancel(struct rp_xfer *x)
     x->cb.on_done_cb = NULL;
     reap_cancelled(x->up);
 }
-
-size_t rp_upstream_active(const struct rp_upstream *up)
-{
-    return up->n_active;
-}

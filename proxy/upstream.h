@@ -83,7 +83,5 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
 void rp_xfer_resume(struct rp_xfer *x);
 /* Stops a transfer; no callback is called after this. Safe from inside callbacks. */
 void rp_xfer_cancel(struct rp_xfer *x);
-/* Number of transfers in flight (for shutdown and metrics). */
-size_t rp_upstream_active(const struct rp_upstream *up);
 
 #endif
