@@ -706,6 +706,80 @@ class Bench:
                 log("skopeo cold pull via %s #%d: %s s"
                     % (who, rep + 1, "%.2f" % r["seconds"] if r["seconds"] else "failed"))
 
+    def profile(self):
+        """What a cache hit costs in system calls and heap allocations, regproxy beside nginx:
+        `strace -c` and `perf stat` on libc's malloc/calloc/realloc (uprobes) attached to the
+        server while loadgen makes a fixed number of keep-alive requests. Counts, not times:
+        tracing slows the servers, so only the per-request figures mean anything."""
+        a = self.args
+        probes = ["probe_libc:" + f for f in ("malloc", "calloc", "realloc")]
+        libc = next((p for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/"
+                                 "libc.so.6", "/lib64/libc.so.6") if os.path.exists(p)), None)
+        have_perf = bool(shutil.which("perf") and libc)
+        if have_perf:
+            for f in ("malloc", "calloc", "realloc"):
+                subprocess.run(["perf", "probe", "-q", "-x", libc, "--add", f],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not shutil.which("strace"):
+            self.note("profile: strace is not installed; no system call counts")
+        runs = (("manifest", ["-c", 8, "-n", a.profile_requests, "-t", 30,
+                              "-H", "Accept: " + MT_MANIFEST], "manifest", a.profile_requests),
+                ("blob", ["-c", 1, "-n", 4, "-t", 60], "big", 4))
+        for what, args, target, n in runs:
+            for server in ("regproxy", "nginx"):
+                pids = [str(p) for p in session_pids(self.proc(server).pid)]
+                out = os.path.join(self.tmp, "profile-%s-%s" % (server, what))
+                tracers = []
+                if shutil.which("strace"):
+                    argv = ["strace", "-c", "-f", "-o", out + ".strace"]
+                    for pid in pids:
+                        argv += ["-p", pid]
+                    tracers.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL))
+                if have_perf:
+                    argv = ["perf", "stat", "-x", ",", "-o", out + ".perf",
+                            "-e", ",".join(probes), "-p", ",".join(pids)]
+                    tracers.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL))
+                time.sleep(1.0)  # both attached
+                try:
+                    r = self.run_loadgen(args + [self.url(server, target)], timeout=600)
+                finally:
+                    time.sleep(0.3)
+                    for t in tracers:
+                        t.send_signal(signal.SIGINT)
+                    for t in tracers:
+                        t.wait(30)
+                done = r["requests"]
+                if r["errors"] or done != n:
+                    self.note("profile %s on %s: %d of %d requests, %d errors"
+                              % (what, server, done, n, r["errors"]))
+                calls = {}
+                with contextlib.suppress(OSError):
+                    with open(out + ".strace") as f:
+                        for line in f:
+                            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?"
+                                         r"([a-z_0-9]+)\s*$", line)
+                            if m and m.group(2) != "total":
+                                calls[m.group(2)] = int(m.group(1))
+                allocs = None
+                with contextlib.suppress(OSError, ValueError):
+                    with open(out + ".perf") as f:
+                        allocs = sum(int(line.split(",")[0]) for line in f
+                                     if "probe_libc:" in line and line[0].isdigit())
+                rec = {"requests": done, "syscalls": calls,
+                       "syscalls_per_req": sum(calls.values()) / done if done else None,
+                       "allocs_per_req": allocs / done if done and allocs is not None else None}
+                self.record("profile_" + what, server, rec)
+                per = ", ".join("%s %.2f" % (k, v / done) for k, v in
+                                sorted(calls.items(), key=lambda kv: -kv[1]) if done) or "n/a"
+                log("profile %s, %s: %d requests; per request: %s allocations; system calls %s"
+                    % (what, server, done, "%.2f" % rec["allocs_per_req"]
+                       if rec["allocs_per_req"] is not None else "n/a", per))
+        if have_perf:
+            subprocess.run(["perf", "probe", "-q", "--del", "probe_libc:*"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     # -- report
 
     def med(self, scenario, server, key):
@@ -770,6 +844,16 @@ class Bench:
         add("skopeo cold pull of the %d MiB image (baseline column: direct from upstream)"
             % (a.big_mb + a.mid_mb), "seconds", "pull", "seconds", "%.2f")
         add("", "errors (all runs)", "pull", "errors", "%d", "sum")
+
+        ps = ("regproxy", "nginx")
+        add("profile: warm manifest by tag under strace/perf, 8 conns", "system calls per request",
+            "profile_manifest", "syscalls_per_req", "%.2f", servers=ps)
+        add("", "heap allocations per request", "profile_manifest", "allocs_per_req", "%.2f",
+            servers=ps)
+        add("profile: warm %d MiB blob under strace/perf, 1 conn" % a.big_mb,
+            "system calls per GET", "profile_blob", "syscalls_per_req", "%.0f", servers=ps)
+        add("", "heap allocations per GET", "profile_blob", "allocs_per_req", "%.1f",
+            servers=ps)
 
         def fmt(v, f):
             return "n/a" if v is None else f % v
@@ -839,8 +923,10 @@ def main():
     ap.add_argument("--slow-conns", type=int, default=32)
     ap.add_argument("--slow-rate", type=int, default=1000000, help="bytes/s per slow client")
     ap.add_argument("--slow-seconds", type=int, default=20)
+    ap.add_argument("--profile-requests", type=int, default=20000,
+                    help="requests made under strace/perf in the profile scenario")
     ap.add_argument("--only", default="", help="comma-separated subset of: blob,manifest,idle,"
-                    "herd,slow,pull")
+                    "herd,slow,pull,profile")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
     ap.add_argument("--max-minutes", type=float, default=40,
                     help="hard bound on the whole run")
@@ -888,7 +974,7 @@ def main():
     b.setup()
     for name, fn in (("blob", lambda: (b.warm_blob(1), b.warm_blob(32))),
                      ("manifest", b.manifest), ("idle", b.idle), ("herd", b.herd),
-                     ("slow", b.slow), ("pull", b.cold_pull)):
+                     ("slow", b.slow), ("pull", b.cold_pull), ("profile", b.profile)):
         if only and name not in only:
             continue
         try:
@@ -937,6 +1023,15 @@ def main():
     notes = ["## Notes", ""]
     notes += (["- " + n.replace("\n", "\n  ") for n in b.notes] or
               ["- the runner saw no errors, deaths or failed pulls."])
+    for what in ("manifest", "blob"):
+        for server, runs in b.results.get("profile_" + what, {}).items():
+            for r in runs:
+                n = r["requests"]
+                if n and r["syscalls"]:
+                    notes.append("- profile, %s, %s: system calls per request: %s"
+                                 % (what, server, ", ".join(
+                                     "%s %.2f" % (k, v / n) for k, v in
+                                     sorted(r["syscalls"].items(), key=lambda kv: -kv[1]))))
     if rp_lines:
         # Grouped by message (the time stamp dropped), in order of first appearance.
         groups = {}
