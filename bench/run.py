@@ -9,6 +9,13 @@
 then runs every scenario on every server REPS times (interleaved), and prints a Markdown table
 of medians and ratios, also written to build/bench/results.md (raw runs: results.json).
 
+The herd (HERD concurrent cold GETs of the 50 MiB blob, against one cold GET alone) runs
+twice. First straight on the upstream, with nginx beside the proxies serving the blob it has:
+nginx's herd is what delivering HERD copies over loopback costs here, the floor for any proxy.
+Then (--herd-wan-mbit, 0 skips it) regproxy and the peer run it again behind a shaper, a
+second nginx that terminates TLS and passes everything on to the upstream with its responses
+limited to that rate per connection, as when the registry is across the internet.
+
 Numbers come from build/bench/loadgen (one JSON line per run), server CPU from
 /proc/PID/stat (utime+stime of every process in the server's session) and RSS from
 /proc/PID/stat sampled while a scenario runs. Everything stops by itself and is cleaned up.
@@ -244,7 +251,7 @@ class Bench:
         self.notes = []
         self.gen = 0  # cache generation (fresh dirs on every restart)
         self.rp_starts = 0
-        self.rp = self.peer = self.nginx = self.up = None
+        self.rp = self.peer = self.nginx = self.up = self.shaper = None
 
     # -- setup
 
@@ -343,8 +350,9 @@ class Bench:
                          "oci:%s:v1" % self.images[name]["dir"],
                          "docker://127.0.0.1:%d/bench/%s:v1" % (self.up_port, name)])
 
-    def start_regproxy(self):
-        """(Re)starts regproxy on its port with a fresh, empty cache dir."""
+    def start_regproxy(self, upstream_url=None):
+        """(Re)starts regproxy on its port with a fresh, empty cache dir, in front of
+        upstream_url (an https URL the test CA vouches for; default: the upstream)."""
         if self.rp is not None:
             self.stop_regproxy()
         self.gen += 1
@@ -362,7 +370,7 @@ class Bench:
                     "[cache]\ndir = %s\ntag_ttl = 10m\n\n"
                     '[registry "%s"]\nurl = %s\nca_file = %s\ntest_login = no\n'
                     % (self.rp_port, REGNAME, self.rp_admin_port, self.rp_cache, REGNAME,
-                       self.up_url, self.ca["ca.crt"]))
+                       upstream_url or self.up_url, self.ca["ca.crt"]))
         self.rp = Proc("regproxy", [self.args.bin, "serve", "-c", self.rp_conf], self.rp_log)
         self.rp_starts += 1
         wait_until(lambda: http_status("http://127.0.0.1:%d/v2/" % self.rp_port) == 200, 30,
@@ -377,9 +385,10 @@ class Bench:
                       % (rc, tail(self.rp_log, 10)))
         self.rp = None
 
-    def start_peer(self):
-        """(Re)starts docker-registry in proxy mode with a fresh, empty storage dir. It trusts
-        the test CA through SSL_CERT_FILE (Go's crypto/x509 reads it)."""
+    def start_peer(self, upstream_url=None):
+        """(Re)starts docker-registry in proxy mode with a fresh, empty storage dir, in front
+        of upstream_url (default: the upstream). It trusts the test CA through SSL_CERT_FILE
+        (Go's crypto/x509 reads it)."""
         if self.peer is not None:
             self.peer.stop(10)
         self.gen += 1
@@ -396,7 +405,7 @@ class Bench:
                     "http:\n  addr: 127.0.0.1:%d\n  secret: regproxy-bench-peer\n"
                     "health:\n  storagedriver:\n    enabled: false\n"
                     "proxy:\n  remoteurl: %s\n" % (self.peer_storage, self.peer_port,
-                                                   self.up_url))
+                                                   upstream_url or self.up_url))
         self.peer_log = os.path.join(d, "registry.log")
         self.peer = Proc("peer", ["docker-registry", "serve", cfg], self.peer_log,
                          env=clean_env({"SSL_CERT_FILE": self.ca["ca.crt"]}))
@@ -455,6 +464,75 @@ class Bench:
         self.nginx = Proc("nginx", self.nginx_argv, self.nginx_log)
         wait_until(lambda: http_status("http://127.0.0.1:%d/v2/" % self.nginx_port) == 200, 30,
                    "nginx", self.nginx)
+
+    def start_shaper(self, rate):
+        """A second nginx between the proxies and the upstream that stands for a WAN link:
+        TLS (the test CA's server certificate) on a port of its own, every request passed
+        on unchanged to the upstream (which still logs every GET, so upstream_gets() stays
+        right) and every response sent at most `rate` bytes/s. nginx's limit_rate is per
+        connection, not per link: a proxy that opens many upstream connections for one blob
+        (the peer) gets `rate` on each, where on a real WAN they would share it, so this
+        understates what duplicate upstream GETs cost. Returns the shaper's URL."""
+        d = os.path.join(self.tmp, "shaper")
+        shutil.rmtree(d, ignore_errors=True)
+        for sub in ("tmp", "logs"):
+            os.makedirs(os.path.join(d, sub))
+        log_path = os.path.join(d, "logs", "stderr.log")
+        conf = os.path.join(d, "nginx.conf")
+        for _ in range(3):
+            port = free_port()
+            with open(conf, "w") as f:
+                # limit_rate paces what nginx sends; it does nothing with proxy_buffering off
+                # (nginx 1.22), so buffering stays on but in memory only (no temp file): nginx
+                # reads from the upstream only as fast as it sends, a few proxy_buffers
+                # ahead, and the proxies see a slow upstream, not a fast one behind a buffer.
+                # The pacing is a pause of (bytes sent) / rate after each send, in whole ms,
+                # and none under 1 ms: with the default 4k buffers every send is too small
+                # to pause after, and only the per-second budget (rate × (whole seconds +
+                # 1)) limits, so a blob of under a second's worth goes out nearly unlimited.
+                # Buffers of 64k, up to 1 MiB in flight, make each send pause.
+                f.write("# written by bench/run.py: a rate-limited stand-in for a WAN link\n"
+                        "%sworker_processes 1;\npid %s/nginx.pid;\n"
+                        "error_log %s/logs/error.log warn;\n"
+                        "events { worker_connections 4096; }\n"
+                        "http {\n"
+                        "  access_log %s/logs/access.log;\n  tcp_nodelay on;\n"
+                        "  keepalive_timeout 120s;\n  keepalive_requests 10000000;\n"
+                        "  client_body_temp_path %s/tmp;\n  proxy_temp_path %s/tmp;\n"
+                        "  fastcgi_temp_path %s/tmp;\n  uwsgi_temp_path %s/tmp;\n"
+                        "  scgi_temp_path %s/tmp;\n"
+                        "  server {\n    listen 127.0.0.1:%d ssl;\n"
+                        "    ssl_certificate %s;\n    ssl_certificate_key %s;\n"
+                        "    location / {\n"
+                        "      proxy_pass %s;\n"
+                        "      proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate %s;\n"
+                        "      proxy_ssl_name localhost;\n"
+                        "      proxy_http_version 1.1;\n"
+                        "      proxy_set_header Host $http_host;\n"
+                        "      proxy_buffering on;\n      proxy_max_temp_file_size 0;\n"
+                        "      proxy_buffer_size 64k;\n      proxy_buffers 32 64k;\n"
+                        "      proxy_busy_buffers_size 1m;\n"
+                        "      proxy_request_buffering off;\n"
+                        "      proxy_read_timeout 600s;\n      proxy_send_timeout 600s;\n"
+                        "      limit_rate %d;\n"
+                        "    }\n  }\n}\n"
+                        % ("user root;\n" if os.geteuid() == 0 else "", d, d, d, d, d, d, d,
+                           d, port, self.ca["server.crt"], self.ca["server.key"], self.up_url,
+                           self.ca["ca.crt"], rate))
+            self.shaper = Proc("shaper", ["nginx", "-c", conf, "-p", d, "-e",
+                                          d + "/logs/error.log", "-g", "daemon off;"], log_path)
+            url = "https://127.0.0.1:%d" % port
+            try:
+                wait_until(lambda: http_status(url + "/v2/", ca=self.ca["ca.crt"]) == 200, 30,
+                           "shaper nginx", self.shaper)
+                return url
+            except RuntimeError:
+                self.shaper.kill()
+                self.shaper = None
+                if "Address already in use" not in (tail(os.path.join(d, "logs", "error.log"))
+                                                     + tail(log_path)):
+                    raise
+        raise RuntimeError("shaper: no free port after 3 tries")
 
     # -- helpers
 
@@ -624,40 +702,84 @@ class Bench:
                 with contextlib.suppress(RuntimeError, OSError):
                     self.restart(server)
 
-    def restart(self, server):
-        {"regproxy": self.start_regproxy, "peer": self.start_peer,
-         "nginx": self.restart_nginx}[server]()
+    def restart(self, server, upstream_url=None):
+        """Restarts a server; regproxy and the peer with empty caches, in front of
+        upstream_url (default: the upstream)."""
+        if server == "nginx":
+            self.restart_nginx()
+        else:
+            {"regproxy": self.start_regproxy,
+             "peer": self.start_peer}[server](upstream_url=upstream_url)
 
     def herd(self):
+        """HERD concurrent cold GETs of the mid blob on a fresh cache against one cold GET
+        alone, and the same on nginx, which has the file (nothing to fetch): its herd is what
+        delivering HERD copies over loopback costs on this machine, the floor for any proxy."""
+        self.herd_runs("herd", SERVERS)
+
+    def herd_wan(self):
+        """The herd again with the proxies behind a shaper (start_shaper) that limits the
+        upstream's responses to --herd-wan-mbit, as when the registry is across the internet:
+        there the upstream transfer, not loopback delivery, is what the herd waits for."""
+        a = self.args
+        if a.herd_wan_mbit <= 0:
+            return
+        rate = a.herd_wan_mbit * 125000  # bytes/s
+        url = self.start_shaper(rate)
+        try:
+            self.herd_runs("herd_wan", ("regproxy", "peer"), upstream_url=url, rate=rate)
+        finally:
+            # Later scenarios get the proxies in front of the upstream itself again.
+            self.restart("regproxy")
+            self.restart("peer")
+            self.shaper.stop(10)
+            self.shaper = None
+
+    def herd_runs(self, scenario, servers, upstream_url=None, rate=None):
         a = self.args
         blob = self.blob_mid
+        what = "herd" if rate is None else "herd over %d Mbit/s" % a.herd_wan_mbit
+        # A single GET at the link's rate takes blob / rate: give it room to.
+        tmo = 60 if rate is None else max(60, int(4 * blob["size"] / rate))
         for rep in range(a.reps):
-            for server in ("regproxy", "peer"):
-                self.restart(server)
+            for server in servers:
+                cold = server != "nginx"
+                if cold:
+                    self.restart(server, upstream_url)
                 m0 = self.upstream_gets(blob["digest"])
-                single = self.measured(server, ["-c", 1, "-n", 1, "-t", 60,
-                                                self.url(server, "mid")])
-                time.sleep(0.5)
-                single_up = self.upstream_gets(blob["digest"]) - m0
-                self.restart(server)
-                m0 = self.upstream_gets(blob["digest"])
-                r = self.measured(server, ["-c", a.herd, "-n", a.herd, "-t", 60,
-                                           self.url(server, "mid")], timeout=600)
-                time.sleep(0.5)  # access lines may follow the responses
-                r["upstream_gets"] = self.upstream_gets(blob["digest"]) - m0
-                r["single_upstream_gets"] = single_up
+                single = self.measured(server, ["-c", 1, "-n", 1, "-t", tmo,
+                                                self.url(server, "mid")], timeout=tmo + 60)
+                if cold:
+                    time.sleep(0.5)
+                    single_up = self.upstream_gets(blob["digest"]) - m0
+                    self.restart(server, upstream_url)
+                    m0 = self.upstream_gets(blob["digest"])
+                r = self.measured(server, ["-c", a.herd, "-n", a.herd, "-t", tmo,
+                                           self.url(server, "mid")], timeout=max(600, tmo + 60))
+                if cold:
+                    time.sleep(0.5)  # access lines may follow the responses
+                    r["upstream_gets"] = self.upstream_gets(blob["digest"]) - m0
+                    r["single_upstream_gets"] = single_up
                 r["single_s"] = single["seconds"]
                 r["herd_over_single"] = r["seconds"] / single["seconds"]
                 r["errors"] += single["errors"]
-                self.record("herd", server, r)
-                log("herd of %d cold GETs (%d MiB), %s #%d: %.2f s (single cold GET %.2f s), "
-                    "%d upstream GETs, %d errors"
-                    % (a.herd, a.mid_mb, server, rep + 1, r["seconds"], single["seconds"],
-                       r["upstream_gets"], r["errors"]))
+                if rate is not None:
+                    r["wan_bytes_per_s"] = rate
+                self.record(scenario, server, r)
+                log("%s: %d %s GETs (%d MiB), %s #%d: %.2f s (single %s GET %.2f s), "
+                    "%s upstream GETs, %d errors"
+                    % (what, a.herd, "cold" if cold else "warm", a.mid_mb, server, rep + 1,
+                       r["seconds"], "cold" if cold else "warm", single["seconds"],
+                       r.get("upstream_gets", "no"), r["errors"]))
                 if r["errors"] or r["requests"] != a.herd:
-                    self.note("herd on %s (run %d): %d of %d complete, errors %s"
-                              % (server, rep + 1, r["requests"], a.herd,
+                    self.note("%s on %s (run %d): %d of %d complete, errors %s"
+                              % (what, server, rep + 1, r["requests"], a.herd,
                                  json.dumps(r["error_kinds"])))
+                if rate is not None and single["seconds"] < 0.8 * blob["size"] / rate:
+                    self.note("%s on %s (run %d): one cold GET took %.2f s, less than the "
+                              "%.2f s the shaper should allow: it is not shaping"
+                              % (what, server, rep + 1, single["seconds"],
+                                 blob["size"] / rate))
 
     def slow(self):
         a = self.args
@@ -822,12 +944,21 @@ class Bench:
             servers=("regproxy", "peer"))
         add("", "errors (all runs)", "manifest", "errors", "%d", "sum")
         hs = ("regproxy", "peer")
-        lab = "herd: %d concurrent cold GETs of the %d MiB blob" % (a.herd, a.mid_mb)
+        lab = ("herd: %d concurrent cold GETs of the %d MiB blob (nginx: warm, the cost of "
+               "delivering them)" % (a.herd, a.mid_mb))
         add(lab, "upstream GETs of the blob", "herd", "upstream_gets", "%d", servers=hs)
-        add("", "wall s, herd", "herd", "seconds", "%.2f", servers=hs)
-        add("", "wall s, one cold GET alone", "herd", "single_s", "%.2f", servers=hs)
-        add("", "herd / single", "herd", "herd_over_single", "%.1f", servers=hs)
-        add("", "errors (all runs)", "herd", "errors", "%d", "sum", servers=hs)
+        add("", "wall s, herd", "herd", "seconds", "%.2f")
+        add("", "wall s, one cold GET alone (nginx: warm)", "herd", "single_s", "%.2f")
+        add("", "herd / single", "herd", "herd_over_single", "%.1f")
+        add("", "errors (all runs)", "herd", "errors", "%d", "sum")
+        lab = ("herd over a %d Mbit/s upstream: %d concurrent cold GETs of the %d MiB blob "
+               "(%.2f s at that rate)" % (a.herd_wan_mbit, a.herd, a.mid_mb,
+                                          a.mid_mb * MiB * 8 / (a.herd_wan_mbit * 1e6 or 1)))
+        add(lab, "upstream GETs of the blob", "herd_wan", "upstream_gets", "%d", servers=hs)
+        add("", "wall s, herd", "herd_wan", "seconds", "%.2f", servers=hs)
+        add("", "wall s, one cold GET alone", "herd_wan", "single_s", "%.2f", servers=hs)
+        add("", "herd / single", "herd_wan", "herd_over_single", "%.1f", servers=hs)
+        add("", "errors (all runs)", "herd_wan", "errors", "%d", "sum", servers=hs)
         lab = "%d idle keep-alive conns held %d s" % (a.idle_conns, a.hold)
         add(lab, "server RSS growth MiB", "idle", "rss_growth_mib", "%.1f")
         add("", "server peak RSS MiB", "idle", "rss_peak_mib", "%.1f")
@@ -918,6 +1049,9 @@ def main():
     ap.add_argument("--mid-mb", type=int, default=50, help="MiB, the herd's blob")
     ap.add_argument("--huge-mb", type=int, default=1024, help="MiB, the slow clients' blob")
     ap.add_argument("--herd", type=int, default=100, help="concurrent cold GETs")
+    ap.add_argument("--herd-wan-mbit", type=int, default=100,
+                    help="Mbit/s of the shaped upstream the herd runs a second time behind "
+                    "(0: no second run)")
     ap.add_argument("--idle-conns", type=int, default=10000)
     ap.add_argument("--hold", type=int, default=5, help="seconds the idle connections are held")
     ap.add_argument("--slow-conns", type=int, default=32)
@@ -926,7 +1060,8 @@ def main():
     ap.add_argument("--profile-requests", type=int, default=20000,
                     help="requests made under strace/perf in the profile scenario")
     ap.add_argument("--only", default="", help="comma-separated subset of: blob,manifest,idle,"
-                    "herd,slow,pull,profile")
+                    "herd,slow,pull,profile; herd includes herd_wan (the herd behind the "
+                    "shaped upstream), which can also be named alone")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
     ap.add_argument("--max-minutes", type=float, default=40,
                     help="hard bound on the whole run")
@@ -974,8 +1109,9 @@ def main():
     b.setup()
     for name, fn in (("blob", lambda: (b.warm_blob(1), b.warm_blob(32))),
                      ("manifest", b.manifest), ("idle", b.idle), ("herd", b.herd),
-                     ("slow", b.slow), ("pull", b.cold_pull), ("profile", b.profile)):
-        if only and name not in only:
+                     ("herd_wan", b.herd_wan), ("slow", b.slow), ("pull", b.cold_pull),
+                     ("profile", b.profile)):
+        if only and name not in only and name.split("_")[0] not in only:
             continue
         try:
             fn()
@@ -1019,7 +1155,22 @@ def main():
               "/proc; RSS is sampled every 0.1 s. The idle scenario restarts every server "
               "before each run; the herd, slow-client and cold-pull scenarios restart regproxy "
               "and the peer with empty caches before each run, and the herd's single cold GET "
-              "runs on a fresh cache of its own.", ""]
+              "runs on a fresh cache of its own."]
+    if "herd" in b.results:
+        legend[-1] += (" In the herd, nginx serves the blob it already has: its herd wall time "
+                       "is what delivering %d copies over loopback costs on this machine, the "
+                       "floor for any proxy, and regproxy / nginx there is how far above that "
+                       "floor regproxy's herd is." % args.herd)
+    if "herd_wan" in b.results:
+        legend[-1] += (" The herd over a %d Mbit/s upstream runs with a second nginx between "
+                       "the proxies and the upstream (TLS, limit_rate %d bytes/s, buffering "
+                       "in memory only), as when the registry is across the internet; its "
+                       "wall time is bounded below both by the blob's time at that rate and "
+                       "by the loopback floor above. limit_rate is per connection: a proxy "
+                       "that makes many upstream GETs (the peer) gets the full rate on each "
+                       "instead of sharing one link as on a real WAN, so this understates the "
+                       "peer's penalty." % (args.herd_wan_mbit, args.herd_wan_mbit * 125000))
+    legend.append("")
     notes = ["## Notes", ""]
     notes += (["- " + n.replace("\n", "\n  ") for n in b.notes] or
               ["- the runner saw no errors, deaths or failed pulls."])
