@@ -6,6 +6,7 @@
 #ifndef RP_PROXY_H
 #define RP_PROXY_H
 
+#include <event2/util.h>
 #include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -30,8 +31,9 @@ struct evbuffer;
 #define RP_SMALL_BODY_MAX (1024 * 1024)   /* tags lists, referrers */
 #define RP_ERROR_BODY_MAX (64 * 1024)     /* upstream error bodies kept for the client */
 #define RP_REDIRECTS_MAX 5
-#define RP_STREAM_HIGH (1024 * 1024) /* stop feeding a client with this much queued */
-#define RP_STREAM_LOW (256 * 1024)   /* and go on when it has drained to this */
+#define RP_STREAM_HIGH (1024 * 1024)           /* stop feeding a client with this much queued */
+#define RP_STREAM_LOW (256 * 1024)             /* and go on when it has drained to this */
+#define RP_CONN_IN_SIZE (RP_HTTP_MAX_HEAD + 1) /* a whole head, and a byte to see it is too big */
 
 struct rp_server;
 struct rp_conn;
@@ -212,10 +214,26 @@ void rp_req_finish(struct rp_req *r, const char *aborted);
 
 /* ------------------------------------------------------------------------ server.c */
 
+/* A client connection. Plain connections do their own non-blocking reads and writes on two
+ * events, so a cache hit costs one read and one write: a response is written in the loop
+ * iteration that produced it, and the write event is only polled for while the socket is
+ * full. TLS connections leave their I/O to a bufferevent over OpenSSL. Either way `out`
+ * holds what the client is owed, in order, and `in` what it sent that is not parsed yet. */
 struct rp_conn {
     struct rp_server *srv;
     const struct rp_conf_listen *listen;
-    struct bufferevent *bev;
+    evutil_socket_t fd;
+    struct bufferevent *bev; /* TLS only */
+    struct event *rev, *wev; /* plain only */
+    struct evbuffer *out;
+    char *in; /* a pooled buffer of RP_CONN_IN_SIZE while bytes wait, else NULL */
+    size_t in_len;
+    size_t write_low;  /* the write callback runs once out has drained to this */
+    bool read_paused;  /* in is full: rev is off until a request consumes it */
+    bool writing;      /* wev is pending: the socket took less than we had */
+    bool write_queued; /* wev is active: it runs later in this loop iteration */
+    bool in_write_cb;  /* conn_free waits for the write callback to return */
+    bool freed;
     struct rp_req *req;
     bool keep_alive;
     bool close_after;
@@ -253,13 +271,16 @@ struct rp_server {
     size_t n_listeners;
     struct rp_conn_list conns;
     size_t n_conns;
+    char *in_pool; /* free input buffers, linked through their first bytes */
+    size_t n_in_pool;
     size_t n_refusing; /* connections past max_connections being answered 503 */
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
     struct event *sig_term, *sig_int, *sig_hup;
-    struct event *watch_ev; /* polls credential files for changes */
+    struct event *log_flush_ev; /* writes the log lines batched in this loop iteration */
+    struct event *watch_ev;     /* polls credential files for changes */
     struct evconnlistener *admin;
     struct rp_metrics metrics;
     struct rp_check_status *checks; /* one per registry: the last login check */

@@ -19,39 +19,65 @@ static const struct rp_fetch_cb upstream_cb;
 
 struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *h)
 {
-    struct rp_req *r = rp_xcalloc(1, sizeof(*r));
+    /* One allocation: the strings the request keeps from its head live after it. Docker
+     * sends one Accept header per media type; others send one list. Upstream gets the same
+     * list either way (joined as RFC 9110 allows); an absurd list is cut, not fatal. */
+    size_t acc_len = 0, range_len = 0;
+    const struct rp_http_header *range = NULL;
+    for (size_t i = 0; i < h->n_headers; i++) {
+        const struct rp_http_header *hd = &h->headers[i];
+        if (rp_strieq_n(hd->name, hd->name_len, "accept") && hd->value_len > 0) {
+            size_t add = (acc_len ? 2 : 0) + hd->value_len;
+            if (acc_len + add > ACCEPT_MAX)
+                break;
+            acc_len += add;
+        } else if (rp_strieq_n(hd->name, hd->name_len, "range") && !range &&
+                   hd->value_len <= RANGE_MAX) {
+            range = hd;
+            range_len = hd->value_len;
+        }
+    }
+    struct rp_req *r =
+        rp_xcalloc(1, sizeof(*r) + h->target_len + 1 + (acc_len + 1) + (range_len + 1));
+    char *p = (char *)(r + 1);
+    r->target = p;
+    memcpy(p, h->target, h->target_len);
+    p += h->target_len + 1;
+    if (acc_len) {
+        char *a = p;
+        size_t n = 0;
+        for (size_t i = 0; i < h->n_headers; i++) {
+            const struct rp_http_header *hd = &h->headers[i];
+            if (!rp_strieq_n(hd->name, hd->name_len, "accept") || hd->value_len == 0)
+                continue;
+            size_t add = (n ? 2 : 0) + hd->value_len;
+            if (n + add > acc_len)
+                break;
+            if (n) {
+                memcpy(a + n, ", ", 2);
+                n += 2;
+            }
+            memcpy(a + n, hd->value, hd->value_len);
+            n += hd->value_len;
+        }
+        if (rp_header_value_safe(a))
+            r->accept = a;
+        p += acc_len + 1;
+    }
+    if (range) {
+        memcpy(p, range->value, range_len);
+        if (rp_header_value_safe(p))
+            r->range = p;
+    }
     r->conn = c;
     r->state = RQ_ROUTE;
     r->started_ms = rp_now_ms();
     r->head = h->method == RP_HTTP_HEAD;
-    r->target = rp_xstrndup(h->target, h->target_len);
     rp_request_id(r->id, sizeof(r->id));
     r->cache_status = "PASS";
     r->stream_expected = -1;
     r->up_h.length = -1;
     r->fill_fd = -1;
-    /* Docker sends one Accept header per media type; others send one list. Upstream gets
-     * the same list either way (joined as RFC 9110 allows). */
-    struct rp_buf acc;
-    rp_buf_init(&acc, ACCEPT_MAX);
-    for (size_t i = 0; i < h->n_headers; i++) {
-        const struct rp_http_header *hd = &h->headers[i];
-        if (rp_strieq_n(hd->name, hd->name_len, "accept") && hd->value_len > 0) {
-            if ((acc.len && rp_buf_add(&acc, ", ", 2) < 0) ||
-                rp_buf_add(&acc, hd->value, hd->value_len) < 0)
-                break; /* an absurd Accept list is cut, not fatal */
-        } else if (rp_strieq_n(hd->name, hd->name_len, "range") && !r->range &&
-                   hd->value_len <= RANGE_MAX) {
-            r->range = rp_xstrndup(hd->value, hd->value_len);
-        }
-    }
-    if (acc.len && rp_header_value_safe(acc.data))
-        r->accept = rp_xstrdup(acc.data);
-    rp_buf_free(&acc);
-    if (r->range && !rp_header_value_safe(r->range)) {
-        free(r->range);
-        r->range = NULL;
-    }
     return r;
 }
 
@@ -66,9 +92,6 @@ void rp_req_free(struct rp_req *r)
     rp_fill_leave(r);
     if (r->fill_fd >= 0)
         close(r->fill_fd);
-    free(r->target);
-    free(r->accept);
-    free(r->range);
     free(r->up_err);
     rp_headers_free(&r->up_h);
     rp_buf_free(&r->body);

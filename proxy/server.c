@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define IDLE_TIMEOUT_S 60  /* keep-alive connections with nothing to say */
 #define HEAD_DEADLINE_S 10 /* from a request's first byte to its complete head (slowloris) */
@@ -91,33 +92,146 @@ static const char *status_reason(int status)
 
 struct evbuffer *rp_conn_output(struct rp_conn *c)
 {
-    return bufferevent_get_output(c->bev);
+    return c->out;
 }
 
 size_t rp_conn_output_len(struct rp_conn *c)
 {
-    return evbuffer_get_length(bufferevent_get_output(c->bev));
+    return evbuffer_get_length(c->out);
 }
 
+/* Input buffers are held only while bytes wait to be parsed: ten thousand idle keep-alive
+ * connections hold none, and a busy server cycles through the same few without malloc. */
+#define IN_POOL_MAX 64
+
+static void in_take(struct rp_conn *c)
+{
+    struct rp_server *srv = c->srv;
+    if (c->in)
+        return;
+    if (srv->in_pool) {
+        c->in = srv->in_pool;
+        memcpy(&srv->in_pool, c->in, sizeof(char *));
+        srv->n_in_pool--;
+    } else {
+        c->in = rp_xmalloc(RP_CONN_IN_SIZE);
+    }
+}
+
+static void in_release(struct rp_conn *c)
+{
+    struct rp_server *srv = c->srv;
+    if (!c->in)
+        return;
+    if (srv->n_in_pool < IN_POOL_MAX) {
+        memcpy(c->in, &srv->in_pool, sizeof(char *));
+        srv->in_pool = c->in;
+        srv->n_in_pool++;
+    } else {
+        free(c->in);
+    }
+    c->in = NULL;
+    c->in_len = 0;
+}
+
+static void in_pool_free(struct rp_server *srv)
+{
+    while (srv->in_pool) {
+        char *b = srv->in_pool;
+        memcpy(&srv->in_pool, b, sizeof(char *));
+        free(b);
+    }
+    srv->n_in_pool = 0;
+}
+
+/* Drops the first n input bytes (a parsed head) and reads on if reading had paused. */
+static void in_consume(struct rp_conn *c, size_t n)
+{
+    c->in_len -= n;
+    if (c->in_len)
+        memmove(c->in, c->in + n, c->in_len);
+    else
+        in_release(c);
+    if (c->read_paused) {
+        c->read_paused = false;
+        event_add(c->rev, NULL);
+    }
+}
+
+/* TLS: moves what OpenSSL decrypted into `in`, as much as fits. */
+static void in_pull_tls(struct rp_conn *c)
+{
+    struct evbuffer *src = bufferevent_get_input(c->bev);
+    size_t avail = evbuffer_get_length(src);
+    if (avail == 0 || c->in_len == RP_CONN_IN_SIZE)
+        return;
+    in_take(c);
+    size_t room = RP_CONN_IN_SIZE - c->in_len;
+    int n = evbuffer_remove(src, c->in + c->in_len, avail < room ? avail : room);
+    if (n > 0)
+        c->in_len += (size_t)n;
+}
+
+/* Appends to a head being built; the caller has sized `head` for the worst case. */
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+#define PUT_LIT(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* Every response head is built here, by copying rather than printf: it is on the path of
+ * every cache hit. */
 void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         int64_t content_length, const char *extra)
 {
-    struct evbuffer *out = rp_conn_output(c);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\n"
-                        "Docker-Distribution-API-Version: registry/2.0\r\n",
-                        status, status_reason(status));
-    if (c->req)
-        evbuffer_add_printf(out, "X-Request-Id: %s\r\n", c->req->id);
-    if (content_type)
-        evbuffer_add_printf(out, "Content-Type: %s\r\n", content_type);
-    if (content_length >= 0)
-        evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)content_length);
+    const char *reason = status_reason(status);
+    size_t type_len = content_type ? strlen(content_type) : 0;
+    size_t extra_len = extra ? strlen(extra) : 0;
+    char small[1024];
+    size_t need = 256 + strlen(reason) + type_len + extra_len + (c->req ? sizeof(c->req->id) : 0);
+    char *head = need <= sizeof(small) ? small : rp_xmalloc(need);
+    char *p = PUT_LIT(head, "HTTP/1.1 ");
+    p = put_u64(p, (uint64_t)(status > 0 && status < 1000 ? status : 500));
+    *p++ = ' ';
+    p = put(p, reason, strlen(reason));
+    p = PUT_LIT(p, "\r\nDocker-Distribution-API-Version: registry/2.0\r\n");
+    if (c->req) {
+        p = PUT_LIT(p, "X-Request-Id: ");
+        p = put(p, c->req->id, strlen(c->req->id));
+        p = PUT_LIT(p, "\r\n");
+    }
+    if (content_type) {
+        p = PUT_LIT(p, "Content-Type: ");
+        p = put(p, content_type, type_len);
+        p = PUT_LIT(p, "\r\n");
+    }
+    if (content_length >= 0) {
+        p = PUT_LIT(p, "Content-Length: ");
+        p = put_u64(p, (uint64_t)content_length);
+        p = PUT_LIT(p, "\r\n");
+    }
     if (extra)
-        evbuffer_add(out, extra, strlen(extra));
+        p = put(p, extra, extra_len);
     if (!c->keep_alive)
-        evbuffer_add_printf(out, "Connection: close\r\n");
-    evbuffer_add(out, "\r\n", 2);
+        p = PUT_LIT(p, "Connection: close\r\n");
+    p = PUT_LIT(p, "\r\n");
+    evbuffer_add(rp_conn_output(c), head, (size_t)(p - head));
+    if (head != small)
+        free(head);
     if (c->req)
         c->req->status = status;
 }
@@ -145,7 +259,9 @@ void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *r
 
 void rp_conn_stream_mode(struct rp_conn *c)
 {
-    bufferevent_setwatermark(c->bev, EV_WRITE, RP_STREAM_LOW, 0);
+    c->write_low = RP_STREAM_LOW;
+    if (c->bev)
+        bufferevent_setwatermark(c->bev, EV_WRITE, RP_STREAM_LOW, 0);
 }
 
 /* Waiting for a request: idle until its first byte, then a hard deadline for the whole
@@ -192,7 +308,19 @@ static void conn_free(struct rp_conn *c)
     }
     TAILQ_REMOVE(&c->srv->conns, c, link);
     c->srv->n_conns--;
-    bufferevent_free(c->bev);
+    in_release(c);
+    if (c->bev) {
+        bufferevent_free(c->bev); /* closes fd, frees out */
+    } else {
+        event_free(c->rev);
+        event_free(c->wev);
+        evbuffer_free(c->out);
+        evutil_closesocket(c->fd);
+    }
+    if (c->in_write_cb) {
+        c->freed = true; /* the write callback frees it when it returns */
+        return;
+    }
     free(c);
 }
 
@@ -207,9 +335,15 @@ static void conn_linger(struct rp_conn *c)
 {
     if (c->linger_ev)
         return;
-    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    bufferevent_enable(c->bev, EV_READ);
+    shutdown(c->fd, SHUT_WR);
+    in_release(c);
+    if (c->bev) {
+        bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+        bufferevent_enable(c->bev, EV_READ);
+    } else if (c->read_paused) {
+        c->read_paused = false;
+        event_add(c->rev, NULL);
+    }
     c->linger_ev = evtimer_new(c->srv->base, linger_timeout_cb, c);
     struct timeval tv = {LINGER_S, 0};
     evtimer_add(c->linger_ev, &tv);
@@ -291,23 +425,23 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
         conn_close_after_flush(c);
         return;
     }
-    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    c->write_low = 0;
+    if (c->bev)
+        bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     conn_wait_request(c, false);
     conn_try_parse(c);
 }
 
 static void conn_try_parse(struct rp_conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    size_t avail = evbuffer_get_length(in);
-    if (c->req || c->close_after || avail == 0)
+    if (c->bev)
+        in_pull_tls(c);
+    if (c->req || c->close_after || c->in_len == 0)
         return;
     if (!c->head_started)
         conn_wait_request(c, true);
-    size_t look = avail < RP_HTTP_MAX_HEAD + 1 ? avail : RP_HTTP_MAX_HEAD + 1;
-    const char *data = (const char *)evbuffer_pullup(in, (ssize_t)look);
     struct rp_http_request_head h;
-    int n = rp_http_parse_request(data, look, RP_TARGET_MAX, &h);
+    int n = rp_http_parse_request(c->in, c->in_len, RP_TARGET_MAX, &h);
     switch (n) {
     case RP_HTTP_NEED_MORE:
         return;
@@ -375,19 +509,136 @@ static void conn_try_parse(struct rp_conn *c)
         rp_free_secret(value);
         if (!ok) {
             /* Registry clients log in when challenged, then send Basic on every request. */
-            evbuffer_drain(in, (size_t)n);
+            in_consume(c, (size_t)n);
             conn_challenge(c);
             return;
         }
     }
     c->req = rp_req_new(c, &h);
-    evbuffer_drain(in, (size_t)n);
+    in_consume(c, (size_t)n);
     evtimer_del(c->wait_ev);
     c->head_started = false;
     rp_req_drive(c->req);
 }
 
-static void conn_read_cb(struct bufferevent *bev, void *arg)
+static bool retriable(int err)
+{
+    return err == EAGAIN || err == EWOULDBLOCK || err == EINTR;
+}
+
+/* EOF, error or send timeout: the client is gone; whatever it was waiting for is moot. */
+static void conn_gone(struct rp_conn *c)
+{
+    if (c->req && !c->close_after)
+        rp_req_log(c->req, "client");
+    conn_free(c);
+}
+
+/* Output drained to the write watermark. */
+static void conn_write_done(struct rp_conn *c)
+{
+    if (c->close_after && rp_conn_output_len(c) == 0) {
+        conn_linger(c);
+        return;
+    }
+    if (c->req)
+        rp_req_output_drained(c->req);
+}
+
+static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct rp_conn *c = arg;
+    if (c->close_after) { /* lingering: whatever still comes is dropped */
+        char sink[4096];
+        ssize_t n = read(fd, sink, sizeof(sink));
+        if (n == 0 || (n < 0 && !retriable(errno)))
+            conn_free(c);
+        return;
+    }
+    in_take(c);
+    ssize_t n = read(fd, c->in + c->in_len, RP_CONN_IN_SIZE - c->in_len);
+    if (n > 0) {
+        c->in_len += (size_t)n;
+        if (c->in_len == RP_CONN_IN_SIZE) { /* pipelined requests wait here */
+            event_del(c->rev);
+            c->read_paused = true;
+        }
+        conn_try_parse(c);
+        return;
+    }
+    if (c->in_len == 0)
+        in_release(c);
+    if (n < 0 && retriable(errno))
+        return;
+    if (n < 0)
+        rp_debug("conn %s: %s", c->peer, strerror(errno));
+    conn_gone(c);
+}
+
+/* Called whenever something is added to a plain connection's output: the write is queued to
+ * run later in this loop iteration, after whatever else the request adds, so head and body
+ * leave in one writev without waiting for epoll to say the socket is writable (it almost
+ * always is). Inside the write callback (a stream refilling its output) the next write
+ * waits for epoll instead, so one fast client cannot starve the others. */
+static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    struct rp_conn *c = arg;
+    if (info->n_added == 0 || c->writing || c->write_queued)
+        return;
+    if (c->in_write_cb) {
+        struct timeval tv = {SEND_TIMEOUT_S, 0};
+        event_add(c->wev, &tv);
+        c->writing = true;
+        return;
+    }
+    c->write_queued = true;
+    event_active(c->wev, EV_WRITE, 1);
+}
+
+#define WRITES_PER_CALLBACK 4 /* head, then a file segment or two, then yield */
+
+static void conn_writable_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct rp_conn *c = arg;
+    c->write_queued = false;
+    if (what & EV_TIMEOUT) {
+        rp_info("conn %s: client took nothing for %d s; closing", c->peer, SEND_TIMEOUT_S);
+        conn_gone(c);
+        return;
+    }
+    for (int i = 0; i < WRITES_PER_CALLBACK && evbuffer_get_length(c->out); i++) {
+        int n = evbuffer_write(c->out, fd);
+        if (n < 0 && !retriable(errno)) {
+            rp_debug("conn %s: %s", c->peer, strerror(errno));
+            conn_gone(c);
+            return;
+        }
+        if (n <= 0)
+            break;
+    }
+    size_t left = evbuffer_get_length(c->out);
+    if (left && !c->writing) {
+        struct timeval tv = {SEND_TIMEOUT_S, 0};
+        event_add(c->wev, &tv);
+        c->writing = true;
+    } else if (!left && c->writing) {
+        event_del(c->wev);
+        c->writing = false;
+    }
+    if (left > c->write_low)
+        return;
+    c->in_write_cb = true;
+    conn_write_done(c);
+    if (c->freed) {
+        free(c);
+        return;
+    }
+    c->in_write_cb = false;
+}
+
+static void tls_read_cb(struct bufferevent *bev, void *arg)
 {
     struct rp_conn *c = arg;
     if (c->close_after) {
@@ -398,19 +649,13 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
     conn_try_parse(c);
 }
 
-static void conn_write_cb(struct bufferevent *bev, void *arg)
+static void tls_write_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    struct rp_conn *c = arg;
-    if (c->close_after && rp_conn_output_len(c) == 0) {
-        conn_linger(c);
-        return;
-    }
-    if (c->req)
-        rp_req_output_drained(c->req);
+    conn_write_done(arg);
 }
 
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+static void tls_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct rp_conn *c = arg;
@@ -421,10 +666,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
     } else if (what & BEV_EVENT_ERROR) {
         rp_debug("conn %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
     }
-    /* EOF, error or timeout: the client is gone; whatever it was waiting for is moot. */
-    if (c->req && !c->close_after)
-        rp_req_log(c->req, "client");
-    conn_free(c);
+    conn_gone(c);
 }
 
 /* The listener callback needs the server, the listener's config and its TLS context. */
@@ -555,31 +797,47 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     c->srv = srv;
     c->listen = ctx->conf;
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
-    int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
+    c->fd = fd;
     if (ctx->set.tls) {
+        int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
         SSL *ssl = SSL_new(ctx->set.tls);
         c->bev = ssl ? bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                       opts)
                      : NULL;
-        if (!c->bev && ssl)
-            SSL_free(ssl);
+        if (!c->bev) {
+            if (ssl)
+                SSL_free(ssl);
+            evutil_closesocket(fd);
+            free(c);
+            return NULL;
+        }
+        c->out = bufferevent_get_output(c->bev);
+        bufferevent_setcb(c->bev, tls_read_cb, tls_write_cb, tls_event_cb, c);
+        /* Stop reading ahead once a full head is buffered: pipelined requests wait there. */
+        bufferevent_setwatermark(c->bev, EV_READ, 0, RP_CONN_IN_SIZE);
+        struct timeval send_timeout = {SEND_TIMEOUT_S, 0};
+        bufferevent_set_timeouts(c->bev, NULL, &send_timeout);
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     } else {
-        c->bev = bufferevent_socket_new(srv->base, fd, opts);
-    }
-    if (!c->bev) {
-        evutil_closesocket(fd);
-        free(c);
-        return NULL;
+        c->rev = event_new(srv->base, fd, EV_READ | EV_PERSIST, conn_readable_cb, c);
+        c->wev = event_new(srv->base, fd, EV_WRITE | EV_PERSIST, conn_writable_cb, c);
+        c->out = evbuffer_new();
+        if (!c->rev || !c->wev || !c->out || !evbuffer_add_cb(c->out, conn_out_cb, c)) {
+            if (c->rev)
+                event_free(c->rev);
+            if (c->wev)
+                event_free(c->wev);
+            if (c->out)
+                evbuffer_free(c->out);
+            evutil_closesocket(fd);
+            free(c);
+            return NULL;
+        }
+        event_add(c->rev, NULL);
     }
     c->wait_ev = evtimer_new(srv->base, wait_timeout_cb, c);
     TAILQ_INSERT_TAIL(&srv->conns, c, link);
     srv->n_conns++;
-    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-    /* Stop reading ahead once a full head is buffered: pipelined requests wait there. */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, RP_HTTP_MAX_HEAD + 1);
-    struct timeval send_timeout = {SEND_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(c->bev, NULL, &send_timeout);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return c;
 }
 
@@ -761,6 +1019,7 @@ void rp_server_fini(struct rp_server *srv)
     if (srv->conns.tqh_last) /* initialised */
         while (!TAILQ_EMPTY(&srv->conns))
             conn_free(TAILQ_FIRST(&srv->conns));
+    in_pool_free(srv);
     if (srv->checks_running.tqh_last)
         rp_checks_free_all(srv);
     if (srv->inflight.tqh_last)
@@ -795,9 +1054,30 @@ void rp_server_fini(struct rp_server *srv)
             free(srv->checks[i].line);
     free(srv->checks);
     rp_metrics_fini(&srv->metrics);
+    if (srv->log_flush_ev) {
+        rp_log_batch(NULL, NULL);
+        event_free(srv->log_flush_ev);
+    }
     if (srv->base)
         event_base_free(srv->base);
     memset(srv, 0, sizeof(*srv));
+}
+
+static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    rp_log_flush();
+}
+
+/* The first line of a batch queues the flush behind the callbacks already due in this loop
+ * iteration: under load one write carries the access lines of many requests, and a quiet
+ * server still writes each line within microseconds. */
+static void log_kick(void *arg)
+{
+    struct rp_server *srv = arg;
+    event_active(srv->log_flush_ev, EV_TIMEOUT, 1);
 }
 
 int rp_server_run(struct rp_conf *conf)
@@ -825,6 +1105,9 @@ int rp_server_run(struct rp_conf *conf)
         rp_admin_start(&srv, conf->admin.listen);
     for (size_t i = 0; i < conf->n_warnings; i++)
         rp_warn("config: %s", conf->warnings[i]);
+    srv.log_flush_ev = event_new(srv.base, -1, 0, log_flush_cb, &srv);
+    if (srv.log_flush_ev)
+        rp_log_batch(log_kick, &srv);
     rp_info("regproxy %s serving (%zu registries)", RP_VERSION, conf->n_registries);
     /* The same login checks as `regproxy check`, logged; a failing registry does not stop
      * the others from being served. Offline registries are never dialed. */

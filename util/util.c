@@ -14,6 +14,7 @@
 
 static void oom(size_t n)
 {
+    rp_log_flush();
     fprintf(stderr, "regproxy: out of memory allocating %zu bytes\n", n);
     abort();
 }
@@ -154,20 +155,85 @@ bool rp_log_enabled(enum rp_log_level level)
 
 void rp_log_time(char *buf, size_t len)
 {
+    /* Formatting a date is costly and every access line needs one: the part down to the
+     * second is kept until the second changes. */
+    static time_t last_sec = -1;
+    static char last[64];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    if (ts.tv_sec != last_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        snprintf(last, sizeof(last), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        last_sec = ts.tv_sec;
+    }
+    int ms = (int)(ts.tv_nsec / 1000000);
+    snprintf(buf, len, "%s.%c%c%cZ", last, '0' + ms / 100, '0' + ms / 10 % 10, '0' + ms % 10);
+}
+
+/* Batching (rp_log_batch): lines gather here and leave in one write per event-loop
+ * iteration, so a busy server does not pay a system call per access line. */
+#define LOG_BATCH_SIZE (64 * 1024)
+static char *log_batch;
+static size_t log_batch_len;
+static void (*log_kick)(void *);
+static void *log_kick_arg;
+static bool log_kicked;
+
+static void log_write(const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(STDERR_FILENO, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return; /* nowhere to report a failing log */
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void rp_log_flush(void)
+{
+    log_write(log_batch, log_batch_len);
+    log_batch_len = 0;
+    log_kicked = false;
+}
+
+void rp_log_batch(void (*kick)(void *), void *arg)
+{
+    if (!kick) {
+        rp_log_flush();
+        free(log_batch);
+        log_batch = NULL;
+        log_kick = NULL;
+        return;
+    }
+    if (!log_batch)
+        log_batch = rp_xmalloc(LOG_BATCH_SIZE);
+    log_kick = kick;
+    log_kick_arg = arg;
 }
 
 void rp_log_line(const char *line, size_t len)
 {
+    if (len > 8191)
+        len = 8191;
+    if (log_batch) {
+        if (log_batch_len + len + 1 > LOG_BATCH_SIZE)
+            rp_log_flush();
+        memcpy(log_batch + log_batch_len, line, len);
+        log_batch[log_batch_len + len] = '\n';
+        log_batch_len += len + 1;
+        if (!log_kicked) {
+            log_kicked = true;
+            log_kick(log_kick_arg);
+        }
+        return;
+    }
     /* One write per line keeps lines whole when several processes share stderr. */
     char buf[8192];
-    if (len > sizeof(buf) - 1)
-        len = sizeof(buf) - 1;
     memcpy(buf, line, len);
     buf[len] = '\n';
     ssize_t w = write(STDERR_FILENO, buf, len + 1);

@@ -44,8 +44,15 @@ void rp_log(enum rp_log_level level, const char *fmt, ...) __attribute__((format
 void rp_log_set_json(bool on);
 bool rp_log_is_json(void);
 bool rp_log_enabled(enum rp_log_level level);
-/* Writes one preformatted line (no newline inside) with a single write. */
+/* Writes one preformatted line (no newline inside) with a single write, or, while batching,
+ * appends it to the batch. */
 void rp_log_line(const char *line, size_t len);
+/* Batching, for a server: lines are kept in memory and kick(arg) is called for the first
+ * line of each batch; the caller arranges for rp_log_flush to run soon after (at the end of
+ * the event-loop iteration), and a full batch flushes by itself. kick NULL flushes and stops
+ * batching; do that before exiting. */
+void rp_log_batch(void (*kick)(void *), void *arg);
+void rp_log_flush(void);
 /* The current time as RFC 3339 UTC with milliseconds into buf (at least 32 bytes). */
 void rp_log_time(char *buf, size_t len);
 #define rp_debug(...) rp_log(RP_LOG_DEBUG, __VA_ARGS__)
