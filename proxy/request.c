@@ -308,7 +308,8 @@ static void cache_header(struct rp_req *r, struct rp_buf *extra)
 static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
 {
     struct rp_buf extra;
-    rp_buf_init(&extra, 1024);
+    char extra_mem[512];
+    rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
     rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
     cache_header(r, &extra);
     uint64_t start = 0, end = 0;

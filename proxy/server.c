@@ -608,14 +608,17 @@ static void conn_writable_cb(evutil_socket_t fd, short what, void *arg)
         conn_gone(c);
         return;
     }
+    /* Writes on while the kernel takes whole chains (head, then a file segment); a chain
+     * taken in part means the socket is full, and asking again would only get EAGAIN. */
     for (int i = 0; i < WRITES_PER_CALLBACK && evbuffer_get_length(c->out); i++) {
+        size_t first = evbuffer_get_contiguous_space(c->out);
         int n = evbuffer_write(c->out, fd);
         if (n < 0 && !retriable(errno)) {
             rp_debug("conn %s: %s", c->peer, strerror(errno));
             conn_gone(c);
             return;
         }
-        if (n <= 0)
+        if (n <= 0 || (size_t)n < first)
             break;
     }
     size_t left = evbuffer_get_length(c->out);
@@ -822,7 +825,10 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
         c->rev = event_new(srv->base, fd, EV_READ | EV_PERSIST, conn_readable_cb, c);
         c->wev = event_new(srv->base, fd, EV_WRITE | EV_PERSIST, conn_writable_cb, c);
         c->out = evbuffer_new();
-        if (!c->rev || !c->wev || !c->out || !evbuffer_add_cb(c->out, conn_out_cb, c)) {
+        /* DRAINS_TO_FD: file segments (cached blobs, fills) go out with sendfile rather
+         * than being mapped and copied. */
+        if (!c->rev || !c->wev || !c->out || !evbuffer_add_cb(c->out, conn_out_cb, c) ||
+            evbuffer_set_flags(c->out, EVBUFFER_FLAG_DRAINS_TO_FD) != 0) {
             if (c->rev)
                 event_free(c->rev);
             if (c->wev)

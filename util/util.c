@@ -74,6 +74,18 @@ void rp_buf_init(struct rp_buf *b, size_t cap)
     b->len = 0;
     b->alloc = 0;
     b->cap = cap;
+    b->borrowed = false;
+}
+
+void rp_buf_init_in(struct rp_buf *b, char *storage, size_t size, size_t cap)
+{
+    rp_buf_init(b, cap);
+    if (size) {
+        b->data = storage;
+        b->data[0] = '\0';
+        b->alloc = size;
+        b->borrowed = true;
+    }
 }
 
 int rp_buf_add(struct rp_buf *b, const void *p, size_t n)
@@ -86,7 +98,14 @@ int rp_buf_add(struct rp_buf *b, const void *p, size_t n)
             a *= 2;
         if (a > b->cap + 1)
             a = b->cap + 1;
-        b->data = rp_xrealloc(b->data, a);
+        if (b->borrowed) {
+            char *d = rp_xmalloc(a);
+            memcpy(d, b->data, b->len);
+            b->data = d;
+            b->borrowed = false;
+        } else {
+            b->data = rp_xrealloc(b->data, a);
+        }
         b->alloc = a;
     }
     if (n)
@@ -125,7 +144,9 @@ void rp_buf_reset(struct rp_buf *b)
 
 void rp_buf_free(struct rp_buf *b)
 {
-    free(b->data);
+    if (!b->borrowed)
+        free(b->data);
+    b->borrowed = false;
     b->data = NULL;
     b->len = b->alloc = 0;
 }

@@ -27,9 +27,13 @@ struct rp_buf {
     char *data;
     size_t len;
     size_t alloc;
-    size_t cap; /* rp_buf_add fails with -1 rather than grow len past this */
+    size_t cap;    /* rp_buf_add fails with -1 rather than grow len past this */
+    bool borrowed; /* data is the caller's storage (rp_buf_init_in), not ours to free */
 };
 void rp_buf_init(struct rp_buf *b, size_t cap);
+/* Starts in the caller's storage (typically on its stack) and moves to the heap only if
+ * it outgrows it: the common small case allocates nothing. */
+void rp_buf_init_in(struct rp_buf *b, char *storage, size_t size, size_t cap);
 /* Appends; returns 0, or -1 when the cap would be exceeded (the buffer is unchanged). */
 int rp_buf_add(struct rp_buf *b, const void *p, size_t n);
 int rp_buf_addf(struct rp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
