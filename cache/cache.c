@@ -231,6 +231,8 @@ struct rp_cache_fill {
     EVP_MD_CTX *md;
     bool verified; /* rp_cache_fill_verify ran: verify_rc holds its verdict */
     int verify_rc;
+    bool synced; /* rp_cache_fill_sync ran: sync_errno holds its outcome */
+    int sync_errno;
     char *path;
     char name[32]; /* under tmp/ */
 };
@@ -1595,6 +1597,15 @@ out:
     return rc;
 }
 
+int rp_cache_fill_sync(struct rp_cache_fill *f)
+{
+    f->synced = true;
+    f->sync_errno = f->fd < 0 ? EBADF : sync_fd(f->fd) != 0 ? errno : 0;
+    if (f->sync_errno)
+        errno = f->sync_errno;
+    return f->sync_errno ? -1 : 0;
+}
+
 int rp_cache_fill_commit(struct rp_cache_fill *f)
 {
     int rc;
@@ -1610,7 +1621,12 @@ int rp_cache_fill_commit(struct rp_cache_fill *f)
         goto out;
     int fd = f->fd;
     f->fd = -1;
-    if (sync_fd(fd) != 0 || close(fd) != 0) {
+    if (f->synced && f->sync_errno) {
+        close(fd);
+        rp_warn("cache: writing %s: %s", f->path, strerror(f->sync_errno));
+        goto out;
+    }
+    if ((!f->synced && sync_fd(fd) != 0) || close(fd) != 0) {
         rp_warn("cache: writing %s: %s", f->path, strerror(errno));
         goto out;
     }

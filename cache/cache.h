@@ -104,6 +104,11 @@ const char *rp_cache_fill_path(const struct rp_cache_fill *f);
  * without publishing anything: RP_CACHE_OK, E_SIZE, E_DIGEST or E_IO. Lets a caller release
  * verified bytes to readers before the slower durable publish. */
 int rp_cache_fill_verify(struct rp_cache_fill *f);
+/* fsyncs the temp file, the slow part of a commit, on its own: it touches nothing but the
+ * fill's descriptor, so it may run on another thread while the caller leaves f alone (but
+ * for rp_cache_fill_path). Returns 0 or -1 (errno set); commit then skips its own fsync
+ * and fails if this did. */
+int rp_cache_fill_sync(struct rp_cache_fill *f);
 /* Verifies digest and size, fsyncs, renames into place, fsyncs the directory, indexes.
  * On mismatch the temp file is removed and E_DIGEST / E_SIZE returned. Frees f always. */
 int rp_cache_fill_commit(struct rp_cache_fill *f);

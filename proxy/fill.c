@@ -19,6 +19,7 @@ enum fill_state {
     FILL_WAITING, /* no answer from upstream yet */
     FILL_RUNNING, /* bytes flowing into the temp file */
     FILL_REFUSED, /* upstream answered with an error: collecting its body for the readers */
+    FILL_SYNCING, /* verified and released; the worker thread is making it durable */
 };
 
 struct rp_fill {
@@ -37,6 +38,7 @@ struct rp_fill {
     struct rp_buf err_body;
     char *fail_reason;
     int64_t started_ms;
+    int64_t ms; /* download time, for the log */
     TAILQ_HEAD(, rp_req) readers;
     TAILQ_ENTRY(rp_fill) link;
 };
@@ -218,41 +220,16 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
     }
 }
 
-static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
+static void fill_unlist(struct rp_fill *f)
 {
-    struct rp_fill *f = arg;
-    f->fetch = NULL;
     TAILQ_REMOVE(&f->srv->fills, f, link);
     f->srv->n_fills--;
-    int64_t ms = rp_now_ms() - f->started_ms;
-    if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
-        rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)",
-                f->digest, f->reg->name, (long long)f->written, (long long)ms,
-                f->fail_reason ? f->fail_reason
-                : res->err     ? res->err
-                               : "refused",
-                f->up_status);
-        fail_readers(f, res);
-        fill_free(f);
-        return;
-    }
-    struct rp_cache_fill *cf = f->cf;
-    f->cf = NULL;
-    int e = rp_cache_fill_verify(cf);
-    if (e != RP_CACHE_OK) {
-        rp_warn("fill %s registry=%s rejected: %s; nothing cached", f->digest, f->reg->name,
-                rp_cache_strerror(e));
-        rp_cache_fill_abort(cf);
-        struct rp_fetch_result bad = *res;
-        bad.fail = RP_FETCH_E_OWNER;
-        free(f->fail_reason);
-        f->fail_reason = rp_xasprintf("%s", rp_cache_strerror(e));
-        fail_readers(f, &bad);
-        fill_free(f);
-        return;
-    }
-    /* Verified: every reader gets the rest now (the file stays readable through its
-     * descriptor after the rename), before the slower fsync and publish below. */
+}
+
+/* Verified: every reader gets the rest now (the file stays readable through its descriptor
+ * after the rename). */
+static void release_readers(struct rp_fill *f)
+{
     struct rp_req *r;
     while ((r = TAILQ_FIRST(&f->readers))) {
         reader_detach(r);
@@ -263,9 +240,27 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         r->state = RQ_SENDING;
         rp_req_finish(r, NULL);
     }
+}
+
+/* On the worker thread: only the fill's descriptor is touched. */
+static void fill_sync_work(void *arg)
+{
+    struct rp_fill *f = arg;
+    rp_cache_fill_sync(f->cf);
+}
+
+/* Back on the loop: durable, so it can be published. Readers that joined while the sync
+ * ran get their last byte now. */
+static void fill_synced(void *arg)
+{
+    struct rp_fill *f = arg;
+    fill_unlist(f);
+    release_readers(f);
+    struct rp_cache_fill *cf = f->cf;
+    f->cf = NULL;
     /* Pinned before publishing: publishing runs eviction, which must not take it. */
     rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
-    e = rp_cache_fill_commit(cf);
+    int e = rp_cache_fill_commit(cf);
     if (e != RP_CACHE_OK) {
         rp_warn("fill %s registry=%s verified but not cached: %s", f->digest, f->reg->name,
                 rp_cache_strerror(e));
@@ -273,9 +268,48 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     rp_cache_link(f->srv->cache, f->reg->name, f->repo, f->digest);
-    rp_info("fill %s registry=%s bytes=%lld ms=%lld", f->digest, f->reg->name,
-            (long long)f->written, (long long)ms);
+    rp_info("fill %s registry=%s bytes=%lld ms=%lld (durable after %lld)", f->digest, f->reg->name,
+            (long long)f->written, (long long)f->ms, (long long)(rp_now_ms() - f->started_ms));
     fill_free(f);
+}
+
+static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
+{
+    struct rp_fill *f = arg;
+    f->fetch = NULL;
+    int64_t ms = rp_now_ms() - f->started_ms;
+    if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
+        fill_unlist(f);
+        rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)",
+                f->digest, f->reg->name, (long long)f->written, (long long)ms,
+                f->fail_reason ? f->fail_reason
+                : res->err     ? res->err
+                               : "refused",
+                f->up_status);
+        fail_readers(f, res);
+        fill_free(f);
+        return;
+    }
+    int e = rp_cache_fill_verify(f->cf);
+    if (e != RP_CACHE_OK) {
+        fill_unlist(f);
+        rp_warn("fill %s registry=%s rejected: %s; nothing cached", f->digest, f->reg->name,
+                rp_cache_strerror(e));
+        struct rp_fetch_result bad = *res;
+        bad.fail = RP_FETCH_E_OWNER;
+        free(f->fail_reason);
+        f->fail_reason = rp_xasprintf("%s", rp_cache_strerror(e));
+        fail_readers(f, &bad);
+        fill_free(f);
+        return;
+    }
+    /* Verified: the readers get the rest before the slow fsync, which runs on the worker
+     * thread so that no client of this loop waits for the disk. The fill stays findable
+     * meanwhile: a client asking for the blob now joins it rather than fetching it again. */
+    release_readers(f);
+    f->ms = ms;
+    f->state = FILL_SYNCING;
+    rp_syncer_submit(f->srv->syncer, fill_sync_work, fill_synced, f);
 }
 
 static const struct rp_fetch_cb fill_cb = {
@@ -315,7 +349,7 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
     r->fill_fd = -1;
     r->state = RQ_FILL;
     TAILQ_INSERT_TAIL(&f->readers, r, fill_link);
-    if (f->state == FILL_RUNNING)
+    if (f->state == FILL_RUNNING || f->state == FILL_SYNCING)
         reader_start(r);
     return 0;
 }

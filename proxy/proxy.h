@@ -18,6 +18,7 @@
 #include "../util/util.h"
 #include "http_parse.h"
 #include "metrics.h"
+#include "syncer.h"
 #include "route.h"
 #include "upstream.h"
 
@@ -276,6 +277,7 @@ struct rp_server {
     size_t n_refusing; /* connections past max_connections being answered 503 */
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
+    struct rp_syncer *syncer;           /* fsyncs finished fills off the loop (syncer.h) */
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
     struct event *sig_term, *sig_int, *sig_hup;

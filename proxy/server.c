@@ -974,6 +974,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     /* Pins of mirrored and imported images come back from the pins file: the index
      * snapshot keeps pins only across clean restarts. */
     rp_pins_apply(srv->cache, conf);
+    srv->syncer = rp_syncer_new(srv->base);
     srv->up = rp_upstream_new(srv->base);
     if (!srv->up) {
         rp_error("cannot initialise libcurl");
@@ -1030,6 +1031,8 @@ void rp_server_fini(struct rp_server *srv)
         rp_checks_free_all(srv);
     if (srv->inflight.tqh_last)
         rp_inflight_free_all(srv);
+    rp_syncer_free(srv->syncer); /* publishes the fills it was making durable */
+    srv->syncer = NULL;
     if (srv->fills.tqh_last)
         rp_fills_free_all(srv);
     if (srv->token_fetches.tqh_last)
