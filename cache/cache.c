@@ -231,6 +231,8 @@ struct rp_cache_fill {
     EVP_MD_CTX *md;
     bool verified; /* rp_cache_fill_verify ran: verify_rc holds its verdict */
     int verify_rc;
+    char *wbuf; /* bytes written and hashed but not yet in the file (FILL_WBUF at most) */
+    size_t wlen;
     bool synced; /* rp_cache_fill_sync ran: sync_errno holds its outcome */
     int sync_errno;
     char *path;
@@ -1490,9 +1492,12 @@ static void fill_free(struct rp_cache_fill *f)
 {
     fill_detach(f);
     EVP_MD_CTX_free(f->md);
+    free(f->wbuf);
     free(f->path);
     free(f);
 }
+
+#define FILL_WBUF (256 * 1024)
 
 struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest,
                                           int64_t expected_size, int *err)
@@ -1549,14 +1554,44 @@ int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n)
         return f->err = RP_CACHE_E_SIZE;
     if (n == 0)
         return RP_CACHE_OK;
-    if (write_all(f->fd, p, n) != 0) {
+    if (EVP_DigestUpdate(f->md, p, n) != 1)
+        return f->err = RP_CACHE_E_IO;
+    /* Upstream data comes a TLS record (16 KiB) at a time: gathered, it costs one write
+     * per FILL_WBUF instead of one per record. */
+    if (f->wlen + n > FILL_WBUF && rp_cache_fill_flush(f) != RP_CACHE_OK)
+        return f->err;
+    if (n >= FILL_WBUF) {
+        if (write_all(f->fd, p, n) != 0) {
+            rp_warn("cache: writing %s: %s", f->path, strerror(errno));
+            return f->err = RP_CACHE_E_IO;
+        }
+    } else {
+        if (!f->wbuf)
+            f->wbuf = rp_xmalloc(FILL_WBUF);
+        memcpy(f->wbuf + f->wlen, p, n);
+        f->wlen += n;
+    }
+    f->written += n;
+    return RP_CACHE_OK;
+}
+
+int rp_cache_fill_flush(struct rp_cache_fill *f)
+{
+    if (!f)
+        return RP_CACHE_E_INVALID;
+    if (f->err)
+        return f->err;
+    if (f->wlen && write_all(f->fd, f->wbuf, f->wlen) != 0) {
         rp_warn("cache: writing %s: %s", f->path, strerror(errno));
         return f->err = RP_CACHE_E_IO;
     }
-    if (EVP_DigestUpdate(f->md, p, n) != 1)
-        return f->err = RP_CACHE_E_IO;
-    f->written += n;
+    f->wlen = 0;
     return RP_CACHE_OK;
+}
+
+uint64_t rp_cache_fill_flushed(const struct rp_cache_fill *f)
+{
+    return f ? f->written - f->wlen : 0;
 }
 
 uint64_t rp_cache_fill_written(const struct rp_cache_fill *f)
@@ -1577,6 +1612,8 @@ int rp_cache_fill_verify(struct rp_cache_fill *f)
         return RP_CACHE_E_INVALID;
     if (f->verified)
         return f->verify_rc;
+    if (f->c)
+        rp_cache_fill_flush(f); /* a failure is sticky in f->err */
     int rc = f->err ? f->err : RP_CACHE_E_IO;
     if (f->err || !f->c)
         goto out;

@@ -94,15 +94,19 @@ int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *me
  * cache dir; readers may open it by rp_cache_fill_path while it grows. */
 struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest,
                                           int64_t expected_size, int *err);
-/* Appends bytes (written and hashed). Returns 0 or an error (E_IO, E_SIZE when more than
- * expected_size arrives). */
+/* Appends bytes (hashed now, gathered into writes of a few hundred KiB). Returns 0 or an
+ * error (E_IO, E_SIZE when more than expected_size arrives). */
 int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n);
+/* Writes out what rp_cache_fill_write gathered, so readers of the temp file see it. */
+int rp_cache_fill_flush(struct rp_cache_fill *f);
 uint64_t rp_cache_fill_written(const struct rp_cache_fill *f);
+/* Bytes in the temp file (readers may read this far). */
+uint64_t rp_cache_fill_flushed(const struct rp_cache_fill *f);
 /* Path of the temp file (readers open their own fd on it while it grows). */
 const char *rp_cache_fill_path(const struct rp_cache_fill *f);
-/* Checks size and digest of what was written (once: later calls return the same verdict)
- * without publishing anything: RP_CACHE_OK, E_SIZE, E_DIGEST or E_IO. Lets a caller release
- * verified bytes to readers before the slower durable publish. */
+/* Flushes, then checks size and digest of what was written (once: later calls return the
+ * same verdict) without publishing anything: RP_CACHE_OK, E_SIZE, E_DIGEST or E_IO. Lets a
+ * caller release verified bytes to readers before the slower durable publish. */
 int rp_cache_fill_verify(struct rp_cache_fill *f);
 /* fsyncs the temp file, the slow part of a commit, on its own: it touches nothing but the
  * fill's descriptor, so it may run on another thread while the caller leaves f alone (but

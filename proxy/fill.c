@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,9 @@ struct rp_fill {
     struct rp_buf err_body;
     char *fail_reason;
     int64_t started_ms;
-    int64_t ms; /* download time, for the log */
+    int64_t ms;             /* download time, for the log */
+    struct event *flush_ev; /* once per loop iteration: gathered bytes to the file, readers on */
+    bool flush_queued;
     TAILQ_HEAD(, rp_req) readers;
     TAILQ_ENTRY(rp_fill) link;
 };
@@ -47,6 +50,8 @@ static void fill_free(struct rp_fill *f)
 {
     if (f->fetch)
         rp_fetch_cancel(f->fetch);
+    if (f->flush_ev)
+        event_free(f->flush_ev);
     rp_cache_fill_abort(f->cf);
     free(f->repo);
     free(f->content_type);
@@ -102,7 +107,7 @@ static void pump(struct rp_req *r)
     struct rp_fill *f = r->fill;
     if (r->fill_fd < 0)
         return;
-    int64_t limit = f->written;
+    int64_t limit = (int64_t)rp_cache_fill_flushed(f->cf);
     if (limit >= f->expected)
         limit = f->expected - 1;
     while (r->fill_sent < limit && rp_conn_output_len(r->conn) < RP_STREAM_HIGH) {
@@ -174,6 +179,21 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     return 0;
 }
 
+static void fill_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_fill *f = arg;
+    f->flush_queued = false;
+    if (f->state != FILL_RUNNING && f->state != FILL_SYNCING)
+        return;
+    if (f->state == FILL_RUNNING && rp_cache_fill_flush(f->cf) != RP_CACHE_OK)
+        return; /* sticky: the fill fails its verification */
+    struct rp_req *r;
+    TAILQ_FOREACH(r, &f->readers, fill_link)
+    pump(r);
+}
+
 static long fill_data_cb(void *arg, const char *p, size_t n)
 {
     struct rp_fill *f = arg;
@@ -187,9 +207,14 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
         return -1;
     }
     f->written += (int64_t)n;
-    struct rp_req *r;
-    TAILQ_FOREACH(r, &f->readers, fill_link)
-    pump(r);
+    /* curl hands over a TLS record at a time, many per loop iteration: the file write and
+     * the readers' pumps wait for the iteration's last one. */
+    if (!f->flush_ev) {
+        fill_flush_cb(-1, 0, f); /* no event (out of memory): at once, as before */
+    } else if (!f->flush_queued) {
+        f->flush_queued = true;
+        event_active(f->flush_ev, EV_TIMEOUT, 1);
+    }
     return (long)n;
 }
 
@@ -331,6 +356,7 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
         f->expected = -1;
         f->started_ms = rp_now_ms();
         rp_buf_init(&f->err_body, RP_ERROR_BODY_MAX);
+        f->flush_ev = event_new(srv->base, -1, 0, fill_flush_cb, f);
         TAILQ_INIT(&f->readers);
         TAILQ_INSERT_TAIL(&srv->fills, f, link);
         srv->n_fills++;

@@ -57,6 +57,7 @@ struct image {
     char **seen; /* digests already queued for this image */
     size_t n_seen;
     bool started, finished;
+    struct mirror *m;
 };
 
 struct mirror {
@@ -158,13 +159,27 @@ static void image_finish(struct mirror *m, struct image *img)
         event_base_loopexit(m->srv.base, NULL);
 }
 
-/* A task ended (successfully or not): the image may be complete. */
+static void sync_barrier(void *arg)
+{
+    (void)arg;
+}
+
+static void image_synced(void *arg)
+{
+    struct image *img = arg;
+    image_finish(img->m, img);
+}
+
+/* A task ended (successfully or not): the image may be complete. Its blobs are verified
+ * but may still be on their way to disk (the proxy fsyncs on its worker thread): the image
+ * is reported once the worker has also run an empty job queued behind those fsyncs, so
+ * "ok" means every blob is durable and published. */
 static void task_done(struct mirror *m, struct task *t)
 {
     struct image *img = t->img;
     task_free(t);
     if (--img->pending == 0)
-        image_finish(m, img);
+        rp_syncer_submit(m->srv.syncer, sync_barrier, image_synced, img);
 }
 
 /* Puts the tasks of an image in progress ahead of the images not started yet, so images
@@ -475,8 +490,10 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
         return 2;
     }
     m.images = rp_xcalloc(m.n_images + 1, sizeof(*m.images));
-    for (size_t i = 0; i < m.n_images; i++)
+    for (size_t i = 0; i < m.n_images; i++) {
         m.images[i].ref = refs[i];
+        m.images[i].m = &m;
+    }
     free(refs);
     for (size_t i = 0; i < m.n_images; i++) {
         rp_image_ref_format(&m.images[i].ref, m.images[i].name, sizeof(m.images[i].name));
