@@ -331,12 +331,17 @@ class Bench:
                     raise
         raise RuntimeError("upstream: no free port after 3 tries")
 
-    def skopeo(self, args, timeout=600):
+    def skopeo(self, args, timeout=600, cpus=None):
         argv = ["skopeo", "--insecure-policy"] + args
         t0 = time.monotonic()
+
+        def setup():
+            _child_setup()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, env=self.cenv, timeout=timeout,
-                           preexec_fn=_child_setup)
+                           preexec_fn=setup)
         p.elapsed = time.monotonic() - t0
         if p.returncode != 0:
             raise RuntimeError("skopeo exited %d: %s\n%s" % (p.returncode, " ".join(argv),
@@ -812,19 +817,38 @@ class Bench:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         if not shm:
             self.note("no writable /dev/shm: the cold pull runs on disk only")
+        ncpu = len(os.sched_getaffinity(0))
         for rep in range(a.reps):
-            for where, scen in (("tmpfs", "pull"), ("disk", "pull_disk")):
-                if where == "tmpfs" and not shm:
+            for where, scen in (("tmpfs", "pull"), ("disk", "pull_disk"),
+                                ("pinned", "pull_pinned")):
+                if (where != "disk" and not shm) or (where == "pinned" and ncpu < 2):
                     continue
                 for who in ("regproxy", "peer", "direct"):
                     self.pull_once(rep, where, scen, who, shm)
 
+    @staticmethod
+    def pin(pid, cpus):
+        """Every thread of every process in pid's session onto cpus."""
+        for p in session_pids(pid):
+            for tid in os.listdir("/proc/%d/task" % p):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), cpus)
+
     def pull_once(self, rep, where, scen, who, shm):
-        """One cold pull of bench/large:v1 by skopeo into `where` (tmpfs or disk)."""
+        """One cold pull of bench/large:v1 by skopeo into `where`: tmpfs, disk, or "pinned"
+        (tmpfs, with skopeo and the upstream sharing CPU 0 and the proxy alone on the other
+        CPUs, as when the proxy is a machine of its own: what is left of the gap then is the
+        hop's latency, not its CPU)."""
         if who != "direct":
             self.restart(who)
+        pinned = where == "pinned"
+        everywhere = os.sched_getaffinity(0)
+        if pinned:
+            self.pin(self.up.pid, {0})
+            if who != "direct":
+                self.pin(self.proc(who).pid, everywhere - {0})
         base = tempfile.mkdtemp(prefix="regproxy-bench-pull-", dir=shm) \
-            if where == "tmpfs" else self.tmp
+            if where != "disk" else self.tmp
         dest = os.path.join(base, "pull")
         shutil.rmtree(dest, ignore_errors=True)
         if who == "direct":
@@ -842,11 +866,15 @@ class Bench:
         cl0 = ch.ru_utime + ch.ru_stime
         try:
             p = self.skopeo(["copy", "-q", "--src-no-creds"] + src + ["oci:%s:v1" % dest],
-                            timeout=300)
+                            timeout=300, cpus={0} if pinned else None)
             r = {"seconds": p.elapsed, "errors": 0}
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             self.note("skopeo cold pull via %s failed: %s" % (who, e))
             r = {"seconds": None, "errors": 1}
+        if pinned:
+            self.pin(self.up.pid, everywhere)
+            if who != "direct":
+                self.pin(self.proc(who).pid, everywhere)
         ch = resource.getrusage(resource.RUSAGE_CHILDREN)
         r["client_cpu_s"] = ch.ru_utime + ch.ru_stime - cl0
         r["upstream_cpu_s"] = up_u.cpu() - up0
@@ -1006,7 +1034,9 @@ class Bench:
             servers=("regproxy", "peer"))
         add("", "errors (all runs)", "slow", "errors", "%d", "sum")
         for scen, where in (("pull", "into tmpfs (the node is not the proxy's machine)"),
-                            ("pull_disk", "onto the disk the proxies cache to")):
+                            ("pull_disk", "onto the disk the proxies cache to"),
+                            ("pull_pinned", "into tmpfs, skopeo and upstream on CPU 0, the "
+                             "proxy on the others")):
             add("skopeo cold pull of the %d MiB image %s; baseline column: direct from "
                 "upstream" % (a.big_mb + a.mid_mb, where), "seconds", scen, "seconds", "%.2f")
             add("", "CPU s, all processes (skopeo, upstream, proxy)", scen, "cpu_s", "%.2f")
