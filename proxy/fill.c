@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define PUMP_CHUNK (1024 * 1024)
+#define PUMP_MIN (256 * 1024)
 
 enum fill_state {
     FILL_WAITING, /* no answer from upstream yet */
@@ -110,6 +111,12 @@ static void pump(struct rp_req *r)
     int64_t limit = (int64_t)rp_cache_fill_flushed(f->cf);
     if (limit >= f->expected)
         limit = f->expected - 1;
+    /* A reader takes the download in pieces of PUMP_MIN at least (the tail comes with the
+     * verification): fed the few KiB each loop iteration brings, a hundred readers of a
+     * slow download cost a descriptor, a segment and a sendfile each per iteration and
+     * starved the download itself. */
+    if (limit - r->fill_sent < PUMP_MIN)
+        return;
     while (r->fill_sent < limit && rp_conn_output_len(r->conn) < RP_STREAM_HIGH) {
         int64_t upto = r->fill_sent + PUMP_CHUNK < limit ? r->fill_sent + PUMP_CHUNK : limit;
         if (queue_range(r, upto) < 0) {
@@ -189,9 +196,12 @@ static void fill_flush_cb(evutil_socket_t fd, short what, void *arg)
         return;
     if (f->state == FILL_RUNNING && rp_cache_fill_flush(f->cf) != RP_CACHE_OK)
         return; /* sticky: the fill fails its verification */
+    /* Only readers running low are fed here; the others are fed when their client has
+     * drained them to RP_STREAM_LOW (rp_fill_reader_drained). */
     struct rp_req *r;
     TAILQ_FOREACH(r, &f->readers, fill_link)
-    pump(r);
+    if (rp_conn_output_len(r->conn) < RP_STREAM_LOW)
+        pump(r);
 }
 
 static long fill_data_cb(void *arg, const char *p, size_t n)
