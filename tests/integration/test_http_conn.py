@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The client connection itself: pipelined requests answered in order (also more of them
+than fit the proxy's input buffer at once), a head that arrives in small pieces, and
+keep-alive across cache misses and hits. Raw sockets, so nothing hides what the proxy
+sends."""
+import hashlib
+import json
+import socket
+import time
+
+import lib
+from lib import check, eq
+
+MANIFEST = "/v2/ns/multi/manifests/v1"
+
+
+def _request(path, method="GET", close=False, pad=0):
+    head = "%s %s HTTP/1.1\r\nHost: proxy.test\r\nAccept: %s\r\n" % (method, path, lib.ACCEPT_ALL)
+    if pad:
+        head += "X-Pad: %s\r\n" % ("p" * pad)
+    if close:
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode()
+
+
+def _responses(data, methods):
+    """Splits what came back into (status, headers, body), one per request method."""
+    out = []
+    for method in methods:
+        end = data.find(b"\r\n\r\n")
+        check(end >= 0, "response %d of %d is missing (%d bytes left)"
+              % (len(out) + 1, len(methods), len(data)))
+        if end < 0:
+            break
+        lines = data[:end].decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
+        body = data[end + 4:end + 4 + n]
+        check(len(body) == n, "response %d: body cut at %d of %d bytes" % (len(out) + 1,
+                                                                           len(body), n))
+        out.append((status, headers, body))
+        data = data[end + 4 + n:]
+    eq(data, b"", "bytes after the last response")
+    return out
+
+
+def _exchange(p, payload, timeout=20):
+    with socket.create_connection(("127.0.0.1", p.port), timeout=timeout) as c:
+        c.sendall(payload)
+        got = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                return got
+            got += b
+
+
+def _check_manifest(resp, want, what):
+    status, headers, body = resp
+    eq(status, 200, what)
+    eq(headers.get("docker-content-digest"), want, "%s: Docker-Content-Digest" % what)
+    eq("sha256:" + hashlib.sha256(body).hexdigest(), want, "%s: digest of the body" % what)
+
+
+def test_pipelined_requests_in_order(t):
+    s = t.s
+    reg = s.anon_registry
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    methods = ["GET", "GET", "HEAD", "GET", "GET"]
+    payload = (_request("/v2/") + _request(MANIFEST) + _request(MANIFEST, "HEAD") +
+               _request("/v2/ns/no-such-repo/manifests/v1") + _request(MANIFEST, close=True))
+    rs = _responses(_exchange(p, payload), methods)
+    eq(len(rs), 5, "responses to 5 pipelined requests")
+    if len(rs) != 5:
+        return
+    eq(rs[0][0], 200, "ping")
+    _check_manifest(rs[1], want, "manifest (a miss)")
+    eq((rs[2][0], rs[2][1].get("docker-content-digest")), (200, want), "HEAD of the manifest")
+    eq(rs[3][0], 404, "unknown repository")
+    check(b"NAME_UNKNOWN" in rs[3][2] or b"MANIFEST_UNKNOWN" in rs[3][2],
+          "404 body: %r" % rs[3][2][:200])
+    _check_manifest(rs[4], want, "manifest again (a hit)")
+    eq(rs[4][1].get("connection"), "close", "the last response closes")
+    ids = [r[1].get("x-request-id") for r in rs]
+    eq(len(set(ids)), 5, "a request id per response: %s" % ids)
+
+
+def test_pipelined_beyond_the_input_buffer(t):
+    """60 requests of 600 bytes (36 KB) in one write: more than the proxy reads at once
+    (16 KiB), so it must stop reading, answer, and read on."""
+    s = t.s
+    reg = s.anon_registry
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    n = 60
+    payload = b"".join(_request(MANIFEST, pad=420, close=(i == n - 1)) for i in range(n))
+    check(len(payload) > 32 * 1024, "payload of %d bytes" % len(payload))
+    rs = _responses(_exchange(p, payload, timeout=60), ["GET"] * n)
+    eq(len(rs), n, "responses to %d pipelined requests" % n)
+    for i, r in enumerate(rs):
+        _check_manifest(r, want, "pipelined manifest %d" % (i + 1))
+
+
+def test_head_in_small_pieces(t):
+    s = t.s
+    reg = s.anon_registry
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    req = _request(MANIFEST, close=True)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=20) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(req), 7):
+            c.sendall(req[i:i + 7])
+            time.sleep(0.005)
+        got = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            got += b
+    rs = _responses(got, ["GET"])
+    if rs:
+        _check_manifest(rs[0], want, "manifest whose head came in 7-byte pieces")
+
+
+def _read_response(c):
+    """One response from a keep-alive socket: (status, headers, sha256 of the body, length)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = c.recv(65536)
+        check(b, "connection closed before a response head")
+        if not b:
+            return None
+        buf += b
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    left = int(headers.get("content-length", "0")) - len(rest)
+    h = hashlib.sha256(rest)
+    n = len(rest)
+    while left > 0:
+        b = c.recv(min(left, 1 << 20))
+        check(b, "connection closed with %d body bytes missing" % left)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+        left -= len(b)
+    return int(lines[0].split()[1]), headers, "sha256:" + h.hexdigest(), n
+
+
+def test_keep_alive_across_misses_and_hits(t):
+    """One connection: a blob miss (streamed from the fill), the same blob again (a hit,
+    sendfile from the cache), then the manifest; every body checked."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][0]["digest"]
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    path = "/v2/ns/large/blobs/%s" % blob
+    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
+        for i, (target, close) in enumerate(((path, False), (path, False), (MANIFEST, True))):
+            c.sendall(_request(target, close=close))
+            r = _read_response(c)
+            if r is None:
+                return
+            status, _, digest, _ = r
+            eq(status, 200, "request %d on one connection" % (i + 1))
+            eq(digest, blob if i < 2 else want, "body of request %d (%s)"
+               % (i + 1, ("blob miss", "blob hit", "manifest")[i]))
+        eq(c.recv(1), b"", "the connection closes after Connection: close")
