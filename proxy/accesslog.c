@@ -23,13 +23,8 @@ void rp_request_id(char *buf, size_t len)
         for (int i = 7; i >= 0; i--, v >>= 4)
             prefix[i] = "0123456789abcdef"[v & 15];
     }
-    char digits[20];
-    size_t n = 0;
-    unsigned long long s = ++seq;
-    do {
-        digits[n++] = (char)('0' + s % 10);
-        s /= 10;
-    } while (s);
+    char digits[RP_U64_DIGITS];
+    size_t n = rp_fmt_u64(digits, ++seq);
     if (len < 8 + 1 + n + 1) {
         if (len)
             buf[0] = '\0';
@@ -37,8 +32,7 @@ void rp_request_id(char *buf, size_t len)
     }
     memcpy(buf, prefix, 8);
     buf[8] = '-';
-    for (size_t i = 0; i < n; i++)
-        buf[9 + i] = digits[n - 1 - i];
+    memcpy(buf + 9, digits, n);
     buf[9 + n] = '\0';
 }
 
@@ -63,17 +57,10 @@ static void adds(struct line *l, const char *s)
 
 static void addnum(struct line *l, long long v)
 {
-    char tmp[24];
-    size_t n = 0;
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    char tmp[RP_U64_DIGITS];
     if (v < 0)
-        tmp[n++] = '-';
-    while (n && l->len < l->cap)
-        l->p[l->len++] = tmp[--n];
+        add(l, "-", 1);
+    add(l, tmp, rp_fmt_u64(tmp, v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v));
 }
 
 void rp_access_log(const struct rp_access *a)

@@ -182,15 +182,7 @@ static char *put(char *p, const char *s, size_t n)
 
 static char *put_u64(char *p, uint64_t v)
 {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
+    return p + rp_fmt_u64(p, v);
 }
 
 /* Every response head is built here, by copying rather than printf: it is on the path of
@@ -199,15 +191,16 @@ void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         int64_t content_length, const char *extra)
 {
     const char *reason = status_reason(status);
+    size_t reason_len = strlen(reason);
     size_t type_len = content_type ? strlen(content_type) : 0;
     size_t extra_len = extra ? strlen(extra) : 0;
     char small[1024];
-    size_t need = 256 + strlen(reason) + type_len + extra_len + (c->req ? sizeof(c->req->id) : 0);
+    size_t need = 256 + reason_len + type_len + extra_len + (c->req ? sizeof(c->req->id) : 0);
     char *head = need <= sizeof(small) ? small : rp_xmalloc(need);
     char *p = PUT_LIT(head, "HTTP/1.1 ");
     p = put_u64(p, (uint64_t)(status > 0 && status < 1000 ? status : 500));
     *p++ = ' ';
-    p = put(p, reason, strlen(reason));
+    p = put(p, reason, reason_len);
     p = PUT_LIT(p, "\r\nDocker-Distribution-API-Version: registry/2.0\r\n");
     if (c->req) {
         p = PUT_LIT(p, "X-Request-Id: ");
@@ -576,6 +569,15 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
     conn_gone(c);
 }
 
+/* Lets epoll say when the socket takes more (it took less than we had, or a stream is
+ * refilling), and gives up on a client that takes nothing for SEND_TIMEOUT_S. */
+static void conn_poll_write(struct rp_conn *c)
+{
+    struct timeval tv = {SEND_TIMEOUT_S, 0};
+    event_add(c->wev, &tv);
+    c->writing = true;
+}
+
 /* Called whenever something is added to a plain connection's output: the write is queued to
  * run later in this loop iteration, after whatever else the request adds, so head and body
  * leave in one writev without waiting for epoll to say the socket is writable (it almost
@@ -588,9 +590,7 @@ static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
     if (info->n_added == 0 || c->writing || c->write_queued)
         return;
     if (c->in_write_cb) {
-        struct timeval tv = {SEND_TIMEOUT_S, 0};
-        event_add(c->wev, &tv);
-        c->writing = true;
+        conn_poll_write(c);
         return;
     }
     c->write_queued = true;
@@ -623,9 +623,7 @@ static void conn_writable_cb(evutil_socket_t fd, short what, void *arg)
     }
     size_t left = evbuffer_get_length(c->out);
     if (left && !c->writing) {
-        struct timeval tv = {SEND_TIMEOUT_S, 0};
-        event_add(c->wev, &tv);
-        c->writing = true;
+        conn_poll_write(c);
     } else if (!left && c->writing) {
         event_del(c->wev);
         c->writing = false;

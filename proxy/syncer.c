@@ -30,8 +30,8 @@ struct rp_syncer {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct queue todo, done; /* under mu */
-    bool stop;               /* under mu */
+    struct queue queued, done; /* under mu */
+    bool stop;                 /* under mu */
     int efd;
     struct event *ev;
 };
@@ -65,7 +65,7 @@ static void *worker(void *arg)
     struct rp_syncer *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        struct job *j = q_pop(&s->todo);
+        struct job *j = q_pop(&s->queued);
         if (!j) {
             if (s->stop)
                 break;
@@ -112,7 +112,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 struct rp_syncer *rp_syncer_new(struct event_base *base)
 {
     struct rp_syncer *s = rp_xcalloc(1, sizeof(*s));
-    q_init(&s->todo);
+    q_init(&s->queued);
     q_init(&s->done);
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (s->efd < 0)
@@ -157,7 +157,7 @@ void rp_syncer_submit(struct rp_syncer *s, void (*work)(void *), void (*done)(vo
     j->done = done;
     j->arg = arg;
     pthread_mutex_lock(&s->mu);
-    q_push(&s->todo, j);
+    q_push(&s->queued, j);
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }

@@ -323,6 +323,19 @@ int64_t rp_wall_s(void)
     return (int64_t)time(NULL);
 }
 
+size_t rp_fmt_u64(char *out, uint64_t v)
+{
+    char tmp[RP_U64_DIGITS];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
 bool rp_strieq_n(const char *a, size_t alen, const char *b)
 {
     size_t blen = strlen(b);

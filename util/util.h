@@ -71,6 +71,10 @@ int64_t rp_wall_s(void);
 
 /* Case-insensitive comparison of a counted string with a C string. */
 bool rp_strieq_n(const char *a, size_t alen, const char *b);
+/* Writes v in decimal to out (room for RP_U64_DIGITS, no terminating NUL); returns the
+ * number of digits. For heads and log lines built without printf. */
+#define RP_U64_DIGITS 20
+size_t rp_fmt_u64(char *out, uint64_t v);
 /* Strict decimal parse of [s, s+len) into *out: digits only, no sign, no overflow. */
 int rp_parse_u64(const char *s, size_t len, uint64_t *out);
 

@@ -48,15 +48,6 @@ def _responses(data, methods):
     return out
 
 
-def _exchange(p, payload, timeout=20):
-    with socket.create_connection(("127.0.0.1", p.port), timeout=timeout) as c:
-        c.sendall(payload)
-        got = b""
-        while True:
-            b = c.recv(65536)
-            if not b:
-                return got
-            got += b
 
 
 def _check_manifest(resp, want, what):
@@ -74,7 +65,7 @@ def test_pipelined_requests_in_order(t):
     methods = ["GET", "GET", "HEAD", "GET", "GET"]
     payload = (_request("/v2/") + _request(MANIFEST) + _request(MANIFEST, "HEAD") +
                _request("/v2/ns/no-such-repo/manifests/v1") + _request(MANIFEST, close=True))
-    rs = _responses(_exchange(p, payload), methods)
+    rs = _responses(lib.raw_exchange(p.port, payload, timeout=20), methods)
     eq(len(rs), 5, "responses to 5 pipelined requests")
     if len(rs) != 5:
         return
@@ -100,7 +91,7 @@ def test_pipelined_beyond_the_input_buffer(t):
     n = 60
     payload = b"".join(_request(MANIFEST, pad=420, close=(i == n - 1)) for i in range(n))
     check(len(payload) > 32 * 1024, "payload of %d bytes" % len(payload))
-    rs = _responses(_exchange(p, payload, timeout=60), ["GET"] * n)
+    rs = _responses(lib.raw_exchange(p.port, payload, timeout=60), ["GET"] * n)
     eq(len(rs), n, "responses to %d pipelined requests" % n)
     for i, r in enumerate(rs):
         _check_manifest(r, want, "pipelined manifest %d" % (i + 1))

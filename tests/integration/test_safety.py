@@ -165,18 +165,7 @@ def test_slowloris_cut_off(t):
 
 
 def _raw(p, data):
-    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
-        c.sendall(data)
-        buf = b""
-        try:
-            while True:
-                b = c.recv(65536)
-                if not b:
-                    break
-                buf += b
-        except socket.timeout:
-            lib.fail("the connection was kept open after %r" % data[:60])
-        return buf
+    return lib.raw_exchange(p.port, data)
 
 
 def test_framing_and_bodies_refused(t):
