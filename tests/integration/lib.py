@@ -191,18 +191,23 @@ def kill_all():
         p.kill()
 
 
+def read_to_eof(sock):
+    """All a socket receives until the peer closes (socket.timeout propagates)."""
+    chunks = []
+    while True:
+        b = sock.recv(65536)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
 def raw_exchange(port, data, timeout=10):
     """Sends data on a fresh connection to 127.0.0.1:port and returns all that comes back
     until the server closes; fails if it keeps the connection open past timeout."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
         c.sendall(data)
-        buf = b""
         try:
-            while True:
-                b = c.recv(65536)
-                if not b:
-                    return buf
-                buf += b
+            return read_to_eof(c)
         except socket.timeout:
             fail("the connection was kept open after %r" % data[:60])
 

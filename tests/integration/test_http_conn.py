@@ -108,12 +108,7 @@ def test_head_in_small_pieces(t):
         for i in range(0, len(req), 7):
             c.sendall(req[i:i + 7])
             time.sleep(0.005)
-        got = b""
-        while True:
-            b = c.recv(65536)
-            if not b:
-                break
-            got += b
+        got = lib.read_to_eof(c)
     rs = _responses(got, ["GET"])
     if rs:
         _check_manifest(rs[0], want, "manifest whose head came in 7-byte pieces")

@@ -217,12 +217,7 @@ def test_connections_beyond_the_maximum(t):
         lib.wait_until(lambda: open_now() == 20, 10, "20 open connections in /metrics")
         with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
             c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            while True:
-                b = c.recv(4096)
-                if not b:
-                    break
-                data += b
+            data = lib.read_to_eof(c)
         check(data.startswith(b"HTTP/1.1 503") and b"Retry-After" in data,
               "connection beyond the maximum: %r" % data[:200])
         m = p.metrics()
