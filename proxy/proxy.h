@@ -232,7 +232,7 @@ struct rp_conn {
     size_t write_low;  /* the write callback runs once out has drained to this */
     bool read_paused;  /* in is full: rev is off until a request consumes it */
     bool writing;      /* wev is pending: the socket took less than we had */
-    bool write_queued; /* wev is active: it runs later in this loop iteration */
+    bool write_queued; /* on the server's write queue: written later in this loop iteration */
     bool in_write_cb;  /* conn_free waits for the write callback to return */
     bool freed;
     struct rp_req *req;
@@ -247,6 +247,7 @@ struct rp_conn {
     unsigned n_requests;
     char peer[64];
     TAILQ_ENTRY(rp_conn) link;
+    TAILQ_ENTRY(rp_conn) write_link; /* while write_queued */
 };
 TAILQ_HEAD(rp_conn_list, rp_conn);
 
@@ -272,6 +273,12 @@ struct rp_server {
     size_t n_listeners;
     struct rp_conn_list conns;
     size_t n_conns;
+    /* Plain connections with output to write later in this loop iteration, and the event
+     * (no descriptor, no timeout) that writes them. A connection's own write event is only
+     * for waiting on a full socket: activating that one by hand would make libevent re-arm
+     * it with its send timeout, registering EPOLLOUT behind our back. */
+    struct rp_conn_list write_queue;
+    struct event *write_ev;
     char *in_pool; /* free input buffers, linked through their first bytes */
     size_t n_in_pool;
     size_t n_refusing; /* connections past max_connections being answered 503 */

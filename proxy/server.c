@@ -301,6 +301,8 @@ static void conn_free(struct rp_conn *c)
     }
     TAILQ_REMOVE(&c->srv->conns, c, link);
     c->srv->n_conns--;
+    if (c->write_queued)
+        TAILQ_REMOVE(&c->srv->write_queue, c, write_link);
     in_release(c);
     if (c->bev) {
         bufferevent_free(c->bev); /* closes fd, frees out */
@@ -583,36 +585,37 @@ static void conn_poll_write(struct rp_conn *c)
  * leave in one writev without waiting for epoll to say the socket is writable (it almost
  * always is). Inside the write callback (a stream refilling its output) the next write
  * waits for epoll instead, so one fast client cannot starve the others. */
-static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+static void conn_queue_write(struct rp_conn *c)
 {
-    (void)buf;
-    struct rp_conn *c = arg;
-    if (info->n_added == 0 || c->writing || c->write_queued)
+    if (c->writing || c->write_queued)
         return;
     if (c->in_write_cb) {
         conn_poll_write(c);
         return;
     }
+    struct rp_server *srv = c->srv;
+    if (TAILQ_EMPTY(&srv->write_queue))
+        event_active(srv->write_ev, EV_WRITE, 1);
+    TAILQ_INSERT_TAIL(&srv->write_queue, c, write_link);
     c->write_queued = true;
-    event_active(c->wev, EV_WRITE, 1);
+}
+
+static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    if (info->n_added)
+        conn_queue_write(arg);
 }
 
 #define WRITES_PER_CALLBACK 4 /* head, then a file segment or two, then yield */
 
-static void conn_writable_cb(evutil_socket_t fd, short what, void *arg)
+static void conn_write(struct rp_conn *c)
 {
-    struct rp_conn *c = arg;
-    c->write_queued = false;
-    if (what & EV_TIMEOUT) {
-        rp_info("conn %s: client took nothing for %d s; closing", c->peer, SEND_TIMEOUT_S);
-        conn_gone(c);
-        return;
-    }
     /* Writes on while the kernel takes whole chains (head, then a file segment); a chain
      * taken in part means the socket is full, and asking again would only get EAGAIN. */
     for (int i = 0; i < WRITES_PER_CALLBACK && evbuffer_get_length(c->out); i++) {
         size_t first = evbuffer_get_contiguous_space(c->out);
-        int n = evbuffer_write(c->out, fd);
+        int n = evbuffer_write(c->out, c->fd);
         if (n < 0 && !retriable(errno)) {
             rp_debug("conn %s: %s", c->peer, strerror(errno));
             conn_gone(c);
@@ -637,6 +640,32 @@ static void conn_writable_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->in_write_cb = false;
+}
+
+/* The socket takes more, or it took nothing for SEND_TIMEOUT_S. */
+static void conn_writable_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    struct rp_conn *c = arg;
+    if (what & EV_TIMEOUT) {
+        rp_info("conn %s: client took nothing for %d s; closing", c->peer, SEND_TIMEOUT_S);
+        conn_gone(c);
+        return;
+    }
+    conn_write(c);
+}
+
+static void write_queue_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_server *srv = arg;
+    struct rp_conn *c;
+    while ((c = TAILQ_FIRST(&srv->write_queue))) {
+        TAILQ_REMOVE(&srv->write_queue, c, write_link);
+        c->write_queued = false;
+        conn_write(c);
+    }
 }
 
 static void tls_read_cb(struct bufferevent *bev, void *arg)
@@ -953,13 +982,16 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     srv->conf = conf;
     rp_server_apply_logging(conf);
     TAILQ_INIT(&srv->conns);
+    TAILQ_INIT(&srv->write_queue);
     TAILQ_INIT(&srv->token_fetches);
     TAILQ_INIT(&srv->fills);
     TAILQ_INIT(&srv->inflight);
     TAILQ_INIT(&srv->checks_running);
     signal(SIGPIPE, SIG_IGN);
     srv->base = event_base_new();
-    if (!srv->base) {
+    if (srv->base)
+        srv->write_ev = event_new(srv->base, -1, 0, write_queue_cb, srv);
+    if (!srv->base || !srv->write_ev) {
         rp_error("cannot create the event loop");
         return -1;
     }
@@ -1065,6 +1097,8 @@ void rp_server_fini(struct rp_server *srv)
         rp_log_batch(NULL, NULL);
         event_free(srv->log_flush_ev);
     }
+    if (srv->write_ev)
+        event_free(srv->write_ev);
     if (srv->base)
         event_base_free(srv->base);
     memset(srv, 0, sizeof(*srv));

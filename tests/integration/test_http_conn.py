@@ -5,6 +5,7 @@ keep-alive across cache misses and hits. Raw sockets, so nothing hides what the 
 sends."""
 import hashlib
 import json
+import os
 import socket
 import time
 
@@ -163,3 +164,51 @@ def test_keep_alive_across_misses_and_hits(t):
             eq(digest, blob if i < 2 else want, "body of request %d (%s)"
                % (i + 1, ("blob miss", "blob hit", "manifest")[i]))
         eq(c.recv(1), b"", "the connection closes after Connection: close")
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_keep_alive_costs_nothing(t):
+    """A keep-alive connection that waited on a full socket once (a blob larger than the
+    socket buffers, read slowly) and then took a response whole (a manifest) must not stay
+    registered for writability: that made the event loop spin at 100% CPU until the
+    connection closed. The check is the proxy's CPU time over 2 idle seconds: a spin uses
+    all of it, an idle loop none."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][1]["digest"]
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    path = "/v2/ns/large/blobs/%s" % blob
+    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
+        c.sendall(_request(path))  # the miss fills the cache
+        r = _read_response(c)
+        if r is None:
+            return
+    f = lib.cache_path(p.cache_dir, "blobs", blob)
+    lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        c.settimeout(60)
+        c.connect(("127.0.0.1", p.port))
+        c.sendall(_request(path))
+        time.sleep(0.3)  # the proxy fills the socket and waits for it to drain
+        r = _read_response(c)
+        if r is None:
+            return
+        eq((r[0], r[2]), (200, blob), "blob hit read after the socket filled")
+        c.sendall(_request(MANIFEST))
+        r = _read_response(c)
+        if r is None:
+            return
+        eq((r[0], r[2]), (200, want), "manifest on the same connection")
+        time.sleep(0.2)
+        cpu0 = _cpu_seconds(p.proc.pid)
+        time.sleep(2)
+        used = _cpu_seconds(p.proc.pid) - cpu0
+        check(used < 0.5, "the proxy used %.2f CPU s in 2 s with one idle connection open"
+              % used)
