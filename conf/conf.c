@@ -76,6 +76,15 @@ static const struct rp_conf_option options[] = {
      .help = "connections open at once on this listener; beyond it new connections get a 503 "
              "and are closed"},
     {.section = RP_CONF_SECTION_LISTEN,
+     .key = "idle_timeout",
+     .type = RP_CONF_DURATION,
+     .default_text = "60s",
+     .min = 1000,
+     .max = 24LL * 3600 * 1000,
+     .offset = LISTEN_F(idle_timeout_ms),
+     .help = "how long a keep-alive connection may wait for its next request; a response still "
+             "being sent is not idle"},
+    {.section = RP_CONF_SECTION_LISTEN,
      .key = "htpasswd",
      .type = RP_CONF_PATH,
      .offset = LISTEN_F(htpasswd),

@@ -75,6 +75,8 @@ struct rp_conf_listen {
     char *htpasswd;
     /* Connections open at once on this listener; beyond it new ones get a 503 and close. */
     uint64_t max_connections;
+    /* A keep-alive connection waiting this long for its next request is closed. */
+    int64_t idle_timeout_ms;
 };
 
 struct rp_conf_cache {

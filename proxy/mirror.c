@@ -518,7 +518,8 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
     }
     m.listen.addr = "127.0.0.1:0";
     m.listen.host = "127.0.0.1";
-    m.listen.max_connections = 1024; /* the mirror's own client only */
+    m.listen.max_connections = 1024;  /* the mirror's own client only */
+    m.listen.idle_timeout_ms = 60000; /* as [listen] idle_timeout's default */
     m.port = rp_server_listen_internal(&m.srv, &m.listen);
     if (m.port <= 0)
         goto out;

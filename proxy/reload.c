@@ -104,6 +104,7 @@ int rp_reload(struct rp_server *srv, const char *why)
         SWAP(run->listens[i].n_allow, fresh->listens[i].n_allow);
         SWAP(run->listens[i].htpasswd, fresh->listens[i].htpasswd);
         SWAP(run->listens[i].max_connections, fresh->listens[i].max_connections);
+        SWAP(run->listens[i].idle_timeout_ms, fresh->listens[i].idle_timeout_ms);
     }
     SWAP(run->admin.log_format, fresh->admin.log_format);
     SWAP(run->admin.log_level, fresh->admin.log_level);

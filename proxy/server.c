@@ -23,7 +23,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define IDLE_TIMEOUT_S 60  /* keep-alive connections with nothing to say */
 #define HEAD_DEADLINE_S 10 /* from a request's first byte to its complete head (slowloris) */
 #define SEND_TIMEOUT_S 120 /* a client that takes nothing for this long is gone */
 #define MAX_REQUESTS_PER_CONN 10000
@@ -262,7 +261,9 @@ void rp_conn_stream_mode(struct rp_conn *c)
  * be reset by every byte). */
 static void conn_wait_request(struct rp_conn *c, bool head_started)
 {
-    struct timeval tv = {head_started ? HEAD_DEADLINE_S : IDLE_TIMEOUT_S, 0};
+    int64_t idle_ms = c->listen->idle_timeout_ms;
+    struct timeval tv = {head_started ? HEAD_DEADLINE_S : idle_ms / 1000,
+                         head_started ? 0 : (idle_ms % 1000) * 1000};
     c->head_started = head_started;
     evtimer_add(c->wait_ev, &tv);
 }
@@ -277,6 +278,12 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct rp_conn *c = arg;
     if (c->req || c->close_after)
         return;
+    /* Still sending the last response (a large blob to a slow client): that is not idle,
+     * and a client that stops taking it meets the send timeout instead. */
+    if (!c->head_started && rp_conn_output_len(c)) {
+        conn_wait_request(c, false);
+        return;
+    }
     if (c->head_started) {
         conn_reject(c, 408, "UNSUPPORTED", "request head not received in time");
         return;
@@ -536,8 +543,13 @@ static void conn_write_done(struct rp_conn *c)
         conn_linger(c);
         return;
     }
-    if (c->req)
+    if (c->req) {
         rp_req_output_drained(c->req);
+        return;
+    }
+    /* The last response is all with the kernel: idle time counts from here. */
+    if (!c->head_started && rp_conn_output_len(c) == 0)
+        conn_wait_request(c, false);
 }
 
 static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)

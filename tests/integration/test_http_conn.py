@@ -6,6 +6,7 @@ sends."""
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 
@@ -164,6 +165,68 @@ def test_keep_alive_across_misses_and_hits(t):
             eq(digest, blob if i < 2 else want, "body of request %d (%s)"
                % (i + 1, ("blob miss", "blob hit", "manifest")[i]))
         eq(c.recv(1), b"", "the connection closes after Connection: close")
+
+
+def test_slow_client_outlasts_idle_timeout(t):
+    """A cached blob going to a slow client is not an idle connection: with idle_timeout at
+    1 s, a 100 MiB blob read over about 3 s arrives whole, the connection then serves another
+    request, and only a connection with nothing to send is closed as idle."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "idle_timeout": "1s"}])
+    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][0]["digest"]
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    path = "/v2/ns/large/blobs/%s" % blob
+    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
+        c.sendall(_request(path))  # the miss fills the cache
+        r = _read_response(c)
+        if r is None:
+            return
+        eq((r[0], r[2]), (200, blob), "blob miss")
+    f = lib.cache_path(p.cache_dir, "blobs", blob)
+    lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
+        # A small receive buffer keeps most of the blob on the proxy's side while we dawdle.
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        c.settimeout(60)
+        c.connect(("127.0.0.1", p.port))
+        c.sendall(_request(path))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            b = c.recv(4096)
+            check(b, "connection closed before the blob's head")
+            if not b:
+                return
+            buf += b
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        check(b"X-Regproxy-Cache: HIT" in head, "second GET is a hit: %r" % head[:300])
+        size = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        h = hashlib.sha256(rest)
+        got = len(rest)
+        t0 = time.monotonic()
+        while got < size:
+            b = c.recv(min(size - got, 256 * 1024))
+            check(b, "blob cut at %d of %d bytes after %.1f s" % (got, size,
+                                                                 time.monotonic() - t0))
+            if not b:
+                return
+            h.update(b)
+            got += len(b)
+            time.sleep(0.01)
+        took = time.monotonic() - t0
+        check(took > 2, "the slow read took %.1f s: too fast to outlast the 1 s idle timeout"
+              % took)
+        eq("sha256:" + h.hexdigest(), blob, "digest of the blob read slowly")
+        c.sendall(_request(MANIFEST))
+        r = _read_response(c)
+        if r is None:
+            return
+        eq((r[0], r[2]), (200, want), "manifest on the same connection after the slow blob")
+        t0 = time.monotonic()
+        eq(c.recv(1), b"", "an idle connection is closed")
+        took = time.monotonic() - t0
+        check(0.5 < took < 10, "closed as idle after %.1f s (idle_timeout = 1s)" % took)
 
 
 def _cpu_seconds(pid):

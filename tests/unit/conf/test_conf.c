@@ -110,6 +110,7 @@ static void test_minimal_defaults(void)
     CHECK_STR(c->cache.dir, "/var/cache/regproxy"); /* no [cache] at all */
     CHECK(c->cache.max_size == 100ULL << 30);
     CHECK_INT(c->cache.tag_ttl_ms, 600000);
+    CHECK_INT(c->listens[0].idle_timeout_ms, 60000);
     CHECK(c->listens[0].default_name == NULL && c->listens[0].def == NULL);
     CHECK(reg0(c)->test_image == NULL);
     rp_conf_free(c);
@@ -291,6 +292,15 @@ static void test_duration_values(void)
                "test.conf:4: 'tag_ttl' in [registry \"r\"] must be between 0 and 30d");
     expect_err(MINIMAL "[cache]\ntag_ttl = 2592000001ms\n",
                "test.conf:5: 'tag_ttl' in [cache] must be between 0 and 30d");
+    struct rp_conf *c = parse("[listen \"127.0.0.1:5000\"]\nidle_timeout = 1500ms\n"
+                              "[registry \"r\"]\nurl = https://r.example.com\n");
+    CHECK(c != NULL);
+    if (c)
+        CHECK_INT(c->listens[0].idle_timeout_ms, 1500);
+    rp_conf_free(c);
+    expect_err("[listen \"127.0.0.1:5000\"]\nidle_timeout = 999ms\n",
+               "test.conf:2: 'idle_timeout' in [listen \"127.0.0.1:5000\"] must be between 1s "
+               "and 1d");
     expect_err(MINIMAL "[cache]\ntag_ttl = 99999999999999999d\n",
                "test.conf:5: bad value for 'tag_ttl' in [cache]: expected a duration: a number "
                "with optional ms, s, m, h or d");
