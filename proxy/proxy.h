@@ -216,10 +216,11 @@ void rp_req_finish(struct rp_req *r, const char *aborted);
 /* ------------------------------------------------------------------------ server.c */
 
 /* A client connection. Plain connections do their own non-blocking reads and writes on two
- * events, so a cache hit costs one read and one write: a response is written in the loop
- * iteration that produced it, and the write event is only polled for while the socket is
- * full. TLS connections leave their I/O to a bufferevent over OpenSSL. Either way `out`
- * holds what the client is owed, in order, and `in` what it sent that is not parsed yet. */
+ * events, so a cache hit costs one read and one write: a whole response is written as it is
+ * made when nothing is queued before it (else later in the same loop iteration), and the
+ * write event is only polled for while the socket is full. TLS connections leave their I/O
+ * to a bufferevent over OpenSSL. Either way the client is owed `out`, then (plain only) the
+ * file body, in that order; `in` holds what it sent that is not parsed yet. */
 struct rp_conn {
     struct rp_server *srv;
     const struct rp_conf_listen *listen;
@@ -227,7 +228,10 @@ struct rp_conn {
     struct bufferevent *bev; /* TLS only */
     struct event *rev, *wev; /* plain only */
     struct evbuffer *out;
-    char *in; /* a pooled buffer of RP_CONN_IN_SIZE while bytes wait, else NULL */
+    int file_fd;        /* plain only: a file body sent with sendfile once out is empty, or -1 */
+    uint64_t file_off;  /* where the next sendfile starts */
+    uint64_t file_left; /* bytes of it still owed */
+    char *in;           /* a pooled buffer of RP_CONN_IN_SIZE while bytes wait, else NULL */
     size_t in_len;
     size_t write_low;  /* the write callback runs once out has drained to this */
     bool read_paused;  /* in is full: rev is off until a request consumes it */
@@ -309,9 +313,24 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
 /* Pins digest when (registry, repo) matches a [cache] pin pattern. */
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
                          const char *repo, const char *digest);
+/* Queues a response head; the body follows through rp_conn_output. extra: more header
+ * lines, each ending in CRLF, or NULL. */
 void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         int64_t content_length, const char *extra);
+/* A whole response: head, then the len bytes of body unless !send_body (HEAD, whose
+ * Content-Length still says len). Sent at once when nothing is queued before it; body need
+ * only live until the call returns. */
+void rp_conn_write_response(struct rp_conn *c, int status, const char *content_type,
+                            const char *extra, const void *body, size_t len, bool send_body);
+/* A whole response whose body is len bytes of fd from off (a cached blob): the head, then
+ * the file. Takes fd: it is closed once sent, or with the connection, or at once on failure
+ * (-1, nothing queued). Plain connections send the file with sendfile from here, allocating
+ * nothing; TLS connections through their evbuffer. Pipelined requests wait until it is sent,
+ * as nothing may be queued after it. */
+int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, const char *extra,
+                       int fd, uint64_t off, uint64_t len);
 struct evbuffer *rp_conn_output(struct rp_conn *c);
+/* Bytes the client is still owed: the output evbuffer and a file body. */
 size_t rp_conn_output_len(struct rp_conn *c);
 /* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
 void rp_conn_stream_mode(struct rp_conn *c);

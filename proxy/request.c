@@ -129,11 +129,9 @@ void rp_req_finish(struct rp_req *r, const char *aborted)
 static void respond(struct rp_req *r, int status, const char *type, const char *body, size_t len,
                     const char *extra)
 {
-    rp_conn_write_head(r->conn, status, type, (int64_t)len, extra);
-    if (!r->head && len) {
-        evbuffer_add(rp_conn_output(r->conn), body, len);
+    rp_conn_write_response(r->conn, status, type, extra, body, len, !r->head);
+    if (!r->head)
         r->bytes += len;
-    }
     rp_req_finish(r, NULL);
 }
 
@@ -334,20 +332,21 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
         rp_buf_addf(&extra, "Content-Range: bytes %llu-%llu/%llu\r\n", (unsigned long long)start,
                     (unsigned long long)end, (unsigned long long)b->size);
     }
-    rp_conn_write_head(r->conn, status, "application/octet-stream", (int64_t)len, extra.data);
-    rp_buf_free(&extra);
     if (r->head || len == 0) {
         close(b->fd);
-    } else if (evbuffer_add_file(rp_conn_output(r->conn), b->fd, (ev_off_t)start, (ev_off_t)len) <
-               0) {
-        close(b->fd);
+        rp_conn_write_response(r->conn, status, "application/octet-stream", extra.data, NULL, len,
+                               false);
+    } else if (rp_conn_write_file(r->conn, status, "application/octet-stream", extra.data, b->fd,
+                                  start, len) < 0) {
+        rp_buf_free(&extra);
         rp_cache_release(r->conn->srv->cache, r->route.ref);
         rp_req_finish(r, "file");
         return;
     } else {
         r->bytes += len;
     }
-    /* The evbuffer owns the descriptor now; the entry's in-use mark ends with the request
+    rp_buf_free(&extra);
+    /* The connection owns the descriptor now; the entry's in-use mark ends with the request
      * being queued, as the open descriptor keeps the bytes even if it were evicted. */
     rp_cache_release(r->conn->srv->cache, r->route.ref);
     r->state = RQ_SENDING;
@@ -370,8 +369,9 @@ static bool accept_allows(const char *accept, const char *media_type)
 }
 
 /* Tries to answer a manifest from the cache; true when answered. The hot path of a
- * cluster pulling a release: no file access, no hashing, no allocation beyond the copy
- * into the connection's output (the cache's view is only valid until its next change). */
+ * cluster pulling a release: no file access, no hashing, and no allocation beyond the request
+ * (head and body leave in one writev from the stack and the cache's memory; the cache's view
+ * is only valid until its next change, so what the socket does not take is copied). */
 static bool manifest_from_cache(struct rp_req *r, const char *digest, const char *status)
 {
     struct rp_server *srv = r->conn->srv;

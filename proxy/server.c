@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define HEAD_DEADLINE_S 10 /* from a request's first byte to its complete head (slowloris) */
@@ -96,7 +98,7 @@ struct evbuffer *rp_conn_output(struct rp_conn *c)
 
 size_t rp_conn_output_len(struct rp_conn *c)
 {
-    return evbuffer_get_length(c->out);
+    return evbuffer_get_length(c->out) + (size_t)c->file_left;
 }
 
 /* Input buffers are held only while bytes wait to be parsed: ten thousand idle keep-alive
@@ -185,17 +187,18 @@ static char *put_u64(char *p, uint64_t v)
 }
 
 /* Every response head is built here, by copying rather than printf: it is on the path of
- * every cache hit. */
-void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
-                        int64_t content_length, const char *extra)
+ * every cache hit. Into `small` when it fits (returned), else into a heap buffer the caller
+ * frees. */
+static char *build_head(struct rp_conn *c, int status, const char *content_type,
+                        int64_t content_length, const char *extra, char *small, size_t cap,
+                        size_t *len)
 {
     const char *reason = status_reason(status);
     size_t reason_len = strlen(reason);
     size_t type_len = content_type ? strlen(content_type) : 0;
     size_t extra_len = extra ? strlen(extra) : 0;
-    char small[1024];
     size_t need = 256 + reason_len + type_len + extra_len + (c->req ? sizeof(c->req->id) : 0);
-    char *head = need <= sizeof(small) ? small : rp_xmalloc(need);
+    char *head = need <= cap ? small : rp_xmalloc(need);
     char *p = PUT_LIT(head, "HTTP/1.1 ");
     p = put_u64(p, (uint64_t)(status > 0 && status < 1000 ? status : 500));
     *p++ = ' ';
@@ -221,11 +224,97 @@ void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
     if (!c->keep_alive)
         p = PUT_LIT(p, "Connection: close\r\n");
     p = PUT_LIT(p, "\r\n");
-    evbuffer_add(rp_conn_output(c), head, (size_t)(p - head));
-    if (head != small)
-        free(head);
+    *len = (size_t)(p - head);
     if (c->req)
         c->req->status = status;
+    return head;
+}
+
+#define HEAD_SMALL 1024
+
+void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
+                        int64_t content_length, const char *extra)
+{
+    char small[HEAD_SMALL];
+    size_t len;
+    char *head =
+        build_head(c, status, content_type, content_length, extra, small, sizeof(small), &len);
+    evbuffer_add(c->out, head, len);
+    if (head != small)
+        free(head);
+}
+
+/* Writes head and body straight to the socket when nothing is queued before them (see
+ * rp_conn_write_response); returns the bytes the socket took. An error is left for the
+ * queued write to meet again, where it closes the connection: the request is still being
+ * answered here. */
+static size_t write_now(struct rp_conn *c, const char *head, size_t hlen, const void *body,
+                        size_t blen)
+{
+    if (c->bev || !c->keep_alive || c->writing || c->write_queued || c->in_len ||
+        evbuffer_get_length(c->out) || c->file_left)
+        return 0;
+    struct iovec iov[2] = {{(void *)head, hlen}, {(void *)body, blen}};
+    ssize_t n = writev(c->fd, iov, blen ? 2 : 1);
+    return n > 0 ? (size_t)n : 0;
+}
+
+static void conn_queue_write(struct rp_conn *c);
+
+int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, const char *extra,
+                       int fd, uint64_t off, uint64_t len)
+{
+    if (c->file_left) { /* cannot happen: requests wait for the file body (conn_try_parse) */
+        close(fd);
+        return -1;
+    }
+    if (c->bev) {
+        rp_conn_write_head(c, status, content_type, (int64_t)len, extra);
+        if (evbuffer_add_file(c->out, fd, (ev_off_t)off, (ev_off_t)len) < 0) {
+            close(fd);
+            return -1;
+        }
+        return 0;
+    }
+    char small[HEAD_SMALL];
+    size_t hlen;
+    char *head =
+        build_head(c, status, content_type, (int64_t)len, extra, small, sizeof(small), &hlen);
+    size_t done = write_now(c, head, hlen, NULL, 0);
+    if (done < hlen)
+        evbuffer_add(c->out, head + done, hlen - done);
+    if (head != small)
+        free(head);
+    c->file_fd = fd;
+    c->file_off = off;
+    c->file_left = len;
+    conn_queue_write(c);
+    return 0;
+}
+
+/* The output's evbuffer allocates a chain for every response once the previous one has
+ * drained (libevent frees drained chains). A response known whole is therefore written
+ * straight from the stack and the body's own memory when nothing is queued before it and no
+ * pipelined request waits behind it (those are answered together, in one writev, through
+ * the evbuffer): a cache hit then allocates nothing. What the socket does not take is queued
+ * as usual. A connection about to close keeps the queued path, which lingers after the
+ * flush so unread input cannot turn the close into a reset. */
+void rp_conn_write_response(struct rp_conn *c, int status, const char *content_type,
+                            const char *extra, const void *body, size_t len, bool send_body)
+{
+    char small[HEAD_SMALL];
+    size_t hlen;
+    char *head =
+        build_head(c, status, content_type, (int64_t)len, extra, small, sizeof(small), &hlen);
+    size_t blen = send_body ? len : 0;
+    size_t done = write_now(c, head, hlen, body, blen);
+    if (done < hlen)
+        evbuffer_add(c->out, head + done, hlen - done);
+    size_t bdone = done > hlen ? done - hlen : 0;
+    if (bdone < blen)
+        evbuffer_add(c->out, (const char *)body + bdone, blen - bdone);
+    if (head != small)
+        free(head);
 }
 
 struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg)
@@ -317,6 +406,8 @@ static void conn_free(struct rp_conn *c)
         event_free(c->rev);
         event_free(c->wev);
         evbuffer_free(c->out);
+        if (c->file_fd >= 0)
+            close(c->file_fd);
         evutil_closesocket(c->fd);
     }
     if (c->in_write_cb) {
@@ -366,8 +457,7 @@ static void conn_reject(struct rp_conn *c, int status, const char *code, const c
 {
     c->keep_alive = false;
     char *body = rp_error_body(code, message, NULL);
-    rp_conn_write_head(c, status, "application/json", (int64_t)strlen(body), NULL);
-    evbuffer_add(rp_conn_output(c), body, strlen(body));
+    rp_conn_write_response(c, status, "application/json", NULL, body, strlen(body), true);
     free(body);
     rp_metrics_request(&c->srv->metrics, -1, status, NULL, 0);
     char id[32];
@@ -390,9 +480,9 @@ static void conn_try_parse(struct rp_conn *c);
 static void conn_challenge(struct rp_conn *c)
 {
     char *body = rp_error_body("UNAUTHORIZED", "authentication required", NULL);
-    rp_conn_write_head(c, 401, "application/json", (int64_t)strlen(body),
-                       "WWW-Authenticate: Basic realm=\"regproxy\"\r\n");
-    evbuffer_add(rp_conn_output(c), body, strlen(body));
+    rp_conn_write_response(c, 401, "application/json",
+                           "WWW-Authenticate: Basic realm=\"regproxy\"\r\n", body, strlen(body),
+                           true);
     free(body);
     char id[32];
     rp_request_id(id, sizeof(id));
@@ -438,7 +528,7 @@ static void conn_try_parse(struct rp_conn *c)
 {
     if (c->bev)
         in_pull_tls(c);
-    if (c->req || c->close_after || c->in_len == 0)
+    if (c->req || c->close_after || c->in_len == 0 || c->file_left)
         return;
     if (!c->head_started)
         conn_wait_request(c, true);
@@ -479,9 +569,8 @@ static void conn_try_parse(struct rp_conn *c)
     if (h.method != RP_HTTP_GET && h.method != RP_HTTP_HEAD) {
         c->keep_alive = false;
         char *body = rp_error_body("UNSUPPORTED", "only GET and HEAD are supported", NULL);
-        rp_conn_write_head(c, 405, "application/json", (int64_t)strlen(body),
-                           "Allow: GET, HEAD\r\n");
-        evbuffer_add(rp_conn_output(c), body, strlen(body));
+        rp_conn_write_response(c, 405, "application/json", "Allow: GET, HEAD\r\n", body,
+                               strlen(body), true);
         free(body);
         char id[32], method[17];
         rp_request_id(id, sizeof(id));
@@ -619,24 +708,48 @@ static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
         conn_queue_write(arg);
 }
 
+/* Sends from the file body; <= 0 as write(2). */
+static ssize_t conn_send_file(struct rp_conn *c)
+{
+    off_t off = (off_t)c->file_off;
+    size_t want = c->file_left < (1u << 30) ? (size_t)c->file_left : (1u << 30);
+    ssize_t n = sendfile(c->fd, c->file_fd, &off, want);
+    if (n > 0) {
+        c->file_off += (uint64_t)n;
+        c->file_left -= (uint64_t)n;
+    } else if (n == 0) {
+        errno = EIO; /* the file is shorter than it was said to be */
+        n = -1;
+    }
+    if (c->file_left == 0) {
+        close(c->file_fd);
+        c->file_fd = -1;
+    }
+    return n;
+}
+
 #define WRITES_PER_CALLBACK 4 /* head, then a file segment or two, then yield */
 
 static void conn_write(struct rp_conn *c)
 {
-    /* Writes on while the kernel takes whole chains (head, then a file segment); a chain
-     * taken in part means the socket is full, and asking again would only get EAGAIN. */
-    for (int i = 0; i < WRITES_PER_CALLBACK && evbuffer_get_length(c->out); i++) {
-        size_t first = evbuffer_get_contiguous_space(c->out);
-        int n = evbuffer_write(c->out, c->fd);
+    /* Writes on while the kernel takes whole chains (head, then a file segment), then the
+     * file body; a piece taken in part means the socket is full, and asking again would
+     * only get EAGAIN. */
+    bool file_done = false;
+    for (int i = 0; i < WRITES_PER_CALLBACK && rp_conn_output_len(c); i++) {
+        bool file = evbuffer_get_length(c->out) == 0;
+        size_t first = file ? (size_t)c->file_left : evbuffer_get_contiguous_space(c->out);
+        ssize_t n = file ? conn_send_file(c) : evbuffer_write(c->out, c->fd);
         if (n < 0 && !retriable(errno)) {
             rp_debug("conn %s: %s", c->peer, strerror(errno));
             conn_gone(c);
             return;
         }
+        file_done = file && c->file_left == 0;
         if (n <= 0 || (size_t)n < first)
             break;
     }
-    size_t left = evbuffer_get_length(c->out);
+    size_t left = rp_conn_output_len(c);
     if (left && !c->writing) {
         conn_poll_write(c);
     } else if (!left && c->writing) {
@@ -647,6 +760,9 @@ static void conn_write(struct rp_conn *c)
         return;
     c->in_write_cb = true;
     conn_write_done(c);
+    /* Pipelined requests waited for the file body to go. */
+    if (file_done && !c->freed)
+        conn_try_parse(c);
     if (c->freed) {
         free(c);
         return;
@@ -840,6 +956,7 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     c->listen = ctx->conf;
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
     c->fd = fd;
+    c->file_fd = -1;
     if (ctx->set.tls) {
         int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
         SSL *ssl = SSL_new(ctx->set.tls);

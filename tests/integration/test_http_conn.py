@@ -229,6 +229,40 @@ def test_slow_client_outlasts_idle_timeout(t):
         check(0.5 < took < 10, "closed as idle after %.1f s (idle_timeout = 1s)" % took)
 
 
+def test_pipelined_after_a_blob_hit(t):
+    """A request pipelined behind a cached blob is answered after the whole blob (which the
+    proxy sends with sendfile from the connection), never in the middle of it."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][1]["digest"]
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    path = "/v2/ns/large/blobs/%s" % blob
+    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
+        c.sendall(_request(path))  # the miss fills the cache
+        r = _read_response(c)
+        if r is None:
+            return
+        eq((r[0], r[2]), (200, blob), "blob miss")
+    f = lib.cache_path(p.cache_dir, "blobs", blob)
+    lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
+    payload = (_request(path) + _request(path, "HEAD") + _request(MANIFEST) +
+               _request(path, close=True))
+    rs = _responses(lib.raw_exchange(p.port, payload, timeout=60),
+                    ["GET", "HEAD", "GET", "GET"])
+    eq(len(rs), 4, "responses to 4 pipelined requests")
+    if len(rs) != 4:
+        return
+    for i in (0, 3):
+        eq(rs[i][0], 200, "blob hit %d" % (i + 1))
+        eq(rs[i][1].get("x-regproxy-cache"), "HIT", "blob hit %d: cache" % (i + 1))
+        eq("sha256:" + hashlib.sha256(rs[i][2]).hexdigest(), blob,
+           "blob hit %d: digest of the body" % (i + 1))
+    eq((rs[1][0], rs[1][1].get("docker-content-digest")), (200, blob), "HEAD of the blob")
+    eq(rs[1][1].get("content-length"), str(len(rs[0][2])), "HEAD: Content-Length")
+    _check_manifest(rs[2], want, "manifest pipelined behind the blob")
+
+
 def _cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
