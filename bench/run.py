@@ -1097,6 +1097,18 @@ class Bench:
         return lines
 
 
+def tcp_settings():
+    """Congestion control and default qdisc: with BBR and no fq qdisc, TCP paces itself with
+    timers, which on loopback moves the herd's time and CPU from run to run."""
+    out = []
+    for key, path in (("congestion control", "/proc/sys/net/ipv4/tcp_congestion_control"),
+                      ("default qdisc", "/proc/sys/net/core/default_qdisc")):
+        with contextlib.suppress(OSError):
+            with open(path) as f:
+                out.append("%s %s" % (key, f.read().strip()))
+    return ", ".join(out) or "settings unknown"
+
+
 def versions(binpath):
     out = {}
     for name, argv in (("regproxy", [binpath, "--version"]),
@@ -1210,10 +1222,9 @@ def main():
     head = ["# regproxy benchmarks", "",
             "- date: %s" % datetime.datetime.now(datetime.timezone.utc)
             .strftime("%Y-%m-%d %H:%M UTC"),
-            "- machine: `nproc` = %d, %s, kernel %s" % (os.cpu_count() or 0,
-                                                        "%.0f GiB RAM" % (os.sysconf("SC_PHYS_PAGES")
-                                                                          * PAGE / GiB),
-                                                        os.uname().release),
+            "- machine: `nproc` = %d, %s, kernel %s; TCP %s" % (
+                os.cpu_count() or 0, "%.0f GiB RAM" % (os.sysconf("SC_PHYS_PAGES") * PAGE / GiB),
+                os.uname().release, tcp_settings()),
             "- command: `%s` (%d run%s per scenario and server, medians; %.0f s in all)"
             % (cmd, args.reps, "" if args.reps == 1 else "s", elapsed),
             "- versions: " + "; ".join("%s" % v for v in vers.values()),
