@@ -167,6 +167,30 @@ def test_keep_alive_across_misses_and_hits(t):
         eq(c.recv(1), b"", "the connection closes after Connection: close")
 
 
+def _fill_cache(p, path, blob):
+    """GETs a blob through proxy p (a miss, read whole and checked) and waits until it is
+    in the cache, so the next GET is a hit. False when that failed (already reported)."""
+    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
+        c.sendall(_request(path))
+        r = _read_response(c)
+        if r is None:
+            return False
+        eq((r[0], r[2]), (200, blob), "blob miss")
+    f = lib.cache_path(p.cache_dir, "blobs", blob)
+    lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
+    return True
+
+
+def _small_window(port):
+    """A connection whose small receive buffer keeps most of a large body on the proxy's
+    side until it is read."""
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    c.settimeout(60)
+    c.connect(("127.0.0.1", port))
+    return c
+
+
 def test_slow_client_outlasts_idle_timeout(t):
     """A cached blob going to a slow client is not an idle connection: with idle_timeout at
     1 s, a 100 MiB blob read over about 3 s arrives whole, the connection then serves another
@@ -178,19 +202,9 @@ def test_slow_client_outlasts_idle_timeout(t):
     blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][0]["digest"]
     want = reg.pushed["ns/multi:v1"]["digest"]
     path = "/v2/ns/large/blobs/%s" % blob
-    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
-        c.sendall(_request(path))  # the miss fills the cache
-        r = _read_response(c)
-        if r is None:
-            return
-        eq((r[0], r[2]), (200, blob), "blob miss")
-    f = lib.cache_path(p.cache_dir, "blobs", blob)
-    lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
-        # A small receive buffer keeps most of the blob on the proxy's side while we dawdle.
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        c.settimeout(60)
-        c.connect(("127.0.0.1", p.port))
+    if not _fill_cache(p, path, blob):
+        return
+    with _small_window(p.port) as c:
         c.sendall(_request(path))
         buf = b""
         while b"\r\n\r\n" not in buf:
@@ -238,14 +252,8 @@ def test_pipelined_after_a_blob_hit(t):
     blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][1]["digest"]
     want = reg.pushed["ns/multi:v1"]["digest"]
     path = "/v2/ns/large/blobs/%s" % blob
-    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
-        c.sendall(_request(path))  # the miss fills the cache
-        r = _read_response(c)
-        if r is None:
-            return
-        eq((r[0], r[2]), (200, blob), "blob miss")
-    f = lib.cache_path(p.cache_dir, "blobs", blob)
-    lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
+    if not _fill_cache(p, path, blob):
+        return
     payload = (_request(path) + _request(path, "HEAD") + _request(MANIFEST) +
                _request(path, close=True))
     rs = _responses(lib.raw_exchange(p.port, payload, timeout=60),
@@ -281,17 +289,9 @@ def test_idle_keep_alive_costs_nothing(t):
     blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][1]["digest"]
     want = reg.pushed["ns/multi:v1"]["digest"]
     path = "/v2/ns/large/blobs/%s" % blob
-    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
-        c.sendall(_request(path))  # the miss fills the cache
-        r = _read_response(c)
-        if r is None:
-            return
-    f = lib.cache_path(p.cache_dir, "blobs", blob)
-    lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as c:
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        c.settimeout(60)
-        c.connect(("127.0.0.1", p.port))
+    if not _fill_cache(p, path, blob):
+        return
+    with _small_window(p.port) as c:
         c.sendall(_request(path))
         time.sleep(0.3)  # the proxy fills the socket and waits for it to drain
         r = _read_response(c)
