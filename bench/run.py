@@ -823,7 +823,10 @@ class Bench:
                                 ("pinned", "pull_pinned")):
                 if (where != "disk" and not shm) or (where == "pinned" and ncpu < 2):
                     continue
-                for who in ("regproxy", "peer", "direct"):
+                # Whoever pulls right after another pays for its leftovers (dirty pages being
+                # written back, a busy upstream): the order turns with every run.
+                order = ("regproxy", "peer", "direct")
+                for who in order[rep % 3:] + order[:rep % 3]:
                     self.pull_once(rep, where, scen, who, shm)
 
     @staticmethod
