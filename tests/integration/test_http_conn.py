@@ -167,18 +167,23 @@ def test_keep_alive_across_misses_and_hits(t):
         eq(c.recv(1), b"", "the connection closes after Connection: close")
 
 
-def _fill_cache(p, path, blob):
-    """GETs a blob through proxy p (a miss, read whole and checked) and waits until it is
-    in the cache, so the next GET is a hit. False when that failed (already reported)."""
+def _cached_blob(t, layer, listeners=None):
+    """A proxy in front of the anonymous registry with ns/large's layer `layer` fetched once
+    (a miss, read whole and checked) and in its cache, so the next GET is a hit. Returns
+    (proxy, digest, path), or None when that failed (already reported)."""
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")], listeners=listeners)
+    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][layer]["digest"]
+    path = "/v2/ns/large/blobs/%s" % blob
     with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
         c.sendall(_request(path))
         r = _read_response(c)
         if r is None:
-            return False
+            return None
         eq((r[0], r[2]), (200, blob), "blob miss")
     f = lib.cache_path(p.cache_dir, "blobs", blob)
     lib.wait_until(lambda: os.path.isfile(f), 60, "%s to be cached" % f)
-    return True
+    return p, blob, path
 
 
 def _small_window(port):
@@ -195,15 +200,11 @@ def test_slow_client_outlasts_idle_timeout(t):
     """A cached blob going to a slow client is not an idle connection: with idle_timeout at
     1 s, a 100 MiB blob read over about 3 s arrives whole, the connection then serves another
     request, and only a connection with nothing to send is closed as idle."""
-    s = t.s
-    reg = s.anon_registry
-    p = t.proxy(registries=[reg.conf("registry.anon.test")],
-                listeners=[{"default": "registry.anon.test", "idle_timeout": "1s"}])
-    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][0]["digest"]
-    want = reg.pushed["ns/multi:v1"]["digest"]
-    path = "/v2/ns/large/blobs/%s" % blob
-    if not _fill_cache(p, path, blob):
+    got = _cached_blob(t, 0, [{"default": "registry.anon.test", "idle_timeout": "1s"}])
+    if got is None:
         return
+    p, blob, path = got
+    want = t.s.anon_registry.pushed["ns/multi:v1"]["digest"]
     with _small_window(p.port) as c:
         c.sendall(_request(path))
         buf = b""
@@ -246,14 +247,11 @@ def test_slow_client_outlasts_idle_timeout(t):
 def test_pipelined_after_a_blob_hit(t):
     """A request pipelined behind a cached blob is answered after the whole blob (which the
     proxy sends with sendfile from the connection), never in the middle of it."""
-    s = t.s
-    reg = s.anon_registry
-    p = t.proxy(registries=[reg.conf("registry.anon.test")])
-    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][1]["digest"]
-    want = reg.pushed["ns/multi:v1"]["digest"]
-    path = "/v2/ns/large/blobs/%s" % blob
-    if not _fill_cache(p, path, blob):
+    got = _cached_blob(t, 1)
+    if got is None:
         return
+    p, blob, path = got
+    want = t.s.anon_registry.pushed["ns/multi:v1"]["digest"]
     payload = (_request(path) + _request(path, "HEAD") + _request(MANIFEST) +
                _request(path, close=True))
     rs = _responses(lib.raw_exchange(p.port, payload, timeout=60),
@@ -283,14 +281,11 @@ def test_idle_keep_alive_costs_nothing(t):
     registered for writability: that made the event loop spin at 100% CPU until the
     connection closed. The check is the proxy's CPU time over 2 idle seconds: a spin uses
     all of it, an idle loop none."""
-    s = t.s
-    reg = s.anon_registry
-    p = t.proxy(registries=[reg.conf("registry.anon.test")])
-    blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][1]["digest"]
-    want = reg.pushed["ns/multi:v1"]["digest"]
-    path = "/v2/ns/large/blobs/%s" % blob
-    if not _fill_cache(p, path, blob):
+    got = _cached_blob(t, 1)
+    if got is None:
         return
+    p, blob, path = got
+    want = t.s.anon_registry.pushed["ns/multi:v1"]["digest"]
     with _small_window(p.port) as c:
         c.sendall(_request(path))
         time.sleep(0.3)  # the proxy fills the socket and waits for it to drain
