@@ -357,6 +357,15 @@ static void conn_wait_request(struct rp_conn *c, bool head_started)
     evtimer_add(c->wait_ev, &tv);
 }
 
+/* Between requests. Idle time counts from when the last response is all with the kernel: a
+ * blob still going to a slow client is not idle (a client that stops taking it meets the
+ * send timeout), so until then the timer waits for conn_write_done. */
+static void conn_idle(struct rp_conn *c)
+{
+    if (!c->head_started && rp_conn_output_len(c) == 0)
+        conn_wait_request(c, false);
+}
+
 static void conn_free(struct rp_conn *c);
 static void conn_reject(struct rp_conn *c, int status, const char *code, const char *message);
 
@@ -367,12 +376,6 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct rp_conn *c = arg;
     if (c->req || c->close_after)
         return;
-    /* Still sending the last response (a large blob to a slow client): that is not idle,
-     * and a client that stops taking it meets the send timeout instead. */
-    if (!c->head_started && rp_conn_output_len(c)) {
-        conn_wait_request(c, false);
-        return;
-    }
     if (c->head_started) {
         conn_reject(c, 408, "UNSUPPORTED", "request head not received in time");
         return;
@@ -500,7 +503,7 @@ static void conn_challenge(struct rp_conn *c)
         conn_close_after_flush(c);
         return;
     }
-    conn_wait_request(c, false);
+    conn_idle(c);
     conn_try_parse(c);
 }
 
@@ -520,7 +523,7 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
     c->write_low = 0;
     if (c->bev)
         bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-    conn_wait_request(c, false);
+    conn_idle(c);
     conn_try_parse(c);
 }
 
@@ -636,9 +639,7 @@ static void conn_write_done(struct rp_conn *c)
         rp_req_output_drained(c->req);
         return;
     }
-    /* The last response is all with the kernel: idle time counts from here. */
-    if (!c->head_started && rp_conn_output_len(c) == 0)
-        conn_wait_request(c, false);
+    conn_idle(c);
 }
 
 static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
