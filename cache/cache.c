@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* cache/cache.c: the on-disk store behind cache.h: layout and atomic publishing, digest
  * verification of fills and manifests, tags and repository links, the in-memory index with
- * its LRU list, the index snapshot, and eviction to max_size. */
+ * its LRU list, the index snapshot, and eviction to max_size or for room on a full disk. */
 
 /*
  * Layout under dir (every name below comes from a validated digest or from a hash):
@@ -98,6 +98,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -256,6 +257,8 @@ const char *rp_cache_strerror(int err)
         return "invalid argument";
     case RP_CACHE_E_CORRUPT:
         return "stored file damaged";
+    case RP_CACHE_E_NOSPACE:
+        return "cache disk full";
     }
     return "unknown cache error";
 }
@@ -384,14 +387,28 @@ static int sync_fd(int fd)
 #endif
 }
 
-static int write_all(int fd, const void *p, size_t n)
+static bool disk_full(int e)
+{
+    return e == ENOSPC || e == EDQUOT;
+}
+
+static size_t make_room(struct rp_cache *c, uint64_t need);
+
+/* Writes all of p to fd. With a cache, a full file system gets one round of make_room for
+ * `need` bytes (at least n) before the write fails. */
+static int write_all(struct rp_cache *c, int fd, const void *p, size_t n, uint64_t need)
 {
     const char *s = p;
+    bool made_room = false;
     while (n > 0) {
         ssize_t w = write(fd, s, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
+            if (c && !made_room && disk_full(errno) && make_room(c, need > n ? need : n)) {
+                made_room = true;
+                continue;
+            }
             return -1;
         }
         s += w;
@@ -439,30 +456,47 @@ static int make_parents(struct rp_cache *c, const char *rel)
 }
 
 /* Opens a new temp file under tmp/. Names need only be unique within this process's life:
- * the lock makes us the only writer and open empties tmp/. */
+ * the lock makes us the only writer and open empties tmp/. A full file system (no inode, or
+ * no block for tmp/ to grow) gets one round of make_room. */
 static int tmp_open(struct rp_cache *c, const char *prefix, char *name, size_t namelen)
 {
+    bool made_room = false;
     for (int tries = 0; tries < 64; tries++) {
         snprintf(name, namelen, "%s.%llx", prefix, (unsigned long long)++c->tmp_seq);
         int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd >= 0 || errno != EEXIST)
+        if (fd >= 0)
             return fd;
+        if (!made_room && disk_full(errno) && make_room(c, 0)) {
+            made_room = true;
+            continue;
+        }
+        if (errno != EEXIST)
+            return -1;
     }
     errno = EEXIST;
     return -1;
 }
 
+static int rename_in(struct rp_cache *c, const char *name, const char *rel)
+{
+    if (renameat(c->tmpfd, name, c->dirfd, rel) == 0)
+        return 0;
+    if (errno != ENOENT || make_parents(c, rel) != 0)
+        return -1;
+    return renameat(c->tmpfd, name, c->dirfd, rel);
+}
+
 /* Renames tmp/<name> (already written and fsynced by the caller) to rel and fsyncs rel's
- * directory. On failure the temp file is removed. */
+ * directory. On failure the temp file is removed. A new name may need a directory block: a
+ * full file system gets one round of make_room. */
 static int publish(struct rp_cache *c, const char *name, const char *rel)
 {
-    if (renameat(c->tmpfd, name, c->dirfd, rel) != 0) {
+    if (rename_in(c, name, rel) != 0 &&
+        !(disk_full(errno) && make_room(c, 0) && rename_in(c, name, rel) == 0)) {
         int e = errno;
-        if (e != ENOENT || make_parents(c, rel) != 0 || renameat(c->tmpfd, name, c->dirfd, rel)) {
-            rp_warn("cache: publishing %s: %s", rel, strerror(errno ? errno : e));
-            unlinkat(c->tmpfd, name, 0);
-            return RP_CACHE_E_IO;
-        }
+        rp_warn("cache: publishing %s: %s", rel, strerror(e));
+        unlinkat(c->tmpfd, name, 0);
+        return disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
     }
     char parent[REL_MAX];
     parent_of(rel, parent, sizeof(parent));
@@ -480,19 +514,21 @@ static int atomic_write(struct rp_cache *c, const char *prefix, const char *rel,
     char name[32];
     int fd = tmp_open(c, prefix, name, sizeof(name));
     if (fd < 0) {
-        rp_warn("cache: creating a temp file for %s: %s", rel, strerror(errno));
-        return RP_CACHE_E_IO;
+        int e = errno;
+        rp_warn("cache: creating a temp file for %s: %s", rel, strerror(e));
+        return disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
     }
-    if (write_all(fd, a, alen) != 0 || write_all(fd, b, blen) != 0 || sync_fd(fd) != 0) {
-        rp_warn("cache: writing %s: %s", rel, strerror(errno));
-        close(fd);
-        unlinkat(c->tmpfd, name, 0);
-        return RP_CACHE_E_IO;
+    bool ok = write_all(c, fd, a, alen, alen + blen) == 0 && write_all(c, fd, b, blen, blen) == 0 &&
+              sync_fd(fd) == 0;
+    int e = errno;
+    if (close(fd) != 0 && ok) {
+        ok = false;
+        e = errno;
     }
-    if (close(fd) != 0) {
-        rp_warn("cache: writing %s: %s", rel, strerror(errno));
+    if (!ok) {
+        rp_warn("cache: writing %s: %s", rel, strerror(e));
         unlinkat(c->tmpfd, name, 0);
-        return RP_CACHE_E_IO;
+        return disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
     }
     return publish(c, name, rel);
 }
@@ -1395,6 +1431,21 @@ void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out)
 
 /* ---------------------------------------------------------------- eviction --- */
 
+static void evict_entry(struct rp_cache *c, struct entry *e)
+{
+    struct digest d;
+    char rel[REL_MAX];
+    digest_from_raw(e->algo, e->raw, &d);
+    entry_rel(rel, sizeof(rel), e->kind, e->algo, dhex(&d));
+    /* Not finding the file is fine (someone else removed it); failing to remove it still
+     * drops it from the index, or eviction would retry it forever. */
+    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+        rp_warn("cache: evicting %s: %s", rel, strerror(errno));
+    c->st.evictions++;
+    c->st.evicted_bytes += e->size;
+    index_forget(c, e);
+}
+
 size_t rp_cache_evict(struct rp_cache *c)
 {
     size_t n = 0;
@@ -1404,21 +1455,64 @@ size_t rp_cache_evict(struct rp_cache *c)
     while (c->st.size > c->max_size && e != &c->lru) {
         struct entry *next = e->next;
         if (e->in_use == 0) {
-            struct digest d;
-            char rel[REL_MAX];
-            digest_from_raw(e->algo, e->raw, &d);
-            entry_rel(rel, sizeof(rel), e->kind, e->algo, dhex(&d));
-            /* Not finding the file is fine (someone else removed it); failing to remove it
-             * still drops it from the index, or eviction would retry it forever. */
-            if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-                rp_warn("cache: evicting %s: %s", rel, strerror(errno));
-            c->st.evictions++;
-            c->st.evicted_bytes += e->size;
-            index_forget(c, e);
+            evict_entry(c, e);
             n++;
         }
         e = next;
     }
+    return n;
+}
+
+/* Directories, the index snapshot and file system overhead want some room besides the
+ * bytes asked for. */
+#define ROOM_SLACK ((uint64_t)1024 * 1024)
+
+static uint64_t fs_available(struct rp_cache *c)
+{
+    struct statvfs sv;
+    if (fstatvfs(c->dirfd, &sv) != 0)
+        return 0;
+    return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* The file system said ENOSPC or EDQUOT: evicts least recently used, unpinned, unused blobs,
+ * at least one (the space may be short in a way statvfs does not show: inodes, quota),
+ * then until `need` bytes and the slack are available. When even evicting all of them
+ * could not make `need` fit, evicts none: a blob bigger than the disk must not empty the
+ * cache on its way to failing. Returns how many went: 0 means the caller fails. */
+static size_t make_room(struct rp_cache *c, uint64_t need)
+{
+    size_t n = 0;
+    uint64_t bytes = 0, avail = fs_available(c);
+    struct entry *e;
+    for (e = c->lru.next; e != &c->lru && avail + bytes < need; e = e->next)
+        if (e->kind == RP_CACHE_BLOB && e->in_use == 0)
+            bytes += e->size;
+    if (avail + bytes < need) {
+        rp_warn("cache: file system full: no room for %llu bytes (%llu available, %llu in "
+                "blobs that could be evicted)",
+                (unsigned long long)need, (unsigned long long)avail, (unsigned long long)bytes);
+        return 0;
+    }
+    bytes = 0;
+    e = c->lru.next;
+    while (e != &c->lru && (n == 0 || fs_available(c) < need + ROOM_SLACK)) {
+        struct entry *next = e->next;
+        if (e->kind == RP_CACHE_BLOB && e->in_use == 0) {
+            bytes += e->size;
+            evict_entry(c, e);
+            n++;
+        }
+        e = next;
+    }
+    if (n)
+        rp_warn("cache: file system full: evicted %zu blobs (%llu bytes) to make room for %llu "
+                "bytes; %llu bytes available now",
+                n, (unsigned long long)bytes, (unsigned long long)need,
+                (unsigned long long)fs_available(c));
+    else
+        rp_warn("cache: file system full and nothing left to evict (%llu bytes wanted)",
+                (unsigned long long)need);
     return n;
 }
 
@@ -1499,6 +1593,31 @@ static void fill_free(struct rp_cache_fill *f)
 
 #define FILL_WBUF (256 * 1024)
 
+/* Allocates the blob's blocks before its first byte, so that a full disk is found (and
+ * room made) before any reader has a response head, not midway through a download. File
+ * systems without fallocate(2) are fine: their writes make room as they go. -1: no room
+ * even after evicting all that could go. */
+static int reserve(struct rp_cache *c, int fd, uint64_t n)
+{
+#ifdef RP_FUZZ
+    (void)c;
+    (void)fd;
+    (void)n;
+    return 0;
+#else
+    for (;;) {
+        if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)n) == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if (!disk_full(errno))
+            return 0;
+        if (make_room(c, n) == 0)
+            return -1;
+    }
+#endif
+}
+
 struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest,
                                           int64_t expected_size, int *err)
 {
@@ -1518,6 +1637,14 @@ struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest
     f->fd = tmp_open(c, "fill", f->name, sizeof(f->name));
     if (f->fd < 0) {
         rp_warn("cache: creating a temp file in %s/tmp: %s", c->dir, strerror(errno));
+        if (disk_full(errno))
+            rc = RP_CACHE_E_NOSPACE;
+        goto out;
+    }
+    if (expected_size > 0 && reserve(c, f->fd, (uint64_t)expected_size) != 0) {
+        rp_warn("cache: no room for %s (%lld bytes) in %s", digest, (long long)expected_size,
+                c->dir);
+        rc = RP_CACHE_E_NOSPACE;
         goto out;
     }
     f->path = rp_xasprintf("%s/tmp/%s", c->dir, f->name);
@@ -1542,6 +1669,14 @@ out:
     return f;
 }
 
+/* Bytes of the fill not yet in the file, as far as known: what make_room is asked for. */
+static uint64_t fill_left(const struct rp_cache_fill *f)
+{
+    uint64_t in_file = f->written - f->wlen;
+    return f->expected >= 0 && (uint64_t)f->expected > in_file ? (uint64_t)f->expected - in_file
+                                                               : f->wlen;
+}
+
 int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n)
 {
     if (!f)
@@ -1561,9 +1696,9 @@ int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n)
     if (f->wlen + n > FILL_WBUF && rp_cache_fill_flush(f) != RP_CACHE_OK)
         return f->err;
     if (n >= FILL_WBUF) {
-        if (write_all(f->fd, p, n) != 0) {
+        if (write_all(f->c, f->fd, p, n, fill_left(f)) != 0) {
             rp_warn("cache: writing %s: %s", f->path, strerror(errno));
-            return f->err = RP_CACHE_E_IO;
+            return f->err = disk_full(errno) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
         }
     } else {
         if (!f->wbuf)
@@ -1581,9 +1716,9 @@ int rp_cache_fill_flush(struct rp_cache_fill *f)
         return RP_CACHE_E_INVALID;
     if (f->err)
         return f->err;
-    if (f->wlen && write_all(f->fd, f->wbuf, f->wlen) != 0) {
+    if (f->wlen && write_all(f->c, f->fd, f->wbuf, f->wlen, fill_left(f)) != 0) {
         rp_warn("cache: writing %s: %s", f->path, strerror(errno));
-        return f->err = RP_CACHE_E_IO;
+        return f->err = disk_full(errno) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
     }
     f->wlen = 0;
     return RP_CACHE_OK;
@@ -1661,10 +1796,14 @@ int rp_cache_fill_commit(struct rp_cache_fill *f)
     if (f->synced && f->sync_errno) {
         close(fd);
         rp_warn("cache: writing %s: %s", f->path, strerror(f->sync_errno));
+        if (disk_full(f->sync_errno))
+            rc = RP_CACHE_E_NOSPACE;
         goto out;
     }
     if ((!f->synced && sync_fd(fd) != 0) || close(fd) != 0) {
         rp_warn("cache: writing %s: %s", f->path, strerror(errno));
+        if (disk_full(errno))
+            rc = RP_CACHE_E_NOSPACE;
         goto out;
     }
     char rel[REL_MAX];
@@ -2091,11 +2230,21 @@ int rp_cache_probe_writable(struct rp_cache *c)
     /* What a fill does first: create a file in tmp/ and write to it. */
     char name[64];
     snprintf(name, sizeof(name), "probe.%ld", (long)getpid());
-    int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return RP_CACHE_E_IO;
-    bool ok = write(fd, "x", 1) == 1;
-    close(fd);
-    unlinkat(c->tmpfd, name, 0);
-    return ok ? RP_CACHE_OK : RP_CACHE_E_IO;
+    /* A full file system with blobs left to evict is writable: the fill would make room, so
+     * room is made here too (else a readiness probe would take the proxy out of service,
+     * and no fill would ever come to evict anything). */
+    for (int round = 0; round < 2; round++) {
+        int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        bool ok = fd >= 0 && write(fd, "x", 1) == 1;
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlinkat(c->tmpfd, name, 0);
+        }
+        if (ok)
+            return RP_CACHE_OK;
+        if (round > 0 || !disk_full(e) || make_room(c, 0) == 0)
+            return disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
+    }
+    return RP_CACHE_E_IO;
 }

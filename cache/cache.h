@@ -30,6 +30,7 @@ enum rp_cache_err {
     RP_CACHE_E_SIZE = -4,    /* content does not match the expected size */
     RP_CACHE_E_INVALID = -5, /* bad argument (digest grammar, oversized manifest ...) */
     RP_CACHE_E_CORRUPT = -6, /* a stored file is damaged (it is removed) */
+    RP_CACHE_E_NOSPACE = -7, /* the file system is full and nothing more can be evicted */
 };
 const char *rp_cache_strerror(int err);
 
@@ -53,7 +54,8 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
 void rp_cache_close(struct rp_cache *c);
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out);
 /* Whether a fill could start now (creates, writes and removes a file in tmp/): for
- * readiness probes. RP_CACHE_OK or E_IO. */
+ * readiness probes. On a full file system it makes room as a fill would. RP_CACHE_OK,
+ * E_NOSPACE or E_IO. */
 int rp_cache_probe_writable(struct rp_cache *c);
 
 /* --- reading published content --- */
@@ -91,11 +93,14 @@ int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *me
 
 /* --- filling a blob from upstream --- */
 /* Starts a fill for digest; expected_size -1 when unknown. The temp file lives under the
- * cache dir; readers may open it by rp_cache_fill_path while it grows. */
+ * cache dir; readers may open it by rp_cache_fill_path while it grows. A known size is
+ * allocated on disk now (fallocate), so a full disk shows here, before any reader has a
+ * byte, and not midway. Full disk: see "--- size bound ---" below; E_NOSPACE when even that
+ * cannot make room. */
 struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest,
                                           int64_t expected_size, int *err);
 /* Appends bytes (hashed now, gathered into writes of a few hundred KiB). Returns 0 or an
- * error (E_IO, E_SIZE when more than expected_size arrives). */
+ * error (E_IO, E_NOSPACE, E_SIZE when more than expected_size arrives). */
 int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n);
 /* Writes out what rp_cache_fill_write gathered, so readers of the temp file see it. */
 int rp_cache_fill_flush(struct rp_cache_fill *f);
@@ -152,7 +157,15 @@ void rp_cache_set_memory(struct rp_cache *c, size_t manifest_bytes, size_t tags,
 void rp_cache_pin(struct rp_cache *c, const char *digest);
 /* Evicts least recently used, unpinned, unused entries until the store is at most
  * max_size. Returns how many were evicted. Called after each commit by the cache itself;
- * exposed for tests. */
+ * exposed for tests.
+ *
+ * The file system may fill before max_size is reached (the default max_size is larger than
+ * many nodes' disks, and other files share the disk). Whenever a write, an allocation or a
+ * new name fails with ENOSPC or EDQUOT, the cache evicts least recently used, unpinned,
+ * unused blobs (at least one, then until the file system has room for what was being
+ * written) and tries again; only when none is left does the call fail, with E_NOSPACE.
+ * Manifests are not evicted for room: they are small, and this keeps the promise above
+ * that tag, link and fill calls leave peeked manifests alone. */
 size_t rp_cache_evict(struct rp_cache *c);
 
 #endif

@@ -39,6 +39,7 @@ struct rp_fill {
     char *retry_after;
     struct rp_buf err_body;
     char *fail_reason;
+    bool disk_full; /* the cache could not make room: readers hear it was us, not upstream */
     int64_t started_ms;
     int64_t ms;             /* download time, for the log */
     struct event *flush_ev; /* once per loop iteration: gathered bytes to the file, readers on */
@@ -172,6 +173,7 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
     if (!f->cf) {
         f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(err));
+        f->disk_full = err == RP_CACHE_E_NOSPACE;
         return -1;
     }
     f->expected = h->length;
@@ -214,6 +216,7 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
     int e = rp_cache_fill_write(f->cf, p, n);
     if (e != RP_CACHE_OK) {
         f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(e));
+        f->disk_full = e == RP_CACHE_E_NOSPACE;
         return -1;
     }
     f->written += (int64_t)n;
@@ -239,7 +242,10 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             rp_req_finish(r, "fill");
             continue;
         }
-        if (f->state == FILL_REFUSED) {
+        if (f->disk_full) {
+            /* The proxy's own trouble, for its admin: 503 tells clients to come back. */
+            rp_req_error(r, 503, "UNAVAILABLE", "the proxy's cache disk is full", NULL);
+        } else if (f->state == FILL_REFUSED) {
             rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
                                            f->err_body.len);
         } else if (res->fail == RP_FETCH_E_TOKEN || res->fail == RP_FETCH_E_AUTH) {
@@ -334,6 +340,7 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         bad.fail = RP_FETCH_E_OWNER;
         free(f->fail_reason);
         f->fail_reason = rp_xasprintf("%s", rp_cache_strerror(e));
+        f->disk_full = e == RP_CACHE_E_NOSPACE;
         fail_readers(f, &bad);
         fill_free(f);
         return;

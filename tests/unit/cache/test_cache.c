@@ -10,8 +10,10 @@
 #include <lz4.h>
 #include <lz4hc.h>
 #include <openssl/evp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1225,6 +1227,198 @@ static void test_evict_in_use(void)
     rm_rf(dir);
 }
 
+/* ------------------------------------------------------------ full disk --- */
+
+static bool write_text(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    bool ok = write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+    close(fd);
+    return ok;
+}
+
+/* Puts this process into a mount namespace of its own with a tmpfs of mib MiB on dir: a
+ * file system that can be filled on purpose, gone with the process. Root does it directly,
+ * others through a user namespace. false when neither is allowed here. */
+static bool small_fs(const char *dir, int mib)
+{
+    if (geteuid() != 0) {
+        char map[64];
+        uid_t uid = geteuid();
+        gid_t gid = getegid();
+        if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
+            return false;
+        snprintf(map, sizeof(map), "0 %u 1", (unsigned)uid);
+        if (!write_text("/proc/self/uid_map", map) || !write_text("/proc/self/setgroups", "deny"))
+            return false;
+        snprintf(map, sizeof(map), "0 %u 1", (unsigned)gid);
+        if (!write_text("/proc/self/gid_map", map))
+            return false;
+    } else if (unshare(CLONE_NEWNS) != 0) {
+        return false;
+    }
+    char opt[32];
+    snprintf(opt, sizeof(opt), "size=%dm", mib);
+    return mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0 &&
+           mount("tmpfs", dir, "tmpfs", 0, opt) == 0;
+}
+
+/* Publishes n bytes from seed in writes of 64 KiB; expect -1 leaves the size unknown (no
+ * allocation up front: room is then made by the writes). */
+static int put_big(struct rp_cache *c, size_t n, int seed, char *digest, bool known)
+{
+    char *p = sized(n, seed);
+    digest_of(p, n, digest, false);
+    int err = 0;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, digest, known ? (int64_t)n : -1, &err);
+    for (size_t off = 0; f && off < n; off += 65536) {
+        err = rp_cache_fill_write(f, p + off, n - off < 65536 ? n - off : 65536);
+        if (err != RP_CACHE_OK) {
+            rp_cache_fill_abort(f);
+            f = NULL;
+        }
+    }
+    if (f)
+        err = rp_cache_fill_commit(f);
+    free(p);
+    return err;
+}
+
+/* Takes every free byte of the file system holding path; returns the filler's path. */
+static char *fill_up(const char *dir)
+{
+    char *junk = rp_xasprintf("%s/junk", dir);
+    int fd = open(junk, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    static char zeros[4096];
+    while (fd >= 0 && write(fd, zeros, sizeof(zeros)) > 0)
+        ;
+    if (fd >= 0)
+        close(fd);
+    return junk;
+}
+
+#define MiB ((size_t)1024 * 1024)
+
+static bool on_disk(const char *dir, const char *digest)
+{
+    char *p = obj_path(dir, "blobs", digest);
+    bool yes = exists(p);
+    free(p);
+    return yes;
+}
+
+static void disk_full_body(const char *root)
+{
+    char *dir = rp_xasprintf("%s/cache", root);
+    struct rp_cache *c = open_ok(dir, 0); /* unbounded: only the disk bounds it */
+    CHECK(c != NULL);
+    if (!c) {
+        free(dir);
+        return;
+    }
+    char a[RP_CACHE_DIGEST_BUF], b[RP_CACHE_DIGEST_BUF], cc[RP_CACHE_DIGEST_BUF],
+        d[RP_CACHE_DIGEST_BUF], e[RP_CACHE_DIGEST_BUF], g[RP_CACHE_DIGEST_BUF],
+        h[RP_CACHE_DIGEST_BUF], k[RP_CACHE_DIGEST_BUF], big[RP_CACHE_DIGEST_BUF];
+    /* 6 of the 8 MiB: a pinned, b being served, c and d free to go (c the oldest). */
+    CHECK_INT(put_big(c, 3 * MiB / 2, 1, a, true), RP_CACHE_OK);
+    rp_cache_pin(c, a);
+    CHECK_INT(put_big(c, 3 * MiB / 2, 2, b, true), RP_CACHE_OK);
+    CHECK_INT(put_big(c, 3 * MiB / 2, 3, cc, true), RP_CACHE_OK);
+    CHECK_INT(put_big(c, 3 * MiB / 2, 4, d, true), RP_CACHE_OK);
+    struct rp_cache_blob served;
+    CHECK_INT(rp_cache_blob_open(c, b, &served), RP_CACHE_OK);
+    /* 3 MiB do not fit in what is left: the oldest evictable blobs make room, before the
+     * fill has taken a byte. */
+    CHECK_INT(put_big(c, 3 * MiB, 5, e, true), RP_CACHE_OK);
+    CHECK(!has_blob(c, cc));
+    CHECK(has_blob(c, a) && has_blob(c, b) && has_blob(c, e));
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK(st.evictions >= 1 && st.evicted_bytes >= 3 * MiB / 2);
+    /* More than all the evictable blobs and the free space: refused up front, and nothing
+     * is evicted in vain. */
+    int err = 0;
+    CHECK(rp_cache_fill_begin(c,
+                              "sha256:"
+                              "0000000000000000000000000000000000000000000000000000"
+                              "000000000000",
+                              (int64_t)(6 * MiB), &err) == NULL);
+    CHECK_INT(err, RP_CACHE_E_NOSPACE);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    CHECK(has_blob(c, a) && has_blob(c, b));
+    CHECK(on_disk(dir, e)); /* hopeless: nothing was evicted for it */
+    CHECK_STR(rp_cache_strerror(RP_CACHE_E_NOSPACE), "cache disk full");
+    /* Something else fills the disk to the last byte: a manifest, a tag, a fill of unknown
+     * size (its writes hit ENOSPC) and the readiness probe each make room from the blobs,
+     * oldest first (looked at on disk: has_blob would count as use). */
+    CHECK_INT(put_big(c, 3 * MiB / 2, 6, g, true), RP_CACHE_OK);
+    CHECK_INT(put_big(c, 3 * MiB / 2, 7, h, true), RP_CACHE_OK);
+    CHECK_INT(put_big(c, 3 * MiB / 2, 8, k, true), RP_CACHE_OK);
+    char *junk = fill_up(root);
+    char *m = json_manifest(40, 3), *m2 = json_manifest(40, 4);
+    char md[RP_CACHE_DIGEST_BUF], md2[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    digest_of(m2, strlen(m2), md2, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    CHECK(!on_disk(dir, g) && on_disk(dir, h) && on_disk(dir, k));
+    free(fill_up(root));
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", md, 1000), RP_CACHE_OK);
+    CHECK(!on_disk(dir, h) && on_disk(dir, k));
+    free(fill_up(root));
+    CHECK_INT(put_big(c, 64 * 1024, 9, big, false), RP_CACHE_OK);
+    CHECK(!on_disk(dir, k) && on_disk(dir, big));
+    free(fill_up(root));
+    CHECK_INT(rp_cache_probe_writable(c), RP_CACHE_OK); /* big goes */
+    CHECK(!on_disk(dir, big));
+    free(fill_up(root));
+    CHECK_INT(rp_cache_probe_writable(c), RP_CACHE_E_NOSPACE); /* only a and b are left */
+    CHECK_INT(put_big(c, 64 * 1024, 9, big, false), RP_CACHE_E_NOSPACE);
+    CHECK_INT(rp_cache_manifest_put(c, md2, MT_OCI, m2, strlen(m2)), RP_CACHE_E_NOSPACE);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    /* Nothing is stuck: once the disk has room again, everything works. */
+    unlink(junk);
+    CHECK_INT(put_big(c, 64 * 1024, 9, big, false), RP_CACHE_OK);
+    CHECK(has_blob(c, a) && has_blob(c, b) && has_blob(c, big));
+    struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, md, &got), RP_CACHE_OK);
+    CHECK(got.len == strlen(m) && memcmp(got.data, m, got.len) == 0);
+    rp_cache_manifest_free(&got);
+    close(served.fd);
+    rp_cache_release(c, b);
+    rp_cache_close(c);
+    free(m);
+    free(m2);
+    free(junk);
+    free(dir);
+}
+
+/* A full file system (ENOSPC) is met by evicting least recently used blobs, never pinned or
+ * served ones; when nothing is left to evict, calls fail with E_NOSPACE and leave nothing
+ * behind. Runs in a child with a tmpfs of 8 MiB of its own. */
+static void test_disk_full(void)
+{
+    char *root = mk_tmpdir();
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!small_fs(root, 8))
+            _exit(77);
+        disk_full_body(root);
+        exit(unit_cur_failed ? 1 : 0); /* exit, not _exit: the leak check runs */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        fprintf(stderr, "test_disk_full: skipped: no mount namespace with a tmpfs here (%s)\n",
+                geteuid() ? "no user namespaces" : "no CAP_SYS_ADMIN");
+    else
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    rm_rf(root);
+}
+
 /* A blob deleted behind the cache's back is a miss, and the accounting follows. */
 static void test_blob_vanished(void)
 {
@@ -2016,6 +2210,7 @@ int main(void)
     RUN(test_evict_manifest_touch);
     RUN(test_evict_pinned);
     RUN(test_evict_in_use);
+    RUN(test_disk_full);
     RUN(test_blob_vanished);
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);

@@ -1,0 +1,102 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The cache's disk fills before max_size (the default, 100G, is more than many nodes have,
+and other files share the disk). The proxy then evicts least recently used blobs to make
+room and the pull goes on; when nothing is left to evict, the client gets a 503 in the
+registry's JSON format before any byte of the blob, and nothing partial stays behind. Once
+the disk has room again, everything works. The cache lives on a 24 MiB tmpfs of the test's
+own (mounting needs root; the test says so and skips otherwise)."""
+import json
+import os
+import subprocess
+
+import lib
+from lib import check, eq
+
+
+def _skipped(why):
+    print("    skipped: %s" % why, flush=True)
+
+
+def _fill_up(path):
+    """Takes every free byte of path's file system."""
+    with open(path, "ab") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_disk_full_evicts_then_refuses(t):
+    if os.geteuid() != 0:
+        _skipped("mounting a tmpfs needs root (the tests run as uid %d)" % os.geteuid())
+        return
+    reg = t.s.anon_registry
+    fs = os.path.join(t.tmp, "small-fs")
+    os.makedirs(fs)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", fs], check=True)
+    # Lazily: the proxy still holds the cache open when cleanups run.
+    t.defer(lambda: subprocess.run(["umount", "-l", fs], check=True))
+    cache = os.path.join(fs, "cache")
+    junk = os.path.join(fs, "junk")
+    p = t.proxy(registries=[reg.conf()], cache={"dir": cache})
+    p.cache_dir = cache
+
+    # multi (0.6 MiB) and large's 10 MiB layer, in that order: the cache's LRU order.
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags.get("v1"), reg.pushed["ns/multi:v1"]["digest"], "digest of ns/multi:v1")
+    layers = lib.image_manifests(reg, "ns/large:v1")[0]["layers"]
+    big = max(layers, key=lambda x: x["size"])
+    small = min(layers, key=lambda x: x["size"])
+    r = p.get("/v2/ns/large/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest of ns/large:v1")
+    r = lib.stream_get(p.port, "/v2/ns/large/blobs/" + small["digest"])
+    eq((r.status, r.complete, r.digest), (200, True, small["digest"]), "the 10 MiB layer")
+    multi_blobs = [lib.cache_path(cache, "blobs", d) for d in lib.cache_digests(cache, "blobs")
+                   if d != small["digest"]]
+    check(multi_blobs, "ns/multi's blobs are not in the cache")
+    small_file = lib.cache_path(cache, "blobs", small["digest"])
+    lib.wait_until(lambda: os.path.isfile(small_file), 10, "the 10 MiB layer to be cached")
+
+    # Something else takes the rest of the disk. A pull of another image needs room: the
+    # oldest blobs go (multi's, then the 10 MiB layer to get a MiB of slack), and it works.
+    _fill_up(junk)
+    mark = os.path.getsize(p.log)
+    _, tags = t.pull(p, "ns/multiarch:v1")
+    eq(tags.get("v1"), reg.pushed["ns/multiarch:v1"]["digest"], "digest of ns/multiarch:v1")
+    check(not any(os.path.exists(f) for f in multi_blobs),
+          "ns/multi's blobs, the least recently used, were not evicted for room")
+    with open(p.log) as f:
+        f.seek(mark)
+        log = f.read()
+    check("file system full: evicted" in log,
+          "no log line about making room; log since the pull:\n%s" % log[-2000:])
+    lib.check_cache_store(cache, "after making room: ")
+    r = p.admin("/readyz")
+    eq(r.status, 200, "readyz on a full disk with blobs left to evict (%s)" % r.body[:300])
+
+    # The 100 MiB layer cannot fit however much is evicted: a clear 503 up front, and the
+    # cache is not emptied in vain.
+    before = sorted(lib.cache_digests(cache, "blobs"))
+    r = lib.stream_get(p.port, "/v2/ns/large/blobs/" + big["digest"])
+    eq(r.status, 503, "GET of a blob larger than the cache's disk")
+    body = json.loads(r.body)
+    eq(body["errors"][0]["code"], "UNAVAILABLE", "error code (%s)" % r.body[:300])
+    check("cache disk is full" in body["errors"][0]["message"],
+          "error message %r does not say the cache disk is full" % body["errors"][0]["message"])
+    eq(lib.cache_files(cache, "tmp"), [], "temp files left after the refused fill")
+    check(not os.path.exists(lib.cache_path(cache, "blobs", big["digest"])),
+          "the refused blob is in the cache")
+    eq(sorted(lib.cache_digests(cache, "blobs")), before, "blobs after the refused fill")
+    lib.check_cache_store(cache, "after the refused fill: ")
+    # What is cached is still served (manifests are never evicted for room).
+    r = p.get("/v2/ns/multiarch/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.header("docker-content-digest")),
+       (200, reg.pushed["ns/multiarch:v1"]["digest"]), "cached manifest on the full disk")
+
+    # Room again: nothing is stuck.
+    os.unlink(junk)
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags.get("v1"), reg.pushed["ns/multi:v1"]["digest"], "digest of ns/multi:v1 again")
+    lib.check_cache_store(cache, "at the end: ")
