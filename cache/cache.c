@@ -1489,6 +1489,7 @@ static size_t make_room(struct rp_cache *c, uint64_t need)
         if (e->kind == RP_CACHE_BLOB && e->in_use == 0)
             bytes += e->size;
     if (avail + bytes < need) {
+        c->st.disk_full++;
         rp_warn("cache: file system full: no room for %llu bytes (%llu available, %llu in "
                 "blobs that could be evicted)",
                 (unsigned long long)need, (unsigned long long)avail, (unsigned long long)bytes);
@@ -1510,9 +1511,11 @@ static size_t make_room(struct rp_cache *c, uint64_t need)
                 "bytes; %llu bytes available now",
                 n, (unsigned long long)bytes, (unsigned long long)need,
                 (unsigned long long)fs_available(c));
-    else
+    else {
+        c->st.disk_full++;
         rp_warn("cache: file system full and nothing left to evict (%llu bytes wanted)",
                 (unsigned long long)need);
+    }
     return n;
 }
 

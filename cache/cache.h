@@ -41,6 +41,7 @@ struct rp_cache_stats {
     uint64_t entries; /* published blobs + manifests */
     uint64_t evictions;
     uint64_t evicted_bytes;
+    uint64_t disk_full; /* writes given up for lack of room that no eviction could make */
 };
 
 /* Opens (creating as needed) the store under dir. Removes leftovers of unfinished fills.

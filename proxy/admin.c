@@ -57,6 +57,7 @@ static void render_metrics(struct rp_server *srv, struct rp_buf *out)
         .cache_entries = st.entries,
         .cache_evictions = st.evictions,
         .cache_evicted_bytes = st.evicted_bytes,
+        .cache_disk_full = st.disk_full,
         .max_size = srv->conf->cache.max_size,
     };
     const char **names = rp_xcalloc(srv->conf->n_registries + 1, sizeof(*names));

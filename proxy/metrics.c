@@ -178,12 +178,17 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
     rp_buf_addf(out, "regproxy_cache_max_size_bytes %llu\n", (unsigned long long)g->max_size);
     head(out, "regproxy_cache_entries", "gauge", "Published blobs and manifests.");
     rp_buf_addf(out, "regproxy_cache_entries %llu\n", (unsigned long long)g->cache_entries);
-    head(out, "regproxy_cache_evictions_total", "counter", "Entries evicted to honour max_size.");
+    head(out, "regproxy_cache_evictions_total", "counter",
+         "Entries evicted to honour max_size or to make room on a full disk.");
     rp_buf_addf(out, "regproxy_cache_evictions_total %llu\n",
                 (unsigned long long)g->cache_evictions);
     head(out, "regproxy_cache_evicted_bytes_total", "counter", "Bytes evicted.");
     rp_buf_addf(out, "regproxy_cache_evicted_bytes_total %llu\n",
                 (unsigned long long)g->cache_evicted_bytes);
+    head(out, "regproxy_cache_disk_full_total", "counter",
+         "Cache writes given up because the disk was full and no eviction could make room.");
+    rp_buf_addf(out, "regproxy_cache_disk_full_total %llu\n",
+                (unsigned long long)g->cache_disk_full);
     head(out, "regproxy_open_connections", "gauge", "Client connections open.");
     rp_buf_addf(out, "regproxy_open_connections %llu\n", (unsigned long long)g->open_connections);
     head(out, "regproxy_connections_refused_total", "counter",

@@ -46,7 +46,7 @@ void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok);
 struct rp_metrics_gauges {
     uint64_t open_connections;
     uint64_t fills_in_flight;
-    uint64_t cache_bytes, cache_entries, cache_evictions, cache_evicted_bytes;
+    uint64_t cache_bytes, cache_entries, cache_evictions, cache_evicted_bytes, cache_disk_full;
     uint64_t max_size;
 };
 /* Renders everything in the text exposition format (version 0.0.4) into out.

@@ -75,6 +75,11 @@ def test_disk_full_evicts_then_refuses(t):
     lib.check_cache_store(cache, "after making room: ")
     r = p.admin("/readyz")
     eq(r.status, 200, "readyz on a full disk with blobs left to evict (%s)" % r.body[:300])
+    m = p.metrics()
+    check(m[("regproxy_cache_evictions_total", frozenset())] >= len(multi_blobs),
+          "regproxy_cache_evictions_total %s after making room"
+          % m[("regproxy_cache_evictions_total", frozenset())])
+    eq(m[("regproxy_cache_disk_full_total", frozenset())], 0, "regproxy_cache_disk_full_total")
 
     # The 100 MiB layer cannot fit however much is evicted: a clear 503 up front, and the
     # cache is not emptied in vain.
@@ -89,6 +94,8 @@ def test_disk_full_evicts_then_refuses(t):
     check(not os.path.exists(lib.cache_path(cache, "blobs", big["digest"])),
           "the refused blob is in the cache")
     eq(sorted(lib.cache_digests(cache, "blobs")), before, "blobs after the refused fill")
+    eq(p.metrics()[("regproxy_cache_disk_full_total", frozenset())], 1,
+       "regproxy_cache_disk_full_total after the refused fill")
     lib.check_cache_store(cache, "after the refused fill: ")
     # What is cached is still served (manifests are never evicted for room).
     r = p.get("/v2/ns/multiarch/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})

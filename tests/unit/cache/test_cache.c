@@ -1346,6 +1346,8 @@ static void disk_full_body(const char *root)
                               "000000000000",
                               (int64_t)(6 * MiB), &err) == NULL);
     CHECK_INT(err, RP_CACHE_E_NOSPACE);
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.disk_full, 1);
     CHECK_INT(count_files(dir, "tmp"), 0);
     CHECK(has_blob(c, a) && has_blob(c, b));
     CHECK(on_disk(dir, e)); /* hopeless: nothing was evicted for it */
