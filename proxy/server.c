@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -1130,6 +1131,19 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     if (!srv->cache) {
         rp_error("cache %s: %s", conf->cache.dir, err);
         return -1;
+    }
+    /* The default max_size is more than many nodes' disks: say which bound holds. */
+    struct statvfs sv;
+    if (statvfs(conf->cache.dir, &sv) == 0) {
+        uint64_t fs = (uint64_t)sv.f_blocks * sv.f_frsize;
+        if (!conf->cache.max_size || conf->cache.max_size > fs) {
+            char a[32], b[32];
+            rp_format_bytes(fs, a, sizeof(a));
+            rp_format_bytes((uint64_t)sv.f_bavail * sv.f_frsize, b, sizeof(b));
+            rp_info("cache %s: the disk bounds the cache, not max_size (file system %s, %s "
+                    "free): when it is full, least recently used blobs make room",
+                    conf->cache.dir, a, b);
+        }
     }
     /* Pins of mirrored and imported images come back from the pins file: the index
      * snapshot keeps pins only across clean restarts. */

@@ -42,6 +42,9 @@ def test_disk_full_evicts_then_refuses(t):
     junk = os.path.join(fs, "junk")
     p = t.proxy(registries=[reg.conf()], cache={"dir": cache})
     p.cache_dir = cache
+    with open(p.log) as f:
+        check("the disk bounds the cache, not max_size" in f.read(),
+              "no start-up line saying the 24 MiB disk, not max_size (100G), bounds the cache")
 
     # multi (0.6 MiB) and large's 10 MiB layer, in that order: the cache's LRU order.
     _, tags = t.pull(p, "ns/multi:v1")
