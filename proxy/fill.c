@@ -3,7 +3,10 @@
  * download runs at upstream speed into the cache's temp file (the temp file is the buffer,
  * so memory stays flat and a slow client slows no one); every reader, the first included,
  * streams from that file at its own pace with sendfile. A reader never receives a blob's
- * last byte before the digest matched, so a corrupt download never looks complete. */
+ * last byte before the digest matched, so a corrupt download never looks complete. A
+ * download the network cuts is resumed where the file ends (a ranged GET; the hash goes on
+ * where it was), so a layer crosses the internet once even over a flaky link, and readers
+ * only see a pause. */
 #include "proxy.h"
 
 #include <errno.h>
@@ -12,10 +15,13 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define PUMP_CHUNK (1024 * 1024)
 #define PUMP_MIN (256 * 1024)
+/* Resumptions of one download after the network cut it (docker retries a layer 5 times). */
+#define FILL_RESUMES 3
 
 enum fill_state {
     FILL_WAITING, /* no answer from upstream yet */
@@ -44,6 +50,8 @@ struct rp_fill {
     int64_t ms;             /* download time, for the log */
     struct event *flush_ev; /* once per loop iteration: gathered bytes to the file, readers on */
     bool flush_queued;
+    int resumes;  /* ranged GETs so far after cuts */
+    int64_t skip; /* a resumption answered 200 (Range ignored): bytes to drop first */
     TAILQ_HEAD(, rp_req) readers;
     TAILQ_ENTRY(rp_fill) link;
 };
@@ -155,9 +163,41 @@ static void reader_detach(struct rp_req *r)
     r->fill = NULL;
 }
 
+/* Whether a Content-Range value says exactly bytes first-last of total (the unit is
+ * case-insensitive, nothing else may differ). */
+static bool content_range_is(const char *v, int64_t first, int64_t last, int64_t total)
+{
+    char want[80];
+    snprintf(want, sizeof(want), "bytes %lld-%lld/%lld", (long long)first, (long long)last,
+             (long long)total);
+    return v && strcasecmp(v, want) == 0;
+}
+
+/* The answer to a resumption's ranged GET: 206 for exactly the rest of the blob, or 200 with
+ * all of it (a server that ignores Range: what the file has is skipped). Anything else ends
+ * the fill; the readers' heads are out, so they are cut. */
+static int resume_headers(struct rp_fill *f, int status, const struct rp_xfer_headers *h)
+{
+    int64_t have = f->written;
+    if (status == 206 && h->length == f->expected - have &&
+        content_range_is(h->content_range, have, f->expected - 1, f->expected))
+        return 0;
+    if (status == 200 && h->length == f->expected) {
+        f->skip = have;
+        return 0;
+    }
+    f->fail_reason = rp_xasprintf(
+        "resuming at byte %lld of %lld: upstream answered %d%s%s", (long long)have,
+        (long long)f->expected, status, status == 206 ? " for range " : "",
+        status == 206 && rp_header_value_safe(h->content_range) ? h->content_range : "");
+    return -1;
+}
+
 static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     struct rp_fill *f = arg;
+    if (f->resumes)
+        return resume_headers(f, status, h);
     f->up_status = status;
     if (status != 200) {
         f->state = FILL_REFUSED;
@@ -209,9 +249,18 @@ static void fill_flush_cb(evutil_socket_t fd, short what, void *arg)
 static long fill_data_cb(void *arg, const char *p, size_t n)
 {
     struct rp_fill *f = arg;
+    size_t all = n;
     if (f->state == FILL_REFUSED) {
         rp_buf_add(&f->err_body, p, n); /* past the cap the body is cut, not fatal */
         return (long)n;
+    }
+    if (f->skip > 0) {
+        size_t k = (uint64_t)f->skip < n ? (size_t)f->skip : n;
+        f->skip -= (int64_t)k;
+        p += k;
+        n -= k;
+        if (n == 0)
+            return (long)all;
     }
     int e = rp_cache_fill_write(f->cf, p, n);
     if (e != RP_CACHE_OK) {
@@ -228,7 +277,7 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
         f->flush_queued = true;
         event_active(f->flush_ev, EV_TIMEOUT, 1);
     }
-    return (long)n;
+    return (long)all;
 }
 
 /* Every reader is told the fill failed: one that has not had its head yet gets an error
@@ -309,9 +358,50 @@ static void fill_synced(void *arg)
         return;
     }
     rp_cache_link(f->srv->cache, f->reg->name, f->repo, f->digest);
-    rp_info("fill %s registry=%s bytes=%lld ms=%lld (durable after %lld)", f->digest, f->reg->name,
-            (long long)f->written, (long long)f->ms, (long long)(rp_now_ms() - f->started_ms));
+    rp_info("fill %s registry=%s bytes=%lld ms=%lld resumed=%d (durable after %lld)", f->digest,
+            f->reg->name, (long long)f->written, (long long)f->ms, f->resumes,
+            (long long)(rp_now_ms() - f->started_ms));
     fill_free(f);
+}
+
+static const struct rp_fetch_cb fill_cb;
+
+/* Starts the download, or (range: "bytes=N-") its resumption. */
+static void fill_fetch(struct rp_fill *f, const char *range)
+{
+    char *path = rp_xasprintf("/v2/%s/blobs/%s", f->repo, f->digest);
+    struct rp_fetch_opts o = {
+        .reg = f->reg,
+        .path = path,
+        .name = f->repo,
+        .range = range,
+        .stream = true,
+        .follow_redirects = true,
+    };
+    f->fetch = rp_fetch_start(f->srv, &o, &fill_cb, f);
+    free(path);
+}
+
+/* The network cut a running download (reset, early close, stall): it goes on from where
+ * the file ends, from the registry again (a CDN's signed URL may have expired). Only
+ * transport failures qualify: a complete answer with wrong bytes is not retried. */
+static bool fill_resume(struct rp_fill *f, const struct rp_fetch_result *res)
+{
+    if (f->state != FILL_RUNNING || res->fail != RP_FETCH_E_TRANSPORT ||
+        f->resumes >= FILL_RESUMES || f->written >= f->expected)
+        return false;
+    f->resumes++;
+    rp_warn("fill %s registry=%s: upstream stopped at %lld of %lld bytes (%s); resuming there "
+            "(%d of %d)",
+            f->digest, f->reg->name, (long long)f->written, (long long)f->expected,
+            res->err ? res->err : "transport error", f->resumes, FILL_RESUMES);
+    free(f->fail_reason);
+    f->fail_reason = NULL;
+    f->skip = 0;
+    char range[48];
+    snprintf(range, sizeof(range), "bytes=%lld-", (long long)f->written);
+    fill_fetch(f, f->written > 0 ? range : NULL);
+    return true;
 }
 
 static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
@@ -319,6 +409,8 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
     struct rp_fill *f = arg;
     f->fetch = NULL;
     int64_t ms = rp_now_ms() - f->started_ms;
+    if (fill_resume(f, res))
+        return;
     if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
         fill_unlist(f);
         rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)",
@@ -377,16 +469,7 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
         TAILQ_INIT(&f->readers);
         TAILQ_INSERT_TAIL(&srv->fills, f, link);
         srv->n_fills++;
-        char *path = rp_xasprintf("/v2/%s/blobs/%s", r->route.name, r->route.ref);
-        struct rp_fetch_opts o = {
-            .reg = r->route.reg,
-            .path = path,
-            .name = r->route.name,
-            .stream = true,
-            .follow_redirects = true,
-        };
-        f->fetch = rp_fetch_start(srv, &o, &fill_cb, f);
-        free(path);
+        fill_fetch(f, NULL);
     }
     r->fill = f;
     r->fill_fd = -1;

@@ -1,0 +1,83 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A blob download the network cuts midway is resumed where the cache's temp file ends, so
+the bytes already fetched do not cross the internet again and the clients waiting on it see
+a pause, not an error. The fake registry cuts the first GET of each blob at half its length
+(mode cutonce): the proxy asks again, through the registry and its CDN redirect, with
+`Range: bytes=N-`, and every client gets the whole blob with the right digest. A server
+that ignores Range (cutonce-norange) answers 200 with the whole blob: the proxy skips what
+it has. The fake registry's global mode is switched and restored."""
+import json
+import os
+
+import lib
+from lib import check, eq
+
+CLIENTS = 4
+
+
+def _layer(s):
+    """ns/large's 10 MiB layer."""
+    r = s.fakereg.client().manifest("ns/large", "v1")
+    eq(r.status, 200, "ns/large manifest straight from the fake registry")
+    return min(json.loads(r.body)["layers"], key=lambda x: x["size"])
+
+
+def _resumed(t, mode):
+    s = t.s
+    fr = s.fakereg
+    layer = _layer(s)
+    digest = layer["digest"]
+    path = "/v2/ns/large/blobs/" + digest
+    p = t.proxy(registries=[fr.conf()])
+    fr.set_mode(mode)
+    t.defer(lambda: fr.set_mode("ok"))
+    mark = fr.mark()
+    res = lib.parallel([lambda: lib.stream_get(p.port, path, timeout=60)] * CLIENTS)
+    for i, r in enumerate(res):
+        eq((r.status, r.complete, r.digest), (200, True, digest),
+           "client %d of %d, upstream cutting the first download (%s)" % (i + 1, CLIENTS, mode))
+    gets = lib.settle(lambda: [x for x in fr.cdn_requests(mark[1])
+                               if x["method"] == "GET" and x["path"] == "/blobs/" + digest], 2)
+    eq(len(gets), 2, "CDN GETs of the blob: the cut one and its resumption (%s)" % gets)
+    h0 = {k.lower(): v for k, v in gets[0]["headers"].items()}
+    h1 = {k.lower(): v for k, v in gets[1]["headers"].items()}
+    check("range" not in h0, "the first download asked for a range: %s" % h0)
+    rng = h1.get("range", "")
+    check(rng.startswith("bytes=") and rng.endswith("-"),
+          "the resumption's Range header is %r, want bytes=N-" % rng)
+    start = int(rng[len("bytes="):-1])
+    check(0 < start < layer["size"],
+          "resumed at byte %d of %d: not where the cut left it" % (start, layer["size"]))
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file), 10, "%s in the cache" % blob_file)
+    eq(lib.sha256_file(blob_file), digest, "content of the cached blob")
+    eq(lib.cache_files(p.cache_dir, "tmp"), [], "temp files after the resumed fill")
+    with open(p.log) as f:
+        log = f.read()
+    check("resuming there (1 of" in log and "resumed=1" in log,
+          "the log does not tell of the resumption:\n%s" % lib.tail(p.log, 15))
+    mark = fr.mark()
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
+       "GET once the resumed blob is cached")
+    eq(len(fr.cdn_requests(mark[1])), 0, "CDN requests for the hit")
+    return start
+
+
+def test_cut_download_resumes_with_range(t):
+    _resumed(t, "cutonce")
+
+
+def test_cut_download_resumes_when_range_is_ignored(t):
+    _resumed(t, "cutonce-norange")
+
+
+def test_skopeo_pull_through_cuts(t):
+    """Every blob's first download is cut: skopeo's pull still succeeds, digests checked."""
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    fr.set_mode("cutonce")
+    t.defer(lambda: fr.set_mode("ok"))
+    _, tags = t.pull(p, "ns/large:v1")
+    eq(tags.get("v1"), s.images["large"]["tags"]["v1"], "digest pulled through the cuts")
