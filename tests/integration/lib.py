@@ -406,6 +406,20 @@ def skopeo(args, env, timeout=600, check_rc=True):
     return p
 
 
+def fakereg_blob_in_mode(t, mode):
+    """A proxy in front of the fake registry, switched to mode (back to ok at the end of the
+    test), and ns/large's 10 MiB layer, long enough for concurrent clients to share one
+    fill. Returns (fakereg, proxy, layer descriptor, the layer's path on the proxy)."""
+    fr = t.s.fakereg
+    r = fr.client().manifest("ns/large", "v1")
+    eq(r.status, 200, "ns/large manifest straight from the fake registry")
+    layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
+    p = t.proxy(registries=[fr.conf()])
+    fr.set_mode(mode)
+    t.defer(lambda: fr.set_mode("ok"))
+    return fr, p, layer, "/v2/ns/large/blobs/" + layer["digest"]
+
+
 def image_manifests(reg, ref):
     """[(descriptor-ish dict, parsed manifest)] of the image manifests behind ref as pushed to
     reg (one for an image, one per platform for an index)."""

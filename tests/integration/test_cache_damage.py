@@ -6,7 +6,6 @@ empty afterwards; the next request goes upstream again. Once upstream is healthy
 is served, cached, and then served without upstream contact. A cut download is first
 resumed (up to RESUMES ranged GETs, each cut again here) before it fails. The fake
 registry's global mode is switched and restored."""
-import json
 import os
 import time
 
@@ -15,13 +14,6 @@ from lib import check, eq
 
 CLIENTS = 4
 RESUMES = 3  # proxy/fill.c FILL_RESUMES
-
-
-def _layer(s):
-    """ns/large's 10 MiB layer: long enough for concurrent clients to share one fill."""
-    r = s.fakereg.client().manifest("ns/large", "v1")
-    eq(r.status, 200, "ns/large manifest straight from the fake registry")
-    return min(json.loads(r.body)["layers"], key=lambda x: x["size"])
 
 
 def _cdn_gets(fr, mark, digest, at_least=0):
@@ -38,14 +30,8 @@ def _tmp_empty(p):
 
 
 def _damaged_then_healthy(t, mode):
-    s = t.s
-    fr = s.fakereg
-    layer = _layer(s)
+    fr, p, layer, path = lib.fakereg_blob_in_mode(t, mode)
     digest = layer["digest"]
-    path = "/v2/ns/large/blobs/" + digest
-    p = t.proxy(registries=[fr.conf()])
-    fr.set_mode(mode)
-    t.defer(lambda: fr.set_mode("ok"))
     blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
     fetched = 0
     for attempt in (1, 2):

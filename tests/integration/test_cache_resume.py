@@ -6,7 +6,6 @@ a pause, not an error. The fake registry cuts the first GET of each blob at half
 `Range: bytes=N-`, and every client gets the whole blob with the right digest. A server
 that ignores Range (cutonce-norange) answers 200 with the whole blob: the proxy skips what
 it has. The fake registry's global mode is switched and restored."""
-import json
 import os
 
 import lib
@@ -15,22 +14,9 @@ from lib import check, eq
 CLIENTS = 4
 
 
-def _layer(s):
-    """ns/large's 10 MiB layer."""
-    r = s.fakereg.client().manifest("ns/large", "v1")
-    eq(r.status, 200, "ns/large manifest straight from the fake registry")
-    return min(json.loads(r.body)["layers"], key=lambda x: x["size"])
-
-
 def _resumed(t, mode):
-    s = t.s
-    fr = s.fakereg
-    layer = _layer(s)
+    fr, p, layer, path = lib.fakereg_blob_in_mode(t, mode)
     digest = layer["digest"]
-    path = "/v2/ns/large/blobs/" + digest
-    p = t.proxy(registries=[fr.conf()])
-    fr.set_mode(mode)
-    t.defer(lambda: fr.set_mode("ok"))
     mark = fr.mark()
     res = lib.parallel([lambda: lib.stream_get(p.port, path, timeout=60)] * CLIENTS)
     for i, r in enumerate(res):
@@ -61,7 +47,6 @@ def _resumed(t, mode):
     eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
        "GET once the resumed blob is cached")
     eq(len(fr.cdn_requests(mark[1])), 0, "CDN requests for the hit")
-    return start
 
 
 def test_cut_download_resumes_with_range(t):
@@ -74,10 +59,6 @@ def test_cut_download_resumes_when_range_is_ignored(t):
 
 def test_skopeo_pull_through_cuts(t):
     """Every blob's first download is cut: skopeo's pull still succeeds, digests checked."""
-    s = t.s
-    fr = s.fakereg
-    p = t.proxy(registries=[fr.conf()])
-    fr.set_mode("cutonce")
-    t.defer(lambda: fr.set_mode("ok"))
+    _, p, _, _ = lib.fakereg_blob_in_mode(t, "cutonce")
     _, tags = t.pull(p, "ns/large:v1")
-    eq(tags.get("v1"), s.images["large"]["tags"]["v1"], "digest pulled through the cuts")
+    eq(tags.get("v1"), t.s.images["large"]["tags"]["v1"], "digest pulled through the cuts")
