@@ -171,8 +171,9 @@ struct rp_req {
     struct rp_xfer_headers up_h;
     struct rp_buf body;
     size_t body_cap;
-    bool fetch_head; /* the current fetch is a HEAD */
-    bool streaming;  /* pass-through stream of a blob range */
+    bool fetch_head;    /* the current fetch is a HEAD */
+    bool streaming;     /* pass-through stream of a blob range */
+    bool range_refused; /* upstream answered the range pass-through with 416 */
     bool paused;
     int64_t stream_expected, stream_sent;
     /* tags: what the cache had, for revalidation and stale-if-error */

@@ -574,6 +574,12 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
     struct rp_req *r = arg;
     r->up_status = status;
     rp_headers_copy(&r->up_h, h);
+    if (status == 416 && r->route.kind == RP_ROUTE_BLOB && r->range) {
+        /* The range is past the blob's end. The body is not wanted, and may not be
+         * readable: docker-registry announces the whole blob's length and sends a line. */
+        r->range_refused = true;
+        return -1;
+    }
     bool ok = status >= 200 && status < 300;
     if (ok && r->route.kind == RP_ROUTE_BLOB && r->state == RQ_UPSTREAM && !r->head) {
         /* A range pass-through: streamed with backpressure, never cached. */
@@ -852,6 +858,24 @@ static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res)
     return manifest_from_cache(r, r->stale_digest, "STALE");
 }
 
+/* Upstream found a passed-through range unsatisfiable: answered as a cached blob's would be,
+ * with upstream's Content-Range when it is the "bytes *\/SIZE" kind. */
+static void answer_range_refused(struct rp_req *r)
+{
+    struct rp_buf extra;
+    char extra_mem[512];
+    rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
+    rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+    cache_header(r, &extra);
+    const char *cr = r->up_h.content_range;
+    if (cr && rp_header_value_safe(cr) && strncmp(cr, "bytes */", 8) == 0 && strlen(cr) < 40)
+        rp_buf_addf(&extra, "Content-Range: %s\r\n", cr);
+    char *eb = rp_error_body("BLOB_UNKNOWN", "requested range not satisfiable", NULL);
+    respond(r, 416, "application/json", eb, strlen(eb), extra.data);
+    free(eb);
+    rp_buf_free(&extra);
+}
+
 static void up_done_cb(void *arg, const struct rp_fetch_result *res)
 {
     struct rp_req *r = arg;
@@ -860,6 +884,10 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
     rp_inflight_done(r);
     if (res->status)
         r->up_status = res->status;
+    if (r->range_refused) {
+        answer_range_refused(r);
+        return;
+    }
     if (r->streaming) {
         if (res->fail == RP_FETCH_OK && r->stream_sent == r->stream_expected)
             rp_req_finish(r, NULL);

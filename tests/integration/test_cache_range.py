@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """HEAD and Range against the cache. On an uncached blob a HEAD is a HEAD upstream (no
 download, nothing cached) and a Range GET passes through to upstream (206 with exactly the
-asked bytes, nothing cached, tmp/ empty). Once a whole-blob GET cached it, HEAD and Range are
-answered from disk (HIT) with no upstream request."""
+asked bytes, nothing cached, tmp/ empty; a range past the end is a 416). Once a whole-blob
+GET cached it, HEAD and Range are answered from disk (HIT) with no upstream request."""
 import os
 
 import lib
@@ -48,6 +48,19 @@ def test_head_and_range(t):
     eq(_ups(reg, mk, digest, 1), [("GET", 206)], "upstream requests for an uncached Range GET")
     _not_cached(p, digest, "after a Range GET")
 
+    # Past the end: upstream says 416. docker-registry announces the whole blob's length
+    # with it and sends one line, an answer no client could use: the proxy answers 416
+    # itself, as it does from the cache.
+    mk = reg.mark()
+    r = p.get(path, headers={"Range": "bytes=%d-" % (size + 10)})
+    eq((r.status, [e["code"] for e in r.json()["errors"]]), (416, ["BLOB_UNKNOWN"]),
+       "uncached Range past the end (%s)" % r.body[:300])
+    cr = r.header("Content-Range")
+    check(cr is None or cr == "bytes */%d" % size, "Content-Range %r for an uncached "
+          "Range past the end" % cr)
+    eq(_ups(reg, mk, digest, 1), [("GET", 416)], "upstream requests for it")
+    _not_cached(p, digest, "after a Range GET past the end")
+
     mk = reg.mark()
     r = lib.stream_get(p.port, path)
     eq((r.status, r.complete, r.digest, r.header("x-regproxy-cache")),
@@ -66,4 +79,7 @@ def test_head_and_range(t):
     st, h, body = p.raw("HEAD", path)
     eq((st, h.get("content-length"), h.get("x-regproxy-cache"), body),
        (200, str(size), "HIT", b""), "HEAD of a cached blob")
+    r = p.get(path, headers={"Range": "bytes=%d-" % (size + 10)})
+    eq((r.status, r.header("Content-Range")), (416, "bytes */%d" % size),
+       "cached Range past the end")
     eq(_ups(reg, mk, digest), [], "upstream requests for Range and HEAD of a cached blob")
