@@ -211,6 +211,16 @@ static const struct rp_conf_option options[] = {
      .default_text = "info",
      .offset = ADMIN_F(log_level),
      .help = "debug, info, warn or error"},
+    {.section = RP_CONF_SECTION_ADMIN,
+     .key = "drain_timeout",
+     .type = RP_CONF_DURATION,
+     .default_text = "25s",
+     .min = 0,
+     .max = 3600LL * 1000,
+     .offset = ADMIN_F(drain_timeout_ms),
+     .help = "on SIGTERM or SIGINT, how long responses being sent may take to finish (new "
+             "connections are refused, idle ones closed) before the proxy exits; 0 = at once. "
+             "A second signal exits at once"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "tls_verify",
      .type = RP_CONF_BOOL,

@@ -100,9 +100,10 @@ struct rp_conf_watch {
 
 /* The operator's side: the admin listener and logging. */
 struct rp_conf_admin {
-    char *listen;     /* host:port of /metrics, /healthz, /readyz; "off" disables it */
-    char *log_format; /* "text" or "json" */
-    char *log_level;  /* "debug", "info", "warn" or "error" */
+    char *listen;             /* host:port of /metrics, /healthz, /readyz; "off" disables it */
+    char *log_format;         /* "text" or "json" */
+    char *log_level;          /* "debug", "info", "warn" or "error" */
+    int64_t drain_timeout_ms; /* SIGTERM: how long busy connections may finish (0: at once) */
 };
 
 struct rp_conf {

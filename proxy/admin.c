@@ -84,14 +84,17 @@ static int render_ready(struct rp_server *srv, struct rp_buf *out)
                                                                       : "pending",
                                       "detail", cs->line ? cs->line : ""));
     }
-    json_t *root = json_pack("{s:b, s:b, s:b, s:o}", "ready", writable, "config_loaded", 1,
-                             "cache_writable", writable, "registries", regs);
+    /* Draining after SIGTERM: no longer a target for new pulls. */
+    bool ready = writable && !srv->stopping;
+    json_t *root =
+        json_pack("{s:b, s:b, s:b, s:b, s:o}", "ready", ready, "config_loaded", 1, "cache_writable",
+                  writable, "stopping", srv->stopping, "registries", regs);
     char *s = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(root);
     rp_buf_add(out, s, strlen(s));
     rp_buf_add(out, "\n", 1);
     free(s);
-    return writable ? 200 : 503;
+    return ready ? 200 : 503;
 }
 
 static void admin_read_cb(struct bufferevent *bev, void *arg)

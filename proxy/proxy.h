@@ -299,7 +299,9 @@ struct rp_server {
     struct rp_metrics metrics;
     struct rp_check_status *checks; /* one per registry: the last login check */
     TAILQ_HEAD(, rp_check) checks_running;
-    bool stopping;
+    bool stopping;          /* a signal came: no keep-alive, no new connections */
+    bool draining;          /* ... and the loop ends when the last connection closes */
+    struct event *drain_ev; /* [admin] drain_timeout: the loop ends then anyway */
 };
 
 /* Rebuilds every listener's TLS context, allow list and client accounts from fresh

@@ -108,6 +108,7 @@ int rp_reload(struct rp_server *srv, const char *why)
     }
     SWAP(run->admin.log_format, fresh->admin.log_format);
     SWAP(run->admin.log_level, fresh->admin.log_level);
+    SWAP(run->admin.drain_timeout_ms, fresh->admin.drain_timeout_ms);
     rp_server_apply_logging(run);
     for (size_t i = 0; i < run->n_registries; i++) {
         swap_registry(&run->registries[i], &fresh->registries[i]);

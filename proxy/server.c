@@ -361,9 +361,15 @@ static void conn_wait_request(struct rp_conn *c, bool head_started)
 /* Between requests. Idle time counts from when the last response is all with the kernel: a
  * blob still going to a slow client is not idle (a client that stops taking it meets the
  * send timeout), so until then the timer waits for conn_write_done. */
+static void conn_close_after_flush(struct rp_conn *c);
+
 static void conn_idle(struct rp_conn *c)
 {
-    if (!c->head_started && rp_conn_output_len(c) == 0)
+    if (c->head_started || rp_conn_output_len(c) != 0)
+        return;
+    if (c->srv->stopping) /* draining: a connection is done once it has nothing to send */
+        conn_close_after_flush(c);
+    else
         conn_wait_request(c, false);
 }
 
@@ -385,8 +391,11 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     conn_free(c);
 }
 
+static void drain_check(struct rp_server *srv);
+
 static void conn_free(struct rp_conn *c)
 {
+    struct rp_server *srv = c->srv;
     if (c->lctx)
         c->lctx->n_conns--;
     if (c->over_limit)
@@ -414,11 +423,11 @@ static void conn_free(struct rp_conn *c)
             close(c->file_fd);
         evutil_closesocket(c->fd);
     }
-    if (c->in_write_cb) {
+    if (c->in_write_cb)
         c->freed = true; /* the write callback frees it when it returns */
-        return;
-    }
-    free(c);
+    else
+        free(c);
+    drain_check(srv);
 }
 
 static void linger_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -563,7 +572,7 @@ static void conn_try_parse(struct rp_conn *c)
         }
     }
     /* Keep-alive is bounded too: the last allowed request is answered with close. */
-    c->keep_alive = h.keep_alive && ++c->n_requests < MAX_REQUESTS_PER_CONN;
+    c->keep_alive = h.keep_alive && ++c->n_requests < MAX_REQUESTS_PER_CONN && !c->srv->stopping;
     /* A pull proxy takes no uploads: any body is refused and the connection closed, so
      * its bytes can never be read as a second request. */
     if (h.has_body) {
@@ -1048,13 +1057,66 @@ static SSL_CTX *tls_context(const struct rp_conf_listen *l)
     return ctx;
 }
 
+/* Draining: the loop ends once the last client connection is gone. */
+static void drain_check(struct rp_server *srv)
+{
+    if (srv->draining && srv->n_conns == 0) {
+        srv->draining = false;
+        rp_info("drained: every response was sent; exiting");
+        event_base_loopexit(srv->base, NULL);
+    }
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_server *srv = arg;
+    srv->draining = false;
+    rp_warn("drain_timeout: %zu connections still busy; closing them and exiting", srv->n_conns);
+    event_base_loopexit(srv->base, NULL);
+}
+
+/* SIGTERM/SIGINT. Like an orchestrator expects (Kubernetes sends SIGTERM and waits its grace
+ * period), pulls in progress are let finish: the listeners close (new connections are
+ * refused, so clients go to another replica), idle keep-alive connections close, and busy
+ * ones answer their request with Connection: close. The loop ends when the last one is
+ * gone, at drain_timeout, or at a second signal. */
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     struct rp_server *srv = arg;
-    rp_info("signal %d: shutting down", (int)sig);
+    int64_t ms = srv->conf->admin.drain_timeout_ms;
+    if (srv->stopping || ms <= 0 || !srv->n_conns) {
+        rp_info("signal %d: shutting down%s", (int)sig, srv->stopping ? " now" : "");
+        srv->stopping = true;
+        srv->draining = false;
+        event_base_loopexit(srv->base, NULL);
+        return;
+    }
     srv->stopping = true;
-    event_base_loopexit(srv->base, NULL);
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        if (srv->listeners[i].ev)
+            evconnlistener_free(srv->listeners[i].ev);
+        srv->listeners[i].ev = NULL;
+    }
+    struct rp_conn *c, *next;
+    for (c = TAILQ_FIRST(&srv->conns); c; c = next) {
+        next = TAILQ_NEXT(c, link);
+        c->keep_alive = false;
+        if (!c->req && !c->close_after && !c->head_started && !c->in_len &&
+            rp_conn_output_len(c) == 0)
+            conn_free(c);
+    }
+    rp_info("signal %d: draining: listeners closed, %zu connections finishing (at most %lld ms; "
+            "a second signal exits at once)",
+            (int)sig, srv->n_conns, (long long)ms);
+    srv->drain_ev = evtimer_new(srv->base, drain_timeout_cb, srv);
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    if (srv->drain_ev)
+        evtimer_add(srv->drain_ev, &tv);
+    srv->draining = true;
+    drain_check(srv);
 }
 
 static int listen_on(struct rp_server *srv, struct rp_listener *li, struct rp_listen_ctx *ctx)
@@ -1197,6 +1259,9 @@ int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen
 
 void rp_server_fini(struct rp_server *srv)
 {
+    srv->draining = false;
+    if (srv->drain_ev)
+        event_free(srv->drain_ev);
     if (srv->conns.tqh_last) /* initialised */
         while (!TAILQ_EMPTY(&srv->conns))
             conn_free(TAILQ_FIRST(&srv->conns));

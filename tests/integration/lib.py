@@ -1017,10 +1017,11 @@ class Proxy:
     registries: list of dicts {name, url, user?, password?, ca_file?, <any key>: value};
     `password` is written to a 0600 password_file. listeners: list of dicts
     {default: NAME or None, <any key>: value}; each gets a free port. cache: extra
-    [cache] keys. extra: raw text appended to the config."""
+    [cache] keys. admin: extra [admin] keys (drain_timeout is 2s unless given). extra: raw
+    text appended to the config (with an [admin] section of its own, admin is unused)."""
 
     def __init__(self, t, registries, listeners=None, cache=None, extra="", env=None,
-                 start=True, wrapper=None):
+                 start=True, wrapper=None, admin=None):
         s = t.s
         check(s.bin and os.path.exists(s.bin),
               "proxy binary %r not found (pass --bin build/san/regproxy)" % s.bin)
@@ -1036,6 +1037,10 @@ class Proxy:
         self.listeners = listeners or [{"default": registries[0]["name"] if registries
                                         else None}]
         self.cache = dict(cache or {})
+        # A proxy that drains for the default 25 s on SIGTERM would outlast stop()'s 10 s
+        # whenever a test leaves a response unread: 2 s, unless a test says otherwise.
+        self.admin_keys = {"drain_timeout": "2s"}
+        self.admin_keys.update(admin or {})
         self.extra = extra
         self.env = env
         self.wrapper = list(wrapper or ())  # argv prefix, e.g. setpriv to drop privileges
@@ -1082,7 +1087,9 @@ class Proxy:
             # would be shared by all of them).
             if not getattr(self, "admin_port", None):
                 self.admin_port = free_port()
-            out.append("[admin]\nlisten = 127.0.0.1:%d\n" % self.admin_port)
+            out.append("[admin]\nlisten = 127.0.0.1:%d" % self.admin_port)
+            out += ["%s = %s" % kv for kv in self.admin_keys.items()]
+            out.append("")
         out.append(self.extra)
         with open(self.conf_path, "w") as f:
             f.write("\n".join(out) + "\n")

@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """The client connection itself: pipelined requests answered in order (also more of them
-than fit the proxy's input buffer at once), a head that arrives in small pieces, and
-keep-alive across cache misses and hits. Raw sockets, so nothing hides what the proxy
-sends."""
+than fit the proxy's input buffer at once), a head that arrives in small pieces,
+keep-alive across cache misses and hits, idle and slow connections, and the drain on
+SIGTERM. Raw sockets, so nothing hides what the proxy sends."""
 import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import time
 
@@ -167,12 +168,12 @@ def test_keep_alive_across_misses_and_hits(t):
         eq(c.recv(1), b"", "the connection closes after Connection: close")
 
 
-def _cached_blob(t, layer, listeners=None):
+def _cached_blob(t, layer, listeners=None, **kw):
     """A proxy in front of the anonymous registry with ns/large's layer `layer` fetched once
     (a miss, read whole and checked) and in its cache, so the next GET is a hit. Returns
     (proxy, digest, path), or None when that failed (already reported)."""
     reg = t.s.anon_registry
-    p = t.proxy(registries=[reg.conf("registry.anon.test")], listeners=listeners)
+    p = t.proxy(registries=[reg.conf("registry.anon.test")], listeners=listeners, **kw)
     blob = json.loads(reg.pushed["ns/large:v1"]["body"])["layers"][layer]["digest"]
     path = "/v2/ns/large/blobs/%s" % blob
     with socket.create_connection(("127.0.0.1", p.port), timeout=60) as c:
@@ -304,3 +305,104 @@ def test_idle_keep_alive_costs_nothing(t):
         used = _cpu_seconds(p.proc.pid) - cpu0
         check(used < 0.5, "the proxy used %.2f CPU s in 2 s with one idle connection open"
               % used)
+
+
+def _read_head(c):
+    """A response head from c: (status, lower-cased headers, body bytes already read)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = c.recv(65536)
+        check(b, "connection closed before a response head")
+        buf += b
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip()
+               for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, rest
+
+
+def _exited(p, timeout):
+    lib.wait_until(lambda: not p.proc.alive(), timeout, "regproxy to exit")
+    return p.proc.p.returncode
+
+
+def test_sigterm_drains(t):
+    """SIGTERM lets pulls in progress finish: the listener closes at once (new connections
+    are refused), an idle keep-alive connection is closed, /readyz says 503 (stopping), a
+    100 MiB blob half read by a slow client still arrives whole and verified, and then the
+    proxy exits 0 by itself, well before drain_timeout."""
+    got = _cached_blob(t, 0, admin={"drain_timeout": "60s"})
+    if got is None:
+        return
+    p, blob, path = got
+    idle = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    idle.sendall(_request("/v2/"))
+    r = _read_response(idle)
+    eq(r and r[0], 200, "GET /v2/ on the connection left idle")
+    with _small_window(p.port) as c:
+        c.sendall(_request(path))
+        status, headers, rest = _read_head(c)
+        eq(status, 200, "blob hit")
+        h, n = hashlib.sha256(rest), len(rest)
+        while n < 8 << 20:
+            b = c.recv(1 << 16)
+            check(b, "blob cut at %d bytes before SIGTERM" % n)
+            h.update(b)
+            n += len(b)
+        os.kill(p.proc.p.pid, signal.SIGTERM)
+        eq(idle.recv(1), b"", "the idle keep-alive connection after SIGTERM")
+        idle.close()
+
+        def refused():
+            try:
+                socket.create_connection(("127.0.0.1", p.port), timeout=2).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+        lib.wait_until(refused, 10, "new connections to be refused while draining")
+        r = p.admin("/readyz")
+        eq(r.status, 503, "readyz while draining (%s)" % r.body[:200])
+        check(json.loads(r.body)["stopping"], "readyz body without stopping: %r" % r.body)
+        check(p.proc.alive(), "the proxy exited with a response half sent")
+        size = int(headers["content-length"])
+        while n < size:
+            b = c.recv(1 << 20)
+            check(b, "blob cut at %d of %d bytes while draining" % (n, size))
+            if not b:
+                return
+            h.update(b)
+            n += len(b)
+        eq("sha256:" + h.hexdigest(), blob, "digest of the blob sent while draining")
+        eq(c.recv(1), b"", "the connection after its last response while draining")
+    eq(_exited(p, 20), 0, "exit status after draining")
+    log = p.log_text()
+    check("draining" in log and "drained: every response was sent" in log,
+          "the log does not tell of the drain:\n%s" % lib.tail(p.log, 10))
+
+
+def test_drain_timeout_and_second_signal(t):
+    """A client that stops reading cannot hold the proxy past drain_timeout (2 s here), and
+    a second SIGTERM ends a long drain at once."""
+    got = _cached_blob(t, 0)
+    if got is None:
+        return
+    p, blob, path = got
+    with _small_window(p.port) as c:
+        c.sendall(_request(path))
+        eq(_read_head(c)[0], 200, "blob hit")
+        os.kill(p.proc.p.pid, signal.SIGTERM)
+        eq(_exited(p, 15), 0, "exit status after drain_timeout")
+    check("drain_timeout: 1 connections still busy" in p.log_text(),
+          "no drain_timeout line:\n%s" % lib.tail(p.log, 10))
+    p.admin_keys["drain_timeout"] = "60s"
+    p.start()
+    with _small_window(p.port) as c:
+        c.sendall(_request(path))
+        eq(_read_head(c)[0], 200, "blob hit after the restart")
+        os.kill(p.proc.p.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        check(p.proc.alive(), "the proxy exited at once with a response half sent")
+        os.kill(p.proc.p.pid, signal.SIGTERM)
+        eq(_exited(p, 15), 0, "exit status after a second SIGTERM")
+    check("shutting down now" in p.log_text(),
+          "no line for the second signal:\n%s" % lib.tail(p.log, 10))

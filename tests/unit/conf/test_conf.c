@@ -111,6 +111,7 @@ static void test_minimal_defaults(void)
     CHECK(c->cache.max_size == 100ULL << 30);
     CHECK_INT(c->cache.tag_ttl_ms, 600000);
     CHECK_INT(c->listens[0].idle_timeout_ms, 60000);
+    CHECK_INT(c->admin.drain_timeout_ms, 25000);
     CHECK(c->listens[0].default_name == NULL && c->listens[0].def == NULL);
     CHECK(reg0(c)->test_image == NULL);
     rp_conf_free(c);
@@ -298,6 +299,13 @@ static void test_duration_values(void)
     if (c)
         CHECK_INT(c->listens[0].idle_timeout_ms, 1500);
     rp_conf_free(c);
+    c = parse(MINIMAL "[admin]\ndrain_timeout = 0\n");
+    CHECK(c != NULL);
+    if (c)
+        CHECK_INT(c->admin.drain_timeout_ms, 0);
+    rp_conf_free(c);
+    expect_err(MINIMAL "[admin]\ndrain_timeout = 2h\n",
+               "test.conf:5: 'drain_timeout' in [admin] must be between 0 and 1h");
     expect_err("[listen \"127.0.0.1:5000\"]\nidle_timeout = 999ms\n",
                "test.conf:2: 'idle_timeout' in [listen \"127.0.0.1:5000\"] must be between 1s "
                "and 1d");
