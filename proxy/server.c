@@ -358,11 +358,11 @@ static void conn_wait_request(struct rp_conn *c, bool head_started)
     evtimer_add(c->wait_ev, &tv);
 }
 
+static void conn_close_after_flush(struct rp_conn *c);
+
 /* Between requests. Idle time counts from when the last response is all with the kernel: a
  * blob still going to a slow client is not idle (a client that stops taking it meets the
  * send timeout), so until then the timer waits for conn_write_done. */
-static void conn_close_after_flush(struct rp_conn *c);
-
 static void conn_idle(struct rp_conn *c)
 {
     if (c->head_started || rp_conn_output_len(c) != 0)
