@@ -391,6 +391,7 @@ static bool fill_resume(struct rp_fill *f, const struct rp_fetch_result *res)
         f->resumes >= FILL_RESUMES || f->written >= f->expected)
         return false;
     f->resumes++;
+    rp_metrics_fill_resumed(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries));
     rp_warn("fill %s registry=%s: upstream stopped at %lld of %lld bytes (%s); resuming there "
             "(%d of %d)",
             f->digest, f->reg->name, (long long)f->written, (long long)f->expected,

@@ -79,6 +79,12 @@ void rp_metrics_upstream(struct rp_metrics *m, size_t reg, int status, int64_t m
     r->latency_count++;
 }
 
+void rp_metrics_fill_resumed(struct rp_metrics *m, size_t reg)
+{
+    if (reg < m->n_regs)
+        m->regs[reg].fill_resumes++;
+}
+
 void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok)
 {
     if (reg >= m->n_regs)
@@ -169,6 +175,13 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
         add_label_value(out, registry_names[r]);
         rp_buf_addf(out, "\",result=\"failed\"} %llu\n",
                     (unsigned long long)m->regs[r].token_failed);
+    }
+    head(out, "regproxy_fill_resumes_total", "counter",
+         "Blob downloads resumed with a ranged GET after the network cut them, by registry.");
+    for (size_t r = 0; r < m->n_regs; r++) {
+        rp_buf_addf(out, "regproxy_fill_resumes_total{registry=\"");
+        add_label_value(out, registry_names[r]);
+        rp_buf_addf(out, "\"} %llu\n", (unsigned long long)m->regs[r].fill_resumes);
     }
     head(out, "regproxy_fills_in_flight", "gauge", "Blob downloads into the cache under way.");
     rp_buf_addf(out, "regproxy_fills_in_flight %llu\n", (unsigned long long)g->fills_in_flight);

@@ -22,6 +22,7 @@ struct rp_metrics_registry {
     double latency_sum;
     uint64_t latency_count;
     uint64_t token_ok, token_failed;
+    uint64_t fill_resumes; /* blob downloads resumed after the network cut them */
 };
 
 struct rp_metrics {
@@ -41,6 +42,7 @@ void rp_metrics_request(struct rp_metrics *m, int kind, int status, const char *
                         uint64_t bytes);
 void rp_metrics_upstream(struct rp_metrics *m, size_t reg, int status, int64_t ms);
 void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok);
+void rp_metrics_fill_resumed(struct rp_metrics *m, size_t reg);
 
 /* Values that are read at render time rather than counted. */
 struct rp_metrics_gauges {

@@ -42,6 +42,8 @@ def _resumed(t, mode):
         log = f.read()
     check("resuming there (1 of" in log and "resumed=1" in log,
           "the log does not tell of the resumption:\n%s" % lib.tail(p.log, 15))
+    eq(p.metrics()[("regproxy_fill_resumes_total", frozenset({("registry", fr.name)}))], 1,
+       "regproxy_fill_resumes_total")
     mark = fr.mark()
     r = lib.stream_get(p.port, path)
     eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
