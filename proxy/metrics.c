@@ -109,6 +109,16 @@ static void add_label_value(struct rp_buf *out, const char *v)
     }
 }
 
+/* One sample of a per-registry counter: name{registry="REG"MORE} V, where MORE is "" or
+ * ",label=\"value\"". */
+static void reg_sample(struct rp_buf *out, const char *name, const char *reg, const char *more,
+                       uint64_t v)
+{
+    rp_buf_addf(out, "%s{registry=\"", name);
+    add_label_value(out, reg);
+    rp_buf_addf(out, "\"%s} %llu\n", more, (unsigned long long)v);
+}
+
 static void head(struct rp_buf *out, const char *name, const char *type, const char *help)
 {
     rp_buf_addf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -168,21 +178,16 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
     head(out, "regproxy_token_fetches_total", "counter",
          "Token requests to registry realms, by registry and result.");
     for (size_t r = 0; r < m->n_regs; r++) {
-        rp_buf_addf(out, "regproxy_token_fetches_total{registry=\"");
-        add_label_value(out, registry_names[r]);
-        rp_buf_addf(out, "\",result=\"ok\"} %llu\n", (unsigned long long)m->regs[r].token_ok);
-        rp_buf_addf(out, "regproxy_token_fetches_total{registry=\"");
-        add_label_value(out, registry_names[r]);
-        rp_buf_addf(out, "\",result=\"failed\"} %llu\n",
-                    (unsigned long long)m->regs[r].token_failed);
+        reg_sample(out, "regproxy_token_fetches_total", registry_names[r], ",result=\"ok\"",
+                   m->regs[r].token_ok);
+        reg_sample(out, "regproxy_token_fetches_total", registry_names[r], ",result=\"failed\"",
+                   m->regs[r].token_failed);
     }
     head(out, "regproxy_fill_resumes_total", "counter",
          "Blob downloads resumed with a ranged GET after the network cut them, by registry.");
-    for (size_t r = 0; r < m->n_regs; r++) {
-        rp_buf_addf(out, "regproxy_fill_resumes_total{registry=\"");
-        add_label_value(out, registry_names[r]);
-        rp_buf_addf(out, "\"} %llu\n", (unsigned long long)m->regs[r].fill_resumes);
-    }
+    for (size_t r = 0; r < m->n_regs; r++)
+        reg_sample(out, "regproxy_fill_resumes_total", registry_names[r], "",
+                   m->regs[r].fill_resumes);
     head(out, "regproxy_fills_in_flight", "gauge", "Blob downloads into the cache under way.");
     rp_buf_addf(out, "regproxy_fills_in_flight %llu\n", (unsigned long long)g->fills_in_flight);
     head(out, "regproxy_cache_size_bytes", "gauge", "Bytes of published cache entries.");
