@@ -302,30 +302,45 @@ static void cache_header(struct rp_req *r, struct rp_buf *extra)
         rp_buf_addf(extra, "Warning: 110 regproxy \"Response is Stale\"\r\n");
 }
 
-/* Serves a cached blob from its file: sendfile at the client's pace, Range and HEAD. */
-static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
+/* 416 for a blob range past its end, from the cache or from upstream; content_range is
+ * "bytes *\/SIZE" or NULL when the size is not known. */
+static void answer_range_unsatisfiable(struct rp_req *r, const char *content_range)
 {
     struct rp_buf extra;
     char extra_mem[512];
     rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
     rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
     cache_header(r, &extra);
+    if (content_range)
+        rp_buf_addf(&extra, "Content-Range: %s\r\n", content_range);
+    char *eb = rp_error_body("BLOB_UNKNOWN", "requested range not satisfiable", NULL);
+    respond(r, 416, "application/json", eb, strlen(eb), extra.data);
+    free(eb);
+    rp_buf_free(&extra);
+}
+
+/* Serves a cached blob from its file: sendfile at the client's pace, Range and HEAD. */
+static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
+{
     uint64_t start = 0, end = 0;
     enum rp_range_result rr = RP_RANGE_NONE;
     if (r->range)
         rr = rp_http_parse_range(r->range, strlen(r->range), b->size, &start, &end);
-    int status = 200;
-    uint64_t len = b->size;
     if (rr == RP_RANGE_UNSATISFIABLE) {
-        rp_buf_addf(&extra, "Content-Range: bytes */%llu\r\n", (unsigned long long)b->size);
+        char cr[48];
+        snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)b->size);
         close(b->fd);
         rp_cache_release(r->conn->srv->cache, r->route.ref);
-        char *eb = rp_error_body("BLOB_UNKNOWN", "requested range not satisfiable", NULL);
-        respond(r, 416, "application/json", eb, strlen(eb), extra.data);
-        free(eb);
-        rp_buf_free(&extra);
+        answer_range_unsatisfiable(r, cr);
         return;
     }
+    struct rp_buf extra;
+    char extra_mem[512];
+    rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
+    rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+    cache_header(r, &extra);
+    int status = 200;
+    uint64_t len = b->size;
     if (rr == RP_RANGE_OK) {
         status = 206;
         len = end - start + 1;
@@ -858,24 +873,6 @@ static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res)
     return manifest_from_cache(r, r->stale_digest, "STALE");
 }
 
-/* Upstream found a passed-through range unsatisfiable: answered as a cached blob's would be,
- * with upstream's Content-Range when it is the "bytes *\/SIZE" kind. */
-static void answer_range_refused(struct rp_req *r)
-{
-    struct rp_buf extra;
-    char extra_mem[512];
-    rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
-    rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
-    cache_header(r, &extra);
-    const char *cr = r->up_h.content_range;
-    if (cr && rp_header_value_safe(cr) && strncmp(cr, "bytes */", 8) == 0 && strlen(cr) < 40)
-        rp_buf_addf(&extra, "Content-Range: %s\r\n", cr);
-    char *eb = rp_error_body("BLOB_UNKNOWN", "requested range not satisfiable", NULL);
-    respond(r, 416, "application/json", eb, strlen(eb), extra.data);
-    free(eb);
-    rp_buf_free(&extra);
-}
-
 static void up_done_cb(void *arg, const struct rp_fetch_result *res)
 {
     struct rp_req *r = arg;
@@ -885,7 +882,11 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
     if (res->status)
         r->up_status = res->status;
     if (r->range_refused) {
-        answer_range_refused(r);
+        /* upstream's Content-Range is passed on only when it is the "bytes *\/SIZE" kind */
+        const char *cr = r->up_h.content_range;
+        bool ok =
+            cr && rp_header_value_safe(cr) && strncmp(cr, "bytes */", 8) == 0 && strlen(cr) < 40;
+        answer_range_unsatisfiable(r, ok ? cr : NULL);
         return;
     }
     if (r->streaming) {
