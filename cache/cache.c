@@ -2228,26 +2228,27 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
     return RP_CACHE_OK;
 }
 
+/* What a fill does first: create a file in tmp/ and write to it. 0 or an errno. */
+static int probe_once(struct rp_cache *c, const char *name)
+{
+    int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int e = fd < 0 ? errno : write(fd, "x", 1) == 1 ? 0 : errno ? errno : EIO;
+    if (fd >= 0) {
+        close(fd);
+        unlinkat(c->tmpfd, name, 0);
+    }
+    return e;
+}
+
 int rp_cache_probe_writable(struct rp_cache *c)
 {
-    /* What a fill does first: create a file in tmp/ and write to it. */
     char name[64];
     snprintf(name, sizeof(name), "probe.%ld", (long)getpid());
     /* A full file system with blobs left to evict is writable: the fill would make room, so
      * room is made here too (else a readiness probe would take the proxy out of service,
      * and no fill would ever come to evict anything). */
-    for (int round = 0; round < 2; round++) {
-        int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        bool ok = fd >= 0 && write(fd, "x", 1) == 1;
-        int e = errno;
-        if (fd >= 0) {
-            close(fd);
-            unlinkat(c->tmpfd, name, 0);
-        }
-        if (ok)
-            return RP_CACHE_OK;
-        if (round > 0 || !disk_full(e) || make_room(c, 0) == 0)
-            return disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
-    }
-    return RP_CACHE_E_IO;
+    int e = probe_once(c, name);
+    if (e && disk_full(e) && make_room(c, 0))
+        e = probe_once(c, name);
+    return !e ? RP_CACHE_OK : disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
 }
