@@ -2,8 +2,9 @@
 /* fill: one upstream download per blob digest, however many clients ask at once. The
  * download runs at upstream speed into the cache's temp file (the temp file is the buffer,
  * so memory stays flat and a slow client slows no one); every reader, the first included,
- * streams from that file at its own pace with sendfile. A reader never receives a blob's
- * last byte before the digest matched, so a corrupt download never looks complete. A
+ * streams from that file at its own pace with sendfile; a Range that runs to the blob's end
+ * reads it from its first byte. A reader never receives a blob's last byte before the
+ * digest matched, so a corrupt download never looks complete. A
  * download the network cuts is resumed where the file ends (a ranged GET; the hash goes on
  * where it was), so a layer crosses the internet once even over a flaky link, and readers
  * only see a pause. */
@@ -111,15 +112,15 @@ static int queue_range(struct rp_req *r, int64_t upto)
 }
 
 /* Feeds a reader what has landed, up to its client's high-water mark. Until the fill is
- * verified, the last byte is held back. */
+ * verified, the last byte the reader is owed is held back. */
 static void pump(struct rp_req *r)
 {
     struct rp_fill *f = r->fill;
     if (r->fill_fd < 0)
         return;
     int64_t limit = (int64_t)rp_cache_fill_flushed(f->cf);
-    if (limit >= f->expected)
-        limit = f->expected - 1;
+    if (limit >= r->fill_end)
+        limit = r->fill_end - 1;
     /* A reader takes the download in pieces of PUMP_MIN at least (the tail comes with the
      * verification): fed the few KiB each loop iteration brings, a hundred readers of a
      * slow download cost a descriptor, a segment and a sendfile each per iteration and
@@ -135,32 +136,51 @@ static void pump(struct rp_req *r)
     }
 }
 
+static void reader_detach(struct rp_req *r)
+{
+    TAILQ_REMOVE(&r->fill->readers, r, fill_link);
+    r->fill = NULL;
+}
+
 /* Upstream's headers arrived: the reader's client gets its response head now (clients give
- * up when headers take long), then bytes as they land. */
+ * up when headers take long), then bytes as they land. A reader with a Range (one that runs
+ * to the end: request.c's range_joins_fill) gets a 206 for it, or a 416 once the size says
+ * it starts past the end. */
 static void reader_start(struct rp_req *r)
 {
     struct rp_fill *f = r->fill;
+    uint64_t first = 0, last = 0;
+    enum rp_range_result rr = RP_RANGE_NONE;
+    if (r->range)
+        rr = rp_http_parse_range(r->range, strlen(r->range), (uint64_t)f->expected, &first, &last);
+    if (rr == RP_RANGE_UNSATISFIABLE) {
+        reader_detach(r);
+        rp_req_range_unsatisfiable(r, (uint64_t)f->expected);
+        return;
+    }
     r->fill_fd = open(rp_cache_fill_path(f->cf), O_RDONLY | O_CLOEXEC);
     if (r->fill_fd < 0) {
         rp_error("fill %s: cannot open temp file: %s", f->digest, strerror(errno));
         return;
     }
-    char extra[RP_DIGEST_MAX + 128];
-    snprintf(extra, sizeof(extra),
-             "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\nX-Regproxy-Cache: %s\r\n",
-             f->digest, r->cache_status);
-    r->up_status = f->up_status;
-    rp_conn_write_head(r->conn, 200, f->content_type, f->expected, extra);
+    char extra[RP_DIGEST_MAX + 192];
+    int n =
+        snprintf(extra, sizeof(extra),
+                 "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\nX-Regproxy-Cache: %s\r\n",
+                 f->digest, r->cache_status);
     r->fill_sent = 0;
     r->fill_end = f->expected;
+    if (rr == RP_RANGE_OK) {
+        r->fill_sent = (int64_t)first;
+        r->fill_end = (int64_t)last + 1;
+        snprintf(extra + n, sizeof(extra) - (size_t)n, "Content-Range: bytes %llu-%llu/%lld\r\n",
+                 (unsigned long long)first, (unsigned long long)last, (long long)f->expected);
+    }
+    r->up_status = f->up_status;
+    rp_conn_write_head(r->conn, rr == RP_RANGE_OK ? 206 : 200, f->content_type,
+                       r->fill_end - r->fill_sent, extra);
     rp_conn_stream_mode(r->conn);
     pump(r);
-}
-
-static void reader_detach(struct rp_req *r)
-{
-    TAILQ_REMOVE(&r->fill->readers, r, fill_link);
-    r->fill = NULL;
 }
 
 /* Whether a Content-Range value says exactly bytes first-last of total (the unit is

@@ -209,6 +209,8 @@ void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const
 /* Passes a failed upstream answer on honestly (never turned into 404). */
 void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
                                     const char *body, size_t len);
+/* 416 for a blob range past the end of its `size` bytes. */
+void rp_req_range_unsatisfiable(struct rp_req *r, uint64_t size);
 /* Writes r's access-log line (aborted: why it was cut short, or NULL). */
 void rp_req_log(const struct rp_req *r, const char *aborted);
 /* Logs the access line and hands the connection on (abort: close at once). */

@@ -319,6 +319,13 @@ static void answer_range_unsatisfiable(struct rp_req *r, const char *content_ran
     rp_buf_free(&extra);
 }
 
+void rp_req_range_unsatisfiable(struct rp_req *r, uint64_t size)
+{
+    char cr[48];
+    snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)size);
+    answer_range_unsatisfiable(r, cr);
+}
+
 /* Serves a cached blob from its file: sendfile at the client's pace, Range and HEAD. */
 static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
 {
@@ -327,11 +334,9 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     if (r->range)
         rr = rp_http_parse_range(r->range, strlen(r->range), b->size, &start, &end);
     if (rr == RP_RANGE_UNSATISFIABLE) {
-        char cr[48];
-        snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)b->size);
         close(b->fd);
         rp_cache_release(r->conn->srv->cache, r->route.ref);
-        answer_range_unsatisfiable(r, cr);
+        rp_req_range_unsatisfiable(r, b->size);
         return;
     }
     struct rp_buf extra;
@@ -501,6 +506,23 @@ static void offline_lookup(struct rp_req *r)
     }
 }
 
+/* Whether a blob Range GET is served by the download that fills the cache rather than
+ * passed through. Only a range that runs to the blob's end can be: its last byte is the
+ * blob's last, held back until the digest matched, as for a whole-blob reader; a bounded
+ * range would wait for the whole download. From byte 0 it starts that download:
+ * containerd 2.1 with parallel layer fetch asks for every blob as "bytes=0-", and passing
+ * that through would leave the cache empty for good. Its further chunks ("bytes=K-", read
+ * to the chunk's size, then closed) join the download. From elsewhere, with no download
+ * running (a client resuming), it passes through rather than wait for the bytes before it. */
+static bool range_joins_fill(const char *range, const struct rp_fill *running)
+{
+    uint64_t first = 0, last = 0;
+    if (rp_http_parse_range(range, strlen(range), UINT64_MAX, &first, &last) != RP_RANGE_OK ||
+        last != UINT64_MAX - 1)
+        return false;
+    return first == 0 || running;
+}
+
 static void lookup(struct rp_req *r)
 {
     struct rp_server *srv = r->conn->srv;
@@ -539,7 +561,7 @@ static void lookup(struct rp_req *r)
             start_fetch(r, true, false);
             return;
         }
-        if (r->range) {
+        if (r->range && !range_joins_fill(r->range, running)) {
             /* A range of an uncached blob passes through; whole-blob pulls fill the cache. */
             start_fetch(r, false, true);
             return;

@@ -532,10 +532,13 @@ class Stream:
                    self.digest, self.header("x-regproxy-cache"), self.body[:200]))
 
 
-def stream_get(port, path, headers=None, method="GET", timeout=120, host="127.0.0.1"):
+def stream_get(port, path, headers=None, method="GET", timeout=120, host="127.0.0.1",
+               limit=None):
     """One request on a fresh connection (Connection: close), the body hashed as it arrives
     and not kept (50 clients x 100 MB stay cheap). Never raises for a broken connection:
-    that is reported in the Stream (error, complete=False)."""
+    that is reported in the Stream (error, complete=False). limit: read that many body bytes
+    (hashed), then close, as containerd does with each chunk of a parallel layer fetch;
+    complete then means they all arrived."""
     out = Stream()
     t0 = time.monotonic()
     h = hashlib.sha256()
@@ -574,12 +577,14 @@ def stream_get(port, path, headers=None, method="GET", timeout=120, host="127.0.
                 if chunked:
                     raw += b
                     return
+                if limit is not None:
+                    b = b[:limit - out.got]
                 out.got += len(b)
                 h.update(b)
                 if len(out.body) < 65536:
                     out.body += b[:65536 - len(out.body)]
             take(rest)
-            while True:
+            while limit is None or out.got < limit:
                 try:
                     b = c.recv(1 << 20)
                 except (ConnectionError, socket.timeout, OSError) as e:
@@ -597,6 +602,8 @@ def stream_get(port, path, headers=None, method="GET", timeout=120, host="127.0.
                 except (ValueError, IndexError):
                     out.got, out.body = len(raw), raw[:65536]
                     out.error = out.error or "bad chunked encoding"
+            elif limit is not None:
+                out.complete = out.error is None and out.got == limit
             else:
                 out.complete = (out.error is None and out.length is not None and
                                 out.got == out.length)

@@ -1,9 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """HEAD and Range against the cache. On an uncached blob a HEAD is a HEAD upstream (no
-download, nothing cached) and a Range GET passes through to upstream (206 with exactly the
-asked bytes, nothing cached, tmp/ empty; a range past the end is a 416). Once a whole-blob
-GET cached it, HEAD and Range are answered from disk (HIT) with no upstream request."""
+download, nothing cached) and a bounded Range GET passes through to upstream (206 with
+exactly the asked bytes, nothing cached, tmp/ empty; a range past the end is a 416). A range
+to the blob's end from byte 0 (containerd 2.1's parallel layer fetch asks for every blob so)
+starts the download that fills the cache; ranges to the end while it runs (the fetch's
+further chunks) are served from it. Once cached, HEAD and Range are answered from disk (HIT)
+with no upstream request."""
+import hashlib
+import json
 import os
+import threading
 
 import lib
 from lib import check, eq
@@ -83,3 +89,100 @@ def test_head_and_range(t):
     eq((r.status, r.header("Content-Range")), (416, "bytes */%d" % size),
        "cached Range past the end")
     eq(_ups(reg, mk, digest), [], "upstream requests for Range and HEAD of a cached blob")
+
+
+def test_range_from_zero_fills_the_cache(t):
+    """"bytes=0-" of an uncached blob is a whole-blob pull: one upstream GET without Range,
+    a 206 for all of it, and the blob cached."""
+    reg = t.s.anon_registry
+    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][2]
+    digest, size = layer["digest"], layer["size"]
+    path = "/v2/ns/multi/blobs/" + digest
+    p = t.proxy(registries=[reg.conf()])
+    mk = reg.mark()
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=0-"})
+    eq((r.status, r.header("Content-Range"), r.complete, r.digest, r.header("X-Regproxy-Cache")),
+       (206, "bytes 0-%d/%d" % (size - 1, size), True, digest, "MISS"),
+       "bytes=0- of an uncached blob (%r)" % r)
+    eq(_ups(reg, mk, digest, 1), [("GET", 200)], "upstream requests for bytes=0-")
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file), 10, "%s in the cache" % blob_file)
+    eq(lib.sha256_file(blob_file), digest, "content of the cached blob")
+    mk = reg.mark()
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=0-"})
+    eq((r.status, r.complete, r.digest, r.header("X-Regproxy-Cache")), (206, True, digest, "HIT"),
+       "bytes=0- once cached")
+    eq(_ups(reg, mk, digest), [], "upstream requests for bytes=0- once cached")
+
+
+CHUNK = 2 << 20
+
+
+def test_parallel_chunks_share_one_download(t):
+    """containerd's parallel layer fetch, against a slow upstream (about 1 MB/s): "bytes=0-",
+    then "bytes=K-" per 2 MiB chunk, each read to the chunk's end and closed. Every chunk
+    has the right bytes and the blob crosses the network once. Meanwhile a bounded range
+    passes through, a suffix range waits for the verified end, and a range past the end is
+    answered 416 without asking upstream."""
+    fr, p, layer, path = lib.fakereg_blob_in_mode(t, "slow")
+    digest, size = layer["digest"], layer["size"]
+    check(size > 3 * CHUNK, "the slow layer is %d bytes: too small for chunks" % size)
+    mark = fr.mark()
+
+    def chunk(k):
+        return lambda: lib.stream_get(p.port, path, headers={"Range": "bytes=%d-" % k},
+                                      limit=min(CHUNK, size - k), timeout=60)
+
+    first = {}
+    th = threading.Thread(target=lambda: first.update(r=chunk(0)()))
+    th.start()
+    t.defer(th.join)
+    # The others are sent once the download runs, as containerd sends them once the first
+    # answer's head has come.
+    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "tmp"), 10, "the download's temp file")
+    offsets = list(range(CHUNK, size, CHUNK))
+    others = [
+        lambda: lib.stream_get(p.port, path, headers={"Range": "bytes=1000-1999"}, timeout=60),
+        lambda: lib.stream_get(p.port, path, headers={"Range": "bytes=-10"}, timeout=60),
+        lambda: lib.stream_get(p.port, path, headers={"Range": "bytes=%d-" % (size + 10)},
+                               timeout=60),
+    ]
+    res = lib.parallel([chunk(k) for k in offsets] + others)
+    th.join()
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file), 10, "%s in the cache" % blob_file)
+    eq(lib.sha256_file(blob_file), digest, "content of the cached blob")
+    with open(blob_file, "rb") as f:
+        blob = f.read()
+
+    for k, r in zip([0] + offsets, [first["r"]] + res[:len(offsets)]):
+        want = "sha256:" + hashlib.sha256(blob[k:k + CHUNK]).hexdigest()
+        eq((r.status, r.header("Content-Range"), r.length, r.complete, r.digest,
+            r.header("X-Regproxy-Cache")),
+           (206, "bytes %d-%d/%d" % (k, size - 1, size), size - k, True, want, "MISS"),
+           "chunk at byte %d (%r)" % (k, r))
+    bounded, suffix, past = res[len(offsets):]
+    eq((bounded.status, bounded.header("Content-Range"), bounded.complete),
+       (206, "bytes 1000-1999/%d" % size, True), "bounded range during the download")
+    check(bounded.body == blob[1000:2000], "bounded range during the download: wrong bytes")
+    eq((suffix.status, suffix.header("Content-Range"), suffix.complete, suffix.body),
+       (206, "bytes %d-%d/%d" % (size - 10, size - 1, size), True, blob[-10:]),
+       "suffix range during the download")
+    eq((past.status, past.header("Content-Range"), [e["code"] for e in
+                                                    json.loads(past.body)["errors"]]),
+       (416, "bytes */%d" % size, ["BLOB_UNKNOWN"]), "range past the end during the download")
+
+    gets = lib.settle(lambda: [x for x in fr.cdn_requests(mark[1])
+                               if x["method"] == "GET" and x["path"] == "/blobs/" + digest], 2)
+    ranges = sorted({k.lower(): v for k, v in x["headers"].items()}.get("range", "")
+                    for x in gets)
+    eq(ranges, ["", "bytes=1000-1999"],
+       "CDN GETs of the blob: the one download and the bounded range")
+    eq(lib.cache_files(p.cache_dir, "tmp"), [], "temp files after the download")
+
+    mark = fr.mark()
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=%d-" % CHUNK})
+    eq((r.status, r.complete, r.header("X-Regproxy-Cache")), (206, True, "HIT"),
+       "a chunk once cached")
+    check(r.body == blob[CHUNK:CHUNK + len(r.body)], "a chunk once cached: wrong bytes")
+    eq(len(fr.cdn_requests(mark[1])), 0, "CDN requests for the hit")
