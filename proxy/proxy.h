@@ -329,9 +329,10 @@ void rp_conn_write_response(struct rp_conn *c, int status, const char *content_t
                             const char *extra, const void *body, size_t len, bool send_body);
 /* A whole response whose body is len bytes of fd from off (a cached blob): the head, then
  * the file. Takes fd: it is closed once sent, or with the connection, or at once on failure
- * (-1, nothing queued). Plain connections send the file with sendfile from here, allocating
- * nothing; TLS connections through their evbuffer. Pipelined requests wait until it is sent,
- * as nothing may be queued after it. */
+ * (-1: cut the connection, a head may be out). Plain connections send the file with sendfile
+ * from here, allocating nothing; TLS connections read it into their output 64 KiB at a
+ * time as OpenSSL drains it. Pipelined requests wait until it is queued, as nothing may be
+ * queued before it. */
 int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, const char *extra,
                        int fd, uint64_t off, uint64_t len);
 struct evbuffer *rp_conn_output(struct rp_conn *c);

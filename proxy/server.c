@@ -262,6 +262,40 @@ static size_t write_now(struct rp_conn *c, const char *head, size_t hlen, const 
 
 static void conn_queue_write(struct rp_conn *c);
 
+/* A TLS connection's file body is read into its output a piece at a time, as OpenSSL
+ * drains it. evbuffer_add_file would map the whole file instead: a page fault every few
+ * pages, the blob's size resident while it goes out (150 MB for a 100 MB blob), and 1.4-1.5x
+ * nginx's CPU per GiB; reading it costs 0.9x. */
+#define TLS_FILE_PIECE (64 * 1024)
+#define TLS_FILE_LOW TLS_FILE_PIECE        /* refilled when drained to this */
+#define TLS_FILE_HIGH (2 * TLS_FILE_PIECE) /* to at least this */
+
+/* Reads the file body on into out; -1 when the file ends early or cannot be read. */
+static int tls_file_refill(struct rp_conn *c)
+{
+    while (c->file_left && evbuffer_get_length(c->out) < TLS_FILE_HIGH) {
+        size_t want = c->file_left < TLS_FILE_PIECE ? (size_t)c->file_left : TLS_FILE_PIECE;
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(c->out, (ev_ssize_t)want, &v, 1) < 1)
+            return -1;
+        ssize_t n = pread(c->file_fd, v.iov_base, want, (off_t)c->file_off);
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO; /* the file is shorter than it was said to be */
+            return -1;
+        }
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(c->out, &v, 1);
+        c->file_off += (uint64_t)n;
+        c->file_left -= (uint64_t)n;
+    }
+    if (c->file_left == 0 && c->file_fd >= 0) {
+        close(c->file_fd);
+        c->file_fd = -1;
+    }
+    return 0;
+}
+
 int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, const char *extra,
                        int fd, uint64_t off, uint64_t len)
 {
@@ -271,10 +305,13 @@ int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, 
     }
     if (c->bev) {
         rp_conn_write_head(c, status, content_type, (int64_t)len, extra);
-        if (evbuffer_add_file(c->out, fd, (ev_off_t)off, (ev_off_t)len) < 0) {
-            close(fd);
-            return -1;
-        }
+        c->file_fd = fd;
+        c->file_off = off;
+        c->file_left = len;
+        if (tls_file_refill(c) < 0)
+            return -1; /* the head is out: the caller cuts the connection */
+        if (c->file_left)
+            bufferevent_setwatermark(c->bev, EV_WRITE, TLS_FILE_LOW, 0);
         return 0;
     }
     char small[HEAD_SMALL];
@@ -413,14 +450,14 @@ static void conn_free(struct rp_conn *c)
     if (c->write_queued)
         TAILQ_REMOVE(&c->srv->write_queue, c, write_link);
     in_release(c);
+    if (c->file_fd >= 0)
+        close(c->file_fd);
     if (c->bev) {
         bufferevent_free(c->bev); /* closes fd, frees out */
     } else {
         event_free(c->rev);
         event_free(c->wev);
         evbuffer_free(c->out);
-        if (c->file_fd >= 0)
-            close(c->file_fd);
         evutil_closesocket(c->fd);
     }
     if (c->in_write_cb)
@@ -532,7 +569,7 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
     }
     c->write_low = 0;
     if (c->bev)
-        bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+        bufferevent_setwatermark(c->bev, EV_WRITE, c->file_left ? TLS_FILE_LOW : 0, 0);
     conn_idle(c);
     conn_try_parse(c);
 }
@@ -820,8 +857,21 @@ static void tls_read_cb(struct bufferevent *bev, void *arg)
 
 static void tls_write_cb(struct bufferevent *bev, void *arg)
 {
-    (void)bev;
-    conn_write_done(arg);
+    struct rp_conn *c = arg;
+    if (c->file_left) {
+        if (tls_file_refill(c) < 0) {
+            rp_warn("conn %s: cannot read the blob being sent: %s", c->peer, strerror(errno));
+            conn_gone(c);
+            return;
+        }
+        if (c->file_left)
+            return; /* more of the file next time */
+        /* All of it is queued: idle (and pipelined requests) once it has gone. */
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        conn_try_parse(c);
+        return;
+    }
+    conn_write_done(c);
 }
 
 static void tls_event_cb(struct bufferevent *bev, short what, void *arg)

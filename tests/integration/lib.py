@@ -406,6 +406,23 @@ def skopeo(args, env, timeout=600, check_rc=True):
     return p
 
 
+def serving_cert(t, name):
+    """A server certificate for 127.0.0.1 from a CA of this test's own."""
+    d = os.path.join(t.tmp, name)
+    os.makedirs(d, exist_ok=True)
+    key, crt = os.path.join(d, "tls.key"), os.path.join(d, "tls.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", crt, "-days", "1", "-subj", "/CN=%s" % name, "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    # skopeo's --cert-dir reads *.key as client keys: the CA goes in a directory of its own.
+    cadir = os.path.join(d, "ca")
+    os.makedirs(cadir, exist_ok=True)
+    with open(os.path.join(cadir, "ca.crt"), "wb") as f, open(crt, "rb") as c:
+        f.write(c.read())
+    return cadir, key, crt
+
+
 def fakereg_blob_in_mode(t, mode):
     """A proxy in front of the fake registry, switched to mode (back to ok at the end of the
     test), and ns/large's 10 MiB layer, long enough for concurrent clients to share one

@@ -70,23 +70,6 @@ def test_repos_allow_list(t):
     eq(tags["v1"], reg.pushed["ns/multi:v1"]["digest"], "pull inside repos")
 
 
-def _serving_cert(t, name):
-    """A server certificate for 127.0.0.1 from a CA of this test's own."""
-    d = os.path.join(t.tmp, name)
-    os.makedirs(d, exist_ok=True)
-    key, crt = os.path.join(d, "tls.key"), os.path.join(d, "tls.crt")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", crt, "-days", "1", "-subj", "/CN=%s" % name, "-addext",
-                    "subjectAltName=IP:127.0.0.1"], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    # skopeo's --cert-dir reads *.key as client keys: the CA goes in a directory of its own.
-    cadir = os.path.join(d, "ca")
-    os.makedirs(cadir, exist_ok=True)
-    with open(os.path.join(cadir, "ca.crt"), "wb") as f, open(crt, "rb") as c:
-        f.write(c.read())
-    return cadir, key, crt
-
-
 def _peer_cn(port, cafile):
     ctx = ssl.create_default_context(cafile=cafile)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -98,8 +81,8 @@ def _peer_cn(port, cafile):
 def test_tls_serving_and_reload(t):
     s = t.s
     reg = s.anon_registry
-    d1, key1, crt1 = _serving_cert(t, "first")
-    d2, key2, crt2 = _serving_cert(t, "second")
+    d1, key1, crt1 = lib.serving_cert(t, "first")
+    d2, key2, crt2 = lib.serving_cert(t, "second")
     live_key, live_crt = os.path.join(t.tmp, "live.key"), os.path.join(t.tmp, "live.crt")
     for src, dst in ((key1, live_key), (crt1, live_crt)):
         with open(src, "rb") as f, open(dst, "wb") as g:

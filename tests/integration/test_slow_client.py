@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """A client reading a 100 MB blob slowly must not make the proxy buffer it in memory
-(DESIGN: the temp file is the buffer), nor hold back a fast client of the same blob."""
+(DESIGN: the temp file is the buffer), nor hold back a fast client of the same blob. Over
+TLS a cached blob is read into the connection a piece at a time, so the proxy's memory stays
+flat there too, and requests pipelined behind it are answered after it."""
 import hashlib
 import socket
+import ssl
 import threading
 import time
 
@@ -127,3 +130,78 @@ def test_fast_client_not_held_back_by_slow_one(t):
     n_up = sum(1 for m, path_, st in reg.since(mark)
                if m == "GET" and path_.startswith(path) and st != 401)
     check(n_up <= 1, "the blob was fetched %d times from upstream for two clients" % n_up)
+
+
+class _Responses:
+    """Reads responses with a Content-Length off one connection, in order."""
+
+    def __init__(self, c):
+        self.c, self.buf = c, b""
+
+    def next(self, h):
+        """(status, body length), the body hashed into h."""
+        while b"\r\n\r\n" not in self.buf:
+            b = self.c.recv(65536)
+            check(b, "connection closed before a response head")
+            self.buf += b
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = int(next(x.split(":", 1)[1] for x in lines
+                          if x.lower().startswith("content-length:")))
+        h.update(self.buf[:length])
+        left = length - min(length, len(self.buf))
+        self.buf = self.buf[length:]
+        while left:
+            b = self.c.recv(min(left, 1 << 20))
+            check(b, "connection closed %d bytes before the body's end" % left)
+            h.update(b)
+            left -= len(b)
+        return int(lines[0].split()[1]), length
+
+
+def test_tls_cached_blob_memory_flat_and_pipelining(t):
+    s = t.s
+    big = _big_layer(s)
+    reg = s.token_registry
+    _, key, crt = lib.serving_cert(t, "slow-tls")
+    p = t.proxy(registries=[reg.conf()], env={"ASAN_OPTIONS": ASAN},
+                listeners=[{"default": reg.name, "tls_cert": crt, "tls_key": key}])
+    path = "/v2/ns/large/blobs/" + big["digest"]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def fetch(then=None):
+        """The blob over TLS, then (pipelined behind it, sent at once) GET `then`."""
+        with socket.create_connection(("127.0.0.1", p.port), timeout=60) as raw:
+            with ctx.wrap_socket(raw) as c:
+                reqs = [path] + ([then] if then else [])
+                c.sendall("".join("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (x, p.hostport)
+                                  for x in reqs).encode())
+                rs = _Responses(c)
+                h = hashlib.sha256()
+                eq(rs.next(h) + ("sha256:" + h.hexdigest(),),
+                   (200, big["size"], big["digest"]), "the blob over TLS")
+                return rs.next(hashlib.sha256())[0] if then else None
+
+    fetch()  # the cold pull fills the cache
+    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "blobs"), 10, "the blob in the cache")
+    base = p.rss_kb()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], p.rss_kb())
+            time.sleep(0.01)
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        st = fetch(then="/v2/")
+    finally:
+        stop.set()
+        th.join()
+    eq(st, 200, "the request pipelined behind the cached blob over TLS")
+    check(peak[0] < RSS_LIMIT_KB, "proxy RSS peaked at %d MB sending a cached %d MB blob over "
+          "TLS (at start %d MB; limit %d MB)" % (peak[0] // 1024, big["size"] >> 20, base // 1024,
+                                                  RSS_LIMIT_KB // 1024))
