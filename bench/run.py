@@ -55,6 +55,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SERVERS = ("regproxy", "peer", "nginx")
+TLS_GETS = 5  # GETs of the big blob per TLS run
 REGNAME = "registry.bench.test"
 
 
@@ -266,6 +267,7 @@ class Bench:
         log("upstream populated in %.1fs" % (time.monotonic() - t0))
         self.rp_port, self.peer_port, self.nginx_port = free_port(), free_port(), free_port()
         self.rp_admin_port = free_port()
+        self.rp_tls_port, self.nginx_tls_port = free_port(), free_port()
         self.start_regproxy()
         self.start_peer()
         self.start_nginx()
@@ -371,10 +373,12 @@ class Bench:
         self.rp_log = os.path.join(d, "regproxy.log")
         with open(self.rp_conf, "w") as f:
             f.write('# written by bench/run.py\n[listen "127.0.0.1:%d"]\ndefault = %s\n\n'
+                    '[listen "127.0.0.1:%d"]\ndefault = %s\ntls_cert = %s\ntls_key = %s\n\n'
                     "[admin]\nlisten = 127.0.0.1:%d\n\n"
                     "[cache]\ndir = %s\ntag_ttl = 10m\n\n"
                     '[registry "%s"]\nurl = %s\nca_file = %s\ntest_login = no\n'
-                    % (self.rp_port, REGNAME, self.rp_admin_port, self.rp_cache, REGNAME,
+                    % (self.rp_port, REGNAME, self.rp_tls_port, REGNAME, self.ca["server.crt"],
+                       self.ca["server.key"], self.rp_admin_port, self.rp_cache, REGNAME,
                        upstream_url or self.up_url, self.ca["ca.crt"]))
         self.rp = Proc("regproxy", [self.args.bin, "serve", "-c", self.rp_conf], self.rp_log)
         self.rp_starts += 1
@@ -450,13 +454,15 @@ class Bench:
                     "  fastcgi_temp_path %s/tmp;\n  uwsgi_temp_path %s/tmp;\n"
                     "  scgi_temp_path %s/tmp;\n"
                     "  types { }\n"
-                    "  server {\n    listen 127.0.0.1:%d;\n    root %s;\n"
+                    "  server {\n    listen 127.0.0.1:%d;\n    listen 127.0.0.1:%d ssl;\n"
+                    "    ssl_certificate %s;\n    ssl_certificate_key %s;\n    root %s;\n"
                     "    location = /v2/ { default_type application/json; return 200 '{}'; }\n"
                     "    location ~ ^/v2/.+/manifests/ { default_type %s; }\n"
                     "    location /v2/ { default_type application/octet-stream; }\n"
                     "  }\n}\n"
                     % ("user root;\n" if os.geteuid() == 0 else "", nofile, d, d,
-                       max(1024, nofile - 100), d, d, d, d, d, d, self.nginx_port, www,
+                       max(1024, nofile - 100), d, d, d, d, d, d, self.nginx_port,
+                       self.nginx_tls_port, self.ca["server.crt"], self.ca["server.key"], www,
                        MT_MANIFEST))
         self.nginx_log = os.path.join(d, "logs", "stderr.log")
         self.nginx_argv = ["nginx", "-c", conf, "-p", d, "-e", d + "/logs/error.log",
@@ -664,6 +670,68 @@ class Bench:
                 log("warm %d MiB blob, %d conns, %s #%d: %.0f MB/s, %.2f CPU s/GiB, "
                     "%d errors" % (a.big_mb, conns, server, rep + 1, r["mb_per_s"],
                                    r["cpu_s_per_gib"] or 0, r["errors"]))
+
+    def tls_blob(self):
+        """The warm big blob over TLS to one client: curl makes TLS_GETS GETs in a row on one
+        connection, from regproxy's TLS listener and from nginx's (ssl, same files). Both
+        encrypt in user space, so CPU per GiB is what tells them apart. The peer is not run:
+        docker-registry serves TLS or plain HTTP on its one address, and it serves plain here."""
+        a = self.args
+        url = {s: "https://127.0.0.1:%d/v2/bench/large/blobs/%s"
+               % ({"regproxy": self.rp_tls_port, "nginx": self.nginx_tls_port}[s],
+                  self.blob_big["digest"]) for s in ("regproxy", "nginx")}
+        for server in ("regproxy", "nginx"):
+            # A fresh regproxy (a scenario before restarted it) fills its cache here.
+            got = self.curl_tls([url[server]], digest=True)
+            if got != [(200, self.blob_big["size"], self.blob_big["digest"])]:
+                self.note("TLS GET of the big blob from %s: %s" % (server, got))
+        wait_until(lambda: self.cached_in("regproxy", self.blob_big), 120,
+                   "regproxy to store the big blob")
+        for rep in range(a.reps):
+            for server in ("regproxy", "nginx"):
+                u = Usage(self.proc(server).pid)
+                cpu0 = u.cpu()
+                sampler = RssSampler(u)
+                t0 = time.monotonic()
+                try:
+                    got = self.curl_tls([url[server]] * TLS_GETS)
+                finally:
+                    growth = sampler.stop()
+                wall = time.monotonic() - t0
+                cpu = u.cpu() - cpu0
+                good = [g for g in got if g[:2] == (200, self.blob_big["size"])]
+                n = len(good) * self.blob_big["size"]
+                r = {"mb_per_s": n / wall / 1e6, "cpu_s_per_gib": cpu / (n / GiB) if n else None,
+                     "rss_growth_mib": growth / MiB, "errors": TLS_GETS - len(good)}
+                self.record("tls1", server, r)
+                log("warm %d MiB blob over TLS, 1 client, %s #%d: %.0f MB/s, %.2f CPU s/GiB, "
+                    "RSS +%.1f MiB, %d errors" % (a.big_mb, server, rep + 1, r["mb_per_s"],
+                                                  r["cpu_s_per_gib"] or 0, r["rss_growth_mib"],
+                                                  r["errors"]))
+
+    def curl_tls(self, urls, digest=False):
+        """[(status, bytes, sha256 digest or None)] of GETs by one curl (one connection)."""
+        argv = ["curl", "-sS", "--cacert", self.ca["ca.crt"], "-w", "%{http_code} %{size_download}\n"]
+        out = os.path.join(self.tmp, "tls-body") if digest else "/dev/null"
+        for u in urls:
+            argv += ["-o", out, u]
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=300, env=clean_env({}))
+        res = []
+        for line in p.stdout.decode().split("\n"):
+            if line.strip():
+                st, n = line.split()
+                res.append((int(st), int(n)))
+        if p.returncode != 0:
+            self.note("curl exited %d: %s" % (p.returncode, p.stderr.decode()[-500:]))
+        if not digest:
+            return res
+        h = hashlib.sha256()
+        with open(out, "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        os.unlink(out)
+        return [r + ("sha256:" + h.hexdigest(),) for r in res]
 
     def manifest(self):
         a = self.args
@@ -1008,6 +1076,12 @@ class Bench:
             add("", "upstream requests per run", "blob%d" % conns, "upstream_requests", "%d",
                 servers=("regproxy", "peer"))
             add("", "errors (all runs)", "blob%d" % conns, "errors", "%d", "sum")
+        lab = ("warm %d MiB blob over TLS, 1 client (curl, %d GETs a run; peer not run: it "
+               "serves plain here)" % (a.big_mb, TLS_GETS))
+        add(lab, "MB/s", "tls1", "mb_per_s", "%.0f")
+        add("", "server CPU s per GiB", "tls1", "cpu_s_per_gib", "%.3f")
+        add("", "server RSS growth MiB", "tls1", "rss_growth_mib", "%.1f")
+        add("", "errors (all runs)", "tls1", "errors", "%d", "sum")
         add("warm manifest by tag (in TTL), 64 conns", "req/s", "manifest", "req_per_s", "%.0f")
         add("", "p99 ms", "manifest", "p99_ms", "%.2f")
         add("", "server CPU ms per 1k req", "manifest", "cpu_ms_per_kreq", "%.1f")
@@ -1149,7 +1223,7 @@ def main():
     ap.add_argument("--slow-seconds", type=int, default=20)
     ap.add_argument("--profile-requests", type=int, default=20000,
                     help="requests made under strace/perf in the profile scenario")
-    ap.add_argument("--only", default="", help="comma-separated subset of: blob,manifest,idle,"
+    ap.add_argument("--only", default="", help="comma-separated subset of: blob,tls,manifest,idle,"
                     "herd,slow,pull,profile; herd includes herd_wan (the herd behind the "
                     "shaped upstream), which can also be named alone")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, caches)")
@@ -1197,7 +1271,7 @@ def main():
 
     only = set(x for x in args.only.split(",") if x)
     b.setup()
-    for name, fn in (("blob", lambda: (b.warm_blob(1), b.warm_blob(32))),
+    for name, fn in (("blob", lambda: (b.warm_blob(1), b.warm_blob(32))), ("tls", b.tls_blob),
                      ("manifest", b.manifest), ("idle", b.idle), ("herd", b.herd),
                      ("herd_wan", b.herd_wan), ("slow", b.slow), ("pull", b.cold_pull),
                      ("profile", b.profile)):
