@@ -86,25 +86,14 @@ bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
     return f->reg == reg && strcmp(f->repo, repo) == 0;
 }
 
-/* Queues [r->fill_sent, upto) of the blob to r's client as file segments (sendfile). Each
- * segment holds its own descriptor, so the reader may go away at any time. */
+/* Queues [r->fill_sent, upto) of the blob to r's client from the temp file
+ * (rp_conn_queue_file: the reader may go away at any time). */
 static int queue_range(struct rp_req *r, int64_t upto)
 {
     int64_t n = upto - r->fill_sent;
     if (n <= 0)
         return 0;
-    int fd = fcntl(r->fill_fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct evbuffer_file_segment *seg =
-        evbuffer_file_segment_new(fd, r->fill_sent, n, EVBUF_FS_CLOSE_ON_FREE);
-    if (!seg) {
-        close(fd);
-        return -1;
-    }
-    int rc = evbuffer_add_file_segment(rp_conn_output(r->conn), seg, 0, n);
-    evbuffer_file_segment_free(seg);
-    if (rc < 0)
+    if (rp_conn_queue_file(r->conn, r->fill_fd, (uint64_t)r->fill_sent, (uint64_t)n) < 0)
         return -1;
     r->fill_sent += n;
     r->bytes += (uint64_t)n;

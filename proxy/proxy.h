@@ -335,6 +335,11 @@ void rp_conn_write_response(struct rp_conn *c, int status, const char *content_t
  * queued before it. */
 int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, const char *extra,
                        int fd, uint64_t off, uint64_t len);
+/* Queues len bytes of fd from off after everything queued, without taking fd: on plain
+ * connections a file segment sent with sendfile, on TLS connections the connection's file
+ * body (extended when it is the rest of the one still going out), read in as OpenSSL
+ * drains it. -1 when it cannot. */
+int rp_conn_queue_file(struct rp_conn *c, int fd, uint64_t off, uint64_t len);
 struct evbuffer *rp_conn_output(struct rp_conn *c);
 /* Bytes the client is still owed: the output evbuffer and a file body. */
 size_t rp_conn_output_len(struct rp_conn *c);

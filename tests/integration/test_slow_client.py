@@ -159,49 +159,80 @@ class _Responses:
         return int(lines[0].split()[1]), length
 
 
-def test_tls_cached_blob_memory_flat_and_pipelining(t):
-    s = t.s
-    big = _big_layer(s)
-    reg = s.token_registry
+def _tls_proxy(t):
+    reg = t.s.token_registry
     _, key, crt = lib.serving_cert(t, "slow-tls")
-    p = t.proxy(registries=[reg.conf()], env={"ASAN_OPTIONS": ASAN},
-                listeners=[{"default": reg.name, "tls_cert": crt, "tls_key": key}])
-    path = "/v2/ns/large/blobs/" + big["digest"]
+    return t.proxy(registries=[reg.conf()], env={"ASAN_OPTIONS": ASAN},
+                   listeners=[{"default": reg.name, "tls_cert": crt, "tls_key": key}])
+
+
+def _tls_fetch(p, path, then=None):
+    """GET path over TLS, then (pipelined behind it, sent at once) GET `then`: the first
+    response's (status, length, digest), and the second's status or None."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as raw:
+        with ctx.wrap_socket(raw) as c:
+            reqs = [path] + ([then] if then else [])
+            c.sendall("".join("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (x, p.hostport)
+                              for x in reqs).encode())
+            rs = _Responses(c)
+            h = hashlib.sha256()
+            first = rs.next(h) + ("sha256:" + h.hexdigest(),)
+            return first, rs.next(hashlib.sha256())[0] if then else None
 
-    def fetch(then=None):
-        """The blob over TLS, then (pipelined behind it, sent at once) GET `then`."""
-        with socket.create_connection(("127.0.0.1", p.port), timeout=60) as raw:
-            with ctx.wrap_socket(raw) as c:
-                reqs = [path] + ([then] if then else [])
-                c.sendall("".join("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (x, p.hostport)
-                                  for x in reqs).encode())
-                rs = _Responses(c)
-                h = hashlib.sha256()
-                eq(rs.next(h) + ("sha256:" + h.hexdigest(),),
-                   (200, big["size"], big["digest"]), "the blob over TLS")
-                return rs.next(hashlib.sha256())[0] if then else None
 
-    fetch()  # the cold pull fills the cache
-    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "blobs"), 10, "the blob in the cache")
-    base = p.rss_kb()
-    peak = [base]
-    stop = threading.Event()
+class _PeakRss:
+    def __init__(self, p):
+        self.p, self.peak, self.stop = p, p.rss_kb(), threading.Event()
+        self.base = self.peak
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
 
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], p.rss_kb())
+    def _run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.p.rss_kb())
             time.sleep(0.01)
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
+
+    def done(self, what):
+        self.stop.set()
+        self.th.join()
+        check(self.peak < RSS_LIMIT_KB, "proxy RSS peaked at %d MB %s (at start %d MB; limit "
+              "%d MB)" % (self.peak // 1024, what, self.base // 1024, RSS_LIMIT_KB // 1024))
+
+
+def test_tls_fill_readers(t):
+    """Clients of one download over TLS: each gets the blob whole, from one upstream GET,
+    and the proxy's memory stays flat."""
+    big = _big_layer(t.s)
+    p = _tls_proxy(t)
+    path = "/v2/ns/large/blobs/" + big["digest"]
+    mark = t.s.token_registry.mark()
+    rss = _PeakRss(p)
     try:
-        st = fetch(then="/v2/")
+        res = lib.parallel([lambda: _tls_fetch(p, path)] * 6)
     finally:
-        stop.set()
-        th.join()
+        rss.done("while 6 clients read a 100 MB download over TLS")
+    for i, (first, _) in enumerate(res):
+        eq(first, (200, big["size"], big["digest"]), "TLS client %d of the download" % (i + 1))
+    time.sleep(1.5)  # docker-registry logs a request when it ends
+    gets = [x for x in t.s.token_registry.since(mark)
+            if x[0] == "GET" and x[1].startswith(path) and x[2] != 401]
+    eq(len(gets), 1, "upstream GETs of the blob for 6 TLS clients (%s)" % gets)
+
+
+def test_tls_cached_blob_memory_flat_and_pipelining(t):
+    big = _big_layer(t.s)
+    p = _tls_proxy(t)
+    path = "/v2/ns/large/blobs/" + big["digest"]
+    first, _ = _tls_fetch(p, path)  # the cold pull fills the cache
+    eq(first, (200, big["size"], big["digest"]), "the blob over TLS, cold")
+    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "blobs"), 10, "the blob in the cache")
+    rss = _PeakRss(p)
+    try:
+        first, st = _tls_fetch(p, path, then="/v2/")
+    finally:
+        rss.done("sending a cached %d MB blob over TLS" % (big["size"] >> 20))
+    eq(first, (200, big["size"], big["digest"]), "the cached blob over TLS")
     eq(st, 200, "the request pipelined behind the cached blob over TLS")
-    check(peak[0] < RSS_LIMIT_KB, "proxy RSS peaked at %d MB sending a cached %d MB blob over "
-          "TLS (at start %d MB; limit %d MB)" % (peak[0] // 1024, big["size"] >> 20, base // 1024,
-                                                  RSS_LIMIT_KB // 1024))
