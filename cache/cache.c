@@ -1463,6 +1463,17 @@ size_t rp_cache_evict(struct rp_cache *c)
     return n;
 }
 
+bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0)
+        return false;
+    if (!c->max_size || size <= c->max_size)
+        return true;
+    const struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
+    return e && e->pinned;
+}
+
 /* Directories, the index snapshot and file system overhead want some room besides the
  * bytes asked for. */
 #define ROOM_SLACK ((uint64_t)1024 * 1024)

@@ -168,5 +168,9 @@ void rp_cache_pin(struct rp_cache *c, const char *digest);
  * Manifests are not evicted for room: they are small, and this keeps the promise above
  * that tag, link and fill calls leave peeked manifests alone. */
 size_t rp_cache_evict(struct rp_cache *c);
+/* Whether the blob digest of size bytes may be kept at all: not when it alone exceeds
+ * max_size, as publishing it would evict every other unpinned entry and then itself, unless
+ * it is pinned (pins are kept past max_size). */
+bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size);
 
 #endif

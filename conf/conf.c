@@ -105,8 +105,9 @@ static const struct rp_conf_option options[] = {
      .min = 0,
      .max = SIZE_MAX_BYTES,
      .offset = CACHE_F(max_size),
-     .help = "evict least recently used content beyond this size; 0 = unbounded. A full "
-             "disk also evicts least recently used blobs, whatever this says"},
+     .help = "evict least recently used content beyond this size; 0 = unbounded. A blob "
+             "larger than this is served but not kept (unless pinned). A full disk also "
+             "evicts least recently used blobs, whatever this says"},
     {.section = RP_CONF_SECTION_CACHE,
      .key = "tag_ttl",
      .type = RP_CONF_DURATION,

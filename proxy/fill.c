@@ -447,6 +447,19 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         fill_free(f);
         return;
     }
+    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
+    if (!rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written)) {
+        /* Served from the temp file, which goes with the fill: kept, it would evict every
+         * other unpinned entry and then itself. */
+        fill_unlist(f);
+        release_readers(f);
+        rp_warn("fill %s registry=%s bytes=%lld ms=%lld: served but not cached, larger than "
+                "the cache's max_size (%llu bytes)",
+                f->digest, f->reg->name, (long long)f->written, (long long)ms,
+                (unsigned long long)f->srv->conf->cache.max_size);
+        fill_free(f);
+        return;
+    }
     /* Verified: the readers get the rest before the slow fsync, which runs on the worker
      * thread so that no client of this loop waits for the disk. The fill stays findable
      * meanwhile: a client asking for the blob now joins it rather than fetching it again. */

@@ -2,7 +2,8 @@
 """max_size and pins. With max_size 30M and `pin = registry.anon.test/ns/multi`, a series of
 pulls (multi, multiarch, multi-v2s2, large with its 100 MiB layer, tags, again multiarch and
 multi) all succeed with every digest checked; after each, the bytes under blobs/ +
-manifests/ are at most max_size; the 100 MiB layer is served but not kept; the pinned image
+manifests/ are at most max_size; the 100 MiB layer is served but not kept, and evicts
+nothing else (unpinned content cached before it stays); the pinned image
 stays complete throughout and its re-pull needs no upstream blob request. Pins must also
 hold for an image bigger than max_size, and after a crash (kill -9) and restart."""
 import json
@@ -79,6 +80,33 @@ def test_max_size_with_pin(t):
     _, tags = t.pull(p, "ns/multi:v1")
     gets = _blob_gets(reg, mk, "ns/multi")
     check(not gets, "re-pull of the pinned ns/multi:v1: upstream blob GETs %s" % gets)
+
+
+def test_blob_bigger_than_max_size_spares_the_rest(t):
+    """A layer larger than max_size is served from its download's temp file and not kept:
+    keeping it would evict every other unpinned entry, then itself. What was cached stays."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf()], cache={"max_size": "30M"})
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags.get("v1"), reg.pushed["ns/multi:v1"]["digest"], "pull of ns/multi:v1")
+    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not cached after its pull")
+    big = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    check(big["size"] > MAX, "ns/large's biggest layer is only %d bytes" % big["size"])
+    _, tags = t.pull(p, "ns/large:v1")
+    eq(tags.get("v1"), reg.pushed["ns/large:v1"]["digest"], "pull of ns/large:v1")
+    check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", big["digest"])),
+          "the %d byte layer is cached with max_size %d" % (big["size"], MAX))
+    eq(lib.cache_files(p.cache_dir, "tmp"), [], "temp files after the pull")
+    miss = _missing(p, reg, "ns/multi:v1")
+    check(not miss, "pulling an image with a layer over max_size evicted ns/multi:v1's %s"
+          % miss)
+    check("served but not cached, larger than the cache's max_size" in p.log_text(),
+          "the log does not say why the layer was not kept:\n%s" % lib.tail(p.log, 10))
+    mk = reg.mark()
+    t.pull(p, "ns/multi:v1")
+    gets = _blob_gets(reg, mk, "ns/multi")
+    check(not gets, "re-pull of ns/multi:v1: upstream blob GETs %s" % gets)
 
 
 def test_pin_bigger_than_max_size(t):

@@ -1183,6 +1183,29 @@ static void test_evict_pinned(void)
     rm_rf(dir);
 }
 
+/* A blob bigger than max_size is not to be kept unless pinned; unbounded caches keep all. */
+static void test_can_hold(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 200);
+    char d[2][RP_CACHE_DIGEST_BUF];
+    char *t = sized(100, 7);
+    digest_of(t, 100, d[0], false);
+    t[0] ^= 1;
+    digest_of(t, 100, d[1], false);
+    CHECK(rp_cache_can_hold(c, d[0], 200));
+    CHECK(!rp_cache_can_hold(c, d[0], 201));
+    rp_cache_pin(c, d[1]);
+    CHECK(rp_cache_can_hold(c, d[1], 201));
+    CHECK(!rp_cache_can_hold(c, "sha256:nope", 1));
+    rp_cache_close(c);
+    c = open_ok(dir, 0);
+    CHECK(rp_cache_can_hold(c, d[0], UINT64_MAX));
+    rp_cache_close(c);
+    free(t);
+    rm_rf(dir);
+}
+
 static void test_evict_in_use(void)
 {
     char *dir = mk_tmpdir();
@@ -2211,6 +2234,7 @@ int main(void)
     RUN(test_evict_lru);
     RUN(test_evict_manifest_touch);
     RUN(test_evict_pinned);
+    RUN(test_can_hold);
     RUN(test_evict_in_use);
     RUN(test_disk_full);
     RUN(test_blob_vanished);
