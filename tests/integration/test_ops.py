@@ -18,13 +18,16 @@ def _m(metrics, name, **labels):
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 
+MAX, MAX_BYTES = "10500K", 10500 * 1024  # holds the 10 MiB layer, not ns/multi beside it
+
+
 def test_metrics_miss_hit_stale_eviction(t):
     s = t.s
     reg = t.private_registry("anon", images={
         "ns/multi:v1": "oci:%s:v1" % s.images["multi"]["dir"],
         "ns/large:v1": "oci:%s:v1" % s.images["large"]["dir"]})
     p = t.proxy(registries=[reg.conf("registry.private.test", tag_ttl="1s")],
-                cache={"max_size": "20M", "max_stale": "1h"})
+                cache={"max_size": MAX, "max_stale": "1h"})
     m0 = p.metrics()
     # miss
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
@@ -54,13 +57,15 @@ def test_metrics_miss_hit_stale_eviction(t):
        _m(m2, "regproxy_cache_requests_total", result="stale"), 1, "stale serves")
     check(_m(m3, "regproxy_upstream_requests_total", registry="registry.private.test",
              status="other") >= 1, "failed upstream request not counted")
-    # eviction: bring upstream back and pull more than max_size
+    # eviction: bring upstream back and pull more than max_size (ns/multi's 600 KB, then
+    # ns/large, whose 10 MiB layer is kept and whose 100 MiB one is only served)
     reg.restart()
-    _, tags = t.pull(p, "ns/large:v1")
+    t.pull(p, "ns/multi:v1")
+    t.pull(p, "ns/large:v1")
     m4 = p.metrics()
     check(_m(m4, "regproxy_cache_evictions_total") > _m(m3, "regproxy_cache_evictions_total"),
-          "no eviction counted after pulling 110 MB into a 20M cache")
-    check(_m(m4, "regproxy_cache_size_bytes") <= 20 * 1024 * 1024, "cache size over max_size")
+          "no eviction counted after pulling ns/multi and ns/large into a %s cache" % MAX)
+    check(_m(m4, "regproxy_cache_size_bytes") <= MAX_BYTES, "cache size over max_size")
     eq(_m(m4, "regproxy_fills_in_flight"), 0, "fills in flight at rest")
     check(_m(m4, "regproxy_open_connections") >= 0, "open connections gauge")
     text = p.admin("/metrics").body.decode()
