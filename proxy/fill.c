@@ -46,7 +46,7 @@ struct rp_fill {
     char *retry_after;
     struct rp_buf err_body;
     char *fail_reason;
-    bool disk_full; /* the cache could not make room: readers hear it was us, not upstream */
+    bool disk_full; /* the cache could not make room: readers are passed through */
     int64_t started_ms;
     int64_t ms;             /* download time, for the log */
     struct event *flush_ev; /* once per loop iteration: gathered bytes to the file, readers on */
@@ -301,8 +301,10 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             continue;
         }
         if (f->disk_full) {
-            /* The proxy's own trouble, for its admin: 503 tells clients to come back. */
-            rp_req_error(r, 503, "UNAVAILABLE", "the proxy's cache disk is full", NULL);
+            /* The proxy's own trouble, for its admin (regproxy_cache_disk_full_total): the
+             * client is served from upstream, uncached, as a proxy whose cache cannot
+             * take more does. Each such client fetches for itself. */
+            rp_req_pass_through(r);
         } else if (f->state == FILL_REFUSED) {
             rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
                                            f->err_body.len);
@@ -423,12 +425,13 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
         fill_unlist(f);
-        rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)",
+        rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)%s",
                 f->digest, f->reg->name, (long long)f->written, (long long)ms,
                 f->fail_reason ? f->fail_reason
                 : res->err     ? res->err
                                : "refused",
-                f->up_status);
+                f->up_status,
+                f->disk_full ? "; clients waiting for it are passed through, uncached" : "");
         fail_readers(f, res);
         fill_free(f);
         return;

@@ -176,6 +176,10 @@ struct rp_req {
     bool range_refused; /* upstream answered the range pass-through with 416 */
     bool paused;
     int64_t stream_expected, stream_sent;
+    /* A whole blob passed through is hashed on the way, and its last byte held back until
+     * the digest matched, as a fill's readers' is: a corrupt answer never looks complete. */
+    EVP_MD_CTX *stream_md;
+    char stream_last;
     /* tags: what the cache had, for revalidation and stale-if-error */
     bool have_stale;
     char stale_digest[RP_DIGEST_MAX + 1];
@@ -209,6 +213,9 @@ void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const
 /* Passes a failed upstream answer on honestly (never turned into 404). */
 void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
                                     const char *body, size_t len);
+/* A blob GET answered straight from upstream, streamed with backpressure and not cached:
+ * for when the cache cannot hold it (its disk is full of what cannot be evicted). */
+void rp_req_pass_through(struct rp_req *r);
 /* 416 for a blob range past the end of its `size` bytes. */
 void rp_req_range_unsatisfiable(struct rp_req *r, uint64_t size);
 /* Writes r's access-log line (aborted: why it was cut short, or NULL). */

@@ -95,6 +95,7 @@ void rp_req_free(struct rp_req *r)
     free(r->up_err);
     rp_headers_free(&r->up_h);
     rp_buf_free(&r->body);
+    EVP_MD_CTX_free(r->stream_md);
     free(r);
 }
 
@@ -287,10 +288,18 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
     free(r->up_err);
     r->up_err = NULL;
     r->streaming = false;
+    EVP_MD_CTX_free(r->stream_md);
+    r->stream_md = NULL;
     r->fetch_head = head;
     r->state = RQ_UPSTREAM;
     r->fetch = rp_fetch_start(r->conn->srv, &o, &upstream_cb, r);
     free(path);
+}
+
+void rp_req_pass_through(struct rp_req *r)
+{
+    r->cache_status = "PASS";
+    start_fetch(r, false, true);
 }
 
 /* --- answering from the cache --- */
@@ -638,6 +647,14 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         r->streaming = true;
         r->stream_expected = h->length;
         r->stream_sent = 0;
+        if (status == 200 && h->length > 0) {
+            r->stream_md = EVP_MD_CTX_new();
+            if (!r->stream_md ||
+                EVP_DigestInit_ex(r->stream_md, rp_digest_md(r->route.ref), NULL) != 1) {
+                r->up_err = rp_xstrdup("cannot hash the blob");
+                return -1;
+            }
+        }
         rp_conn_stream_mode(r->conn);
         return 0;
     }
@@ -668,9 +685,18 @@ static long up_data_cb(void *arg, const char *p, size_t n)
             r->up_err = rp_xstrdup("upstream sent more bytes than its Content-Length");
             return -1;
         }
-        evbuffer_add(rp_conn_output(r->conn), p, n);
+        size_t out = n;
+        if (r->stream_md) {
+            if (EVP_DigestUpdate(r->stream_md, p, n) != 1) {
+                r->up_err = rp_xstrdup("cannot hash the blob");
+                return -1;
+            }
+            if (r->stream_sent + (int64_t)n == r->stream_expected && n > 0)
+                r->stream_last = p[--out]; /* sent once the digest matched */
+        }
+        evbuffer_add(rp_conn_output(r->conn), p, out);
         r->stream_sent += (int64_t)n;
-        r->bytes += n;
+        r->bytes += out;
         return (long)n;
     }
     if (rp_buf_add(&r->body, p, n) < 0) {
@@ -912,10 +938,25 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     if (r->streaming) {
-        if (res->fail == RP_FETCH_OK && r->stream_sent == r->stream_expected)
-            rp_req_finish(r, NULL);
-        else
+        if (res->fail != RP_FETCH_OK || r->stream_sent != r->stream_expected) {
             rp_req_finish(r, "upstream");
+            return;
+        }
+        if (r->stream_md) {
+            unsigned char md[EVP_MAX_MD_SIZE];
+            unsigned int mdlen = 0;
+            if (EVP_DigestFinal_ex(r->stream_md, md, &mdlen) != 1 ||
+                !rp_digest_matches(r->route.ref, md, mdlen)) {
+                rp_warn("blob %s registry=%s passed through: upstream's bytes do not match the "
+                        "digest; the client is cut before the last byte",
+                        r->route.ref, r->route.reg->name);
+                rp_req_finish(r, "digest");
+                return;
+            }
+            evbuffer_add(rp_conn_output(r->conn), &r->stream_last, 1);
+            r->bytes++;
+        }
+        rp_req_finish(r, NULL);
         return;
     }
     if (r->revalidating) {

@@ -186,3 +186,22 @@ def test_parallel_chunks_share_one_download(t):
        "a chunk once cached")
     check(r.body == blob[CHUNK:CHUNK + len(r.body)], "a chunk once cached: wrong bytes")
     eq(len(fr.cdn_requests(mark[1])), 0, "CDN requests for the hit")
+
+
+def test_whole_blob_pass_through_is_verified(t):
+    """A range of an uncached blob that upstream answers with the whole blob (200, Range
+    ignored) is passed through whole, hashed on the way: the last byte goes out only when
+    the digest matched, so corrupt bytes never look complete."""
+    fr, p, layer, path = lib.fakereg_blob_in_mode(t, "norange")
+    digest, size = layer["digest"], layer["size"]
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=100-"})
+    eq((r.status, r.length, r.complete, r.digest, r.header("x-regproxy-cache")),
+       (200, size, True, digest, "PASS"), "whole blob passed through for a range (%r)" % r)
+    fr.set_mode("corrupt-norange")
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=100-"})
+    eq((r.status, r.length, r.complete), (200, size, False),
+       "corrupt whole blob passed through (%r)" % r)
+    check(r.got < size, "all %d bytes of a corrupt blob reached the client" % r.got)
+    check("do not match the digest" in p.log_text(),
+          "the log does not tell of the corrupt pass-through:\n%s" % lib.tail(p.log, 10))
+    _not_cached(p, digest, "after the pass-throughs")
