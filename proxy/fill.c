@@ -377,6 +377,11 @@ static void fill_synced(void *arg)
 
 static const struct rp_fetch_cb fill_cb;
 
+static void fill_count(const struct rp_fill *f, enum rp_fill_event ev)
+{
+    rp_metrics_fill(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries), ev);
+}
+
 /* Starts the download, or (range: "bytes=N-") its resumption. */
 static void fill_fetch(struct rp_fill *f, const char *range)
 {
@@ -402,7 +407,7 @@ static bool fill_resume(struct rp_fill *f, const struct rp_fetch_result *res)
         f->resumes >= FILL_RESUMES || f->written >= f->expected)
         return false;
     f->resumes++;
-    rp_metrics_fill_resumed(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries));
+    fill_count(f, RP_FILL_RESUMED);
     rp_warn("fill %s registry=%s: upstream stopped at %lld of %lld bytes (%s); resuming there "
             "(%d of %d)",
             f->digest, f->reg->name, (long long)f->written, (long long)f->expected,
@@ -456,6 +461,7 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
          * other unpinned entry and then itself. */
         fill_unlist(f);
         release_readers(f);
+        fill_count(f, RP_FILL_NOT_KEPT);
         rp_warn("fill %s registry=%s bytes=%lld ms=%lld: served but not cached, larger than "
                 "the cache's max_size (%llu bytes)",
                 f->digest, f->reg->name, (long long)f->written, (long long)ms,

@@ -79,10 +79,10 @@ void rp_metrics_upstream(struct rp_metrics *m, size_t reg, int status, int64_t m
     r->latency_count++;
 }
 
-void rp_metrics_fill_resumed(struct rp_metrics *m, size_t reg)
+void rp_metrics_fill(struct rp_metrics *m, size_t reg, enum rp_fill_event ev)
 {
-    if (reg < m->n_regs)
-        m->regs[reg].fill_resumes++;
+    if (reg < m->n_regs && ev < RP_FILL_EVENTS)
+        m->regs[reg].fills[ev]++;
 }
 
 void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok)
@@ -183,11 +183,21 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
         reg_sample(out, "regproxy_token_fetches_total", registry_names[r], ",result=\"failed\"",
                    m->regs[r].token_failed);
     }
-    head(out, "regproxy_fill_resumes_total", "counter",
-         "Blob downloads resumed with a ranged GET after the network cut them, by registry.");
-    for (size_t r = 0; r < m->n_regs; r++)
-        reg_sample(out, "regproxy_fill_resumes_total", registry_names[r], "",
-                   m->regs[r].fill_resumes);
+    static const struct {
+        const char *name, *help;
+    } fill_events[RP_FILL_EVENTS] = {
+        [RP_FILL_RESUMED] = {"regproxy_fill_resumes_total",
+                             "Blob downloads resumed with a ranged GET after the network cut "
+                             "them, by registry."},
+        [RP_FILL_NOT_KEPT] = {"regproxy_fill_not_kept_total",
+                              "Blob downloads served but not cached, being larger than "
+                              "max_size, by registry."},
+    };
+    for (int ev = 0; ev < RP_FILL_EVENTS; ev++) {
+        head(out, fill_events[ev].name, "counter", fill_events[ev].help);
+        for (size_t r = 0; r < m->n_regs; r++)
+            reg_sample(out, fill_events[ev].name, registry_names[r], "", m->regs[r].fills[ev]);
+    }
     head(out, "regproxy_fills_in_flight", "gauge", "Blob downloads into the cache under way.");
     rp_buf_addf(out, "regproxy_fills_in_flight %llu\n", (unsigned long long)g->fills_in_flight);
     head(out, "regproxy_cache_size_bytes", "gauge", "Bytes of published cache entries.");

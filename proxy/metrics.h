@@ -16,13 +16,20 @@
 
 enum rp_cache_result { RP_CR_HIT, RP_CR_MISS, RP_CR_STALE, RP_CR_REVALIDATED, RP_CR_PASS };
 
+/* What became of blob downloads, counted by registry. */
+enum rp_fill_event {
+    RP_FILL_RESUMED,  /* resumed with a ranged GET after the network cut it */
+    RP_FILL_NOT_KEPT, /* verified and served, but larger than max_size: not cached */
+    RP_FILL_EVENTS
+};
+
 struct rp_metrics_registry {
     uint64_t upstream_by_class[6]; /* 1xx..5xx by first digit; [0]: no answer */
     uint64_t latency_buckets[RP_METRICS_LATENCY_BUCKETS + 1]; /* cumulative at render */
     double latency_sum;
     uint64_t latency_count;
     uint64_t token_ok, token_failed;
-    uint64_t fill_resumes; /* blob downloads resumed after the network cut them */
+    uint64_t fills[RP_FILL_EVENTS]; /* by enum rp_fill_event */
 };
 
 struct rp_metrics {
@@ -42,7 +49,7 @@ void rp_metrics_request(struct rp_metrics *m, int kind, int status, const char *
                         uint64_t bytes);
 void rp_metrics_upstream(struct rp_metrics *m, size_t reg, int status, int64_t ms);
 void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok);
-void rp_metrics_fill_resumed(struct rp_metrics *m, size_t reg);
+void rp_metrics_fill(struct rp_metrics *m, size_t reg, enum rp_fill_event ev);
 
 /* Values that are read at render time rather than counted. */
 struct rp_metrics_gauges {

@@ -103,6 +103,8 @@ def test_blob_bigger_than_max_size_spares_the_rest(t):
           % miss)
     check("served but not cached, larger than the cache's max_size" in p.log_text(),
           "the log does not say why the layer was not kept:\n%s" % lib.tail(p.log, 10))
+    eq(p.metrics()[("regproxy_fill_not_kept_total", frozenset({("registry", reg.name)}))], 1,
+       "regproxy_fill_not_kept_total")
     mk = reg.mark()
     t.pull(p, "ns/multi:v1")
     gets = _blob_gets(reg, mk, "ns/multi")
