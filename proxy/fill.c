@@ -338,8 +338,7 @@ static void release_readers(struct rp_fill *f)
             rp_req_finish(r, "fill");
             continue;
         }
-        r->state = RQ_SENDING;
-        rp_req_finish(r, NULL);
+        rp_req_queued(r);
     }
 }
 

@@ -148,7 +148,7 @@ enum rp_req_state {
     RQ_UPSTREAM,  /* an upstream fetch answers (manifests, tags, referrers, pass-through) */
     RQ_FILL,      /* reading a blob from a shared fill */
     RQ_WAIT_PEER, /* another request is fetching the same manifest: look up when it is done */
-    RQ_SENDING,   /* response fully queued or streaming from a file */
+    RQ_SENDING,   /* response fully queued: done when the client has taken it */
     RQ_DONE,
 };
 
@@ -222,6 +222,9 @@ void rp_req_range_unsatisfiable(struct rp_req *r, uint64_t size);
 void rp_req_log(const struct rp_req *r, const char *aborted);
 /* Logs the access line and hands the connection on (abort: close at once). */
 void rp_req_finish(struct rp_req *r, const char *aborted);
+/* The whole response is queued: r finishes once the client has taken it, so its access
+ * line's time and bytes are the delivery's, and a client gone midway is logged as such. */
+void rp_req_queued(struct rp_req *r);
 
 /* ------------------------------------------------------------------------ server.c */
 

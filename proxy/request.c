@@ -117,6 +117,13 @@ void rp_req_log(const struct rp_req *r, const char *aborted)
     rp_access_log(&a);
 }
 
+void rp_req_queued(struct rp_req *r)
+{
+    r->state = RQ_SENDING;
+    if (rp_conn_output_len(r->conn) == 0)
+        rp_req_finish(r, NULL);
+}
+
 void rp_req_finish(struct rp_req *r, const char *aborted)
 {
     rp_req_log(r, aborted);
@@ -378,8 +385,7 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     /* The connection owns the descriptor now; the entry's in-use mark ends with the request
      * being queued, as the open descriptor keeps the bytes even if it were evicted. */
     rp_cache_release(r->conn->srv->cache, r->route.ref);
-    r->state = RQ_SENDING;
-    rp_req_finish(r, NULL);
+    rp_req_queued(r);
 }
 
 static bool accept_allows(const char *accept, const char *media_type)
@@ -710,7 +716,10 @@ static long up_data_cb(void *arg, const char *p, size_t n)
 
 void rp_req_output_drained(struct rp_req *r)
 {
-    if (r->fill) {
+    if (r->state == RQ_SENDING) {
+        if (rp_conn_output_len(r->conn) == 0)
+            rp_req_finish(r, NULL);
+    } else if (r->fill) {
         rp_fill_reader_drained(r);
     } else if (r->streaming && r->paused && r->fetch) {
         r->paused = false;

@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """One access-log line per request with method, path, status, bytes, ms, registry, cache,
-upstream; and no secret (service-account password, Basic credentials, bearer token) ever
-appears in the proxy's output."""
+upstream; a blob's line is written once the client has it (its ms is the delivery's; a
+client gone midway is logged with aborted=client and the bytes it got); and no secret
+(service-account password, Basic credentials, bearer token) ever appears in the proxy's
+output."""
 import base64
 import re
+import socket
 import time
 
 import lib
@@ -61,6 +64,62 @@ def test_one_line_per_request(t):
     eq(lines[1].get("registry"), "registry.token.test", "registry of the default route")
     eq(lines[7].get("registry"), "registry.basic.test", "registry of the prefix route")
     check(not problems, "\n".join(problems))
+
+
+def _blob_line(p, mark, digest, what):
+    lines = lib.wait_until(lambda: [x for x in p.access()[mark:]
+                                    if x.get("path", "").endswith(digest)], 10, what)
+    eq(len(lines), 1, "%s: access lines %r" % (what, lines))
+    return lines[0]
+
+
+def test_blob_line_written_when_delivered(t):
+    reg = t.s.token_registry
+    big = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    path = "/v2/ns/large/blobs/" + big["digest"]
+    p = t.proxy()
+    r = lib.stream_get(p.port, path)  # fills the cache
+    eq((r.status, r.complete, r.digest), (200, True, big["digest"]), "the cold GET")
+    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "blobs"), 10, "the blob in the cache")
+    for how in ("slow", "cut"):
+        mark = len(p.access())
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.settimeout(30)
+        c.connect(("127.0.0.1", p.port))
+        c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                   % (path, p.hostport)).encode())
+        got, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < 1.5:  # about 4 MB/s for 1.5 s
+            b = c.recv(65536)
+            check(b, "connection closed after %d bytes" % got)
+            got += len(b)
+            time.sleep(0.015)
+        check(not [x for x in p.access()[mark:] if x.get("path", "").endswith(big["digest"])],
+              "the hit's access line was written before the client had the blob")
+        if how == "cut":
+            c.close()
+            line = _blob_line(p, mark, big["digest"], "the line of a client gone midway")
+            eq((line.get("status"), line.get("cache"), line.get("aborted")),
+               ("200", "HIT", "client"), "access line of a hit cut short: %r" % line)
+            check(0 < int(line["bytes"]) < big["size"],
+                  "a client that left after %d bytes is logged with bytes=%s (of %d)"
+                  % (got, line["bytes"], big["size"]))
+            continue
+        while True:  # the rest, up to the close that Connection: close asked for
+            b = c.recv(1 << 20)
+            if not b:
+                break
+            got += len(b)
+        c.close()
+        check(got > big["size"], "%d bytes (head and body) for a %d byte blob"
+              % (got, big["size"]))
+        line = _blob_line(p, mark, big["digest"], "the line of a slowly read hit")
+        eq((line.get("status"), line.get("cache"), line.get("aborted")), ("200", "HIT", None),
+           "access line of a slowly read hit: %r" % line)
+        check(int(line["ms"]) >= 1400, "a hit delivered over 1.5 s is logged with ms=%s"
+              % line["ms"])
+        eq(int(line["bytes"]), big["size"], "bytes of the slowly read hit")
 
 
 def test_no_secrets_in_logs(t):
