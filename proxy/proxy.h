@@ -225,6 +225,9 @@ void rp_req_finish(struct rp_req *r, const char *aborted);
 /* The whole response is queued: r finishes once the client has taken it, so its access
  * line's time and bytes are the delivery's, and a client gone midway is logged as such. */
 void rp_req_queued(struct rp_req *r);
+/* r's client went away with `undelivered` bytes still queued: logged as aborted=client,
+ * and counted in the metrics if its response had begun. The connection frees r. */
+void rp_req_client_gone(struct rp_req *r, size_t undelivered);
 
 /* ------------------------------------------------------------------------ server.c */
 

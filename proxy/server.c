@@ -702,12 +702,8 @@ static bool retriable(int err)
 /* EOF, error or send timeout: the client is gone; whatever it was waiting for is moot. */
 static void conn_gone(struct rp_conn *c)
 {
-    if (c->req && !c->close_after) {
-        /* What is still queued never reached the client. */
-        size_t left = rp_conn_output_len(c);
-        c->req->bytes = c->req->bytes > left ? c->req->bytes - left : 0;
-        rp_req_log(c->req, "client");
-    }
+    if (c->req && !c->close_after)
+        rp_req_client_gone(c->req, rp_conn_output_len(c));
     conn_free(c);
 }
 

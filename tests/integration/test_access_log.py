@@ -83,6 +83,7 @@ def test_blob_line_written_when_delivered(t):
     lib.wait_until(lambda: lib.cache_files(p.cache_dir, "blobs"), 10, "the blob in the cache")
     for how in ("slow", "cut"):
         mark = len(p.access())
+        hits = p.metrics()[("regproxy_cache_requests_total", frozenset({("result", "hit")}))]
         c = socket.socket()
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         c.settimeout(30)
@@ -105,6 +106,8 @@ def test_blob_line_written_when_delivered(t):
             check(0 < int(line["bytes"]) < big["size"],
                   "a client that left after %d bytes is logged with bytes=%s (of %d)"
                   % (got, line["bytes"], big["size"]))
+            eq(p.metrics()[("regproxy_cache_requests_total", frozenset({("result", "hit")}))],
+               hits + 1, "cache hits counted after a hit cut short")
             continue
         while True:  # the rest, up to the close that Connection: close asked for
             b = c.recv(1 << 20)
