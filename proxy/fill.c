@@ -232,7 +232,10 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     struct rp_req *r, *next;
     for (r = TAILQ_FIRST(&f->readers); r; r = next) {
         next = TAILQ_NEXT(r, fill_link);
-        reader_start(r);
+        /* A 416 answered here can let a pipelined request on that connection join now:
+         * it was started when it joined. */
+        if (r->fill_fd < 0)
+            reader_start(r);
     }
     return 0;
 }
