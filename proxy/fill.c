@@ -361,9 +361,7 @@ static void fill_synced(void *arg)
     release_readers(f);
     struct rp_cache_fill *cf = f->cf;
     f->cf = NULL;
-    /* Pinned before publishing: publishing runs eviction, which must not take it. */
-    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
-    int e = rp_cache_fill_commit(cf);
+    int e = rp_cache_fill_commit(cf); /* pinned in fill_done_cb, before eviction can run */
     if (e != RP_CACHE_OK) {
         rp_warn("fill %s registry=%s verified but not cached: %s", f->digest, f->reg->name,
                 rp_cache_strerror(e));
@@ -457,6 +455,8 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         fill_free(f);
         return;
     }
+    /* Pinned now: pins decide whether it may be kept, and publishing runs eviction, which
+     * must not take it. */
     rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
     if (!rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written)) {
         /* Served from the temp file, which goes with the fill: kept, it would evict every

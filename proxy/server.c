@@ -299,6 +299,16 @@ static int tls_file_refill(struct rp_conn *c)
     return 0;
 }
 
+/* Makes fd (taken) a TLS connection's file body. */
+static int tls_file_start(struct rp_conn *c, int fd, uint64_t off, uint64_t len)
+{
+    c->file_fd = fd;
+    c->file_off = off;
+    c->file_left = len;
+    bufferevent_setwatermark(c->bev, EV_WRITE, TLS_FILE_LOW, 0);
+    return tls_file_refill(c);
+}
+
 int rp_conn_queue_file(struct rp_conn *c, int fd, uint64_t off, uint64_t len)
 {
     if (len == 0)
@@ -324,13 +334,8 @@ int rp_conn_queue_file(struct rp_conn *c, int fd, uint64_t off, uint64_t len)
         c->file_left += len;
         return 0;
     }
-    c->file_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (c->file_fd < 0)
-        return -1;
-    c->file_off = off;
-    c->file_left = len;
-    bufferevent_setwatermark(c->bev, EV_WRITE, TLS_FILE_LOW, 0);
-    return tls_file_refill(c);
+    int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    return dup_fd < 0 ? -1 : tls_file_start(c, dup_fd, off, len);
 }
 
 int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, const char *extra,
@@ -342,9 +347,11 @@ int rp_conn_write_file(struct rp_conn *c, int status, const char *content_type, 
     }
     if (c->bev) {
         rp_conn_write_head(c, status, content_type, (int64_t)len, extra);
-        int rc = rp_conn_queue_file(c, fd, off, len);
-        close(fd);
-        return rc; /* on failure the head is out: the caller cuts the connection */
+        if (len == 0) {
+            close(fd);
+            return 0;
+        }
+        return tls_file_start(c, fd, off, len); /* -1: the head is out, the caller cuts */
     }
     char small[HEAD_SMALL];
     size_t hlen;
@@ -601,7 +608,7 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
     }
     c->write_low = 0;
     if (c->bev)
-        bufferevent_setwatermark(c->bev, EV_WRITE, c->file_left ? TLS_FILE_LOW : 0, 0);
+        bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     conn_idle(c);
     conn_try_parse(c);
 }
@@ -898,14 +905,9 @@ static void tls_write_cb(struct bufferevent *bev, void *arg)
         }
         if (c->file_left)
             return; /* more of the file next time */
-        /* All of it is queued: back to the request's own watermark. A finished request's
-         * connection goes idle (and on to pipelined requests) once it has gone; one that
-         * streams (a fill reader) is fed as usual. */
+        /* All of it is queued: back to the request's own watermark (a fill reader is fed
+         * at it; a cached blob's request ends when its output is gone). */
         bufferevent_setwatermark(bev, EV_WRITE, c->write_low, 0);
-        if (!c->req) {
-            conn_try_parse(c);
-            return;
-        }
         if (evbuffer_get_length(c->out) > c->write_low)
             return;
     }
