@@ -1547,6 +1547,15 @@ void rp_cache_pin(struct rp_cache *c, const char *digest)
 
 /* ---------------------------------------------------------------- blobs --- */
 
+bool rp_cache_blob_present(struct rp_cache *c, const char *digest)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0)
+        return false;
+    const struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
+    return e && e->present;
+}
+
 int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out)
 {
     struct digest d;

@@ -70,6 +70,11 @@ struct rp_cache_blob {
 int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out);
 void rp_cache_release(struct rp_cache *c, const char *digest);
 
+/* Whether the blob is published, as far as the index knows (no system call, not counted as
+ * use): for deciding whether to fetch it. A file deleted behind the cache's back still
+ * counts until rp_cache_blob_open finds it gone. */
+bool rp_cache_blob_present(struct rp_cache *c, const char *digest);
+
 struct rp_cache_manifest {
     char *data; /* exact bytes as published (owned; free()) */
     size_t len;

@@ -3,11 +3,12 @@
  * download runs at upstream speed into the cache's temp file (the temp file is the buffer,
  * so memory stays flat and a slow client slows no one); every reader, the first included,
  * streams from that file at its own pace with sendfile; a Range that runs to the blob's end
- * reads it from its first byte. A reader never receives a blob's last byte before the
- * digest matched, so a corrupt download never looks complete. A
- * download the network cuts is resumed where the file ends (a ranged GET; the hash goes on
- * where it was), so a layer crosses the internet once even over a flaky link, and readers
- * only see a pause. */
+ * reads it from its first byte. A range that cannot (request.c) is passed through, and a
+ * download with no reader starts behind it. A reader never receives a blob's last byte
+ * before the digest matched, so a corrupt download never looks complete. A download the
+ * network cuts is resumed where the file ends (a ranged GET; the hash goes on where it
+ * was), so a layer crosses the internet once even over a flaky link, and readers only see
+ * a pause. */
 #include "proxy.h"
 
 #include <errno.h>
@@ -50,6 +51,7 @@ struct rp_fill {
     int64_t started_ms;
     int64_t ms;             /* download time, for the log */
     struct event *flush_ev; /* once per loop iteration: gathered bytes to the file, readers on */
+    struct event *start_ev; /* a fill begun inside another transfer's callback starts here */
     bool flush_queued;
     int resumes;  /* ranged GETs so far after cuts */
     int64_t skip; /* a resumption answered 200 (Range ignored): bytes to drop first */
@@ -63,6 +65,8 @@ static void fill_free(struct rp_fill *f)
         rp_fetch_cancel(f->fetch);
     if (f->flush_ev)
         event_free(f->flush_ev);
+    if (f->start_ev)
+        event_free(f->start_ev);
     rp_cache_fill_abort(f->cf);
     free(f->repo);
     free(f->content_type);
@@ -218,12 +222,20 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         f->fail_reason = rp_xstrdup("upstream sent a blob without Content-Length");
         return -1;
     }
-    int err = 0;
-    f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
-    if (!f->cf) {
-        f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(err));
-        f->disk_full = err == RP_CACHE_E_NOSPACE;
+    if (f->cf && h->length != f->expected) {
+        /* Begun behind a range, with the size its answer gave. */
+        f->fail_reason = rp_xasprintf("upstream sent %lld bytes for a blob of %lld",
+                                      (long long)h->length, (long long)f->expected);
         return -1;
+    }
+    if (!f->cf) {
+        int err = 0;
+        f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
+        if (!f->cf) {
+            f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(err));
+            f->disk_full = err == RP_CACHE_E_NOSPACE;
+            return -1;
+        }
     }
     f->expected = h->length;
     f->content_type = rp_xstrdup(
@@ -486,25 +498,51 @@ static const struct rp_fetch_cb fill_cb = {
     .on_done_cb = fill_done_cb,
 };
 
+static void fill_start_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_fill *f = arg;
+    event_free(f->start_ev);
+    f->start_ev = NULL;
+    fill_fetch(f, NULL);
+}
+
+/* Lists a new fill and starts its download (at the next loop turn when deferred: libcurl
+ * takes no new transfer from inside another's callback); cf is its temp file when already
+ * begun (the size known), else NULL. */
+static struct rp_fill *fill_start(struct rp_server *srv, const struct rp_conf_registry *reg,
+                                  const char *repo, const char *digest, struct rp_cache_fill *cf,
+                                  int64_t expected, bool deferred)
+{
+    struct rp_fill *f = rp_xcalloc(1, sizeof(*f));
+    f->srv = srv;
+    f->state = FILL_WAITING;
+    snprintf(f->digest, sizeof(f->digest), "%s", digest);
+    f->reg = reg;
+    f->repo = rp_xstrdup(repo);
+    f->cf = cf;
+    f->expected = expected;
+    f->started_ms = rp_now_ms();
+    rp_buf_init(&f->err_body, RP_ERROR_BODY_MAX);
+    f->flush_ev = event_new(srv->base, -1, 0, fill_flush_cb, f);
+    TAILQ_INIT(&f->readers);
+    TAILQ_INSERT_TAIL(&srv->fills, f, link);
+    srv->n_fills++;
+    if (deferred) {
+        f->start_ev = event_new(srv->base, -1, 0, fill_start_cb, f);
+        event_active(f->start_ev, 0, 0);
+    } else {
+        fill_fetch(f, NULL);
+    }
+    return f;
+}
+
 int rp_fill_join(struct rp_server *srv, struct rp_req *r)
 {
     struct rp_fill *f = rp_fill_find(srv, r->route.ref);
-    if (!f) {
-        f = rp_xcalloc(1, sizeof(*f));
-        f->srv = srv;
-        f->state = FILL_WAITING;
-        snprintf(f->digest, sizeof(f->digest), "%s", r->route.ref);
-        f->reg = r->route.reg;
-        f->repo = rp_xstrdup(r->route.name);
-        f->expected = -1;
-        f->started_ms = rp_now_ms();
-        rp_buf_init(&f->err_body, RP_ERROR_BODY_MAX);
-        f->flush_ev = event_new(srv->base, -1, 0, fill_flush_cb, f);
-        TAILQ_INIT(&f->readers);
-        TAILQ_INSERT_TAIL(&srv->fills, f, link);
-        srv->n_fills++;
-        fill_fetch(f, NULL);
-    }
+    if (!f)
+        f = fill_start(srv, r->route.reg, r->route.name, r->route.ref, NULL, -1, false);
     r->fill = f;
     r->fill_fd = -1;
     r->state = RQ_FILL;
@@ -512,6 +550,29 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
     if (f->state == FILL_RUNNING || f->state == FILL_SYNCING)
         reader_start(r);
     return 0;
+}
+
+bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, const char *repo,
+                    const char *digest, uint64_t size)
+{
+    /* Concurrent ranges all pass through; the first answer starts the fill, and a late one
+     * may come after it finished. */
+    if (size > INT64_MAX || rp_fill_find(srv, digest) ||
+        rp_cache_blob_present(srv->cache, digest) || !rp_cache_can_hold(srv->cache, digest, size))
+        return false;
+    /* The temp file first: its room is allocated now, so a full disk costs no download. */
+    int err = 0;
+    struct rp_cache_fill *cf = rp_cache_fill_begin(srv->cache, digest, (int64_t)size, &err);
+    if (!cf) {
+        rp_debug("fill %s registry=%s: not started behind a range: cache: %s", digest, reg->name,
+                 rp_cache_strerror(err));
+        return false;
+    }
+    struct rp_fill *f = fill_start(srv, reg, repo, digest, cf, (int64_t)size, true);
+    fill_count(f, RP_FILL_BEHIND_RANGE);
+    rp_info("fill %s registry=%s bytes=%llu: started behind a range request", digest, reg->name,
+            (unsigned long long)size);
+    return true;
 }
 
 void rp_fill_leave(struct rp_req *r)

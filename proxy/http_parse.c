@@ -309,3 +309,33 @@ enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t
     *end = b >= size ? size - 1 : b;
     return RP_RANGE_OK;
 }
+
+int rp_http_parse_content_range(const char *value, size_t len, uint64_t *first, uint64_t *last,
+                                uint64_t *complete)
+{
+    /* Content-Range = range-unit SP range-resp; range-resp = incl-range "/" complete-length.
+     * The unit is case-insensitive; the value is taken as a header value, OWS trimmed. */
+    while (len > 0 && is_ows(value[len - 1]))
+        len--;
+    while (len > 0 && is_ows(value[0])) {
+        value++;
+        len--;
+    }
+    if (len < 6 || !rp_strieq_n(value, 6, "bytes "))
+        return -1;
+    const char *s = value + 6;
+    size_t n = len - 6;
+    const char *dash = memchr(s, '-', n);
+    const char *slash = memchr(s, '/', n);
+    if (!dash || !slash || slash < dash)
+        return -1;
+    uint64_t a, b, c;
+    if (rp_parse_u64(s, (size_t)(dash - s), &a) != 0 ||
+        rp_parse_u64(dash + 1, (size_t)(slash - dash - 1), &b) != 0 ||
+        rp_parse_u64(slash + 1, n - (size_t)(slash + 1 - s), &c) != 0 || a > b || b >= c)
+        return -1;
+    *first = a;
+    *last = b;
+    *complete = c;
+    return 0;
+}

@@ -68,5 +68,11 @@ enum rp_range_result {
  * other units and malformed values give RP_RANGE_NONE, as RFC 9110 allows. */
 enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t size,
                                          uint64_t *start, uint64_t *end);
+/* Parses a 206 answer's Content-Range value, "bytes FIRST-LAST/COMPLETE" (RFC 9110 14.4),
+ * with FIRST <= LAST < COMPLETE. Returns 0, or -1 for anything else: an unknown complete
+ * length (a "*" after the slash), the unsatisfied form, other units or malformed numbers.
+ * The outputs are left alone unless it returns 0. */
+int rp_http_parse_content_range(const char *value, size_t len, uint64_t *first, uint64_t *last,
+                                uint64_t *complete);
 
 #endif

@@ -192,6 +192,9 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
         [RP_FILL_NOT_KEPT] = {"regproxy_fill_not_kept_total",
                               "Blob downloads served but not cached, being larger than "
                               "max_size, by registry."},
+        [RP_FILL_BEHIND_RANGE] = {"regproxy_fill_behind_range_total",
+                                  "Blob downloads into the cache started behind a range of an "
+                                  "uncached blob that was passed through, by registry."},
     };
     for (int ev = 0; ev < RP_FILL_EVENTS; ev++) {
         head(out, fill_events[ev].name, "counter", fill_events[ev].help);

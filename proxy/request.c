@@ -537,7 +537,8 @@ static void offline_lookup(struct rp_req *r)
  * containerd 2.1 with parallel layer fetch asks for every blob as "bytes=0-", and passing
  * that through would leave the cache empty for good. Its further chunks ("bytes=K-", read
  * to the chunk's size, then closed) join the download. From elsewhere, with no download
- * running (a client resuming), it passes through rather than wait for the bytes before it. */
+ * running (a client resuming), it passes through rather than wait for the bytes before it.
+ * A range passed through with no download running starts one behind it (rp_fill_behind). */
 static bool range_joins_fill(const char *range, const struct rp_fill *running)
 {
     uint64_t first = 0, last = 0;
@@ -586,7 +587,9 @@ static void lookup(struct rp_req *r)
             return;
         }
         if (r->range && !range_joins_fill(r->range, running)) {
-            /* A range of an uncached blob passes through; whole-blob pulls fill the cache. */
+            /* A range of an uncached blob passes through; the cache is filled behind it
+             * once upstream's answer gave the blob's size (up_headers_cb). */
+            r->fill_behind = !running;
             start_fetch(r, false, true);
             return;
         }
@@ -653,6 +656,11 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
         if (status == 206 && rp_header_value_safe(h->content_range))
             rp_buf_addf(&extra, "Content-Range: %s\r\n", h->content_range);
+        uint64_t first, last, size;
+        if (status == 206 && r->fill_behind && h->content_range &&
+            rp_http_parse_content_range(h->content_range, strlen(h->content_range), &first, &last,
+                                        &size) == 0)
+            rp_fill_behind(r->conn->srv, r->route.reg, r->route.name, r->route.ref, size);
         cache_header(r, &extra);
         rp_conn_write_head(r->conn, status,
                            rp_header_value_safe(h->content_type) ? h->content_type

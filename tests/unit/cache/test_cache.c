@@ -266,7 +266,11 @@ static void test_fill_commit(void)
     struct rp_cache_blob b;
     CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_NOENT);
     CHECK_INT(b.fd, -1);
+    CHECK(!rp_cache_blob_present(c, d));
     CHECK_INT(rp_cache_fill_commit(f), RP_CACHE_OK);
+    CHECK(rp_cache_blob_present(c, d));
+    CHECK(!rp_cache_blob_present(c, "sha256:nonsense"));
+    CHECK(!rp_cache_blob_present(NULL, d));
     /* The early reader's fd still reads the whole content after the rename. */
     size_t n;
     char *s = read_all(rfd, &n);
@@ -318,6 +322,7 @@ static void test_fill_digest_mismatch(void)
     CHECK_INT(count_files(dir, "blobs"), 0);
     CHECK_INT(count_files(dir, "tmp"), 0);
     struct rp_cache_blob b;
+    CHECK(!rp_cache_blob_present(c, d));
     CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_NOENT);
     struct rp_cache_stats st;
     rp_cache_stats(c, &st);
@@ -1454,7 +1459,9 @@ static void test_blob_vanished(void)
     char *p = obj_path(dir, "blobs", d);
     unlink(p);
     struct rp_cache_blob b;
+    CHECK(rp_cache_blob_present(c, d)); /* the index has not looked yet */
     CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_NOENT);
+    CHECK(!rp_cache_blob_present(c, d));
     struct rp_cache_stats st;
     rp_cache_stats(c, &st);
     CHECK_INT(st.entries, 0);

@@ -382,6 +382,51 @@ static void test_range(void)
     CHECK_INT(e, 99);
 }
 
+static int content_range(const char *v, uint64_t *a, uint64_t *b, uint64_t *c)
+{
+    *a = *b = *c = 12345;
+    return rp_http_parse_content_range(v, strlen(v), a, b, c);
+}
+
+static void test_content_range(void)
+{
+    uint64_t a, b, c;
+    CHECK_INT(content_range("bytes 1000-1999/5000", &a, &b, &c), 0);
+    CHECK_INT(a, 1000);
+    CHECK_INT(b, 1999);
+    CHECK_INT(c, 5000);
+    CHECK_INT(content_range("Bytes 0-0/1", &a, &b, &c), 0);
+    CHECK_INT(c, 1);
+    CHECK_INT(content_range(" bytes 4-9/10 ", &a, &b, &c), 0);
+    CHECK_INT(b, 9);
+    CHECK_INT(content_range("bytes 0-18446744073709551614/18446744073709551615", &a, &b, &c), 0);
+
+    CHECK_INT(content_range("bytes 0-9/*", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes */10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0-10/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 5-4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes=0-4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("items 0-4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0-4", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0/4-10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0-4/10/20", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0-2-4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes -4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0-/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0-4/", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes  0-4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0 - 4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes +0-4/10", &a, &b, &c), -1);
+    CHECK_INT(content_range("bytes 0-4/18446744073709551616", &a, &b, &c), -1);
+    CHECK_INT(content_range("", &a, &b, &c), -1);
+    CHECK_INT(a, 12345); /* outputs untouched unless 0 */
+    CHECK_INT(b, 12345);
+    CHECK_INT(c, 12345);
+    /* Counted, not NUL-terminated. */
+    CHECK_INT(rp_http_parse_content_range("bytes 0-4/10trailing", 12, &a, &b, &c), 0);
+    CHECK_INT(c, 10);
+}
+
 int main(void)
 {
     RUN(test_complete);
@@ -398,5 +443,6 @@ int main(void)
     RUN(test_keep_alive);
     RUN(test_expect);
     RUN(test_range);
+    RUN(test_content_range);
     UNIT_EXIT();
 }
