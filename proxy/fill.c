@@ -553,25 +553,29 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
 }
 
 bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, const char *repo,
-                    const char *digest, uint64_t size)
+                    const char *digest, int64_t size)
 {
     /* Concurrent ranges all pass through; the first answer starts the fill, and a late one
      * may come after it finished. */
-    if (size > INT64_MAX || rp_fill_find(srv, digest) ||
-        rp_cache_blob_present(srv->cache, digest) || !rp_cache_can_hold(srv->cache, digest, size))
+    if (rp_fill_find(srv, digest) || rp_cache_blob_present(srv->cache, digest) ||
+        (size >= 0 && !rp_cache_can_hold(srv->cache, digest, (uint64_t)size)))
         return false;
-    /* The temp file first: its room is allocated now, so a full disk costs no download. */
-    int err = 0;
-    struct rp_cache_fill *cf = rp_cache_fill_begin(srv->cache, digest, (int64_t)size, &err);
-    if (!cf) {
-        rp_debug("fill %s registry=%s: not started behind a range: cache: %s", digest, reg->name,
-                 rp_cache_strerror(err));
-        return false;
+    /* With the size known, the temp file first: its room is allocated now, so a full disk
+     * costs no download. */
+    struct rp_cache_fill *cf = NULL;
+    if (size >= 0) {
+        int err = 0;
+        cf = rp_cache_fill_begin(srv->cache, digest, size, &err);
+        if (!cf) {
+            rp_debug("fill %s registry=%s: not started behind a range: cache: %s", digest,
+                     reg->name, rp_cache_strerror(err));
+            return false;
+        }
     }
-    struct rp_fill *f = fill_start(srv, reg, repo, digest, cf, (int64_t)size, true);
+    struct rp_fill *f = fill_start(srv, reg, repo, digest, cf, size, true);
     fill_count(f, RP_FILL_BEHIND_RANGE);
-    rp_info("fill %s registry=%s bytes=%llu: started behind a range request", digest, reg->name,
-            (unsigned long long)size);
+    rp_info("fill %s registry=%s bytes=%lld: started behind a range request", digest, reg->name,
+            (long long)size);
     return true;
 }
 

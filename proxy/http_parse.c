@@ -260,22 +260,10 @@ const struct rp_http_header *rp_http_find_header(const struct rp_http_request_he
     return NULL;
 }
 
-enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t size,
-                                         uint64_t *start, uint64_t *end)
+/* One range-spec (RFC 9110 14.1.1), OWS already trimmed, against a body of size bytes. */
+static enum rp_range_result parse_range_spec(const char *s, size_t n, uint64_t size,
+                                             uint64_t *start, uint64_t *end)
 {
-    /* ranges-specifier = range-unit "=" range-set; the unit is case-insensitive (RFC 9110
-     * 14.1). OWS is tolerated after '=' and at the end, as list syntax allows. */
-    if (len < 6 || !rp_strieq_n(value, 6, "bytes="))
-        return RP_RANGE_NONE;
-    size_t i = 6, e = len;
-    while (i < e && is_ows(value[i]))
-        i++;
-    while (e > i && is_ows(value[e - 1]))
-        e--;
-    const char *s = value + i;
-    size_t n = e - i;
-    if (memchr(s, ',', n))
-        return RP_RANGE_NONE; /* multiple ranges: serving the whole body is allowed */
     const char *dash = memchr(s, '-', n);
     if (!dash)
         return RP_RANGE_NONE;
@@ -307,6 +295,79 @@ enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t
         return RP_RANGE_UNSATISFIABLE;
     *start = a;
     *end = b >= size ? size - 1 : b;
+    return RP_RANGE_OK;
+}
+
+/* The range-set of a "bytes=" value, OWS trimmed at both ends; NULL for another unit. */
+static const char *range_set(const char *value, size_t len, size_t *n)
+{
+    /* ranges-specifier = range-unit "=" range-set; the unit is case-insensitive (RFC 9110
+     * 14.1). OWS is tolerated after '=' and at the end, as list syntax allows. */
+    if (len < 6 || !rp_strieq_n(value, 6, "bytes="))
+        return NULL;
+    size_t i = 6, e = len;
+    while (i < e && is_ows(value[i]))
+        i++;
+    while (e > i && is_ows(value[e - 1]))
+        e--;
+    *n = e - i;
+    return value + i;
+}
+
+enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t size,
+                                         uint64_t *start, uint64_t *end)
+{
+    size_t n;
+    const char *s = range_set(value, len, &n);
+    if (!s || memchr(s, ',', n))
+        return RP_RANGE_NONE; /* multiple ranges: serving the whole body is allowed */
+    return parse_range_spec(s, n, size, start, end);
+}
+
+enum rp_range_result rp_http_parse_ranges(const char *value, size_t len, uint64_t size,
+                                          struct rp_byte_range *out, size_t max, size_t *n_out)
+{
+    size_t n;
+    const char *s = range_set(value, len, &n);
+    if (!s)
+        return RP_RANGE_NONE;
+    size_t k = 0, elements = 0;
+    uint64_t total = 0;
+    const char *e = s + n;
+    for (const char *p = s, *comma = s; comma;) {
+        comma = memchr(p, ',', (size_t)(e - p));
+        const char *a = p, *b = comma ? comma : e;
+        if (comma)
+            p = comma + 1;
+        while (a < b && is_ows(*a))
+            a++;
+        while (b > a && is_ows(b[-1]))
+            b--;
+        if (a == b)
+            continue; /* empty list elements are allowed (RFC 9110 5.6.1) */
+        elements++;
+        uint64_t first = 0, last = 0;
+        enum rp_range_result rr = parse_range_spec(a, (size_t)(b - a), size, &first, &last);
+        if (rr == RP_RANGE_NONE)
+            return RP_RANGE_NONE; /* one invalid range-spec: the header is ignored */
+        if (rr == RP_RANGE_UNSATISFIABLE)
+            continue;
+        if (k == max)
+            return RP_RANGE_NONE;
+        /* More bytes asked for than the body has (overlaps, repeats): the whole body, once,
+         * is the cheaper answer (RFC 9110 15.3.7.2 lets a server refuse such sets). */
+        total += last - first + 1;
+        if (total > size)
+            return RP_RANGE_NONE;
+        out[k].first = first;
+        out[k].last = last;
+        k++;
+    }
+    if (elements == 0)
+        return RP_RANGE_NONE;
+    if (k == 0)
+        return RP_RANGE_UNSATISFIABLE;
+    *n_out = k;
     return RP_RANGE_OK;
 }
 

@@ -68,6 +68,17 @@ enum rp_range_result {
  * other units and malformed values give RP_RANGE_NONE, as RFC 9110 allows. */
 enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t size,
                                          uint64_t *start, uint64_t *end);
+struct rp_byte_range {
+    uint64_t first, last; /* inclusive */
+};
+/* Parses a Range header value that may name several ranges ("bytes=0-9,100-199": lazy
+ * pullers ask so) against a body of `size` bytes. RP_RANGE_OK: the satisfiable ranges, in
+ * the order given, are out[0 .. *n_out) (unsatisfiable ones are left out). RP_RANGE_NONE
+ * (serve the whole body): another unit, any malformed range-spec, more than max satisfiable
+ * ranges, or ranges that add up to more bytes than the body has (overlaps). When none is
+ * satisfiable: RP_RANGE_UNSATISFIABLE. */
+enum rp_range_result rp_http_parse_ranges(const char *value, size_t len, uint64_t size,
+                                          struct rp_byte_range *out, size_t max, size_t *n_out);
 /* Parses a 206 answer's Content-Range value, "bytes FIRST-LAST/COMPLETE" (RFC 9110 14.4),
  * with FIRST <= LAST < COMPLETE. Returns 0, or -1 for anything else: an unknown complete
  * length (a "*" after the slash), the unsatisfied form, other units or malformed numbers.

@@ -119,14 +119,15 @@ void rp_tokens_free_all(struct rp_server *srv);
  * Returns 0, or -1 when no fill could be started (r was answered with an error). */
 int rp_fill_join(struct rp_server *srv, struct rp_req *r);
 /* Starts downloading a blob into the cache with no reader, behind a range of it that was
- * passed through (lazy-pulling snapshotters read layers in bounded ranges; a resumed pull
- * asks from where it stopped): size is the blob's, from that range's answer. Does nothing
- * when a fill for the digest runs, the blob is cached already, the cache may not keep it
- * (rp_cache_can_hold) or has no room for it (its temp file is allocated first, so that
- * costs no upstream request). Returns whether a fill started; its download starts at the
- * next loop turn, so this may be called from a transfer's callback. */
+ * passed through (lazy-pulling snapshotters read layers in ranges; a resumed pull asks from
+ * where it stopped): size is the blob's, from that range's answer, or -1 when it did not
+ * say (a multipart answer). Does nothing when a fill for the digest runs, the blob is
+ * cached already, or, its size known, the cache may not keep it (rp_cache_can_hold) or has
+ * no room for it (its temp file is allocated first, so that costs no upstream request).
+ * Returns whether a fill started; its download starts at the next loop turn, so this may
+ * be called from a transfer's callback. */
 bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, const char *repo,
-                    const char *digest, uint64_t size);
+                    const char *digest, int64_t size);
 /* r goes away (client left); the fill continues without it. */
 void rp_fill_leave(struct rp_req *r);
 /* r's client drained its output: feed it more. */

@@ -5,15 +5,24 @@
 #include "proxy.h"
 #include "acl.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <jansson.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define ACCEPT_MAX 4096
-#define RANGE_MAX 128
+/* A Range header longer than this is ignored (the whole blob answers it): room for the
+ * many ranges lazy pullers ask for at once. */
+#define RANGE_MAX 2048
+/* Ranges of one request answered as multipart/byteranges; more get the whole blob. */
+#define RANGES_MAX 64
+/* Over TLS a multipart body is read into memory (its parts interleave with part heads,
+ * which the connection's file body cannot): up to this much, else the whole blob. */
+#define MULTIPART_TLS_MAX ((uint64_t)8 * 1024 * 1024)
 
 static const struct rp_fetch_cb upstream_cb;
 
@@ -351,13 +360,129 @@ void rp_req_range_unsatisfiable(struct rp_req *r, uint64_t size)
     answer_range_unsatisfiable(r, cr);
 }
 
+/* Several ranges of a cached blob, as one multipart/byteranges answer (RFC 9110 14.6):
+ * lazy-pulling snapshotters (stargz, SOCI) ask for the chunks they need so. Plain
+ * connections send each part from the file with sendfile; TLS ones read them into memory
+ * (serve_blob keeps that under MULTIPART_TLS_MAX). Takes b's descriptor and in-use mark. */
+static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
+                            const struct rp_byte_range *rs, size_t n)
+{
+    struct rp_conn *c = r->conn;
+    unsigned char rnd[12];
+    char boundary[2 * sizeof(rnd) + 1];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        memset(rnd, 0x5a, sizeof(rnd)); /* the boundary need not be secret, only rare */
+    for (size_t i = 0; i < sizeof(rnd); i++) {
+        boundary[2 * i] = "0123456789abcdef"[rnd[i] >> 4];
+        boundary[2 * i + 1] = "0123456789abcdef"[rnd[i] & 15];
+    }
+    boundary[sizeof(boundary) - 1] = '\0';
+    /* Part heads are the same but for the numbers: their lengths are summed first, as the
+     * Content-Length comes before them. */
+    char ph[256];
+    uint64_t total = 0;
+    /* Plain: one file segment, owning the descriptor, that every part is a slice of. */
+    struct evbuffer_file_segment *seg = NULL;
+    if (!c->bev) {
+        seg = evbuffer_file_segment_new(b->fd, 0, (ev_off_t)b->size, EVBUF_FS_CLOSE_ON_FREE);
+        if (!seg) {
+            close(b->fd);
+            rp_cache_release(c->srv->cache, r->route.ref);
+            rp_req_error(r, 500, "UNKNOWN", "cannot read the cached blob", NULL);
+            return;
+        }
+        b->fd = -1;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < n; i++) {
+            int k = snprintf(ph, sizeof(ph),
+                             "%s--%s\r\nContent-Type: application/octet-stream\r\n"
+                             "Content-Range: bytes %llu-%llu/%llu\r\n\r\n",
+                             i ? "\r\n" : "", boundary, (unsigned long long)rs[i].first,
+                             (unsigned long long)rs[i].last, (unsigned long long)b->size);
+            uint64_t len = rs[i].last - rs[i].first + 1;
+            if (pass == 0) {
+                total += (uint64_t)k + len;
+                continue;
+            }
+            struct evbuffer *out = rp_conn_output(c);
+            if (evbuffer_add(out, ph, (size_t)k) != 0)
+                goto cut;
+            if (seg) {
+                if (evbuffer_add_file_segment(out, seg, (ev_off_t)rs[i].first, (ev_off_t)len) != 0)
+                    goto cut;
+                continue;
+            }
+            struct evbuffer_iovec v;
+            if (evbuffer_reserve_space(out, (ev_ssize_t)len, &v, 1) != 1)
+                goto cut;
+            ssize_t got = pread(b->fd, v.iov_base, len, (off_t)rs[i].first);
+            if (got != (ssize_t)len)
+                goto cut;
+            v.iov_len = len;
+            if (evbuffer_commit_space(out, &v, 1) != 0)
+                goto cut;
+        }
+        int k = snprintf(ph, sizeof(ph), "\r\n--%s--\r\n", boundary);
+        if (pass == 0) {
+            total += (uint64_t)k;
+            struct rp_buf extra;
+            char extra_mem[512];
+            rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
+            rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n",
+                        r->route.ref);
+            cache_header(r, &extra);
+            char ctype[64];
+            snprintf(ctype, sizeof(ctype), "multipart/byteranges; boundary=%s", boundary);
+            rp_conn_write_head(c, 206, ctype, (int64_t)total, extra.data);
+            rp_buf_free(&extra);
+        } else if (evbuffer_add(rp_conn_output(c), ph, (size_t)k) != 0) {
+            goto cut;
+        }
+    }
+    r->bytes += total;
+    if (seg)
+        evbuffer_file_segment_free(seg); /* the queued slices keep it */
+    if (b->fd >= 0)
+        close(b->fd);
+    rp_cache_release(c->srv->cache, r->route.ref);
+    rp_req_queued(r);
+    return;
+cut:
+    /* The head is out: the client can only be cut off. */
+    rp_warn("blob %s: cannot queue a multipart answer: %s", r->route.ref, strerror(errno));
+    if (seg)
+        evbuffer_file_segment_free(seg);
+    if (b->fd >= 0)
+        close(b->fd);
+    rp_cache_release(c->srv->cache, r->route.ref);
+    rp_req_finish(r, "file");
+}
+
 /* Serves a cached blob from its file: sendfile at the client's pace, Range and HEAD. */
 static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
 {
     uint64_t start = 0, end = 0;
     enum rp_range_result rr = RP_RANGE_NONE;
+    struct rp_byte_range rs[RANGES_MAX];
+    size_t n = 0;
     if (r->range)
-        rr = rp_http_parse_range(r->range, strlen(r->range), b->size, &start, &end);
+        rr = rp_http_parse_ranges(r->range, strlen(r->range), b->size, rs, RANGES_MAX, &n);
+    if (rr == RP_RANGE_OK && n > 1) {
+        uint64_t sum = 0;
+        for (size_t i = 0; i < n; i++)
+            sum += rs[i].last - rs[i].first + 1;
+        /* HEAD has no ranges to answer (RFC 9110 14.2): its head is the whole blob's. */
+        if (!r->head && (!r->conn->bev || sum <= MULTIPART_TLS_MAX)) {
+            serve_multipart(r, b, rs, n);
+            return;
+        }
+        rr = RP_RANGE_NONE;
+    }
+    if (rr == RP_RANGE_OK) {
+        start = rs[0].first;
+        end = rs[0].last;
+    }
     if (rr == RP_RANGE_UNSATISFIABLE) {
         close(b->fd);
         rp_cache_release(r->conn->srv->cache, r->route.ref);
@@ -588,7 +713,7 @@ static void lookup(struct rp_req *r)
         }
         if (r->range && !range_joins_fill(r->range, running)) {
             /* A range of an uncached blob passes through; the cache is filled behind it
-             * once upstream's answer gave the blob's size (up_headers_cb). */
+             * once upstream answered it (up_headers_cb). */
             r->fill_behind = !running;
             start_fetch(r, false, true);
             return;
@@ -656,11 +781,16 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
         if (status == 206 && rp_header_value_safe(h->content_range))
             rp_buf_addf(&extra, "Content-Range: %s\r\n", h->content_range);
-        uint64_t first, last, size;
-        if (status == 206 && r->fill_behind && h->content_range &&
-            rp_http_parse_content_range(h->content_range, strlen(h->content_range), &first, &last,
-                                        &size) == 0)
-            rp_fill_behind(r->conn->srv, r->route.reg, r->route.name, r->route.ref, size);
+        if (status == 206 && r->fill_behind) {
+            /* A multipart answer to several ranges has no Content-Range: size unknown. */
+            uint64_t first, last, size;
+            bool sized = h->content_range &&
+                         rp_http_parse_content_range(h->content_range, strlen(h->content_range),
+                                                     &first, &last, &size) == 0 &&
+                         size <= INT64_MAX;
+            rp_fill_behind(r->conn->srv, r->route.reg, r->route.name, r->route.ref,
+                           sized ? (int64_t)size : -1);
+        }
         cache_header(r, &extra);
         rp_conn_write_head(r->conn, status,
                            rp_header_value_safe(h->content_type) ? h->content_type

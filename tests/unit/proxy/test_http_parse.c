@@ -382,6 +382,60 @@ static void test_range(void)
     CHECK_INT(e, 99);
 }
 
+static struct rp_byte_range rs[4];
+
+static enum rp_range_result ranges(const char *v, uint64_t size, size_t *n)
+{
+    memset(rs, 0xee, sizeof(rs));
+    *n = 999;
+    return rp_http_parse_ranges(v, strlen(v), size, rs, 4, n);
+}
+
+static void test_ranges(void)
+{
+    size_t n;
+    CHECK_INT(ranges("bytes=0-9,100-199", 1000, &n), RP_RANGE_OK);
+    CHECK_INT(n, 2);
+    CHECK_INT(rs[0].first, 0);
+    CHECK_INT(rs[0].last, 9);
+    CHECK_INT(rs[1].first, 100);
+    CHECK_INT(rs[1].last, 199);
+    /* Order kept; suffix and open ranges; OWS and empty elements. */
+    CHECK_INT(ranges("Bytes= -10 ,, 500-, 20-29 ,", 1000, &n), RP_RANGE_OK);
+    CHECK_INT(n, 3);
+    CHECK_INT(rs[0].first, 990);
+    CHECK_INT(rs[1].first, 500);
+    CHECK_INT(rs[1].last, 999);
+    CHECK_INT(rs[2].first, 20);
+    CHECK_INT(rs[2].last, 29);
+    /* One range: as rp_http_parse_range. */
+    CHECK_INT(ranges("bytes=5-", 1000, &n), RP_RANGE_OK);
+    CHECK_INT(n, 1);
+    CHECK_INT(rs[0].last, 999);
+    /* Unsatisfiable ones are left out; none satisfiable is a 416. */
+    CHECK_INT(ranges("bytes=2000-2999,0-0,-0", 1000, &n), RP_RANGE_OK);
+    CHECK_INT(n, 1);
+    CHECK_INT(rs[0].last, 0);
+    CHECK_INT(ranges("bytes=2000-2999,1000-", 1000, &n), RP_RANGE_UNSATISFIABLE);
+    /* The whole body instead: a bad spec anywhere, too many, overlaps past the size. */
+    CHECK_INT(ranges("bytes=0-1,x", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("bytes=0-1,5-2", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("bytes=0-0,2-2,4-4,6-6", 1000, &n), RP_RANGE_OK);
+    CHECK_INT(n, 4);
+    CHECK_INT(ranges("bytes=0-0,2-2,4-4,6-6,8-8", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("bytes=0-599,400-999", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("bytes=0-499,500-999", 1000, &n), RP_RANGE_OK);
+    CHECK_INT(ranges("bytes=0-,0-", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("bytes=", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("bytes=,,", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("items=0-1,2-3", 1000, &n), RP_RANGE_NONE);
+    CHECK_INT(ranges("bytes=-5,-5", 0, &n), RP_RANGE_NONE);
+    CHECK_INT(n, 999); /* untouched unless OK */
+    /* Counted, not NUL-terminated. */
+    CHECK_INT(rp_http_parse_ranges("bytes=0-1,2-3,x", 13, 1000, rs, 4, &n), RP_RANGE_OK);
+    CHECK_INT(n, 2);
+}
+
 static int content_range(const char *v, uint64_t *a, uint64_t *b, uint64_t *c)
 {
     *a = *b = *c = 12345;
@@ -443,6 +497,7 @@ int main(void)
     RUN(test_keep_alive);
     RUN(test_expect);
     RUN(test_range);
+    RUN(test_ranges);
     RUN(test_content_range);
     UNIT_EXIT();
 }
