@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import threading
 
 import lib
@@ -360,14 +359,7 @@ def test_several_ranges_multipart(t):
     req = ("GET %s HTTP/1.1\r\nHost: x\r\nRange: %s\r\n\r\n"
            "GET %s HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\nConnection: close\r\n\r\n"
            % (path, rng, path)).encode()
-    with socket.create_connection(("127.0.0.1", p.ports[0]), timeout=30) as c:
-        c.sendall(req)
-        got = b""
-        while True:
-            b = c.recv(1 << 16)
-            if not b:
-                break
-            got += b
+    got = lib.raw_exchange(p.ports[0], req, timeout=30)
     answers = []
     while got:
         head, _, rest = got.partition(b"\r\n\r\n")
