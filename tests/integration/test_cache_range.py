@@ -371,3 +371,33 @@ def test_several_ranges_multipart(t):
     check(all(data in answers[0][1] for _, data in want),
           "the multipart answer on a pipelined connection lacks a part")
     eq(_ups(reg, mk, digest), [], "upstream requests for cached ranges")
+
+
+def test_large_multipart_plain_and_tls(t):
+    """Large parts: over plain HTTP they go out from the file (sendfile slices of one
+    segment), whatever their size; over TLS a multipart body over 8 MiB would have to be held
+    in memory, so the whole blob answers instead."""
+    fr = t.s.fakereg
+    r = fr.client().manifest("ns/large", "v1")
+    layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
+    digest, size = layer["digest"], layer["size"]
+    path = "/v2/ns/large/blobs/" + digest
+    _, key, crt = lib.serving_cert(t, "multipart-large")
+    p = t.proxy(registries=[fr.conf()], listeners=[
+        {"default": fr.name}, {"default": fr.name, "tls_cert": crt, "tls_key": key}])
+    r = p.get(path)
+    eq((r.status, lib.sha256(r.body)), (200, digest), "whole GET that caches the layer")
+    blob = r.body
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", digest)), 10,
+                   "the layer in the cache")
+    half = size // 2
+    rng = "bytes=0-%d,%d-%d" % (half - 1, half, size - 2)
+    r = p.get(path, headers={"Range": rng})
+    eq((r.status, r.header("X-Regproxy-Cache")), (206, "HIT"), "large parts over plain HTTP")
+    eq(_multipart(r, "large parts over plain HTTP"),
+       [("bytes 0-%d/%d" % (half - 1, size), blob[:half]),
+        ("bytes %d-%d/%d" % (half, size - 2, size), blob[half:size - 1])],
+       "parts of the large multipart answer")
+    tls = lib.request("https://127.0.0.1:%d%s" % (p.ports[1], path), headers={"Range": rng})
+    eq((tls.status, tls.header("Content-Length"), lib.sha256(tls.body)), (200, str(size), digest),
+       "large parts over TLS: the whole blob")
