@@ -401,3 +401,29 @@ def test_large_multipart_plain_and_tls(t):
     tls = lib.request("https://127.0.0.1:%d%s" % (p.ports[1], path), headers={"Range": rng})
     eq((tls.status, tls.header("Content-Length"), lib.sha256(tls.body)), (200, str(size), digest),
        "large parts over TLS: the whole blob")
+
+
+def test_multipart_cut_short_keeps_no_descriptor(t):
+    """Clients that leave in the middle of a multipart answer (over plain HTTP its parts are
+    slices of one file segment that owns the blob's descriptor) leave no descriptor open."""
+    fr = t.s.fakereg
+    r = fr.client().manifest("ns/large", "v1")
+    layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
+    digest, size = layer["digest"], layer["size"]
+    path = "/v2/ns/large/blobs/" + digest
+    p = t.proxy(registries=[fr.conf()])
+    eq(lib.stream_get(p.port, path).digest, digest, "whole GET that caches the layer")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", digest)), 10,
+                   "the layer in the cache")
+    fds = lambda: len(os.listdir("/proc/%d/fd" % p.pid))  # noqa: E731
+    before = fds()
+    rng = "bytes=0-%d,%d-%d" % (size // 2 - 1, size // 2, size - 1)
+    for _ in range(20):
+        r = lib.stream_get(p.port, path, headers={"Range": rng}, limit=100000)
+        eq(r.status, 206, "multipart answer read in part")
+    # The last connections close as the proxy notices.
+    lib.wait_until(lambda: fds() <= before, 10, "descriptors back to %d (now %d)"
+                   % (before, fds()))
+    r = p.get(path, headers={"Range": rng})
+    eq((r.status, len(_multipart(r, "after the cut answers"))), (206, 2),
+       "a whole multipart answer after the cut ones")
