@@ -449,6 +449,8 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
                                : "refused",
                 f->up_status,
                 f->disk_full ? "; clients waiting for it are passed through, uncached" : "");
+        if (f->disk_full)
+            fill_count(f, RP_FILL_NO_ROOM);
         fail_readers(f, res);
         fill_free(f);
         return;
@@ -463,6 +465,8 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         free(f->fail_reason);
         f->fail_reason = rp_xasprintf("%s", rp_cache_strerror(e));
         f->disk_full = e == RP_CACHE_E_NOSPACE;
+        if (f->disk_full)
+            fill_count(f, RP_FILL_NO_ROOM);
         fail_readers(f, &bad);
         fill_free(f);
         return;
@@ -569,6 +573,9 @@ bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, c
         if (!cf) {
             rp_debug("fill %s registry=%s: not started behind a range: cache: %s", digest,
                      reg->name, rp_cache_strerror(err));
+            if (err == RP_CACHE_E_NOSPACE)
+                rp_metrics_fill(&srv->metrics, (size_t)(reg - srv->conf->registries),
+                                RP_FILL_NO_ROOM);
             return false;
         }
     }

@@ -195,6 +195,10 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
         [RP_FILL_BEHIND_RANGE] = {"regproxy_fill_behind_range_total",
                                   "Blob downloads into the cache started behind a range of an "
                                   "uncached blob that was passed through, by registry."},
+        [RP_FILL_NO_ROOM] = {"regproxy_fill_no_room_total",
+                             "Blobs not cached because the disk had no room that eviction "
+                             "could make (their clients are passed through from upstream), "
+                             "by registry."},
     };
     for (int ev = 0; ev < RP_FILL_EVENTS; ev++) {
         head(out, fill_events[ev].name, "counter", fill_events[ev].help);

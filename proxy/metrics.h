@@ -21,6 +21,7 @@ enum rp_fill_event {
     RP_FILL_RESUMED,      /* resumed with a ranged GET after the network cut it */
     RP_FILL_NOT_KEPT,     /* verified and served, but larger than max_size: not cached */
     RP_FILL_BEHIND_RANGE, /* started with no reader, behind a range passed through */
+    RP_FILL_NO_ROOM,      /* given up: the disk is full of what cannot be evicted */
     RP_FILL_EVENTS
 };
 

@@ -95,8 +95,11 @@ def test_disk_full_evicts_then_passes_through(t):
     check(not os.path.exists(lib.cache_path(cache, "blobs", big["digest"])),
           "the refused blob is in the cache")
     eq(sorted(lib.cache_digests(cache, "blobs")), before, "blobs after the refused fill")
-    eq(p.metrics()[("regproxy_cache_disk_full_total", frozenset())], 1,
+    m = p.metrics()
+    eq(m[("regproxy_cache_disk_full_total", frozenset())], 1,
        "regproxy_cache_disk_full_total after the refused fill")
+    eq(m[("regproxy_fill_no_room_total", frozenset({("registry", reg.name)}))], 1,
+       "regproxy_fill_no_room_total after the refused fill")
     lib.check_cache_store(cache, "after the refused fill: ")
     # What is cached is still served (manifests are never evicted for room).
     r = p.get("/v2/ns/multiarch/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
