@@ -202,6 +202,8 @@ struct rp_req {
     int64_t fill_sent; /* bytes of the blob queued to the client */
     int64_t fill_end;  /* bytes the client is owed in total */
     TAILQ_ENTRY(rp_req) fill_link;
+    /* a multipart answer going out over TLS a piece at a time (request.c) */
+    struct rp_multipart *mp;
     /* manifest misses shared with concurrent requests (inflight.c) */
     struct rp_inflight *inflight; /* waiting on this one */
     struct rp_inflight *leads;    /* fetching for this one's waiters */

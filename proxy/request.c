@@ -20,11 +20,9 @@
 #define RANGE_MAX 2048
 /* Ranges of one request answered as multipart/byteranges; more get the whole blob. */
 #define RANGES_MAX 64
-/* Over TLS a multipart body is read into memory (its parts interleave with part heads,
- * which the connection's file body cannot): up to this much, else the whole blob. */
-#define MULTIPART_TLS_MAX ((uint64_t)8 * 1024 * 1024)
 
 static const struct rp_fetch_cb upstream_cb;
+static void mp_free(struct rp_multipart *mp);
 
 struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *h)
 {
@@ -101,6 +99,7 @@ void rp_req_free(struct rp_req *r)
     rp_fill_leave(r);
     if (r->fill_fd >= 0)
         close(r->fill_fd);
+    mp_free(r->mp);
     free(r->up_err);
     rp_headers_free(&r->up_h);
     rp_buf_free(&r->body);
@@ -360,10 +359,94 @@ void rp_req_range_unsatisfiable(struct rp_req *r, uint64_t size)
     answer_range_unsatisfiable(r, cr);
 }
 
+/* A multipart/byteranges answer going out over TLS: the parts are read into the output a
+ * piece at a time as the client drains it (mp_pump), so memory stays flat whatever their
+ * size. The descriptor keeps the bytes even if the entry is evicted meanwhile. */
+struct rp_multipart {
+    int fd;
+    uint64_t size; /* the blob's */
+    char boundary[25];
+    size_t n, i;  /* parts, and the one going out */
+    uint64_t off; /* bytes of part i queued */
+    struct rp_byte_range rs[];
+};
+
+#define MP_PIECE (64 * 1024)
+
+/* A part's head (the CRLF that ends the part before it, the boundary, its headers), or with
+ * i == n the closing boundary. Returns its length. */
+static size_t mp_head(char *buf, size_t cap, const char *boundary, const struct rp_byte_range *rs,
+                      size_t n, size_t i, uint64_t size)
+{
+    int k = i == n ? snprintf(buf, cap, "\r\n--%s--\r\n", boundary)
+                   : snprintf(buf, cap,
+                              "%s--%s\r\nContent-Type: application/octet-stream\r\n"
+                              "Content-Range: bytes %llu-%llu/%llu\r\n\r\n",
+                              i ? "\r\n" : "", boundary, (unsigned long long)rs[i].first,
+                              (unsigned long long)rs[i].last, (unsigned long long)size);
+    return k > 0 ? (size_t)k : 0;
+}
+
+static void mp_free(struct rp_multipart *mp)
+{
+    if (!mp)
+        return;
+    if (mp->fd >= 0)
+        close(mp->fd);
+    free(mp);
+}
+
+/* Queues r's multipart answer on while the client's output is below RP_STREAM_HIGH; once
+ * all of it is queued, r waits for the delivery (rp_req_queued). */
+static void mp_pump(struct rp_req *r)
+{
+    struct rp_multipart *mp = r->mp;
+    struct evbuffer *out = rp_conn_output(r->conn);
+    char ph[256];
+    while (rp_conn_output_len(r->conn) < RP_STREAM_HIGH) {
+        if (mp->off == 0) {
+            size_t k = mp_head(ph, sizeof(ph), mp->boundary, mp->rs, mp->n, mp->i, mp->size);
+            if (evbuffer_add(out, ph, k) != 0)
+                goto cut;
+            if (mp->i == mp->n) {
+                mp_free(mp);
+                r->mp = NULL;
+                rp_req_queued(r);
+                return;
+            }
+        }
+        uint64_t len = mp->rs[mp->i].last - mp->rs[mp->i].first + 1;
+        size_t want = len - mp->off < MP_PIECE ? (size_t)(len - mp->off) : MP_PIECE;
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(out, (ev_ssize_t)want, &v, 1) != 1)
+            goto cut;
+        ssize_t got = pread(mp->fd, v.iov_base, want, (off_t)(mp->rs[mp->i].first + mp->off));
+        if (got != (ssize_t)want) {
+            if (got >= 0)
+                errno = EIO; /* the file is shorter than the index said */
+            goto cut;
+        }
+        v.iov_len = want;
+        if (evbuffer_commit_space(out, &v, 1) != 0)
+            goto cut;
+        mp->off += want;
+        if (mp->off == len) {
+            mp->i++;
+            mp->off = 0;
+        }
+    }
+    return;
+cut:
+    /* The head is out: the client can only be cut off. */
+    rp_warn("blob %s: cannot queue a multipart answer: %s", r->route.ref, strerror(errno));
+    rp_req_finish(r, "file");
+}
+
 /* Several ranges of a cached blob, as one multipart/byteranges answer (RFC 9110 14.6):
  * lazy-pulling snapshotters (stargz, SOCI) ask for the chunks they need so. Plain
- * connections send each part from the file with sendfile; TLS ones read them into memory
- * (serve_blob keeps that under MULTIPART_TLS_MAX). Takes b's descriptor and in-use mark. */
+ * connections send every part from the file with sendfile, as slices of one file segment;
+ * TLS ones read the parts in as the client drains them (mp_pump). Either way memory stays
+ * flat. Takes b's descriptor and in-use mark. */
 static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
                             const struct rp_byte_range *rs, size_t n)
 {
@@ -377,10 +460,11 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
         boundary[2 * i + 1] = "0123456789abcdef"[rnd[i] & 15];
     }
     boundary[sizeof(boundary) - 1] = '\0';
-    /* Part heads are the same but for the numbers: their lengths are summed first, as the
-     * Content-Length comes before them. */
     char ph[256];
     uint64_t total = 0;
+    for (size_t i = 0; i <= n; i++)
+        total += mp_head(ph, sizeof(ph), boundary, rs, n, i, b->size) +
+                 (i < n ? rs[i].last - rs[i].first + 1 : 0);
     /* Plain: one file segment, owning the descriptor, that every part is a slice of. */
     struct evbuffer_file_segment *seg = NULL;
     if (!c->bev) {
@@ -391,72 +475,47 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
             rp_req_error(r, 500, "UNKNOWN", "cannot read the cached blob", NULL);
             return;
         }
-        b->fd = -1;
+    } else {
+        r->mp = rp_xcalloc(1, sizeof(*r->mp) + n * sizeof(rs[0]));
+        r->mp->fd = b->fd;
+        r->mp->size = b->size;
+        memcpy(r->mp->boundary, boundary, sizeof(boundary));
+        r->mp->n = n;
+        memcpy(r->mp->rs, rs, n * sizeof(rs[0]));
     }
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < n; i++) {
-            int k = snprintf(ph, sizeof(ph),
-                             "%s--%s\r\nContent-Type: application/octet-stream\r\n"
-                             "Content-Range: bytes %llu-%llu/%llu\r\n\r\n",
-                             i ? "\r\n" : "", boundary, (unsigned long long)rs[i].first,
-                             (unsigned long long)rs[i].last, (unsigned long long)b->size);
-            uint64_t len = rs[i].last - rs[i].first + 1;
-            if (pass == 0) {
-                total += (uint64_t)k + len;
-                continue;
-            }
-            struct evbuffer *out = rp_conn_output(c);
-            if (evbuffer_add(out, ph, (size_t)k) != 0)
-                goto cut;
-            if (seg) {
-                if (evbuffer_add_file_segment(out, seg, (ev_off_t)rs[i].first, (ev_off_t)len) != 0)
-                    goto cut;
-                continue;
-            }
-            struct evbuffer_iovec v;
-            if (evbuffer_reserve_space(out, (ev_ssize_t)len, &v, 1) != 1)
-                goto cut;
-            ssize_t got = pread(b->fd, v.iov_base, len, (off_t)rs[i].first);
-            if (got != (ssize_t)len)
-                goto cut;
-            v.iov_len = len;
-            if (evbuffer_commit_space(out, &v, 1) != 0)
-                goto cut;
-        }
-        int k = snprintf(ph, sizeof(ph), "\r\n--%s--\r\n", boundary);
-        if (pass == 0) {
-            total += (uint64_t)k;
-            struct rp_buf extra;
-            char extra_mem[512];
-            rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
-            rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n",
-                        r->route.ref);
-            cache_header(r, &extra);
-            char ctype[64];
-            snprintf(ctype, sizeof(ctype), "multipart/byteranges; boundary=%s", boundary);
-            rp_conn_write_head(c, 206, ctype, (int64_t)total, extra.data);
-            rp_buf_free(&extra);
-        } else if (evbuffer_add(rp_conn_output(c), ph, (size_t)k) != 0) {
-            goto cut;
-        }
-    }
+    b->fd = -1;
+    /* The descriptor keeps the bytes now, as for a whole blob (serve_blob). */
+    rp_cache_release(c->srv->cache, r->route.ref);
+
+    struct rp_buf extra;
+    char extra_mem[512];
+    rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
+    rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+    cache_header(r, &extra);
+    char ctype[64];
+    snprintf(ctype, sizeof(ctype), "multipart/byteranges; boundary=%s", boundary);
+    rp_conn_write_head(c, 206, ctype, (int64_t)total, extra.data);
+    rp_buf_free(&extra);
     r->bytes += total;
-    if (seg)
-        evbuffer_file_segment_free(seg); /* the queued slices keep it */
-    if (b->fd >= 0)
-        close(b->fd);
-    rp_cache_release(c->srv->cache, r->route.ref);
+    if (!seg) {
+        rp_conn_stream_mode(c);
+        mp_pump(r);
+        return;
+    }
+    struct evbuffer *out = rp_conn_output(c);
+    for (size_t i = 0; i <= n; i++) {
+        size_t k = mp_head(ph, sizeof(ph), boundary, rs, n, i, b->size);
+        if (evbuffer_add(out, ph, k) != 0 ||
+            (i < n && evbuffer_add_file_segment(out, seg, (ev_off_t)rs[i].first,
+                                                (ev_off_t)(rs[i].last - rs[i].first + 1)) != 0)) {
+            rp_warn("blob %s: cannot queue a multipart answer: %s", r->route.ref, strerror(errno));
+            evbuffer_file_segment_free(seg);
+            rp_req_finish(r, "file");
+            return;
+        }
+    }
+    evbuffer_file_segment_free(seg); /* the queued slices keep it */
     rp_req_queued(r);
-    return;
-cut:
-    /* The head is out: the client can only be cut off. */
-    rp_warn("blob %s: cannot queue a multipart answer: %s", r->route.ref, strerror(errno));
-    if (seg)
-        evbuffer_file_segment_free(seg);
-    if (b->fd >= 0)
-        close(b->fd);
-    rp_cache_release(c->srv->cache, r->route.ref);
-    rp_req_finish(r, "file");
 }
 
 /* Serves a cached blob from its file: sendfile at the client's pace, Range and HEAD. */
@@ -469,11 +528,8 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     if (r->range)
         rr = rp_http_parse_ranges(r->range, strlen(r->range), b->size, rs, RANGES_MAX, &n);
     if (rr == RP_RANGE_OK && n > 1) {
-        uint64_t sum = 0;
-        for (size_t i = 0; i < n; i++)
-            sum += rs[i].last - rs[i].first + 1;
         /* HEAD has no ranges to answer (RFC 9110 14.2): its head is the whole blob's. */
-        if (!r->head && (!r->conn->bev || sum <= MULTIPART_TLS_MAX)) {
+        if (!r->head) {
             serve_multipart(r, b, rs, n);
             return;
         }
@@ -863,7 +919,9 @@ static long up_data_cb(void *arg, const char *p, size_t n)
 
 void rp_req_output_drained(struct rp_req *r)
 {
-    if (r->state == RQ_SENDING) {
+    if (r->mp) {
+        mp_pump(r);
+    } else if (r->state == RQ_SENDING) {
         if (rp_conn_output_len(r->conn) == 0)
             rp_req_finish(r, NULL);
     } else if (r->fill) {

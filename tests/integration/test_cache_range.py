@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import ssl
 import threading
 
 import lib
@@ -375,8 +377,7 @@ def test_several_ranges_multipart(t):
 
 def test_large_multipart_plain_and_tls(t):
     """Large parts: over plain HTTP they go out from the file (sendfile slices of one
-    segment), whatever their size; over TLS a multipart body over 8 MiB would have to be held
-    in memory, so the whole blob answers instead."""
+    segment), over TLS read in a piece at a time; the same answer either way."""
     fr = t.s.fakereg
     r = fr.client().manifest("ns/large", "v1")
     layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
@@ -399,19 +400,25 @@ def test_large_multipart_plain_and_tls(t):
         ("bytes %d-%d/%d" % (half, size - 2, size), blob[half:size - 1])],
        "parts of the large multipart answer")
     tls = lib.request("https://127.0.0.1:%d%s" % (p.ports[1], path), headers={"Range": rng})
-    eq((tls.status, tls.header("Content-Length"), lib.sha256(tls.body)), (200, str(size), digest),
-       "large parts over TLS: the whole blob")
+    eq((tls.status, tls.header("X-Regproxy-Cache")), (206, "HIT"), "large parts over TLS")
+    eq(_multipart(tls, "large parts over TLS"),
+       [("bytes 0-%d/%d" % (half - 1, size), blob[:half]),
+        ("bytes %d-%d/%d" % (half, size - 2, size), blob[half:size - 1])],
+       "parts of the large multipart answer over TLS")
 
 
 def test_multipart_cut_short_keeps_no_descriptor(t):
-    """Clients that leave in the middle of a multipart answer (over plain HTTP its parts are
-    slices of one file segment that owns the blob's descriptor) leave no descriptor open."""
+    """Clients that leave in the middle of a multipart answer leave no descriptor open: over
+    plain HTTP its parts are slices of one file segment that owns the blob's descriptor,
+    over TLS the request holds it while it reads the parts in."""
     fr = t.s.fakereg
     r = fr.client().manifest("ns/large", "v1")
     layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
     digest, size = layer["digest"], layer["size"]
     path = "/v2/ns/large/blobs/" + digest
-    p = t.proxy(registries=[fr.conf()])
+    _, key, crt = lib.serving_cert(t, "multipart-cut")
+    p = t.proxy(registries=[fr.conf()], listeners=[
+        {"default": fr.name}, {"default": fr.name, "tls_cert": crt, "tls_key": key}])
     eq(lib.stream_get(p.port, path).digest, digest, "whole GET that caches the layer")
     lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", digest)), 10,
                    "the layer in the cache")
@@ -421,6 +428,16 @@ def test_multipart_cut_short_keeps_no_descriptor(t):
     for _ in range(20):
         r = lib.stream_get(p.port, path, headers={"Range": rng}, limit=100000)
         eq(r.status, 206, "multipart answer read in part")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", p.ports[1]), timeout=30) as raw:
+            with ctx.wrap_socket(raw) as c:
+                c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nRange: %s\r\n\r\n"
+                           % (path, rng)).encode())
+                got = c.recv(65536)
+                check(got.startswith(b"HTTP/1.1 206"), "TLS multipart answer: %r" % got[:60])
     # The last connections close as the proxy notices.
     lib.wait_until(lambda: fds() <= before, 10, "descriptors back to %d (now %d)"
                    % (before, fds()))

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """A client reading a 100 MB blob slowly must not make the proxy buffer it in memory
 (DESIGN: the temp file is the buffer), nor hold back a fast client of the same blob. Over
-TLS a cached blob is read into the connection a piece at a time, so the proxy's memory stays
-flat there too, and requests pipelined behind it are answered after it."""
+TLS a cached blob, or the parts of a multipart answer, are read into the connection a piece
+at a time, so the proxy's memory stays flat there too, and requests pipelined behind are
+answered after them."""
 import hashlib
+import os
 import socket
 import ssl
 import threading
@@ -146,6 +148,7 @@ class _Responses:
             self.buf += b
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
+        self.head = lines
         length = int(next(x.split(":", 1)[1] for x in lines
                           if x.lower().startswith("content-length:")))
         h.update(self.buf[:length])
@@ -236,3 +239,59 @@ def test_tls_cached_blob_memory_flat_and_pipelining(t):
         rss.done("sending a cached %d MB blob over TLS" % (big["size"] >> 20))
     eq(first, (200, big["size"], big["digest"]), "the cached blob over TLS")
     eq(st, 200, "the request pipelined behind the cached blob over TLS")
+
+
+def test_tls_multipart_memory_flat(t):
+    """Two halves of a cached 100 MB blob in one multipart answer over TLS: every byte right,
+    memory flat, and a request pipelined behind it answered after it."""
+    big = _big_layer(t.s)
+    p = _tls_proxy(t)
+    path = "/v2/ns/large/blobs/" + big["digest"]
+    first, _ = _tls_fetch(p, path)  # the cold pull fills the cache
+    eq(first, (200, big["size"], big["digest"]), "the blob over TLS, cold")
+    blob_file = lib.cache_path(p.cache_dir, "blobs", big["digest"])
+    lib.wait_until(lambda: os.path.isfile(blob_file), 10, "the blob in the cache")
+    size = big["size"]
+    spans = [(0, size // 2 - 1), (size // 2, size - 1)]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    got = hashlib.sha256()
+    rss = _PeakRss(p)
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=60) as raw:
+            with ctx.wrap_socket(raw) as c:
+                c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nRange: bytes=%s\r\n\r\n"
+                           "GET /v2/ HTTP/1.1\r\nHost: %s\r\n\r\n"
+                           % (path, p.hostport, ",".join("%d-%d" % x for x in spans),
+                              p.hostport)).encode())
+                rs = _Responses(c)
+                st, length = rs.next(got)
+                head = rs.head
+                st2 = rs.next(hashlib.sha256())[0]
+    finally:
+        rss.done("sending a %d MB multipart answer over TLS" % (size >> 20))
+    eq((st, st2), (206, 200), "the multipart answer and the request behind it")
+    ctype = next(x.split(":", 1)[1].strip() for x in head if x.lower().startswith("content-type:"))
+    check(ctype.startswith("multipart/byteranges; boundary="), "Content-Type %r" % ctype)
+    boundary = ctype.split("boundary=", 1)[1]
+    want = hashlib.sha256()
+    n = 0
+    with open(blob_file, "rb") as f:
+        for i, (lo, hi) in enumerate(spans):
+            part = ("%s--%s\r\nContent-Type: application/octet-stream\r\n"
+                    "Content-Range: bytes %d-%d/%d\r\n\r\n"
+                    % ("\r\n" if i else "", boundary, lo, hi, size)).encode()
+            want.update(part)
+            n += len(part)
+            f.seek(lo)
+            left = hi - lo + 1
+            while left:
+                b = f.read(min(left, 1 << 20))
+                want.update(b)
+                n += len(b)
+                left -= len(b)
+        tail = ("\r\n--%s--\r\n" % boundary).encode()
+        want.update(tail)
+        n += len(tail)
+    eq((length, got.hexdigest()), (n, want.hexdigest()), "the multipart body over TLS")
