@@ -101,6 +101,18 @@ def test_disk_full_evicts_then_passes_through(t):
     eq(m[("regproxy_fill_no_room_total", frozenset({("registry", reg.name)}))], 1,
        "regproxy_fill_no_room_total after the refused fill")
     lib.check_cache_store(cache, "after the refused fill: ")
+    # A range of it passes through; the download that would follow it is not even started,
+    # since its temp file cannot be allocated.
+    mk = reg.mark()
+    path = "/v2/ns/large/blobs/" + big["digest"]
+    r = p.get(path, headers={"Range": "bytes=10-19"})
+    eq((r.status, r.header("x-regproxy-cache")), (206, "PASS"), "a range of the refused blob")
+    gets = lib.settle(lambda: [(m_, st) for m_, p_, st in reg.since(mk) if p_.endswith(path)], 1)
+    eq(gets, [("GET", 206)], "upstream requests for a range of the refused blob")
+    eq(p.metrics()[("regproxy_fill_no_room_total", frozenset({("registry", reg.name)}))], 2,
+       "regproxy_fill_no_room_total after the range")
+    eq(lib.cache_files(cache, "tmp"), [], "temp files after the range")
+    eq(sorted(lib.cache_digests(cache, "blobs")), before, "blobs after the range")
     # What is cached is still served (manifests are never evicted for room).
     r = p.get("/v2/ns/multiarch/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, r.header("docker-content-digest")),
