@@ -408,6 +408,7 @@ static void mp_pump(struct rp_req *r)
             size_t k = mp_head(ph, sizeof(ph), mp->boundary, mp->rs, mp->n, mp->i, mp->size);
             if (evbuffer_add(out, ph, k) != 0)
                 goto cut;
+            r->bytes += k;
             if (mp->i == mp->n) {
                 mp_free(mp);
                 r->mp = NULL;
@@ -430,6 +431,7 @@ static void mp_pump(struct rp_req *r)
         if (evbuffer_commit_space(out, &v, 1) != 0)
             goto cut;
         mp->off += want;
+        r->bytes += want;
         if (mp->off == len) {
             mp->i++;
             mp->off = 0;
@@ -496,12 +498,14 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
     snprintf(ctype, sizeof(ctype), "multipart/byteranges; boundary=%s", boundary);
     rp_conn_write_head(c, 206, ctype, (int64_t)total, extra.data);
     rp_buf_free(&extra);
-    r->bytes += total;
     if (!seg) {
+        /* r->bytes grows as the parts are read in: a client that leaves is logged with
+         * what left the proxy. */
         rp_conn_stream_mode(c);
         mp_pump(r);
         return;
     }
+    r->bytes += total;
     struct evbuffer *out = rp_conn_output(c);
     for (size_t i = 0; i <= n; i++) {
         size_t k = mp_head(ph, sizeof(ph), boundary, rs, n, i, b->size);

@@ -295,3 +295,17 @@ def test_tls_multipart_memory_flat(t):
         want.update(tail)
         n += len(tail)
     eq((length, got.hexdigest()), (n, want.hexdigest()), "the multipart body over TLS")
+    # A client that leaves early is logged with what left the proxy, not the whole answer.
+    mark = len(p.access())
+    with socket.create_connection(("127.0.0.1", p.port), timeout=60) as raw:
+        with ctx.wrap_socket(raw) as c:
+            c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nRange: bytes=%s\r\n\r\n"
+                       % (path, p.hostport, ",".join("%d-%d" % x for x in spans))).encode())
+            check(c.recv(65536).startswith(b"HTTP/1.1 206"), "the multipart answer, cut")
+    line = lib.wait_until(lambda: [x for x in p.access()[mark:]
+                                   if x.get("path", "").endswith(big["digest"])], 10,
+                          "the access line of the cut multipart answer")[0]
+    eq((line.get("status"), line.get("aborted")), ("206", "client"),
+       "access line of a multipart answer cut short: %r" % line)
+    check(int(line["bytes"]) < n // 2, "a client that read 64 KiB is logged with bytes=%s of %d"
+          % (line["bytes"], n))
