@@ -274,16 +274,6 @@ static int hexval(char ch)
     return -1; /* upper case too: one spelling per content, one file name per digest */
 }
 
-static void to_hex(const unsigned char *raw, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[raw[i] >> 4];
-        out[2 * i + 1] = digits[raw[i] & 0xf];
-    }
-    out[2 * n] = '\0';
-}
-
 /* "sha256:" + 64 lower hex or "sha512:" + 128 lower hex, nothing after. */
 static int parse_digest(const char *s, struct digest *d)
 {
@@ -318,7 +308,7 @@ static void digest_from_raw(int algo, const unsigned char *raw, struct digest *d
     memcpy(d->raw, raw, algos[algo].rawlen);
     memcpy(d->str, algos[algo].name, nl);
     d->str[nl] = ':';
-    to_hex(raw, algos[algo].rawlen, d->str + nl + 1);
+    rp_hex_encode(raw, algos[algo].rawlen, d->str + nl + 1);
 }
 
 /* Names of tag and link files: sha256 over the parts, each followed by a NUL. The parts are
@@ -337,7 +327,7 @@ static void key_hex(const char *a, const char *b, const char *c3, char out[65])
         abort(); /* as for allocation failure: nothing sensible to continue with */
     }
     EVP_MD_CTX_free(ctx);
-    to_hex(md, 32, out);
+    rp_hex_encode(md, 32, out);
 }
 
 static bool sha_ok(int algo, const void *p, size_t n, unsigned char *out)
@@ -2138,7 +2128,7 @@ int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
     char sum[66];
     int rc = RP_CACHE_E_IO;
     if (sha_ok(ALGO_SHA256, body, strlen(body), md)) {
-        to_hex(md, 32, sum);
+        rp_hex_encode(md, 32, sum);
         sum[64] = '\n';
         rc = atomic_write(c, "tag", rel, body, strlen(body), sum, 65);
     }
@@ -2195,7 +2185,7 @@ static int tag_decode(const char *buf, size_t n, const char *registry, const cha
     char sum[65];
     if (!sha_ok(ALGO_SHA256, buf, blen, md))
         return RP_CACHE_E_CORRUPT;
-    to_hex(md, 32, sum);
+    rp_hex_encode(md, 32, sum);
     if (memcmp(sum, buf + blen, 64) != 0)
         return RP_CACHE_E_CORRUPT;
     const char *parts[3] = {registry, repo, tag};

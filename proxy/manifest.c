@@ -446,10 +446,6 @@ void rp_digest_of(const char *like, const void *data, size_t len, char out[RP_CA
     unsigned int mdlen = 0;
     EVP_Digest(data, len, md, &mdlen, sha512 ? EVP_sha512() : EVP_sha256(), NULL);
     size_t o = (size_t)snprintf(out, RP_CACHE_DIGEST_BUF, "%s:", sha512 ? "sha512" : "sha256");
-    static const char hex[] = "0123456789abcdef";
-    for (unsigned int i = 0; i < mdlen && o + 2 < RP_CACHE_DIGEST_BUF; i++) {
-        out[o++] = hex[md[i] >> 4];
-        out[o++] = hex[md[i] & 15];
-    }
-    out[o] = '\0';
+    if (o + 2 * (size_t)mdlen < RP_CACHE_DIGEST_BUF)
+        rp_hex_encode(md, mdlen, out + o);
 }

@@ -457,11 +457,7 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
     char boundary[2 * sizeof(rnd) + 1];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)
         memset(rnd, 0x5a, sizeof(rnd)); /* the boundary need not be secret, only rare */
-    for (size_t i = 0; i < sizeof(rnd); i++) {
-        boundary[2 * i] = "0123456789abcdef"[rnd[i] >> 4];
-        boundary[2 * i + 1] = "0123456789abcdef"[rnd[i] & 15];
-    }
-    boundary[sizeof(boundary) - 1] = '\0';
+    rp_hex_encode(rnd, sizeof(rnd), boundary);
     char ph[256];
     uint64_t total = 0;
     for (size_t i = 0; i <= n; i++)

@@ -359,6 +359,16 @@ int rp_parse_u64(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+void rp_hex_encode(const unsigned char *raw, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[raw[i] >> 4];
+        out[2 * i + 1] = digits[raw[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
 char *rp_base64_encode(const void *p, size_t n)
 {
     size_t outlen = 4 * ((n + 2) / 3);

@@ -78,6 +78,8 @@ size_t rp_fmt_u64(char *out, uint64_t v);
 /* Strict decimal parse of [s, s+len) into *out: digits only, no sign, no overflow. */
 int rp_parse_u64(const char *s, size_t len, uint64_t *out);
 
+/* Lower-case hex of n bytes into out (room for 2n + 1: it is NUL-terminated). */
+void rp_hex_encode(const unsigned char *raw, size_t n, char *out);
 /* Standard base64 (with padding) of n bytes, as a new string. */
 char *rp_base64_encode(const void *p, size_t n);
 /* Decodes standard base64 (padding optional, no whitespace). Returns a new buffer with a
