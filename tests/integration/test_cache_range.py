@@ -375,53 +375,43 @@ def test_several_ranges_multipart(t):
     eq(_ups(reg, mk, digest), [], "upstream requests for cached ranges")
 
 
+def _large_layer_cached(t, name):
+    """ns/large's 10 MiB layer, cached by a proxy with a plain and a TLS listener:
+    (proxy, layer, path, the layer's bytes)."""
+    _, key, crt = lib.serving_cert(t, name)
+    fr = t.s.fakereg
+    fr, p, layer, path = _large_layer(t, listeners=[
+        {"default": fr.name}, {"default": fr.name, "tls_cert": crt, "tls_key": key}])
+    r = p.get(path)
+    eq((r.status, lib.sha256(r.body)), (200, layer["digest"]), "whole GET that caches the layer")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
+                   10, "the layer in the cache")
+    return p, layer, path, r.body
+
+
 def test_large_multipart_plain_and_tls(t):
     """Large parts: over plain HTTP they go out from the file (sendfile slices of one
     segment), over TLS read in a piece at a time; the same answer either way."""
-    fr = t.s.fakereg
-    r = fr.client().manifest("ns/large", "v1")
-    layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
-    digest, size = layer["digest"], layer["size"]
-    path = "/v2/ns/large/blobs/" + digest
-    _, key, crt = lib.serving_cert(t, "multipart-large")
-    p = t.proxy(registries=[fr.conf()], listeners=[
-        {"default": fr.name}, {"default": fr.name, "tls_cert": crt, "tls_key": key}])
-    r = p.get(path)
-    eq((r.status, lib.sha256(r.body)), (200, digest), "whole GET that caches the layer")
-    blob = r.body
-    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", digest)), 10,
-                   "the layer in the cache")
+    p, layer, path, blob = _large_layer_cached(t, "multipart-large")
+    size = layer["size"]
     half = size // 2
     rng = "bytes=0-%d,%d-%d" % (half - 1, half, size - 2)
-    r = p.get(path, headers={"Range": rng})
-    eq((r.status, r.header("X-Regproxy-Cache")), (206, "HIT"), "large parts over plain HTTP")
-    eq(_multipart(r, "large parts over plain HTTP"),
-       [("bytes 0-%d/%d" % (half - 1, size), blob[:half]),
-        ("bytes %d-%d/%d" % (half, size - 2, size), blob[half:size - 1])],
-       "parts of the large multipart answer")
-    tls = lib.request("https://127.0.0.1:%d%s" % (p.ports[1], path), headers={"Range": rng})
-    eq((tls.status, tls.header("X-Regproxy-Cache")), (206, "HIT"), "large parts over TLS")
-    eq(_multipart(tls, "large parts over TLS"),
-       [("bytes 0-%d/%d" % (half - 1, size), blob[:half]),
-        ("bytes %d-%d/%d" % (half, size - 2, size), blob[half:size - 1])],
-       "parts of the large multipart answer over TLS")
+    want = [("bytes 0-%d/%d" % (half - 1, size), blob[:half]),
+            ("bytes %d-%d/%d" % (half, size - 2, size), blob[half:size - 1])]
+    for how, r in (("plain HTTP", p.get(path, headers={"Range": rng})),
+                   ("TLS", lib.request("https://127.0.0.1:%d%s" % (p.ports[1], path),
+                                       headers={"Range": rng}))):
+        eq((r.status, r.header("X-Regproxy-Cache")), (206, "HIT"), "large parts over " + how)
+        eq(_multipart(r, "large parts over " + how), want,
+           "parts of the large multipart answer over " + how)
 
 
 def test_multipart_cut_short_keeps_no_descriptor(t):
     """Clients that leave in the middle of a multipart answer leave no descriptor open: over
     plain HTTP its parts are slices of one file segment that owns the blob's descriptor,
     over TLS the request holds it while it reads the parts in."""
-    fr = t.s.fakereg
-    r = fr.client().manifest("ns/large", "v1")
-    layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
-    digest, size = layer["digest"], layer["size"]
-    path = "/v2/ns/large/blobs/" + digest
-    _, key, crt = lib.serving_cert(t, "multipart-cut")
-    p = t.proxy(registries=[fr.conf()], listeners=[
-        {"default": fr.name}, {"default": fr.name, "tls_cert": crt, "tls_key": key}])
-    eq(lib.stream_get(p.port, path).digest, digest, "whole GET that caches the layer")
-    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", digest)), 10,
-                   "the layer in the cache")
+    p, layer, path, _ = _large_layer_cached(t, "multipart-cut")
+    size = layer["size"]
     fds = lambda: len(os.listdir("/proc/%d/fd" % p.pid))  # noqa: E731
     before = fds()
     rng = "bytes=0-%d,%d-%d" % (size // 2 - 1, size // 2, size - 1)
