@@ -235,6 +235,14 @@ static const struct rp_conf_option options[] = {
      .flags = RP_CONF_F_READABLE,
      .help = "PEM bundle to verify the registry with instead of the system CAs"},
     {.section = RP_CONF_SECTION_REGISTRY,
+     .key = "proxy",
+     .type = RP_CONF_URL,
+     .offset = REG_F(proxy),
+     .help = "egress HTTP proxy, http(s)://host[:port], for everything fetched for this "
+             "registry (its API, token realm and blob CDNs; https upstreams are tunnelled with "
+             "CONNECT, so the proxy sees host names only). Default: the https_proxy, "
+             "http_proxy and no_proxy environment variables; this setting ignores no_proxy"},
+    {.section = RP_CONF_SECTION_REGISTRY,
      .key = "token_realms",
      .type = RP_CONF_LIST,
      .offset = REG_F(token_realms),
@@ -995,6 +1003,13 @@ static int set_value(struct parser *p, const struct rp_conf_option *o, void *bas
         return 0;
     case RP_CONF_URL:
         s = rp_xstrndup(v, n);
+        if (strchr(s, '@') && strcmp(o->key, "proxy") == 0) {
+            /* Not a secret type, so never in a configuration: env is the proxy's own place. */
+            why = "credentials in the proxy url are not allowed; a proxy that needs them is "
+                  "given in the https_proxy environment variable";
+            free(s);
+            break;
+        }
         if ((why = check_base_url(s)) != NULL) {
             free(s);
             break;

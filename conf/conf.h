@@ -30,6 +30,10 @@ struct rp_conf_registry {
     char *password_file;
     bool tls_verify; /* default yes */
     char *ca_file;   /* PEM bundle to verify the registry's TLS with; NULL = system CAs */
+    /* Egress HTTP(S) proxy (http(s)://host[:port]) for every connection made for this
+     * registry: its API, its token realm, the CDNs its blobs redirect to. NULL: libcurl's
+     * environment (https_proxy, http_proxy, no_proxy). */
+    char *proxy;
     /* Realms that may receive this registry's credentials, as URL prefixes (scheme, host,
      * optional port and path). n_token_realms == 0 means the default policy: https realms
      * on the registry's own host or its registrable domain (see rp_conf_realm_allowed). */

@@ -294,6 +294,7 @@ static void fetch_drive(struct rp_fetch *f)
                 .range = f->range,
                 .ca_file = f->reg->ca_file,
                 .tls_verify = f->reg->tls_verify,
+                .proxy = f->reg->proxy,
                 .timeout_ms = f->stream ? 0 : METADATA_TIMEOUT_MS,
                 .stall_timeout_s = STALL_TIMEOUT_S,
             };

@@ -60,6 +60,7 @@ static void swap_registry(struct rp_conf_registry *run, struct rp_conf_registry 
     SWAP(run->allow_readable_credentials, fresh->allow_readable_credentials);
     SWAP(run->tls_verify, fresh->tls_verify);
     SWAP(run->ca_file, fresh->ca_file);
+    SWAP(run->proxy, fresh->proxy);
     SWAP(run->token_realms, fresh->token_realms);
     SWAP(run->n_token_realms, fresh->n_token_realms);
     SWAP(run->test_image, fresh->test_image);

@@ -130,6 +130,7 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
         .post_body = post_body,
         .ca_file = reg->ca_file,
         .tls_verify = reg->tls_verify,
+        .proxy = reg->proxy,
         .timeout_ms = TOKEN_TIMEOUT_MS,
     };
     f->xfer = rp_upstream_start(srv->up, &o, &fetch_cb, f);

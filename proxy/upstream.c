@@ -155,12 +155,25 @@ static void check_multi_info(struct rp_upstream *up)
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
         if (!x->cancelled && x->cb.on_done_cb) {
             char err[CURL_ERROR_SIZE + 64];
+            enum rp_xfer_error xe = classify(rc);
+            long connect_code = 0;
             if (rc != CURLE_OK)
+                curl_easy_getinfo(x->easy, CURLINFO_HTTP_CONNECTCODE, &connect_code);
+            if (connect_code != 0 && (connect_code < 200 || connect_code > 299)) {
+                /* curl calls this a receive error; for an admin it is the egress proxy's
+                 * policy or failure, and the registry is unreachable through it. */
+                snprintf(err, sizeof(err),
+                         "the egress proxy refused the tunnel (CONNECT "
+                         "answered %ld)",
+                         connect_code);
+                xe = RP_XFER_E_UNREACHABLE;
+            } else if (rc != CURLE_OK) {
                 snprintf(err, sizeof(err), "%s%s%s", curl_easy_strerror(rc),
                          x->errbuf[0] ? ": " : "", x->errbuf);
+            }
             /* Mark it cancelled first so anything the callback does to it is a no-op. */
             x->cancelled = true;
-            x->cb.on_done_cb(x->arg, classify(rc), (int)status, rc == CURLE_OK ? NULL : err);
+            x->cb.on_done_cb(x->arg, xe, (int)status, rc == CURLE_OK ? NULL : err);
         }
         x->cancelled = true;
     }
@@ -415,6 +428,9 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 64L * 1024);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Through an egress proxy the header callback must see the registry's answer, not the
+     * proxy's "200 Connection established". */
+    curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
     if (o->head)
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     if (o->post_body) {
@@ -424,6 +440,11 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
     }
     if (o->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+    if (o->proxy) {
+        /* The configured proxy is the whole truth: an inherited no_proxy does not apply. */
+        curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+    }
     if (!o->tls_verify) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);

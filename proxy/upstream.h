@@ -63,7 +63,8 @@ struct rp_xfer_opts {
     const char *post_body;     /* form-encoded POST body (a secret: copied, zeroed) or NULL */
     const char *ca_file;       /* NULL: system CAs */
     bool tls_verify;
-    long timeout_ms; /* whole-transfer limit; 0 = none (blob streams have their own) */
+    const char *proxy; /* egress proxy URL, or NULL: the environment's (https_proxy...) */
+    long timeout_ms;   /* whole-transfer limit; 0 = none (blob streams have their own) */
     /* Abort when fewer than 1 byte/s arrive for this long (0 = off). A transfer paused
      * for a slow client is not counted as slow by curl. */
     long stall_timeout_s;

@@ -640,6 +640,41 @@ static void test_password_file(void)
     remove_file("regproxy.conf");
 }
 
+/* The egress proxy: a base url like the registry's, without credentials (they would sit in
+ * the configuration unprotected). */
+static void test_proxy(void)
+{
+    char text[1024], src[256];
+    struct rp_conf *c = NULL;
+    snprintf(src, sizeof(src), "%s/regproxy.conf", tmpdir);
+    snprintf(text, sizeof(text), MINIMAL "proxy = http://proxy.corp:3128/\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (c)
+        CHECK_STR(reg0(c)->proxy, "http://proxy.corp:3128");
+    rp_conf_free(c);
+    c = NULL;
+    snprintf(text, sizeof(text), MINIMAL "\n");
+    CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), 0);
+    if (c)
+        CHECK(reg0(c)->proxy == NULL);
+    rp_conf_free(c);
+    static const struct {
+        const char *v, *why;
+    } bad[] = {
+        {"http://u:hunter2@proxy.corp:3128", "credentials in the proxy url are not allowed"},
+        {"socks5://proxy.corp:1080", "the scheme must be http or https"},
+        {"http://proxy.corp:3128/path", "a path, query or fragment is not allowed"},
+        {"proxy.corp:3128", "expected http(s)://host[:port]"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        c = NULL;
+        snprintf(text, sizeof(text), MINIMAL "proxy = %s\n", bad[i].v);
+        CHECK_INT(rp_conf_parse(text, strlen(text), src, &c, err, sizeof(err)), -1);
+        CHECK(strstr(err, bad[i].why) != NULL);
+        CHECK(strstr(err, "hunter2") == NULL);
+    }
+}
+
 static void test_ca_file(void)
 {
     char text[1024], src[256], want[512];
@@ -2174,6 +2209,7 @@ int main(int argc, char **argv)
     RUN(test_structure_errors);
     RUN(test_password_file);
     RUN(test_ca_file);
+    RUN(test_proxy);
     RUN(test_load_file);
     RUN(test_password_never_in_errors);
     RUN(test_split_url);
