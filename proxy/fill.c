@@ -48,6 +48,8 @@ struct rp_fill {
     struct rp_buf err_body;
     char *fail_reason;
     bool disk_full; /* the cache could not make room: readers are passed through */
+    bool behind;    /* started behind a range with no reader (rp_fill_behind) */
+    bool declined;  /* a fill behind a range that the cache cannot take: not a failure */
     int64_t started_ms;
     int64_t ms;             /* download time, for the log */
     struct event *flush_ev; /* once per loop iteration: gathered bytes to the file, readers on */
@@ -206,6 +208,26 @@ static int resume_headers(struct rp_fill *f, int status, const struct rp_xfer_he
     return -1;
 }
 
+static int64_t behind_size_known(const struct rp_server *srv, const char *digest)
+{
+    for (size_t i = 0; i < sizeof(srv->behind_sizes) / sizeof(srv->behind_sizes[0]); i++)
+        if (strcmp(srv->behind_sizes[i].digest, digest) == 0)
+            return srv->behind_sizes[i].size;
+    return -1;
+}
+
+static void behind_size_learn(struct rp_server *srv, const char *digest, int64_t size)
+{
+    const size_t n = sizeof(srv->behind_sizes) / sizeof(srv->behind_sizes[0]);
+    if (behind_size_known(srv, digest) >= 0)
+        return;
+    struct rp_blob_size *e = &srv->behind_sizes[srv->behind_sizes_next++ % n];
+    snprintf(e->digest, sizeof(e->digest), "%s", digest);
+    e->size = size;
+}
+
+static void fill_count(const struct rp_fill *f, enum rp_fill_event ev);
+
 static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     struct rp_fill *f = arg;
@@ -230,6 +252,19 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     }
     if (!f->cf) {
         int err = 0;
+        if (f->behind)
+            behind_size_learn(f->srv, f->digest, h->length);
+        /* Begun behind a multipart range, the size is first known here. With no client
+         * waiting for the whole blob, one the cache may not keep is not downloaded. */
+        if (f->behind && TAILQ_EMPTY(&f->readers) &&
+            !rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)h->length)) {
+            f->declined = true;
+            fill_count(f, RP_FILL_NOT_KEPT);
+            rp_info("fill %s registry=%s bytes=%lld: not downloaded behind a range: larger "
+                    "than the cache's max_size",
+                    f->digest, f->reg->name, (long long)h->length);
+            return -1;
+        }
         f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
         if (!f->cf) {
             f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(err));
@@ -440,6 +475,12 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
     int64_t ms = rp_now_ms() - f->started_ms;
     if (fill_resume(f, res))
         return;
+    if (f->declined) {
+        fill_unlist(f);
+        fail_readers(f, res); /* none: a reader that joined would have kept it going */
+        fill_free(f);
+        return;
+    }
     if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
         fill_unlist(f);
         rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)%s",
@@ -535,6 +576,11 @@ static struct rp_fill *fill_start(struct rp_server *srv, const struct rp_conf_re
     srv->n_fills++;
     if (deferred) {
         f->start_ev = event_new(srv->base, -1, 0, fill_start_cb, f);
+        if (!f->start_ev) {
+            fill_unlist(f);
+            fill_free(f);
+            return NULL;
+        }
         event_active(f->start_ev, 0, 0);
     } else {
         fill_fetch(f, NULL);
@@ -561,8 +607,13 @@ bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, c
 {
     /* Concurrent ranges all pass through; the first answer starts the fill, and a late one
      * may come after it finished. */
-    if (rp_fill_find(srv, digest) || rp_cache_blob_present(srv->cache, digest) ||
-        (size >= 0 && !rp_cache_can_hold(srv->cache, digest, (uint64_t)size)))
+    if (rp_fill_find(srv, digest) || rp_cache_blob_present(srv->cache, digest))
+        return false;
+    /* Pinned first, as a finished fill is: a pin lets the cache keep a blob over max_size. */
+    rp_server_maybe_pin(srv, reg, repo, digest);
+    if (size < 0)
+        size = behind_size_known(srv, digest);
+    if (size >= 0 && !rp_cache_can_hold(srv->cache, digest, (uint64_t)size))
         return false;
     /* With the size known, the temp file first: its room is allocated now, so a full disk
      * costs no download. */
@@ -580,6 +631,9 @@ bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, c
         }
     }
     struct rp_fill *f = fill_start(srv, reg, repo, digest, cf, size, true);
+    if (!f)
+        return false;
+    f->behind = true;
     fill_count(f, RP_FILL_BEHIND_RANGE);
     rp_info("fill %s registry=%s bytes=%lld: started behind a range request", digest, reg->name,
             (long long)size);

@@ -320,6 +320,14 @@ struct rp_server {
     struct rp_syncer *syncer;           /* fsyncs finished fills off the loop (syncer.h) */
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
+    /* Sizes of blobs learned from the answers to fills started behind a multipart range
+     * (which gives no size), so that the next such range decides with no upstream request
+     * whether the cache may take the blob (fill.c; a small ring, oldest overwritten). */
+    struct rp_blob_size {
+        char digest[RP_DIGEST_MAX + 1];
+        int64_t size;
+    } behind_sizes[16];
+    unsigned behind_sizes_next;
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *log_flush_ev; /* writes the log lines batched in this loop iteration */
     struct event *watch_ev;     /* polls credential files for changes */

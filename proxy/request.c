@@ -525,15 +525,13 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     enum rp_range_result rr = RP_RANGE_NONE;
     struct rp_byte_range rs[RANGES_MAX];
     size_t n = 0;
-    if (r->range)
+    /* Range is defined for GET only (RFC 9110 14.2): a HEAD's head is the whole blob's, as
+     * an uncached HEAD's is (it goes upstream without the Range). */
+    if (r->range && !r->head)
         rr = rp_http_parse_ranges(r->range, strlen(r->range), b->size, rs, RANGES_MAX, &n);
     if (rr == RP_RANGE_OK && n > 1) {
-        /* HEAD has no ranges to answer (RFC 9110 14.2): its head is the whole blob's. */
-        if (!r->head) {
-            serve_multipart(r, b, rs, n);
-            return;
-        }
-        rr = RP_RANGE_NONE;
+        serve_multipart(r, b, rs, n);
+        return;
     }
     if (rr == RP_RANGE_OK) {
         start = rs[0].first;

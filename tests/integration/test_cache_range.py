@@ -288,6 +288,52 @@ def test_range_of_blob_over_max_size_starts_no_fill(t):
     _not_cached(p, digest, "after a range of a blob over max_size")
 
 
+def test_range_of_pinned_blob_over_max_size_fills(t):
+    """A pin lets the cache keep a blob over max_size, so a range of a pinned image's blob
+    starts the download behind it like any other."""
+    fr, p, layer, path = _large_layer(t, cache={"max_size": "5M",
+                                                "pin": t.s.fakereg.name + "/ns/*"})
+    digest, size = layer["digest"], layer["size"]
+    check(size > 5 << 20, "the layer is only %d bytes" % size)
+    r = p.get(path, headers={"Range": "bytes=100-199"})
+    eq((r.status, r.header("Content-Range")), (206, "bytes 100-199/%d" % size),
+       "range of a pinned blob over max_size")
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file), 30, "the pinned blob cached behind the range")
+    eq(lib.sha256_file(blob_file), digest, "the pinned blob cached behind a range")
+
+
+def test_multipart_range_of_blob_over_max_size_downloads_it_once_at_most(t):
+    """A multipart answer does not say the blob's size, so the fill behind it learns it from
+    the whole blob's answer: over max_size, that download stops at its headers, and the
+    next multipart range, its size now known, starts none."""
+    reg = t.s.anon_registry
+    layer = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    digest, size = layer["digest"], layer["size"]
+    check(size > 5 << 20, "the layer is only %d bytes" % size)
+    p = t.proxy(registries=[reg.conf()], cache={"max_size": "5M"})
+    path = "/v2/ns/large/blobs/" + digest
+    full = reg.client().get(path).body
+    rng = "bytes=0-9,%d-%d" % (size - 100, size - 1)
+    want = [("bytes 0-9/%d" % size, full[:10]),
+            ("bytes %d-%d/%d" % (size - 100, size - 1, size), full[-100:])]
+    for i in range(2):
+        mk = reg.mark()
+        r = p.get(path, headers={"Range": rng})
+        eq((r.status, r.header("X-Regproxy-Cache")), (206, "PASS"), "multipart range #%d" % i)
+        eq(_multipart(r, "multipart range #%d" % i), want, "parts of answer #%d" % i)
+        ups = _ups(reg, mk, digest, 2 - i)
+        eq(sorted(ups), [("GET", 200), ("GET", 206)] if i == 0 else [("GET", 206)],
+           "upstream requests for multipart range #%d of a blob over max_size" % i)
+    m = p.metrics()
+    key = frozenset({("registry", reg.name)})
+    eq((m[("regproxy_fill_behind_range_total", key)], m[("regproxy_fill_not_kept_total", key)]),
+       (1, 1), "fills started behind the ranges, and not kept")
+    _not_cached(p, digest, "after multipart ranges of a blob over max_size")
+    check("not downloaded behind a range: larger than the cache's max_size" in p.log_text(),
+          "no log line says why the blob was not downloaded")
+
+
 def _multipart(r, what):
     """The parts of a multipart/byteranges answer: [(Content-Range, bytes)]; the declared
     Content-Length checked against the body."""
@@ -355,8 +401,13 @@ def test_several_ranges_multipart(t):
        "no satisfiable range")
     r = p.get(path, headers={"Range": "bytes=0-%d,10-20" % (size - 5)})
     eq((r.status, lib.sha256(r.body)), (200, digest), "overlapping ranges: the whole blob")
-    st, h, body = p.raw("HEAD", path, {"Range": rng})
-    eq((st, h.get("content-length"), body), (200, str(size), b""), "HEAD with several ranges")
+    # Range is for GET only (RFC 9110 14.2): a HEAD gets the whole blob's head, whatever
+    # its Range says.
+    for what, hr in (("several ranges", rng), ("one range", "bytes=0-9"),
+                     ("no satisfiable range", "bytes=%d-,%d-" % (size, size + 5))):
+        st, h, body = p.raw("HEAD", path, {"Range": hr})
+        eq((st, h.get("content-length"), h.get("content-range"), body),
+           (200, str(size), None, b""), "HEAD with %s" % what)
     # A request pipelined behind a multipart answer is answered after it, whole.
     req = ("GET %s HTTP/1.1\r\nHost: x\r\nRange: %s\r\n\r\n"
            "GET %s HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\nConnection: close\r\n\r\n"
