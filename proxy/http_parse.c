@@ -356,9 +356,10 @@ enum rp_range_result rp_http_parse_ranges(const char *value, size_t len, uint64_
             return RP_RANGE_NONE;
         /* More bytes asked for than the body has (overlaps, repeats): the whole body, once,
          * is the cheaper answer (RFC 9110 15.3.7.2 lets a server refuse such sets). */
-        total += last - first + 1;
-        if (total > size)
+        uint64_t n_bytes = last - first + 1;
+        if (n_bytes > size - total) /* total <= size here: no wrap whatever size is */
             return RP_RANGE_NONE;
+        total += n_bytes;
         out[k].first = first;
         out[k].last = last;
         k++;

@@ -419,6 +419,8 @@ static void test_ranges(void)
     CHECK_INT(ranges("bytes=2000-2999,1000-", 1000, &n), RP_RANGE_UNSATISFIABLE);
     /* The whole body instead: a bad spec anywhere, too many, overlaps past the size. */
     CHECK_INT(ranges("bytes=0-1,x", 1000, &n), RP_RANGE_NONE);
+    /* Two whole bodies of a size past 2^63 would wrap a plain sum back below the size. */
+    CHECK_INT(ranges("bytes=0-,0-", UINT64_MAX - 1, &n), RP_RANGE_NONE);
     CHECK_INT(ranges("bytes=0-1,5-2", 1000, &n), RP_RANGE_NONE);
     CHECK_INT(ranges("bytes=0-0,2-2,4-4,6-6", 1000, &n), RP_RANGE_OK);
     CHECK_INT(n, 4);
