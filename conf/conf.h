@@ -181,7 +181,10 @@ void rp_conf_auth_clear(struct rp_conf_auth *a);
  * configuration to `out`: oreg_url's registry (with oreg_auth_user/oreg_auth_password) as
  * the default registry of a [listen "0.0.0.0:PORT"] section, one [registry] section per
  * openshift_additional_registry_credentials item (Python-literal or YAML list: host, user,
- * password, test_login, test_image, tls_verify), and, as a closing comment, the oreg_url that
+ * password, test_login, test_image, tls_verify), each with `proxy` from openshift_https_proxy
+ * (openshift_http_proxy for http registries) unless openshift_no_proxy names it (a proxy
+ * URL with credentials becomes a comment saying to put it in the environment), and, as a
+ * closing comment, the oreg_url that
  * points the cluster at the proxy: "oreg_url=PROXY_HOSTPORT/<oreg_url's path>". PORT is
  * proxy_hostport's port (5000 when it has none; then ":5000" is added to the oreg_url).
  * Each password is written to "<out_dir>/<host>.password" (mode 0600, created under a

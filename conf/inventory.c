@@ -42,6 +42,12 @@ struct rp_conf_inventory {
     char *oreg_path;      /* oreg_url after its registry host: "openshift3/ose-${component}:..." */
     struct inv_reg *regs; /* regs[0] is oreg_url's registry */
     size_t n_regs;
+    /* openshift_http_proxy [0] and openshift_https_proxy [1], as http(s)://host[:port]; a
+     * value with credentials is not kept (only that it had them), as a configuration has no
+     * place for them. openshift_no_proxy as given. */
+    char *egress[2];
+    bool egress_creds[2];
+    char *no_proxy;
 };
 
 /* The variables of the inventory: name -> value (strings from INI; any JSON from YAML),
@@ -554,6 +560,9 @@ void rp_conf_inventory_free(struct rp_conf_inventory *inv)
     free(inv->source);
     free(inv->oreg_url);
     free(inv->oreg_path);
+    free(inv->egress[0]);
+    free(inv->egress[1]);
+    free(inv->no_proxy);
     free(inv);
 }
 
@@ -856,6 +865,80 @@ out:
     return rc;
 }
 
+static const char *const EGRESS_VARS[2] = {"openshift_http_proxy", "openshift_https_proxy"};
+
+/* The proxies the installer gives docker and the masters (HTTP_PROXY, HTTPS_PROXY,
+ * NO_PROXY): the proxy's upstream connections need them just the same. */
+static int take_egress(struct rp_conf_inventory *inv, const struct vars *vs)
+{
+    for (int i = 0; i < 2; i++) {
+        const char *v;
+        if (get_string(vs, vs->v, EGRESS_VARS[i], EGRESS_VARS[i], &v))
+            return -1;
+        if (!v || !v[0])
+            continue;
+        if (templated(v))
+            return vfail(vs, EGRESS_VARS[i], "%s is a Jinja template; put the plain value in",
+                         EGRESS_VARS[i]);
+        const char *hp = strstr(v, "://") ? strstr(v, "://") + 3 : v;
+        size_t n = strlen(hp);
+        while (n > 0 && hp[n - 1] == '/')
+            n--;
+        if (memchr(hp, '@', n)) {
+            inv->egress_creds[i] = true; /* never copied: it holds a password */
+            continue;
+        }
+        char *u = strstr(v, "://") ? rp_xasprintf("%.*s", (int)(hp - v + n), v)
+                                   : rp_xasprintf("http://%.*s", (int)n, hp);
+        char *scheme = NULL, *path = NULL;
+        bool ok = printable_value(u) && rp_conf_split_url(u, &scheme, NULL, NULL, &path) == 0 &&
+                  (strcasecmp(scheme, "http") == 0 || strcasecmp(scheme, "https") == 0) &&
+                  path[0] == '\0';
+        free(scheme);
+        free(path);
+        if (!ok) {
+            free(u);
+            return vfail(vs, EGRESS_VARS[i], "%s: expected http(s)://host[:port]", EGRESS_VARS[i]);
+        }
+        inv->egress[i] = u;
+    }
+    const char *no;
+    if (get_string(vs, vs->v, "openshift_no_proxy", "openshift_no_proxy", &no))
+        return -1;
+    if (no && no[0]) {
+        if (templated(no) || !printable_value(no))
+            return vfail(vs, "openshift_no_proxy",
+                         "openshift_no_proxy: expected a comma-separated list of host names");
+        inv->no_proxy = rp_xstrdup(no);
+    }
+    return 0;
+}
+
+/* Whether NO_PROXY's list names host, as curl and Go read it: "*", the host itself, or a
+ * domain it is in (with or without a leading dot), case-insensitively. */
+static bool no_proxy_names(const char *list, const char *host)
+{
+    size_t hl = strlen(host);
+    for (const char *p = list; p && *p;) {
+        while (*p == ',' || is_sp(*p))
+            p++;
+        const char *e = p;
+        while (*e && *e != ',' && !is_sp(*e))
+            e++;
+        const char *d = p;
+        size_t n = (size_t)(e - p);
+        if (n == 1 && d[0] == '*')
+            return true;
+        if (n > 0 && d[0] == '.')
+            d++, n--;
+        if (n > 0 && n <= hl && strncasecmp(host + hl - n, d, n) == 0 &&
+            (n == hl || host[hl - n - 1] == '.'))
+            return true;
+        p = e;
+    }
+    return false;
+}
+
 int rp_conf_inventory_parse(const char *text, size_t len, const char *source,
                             struct rp_conf_inventory **out, char *err, size_t errlen)
 {
@@ -903,7 +986,7 @@ int rp_conf_inventory_parse(const char *text, size_t len, const char *source,
         }
         vs.v = json_incref(yaml_vars(root));
     }
-    if (take_oreg(inv, &vs) != 0 || take_creds(inv, &vs) != 0)
+    if (take_oreg(inv, &vs) != 0 || take_creds(inv, &vs) != 0 || take_egress(inv, &vs) != 0)
         goto out;
     *out = inv;
     inv = NULL;
@@ -1059,6 +1142,21 @@ int rp_conf_inventory_render(const struct rp_conf_inventory *inv, const char *pw
             rp_buf_addf(b, "test_login = %s\n", r->test_login ? "yes" : "no");
         if (r->tls_verify >= 0)
             rp_buf_addf(b, "tls_verify = %s\n", r->tls_verify ? "yes" : "no");
+        char *host = NULL;
+        int https = strncmp(r->url, "https:", 6) == 0;
+        if (rp_conf_split_url(r->url, NULL, &host, NULL, NULL) != 0)
+            continue; /* checked when the registry was added */
+        if (inv->no_proxy && no_proxy_names(inv->no_proxy, host) &&
+            (inv->egress[https] || inv->egress_creds[https]))
+            rp_buf_addf(b, "# no proxy: openshift_no_proxy names this registry\n");
+        else if (inv->egress[https])
+            rp_buf_addf(b, "proxy = %s\n", inv->egress[https]);
+        else if (inv->egress_creds[https])
+            rp_buf_addf(b,
+                        "# %s has credentials, which a configuration does not keep: give it to "
+                        "regproxy\n# as %s in its environment (systemctl edit regproxy)\n",
+                        EGRESS_VARS[https], https ? "https_proxy" : "http_proxy");
+        free(host);
     }
     rp_buf_addf(b,
                 "\n# To pull through this proxy, set in the inventory ([OSEv3:vars]):\n"

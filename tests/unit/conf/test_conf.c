@@ -1905,6 +1905,62 @@ static void test_import_inventory_yaml(void)
     rm_dir(out);
 }
 
+/* openshift_http(s)_proxy and openshift_no_proxy: what the installer gives docker, the
+ * registries get as `proxy`; credentials in a proxy URL are never printed. */
+static void test_import_inventory_egress(void)
+{
+    char path[256], out[256];
+    snprintf(path, sizeof(path), "%s/egress.ini", tmpdir);
+    snprintf(out, sizeof(out), "%s/egress-out", tmpdir);
+    static const char inv[] =
+        "[OSEv3:vars]\n"
+        "oreg_url=registry.redhat.io/openshift3/ose-${component}:${version}\n"
+        "openshift_http_proxy=http://proxy.corp.example:3128/\n"
+        "openshift_https_proxy=proxy.corp.example:3129\n"
+        "openshift_no_proxy='.cluster.local, Registry.Internal.Example,10.0.0.1'\n"
+        "openshift_additional_registry_credentials=[{'host':'registry.internal.example',"
+        "'user':'u','password':'p1'},{'host':'mirror.registry.internal.example:5000'},"
+        "{'host':'http://plain.example:5000'},{'host':'quay.io'}]\n";
+    write_file("egress.ini", inv, strlen(inv));
+    char *text = import(path, out, "proxy:5000");
+    CHECK(text != NULL);
+    static const char *const secrets[] = {"p1", NULL};
+    struct rp_conf *c = text ? check_imported(text, secrets) : NULL;
+    if (c) {
+        CHECK_INT(c->n_registries, 5);
+        CHECK_STR(c->registries[0].name, "registry.redhat.io");
+        CHECK_STR(c->registries[0].proxy, "http://proxy.corp.example:3129");
+        /* Named by openshift_no_proxy, itself or as a domain. */
+        CHECK(c->registries[1].proxy == NULL);
+        CHECK(c->registries[2].proxy == NULL);
+        CHECK_STR(c->registries[3].name, "plain.example:5000");
+        CHECK_STR(c->registries[3].proxy, "http://proxy.corp.example:3128");
+        CHECK_STR(c->registries[4].proxy, "http://proxy.corp.example:3129");
+    }
+    CHECK(text && strstr(text, "# no proxy: openshift_no_proxy names this registry\n"));
+    rp_conf_free(c);
+    free(text);
+    rm_dir(out);
+
+    /* A proxy with credentials: a comment, never the password. */
+    static const char inv2[] = "[OSEv3:vars]\n"
+                               "openshift_https_proxy=http://proxyuser:leakme@proxy.corp:3128\n";
+    write_file("egress.ini", inv2, strlen(inv2));
+    text = import(path, out, "proxy:5000");
+    CHECK(text != NULL);
+    static const char *const secrets2[] = {"leakme", "proxyuser", NULL};
+    c = text ? check_imported(text, secrets2) : NULL;
+    if (c)
+        CHECK(c->registries[0].proxy == NULL);
+    CHECK(text && strstr(text, "# openshift_https_proxy has credentials, which a configuration "
+                               "does not keep: give it to regproxy\n# as https_proxy in its "
+                               "environment (systemctl edit regproxy)\n"));
+    rp_conf_free(c);
+    free(text);
+    rm_dir(out);
+    unlink(path);
+}
+
 /* Imports inventory text written to tmpdir/inv.EXT; expects failure with `want` (after
  * "PATH"), no password in the message and no output directory created. */
 static void expect_import_err(const char *ext, const char *inventory, const char *want)
@@ -1926,6 +1982,12 @@ static void expect_import_err(const char *ext, const char *inventory, const char
 
 static void test_import_inventory_errors(void)
 {
+    expect_import_err("ini", "[OSEv3:vars]\nopenshift_https_proxy=ftp://proxy:21\n",
+                      ":2: openshift_https_proxy: expected http(s)://host[:port]");
+    expect_import_err("ini", "[OSEv3:vars]\nopenshift_http_proxy=http://proxy:3128/path\n",
+                      ":2: openshift_http_proxy: expected http(s)://host[:port]");
+    expect_import_err("ini", "[OSEv3:vars]\nopenshift_https_proxy={{ corp_proxy }}\n",
+                      ":2: openshift_https_proxy is a Jinja template; put the plain value in");
     expect_import_err("ini",
                       "[OSEv3:vars]\nopenshift_additional_registry_credentials=[{'host':'a.example."
                       "com','password':'leakme'}]\n",
@@ -2227,6 +2289,7 @@ int main(int argc, char **argv)
     RUN(test_import_inventory_ini);
     RUN(test_import_inventory_yaml);
     RUN(test_import_inventory_errors);
+    RUN(test_import_inventory_egress);
     RUN(test_inventory_literals);
     RUN(test_admin_and_access_keys);
     RUN(test_doc_up_to_date);
