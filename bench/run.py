@@ -897,6 +897,29 @@ class Bench:
                 for who in order[rep % 3:] + order[:rep % 3]:
                     self.pull_once(rep, where, scen, who, shm)
 
+    def cold_pull_wan(self):
+        """The cold pull again with the upstream behind the shaper (start_shaper) at
+        --pull-wan-mbit, as when the registry is across the internet: skopeo straight from
+        the shaper, or through a proxy in front of it. There the link sets the pace, and
+        what the hop costs is latency, not CPU shared with the client."""
+        a = self.args
+        if a.pull_wan_mbit <= 0:
+            return
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
+            else None
+        url = self.start_shaper(a.pull_wan_mbit * 125000)
+        try:
+            order = ("regproxy", "peer", "direct")
+            for rep in range(a.reps):
+                for who in order[rep % 3:] + order[:rep % 3]:
+                    self.pull_once(rep, "tmpfs" if shm else "disk", "pull_wan", who, shm,
+                                   upstream_url=url)
+        finally:
+            self.restart("regproxy")
+            self.restart("peer")
+            self.shaper.stop(10)
+            self.shaper = None
+
     @staticmethod
     def pin(pid, cpus):
         """Every thread of every process in pid's session onto cpus."""
@@ -905,13 +928,14 @@ class Bench:
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(int(tid), cpus)
 
-    def pull_once(self, rep, where, scen, who, shm):
+    def pull_once(self, rep, where, scen, who, shm, upstream_url=None):
         """One cold pull of bench/large:v1 by skopeo into `where`: tmpfs, disk, or "pinned"
         (tmpfs, with skopeo and the upstream sharing CPU 0 and the proxy alone on the other
         CPUs, as when the proxy is a machine of its own: what is left of the gap then is the
-        hop's latency, not its CPU)."""
+        hop's latency, not its CPU). upstream_url: the proxies' upstream, and the direct
+        pull's (the shaper's), instead of the upstream itself."""
         if who != "direct":
-            self.restart(who)
+            self.restart(who, upstream_url)
         pinned = where == "pinned"
         everywhere = os.sched_getaffinity(0)
         if pinned:
@@ -923,8 +947,9 @@ class Bench:
         dest = os.path.join(base, "pull")
         shutil.rmtree(dest, ignore_errors=True)
         if who == "direct":
+            port = int(upstream_url.rsplit(":", 1)[1]) if upstream_url else self.up_port
             src = ["--src-cert-dir", self.ca["certdir"],
-                   "docker://127.0.0.1:%d/bench/large:v1" % self.up_port]
+                   "docker://127.0.0.1:%d/bench/large:v1" % port]
         else:
             src = ["--src-tls-verify=false",
                    "docker://127.0.0.1:%d/bench/large:v1" % self.port(who)]
@@ -1127,6 +1152,12 @@ class Bench:
             add("", "CPU s, the proxy alone", scen, "proxy_cpu_s", "%.2f",
                 servers=("regproxy", "peer"))
             add("", "errors (all runs)", scen, "errors", "%d", "sum")
+        add("skopeo cold pull of the %d MiB image into tmpfs, the upstream behind a %d Mbit/s "
+            "link per connection; baseline column: direct over the same link"
+            % (a.big_mb + a.mid_mb, a.pull_wan_mbit), "seconds", "pull_wan", "seconds", "%.2f")
+        add("", "CPU s, the proxy alone", "pull_wan", "proxy_cpu_s", "%.2f",
+            servers=("regproxy", "peer"))
+        add("", "errors (all runs)", "pull_wan", "errors", "%d", "sum")
 
         ps = ("regproxy", "nginx")
         add("profile: warm manifest by tag under strace/perf, 8 conns", "system calls per request",
@@ -1216,6 +1247,9 @@ def main():
     ap.add_argument("--herd-wan-mbit", type=int, default=100,
                     help="Mbit/s of the shaped upstream the herd runs a second time behind "
                     "(0: no second run)")
+    ap.add_argument("--pull-wan-mbit", type=int, default=100,
+                    help="Mbit/s per connection of the shaped upstream the cold pull runs a "
+                    "second time behind (0: no second run)")
     ap.add_argument("--idle-conns", type=int, default=10000)
     ap.add_argument("--hold", type=int, default=5, help="seconds the idle connections are held")
     ap.add_argument("--slow-conns", type=int, default=32)
@@ -1274,6 +1308,7 @@ def main():
     for name, fn in (("blob", lambda: (b.warm_blob(1), b.warm_blob(32))), ("tls", b.tls_blob),
                      ("manifest", b.manifest), ("idle", b.idle), ("herd", b.herd),
                      ("herd_wan", b.herd_wan), ("slow", b.slow), ("pull", b.cold_pull),
+                     ("pull_wan", b.cold_pull_wan),
                      ("profile", b.profile)):
         if only and name not in only and name.split("_")[0] not in only:
             continue
@@ -1333,6 +1368,11 @@ def main():
                        "that makes many upstream GETs (the peer) gets the full rate on each "
                        "instead of sharing one link as on a real WAN, so this understates the "
                        "peer's penalty." % (args.herd_wan_mbit, args.herd_wan_mbit * 125000))
+    if "pull_wan" in b.results:
+        legend[-1] += (" The cold pull over a %d Mbit/s link goes through the same kind of "
+                       "second nginx (limit_rate %d bytes/s per connection), for the direct "
+                       "pull as for the proxies." % (args.pull_wan_mbit,
+                                                     args.pull_wan_mbit * 125000))
     legend.append("")
     notes = ["## Notes", ""]
     notes += (["- " + n.replace("\n", "\n  ") for n in b.notes] or
