@@ -222,6 +222,14 @@ static const struct rp_conf_option options[] = {
      .help = "on SIGTERM or SIGINT, how long responses being sent may take to finish (new "
              "connections are refused, idle ones closed) before the proxy exits; 0 = at once. "
              "A second signal exits at once"},
+    {.section = RP_CONF_SECTION_ADMIN,
+     .key = "core_dumps",
+     .type = RP_CONF_BOOL,
+     .default_text = "no",
+     .offset = ADMIN_F(core_dumps),
+     .help = "let the process dump core (and be traced by its user), to debug a crash. Off, "
+             "it is not dumpable: a core would hold the credentials, tokens and "
+             "Authorization headers in memory. Read at start only"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "tls_verify",
      .type = RP_CONF_BOOL,

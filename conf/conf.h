@@ -108,6 +108,7 @@ struct rp_conf_admin {
     char *log_format;         /* "text" or "json" */
     char *log_level;          /* "debug", "info", "warn" or "error" */
     int64_t drain_timeout_ms; /* SIGTERM: how long busy connections may finish (0: at once) */
+    bool core_dumps;          /* the process stays dumpable (default: not; see main.c) */
 };
 
 struct rp_conf {

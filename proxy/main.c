@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "../conf/conf.h"
 #include "../util/util.h"
@@ -163,6 +164,15 @@ static uint64_t parse_size(const char *s)
     return (uint64_t)v << shift;
 }
 
+/* Every command that reads credentials first makes the process undumpable: no core file
+ * (which would hold passwords, tokens and the Authorization headers in curl's and
+ * OpenSSL's buffers, none of which we can wipe) and no ptrace by the same user. */
+static void no_core_dumps(void)
+{
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        fprintf(stderr, "regproxy: cannot turn core dumps off: %s\n", strerror(errno));
+}
+
 static struct rp_conf *load(const char *path)
 {
     char err[1024];
@@ -178,6 +188,9 @@ static struct rp_conf *load(const char *path)
         fprintf(stderr, "regproxy: %s\n", err);
         return NULL;
     }
+    /* [admin] core_dumps: the admin debugging a crash takes the risk knowingly. */
+    if (conf->admin.core_dumps && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0)
+        fprintf(stderr, "regproxy: cannot turn core dumps on: %s\n", strerror(errno));
     return conf;
 }
 
@@ -265,6 +278,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "help") == 0)
         return help(nargs ? args[0] : NULL);
+    no_core_dumps();
     if (strcmp(cmd, "import-inventory") == 0) {
         if (nargs != 1) {
             fprintf(stderr, "usage: regproxy import-inventory INVENTORY [-o DIR] "

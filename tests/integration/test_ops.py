@@ -72,17 +72,17 @@ def test_metrics_miss_hit_stale_eviction(t):
     check("password" not in text.lower(), "a password-like label in /metrics")
 
 
-def test_readyz_unwritable_cache(t):
-    s = t.s
+def _proxy_as_nobody(t, name, **kw):
+    """A proxy running as nobody (setpriv), with a cache directory nobody owns."""
     nobody = pwd.getpwnam("nobody")
-    cache = os.path.join(t.tmp, "cache-nobody")
+    cache = os.path.join(t.tmp, name)
     os.makedirs(cache)
     os.chown(cache, nobody.pw_uid, nobody.pw_gid)
-    reg = s.anon_registry
+    reg = t.s.anon_registry
     p = t.proxy(registries=[reg.conf("registry.anon.test", ca_file=None, tls_verify="no")],
                 cache={"dir": cache}, start=False,
                 wrapper=["setpriv", "--reuid", str(nobody.pw_uid), "--regid",
-                         str(nobody.pw_gid), "--clear-groups"])
+                         str(nobody.pw_gid), "--clear-groups"], **kw)
     # The unprivileged proxy must reach its config through the test's private dirs.
     d = p.dir
     while d.startswith(tempfile.gettempdir() + os.sep) and d != tempfile.gettempdir():
@@ -93,6 +93,34 @@ def test_readyz_unwritable_cache(t):
         p.start()
     finally:
         os.umask(old)
+    return p, cache, nobody
+
+
+def test_not_dumpable(t):
+    """A core file would hold the credentials, the tokens and the Authorization headers in
+    memory: the proxy makes itself undumpable (proc(5): its /proc/PID files then belong to
+    root, and its own user can neither read its memory nor ptrace it), unless [admin]
+    core_dumps says otherwise."""
+    for name, admin, want_owner in (("no-core", None, "root"),
+                                    ("core", {"core_dumps": "yes"}, "nobody")):
+        p, _, nobody = _proxy_as_nobody(t, "cache-" + name, admin=admin)
+        eq(p.get("/v2/").status, 200, "ping (%s)" % name)
+        uid = os.stat("/proc/%d/environ" % p.pid).st_uid
+        eq(pwd.getpwuid(uid).pw_name, want_owner,
+           "owner of /proc/PID/environ (%s: %s)" % (name, "dumpable" if admin else
+                                                     "not dumpable"))
+        # nobody itself cannot read the undumpable process's memory map.
+        r = subprocess.run(["setpriv", "--reuid", str(nobody.pw_uid), "--regid",
+                            str(nobody.pw_gid), "--clear-groups", "cat",
+                            "/proc/%d/maps" % p.pid], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=30)
+        eq(r.returncode == 0, bool(admin), "nobody reads /proc/PID/maps (%s): %s"
+           % (name, r.stderr.decode()[:200]))
+        p.stop()
+
+
+def test_readyz_unwritable_cache(t):
+    p, cache, _ = _proxy_as_nobody(t, "cache-nobody")
     r = p.admin("/readyz")
     eq(r.status, 200, "readyz with a writable cache (%s)" % r.body[:300])
     body = json.loads(r.body)
