@@ -31,6 +31,7 @@ struct rp_xfer {
     size_t header_bytes;
     bool headers_done;
     bool cancelled;
+    char *proxy; /* the configured egress proxy (never credentials), for messages */
     char errbuf[CURL_ERROR_SIZE];
     TAILQ_ENTRY(rp_xfer) link;
 };
@@ -71,6 +72,7 @@ static void xfer_free(struct rp_xfer *x)
     headers_clear(&x->h);
     curl_slist_free_all(x->req_headers); /* held an Authorization value: see add_secret_header */
     curl_easy_cleanup(x->easy);
+    free(x->proxy);
     free(x);
 }
 
@@ -154,7 +156,7 @@ static void check_multi_info(struct rp_upstream *up)
         long status = 0;
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
         if (!x->cancelled && x->cb.on_done_cb) {
-            char err[CURL_ERROR_SIZE + 64];
+            char err[CURL_ERROR_SIZE + 256];
             enum rp_xfer_error xe = classify(rc);
             long connect_code = 0;
             if (rc != CURLE_OK)
@@ -167,6 +169,13 @@ static void check_multi_info(struct rp_upstream *up)
                          "answered %ld)",
                          connect_code);
                 xe = RP_XFER_E_UNREACHABLE;
+            } else if (x->proxy &&
+                       (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_PROXY) &&
+                       connect_code == 0) {
+                /* No tunnel answer at all: it is the proxy that could not be reached (curl
+                 * names only an address). */
+                snprintf(err, sizeof(err), "cannot reach the egress proxy %.160s: %s", x->proxy,
+                         x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
             } else if (rc != CURLE_OK) {
                 snprintf(err, sizeof(err), "%s%s%s", curl_easy_strerror(rc),
                          x->errbuf[0] ? ": " : "", x->errbuf);
@@ -441,6 +450,7 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
     if (o->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
     if (o->proxy) {
+        x->proxy = rp_xstrdup(o->proxy);
         /* The configured proxy is the whole truth: an inherited no_proxy does not apply. */
         curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
         curl_easy_setopt(e, CURLOPT_NOPROXY, "");

@@ -129,6 +129,19 @@ def test_refusing_proxy_is_reported(t):
     check(s.sa_password not in out, "the password is in check's output")
 
 
+def test_unreachable_proxy_is_named(t):
+    """A configured proxy that nothing answers at: the error names the proxy, not only an
+    address the admin would take for the registry's."""
+    s = t.s
+    reg = s.token_registry
+    closed = "http://127.0.0.1:%d" % lib.free_port()
+    p = t.proxy(registries=[reg.conf(proxy=closed)])
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 503, "manifest through an unreachable proxy: %s" % r.body[:300])
+    check("cannot reach the egress proxy %s" % closed in r.body.decode(),
+          "the error does not name the egress proxy: %s" % r.body.decode())
+
+
 def test_reload_moves_upstream_onto_the_proxy(t):
     """SIGHUP that adds `proxy =`: the next fetch goes through it, although a direct
     connection to the registry from before the reload is still open in the pool."""
