@@ -313,7 +313,8 @@ static char *oauth2_body(const struct rp_auth *a, const char *scope)
     const char *tok = a->reg->identity_token;
     const char *service = a->service ? a->service : "";
     const char *sc = scope ? scope : "";
-    size_t need = 64 + 3 * (strlen(service) + strlen(sc) + strlen(tok)) + 1;
+    /* The fixed text (52 + 7 + 15 bytes), every other byte percent-encoded at worst, NUL. */
+    size_t need = 52 + 7 + 15 + 3 * (strlen(service) + strlen(sc) + strlen(tok)) + 1;
     char *b = rp_xmalloc(need);
     size_t o = put(b, "grant_type=refresh_token&client_id=regproxy&service=", 52);
     o += put_encoded(b + o, service);

@@ -566,6 +566,16 @@ static void test_flow_identity_token(void)
     CHECK_STR(authz, "Bearer at1");
     rp_free_secret(authz);
     rp_auth_free(a);
+
+    /* No service, no scope, a short token: the form's fixed text alone must fit. */
+    reg.identity_token = "r";
+    a = rp_auth_new(&reg);
+    CHECK_INT(rp_auth_on_unauthorized(a, "", "Bearer realm=\"" RH_REALM "\"", NULL), RP_AUTH_OK);
+    CHECK_INT(rp_auth_token_request(a, "", &url, &authz, &body), RP_AUTH_OK);
+    CHECK_STR(body, "grant_type=refresh_token&client_id=regproxy&service=&scope=&refresh_token=r");
+    free(url);
+    rp_free_secret(body);
+    rp_auth_free(a);
 }
 
 /* The whole Bearer flow as proxy/ drives it against registry.redhat.io. */
