@@ -38,7 +38,8 @@ struct rp_fetch {
     int auth_retries;
     int redirects;
     struct rp_xfer *xfer;
-    bool final; /* the current transfer's response goes to the owner */
+    bool final;     /* the current transfer's response goes to the owner */
+    size_t drained; /* body bytes of a non-final answer (a redirect, a retried 401) so far */
     int status;
     char *location;
     char *www_authenticate;
@@ -111,6 +112,15 @@ static void fail_later(struct rp_fetch *f, enum rp_fetch_fail why, const char *e
     evtimer_add(f->defer, &now);
 }
 
+static int drained_too_much(struct rp_fetch *f, int status)
+{
+    f->res.fail = status >= 300 && status < 400 ? RP_FETCH_E_REDIRECT : RP_FETCH_E_TRANSPORT;
+    if (!f->res_err)
+        f->res_err = rp_xasprintf("upstream's %d answer has a body over %d bytes", status,
+                                  RP_ERROR_BODY_MAX);
+    return -1;
+}
+
 static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     struct rp_fetch *f = arg;
@@ -127,8 +137,15 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         free(f->location);
         f->location = rp_xstrdup(h->location);
     }
-    if (!f->final)
-        return 0; /* the body of a retried 401 or a redirect is drained and ignored */
+    if (!f->final) {
+        /* The body of a retried 401 or a redirect is drained and ignored, up to the bound
+         * every error body has: a blob's transfer has no total timeout to stop an endless
+         * one. */
+        f->drained = 0;
+        if (h->length > RP_ERROR_BODY_MAX)
+            return drained_too_much(f, status);
+        return 0;
+    }
     f->res.status = status;
     if (f->cb.on_headers_cb(f->arg, status, h) < 0) {
         f->res.fail = RP_FETCH_E_OWNER;
@@ -140,8 +157,10 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
 static long xfer_data_cb(void *arg, const char *p, size_t n)
 {
     struct rp_fetch *f = arg;
-    if (!f->final)
-        return (long)n;
+    if (!f->final) {
+        f->drained += n;
+        return f->drained > RP_ERROR_BODY_MAX ? drained_too_much(f, f->status) : (long)n;
+    }
     long r = f->cb.on_data_cb(f->arg, p, n);
     if (r < 0)
         f->res.fail = RP_FETCH_E_OWNER;
@@ -162,7 +181,7 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
         f->res.xfer_err = xe;
         if (f->res.fail == RP_FETCH_OK)
             f->res.fail = RP_FETCH_E_TRANSPORT;
-        fail(f, f->res.fail, err);
+        fail(f, f->res.fail, err); /* a res_err set before (drained_too_much) comes first */
         return;
     }
     if (f->final) {

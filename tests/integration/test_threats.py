@@ -6,6 +6,7 @@ caches nothing."""
 import json
 import os
 import socket
+import time
 
 import lib
 from lib import check, eq
@@ -49,6 +50,23 @@ def test_redirect_loop_bounded(t):
     hops = [x for x in fr.requests(m_reg) if "/blobs/" in x.get("path", "")]
     check(len(hops) <= 7, "the proxy followed %d redirects (at most 5 allowed)" % len(hops))
     # Redirect targets on the registry's own origin may get credentials; no other may.
+
+
+def test_redirect_with_endless_body_bounded(t):
+    """A redirect whose body never ends: drained up to the error-body bound, then the
+    download fails (a blob's transfer has no total timeout that would end it)."""
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    digest = _first_layer(s)
+    t0 = time.monotonic()
+    r = p.get("/v2/mode/redirect-endless/ns/multi/blobs/%s" % digest, timeout=30)
+    took = time.monotonic() - t0
+    eq(r.status, 502, "blob redirect with an endless body: %s" % r.body[:300])
+    check("answer has a body over 65536 bytes" in r.body.decode(),
+          "the error does not say why: %s" % r.body[:300])
+    check(took < 20, "the answer took %.1f s" % took)
+    eq(_blobs_cached(p), [], "blobs cached after the endless redirect")
 
 
 def test_oversized_manifest_refused(t):
