@@ -180,6 +180,8 @@ static void check_multi_info(struct rp_upstream *up)
                 snprintf(err, sizeof(err), "%s%s%s", curl_easy_strerror(rc),
                          x->errbuf[0] ? ": " : "", x->errbuf);
             }
+            if (rc != CURLE_OK)
+                rp_redact_userinfo(err); /* https_proxy may hold a password */
             /* Mark it cancelled first so anything the callback does to it is a no-op. */
             x->cancelled = true;
             x->cb.on_done_cb(x->arg, xe, (int)status, rc == CURLE_OK ? NULL : err);
@@ -440,6 +442,10 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
     /* Through an egress proxy the header callback must see the registry's answer, not the
      * proxy's "200 Connection established". */
     curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    /* Through an egress proxy, always a CONNECT tunnel, http upstreams too: a forwarded
+     * request would hand the proxy our Authorization header, and its own 401 would be taken
+     * for the registry's challenge. */
+    curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L);
     if (o->head)
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     if (o->post_body) {

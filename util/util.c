@@ -434,3 +434,33 @@ void rp_free_secret(char *s)
     rp_secure_zero(s, strlen(s));
     free(s);
 }
+
+void rp_redact_userinfo(char *s)
+{
+    /* Only ever shrinks the text, so it works in place. */
+    char *w = s;
+    for (char *p = s; *p;) {
+        size_t n = strcspn(p, " \t'\"<>()");
+        char *at = NULL;
+        for (char *q = p; q < p + n; q++)
+            if (*q == '@')
+                at = q; /* the last one: a password may hold an '@' */
+        char *from = p + n;
+        if (at) {
+            char *sch = strstr(p, "://");
+            from = sch && sch < at ? sch + 3 : p;
+        }
+        size_t keep = (size_t)(from - p);
+        memmove(w, p, keep);
+        w += keep;
+        if (at) {
+            size_t rest = (size_t)(p + n - (at + 1));
+            memmove(w, at + 1, rest);
+            w += rest;
+        }
+        p += n;
+        if (*p)
+            *w++ = *p++;
+    }
+    *w = '\0';
+}

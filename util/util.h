@@ -86,6 +86,11 @@ char *rp_base64_encode(const void *p, size_t n);
  * trailing NUL (not counted in *outlen), or NULL when the input is not base64. */
 unsigned char *rp_base64_decode(const char *s, size_t len, size_t *outlen);
 
+/* Removes the user name and password of any URL in a message, in place: every word (up to
+ * a space, quote or bracket) with an '@' loses what comes before its last '@', and that
+ * '@', after its scheme if it has one. For text from libraries that quote URLs as given
+ * (curl's error buffer, with an https_proxy that holds a password). */
+void rp_redact_userinfo(char *s);
 /* Overwrites memory holding a secret before it is freed. */
 void rp_secure_zero(void *p, size_t n);
 /* rp_secure_zero + free for NUL-terminated secrets; accepts NULL. */

@@ -172,3 +172,53 @@ def test_reload_moves_upstream_onto_the_proxy(t):
     r = p.get("/v2/ns/multi-v2s2/blobs/" + ref["layers"][0]["digest"])
     eq((r.status, lib.sha256(r.body)), (200, ref["layers"][0]["digest"]),
        "the blob, direct again")
+
+
+def test_proxy_password_from_environment_never_shown(t):
+    """https_proxy is where a proxy's password goes; when curl cannot use it, its message
+    quotes the URL as given. Neither the client's error, the log nor `regproxy check`
+    shows the password."""
+    s = t.s
+    reg = s.token_registry
+    pw = "S3cretProxyPw"
+    env = lib.clean_env({"https_proxy": "http://proxyuser:%s@127.0.0.1:31280000" % pw})
+    p = t.proxy(registries=[reg.conf(test_image="ns/multi:v1", test_login="yes")], env=env)
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 503, "manifest through a malformed https_proxy: %s" % r.body[:300])
+    check(pw not in r.body.decode() and "proxyuser" not in r.body.decode(),
+          "the proxy's credentials are in the error body: %s" % r.body.decode())
+    c = subprocess.run([s.bin, "check", "-c", p.conf_path], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=120, env=env)
+    out = c.stdout.decode()
+    check(c.returncode != 0, "check passed through a malformed proxy:\n" + out)
+    check(pw not in out, "the proxy's password is in check's output:\n" + out)
+    p.stop()
+    check(pw not in p.log_text(), "the proxy's password is in the log")
+
+
+def test_http_upstream_is_tunnelled_too(t):
+    """A plain-http registry with Basic credentials (here another regproxy with client
+    accounts) behind the egress proxy: a CONNECT tunnel, never a request forwarded to the
+    proxy with our Authorization header in it."""
+    s = t.s
+    reg = s.anon_registry
+    htp = os.path.join(t.tmp, "clients.htpasswd")
+    out = subprocess.run(["htpasswd", "-Bbn", "node", "node-secret"], stdout=subprocess.PIPE,
+                         check=True).stdout
+    with open(htp, "wb") as f:
+        f.write(out)
+    inner = t.proxy(registries=[reg.conf("registry.anon.test")],
+                    listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
+    eg = Egress(t)
+    outer = t.proxy(registries=[{"name": "registry.inner.test",
+                                 "url": "http://127.0.0.1:%d" % inner.port,
+                                 "user": "node", "password": "node-secret",
+                                 "proxy": eg.url}])
+    _, tags = t.pull(outer, "ns/multi:v1")
+    eq(tags["v1"], reg.pushed["ns/multi:v1"]["digest"], "pulled digest via the tunnel")
+    outer.stop()
+    tunnels = eg.tunnels()
+    check(tunnels and all(x.get("method") == "CONNECT" and
+                          x.get("target") == "127.0.0.1:%d" % inner.port for x in tunnels),
+          "requests the egress proxy saw: %s" % tunnels)
+    _no_credentials_seen(t, eg)
