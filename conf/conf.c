@@ -246,10 +246,11 @@ static const struct rp_conf_option options[] = {
      .key = "proxy",
      .type = RP_CONF_URL,
      .offset = REG_F(proxy),
-     .help = "egress HTTP proxy, http(s)://host[:port], for everything fetched for this "
-             "registry (its API, token realm and blob CDNs; https upstreams are tunnelled with "
-             "CONNECT, so the proxy sees host names only). Default: the https_proxy, "
-             "http_proxy and no_proxy environment variables; this setting ignores no_proxy"},
+     .help =
+         "egress HTTP proxy, http(s)://host[:port], for everything fetched for this "
+         "registry (its API, token realm and blob CDNs), always through CONNECT tunnels, so the "
+         "proxy sees host names only. Default: the https_proxy, "
+         "http_proxy and no_proxy environment variables; this setting ignores no_proxy"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "token_realms",
      .type = RP_CONF_LIST,
