@@ -214,6 +214,7 @@ struct rp_cache {
     uint64_t tmp_seq;
     struct rp_cache_fill *fills; /* outstanding fills, detached at close */
     bool ready;                  /* open completed: close may write the snapshot */
+    bool no_room;                /* writing the snapshot: make_room must not evict */
     uint64_t hkey[2];            /* SipHash key of the memo tables */
     struct memo tags, links;
     struct mem_manifest *mm_head, *mm_tail;
@@ -1069,8 +1070,12 @@ static int index_save(struct rp_cache *c)
     put_u64(buf + 16, count);
     put_u64(buf + 24, c->st.size);
     int rc = RP_CACHE_E_IO;
+    /* It lists what is in the index now: making room for it would evict blobs it names.
+     * On a full disk it is not written, and the next start rebuilds the index. */
+    c->no_room = true;
     if (sha_ok(ALGO_SHA256, buf, off, buf + off))
         rc = atomic_write(c, "index", INDEX_NAME, buf, off + INDEX_SUM_LEN, NULL, 0);
+    c->no_room = false;
     free(buf);
     return rc;
 }
@@ -1359,7 +1364,8 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
         if (index_rebuild(c) != 0)
             goto fail;
     }
-    rp_cache_evict(c);
+    /* No eviction here: after a crash the rebuilt index has no pins yet. The owner pins,
+     * then evicts (rp_cache_evict). */
     c->ready = true;
     return c;
 fail:
@@ -1478,11 +1484,14 @@ static uint64_t fs_available(struct rp_cache *c)
 
 /* The file system said ENOSPC or EDQUOT: evicts least recently used, unpinned, unused blobs,
  * at least one (the space may be short in a way statvfs does not show: inodes, quota),
- * then until `need` bytes and the slack are available. When even evicting all of them
+ * then until what they add up to covers `need` and the slack beyond what is available
+ * (callers give it one round, so it never runs away). When even evicting all of them
  * could not make `need` fit, evicts none: a blob bigger than the disk must not empty the
  * cache on its way to failing. Returns how many went: 0 means the caller fails. */
 static size_t make_room(struct rp_cache *c, uint64_t need)
 {
+    if (c->no_room)
+        return 0;
     size_t n = 0;
     uint64_t bytes = 0, avail = fs_available(c);
     struct entry *e;
@@ -1496,9 +1505,13 @@ static size_t make_room(struct rp_cache *c, uint64_t need)
                 (unsigned long long)need, (unsigned long long)avail, (unsigned long long)bytes);
         return 0;
     }
+    /* Counted by the sizes evicted, not by asking statvfs again: a blob still being sent
+     * frees its blocks only when its last descriptor closes, and root's statvfs hides the
+     * blocks reserved for root. Asking again evicted the whole cache in both cases. */
+    uint64_t want = need + ROOM_SLACK > avail ? need + ROOM_SLACK - avail : 0;
     bytes = 0;
     e = c->lru.next;
-    while (e != &c->lru && (n == 0 || fs_available(c) < need + ROOM_SLACK)) {
+    while (e != &c->lru && (n == 0 || bytes < want)) {
         struct entry *next = e->next;
         if (e->kind == RP_CACHE_BLOB && e->in_use == 0) {
             bytes += e->size;
@@ -1618,14 +1631,18 @@ static int reserve(struct rp_cache *c, int fd, uint64_t n)
     (void)n;
     return 0;
 #else
-    for (;;) {
+    for (int rounds = 0;;) {
         if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)n) == 0)
             return 0;
         if (errno == EINTR)
             continue;
         if (!disk_full(errno))
             return 0;
-        if (make_room(c, n) == 0)
+        /* One round, as for every write: if what it evicted did not free its blocks
+         * (blobs still being sent hold them until their descriptors close), there is no
+         * room now and a later fill tries again, rather than evicting the rest of the
+         * cache in vain. */
+        if (rounds++ == 1 || make_room(c, n) == 0)
             return -1;
     }
 #endif
@@ -1649,8 +1666,9 @@ struct rp_cache_fill *rp_cache_fill_begin(struct rp_cache *c, const char *digest
         goto out;
     f->fd = tmp_open(c, "fill", f->name, sizeof(f->name));
     if (f->fd < 0) {
-        rp_warn("cache: creating a temp file in %s/tmp: %s", c->dir, strerror(errno));
-        if (disk_full(errno))
+        int e = errno;
+        rp_warn("cache: creating a temp file in %s/tmp: %s", c->dir, strerror(e));
+        if (disk_full(e))
             rc = RP_CACHE_E_NOSPACE;
         goto out;
     }
@@ -1710,8 +1728,9 @@ int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n)
         return f->err;
     if (n >= FILL_WBUF) {
         if (write_all(f->c, f->fd, p, n, fill_left(f)) != 0) {
-            rp_warn("cache: writing %s: %s", f->path, strerror(errno));
-            return f->err = disk_full(errno) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
+            int e = errno;
+            rp_warn("cache: writing %s: %s", f->path, strerror(e));
+            return f->err = disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
         }
     } else {
         if (!f->wbuf)
@@ -1730,8 +1749,9 @@ int rp_cache_fill_flush(struct rp_cache_fill *f)
     if (f->err)
         return f->err;
     if (f->wlen && write_all(f->c, f->fd, f->wbuf, f->wlen, fill_left(f)) != 0) {
-        rp_warn("cache: writing %s: %s", f->path, strerror(errno));
-        return f->err = disk_full(errno) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
+        int e = errno;
+        rp_warn("cache: writing %s: %s", f->path, strerror(e));
+        return f->err = disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
     }
     f->wlen = 0;
     return RP_CACHE_OK;
@@ -1814,8 +1834,9 @@ int rp_cache_fill_commit(struct rp_cache_fill *f)
         goto out;
     }
     if ((!f->synced && sync_fd(fd) != 0) || close(fd) != 0) {
-        rp_warn("cache: writing %s: %s", f->path, strerror(errno));
-        if (disk_full(errno))
+        int e = errno;
+        rp_warn("cache: writing %s: %s", f->path, strerror(e));
+        if (disk_full(e))
             rc = RP_CACHE_E_NOSPACE;
         goto out;
     }

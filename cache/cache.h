@@ -46,6 +46,8 @@ struct rp_cache_stats {
 
 /* Opens (creating as needed) the store under dir. Removes leftovers of unfinished fills.
  * Loads the index snapshot if present and consistent, else rebuilds it from the files.
+ * It evicts nothing: after a crash the rebuilt index has no pins, so the owner pins again,
+ * then calls rp_cache_evict.
  * max_size 0 = unbounded. On failure returns NULL with a message in err; that includes a dir
  * another open cache (any process) holds: one store, one owner. */
 struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, size_t errlen);

@@ -1300,6 +1300,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     /* Pins of mirrored and imported images come back from the pins file: the index
      * snapshot keeps pins only across clean restarts. */
     rp_pins_apply(srv->cache, conf);
+    rp_cache_evict(srv->cache); /* to max_size, now that pins are back (not done by open) */
     srv->syncer = rp_syncer_new(srv->base);
     srv->up = rp_upstream_new(srv->base);
     if (!srv->up) {

@@ -1100,8 +1100,9 @@ static void test_evict_lru(void)
     CHECK_INT(st.size, 300);
     CHECK_INT(st.evictions, 1);
     CHECK_INT(st.evicted_bytes, 100);
-    /* Reopening with a smaller bound evicts at open, oldest first, and keeps the order the
-     * snapshot recorded. */
+    /* Reopened with a smaller bound, the owner's first eviction (open itself evicts
+     * nothing: pins come back after it) goes oldest first, in the order the snapshot
+     * recorded. */
     rp_cache_close(c);
     c = open_ok(dir, 0);
     CHECK_INT(put_blob(c, t[0], d[0]), RP_CACHE_OK);
@@ -1110,6 +1111,9 @@ static void test_evict_lru(void)
     CHECK(has_blob(c, d[0]));
     rp_cache_close(c);
     c = open_ok(dir, 200);
+    rp_cache_stats(c, &st);
+    CHECK(st.size > 200); /* all still there */
+    rp_cache_evict(c);
     rp_cache_stats(c, &st);
     CHECK(st.size <= 200);
     CHECK(has_blob(c, d[0])); /* most recent before close */
@@ -1139,6 +1143,7 @@ static void test_evict_manifest_touch(void)
     rp_cache_stats(c, &st);
     rp_cache_close(c);
     c = open_ok(dir, st.size - 1);
+    rp_cache_evict(c);
     CHECK(!has_blob(c, a));
     CHECK(has_blob(c, b));
     CHECK_INT(rp_cache_manifest_get(c, md, &got), RP_CACHE_OK);
@@ -1447,6 +1452,138 @@ static void test_disk_full(void)
     else
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     rm_rf(root);
+}
+
+/* Blobs being sent (released, but their descriptors open) free no blocks when evicted:
+ * making room counts what it evicts instead of asking statvfs again, which had evicted the
+ * whole cache before failing. In an 8 MiB tmpfs: six 1 MiB blobs held open, then a fill of
+ * 3 MiB evicts about 3 MiB worth in one round, fails with E_NOSPACE, and half stays. */
+static void open_blobs_body(const char *root)
+{
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/cache", root);
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[6][RP_CACHE_DIGEST_BUF], big[RP_CACHE_DIGEST_BUF];
+    int fds[6];
+    for (int i = 0; i < 6; i++) {
+        CHECK_INT(put_big(c, 1 << 20, i + 1, d[i], true), RP_CACHE_OK);
+        struct rp_cache_blob b;
+        CHECK_INT(rp_cache_blob_open(c, d[i], &b), RP_CACHE_OK);
+        fds[i] = b.fd;
+        rp_cache_release(c, d[i]); /* as a response does once the file is queued */
+    }
+    char *p = sized(3 << 20, 99);
+    digest_of(p, 3 << 20, big, false);
+    free(p);
+    int err = 0;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, big, 3 << 20, &err);
+    CHECK(f == NULL);
+    CHECK_INT(err, RP_CACHE_E_NOSPACE);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK(st.entries >= 2 && st.entries <= 4);
+    for (int i = 0; i < 6; i++)
+        close(fds[i]);
+    /* Their blocks free now: the next fill finds room. */
+    CHECK_INT(put_big(c, 3 << 20, 99, big, true), RP_CACHE_OK);
+    rp_cache_close(c);
+}
+
+/* Closing on a full disk: the snapshot lists the index as it is, so it must not evict to
+ * make room for itself (it would name blobs gone). It is skipped, and the next open
+ * rebuilds the index from the files: every blob is still there. */
+static void snapshot_full_body(const char *root)
+{
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/cache", root);
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[3][RP_CACHE_DIGEST_BUF];
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(put_big(c, 1 << 20, i + 11, d[i], true), RP_CACHE_OK);
+    char *junk = fill_up(root);
+    rp_cache_close(c);
+    unlink(junk);
+    free(junk);
+    c = open_ok(dir, 0);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 3);
+    for (int i = 0; i < 3; i++)
+        CHECK(has_blob(c, d[i]));
+    rp_cache_close(c);
+}
+
+static void test_disk_full_snapshot_evicts_nothing(void)
+{
+    char *root = mk_tmpdir();
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!small_fs(root, 8))
+            _exit(77);
+        snapshot_full_body(root);
+        exit(unit_cur_failed ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        fprintf(stderr, "test_disk_full_snapshot_evicts_nothing: skipped: no mount namespace "
+                        "here\n");
+    else
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    rm_rf(root);
+}
+
+static void test_disk_full_blobs_being_sent(void)
+{
+    char *root = mk_tmpdir();
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!small_fs(root, 8))
+            _exit(77);
+        open_blobs_body(root);
+        exit(unit_cur_failed ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+        fprintf(stderr, "test_disk_full_blobs_being_sent: skipped: no mount namespace here\n");
+    else
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    rm_rf(root);
+}
+
+/* After a crash the index is rebuilt without pins: open must not evict to max_size before
+ * the owner has pinned again (pinned mirrors may exceed max_size). */
+static void test_open_evicts_nothing_before_pins(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[5][RP_CACHE_DIGEST_BUF];
+    char text[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(text, sizeof(text), "pinned blob %d", i);
+        CHECK_INT(put_blob(c, text, d[i]), RP_CACHE_OK);
+        rp_cache_pin(c, d[i]);
+    }
+    rp_cache_close(c);
+    char *ip = rp_xasprintf("%s/index", dir);
+    unlink(ip); /* as after a crash: no snapshot, so no pins */
+    free(ip);
+    c = open_ok(dir, 20);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 5);
+    for (int i = 0; i < 5; i++)
+        rp_cache_pin(c, d[i]);
+    CHECK_INT(rp_cache_evict(c), 0);
+    for (int i = 0; i < 5; i++)
+        CHECK(rp_cache_blob_present(c, d[i]));
+    rp_cache_close(c);
+    rm_rf(dir);
 }
 
 /* A blob deleted behind the cache's back is a miss, and the accounting follows. */
@@ -2244,6 +2381,9 @@ int main(void)
     RUN(test_can_hold);
     RUN(test_evict_in_use);
     RUN(test_disk_full);
+    RUN(test_disk_full_blobs_being_sent);
+    RUN(test_disk_full_snapshot_evicts_nothing);
+    RUN(test_open_evicts_nothing_before_pins);
     RUN(test_blob_vanished);
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);
