@@ -1459,15 +1459,32 @@ size_t rp_cache_evict(struct rp_cache *c)
     return n;
 }
 
+/* Bytes of pinned content present: room max_size cannot give to anything else. A walk of
+ * the index, for the rare callers (a fill about to start). */
+static uint64_t pinned_bytes(const struct rp_cache *c)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < c->nbuckets; i++)
+        for (const struct entry *e = c->buckets[i]; e; e = e->hnext)
+            if (e->pinned && e->present)
+                n += e->size;
+    return n;
+}
+
 bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size)
 {
     struct digest d;
     if (!c || parse_digest(digest, &d) != 0)
         return false;
-    if (!c->max_size || size <= c->max_size)
+    if (!c->max_size)
         return true;
     const struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
-    return e && e->pinned;
+    if (e && e->pinned)
+        return true;
+    /* Beside the pins, what is left of max_size: a blob bigger than that would evict every
+     * other unpinned entry and then itself. */
+    uint64_t pinned = pinned_bytes(c);
+    return pinned < c->max_size && size <= c->max_size - pinned;
 }
 
 /* Directories, the index snapshot and file system overhead want some room besides the
@@ -1716,6 +1733,9 @@ int rp_cache_fill_write(struct rp_cache_fill *f, const void *p, size_t n)
         return f->err;
     if (!f->c)
         return f->err = RP_CACHE_E_IO;
+    /* The verdict covers the bytes it saw: one more would be published unchecked. */
+    if (f->verified)
+        return f->err = RP_CACHE_E_INVALID;
     if (f->expected >= 0 && n > (uint64_t)f->expected - f->written)
         return f->err = RP_CACHE_E_SIZE;
     if (n == 0)
@@ -1818,6 +1838,8 @@ int rp_cache_fill_commit(struct rp_cache_fill *f)
         return RP_CACHE_E_INVALID;
     struct rp_cache *c = f->c;
     rc = rp_cache_fill_verify(f);
+    if (rc == RP_CACHE_OK && f->err)
+        rc = f->err; /* a call after the verdict failed: errors stick, commit included */
     if (rc != RP_CACHE_OK)
         goto out;
     /* Verified: make the bytes durable before the name can point at them. */

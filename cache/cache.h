@@ -170,14 +170,14 @@ void rp_cache_pin(struct rp_cache *c, const char *digest);
  * The file system may fill before max_size is reached (the default max_size is larger than
  * many nodes' disks, and other files share the disk). Whenever a write, an allocation or a
  * new name fails with ENOSPC or EDQUOT, the cache evicts least recently used, unpinned,
- * unused blobs (at least one, then until the file system has room for what was being
- * written) and tries again; only when none is left does the call fail, with E_NOSPACE.
- * Manifests are not evicted for room: they are small, and this keeps the promise above
+ * unused blobs (at least one, then until their sizes cover what was being written
+ * beyond what was free) and tries again, once; only when none is left does the call fail, with
+ * E_NOSPACE. Manifests are not evicted for room: they are small, and this keeps the promise above
  * that tag, link and fill calls leave peeked manifests alone. */
 size_t rp_cache_evict(struct rp_cache *c);
-/* Whether the blob digest of size bytes may be kept at all: not when it alone exceeds
- * max_size, as publishing it would evict every other unpinned entry and then itself, unless
- * it is pinned (pins are kept past max_size). */
+/* Whether the blob digest of size bytes may be kept at all: not when it exceeds what pinned
+ * content leaves of max_size, as publishing it would evict every other unpinned entry and
+ * then itself, unless it is pinned (pins are kept past max_size). */
 bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size);
 
 #endif

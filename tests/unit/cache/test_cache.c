@@ -355,6 +355,17 @@ static void test_fill_verify_then_commit(void)
     CHECK_INT(rp_cache_fill_verify(f), RP_CACHE_E_DIGEST);
     CHECK_INT(rp_cache_fill_commit(f), RP_CACHE_E_DIGEST);
     CHECK_INT(count_files(dir, "tmp"), 0);
+    /* Bytes written after the verdict (size unknown, so nothing else stops them) would be
+     * published unchecked: the write fails and so does the commit. */
+    char hello[RP_CACHE_DIGEST_BUF];
+    digest_of("hello", 5, hello, false);
+    f = rp_cache_fill_begin(c, hello, -1, &err);
+    CHECK(f != NULL);
+    CHECK_INT(rp_cache_fill_write(f, "hello", 5), RP_CACHE_OK);
+    CHECK_INT(rp_cache_fill_verify(f), RP_CACHE_OK);
+    CHECK(rp_cache_fill_write(f, " world", 6) != RP_CACHE_OK);
+    CHECK(rp_cache_fill_commit(f) != RP_CACHE_OK);
+    CHECK(!rp_cache_blob_present(c, hello));
     rp_cache_close(c);
     rm_rf(dir);
 }
@@ -1208,6 +1219,15 @@ static void test_can_hold(void)
     rp_cache_pin(c, d[1]);
     CHECK(rp_cache_can_hold(c, d[1], 201));
     CHECK(!rp_cache_can_hold(c, "sha256:nope", 1));
+    /* Pinned content present takes its share of max_size: 150 pinned bytes leave 50. */
+    char p[RP_CACHE_DIGEST_BUF];
+    char *big = sized(150, 8);
+    CHECK_INT(put_blob(c, big, p), RP_CACHE_OK);
+    rp_cache_pin(c, p);
+    CHECK(rp_cache_can_hold(c, d[0], 50));
+    CHECK(!rp_cache_can_hold(c, d[0], 51));
+    CHECK(rp_cache_can_hold(c, d[1], 201)); /* pinned itself */
+    free(big);
     rp_cache_close(c);
     c = open_ok(dir, 0);
     CHECK(rp_cache_can_hold(c, d[0], UINT64_MAX));
