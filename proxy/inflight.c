@@ -38,8 +38,10 @@ static struct rp_inflight *find(struct rp_server *srv, const char *key)
 {
     size_t n = key_len(key);
     struct rp_inflight *f;
+    /* One whose leader is done only waits for wake_cb to wake its waiters and free it: a new
+     * miss for the key must not join or lead it, it starts an entry of its own. */
     TAILQ_FOREACH(f, &srv->inflight, link)
-    if (key_len(f->key) == n && memcmp(f->key, key, n) == 0)
+    if (!f->wake && key_len(f->key) == n && memcmp(f->key, key, n) == 0)
         return f;
     return NULL;
 }
