@@ -619,6 +619,11 @@ static void conn_try_parse(struct rp_conn *c)
         in_pull_tls(c);
     if (c->req || c->close_after || c->in_len == 0 || c->file_left)
         return;
+    /* A client that pipelines requests and reads nothing would have every answer queued
+     * (a cached manifest is answered at once): the next request waits until what it is owed
+     * has gone out (conn_write_done parses again), and its input, bounded, waits too. */
+    if (rp_conn_output_len(c) > RP_STREAM_HIGH)
+        return;
     if (!c->head_started)
         conn_wait_request(c, true);
     struct rp_http_request_head h;
@@ -726,6 +731,7 @@ static void conn_write_done(struct rp_conn *c)
         return;
     }
     conn_idle(c);
+    conn_try_parse(c); /* requests that waited for a backlog of answers to go */
 }
 
 static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)

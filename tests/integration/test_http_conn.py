@@ -355,3 +355,53 @@ def test_drain_timeout_and_second_signal(t):
         eq(_exited(p, 15), 0, "exit status after a second SIGTERM")
     check("shutting down now" in p.log_text(),
           "no line for the second signal:\n%s" % lib.tail(p.log, 10))
+
+
+def test_pipelining_client_that_reads_nothing(t):
+    """A client pipelines thousands of requests for a cached manifest and reads nothing: the
+    proxy stops taking requests once about 1 MiB of answers waits for it (its input, and
+    then TCP, push back), instead of queueing every answer in memory; read at last, every
+    answer is there, in order."""
+    reg = t.s.anon_registry
+    # No ASan quarantine: RSS then follows live memory, not the freed requests kept aside.
+    asan = os.environ.get("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:halt_on_error=1:"
+                          "print_summary=1:detect_stack_use_after_return=0")
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                env={"ASAN_OPTIONS": asan + ":quarantine_size_mb=0"})
+    r = p.get(MANIFEST, headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "the manifest, cached")
+    one = len(r.body)
+    n = 9900  # the most one connection may ask (10,000)
+    c = socket.socket()
+    # A small receive window: the kernel holds little of what the proxy sends, as with a
+    # client far away, so the answers pile up in the proxy if anywhere.
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.settimeout(30)
+    c.connect(("127.0.0.1", p.port))
+    try:
+        rss0 = p.rss_kb()
+        c.setblocking(False)
+        data = _request(MANIFEST) * n
+        sent, deadline = 0, time.monotonic() + 5
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += c.send(data[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.05)
+        time.sleep(1)  # let the proxy answer all it takes
+        grown = (p.rss_kb() - rss0) / 1024
+        queued = n * (one + 300) / 2**20
+        check(grown < queued / 2, "RSS grew %.1f MiB while the client read nothing (all %d "
+              "answers would be about %.1f MiB)" % (grown, n, queued))
+        c.setblocking(True)
+        if sent < len(data):
+            c.sendall(data[sent:])
+        got, bodies = b"", 0
+        while bodies < n:
+            chunk = c.recv(1 << 20)
+            check(chunk, "the proxy closed after %d answers" % bodies)
+            got += chunk
+            bodies = got.count(b"HTTP/1.1 200 ")
+        eq(bodies, n, "answers")
+    finally:
+        c.close()
