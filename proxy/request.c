@@ -196,7 +196,9 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
         return;
     }
     char extra[128] = "";
-    if ((status == 429 || status >= 500) && retry_after)
+    /* Seconds or an HTTP date fit in 64; a longer value would be cut with its CRLF and
+     * the head would end inside the body (the fill caps it the same way). */
+    if ((status == 429 || status >= 500) && retry_after && strlen(retry_after) < 64)
         snprintf(extra, sizeof(extra), "Retry-After: %s\r\n", retry_after);
     json_t *j = len ? json_loadb(body, len, 0, NULL) : NULL;
     bool registry_format = j && json_is_array(json_object_get(j, "errors"));

@@ -5,6 +5,7 @@ clear error, sends no credential anywhere it should not, dials nothing it should
 caches nothing."""
 import json
 import os
+import re
 import socket
 import time
 
@@ -67,6 +68,25 @@ def test_redirect_with_endless_body_bounded(t):
           "the error does not say why: %s" % r.body[:300])
     check(took < 20, "the answer took %.1f s" % took)
     eq(_blobs_cached(p), [], "blobs cached after the endless redirect")
+
+
+def test_long_retry_after_keeps_framing(t):
+    """An upstream 429 whose Retry-After is far longer than any real one: passed on without
+    it (cut, it lost its CRLF and the head ran into the body), and the connection stays
+    in step for the next request."""
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    path = "/v2/mode/429long/ns/multi/manifests/v1"
+    req = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: x\r\n"
+           "Connection: close\r\n\r\n" % path).encode()
+    got = lib.raw_exchange(p.port, req, timeout=30)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 429 "), "first answer: %r" % got[:200])
+    check(b"retry-after" not in head.lower(), "a cut Retry-After was passed on: %r" % head)
+    n = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    json.loads(rest[:n])
+    check(rest[n:].startswith(b"HTTP/1.1 200 "), "second answer: %r" % rest[n:n + 100])
 
 
 def test_oversized_manifest_refused(t):
