@@ -695,6 +695,10 @@ static void conn_try_parse(struct rp_conn *c)
         if (!ok) {
             /* Registry clients log in when challenged, then send Basic on every request. */
             in_consume(c, (size_t)n);
+            /* This head is done: its deadline must not fire on the idle connection after
+             * (it answered a 408 nobody asked for, read as the next request's answer). */
+            evtimer_del(c->wait_ev);
+            c->head_started = false;
             conn_challenge(c);
             return;
         }
@@ -1053,6 +1057,13 @@ static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, con
                         strlen(body), body);
     free(body);
     conn_close_after_flush(c);
+    /* A TLS client that never starts its handshake never takes the answer, and would hold
+     * one of the REFUSING_MAX slots for good: it gets the linger time, then is closed. */
+    if (!c->linger_ev) {
+        c->linger_ev = evtimer_new(c->srv->base, linger_timeout_cb, c);
+        struct timeval tv = {LINGER_S, 0};
+        evtimer_add(c->linger_ev, &tv);
+    }
 }
 
 static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)

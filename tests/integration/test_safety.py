@@ -213,3 +213,62 @@ def test_connections_beyond_the_maximum(t):
         for c in held:
             c.close()
     lib.wait_until(lambda: p.get("/v2/").status == 200, 10, "new connections after closing")
+
+
+def test_refused_tls_client_that_never_handshakes_is_closed(t):
+    """Past max_connections on a TLS listener, a client that never starts its handshake
+    cannot take the 503: it is closed after a moment, not kept for good (256 such held
+    every refusal slot)."""
+    s = t.s
+    _, key, crt = lib.serving_cert(t, "refuse-tls")
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "max_connections": "1",
+                            "tls_cert": crt, "tls_key": key, "idle_timeout": "60s"}])
+    lib.wait_until(lambda: p.metrics().get(("regproxy_open_connections", frozenset()), 0) == 0,
+                   10, "no open connection before the test")
+    held = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    try:
+        lib.wait_until(lambda: p.metrics().get(("regproxy_open_connections", frozenset()),
+                                               0) == 1, 10, "the held connection counted")
+        with socket.create_connection(("127.0.0.1", p.port), timeout=20) as c:
+            t0 = time.monotonic()
+            try:
+                data = c.recv(4096)  # never a ClientHello from us
+            except ConnectionResetError:
+                data = b""
+            took = time.monotonic() - t0
+        eq(data, b"", "what a refused client that never handshakes receives")
+        check(took < 10, "the refused connection stayed open %.1f s" % took)
+    finally:
+        held.close()
+
+
+def test_no_unsolicited_408_after_a_challenge(t):
+    """A 401 challenge ends that request: its head deadline must not fire later on the idle
+    keep-alive connection (a 408 sent then is read as the answer to the next request)."""
+    s = t.s
+    reg = s.anon_registry
+    htp = os.path.join(t.tmp, "clients.htpasswd")
+    out = subprocess.run(["htpasswd", "-Bbn", "node", "node-secret"], stdout=subprocess.PIPE,
+                         check=True).stdout
+    with open(htp, "wb") as f:
+        f.write(out)
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "htpasswd": htp,
+                            "idle_timeout": "60s"}])
+    with socket.create_connection(("127.0.0.1", p.port), timeout=20) as c:
+        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = c.recv(65536)
+        check(first.startswith(b"HTTP/1.1 401"), "challenge: %r" % first[:100])
+        c.settimeout(12)  # past the 10 s head deadline
+        try:
+            late = c.recv(65536)
+        except socket.timeout:
+            late = None
+        check(late is None, "the idle connection received %r after its 401" % (late or b"")[:80])
+        c.settimeout(20)
+        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+                  b"bm9kZTpub2RlLXNlY3JldA==\r\n\r\n")  # node:node-secret
+        again = c.recv(65536)
+        check(again.startswith(b"HTTP/1.1 200"), "with credentials after the wait: %r"
+              % again[:100])
