@@ -18,6 +18,8 @@
 
 #define HTPASSWD_MAX (1024 * 1024)
 #define VERIFIED_MAX 256
+#define FAILED_MAX 64
+#define FAIL_HASHES_PER_S 4.0
 
 int rp_acl_parse_cidr(const char *s, struct rp_cidr *out)
 {
@@ -118,6 +120,15 @@ struct rp_htpasswd {
     unsigned char key[32];
     unsigned char verified[VERIFIED_MAX][32];
     size_t n_verified, next_verified;
+    /* Credentials that failed lately (same keyed digest): asked again, no second hash. */
+    unsigned char failed[FAILED_MAX][32];
+    size_t n_failed, next_failed;
+    /* Hashes of credentials that failed, as a token bucket (FAIL_HASHES_PER_S, at most
+     * that many saved up): past it, unknown credentials fail without hashing, so guesses
+     * cannot hold the event loop (a bcrypt is tens of ms, and runs on it). */
+    double fail_tokens;
+    int64_t fail_refill_ms;
+    size_t n_hashes; /* crypt calls so far, for tests */
 };
 
 void rp_htpasswd_free(struct rp_htpasswd *h)
@@ -142,6 +153,8 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
     }
     struct rp_htpasswd *h = rp_xcalloc(1, sizeof(*h));
     RAND_bytes(h->key, sizeof(h->key));
+    h->fail_tokens = FAIL_HASHES_PER_S;
+    h->fail_refill_ms = rp_now_ms();
     char line[4096];
     unsigned lineno = 0;
     size_t total = 0;
@@ -206,28 +219,58 @@ bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization)
             ok = true;
             goto out;
         }
+    for (size_t i = 0; i < h->n_failed; i++)
+        if (CRYPTO_memcmp(h->failed[i], mac, 32) == 0)
+            goto out;
+    /* Failures refill the budget over time; a success is never refused by it. */
+    int64_t now = rp_now_ms();
+    h->fail_tokens += (double)(now - h->fail_refill_ms) * FAIL_HASHES_PER_S / 1000.0;
+    if (h->fail_tokens > FAIL_HASHES_PER_S)
+        h->fail_tokens = FAIL_HASHES_PER_S;
+    h->fail_refill_ms = now;
+    if (h->fail_tokens < 1.0)
+        goto out; /* guessing faster than the budget: refused unhashed */
     *colon = '\0';
     const char *user = (const char *)dec;
     const char *pass = colon + 1;
-    for (size_t i = 0; i < h->n; i++) {
-        if (strcmp(h->users[i].name, user) != 0)
-            continue;
+    /* An unknown user is hashed too (against the first user's hash, and fails), so the
+     * time taken does not tell which user names exist. */
+    const struct htpasswd_user *u = h->n ? &h->users[0] : NULL;
+    bool known = false;
+    for (size_t i = 0; i < h->n; i++)
+        if (strcmp(h->users[i].name, user) == 0) {
+            u = &h->users[i];
+            known = true;
+            break;
+        }
+    if (u) {
         struct crypt_data cd;
         memset(&cd, 0, sizeof(cd));
-        const char *out = crypt_r(pass, h->users[i].hash, &cd);
-        ok = out && out[0] != '*' && strlen(out) == strlen(h->users[i].hash) &&
-             CRYPTO_memcmp(out, h->users[i].hash, strlen(out)) == 0;
+        const char *out = crypt_r(pass, u->hash, &cd);
+        h->n_hashes++;
+        ok = known && out && out[0] != '*' && strlen(out) == strlen(u->hash) &&
+             CRYPTO_memcmp(out, u->hash, strlen(out)) == 0;
         rp_secure_zero(&cd, sizeof(cd));
-        break;
     }
     if (ok) {
         memcpy(h->verified[h->next_verified], mac, 32);
         h->next_verified = (h->next_verified + 1) % VERIFIED_MAX;
         if (h->n_verified < VERIFIED_MAX)
             h->n_verified++;
+    } else {
+        h->fail_tokens -= 1.0;
+        memcpy(h->failed[h->next_failed], mac, 32);
+        h->next_failed = (h->next_failed + 1) % FAILED_MAX;
+        if (h->n_failed < FAILED_MAX)
+            h->n_failed++;
     }
 out:
     rp_secure_zero(dec, dlen);
     free(dec);
     return ok;
+}
+
+size_t rp_htpasswd_hashes(const struct rp_htpasswd *h)
+{
+    return h ? h->n_hashes : 0;
 }

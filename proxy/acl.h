@@ -35,8 +35,13 @@ struct rp_htpasswd;
 struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen);
 void rp_htpasswd_free(struct rp_htpasswd *h);
 /* Checks an Authorization header value ("Basic base64(user:pass)"). Hashing is slow by
- * design (bcrypt), so successful checks are remembered (as a keyed digest, never the
- * password) and repeated requests cost a lookup. */
+ * design (bcrypt) and runs on the event loop, so: successful checks are remembered (as a
+ * keyed digest, never the password) and repeated requests cost a lookup; so are recent
+ * failures; an unknown user costs a hash as a known one does (no timing tells them apart);
+ * and failing hashes are rationed (4 a second, 4 saved up): past that, credentials not
+ * already known good fail without a hash. */
 bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization);
+/* How many hashes rp_htpasswd_check has computed (tests). */
+size_t rp_htpasswd_hashes(const struct rp_htpasswd *h);
 
 #endif

@@ -693,7 +693,11 @@ static void conn_try_parse(struct rp_conn *c)
         bool ok = value && rp_htpasswd_check(accounts, value);
         rp_free_secret(value);
         if (!ok) {
-            /* Registry clients log in when challenged, then send Basic on every request. */
+            /* Registry clients log in when challenged, then send Basic on every request.
+             * Credentials that failed end the connection: guesses pipelined behind them are
+             * not each worth a hash (see rp_htpasswd_check). */
+            if (ah)
+                c->keep_alive = false;
             in_consume(c, (size_t)n);
             /* This head is done: its deadline must not fire on the idle connection after
              * (it answered a 408 nobody asked for, read as the next request's answer). */

@@ -3,6 +3,7 @@
 accounts from an htpasswd file, the repos allow-list (403 before any upstream contact),
 TLS serving with a certificate reloaded on SIGHUP, slowloris cut off, conflicting framing
 and request bodies refused."""
+import base64
 import os
 import signal
 import socket
@@ -54,6 +55,16 @@ def test_htpasswd_client_accounts(t):
         "Accept": lib.ACCEPT_ALL, "Authorization": "Basic bm9kZTp3cm9uZw=="})  # node:wrong
     eq(r.status, 401, "wrong client password")
     check("node-secret" not in p.log_text(), "client password in the log")
+    # Guesses pipelined behind a failed one get nothing: the connection ends with its 401
+    # (each would cost a bcrypt on the event loop), and the proxy stays responsive.
+    guesses = b"".join(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\n\r\n"
+                       % base64.b64encode(b"node:guess%d" % i) for i in range(100))
+    t0 = time.monotonic()
+    got = lib.raw_exchange(p.port, guesses, timeout=30)
+    eq(got.count(b"HTTP/1.1 "), 1, "answers to 100 pipelined guesses")
+    check(got.startswith(b"HTTP/1.1 401"), "the answer to the first guess: %r" % got[:80])
+    eq(p.admin("/healthz").status, 200, "healthz during guessing")
+    check(time.monotonic() - t0 < 5, "guessing held the proxy %.1f s" % (time.monotonic() - t0))
 
 
 def test_repos_allow_list(t):

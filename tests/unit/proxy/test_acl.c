@@ -110,8 +110,22 @@ static void test_htpasswd(void)
     char *good = basic("node:s3cret"), *bad = basic("node:wrong"), *who = basic("nobody:s3cret");
     CHECK(rp_htpasswd_check(h, good));
     CHECK(rp_htpasswd_check(h, good)); /* remembered */
+    CHECK_INT(rp_htpasswd_hashes(h), 1);
     CHECK(!rp_htpasswd_check(h, bad));
-    CHECK(!rp_htpasswd_check(h, who));
+    CHECK(!rp_htpasswd_check(h, bad)); /* a failure is remembered too */
+    CHECK_INT(rp_htpasswd_hashes(h), 2);
+    CHECK(!rp_htpasswd_check(h, who)); /* an unknown user is hashed like a known one */
+    CHECK_INT(rp_htpasswd_hashes(h), 3);
+    /* Guesses faster than the budget fail unhashed; the known-good still passes. */
+    char guess[64];
+    for (int i = 0; i < 50; i++) {
+        snprintf(guess, sizeof(guess), "node:guess%d", i);
+        char *g = basic(guess);
+        CHECK(!rp_htpasswd_check(h, g));
+        free(g);
+    }
+    CHECK(rp_htpasswd_hashes(h) <= 3 + 2); /* 4 saved up, 3 spent above, a little refill */
+    CHECK(rp_htpasswd_check(h, good));
     CHECK(!rp_htpasswd_check(h, "Bearer abc"));
     CHECK(!rp_htpasswd_check(h, "Basic !!!"));
     CHECK(!rp_htpasswd_check(h, NULL));
