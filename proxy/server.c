@@ -599,10 +599,13 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
     c->req = NULL;
     rp_req_free(r);
     if (abort || !c->keep_alive || c->srv->stopping) {
-        if (abort || rp_conn_output_len(c) == 0) {
+        if (abort) {
             conn_free(c);
             return;
         }
+        /* Even with nothing left to send: closing with unread input (requests pipelined
+         * behind a Connection: close) makes the kernel reset the connection, which can
+         * destroy the answer's tail before the client reads it. */
         conn_close_after_flush(c);
         return;
     }

@@ -405,3 +405,39 @@ def test_pipelining_client_that_reads_nothing(t):
         eq(bodies, n, "answers")
     finally:
         c.close()
+
+
+def test_close_with_pipelined_input_delivers_the_whole_answer(t):
+    """A cached blob asked for with Connection: close, with more requests pipelined behind
+    it: the connection closes after the blob, and the client gets every byte (closing with
+    unread input made the kernel send a reset that cut the blob short)."""
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    layer = min(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    path = "/v2/ns/large/blobs/" + layer["digest"]
+    r = p.get(path)
+    eq((r.status, lib.sha256(r.body)), (200, layer["digest"]), "the blob, cached")
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.settimeout(30)
+    c.connect(("127.0.0.1", p.port))
+    try:
+        c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode() +
+                  _request("/v2/") * 200)
+        time.sleep(0.5)  # the proxy answers while the pipelined requests sit unread
+        got = bytearray()
+        while True:
+            try:
+                chunk = c.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        got = bytes(got)
+    finally:
+        c.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 200"), "answer: %r" % got[:100])
+    eq((len(body), hashlib.sha256(body).hexdigest()),
+       (layer["size"], layer["digest"].split(":")[1]), "the blob's bytes before the close")
