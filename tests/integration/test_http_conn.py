@@ -6,6 +6,7 @@ SIGTERM. Raw sockets, so nothing hides what the proxy sends."""
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -441,3 +442,24 @@ def test_close_with_pipelined_input_delivers_the_whole_answer(t):
     check(head.startswith(b"HTTP/1.1 200"), "answer: %r" % got[:100])
     eq((len(body), hashlib.sha256(body).hexdigest()),
        (layer["size"], layer["digest"].split(":")[1]), "the blob's bytes before the close")
+
+
+def test_request_pipelined_behind_an_answer_given_inside_a_download(t):
+    """A range past the end of an uncached blob joins its download and is answered 416 when
+    upstream's headers say the size, inside that transfer's header callback; the request
+    pipelined behind it, a miss, starts an upstream request of its own. libcurl refuses new
+    transfers from inside its callbacks: the answer finishes (and the next request is read)
+    only once written, from the loop, so it is served, not failed."""
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][0]
+    req = ("GET /v2/ns/multi/blobs/%s HTTP/1.1\r\nHost: x\r\nRange: bytes=%d-\r\n\r\n"
+           % (layer["digest"], layer["size"] + 1000)).encode() + _request(MANIFEST, close=True)
+    got = lib.raw_exchange(p.port, req, timeout=30)
+    answers = []
+    while got:
+        head, _, rest = got.partition(b"\r\n\r\n")
+        n = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        answers.append(int(head.split(b" ")[1]))
+        got = rest[n:]
+    eq(answers, [416, 200], "answers to the range past the end, then the manifest")
