@@ -406,6 +406,16 @@ def skopeo(args, env, timeout=600, check_rc=True):
     return p
 
 
+def htpasswd_file(t, user, password):
+    """A client-accounts file (htpasswd -B) with one account, in the test's directory."""
+    path = os.path.join(t.tmp, "clients-%s.htpasswd" % user)
+    out = subprocess.run(["htpasswd", "-Bbn", user, password], stdout=subprocess.PIPE,
+                         check=True).stdout
+    with open(path, "wb") as f:
+        f.write(out)
+    return path
+
+
 def serving_cert(t, name):
     """A server certificate for 127.0.0.1 from a CA of this test's own."""
     d = os.path.join(t.tmp, name)

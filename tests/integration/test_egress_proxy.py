@@ -202,11 +202,7 @@ def test_http_upstream_is_tunnelled_too(t):
     proxy with our Authorization header in it."""
     s = t.s
     reg = s.anon_registry
-    htp = os.path.join(t.tmp, "clients.htpasswd")
-    out = subprocess.run(["htpasswd", "-Bbn", "node", "node-secret"], stdout=subprocess.PIPE,
-                         check=True).stdout
-    with open(htp, "wb") as f:
-        f.write(out)
+    htp = lib.htpasswd_file(t, "node", "node-secret")
     inner = t.proxy(registries=[reg.conf("registry.anon.test")],
                     listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
     eg = Egress(t)

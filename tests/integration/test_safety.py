@@ -34,11 +34,7 @@ def test_allow_networks(t):
 def test_htpasswd_client_accounts(t):
     s = t.s
     reg = s.anon_registry
-    htp = os.path.join(t.tmp, "clients.htpasswd")
-    out = subprocess.run(["htpasswd", "-Bbn", "node", "node-secret"], stdout=subprocess.PIPE,
-                         check=True).stdout
-    with open(htp, "wb") as f:
-        f.write(out)
+    htp = lib.htpasswd_file(t, "node", "node-secret")
     p = t.proxy(registries=[reg.conf("registry.anon.test")],
                 listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
     r = p.get("/v2/")
@@ -259,11 +255,7 @@ def test_no_unsolicited_408_after_a_challenge(t):
     keep-alive connection (a 408 sent then is read as the answer to the next request)."""
     s = t.s
     reg = s.anon_registry
-    htp = os.path.join(t.tmp, "clients.htpasswd")
-    out = subprocess.run(["htpasswd", "-Bbn", "node", "node-secret"], stdout=subprocess.PIPE,
-                         check=True).stdout
-    with open(htp, "wb") as f:
-        f.write(out)
+    htp = lib.htpasswd_file(t, "node", "node-secret")
     p = t.proxy(registries=[reg.conf("registry.anon.test")],
                 listeners=[{"default": "registry.anon.test", "htpasswd": htp,
                             "idle_timeout": "60s"}])

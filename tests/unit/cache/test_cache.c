@@ -1449,10 +1449,9 @@ static void disk_full_body(const char *root)
     free(dir);
 }
 
-/* A full file system (ENOSPC) is met by evicting least recently used blobs, never pinned or
- * served ones; when nothing is left to evict, calls fail with E_NOSPACE and leave nothing
- * behind. Runs in a child with a tmpfs of 8 MiB of its own. */
-static void test_disk_full(void)
+/* Runs body(root) in a child with a tmpfs of 8 MiB of its own on root (small_fs); says so
+ * and passes when this machine allows no such mount. */
+static void in_small_fs(const char *name, void (*body)(const char *root))
 {
     char *root = mk_tmpdir();
     fflush(stdout);
@@ -1461,17 +1460,25 @@ static void test_disk_full(void)
     if (pid == 0) {
         if (!small_fs(root, 8))
             _exit(77);
-        disk_full_body(root);
+        body(root);
         exit(unit_cur_failed ? 1 : 0); /* exit, not _exit: the leak check runs */
     }
     int status = 0;
     waitpid(pid, &status, 0);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
-        fprintf(stderr, "test_disk_full: skipped: no mount namespace with a tmpfs here (%s)\n",
+        fprintf(stderr, "%s: skipped: no mount namespace with a tmpfs here (%s)\n", name,
                 geteuid() ? "no user namespaces" : "no CAP_SYS_ADMIN");
     else
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     rm_rf(root);
+}
+
+/* A full file system (ENOSPC) is met by evicting least recently used blobs, never pinned or
+ * served ones; when nothing is left to evict, calls fail with E_NOSPACE and leave nothing
+ * behind. Runs in a child with a tmpfs of 8 MiB of its own. */
+static void test_disk_full(void)
+{
+    in_small_fs("test_disk_full", disk_full_body);
 }
 
 /* Blobs being sent (released, but their descriptors open) free no blocks when evicted:
@@ -1535,45 +1542,12 @@ static void snapshot_full_body(const char *root)
 
 static void test_disk_full_snapshot_evicts_nothing(void)
 {
-    char *root = mk_tmpdir();
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!small_fs(root, 8))
-            _exit(77);
-        snapshot_full_body(root);
-        exit(unit_cur_failed ? 1 : 0);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
-        fprintf(stderr, "test_disk_full_snapshot_evicts_nothing: skipped: no mount namespace "
-                        "here\n");
-    else
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    rm_rf(root);
+    in_small_fs("test_disk_full_snapshot_evicts_nothing", snapshot_full_body);
 }
 
 static void test_disk_full_blobs_being_sent(void)
 {
-    char *root = mk_tmpdir();
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!small_fs(root, 8))
-            _exit(77);
-        open_blobs_body(root);
-        exit(unit_cur_failed ? 1 : 0);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
-        fprintf(stderr, "test_disk_full_blobs_being_sent: skipped: no mount namespace here\n");
-    else
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    rm_rf(root);
+    in_small_fs("test_disk_full_blobs_being_sent", open_blobs_body);
 }
 
 /* After a crash the index is rebuilt without pins: open must not evict to max_size before
