@@ -1481,6 +1481,10 @@ bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size)
     const struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
     if (e && e->pinned)
         return true;
+    /* Pinned bytes are part of the size held: with room beside everything held, no walk
+     * (this runs for every range passed through). */
+    if (size <= c->max_size && c->st.size <= c->max_size - size)
+        return true;
     /* Beside the pins, what is left of max_size: a blob bigger than that would evict every
      * other unpinned entry and then itself. */
     uint64_t pinned = pinned_bytes(c);
