@@ -267,6 +267,8 @@ struct rp_conn {
     bool writing;      /* wev is pending: the socket took less than we had */
     bool write_queued; /* on the server's write queue: written later in this loop iteration */
     bool in_write_cb;  /* conn_free waits for the write callback to return */
+    bool parsing;      /* in conn_try_parse's loop: conn_free waits for it too */
+    bool parse_again;  /* a request ended inside that loop: it takes the next one */
     bool freed;
     struct rp_req *req;
     bool keep_alive;

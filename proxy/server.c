@@ -499,8 +499,8 @@ static void conn_free(struct rp_conn *c)
         evbuffer_free(c->out);
         evutil_closesocket(c->fd);
     }
-    if (c->in_write_cb)
-        c->freed = true; /* the write callback frees it when it returns */
+    if (c->in_write_cb || c->parsing)
+        c->freed = true; /* the write callback or the parse loop frees it on return */
     else
         free(c);
     drain_check(srv);
@@ -616,7 +616,30 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
     conn_try_parse(c);
 }
 
+static void conn_parse_one(struct rp_conn *c);
+
+/* Takes the requests waiting in the input, one at a time. One answered at once (a cached
+ * manifest, a ping) ends inside conn_parse_one, and rp_conn_request_done asks for the next:
+ * called from there, this only notes it for the loop below. Taking it right there would
+ * nest a call chain per pipelined request, and the 500-odd smallest requests the input
+ * buffer holds would grow the stack by over a megabyte. */
 static void conn_try_parse(struct rp_conn *c)
+{
+    if (c->parsing) {
+        c->parse_again = true;
+        return;
+    }
+    c->parsing = true;
+    do {
+        c->parse_again = false;
+        conn_parse_one(c);
+    } while (c->parse_again && !c->freed);
+    c->parsing = false;
+    if (c->freed && !c->in_write_cb)
+        free(c);
+}
+
+static void conn_parse_one(struct rp_conn *c)
 {
     if (c->bev)
         in_pull_tls(c);
@@ -867,11 +890,9 @@ static void conn_write(struct rp_conn *c)
     /* Pipelined requests waited for the file body to go. */
     if (file_done && !c->freed)
         conn_try_parse(c);
-    if (c->freed) {
-        free(c);
-        return;
-    }
     c->in_write_cb = false;
+    if (c->freed && !c->parsing)
+        free(c);
 }
 
 /* The socket takes more, or it took nothing for SEND_TIMEOUT_S. */

@@ -100,6 +100,30 @@ def test_pipelined_beyond_the_input_buffer(t):
         _check_manifest(r, want, "pipelined manifest %d" % (i + 1))
 
 
+def test_pipelined_many_tiny_requests(t):
+    """3,000 of the smallest requests (a manifest hit, a ping) in one write: every one a
+    whole input buffer can hold is answered at once, so answering must not nest one call
+    per request (that grew the stack with each one: a 1 MiB stack, as here, overflowed)."""
+    s = t.s
+    reg = s.anon_registry
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                wrapper=["prlimit", "--stack=1048576:1048576", "--"])
+    lib.raw_exchange(p.port, _request(MANIFEST, close=True), timeout=20)  # cached now
+    n = 3000
+    hit = ("GET %s HTTP/1.1\r\nHost: p\r\n\r\n" % MANIFEST).encode()
+    ping = b"GET /v2/ HTTP/1.1\r\nHost: p\r\n\r\n"
+    reqs = [hit if i % 4 == 0 else ping for i in range(n - 1)] + [_request("/v2/", close=True)]
+    rs = _responses(lib.raw_exchange(p.port, b"".join(reqs), timeout=120), ["GET"] * n)
+    eq(len(rs), n, "responses to %d pipelined requests" % n)
+    for i, r in enumerate(rs):
+        if i % 4 == 0 and i < n - 1:
+            _check_manifest(r, want, "pipelined manifest %d" % (i + 1))
+        else:
+            eq(r[0], 200, "pipelined ping %d" % (i + 1))
+    check(p.proc.alive(), "the proxy is still running")
+
+
 def test_head_in_small_pieces(t):
     s = t.s
     reg = s.anon_registry
