@@ -35,30 +35,35 @@
  * Tag file: "RPTAG 1 <fetched_s> <digest> <len(registry)> <len(repo)> <len(tag)>\n"
  * registry repo tag "\n" <sha256 hex of everything before> "\n". The stored key detects the
  * (theoretical) hash collision; the checksum detects damage (E_CORRUPT, file removed).
- * Link file: "RPLINK 1 <digest> <len(registry)> <len(repo)>\n" registry repo "\n"; only its
- * existence is checked, the content is there for humans and a future garbage collector.
+ * Link file: "RPLINK 1 <digest> <len(registry)> <len(repo)>\n" registry repo "\n"; serving
+ * checks only its existence; rp_cache_links_each reads the content back (the proxy derives
+ * the pins of `pin` patterns from it).
  *
  * Index. In memory: a chained hash table keyed by (kind, algorithm, raw digest) and an LRU
  * list of the evictable entries. Invariants: an entry is in the LRU list iff it is present and
  * not pinned; an entry that is not present exists only because it is pinned (a pin may come
- * before the content). stats.size/entries sum the present entries; size is bytes on disk
- * (for manifests: header + possibly compressed payload). Tags and links are not indexed: they
- * are looked up by name and never evicted (the proxy treats a missing blob as a miss).
+ * before the content). Pins are never persisted: the owner pins again at every open.
+ * stats.size/entries sum the present entries; size is bytes on disk (for manifests: header +
+ * possibly compressed payload). Tags and links are not indexed: they are looked up by name and
+ * never evicted (the proxy treats a missing blob as a miss).
  *
  * Snapshot ("index"), little-endian:
  *   "RPCINDEX" u32 version=1 u32 0 u64 count u64 total_size
  *   count x { u8 flags (bit0 manifest, bit1 sha512, bit2 present, bit3 pinned), u64 size,
  *             raw digest (32 or 64 bytes) }
  *   sha256 of all preceding bytes
- * Records come in LRU order (least recent first), pinned ones last. The snapshot is written at
+ * Records come in LRU order (least recent first), pinned ones last. Only present entries are
+ * written, and without bit3: pins come from the owner's configuration, so a snapshot must not
+ * keep pinning what the configuration no longer names. Loading accepts bit3 and records of
+ * absent pinned entries (older snapshots) and ignores both. The snapshot is written at
  * close and removed right after open has read it, so one that exists always describes the
  * files as a clean close left them: after a crash there is none and open rebuilds the index
- * from the directories (size from stat, LRU order from mtime, pins lost until the proxy pins
- * again). A snapshot that fails any check (short, garbage, checksum, duplicate, totals) is
- * ignored the same way. Files an operator deletes behind our back are dropped from the index
- * when blob_open/manifest_get find them gone; files added behind our back while a snapshot
- * exists stay invisible and unaccounted until a rebuild (delete `index` to force one).
- * A pin applies to the digest as a blob and as a manifest (same bytes either way).
+ * from the directories (size from stat, LRU order from mtime). A snapshot that fails any check
+ * (short, garbage, checksum, duplicate, totals) is ignored the same way. Files an operator deletes
+ * behind our back are dropped from the index when blob_open/manifest_get find them gone; files
+ * added behind our back while a snapshot exists stay invisible and unaccounted until a rebuild
+ * (delete `index` to force one). A pin applies to the digest as a blob and as a manifest (same
+ * bytes either way).
  *
  * Eviction runs after every publish and when the last user releases a blob: while size >
  * max_size, unlink the least recently used entry that is neither pinned nor in use. Use means
@@ -1042,8 +1047,7 @@ static uint64_t get_u64(const unsigned char *p)
 static size_t index_put_record(unsigned char *p, const struct entry *e)
 {
     unsigned flags = (e->kind == RP_CACHE_MANIFEST ? IDX_F_MANIFEST : 0) |
-                     (e->algo == ALGO_SHA512 ? IDX_F_SHA512 : 0) |
-                     (e->present ? IDX_F_PRESENT : 0) | (e->pinned ? IDX_F_PINNED : 0);
+                     (e->algo == ALGO_SHA512 ? IDX_F_SHA512 : 0) | IDX_F_PRESENT;
     p[0] = (unsigned char)flags;
     put_u64(p + 1, e->size);
     memcpy(p + INDEX_REC_FIXED, e->raw, algos[e->algo].rawlen);
@@ -1060,7 +1064,7 @@ static int index_save(struct rp_cache *c)
         off += index_put_record(buf + off, e);
     for (size_t i = 0; i < c->nbuckets; i++)
         for (struct entry *e = c->buckets[i]; e; e = e->hnext)
-            if (e->pinned) {
+            if (e->pinned && e->present) {
                 off += index_put_record(buf + off, e);
                 count++;
             }
@@ -1107,15 +1111,13 @@ static int index_parse(struct rp_cache *c, const unsigned char *p, size_t n)
         const unsigned char *raw = p + off + INDEX_REC_FIXED;
         if (index_find(c, kind, algo, raw) || size > UINT64_MAX - sum)
             return -1;
-        struct entry *e = index_get(c, kind, algo, raw);
-        e->pinned = pinned;
-        if (present) {
+        if (present) { /* the pin, if any, is not taken over (see Snapshot above) */
+            struct entry *e = index_get(c, kind, algo, raw);
             e->present = true;
             e->size = size;
             sum += size;
             c->st.entries++;
-            if (!pinned)
-                lru_append(c, e);
+            lru_append(c, e);
         }
         off += INDEX_REC_FIXED + rawlen;
     }
@@ -1566,6 +1568,25 @@ void rp_cache_pin(struct rp_cache *c, const char *digest)
         struct entry *e = index_get(c, kind, d.algo, d.raw);
         e->pinned = true;
         lru_unlink(e);
+    }
+}
+
+void rp_cache_unpin_all(struct rp_cache *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->nbuckets; i++) {
+        struct entry *e = c->buckets[i], *next;
+        for (; e; e = next) {
+            next = e->hnext;
+            if (!e->pinned)
+                continue;
+            e->pinned = false;
+            if (e->present)
+                lru_append(c, e);
+            else
+                index_free_entry(c, e); /* a placeholder for content that never came */
+        }
     }
 }
 
@@ -2131,6 +2152,118 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
     if (rc == RP_CACHE_OK)
         memo_put(c, &c->links, key, klen, NULL, 0, 0);
     return rc;
+}
+
+/* Splits a link file into its registry, repository (NUL-terminated, each of at most
+ * KEY_PART_MAX bytes) and digest. RP_CACHE_OK or E_CORRUPT. */
+static int link_decode(const char *buf, size_t n, char *registry, char *repo, struct digest *d)
+{
+    const char *nl = memchr(buf, '\n', n < TAG_HDR_MAX ? n : TAG_HDR_MAX);
+    if (!nl)
+        return RP_CACHE_E_CORRUPT;
+    const char *p = buf, *tok;
+    size_t toklen;
+    uint64_t lens[2];
+    char dstr[RP_CACHE_DIGEST_BUF];
+    if (!next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, LINK_MAGIC) ||
+        !next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, "1") ||
+        !next_token(&p, nl, &tok, &toklen) || toklen >= sizeof(dstr))
+        return RP_CACHE_E_CORRUPT;
+    memcpy(dstr, tok, toklen);
+    dstr[toklen] = '\0';
+    if (parse_digest(dstr, d) != 0 || strcmp(d->str, dstr) != 0 ||
+        !next_token(&p, nl, &tok, &toklen) || rp_parse_u64(tok, toklen, &lens[0]) != 0 ||
+        rp_parse_u64(p, (size_t)(nl - p), &lens[1]) != 0)
+        return RP_CACHE_E_CORRUPT;
+    for (int i = 0; i < 2; i++)
+        if (lens[i] == 0 || lens[i] > KEY_PART_MAX)
+            return RP_CACHE_E_CORRUPT;
+    const char *key = nl + 1;
+    size_t klen = (size_t)(lens[0] + lens[1]);
+    if ((size_t)(key - buf) + klen + 1 != n || key[klen] != '\n' || memchr(key, '\0', klen))
+        return RP_CACHE_E_CORRUPT;
+    memcpy(registry, key, (size_t)lens[0]);
+    registry[lens[0]] = '\0';
+    memcpy(repo, key + lens[0], (size_t)lens[1]);
+    repo[lens[1]] = '\0';
+    if (!key_part_ok(registry) || !key_part_ok(repo))
+        return RP_CACHE_E_CORRUPT;
+    return RP_CACHE_OK;
+}
+
+/* Whether name is 64 lowercase hex digits starting with the directory's hh. */
+static bool key_name_ok(const char *name, const char *hh)
+{
+    if (strlen(name) != 64 || name[0] != hh[0] || name[1] != hh[1])
+        return false;
+    for (int i = 0; i < 64; i++)
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+            return false;
+    return true;
+}
+
+size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg)
+{
+    if (!c)
+        return 0;
+    int fd = openat(c->dirfd, "links", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT)
+            rp_warn("cache: reading %s/links: %s", c->dir, strerror(errno));
+        return 0;
+    }
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return 0;
+    }
+    size_t n = 0, bad = 0;
+    char *registry = rp_xmalloc(KEY_PART_MAX + 1), *repo = rp_xmalloc(KEY_PART_MAX + 1);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *hh = de->d_name;
+        if (strlen(hh) != 2 || hexval(hh[0]) < 0 || hexval(hh[1]) < 0)
+            continue;
+        int sfd = openat(dirfd(d), hh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *sd = sfd >= 0 ? fdopendir(sfd) : NULL;
+        if (!sd) {
+            if (sfd >= 0)
+                close(sfd);
+            continue;
+        }
+        struct dirent *fe;
+        while ((fe = readdir(sd)) != NULL) {
+            if (!key_name_ok(fe->d_name, hh))
+                continue;
+            char rel[REL_MAX], *buf = NULL, hex[65], name[65];
+            size_t len = 0;
+            struct digest dg;
+            memcpy(name, fe->d_name, sizeof(name)); /* 64 characters and the NUL */
+            key_rel(rel, sizeof(rel), "links", name);
+            if (read_file(c, rel, TAG_FILE_MAX, &buf, &len) != RP_CACHE_OK) {
+                bad++;
+                continue;
+            }
+            int rc = link_decode(buf, len, registry, repo, &dg);
+            free(buf);
+            if (rc == RP_CACHE_OK)
+                key_hex(registry, repo, dg.str, hex);
+            /* A file under another key's name would link what its name does not say. */
+            if (rc != RP_CACHE_OK || strcmp(hex, name) != 0) {
+                bad++;
+                continue;
+            }
+            fn(arg, registry, repo, dg.str);
+            n++;
+        }
+        closedir(sd);
+    }
+    closedir(d);
+    free(registry);
+    free(repo);
+    if (bad)
+        rp_warn("cache: %zu damaged or misplaced link files in %s/links skipped", bad, c->dir);
+    return n;
 }
 
 bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo, const char *digest)

@@ -160,9 +160,20 @@ void rp_cache_set_memory(struct rp_cache *c, size_t manifest_bytes, size_t tags,
 
 /* --- size bound --- */
 /* Pins a digest (mirrored or matched by a `pin` pattern): never evicted. Works before the
- * content arrives. Pins last across clean restarts (index snapshot) but not across a crash
- * (the index is then rebuilt from the files): callers pin again at every start. */
+ * content arrives. Pins live in memory only, never in the index snapshot: the owner derives
+ * them from its configuration and the pins file at every open (and again on reload), so an
+ * image that no longer qualifies becomes evictable, after a clean restart as after a crash. */
 void rp_cache_pin(struct rp_cache *c, const char *digest);
+/* Drops every pin (before pinning anew from a changed configuration). Unpinned content
+ * becomes most recently used; nothing is evicted here (rp_cache_evict does that). */
+void rp_cache_unpin_all(struct rp_cache *c);
+/* Calls fn for every repository link on disk (see rp_cache_link): registry, repo and digest
+ * as they were linked, read back from the link files. Files that are damaged or not where
+ * their key puts them are skipped. Returns the number of links passed to fn. Reads every
+ * link file: meant for start and reload, not for requests. */
+typedef void (*rp_cache_link_fn)(void *arg, const char *registry, const char *repo,
+                                 const char *digest);
+size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg);
 /* Evicts least recently used, unpinned, unused entries until the store is at most
  * max_size. Returns how many were evicted. Called after each commit by the cache itself;
  * exposed for tests.

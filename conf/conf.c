@@ -122,7 +122,9 @@ static const struct rp_conf_option options[] = {
      .offset = CACHE_F(pins),
      .aux_offset = CACHE_F(n_pins),
      .help = "images never evicted: comma-separated REGISTRY/REPOSITORY patterns with shell "
-             "wildcards, e.g. registry.redhat.io/openshift3/*"},
+             "wildcards, e.g. registry.redhat.io/openshift3/*. Applied to what is cached "
+             "already at every start and on a reload that changes them; a pattern removed "
+             "lets its images go"},
     {.section = RP_CONF_SECTION_CACHE,
      .key = "max_stale",
      .type = RP_CONF_DURATION,

@@ -1879,6 +1879,8 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
     im.c = open_cache(conf, "import");
     if (!im.c)
         goto out;
+    /* Publishing evicts to max_size: what the proxy pins must be pinned here too. */
+    rp_pins_apply(im.c, conf);
     /* Pass 2: publish through the cache, which verifies each digest again. */
     struct rp_progress pub;
     rp_progress_init(&pub, "importing", meta->n_images, total);

@@ -105,11 +105,11 @@ void rp_digest_of(const char *like, const void *data, size_t len, char out[RP_CA
 /* -------------------------------------------------------------------------- pins.c */
 /* <cache dir>/pins lists every image mirrored or imported into the cache, one
  * "REGISTRY/REPO[:TAG]@DIGEST" per line (REGISTRY: the configured name). The cache keeps
- * pins across clean restarts only (its index snapshot); the proxy re-pins from this file
- * at every start by walking each listed manifest in the cache, so mirrored content is
- * never evicted, even after a crash. Lines are never removed by regproxy: an operator who
- * wants an image evictable again deletes its line. Written only while the cache's lock is
- * held (by the process that has the cache open), replaced atomically. */
+ * no pins across an open; the proxy re-pins from this file at every start (and on a reload
+ * after the file changed) by walking each listed manifest in the cache, so mirrored content
+ * is never evicted, even after a crash. Lines are never removed by regproxy: an operator
+ * who wants an image evictable again deletes its line and reloads. Written only while the
+ * cache's lock is held (by the process that has the cache open), replaced atomically. */
 #define RP_PINS_FILE "pins"
 
 /* Adds the image (registry name, repo, tag or NULL, manifest digest) to the pins file
@@ -124,8 +124,20 @@ int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *
  * index, config and layers), whether present yet or not. Returns the number of digests
  * pinned. */
 size_t rp_pin_walk(struct rp_cache *c, const char *digest);
-/* rp_pin_walk for every image of the pins file; logs how many. Called by the server at
- * start. */
+/* Tells one version of the pins file from another (all zero when there is none). */
+struct rp_pins_stamp {
+    uint64_t dev, ino, size;
+    int64_t mtime_ns;
+};
+void rp_pins_stamp(const char *cache_dir, struct rp_pins_stamp *out);
+/* Whether registry/repo matches one of conf's `pin` patterns (shell wildcards). */
+bool rp_pin_pattern_match(const struct rp_conf *conf, const char *registry, const char *repo);
+/* Pins what conf and the pins file say must stay, the only sources of pins (the cache keeps
+ * none across an open): rp_pin_walk for every image of the pins file, and every digest linked
+ * for a repository that a `pin` pattern matches (read from the cache's link files, so what
+ * was pulled before a restart stays pinned without a new pull). Logs how many. Called by
+ * whoever opens the cache, before anything can evict (the server at start and on a reload
+ * that changed the patterns, after rp_cache_unpin_all; export and import). */
 void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf);
 
 /* ---------------------------------------------------------------------- progress.c */

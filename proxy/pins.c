@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* pins: the pins file (<cache dir>/pins) that lists mirrored and imported images, and the
- * manifest walk that pins an image's every digest. The cache's own pins survive only clean
- * restarts; this file makes them survive crashes too: the server re-pins from it at start. */
+/* pins: where pins come from. The pins file (<cache dir>/pins) lists mirrored and imported
+ * images, whose every digest the manifest walk pins; the `pin` patterns pin every digest
+ * linked for a matching repository. The cache keeps no pins across an open, so these two are
+ * the only source: applied at every start and on a reload that changes either. */
 #include "offline.h"
 
 #include "../util/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -214,6 +216,48 @@ size_t rp_pin_walk(struct rp_cache *c, const char *digest)
     return walk(c, digest, 0);
 }
 
+void rp_pins_stamp(const char *cache_dir, struct rp_pins_stamp *out)
+{
+    memset(out, 0, sizeof(*out));
+    char *path = pins_path(cache_dir);
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        out->dev = (uint64_t)st.st_dev;
+        out->ino = (uint64_t)st.st_ino;
+        out->size = (uint64_t)st.st_size;
+        out->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    }
+    free(path);
+}
+
+bool rp_pin_pattern_match(const struct rp_conf *conf, const char *registry, const char *repo)
+{
+    const struct rp_conf_cache *cc = &conf->cache;
+    if (cc->n_pins == 0)
+        return false;
+    char *image = rp_xasprintf("%s/%s", registry, repo);
+    bool hit = false;
+    for (size_t i = 0; i < cc->n_pins && !hit; i++)
+        hit = fnmatch(cc->pins[i], image, 0) == 0;
+    free(image);
+    return hit;
+}
+
+struct pattern_pins {
+    struct rp_cache *c;
+    const struct rp_conf *conf;
+    size_t pinned;
+};
+
+static void pin_if_matched(void *arg, const char *registry, const char *repo, const char *digest)
+{
+    struct pattern_pins *pp = arg;
+    if (rp_pin_pattern_match(pp->conf, registry, repo)) {
+        rp_cache_pin(pp->c, digest);
+        pp->pinned++;
+    }
+}
+
 void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf)
 {
     struct rp_image_ref *v = NULL;
@@ -221,11 +265,18 @@ void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf)
     char err[512];
     if (rp_pins_load(conf, &v, &n, err, sizeof(err)) != 0) {
         rp_warn("pins: %s; mirrored images are not pinned", err);
-        return;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            digests += rp_pin_walk(c, v[i].digest);
+        if (n)
+            rp_info("pins: %zu mirrored or imported images pinned (%zu digests)", n, digests);
+        free(v);
     }
-    for (size_t i = 0; i < n; i++)
-        digests += rp_pin_walk(c, v[i].digest);
-    if (n)
-        rp_info("pins: %zu mirrored or imported images pinned (%zu digests)", n, digests);
-    free(v);
+    if (conf->cache.n_pins) {
+        struct pattern_pins pp = {.c = c, .conf = conf};
+        size_t links = rp_cache_links_each(c, pin_if_matched, &pp);
+        rp_info("pins: %zu cached digests pinned by the pin patterns (of %zu repository "
+                "links)",
+                pp.pinned, links);
+    }
 }

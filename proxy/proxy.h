@@ -18,6 +18,7 @@
 #include "../util/util.h"
 #include "http_parse.h"
 #include "metrics.h"
+#include "offline.h"
 #include "syncer.h"
 #include "route.h"
 #include "upstream.h"
@@ -330,6 +331,7 @@ struct rp_server {
         int64_t size;
     } behind_sizes[16];
     unsigned behind_sizes_next;
+    struct rp_pins_stamp pins_stamp; /* the pins file as last applied (reload.c) */
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *log_flush_ev; /* writes the log lines batched in this loop iteration */
     struct event *watch_ev;     /* polls credential files for changes */

@@ -48,6 +48,33 @@ static bool same_shape(const struct rp_conf *a, const struct rp_conf *b, const c
     return true;
 }
 
+static bool same_pin_patterns(const struct rp_conf *a, const struct rp_conf *b)
+{
+    if (a->cache.n_pins != b->cache.n_pins)
+        return false;
+    for (size_t i = 0; i < a->cache.n_pins; i++)
+        if (strcmp(a->cache.pins[i], b->cache.pins[i]) != 0)
+            return false;
+    return true;
+}
+
+/* Pins again from scratch when the patterns or the pins file changed, so that a pattern or
+ * a line removed lets its content go (and one added holds what is cached already). Reading
+ * every link file takes a while on a big cache: not done on reloads that change neither. */
+static void repin_if_changed(struct rp_server *srv, bool patterns_changed)
+{
+    struct rp_pins_stamp st;
+    rp_pins_stamp(srv->conf->cache.dir, &st);
+    if (!patterns_changed && memcmp(&st, &srv->pins_stamp, sizeof(st)) == 0)
+        return;
+    srv->pins_stamp = st;
+    rp_cache_unpin_all(srv->cache);
+    rp_pins_apply(srv->cache, srv->conf);
+    size_t evicted = rp_cache_evict(srv->cache);
+    if (evicted)
+        rp_info("reload: %zu cache entries no longer pinned were evicted to max_size", evicted);
+}
+
 /* Moves the new values into the running registry; the old ones end up in `fresh`, which
  * the caller frees (secrets are zeroed there). */
 static void swap_registry(struct rp_conf_registry *run, struct rp_conf_registry *fresh)
@@ -118,6 +145,7 @@ int rp_reload(struct rp_server *srv, const char *why)
     }
     SWAP(run->cache.tag_ttl_ms, fresh->cache.tag_ttl_ms);
     SWAP(run->cache.max_stale_ms, fresh->cache.max_stale_ms);
+    bool patterns_changed = !same_pin_patterns(run, fresh);
     SWAP(run->cache.pins, fresh->cache.pins);
     SWAP(run->cache.n_pins, fresh->cache.n_pins);
     SWAP(run->watch, fresh->watch);
@@ -128,6 +156,7 @@ int rp_reload(struct rp_server *srv, const char *why)
     for (size_t i = 0; i < run->n_warnings; i++)
         rp_warn("config: %s", run->warnings[i]);
     rp_info("reload (%s): configuration applied; tokens dropped", why);
+    repin_if_changed(srv, patterns_changed);
     for (size_t i = 0; i < run->n_registries; i++)
         rp_check_start(srv, &run->registries[i], rp_server_check_logged, srv);
     return 0;

@@ -8,7 +8,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -402,17 +401,8 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
                          const char *repo, const char *digest)
 {
-    const struct rp_conf_cache *cc = &srv->conf->cache;
-    if (cc->n_pins == 0)
-        return;
-    char *image = rp_xasprintf("%s/%s", reg->name, repo);
-    for (size_t i = 0; i < cc->n_pins; i++) {
-        if (fnmatch(cc->pins[i], image, 0) == 0) {
-            rp_cache_pin(srv->cache, digest);
-            break;
-        }
-    }
-    free(image);
+    if (rp_pin_pattern_match(srv->conf, reg->name, repo))
+        rp_cache_pin(srv->cache, digest);
 }
 
 void rp_conn_stream_mode(struct rp_conn *c)
@@ -1342,8 +1332,9 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
                     conf->cache.dir, a, b);
         }
     }
-    /* Pins of mirrored and imported images come back from the pins file: the index
-     * snapshot keeps pins only across clean restarts. */
+    /* The cache keeps no pins across an open: they come from the pins file and the pin
+     * patterns, so an image that no longer qualifies is evictable again. */
+    rp_pins_stamp(conf->cache.dir, &srv->pins_stamp); /* before reading: see reload.c */
     rp_pins_apply(srv->cache, conf);
     rp_cache_evict(srv->cache); /* to max_size, now that pins are back (not done by open) */
     srv->syncer = rp_syncer_new(srv->base);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* fuzz_cache_index: libFuzzer target for the cache's on-disk metadata, which a crash, a full
- * disk or an operator can damage. The first byte picks the file the rest becomes (index
- * snapshot, manifest file, tag file); the cache must still open, answer and never serve bytes
- * that do not match their digest. */
+ * disk or an operator can damage. The first byte picks the file the rest becomes ('l': a
+ * link file, else by its value modulo 3: index snapshot, manifest file, tag file); the cache
+ * must still open, answer, never serve bytes that do not match their digest, and read back
+ * from a link file only the link its name stands for. */
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdint.h>
@@ -36,7 +37,7 @@ static const char manifest[] =
     "1024}],\"annotations\":{\"org.opencontainers.image.base.name\":"
     "\"docker.io/library/ubuntu:22.04\"}}";
 
-static char *dir, *index_path, *manifest_path, *tag_path;
+static char *dir, *index_path, *manifest_path, *tag_path, *link_path;
 static char manifest_digest[RP_CACHE_DIGEST_BUF];
 
 static void hex(const unsigned char *p, size_t n, char *out)
@@ -104,6 +105,31 @@ static void setup(void)
     free(sub);
     tag_path = rp_xasprintf("%s/tags/%.2s/%s", dir, th, th);
     index_path = rp_xasprintf("%s/index", dir);
+
+    ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestUpdate(ctx, REG, sizeof(REG));
+    EVP_DigestUpdate(ctx, REPO, sizeof(REPO));
+    EVP_DigestUpdate(ctx, manifest_digest, strlen(manifest_digest) + 1);
+    EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_MD_CTX_free(ctx);
+    hex(md, 32, th);
+    sub = rp_xasprintf("%s/links", dir);
+    mkdir(sub, 0755);
+    free(sub);
+    sub = rp_xasprintf("%s/links/%.2s", dir, th);
+    mkdir(sub, 0755);
+    free(sub);
+    link_path = rp_xasprintf("%s/links/%.2s/%s", dir, th, th);
+}
+
+/* The only link link_path may yield: the one its name is the hash of. */
+static void check_link(void *arg, const char *registry, const char *repo, const char *digest)
+{
+    (*(size_t *)arg)++;
+    if (strcmp(registry, REG) != 0 || strcmp(repo, REPO) != 0 ||
+        strcmp(digest, manifest_digest) != 0)
+        abort();
 }
 
 static void spit(const char *path, const void *p, size_t n)
@@ -138,14 +164,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         setup();
     if (size < 1)
         return 0;
-    int which = data[0] % 3; /* 'i' index, 'm' manifest, 't' tag */
+    int which = data[0] == 'l' ? 3 : data[0] % 3; /* 'i' index, 'm' manifest, 't' tag */
     unlink(index_path);
     unlink(manifest_path);
     unlink(tag_path);
-    const char *target = which == 0 ? index_path : which == 1 ? manifest_path : tag_path;
+    unlink(link_path);
+    const char *target = which == 0   ? index_path
+                         : which == 1 ? manifest_path
+                         : which == 2 ? tag_path
+                                      : link_path;
     spit(target, data + 1, size - 1);
 
     struct rp_cache *c = open_or_die();
+    size_t links = 0;
+    if (rp_cache_links_each(c, check_link, &links) != links || links > 1)
+        abort();
     struct rp_cache_manifest m;
     int rc = rp_cache_manifest_get(c, manifest_digest, &m);
     if (rc == RP_CACHE_OK) {

@@ -5,9 +5,12 @@ multi) all succeed with every digest checked; after each, the bytes under blobs/
 manifests/ are at most max_size; the 100 MiB layer is served but not kept, and evicts
 nothing else (unpinned content cached before it stays); the pinned image
 stays complete throughout and its re-pull needs no upstream blob request. Pins must also
-hold for an image bigger than max_size, and after a crash (kill -9) and restart."""
+hold for an image bigger than max_size, and after a crash (kill -9) and restart; a pattern
+removed (by a restart or a reload) lets its image go, and one added by a reload pins what is
+cached already."""
 import json
 import os
+import signal
 import time
 
 import lib
@@ -129,24 +132,122 @@ def test_pin_bigger_than_max_size(t):
     check(not gets, "re-pull of the pinned ns/large:v1: upstream blob GETs %s" % gets)
 
 
+def _tight(reg):
+    """(max_size, layer): a store that takes ns/large's 10 MiB layer when nothing is pinned
+    (evicting ns/multi to make room), but not beside a pinned ns/multi (not kept then)."""
+    multi = sum(b["size"] for m in lib.image_manifests(reg, "ns/multi:v1")
+                for b in [m["config"]] + m["layers"])
+    layer = min(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    return layer["size"] + multi // 2, layer
+
+
+def _pins_logged(p, n):
+    lib.wait_until(lambda: p.log_text().count("pinned by the pin patterns") >= n, 10,
+                   "the pin patterns to be applied (%d times)" % n)
+
+
 def test_pin_survives_restart_and_crash(t):
-    """A clean restart keeps pins (index snapshot). kill -9 loses the index (documented: the
-    proxy must pin again at every start): pinned content already cached must still be
-    pinned afterwards, so filling the store past max_size must not evict it."""
+    """Pins are derived at every start (the pins file, and the cache's repository links for
+    the `pin` patterns), never kept in the index snapshot: pinned content stays pinned after
+    a clean restart and after kill -9, without being pulled again first. The store is sized so
+    that ns/large's 10 MiB layer fits only by evicting ns/multi: pinned, it is not kept."""
     s = t.s
     reg = s.anon_registry
-    p = t.proxy(registries=[reg.conf()], cache={"max_size": "30M", "pin": PIN})
+    max_size, layer = _tight(reg)
+    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size), "pin": PIN})
     t.pull(p, "ns/multi:v1")
     check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
-    for how in ("clean restart", "kill -9 and restart"):
+    for i, how in enumerate(("clean restart", "kill -9 and restart")):
         if how == "clean restart":
             p.restart()
         else:
             p.kill9()
             p.start()
-        t.pull(p, "ns/multi:v1")  # served from the cache: hits, links known
-        t.pull(p, "ns/large:v1")  # 110 MiB through a 30M store
-        _bounded(p, "%s, after pulling ns/large:v1" % how)
+        _pins_logged(p, i + 2)
+        _, tags = t.pull(p, "ns/large:v1")
+        eq(tags.get("v1"), reg.pushed["ns/large:v1"]["digest"], "pull of ns/large:v1")
+        _bounded(p, "%s, after pulling ns/large:v1" % how, max_size)
         miss = _missing(p, reg, "ns/multi:v1")
-        check(not miss, "after a %s and a pull that overflows max_size, content of the pinned "
-              "image ns/multi:v1 was evicted: %s" % (how, miss))
+        check(not miss, "after a %s, pulling ns/large:v1 evicted content of the pinned image "
+              "ns/multi:v1: %s" % (how, miss))
+        check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
+              "after a %s: the 10 MiB layer was kept beside the pinned ns/multi:v1" % how)
+
+
+def test_pin_removed_lets_go(t):
+    """A `pin` pattern removed from the configuration no longer holds its image after a clean
+    restart (the index snapshot used to keep every pin it had ever seen)."""
+    s = t.s
+    reg = s.anon_registry
+    max_size, layer = _tight(reg)
+    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size), "pin": PIN})
+    t.pull(p, "ns/multi:v1")
+    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    p.cache = {"max_size": str(max_size)}
+    p.write_conf()
+    p.restart()
+    t.pull(p, "ns/large:v1")
+    _bounded(p, "after pulling ns/large:v1", max_size)
+    check(os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
+          "the 10 MiB layer was not kept although nothing is pinned any more")
+    check(_missing(p, reg, "ns/multi:v1"), "ns/multi:v1, no longer pinned, is still whole "
+          "in a store with no room for it")
+
+
+def test_pin_patterns_on_reload(t):
+    """A reload that adds a `pin` pattern pins what is cached already (no new pull needed);
+    one that removes it lets the content go."""
+    s = t.s
+    reg = s.anon_registry
+    max_size, layer = _tight(reg)
+    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size)})
+    t.pull(p, "ns/multi:v1")
+    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    p.cache["pin"] = PIN
+    p.write_conf()
+    os.kill(p.pid, signal.SIGHUP)
+    _pins_logged(p, 1)
+    t.pull(p, "ns/large:v1")
+    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1, pinned by the reload, lost content")
+    check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
+          "the 10 MiB layer was kept beside ns/multi:v1 pinned by the reload")
+    del p.cache["pin"]
+    p.write_conf()
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: p.log_text().count("reload (SIGHUP): configuration applied") >= 2,
+                   10, "the second reload")
+    t.pull(p, "ns/large:v1")
+    _bounded(p, "after pulling ns/large:v1 again", max_size)
+    check(os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
+          "the 10 MiB layer was not kept after the reload that removed the pin")
+    check(_missing(p, reg, "ns/multi:v1"), "ns/multi:v1 is still whole after its pin pattern "
+          "was removed by a reload")
+
+
+def test_pins_file_edited_on_reload(t):
+    """The pins file (written by mirror and import) is read again by a reload when it changed:
+    a line added pins its cached image, a line removed lets it go."""
+    s = t.s
+    reg = s.anon_registry
+    max_size, layer = _tight(reg)
+    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size)})
+    t.pull(p, "ns/multi:v1")
+    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    pins = os.path.join(p.cache_dir, "pins")
+    with open(pins, "w") as f:
+        f.write("%s/ns/multi:v1@%s\n" % (reg.name, reg.pushed["ns/multi:v1"]["digest"]))
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "pins: 1 mirrored or imported images pinned" in p.log_text(), 10,
+                   "the reload to pin the image the pins file names")
+    t.pull(p, "ns/large:v1")
+    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1, pinned by the pins file, lost "
+          "content")
+    with open(pins, "w") as f:
+        f.write("# emptied\n")
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: p.log_text().count("reload (SIGHUP): configuration applied") >= 2,
+                   10, "the second reload")
+    t.pull(p, "ns/large:v1")
+    _bounded(p, "after pulling ns/large:v1 again", max_size)
+    check(_missing(p, reg, "ns/multi:v1"), "ns/multi:v1 is still whole after its line was "
+          "removed from the pins file")
