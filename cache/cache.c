@@ -1185,6 +1185,18 @@ static bool name_to_raw(const char *name, int algo, const char *prefix, unsigned
     return true;
 }
 
+/* Opens the subdirectory hh of d when hh is a two hex digit <hh> name, else NULL. */
+static DIR *open_hh(DIR *d, const char *hh)
+{
+    if (strlen(hh) != 2 || hexval(hh[0]) < 0 || hexval(hh[1]) < 0)
+        return NULL;
+    int sfd = openat(dirfd(d), hh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *sd = sfd >= 0 ? fdopendir(sfd) : NULL;
+    if (!sd && sfd >= 0)
+        close(sfd);
+    return sd;
+}
+
 static int scan_dir(struct rp_cache *c, int kind, int algo, struct found **v, size_t *n,
                     size_t *cap)
 {
@@ -1202,16 +1214,9 @@ static int scan_dir(struct rp_cache *c, int kind, int algo, struct found **v, si
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *hh = de->d_name;
-        if (strlen(hh) != 2 || hexval(hh[0]) < 0 || hexval(hh[1]) < 0)
+        DIR *sd = open_hh(d, hh);
+        if (!sd)
             continue;
-        int sfd = openat(dirfd(d), hh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (sfd < 0)
-            continue;
-        DIR *sd = fdopendir(sfd);
-        if (!sd) {
-            close(sfd);
-            continue;
-        }
         struct dirent *fe;
         while ((fe = readdir(sd)) != NULL) {
             struct found f;
@@ -2222,15 +2227,9 @@ size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg)
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *hh = de->d_name;
-        if (strlen(hh) != 2 || hexval(hh[0]) < 0 || hexval(hh[1]) < 0)
+        DIR *sd = open_hh(d, hh);
+        if (!sd)
             continue;
-        int sfd = openat(dirfd(d), hh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        DIR *sd = sfd >= 0 ? fdopendir(sfd) : NULL;
-        if (!sd) {
-            if (sfd >= 0)
-                close(sfd);
-            continue;
-        }
         struct dirent *fe;
         while ((fe = readdir(sd)) != NULL) {
             if (!key_name_ok(fe->d_name, hh))

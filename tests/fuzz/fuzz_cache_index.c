@@ -60,6 +60,30 @@ static void cleanup(void)
         nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The path of the tag or link file of (REG, REPO, last) as the cache names it: top/hh/hex of
+ * sha256(REG NUL REPO NUL last NUL); its directory is created. */
+static char *key_file(const char *top, const char *last)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestUpdate(ctx, REG, sizeof(REG));
+    EVP_DigestUpdate(ctx, REPO, sizeof(REPO));
+    EVP_DigestUpdate(ctx, last, strlen(last) + 1);
+    EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_MD_CTX_free(ctx);
+    char h[65];
+    hex(md, 32, h);
+    char *sub = rp_xasprintf("%s/%s", dir, top);
+    mkdir(sub, 0755);
+    free(sub);
+    sub = rp_xasprintf("%s/%s/%.2s", dir, top, h);
+    mkdir(sub, 0755);
+    free(sub);
+    return rp_xasprintf("%s/%s/%.2s/%s", dir, top, h, h);
+}
+
 static void setup(void)
 {
     char tmpl[64];
@@ -88,39 +112,9 @@ static void setup(void)
     mkdir(sub, 0755);
     free(sub);
 
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    EVP_DigestUpdate(ctx, REG, sizeof(REG));
-    EVP_DigestUpdate(ctx, REPO, sizeof(REPO));
-    EVP_DigestUpdate(ctx, TAG, sizeof(TAG));
-    EVP_DigestFinal_ex(ctx, md, &len);
-    EVP_MD_CTX_free(ctx);
-    char th[65];
-    hex(md, 32, th);
-    sub = rp_xasprintf("%s/tags", dir);
-    mkdir(sub, 0755);
-    free(sub);
-    sub = rp_xasprintf("%s/tags/%.2s", dir, th);
-    mkdir(sub, 0755);
-    free(sub);
-    tag_path = rp_xasprintf("%s/tags/%.2s/%s", dir, th, th);
+    tag_path = key_file("tags", TAG);
+    link_path = key_file("links", manifest_digest);
     index_path = rp_xasprintf("%s/index", dir);
-
-    ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    EVP_DigestUpdate(ctx, REG, sizeof(REG));
-    EVP_DigestUpdate(ctx, REPO, sizeof(REPO));
-    EVP_DigestUpdate(ctx, manifest_digest, strlen(manifest_digest) + 1);
-    EVP_DigestFinal_ex(ctx, md, &len);
-    EVP_MD_CTX_free(ctx);
-    hex(md, 32, th);
-    sub = rp_xasprintf("%s/links", dir);
-    mkdir(sub, 0755);
-    free(sub);
-    sub = rp_xasprintf("%s/links/%.2s", dir, th);
-    mkdir(sub, 0755);
-    free(sub);
-    link_path = rp_xasprintf("%s/links/%.2s/%s", dir, th, th);
 }
 
 /* The only link link_path may yield: the one its name is the hash of. */

@@ -141,6 +141,13 @@ def _tight(reg):
     return layer["size"] + multi // 2, layer
 
 
+def _reload(p, n):
+    """SIGHUP, then waits for the proxy's n-th applied reload."""
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: p.log_text().count("reload (SIGHUP): configuration applied") >= n,
+                   10, "reload %d to be applied" % n)
+
+
 def _pins_logged(p, n):
     lib.wait_until(lambda: p.log_text().count("pinned by the pin patterns") >= n, 10,
                    "the pin patterns to be applied (%d times)" % n)
@@ -205,7 +212,7 @@ def test_pin_patterns_on_reload(t):
     check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
     p.cache["pin"] = PIN
     p.write_conf()
-    os.kill(p.pid, signal.SIGHUP)
+    _reload(p, 1)
     _pins_logged(p, 1)
     t.pull(p, "ns/large:v1")
     check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1, pinned by the reload, lost content")
@@ -213,9 +220,7 @@ def test_pin_patterns_on_reload(t):
           "the 10 MiB layer was kept beside ns/multi:v1 pinned by the reload")
     del p.cache["pin"]
     p.write_conf()
-    os.kill(p.pid, signal.SIGHUP)
-    lib.wait_until(lambda: p.log_text().count("reload (SIGHUP): configuration applied") >= 2,
-                   10, "the second reload")
+    _reload(p, 2)
     t.pull(p, "ns/large:v1")
     _bounded(p, "after pulling ns/large:v1 again", max_size)
     check(os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
@@ -236,17 +241,15 @@ def test_pins_file_edited_on_reload(t):
     pins = os.path.join(p.cache_dir, "pins")
     with open(pins, "w") as f:
         f.write("%s/ns/multi:v1@%s\n" % (reg.name, reg.pushed["ns/multi:v1"]["digest"]))
-    os.kill(p.pid, signal.SIGHUP)
-    lib.wait_until(lambda: "pins: 1 mirrored or imported images pinned" in p.log_text(), 10,
-                   "the reload to pin the image the pins file names")
+    _reload(p, 1)
+    check("pins: 1 mirrored or imported images pinned" in p.log_text(),
+          "the reload did not pin the image the pins file names")
     t.pull(p, "ns/large:v1")
     check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1, pinned by the pins file, lost "
           "content")
     with open(pins, "w") as f:
         f.write("# emptied\n")
-    os.kill(p.pid, signal.SIGHUP)
-    lib.wait_until(lambda: p.log_text().count("reload (SIGHUP): configuration applied") >= 2,
-                   10, "the second reload")
+    _reload(p, 2)
     t.pull(p, "ns/large:v1")
     _bounded(p, "after pulling ns/large:v1 again", max_size)
     check(_missing(p, reg, "ns/multi:v1"), "ns/multi:v1 is still whole after its line was "
