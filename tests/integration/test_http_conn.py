@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import time
 
 import lib
@@ -100,21 +101,15 @@ def test_pipelined_beyond_the_input_buffer(t):
         _check_manifest(r, want, "pipelined manifest %d" % (i + 1))
 
 
-def test_pipelined_many_tiny_requests(t):
-    """3,000 of the smallest requests (a manifest hit, a ping) in one write: every one a
-    whole input buffer can hold is answered at once, so answering must not nest one call
-    per request (that grew the stack with each one: a 1 MiB stack, as here, overflowed)."""
-    s = t.s
-    reg = s.anon_registry
-    want = reg.pushed["ns/multi:v1"]["digest"]
-    p = t.proxy(registries=[reg.conf("registry.anon.test")],
-                wrapper=["prlimit", "--stack=1048576:1048576", "--"])
-    lib.raw_exchange(p.port, _request(MANIFEST, close=True), timeout=20)  # cached now
-    n = 3000
+def _pipeline_tiny(t, p, n, exchange):
+    """n of the smallest requests (a manifest hit, a ping) in one write; every answer must
+    come, in order, and the proxy must live."""
+    want = t.s.anon_registry.pushed["ns/multi:v1"]["digest"]
+    exchange(_request(MANIFEST, close=True))  # cached now
     hit = ("GET %s HTTP/1.1\r\nHost: p\r\n\r\n" % MANIFEST).encode()
     ping = b"GET /v2/ HTTP/1.1\r\nHost: p\r\n\r\n"
     reqs = [hit if i % 4 == 0 else ping for i in range(n - 1)] + [_request("/v2/", close=True)]
-    rs = _responses(lib.raw_exchange(p.port, b"".join(reqs), timeout=120), ["GET"] * n)
+    rs = _responses(exchange(b"".join(reqs)), ["GET"] * n)
     eq(len(rs), n, "responses to %d pipelined requests" % n)
     for i, r in enumerate(rs):
         if i % 4 == 0 and i < n - 1:
@@ -122,6 +117,45 @@ def test_pipelined_many_tiny_requests(t):
         else:
             eq(r[0], 200, "pipelined ping %d" % (i + 1))
     check(p.proc.alive(), "the proxy is still running")
+
+
+# The proxy runs with a 1 MiB stack here: answering nested a call per request, and the
+# ~530 smallest requests a 16 KiB input buffer holds overflowed it.
+SMALL_STACK = ["prlimit", "--stack=1048576:1048576", "--"]
+
+
+def test_pipelined_many_tiny_requests(t):
+    """3,000 of the smallest requests in one write: every one the input buffer holds is
+    answered at once, so answering must not nest one call per request."""
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")], wrapper=SMALL_STACK)
+    _pipeline_tiny(t, p, 3000, lambda data: lib.raw_exchange(p.port, data, timeout=120))
+
+
+def test_pipelined_many_tiny_requests_tls(t):
+    """The same over a TLS listener, whose input arrives through OpenSSL."""
+    reg = t.s.anon_registry
+    _, key, crt = lib.serving_cert(t, "pipeline")
+    p = t.proxy(registries=[reg.conf("registry.anon.test")], wrapper=SMALL_STACK,
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def exchange(data):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=120) as raw:
+            with ctx.wrap_socket(raw) as c:
+                c.sendall(data)
+                chunks = []
+                while True:
+                    try:
+                        b = c.recv(65536)
+                    except ssl.SSLEOFError:
+                        b = b""
+                    if not b:
+                        return b"".join(chunks)
+                    chunks.append(b)
+    _pipeline_tiny(t, p, 3000, exchange)
 
 
 def test_head_in_small_pieces(t):
