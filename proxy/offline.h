@@ -137,7 +137,8 @@ bool rp_pin_pattern_match(const struct rp_conf *conf, const char *registry, cons
  * for a repository that a `pin` pattern matches (read from the cache's link files, so what
  * was pulled before a restart stays pinned without a new pull). Logs how many. Called by
  * whoever opens the cache, before anything can evict (the server at start and on a reload
- * that changed the patterns, after rp_cache_unpin_all; export and import). */
+ * that changed the patterns or the pins file, after rp_cache_unpin_all; import, which
+ * publishes). Export only reads and needs none. */
 void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf);
 
 /* ---------------------------------------------------------------------- progress.c */
