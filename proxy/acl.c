@@ -20,6 +20,9 @@
 #define VERIFIED_MAX 256
 #define FAILED_MAX 64
 #define FAIL_HASHES_PER_S 4.0
+#define PEER_FAIL_PER_S 1.0
+#define PEER_FAIL_BURST 2.0
+#define PEERS_MAX 128 /* client addresses whose share is tracked; the stalest gives way */
 
 int rp_acl_parse_cidr(const char *s, struct rp_cidr *out)
 {
@@ -128,8 +131,74 @@ struct rp_htpasswd {
      * cannot hold the event loop (a bcrypt is tens of ms, and runs on it). */
     double fail_tokens;
     int64_t fail_refill_ms;
+    /* Each client address's share of those, as a bucket of its own. */
+    struct peer_share {
+        unsigned char key[17]; /* family, then the IPv4 address or the IPv6 /64 */
+        double tokens;
+        int64_t refill_ms;
+    } peers[PEERS_MAX];
+    size_t n_peers;
     size_t n_hashes; /* crypt calls so far, for tests */
 };
+
+/* The address part of "a.b.c.d:port" or "[v6]:port", as a key: IPv6 clients are counted by
+ * /64, as one host usually owns at least that much. Anything else is one shared key. */
+static void peer_key(const char *peer, unsigned char key[17])
+{
+    memset(key, 0, 17);
+    if (!peer)
+        return;
+    char addr[INET6_ADDRSTRLEN + 1];
+    const char *colon = strrchr(peer, ':');
+    size_t n = colon ? (size_t)(colon - peer) : strlen(peer);
+    if (n >= 2 && peer[0] == '[' && peer[n - 1] == ']') {
+        peer++;
+        n -= 2;
+    }
+    if (n >= sizeof(addr))
+        return;
+    memcpy(addr, peer, n);
+    addr[n] = '\0';
+    unsigned char bin[16];
+    if (inet_pton(AF_INET, addr, bin) == 1) {
+        key[0] = 4;
+        memcpy(key + 1, bin, 4);
+    } else if (inet_pton(AF_INET6, addr, bin) == 1) {
+        key[0] = 6;
+        memcpy(key + 1, bin, 8);
+    }
+}
+
+static void refill(double *tokens, int64_t *since_ms, int64_t now, double rate, double cap)
+{
+    *tokens += (double)(now - *since_ms) * rate / 1000.0;
+    if (*tokens > cap)
+        *tokens = cap;
+    *since_ms = now;
+}
+
+/* The client's share, refilled to now; a new client takes the stalest slot when all are
+ * used (a stale one has refilled anyway). */
+static struct peer_share *peer_share(struct rp_htpasswd *h, const char *peer, int64_t now)
+{
+    unsigned char key[17];
+    peer_key(peer, key);
+    struct peer_share *s = NULL, *stalest = NULL;
+    for (size_t i = 0; i < h->n_peers && !s; i++) {
+        if (memcmp(h->peers[i].key, key, sizeof(key)) == 0)
+            s = &h->peers[i];
+        else if (!stalest || h->peers[i].refill_ms < stalest->refill_ms)
+            stalest = &h->peers[i];
+    }
+    if (!s) {
+        s = h->n_peers < PEERS_MAX ? &h->peers[h->n_peers++] : stalest;
+        memcpy(s->key, key, sizeof(key));
+        s->tokens = PEER_FAIL_BURST;
+        s->refill_ms = now;
+    }
+    refill(&s->tokens, &s->refill_ms, now, PEER_FAIL_PER_S, PEER_FAIL_BURST);
+    return s;
+}
 
 void rp_htpasswd_free(struct rp_htpasswd *h)
 {
@@ -188,7 +257,7 @@ fail:
     return NULL;
 }
 
-bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization)
+bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization, const char *peer)
 {
     if (!authorization || strncasecmp(authorization, "Basic ", 6) != 0)
         return false;
@@ -222,13 +291,11 @@ bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization)
     for (size_t i = 0; i < h->n_failed; i++)
         if (CRYPTO_memcmp(h->failed[i], mac, 32) == 0)
             goto out;
-    /* Failures refill the budget over time; a success is never refused by it. */
+    /* Failures refill the budgets over time; a success is never refused by them. */
     int64_t now = rp_now_ms();
-    h->fail_tokens += (double)(now - h->fail_refill_ms) * FAIL_HASHES_PER_S / 1000.0;
-    if (h->fail_tokens > FAIL_HASHES_PER_S)
-        h->fail_tokens = FAIL_HASHES_PER_S;
-    h->fail_refill_ms = now;
-    if (h->fail_tokens < 1.0)
+    refill(&h->fail_tokens, &h->fail_refill_ms, now, FAIL_HASHES_PER_S, FAIL_HASHES_PER_S);
+    struct peer_share *share = peer_share(h, peer, now);
+    if (h->fail_tokens < 1.0 || share->tokens < 1.0)
         goto out; /* guessing faster than the budget: refused unhashed */
     *colon = '\0';
     const char *user = (const char *)dec;
@@ -259,6 +326,7 @@ bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization)
             h->n_verified++;
     } else {
         h->fail_tokens -= 1.0;
+        share->tokens -= 1.0;
         memcpy(h->failed[h->next_failed], mac, 32);
         h->next_failed = (h->next_failed + 1) % FAILED_MAX;
         if (h->n_failed < FAILED_MAX)

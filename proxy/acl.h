@@ -34,13 +34,16 @@ struct rp_htpasswd;
  * message naming file and line on failure. */
 struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen);
 void rp_htpasswd_free(struct rp_htpasswd *h);
-/* Checks an Authorization header value ("Basic base64(user:pass)"). Hashing is slow by
- * design (bcrypt) and runs on the event loop, so: successful checks are remembered (as a
- * keyed digest, never the password) and repeated requests cost a lookup; so are recent
+/* Checks an Authorization header value ("Basic base64(user:pass)") sent by peer (the
+ * client's "address:port" as the server logs it; NULL counts as one client). Hashing is
+ * slow by design (bcrypt) and runs on the event loop, so: successful checks are remembered
+ * (as a keyed digest, never the password) and repeated requests cost a lookup; so are recent
  * failures; an unknown user costs a hash as a known one does (no timing tells them apart);
- * and failing hashes are rationed (4 a second, 4 saved up): past that, credentials not
- * already known good fail without a hash. */
-bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization);
+ * and failing hashes are rationed: 4 a second in all (4 saved up), and 1 a second for each
+ * client address (2 saved up; IPv6 by /64), so that one guesser leaves most of the budget
+ * to other clients' first logins. Past either, credentials not already known good fail
+ * without a hash. */
+bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization, const char *peer);
 /* How many hashes rp_htpasswd_check has computed (tests). */
 size_t rp_htpasswd_hashes(const struct rp_htpasswd *h);
 

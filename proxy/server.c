@@ -706,7 +706,7 @@ static void conn_parse_one(struct rp_conn *c)
     if (accounts) {
         const struct rp_http_header *ah = rp_http_find_header(&h, "authorization");
         char *value = ah ? rp_xstrndup(ah->value, ah->value_len) : NULL;
-        bool ok = value && rp_htpasswd_check(accounts, value);
+        bool ok = value && rp_htpasswd_check(accounts, value, c->peer);
         rp_free_secret(value);
         if (!ok) {
             /* Registry clients log in when challenged, then send Basic on every request.

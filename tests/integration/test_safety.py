@@ -63,6 +63,35 @@ def test_htpasswd_client_accounts(t):
     check(time.monotonic() - t0 < 5, "guessing held the proxy %.1f s" % (time.monotonic() - t0))
 
 
+def _basic_ping(port, creds, source="127.0.0.1"):
+    """Status of GET /v2/ with Basic creds, from a given loopback source address."""
+    with socket.socket() as c:
+        c.settimeout(20)
+        c.bind((source, 0))
+        c.connect(("127.0.0.1", port))
+        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  b"Authorization: Basic %s\r\n\r\n" % base64.b64encode(creds))
+        got = lib.read_to_eof(c)
+    return int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
+
+
+def test_htpasswd_guesser_leaves_others_their_logins(t):
+    """Failing hashes are rationed per client address as well as in all: one address
+    guessing as fast as it can (a connection per guess) gets its own share, and a client
+    logging in for the first time from another address is still checked and let in."""
+    s = t.s
+    reg = s.anon_registry
+    htp = lib.htpasswd_file(t, "node", "node-secret")
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
+    statuses = [_basic_ping(p.port, b"node:guess%d" % i) for i in range(20)]
+    eq(statuses, [401] * 20, "20 guesses from 127.0.0.1")
+    eq(_basic_ping(p.port, b"node:node-secret", source="127.0.0.2"), 200,
+       "the first login from 127.0.0.2 right after them")
+    eq(_basic_ping(p.port, b"node:node-secret"), 200, "the same credentials from 127.0.0.1, "
+       "now known good")
+
+
 def test_repos_allow_list(t):
     s = t.s
     reg = s.anon_registry

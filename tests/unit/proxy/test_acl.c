@@ -102,33 +102,55 @@ static void test_htpasswd(void)
     CHECK(salt != NULL);
     char *hash = rp_xstrdup(crypt("s3cret", salt));
     FILE *f = fopen(path, "w");
-    fprintf(f, "# nodes\n\nnode:%s\n", hash);
+    char *hash2 = rp_xstrdup(crypt("other", salt));
+    fprintf(f, "# nodes\n\nnode:%s\nnode2:%s\n", hash, hash2);
+    free(hash2);
     fclose(f);
     char err[256];
     struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
     CHECK(h != NULL);
     char *good = basic("node:s3cret"), *bad = basic("node:wrong"), *who = basic("nobody:s3cret");
-    CHECK(rp_htpasswd_check(h, good));
-    CHECK(rp_htpasswd_check(h, good)); /* remembered */
+    const char *a = "10.0.0.1:40000", *b = "10.0.0.2:40000";
+    CHECK(rp_htpasswd_check(h, good, a));
+    CHECK(rp_htpasswd_check(h, good, a)); /* remembered */
     CHECK_INT(rp_htpasswd_hashes(h), 1);
-    CHECK(!rp_htpasswd_check(h, bad));
-    CHECK(!rp_htpasswd_check(h, bad)); /* a failure is remembered too */
+    CHECK(!rp_htpasswd_check(h, bad, b));
+    CHECK(!rp_htpasswd_check(h, bad, b)); /* a failure is remembered too */
     CHECK_INT(rp_htpasswd_hashes(h), 2);
-    CHECK(!rp_htpasswd_check(h, who)); /* an unknown user is hashed like a known one */
+    CHECK(!rp_htpasswd_check(h, who, a)); /* an unknown user is hashed like a known one */
     CHECK_INT(rp_htpasswd_hashes(h), 3);
-    /* Guesses faster than the budget fail unhashed; the known-good still passes. */
+    /* One client guessing gets its share, 2 saved up (b has spent 1, refilled a little) and
+     * 1 a second; the known-good still pass, from anywhere. */
     char guess[64];
     for (int i = 0; i < 50; i++) {
         snprintf(guess, sizeof(guess), "node:guess%d", i);
         char *g = basic(guess);
-        CHECK(!rp_htpasswd_check(h, g));
+        CHECK(!rp_htpasswd_check(h, g, "10.0.0.2:40001")); /* same address, another port */
         free(g);
     }
-    CHECK(rp_htpasswd_hashes(h) <= 3 + 2); /* 4 saved up, 3 spent above, a little refill */
-    CHECK(rp_htpasswd_check(h, good));
-    CHECK(!rp_htpasswd_check(h, "Bearer abc"));
-    CHECK(!rp_htpasswd_check(h, "Basic !!!"));
-    CHECK(!rp_htpasswd_check(h, NULL));
+    size_t after_b = rp_htpasswd_hashes(h);
+    CHECK(after_b >= 3 + 1 && after_b <= 3 + 2);
+    CHECK(rp_htpasswd_check(h, good, "10.0.0.2:1"));
+    /* The rest of the budget is left to others: a first login from another address is
+     * hashed and passes (with one budget for all, b's guesses had spent it). */
+    char *good2 = basic("node2:other");
+    CHECK(rp_htpasswd_check(h, good2, "10.0.0.3:5"));
+    CHECK_INT(rp_htpasswd_hashes(h), after_b + 1);
+    /* Many addresses guessing are still bounded by the budget for all (4 saved up). */
+    for (int i = 0; i < 50; i++) {
+        char peer[32];
+        snprintf(peer, sizeof(peer), "10.1.0.%d:1", i);
+        snprintf(guess, sizeof(guess), "node:many%d", i);
+        char *g = basic(guess);
+        CHECK(!rp_htpasswd_check(h, g, peer));
+        free(g);
+    }
+    CHECK(rp_htpasswd_hashes(h) <= after_b + 1 + 4 + 1);
+    /* IPv6 clients count by /64; unparseable peers share one key. */
+    CHECK(!rp_htpasswd_check(h, "Bearer abc", "[2001:db8::1]:443"));
+    CHECK(!rp_htpasswd_check(h, "Basic !!!", NULL));
+    CHECK(!rp_htpasswd_check(h, NULL, "unix"));
+    free(good2);
     rp_htpasswd_free(h);
     f = fopen(path, "w");
     fprintf(f, "justaname\n");
