@@ -22,7 +22,8 @@
 #define FAIL_HASHES_PER_S 4.0
 #define PEER_FAIL_PER_S 1.0
 #define PEER_FAIL_BURST 2.0
-#define PEERS_MAX 128 /* client addresses whose share is tracked; the stalest gives way */
+#define PEERS_MAX 128      /* client addresses whose share is tracked; the stalest gives way */
+#define PEER_HASHING_MAX 2 /* distinct credentials of one address hashing at once */
 
 int rp_acl_parse_cidr(const char *s, struct rp_cidr *out)
 {
@@ -138,7 +139,20 @@ struct rp_htpasswd {
         int64_t refill_ms;
     } peers[PEERS_MAX];
     size_t n_peers;
+    struct rp_htpasswd_job *jobs; /* hashing now */
+    size_t n_jobs;
+    bool orphaned;   /* freed while jobs ran: the last one frees it */
     size_t n_hashes; /* crypt calls so far, for tests */
+};
+
+struct rp_htpasswd_job {
+    struct rp_htpasswd *h;
+    struct rp_htpasswd_job *next; /* h->jobs */
+    unsigned char mac[32];
+    unsigned char peer[17];
+    char *pass, *hash; /* copies: the work runs off the loop */
+    bool known, ok;
+    struct rp_htpasswd_waiter *waiters;
 };
 
 /* The address part of "a.b.c.d:port" or "[v6]:port", as a key: IPv6 clients are counted by
@@ -179,20 +193,19 @@ static void refill(double *tokens, int64_t *since_ms, int64_t now, double rate, 
 
 /* The client's share, refilled to now; a new client takes the stalest slot when all are
  * used (a stale one has refilled anyway). */
-static struct peer_share *peer_share(struct rp_htpasswd *h, const char *peer, int64_t now)
+static struct peer_share *peer_share(struct rp_htpasswd *h, const unsigned char key[17],
+                                     int64_t now)
 {
-    unsigned char key[17];
-    peer_key(peer, key);
     struct peer_share *s = NULL, *stalest = NULL;
     for (size_t i = 0; i < h->n_peers && !s; i++) {
-        if (memcmp(h->peers[i].key, key, sizeof(key)) == 0)
+        if (memcmp(h->peers[i].key, key, 17) == 0)
             s = &h->peers[i];
         else if (!stalest || h->peers[i].refill_ms < stalest->refill_ms)
             stalest = &h->peers[i];
     }
     if (!s) {
         s = h->n_peers < PEERS_MAX ? &h->peers[h->n_peers++] : stalest;
-        memcpy(s->key, key, sizeof(key));
+        memcpy(s->key, key, 17);
         s->tokens = PEER_FAIL_BURST;
         s->refill_ms = now;
     }
@@ -204,6 +217,10 @@ void rp_htpasswd_free(struct rp_htpasswd *h)
 {
     if (!h)
         return;
+    if (h->n_jobs) { /* their verdicts are dropped; rp_htpasswd_job_done frees h */
+        h->orphaned = true;
+        return;
+    }
     for (size_t i = 0; i < h->n; i++) {
         free(h->users[i].name);
         rp_free_secret(h->users[i].hash);
@@ -257,49 +274,77 @@ fail:
     return NULL;
 }
 
-bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization, const char *peer)
+static void remember(unsigned char (*ring)[32], size_t max, size_t *n, size_t *next,
+                     const unsigned char mac[32])
 {
+    memcpy(ring[*next], mac, 32);
+    *next = (*next + 1) % max;
+    if (*n < max)
+        (*n)++;
+}
+
+static bool in_ring(unsigned char (*ring)[32], size_t n, const unsigned char mac[32])
+{
+    for (size_t i = 0; i < n; i++)
+        if (CRYPTO_memcmp(ring[i], mac, 32) == 0)
+            return true;
+    return false;
+}
+
+enum rp_htpasswd_verdict rp_htpasswd_begin(struct rp_htpasswd *h, const char *authorization,
+                                           const char *peer, struct rp_htpasswd_waiter *w,
+                                           struct rp_htpasswd_job **submit)
+{
+    *submit = NULL;
     if (!authorization || strncasecmp(authorization, "Basic ", 6) != 0)
-        return false;
+        return RP_HTPASSWD_FAIL;
     const char *b64 = authorization + 6;
     while (*b64 == ' ')
         b64++;
     size_t dlen = 0;
     unsigned char *dec = rp_base64_decode(b64, strlen(b64), &dlen);
     if (!dec)
-        return false;
-    bool ok = false;
+        return RP_HTPASSWD_FAIL;
+    enum rp_htpasswd_verdict v = RP_HTPASSWD_FAIL;
     char *colon = memchr(dec, ':', dlen);
-    if (!colon)
+    if (!colon || dlen > 4096)
         goto out;
     unsigned char mac[32];
     unsigned int maclen = sizeof(mac);
     /* sha256(random key || user:pass): a keyed digest, enough to recognise a credential
      * that already verified without keeping it. */
     unsigned char keyed[32 + 4096];
-    if (dlen > 4096)
-        goto out;
     memcpy(keyed, h->key, 32);
     memcpy(keyed + 32, dec, dlen);
     EVP_Digest(keyed, 32 + dlen, mac, &maclen, EVP_sha256(), NULL);
     rp_secure_zero(keyed, sizeof(keyed));
-    for (size_t i = 0; i < h->n_verified; i++)
-        if (CRYPTO_memcmp(h->verified[i], mac, 32) == 0) {
-            ok = true;
+    if (in_ring(h->verified, h->n_verified, mac)) {
+        v = RP_HTPASSWD_OK;
+        goto out;
+    }
+    if (in_ring(h->failed, h->n_failed, mac))
+        goto out;
+    unsigned char key[17];
+    peer_key(peer, key);
+    size_t hashing_here = 0;
+    for (struct rp_htpasswd_job *j = h->jobs; j; j = j->next) {
+        if (CRYPTO_memcmp(j->mac, mac, 32) == 0) { /* being hashed: wait for that one */
+            w->job = j;
+            w->next = j->waiters;
+            j->waiters = w;
+            v = RP_HTPASSWD_WAIT;
             goto out;
         }
-    for (size_t i = 0; i < h->n_failed; i++)
-        if (CRYPTO_memcmp(h->failed[i], mac, 32) == 0)
-            goto out;
+        hashing_here += memcmp(j->peer, key, sizeof(key)) == 0;
+    }
     /* Failures refill the budgets over time; a success is never refused by them. */
     int64_t now = rp_now_ms();
     refill(&h->fail_tokens, &h->fail_refill_ms, now, FAIL_HASHES_PER_S, FAIL_HASHES_PER_S);
-    struct peer_share *share = peer_share(h, peer, now);
-    if (h->fail_tokens < 1.0 || share->tokens < 1.0)
+    struct peer_share *share = peer_share(h, key, now);
+    if (h->fail_tokens < 1.0 || share->tokens < 1.0 || hashing_here >= PEER_HASHING_MAX)
         goto out; /* guessing faster than the budget: refused unhashed */
     *colon = '\0';
     const char *user = (const char *)dec;
-    const char *pass = colon + 1;
     /* An unknown user is hashed too (against the first user's hash, and fails), so the
      * time taken does not tell which user names exist. */
     const struct htpasswd_user *u = h->n ? &h->users[0] : NULL;
@@ -310,31 +355,114 @@ bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization, const c
             known = true;
             break;
         }
-    if (u) {
-        struct crypt_data cd;
-        memset(&cd, 0, sizeof(cd));
-        const char *out = crypt_r(pass, u->hash, &cd);
-        h->n_hashes++;
-        ok = known && out && out[0] != '*' && strlen(out) == strlen(u->hash) &&
-             CRYPTO_memcmp(out, u->hash, strlen(out)) == 0;
-        rp_secure_zero(&cd, sizeof(cd));
-    }
-    if (ok) {
-        memcpy(h->verified[h->next_verified], mac, 32);
-        h->next_verified = (h->next_verified + 1) % VERIFIED_MAX;
-        if (h->n_verified < VERIFIED_MAX)
-            h->n_verified++;
-    } else {
-        h->fail_tokens -= 1.0;
-        share->tokens -= 1.0;
-        memcpy(h->failed[h->next_failed], mac, 32);
-        h->next_failed = (h->next_failed + 1) % FAILED_MAX;
-        if (h->n_failed < FAILED_MAX)
-            h->n_failed++;
-    }
+    if (!u)
+        goto out;
+    struct rp_htpasswd_job *j = rp_xcalloc(1, sizeof(*j));
+    j->h = h;
+    memcpy(j->mac, mac, 32);
+    memcpy(j->peer, key, sizeof(key));
+    j->pass = rp_xstrdup(colon + 1);
+    j->hash = rp_xstrdup(u->hash);
+    j->known = known;
+    j->next = h->jobs;
+    h->jobs = j;
+    h->n_jobs++;
+    w->job = j;
+    w->next = NULL;
+    j->waiters = w;
+    *submit = j;
+    v = RP_HTPASSWD_WAIT;
 out:
     rp_secure_zero(dec, dlen);
     free(dec);
+    return v;
+}
+
+void rp_htpasswd_cancel(struct rp_htpasswd_waiter *w)
+{
+    if (!w->job)
+        return;
+    for (struct rp_htpasswd_waiter **pp = &w->job->waiters; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    w->job = NULL;
+}
+
+void rp_htpasswd_job_work(void *arg)
+{
+    struct rp_htpasswd_job *j = arg;
+    struct crypt_data cd;
+    memset(&cd, 0, sizeof(cd));
+    const char *out = crypt_r(j->pass, j->hash, &cd);
+    j->ok = j->known && out && out[0] != '*' && strlen(out) == strlen(j->hash) &&
+            CRYPTO_memcmp(out, j->hash, strlen(out)) == 0;
+    rp_secure_zero(&cd, sizeof(cd));
+}
+
+void rp_htpasswd_job_done(void *arg)
+{
+    struct rp_htpasswd_job *j = arg;
+    struct rp_htpasswd *h = j->h;
+    for (struct rp_htpasswd_job **pp = &h->jobs; *pp; pp = &(*pp)->next)
+        if (*pp == j) {
+            *pp = j->next;
+            break;
+        }
+    h->n_jobs--;
+    h->n_hashes++;
+    if (!h->orphaned) {
+        if (j->ok) {
+            remember(h->verified, VERIFIED_MAX, &h->n_verified, &h->next_verified, j->mac);
+        } else {
+            int64_t now = rp_now_ms();
+            refill(&h->fail_tokens, &h->fail_refill_ms, now, FAIL_HASHES_PER_S, FAIL_HASHES_PER_S);
+            h->fail_tokens -= 1.0;
+            peer_share(h, j->peer, now)->tokens -= 1.0;
+            remember(h->failed, FAILED_MAX, &h->n_failed, &h->next_failed, j->mac);
+        }
+    }
+    /* Each waiter begins again and finds the verdict (or, h orphaned by a reload, the new
+     * accounts); taken off the list first, as waking may start other jobs. */
+    struct rp_htpasswd_waiter *w = j->waiters;
+    j->waiters = NULL;
+    rp_free_secret(j->pass);
+    rp_free_secret(j->hash);
+    rp_secure_zero(j, sizeof(*j));
+    free(j);
+    while (w) {
+        struct rp_htpasswd_waiter *next = w->next;
+        w->job = NULL;
+        w->next = NULL;
+        w->done(w);
+        w = next;
+    }
+    if (h->orphaned && h->n_jobs == 0) {
+        h->orphaned = false;
+        rp_htpasswd_free(h);
+    }
+}
+
+static void check_done(struct rp_htpasswd_waiter *w)
+{
+    (void)w;
+}
+
+bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization, const char *peer)
+{
+    struct rp_htpasswd_waiter w = {.done = check_done};
+    struct rp_htpasswd_job *job = NULL;
+    enum rp_htpasswd_verdict v = rp_htpasswd_begin(h, authorization, peer, &w, &job);
+    if (v != RP_HTPASSWD_WAIT)
+        return v == RP_HTPASSWD_OK;
+    if (!job) { /* another caller's hash is running: no waiting here */
+        rp_htpasswd_cancel(&w);
+        return false;
+    }
+    rp_htpasswd_job_work(job);
+    bool ok = job->ok;
+    rp_htpasswd_job_done(job);
     return ok;
 }
 

@@ -34,15 +34,40 @@ struct rp_htpasswd;
  * message naming file and line on failure. */
 struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen);
 void rp_htpasswd_free(struct rp_htpasswd *h);
-/* Checks an Authorization header value ("Basic base64(user:pass)") sent by peer (the
+/* Checking an Authorization header value ("Basic base64(user:pass)") sent by peer (the
  * client's "address:port" as the server logs it; NULL counts as one client). Hashing is
- * slow by design (bcrypt) and runs on the event loop, so: successful checks are remembered
- * (as a keyed digest, never the password) and repeated requests cost a lookup; so are recent
- * failures; an unknown user costs a hash as a known one does (no timing tells them apart);
- * and failing hashes are rationed: 4 a second in all (4 saved up), and 1 a second for each
- * client address (2 saved up; IPv6 by /64), so that one guesser leaves most of the budget
- * to other clients' first logins. Past either, credentials not already known good fail
- * without a hash. */
+ * slow by design (bcrypt: milliseconds at htpasswd -B's cost 5, a quarter second at cost
+ * 12), so it runs off the event loop (rp_htpasswd_begin), and:
+ *   - successful checks are remembered (as a keyed digest, never the password), so repeated
+ *     requests cost a lookup; so are recent failures;
+ *   - checks of the same credentials while one is hashing wait for that one;
+ *   - an unknown user costs a hash as a known one does (no timing tells them apart);
+ *   - failing hashes are rationed: 4 a second in all (4 saved up), and 1 a second for each
+ *     client address (2 saved up; IPv6 by /64), so that one guesser leaves most of the
+ *     budget to other clients' first logins, and an address has at most 2 distinct
+ *     credentials hashing at a time. Past any of these, credentials not already known good
+ *     fail without a hash. */
+enum rp_htpasswd_verdict { RP_HTPASSWD_FAIL, RP_HTPASSWD_OK, RP_HTPASSWD_WAIT };
+struct rp_htpasswd_job;
+struct rp_htpasswd_waiter {
+    /* Runs on the loop once the job it waited for has recorded its verdict: begin again
+     * with the same credentials, and it answers at once. */
+    void (*done)(struct rp_htpasswd_waiter *w);
+    struct rp_htpasswd_job *job; /* while waiting, else NULL */
+    struct rp_htpasswd_waiter *next;
+};
+/* OK or FAIL when that can be decided now. Else WAIT, with w added to the hashing of these
+ * credentials: a new one returned in *submit, which the caller runs (rp_htpasswd_job_work
+ * on any thread, then rp_htpasswd_job_done on the loop; e.g. with rp_syncer_submit), or one
+ * already running (*submit NULL). */
+enum rp_htpasswd_verdict rp_htpasswd_begin(struct rp_htpasswd *h, const char *authorization,
+                                           const char *peer, struct rp_htpasswd_waiter *w,
+                                           struct rp_htpasswd_job **submit);
+/* Takes a waiting w off its job (its owner is going away); the job still finishes. */
+void rp_htpasswd_cancel(struct rp_htpasswd_waiter *w);
+void rp_htpasswd_job_work(void *job); /* the hash; touches nothing the loop uses */
+void rp_htpasswd_job_done(void *job); /* records the verdict, wakes the waiters, frees job */
+/* All of it at once, on this thread (tests and tools). */
 bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization, const char *peer);
 /* How many hashes rp_htpasswd_check has computed (tests). */
 size_t rp_htpasswd_hashes(const struct rp_htpasswd *h);

@@ -16,6 +16,7 @@
 #include "../cache/cache.h"
 #include "../conf/conf.h"
 #include "../util/util.h"
+#include "acl.h"
 #include "http_parse.h"
 #include "metrics.h"
 #include "offline.h"
@@ -272,6 +273,9 @@ struct rp_conn {
     bool parse_again;  /* a request ended inside that loop: it takes the next one */
     bool freed;
     struct rp_req *req;
+    /* Its head's client credentials are being hashed (acl.h): parsing waits for the verdict,
+     * then takes the same head again. */
+    struct rp_htpasswd_waiter auth_wait;
     bool keep_alive;
     bool close_after;
     struct event *linger_ev;    /* closing: draining input until EOF or this fires */
@@ -321,6 +325,7 @@ struct rp_server {
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
     struct rp_syncer *syncer;           /* fsyncs finished fills off the loop (syncer.h) */
+    struct rp_syncer *hasher;           /* checks client passwords off the loop (acl.h) */
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
     /* Sizes of blobs learned from the answers to fills started behind a multipart range

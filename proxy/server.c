@@ -17,6 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,7 +448,7 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct rp_conn *c = arg;
-    if (c->req || c->close_after)
+    if (c->req || c->close_after || c->auth_wait.job)
         return;
     if (c->head_started) {
         conn_reject(c, 408, "UNSUPPORTED", "request head not received in time");
@@ -474,6 +475,7 @@ static void conn_free(struct rp_conn *c)
         rp_req_free(c->req);
         c->req = NULL;
     }
+    rp_htpasswd_cancel(&c->auth_wait);
     TAILQ_REMOVE(&c->srv->conns, c, link);
     c->srv->n_conns--;
     if (c->write_queued)
@@ -608,6 +610,14 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
 
 static void conn_parse_one(struct rp_conn *c);
 
+/* The credentials of the head waiting in the input were hashed: parse it again, which now
+ * finds the verdict. */
+static void conn_hashed(struct rp_htpasswd_waiter *w)
+{
+    struct rp_conn *c = (struct rp_conn *)((char *)w - offsetof(struct rp_conn, auth_wait));
+    conn_try_parse(c);
+}
+
 /* Takes the requests waiting in the input, one at a time. One answered at once (a cached
  * manifest, a ping) ends inside conn_parse_one, and rp_conn_request_done asks for the next:
  * called from there, this only notes it for the loop below. Taking it right there would
@@ -633,7 +643,7 @@ static void conn_parse_one(struct rp_conn *c)
 {
     if (c->bev)
         in_pull_tls(c);
-    if (c->req || c->close_after || c->in_len == 0 || c->file_left)
+    if (c->req || c->auth_wait.job || c->close_after || c->in_len == 0 || c->file_left)
         return;
     /* A client that pipelines requests and reads nothing would have every answer queued
      * (a cached manifest is answered at once): the next request waits until what it is owed
@@ -706,9 +716,19 @@ static void conn_parse_one(struct rp_conn *c)
     if (accounts) {
         const struct rp_http_header *ah = rp_http_find_header(&h, "authorization");
         char *value = ah ? rp_xstrndup(ah->value, ah->value_len) : NULL;
-        bool ok = value && rp_htpasswd_check(accounts, value, c->peer);
+        struct rp_htpasswd_job *job = NULL;
+        enum rp_htpasswd_verdict v =
+            value ? rp_htpasswd_begin(accounts, value, c->peer, &c->auth_wait, &job)
+                  : RP_HTPASSWD_FAIL;
         rp_free_secret(value);
-        if (!ok) {
+        if (v == RP_HTPASSWD_WAIT) {
+            /* conn_hashed takes this head again: it must not count twice. */
+            c->n_requests--;
+            if (job)
+                rp_syncer_submit(c->srv->hasher, rp_htpasswd_job_work, rp_htpasswd_job_done, job);
+            return;
+        }
+        if (v != RP_HTPASSWD_OK) {
             /* Registry clients log in when challenged, then send Basic on every request.
              * Credentials that failed end the connection: guesses pipelined behind them are
              * not each worth a hash (see rp_htpasswd_check). */
@@ -1093,6 +1113,7 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
     c->fd = fd;
     c->file_fd = -1;
+    c->auth_wait.done = conn_hashed;
     if (ctx->set.tls) {
         int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
         SSL *ssl = SSL_new(ctx->set.tls);
@@ -1338,6 +1359,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     rp_pins_apply(srv->cache, conf);
     rp_cache_evict(srv->cache); /* to max_size, now that pins are back (not done by open) */
     srv->syncer = rp_syncer_new(srv->base);
+    srv->hasher = rp_syncer_new(srv->base);
     srv->up = rp_upstream_new(srv->base);
     if (!srv->up) {
         rp_error("cannot initialise libcurl");
@@ -1393,6 +1415,8 @@ void rp_server_fini(struct rp_server *srv)
         while (!TAILQ_EMPTY(&srv->conns))
             conn_free(TAILQ_FIRST(&srv->conns));
     in_pool_free(srv);
+    rp_syncer_free(srv->hasher); /* its jobs' waiters are gone with the connections */
+    srv->hasher = NULL;
     if (srv->checks_running.tqh_last)
         rp_checks_free_all(srv);
     if (srv->inflight.tqh_last)

@@ -406,11 +406,13 @@ def skopeo(args, env, timeout=600, check_rc=True):
     return p
 
 
-def htpasswd_file(t, user, password):
-    """A client-accounts file (htpasswd -B) with one account, in the test's directory."""
+def htpasswd_file(t, user, password, cost=None):
+    """A client-accounts file (htpasswd -B, bcrypt cost as given or htpasswd's default 5)
+    with one account, in the test's directory."""
     path = os.path.join(t.tmp, "clients-%s.htpasswd" % user)
-    out = subprocess.run(["htpasswd", "-Bbn", user, password], stdout=subprocess.PIPE,
-                         check=True).stdout
+    cost_args = ["-C", str(cost)] if cost else []
+    out = subprocess.run(["htpasswd", "-B"] + cost_args + ["-bn", user, password],
+                         stdout=subprocess.PIPE, check=True).stdout
     with open(path, "wb") as f:
         f.write(out)
     return path

@@ -92,6 +92,48 @@ def test_htpasswd_guesser_leaves_others_their_logins(t):
        "now known good")
 
 
+def test_htpasswd_hash_off_the_loop(t):
+    """A first login's bcrypt (cost 14 here, about a second) runs off the event loop: a
+    request sent while it hashes is answered before it, and the login then succeeds. On the
+    loop, the second request had to wait for the hash."""
+    s = t.s
+    reg = s.anon_registry
+    htp = lib.htpasswd_file(t, "node", "node-secret", cost=14)
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
+    login = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    try:
+        login.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      b"Authorization: Basic %s\r\n\r\n" % base64.b64encode(b"node:node-secret"))
+        time.sleep(0.2)  # the hash has started
+        r = p.get("/v2/")  # no credentials: a challenge, which needs no hash
+        eq(r.status, 401, "a request without credentials while the login hashes")
+        login.settimeout(0)
+        try:
+            early = login.recv(100)
+        except BlockingIOError:
+            early = b""
+        eq(early, b"", "the login's answer came before the other request's")
+        login.settimeout(30)
+        got = lib.read_to_eof(login)
+    finally:
+        login.close()
+    check(got.startswith(b"HTTP/1.1 200"), "the login: %r" % got[:60])
+    # A reload while a login hashes replaces the accounts under it: the login is checked
+    # against the new ones (a second hash) and still succeeds.
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
+                   "the first reload")
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as c:
+        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  b"Authorization: Basic %s\r\n\r\n" % base64.b64encode(b"node:node-secret"))
+        time.sleep(0.2)
+        os.kill(p.pid, signal.SIGHUP)
+        got = lib.read_to_eof(c)
+    check(got.startswith(b"HTTP/1.1 200"), "the login across a reload: %r" % got[:60])
+    eq(p.log_text().count("reload (SIGHUP): configuration applied"), 2, "reloads applied")
+
+
 def test_repos_allow_list(t):
     s = t.s
     reg = s.anon_registry

@@ -166,11 +166,80 @@ static void test_htpasswd(void)
     free(path);
 }
 
+static int woken;
+
+static void count_wake(struct rp_htpasswd_waiter *w)
+{
+    (void)w;
+    woken++;
+}
+
+/* The asynchronous check: one hash for concurrent checks of the same credentials, at most
+ * PEER_HASHING_MAX (2) distinct credentials of one address hashing at once, waiters taken
+ * off, and accounts freed (a reload) while a hash runs. */
+static void test_htpasswd_async(void)
+{
+    char dir[] = "/tmp/rp-acl-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *path = rp_xasprintf("%s/htpasswd", dir);
+    const char *salt = crypt_gensalt("$2b$", 4, NULL, 0);
+    char *hash = rp_xstrdup(crypt("pw", salt));
+    FILE *f = fopen(path, "w");
+    fprintf(f, "node:%s\n", hash);
+    fclose(f);
+    char err[256];
+    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    char *good = basic("node:pw"), *g1 = basic("node:x1"), *g2 = basic("node:x2");
+    const char *a = "10.0.0.1:1", *b = "10.0.0.2:1";
+    struct rp_htpasswd_waiter w[6];
+    for (int i = 0; i < 6; i++)
+        w[i] = (struct rp_htpasswd_waiter){.done = count_wake};
+    struct rp_htpasswd_job *j1 = NULL, *j2 = NULL, *jx = NULL;
+    CHECK_INT(rp_htpasswd_begin(h, good, a, &w[0], &j1), RP_HTPASSWD_WAIT);
+    CHECK(j1 != NULL && w[0].job == j1);
+    CHECK_INT(rp_htpasswd_begin(h, good, b, &w[1], &jx), RP_HTPASSWD_WAIT); /* joins j1 */
+    CHECK(jx == NULL && w[1].job == j1);
+    CHECK_INT(rp_htpasswd_begin(h, g1, a, &w[2], &j2), RP_HTPASSWD_WAIT);
+    CHECK(j2 != NULL);
+    CHECK_INT(rp_htpasswd_begin(h, g2, a, &w[3], &jx), RP_HTPASSWD_FAIL); /* a: 2 hashing */
+    CHECK(jx == NULL && w[3].job == NULL);
+    CHECK_INT(rp_htpasswd_begin(h, g2, b, &w[4], &jx), RP_HTPASSWD_WAIT); /* b may */
+    struct rp_htpasswd_job *j3 = jx;
+    CHECK(j3 != NULL);
+    rp_htpasswd_cancel(&w[1]); /* its connection went away */
+    CHECK(w[1].job == NULL);
+    CHECK_INT(rp_htpasswd_hashes(h), 0);
+    rp_htpasswd_job_work(j1);
+    rp_htpasswd_job_done(j1);
+    CHECK_INT(woken, 1); /* w[0] only */
+    CHECK(w[0].job == NULL);
+    CHECK_INT(rp_htpasswd_begin(h, good, a, &w[0], &jx), RP_HTPASSWD_OK); /* remembered */
+    rp_htpasswd_job_work(j2);
+    rp_htpasswd_job_done(j2);
+    CHECK_INT(woken, 2);
+    CHECK_INT(rp_htpasswd_begin(h, g1, a, &w[2], &jx), RP_HTPASSWD_FAIL); /* remembered */
+    CHECK_INT(rp_htpasswd_hashes(h), 2);
+    /* Freed while j3 hashes: the job finishes, wakes its waiter and frees the accounts. */
+    rp_htpasswd_free(h);
+    rp_htpasswd_job_work(j3);
+    rp_htpasswd_job_done(j3);
+    CHECK_INT(woken, 3);
+    free(good);
+    free(g1);
+    free(g2);
+    free(hash);
+    unlink(path);
+    rmdir(dir);
+    free(path);
+}
+
 int main(void)
 {
     RUN(test_parse);
     RUN(test_allows);
     RUN(test_repos);
     RUN(test_htpasswd);
+    RUN(test_htpasswd_async);
     UNIT_EXIT();
 }
