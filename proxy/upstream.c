@@ -31,6 +31,7 @@ struct rp_xfer {
     size_t header_bytes;
     bool headers_done;
     bool cancelled;
+    bool added;  /* in the multi handle (not while waiting for add_ev) */
     char *proxy; /* the configured egress proxy (never credentials), for messages */
     char errbuf[CURL_ERROR_SIZE];
     TAILQ_ENTRY(rp_xfer) link;
@@ -44,6 +45,12 @@ struct rp_upstream {
     struct xfer_list xfers;
     size_t n_active;
     int in_curl; /* depth of calls into curl: cancellation must be deferred while > 0 */
+    /* Depth of the curl calls that run its callbacks (socket_action, unpause). A transfer
+     * started from one of those (a request answered inside a download's header callback,
+     * then the next pipelined request) cannot be added there: curl refuses with
+     * CURLM_RECURSIVE_API_CALL. It is added by add_ev, right after. */
+    int in_curl_call;
+    struct event *add_ev;
 };
 
 static void headers_clear(struct rp_xfer_headers *h)
@@ -78,7 +85,8 @@ static void xfer_free(struct rp_xfer *x)
 
 static void xfer_remove(struct rp_upstream *up, struct rp_xfer *x)
 {
-    curl_multi_remove_handle(up->multi, x->easy);
+    if (x->added)
+        curl_multi_remove_handle(up->multi, x->easy);
     TAILQ_REMOVE(&up->xfers, x, link);
     up->n_active--;
     xfer_free(x);
@@ -196,7 +204,9 @@ static void socket_action(struct rp_upstream *up, curl_socket_t fd, int ev)
 {
     int running;
     up->in_curl++;
+    up->in_curl_call++;
     curl_multi_socket_action(up->multi, fd, ev, &running);
+    up->in_curl_call--;
     up->in_curl--;
     check_multi_info(up);
 }
@@ -357,6 +367,31 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+/* Adds the transfers started inside curl's callbacks (see in_curl_call). One curl refuses
+ * now ends as any failed transfer does, through its done callback. */
+static void add_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_upstream *up = arg;
+    struct rp_xfer *x;
+    up->in_curl++;
+    TAILQ_FOREACH(x, &up->xfers, link)
+    {
+        if (x->added || x->cancelled)
+            continue;
+        if (curl_multi_add_handle(up->multi, x->easy) == CURLM_OK) {
+            x->added = true;
+            continue;
+        }
+        x->cancelled = true;
+        if (x->cb.on_done_cb)
+            x->cb.on_done_cb(x->arg, RP_XFER_E_OTHER, 0, "curl refused the transfer");
+    }
+    up->in_curl--;
+    reap_cancelled(up);
+}
+
 struct rp_upstream *rp_upstream_new(struct event_base *base)
 {
     static bool global_done;
@@ -374,6 +409,7 @@ struct rp_upstream *rp_upstream_new(struct event_base *base)
         return NULL;
     }
     up->timer = evtimer_new(base, timer_event_cb, up);
+    up->add_ev = event_new(base, -1, 0, add_event_cb, up);
     curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
     curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, up);
     curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
@@ -391,6 +427,7 @@ void rp_upstream_free(struct rp_upstream *up)
         xfer_remove(up, x);
     curl_multi_cleanup(up->multi);
     event_free(up->timer);
+    event_free(up->add_ev);
     free(up);
 }
 
@@ -483,8 +520,15 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
         x->req_headers = add_header(x->req_headers, "Range", o->range);
     if (x->req_headers)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->req_headers);
+    if (up->in_curl_call) {
+        TAILQ_INSERT_TAIL(&up->xfers, x, link);
+        up->n_active++;
+        event_active(up->add_ev, EV_TIMEOUT, 1);
+        return x;
+    }
     if (curl_multi_add_handle(up->multi, e) != CURLM_OK)
         goto fail;
+    x->added = true;
     TAILQ_INSERT_TAIL(&up->xfers, x, link);
     up->n_active++;
     return x;
@@ -499,7 +543,9 @@ void rp_xfer_resume(struct rp_xfer *x)
         return;
     struct rp_upstream *up = x->up;
     up->in_curl++;
+    up->in_curl_call++;
     curl_easy_pause(x->easy, CURLPAUSE_CONT);
+    up->in_curl_call--;
     up->in_curl--;
     /* Unpausing may have finished the transfer or changed its timers. */
     check_multi_info(up);

@@ -77,7 +77,9 @@ struct rp_upstream *rp_upstream_new(struct event_base *base);
 void rp_upstream_free(struct rp_upstream *up);
 
 /* Starts a transfer. Callbacks are never called from inside this function. Returns NULL
- * only when curl refuses the options (for example a malformed URL). */
+ * only when curl refuses the options (for example a malformed URL). Safe from inside another
+ * transfer's callbacks: curl takes no new transfer there, so it is handed over right after,
+ * from the loop (and should curl refuse it then, it ends through on_done_cb). */
 struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_opts *opts,
                                   const struct rp_xfer_cb *cb, void *arg);
 /* Resumes a transfer paused by on_data_cb returning 0. May deliver data synchronously. */

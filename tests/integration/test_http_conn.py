@@ -502,22 +502,40 @@ def test_close_with_pipelined_input_delivers_the_whole_answer(t):
        (layer["size"], layer["digest"].split(":")[1]), "the blob's bytes before the close")
 
 
-def test_request_pipelined_behind_an_answer_given_inside_a_download(t):
-    """A range past the end of an uncached blob joins its download and is answered 416 when
-    upstream's headers say the size, inside that transfer's header callback; the request
-    pipelined behind it, a miss, starts an upstream request of its own. libcurl refuses new
-    transfers from inside its callbacks: the answer finishes (and the next request is read)
-    only once written, from the loop, so it is served, not failed."""
-    reg = t.s.anon_registry
-    p = t.proxy(registries=[reg.conf("registry.anon.test")])
-    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][0]
-    req = ("GET /v2/ns/multi/blobs/%s HTTP/1.1\r\nHost: x\r\nRange: bytes=%d-\r\n\r\n"
-           % (layer["digest"], layer["size"] + 1000)).encode() + _request(MANIFEST, close=True)
-    got = lib.raw_exchange(p.port, req, timeout=30)
+def _answers(got):
+    """The statuses of the answers in got, bodies skipped by Content-Length."""
     answers = []
     while got:
         head, _, rest = got.partition(b"\r\n\r\n")
         n = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
         answers.append(int(head.split(b" ")[1]))
         got = rest[n:]
-    eq(answers, [416, 200], "answers to the range past the end, then the manifest")
+    return answers
+
+
+def test_request_pipelined_behind_an_answer_given_inside_a_download(t):
+    """A range past the end of an uncached blob joins its running download and is answered
+    416 when upstream's headers say the size, inside that transfer's header callback; the
+    request pipelined behind it, a miss, starts an upstream request of its own right there.
+    libcurl refuses new transfers from inside its callbacks (it answered a false 503
+    "cannot start the upstream request"): such a transfer is added right after, from the
+    loop. The fake registry holds the blob's answer for a second (slowhead) so that the
+    range surely joins the download before its headers."""
+    fr = t.s.fakereg
+    r = fr.client().manifest("ns/large", "v1")
+    eq(r.status, 200, "ns/large manifest straight from the fake registry")
+    layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
+    p = t.proxy(registries=[fr.conf()])
+    blob = "/v2/mode/slowhead/ns/large/blobs/" + layer["digest"]
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as a, \
+            socket.create_connection(("127.0.0.1", p.port), timeout=30) as b:
+        a.sendall(_request(blob, close=True))
+        time.sleep(0.3)  # the download is waiting for its headers
+        b.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nRange: bytes=%d-\r\n\r\n"
+                   % (blob, layer["size"] + 1000)).encode() +
+                  _request("/v2/ns/large/manifests/v1", close=True))
+        got_b = lib.read_to_eof(b)
+        got_a = lib.read_to_eof(a)
+    eq(_answers(got_b), [416, 200], "answers to the range past the end, then the manifest")
+    body = got_a.partition(b"\r\n\r\n")[2]
+    eq("sha256:" + hashlib.sha256(body).hexdigest(), layer["digest"], "the whole blob on A")
