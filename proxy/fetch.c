@@ -40,6 +40,12 @@ struct rp_fetch {
     struct rp_xfer *xfer;
     bool final;     /* the current transfer's response goes to the owner */
     size_t drained; /* body bytes of a non-final answer (a redirect, a retried 401) so far */
+    /* A final answer that is not a success: its body goes to the owner up to
+     * RP_ERROR_BODY_MAX, then the transfer ends there and counts as complete (err_cut). A
+     * blob's transfer has no total timeout, and an error body that never ends would hold the
+     * request, and every client waiting on it, for good. */
+    size_t err_bytes;
+    bool err_cut;
     int status;
     char *location;
     char *www_authenticate;
@@ -147,6 +153,8 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         return 0;
     }
     f->res.status = status;
+    f->err_bytes = 0;
+    f->err_cut = false;
     if (f->cb.on_headers_cb(f->arg, status, h) < 0) {
         f->res.fail = RP_FETCH_E_OWNER;
         return -1;
@@ -161,10 +169,24 @@ static long xfer_data_cb(void *arg, const char *p, size_t n)
         f->drained += n;
         return f->drained > RP_ERROR_BODY_MAX ? drained_too_much(f, f->status) : (long)n;
     }
-    long r = f->cb.on_data_cb(f->arg, p, n);
-    if (r < 0)
+    bool error = f->status < 200 || f->status > 299;
+    size_t take = n;
+    if (error) {
+        size_t room = RP_ERROR_BODY_MAX - f->err_bytes;
+        if (take > room)
+            take = room;
+        f->err_bytes += take;
+    }
+    long r = take ? f->cb.on_data_cb(f->arg, p, take) : 0;
+    if (r < 0) {
         f->res.fail = RP_FETCH_E_OWNER;
-    return r;
+        return r;
+    }
+    if (error && take < n && r == (long)take) {
+        f->err_cut = true; /* the rest is not read: the answer is complete as far as we go */
+        return -1;
+    }
+    return r == (long)take ? (long)n : r;
 }
 
 static int follow_redirect(struct rp_fetch *f);
@@ -175,6 +197,8 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
     f->xfer = NULL;
     if (status)
         f->status = status;
+    if (f->err_cut)
+        xe = RP_XFER_OK;
     rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
                         xe == RP_XFER_OK ? f->status : 0, rp_now_ms() - f->sent_ms);
     if (xe != RP_XFER_OK) {

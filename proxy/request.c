@@ -874,7 +874,9 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
                                                       : RP_SMALL_BODY_MAX;
     r->body_cap = cap;
     rp_buf_init(&r->body, cap);
-    if (h->length > (int64_t)cap) {
+    /* An error answer's body is cut to its cap (fetch.c), not refused: the status is what
+     * the client needs. */
+    if (ok && h->length > (int64_t)cap) {
         r->up_err = rp_xasprintf("upstream answer of %lld bytes exceeds the %zu byte limit",
                                  (long long)h->length, cap);
         return -1;

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Upstream-side threats: a blob redirect from https to plain http, a redirect loop, an
+"""Upstream-side threats: a blob redirect from https to plain http, a redirect loop, a
+redirect or a blob error whose body never ends, an error page over the error-body bound, an
 oversized manifest, and a Host header naming an internal host. Each is refused with a
 clear error, sends no credential anywhere it should not, dials nothing it should not, and
 caches nothing."""
@@ -68,6 +69,75 @@ def test_redirect_with_endless_body_bounded(t):
           "the error does not say why: %s" % r.body[:300])
     check(took < 20, "the answer took %.1f s" % took)
     eq(_blobs_cached(p), [], "blobs cached after the endless redirect")
+
+
+def test_blob_error_with_endless_body_bounded(t):
+    """A blob GET answered 500 with a body that never ends: the body is cut at the error
+    bound and the answer passed on at once, to the client whose request started the download
+    and to one that joined it; the download ends (it used to run as long as the body did,
+    holding both clients, since a blob's transfer has no total timeout)."""
+    s = t.s
+    fr = s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    path = "/v2/mode/error-endless/ns/multi/blobs/%s" % _first_layer(s)
+    results = {}
+
+    def get(name):
+        t0 = time.monotonic()
+        r = p.get(path, timeout=30)
+        results[name] = (r, time.monotonic() - t0)
+    import threading
+    threads = [threading.Thread(target=get, args=(n,)) for n in ("first", "joined")]
+    threads[0].start()
+    time.sleep(0.2)
+    threads[1].start()
+    for th in threads:
+        th.join(40)
+    for name in ("first", "joined"):
+        check(name in results, "the %s client got no answer" % name)
+        r, took = results[name]
+        check(r.status >= 500, "%s client: status %d: %r" % (name, r.status, r.body[:200]))
+        check(took < 15, "%s client: the answer took %.1f s" % (name, took))
+    m = p.metrics()
+    eq(m.get(("regproxy_fills_in_flight", frozenset())), 0, "downloads still running")
+    eq(_blobs_cached(p), [], "blobs cached after the error")
+
+
+def test_big_error_answer_passed_on(t):
+    """An upstream error page over the 64 KiB error-body bound (a CDN's or WAF's HTML, say)
+    with a Content-Length: the status is passed on, the body cut; it used to be refused at
+    its headers and answered 502, losing a 404 or a 503 and its Retry-After."""
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            st = 503 if "/manifests/five" in self.path else 404
+            body = (b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x","detail":"' +
+                    b"y" * 70000 + b'"}]}')
+            self.send_response(st)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if st == 503:
+                self.send_header("Retry-After", "9")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    t.defer(srv.shutdown)
+    t.defer(srv.server_close)
+    p = t.proxy(registries=[{"name": "big.test", "url": "http://127.0.0.1:%d" % srv.server_port}])
+    r = p.get("/v2/big.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, timeout=20)
+    eq(r.status, 404, "upstream's 404 with a 70 KB body")
+    r = p.get("/v2/big.test/ns/x/manifests/five", headers={"Accept": lib.ACCEPT_ALL}, timeout=20)
+    eq(r.status, 503, "upstream's 503 with a 70 KB body")
+    eq(r.header("retry-after"), "9", "Retry-After of the 503")
 
 
 def test_long_retry_after_keeps_framing(t):
