@@ -198,6 +198,7 @@ struct rp_req {
     char stale_digest[RP_DIGEST_MAX + 1];
     int64_t stale_age_s;
     bool revalidating; /* the current fetch is a HEAD checking a cached tag */
+    bool confirmed;    /* upstream said this repository has the cached blob (RQ_CONFIRM) */
     /* reading from a fill */
     struct rp_fill *fill;
     int fill_fd;

@@ -741,7 +741,7 @@ static void lookup(struct rp_req *r)
     case RP_ROUTE_BLOB: {
         struct rp_cache_blob b;
         bool cached = rp_cache_blob_open(srv->cache, rt->ref, &b) == RP_CACHE_OK;
-        bool linked = rp_cache_linked(srv->cache, rt->reg->name, rt->name, rt->ref);
+        bool linked = r->confirmed || rp_cache_linked(srv->cache, rt->reg->name, rt->name, rt->ref);
         if (cached && linked) {
             r->cache_status = "HIT";
             /* Pins are not kept across a crash: whatever is served under a pinned name is
@@ -1210,7 +1210,15 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
     }
     if (r->state == RQ_CONFIRM) {
         if (res->status == 200) {
-            rp_cache_link(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref);
+            /* Served on upstream's word even when the link cannot be kept (a full disk):
+             * looking up again would only confirm again, for ever. */
+            r->confirmed = true;
+            int e =
+                rp_cache_link(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref);
+            if (e != RP_CACHE_OK)
+                rp_warn("blob %s registry=%s repo=%s: cannot record the repository link (%s); "
+                        "served on upstream's confirmation",
+                        r->route.ref, r->route.reg->name, r->route.name, rp_cache_strerror(e));
             rp_server_maybe_pin(r->conn->srv, r->route.reg, r->route.name, r->route.ref);
             r->state = RQ_LOOKUP;
             rp_req_drive(r);

@@ -123,3 +123,39 @@ def test_disk_full_evicts_then_passes_through(t):
     _, tags = t.pull(p, "ns/multi:v1")
     eq(tags.get("v1"), reg.pushed["ns/multi:v1"]["digest"], "digest of ns/multi:v1 again")
     lib.check_cache_store(cache, "at the end: ")
+
+
+def test_confirmed_blob_served_when_its_link_cannot_be_written(t):
+    """A blob cached for one repository, asked for through another: upstream confirms the
+    other has it, and the blob is served even when the disk is too full for the new link
+    (pinned content leaves nothing to evict). It used to look up again, find no link, and
+    confirm again, without end: no answer, and thousands of HEADs upstream."""
+    if os.geteuid() != 0:
+        _skipped("mounting a tmpfs needs root (the tests run as uid %d)" % os.geteuid())
+        return
+    reg = t.s.anon_registry
+    fs = os.path.join(t.tmp, "small-fs")
+    os.makedirs(fs)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", fs], check=True)
+    t.defer(lambda: subprocess.run(["umount", "-l", fs], check=True))
+    cache = os.path.join(fs, "cache")
+    p = t.proxy(registries=[reg.conf()],
+                cache={"dir": cache, "pin": "registry.anon.test/ns/multi"})
+    p.cache_dir = cache
+    a = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"]
+    b = {x["digest"] for x in lib.image_manifests(reg, "ns/multi-v2s2:v1")[0]["layers"]}
+    layer = min((x for x in a if x["digest"] in b), key=lambda x: x["size"])
+    r = p.get("/v2/ns/multi/blobs/" + layer["digest"])
+    eq(r.status, 200, "the layer through ns/multi")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(cache, "blobs", layer["digest"])), 10,
+                   "the layer to be cached")
+    _fill_up(os.path.join(fs, "junk"))
+    mark = reg.mark()
+    r = p.get("/v2/ns/multi-v2s2/blobs/" + layer["digest"], timeout=20)
+    eq(r.status, 200, "the same layer through ns/multi-v2s2 on a full disk")
+    eq(lib.sha256(r.body), layer["digest"], "digest of the layer served")
+    asked = [x for x in reg.since(mark) if x[1].endswith(layer["digest"])]
+    check(len(asked) <= 2, "upstream was asked %d times for the layer" % len(asked))
+    check("cannot record the repository link" in p.log_text(),
+          "no log line saying the link could not be recorded")
+
