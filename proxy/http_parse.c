@@ -324,6 +324,41 @@ enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t
     return parse_range_spec(s, n, size, start, end);
 }
 
+/* The next non-empty element of the range-set [*p, e) into [*a, *b), OWS trimmed; false at
+ * the end. Empty list elements are allowed and skipped (RFC 9110 5.6.1). */
+static bool next_range_spec(const char **p, const char *e, const char **a, const char **b)
+{
+    while (*p) {
+        const char *comma = memchr(*p, ',', (size_t)(e - *p));
+        *a = *p;
+        *b = comma ? comma : e;
+        *p = comma ? comma + 1 : NULL;
+        while (*a < *b && is_ows(**a))
+            (*a)++;
+        while (*b > *a && is_ows((*b)[-1]))
+            (*b)--;
+        if (*a < *b)
+            return true;
+    }
+    return false;
+}
+
+bool rp_http_range_valid(const char *value, size_t len)
+{
+    size_t n;
+    const char *s = range_set(value, len, &n);
+    if (!s)
+        return false;
+    size_t elements = 0;
+    const char *a, *b;
+    for (const char *p = s; next_range_spec(&p, s + n, &a, &b); elements++) {
+        uint64_t first, last;
+        if (parse_range_spec(a, (size_t)(b - a), UINT64_MAX, &first, &last) == RP_RANGE_NONE)
+            return false;
+    }
+    return elements > 0;
+}
+
 enum rp_range_result rp_http_parse_ranges(const char *value, size_t len, uint64_t size,
                                           struct rp_byte_range *out, size_t max, size_t *n_out)
 {
@@ -333,18 +368,8 @@ enum rp_range_result rp_http_parse_ranges(const char *value, size_t len, uint64_
         return RP_RANGE_NONE;
     size_t k = 0, elements = 0;
     uint64_t total = 0;
-    const char *e = s + n;
-    for (const char *p = s, *comma = s; comma;) {
-        comma = memchr(p, ',', (size_t)(e - p));
-        const char *a = p, *b = comma ? comma : e;
-        if (comma)
-            p = comma + 1;
-        while (a < b && is_ows(*a))
-            a++;
-        while (b > a && is_ows(b[-1]))
-            b--;
-        if (a == b)
-            continue; /* empty list elements are allowed (RFC 9110 5.6.1) */
+    const char *a, *b;
+    for (const char *p = s; next_range_spec(&p, s + n, &a, &b);) {
         elements++;
         uint64_t first = 0, last = 0;
         enum rp_range_result rr = parse_range_spec(a, (size_t)(b - a), size, &first, &last);

@@ -71,6 +71,9 @@ enum rp_range_result rp_http_parse_range(const char *value, size_t len, uint64_t
 struct rp_byte_range {
     uint64_t first, last; /* inclusive */
 };
+/* Whether a Range header value is well formed whatever the body's size ("bytes=" and one or
+ * more valid range-specs). One that is not is ignored (RFC 9110 14.2). */
+bool rp_http_range_valid(const char *value, size_t len);
 /* Parses a Range header value that may name several ranges ("bytes=0-9,100-199": lazy
  * pullers ask so) against a body of `size` bytes. RP_RANGE_OK: the satisfiable ranges, in
  * the order given, are out[0 .. *n_out) (unsatisfiable ones are left out). RP_RANGE_NONE

@@ -73,7 +73,10 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
     }
     if (range) {
         memcpy(p, range->value, range_len);
-        if (rp_header_value_safe(p))
+        /* A Range that does not parse is ignored (RFC 9110 14.2), here once for all: kept,
+         * it would pass through to upstream, which ignores it too and sends the whole blob,
+         * uncached, at every such request. */
+        if (rp_header_value_safe(p) && rp_http_range_valid(p, range_len))
             r->range = p;
     }
     r->conn = c;

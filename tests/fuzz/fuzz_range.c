@@ -43,6 +43,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (total > body)
             abort();
     }
+    /* Whatever reads as ranges for some size is well formed. */
+    bool valid = rp_http_range_valid((const char *)data + 8, size - 8);
+    if ((r != RP_RANGE_NONE || m != RP_RANGE_NONE) && !valid)
+        abort();
     if (!memchr(data + 8, ',', size - 8) &&
         (m != r || (r == RP_RANGE_OK && (n != 1 || rs[0].first != s || rs[0].last != e))))
         abort();

@@ -125,6 +125,28 @@ def test_range_from_zero_fills_the_cache(t):
     eq(_ups(reg, mk, digest), [], "upstream requests for bytes=0- once cached")
 
 
+def test_malformed_range_is_ignored_and_cached(t):
+    """A Range that does not parse is ignored (RFC 9110 14.2): the whole blob, 200, from one
+    download that fills the cache, so the next such request is a hit. It used to pass
+    through to upstream, which ignored it too, uncached, at every request."""
+    reg = t.s.anon_registry
+    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][1]
+    digest = layer["digest"]
+    path = "/v2/ns/multi/blobs/" + digest
+    p = t.proxy(registries=[reg.conf()])
+    for n, bad in enumerate(("bytes=abc", "", "bytes=5-2", "items=0-1")):
+        mk = reg.mark()
+        r = lib.stream_get(p.port, path, headers={"Range": bad})
+        eq((r.status, r.complete, r.digest), (200, True, digest), "Range %r (%r)" % (bad, r))
+        if n == 0:
+            eq(_ups(reg, mk, digest, 1), [("GET", 200)], "upstream requests for the first")
+            blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+            lib.wait_until(lambda: os.path.isfile(blob_file), 10, "the blob in the cache")
+        else:
+            eq(r.header("X-Regproxy-Cache"), "HIT", "Range %r once cached" % bad)
+            eq(_ups(reg, mk, digest), [], "upstream requests for Range %r once cached" % bad)
+
+
 CHUNK = 2 << 20
 
 

@@ -391,6 +391,19 @@ static enum rp_range_result ranges(const char *v, uint64_t size, size_t *n)
     return rp_http_parse_ranges(v, strlen(v), size, rs, 4, n);
 }
 
+/* Well-formedness alone, whatever the size: what the proxy keeps of a client's Range. */
+static void test_range_valid(void)
+{
+    const char *good[] = {"bytes=0-",      "bytes=0-9",          "bytes=-5",       "bytes=-0",
+                          "BYTES=1-2, 5-", "bytes=99999999999-", "bytes=0-1,,2-3", "bytes= 4-5 "};
+    const char *bad[] = {"",        "bytes=",      "bytes=abc", "bytes=5-2", "items=0-1",
+                         "bytes=1", "bytes=0-1,x", "bytes=,",   "bytes=-",   "bytes 0-1"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        CHECK(rp_http_range_valid(good[i], strlen(good[i])));
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(!rp_http_range_valid(bad[i], strlen(bad[i])));
+}
+
 static void test_ranges(void)
 {
     size_t n;
@@ -500,6 +513,7 @@ int main(void)
     RUN(test_expect);
     RUN(test_range);
     RUN(test_ranges);
+    RUN(test_range_valid);
     RUN(test_content_range);
     UNIT_EXIT();
 }
