@@ -140,6 +140,43 @@ def test_big_error_answer_passed_on(t):
     eq(r.header("retry-after"), "9", "Retry-After of the 503")
 
 
+def test_empty_body_for_a_blob_refused(t):
+    """An upstream answering a blob GET 200 with an empty body: a client would take the head
+    alone for the whole answer (there is no last byte to hold back until the digest
+    matches), so it is refused at the head, 502, for a download into the cache as for a
+    range passed through; the empty blob itself is fine."""
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    t.defer(srv.shutdown)
+    t.defer(srv.server_close)
+    p = t.proxy(registries=[{"name": "empty.test", "url": "http://127.0.0.1:%d" % srv.server_port}])
+    path = "/v2/empty.test/ns/x/blobs/" + lib.sha256(b"not empty")
+    for what, headers in (("download", {}), ("range passed through", {"Range": "bytes=0-4"})):
+        r = p.get(path, headers=headers, timeout=20)
+        eq(r.status, 502, "%s of a blob upstream sends empty: %r" % (what, r.body[:200]))
+        check("empty body" in r.body.decode(), "%s: the error does not say why: %r"
+              % (what, r.body[:300]))
+    r = p.get("/v2/empty.test/ns/x/blobs/" + lib.sha256(b""), timeout=20)
+    eq((r.status, r.body), (200, b""), "the empty blob")
+    eq([b for b in _blobs_cached(p) if b != lib.sha256(b"")[7:]], [],
+       "blobs cached besides the empty one")
+
+
 def test_long_retry_after_keeps_framing(t):
     """An upstream 429 whose Retry-After is far longer than any real one: passed on without
     it (cut, it lost its CRLF and the head ran into the body), and the connection stays
