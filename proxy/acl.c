@@ -357,6 +357,11 @@ enum rp_htpasswd_verdict rp_htpasswd_begin(struct rp_htpasswd *h, const char *au
         }
     if (!u)
         goto out;
+    /* Every hash is taken as a failure until it proves otherwise: hashes already running
+     * count against the budgets, or parallel guesses would all start before any charged
+     * it (and leave it in debt, refusing everyone's first logins for long after). */
+    h->fail_tokens -= 1.0;
+    share->tokens -= 1.0;
     struct rp_htpasswd_job *j = rp_xcalloc(1, sizeof(*j));
     j->h = h;
     memcpy(j->mac, mac, 32);
@@ -413,13 +418,16 @@ void rp_htpasswd_job_done(void *arg)
     h->n_jobs--;
     h->n_hashes++;
     if (!h->orphaned) {
-        if (j->ok) {
-            remember(h->verified, VERIFIED_MAX, &h->n_verified, &h->next_verified, j->mac);
-        } else {
+        if (j->ok) { /* the budgets are for failures: this one is given back */
             int64_t now = rp_now_ms();
+            remember(h->verified, VERIFIED_MAX, &h->n_verified, &h->next_verified, j->mac);
             refill(&h->fail_tokens, &h->fail_refill_ms, now, FAIL_HASHES_PER_S, FAIL_HASHES_PER_S);
-            h->fail_tokens -= 1.0;
-            peer_share(h, j->peer, now)->tokens -= 1.0;
+            if ((h->fail_tokens += 1.0) > FAIL_HASHES_PER_S)
+                h->fail_tokens = FAIL_HASHES_PER_S;
+            struct peer_share *share = peer_share(h, j->peer, now);
+            if ((share->tokens += 1.0) > PEER_FAIL_BURST)
+                share->tokens = PEER_FAIL_BURST;
+        } else {
             remember(h->failed, FAILED_MAX, &h->n_failed, &h->next_failed, j->mac);
         }
     }

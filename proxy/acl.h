@@ -45,8 +45,10 @@ void rp_htpasswd_free(struct rp_htpasswd *h);
  *   - failing hashes are rationed: 4 a second in all (4 saved up), and 1 a second for each
  *     client address (2 saved up; IPv6 by /64), so that one guesser leaves most of the
  *     budget to other clients' first logins, and an address has at most 2 distinct
- *     credentials hashing at a time. Past any of these, credentials not already known good
- *     fail without a hash. */
+ *     credentials hashing at a time. A hash counts as a failure from its start (given
+ *     back when it succeeds), so parallel guesses cannot all start before any is charged.
+ *     Past any of these, credentials not already known good fail without a hash: first
+ *     logins beyond 4 at once are refused and retried by the client. */
 enum rp_htpasswd_verdict { RP_HTPASSWD_FAIL, RP_HTPASSWD_OK, RP_HTPASSWD_WAIT };
 struct rp_htpasswd_job;
 struct rp_htpasswd_waiter {

@@ -92,6 +92,32 @@ def test_htpasswd_guesser_leaves_others_their_logins(t):
        "now known good")
 
 
+def test_htpasswd_parallel_guesses_charged_at_once(t):
+    """Guesses from many addresses at the same moment: a hash counts against the budget from
+    its start, so only the budget's worth is hashed and the rest refused at once. Charged only
+    when each hash ended, all of them were hashed, and the budget was left so far in debt
+    that a correct first login seconds later was still refused unchecked."""
+    s = t.s
+    reg = s.anon_registry
+    htp = lib.htpasswd_file(t, "node", "node-secret", cost=10)
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
+    import threading
+    statuses = []
+
+    def guess(i):
+        statuses.append(_basic_ping(p.port, b"node:guess%d" % i, source="127.0.0.%d" % (10 + i)))
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(24)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    eq(sorted(statuses), [401] * 24, "24 parallel guesses from 24 addresses")
+    time.sleep(1.5)  # the budget refills at 4 a second
+    eq(_basic_ping(p.port, b"node:node-secret", source="127.0.0.100"), 200,
+       "a first login from another address 1.5 s later")
+
+
 def test_htpasswd_hash_off_the_loop(t):
     """A first login's bcrypt (cost 14 here, about a second) runs off the event loop: a
     request sent while it hashes is answered before it, and the login then succeeds. On the
