@@ -1692,6 +1692,8 @@ struct import {
     struct rp_cache *c;
     struct rp_progress *prog;
     const struct rp_bundle_meta *meta;
+    const struct rp_bundle_meta *verified; /* pass 1's, which pass 2's must equal */
+    struct dindex mi, bi;                  /* pass 1: lookups in meta's lists */
     /* publishing */
     const struct bundle_item *blob; /* the blob being read */
     size_t next_manifest, next_blob;
@@ -1706,10 +1708,47 @@ static const char *local_registry(const struct import *im, const char *name)
     return r ? r->name : NULL;
 }
 
-/* Pass 1: the metadata names only registries this configuration serves. */
+static bool items_same(const struct bundle_item *a, const struct bundle_item *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(a[i].digest, b[i].digest) != 0 || a[i].size != b[i].size ||
+            a[i].n_repos != b[i].n_repos)
+            return false;
+        for (size_t k = 0; k < a[i].n_repos; k++)
+            if (strcmp(a[i].repos[k].registry, b[i].repos[k].registry) != 0 ||
+                strcmp(a[i].repos[k].repo, b[i].repos[k].repo) != 0)
+                return false;
+    }
+    return true;
+}
+
+/* Whether pass 2 reads the metadata pass 1 verified (the file may have changed since:
+ * a copy still being written, media swapped). Images are what tags and pins come from. */
+static bool meta_same(const struct rp_bundle_meta *a, const struct rp_bundle_meta *b)
+{
+    if (a->n_images != b->n_images || a->n_manifests != b->n_manifests ||
+        a->n_blobs != b->n_blobs || !items_same(a->manifests, b->manifests, a->n_manifests) ||
+        !items_same(a->blobs, b->blobs, a->n_blobs))
+        return false;
+    for (size_t i = 0; i < a->n_images; i++) {
+        const struct bundle_image *x = &a->images[i], *y = &b->images[i];
+        if (strcmp(x->registry, y->registry) != 0 || strcmp(x->repo, y->repo) != 0 ||
+            (x->tag == NULL) != (y->tag == NULL) || (x->tag && strcmp(x->tag, y->tag) != 0) ||
+            strcmp(x->digest, y->digest) != 0 || x->tag_time != y->tag_time)
+            return false;
+    }
+    return true;
+}
+
+/* Pass 1: the metadata names only registries this configuration serves. Pass 2: it is the
+ * metadata pass 1 verified. */
 static int verify_meta_cb(void *arg, const struct rp_bundle_meta *m, char *err, size_t errlen)
 {
     struct import *im = arg;
+    if (im->verified && !meta_same(im->verified, m)) {
+        snprintf(err, errlen, "the bundle changed since it was verified");
+        return -1;
+    }
     im->meta = m;
     im->prog->total = m->n_images;
     for (size_t i = 0; i < m->n_images; i++) {
@@ -1722,6 +1761,50 @@ static int verify_meta_cb(void *arg, const struct rp_bundle_meta *m, char *err, 
         }
     }
     return 0;
+}
+
+/* Pass 1: every blob an image manifest references is in the bundle, and at least one child
+ * of an index (export leaves out platforms that were not mirrored): an import must not tag
+ * and pin an image whose layers it cannot serve. */
+static int verify_manifest_cb(void *arg, const char *digest, const char *media_type,
+                              const char *data, size_t len, char *err, size_t errlen)
+{
+    (void)media_type;
+    struct import *im = arg;
+    if (!im->mi.slots) {
+        dindex_init(&im->mi, im->meta->n_manifests);
+        dindex_init(&im->bi, im->meta->n_blobs);
+        for (size_t i = 0; i < im->meta->n_manifests; i++)
+            dindex_add(&im->mi, im->meta->manifests, i);
+        for (size_t i = 0; i < im->meta->n_blobs; i++)
+            dindex_add(&im->bi, im->meta->blobs, i);
+    }
+    struct rp_manifest_refs refs;
+    char why[256];
+    if (rp_manifest_refs(data, len, &refs, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "manifest %s: %s", digest, why);
+        return -1;
+    }
+    int rc = 0;
+    size_t children = 0;
+    for (size_t i = 0; i < refs.n && rc == 0; i++) {
+        const char *d = refs.v[i].digest;
+        if (refs.v[i].kind == RP_REF_CHILD) {
+            children += dindex_find(&im->mi, im->meta->manifests, d) != (size_t)-1;
+        } else if (dindex_find(&im->bi, im->meta->blobs, d) == (size_t)-1) {
+            snprintf(err, errlen,
+                     "manifest %s references blob %s, which the bundle does not "
+                     "carry",
+                     digest, d);
+            rc = -1;
+        }
+    }
+    if (rc == 0 && refs.is_index && refs.n && !children) {
+        snprintf(err, errlen, "index %s: none of its manifests is in the bundle", digest);
+        rc = -1;
+    }
+    rp_manifest_refs_free(&refs);
+    return rc;
 }
 
 static int verify_blob_cb(void *arg, const char *digest, uint64_t size, char *err, size_t errlen)
@@ -1863,7 +1946,8 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
     rp_progress_init(&prog, "verifying", 0, total);
     im.prog = &prog;
     struct rp_bundle_src src = {.read = parts_read, .skip = parts_skip, .arg = &parts};
-    const struct rp_bundle_sink verify = {.meta = verify_meta_cb, .blob_begin = verify_blob_cb};
+    const struct rp_bundle_sink verify = {
+        .meta = verify_meta_cb, .manifest = verify_manifest_cb, .blob_begin = verify_blob_cb};
     /* Pass 1: everything is read and checked; the cache is not even opened. */
     if (rp_bundle_read(&src, 0, &verify, &im, &meta, err, sizeof(err)) != 0) {
         rp_progress_end(&prog);
@@ -1881,6 +1965,7 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
         goto out;
     /* Publishing evicts to max_size: what the proxy pins must be pinned here too. */
     rp_pins_apply(im.c, conf);
+    im.verified = meta;
     /* Pass 2: publish through the cache, which verifies each digest again. */
     struct rp_progress pub;
     rp_progress_init(&pub, "importing", meta->n_images, total);
@@ -1943,6 +2028,8 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
            secs > 0 ? (double)total / 1e6 / secs : 0.0);
     rc = 0;
 out:
+    free(im.mi.slots);
+    free(im.bi.slots);
     rp_bundle_meta_free(meta);
     rp_cache_close(im.c);
     parts_free(&parts);

@@ -5,6 +5,9 @@
  * writes the fuzz_bundle seed corpus (a valid bundle and damaged variants). */
 #include "../unit.h"
 
+#include <lz4frame.h>
+#include <openssl/evp.h>
+
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdint.h>
@@ -349,6 +352,83 @@ static void test_export_import(void)
     free(b);
 }
 
+static void put_be(unsigned char *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+/* Appends a record (type, name, data) to buf at *len. */
+static void add_record(unsigned char *buf, size_t *len, char type, const char *name,
+                       const void *data, size_t n)
+{
+    unsigned char h[16] = {0};
+    h[0] = (unsigned char)type;
+    put_be(h + 4, strlen(name), 4);
+    put_be(h + 8, n, 8);
+    memcpy(buf + *len, h, 16);
+    memcpy(buf + *len + 16, name, strlen(name));
+    memcpy(buf + *len + 16 + strlen(name), data, n);
+    *len += 16 + strlen(name) + n;
+}
+
+static size_t lz4_frame(const char *in, unsigned char *out, size_t cap)
+{
+    size_t n = LZ4F_compressFrame(out, cap, in, strlen(in), NULL);
+    CHECK(!LZ4F_isError(n));
+    return LZ4F_isError(n) ? 0 : n;
+}
+
+/* A bundle made by hand, whole and with a correct trailer, whose image manifest references
+ * a layer the bundle does not carry: import refuses it and writes nothing (it used to tag and
+ * pin an image whose layer was nowhere). */
+static void test_import_refuses_incomplete_image(void)
+{
+    const char *cfg = "{\"architecture\":\"amd64\",\"os\":\"linux\"}";
+    char cd[RP_CACHE_DIGEST_BUF], ld[RP_CACHE_DIGEST_BUF], md[RP_CACHE_DIGEST_BUF];
+    rp_digest_of(NULL, cfg, strlen(cfg), cd);
+    rp_digest_of(NULL, "missing layer", 13, ld);
+    char *m = rp_xasprintf("{\"schemaVersion\":2,\"mediaType\":\"%s\",\"config\":{\"mediaType\":"
+                           "\"application/vnd.oci.image.config.v1+json\",\"digest\":\"%s\","
+                           "\"size\":%zu},\"layers\":[{\"mediaType\":\"application/"
+                           "vnd.oci.image.layer.v1.tar\",\"digest\":\"%s\",\"size\":13}]}",
+                           RP_MEDIA_OCI_MANIFEST, cd, strlen(cfg), ld);
+    rp_digest_of(NULL, m, strlen(m), md);
+    char *meta = rp_xasprintf(
+        "{\"format\":\"regproxy-bundle\",\"version\":1,\"images\":[{\"registry\":\"reg.example\","
+        "\"repo\":\"ns/x\",\"tag\":\"v1\",\"digest\":\"%s\"}],\"manifests\":[{\"digest\":\"%s\","
+        "\"media_type\":\"%s\",\"size\":%zu,\"repos\":[[\"reg.example\",\"ns/x\"]]}],"
+        "\"blobs\":[{\"digest\":\"%s\",\"size\":%zu,\"repos\":[[\"reg.example\",\"ns/x\"]]}]}",
+        md, md, RP_MEDIA_OCI_MANIFEST, strlen(m), cd, strlen(cfg));
+    size_t cap = 8192, len = 32, zn;
+    unsigned char *b = rp_xcalloc(1, cap), z[4096];
+    zn = lz4_frame(meta, z, sizeof(z));
+    add_record(b, &len, 'M', "", z, zn);
+    zn = lz4_frame(m, z, sizeof(z));
+    add_record(b, &len, 'm', md, z, zn);
+    add_record(b, &len, 'b', cd, cfg, strlen(cfg));
+    memcpy(b, "RPBUNDLE", 8);
+    put_be(b + 8, 1, 4);
+    put_be(b + 16, len + 16 + 32, 8);
+    unsigned char sum[32];
+    unsigned int sl = 0;
+    EVP_Digest(b, len, sum, &sl, EVP_sha256(), NULL);
+    add_record(b, &len, 'T', "", sum, 32);
+    char path[160], dst[128], err[1024];
+    snprintf(path, sizeof(path), "%s/incomplete.rpb", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/dst-incomplete", tmpdir);
+    CHECK_INT(verify_mem((const char *)b, len, err, sizeof(err)), 0); /* well formed */
+    spit(path, b, len);
+    struct rp_conf *conf = conf_for(dst, true);
+    CHECK_INT(rp_import_main(conf, path), 1);
+    struct stat st;
+    CHECK(stat(dst, &st) != 0); /* refused before the cache was even created */
+    rp_conf_free(conf);
+    free(b);
+    free(m);
+    free(meta);
+}
+
 /* The fuzz_bundle seeds: a valid bundle and a few near misses. */
 static int write_seeds(const char *dir)
 {
@@ -392,6 +472,7 @@ int main(int argc, char **argv)
     RUN(test_image_refs);
     RUN(test_offline_conf);
     RUN(test_export_import);
+    RUN(test_import_refuses_incomplete_image);
     rm_rf(tmpdir);
     UNIT_EXIT();
 }
