@@ -1614,6 +1614,11 @@ static int finish_file(struct parser *p)
     }
     for (size_t i = 0; i < c->n_listens; i++) {
         struct rp_conf_listen *l = &c->listens[i];
+        /* Client accounts are rotated like registry credentials: a change reloads. (The
+         * server reads the file; one that cannot be read fails there, with its reason.) */
+        struct stat st;
+        if (l->htpasswd && stat(l->htpasswd, &st) == 0)
+            watch_add(c, l->htpasswd, &st);
         if (!l->default_name)
             continue;
         l->def = rp_conf_find_registry(c, l->default_name, strlen(l->default_name));

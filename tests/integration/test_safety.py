@@ -92,6 +92,28 @@ def test_htpasswd_guesser_leaves_others_their_logins(t):
        "now known good")
 
 
+def test_htpasswd_file_change_reloads(t):
+    """The client-accounts file is watched like registry credential files: replacing it
+    (a rotated secret) reloads, and the new password is the one that works."""
+    s = t.s
+    reg = s.anon_registry
+    htp = lib.htpasswd_file(t, "node", "old-secret")
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
+    eq(_basic_ping(p.port, b"node:old-secret"), 200, "the old password before the change")
+    new = lib.htpasswd_file(t, "node2", "new-secret")
+    with open(new, "rb") as f:
+        text = f.read().replace(b"node2:", b"node:")
+    tmp = htp + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(text)
+    os.rename(tmp, htp)
+    lib.wait_until(lambda: "reload (a credential file changed): configuration applied"
+                   in p.log_text(), 15, "the reload after the accounts file changed")
+    eq(_basic_ping(p.port, b"node:new-secret"), 200, "the new password")
+    eq(_basic_ping(p.port, b"node:old-secret", source="127.0.0.2"), 401, "the old password")
+
+
 def test_htpasswd_parallel_guesses_charged_at_once(t):
     """Guesses from many addresses at the same moment: a hash counts against the budget from
     its start, so only the budget's worth is hashed and the rest refused at once. Charged only
