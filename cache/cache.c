@@ -1185,6 +1185,24 @@ static bool name_to_raw(const char *name, int algo, const char *prefix, unsigned
     return true;
 }
 
+/* Opens the top-level directory rel (blobs/sha256, links...): 0 with *out NULL when it does
+ * not exist yet, -1 (errno set) when it cannot be read. */
+static int open_top(struct rp_cache *c, const char *rel, DIR **out)
+{
+    *out = NULL;
+    int fd = openat(c->dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    *out = fdopendir(fd);
+    if (!*out) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
 /* Opens the subdirectory hh of d when hh is a two hex digit <hh> name, else NULL. */
 static DIR *open_hh(DIR *d, const char *hh)
 {
@@ -1203,14 +1221,11 @@ static int scan_dir(struct rp_cache *c, int kind, int algo, struct found **v, si
     char top[32];
     snprintf(top, sizeof(top), "%s/%s", kind == RP_CACHE_MANIFEST ? "manifests" : "blobs",
              algos[algo].name);
-    int fd = openat(c->dirfd, top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : -1;
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
+    DIR *d;
+    if (open_top(c, top, &d) != 0)
         return -1;
-    }
+    if (!d)
+        return 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *hh = de->d_name;
@@ -2211,17 +2226,11 @@ size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg)
 {
     if (!c)
         return 0;
-    int fd = openat(c->dirfd, "links", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno != ENOENT)
-            rp_warn("cache: reading %s/links: %s", c->dir, strerror(errno));
+    DIR *d;
+    if (open_top(c, "links", &d) != 0)
+        rp_warn("cache: reading %s/links: %s", c->dir, strerror(errno));
+    if (!d)
         return 0;
-    }
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
-        return 0;
-    }
     size_t n = 0, bad = 0;
     char *registry = rp_xmalloc(KEY_PART_MAX + 1), *repo = rp_xmalloc(KEY_PART_MAX + 1);
     struct dirent *de;

@@ -27,16 +27,25 @@ def _fill_up(path):
             pass
 
 
-def test_disk_full_evicts_then_passes_through(t):
+def _small_fs(t):
+    """A 24 MiB tmpfs of the test's own (unmounted at its end), or None (said) when the tests
+    do not run as root."""
     if os.geteuid() != 0:
         _skipped("mounting a tmpfs needs root (the tests run as uid %d)" % os.geteuid())
-        return
-    reg = t.s.anon_registry
+        return None
     fs = os.path.join(t.tmp, "small-fs")
     os.makedirs(fs)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", fs], check=True)
     # Lazily: the proxy still holds the cache open when cleanups run.
     t.defer(lambda: subprocess.run(["umount", "-l", fs], check=True))
+    return fs
+
+
+def test_disk_full_evicts_then_passes_through(t):
+    fs = _small_fs(t)
+    if not fs:
+        return
+    reg = t.s.anon_registry
     cache = os.path.join(fs, "cache")
     junk = os.path.join(fs, "junk")
     p = t.proxy(registries=[reg.conf()], cache={"dir": cache})
@@ -130,14 +139,10 @@ def test_confirmed_blob_served_when_its_link_cannot_be_written(t):
     other has it, and the blob is served even when the disk is too full for the new link
     (pinned content leaves nothing to evict). It used to look up again, find no link, and
     confirm again, without end: no answer, and thousands of HEADs upstream."""
-    if os.geteuid() != 0:
-        _skipped("mounting a tmpfs needs root (the tests run as uid %d)" % os.geteuid())
+    fs = _small_fs(t)
+    if not fs:
         return
     reg = t.s.anon_registry
-    fs = os.path.join(t.tmp, "small-fs")
-    os.makedirs(fs)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", fs], check=True)
-    t.defer(lambda: subprocess.run(["umount", "-l", fs], check=True))
     cache = os.path.join(fs, "cache")
     p = t.proxy(registries=[reg.conf()],
                 cache={"dir": cache, "pin": "registry.anon.test/ns/multi"})

@@ -153,17 +153,45 @@ def _pins_logged(p, n):
                    "the pin patterns to be applied (%d times)" % n)
 
 
+def _start_tight(t, pin):
+    """A proxy with the _tight store (and the pin pattern, if pin) that has pulled ns/multi.
+    Returns (proxy, registry, max_size, ns/large's 10 MiB layer)."""
+    reg = t.s.anon_registry
+    max_size, layer = _tight(reg)
+    cache = {"max_size": str(max_size)}
+    if pin:
+        cache["pin"] = PIN
+    p = t.proxy(registries=[reg.conf()], cache=cache)
+    t.pull(p, "ns/multi:v1")
+    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    return p, reg, max_size, layer
+
+
+def _large_pulled(p, reg, max_size, layer, pinned, what):
+    """Pulls ns/large and checks the outcome: ns/multi pinned, it stays whole and the 10 MiB
+    layer is not kept; not pinned, the layer is kept and ns/multi gave up room for it."""
+    t = p.t
+    _, tags = t.pull(p, "ns/large:v1")
+    eq(tags.get("v1"), reg.pushed["ns/large:v1"]["digest"], "%s: pull of ns/large:v1" % what)
+    _bounded(p, "%s, after pulling ns/large:v1" % what, max_size)
+    kept = os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"]))
+    miss = _missing(p, reg, "ns/multi:v1")
+    if pinned:
+        check(not miss, "%s: pulling ns/large:v1 evicted content of the pinned ns/multi:v1: %s"
+              % (what, miss))
+        check(not kept, "%s: the 10 MiB layer was kept beside the pinned ns/multi:v1" % what)
+    else:
+        check(kept, "%s: the 10 MiB layer was not kept though nothing is pinned" % what)
+        check(miss, "%s: ns/multi:v1, not pinned, is still whole in a store with no room for it"
+              % what)
+
+
 def test_pin_survives_restart_and_crash(t):
     """Pins are derived at every start (the pins file, and the cache's repository links for
     the `pin` patterns), never kept in the index snapshot: pinned content stays pinned after
     a clean restart and after kill -9, without being pulled again first. The store is sized so
     that ns/large's 10 MiB layer fits only by evicting ns/multi: pinned, it is not kept."""
-    s = t.s
-    reg = s.anon_registry
-    max_size, layer = _tight(reg)
-    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size), "pin": PIN})
-    t.pull(p, "ns/multi:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    p, reg, max_size, layer = _start_tight(t, pin=True)
     for i, how in enumerate(("clean restart", "kill -9 and restart")):
         if how == "clean restart":
             p.restart()
@@ -171,86 +199,46 @@ def test_pin_survives_restart_and_crash(t):
             p.kill9()
             p.start()
         _pins_logged(p, i + 2)
-        _, tags = t.pull(p, "ns/large:v1")
-        eq(tags.get("v1"), reg.pushed["ns/large:v1"]["digest"], "pull of ns/large:v1")
-        _bounded(p, "%s, after pulling ns/large:v1" % how, max_size)
-        miss = _missing(p, reg, "ns/multi:v1")
-        check(not miss, "after a %s, pulling ns/large:v1 evicted content of the pinned image "
-              "ns/multi:v1: %s" % (how, miss))
-        check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
-              "after a %s: the 10 MiB layer was kept beside the pinned ns/multi:v1" % how)
+        _large_pulled(p, reg, max_size, layer, True, "after a " + how)
 
 
 def test_pin_removed_lets_go(t):
     """A `pin` pattern removed from the configuration no longer holds its image after a clean
     restart (the index snapshot used to keep every pin it had ever seen)."""
-    s = t.s
-    reg = s.anon_registry
-    max_size, layer = _tight(reg)
-    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size), "pin": PIN})
-    t.pull(p, "ns/multi:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    p, reg, max_size, layer = _start_tight(t, pin=True)
     p.cache = {"max_size": str(max_size)}
     p.write_conf()
     p.restart()
-    t.pull(p, "ns/large:v1")
-    _bounded(p, "after pulling ns/large:v1", max_size)
-    check(os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
-          "the 10 MiB layer was not kept although nothing is pinned any more")
-    check(_missing(p, reg, "ns/multi:v1"), "ns/multi:v1, no longer pinned, is still whole "
-          "in a store with no room for it")
+    _large_pulled(p, reg, max_size, layer, False, "pattern removed, restarted")
 
 
 def test_pin_patterns_on_reload(t):
     """A reload that adds a `pin` pattern pins what is cached already (no new pull needed);
     one that removes it lets the content go."""
-    s = t.s
-    reg = s.anon_registry
-    max_size, layer = _tight(reg)
-    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size)})
-    t.pull(p, "ns/multi:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    p, reg, max_size, layer = _start_tight(t, pin=False)
     p.cache["pin"] = PIN
     p.write_conf()
     _reload(p, 1)
     _pins_logged(p, 1)
-    t.pull(p, "ns/large:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1, pinned by the reload, lost content")
-    check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
-          "the 10 MiB layer was kept beside ns/multi:v1 pinned by the reload")
+    _large_pulled(p, reg, max_size, layer, True, "pattern added by a reload")
     del p.cache["pin"]
     p.write_conf()
     _reload(p, 2)
-    t.pull(p, "ns/large:v1")
-    _bounded(p, "after pulling ns/large:v1 again", max_size)
-    check(os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
-          "the 10 MiB layer was not kept after the reload that removed the pin")
-    check(_missing(p, reg, "ns/multi:v1"), "ns/multi:v1 is still whole after its pin pattern "
-          "was removed by a reload")
+    _large_pulled(p, reg, max_size, layer, False, "pattern removed by a reload")
 
 
 def test_pins_file_edited_on_reload(t):
     """The pins file (written by mirror and import) is read again by a reload when it changed:
     a line added pins its cached image, a line removed lets it go."""
-    s = t.s
-    reg = s.anon_registry
-    max_size, layer = _tight(reg)
-    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size)})
-    t.pull(p, "ns/multi:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    p, reg, max_size, layer = _start_tight(t, pin=False)
     pins = os.path.join(p.cache_dir, "pins")
     with open(pins, "w") as f:
         f.write("%s/ns/multi:v1@%s\n" % (reg.name, reg.pushed["ns/multi:v1"]["digest"]))
     _reload(p, 1)
     check("pins: 1 mirrored or imported images pinned" in p.log_text(),
           "the reload did not pin the image the pins file names")
-    t.pull(p, "ns/large:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1, pinned by the pins file, lost "
-          "content")
+    _large_pulled(p, reg, max_size, layer, True, "line added to the pins file")
     with open(pins, "w") as f:
         f.write("# emptied\n")
     _reload(p, 2)
-    t.pull(p, "ns/large:v1")
-    _bounded(p, "after pulling ns/large:v1 again", max_size)
-    check(_missing(p, reg, "ns/multi:v1"), "ns/multi:v1 is still whole after its line was "
-          "removed from the pins file")
+    _large_pulled(p, reg, max_size, layer, False, "line removed from the pins file")

@@ -28,6 +28,28 @@ def _blobs_cached(p):
     return [f for _, _, fs in os.walk(d) for f in fs] if os.path.isdir(d) else []
 
 
+def _local_upstream(t, do_get):
+    """A plain-http upstream of the test's own on 127.0.0.1 whose GETs do_get(handler)
+    answers; returns its registry entry for t.proxy."""
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            do_get(self)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    t.defer(srv.shutdown)
+    t.defer(srv.server_close)
+    return {"name": "local.test", "url": "http://127.0.0.1:%d" % srv.server_port}
+
+
 def test_redirect_to_http_refused(t):
     s = t.s
     fr = s.fakereg
@@ -107,35 +129,21 @@ def test_big_error_answer_passed_on(t):
     """An upstream error page over the 64 KiB error-body bound (a CDN's or WAF's HTML, say)
     with a Content-Length: the status is passed on, the body cut; it used to be refused at
     its headers and answered 502, losing a 404 or a 503 and its Retry-After."""
-    import http.server
-    import threading
-
-    class H(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            st = 503 if "/manifests/five" in self.path else 404
-            body = (b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x","detail":"' +
-                    b"y" * 70000 + b'"}]}')
-            self.send_response(st)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if st == 503:
-                self.send_header("Retry-After", "9")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    t.defer(srv.shutdown)
-    t.defer(srv.server_close)
-    p = t.proxy(registries=[{"name": "big.test", "url": "http://127.0.0.1:%d" % srv.server_port}])
-    r = p.get("/v2/big.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, timeout=20)
+    def do_get(h):
+        st = 503 if "/manifests/five" in h.path else 404
+        body = (b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x","detail":"' +
+                b"y" * 70000 + b'"}]}')
+        h.send_response(st)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        if st == 503:
+            h.send_header("Retry-After", "9")
+        h.end_headers()
+        h.wfile.write(body)
+    p = t.proxy(registries=[_local_upstream(t, do_get)])
+    r = p.get("/v2/local.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, timeout=20)
     eq(r.status, 404, "upstream's 404 with a 70 KB body")
-    r = p.get("/v2/big.test/ns/x/manifests/five", headers={"Accept": lib.ACCEPT_ALL}, timeout=20)
+    r = p.get("/v2/local.test/ns/x/manifests/five", headers={"Accept": lib.ACCEPT_ALL}, timeout=20)
     eq(r.status, 503, "upstream's 503 with a 70 KB body")
     eq(r.header("retry-after"), "9", "Retry-After of the 503")
 
@@ -145,33 +153,19 @@ def test_empty_body_for_a_blob_refused(t):
     alone for the whole answer (there is no last byte to hold back until the digest
     matches), so it is refused at the head, 502, for a download into the cache as for a
     range passed through; the empty blob itself is fine."""
-    import http.server
-    import threading
-
-    class H(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    t.defer(srv.shutdown)
-    t.defer(srv.server_close)
-    p = t.proxy(registries=[{"name": "empty.test", "url": "http://127.0.0.1:%d" % srv.server_port}])
-    path = "/v2/empty.test/ns/x/blobs/" + lib.sha256(b"not empty")
+    def do_get(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+    p = t.proxy(registries=[_local_upstream(t, do_get)])
+    path = "/v2/local.test/ns/x/blobs/" + lib.sha256(b"not empty")
     for what, headers in (("download", {}), ("range passed through", {"Range": "bytes=0-4"})):
         r = p.get(path, headers=headers, timeout=20)
         eq(r.status, 502, "%s of a blob upstream sends empty: %r" % (what, r.body[:200]))
         check("empty body" in r.body.decode(), "%s: the error does not say why: %r"
               % (what, r.body[:300]))
-    r = p.get("/v2/empty.test/ns/x/blobs/" + lib.sha256(b""), timeout=20)
+    r = p.get("/v2/local.test/ns/x/blobs/" + lib.sha256(b""), timeout=20)
     eq((r.status, r.body), (200, b""), "the empty blob")
     eq([b for b in _blobs_cached(p) if b != lib.sha256(b"")[7:]], [],
        "blobs cached besides the empty one")
