@@ -244,16 +244,11 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         f->fail_reason = rp_xstrdup("upstream sent a blob without Content-Length");
         return -1;
     }
-    if (h->length == 0) {
-        /* Readers would get a whole answer from the head alone (no last byte to hold back
-         * until the digest matches): an empty body is refused here unless it is the
-         * digest of nothing. */
-        char empty[RP_CACHE_DIGEST_BUF];
-        rp_digest_of(f->digest, "", 0, empty);
-        if (strcmp(empty, f->digest) != 0) {
-            f->fail_reason = rp_xstrdup("upstream sent an empty body for a blob that is not");
-            return -1;
-        }
+    /* Readers would get a whole answer from the head alone (no last byte to hold back until
+     * the digest matches): an empty body is refused unless it is the digest of nothing. */
+    if (h->length == 0 && !rp_digest_is_empty(f->digest)) {
+        f->fail_reason = rp_xstrdup("upstream sent an empty body for a blob that is not");
+        return -1;
     }
     if (f->cf && h->length != f->expected) {
         /* Begun behind a range, with the size its answer gave. */

@@ -449,3 +449,10 @@ void rp_digest_of(const char *like, const void *data, size_t len, char out[RP_CA
     if (o + 2 * (size_t)mdlen < RP_CACHE_DIGEST_BUF)
         rp_hex_encode(md, mdlen, out + o);
 }
+
+bool rp_digest_is_empty(const char *digest)
+{
+    char empty[RP_CACHE_DIGEST_BUF];
+    rp_digest_of(digest, "", 0, empty);
+    return strcmp(empty, digest) == 0;
+}

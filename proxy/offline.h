@@ -101,6 +101,8 @@ int rp_image_list_load(const struct rp_conf *conf, const char *path, struct rp_i
 /* The lowercase "sha256:<hex>" (or sha512) digest of data, for manifests in memory. algo
  * is taken from `like` (a digest whose algorithm to use; NULL: sha256). */
 void rp_digest_of(const char *like, const void *data, size_t len, char out[RP_CACHE_DIGEST_BUF]);
+/* Whether digest names the empty blob (of its algorithm). */
+bool rp_digest_is_empty(const char *digest);
 
 /* -------------------------------------------------------------------------- pins.c */
 /* <cache dir>/pins lists every image mirrored or imported into the cache, one

@@ -835,15 +835,11 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
             r->up_err = rp_xstrdup("upstream sent a blob range without Content-Length");
             return -1;
         }
-        if (status == 200 && h->length == 0) {
-            /* The head alone would be the whole answer, with no byte to hold back until the
-             * digest matches: refused unless the blob is the empty one. */
-            char empty[RP_CACHE_DIGEST_BUF];
-            rp_digest_of(r->route.ref, "", 0, empty);
-            if (strcmp(empty, r->route.ref) != 0) {
-                r->up_err = rp_xstrdup("upstream sent an empty body for a blob that is not");
-                return -1;
-            }
+        /* The head alone would be the whole answer, with no byte to hold back until the
+         * digest matches: refused unless the blob is the empty one. */
+        if (status == 200 && h->length == 0 && !rp_digest_is_empty(r->route.ref)) {
+            r->up_err = rp_xstrdup("upstream sent an empty body for a blob that is not");
+            return -1;
         }
         struct rp_buf extra;
         rp_buf_init(&extra, 16384);
