@@ -1097,6 +1097,7 @@ static int64_t ts_ns(struct timespec t)
 
 static void watch_fill(struct rp_conf_watch *w, const struct stat *st)
 {
+    w->missing = false;
     w->dev = (uint64_t)st->st_dev;
     w->ino = (uint64_t)st->st_ino;
     w->size = (int64_t)st->st_size;
@@ -1123,7 +1124,12 @@ bool rp_conf_files_changed(const struct rp_conf *conf)
         const struct rp_conf_watch *w = &conf->watch[i];
         struct rp_conf_watch now;
         struct stat st;
-        if (stat(w->path, &st) != 0)
+        if (stat(w->path, &st) != 0) {
+            if (w->missing)
+                continue;
+            return true;
+        }
+        if (w->missing)
             return true;
         watch_fill(&now, &st);
         if (now.dev != w->dev || now.ino != w->ino || now.size != w->size ||
@@ -1131,6 +1137,18 @@ bool rp_conf_files_changed(const struct rp_conf *conf)
             return true;
     }
     return false;
+}
+
+void rp_conf_watch_rearm(struct rp_conf *conf)
+{
+    for (size_t i = 0; conf && i < conf->n_watch; i++) {
+        struct rp_conf_watch *w = &conf->watch[i];
+        struct stat st;
+        if (stat(w->path, &st) == 0)
+            watch_fill(w, &st);
+        else
+            w->missing = true;
+    }
 }
 
 /* What a group/other mode bit lets others do, for the message. */
@@ -1614,11 +1632,15 @@ static int finish_file(struct parser *p)
     }
     for (size_t i = 0; i < c->n_listens; i++) {
         struct rp_conf_listen *l = &c->listens[i];
-        /* Client accounts are rotated like registry credentials: a change reloads. (The
-         * server reads the file; one that cannot be read fails there, with its reason.) */
-        struct stat st;
-        if (l->htpasswd && stat(l->htpasswd, &st) == 0)
-            watch_add(c, l->htpasswd, &st);
+        /* Client accounts and serving certificates are rotated like registry credentials
+         * (cert-manager renews into a secret volume): a change reloads. (The server reads
+         * these files; one that cannot be read fails there, with its reason.) */
+        const char *served[] = {l->tls_cert, l->tls_key, l->htpasswd};
+        for (size_t k = 0; k < sizeof(served) / sizeof(served[0]); k++) {
+            struct stat st;
+            if (served[k] && stat(served[k], &st) == 0)
+                watch_add(c, served[k], &st);
+        }
         if (!l->default_name)
             continue;
         l->def = rp_conf_find_registry(c, l->default_name, strlen(l->default_name));

@@ -93,10 +93,12 @@ struct rp_conf_cache {
     bool offline; /* every registry is offline (copied into each rp_conf_registry.offline) */
 };
 
-/* A credential file the configuration read, as it was when read: the proxy re-stats it
- * (rp_conf_files_changed) to reload when a token is rotated. */
+/* A credential file the configuration read (or a listener's certificate, key or htpasswd
+ * file), as it was when read: the proxy re-stats it (rp_conf_files_changed) to reload when a
+ * token or a certificate is rotated. */
 struct rp_conf_watch {
-    char *path; /* as resolved: absolute, or relative to the cwd at parse time */
+    char *path;   /* as resolved: absolute, or relative to the cwd at parse time */
+    bool missing; /* could not be stat'ed (only after rp_conf_watch_rearm) */
     uint64_t dev, ino;
     int64_t size;
     int64_t mtime_ns, ctime_ns;
@@ -119,8 +121,8 @@ struct rp_conf {
     size_t n_registries;
     struct rp_conf_cache cache;
     struct rp_conf_admin admin;
-    /* Every password_file and auth_file read, in file order (a file named twice is listed
-     * once). */
+    /* Every password_file and auth_file read, in file order, then each listener's tls_cert,
+     * tls_key and htpasswd (a file named twice is listed once). */
     struct rp_conf_watch *watch;
     size_t n_watch;
     /* Things that are allowed but worth a line in the log (readable credential files under
@@ -148,6 +150,11 @@ void rp_conf_free(struct rp_conf *conf);
  * mtime or ctime; a file that vanished or cannot be stat'ed counts as changed). Symlinks
  * are followed, so a Kubernetes secret volume's atomic `..data` swap is seen. */
 bool rp_conf_files_changed(const struct rp_conf *conf);
+/* Records the files' present state as the one to compare with: after a reload was refused
+ * (say, a certificate rewritten before its key), the next is tried when a file changes
+ * again, not every time the watch looks. A missing file then counts as unchanged while it
+ * stays missing. */
+void rp_conf_watch_rearm(struct rp_conf *conf);
 
 /* Credentials found in an auth file (docker config.json or dockerconfigjson Secret). */
 struct rp_conf_auth {

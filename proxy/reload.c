@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* reload: applies a re-read configuration on SIGHUP or when a credential file changes.
+/* reload: applies a re-read configuration on SIGHUP or when a watched file changes (a
+ * credential file, a listener's certificate, key or htpasswd file).
  * In-flight pulls keep going: listeners, registries and the cache stay as they are and
  * only their values change in place (credentials, TLS settings and certificates, realms,
  * allow lists, client accounts, repository lists, checks, tag freshness, logging). Tokens obtained
@@ -164,20 +165,28 @@ int rp_reload(struct rp_server *srv, const char *why)
     return 0;
 }
 
+/* A refused reload was tried with the files as they are now: the watch waits for the next
+ * change (the rest of a rotation, say) instead of retrying, and logging, every interval. */
+static void reload_or_rearm(struct rp_server *srv, const char *why)
+{
+    if (rp_reload(srv, why) != 0)
+        rp_conf_watch_rearm(srv->conf);
+}
+
 static void watch_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct rp_server *srv = arg;
     if (rp_conf_files_changed(srv->conf))
-        rp_reload(srv, "a credential file changed");
+        reload_or_rearm(srv, "a watched file changed");
 }
 
 static void sighup_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    rp_reload(arg, "SIGHUP");
+    reload_or_rearm(arg, "SIGHUP");
 }
 
 void rp_reload_init(struct rp_server *srv)

@@ -90,7 +90,7 @@ def test_file_change_triggers_reload(t):
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq(r.status, 401, "manifest with a wrong password")
     _write_pw(pwfile, old)
-    lib.wait_until(lambda: "reload (a credential file changed)" in p.log_text(), 15,
+    lib.wait_until(lambda: "reload (a watched file changed)" in p.log_text(), 15,
                    "the proxy to notice the rewritten password file")
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq(r.status, 200, "manifest after the password file was fixed")

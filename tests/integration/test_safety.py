@@ -108,7 +108,7 @@ def test_htpasswd_file_change_reloads(t):
     with open(tmp, "wb") as f:
         f.write(text)
     os.rename(tmp, htp)
-    lib.wait_until(lambda: "reload (a credential file changed): configuration applied"
+    lib.wait_until(lambda: "reload (a watched file changed): configuration applied"
                    in p.log_text(), 15, "the reload after the accounts file changed")
     eq(_basic_ping(p.port, b"node:new-secret"), 200, "the new password")
     eq(_basic_ping(p.port, b"node:old-secret", source="127.0.0.2"), 401, "the old password")
@@ -247,6 +247,40 @@ def test_tls_serving_and_reload(t):
                    "the reload")
     cn, _ = _peer_cn(p.port, os.path.join(d2, "ca.crt"))
     eq(cn, "second", "certificate served after SIGHUP")
+
+
+def _replace(src, dst):
+    """Writes dst as a secret volume or cert-manager would: whole, by rename."""
+    with open(src, "rb") as f, open(dst + ".tmp", "wb") as g:
+        g.write(f.read())
+    os.rename(dst + ".tmp", dst)
+
+
+def test_tls_rotation_watched(t):
+    """A renewed certificate is picked up without SIGHUP. Half a rotation (the certificate
+    before its key) is refused once, keeps the old pair serving, and is not retried, nor
+    logged again, until the key arrives."""
+    s = t.s
+    reg = s.anon_registry
+    d1, key1, crt1 = lib.serving_cert(t, "first")
+    d2, key2, crt2 = lib.serving_cert(t, "second")
+    live_key, live_crt = os.path.join(t.tmp, "live.key"), os.path.join(t.tmp, "live.crt")
+    _replace(key1, live_key)
+    _replace(crt1, live_crt)
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": live_crt,
+                            "tls_key": live_key}])
+    eq(_peer_cn(p.port, os.path.join(d1, "ca.crt"))[0], "first", "certificate served")
+    _replace(crt2, live_crt)
+    refused = "reload (a watched file changed) refused"
+    lib.wait_until(lambda: refused in p.log_text(), 15, "the half rotation to be refused")
+    time.sleep(5)  # more than two looks of the watch
+    eq(p.log_text().count(refused), 1, "refusals of the same half rotation")
+    eq(_peer_cn(p.port, os.path.join(d1, "ca.crt"))[0], "first", "certificate while refused")
+    _replace(key2, live_key)
+    lib.wait_until(lambda: "reload (a watched file changed): configuration applied"
+                   in p.log_text(), 15, "the completed rotation to be applied")
+    eq(_peer_cn(p.port, os.path.join(d2, "ca.crt"))[0], "second", "renewed certificate served")
 
 
 def test_slowloris_cut_off(t):

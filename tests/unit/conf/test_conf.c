@@ -1713,7 +1713,17 @@ static void test_watch(void)
         return;
     remove_file("pw");
     CHECK(rp_conf_files_changed(c));
+    /* Rearmed after a refused reload: unchanged until a file changes again. */
+    rp_conf_watch_rearm(c);
+    CHECK(!rp_conf_files_changed(c));
+    write_file("pw", "two\n", 4);
+    CHECK(rp_conf_files_changed(c));
+    rp_conf_watch_rearm(c);
+    CHECK(!rp_conf_files_changed(c));
+    set_mtime("pull.json", 1000000000);
+    CHECK(rp_conf_files_changed(c));
     rp_conf_free(c);
+    remove_file("pw");
     remove_file("pull.json");
 
     /* Nothing to watch. */
