@@ -23,7 +23,9 @@ static struct rp_htpasswd *accounts;
 
 static void setup(void)
 {
-    char path[] = "/tmp/fuzz_htpasswd.XXXXXX";
+    const char *base = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/fuzz_htpasswd.XXXXXX", base && *base ? base : "/tmp");
     int fd = mkstemp(path);
     const char *salt = crypt_gensalt("$2b$", 4, NULL, 0); /* the cheapest bcrypt */
     char *h1 = salt ? rp_xstrdup(crypt("s3:cret", salt)) : NULL;

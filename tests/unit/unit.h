@@ -52,6 +52,19 @@ static inline void unit_run(const char *name, void (*fn)(void))
         unit_passed++;
 }
 
+/* A new directory under $TMPDIR (else /tmp) named prefix.XXXXXX, written into buf; exits
+ * the test binary when it cannot be made. */
+static inline char *unit_mkdtemp(char *buf, size_t len, const char *prefix)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(buf, len, "%s/%s.XXXXXX", base && *base ? base : "/tmp", prefix);
+    if (!mkdtemp(buf)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    return buf;
+}
+
 #define RUN(fn) unit_run(#fn, fn)
 #define UNIT_EXIT() return unit_failed ? 1 : 0
 

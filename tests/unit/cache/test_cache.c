@@ -33,13 +33,8 @@
 
 static char *mk_tmpdir(void)
 {
-    char tmpl[] = "/tmp/rp_cache_test.XXXXXX";
-    char *d = mkdtemp(tmpl);
-    if (!d) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return rp_xstrdup(d);
+    char buf[4096];
+    return rp_xstrdup(unit_mkdtemp(buf, sizeof(buf), "rp_cache_test"));
 }
 
 static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)

@@ -500,7 +500,7 @@ static void test_structure_errors(void)
 
 /* ---- files ---- */
 
-static char tmpdir[64];
+static char tmpdir[64]; /* a longer $TMPDIR fails mkdtemp, clearly */
 
 static void write_file(const char *name, const char *content, size_t len)
 {
@@ -2263,11 +2263,7 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--write-doc") == 0)
         return write_doc(argv[2]);
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/rp-test-conf-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    unit_mkdtemp(tmpdir, sizeof(tmpdir), "rp-test-conf");
     RUN(test_default_text);
     RUN(test_minimal_defaults);
     RUN(test_several_listeners_any_order);

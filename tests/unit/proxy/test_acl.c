@@ -95,8 +95,8 @@ static char *basic(const char *userpass)
 
 static void test_htpasswd(void)
 {
-    char dir[] = "/tmp/rp-acl-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    char dir[4096];
+    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
     char *path = rp_xasprintf("%s/htpasswd", dir);
     const char *salt = crypt_gensalt("$2b$", 5, NULL, 0);
     CHECK(salt != NULL);
@@ -179,8 +179,8 @@ static void count_wake(struct rp_htpasswd_waiter *w)
  * off, and accounts freed (a reload) while a hash runs. */
 static void test_htpasswd_async(void)
 {
-    char dir[] = "/tmp/rp-acl-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    char dir[4096];
+    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
     char *path = rp_xasprintf("%s/htpasswd", dir);
     const char *salt = crypt_gensalt("$2b$", 4, NULL, 0);
     char *hash = rp_xstrdup(crypt("pw", salt));
