@@ -23,6 +23,7 @@ struct rp_token_fetch {
     struct rp_xfer *xfer;
     struct rp_buf body;
     int64_t started_ms;
+    bool waking; /* answered: its waiters are being woken, no new one may join */
     struct waiter_list waiters;
     TAILQ_ENTRY(rp_token_fetch) link;
 };
@@ -72,8 +73,10 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
         rp_warn("token registry=%s status=%d ms=%lld error=\"%s\"%s%s", f->reg->name, status,
                 (long long)(rp_now_ms() - f->started_ms), rp_auth_strerror(e),
                 err ? " detail=" : "", err ? err : "");
-    TAILQ_REMOVE(&f->srv->token_fetches, f, link);
-    /* Each waiter may finish (and free) itself; unlink it before waking it. */
+    /* Each waiter may finish (and free) itself, or another waiter, whose rp_tokens_leave
+     * must still find it here: f stays listed until all are woken, closed to newcomers (one
+     * retrying at once starts a fetch of its own rather than hearing this answer again). */
+    f->waking = true;
     struct waiter *w;
     while ((w = TAILQ_FIRST(&f->waiters))) {
         TAILQ_REMOVE(&f->waiters, w, link);
@@ -81,6 +84,7 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
         free(w);
         rp_fetch_token_ready(waiting, e, xe, ok ? NULL : err);
     }
+    TAILQ_REMOVE(&f->srv->token_fetches, f, link);
     fetch_free(f);
 }
 
@@ -103,7 +107,7 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     struct rp_token_fetch *f;
     TAILQ_FOREACH(f, &srv->token_fetches, link)
     {
-        if (f->auth == auth && strcmp(f->scope, scope) == 0) {
+        if (!f->waking && f->auth == auth && strcmp(f->scope, scope) == 0) {
             add_waiter(f, fetch);
             return 0;
         }
