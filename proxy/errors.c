@@ -97,6 +97,7 @@ void rp_headers_copy(struct rp_xfer_headers *dst, const struct rp_xfer_headers *
     dst->etag = dup_or_null(src->etag);
     dst->oci_filters_applied = dup_or_null(src->oci_filters_applied);
     dst->length = src->length;
+    dst->chunked = src->chunked;
 }
 
 const EVP_MD *rp_digest_md(const char *digest)

@@ -830,7 +830,14 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
     }
     bool ok = status >= 200 && status < 300;
     if (ok && r->route.kind == RP_ROUTE_BLOB && r->state == RQ_UPSTREAM && !r->head) {
-        /* A range pass-through: streamed with backpressure, never cached. */
+        /* A range pass-through: streamed with backpressure, never cached. Only a whole
+         * blob (hashed, its last byte held back) or the part asked for: any other success
+         * (203, 204, a 206 nobody asked for) would reach the client unverified under the
+         * blob's digest. */
+        if (status != 200 && !(status == 206 && r->range)) {
+            r->up_err = rp_xasprintf("upstream answered a blob GET with status %d", status);
+            return -1;
+        }
         if (h->length < 0) {
             r->up_err = rp_xstrdup("upstream sent a blob range without Content-Length");
             return -1;
@@ -998,6 +1005,24 @@ static void digest_hex(const char *algo, const char *p, size_t n, char *out, siz
         o += (size_t)snprintf(out + o, outlen - o, "%02x", d[i]);
 }
 
+/* Whether a manifest fetched by tag is all upstream sent. A connection closed early ends a
+ * body that has no Content-Length and is not chunked just as its real end does, so such a
+ * body must match upstream's Docker-Content-Digest (which registries send); one that names a
+ * digest must match it in any case. Except a signed schema 1 manifest: its digest is of the
+ * payload without the signatures, so only the framing can say. */
+static bool tag_answer_whole(const struct rp_req *r, const char *body)
+{
+    const char *d = r->up_h.docker_content_digest, *type = r->up_h.content_type;
+    bool schema1 = type && strstr(type, "vnd.docker.distribution.manifest.v1");
+    if (d && rp_valid_digest(d, strlen(d)) && !schema1) {
+        char got[RP_DIGEST_MAX + 1];
+        digest_hex(strncmp(d, "sha512:", 7) == 0 ? "sha512" : "sha256", body, r->body.len, got,
+                   sizeof(got));
+        return strcmp(got, d) == 0;
+    }
+    return r->up_h.length >= 0 || r->up_h.chunked;
+}
+
 /* A manifest GET came back: verify, publish (bytes, media type, repository link, tag),
  * answer. */
 static void manifest_fetched(struct rp_req *r)
@@ -1013,6 +1038,14 @@ static void manifest_fetched(struct rp_req *r)
     if (rt->ref_is_digest && strcmp(digest, rt->ref) != 0) {
         rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
                               "upstream sent a manifest that does not match the digest",
+                              r->up_status, NULL);
+        return;
+    }
+    if (!rt->ref_is_digest && !tag_answer_whole(r, body)) {
+        rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
+                              "upstream sent a manifest that may have been cut short: it does "
+                              "not match upstream's Docker-Content-Digest, or has neither that "
+                              "nor a Content-Length or chunked framing",
                               r->up_status, NULL);
         return;
     }

@@ -70,6 +70,7 @@ static void headers_clear(struct rp_xfer_headers *h)
         *fields[i] = NULL;
     }
     h->length = -1;
+    h->chunked = false;
 }
 
 static void xfer_free(struct rp_xfer *x)
@@ -328,6 +329,15 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
     const char *colon = memchr(buf, ':', len);
     if (!colon)
         return n;
+    if (rp_strieq_n(buf, (size_t)(colon - buf), "transfer-encoding")) {
+        /* The last coding of the last such line is the framing (RFC 9112 6.1). */
+        const char *e = buf + len;
+        while (e > colon + 1 && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        x->h.chunked = e - (colon + 1) >= 7 && rp_strieq_n(e - 7, 7, "chunked") &&
+                       (e - 7 == colon + 1 || e[-8] == ' ' || e[-8] == '\t' || e[-8] == ',');
+        return n;
+    }
     char **slot = header_slot(&x->h, buf, (size_t)(colon - buf));
     if (!slot)
         return n;

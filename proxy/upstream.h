@@ -28,6 +28,7 @@ struct rp_xfer_headers {
     char *etag;
     char *oci_filters_applied;
     int64_t length; /* parsed Content-Length, or -1 */
+    bool chunked;   /* Transfer-Encoding ends in chunked: curl tells a cut from the end */
 };
 
 /* Why a transfer failed, for messages that tell an admin what to fix. */

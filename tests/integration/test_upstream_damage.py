@@ -102,3 +102,66 @@ def test_corrupt_pull_fails_cleanly(t):
     fr.set_mode("ok")
     _, tags = t.pull(p, "ns/multi:v1")
     eq(tags["v1"], s.images["multi"]["tags"]["v1"], "pull after upstream recovered")
+
+
+def _manifest_get(p):
+    return p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+
+
+def test_cut_manifest_by_tag_not_served_or_cached(t):
+    """A manifest by tag whose body ends where upstream closed the connection (no
+    Content-Length, not chunked) may be cut short: with upstream's Docker-Content-Digest it
+    must match it, without one it is refused. It used to be cached, tagged and served as a
+    complete 200 until tag_ttl ran out."""
+    s = t.s
+    fr = s.fakereg
+    want = s.images["multi"]["tags"]["v1"]
+    p = t.proxy(registries=[fr.conf()])
+    t.defer(lambda: fr.set_mode("ok"))
+    for mode in ("manifest-cut", "manifest-cut-nodigest"):
+        fr.set_mode(mode)
+        r = _manifest_get(p)
+        eq(r.status, 502, "manifest by tag cut short (%s): %s" % (mode, r.body[:300]))
+        eq(json.loads(r.body)["errors"][0]["code"], "MANIFEST_INVALID", "error code (%s)" % mode)
+    fr.set_mode("ok")
+    r = _manifest_get(p)
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, want, "MISS"),
+       "manifest once upstream is whole again (nothing was cached)")
+
+
+def test_close_delimited_manifest_with_digest_accepted(t):
+    """A manifest whose end is the connection's is taken when it matches upstream's
+    Docker-Content-Digest, and cached."""
+    s = t.s
+    fr = s.fakereg
+    want = s.images["multi"]["tags"]["v1"]
+    p = t.proxy(registries=[fr.conf()])
+    fr.set_mode("manifest-close")
+    t.defer(lambda: fr.set_mode("ok"))
+    r = _manifest_get(p)
+    eq((r.status, lib.sha256(r.body), r.header("Docker-Content-Digest")), (200, want, want),
+       "close-delimited manifest with its digest")
+    r = _manifest_get(p)
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, want, "HIT"),
+       "the manifest again, from the cache")
+
+
+def test_blob_other_success_not_passed_through(t):
+    """A blob GET answered with a 2xx other than 200 (or a 206 to a Range) is not the blob:
+    its bytes used to reach the client under the blob's Docker-Content-Digest, unhashed."""
+    s = t.s
+    fr = s.fakereg
+    layer = _layer(s)
+    p = t.proxy(registries=[fr.conf()])
+    fr.set_mode("blob-203")
+    t.defer(lambda: fr.set_mode("ok"))
+    path = "/v2/ns/multi/blobs/" + layer["digest"]
+    r = p.get(path, headers={"Range": "bytes=100-"})
+    eq(r.status, 502, "a 203 to an uncached Range GET: %s" % r.body[:300])
+    check(b"EEEE" not in r.body, "the 203's bytes reached the client")
+    st, n, body, complete = _get(p, path)
+    check(not (st == 200 and complete), "a 203 to a whole-blob GET reached the client as a 200")
+    check(b"EEEE" not in body, "the 203's bytes reached the client")
+    fr.set_mode("ok")
+    st, n, body, complete = _get(p, path)
+    eq((st, complete, lib.sha256(body)), (200, True, layer["digest"]), "GET once upstream is ok")
