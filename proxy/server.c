@@ -441,7 +441,9 @@ static void conn_idle(struct rp_conn *c)
 }
 
 static void conn_free(struct rp_conn *c);
-static void conn_reject(struct rp_conn *c, int status, const char *code, const char *message);
+struct rp_http_request_head;
+static void conn_reject(struct rp_conn *c, const struct rp_http_request_head *h, int status,
+                        const char *code, const char *message);
 
 static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -451,7 +453,7 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     if (c->req || c->close_after || c->auth_wait.job)
         return;
     if (c->head_started) {
-        conn_reject(c, 408, "UNSUPPORTED", "request head not received in time");
+        conn_reject(c, NULL, 408, "UNSUPPORTED", "request head not received in time");
         return;
     }
     rp_debug("conn %s: idle timeout", c->peer);
@@ -533,50 +535,61 @@ static void conn_close_after_flush(struct rp_conn *c)
         conn_linger(c);
 }
 
-/* Answers a request that never reached request.c (malformed head) and closes. */
-static void conn_reject(struct rp_conn *c, int status, const char *code, const char *message)
+/* Answers and logs a request refused before request.c. h is its head when that parsed (then
+ * a HEAD gets no body, and the log names method and target, which the parser checked: a
+ * token and visible ASCII), else NULL. The id goes to the client as X-Request-Id, as every
+ * answer's does, so a refusal can be found in the log. */
+static void conn_refuse(struct rp_conn *c, const struct rp_http_request_head *h, int status,
+                        const char *code, const char *message, const char *extra,
+                        const char *reason)
 {
-    c->keep_alive = false;
+    char id[32], method[17] = "-", path[1024] = "-", hdrs[512];
+    rp_request_id(id, sizeof(id));
+    if (h) {
+        snprintf(method, sizeof(method), "%.*s", (int)(h->method_len > 16 ? 16 : h->method_len),
+                 h->method_str);
+        size_t n = h->target_len < sizeof(path) - 1 ? h->target_len : sizeof(path) - 1;
+        snprintf(path, sizeof(path), "%.*s", (int)n, h->target);
+    }
+    snprintf(hdrs, sizeof(hdrs), "X-Request-Id: %s\r\n%s", id, extra ? extra : "");
     char *body = rp_error_body(code, message, NULL);
-    rp_conn_write_response(c, status, "application/json", NULL, body, strlen(body), true);
+    rp_conn_write_response(c, status, "application/json", hdrs, body, strlen(body),
+                           !(h && h->method == RP_HTTP_HEAD));
     free(body);
     rp_metrics_request(&c->srv->metrics, -1, status, NULL, 0);
-    char id[32];
-    rp_request_id(id, sizeof(id));
     struct rp_access a = {.id = id,
-                          .method = "-",
-                          .path = "-",
+                          .method = method,
+                          .path = path,
                           .registry = "-",
                           .cache = "-",
                           .peer = c->peer,
                           .status = status,
-                          .reason = message};
+                          .reason = reason};
     rp_access_log(&a);
+}
+
+/* Refuses a request and closes (h as for conn_refuse). */
+static void conn_reject(struct rp_conn *c, const struct rp_http_request_head *h, int status,
+                        const char *code, const char *message)
+{
+    c->keep_alive = false;
+    conn_refuse(c, h, status, code, message, NULL, message);
     conn_close_after_flush(c);
 }
 
 static void conn_try_parse(struct rp_conn *c);
 
-/* 401 with a Basic challenge; the connection stays usable for the retry with credentials. */
-static void conn_challenge(struct rp_conn *c)
+/* 401 with a Basic challenge to the head h (n bytes of c->in); the connection stays usable
+ * for the retry with credentials. */
+static void conn_challenge(struct rp_conn *c, const struct rp_http_request_head *h, size_t n)
 {
-    char *body = rp_error_body("UNAUTHORIZED", "authentication required", NULL);
-    rp_conn_write_response(c, 401, "application/json",
-                           "WWW-Authenticate: Basic realm=\"regproxy\"\r\n", body, strlen(body),
-                           true);
-    free(body);
-    char id[32];
-    rp_request_id(id, sizeof(id));
-    struct rp_access a = {.id = id,
-                          .method = "-",
-                          .path = "-",
-                          .registry = "-",
-                          .cache = "-",
-                          .peer = c->peer,
-                          .status = 401,
-                          .reason = "no valid client credentials"};
-    rp_access_log(&a);
-    rp_metrics_request(&c->srv->metrics, -1, 401, NULL, 0);
+    conn_refuse(c, h, 401, "UNAUTHORIZED", "authentication required",
+                "WWW-Authenticate: Basic realm=\"regproxy\"\r\n", "no valid client credentials");
+    in_consume(c, n); /* h points into c->in: used up above */
+    /* This head is done: its deadline must not fire on the idle connection after (it
+     * answered a 408 nobody asked for, read as the next request's answer). */
+    evtimer_del(c->wait_ev);
+    c->head_started = false;
     if (!c->keep_alive) {
         conn_close_after_flush(c);
         return;
@@ -658,23 +671,23 @@ static void conn_parse_one(struct rp_conn *c)
     case RP_HTTP_NEED_MORE:
         return;
     case RP_HTTP_E_HEADERS_TOO_LARGE:
-        conn_reject(c, 431, "UNSUPPORTED", "request header fields too large");
+        conn_reject(c, NULL, 431, "UNSUPPORTED", "request header fields too large");
         return;
     case RP_HTTP_E_URI_TOO_LONG:
-        conn_reject(c, 414, "NAME_INVALID", "request target too long");
+        conn_reject(c, NULL, 414, "NAME_INVALID", "request target too long");
         return;
     case RP_HTTP_E_VERSION:
-        conn_reject(c, 505, "UNSUPPORTED", "only HTTP/1.0 and HTTP/1.1 are spoken here");
+        conn_reject(c, NULL, 505, "UNSUPPORTED", "only HTTP/1.0 and HTTP/1.1 are spoken here");
         return;
     case RP_HTTP_E_FRAMING:
-        conn_reject(c, 400, "UNSUPPORTED", "conflicting or malformed message framing");
+        conn_reject(c, NULL, 400, "UNSUPPORTED", "conflicting or malformed message framing");
         return;
     case RP_HTTP_E_TARGET:
-        conn_reject(c, 400, "UNSUPPORTED", "only origin-form request targets are accepted");
+        conn_reject(c, NULL, 400, "UNSUPPORTED", "only origin-form request targets are accepted");
         return;
     default:
         if (n < 0) {
-            conn_reject(c, 400, "UNSUPPORTED", "malformed request");
+            conn_reject(c, NULL, 400, "UNSUPPORTED", "malformed request");
             return;
         }
     }
@@ -683,33 +696,18 @@ static void conn_parse_one(struct rp_conn *c)
     /* A pull proxy takes no uploads: any body is refused and the connection closed, so
      * its bytes can never be read as a second request. */
     if (h.has_body) {
-        conn_reject(c, 400, "UNSUPPORTED", "request bodies are not accepted");
+        conn_reject(c, &h, 400, "UNSUPPORTED", "request bodies are not accepted");
         return;
     }
     if (h.method != RP_HTTP_GET && h.method != RP_HTTP_HEAD) {
         c->keep_alive = false;
-        char *body = rp_error_body("UNSUPPORTED", "only GET and HEAD are supported", NULL);
-        rp_conn_write_response(c, 405, "application/json", "Allow: GET, HEAD\r\n", body,
-                               strlen(body), true);
-        free(body);
-        char id[32], method[17];
-        rp_request_id(id, sizeof(id));
-        snprintf(method, sizeof(method), "%.*s", (int)(h.method_len > 16 ? 16 : h.method_len),
-                 h.method_str);
-        struct rp_access a = {.id = id,
-                              .method = method,
-                              .path = "-",
-                              .registry = "-",
-                              .cache = "-",
-                              .peer = c->peer,
-                              .status = 405,
-                              .reason = "method not allowed"};
-        rp_access_log(&a);
+        conn_refuse(c, &h, 405, "UNSUPPORTED", "only GET and HEAD are supported",
+                    "Allow: GET, HEAD\r\n", "method not allowed");
         conn_close_after_flush(c);
         return;
     }
     if (c->denied) {
-        conn_reject(c, 403, "DENIED", "this network may not pull from this proxy");
+        conn_reject(c, &h, 403, "DENIED", "this network may not pull from this proxy");
         return;
     }
     struct rp_htpasswd *accounts = rp_conn_htpasswd(c);
@@ -734,12 +732,7 @@ static void conn_parse_one(struct rp_conn *c)
              * not each worth a hash (see rp_htpasswd_check). */
             if (ah)
                 c->keep_alive = false;
-            in_consume(c, (size_t)n);
-            /* This head is done: its deadline must not fire on the idle connection after
-             * (it answered a 408 nobody asked for, read as the next request's answer). */
-            evtimer_del(c->wait_ev);
-            c->head_started = false;
-            conn_challenge(c);
+            conn_challenge(c, &h, (size_t)n);
             return;
         }
     }

@@ -75,6 +75,58 @@ def _basic_ping(port, creds, source="127.0.0.1"):
     return int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
 
 
+def _read_quiet(c, settle=1.5):
+    """All that arrives until the peer closes or is quiet for settle seconds."""
+    c.settimeout(settle)
+    buf = b""
+    while True:
+        try:
+            b = c.recv(65536)
+        except socket.timeout:
+            return buf
+        if not b:
+            return buf
+        buf += b
+
+
+def test_head_challenge_has_no_body(t):
+    """A HEAD without credentials (docker and containerd HEAD manifests before logging in)
+    gets a 401 head alone: the connection stays open, and a body after the head was read as
+    the start of the next answer. The refusal is logged with its method, path and the id the
+    client got as X-Request-Id."""
+    reg = t.s.anon_registry
+    htp = lib.htpasswd_file(t, "node", "node-secret")
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
+    good = base64.b64encode(b"node:node-secret")
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
+        c.sendall(b"HEAD /v2/ns/multi/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + good + b"\r\n\r\n")
+        got = _read_quiet(c)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 401"), "first answer: %r" % head[:60])
+    check(rest.startswith(b"HTTP/1.1 200"),
+          "after the HEAD's 401 head the next bytes must be the next answer: %r" % rest[:120])
+    rid = [ln.split(b":", 1)[1].strip().decode() for ln in head.split(b"\r\n")
+           if ln.lower().startswith(b"x-request-id:")]
+    eq(len(rid), 1, "X-Request-Id on the 401")
+    lib.wait_until(lambda: "id=%s " % rid[0] in p.log_text(), 10, "the 401's access line")
+    line = [ln for ln in p.log_text().splitlines() if "id=%s " % rid[0] in ln][0]
+    check("method=HEAD path=/v2/ns/multi/manifests/v1 status=401" in line,
+          "the 401's access line: " + line)
+
+
+def test_head_refused_network_has_no_body(t):
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "allow": "10.0.0.0/8"}])
+    st, h, body = p.raw("HEAD", "/v2/")
+    eq((st, body), (403, b""), "HEAD from outside the allowed networks")
+    st, h, body = p.raw("GET", "/v2/")
+    eq(st, 403, "GET from outside the allowed networks")
+    check(b"DENIED" in body, "the GET's error body: %r" % body[:200])
+
+
 def test_htpasswd_guesser_leaves_others_their_logins(t):
     """Failing hashes are rationed per client address as well as in all: one address
     guessing as fast as it can (a connection per guess) gets its own share, and a client
