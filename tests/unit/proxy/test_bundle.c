@@ -19,7 +19,7 @@
 #include "proxy/offline.h"
 #include "util/util.h"
 
-static char tmpdir[64];
+static char tmpdir[64]; /* a longer $TMPDIR fails mkdtemp, clearly */
 
 static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 {
@@ -59,11 +59,11 @@ static void spit(const char *path, const void *p, size_t n)
     fclose(f);
 }
 
-static struct rp_conf *conf_for(const char *cache, bool offline)
+static struct rp_conf *conf_sized(const char *cache, bool offline, const char *max_size)
 {
-    char *text = rp_xasprintf("[listen \"127.0.0.1:5000\"]\n[cache]\ndir = %s\n%s"
+    char *text = rp_xasprintf("[listen \"127.0.0.1:5000\"]\n[cache]\ndir = %s\nmax_size = %s\n%s"
                               "[registry \"reg.example\"]\n%s[admin]\nlisten = off\n",
-                              cache, offline ? "offline = yes\n" : "",
+                              cache, max_size, offline ? "offline = yes\n" : "",
                               offline ? "" : "url = https://reg.example\n");
     struct rp_conf *c = NULL;
     char err[512];
@@ -71,6 +71,11 @@ static struct rp_conf *conf_for(const char *cache, bool offline)
         fprintf(stderr, "conf: %s\n", err);
     free(text);
     return c;
+}
+
+static struct rp_conf *conf_for(const char *cache, bool offline)
+{
+    return conf_sized(cache, offline, "100G");
 }
 
 static void test_manifest_refs(void)
@@ -429,6 +434,37 @@ static void test_import_refuses_incomplete_image(void)
     free(meta);
 }
 
+/* A cache over max_size with its content pinned (mirrored or imported beyond it, or
+ * max_size lowered since): export reads it all and evicts nothing. It used to open the cache
+ * with max_size, so releasing each blob it read evicted unpinned-looking content, the image
+ * being exported included, and then failed for want of it. */
+static void test_export_evicts_nothing(void)
+{
+    char src[128], path[160], pins[160], mdigest[RP_CACHE_DIGEST_BUF];
+    snprintf(src, sizeof(src), "%s/src-over", tmpdir);
+    snprintf(path, sizeof(path), "%s/over.rpb", tmpdir);
+    snprintf(pins, sizeof(pins), "%s/pins", src);
+    make_source(src, mdigest);
+    FILE *f = fopen(pins, "w");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fprintf(f, "reg.example/ns/x:v1@%s\n", mdigest);
+    fclose(f);
+    struct rp_conf *conf = conf_sized(src, false, "1");
+    struct rp_export_opts o = {.output = path};
+    CHECK_INT(conf ? rp_export_main(conf, &o) : 1, 0);
+    rp_conf_free(conf);
+    /* All of it is still there: a second export, from an unbounded cache, has it all. */
+    char again[160];
+    snprintf(again, sizeof(again), "%s/again.rpb", tmpdir);
+    size_t l1 = 0, l2 = 0;
+    char *b1 = slurp(path, &l1), *b2 = export_bundle(src, again, &l2);
+    CHECK(b1 != NULL && b2 != NULL && l1 == l2 && l1 > 0);
+    free(b1);
+    free(b2);
+}
+
 /* The fuzz_bundle seeds: a valid bundle and a few near misses. */
 static int write_seeds(const char *dir)
 {
@@ -457,11 +493,7 @@ static int write_seeds(const char *dir)
 
 int main(int argc, char **argv)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/rp-test-bundle-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    unit_mkdtemp(tmpdir, sizeof(tmpdir), "rp-test-bundle");
     rp_log_set_level(RP_LOG_ERROR);
     if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
         int rc = write_seeds(argv[2]);
@@ -473,6 +505,7 @@ int main(int argc, char **argv)
     RUN(test_offline_conf);
     RUN(test_export_import);
     RUN(test_import_refuses_incomplete_image);
+    RUN(test_export_evicts_nothing);
     rm_rf(tmpdir);
     UNIT_EXIT();
 }
