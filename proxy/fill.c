@@ -414,7 +414,20 @@ static void fill_synced(void *arg)
     release_readers(f);
     struct rp_cache_fill *cf = f->cf;
     f->cf = NULL;
-    int e = rp_cache_fill_commit(cf); /* pinned in fill_done_cb, before eviction can run */
+    /* Pinned in fill_done_cb, before eviction could run; but a reload during the sync
+     * repins from repository links, which this blob has only after the commit: pinned
+     * again, by the patterns in force now, and judged again on them. */
+    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
+    if (!rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written)) {
+        rp_cache_fill_abort(cf);
+        fill_count(f, RP_FILL_NOT_KEPT);
+        rp_warn("fill %s registry=%s: served but not cached, larger than the cache's max_size "
+                "(%llu bytes) and no longer pinned",
+                f->digest, f->reg->name, (unsigned long long)f->srv->conf->cache.max_size);
+        fill_free(f);
+        return;
+    }
+    int e = rp_cache_fill_commit(cf);
     if (e != RP_CACHE_OK) {
         rp_warn("fill %s registry=%s verified but not cached: %s", f->digest, f->reg->name,
                 rp_cache_strerror(e));
