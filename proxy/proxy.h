@@ -199,6 +199,9 @@ struct rp_req {
     int64_t stale_age_s;
     bool revalidating; /* the current fetch is a HEAD checking a cached tag */
     bool confirmed;    /* upstream said this repository has the cached blob (RQ_CONFIRM) */
+    /* The cached blob being sent is marked in use (rp_cache_blob_open) until the request is
+     * freed: eviction neither counts its bytes as freed nor takes it while it is sent. */
+    bool blob_held;
     /* reading from a fill */
     struct rp_fill *fill;
     int fill_fd;

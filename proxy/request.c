@@ -102,6 +102,8 @@ void rp_req_free(struct rp_req *r)
     rp_fill_leave(r);
     if (r->fill_fd >= 0)
         close(r->fill_fd);
+    if (r->blob_held)
+        rp_cache_release(r->conn->srv->cache, r->route.ref);
     mp_free(r->mp);
     free(r->up_err);
     rp_headers_free(&r->up_h);
@@ -487,8 +489,7 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
         memcpy(r->mp->rs, rs, n * sizeof(rs[0]));
     }
     b->fd = -1;
-    /* The descriptor keeps the bytes now, as for a whole blob (serve_blob). */
-    rp_cache_release(c->srv->cache, r->route.ref);
+    r->blob_held = true; /* as for a whole blob (serve_blob) */
 
     struct rp_buf extra;
     char extra_mem[512];
@@ -575,9 +576,13 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
         r->bytes += len;
     }
     rp_buf_free(&extra);
-    /* The connection owns the descriptor now; the entry's in-use mark ends with the request
-     * being queued, as the open descriptor keeps the bytes even if it were evicted. */
-    rp_cache_release(r->conn->srv->cache, r->route.ref);
+    /* The connection owns the descriptor now. The open descriptor would keep the bytes
+     * even if the entry were evicted, but they would still be on disk while max_size
+     * counted them freed: the in-use mark lasts until the request is done with. */
+    if (r->head || len == 0)
+        rp_cache_release(r->conn->srv->cache, r->route.ref);
+    else
+        r->blob_held = true;
     rp_req_queued(r);
 }
 

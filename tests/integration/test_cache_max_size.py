@@ -8,9 +8,11 @@ stays complete throughout and its re-pull needs no upstream blob request. Pins m
 hold for an image bigger than max_size, and after a crash (kill -9) and restart; a pattern
 removed (by a restart or a reload) lets its image go, and one added by a reload pins what is
 cached already."""
+import hashlib
 import json
 import os
 import signal
+import socket
 import time
 
 import lib
@@ -242,3 +244,42 @@ def test_pins_file_edited_on_reload(t):
         f.write("# emptied\n")
     _reload(p, 2)
     _large_pulled(p, reg, max_size, layer, False, "line removed from the pins file")
+
+
+def test_blob_being_sent_is_not_evicted(t):
+    """A cached blob stays in use while it is sent, not only until its answer is queued:
+    eviction neither deletes it under a slow client (its blocks then stayed allocated while
+    max_size counted them freed) nor counts it; once sent, the store shrinks to max_size."""
+    reg = t.s.anon_registry
+    max_size, layer = _tight(reg)
+    p = t.proxy(registries=[reg.conf()], cache={"max_size": str(max_size)})
+    path = "/v2/ns/large/blobs/" + layer["digest"]
+    got = lib.stream_get(p.port, path)
+    eq((got.status, got.digest), (200, layer["digest"]), "the 10 MiB layer, cached")
+    blob = lib.cache_path(p.cache_dir, "blobs", layer["digest"])
+    lib.wait_until(lambda: os.path.exists(blob), 10, "the 10 MiB layer to be published")
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=60)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = c.recv(65536)
+        check(b, "connection closed before the response head")
+        buf += b
+    head, _, body = buf.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 200"), "slow GET: %r" % head[:200])
+    # ns/multi needs room that only the layer being sent could give.
+    _, tags = t.pull(p, "ns/multi:v1")
+    eq(tags.get("v1"), reg.pushed["ns/multi:v1"]["digest"], "pull of ns/multi:v1")
+    check(os.path.exists(blob), "the layer was evicted while it was being sent")
+    h = hashlib.sha256(body)
+    n = len(body)
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+    c.close()
+    eq((n, "sha256:" + h.hexdigest()), (layer["size"], layer["digest"]), "the slow GET")
+    _bounded(p, "once the layer was sent", max_size)
