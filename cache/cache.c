@@ -1464,6 +1464,11 @@ static void evict_entry(struct rp_cache *c, struct entry *e)
     index_forget(c, e);
 }
 
+void rp_cache_set_max_size(struct rp_cache *c, uint64_t max_size)
+{
+    c->max_size = max_size;
+}
+
 size_t rp_cache_evict(struct rp_cache *c)
 {
     size_t n = 0;

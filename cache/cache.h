@@ -186,6 +186,8 @@ size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg);
  * E_NOSPACE. Manifests are not evicted for room: they are small, and this keeps the promise above
  * that tag, link and fill calls leave peeked manifests alone. */
 size_t rp_cache_evict(struct rp_cache *c);
+/* A new max_size (0 = unbounded), as on a reload; the caller runs rp_cache_evict. */
+void rp_cache_set_max_size(struct rp_cache *c, uint64_t max_size);
 /* Whether the blob digest of size bytes may be kept at all: not when it exceeds what pinned
  * content leaves of max_size, as publishing it would evict every other unpinned entry and
  * then itself, unless it is pinned (pins are kept past max_size). */

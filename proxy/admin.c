@@ -20,6 +20,7 @@ struct admin_conn {
     struct rp_server *srv;
     struct bufferevent *bev;
     bool done;
+    bool head; /* the request is a HEAD */
 };
 
 static void admin_free(struct admin_conn *a)
@@ -31,6 +32,7 @@ static void admin_free(struct admin_conn *a)
 static void admin_reply(struct admin_conn *a, int status, const char *type, const char *body,
                         size_t len)
 {
+    /* Content-Length still says what a GET gets; a HEAD's answer is the head alone. */
     struct evbuffer *out = bufferevent_get_output(a->bev);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -41,7 +43,8 @@ static void admin_reply(struct admin_conn *a, int status, const char *type, cons
                         : status == 405 ? "Method Not Allowed"
                                         : "Not Found",
                         type, len);
-    evbuffer_add(out, body, len);
+    if (!a->head)
+        evbuffer_add(out, body, len);
     a->done = true;
     bufferevent_disable(a->bev, EV_READ);
 }
@@ -118,6 +121,7 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
         admin_reply(a, 405, "text/plain", "GET only\n", 9);
         return;
     }
+    a->head = h.method == RP_HTTP_HEAD;
     size_t plen = h.target_len;
     const char *q = memchr(h.target, '?', plen);
     if (q)

@@ -23,6 +23,7 @@ struct rp_check {
     enum check_step step;
     char name[RP_NAME_MAX + 1];
     char ref[RP_DIGEST_MAX + 1];
+    char *image; /* test_image as when the check started: a reload may change the registry's */
     struct rp_fetch *fetch;
     rp_check_done_cb done;
     void *arg;
@@ -41,6 +42,7 @@ static void check_finish(struct rp_check *c, bool ok, const char *fmt, ...)
     va_end(ap);
     TAILQ_REMOVE(&c->srv->checks_running, c, link);
     c->done(c->arg, c->reg, ok, line);
+    free(c->image);
     free(c);
 }
 
@@ -152,7 +154,7 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
             check_finish(c, false, "ping answered %d", res->status);
             return;
         }
-        if (!c->reg->test_image) {
+        if (!c->image) {
             check_finish(c, true, "ok (ping; no test_image to inspect)");
             return;
         }
@@ -161,21 +163,20 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     if (res->status == 404) {
-        check_finish(c, false, "image not found: %s", c->reg->test_image);
+        check_finish(c, false, "image not found: %s", c->image);
         return;
     }
     if (res->status == 401 || res->status == 403) {
         check_finish(c, false, "access to %s denied (%d): check the account's permissions",
-                     c->reg->test_image, res->status);
+                     c->image, res->status);
         return;
     }
     if (res->status != 200) {
-        check_finish(c, false, "manifest request for %s answered %d", c->reg->test_image,
-                     res->status);
+        check_finish(c, false, "manifest request for %s answered %d", c->image, res->status);
         return;
     }
     check_finish(c, true, "ok (ping, %s, manifest %s)",
-                 c->reg->user ? "credentials accepted" : "anonymous", c->reg->test_image);
+                 c->reg->user ? "credentials accepted" : "anonymous", c->image);
 }
 
 static const struct rp_fetch_cb check_cb = {
@@ -195,6 +196,7 @@ int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg, rp
     c->done = done;
     c->arg = arg;
     c->step = STEP_PING;
+    c->image = reg->test_image ? rp_xstrdup(reg->test_image) : NULL;
     TAILQ_INSERT_TAIL(&srv->checks_running, c, link);
     if (reg->test_image &&
         parse_test_image(reg->test_image, c->name, sizeof(c->name), c->ref, sizeof(c->ref)) < 0) {
@@ -231,6 +233,7 @@ void rp_checks_free_all(struct rp_server *srv)
     while ((c = TAILQ_FIRST(&srv->checks_running))) {
         TAILQ_REMOVE(&srv->checks_running, c, link);
         rp_fetch_cancel(c->fetch);
+        free(c->image);
         free(c);
     }
 }

@@ -235,6 +235,7 @@ int main(int argc, char **argv)
             break;
         case 'v':
             rp_log_set_level(RP_LOG_DEBUG);
+            rp_verbose = true;
             break;
         case 'o':
             outdir = optarg;

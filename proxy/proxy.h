@@ -359,7 +359,9 @@ struct rp_server {
 int rp_server_reload_listeners(struct rp_server *srv, const struct rp_conf *fresh);
 /* The client accounts of the listener c came in on, or NULL (anonymous). */
 struct rp_htpasswd *rp_conn_htpasswd(const struct rp_conn *c);
-/* [admin] log_format and log_level (-v on the command line keeps debug). */
+/* -v on the command line: debug logging whatever [admin] log_level says, reloads included. */
+extern bool rp_verbose;
+/* [admin] log_format and log_level (unless rp_verbose). */
 void rp_server_apply_logging(const struct rp_conf *conf);
 struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg);
 /* Pins digest when (registry, repo) matches a [cache] pin pattern. */

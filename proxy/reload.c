@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* reload: applies a re-read configuration on SIGHUP or when a watched file changes (a
- * credential file, a listener's certificate, key or htpasswd file).
- * In-flight pulls keep going: listeners, registries and the cache stay as they are and
- * only their values change in place (credentials, TLS settings and certificates, realms,
- * allow lists, client accounts, repository lists, checks, tag freshness, logging). Tokens obtained
- * with the old credentials are dropped. A new file that fails to parse, or that adds, removes or
- * re-points registries or listeners, leaves the running configuration untouched and says why. */
+ * credential file, a listener's certificate, key or htpasswd file). In-flight pulls keep
+ * going: listeners, registries and the cache stay as they are and only their values change
+ * in place (credentials, TLS settings and certificates, realms, allow lists, client
+ * accounts, repository lists, checks, tag freshness, max_size, logging). Tokens obtained
+ * with the old credentials are dropped. A new file that fails to parse, or that adds,
+ * removes, re-points or takes on or off line registries or listeners, leaves the running
+ * configuration untouched and says why; a changed admin listen or core_dumps is logged as
+ * applying at the next start. */
 #include "proxy.h"
 
 #include <event2/event.h>
@@ -28,12 +30,18 @@ static bool same_shape(const struct rp_conf *a, const struct rp_conf *b, const c
         *why = "registries or listeners were added or removed";
         return false;
     }
-    for (size_t i = 0; i < a->n_registries; i++)
+    for (size_t i = 0; i < a->n_registries; i++) {
         if (strcmp(a->registries[i].name, b->registries[i].name) != 0 ||
             strcmp(a->registries[i].url, b->registries[i].url) != 0) {
             *why = "a registry's name or url changed";
             return false;
         }
+        /* An offline registry is never contacted; going on or off line is a restart. */
+        if (a->registries[i].offline != b->registries[i].offline) {
+            *why = "a registry's offline setting changed";
+            return false;
+        }
+    }
     for (size_t i = 0; i < a->n_listens; i++) {
         const struct rp_conf_listen *x = &a->listens[i], *y = &b->listens[i];
         if (strcmp(x->addr, y->addr) != 0 || (x->def == NULL) != (y->def == NULL) ||
@@ -146,6 +154,14 @@ int rp_reload(struct rp_server *srv, const char *why)
         /* Tokens were issued for the old credentials: the next request fetches anew. */
         rp_auth_reset(srv->auths[i]);
     }
+    /* What a reload cannot change is said, not silently kept. */
+    if (strcmp(run->admin.listen, fresh->admin.listen) != 0)
+        rp_warn("reload (%s): [admin] listen changed; it applies at the next start", why);
+    if (run->admin.core_dumps != fresh->admin.core_dumps)
+        rp_warn("reload (%s): [admin] core_dumps changed; it applies at the next start", why);
+    bool size_changed = run->cache.max_size != fresh->cache.max_size;
+    SWAP(run->cache.max_size, fresh->cache.max_size);
+    rp_cache_set_max_size(srv->cache, run->cache.max_size);
     SWAP(run->cache.tag_ttl_ms, fresh->cache.tag_ttl_ms);
     SWAP(run->cache.max_stale_ms, fresh->cache.max_stale_ms);
     bool patterns_changed = !same_pin_patterns(run, fresh);
@@ -160,6 +176,12 @@ int rp_reload(struct rp_server *srv, const char *why)
         rp_warn("config: %s", run->warnings[i]);
     rp_info("reload (%s): configuration applied; tokens dropped", why);
     repin_if_changed(srv, patterns_changed);
+    if (size_changed) {
+        size_t evicted = rp_cache_evict(srv->cache);
+        rp_info("reload (%s): max_size is now %llu bytes%s; %zu cache entries evicted to it", why,
+                (unsigned long long)run->cache.max_size, run->cache.max_size ? "" : " (unbounded)",
+                evicted);
+    }
     for (size_t i = 0; i < run->n_registries; i++)
         rp_check_start(srv, &run->registries[i], rp_server_check_logged, srv);
     return 0;

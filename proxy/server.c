@@ -1299,12 +1299,14 @@ void rp_server_check_logged(void *arg, const struct rp_conf_registry *reg, bool 
         rp_warn("check registry=%s: FAILED: %s", reg->name, line);
 }
 
+bool rp_verbose;
+
 void rp_server_apply_logging(const struct rp_conf *conf)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error"};
     rp_log_set_json(strcmp(conf->admin.log_format, "json") == 0);
     for (int i = 0; i < 4; i++)
-        if (strcmp(conf->admin.log_level, levels[i]) == 0 && !rp_log_enabled(RP_LOG_DEBUG))
+        if (strcmp(conf->admin.log_level, levels[i]) == 0 && !rp_verbose)
             rp_log_set_level((enum rp_log_level)i);
 }
 

@@ -165,3 +165,16 @@ def test_json_logs(t):
     check(s.sa_password not in p.log_text(), "the password appears in the JSON log")
     for tok in s.issuer.tokens()[-5:]:
         check(tok not in p.log_text(), "a token appears in the JSON log")
+
+
+def test_admin_head_has_no_body(t):
+    """HEAD on the admin listener (load balancers probe so) gets the head alone, its
+    Content-Length saying what a GET would get."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")])
+    for path, want in (("/healthz", b"ok\n"), ("/nothing", b"not found\n")):
+        got = lib.raw_exchange(p.admin_port, ("HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n"
+                                              % path).encode())
+        head, _, body = got.partition(b"\r\n\r\n")
+        check(b"Content-Length: %d\r\n" % len(want) in head + b"\r\n", "HEAD %s: %r"
+              % (path, head))
+        eq(body, b"", "body of HEAD %s" % path)

@@ -112,3 +112,68 @@ def test_broken_config_keeps_serving(t):
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq(r.status, 200, "manifest after the refused reload")
     check(p.proc.alive(), "the proxy died")
+
+
+def _sighup(p, n, what="applied"):
+    """SIGHUP, then waits for the proxy's n-th reload line saying `what`."""
+    os.kill(p.pid, signal.SIGHUP)
+    key = {"applied": "reload (SIGHUP): configuration applied",
+           "refused": "reload (SIGHUP) refused"}[what]
+    lib.wait_until(lambda: p.log_text().count(key) >= n, 10, "reload %d (%s)" % (n, what))
+
+
+def test_reload_offline_change_refused(t):
+    """A registry going off or on line is a restart: a reload that tried used to keep it
+    offline but take test_login from the new file, and log in to a registry that must never
+    be contacted."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    p.cache["offline"] = "yes"
+    p.write_conf()
+    _sighup(p, 1, "refused")
+    check("offline setting changed" in p.log_text().split("reload (SIGHUP) refused")[1][:300],
+          "the refusal does not say why:\n" + p.log_text()[-800:])
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "the registry, still on line, after the refused reload")
+
+
+def test_reload_max_size_and_restart_only_keys(t):
+    """max_size is applied by a reload (evicting down to it, /metrics showing it); a new
+    admin listen address is said to need a restart rather than silently kept."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")], cache={"max_size": "1G"})
+    t.pull(p, "ns/multi:v1")
+    check(lib.cache_bytes(p.cache_dir) > 300 * 1024, "ns/multi:v1 not cached")
+    p.cache["max_size"] = "100K"
+    old_admin = p.admin_port
+    p.admin_port = lib.free_port()
+    p.write_conf()
+    p.admin_port = old_admin
+    _sighup(p, 1)
+    check("[admin] listen changed; it applies at the next start" in p.log_text(),
+          "no word of the admin address change:\n" + p.log_text()[-800:])
+    lib.wait_until(lambda: lib.cache_bytes(p.cache_dir) <= 100 * 1024, 5,
+                   "the store to shrink to the new max_size")
+    m = p.metrics()
+    eq(m.get(("regproxy_cache_max_size_bytes", frozenset())), 100 * 1024,
+       "regproxy_cache_max_size_bytes after the reload")
+
+
+def test_reload_lowers_log_level_from_debug(t):
+    """log_level = debug lowered by a reload takes effect (it used to stay debug until a
+    restart; only -v on the command line keeps debug)."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")], admin={"log_level": "debug"})
+    p.admin_keys["log_level"] = "warn"
+    p.write_conf()
+    os.kill(p.pid, signal.SIGHUP)
+    time.sleep(2)  # the reload is logged at info: nothing says it is done
+    r = p.get("/v2/", headers={"X-Probe": "1"})
+    eq(r.status, 200, "GET /v2/ after the reload")
+    rid = r.header("X-Request-Id")
+    time.sleep(1)
+    check("id=%s " % rid not in p.log_text(),
+          "an access line (info) logged after log_level was lowered to warn")
