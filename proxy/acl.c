@@ -432,20 +432,21 @@ void rp_htpasswd_job_done(void *arg)
         }
     }
     /* Each waiter begins again and finds the verdict (or, h orphaned by a reload, the new
-     * accounts); taken off the list first, as waking may start other jobs. */
-    struct rp_htpasswd_waiter *w = j->waiters;
-    j->waiters = NULL;
+     * accounts). j is off h's list, so waking starts other jobs rather than joining this
+     * one; it lives until all are woken, so that a waiter freed by another's wake-up is
+     * taken off its list by rp_htpasswd_cancel rather than woken after free. */
     rp_free_secret(j->pass);
     rp_free_secret(j->hash);
-    rp_secure_zero(j, sizeof(*j));
-    free(j);
-    while (w) {
-        struct rp_htpasswd_waiter *next = w->next;
+    j->pass = j->hash = NULL;
+    struct rp_htpasswd_waiter *w;
+    while ((w = j->waiters)) {
+        j->waiters = w->next;
         w->job = NULL;
         w->next = NULL;
         w->done(w);
-        w = next;
     }
+    rp_secure_zero(j, sizeof(*j));
+    free(j);
     if (h->orphaned && h->n_jobs == 0) {
         h->orphaned = false;
         rp_htpasswd_free(h);

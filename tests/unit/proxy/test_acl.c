@@ -234,10 +234,57 @@ static void test_htpasswd_async(void)
     free(path);
 }
 
+static struct rp_htpasswd_waiter pair[2];
+
+/* A waiter whose wake-up frees the other's connection, which cancels that waiter. */
+static void wake_cancels_other(struct rp_htpasswd_waiter *w)
+{
+    woken++;
+    rp_htpasswd_cancel(&pair[w == &pair[0] ? 1 : 0]);
+}
+
+/* Two connections waiting on one hash, the first woken taking the second away: the second is
+ * neither woken nor touched through the finished job (it used to be freed before the wake-ups,
+ * and the cancel read it). */
+static void test_htpasswd_wake_cancels_other(void)
+{
+    char dir[4096];
+    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
+    char *path = rp_xasprintf("%s/htpasswd", dir);
+    const char *salt = crypt_gensalt("$2b$", 4, NULL, 0);
+    char *hash = rp_xstrdup(crypt("pw", salt));
+    FILE *f = fopen(path, "w");
+    fprintf(f, "node:%s\n", hash);
+    fclose(f);
+    char err[256];
+    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    char *good = basic("node:pw");
+    for (int i = 0; i < 2; i++)
+        pair[i] = (struct rp_htpasswd_waiter){.done = wake_cancels_other};
+    struct rp_htpasswd_job *j = NULL, *jx = NULL;
+    CHECK_INT(rp_htpasswd_begin(h, good, "10.0.0.1:1", &pair[0], &j), RP_HTPASSWD_WAIT);
+    CHECK_INT(rp_htpasswd_begin(h, good, "10.0.0.2:1", &pair[1], &jx), RP_HTPASSWD_WAIT);
+    CHECK(j != NULL && jx == NULL);
+    woken = 0;
+    rp_htpasswd_job_work(j);
+    rp_htpasswd_job_done(j);
+    CHECK_INT(woken, 1);
+    CHECK(pair[0].job == NULL && pair[1].job == NULL);
+    woken = 0;
+    rp_htpasswd_free(h);
+    free(good);
+    free(hash);
+    unlink(path);
+    rmdir(dir);
+    free(path);
+}
+
 int main(void)
 {
     RUN(test_parse);
     RUN(test_allows);
+    RUN(test_htpasswd_wake_cancels_other);
     RUN(test_repos);
     RUN(test_htpasswd);
     RUN(test_htpasswd_async);
