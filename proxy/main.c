@@ -21,6 +21,7 @@ struct command_help {
     const char *name;
     const char *synopsis;
     const char *text;
+    const char *opts; /* the options it takes, by their letters in opt_name (-v: all do) */
 };
 
 static const struct command_help commands[] = {
@@ -32,17 +33,20 @@ static const struct command_help commands[] = {
      "the verdicts; a failing registry does not stop the others.\n"
      "Signals: SIGHUP re-reads the configuration (credentials and per-registry settings\n"
      "apply in place, tokens are dropped, pulls in flight continue; a broken file is\n"
-     "refused and the old configuration keeps serving); a change to a password_file or\n"
-     "auth_file does the same by itself. SIGTERM/SIGINT stop.\n"
+     "refused and the old configuration keeps serving); a change to a password_file,\n"
+     "auth_file, tls_cert, tls_key or htpasswd file does the same by itself.\n"
+     "SIGTERM/SIGINT drain, then stop.\n"
      "The admin listener ([admin] listen, default 127.0.0.1:5001) serves /metrics,\n"
-     "/healthz and /readyz.\n"},
+     "/healthz and /readyz.\n",
+     "c"},
     {"check", "check [-c FILE]",
      "Validates the configuration (errors name file, line and key), prints its warnings,\n"
      "then for each registry with test_login = yes: pings it, runs the token flow and asks\n"
      "for the manifest of test_image. Prints one line per registry: `ok (...)`, `skipped`\n"
      "or `FAILED: <reason>` (credentials rejected by realm X, realm not allowed, TLS\n"
      "verification failed, image not found, unreachable, timed out). Exits 1 when any\n"
-     "registry failed.\n"},
+     "registry failed.\n",
+     "c"},
     {"import-inventory", "import-inventory INVENTORY [-o DIR] [--proxy HOST:PORT]",
      "Reads an openshift-ansible inventory (INI with [OSEv3:vars], or YAML group_vars) and\n"
      "prints an equivalent regproxy configuration: oreg_url's registry becomes the default\n"
@@ -50,7 +54,8 @@ static const struct command_help commands[] = {
      "openshift_additional_registry_credentials becomes a [registry] section. Passwords are\n"
      "written to DIR/<host>.password (mode 0600; DIR defaults to ./regproxy-credentials),\n"
      "never into the configuration. Ends with the new oreg_url pointing at the proxy\n"
-     "(--proxy, default proxy.example.com:5000).\n"},
+     "(--proxy, default proxy.example.com:5000).\n",
+     "op"},
     {"mirror", "mirror -c FILE LIST [--platform OS/ARCH[,...]] [-j N]",
      "Pulls every image of LIST into the cache ahead of a disconnection. LIST has one image\n"
      "a line, REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:... ('#' starts a comment), where\n"
@@ -63,7 +68,8 @@ static const struct command_help commands[] = {
      "file, which `serve` re-applies at every start. A rerun fetches only what is missing.\n"
      "Prints a line per image (a progress line on a terminal) and a summary; exits 0 when\n"
      "every image succeeded, else 1, naming each failure with the proxy's error.\n"
-     "The cache must not be in use by a running regproxy.\n"},
+     "The cache must not be in use by a running regproxy.\n",
+     "cPj"},
     {"export", "export -c FILE [LIST] -o BUNDLE [--split SIZE] | [LIST] --oci DIR",
      "Writes the cached images of LIST (default: everything in the `pins` file, i.e. every\n"
      "image mirrored or imported) into BUNDLE, a single file checked end to end (format\n"
@@ -71,7 +77,8 @@ static const struct command_help commands[] = {
      "trailer). --split SIZE (e.g. 4G) writes BUNDLE.000, BUNDLE.001, ... of at most SIZE\n"
      "bytes each. --oci DIR writes an OCI image layout instead, readable by skopeo copy\n"
      "oci:DIR:TAG (each image is named REGISTRY/REPO:TAG, and TAG alone when unique).\n"
-     "Every blob's digest is checked as it is copied. Needs the cache not in use.\n"},
+     "Every blob's digest is checked as it is copied. Needs the cache not in use.\n",
+     "coSO"},
     {"import", "import -c FILE BUNDLE",
      "Loads a bundle (BUNDLE, or BUNDLE.000 for a split one) into the cache. The whole\n"
      "bundle is read and verified first (format version, every part present, every digest\n"
@@ -79,9 +86,31 @@ static const struct command_help commands[] = {
      "refused without touching the cache. Then it is published: manifests, blobs, repository\n"
      "links, tags, pins (recorded in the `pins` file). Importing a bundle twice changes\n"
      "nothing. Every registry the bundle names must be configured (offline = yes and no url\n"
-     "is the disconnected setup). Stop the proxy serving the cache first.\n"},
-    {"help", "help [COMMAND]", "Explains a command, or lists them all.\n"},
+     "is the disconnected setup). Stop the proxy serving the cache first.\n",
+     "c"},
+    {"help", "help [COMMAND]", "Explains a command, or lists them all.\n", ""},
 };
+
+/* The option letters of commands[].opts, as written on the command line. */
+static const char *opt_name(int letter)
+{
+    switch (letter) {
+    case 'c':
+        return "-c/--config";
+    case 'o':
+        return "-o/--output";
+    case 'p':
+        return "--proxy";
+    case 'P':
+        return "--platform";
+    case 'j':
+        return "-j/--jobs";
+    case 'S':
+        return "--split";
+    default:
+        return "--oci";
+    }
+}
 
 static void usage(FILE *f)
 {
@@ -216,9 +245,19 @@ int main(int argc, char **argv)
     int jobs = 4;
     const char *args[4];
     size_t nargs = 0;
+    char given[16] = ""; /* option letters seen, as in commands[].opts */
+    bool want_help = false;
     /* Options may come before or after the command: `regproxy serve -c FILE`. */
     int c;
     while ((c = getopt_long(argc, argv, "-c:vhVo:j:", opts, NULL)) != -1) {
+        int letter = c == OPT_PROXY      ? 'p'
+                     : c == OPT_PLATFORM ? 'P'
+                     : c == OPT_SPLIT    ? 'S'
+                     : c == OPT_OCI      ? 'O'
+                     : strchr("coj", c)  ? c
+                                         : 0;
+        if (letter && !strchr(given, letter))
+            given[strlen(given)] = (char)letter;
         switch (c) {
         case 1:
             if (!cmd)
@@ -264,7 +303,8 @@ int main(int argc, char **argv)
             oci = optarg;
             break;
         case 'h':
-            return help(cmd);
+            want_help = true; /* `regproxy -h serve` explains serve: the command may follow */
+            break;
         case 'V':
             printf("regproxy %s\n", RP_VERSION);
             return 0;
@@ -273,12 +313,27 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (want_help)
+        return help(cmd && strcmp(cmd, "help") == 0 && nargs ? args[0] : cmd);
     if (!cmd) {
         usage(stderr);
         return 2;
     }
     if (strcmp(cmd, "help") == 0)
         return help(nargs ? args[0] : NULL);
+    /* An option the command does not take is an error, not silently ignored: `serve
+     * --proxy X` or `import -o F` means the user expects something that will not happen. */
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(commands[i].name, cmd) != 0)
+            continue;
+        for (const char *g = given; *g; g++)
+            if (!strchr(commands[i].opts, *g)) {
+                fprintf(stderr,
+                        "regproxy %s: %s does not apply to this command\nusage: regproxy %s\n", cmd,
+                        opt_name(*g), commands[i].synopsis);
+                return 2;
+            }
+    }
     no_core_dumps();
     if (strcmp(cmd, "import-inventory") == 0) {
         if (nargs != 1) {
