@@ -29,21 +29,28 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
     /* One allocation: the strings the request keeps from its head live after it. Docker
      * sends one Accept header per media type; others send one list. Upstream gets the same
      * list either way (joined as RFC 9110 allows); an absurd list is cut, not fatal. */
-    size_t acc_len = 0, range_len = 0;
+    size_t acc_len = 0, range_len = 0, n_ranges = 0;
+    bool acc_full = false;
     const struct rp_http_header *range = NULL;
     for (size_t i = 0; i < h->n_headers; i++) {
         const struct rp_http_header *hd = &h->headers[i];
-        if (rp_strieq_n(hd->name, hd->name_len, "accept") && hd->value_len > 0) {
+        if (rp_strieq_n(hd->name, hd->name_len, "accept") && hd->value_len > 0 && !acc_full) {
             size_t add = (acc_len ? 2 : 0) + hd->value_len;
             if (acc_len + add > ACCEPT_MAX)
-                break;
-            acc_len += add;
-        } else if (rp_strieq_n(hd->name, hd->name_len, "range") && !range &&
-                   hd->value_len <= RANGE_MAX) {
+                acc_full = true; /* the rest is cut; later headers still count */
+            else
+                acc_len += add;
+        } else if (rp_strieq_n(hd->name, hd->name_len, "range")) {
+            n_ranges++;
             range = hd;
-            range_len = hd->value_len;
         }
     }
+    /* Range is a single field: repeated, or too long to be a sane one, it is ignored
+     * (RFC 9110 14.2), as a malformed one is below. */
+    if (n_ranges != 1 || range->value_len > RANGE_MAX)
+        range = NULL;
+    else
+        range_len = range->value_len;
     struct rp_req *r =
         rp_xcalloc(1, sizeof(*r) + h->target_len + 1 + (acc_len + 1) + (range_len + 1));
     char *p = (char *)(r + 1);

@@ -507,3 +507,31 @@ def test_multipart_cut_short_keeps_no_descriptor(t):
     r = p.get(path, headers={"Range": rng})
     eq((r.status, len(_multipart(r, "after the cut answers"))), (206, 2),
        "a whole multipart answer after the cut ones")
+
+
+def _raw_status_and_body(port, head):
+    """Status and body of one raw request (Connection: close)."""
+    got = lib.raw_exchange(port, head, timeout=30)
+    h, _, body = got.partition(b"\r\n\r\n")
+    return int(h.split(b" ", 2)[1]), body
+
+
+def test_range_after_a_long_accept_list_and_repeated_range(t):
+    """A Range after an Accept list long enough to be cut still counts (the cut used to end
+    the scan of the headers, and the blob came whole); two Range headers are ignored, as an
+    invalid one is (the second one used to be taken when the first was long)."""
+    reg = t.s.anon_registry
+    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][1]
+    digest = layer["digest"]
+    path = "/v2/ns/multi/blobs/" + digest
+    p = t.proxy(registries=[reg.conf()])
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.digest), (200, digest), "the blob, cached")
+    accepts = b"".join(b"Accept: application/x-%d-%s\r\n" % (i, b"a" * 1990) for i in range(3))
+    st, body = _raw_status_and_body(p.port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                                    + accepts + b"Range: bytes=0-9\r\nConnection: close\r\n\r\n")
+    eq((st, body), (206, r.body[:10]), "Range after a cut Accept list")
+    st, body = _raw_status_and_body(p.port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                                    b"Range: bytes=" + b"1," * 1200 + b"2\r\n"
+                                    b"Range: bytes=0-9\r\nConnection: close\r\n\r\n")
+    eq((st, lib.sha256(body)), (200, digest), "two Range headers: the whole blob")
