@@ -155,7 +155,11 @@ static void reader_start(struct rp_req *r)
     }
     r->fill_fd = open(rp_cache_fill_path(f->cf), O_RDONLY | O_CLOEXEC);
     if (r->fill_fd < 0) {
+        /* Out of descriptors, say: nothing is sent yet, so the client gets an answer
+         * rather than a bare close later. The fill goes on for the others. */
         rp_error("fill %s: cannot open temp file: %s", f->digest, strerror(errno));
+        reader_detach(r);
+        rp_req_error(r, 503, "UNAVAILABLE", "cannot read the blob being downloaded; retry", NULL);
         return;
     }
     char extra[RP_DIGEST_MAX + 192];
