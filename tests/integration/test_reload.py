@@ -4,6 +4,7 @@ rewritten while a large pull is in flight; SIGHUP (or the file watch) applies it
 dropping the pull, and the next pull uses the new credentials. A broken configuration on
 SIGHUP leaves the proxy serving with the old one."""
 import hashlib
+import json
 import os
 import secrets
 import socket
@@ -177,3 +178,27 @@ def test_reload_lowers_log_level_from_debug(t):
     time.sleep(1)
     check("id=%s " % rid not in p.log_text(),
           "an access line (info) logged after log_level was lowered to warn")
+
+
+def test_reload_restarts_login_checks(t):
+    """A reload checks each registry anew: a registry no longer checked (test_login = no)
+    says skipped, not its last verdict; one checked again says what the new check found."""
+    s = t.s
+    reg = s.anon_registry
+    conf = reg.conf("registry.anon.test")
+    conf["test_login"] = "yes"
+    conf["test_image"] = "ns/multi:v1"
+    p = t.proxy(registries=[conf])
+
+    def check_state():
+        return json.loads(p.admin("/readyz").body)["registries"]["registry.anon.test"]["check"]
+    lib.wait_until(lambda: check_state() == "ok", 15, "the start-up check to pass")
+    p.registries[0]["test_login"] = "no"
+    p.write_conf()
+    _sighup(p, 1)
+    eq(check_state(), "skipped", "the check state once test_login = no")
+    p.registries[0]["test_login"] = "yes"
+    p.registries[0]["test_image"] = "ns/nothing-here:v1"
+    p.write_conf()
+    _sighup(p, 2)
+    lib.wait_until(lambda: check_state() == "failed", 15, "the new check to fail")
