@@ -125,6 +125,24 @@ static void image_fail(struct image *img, const char *what, const char *why)
         img->fail = rp_xasprintf("%s: %s", what, why);
 }
 
+/* The first of an image's manifests and blobs that is not in the cache, or NULL. Each was
+ * verified as it arrived, but a blob the cache had no room for (a full disk, a failed
+ * commit) is passed through uncached: such an image must not be reported ok and pinned. */
+static const char *image_missing(struct mirror *m, const struct image *img)
+{
+    struct rp_cache *c = m->srv.cache;
+    const char *data, *type;
+    size_t len;
+    if (img->top_digest[0] &&
+        rp_cache_manifest_peek(c, img->top_digest, &data, &len, &type) != RP_CACHE_OK)
+        return img->top_digest;
+    for (size_t i = 0; i < img->n_seen; i++)
+        if (!rp_cache_blob_present(c, img->seen[i]) &&
+            rp_cache_manifest_peek(c, img->seen[i], &data, &len, &type) != RP_CACHE_OK)
+            return img->seen[i];
+    return NULL;
+}
+
 static void image_finish(struct mirror *m, struct image *img)
 {
     img->finished = true;
@@ -136,6 +154,11 @@ static void image_finish(struct mirror *m, struct image *img)
     rp_format_bytes(img->cached, cached, sizeof(cached));
     if (m->interrupted)
         image_fail(img, "interrupted", "a rerun resumes where this one stopped");
+    const char *missing = img->fail ? NULL : image_missing(m, img);
+    if (missing)
+        image_fail(img, missing,
+                   "received and verified but not kept by the cache (a full disk or max_size; "
+                   "see the log)");
     if (!img->fail && rp_pins_add(m->srv.conf->cache.dir, img->ref.reg->name, img->ref.repo,
                                   img->ref.tag, img->top_digest) != 0)
         image_fail(img, "pins file", "could not record the image (see the log)");

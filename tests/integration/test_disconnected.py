@@ -430,3 +430,31 @@ def test_offline_conf_and_lock(t):
           "export while a proxy holds the cache: %r" % err)
     r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, r.error_codes()), (404, ["MANIFEST_UNKNOWN"]), "offline, empty cache")
+
+
+def test_mirror_fails_an_image_it_could_not_cache(t):
+    """A cache whose disk cannot take ns/large:v1's 100 MiB layer: the proxy passes the layer
+    through uncached, verified. The mirror used to say ok, exit 0 and pin the image; export
+    then found it missing, and every rerun said ok again. It must fail the image, naming
+    the blob, and pin nothing."""
+    import test_cache_disk_full
+    fs = test_cache_disk_full._small_fs(t)
+    if not fs:
+        return
+    reg = t.s.anon_registry
+    cache = os.path.join(fs, "cache")
+    conf = os.path.join(t.tmp, "m.conf")
+    _conf(t, conf, cache, reg)
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/large:v1\n" % NAME)
+    rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
+    big = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    check(not os.path.exists(lib.cache_path(cache, "blobs", big["digest"])),
+          "the 100 MiB layer fit on a 24 MiB file system?")
+    eq(rc, 1, "mirror's exit status:\n%s\n%s" % (out, err[-1500:]))
+    check(("FAILED %s/ns/large:v1: %s" % (NAME, big["digest"])) in out,
+          "the failure does not name the layer:\n" + out)
+    pins = os.path.join(cache, "pins")
+    check(not os.path.exists(pins) or "ns/large" not in open(pins).read(),
+          "the image was pinned though not cached")
