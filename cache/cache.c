@@ -2335,6 +2335,19 @@ int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
     return rc;
 }
 
+int rp_cache_tag_delete(struct rp_cache *c, const char *registry, const char *repo, const char *tag)
+{
+    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag))
+        return RP_CACHE_E_INVALID;
+    char hex[65], rel[REL_MAX], key[MEMO_KEY_MAX];
+    key_hex(registry, repo, tag, hex);
+    key_rel(rel, sizeof(rel), "tags", hex);
+    memo_del(c, &c->tags, key, memo_key(key, registry, repo, tag));
+    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+        return RP_CACHE_E_IO;
+    return RP_CACHE_OK;
+}
+
 /* Parses a tag file. OK (and the key matches), E_NOENT (another key: a hash collision),
  * E_CORRUPT. */
 static int tag_decode(const char *buf, size_t n, const char *registry, const char *repo,

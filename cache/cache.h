@@ -141,6 +141,11 @@ bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo,
 /* Records tag -> digest, fetched at wall-clock time `now_s` (seconds). Atomic replace. */
 int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
                      const char *digest, int64_t now_s);
+/* Forgets a tag (upstream said it is gone): a later lookup is E_NOENT, so nothing serves it
+ * stale. OK also when there was none. Not made durable: after a crash it may be back, and
+ * is checked with upstream again like any expired tag. */
+int rp_cache_tag_delete(struct rp_cache *c, const char *registry, const char *repo,
+                        const char *tag);
 /* Looks a tag up: digest (buffer of at least 136 bytes) and when it was last confirmed. */
 int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
                      char *digest, size_t digest_len, int64_t *fetched_s);

@@ -439,6 +439,32 @@ out:
     return rc;
 }
 
+bool rp_accept_names(const char *accept, const char *media_type)
+{
+    if (!accept || !media_type || !*media_type)
+        return false;
+    size_t n = strlen(media_type);
+    for (const char *p = accept; (p = strstr(p, media_type)); p += n) {
+        bool start_ok = p == accept || p[-1] == ' ' || p[-1] == ',' || p[-1] == '\t';
+        char after = p[n];
+        if (start_ok &&
+            (after == '\0' || after == ',' || after == ';' || after == ' ' || after == '\t'))
+            return true;
+    }
+    return false;
+}
+
+bool rp_manifest_tag_canonical(const char *accept, const char *media_type)
+{
+    if (!media_type)
+        return false;
+    if (strcmp(media_type, RP_MEDIA_DOCKER_MANIFEST) == 0)
+        return rp_accept_names(accept, RP_MEDIA_DOCKER_LIST);
+    if (strcmp(media_type, RP_MEDIA_OCI_MANIFEST) == 0)
+        return rp_accept_names(accept, RP_MEDIA_OCI_INDEX);
+    return strstr(media_type, "vnd.docker.distribution.manifest.v1") == NULL;
+}
+
 void rp_digest_of(const char *like, const void *data, size_t len, char out[RP_CACHE_DIGEST_BUF])
 {
     bool sha512 = like && strncmp(like, "sha512:", 7) == 0;

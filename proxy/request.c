@@ -3,6 +3,7 @@
  * upstream fetch | shared fill) -> answer. Callbacks from the client socket, fetches and
  * fills only record what happened and call rp_req_drive or answer. */
 #include "proxy.h"
+#include "offline.h"
 #include "acl.h"
 
 #include <errno.h>
@@ -315,7 +316,12 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
         .path = path,
         .name = r->route.name,
         .head = head,
-        .accept = r->route.kind == RP_ROUTE_MANIFEST ? r->accept : NULL,
+        /* A tag is revalidated with the proxy's own list, as the tag's digest was recorded
+         * (rp_manifest_tag_canonical): with a client's narrower one, registries answer
+         * another manifest, which would look like a moved tag. */
+        .accept = r->route.kind != RP_ROUTE_MANIFEST ? NULL
+                  : r->revalidating                  ? RP_MANIFEST_ACCEPT
+                                                     : r->accept,
         .range = r->route.kind == RP_ROUTE_BLOB && stream ? r->range : NULL,
         .stream = stream,
         .follow_redirects = r->route.kind == RP_ROUTE_BLOB,
@@ -597,15 +603,8 @@ static bool accept_allows(const char *accept, const char *media_type)
 {
     if (!accept || !media_type)
         return true;
-    size_t n = strlen(media_type);
-    for (const char *p = accept; (p = strstr(p, media_type)); p += n) {
-        bool start_ok = p == accept || p[-1] == ' ' || p[-1] == ',';
-        char after = p[n];
-        if (start_ok && (after == '\0' || after == ',' || after == ';' || after == ' '))
-            return true;
-    }
     /* A client that accepts anything gets anything. */
-    return strstr(accept, "*/*") != NULL;
+    return rp_accept_names(accept, media_type) || strstr(accept, "*/*") != NULL;
 }
 
 /* Tries to answer a manifest from the cache; true when answered. The hot path of a
@@ -1067,7 +1066,9 @@ static void manifest_fetched(struct rp_req *r)
         int e = rp_cache_manifest_put(srv->cache, digest, type, body, r->body.len);
         if (e == RP_CACHE_OK) {
             rp_cache_link(srv->cache, rt->reg->name, rt->name, digest);
-            if (!rt->ref_is_digest)
+            /* Cached by digest whatever the Accept; the tag records only an answer every
+             * client would get, not one narrowed to this client's Accept. */
+            if (!rt->ref_is_digest && rp_manifest_tag_canonical(r->accept, type))
                 rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest, rp_wall_s());
         } else {
             rp_warn("cache: manifest %s not stored: %s", digest, rp_cache_strerror(e));
@@ -1243,6 +1244,11 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
                 return;
         }
         if (res->fail == RP_FETCH_OK && res->status >= 400) {
+            /* Asked with the full Accept list: the tag is gone, not narrowed away. Stale
+             * serving must not bring it back in a later outage. */
+            if (res->status == 404)
+                rp_cache_tag_delete(r->conn->srv->cache, r->route.reg->name, r->route.name,
+                                    r->route.ref);
             rp_req_answer_upstream_failure(
                 r, res->status,
                 rp_header_value_safe(r->up_h.retry_after) ? r->up_h.retry_after : NULL,

@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer target: manifests and indexes through rp_manifest_refs, the parser the mirror,
  * the pins walk and export use to find an image's children, config and layers. Every
- * reference it returns must carry a valid digest and a non-negative size. */
+ * reference it returns must carry a valid digest and a non-negative size. The input is also
+ * a client's Accept list for rp_accept_names and rp_manifest_tag_canonical, which must
+ * agree with each other. */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,8 +14,26 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static void accept_list(const uint8_t *data, size_t size)
+{
+    char *accept = malloc(size + 1);
+    if (!accept)
+        return;
+    memcpy(accept, data, size);
+    accept[size] = '\0';
+    bool lists = rp_accept_names(accept, RP_MEDIA_DOCKER_LIST);
+    bool indexes = rp_accept_names(accept, RP_MEDIA_OCI_INDEX);
+    if (rp_manifest_tag_canonical(accept, RP_MEDIA_DOCKER_MANIFEST) != lists ||
+        rp_manifest_tag_canonical(accept, RP_MEDIA_OCI_MANIFEST) != indexes ||
+        !rp_manifest_tag_canonical(accept, RP_MEDIA_OCI_INDEX) ||
+        rp_manifest_tag_canonical(accept, "application/vnd.docker.distribution.manifest.v1+json"))
+        abort();
+    free(accept);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    accept_list(data, size);
     struct rp_manifest_refs r;
     char err[256];
     if (rp_manifest_refs((const char *)data, size, &r, err, sizeof(err)) != 0) {

@@ -719,6 +719,15 @@ static void test_tags(void)
     CHECK_INT(rp_cache_tag_get(c, "../../x", "../../../etc/passwd", "..", got, sizeof(got), &when),
               RP_CACHE_OK);
     CHECK_INT(count_files(dir, "tags"), 3);
+    /* Deleted: gone from memory and disk, the others kept; deleting again is fine. */
+    CHECK_INT(rp_cache_tag_delete(c, REG, "rhel8", "ubilatest"), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_get(c, REG, "rhel8", "ubilatest", got, sizeof(got), &when),
+              RP_CACHE_E_NOENT);
+    CHECK_INT(count_files(dir, "tags"), 2);
+    CHECK_INT(rp_cache_tag_delete(c, REG, "rhel8", "ubilatest"), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_delete(c, REG, REPO, ""), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, "rhel8", "ubilatest", d1, 5), RP_CACHE_OK);
     /* Bad arguments. */
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, 100, &when), RP_CACHE_E_INVALID);
     CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", "sha256:abc", 1), RP_CACHE_E_INVALID);

@@ -78,6 +78,37 @@ static struct rp_conf *conf_for(const char *cache, bool offline)
     return conf_sized(cache, offline, "100G");
 }
 
+/* Which answers to a tag become the tag's digest: only those no registry narrowed to the
+ * client's Accept. */
+static void test_accept_and_tag_canonical(void)
+{
+    const char *docker = RP_MEDIA_DOCKER_MANIFEST
+        ", " RP_MEDIA_DOCKER_LIST ";q=0.9, " RP_MEDIA_OCI_MANIFEST "," RP_MEDIA_OCI_INDEX;
+    CHECK(rp_accept_names(docker, RP_MEDIA_DOCKER_LIST)); /* with a parameter */
+    CHECK(rp_accept_names(docker, RP_MEDIA_OCI_INDEX));   /* after a bare comma */
+    CHECK(rp_accept_names(docker, RP_MEDIA_DOCKER_MANIFEST));
+    CHECK(!rp_accept_names("*/*", RP_MEDIA_DOCKER_LIST)); /* a wildcard names nothing */
+    CHECK(!rp_accept_names("application/vnd.oci.image.index.v1+jsonx", RP_MEDIA_OCI_INDEX));
+    CHECK(!rp_accept_names("xapplication/vnd.oci.image.index.v1+json", RP_MEDIA_OCI_INDEX));
+    CHECK(!rp_accept_names(NULL, RP_MEDIA_OCI_INDEX));
+    CHECK(!rp_accept_names(docker, ""));
+    /* Lists and indexes always; images only when the client named their list type. */
+    CHECK(rp_manifest_tag_canonical(NULL, RP_MEDIA_DOCKER_LIST));
+    CHECK(rp_manifest_tag_canonical("*/*", RP_MEDIA_OCI_INDEX));
+    CHECK(rp_manifest_tag_canonical(docker, RP_MEDIA_DOCKER_MANIFEST));
+    CHECK(rp_manifest_tag_canonical(docker, RP_MEDIA_OCI_MANIFEST));
+    CHECK(!rp_manifest_tag_canonical(RP_MEDIA_DOCKER_MANIFEST, RP_MEDIA_DOCKER_MANIFEST));
+    CHECK(!rp_manifest_tag_canonical("*/*", RP_MEDIA_DOCKER_MANIFEST));
+    CHECK(!rp_manifest_tag_canonical(NULL, RP_MEDIA_DOCKER_MANIFEST));
+    CHECK(!rp_manifest_tag_canonical(RP_MEDIA_OCI_MANIFEST ", " RP_MEDIA_DOCKER_LIST,
+                                     RP_MEDIA_OCI_MANIFEST));
+    /* Schema 1 never (its digest is not of its bytes); other types always. */
+    CHECK(!rp_manifest_tag_canonical(docker, "application/vnd.docker.distribution.manifest.v1+"
+                                             "prettyjws"));
+    CHECK(rp_manifest_tag_canonical(NULL, "application/vnd.cncf.helm.config.v1+json"));
+    CHECK(!rp_manifest_tag_canonical(docker, NULL));
+}
+
 static void test_manifest_refs(void)
 {
     const char *idx =
@@ -500,6 +531,7 @@ int main(int argc, char **argv)
         rm_rf(tmpdir);
         return rc;
     }
+    RUN(test_accept_and_tag_canonical);
     RUN(test_manifest_refs);
     RUN(test_image_refs);
     RUN(test_offline_conf);

@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A tag's cached digest must not depend on which client's Accept filled it. Registries
+narrow their answer to a client's Accept: docker-registry answers a tag that is a Docker
+manifest list, for a client that does not name lists, with its linux/amd64 image, and a
+schema 2 image, for one that names no schema 2 type (curl's */*), with signed schema 1. The
+proxy recorded tag -> that digest and served it as a HIT to every client: the amd64 image to
+arm64 nodes, schema 1 to containerd. Now such answers are passed on and cached by digest,
+but the tag records only what a client naming lists and indexes gets (and revalidates with
+that list); a tag upstream answers 404 to is forgotten, so an outage cannot serve it
+stale."""
+import json
+import time
+
+import lib
+from lib import check, eq
+
+LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+V2 = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI = "application/vnd.oci.image.manifest.v1+json"
+ALL = ", ".join([V2, LIST, OCI, OCI_INDEX])  # what docker sends
+CONTAINERD = ALL + ", */*"
+
+
+def _docker_list_registry(t):
+    s = t.s
+    reg = t.private_registry("anon")
+    src = "oci:%s:v1" % s.images["multiarch"]["dir"]
+    children = []
+    for arch in ("amd64", "arm64"):
+        s.skopeo(["copy", "-q", "--override-arch", arch, "--format", "v2s2",
+                  "--dest-cert-dir", s.ca["certdir"], "--dest-no-creds", src,
+                  "docker://%s/ns/ml:%s" % (reg.hostport, arch)], timeout=300)
+        r = reg.client(None).manifest("ns/ml", arch, accept=V2)
+        eq((r.status, r.header("Content-Type")), (200, V2), "child %s upstream" % arch)
+        children.append({"mediaType": V2, "size": len(r.body), "digest": lib.sha256(r.body),
+                         "platform": {"architecture": arch, "os": "linux"}})
+    body = json.dumps({"schemaVersion": 2, "mediaType": LIST,
+                       "manifests": children}).encode()
+    r = lib.request(reg.url + "/v2/ns/ml/manifests/v1", "PUT", {"Content-Type": LIST}, body,
+                    ca=s.ca["ca.crt"])
+    eq(r.status, 201, "PUT of the manifest list: %r" % (r,))
+    return reg, lib.sha256(body), children[0]["digest"]
+
+
+def test_narrowed_answers_do_not_become_the_tag(t):
+    reg, list_digest, amd64 = _docker_list_registry(t)
+    path = "/v2/ns/ml/manifests/v1"
+    c = reg.client(None)
+    eq(lib.sha256(c.manifest("ns/ml", "v1", accept=ALL).body), list_digest, "upstream, ALL")
+    eq(lib.sha256(c.manifest("ns/ml", "v1", accept=V2).body), amd64, "upstream, V2 only")
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "10m"})
+    # An old client naming only schema 2 first: it gets what upstream gives it.
+    r = p.get(path, headers={"Accept": V2})
+    eq((r.status, lib.sha256(r.body)), (200, amd64), "V2-only client")
+    for n in (1, 2):
+        r = p.get(path, headers={"Accept": ALL})
+        eq((r.status, r.header("Content-Type"), lib.sha256(r.body)), (200, LIST, list_digest),
+           "list-naming client after a V2-only one (%d)" % n)
+        r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+        eq(r.header("Docker-Content-Digest"), list_digest, "HEAD by tag, as containerd (%d)" % n)
+        eq(r.header("X-Regproxy-Cache"), "HIT", "HEAD by tag, as containerd (%d)" % n)
+        r = p.get(path, headers={"Accept": V2})
+        eq((r.status, lib.sha256(r.body)), (200, amd64), "V2-only client again (%d)" % n)
+
+
+def test_curl_answer_is_not_the_tag(t):
+    reg = t.s.anon_registry
+    want = reg.pushed["ns/multi-v2s2:v1"]["digest"]
+    path = "/v2/ns/multi-v2s2/manifests/v1"
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "10m"})
+    r = p.get(path, headers={"Accept": "*/*"})
+    eq(r.status, 200, "curl's */*")
+    r = p.get(path, headers={"Accept": CONTAINERD})
+    eq((r.status, r.header("Content-Type"), lib.sha256(r.body)), (200, V2, want),
+       "containerd's Accept after curl's")
+
+
+def test_tag_deleted_upstream_not_served_stale(t):
+    s = t.s
+    reg = t.private_registry("anon", images={
+        "ns/del:v1": "oci:%s:v1" % s.images["multi"]["dir"]})
+    d = reg.pushed["ns/del:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf(tag_ttl="1s")], cache={"max_stale": "1h"})
+    path = "/v2/ns/del/manifests/v1"
+    r = p.get(path, headers={"Accept": ALL})
+    eq((r.status, lib.sha256(r.body)), (200, d), "first GET")
+    r = lib.request(reg.url + "/v2/ns/del/manifests/" + d, "DELETE", ca=s.ca["ca.crt"])
+    eq(r.status, 202, "DELETE upstream: %r" % (r,))
+    time.sleep(2.2)
+    r = p.get(path, headers={"Accept": ALL})
+    eq(r.status, 404, "GET past tag_ttl after the delete")
+    reg.stop()
+    r = p.get(path, headers={"Accept": ALL})
+    check(r.status != 200, "deleted tag served while upstream is down: %s %s"
+          % (r.status, r.header("X-Regproxy-Cache")))
