@@ -832,6 +832,36 @@ static int collect_blob(struct collect *k, const char *reg, const char *repo,
     return 0;
 }
 
+/* Whether a manifest and all it references are in the cache (an index: at least one child,
+ * recursively), collecting nothing. */
+static bool manifest_whole(struct collect *k, const char *reg, const char *repo, const char *digest,
+                           int depth)
+{
+    struct rp_cache_manifest m;
+    if (!rp_cache_linked(k->c, reg, repo, digest) ||
+        rp_cache_manifest_get(k->c, digest, &m) != RP_CACHE_OK)
+        return false;
+    struct rp_manifest_refs refs;
+    char why[256];
+    bool whole = rp_manifest_refs(m.data, m.len, &refs, why, sizeof(why)) == 0;
+    rp_cache_manifest_free(&m);
+    if (!whole)
+        return false;
+    size_t children = 0;
+    for (size_t r = 0; r < refs.n && whole; r++) {
+        const struct rp_manifest_ref *ref = &refs.v[r];
+        if (ref->kind == RP_REF_CHILD)
+            children += depth < 2 && manifest_whole(k, reg, repo, ref->digest, depth + 1);
+        else
+            whole = rp_cache_linked(k->c, reg, repo, ref->digest) &&
+                    rp_cache_blob_present(k->c, ref->digest);
+    }
+    if (refs.is_index && children == 0)
+        whole = false;
+    rp_manifest_refs_free(&refs);
+    return whole;
+}
+
 /* 0, 1 when optional and not cached, -1 with err. */
 static int collect_manifest(struct collect *k, const char *reg, const char *repo,
                             const char *digest, bool optional, int depth, char *err, size_t errlen)
@@ -868,8 +898,10 @@ static int collect_manifest(struct collect *k, const char *reg, const char *repo
         const struct rp_manifest_ref *ref = &refs.v[r];
         int e;
         if (ref->kind == RP_REF_CHILD) {
-            /* Children not cached were left out by the mirror's --platform. */
-            e = depth < 2
+            /* Children not cached were left out by the mirror's --platform; one whose
+             * manifest came in without its blobs (a client's inspect, an interrupted
+             * mirror) is left out the same way, not a reason to refuse the image. */
+            e = depth < 2 && manifest_whole(k, reg, repo, ref->digest, depth + 1)
                     ? collect_manifest(k, reg, repo, ref->digest, true, depth + 1, err, errlen)
                     : 1;
             if (e == 1)
@@ -906,6 +938,29 @@ static void collect_free(struct collect *k)
         free(k->images[i].tag);
     }
     free(k->images);
+}
+
+/* A tag that moved between mirrors is in the pins file once per digest: only one image
+ * keeps it, the one the cache's tag names (tag_time >= 0), else the last listed (the newest
+ * mirror); the others go by digest. Else import would set the tag once per image, so that
+ * importing the bundle again rewrote it, and a crash between the writes left it on an old
+ * digest. */
+static void one_image_per_tag(struct collect *k)
+{
+    for (size_t i = 0; i < k->n_images; i++) {
+        struct bundle_image *a = &k->images[i];
+        for (size_t j = 0; a->tag && j < k->n_images; j++) {
+            const struct bundle_image *b = &k->images[j];
+            if (j == i || !b->tag || strcmp(a->tag, b->tag) != 0 || strcmp(a->repo, b->repo) != 0 ||
+                strcmp(a->registry, b->registry) != 0)
+                continue;
+            bool a_cur = a->tag_time >= 0, b_cur = b->tag_time >= 0;
+            if ((b_cur && !a_cur) || (b_cur == a_cur && j > i)) {
+                free(a->tag);
+                a->tag = NULL;
+            }
+        }
+    }
 }
 
 /* The images to export (the list, or the pins file) and everything they reference. */
@@ -965,6 +1020,7 @@ static int collect_all(struct collect *k, const struct rp_conf *conf, const char
         fprintf(stderr, "regproxy export: %d of %zu images incomplete; nothing written\n", bad, n);
         goto out;
     }
+    one_image_per_tag(k);
     rc = 0;
 out:
     free(refs);

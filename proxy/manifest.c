@@ -269,6 +269,19 @@ bad:
     return -1;
 }
 
+/* A platform's variant as containerd normalises it: an arm64 without one is v8, an arm
+ * without one v7 (indexes often leave it out, users often write it). */
+static const char *variant_of(const char *arch, const char *variant)
+{
+    if (variant[0])
+        return variant;
+    if (strcmp(arch, "arm64") == 0)
+        return "v8";
+    if (strcmp(arch, "arm") == 0)
+        return "v7";
+    return "";
+}
+
 bool rp_platforms_match(const struct rp_platforms *p, const struct rp_manifest_ref *child)
 {
     if (!p)
@@ -276,7 +289,7 @@ bool rp_platforms_match(const struct rp_platforms *p, const struct rp_manifest_r
     for (size_t i = 0; i < p->n; i++) {
         const struct platform *pl = &p->v[i];
         if (strcmp(pl->os, child->os) == 0 && strcmp(pl->arch, child->arch) == 0 &&
-            (!pl->variant[0] || strcmp(pl->variant, child->variant) == 0))
+            (!pl->variant[0] || strcmp(pl->variant, variant_of(child->arch, child->variant)) == 0))
             return true;
     }
     return false;

@@ -12,6 +12,7 @@
 #include <ftw.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cache/cache.h"
@@ -496,6 +497,152 @@ static void test_export_evicts_nothing(void)
     free(b2);
 }
 
+static void put_blob(struct rp_cache *c, const char *repo, const char *data, char *digest)
+{
+    rp_digest_of(NULL, data, strlen(data), digest);
+    int e;
+    struct rp_cache_fill *f = rp_cache_fill_begin(c, digest, (int64_t)strlen(data), &e);
+    CHECK(f != NULL);
+    rp_cache_fill_write(f, data, strlen(data));
+    CHECK_INT(rp_cache_fill_commit(f), 0);
+    CHECK_INT(rp_cache_link(c, "reg.example", repo, digest), 0);
+}
+
+/* An image manifest (config + one layer) stored and linked; the layer is stored only when
+ * with_layer. */
+static void put_image(struct rp_cache *c, const char *repo, const char *tag, bool with_layer,
+                      char *mdigest)
+{
+    char cfg[128], layer[128], cd[RP_CACHE_DIGEST_BUF], ld[RP_CACHE_DIGEST_BUF];
+    snprintf(cfg, sizeof(cfg), "{\"architecture\":\"amd64\",\"os\":\"linux\",\"t\":\"%s\"}", tag);
+    snprintf(layer, sizeof(layer), "layer of %s", tag);
+    put_blob(c, repo, cfg, cd);
+    if (with_layer)
+        put_blob(c, repo, layer, ld);
+    else
+        rp_digest_of(NULL, layer, strlen(layer), ld);
+    char *m = rp_xasprintf("{\"schemaVersion\":2,\"mediaType\":\"%s\",\"config\":{\"mediaType\":"
+                           "\"application/vnd.oci.image.config.v1+json\",\"digest\":\"%s\","
+                           "\"size\":%zu},\"layers\":[{\"mediaType\":\"application/"
+                           "vnd.oci.image.layer.v1.tar\",\"digest\":\"%s\",\"size\":%zu}]}",
+                           RP_MEDIA_OCI_MANIFEST, cd, strlen(cfg), ld, strlen(layer));
+    rp_digest_of(NULL, m, strlen(m), mdigest);
+    CHECK_INT(rp_cache_manifest_put(c, mdigest, RP_MEDIA_OCI_MANIFEST, m, strlen(m)), 0);
+    CHECK_INT(rp_cache_link(c, "reg.example", repo, mdigest), 0);
+    free(m);
+}
+
+/* `mirror --platform linux/arm64` of an index caches the arm64 child and its blobs; the
+ * amd64 child's manifest got into the cache too (a client's `skopeo inspect`, or an earlier
+ * mirror interrupted before its layers) without its layer. Export leaves the amd64 child out,
+ * as it does for a child whose manifest is not cached (it used to refuse the image). */
+static void test_export_partial_child(void)
+{
+    char src[128], out[160], arm[RP_CACHE_DIGEST_BUF], amd[RP_CACHE_DIGEST_BUF],
+        idx[RP_CACHE_DIGEST_BUF], err[512];
+    snprintf(src, sizeof(src), "%s/src-partial", tmpdir);
+    snprintf(out, sizeof(out), "%s/partial.rpb", tmpdir);
+    struct rp_cache *c = rp_cache_open(src, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    put_image(c, "ns/m", "arm", true, arm);
+    put_image(c, "ns/m", "amd", false, amd); /* manifest only: its layer never came */
+    char *i = rp_xasprintf(
+        "{\"schemaVersion\":2,\"mediaType\":\"%s\",\"manifests\":["
+        "{\"mediaType\":\"%s\",\"digest\":\"%s\",\"size\":1,\"platform\":{\"os\":\"linux\","
+        "\"architecture\":\"arm64\"}},"
+        "{\"mediaType\":\"%s\",\"digest\":\"%s\",\"size\":1,\"platform\":{\"os\":\"linux\","
+        "\"architecture\":\"amd64\"}}]}",
+        RP_MEDIA_OCI_INDEX, RP_MEDIA_OCI_MANIFEST, arm, RP_MEDIA_OCI_MANIFEST, amd);
+    rp_digest_of(NULL, i, strlen(i), idx);
+    CHECK_INT(rp_cache_manifest_put(c, idx, RP_MEDIA_OCI_INDEX, i, strlen(i)), 0);
+    CHECK_INT(rp_cache_link(c, "reg.example", "ns/m", idx), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/m", "v1", idx, 1000), 0);
+    rp_cache_close(c);
+    free(i);
+    CHECK_INT(rp_pins_add(src, "reg.example", "ns/m", "v1", idx), 0);
+    struct rp_conf *conf = conf_for(src, false);
+    struct rp_export_opts o = {.output = out};
+    CHECK_INT(conf ? rp_export_main(conf, &o) : 1, 0);
+    rp_conf_free(conf);
+}
+
+/* --platform linux/arm64/v8 (the form the usage text suggests, and what containerd
+ * normalises arm64 to) against an index whose arm64 entry has no variant. */
+static void test_platform_arm64_v8(void)
+{
+    const char *idx = "{\"schemaVersion\":2,\"manifests\":[{\"digest\":\"sha256:"
+                      "1111111111111111111111111111111111111111111111111111111111111111\","
+                      "\"size\":7,\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\"}}]}";
+    struct rp_manifest_refs r;
+    char err[256];
+    CHECK_INT(rp_manifest_refs(idx, strlen(idx), &r, err, sizeof(err)), 0);
+    struct rp_platforms *p = NULL;
+    CHECK_INT(rp_platforms_parse("linux/arm64/v8", &p, err, sizeof(err)), 0);
+    CHECK(r.n == 1 && rp_platforms_match(p, &r.v[0]));
+    rp_platforms_free(p);
+    rp_manifest_refs_free(&r);
+}
+
+static struct timespec tags_mtime;
+static int tag_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)f;
+    if (flag == FTW_F && strstr(p, "/tags/")) {
+        if (st->st_mtim.tv_sec > tags_mtime.tv_sec ||
+            (st->st_mtim.tv_sec == tags_mtime.tv_sec && st->st_mtim.tv_nsec > tags_mtime.tv_nsec))
+            tags_mtime = st->st_mtim;
+    }
+    return 0;
+}
+
+/* The tag moved upstream between two mirrors: the pins file lists both digests under the
+ * same tag. Only the image the tag names carries it in the bundle, so the import sets it
+ * once, to that digest, and a second import changes nothing (it set the tag twice, old
+ * digest then new, each time). */
+static void test_import_twice_tag_moved(void)
+{
+    char src[128], dst[128], out[160], a[RP_CACHE_DIGEST_BUF], b[RP_CACHE_DIGEST_BUF], err[512];
+    snprintf(src, sizeof(src), "%s/src-moved", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/dst-moved", tmpdir);
+    snprintf(out, sizeof(out), "%s/moved.rpb", tmpdir);
+    struct rp_cache *c = rp_cache_open(src, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    put_image(c, "ns/t", "old", true, a);
+    put_image(c, "ns/t", "new", true, b);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/t", "v1", b, 2000), 0);
+    rp_cache_close(c);
+    CHECK_INT(rp_pins_add(src, "reg.example", "ns/t", "v1", a), 0); /* first mirror */
+    CHECK_INT(rp_pins_add(src, "reg.example", "ns/t", "v1", b), 0); /* after the move */
+    struct rp_conf *conf = conf_for(src, false);
+    struct rp_export_opts o = {.output = out};
+    CHECK_INT(conf ? rp_export_main(conf, &o) : 1, 0);
+    rp_conf_free(conf);
+    conf = conf_for(dst, true);
+    CHECK_INT(rp_import_main(conf, out), 0);
+    memset(&tags_mtime, 0, sizeof(tags_mtime));
+    nftw(dst, tag_cb, 16, FTW_PHYS);
+    struct timespec before = tags_mtime;
+    usleep(20000);
+    CHECK_INT(rp_import_main(conf, out), 0);
+    memset(&tags_mtime, 0, sizeof(tags_mtime));
+    nftw(dst, tag_cb, 16, FTW_PHYS);
+    CHECK(before.tv_sec == tags_mtime.tv_sec && before.tv_nsec == tags_mtime.tv_nsec);
+    rp_conf_free(conf);
+    c = rp_cache_open(dst, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    char cur[RP_CACHE_DIGEST_BUF];
+    int64_t when;
+    if (c) {
+        CHECK_INT(rp_cache_tag_get(c, "reg.example", "ns/t", "v1", cur, sizeof(cur), &when), 0);
+        CHECK_STR(cur, b);
+        rp_cache_close(c);
+    }
+}
+
 /* The fuzz_bundle seeds: a valid bundle and a few near misses. */
 static int write_seeds(const char *dir)
 {
@@ -538,6 +685,9 @@ int main(int argc, char **argv)
     RUN(test_export_import);
     RUN(test_import_refuses_incomplete_image);
     RUN(test_export_evicts_nothing);
+    RUN(test_export_partial_child);
+    RUN(test_platform_arm64_v8);
+    RUN(test_import_twice_tag_moved);
     rm_rf(tmpdir);
     UNIT_EXIT();
 }
