@@ -508,9 +508,9 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
     }
     struct rp_image_ref *refs = NULL;
     if (rp_image_list_load(conf, o->list, &refs, &m.n_images, err, sizeof(err)) != 0) {
-        fprintf(stderr, "regproxy mirror: %s\n", err);
+        fprintf(stderr, "regproxy mirror: %s\n", err); /* a bad input file, as for export: 1 */
         rp_platforms_free(m.platforms);
-        return 2;
+        return 1;
     }
     m.images = rp_xcalloc(m.n_images + 1, sizeof(*m.images));
     for (size_t i = 0; i < m.n_images; i++) {

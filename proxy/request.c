@@ -25,13 +25,30 @@
 static const struct rp_fetch_cb upstream_cb;
 static void mp_free(struct rp_multipart *mp);
 
+/* Whether an If-Range value is the strong ETag "<digest>" of the blob the target names
+ * (/v2/<name>/blobs/<digest>). */
+static bool if_range_names_blob(const struct rp_http_header *hd, const char *target, size_t tlen)
+{
+    const char *v = hd->value;
+    size_t n = hd->value_len;
+    if (n < 3 || v[0] != '"' || v[n - 1] != '"')
+        return false;
+    const char *d = v + 1;
+    size_t dlen = n - 2;
+    const char *q = memchr(target, '?', tlen);
+    if (q)
+        tlen = (size_t)(q - target);
+    return tlen > dlen + 7 && memcmp(target + tlen - dlen, d, dlen) == 0 &&
+           memcmp(target + tlen - dlen - 7, "/blobs/", 7) == 0;
+}
+
 struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *h)
 {
     /* One allocation: the strings the request keeps from its head live after it. Docker
      * sends one Accept header per media type; others send one list. Upstream gets the same
      * list either way (joined as RFC 9110 allows); an absurd list is cut, not fatal. */
     size_t acc_len = 0, range_len = 0, n_ranges = 0;
-    bool acc_full = false;
+    bool acc_full = false, if_range_other = false;
     const struct rp_http_header *range = NULL;
     for (size_t i = 0; i < h->n_headers; i++) {
         const struct rp_http_header *hd = &h->headers[i];
@@ -44,11 +61,17 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
         } else if (rp_strieq_n(hd->name, hd->name_len, "range")) {
             n_ranges++;
             range = hd;
+        } else if (rp_strieq_n(hd->name, hd->name_len, "if-range")) {
+            if_range_other = !if_range_names_blob(hd, h->target, h->target_len);
         }
     }
+    /* If-Range (RFC 9110 13.1.5): the range only for the representation it names. A blob's
+     * only validator is its digest, as a strong ETag; a date or another tag gets it whole. */
+    if (if_range_other)
+        n_ranges = 0;
     /* Range is a single field: repeated, or too long to be a sane one, it is ignored
      * (RFC 9110 14.2), as a malformed one is below. */
-    if (n_ranges != 1 || range->value_len > RANGE_MAX)
+    if (n_ranges != 1 || !range || range->value_len > RANGE_MAX)
         range = NULL;
     else
         range_len = range->value_len;
@@ -366,7 +389,8 @@ static void answer_range_unsatisfiable(struct rp_req *r, const char *content_ran
     cache_header(r, &extra);
     if (content_range)
         rp_buf_addf(&extra, "Content-Range: %s\r\n", content_range);
-    char *eb = rp_error_body("BLOB_UNKNOWN", "requested range not satisfiable", NULL);
+    /* The blob exists: BLOB_UNKNOWN would be read as its absence. distribution's code. */
+    char *eb = rp_error_body("RANGE_INVALID", "requested range not satisfiable", NULL);
     respond(r, 416, "application/json", eb, strlen(eb), extra.data);
     free(eb);
     rp_buf_free(&extra);

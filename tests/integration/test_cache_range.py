@@ -56,7 +56,7 @@ def test_head_and_range(t):
     # itself, as it does from the cache. Nothing is downloaded behind it.
     mk = reg.mark()
     r = p.get(path, headers={"Range": "bytes=%d-" % (size + 10)})
-    eq((r.status, [e["code"] for e in r.json()["errors"]]), (416, ["BLOB_UNKNOWN"]),
+    eq((r.status, [e["code"] for e in r.json()["errors"]]), (416, ["RANGE_INVALID"]),
        "uncached Range past the end (%s)" % r.body[:300])
     cr = r.header("Content-Range")
     check(cr is None or cr == "bytes */%d" % size, "Content-Range %r for an uncached "
@@ -202,7 +202,7 @@ def test_parallel_chunks_share_one_download(t):
        "suffix range during the download")
     eq((past.status, past.header("Content-Range"), [e["code"] for e in
                                                     json.loads(past.body)["errors"]]),
-       (416, "bytes */%d" % size, ["BLOB_UNKNOWN"]), "range past the end during the download")
+       (416, "bytes */%d" % size, ["RANGE_INVALID"]), "range past the end during the download")
 
     gets = lib.settle(lambda: [x for x in fr.cdn_requests(mark[1])
                                if x["method"] == "GET" and x["path"] == "/blobs/" + digest], 2)
@@ -535,3 +535,23 @@ def test_range_after_a_long_accept_list_and_repeated_range(t):
                                     b"Range: bytes=" + b"1," * 1200 + b"2\r\n"
                                     b"Range: bytes=0-9\r\nConnection: close\r\n\r\n")
     eq((st, lib.sha256(body)), (200, digest), "two Range headers: the whole blob")
+
+
+def test_if_range(t):
+    """If-Range (RFC 9110 13.1.5): the range for the blob's digest as a strong ETag, the
+    whole blob for anything else (a date, another tag); it used to be ignored."""
+    reg = t.s.anon_registry
+    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][1]
+    digest = layer["digest"]
+    path = "/v2/ns/multi/blobs/" + digest
+    p = t.proxy(registries=[reg.conf()])
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.digest), (200, digest), "the blob, cached")
+    for cond, want in (('"%s"' % digest, 206), ('W/"%s"' % digest, 200), ('"sha256:%s"' % ("0" * 64), 200),
+                       ("Mon, 30 Nov 2026 10:00:00 GMT", 200)):
+        got = lib.stream_get(p.port, path, headers={"Range": "bytes=0-9", "If-Range": cond})
+        eq(got.status, want, "If-Range %s" % cond)
+        if want == 200:
+            eq(got.digest, digest, "If-Range %s: the whole blob" % cond)
+        else:
+            eq(got.body, r.body[:10], "If-Range %s: the range" % cond)
