@@ -1267,6 +1267,28 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
         }
+        bool moved = res->fail == RP_FETCH_OK && res->status == 200 && d &&
+                     rp_valid_digest(d, strlen(d)) && strcmp(d, r->stale_digest) != 0;
+        if (moved) {
+            /* Moved to a manifest this repository has cached already (containerd resolves
+             * a tag by HEAD, then fetches the digest): the tag follows, no GET needed. */
+            struct rp_cache *cache = r->conn->srv->cache;
+            const char *data, *type;
+            size_t len;
+            if (rp_cache_linked(cache, r->route.reg->name, r->route.name, d) &&
+                rp_cache_manifest_peek(cache, d, &data, &len, &type) == RP_CACHE_OK) {
+                rp_cache_tag_set(cache, r->route.reg->name, r->route.name, r->route.ref, d,
+                                 rp_wall_s());
+                if (manifest_from_cache(r, d, "REVALIDATED"))
+                    return;
+            } else if (r->head && rp_header_value_safe(r->up_h.content_type) &&
+                       accept_allows(r->accept, r->up_h.content_type)) {
+                /* A HEAD is answered by the revalidation's own HEAD, not a second one. */
+                r->cache_status = "MISS";
+                answer_success(r);
+                return;
+            }
+        }
         if (res->fail == RP_FETCH_OK && res->status >= 400) {
             /* Asked with the full Accept list: the tag is gone, not narrowed away. Stale
              * serving must not bring it back in a later outage. */

@@ -94,3 +94,36 @@ def test_tag_deleted_upstream_not_served_stale(t):
     r = p.get(path, headers={"Accept": ALL})
     check(r.status != 200, "deleted tag served while upstream is down: %s %s"
           % (r.status, r.header("X-Regproxy-Cache")))
+
+
+def test_tag_moved_followed_by_head(t):
+    """containerd resolves a tag by HEAD, then GETs the digest. After the tag moved
+    upstream, each HEAD past tag_ttl cost two upstream HEADs and the tag was never
+    refreshed. Now the revalidation's HEAD answers it, and once the new manifest is cached
+    the tag follows it: the next HEAD is a hit."""
+    s = t.s
+    reg = t.private_registry("anon", images={
+        "ns/mv:v1": "oci:%s:v1" % s.images["multi"]["dir"]})
+    p = t.proxy(registries=[reg.conf(tag_ttl="1s")])
+    path = "/v2/ns/mv/manifests/v1"
+    eq(p.get(path, headers={"Accept": CONTAINERD}).status, 200, "first GET")
+    new = s.push(reg, "oci:%s:t00" % s.images["tags"]["dir"], "ns/mv:v1")["digest"]
+    time.sleep(2.2)
+
+    def head_ups():
+        mk = reg.mark()
+        r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+        ups = [m for m, pth, st in lib.settle(lambda: reg.since(mk), 1) if pth == path]
+        return r, ups
+    r, ups = head_ups()
+    eq((r.status, r.header("Docker-Content-Digest"), ups), (200, new, ["HEAD"]),
+       "HEAD after the move: one upstream HEAD")
+    eq(p.get("/v2/ns/mv/manifests/" + new, headers={"Accept": CONTAINERD}).status, 200,
+       "GET by digest")
+    time.sleep(1.2)
+    r, ups = head_ups()
+    eq((r.header("Docker-Content-Digest"), r.header("X-Regproxy-Cache"), ups),
+       (new, "REVALIDATED", ["HEAD"]), "HEAD once the new manifest is cached")
+    r, ups = head_ups()
+    eq((r.header("Docker-Content-Digest"), r.header("X-Regproxy-Cache"), ups), (new, "HIT", []),
+       "HEAD within tag_ttl after the tag followed")
