@@ -1799,6 +1799,13 @@ static bool meta_same(const struct rp_bundle_meta *a, const struct rp_bundle_met
     return true;
 }
 
+static void free_lines(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
 /* Pass 1: the metadata names only registries this configuration serves. Pass 2: it is the
  * metadata pass 1 verified. */
 static int verify_meta_cb(void *arg, const struct rp_bundle_meta *m, char *err, size_t errlen)
@@ -2049,6 +2056,9 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
     }
     rp_bundle_meta_free(meta2);
     size_t tags_set = 0;
+    /* Recorded in the pins file at once at the end: a crash before leaves tags without
+     * pins, which importing again completes. */
+    char **pin_lines = rp_xcalloc(meta->n_images + 1, sizeof(*pin_lines));
     for (size_t i = 0; i < meta->n_images; i++) {
         const struct bundle_image *bi = &meta->images[i];
         const char *reg = local_registry(&im, bi->registry);
@@ -2065,17 +2075,21 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
                 if (e != RP_CACHE_OK) {
                     fprintf(stderr, "regproxy import: tag %s/%s:%s: %s\n", reg, bi->repo, bi->tag,
                             rp_cache_strerror(e));
+                    free_lines(pin_lines, i);
                     goto out;
                 }
                 tags_set++;
             }
         }
-        if (rp_pins_add(conf->cache.dir, reg, bi->repo, bi->tag, bi->digest) != 0)
-            goto out;
+        pin_lines[i] = rp_pins_line(reg, bi->repo, bi->tag, bi->digest);
         pub.done = i + 1;
         rp_progress_line(&pub, "imported %s/%s%s%s@%s", reg, bi->repo, bi->tag ? ":" : "",
                          bi->tag ? bi->tag : "", bi->digest);
     }
+    int pinned = rp_pins_add_lines(conf->cache.dir, pin_lines, meta->n_images);
+    free_lines(pin_lines, meta->n_images);
+    if (pinned != 0)
+        goto out;
     rp_progress_end(&pub);
     char nb[32], tb[32];
     rp_format_bytes(im.new_bytes, nb, sizeof(nb));

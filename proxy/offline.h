@@ -130,6 +130,11 @@ bool rp_digest_is_empty(const char *digest);
  * under cache_dir unless it is listed already. 0, or -1 (logged). */
 int rp_pins_add(const char *cache_dir, const char *registry, const char *repo, const char *tag,
                 const char *digest);
+/* The line rp_pins_add writes for an image (owned by the caller). */
+char *rp_pins_line(const char *registry, const char *repo, const char *tag, const char *digest);
+/* Adds n lines at once, each unless listed already: one rewrite of the file, where one
+ * rp_pins_add per image of a large import rewrote and fsynced it once per image. */
+int rp_pins_add_lines(const char *cache_dir, char *const *lines, size_t n);
 /* The images of the pins file, resolved against conf (lines naming a registry conf does not
  * have are skipped with a warning). No file: 0 images. 0, or -1 with a reason in err. */
 int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *n, char *err,

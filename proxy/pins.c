@@ -72,21 +72,36 @@ static bool has_line(const char *buf, size_t len, const char *line)
     return false;
 }
 
-int rp_pins_add(const char *cache_dir, const char *registry, const char *repo, const char *tag,
-                const char *digest)
+char *rp_pins_line(const char *registry, const char *repo, const char *tag, const char *digest)
+{
+    return rp_xasprintf("%s/%s%s%s@%s", registry, repo, tag && tag[0] ? ":" : "", tag ? tag : "",
+                        digest);
+}
+
+int rp_pins_add_lines(const char *cache_dir, char *const *lines, size_t n)
 {
     char *path = pins_path(cache_dir);
     char *tmp = rp_xasprintf("%s.tmp", path);
-    char *line = rp_xasprintf("%s/%s%s%s@%s", registry, repo, tag && tag[0] ? ":" : "",
-                              tag ? tag : "", digest);
     char *buf = NULL;
-    size_t len = 0;
+    size_t len = 0, added = 0;
     int rc = -1, fd = -1;
+    struct rp_buf b;
+    rp_buf_init(&b, PINS_FILE_MAX + 4096);
     if (read_all(path, &buf, &len) != 0) {
         rp_error("pins: reading %s: %s", path, strerror(errno));
         goto out;
     }
-    if (has_line(buf, len, line)) {
+    if ((len && rp_buf_add(&b, buf, len) < 0) ||
+        (len && buf[len - 1] != '\n' && rp_buf_add(&b, "\n", 1) < 0))
+        goto too_big;
+    for (size_t i = 0; i < n; i++) {
+        if (has_line(b.data, b.len, lines[i]))
+            continue;
+        if (rp_buf_addf(&b, "%s\n", lines[i]) < 0)
+            goto too_big;
+        added++;
+    }
+    if (added == 0) {
         rc = 0;
         goto out;
     }
@@ -95,27 +110,15 @@ int rp_pins_add(const char *cache_dir, const char *registry, const char *repo, c
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         goto fail;
-    struct rp_buf b;
-    rp_buf_init(&b, PINS_FILE_MAX + 4096);
-    if ((len && rp_buf_add(&b, buf, len) < 0) ||
-        (len && buf[len - 1] != '\n' && rp_buf_add(&b, "\n", 1) < 0) ||
-        rp_buf_addf(&b, "%s\n", line) < 0) {
-        rp_buf_free(&b);
-        errno = EFBIG;
-        goto fail;
-    }
     size_t off = 0;
     while (off < b.len) {
         ssize_t w = write(fd, b.data + off, b.len - off);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0) {
-            rp_buf_free(&b);
+        if (w <= 0)
             goto fail;
-        }
         off += (size_t)w;
     }
-    rp_buf_free(&b);
     if (fsync(fd) != 0 || close(fd) != 0) {
         fd = -1;
         goto fail;
@@ -130,16 +133,27 @@ int rp_pins_add(const char *cache_dir, const char *registry, const char *repo, c
     }
     rc = 0;
     goto out;
+too_big:
+    errno = EFBIG;
 fail:
     rp_error("pins: writing %s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
     unlink(tmp);
 out:
+    rp_buf_free(&b);
     free(buf);
-    free(line);
     free(tmp);
     free(path);
+    return rc;
+}
+
+int rp_pins_add(const char *cache_dir, const char *registry, const char *repo, const char *tag,
+                const char *digest)
+{
+    char *line = rp_pins_line(registry, repo, tag, digest);
+    int rc = rp_pins_add_lines(cache_dir, &line, 1);
+    free(line);
     return rc;
 }
 

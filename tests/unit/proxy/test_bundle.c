@@ -643,6 +643,33 @@ static void test_import_twice_tag_moved(void)
     }
 }
 
+/* Lines added at once: each once, whether listed in the file already or twice in the
+ * batch; nothing new, nothing written. */
+static void test_pins_add_lines(void)
+{
+    char dir[128], path[160];
+    snprintf(dir, sizeof(dir), "%s/pins-lines", tmpdir);
+    CHECK_INT(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof(path), "%s/pins", dir);
+    CHECK_INT(rp_pins_add(dir, "r", "a", "v1", "sha256:1"), 0);
+    char *lines[] = {
+        rp_pins_line("r", "a", "v1", "sha256:1"), rp_pins_line("r", "b", NULL, "sha256:2"),
+        rp_pins_line("r", "b", NULL, "sha256:2"), rp_pins_line("r", "c", "", "sha256:3")};
+    CHECK_STR(lines[1], "r/b@sha256:2");
+    CHECK_INT(rp_pins_add_lines(dir, lines, 4), 0);
+    size_t len = 0;
+    char *got = slurp(path, &len);
+    CHECK_STR(got, "r/a:v1@sha256:1\nr/b@sha256:2\nr/c@sha256:3\n");
+    free(got);
+    struct stat before, after;
+    CHECK_INT(stat(path, &before), 0);
+    CHECK_INT(rp_pins_add_lines(dir, lines, 4), 0);
+    CHECK_INT(stat(path, &after), 0);
+    CHECK(before.st_ino == after.st_ino); /* not rewritten */
+    for (size_t i = 0; i < 4; i++)
+        free(lines[i]);
+}
+
 /* The fuzz_bundle seeds: a valid bundle and a few near misses. */
 static int write_seeds(const char *dir)
 {
@@ -688,6 +715,7 @@ int main(int argc, char **argv)
     RUN(test_export_partial_child);
     RUN(test_platform_arm64_v8);
     RUN(test_import_twice_tag_moved);
+    RUN(test_pins_add_lines);
     rm_rf(tmpdir);
     UNIT_EXIT();
 }
