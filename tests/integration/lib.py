@@ -541,6 +541,39 @@ def settle(fn, at_least=0, timeout=5, quiet=0.3):
 
 # ------------------------------------------------------------------- streaming client
 
+def slow_get_start(port, path):
+    """A GET whose body is read later (slow_get_finish), with a small receive buffer: the
+    answer stays in flight for as long as the test wishes. Returns (socket, the body bytes
+    that came with the head, the announced length)."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=120)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = c.recv(65536)
+        check(b, "connection closed before the response head")
+        buf += b
+    head, _, body = buf.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 200"), "GET %s: %r" % (path, head[:200]))
+    length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
+                  if ln.lower().startswith(b"content-length:")][0])
+    return c, body, length
+
+
+def slow_get_finish(c, body, length):
+    """Reads the rest of a slow_get_start answer; (bytes received, "sha256:" + their hash)."""
+    h = hashlib.sha256(body)
+    got = len(body)
+    while got < length:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        h.update(b)
+        got += len(b)
+    c.close()
+    return got, "sha256:" + h.hexdigest()
+
+
 class Stream:
     """What stream_get saw. status 0 = no response head. length: the announced
     Content-Length (None if absent). got: body bytes received; digest: their sha256;

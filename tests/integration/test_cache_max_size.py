@@ -8,11 +8,9 @@ stays complete throughout and its re-pull needs no upstream blob request. Pins m
 hold for an image bigger than max_size, and after a crash (kill -9) and restart; a pattern
 removed (by a restart or a reload) lets its image go, and one added by a reload pins what is
 cached already."""
-import hashlib
 import json
 import os
 import signal
-import socket
 import time
 
 import lib
@@ -258,28 +256,10 @@ def test_blob_being_sent_is_not_evicted(t):
     eq((got.status, got.digest), (200, layer["digest"]), "the 10 MiB layer, cached")
     blob = lib.cache_path(p.cache_dir, "blobs", layer["digest"])
     lib.wait_until(lambda: os.path.exists(blob), 10, "the 10 MiB layer to be published")
-    c = socket.create_connection(("127.0.0.1", p.port), timeout=60)
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        b = c.recv(65536)
-        check(b, "connection closed before the response head")
-        buf += b
-    head, _, body = buf.partition(b"\r\n\r\n")
-    check(head.startswith(b"HTTP/1.1 200"), "slow GET: %r" % head[:200])
+    c, body, length = lib.slow_get_start(p.port, path)
     # ns/multi needs room that only the layer being sent could give.
     _, tags = t.pull(p, "ns/multi:v1")
     eq(tags.get("v1"), reg.pushed["ns/multi:v1"]["digest"], "pull of ns/multi:v1")
     check(os.path.exists(blob), "the layer was evicted while it was being sent")
-    h = hashlib.sha256(body)
-    n = len(body)
-    while True:
-        b = c.recv(1 << 20)
-        if not b:
-            break
-        h.update(b)
-        n += len(b)
-    c.close()
-    eq((n, "sha256:" + h.hexdigest()), (layer["size"], layer["digest"]), "the slow GET")
+    eq(lib.slow_get_finish(c, body, length), (layer["size"], layer["digest"]), "the slow GET")
     _bounded(p, "once the layer was sent", max_size)

@@ -3,11 +3,9 @@
 rewritten while a large pull is in flight; SIGHUP (or the file watch) applies it without
 dropping the pull, and the next pull uses the new credentials. A broken configuration on
 SIGHUP leaves the proxy serving with the old one."""
-import hashlib
 import json
 import os
 import secrets
-import socket
 import signal
 import time
 
@@ -22,36 +20,6 @@ def _write_pw(path, pw):
     os.rename(path + ".new", path)
 
 
-def _start_slow_blob(p, path):
-    """A GET whose body we read later: the pull is in flight for as long as we wish."""
-    c = socket.create_connection(("127.0.0.1", p.port), timeout=120)
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        b = c.recv(65536)
-        check(b, "connection closed before the response head")
-        buf += b
-    head, _, body = buf.partition(b"\r\n\r\n")
-    check(head.startswith(b"HTTP/1.1 200"), "blob GET: %r" % head[:200])
-    length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
-                  if ln.lower().startswith(b"content-length:")][0])
-    return c, body, length
-
-
-def _finish_blob(c, body, length):
-    h = hashlib.sha256(body)
-    got = len(body)
-    while got < length:
-        b = c.recv(1 << 20)
-        if not b:
-            break
-        h.update(b)
-        got += len(b)
-    c.close()
-    return got, "sha256:" + h.hexdigest()
-
-
 def test_rotation_during_pull(t):
     s = t.s
     reg = s.token_registry
@@ -61,14 +29,14 @@ def test_rotation_during_pull(t):
     pwfile = os.path.join(p.dir, "registry.token.test.pw")
     check(os.path.exists(pwfile), "password file %s missing" % pwfile)
     layer = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
-    c, body, length = _start_slow_blob(p, "/v2/ns/large/blobs/%s" % layer["digest"])
+    c, body, length = lib.slow_get_start(p.port, "/v2/ns/large/blobs/%s" % layer["digest"])
     try:
         s.write_accounts({}, sa_password=new)
         _write_pw(pwfile, new)
         os.kill(p.pid, signal.SIGHUP)
         lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
                        "the reload to be applied")
-        got, digest = _finish_blob(c, body, length)
+        got, digest = lib.slow_get_finish(c, body, length)
         eq((got, digest), (layer["size"], layer["digest"]), "the blob in flight across the reload")
         # The next pull needs a new token, which only the new password can get.
         mark = time.time()
