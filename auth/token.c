@@ -126,6 +126,19 @@ static bool token_ok(const char *s, size_t n)
     return true;
 }
 
+/* jansson's copies of the answer's strings (the token, a refresh token) are wiped before
+ * they go back to the allocator, as the raw body is by its owner. */
+static void scrub_answer(json_t *root)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v)
+    {
+        if (json_is_string(v))
+            rp_secure_zero((char *)json_string_value(v), json_string_length(v));
+    }
+}
+
 int rp_auth_parse_token(const char *body, size_t len, struct rp_auth_token *out)
 {
     int rc = RP_AUTH_E_SYNTAX;
@@ -156,6 +169,8 @@ int rp_auth_parse_token(const char *body, size_t len, struct rp_auth_token *out)
         out->issued_at = parse_rfc3339(json_string_value(ia), json_string_length(ia));
     rc = RP_AUTH_OK;
 out:
+    if (json_is_object(root))
+        scrub_answer(root);
     json_decref(root);
     return rc;
 }

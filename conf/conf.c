@@ -260,7 +260,8 @@ static const struct rp_conf_option options[] = {
      .aux_offset = REG_F(n_token_realms),
      .flags = RP_CONF_F_URL_ITEMS,
      .help = "URL prefixes that may receive the credentials (default: https on the registry's "
-             "host or domain)"},
+             "host, on any port, as a token server beside the registry often is, or on a "
+             "sibling subdomain of its domain). Set it to narrow that to one URL"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "test_image",
      .type = RP_CONF_STRING,

@@ -29,6 +29,7 @@ struct rp_xfer {
     void *arg;
     struct rp_xfer_headers h;
     size_t header_bytes;
+    bool in_head; /* past a response's status line, before the blank line ending its head */
     bool headers_done;
     bool cancelled;
     bool added;  /* in the multi handle (not while waiting for add_ev) */
@@ -78,7 +79,11 @@ static void xfer_free(struct rp_xfer *x)
     if (!x)
         return;
     headers_clear(&x->h);
-    curl_slist_free_all(x->req_headers); /* held an Authorization value: see add_secret_header */
+    /* The list holds curl's copies of our header lines, an Authorization among them: wiped
+     * before they go back to the allocator. */
+    for (struct curl_slist *l = x->req_headers; l; l = l->next)
+        rp_secure_zero(l->data, strlen(l->data));
+    curl_slist_free_all(x->req_headers);
     curl_easy_cleanup(x->easy);
     free(x->proxy);
     free(x);
@@ -301,10 +306,11 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
     x->header_bytes += n;
     if (x->header_bytes > HEADER_BYTES_MAX)
         return 0; /* aborts: CURLE_WRITE_ERROR */
-    if (n >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
-        /* A new response (after a 1xx): forget what the previous one said. */
+    if (!x->in_head) {
+        /* A response's first line (the first, or the next after a 1xx): forget what a 1xx
+         * said. The byte budget counts every response: endless 1xx are bounded too. */
         headers_clear(&x->h);
-        x->header_bytes = n;
+        x->in_head = true;
         return n;
     }
     size_t len = n;
@@ -313,6 +319,7 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
     if (len == 0) {
         long status = 0;
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        x->in_head = false; /* after a 1xx, the next line starts a response */
         if (status >= 100 && status < 200)
             return n;
         x->headers_done = true;
@@ -441,8 +448,8 @@ void rp_upstream_free(struct rp_upstream *up)
     free(up);
 }
 
-/* curl copies header strings into its own buffers only when sending; the slist keeps our
- * copy, which holds the secret until the transfer is freed. */
+/* curl_slist_append keeps a copy of the line, which holds the secret until xfer_free wipes
+ * it; ours is wiped at once. */
 static struct curl_slist *add_header(struct curl_slist *l, const char *name, const char *value)
 {
     char *line = rp_xasprintf("%s: %s", name, value);
