@@ -251,8 +251,9 @@ static const struct rp_conf_option options[] = {
      .help =
          "egress HTTP proxy, http(s)://host[:port], for everything fetched for this "
          "registry (its API, token realm and blob CDNs), always through CONNECT tunnels, so the "
-         "proxy sees host names only. Default: the https_proxy, "
-         "http_proxy and no_proxy environment variables; this setting ignores no_proxy"},
+         "proxy sees host names only. Default: the environment's proxy variables as curl "
+         "reads them (https_proxy, http_proxy, all_proxy, which may name a socks5 proxy, and "
+         "no_proxy); this setting ignores no_proxy"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "token_realms",
      .type = RP_CONF_LIST,
