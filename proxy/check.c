@@ -40,6 +40,11 @@ static void check_finish(struct rp_check *c, bool ok, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    /* The line quotes upstream's words (a realm, an error): no control character or double
+     * quote may forge a line or a field of the text log, or of /readyz's detail. */
+    for (char *p = line; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"')
+            *p = '?';
     TAILQ_REMOVE(&c->srv->checks_running, c, link);
     c->done(c->arg, c->reg, ok, line);
     free(c->image);
