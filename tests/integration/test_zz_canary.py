@@ -5,10 +5,12 @@ and every token the issuer signed is unique. After the whole suite, none of them
 appear in any proxy log, any cache directory, any answer a client received from a proxy,
 or anything a host other than its own registry or realm received (the CDN's request log,
 the canary listeners)."""
+import base64
 import json
 import os
 import re
 import tempfile
+import urllib.parse
 
 import lib
 from lib import check
@@ -47,6 +49,22 @@ def test_no_canary_anywhere(t):
             if fn == "tokens.jsonl":
                 with open(os.path.join(dirpath, fn)) as f:
                     tokens += [json.loads(x)["token"] for x in f if x.strip()]
+    # The forms they travel in too: Basic credentials (base64 of user:password, also a
+    # docker config.json's auth field) and percent-encoded in an OAuth2 form body.
+    users = {"service-account password": lib.SA_USER, "htpasswd user password": "alice",
+             "pusher password": "pusher"}
+    if "fakereg" in s._cache:
+        users["fakereg password"] = s.fakereg.user
+    forms = {}
+    for k, v in secrets.items():
+        if not v:
+            continue
+        if k in users:
+            forms[k + " (Basic)"] = base64.b64encode(("%s:%s" % (users[k], v)).encode()).decode()
+        q = urllib.parse.quote(v, safe="")
+        if q != v:
+            forms[k + " (percent-encoded)"] = q
+    secrets.update(forms)
     needles = [(k, v.encode()) for k, v in secrets.items() if v]
     needles += [("token #%d" % i, tok.encode()) for i, tok in enumerate(tokens)]
     check(tokens, "no token was ever issued: the canary check would prove nothing")
