@@ -1118,38 +1118,49 @@ static void watch_add(struct rp_conf *c, const char *path, const struct stat *st
     watch_fill(w, st);
 }
 
+void rp_conf_stamp(const char *path, struct rp_conf_watch *w)
+{
+    struct stat st;
+    if (path && stat(path, &st) == 0) {
+        watch_fill(w, &st);
+    } else {
+        memset(w, 0, sizeof(*w));
+        w->missing = true;
+    }
+}
+
+bool rp_conf_stamp_differs(const struct rp_conf_watch *w, const char *path)
+{
+    struct rp_conf_watch now;
+    rp_conf_stamp(path, &now);
+    if (now.missing || w->missing)
+        return now.missing != w->missing;
+    return now.dev != w->dev || now.ino != w->ino || now.size != w->size ||
+           now.mtime_ns != w->mtime_ns || now.ctime_ns != w->ctime_ns;
+}
+
 bool rp_conf_files_changed(const struct rp_conf *conf)
 {
-    if (!conf)
-        return false;
-    for (size_t i = 0; i < conf->n_watch; i++) {
-        const struct rp_conf_watch *w = &conf->watch[i];
-        struct rp_conf_watch now;
-        struct stat st;
-        if (stat(w->path, &st) != 0) {
-            if (w->missing)
-                continue;
+    for (size_t i = 0; conf && i < conf->n_watch; i++)
+        if (rp_conf_stamp_differs(&conf->watch[i], conf->watch[i].path))
             return true;
-        }
-        if (w->missing)
-            return true;
-        watch_fill(&now, &st);
-        if (now.dev != w->dev || now.ino != w->ino || now.size != w->size ||
-            now.mtime_ns != w->mtime_ns || now.ctime_ns != w->ctime_ns)
-            return true;
-    }
     return false;
 }
 
-void rp_conf_watch_rearm(struct rp_conf *conf)
+struct rp_conf_watch *rp_conf_watch_now(const struct rp_conf *conf)
 {
-    for (size_t i = 0; conf && i < conf->n_watch; i++) {
-        struct rp_conf_watch *w = &conf->watch[i];
-        struct stat st;
-        if (stat(w->path, &st) == 0)
-            watch_fill(w, &st);
-        else
-            w->missing = true;
+    struct rp_conf_watch *now = rp_xcalloc(conf->n_watch + 1, sizeof(*now));
+    for (size_t i = 0; i < conf->n_watch; i++)
+        rp_conf_stamp(conf->watch[i].path, &now[i]);
+    return now;
+}
+
+void rp_conf_watch_rearm(struct rp_conf *conf, const struct rp_conf_watch *now)
+{
+    for (size_t i = 0; i < conf->n_watch; i++) {
+        char *path = conf->watch[i].path;
+        conf->watch[i] = now[i];
+        conf->watch[i].path = path;
     }
 }
 

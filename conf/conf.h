@@ -98,7 +98,7 @@ struct rp_conf_cache {
  * token or a certificate is rotated. */
 struct rp_conf_watch {
     char *path;   /* as resolved: absolute, or relative to the cwd at parse time */
-    bool missing; /* could not be stat'ed (only after rp_conf_watch_rearm) */
+    bool missing; /* could not be stat'ed (only from rp_conf_stamp) */
     uint64_t dev, ino;
     int64_t size;
     int64_t mtime_ns, ctime_ns;
@@ -147,14 +147,21 @@ const char *rp_conf_default_text(void);
 void rp_conf_free(struct rp_conf *conf);
 
 /* Whether any file in conf->watch now differs from when it was read (device, inode, size,
- * mtime or ctime; a file that vanished or cannot be stat'ed counts as changed). Symlinks
- * are followed, so a Kubernetes secret volume's atomic `..data` swap is seen. */
+ * mtime or ctime; a file that vanished or cannot be stat'ed counts as changed, unless it
+ * was missing already). Symlinks are followed, so a Kubernetes secret volume's atomic
+ * `..data` swap is seen. */
 bool rp_conf_files_changed(const struct rp_conf *conf);
-/* Records the files' present state as the one to compare with: after a reload was refused
- * (say, a certificate rewritten before its key), the next is tried when a file changes
- * again, not every time the watch looks. A missing file then counts as unchanged while it
- * stays missing. */
-void rp_conf_watch_rearm(struct rp_conf *conf);
+/* A file's state now into w (its path left alone; missing when it cannot be stat'ed), and
+ * whether path now differs from such a state. */
+void rp_conf_stamp(const char *path, struct rp_conf_watch *w);
+bool rp_conf_stamp_differs(const struct rp_conf_watch *w, const char *path);
+/* The watched files' states now, in conf->watch's order (no paths; free() it), and their
+ * recording as the states to compare with. A reload takes the first before it reads the
+ * files and, refused (say, a certificate rewritten before its key), records them: the next
+ * is tried when a file changes again, not every time the watch looks, and a file rewritten
+ * while the refused reload read it still counts as changed. */
+struct rp_conf_watch *rp_conf_watch_now(const struct rp_conf *conf);
+void rp_conf_watch_rearm(struct rp_conf *conf, const struct rp_conf_watch *now);
 
 /* Credentials found in an auth file (docker config.json or dockerconfigjson Secret). */
 struct rp_conf_auth {

@@ -340,7 +340,9 @@ struct rp_server {
         int64_t size;
     } behind_sizes[16];
     unsigned behind_sizes_next;
-    struct rp_pins_stamp pins_stamp; /* the pins file as last applied (reload.c) */
+    struct rp_pins_stamp pins_stamp;     /* the pins file as last applied (reload.c) */
+    bool reload_refused;                 /* the last reload was refused (reload.c) */
+    struct rp_conf_watch refused_source; /* the configuration file as it was then */
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *log_flush_ev; /* writes the log lines batched in this loop iteration */
     struct event *watch_ev;     /* polls credential files for changes */

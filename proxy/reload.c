@@ -199,12 +199,24 @@ int rp_reload(struct rp_server *srv, const char *why)
     return 0;
 }
 
-/* A refused reload was tried with the files as they are now: the watch waits for the next
- * change (the rest of a rotation, say) instead of retrying, and logging, every interval. */
+/* A refused reload was tried with the files as they were when it began: the watch waits
+ * for the next change (the rest of a rotation, say) instead of retrying, and logging, every
+ * interval. The configuration file itself is not watched (a change to it waits for
+ * SIGHUP), except while a refused reload is pending: a credential rotated while the file
+ * was broken is applied once the file is fixed. */
 static void reload_or_rearm(struct rp_server *srv, const char *why)
 {
-    if (rp_reload(srv, why) != 0)
-        rp_conf_watch_rearm(srv->conf);
+    struct rp_conf_watch *now = rp_conf_watch_now(srv->conf);
+    struct rp_conf_watch source;
+    rp_conf_stamp(srv->conf->source, &source);
+    if (rp_reload(srv, why) != 0) {
+        rp_conf_watch_rearm(srv->conf, now);
+        srv->reload_refused = true;
+        srv->refused_source = source;
+    } else {
+        srv->reload_refused = false;
+    }
+    free(now);
 }
 
 static void watch_cb(evutil_socket_t fd, short what, void *arg)
@@ -214,6 +226,8 @@ static void watch_cb(evutil_socket_t fd, short what, void *arg)
     struct rp_server *srv = arg;
     if (rp_conf_files_changed(srv->conf))
         reload_or_rearm(srv, "a watched file changed");
+    else if (srv->reload_refused && rp_conf_stamp_differs(&srv->refused_source, srv->conf->source))
+        reload_or_rearm(srv, "the configuration changed after a refused reload");
 }
 
 static void sighup_cb(evutil_socket_t fd, short what, void *arg)

@@ -170,3 +170,30 @@ def test_reload_restarts_login_checks(t):
     p.write_conf()
     _sighup(p, 2)
     lib.wait_until(lambda: check_state() == "failed", 15, "the new check to fail")
+
+
+def test_rotation_while_config_broken_applied_once_fixed(t):
+    """A credential rotated while the configuration file is broken: the reload is refused,
+    and applied once the file is fixed, without a SIGHUP (refused reloads used to mark the
+    rotated file as seen, so the rotation waited for a SIGHUP nobody knew was needed)."""
+    s = t.s
+    reg = s.token_registry
+    p = t.proxy(registries=[reg.conf("registry.token.test", password="wrong-at-first")])
+    pwfile = os.path.join(p.dir, "registry.token.test.pw")
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 401, "manifest with a wrong password")
+    with open(p.conf_path) as f:
+        good = f.read()
+    with open(p.conf_path, "a") as f:
+        f.write("\nnot a key value line\n")
+    _write_pw(pwfile, s.sa_password)
+    lib.wait_until(lambda: "reload (a watched file changed) refused" in p.log_text(), 15,
+                   "the reload with the broken file to be refused")
+    with open(p.conf_path + ".tmp", "w") as f:
+        f.write(good)
+    os.rename(p.conf_path + ".tmp", p.conf_path)
+    lib.wait_until(lambda: "reload (the configuration changed after a refused reload): "
+                   "configuration applied" in p.log_text(), 15,
+                   "the reload once the file was fixed")
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest with the rotated password")

@@ -1714,11 +1714,18 @@ static void test_watch(void)
     remove_file("pw");
     CHECK(rp_conf_files_changed(c));
     /* Rearmed after a refused reload: unchanged until a file changes again. */
-    rp_conf_watch_rearm(c);
+    struct rp_conf_watch *now = rp_conf_watch_now(c);
+    rp_conf_watch_rearm(c, now);
+    free(now);
     CHECK(!rp_conf_files_changed(c));
-    write_file("pw", "two\n", 4);
-    CHECK(rp_conf_files_changed(c));
-    rp_conf_watch_rearm(c);
+    now = rp_conf_watch_now(c);   /* taken before a reload reads the files... */
+    write_file("pw", "two\n", 4); /* ...one written while it reads them... */
+    rp_conf_watch_rearm(c, now);
+    free(now);
+    CHECK(rp_conf_files_changed(c)); /* ...still counts as changed */
+    now = rp_conf_watch_now(c);
+    rp_conf_watch_rearm(c, now);
+    free(now);
     CHECK(!rp_conf_files_changed(c));
     set_mtime("pull.json", 1000000000);
     CHECK(rp_conf_files_changed(c));
