@@ -452,6 +452,29 @@ out:
     return rc;
 }
 
+/* Whether the parameters after a media range (up to the next ',') say q=0: "not
+ * acceptable" (RFC 9110 12.4.2). */
+static bool refused(const char *p)
+{
+    size_t len = strcspn(p, ",");
+    for (const char *q = p; q < p + len; q++) {
+        if (*q != ';')
+            continue;
+        const char *v = q + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if ((v[0] != 'q' && v[0] != 'Q') || v[1] != '=')
+            continue;
+        v += 2;
+        if (*v != '0')
+            return false;
+        for (v++; *v == '.' || *v == '0'; v++)
+            ;
+        return v >= p + len || *v == ';' || *v == ' ' || *v == '\t';
+    }
+    return false;
+}
+
 bool rp_accept_names(const char *accept, const char *media_type)
 {
     if (!accept || !media_type || !*media_type)
@@ -462,7 +485,7 @@ bool rp_accept_names(const char *accept, const char *media_type)
         char after = p[n];
         if (start_ok &&
             (after == '\0' || after == ',' || after == ';' || after == ' ' || after == '\t'))
-            return true;
+            return !refused(p + n);
     }
     return false;
 }
@@ -471,10 +494,10 @@ bool rp_manifest_tag_canonical(const char *accept, const char *media_type)
 {
     if (!media_type)
         return false;
-    if (strcmp(media_type, RP_MEDIA_DOCKER_MANIFEST) == 0)
-        return rp_accept_names(accept, RP_MEDIA_DOCKER_LIST);
-    if (strcmp(media_type, RP_MEDIA_OCI_MANIFEST) == 0)
-        return rp_accept_names(accept, RP_MEDIA_OCI_INDEX);
+    if (strcmp(media_type, RP_MEDIA_DOCKER_MANIFEST) == 0 ||
+        strcmp(media_type, RP_MEDIA_OCI_MANIFEST) == 0)
+        return rp_accept_names(accept, RP_MEDIA_DOCKER_LIST) &&
+               rp_accept_names(accept, RP_MEDIA_OCI_INDEX);
     return strstr(media_type, "vnd.docker.distribution.manifest.v1") == NULL;
 }
 

@@ -28,16 +28,17 @@
     RP_MEDIA_OCI_INDEX ", " RP_MEDIA_OCI_MANIFEST ", " RP_MEDIA_DOCKER_LIST                        \
                        ", " RP_MEDIA_DOCKER_MANIFEST
 
-/* Whether an Accept list names media_type itself (not through a wildcard; parameters and
- * spaces around the list's commas allowed). NULL or empty: no. */
+/* Whether an Accept list names media_type itself (not through a wildcard, nor with q=0;
+ * parameters and spaces around the list's commas allowed). NULL or empty: no. */
 bool rp_accept_names(const char *accept, const char *media_type);
 /* Whether the manifest a registry answered to a tag with this Accept list is what the tag
  * names for everyone, so that the proxy may record tag -> its digest. Registries narrow
  * their answer to what a client accepts: a Docker manifest list becomes its linux/amd64
  * image for a client that does not name lists (distribution, Docker Hub, Quay), an image
- * becomes signed schema 1 for one that names neither schema 2 nor lists. So a Docker
- * image counts only when lists were named, an OCI image only when OCI indexes were, schema
- * 1 never (its digest is not even of its bytes); indexes, lists and other types always. */
+ * becomes signed schema 1 for one that names neither schema 2 nor lists. So an image
+ * manifest counts only when both list types (Docker lists, OCI indexes) were named, as
+ * docker, containerd, CRI-O, podman and skopeo do; schema 1 never (its digest is not even
+ * of its bytes); indexes, lists and other types always. */
 bool rp_manifest_tag_canonical(const char *accept, const char *media_type);
 
 /* Bounds on what a manifest may reference: far above real images (an index of a few dozen

@@ -23,8 +23,8 @@ static void accept_list(const uint8_t *data, size_t size)
     accept[size] = '\0';
     bool lists = rp_accept_names(accept, RP_MEDIA_DOCKER_LIST);
     bool indexes = rp_accept_names(accept, RP_MEDIA_OCI_INDEX);
-    if (rp_manifest_tag_canonical(accept, RP_MEDIA_DOCKER_MANIFEST) != lists ||
-        rp_manifest_tag_canonical(accept, RP_MEDIA_OCI_MANIFEST) != indexes ||
+    if (rp_manifest_tag_canonical(accept, RP_MEDIA_DOCKER_MANIFEST) != (lists && indexes) ||
+        rp_manifest_tag_canonical(accept, RP_MEDIA_OCI_MANIFEST) != (lists && indexes) ||
         !rp_manifest_tag_canonical(accept, RP_MEDIA_OCI_INDEX) ||
         rp_manifest_tag_canonical(accept, "application/vnd.docker.distribution.manifest.v1+json"))
         abort();

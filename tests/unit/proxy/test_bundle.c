@@ -93,6 +93,12 @@ static void test_accept_and_tag_canonical(void)
     CHECK(!rp_accept_names("xapplication/vnd.oci.image.index.v1+json", RP_MEDIA_OCI_INDEX));
     CHECK(!rp_accept_names(NULL, RP_MEDIA_OCI_INDEX));
     CHECK(!rp_accept_names(docker, ""));
+    /* q=0 is "not acceptable"; other weights are names. */
+    CHECK(!rp_accept_names(RP_MEDIA_DOCKER_LIST ";q=0", RP_MEDIA_DOCKER_LIST));
+    CHECK(!rp_accept_names(RP_MEDIA_DOCKER_LIST "; q=0.000, x/y", RP_MEDIA_DOCKER_LIST));
+    CHECK(rp_accept_names(RP_MEDIA_DOCKER_LIST ";q=0.5", RP_MEDIA_DOCKER_LIST));
+    CHECK(rp_accept_names(RP_MEDIA_DOCKER_LIST ";q=0.01", RP_MEDIA_DOCKER_LIST));
+    CHECK(rp_accept_names(RP_MEDIA_DOCKER_LIST ";q=1, x/y;q=0", RP_MEDIA_DOCKER_LIST));
     /* Lists and indexes always; images only when the client named their list type. */
     CHECK(rp_manifest_tag_canonical(NULL, RP_MEDIA_DOCKER_LIST));
     CHECK(rp_manifest_tag_canonical("*/*", RP_MEDIA_OCI_INDEX));
@@ -102,6 +108,11 @@ static void test_accept_and_tag_canonical(void)
     CHECK(!rp_manifest_tag_canonical("*/*", RP_MEDIA_DOCKER_MANIFEST));
     CHECK(!rp_manifest_tag_canonical(NULL, RP_MEDIA_DOCKER_MANIFEST));
     CHECK(!rp_manifest_tag_canonical(RP_MEDIA_OCI_MANIFEST ", " RP_MEDIA_DOCKER_LIST,
+                                     RP_MEDIA_OCI_MANIFEST));
+    /* One list type is not enough: a registry may narrow an index of the other type. */
+    CHECK(!rp_manifest_tag_canonical(RP_MEDIA_DOCKER_MANIFEST ", " RP_MEDIA_DOCKER_LIST,
+                                     RP_MEDIA_DOCKER_MANIFEST));
+    CHECK(!rp_manifest_tag_canonical(RP_MEDIA_OCI_MANIFEST ", " RP_MEDIA_OCI_INDEX,
                                      RP_MEDIA_OCI_MANIFEST));
     /* Schema 1 never (its digest is not of its bytes); other types always. */
     CHECK(!rp_manifest_tag_canonical(docker, "application/vnd.docker.distribution.manifest.v1+"
