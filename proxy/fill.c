@@ -162,11 +162,9 @@ static void reader_start(struct rp_req *r)
         rp_req_error(r, 503, "UNAVAILABLE", "cannot read the blob being downloaded; retry", NULL);
         return;
     }
-    char extra[RP_DIGEST_MAX + 192];
-    int n =
-        snprintf(extra, sizeof(extra),
-                 "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\nX-Regproxy-Cache: %s\r\n",
-                 f->digest, r->cache_status);
+    char extra[2 * RP_DIGEST_MAX + 256];
+    int n = snprintf(extra, sizeof(extra), RP_BLOB_HEADERS "X-Regproxy-Cache: %s\r\n", f->digest,
+                     f->digest, r->cache_status);
     r->fill_sent = 0;
     r->fill_end = f->expected;
     if (rr == RP_RANGE_OK) {

@@ -411,6 +411,10 @@ void rp_access_log(const struct rp_access *a);
 /* A new request id ("prefix-sequence"). */
 void rp_request_id(char *buf, size_t len);
 
+/* The headers of every blob answer, given the digest twice: its digest is its only validator,
+ * sent as a strong ETag as distribution does, which If-Range may name. */
+#define RP_BLOB_HEADERS "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\nETag: \"%s\"\r\n"
+
 /* ------------------------------------------------------------------------ errors.c */
 char *rp_error_body(const char *code, const char *message, const char *detail);
 const char *rp_error_code_for_status(int status, enum rp_route_kind kind);

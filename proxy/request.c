@@ -385,7 +385,7 @@ static void answer_range_unsatisfiable(struct rp_req *r, const char *content_ran
     struct rp_buf extra;
     char extra_mem[512];
     rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
-    rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+    rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
     cache_header(r, &extra);
     if (content_range)
         rp_buf_addf(&extra, "Content-Range: %s\r\n", content_range);
@@ -531,7 +531,7 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
     struct rp_buf extra;
     char extra_mem[512];
     rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
-    rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+    rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
     cache_header(r, &extra);
     char ctype[64];
     snprintf(ctype, sizeof(ctype), "multipart/byteranges; boundary=%s", boundary);
@@ -589,7 +589,7 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     struct rp_buf extra;
     char extra_mem[512];
     rp_buf_init_in(&extra, extra_mem, sizeof(extra_mem), 1024);
-    rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+    rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
     cache_header(r, &extra);
     int status = 200;
     uint64_t len = b->size;
@@ -885,7 +885,7 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         }
         struct rp_buf extra;
         rp_buf_init(&extra, 16384);
-        rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+        rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
         if (status == 206 && rp_header_value_safe(h->content_range))
             rp_buf_addf(&extra, "Content-Range: %s\r\n", h->content_range);
         if (status == 206 && r->fill_behind) {
@@ -1126,7 +1126,7 @@ static void answer_success(struct rp_req *r)
             rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\n", h->docker_content_digest);
         break;
     case RP_ROUTE_BLOB: /* HEAD */
-        rp_buf_addf(&extra, "Accept-Ranges: bytes\r\nDocker-Content-Digest: %s\r\n", r->route.ref);
+        rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
         if (!type)
             type = "application/octet-stream";
         break;
