@@ -177,6 +177,8 @@ int rp_reload(struct rp_server *srv, const char *why)
     rp_info("reload (%s): configuration applied; tokens dropped", why);
     repin_if_changed(srv, patterns_changed);
     if (size_changed) {
+        /* On the loop, like the repinning above: a max_size lowered far evicts many entries
+         * at once, an unlink each, and requests wait meanwhile. Rare, and asked for. */
         size_t evicted = rp_cache_evict(srv->cache);
         rp_info("reload (%s): max_size is now %llu bytes%s; %zu cache entries evicted to it", why,
                 (unsigned long long)run->cache.max_size, run->cache.max_size ? "" : " (unbounded)",
