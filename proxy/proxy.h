@@ -202,6 +202,7 @@ struct rp_req {
     /* The cached blob being sent is marked in use (rp_cache_blob_open) until the request is
      * freed: eviction neither counts its bytes as freed nor takes it while it is sent. */
     bool blob_held;
+    bool canonical_fetch; /* a tag asked upstream with the proxy's Accept (request.c) */
     /* reading from a fill */
     struct rp_fill *fill;
     int fill_fd;

@@ -329,6 +329,16 @@ static char *upstream_path(const struct rp_req *r)
     }
 }
 
+/* A GET by tag from a client that does not name both list types is asked upstream with
+ * the proxy's own Accept list: the answer is then the tag's for everyone and recorded, so
+ * such a client gets hits on a tag naming one image (bench/, old clients); only when that
+ * answer is a type the client does not take is it asked again with the client's own. */
+static void canonical_unless_named(struct rp_req *r)
+{
+    r->canonical_fetch = !r->route.ref_is_digest && !r->head &&
+                         !rp_manifest_tag_canonical(r->accept, RP_MEDIA_DOCKER_MANIFEST);
+}
+
 /* Starts the upstream exchange for this request. head: HEAD instead of the client's
  * method (revalidations and confirmations); body_cap: how much of a body to keep. */
 static void start_fetch(struct rp_req *r, bool head, bool stream)
@@ -342,9 +352,9 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
         /* A tag is revalidated with the proxy's own list, as the tag's digest was recorded
          * (rp_manifest_tag_canonical): with a client's narrower one, registries answer
          * another manifest, which would look like a moved tag. */
-        .accept = r->route.kind != RP_ROUTE_MANIFEST ? NULL
-                  : r->revalidating                  ? RP_MANIFEST_ACCEPT
-                                                     : r->accept,
+        .accept = r->route.kind != RP_ROUTE_MANIFEST      ? NULL
+                  : r->revalidating || r->canonical_fetch ? RP_MANIFEST_ACCEPT
+                                                          : r->accept,
         .range = r->route.kind == RP_ROUTE_BLOB && stream ? r->range : NULL,
         .stream = stream,
         .follow_redirects = r->route.kind == RP_ROUTE_BLOB,
@@ -826,8 +836,21 @@ static void lookup(struct rp_req *r)
             if (rp_cache_tag_get(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
                                  sizeof(digest), &fetched_s) == RP_CACHE_OK) {
                 int64_t age_ms = (rp_wall_s() - fetched_s) * 1000;
-                if (age_ms < tag_ttl_ms(r) && manifest_from_cache(r, digest, "HIT"))
-                    return;
+                if (age_ms < tag_ttl_ms(r)) {
+                    if (manifest_from_cache(r, digest, "HIT"))
+                        return;
+                    const char *data, *type;
+                    size_t len;
+                    if (rp_cache_linked(srv->cache, rt->reg->name, rt->name, digest) &&
+                        rp_cache_manifest_peek(srv->cache, digest, &data, &len, &type) ==
+                            RP_CACHE_OK) {
+                        /* Fresh, but a type this client does not take (a list for one that
+                         * names none): what upstream narrows it to, for this Accept. */
+                        r->cache_status = "MISS";
+                        start_fetch(r, r->head, false);
+                        return;
+                    }
+                }
                 r->have_stale = true;
                 snprintf(r->stale_digest, sizeof(r->stale_digest), "%s", digest);
                 r->stale_age_s = age_ms / 1000;
@@ -840,6 +863,7 @@ static void lookup(struct rp_req *r)
         r->cache_status = "MISS";
         if (!r->head && rp_inflight_wait(srv, r))
             return; /* woken when the request fetching it is done */
+        canonical_unless_named(r);
         start_fetch(r, r->head, false);
         return;
     case RP_ROUTE_TAGS:
@@ -1092,11 +1116,19 @@ static void manifest_fetched(struct rp_req *r)
             rp_cache_link(srv->cache, rt->reg->name, rt->name, digest);
             /* Cached by digest whatever the Accept; the tag records only an answer every
              * client would get, not one narrowed to this client's Accept. */
-            if (!rt->ref_is_digest && rp_manifest_tag_canonical(r->accept, type))
+            if (!rt->ref_is_digest &&
+                rp_manifest_tag_canonical(r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept,
+                                          type))
                 rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest, rp_wall_s());
         } else {
             rp_warn("cache: manifest %s not stored: %s", digest, rp_cache_strerror(e));
         }
+    }
+    if (r->canonical_fetch && !accept_allows(r->accept, type)) {
+        /* The tag's answer is not for this client: ask for what it takes. */
+        r->canonical_fetch = false;
+        start_fetch(r, false, false);
+        return;
     }
     struct rp_buf extra;
     rp_buf_init(&extra, 4096);
@@ -1306,6 +1338,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             return;
         }
         r->cache_status = "MISS";
+        canonical_unless_named(r);
         start_fetch(r, r->head, false);
         return;
     }

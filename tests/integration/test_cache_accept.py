@@ -127,3 +127,41 @@ def test_tag_moved_followed_by_head(t):
     r, ups = head_ups()
     eq((r.header("Docker-Content-Digest"), r.header("X-Regproxy-Cache"), ups), (new, "HIT", []),
        "HEAD within tag_ttl after the tag followed")
+
+
+def _ups(reg, mk, path):
+    return [m for m, pth, st in lib.settle(lambda: reg.since(mk), 1) if pth == path]
+
+
+def test_narrow_client_gets_hits(t):
+    """A client naming only the image type (old clients, bench/'s load generator) used to
+    miss every time once its answers stopped being recorded as tags: the tag is now asked
+    upstream with the proxy's own Accept list, so a tag naming one image is a hit for it;
+    a tag naming a list costs it one upstream request per pull, as without the proxy."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "10m"})
+    path = "/v2/ns/multi-v2s2/manifests/v1"
+    want = reg.pushed["ns/multi-v2s2:v1"]["digest"]
+    mk = reg.mark()
+    r = p.get(path, headers={"Accept": V2})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, want, "MISS"),
+       "V2-only client, first")
+    r = p.get(path, headers={"Accept": V2})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, want, "HIT"),
+       "V2-only client, second")
+    eq(_ups(reg, mk, path), ["GET"], "upstream requests for the two")
+    lreg, list_digest, amd64 = _docker_list_registry(t)
+    p2 = t.proxy(registries=[lreg.conf()], cache={"tag_ttl": "10m"})
+    lpath = "/v2/ns/ml/manifests/v1"
+    mk = lreg.mark()
+    r = p2.get(lpath, headers={"Accept": V2})
+    eq((r.status, lib.sha256(r.body)), (200, amd64), "V2-only client on a list, first")
+    eq(_ups(lreg, mk, lpath), ["GET", "GET"], "upstream: the tag's answer, then the client's")
+    mk = lreg.mark()
+    r = p2.get(lpath, headers={"Accept": V2})
+    eq((r.status, lib.sha256(r.body)), (200, amd64), "V2-only client on a list, second")
+    eq(_ups(lreg, mk, lpath), ["GET"], "upstream: the client's answer only")
+    r = p2.get(lpath, headers={"Accept": ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, list_digest, "HIT"),
+       "a list-naming client after them")
