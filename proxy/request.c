@@ -1291,8 +1291,9 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         if (serve_stale(r, res))
             return;
         const char *d = r->up_h.docker_content_digest;
-        if (res->fail == RP_FETCH_OK && res->status == 200 && d &&
-            strcmp(d, r->stale_digest) == 0) {
+        bool unchanged =
+            res->fail == RP_FETCH_OK && res->status == 200 && d && strcmp(d, r->stale_digest) == 0;
+        if (unchanged) {
             /* Unchanged upstream: fresh again, answered from the cache. */
             rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref,
                              d, rp_wall_s());
@@ -1338,7 +1339,9 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             return;
         }
         r->cache_status = "MISS";
-        canonical_unless_named(r);
+        /* Unchanged, the tag's answer is known and not for this client: its own next. */
+        if (!unchanged)
+            canonical_unless_named(r);
         start_fetch(r, r->head, false);
         return;
     }

@@ -165,3 +165,12 @@ def test_narrow_client_gets_hits(t):
     r = p2.get(lpath, headers={"Accept": ALL})
     eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, list_digest, "HIT"),
        "a list-naming client after them")
+    # Past tag_ttl: the revalidation confirms the list, then the client's own answer; not the
+    # list asked for a second time.
+    p3 = t.proxy(registries=[lreg.conf(tag_ttl="1s")])
+    eq(lib.sha256(p3.get(lpath, headers={"Accept": V2}).body), amd64, "V2-only client, p3")
+    time.sleep(1.5)
+    mk = lreg.mark()
+    r = p3.get(lpath, headers={"Accept": V2})
+    eq((r.status, lib.sha256(r.body)), (200, amd64), "V2-only client past tag_ttl")
+    eq(_ups(lreg, mk, lpath), ["HEAD", "GET"], "upstream: the revalidation, then the client's")
