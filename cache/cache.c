@@ -996,7 +996,10 @@ static void index_forget(struct rp_cache *c, struct entry *e)
     }
     e->present = false;
     e->size = 0;
-    if (!e->pinned)
+    /* A pin outlives its content; so does an in-use count (a reader of the vanished file
+     * still holds its descriptor): freed here, a new fill's entry would start from 0, and
+     * the old reader's release would take the new reader's mark. */
+    if (!e->pinned && e->in_use == 0)
         index_free_entry(c, e);
 }
 
@@ -1670,8 +1673,14 @@ void rp_cache_release(struct rp_cache *c, const char *digest)
     struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
     if (!e || e->in_use == 0)
         return;
+    if (--e->in_use > 0)
+        return;
+    if (!e->present && !e->pinned) {
+        index_free_entry(c, e); /* forgotten while it was read (index_forget) */
+        return;
+    }
     /* Entries that stayed only because they were served may go now. */
-    if (--e->in_use == 0 && c->max_size && c->st.size > c->max_size)
+    if (c->max_size && c->st.size > c->max_size)
         rp_cache_evict(c);
 }
 

@@ -1224,6 +1224,44 @@ static void test_evict_lru(void)
 }
 
 /* manifest_get counts as use, and the snapshot keeps the LRU order across a restart. */
+/* A reader's in-use mark survives its file vanishing behind the cache's back and the blob
+ * being filled again: the old reader's release used to take the new reader's mark (the
+ * forgotten entry was freed, the new one counted from 0), so the blob could be evicted
+ * while it was being sent. */
+static void test_in_use_survives_forget(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 250);
+    char x[RP_CACHE_DIGEST_BUF], y[RP_CACHE_DIGEST_BUF], z[RP_CACHE_DIGEST_BUF];
+    char *tx = sized(100, 41), *ty = sized(100, 42), *tz = sized(100, 43);
+    CHECK_INT(put_blob(c, tx, x), RP_CACHE_OK);
+    struct rp_cache_blob a, b, r;
+    CHECK_INT(rp_cache_blob_open(c, x, &a), RP_CACHE_OK); /* reader A */
+    char *px = obj_path(dir, "blobs", x);
+    CHECK_INT(unlink(px), 0);
+    CHECK_INT(rp_cache_blob_open(c, x, &b), RP_CACHE_E_NOENT); /* forgotten */
+    CHECK_INT(put_blob(c, tx, x), RP_CACHE_OK);                /* filled again */
+    CHECK_INT(rp_cache_blob_open(c, x, &r), RP_CACHE_OK);      /* reader C */
+    close(a.fd);
+    rp_cache_release(c, x); /* A is done */
+    CHECK_INT(put_blob(c, ty, y), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, tz, z), RP_CACHE_OK); /* over max_size: the oldest not in use goes */
+    CHECK(exists(px));
+    CHECK(!has_blob(c, y));
+    close(r.fd);
+    rp_cache_release(c, x); /* C is done */
+    CHECK(has_blob(c, x) && has_blob(c, z));
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.size, 200);
+    free(px);
+    free(tx);
+    free(ty);
+    free(tz);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
 static void test_evict_manifest_touch(void)
 {
     char *dir = mk_tmpdir();
@@ -2491,6 +2529,7 @@ int main(void)
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);
     RUN(test_stats);
+    RUN(test_in_use_survives_forget);
     RUN(test_mem_tags);
     RUN(test_mem_links);
     RUN(test_mem_manifests);
