@@ -1340,7 +1340,10 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         }
         r->cache_status = "MISS";
         /* Unchanged, the tag's answer is known and not for this client: its own next. */
-        if (!unchanged)
+        const char *pd, *pt;
+        size_t pl;
+        if (!unchanged || rp_cache_manifest_peek(r->conn->srv->cache, r->stale_digest, &pd, &pl,
+                                                 &pt) != RP_CACHE_OK)
             canonical_unless_named(r);
         start_fetch(r, r->head, false);
         return;
@@ -1368,6 +1371,12 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         }
     } else if (res->status >= 200 && res->status < 300) {
         answer_success(r);
+        return;
+    } else if (r->canonical_fetch && res->status >= 400 && res->status < 500 &&
+               res->status != 401 && res->status != 429) {
+        /* Refused with the proxy's list: maybe not with the client's own. */
+        r->canonical_fetch = false;
+        start_fetch(r, false, false);
         return;
     }
     if (serve_stale(r, res))

@@ -9,6 +9,7 @@ but the tag records only what a client naming lists and indexes gets (and revali
 that list); a tag upstream answers 404 to is forgotten, so an outage cannot serve it
 stale."""
 import json
+import os
 import time
 
 import lib
@@ -104,11 +105,11 @@ def test_tag_moved_followed_by_head(t):
     s = t.s
     reg = t.private_registry("anon", images={
         "ns/mv:v1": "oci:%s:v1" % s.images["multi"]["dir"]})
-    p = t.proxy(registries=[reg.conf(tag_ttl="1s")])
+    p = t.proxy(registries=[reg.conf(tag_ttl="3s")])  # tag ages are whole seconds
     path = "/v2/ns/mv/manifests/v1"
     eq(p.get(path, headers={"Accept": CONTAINERD}).status, 200, "first GET")
     new = s.push(reg, "oci:%s:t00" % s.images["tags"]["dir"], "ns/mv:v1")["digest"]
-    time.sleep(2.2)
+    time.sleep(3.5)
 
     def head_ups():
         mk = reg.mark()
@@ -120,7 +121,6 @@ def test_tag_moved_followed_by_head(t):
        "HEAD after the move: one upstream HEAD")
     eq(p.get("/v2/ns/mv/manifests/" + new, headers={"Accept": CONTAINERD}).status, 200,
        "GET by digest")
-    time.sleep(1.2)
     r, ups = head_ups()
     eq((r.header("Docker-Content-Digest"), r.header("X-Regproxy-Cache"), ups),
        (new, "REVALIDATED", ["HEAD"]), "HEAD once the new manifest is cached")
@@ -174,3 +174,35 @@ def test_narrow_client_gets_hits(t):
     r = p3.get(lpath, headers={"Accept": V2})
     eq((r.status, lib.sha256(r.body)), (200, amd64), "V2-only client past tag_ttl")
     eq(_ups(lreg, mk, lpath), ["HEAD", "GET"], "upstream: the revalidation, then the client's")
+
+
+def test_refused_tag_answer_retried_with_the_clients_accept(t):
+    """A registry refuses a manifest whose type the Accept list does not name (distribution
+    answers 404): a narrow client's tag asked with the proxy's list can be refused where the
+    client's own Accept is answered (an OCI artifact manifest for oras, say). It is asked
+    again with the client's Accept."""
+    fr = t.s.fakereg
+    art = "application/vnd.oci.artifact.manifest.v1+json"
+    path = "/v2/mode/artifact/ns/multi/manifests/v1"
+    eq(fr.client().get(path, headers={"Accept": art}).status, 200, "upstream, client's Accept")
+    p = t.proxy(registries=[fr.conf()])
+    r = p.get(path, headers={"Accept": art})
+    eq((r.status, r.header("Content-Type")), (200, art), "through the proxy")
+
+
+def test_narrow_client_after_the_tags_manifest_left_the_cache(t):
+    """An unchanged revalidation skips the proxy's list only when the tag's manifest is
+    still cached: else the tag was refreshed to a manifest nobody had, and every request
+    within tag_ttl went HEAD + GET upstream."""
+    lreg, list_digest, amd64 = _docker_list_registry(t)
+    p = t.proxy(registries=[lreg.conf(tag_ttl="2s")])
+    lpath = "/v2/ns/ml/manifests/v1"
+    eq(lib.sha256(p.get(lpath, headers={"Accept": V2}).body), amd64, "first")
+    p.stop()
+    os.unlink(lib.cache_path(p.cache_dir, "manifests", list_digest))
+    p.start()
+    time.sleep(2.5)
+    eq(p.get(lpath, headers={"Accept": V2}).status, 200, "past tag_ttl")
+    mk = lreg.mark()
+    eq(lib.sha256(p.get(lpath, headers={"Accept": V2}).body), amd64, "within tag_ttl")
+    eq(_ups(lreg, mk, lpath), ["GET"], "upstream for a fresh list tag: the client's GET only")
