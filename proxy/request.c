@@ -645,16 +645,22 @@ static bool accept_allows(const char *accept, const char *media_type)
  * cluster pulling a release: no file access, no hashing, and no allocation beyond the request
  * (head and body leave in one writev from the stack and the cache's memory; the cache's view
  * is only valid until its next change, so what the socket does not take is copied). */
+/* Whether this request's repository has the manifest cached (linked, and its bytes still
+ * there: a link outlives its file); its bytes and type as rp_cache_manifest_peek gives them. */
+static bool manifest_cached(const struct rp_req *r, const char *digest, const char **data,
+                            size_t *len, const char **type)
+{
+    struct rp_cache *cache = r->conn->srv->cache;
+    return rp_cache_linked(cache, r->route.reg->name, r->route.name, digest) &&
+           rp_cache_manifest_peek(cache, digest, data, len, type) == RP_CACHE_OK;
+}
+
 static bool manifest_from_cache(struct rp_req *r, const char *digest, const char *status)
 {
     struct rp_server *srv = r->conn->srv;
-    if (!rp_cache_linked(srv->cache, r->route.reg->name, r->route.name, digest))
-        return false;
     const char *data, *type;
     size_t len;
-    if (rp_cache_manifest_peek(srv->cache, digest, &data, &len, &type) != RP_CACHE_OK)
-        return false;
-    if (!accept_allows(r->accept, type))
+    if (!manifest_cached(r, digest, &data, &len, &type) || !accept_allows(r->accept, type))
         return false;
     rp_server_maybe_pin(srv, r->route.reg, r->route.name, digest);
     r->cache_status = status;
@@ -841,9 +847,7 @@ static void lookup(struct rp_req *r)
                         return;
                     const char *data, *type;
                     size_t len;
-                    if (rp_cache_linked(srv->cache, rt->reg->name, rt->name, digest) &&
-                        rp_cache_manifest_peek(srv->cache, digest, &data, &len, &type) ==
-                            RP_CACHE_OK) {
+                    if (manifest_cached(r, digest, &data, &len, &type)) {
                         /* Fresh, but a type this client does not take (a list for one that
                          * names none): what upstream narrows it to, for this Accept. */
                         r->cache_status = "MISS";
@@ -1291,8 +1295,11 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         if (serve_stale(r, res))
             return;
         const char *d = r->up_h.docker_content_digest;
-        bool unchanged =
-            res->fail == RP_FETCH_OK && res->status == 200 && d && strcmp(d, r->stale_digest) == 0;
+        bool named =
+            res->fail == RP_FETCH_OK && res->status == 200 && d && rp_valid_digest(d, strlen(d));
+        bool unchanged = named && strcmp(d, r->stale_digest) == 0;
+        const char *data, *type;
+        size_t len;
         if (unchanged) {
             /* Unchanged upstream: fresh again, answered from the cache. */
             rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref,
@@ -1300,18 +1307,12 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
         }
-        bool moved = res->fail == RP_FETCH_OK && res->status == 200 && d &&
-                     rp_valid_digest(d, strlen(d)) && strcmp(d, r->stale_digest) != 0;
-        if (moved) {
+        if (named && !unchanged) {
             /* Moved to a manifest this repository has cached already (containerd resolves
              * a tag by HEAD, then fetches the digest): the tag follows, no GET needed. */
-            struct rp_cache *cache = r->conn->srv->cache;
-            const char *data, *type;
-            size_t len;
-            if (rp_cache_linked(cache, r->route.reg->name, r->route.name, d) &&
-                rp_cache_manifest_peek(cache, d, &data, &len, &type) == RP_CACHE_OK) {
-                rp_cache_tag_set(cache, r->route.reg->name, r->route.name, r->route.ref, d,
-                                 rp_wall_s());
+            if (manifest_cached(r, d, &data, &len, &type)) {
+                rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name,
+                                 r->route.ref, d, rp_wall_s());
                 if (manifest_from_cache(r, d, "REVALIDATED"))
                     return;
             } else if (r->head && rp_header_value_safe(r->up_h.content_type) &&
@@ -1339,11 +1340,9 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             return;
         }
         r->cache_status = "MISS";
-        /* Unchanged, the tag's answer is known and not for this client: its own next. */
-        const char *pd, *pt;
-        size_t pl;
-        if (!unchanged || rp_cache_manifest_peek(r->conn->srv->cache, r->stale_digest, &pd, &pl,
-                                                 &pt) != RP_CACHE_OK)
+        /* Unchanged and cached, the tag's answer is known and not for this client: its own
+         * next. */
+        if (!unchanged || !manifest_cached(r, r->stale_digest, &data, &len, &type))
             canonical_unless_named(r);
         start_fetch(r, r->head, false);
         return;
