@@ -455,6 +455,11 @@ int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg, rp
 /* A rp_check_done_cb that logs the verdict (serve's start-up and reload checks). */
 void rp_server_check_logged(void *arg, const struct rp_conf_registry *reg, bool ok,
                             const char *line);
+/* serve's login checks of every registry, as `regproxy check` does them, logged (at start
+ * and on each reload): checks still running are dropped (their verdicts would overwrite the
+ * new ones), each registry's verdict is pending until its check ends, skipped when it has
+ * test_login off, and offline ones are never dialed. */
+void rp_server_checks_start(struct rp_server *srv);
 /* Cancels checks still running (shutdown). */
 void rp_checks_free_all(struct rp_server *srv);
 /* `regproxy check`: checks every registry, prints a line each; 0 when all passed. */

@@ -184,20 +184,7 @@ int rp_reload(struct rp_server *srv, const char *why)
                 (unsigned long long)run->cache.max_size, run->cache.max_size ? "" : " (unbounded)",
                 evicted);
     }
-    /* Checks begun under the old settings would end after these and overwrite their
-     * verdicts; a registry no longer checked must not keep its last one. Offline registries
-     * (never checked, and a reload cannot change that) keep theirs. */
-    rp_checks_free_all(srv);
-    for (size_t i = 0; i < run->n_registries; i++) {
-        if (run->registries[i].offline)
-            continue;
-        struct rp_check_status *cs = &srv->checks[i];
-        free(cs->line);
-        cs->line = NULL;
-        cs->state = RP_CHECK_PENDING; /* before: a check may end inside rp_check_start */
-        if (rp_check_start(srv, &run->registries[i], rp_server_check_logged, srv) < 0)
-            cs->state = RP_CHECK_SKIPPED;
-    }
+    rp_server_checks_start(srv);
     return 0;
 }
 

@@ -1285,6 +1285,20 @@ static int listen_on(struct rp_server *srv, struct rp_listener *li, struct rp_li
     return 0;
 }
 
+void rp_server_checks_start(struct rp_server *srv)
+{
+    rp_checks_free_all(srv);
+    for (size_t i = 0; i < srv->conf->n_registries; i++) {
+        const struct rp_conf_registry *reg = &srv->conf->registries[i];
+        struct rp_check_status *cs = &srv->checks[i];
+        free(cs->line);
+        cs->line = reg->offline ? rp_xstrdup("offline") : NULL;
+        cs->state = RP_CHECK_PENDING; /* before: a check may end inside rp_check_start */
+        if (reg->offline || rp_check_start(srv, reg, rp_server_check_logged, srv) < 0)
+            cs->state = RP_CHECK_SKIPPED;
+    }
+}
+
 void rp_server_check_logged(void *arg, const struct rp_conf_registry *reg, bool ok,
                             const char *line)
 {
@@ -1505,18 +1519,11 @@ int rp_server_run(struct rp_conf *conf)
     if (srv.log_flush_ev)
         rp_log_batch(log_kick, &srv);
     rp_info("regproxy %s serving (%zu registries)", RP_VERSION, conf->n_registries);
-    /* The same login checks as `regproxy check`, logged; a failing registry does not stop
-     * the others from being served. Offline registries are never dialed. */
-    for (size_t i = 0; i < conf->n_registries; i++) {
-        if (conf->registries[i].offline) {
+    for (size_t i = 0; i < conf->n_registries; i++)
+        if (conf->registries[i].offline)
             rp_info("registry %s is offline: serving from the cache only",
                     conf->registries[i].name);
-            srv.checks[i].state = RP_CHECK_SKIPPED;
-            srv.checks[i].line = rp_xstrdup("offline");
-        } else if (rp_check_start(&srv, &conf->registries[i], rp_server_check_logged, &srv) < 0) {
-            srv.checks[i].state = RP_CHECK_SKIPPED;
-        }
-    }
+    rp_server_checks_start(&srv);
     event_base_dispatch(srv.base);
     rc = 0;
 out:
