@@ -400,6 +400,26 @@ static void release_readers(struct rp_fill *f)
     }
 }
 
+/* Pins the verified blob by the patterns in force (publishing runs eviction, which must
+ * not take it) and asks whether the cache may keep it: kept, a blob larger than what
+ * max_size leaves beside the pins would evict every other unpinned entry and then itself.
+ * Not, the fill ends here: its readers get the rest from the temp file, which goes with it. */
+static bool keep_or_end(struct rp_fill *f)
+{
+    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
+    if (rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written))
+        return true;
+    fill_unlist(f);
+    release_readers(f);
+    fill_count(f, RP_FILL_NOT_KEPT);
+    rp_warn("fill %s registry=%s bytes=%lld ms=%lld: served but not cached, larger than the "
+            "cache's max_size (%llu bytes) leaves beside what is pinned",
+            f->digest, f->reg->name, (long long)f->written, (long long)f->ms,
+            (unsigned long long)f->srv->conf->cache.max_size);
+    fill_free(f);
+    return false;
+}
+
 /* On the worker thread: only the fill's descriptor is touched. */
 static void fill_sync_work(void *arg)
 {
@@ -412,23 +432,15 @@ static void fill_sync_work(void *arg)
 static void fill_synced(void *arg)
 {
     struct rp_fill *f = arg;
+    /* Judged in fill_done_cb already; but a reload during the sync repins from repository
+     * links, which this blob has only after the commit: judged again on the patterns in
+     * force now. */
+    if (!keep_or_end(f))
+        return;
     fill_unlist(f);
     release_readers(f);
     struct rp_cache_fill *cf = f->cf;
     f->cf = NULL;
-    /* Pinned in fill_done_cb, before eviction could run; but a reload during the sync
-     * repins from repository links, which this blob has only after the commit: pinned
-     * again, by the patterns in force now, and judged again on them. */
-    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
-    if (!rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written)) {
-        rp_cache_fill_abort(cf);
-        fill_count(f, RP_FILL_NOT_KEPT);
-        rp_warn("fill %s registry=%s: served but not cached, larger than the cache's max_size "
-                "(%llu bytes) and no longer pinned",
-                f->digest, f->reg->name, (unsigned long long)f->srv->conf->cache.max_size);
-        fill_free(f);
-        return;
-    }
     int e = rp_cache_fill_commit(cf);
     if (e != RP_CACHE_OK) {
         rp_warn("fill %s registry=%s verified but not cached: %s", f->digest, f->reg->name,
@@ -533,27 +545,13 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         fill_free(f);
         return;
     }
-    /* Pinned now: pins decide whether it may be kept, and publishing runs eviction, which
-     * must not take it. */
-    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
-    if (!rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written)) {
-        /* Served from the temp file, which goes with the fill: kept, it would evict every
-         * other unpinned entry and then itself. */
-        fill_unlist(f);
-        release_readers(f);
-        fill_count(f, RP_FILL_NOT_KEPT);
-        rp_warn("fill %s registry=%s bytes=%lld ms=%lld: served but not cached, larger than "
-                "the cache's max_size (%llu bytes)",
-                f->digest, f->reg->name, (long long)f->written, (long long)ms,
-                (unsigned long long)f->srv->conf->cache.max_size);
-        fill_free(f);
+    f->ms = ms;
+    if (!keep_or_end(f))
         return;
-    }
     /* Verified: the readers get the rest before the slow fsync, which runs on the worker
      * thread so that no client of this loop waits for the disk. The fill stays findable
      * meanwhile: a client asking for the blob now joins it rather than fetching it again. */
     release_readers(f);
-    f->ms = ms;
     f->state = FILL_SYNCING;
     rp_syncer_submit(f->srv->syncer, fill_sync_work, fill_synced, f);
 }
