@@ -50,14 +50,19 @@ def test_rotation_during_pull(t):
         s.write_accounts({}, sa_password=old)
 
 
+def _wrong_password_proxy(t, reg):
+    """A proxy whose password file for reg is wrong (checked: a 401); (proxy, that file)."""
+    p = t.proxy(registries=[reg.conf("registry.token.test", password="wrong-at-first")])
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 401, "manifest with a wrong password")
+    return p, os.path.join(p.dir, "registry.token.test.pw")
+
+
 def test_file_change_triggers_reload(t):
     s = t.s
     reg = s.token_registry
     old = s.sa_password
-    p = t.proxy(registries=[reg.conf("registry.token.test", password="wrong-at-first")])
-    pwfile = os.path.join(p.dir, "registry.token.test.pw")
-    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    eq(r.status, 401, "manifest with a wrong password")
+    p, pwfile = _wrong_password_proxy(t, reg)
     _write_pw(pwfile, old)
     lib.wait_until(lambda: "reload (a watched file changed)" in p.log_text(), 15,
                    "the proxy to notice the rewritten password file")
@@ -178,10 +183,7 @@ def test_rotation_while_config_broken_applied_once_fixed(t):
     rotated file as seen, so the rotation waited for a SIGHUP nobody knew was needed)."""
     s = t.s
     reg = s.token_registry
-    p = t.proxy(registries=[reg.conf("registry.token.test", password="wrong-at-first")])
-    pwfile = os.path.join(p.dir, "registry.token.test.pw")
-    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    eq(r.status, 401, "manifest with a wrong password")
+    p, pwfile = _wrong_password_proxy(t, reg)
     with open(p.conf_path) as f:
         good = f.read()
     with open(p.conf_path, "a") as f:

@@ -174,22 +174,30 @@ static void count_wake(struct rp_htpasswd_waiter *w)
     woken++;
 }
 
+/* A new directory with an htpasswd file of one account, node:pw (the cheapest bcrypt),
+ * loaded. */
+static struct rp_htpasswd *node_accounts(char *dir, size_t dlen, char **path)
+{
+    unit_mkdtemp(dir, dlen, "rp-acl");
+    *path = rp_xasprintf("%s/htpasswd", dir);
+    char *hash = rp_xstrdup(crypt("pw", crypt_gensalt("$2b$", 4, NULL, 0)));
+    FILE *f = fopen(*path, "w");
+    fprintf(f, "node:%s\n", hash);
+    fclose(f);
+    free(hash);
+    char err[256];
+    struct rp_htpasswd *h = rp_htpasswd_load(*path, err, sizeof(err));
+    CHECK(h != NULL);
+    return h;
+}
+
 /* The asynchronous check: one hash for concurrent checks of the same credentials, at most
  * PEER_HASHING_MAX (2) distinct credentials of one address hashing at once, waiters taken
  * off, and accounts freed (a reload) while a hash runs. */
 static void test_htpasswd_async(void)
 {
-    char dir[4096];
-    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
-    char *path = rp_xasprintf("%s/htpasswd", dir);
-    const char *salt = crypt_gensalt("$2b$", 4, NULL, 0);
-    char *hash = rp_xstrdup(crypt("pw", salt));
-    FILE *f = fopen(path, "w");
-    fprintf(f, "node:%s\n", hash);
-    fclose(f);
-    char err[256];
-    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
-    CHECK(h != NULL);
+    char dir[4096], *path = NULL;
+    struct rp_htpasswd *h = node_accounts(dir, sizeof(dir), &path);
     char *good = basic("node:pw"), *g1 = basic("node:x1"), *g2 = basic("node:x2");
     const char *a = "10.0.0.1:1", *b = "10.0.0.2:1";
     struct rp_htpasswd_waiter w[6];
@@ -228,7 +236,6 @@ static void test_htpasswd_async(void)
     free(good);
     free(g1);
     free(g2);
-    free(hash);
     unlink(path);
     rmdir(dir);
     free(path);
@@ -248,17 +255,8 @@ static void wake_cancels_other(struct rp_htpasswd_waiter *w)
  * and the cancel read it). */
 static void test_htpasswd_wake_cancels_other(void)
 {
-    char dir[4096];
-    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
-    char *path = rp_xasprintf("%s/htpasswd", dir);
-    const char *salt = crypt_gensalt("$2b$", 4, NULL, 0);
-    char *hash = rp_xstrdup(crypt("pw", salt));
-    FILE *f = fopen(path, "w");
-    fprintf(f, "node:%s\n", hash);
-    fclose(f);
-    char err[256];
-    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
-    CHECK(h != NULL);
+    char dir[4096], *path = NULL;
+    struct rp_htpasswd *h = node_accounts(dir, sizeof(dir), &path);
     char *good = basic("node:pw");
     for (int i = 0; i < 2; i++)
         pair[i] = (struct rp_htpasswd_waiter){.done = wake_cancels_other};
@@ -274,7 +272,6 @@ static void test_htpasswd_wake_cancels_other(void)
     woken = 0;
     rp_htpasswd_free(h);
     free(good);
-    free(hash);
     unlink(path);
     rmdir(dir);
     free(path);
