@@ -499,7 +499,8 @@ static int ini_parse(struct vars *vs, const char *text, size_t len)
     json_object_foreach(all, key, val)
     {
         if (!json_object_get(vs->v, key)) {
-            json_object_set(vs->v, key, val);
+            /* A copy: `all` is wiped below, and a shared node would be wiped with it. */
+            json_object_set_new(vs->v, key, json_deep_copy(val));
             json_object_set(vs->lines, key, json_object_get(all_lines, key));
         }
     }

@@ -1859,6 +1859,37 @@ static void test_import_inventory_ini(void)
     rm_dir(out);
 }
 
+/* Variables set only in [all:vars] count like those in [OSEv3:vars]: the importer moves
+ * them into the one set of variables it reads, then wipes its own copy of the section. */
+static void test_import_inventory_all_vars(void)
+{
+    char path[256], out[256];
+    snprintf(path, sizeof(path), "%s/all-vars.ini", tmpdir);
+    snprintf(out, sizeof(out), "%s/all-vars-out", tmpdir);
+    static const char ini[] =
+        "[OSEv3:vars]\nopenshift_deployment_type=openshift-enterprise\n\n"
+        "[all:vars]\noreg_url=registry.example.com:5000/x/y-${component}:${version}\n"
+        "oreg_auth_user=all-user\noreg_auth_password=all-vars-secret\n";
+    write_file("all-vars.ini", ini, strlen(ini));
+    char *text = import(path, out, "proxy.example.com:5000");
+    CHECK(text != NULL);
+    if (!text) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    static const char *const secrets[] = {"all-vars-secret", NULL};
+    struct rp_conf *c = check_imported(text, secrets);
+    if (c) {
+        CHECK_INT(c->n_registries, 1);
+        CHECK_STR(c->registries[0].name, "registry.example.com:5000");
+        CHECK_STR(c->registries[0].user, "all-user");
+        CHECK_STR(c->registries[0].password, "all-vars-secret");
+    }
+    rp_conf_free(c);
+    free(text);
+    rm_dir(out);
+}
+
 static void test_import_inventory_yaml(void)
 {
     char out[256];
@@ -2300,6 +2331,7 @@ int main(int argc, char **argv)
     RUN(test_credential_mode);
     RUN(test_watch);
     RUN(test_import_inventory_ini);
+    RUN(test_import_inventory_all_vars);
     RUN(test_import_inventory_yaml);
     RUN(test_import_inventory_errors);
     RUN(test_import_inventory_egress);
