@@ -126,7 +126,7 @@ struct rp_conf {
     struct rp_conf_watch *watch;
     size_t n_watch;
     /* Things that are allowed but worth a line in the log (readable credential files under
-     * allow_readable_credentials, unsupported identitytoken credentials), one sentence each,
+     * allow_readable_credentials), one sentence each,
      * naming file and section, never a secret. The proxy logs them at startup. */
     char **warnings;
     size_t n_warnings;
