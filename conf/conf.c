@@ -50,12 +50,14 @@ static const struct rp_conf_option options[] = {
      .key = "tls_cert",
      .type = RP_CONF_PATH,
      .offset = LISTEN_F(tls_cert),
+     .flags = RP_CONF_F_READABLE,
      .requires = "tls_key",
      .help = "PEM certificate chain to serve HTTPS with"},
     {.section = RP_CONF_SECTION_LISTEN,
      .key = "tls_key",
      .type = RP_CONF_PATH,
      .offset = LISTEN_F(tls_key),
+     .flags = RP_CONF_F_READABLE,
      .requires = "tls_cert",
      .help = "PEM private key for tls_cert"},
     {.section = RP_CONF_SECTION_LISTEN,
@@ -627,6 +629,7 @@ struct parser {
     unsigned key_line[N_OPTIONS]; /* current section: line where each key was set, 0 = not */
     bool have_cache;
     bool have_admin;
+    unsigned admin_listen_line; /* the line that set [admin] listen; 0: the default */
     size_t n_sections;
     unsigned *default_line; /* per listen: line of its `default` key */
     /* per registry: its header line when a F_UNLESS_OFFLINE key is missing (0: none is),
@@ -906,22 +909,32 @@ static const char *check_realm_url(const char *v)
 }
 
 /* An address with an optional /bits; the proxy checks the rest (no host bits set). */
-static bool cidr_ok(const char *s)
+/* NULL when s is a network ADDR[/BITS] whose address is the network's first (no host bits
+ * set: 10.0.0.1/8 most likely means 10.0.0.0/8 or 10.0.0.1/32, and guessing is wrong one way
+ * or the other); else why not. */
+static const char *cidr_why(const char *s)
 {
+    static const char *const bad = "expected a network such as 10.128.0.0/14 or fd00::/8";
     char buf[64];
     unsigned char addr[16];
     if (strlen(s) >= sizeof(buf))
-        return false;
+        return bad;
     snprintf(buf, sizeof(buf), "%s", s);
     char *slash = strchr(buf, '/');
     long max = strchr(buf, ':') ? 128 : 32;
+    uint64_t bits = (uint64_t)max;
     if (slash) {
         *slash = '\0';
-        uint64_t bits;
         if (rp_parse_u64(slash + 1, strlen(slash + 1), &bits) != 0 || (long)bits > max)
-            return false;
+            return bad;
     }
-    return inet_pton(max == 128 ? AF_INET6 : AF_INET, buf, addr) == 1;
+    if (inet_pton(max == 128 ? AF_INET6 : AF_INET, buf, addr) != 1)
+        return bad;
+    for (long b = (long)bits; b < max; b++)
+        if (addr[b / 8] & (0x80u >> (b % 8)))
+            return "host bits set after the prefix length: write the network's first address "
+                   "(10.0.0.0/8), or a single address (10.0.0.1 or 10.0.0.1/32)";
+    return NULL;
 }
 
 static int set_list(const struct rp_conf_option *o, void *base, const char *v, size_t n,
@@ -942,8 +955,8 @@ static int set_list(const struct rp_conf_option *o, void *base, const char *v, s
             return -1;
         }
         char *s = rp_xstrndup(item, ilen);
-        if ((o->flags & RP_CONF_F_CIDR_ITEMS) && !cidr_ok(s))
-            *why = "expected a network such as 10.128.0.0/14 or fd00::/8";
+        if (o->flags & RP_CONF_F_CIDR_ITEMS)
+            *why = cidr_why(s);
         if (*why || ((o->flags & RP_CONF_F_URL_ITEMS) && (*why = check_realm_url(s)) != NULL)) {
             free(s);
             return -1;
@@ -1283,10 +1296,14 @@ static int check_admin(struct parser *p, const char *desc)
         parse_listen_addr(a->listen, strlen(a->listen), &host, &port) != 0) {
         i = option_index(p->kind, "listen", 6);
         fail(p, i >= 0 && p->key_line[i] ? p->key_line[i] : p->header_line,
-             "listen in %s: expected host:port, [v6]:port or off", desc);
+             "listen in %s: expected IPV4:PORT, [IPV6]:PORT (an address, not a host name) or "
+             "off",
+             desc);
         return -1;
     }
     free(host);
+    i = option_index(p->kind, "listen", 6);
+    p->admin_listen_line = i >= 0 ? p->key_line[i] : 0;
     return 0;
 }
 
@@ -1367,11 +1384,14 @@ static int finish_section(struct parser *p)
     return 0;
 }
 
-/* "host:port" or "[v6]:port". */
+/* "IPV4:port" or "[IPV6]:port", as the listener binds it: an address, not a host name
+ * (a name could resolve to several addresses, or differently at each start). *host gets
+ * the address in its canonical spelling, so two spellings of one address compare equal. */
 static int parse_listen_addr(const char *a, size_t n, char **host, int *port)
 {
     const char *h, *pt;
     size_t hlen;
+    int af;
     if (n > 0 && a[0] == '[') {
         const char *rb = memchr(a, ']', n);
         if (!rb || (size_t)(rb - a) + 1 >= n || rb[1] != ':')
@@ -1379,8 +1399,7 @@ static int parse_listen_addr(const char *a, size_t n, char **host, int *port)
         h = a + 1;
         hlen = (size_t)(rb - h);
         pt = rb + 2;
-        if (!valid_ipv6(h, hlen))
-            return -1;
+        af = AF_INET6;
     } else {
         const char *colon = memchr(a, ':', n);
         if (!colon)
@@ -1388,13 +1407,31 @@ static int parse_listen_addr(const char *a, size_t n, char **host, int *port)
         h = a;
         hlen = (size_t)(colon - a);
         pt = colon + 1;
-        if (!valid_hostname(h, hlen))
-            return -1;
+        af = AF_INET;
     }
+    char text[INET6_ADDRSTRLEN];
+    unsigned char bin[16];
+    if (hlen >= sizeof(text))
+        return -1;
+    memcpy(text, h, hlen);
+    text[hlen] = '\0';
+    if (inet_pton(af, text, bin) != 1 || !inet_ntop(af, bin, text, sizeof(text)))
+        return -1;
     if (parse_port(pt, n - (size_t)(pt - a), port) != 0)
         return -1;
-    *host = lower_dup(h, hlen);
+    *host = rp_xstrdup(text);
     return 0;
+}
+
+/* Whether two listen addresses (canonical hosts) would take the same socket: one port, and
+ * the same address or a wildcard of either family (:: takes IPv4 too unless v6only). */
+static bool listen_overlap(const char *h1, int p1, const char *h2, int p2)
+{
+    if (p1 != p2)
+        return false;
+    bool any1 = strcmp(h1, "0.0.0.0") == 0 || strcmp(h1, "::") == 0;
+    bool any2 = strcmp(h2, "0.0.0.0") == 0 || strcmp(h2, "::") == 0;
+    return strcmp(h1, h2) == 0 || any1 || any2;
 }
 
 static int open_section(struct parser *p, int kind, const char *name, size_t nlen, unsigned line)
@@ -1424,17 +1461,18 @@ static int open_section(struct parser *p, int kind, const char *name, size_t nle
         int port;
         if (parse_listen_addr(name, nlen, &host, &port) != 0) {
             fail(p, line,
-                 "bad listen address \"%.*s\": expected host:port or [v6]:port (port "
-                 "1-65535)",
+                 "bad listen address \"%.*s\": expected IPV4:PORT or [IPV6]:PORT, an "
+                 "address and not a host name (port 1-65535)",
                  (int)nlen, name);
             return -1;
         }
         for (size_t i = 0; i < c->n_listens; i++) {
-            if (c->listens[i].port == port && strcmp(c->listens[i].host, host) == 0) {
-                fail(p, line,
-                     "duplicate section [listen \"%.*s\"] (same address as [listen "
-                     "\"%s\"])",
-                     (int)nlen, name, c->listens[i].addr);
+            if (listen_overlap(c->listens[i].host, c->listens[i].port, host, port)) {
+                bool same = strcmp(c->listens[i].host, host) == 0;
+                fail(p, line, "%s [listen \"%.*s\"] (%s [listen \"%s\"])",
+                     same ? "duplicate section" : "overlapping section", (int)nlen, name,
+                     same ? "same address as" : "a wildcard address takes the port of",
+                     c->listens[i].addr);
                 free(host);
                 return -1;
             }
@@ -1643,6 +1681,22 @@ static int finish_file(struct parser *p)
             return -1;
         }
     }
+    char *ahost = NULL;
+    int aport = 0;
+    if (strcmp(c->admin.listen, "off") != 0 &&
+        parse_listen_addr(c->admin.listen, strlen(c->admin.listen), &ahost, &aport) == 0) {
+        for (size_t i = 0; i < c->n_listens; i++) {
+            if (!listen_overlap(c->listens[i].host, c->listens[i].port, ahost, aport))
+                continue;
+            fail(p, p->admin_listen_line,
+                 "[admin] listen %s%s takes the port of [listen \"%s\"]: give the admin "
+                 "listener another address or port, or off",
+                 c->admin.listen, p->admin_listen_line ? "" : " (its default)", c->listens[i].addr);
+            free(ahost);
+            return -1;
+        }
+    }
+    free(ahost);
     for (size_t i = 0; i < c->n_listens; i++) {
         struct rp_conf_listen *l = &c->listens[i];
         /* Client accounts and serving certificates are rotated like registry credentials

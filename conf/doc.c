@@ -59,7 +59,8 @@ static const char intro[] =
 
 static const char *const section_intro[] = {
     [RP_CONF_SECTION_LISTEN] =
-        "One section per listening address (`host:port`, or `[v6]:port`). Clients pull\n"
+        "One section per listening address: an IP address and port (`0.0.0.0:5000`,\n"
+        "`[::]:5000`), not a host name. Clients pull\n"
         "`/v2/<registry>/<repository>/...` (a registry's name or host as the first path\n"
         "component), `/v2/<repository>/...?ns=<host>` (containerd's mirror convention), or\n"
         "plain `/v2/<repository>/...`, which goes to the listener's `default` registry: that is\n"
@@ -133,8 +134,9 @@ static const char credentials[] =
     "`password`, as in docker. An entry with only an `identitytoken` (an OAuth2 refresh token,\n"
     "as `docker login` stores for some registries) is used as docker uses it: the token flow\n"
     "exchanges it for access tokens with the token spec's OAuth2 POST\n"
-    "(`grant_type=refresh_token`). Entries that only point at a credential store (`credsStore`, `credHelpers`)\n"
-    "cannot be read; export the credentials with `podman login --authfile FILE` instead.\n"
+    "(`grant_type=refresh_token`). Entries that only point at a credential store\n"
+    "(`credsStore`, `credHelpers`) cannot be read; export the credentials with\n"
+    "`podman login --authfile FILE` instead.\n"
     "\n"
     "Errors name the file and what is wrong (invalid JSON or YAML with its line and column,\n"
     "binary data, a missing or mistyped field with its path such as\n"

@@ -1107,6 +1107,10 @@ int rp_conf_inventory_render(const struct rp_conf_inventory *inv, const char *pw
     if (inv->oreg_assumed)
         rp_buf_addf(b, "# The inventory sets no oreg_url; assumed %s.\n", inv->oreg_url);
     rp_buf_addf(b, "\n[listen \"0.0.0.0:%d\"]\ndefault = %s\n", port, inv->regs[0].name);
+    /* The admin listener's default, 127.0.0.1:5001, would take the same port. */
+    if (port == 5001)
+        rp_buf_addf(b, "\n[admin]\n# metrics and probes; the default port is the proxy's "
+                       "here\nlisten = 127.0.0.1:5002\n");
     for (size_t i = 0; i < inv->n_regs; i++) {
         const struct inv_reg *r = &inv->regs[i];
         rp_buf_addf(b, "\n# from %s\n[registry \"%s\"]\nurl = %s\n", r->origin, r->name, r->url);

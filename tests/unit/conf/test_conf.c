@@ -129,7 +129,7 @@ static void test_several_listeners_any_order(void)
                               "default=docker.io\n"
                               "[listen \"[2001:DB8::1]:443\"]\n"
                               "default = QUAY.IO\n"
-                              "[listen \"localhost:65535\"]\n"
+                              "[listen \"127.0.0.2:65535\"]\n"
                               "[registry \"quay\"]\n"
                               "url = https://quay.io/\n"
                               "[registry \"hub\"]\n"
@@ -148,7 +148,7 @@ static void test_several_listeners_any_order(void)
     CHECK_STR(c->listens[2].host, "2001:db8::1");
     CHECK_INT(c->listens[2].port, 443);
     CHECK(c->listens[2].def == &c->registries[0]); /* by host, case-insensitively */
-    CHECK_STR(c->listens[3].host, "localhost");
+    CHECK_STR(c->listens[3].host, "127.0.0.2");
     CHECK_INT(c->listens[3].port, 65535);
     CHECK(c->listens[3].def == NULL);
     CHECK_STR(c->registries[0].url, "https://quay.io");              /* trailing slash stripped */
@@ -158,9 +158,10 @@ static void test_several_listeners_any_order(void)
 
 static void test_registry_fields(void)
 {
+    /* Certificate paths must name readable files; what is in them is the server's business. */
     struct rp_conf *c = parse("[listen \"127.0.0.1:5000\"]\n"
-                              "tls_cert = /etc/regproxy/tls.crt\n"
-                              "tls_key = tls.key\n"
+                              "tls_cert = /etc/passwd\n"
+                              "tls_key = Makefile\n"
                               "[registry \"a\"]\n"
                               "url = http://LOCALHOST:5001\n"
                               "user = 12345678|cluster-pull\n"
@@ -181,8 +182,8 @@ static void test_registry_fields(void)
         fprintf(stderr, "%s\n", err);
         return;
     }
-    CHECK_STR(c->listens[0].tls_cert, "/etc/regproxy/tls.crt");
-    CHECK_STR(c->listens[0].tls_key, "tls.key"); /* source has no directory */
+    CHECK_STR(c->listens[0].tls_cert, "/etc/passwd");
+    CHECK_STR(c->listens[0].tls_key, "Makefile"); /* source has no directory */
     const struct rp_conf_registry *a = &c->registries[0];
     CHECK_STR(a->url, "http://LOCALHOST:5001");
     CHECK_STR(a->scheme, "http");
@@ -352,17 +353,17 @@ static void test_url_values(void)
 
 static void test_listen_addresses(void)
 {
-    static const char *const bad[] = {"5000",         ":5000",         "host:",     "host:0",
-                                      "host:65536",   "::1:5000",      "[::1]5000", "[::1]",
-                                      "[zz::1]:5000", "h st:5000",     "a..b:5000", "host:50:00",
-                                      "*:5000",       "[1.2.3.4]:5000"};
+    static const char *const bad[] = {
+        "5000",      ":5000",          "host:",          "host:0",     "host:65536",   "::1:5000",
+        "[::1]5000", "[::1]",          "[zz::1]:5000",   "h st:5000",  "a..b:5000",    "host:50:00",
+        "*:5000",    "[1.2.3.4]:5000", "localhost:5000", "1.2.3:5000", "[::1%lo]:5000"};
     char text[256], want[256];
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         snprintf(text, sizeof(text), "[registry \"r\"]\nurl = https://r\n[listen \"%s\"]\n",
                  bad[i]);
         snprintf(want, sizeof(want),
-                 "test.conf:3: bad listen address \"%s\": expected host:port or [v6]:port (port "
-                 "1-65535)",
+                 "test.conf:3: bad listen address \"%s\": expected IPV4:PORT or [IPV6]:PORT, an "
+                 "address and not a host name (port 1-65535)",
                  bad[i]);
         expect_err(text, want);
     }
@@ -381,9 +382,15 @@ static void test_syntax_errors(void)
     expect_err(MINIMAL "[listen \"127.0.0.1:5000\"]\n",
                "test.conf:4: duplicate section [listen \"127.0.0.1:5000\"] (same address as "
                "[listen \"127.0.0.1:5000\"])");
-    expect_err(MINIMAL "[listen \"LOCALHOST:1\"]\n[listen \"localhost:1\"]\n",
-               "test.conf:5: duplicate section [listen \"localhost:1\"] (same address as [listen "
-               "\"LOCALHOST:1\"])");
+    expect_err(MINIMAL "[listen \"[FD00::0:1]:1\"]\n[listen \"[fd00::1]:1\"]\n",
+               "test.conf:5: duplicate section [listen \"[fd00::1]:1\"] (same address as [listen "
+               "\"[FD00::0:1]:1\"])");
+    expect_err(MINIMAL "[listen \"127.0.0.2:1\"]\n[listen \"0.0.0.0:1\"]\n",
+               "test.conf:5: overlapping section [listen \"0.0.0.0:1\"] (a wildcard address takes "
+               "the port of [listen \"127.0.0.2:1\"])");
+    expect_err(MINIMAL "[listen \"localhost:1\"]\n",
+               "test.conf:4: bad listen address \"localhost:1\": expected IPV4:PORT or "
+               "[IPV6]:PORT, an address and not a host name (port 1-65535)");
     expect_err(MINIMAL "[cache]\n[cache]\n", "test.conf:5: duplicate section [cache]");
     expect_err(MINIMAL "[mirror \"x\"]\n", "test.conf:4: unknown section [mirror]");
     expect_err(MINIMAL "[Registry \"x\"]\n",
@@ -442,10 +449,27 @@ static void test_structure_errors(void)
                "test.conf:2: missing required key 'url' in [registry \"r\"]");
     expect_err("[listen \"1.2.3.4:1\"]\ndefault = nope\n[registry \"r\"]\nurl = https://r\n",
                "test.conf:2: default 'nope' in [listen \"1.2.3.4:1\"] names no [registry]");
-    expect_err("[listen \"1.2.3.4:1\"]\ntls_cert = a.crt\n" MINIMAL,
+    expect_err("[listen \"1.2.3.4:1\"]\ntls_cert = Makefile\n" MINIMAL,
                "test.conf:2: 'tls_cert' in [listen \"1.2.3.4:1\"] needs 'tls_key'");
-    expect_err(MINIMAL "[listen \"1.2.3.4:1\"]\n\ntls_key = a.key\n",
+    expect_err(MINIMAL "[listen \"1.2.3.4:1\"]\n\ntls_key = Makefile\n",
                "test.conf:6: 'tls_key' in [listen \"1.2.3.4:1\"] needs 'tls_cert'");
+    expect_err(MINIMAL "[listen \"1.2.3.4:1\"]\n\ntls_key = no-such.key\n",
+               "test.conf:6: tls_key 'no-such.key' in [listen \"1.2.3.4:1\"]: No such file or "
+               "directory");
+    expect_err(MINIMAL "[listen \"1.2.3.4:1\"]\nallow = 10.0.0.1/8\n",
+               "test.conf:5: bad value for 'allow' in [listen \"1.2.3.4:1\"]: host bits set after "
+               "the prefix length: write the network's first address (10.0.0.0/8), or a single "
+               "address (10.0.0.1 or 10.0.0.1/32)");
+    expect_err(MINIMAL "[listen \"1.2.3.4:1\"]\nallow = fd00::1/8\n",
+               "test.conf:5: bad value for 'allow' in [listen \"1.2.3.4:1\"]: host bits set after "
+               "the prefix length: write the network's first address (10.0.0.0/8), or a single "
+               "address (10.0.0.1 or 10.0.0.1/32)");
+    expect_err(MINIMAL "[listen \"127.0.0.1:5001\"]\n",
+               "test.conf: [admin] listen 127.0.0.1:5001 (its default) takes the port of [listen "
+               "\"127.0.0.1:5001\"]: give the admin listener another address or port, or off");
+    expect_err(MINIMAL "[admin]\nlisten = 0.0.0.0:7\n[listen \"[::1]:7\"]\n",
+               "test.conf:5: [admin] listen 0.0.0.0:7 takes the port of [listen \"[::1]:7\"]: give "
+               "the admin listener another address or port, or off");
     expect_err(MINIMAL "password = x\n",
                "test.conf:4: 'password' in [registry \"r\"] needs 'user'");
     /* NUL bytes, long lines, too many sections. */
@@ -1902,6 +1926,8 @@ static void test_import_inventory_yaml(void)
     }
     static const char *const secrets[] = {"yaml-oreg-secret", "yaml-pass-1", "0123456789", NULL};
     CHECK(strstr(text, "[listen \"0.0.0.0:5001\"]\n") != NULL);
+    CHECK(strstr(text, "[admin]\n# metrics and probes; the default port is the proxy's here\n"
+                       "listen = 127.0.0.1:5002\n") != NULL);
     CHECK(strstr(text, "\n# oreg_url=10.0.0.5:5001/openshift3/ose-${component}:${version}\n") !=
           NULL);
     struct rp_conf *c = check_imported(text, secrets);
@@ -2231,7 +2257,8 @@ static void test_admin_and_access_keys(void)
          "t.conf:5: log_level in [admin] must be debug, info, warn or error"},
         {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin]\n"
          "listen = nowhere\n",
-         "t.conf:5: listen in [admin]: expected host:port, [v6]:port or off"},
+         "t.conf:5: listen in [admin]: expected IPV4:PORT, [IPV6]:PORT (an address, not a host "
+         "name) or off"},
         {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin]\n[admin]\n",
          "t.conf:5: duplicate section [admin]"},
         {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin \"x\"]\n",
