@@ -36,9 +36,14 @@ const char *rp_error_code_for_status(int status, enum rp_route_kind kind)
     case 403:
         return "DENIED";
     case 404:
-        return kind == RP_ROUTE_BLOB       ? "BLOB_UNKNOWN"
-               : kind == RP_ROUTE_MANIFEST ? "MANIFEST_UNKNOWN"
-                                           : "NAME_UNKNOWN";
+        /* A registry without the referrers API answers it 404, often not in the registry's
+         * format (docker-registry 2.8: "404 page not found"); clients fall back to the
+         * tag schema unless the code is NAME_UNKNOWN (oras-go reads that as "no such
+         * repository" and fails). A registry-format 404 is relayed as it came. */
+        return kind == RP_ROUTE_BLOB        ? "BLOB_UNKNOWN"
+               : kind == RP_ROUTE_MANIFEST  ? "MANIFEST_UNKNOWN"
+               : kind == RP_ROUTE_REFERRERS ? "UNSUPPORTED"
+                                            : "NAME_UNKNOWN";
     case 405:
         return "UNSUPPORTED";
     case 429:

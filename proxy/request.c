@@ -308,19 +308,31 @@ static char *upstream_path(const struct rp_req *r)
         return rp_xasprintf("/v2/%s/manifests/%s", rt->name, rt->ref);
     case RP_ROUTE_BLOB:
         return rp_xasprintf("/v2/%s/blobs/%s", rt->name, rt->ref);
-    case RP_ROUTE_REFERRERS:
-        if (rt->artifact_type[0])
-            return rp_xasprintf("/v2/%s/referrers/%s?artifactType=%s", rt->name, rt->ref,
-                                rt->artifact_type);
-        return rp_xasprintf("/v2/%s/referrers/%s", rt->name, rt->ref);
+    case RP_ROUTE_REFERRERS: {
+        if (!rt->artifact_type[0])
+            return rp_xasprintf("/v2/%s/referrers/%s", rt->name, rt->ref);
+        /* Encoded as clients send it: a Go registry reads a bare '+' as a space. */
+        char enc[3 * sizeof(rt->artifact_type)];
+        size_t o = 0;
+        for (const char *c = rt->artifact_type; *c; c++) {
+            if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+                strchr("-._~", *c))
+                enc[o++] = *c;
+            else
+                o += (size_t)snprintf(enc + o, sizeof(enc) - o, "%%%02X", (unsigned char)*c);
+        }
+        enc[o] = '\0';
+        return rp_xasprintf("/v2/%s/referrers/%s?artifactType=%s", rt->name, rt->ref, enc);
+    }
     case RP_ROUTE_TAGS: {
-        char q[200] = "";
-        if (rt->n >= 0 && rt->last[0])
-            snprintf(q, sizeof(q), "?n=%ld&last=%s", rt->n, rt->last);
-        else if (rt->n >= 0)
-            snprintf(q, sizeof(q), "?n=%ld", rt->n);
-        else if (rt->last[0])
-            snprintf(q, sizeof(q), "?last=%s", rt->last);
+        char q[sizeof(rt->extra_query) + 200] = "";
+        if (rt->n >= 0)
+            snprintf(q, sizeof(q), "&n=%ld", rt->n);
+        if (rt->last[0])
+            snprintf(q + strlen(q), sizeof(q) - strlen(q), "&last=%s", rt->last);
+        snprintf(q + strlen(q), sizeof(q) - strlen(q), "%s", rt->extra_query);
+        if (q[0])
+            q[0] = '?';
         return rp_xasprintf("/v2/%s/tags/list%s", rt->name, q);
     }
     case RP_ROUTE_PING:
@@ -1013,14 +1025,55 @@ void rp_req_output_drained(struct rp_req *r)
     }
 }
 
-/* Rewrites a tags/list Link header (`</v2/NAME/tags/list?...>; rel="next"`) into the
- * proxy's namespace: the client's name for the repository, and its ns= when it used one.
- * Returns a new string, or NULL when the link is not one we understand (it is dropped). */
+/* Whether a link-value's parameters (what follows its `>`, up to the next link-value) say
+ * rel="next" (or rel=next; RFC 8288 relation types are case-insensitive). */
+static bool link_is_next(const char *params, size_t len)
+{
+    for (size_t i = 0; i + 3 <= len; i++) {
+        if (!rp_strieq_n(params + i, 3, "rel") ||
+            (i > 0 && params[i - 1] != ';' && params[i - 1] != ' ' && params[i - 1] != '\t'))
+            continue;
+        size_t j = i + 3;
+        while (j < len && (params[j] == ' ' || params[j] == '\t'))
+            j++;
+        if (j >= len || params[j] != '=')
+            continue;
+        j++;
+        while (j < len && (params[j] == ' ' || params[j] == '\t'))
+            j++;
+        bool quoted = j < len && params[j] == '"';
+        j += quoted;
+        if (j + 4 <= len && rp_strieq_n(params + j, 4, "next") &&
+            (j + 4 == len || params[j + 4] == (quoted ? '"' : ';') ||
+             (!quoted && (params[j + 4] == ' ' || params[j + 4] == ','))))
+            return true;
+    }
+    return false;
+}
+
+/* Rewrites a tags/list Link header into the proxy's namespace: of its link-values (upstream
+ * may send several, and repeated Link lines arrive joined by commas) only the one with
+ * rel="next" is kept, as `</v2/CLIENT-NAME/tags/list?...>; rel="next"` with the client's ns=
+ * when it used one; its other parameters and every other link are dropped, so nothing
+ * upstream wrote reaches the client but that page's query. Returns a new string, or NULL
+ * when there is no such link we understand (the header is dropped). */
 static char *rewrite_link(const struct rp_req *r, const char *link)
 {
-    const char *lt = strchr(link, '<');
-    const char *gt = lt ? strchr(lt, '>') : NULL;
-    if (!lt || !gt)
+    const char *lt = NULL, *gt = NULL;
+    for (const char *p = link; (p = strchr(p, '<')) != NULL;) {
+        const char *e = strchr(p, '>');
+        if (!e)
+            return NULL;
+        const char *params = e + 1, *next = strchr(params, '<');
+        size_t plen = next ? (size_t)(next - params) : strlen(params);
+        if (link_is_next(params, plen)) {
+            lt = p;
+            gt = e;
+            break;
+        }
+        p = e + 1;
+    }
+    if (!lt)
         return NULL;
     const char *uri = lt + 1;
     size_t ulen = (size_t)(gt - uri);
@@ -1046,11 +1099,11 @@ static char *rewrite_link(const struct rp_req *r, const char *link)
             return NULL;
     char *out;
     if (r->route.via_ns)
-        out = rp_xasprintf("</v2/%s/tags/list%.*s%sns=%s>%s", r->route.client_name, (int)qlen,
-                           query, qlen ? "&" : "?", r->route.reg->name, gt + 1);
+        out = rp_xasprintf("</v2/%s/tags/list%.*s%sns=%s>; rel=\"next\"", r->route.client_name,
+                           (int)qlen, query, qlen ? "&" : "?", r->route.reg->name);
     else
-        out = rp_xasprintf("</v2/%s/tags/list%.*s>%s", r->route.client_name, (int)qlen, query,
-                           gt + 1);
+        out = rp_xasprintf("</v2/%s/tags/list%.*s>; rel=\"next\"", r->route.client_name, (int)qlen,
+                           query);
     if (!rp_header_value_safe(out)) {
         free(out);
         return NULL;

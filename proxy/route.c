@@ -164,8 +164,8 @@ static int check_path_chars(const char *p, size_t len, const char **why)
     return RP_ROUTE_OK;
 }
 
-/* A host or host:port as containerd writes it in ?ns=: nothing encoded, nothing that could
- * change the meaning of a URL. Upper case is tolerated (lookup is case-insensitive). */
+/* A host or host:port as containerd writes it in ?ns= (decoded): nothing that could change
+ * the meaning of a URL. Upper case is tolerated (lookup is case-insensitive). */
 static bool valid_ns(const char *s, size_t len)
 {
     if (len == 0 || len > 255)
@@ -201,10 +201,66 @@ static bool valid_media_type(const char *s, size_t len)
 }
 
 struct query {
-    const char *ns;
+    char ns[256]; /* decoded */
     size_t ns_len;
     bool has_ns;
 };
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes a query value's %XX escapes into out (NUL-terminated): clients encode values as
+ * Go's url.Values does (containerd's ns=host%3A5000, oras' artifactType=a%2Fb). '+' stays
+ * '+', as media types need it. -1 on a malformed escape, an encoded NUL, or no room; what
+ * was decoded is then validated by the value's own grammar. */
+static int query_decode(const char *v, size_t vlen, char *out, size_t outlen, size_t *olen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < vlen; i++) {
+        char c = v[i];
+        if (c == '%') {
+            if (i + 2 >= vlen || hexval(v[i + 1]) < 0 || hexval(v[i + 2]) < 0)
+                return -1;
+            c = (char)(hexval(v[i + 1]) * 16 + hexval(v[i + 2]));
+            if (c == '\0')
+                return -1;
+            i += 2;
+        }
+        if (o + 1 >= outlen)
+            return -1;
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    *olen = o;
+    return 0;
+}
+
+/* A parameter the router does not know, as forwarded with a tags/list request: registries
+ * such as older Quay page tags with an opaque parameter of their own (next_page=...), which
+ * must reach them again when the client follows the Link. Unreserved characters, '+', '='
+ * and well-formed escapes only. */
+static bool forwardable_param(const char *k, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = k[i];
+        if (c == '%') {
+            if (i + 2 >= len || hexval(k[i + 1]) < 0 || hexval(k[i + 2]) < 0)
+                return false;
+            i += 2;
+        } else if (!is_alnum(c) && !strchr("-._~+=", c)) {
+            return false;
+        }
+    }
+    return len > 0 && k[0] != '=';
+}
 
 static int parse_query(const char *q, size_t len, struct rp_route *out, struct query *qs,
                        const char **why)
@@ -233,12 +289,28 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
         bool known = (klen == 2 && memcmp(k, "ns", 2) == 0) || (klen == 1 && k[0] == 'n') ||
                      (klen == 4 && memcmp(k, "last", 4) == 0) ||
                      (klen == 12 && memcmp(k, "artifactType", 12) == 0);
-        if (!known)
-            continue; /* unknown parameters are ignored, whatever they contain */
+        if (!known) {
+            /* Kept for tags/list only; otherwise ignored, whatever it contains. */
+            size_t have = strlen(out->extra_query);
+            if (forwardable_param(k, plen) && have + plen + 1 < sizeof(out->extra_query)) {
+                out->extra_query[have] = '&';
+                memcpy(out->extra_query + have + 1, k, plen);
+                out->extra_query[have + 1 + plen] = '\0';
+            }
+            continue;
+        }
         if (!eq) {
             *why = "query parameter without a value";
             return RP_ROUTE_E_PARAM_INVALID;
         }
+        char dec[512]; /* more than any valid value: the grammars below judge */
+        size_t dlen;
+        if (query_decode(v, vlen, dec, sizeof(dec), &dlen) != 0) {
+            *why = "malformed percent-encoding in a query value, or a value too long";
+            return RP_ROUTE_E_PARAM_INVALID;
+        }
+        v = dec;
+        vlen = dlen;
         if (klen == 2) {
             if (qs->has_ns) {
                 *why = "repeated ns parameter";
@@ -249,14 +321,9 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
                 return RP_ROUTE_E_NAME_INVALID;
             }
             qs->has_ns = true;
-            qs->ns = v;
+            memcpy(qs->ns, v, vlen + 1);
             qs->ns_len = vlen;
             continue;
-        }
-        /* No percent-decoding anywhere: no valid value needs it. */
-        if (memchr(v, '%', vlen)) {
-            *why = "percent-encoded query value";
-            return RP_ROUTE_E_PARAM_INVALID;
         }
         if (klen == 1) {
             uint64_t n;

@@ -51,7 +51,11 @@ struct rp_route {
     bool via_ns;               /* chosen by ?ns= (Link rewrites must keep the ns parameter) */
     long n;                    /* TAGS: ?n=, -1 when absent; capped at RP_TAGS_N_MAX */
     char last[RP_TAG_MAX + 1]; /* TAGS: ?last=, "" when absent */
-    char artifact_type[256];   /* REFERRERS: ?artifactType=, "" when absent */
+    char artifact_type[256];   /* REFERRERS: ?artifactType= (decoded), "" when absent */
+    /* Query parameters other than ns, n, last and artifactType, as sent, each with a leading
+     * '&' (those with characters beyond [A-Za-z0-9-._~+=%XX], or past the room, are left
+     * out). Forwarded with tags/list: some registries page with their own parameters. */
+    char extra_query[512];
 };
 #define RP_TAGS_N_MAX 10000
 
@@ -61,7 +65,8 @@ struct rp_route {
  * hostport selects it and is stripped; else the listener's default registry. A first
  * component that looks like a host (contains '.' or ':', or is "localhost") but is not
  * configured, an unknown ns, or no default: E_NAME_UNKNOWN. Unknown query parameters are
- * ignored; `ns`, `n`, `last`, `artifactType` are validated. Returns RP_ROUTE_OK or an error;
+ * kept in extra_query (tags/list forwards them); `ns`, `n`, `last`, `artifactType` are
+ * percent-decoded and validated. Returns RP_ROUTE_OK or an error;
  * *why (may be NULL) gets a static human-readable reason. */
 int rp_route_parse(const struct rp_conf *conf, const struct rp_conf_listen *listener,
                    const char *target, size_t len, struct rp_route *out, const char **why);

@@ -155,6 +155,40 @@ def _walk_tags(t, p, first, listener, want_path, want_ns=None):
     eq(pages, 5, "pages of 5 tags")
 
 
+def test_tags_links_only_the_next_page(t):
+    """Of an upstream Link with several link-values over two lines, the client gets only the
+    next page's, rewritten: no foreign URL or other parameter passes through."""
+    p = _proxy(t)
+    _walk_tags(t, p, "/v2/registry.fake.test/mode/tags-links/ns/tags/tags/list?n=5", 0,
+               "/v2/registry.fake.test/mode/tags-links/ns/tags/tags/list")
+    r = p.get("/v2/registry.fake.test/mode/tags-links/ns/tags/tags/list?n=5")
+    eq(r.header("Link"), '</v2/registry.fake.test/mode/tags-links/ns/tags/tags/list'
+       '?last=t04&n=5>; rel="next"', "the rewritten Link")
+
+
+def test_tags_opaque_paging(t):
+    """A registry that pages with its own token (older Quay's next_page) gets it back when
+    the client follows the Link: every tag once, no page repeated."""
+    fr = t.s.fakereg
+    p = _proxy(t)
+    mark = fr.mark()
+    target, tags, pages = "/v2/registry.fake.test/mode/tags-opaque/ns/tags/tags/list?n=7", [], 0
+    while target:
+        r = p.get(target)
+        eq(r.status, 200, "GET %s" % target)
+        tags += r.json()["tags"]
+        pages += 1
+        check(pages <= 6, "more than 6 pages of 7 tags: the token is not forwarded")
+        h = r.header("Link")
+        target = h[1:h.index(">")] if h else None
+        if target:
+            check("next_page=" in target, "Link %r keeps the token" % h)
+    eq(tags, ["t%02d" % i for i in range(lib.NTAGS)], "all tags, in order, once")
+    eq(pages, 4, "pages of 7 of %d tags" % lib.NTAGS)
+    ups = [x for x in fr.requests(mark[0]) if "/tags/list" in x["path"] and x.get("status") == 200]
+    eq(len(ups), 4, "upstream tags/list requests")
+
+
 def test_tags_pagination_and_links(t):
     s = t.s
     fr = s.fakereg
@@ -186,6 +220,25 @@ def test_referrers_forwarded(t):
     u = reg.client().get("/v2/ns/multi/referrers/" + d)
     r = p.get("/v2/ns/multi/referrers/" + d)
     eq(r.status, u.status, "referrers status through the proxy vs docker-registry's")
+    # docker-registry 2.8 has no referrers API: its plain 404 must not read as NAME_UNKNOWN,
+    # which oras-go takes for a missing repository instead of falling back to tags.
+    eq(u.status, 404, "docker-registry 2.8 answers referrers")
+    eq(_errors(r, "referrers on docker-registry"), ["UNSUPPORTED"], "referrers error code")
+    # oras-go encodes artifactType as url.Values does; the registry gets it decoded alike.
+    fr = s.fakereg
+    mark = fr.mark()
+    r = p.get("/v2/registry.fake.test/ns/multi/referrers/" + s.images["multi"]["tags"]["v1"]
+              + "?artifactType=application%2Fvnd.example.sig.v1%2Bjson")
+    eq(r.status, 200, "referrers with an encoded artifactType")
+    qs = [urllib.parse.parse_qs(x["query"]) for x in fr.requests(mark[0])
+          if "/referrers/" in x["path"] and x.get("status") == 200]
+    eq(qs, [{"artifactType": ["application/vnd.example.sig.v1+json"]}],
+       "artifactType as the registry read it")
+    # containerd encodes ns the same way: host%3Aport.
+    r = p.get("/v2/ns/multi/manifests/v1?ns=" + urllib.parse.quote(fr.hostport, safe=""),
+              headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest with ns=%s" % urllib.parse.quote(fr.hostport, safe=""))
+    eq(r.header("Docker-Content-Digest"), s.images["multi"]["tags"]["v1"], "digest via ns")
     r = p.get("/v2/registry.fake.test/ns/multi/referrers/" + s.images["multi"]["tags"]["v1"])
     eq(r.status, 200, "referrers on the fake registry")
     eq(r.json().get("manifests"), [], "referrers index")

@@ -234,6 +234,11 @@ static void test_ns(void)
     CHECK(r.reg == LOCAL);
     CHECK_INT(route_on(NO_DEF, "/v2/team/app/manifests/x?foo=bar&ns=local&x"), RP_ROUTE_OK);
     CHECK(r.reg == LOCAL);
+    /* containerd encodes the value as Go's url.Values does: ':' as %3A. */
+    CHECK_INT(route_on(NO_DEF, "/v2/team/app/manifests/x?ns=127.0.0.1%3A5001"), RP_ROUTE_OK);
+    CHECK(r.reg == LOCAL);
+    CHECK_INT(route("/v2/foo/manifests/x?ns=quay%2eio"), RP_ROUTE_OK);
+    CHECK(r.reg == QUAY);
     /* ns wins over a prefix-like first component: the whole path is the name. */
     CHECK_INT(route("/v2/quay.io/foo/manifests/x?ns=registry.redhat.io"), RP_ROUTE_OK);
     CHECK(r.reg == REDHAT);
@@ -248,7 +253,11 @@ static void test_ns(void)
     /* Malformed ns values. */
     CHECK_INT(route("/v2/foo/manifests/x?ns="), RP_ROUTE_E_NAME_INVALID);
     CHECK_INT(route("/v2/foo/manifests/x?ns"), RP_ROUTE_E_PARAM_INVALID);
-    CHECK_INT(route("/v2/foo/manifests/x?ns=quay%2eio"), RP_ROUTE_E_NAME_INVALID);
+    CHECK_INT(route("/v2/foo/manifests/x?ns=quay%2Fio"), RP_ROUTE_E_NAME_INVALID);
+    CHECK_INT(route("/v2/foo/manifests/x?ns=quay.io%00"), RP_ROUTE_E_PARAM_INVALID);
+    CHECK_INT(route("/v2/foo/manifests/x?ns=quay.io%2"), RP_ROUTE_E_PARAM_INVALID);
+    CHECK_INT(route("/v2/foo/manifests/x?ns=quay.io%zz"), RP_ROUTE_E_PARAM_INVALID);
+    CHECK_INT(route("/v2/foo/manifests/x?ns=evil.example%2F"), RP_ROUTE_E_NAME_INVALID);
     CHECK_INT(route("/v2/foo/manifests/x?ns=user@quay.io"), RP_ROUTE_E_NAME_INVALID);
     CHECK_INT(route("/v2/foo/manifests/x?ns=quay.io/x"), RP_ROUTE_E_NAME_INVALID);
     CHECK_INT(route("/v2/foo/manifests/x?ns=quay.io&ns=quay.io"), RP_ROUTE_E_PARAM_INVALID);
@@ -462,13 +471,22 @@ static void test_tags_list(void)
     CHECK_INT(r.n, 5);
     CHECK_INT(route("/v2/foo/tags/list?"), RP_ROUTE_OK);
     CHECK_INT(route("/v2/foo/tags/list?unknown=%zz&x"), RP_ROUTE_OK);
+    CHECK_STR(r.extra_query, "&x"); /* a malformed escape is not forwarded */
+    /* Registries' own paging parameters travel with tags/list (older Quay's next_page). */
+    CHECK_INT(route("/v2/foo/tags/list?n=2&next_page=c3Rh%3D&ns=quay.io"), RP_ROUTE_OK);
+    CHECK_STR(r.extra_query, "&next_page=c3Rh%3D");
+    CHECK_INT(r.n, 2);
+    CHECK_INT(route("/v2/foo/tags/list?a=<b>&c=d/e&f=g"), RP_ROUTE_OK);
+    CHECK_STR(r.extra_query, "&f=g");
+    CHECK_INT(route("/v2/foo/tags/list?n=1%30"), RP_ROUTE_OK);
+    CHECK_INT(r.n, 10);
 
     CHECK_INT(route("/v2/foo/tags/list?n=abc"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/tags/list?n=-1"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/tags/list?n=+1"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/tags/list?n="), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/tags/list?n"), RP_ROUTE_E_PARAM_INVALID);
-    CHECK_INT(route("/v2/foo/tags/list?n=1%30"), RP_ROUTE_E_PARAM_INVALID);
+    CHECK_INT(route("/v2/foo/tags/list?n=1%3"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/tags/list?n=18446744073709551616"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/tags/list?n=1&n=2"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/tags/list?last=.bad"), RP_ROUTE_E_PARAM_INVALID);
@@ -493,7 +511,13 @@ static void test_referrers(void)
     CHECK_INT(route("/v2/foo/referrers/" SHA256 "?artifactType=text"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/referrers/" SHA256 "?artifactType=a/b/c"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/referrers/" SHA256 "?artifactType=/b"), RP_ROUTE_E_PARAM_INVALID);
-    CHECK_INT(route("/v2/foo/referrers/" SHA256 "?artifactType=a%2Fb"), RP_ROUTE_E_PARAM_INVALID);
+    /* As oras-go sends it: the value encoded by url.Values. */
+    CHECK_INT(
+        route("/v2/foo/referrers/" SHA256 "?artifactType=application%2Fvnd.cncf.notary.signature"),
+        RP_ROUTE_OK);
+    CHECK_STR(r.artifact_type, "application/vnd.cncf.notary.signature");
+    CHECK_INT(route("/v2/foo/referrers/" SHA256 "?artifactType=a%2Fb%3Bx"),
+              RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/referrers/" SHA256 "?artifactType=a/b;x=y"), RP_ROUTE_E_PARAM_INVALID);
     CHECK_INT(route("/v2/foo/referrers/" SHA256 "?artifactType="), RP_ROUTE_E_PARAM_INVALID);
     char t[700];
