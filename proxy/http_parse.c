@@ -71,8 +71,26 @@ static int parse_request_line(const char *p, size_t n, bool complete, size_t max
     if (v[5] != '1' || (v[7] != '0' && v[7] != '1'))
         return RP_HTTP_E_VERSION;
     out->minor = v[7] - '0';
-    if (out->target[0] != '/')
-        return RP_HTTP_E_TARGET;
+    if (out->target[0] != '/') {
+        /* absolute-form, which RFC 9112 3.2.2 says a server must accept (clients set to use
+         * an HTTP proxy send it): its authority is dropped, as routing never reads a host
+         * from a request; the path and query are the target. */
+        const char *tg = out->target;
+        size_t tl = out->target_len, s;
+        if (tl > 7 && rp_strieq_n(tg, 7, "http://"))
+            s = 7;
+        else if (tl > 8 && rp_strieq_n(tg, 8, "https://"))
+            s = 8;
+        else
+            return RP_HTTP_E_TARGET;
+        size_t a = s;
+        while (a < tl && tg[a] != '/' && tg[a] != '?' && tg[a] != '#')
+            a++;
+        if (a == s || a == tl || tg[a] != '/')
+            return RP_HTTP_E_TARGET;
+        out->target = tg + a;
+        out->target_len = tl - a;
+    }
 
     if (i == 3 && memcmp(p, "GET", 3) == 0)
         out->method = RP_HTTP_GET;

@@ -24,7 +24,8 @@ struct rp_http_request_head {
     enum rp_http_method method;
     const char *method_str;
     size_t method_len;
-    const char *target; /* as sent: origin-form "/..." (others are rejected) */
+    const char *target; /* origin-form "/...": as sent, or the path and query of an
+                           absolute-form target (its authority dropped); others are rejected */
     size_t target_len;
     int minor; /* HTTP/1.<minor>: 0 or 1 */
     struct rp_http_header headers[RP_HTTP_MAX_HEADERS];
@@ -45,8 +46,8 @@ enum rp_http_parse_err {
     RP_HTTP_E_FRAMING = -5,           /* 400 + close: both Content-Length and
                                          Transfer-Encoding, differing or repeated
                                          Content-Length, malformed Content-Length */
-    RP_HTTP_E_TARGET = -6,            /* 400: absolute-form, authority-form (CONNECT) or
-                                         asterisk-form target */
+    RP_HTTP_E_TARGET = -6,            /* 400: authority-form (CONNECT), asterisk-form, or an
+                                         absolute-form other than http(s)://host/path */
 };
 
 /* Parses the head at buf[0..len). Returns the head's length in bytes (> 0, including the

@@ -683,7 +683,8 @@ static void conn_parse_one(struct rp_conn *c)
         conn_reject(c, NULL, 400, "UNSUPPORTED", "conflicting or malformed message framing");
         return;
     case RP_HTTP_E_TARGET:
-        conn_reject(c, NULL, 400, "UNSUPPORTED", "only origin-form request targets are accepted");
+        conn_reject(c, NULL, 400, "UNSUPPORTED",
+                    "only origin-form and http(s) absolute-form request targets are accepted");
         return;
     default:
         if (n < 0) {
@@ -693,17 +694,19 @@ static void conn_parse_one(struct rp_conn *c)
     }
     /* Keep-alive is bounded too: the last allowed request is answered with close. */
     c->keep_alive = h.keep_alive && ++c->n_requests < MAX_REQUESTS_PER_CONN && !c->srv->stopping;
-    /* A pull proxy takes no uploads: any body is refused and the connection closed, so
-     * its bytes can never be read as a second request. */
-    if (h.has_body) {
-        conn_reject(c, &h, 400, "UNSUPPORTED", "request bodies are not accepted");
-        return;
-    }
+    /* A pull proxy takes no uploads: a push (PUT of a manifest, PATCH of a blob, with
+     * their bodies) is told 405 as a read-only registry tells it; any other body is
+     * refused. Either way the connection closes, so a body's bytes can never be read as a
+     * second request. */
     if (h.method != RP_HTTP_GET && h.method != RP_HTTP_HEAD) {
         c->keep_alive = false;
         conn_refuse(c, &h, 405, "UNSUPPORTED", "only GET and HEAD are supported",
                     "Allow: GET, HEAD\r\n", "method not allowed");
         conn_close_after_flush(c);
+        return;
+    }
+    if (h.has_body) {
+        conn_reject(c, &h, 400, "UNSUPPORTED", "request bodies are not accepted");
         return;
     }
     if (c->denied) {

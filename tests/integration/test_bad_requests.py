@@ -90,6 +90,24 @@ def test_oversized_and_garbage_requests(t):
           "garbage request: expected a 4xx or a closed connection, got %r" % out[:80])
     for method in ("PUT", "POST", "DELETE", "PATCH"):
         st, _, body = p.raw(method, "/v2/ns/multi/manifests/latest")
-        check(st in (400, 405), "%s: expected 405 (or 400), got %d %r" % (method, st, body[:100]))
+        eq(st, 405, "%s without a body (%r)" % (method, body[:100]))
+    # A push, body and all, is told 405 as a read-only registry tells it, and the body is
+    # never read as a request.
+    man = b'{"schemaVersion":2}'
+    for req in (b"PUT /v2/ns/multi/manifests/pushed HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/vnd.oci.image.manifest.v1+json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(man), man),
+                b"PATCH /v2/ns/multi/blobs/uploads/u HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n4\r\nGET \r\n0\r\n\r\n",
+                b"PUT /v2/ns/multi/manifests/pushed HTTP/1.1\r\nHost: x\r\nExpect: 100-continue"
+                b"\r\nContent-Length: 10\r\n\r\n"):
+        out = lib.raw_exchange(p.port, req)
+        check(re.match(rb"^HTTP/1\.1 405 ", out) and b"\r\nAllow: GET, HEAD\r\n" in out
+              and out.count(b"HTTP/1.1 ") == 1,
+              "%r: expected one 405 with Allow, got %r" % (req[:40], out[:300]))
+    # absolute-form (RFC 9112 3.2.2): the path is served; the authority is never dialed.
+    out = lib.raw_exchange(p.port, b"GET http://169.254.169.254:80/v2/ HTTP/1.1\r\nHost: x\r\n"
+                           b"Connection: close\r\n\r\n")
+    check(out.startswith(b"HTTP/1.1 200 "), "absolute-form /v2/: got %r" % out[:200])
     eq(p.get("/v2/").status, 200, "the proxy still answers after all that")
     eq(canary.count, 0, "connections to the canary upstream")

@@ -151,7 +151,15 @@ static void test_version(void)
 
 static void test_target_forms(void)
 {
-    CHECK_INT(parse("GET http://evil.example/v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+    /* absolute-form: the authority names nothing we dial; the path is the target. */
+    CHECK(parse("GET http://evil.example/v2/x?n=1 HTTP/1.1\r\nHost: x\r\n\r\n") > 0);
+    CHECK(h.target_len == 9 && memcmp(h.target, "/v2/x?n=1", 9) == 0);
+    CHECK(parse("GET HTTPS://a:1/v2/ HTTP/1.1\r\nHost: x\r\n\r\n") > 0);
+    CHECK(h.target_len == 4 && memcmp(h.target, "/v2/", 4) == 0);
+    CHECK_INT(parse("GET http://evil.example HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+    CHECK_INT(parse("GET http:///v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+    CHECK_INT(parse("GET http://a?/v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
+    CHECK_INT(parse("GET ftp://a/v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
     CHECK_INT(parse("CONNECT evil.example:443 HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
     CHECK_INT(parse("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
     CHECK_INT(parse("GET v2/ HTTP/1.1\r\nHost: x\r\n\r\n"), RP_HTTP_E_TARGET);
