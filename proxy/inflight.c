@@ -2,7 +2,10 @@
 /* inflight: concurrent misses for the same manifest share one upstream request. The first
  * request leads (it fetches, verifies and caches); the others wait and, when the leader is
  * done, look up again: a success is then a cache hit. After a failure each waiter asks
- * upstream once more on its own (an error answer is not something to cache or replay). */
+ * upstream once more on its own (an error answer is not something to cache or replay). A
+ * leader that goes away before upstream answered (its client left, its fetch cancelled)
+ * has no answer at all: its waiters share one fetch again, led by the first of them.
+ * Clients that give up on a slow upstream are the herd this exists for. */
 #include "proxy.h"
 
 #include <event2/event.h>
@@ -15,6 +18,7 @@ struct rp_inflight {
     struct rp_req *leader;
     TAILQ_HEAD(, rp_req) waiters;
     struct event *wake;
+    bool answered; /* the leader's fetch ended with upstream's answer, not cancelled */
     TAILQ_ENTRY(rp_inflight) link;
 };
 
@@ -65,7 +69,10 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     while ((r = TAILQ_FIRST(&f->waiters))) {
         TAILQ_REMOVE(&f->waiters, r, inflight_link);
         r->inflight = NULL;
-        r->coalesced = true; /* no second wait: it fetches itself if the cache still misses */
+        /* After an answer the cache did not keep, no second wait: each fetches itself.
+         * Without one, the first woken leads a new entry (find skips this one) and the
+         * others join it, as fresh misses would. */
+        r->coalesced = f->answered;
         r->state = RQ_LOOKUP;
         rp_req_drive(r);
     }
@@ -99,13 +106,14 @@ bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r)
     return false;
 }
 
-void rp_inflight_done(struct rp_req *r)
+void rp_inflight_done(struct rp_req *r, bool answered)
 {
     struct rp_inflight *f = r->leads;
     if (!f)
         return;
     r->leads = NULL;
     f->leader = NULL;
+    f->answered = answered;
     if (TAILQ_EMPTY(&f->waiters)) {
         entry_free(f);
         return;

@@ -147,7 +147,9 @@ void rp_fills_free_all(struct rp_server *srv);
  * driven again, from the loop, when that one is done); false when r should fetch, in which
  * case it leads and must call rp_inflight_done when its fetch ends. */
 bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r);
-void rp_inflight_done(struct rp_req *r);  /* the leader's fetch ended (or it went away) */
+/* The leader's fetch ended: answered, or cancelled with its client (its waiters then share
+ * a fetch again rather than each making one). */
+void rp_inflight_done(struct rp_req *r, bool answered);
 void rp_inflight_leave(struct rp_req *r); /* a waiter went away */
 void rp_inflight_free_all(struct rp_server *srv);
 

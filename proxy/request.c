@@ -128,7 +128,8 @@ void rp_req_free(struct rp_req *r)
         return;
     if (r->fetch)
         rp_fetch_cancel(r->fetch);
-    rp_inflight_done(r);
+    /* Still leading here means the fetch was cancelled before it ended: no answer. */
+    rp_inflight_done(r, false);
     rp_inflight_leave(r);
     rp_fill_leave(r);
     if (r->fill_fd >= 0)
@@ -1310,7 +1311,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
     struct rp_req *r = arg;
     r->fetch = NULL;
     /* Waiters look up again from the loop, after this answer is cached (or not). */
-    rp_inflight_done(r);
+    rp_inflight_done(r, true);
     if (res->status)
         r->up_status = res->status;
     if (r->range_refused) {

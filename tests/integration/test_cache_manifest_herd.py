@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Concurrent misses for one manifest share one upstream request, as blobs and tokens do:
 30 clients asking for the same uncached tag at once make one upstream manifest GET, and all
-get the same bytes. Clients with a different Accept list are not merged with them."""
+get the same bytes. Clients with a different Accept list are not merged with them. A
+leading client that gives up before upstream answered hands the fetch on to the others."""
 import socket
 import time
 
@@ -56,3 +57,80 @@ def test_miss_after_the_leader_is_done(t):
         a.close()
         b.close()
     eq(p.get("/v2/").status, 200, "the proxy still answers")
+
+
+def _answer(sock):
+    """Status line and body of one response with a Content-Length (b"" when cut)."""
+    buf = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = [int(x.split(b":", 1)[1]) for x in head.split(b"\r\n")
+                      if x.lower().startswith(b"content-length:")]
+            if length and len(body) >= length[0]:
+                return head.split(b"\r\n", 1)[0], body[:length[0]]
+        try:
+            d = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not d:
+            break
+        buf += d
+    return buf.split(b"\r\n", 1)[0], b""
+
+
+def _herd_with_leavers(t, leavers, waiters=10):
+    """One client leads a miss for a tag upstream answers after 1.5 s, `waiters` wait on
+    it; then the leader and the first leavers-1 waiters hang up, one after the other, each
+    while it leads. Returns the upstream manifest GETs with credentials and what the rest
+    were answered."""
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf()])
+    path = "/v2/mode/slowmanifest/ns/multi/manifests/v1"
+    req = ("GET %s HTTP/1.1\r\nHost: x\r\nAccept: %s\r\n\r\n"
+           % (path, lib.ACCEPT_ALL)).encode()
+    mark = len(fr.requests())
+    socks = [socket.create_connection(("127.0.0.1", p.port), timeout=30)]
+    socks[0].sendall(req)
+    time.sleep(0.3)
+    for _ in range(waiters):
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+        s.sendall(req)
+        socks.append(s)
+    for s in socks[:leavers]:
+        time.sleep(0.3)  # well inside upstream's 1.5 s
+        s.close()
+    got = []
+    for s in socks[leavers:]:
+        got.append(_answer(s))
+        s.close()
+    time.sleep(2)  # the fake registry logs a GET when it ends, a cancelled one late
+    # The proxy's first GET learns that the registry wants Basic auth (a 401): not counted.
+    gets = [r for r in fr.requests(since=mark)
+            if r.get("method") == "GET" and "/manifests/" in r.get("path", "") and
+            "Authorization" in r.get("headers", {})]
+    return len(gets), got
+
+
+def _check_answers(t, got):
+    eq(sorted({status for status, _ in got}), [b"HTTP/1.1 200 OK"], "waiter statuses")
+    eq({lib.sha256(body) for _, body in got}, {t.s.images["multi"]["tags"]["v1"]},
+       "manifest digests the waiters got")
+
+
+def test_manifest_herd_leader_leaves(t):
+    """The leader's client hangs up before upstream answered: its fetch is cancelled, and
+    the waiters used to be woken to fetch one each (11 GETs for 10 waiters)."""
+    n, got = _herd_with_leavers(t, leavers=1)
+    _check_answers(t, got)
+    check(n <= 2, "upstream manifest GETs for a leader that left and 10 waiters: want at most "
+          "2 (the cancelled one and one for all waiters), got %d" % n)
+
+
+def test_manifest_herd_leaders_leave_in_turn(t):
+    """The waiter that took over leaves too: the next one takes over from it."""
+    n, got = _herd_with_leavers(t, leavers=3)
+    _check_answers(t, got)
+    check(n <= 4, "upstream manifest GETs for 3 leaders that left in turn and 8 waiters: want "
+          "at most 4, got %d" % n)
