@@ -367,7 +367,8 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
                                            f->err_body.len);
         } else if (res->fail == RP_FETCH_E_TOKEN || res->fail == RP_FETCH_E_AUTH) {
-            rp_req_upstream_error(r, 401, "UNAUTHORIZED", "cannot authenticate upstream",
+            /* 502: the registry refused the proxy, not the client (see up_failed). */
+            rp_req_upstream_error(r, 502, "UNAUTHORIZED", "cannot authenticate upstream",
                                   res->status, f->fail_reason ? f->fail_reason : res->err);
         } else if (res->fail == RP_FETCH_E_TRANSPORT && !res->status) {
             rp_req_upstream_error(r, 503, "UNAVAILABLE", "upstream registry unreachable", 0,

@@ -1253,8 +1253,11 @@ static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
         int e = res->token_err;
         char *msg =
             rp_xasprintf("cannot authenticate to %s: %s", r->route.reg->name, rp_auth_strerror(e));
+        /* 502, not 401: the client is anonymous here and its request was fine; a 401
+         * (which must carry a challenge) would send it to log in, or its admin to add
+         * pull secrets, when the proxy's own credentials are what the registry refused. */
         if (e == RP_AUTH_E_REJECTED || e == RP_AUTH_E_NO_CREDENTIALS)
-            rp_req_upstream_error(r, 401, "UNAUTHORIZED", msg, 0, NULL);
+            rp_req_upstream_error(r, 502, "UNAUTHORIZED", msg, 0, NULL);
         else if (e == RP_AUTH_E_REALM_ERROR)
             rp_req_upstream_error(r, 503, "UNAVAILABLE", msg, 0, err);
         else
@@ -1265,7 +1268,7 @@ static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
     case RP_FETCH_E_AUTH: {
         char *msg = rp_xasprintf("upstream %s refused the request: %s", r->route.reg->name,
                                  rp_auth_strerror(res->auth_err));
-        rp_req_upstream_error(r, 401, "UNAUTHORIZED", msg, 401, NULL);
+        rp_req_upstream_error(r, 502, "UNAUTHORIZED", msg, 401, NULL); /* 502: as above */
         free(msg);
         return;
     }

@@ -51,10 +51,13 @@ def test_rotation_during_pull(t):
 
 
 def _wrong_password_proxy(t, reg):
-    """A proxy whose password file for reg is wrong (checked: a 401); (proxy, that file)."""
+    """A proxy whose password file for reg is wrong (checked: a 502 UNAUTHORIZED); (proxy, that
+    file)."""
     p = t.proxy(registries=[reg.conf("registry.token.test", password="wrong-at-first")])
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    eq(r.status, 401, "manifest with a wrong password")
+    eq(r.status, 502, "manifest with a wrong password")
+    eq([e["code"] for e in r.json()["errors"]], ["UNAUTHORIZED"], "error code")
+    eq(r.header("WWW-Authenticate"), None, "a challenge to the anonymous client")
     return p, os.path.join(p.dir, "registry.token.test.pw")
 
 

@@ -381,8 +381,14 @@ def test_framing_and_bodies_refused(t):
     for m in (b"POST", b"PUT", b"DELETE", b"PATCH"):
         out = _raw(p, m + b" /v2/ns/multi/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n\r\n")
         check(out.startswith(b"HTTP/1.1 405"), "%s: %r" % (m, out[:80]))
-    out = _raw(p, b"GET http://evil.example/v2/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
-    check(out.startswith(b"HTTP/1.1 400"), "absolute-form target: %r" % out[:80])
+    # absolute-form is served as its path: the host in it is never dialed.
+    out = _raw(p, b"GET http://evil.example/v2/ns/multi/manifests/v1 HTTP/1.1\r\n"
+               b"Host: evil.example\r\nConnection: close\r\n"
+               b"Accept: application/vnd.oci.image.manifest.v1+json\r\n\r\n")
+    check(out.startswith(b"HTTP/1.1 200"), "absolute-form target: %r" % out[:80])
+    mark = reg.mark()
+    out = _raw(p, b"GET ftp://evil.example/v2/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    check(out.startswith(b"HTTP/1.1 400"), "ftp absolute-form target: %r" % out[:80])
     out = _raw(p, b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n")
     check(out.startswith(b"HTTP/1.1 4"), "CONNECT: %r" % out[:80])
     eq(len(reg.since(mark)), 0, "upstream requests caused by refused requests")
