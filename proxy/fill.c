@@ -348,7 +348,8 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
 }
 
 /* Every reader is told the fill failed: one that has not had its head yet gets an error
- * answer; one that is mid-body is cut off. */
+ * answer; one that is mid-body is cut off. The fill must be unlisted first: a reader of
+ * another repository looks up again and must not find it. */
 static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
 {
     struct rp_req *r;
@@ -356,6 +357,15 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
         reader_detach(r);
         if (r->fill_fd >= 0) {
             rp_req_finish(r, "fill");
+            continue;
+        }
+        if (!f->disk_full && !rp_fill_is_for(f, r->route.reg, r->route.name)) {
+            /* Joined from another repository (confirmed upstream, or linked): what failed
+             * is the fill's repository, its registry's answer for it, its download; this
+             * one's may serve it. It starts over: the first to do so begins a download
+             * from its own repository, and the others join that. */
+            r->state = RQ_LOOKUP;
+            rp_req_drive(r);
             continue;
         }
         if (f->disk_full) {

@@ -118,6 +118,8 @@ void rp_tokens_free_all(struct rp_server *srv);
 
 /* Joins the fill of r's blob, starting one when none runs. r becomes a reader: fill.c
  * answers it (headers when upstream's arrive, bytes as they land, an error or an abort).
+ * A reader of another repository that has no head yet when the fill fails looks up again
+ * (RQ_LOOKUP) rather than take that repository's error.
  * Returns 0, or -1 when no fill could be started (r was answered with an error). */
 int rp_fill_join(struct rp_server *srv, struct rp_req *r);
 /* Starts downloading a blob into the cache with no reader, behind a range of it that was

@@ -3,7 +3,9 @@
 makes exactly one upstream download, every client gets the whole blob with the right
 digest, and the blob is then a cache hit. Wall times (the herd vs one cold GET on a fresh
 proxy) are printed, not asserted."""
+import json
 import os
+import threading
 import time
 
 import lib
@@ -116,3 +118,28 @@ def test_herd_across_repositories(t):
     check(1 <= len(heads) <= per_repo,
           "expected the second repository's clients to be confirmed by HEAD upstream "
           "(1..%d HEADs), saw %s" % (per_repo, heads))
+
+
+def test_herd_other_repository_fails(t):
+    """A shared download fails for the repository that started it (upstream 404s it there
+    after 1.5 s): a client of another repository, which upstream confirmed has the blob and
+    which joined that download meanwhile, gets the blob from its own repository, not the
+    other's 404."""
+    fr = t.s.fakereg
+    r = fr.client().manifest("ns/large", "v1")
+    eq(r.status, 200, "ns/large manifest straight from the fake registry")
+    d = min(json.loads(r.body)["layers"], key=lambda x: x["size"])["digest"]
+    p = t.proxy(registries=[fr.conf()])
+    res = {}
+
+    def a():
+        res["a"] = p.get("/v2/mode/slowblob404/ns/large/blobs/" + d)
+
+    th = threading.Thread(target=a)
+    th.start()
+    time.sleep(0.3)  # A's download is waiting for upstream's slow 404
+    rb = lib.stream_get(p.port, "/v2/ns/large/blobs/" + d)
+    th.join()
+    eq(res["a"].status, 404, "the repository whose upstream 404s the blob")
+    eq((rb.status, rb.complete, rb.digest), (200, True, d),
+       "the other repository's client, which joined the failed download (%r)" % rb)
