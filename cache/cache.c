@@ -66,8 +66,8 @@
  * bytes either way).
  *
  * Eviction runs after every publish and when the last user releases a blob: while size >
- * max_size, unlink the least recently used entry that is neither pinned nor in use. Use means
- * blob_open (until release) or manifest_get/peek.
+ * max_size, unlink the least recently used entry that is neither pinned nor in use, nor the blob
+ * just published (evict_published). Use means blob_open (until release) or manifest_get/peek.
  *
  * Memory. Three bounded caches in front of the files make a warm "manifest by tag" request
  * cost no system call and no hashing of content:
@@ -1472,7 +1472,11 @@ void rp_cache_set_max_size(struct rp_cache *c, uint64_t max_size)
     c->max_size = max_size;
 }
 
-size_t rp_cache_evict(struct rp_cache *c)
+/* Least recently used first, never what is in use nor `keep`: the entry a publish just
+ * made. Over max_size only because of in-use entries, the walk would otherwise go on to
+ * it and take it too, though it just crossed the network and the bytes the readers hold
+ * are freed by no eviction; rp_cache_release evicts again once they let go. */
+static size_t evict_sparing(struct rp_cache *c, const struct entry *keep)
 {
     size_t n = 0;
     if (!c || !c->max_size)
@@ -1480,13 +1484,18 @@ size_t rp_cache_evict(struct rp_cache *c)
     struct entry *e = c->lru.next;
     while (c->st.size > c->max_size && e != &c->lru) {
         struct entry *next = e->next;
-        if (e->in_use == 0) {
+        if (e->in_use == 0 && e != keep) {
             evict_entry(c, e);
             n++;
         }
         e = next;
     }
     return n;
+}
+
+size_t rp_cache_evict(struct rp_cache *c)
+{
+    return evict_sparing(c, NULL);
 }
 
 /* Bytes of pinned content present: room max_size cannot give to anything else. A walk of
@@ -1519,6 +1528,19 @@ bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size)
      * other unpinned entry and then itself. */
     uint64_t pinned = pinned_bytes(c);
     return pinned < c->max_size && size <= c->max_size - pinned;
+}
+
+/* Eviction after publishing e: e goes only when it does not fit beside the pins (as
+ * rp_cache_can_hold would have said); left over max_size beside them, it is because of
+ * what is in use. */
+static void evict_published(struct rp_cache *c, struct entry *e)
+{
+    evict_sparing(c, e);
+    if (!c->max_size || c->st.size <= c->max_size || !e || e->pinned || e->in_use)
+        return;
+    uint64_t pinned = pinned_bytes(c);
+    if (pinned >= c->max_size || e->size > c->max_size - pinned)
+        evict_entry(c, e);
 }
 
 /* Directories, the index snapshot and file system overhead want some room besides the
@@ -1926,7 +1948,7 @@ int rp_cache_fill_commit(struct rp_cache_fill *f)
     rc = publish(c, f->name, rel);
     if (rc == RP_CACHE_OK) {
         index_publish(c, RP_CACHE_BLOB, f->d.algo, f->d.raw, f->written);
-        rp_cache_evict(c);
+        evict_published(c, index_find(c, RP_CACHE_BLOB, f->d.algo, f->d.raw));
     }
 out:
     fill_free(f); /* removes the temp file unless it was renamed away */

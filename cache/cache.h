@@ -180,8 +180,10 @@ typedef void (*rp_cache_link_fn)(void *arg, const char *registry, const char *re
                                  const char *digest);
 size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg);
 /* Evicts least recently used, unpinned, unused entries until the store is at most
- * max_size. Returns how many were evicted. Called after each commit by the cache itself;
- * exposed for tests.
+ * max_size. Returns how many were evicted. Called after each commit by the cache itself
+ * (which spares a blob it just published, unless the blob does not fit beside the pins:
+ * left over max_size by what is in use, the store shrinks as it is released); exposed for
+ * tests.
  *
  * The file system may fill before max_size is reached (the default max_size is larger than
  * many nodes' disks, and other files share the disk). Whenever a write, an allocation or a

@@ -1262,6 +1262,36 @@ static void test_in_use_survives_forget(void)
     rm_rf(dir);
 }
 
+/* A blob published while older content is in use is not evicted by its own publish, and
+ * LRU order holds once the reader lets go: max 100, A (60) in use, C (10), then B (50). B's
+ * commit may take C (unused, older) but not B; A's release takes A, the least recent. */
+static void test_evict_spares_published_while_in_use(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 100);
+    char da[RP_CACHE_DIGEST_BUF], db[RP_CACHE_DIGEST_BUF], dc[RP_CACHE_DIGEST_BUF];
+    char *a = sized(60, 1), *b = sized(50, 2), *cc = sized(10, 3);
+    CHECK_INT(put_blob(c, a, da), RP_CACHE_OK);
+    struct rp_cache_blob ba;
+    CHECK_INT(rp_cache_blob_open(c, da, &ba), RP_CACHE_OK); /* a slow client reads A */
+    CHECK_INT(put_blob(c, cc, dc), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, b, db), RP_CACHE_OK);
+    CHECK(rp_cache_blob_present(c, db));
+    CHECK(rp_cache_blob_present(c, da));
+    close(ba.fd);
+    rp_cache_release(c, da);
+    CHECK(rp_cache_blob_present(c, db));
+    CHECK(!rp_cache_blob_present(c, da));
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK(st.size <= 100);
+    rp_cache_close(c);
+    free(a);
+    free(b);
+    free(cc);
+    rm_rf(dir);
+}
+
 static void test_evict_manifest_touch(void)
 {
     char *dir = mk_tmpdir();
@@ -2521,6 +2551,7 @@ int main(void)
     RUN(test_evict_pinned);
     RUN(test_can_hold);
     RUN(test_evict_in_use);
+    RUN(test_evict_spares_published_while_in_use);
     RUN(test_disk_full);
     RUN(test_disk_full_blobs_being_sent);
     RUN(test_disk_full_snapshot_evicts_nothing);
