@@ -67,7 +67,8 @@
  *
  * Eviction runs after every publish and when the last user releases a blob: while size >
  * max_size, unlink the least recently used entry that is neither pinned nor in use, nor the blob
- * just published (evict_published). Use means blob_open (until release) or manifest_get/peek.
+ * just published (evict_published). Use means blob_open or hold (until release) or
+ * manifest_get/peek.
  *
  * Memory. Three bounded caches in front of the files make a warm "manifest by tag" request
  * cost no system call and no hashing of content:
@@ -1685,6 +1686,16 @@ int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_b
     out->fd = fd;
     out->size = (uint64_t)st.st_size;
     return RP_CACHE_OK;
+}
+
+void rp_cache_hold(struct rp_cache *c, const char *digest)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0)
+        return;
+    /* Not published yet, the entry is made now: the publish finds it in use, and a release
+     * before any publish forgets it again. */
+    index_get(c, RP_CACHE_BLOB, d.algo, d.raw)->in_use++;
 }
 
 void rp_cache_release(struct rp_cache *c, const char *digest)

@@ -71,6 +71,10 @@ struct rp_cache_blob {
  * but the accounting must not count it as freed while it is served). */
 int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out);
 void rp_cache_release(struct rp_cache *c, const char *digest);
+/* Marks the blob in use as rp_cache_blob_open does, published or not yet: a fill's readers
+ * read the temp file that becomes the blob, and still send from it after the publish. Undone
+ * by rp_cache_release. */
+void rp_cache_hold(struct rp_cache *c, const char *digest);
 
 /* Whether the blob is published, as far as the index knows (no system call, not counted as
  * use): for deciding whether to fetch it. A file deleted behind the cache's back still

@@ -397,12 +397,18 @@ static void fill_unlist(struct rp_fill *f)
 }
 
 /* Verified: every reader gets the rest now (the file stays readable through its descriptor
- * after the rename). */
-static void release_readers(struct rp_fill *f)
+ * after the rename). to_publish: the file becomes the cached blob, which the readers then
+ * hold as a cache hit's reader does (eviction does not count bytes still being sent as
+ * freed); rp_req_free releases it. */
+static void release_readers(struct rp_fill *f, bool to_publish)
 {
     struct rp_req *r;
     while ((r = TAILQ_FIRST(&f->readers))) {
         reader_detach(r);
+        if (to_publish && r->fill_fd >= 0 && !r->blob_held) {
+            rp_cache_hold(f->srv->cache, f->digest);
+            r->blob_held = true;
+        }
         if (r->fill_fd < 0 || queue_range(r, r->fill_end) < 0) {
             rp_req_finish(r, "fill");
             continue;
@@ -421,7 +427,7 @@ static bool keep_or_end(struct rp_fill *f)
     if (rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written))
         return true;
     fill_unlist(f);
-    release_readers(f);
+    release_readers(f, false);
     fill_count(f, RP_FILL_NOT_KEPT);
     rp_warn("fill %s registry=%s bytes=%lld ms=%lld: served but not cached, larger than the "
             "cache's max_size (%llu bytes) leaves beside what is pinned",
@@ -449,7 +455,7 @@ static void fill_synced(void *arg)
     if (!keep_or_end(f))
         return;
     fill_unlist(f);
-    release_readers(f);
+    release_readers(f, true);
     struct rp_cache_fill *cf = f->cf;
     f->cf = NULL;
     int e = rp_cache_fill_commit(cf);
@@ -562,7 +568,7 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
     /* Verified: the readers get the rest before the slow fsync, which runs on the worker
      * thread so that no client of this loop waits for the disk. The fill stays findable
      * meanwhile: a client asking for the blob now joins it rather than fetching it again. */
-    release_readers(f);
+    release_readers(f, true);
     f->state = FILL_SYNCING;
     rp_syncer_submit(f->srv->syncer, fill_sync_work, fill_synced, f);
 }

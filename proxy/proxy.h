@@ -203,8 +203,9 @@ struct rp_req {
     int64_t stale_age_s;
     bool revalidating; /* the current fetch is a HEAD checking a cached tag */
     bool confirmed;    /* upstream said this repository has the cached blob (RQ_CONFIRM) */
-    /* The cached blob being sent is marked in use (rp_cache_blob_open) until the request is
-     * freed: eviction neither counts its bytes as freed nor takes it while it is sent. */
+    /* The cached blob being sent is marked in use (rp_cache_blob_open; rp_cache_hold for a
+     * fill's reader, whose temp file becomes the blob) until the request is freed: eviction
+     * neither counts its bytes as freed nor takes it while it is sent. */
     bool blob_held;
     bool canonical_fetch; /* a tag asked upstream with the proxy's Accept (request.c) */
     /* reading from a fill */

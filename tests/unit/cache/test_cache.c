@@ -1292,6 +1292,35 @@ static void test_evict_spares_published_while_in_use(void)
     rm_rf(dir);
 }
 
+/* A fill's readers hold the temp file that becomes the blob: held before the publish, the
+ * blob is in use once published, and eviction waits for the release. */
+static void test_hold_before_publish(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 100);
+    char da[RP_CACHE_DIGEST_BUF], db[RP_CACHE_DIGEST_BUF], dn[RP_CACHE_DIGEST_BUF];
+    char *a = sized(60, 4), *b = sized(50, 5), *never = sized(30, 6);
+    digest_of(a, strlen(a), da, false);
+    rp_cache_hold(c, da);
+    CHECK_INT(put_blob(c, a, da), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, b, db), RP_CACHE_OK); /* 110: A is in use, B just published */
+    CHECK(rp_cache_blob_present(c, da));
+    CHECK(rp_cache_blob_present(c, db));
+    rp_cache_release(c, da);
+    CHECK(!rp_cache_blob_present(c, da));
+    CHECK(rp_cache_blob_present(c, db));
+    /* Held but never published (a fill that failed): the release forgets it. */
+    digest_of(never, strlen(never), dn, false);
+    rp_cache_hold(c, dn);
+    rp_cache_release(c, dn);
+    CHECK(!rp_cache_blob_present(c, dn));
+    rp_cache_close(c);
+    free(a);
+    free(b);
+    free(never);
+    rm_rf(dir);
+}
+
 static void test_evict_manifest_touch(void)
 {
     char *dir = mk_tmpdir();
@@ -2552,6 +2581,7 @@ int main(void)
     RUN(test_can_hold);
     RUN(test_evict_in_use);
     RUN(test_evict_spares_published_while_in_use);
+    RUN(test_hold_before_publish);
     RUN(test_disk_full);
     RUN(test_disk_full_blobs_being_sent);
     RUN(test_disk_full_snapshot_evicts_nothing);
