@@ -2070,8 +2070,12 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
                             RP_CACHE_OK &&
                         strcmp(cur, bi->digest) == 0;
             if (!same) {
-                int e = rp_cache_tag_set(im.c, reg, bi->repo, bi->tag, bi->digest,
-                                         bi->tag_time >= 0 ? bi->tag_time : rp_wall_s());
+                /* At most now: a time ahead of this clock (the exporter's was ahead, or the
+                 * bundle was made so) would keep the tag fresh until then. */
+                int64_t now = rp_wall_s();
+                int e =
+                    rp_cache_tag_set(im.c, reg, bi->repo, bi->tag, bi->digest,
+                                     bi->tag_time >= 0 && bi->tag_time <= now ? bi->tag_time : now);
                 if (e != RP_CACHE_OK) {
                     fprintf(stderr, "regproxy import: tag %s/%s:%s: %s\n", reg, bi->repo, bi->tag,
                             rp_cache_strerror(e));

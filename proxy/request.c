@@ -691,6 +691,19 @@ static int64_t tag_ttl_ms(const struct rp_req *r)
     return r->route.reg->tag_ttl_ms >= 0 ? r->route.reg->tag_ttl_ms : conf->cache.tag_ttl_ms;
 }
 
+/* A cached tag's age. A fetched time ahead of the clock (an imported bundle's, or a clock
+ * that was ahead) tells nothing of it: taken as older than any limit, such a tag is
+ * revalidated rather than fresh until then, and not served stale. Saturates, so a time
+ * of INT64_MAX or an age in ms past int64 does not overflow. */
+static int64_t tag_age_ms(int64_t fetched_s)
+{
+    int64_t now = rp_wall_s();
+    if (fetched_s < 0 || fetched_s > now)
+        return INT64_MAX;
+    int64_t age_s = now - fetched_s;
+    return age_s > INT64_MAX / 1000 ? INT64_MAX : age_s * 1000;
+}
+
 /* --- offline registries: the cache is all there is --- */
 
 /* 404 naming what is missing and that the registry is offline: a disconnected cluster's
@@ -854,7 +867,7 @@ static void lookup(struct rp_req *r)
             int64_t fetched_s = 0;
             if (rp_cache_tag_get(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
                                  sizeof(digest), &fetched_s) == RP_CACHE_OK) {
-                int64_t age_ms = (rp_wall_s() - fetched_s) * 1000;
+                int64_t age_ms = tag_age_ms(fetched_s);
                 if (age_ms < tag_ttl_ms(r)) {
                     if (manifest_from_cache(r, digest, "HIT"))
                         return;

@@ -4,8 +4,12 @@ HIT with no upstream request; past it one HEAD goes upstream and an unchanged ta
 REVALIDATED from the cache; after a new image is pushed under the same tag, the next
 request past the TTL serves the new digest (a MISS: HEAD then GET) and the old digest stays
 fetchable by digest. A cached manifest whose media type the client does not accept is not
-served from the cache."""
+served from the cache. A tag file whose fetched time is ahead of the clock (an imported
+bundle's, a clock that was ahead) is revalidated past tag_ttl, and a time of INT64_MAX
+does not overflow the age."""
+import hashlib
 import math
+import os
 import time
 
 import lib
@@ -135,3 +139,57 @@ def test_accept_mismatch_not_from_cache(t):
     check(not (r.status == 200 and r.header("X-Regproxy-Cache") == "HIT"),
           "by digest, a client accepting only %s got the cached OCI manifest from cache: %r"
           % (DOCKER_ONLY, r))
+
+
+FAKE_REG = "registry.fake.test"
+FAKE_REPO = "ns/multi"
+
+
+def _tag_path(cache_dir, tag):
+    h = hashlib.sha256(("%s\0%s\0%s\0" % (FAKE_REG, FAKE_REPO, tag)).encode()).hexdigest()
+    return os.path.join(cache_dir, "tags", h[:2], h)
+
+
+def _rewrite_tag_time(cache_dir, tag, when):
+    """Rewrites the cached tag file as the cache writes it, with fetched time `when`."""
+    with open(_tag_path(cache_dir, tag), "rb") as f:
+        digest = f.read().split(b" ")[3].decode()
+    body = "RPTAG 1 %d %s %d %d %d\n%s%s%s\n" % (when, digest, len(FAKE_REG), len(FAKE_REPO),
+                                                   len(tag), FAKE_REG, FAKE_REPO, tag)
+    data = body.encode() + hashlib.sha256(body.encode()).hexdigest().encode() + b"\n"
+    with open(_tag_path(cache_dir, tag), "wb") as f:
+        f.write(data)
+
+
+def _restart_with_tag_time(t, when, cache=None):
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf()], cache=cache or {})
+    path = "/v2/%s/manifests/v1" % FAKE_REPO
+    eq(_get(p, path).status, 200, "first GET of %s" % path)
+    p.stop()
+    _rewrite_tag_time(p.cache_dir, "v1", when)
+    p.start()
+    return fr, p, path
+
+
+def test_tag_time_in_the_future(t):
+    fr, p, path = _restart_with_tag_time(t, int(time.time()) + 10 * 365 * 86400,
+                                         cache={"tag_ttl": "1s"})
+    time.sleep(2)  # past tag_ttl
+    mark = len(fr.requests())
+    r = _get(p, path)
+    eq(r.status, 200, "GET of a tag fetched 'in 10 years'")
+    ups = [x for x in fr.requests(since=mark) if "/manifests/" in x.get("path", "")]
+    check(len(ups) >= 1, "a tag past its 1s tag_ttl, its fetched time ahead of the clock, is "
+          "revalidated upstream (cache=%s, upstream manifest requests %d)"
+          % (r.header("x-regproxy-cache"), len(ups)))
+
+
+def test_tag_time_int64_max(t):
+    fr, p, path = _restart_with_tag_time(t, 9223372036854775807)
+    try:
+        r = _get(p, path)
+        eq(r.status, 200, "GET of a tag fetched at INT64_MAX")
+    finally:
+        time.sleep(0.5)
+        check(p.proc.alive(), "proxy alive after a tag lookup (log: %s)" % lib.tail(p.log, 8))

@@ -654,6 +654,41 @@ static void test_import_twice_tag_moved(void)
     }
 }
 
+/* A bundle's tag time is taken as is up to now: one ahead of the importer's clock (a clock
+ * that was ahead, or a crafted bundle) would keep the tag fresh until then. */
+static void test_import_tag_time_future(void)
+{
+    char src[128], dst[128], out[160], a[RP_CACHE_DIGEST_BUF], err[512];
+    snprintf(src, sizeof(src), "%s/src-future", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/dst-future", tmpdir);
+    snprintf(out, sizeof(out), "%s/future.rpb", tmpdir);
+    struct rp_cache *c = rp_cache_open(src, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    put_image(c, "ns/f", "one", true, a);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/f", "v1", a, INT64_MAX), 0);
+    rp_cache_close(c);
+    CHECK_INT(rp_pins_add(src, "reg.example", "ns/f", "v1", a), 0);
+    struct rp_conf *conf = conf_for(src, false);
+    struct rp_export_opts o = {.output = out};
+    CHECK_INT(conf ? rp_export_main(conf, &o) : 1, 0);
+    rp_conf_free(conf);
+    conf = conf_for(dst, true);
+    CHECK_INT(rp_import_main(conf, out), 0);
+    rp_conf_free(conf);
+    c = rp_cache_open(dst, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c) {
+        char cur[RP_CACHE_DIGEST_BUF];
+        int64_t when = -1;
+        CHECK_INT(rp_cache_tag_get(c, "reg.example", "ns/f", "v1", cur, sizeof(cur), &when), 0);
+        CHECK_STR(cur, a);
+        CHECK(when >= 0 && when <= rp_wall_s());
+        rp_cache_close(c);
+    }
+}
+
 /* Lines added at once: each once, whether listed in the file already or twice in the
  * batch; nothing new, nothing written. */
 static void test_pins_add_lines(void)
@@ -726,6 +761,7 @@ int main(int argc, char **argv)
     RUN(test_export_partial_child);
     RUN(test_platform_arm64_v8);
     RUN(test_import_twice_tag_moved);
+    RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
     rm_rf(tmpdir);
     UNIT_EXIT();
