@@ -262,9 +262,11 @@ static const struct rp_conf_option options[] = {
      .offset = REG_F(token_realms),
      .aux_offset = REG_F(n_token_realms),
      .flags = RP_CONF_F_URL_ITEMS,
-     .help = "URL prefixes that may receive the credentials (default: https on the registry's "
-             "host, on any port, as a token server beside the registry often is, or on a "
-             "sibling subdomain of its domain). Set it to narrow that to one URL"},
+     .help =
+         "URL prefixes that may receive the credentials (default: https on the registry's "
+         "host, on any port, as a token server beside the registry often is, or on a "
+         "sibling subdomain of its domain). Set it to narrow that to one URL. A realm whose path "
+         "has dot segments, '\\' or percent-encoded '.', '/' or '\\' is refused either way"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "test_image",
      .type = RP_CONF_STRING,
@@ -527,6 +529,38 @@ static const char *registrable_domain(const char *host)
     return d;
 }
 
+/* Whether a realm's path could name another path than it spells: curl removes dot segments
+ * before dialing, and many servers also decode %2e, %2f or %5c, or take '\' for '/', before
+ * resolving them, so "/token/../steal" or "/token/%2e%2e/steal" passes a prefix check of
+ * /token and lands elsewhere. Refusing them is simpler than normalising the way every server
+ * might; no real token server needs them. A ';' ends a segment's name for servers that take
+ * path parameters ("..;"). The query and fragment are not paths and are left alone. */
+static bool path_is_ambiguous(const char *path)
+{
+    size_t end = strcspn(path, "?#");
+    for (size_t i = 0; i < end; i++) {
+        if (path[i] == '\\')
+            return true;
+        if (path[i] == '%' && i + 2 < end) {
+            char a = path[i + 1], b = (char)(path[i + 2] | 0x20);
+            if ((a == '2' && (b == 'e' || b == 'f')) || (a == '5' && b == 'c'))
+                return true;
+        }
+    }
+    size_t i = 0;
+    while (i < end) {
+        size_t seg = strcspn(path + i, "/"), name = strcspn(path + i, "/;");
+        if (i + seg > end)
+            seg = end - i;
+        if (name > seg)
+            name = seg;
+        if ((name == 1 && path[i] == '.') || (name == 2 && path[i] == '.' && path[i + 1] == '.'))
+            return true;
+        i += seg + 1;
+    }
+    return false;
+}
+
 /* realm (already split) starts with the configured prefix: same scheme, host and port, and
  * the prefix's path ends at a '/' boundary of the realm's path. */
 static bool realm_prefix_match(const char *prefix, const char *scheme, const char *host, int port,
@@ -558,7 +592,7 @@ bool rp_conf_realm_allowed(const struct rp_conf_registry *reg, const char *realm
     bool ok = false;
     if (!reg || !realm_url || rp_conf_split_url(realm_url, &scheme, &host, &port, &path) != 0)
         return false;
-    if (!is_http_scheme(scheme))
+    if (!is_http_scheme(scheme) || path_is_ambiguous(path))
         goto out;
     if (reg->n_token_realms > 0) {
         for (size_t i = 0; i < reg->n_token_realms && !ok; i++)
@@ -898,14 +932,20 @@ static const char *check_base_url(const char *v)
 
 static const char *check_realm_url(const char *v)
 {
-    char *scheme = NULL;
+    char *scheme = NULL, *path = NULL;
     if (strchr(v, '@'))
         return "credentials in a realm url are not allowed";
-    if (rp_conf_split_url(v, &scheme, NULL, NULL, NULL) != 0)
+    if (rp_conf_split_url(v, &scheme, NULL, NULL, &path) != 0)
         return "expected a comma-separated list of http(s)://host[:port][/path]";
-    bool ok = is_http_scheme(scheme);
+    bool ok = is_http_scheme(scheme), ambiguous = path_is_ambiguous(path);
     free(scheme);
-    return ok ? NULL : "the scheme must be http or https";
+    free(path);
+    if (!ok)
+        return "the scheme must be http or https";
+    /* Realms with these are refused at run time; a prefix with them would match none. */
+    return ambiguous ? "dot segments, '\\' or percent-encoded '.', '/' or '\\' are not allowed "
+                       "in a realm path"
+                     : NULL;
 }
 
 /* An address with an optional /bits; the proxy checks the rest (no host bits set). */

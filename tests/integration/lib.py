@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import hashlib
 import http.client
+import http.server
 import json
 import os
 import re
@@ -1076,6 +1077,69 @@ class Canary:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+class SelfIssuingRegistry:
+    """A plain-http registry on 127.0.0.1 that is also its own token server and records
+    every request with its Authorization, so a test sees exactly where credentials went.
+    The token it issues names the Basic user ("tok-USER"); /v2/ answers 200 to any Bearer
+    and 401 with a challenge naming realm_path otherwise. token_delay holds the next token
+    answer that many seconds. Started by the test (t.defer stops it)."""
+
+    def __init__(self, t):
+        self.reqs = []  # (time, path, authorization)
+        self.realm_path = "/token"
+        self.token_delay = 0.0
+        self.lock = threading.Lock()
+        up = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                auth = self.headers.get("Authorization")
+                with up.lock:
+                    up.reqs.append((time.time(), self.path, auth))
+                path = urllib.parse.urlsplit(self.path).path
+                if not path.startswith("/v2/"):
+                    user = None
+                    if auth and auth.startswith("Basic "):
+                        user = base64.b64decode(auth[6:]).decode().split(":")[0]
+                    with up.lock:
+                        d, up.token_delay = up.token_delay, 0.0
+                    if d:
+                        time.sleep(d)
+                    body = json.dumps({"token": "tok-%s" % user, "expires_in": 600}).encode()
+                    return self._send(200, body)
+                if auth and auth.startswith("Bearer "):
+                    return self._send(200, json.dumps({"name": "ns/x", "tags": ["v1"]}).encode())
+                realm = "http://127.0.0.1:%d%s" % (up.port, up.realm_path)
+                return self._send(401, b'{"errors":[]}', {
+                    "WWW-Authenticate": 'Bearer realm="%s",service="svc"' % realm})
+
+            def _send(self, status, body, extra=None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_port
+        self.url = "http://127.0.0.1:%d" % self.port
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        t.defer(self.srv.server_close)
+        t.defer(self.srv.shutdown)
+
+    def seen(self, since=0.0):
+        """[(time, path, authorization)] of the requests since the given time.time()."""
+        with self.lock:
+            return [r for r in self.reqs if r[0] >= since]
 
 
 # ------------------------------------------------------------------------------- proxy

@@ -346,6 +346,12 @@ static void test_url_values(void)
     expect_err(MINIMAL "token_realms = https://a@b/\n",
                "test.conf:4: bad value for 'token_realms' in [registry \"r\"]: credentials in a "
                "realm url are not allowed");
+    expect_err(MINIMAL "token_realms = https://a.example.com/t/../u\n",
+               "test.conf:4: bad value for 'token_realms' in [registry \"r\"]: dot segments, '\\' "
+               "or percent-encoded '.', '/' or '\\' are not allowed in a realm path");
+    expect_err(MINIMAL "token_realms = https://a.example.com/t%2Fu\n",
+               "test.conf:4: bad value for 'token_realms' in [registry \"r\"]: dot segments, '\\' "
+               "or percent-encoded '.', '/' or '\\' are not allowed in a realm path");
     expect_err(MINIMAL "token_realms = auth.example.com\n",
                "test.conf:4: bad value for 'token_realms' in [registry \"r\"]: expected a "
                "comma-separated list of http(s)://host[:port][/path]");
@@ -957,6 +963,24 @@ static void test_realm_policy(void)
     CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com:8443/token"));
     CHECK(!rp_conf_realm_allowed(listed, "http://auth.example.com/token"));
     CHECK(!rp_conf_realm_allowed(listed, "https://a@auth.example.com/token"));
+    /* curl removes dot segments and servers may decode before resolving: a realm that could
+     * land outside the prefix is refused whatever it spells. */
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token/../steal"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token/./x"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token/.."));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token/..;/steal"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token/%2e%2e/steal"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token/%2E./steal"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token%2f..%2fsteal"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token/..%5csteal"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://auth.example.com/token\\..\\steal"));
+    CHECK(!rp_conf_realm_allowed(listed, "https://other.example.net/a/../b"));
+    CHECK(rp_conf_realm_allowed(listed, "https://auth.example.com/token/...x/.y/a..b"));
+    CHECK(rp_conf_realm_allowed(listed, "https://auth.example.com/token?u=/../x%2e%2f"));
+    CHECK(rp_conf_realm_allowed(listed, "https://auth.example.com/token/%41"));
+    CHECK(!rp_conf_realm_allowed(rh, "https://sso.redhat.io/auth/../x"));
+    CHECK(!rp_conf_realm_allowed(rh, "https://sso.redhat.io/auth/%2e%2e/x"));
+    CHECK(!rp_conf_realm_allowed(plain, "http://reg.internal.example:5000/a/./b"));
     /* token_realms replaces the default policy, own host included. */
     CHECK(!rp_conf_realm_allowed(listed, "https://r.example.com/token"));
 
