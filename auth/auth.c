@@ -33,6 +33,7 @@ struct rp_auth {
     char *service; /* Bearer only; NULL when the challenge had none */
     struct token_entry *tokens;
     size_t n_tokens, alloc_tokens;
+    uint64_t generation; /* bumped by rp_auth_reset */
 };
 
 static const char *const errstr[] = {
@@ -181,6 +182,12 @@ void rp_auth_reset(struct rp_auth *a)
 {
     drop_all_tokens(a);
     forget_challenge(a);
+    a->generation++;
+}
+
+uint64_t rp_auth_generation(const struct rp_auth *a)
+{
+    return a->generation;
 }
 
 enum rp_auth_step rp_auth_prepare(struct rp_auth *a, const char *scope, int64_t now_ms,

@@ -108,7 +108,12 @@ int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, con
 /* The Bearer realm learned from the registry's challenge, or NULL (for messages). */
 const char *rp_auth_realm(const struct rp_auth *a);
 
-/* Forgets every token and the learned challenge (credentials changed). */
+/* Forgets every token and the learned challenge (credentials changed), and starts a new
+ * generation. */
 void rp_auth_reset(struct rp_auth *a);
+/* Changes with every rp_auth_reset. A token request made in an earlier generation was made
+ * with credentials that may no longer be configured: its answer must not be cached or
+ * used (rp_auth_token_response of it is the caller's mistake). */
+uint64_t rp_auth_generation(const struct rp_auth *a);
 
 #endif

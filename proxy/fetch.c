@@ -301,6 +301,16 @@ void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, co
     fetch_drive(f);
 }
 
+void rp_fetch_token_stale(struct rp_fetch *f)
+{
+    f->in_token_wait = false;
+    /* The reload also forgot the challenge: f must learn it again from a 401, so its 401s
+     * so far, made under the old credentials, do not count against it. */
+    f->auth_retries = 0;
+    f->state = F_AUTH;
+    fetch_drive(f);
+}
+
 static void fetch_drive(struct rp_fetch *f)
 {
     for (;;) {

@@ -100,6 +100,9 @@ void rp_fetch_cancel(struct rp_fetch *f);
 void rp_fetch_resume(struct rp_fetch *f);
 /* For tokens.c: the token wait of f ended with err (RP_AUTH_OK or an error). */
 void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail);
+/* For tokens.c: the token f waited for was asked with credentials a reload has since
+ * replaced; f starts its authentication over with the current ones. */
+void rp_fetch_token_stale(struct rp_fetch *f);
 
 /* ------------------------------------------------------------------------ tokens.c */
 /* One token request per (registry, scope), shared by every fetch that needs it. */

@@ -20,6 +20,7 @@ struct rp_token_fetch {
     struct rp_auth *auth;
     const struct rp_conf_registry *reg;
     char *scope;
+    uint64_t generation; /* of auth when the request was made */
     struct rp_xfer *xfer;
     struct rp_buf body;
     int64_t started_ms;
@@ -53,11 +54,37 @@ static long fetch_data_cb(void *arg, const char *p, size_t n)
     return rp_buf_add(&f->body, p, n) < 0 ? -1 : (long)n;
 }
 
+/* A reload replaced the credentials this token was asked with (they may have been revoked,
+ * or belong to an account that may see more than the new one): the answer is dropped
+ * unread, and each waiter starts over with the new credentials rather than make its
+ * request with the old account's token. That costs the requests in flight across a reload
+ * one more round trip and token fetch. */
+static void discard_stale(struct rp_token_fetch *f, int status)
+{
+    rp_info("token registry=%s status=%d ms=%lld discarded: the credentials changed in a "
+            "reload",
+            f->reg->name, status, (long long)(rp_now_ms() - f->started_ms));
+    f->waking = true;
+    struct waiter *w;
+    while ((w = TAILQ_FIRST(&f->waiters))) {
+        TAILQ_REMOVE(&f->waiters, w, link);
+        struct rp_fetch *waiting = w->fetch;
+        free(w);
+        rp_fetch_token_stale(waiting);
+    }
+    TAILQ_REMOVE(&f->srv->token_fetches, f, link);
+    fetch_free(f);
+}
+
 static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const char *err)
 {
     bool ok = xe == RP_XFER_OK;
     struct rp_token_fetch *f = arg;
     f->xfer = NULL;
+    if (f->generation != rp_auth_generation(f->auth)) {
+        discard_stale(f, status);
+        return;
+    }
     int e;
     if (ok)
         e = rp_auth_token_response(f->auth, f->scope, status, f->body.data, f->body.len,
@@ -107,7 +134,9 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     struct rp_token_fetch *f;
     TAILQ_FOREACH(f, &srv->token_fetches, link)
     {
-        if (!f->waking && f->auth == auth && strcmp(f->scope, scope) == 0) {
+        /* Not a request made with credentials a reload has since replaced. */
+        if (!f->waking && f->auth == auth && f->generation == rp_auth_generation(auth) &&
+            strcmp(f->scope, scope) == 0) {
             add_waiter(f, fetch);
             return 0;
         }
@@ -125,6 +154,7 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     f->auth = auth;
     f->reg = reg;
     f->scope = rp_xstrdup(scope);
+    f->generation = rp_auth_generation(auth);
     f->started_ms = rp_now_ms();
     rp_buf_init(&f->body, RP_ERROR_BODY_MAX);
     TAILQ_INIT(&f->waiters);

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import threading
 import time
 
 import lib
@@ -202,3 +203,34 @@ def test_rotation_while_config_broken_applied_once_fixed(t):
                    "the reload once the file was fixed")
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq(r.status, 200, "manifest with the rotated password")
+
+
+def test_reload_during_token_fetch_uses_new_account(t):
+    """A reload that changes the credentials while a token fetch with the old ones is in
+    flight: that fetch's answer is neither joined nor cached, and the request that was
+    waiting for it retries with the new credentials. Every registry request after the
+    reload carries a token issued for the new account."""
+    up = lib.SelfIssuingRegistry(t)
+    p = t.proxy(registries=[{"name": "local.test", "url": up.url, "user": "alice",
+                             "password": "alice-secret"}])
+    up.token_delay = 3.0
+    res = {}
+    th = threading.Thread(target=lambda: res.setdefault("a", p.get("/v2/ns/x/tags/list")))
+    th.start()
+    lib.wait_until(lambda: any(x[1].startswith("/token") for x in up.seen()), 10,
+                   "the first token fetch")
+    p.registries[0].update(user="bob", password="bob-secret")
+    p.write_conf()
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
+                   "the reload")
+    mark = time.time()
+    r = p.get("/v2/ns/x/tags/list?n=5")  # while alice's fetch is still running
+    th.join(30)
+    r2 = p.get("/v2/ns/x/tags/list?n=6")  # later still: from the token cache
+    used = [x for x in up.seen(mark) if x[1].startswith("/v2/") and x[2]]
+    old = [x for x in used if x[2] != "Bearer tok-bob"]
+    check(not old, "after the reload to bob, registry requests went with another "
+          "Authorization: %r" % old)
+    eq((res.get("a") and res["a"].status, r.status, r2.status), (200, 200, 200),
+       "statuses of the request waiting across the reload, and the two after it")

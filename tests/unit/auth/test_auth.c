@@ -841,7 +841,10 @@ static void test_reset(void)
 
     CHECK_INT(rp_auth_on_unauthorized(a, "s", RH_CHALLENGE, NULL), RP_AUTH_OK);
     CHECK_INT(rp_auth_token_response(a, "s", 200, ok, strlen(ok), 0), RP_AUTH_OK);
+    uint64_t gen = rp_auth_generation(a);
     rp_auth_reset(a);
+    /* Token requests made before the reset are told apart by the generation. */
+    CHECK(rp_auth_generation(a) != gen);
     CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
     CHECK(authz == NULL);
     CHECK_INT(rp_auth_token_request(a, "s", &url, &authz, &post), RP_AUTH_E_NO_CHALLENGE);
