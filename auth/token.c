@@ -126,16 +126,32 @@ static bool token_ok(const char *s, size_t n)
     return true;
 }
 
-/* jansson's copies of the answer's strings (the token, a refresh token) are wiped before
- * they go back to the allocator, as the raw body is by its owner. */
-static void scrub_answer(json_t *root)
+/* jansson's copies of the answer's strings (the token, a refresh token, and whatever a
+ * server nests in objects or arrays beside them) are wiped before they go back to the
+ * allocator, as the raw body is by its owner. Keys are field names, not secrets. */
+static void scrub_answer(json_t *j)
 {
     const char *key;
     json_t *v;
-    json_object_foreach(root, key, v)
-    {
-        if (json_is_string(v))
-            rp_secure_zero((char *)json_string_value(v), json_string_length(v));
+    size_t i;
+    switch (json_typeof(j)) {
+    case JSON_STRING:
+        rp_secure_zero((char *)json_string_value(j), json_string_length(j));
+        break;
+    case JSON_OBJECT:
+        json_object_foreach(j, key, v)
+        {
+            scrub_answer(v);
+        }
+        break;
+    case JSON_ARRAY:
+        json_array_foreach(j, i, v)
+        {
+            scrub_answer(v);
+        }
+        break;
+    default:
+        break;
     }
 }
 
@@ -169,7 +185,7 @@ int rp_auth_parse_token(const char *body, size_t len, struct rp_auth_token *out)
         out->issued_at = parse_rfc3339(json_string_value(ia), json_string_length(ia));
     rc = RP_AUTH_OK;
 out:
-    if (json_is_object(root))
+    if (root)
         scrub_answer(root);
     json_decref(root);
     return rc;

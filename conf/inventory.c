@@ -191,8 +191,9 @@ static json_t *py_strings(struct py *p)
 {
     struct rp_buf b;
     json_t *j = NULL;
-    /* The value cannot outgrow the input, so the cap never truncates. */
-    rp_buf_init(&b, p->n + 1);
+    /* The value cannot outgrow the input, so the cap never truncates. A secret: inventories
+     * hold passwords. */
+    rp_buf_init_secret(&b, p->n + 1);
     for (;;) {
         if (py_string_into(p, &b) != 0)
             goto out;
@@ -210,8 +211,6 @@ static json_t *py_strings(struct py *p)
     if (!j)
         py_fail(p, "string is not UTF-8");
 out:
-    if (b.data)
-        rp_secure_zero(b.data, b.len);
     rp_buf_free(&b);
     return j;
 }
@@ -459,7 +458,7 @@ static int ini_parse(struct vars *vs, const char *text, size_t len)
             brackets_feed(&br, v, vl);
         if (br.depth > 0) {
             struct rp_buf b;
-            rp_buf_init(&b, MAX_VALUE);
+            rp_buf_init_secret(&b, MAX_VALUE); /* it may be a password */
             rp_buf_add(&b, v, vl);
             while (br.depth > 0 && pos < len) {
                 s = text + pos;
@@ -468,7 +467,6 @@ static int ini_parse(struct vars *vs, const char *text, size_t len)
                 pos += n + 1;
                 line++;
                 if (rp_buf_add(&b, "\n", 1) != 0 || rp_buf_add(&b, s, n) != 0) {
-                    rp_secure_zero(b.data, b.len);
                     rp_buf_free(&b);
                     lfail(vs, first, "value longer than 64 KiB");
                     goto out;
@@ -480,7 +478,6 @@ static int ini_parse(struct vars *vs, const char *text, size_t len)
             size_t jl = b.len;
             trim(&jv, &jl);
             val = json_stringn(jv, jl);
-            rp_secure_zero(b.data, b.len);
             rp_buf_free(&b);
         } else {
             val = ini_value(v, vl);
@@ -1021,7 +1018,7 @@ static char *write_password(const char *dir, const char *name, const char *passw
         goto fail_unlink;
     }
     struct rp_buf b;
-    rp_buf_init(&b, n + 2);
+    rp_buf_init_secret(&b, n + 2);
     rp_buf_add(&b, password, n);
     rp_buf_add(&b, "\n", 1);
     while (off < b.len) {
@@ -1030,13 +1027,11 @@ static char *write_password(const char *dir, const char *name, const char *passw
             continue;
         if (w <= 0) {
             snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
-            rp_secure_zero(b.data, b.len);
             rp_buf_free(&b);
             goto fail_unlink;
         }
         off += (size_t)w;
     }
-    rp_secure_zero(b.data, b.len);
     rp_buf_free(&b);
     if (fsync(fd) != 0 || close(fd) != 0) {
         fd = -1;

@@ -34,9 +34,6 @@ static void fetch_free(struct rp_token_fetch *f)
     if (f->xfer)
         rp_xfer_cancel(f->xfer);
     free(f->scope);
-    /* The body held a token. */
-    if (f->body.data)
-        rp_secure_zero(f->body.data, f->body.len);
     rp_buf_free(&f->body);
     free(f);
 }
@@ -156,7 +153,8 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     f->scope = rp_xstrdup(scope);
     f->generation = rp_auth_generation(auth);
     f->started_ms = rp_now_ms();
-    rp_buf_init(&f->body, RP_ERROR_BODY_MAX);
+    /* The answer holds the token, and arrives in as many pieces as the network likes. */
+    rp_buf_init_secret(&f->body, RP_ERROR_BODY_MAX);
     TAILQ_INIT(&f->waiters);
     struct rp_xfer_opts o = {
         .url = url,

@@ -75,6 +75,13 @@ void rp_buf_init(struct rp_buf *b, size_t cap)
     b->alloc = 0;
     b->cap = cap;
     b->borrowed = false;
+    b->secret = false;
+}
+
+void rp_buf_init_secret(struct rp_buf *b, size_t cap)
+{
+    rp_buf_init(b, cap);
+    b->secret = true;
 }
 
 void rp_buf_init_in(struct rp_buf *b, char *storage, size_t size, size_t cap)
@@ -98,9 +105,14 @@ int rp_buf_add(struct rp_buf *b, const void *p, size_t n)
             a *= 2;
         if (a > b->cap + 1)
             a = b->cap + 1;
-        if (b->borrowed) {
+        if (b->borrowed || b->secret) {
             char *d = rp_xmalloc(a);
-            memcpy(d, b->data, b->len);
+            if (b->data)
+                memcpy(d, b->data, b->len);
+            if (b->secret)
+                rp_secure_zero(b->data, b->alloc);
+            if (!b->borrowed)
+                free(b->data);
             b->data = d;
             b->borrowed = false;
         } else {
@@ -124,19 +136,27 @@ int rp_buf_addf(struct rp_buf *b, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return -1;
-    if ((size_t)n < sizeof(small))
-        return rp_buf_add(b, small, (size_t)n);
+    if ((size_t)n < sizeof(small)) {
+        int r = rp_buf_add(b, small, (size_t)n);
+        if (b->secret)
+            rp_secure_zero(small, sizeof(small));
+        return r;
+    }
     char *big = rp_xmalloc((size_t)n + 1);
     va_start(ap, fmt);
     vsnprintf(big, (size_t)n + 1, fmt, ap);
     va_end(ap);
     int r = rp_buf_add(b, big, (size_t)n);
+    if (b->secret)
+        rp_secure_zero(big, (size_t)n + 1);
     free(big);
     return r;
 }
 
 void rp_buf_reset(struct rp_buf *b)
 {
+    if (b->secret)
+        rp_secure_zero(b->data, b->len);
     b->len = 0;
     if (b->data)
         b->data[0] = '\0';
@@ -144,6 +164,8 @@ void rp_buf_reset(struct rp_buf *b)
 
 void rp_buf_free(struct rp_buf *b)
 {
+    if (b->secret)
+        rp_secure_zero(b->data, b->alloc);
     if (!b->borrowed)
         free(b->data);
     b->borrowed = false;

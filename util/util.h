@@ -29,8 +29,13 @@ struct rp_buf {
     size_t alloc;
     size_t cap;    /* rp_buf_add fails with -1 rather than grow len past this */
     bool borrowed; /* data is the caller's storage (rp_buf_init_in), not ours to free */
+    bool secret;   /* rp_buf_init_secret */
 };
 void rp_buf_init(struct rp_buf *b, size_t cap);
+/* For a buffer that will hold a secret (a token answer, a password): growing it moves the
+ * data to a new allocation and wipes the old one (realloc would free it unwiped, leaving
+ * copies of the secret in the heap), and reset and free wipe it. */
+void rp_buf_init_secret(struct rp_buf *b, size_t cap);
 /* Starts in the caller's storage (typically on its stack) and moves to the heap only if
  * it outgrows it: the common small case allocates nothing. */
 void rp_buf_init_in(struct rp_buf *b, char *storage, size_t size, size_t cap);

@@ -394,6 +394,13 @@ static void test_token_fields(void)
     CHECK_STR(t.token, "a");
     rp_free_secret(t.token);
 
+    /* Nested strings (wiped with the rest of the answer) leave the token intact. */
+    CHECK_INT(
+        parse_token("{\"token\":\"t\",\"x\":{\"refresh\":\"r\",\"l\":[\"a\",{\"b\":\"c\"}]}}", &t),
+        RP_AUTH_OK);
+    CHECK_STR(t.token, "t");
+    rp_free_secret(t.token);
+
     static const char *const no_token[] = {
         "{}",
         "{\"token\":42}",
