@@ -216,6 +216,12 @@ int rp_conf_import_inventory(const char *inventory_path, const char *out_dir,
  * tests fail when the committed file differs. Returns 0, or -1 on a write error. */
 int rp_conf_write_doc(FILE *out);
 
+/* Makes jansson wipe every block it frees. Its parser copies what it reads into buffers
+ * that grow by malloc-copy-free and are freed unwiped, so a token answer or a credential
+ * file would leave copies in the heap that scrubbing the parsed strings cannot reach. Call
+ * once, before any JSON is parsed. */
+void rp_conf_json_wipe_freed(void);
+
 /* The registry whose section name, host, or hostport equals s (case-insensitive);
  * "docker.io" also finds a registry whose host is registry-1.docker.io. NULL if none. */
 const struct rp_conf_registry *rp_conf_find_registry(const struct rp_conf *conf, const char *s,

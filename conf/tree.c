@@ -3,8 +3,11 @@
  * credential file and inventory readers interpret a single shape whatever the syntax. */
 #include "internal.h"
 
+#include "conf.h"
+
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,6 +350,21 @@ json_t *rp_conf_tree_load(const char *text, size_t len, char *why, size_t whylen
     if (i < len && (text[i] == '{' || text[i] == '['))
         return json_load(text + i, len - i, why, whylen);
     return yaml_load(text, len, why, whylen);
+}
+
+static void wipe_free(void *p)
+{
+    if (!p)
+        return;
+    /* jansson does not say the size; the allocator knows it (a glibc extension, which
+     * the sanitizers also provide). */
+    rp_secure_zero(p, malloc_usable_size(p));
+    free(p);
+}
+
+void rp_conf_json_wipe_freed(void)
+{
+    json_set_alloc_funcs(malloc, wipe_free);
 }
 
 static void scrub_strings(json_t *j)

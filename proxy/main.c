@@ -247,6 +247,7 @@ int main(int argc, char **argv)
     size_t nargs = 0;
     char given[16] = ""; /* option letters seen, as in commands[].opts */
     bool want_help = false;
+    rp_conf_json_wipe_freed();
     /* Options may come before or after the command: `regproxy serve -c FILE`. */
     int c;
     while ((c = getopt_long(argc, argv, "-c:vhVo:j:", opts, NULL)) != -1) {
