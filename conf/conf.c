@@ -124,7 +124,8 @@ static const struct rp_conf_option options[] = {
      .offset = CACHE_F(pins),
      .aux_offset = CACHE_F(n_pins),
      .help = "images never evicted: comma-separated REGISTRY/REPOSITORY patterns with shell "
-             "wildcards, e.g. registry.redhat.io/openshift3/*. Applied to what is cached "
+             "wildcards, where * also matches '/' (registry.redhat.io/* pins a whole "
+             "registry), e.g. registry.redhat.io/openshift3/*. Applied to what is cached "
              "already at every start and on a reload that changes them; a pattern removed "
              "lets its images go"},
     {.section = RP_CONF_SECTION_CACHE,
@@ -195,8 +196,10 @@ static const struct rp_conf_option options[] = {
      .type = RP_CONF_LIST,
      .offset = REG_F(repos),
      .aux_offset = REG_F(n_repos),
-     .help = "repositories clients may pull, as shell patterns (openshift3/*, rhel8/ubi); "
-             "default: all; others get 403 DENIED before any upstream contact"},
+     .help = "repositories clients may pull, as shell patterns whose * stays within one "
+             "path component (openshift3/* allows openshift3/ose-pod, not openshift3/a/b), "
+             "e.g. openshift3/*, rhel8/ubi; default: all; others get 403 DENIED before any "
+             "upstream contact"},
     {.section = RP_CONF_SECTION_ADMIN,
      .key = "listen",
      .type = RP_CONF_STRING,
@@ -271,8 +274,8 @@ static const struct rp_conf_option options[] = {
      .key = "test_image",
      .type = RP_CONF_STRING,
      .offset = REG_F(test_image),
-     .help = "repository `regproxy check` inspects (default: openshift3/ose-pod on "
-             "registry.redhat.io)"},
+     .help = "image `regproxy check` reads the manifest of, REPOSITORY[:TAG|@DIGEST] (tag "
+             "latest when none; default: openshift3/ose-pod on registry.redhat.io)"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "test_login",
      .type = RP_CONF_BOOL,
@@ -1378,6 +1381,14 @@ static int finish_section(struct parser *p)
         return -1;
     if (p->kind == RP_CONF_SECTION_REGISTRY) {
         struct rp_conf_registry *r = &p->conf->registries[p->index];
+        /* A user alone would be sent with no password, or not at all: never meant. */
+        int u = option_index(p->kind, "user", 4), pw = option_index(p->kind, "password", 8),
+            pwf = option_index(p->kind, "password_file", 13);
+        if (u >= 0 && p->key_line[u] && !(pw >= 0 && p->key_line[pw]) &&
+            !(pwf >= 0 && p->key_line[pwf])) {
+            fail(p, p->key_line[u], "'user' in %s needs 'password' or 'password_file'", desc);
+            return -1;
+        }
         if (!r->url) {
             /* Offline without url (checked in finish_file): the name is the host[:port]
              * clients and auth files know the registry by. */

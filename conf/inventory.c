@@ -1109,8 +1109,10 @@ int rp_conf_inventory_render(const struct rp_conf_inventory *inv, const char *pw
     for (size_t i = 0; i < inv->n_regs; i++) {
         const struct inv_reg *r = &inv->regs[i];
         rp_buf_addf(b, "\n# from %s\n[registry \"%s\"]\nurl = %s\n", r->origin, r->name, r->url);
+        /* A user without its password is refused by the parser: until the password is
+         * there, the user waits in a comment beside it (and the registry is anonymous). */
         if (r->user)
-            rp_buf_addf(b, "user = %s\n", r->user);
+            rp_buf_addf(b, "%suser = %s\n", r->password && pw_dir ? "" : "# ", r->user);
         if (r->password && pw_dir) {
             char *path = write_password(pw_dir, r->name, r->password, err, errlen);
             if (!path)

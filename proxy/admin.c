@@ -41,6 +41,7 @@ static void admin_reply(struct admin_conn *a, int status, const char *type, cons
                         status == 200   ? "OK"
                         : status == 503 ? "Service Unavailable"
                         : status == 405 ? "Method Not Allowed"
+                        : status == 400 ? "Bad Request"
                                         : "Not Found",
                         type, len);
     if (!a->head)
@@ -114,7 +115,7 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
     if (n == RP_HTTP_NEED_MORE && avail < RP_HTTP_MAX_HEAD)
         return;
     if (n <= 0) {
-        admin_reply(a, 404, "text/plain", "bad request\n", 12);
+        admin_reply(a, 400, "text/plain", "bad request\n", 12);
         return;
     }
     if (h.method != RP_HTTP_GET && h.method != RP_HTTP_HEAD) {

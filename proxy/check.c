@@ -180,8 +180,14 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
         check_finish(c, false, "manifest request for %s answered %d", c->image, res->status);
         return;
     }
+    /* Said as it happened: configured credentials the registry never asked for are not
+     * "accepted", and an identitytoken is credentials too. */
+    bool creds = c->reg->user || c->reg->identity_token;
     check_finish(c, true, "ok (ping, %s, manifest %s)",
-                 c->reg->user ? "credentials accepted" : "anonymous", c->image);
+                 !creds            ? "anonymous"
+                 : res->authorized ? "credentials accepted"
+                                   : "credentials not asked for",
+                 c->image);
 }
 
 static const struct rp_fetch_cb check_cb = {
@@ -271,7 +277,8 @@ int rp_check_main(struct rp_conf *conf)
         st.pending++;
         if (rp_check_start(&srv, reg, cli_done, &st) < 0) {
             st.pending--;
-            printf("registry %s: skipped (test_login = no)\n", reg->name);
+            printf("registry %s: skipped (%s)\n", reg->name,
+                   reg->offline ? "offline: never dialed" : "test_login = no");
         }
     }
     if (st.pending)

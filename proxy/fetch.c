@@ -153,6 +153,7 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         return 0;
     }
     f->res.status = status;
+    f->res.authorized = f->url_is_registry && f->authorization != NULL;
     f->err_bytes = 0;
     f->err_cut = false;
     if (f->cb.on_headers_cb(f->arg, status, h) < 0) {

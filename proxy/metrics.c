@@ -38,7 +38,10 @@ void rp_metrics_request(struct rp_metrics *m, int kind, int status, const char *
     if (kind < 0 || kind >= RP_METRICS_KINDS)
         kind = RP_METRICS_KINDS - 1;
     m->requests[kind][status_class(status)]++;
-    if (!cache_status || kind == 0 || kind == RP_METRICS_KINDS - 1)
+    /* Cache results and bytes by source describe content: an error body the proxy wrote
+     * (upstream unreachable, a repository not allowed) came from neither place. */
+    bool content = (status >= 200 && status < 300) || status == 304;
+    if (!cache_status || !content || kind == 0 || kind == RP_METRICS_KINDS - 1)
         return;
     static const struct {
         const char *name;
@@ -135,12 +138,13 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
                 rp_buf_addf(out, "regproxy_requests_total{route=\"%s\",status=\"%s\"} %llu\n",
                             kind_names[k], class_names[c], (unsigned long long)m->requests[k][c]);
     head(out, "regproxy_cache_requests_total", "counter",
-         "Manifest and blob requests by cache result (hit, miss, stale, revalidated, pass).");
+         "Manifest and blob requests answered with content (2xx, 304), by cache result "
+         "(hit, miss, stale, revalidated, pass).");
     for (int i = 0; i < RP_METRICS_CACHE_RESULTS; i++)
         rp_buf_addf(out, "regproxy_cache_requests_total{result=\"%s\"} %llu\n", cache_names[i],
                     (unsigned long long)m->cache[i]);
     head(out, "regproxy_served_bytes_total", "counter",
-         "Body bytes sent to clients, by where they came from.");
+         "Content bytes (2xx bodies) sent to clients, by where they came from.");
     rp_buf_addf(out, "regproxy_served_bytes_total{source=\"cache\"} %llu\n",
                 (unsigned long long)m->bytes_from_cache);
     rp_buf_addf(out, "regproxy_served_bytes_total{source=\"upstream\"} %llu\n",

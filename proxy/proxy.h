@@ -70,6 +70,9 @@ struct rp_fetch_result {
     int auth_err;                /* RP_FETCH_E_AUTH */
     enum rp_xfer_error xfer_err; /* E_TRANSPORT, or the realm's for E_TOKEN */
     const char *err;             /* human-readable detail, or NULL; valid during on_done_cb */
+    /* The final request carried an Authorization (Basic, or a bearer token from the realm):
+     * the registry asked for one and was given it. */
+    bool authorized;
 };
 
 struct rp_fetch_cb {

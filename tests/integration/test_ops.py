@@ -57,6 +57,17 @@ def test_metrics_miss_hit_stale_eviction(t):
        _m(m2, "regproxy_cache_requests_total", result="stale"), 1, "stale serves")
     check(_m(m3, "regproxy_upstream_requests_total", registry="registry.private.test",
              status="other") >= 1, "failed upstream request not counted")
+    # An error the proxy writes itself (upstream down, nothing cached) is no content: it
+    # counts as a request, not as a miss or as bytes from upstream.
+    r = p.get("/v2/ns/multi/manifests/v2", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 503, "an uncached tag while upstream is down")
+    m3e = p.metrics()
+    for name, label in (("regproxy_cache_requests_total", {"result": "miss"}),
+                        ("regproxy_cache_requests_total", {"result": "pass"}),
+                        ("regproxy_served_bytes_total", {"source": "upstream"})):
+        eq(_m(m3e, name, **label) - _m(m3, name, **label), 0, "%s %s after a 503" % (name, label))
+    eq(_m(m3e, "regproxy_requests_total", route="manifest", status="5xx") -
+       _m(m3, "regproxy_requests_total", route="manifest", status="5xx"), 1, "5xx requests")
     # eviction: bring upstream back and pull more than max_size (ns/multi's 600 KB, then
     # ns/large, whose 10 MiB layer is kept and whose 100 MiB one is only served)
     reg.restart()

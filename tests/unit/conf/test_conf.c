@@ -437,7 +437,7 @@ static void test_syntax_errors(void)
     expect_err("[listen \"1.2.3.4:1\"]\nurl = https://x\n",
                "test.conf:2: unknown key 'url' in [listen \"1.2.3.4:1\"]");
     /* Literal values: quotes only around the whole value, '#' and ';' are not comments. */
-    struct rp_conf *c = parse(MINIMAL "user = a \"b\" # c ; d\n");
+    struct rp_conf *c = parse(MINIMAL "user = a \"b\" # c ; d\npassword = x\n");
     CHECK(c != NULL);
     if (c)
         CHECK_STR(reg0(c)->user, "a \"b\" # c ; d");
@@ -449,7 +449,7 @@ static void test_structure_errors(void)
     expect_err("", "test.conf: no [listen \"ADDR\"] section");
     expect_err("[registry \"r\"]\nurl = https://r\n", "test.conf: no [listen \"ADDR\"] section");
     expect_err("[listen \"1.2.3.4:1\"]\n[cache]\n", "test.conf: no [registry \"NAME\"] section");
-    expect_err("[listen \"1.2.3.4:1\"]\n[registry \"r\"]\nuser = x\n[cache]\n",
+    expect_err("[listen \"1.2.3.4:1\"]\n[registry \"r\"]\nuser = x\npassword = y\n[cache]\n",
                "test.conf:2: missing required key 'url' in [registry \"r\"]");
     expect_err("[listen \"1.2.3.4:1\"]\n[registry \"r\"]\n",
                "test.conf:2: missing required key 'url' in [registry \"r\"]");
@@ -476,6 +476,8 @@ static void test_structure_errors(void)
     expect_err(MINIMAL "[admin]\nlisten = 0.0.0.0:7\n[listen \"[::1]:7\"]\n",
                "test.conf:5: [admin] listen 0.0.0.0:7 takes the port of [listen \"[::1]:7\"]: give "
                "the admin listener another address or port, or off");
+    expect_err(MINIMAL "user = x\n",
+               "test.conf:4: 'user' in [registry \"r\"] needs 'password' or 'password_file'");
     expect_err(MINIMAL "password = x\n",
                "test.conf:4: 'password' in [registry \"r\"] needs 'user'");
     /* NUL bytes, long lines, too many sections. */
@@ -484,11 +486,11 @@ static void test_structure_errors(void)
     CHECK_INT(rp_conf_parse(nul, sizeof(nul) - 1, "test.conf", &c, err, sizeof(err)), -1);
     CHECK_STR(err, "test.conf:4: NUL byte in line");
     char *big = rp_xmalloc(8192);
-    size_t n = (size_t)snprintf(big, 8192, MINIMAL "user = ");
+    size_t n = (size_t)snprintf(big, 8192, MINIMAL "password = x\nuser = ");
     memset(big + n, 'a', 4097 - 7);
     big[n + 4097 - 7] = '\n';
     CHECK_INT(rp_conf_parse(big, n + 4097 - 7 + 1, "test.conf", &c, err, sizeof(err)), -1);
-    CHECK_STR(err, "test.conf:4: line longer than 4096 bytes");
+    CHECK_STR(err, "test.conf:5: line longer than 4096 bytes");
     /* Exactly 4096 bytes is fine. */
     CHECK_INT(rp_conf_parse(big, n + 4096 - 7, "test.conf", &c, err, sizeof(err)), 0);
     if (c)
@@ -2174,11 +2176,13 @@ static void test_import_inventory_errors(void)
                            "write it to a file (chmod 600) and set\n# password_file = "
                            "/etc/regproxy/registry.redhat.io.password\n") != NULL);
         CHECK(strstr(text, "# the inventory has no password for this user") != NULL);
+        CHECK(strstr(text, "\n# user = u\n# the password in oreg_url") != NULL);
         CHECK(strstr(text, "# oreg_url=[::1]:5000/openshift3/ose-${component}:${version}") != NULL);
         static const char *const none[] = {NULL};
         struct rp_conf *c = check_imported(text, none);
         if (c) {
-            CHECK_STR(c->registries[0].user, "u");
+            /* No password: the user waits in a comment; the registry is anonymous. */
+            CHECK(c->registries[0].user == NULL);
             CHECK(c->registries[0].password_file == NULL);
             CHECK_STR(c->registries[1].name, "q.example.com");
         }
