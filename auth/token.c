@@ -126,35 +126,6 @@ static bool token_ok(const char *s, size_t n)
     return true;
 }
 
-/* jansson's copies of the answer's strings (the token, a refresh token, and whatever a
- * server nests in objects or arrays beside them) are wiped before they go back to the
- * allocator, as the raw body is by its owner. Keys are field names, not secrets. */
-static void scrub_answer(json_t *j)
-{
-    const char *key;
-    json_t *v;
-    size_t i;
-    switch (json_typeof(j)) {
-    case JSON_STRING:
-        rp_secure_zero((char *)json_string_value(j), json_string_length(j));
-        break;
-    case JSON_OBJECT:
-        json_object_foreach(j, key, v)
-        {
-            scrub_answer(v);
-        }
-        break;
-    case JSON_ARRAY:
-        json_array_foreach(j, i, v)
-        {
-            scrub_answer(v);
-        }
-        break;
-    default:
-        break;
-    }
-}
-
 int rp_auth_parse_token(const char *body, size_t len, struct rp_auth_token *out)
 {
     int rc = RP_AUTH_E_SYNTAX;
@@ -186,7 +157,7 @@ int rp_auth_parse_token(const char *body, size_t len, struct rp_auth_token *out)
     rc = RP_AUTH_OK;
 out:
     if (root)
-        scrub_answer(root);
+        rp_conf_json_scrub(root); /* the token, and whatever the server nested beside it */
     json_decref(root);
     return rc;
 }

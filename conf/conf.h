@@ -222,6 +222,12 @@ int rp_conf_write_doc(FILE *out);
  * once, before any JSON is parsed. */
 void rp_conf_json_wipe_freed(void);
 
+/* Wipes every string in a parsed JSON tree, at any depth, before it is freed: a token answer
+ * or a credential file's secrets (keys are field names, not secrets). The tree stays owned
+ * by the caller. */
+struct json_t;
+void rp_conf_json_scrub(struct json_t *j);
+
 /* The registry whose section name, host, or hostport equals s (case-insensitive);
  * "docker.io" also finds a registry whose host is registry-1.docker.io. NULL if none. */
 const struct rp_conf_registry *rp_conf_find_registry(const struct rp_conf *conf, const char *s,

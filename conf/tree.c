@@ -367,7 +367,7 @@ void rp_conf_json_wipe_freed(void)
     json_set_alloc_funcs(malloc, wipe_free);
 }
 
-static void scrub_strings(json_t *j)
+void rp_conf_json_scrub(json_t *j)
 {
     const char *k;
     json_t *v;
@@ -380,13 +380,13 @@ static void scrub_strings(json_t *j)
     case JSON_OBJECT:
         json_object_foreach(j, k, v)
         {
-            scrub_strings(v);
+            rp_conf_json_scrub(v);
         }
         break;
     case JSON_ARRAY:
         json_array_foreach(j, i, v)
         {
-            scrub_strings(v);
+            rp_conf_json_scrub(v);
         }
         break;
     default:
@@ -399,6 +399,6 @@ void rp_conf_tree_scrub(json_t *j)
     if (!j)
         return;
     /* Our trees share no nodes, so wiping before the last reference goes is safe. */
-    scrub_strings(j);
+    rp_conf_json_scrub(j);
     json_decref(j);
 }

@@ -51,23 +51,24 @@ static long fetch_data_cb(void *arg, const char *p, size_t n)
     return rp_buf_add(&f->body, p, n) < 0 ? -1 : (long)n;
 }
 
-/* A reload replaced the credentials this token was asked with (they may have been revoked,
- * or belong to an account that may see more than the new one): the answer is dropped
- * unread, and each waiter starts over with the new credentials rather than make its
- * request with the old account's token. That costs the requests in flight across a reload
- * one more round trip and token fetch. */
-static void discard_stale(struct rp_token_fetch *f, int status)
+/* Wakes every waiter, then frees f: with the answer (e, xe, err), or, when stale, told to
+ * start over. Each waiter may finish (and free) itself, or another waiter, whose
+ * rp_tokens_leave must still find it here: f stays listed until all are woken, closed to
+ * newcomers (one retrying at once starts a fetch of its own rather than hearing this
+ * answer again). */
+static void wake_all(struct rp_token_fetch *f, bool stale, int e, enum rp_xfer_error xe,
+                     const char *err)
 {
-    rp_info("token registry=%s status=%d ms=%lld discarded: the credentials changed in a "
-            "reload",
-            f->reg->name, status, (long long)(rp_now_ms() - f->started_ms));
     f->waking = true;
     struct waiter *w;
     while ((w = TAILQ_FIRST(&f->waiters))) {
         TAILQ_REMOVE(&f->waiters, w, link);
         struct rp_fetch *waiting = w->fetch;
         free(w);
-        rp_fetch_token_stale(waiting);
+        if (stale)
+            rp_fetch_token_stale(waiting);
+        else
+            rp_fetch_token_ready(waiting, e, xe, err);
     }
     TAILQ_REMOVE(&f->srv->token_fetches, f, link);
     fetch_free(f);
@@ -79,7 +80,15 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
     struct rp_token_fetch *f = arg;
     f->xfer = NULL;
     if (f->generation != rp_auth_generation(f->auth)) {
-        discard_stale(f, status);
+        /* A reload replaced the credentials this token was asked with (they may have been
+         * revoked, or belong to an account that may see more than the new one): the answer
+         * is dropped unread, and each waiter starts over with the new credentials rather
+         * than make its request with the old account's token. That costs the requests in
+         * flight across a reload one more round trip and token fetch. */
+        rp_info("token registry=%s status=%d ms=%lld discarded: the credentials changed in a "
+                "reload",
+                f->reg->name, status, (long long)(rp_now_ms() - f->started_ms));
+        wake_all(f, true, 0, xe, NULL);
         return;
     }
     int e;
@@ -97,19 +106,7 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
         rp_warn("token registry=%s status=%d ms=%lld error=\"%s\"%s%s", f->reg->name, status,
                 (long long)(rp_now_ms() - f->started_ms), rp_auth_strerror(e),
                 err ? " detail=" : "", err ? err : "");
-    /* Each waiter may finish (and free) itself, or another waiter, whose rp_tokens_leave
-     * must still find it here: f stays listed until all are woken, closed to newcomers (one
-     * retrying at once starts a fetch of its own rather than hearing this answer again). */
-    f->waking = true;
-    struct waiter *w;
-    while ((w = TAILQ_FIRST(&f->waiters))) {
-        TAILQ_REMOVE(&f->waiters, w, link);
-        struct rp_fetch *waiting = w->fetch;
-        free(w);
-        rp_fetch_token_ready(waiting, e, xe, ok ? NULL : err);
-    }
-    TAILQ_REMOVE(&f->srv->token_fetches, f, link);
-    fetch_free(f);
+    wake_all(f, false, e, xe, ok ? NULL : err);
 }
 
 static const struct rp_xfer_cb fetch_cb = {
