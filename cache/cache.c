@@ -1635,8 +1635,10 @@ void rp_cache_unpin_all(struct rp_cache *c)
             e->pinned = false;
             if (e->present)
                 lru_append(c, e);
-            else
+            else if (e->in_use == 0)
                 index_free_entry(c, e); /* a placeholder for content that never came */
+            /* else a fill's reader holds it before the publish (rp_cache_hold): it stays,
+             * unpinned, until rp_cache_release frees it or the publish makes it present. */
         }
     }
 }

@@ -951,7 +951,6 @@ static const char *check_realm_url(const char *v)
                      : NULL;
 }
 
-/* An address with an optional /bits; the proxy checks the rest (no host bits set). */
 /* NULL when s is a network ADDR[/BITS] whose address is the network's first (no host bits
  * set: 10.0.0.1/8 most likely means 10.0.0.0/8 or 10.0.0.1/32, and guessing is wrong one way
  * or the other); else why not. */
@@ -1145,7 +1144,8 @@ static void warn(struct parser *p, unsigned line, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     c->warnings = rp_xrealloc(c->warnings, (c->n_warnings + 1) * sizeof(*c->warnings));
-    c->warnings[c->n_warnings++] = rp_xasprintf("%s:%u: %s", p->source, line, msg);
+    c->warnings[c->n_warnings++] = line ? rp_xasprintf("%s:%u: %s", p->source, line, msg)
+                                        : rp_xasprintf("%s: %s", p->source, msg);
 }
 
 static int64_t ts_ns(struct timespec t)
@@ -1474,15 +1474,27 @@ static int parse_listen_addr(const char *a, size_t n, char **host, int *port)
     return 0;
 }
 
-/* Whether two listen addresses (canonical hosts) would take the same socket: one port, and
- * the same address or a wildcard of either family (:: takes IPv4 too unless v6only). */
+/* An IPv4-mapped IPv6 address ("::ffff:10.0.0.1") as its IPv4 address; else h itself. */
+static const char *unmapped(const char *h)
+{
+    return strncmp(h, "::ffff:", 7) == 0 && strchr(h + 7, '.') ? h + 7 : h;
+}
+
+/* Whether two listen addresses (canonical hosts) would take the same socket, as Linux binds
+ * them: one port, and the same address; or [::] (dual-stack: libevent does not set
+ * IPV6_V6ONLY) beside anything; or 0.0.0.0 beside any IPv4 address, IPv4-mapped ones
+ * included. 0.0.0.0:P and [::1]:P bind side by side. */
 static bool listen_overlap(const char *h1, int p1, const char *h2, int p2)
 {
     if (p1 != p2)
         return false;
-    bool any1 = strcmp(h1, "0.0.0.0") == 0 || strcmp(h1, "::") == 0;
-    bool any2 = strcmp(h2, "0.0.0.0") == 0 || strcmp(h2, "::") == 0;
-    return strcmp(h1, h2) == 0 || any1 || any2;
+    if (strcmp(h1, "::") == 0 || strcmp(h2, "::") == 0)
+        return true;
+    const char *a = unmapped(h1), *b = unmapped(h2);
+    bool v4a = strchr(a, ':') == NULL, v4b = strchr(b, ':') == NULL;
+    if (v4a && v4b && (strcmp(a, "0.0.0.0") == 0 || strcmp(b, "0.0.0.0") == 0))
+        return true;
+    return strcmp(a, b) == 0;
 }
 
 static int open_section(struct parser *p, int kind, const char *name, size_t nlen, unsigned line)
@@ -1739,6 +1751,17 @@ static int finish_file(struct parser *p)
         for (size_t i = 0; i < c->n_listens; i++) {
             if (!listen_overlap(c->listens[i].host, c->listens[i].port, ahost, aport))
                 continue;
+            if (!p->admin_listen_line) {
+                /* Only the default collides: configurations written before the admin
+                 * listener existed still serve, without it, as they did. */
+                warn(p, 0,
+                     "[listen \"%s\"] takes the admin listener's default port (%s): metrics "
+                     "and probes are off; set [admin] listen to another address to have them",
+                     c->listens[i].addr, c->admin.listen);
+                free(c->admin.listen);
+                c->admin.listen = rp_xstrdup("off");
+                break;
+            }
             fail(p, p->admin_listen_line,
                  "[admin] listen %s%s takes the port of [listen \"%s\"]: give the admin "
                  "listener another address or port, or off",

@@ -239,15 +239,23 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
         snprintf(extra, sizeof(extra), "Retry-After: %s\r\n", retry_after);
     json_t *j = len ? json_loadb(body, len, 0, NULL) : NULL;
     bool registry_format = j && json_is_array(json_object_get(j, "errors"));
-    if (status >= 500) {
-        char *msg = rp_xasprintf("upstream registry %s failed with %d", r->route.reg->name, status);
+    /* A 401 that survived the auth retries refuses the proxy's credentials or its tokens
+     * (insufficient_scope): 502, as in up_failed, never a challenge-less 401 to a client
+     * that has nothing to log in with. */
+    if (status >= 500 || status == 401) {
+        bool refused = status == 401;
+        char *msg = refused ? rp_xasprintf("upstream registry %s refused the proxy's credentials",
+                                           r->route.reg->name)
+                            : rp_xasprintf("upstream registry %s failed with %d",
+                                           r->route.reg->name, status);
         json_t *d =
             json_pack("{s:s, s:i}", "registry", r->route.reg->name, "upstream_status", status);
         if (registry_format)
             json_object_set(d, "upstream_errors", json_object_get(j, "errors"));
         char *detail = json_dumps(d, JSON_COMPACT);
-        char *eb = rp_error_body("UNAVAILABLE", msg, detail);
-        respond(r, 503, "application/json", eb, strlen(eb), extra[0] ? extra : NULL);
+        char *eb = rp_error_body(refused ? "UNAUTHORIZED" : "UNAVAILABLE", msg, detail);
+        respond(r, refused ? 502 : 503, "application/json", eb, strlen(eb),
+                extra[0] ? extra : NULL);
         free(eb);
         free(detail);
         free(msg);

@@ -246,9 +246,13 @@ static int query_decode(const char *v, size_t vlen, char *out, size_t outlen, si
 /* A parameter the router does not know, as forwarded with a tags/list request: registries
  * such as older Quay page tags with an opaque parameter of their own (next_page=...), which
  * must reach them again when the client follows the Link. Unreserved characters, '+', '='
- * and well-formed escapes only. */
+ * and well-formed escapes only, and none in the key: a registry decodes keys too, and %6E
+ * would reach it as an n the router never judged. */
 static bool forwardable_param(const char *k, size_t len)
 {
+    const char *eq = memchr(k, '=', len);
+    if (memchr(k, '%', eq ? (size_t)(eq - k) : len))
+        return false;
     for (size_t i = 0; i < len; i++) {
         char c = k[i];
         if (c == '%') {

@@ -1321,6 +1321,30 @@ static void test_hold_before_publish(void)
     rm_rf(dir);
 }
 
+/* A fill's reader holds the blob before it is published; when the digest is pinned the
+ * hold lands on the pin's placeholder. A reload that changes the pins (unpin_all) must not
+ * free a held placeholder: the publish would start a fresh entry, not in use, and eviction
+ * would take the blob while the reader still sends it. */
+static void test_hold_survives_unpin(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 100);
+    char da[RP_CACHE_DIGEST_BUF], db[RP_CACHE_DIGEST_BUF];
+    char *a = sized(60, 41), *b = sized(50, 42);
+    digest_of(a, strlen(a), da, false);
+    rp_cache_pin(c, da);
+    rp_cache_hold(c, da);  /* a verified reader of the fill */
+    rp_cache_unpin_all(c); /* reload: pin patterns changed */
+    CHECK_INT(put_blob(c, a, da), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, b, db), RP_CACHE_OK); /* 110 > 100: A is held, B just published */
+    CHECK(rp_cache_blob_present(c, da));
+    rp_cache_release(c, da);
+    rp_cache_close(c);
+    free(a);
+    free(b);
+    rm_rf(dir);
+}
+
 static void test_evict_manifest_touch(void)
 {
     char *dir = mk_tmpdir();
@@ -2582,6 +2606,7 @@ int main(void)
     RUN(test_evict_in_use);
     RUN(test_evict_spares_published_while_in_use);
     RUN(test_hold_before_publish);
+    RUN(test_hold_survives_unpin);
     RUN(test_disk_full);
     RUN(test_disk_full_blobs_being_sent);
     RUN(test_disk_full_snapshot_evicts_nothing);

@@ -470,12 +470,34 @@ static void test_structure_errors(void)
                "test.conf:5: bad value for 'allow' in [listen \"1.2.3.4:1\"]: host bits set after "
                "the prefix length: write the network's first address (10.0.0.0/8), or a single "
                "address (10.0.0.1 or 10.0.0.1/32)");
-    expect_err(MINIMAL "[listen \"127.0.0.1:5001\"]\n",
-               "test.conf: [admin] listen 127.0.0.1:5001 (its default) takes the port of [listen "
-               "\"127.0.0.1:5001\"]: give the admin listener another address or port, or off");
-    expect_err(MINIMAL "[admin]\nlisten = 0.0.0.0:7\n[listen \"[::1]:7\"]\n",
-               "test.conf:5: [admin] listen 0.0.0.0:7 takes the port of [listen \"[::1]:7\"]: give "
-               "the admin listener another address or port, or off");
+    expect_err(MINIMAL "[admin]\nlisten = 0.0.0.0:7\n[listen \"127.0.0.2:7\"]\n",
+               "test.conf:5: [admin] listen 0.0.0.0:7 takes the port of [listen \"127.0.0.2:7\"]: "
+               "give the admin listener another address or port, or off");
+    expect_err(MINIMAL "[admin]\nlisten = [::ffff:127.0.0.2]:7\n[listen \"0.0.0.0:7\"]\n",
+               "test.conf:5: [admin] listen [::ffff:127.0.0.2]:7 takes the port of [listen "
+               "\"0.0.0.0:7\"]: give the admin listener another address or port, or off");
+    expect_err(MINIMAL "[listen \"[::]:8\"]\n[listen \"127.0.0.2:8\"]\n",
+               "test.conf:5: overlapping section [listen \"127.0.0.2:8\"] (a wildcard address "
+               "takes the port of [listen \"[::]:8\"])");
+    /* Linux binds these side by side: an IPv4 wildcard and an IPv6 address. */
+    struct rp_conf *ok = parse(MINIMAL "[listen \"0.0.0.0:7000\"]\n[listen \"[::1]:7000\"]\n"
+                                       "[admin]\nlisten = 0.0.0.0:5002\n");
+    CHECK(ok != NULL);
+    rp_conf_free(ok);
+    /* Only the admin listener's default collides: it is turned off, with a warning, so a
+     * configuration written before it existed still serves. */
+    ok = parse(MINIMAL "[listen \"127.0.0.1:5001\"]\n");
+    CHECK(ok != NULL);
+    if (ok) {
+        CHECK_STR(ok->admin.listen, "off");
+        CHECK_INT(ok->n_warnings, 1);
+        if (ok->n_warnings)
+            CHECK_STR(ok->warnings[0], "test.conf: [listen \"127.0.0.1:5001\"] takes the admin "
+                                       "listener's default port (127.0.0.1:5001): metrics and "
+                                       "probes are off; set [admin] listen to another address to "
+                                       "have them");
+    }
+    rp_conf_free(ok);
     expect_err(MINIMAL "user = x\n",
                "test.conf:4: 'user' in [registry \"r\"] needs 'password' or 'password_file'");
     expect_err(MINIMAL "password = x\n",

@@ -478,6 +478,10 @@ static void test_tags_list(void)
     CHECK_INT(r.n, 2);
     CHECK_INT(route("/v2/foo/tags/list?a=<b>&c=d/e&f=g"), RP_ROUTE_OK);
     CHECK_STR(r.extra_query, "&f=g");
+    /* An escaped key would reach the registry as a key the router validates (n, last). */
+    CHECK_INT(route("/v2/foo/tags/list?%6E=99999999&%6Cast=..%2F..%2Fx&x%3D=1"), RP_ROUTE_OK);
+    CHECK_STR(r.extra_query, "");
+    CHECK_INT(r.n, -1);
     CHECK_INT(route("/v2/foo/tags/list?n=1%30"), RP_ROUTE_OK);
     CHECK_INT(r.n, 10);
 
