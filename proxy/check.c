@@ -91,6 +91,7 @@ static void check_step(struct rp_check *c)
         .name = c->name,
         .head = c->step == STEP_MANIFEST,
         .accept = c->step == STEP_MANIFEST ? CHECK_ACCEPT : NULL,
+        .follow_redirects = true, /* as pulls do: some registries redirect manifests */
     };
     c->fetch = rp_fetch_start(c->srv, &o, &check_cb, c);
     free(path);

@@ -156,6 +156,18 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     f->res.authorized = f->url_is_registry && f->authorization != NULL;
     f->err_bytes = 0;
     f->err_cut = false;
+    /* We send no Accept-Encoding, so curl decodes nothing: encoded content would be cached
+     * and served as if it were the manifest (a blob's digest would catch it; a tag's
+     * manifest without Docker-Content-Digest would not). */
+    if (status >= 200 && status < 300 && h->content_encoding &&
+        !rp_strieq_n(h->content_encoding, strlen(h->content_encoding), "identity")) {
+        f->res.fail = RP_FETCH_E_OWNER;
+        if (!f->res_err && rp_header_value_safe(h->content_encoding))
+            f->res_err = rp_xasprintf("upstream sent Content-Encoding %.64s, which was not asked "
+                                      "for",
+                                      h->content_encoding);
+        return -1;
+    }
     if (f->cb.on_headers_cb(f->arg, status, h) < 0) {
         f->res.fail = RP_FETCH_E_OWNER;
         return -1;

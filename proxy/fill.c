@@ -381,7 +381,7 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             rp_req_upstream_error(r, 502, "UNAUTHORIZED", "cannot authenticate upstream",
                                   res->status, f->fail_reason ? f->fail_reason : res->err);
         } else if (res->fail == RP_FETCH_E_TRANSPORT && !res->status) {
-            rp_req_upstream_error(r, 503, "UNAVAILABLE", "upstream registry unreachable", 0,
+            rp_req_upstream_error(r, 503, "UNAVAILABLE", rp_req_unreachable_msg(res->xfer_err), 0,
                                   res->err);
         } else {
             rp_req_upstream_error(r, 502, "UNKNOWN", "upstream blob download failed", res->status,

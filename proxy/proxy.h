@@ -93,7 +93,7 @@ struct rp_fetch_opts {
     const char *accept;
     const char *range;
     bool stream;           /* long body: a stall timeout instead of a total one */
-    bool follow_redirects; /* blobs: registries send them to CDNs */
+    bool follow_redirects; /* blobs go to CDNs, manifests to backing registries */
 };
 
 struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opts *o,
@@ -241,6 +241,8 @@ void rp_req_error(struct rp_req *r, int status, const char *code, const char *me
 /* An error about upstream, with the registry, its status and error in the detail. */
 void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const char *message,
                            int up_status, const char *err);
+/* The message of a 503 for an upstream that could not be reached: a TLS failure says so. */
+const char *rp_req_unreachable_msg(enum rp_xfer_error e);
 /* Passes a failed upstream answer on honestly (never turned into 404). */
 void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
                                     const char *body, size_t len);

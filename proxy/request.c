@@ -378,7 +378,9 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
                                                           : r->accept,
         .range = r->route.kind == RP_ROUTE_BLOB && stream ? r->range : NULL,
         .stream = stream,
-        .follow_redirects = r->route.kind == RP_ROUTE_BLOB,
+        /* Blobs go to CDNs; manifests too, from some registries (registry.k8s.io answers
+         * them with a 308 to the backing registry). Credentials never follow (fetch.c). */
+        .follow_redirects = true,
     };
     rp_headers_free(&r->up_h);
     rp_buf_free(&r->body);
@@ -1266,6 +1268,13 @@ static void answer_success(struct rp_req *r)
     rp_buf_free(&extra);
 }
 
+const char *rp_req_unreachable_msg(enum rp_xfer_error e)
+{
+    /* A certificate problem is the admin's to fix (ca_file), not an outage to wait out. */
+    return e == RP_XFER_E_TLS ? "TLS with the upstream registry failed"
+                              : "upstream registry unreachable";
+}
+
 static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
 {
     const char *err = r->up_err ? r->up_err : res->err;
@@ -1302,11 +1311,15 @@ static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
     case RP_FETCH_E_TRANSPORT:
     case RP_FETCH_OK:
     default:
+        /* The access line says 503; the reason is for the admin, in the log too. */
+        rp_warn("upstream %s: %s %s%s%s", r->route.reg->name, rp_route_kind_name(r->route.kind),
+                res->status ? "answer incomplete" : "unreachable", err ? ": " : "", err ? err : "");
         if (res->status)
             rp_req_upstream_error(r, 502, "UNKNOWN", "upstream answer incomplete", res->status,
                                   err);
         else
-            rp_req_upstream_error(r, 503, "UNAVAILABLE", "upstream registry unreachable", 0, err);
+            rp_req_upstream_error(r, 503, "UNAVAILABLE", rp_req_unreachable_msg(res->xfer_err), 0,
+                                  err);
         return;
     }
 }

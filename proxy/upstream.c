@@ -65,7 +65,8 @@ static void headers_clear(struct rp_xfer_headers *h)
                        &h->retry_after,
                        &h->link,
                        &h->etag,
-                       &h->oci_filters_applied};
+                       &h->oci_filters_applied,
+                       &h->content_encoding};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         free(*fields[i]);
         *fields[i] = NULL;
@@ -290,6 +291,7 @@ static char **header_slot(struct rp_xfer_headers *h, const char *name, size_t le
         {"link", offsetof(struct rp_xfer_headers, link)},
         {"etag", offsetof(struct rp_xfer_headers, etag)},
         {"oci-filters-applied", offsetof(struct rp_xfer_headers, oci_filters_applied)},
+        {"content-encoding", offsetof(struct rp_xfer_headers, content_encoding)},
     };
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         if (rp_strieq_n(name, len, known[i].name))
@@ -364,6 +366,18 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
             free(*slot);
             *slot = joined;
         }
+        return n;
+    }
+    if (slot == &x->h.content_type) {
+        const char *semi = memchr(v, ';', (size_t)(end - v));
+        if (semi)
+            end = semi;
+        while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        *slot = rp_xstrndup(v, (size_t)(end - v));
+        for (char *c = *slot; *c; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c - 'A' + 'a');
         return n;
     }
     *slot = rp_xstrndup(v, (size_t)(end - v));
@@ -524,7 +538,7 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
     if (o->timeout_ms > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
     if (o->stall_timeout_s > 0) {
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, RP_XFER_STALL_BYTES_PER_S);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s);
     }
     /* No Accept-Encoding: a registry must hand us the stored bytes, or digests and sizes

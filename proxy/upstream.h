@@ -17,6 +17,8 @@ struct rp_xfer;
 /* Response headers the proxy acts on; each value is a NUL-terminated copy (or NULL) owned
  * by the transfer and valid until the transfer's on_done returns. */
 struct rp_xfer_headers {
+    /* The media type alone: parameters (`; charset=utf-8`, which some registries add) cut,
+     * lower case, so that it compares with the types clients name and manifests declare. */
     char *content_type;
     char *content_length;
     char *content_range;
@@ -27,6 +29,7 @@ struct rp_xfer_headers {
     char *link;
     char *etag;
     char *oci_filters_applied;
+    char *content_encoding;
     int64_t length; /* parsed Content-Length, or -1 */
     bool chunked;   /* Transfer-Encoding ends in chunked: curl tells a cut from the end */
 };
@@ -55,6 +58,11 @@ struct rp_xfer_cb {
     void (*on_done_cb)(void *arg, enum rp_xfer_error e, int status, const char *err);
 };
 
+/* The floor below which a transfer counts as stalled: an upstream trickling a byte now and
+ * then would otherwise hold a download, and every client waiting on it, for days. A cut
+ * download resumes with a Range, so cutting a slow one costs little. */
+#define RP_XFER_STALL_BYTES_PER_S 1024L
+
 struct rp_xfer_opts {
     const char *url;
     bool head;                 /* HEAD instead of GET */
@@ -66,8 +74,8 @@ struct rp_xfer_opts {
     bool tls_verify;
     const char *proxy; /* egress proxy URL, or NULL: the environment's (https_proxy...) */
     long timeout_ms;   /* whole-transfer limit; 0 = none (blob streams have their own) */
-    /* Abort when fewer than 1 byte/s arrive for this long (0 = off). A transfer paused
-     * for a slow client is not counted as slow by curl. */
+    /* Abort when fewer than RP_XFER_STALL_BYTES_PER_S arrive per second for this long (0 =
+     * off). A transfer paused for a slow client is not counted as slow by curl. */
     long stall_timeout_s;
     long connect_timeout_ms;
 };

@@ -1,0 +1,356 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Misbehaving or unusual upstreams, scripted byte by byte (rawup.RawUpstream): Bearer
+registries refusing their own tokens, CDNs refusing expired URLs, manifests redirected
+(registry.k8s.io), 1xx and trailers, unasked-for Content-Encoding, Content-Type
+parameters (quay, pulp, Satellite add '; charset=utf-8'), lying resumes, many headers and
+several challenges. What the client gets must be right, and nothing wrong is cached."""
+import gzip
+import json
+import time
+
+import lib
+import rawup
+from lib import check, eq
+
+MT = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _reg(up, name="raw.test", **kw):
+    e = {"name": name, "url": up.url}
+    e.update(kw)
+    return e
+
+
+def _body_json(r):
+    try:
+        return json.loads(r.body)
+    except ValueError:
+        return None
+
+
+def test_bearer_401_forever_not_relayed_as_401(t):
+    """A registry that keeps refusing the proxy's tokens (Docker Hub's insufficient_scope for
+    a private or missing repository): the client must not get a bare 401 with no challenge
+    (the proxy's rule: 502, never 401, when upstream refuses the proxy)."""
+    def h(r):
+        if r.path.startswith("/token"):
+            r.send(200, json.dumps({"token": "tok%d" % r.n, "expires_in": 600}).encode(),
+                   [("Content-Type", "application/json")])
+            return False
+        r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required",'
+               b'"detail":null}]}',
+               [("Content-Type", "application/json"),
+                ("WWW-Authenticate", 'Bearer realm="%s/token",service="svc",scope="repository:'
+                 'ns/x:pull",error="insufficient_scope"' % up.url)])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    for path in ("/v2/ns/x/manifests/v1", "/v2/ns/x/blobs/sha256:" + "a" * 64):
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        print("GET %s -> %d %s %r" % (path, r.status, r.headers, r.body[:300]))
+        check(r.status != 401 or "www-authenticate" in r.headers,
+              "GET %s: a 401 without WWW-Authenticate reached the client: %r" % (path, r.body))
+
+
+def test_cdn_401_not_relayed_bare(t):
+    """A blob CDN (redirect target, never sent our credentials) answering 401: the client is
+    anonymous to us; a 401 with no challenge tells it nothing true."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path.startswith("/v2/ns/x/blobs/"):
+            r.send(307, b"", [("Location", "%s/cdn/%s?sig=old" % (up.url, ld))])
+        elif r.path.startswith("/cdn/"):
+            r.send(401, b"<Error><Code>Unauthorized</Code></Error>",
+                   [("Content-Type", "application/xml")])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    r = p.get("/v2/ns/x/blobs/" + ld)
+    print("blob via CDN 401 -> %d %s %r" % (r.status, r.headers, r.body[:300]))
+    check(r.status != 401 or "www-authenticate" in r.headers,
+          "a CDN's 401 reached the client as a bare 401: %r" % r.body)
+
+
+def test_manifest_redirect_followed(t):
+    """A registry that 307-redirects manifest GETs (registry.k8s.io redirects every /v2/
+    request to Artifact Registry): clients follow it; does the proxy?"""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/v1":
+            r.send(307, b"", [("Location", "/v2/real/ns/x/manifests/v1")])
+        elif r.path == "/v2/real/ns/x/manifests/v1":
+            r.send(200, m, [("Content-Type", MT), ("Docker-Content-Digest", md)])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    print("redirected manifest -> %d %r" % (r.status, r.body[:300]))
+    eq((r.status, r.body), (200, m), "manifest behind a same-origin 307")
+
+
+def test_1xx_trailers_manifest(t):
+    """1xx answers before the manifest, chunked framing with trailers (one of them a wrong
+    Docker-Content-Digest): the manifest is served and cached right, nothing leaks."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/v1":
+            hd = ("HTTP/1.1 100 Continue\r\n\r\n"
+                  "HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n"
+                  "Content-Type: text/evil\r\n\r\n"
+                  "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nDocker-Content-Digest: %s\r\n"
+                  "Transfer-Encoding: chunked\r\nTrailer: X-A, Docker-Content-Digest\r\n"
+                  "Connection: close\r\n\r\n" % (MT, md)).encode()
+            half = len(m) // 2
+            body = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\nX-A: 1\r\nDocker-Content-Digest: sha256:%s\r\n" \
+                   b"Content-Type: text/evil\r\n\r\n" % (half, m[:half], len(m) - half, m[half:],
+                                                        b"0" * 64)
+            r.raw(hd + body)
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    for i in range(2):
+        r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+        print("1xx/trailers manifest -> %d %s" % (r.status, r.headers))
+        eq((r.status, r.body, r.headers.get("content-type"),
+            r.headers.get("docker-content-digest")), (200, m, MT, md),
+           "manifest answer %d" % i)
+
+
+def test_gzip_manifest_by_tag_not_cached(t):
+    """A registry that gzips a manifest nobody asked it to encode (no Accept-Encoding sent),
+    without Docker-Content-Digest: the proxy must not cache and serve the gzip bytes as the
+    tag's manifest."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    gz = gzip.compress(m)
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/v1":
+            r.send(200, gz, [("Content-Type", MT), ("Content-Encoding", "gzip")])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    print("gzip manifest -> %d %s %r" % (r.status, r.headers, r.body[:40]))
+    check(not (r.status == 200 and r.body == gz),
+          "gzip bytes served as the manifest, digest %s" % r.headers.get("docker-content-digest"))
+
+
+def test_refused_and_tls_errors(t):
+    s = t.s
+    fr = s.fakereg
+    port = lib.free_port()
+    bad_tls = fr.conf(name="tls.test")
+    bad_tls.pop("ca_file", None)
+    p = t.proxy(registries=[{"name": "refused.test", "url": "http://127.0.0.1:%d" % port},
+                            bad_tls])
+    for reg, msg, why in (("refused.test", "upstream registry unreachable", "connect"),
+                          ("tls.test", "TLS with the upstream registry failed", "certificate")):
+        r = p.get("/v2/%s/ns/multi/manifests/v1" % reg, headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, 503, "%s: status" % reg)
+        e = _body_json(r)["errors"][0]
+        eq((e["code"], e["message"]), ("UNAVAILABLE", msg), "%s: error" % reg)
+        check(why in e["detail"]["error"], "%s: the reason (%r) names no %s"
+              % (reg, e["detail"]["error"], why))
+        check("upstream %s:" % reg in lib.tail(p.log, 50), "%s: no log line gives the reason" % reg)
+
+
+def test_cross_origin_cdn_401_403(t):
+    """The blob CDN on another origin answers 401 (no challenge) or 403 (expired URL)."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    status = {"v": 401}
+
+    def cdn_h(r):
+        r.send(status["v"], b"<Error><Code>AccessDenied</Code><Message>Request has expired"
+               b"</Message></Error>", [("Content-Type", "application/xml")])
+        return False
+    cdn = rawup.RawUpstream(t, cdn_h)
+
+    def h(r):
+        if r.path.startswith("/v2/ns/x/blobs/"):
+            r.send(307, b"", [("Location", "%s/cdn/%s?sig=old" % (cdn.url, ld))])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    bad = []
+    for st in (401, 403):
+        status["v"] = st
+        r = p.get("/v2/ns/x/blobs/" + ld)
+        print("CDN %d -> %d %s %r" % (st, r.status, r.headers, r.body[:300]))
+        if r.status == 401 and "www-authenticate" not in r.headers:
+            bad.append(st)
+    check(not bad, "CDN answers %s reached the client as a bare 401" % bad)
+
+
+def test_bearer_401_forever_blob(t):
+    def h(r):
+        if r.path.startswith("/token"):
+            r.send(200, json.dumps({"token": "tok%d" % r.n, "expires_in": 600}).encode(),
+                   [("Content-Type", "application/json")])
+            return False
+        r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required",'
+               b'"detail":null}]}',
+               [("Content-Type", "application/json"),
+                ("WWW-Authenticate", 'Bearer realm="%s/token",service="svc"' % up.url)])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    path = "/v2/ns/x/blobs/sha256:" + "a" * 64
+    r = p.get(path)
+    print("GET %s -> %d %s %r; upstream saw %d requests" % (path, r.status, r.headers,
+                                                           r.body[:300], len(up.seen())))
+    check(r.status != 401 or "www-authenticate" in r.headers,
+          "GET %s: a 401 without WWW-Authenticate reached the client: %r" % (path, r.body))
+
+
+def test_resume_wrong_content_range(t):
+    """A cut download resumed; the 206 names the wrong range. Nothing wrong served/cached."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path != "/v2/ns/x/blobs/" + ld:
+            r.send(404, b"")
+            return False
+        rng = r.h("range")
+        if not rng:
+            r.send(200, b"", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(len(layer)))], close=True)
+            r.raw(layer[:len(layer) // 2])
+            return False
+        start = int(rng[len("bytes="):-1])
+        r.send(206, layer[start - 10:len(layer) - 10],
+               [("Content-Type", "application/octet-stream"),
+                ("Content-Range", "bytes %d-%d/%d" % (start - 10, len(layer) - 11,
+                                                      len(layer)))])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    r = lib.stream_get(p.port, "/v2/ns/x/blobs/" + ld, timeout=30)
+    print("resume/wrong range: %r" % r)
+    print(lib.tail(p.log, 6))
+    check(not (r.complete and r.status == 200), "complete answer %r" % r)
+
+
+def _multiarch():
+    import json as _j
+    imgs = {}
+    for arch in ("amd64", "arm64"):
+        cfg = _j.dumps({"architecture": arch, "os": "linux"}).encode()
+        m = _j.dumps({"schemaVersion": 2,
+                      "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                      "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                 "digest": rawup.sha256(cfg), "size": len(cfg)},
+                      "layers": []}).encode()
+        imgs[arch] = (m, rawup.sha256(m))
+    idx = _j.dumps({"schemaVersion": 2,
+                    "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+                    "manifests": [{"mediaType":
+                                   "application/vnd.docker.distribution.manifest.v2+json",
+                                   "digest": d, "size": len(m),
+                                   "platform": {"architecture": a, "os": "linux"}}
+                                  for a, (m, d) in imgs.items()]}).encode()
+    return idx, rawup.sha256(idx), imgs
+
+
+LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+V2 = "application/vnd.docker.distribution.manifest.v2+json"
+CONTAINERD_ACCEPT = ", ".join([V2, LIST, "application/vnd.oci.image.manifest.v1+json",
+                               "application/vnd.oci.image.index.v1+json", "*/*"])
+
+
+def _charset_upstream(t, param="; charset=utf-8"):
+    idx, idxd, imgs = _multiarch()
+    by_digest = {idxd: (idx, LIST)}
+    for a, (m, d) in imgs.items():
+        by_digest[d] = (m, V2)
+
+    def h(r):
+        ref = r.path.rsplit("/", 1)[-1]
+        if "/manifests/" not in r.path:
+            r.send(404, b"")
+            return False
+        if ref == "v1":
+            # A registry narrows a list to linux/amd64 for a client that does not take lists.
+            body, mt = (idx, LIST) if LIST in (r.h("accept") or "") else (imgs["amd64"][0], V2)
+        elif ref in by_digest:
+            body, mt = by_digest[ref]
+        else:
+            r.send(404, b"")
+            return False
+        r.send(200, b"" if r.method == "HEAD" else body,
+               [("Content-Type", mt + param), ("Docker-Content-Digest", rawup.sha256(body)),
+                ("Content-Length", str(len(body)))])
+        return False
+    up = rawup.RawUpstream(t, h)
+    return up, idx, idxd, imgs
+
+
+def test_content_type_with_charset_cached(t):
+    """quay.io / pulp / Satellite append '; charset=utf-8' to manifest Content-Types: the
+    manifest must still be served from the cache the second time."""
+    up, idx, idxd, imgs = _charset_upstream(t)
+    p = t.proxy(registries=[_reg(up)])
+    for ref in ("v1", idxd):
+        n0 = len(up.seen("/v2/ns/x/manifests/"))
+        for i in range(2):
+            r = p.get("/v2/ns/x/manifests/" + ref, headers={"Accept": lib.ACCEPT_ALL})
+            print("charset %s #%d -> %d %s" % (ref, i, r.status, r.headers.get("x-regproxy-cache")))
+            eq(r.status, 200, "GET %s" % ref)
+        n = len(up.seen("/v2/ns/x/manifests/")) - n0
+        check(n <= 1, "GET %s twice with a charset Content-Type: %d upstream GETs (cache never "
+              "answers)" % (ref, n))
+
+
+def test_content_type_with_charset_narrowed_tag(t):
+    """With '; charset=utf-8' on Content-Types, a client that does not name list types makes
+    the proxy record the tag as the linux/amd64 image it was narrowed to; containerd (Accept
+    ends with */*) on any platform then gets that image for the tag instead of the list."""
+    up, idx, idxd, imgs = _charset_upstream(t)
+    p = t.proxy(registries=[_reg(up)])
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": V2})
+    print("narrow client -> %d %s" % (r.status, r.headers.get("docker-content-digest")))
+    eq((r.status, r.body), (200, imgs["amd64"][0]), "narrow client gets the amd64 image")
+    for method in ("HEAD", "GET"):
+        r = p.get("/v2/ns/x/manifests/v1", method=method, headers={"Accept": CONTAINERD_ACCEPT})
+        print("containerd %s -> %d %s %s" % (method, r.status, r.headers.get("docker-content-digest"),
+                                              r.headers.get("x-regproxy-cache")))
+        eq(r.headers.get("docker-content-digest"), idxd,
+           "containerd's %s of the tag after a narrow client: the list's digest (amd64 image is "
+           "%s)" % (method, imgs["amd64"][1]))
+
+
+def test_many_headers_and_two_challenges(t):
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path.startswith("/token"):
+            r.send(200, json.dumps({"token": "T1", "access_token": "T2", "expires_in": -5}
+                                   ).encode(), [("Content-Type", "application/json")])
+            return False
+        if r.h("authorization") != "Bearer T1":
+            r.raw(("HTTP/1.1 401 U\r\nContent-Length: 0\r\nConnection: close\r\n"
+                   "WWW-Authenticate: Basic realm=\"a, b\"\r\n"
+                   "WWW-Authenticate: Bearer realm=\"%s/token\",service=\"s\\\"x\",scope=\"repository:ns/x:pull\"\r\n\r\n"
+                   % up.url).encode())
+            return False
+        extra = [("X-Filler-%d" % i, "v" * 100) for i in range(300)]
+        r.send(200, m, [("Content-Type", MT), ("Docker-Content-Digest", md)] + extra)
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[_reg(up)])
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    print("many headers/two challenges -> %d %r" % (r.status, r.body[:200]))
+    print([x[1:3] + (x[3].get("authorization"),) for x in up.seen()])
+    eq((r.status, r.body), (200, m), "manifest")
