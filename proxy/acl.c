@@ -178,8 +178,16 @@ static void peer_key(const char *peer, unsigned char key[17])
         key[0] = 4;
         memcpy(key + 1, bin, 4);
     } else if (inet_pton(AF_INET6, addr, bin) == 1) {
-        key[0] = 6;
-        memcpy(key + 1, bin, 8);
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(bin, mapped, 12) == 0) {
+            /* An IPv4 client on a [::] listener: keyed as itself, not as the ::/64 every
+             * IPv4 client shares (one guesser would lock all of them out). */
+            key[0] = 4;
+            memcpy(key + 1, bin + 12, 4);
+        } else {
+            key[0] = 6;
+            memcpy(key + 1, bin, 8);
+        }
     }
 }
 

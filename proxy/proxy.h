@@ -7,6 +7,7 @@
 #define RP_PROXY_H
 
 #include <event2/util.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -296,10 +297,13 @@ struct rp_conn {
     struct rp_htpasswd_waiter auth_wait;
     bool keep_alive;
     bool close_after;
-    struct event *linger_ev;    /* closing: draining input until EOF or this fires */
-    struct event *wait_ev;      /* between requests: idle timeout, then the head deadline */
-    bool head_started;          /* a request's first bytes arrived; its deadline runs */
-    bool denied;                /* the peer is outside the listener's allow list */
+    struct event *linger_ev; /* closing: draining input until EOF or this fires */
+    struct event *wait_ev;   /* between requests: idle timeout, then the head deadline */
+    bool head_started;       /* a request's first bytes arrived; its deadline runs */
+    /* The peer's address (IPv4 or IPv6; sin6_family says which), judged against the
+     * listener's allow list at each request: a reload that narrows it reaches keep-alive
+     * connections too. */
+    struct sockaddr_in6 peer_sa;
     bool over_limit;            /* accepted past max_connections only to be told so */
     struct rp_listen_ctx *lctx; /* the listener it came in on (settings swap on reload) */
     unsigned n_requests;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -44,7 +45,9 @@ struct rp_listen_ctx {
     struct rp_server *srv;
     const struct rp_conf_listen *conf;
     struct listen_settings set;
-    size_t n_conns; /* open connections accepted here (max_connections) */
+    size_t n_conns;          /* open connections accepted here (max_connections) */
+    struct rp_listener *li;  /* its listener (li->ev is NULL once closed) */
+    struct event *resume_ev; /* accepting again after accept() failed */
 };
 
 static const char *status_reason(int status)
@@ -509,8 +512,12 @@ static void linger_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_linger(struct rp_conn *c)
 {
-    if (c->linger_ev)
+    if (c->linger_ev) {
+        /* A refused connection's timer was set up front (refuse_connection): its answer
+         * is out now, so the client hears the end at once. */
+        shutdown(c->fd, SHUT_WR);
         return;
+    }
     shutdown(c->fd, SHUT_WR);
     in_release(c);
     if (c->bev) {
@@ -709,7 +716,8 @@ static void conn_parse_one(struct rp_conn *c)
         conn_reject(c, &h, 400, "UNSUPPORTED", "request bodies are not accepted");
         return;
     }
-    if (c->denied) {
+    if (!rp_acl_allows(c->lctx->set.allow, c->lctx->set.n_allow,
+                       (const struct sockaddr *)&c->peer_sa)) {
         conn_reject(c, &h, 403, "DENIED", "this network may not pull from this proxy");
         return;
     }
@@ -1160,7 +1168,6 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
                              int salen, void *arg)
 {
     (void)l;
-    (void)salen;
     struct rp_listen_ctx *ctx = arg;
     char peer[64];
     peer_name(sa, peer, sizeof(peer));
@@ -1173,8 +1180,9 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
         return;
     c->lctx = ctx;
     ctx->n_conns++;
-    /* Outside `allow`: the first request gets 403 and nothing else happens for it. */
-    c->denied = !rp_acl_allows(ctx->set.allow, ctx->set.n_allow, sa);
+    /* Outside `allow`, each request gets 403 and nothing else happens for it. */
+    memcpy(&c->peer_sa, sa,
+           (size_t)salen < sizeof(c->peer_sa) ? (size_t)salen : sizeof(c->peer_sa));
     conn_wait_request(c, false);
 }
 
@@ -1261,6 +1269,28 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     drain_check(srv);
 }
 
+static void listen_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_listen_ctx *ctx = arg;
+    if (!ctx->srv->stopping && ctx->li->ev)
+        evconnlistener_enable(ctx->li->ev);
+}
+
+/* accept() failed (EMFILE, ENFILE, ENOBUFS): the listening socket stays readable, so the
+ * loop would spin on it at full CPU, logging each turn. Accepting pauses for 100 ms; the
+ * connections already open go on, and closing them frees descriptors. */
+static void listen_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct rp_listen_ctx *ctx = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    rp_warn("listen %s: accept: %s; new connections wait 100 ms", ctx->conf->addr, strerror(err));
+    evconnlistener_disable(l);
+    struct timeval tv = {0, 100000};
+    evtimer_add(ctx->resume_ev, &tv);
+}
+
 static int listen_on(struct rp_server *srv, struct rp_listener *li, struct rp_listen_ctx *ctx)
 {
     if (settings_load(li->conf, &ctx->set) != 0)
@@ -1283,6 +1313,9 @@ static int listen_on(struct rp_server *srv, struct rp_listener *li, struct rp_li
         rp_error("listen %s: %s", li->conf->addr, strerror(errno));
         return -1;
     }
+    ctx->li = li;
+    ctx->resume_ev = evtimer_new(srv->base, listen_resume_cb, ctx);
+    evconnlistener_set_error_cb(li->ev, listen_error_cb);
     rp_info("listening on %s%s (default registry: %s)", li->conf->addr,
             ctx->set.tls ? " with TLS" : "", li->conf->def ? li->conf->def->name : "none");
     return 0;
@@ -1444,8 +1477,11 @@ void rp_server_fini(struct rp_server *srv)
             evconnlistener_free(srv->listeners[i].ev);
     free(srv->listeners);
     if (srv->lctx)
-        for (size_t i = 0; i < srv->n_listeners; i++)
+        for (size_t i = 0; i < srv->n_listeners; i++) {
             settings_free(&srv->lctx[i].set);
+            if (srv->lctx[i].resume_ev)
+                event_free(srv->lctx[i].resume_ev);
+        }
     free(srv->lctx);
     if (srv->auths)
         for (size_t i = 0; i < srv->conf->n_registries; i++)
@@ -1493,12 +1529,36 @@ static void log_kick(void *arg)
     event_active(srv->log_flush_ev, EV_TIMEOUT, 1);
 }
 
+/* Every connection is a descriptor (a blob being sent, two): the usual soft limit of 1024
+ * is below the default max_connections, and past it accept() fails where a 503 was meant
+ * to answer. The soft limit goes up to the hard one; if that is still short, say so. */
+static void raise_nofile(const struct rp_conf *conf)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    uint64_t want = 64; /* the cache, logs, upstream connections */
+    for (size_t i = 0; i < conf->n_listens; i++)
+        want += conf->listens[i].max_connections;
+    if (rl.rlim_cur != RLIM_INFINITY && want > rl.rlim_cur)
+        rp_warn("open files limited to %llu, below the listeners' max_connections (%llu in "
+                "all): past it new connections wait instead of getting a 503; raise "
+                "LimitNOFILE (ulimit -n)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
 int rp_server_run(struct rp_conf *conf)
 {
     int rc = 1;
     struct rp_server srv;
     if (rp_server_init(&srv, conf) != 0)
         goto out;
+    raise_nofile(conf);
     srv.n_listeners = conf->n_listens;
     srv.listeners = rp_xcalloc(conf->n_listens, sizeof(*srv.listeners));
     srv.lctx = rp_xcalloc(conf->n_listens, sizeof(*srv.lctx));

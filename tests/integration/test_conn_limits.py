@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Connections at the edges: IPv4 clients on a dual-stack [::] listener are each their own
+peer for password budgets; running out of file descriptors does not spin the loop;
+narrowing `allow` on reload reaches keep-alive connections; a connection refused for
+max_connections ends right after its 503."""
+import base64
+import os
+import signal
+import socket
+import time
+
+import lib
+from lib import check, eq
+
+
+def _ping(port, creds, source="127.0.0.1"):
+    with socket.socket() as c:
+        c.settimeout(20)
+        c.bind((source, 0))
+        c.connect(("127.0.0.1", port))
+        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  + (b"Authorization: Basic %s\r\n" % base64.b64encode(creds) if creds else b"")
+                  + b"\r\n")
+        got = lib.read_to_eof(c)
+    return int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
+
+
+def _v6_proxy(t, keys):
+    """A proxy with a second listener on [::] (IPv4 clients arrive as ::ffff:a.b.c.d)."""
+    reg = t.s.anon_registry
+    port = lib.free_port()
+    extra = '[listen "[::]:%d"]\ndefault = registry.anon.test\n' % port
+    for k, v in keys.items():
+        extra += "%s = %s\n" % (k, v)
+    p = t.proxy(registries=[reg.conf("registry.anon.test")], extra=extra)
+    return p, port
+
+
+def _accounts(t, n, cost=10):
+    path = os.path.join(t.tmp, "accounts.htpasswd")
+    with open(path, "wb") as f:
+        for i in range(n):
+            with open(lib.htpasswd_file(t, "node%d" % i, "secret%d" % i, cost), "rb") as one:
+                f.write(one.read())
+    return path
+
+
+def test_v6_listener_guesser_leaves_others_their_logins(t):
+    """As test_safety's guesser test, on a [::] listener: the guesser's budget is its own."""
+    htp = lib.htpasswd_file(t, "node", "node-secret")
+    p, port = _v6_proxy(t, {"htpasswd": htp})
+    statuses = [_ping(port, b"node:guess%d" % i) for i in range(20)]
+    eq(statuses, [401] * 20, "20 guesses from 127.0.0.1")
+    eq(_ping(port, b"node:node-secret", source="127.0.0.2"), 200,
+       "the first login from 127.0.0.2 right after them")
+
+
+def test_parallel_first_logins_dual_stack_listener(t):
+    """4 nodes with 4 accounts log in at once on a [::] listener: all get in."""
+    htp = _accounts(t, 4)
+    p, port = _v6_proxy(t, {"htpasswd": htp})
+    res = [None] * 4
+
+    def one(i):
+        res[i] = _ping(port, b"node%d:secret%d" % (i, i), source="127.0.0.%d" % (i + 1))
+    lib.parallel([lambda i=i: one(i) for i in range(4)])
+    eq(res, [200] * 4, "parallel first logins from 4 addresses")
+
+
+def _cpu(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_fd_exhaustion_does_not_spin(t):
+    """RLIMIT_NOFILE below max_connections: once accept() fails with EMFILE the loop must
+    not spin, the log must not flood, and the proxy serves again once descriptors free."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                wrapper=["prlimit", "--nofile=128:128", "--"])
+    held = []
+    try:
+        for _ in range(160):
+            held.append(socket.create_connection(("127.0.0.1", p.port), timeout=10))
+        time.sleep(0.5)
+        c0, size0 = _cpu(p.pid), os.path.getsize(p.log)
+        time.sleep(3)
+        c1, size1 = _cpu(p.pid), os.path.getsize(p.log)
+        check(c1 - c0 < 0.5, "the proxy used %.2f s of CPU in 3 idle seconds while out of "
+              "descriptors" % (c1 - c0))
+        check(size1 - size0 < 100000, "the log grew %d bytes in 3 s" % (size1 - size0))
+        check("open files limited to 128" in p.log_text(), "no warning about the limit")
+    finally:
+        for c in held:
+            c.close()
+    lib.wait_until(lambda: p.get("/v2/").status == 200, 20, "serving again")
+
+
+def test_allow_reload_applies_to_open_connections(t):
+    """A keep-alive connection opened before a reload that narrows `allow` is judged by the
+    new list at its next request."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "allow": "127.0.0.0/8"}])
+    req = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
+        c.sendall(req)
+        check(c.recv(4096).startswith(b"HTTP/1.1 200"), "before the reload")
+        p.listeners[0]["allow"] = "10.0.0.0/8"
+        p.write_conf()
+        os.kill(p.pid, signal.SIGHUP)
+        lib.wait_until(lambda: "configuration applied" in p.log_text(), 10, "reload applied")
+        eq(_ping(p.port, None), 403, "a new connection after the reload")
+        c.sendall(req)
+        got = c.recv(4096)
+    check(got.startswith(b"HTTP/1.1 403"), "the open keep-alive connection after 127.0.0.0/8 "
+          "was removed from allow: %r" % got[:60])
+
+
+def test_refused_connection_closed_after_its_503(t):
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "max_connections": "1"}])
+    open_conns = ("regproxy_open_connections", frozenset())
+    lib.wait_until(lambda: p.metrics().get(open_conns, 0) == 0, 10, "no connection open")
+    held = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    try:
+        lib.wait_until(lambda: p.metrics().get(open_conns, 0) == 1, 10, "one held")
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
+            c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = c.recv(4096)
+            t1 = time.monotonic()
+            lib.read_to_eof(c)
+            t2 = time.monotonic()
+    finally:
+        held.close()
+    check(first.startswith(b"HTTP/1.1 503"), "%r" % first[:40])
+    check(t2 - t1 < 0.5, "the end came %.2f s after the 503" % (t2 - t1))
