@@ -154,6 +154,7 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     }
     f->res.status = status;
     f->res.authorized = f->url_is_registry && f->authorization != NULL;
+    f->res.from_redirect = !f->url_is_registry;
     f->err_bytes = 0;
     f->err_cut = false;
     /* We send no Accept-Encoding, so curl decodes nothing: encoded content would be cached

@@ -374,8 +374,9 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
              * take more does. Each such client fetches for itself. */
             rp_req_pass_through(r);
         } else if (f->state == FILL_REFUSED) {
-            rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
-                                           f->err_body.len);
+            if (!rp_req_redirect_refused(r, res, f->up_status))
+                rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
+                                               f->err_body.len);
         } else if (res->fail == RP_FETCH_E_TOKEN || res->fail == RP_FETCH_E_AUTH) {
             /* 502: the registry refused the proxy, not the client (see up_failed). */
             rp_req_upstream_error(r, 502, "UNAUTHORIZED", "cannot authenticate upstream",

@@ -490,6 +490,21 @@ bool rp_accept_names(const char *accept, const char *media_type)
     return false;
 }
 
+void rp_media_type_normalize(char *t)
+{
+    if (!t)
+        return;
+    char *semi = strchr(t, ';');
+    if (semi)
+        *semi = '\0';
+    size_t n = strlen(t);
+    while (n > 0 && (t[n - 1] == ' ' || t[n - 1] == '\t'))
+        t[--n] = '\0';
+    for (char *c = t; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+}
+
 bool rp_manifest_tag_canonical(const char *accept, const char *media_type)
 {
     if (!media_type)

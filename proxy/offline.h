@@ -40,6 +40,10 @@ bool rp_accept_names(const char *accept, const char *media_type);
  * docker, containerd, CRI-O, podman and skopeo do; schema 1 never (its digest is not even
  * of its bytes); indexes, lists and other types always. */
 bool rp_manifest_tag_canonical(const char *accept, const char *media_type);
+/* A manifest's Content-Type as its media type alone, in place: parameters cut (quay, pulp and
+ * Satellite add "; charset=utf-8"), lower case, so that it compares with the types clients
+ * name and manifests declare. */
+void rp_media_type_normalize(char *content_type);
 
 /* Bounds on what a manifest may reference: far above real images (an index of a few dozen
  * platforms, a few hundred layers), low enough that a hostile document stays cheap. */

@@ -74,6 +74,9 @@ struct rp_fetch_result {
     /* The final request carried an Authorization (Basic, or a bearer token from the realm):
      * the registry asked for one and was given it. */
     bool authorized;
+    /* The final answer came from where the registry redirected (a blob CDN, a backing
+     * registry), not from the registry itself. */
+    bool from_redirect;
 };
 
 struct rp_fetch_cb {
@@ -242,6 +245,10 @@ void rp_req_error(struct rp_req *r, int status, const char *code, const char *me
 /* An error about upstream, with the registry, its status and error in the detail. */
 void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const char *message,
                            int up_status, const char *err);
+/* A 4xx from where the registry redirected (a CDN refusing an expired signed URL): a 502
+ * naming it so, not the registry's own 401/403/404 for the client to act on. True when
+ * answered. */
+bool rp_req_redirect_refused(struct rp_req *r, const struct rp_fetch_result *res, int status);
 /* The message of a 503 for an upstream that could not be reached: a TLS failure says so. */
 const char *rp_req_unreachable_msg(enum rp_xfer_error e);
 /* Passes a failed upstream answer on honestly (never turned into 404). */

@@ -921,6 +921,8 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
     struct rp_req *r = arg;
     r->up_status = status;
     rp_headers_copy(&r->up_h, h);
+    if (r->route.kind == RP_ROUTE_MANIFEST) /* kept, compared and served as its type alone */
+        rp_media_type_normalize(r->up_h.content_type);
     if (status == 416 && r->route.kind == RP_ROUTE_BLOB && r->range) {
         /* The range is past the blob's end. The body is not wanted, and may not be
          * readable: docker-registry announces the whole blob's length and sends a line. */
@@ -1268,6 +1270,20 @@ static void answer_success(struct rp_req *r)
     rp_buf_free(&extra);
 }
 
+bool rp_req_redirect_refused(struct rp_req *r, const struct rp_fetch_result *res, int status)
+{
+    if (!res->from_redirect || status < 400 || status >= 500)
+        return false;
+    rp_warn("upstream %s: %s: the registry's redirect target answered %d", r->route.reg->name,
+            rp_route_kind_name(r->route.kind), status);
+    char *msg = rp_xasprintf("upstream registry %s redirected to a location that answered %d "
+                             "(an expired or refused download URL)",
+                             r->route.reg->name, status);
+    rp_req_upstream_error(r, 502, "UNKNOWN", msg, status, NULL);
+    free(msg);
+    return true;
+}
+
 const char *rp_req_unreachable_msg(enum rp_xfer_error e)
 {
     /* A certificate problem is the admin's to fix (ca_file), not an outage to wait out. */
@@ -1470,6 +1486,8 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     if (serve_stale(r, res))
+        return;
+    if (rp_req_redirect_refused(r, res, res->status))
         return;
     rp_req_answer_upstream_failure(
         r, res->status, rp_header_value_safe(r->up_h.retry_after) ? r->up_h.retry_after : NULL,

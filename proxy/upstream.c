@@ -368,18 +368,6 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         }
         return n;
     }
-    if (slot == &x->h.content_type) {
-        const char *semi = memchr(v, ';', (size_t)(end - v));
-        if (semi)
-            end = semi;
-        while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        *slot = rp_xstrndup(v, (size_t)(end - v));
-        for (char *c = *slot; *c; c++)
-            if (*c >= 'A' && *c <= 'Z')
-                *c = (char)(*c - 'A' + 'a');
-        return n;
-    }
     *slot = rp_xstrndup(v, (size_t)(end - v));
     return n;
 }

@@ -17,8 +17,6 @@ struct rp_xfer;
 /* Response headers the proxy acts on; each value is a NUL-terminated copy (or NULL) owned
  * by the transfer and valid until the transfer's on_done returns. */
 struct rp_xfer_headers {
-    /* The media type alone: parameters (`; charset=utf-8`, which some registries add) cut,
-     * lower case, so that it compares with the types clients name and manifests declare. */
     char *content_type;
     char *content_length;
     char *content_range;
