@@ -356,8 +356,8 @@ static char *upstream_path(const struct rp_req *r)
  * answer is a type the client does not take is it asked again with the client's own. */
 static void canonical_unless_named(struct rp_req *r)
 {
-    r->canonical_fetch = !r->route.ref_is_digest && !r->head &&
-                         !rp_manifest_tag_canonical(r->accept, RP_MEDIA_DOCKER_MANIFEST);
+    r->canonical_fetch =
+        !r->route.ref_is_digest && !rp_manifest_tag_canonical(r->accept, RP_MEDIA_DOCKER_MANIFEST);
 }
 
 /* Starts the upstream exchange for this request. head: HEAD instead of the client's
@@ -661,7 +661,7 @@ static bool accept_allows(const char *accept, const char *media_type)
     if (!accept || !media_type)
         return true;
     /* A client that accepts anything gets anything. */
-    return rp_accept_names(accept, media_type) || strstr(accept, "*/*") != NULL;
+    return rp_accept_names(accept, media_type) || rp_accept_names(accept, "*/*");
 }
 
 /* Tries to answer a manifest from the cache; true when answered. The hot path of a
@@ -1174,8 +1174,13 @@ static void manifest_fetched(struct rp_req *r)
     const char *type = rp_header_value_safe(r->up_h.content_type) ? r->up_h.content_type : NULL;
     const char *body = r->body.data ? r->body.data : "";
     char digest[RP_DIGEST_MAX + 1];
-    digest_hex(rt->ref_is_digest && strncmp(rt->ref, "sha512:", 7) == 0 ? "sha512" : "sha256", body,
-               r->body.len, digest, sizeof(digest));
+    /* By tag, in the algorithm upstream names the manifest with (a sha512 registry's tag). */
+    const char *ud = r->up_h.docker_content_digest;
+    const char *algo_of = rt->ref_is_digest                       ? rt->ref
+                          : ud && rp_valid_digest(ud, strlen(ud)) ? ud
+                                                                  : "sha256:";
+    digest_hex(strncmp(algo_of, "sha512:", 7) == 0 ? "sha512" : "sha256", body, r->body.len, digest,
+               sizeof(digest));
     /* A manifest asked for by digest must be that digest, whatever upstream says. */
     if (rt->ref_is_digest && strcmp(digest, rt->ref) != 0) {
         rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
@@ -1476,13 +1481,30 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             return;
         }
     } else if (res->status >= 200 && res->status < 300) {
+        if (r->head && r->route.kind == RP_ROUTE_MANIFEST && !r->route.ref_is_digest) {
+            const char *t =
+                rp_header_value_safe(r->up_h.content_type) ? r->up_h.content_type : NULL;
+            if (r->canonical_fetch && !accept_allows(r->accept, t)) {
+                r->canonical_fetch = false;
+                start_fetch(r, true, false);
+                return;
+            }
+            /* A HEAD answered to the full list names the tag's manifest: the tag is
+             * recorded, as from a GET (containerd GETs the digest next; until then a
+             * lookup finds it uncached and revalidates). */
+            const char *d = r->up_h.docker_content_digest;
+            if (d && rp_valid_digest(d, strlen(d)) &&
+                rp_manifest_tag_canonical(r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept, t))
+                rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name,
+                                 r->route.ref, d, rp_wall_s());
+        }
         answer_success(r);
         return;
     } else if (r->canonical_fetch && res->status >= 400 && res->status < 500 &&
                res->status != 401 && res->status != 429) {
         /* Refused with the proxy's list: maybe not with the client's own. */
         r->canonical_fetch = false;
-        start_fetch(r, false, false);
+        start_fetch(r, r->head, false);
         return;
     }
     if (serve_stale(r, res))

@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Tags and manifests as clients see them: a sha512 registry's tag keeps upstream's digest;
+HEAD and GET by tag agree on a miss; containerd's HEAD-then-GET-by-digest records the tag
+(hits, and stale answers in an outage); `*/*;q=0` accepts nothing more; sha512 by digest."""
+import hashlib
+import json
+import time
+
+import lib
+import rawup
+from lib import check, eq
+
+V2 = "application/vnd.docker.distribution.manifest.v2+json"
+LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+ALL = ", ".join([V2, LIST, OCI, OCI_INDEX])
+CONTAINERD = ALL + ", */*"
+
+
+def sha512(b):
+    return "sha512:" + hashlib.sha512(b).hexdigest()
+
+
+def test_sha512_tag_digest(t):
+    """A tag naming a sha512 manifest: upstream's Docker-Content-Digest is sha512. The proxy
+    answers the tag's GET with a sha256 digest of its own, records the tag under sha256,
+    and so (HEAD passes upstream's sha512 on) HEAD and GET disagree, and every
+    revalidation sees a 'moved' tag and refetches the body."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    d512 = sha512(m)
+
+    def h(r):
+        if r.path in ("/v2/ns/x/manifests/v1", "/v2/ns/x/manifests/" + d512):
+            r.send(200, b"" if r.method == "HEAD" else m,
+                   [("Content-Type", OCI), ("Docker-Content-Digest", d512),
+                    ("Content-Length", str(len(m)))])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[{"name": "raw.test", "url": up.url, "tag_ttl": "1s"}])
+    path = "/v2/ns/x/manifests/v1"
+    r = p.get(path, headers={"Accept": CONTAINERD})
+    print("GET tag:", r.status, r.headers)
+    got_get = r.header("Docker-Content-Digest")
+    time.sleep(2.2)
+    r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+    print("HEAD tag past ttl:", r.status, r.headers)
+    got_head = r.header("Docker-Content-Digest")
+    time.sleep(2.2)
+    n0 = len([x for x in up.seen("/v2/ns/x/manifests/v1") if x[1] == "GET"])
+    r = p.get(path, headers={"Accept": CONTAINERD})
+    n1 = len([x for x in up.seen("/v2/ns/x/manifests/v1") if x[1] == "GET"])
+    print("GET tag past ttl:", r.status, r.headers, "upstream GETs", n1 - n0)
+    eq(got_get, d512, "GET by tag: Docker-Content-Digest (upstream's is sha512)")
+    eq(got_head, got_get, "HEAD by tag vs GET by tag digest")
+    eq((r.header("X-Regproxy-Cache"), n1 - n0), ("REVALIDATED", 0),
+       "unchanged sha512 tag past tag_ttl: revalidated without a GET")
+
+
+def test_head_miss_agrees_with_get(t):
+    """A client naming only */* (curl -I, scripts): its GET by tag is fetched canonically
+    and answered with the schema 2 image (accept_allows: */* takes anything), but its HEAD
+    on a miss goes upstream with its own Accept, where docker-registry narrows the tag to
+    signed schema 1: HEAD and GET name different digests, and the HEAD's answer flips once
+    the tag is cached."""
+    reg = t.s.anon_registry
+    want = reg.pushed["ns/multi-v2s2:v1"]["digest"]
+    path = "/v2/ns/multi-v2s2/manifests/v1"
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "10m"})
+    h1 = p.get(path, method="HEAD", headers={"Accept": "*/*"})
+    g = p.get(path, headers={"Accept": "*/*"})
+    h2 = p.get(path, method="HEAD", headers={"Accept": "*/*"})
+    res = [(x.status, x.header("Content-Type"), x.header("Docker-Content-Digest"),
+            x.header("X-Regproxy-Cache")) for x in (h1, g, h2)]
+    print("HEAD miss, GET, HEAD hit:", res)
+    eq(lib.sha256(g.body), want, "GET */*: body")
+    eq(h1.header("Docker-Content-Digest"), g.header("Docker-Content-Digest"),
+       "HEAD (miss) vs GET by tag, same Accept */*")
+    eq(h1.header("Docker-Content-Digest"), h2.header("Docker-Content-Digest"),
+       "HEAD (miss) vs HEAD (hit), same Accept */*")
+
+
+def test_containerd_head_then_digest_records_tag(t):
+    """containerd never GETs a tag: it HEADs it (naming every list type), then GETs the
+    digest. The proxy records a tag only from a GET by tag, so a containerd-only cluster
+    never gets a tag hit (every resolve is an upstream HEAD) and, with upstream down, cannot
+    resolve a tag it pulled a minute ago: max_stale never applies to it."""
+    s = t.s
+    reg = t.private_registry("anon", images={
+        "ns/cd:v1": "oci:%s:v1" % s.images["multi"]["dir"]})
+    d = reg.pushed["ns/cd:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf(tag_ttl="10m")], cache={"max_stale": "1h"})
+    path = "/v2/ns/cd/manifests/v1"
+    out = []
+    for i in range(2):
+        mk = reg.mark()
+        r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+        eq((r.status, r.header("Docker-Content-Digest")), (200, d), "HEAD by tag %d" % i)
+        g = p.get("/v2/ns/cd/manifests/" + d, headers={"Accept": CONTAINERD})
+        eq((g.status, lib.sha256(g.body)), (200, d), "GET by digest %d" % i)
+        ups = [m for m, pth, st in lib.settle(lambda: reg.since(mk), 1) if pth == path]
+        out.append((r.header("X-Regproxy-Cache"), ups))
+    print("pulls (cache status of the tag HEAD, upstream requests for the tag):", out)
+    reg.stop()
+    r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+    print("HEAD with upstream down:", r.status, r.header("X-Regproxy-Cache"))
+    eq(out[1], ("HIT", []), "second containerd pull within tag_ttl: tag HEAD")
+    eq(r.status, 200, "containerd HEAD of a pulled tag, upstream down, within max_stale")
+
+
+def test_sha512_by_digest_cached(t):
+    """Probe (expected to pass): a sha512 manifest by digest is verified, cached, a HIT."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    d512 = sha512(m)
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/" + d512:
+            r.send(200, b"" if r.method == "HEAD" else m,
+                   [("Content-Type", OCI), ("Docker-Content-Digest", d512),
+                    ("Content-Length", str(len(m)))])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[{"name": "raw.test", "url": up.url}])
+    res = []
+    for meth in ("GET", "GET", "HEAD"):
+        r = p.get("/v2/ns/x/manifests/" + d512, method=meth, headers={"Accept": CONTAINERD})
+        res.append((r.status, r.header("Docker-Content-Digest") == d512,
+                    r.header("X-Regproxy-Cache"), meth == "HEAD" or r.body == m))
+    print(res)
+    eq(res, [(200, True, "MISS", True), (200, True, "HIT", True), (200, True, "HIT", True)],
+       "sha512 by digest")
+
+
+def test_star_q0_is_not_accept_anything(t):
+    """'*/*;q=0' says 'nothing else' (RFC 9110 12.4.2). accept_allows treats any '*/*' in
+    the list as 'takes anything': a client naming only the OCI image type is answered with
+    the cached index (a HIT), where upstream (and the proxy for the same client without the
+    '*/*;q=0') would not."""
+    reg = t.s.anon_registry
+    idx = reg.pushed["ns/multiarch:v1"]["digest"]
+    path = "/v2/ns/multiarch/manifests/v1"
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "10m"})
+    eq(lib.sha256(p.get(path, headers={"Accept": ALL}).body), idx, "wide client fills the tag")
+    plain = p.get(path, headers={"Accept": OCI})
+    q0 = p.get(path, headers={"Accept": OCI + ", */*;q=0"})
+    res = [(x.status, x.header("Content-Type"), x.header("X-Regproxy-Cache")) for x in (plain, q0)]
+    print("OCI only; OCI + */*;q=0:", res)
+    check(q0.header("Content-Type") != OCI_INDEX,
+          "client refusing everything but %s got %r" % (OCI, res[1]))
