@@ -2066,10 +2066,17 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
         if (bi->tag) {
             char cur[RP_CACHE_DIGEST_BUF];
             int64_t t;
-            bool same = rp_cache_tag_get(im.c, reg, bi->repo, bi->tag, cur, sizeof(cur), &t) ==
-                            RP_CACHE_OK &&
-                        strcmp(cur, bi->digest) == 0;
-            if (!same) {
+            bool have =
+                rp_cache_tag_get(im.c, reg, bi->repo, bi->tag, cur, sizeof(cur), &t) == RP_CACHE_OK;
+            bool same = have && strcmp(cur, bi->digest) == 0;
+            /* A bundle older than what the cache knows of the tag (last week's imported
+             * after this week's) does not move it back. */
+            bool older = have && !same && bi->tag_time >= 0 && bi->tag_time < t;
+            if (older)
+                fprintf(stderr,
+                        "regproxy import: tag %s/%s:%s kept at %s: the bundle's %s is older\n", reg,
+                        bi->repo, bi->tag, cur, bi->digest);
+            if (!same && !older) {
                 /* At most now: a time ahead of this clock (the exporter's was ahead, or the
                  * bundle was made so) would keep the tag fresh until then. */
                 int64_t now = rp_wall_s();

@@ -53,6 +53,8 @@ struct image {
     size_t pending; /* tasks queued or running */
     char *fail;     /* first failure: "what: why" */
     size_t manifests, blobs, cached_blobs;
+    size_t leaves;     /* image manifests (not indexes) mirrored */
+    bool top_is_index; /* then leaves must end above 0: a platform was there */
     uint64_t fetched, cached;
     char **seen; /* digests already queued for this image */
     size_t n_seen;
@@ -154,6 +156,8 @@ static void image_finish(struct mirror *m, struct image *img)
     rp_format_bytes(img->cached, cached, sizeof(cached));
     if (m->interrupted)
         image_fail(img, "interrupted", "a rerun resumes where this one stopped");
+    if (!img->fail && img->top_is_index && img->leaves == 0)
+        image_fail(img, "manifest", "the index has no manifest for the requested platforms");
     const char *missing = img->fail ? NULL : image_missing(m, img);
     if (missing)
         image_fail(img, missing,
@@ -261,13 +265,15 @@ static void manifest_done(struct mirror *m, struct task *t)
     }
     struct task_list fresh;
     TAILQ_INIT(&fresh);
-    size_t wanted = 0;
     for (size_t i = 0; i < refs.n; i++) {
         const struct rp_manifest_ref *r = &refs.v[i];
         if (r->kind == RP_REF_CHILD) {
-            if (!rp_platforms_match(m->platforms, r))
+            /* An index inside an index is followed whatever its descriptor says (usually
+             * nothing): the platforms are those of the image manifests it lists. */
+            bool nested = strcmp(r->media_type, RP_MEDIA_OCI_INDEX) == 0 ||
+                          strcmp(r->media_type, RP_MEDIA_DOCKER_LIST) == 0;
+            if (!nested && !rp_platforms_match(m->platforms, r))
                 continue;
-            wanted++;
             if (t->depth >= NEST_MAX) {
                 image_fail(img, what, "indexes nested too deeply");
                 break;
@@ -285,8 +291,10 @@ static void manifest_done(struct mirror *m, struct task *t)
             TAILQ_INSERT_TAIL(&fresh, b, link);
         }
     }
-    if (refs.is_index && wanted == 0 && !img->fail)
-        image_fail(img, what, "the index has no manifest for the requested platforms");
+    if (refs.is_index && t->depth == 0)
+        img->top_is_index = true;
+    else if (!refs.is_index)
+        img->leaves++;
     rp_manifest_refs_free(&refs);
     queue_front(m, &fresh);
 }
@@ -532,6 +540,12 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
         free(conf->admin.log_level);
         conf->admin.log_level = rp_xstrdup("warn");
     }
+    /* Mirroring asks upstream what the tags name now: a cached tag, fresh or stale, would
+     * carry an image the tag has since left into the pins and the next export. */
+    conf->cache.tag_ttl_ms = 0;
+    conf->cache.max_stale_ms = 0;
+    for (size_t i = 0; i < conf->n_registries; i++)
+        conf->registries[i].tag_ttl_ms = 0;
     if (rp_server_init(&m.srv, conf) != 0) {
         fprintf(stderr,
                 "regproxy mirror: cannot open the cache %s (is a regproxy serving it? "

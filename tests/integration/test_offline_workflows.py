@@ -1,0 +1,196 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Disconnected-cluster workflows against a static plain-HTTP upstream (rawup): mirror
+--platform through an index of indexes, a mirror rerun after a tag moved, an older bundle
+imported after a newer one, and split parts in the wrong order."""
+import json
+import os
+import re
+
+import lib
+import rawup
+from lib import check, eq
+from test_disconnected import _run
+
+NAME = "raw.test"
+OCI_IDX = "application/vnd.oci.image.index.v1+json"
+OCI_MAN = "application/vnd.oci.image.manifest.v1+json"
+
+
+def sha(b):
+    return rawup.sha256(b)
+
+
+class Store:
+    def __init__(self):
+        self.manifests = {}  # (repo, ref) -> (bytes, media type)
+        self.blobs = {}
+
+    def blob(self, data):
+        d = sha(data)
+        self.blobs[d] = data
+        return {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d,
+                "size": len(data)}
+
+    def manifest(self, repo, body, mt, tag=None):
+        b = json.dumps(body).encode()
+        d = sha(b)
+        self.manifests[(repo, d)] = (b, mt)
+        if tag:
+            self.manifests[(repo, tag)] = (b, mt)
+        return {"mediaType": mt, "digest": d, "size": len(b)}
+
+    def image(self, repo, arch, tag=None):
+        cfg = json.dumps({"architecture": arch, "os": "linux", "rootfs": {"type": "layers",
+                          "diff_ids": []}, "x": os.urandom(8).hex()}).encode()
+        c = self.blob(cfg)
+        c["mediaType"] = "application/vnd.oci.image.config.v1+json"
+        layer = self.blob(os.urandom(4096))
+        return self.manifest(repo, {"schemaVersion": 2, "mediaType": OCI_MAN, "config": c,
+                                    "layers": [layer]}, OCI_MAN, tag)
+
+    def handler(self):
+        def h(r):
+            m = re.match(r"^/v2/(.+)/(manifests|blobs)/([^/?]+)$", r.path)
+            if r.path in ("/v2/", "/v2"):
+                r.send(200, b"{}", [("Content-Type", "application/json")])
+            elif m and m.group(2) == "manifests" and (m.group(1), m.group(3)) in self.manifests:
+                b, mt = self.manifests[(m.group(1), m.group(3))]
+                r.send(200, b"" if r.method == "HEAD" else b,
+                       [("Content-Type", mt), ("Docker-Content-Digest", sha(b)),
+                        ("Content-Length", str(len(b)))])
+            elif m and m.group(2) == "blobs" and m.group(3) in self.blobs:
+                b = self.blobs[m.group(3)]
+                r.send(200, b"" if r.method == "HEAD" else b,
+                       [("Content-Type", "application/octet-stream"),
+                        ("Docker-Content-Digest", m.group(3)), ("Content-Length", str(len(b)))])
+            else:
+                r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}',
+                       [("Content-Type", "application/json")])
+            return False
+        return h
+
+
+def _conf(path, cache_dir, up=None, offline=False, name=NAME, max_size=None):
+    lines = ['[listen "127.0.0.1:%d"]' % lib.free_port(), "default = %s" % name, "",
+             "[cache]", "dir = %s" % cache_dir]
+    if offline:
+        lines.append("offline = yes")
+    if max_size:
+        lines.append("max_size = %s" % max_size)
+    lines += ["", '[registry "%s"]' % name, "test_login = no"]
+    if up is not None:
+        lines += ["url = %s" % up.url]
+    lines += ["", "[admin]", "listen = off", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def test_platform_index_of_indexes(t):
+    """An index whose children are indexes (no platform on the inner descriptors, as
+    buildx/oras write them): --platform linux/arm64 should mirror the arm64 image."""
+    st = Store()
+    amd = st.image("ns/nest", "amd64")
+    arm = st.image("ns/nest", "arm64")
+    amd["platform"] = {"os": "linux", "architecture": "amd64"}
+    arm["platform"] = {"os": "linux", "architecture": "arm64"}
+    inner = st.manifest("ns/nest", {"schemaVersion": 2, "mediaType": OCI_IDX,
+                                    "manifests": [amd, arm]}, OCI_IDX)
+    st.manifest("ns/nest", {"schemaVersion": 2, "mediaType": OCI_IDX, "manifests": [inner]},
+                OCI_IDX, tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/nest:v1\n" % NAME)
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    # without --platform: fine
+    rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
+    print("no --platform:", rc, out, err[-500:])
+    eq(rc, 0, "mirror of an index of indexes without --platform")
+    conf2 = _conf(os.path.join(t.tmp, "c2.conf"), os.path.join(t.tmp, "cache2"), up)
+    rc, out, err = _run(t, ["mirror", "-c", conf2, lst, "--platform", "linux/arm64"], ok=False)
+    print("--platform linux/arm64:", rc, out, err[-500:])
+    eq(rc, 0, "mirror --platform linux/arm64 of an index of indexes (stdout %r)" % out)
+
+
+def test_import_older_bundle_rolls_tag_back(t):
+    """Weekly bundles imported out of order: the bundle made later (tag v1 -> B) and then an
+    older one (v1 -> A, recorded earlier, tag_time in the bundle says so). The import sets
+    the tag back to A although the cache's record is newer."""
+    import time
+    st = Store()
+    a = st.image("ns/app", "amd64", tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/app:v1\n" % NAME)
+    confa = _conf(os.path.join(t.tmp, "a.conf"), os.path.join(t.tmp, "cache-a"), up)
+    _run(t, ["mirror", "-c", confa, lst])
+    old = os.path.join(t.tmp, "week1.rpb")
+    _run(t, ["export", "-c", confa, "-o", old])
+    time.sleep(2)
+    b = st.image("ns/app", "amd64", tag="v1")  # the tag moves upstream
+    confb = _conf(os.path.join(t.tmp, "b.conf"), os.path.join(t.tmp, "cache-b"), up)
+    _run(t, ["mirror", "-c", confb, lst])
+    new = os.path.join(t.tmp, "week2.rpb")
+    _run(t, ["export", "-c", confb, "-o", new])
+    cache2 = os.path.join(t.tmp, "cache-off")
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
+    _, out2, _ = _run(t, ["import", "-c", conf2, new])
+    _, out1, _ = _run(t, ["import", "-c", conf2, old])
+    print(out2, out1)
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache2, "offline": "yes"})
+    r = p.get("/v2/ns/app/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    got = r.headers.get("docker-content-digest")
+    print("A", a["digest"], "B", b["digest"], "served", got)
+    eq(got, b["digest"], "tag v1 after importing week 2's bundle and then week 1's")
+
+
+def test_mirror_rerun_after_tag_moved(t):
+    """mirror, the tag moves upstream, mirror again (within [cache] tag_ttl, 10m by
+    default): the rerun should mirror what the tag names now, not the cached record."""
+    st = Store()
+    a = st.image("ns/app", "amd64", tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/app:v1\n" % NAME)
+    conf = _conf(os.path.join(t.tmp, "a.conf"), os.path.join(t.tmp, "cache"), up)
+    _run(t, ["mirror", "-c", conf, lst])
+    b = st.image("ns/app", "amd64", tag="v1")
+    _, out, _ = _run(t, ["mirror", "-c", conf, lst])
+    print("A", a["digest"], "B", b["digest"], "\n", out)
+    n = len([x for x in up.seen("/v2/ns/app/manifests/v1")])
+    print("upstream GETs of the tag:", n)
+    check(b["digest"] in out, "the rerun should mirror the tag's new digest %s:\n%s"
+          % (b["digest"], out))
+
+
+def test_split_parts_swapped(t):
+    """Two equal-size parts of a split bundle swapped (copied from media in the wrong
+    order): refused without touching the cache, with a message that helps."""
+    st = Store()
+    big = [st.blob(os.urandom(300 * 1024)) for _ in range(2)]
+    cfg = st.blob(b'{"architecture":"amd64","os":"linux"}')
+    cfg["mediaType"] = "application/vnd.oci.image.config.v1+json"
+    st.manifest("ns/big", {"schemaVersion": 2, "mediaType": OCI_MAN, "config": cfg,
+                           "layers": big}, OCI_MAN, tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/big:v1\n" % NAME)
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    _run(t, ["mirror", "-c", conf, lst])
+    d = os.path.join(t.tmp, "media")
+    os.makedirs(d)
+    _run(t, ["export", "-c", conf, "-o", os.path.join(d, "b.rpb"), "--split", "64K"])
+    parts = sorted(os.listdir(d))
+    print(parts)
+    p1, p2 = os.path.join(d, parts[2]), os.path.join(d, parts[3])
+    os.rename(p1, p1 + ".x"); os.rename(p2, p1); os.rename(p1 + ".x", p2)
+    cache2 = os.path.join(t.tmp, "cache-off")
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
+    rc, out, err = _run(t, ["import", "-c", conf2, os.path.join(d, "b.rpb")], ok=False)
+    print(rc, out, err)
+    check(rc == 1, "swapped parts refused")
+    check(not os.path.exists(os.path.join(cache2, "blobs")) or not os.listdir(os.path.join(cache2, "blobs")), "cache untouched")
