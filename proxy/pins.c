@@ -249,11 +249,20 @@ bool rp_pin_pattern_match(const struct rp_conf *conf, const char *registry, cons
     const struct rp_conf_cache *cc = &conf->cache;
     if (cc->n_pins == 0)
         return false;
+    /* By the registry's section name or by its host[:port], as LIST lines and the pins file
+     * take either: a pattern written with the host must not pin nothing when the section
+     * is named otherwise. */
+    const struct rp_conf_registry *reg = rp_conf_find_registry(conf, registry, strlen(registry));
     char *image = rp_xasprintf("%s/%s", registry, repo);
+    char *by_host = reg && strcmp(reg->hostport, registry) != 0
+                        ? rp_xasprintf("%s/%s", reg->hostport, repo)
+                        : NULL;
     bool hit = false;
     for (size_t i = 0; i < cc->n_pins && !hit; i++)
-        hit = fnmatch(cc->pins[i], image, 0) == 0;
+        hit = fnmatch(cc->pins[i], image, 0) == 0 ||
+              (by_host && fnmatch(cc->pins[i], by_host, 0) == 0);
     free(image);
+    free(by_host);
     return hit;
 }
 

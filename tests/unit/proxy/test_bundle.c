@@ -742,6 +742,26 @@ static int write_seeds(const char *dir)
     return 0;
 }
 
+/* Pin patterns match an image by its registry's section name or by its host[:port]. */
+static void test_pin_pattern_by_name_or_host(void)
+{
+    static const char text[] = "[listen \"127.0.0.1:5000\"]\n"
+                               "[cache]\npin = registry.example.com:5443/team/*, corp/base\n"
+                               "[registry \"corp\"]\nurl = https://registry.example.com:5443\n"
+                               "[registry \"other\"]\nurl = https://other.example.com\n";
+    struct rp_conf *conf = NULL;
+    char err[256];
+    CHECK_INT(rp_conf_parse(text, sizeof(text) - 1, "pins.conf", &conf, err, sizeof(err)), 0);
+    if (!conf)
+        return;
+    CHECK(rp_pin_pattern_match(conf, "corp", "team/app")); /* by host:port */
+    CHECK(rp_pin_pattern_match(conf, "corp", "team/a/b")); /* '*' crosses '/' */
+    CHECK(rp_pin_pattern_match(conf, "corp", "base"));     /* by name */
+    CHECK(!rp_pin_pattern_match(conf, "corp", "other/app"));
+    CHECK(!rp_pin_pattern_match(conf, "other", "team/app"));
+    rp_conf_free(conf);
+}
+
 int main(int argc, char **argv)
 {
     unit_mkdtemp(tmpdir, sizeof(tmpdir), "rp-test-bundle");
@@ -763,6 +783,7 @@ int main(int argc, char **argv)
     RUN(test_import_twice_tag_moved);
     RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
+    RUN(test_pin_pattern_by_name_or_host);
     rm_rf(tmpdir);
     UNIT_EXIT();
 }
