@@ -1759,7 +1759,30 @@ struct import {
     struct rp_cache_fill *fill;
     size_t new_manifests, new_blobs, cached_blobs;
     uint64_t new_bytes;
+    /* Manifests read in pass 2, published once every blob is: an import that fails midway
+     * (a full disk) must not leave manifests whose blobs never came, which clients would
+     * start pulling and then fail on. */
+    struct held_manifest *held;
+    size_t n_held;
 };
+
+struct held_manifest {
+    char digest[RP_CACHE_DIGEST_BUF];
+    char *media_type, *data;
+    size_t len;
+    const struct bundle_item *it;
+};
+
+static void held_free(struct import *im)
+{
+    for (size_t i = 0; i < im->n_held; i++) {
+        free(im->held[i].media_type);
+        free(im->held[i].data);
+    }
+    free(im->held);
+    im->held = NULL;
+    im->n_held = 0;
+}
 
 static const char *local_registry(const struct import *im, const char *name)
 {
@@ -1914,11 +1937,38 @@ static const struct bundle_item *next_item(const struct bundle_item *v, size_t n
 static int publish_manifest_cb(void *arg, const char *digest, const char *media_type,
                                const char *data, size_t len, char *err, size_t errlen)
 {
+    (void)err;
+    (void)errlen;
     struct import *im = arg;
     const struct bundle_item *it =
         next_item(im->meta->manifests, im->meta->n_manifests, &im->next_manifest, digest);
     /* Pinned first: publishing evicts, and must not evict what it is importing. */
     rp_cache_pin(im->c, digest);
+    im->held = rp_xrealloc(im->held, (im->n_held + 1) * sizeof(*im->held));
+    struct held_manifest *h = &im->held[im->n_held++];
+    snprintf(h->digest, sizeof(h->digest), "%s", digest);
+    h->media_type = rp_xstrdup(media_type ? media_type : "");
+    h->data = rp_xmalloc(len ? len : 1);
+    memcpy(h->data, data, len);
+    h->len = len;
+    h->it = it;
+    im->prog->bytes += len;
+    return 0;
+}
+
+static bool is_index_type(const char *t)
+{
+    return strcmp(t, RP_MEDIA_OCI_INDEX) == 0 || strcmp(t, RP_MEDIA_DOCKER_LIST) == 0;
+}
+
+static int publish_held_one(struct import *im, const struct held_manifest *h, char *err,
+                            size_t errlen)
+{
+    const char *digest = h->digest;
+    const char *media_type = h->media_type[0] ? h->media_type : NULL;
+    const char *data = h->data;
+    size_t len = h->len;
+    const struct bundle_item *it = h->it;
     struct rp_cache_manifest old;
     bool had = rp_cache_manifest_get(im->c, digest, &old) == RP_CACHE_OK;
     if (had)
@@ -1930,8 +1980,22 @@ static int publish_manifest_cb(void *arg, const char *digest, const char *media_
     }
     if (!had)
         im->new_manifests++;
-    im->prog->bytes += len;
     return link_all(im, it, err, errlen);
+}
+
+/* Image manifests first, then indexes deepest first (the bundle lists a parent before its
+ * children): whatever a manifest names is in the cache before it is. */
+static int publish_held(struct import *im, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < im->n_held; i++)
+        if (!is_index_type(im->held[i].media_type) &&
+            publish_held_one(im, &im->held[i], err, errlen) != 0)
+            return -1;
+    for (size_t i = im->n_held; i-- > 0;)
+        if (is_index_type(im->held[i].media_type) &&
+            publish_held_one(im, &im->held[i], err, errlen) != 0)
+            return -1;
+    return 0;
 }
 
 static int publish_blob_begin_cb(void *arg, const char *digest, uint64_t size, char *err,
@@ -2044,13 +2108,16 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
                                            .blob_end = publish_blob_end_cb};
     struct rp_bundle_meta *meta2 = NULL;
     if (parts_rewind(&parts) != 0 ||
-        rp_bundle_read(&src, RP_BUNDLE_F_TRUSTED, &publish, &im, &meta2, err, sizeof(err)) != 0) {
+        rp_bundle_read(&src, RP_BUNDLE_F_TRUSTED, &publish, &im, &meta2, err, sizeof(err)) != 0 ||
+        publish_held(&im, err, sizeof(err)) != 0) {
         rp_progress_end(&pub);
         rp_cache_fill_abort(im.fill);
         im.fill = NULL;
+        rp_bundle_meta_free(meta2);
         fprintf(stderr,
-                "regproxy import: failed while publishing (what was published is complete and "
-                "verified; importing again finishes the job): %s\n",
+                "regproxy import: failed while publishing (blobs published so far are "
+                "verified, no manifest naming a missing one was published, and no tag was "
+                "set; importing again finishes the job): %s\n",
                 err[0] ? err : strerror(errno));
         goto out;
     }
@@ -2112,6 +2179,7 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
            secs > 0 ? (double)total / 1e6 / secs : 0.0);
     rc = 0;
 out:
+    held_free(&im);
     free(im.mi.slots);
     free(im.bi.slots);
     rp_bundle_meta_free(meta);

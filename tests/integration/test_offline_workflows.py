@@ -5,6 +5,7 @@ imported after a newer one, and split parts in the wrong order."""
 import json
 import os
 import re
+import subprocess
 
 import lib
 import rawup
@@ -111,6 +112,43 @@ def test_platform_index_of_indexes(t):
     rc, out, err = _run(t, ["mirror", "-c", conf2, lst, "--platform", "linux/arm64"], ok=False)
     print("--platform linux/arm64:", rc, out, err[-500:])
     eq(rc, 0, "mirror --platform linux/arm64 of an index of indexes (stdout %r)" % out)
+
+
+def test_import_disk_full_midway(t):
+    """import into a cache that runs out of room half-way through the blobs: no manifest
+    naming a blob that did not make it may be published (clients would start that pull and
+    fail on a layer). On a 2 MiB tmpfs of the test's own: mounting needs root."""
+    if os.geteuid() != 0:
+        print("    skipped: mounting a tmpfs needs root (uid %d)" % os.geteuid(), flush=True)
+        return
+    st = Store()
+    big = [st.blob(os.urandom(1200 * 1024)) for _ in range(3)]
+    cfg = st.blob(b'{"architecture":"amd64","os":"linux"}')
+    cfg["mediaType"] = "application/vnd.oci.image.config.v1+json"
+    man = st.manifest("ns/big", {"schemaVersion": 2, "mediaType": OCI_MAN, "config": cfg,
+                                 "layers": big}, OCI_MAN, tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/big:v1\n" % NAME)
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    _run(t, ["mirror", "-c", conf, lst])
+    bundle = os.path.join(t.tmp, "b.rpb")
+    _run(t, ["export", "-c", conf, "-o", bundle])
+    small = os.path.join(t.tmp, "small-fs")
+    os.makedirs(small)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", small], check=True)
+    t.defer(lambda: subprocess.run(["umount", "-l", small]))
+    cache2 = os.path.join(small, "cache")
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
+    rc, out, err = _run(t, ["import", "-c", conf2, bundle], ok=False)
+    check(rc != 0, "import into a 2 MiB file system should fail")
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache2, "offline": "yes"})
+    r = p.get("/v2/ns/big/manifests/" + man["digest"], headers={"Accept": lib.ACCEPT_ALL})
+    blobs = [p.get("/v2/ns/big/blobs/" + b["digest"]).status for b in big]
+    check(not (r.status == 200 and 404 in blobs),
+          "after the failed import the offline proxy serves manifest %s (HTTP %d) whose "
+          "layers answer %s" % (man["digest"], r.status, blobs))
 
 
 def test_import_older_bundle_rolls_tag_back(t):
