@@ -1958,7 +1958,10 @@ static int publish_manifest_cb(void *arg, const char *digest, const char *media_
 
 static bool is_index_type(const char *t)
 {
-    return strcmp(t, RP_MEDIA_OCI_INDEX) == 0 || strcmp(t, RP_MEDIA_DOCKER_LIST) == 0;
+    char n[RP_MEDIA_TYPE_MAX + 1];
+    snprintf(n, sizeof(n), "%s", t); /* a cache filled before types were normalised */
+    rp_media_type_normalize(n);
+    return strcmp(n, RP_MEDIA_OCI_INDEX) == 0 || strcmp(n, RP_MEDIA_DOCKER_LIST) == 0;
 }
 
 static int publish_held_one(struct import *im, const struct held_manifest *h, char *err,
@@ -1983,19 +1986,53 @@ static int publish_held_one(struct import *im, const struct held_manifest *h, ch
     return link_all(im, it, err, errlen);
 }
 
-/* Image manifests first, then indexes deepest first (the bundle lists a parent before its
- * children): whatever a manifest names is in the cache before it is. */
+/* Whether every child an index names that this import holds is published already. */
+static bool children_published(const struct import *im, const struct held_manifest *h,
+                               const bool *done)
+{
+    struct rp_manifest_refs refs;
+    char e[128];
+    if (rp_manifest_refs(h->data, h->len, &refs, e, sizeof(e)) != 0)
+        return true; /* verified in pass 1; nothing to wait for */
+    bool ready = true;
+    for (size_t i = 0; i < refs.n && ready; i++) {
+        if (refs.v[i].kind != RP_REF_CHILD)
+            continue;
+        for (size_t k = 0; k < im->n_held && ready; k++)
+            if (!done[k] && strcmp(im->held[k].digest, refs.v[i].digest) == 0)
+                ready = false;
+    }
+    rp_manifest_refs_free(&refs);
+    return ready;
+}
+
+/* Image manifests first, then each index once the children it names are published: what a
+ * manifest names is in the cache before it is, whatever order the bundle lists them in (a
+ * nested index exported as an image of its own comes before its parent). */
 static int publish_held(struct import *im, char *err, size_t errlen)
 {
-    for (size_t i = 0; i < im->n_held; i++)
-        if (!is_index_type(im->held[i].media_type) &&
-            publish_held_one(im, &im->held[i], err, errlen) != 0)
-            return -1;
-    for (size_t i = im->n_held; i-- > 0;)
-        if (is_index_type(im->held[i].media_type) &&
-            publish_held_one(im, &im->held[i], err, errlen) != 0)
-            return -1;
-    return 0;
+    bool *done = rp_xcalloc(im->n_held + 1, sizeof(*done));
+    int rc = 0;
+    for (size_t i = 0; i < im->n_held && rc == 0; i++)
+        if (!is_index_type(im->held[i].media_type)) {
+            rc = publish_held_one(im, &im->held[i], err, errlen);
+            done[i] = true;
+        }
+    for (bool progress = true; progress && rc == 0;) {
+        progress = false;
+        for (size_t i = 0; i < im->n_held && rc == 0; i++) {
+            if (done[i] || !children_published(im, &im->held[i], done))
+                continue;
+            rc = publish_held_one(im, &im->held[i], err, errlen);
+            done[i] = progress = true;
+        }
+    }
+    /* Digests rule out cycles; anything left (none expected) is published as it is. */
+    for (size_t i = 0; i < im->n_held && rc == 0; i++)
+        if (!done[i])
+            rc = publish_held_one(im, &im->held[i], err, errlen);
+    free(done);
+    return rc;
 }
 
 static int publish_blob_begin_cb(void *arg, const char *digest, uint64_t size, char *err,

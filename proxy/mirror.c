@@ -39,6 +39,9 @@ struct task {
     int depth;                      /* manifests: 0 for the image's own */
     struct rp_xfer *x;
     int status;
+    /* A manifest by tag: the algorithm of the proxy's Docker-Content-Digest ("sha512:"), as
+     * the proxy keeps a sha512 registry's manifests by their sha512 digest. */
+    char algo_like[8];
     struct rp_buf body; /* manifest, or an error answer */
     EVP_MD_CTX *md;     /* blobs: hash of what arrives */
     uint64_t got;
@@ -244,8 +247,10 @@ static void manifest_done(struct mirror *m, struct task *t)
     char what[RP_DIGEST_MAX + 32];
     snprintf(what, sizeof(what), "manifest %s", t->ref);
     char digest[RP_CACHE_DIGEST_BUF];
-    rp_digest_of(t->digest[0] ? t->digest : NULL, t->body.data ? t->body.data : "", t->body.len,
-                 digest);
+    rp_digest_of(t->digest[0]      ? t->digest
+                 : t->algo_like[0] ? t->algo_like
+                                   : NULL,
+                 t->body.data ? t->body.data : "", t->body.len, digest);
     if (t->digest[0] && strcmp(digest, t->digest) != 0) {
         image_fail(img, what, "received content does not match the digest");
         return;
@@ -338,6 +343,9 @@ static int task_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         return 0;
     }
     if (t->kind == T_MANIFEST) {
+        const char *d = h->docker_content_digest;
+        if (!t->digest[0] && d && rp_valid_digest(d, strlen(d)) && strncmp(d, "sha512:", 7) == 0)
+            snprintf(t->algo_like, sizeof(t->algo_like), "sha512:");
         rp_buf_init(&t->body, RP_MANIFEST_MAX);
         if (h->length > (int64_t)RP_MANIFEST_MAX) {
             t->fail = rp_xstrdup("manifest larger than 4 MiB");

@@ -1112,14 +1112,17 @@ static char *rewrite_link(const struct rp_req *r, const char *link)
             return NULL;
     }
     size_t plen = ulen - (size_t)(path - uri);
-    char *want = rp_xasprintf("/v2/%s/tags/list", r->route.name);
-    size_t wlen = strlen(want);
-    bool ok = plen >= wlen && memcmp(path, want, wlen) == 0 && (plen == wlen || path[wlen] == '?');
-    free(want);
+    /* Any /v2/.../tags/list: only the query is kept, and a registry the request was
+     * redirected to (registry.k8s.io's backing one) names the repository its own way. */
+    const char *q = memchr(path, '?', plen);
+    size_t pathlen = q ? (size_t)(q - path) : plen;
+    static const char suffix[] = "/tags/list";
+    bool ok = pathlen > 4 + sizeof(suffix) - 1 && memcmp(path, "/v2/", 4) == 0 &&
+              memcmp(path + pathlen - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) == 0;
     if (!ok)
         return NULL;
-    const char *query = path + wlen;
-    size_t qlen = plen - wlen;
+    const char *query = path + pathlen;
+    size_t qlen = plen - pathlen;
     for (size_t i = 0; i < qlen; i++)
         if (query[i] <= 0x20 || query[i] >= 0x7f || query[i] == '"' || query[i] == '<')
             return NULL;
@@ -1277,7 +1280,10 @@ static void answer_success(struct rp_req *r)
 
 bool rp_req_redirect_refused(struct rp_req *r, const struct rp_fetch_result *res, int status)
 {
-    if (!res->from_redirect || status < 400 || status >= 500)
+    /* Blobs only: a CDN's 4xx is about its signed URL. A manifest, tag list or referrers
+     * redirected to a backing registry (registry.k8s.io) gets that registry's answers, whose
+     * 404 means what a 404 means (referrers: fall back to tags). */
+    if (r->route.kind != RP_ROUTE_BLOB || !res->from_redirect || status < 400 || status >= 500)
         return false;
     rp_warn("upstream %s: %s: the registry's redirect target answered %d", r->route.reg->name,
             rp_route_kind_name(r->route.kind), status);
