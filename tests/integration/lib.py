@@ -202,6 +202,20 @@ def read_to_eof(sock):
         chunks.append(b)
 
 
+def ping_from(port, creds=None, source="127.0.0.1"):
+    """Status of GET /v2/ on a fresh connection from a given loopback source address, with
+    Basic credentials (user:password bytes) or none; None when no HTTP answer came."""
+    with socket.socket() as c:
+        c.settimeout(20)
+        c.bind((source, 0))
+        c.connect(("127.0.0.1", port))
+        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  + (b"Authorization: Basic %s\r\n" % base64.b64encode(creds) if creds else b"")
+                  + b"\r\n")
+        got = read_to_eof(c)
+    return int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
+
+
 def raw_exchange(port, data, timeout=10):
     """Sends data on a fresh connection to 127.0.0.1:port and returns all that comes back
     until the server closes; fails if it keeps the connection open past timeout."""

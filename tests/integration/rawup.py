@@ -48,6 +48,12 @@ class RawUpstream:
         threading.Thread(target=self._accept, daemon=True).start()
         t.defer(self.close)
 
+    def conf(self, name="raw.test", **keys):
+        """Its [registry] entry for t.proxy(registries=[...]), with extra keys."""
+        e = {"name": name, "url": self.url}
+        e.update(keys)
+        return e
+
     def close(self):
         self.stop = True
         try:

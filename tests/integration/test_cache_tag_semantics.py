@@ -3,7 +3,6 @@
 HEAD and GET by tag agree on a miss; containerd's HEAD-then-GET-by-digest records the tag
 (hits, and stale answers in an outage); `*/*;q=0` accepts nothing more; sha512 by digest."""
 import hashlib
-import json
 import time
 
 import lib
@@ -39,20 +38,17 @@ def test_sha512_tag_digest(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[{"name": "raw.test", "url": up.url, "tag_ttl": "1s"}])
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")])
     path = "/v2/ns/x/manifests/v1"
     r = p.get(path, headers={"Accept": CONTAINERD})
-    print("GET tag:", r.status, r.headers)
     got_get = r.header("Docker-Content-Digest")
     time.sleep(2.2)
     r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
-    print("HEAD tag past ttl:", r.status, r.headers)
     got_head = r.header("Docker-Content-Digest")
     time.sleep(2.2)
     n0 = len([x for x in up.seen("/v2/ns/x/manifests/v1") if x[1] == "GET"])
     r = p.get(path, headers={"Accept": CONTAINERD})
     n1 = len([x for x in up.seen("/v2/ns/x/manifests/v1") if x[1] == "GET"])
-    print("GET tag past ttl:", r.status, r.headers, "upstream GETs", n1 - n0)
     eq(got_get, d512, "GET by tag: Docker-Content-Digest (upstream's is sha512)")
     eq(got_head, got_get, "HEAD by tag vs GET by tag digest")
     eq((r.header("X-Regproxy-Cache"), n1 - n0), ("REVALIDATED", 0),
@@ -74,7 +70,6 @@ def test_head_miss_agrees_with_get(t):
     h2 = p.get(path, method="HEAD", headers={"Accept": "*/*"})
     res = [(x.status, x.header("Content-Type"), x.header("Docker-Content-Digest"),
             x.header("X-Regproxy-Cache")) for x in (h1, g, h2)]
-    print("HEAD miss, GET, HEAD hit:", res)
     eq(lib.sha256(g.body), want, "GET */*: body")
     eq(h1.header("Docker-Content-Digest"), g.header("Docker-Content-Digest"),
        "HEAD (miss) vs GET by tag, same Accept */*")
@@ -102,10 +97,8 @@ def test_containerd_head_then_digest_records_tag(t):
         eq((g.status, lib.sha256(g.body)), (200, d), "GET by digest %d" % i)
         ups = [m for m, pth, st in lib.settle(lambda: reg.since(mk), 1) if pth == path]
         out.append((r.header("X-Regproxy-Cache"), ups))
-    print("pulls (cache status of the tag HEAD, upstream requests for the tag):", out)
     reg.stop()
     r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
-    print("HEAD with upstream down:", r.status, r.header("X-Regproxy-Cache"))
     eq(out[1], ("HIT", []), "second containerd pull within tag_ttl: tag HEAD")
     eq(r.status, 200, "containerd HEAD of a pulled tag, upstream down, within max_stale")
 
@@ -124,13 +117,12 @@ def test_sha512_by_digest_cached(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[{"name": "raw.test", "url": up.url}])
+    p = t.proxy(registries=[up.conf()])
     res = []
     for meth in ("GET", "GET", "HEAD"):
         r = p.get("/v2/ns/x/manifests/" + d512, method=meth, headers={"Accept": CONTAINERD})
         res.append((r.status, r.header("Docker-Content-Digest") == d512,
                     r.header("X-Regproxy-Cache"), meth == "HEAD" or r.body == m))
-    print(res)
     eq(res, [(200, True, "MISS", True), (200, True, "HIT", True), (200, True, "HIT", True)],
        "sha512 by digest")
 
@@ -148,6 +140,5 @@ def test_star_q0_is_not_accept_anything(t):
     plain = p.get(path, headers={"Accept": OCI})
     q0 = p.get(path, headers={"Accept": OCI + ", */*;q=0"})
     res = [(x.status, x.header("Content-Type"), x.header("X-Regproxy-Cache")) for x in (plain, q0)]
-    print("OCI only; OCI + */*;q=0:", res)
     check(q0.header("Content-Type") != OCI_INDEX,
           "client refusing everything but %s got %r" % (OCI, res[1]))

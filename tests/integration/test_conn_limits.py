@@ -3,7 +3,6 @@
 peer for password budgets; running out of file descriptors does not spin the loop;
 narrowing `allow` on reload reaches keep-alive connections; a connection refused for
 max_connections ends right after its 503."""
-import base64
 import os
 import signal
 import socket
@@ -11,18 +10,6 @@ import time
 
 import lib
 from lib import check, eq
-
-
-def _ping(port, creds, source="127.0.0.1"):
-    with socket.socket() as c:
-        c.settimeout(20)
-        c.bind((source, 0))
-        c.connect(("127.0.0.1", port))
-        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                  + (b"Authorization: Basic %s\r\n" % base64.b64encode(creds) if creds else b"")
-                  + b"\r\n")
-        got = lib.read_to_eof(c)
-    return int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
 
 
 def _v6_proxy(t, keys):
@@ -49,9 +36,9 @@ def test_v6_listener_guesser_leaves_others_their_logins(t):
     """As test_safety's guesser test, on a [::] listener: the guesser's budget is its own."""
     htp = lib.htpasswd_file(t, "node", "node-secret")
     p, port = _v6_proxy(t, {"htpasswd": htp})
-    statuses = [_ping(port, b"node:guess%d" % i) for i in range(20)]
+    statuses = [lib.ping_from(port, b"node:guess%d" % i) for i in range(20)]
     eq(statuses, [401] * 20, "20 guesses from 127.0.0.1")
-    eq(_ping(port, b"node:node-secret", source="127.0.0.2"), 200,
+    eq(lib.ping_from(port, b"node:node-secret", source="127.0.0.2"), 200,
        "the first login from 127.0.0.2 right after them")
 
 
@@ -62,7 +49,7 @@ def test_parallel_first_logins_dual_stack_listener(t):
     res = [None] * 4
 
     def one(i):
-        res[i] = _ping(port, b"node%d:secret%d" % (i, i), source="127.0.0.%d" % (i + 1))
+        res[i] = lib.ping_from(port, b"node%d:secret%d" % (i, i), source="127.0.0.%d" % (i + 1))
     lib.parallel([lambda i=i: one(i) for i in range(4)])
     eq(res, [200] * 4, "parallel first logins from 4 addresses")
 
@@ -109,7 +96,7 @@ def test_allow_reload_applies_to_open_connections(t):
         p.write_conf()
         os.kill(p.pid, signal.SIGHUP)
         lib.wait_until(lambda: "configuration applied" in p.log_text(), 10, "reload applied")
-        eq(_ping(p.port, None), 403, "a new connection after the reload")
+        eq(lib.ping_from(p.port, None), 403, "a new connection after the reload")
         c.sendall(req)
         got = c.recv(4096)
     check(got.startswith(b"HTTP/1.1 403"), "the open keep-alive connection after 127.0.0.0/8 "

@@ -63,18 +63,6 @@ def test_htpasswd_client_accounts(t):
     check(time.monotonic() - t0 < 5, "guessing held the proxy %.1f s" % (time.monotonic() - t0))
 
 
-def _basic_ping(port, creds, source="127.0.0.1"):
-    """Status of GET /v2/ with Basic creds, from a given loopback source address."""
-    with socket.socket() as c:
-        c.settimeout(20)
-        c.bind((source, 0))
-        c.connect(("127.0.0.1", port))
-        c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                  b"Authorization: Basic %s\r\n\r\n" % base64.b64encode(creds))
-        got = lib.read_to_eof(c)
-    return int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
-
-
 def _read_quiet(c, settle=1.5):
     """All that arrives until the peer closes or is quiet for settle seconds."""
     c.settimeout(settle)
@@ -136,11 +124,11 @@ def test_htpasswd_guesser_leaves_others_their_logins(t):
     htp = lib.htpasswd_file(t, "node", "node-secret")
     p = t.proxy(registries=[reg.conf("registry.anon.test")],
                 listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
-    statuses = [_basic_ping(p.port, b"node:guess%d" % i) for i in range(20)]
+    statuses = [lib.ping_from(p.port, b"node:guess%d" % i) for i in range(20)]
     eq(statuses, [401] * 20, "20 guesses from 127.0.0.1")
-    eq(_basic_ping(p.port, b"node:node-secret", source="127.0.0.2"), 200,
+    eq(lib.ping_from(p.port, b"node:node-secret", source="127.0.0.2"), 200,
        "the first login from 127.0.0.2 right after them")
-    eq(_basic_ping(p.port, b"node:node-secret"), 200, "the same credentials from 127.0.0.1, "
+    eq(lib.ping_from(p.port, b"node:node-secret"), 200, "the same credentials from 127.0.0.1, "
        "now known good")
 
 
@@ -152,7 +140,7 @@ def test_htpasswd_file_change_reloads(t):
     htp = lib.htpasswd_file(t, "node", "old-secret")
     p = t.proxy(registries=[reg.conf("registry.anon.test")],
                 listeners=[{"default": "registry.anon.test", "htpasswd": htp}])
-    eq(_basic_ping(p.port, b"node:old-secret"), 200, "the old password before the change")
+    eq(lib.ping_from(p.port, b"node:old-secret"), 200, "the old password before the change")
     new = lib.htpasswd_file(t, "node2", "new-secret")
     with open(new, "rb") as f:
         text = f.read().replace(b"node2:", b"node:")
@@ -162,8 +150,8 @@ def test_htpasswd_file_change_reloads(t):
     os.rename(tmp, htp)
     lib.wait_until(lambda: "reload (a watched file changed): configuration applied"
                    in p.log_text(), 15, "the reload after the accounts file changed")
-    eq(_basic_ping(p.port, b"node:new-secret"), 200, "the new password")
-    eq(_basic_ping(p.port, b"node:old-secret", source="127.0.0.2"), 401, "the old password")
+    eq(lib.ping_from(p.port, b"node:new-secret"), 200, "the new password")
+    eq(lib.ping_from(p.port, b"node:old-secret", source="127.0.0.2"), 401, "the old password")
 
 
 def test_htpasswd_parallel_guesses_charged_at_once(t):
@@ -180,7 +168,7 @@ def test_htpasswd_parallel_guesses_charged_at_once(t):
     statuses = []
 
     def guess(i):
-        statuses.append(_basic_ping(p.port, b"node:guess%d" % i, source="127.0.0.%d" % (10 + i)))
+        statuses.append(lib.ping_from(p.port, b"node:guess%d" % i, source="127.0.0.%d" % (10 + i)))
     threads = [threading.Thread(target=guess, args=(i,)) for i in range(24)]
     for th in threads:
         th.start()
@@ -188,7 +176,7 @@ def test_htpasswd_parallel_guesses_charged_at_once(t):
         th.join(60)
     eq(sorted(statuses), [401] * 24, "24 parallel guesses from 24 addresses")
     time.sleep(1.5)  # the budget refills at 4 a second
-    eq(_basic_ping(p.port, b"node:node-secret", source="127.0.0.100"), 200,
+    eq(lib.ping_from(p.port, b"node:node-secret", source="127.0.0.100"), 200,
        "a first login from another address 1.5 s later")
 
 

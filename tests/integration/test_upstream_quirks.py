@@ -15,11 +15,6 @@ from lib import check, eq
 MT = "application/vnd.oci.image.manifest.v1+json"
 
 
-def _reg(up, name="raw.test", **kw):
-    e = {"name": name, "url": up.url}
-    e.update(kw)
-    return e
-
 
 def _body_json(r):
     try:
@@ -44,12 +39,14 @@ def test_bearer_401_forever_not_relayed_as_401(t):
                  'ns/x:pull",error="insufficient_scope"' % up.url)])
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     for path in ("/v2/ns/x/manifests/v1", "/v2/ns/x/blobs/sha256:" + "a" * 64):
         r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
-        print("GET %s -> %d %s %r" % (path, r.status, r.headers, r.body[:300]))
-        check(r.status != 401 or "www-authenticate" in r.headers,
-              "GET %s: a 401 without WWW-Authenticate reached the client: %r" % (path, r.body))
+        check(any((x[3].get("authorization") or "").startswith("Bearer ") for x in up.seen()),
+              "the proxy never sent a token")
+        eq(r.status, 502, "GET %s from a registry that refuses the proxy's tokens" % path)
+        eq([e["code"] for e in _body_json(r)["errors"]], ["UNAUTHORIZED"], "%s: code" % path)
+        eq(r.header("WWW-Authenticate"), None, "%s: a challenge to the anonymous client" % path)
 
 
 def test_cdn_401_not_relayed_bare(t):
@@ -67,9 +64,8 @@ def test_cdn_401_not_relayed_bare(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/blobs/" + ld)
-    print("blob via CDN 401 -> %d %s %r" % (r.status, r.headers, r.body[:300]))
     check(r.status != 401 or "www-authenticate" in r.headers,
           "a CDN's 401 reached the client as a bare 401: %r" % r.body)
 
@@ -88,9 +84,8 @@ def test_manifest_redirect_followed(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    print("redirected manifest -> %d %r" % (r.status, r.body[:300]))
     eq((r.status, r.body), (200, m), "manifest behind a same-origin 307")
 
 
@@ -116,10 +111,9 @@ def test_1xx_trailers_manifest(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     for i in range(2):
         r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-        print("1xx/trailers manifest -> %d %s" % (r.status, r.headers))
         eq((r.status, r.body, r.headers.get("content-type"),
             r.headers.get("docker-content-digest")), (200, m, MT, md),
            "manifest answer %d" % i)
@@ -139,9 +133,8 @@ def test_gzip_manifest_by_tag_not_cached(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    print("gzip manifest -> %d %s %r" % (r.status, r.headers, r.body[:40]))
     check(not (r.status == 200 and r.body == gz),
           "gzip bytes served as the manifest, digest %s" % r.headers.get("docker-content-digest"))
 
@@ -183,7 +176,7 @@ def test_cross_origin_cdn_401_403(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     for st in (401, 403):
         status["v"] = st
         r = p.get("/v2/ns/x/blobs/" + ld)
@@ -193,27 +186,6 @@ def test_cross_origin_cdn_401_403(t):
         e = _body_json(r)["errors"][0]
         check("redirected to a location that answered %d" % st in e["message"],
               "CDN %d: message %r" % (st, e["message"]))
-
-
-def test_bearer_401_forever_blob(t):
-    def h(r):
-        if r.path.startswith("/token"):
-            r.send(200, json.dumps({"token": "tok%d" % r.n, "expires_in": 600}).encode(),
-                   [("Content-Type", "application/json")])
-            return False
-        r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required",'
-               b'"detail":null}]}',
-               [("Content-Type", "application/json"),
-                ("WWW-Authenticate", 'Bearer realm="%s/token",service="svc"' % up.url)])
-        return False
-    up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
-    path = "/v2/ns/x/blobs/sha256:" + "a" * 64
-    r = p.get(path)
-    print("GET %s -> %d %s %r; upstream saw %d requests" % (path, r.status, r.headers,
-                                                           r.body[:300], len(up.seen())))
-    check(r.status != 401 or "www-authenticate" in r.headers,
-          "GET %s: a 401 without WWW-Authenticate reached the client: %r" % (path, r.body))
 
 
 def test_resume_wrong_content_range(t):
@@ -237,10 +209,8 @@ def test_resume_wrong_content_range(t):
                                                       len(layer)))])
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = lib.stream_get(p.port, "/v2/ns/x/blobs/" + ld, timeout=30)
-    print("resume/wrong range: %r" % r)
-    print(lib.tail(p.log, 6))
     check(not (r.complete and r.status == 200), "complete answer %r" % r)
 
 
@@ -302,12 +272,11 @@ def test_content_type_with_charset_cached(t):
     """quay.io / pulp / Satellite append '; charset=utf-8' to manifest Content-Types: the
     manifest must still be served from the cache the second time."""
     up, idx, idxd, imgs = _charset_upstream(t)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     for ref in ("v1", idxd):
         n0 = len(up.seen("/v2/ns/x/manifests/"))
         for i in range(2):
             r = p.get("/v2/ns/x/manifests/" + ref, headers={"Accept": lib.ACCEPT_ALL})
-            print("charset %s #%d -> %d %s" % (ref, i, r.status, r.headers.get("x-regproxy-cache")))
             eq(r.status, 200, "GET %s" % ref)
         n = len(up.seen("/v2/ns/x/manifests/")) - n0
         check(n <= 1, "GET %s twice with a charset Content-Type: %d upstream GETs (cache never "
@@ -319,14 +288,11 @@ def test_content_type_with_charset_narrowed_tag(t):
     the proxy record the tag as the linux/amd64 image it was narrowed to; containerd (Accept
     ends with */*) on any platform then gets that image for the tag instead of the list."""
     up, idx, idxd, imgs = _charset_upstream(t)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": V2})
-    print("narrow client -> %d %s" % (r.status, r.headers.get("docker-content-digest")))
     eq((r.status, r.body), (200, imgs["amd64"][0]), "narrow client gets the amd64 image")
     for method in ("HEAD", "GET"):
         r = p.get("/v2/ns/x/manifests/v1", method=method, headers={"Accept": CONTAINERD_ACCEPT})
-        print("containerd %s -> %d %s %s" % (method, r.status, r.headers.get("docker-content-digest"),
-                                              r.headers.get("x-regproxy-cache")))
         eq(r.headers.get("docker-content-digest"), idxd,
            "containerd's %s of the tag after a narrow client: the list's digest (amd64 image is "
            "%s)" % (method, imgs["amd64"][1]))
@@ -350,8 +316,6 @@ def test_many_headers_and_two_challenges(t):
         r.send(200, m, [("Content-Type", MT), ("Docker-Content-Digest", md)] + extra)
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    print("many headers/two challenges -> %d %r" % (r.status, r.body[:200]))
-    print([x[1:3] + (x[3].get("authorization"),) for x in up.seen()])
     eq((r.status, r.body), (200, m), "manifest")

@@ -11,11 +11,6 @@ from lib import check, eq
 MT = "application/vnd.oci.image.manifest.v1+json"
 
 
-def _reg(up, name="raw.test", **kw):
-    e = {"name": name, "url": up.url}
-    e.update(kw)
-    return e
-
 
 def _setup(t):
     m, md, layer, ld, cfg, cd = rawup.image()
@@ -49,12 +44,11 @@ def test_redirected_tag_404_stays_404(t):
     """A tag missing at the backing registry is a 404 MANIFEST_UNKNOWN, as from the registry
     itself: not a 502 'expired or refused download URL'."""
     up, backing, md = _setup(t)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/manifests/v1")
     eq(r.status, 200, "GET of an existing tag through the redirect")
     for method in ("GET", "HEAD"):
         r = p.get("/v2/ns/x/manifests/nosuchtag", method=method)
-        print(method, r.status, r.body[:300])
         eq(r.status, 404, "%s of a missing tag through the redirect (body %r)" % (method, r.body[:200]))
 
 
@@ -62,9 +56,8 @@ def test_redirected_referrers_404_stays_404(t):
     """A 404 on the referrers API means 'unsupported' (distribution spec): clients fall back
     to the tag schema. A 502 makes them fail instead."""
     up, backing, md = _setup(t)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/referrers/" + md)
-    print(r.status, r.body[:300])
     eq(r.status, 404, "referrers through the redirect (body %r)" % r.body[:200])
 
 
@@ -98,7 +91,6 @@ def test_mirror_sha512_registry_tag(t):
         f.write("%s/ns/app:v1\n" % NAME)
     conf = _conf(os.path.join(t.tmp, "a.conf"), os.path.join(t.tmp, "cache"), up)
     rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
-    print(rc, out, err)
     eq(rc, 0, "mirror of a tag from a registry naming manifests with sha512 (stdout %r stderr %r)"
        % (out[-400:], err[-400:]))
 
@@ -128,9 +120,8 @@ def test_redirected_tags_list_keeps_next_link(t):
             r.send(308, b"", [("Location", backing.url + r.path.replace("/v2/", "/v2/prefix/", 1))])
         return False
     up = rawup.RawUpstream(t, front)
-    p = t.proxy(registries=[_reg(up)])
+    p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/tags/list?n=2")
-    print(r.status, r.headers, r.body)
     eq(r.status, 200, "tags/list through the redirect")
     check("link" in {k.lower() for k in r.headers},
           "page 1 of 2 came back without a Link: the client takes %r as the whole list" % r.body)
