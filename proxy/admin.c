@@ -16,20 +16,29 @@
 
 #define ADMIN_TIMEOUT_S 10
 
-struct admin_conn {
+struct rp_admin_conn {
     struct rp_server *srv;
     struct bufferevent *bev;
+    TAILQ_ENTRY(rp_admin_conn) link; /* srv->admin_conns: freed at exit if still open */
     bool done;
     bool head; /* the request is a HEAD */
 };
 
-static void admin_free(struct admin_conn *a)
+static void admin_free(struct rp_admin_conn *a)
 {
+    TAILQ_REMOVE(&a->srv->admin_conns, a, link);
     bufferevent_free(a->bev);
     free(a);
 }
 
-static void admin_reply(struct admin_conn *a, int status, const char *type, const char *body,
+void rp_admin_free_all(struct rp_server *srv)
+{
+    struct rp_admin_conn *a;
+    while ((a = TAILQ_FIRST(&srv->admin_conns)))
+        admin_free(a);
+}
+
+static void admin_reply(struct rp_admin_conn *a, int status, const char *type, const char *body,
                         size_t len)
 {
     /* Content-Length still says what a GET gets; a HEAD's answer is the head alone. */
@@ -103,7 +112,7 @@ static int render_ready(struct rp_server *srv, struct rp_buf *out)
 
 static void admin_read_cb(struct bufferevent *bev, void *arg)
 {
-    struct admin_conn *a = arg;
+    struct rp_admin_conn *a = arg;
     if (a->done)
         return;
     struct evbuffer *in = bufferevent_get_input(bev);
@@ -145,7 +154,7 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
 
 static void admin_write_cb(struct bufferevent *bev, void *arg)
 {
-    struct admin_conn *a = arg;
+    struct rp_admin_conn *a = arg;
     if (a->done && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
         admin_free(a);
 }
@@ -164,7 +173,7 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
     (void)sa;
     (void)salen;
     struct rp_server *srv = arg;
-    struct admin_conn *a = rp_xcalloc(1, sizeof(*a));
+    struct rp_admin_conn *a = rp_xcalloc(1, sizeof(*a));
     a->srv = srv;
     a->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (!a->bev) {
@@ -172,6 +181,7 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
         free(a);
         return;
     }
+    TAILQ_INSERT_TAIL(&srv->admin_conns, a, link);
     bufferevent_setcb(a->bev, admin_read_cb, admin_write_cb, admin_event_cb, a);
     struct timeval tv = {ADMIN_TIMEOUT_S, 0};
     bufferevent_set_timeouts(a->bev, &tv, &tv);
@@ -186,6 +196,7 @@ int rp_admin_start(struct rp_server *srv, const char *addr)
         rp_error("admin listen %s: not an address", addr);
         return -1;
     }
+    TAILQ_INIT(&srv->admin_conns);
     srv->admin = evconnlistener_new_bind(srv->base, admin_accept_cb, srv,
                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 64,
                                          (struct sockaddr *)&ss, sslen);

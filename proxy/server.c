@@ -1496,6 +1496,8 @@ void rp_server_fini(struct rp_server *srv)
     rp_reload_fini(srv);
     if (srv->admin)
         evconnlistener_free(srv->admin);
+    if (srv->admin_conns.tqh_last)
+        rp_admin_free_all(srv);
     if (srv->checks)
         for (size_t i = 0; i < srv->conf->n_registries; i++)
             free(srv->checks[i].line);

@@ -5,6 +5,7 @@ unwritable; JSON logs parse line by line and carry no secret."""
 import json
 import os
 import pwd
+import socket
 import shutil
 import subprocess
 import tempfile
@@ -189,3 +190,19 @@ def test_admin_head_has_no_body(t):
         check(b"Content-Length: %d\r\n" % len(want) in head + b"\r\n", "HEAD %s: %r"
               % (path, head))
         eq(body, b"", "body of HEAD %s" % path)
+
+
+def test_idle_admin_connection_at_exit(t):
+    """A scraper's connection left open when the proxy stops (half a request, or none) is
+    closed and freed with the rest: the harness fails the test on a leak report."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")])
+    idle = socket.create_connection(("127.0.0.1", p.admin_port))
+    half = socket.create_connection(("127.0.0.1", p.admin_port))
+    half.sendall(b"GET /metr")
+    try:
+        eq(p.admin("/healthz").status, 200, "healthz beside two open admin connections")
+        problems = p.stop()
+        check(not problems, "; ".join(problems))
+    finally:
+        idle.close()
+        half.close()
