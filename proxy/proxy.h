@@ -303,6 +303,9 @@ struct rp_conn {
      * then takes the same head again. */
     struct rp_htpasswd_waiter auth_wait;
     bool keep_alive;
+    /* The request being answered is HTTP/1.0: a 1.0 client reads to EOF unless the answer
+     * says "Connection: keep-alive" (RFC 9112 9.3), as Go and nginx answer it. */
+    bool http10;
     bool close_after;
     struct event *linger_ev; /* closing: draining input until EOF or this fires */
     struct event *wait_ev;   /* between requests: idle timeout, then the head deadline */

@@ -228,6 +228,8 @@ static char *build_head(struct rp_conn *c, int status, const char *content_type,
         p = put(p, extra, extra_len);
     if (!c->keep_alive)
         p = PUT_LIT(p, "Connection: close\r\n");
+    else if (c->http10)
+        p = PUT_LIT(p, "Connection: keep-alive\r\n");
     p = PUT_LIT(p, "\r\n");
     *len = (size_t)(p - head);
     if (c->req)
@@ -701,6 +703,7 @@ static void conn_parse_one(struct rp_conn *c)
     }
     /* Keep-alive is bounded too: the last allowed request is answered with close. */
     c->keep_alive = h.keep_alive && ++c->n_requests < MAX_REQUESTS_PER_CONN && !c->srv->stopping;
+    c->http10 = h.minor == 0;
     /* A pull proxy takes no uploads: a push (PUT of a manifest, PATCH of a blob, with
      * their bodies) is told 405 as a read-only registry tells it; any other body is
      * refused. Either way the connection closes, so a body's bytes can never be read as a

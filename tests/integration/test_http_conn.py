@@ -224,6 +224,28 @@ def test_keep_alive_across_misses_and_hits(t):
         eq(c.recv(1), b"", "the connection closes after Connection: close")
 
 
+def test_http10_keep_alive_is_confirmed(t):
+    """An HTTP/1.0 client keeps the connection only when the answer says
+    "Connection: keep-alive" (RFC 9112 9.3); without it, as ab -k does, it reads to EOF and
+    waits out idle_timeout at every request. Plain 1.0 still closes."""
+    s = t.s
+    reg = s.anon_registry
+    want = reg.pushed["ns/multi:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    ka = ("GET %s HTTP/1.0\r\nConnection: Keep-Alive\r\nAccept: %s\r\n\r\n"
+          % (MANIFEST, lib.ACCEPT_ALL)).encode()
+    with socket.create_connection(("127.0.0.1", p.port), timeout=20) as c:
+        for i in range(2):  # a miss, then a hit
+            c.sendall(ka)
+            status, headers, digest, _ = _read_response(c)
+            eq((status, digest), (200, want), "HTTP/1.0 keep-alive request %d" % (i + 1))
+            eq(headers.get("connection", "").lower(), "keep-alive",
+               "Connection header of the answer to HTTP/1.0 keep-alive request %d" % (i + 1))
+    out = lib.raw_exchange(p.port, b"GET /v2/ HTTP/1.0\r\n\r\n")
+    check(out.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in out,
+          "plain HTTP/1.0: expected a 200 with Connection: close, got %r" % out[:300])
+
+
 def _cached_blob(t, layer, listeners=None, **kw):
     """A proxy in front of the anonymous registry with ns/large's layer `layer` fetched once
     (a miss, read whole and checked) and in its cache, so the next GET is a hit. Returns
