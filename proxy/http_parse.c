@@ -154,6 +154,20 @@ static int parse_header_line(const char *p, size_t n, struct rp_http_header *h)
     return 1;
 }
 
+/* Host = uri-host [ ":" port ] (RFC 9112 3.2, RFC 3986 3.2.2), checked as loosely as Go's
+ * net/http checks it (the registries behind us are mostly Go): a byte outside that set, such
+ * as whitespace, '/', '@' or '?', cannot be part of any host. Empty is valid (RFC 9112 3.2). */
+static bool host_valid(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              (c != '\0' && strchr("!$%&'()*+,-.:;=[]_~", c))))
+            return false;
+    }
+    return true;
+}
+
 static bool name_is(const struct rp_http_header *h, const char *name)
 {
     return rp_strieq_n(h->name, h->name_len, name);
@@ -188,7 +202,9 @@ static int check_semantics(struct rp_http_request_head *out)
     for (size_t i = 0; i < out->n_headers; i++) {
         const struct rp_http_header *h = &out->headers[i];
         if (name_is(h, "host")) {
-            n_host++;
+            /* RFC 9112 3.2: an invalid Host value is a 400 like a missing one. */
+            if (++n_host > 1 || !host_valid(h->value, h->value_len))
+                return RP_HTTP_E_BAD;
         } else if (name_is(h, "content-length")) {
             /* Even a repeated equal value is refused: RFC 9112 6.3 allows merging them, but a
              * proxy in front of us might not, and disagreement is how smuggling starts. */
@@ -207,7 +223,7 @@ static int check_semantics(struct rp_http_request_head *out)
     /* RFC 9112 6.1: TE in a 1.0 request means faulty framing; TE with CL is smuggling. */
     if (n_te > 0 && (n_cl > 0 || out->minor == 0))
         return RP_HTTP_E_FRAMING;
-    if (n_host > 1 || (n_host == 0 && out->minor == 1))
+    if (n_host == 0 && out->minor == 1)
         return RP_HTTP_E_BAD; /* RFC 9112 3.2 */
     out->has_body = cl > 0 || n_te > 0;
     out->keep_alive = !close && (out->minor == 1 || keep);

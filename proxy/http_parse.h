@@ -38,7 +38,8 @@ struct rp_http_request_head {
 enum rp_http_parse_err {
     RP_HTTP_NEED_MORE = 0,            /* incomplete: read more (unless the buffer is full) */
     RP_HTTP_E_BAD = -1,               /* 400: malformed line, bad header syntax, obs-fold,
-                                         bare CR, NUL, missing/duplicate Host in 1.1 */
+                                         bare CR, NUL, missing Host in 1.1, duplicate or
+                                         invalid Host */
     RP_HTTP_E_HEADERS_TOO_LARGE = -2, /* 431: more than RP_HTTP_MAX_HEADERS, or head longer
                                          than RP_HTTP_MAX_HEAD */
     RP_HTTP_E_URI_TOO_LONG = -3,      /* 414: target longer than the caller's limit */

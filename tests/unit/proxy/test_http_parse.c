@@ -288,6 +288,34 @@ static void test_framing(void)
     CHECK_INT(parse("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), RP_HTTP_E_FRAMING);
 }
 
+/* RFC 9112 3.2: a Host that is not uri-host [":" port] is a 400, as a missing one is. */
+static void test_host(void)
+{
+    const char *ok[] = {"localhost:5000",
+                        "registry.example",
+                        "127.0.0.1:5000",
+                        "[::1]:5000",
+                        "[fe80::1%25eth0]",
+                        "",
+                        "xn--bcher-kva.example:443",
+                        "a_b~c"};
+    const char *bad[] = {"a b",   "a/b",  "x@evil.example",      "x?y", "x#y", "a\\b",
+                         "\"x\"", "x\tz", "caf\xc3\xa9.example", "{x}", "a|b", "<x>"};
+    char req[256];
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", ok[i]);
+        CHECK_INT(parse(req), (int)strlen(req));
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", bad[i]);
+        CHECK_INT(parse(req), RP_HTTP_E_BAD);
+        snprintf(req, sizeof(req), "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", bad[i]);
+        CHECK_INT(parse(req), RP_HTTP_E_BAD);
+    }
+    /* absolute-form: the Host is ignored (RFC 9112 3.2.2) but must still be valid. */
+    CHECK_INT(parse("GET http://a/v2/ HTTP/1.1\r\nHost: a b\r\n\r\n"), RP_HTTP_E_BAD);
+}
+
 static void test_keep_alive(void)
 {
     CHECK_INT(parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n") > 0, 1);
@@ -517,6 +545,7 @@ int main(void)
     RUN(test_header_errors);
     RUN(test_limits);
     RUN(test_framing);
+    RUN(test_host);
     RUN(test_keep_alive);
     RUN(test_expect);
     RUN(test_range);
