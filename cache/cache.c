@@ -60,7 +60,8 @@
  * files as a clean close left them: after a crash there is none and open rebuilds the index
  * from the directories (size from stat, LRU order from mtime). A snapshot that fails any check
  * (short, garbage, checksum, duplicate, totals) is ignored the same way. Files an operator deletes
- * behind our back are dropped from the index when blob_open/manifest_get find them gone; files
+ * behind our back are dropped from the index when blob_open/manifest_get find them gone, and
+ * so are blobs whose size is no longer the indexed one (removed as damaged); files
  * added behind our back while a snapshot exists stay invisible and unaccounted until a rebuild
  * (delete `index` to force one). A pin applies to the digest as a blob and as a manifest (same
  * bytes either way).
@@ -1679,9 +1680,17 @@ int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_b
         rp_warn("cache: opening %s: %s", rel, strerror(e2));
         return RP_CACHE_E_IO;
     }
-    if ((uint64_t)st.st_size != e->size) { /* only if someone touched it: trust the file */
-        c->st.size = c->st.size - e->size + (uint64_t)st.st_size;
-        e->size = (uint64_t)st.st_size;
+    if ((uint64_t)st.st_size != e->size) {
+        /* The size was verified with the digest (or read from the file at a rebuild): a file
+         * cut short or grown since cannot match its digest. Served, every client would fail
+         * its check and retry into the same bytes; removed, the next request fetches it. */
+        close(fd);
+        rp_warn("cache: %s is damaged (%llu bytes, %llu expected); removed", rel,
+                (unsigned long long)st.st_size, (unsigned long long)e->size);
+        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+            rp_warn("cache: removing %s: %s", rel, strerror(errno));
+        index_forget(c, e);
+        return RP_CACHE_E_CORRUPT;
     }
     touch(c, e);
     e->in_use++;

@@ -66,9 +66,11 @@ struct rp_cache_blob {
     int fd; /* open for reading; the caller closes it */
     uint64_t size;
 };
-/* Opens a published blob. Marks it in use until rp_cache_release(digest) is called the
- * same number of times (in-use entries are never evicted; an open fd stays valid anyway,
- * but the accounting must not count it as freed while it is served). */
+/* Opens a published blob. One whose file no longer has the indexed size (damaged, changed
+ * behind the cache's back: it cannot match its digest) is removed: E_CORRUPT. Marks it in
+ * use until rp_cache_release(digest) is called the same number of times (in-use entries are
+ * never evicted; an open fd stays valid anyway, but the accounting must not count it as
+ * freed while it is served). */
 int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out);
 void rp_cache_release(struct rp_cache *c, const char *digest);
 /* Marks the blob in use as rp_cache_blob_open does, published or not yet: a fill's readers
@@ -77,8 +79,8 @@ void rp_cache_release(struct rp_cache *c, const char *digest);
 void rp_cache_hold(struct rp_cache *c, const char *digest);
 
 /* Whether the blob is published, as far as the index knows (no system call, not counted as
- * use): for deciding whether to fetch it. A file deleted behind the cache's back still
- * counts until rp_cache_blob_open finds it gone. */
+ * use): for deciding whether to fetch it. A file deleted or damaged behind the cache's back
+ * still counts until rp_cache_blob_open finds it so. */
 bool rp_cache_blob_present(struct rp_cache *c, const char *digest);
 
 struct rp_cache_manifest {

@@ -97,3 +97,30 @@ def test_extra_bytes(t):
 
 def test_cut(t):
     _damaged_then_healthy(t, "cut")
+
+
+def test_cached_file_resized_is_fetched_again(t):
+    """A cached blob file cut short (or grown) behind the proxy's back cannot match its digest:
+    it is removed and fetched again, not served as a HIT that every client rejects."""
+    fr, p, layer, path = lib.fakereg_blob_in_mode(t, "ok")
+    digest = layer["digest"]
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.complete, r.digest), (200, True, digest), "first GET (%r)" % r)
+    lib.wait_until(lambda: os.path.isfile(blob_file), 5, "%s in the cache" % blob_file)
+    for how in ("cut short", "grown"):
+        with open(blob_file, "r+b") as f:
+            if how == "cut short":
+                f.truncate(layer["size"] // 2)
+            else:
+                f.seek(0, os.SEEK_END)
+                f.write(b"junk")
+        mark = fr.mark()
+        r = lib.stream_get(p.port, path)
+        eq((r.status, r.complete, r.digest, r.header("x-regproxy-cache")),
+           (200, True, digest, "MISS"), "GET after the cached file was %s (%r)" % (how, r))
+        eq(_cdn_gets(fr, mark, digest, at_least=1), 1, "upstream GETs after the file was " + how)
+        lib.wait_until(lambda: os.path.isfile(blob_file) and
+                       os.path.getsize(blob_file) == layer["size"], 5,
+                       "%s back in the cache with %d bytes" % (blob_file, layer["size"]))
+        eq(lib.sha256_file(blob_file), digest, "content of the refetched %s" % blob_file)

@@ -1831,6 +1831,52 @@ static void test_blob_vanished(void)
     rm_rf(dir);
 }
 
+/* A blob file whose size is no longer the one its fill verified (cut short, appended to,
+ * replaced) cannot match its digest: it is removed and reported missing, never served, so
+ * the next request fetches it again instead of every client failing its digest check. */
+static void blob_resized_case(bool reopen, bool grow)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d[RP_CACHE_DIGEST_BUF];
+    const char *text = "a layer that will be damaged on disk";
+    CHECK_INT(put_blob(c, text, d), RP_CACHE_OK);
+    if (reopen) /* the size then comes from the snapshot */
+        rp_cache_close(c);
+    char *p = obj_path(dir, "blobs", d);
+    if (grow) {
+        int fd = open(p, O_WRONLY | O_APPEND);
+        CHECK(fd >= 0 && write(fd, "junk", 4) == 4);
+        close(fd);
+    } else {
+        CHECK(truncate(p, 10) == 0);
+    }
+    if (reopen)
+        c = open_ok(dir, 0);
+    struct rp_cache_blob b;
+    CHECK_INT(rp_cache_blob_open(c, d, &b), RP_CACHE_E_CORRUPT);
+    CHECK_INT(b.fd, -1);
+    CHECK(!exists(p));
+    CHECK(!rp_cache_blob_present(c, d));
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK_INT(st.entries, 0);
+    CHECK_INT(st.size, 0);
+    CHECK_INT(put_blob(c, text, d), RP_CACHE_OK); /* fetched again, it is served again */
+    CHECK(blob_is(c, d, text));
+    free(p);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+static void test_blob_resized(void)
+{
+    blob_resized_case(false, false);
+    blob_resized_case(false, true);
+    blob_resized_case(true, false);
+    blob_resized_case(true, true);
+}
+
 /* ---------------------------------------------------------------- arguments --- */
 
 static void test_invalid_digests(void)
@@ -2612,6 +2658,7 @@ int main(void)
     RUN(test_disk_full_snapshot_evicts_nothing);
     RUN(test_open_evicts_nothing_before_pins);
     RUN(test_blob_vanished);
+    RUN(test_blob_resized);
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);
     RUN(test_stats);
