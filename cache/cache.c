@@ -1371,18 +1371,28 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
     c->dirfd = open(c->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (c->dirfd < 0)
         goto fail;
-    c->lockfd = openat(c->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    /* No symlink is followed below dir: one planted there would have us create, write or
+     * (emptying tmp/) delete files outside the store, as whatever user runs the proxy. */
+    c->lockfd = openat(c->dirfd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (c->lockfd < 0)
         goto fail;
     what = "locking (is another regproxy using it?)";
     if (flock(c->lockfd, LOCK_EX | LOCK_NB) != 0)
         goto fail;
     what = "creating subdirectories of";
-    for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++)
+    for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
+        struct stat st;
         if (mkdirat(c->dirfd, subdirs[i], 0755) != 0 && errno != EEXIST)
             goto fail;
+        if (fstatat(c->dirfd, subdirs[i], &st, AT_SYMLINK_NOFOLLOW) != 0)
+            goto fail;
+        if (!S_ISDIR(st.st_mode)) { /* a symlink: publishing and eviction would go through it */
+            errno = ENOTDIR;
+            goto fail;
+        }
+    }
     what = "opening tmp/ of";
-    c->tmpfd = openat(c->dirfd, "tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    c->tmpfd = openat(c->dirfd, "tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (c->tmpfd < 0)
         goto fail;
     clear_tmp(c);
@@ -2497,10 +2507,12 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
     return RP_CACHE_OK;
 }
 
-/* What a fill does first: create a file in tmp/ and write to it. 0 or an errno. */
+/* What a fill does first: create a file in tmp/ and write to it. 0 or an errno. The name
+ * is predictable: whatever holds it goes first, and a new file is made, never one opened. */
 static int probe_once(struct rp_cache *c, const char *name)
 {
-    int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    unlinkat(c->tmpfd, name, 0);
+    int fd = openat(c->tmpfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     int e = fd < 0 ? errno : write(fd, "x", 1) == 1 ? 0 : errno ? errno : EIO;
     if (fd >= 0) {
         close(fd);

@@ -1877,6 +1877,65 @@ static void test_blob_resized(void)
     blob_resized_case(true, true);
 }
 
+/* Symlinks planted in the cache directory never make the cache delete, truncate or create
+ * files outside it: a tmp/ that points elsewhere is refused (open empties tmp/), as are the
+ * other top directories (publishing and eviction would go through them) and a lock file that
+ * does (it would be created); the readiness probe does not write through one. */
+static void test_planted_symlinks(void)
+{
+    char *out = mk_tmpdir();
+    char *victim = rp_xasprintf("%s/precious", out), *absent = rp_xasprintf("%s/created", out);
+
+    char *dir = mk_tmpdir();
+    spit(victim, "precious", 8);
+    char *p = rp_xasprintf("%s/tmp", dir);
+    CHECK(symlink(out, p) == 0);
+    char err[256];
+    struct rp_cache *c = rp_cache_open(dir, 0, err, sizeof(err));
+    CHECK(c == NULL);
+    CHECK(exists(victim));
+    rp_cache_close(c);
+    free(p);
+    rm_rf(dir);
+
+    dir = mk_tmpdir();
+    p = rp_xasprintf("%s/links", dir);
+    CHECK(symlink(out, p) == 0);
+    c = rp_cache_open(dir, 0, err, sizeof(err));
+    CHECK(c == NULL);
+    rp_cache_close(c);
+    free(p);
+    rm_rf(dir);
+
+    dir = mk_tmpdir();
+    p = rp_xasprintf("%s/lock", dir);
+    CHECK(symlink(absent, p) == 0);
+    c = rp_cache_open(dir, 0, err, sizeof(err));
+    CHECK(c == NULL);
+    CHECK(!exists(absent));
+    rp_cache_close(c);
+    free(p);
+    rm_rf(dir);
+
+    dir = mk_tmpdir();
+    c = open_ok(dir, 0);
+    p = rp_xasprintf("%s/tmp/probe.%ld", dir, (long)getpid());
+    CHECK(symlink(victim, p) == 0);
+    CHECK_INT(rp_cache_probe_writable(c), RP_CACHE_OK);
+    size_t n = 0;
+    char *s = slurp(victim, &n);
+    CHECK(s && n == 8 && memcmp(s, "precious", 8) == 0);
+    free(s);
+    CHECK_INT(count_files(dir, "tmp"), 0);
+    rp_cache_close(c);
+    free(p);
+    rm_rf(dir);
+
+    free(victim);
+    free(absent);
+    rm_rf(out);
+}
+
 /* ---------------------------------------------------------------- arguments --- */
 
 static void test_invalid_digests(void)
@@ -2659,6 +2718,7 @@ int main(void)
     RUN(test_open_evicts_nothing_before_pins);
     RUN(test_blob_vanished);
     RUN(test_blob_resized);
+    RUN(test_planted_symlinks);
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);
     RUN(test_stats);
