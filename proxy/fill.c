@@ -48,6 +48,8 @@ struct rp_fill {
     struct rp_buf err_body;
     char *fail_reason;
     bool disk_full; /* the cache could not make room: readers are passed through */
+    bool no_cache;  /* the cache could not start the fill at all (full, read-only, out of
+                     * descriptors): readers are passed through likewise */
     bool behind;    /* started behind a range with no reader (rp_fill_behind) */
     bool declined;  /* a fill behind a range that the cache cannot take: not a failure */
     int64_t started_ms;
@@ -277,6 +279,10 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         if (!f->cf) {
             f->fail_reason = rp_xasprintf("cache: %s", rp_cache_strerror(err));
             f->disk_full = err == RP_CACHE_E_NOSPACE;
+            /* Upstream has the blob; only the proxy's store failed. Every reader is still
+             * before its head: served uncached from upstream, not refused with a 502 that
+             * reads as upstream's fault. */
+            f->no_cache = true;
             return -1;
         }
     }
@@ -359,7 +365,8 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             rp_req_finish(r, "fill");
             continue;
         }
-        if (!f->disk_full && !rp_fill_is_for(f, r->route.reg, r->route.name)) {
+        bool pass = f->disk_full || f->no_cache;
+        if (!pass && !rp_fill_is_for(f, r->route.reg, r->route.name)) {
             /* Joined from another repository (confirmed upstream, or linked): what failed
              * is the fill's repository, its registry's answer for it, its download; this
              * one's may serve it. It starts over: the first to do so begins a download
@@ -368,10 +375,11 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             rp_req_drive(r);
             continue;
         }
-        if (f->disk_full) {
-            /* The proxy's own trouble, for its admin (regproxy_cache_disk_full_total): the
-             * client is served from upstream, uncached, as a proxy whose cache cannot
-             * take more does. Each such client fetches for itself. */
+        if (pass) {
+            /* The proxy's own trouble, for its admin (the log; on a full disk also
+             * regproxy_cache_disk_full_total): the client is served from upstream, uncached,
+             * as a proxy whose cache cannot take more does. Each such client fetches for
+             * itself. */
             rp_req_pass_through(r);
         } else if (f->state == FILL_REFUSED) {
             if (!rp_req_redirect_refused(r, res, f->up_status))
@@ -540,7 +548,9 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
                 : res->err     ? res->err
                                : "refused",
                 f->up_status,
-                f->disk_full ? "; clients waiting for it are passed through, uncached" : "");
+                f->disk_full || f->no_cache
+                    ? "; clients waiting for it are passed through, uncached"
+                    : "");
         if (f->disk_full)
             fill_count(f, RP_FILL_NO_ROOM);
         fail_readers(f, res);

@@ -164,3 +164,32 @@ def test_confirmed_blob_served_when_its_link_cannot_be_written(t):
     check("cannot record the repository link" in p.log_text(),
           "no log line saying the link could not be recorded")
 
+
+
+
+def test_cache_that_cannot_create_files_passes_through(t):
+    """The cache cannot start a fill for a reason other than room (its file system turned
+    read-only after a disk error, descriptors exhausted; here its tmp/ is gone, so every
+    create fails): like a full disk, an uncached blob is passed through from upstream,
+    uncached, rather than answered with a 502 for every pull, and what is cached is still
+    served."""
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf()])
+    layers = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"]
+    cached, other = layers[0], layers[1]
+    r = lib.stream_get(p.port, "/v2/ns/multi/blobs/" + cached["digest"])
+    eq((r.status, r.complete, r.digest), (200, True, cached["digest"]), "a layer of ns/multi")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", cached["digest"])),
+                   10, "the layer to be cached")
+    lib.wait_until(lambda: not lib.cache_files(p.cache_dir, "tmp"), 10, "tmp/ to be empty")
+    os.rmdir(os.path.join(p.cache_dir, "tmp"))
+    r = lib.stream_get(p.port, "/v2/ns/multi/blobs/" + other["digest"])
+    eq((r.status, r.complete, r.digest, r.header("x-regproxy-cache")),
+       (200, True, other["digest"], "PASS"),
+       "an uncached layer when the cache cannot create its temp file (%r)" % r)
+    check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", other["digest"])),
+          "the layer passed through is in the cache")
+    r = lib.stream_get(p.port, "/v2/ns/multi/blobs/" + cached["digest"])
+    eq((r.status, r.complete, r.digest, r.header("x-regproxy-cache")),
+       (200, True, cached["digest"], "HIT"), "the cached layer")
+    os.mkdir(os.path.join(p.cache_dir, "tmp"))
