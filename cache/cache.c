@@ -24,6 +24,11 @@
  * no file or a complete, verified one under each name; half-written files exist only under
  * tmp/, which open empties. A tag update is an atomic replace of its file.
  *
+ * With a sync hook (cache.h), manifests, tags, links and directory entries are renamed or made
+ * unsynced and made durable later by rp_cache_sync on the owner's thread; only blob bytes,
+ * which reads do not verify, are still fsynced before their rename. Reads check the rest, so
+ * a power loss costs at most the unsynced files, never correctness.
+ *
  * Manifest file: one header line, then the payload:
  *   "RPMF 1 <raw|lz4> <length> <media type>\n" <payload>
  * length is the manifest's byte count. raw: the payload is the manifest. lz4: the payload is
@@ -226,7 +231,10 @@ struct rp_cache {
     struct memo tags, links;
     struct mem_manifest *mm_head, *mm_tail;
     size_t mm_bytes, mm_max;
-    struct mem_manifest *mm_spare; /* last peeked manifest too big for the memory bound */
+    struct mem_manifest *mm_spare;   /* last peeked manifest too big for the memory bound */
+    void (*sync_request)(void *arg); /* rp_cache_set_sync_hook */
+    void *sync_arg;
+    bool unsynced; /* a write was left to rp_cache_sync: close syncs once more */
 };
 
 struct rp_cache_fill {
@@ -385,6 +393,28 @@ static int sync_fd(int fd)
 #endif
 }
 
+/* syncfs, likewise. */
+static int sync_fs(int fd)
+{
+#ifdef RP_FUZZ
+    (void)fd;
+    return 0;
+#else
+    return syncfs(fd);
+#endif
+}
+
+/* With a sync hook, the fsync the caller was about to make is left to rp_cache_sync: true.
+ * Only for what reads check (see rp_cache_set_sync_hook), never for blob bytes. */
+static bool sync_deferred(struct rp_cache *c)
+{
+    if (!c->sync_request)
+        return false;
+    c->unsynced = true;
+    c->sync_request(c->sync_arg);
+    return true;
+}
+
 static bool disk_full(int e)
 {
     return e == ENOSPC || e == EDQUOT;
@@ -417,6 +447,8 @@ static int write_all(struct rp_cache *c, int fd, const void *p, size_t n, uint64
 
 static int fsync_dir(struct rp_cache *c, const char *rel)
 {
+    if (sync_deferred(c))
+        return 0;
     int fd = openat(c->dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -505,7 +537,8 @@ static int publish(struct rp_cache *c, const char *name, const char *rel)
     return RP_CACHE_OK;
 }
 
-/* Writes the pieces to a temp file, fsyncs, publishes as rel. */
+/* Writes the pieces to a temp file, fsyncs (or leaves that to rp_cache_sync), publishes as
+ * rel. Only for files that reads check. */
 static int atomic_write(struct rp_cache *c, const char *prefix, const char *rel, const void *a,
                         size_t alen, const void *b, size_t blen)
 {
@@ -517,7 +550,7 @@ static int atomic_write(struct rp_cache *c, const char *prefix, const char *rel,
         return disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
     }
     bool ok = write_all(c, fd, a, alen, alen + blen) == 0 && write_all(c, fd, b, blen, blen) == 0 &&
-              sync_fd(fd) == 0;
+              (sync_deferred(c) || sync_fd(fd) == 0);
     int e = errno;
     if (close(fd) != 0 && ok) {
         ok = false;
@@ -1438,6 +1471,11 @@ void rp_cache_close(struct rp_cache *c)
         c->fills->err = RP_CACHE_E_IO;
         fill_detach(c->fills);
     }
+    /* What was left to rp_cache_sync is made durable before the snapshot describes it; the
+     * snapshot itself is written the synchronous way. */
+    c->sync_request = NULL;
+    if (c->unsynced && sync_fs(c->dirfd) != 0)
+        rp_warn("cache: syncfs: %s", strerror(errno));
     if (c->ready && index_save(c) != 0)
         rp_warn("cache: could not write the index snapshot; the next start rebuilds it");
     index_clear(c);
@@ -1452,6 +1490,17 @@ void rp_cache_close(struct rp_cache *c)
         close(c->lockfd); /* releases the flock */
     free(c->dir);
     free(c);
+}
+
+void rp_cache_set_sync_hook(struct rp_cache *c, void (*request)(void *arg), void *arg)
+{
+    c->sync_request = request;
+    c->sync_arg = arg;
+}
+
+int rp_cache_sync(struct rp_cache *c)
+{
+    return sync_fs(c->dirfd);
 }
 
 void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out)

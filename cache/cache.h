@@ -4,7 +4,8 @@
  * eviction to max_size. Plain C with a synchronous API; proxy/ drives it from events and
  * moves the bytes. Nothing becomes visible to readers until its digest (and size, when
  * known) matched: fills go to a temp file on the same filesystem, then fsync, rename,
- * fsync of the directory. File names come only from validated digests and from hashes of
+ * fsync of the directory (the last two later, on the owner's thread, with a sync hook: see
+ * rp_cache_set_sync_hook). File names come only from validated digests and from hashes of
  * (registry, repository, tag) keys, never from request text. */
 #ifndef RP_CACHE_H
 #define RP_CACHE_H
@@ -132,7 +133,8 @@ int rp_cache_fill_verify(struct rp_cache_fill *f);
  * for rp_cache_fill_path). Returns 0 or -1 (errno set); commit then skips its own fsync
  * and fails if this did. */
 int rp_cache_fill_sync(struct rp_cache_fill *f);
-/* Verifies digest and size, fsyncs, renames into place, fsyncs the directory, indexes.
+/* Verifies digest and size, fsyncs, renames into place, fsyncs the directory (with a sync
+ * hook: left to rp_cache_sync), indexes.
  * On mismatch the temp file is removed and E_DIGEST / E_SIZE returned. Frees f always. */
 int rp_cache_fill_commit(struct rp_cache_fill *f);
 /* Removes the temp file and frees f. Accepts NULL. */
@@ -168,6 +170,26 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
 /* Sets the bounds (bytes of manifests, number of tags, number of links; 0 turns one off) and
  * empties the three memories. rp_cache_open starts with the RP_CACHE_MEM_* defaults. */
 void rp_cache_set_memory(struct rp_cache *c, size_t manifest_bytes, size_t tags, size_t links);
+
+/* --- durability off the caller's thread ---
+ * By default every publish fsyncs what it wrote and the directory it renamed it into before
+ * it returns: an event loop calling it waits for the disk (milliseconds each, tens of them
+ * while fills are being written back), with every client behind it. With a sync hook, only
+ * what is trusted without a check when read is made durable before its rename: a blob's
+ * bytes (rp_cache_fill_sync). Manifests, tags and links are renamed into place unsynced,
+ * and no directory is fsynced after a rename or mkdir: each of those files is checked when
+ * read (manifests by digest, tags by checksum, links by existence under a name only the
+ * cache writes), so a power loss can lose one, or leave one torn, never make one serve
+ * wrong content; a lost or torn one is a miss, fetched again. After each such write the
+ * cache calls request(arg), on the caller's thread; the owner then runs rp_cache_sync on
+ * a thread of its own (coalescing requests as it likes), which makes everything written
+ * before it began durable. rp_cache_close syncs what may still be pending. NULL request:
+ * back to the default. */
+void rp_cache_set_sync_hook(struct rp_cache *c, void (*request)(void *arg), void *arg);
+/* syncfs of the cache's file system. Touches only the cache's directory descriptor, fixed
+ * from open to close, so it may run on another thread while the cache is in use. 0 or -1
+ * (errno set). */
+int rp_cache_sync(struct rp_cache *c);
 
 /* --- size bound --- */
 /* Pins a digest (mirrored or matched by a `pin` pattern): never evicted. Works before the

@@ -356,8 +356,12 @@ struct rp_server {
     size_t n_refusing; /* connections past max_connections being answered 503 */
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
-    struct rp_syncer *syncer;           /* fsyncs finished fills off the loop (syncer.h) */
-    struct rp_syncer *hasher;           /* checks client passwords off the loop (acl.h) */
+    struct rp_syncer *syncer; /* fsyncs finished fills off the loop (syncer.h) */
+    struct rp_syncer *hasher; /* checks client passwords off the loop (acl.h) */
+    /* serve: makes the cache's unsynced writes durable off the loop (rp_cache_set_sync_hook);
+     * one rp_cache_sync queued at a time, and one more if writes came meanwhile. */
+    struct rp_syncer *durable;
+    bool durable_queued, durable_again;
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
     /* Sizes of blobs learned from the answers to fills started behind a multipart range

@@ -1421,6 +1421,42 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     return 0;
 }
 
+static void durable_work(void *arg)
+{
+    struct rp_server *srv = arg;
+    if (rp_cache_sync(srv->cache) != 0)
+        rp_warn("cache: syncfs: %s", strerror(errno));
+}
+
+static void durable_submit(struct rp_server *srv);
+
+static void durable_done(void *arg)
+{
+    struct rp_server *srv = arg;
+    srv->durable_queued = false;
+    if (srv->durable_again && srv->durable) {
+        srv->durable_again = false;
+        durable_submit(srv);
+    }
+}
+
+static void durable_submit(struct rp_server *srv)
+{
+    srv->durable_queued = true;
+    rp_syncer_submit(srv->durable, durable_work, durable_done, srv);
+}
+
+/* The cache left a write unsynced. A sync already queued may have begun before it: one more
+ * follows that one, however many writes come meanwhile. */
+static void durable_request(void *arg)
+{
+    struct rp_server *srv = arg;
+    if (srv->durable_queued)
+        srv->durable_again = true;
+    else
+        durable_submit(srv);
+}
+
 int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen *l)
 {
     srv->n_listeners = 1;
@@ -1491,6 +1527,13 @@ void rp_server_fini(struct rp_server *srv)
             rp_auth_free(srv->auths[i]);
     free(srv->auths);
     rp_upstream_free(srv->up);
+    if (srv->durable) {
+        /* Its last job finishes first: rp_cache_close syncs what came after. */
+        rp_cache_set_sync_hook(srv->cache, NULL, NULL);
+        struct rp_syncer *d = srv->durable;
+        srv->durable = NULL;
+        rp_syncer_free(d);
+    }
     rp_cache_close(srv->cache);
     if (srv->sig_term)
         event_free(srv->sig_term);
@@ -1563,6 +1606,11 @@ int rp_server_run(struct rp_conf *conf)
     struct rp_server srv;
     if (rp_server_init(&srv, conf) != 0)
         goto out;
+    /* Serving, the loop must not wait for the disk: what reads check is made durable on a
+     * thread of its own (the mirror, which serves no one, keeps the cache synchronous). */
+    srv.durable = rp_syncer_new(srv.base);
+    if (srv.durable)
+        rp_cache_set_sync_hook(srv.cache, durable_request, &srv);
     raise_nofile(conf);
     srv.n_listeners = conf->n_listens;
     srv.listeners = rp_xcalloc(conf->n_listens, sizeof(*srv.listeners));

@@ -936,6 +936,60 @@ static void test_reopen_persists(void)
     rm_rf(dir);
 }
 
+static int sync_requests;
+
+static void count_sync_request(void *arg)
+{
+    (void)arg;
+    sync_requests++;
+}
+
+/* With a sync hook, each write whose fsync was left undone asks for rp_cache_sync; the
+ * content is the same, durable after the sync or the close, and the hook can be taken back. */
+static void test_sync_hook(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    rp_cache_set_sync_hook(c, count_sync_request, NULL);
+    sync_requests = 0;
+    char b1[RP_CACHE_DIGEST_BUF], md[RP_CACHE_DIGEST_BUF];
+    CHECK_INT(put_blob(c, "hooked blob", b1), RP_CACHE_OK);
+    int after_blob = sync_requests;
+    CHECK(after_blob >= 1); /* its directory entry (the bytes were fsynced before the rename) */
+    char *m = json_manifest(3, 7);
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    int after_manifest = sync_requests;
+    CHECK(after_manifest > after_blob);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "hooked", md, 7), RP_CACHE_OK);
+    int after_tag = sync_requests;
+    CHECK(after_tag > after_manifest);
+    CHECK_INT(rp_cache_link(c, REG, REPO, b1), RP_CACHE_OK);
+    CHECK(sync_requests > after_tag);
+    CHECK_INT(rp_cache_sync(c), 0);
+    /* Back to the synchronous way: no more requests. */
+    rp_cache_set_sync_hook(c, NULL, NULL);
+    int before = sync_requests;
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "plain", md, 8), RP_CACHE_OK);
+    CHECK_INT(sync_requests, before);
+    rp_cache_close(c);
+
+    c = open_ok(dir, 0);
+    CHECK(blob_is(c, b1, "hooked blob"));
+    struct rp_cache_manifest mf;
+    CHECK_INT(rp_cache_manifest_get(c, md, &mf), RP_CACHE_OK);
+    CHECK_STR(mf.data, m);
+    rp_cache_manifest_free(&mf);
+    char got[RP_CACHE_DIGEST_BUF];
+    int64_t when;
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "hooked", got, sizeof(got), &when), RP_CACHE_OK);
+    CHECK_STR(got, md);
+    CHECK(rp_cache_linked(c, REG, REPO, b1));
+    rp_cache_close(c);
+    free(m);
+    rm_rf(dir);
+}
+
 static void test_tmp_leftovers_removed(void)
 {
     char *dir = mk_tmpdir();
@@ -2701,6 +2755,7 @@ int main(void)
     RUN(test_links);
     RUN(test_links_each);
     RUN(test_reopen_persists);
+    RUN(test_sync_hook);
     RUN(test_tmp_leftovers_removed);
     RUN(test_index_damaged);
     RUN(test_crash_kill9);
