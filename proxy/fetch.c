@@ -36,6 +36,11 @@ struct rp_fetch {
     char *accept, *range;
     bool head, stream, follow_redirects;
     int auth_retries;
+    /* The token being sent was fetched for this request: a 401 for it is the realm's
+     * verdict on the scope (insufficient_scope), which another fetch would only repeat,
+     * unless a reload has changed the credentials since (token_generation). */
+    bool token_fresh;
+    uint64_t token_generation;
     int redirects;
     struct rp_xfer *xfer;
     bool final;     /* the current transfer's response goes to the owner */
@@ -132,7 +137,8 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     struct rp_fetch *f = arg;
     f->status = status;
     f->final = true;
-    if (status == 401 && f->url_is_registry && f->auth_retries < AUTH_RETRIES) {
+    bool fresh = f->token_fresh && f->token_generation == rp_auth_generation(f->auth);
+    if (status == 401 && f->url_is_registry && f->auth_retries < AUTH_RETRIES && !fresh) {
         f->final = false;
         free(f->www_authenticate);
         f->www_authenticate = h->www_authenticate ? rp_xstrdup(h->www_authenticate) : NULL;
@@ -311,6 +317,8 @@ void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, co
         fail(f, RP_FETCH_E_TOKEN, detail ? detail : rp_auth_strerror(err));
         return;
     }
+    f->token_fresh = true;
+    f->token_generation = rp_auth_generation(f->auth);
     f->state = F_AUTH;
     fetch_drive(f);
 }
@@ -321,6 +329,7 @@ void rp_fetch_token_stale(struct rp_fetch *f)
     /* The reload also forgot the challenge: f must learn it again from a 401, so its 401s
      * so far, made under the old credentials, do not count against it. */
     f->auth_retries = 0;
+    f->token_fresh = false;
     f->state = F_AUTH;
     fetch_drive(f);
 }

@@ -1409,6 +1409,7 @@ class Session:
         self.sa_refresh_token = "rt-" + secrets.token_hex(16)
         self.alice_password = "alice-" + secrets.token_hex(12)
         self.pusher_password = "push-" + secrets.token_hex(12)
+        self.narrow_password = "narrow-" + secrets.token_hex(12)
         self.env = None
 
     def _lazy(self, name, build):
@@ -1478,7 +1479,10 @@ class Session:
         d = {"accounts": {
             SA_USER: {"password": self.sa_password, "actions": ["pull"], "repos": ["*"],
                       "refresh_token": self.sa_refresh_token},
-            "pusher": {"password": self.pusher_password, "actions": ["pull", "push"]}},
+            "pusher": {"password": self.pusher_password, "actions": ["pull", "push"]},
+            # May pull ns/multi only: its tokens for any other repository grant nothing.
+            "narrow": {"password": self.narrow_password, "actions": ["pull"],
+                       "repos": ["ns/multi"]}},
              "knobs": knobs}
         p = os.path.join(self.tmp, "accounts.json")
         with open(p + ".tmp", "w") as f:

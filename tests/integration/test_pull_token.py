@@ -83,3 +83,26 @@ def test_token_refreshed_when_it_dies_mid_pull(t):
     n = len(iss.fetches(lib.SA_USER, since=t0))
     check(n > first, "the proxy never fetched a new token (%d fetches); registry 401s: %d"
           % (n, reg.count(None, "/v2/ns/", 401)))
+
+
+def test_refused_fresh_token_is_not_fetched_again(t):
+    """A token the realm has just issued and the registry refuses (docker-registry and Docker
+    Hub say insufficient_scope for a repository the account may not pull, or that does not
+    exist) would be refused again: the proxy answers after one token, not two. A cached token
+    that is refused gets exactly one fresh one."""
+    s = t.s
+    reg, iss = s.token_registry, s.issuer
+    p = t.proxy(registries=[reg.conf(user="narrow", password=s.narrow_password)])
+    path = "/v2/ns/large/manifests/v1"
+    for what, want_gets in (("first contact", 2), ("with the cached token", 2)):
+        m, t0 = reg.mark(), time.time()
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        check(r.status in (401, 502), "GET %s (%s) for an account that may only pull ns/multi: "
+              "got %d" % (path, what, r.status))
+        gets = reg.count("GET", path, since=m)
+        fetches = len(iss.fetches("narrow", since=t0))
+        eq((gets, fetches), (want_gets, 1),
+           "(registry GETs, token fetches) for one refused request, %s" % what)
+    # The account's own repository still works through the same proxy.
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "GET ns/multi's manifest")
