@@ -265,11 +265,12 @@ static const struct rp_conf_option options[] = {
      .offset = REG_F(token_realms),
      .aux_offset = REG_F(n_token_realms),
      .flags = RP_CONF_F_URL_ITEMS,
-     .help =
-         "URL prefixes that may receive the credentials (default: https on the registry's "
-         "host, on any port, as a token server beside the registry often is, or on a "
-         "sibling subdomain of its domain). Set it to narrow that to one URL. A realm whose path "
-         "has dot segments, '\\' or percent-encoded '.', '/' or '\\' is refused either way"},
+     .help = "URL prefixes that may receive the credentials (default: https on the registry's "
+             "host, on any port, as a token server beside the registry often is, or on its "
+             "domain or a sibling subdomain of it: gitlab.com and auth.docker.io for "
+             "registry.gitlab.com and registry-1.docker.io). Set it to narrow that to one URL. A "
+             "realm whose path has dot segments, '\\' or percent-encoded '.', '/' or '\\' is "
+             "refused either way"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "test_image",
      .type = RP_CONF_STRING,
@@ -616,7 +617,10 @@ bool rp_conf_realm_allowed(const struct rp_conf_registry *reg, const char *realm
         goto out;
     const char *dom = registrable_domain(reg->host);
     size_t hl = strlen(host), dl = strlen(dom);
-    ok = hl > dl + 1 && host[hl - dl - 1] == '.' && strcasecmp(host + hl - dl, dom) == 0;
+    /* The domain itself is no less its owner's than a sibling is: GitLab.com's registry
+     * (registry.gitlab.com) names https://gitlab.com/jwt/auth. */
+    ok = (hl == dl || (hl > dl + 1 && host[hl - dl - 1] == '.')) &&
+         strcasecmp(host + hl - dl, dom) == 0;
 out:
     free(scheme);
     free(host);

@@ -237,9 +237,9 @@ const struct rp_conf_registry *rp_conf_find_registry(const struct rp_conf *conf,
  * nothing it was not configured for, whether it may be dialed at all). With token_realms
  * set: realm_url starts with one of them (scheme and host compared case-insensitively, the
  * prefix ending at a '/' boundary or the end). Default: the realm's scheme is https (or http
- * when the registry's own url is http), and its host equals the registry's host or ends in
- * "." + the registry's registrable domain (the last two labels of the host; an IP literal
- * is its own domain). */
+ * when the registry's own url is http), and its host equals the registry's host, the
+ * registry's registrable domain (the last two labels of the host; an IP literal is its own
+ * domain), or ends in "." + that domain. */
 bool rp_conf_realm_allowed(const struct rp_conf_registry *reg, const char *realm_url);
 
 /* Splits "scheme://host[:port][/path]" into parts. Returns 0 or -1 when malformed (no

@@ -941,13 +941,15 @@ static void test_realm_policy(void)
               "[registry \"listed\"]\nurl = https://r.example.com\n"
               "token_realms = https://auth.example.com/token, https://other.example.net/\n"
               "[registry \"plain\"]\nurl = http://reg.internal.example:5000\n"
-              "[registry \"v6\"]\nurl = https://[2001:db8::1]\n");
+              "[registry \"v6\"]\nurl = https://[2001:db8::1]\n"
+              "[registry \"gitlab\"]\nurl = https://registry.gitlab.com\n");
     CHECK(c != NULL);
     if (!c)
         return;
     const struct rp_conf_registry *rh = &c->registries[0], *hub = &c->registries[1],
                                   *local = &c->registries[2], *listed = &c->registries[3],
-                                  *plain = &c->registries[4], *v6 = &c->registries[5];
+                                  *plain = &c->registries[4], *v6 = &c->registries[5],
+                                  *gitlab = &c->registries[6];
     CHECK(rp_conf_realm_allowed(
         rh, "https://registry.redhat.io/auth/realms/rhcc/protocol/redhat-docker-v2/auth"));
     CHECK(rp_conf_realm_allowed(rh, "https://sso.redhat.io/x"));
@@ -967,6 +969,14 @@ static void test_realm_policy(void)
 
     CHECK(rp_conf_realm_allowed(hub, "https://auth.docker.io/token"));
     CHECK(!rp_conf_realm_allowed(hub, "https://auth.docker.com/token"));
+    /* The registrable domain itself, as GitLab.com's registry names it. */
+    CHECK(rp_conf_realm_allowed(gitlab, "https://gitlab.com/jwt/auth"));
+    CHECK(rp_conf_realm_allowed(gitlab, "https://GitLab.com/jwt/auth"));
+    CHECK(rp_conf_realm_allowed(rh, "https://redhat.io/auth"));
+    CHECK(!rp_conf_realm_allowed(gitlab, "https://xgitlab.com/jwt/auth"));
+    CHECK(!rp_conf_realm_allowed(gitlab, "https://com/jwt/auth"));
+    CHECK(!rp_conf_realm_allowed(gitlab, "https://gitlab.com.evil/jwt/auth"));
+    CHECK(!rp_conf_realm_allowed(gitlab, "http://gitlab.com/jwt/auth"));
 
     CHECK(rp_conf_realm_allowed(local, "https://127.0.0.1:6000/token"));
     CHECK(rp_conf_realm_allowed(local, "https://127.0.0.1/token"));
@@ -1012,7 +1022,8 @@ static void test_realm_policy(void)
     CHECK(rp_conf_realm_allowed(plain, "http://auth.internal.example/token"));
     CHECK(rp_conf_realm_allowed(plain, "https://auth.internal.example/token"));
     CHECK(!rp_conf_realm_allowed(plain, "http://auth.example/token"));
-    CHECK(!rp_conf_realm_allowed(plain, "http://internal.example/token")); /* not a subdomain */
+    CHECK(rp_conf_realm_allowed(plain, "http://internal.example/token")); /* its domain */
+    CHECK(!rp_conf_realm_allowed(plain, "http://example/token"));
 
     CHECK(rp_conf_realm_allowed(v6, "https://[2001:DB8::1]:8443/t"));
     CHECK(!rp_conf_realm_allowed(v6, "https://[2001:db8::2]/t"));
