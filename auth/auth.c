@@ -34,6 +34,10 @@ struct rp_auth {
     struct token_entry *tokens;
     size_t n_tokens, alloc_tokens;
     uint64_t generation; /* bumped by rp_auth_reset */
+    /* The learned realm failed (not allowed, or no token from it): only a request to the
+     * registry can tell whether it still names that realm, and with no token to send none
+     * would ever be made again, so the next one goes anonymous and its 401 teaches anew. */
+    bool relearn;
 };
 
 static const char *const errstr[] = {
@@ -182,6 +186,7 @@ void rp_auth_reset(struct rp_auth *a)
 {
     drop_all_tokens(a);
     forget_challenge(a);
+    a->relearn = false;
     a->generation++;
 }
 
@@ -210,6 +215,8 @@ enum rp_auth_step rp_auth_prepare(struct rp_auth *a, const char *scope, int64_t 
     }
     if (e)
         drop_token(a, e);
+    if (a->relearn)
+        return RP_AUTH_SEND;
     return RP_AUTH_NEED_TOKEN;
 }
 
@@ -265,6 +272,8 @@ int rp_auth_on_unauthorized(struct rp_auth *a, const char *scope, const char *ww
             basic = &ch[k];
     }
 
+    if (bearer || basic)
+        a->relearn = false;
     if (bearer) {
         learn(a, KIND_BEARER, rp_auth_challenge_param(bearer, "realm"),
               rp_auth_challenge_param(bearer, "service"));
@@ -343,8 +352,10 @@ int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char
         return RP_AUTH_E_NO_CHALLENGE;
     /* The realm is named by the upstream; it is dialed (with or without credentials) only
      * when the configuration allows it for this registry. */
-    if (!rp_conf_realm_allowed(a->reg, a->realm))
+    if (!rp_conf_realm_allowed(a->reg, a->realm)) {
+        a->relearn = true;
         return RP_AUTH_E_REALM_NOT_ALLOWED;
+    }
 
     const char *service = a->service && *a->service ? a->service : NULL;
     const char *sc = scope && *scope ? scope : NULL;
@@ -388,13 +399,18 @@ int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, con
 {
     struct rp_auth_token t;
 
+    /* A refusal is the realm speaking about our credentials: it is still the realm. */
     if (status == 401 || status == 403)
         return RP_AUTH_E_REJECTED;
-    if (status < 200 || status > 299)
+    if (status < 200 || status > 299) {
+        a->relearn = true;
         return RP_AUTH_E_REALM_ERROR;
+    }
     int rc = rp_auth_parse_token(body, len, &t);
-    if (rc != RP_AUTH_OK)
+    if (rc != RP_AUTH_OK) {
+        a->relearn = true;
         return rc;
+    }
     /* expires_in is in [1, 1 day], so life_ms - margin_ms is at least 750 ms. issued_at is
      * not used: comparing the server's wall clock with ours would make expiry depend on
      * clock skew, while the monotonic clock from receipt errs only on the safe side. */

@@ -71,7 +71,10 @@ enum rp_auth_step {
     RP_AUTH_NEED_TOKEN, /* a token must be fetched first: call rp_auth_token_request */
 };
 /* What to attach to a request to the registry itself for `scope` at monotonic time now_ms.
- * Before any challenge was seen, requests go anonymous (the registry's 401 teaches us).
+ * Before any challenge was seen, requests go anonymous (the registry's 401 teaches us); so
+ * does the next one without a cached token after the learned realm failed (not allowed,
+ * unreachable, an error other than 401/403, or no token in its answer), as the registry
+ * may name another realm by now.
  * For a learned Basic challenge: "Basic base64(user:password)". For Bearer: "Bearer TOKEN"
  * from the cache while it has not expired (with a safety margin), else NEED_TOKEN.
  * *authorization is a new string (a secret; free with rp_free_secret) or NULL. */
@@ -99,9 +102,10 @@ int rp_auth_on_unauthorized(struct rp_auth *a, const char *scope, const char *ww
 int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char **authorization,
                           char **post_body);
 
-/* The realm answered a token request for scope with HTTP `status` and `body`. On success
- * the token is cached until now_ms + expires_in minus a margin. Returns RP_AUTH_OK,
- * E_REJECTED (401/403), E_REALM_ERROR (other non-2xx), E_SYNTAX or E_NO_TOKEN. */
+/* The realm answered a token request for scope with HTTP `status` and `body` (status 0:
+ * no answer, the transfer failed). On success the token is cached until now_ms +
+ * expires_in minus a margin. Returns RP_AUTH_OK, E_REJECTED (401/403), E_REALM_ERROR
+ * (other non-2xx, or 0), E_SYNTAX or E_NO_TOKEN. */
 int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, const char *body,
                            size_t len, int64_t now_ms);
 

@@ -91,12 +91,8 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
         wake_all(f, true, 0, xe, NULL);
         return;
     }
-    int e;
-    if (ok)
-        e = rp_auth_token_response(f->auth, f->scope, status, f->body.data, f->body.len,
+    int e = rp_auth_token_response(f->auth, f->scope, ok ? status : 0, f->body.data, f->body.len,
                                    rp_now_ms());
-    else
-        e = RP_AUTH_E_REALM_ERROR;
     rp_metrics_token(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
                      e == RP_AUTH_OK);
     if (e == RP_AUTH_OK)

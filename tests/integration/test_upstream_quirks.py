@@ -319,3 +319,38 @@ def test_many_headers_and_two_challenges(t):
     p = t.proxy(registries=[up.conf()])
     r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, r.body), (200, m), "manifest")
+
+
+def test_moved_realm_learned_again(t):
+    """The registry's challenge names a realm that gives no token (moved away, or named by
+    a gateway in front for a while), then names a working one: with no token to send, the
+    proxy must still ask the registry again rather than dial the dead realm forever."""
+    realm = {"path": "/old-token"}
+
+    def h(r):
+        if r.path.startswith("/old-token"):
+            r.send(404, b"<html>moved</html>", [("Content-Type", "text/html")])
+        elif r.path.startswith("/new-token"):
+            r.send(200, json.dumps({"token": "tok-new", "expires_in": 600}).encode(),
+                   [("Content-Type", "application/json")])
+        elif r.h("authorization") == "Bearer tok-new":
+            r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown",'
+                   b'"detail":null}]}', [("Content-Type", "application/json")])
+        else:
+            r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"no","detail":null}]}',
+                   [("Content-Type", "application/json"),
+                    ("WWW-Authenticate", 'Bearer realm="%s%s",service="svc"'
+                     % (up.url, realm["path"]))])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/manifests/v1"
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    check(r.status >= 500, "GET %s while the realm gives no token: got %d" % (path, r.status))
+    eq(len(up.seen("/old-token")), 1, "token requests to the old realm")
+    realm["path"] = "/new-token"
+    for i in range(2):
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, 404, "GET %s (%d) once the registry names a working realm (body %r; "
+           "requests seen: %r)" % (path, i, r.body, [x[1:3] for x in up.seen()]))
+    eq(len(up.seen("/new-token")), 1, "token requests to the new realm")

@@ -741,6 +741,13 @@ static void test_foreign_realm(void)
         CHECK_INT(rp_auth_token_request(a, "s", &url, &authz, &post), RP_AUTH_E_REALM_NOT_ALLOWED);
         CHECK(url == NULL);
         CHECK(authz == NULL);
+        /* The next request asks the registry again (anonymously), the realm is kept for
+         * messages until a 401 names one. */
+        CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
+        CHECK(authz == NULL);
+        CHECK(rp_auth_realm(a) != NULL);
+        CHECK_INT(rp_auth_on_unauthorized(a, "s", RH_CHALLENGE, NULL), RP_AUTH_OK);
+        CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
         rp_auth_free(a);
     }
 }
@@ -833,7 +840,19 @@ static void test_token_response_errors(void)
     CHECK_INT(rp_auth_token_response(a, "s", 200, "[]", 2, 0), RP_AUTH_E_SYNTAX);
     CHECK_INT(rp_auth_token_response(a, "s", 200, NULL, 0, 0), RP_AUTH_E_SYNTAX);
     CHECK_INT(rp_auth_token_response(a, "s", 200, "{}", 2, 0), RP_AUTH_E_NO_TOKEN);
+    /* The realm gave no token: the next request asks the registry, whose 401 may name
+     * another realm by now, instead of dialing this one again. */
+    CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
+    CHECK(authz == NULL);
+    CHECK_INT(rp_auth_on_unauthorized(a, "s", RH_CHALLENGE, NULL), RP_AUTH_OK);
     CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
+    /* A refusal is about the credentials, from the right realm: no need to ask. */
+    CHECK_INT(rp_auth_token_response(a, "s", 401, ok, strlen(ok), 0), RP_AUTH_E_REJECTED);
+    CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
+    CHECK_INT(rp_auth_token_response(a, "s", 0, NULL, 0, 0), RP_AUTH_E_REALM_ERROR);
+    CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
+    CHECK(authz == NULL);
+    CHECK_INT(rp_auth_on_unauthorized(a, "s", RH_CHALLENGE, NULL), RP_AUTH_OK);
     CHECK_INT(rp_auth_token_response(a, "s", 201, ok, strlen(ok), 0), RP_AUTH_OK);
     CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
     rp_free_secret(authz);
