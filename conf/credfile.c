@@ -158,8 +158,17 @@ static int take_entry(struct cred_parse *c, json_t *cfg, const char *key, json_t
         goto out;
     }
     if (authl > 0) {
-        /* docker decodes `auth` and lets it win over username/password. */
-        dec = rp_base64_decode(auth, authl, &decl);
+        /* docker decodes `auth` and lets it win over username/password. Go's decoder
+         * skips CR and LF, so an `auth` made with base64(1), which wraps at 76 columns,
+         * works with docker and podman: so it does here. */
+        char *flat = rp_xmalloc(authl + 1);
+        size_t flatl = 0;
+        for (size_t i = 0; i < authl; i++)
+            if (auth[i] != '\r' && auth[i] != '\n')
+                flat[flatl++] = auth[i];
+        dec = rp_base64_decode(flat, flatl, &decl);
+        rp_secure_zero(flat, authl + 1);
+        free(flat);
         if (!dec) {
             cfail(c, "auths.%s.auth is not valid base64", q);
             goto out;

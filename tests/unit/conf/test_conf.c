@@ -1125,6 +1125,18 @@ static void test_auth_formats(void)
     CHECK_STR(a.password, "pw");
     rp_conf_auth_clear(&a);
 
+    /* `auth` wrapped the way base64(1) wraps at 76 columns (a service account's token is
+     * longer than that): docker and podman (Go's base64) skip CR and LF, not spaces. */
+    CHECK_INT(auth("{\"auths\":{\"quay.io\":{\"auth\":\"dXNlcjpw\\nYXNz\\r\\n\"}}}", "quay.io", 443,
+                   false, &a),
+              0);
+    CHECK_STR(err, "");
+    CHECK_STR(a.user, "user");
+    CHECK_STR(a.password, "pass");
+    rp_conf_auth_clear(&a);
+    expect_auth_err("{\"auths\":{\"quay.io\":{\"auth\":\"dXNlcjpw YXNz\"}}}", "quay.io", 443,
+                    "pull.json: auths.\"quay.io\".auth is not valid base64");
+
     /* `auth` wins over username/password, as in docker. */
     u = b64("a:b");
     t = rp_xasprintf("{\"auths\":{\"quay.io\":{\"username\":\"x\",\"password\":\"y\",\"auth\":"
