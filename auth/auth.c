@@ -272,6 +272,11 @@ int rp_auth_on_unauthorized(struct rp_auth *a, const char *scope, const char *ww
             basic = &ch[k];
     }
 
+    /* The realm policy guards the realm; the registry itself may have the credentials, so
+     * Basic beside a realm we may not dial works where failing would not. */
+    if (bearer && basic && has_credentials(a->reg) &&
+        !rp_conf_realm_allowed(a->reg, rp_auth_challenge_param(bearer, "realm")))
+        bearer = NULL;
     if (bearer || basic)
         a->relearn = false;
     if (bearer) {

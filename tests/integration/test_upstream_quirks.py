@@ -4,6 +4,7 @@ registries refusing their own tokens, CDNs refusing expired URLs, manifests redi
 (registry.k8s.io), 1xx and trailers, unasked-for Content-Encoding, Content-Type
 parameters (quay, pulp, Satellite add '; charset=utf-8'), lying resumes, many headers and
 several challenges. What the client gets must be right, and nothing wrong is cached."""
+import base64
 import gzip
 import json
 import time
@@ -354,3 +355,25 @@ def test_moved_realm_learned_again(t):
         eq(r.status, 404, "GET %s (%d) once the registry names a working realm (body %r; "
            "requests seen: %r)" % (path, i, r.body, [x[1:3] for x in up.seen()]))
     eq(len(up.seen("/new-token")), 1, "token requests to the new realm")
+
+
+def test_basic_offered_beside_a_foreign_realm(t):
+    """A registry offering Bearer with a realm the policy does not allow, and Basic beside
+    it: the credentials may go to the registry itself, so Basic is used rather than failing
+    (the foreign realm is never dialed)."""
+    want = "Basic " + base64.b64encode(b"u:p4ss").decode()
+
+    def h(r):
+        if r.h("authorization") == want:
+            r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown",'
+                   b'"detail":null}]}', [("Content-Type", "application/json")])
+        else:
+            r.send(401, b"", [("WWW-Authenticate",
+                               'Bearer realm="https://auth.elsewhere.invalid/token",'
+                               'service="s", Basic realm="r"')])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf(user="u", password="p4ss")])
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 404, "GET through a registry offering Basic beside a foreign Bearer realm "
+       "(body %r)" % r.body)

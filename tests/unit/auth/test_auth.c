@@ -752,6 +752,34 @@ static void test_foreign_realm(void)
     }
 }
 
+static void test_basic_beside_foreign_realm(void)
+{
+    const char *h = "Bearer realm=\"https://evil.example/token\",service=\"s\", Basic realm=\"r\"";
+    char *authz, *url;
+
+    /* With credentials: Basic to the registry itself, the foreign realm never dialed. */
+    struct rp_auth *a = rp_auth_new(&rh_reg);
+    CHECK_INT(rp_auth_on_unauthorized(a, "s", h, NULL), RP_AUTH_OK);
+    CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
+    CHECK_STR(authz, RH_BASIC);
+    rp_free_secret(authz);
+    rp_auth_free(a);
+
+    /* An allowed realm is still preferred. */
+    a = rp_auth_new(&rh_reg);
+    CHECK_INT(rp_auth_on_unauthorized(a, "s", "Basic realm=\"r\", " RH_CHALLENGE, NULL),
+              RP_AUTH_OK);
+    CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
+    rp_auth_free(a);
+
+    /* Without credentials Basic cannot help: the error names the realm policy. */
+    a = rp_auth_new(&hub_reg);
+    CHECK_INT(rp_auth_on_unauthorized(a, "s", h, NULL), RP_AUTH_OK);
+    CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
+    CHECK_INT(rp_auth_token_request(a, "s", &url, &authz, &post), RP_AUTH_E_REALM_NOT_ALLOWED);
+    rp_auth_free(a);
+}
+
 static void test_flow_basic(void)
 {
     struct rp_auth *a = rp_auth_new(&rh_reg);
@@ -937,6 +965,7 @@ int main(void)
     RUN(test_token_request_url_forms);
     RUN(test_foreign_realm);
     RUN(test_flow_basic);
+    RUN(test_basic_beside_foreign_realm);
     RUN(test_challenge_choice);
     RUN(test_challenge_change_drops_tokens);
     RUN(test_token_response_errors);
