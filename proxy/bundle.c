@@ -461,6 +461,13 @@ static int rd(struct reader *r, void *buf, size_t n, bool hash)
     return 0;
 }
 
+/* Not (total + part_size - 1) / part_size: a hostile header's part_size near 2^64 wraps that
+ * to 0 parts, and the importer then opened a part it had not allocated. */
+static uint64_t parts_count(uint64_t total, uint64_t part_size)
+{
+    return part_size ? total / part_size + (total % part_size != 0) : 1;
+}
+
 static int parse_header(const unsigned char *h, uint64_t *total, uint64_t *part_size, char *err,
                         size_t errlen)
 {
@@ -484,7 +491,7 @@ static int parse_header(const unsigned char *h, uint64_t *total, uint64_t *part_
     *part_size = get_u64(h + 24);
     if (*total < RP_BUNDLE_HEADER_LEN + 2 * RP_BUNDLE_RECORD_HEAD + TRAILER_LEN ||
         *total > (UINT64_C(1) << 62) || (*part_size && *part_size < SPLIT_MIN) ||
-        (*part_size && (*total + *part_size - 1) / *part_size > PARTS_MAX)) {
+        parts_count(*total, *part_size) > PARTS_MAX) {
         snprintf(err, errlen, "bad bundle header (length %llu, part size %llu)",
                  (unsigned long long)*total, (unsigned long long)*part_size);
         return -1;
@@ -1699,7 +1706,7 @@ static int parts_open(const char *path, struct parts *p, char *err, size_t errle
         free(first);
         return -1;
     }
-    size_t n = part_size ? (size_t)((total + part_size - 1) / part_size) : 1;
+    size_t n = (size_t)parts_count(total, part_size);
     char *base = NULL;
     size_t fl = strlen(first);
     if (part_size) {

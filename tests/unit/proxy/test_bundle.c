@@ -477,6 +477,26 @@ static void test_import_refuses_incomplete_image(void)
     free(meta);
 }
 
+/* A split bundle's header whose part size is near 2^64: the part count must not wrap to 0
+ * (the importer then opened a part name it never made, a crash on a hostile file). */
+static void test_import_huge_part_size(void)
+{
+    char path[160], dst[128];
+    snprintf(path, sizeof(path), "%s/huge.000", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/dst-huge", tmpdir);
+    unsigned char b[4096] = {0};
+    memcpy(b, "RPBUNDLE", 8);
+    put_be(b + 8, 1, 4);
+    put_be(b + 16, sizeof(b), 8);
+    put_be(b + 24, UINT64_MAX, 8);
+    spit(path, b, sizeof(b));
+    struct rp_conf *conf = conf_for(dst, true);
+    CHECK_INT(rp_import_main(conf, path), 1);
+    struct stat st;
+    CHECK(stat(dst, &st) != 0);
+    rp_conf_free(conf);
+}
+
 /* A cache over max_size with its content pinned (mirrored or imported beyond it, or
  * max_size lowered since): export reads it all and evicts nothing. It used to open the cache
  * with max_size, so releasing each blob it read evicted unpinned-looking content, the image
@@ -777,6 +797,7 @@ int main(int argc, char **argv)
     RUN(test_offline_conf);
     RUN(test_export_import);
     RUN(test_import_refuses_incomplete_image);
+    RUN(test_import_huge_part_size);
     RUN(test_export_evicts_nothing);
     RUN(test_export_partial_child);
     RUN(test_platform_arm64_v8);
