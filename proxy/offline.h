@@ -145,8 +145,9 @@ int rp_pins_add_lines(const char *cache_dir, char *const *lines, size_t n);
 int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *n, char *err,
                  size_t errlen);
 /* Pins digest and, when it is a cached manifest, everything it references (children of an
- * index, config and layers), whether present yet or not. Returns the number of digests
- * pinned. */
+ * index, config and layers), whether present yet or not. Each digest is walked once however
+ * often manifests repeat it (again only when a shorter path reaches it). Returns the number
+ * of distinct digests pinned. */
 size_t rp_pin_walk(struct rp_cache *c, const char *digest);
 /* Tells one version of the pins file from another (all zero when there is none). */
 struct rp_pins_stamp {

@@ -201,33 +201,98 @@ int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *
     return 0;
 }
 
-static size_t walk(struct rp_cache *c, const char *digest, int depth)
+/* The digests one walk has pinned, each with the least depth it was reached at. Children
+ * may repeat (an index listing one manifest many times, indexes sharing children): walking
+ * every path instead of every digest took refs^depth steps, which a crafted bundle made
+ * hang import and then every start. A digest is walked again only from a shallower depth,
+ * as past WALK_DEPTH_MAX nothing is expanded: at most WALK_DEPTH_MAX + 2 times. */
+struct seen_slot {
+    char *digest;
+    int depth;
+};
+
+struct seen {
+    struct seen_slot *slots;
+    size_t mask, n;
+};
+
+static uint64_t seen_hash(const char *d)
 {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *d; d++)
+        h = (h ^ (unsigned char)*d) * 1099511628211ULL;
+    return h;
+}
+
+/* Records digest reached at depth; false when it was reached before at depth or less. */
+static bool seen_visit(struct seen *s, const char *digest, int depth)
+{
+    if ((s->n + 1) * 2 > s->mask + 1) {
+        size_t cap = s->slots ? (s->mask + 1) * 2 : 64;
+        struct seen_slot *old = s->slots;
+        size_t old_cap = old ? s->mask + 1 : 0;
+        s->slots = rp_xcalloc(cap, sizeof(*s->slots));
+        s->mask = cap - 1;
+        for (size_t i = 0; i < old_cap; i++) {
+            if (!old[i].digest)
+                continue;
+            size_t k = seen_hash(old[i].digest) & s->mask;
+            while (s->slots[k].digest)
+                k = (k + 1) & s->mask;
+            s->slots[k] = old[i];
+        }
+        free(old);
+    }
+    size_t k = seen_hash(digest) & s->mask;
+    for (; s->slots[k].digest; k = (k + 1) & s->mask)
+        if (strcmp(s->slots[k].digest, digest) == 0) {
+            if (s->slots[k].depth <= depth)
+                return false;
+            s->slots[k].depth = depth;
+            return true;
+        }
+    s->slots[k].digest = rp_xstrdup(digest);
+    s->slots[k].depth = depth;
+    s->n++;
+    return true;
+}
+
+static void seen_free(struct seen *s)
+{
+    for (size_t i = 0; s->slots && i <= s->mask; i++)
+        free(s->slots[i].digest);
+    free(s->slots);
+}
+
+static void walk(struct rp_cache *c, struct seen *s, const char *digest, int depth)
+{
+    if (!seen_visit(s, digest, depth))
+        return;
     rp_cache_pin(c, digest);
-    size_t n = 1;
     struct rp_cache_manifest m;
     if (depth > WALK_DEPTH_MAX || rp_cache_manifest_get(c, digest, &m) != RP_CACHE_OK)
-        return n;
+        return;
     struct rp_manifest_refs refs;
     char err[256];
     if (rp_manifest_refs(m.data, m.len, &refs, err, sizeof(err)) == 0) {
         for (size_t i = 0; i < refs.n; i++) {
             if (refs.v[i].kind == RP_REF_CHILD)
-                n += walk(c, refs.v[i].digest, depth + 1);
-            else {
+                walk(c, s, refs.v[i].digest, depth + 1);
+            else if (seen_visit(s, refs.v[i].digest, 0)) /* a blob: nothing below it */
                 rp_cache_pin(c, refs.v[i].digest);
-                n++;
-            }
         }
         rp_manifest_refs_free(&refs);
     }
     rp_cache_manifest_free(&m);
-    return n;
 }
 
 size_t rp_pin_walk(struct rp_cache *c, const char *digest)
 {
-    return walk(c, digest, 0);
+    struct seen s = {0};
+    walk(c, &s, digest, 0);
+    size_t n = s.n;
+    seen_free(&s);
+    return n;
 }
 
 void rp_pins_stamp(const char *cache_dir, struct rp_pins_stamp *out)

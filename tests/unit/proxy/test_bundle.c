@@ -616,6 +616,67 @@ static void test_platform_arm64_v8(void)
     rp_manifest_refs_free(&r);
 }
 
+/* An index listing the same child n times (legal JSON, a crafted bundle or upstream).
+ * Returns its digest; the index is stored and linked. */
+static void put_fanout_index(struct rp_cache *c, const char *child, size_t n, char *digest)
+{
+    struct rp_buf b;
+    rp_buf_init(&b, RP_CACHE_MANIFEST_MAX);
+    rp_buf_addf(&b, "{\"schemaVersion\":2,\"mediaType\":\"%s\",\"manifests\":[",
+                RP_MEDIA_OCI_INDEX);
+    for (size_t i = 0; i < n; i++)
+        rp_buf_addf(&b,
+                    "%s{\"mediaType\":\"%s\",\"digest\":\"%s\",\"size\":1,"
+                    "\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}}",
+                    i ? "," : "", RP_MEDIA_OCI_INDEX, child);
+    rp_buf_add(&b, "]}", 2);
+    rp_digest_of(NULL, b.data, b.len, digest);
+    CHECK_INT(rp_cache_manifest_put(c, digest, RP_MEDIA_OCI_INDEX, b.data, b.len), 0);
+    CHECK_INT(rp_cache_link(c, "reg.example", "ns/fan", digest), 0);
+    rp_buf_free(&b);
+}
+
+/* Indexes whose children repeat: A lists B 64 times, B lists C 64 times, C lists the image
+ * 64 times. The pin walk visits each digest once; it walked every path (64^3 walks of the
+ * image here, 4096^4 with the largest manifests: a crafted bundle hung import, then every
+ * start of the proxy, which walks the pins file). */
+static void test_pin_walk_shared_children(void)
+{
+    char dir[128], err[512], img[RP_CACHE_DIGEST_BUF], ci[RP_CACHE_DIGEST_BUF],
+        bi[RP_CACHE_DIGEST_BUF], ai[RP_CACHE_DIGEST_BUF];
+    snprintf(dir, sizeof(dir), "%s/fanout", tmpdir);
+    struct rp_cache *c = rp_cache_open(dir, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    put_image(c, "ns/fan", "img", true, img);
+    put_fanout_index(c, img, 64, ci);
+    put_fanout_index(c, ci, 64, bi);
+    put_fanout_index(c, bi, 64, ai);
+    int64_t t0 = rp_now_ms();
+    CHECK_INT((int)rp_pin_walk(c, ai), 6); /* A, B, C, the image, its config and layer */
+    CHECK(rp_now_ms() - t0 < 2000);
+    /* The image reached first too deep to be expanded (five indexes down), then directly:
+     * its config and layer are pinned all the same. */
+    char chain[5][RP_CACHE_DIGEST_BUF], two[RP_CACHE_DIGEST_BUF];
+    put_fanout_index(c, img, 1, chain[4]);
+    for (int i = 3; i >= 0; i--)
+        put_fanout_index(c, chain[i + 1], 1, chain[i]);
+    struct rp_buf b;
+    rp_buf_init(&b, 4096);
+    rp_buf_addf(&b,
+                "{\"schemaVersion\":2,\"mediaType\":\"%s\",\"manifests\":["
+                "{\"mediaType\":\"%s\",\"digest\":\"%s\",\"size\":1},"
+                "{\"mediaType\":\"%s\",\"digest\":\"%s\",\"size\":1}]}",
+                RP_MEDIA_OCI_INDEX, RP_MEDIA_OCI_INDEX, chain[1], RP_MEDIA_OCI_MANIFEST, img);
+    rp_digest_of(NULL, b.data, b.len, two);
+    CHECK_INT(rp_cache_manifest_put(c, two, RP_MEDIA_OCI_INDEX, b.data, b.len), 0);
+    rp_buf_free(&b);
+    /* two -> chain[1..4] -> image at depth 5, and two -> image at depth 1 */
+    CHECK_INT((int)rp_pin_walk(c, two), 8);
+    rp_cache_close(c);
+}
+
 static struct timespec tags_mtime;
 static int tag_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 {
@@ -801,6 +862,7 @@ int main(int argc, char **argv)
     RUN(test_export_evicts_nothing);
     RUN(test_export_partial_child);
     RUN(test_platform_arm64_v8);
+    RUN(test_pin_walk_shared_children);
     RUN(test_import_twice_tag_moved);
     RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
