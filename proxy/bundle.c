@@ -869,6 +869,21 @@ static bool manifest_whole(struct collect *k, const char *reg, const char *repo,
     return whole;
 }
 
+/* Whether the manifest is collected for reg/repo: collect_manifest adds it before what it
+ * references, and any failure there fails the whole export. */
+static bool collected(const struct collect *k, const char *reg, const char *repo,
+                      const char *digest)
+{
+    size_t i = k->mi.slots ? dindex_find(&k->mi, k->manifests, digest) : (size_t)-1;
+    if (i == (size_t)-1)
+        return false;
+    const struct bundle_item *it = &k->manifests[i];
+    for (size_t r = 0; r < it->n_repos; r++)
+        if (strcmp(it->repos[r].registry, reg) == 0 && strcmp(it->repos[r].repo, repo) == 0)
+            return true;
+    return false;
+}
+
 /* 0, 1 when optional and not cached, -1 with err. */
 static int collect_manifest(struct collect *k, const char *reg, const char *repo,
                             const char *digest, bool optional, int depth, char *err, size_t errlen)
@@ -905,6 +920,12 @@ static int collect_manifest(struct collect *k, const char *reg, const char *repo
         const struct rp_manifest_ref *ref = &refs.v[r];
         int e;
         if (ref->kind == RP_REF_CHILD) {
+            /* Collected already, with all it references: indexes may list a child many
+             * times, and walking every path took refs^depth steps. */
+            if (collected(k, reg, repo, ref->digest)) {
+                present++;
+                continue;
+            }
             /* Children not cached were left out by the mirror's --platform; one whose
              * manifest came in without its blobs (a client's inspect, an interrupted
              * mirror) is left out the same way, not a reason to refuse the image. */

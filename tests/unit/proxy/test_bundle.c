@@ -677,6 +677,41 @@ static void test_pin_walk_shared_children(void)
     rp_cache_close(c);
 }
 
+/* Export of an index whose children repeat (A lists B 256 times, B lists the image 256
+ * times, as a mirror accepts: it fetches each digest once): each manifest is collected
+ * once. Export walked every path, checking and collecting the image 2 * 256^2 times (with
+ * 4096-entry indexes, hours). */
+static void test_export_shared_children(void)
+{
+    char dir[128], out[160], err[512], img[RP_CACHE_DIGEST_BUF], bi[RP_CACHE_DIGEST_BUF],
+        ai[RP_CACHE_DIGEST_BUF];
+    snprintf(dir, sizeof(dir), "%s/fanout-export", tmpdir);
+    snprintf(out, sizeof(out), "%s/fanout.rpb", tmpdir);
+    struct rp_cache *c = rp_cache_open(dir, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    put_image(c, "ns/fan", "img", true, img);
+    put_fanout_index(c, img, 256, bi);
+    put_fanout_index(c, bi, 256, ai);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/fan", "v1", ai, 1000), 0);
+    rp_cache_close(c);
+    CHECK_INT(rp_pins_add(dir, "reg.example", "ns/fan", "v1", ai), 0);
+    struct rp_conf *conf = conf_for(dir, false);
+    struct rp_export_opts o = {.output = out};
+    struct timespec c0, c1; /* CPU time: the export's fsyncs are not what is measured */
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    CHECK_INT(conf ? rp_export_main(conf, &o) : 1, 0);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    CHECK((double)(c1.tv_sec - c0.tv_sec) + (double)(c1.tv_nsec - c0.tv_nsec) / 1e9 < 3.0);
+    rp_conf_free(conf);
+    char dst[128];
+    snprintf(dst, sizeof(dst), "%s/fanout-import", tmpdir);
+    conf = conf_for(dst, true);
+    CHECK_INT(conf ? rp_import_main(conf, out) : 1, 0);
+    rp_conf_free(conf);
+}
+
 static struct timespec tags_mtime;
 static int tag_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 {
@@ -863,6 +898,7 @@ int main(int argc, char **argv)
     RUN(test_export_partial_child);
     RUN(test_platform_arm64_v8);
     RUN(test_pin_walk_shared_children);
+    RUN(test_export_shared_children);
     RUN(test_import_twice_tag_moved);
     RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
