@@ -1984,14 +1984,6 @@ static int publish_manifest_cb(void *arg, const char *digest, const char *media_
     return 0;
 }
 
-static bool is_index_type(const char *t)
-{
-    char n[RP_MEDIA_TYPE_MAX + 1];
-    snprintf(n, sizeof(n), "%s", t); /* a cache filled before types were normalised */
-    rp_media_type_normalize(n);
-    return strcmp(n, RP_MEDIA_OCI_INDEX) == 0 || strcmp(n, RP_MEDIA_DOCKER_LIST) == 0;
-}
-
 static int publish_held_one(struct import *im, const struct held_manifest *h, char *err,
                             size_t errlen)
 {
@@ -2014,52 +2006,74 @@ static int publish_held_one(struct import *im, const struct held_manifest *h, ch
     return link_all(im, it, err, errlen);
 }
 
-/* Whether every child an index names that this import holds is published already. */
-static bool children_published(const struct import *im, const struct held_manifest *h,
-                               const bool *done)
-{
-    struct rp_manifest_refs refs;
-    char e[128];
-    if (rp_manifest_refs(h->data, h->len, &refs, e, sizeof(e)) != 0)
-        return true; /* verified in pass 1; nothing to wait for */
-    bool ready = true;
-    for (size_t i = 0; i < refs.n && ready; i++) {
-        if (refs.v[i].kind != RP_REF_CHILD)
-            continue;
-        for (size_t k = 0; k < im->n_held && ready; k++)
-            if (!done[k] && strcmp(im->held[k].digest, refs.v[i].digest) == 0)
-                ready = false;
-    }
-    rp_manifest_refs_free(&refs);
-    return ready;
-}
-
-/* Image manifests first, then each index once the children it names are published: what a
- * manifest names is in the cache before it is, whatever order the bundle lists them in (a
- * nested index exported as an image of its own comes before its parent). */
+/* Publishes every held manifest after the held manifests it names (children of an index),
+ * whatever order the bundle lists them in (a nested index exported as an image of its own
+ * comes before its parent): a topological order over the bundle's own references, in time
+ * linear in them, as a crafted bundle may nest indexes a thousand deep. held[i] is manifest
+ * record i, so the metadata's digests index the held ones. */
 static int publish_held(struct import *im, char *err, size_t errlen)
 {
-    bool *done = rp_xcalloc(im->n_held + 1, sizeof(*done));
-    int rc = 0;
-    for (size_t i = 0; i < im->n_held && rc == 0; i++)
-        if (!is_index_type(im->held[i].media_type)) {
-            rc = publish_held_one(im, &im->held[i], err, errlen);
-            done[i] = true;
-        }
-    for (bool progress = true; progress && rc == 0;) {
-        progress = false;
-        for (size_t i = 0; i < im->n_held && rc == 0; i++) {
-            if (done[i] || !children_published(im, &im->held[i], done))
+    size_t n = im->n_held;
+    struct dindex idx;
+    dindex_init(&idx, n);
+    for (size_t i = 0; i < n; i++)
+        dindex_add(&idx, im->meta->manifests, i);
+    size_t *waiting = rp_xcalloc(n + 1, sizeof(*waiting)); /* held children not published */
+    size_t *counted = rp_xcalloc(n + 1, sizeof(*counted)); /* parent + 1 last counted for */
+    size_t *first = rp_xcalloc(n + 1, sizeof(*first));     /* parents of i: edge index + 1 */
+    struct edge {
+        size_t parent, next;
+    } *edges = NULL;
+    size_t n_edges = 0, alloc_edges = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct rp_manifest_refs refs;
+        char e[128];
+        if (rp_manifest_refs(im->held[i].data, im->held[i].len, &refs, e, sizeof(e)) != 0)
+            continue; /* verified in pass 1; nothing to wait for */
+        for (size_t r = 0; r < refs.n; r++) {
+            if (refs.v[r].kind != RP_REF_CHILD)
                 continue;
-            rc = publish_held_one(im, &im->held[i], err, errlen);
-            done[i] = progress = true;
+            size_t k = dindex_find(&idx, im->meta->manifests, refs.v[r].digest);
+            if (k == (size_t)-1 || k >= n || k == i || counted[k] == i + 1)
+                continue;
+            counted[k] = i + 1;
+            if (n_edges == alloc_edges) {
+                alloc_edges = alloc_edges ? alloc_edges * 2 : 64;
+                edges = rp_xrealloc(edges, alloc_edges * sizeof(*edges));
+            }
+            edges[n_edges] = (struct edge){.parent = i, .next = first[k]};
+            first[k] = ++n_edges;
+            waiting[i]++;
         }
+        rp_manifest_refs_free(&refs);
+    }
+    /* Ready manifests in bundle order, as a queue; a parent joins it when its last held
+     * child is published. */
+    size_t *queue = rp_xcalloc(n + 1, sizeof(*queue)), head = 0, tail = 0;
+    bool *done = rp_xcalloc(n + 1, sizeof(*done));
+    for (size_t i = 0; i < n; i++)
+        if (waiting[i] == 0)
+            queue[tail++] = i;
+    int rc = 0;
+    while (head < tail && rc == 0) {
+        size_t i = queue[head++];
+        rc = publish_held_one(im, &im->held[i], err, errlen);
+        done[i] = true;
+        for (size_t e = first[i]; e; e = edges[e - 1].next)
+            if (--waiting[edges[e - 1].parent] == 0)
+                queue[tail++] = edges[e - 1].parent;
     }
     /* Digests rule out cycles; anything left (none expected) is published as it is. */
-    for (size_t i = 0; i < im->n_held && rc == 0; i++)
+    for (size_t i = 0; i < n && rc == 0; i++)
         if (!done[i])
             rc = publish_held_one(im, &im->held[i], err, errlen);
+    free(queue);
     free(done);
+    free(edges);
+    free(first);
+    free(counted);
+    free(waiting);
+    free(idx.slots);
     return rc;
 }
 

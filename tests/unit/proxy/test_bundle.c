@@ -712,6 +712,120 @@ static void test_export_shared_children(void)
     rp_conf_free(conf);
 }
 
+/* Appends a record to a growing bundle. */
+static void buf_record(struct rp_buf *b, char type, const char *name, const void *data, size_t n)
+{
+    unsigned char h[16] = {0};
+    h[0] = (unsigned char)type;
+    put_be(h + 4, strlen(name), 4);
+    put_be(h + 8, n, 8);
+    rp_buf_add(b, h, 16);
+    rp_buf_add(b, name, strlen(name));
+    rp_buf_add(b, data, n);
+}
+
+static void buf_lz4_record(struct rp_buf *b, char type, const char *name, const char *text)
+{
+    size_t cap = LZ4F_compressFrameBound(strlen(text), NULL);
+    unsigned char *z = rp_xmalloc(cap);
+    buf_record(b, type, name, z, lz4_frame(text, z, cap));
+    free(z);
+}
+
+/* A hand-made bundle whose image is an index nesting n indexes, each listing the next and
+ * the last the image manifest, listed outermost first. Import publishes each manifest after
+ * what it names in time linear in the bundle: it rescanned every held manifest, parsing
+ * each index again, once per level (n rounds of n parses and n^2 comparisons: minutes for a
+ * few-megabyte bundle). */
+static void test_import_deep_nesting(void)
+{
+    enum { N = 1000 };
+    const char *cfg = "{\"architecture\":\"amd64\",\"os\":\"linux\"}";
+    char cd[RP_CACHE_DIGEST_BUF], (*md)[RP_CACHE_DIGEST_BUF] = rp_xcalloc(N + 1, sizeof(*md));
+    char **text = rp_xcalloc(N + 1, sizeof(*text));
+    rp_digest_of(NULL, cfg, strlen(cfg), cd);
+    text[N] = rp_xasprintf("{\"schemaVersion\":2,\"mediaType\":\"%s\",\"config\":{"
+                           "\"mediaType\":\"application/vnd.oci.image.config.v1+json\","
+                           "\"digest\":\"%s\",\"size\":%zu},\"layers\":[]}",
+                           RP_MEDIA_OCI_MANIFEST, cd, strlen(cfg));
+    rp_digest_of(NULL, text[N], strlen(text[N]), md[N]);
+    for (int i = N - 1; i >= 0; i--) {
+        text[i] = rp_xasprintf("{\"schemaVersion\":2,\"mediaType\":\"%s\",\"manifests\":[{"
+                               "\"mediaType\":\"%s\",\"digest\":\"%s\",\"size\":%zu}]}",
+                               RP_MEDIA_OCI_INDEX,
+                               i == N - 1 ? RP_MEDIA_OCI_MANIFEST : RP_MEDIA_OCI_INDEX, md[i + 1],
+                               strlen(text[i + 1]));
+        rp_digest_of(NULL, text[i], strlen(text[i]), md[i]);
+    }
+    struct rp_buf meta;
+    rp_buf_init(&meta, (size_t)64 << 20);
+    rp_buf_addf(&meta,
+                "{\"format\":\"regproxy-bundle\",\"version\":1,\"images\":[{\"registry\":"
+                "\"reg.example\",\"repo\":\"ns/deep\",\"tag\":\"v1\",\"digest\":\"%s\"}],"
+                "\"manifests\":[",
+                md[0]);
+    for (int i = 0; i <= N; i++)
+        rp_buf_addf(&meta,
+                    "%s{\"digest\":\"%s\",\"media_type\":\"%s\",\"size\":%zu,\"repos\":"
+                    "[[\"reg.example\",\"ns/deep\"]]}",
+                    i ? "," : "", md[i], i < N ? RP_MEDIA_OCI_INDEX : RP_MEDIA_OCI_MANIFEST,
+                    strlen(text[i]));
+    rp_buf_addf(&meta,
+                "],\"blobs\":[{\"digest\":\"%s\",\"size\":%zu,\"repos\":[[\"reg.example\","
+                "\"ns/deep\"]]}]}",
+                cd, strlen(cfg));
+    struct rp_buf b;
+    rp_buf_init(&b, (size_t)64 << 20);
+    unsigned char head[32] = {0};
+    rp_buf_add(&b, head, sizeof(head));
+    buf_lz4_record(&b, 'M', "", meta.data);
+    for (int i = 0; i <= N; i++)
+        buf_lz4_record(&b, 'm', md[i], text[i]);
+    buf_record(&b, 'b', cd, cfg, strlen(cfg));
+    unsigned char *h = (unsigned char *)b.data;
+    memcpy(h, "RPBUNDLE", 8);
+    put_be(h + 8, 1, 4);
+    put_be(h + 16, b.len + 16 + 32, 8);
+    unsigned char sum[32];
+    unsigned int sl = 0;
+    EVP_Digest(b.data, b.len, sum, &sl, EVP_sha256(), NULL);
+    buf_record(&b, 'T', "", sum, 32);
+    char path[160], dst[128], err[512];
+    snprintf(path, sizeof(path), "%s/deep.rpb", tmpdir);
+    /* On tmpfs where there is one: the import's thousands of fsyncs are not what is timed. */
+    char shm[] = "/dev/shm/rp-test-deep.XXXXXX";
+    bool on_shm = mkdtemp(shm) != NULL;
+    snprintf(dst, sizeof(dst), "%s/dst-deep", on_shm ? shm : tmpdir);
+    spit(path, b.data, b.len);
+    struct rp_conf *conf = conf_for(dst, true);
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    CHECK_INT(conf ? rp_import_main(conf, path) : 1, 0);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double cpu = (double)(c1.tv_sec - c0.tv_sec) + (double)(c1.tv_nsec - c0.tv_nsec) / 1e9;
+    fprintf(stderr, "import of %d nested indexes: %.2f s of CPU\n", N, cpu);
+    CHECK(cpu < 4.0);
+    rp_conf_free(conf);
+    struct rp_cache *c = rp_cache_open(dst, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c) {
+        struct rp_cache_manifest m;
+        CHECK_INT(rp_cache_manifest_get(c, md[0], &m), RP_CACHE_OK);
+        rp_cache_manifest_free(&m);
+        CHECK_INT(rp_cache_manifest_get(c, md[N], &m), RP_CACHE_OK);
+        rp_cache_manifest_free(&m);
+        rp_cache_close(c);
+    }
+    if (on_shm)
+        rm_rf(shm);
+    for (int i = 0; i <= N; i++)
+        free(text[i]);
+    free(text);
+    free(md);
+    rp_buf_free(&meta);
+    rp_buf_free(&b);
+}
+
 static struct timespec tags_mtime;
 static int tag_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 {
@@ -899,6 +1013,7 @@ int main(int argc, char **argv)
     RUN(test_platform_arm64_v8);
     RUN(test_pin_walk_shared_children);
     RUN(test_export_shared_children);
+    RUN(test_import_deep_nesting);
     RUN(test_import_twice_tag_moved);
     RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
