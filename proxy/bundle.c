@@ -283,11 +283,13 @@ static int parse_items(json_t *arr, bool manifests, struct bundle_item **out, si
         }
         it->size = (uint64_t)json_integer_value(size);
         if (manifests) {
-            if (!mt || !media_type_ok(mt)) {
+            /* Bundles exported from a cache that kept Content-Type parameters carry them. */
+            it->media_type = rp_xstrdup(mt ? mt : "");
+            rp_media_type_normalize(it->media_type);
+            if (!media_type_ok(it->media_type)) {
                 *why = "metadata: a manifest has a missing or invalid media_type";
                 return -1;
             }
-            it->media_type = rp_xstrdup(mt);
         }
         if (parse_repos(json_object_get(o, "repos"), it, why) != 0)
             return -1;
@@ -901,7 +903,10 @@ static int collect_manifest(struct collect *k, const char *reg, const char *repo
     if (i == (size_t)-1) {
         struct bundle_item *it =
             new_item(&k->manifests, &k->n_manifests, &k->alloc_m, &k->mi, digest);
+        /* As the proxy keeps them now: a cache filled before it cut Content-Type parameters
+         * has "; charset=utf-8" types, which the bundle's reader refuses. */
         it->media_type = rp_xstrdup(m.media_type);
+        rp_media_type_normalize(it->media_type);
         it->size = m.len;
         it->data = lz4_encode(m.data, m.len, &it->data_len);
         i = k->n_manifests - 1;

@@ -541,8 +541,8 @@ static void put_blob(struct rp_cache *c, const char *repo, const char *data, cha
 
 /* An image manifest (config + one layer) stored and linked; the layer is stored only when
  * with_layer. */
-static void put_image(struct rp_cache *c, const char *repo, const char *tag, bool with_layer,
-                      char *mdigest)
+static void put_image_typed(struct rp_cache *c, const char *repo, const char *tag, bool with_layer,
+                            const char *type, char *mdigest)
 {
     char cfg[128], layer[128], cd[RP_CACHE_DIGEST_BUF], ld[RP_CACHE_DIGEST_BUF];
     snprintf(cfg, sizeof(cfg), "{\"architecture\":\"amd64\",\"os\":\"linux\",\"t\":\"%s\"}", tag);
@@ -558,9 +558,15 @@ static void put_image(struct rp_cache *c, const char *repo, const char *tag, boo
                            "vnd.oci.image.layer.v1.tar\",\"digest\":\"%s\",\"size\":%zu}]}",
                            RP_MEDIA_OCI_MANIFEST, cd, strlen(cfg), ld, strlen(layer));
     rp_digest_of(NULL, m, strlen(m), mdigest);
-    CHECK_INT(rp_cache_manifest_put(c, mdigest, RP_MEDIA_OCI_MANIFEST, m, strlen(m)), 0);
+    CHECK_INT(rp_cache_manifest_put(c, mdigest, type, m, strlen(m)), 0);
     CHECK_INT(rp_cache_link(c, "reg.example", repo, mdigest), 0);
     free(m);
+}
+
+static void put_image(struct rp_cache *c, const char *repo, const char *tag, bool with_layer,
+                      char *mdigest)
+{
+    put_image_typed(c, repo, tag, with_layer, RP_MEDIA_OCI_MANIFEST, mdigest);
 }
 
 /* `mirror --platform linux/arm64` of an index caches the arm64 child and its blobs; the
@@ -826,6 +832,44 @@ static void test_import_deep_nesting(void)
     rp_buf_free(&b);
 }
 
+/* A manifest cached with its Content-Type's parameters (as the proxy kept them before it
+ * normalised manifest types: quay, pulp and Satellite add "; charset=utf-8"). The export
+ * writes its media type alone: the metadata's media types are refused with a space in them,
+ * and such a bundle was refused whole by every import. */
+static void test_export_media_type_parameters(void)
+{
+    char src[128], dst[128], out[160], err[512], md[RP_CACHE_DIGEST_BUF];
+    snprintf(src, sizeof(src), "%s/src-charset", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/dst-charset", tmpdir);
+    snprintf(out, sizeof(out), "%s/charset.rpb", tmpdir);
+    struct rp_cache *c = rp_cache_open(src, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    put_image_typed(c, "ns/cs", "cs", true, RP_MEDIA_OCI_MANIFEST "; charset=utf-8", md);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/cs", "v1", md, 1000), 0);
+    rp_cache_close(c);
+    CHECK_INT(rp_pins_add(src, "reg.example", "ns/cs", "v1", md), 0);
+    struct rp_conf *conf = conf_for(src, false);
+    struct rp_export_opts o = {.output = out};
+    CHECK_INT(conf ? rp_export_main(conf, &o) : 1, 0);
+    rp_conf_free(conf);
+    conf = conf_for(dst, true);
+    CHECK_INT(conf ? rp_import_main(conf, out) : 1, 0);
+    rp_conf_free(conf);
+    c = rp_cache_open(dst, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c) {
+        struct rp_cache_manifest m = {0};
+        CHECK_INT(rp_cache_manifest_get(c, md, &m), RP_CACHE_OK);
+        if (m.media_type) {
+            CHECK_STR(m.media_type, RP_MEDIA_OCI_MANIFEST);
+            rp_cache_manifest_free(&m);
+        }
+        rp_cache_close(c);
+    }
+}
+
 static struct timespec tags_mtime;
 static int tag_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 {
@@ -1014,6 +1058,7 @@ int main(int argc, char **argv)
     RUN(test_pin_walk_shared_children);
     RUN(test_export_shared_children);
     RUN(test_import_deep_nesting);
+    RUN(test_export_media_type_parameters);
     RUN(test_import_twice_tag_moved);
     RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
