@@ -2206,10 +2206,26 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
         goto out;
     }
     rp_bundle_meta_free(meta2);
-    size_t tags_set = 0;
-    /* Recorded in the pins file at once at the end: a crash before leaves tags without
-     * pins, which importing again completes. */
+    /* In the pins file, at once, before any tag moves: a tag set on content that the next
+     * start does not pin may see it evicted, and an offline cache cannot fetch it again. A
+     * failure here (a full disk) leaves every tag as it was. */
     char **pin_lines = rp_xcalloc(meta->n_images + 1, sizeof(*pin_lines));
+    for (size_t i = 0; i < meta->n_images; i++) {
+        const struct bundle_image *bi = &meta->images[i];
+        pin_lines[i] =
+            rp_pins_line(local_registry(&im, bi->registry), bi->repo, bi->tag, bi->digest);
+    }
+    int pinned = rp_pins_add_lines(conf->cache.dir, pin_lines, meta->n_images);
+    free_lines(pin_lines, meta->n_images);
+    if (pinned != 0) {
+        rp_progress_end(&pub);
+        fprintf(stderr,
+                "regproxy import: failed to record the images in %s/%s (see the log); no tag "
+                "was set; importing again finishes the job\n",
+                conf->cache.dir, RP_PINS_FILE);
+        goto out;
+    }
+    size_t tags_set = 0;
     for (size_t i = 0; i < meta->n_images; i++) {
         const struct bundle_image *bi = &meta->images[i];
         const char *reg = local_registry(&im, bi->registry);
@@ -2237,21 +2253,15 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
                 if (e != RP_CACHE_OK) {
                     fprintf(stderr, "regproxy import: tag %s/%s:%s: %s\n", reg, bi->repo, bi->tag,
                             rp_cache_strerror(e));
-                    free_lines(pin_lines, i);
                     goto out;
                 }
                 tags_set++;
             }
         }
-        pin_lines[i] = rp_pins_line(reg, bi->repo, bi->tag, bi->digest);
         pub.done = i + 1;
         rp_progress_line(&pub, "imported %s/%s%s%s@%s", reg, bi->repo, bi->tag ? ":" : "",
                          bi->tag ? bi->tag : "", bi->digest);
     }
-    int pinned = rp_pins_add_lines(conf->cache.dir, pin_lines, meta->n_images);
-    free_lines(pin_lines, meta->n_images);
-    if (pinned != 0)
-        goto out;
     rp_progress_end(&pub);
     char nb[32], tb[32];
     rp_format_bytes(im.new_bytes, nb, sizeof(nb));

@@ -870,6 +870,50 @@ static void test_export_media_type_parameters(void)
     }
 }
 
+/* The pins file cannot be written at the end of an import (a full disk; here its temp name
+ * is taken by a directory): the import fails and no tag has moved. It set the tags first,
+ * so they named content that the next start does not pin and may evict, which an offline
+ * cache cannot fetch again. */
+static void test_import_pins_failure_sets_no_tag(void)
+{
+    char src[128], dst[128], out[160], tmp[192], err[512], md[RP_CACHE_DIGEST_BUF];
+    snprintf(src, sizeof(src), "%s/src-nopins", tmpdir);
+    snprintf(dst, sizeof(dst), "%s/dst-nopins", tmpdir);
+    snprintf(out, sizeof(out), "%s/nopins.rpb", tmpdir);
+    struct rp_cache *c = rp_cache_open(src, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    put_image(c, "ns/np", "np", true, md);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/np", "v1", md, 1000), 0);
+    rp_cache_close(c);
+    CHECK_INT(rp_pins_add(src, "reg.example", "ns/np", "v1", md), 0);
+    struct rp_conf *conf = conf_for(src, false);
+    struct rp_export_opts o = {.output = out};
+    CHECK_INT(conf ? rp_export_main(conf, &o) : 1, 0);
+    rp_conf_free(conf);
+    c = rp_cache_open(dst, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    rp_cache_close(c);
+    snprintf(tmp, sizeof(tmp), "%s/pins.tmp", dst);
+    CHECK_INT(mkdir(tmp, 0755), 0);
+    conf = conf_for(dst, true);
+    CHECK_INT(conf ? rp_import_main(conf, out) : 0, 1);
+    c = rp_cache_open(dst, 0, err, sizeof(err));
+    CHECK(c != NULL);
+    if (c) {
+        char cur[RP_CACHE_DIGEST_BUF];
+        int64_t when;
+        CHECK(rp_cache_tag_get(c, "reg.example", "ns/np", "v1", cur, sizeof(cur), &when) !=
+              RP_CACHE_OK);
+        rp_cache_close(c);
+    }
+    /* Once the file can be written, importing again finishes the job. */
+    rmdir(tmp);
+    CHECK_INT(conf ? rp_import_main(conf, out) : 1, 0);
+    rp_conf_free(conf);
+}
+
 static struct timespec tags_mtime;
 static int tag_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 {
@@ -1059,6 +1103,7 @@ int main(int argc, char **argv)
     RUN(test_export_shared_children);
     RUN(test_import_deep_nesting);
     RUN(test_export_media_type_parameters);
+    RUN(test_import_pins_failure_sets_no_tag);
     RUN(test_import_twice_tag_moved);
     RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
