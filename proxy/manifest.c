@@ -104,9 +104,12 @@ static bool non_distributable(const char *media_type)
     return strstr(media_type, "foreign") != NULL || strstr(media_type, "nondistributable") != NULL;
 }
 
+unsigned long rp_manifest_refs_calls;
+
 int rp_manifest_refs(const char *json, size_t len, struct rp_manifest_refs *out, char *err,
                      size_t errlen)
 {
+    rp_manifest_refs_calls++;
     json_t *root = NULL;
     const char *why = NULL;
     int rc = -1;

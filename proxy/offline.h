@@ -83,6 +83,9 @@ struct rp_manifest_refs {
 int rp_manifest_refs(const char *json, size_t len, struct rp_manifest_refs *out, char *err,
                      size_t errlen);
 void rp_manifest_refs_free(struct rp_manifest_refs *r); /* accepts NULL */
+/* Calls of rp_manifest_refs so far in this process (the loop's thread only): lets tests
+ * bound the work of a walk over manifests by a count rather than a time. */
+extern unsigned long rp_manifest_refs_calls;
 
 /* A --platform filter: "os/arch[/variant]" items separated by commas. */
 struct rp_platforms;
