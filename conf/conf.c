@@ -248,7 +248,9 @@ static const struct rp_conf_option options[] = {
      .type = RP_CONF_PATH,
      .offset = REG_F(ca_file),
      .flags = RP_CONF_F_READABLE,
-     .help = "PEM bundle to verify the registry with instead of the system CAs"},
+     .help = "PEM bundle of CAs to trust for the registry, its token realm and its blob CDNs, in "
+             "addition to the system CAs (curl keeps its CA directory, /etc/ssl/certs on Debian, "
+             "as docker keeps the system pool beside certs.d)"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "proxy",
      .type = RP_CONF_URL,
