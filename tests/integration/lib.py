@@ -227,10 +227,21 @@ def raw_exchange(port, data, timeout=10):
             fail("the connection was kept open after %r" % data[:60])
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now on 127.0.0.1, and not one this process handed out before: the kernel
+    may give a just-closed ephemeral port again, and a test asking for two (a listener and
+    its admin) would get the same one twice."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no free port not handed out before")
 
 
 def read_port_file(path, proc, n=1, timeout=20):

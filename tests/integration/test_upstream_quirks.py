@@ -156,7 +156,9 @@ def test_refused_and_tls_errors(t):
         eq((e["code"], e["message"]), ("UNAVAILABLE", msg), "%s: error" % reg)
         check(why in e["detail"]["error"], "%s: the reason (%r) names no %s"
               % (reg, e["detail"]["error"], why))
-        check("upstream %s:" % reg in lib.tail(p.log, 50), "%s: no log line gives the reason" % reg)
+        # The log is written after the answer (batched per loop iteration): wait for it.
+        lib.wait_until(lambda: "upstream %s:" % reg in lib.tail(p.log, 50), 10,
+                       "%s: a log line giving the reason" % reg)
 
 
 def test_cross_origin_cdn_401_403(t):
