@@ -403,15 +403,88 @@ void rp_htpasswd_cancel(struct rp_htpasswd_waiter *w)
     w->job = NULL;
 }
 
+/* Apache's MD5 crypt, "$apr1$SALT$HASH": htpasswd's default (-m) and what nginx takes, but
+ * not one of crypt(3)'s methods. The md5crypt algorithm with its own magic string. Writes
+ * the whole hash to out (at most 6 + 8 + 1 + 22 + 1 bytes); NULL when setting is not one. */
+#define APR1_MAX 38
+static const char *apr1_crypt(const char *pw, const char *setting, char out[APR1_MAX])
+{
+    static const char magic[] = "$apr1$";
+    static const char itoa64[] = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    if (strncmp(setting, magic, 6) != 0)
+        return NULL;
+    const char *salt = setting + 6;
+    size_t slen = strcspn(salt, "$");
+    if (slen > 8)
+        slen = 8;
+    size_t plen = strlen(pw);
+    unsigned char fin[16], alt[16];
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    const char *res = NULL;
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_md5(), NULL) != 1)
+        goto out;
+    EVP_DigestUpdate(ctx, pw, plen);
+    EVP_DigestUpdate(ctx, salt, slen);
+    EVP_DigestUpdate(ctx, pw, plen);
+    EVP_DigestFinal_ex(ctx, alt, NULL);
+    EVP_DigestInit_ex(ctx, EVP_md5(), NULL);
+    EVP_DigestUpdate(ctx, pw, plen);
+    EVP_DigestUpdate(ctx, magic, 6);
+    EVP_DigestUpdate(ctx, salt, slen);
+    for (size_t left = plen; left > 0; left -= left > 16 ? 16 : left)
+        EVP_DigestUpdate(ctx, alt, left > 16 ? 16 : left);
+    for (size_t i = plen; i; i >>= 1)
+        EVP_DigestUpdate(ctx, (i & 1) ? "" : pw, 1);
+    EVP_DigestFinal_ex(ctx, fin, NULL);
+    for (int i = 0; i < 1000; i++) {
+        EVP_DigestInit_ex(ctx, EVP_md5(), NULL);
+        if (i & 1)
+            EVP_DigestUpdate(ctx, pw, plen);
+        else
+            EVP_DigestUpdate(ctx, fin, 16);
+        if (i % 3)
+            EVP_DigestUpdate(ctx, salt, slen);
+        if (i % 7)
+            EVP_DigestUpdate(ctx, pw, plen);
+        if (i & 1)
+            EVP_DigestUpdate(ctx, fin, 16);
+        else
+            EVP_DigestUpdate(ctx, pw, plen);
+        EVP_DigestFinal_ex(ctx, fin, NULL);
+    }
+    char *o = out + snprintf(out, APR1_MAX, "%s%.*s$", magic, (int)slen, salt);
+    static const unsigned char order[5][3] = {
+        {0, 6, 12}, {1, 7, 13}, {2, 8, 14}, {3, 9, 15}, {4, 10, 5}};
+    for (int g = 0; g < 5; g++) {
+        unsigned long v = ((unsigned long)fin[order[g][0]] << 16) |
+                          ((unsigned long)fin[order[g][1]] << 8) | fin[order[g][2]];
+        for (int k = 0; k < 4; k++, v >>= 6)
+            *o++ = itoa64[v & 0x3f];
+    }
+    unsigned long v = fin[11];
+    for (int k = 0; k < 2; k++, v >>= 6)
+        *o++ = itoa64[v & 0x3f];
+    *o = '\0';
+    res = out;
+out:
+    EVP_MD_CTX_free(ctx);
+    rp_secure_zero(fin, sizeof(fin));
+    rp_secure_zero(alt, sizeof(alt));
+    return res;
+}
+
 void rp_htpasswd_job_work(void *arg)
 {
     struct rp_htpasswd_job *j = arg;
     struct crypt_data cd;
+    char apr1[APR1_MAX];
     memset(&cd, 0, sizeof(cd));
-    const char *out = crypt_r(j->pass, j->hash, &cd);
+    const char *out = strncmp(j->hash, "$apr1$", 6) == 0 ? apr1_crypt(j->pass, j->hash, apr1)
+                                                         : crypt_r(j->pass, j->hash, &cd);
     j->ok = j->known && out && out[0] != '*' && strlen(out) == strlen(j->hash) &&
             CRYPTO_memcmp(out, j->hash, strlen(out)) == 0;
     rp_secure_zero(&cd, sizeof(cd));
+    rp_secure_zero(apr1, sizeof(apr1));
 }
 
 void rp_htpasswd_job_done(void *arg)

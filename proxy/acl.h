@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* acl: who may pull. Network allow-lists per listener, client credentials from an
- * htpasswd file (bcrypt and the other hashes libxcrypt's crypt knows), and the repository
+ * htpasswd file (bcrypt, Apache's MD5 "$apr1$" of htpasswd -m, and the other hashes
+ * libxcrypt's crypt knows), and the repository
  * allow-list per registry. Pure functions plus a small verified-credential cache. */
 #ifndef RP_ACL_H
 #define RP_ACL_H

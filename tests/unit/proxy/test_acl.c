@@ -166,6 +166,45 @@ static void test_htpasswd(void)
     free(path);
 }
 
+/* htpasswd's default hash (htpasswd -m, what nginx and Apache files mostly hold) is
+ * Apache's MD5 ("$apr1$"), which crypt(3) does not know: such accounts could never log in.
+ * Vectors from `openssl passwd -apr1`. */
+static void test_htpasswd_apr1(void)
+{
+    char dir[4096];
+    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
+    char *path = rp_xasprintf("%s/htpasswd", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "node:$apr1$rA.nd0m5$apAXHkZYw99AlHTNH/kYn0\n"
+               "long:$apr1$x$8NceVVu1DjFLY3EWJfWpL/\n"
+               "empty:$apr1$12345678$sHuPAw7VA9xjRbJz7zKV7/\n"
+               "cut:$apr1$rA.nd0m5$apAXHkZYw99AlHTNH/kYn\n");
+    fclose(f);
+    char err[256];
+    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    char *good = basic("node:s3cret"), *bad = basic("node:s3cre"),
+         *lg = basic("long:a-much-longer-password-than-sixteen-bytes"),
+         *lbad = basic("long:a-much-longer-password-than-sixteen-byteS"), *em = basic("empty:"),
+         *cut = basic("cut:s3cret");
+    CHECK(rp_htpasswd_check(h, good, "10.0.0.1:1"));
+    CHECK(!rp_htpasswd_check(h, bad, "10.0.0.2:1"));
+    CHECK(rp_htpasswd_check(h, lg, "10.0.0.3:1"));
+    CHECK(!rp_htpasswd_check(h, lbad, "10.0.0.4:1"));
+    CHECK(rp_htpasswd_check(h, em, "10.0.0.5:1"));
+    CHECK(!rp_htpasswd_check(h, cut, "10.0.0.6:1")); /* a truncated hash matches nothing */
+    rp_htpasswd_free(h);
+    free(good);
+    free(bad);
+    free(lg);
+    free(lbad);
+    free(em);
+    free(cut);
+    unlink(path);
+    rmdir(dir);
+    free(path);
+}
+
 static int woken;
 
 static void count_wake(struct rp_htpasswd_waiter *w)
@@ -284,6 +323,7 @@ int main(void)
     RUN(test_htpasswd_wake_cancels_other);
     RUN(test_repos);
     RUN(test_htpasswd);
+    RUN(test_htpasswd_apr1);
     RUN(test_htpasswd_async);
     UNIT_EXIT();
 }
