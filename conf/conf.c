@@ -973,7 +973,7 @@ static const char *cidr_why(const char *s)
     uint64_t bits = (uint64_t)max;
     if (slash) {
         *slash = '\0';
-        if (rp_parse_u64(slash + 1, strlen(slash + 1), &bits) != 0 || (long)bits > max)
+        if (rp_parse_u64(slash + 1, strlen(slash + 1), &bits) != 0 || bits > (uint64_t)max)
             return bad;
     }
     if (inet_pton(max == 128 ? AF_INET6 : AF_INET, buf, addr) != 1)

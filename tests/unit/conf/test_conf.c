@@ -2320,6 +2320,10 @@ static void test_admin_and_access_keys(void)
     } bad[] = {
         {"[listen \"127.0.0.1:5000\"]\nallow = 10.0.0.0/33\n[registry \"r\"]\nurl = https://r.x\n",
          "t.conf:2: bad value for 'allow' in [listen \"127.0.0.1:5000\"]: expected a network"},
+        /* A prefix length that wraps to a negative number as a long. */
+        {"[listen \"127.0.0.1:5000\"]\nallow = 10.0.0.0/18446744073709551615\n[registry \"r\"]\n"
+         "url = https://r.x\n",
+         "t.conf:2: bad value for 'allow' in [listen \"127.0.0.1:5000\"]: expected a network"},
         {"[listen \"127.0.0.1:5000\"]\nallow = example.com\n[registry \"r\"]\nurl = https://r.x\n",
          "t.conf:2: bad value for 'allow' in [listen \"127.0.0.1:5000\"]: expected a network"},
         {"[listen \"127.0.0.1:5000\"]\n[registry \"r\"]\nurl = https://r.x\n[admin]\n"
