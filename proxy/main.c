@@ -40,7 +40,8 @@ static const struct command_help commands[] = {
      "/healthz and /readyz.\n",
      "c"},
     {"check", "check [-c FILE]",
-     "Validates the configuration (errors name file, line and key), prints its warnings,\n"
+     "Validates the configuration (errors name file, line and key; each listener's\n"
+     "tls_cert, tls_key and htpasswd are loaded as serve loads them), prints its warnings,\n"
      "then for each registry with test_login = yes: pings it, runs the token flow and asks\n"
      "for the manifest of test_image. Prints one line per registry: `ok (...)`, `skipped`\n"
      "or `FAILED: <reason>` (credentials rejected by realm X, realm not allowed, TLS\n"
@@ -404,6 +405,16 @@ int main(int argc, char **argv)
         struct rp_conf *conf = load(config);
         if (!conf)
             return 1;
+        /* What serve loads only when it opens the listeners: a key that is not the
+         * certificate's, or an htpasswd line it cannot read, fails here too. */
+        if (rp_server_check_listeners(conf) != 0) {
+            fprintf(stderr,
+                    "regproxy: %s: a listener's tls_cert, tls_key or htpasswd did not "
+                    "load (see above)\n",
+                    conf->source);
+            rp_conf_free(conf);
+            return 1;
+        }
         printf("%s: configuration ok: %zu listener(s), %zu registr%s\n", conf->source,
                conf->n_listens, conf->n_registries, conf->n_registries == 1 ? "y" : "ies");
         for (size_t i = 0; i < conf->n_warnings; i++)

@@ -392,6 +392,9 @@ struct rp_server {
  * (same shape as the running configuration) and swaps them in; -1 (nothing changed) when
  * any fails to load. */
 int rp_server_reload_listeners(struct rp_server *srv, const struct rp_conf *fresh);
+/* Loads every listener's TLS context, allow list and client accounts as serve would, and
+ * drops them: -1, each failure logged, when any would keep serve from starting (`check`). */
+int rp_server_check_listeners(const struct rp_conf *conf);
 /* The client accounts of the listener c came in on, or NULL (anonymous). */
 struct rp_htpasswd *rp_conn_htpasswd(const struct rp_conn *c);
 /* -v on the command line: debug logging whatever [admin] log_level says, reloads included. */

@@ -1049,6 +1049,19 @@ out:
     return rc;
 }
 
+int rp_server_check_listeners(const struct rp_conf *conf)
+{
+    int rc = 0;
+    for (size_t i = 0; i < conf->n_listens; i++) {
+        struct listen_settings st;
+        if (settings_load(&conf->listens[i], &st) != 0)
+            rc = -1;
+        else
+            settings_free(&st);
+    }
+    return rc;
+}
+
 struct rp_htpasswd *rp_conn_htpasswd(const struct rp_conn *c)
 {
     return c->lctx->set.htpasswd;

@@ -81,3 +81,31 @@ def test_serve_logs_startup_checks_and_keeps_serving(t):
     _, tags = t.pull(p, "ns/multi:v1")
     eq(tags["v1"], tok.pushed["ns/multi:v1"]["digest"], "pull while another registry fails")
     check(s.sa_password not in p.log_text(), "the password appears in the log")
+
+
+def test_check_loads_listener_files(t):
+    """A listener's key that is not its certificate's, or an htpasswd file with a line that is
+    not user:hash, kept serve from starting while `check` said the configuration was ok:
+    check loads them as serve does."""
+    s = t.s
+    _, key, crt = lib.serving_cert(t, "check-a")
+    _, other_key, _ = lib.serving_cert(t, "check-b")
+    bad_htp = os.path.join(t.tmp, "bad.htpasswd")
+    with open(bad_htp, "w") as f:
+        f.write("justaname\n")
+    reg = s.anon_registry.conf("registry.anon.test", test_login="no")
+    cases = [({"tls_cert": crt, "tls_key": other_key}, "cannot load tls_cert/tls_key"),
+             ({"htpasswd": bad_htp}, "bad.htpasswd:1: expected user:hash"),
+             ({"tls_cert": crt, "tls_key": key, "htpasswd": lib.htpasswd_file(t, "n", "pw")},
+              None)]
+    for keys, why in cases:
+        p = t.proxy(registries=[reg],
+                    listeners=[dict({"default": "registry.anon.test"}, **keys)], start=False)
+        p.ports = [lib.free_port()]
+        p.write_conf()
+        rc, _, out = _run_check(t, p)
+        if why is None:
+            eq(rc, 0, "check of good listener files (%s)" % out)
+            continue
+        check(rc != 0 and why in out and "configuration ok" not in out,
+              "check with %r: exit %d, expected a failure saying %r:\n%s" % (keys, rc, why, out))
