@@ -198,8 +198,8 @@ static const struct rp_conf_option options[] = {
      .aux_offset = REG_F(n_repos),
      .help = "repositories clients may pull, as shell patterns whose * stays within one "
              "path component (openshift3/* allows openshift3/ose-pod, not openshift3/a/b), "
-             "e.g. openshift3/*, rhel8/ubi; default: all; others get 403 DENIED before any "
-             "upstream contact"},
+             "e.g. openshift3/*, rhel8/ubi (on Docker Hub, nginx also allows library/nginx); "
+             "default: all; others get 403 DENIED before any upstream contact"},
     {.section = RP_CONF_SECTION_ADMIN,
      .key = "listen",
      .type = RP_CONF_STRING,

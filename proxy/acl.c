@@ -101,12 +101,18 @@ bool rp_acl_allows(const struct rp_cidr *nets, size_t n, const struct sockaddr *
     return false;
 }
 
-bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo)
+bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo, bool dockerhub)
 {
     if (n == 0)
         return true;
+    /* Routing turned the client's "nginx" into "library/nginx"; the operator wrote it the
+     * client's way. Only a one-component rest: "library/a/b" was never a short name. */
+    const char *short_name = NULL;
+    if (dockerhub && strncmp(repo, "library/", 8) == 0 && !strchr(repo + 8, '/'))
+        short_name = repo + 8;
     for (size_t i = 0; i < n; i++)
-        if (fnmatch(patterns[i], repo, FNM_PATHNAME) == 0)
+        if (fnmatch(patterns[i], repo, FNM_PATHNAME) == 0 ||
+            (short_name && fnmatch(patterns[i], short_name, FNM_PATHNAME) == 0))
             return true;
     return false;
 }

@@ -27,8 +27,9 @@ bool rp_acl_allows(const struct rp_cidr *nets, size_t n, const struct sockaddr *
 
 /* Whether repo matches one of the fnmatch(3) patterns, such as "rhel8/ubi" or a prefix
  * followed by the shell wildcard;
- * n == 0 allows every repository. */
-bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo);
+ * n == 0 allows every repository. With dockerhub, an official image's "library/NAME" also
+ * matches as NAME, the name Docker users write (`docker pull nginx`). */
+bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo, bool dockerhub);
 
 struct rp_htpasswd;
 /* Loads "user:hash" lines (at most 1 MiB; comments and blank lines skipped). NULL with a

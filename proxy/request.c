@@ -1541,8 +1541,8 @@ void rp_req_drive(struct rp_req *r)
             return;
         }
         r->routed = true;
-        if (r->route.reg &&
-            !rp_acl_repo_allowed(r->route.reg->repos, r->route.reg->n_repos, r->route.name)) {
+        if (r->route.reg && !rp_acl_repo_allowed(r->route.reg->repos, r->route.reg->n_repos,
+                                                 r->route.name, r->route.reg->dockerhub)) {
             /* Checked before the cache and before any upstream contact. */
             rp_req_error(r, 403, "DENIED", "repository not allowed by this proxy's repos list",
                          NULL);

@@ -236,6 +236,25 @@ def test_repos_allow_list(t):
     eq(tags["v1"], reg.pushed["ns/multi:v1"]["digest"], "pull inside repos")
 
 
+
+def test_repos_docker_hub_short_names(t):
+    """On Docker Hub `docker pull nginx` asks for library/nginx: `repos = nginx` (the name a
+    Docker user writes) used to refuse it, and `*` refused every official image. An offline
+    docker.io (never dialed) answers 404 to what repos lets through."""
+    p = t.proxy(registries=[{"name": "docker.io", "offline": "yes",
+                             "repos": "nginx, bitnami/*, ubi*"}],
+                listeners=[{"default": "docker.io"}])
+    for name, want in (("nginx", 404), ("library/nginx", 404), ("bitnami/redis", 404),
+                       ("ubi8", 404), ("redis", 403), ("library/redis", 403),
+                       ("someone/nginx", 403), ("library/bitnami", 403)):
+        r = p.get("/v2/%s/manifests/latest" % name, headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, want, "GET %s on docker.io with repos = nginx, bitnami/*, ubi*" % name)
+    p2 = t.proxy(registries=[{"name": "docker.io", "offline": "yes", "repos": "*"}],
+                 listeners=[{"default": "docker.io"}])
+    for name, want in (("nginx", 404), ("library/nginx", 404), ("bitnami/redis", 403)):
+        r = p2.get("/v2/%s/manifests/latest" % name, headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, want, "GET %s on docker.io with repos = *" % name)
+
 def _peer_cn(port, cafile):
     ctx = ssl.create_default_context(cafile=cafile)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:

@@ -77,12 +77,23 @@ static void test_allows(void)
 static void test_repos(void)
 {
     char *pats[] = {"openshift3/*", "rhel8/ubi"};
-    CHECK(rp_acl_repo_allowed(pats, 2, "openshift3/ose-pod"));
-    CHECK(rp_acl_repo_allowed(pats, 2, "rhel8/ubi"));
-    CHECK(!rp_acl_repo_allowed(pats, 2, "rhel8/ubi-minimal"));
-    CHECK(!rp_acl_repo_allowed(pats, 2, "openshift3/a/b")); /* '*' stops at '/' */
-    CHECK(!rp_acl_repo_allowed(pats, 2, "other/openshift3/x"));
-    CHECK(rp_acl_repo_allowed(pats, 0, "anything/at/all"));
+    CHECK(rp_acl_repo_allowed(pats, 2, "openshift3/ose-pod", false));
+    CHECK(rp_acl_repo_allowed(pats, 2, "rhel8/ubi", false));
+    CHECK(!rp_acl_repo_allowed(pats, 2, "rhel8/ubi-minimal", false));
+    CHECK(!rp_acl_repo_allowed(pats, 2, "openshift3/a/b", false)); /* '*' stops at '/' */
+    CHECK(!rp_acl_repo_allowed(pats, 2, "other/openshift3/x", false));
+    CHECK(rp_acl_repo_allowed(pats, 0, "anything/at/all", false));
+    /* Docker Hub: library/NAME is also NAME, as docker users write it. */
+    char *hub[] = {"nginx", "bitnami/*"};
+    CHECK(rp_acl_repo_allowed(hub, 2, "library/nginx", true));
+    CHECK(!rp_acl_repo_allowed(hub, 2, "library/nginx", false));
+    CHECK(rp_acl_repo_allowed(hub, 2, "bitnami/redis", true));
+    CHECK(!rp_acl_repo_allowed(hub, 2, "library/redis", true));
+    CHECK(!rp_acl_repo_allowed(hub, 2, "library/bitnami/x", true));
+    CHECK(!rp_acl_repo_allowed(hub, 2, "someone/nginx", true));
+    char *star[] = {"*"};
+    CHECK(rp_acl_repo_allowed(star, 1, "library/nginx", true));
+    CHECK(!rp_acl_repo_allowed(star, 1, "bitnami/redis", true));
 }
 
 static char *basic(const char *userpass)
