@@ -1202,20 +1202,42 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
     conn_wait_request(c, false);
 }
 
+/* OpenSSL's default asks for a key's passphrase on the controlling terminal: started from
+ * a shell, a reload would hold the loop, and every pull, until someone typed. */
+static int no_passphrase(char *buf, int size, int rwflag, void *asked)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    if (asked)
+        *(bool *)asked = true;
+    return -1;
+}
+
 /* TLS 1.2 or newer, the certificate chain and key from the listener's config. */
 static SSL_CTX *tls_context(const struct rp_conf_listen *l)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx)
         return NULL;
+    bool asked = false;
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    if (SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
+    bool ok = SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) == 1 &&
+              SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) == 1 &&
+              SSL_CTX_check_private_key(ctx) == 1;
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL); /* `asked` is this frame's */
+    if (!ok) {
         unsigned long e = ERR_get_error();
         char buf[256];
         ERR_error_string_n(e, buf, sizeof(buf));
+        if (asked)
+            snprintf(buf, sizeof(buf),
+                     "%s is encrypted (a passphrase is never asked for: "
+                     "give an unencrypted key)",
+                     l->tls_key);
         rp_error("listen %s: cannot load tls_cert/tls_key: %s", l->addr, buf);
         SSL_CTX_free(ctx);
         return NULL;

@@ -3,7 +3,11 @@
 reason (credentials rejected by the realm, realm not allowed, TLS verification failed,
 image not found, unreachable), a non-zero exit when any fails."""
 import os
+import pty
+import select
+import signal
 import subprocess
+import time
 
 import lib
 from lib import check, eq
@@ -109,3 +113,53 @@ def test_check_loads_listener_files(t):
             continue
         check(rc != 0 and why in out and "configuration ok" not in out,
               "check with %r: exit %d, expected a failure saying %r:\n%s" % (keys, rc, why, out))
+
+
+def test_encrypted_tls_key_refused_not_prompted(t):
+    """A tls_key with a passphrase made OpenSSL ask for it on the controlling terminal: check
+    and serve started from a shell waited for input, and a reload (SIGHUP, or the watch
+    seeing a rotated key) held the event loop, and every pull, until someone typed. Such a
+    key is refused, saying why."""
+    s = t.s
+    d = os.path.join(t.tmp, "enc")
+    os.makedirs(d)
+    key, crt = os.path.join(d, "tls.key"), os.path.join(d, "tls.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-passout", "pass:abcd",
+                    "-keyout", key, "-out", crt, "-days", "1", "-subj", "/CN=enc"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test", test_login="no")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}],
+                start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    pid, fd = pty.fork()
+    if pid == 0:  # a terminal of its own, as from an operator's shell
+        try:
+            os.execve(t.s.bin, [t.s.bin, "check", "-c", p.conf_path], lib.clean_env())
+        finally:
+            os._exit(127)
+    out, deadline, status = b"", time.monotonic() + 20, None
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    chunk = b""
+                out += chunk
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                break
+            if b"pass phrase" in out:
+                break
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    check(b"pass phrase" not in out, "check asked for the key's passphrase:\n" + text)
+    check(status is not None and os.WEXITSTATUS(status) == 1 and "encrypted" in text,
+          "check with an encrypted tls_key: expected exit 1 saying it is encrypted, got "
+          "status %r:\n%s" % (status, text))
