@@ -270,11 +270,15 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
         if (len == 0 || line[0] == '#')
             continue;
         char *colon = strchr(line, ':');
-        if (!colon || colon == line || !colon[1]) {
+        if (!colon || colon == line || !colon[1] || colon[1] == ':') {
             snprintf(err, errlen, "%s:%u: expected user:hash", path, lineno);
             goto fail;
         }
         *colon = '\0';
+        /* nginx files may end a line with ":comment"; no hash has a ':' of its own. */
+        char *comment = strchr(colon + 1, ':');
+        if (comment)
+            *comment = '\0';
         h->users = rp_xrealloc(h->users, (h->n + 1) * sizeof(*h->users));
         h->users[h->n].name = rp_xstrdup(line);
         h->users[h->n].hash = rp_xstrdup(colon + 1);

@@ -168,6 +168,11 @@ static void test_htpasswd(void)
     fclose(f);
     CHECK(rp_htpasswd_load(path, err, sizeof(err)) == NULL);
     CHECK(strstr(err, ":1:") != NULL);
+    f = fopen(path, "w");
+    fprintf(f, "# no hash, only a comment\nnode::comment\n");
+    fclose(f);
+    CHECK(rp_htpasswd_load(path, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, ":2:") != NULL);
     free(good);
     free(bad);
     free(who);
@@ -189,7 +194,8 @@ static void test_htpasswd_apr1(void)
     fprintf(f, "node:$apr1$rA.nd0m5$apAXHkZYw99AlHTNH/kYn0\n"
                "long:$apr1$x$8NceVVu1DjFLY3EWJfWpL/\n"
                "empty:$apr1$12345678$sHuPAw7VA9xjRbJz7zKV7/\n"
-               "cut:$apr1$rA.nd0m5$apAXHkZYw99AlHTNH/kYn\n");
+               "cut:$apr1$rA.nd0m5$apAXHkZYw99AlHTNH/kYn\n"
+               "nginx:$apr1$rA.nd0m5$apAXHkZYw99AlHTNH/kYn0:a comment, as nginx allows\n");
     fclose(f);
     char err[256];
     struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
@@ -204,6 +210,9 @@ static void test_htpasswd_apr1(void)
     CHECK(!rp_htpasswd_check(h, lbad, "10.0.0.4:1"));
     CHECK(rp_htpasswd_check(h, em, "10.0.0.5:1"));
     CHECK(!rp_htpasswd_check(h, cut, "10.0.0.6:1")); /* a truncated hash matches nothing */
+    char *ng = basic("nginx:s3cret");
+    CHECK(rp_htpasswd_check(h, ng, "10.0.0.7:1")); /* name:hash:comment */
+    free(ng);
     rp_htpasswd_free(h);
     free(good);
     free(bad);
