@@ -179,6 +179,14 @@ int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *
         const char *nl = memchr(s, '\n', len - pos);
         size_t l = nl ? (size_t)(nl - s) : len - pos;
         pos += l + 1;
+        /* The file is ours, but admins edit it (to unpin an image): an editor's CRLF or
+         * indentation must not unpin the lines around their edit. */
+        while (l > 0 && (s[0] == ' ' || s[0] == '\t')) {
+            s++;
+            l--;
+        }
+        while (l > 0 && (s[l - 1] == '\r' || s[l - 1] == ' ' || s[l - 1] == '\t'))
+            l--;
         if (l == 0 || s[0] == '#')
             continue;
         if (cnt == alloc) {

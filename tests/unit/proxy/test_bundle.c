@@ -1036,6 +1036,35 @@ static void test_pins_add_lines(void)
         free(lines[i]);
 }
 
+/* A pins file an admin edited: CRLF line ends, indentation, blank lines with spaces and
+ * comments still give every pin (they were skipped: the image left unpinned, evictable). */
+static void test_pins_load_edited(void)
+{
+    char dir[128], path[160], text[1024];
+    snprintf(dir, sizeof(dir), "%s/pins-edited", tmpdir);
+    CHECK_INT(mkdir(dir, 0755), 0);
+    snprintf(path, sizeof(path), "%s/pins", dir);
+    const char *d1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const char *d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    snprintf(text, sizeof(text),
+             "# mirrored on Monday\r\n  reg.example/ns/a:v1@%s\r\n   \r\n\treg.example/ns/b@%s \n"
+             "  # reg.example/ns/c@%s\n",
+             d1, d2, d2);
+    spit(path, text, strlen(text));
+    struct rp_conf *conf = conf_for(dir, false);
+    struct rp_image_ref *v = NULL;
+    size_t n = 0;
+    char err[256];
+    CHECK_INT(conf ? rp_pins_load(conf, &v, &n, err, sizeof(err)) : -1, 0);
+    CHECK_INT(n, 2);
+    if (n == 2) {
+        CHECK_STR(v[0].digest, d1);
+        CHECK_STR(v[1].digest, d2);
+    }
+    free(v);
+    rp_conf_free(conf);
+}
+
 /* The fuzz_bundle seeds: a valid bundle and a few near misses. */
 static int write_seeds(const char *dir)
 {
@@ -1109,6 +1138,7 @@ int main(int argc, char **argv)
     RUN(test_import_twice_tag_moved);
     RUN(test_import_tag_time_future);
     RUN(test_pins_add_lines);
+    RUN(test_pins_load_edited);
     RUN(test_pin_pattern_by_name_or_host);
     rm_rf(tmpdir);
     UNIT_EXIT();
