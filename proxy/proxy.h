@@ -154,13 +154,16 @@ bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
 void rp_fills_free_all(struct rp_server *srv);
 
 /* ---------------------------------------------------------------------- inflight.c */
-/* Concurrent misses for one manifest (registry, repository, reference, Accept) share one
- * upstream request. Returns true when r now waits for a request already fetching it (it is
- * driven again, from the loop, when that one is done); false when r should fetch, in which
- * case it leads and must call rp_inflight_done when its fetch ends. */
+/* Concurrent misses for one manifest (registry, repository, reference, Accept), and
+ * concurrent revalidations of one tag, share one upstream exchange. Returns true when r now
+ * waits for a request already fetching it (it is driven again, from the loop, when that one
+ * is done); false when r should fetch, in which case it leads and must call
+ * rp_inflight_done once it has its answer: a leader may need several fetches for it (a
+ * revalidation, then the GET of a moved tag), and waiters woken in between would find
+ * nothing new and each fetch on their own. */
 bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r);
-/* The leader's fetch ended: answered, or cancelled with its client (its waiters then share
- * a fetch again rather than each making one). */
+/* The leader answered its client, or was cancelled with it before upstream answered (its
+ * waiters then share a fetch again rather than each making one). */
 void rp_inflight_done(struct rp_req *r, bool answered);
 void rp_inflight_leave(struct rp_req *r); /* a waiter went away */
 void rp_inflight_free_all(struct rp_server *srv);

@@ -180,6 +180,8 @@ void rp_req_queued(struct rp_req *r)
 
 void rp_req_finish(struct rp_req *r, const char *aborted)
 {
+    /* Waiters look up again from the loop, after this answer was cached (or not). */
+    rp_inflight_done(r, aborted == NULL);
     rp_req_log(r, aborted);
     r->state = RQ_DONE;
     rp_metrics_request(&r->conn->srv->metrics, r->routed ? (int)r->route.kind : -1, r->status,
@@ -891,6 +893,10 @@ static void lookup(struct rp_req *r)
                         return;
                     }
                 }
+                /* A herd past tag_ttl revalidates once: the others wait for the leader's
+                 * answer, after which the tag is fresh again. */
+                if (!r->head && rp_inflight_wait(srv, r))
+                    return;
                 r->have_stale = true;
                 snprintf(r->stale_digest, sizeof(r->stale_digest), "%s", digest);
                 r->stale_age_s = age_ms / 1000;
@@ -1374,8 +1380,6 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
 {
     struct rp_req *r = arg;
     r->fetch = NULL;
-    /* Waiters look up again from the loop, after this answer is cached (or not). */
-    rp_inflight_done(r, true);
     if (res->status)
         r->up_status = res->status;
     if (r->range_refused) {

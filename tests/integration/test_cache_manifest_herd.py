@@ -134,3 +134,32 @@ def test_manifest_herd_leaders_leave_in_turn(t):
     _check_answers(t, got)
     check(n <= 4, "upstream manifest GETs for 3 leaders that left in turn and 8 waiters: want "
           "at most 4, got %d" % n)
+
+
+def test_expired_tag_herd_one_upstream_exchange(t):
+    """Concurrent GETs of a tag past tag_ttl share one revalidation; when the tag moved
+    upstream, one GET of its new manifest too. Each used to revalidate on its own, and after
+    a move each fetched the manifest on its own: 30 HEADs and 30 GETs, the herd of a
+    cluster pulling a release tag that was just pushed again."""
+    s = t.s
+    reg = t.private_registry("anon", images={
+        "ns/hd:v1": "oci:%s:v1" % s.images["multi"]["dir"]})
+    p = t.proxy(registries=[reg.conf(tag_ttl="2s")])  # tag ages are whole seconds
+    path = "/v2/ns/hd/manifests/v1"
+
+    def herd(what, want_digest, want_ups):
+        mark = reg.mark()
+        results = lib.parallel([lambda: p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+                                for _ in range(30)])
+        eq(sorted({r.status for r in results}), [200], "statuses (%s)" % what)
+        eq({lib.sha256(r.body) for r in results}, {want_digest}, "manifests (%s)" % what)
+        ups = sorted(m for m, pth, st in lib.settle(lambda: reg.since(mark), 1) if pth == path)
+        eq(ups, want_ups, "upstream exchanges for 30 concurrent GETs (%s)" % what)
+
+    eq(p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status, 200, "first GET")
+    old = reg.client(None).manifest("ns/hd", "v1", accept=lib.ACCEPT_ALL)
+    time.sleep(3.2)
+    herd("unchanged", lib.sha256(old.body), ["HEAD"])
+    new = s.push(reg, "oci:%s:t00" % s.images["tags"]["dir"], "ns/hd:v1")["digest"]
+    time.sleep(3.2)
+    herd("moved", new, ["GET", "HEAD"])
