@@ -1429,21 +1429,22 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
         }
-        if (named && !unchanged) {
+        bool cached = named && manifest_cached(r, d, &data, &len, &type);
+        if (named && !unchanged && cached) {
             /* Moved to a manifest this repository has cached already (containerd resolves
              * a tag by HEAD, then fetches the digest): the tag follows, no GET needed. */
-            if (manifest_cached(r, d, &data, &len, &type)) {
-                rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name,
-                                 r->route.ref, d, rp_wall_s());
-                if (manifest_from_cache(r, d, "REVALIDATED"))
-                    return;
-            } else if (r->head && rp_header_value_safe(r->up_h.content_type) &&
-                       accept_allows(r->accept, r->up_h.content_type)) {
-                /* A HEAD is answered by the revalidation's own HEAD, not a second one. */
-                r->cache_status = "MISS";
-                answer_success(r);
+            rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref,
+                             d, rp_wall_s());
+            if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
-            }
+        }
+        if (named && !cached && r->head && rp_header_value_safe(r->up_h.content_type) &&
+            accept_allows(r->accept, r->up_h.content_type)) {
+            /* A HEAD is answered by the revalidation's own HEAD, not a second one: moved, or
+             * unchanged but never fetched (a node that has the image only HEADs the tag). */
+            r->cache_status = "MISS";
+            answer_success(r);
+            return;
         }
         if (res->fail == RP_FETCH_OK && res->status >= 400) {
             /* Asked with the full Accept list: the tag is gone, not narrowed away. Stale

@@ -142,3 +142,26 @@ def test_star_q0_is_not_accept_anything(t):
     res = [(x.status, x.header("Content-Type"), x.header("X-Regproxy-Cache")) for x in (plain, q0)]
     check(q0.header("Content-Type") != OCI_INDEX,
           "client refusing everything but %s got %r" % (OCI, res[1]))
+
+
+def test_head_only_client_one_upstream_head(t):
+    """A node that already has the image (imagePullPolicy: Always) only HEADs the tag: the
+    proxy records the tag but never gets its manifest. Each later HEAD, within tag_ttl or
+    past it, revalidated with a HEAD and then, the manifest being uncached, sent the same
+    HEAD upstream a second time. The revalidation's own HEAD now answers it."""
+    s = t.s
+    reg = t.private_registry("anon", images={
+        "ns/ho:v1": "oci:%s:v1" % s.images["multi"]["dir"]})
+    d = reg.pushed["ns/ho:v1"]["digest"]
+    p = t.proxy(registries=[reg.conf(tag_ttl="10m")])
+    path = "/v2/ns/ho/manifests/v1"
+    g = reg.client(None).manifest("ns/ho", "v1", accept=CONTAINERD, method="HEAD")
+    for i in range(3):
+        mk = reg.mark()
+        r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+        ups = [m for m, pth, st in lib.settle(lambda: reg.since(mk), 1) if pth == path]
+        eq((r.status, r.header("Docker-Content-Digest"), r.header("Content-Type"),
+            r.header("Content-Length")),
+           (200, d, g.header("Content-Type"), g.header("Content-Length")), "HEAD %d" % i)
+        eq(ups, ["HEAD"], "upstream requests for HEAD %d" % i)
+
