@@ -1242,6 +1242,18 @@ static void answer_success(struct rp_req *r)
         manifest_fetched(r);
         return;
     }
+    const char *ud = h->docker_content_digest;
+    if (r->route.kind == RP_ROUTE_MANIFEST && r->route.ref_is_digest && ud &&
+        rp_valid_digest(ud, strlen(ud)) && strncmp(ud, r->route.ref, 7) == 0 &&
+        strcmp(ud, r->route.ref) != 0) {
+        /* A HEAD has no body to verify: upstream's own word that it is another manifest is
+         * all there is, and must not be answered as the one asked for. (A digest in the
+         * other algorithm may name the same bytes: only a GET can tell.) */
+        rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
+                              "upstream named another digest than the one asked for", r->up_status,
+                              NULL);
+        return;
+    }
     struct rp_buf extra;
     rp_buf_init(&extra, 32768);
     const char *type = rp_header_value_safe(h->content_type) ? h->content_type : NULL;

@@ -165,3 +165,26 @@ def test_head_only_client_one_upstream_head(t):
            (200, d, g.header("Content-Type"), g.header("Content-Length")), "HEAD %d" % i)
         eq(ups, ["HEAD"], "upstream requests for HEAD %d" % i)
 
+
+def test_head_by_digest_other_digest_refused(t):
+    """A manifest asked for by digest must be that digest: a GET whose body is another is
+    refused, but a HEAD whose upstream named another digest was answered as the one asked
+    for, with the other manifest's length and type."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    other = b'{"schemaVersion":2,"mediaType":"%s"}' % OCI_INDEX.encode()
+
+    def h(r):
+        if r.path.startswith("/v2/ns/x/manifests/"):
+            r.send(200, b"" if r.method == "HEAD" else other,
+                   [("Content-Type", OCI_INDEX), ("Docker-Content-Digest", lib.sha256(other)),
+                    ("Content-Length", str(len(other)))])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/manifests/" + md
+    g = p.get(path, headers={"Accept": CONTAINERD})
+    r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+    eq((g.status, r.status, r.header("Docker-Content-Digest")), (502, 502, None),
+       "GET and HEAD by digest, upstream naming another digest")
