@@ -362,11 +362,30 @@ static void canonical_unless_named(struct rp_req *r)
         !r->route.ref_is_digest && !rp_manifest_tag_canonical(r->accept, RP_MEDIA_DOCKER_MANIFEST);
 }
 
+static bool manifest_cached(const struct rp_req *r, const char *digest, const char **data,
+                            size_t *len, const char **type);
+
+/* A tag's revalidation asks with the proxy's list, and with the type its manifest was
+ * cached as when the list does not name it (an OCI artifact manifest): a registry refuses
+ * a manifest whose type the Accept does not name, and that 404 would read as the tag being
+ * gone. NULL when the list alone will do. */
+static char *revalidation_accept(const struct rp_req *r)
+{
+    const char *data, *type;
+    size_t len;
+    if (manifest_cached(r, r->stale_digest, &data, &len, &type) && type &&
+        rp_header_value_safe(type) && !rp_accept_names(RP_MANIFEST_ACCEPT, type))
+        return rp_xasprintf("%s, %s", RP_MANIFEST_ACCEPT, type);
+    return NULL;
+}
+
 /* Starts the upstream exchange for this request. head: HEAD instead of the client's
  * method (revalidations and confirmations); body_cap: how much of a body to keep. */
 static void start_fetch(struct rp_req *r, bool head, bool stream)
 {
     char *path = upstream_path(r);
+    char *own_accept =
+        r->route.kind == RP_ROUTE_MANIFEST && r->revalidating ? revalidation_accept(r) : NULL;
     struct rp_fetch_opts o = {
         .reg = r->route.reg,
         .path = path,
@@ -376,6 +395,7 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
          * (rp_manifest_tag_canonical): with a client's narrower one, registries answer
          * another manifest, which would look like a moved tag. */
         .accept = r->route.kind != RP_ROUTE_MANIFEST      ? NULL
+                  : own_accept                            ? own_accept
                   : r->revalidating || r->canonical_fetch ? RP_MANIFEST_ACCEPT
                                                           : r->accept,
         .range = r->route.kind == RP_ROUTE_BLOB && stream ? r->range : NULL,
@@ -396,6 +416,7 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
     r->state = RQ_UPSTREAM;
     r->fetch = rp_fetch_start(r->conn->srv, &o, &upstream_cb, r);
     free(path);
+    free(own_accept);
 }
 
 void rp_req_pass_through(struct rp_req *r)

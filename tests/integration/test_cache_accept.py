@@ -206,3 +206,20 @@ def test_narrow_client_after_the_tags_manifest_left_the_cache(t):
     mk = lreg.mark()
     eq(lib.sha256(p.get(lpath, headers={"Accept": V2}).body), amd64, "within tag_ttl")
     eq(_ups(lreg, mk, lpath), ["GET"], "upstream for a fresh list tag: the client's GET only")
+
+
+def test_artifact_tag_survives_revalidation(t):
+    """A tag recorded from an answer only the client's own Accept gets (an OCI artifact
+    manifest, which a registry refuses to the proxy's list) was revalidated with the proxy's
+    list past tag_ttl: upstream's 404 to that list deleted the tag and reached the client,
+    for a tag that exists."""
+    fr = t.s.fakereg
+    art = "application/vnd.oci.artifact.manifest.v1+json"
+    path = "/v2/mode/artifact/ns/multi/manifests/v1"
+    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
+    got = []
+    for i in range(3):
+        r = p.get(path, headers={"Accept": art})
+        got.append((r.status, r.header("Content-Type")))
+        time.sleep(2.2)
+    eq(got, [(200, art)] * 3, "GETs of the artifact tag, past tag_ttl each time")
