@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* inflight: concurrent misses for the same manifest share one upstream request. The first
- * request leads (it fetches, verifies and caches); the others wait and, when the leader is
- * done, look up again: a success is then a cache hit. After a failure each waiter asks
- * upstream once more on its own (an error answer is not something to cache or replay). A
- * leader that goes away before upstream answered (its client left, its fetch cancelled)
- * has no answer at all: its waiters share one fetch again, led by the first of them.
- * Clients that give up on a slow upstream are the herd this exists for. */
+/* inflight: concurrent misses for the same manifest, and revalidations of the same tag,
+ * share one upstream exchange. The first request leads (it fetches, verifies and caches);
+ * the others wait and, when the leader has answered, look up again: a success is then a
+ * cache hit. After a failure each waiter asks upstream once more on its own (an error
+ * answer is not something to cache or replay). A leader that goes away before upstream
+ * answered (its client left, its fetch cancelled) has no answer at all: its waiters share
+ * one fetch again, led by the first of them. Clients that give up on a slow upstream are
+ * the herd this exists for. */
 #include "proxy.h"
 
 #include <event2/event.h>
@@ -22,12 +23,13 @@ struct rp_inflight {
     TAILQ_ENTRY(rp_inflight) link;
 };
 
-/* Registry, repository, reference and the exact Accept list: two clients that accept
- * different media types may get different manifests for one tag. */
+/* Method, registry, repository, reference and the exact Accept list: two clients that
+ * accept different media types may get different manifests for one tag, and a HEAD
+ * leader's answer caches no manifest for a GET to find. */
 static char *key_of(const struct rp_req *r)
 {
-    return rp_xasprintf("%s%c%s%c%s%c%s", r->route.reg->name, 0, r->route.name, 0, r->route.ref, 0,
-                        r->accept ? r->accept : "");
+    return rp_xasprintf("%c%s%c%s%c%s%c%s", r->head ? 'H' : 'G', r->route.reg->name, 0,
+                        r->route.name, 0, r->route.ref, 0, r->accept ? r->accept : "");
 }
 
 static size_t key_len(const char *k)
@@ -81,7 +83,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 
 bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r)
 {
-    if (r->coalesced || r->head)
+    if (r->coalesced)
         return false;
     char *key = key_of(r);
     struct rp_inflight *f = find(srv, key);

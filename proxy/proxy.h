@@ -154,10 +154,10 @@ bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
 void rp_fills_free_all(struct rp_server *srv);
 
 /* ---------------------------------------------------------------------- inflight.c */
-/* Concurrent misses for one manifest (registry, repository, reference, Accept), and
- * concurrent revalidations of one tag, share one upstream exchange. Returns true when r now
- * waits for a request already fetching it (it is driven again, from the loop, when that one
- * is done); false when r should fetch, in which case it leads and must call
+/* Concurrent misses for one manifest (method, registry, repository, reference, Accept),
+ * and concurrent revalidations of one tag, share one upstream exchange. Returns true when
+ * r now waits for a request already fetching it (it is driven again, from the loop, when
+ * that one is done); false when r should fetch, in which case it leads and must call
  * rp_inflight_done once it has its answer: a leader may need several fetches for it (a
  * revalidation, then the GET of a moved tag), and waiters woken in between would find
  * nothing new and each fetch on their own. */

@@ -915,8 +915,12 @@ static void lookup(struct rp_req *r)
                     }
                 }
                 /* A herd past tag_ttl revalidates once: the others wait for the leader's
-                 * answer, after which the tag is fresh again. */
-                if (!r->head && rp_inflight_wait(srv, r))
+                 * answer, after which the tag is fresh again. HEADs too (containerd resolves
+                 * tags so), unless the manifest is not cached: their answer would not be. */
+                const char *data, *type;
+                size_t len;
+                if ((!r->head || manifest_cached(r, digest, &data, &len, &type)) &&
+                    rp_inflight_wait(srv, r))
                     return;
                 r->have_stale = true;
                 snprintf(r->stale_digest, sizeof(r->stale_digest), "%s", digest);

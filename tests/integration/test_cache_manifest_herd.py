@@ -163,3 +163,21 @@ def test_expired_tag_herd_one_upstream_exchange(t):
     new = s.push(reg, "oci:%s:t00" % s.images["tags"]["dir"], "ns/hd:v1")["digest"]
     time.sleep(3.2)
     herd("moved", new, ["GET", "HEAD"])
+
+
+def test_expired_tag_head_herd_one_revalidation(t):
+    """containerd resolves a tag by HEAD: a cluster's nodes HEAD a tag past tag_ttl at once,
+    and each sent its own revalidation upstream. HEADs of a tag whose manifest is cached
+    share one, as GETs do."""
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
+    path = "/v2/mode/slowmanifest/ns/multi/manifests/v1"  # upstream takes 1.5 s
+    eq(p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status, 200, "first GET")
+    time.sleep(2.2)
+    mark = fr.mark()
+    results = lib.parallel([lambda: p.get(path, method="HEAD",
+                                          headers={"Accept": lib.ACCEPT_ALL})
+                            for _ in range(20)])
+    eq({r.status for r in results}, {200}, "HEADs")
+    ups = [x["method"] for x in fr.requests(mark[0]) if x["path"] == path]
+    eq(ups, ["HEAD"], "upstream exchanges for 20 concurrent HEADs past tag_ttl")
