@@ -1539,9 +1539,12 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             }
             /* A HEAD answered to the full list names the tag's manifest: the tag is
              * recorded, as from a GET (containerd GETs the digest next; until then a
-             * lookup finds it uncached and revalidates). */
+             * lookup finds it uncached and revalidates). Not when the list does not name
+             * its type (an OCI artifact manifest): with the manifest uncached, the
+             * revalidation could not name it either, and a registry's 404 to that would
+             * read as the tag being gone. */
             const char *d = r->up_h.docker_content_digest;
-            if (d && rp_valid_digest(d, strlen(d)) &&
+            if (d && rp_valid_digest(d, strlen(d)) && t && rp_accept_names(RP_MANIFEST_ACCEPT, t) &&
                 rp_manifest_tag_canonical(r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept, t))
                 rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name,
                                  r->route.ref, d, rp_wall_s());

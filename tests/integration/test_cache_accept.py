@@ -223,3 +223,20 @@ def test_artifact_tag_survives_revalidation(t):
         got.append((r.status, r.header("Content-Type")))
         time.sleep(2.2)
     eq(got, [(200, art)] * 3, "GETs of the artifact tag, past tag_ttl each time")
+
+
+def test_artifact_tag_head_only_survives_revalidation(t):
+    """As above for a client that only HEADs the tag (oras resolving it): the tag was
+    recorded from the HEAD with the manifest's type unknown to the cache, so the
+    revalidation could not name it, and upstream's 404 to the proxy's list deleted the tag
+    and reached the client."""
+    fr = t.s.fakereg
+    art = "application/vnd.oci.artifact.manifest.v1+json"
+    path = "/v2/mode/artifact/ns/multi/manifests/v1"
+    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
+    got = []
+    for i in range(3):
+        r = p.get(path, method="HEAD", headers={"Accept": art})
+        got.append((r.status, r.header("Content-Type")))
+        time.sleep(2.2)
+    eq(got, [(200, art)] * 3, "HEADs of the artifact tag, past tag_ttl each time")
