@@ -517,22 +517,32 @@ static bool has_known_var(json_t *o)
             json_object_get(o, CREDS) || json_object_get(o, "openshift_deployment_type"));
 }
 
-/* group_vars/OSEv3.yml is the mapping itself; a YAML inventory nests it. */
+/* group_vars/OSEv3.yml is the mapping itself; a YAML inventory nests it, as OSEv3's vars
+ * (under all's children, or a top-level group) and all's vars, which count too: Ansible
+ * merges them, OSEv3's winning, as the INI reader does with [all:vars]. Returns a new
+ * reference; the merged mapping holds copies, so each tree is wiped on its own. */
 static json_t *yaml_vars(json_t *root)
 {
     if (has_known_var(root))
-        return root;
-    json_t *cands[] = {
-        json_object_get(
-            json_object_get(json_object_get(json_object_get(root, "all"), "children"), "OSEv3"),
-            "vars"),
-        json_object_get(json_object_get(root, "OSEv3"), "vars"),
-        json_object_get(json_object_get(root, "all"), "vars"),
-    };
-    for (size_t i = 0; i < sizeof(cands) / sizeof(cands[0]); i++)
-        if (has_known_var(cands[i]))
-            return cands[i];
-    return root;
+        return json_incref(root);
+    json_t *all = json_object_get(json_object_get(root, "all"), "vars");
+    json_t *osev3 = json_object_get(
+        json_object_get(json_object_get(json_object_get(root, "all"), "children"), "OSEv3"),
+        "vars");
+    if (!json_is_object(osev3))
+        osev3 = json_object_get(json_object_get(root, "OSEv3"), "vars");
+    if (!has_known_var(all) && !has_known_var(osev3))
+        return json_incref(root);
+    json_t *merged = json_object();
+    json_t *layers[] = {all, osev3};
+    for (size_t i = 0; i < sizeof(layers) / sizeof(layers[0]); i++) {
+        if (!json_is_object(layers[i]))
+            continue;
+        json_t *copy = json_deep_copy(layers[i]);
+        json_object_update(merged, copy);
+        json_decref(copy); /* its values now belong to merged alone */
+    }
+    return merged;
 }
 
 /* ---- from variables to registries ---- */
@@ -982,7 +992,7 @@ int rp_conf_inventory_parse(const char *text, size_t len, const char *source,
                   "variables");
             goto out;
         }
-        vs.v = json_incref(yaml_vars(root));
+        vs.v = yaml_vars(root);
     }
     if (take_oreg(inv, &vs) != 0 || take_creds(inv, &vs) != 0 || take_egress(inv, &vs) != 0)
         goto out;

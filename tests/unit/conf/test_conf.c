@@ -1985,6 +1985,48 @@ static void test_import_inventory_all_vars(void)
     rm_dir(out);
 }
 
+/* The same in a YAML inventory: all's vars hold the credentials, OSEv3's the oreg_url (and
+ * win where both set a variable, as Ansible's group precedence has it). */
+static void test_import_inventory_yaml_all_vars(void)
+{
+    char path[256], out[256];
+    snprintf(path, sizeof(path), "%s/all-vars.yml", tmpdir);
+    snprintf(out, sizeof(out), "%s/all-vars-yml-out", tmpdir);
+    static const char yml[] = "all:\n"
+                              "  vars:\n"
+                              "    oreg_auth_user: all-user\n"
+                              "    oreg_auth_password: yaml-all-vars-secret\n"
+                              "    oreg_url: ignored.example.com/should/lose:to-OSEv3\n"
+                              "  children:\n"
+                              "    OSEv3:\n"
+                              "      children:\n"
+                              "        masters:\n"
+                              "          hosts:\n"
+                              "            master.example.com:\n"
+                              "      vars:\n"
+                              "        openshift_deployment_type: openshift-enterprise\n"
+                              "        oreg_url: registry.example.com:5000/x/y-${component}\n";
+    write_file("all-vars.yml", yml, strlen(yml));
+    char *text = import(path, out, "proxy.example.com:5000");
+    CHECK(text != NULL);
+    if (!text) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    CHECK(strstr(text, "ignored.example.com") == NULL);
+    static const char *const secrets[] = {"yaml-all-vars-secret", NULL};
+    struct rp_conf *c = check_imported(text, secrets);
+    if (c) {
+        CHECK_INT(c->n_registries, 1);
+        CHECK_STR(c->registries[0].name, "registry.example.com:5000");
+        CHECK_STR(c->registries[0].user, "all-user");
+        CHECK_STR(c->registries[0].password, "yaml-all-vars-secret");
+    }
+    rp_conf_free(c);
+    free(text);
+    rm_dir(out);
+}
+
 static void test_import_inventory_yaml(void)
 {
     char out[256];
@@ -2437,6 +2479,7 @@ int main(int argc, char **argv)
     RUN(test_import_inventory_ini);
     RUN(test_import_inventory_all_vars);
     RUN(test_import_inventory_yaml);
+    RUN(test_import_inventory_yaml_all_vars);
     RUN(test_import_inventory_errors);
     RUN(test_import_inventory_egress);
     RUN(test_inventory_literals);
