@@ -128,7 +128,15 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
     case RP_FETCH_E_TOKEN:
         switch (res->token_err) {
         case RP_AUTH_E_REJECTED:
-            check_finish(c, false, "credentials rejected by realm %s", realm ? realm : "?");
+            /* With nothing configured there were no credentials to reject: the realm wants
+             * some, which is what the operator has to add. */
+            if (!c->reg->user && !c->reg->identity_token)
+                check_finish(c, false,
+                             "no credentials configured, and realm %s refused an anonymous "
+                             "token (set user and password_file, or auth_file)",
+                             realm ? realm : "?");
+            else
+                check_finish(c, false, "credentials rejected by realm %s", realm ? realm : "?");
             return;
         case RP_AUTH_E_REALM_NOT_ALLOWED:
             check_finish(c, false,

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """`regproxy check` and serve's start-up checks: one line per registry, `ok` or the precise
-reason (credentials rejected by the realm, realm not allowed, TLS verification failed,
-image not found, unreachable), a non-zero exit when any fails."""
+reason (credentials rejected by the realm, none configured where the realm wants some,
+realm not allowed, TLS verification failed, image not found, unreachable), a non-zero exit
+when any fails."""
 import os
 import pty
 import select
@@ -38,6 +39,10 @@ def test_check_reports_each_registry(t):
                  test_image="ns/multi:v1", test_login="yes"),
         dict(tok.conf("wrongca.test", test_image="ns/multi:v1", test_login="yes"),
              ca_file=None),
+        # No credentials at all: the realm refuses the anonymous token, and the line must
+        # not claim that credentials were rejected.
+        dict(tok.conf("nocreds.test", test_image="ns/multi:v1", test_login="yes"), user=None,
+             password=None),
         {"name": "down.test", "url": "https://127.0.0.1:%d" % closed, "test_login": "yes"},
         {"name": "skipped.test", "url": "https://127.0.0.1:%d" % closed, "test_login": "no"},
     ]
@@ -53,6 +58,7 @@ def test_check_reports_each_registry(t):
         "notallowed.test": "FAILED: realm not allowed: https://127.0.0.1:",
         "wrongca.test": "FAILED: TLS verification failed",
         "down.test": "FAILED: unreachable",
+        "nocreds.test": "FAILED: no credentials configured, and realm https://127.0.0.1:",
         "skipped.test": "skipped",
     }
     for name, prefix in expect.items():
