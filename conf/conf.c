@@ -278,7 +278,8 @@ static const struct rp_conf_option options[] = {
      .type = RP_CONF_STRING,
      .offset = REG_F(test_image),
      .help = "image `regproxy check` reads the manifest of, REPOSITORY[:TAG|@DIGEST] (tag "
-             "latest when none; default: openshift3/ose-pod on registry.redhat.io)"},
+             "latest when none; on Docker Hub alpine means library/alpine, as in a pull; "
+             "default: openshift3/ose-pod on registry.redhat.io)"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "test_login",
      .type = RP_CONF_BOOL,

@@ -51,8 +51,8 @@ static void check_finish(struct rp_check *c, bool ok, const char *fmt, ...)
     free(c);
 }
 
-/* The image a check asks for: "repo", "repo:tag" or "repo@digest" (default tag latest). */
-static int parse_test_image(const char *image, char *name, size_t nlen, char *ref, size_t rlen)
+int rp_check_parse_test_image(const struct rp_conf_registry *reg, const char *image, char *name,
+                              size_t nlen, char *ref, size_t rlen)
 {
     const char *at = strchr(image, '@');
     const char *slash = strrchr(image, '/');
@@ -72,10 +72,17 @@ static int parse_test_image(const char *image, char *name, size_t nlen, char *re
         n = strlen(image);
         snprintf(ref, rlen, "latest");
     }
-    if (n >= nlen || !rp_valid_name(image, n))
+    if (!rp_valid_name(image, n))
         return -1;
-    memcpy(name, image, n);
-    name[n] = '\0';
+    /* As a pull routes it: Docker Hub serves "alpine" only as library/alpine, and asked for
+     * "alpine" answers 401, which would read as a permissions problem. */
+    const char *prefix = reg->dockerhub && !memchr(image, '/', n) ? "library/" : "";
+    size_t plen = strlen(prefix);
+    if (plen + n >= nlen)
+        return -1;
+    memcpy(name, prefix, plen);
+    memcpy(name + plen, image, n);
+    name[plen + n] = '\0';
     return 0;
 }
 
@@ -218,8 +225,8 @@ int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg, rp
     c->step = STEP_PING;
     c->image = reg->test_image ? rp_xstrdup(reg->test_image) : NULL;
     TAILQ_INSERT_TAIL(&srv->checks_running, c, link);
-    if (reg->test_image &&
-        parse_test_image(reg->test_image, c->name, sizeof(c->name), c->ref, sizeof(c->ref)) < 0) {
+    if (reg->test_image && rp_check_parse_test_image(reg, reg->test_image, c->name, sizeof(c->name),
+                                                     c->ref, sizeof(c->ref)) < 0) {
         snprintf(c->name, sizeof(c->name), "invalid");
         check_finish(c, false, "test_image '%s' is not a valid image reference", reg->test_image);
         return 0;

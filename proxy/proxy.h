@@ -492,6 +492,12 @@ typedef void (*rp_check_done_cb)(void *arg, const struct rp_conf_registry *reg, 
  * once with a one-line verdict. Returns -1 (and never calls done) when test_login is off. */
 int rp_check_start(struct rp_server *srv, const struct rp_conf_registry *reg, rp_check_done_cb done,
                    void *arg);
+/* test_image ("repo", "repo:tag" or "repo@digest"; tag latest when none) as the check asks
+ * for it: the repository into name, with library/ for a one-component name on Docker Hub
+ * as routing gives pulls, the tag or digest into ref. -1 when it is not a valid reference
+ * or does not fit. */
+int rp_check_parse_test_image(const struct rp_conf_registry *reg, const char *image, char *name,
+                              size_t nlen, char *ref, size_t rlen);
 /* A rp_check_done_cb that logs the verdict (serve's start-up and reload checks). */
 void rp_server_check_logged(void *arg, const struct rp_conf_registry *reg, bool ok,
                             const char *line);
