@@ -466,6 +466,51 @@ def test_containerfile(t):
               % (so, pkg, ", ".join(sorted(SLIM_BASE))))
 
 
+def _package_of_command(cmd):
+    """The Debian package shipping command `cmd` on this (bookworm) machine, or None."""
+    for d in ("/bin", "/usr/bin", "/sbin", "/usr/sbin"):
+        p = run(["dpkg", "-S", os.path.join(d, cmd)])
+        m = re.search(r"^([\w.+-]+)(:\w+)?: ", p.out, re.M) if p.returncode == 0 else None
+        if m:
+            return m.group(1)
+    return None
+
+
+def test_exec_commands_exist_in_image(t):
+    """A `kubectl exec ... -- CMD` or `oc exec ... -- CMD` the dist files tell the operator
+    to run must find CMD in the image: debian:bookworm-slim holds the Essential and
+    required-priority packages, plus what the runtime stage installs."""
+    if not shutil.which("dpkg"):
+        skipped("exec commands in the image", "dpkg missing")
+        return
+    ins = parse_containerfile(os.path.join(DIST, "Containerfile"))
+    runtime, stage = [], 0
+    for _, word, args in ins:
+        if word == "FROM":
+            stage += 1
+        elif word == "RUN" and stage == 2:
+            runtime += apt_installs(args)
+    found = []
+    for sub in ("kubernetes", "openshift"):
+        d = os.path.join(DIST, sub)
+        for fn in sorted(os.listdir(d)):
+            with open(os.path.join(d, fn)) as f:
+                for ln, line in enumerate(f, 1):
+                    m = re.search(r"\b(?:kubectl|oc) exec\b.*?\s--\s+(\S+)", line)
+                    if m:
+                        found.append(("dist/%s/%s:%d" % (sub, fn, ln), m.group(1)))
+    check(found, "no `kubectl exec ... -- CMD` in dist/kubernetes or dist/openshift")
+    for where, cmd in found:
+        pkg = _package_of_command(cmd)
+        check(pkg, "%s: %s is not a command any Debian package here ships" % (where, cmd))
+        if pkg in runtime:
+            continue
+        q = run(["dpkg-query", "-W", "-f=${Priority} ${Essential}", pkg]).out.split()
+        check(q[:1] == ["required"] or q[1:2] == ["yes"],
+              "%s: `%s` comes from %s (priority %s), which debian:bookworm-slim does not "
+              "have and the runtime stage does not install" % (where, cmd, pkg, q[:1]))
+
+
 # --------------------------------------------------------------------- Kubernetes/OpenShift
 
 def load_yaml_dir(d):
