@@ -287,7 +287,10 @@ int rp_check_main(struct rp_conf *conf)
     srv.auths = rp_xcalloc(conf->n_registries, sizeof(*srv.auths));
     for (size_t i = 0; i < conf->n_registries; i++)
         srv.auths[i] = rp_auth_new(&conf->registries[i]);
-    struct cli_state st = {.base = srv.base};
+    /* One pending count held until every check has started: a check that ends at once (a
+     * malformed test_image) would otherwise bring pending to 0 and stop the loop before
+     * the checks started after it ran. */
+    struct cli_state st = {.base = srv.base, .pending = 1};
     for (size_t i = 0; i < conf->n_registries; i++) {
         const struct rp_conf_registry *reg = &conf->registries[i];
         st.pending++;
@@ -297,8 +300,9 @@ int rp_check_main(struct rp_conf *conf)
                    reg->offline ? "offline: never dialed" : "test_login = no");
         }
     }
-    if (st.pending)
+    if (--st.pending)
         event_base_dispatch(srv.base);
+    rp_checks_free_all(&srv);
     rp_tokens_free_all(&srv);
     for (size_t i = 0; i < conf->n_registries; i++)
         rp_auth_free(srv.auths[i]);

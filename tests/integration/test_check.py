@@ -169,3 +169,21 @@ def test_encrypted_tls_key_refused_not_prompted(t):
     check(status is not None and os.WEXITSTATUS(status) == 1 and "encrypted" in text,
           "check with an encrypted tls_key: expected exit 1 saying it is encrypted, got "
           "status %r:\n%s" % (status, text))
+
+
+def test_check_waits_for_every_registry(t):
+    """A registry whose test_image is malformed fails at once, before any connection: the
+    checks of the registries after it must still run and be printed (they were dropped,
+    the loop ending as soon as that first verdict came in, and their memory leaked)."""
+    tok = t.s.token_registry
+    regs = [tok.conf("badimage.test", test_image="foo:bar:baz", test_login="yes"),
+            tok.conf("good.test", test_image="ns/multi:v1", test_login="yes")]
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    eq(rc, 1, "check exit status (%s)" % out)
+    check(lines.get("badimage.test", "").startswith("FAILED: test_image 'foo:bar:baz'"),
+          "badimage.test verdict: %r\n%s" % (lines.get("badimage.test"), out))
+    eq(lines.get("good.test", "")[:2], "ok", "good.test verdict, after badimage.test (%s)" % out)
+    check("Sanitizer" not in out, "sanitizer report from check:\n" + out)
