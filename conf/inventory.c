@@ -400,6 +400,18 @@ static void brackets_feed(struct brackets *br, const char *s, size_t n)
     }
 }
 
+/* Does a trimmed line start a variable, "name=..." (as Ansible splits it at the first '=')? */
+static bool looks_assignment(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+                     (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+        i++;
+    while (i > 0 && i < n && is_sp(s[i]))
+        i++;
+    return i > 0 && i < n && s[i] == '=';
+}
+
 /* An INI value as Ansible reads it: a quoted string is unquoted (with its escapes);
  * anything else stays text and is interpreted when used. */
 static json_t *ini_value(const char *v, size_t n)
@@ -456,14 +468,24 @@ static int ini_parse(struct vars *vs, const char *text, size_t len)
         struct brackets br = {0};
         if (vl > 0 && (v[0] == '[' || v[0] == '{'))
             brackets_feed(&br, v, vl);
+        val = NULL;
         if (br.depth > 0) {
             struct rp_buf b;
+            size_t pos1 = pos;
+            unsigned line1 = line;
             rp_buf_init_secret(&b, MAX_VALUE); /* it may be a password */
             rp_buf_add(&b, v, vl);
             while (br.depth > 0 && pos < len) {
                 s = text + pos;
                 nl = memchr(s, '\n', len - pos);
                 n = nl ? (size_t)(nl - s) : len - pos;
+                const char *ts = s;
+                size_t tn = n;
+                trim(&ts, &tn);
+                /* The next variable or section: the bracket was the value's own text (a
+                 * password such as "{x7q"), which Ansible reads as a string. */
+                if (ini_header(ts, tn) || looks_assignment(ts, tn))
+                    break;
                 pos += n + 1;
                 line++;
                 if (rp_buf_add(&b, "\n", 1) != 0 || rp_buf_add(&b, s, n) != 0) {
@@ -474,14 +496,24 @@ static int ini_parse(struct vars *vs, const char *text, size_t len)
                 brackets_feed(&br, "\n", 1);
                 brackets_feed(&br, s, n);
             }
-            const char *jv = b.data;
-            size_t jl = b.len;
-            trim(&jv, &jl);
-            val = json_stringn(jv, jl);
+            if (br.depth > 0) {
+                pos = pos1;
+                line = line1;
+            } else {
+                const char *jv = b.data;
+                size_t jl = b.len;
+                trim(&jv, &jl);
+                val = json_stringn(jv, jl);
+                if (!val) {
+                    rp_buf_free(&b);
+                    lfail(vs, first, "value is not UTF-8");
+                    goto out;
+                }
+            }
             rp_buf_free(&b);
-        } else {
-            val = ini_value(v, vl);
         }
+        if (!val)
+            val = ini_value(v, vl);
         if (!val) {
             lfail(vs, first, "value is not UTF-8");
             goto out;

@@ -1985,6 +1985,50 @@ static void test_import_inventory_all_vars(void)
     rm_dir(out);
 }
 
+/* A value that opens a bracket it does not close continues on the next lines only while
+ * they do not start another variable or section: openshift-ansible's docs wrap the
+ * credentials list so, and a password such as "{Xy7q" is text, as Ansible reads it. */
+static void test_import_inventory_ini_brackets(void)
+{
+    char path[256], out[256];
+    snprintf(path, sizeof(path), "%s/brackets.ini", tmpdir);
+    snprintf(out, sizeof(out), "%s/brackets-out", tmpdir);
+    static const char ini[] =
+        "[OSEv3:vars]\n"
+        "oreg_auth_user=u\n"
+        "oreg_auth_password={Xy7q\n"
+        "oreg_url=registry.example.com:5000/ocp/ose-${component}:${version}\n"
+        "openshift_additional_registry_credentials=[\n"
+        "  {'host':'registry.connect.redhat.com','user':'a','password':'[pw-a'},\n"
+        "  {'host':'quay.io','user':'b','password':'pw-b'}]\n"
+        "openshift_deployment_type=openshift-enterprise\n"
+        "\n[masters]\nm1\n";
+    write_file("brackets.ini", ini, strlen(ini));
+    char *text = import(path, out, "proxy.example.com:5000");
+    CHECK(text != NULL);
+    if (!text) {
+        fprintf(stderr, "%s\n", err);
+        return;
+    }
+    static const char *const secrets[] = {"{Xy7q", "[pw-a", "pw-b", NULL};
+    struct rp_conf *c = check_imported(text, secrets);
+    if (c) {
+        CHECK_INT(c->n_registries, 3);
+    }
+    if (c && c->n_registries == 3) {
+        CHECK_STR(c->registries[0].name, "registry.example.com:5000");
+        CHECK_STR(c->registries[0].user, "u");
+        CHECK_STR(c->registries[0].password, "{Xy7q");
+        CHECK_STR(c->registries[1].name, "registry.connect.redhat.com");
+        CHECK_STR(c->registries[1].password, "[pw-a");
+        CHECK_STR(c->registries[2].name, "quay.io");
+        CHECK_STR(c->registries[2].password, "pw-b");
+    }
+    rp_conf_free(c);
+    free(text);
+    rm_dir(out);
+}
+
 /* The same in a YAML inventory: all's vars hold the credentials, OSEv3's the oreg_url (and
  * win where both set a variable, as Ansible's group precedence has it). */
 static void test_import_inventory_yaml_all_vars(void)
@@ -2478,6 +2522,7 @@ int main(int argc, char **argv)
     RUN(test_watch);
     RUN(test_import_inventory_ini);
     RUN(test_import_inventory_all_vars);
+    RUN(test_import_inventory_ini_brackets);
     RUN(test_import_inventory_yaml);
     RUN(test_import_inventory_yaml_all_vars);
     RUN(test_import_inventory_errors);
