@@ -98,9 +98,12 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
     if (e == RP_AUTH_OK)
         rp_info("token registry=%s status=%d ms=%lld", f->reg->name, status,
                 (long long)(rp_now_ms() - f->started_ms));
-    else
+    else /* with nothing configured, no credentials were rejected: say what was refused */
         rp_warn("token registry=%s status=%d ms=%lld error=\"%s\"%s%s", f->reg->name, status,
-                (long long)(rp_now_ms() - f->started_ms), rp_auth_strerror(e),
+                (long long)(rp_now_ms() - f->started_ms),
+                e == RP_AUTH_E_REJECTED && !f->reg->user && !f->reg->identity_token
+                    ? "anonymous token refused (no credentials configured)"
+                    : rp_auth_strerror(e),
                 err ? " detail=" : "", err ? err : "");
     wake_all(f, false, e, xe, ok ? NULL : err);
 }

@@ -66,6 +66,11 @@ def test_check_reports_each_registry(t):
               "check line for %s: expected %r..., got %r\n%s" % (name, prefix, lines.get(name),
                                                                  out))
     check(s.sa_password not in out, "the password appears in check's output")
+    # The token log line says so too (it said the credentials, of which there were none,
+    # were rejected).
+    tok_lines = [x for x in out.splitlines() if "token registry=nocreds.test" in x]
+    check(tok_lines and all("anonymous token refused" in x for x in tok_lines),
+          "token log lines for nocreds.test: %r" % tok_lines)
     # All good: exit 0.
     p2 = t.proxy(registries=[regs[0]], start=False)
     p2.ports = [lib.free_port()]
