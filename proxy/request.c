@@ -994,6 +994,10 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
                          size <= INT64_MAX;
             rp_fill_behind(r->conn->srv, r->route.reg, r->route.name, r->route.ref,
                            sized ? (int64_t)size : -1);
+        } else if (status == 200 && r->fill_behind) {
+            /* Upstream ignored the Range (a CDN that does): without a fill behind it, every
+             * range of this blob would download all of it again, and the cache never fill. */
+            rp_fill_behind(r->conn->srv, r->route.reg, r->route.name, r->route.ref, h->length);
         }
         cache_header(r, &extra);
         rp_conn_write_head(r->conn, status,

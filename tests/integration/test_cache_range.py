@@ -223,13 +223,10 @@ def test_parallel_chunks_share_one_download(t):
 def test_whole_blob_pass_through_is_verified(t):
     """A range of an uncached blob that upstream answers with the whole blob (200, Range
     ignored) is passed through whole, hashed on the way: the last byte goes out only when
-    the digest matched, so corrupt bytes never look complete."""
-    fr, p, layer, path = lib.fakereg_blob_in_mode(t, "norange")
+    the digest matched, so corrupt bytes never look complete. The fill started behind it
+    rejects them too; once upstream is sound, the fill behind the range caches the blob."""
+    fr, p, layer, path = lib.fakereg_blob_in_mode(t, "corrupt-norange")
     digest, size = layer["digest"], layer["size"]
-    r = lib.stream_get(p.port, path, headers={"Range": "bytes=100-"})
-    eq((r.status, r.length, r.complete, r.digest, r.header("x-regproxy-cache")),
-       (200, size, True, digest, "PASS"), "whole blob passed through for a range (%r)" % r)
-    fr.set_mode("corrupt-norange")
     r = lib.stream_get(p.port, path, headers={"Range": "bytes=100-"})
     eq((r.status, r.length, r.complete), (200, size, False),
        "corrupt whole blob passed through (%r)" % r)
@@ -237,7 +234,16 @@ def test_whole_blob_pass_through_is_verified(t):
     # Log lines leave once per loop iteration, which may be after the client saw the cut.
     lib.wait_until(lambda: "do not match the digest" in p.log_text(), 5,
                    "the log telling of the corrupt pass-through")
-    _not_cached(p, digest, "after the pass-throughs")
+    lib.wait_until(lambda: "rejected: content does not match" in p.log_text(), 10,
+                   "the fill behind the corrupt pass-through rejected")
+    _not_cached(p, digest, "after the corrupt pass-through")
+    fr.set_mode("norange")
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=100-"})
+    eq((r.status, r.length, r.complete, r.digest, r.header("x-regproxy-cache")),
+       (200, size, True, digest, "PASS"), "whole blob passed through for a range (%r)" % r)
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file), 20, "the blob cached behind the range")
+    eq(lib.sha256_file(blob_file), digest, "content of the blob cached behind the range")
 
 
 def _large_layer(t, **proxy_args):
@@ -289,6 +295,38 @@ def test_lazy_ranges_fill_the_cache_once(t):
            % (lo, hi))
         check(r.body == blob[lo:hi + 1], "range %d-%d once cached: wrong bytes" % (lo, hi))
     eq(fr.cdn_requests(mark[1]), [], "CDN requests for ranges once cached")
+
+
+def test_range_ignored_upstream_fills_the_cache_behind(t):
+    """An upstream (or its CDN) that ignores Range answers a bounded range with 200 and the
+    whole blob. The client gets that whole, verified answer; the cache is filled behind it
+    as behind a 206, so the next ranges are hits, not one whole download each."""
+    import rawup
+    _m, _md, blob, digest, _cfg, _cd = rawup.image()
+
+    def h(r):
+        if r.path.endswith("/blobs/" + digest):
+            r.send(200, b"" if r.method == "HEAD" else blob,
+                   [("Content-Type", "application/octet-stream")])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/blobs/" + digest
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=100-199"}, timeout=30)
+    eq((r.status, r.complete, r.digest), (200, True, digest),
+       "a range answered by an upstream that ignores Range")
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file), 20,
+                   "the blob cached behind a range upstream answered whole")
+    eq(lib.sha256_file(blob_file), digest, "content of the blob cached behind the range")
+    gets = len([x for x in up.seen() if x[1] == "GET"])
+    for _ in range(3):
+        r = p.get(path, headers={"Range": "bytes=100-199"})
+        eq((r.status, r.header("X-Regproxy-Cache"), r.body), (206, "HIT", blob[100:200]),
+           "a range once the blob is cached")
+    eq(len([x for x in up.seen() if x[1] == "GET"]), gets, "upstream GETs for ranges once cached")
 
 
 def test_range_of_blob_over_max_size_starts_no_fill(t):
