@@ -262,12 +262,11 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     }
     if (!f->cf) {
         int err = 0;
-        if (f->behind)
-            behind_size_learn(f->srv, f->digest, h->length);
         /* Begun behind a multipart range, the size is first known here. With no client
          * waiting for the whole blob, one the cache may not keep is not downloaded. */
         if (f->behind && TAILQ_EMPTY(&f->readers) &&
             !rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)h->length)) {
+            behind_size_learn(f->srv, f->digest, h->length);
             f->declined = true;
             fill_count(f, RP_FILL_NOT_KEPT);
             rp_info("fill %s registry=%s bytes=%lld: not downloaded behind a range: larger "
@@ -574,6 +573,11 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     f->ms = ms;
+    /* Learned once the digest vouches for it: a size from an answer that then failed (a
+     * CDN's error page sent as a 200) would make every later fill behind a multipart range
+     * begin with it, and fail at the true answer's Content-Length. */
+    if (f->behind)
+        behind_size_learn(f->srv, f->digest, f->written);
     if (!keep_or_end(f))
         return;
     /* Verified: the readers get the rest before the slow fsync, which runs on the worker

@@ -417,6 +417,50 @@ def _multipart(r, what):
     return parts
 
 
+def test_multipart_range_after_a_bad_whole_answer_still_fills(t):
+    """The fill behind a multipart range learns the blob's size from the whole blob's
+    answer. One such answer that was wrong (a CDN's error page sent as a 200) fails its
+    digest; its length must not be remembered as the blob's size, or every later fill
+    behind a multipart range would begin with it and fail, and the cache never fill."""
+    import rawup
+    _m, _md, blob, digest, _cfg, _cd = rawup.image()
+    size = len(blob)
+    whole = []
+
+    def h(r):
+        if not r.path.endswith("/blobs/" + digest):
+            r.send(404, b"")
+            return False
+        if r.h("range"):
+            b = "B0UNDARY"
+            body = b"".join(
+                ("%s--%s\r\nContent-Type: application/octet-stream\r\n"
+                 "Content-Range: bytes %d-%d/%d\r\n\r\n" % ("\r\n" if lo else "", b, lo, hi,
+                                                              size)).encode() + blob[lo:hi + 1]
+                for lo, hi in ((0, 9), (20, 29))) + ("\r\n--%s--\r\n" % b).encode()
+            r.send(206, body, [("Content-Type", "multipart/byteranges; boundary=" + b)])
+            return False
+        whole.append(r.n)
+        if len(whole) == 1:
+            r.send(200, b"<html>busy</html>", [("Content-Type", "text/html")])
+        else:
+            r.send(200, blob, [("Content-Type", "application/octet-stream")])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/blobs/" + digest
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    r = p.get(path, headers={"Range": "bytes=0-9,20-29"})
+    eq(r.status, 206, "first multipart range")
+    lib.wait_until(lambda: "rejected: content does not match" in open(p.log).read(), 10,
+                   "the fill behind the first range rejected")
+    r = p.get(path, headers={"Range": "bytes=0-9,20-29"})
+    eq(r.status, 206, "second multipart range")
+    lib.wait_until(lambda: os.path.isfile(blob_file), 10,
+                   "the blob cached behind the second multipart range")
+    eq(lib.sha256_file(blob_file), digest, "content of the blob cached behind the range")
+
+
 def test_several_ranges_multipart(t):
     """Lazy pullers (stargz, SOCI) ask for several chunks in one Range. Uncached, the
     request passes through (upstream answers multipart) and the download starts behind it;
