@@ -1161,13 +1161,27 @@ static char *rewrite_link(const struct rp_req *r, const char *link)
     for (size_t i = 0; i < qlen; i++)
         if (query[i] <= 0x20 || query[i] >= 0x7f || query[i] == '"' || query[i] == '<')
             return NULL;
+    /* ns= is the client's word to us, and the router takes it over the path: upstream's
+     * would send the client's next page, and our credentials, to another registry. */
+    struct rp_buf kq;
+    rp_buf_init(&kq, qlen + 1);
+    for (size_t i = qlen ? 1 : 0; i < qlen;) {
+        size_t n = strcspn(query + i, "&");
+        if (n > qlen - i)
+            n = qlen - i;
+        bool ns = n >= 2 && memcmp(query + i, "ns", 2) == 0 && (n == 2 || query[i + 2] == '=');
+        if (n && !ns)
+            rp_buf_addf(&kq, "%c%.*s", kq.len ? '&' : '?', (int)n, query + i);
+        i += n + 1;
+    }
+    const char *kept = kq.len ? kq.data : "";
     char *out;
     if (r->route.via_ns)
-        out = rp_xasprintf("</v2/%s/tags/list%.*s%sns=%s>; rel=\"next\"", r->route.client_name,
-                           (int)qlen, query, qlen ? "&" : "?", r->route.reg->name);
+        out = rp_xasprintf("</v2/%s/tags/list%s%sns=%s>; rel=\"next\"", r->route.client_name, kept,
+                           kq.len ? "&" : "?", r->route.reg->name);
     else
-        out = rp_xasprintf("</v2/%s/tags/list%.*s>; rel=\"next\"", r->route.client_name, (int)qlen,
-                           query);
+        out = rp_xasprintf("</v2/%s/tags/list%s>; rel=\"next\"", r->route.client_name, kept);
+    rp_buf_free(&kq);
     if (!rp_header_value_safe(out)) {
         free(out);
         return NULL;

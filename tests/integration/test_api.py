@@ -164,6 +164,10 @@ def test_tags_links_only_the_next_page(t):
     r = p.get("/v2/registry.fake.test/mode/tags-links/ns/tags/tags/list?n=5")
     eq(r.header("Link"), '</v2/registry.fake.test/mode/tags-links/ns/tags/tags/list'
        '?last=t04&n=5>; rel="next"', "the rewritten Link")
+    # Upstream's ns= would route the client's next page to another registry, or repeat the
+    # client's own ns= (a 400): the ns is the client's, not upstream's.
+    _walk_tags(t, p, "/v2/mode/tags-links/ns/tags/tags/list?n=5&ns=registry.fake.test", 0,
+               "/v2/mode/tags-links/ns/tags/tags/list", want_ns="registry.fake.test")
 
 
 def test_tags_opaque_paging(t):
