@@ -1217,6 +1217,19 @@ static bool tag_answer_whole(const struct rp_req *r, const char *body)
     return r->up_h.length >= 0 || r->up_h.chunked;
 }
 
+/* The media type a manifest's bytes give themselves (mediaType), or NULL when they give
+ * none (schema 1, an OCI manifest without it) or it could not be a header value. */
+static char *manifest_own_type(const char *body, size_t len)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    const char *t = json_string_value(json_object_get(j, "mediaType"));
+    char *own = t && strlen(t) <= RP_MEDIA_TYPE_MAX && strchr(t, '/') && rp_header_value_safe(t)
+                    ? rp_xstrdup(t)
+                    : NULL;
+    json_decref(j);
+    return own;
+}
+
 /* A manifest GET came back: verify, publish (bytes, media type, repository link, tag),
  * answer. */
 static void manifest_fetched(struct rp_req *r)
@@ -1248,6 +1261,13 @@ static void manifest_fetched(struct rp_req *r)
                               r->up_status, NULL);
         return;
     }
+    /* The cache keeps one media type per digest, and the digest covers the bytes, not a
+     * header: when the bytes name their type, that is the one stored and answered, or a
+     * registry serving bytes another also serves (any public image's) under another
+     * Content-Type would relabel them for the other registry's clients. */
+    char *own = type ? manifest_own_type(body, r->body.len) : NULL;
+    if (own)
+        type = own;
     if (type) {
         /* Pinned before publishing: publishing runs eviction, which must not take it. */
         rp_server_maybe_pin(srv, rt->reg, rt->name, digest);
@@ -1267,6 +1287,7 @@ static void manifest_fetched(struct rp_req *r)
     if (r->canonical_fetch && !accept_allows(r->accept, type)) {
         /* The tag's answer is not for this client: ask for what it takes. */
         r->canonical_fetch = false;
+        free(own);
         start_fetch(r, false, false);
         return;
     }
@@ -1276,6 +1297,7 @@ static void manifest_fetched(struct rp_req *r)
     cache_header(r, &extra);
     respond(r, r->up_status, type, body, r->body.len, extra.data);
     rp_buf_free(&extra);
+    free(own);
 }
 
 static void answer_success(struct rp_req *r)

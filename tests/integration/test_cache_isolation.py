@@ -9,6 +9,7 @@ another."""
 import os
 
 import lib
+import rawup
 from lib import check, eq
 
 ANON = "registry.anon.test"
@@ -93,3 +94,34 @@ def test_same_name_two_registries(t):
           "the basic registry should have been asked (HEAD only); saw %s" % got)
     # And the negative answers did not link anything: still 404 the second time.
     _blob_404(p, "/v2/%s/ns/multiarch/blobs/%s" % (ANON, layer), "second ask via ns/multiarch")
+
+
+def test_manifest_type_not_rewritten_by_another_registry(t):
+    """A manifest's bytes name their media type (mediaType): another registry answering the
+    same bytes under another Content-Type (a hostile one, or one that says application/json
+    for everything) does not change what the first registry's clients are told it is."""
+    reg = t.s.anon_registry
+    digest = reg.pushed["ns/multi-v2s2:v1"]["digest"]
+    path = "/v2/%s/ns/multi-v2s2/manifests/%s" % (ANON, digest)
+    want = "application/vnd.docker.distribution.manifest.v2+json"
+    bad = "application/vnd.oci.image.manifest.v1+json"
+    body = []
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/" + digest:
+            r.send(200, b"" if r.method == "HEAD" else body[0],
+                   [("Content-Type", bad), ("Docker-Content-Digest", digest)])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[reg.conf(), up.conf()])
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.header("Content-Type")), (200, want), "GET %s" % path)
+    body.append(r.body)
+    r = p.get("/v2/raw.test/ns/x/manifests/%s" % digest, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.header("Content-Type")), (200, want),
+       "the same bytes from a registry that calls them %s" % bad)
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.header("X-Regproxy-Cache"), r.header("Content-Type")), (200, "HIT", want),
+       "GET %s again, after the other registry answered it" % path)
