@@ -208,21 +208,26 @@ def test_narrow_client_after_the_tags_manifest_left_the_cache(t):
     eq(_ups(lreg, mk, lpath), ["GET"], "upstream for a fresh list tag: the client's GET only")
 
 
+def _artifact_tag_rounds(t, method):
+    """Three requests of an artifact tag (Accept: the artifact type only), each past
+    tag_ttl: [(status, Content-Type)]."""
+    art = "application/vnd.oci.artifact.manifest.v1+json"
+    path = "/v2/mode/artifact/ns/multi/manifests/v1"
+    p = t.proxy(registries=[t.s.fakereg.conf(tag_ttl="1s")])
+    got = []
+    for i in range(3):
+        r = p.get(path, method=method, headers={"Accept": art})
+        got.append((r.status, r.header("Content-Type")))
+        time.sleep(2.2)
+    eq(got, [(200, art)] * 3, "%ss of the artifact tag, past tag_ttl each time" % method)
+
+
 def test_artifact_tag_survives_revalidation(t):
     """A tag recorded from an answer only the client's own Accept gets (an OCI artifact
     manifest, which a registry refuses to the proxy's list) was revalidated with the proxy's
     list past tag_ttl: upstream's 404 to that list deleted the tag and reached the client,
     for a tag that exists."""
-    fr = t.s.fakereg
-    art = "application/vnd.oci.artifact.manifest.v1+json"
-    path = "/v2/mode/artifact/ns/multi/manifests/v1"
-    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
-    got = []
-    for i in range(3):
-        r = p.get(path, headers={"Accept": art})
-        got.append((r.status, r.header("Content-Type")))
-        time.sleep(2.2)
-    eq(got, [(200, art)] * 3, "GETs of the artifact tag, past tag_ttl each time")
+    _artifact_tag_rounds(t, "GET")
 
 
 def test_artifact_tag_head_only_survives_revalidation(t):
@@ -230,13 +235,4 @@ def test_artifact_tag_head_only_survives_revalidation(t):
     recorded from the HEAD with the manifest's type unknown to the cache, so the
     revalidation could not name it, and upstream's 404 to the proxy's list deleted the tag
     and reached the client."""
-    fr = t.s.fakereg
-    art = "application/vnd.oci.artifact.manifest.v1+json"
-    path = "/v2/mode/artifact/ns/multi/manifests/v1"
-    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
-    got = []
-    for i in range(3):
-        r = p.get(path, method="HEAD", headers={"Accept": art})
-        got.append((r.status, r.header("Content-Type")))
-        time.sleep(2.2)
-    eq(got, [(200, art)] * 3, "HEADs of the artifact tag, past tag_ttl each time")
+    _artifact_tag_rounds(t, "HEAD")
