@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import lib
 import rawup
@@ -49,6 +50,15 @@ class Store:
         return self.manifest(repo, {"schemaVersion": 2, "mediaType": OCI_MAN, "config": c,
                                     "layers": [layer]}, OCI_MAN, tag)
 
+    def big_image(self, repo, layers, size, tag):
+        """An image of `layers` random layers of `size` bytes each: (manifest, layers)."""
+        big = [self.blob(os.urandom(size)) for _ in range(layers)]
+        cfg = self.blob(b'{"architecture":"amd64","os":"linux"}')
+        cfg["mediaType"] = "application/vnd.oci.image.config.v1+json"
+        man = self.manifest(repo, {"schemaVersion": 2, "mediaType": OCI_MAN, "config": cfg,
+                                   "layers": big}, OCI_MAN, tag)
+        return man, big
+
     def handler(self):
         def h(r):
             m = re.match(r"^/v2/(.+)/(manifests|blobs)/([^/?]+)$", r.path)
@@ -87,6 +97,23 @@ def _conf(path, cache_dir, up=None, offline=False, name=NAME, max_size=None):
     return path
 
 
+def _list(t, ref):
+    """A mirror list naming NAME/ref."""
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/%s\n" % (NAME, ref))
+    return lst
+
+
+def _mirrored(t, up, ref, name="c"):
+    """A configuration NAME.conf with cache dir cache-NAME in front of up, ref mirrored into
+    it: (configuration path, list path)."""
+    lst = _list(t, ref)
+    conf = _conf(os.path.join(t.tmp, name + ".conf"), os.path.join(t.tmp, "cache-" + name), up)
+    _run(t, ["mirror", "-c", conf, lst])
+    return conf, lst
+
+
 def test_platform_index_of_indexes(t):
     """An index whose children are indexes (no platform on the inner descriptors, as
     buildx/oras write them): --platform linux/arm64 should mirror the arm64 image."""
@@ -100,18 +127,14 @@ def test_platform_index_of_indexes(t):
     st.manifest("ns/nest", {"schemaVersion": 2, "mediaType": OCI_IDX, "manifests": [inner]},
                 OCI_IDX, tag="v1")
     up = rawup.RawUpstream(t, st.handler())
-    lst = os.path.join(t.tmp, "list")
-    with open(lst, "w") as f:
-        f.write("%s/ns/nest:v1\n" % NAME)
+    lst = _list(t, "ns/nest:v1")
     conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
-    # without --platform: fine
     rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
-    print("no --platform:", rc, out, err[-500:])
-    eq(rc, 0, "mirror of an index of indexes without --platform")
+    eq(rc, 0, "mirror of an index of indexes without --platform (stderr %r)" % err[-500:])
     conf2 = _conf(os.path.join(t.tmp, "c2.conf"), os.path.join(t.tmp, "cache2"), up)
     rc, out, err = _run(t, ["mirror", "-c", conf2, lst, "--platform", "linux/arm64"], ok=False)
-    print("--platform linux/arm64:", rc, out, err[-500:])
-    eq(rc, 0, "mirror --platform linux/arm64 of an index of indexes (stdout %r)" % out)
+    eq(rc, 0, "mirror --platform linux/arm64 of an index of indexes (stdout %r, stderr %r)"
+       % (out, err[-500:]))
 
 
 def test_import_disk_full_midway(t):
@@ -122,17 +145,8 @@ def test_import_disk_full_midway(t):
         print("    skipped: mounting a tmpfs needs root (uid %d)" % os.geteuid(), flush=True)
         return
     st = Store()
-    big = [st.blob(os.urandom(1200 * 1024)) for _ in range(3)]
-    cfg = st.blob(b'{"architecture":"amd64","os":"linux"}')
-    cfg["mediaType"] = "application/vnd.oci.image.config.v1+json"
-    man = st.manifest("ns/big", {"schemaVersion": 2, "mediaType": OCI_MAN, "config": cfg,
-                                 "layers": big}, OCI_MAN, tag="v1")
-    up = rawup.RawUpstream(t, st.handler())
-    lst = os.path.join(t.tmp, "list")
-    with open(lst, "w") as f:
-        f.write("%s/ns/big:v1\n" % NAME)
-    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
-    _run(t, ["mirror", "-c", conf, lst])
+    man, big = st.big_image("ns/big", 3, 1200 * 1024, "v1")
+    conf, _ = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/big:v1")
     bundle = os.path.join(t.tmp, "b.rpb")
     _run(t, ["export", "-c", conf, "-o", bundle])
     small = os.path.join(t.tmp, "small-fs")
@@ -155,51 +169,35 @@ def test_import_older_bundle_rolls_tag_back(t):
     """Weekly bundles imported out of order: the bundle made later (tag v1 -> B) and then an
     older one (v1 -> A, recorded earlier, tag_time in the bundle says so). The import sets
     the tag back to A although the cache's record is newer."""
-    import time
     st = Store()
-    a = st.image("ns/app", "amd64", tag="v1")
+    st.image("ns/app", "amd64", tag="v1")
     up = rawup.RawUpstream(t, st.handler())
-    lst = os.path.join(t.tmp, "list")
-    with open(lst, "w") as f:
-        f.write("%s/ns/app:v1\n" % NAME)
-    confa = _conf(os.path.join(t.tmp, "a.conf"), os.path.join(t.tmp, "cache-a"), up)
-    _run(t, ["mirror", "-c", confa, lst])
+    confa, _ = _mirrored(t, up, "ns/app:v1", "a")
     old = os.path.join(t.tmp, "week1.rpb")
     _run(t, ["export", "-c", confa, "-o", old])
     time.sleep(2)
     b = st.image("ns/app", "amd64", tag="v1")  # the tag moves upstream
-    confb = _conf(os.path.join(t.tmp, "b.conf"), os.path.join(t.tmp, "cache-b"), up)
-    _run(t, ["mirror", "-c", confb, lst])
+    confb, _ = _mirrored(t, up, "ns/app:v1", "b")
     new = os.path.join(t.tmp, "week2.rpb")
     _run(t, ["export", "-c", confb, "-o", new])
     cache2 = os.path.join(t.tmp, "cache-off")
     conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
-    _, out2, _ = _run(t, ["import", "-c", conf2, new])
-    _, out1, _ = _run(t, ["import", "-c", conf2, old])
-    print(out2, out1)
+    _run(t, ["import", "-c", conf2, new])
+    _run(t, ["import", "-c", conf2, old])
     p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache2, "offline": "yes"})
     r = p.get("/v2/ns/app/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    got = r.headers.get("docker-content-digest")
-    print("A", a["digest"], "B", b["digest"], "served", got)
-    eq(got, b["digest"], "tag v1 after importing week 2's bundle and then week 1's")
+    eq(r.headers.get("docker-content-digest"), b["digest"], "tag v1 after importing week 2's bundle and then week 1's")
 
 
 def test_mirror_rerun_after_tag_moved(t):
     """mirror, the tag moves upstream, mirror again (within [cache] tag_ttl, 10m by
     default): the rerun should mirror what the tag names now, not the cached record."""
     st = Store()
-    a = st.image("ns/app", "amd64", tag="v1")
+    st.image("ns/app", "amd64", tag="v1")
     up = rawup.RawUpstream(t, st.handler())
-    lst = os.path.join(t.tmp, "list")
-    with open(lst, "w") as f:
-        f.write("%s/ns/app:v1\n" % NAME)
-    conf = _conf(os.path.join(t.tmp, "a.conf"), os.path.join(t.tmp, "cache"), up)
-    _run(t, ["mirror", "-c", conf, lst])
+    conf, lst = _mirrored(t, up, "ns/app:v1")
     b = st.image("ns/app", "amd64", tag="v1")
     _, out, _ = _run(t, ["mirror", "-c", conf, lst])
-    print("A", a["digest"], "B", b["digest"], "\n", out)
-    n = len([x for x in up.seen("/v2/ns/app/manifests/v1")])
-    print("upstream GETs of the tag:", n)
     check(b["digest"] in out, "the rerun should mirror the tag's new digest %s:\n%s"
           % (b["digest"], out))
 
@@ -208,27 +206,19 @@ def test_split_parts_swapped(t):
     """Two equal-size parts of a split bundle swapped (copied from media in the wrong
     order): refused without touching the cache, with a message that helps."""
     st = Store()
-    big = [st.blob(os.urandom(300 * 1024)) for _ in range(2)]
-    cfg = st.blob(b'{"architecture":"amd64","os":"linux"}')
-    cfg["mediaType"] = "application/vnd.oci.image.config.v1+json"
-    st.manifest("ns/big", {"schemaVersion": 2, "mediaType": OCI_MAN, "config": cfg,
-                           "layers": big}, OCI_MAN, tag="v1")
-    up = rawup.RawUpstream(t, st.handler())
-    lst = os.path.join(t.tmp, "list")
-    with open(lst, "w") as f:
-        f.write("%s/ns/big:v1\n" % NAME)
-    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
-    _run(t, ["mirror", "-c", conf, lst])
+    st.big_image("ns/big", 2, 300 * 1024, "v1")
+    conf, _ = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/big:v1")
     d = os.path.join(t.tmp, "media")
     os.makedirs(d)
     _run(t, ["export", "-c", conf, "-o", os.path.join(d, "b.rpb"), "--split", "64K"])
     parts = sorted(os.listdir(d))
-    print(parts)
     p1, p2 = os.path.join(d, parts[2]), os.path.join(d, parts[3])
-    os.rename(p1, p1 + ".x"); os.rename(p2, p1); os.rename(p1 + ".x", p2)
+    os.rename(p1, p1 + ".x")
+    os.rename(p2, p1)
+    os.rename(p1 + ".x", p2)
     cache2 = os.path.join(t.tmp, "cache-off")
     conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
     rc, out, err = _run(t, ["import", "-c", conf2, os.path.join(d, "b.rpb")], ok=False)
-    print(rc, out, err)
-    check(rc == 1, "swapped parts refused")
-    check(not os.path.exists(os.path.join(cache2, "blobs")) or not os.listdir(os.path.join(cache2, "blobs")), "cache untouched")
+    eq(rc, 1, "exit status of the import of swapped parts (stderr %r)" % err)
+    blobs = os.path.join(cache2, "blobs")
+    check(not os.path.exists(blobs) or not os.listdir(blobs), "cache untouched")
