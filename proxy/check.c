@@ -72,18 +72,11 @@ int rp_check_parse_test_image(const struct rp_conf_registry *reg, const char *im
         n = strlen(image);
         snprintf(ref, rlen, "latest");
     }
-    if (!rp_valid_name(image, n))
-        return -1;
     /* As a pull routes it: Docker Hub serves "alpine" only as library/alpine, and asked for
      * "alpine" answers 401, which would read as a permissions problem. */
-    const char *prefix = reg->dockerhub && !memchr(image, '/', n) ? "library/" : "";
-    size_t plen = strlen(prefix);
-    if (plen + n >= nlen)
+    if (!rp_valid_name(image, n))
         return -1;
-    memcpy(name, prefix, plen);
-    memcpy(name + plen, image, n);
-    name[plen + n] = '\0';
-    return 0;
+    return rp_route_upstream_name(reg, image, n, name, nlen);
 }
 
 static const struct rp_fetch_cb check_cb;

@@ -475,20 +475,25 @@ static int choose_registry(const struct rp_conf *conf, const struct rp_conf_list
         *why = nlen > RP_NAME_MAX ? "repository name too long" : "invalid repository name";
         return RP_ROUTE_E_NAME_INVALID;
     }
-    size_t off = 0;
-    if (reg->dockerhub && !memchr(name, '/', nlen)) {
-        /* Docker Hub's official images live under library/. */
-        if (nlen + 8 > RP_NAME_MAX) {
-            *why = "repository name too long";
-            return RP_ROUTE_E_NAME_INVALID;
-        }
-        memcpy(out->name, "library/", 8);
-        off = 8;
+    if (rp_route_upstream_name(reg, name, nlen, out->name, sizeof(out->name)) != 0) {
+        *why = "repository name too long";
+        return RP_ROUTE_E_NAME_INVALID;
     }
-    memcpy(out->name + off, name, nlen);
-    out->name[off + nlen] = '\0';
     out->reg = reg;
     return RP_ROUTE_OK;
+}
+
+int rp_route_upstream_name(const struct rp_conf_registry *reg, const char *name, size_t nlen,
+                           char *out, size_t outlen)
+{
+    const char *prefix = reg->dockerhub && !memchr(name, '/', nlen) ? "library/" : "";
+    size_t plen = strlen(prefix);
+    if (plen + nlen >= outlen || plen + nlen > RP_NAME_MAX)
+        return -1;
+    memcpy(out, prefix, plen);
+    memcpy(out + plen, name, nlen);
+    out[plen + nlen] = '\0';
+    return 0;
 }
 
 int rp_route_parse(const struct rp_conf *conf, const struct rp_conf_listen *listener,

@@ -71,6 +71,12 @@ struct rp_route {
 int rp_route_parse(const struct rp_conf *conf, const struct rp_conf_listen *listener,
                    const char *target, size_t len, struct rp_route *out, const char **why);
 
+/* The repository reg serves the valid repository name `name` (nlen bytes) under, written
+ * to out (outlen bytes, NUL-terminated): Docker Hub's official images live under library/,
+ * so "alpine" is "library/alpine" there, as docker pulls it. -1 when it does not fit. */
+int rp_route_upstream_name(const struct rp_conf_registry *reg, const char *name, size_t nlen,
+                           char *out, size_t outlen);
+
 /* Grammar checks (distribution spec). */
 bool rp_valid_name(const char *s, size_t len); /* path-component grammar, <= RP_NAME_MAX */
 bool rp_valid_tag(const char *s, size_t len);
