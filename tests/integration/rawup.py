@@ -28,6 +28,14 @@ class Req:
             lines.append("Connection: close")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
+    def answer(self, body, content_type, digest=None):
+        """200 with body (none for a HEAD, its Content-Length still the body's), its
+        Content-Type and, when given, Docker-Content-Digest."""
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        if digest:
+            headers.append(("Docker-Content-Digest", digest))
+        self.send(200, b"" if self.method == "HEAD" else body, headers)
+
     def raw(self, b):
         self.sock.sendall(b)
 

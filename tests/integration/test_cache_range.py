@@ -306,8 +306,7 @@ def test_range_ignored_upstream_fills_the_cache_behind(t):
 
     def h(r):
         if r.path.endswith("/blobs/" + digest):
-            r.send(200, b"" if r.method == "HEAD" else blob,
-                   [("Content-Type", "application/octet-stream")])
+            r.answer(blob, "application/octet-stream")
         else:
             r.send(404, b"")
         return False

@@ -31,9 +31,7 @@ def test_sha512_tag_digest(t):
 
     def h(r):
         if r.path in ("/v2/ns/x/manifests/v1", "/v2/ns/x/manifests/" + d512):
-            r.send(200, b"" if r.method == "HEAD" else m,
-                   [("Content-Type", OCI), ("Docker-Content-Digest", d512),
-                    ("Content-Length", str(len(m)))])
+            r.answer(m, OCI, d512)
         else:
             r.send(404, b"")
         return False
@@ -110,9 +108,7 @@ def test_sha512_by_digest_cached(t):
 
     def h(r):
         if r.path == "/v2/ns/x/manifests/" + d512:
-            r.send(200, b"" if r.method == "HEAD" else m,
-                   [("Content-Type", OCI), ("Docker-Content-Digest", d512),
-                    ("Content-Length", str(len(m)))])
+            r.answer(m, OCI, d512)
         else:
             r.send(404, b"")
         return False
@@ -175,9 +171,7 @@ def test_head_by_digest_other_digest_refused(t):
 
     def h(r):
         if r.path.startswith("/v2/ns/x/manifests/"):
-            r.send(200, b"" if r.method == "HEAD" else other,
-                   [("Content-Type", OCI_INDEX), ("Docker-Content-Digest", lib.sha256(other)),
-                    ("Content-Length", str(len(other)))])
+            r.answer(other, OCI_INDEX, lib.sha256(other))
         else:
             r.send(404, b"")
         return False

@@ -66,14 +66,10 @@ class Store:
                 r.send(200, b"{}", [("Content-Type", "application/json")])
             elif m and m.group(2) == "manifests" and (m.group(1), m.group(3)) in self.manifests:
                 b, mt = self.manifests[(m.group(1), m.group(3))]
-                r.send(200, b"" if r.method == "HEAD" else b,
-                       [("Content-Type", mt), ("Docker-Content-Digest", sha(b)),
-                        ("Content-Length", str(len(b)))])
+                r.answer(b, mt, sha(b))
             elif m and m.group(2) == "blobs" and m.group(3) in self.blobs:
                 b = self.blobs[m.group(3)]
-                r.send(200, b"" if r.method == "HEAD" else b,
-                       [("Content-Type", "application/octet-stream"),
-                        ("Docker-Content-Digest", m.group(3)), ("Content-Length", str(len(b)))])
+                r.answer(b, "application/octet-stream", m.group(3))
             else:
                 r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}',
                        [("Content-Type", "application/json")])

@@ -263,9 +263,7 @@ def _charset_upstream(t, param="; charset=utf-8"):
         else:
             r.send(404, b"")
             return False
-        r.send(200, b"" if r.method == "HEAD" else body,
-               [("Content-Type", mt + param), ("Docker-Content-Digest", rawup.sha256(body)),
-                ("Content-Length", str(len(body)))])
+        r.answer(body, mt + param, rawup.sha256(body))
         return False
     up = rawup.RawUpstream(t, h)
     return up, idx, idxd, imgs

@@ -17,9 +17,7 @@ def _setup(t):
 
     def back(r):
         if r.path == "/v2/ns/x/manifests/v1":
-            r.send(200, b"" if r.method == "HEAD" else m,
-                   [("Content-Type", MT), ("Docker-Content-Digest", md),
-                    ("Content-Length", str(len(m)))])
+            r.answer(m, MT, md)
         elif "/manifests/" in r.path:
             r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}',
                    [("Content-Type", "application/json")])
@@ -79,10 +77,7 @@ def test_mirror_sha512_registry_tag(t):
         m = re.match(r"^/v2/(.+)/manifests/([^/?]+)$", r.path)
         if m and (m.group(1), m.group(2)) in st.manifests and not m.group(2).startswith("sha"):
             b, mt = st.manifests[(m.group(1), m.group(2))]
-            r.send(200, b"" if r.method == "HEAD" else b,
-                   [("Content-Type", mt),
-                    ("Docker-Content-Digest", "sha512:" + hashlib.sha512(b).hexdigest()),
-                    ("Content-Length", str(len(b)))])
+            r.answer(b, mt, "sha512:" + hashlib.sha512(b).hexdigest())
             return False
         return inner(r)
     up = rawup.RawUpstream(t, h)
