@@ -303,14 +303,6 @@ struct dindex {
     size_t mask;
 };
 
-static uint64_t dhash(const char *d)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a: digests are uniform already */
-    for (; *d; d++)
-        h = (h ^ (unsigned char)*d) * 1099511628211ULL;
-    return h;
-}
-
 static void dindex_init(struct dindex *x, size_t n)
 {
     size_t cap = 16;
@@ -323,7 +315,7 @@ static void dindex_init(struct dindex *x, size_t n)
 /* Index of digest among items, or (size_t)-1. */
 static size_t dindex_find(const struct dindex *x, const struct bundle_item *items, const char *d)
 {
-    for (size_t s = dhash(d) & x->mask;; s = (s + 1) & x->mask) {
+    for (size_t s = rp_str_hash(d) & x->mask;; s = (s + 1) & x->mask) {
         if (!x->slots[s])
             return (size_t)-1;
         if (strcmp(items[x->slots[s] - 1].digest, d) == 0)
@@ -336,7 +328,7 @@ static bool dindex_add(struct dindex *x, const struct bundle_item *items, size_t
 {
     if (dindex_find(x, items, items[i].digest) != (size_t)-1)
         return false;
-    size_t s = dhash(items[i].digest) & x->mask;
+    size_t s = rp_str_hash(items[i].digest) & x->mask;
     while (x->slots[s])
         s = (s + 1) & x->mask;
     x->slots[s] = i + 1;

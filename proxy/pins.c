@@ -224,14 +224,6 @@ struct seen {
     size_t mask, n;
 };
 
-static uint64_t seen_hash(const char *d)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *d; d++)
-        h = (h ^ (unsigned char)*d) * 1099511628211ULL;
-    return h;
-}
-
 /* Records digest reached at depth; false when it was reached before at depth or less. */
 static bool seen_visit(struct seen *s, const char *digest, int depth)
 {
@@ -244,14 +236,14 @@ static bool seen_visit(struct seen *s, const char *digest, int depth)
         for (size_t i = 0; i < old_cap; i++) {
             if (!old[i].digest)
                 continue;
-            size_t k = seen_hash(old[i].digest) & s->mask;
+            size_t k = rp_str_hash(old[i].digest) & s->mask;
             while (s->slots[k].digest)
                 k = (k + 1) & s->mask;
             s->slots[k] = old[i];
         }
         free(old);
     }
-    size_t k = seen_hash(digest) & s->mask;
+    size_t k = rp_str_hash(digest) & s->mask;
     for (; s->slots[k].digest; k = (k + 1) & s->mask)
         if (strcmp(s->slots[k].digest, digest) == 0) {
             if (s->slots[k].depth <= depth)

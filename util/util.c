@@ -381,6 +381,14 @@ int rp_parse_u64(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+uint64_t rp_str_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
 void rp_hex_encode(const unsigned char *raw, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";

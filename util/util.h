@@ -83,6 +83,9 @@ size_t rp_fmt_u64(char *out, uint64_t v);
 /* Strict decimal parse of [s, s+len) into *out: digits only, no sign, no overflow. */
 int rp_parse_u64(const char *s, size_t len, uint64_t *out);
 
+/* FNV-1a of a NUL-terminated string: for tables keyed by digests, which are uniform already
+ * (no keyed hash needed: nothing an attacker picks collides them on purpose cheaply). */
+uint64_t rp_str_hash(const char *s);
 /* Lower-case hex of n bytes into out (room for 2n + 1: it is NUL-terminated). */
 void rp_hex_encode(const unsigned char *raw, size_t n, char *out);
 /* Standard base64 (with padding) of n bytes, as a new string. */
