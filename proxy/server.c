@@ -1180,6 +1180,26 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     return c;
 }
 
+/* `allow` depends on the address alone, so a client outside it is closed at accept: it
+ * holds no max_connections slot, no idle time and no TLS handshake. It is counted and logged
+ * as the 403 its request would have had. */
+static void deny_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
+{
+    evutil_closesocket(fd);
+    char id[32];
+    rp_request_id(id, sizeof(id));
+    rp_metrics_request(&ctx->srv->metrics, -1, 403, NULL, 0);
+    struct rp_access a = {.id = id,
+                          .method = "-",
+                          .path = "-",
+                          .registry = "-",
+                          .cache = "-",
+                          .peer = peer,
+                          .status = 403,
+                          .reason = "this network may not pull from this proxy; closed at accept"};
+    rp_access_log(&a);
+}
+
 static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg)
 {
@@ -1187,6 +1207,10 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
     struct rp_listen_ctx *ctx = arg;
     char peer[64];
     peer_name(sa, peer, sizeof(peer));
+    if (!rp_acl_allows(ctx->set.allow, ctx->set.n_allow, sa)) {
+        deny_connection(ctx, fd, peer);
+        return;
+    }
     if (ctx->n_conns >= ctx->conf->max_connections) {
         refuse_connection(ctx, fd, peer);
         return;
@@ -1196,7 +1220,8 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
         return;
     c->lctx = ctx;
     ctx->n_conns++;
-    /* Outside `allow`, each request gets 403 and nothing else happens for it. */
+    /* A reload may narrow `allow` while the connection lives: each request is judged
+     * again by this address. */
     memcpy(&c->peer_sa, sa,
            (size_t)salen < sizeof(c->peer_sa) ? (size_t)salen : sizeof(c->peer_sa));
     conn_wait_request(c, false);

@@ -84,23 +84,30 @@ def test_fd_exhaustion_does_not_spin(t):
 
 
 def test_allow_reload_applies_to_open_connections(t):
-    """A keep-alive connection opened before a reload that narrows `allow` is judged by the
-    new list at its next request."""
+    """Keep-alive connections opened before a reload that narrows `allow` are judged by the
+    new list at their next request: a GET gets 403 DENIED, a HEAD the same without a body;
+    a new connection is closed at accept."""
     p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
                 listeners=[{"default": "registry.anon.test", "allow": "127.0.0.0/8"}])
-    req = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
-        c.sendall(req)
-        check(c.recv(4096).startswith(b"HTTP/1.1 200"), "before the reload")
+    req = b"%s /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c1, \
+            socket.create_connection(("127.0.0.1", p.port), timeout=10) as c2:
+        for c in (c1, c2):
+            c.sendall(req % b"GET")
+            check(c.recv(4096).startswith(b"HTTP/1.1 200"), "before the reload")
         p.listeners[0]["allow"] = "10.0.0.0/8"
         p.write_conf()
         os.kill(p.pid, signal.SIGHUP)
         lib.wait_until(lambda: "configuration applied" in p.log_text(), 10, "reload applied")
-        eq(lib.ping_from(p.port, None), 403, "a new connection after the reload")
-        c.sendall(req)
-        got = c.recv(4096)
-    check(got.startswith(b"HTTP/1.1 403"), "the open keep-alive connection after 127.0.0.0/8 "
-          "was removed from allow: %r" % got[:60])
+        check(lib.closed_at_accept(p.port), "a new connection after the reload was answered")
+        c1.sendall(req % b"GET")
+        got = lib.read_to_eof(c1)
+        c2.sendall(req % b"HEAD")
+        head = lib.read_to_eof(c2)
+    check(got.startswith(b"HTTP/1.1 403") and b"DENIED" in got, "the open keep-alive "
+          "connection after 127.0.0.0/8 was removed from allow: %r" % got[:300])
+    check(head.startswith(b"HTTP/1.1 403") and head.endswith(b"\r\n\r\n"),
+          "a HEAD on the other one (403, no body): %r" % head[:300])
 
 
 def test_refused_connection_closed_after_its_503(t):
@@ -121,3 +128,28 @@ def test_refused_connection_closed_after_its_503(t):
         held.close()
     check(first.startswith(b"HTTP/1.1 503"), "%r" % first[:40])
     check(t2 - t1 < 0.5, "the end came %.2f s after the 503" % (t2 - t1))
+
+
+def test_outsider_closed_at_accept_holds_no_slot(t):
+    """A connection from an address no `allow` entry matches is closed at accept: idle
+    connections from outside cannot take max_connections' slots from allowed clients, and
+    each is counted and logged as the 403 its request used to get."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "allow": "127.0.0.2/32",
+                            "max_connections": "1"}])
+    with socket.socket() as outsider:
+        outsider.settimeout(20)
+        outsider.bind(("127.0.0.1", 0))
+        outsider.connect(("127.0.0.1", p.port))
+        peer = "127.0.0.1:%d" % outsider.getsockname()[1]
+        # Accepted before the allowed client's connection, which queues behind it.
+        eq(lib.ping_from(p.port, source="127.0.0.2"), 200,
+           "an allowed client while an outsider's idle connection is open")
+        eq(lib.read_to_eof(outsider), b"", "what the outsider's connection got before it ended")
+    lines = lib.wait_until(lambda: [a for a in p.access() if a.get("peer") == peer], 10,
+                           "the outsider's access line")
+    eq([(a.get("method"), a.get("path"), a.get("status")) for a in lines], [("-", "-", "403")],
+       "the outsider's access lines")
+    other_4xx = ("regproxy_requests_total", frozenset({"route": "other", "status": "4xx"}.items()))
+    check(p.metrics().get(other_4xx, 0) >= 1, "the refusal is not counted as a 4xx: %r"
+          % p.metrics())

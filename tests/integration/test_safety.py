@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Who may pull and strict HTTP: allow networks (403 before anything else), client
+"""Who may pull and strict HTTP: allow networks (closed at accept), client
 accounts from an htpasswd file, the repos allow-list (403 before any upstream contact),
 TLS serving with a certificate reloaded on SIGHUP, slowloris cut off, conflicting framing
 and request bodies refused."""
@@ -22,10 +22,7 @@ def test_allow_networks(t):
                 listeners=[{"default": "registry.anon.test", "allow": "10.0.0.0/8, fd00::/8"},
                            {"default": "registry.anon.test", "allow": "127.0.0.0/8"}])
     mark = reg.mark()
-    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    eq((r.status, r.error_codes()), (403, ["DENIED"]), "request from outside allow")
-    r = p.get("/v2/", listener=0)
-    eq(r.status, 403, "even the ping is refused outside allow")
+    check(lib.closed_at_accept(p.ports[0]), "a connection from outside allow was answered")
     eq(len(reg.since(mark)), 0, "upstream requests caused by a denied client")
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, listener=1)
     eq(r.status, 200, "request from inside allow")
@@ -102,17 +99,6 @@ def test_head_challenge_has_no_body(t):
     line = [ln for ln in p.log_text().splitlines() if "id=%s " % rid[0] in ln][0]
     check("method=HEAD path=/v2/ns/multi/manifests/v1 status=401" in line,
           "the 401's access line: " + line)
-
-
-def test_head_refused_network_has_no_body(t):
-    reg = t.s.anon_registry
-    p = t.proxy(registries=[reg.conf("registry.anon.test")],
-                listeners=[{"default": "registry.anon.test", "allow": "10.0.0.0/8"}])
-    st, h, body = p.raw("HEAD", "/v2/")
-    eq((st, body), (403, b""), "HEAD from outside the allowed networks")
-    st, h, body = p.raw("GET", "/v2/")
-    eq(st, 403, "GET from outside the allowed networks")
-    check(b"DENIED" in body, "the GET's error body: %r" % body[:200])
 
 
 def test_htpasswd_guesser_leaves_others_their_logins(t):
