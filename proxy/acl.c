@@ -17,6 +17,7 @@
 #include "../util/util.h"
 
 #define HTPASSWD_MAX (1024 * 1024)
+#define HTPASSWD_WARN_MAX 50 /* entries named one by one; the rest are counted */
 #define VERIFIED_MAX 256
 #define FAILED_MAX 64
 #define FAIL_HASHES_PER_S 4.0
@@ -125,6 +126,8 @@ struct htpasswd_user {
 struct rp_htpasswd {
     struct htpasswd_user *users;
     size_t n;
+    char **warnings; /* see rp_htpasswd_warning */
+    size_t n_warnings;
     /* Keyed digests of credentials that verified: HMAC(key, user:pass). The key is random
      * per process, so the table is useless to anyone who reads the memory later. */
     unsigned char key[32];
@@ -240,8 +243,39 @@ void rp_htpasswd_free(struct rp_htpasswd *h)
         rp_free_secret(h->users[i].hash);
     }
     free(h->users);
+    for (size_t i = 0; i < h->n_warnings; i++)
+        free(h->warnings[i]);
+    free(h->warnings);
     rp_secure_zero(h, sizeof(*h));
     free(h);
+}
+
+/* Why no password can ever match hash, or NULL when one may. Login fails on these
+ * without a word (crypt(3) refuses them), so the load says it; the reason never quotes
+ * the hash. */
+static const char *unusable_hash(const char *hash)
+{
+    if (strncmp(hash, "{SHA}", 5) == 0)
+        return "{SHA} (unsalted SHA-1) hashes are not accepted; set the password again with "
+               "htpasswd -B";
+    if (hash[0] == '!' || hash[0] == '*')
+        return "the entry is locked (its hash starts with '!' or '*')";
+    if (strncmp(hash, "$apr1$", 6) == 0)
+        return NULL;
+    int cs = crypt_checksalt(hash);
+    /* Traditional DES, the one "legacy" method without a prefix, is always 13 characters:
+     * anything else of that shape (a plain-text password) matches nothing. */
+    bool des_shape = hash[0] != '$' && hash[0] != '_';
+    if (cs == CRYPT_SALT_INVALID || cs == CRYPT_SALT_METHOD_DISABLED ||
+        (cs == CRYPT_SALT_METHOD_LEGACY && des_shape && strlen(hash) != 13))
+        return "not a password hash crypt(3) knows here (plain text?); set the password again "
+               "with htpasswd -B";
+    return NULL;
+}
+
+const char *rp_htpasswd_warning(const struct rp_htpasswd *h, size_t i)
+{
+    return h && i < h->n_warnings ? h->warnings[i] : NULL;
 }
 
 struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
@@ -257,7 +291,7 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
     h->fail_refill_ms = rp_now_ms();
     char line[4096];
     unsigned lineno = 0;
-    size_t total = 0;
+    size_t total = 0, unusable = 0;
     while (fgets(line, sizeof(line), f)) {
         lineno++;
         total += strlen(line);
@@ -283,8 +317,23 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
         h->users[h->n].name = rp_xstrdup(line);
         h->users[h->n].hash = rp_xstrdup(colon + 1);
         h->n++;
+        const char *why = unusable_hash(colon + 1);
+        if (why && ++unusable <= HTPASSWD_WARN_MAX) {
+            /* The name goes into a log line: nothing in it may end or forge one. */
+            for (char *p = line; *p; p++)
+                if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '\'')
+                    *p = '?';
+            h->warnings = rp_xrealloc(h->warnings, (h->n_warnings + 1) * sizeof(*h->warnings));
+            h->warnings[h->n_warnings++] =
+                rp_xasprintf("%s:%u: user '%s' can never log in: %s", path, lineno, line, why);
+        }
     }
     fclose(f);
+    if (unusable > HTPASSWD_WARN_MAX) {
+        h->warnings = rp_xrealloc(h->warnings, (h->n_warnings + 1) * sizeof(*h->warnings));
+        h->warnings[h->n_warnings++] = rp_xasprintf("%s: %zu more entries can never log in", path,
+                                                    unusable - HTPASSWD_WARN_MAX);
+    }
     return h;
 fail:
     fclose(f);

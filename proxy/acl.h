@@ -37,6 +37,11 @@ struct rp_htpasswd;
  * message naming file and line on failure. */
 struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen);
 void rp_htpasswd_free(struct rp_htpasswd *h);
+/* Entries that loaded but can never log in: a {SHA} hash, one locked with a leading '!' or
+ * '*', or anything else crypt(3) and Apache's MD5 do not take as a hash. One line each,
+ * "FILE:LINE: user 'NAME' can never log in: why", never the hash; past 50 of them, one more
+ * line counts the rest. The i-th, or NULL past the last; owned by h. */
+const char *rp_htpasswd_warning(const struct rp_htpasswd *h, size_t i);
 /* Checking an Authorization header value ("Basic base64(user:pass)") sent by peer (the
  * client's "address:port" as the server logs it; NULL counts as one client). Hashing is
  * slow by design (bcrypt: milliseconds at htpasswd -B's cost 5, a quarter second at cost

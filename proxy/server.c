@@ -1022,6 +1022,9 @@ static int settings_load(const struct rp_conf_listen *l, struct listen_settings 
             rp_error("listen %s: htpasswd %s", l->addr, err);
             goto fail;
         }
+        const char *w;
+        for (size_t i = 0; (w = rp_htpasswd_warning(st->htpasswd, i)); i++)
+            rp_warn("listen %s: htpasswd %s", l->addr, w);
     }
     return 0;
 fail:

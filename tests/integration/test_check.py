@@ -126,6 +126,35 @@ def test_check_loads_listener_files(t):
               "check with %r: exit %d, expected a failure saying %r:\n%s" % (keys, rc, why, out))
 
 
+def test_unusable_htpasswd_entries_warned(t):
+    """{SHA} and locked htpasswd entries failed every login without a word at load: check
+    and serve name each (file, line, user), never its hash, and the good entry still works."""
+    s = t.s
+    htp = os.path.join(t.tmp, "mixed.htpasswd")
+    with open(lib.htpasswd_file(t, "node", "node-secret")) as good, open(htp, "w") as f:
+        f.write(good.read().strip() + "\n")
+        f.write("old:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\nlocked:!$2y$05$abcdefghijklmnopqrstuu"
+                "J3q0Y1Yb3m0m3Yf8k2m1Zq0a4b5c6d7e\n")
+    want = ["mixed.htpasswd:2: user 'old' can never log in: {SHA}",
+            "mixed.htpasswd:3: user 'locked' can never log in: the entry is locked"]
+    reg = s.anon_registry.conf("registry.anon.test", test_login="no")
+    p = t.proxy(registries=[reg], listeners=[{"default": "registry.anon.test", "htpasswd": htp}],
+                start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, _, out = _run_check(t, p)
+    eq(rc, 0, "check with unusable entries beside a good one (%s)" % out)
+    for w in want:
+        eq(out.count(w), 1, "check's lines saying %r:\n%s" % (w, out))
+    p.start()
+    eq(lib.ping_from(p.port, b"node:node-secret"), 200, "the good entry's login")
+    log = p.log_text()
+    for w in want:
+        eq(log.count(w), 1, "serve's log lines saying %r" % w)
+    for secret in ("W6ph5Mm5Pz8GgiULbPgzG37mj9g", "abcdefghijklmnopqrstuu"):
+        check(secret not in out + log, "a hash in the output")
+
+
 def test_encrypted_tls_key_refused_not_prompted(t):
     """A tls_key with a passphrase made OpenSSL ask for it on the controlling terminal: check
     and serve started from a shell waited for input, and a reload (SIGHUP, or the watch

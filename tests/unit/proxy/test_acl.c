@@ -225,6 +225,60 @@ static void test_htpasswd_apr1(void)
     free(path);
 }
 
+/* Entries that load but can never log in are named at load (file, line, user), never with
+ * their hash; good entries, comments and blank lines are not. */
+static void test_htpasswd_unusable_entries_warned(void)
+{
+    char dir[4096];
+    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
+    char *path = rp_xasprintf("%s/htpasswd", dir);
+    char *bcrypt = rp_xstrdup(crypt("pw", crypt_gensalt("$2b$", 4, NULL, 0)));
+    FILE *f = fopen(path, "w");
+    fprintf(f,
+            "# accounts\n"
+            "good:%s\n"
+            "sha:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"
+            "\n"
+            "locked:!%s\n"
+            "star:*\n"
+            "apr:$apr1$rA.nd0m5$apAXHkZYw99AlHTNH/kYn0\n"
+            "plain:notahash\n"
+            "odd:$9$what$ever\n",
+            bcrypt, bcrypt);
+    fclose(f);
+    char err[256];
+    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    const char *want[][2] = {{":3: user 'sha' ", "{SHA}"},
+                             {":5: user 'locked' ", "locked"},
+                             {":6: user 'star' ", "locked"},
+                             {":8: user 'plain' ", "not a password hash"},
+                             {":9: user 'odd' ", "not a password hash"}};
+    size_t n = 0;
+    for (const char *w; h && (w = rp_htpasswd_warning(h, n)); n++) {
+        if (n >= sizeof(want) / sizeof(want[0])) {
+            fprintf(stderr, "unexpected warning: %s\n", w);
+            continue;
+        }
+        CHECK(strncmp(w, path, strlen(path)) == 0);
+        CHECK(strstr(w, want[n][0]) != NULL);
+        CHECK(strstr(w, want[n][1]) != NULL);
+        CHECK(strstr(w, "W6ph5") == NULL && strstr(w, bcrypt + 7) == NULL);
+        CHECK(strchr(w, '\n') == NULL);
+    }
+    CHECK_INT(n, sizeof(want) / sizeof(want[0]));
+    char *sha = basic("sha:password"), *star = basic("star:*");
+    CHECK(!rp_htpasswd_check(h, sha, "10.0.0.1:1"));
+    CHECK(!rp_htpasswd_check(h, star, "10.0.0.2:1"));
+    free(sha);
+    free(star);
+    rp_htpasswd_free(h);
+    free(bcrypt);
+    unlink(path);
+    rmdir(dir);
+    free(path);
+}
+
 static int woken;
 
 static void count_wake(struct rp_htpasswd_waiter *w)
@@ -344,6 +398,7 @@ int main(void)
     RUN(test_repos);
     RUN(test_htpasswd);
     RUN(test_htpasswd_apr1);
+    RUN(test_htpasswd_unusable_entries_warned);
     RUN(test_htpasswd_async);
     UNIT_EXIT();
 }
