@@ -151,7 +151,7 @@ static const struct rp_conf_option options[] = {
      .offset = REG_F(url),
      .flags = RP_CONF_F_REQUIRED | RP_CONF_F_UNLESS_OFFLINE,
      .help = "upstream base URL, http(s)://host[:port]; required unless the registry is "
-             "offline"},
+             "offline (credentials for an http:// url are sent in clear text: a warning)"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "user",
      .type = RP_CONF_STRING,
@@ -681,6 +681,8 @@ struct parser {
     unsigned *unless_offline_line;
     const char **unless_offline_key;
     bool *name_is_host;
+    /* per registry: the line of its http:// url when it has credentials (0: not so) */
+    unsigned *clear_text_line;
 };
 
 static void fail(struct parser *p, unsigned line, const char *fmt, ...)
@@ -1437,6 +1439,9 @@ static int finish_section(struct parser *p)
                 load_credential_file(p, o, r, p->key_line[i], desc) != 0)
                 return -1;
         }
+        int url = option_index(p->kind, "url", 3);
+        if (strcmp(r->scheme, "http") == 0 && (r->user || r->identity_token) && url >= 0)
+            p->clear_text_line[p->index] = p->key_line[url];
     }
     p->kind = -1;
     return 0;
@@ -1569,6 +1574,8 @@ static int open_section(struct parser *p, int kind, const char *name, size_t nle
         p->unless_offline_line = rp_xrealloc(p->unless_offline_line, nr * sizeof(unsigned));
         p->unless_offline_key = rp_xrealloc(p->unless_offline_key, nr * sizeof(const char *));
         p->name_is_host = rp_xrealloc(p->name_is_host, nr * sizeof(bool));
+        p->clear_text_line = rp_xrealloc(p->clear_text_line, nr * sizeof(unsigned));
+        p->clear_text_line[nr - 1] = 0;
         p->unless_offline_line[nr - 1] = 0;
         p->unless_offline_key[nr - 1] = NULL;
         p->name_is_host[nr - 1] = true;
@@ -1736,6 +1743,13 @@ static int finish_file(struct parser *p)
         /* An offline registry is never dialed, the login check included. */
         if (r->offline)
             r->test_login = false;
+        /* Basic goes to the registry or its realm, which may then be http:// too (see
+         * rp_conf_realm_allowed); a token would be as readable. */
+        if (p->clear_text_line[i] && !r->offline)
+            warn(p, p->clear_text_line[i],
+                 "[registry \"%s\"] has credentials but its url is plain http://: they travel "
+                 "in clear text to the registry and its token realm; use https://",
+                 r->name);
         if (!p->unless_offline_line[i])
             continue;
         if (!r->offline) {
@@ -1865,6 +1879,7 @@ out:
     free(p.unless_offline_line);
     free(p.unless_offline_key);
     free(p.name_is_host);
+    free(p.clear_text_line);
     return rc;
 }
 

@@ -155,6 +155,31 @@ def test_unusable_htpasswd_entries_warned(t):
         check(secret not in out + log, "a hash in the output")
 
 
+def test_http_registry_credentials_warned(t):
+    """Credentials for a plain http:// registry went out in clear text without a word:
+    check and serve warn about that registry, and only that one."""
+    s = t.s
+    closed = lib.free_port()  # test_login = no: nothing is dialed
+    regs = [{"name": "plain.test", "url": "http://127.0.0.1:%d" % closed, "user": "u",
+             "password": "clear-text-pw", "test_login": "no"},
+            {"name": "anon.test", "url": "http://127.0.0.1:%d" % closed, "test_login": "no"},
+            s.anon_registry.conf("registry.anon.test", test_login="no")]
+    want = ('[registry "plain.test"] has credentials but its url is plain http://: they '
+            'travel in clear text')
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, _, out = _run_check(t, p)
+    eq(rc, 0, "check (%s)" % out)
+    warnings = [ln for ln in out.splitlines() if ln.startswith("warning: ")]
+    eq(len(warnings), 1, "check's warnings:\n%s" % out)
+    check(want in warnings[0], "check's warning: %r" % warnings[0])
+    p.start()
+    log = p.log_text()
+    eq(log.count(want), 1, "serve's warnings about clear-text credentials")
+    check("clear-text-pw" not in out + log, "the password in the output")
+
+
 def test_encrypted_tls_key_refused_not_prompted(t):
     """A tls_key with a passphrase made OpenSSL ask for it on the controlling terminal: check
     and serve started from a shell waited for input, and a reload (SIGHUP, or the watch

@@ -2487,6 +2487,45 @@ static int write_doc(const char *path)
     return 0;
 }
 
+/* Credentials for a plain http:// registry cross the network in clear text (Basic to the
+ * registry, or to its token realm, which may be http:// then too): said once, at the url's
+ * line, unless the registry is never dialed. */
+static void test_http_credentials_warned(void)
+{
+    const char *want = "test.conf:6: [registry \"h\"] has credentials but its url is plain "
+                       "http://: they travel in clear text to the registry and its token realm; "
+                       "use https://";
+    struct rp_conf *c = parse(MINIMAL "[registry \"h\"]\nuser = u\nurl = http://127.0.0.1:5000\n"
+                                      "password = p\n");
+    CHECK(c != NULL);
+    if (c) {
+        CHECK_INT(c->n_warnings, 1);
+        if (c->n_warnings)
+            CHECK_STR(c->warnings[0], want);
+    }
+    rp_conf_free(c);
+    static const char *const quiet[] = {
+        /* https, or no credentials */
+        MINIMAL "[registry \"h\"]\nuser = u\nurl = https://127.0.0.1:5000\npassword = p\n",
+        MINIMAL "[registry \"h\"]\nurl = http://127.0.0.1:5000\n",
+        /* offline: never dialed, whichever section says it, before or after */
+        MINIMAL "[registry \"h\"]\nuser = u\nurl = http://127.0.0.1:5000\npassword = p\n"
+                "offline = yes\n",
+        MINIMAL "[registry \"h\"]\nuser = u\nurl = http://127.0.0.1:5000\npassword = p\n"
+                "[cache]\noffline = yes\n",
+    };
+    for (size_t i = 0; i < sizeof(quiet) / sizeof(quiet[0]); i++) {
+        c = parse(quiet[i]);
+        CHECK(c != NULL);
+        if (c) {
+            for (size_t k = 0; k < c->n_warnings; k++)
+                fprintf(stderr, "unexpected warning: %s\n", c->warnings[k]);
+            CHECK_INT(c->n_warnings, 0);
+        }
+        rp_conf_free(c);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--write-doc") == 0)
@@ -2511,6 +2550,7 @@ int main(int argc, char **argv)
     RUN(test_split_url);
     RUN(test_find_registry);
     RUN(test_realm_policy);
+    RUN(test_http_credentials_warned);
     RUN(test_option_table);
     RUN(test_auth_formats);
     RUN(test_auth_key_matching);
