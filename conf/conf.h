@@ -207,8 +207,13 @@ void rp_conf_auth_clear(struct rp_conf_auth *a);
  * temporary name and renamed, so it is never readable by others even for a moment; out_dir
  * is created 0700 if missing) and the configuration names it with password_file, as an
  * absolute path. No password is ever printed or put into err. Nothing is written (neither
- * files nor `out`) unless the whole inventory was understood. Returns 0, or -1 with a
- * one-line message naming the inventory (and line, for INI) in err. */
+ * files nor `out`) unless the whole inventory was understood. The password files keep
+ * their temporary names until the configuration was written to `out`, so a failure up to
+ * then (a password file or `out` that cannot be written) leaves nothing new behind: the
+ * temporaries are removed, out_dir too if this call made it, and an earlier import's files
+ * are as they were. (Should a rename into place fail after that, the files renamed so far
+ * that are new are removed.) Returns 0, or -1 with a one-line message naming the inventory
+ * (and line, for INI) in err. */
 int rp_conf_import_inventory(const char *inventory_path, const char *out_dir,
                              const char *proxy_hostport, FILE *out, char *err, size_t errlen);
 

@@ -52,10 +52,10 @@ struct rp_conf_inventory;
  * -1 with "SOURCE[:LINE]: reason" in err. */
 int rp_conf_inventory_parse(const char *text, size_t len, const char *source,
                             struct rp_conf_inventory **out, char *err, size_t errlen);
-/* Renders the configuration into b. With pw_dir, the password of each registry is written
- * to "<pw_dir>/<host>.password" (pw_dir must be an existing directory, absolute) and named
- * by password_file; with pw_dir NULL nothing is written and registries with a password get
- * a comment instead. Returns 0, or -1 with a reason in err. */
+/* Renders the configuration into b; it writes no file. With pw_dir (absolute), each
+ * registry with a password gets password_file = "<pw_dir>/<host>.password", which the
+ * caller writes; with pw_dir NULL such registries get a comment instead. Returns 0, or -1
+ * with a reason in err. */
 int rp_conf_inventory_render(const struct rp_conf_inventory *inv, const char *pw_dir,
                              const char *proxy_hostport, struct rp_buf *b, char *err,
                              size_t errlen);

@@ -1041,15 +1041,24 @@ out:
 
 /* ---- output ---- */
 
-/* Writes the password to DIR/NAME.password: created 0600 under a temporary name (O_EXCL)
- * and renamed into place, so no reader ever sees a partial or world-readable file and a
+/* A password file written under a temporary name, waiting for its rename into place. */
+struct staged {
+    char *tmp;    /* NULL once renamed */
+    char *path;   /* DIR/NAME.password */
+    bool existed; /* path was there before (an earlier import's): never removed */
+};
+
+/* Writes the password to a temporary DIR/.NAME.password.XXXXXX, created 0600 (O_EXCL) and
+ * synced: renamed into place only once the configuration is out (publish), so no reader
+ * ever sees a partial or world-readable file, a failed import leaves nothing new, and a
  * second import replaces the first. */
-static char *write_password(const char *dir, const char *name, const char *password, char *err,
-                            size_t errlen)
+static int stage_password(const char *dir, const char *name, const char *password,
+                          struct staged *out, char *err, size_t errlen)
 {
     char *path = rp_xasprintf("%s/%s.password", dir, name);
     char *tmp = rp_xasprintf("%s/.%s.password.XXXXXX", dir, name);
     size_t n = strlen(password), off = 0;
+    struct stat st;
     int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
         snprintf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
@@ -1081,12 +1090,10 @@ static char *write_password(const char *dir, const char *name, const char *passw
         goto fail_unlink;
     }
     fd = -1;
-    if (rename(tmp, path) != 0) {
-        snprintf(err, errlen, "%s: cannot rename into place: %s", path, strerror(errno));
-        goto fail_unlink;
-    }
-    free(tmp);
-    return path;
+    out->tmp = tmp;
+    out->path = path;
+    out->existed = lstat(path, &st) == 0;
+    return 0;
 fail_unlink:
     unlink(tmp);
 fail:
@@ -1094,7 +1101,38 @@ fail:
         close(fd);
     free(tmp);
     free(path);
-    return NULL;
+    return -1;
+}
+
+/* Renames every staged file into place. When one cannot be, those already renamed that
+ * were new are removed again (an earlier import's file, replaced, cannot be brought back). */
+static int publish(struct staged *files, size_t n, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (rename(files[i].tmp, files[i].path) == 0) {
+            free(files[i].tmp);
+            files[i].tmp = NULL;
+            continue;
+        }
+        snprintf(err, errlen, "%s: cannot rename into place: %s", files[i].path, strerror(errno));
+        for (size_t k = 0; k < i; k++)
+            if (!files[k].existed)
+                unlink(files[k].path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Removes what was not renamed into place, and frees the list. */
+static void staged_free(struct staged *files, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (files[i].tmp)
+            unlink(files[i].tmp);
+        free(files[i].tmp);
+        free(files[i].path);
+    }
+    free(files);
 }
 
 /* "host[:port]" the clients will use; adds ":5000" when there is no port. */
@@ -1156,9 +1194,7 @@ int rp_conf_inventory_render(const struct rp_conf_inventory *inv, const char *pw
         if (r->user)
             rp_buf_addf(b, "%suser = %s\n", r->password && pw_dir ? "" : "# ", r->user);
         if (r->password && pw_dir) {
-            char *path = write_password(pw_dir, r->name, r->password, err, errlen);
-            if (!path)
-                goto out;
+            char *path = rp_xasprintf("%s/%s.password", pw_dir, r->name);
             if (!printable_value(path)) {
                 snprintf(err, errlen, "%s: the path cannot be written into the configuration",
                          path);
@@ -1224,8 +1260,10 @@ int rp_conf_import_inventory(const char *inventory_path, const char *out_dir,
     struct stat st;
     const char *why = NULL;
     char *text = NULL, *dir = NULL;
-    size_t len = 0;
+    size_t len = 0, n_files = 0;
     int rc = -1, fd = -1;
+    bool made_dir = false;
+    struct staged *files = NULL;
     char tmp[1024];
     rp_buf_init(&b, (size_t)4 << 20);
     if (err && errlen)
@@ -1250,7 +1288,9 @@ int rp_conf_import_inventory(const char *inventory_path, const char *out_dir,
     if (proxy_address(proxy_hostport, &proxy, &port, err, errlen) != 0)
         goto out;
     free(proxy);
-    if (mkdir(out_dir, 0700) != 0 && errno != EEXIST) {
+    if (mkdir(out_dir, 0700) == 0) {
+        made_dir = true;
+    } else if (errno != EEXIST) {
         snprintf(err, errlen, "%s: cannot create: %s", out_dir, strerror(errno));
         goto out;
     }
@@ -1262,12 +1302,28 @@ int rp_conf_import_inventory(const char *inventory_path, const char *out_dir,
     }
     if (rp_conf_inventory_render(inv, dir, proxy_hostport, &b, err, errlen) != 0)
         goto out;
+    /* The files the configuration names (render's condition), each under a temporary name
+     * until the configuration is out. */
+    files = rp_xcalloc(inv->n_regs, sizeof(*files));
+    for (size_t i = 0; i < inv->n_regs; i++) {
+        const struct inv_reg *r = &inv->regs[i];
+        if (!r->password)
+            continue;
+        if (stage_password(dir, r->name, r->password, &files[n_files], err, errlen) != 0)
+            goto out;
+        n_files++;
+    }
     if (fwrite(b.data, 1, b.len, out) != b.len || fflush(out) != 0) {
         snprintf(err, errlen, "cannot write the configuration: %s", strerror(errno));
         goto out;
     }
+    if (publish(files, n_files, err, errlen) != 0)
+        goto out;
     rc = 0;
 out:
+    staged_free(files, n_files);
+    if (rc != 0 && made_dir)
+        rmdir(dir ? dir : out_dir);
     if (fd >= 0)
         close(fd);
     if (text) {

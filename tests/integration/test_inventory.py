@@ -54,6 +54,31 @@ def _inventories(t):
     return {"hosts.ini": ini, "OSEv3.yml": yml}
 
 
+def test_failed_import_leaves_no_password_files(t):
+    """The password files were written before the configuration: when printing it failed
+    (stdout on a full disk), they stayed behind. Now the import fails with nothing new left:
+    no password file, no temporary, no directory made for them."""
+    inv = os.path.join(t.tmp, "hosts.ini")
+    with open(inv, "w") as f:
+        f.write(_inventories(t)["hosts.ini"])
+    outdir = os.path.join(t.tmp, "creds-full")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([t.s.bin, "import-inventory", inv, "-o", outdir], stdout=full,
+                           stderr=subprocess.PIPE, env=lib.clean_env(), timeout=60)
+    err = r.stderr.decode()
+    eq(r.returncode, 1, "exit status of an import whose output cannot be written (%s)" % err)
+    check("cannot write the configuration" in err, "the error: %r" % err)
+    check(not os.path.exists(outdir), "left behind: %s" % (
+        os.listdir(outdir) if os.path.isdir(outdir) else outdir))
+    # Into an existing directory: it stays, empty.
+    os.mkdir(outdir, 0o700)
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([t.s.bin, "import-inventory", inv, "-o", outdir], stdout=full,
+                           stderr=subprocess.PIPE, env=lib.clean_env(), timeout=60)
+    eq(r.returncode, 1, "exit status, existing directory")
+    eq(os.listdir(outdir), [], "files left in the existing directory")
+
+
 def test_import_both_forms_then_check(t):
     s = t.s
     for name, text in _inventories(t).items():

@@ -8,6 +8,7 @@
 #include "tests/unit/unit.h"
 #include "util/util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -2211,6 +2212,75 @@ static void expect_import_err(const char *ext, const char *inventory, const char
     unlink(path);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Names in dir other than "." and "..", as "a b c " (sorted: the order of readdir is not
+ * stable). */
+static void dir_names(const char *dir, char *out, size_t outlen)
+{
+    char *names[64];
+    size_t n = 0;
+    out[0] = '\0';
+    DIR *d = opendir(dir);
+    if (!d) {
+        snprintf(out, outlen, "(none)");
+        return;
+    }
+    for (struct dirent *e; (e = readdir(d)) && n < 64;)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            names[n++] = rp_xstrdup(e->d_name);
+    closedir(d);
+    qsort(names, n, sizeof(names[0]), cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(out);
+        snprintf(out + len, outlen - len, "%s ", names[i]);
+        free(names[i]);
+    }
+}
+
+/* A failure after the passwords were ready (here: the configuration cannot be written)
+ * leaves nothing new behind: no password file, no temporary, no directory made for them,
+ * and an earlier import's file as it was. */
+static void test_import_inventory_failure_leaves_nothing(void)
+{
+    char out_dir[128], names[1024];
+    snprintf(out_dir, sizeof(out_dir), "%s/creds-fail", tmpdir);
+    FILE *full = fopen("/dev/full", "w");
+    CHECK(full != NULL);
+    if (!full)
+        return;
+    CHECK_INT(rp_conf_import_inventory("tests/fixtures/inventory/hosts.ini", out_dir, "p:5000",
+                                       full, err, sizeof(err)),
+              -1);
+    CHECK(strstr(err, "cannot write the configuration") != NULL);
+    dir_names(out_dir, names, sizeof(names));
+    CHECK_STR(names, "(none)");
+    /* Into a directory that exists, holding an earlier import's file. */
+    CHECK_INT(mkdir(out_dir, 0700), 0);
+    char old[256];
+    snprintf(old, sizeof(old), "%s/registry.redhat.io.password", out_dir);
+    write_file("creds-fail/registry.redhat.io.password", "earlier\n", 8);
+    CHECK_INT(rp_conf_import_inventory("tests/fixtures/inventory/hosts.ini", out_dir, "p:5000",
+                                       full, err, sizeof(err)),
+              -1);
+    fclose(full);
+    dir_names(out_dir, names, sizeof(names));
+    CHECK_STR(names, "registry.redhat.io.password ");
+    FILE *f = fopen(old, "r");
+    CHECK(f != NULL);
+    if (f) {
+        char buf[64] = "";
+        CHECK_INT(fread(buf, 1, sizeof(buf) - 1, f), 8);
+        fclose(f);
+        CHECK_STR(buf, "earlier\n");
+    }
+    unlink(old);
+    rmdir(out_dir);
+}
+
 static void test_import_inventory_errors(void)
 {
     expect_import_err("ini", "[OSEv3:vars]\nopenshift_https_proxy=ftp://proxy:21\n",
@@ -2566,6 +2636,7 @@ int main(int argc, char **argv)
     RUN(test_import_inventory_yaml);
     RUN(test_import_inventory_yaml_all_vars);
     RUN(test_import_inventory_errors);
+    RUN(test_import_inventory_failure_leaves_nothing);
     RUN(test_import_inventory_egress);
     RUN(test_inventory_literals);
     RUN(test_admin_and_access_keys);
