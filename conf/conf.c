@@ -67,7 +67,7 @@ static const struct rp_conf_option options[] = {
      .aux_offset = LISTEN_F(n_allow),
      .flags = RP_CONF_F_CIDR_ITEMS,
      .help = "client networks allowed on this listener, e.g. 10.128.0.0/14, 172.30.0.0/16 "
-             "(default: everyone); connections from other addresses are closed at accept"},
+             "(default: everyone); connections from other addresses get 403 at accept"},
     {.section = RP_CONF_SECTION_LISTEN,
      .key = "max_connections",
      .type = RP_CONF_COUNT,

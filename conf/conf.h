@@ -72,8 +72,9 @@ struct rp_conf_listen {
     char *tls_cert;
     char *tls_key;
     /* Client networks allowed on this listener ("10.128.0.0/14", "fd00::/8"); none: all.
-     * Connections from other addresses are closed at accept; a keep-alive connection whose
-     * address a reload removed gets 403 at its next request. */
+     * Connections from other addresses are answered 403 at accept, holding no connection
+     * slot; a keep-alive connection whose address a reload removed gets 403 at its next
+     * request. */
     char **allow;
     size_t n_allow;
     /* htpasswd file (bcrypt) of client accounts; NULL: clients are anonymous. */

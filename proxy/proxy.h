@@ -317,7 +317,7 @@ struct rp_conn {
      * listener's allow list at each request: a reload that narrows it reaches keep-alive
      * connections too. */
     struct sockaddr_in6 peer_sa;
-    bool over_limit;            /* accepted past max_connections only to be told so */
+    bool over_limit; /* refused at accept (max_connections, allow): told why, then closed */
     struct rp_listen_ctx *lctx; /* the listener it came in on (settings swap on reload) */
     unsigned n_requests;
     char peer[64];
@@ -356,7 +356,7 @@ struct rp_server {
     struct event *write_ev;
     char *in_pool; /* free input buffers, linked through their first bytes */
     size_t n_in_pool;
-    size_t n_refusing; /* connections past max_connections being answered 503 */
+    size_t n_refusing; /* connections refused at accept, being answered */
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
     struct rp_syncer *syncer; /* fsyncs finished fills off the loop (syncer.h) */

@@ -1086,21 +1086,19 @@ static void peer_name(const struct sockaddr *sa, char *out, size_t outlen)
     }
 }
 
-/* Past the connection limit a plain-HTTP client still learns why; the answer is small
- * enough for the socket buffer, so one non-blocking send does it. */
-/* Past the limit a connection is still told why: it gets a small 503 and the same brief
- * lingering close as any refused request (closing with its request unread would reset the
- * connection and lose the answer). A second, small budget bounds those refusals; beyond it
- * the connection is simply closed. */
+/* A connection refused at accept (past max_connections, or from outside `allow`) is still
+ * told why: it gets a small error answer and the same brief lingering close as any refused
+ * request (closing with its request unread would reset the connection and lose the answer).
+ * It holds no max_connections slot; a second, small budget bounds those refusals, and beyond
+ * it the connection is simply closed. */
 #define REFUSING_MAX 256
 
 static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer);
 
-static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
+static void answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer,
+                             const char *status_line, const char *extra_headers, const char *code,
+                             const char *message)
 {
-    ctx->srv->metrics.connections_refused++;
-    rp_warn("conn %s: refused, %zu connections open on %s (max_connections %llu)", peer,
-            ctx->n_conns, ctx->conf->addr, (unsigned long long)ctx->conf->max_connections);
     if (ctx->srv->n_refusing >= REFUSING_MAX) {
         evutil_closesocket(fd);
         return;
@@ -1111,11 +1109,11 @@ static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, con
     c->over_limit = true;
     ctx->srv->n_refusing++;
     struct evbuffer *out = rp_conn_output(c);
-    char *body = rp_error_body("UNAVAILABLE", "too many connections, retry", NULL);
+    char *body = rp_error_body(code, message, NULL);
     evbuffer_add_printf(out,
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                        "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                        strlen(body), body);
+                        "HTTP/1.1 %s\r\nContent-Type: application/json\r\n%s"
+                        "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                        status_line, extra_headers, strlen(body), body);
     free(body);
     conn_close_after_flush(c);
     /* A TLS client that never starts its handshake never takes the answer, and would hold
@@ -1125,6 +1123,15 @@ static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, con
         struct timeval tv = {LINGER_S, 0};
         evtimer_add(c->linger_ev, &tv);
     }
+}
+
+static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
+{
+    ctx->srv->metrics.connections_refused++;
+    rp_warn("conn %s: refused, %zu connections open on %s (max_connections %llu)", peer,
+            ctx->n_conns, ctx->conf->addr, (unsigned long long)ctx->conf->max_connections);
+    answer_at_accept(ctx, fd, peer, "503 Service Unavailable", "Retry-After: 1\r\n", "UNAVAILABLE",
+                     "too many connections, retry");
 }
 
 static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
@@ -1183,12 +1190,12 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     return c;
 }
 
-/* `allow` depends on the address alone, so a client outside it is closed at accept: it
- * holds no max_connections slot, no idle time and no TLS handshake. It is counted and logged
- * as the 403 its request would have had. */
+/* `allow` depends on the address alone, so a client outside it is refused at accept: it
+ * holds no max_connections slot and no idle time, and is answered before it asks (the 403
+ * its request would get), without waiting for a request that may never come. Counted and
+ * logged as that 403. */
 static void deny_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
 {
-    evutil_closesocket(fd);
     char id[32];
     rp_request_id(id, sizeof(id));
     rp_metrics_request(&ctx->srv->metrics, -1, 403, NULL, 0);
@@ -1199,8 +1206,10 @@ static void deny_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const
                           .cache = "-",
                           .peer = peer,
                           .status = 403,
-                          .reason = "this network may not pull from this proxy; closed at accept"};
+                          .reason = "this network may not pull from this proxy; refused at accept"};
     rp_access_log(&a);
+    answer_at_accept(ctx, fd, peer, "403 Forbidden", "", "DENIED",
+                     "this network may not pull from this proxy");
 }
 
 static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,

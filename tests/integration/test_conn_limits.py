@@ -99,7 +99,7 @@ def test_allow_reload_applies_to_open_connections(t):
         p.write_conf()
         os.kill(p.pid, signal.SIGHUP)
         lib.wait_until(lambda: "configuration applied" in p.log_text(), 10, "reload applied")
-        check(lib.closed_at_accept(p.port), "a new connection after the reload was answered")
+        eq(lib.ping_from(p.port, None), 403, "a new connection after the reload")
         c1.sendall(req % b"GET")
         got = lib.read_to_eof(c1)
         c2.sendall(req % b"HEAD")
@@ -130,10 +130,10 @@ def test_refused_connection_closed_after_its_503(t):
     check(t2 - t1 < 0.5, "the end came %.2f s after the 503" % (t2 - t1))
 
 
-def test_outsider_closed_at_accept_holds_no_slot(t):
-    """A connection from an address no `allow` entry matches is closed at accept: idle
-    connections from outside cannot take max_connections' slots from allowed clients, and
-    each is counted and logged as the 403 its request used to get."""
+def test_outsider_refused_at_accept_holds_no_slot(t):
+    """A connection from an address no `allow` entry matches is answered 403 DENIED at
+    accept, before it sends anything, and holds no max_connections slot: idle connections
+    from outside cannot lock allowed clients out. Each is counted and logged as a 403."""
     p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
                 listeners=[{"default": "registry.anon.test", "allow": "127.0.0.2/32",
                             "max_connections": "1"}])
@@ -145,7 +145,9 @@ def test_outsider_closed_at_accept_holds_no_slot(t):
         # Accepted before the allowed client's connection, which queues behind it.
         eq(lib.ping_from(p.port, source="127.0.0.2"), 200,
            "an allowed client while an outsider's idle connection is open")
-        eq(lib.read_to_eof(outsider), b"", "what the outsider's connection got before it ended")
+        got = lib.read_to_eof(outsider)
+    check(got.startswith(b"HTTP/1.1 403 ") and b"DENIED" in got,
+          "what the outsider got without asking: %r" % got[:300])
     lines = lib.wait_until(lambda: [a for a in p.access() if a.get("peer") == peer], 10,
                            "the outsider's access line")
     eq([(a.get("method"), a.get("path"), a.get("status")) for a in lines], [("-", "-", "403")],
