@@ -263,10 +263,11 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     if (!f->cf) {
         int err = 0;
         /* Begun behind a multipart range, the size is first known here. With no client
-         * waiting for the whole blob, one the cache may not keep is not downloaded. */
+         * waiting for the whole blob, one the cache may not keep is not downloaded. Its
+         * length is not remembered: no digest vouches for it, and a wrong one (a CDN's)
+         * would keep every later fill behind a multipart range from starting. */
         if (f->behind && TAILQ_EMPTY(&f->readers) &&
             !rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)h->length)) {
-            behind_size_learn(f->srv, f->digest, h->length);
             f->declined = true;
             fill_count(f, RP_FILL_NOT_KEPT);
             rp_info("fill %s registry=%s bytes=%lld: not downloaded behind a range: larger "

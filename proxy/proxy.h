@@ -367,9 +367,10 @@ struct rp_server {
     bool durable_queued, durable_again;
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
-    /* Sizes of blobs learned from the answers to fills started behind a multipart range
-     * (which gives no size), so that the next such range decides with no upstream request
-     * whether the cache may take the blob (fill.c; a small ring, oldest overwritten). */
+    /* Sizes of blobs that fills started behind a multipart range (which gives no size)
+     * downloaded and verified, so that the next such range decides with no upstream request
+     * whether the cache may take the blob (fill.c; a small ring, oldest overwritten). A
+     * length upstream only announced is not one: no digest vouched for it. */
     struct rp_blob_size {
         char digest[RP_DIGEST_MAX + 1];
         int64_t size;
