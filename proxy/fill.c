@@ -8,7 +8,8 @@
  * before the digest matched, so a corrupt download never looks complete. A download the
  * network cuts is resumed where the file ends (a ranged GET; the hash goes on where it
  * was), so a layer crosses the internet once even over a flaky link, and readers only see
- * a pause. */
+ * a pause. Once its last reader has left, a download goes on only if the cache will keep
+ * the blob. */
 #include "proxy.h"
 
 #include <errno.h>
@@ -51,11 +52,12 @@ struct rp_fill {
     bool no_cache;  /* the cache could not start the fill at all (full, read-only, out of
                      * descriptors): readers are passed through likewise */
     bool behind;    /* started behind a range with no reader (rp_fill_behind) */
-    bool declined;  /* a fill behind a range that the cache cannot take: not a failure */
+    bool declined;  /* no reader waits, and the cache cannot take it: not a failure */
     int64_t started_ms;
-    int64_t ms;             /* download time, for the log */
-    struct event *flush_ev; /* once per loop iteration: gathered bytes to the file, readers on */
-    struct event *start_ev; /* a fill begun inside another transfer's callback starts here */
+    int64_t ms;               /* download time, for the log */
+    struct event *flush_ev;   /* once per loop iteration: gathered bytes to the file, readers on */
+    struct event *start_ev;   /* a fill begun inside another transfer's callback starts here */
+    struct event *abandon_ev; /* its last reader left: is the download still wanted? */
     bool flush_queued;
     int resumes;  /* ranged GETs so far after cuts */
     int64_t skip; /* a resumption answered 200 (Range ignored): bytes to drop first */
@@ -71,6 +73,8 @@ static void fill_free(struct rp_fill *f)
         event_free(f->flush_ev);
     if (f->start_ev)
         event_free(f->start_ev);
+    if (f->abandon_ev)
+        event_free(f->abandon_ev);
     rp_cache_fill_abort(f->cf);
     free(f->repo);
     free(f->content_type);
@@ -232,6 +236,14 @@ static void behind_size_learn(struct rp_server *srv, const char *digest, int64_t
 
 static void fill_count(const struct rp_fill *f, enum rp_fill_event ev);
 
+/* Pins the blob by the patterns in force (as a finished fill is) and asks whether the cache
+ * may keep size bytes of it: not when that is more than max_size leaves beside the pins. */
+static bool fill_keepable(struct rp_fill *f, int64_t size)
+{
+    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
+    return rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)size);
+}
+
 static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     struct rp_fill *f = arg;
@@ -262,17 +274,18 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     }
     if (!f->cf) {
         int err = 0;
-        /* Begun behind a multipart range, the size is first known here. With no client
-         * waiting for the whole blob, one the cache may not keep is not downloaded. Its
-         * length is not remembered: no digest vouches for it, and a wrong one (a CDN's)
-         * would keep every later fill behind a multipart range from starting. */
-        if (f->behind && TAILQ_EMPTY(&f->readers) &&
-            !rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)h->length)) {
+        /* Begun behind a multipart range, the size is first known here; or every client
+         * left while upstream was silent. With no client waiting for the whole blob, one
+         * the cache may not keep is not downloaded. Its length is not remembered: no
+         * digest vouches for it, and a wrong one (a CDN's) would keep every later fill
+         * behind a multipart range from starting. */
+        if (TAILQ_EMPTY(&f->readers) && !fill_keepable(f, h->length)) {
             f->declined = true;
             fill_count(f, RP_FILL_NOT_KEPT);
-            rp_info("fill %s registry=%s bytes=%lld: not downloaded behind a range: larger "
-                    "than the cache's max_size",
-                    f->digest, f->reg->name, (long long)h->length);
+            rp_info("fill %s registry=%s bytes=%lld: not downloaded %s: larger than the "
+                    "cache's max_size",
+                    f->digest, f->reg->name, (long long)h->length,
+                    f->behind ? "behind a range" : "with its clients gone");
             return -1;
         }
         f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
@@ -432,8 +445,7 @@ static void release_readers(struct rp_fill *f, bool to_publish)
  * Not, the fill ends here: its readers get the rest from the temp file, which goes with it. */
 static bool keep_or_end(struct rp_fill *f)
 {
-    rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
-    if (rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)f->written))
+    if (fill_keepable(f, f->written))
         return true;
     fill_unlist(f);
     release_readers(f, false);
@@ -536,7 +548,7 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     if (f->declined) {
         fill_unlist(f);
-        fail_readers(f, res); /* none: a reader that joined would have kept it going */
+        fail_readers(f, res); /* none: they are gone, or it was not declined */
         fill_free(f);
         return;
     }
@@ -595,6 +607,26 @@ static const struct rp_fetch_cb fill_cb = {
     .on_done_cb = fill_done_cb,
 };
 
+/* The last reader left a running download. One the cache will not keep (larger than what
+ * max_size leaves beside the pins) would only be thrown away at its end, after holding a
+ * temp file and the upstream link all that while: it stops now. Judged from the loop, as
+ * a reader may leave inside one of this fill's own callbacks, and again then, as one may
+ * have joined since. */
+static void fill_abandon_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_fill *f = arg;
+    if (f->state != FILL_RUNNING || !TAILQ_EMPTY(&f->readers) || fill_keepable(f, f->expected))
+        return;
+    fill_unlist(f);
+    fill_count(f, RP_FILL_NOT_KEPT);
+    rp_info("fill %s registry=%s bytes=%lld: given up at %lld with its clients gone: larger "
+            "than the cache's max_size",
+            f->digest, f->reg->name, (long long)f->expected, (long long)f->written);
+    fill_free(f);
+}
+
 static void fill_start_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -623,6 +655,7 @@ static struct rp_fill *fill_start(struct rp_server *srv, const struct rp_conf_re
     f->started_ms = rp_now_ms();
     rp_buf_init(&f->err_body, RP_ERROR_BODY_MAX);
     f->flush_ev = event_new(srv->base, -1, 0, fill_flush_cb, f);
+    f->abandon_ev = event_new(srv->base, -1, 0, fill_abandon_cb, f);
     TAILQ_INIT(&f->readers);
     TAILQ_INSERT_TAIL(&srv->fills, f, link);
     srv->n_fills++;
@@ -694,9 +727,13 @@ bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, c
 
 void rp_fill_leave(struct rp_req *r)
 {
-    /* The download goes on: the next client, or the cache, still wants it. */
-    if (r->fill)
-        reader_detach(r);
+    struct rp_fill *f = r->fill;
+    if (!f)
+        return;
+    reader_detach(r);
+    /* The download goes on if the cache will keep it: the next client will want it. */
+    if (TAILQ_EMPTY(&f->readers) && f->state == FILL_RUNNING && f->abandon_ev)
+        event_active(f->abandon_ev, EV_TIMEOUT, 1);
 }
 
 void rp_fill_reader_drained(struct rp_req *r)

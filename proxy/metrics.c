@@ -194,8 +194,8 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
                              "Blob downloads resumed with a ranged GET after the network cut "
                              "them, by registry."},
         [RP_FILL_NOT_KEPT] = {"regproxy_fill_not_kept_total",
-                              "Blob downloads served but not cached, being larger than "
-                              "max_size, by registry."},
+                              "Blob downloads not cached, being larger than max_size (served, "
+                              "or stopped once no client was left for them), by registry."},
         [RP_FILL_BEHIND_RANGE] = {"regproxy_fill_behind_range_total",
                                   "Blob downloads into the cache started behind a range of an "
                                   "uncached blob that was passed through, by registry."},

@@ -19,7 +19,7 @@ enum rp_cache_result { RP_CR_HIT, RP_CR_MISS, RP_CR_STALE, RP_CR_REVALIDATED, RP
 /* What became of blob downloads, counted by registry. */
 enum rp_fill_event {
     RP_FILL_RESUMED,      /* resumed with a ranged GET after the network cut it */
-    RP_FILL_NOT_KEPT,     /* verified and served, but larger than max_size: not cached */
+    RP_FILL_NOT_KEPT,     /* larger than max_size: served uncached, or stopped clientless */
     RP_FILL_BEHIND_RANGE, /* started with no reader, behind a range passed through */
     RP_FILL_NO_ROOM,      /* given up: the disk is full of what cannot be evicted */
     RP_FILL_EVENTS

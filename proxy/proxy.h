@@ -142,7 +142,9 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r);
  * be called from a transfer's callback. */
 bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, const char *repo,
                     const char *digest, int64_t size);
-/* r goes away (client left); the fill continues without it. */
+/* r goes away (client left); the fill continues without it, unless r was its last reader
+ * and the cache will not keep the blob (larger than what max_size leaves beside the pins):
+ * that download is given up from the loop, logged and counted as not kept. */
 void rp_fill_leave(struct rp_req *r);
 /* r's client drained its output: feed it more. */
 void rp_fill_reader_drained(struct rp_req *r);

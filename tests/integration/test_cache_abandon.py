@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """A client that goes away mid-download does not stop the fill: the blob lands in the cache
-anyway, and the next client is a HIT with no second upstream download."""
+anyway, and the next client is a HIT with no second upstream download. Unless the cache
+would not keep it (larger than max_size): then the download stops with its last client."""
+import json
 import os
 import socket
 
@@ -30,3 +32,86 @@ def test_abandoned_fill_completes(t):
        (200, True, big["digest"], "HIT"), "GET after the abandoned fill")
     gets = lib.settle(lambda: [x for x in reg.since(m) if x[0] == "GET" and x[1] == path], 1)
     eq(len(gets), 1, "upstream GETs of %s (abandoned download, then a hit): %s" % (path, gets))
+
+
+def test_abandoned_fill_over_max_size_stops(t):
+    """A blob larger than max_size is served but not kept: once its only client has left,
+    nobody wants the rest. The upstream download stops then (logged, counted as not kept),
+    rather than running to its end to be thrown away, holding a temp file and the upstream
+    link meanwhile; a later client downloads it again, whole."""
+    fr = t.s.fakereg
+    r = fr.client().manifest("ns/large", "v1")
+    eq(r.status, 200, "ns/large manifest straight from the fake registry")
+    layer = min(json.loads(r.body)["layers"], key=lambda x: x["size"])
+    check(layer["size"] > 5 << 20, "the layer is only %d bytes" % layer["size"])
+    path = "/v2/ns/large/blobs/" + layer["digest"]
+    p = t.proxy(registries=[fr.conf()], cache={"max_size": "5M"})
+    fr.set_mode("slow")  # about 1 MB/s: the download outlasts its client by seconds
+    t.defer(lambda: fr.set_mode("ok"))
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as c:
+        c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, p.hostport)).encode())
+        got = 0
+        while got < 1 << 20:
+            b = c.recv(1 << 16)
+            check(b, "the proxy closed the connection after %d bytes" % got)
+            got += len(b)
+    given_up = "given up at"
+    served = "served but not cached"
+    lib.wait_until(lambda: given_up in p.log_text() or served in p.log_text(), 60,
+                   "the fill of %s to end after its only client left" % layer["digest"])
+    check(served not in p.log_text(), "the download ran to its end with no client left, to "
+          "be thrown away")
+    m = p.metrics()
+    key = frozenset({("registry", fr.name)})
+    eq((m[("regproxy_fill_not_kept_total", key)], m[("regproxy_fills_in_flight", frozenset())]),
+       (1, 0), "fills not kept, and in flight, after the abandoned one")
+    # Removed just after the log line.
+    lib.wait_until(lambda: not lib.cache_files(p.cache_dir, "tmp"), 10,
+                   "tmp/ of the cache empty after the abandoned fill")
+    fr.set_mode("ok")
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.complete, r.digest), (200, True, layer["digest"]),
+       "GET after the abandoned fill")
+    check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", layer["digest"])),
+          "the %d byte blob is cached with max_size 5M" % layer["size"])
+
+
+def test_fill_over_max_size_left_before_headers_not_downloaded(t):
+    """Its only client gone before upstream answered, a blob the cache would not keep is not
+    downloaded at all: the fill stops at upstream's headers."""
+    import threading
+
+    import rawup
+    blob = os.urandom(6 << 20)
+    digest = rawup.sha256(blob)
+    go = threading.Event()
+
+    def h(r):
+        if r.path != "/v2/ns/x/blobs/" + digest:
+            r.send(404, b"")
+            return False
+        go.wait(60)
+        try:
+            r.send(200, blob, [("Content-Type", "application/octet-stream")])
+        except OSError:
+            pass  # the proxy stopped reading
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(go.set)
+    p = t.proxy(registries=[up.conf()], cache={"max_size": "5M"})
+    path = "/v2/ns/x/blobs/" + digest
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as c:
+        c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, p.hostport)).encode())
+        lib.wait_until(lambda: up.seen(path), 30, "the proxy's GET of the blob upstream")
+    lib.wait_until(lambda: any(a.get("path") == path and a.get("aborted") == "client"
+                               for a in p.access()), 30, "the client's departure logged")
+    go.set()
+    gone = "not downloaded with its clients gone"
+    served = "served but not cached"
+    lib.wait_until(lambda: gone in p.log_text() or served in p.log_text(), 60,
+                   "the fill of %s to end after its only client left" % digest)
+    check(served not in p.log_text(), "the blob was downloaded with no client left, to be "
+          "thrown away")
+    key = frozenset({("registry", "raw.test")})
+    eq(p.metrics()[("regproxy_fill_not_kept_total", key)], 1, "fills not kept")
+    eq(lib.cache_files(p.cache_dir, "tmp"), [], "tmp/ of the cache after the declined fill")
