@@ -367,16 +367,21 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
 }
 
 /* Every reader is told the fill failed: one that has not had its head yet gets an error
- * answer; one that is mid-body is cut off. The fill must be unlisted first: a reader of
- * another repository looks up again and must not find it. */
+ * answer, as does one whose head has not left the proxy yet (upstream's head, body and
+ * failure came in one loop iteration); one that is mid-body is cut off. The fill must be
+ * unlisted first: a reader of another repository looks up again and must not find it. */
 static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
 {
     struct rp_req *r;
     while ((r = TAILQ_FIRST(&f->readers))) {
         reader_detach(r);
         if (r->fill_fd >= 0) {
-            rp_req_finish(r, "fill");
-            continue;
+            if (!rp_req_take_back(r)) {
+                rp_req_finish(r, "fill");
+                continue;
+            }
+            close(r->fill_fd);
+            r->fill_fd = -1;
         }
         bool pass = f->disk_full || f->no_cache;
         if (!pass && !rp_fill_is_for(f, r->route.reg, r->route.name)) {

@@ -239,6 +239,7 @@ struct rp_req {
     /* accounting */
     int status;
     uint64_t bytes;
+    size_t head_len; /* of the head rp_conn_write_head queued, for rp_req_take_back */
 };
 
 struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *h);
@@ -271,6 +272,12 @@ void rp_req_finish(struct rp_req *r, const char *aborted);
 /* The whole response is queued: r finishes once the client has taken it, so its access
  * line's time and bytes are the delivery's, and a client gone midway is logged as such. */
 void rp_req_queued(struct rp_req *r);
+/* An answer begun with rp_conn_write_head failed before any of it left the proxy (head and
+ * body so far all still queued, as when upstream's head, body and failure come in one loop
+ * iteration): takes it back, so that r can be answered with an error rather than cut.
+ * False when some of it is out (or may be: a TLS connection's file body), or something is
+ * queued before it; then cutting the connection is all that is left. */
+bool rp_req_take_back(struct rp_req *r);
 /* r's client went away with `undelivered` bytes still queued: logged as aborted=client,
  * and counted in the metrics if its response had begun. The connection frees r. */
 void rp_req_client_gone(struct rp_req *r, size_t undelivered);
@@ -412,7 +419,7 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
                          const char *repo, const char *digest);
 /* Queues a response head; the body follows through rp_conn_output. extra: more header
- * lines, each ending in CRLF, or NULL. */
+ * lines, each ending in CRLF, or NULL. The request's head_len says how long it was. */
 void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         int64_t content_length, const char *extra);
 /* A whole response: head, then the len bytes of body unless !send_body (HEAD, whose
@@ -436,6 +443,9 @@ int rp_conn_queue_file(struct rp_conn *c, int fd, uint64_t off, uint64_t len);
 struct evbuffer *rp_conn_output(struct rp_conn *c);
 /* Bytes the client is still owed: the output evbuffer and a file body. */
 size_t rp_conn_output_len(struct rp_conn *c);
+/* Drops the last len bytes queued, if they are all that is queued (so none of them has
+ * been sent) and no file body follows; returns whether it did. */
+bool rp_conn_take_back(struct rp_conn *c, size_t len);
 /* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
 void rp_conn_stream_mode(struct rp_conn *c);
 void rp_conn_request_done(struct rp_conn *c, bool abort);

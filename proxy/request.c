@@ -171,6 +171,16 @@ void rp_req_client_gone(struct rp_req *r, size_t undelivered)
                            r->cache_status, r->bytes);
 }
 
+bool rp_req_take_back(struct rp_req *r)
+{
+    if (!r->head_len || !rp_conn_take_back(r->conn, r->head_len + (size_t)r->bytes))
+        return false;
+    r->head_len = 0;
+    r->bytes = 0;
+    r->status = 0;
+    return true;
+}
+
 void rp_req_queued(struct rp_req *r)
 {
     r->state = RQ_SENDING;
@@ -1469,6 +1479,11 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
     }
     if (r->streaming) {
         if (res->fail != RP_FETCH_OK || r->stream_sent != r->stream_expected) {
+            if (rp_req_take_back(r)) {
+                r->streaming = false;
+                up_failed(r, res);
+                return;
+            }
             rp_req_finish(r, "upstream");
             return;
         }
@@ -1477,10 +1492,17 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             unsigned int mdlen = 0;
             if (EVP_DigestFinal_ex(r->stream_md, md, &mdlen) != 1 ||
                 !rp_digest_matches(r->route.ref, md, mdlen)) {
+                bool back = rp_req_take_back(r);
                 rp_warn("blob %s registry=%s passed through: upstream's bytes do not match the "
-                        "digest; the client is cut before the last byte",
-                        r->route.ref, r->route.reg->name);
-                rp_req_finish(r, "digest");
+                        "digest; %s",
+                        r->route.ref, r->route.reg->name,
+                        back ? "none had reached the client, which is answered 502"
+                             : "the client is cut before the last byte");
+                if (back)
+                    rp_req_upstream_error(r, 502, "UNKNOWN", "upstream answer rejected",
+                                          res->status, "content does not match its digest");
+                else
+                    rp_req_finish(r, "digest");
                 return;
             }
             evbuffer_add(rp_conn_output(r->conn), &r->stream_last, 1);

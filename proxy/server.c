@@ -106,6 +106,15 @@ size_t rp_conn_output_len(struct rp_conn *c)
     return evbuffer_get_length(c->out) + (size_t)c->file_left;
 }
 
+bool rp_conn_take_back(struct rp_conn *c, size_t len)
+{
+    /* Bytes leave from the front: when the output is exactly the len bytes last queued,
+     * none of them has. (A TLS connection's output moves into OpenSSL as it is written.) */
+    if (len == 0 || c->file_left || evbuffer_get_length(c->out) != len)
+        return false;
+    return evbuffer_drain(c->out, len) == 0;
+}
+
 /* Input buffers are held only while bytes wait to be parsed: ten thousand idle keep-alive
  * connections hold none, and a busy server cycles through the same few without malloc. */
 #define IN_POOL_MAX 64
@@ -247,6 +256,8 @@ void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
     char *head =
         build_head(c, status, content_type, content_length, extra, small, sizeof(small), &len);
     evbuffer_add(c->out, head, len);
+    if (c->req)
+        c->req->head_len = len;
     if (head != small)
         free(head);
 }

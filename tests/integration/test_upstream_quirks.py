@@ -7,6 +7,7 @@ several challenges. What the client gets must be right, and nothing wrong is cac
 import base64
 import gzip
 import json
+import os
 import time
 
 import lib
@@ -377,3 +378,49 @@ def test_basic_offered_beside_a_foreign_realm(t):
     r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq(r.status, 404, "GET through a registry offering Basic beside a foreign Bearer realm "
        "(body %r)" % r.body)
+
+
+def _short_length_cdn(t, blob, **proxy_args):
+    """A registry whose blob CDN answers 200 with a Content-Length 10 bytes short of blob,
+    head and body in one write (so they reach the proxy together), ignoring Range."""
+    digest = rawup.sha256(blob)
+
+    def cdn_h(r):
+        r.send(200, blob[:-10], [("Content-Type", "application/octet-stream"),
+                                 ("Content-Length", str(len(blob) - 10))])
+        return False
+    cdn = rawup.RawUpstream(t, cdn_h)
+
+    def h(r):
+        if r.path.startswith("/v2/ns/x/blobs/"):
+            r.send(307, b"", [("Location", "%s/cdn/%s?sig=x" % (cdn.url, digest))])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    return t.proxy(registries=[up.conf()], **proxy_args), "/v2/ns/x/blobs/" + digest
+
+
+def test_cdn_wrong_length_answered_502(t):
+    """A CDN's 200 with a wrong Content-Length fails the digest check in the same moment its
+    head arrived: nothing of the answer has left the proxy, so the client gets a 502 in the
+    registry error format, not a connection closed before any response head. (Once bytes
+    have left, cutting the connection is all that is left: test_upstream_damage.)"""
+    blob = os.urandom(4096)
+    _, key, crt = lib.serving_cert(t, "tls")
+    p, path = _short_length_cdn(t, blob, listeners=[
+        {"default": "raw.test"}, {"default": "raw.test", "tls_cert": crt, "tls_key": key}])
+    for what, headers, tls in (("GET", {}, False), ("GET of a range (passed through)",
+                                                    {"Range": "bytes=100-199"}, False),
+                               ("GET over TLS", {}, True)):
+        if tls:
+            r = lib.request("https://127.0.0.1:%d%s" % (p.ports[1], path), timeout=30)
+        else:
+            r = lib.stream_get(p.port, path, headers=headers, timeout=30)
+        eq(r.status, 502, "%s of a blob its CDN sends with a short Content-Length (%r)"
+           % (what, r))
+        e = json.loads(r.body)["errors"][0]
+        eq(e["code"], "UNKNOWN", "%s: error code (%r)" % (what, e))
+        check("digest" in json.dumps(e["detail"]), "%s: detail %r does not say why" % (what, e))
+    check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", rawup.sha256(blob))),
+          "a blob cached from a short answer")
