@@ -2,11 +2,13 @@
 /* inflight: concurrent misses for the same manifest, and revalidations of the same tag,
  * share one upstream exchange. The first request leads (it fetches, verifies and caches);
  * the others wait and, when the leader has answered, look up again: a success is then a
- * cache hit. After a failure each waiter asks upstream once more on its own (an error
- * answer is not something to cache or replay). A leader that goes away before upstream
- * answered (its client left, its fetch cancelled) has no answer at all: its waiters share
- * one fetch again, led by the first of them. Clients that give up on a slow upstream are
- * the herd this exists for. */
+ * cache hit. A HEAD caches no manifest, so a HEAD leader's success is handed to the HEADs
+ * waiting on it as it is; a HEAD also waits on a GET of the same manifest, whose answer
+ * it then finds cached. After a failure each waiter asks upstream once more on its own (an
+ * error answer is not something to cache or replay). A leader that goes away before
+ * upstream answered (its client left, its fetch cancelled) has no answer at all: its
+ * waiters share one fetch again, led by the first of them. Clients that give up on a slow
+ * upstream are the herd this exists for. */
 #include "proxy.h"
 
 #include <event2/event.h>
@@ -20,16 +22,20 @@ struct rp_inflight {
     TAILQ_HEAD(, rp_req) waiters;
     struct event *wake;
     bool answered; /* the leader's fetch ended with upstream's answer, not cancelled */
+    /* A HEAD leader's success, as its client got it (rp_inflight_share). */
+    bool shared;
+    int status;
+    struct rp_xfer_headers h;
     TAILQ_ENTRY(rp_inflight) link;
 };
 
 /* Method, registry, repository, reference and the exact Accept list: two clients that
  * accept different media types may get different manifests for one tag, and a HEAD
  * leader's answer caches no manifest for a GET to find. */
-static char *key_of(const struct rp_req *r)
+static char *key_of(const struct rp_req *r, char method)
 {
-    return rp_xasprintf("%c%s%c%s%c%s%c%s", r->head ? 'H' : 'G', r->route.reg->name, 0,
-                        r->route.name, 0, r->route.ref, 0, r->accept ? r->accept : "");
+    return rp_xasprintf("%c%s%c%s%c%s%c%s", method, r->route.reg->name, 0, r->route.name, 0,
+                        r->route.ref, 0, r->accept ? r->accept : "");
 }
 
 static size_t key_len(const char *k)
@@ -57,6 +63,7 @@ static void entry_free(struct rp_inflight *f)
     TAILQ_REMOVE(&f->srv->inflight, f, link);
     if (f->wake)
         event_free(f->wake);
+    rp_headers_free(&f->h);
     free(f->key);
     free(f);
 }
@@ -71,6 +78,10 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     while ((r = TAILQ_FIRST(&f->waiters))) {
         TAILQ_REMOVE(&f->waiters, r, inflight_link);
         r->inflight = NULL;
+        if (f->shared && r->head) {
+            rp_req_answer_shared(r, f->status, &f->h);
+            continue;
+        }
         /* After an answer the cache did not keep, no second wait: each fetches itself.
          * Without one, the first woken leads a new entry (find skips this one) and the
          * others join it, as fresh misses would. */
@@ -85,10 +96,26 @@ bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r)
 {
     if (r->coalesced)
         return false;
-    char *key = key_of(r);
-    struct rp_inflight *f = find(srv, key);
+    char *key = NULL;
+    struct rp_inflight *f = NULL;
+    if (r->head) {
+        /* A GET under way answers a HEAD too, from the cache, once it is done. */
+        key = key_of(r, 'G');
+        f = find(srv, key);
+        if (!f || !f->leader) {
+            free(key);
+            key = NULL;
+            f = NULL;
+        }
+    }
+    if (!key) {
+        key = key_of(r, r->head ? 'H' : 'G');
+        f = find(srv, key);
+    }
     if (f && f->leader) {
         free(key);
+        rp_debug("request %s waits for request %s: manifest registry=%s repo=%s ref=%s", r->id,
+                 f->leader->id, r->route.reg->name, r->route.name, r->route.ref);
         TAILQ_INSERT_TAIL(&f->waiters, r, inflight_link);
         r->inflight = f;
         r->state = RQ_WAIT_PEER;
@@ -106,6 +133,16 @@ bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r)
     f->leader = r;
     r->leads = f;
     return false;
+}
+
+void rp_inflight_share(struct rp_req *r)
+{
+    struct rp_inflight *f = r->leads;
+    if (!f || !r->head)
+        return;
+    f->shared = true;
+    f->status = r->up_status;
+    rp_headers_copy(&f->h, &r->up_h);
 }
 
 void rp_inflight_done(struct rp_req *r, bool answered)

@@ -157,13 +157,18 @@ void rp_fills_free_all(struct rp_server *srv);
 
 /* ---------------------------------------------------------------------- inflight.c */
 /* Concurrent misses for one manifest (method, registry, repository, reference, Accept),
- * and concurrent revalidations of one tag, share one upstream exchange. Returns true when
- * r now waits for a request already fetching it (it is driven again, from the loop, when
- * that one is done); false when r should fetch, in which case it leads and must call
- * rp_inflight_done once it has its answer: a leader may need several fetches for it (a
- * revalidation, then the GET of a moved tag), and waiters woken in between would find
+ * and concurrent revalidations of one tag, share one upstream exchange; a HEAD waits on a
+ * GET of the same manifest when there is one. Returns true when r now waits for a request
+ * already fetching it (it is driven again, from the loop, when that one is done, or given
+ * a HEAD leader's shared answer); false when r should fetch, in which case it leads and
+ * must call rp_inflight_done once it has its answer: a leader may need several fetches for
+ * it (a revalidation, then the GET of a moved tag), and waiters woken in between would find
  * nothing new and each fetch on their own. */
 bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r);
+/* A leading HEAD is about to answer its client with a success from upstream (r->up_status
+ * and r->up_h): the HEADs waiting on it get the same answer (rp_req_answer_shared) rather
+ * than look up a manifest that was never cached. No effect unless r leads a HEAD. */
+void rp_inflight_share(struct rp_req *r);
 /* The leader answered its client, or was cancelled with it before upstream answered (its
  * waiters then share a fetch again rather than each making one). */
 void rp_inflight_done(struct rp_req *r, bool answered);
@@ -257,6 +262,9 @@ void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const
 bool rp_req_redirect_refused(struct rp_req *r, const struct rp_fetch_result *res, int status);
 /* The message of a 503 for an upstream that could not be reached: a TLS failure says so. */
 const char *rp_req_unreachable_msg(enum rp_xfer_error e);
+/* Answers a HEAD with the upstream success another HEAD of the same manifest got (status
+ * and upstream's headers, copied), as a MISS. */
+void rp_req_answer_shared(struct rp_req *r, int status, const struct rp_xfer_headers *h);
 /* Passes a failed upstream answer on honestly (never turned into 404). */
 void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
                                     const char *body, size_t len);

@@ -926,11 +926,9 @@ static void lookup(struct rp_req *r)
                 }
                 /* A herd past tag_ttl revalidates once: the others wait for the leader's
                  * answer, after which the tag is fresh again. HEADs too (containerd resolves
-                 * tags so), unless the manifest is not cached: their answer would not be. */
-                const char *data, *type;
-                size_t len;
-                if ((!r->head || manifest_cached(r, digest, &data, &len, &type)) &&
-                    rp_inflight_wait(srv, r))
+                 * tags so): with the manifest not cached, a HEAD leader's answer is handed
+                 * to them (rp_inflight_share). */
+                if (rp_inflight_wait(srv, r))
                     return;
                 r->have_stale = true;
                 snprintf(r->stale_digest, sizeof(r->stale_digest), "%s", digest);
@@ -942,7 +940,7 @@ static void lookup(struct rp_req *r)
             }
         }
         r->cache_status = "MISS";
-        if (!r->head && rp_inflight_wait(srv, r))
+        if (rp_inflight_wait(srv, r))
             return; /* woken when the request fetching it is done */
         canonical_unless_named(r);
         start_fetch(r, r->head, false);
@@ -1362,6 +1360,8 @@ static void answer_success(struct rp_req *r)
         break;
     }
     cache_header(r, &extra);
+    if (r->head && r->route.kind == RP_ROUTE_MANIFEST)
+        rp_inflight_share(r);
     if (r->head) {
         rp_conn_write_head(r->conn, r->up_status, type, length, extra.data);
         rp_req_finish(r, NULL);
@@ -1369,6 +1369,14 @@ static void answer_success(struct rp_req *r)
         respond(r, r->up_status, type, r->body.data, r->body.len, extra.data);
     }
     rp_buf_free(&extra);
+}
+
+void rp_req_answer_shared(struct rp_req *r, int status, const struct rp_xfer_headers *h)
+{
+    r->up_status = status;
+    rp_headers_copy(&r->up_h, h);
+    r->cache_status = "MISS";
+    answer_success(r);
 }
 
 bool rp_req_redirect_refused(struct rp_req *r, const struct rp_fetch_result *res, int status)

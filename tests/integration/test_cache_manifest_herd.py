@@ -4,9 +4,11 @@
 get the same bytes. Clients with a different Accept list are not merged with them. A
 leading client that gives up before upstream answered hands the fetch on to the others."""
 import socket
+import threading
 import time
 
 import lib
+import rawup
 from lib import check, eq
 
 
@@ -181,3 +183,77 @@ def test_expired_tag_head_herd_one_revalidation(t):
     eq({r.status for r in results}, {200}, "HEADs")
     ups = [x["method"] for x in fr.requests(mark[0]) if x["path"] == path]
     eq(ups, ["HEAD"], "upstream exchanges for 20 concurrent HEADs past tag_ttl")
+
+
+def _held_upstream(t):
+    """An upstream that holds every manifest request until the test releases it, then
+    answers an OCI image manifest: (upstream, release event, manifest, digest)."""
+    m, d, _l, _ld, _c, _cd = rawup.image()
+    release = threading.Event()
+
+    def h(r):
+        if "/manifests/" not in r.path:
+            r.send(404, b"")
+            return False
+        release.wait(120)
+        r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    return up, release, m, d
+
+
+def _cold_tag_herd(t, methods, first=None):
+    """Requests of one cold tag, all inside the proxy before upstream answers any: each
+    either went upstream or waits on another (the proxy's debug line). `first` is sent, and
+    seen upstream, before the rest. Returns (responses in order, upstream methods, the
+    manifest and its digest)."""
+    up, release, m, d = _held_upstream(t)
+    p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
+    path = "/v2/ns/cold/manifests/v1"
+    order = ([first] if first else []) + list(methods)
+    got = [None] * len(order)
+
+    def one(i):
+        got[i] = p.get(path, method=order[i], headers={"Accept": lib.ACCEPT_ALL})
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
+    if first:
+        ths[0].start()
+        lib.wait_until(lambda: up.seen(path), 60, "the first request upstream")
+    for th in ths[1 if first else 0:]:
+        th.start()
+    lib.wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
+                   >= len(order), 60,
+                   "each of %d requests upstream or waiting on another" % len(order))
+    release.set()
+    for th in ths:
+        th.join(120)
+    return got, [x[1] for x in up.seen(path)], m, d
+
+
+def _check_herd(got, digest, what):
+    for r in got:
+        check(r is not None, "%s: a request got no answer" % what)
+    eq({r.status for r in got}, {200}, "%s: statuses" % what)
+    eq({r.header("Docker-Content-Digest") for r in got}, {digest}, "%s: digests" % what)
+    eq({lib.sha256(r.body) for r in got if r.body}, {digest} if any(r.body for r in got)
+       else set(), "%s: bodies" % what)
+
+
+def test_cold_tag_head_herd_one_upstream_head(t):
+    """containerd resolves a tag by HEAD: a cluster's nodes HEADing a tag nobody pulled yet
+    each sent a HEAD upstream (a HEAD caches no manifest for waiters to find). They share
+    one now, and its answer (digest, type, length) is every waiter's."""
+    got, ups, m, d = _cold_tag_herd(t, ["HEAD"] * 12)
+    _check_herd(got, d, "12 HEADs of a cold tag")
+    eq({(r.header("Content-Type"), r.header("Content-Length")) for r in got},
+       {("application/vnd.oci.image.manifest.v1+json", str(len(m)))}, "types and lengths")
+    eq(ups, ["HEAD"], "upstream requests for 12 concurrent HEADs of a cold tag")
+
+
+def test_cold_tag_heads_wait_for_a_get(t):
+    """HEADs (and GETs) of a cold tag that come while a GET of it is upstream wait for that
+    GET and are answered from what it cached: one upstream request for all."""
+    got, ups, _m, d = _cold_tag_herd(t, ["HEAD", "GET"] * 5, first="GET")
+    _check_herd(got, d, "a GET, then 5 HEADs and 5 GETs of a cold tag")
+    eq(ups, ["GET"], "upstream requests for a GET of a cold tag and 10 requests behind it")
