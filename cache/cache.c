@@ -38,8 +38,11 @@
  * clients verify first); any failure removes the file and answers E_CORRUPT.
  *
  * Tag file: "RPTAG 1 <fetched_s> <digest> <len(registry)> <len(repo)> <len(tag)>\n"
- * registry repo tag "\n" <sha256 hex of everything before> "\n". The stored key detects the
- * (theoretical) hash collision; the checksum detects damage (E_CORRUPT, file removed).
+ * registry repo tag "\n" <sha256 hex of everything before> "\n"; a tag recorded with its
+ * manifest's media type is "RPTAG 2 ... <len(tag)> <len(type)>\n" registry repo tag type
+ * "\n" and the sum (version 1 stays what a tag without one is written as, and is read as
+ * before). The stored key detects the (theoretical) hash collision; the checksum detects
+ * damage (E_CORRUPT, file removed).
  * Link file: "RPLINK 1 <digest> <len(registry)> <len(repo)>\n" registry repo "\n"; serving
  * checks only its existence; rp_cache_links_each reads the content back (the proxy derives
  * the pins of `pin` patterns from it).
@@ -78,8 +81,9 @@
  *
  * Memory. Three bounded caches in front of the files make a warm "manifest by tag" request
  * cost no system call and no hashing of content:
- *   - tags: registry\0repo\0tag\0 -> digest + fetched_s, filled by tag_set and by a tag file
- *     that passed its checksum; tag_set replaces the entry (it drops it if the write failed).
+ *   - tags: registry\0repo\0tag\0 -> digest, media type and fetched_s, filled by tag_set and
+ *     by a tag file that passed its checksum; tag_set replaces the entry (it drops it if the
+ *     write failed).
  *   - links: registry\0repo\0digest\0, filled by link and by a positive stat. Negative answers
  *     are not remembered: link would have to invalidate them (easy, it is the only writer),
  *     but any client can ask for any digest, and remembering those misses would push out the
@@ -134,7 +138,7 @@
 /* Registry names, repositories (distribution caps them at 255) and tags (128) fit easily. */
 #define KEY_PART_MAX 1024
 #define TAG_HDR_MAX 256
-#define TAG_FILE_MAX (TAG_HDR_MAX + 3 * KEY_PART_MAX + 1 + 65)
+#define TAG_FILE_MAX (TAG_HDR_MAX + 3 * KEY_PART_MAX + MEDIA_TYPE_MAX + 1 + 65)
 /* A memory key: three parts of at most KEY_PART_MAX, each followed by a NUL. */
 #define MEMO_KEY_MAX (3 * (KEY_PART_MAX + 1))
 
@@ -205,7 +209,7 @@ struct memo_ent {
     uint64_t hash;
     int64_t when;  /* tags: fetched_s */
     uint32_t klen; /* key bytes (parts and their NULs) */
-    uint32_t vlen; /* value bytes after the key (tags: the digest and its NUL) */
+    uint32_t vlen; /* value bytes after the key (tags: digest, NUL, media type, NUL) */
     char kv[];
 };
 
@@ -2416,19 +2420,34 @@ bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo,
 
 /* ---------------------------------------------------------------- tags --- */
 
+/* A tag's memory value: digest, NUL, media type ("" when unknown), NUL. */
+static size_t tag_value(char *buf, const char *digest, const char *media_type)
+{
+    size_t dn = strlen(digest) + 1, tn = strlen(media_type) + 1;
+    memcpy(buf, digest, dn);
+    memcpy(buf + dn, media_type, tn);
+    return dn + tn;
+}
+
 int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
-                     const char *digest, int64_t now_s)
+                     const char *digest, const char *media_type, int64_t now_s)
 {
     struct digest d;
+    if (!media_type)
+        media_type = "";
     if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || now_s < 0 ||
-        parse_digest(digest, &d) != 0)
+        parse_digest(digest, &d) != 0 || !media_type_ok(media_type))
         return RP_CACHE_E_INVALID;
     char hex[65], rel[REL_MAX];
     key_hex(registry, repo, tag, hex);
     key_rel(rel, sizeof(rel), "tags", hex);
     char *body =
-        rp_xasprintf("%s 1 %lld %s %zu %zu %zu\n%s%s%s\n", TAG_MAGIC, (long long)now_s, d.str,
-                     strlen(registry), strlen(repo), strlen(tag), registry, repo, tag);
+        media_type[0]
+            ? rp_xasprintf("%s 2 %lld %s %zu %zu %zu %zu\n%s%s%s%s\n", TAG_MAGIC, (long long)now_s,
+                           d.str, strlen(registry), strlen(repo), strlen(tag), strlen(media_type),
+                           registry, repo, tag, media_type)
+            : rp_xasprintf("%s 1 %lld %s %zu %zu %zu\n%s%s%s\n", TAG_MAGIC, (long long)now_s, d.str,
+                           strlen(registry), strlen(repo), strlen(tag), registry, repo, tag);
     unsigned char md[EVP_MAX_MD_SIZE];
     char sum[66];
     int rc = RP_CACHE_E_IO;
@@ -2440,8 +2459,9 @@ int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
     free(body);
     char key[MEMO_KEY_MAX];
     size_t klen = memo_key(key, registry, repo, tag);
+    char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1];
     if (rc == RP_CACHE_OK)
-        memo_put(c, &c->tags, key, klen, d.str, strlen(d.str) + 1, now_s);
+        memo_put(c, &c->tags, key, klen, val, tag_value(val, d.str, media_type), now_s);
     else /* the file still says what it said; let the next get read it */
         memo_del(c, &c->tags, key, klen);
     return rc;
@@ -2461,9 +2481,9 @@ int rp_cache_tag_delete(struct rp_cache *c, const char *registry, const char *re
 }
 
 /* Parses a tag file. OK (and the key matches), E_NOENT (another key: a hash collision),
- * E_CORRUPT. */
+ * E_CORRUPT. type (MEDIA_TYPE_MAX + 1 bytes) gets the media type, "" in a version 1 file. */
 static int tag_decode(const char *buf, size_t n, const char *registry, const char *repo,
-                      const char *tag, struct digest *d, int64_t *fetched_s)
+                      const char *tag, struct digest *d, int64_t *fetched_s, char *type)
 {
     if (n < 65 || buf[n - 1] != '\n')
         return RP_CACHE_E_CORRUPT;
@@ -2473,31 +2493,35 @@ static int tag_decode(const char *buf, size_t n, const char *registry, const cha
         return RP_CACHE_E_CORRUPT;
     const char *p = buf, *tok;
     size_t toklen;
-    uint64_t when, lens[3];
+    uint64_t when, lens[4] = {0, 0, 0, 0};
     char dstr[RP_CACHE_DIGEST_BUF];
     if (!next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, TAG_MAGIC) ||
-        !next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, "1") ||
-        !next_token(&p, nl, &tok, &toklen) || rp_parse_u64(tok, toklen, &when) != 0 ||
+        !next_token(&p, nl, &tok, &toklen) ||
+        (!token_is(tok, toklen, "1") && !token_is(tok, toklen, "2")))
+        return RP_CACHE_E_CORRUPT;
+    int nlens = token_is(tok, toklen, "2") ? 4 : 3;
+    if (!next_token(&p, nl, &tok, &toklen) || rp_parse_u64(tok, toklen, &when) != 0 ||
         when > INT64_MAX || !next_token(&p, nl, &tok, &toklen) || toklen >= sizeof(dstr))
         return RP_CACHE_E_CORRUPT;
     memcpy(dstr, tok, toklen);
     dstr[toklen] = '\0';
     if (parse_digest(dstr, d) != 0)
         return RP_CACHE_E_CORRUPT;
-    for (int i = 0; i < 3; i++) {
-        if (i < 2) {
+    for (int i = 0; i < nlens; i++) {
+        if (i < nlens - 1) {
             if (!next_token(&p, nl, &tok, &toklen))
                 return RP_CACHE_E_CORRUPT;
         } else { /* the last one runs to the end of the line */
             tok = p;
             toklen = (size_t)(nl - p);
         }
-        if (rp_parse_u64(tok, toklen, &lens[i]) != 0 || lens[i] == 0 || lens[i] > KEY_PART_MAX)
+        if (rp_parse_u64(tok, toklen, &lens[i]) != 0 || lens[i] == 0 ||
+            lens[i] > (i == 3 ? MEDIA_TYPE_MAX : KEY_PART_MAX))
             return RP_CACHE_E_CORRUPT;
     }
     const char *key = nl + 1;
     size_t klen = (size_t)(lens[0] + lens[1] + lens[2]);
-    if ((size_t)(key - buf) + klen + 1 != blen || key[klen] != '\n')
+    if ((size_t)(key - buf) + klen + (size_t)lens[3] + 1 != blen || key[klen + lens[3]] != '\n')
         return RP_CACHE_E_CORRUPT;
     unsigned char md[EVP_MAX_MD_SIZE];
     char sum[65];
@@ -2512,7 +2536,47 @@ static int tag_decode(const char *buf, size_t n, const char *registry, const cha
             return RP_CACHE_E_NOENT;
         key += lens[i];
     }
+    memcpy(type, key, (size_t)lens[3]);
+    type[lens[3]] = '\0';
+    if (!media_type_ok(type))
+        return RP_CACHE_E_CORRUPT;
     *fetched_s = (int64_t)when;
+    return RP_CACHE_OK;
+}
+
+/* A tag from memory or its file: val gets tag_value's layout. */
+static int tag_lookup(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
+                      char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1], int64_t *fetched_s)
+{
+    char key[MEMO_KEY_MAX];
+    size_t klen = memo_key(key, registry, repo, tag);
+    struct memo_ent *me = memo_find(c, &c->tags, key, klen);
+    if (me) {
+        memcpy(val, me->kv + me->klen, me->vlen);
+        *fetched_s = me->when;
+        return RP_CACHE_OK;
+    }
+    char hex[65], rel[REL_MAX];
+    key_hex(registry, repo, tag, hex);
+    key_rel(rel, sizeof(rel), "tags", hex);
+    char *buf = NULL;
+    size_t n = 0;
+    struct digest d;
+    int64_t when = 0;
+    char type[MEDIA_TYPE_MAX + 1] = "";
+    int rc = read_file(c, rel, TAG_FILE_MAX, &buf, &n);
+    if (rc == RP_CACHE_OK)
+        rc = tag_decode(buf, n, registry, repo, tag, &d, &when, type);
+    free(buf);
+    if (rc == RP_CACHE_E_CORRUPT) {
+        rp_warn("cache: %s is damaged; removed", rel);
+        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+            rp_warn("cache: removing %s: %s", rel, strerror(errno));
+    }
+    if (rc != RP_CACHE_OK)
+        return rc;
+    *fetched_s = when;
+    memo_put(c, &c->tags, key, klen, val, tag_value(val, d.str, type), when);
     return RP_CACHE_OK;
 }
 
@@ -2524,35 +2588,31 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
     if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || !digest ||
         digest_len < RP_CACHE_DIGEST_BUF || !fetched_s)
         return RP_CACHE_E_INVALID;
-    char key[MEMO_KEY_MAX];
-    size_t klen = memo_key(key, registry, repo, tag);
-    struct memo_ent *me = memo_find(c, &c->tags, key, klen);
-    if (me) {
-        memcpy(digest, me->kv + me->klen, me->vlen);
-        *fetched_s = me->when;
-        return RP_CACHE_OK;
-    }
-    char hex[65], rel[REL_MAX];
-    key_hex(registry, repo, tag, hex);
-    key_rel(rel, sizeof(rel), "tags", hex);
-    char *buf = NULL;
-    size_t n = 0;
-    struct digest d;
-    int64_t when = 0;
-    int rc = read_file(c, rel, TAG_FILE_MAX, &buf, &n);
+    char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1];
+    int rc = tag_lookup(c, registry, repo, tag, val, fetched_s);
     if (rc == RP_CACHE_OK)
-        rc = tag_decode(buf, n, registry, repo, tag, &d, &when);
-    free(buf);
-    if (rc == RP_CACHE_E_CORRUPT) {
-        rp_warn("cache: %s is damaged; removed", rel);
-        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-            rp_warn("cache: removing %s: %s", rel, strerror(errno));
-    }
+        snprintf(digest, digest_len, "%s", val);
+    return rc;
+}
+
+int rp_cache_tag_type(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
+                      char *buf, size_t len)
+{
+    if (buf && len)
+        buf[0] = '\0';
+    if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || !buf || !len)
+        return RP_CACHE_E_INVALID;
+    char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1];
+    int64_t when;
+    int rc = tag_lookup(c, registry, repo, tag, val, &when);
     if (rc != RP_CACHE_OK)
         return rc;
-    snprintf(digest, digest_len, "%s", d.str);
-    *fetched_s = when;
-    memo_put(c, &c->tags, key, klen, d.str, strlen(d.str) + 1, when);
+    const char *type = val + strlen(val) + 1;
+    if (!type[0])
+        return RP_CACHE_E_NOENT;
+    if (strlen(type) >= len)
+        return RP_CACHE_E_INVALID;
+    memcpy(buf, type, strlen(type) + 1);
     return RP_CACHE_OK;
 }
 

@@ -146,9 +146,12 @@ bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo,
                      const char *digest);
 
 /* --- tags --- */
-/* Records tag -> digest, fetched at wall-clock time `now_s` (seconds). Atomic replace. */
+/* Records tag -> digest, fetched at wall-clock time `now_s` (seconds), with the media type
+ * of the tag's manifest (NULL or "": not known; printable ASCII of at most 255 bytes, else
+ * E_INVALID): the type a revalidation must name when the manifest itself has left the
+ * cache. Atomic replace (a type not given is not kept from the record replaced). */
 int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
-                     const char *digest, int64_t now_s);
+                     const char *digest, const char *media_type, int64_t now_s);
 /* Forgets a tag (upstream said it is gone): a later lookup is E_NOENT, so nothing serves it
  * stale. OK also when there was none. Not made durable: after a crash it may be back, and
  * is checked with upstream again like any expired tag. */
@@ -157,6 +160,10 @@ int rp_cache_tag_delete(struct rp_cache *c, const char *registry, const char *re
 /* Looks a tag up: digest (buffer of at least 136 bytes) and when it was last confirmed. */
 int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
                      char *digest, size_t digest_len, int64_t *fetched_s);
+/* The media type recorded with a tag, into buf: E_NOENT when the tag is unknown or was
+ * recorded without one, E_INVALID when it does not fit len (256 always does). */
+int rp_cache_tag_type(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
+                      char *buf, size_t len);
 
 /* --- memory in front of the files ---
  * Tags, links and verified manifests that were written or read once are answered from

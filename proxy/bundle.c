@@ -2239,8 +2239,10 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
                 /* At most now: a time ahead of this clock (the exporter's was ahead, or the
                  * bundle was made so) would keep the tag fresh until then. */
                 int64_t now = rp_wall_s();
+                /* No type recorded: an imported image is pinned, so its manifest, which
+                 * names it, stays cached. */
                 int e =
-                    rp_cache_tag_set(im.c, reg, bi->repo, bi->tag, bi->digest,
+                    rp_cache_tag_set(im.c, reg, bi->repo, bi->tag, bi->digest, NULL,
                                      bi->tag_time >= 0 && bi->tag_time <= now ? bi->tag_time : now);
                 if (e != RP_CACHE_OK) {
                     fprintf(stderr, "regproxy import: tag %s/%s:%s: %s\n", reg, bi->repo, bi->tag,

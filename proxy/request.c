@@ -378,15 +378,36 @@ static bool manifest_cached(const struct rp_req *r, const char *digest, const ch
 /* A tag's revalidation asks with the proxy's list, and with the type its manifest was
  * cached as when the list does not name it (an OCI artifact manifest): a registry refuses
  * a manifest whose type the Accept does not name, and that 404 would read as the tag being
- * gone. NULL when the list alone will do. */
+ * gone. The manifest may have left the cache (evicted, its file lost): then the type
+ * recorded with the tag. NULL when the list alone will do. */
 static char *revalidation_accept(const struct rp_req *r)
+{
+    const char *data, *type = NULL;
+    size_t len;
+    char recorded[RP_MEDIA_TYPE_MAX + 1];
+    if (!manifest_cached(r, r->stale_digest, &data, &len, &type) &&
+        rp_cache_tag_type(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref,
+                          recorded, sizeof(recorded)) == RP_CACHE_OK)
+        type = recorded;
+    if (type && rp_header_value_safe(type) && !rp_accept_names(RP_MANIFEST_ACCEPT, type))
+        return rp_xasprintf("%s, %s", RP_MANIFEST_ACCEPT, type);
+    return NULL;
+}
+
+/* The media type to record with a tag naming digest (rp_cache_tag_set): the cached
+ * manifest's, else what upstream just called it when the cache can keep that; NULL when
+ * neither. */
+static const char *tag_type(const struct rp_req *r, const char *digest)
 {
     const char *data, *type;
     size_t len;
-    if (manifest_cached(r, r->stale_digest, &data, &len, &type) && type &&
-        rp_header_value_safe(type) && !rp_accept_names(RP_MANIFEST_ACCEPT, type))
-        return rp_xasprintf("%s, %s", RP_MANIFEST_ACCEPT, type);
-    return NULL;
+    if (manifest_cached(r, digest, &data, &len, &type))
+        return type;
+    type = r->up_h.content_type;
+    if (!type || !rp_header_value_safe(type) || strchr(type, '\t') ||
+        strlen(type) > RP_MEDIA_TYPE_MAX)
+        return NULL;
+    return type;
 }
 
 /* Starts the upstream exchange for this request. head: HEAD instead of the client's
@@ -1287,7 +1308,8 @@ static void manifest_fetched(struct rp_req *r)
             if (!rt->ref_is_digest &&
                 rp_manifest_tag_canonical(r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept,
                                           type))
-                rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest, rp_wall_s());
+                rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest, type,
+                                 rp_wall_s());
         } else {
             rp_warn("cache: manifest %s not stored: %s", digest, rp_cache_strerror(e));
         }
@@ -1532,7 +1554,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         if (unchanged) {
             /* Unchanged upstream: fresh again, answered from the cache. */
             rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref,
-                             d, rp_wall_s());
+                             d, tag_type(r, d), rp_wall_s());
             if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
         }
@@ -1541,7 +1563,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             /* Moved to a manifest this repository has cached already (containerd resolves
              * a tag by HEAD, then fetches the digest): the tag follows, no GET needed. */
             rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref,
-                             d, rp_wall_s());
+                             d, tag_type(r, d), rp_wall_s());
             if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
         }
@@ -1609,15 +1631,17 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             }
             /* A HEAD answered to the full list names the tag's manifest: the tag is
              * recorded, as from a GET (containerd GETs the digest next; until then a
-             * lookup finds it uncached and revalidates). Not when the list does not name
-             * its type (an OCI artifact manifest): with the manifest uncached, the
-             * revalidation could not name it either, and a registry's 404 to that would
-             * read as the tag being gone. */
+             * lookup finds it uncached and revalidates), with its type, which the
+             * revalidation names when the list does not (an OCI artifact manifest). Not
+             * when such a type cannot be recorded: the revalidation could not name it,
+             * and a registry's 404 to that would read as the tag being gone. */
             const char *d = r->up_h.docker_content_digest;
-            if (d && rp_valid_digest(d, strlen(d)) && t && rp_accept_names(RP_MANIFEST_ACCEPT, t) &&
+            const char *keep = d && rp_valid_digest(d, strlen(d)) ? tag_type(r, d) : NULL;
+            if (d && rp_valid_digest(d, strlen(d)) && t &&
+                (keep || rp_accept_names(RP_MANIFEST_ACCEPT, t)) &&
                 rp_manifest_tag_canonical(r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept, t))
                 rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name,
-                                 r->route.ref, d, rp_wall_s());
+                                 r->route.ref, d, keep, rp_wall_s());
         }
         answer_success(r);
         return;

@@ -191,6 +191,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (when < 0 || !((n == 71 && strncmp(digest, "sha256:", 7) == 0) ||
                           (n == 135 && strncmp(digest, "sha512:", 7) == 0)))
             abort();
+        /* A recorded media type goes out in an Accept header: printable ASCII only. */
+        char type[256];
+        rc = rp_cache_tag_type(c, REG, REPO, TAG, type, sizeof(type));
+        if (rc == RP_CACHE_OK) {
+            if (!type[0])
+                abort();
+            for (const char *t = type; *t; t++)
+                if (*t < 0x20 || *t > 0x7e)
+                    abort();
+        } else if (rc != RP_CACHE_E_NOENT) {
+            abort();
+        }
     } else if (rc != RP_CACHE_E_NOENT && !(rc == RP_CACHE_E_CORRUPT && gone(tag_path))) {
         abort();
     }

@@ -236,3 +236,51 @@ def test_artifact_tag_head_only_survives_revalidation(t):
     revalidation could not name it, and upstream's 404 to the proxy's list deleted the tag
     and reached the client."""
     _artifact_tag_rounds(t, "HEAD")
+
+
+def test_artifact_tag_head_only_one_upstream_head(t):
+    """A HEAD-only client of an artifact tag: the tag is recorded with its type, so past
+    tag_ttl it is revalidated with one HEAD naming that type. Unrecorded, each HEAD was a
+    miss asked with the proxy's list (404) and then with the client's: two."""
+    art = "application/vnd.oci.artifact.manifest.v1+json"
+    path = "/v2/mode/artifact/ns/multi/manifests/v1"
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
+    eq(p.get(path, method="HEAD", headers={"Accept": art}).status, 200, "first HEAD")
+    time.sleep(2.2)  # past tag_ttl (tag ages are whole seconds)
+    mark = fr.mark()
+    r = p.get(path, method="HEAD", headers={"Accept": art})
+    eq((r.status, r.header("Content-Type")), (200, art), "HEAD past tag_ttl")
+    heads = [x for x in fr.requests(mark[0]) if x["method"] == "HEAD" and x["path"] == path
+             and "Authorization" in x.get("headers", {})]
+    eq(len(heads), 1, "upstream HEADs for a HEAD past tag_ttl")
+
+
+def test_artifact_tag_revalidated_after_its_manifest_left_the_cache(t):
+    """An artifact tag whose manifest had left the cache (evicted, or its file lost) was
+    revalidated with the proxy's list alone, the type it was cached as being gone with the
+    manifest: upstream's 404 to that list deleted the tag and reached the client, for a tag
+    that exists. The tag record keeps the type now."""
+    art = "application/vnd.oci.artifact.manifest.v1+json"
+    path = "/v2/mode/artifact/ns/multi/manifests/v1"
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
+    r = p.get(path, headers={"Accept": art})
+    eq((r.status, r.header("Content-Type")), (200, art), "first GET")
+    digest = r.header("Docker-Content-Digest")
+    p.stop()
+    os.unlink(lib.cache_path(p.cache_dir, "manifests", digest))
+    p.start()
+    time.sleep(2.2)  # past tag_ttl (tag ages are whole seconds)
+    mark = fr.mark()
+    r = p.get(path, headers={"Accept": art})
+    eq((r.status, r.header("Content-Type"), r.header("Docker-Content-Digest")),
+       (200, art, digest), "GET past tag_ttl, the manifest no longer cached")
+    # The first request after the restart learns that the registry wants Basic auth (a
+    # 401): not counted.
+    heads = [x for x in fr.requests(mark[0]) if x["method"] == "HEAD" and x["path"] == path
+             and "Authorization" in x.get("headers", {})]
+    eq(len(heads), 1, "upstream revalidations")
+    check(art in heads[0].get("headers", {}).get("Accept", ""),
+          "the revalidation names the tag's type: Accept %r"
+          % heads[0].get("headers", {}).get("Accept"))

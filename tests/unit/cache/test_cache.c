@@ -695,12 +695,12 @@ static void test_tags(void)
     digest_of("two", 3, d2, true);
     int64_t when = -1;
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_E_NOENT);
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, 1700000000), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, NULL, 1700000000), RP_CACHE_OK);
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
     CHECK_STR(got, d1);
     CHECK_INT(when, 1700000000);
     /* Replace (atomic) with a sha512 digest and a newer time. */
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d2, 1700000600), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d2, NULL, 1700000600), RP_CACHE_OK);
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
     CHECK_STR(got, d2);
     CHECK_INT(when, 1700000600);
@@ -711,11 +711,12 @@ static void test_tags(void)
               RP_CACHE_E_NOENT);
     CHECK_INT(rp_cache_tag_get(c, REG, "rhel8/ubi/latest", "x", got, sizeof(got), &when),
               RP_CACHE_E_NOENT);
-    CHECK_INT(rp_cache_tag_set(c, REG, "rhel8", "ubilatest", d1, 5), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, "rhel8", "ubilatest", d1, NULL, 5), RP_CACHE_OK);
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
     CHECK_STR(got, d2);
     /* Request text never reaches a path. */
-    CHECK_INT(rp_cache_tag_set(c, "../../x", "../../../etc/passwd", "..", d1, 1), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, "../../x", "../../../etc/passwd", "..", d1, NULL, 1),
+              RP_CACHE_OK);
     CHECK_INT(rp_cache_tag_get(c, "../../x", "../../../etc/passwd", "..", got, sizeof(got), &when),
               RP_CACHE_OK);
     CHECK_INT(count_files(dir, "tags"), 3);
@@ -727,15 +728,15 @@ static void test_tags(void)
     CHECK_INT(rp_cache_tag_delete(c, REG, "rhel8", "ubilatest"), RP_CACHE_OK);
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
     CHECK_INT(rp_cache_tag_delete(c, REG, REPO, ""), RP_CACHE_E_INVALID);
-    CHECK_INT(rp_cache_tag_set(c, REG, "rhel8", "ubilatest", d1, 5), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, "rhel8", "ubilatest", d1, NULL, 5), RP_CACHE_OK);
     /* Bad arguments. */
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, 100, &when), RP_CACHE_E_INVALID);
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", "sha256:abc", 1), RP_CACHE_E_INVALID);
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "", d1, 1), RP_CACHE_E_INVALID);
-    CHECK_INT(rp_cache_tag_set(c, REG, NULL, "x", d1, 1), RP_CACHE_E_INVALID);
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "x", d1, -1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", "sha256:abc", NULL, 1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "", d1, NULL, 1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, NULL, "x", d1, NULL, 1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "x", d1, NULL, -1), RP_CACHE_E_INVALID);
     char *longrepo = sized(1025, 3);
-    CHECK_INT(rp_cache_tag_set(c, REG, longrepo, "x", d1, 1), RP_CACHE_E_INVALID);
+    CHECK_INT(rp_cache_tag_set(c, REG, longrepo, "x", d1, NULL, 1), RP_CACHE_E_INVALID);
     free(longrepo);
 
     /* A damaged tag file is reported and removed. */
@@ -773,6 +774,48 @@ static void test_tags(void)
               RP_CACHE_E_CORRUPT);
     CHECK(!exists(tp));
     free(tp);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
+/* A tag records its manifest's media type, read back from memory and from the file: what
+ * revalidates an artifact tag whose manifest left the cache (an OCI artifact manifest is
+ * refused to an Accept that does not name it). */
+static void test_tag_media_type(void)
+{
+    const char *art = "application/vnd.oci.artifact.manifest.v1+json";
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char d1[RP_CACHE_DIGEST_BUF], got[RP_CACHE_DIGEST_BUF], type[256];
+    digest_of("one", 3, d1, false);
+    int64_t when = -1;
+    CHECK_INT(rp_cache_tag_type(c, REG, REPO, "art", type, sizeof(type)), RP_CACHE_E_NOENT);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "art", d1, art, 1700000000), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "plain", d1, NULL, 1700000000), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "empty", d1, "", 1700000000), RP_CACHE_OK);
+    for (int round = 0; round < 2; round++) { /* memory, then the files after a restart */
+        CHECK_INT(rp_cache_tag_get(c, REG, REPO, "art", got, sizeof(got), &when), RP_CACHE_OK);
+        CHECK_STR(got, d1);
+        CHECK_INT(when, 1700000000);
+        CHECK_INT(rp_cache_tag_type(c, REG, REPO, "art", type, sizeof(type)), RP_CACHE_OK);
+        CHECK_STR(type, art);
+        CHECK_INT(rp_cache_tag_type(c, REG, REPO, "art", type, 10), RP_CACHE_E_INVALID);
+        CHECK_INT(rp_cache_tag_get(c, REG, REPO, "plain", got, sizeof(got), &when), RP_CACHE_OK);
+        CHECK_STR(got, d1);
+        CHECK_INT(rp_cache_tag_type(c, REG, REPO, "plain", type, sizeof(type)), RP_CACHE_E_NOENT);
+        CHECK_INT(rp_cache_tag_type(c, REG, REPO, "empty", type, sizeof(type)), RP_CACHE_E_NOENT);
+        rp_cache_close(c);
+        c = open_ok(dir, 0);
+    }
+    /* Replaced without a type: none is kept from before. */
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "art", d1, NULL, 1700000001), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_type(c, REG, REPO, "art", type, sizeof(type)), RP_CACHE_E_NOENT);
+    /* A type that could not go back out as a header value is refused. */
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "bad", d1, "a/b\r\nX: y", 1), RP_CACHE_E_INVALID);
+    char *longtype = sized(256, 'a');
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "bad", d1, longtype, 1), RP_CACHE_E_INVALID);
+    free(longtype);
+    CHECK_INT(rp_cache_tag_get(c, REG, REPO, "bad", got, sizeof(got), &when), RP_CACHE_E_NOENT);
     rp_cache_close(c);
     rm_rf(dir);
 }
@@ -897,7 +940,7 @@ static void test_reopen_persists(void)
     char *m = json_manifest(12, 3);
     digest_of(m, strlen(m), md, false);
     CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "8.9", md, 42), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "8.9", md, NULL, 42), RP_CACHE_OK);
     CHECK_INT(rp_cache_link(c, REG, REPO, b1), RP_CACHE_OK);
     struct rp_cache_stats st1, st2;
     rp_cache_stats(c, &st1);
@@ -961,7 +1004,7 @@ static void test_sync_hook(void)
     CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
     int after_manifest = sync_requests;
     CHECK(after_manifest > after_blob);
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "hooked", md, 7), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "hooked", md, NULL, 7), RP_CACHE_OK);
     int after_tag = sync_requests;
     CHECK(after_tag > after_manifest);
     CHECK_INT(rp_cache_link(c, REG, REPO, b1), RP_CACHE_OK);
@@ -970,7 +1013,7 @@ static void test_sync_hook(void)
     /* Back to the synchronous way: no more requests. */
     rp_cache_set_sync_hook(c, NULL, NULL);
     int before = sync_requests;
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "plain", md, 8), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "plain", md, NULL, 8), RP_CACHE_OK);
     CHECK_INT(sync_requests, before);
     rp_cache_close(c);
 
@@ -1127,7 +1170,7 @@ static void crash_writer(const char *dir)
         rp_cache_manifest_put(c, d, MT_OCI, m, strlen(m));
         char tag[16];
         snprintf(tag, sizeof(tag), "t%d", i % 4);
-        rp_cache_tag_set(c, REG, REPO, tag, d, i);
+        rp_cache_tag_set(c, REG, REPO, tag, d, NULL, i);
         rp_cache_link(c, REG, REPO, d);
         free(m);
     }
@@ -1702,7 +1745,7 @@ static void disk_full_body(const char *root)
     CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
     CHECK(!on_disk(dir, g) && on_disk(dir, h) && on_disk(dir, k));
     free(fill_up(root));
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", md, 1000), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", md, NULL, 1000), RP_CACHE_OK);
     CHECK(!on_disk(dir, h) && on_disk(dir, k));
     free(fill_up(root));
     CHECK_INT(put_big(c, 64 * 1024, 9, big, false), RP_CACHE_OK);
@@ -2040,7 +2083,7 @@ static void test_invalid_digests(void)
         CHECK_INT(err, RP_CACHE_E_INVALID);
         CHECK_INT(rp_cache_link(c, REG, REPO, b), RP_CACHE_E_INVALID);
         CHECK(!rp_cache_linked(c, REG, REPO, b));
-        CHECK_INT(rp_cache_tag_set(c, REG, REPO, "t", b, 1), RP_CACHE_E_INVALID);
+        CHECK_INT(rp_cache_tag_set(c, REG, REPO, "t", b, NULL, 1), RP_CACHE_E_INVALID);
         CHECK_INT(rp_cache_tag_get(c, REG, REPO, "t", got, sizeof(got), &when), RP_CACHE_E_NOENT);
         rp_cache_release(c, b);
         rp_cache_pin(c, b);
@@ -2106,7 +2149,7 @@ static void test_stats(void)
     CHECK_INT(st.entries, 3);
     CHECK_INT(st.size, 10000 + 4 + (uint64_t)sb.st_size);
     /* Tags and links are not entries. */
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "x", md, 1), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "x", md, NULL, 1), RP_CACHE_OK);
     CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK);
     struct rp_cache_stats st2;
     rp_cache_stats(c, &st2);
@@ -2149,14 +2192,14 @@ static void test_mem_tags(void)
     digest_of("two", 3, d2, true);
     int64_t when = -1;
     char *tp = key_file(dir, "tags", REG, REPO, "latest");
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, 100), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, NULL, 100), RP_CACHE_OK);
     CHECK(exists(tp));
     unlink(tp);
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
     CHECK_STR(got, d1);
     CHECK_INT(when, 100);
     /* A replace is seen at once (memory and file agree again). */
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d2, 200), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d2, NULL, 200), RP_CACHE_OK);
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_OK);
     CHECK_STR(got, d2);
     CHECK_INT(when, 200);
@@ -2175,7 +2218,7 @@ static void test_mem_tags(void)
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_E_NOENT);
     /* Turned off, every get reads the file. */
     rp_cache_set_memory(c, 0, 0, 0);
-    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, 300), RP_CACHE_OK);
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "latest", d1, NULL, 300), RP_CACHE_OK);
     unlink(tp);
     CHECK_INT(rp_cache_tag_get(c, REG, REPO, "latest", got, sizeof(got), &when), RP_CACHE_E_NOENT);
     free(tp);
@@ -2312,7 +2355,7 @@ static void test_mem_bounds(void)
     size_t n;
     for (int i = 0; i < 3; i++) {
         CHECK_INT(rp_cache_manifest_put(c, d[i], MT_OCI, m[i], strlen(m[i])), RP_CACHE_OK);
-        CHECK_INT(rp_cache_tag_set(c, REG, REPO, tag[i], d[i], i), RP_CACHE_OK);
+        CHECK_INT(rp_cache_tag_set(c, REG, REPO, tag[i], d[i], NULL, i), RP_CACHE_OK);
         CHECK_INT(rp_cache_link(c, REG, REPO, d[i]), RP_CACHE_OK);
         if (i == 1) { /* 0 becomes the most recent of each: 1 is now the one to go */
             CHECK_INT(rp_cache_manifest_peek(c, d[0], &data, &n, &mt), RP_CACHE_OK);
@@ -2624,7 +2667,7 @@ static void bench_hot_path(long loops)
     digest_of(m, strlen(m), d, false);
     rp_cache_manifest_put(c, d, MT_OCI, m, strlen(m));
     rp_cache_link(c, REG, REPO, d);
-    rp_cache_tag_set(c, REG, REPO, "latest", d, 1700000000);
+    rp_cache_tag_set(c, REG, REPO, "latest", d, NULL, 1700000000);
     for (int mode = 0; mode < 3; mode++) {
         bool peek = mode == 1, disk = mode == 2;
         long k = disk ? (loops / 20 > 0 ? loops / 20 : 1) : loops;
@@ -2752,6 +2795,7 @@ int main(void)
     RUN(test_manifest_put_rejects);
     RUN(test_manifest_corrupt);
     RUN(test_tags);
+    RUN(test_tag_media_type);
     RUN(test_links);
     RUN(test_links_each);
     RUN(test_reopen_persists);

@@ -273,7 +273,7 @@ static void make_source(const char *dir, char *mdigest)
     rp_digest_of(NULL, m, strlen(m), mdigest);
     CHECK_INT(rp_cache_manifest_put(c, mdigest, RP_MEDIA_OCI_MANIFEST, m, strlen(m)), 0);
     CHECK_INT(rp_cache_link(c, "reg.example", "ns/x", mdigest), 0);
-    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/x", "v1", mdigest, 1000), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/x", "v1", mdigest, NULL, 1000), 0);
     CHECK_INT(rp_pins_add(dir, "reg.example", "ns/x", "v1", mdigest), 0);
     CHECK_INT(rp_pins_add(dir, "reg.example", "ns/x", "v1", mdigest), 0); /* once */
     free(m);
@@ -595,7 +595,7 @@ static void test_export_partial_child(void)
     rp_digest_of(NULL, i, strlen(i), idx);
     CHECK_INT(rp_cache_manifest_put(c, idx, RP_MEDIA_OCI_INDEX, i, strlen(i)), 0);
     CHECK_INT(rp_cache_link(c, "reg.example", "ns/m", idx), 0);
-    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/m", "v1", idx, 1000), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/m", "v1", idx, NULL, 1000), 0);
     rp_cache_close(c);
     free(i);
     CHECK_INT(rp_pins_add(src, "reg.example", "ns/m", "v1", idx), 0);
@@ -700,7 +700,7 @@ static void test_export_shared_children(void)
     put_image(c, "ns/fan", "img", true, img);
     put_fanout_index(c, img, 256, bi);
     put_fanout_index(c, bi, 256, ai);
-    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/fan", "v1", ai, 1000), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/fan", "v1", ai, NULL, 1000), 0);
     rp_cache_close(c);
     CHECK_INT(rp_pins_add(dir, "reg.example", "ns/fan", "v1", ai), 0);
     struct rp_conf *conf = conf_for(dir, false);
@@ -849,7 +849,7 @@ static void test_export_media_type_parameters(void)
     if (!c)
         return;
     put_image_typed(c, "ns/cs", "cs", true, RP_MEDIA_OCI_MANIFEST "; charset=utf-8", md);
-    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/cs", "v1", md, 1000), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/cs", "v1", md, NULL, 1000), 0);
     rp_cache_close(c);
     CHECK_INT(rp_pins_add(src, "reg.example", "ns/cs", "v1", md), 0);
     struct rp_conf *conf = conf_for(src, false);
@@ -887,7 +887,7 @@ static void test_import_pins_failure_sets_no_tag(void)
     if (!c)
         return;
     put_image(c, "ns/np", "np", true, md);
-    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/np", "v1", md, 1000), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/np", "v1", md, NULL, 1000), 0);
     rp_cache_close(c);
     CHECK_INT(rp_pins_add(src, "reg.example", "ns/np", "v1", md), 0);
     struct rp_conf *conf = conf_for(src, false);
@@ -944,7 +944,7 @@ static void test_import_twice_tag_moved(void)
         return;
     put_image(c, "ns/t", "old", true, a);
     put_image(c, "ns/t", "new", true, b);
-    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/t", "v1", b, 2000), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/t", "v1", b, NULL, 2000), 0);
     rp_cache_close(c);
     CHECK_INT(rp_pins_add(src, "reg.example", "ns/t", "v1", a), 0); /* first mirror */
     CHECK_INT(rp_pins_add(src, "reg.example", "ns/t", "v1", b), 0); /* after the move */
@@ -987,7 +987,7 @@ static void test_import_tag_time_future(void)
     if (!c)
         return;
     put_image(c, "ns/f", "one", true, a);
-    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/f", "v1", a, INT64_MAX), 0);
+    CHECK_INT(rp_cache_tag_set(c, "reg.example", "ns/f", "v1", a, NULL, INT64_MAX), 0);
     rp_cache_close(c);
     CHECK_INT(rp_pins_add(src, "reg.example", "ns/f", "v1", a), 0);
     struct rp_conf *conf = conf_for(src, false);
