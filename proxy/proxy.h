@@ -286,9 +286,10 @@ void rp_req_queued(struct rp_req *r);
  * False when some of it is out (or may be: a TLS connection's file body), or something is
  * queued before it; then cutting the connection is all that is left. */
 bool rp_req_take_back(struct rp_req *r);
-/* r's client went away with `undelivered` bytes still queued: logged as aborted=client,
- * and counted in the metrics if its response had begun. The connection frees r. */
-void rp_req_client_gone(struct rp_req *r, size_t undelivered);
+/* r was cut with `undelivered` bytes still queued, its client gone (why: "client") or the
+ * proxy stopping before it ended ("shutdown"): logged as aborted=WHY, and counted in the
+ * metrics if its response had begun. The connection frees r. */
+void rp_req_cut(struct rp_req *r, size_t undelivered, const char *why);
 
 /* ------------------------------------------------------------------------ server.c */
 

@@ -162,10 +162,10 @@ void rp_req_log(const struct rp_req *r, const char *aborted)
     rp_access_log(&a);
 }
 
-void rp_req_client_gone(struct rp_req *r, size_t undelivered)
+void rp_req_cut(struct rp_req *r, size_t undelivered, const char *why)
 {
     r->bytes = r->bytes > undelivered ? r->bytes - undelivered : 0;
-    rp_req_log(r, "client");
+    rp_req_log(r, why);
     if (r->status) /* a response was under way: it counts, with what left the proxy */
         rp_metrics_request(&r->conn->srv->metrics, r->routed ? (int)r->route.kind : -1, r->status,
                            r->cache_status, r->bytes);

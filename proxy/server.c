@@ -777,7 +777,7 @@ static bool retriable(int err)
 static void conn_gone(struct rp_conn *c)
 {
     if (c->req && !c->close_after)
-        rp_req_client_gone(c->req, rp_conn_output_len(c));
+        rp_req_cut(c->req, rp_conn_output_len(c), "client");
     conn_free(c);
 }
 
@@ -1579,8 +1579,14 @@ void rp_server_fini(struct rp_server *srv)
     if (srv->drain_ev)
         event_free(srv->drain_ev);
     if (srv->conns.tqh_last) /* initialised */
-        while (!TAILQ_EMPTY(&srv->conns))
-            conn_free(TAILQ_FIRST(&srv->conns));
+        while (!TAILQ_EMPTY(&srv->conns)) {
+            /* Cut by drain_timeout or a second signal: the access log still has a line
+             * for each request, saying it did not end, and what the client got. */
+            struct rp_conn *c = TAILQ_FIRST(&srv->conns);
+            if (c->req && !c->close_after)
+                rp_req_cut(c->req, rp_conn_output_len(c), "shutdown");
+            conn_free(c);
+        }
     in_pool_free(srv);
     rp_syncer_free(srv->hasher); /* its jobs' waiters are gone with the connections */
     srv->hasher = NULL;

@@ -413,9 +413,26 @@ def test_sigterm_drains(t):
           "the log does not tell of the drain:\n%s" % lib.tail(p.log, 10))
 
 
+def _cut_at_shutdown(p, blob, what):
+    """The access line of the blob hit the proxy cut when it stopped: there is one, and it
+    says so."""
+    lines = [a for a in p.access() if a.get("path", "").endswith(blob) and
+             a.get("cache") == "HIT"]
+    check(lines, "no access line for the blob hit cut by %s:\n%s"
+          % (what, lib.tail(p.log, 10)))
+    if lines:
+        line = lines[-1]
+        eq((line.get("status"), line.get("aborted")), ("200", "shutdown"),
+           "access line of the blob hit cut by %s: %r" % (what, line))
+        size = int(lines[-1]["bytes"])
+        check(size < 100 << 20, "a blob cut by %s is logged with bytes=%d, as if whole"
+              % (what, size))
+
+
 def test_drain_timeout_and_second_signal(t):
     """A client that stops reading cannot hold the proxy past drain_timeout (2 s here), and
-    a second SIGTERM ends a long drain at once."""
+    a second SIGTERM ends a long drain at once. Either way the response cut short has its
+    access line (aborted=shutdown)."""
     p, blob, path = _cached_blob(t, 0)
     with _small_window(p.port) as c:
         c.sendall(_request(path))
@@ -424,6 +441,8 @@ def test_drain_timeout_and_second_signal(t):
         eq(_exited(p, 15), 0, "exit status after drain_timeout")
     check("drain_timeout: 1 connections still busy" in p.log_text(),
           "no drain_timeout line:\n%s" % lib.tail(p.log, 10))
+    _cut_at_shutdown(p, blob, "drain_timeout")
+    hits = len([a for a in p.access() if a.get("cache") == "HIT"])
     p.admin_keys["drain_timeout"] = "60s"
     p.start()
     with _small_window(p.port) as c:
@@ -436,6 +455,9 @@ def test_drain_timeout_and_second_signal(t):
         eq(_exited(p, 15), 0, "exit status after a second SIGTERM")
     check("shutting down now" in p.log_text(),
           "no line for the second signal:\n%s" % lib.tail(p.log, 10))
+    eq(len([a for a in p.access() if a.get("cache") == "HIT"]), hits + 1,
+       "blob hits logged after the second run")
+    _cut_at_shutdown(p, blob, "a second SIGTERM")
 
 
 def test_pipelining_client_that_reads_nothing(t):
