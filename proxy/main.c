@@ -5,6 +5,7 @@
  * `help` explains each. */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -394,6 +395,13 @@ int main(int argc, char **argv)
         return 2;
     }
     if (strcmp(cmd, "serve") == 0) {
+        /* SIGHUP's default action ends the process, and a reload can be asked for before
+         * the handler is in place (systemctl reload soon after start, while a large cache
+         * opens): it is held pending until rp_server_run takes it, then applied. */
+        sigset_t hup;
+        sigemptyset(&hup);
+        sigaddset(&hup, SIGHUP);
+        sigprocmask(SIG_BLOCK, &hup, NULL);
         struct rp_conf *conf = load(config);
         if (!conf)
             return 1;

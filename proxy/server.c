@@ -1716,6 +1716,11 @@ int rp_server_run(struct rp_conf *conf)
     evsignal_add(srv.sig_term, NULL);
     evsignal_add(srv.sig_int, NULL);
     rp_reload_init(&srv);
+    /* main held SIGHUP back while starting: one sent meanwhile reloads now. */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_UNBLOCK, &hup, NULL);
     if (strcmp(conf->admin.listen, "off") != 0)
         rp_admin_start(&srv, conf->admin.listen);
     for (size_t i = 0; i < conf->n_warnings; i++)

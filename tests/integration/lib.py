@@ -750,6 +750,50 @@ def cache_files(cache_dir, sub):
     return out
 
 
+def start_during_cache_open(p, during, leftovers=60000):
+    """Starts the Proxy p (made with start=False) slowly: its cache's tmp/ holds `leftovers`
+    files, which opening the cache empties. Once regproxy holds the cache lock, with start-up
+    still under way, during(pid) runs on another thread (pid: regproxy's, also when a
+    wrapper such as `unshare --fork` runs it as a child). p.start() runs on this thread: the
+    harness's children die with the thread that started them. Returns (how many leftovers
+    were still there then, the Failure that p.start() raised or None)."""
+    tmp = os.path.join(p.cache_dir, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    for i in range(leftovers):
+        os.close(os.open(os.path.join(tmp, "f%d" % i), os.O_CREAT | os.O_WRONLY, 0o600))
+    seen = {}
+
+    def regproxy_pid():
+        proc = p.proc
+        if not proc or not proc.alive():
+            return None
+        pid = proc.pid
+        if not os.readlink("/proc/%d/exe" % pid).endswith("regproxy"):
+            with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+                kids = f.read().split()
+            if not kids:
+                return None
+            pid = int(kids[0])
+        fds = os.listdir("/proc/%d/fd" % pid)
+        if any(os.readlink("/proc/%d/fd/%s" % (pid, fd)).endswith("/cache/lock") for fd in fds):
+            return pid
+        return None
+
+    def watch():
+        pid = wait_until(regproxy_pid, 30, "regproxy to open its cache", interval=0.001)
+        seen["left"] = len(os.listdir(tmp))
+        during(pid)
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    failed = None
+    try:
+        p.start()
+    except Failure as e:
+        failed = e
+    th.join(30)
+    return seen.get("left", 0), failed
+
+
 def cache_bytes(cache_dir):
     """Bytes of the published content files (blobs/ + manifests/), what max_size bounds."""
     return sum(n for sub in ("blobs", "manifests") for _, n in cache_files(cache_dir, sub))

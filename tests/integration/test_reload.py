@@ -234,3 +234,17 @@ def test_reload_during_token_fetch_uses_new_account(t):
           "Authorization: %r" % old)
     eq((res.get("a") and res["a"].status, r.status, r2.status), (200, 200, 200),
        "statuses of the request waiting across the reload, and the two after it")
+
+
+def test_sighup_during_startup(t):
+    """A SIGHUP that comes while the proxy is still starting (`systemctl reload` soon after
+    `start`: with Type=simple systemd has no readiness to wait for) must not end it. SIGHUP's
+    default action terminates, and Restart=on-failure does not restart a service that
+    SIGHUP ended. The reload is applied once the proxy serves."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")], start=False)
+    left, failed = lib.start_during_cache_open(p, lambda pid: os.kill(pid, signal.SIGHUP))
+    check(not failed, "regproxy ended by a SIGHUP during startup: %s" % str(failed)[:300])
+    check(left > 1000, "SIGHUP sent with %d leftovers in tmp/: the test raced" % left)
+    lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
+                   "the reload asked for during startup to be applied")
+    eq(p.get("/v2/").status, 200, "ping after the SIGHUP during startup")
