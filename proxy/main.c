@@ -395,13 +395,17 @@ int main(int argc, char **argv)
         return 2;
     }
     if (strcmp(cmd, "serve") == 0) {
-        /* SIGHUP's default action ends the process, and a reload can be asked for before
-         * the handler is in place (systemctl reload soon after start, while a large cache
-         * opens): it is held pending until rp_server_run takes it, then applied. */
-        sigset_t hup;
-        sigemptyset(&hup);
-        sigaddset(&hup, SIGHUP);
-        sigprocmask(SIG_BLOCK, &hup, NULL);
+        /* Until rp_server_run's handlers are in place (a large cache takes a while to
+         * open), these signals are held pending, then handled: SIGHUP's default action
+         * would end the process (systemctl reload soon after start), and a PID 1 (in a
+         * container) drops a SIGTERM or SIGINT it has no handler for, so a pod deleted
+         * during start-up would serve on until the SIGKILL. */
+        sigset_t held;
+        sigemptyset(&held);
+        sigaddset(&held, SIGHUP);
+        sigaddset(&held, SIGTERM);
+        sigaddset(&held, SIGINT);
+        sigprocmask(SIG_BLOCK, &held, NULL);
         struct rp_conf *conf = load(config);
         if (!conf)
             return 1;

@@ -485,8 +485,8 @@ void rp_headers_free(struct rp_xfer_headers *h);
 bool rp_digest_matches(const char *digest, const unsigned char *md, unsigned int mdlen);
 const EVP_MD *rp_digest_md(const char *digest);
 
-/* Serves until SIGTERM/SIGINT. SIGHUP may be blocked on entry (main holds it while starting):
- * it is unblocked once its handler is in place. */
+/* Serves until SIGTERM/SIGINT. SIGHUP, SIGTERM and SIGINT may be blocked on entry (main
+ * holds them while starting): they are unblocked once their handlers are in place. */
 int rp_server_run(struct rp_conf *conf);
 /* What rp_server_run serves with, without listeners, signals, admin, reload or checks: the
  * event loop, the cache (pins file applied), the upstream client, auths, metrics. 0, or -1

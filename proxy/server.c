@@ -1716,11 +1716,13 @@ int rp_server_run(struct rp_conf *conf)
     evsignal_add(srv.sig_term, NULL);
     evsignal_add(srv.sig_int, NULL);
     rp_reload_init(&srv);
-    /* main held SIGHUP back while starting: one sent meanwhile reloads now. */
-    sigset_t hup;
-    sigemptyset(&hup);
-    sigaddset(&hup, SIGHUP);
-    sigprocmask(SIG_UNBLOCK, &hup, NULL);
+    /* main held these back while starting: one sent meanwhile is handled now. */
+    sigset_t held;
+    sigemptyset(&held);
+    sigaddset(&held, SIGHUP);
+    sigaddset(&held, SIGTERM);
+    sigaddset(&held, SIGINT);
+    sigprocmask(SIG_UNBLOCK, &held, NULL);
     if (strcmp(conf->admin.listen, "off") != 0)
         rp_admin_start(&srv, conf->admin.listen);
     for (size_t i = 0; i < conf->n_warnings; i++)

@@ -429,6 +429,20 @@ def _cut_at_shutdown(p, blob, what):
               % (what, size))
 
 
+def test_sigterm_during_startup_as_pid1(t):
+    """In a container regproxy is PID 1, and the kernel drops a signal PID 1 has no handler
+    for: a SIGTERM that comes while it still opens its cache (a pod deleted during a long
+    start-up) used to be lost, and the pod then served on until the kubelet's SIGKILL at the
+    end of the grace period. It is held instead, and ends the proxy as soon as it starts."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")], start=False,
+                wrapper=["unshare", "--pid", "--fork"])
+    left, _ = lib.start_during_cache_open(p, lambda pid: os.kill(pid, signal.SIGTERM))
+    check(left > 1000, "SIGTERM sent with %d leftovers in tmp/: the test raced" % left)
+    eq(_exited(p, 30), 0, "exit status after a SIGTERM during startup (PID 1)")
+    check("signal 15: shutting down" in p.log_text(),
+          "no line for the SIGTERM:\n%s" % lib.tail(p.log, 10))
+
+
 def test_drain_timeout_and_second_signal(t):
     """A client that stops reading cannot hold the proxy past drain_timeout (2 s here), and
     a second SIGTERM ends a long drain at once. Either way the response cut short has its
