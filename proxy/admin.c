@@ -36,6 +36,9 @@ void rp_admin_free_all(struct rp_server *srv)
     struct rp_admin_conn *a;
     while ((a = TAILQ_FIRST(&srv->admin_conns)))
         admin_free(a);
+    if (srv->admin_resume_ev)
+        event_free(srv->admin_resume_ev);
+    srv->admin_resume_ev = NULL;
 }
 
 static void admin_reply(struct rp_admin_conn *a, int status, const char *type, const char *body,
@@ -188,6 +191,28 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
     bufferevent_enable(a->bev, EV_READ | EV_WRITE);
 }
 
+static void admin_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_server *srv = arg;
+    if (srv->admin)
+        evconnlistener_enable(srv->admin);
+}
+
+/* accept() failed (EMFILE, ENFILE): the listening socket stays readable, and a probe or a
+ * scrape waiting on it would spin the loop at full CPU, libevent logging every turn. As on
+ * the registry listeners, accepting pauses for 100 ms. */
+static void admin_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct rp_server *srv = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    rp_warn("admin listen: accept: %s; new connections wait 100 ms", strerror(err));
+    evconnlistener_disable(l);
+    struct timeval tv = {0, 100000};
+    evtimer_add(srv->admin_resume_ev, &tv);
+}
+
 int rp_admin_start(struct rp_server *srv, const char *addr)
 {
     struct sockaddr_storage ss;
@@ -205,6 +230,8 @@ int rp_admin_start(struct rp_server *srv, const char *addr)
                  strerror(errno));
         return -1;
     }
+    srv->admin_resume_ev = evtimer_new(srv->base, admin_resume_cb, srv);
+    evconnlistener_set_error_cb(srv->admin, admin_error_cb);
     rp_info("admin listener on %s (/metrics, /healthz, /readyz)", addr);
     return 0;
 }

@@ -401,6 +401,7 @@ struct rp_server {
     struct event *log_flush_ev; /* writes the log lines batched in this loop iteration */
     struct event *watch_ev;     /* polls credential files for changes */
     struct evconnlistener *admin;
+    struct event *admin_resume_ev;           /* accepting again after accept() failed (EMFILE) */
     TAILQ_HEAD(, rp_admin_conn) admin_conns; /* a scraper's may still be open at exit */
     struct rp_metrics metrics;
     struct rp_check_status *checks; /* one per registry: the last login check */
@@ -501,7 +502,7 @@ void rp_server_fini(struct rp_server *srv);
 
 /* admin.c: /metrics, /healthz, /readyz on the admin address (not fatal when it fails). */
 int rp_admin_start(struct rp_server *srv, const char *addr);
-/* Closes the admin connections still open (at exit). */
+/* Closes the admin connections still open, and frees the rest of admin's state (at exit). */
 void rp_admin_free_all(struct rp_server *srv);
 
 /* reload.c: SIGHUP and credential-file changes re-read the configuration in place. */

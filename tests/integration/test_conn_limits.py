@@ -83,6 +83,32 @@ def test_fd_exhaustion_does_not_spin(t):
     lib.wait_until(lambda: p.get("/v2/").status == 200, 20, "serving again")
 
 
+def test_fd_exhaustion_admin_probe_does_not_spin(t):
+    """As above, with a probe or scrape arriving at the admin listener while descriptors
+    are out: its accept() fails with EMFILE too, and that must not spin the loop or flood
+    the log either. Once descriptors free, the admin listener answers again."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                wrapper=["prlimit", "--nofile=128:128", "--"])
+    held, probes = [], []
+    try:
+        for _ in range(160):
+            held.append(socket.create_connection(("127.0.0.1", p.port), timeout=10))
+        for _ in range(3):
+            probes.append(socket.create_connection(("127.0.0.1", p.admin_port), timeout=10))
+        time.sleep(0.5)
+        c0, size0 = _cpu(p.pid), os.path.getsize(p.log)
+        time.sleep(3)
+        c1, size1 = _cpu(p.pid), os.path.getsize(p.log)
+        check(c1 - c0 < 0.5, "the proxy used %.2f s of CPU in 3 s with admin connections "
+              "waiting while out of descriptors" % (c1 - c0))
+        check(size1 - size0 < 100000, "the log grew %d bytes in 3 s" % (size1 - size0))
+    finally:
+        for c in held + probes:
+            c.close()
+    lib.wait_until(lambda: p.admin("/healthz").status == 200, 20, "the admin listener again")
+    lib.wait_until(lambda: p.get("/v2/").status == 200, 20, "serving again")
+
+
 def test_allow_reload_applies_to_open_connections(t):
     """Keep-alive connections opened before a reload that narrows `allow` are judged by the
     new list at their next request: a GET gets 403 DENIED, a HEAD the same without a body;
