@@ -396,6 +396,7 @@ struct rp_server {
     unsigned behind_sizes_next;
     struct rp_pins_stamp pins_stamp;     /* the pins file as last applied (reload.c) */
     bool reload_refused;                 /* the last reload was refused (reload.c) */
+    bool notify_failed;                  /* NOTIFY_SOCKET refused a datagram: warned once */
     struct rp_conf_watch refused_source; /* the configuration file as it was then */
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *log_flush_ev; /* writes the log lines batched in this loop iteration */
@@ -489,6 +490,9 @@ const EVP_MD *rp_digest_md(const char *digest);
 /* Serves until SIGTERM/SIGINT. SIGHUP, SIGTERM and SIGINT may be blocked on entry (main
  * holds them while starting): they are unblocked once their handlers are in place. */
 int rp_server_run(struct rp_conf *conf);
+/* Tells a systemd-style service manager the proxy's state (rp_sd_notify); a failure is
+ * logged once, not fatal. */
+void rp_server_notify(struct rp_server *srv, const char *state);
 /* What rp_server_run serves with, without listeners, signals, admin, reload or checks: the
  * event loop, the cache (pins file applied), the upstream client, auths, metrics. 0, or -1
  * (logged); either way rp_server_fini undoes what was done. Used by `regproxy mirror`,

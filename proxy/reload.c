@@ -13,7 +13,9 @@
 #include <event2/event.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define WATCH_INTERVAL_S 2
 
@@ -195,6 +197,14 @@ int rp_reload(struct rp_server *srv, const char *why)
  * was broken is applied once the file is fixed. */
 static void reload_or_rearm(struct rp_server *srv, const char *why)
 {
+    /* systemd shows the unit reloading until READY=1 (MONOTONIC_USEC: what Type=notify-reload
+     * units must send with it). */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    char state[96];
+    snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    rp_server_notify(srv, state);
     struct rp_conf_watch *now = rp_conf_watch_now(srv->conf);
     struct rp_conf_watch source;
     rp_conf_stamp(srv->conf->source, &source);
@@ -206,6 +216,7 @@ static void reload_or_rearm(struct rp_server *srv, const char *why)
         srv->reload_refused = false;
     }
     free(now);
+    rp_server_notify(srv, "READY=1\nSTATUS=serving");
 }
 
 static void watch_cb(evutil_socket_t fd, short what, void *arg)

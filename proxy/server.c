@@ -1323,6 +1323,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     (void)what;
     struct rp_server *srv = arg;
     int64_t ms = srv->conf->admin.drain_timeout_ms;
+    if (!srv->stopping)
+        rp_server_notify(srv, "STOPPING=1");
     if (srv->stopping || ms <= 0 || !srv->n_conns) {
         rp_info("signal %d: shutting down%s", (int)sig, srv->stopping ? " now" : "");
         srv->stopping = true;
@@ -1689,6 +1691,15 @@ static void raise_nofile(const struct rp_conf *conf)
                 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
 }
 
+void rp_server_notify(struct rp_server *srv, const char *state)
+{
+    if (rp_sd_notify(state) < 0 && !srv->notify_failed) {
+        srv->notify_failed = true;
+        rp_warn("cannot tell the service manager (NOTIFY_SOCKET) the proxy's state: %s",
+                strerror(errno));
+    }
+}
+
 int rp_server_run(struct rp_conf *conf)
 {
     int rc = 1;
@@ -1736,6 +1747,9 @@ int rp_server_run(struct rp_conf *conf)
             rp_info("registry %s is offline: serving from the cache only",
                     conf->registries[i].name);
     rp_server_checks_start(&srv);
+    /* Listeners bound and the cache open: a systemd Type=notify unit is started now, and
+     * units ordered after it wait for this, not for the fork. */
+    rp_server_notify(&srv, "READY=1\nSTATUS=serving");
     event_base_dispatch(srv.base);
     rc = 0;
 out:

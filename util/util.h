@@ -104,4 +104,12 @@ void rp_secure_zero(void *p, size_t n);
 /* rp_secure_zero + free for NUL-terminated secrets; accepts NULL. */
 void rp_free_secret(char *s);
 
+/* Tells the service manager about the service's state (systemd's sd_notify protocol: one
+ * datagram of "KEY=value" lines to the unix socket named by $NOTIFY_SOCKET, a path or, with
+ * a leading '@', an abstract name), e.g. "READY=1", "RELOADING=1", "STOPPING=1". Returns 1
+ * when sent, 0 when no manager listens (no $NOTIFY_SOCKET), -1 with errno on failure.
+ * Written here rather than linked from libsystemd: the protocol is one sendto(), and the
+ * proxy also runs where there is no systemd (containers). */
+int rp_sd_notify(const char *state);
+
 #endif

@@ -7,6 +7,7 @@ import os
 import pwd
 import socket
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -206,3 +207,31 @@ def test_idle_admin_connection_at_exit(t):
     finally:
         idle.close()
         half.close()
+
+
+def test_systemd_notify(t):
+    """Under a systemd Type=notify unit the proxy says READY=1 once its listeners answer,
+    RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a SIGHUP reload, and STOPPING=1
+    when told to stop: the messages arrive on the datagram socket $NOTIFY_SOCKET names (an
+    abstract one here, as systemd's own is a path)."""
+    name = "regproxy-test-notify-%d-%d" % (os.getpid(), lib.free_port())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as mgr:
+        mgr.bind("\0" + name)
+        mgr.settimeout(60)
+        p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                    env={"NOTIFY_SOCKET": "@" + name})
+        got = mgr.recv(4096).decode()
+        eq(got.splitlines()[0], "READY=1", "the first message")
+        eq(p.get("/v2/").status, 200, "a ping once READY=1 came")
+        os.kill(p.pid, signal.SIGHUP)
+        reloading = mgr.recv(4096).decode().splitlines()
+        eq(reloading[0], "RELOADING=1", "the message a SIGHUP brings first")
+        check(len(reloading) == 2 and reloading[1].startswith("MONOTONIC_USEC=")
+              and reloading[1][len("MONOTONIC_USEC="):].isdigit(),
+              "MONOTONIC_USEC beside RELOADING=1: %r" % reloading)
+        eq(mgr.recv(4096).decode().splitlines()[0], "READY=1", "after the reload")
+        check("configuration applied" in p.log_text(), "the reload was applied before READY=1")
+        eq(p.stop(), [], "problems at the stop")
+        eq(mgr.recv(4096).decode(), "STOPPING=1", "the message SIGTERM brings")
+    check("NOTIFY_SOCKET" not in p.log_text(), "a notification failed: %s"
+          % lib.tail(p.log, 20))

@@ -151,6 +151,9 @@ def test_systemd_unit(t):
         check(k in svc, "regproxy.service sets no %s=" % k)
         return svc[k][-1]
     eq(one("User"), "regproxy", "User=")
+    # The proxy sends READY=1 (test_ops.test_systemd_notify); AF_UNIX below carries it.
+    eq(one("Type"), "notify", "Type=")
+    eq(one("NotifyAccess"), "main", "NotifyAccess=")
     if "DynamicUser" in svc:
         eq(one("DynamicUser"), "no", "DynamicUser= (a static user owns the credential files)")
     eq(one("ProtectSystem"), "strict", "ProtectSystem=")

@@ -238,7 +238,7 @@ def test_reload_during_token_fetch_uses_new_account(t):
 
 def test_sighup_during_startup(t):
     """A SIGHUP that comes while the proxy is still starting (`systemctl reload` soon after
-    `start`: with Type=simple systemd has no readiness to wait for) must not end it. SIGHUP's
+    `start`: even with Type=notify, a reload sent by hand) must not end it. SIGHUP's
     default action terminates, and Restart=on-failure does not restart a service that
     SIGHUP ended. The reload is applied once the proxy serves."""
     p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")], start=False)

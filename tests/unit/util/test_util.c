@@ -1,8 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Unit tests for util/util.c's helpers that guard secrets. */
+/* Unit tests for util/util.c's helpers that guard secrets, and its sd_notify client. */
+#include <errno.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include "../unit.h"
 #include "../../../util/util.h"
@@ -86,9 +92,72 @@ static void test_buf_secret(void)
     CHECK(all_zero(storage, sizeof(storage)));
 }
 
+/* A service manager's socket: bound to a path, or to an abstract name (path NULL). */
+static int manager_socket(const char *path, const char *abstract)
+{
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    socklen_t len;
+    if (path) {
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        len = sizeof(sa);
+    } else {
+        memcpy(sa.sun_path + 1, abstract, strlen(abstract));
+        len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(abstract));
+    }
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sa, len) == 0);
+    return fd;
+}
+
+static void received(int fd, const char *want)
+{
+    char got[256];
+    ssize_t n = recv(fd, got, sizeof(got) - 1, MSG_DONTWAIT);
+    CHECK(n >= 0);
+    got[n < 0 ? 0 : n] = 0;
+    CHECK_STR(got, want);
+}
+
+static void test_sd_notify(void)
+{
+    unsetenv("NOTIFY_SOCKET");
+    CHECK_INT(rp_sd_notify("READY=1"), 0);
+
+    char dir[] = "/tmp/rp-notify-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/notify", dir);
+    int fd = manager_socket(path, NULL);
+    setenv("NOTIFY_SOCKET", path, 1);
+    CHECK_INT(rp_sd_notify("READY=1\nSTATUS=serving"), 1);
+    received(fd, "READY=1\nSTATUS=serving");
+    close(fd);
+    unlink(path);
+    rmdir(dir);
+
+    char name[64];
+    snprintf(name, sizeof(name), "rp-notify-test-%d", (int)getpid());
+    fd = manager_socket(NULL, name);
+    char at[80];
+    snprintf(at, sizeof(at), "@%s", name);
+    setenv("NOTIFY_SOCKET", at, 1);
+    CHECK_INT(rp_sd_notify("STOPPING=1"), 1);
+    received(fd, "STOPPING=1");
+    close(fd);
+
+    /* Nobody listening, or a name no socket can have: an error, not a crash. */
+    setenv("NOTIFY_SOCKET", path, 1);
+    CHECK_INT(rp_sd_notify("READY=1"), -1);
+    setenv("NOTIFY_SOCKET", "relative/path", 1);
+    CHECK_INT(rp_sd_notify("READY=1"), -1);
+    CHECK_INT(errno, EINVAL);
+    unsetenv("NOTIFY_SOCKET");
+}
+
 int main(void)
 {
     RUN(test_redact_userinfo);
     RUN(test_buf_secret);
+    RUN(test_sd_notify);
     UNIT_EXIT();
 }
