@@ -374,7 +374,9 @@ struct rp_server {
     struct event *write_ev;
     char *in_pool; /* free input buffers, linked through their first bytes */
     size_t n_in_pool;
-    size_t n_refusing; /* connections refused at accept, being answered */
+    size_t n_refusing;         /* connections refused at accept, being answered */
+    int64_t refused_logged_ms; /* when a refusal at max_connections was last logged */
+    size_t refused_unlogged;   /* refusals since that line */
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
     struct rp_syncer *syncer; /* fsyncs finished fills off the loop (syncer.h) */

@@ -1136,11 +1136,28 @@ static void answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, cons
     }
 }
 
+/* A herd past max_connections would write a line per refused connection: the first is
+ * logged, then at most one line per REFUSED_LOG_MS, counting those in between (the metric
+ * counts every one). */
+#define REFUSED_LOG_MS 1000
+
 static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
 {
-    ctx->srv->metrics.connections_refused++;
-    rp_warn("conn %s: refused, %zu connections open on %s (max_connections %llu)", peer,
-            ctx->n_conns, ctx->conf->addr, (unsigned long long)ctx->conf->max_connections);
+    struct rp_server *srv = ctx->srv;
+    srv->metrics.connections_refused++;
+    srv->refused_unlogged++;
+    int64_t now = rp_now_ms();
+    if (!srv->refused_logged_ms || now - srv->refused_logged_ms >= REFUSED_LOG_MS) {
+        char more[64] = "";
+        if (srv->refused_unlogged > 1)
+            snprintf(more, sizeof(more), "; %zu refused since the last such line",
+                     srv->refused_unlogged);
+        rp_warn("conn %s: refused, %zu connections open on %s (max_connections %llu)%s", peer,
+                ctx->n_conns, ctx->conf->addr, (unsigned long long)ctx->conf->max_connections,
+                more);
+        srv->refused_logged_ms = now;
+        srv->refused_unlogged = 0;
+    }
     answer_at_accept(ctx, fd, peer, "503 Service Unavailable", "Retry-After: 1\r\n", "UNAVAILABLE",
                      "too many connections, retry");
 }

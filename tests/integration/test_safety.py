@@ -420,6 +420,19 @@ def test_connections_beyond_the_maximum(t):
         m = p.metrics()
         eq(m.get(("regproxy_connections_refused_total", frozenset()), 0), 1,
            "refused connections counted")
+        # A herd past the limit: every refusal answered and counted, but the log gets at
+        # most a line a second (plus the first), not one per connection.
+        t0 = time.monotonic()
+        for _ in range(40):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as c:
+                c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                check(lib.read_to_eof(c).startswith(b"HTTP/1.1 503"), "a refusal in the herd")
+        elapsed = time.monotonic() - t0
+        eq(p.metrics().get(("regproxy_connections_refused_total", frozenset()), 0), 41,
+           "refused connections counted after the herd")
+        lines = [x for x in p.log_text().splitlines() if ": refused, " in x]
+        check(1 <= len(lines) <= 2 + int(elapsed),
+              "%d refusal lines for 41 refusals in %.1f s" % (len(lines), elapsed))
         # The held connections still work, and room frees up as they close.
         held[0].sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
         check(held[0].recv(4096).startswith(b"HTTP/1.1 200"), "a held connection stopped working")
