@@ -9,7 +9,17 @@
  * network cuts is resumed where the file ends (a ranged GET; the hash goes on where it
  * was), so a layer crosses the internet once even over a flaky link, and readers only see
  * a pause. Once its last reader has left, a download goes on only if the cache will keep
- * the blob. */
+ * the blob.
+ *
+ * A 200 without Content-Length (chunked or close-delimited: Harbor's proxy-cache projects
+ * send proxied blobs so) cannot be streamed as above: a reader's head needs the length,
+ * and there is no last byte to hold back that the head would have announced. Such a
+ * download runs to its end first; only when its digest matched do the readers get their
+ * heads, as cache hits of the temp file. Blob clients (docker, containerd, CRI-O, skopeo,
+ * podman) set no timeout on a blob GET's response head, only on the whole transfer or
+ * none, so the silent wait costs them nothing but the overlap of download and delivery.
+ * Its size is known only at the end: judged against max_size then (and, with no reader,
+ * as the bytes land); a cut one resumes only when a 206 names the total. */
 #include "proxy.h"
 
 #include <errno.h>
@@ -53,6 +63,7 @@ struct rp_fill {
                      * descriptors): readers are passed through likewise */
     bool behind;    /* started behind a range with no reader (rp_fill_behind) */
     bool declined;  /* no reader waits, and the cache cannot take it: not a failure */
+    bool unsized;   /* upstream gave no length: readers get no head before the digest matched */
     int64_t started_ms;
     int64_t ms;               /* download time, for the log */
     struct event *flush_ev;   /* once per loop iteration: gathered bytes to the file, readers on */
@@ -202,6 +213,29 @@ static bool content_range_is(const char *v, int64_t first, int64_t last, int64_t
 static int resume_headers(struct rp_fill *f, int status, const struct rp_xfer_headers *h)
 {
     int64_t have = f->written;
+    if (f->unsized) {
+        /* Only a 206 whose Content-Range names the rest and the total vouches that the
+         * bytes go on where the file ends; a 200 from the start again (the first GET cut
+         * before any byte) is the same answer as the first. */
+        uint64_t first = 0, last = 0, total = 0;
+        if (status == 206 && h->content_range &&
+            rp_http_parse_content_range(h->content_range, strlen(h->content_range), &first, &last,
+                                        &total) == 0 &&
+            first == (uint64_t)have && total <= INT64_MAX && last + 1 == total &&
+            (h->length < 0 || (uint64_t)h->length == total - first)) {
+            f->expected = (int64_t)total;
+            return 0;
+        }
+        if (status == 200 && have == 0) {
+            f->expected = h->length;
+            return 0;
+        }
+        f->fail_reason = rp_xasprintf(
+            "resuming at byte %lld of a blob sent without length: upstream answered %d%s%s",
+            (long long)have, status, status == 206 ? " for range " : "",
+            status == 206 && rp_header_value_safe(h->content_range) ? h->content_range : "");
+        return -1;
+    }
     if (status == 206 && h->length == f->expected - have &&
         content_range_is(h->content_range, have, f->expected - 1, f->expected))
         return 0;
@@ -235,6 +269,7 @@ static void behind_size_learn(struct rp_server *srv, const char *digest, int64_t
 }
 
 static void fill_count(const struct rp_fill *f, enum rp_fill_event ev);
+static void start_readers(struct rp_fill *f);
 
 /* Pins the blob by the patterns in force (as a finished fill is) and asks whether the cache
  * may keep size bytes of it: not when that is more than max_size leaves beside the pins. */
@@ -256,17 +291,13 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
             f->retry_after = rp_xstrdup(h->retry_after);
         return 0;
     }
-    if (h->length < 0) {
-        f->fail_reason = rp_xstrdup("upstream sent a blob without Content-Length");
-        return -1;
-    }
     /* Readers would get a whole answer from the head alone (no last byte to hold back until
      * the digest matches): an empty body is refused unless it is the digest of nothing. */
     if (h->length == 0 && !rp_digest_is_empty(f->digest)) {
         f->fail_reason = rp_xstrdup("upstream sent an empty body for a blob that is not");
         return -1;
     }
-    if (f->cf && h->length != f->expected) {
+    if (f->cf && h->length >= 0 && h->length != f->expected) {
         /* Begun behind a range, with the size its answer gave. */
         f->fail_reason = rp_xasprintf("upstream sent %lld bytes for a blob of %lld",
                                       (long long)h->length, (long long)f->expected);
@@ -279,7 +310,9 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
          * the cache may not keep is not downloaded. Its length is not remembered: no
          * digest vouches for it, and a wrong one (a CDN's) would keep every later fill
          * behind a multipart range from starting. */
-        if (TAILQ_EMPTY(&f->readers) && !fill_keepable(f, h->length)) {
+        f->unsized = h->length < 0;
+        /* Unsized, nothing says yet that it is too big: judged as its bytes land. */
+        if (TAILQ_EMPTY(&f->readers) && !fill_keepable(f, h->length < 0 ? 0 : h->length)) {
             f->declined = true;
             fill_count(f, RP_FILL_NOT_KEPT);
             rp_info("fill %s registry=%s bytes=%lld: not downloaded %s: larger than the "
@@ -299,10 +332,24 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
             return -1;
         }
     }
-    f->expected = h->length;
+    if (!f->cf || h->length >= 0)
+        f->expected = h->length; /* begun behind a range, the size is already known */
     f->content_type = rp_xstrdup(
         rp_header_value_safe(h->content_type) ? h->content_type : "application/octet-stream");
     f->state = FILL_RUNNING;
+    if (f->unsized) {
+        rp_info("fill %s registry=%s: upstream sent no length; its clients get the blob once "
+                "it is in and verified",
+                f->digest, f->reg->name);
+        return 0;
+    }
+    start_readers(f);
+    return 0;
+}
+
+/* Gives every reader that has none its head, and what has landed. */
+static void start_readers(struct rp_fill *f)
+{
     struct rp_req *r, *next;
     for (r = TAILQ_FIRST(&f->readers); r; r = next) {
         next = TAILQ_NEXT(r, fill_link);
@@ -311,7 +358,6 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         if (r->fill_fd < 0)
             reader_start(r);
     }
-    return 0;
 }
 
 static void fill_flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -355,6 +401,17 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
         return -1;
     }
     f->written += (int64_t)n;
+    /* With no reader and no length, whether the cache may keep it is known only as it
+     * grows: past that, it stops here, as at headers (fill_headers_cb). Judged per piece,
+     * not per loop iteration: over a fast link the rest and the end come in one. */
+    if (f->unsized && TAILQ_EMPTY(&f->readers) && !fill_keepable(f, f->written)) {
+        f->declined = true;
+        fill_count(f, RP_FILL_NOT_KEPT);
+        rp_info("fill %s registry=%s bytes=-1: given up at %lld with its clients gone: larger "
+                "than the cache's max_size",
+                f->digest, f->reg->name, (long long)f->written);
+        return -1;
+    }
     /* curl hands over a TLS record at a time, many per loop iteration: the file write and
      * the readers' pumps wait for the iteration's last one. */
     if (!f->flush_ev) {
@@ -383,7 +440,9 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
             close(r->fill_fd);
             r->fill_fd = -1;
         }
-        bool pass = f->disk_full || f->no_cache;
+        /* Passed through, an answer without a length would be refused (request.c can hold
+         * back no last byte of it): the reader is told the cache's trouble instead. */
+        bool pass = (f->disk_full || f->no_cache) && !f->unsized;
         if (!pass && !rp_fill_is_for(f, r->route.reg, r->route.name)) {
             /* Joined from another repository (confirmed upstream, or linked): what failed
              * is the fill's repository, its registry's answer for it, its download; this
@@ -399,6 +458,11 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
              * as a proxy whose cache cannot take more does. Each such client fetches for
              * itself. */
             rp_req_pass_through(r);
+        } else if (f->disk_full || f->no_cache) {
+            rp_req_error(r, 503, "UNAVAILABLE",
+                         "the cache has no room for a blob upstream sends without a length; "
+                         "retry later",
+                         NULL);
         } else if (f->state == FILL_REFUSED) {
             if (!rp_req_redirect_refused(r, res, f->up_status))
                 rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
@@ -527,13 +591,16 @@ static void fill_fetch(struct rp_fill *f, const char *range)
 static bool fill_resume(struct rp_fill *f, const struct rp_fetch_result *res)
 {
     if (f->state != FILL_RUNNING || res->fail != RP_FETCH_E_TRANSPORT ||
-        f->resumes >= FILL_RESUMES || f->written >= f->expected)
+        f->resumes >= FILL_RESUMES || (f->expected >= 0 && f->written >= f->expected))
         return false;
     f->resumes++;
     fill_count(f, RP_FILL_RESUMED);
-    rp_warn("fill %s registry=%s: upstream stopped at %lld of %lld bytes (%s); resuming there "
+    char of[40] = "an unknown number of";
+    if (f->expected >= 0)
+        snprintf(of, sizeof(of), "%lld", (long long)f->expected);
+    rp_warn("fill %s registry=%s: upstream stopped at %lld of %s bytes (%s); resuming there "
             "(%d of %d)",
-            f->digest, f->reg->name, (long long)f->written, (long long)f->expected,
+            f->digest, f->reg->name, (long long)f->written, of,
             res->err ? res->err : "transport error", f->resumes, FILL_RESUMES);
     free(f->fail_reason);
     f->fail_reason = NULL;
@@ -591,6 +658,13 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     f->ms = ms;
+    if (f->unsized) {
+        /* The digest vouches for the size now: the readers get their heads, and the rest
+         * (all of it) below. */
+        f->expected = f->written;
+        f->unsized = false;
+        start_readers(f);
+    }
     /* Learned once the digest vouches for it: a size from an answer that then failed (a
      * CDN's error page sent as a 200) would make every later fill behind a multipart range
      * begin with it, and fail at the true answer's Content-Length. */
@@ -622,13 +696,15 @@ static void fill_abandon_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct rp_fill *f = arg;
-    if (f->state != FILL_RUNNING || !TAILQ_EMPTY(&f->readers) || fill_keepable(f, f->expected))
+    int64_t size = f->expected >= 0 ? f->expected : f->written; /* unsized: so far */
+    if (f->state != FILL_RUNNING || !TAILQ_EMPTY(&f->readers) || fill_keepable(f, size))
         return;
     fill_unlist(f);
     fill_count(f, RP_FILL_NOT_KEPT);
     rp_info("fill %s registry=%s bytes=%lld: given up at %lld with its clients gone: larger "
             "than the cache's max_size",
-            f->digest, f->reg->name, (long long)f->expected, (long long)f->written);
+            f->digest, f->reg->name, (long long)(f->unsized ? -1 : f->expected),
+            (long long)f->written);
     fill_free(f);
 }
 
@@ -687,7 +763,7 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
     r->fill_fd = -1;
     r->state = RQ_FILL;
     TAILQ_INSERT_TAIL(&f->readers, r, fill_link);
-    if (f->state == FILL_RUNNING || f->state == FILL_SYNCING)
+    if ((f->state == FILL_RUNNING && !f->unsized) || f->state == FILL_SYNCING)
         reader_start(r);
     return 0;
 }

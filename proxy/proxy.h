@@ -127,7 +127,9 @@ void rp_tokens_free_all(struct rp_server *srv);
  * streams from that file at its own pace. */
 
 /* Joins the fill of r's blob, starting one when none runs. r becomes a reader: fill.c
- * answers it (headers when upstream's arrive, bytes as they land, an error or an abort).
+ * answers it (headers when upstream's arrive, bytes as they land, an error or an abort;
+ * when upstream sends no Content-Length, headers and all the bytes only once the whole
+ * blob is in and verified, or a 503 when the cache has no room for it).
  * A reader of another repository that has no head yet when the fill fails looks up again
  * (RQ_LOOKUP) rather than take that repository's error.
  * Returns 0, or -1 when no fill could be started (r was answered with an error). */
@@ -144,7 +146,8 @@ bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, c
                     const char *digest, int64_t size);
 /* r goes away (client left); the fill continues without it, unless r was its last reader
  * and the cache will not keep the blob (larger than what max_size leaves beside the pins):
- * that download is given up from the loop, logged and counted as not kept. */
+ * that download is given up from the loop, logged and counted as not kept. One whose size
+ * upstream did not send is given up so once what has arrived is more than that. */
 void rp_fill_leave(struct rp_req *r);
 /* r's client drained its output: feed it more. */
 void rp_fill_reader_drained(struct rp_req *r);
