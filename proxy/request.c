@@ -395,17 +395,18 @@ static char *revalidation_accept(const struct rp_req *r)
 }
 
 /* The media type to record with a tag naming digest (rp_cache_tag_set): the cached
- * manifest's, else what upstream just called it when the cache can keep that; NULL when
- * neither. */
+ * manifest's, else what upstream just called it when the cache can keep that. NULL when
+ * neither, and when the proxy's list names it: revalidation_accept has no use for such a
+ * type, and a tag recorded without one keeps the file format (RPTAG 1) that earlier
+ * versions read; they take a version 2 file for a damaged one and delete the tag. */
 static const char *tag_type(const struct rp_req *r, const char *digest)
 {
     const char *data, *type;
     size_t len;
-    if (manifest_cached(r, digest, &data, &len, &type))
-        return type;
-    type = r->up_h.content_type;
+    if (!manifest_cached(r, digest, &data, &len, &type))
+        type = r->up_h.content_type;
     if (!type || !rp_header_value_safe(type) || strchr(type, '\t') ||
-        strlen(type) > RP_MEDIA_TYPE_MAX)
+        strlen(type) > RP_MEDIA_TYPE_MAX || rp_accept_names(RP_MANIFEST_ACCEPT, type))
         return NULL;
     return type;
 }
@@ -1308,8 +1309,8 @@ static void manifest_fetched(struct rp_req *r)
             if (!rt->ref_is_digest &&
                 rp_manifest_tag_canonical(r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept,
                                           type))
-                rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest, type,
-                                 rp_wall_s());
+                rp_cache_tag_set(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
+                                 tag_type(r, digest), rp_wall_s());
         } else {
             rp_warn("cache: manifest %s not stored: %s", digest, rp_cache_strerror(e));
         }

@@ -193,3 +193,32 @@ def test_tag_time_int64_max(t):
     finally:
         time.sleep(0.5)
         check(p.proc.alive(), "proxy alive after a tag lookup (log: %s)" % lib.tail(p.log, 8))
+
+
+def test_tag_file_stays_readable_by_earlier_versions(t):
+    """Tags came to be written as RPTAG 2 files with their manifest's type, an image's as
+    well as an artifact's; the previous release reads a version 2 file as damaged, deletes
+    it (a warning per tag) and has lost the tag, which an offline registry cannot get back.
+    Only a type the proxy's list does not name is worth recording (revalidations name it),
+    so only such tags take the new format."""
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf(tag_ttl="1s")])
+    path = "/v2/%s/manifests/v1" % FAKE_REPO
+
+    def head_of(tag, repo=FAKE_REPO):
+        h = hashlib.sha256(("%s\0%s\0%s\0" % (FAKE_REG, repo, tag)).encode()).hexdigest()
+        with open(os.path.join(p.cache_dir, "tags", h[:2], h), "rb") as f:
+            return f.read().split(b"\n")[0]
+    eq(_get(p, path).status, 200, "GET of %s" % path)
+    check(head_of("v1").startswith(b"RPTAG 1 "), "an image's tag file: %r" % head_of("v1"))
+    time.sleep(2.2)  # past tag_ttl (tag ages are whole seconds): revalidated, written again
+    r = _get(p, path)
+    eq((r.status, r.header("X-Regproxy-Cache")), (200, "REVALIDATED"), "GET past tag_ttl")
+    check(head_of("v1").startswith(b"RPTAG 1 "),
+          "an image's tag file after its revalidation: %r" % head_of("v1"))
+    art = "application/vnd.oci.artifact.manifest.v1+json"
+    eq(_get(p, "/v2/mode/artifact/%s/manifests/v1" % FAKE_REPO, art).status, 200,
+       "GET of an artifact tag")
+    got = head_of("v1", "mode/artifact/" + FAKE_REPO)
+    check(got.startswith(b"RPTAG 2 ") and got.endswith(b" %d" % len(art)),
+          "an artifact's tag file records its type: %r" % got)
