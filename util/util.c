@@ -514,9 +514,12 @@ int rp_sd_notify(const char *state)
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    /* An abstract name's length counts exactly its bytes; a path's may include the NUL. */
+    /* An abstract name's length counts exactly its bytes; a path's may include the NUL.
+     * Never blocking: the caller is the event loop, and a manager too busy to take the
+     * datagram gets an error (logged) rather than every client waiting. */
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
-    ssize_t sent = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
+    ssize_t sent =
+        sendto(fd, state, strlen(state), MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&sa, len);
     int saved = errno;
     close(fd);
     errno = saved;
