@@ -154,6 +154,18 @@ static void reader_detach(struct rp_req *r)
     r->fill = NULL;
 }
 
+static void fill_abandon_check(struct rp_fill *f);
+
+/* A reader answered without the download (a 416 once the size is known, a temp file it
+ * cannot open) leaves it as a departing client does: the last one gone, the download goes
+ * on only if the cache will keep the blob. */
+static void reader_drop(struct rp_req *r)
+{
+    struct rp_fill *f = r->fill;
+    reader_detach(r);
+    fill_abandon_check(f);
+}
+
 /* Upstream's headers arrived: the reader's client gets its response head now (clients give
  * up when headers take long), then bytes as they land. A reader with a Range (one that runs
  * to the end: request.c's range_joins_fill) gets a 206 for it, or a 416 once the size says
@@ -166,7 +178,7 @@ static void reader_start(struct rp_req *r)
     if (r->range)
         rr = rp_http_parse_range(r->range, strlen(r->range), (uint64_t)f->expected, &first, &last);
     if (rr == RP_RANGE_UNSATISFIABLE) {
-        reader_detach(r);
+        reader_drop(r);
         rp_req_range_unsatisfiable(r, (uint64_t)f->expected);
         return;
     }
@@ -175,7 +187,7 @@ static void reader_start(struct rp_req *r)
         /* Out of descriptors, say: nothing is sent yet, so the client gets an answer
          * rather than a bare close later. The fill goes on for the others. */
         rp_error("fill %s: cannot open temp file: %s", f->digest, strerror(errno));
-        reader_detach(r);
+        reader_drop(r);
         rp_req_error(r, 503, "UNAVAILABLE", "cannot read the blob being downloaded; retry", NULL);
         return;
     }
@@ -344,6 +356,17 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         return 0;
     }
     start_readers(f);
+    /* Every reader was answered at once without it (ranges past the end, now that the size
+     * is known): judged as if none had waited, above. Here, not on the next loop turn: over
+     * a fast link the whole blob lands meanwhile. */
+    if (TAILQ_EMPTY(&f->readers) && !fill_keepable(f, f->expected)) {
+        f->declined = true;
+        fill_count(f, RP_FILL_NOT_KEPT);
+        rp_info("fill %s registry=%s bytes=%lld: not downloaded: its clients were answered "
+                "without it, and it is larger than the cache's max_size",
+                f->digest, f->reg->name, (long long)f->expected);
+        return -1;
+    }
     return 0;
 }
 
@@ -697,7 +720,8 @@ static void fill_abandon_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct rp_fill *f = arg;
     int64_t size = f->expected >= 0 ? f->expected : f->written; /* unsized: so far */
-    if (f->state != FILL_RUNNING || !TAILQ_EMPTY(&f->readers) || fill_keepable(f, size))
+    if (f->state != FILL_RUNNING || f->declined || !TAILQ_EMPTY(&f->readers) ||
+        fill_keepable(f, size))
         return;
     fill_unlist(f);
     fill_count(f, RP_FILL_NOT_KEPT);
@@ -763,6 +787,7 @@ int rp_fill_join(struct rp_server *srv, struct rp_req *r)
     r->fill_fd = -1;
     r->state = RQ_FILL;
     TAILQ_INSERT_TAIL(&f->readers, r, fill_link);
+    rp_debug("request %s joins the download of %s", r->id, f->digest);
     if ((f->state == FILL_RUNNING && !f->unsized) || f->state == FILL_SYNCING)
         reader_start(r);
     return 0;
@@ -812,7 +837,13 @@ void rp_fill_leave(struct rp_req *r)
     if (!f)
         return;
     reader_detach(r);
-    /* The download goes on if the cache will keep it: the next client will want it. */
+    fill_abandon_check(f);
+}
+
+/* The download goes on if the cache will keep it: the next client will want it. Judged on
+ * the next loop turn (fill_abandon_cb), not in the caller's midst. */
+static void fill_abandon_check(struct rp_fill *f)
+{
     if (TAILQ_EMPTY(&f->readers) && f->state == FILL_RUNNING && f->abandon_ev)
         event_active(f->abandon_ev, EV_TIMEOUT, 1);
 }

@@ -115,3 +115,56 @@ def test_fill_over_max_size_left_before_headers_not_downloaded(t):
     key = frozenset({("registry", "raw.test")})
     eq(p.metrics()[("regproxy_fill_not_kept_total", key)], 1, "fills not kept")
     eq(lib.cache_files(p.cache_dir, "tmp"), [], "tmp/ of the cache after the declined fill")
+
+
+def test_fill_over_max_size_left_to_a_past_the_end_range_stops(t):
+    """A fill's last reader can also leave by being answered without it: a range past the
+    end gets its 416 once upstream's headers give the size. With its other client gone
+    before then, a blob the cache would not keep is then given up, as when a client leaves."""
+    import threading
+
+    import rawup
+    blob = os.urandom(6 << 20)
+    digest = rawup.sha256(blob)
+    go = threading.Event()
+
+    def h(r):
+        if r.path != "/v2/ns/x/blobs/" + digest:
+            r.send(404, b"")
+            return False
+        go.wait(60)
+        try:
+            r.send(200, blob, [("Content-Type", "application/octet-stream")])
+        except OSError:
+            pass  # the proxy stopped reading
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(go.set)
+    p = t.proxy(registries=[up.conf()], cache={"max_size": "5M"},
+                admin={"log_level": "debug"})
+    path = "/v2/ns/x/blobs/" + digest
+    joins = "joins the download of " + digest
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as ranged:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=30) as c:
+            c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, p.hostport)).encode())
+            lib.wait_until(lambda: up.seen(path), 30, "the proxy's GET of the blob upstream")
+            ranged.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nRange: bytes=%d-\r\n\r\n"
+                            % (path, p.hostport, 10 << 20)).encode())
+            lib.wait_until(lambda: p.log_text().count(joins) >= 2, 30,
+                           "the ranged request to join the download")
+        lib.wait_until(lambda: any(a.get("path") == path and a.get("aborted") == "client"
+                                   for a in p.access()), 30, "the first client's departure")
+        go.set()
+        head = ranged.recv(4096)
+        check(head.startswith(b"HTTP/1.1 416"), "the range past the end: %r" % head[:200])
+    gone = "not downloaded: its clients were answered without it"
+    served = "served but not cached"
+    lib.wait_until(lambda: gone in p.log_text() or served in p.log_text(), 60,
+                   "the fill of %s to end after its readers left" % digest)
+    check(served not in p.log_text(), "the blob was downloaded with no client left, to be "
+          "thrown away")
+    eq(len(up.seen(path)), 1, "upstream GETs of the blob")
+    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "tmp") == [], 30,
+                   "tmp/ of the cache to empty after the given-up fill")
+    eq(p.metrics()[("regproxy_fill_not_kept_total", frozenset({("registry", "raw.test")}))], 1,
+       "fills not kept (counted once)")
