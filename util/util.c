@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -497,6 +498,8 @@ void rp_redact_userinfo(char *s)
     *w = '\0';
 }
 
+#define SD_NOTIFY_WAIT_MS 1000
+
 int rp_sd_notify(const char *state)
 {
     const char *path = getenv("NOTIFY_SOCKET");
@@ -514,12 +517,14 @@ int rp_sd_notify(const char *state)
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    /* An abstract name's length counts exactly its bytes; a path's may include the NUL.
-     * Never blocking: the caller is the event loop, and a manager too busy to take the
-     * datagram gets an error (logged) rather than every client waiting. */
+    /* An abstract name's length counts exactly its bytes; a path's may include the NUL. */
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
-    ssize_t sent =
-        sendto(fd, state, strlen(state), MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&sa, len);
+    /* The caller is an event loop: a manager whose queue is full is waited for a while (a
+     * READY=1 lost to a busy moment of PID 1 would get the unit killed at its start timeout),
+     * but one that stopped reading costs that while, not a proxy blocked until it reads. */
+    struct timeval tv = {SD_NOTIFY_WAIT_MS / 1000, (SD_NOTIFY_WAIT_MS % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    ssize_t sent = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
     int saved = errno;
     close(fd);
     errno = saved;

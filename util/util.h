@@ -107,7 +107,8 @@ void rp_free_secret(char *s);
 /* Tells the service manager about the service's state (systemd's sd_notify protocol: one
  * datagram of "KEY=value" lines to the unix socket named by $NOTIFY_SOCKET, a path or, with
  * a leading '@', an abstract name), e.g. "READY=1", "RELOADING=1", "STOPPING=1". Returns 1
- * when sent, 0 when no manager listens (no $NOTIFY_SOCKET), -1 with errno on failure.
+ * when sent, 0 when no manager listens (no $NOTIFY_SOCKET), -1 with errno on failure
+ * (EAGAIN when the manager's queue stayed full for a second: it blocks no longer).
  * Written here rather than linked from libsystemd: the protocol is one sendto(), and the
  * proxy also runs where there is no systemd (containers). */
 int rp_sd_notify(const char *state);

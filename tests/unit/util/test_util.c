@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for util/util.c's helpers that guard secrets, and its sd_notify client. */
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../unit.h"
@@ -154,10 +156,76 @@ static void test_sd_notify(void)
     unsetenv("NOTIFY_SOCKET");
 }
 
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
+/* A manager's socket at path whose queue is full (nobody reads it). */
+static int full_manager_socket(const char *path)
+{
+    int fd = manager_socket(path, NULL);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, path, strlen(path) + 1); /* mkdtemp's: far shorter than sun_path */
+    int tx = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    int queued = 0;
+    while (sendto(tx, "X=1", 3, 0, (struct sockaddr *)&sa, sizeof(sa)) == 3)
+        queued++;
+    CHECK(queued > 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    close(tx);
+    return fd;
+}
+
+/* The proxy sends from its event loop: a manager that stopped reading (its queue full) must
+ * cost a refused message after a short wait, not a loop blocked in sendto() until it reads
+ * again; one busy for a moment still gets the message. */
+static void test_sd_notify_full_queue(void)
+{
+    char dir[] = "/tmp/rp-notify-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/notify", dir);
+    int fd = full_manager_socket(path);
+    setenv("NOTIFY_SOCKET", path, 1);
+    /* No SA_RESTART: were sendto() to block, the alarm ends it with EINTR. */
+    struct sigaction act = {.sa_handler = on_alarm}, old;
+    sigaction(SIGALRM, &act, &old);
+    alarm(5);
+    CHECK_INT(rp_sd_notify("READY=1"), -1);
+    CHECK(errno == EAGAIN || errno == EWOULDBLOCK);
+    alarm(0);
+    sigaction(SIGALRM, &old, NULL);
+
+    /* Busy for a moment: a reader drains the queue 200 ms later, and gets the message. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        usleep(200 * 1000);
+        char got[64];
+        for (;;) {
+            ssize_t n = recv(fd, got, sizeof(got) - 1, 0);
+            if (n < 0)
+                _exit(2);
+            got[n] = 0;
+            if (strcmp(got, "STOPPING=1") == 0)
+                _exit(0);
+        }
+    }
+    CHECK(pid > 0);
+    CHECK_INT(rp_sd_notify("STOPPING=1"), 1);
+    int status = -1;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    unsetenv("NOTIFY_SOCKET");
+    close(fd);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     RUN(test_redact_userinfo);
     RUN(test_buf_secret);
     RUN(test_sd_notify);
+    RUN(test_sd_notify_full_queue);
     UNIT_EXIT();
 }
