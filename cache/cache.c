@@ -1595,6 +1595,22 @@ bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size)
     return pinned < c->max_size && size <= c->max_size - pinned;
 }
 
+uint64_t rp_cache_room_for(struct rp_cache *c, const char *digest)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0)
+        return 0;
+    if (!c->max_size)
+        return UINT64_MAX;
+    const struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
+    if (e && e->pinned)
+        return UINT64_MAX;
+    /* rp_cache_can_hold's quick yes (room beside all held) implies this one: pinned bytes
+     * are part of what is held. */
+    uint64_t pinned = pinned_bytes(c);
+    return pinned < c->max_size ? c->max_size - pinned : 0;
+}
+
 /* Eviction after publishing e: e goes only when it does not fit beside the pins (as
  * rp_cache_can_hold would have said); left over max_size beside them, it is because of
  * what is in use. */

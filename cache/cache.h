@@ -234,5 +234,9 @@ void rp_cache_set_max_size(struct rp_cache *c, uint64_t max_size);
  * content leaves of max_size, as publishing it would evict every other unpinned entry and
  * then itself, unless it is pinned (pins are kept past max_size). */
 bool rp_cache_can_hold(struct rp_cache *c, const char *digest, uint64_t size);
+/* The largest size rp_cache_can_hold says yes to for digest (UINT64_MAX: any; 0 for an
+ * invalid digest, or none). A walk of the index: for a caller asking again and again about a
+ * blob whose size is not known yet, which asks this once and compares. */
+uint64_t rp_cache_room_for(struct rp_cache *c, const char *digest);
 
 #endif

@@ -58,12 +58,14 @@ struct rp_fill {
     char *retry_after;
     struct rp_buf err_body;
     char *fail_reason;
-    bool disk_full; /* the cache could not make room: readers are passed through */
-    bool no_cache;  /* the cache could not start the fill at all (full, read-only, out of
-                     * descriptors): readers are passed through likewise */
-    bool behind;    /* started behind a range with no reader (rp_fill_behind) */
-    bool declined;  /* no reader waits, and the cache cannot take it: not a failure */
-    bool unsized;   /* upstream gave no length: readers get no head before the digest matched */
+    bool disk_full;     /* the cache could not make room: readers are passed through */
+    bool no_cache;      /* the cache could not start the fill at all (full, read-only, out of
+                         * descriptors): readers are passed through likewise */
+    bool behind;        /* started behind a range with no reader (rp_fill_behind) */
+    bool declined;      /* no reader waits, and the cache cannot take it: not a failure */
+    bool unsized;       /* upstream gave no length: readers get no head before the digest matched */
+    int64_t room;       /* unsized, no reader: what the cache may keep of it (-1: not asked) */
+    int64_t room_asked; /* bytes written when room was asked */
     int64_t started_ms;
     int64_t ms;               /* download time, for the log */
     struct event *flush_ev;   /* once per loop iteration: gathered bytes to the file, readers on */
@@ -291,6 +293,25 @@ static bool fill_keepable(struct rp_fill *f, int64_t size)
     return rp_cache_can_hold(f->srv->cache, f->digest, (uint64_t)size);
 }
 
+/* Re-asked after this much more has landed: a reload may pin more beside it. */
+#define FILL_ROOM_REASK (64 * 1024 * 1024)
+
+/* fill_keepable for what has landed of a download with no length and no reader, asked for
+ * every piece: nearly full, the cache walks its whole index for an answer (asked per piece,
+ * 128 MiB beside 150,000 entries took a minute, not a second, the loop busy with it), so the
+ * room it has is asked once, and again only when the download passes it or has grown by
+ * FILL_ROOM_REASK. */
+static bool unsized_keepable(struct rp_fill *f)
+{
+    if (f->room < 0 || f->written > f->room || f->written - f->room_asked >= FILL_ROOM_REASK) {
+        rp_server_maybe_pin(f->srv, f->reg, f->repo, f->digest);
+        uint64_t room = rp_cache_room_for(f->srv->cache, f->digest);
+        f->room = room > INT64_MAX ? INT64_MAX : (int64_t)room;
+        f->room_asked = f->written;
+    }
+    return f->written <= f->room;
+}
+
 static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     struct rp_fill *f = arg;
@@ -427,7 +448,7 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
     /* With no reader and no length, whether the cache may keep it is known only as it
      * grows: past that, it stops here, as at headers (fill_headers_cb). Judged per piece,
      * not per loop iteration: over a fast link the rest and the end come in one. */
-    if (f->unsized && TAILQ_EMPTY(&f->readers) && !fill_keepable(f, f->written)) {
+    if (f->unsized && TAILQ_EMPTY(&f->readers) && !unsized_keepable(f)) {
         f->declined = true;
         fill_count(f, RP_FILL_NOT_KEPT);
         rp_info("fill %s registry=%s bytes=-1: given up at %lld with its clients gone: larger "
@@ -757,6 +778,7 @@ static struct rp_fill *fill_start(struct rp_server *srv, const struct rp_conf_re
     f->repo = rp_xstrdup(repo);
     f->cf = cf;
     f->expected = expected;
+    f->room = -1;
     f->started_ms = rp_now_ms();
     rp_buf_init(&f->err_body, RP_ERROR_BODY_MAX);
     f->flush_ev = event_new(srv->base, -1, 0, fill_flush_cb, f);
@@ -844,6 +866,7 @@ void rp_fill_leave(struct rp_req *r)
  * the next loop turn (fill_abandon_cb), not in the caller's midst. */
 static void fill_abandon_check(struct rp_fill *f)
 {
+    f->room = -1; /* asked afresh once there is no reader */
     if (TAILQ_EMPTY(&f->readers) && f->state == FILL_RUNNING && f->abandon_ev)
         event_active(f->abandon_ev, EV_TIMEOUT, 1);
 }

@@ -278,6 +278,53 @@ def test_chunked_fill_without_clients_stops_past_max_size(t):
     _nothing_cached(p, digest, "given up past max_size")
 
 
+def test_chunked_fill_without_clients_beside_a_large_full_cache(t):
+    """A chunked download its client left, beside a cache of 150,000 entries filled to
+    max_size: whether the cache may keep what has landed is asked as it grows, and the
+    cache's answer walks its index once it is nearly full. Asked for every piece that
+    landed, that walk made the 128 MiB download take about a minute instead of a second
+    (the loop busy with it meanwhile); it must take about as long as any other."""
+    import hashlib
+    import time
+    blob = os.urandom(1024 * 1024) * 128
+    digest = rawup.sha256(blob)
+
+    def h(r):
+        if r.path != "/v2/ns/x/blobs/" + digest:
+            r.send(404, b"")
+            return False
+        try:
+            _send_chunked(r, blob)
+        except OSError:
+            pass
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()], cache={"max_size": "1G"}, start=False)
+    for i in range(150000):
+        d = hashlib.sha256(b"%d" % i).hexdigest()
+        os.makedirs(os.path.join(p.cache_dir, "blobs", "sha256", d[:2]), exist_ok=True)
+        with open(os.path.join(p.cache_dir, "blobs", "sha256", d[:2], d), "wb") as f:
+            f.write(b"%d" % i)  # not its digest: never read here
+    # The rest of max_size in one (sparse) file, oldest: evicted first to make room.
+    filler = lib.cache_path(p.cache_dir, "blobs", "sha256:" + hashlib.sha256(b"f").hexdigest())
+    os.makedirs(os.path.dirname(filler), exist_ok=True)
+    with open(filler, "wb") as f:
+        f.truncate(1023 * 1024 * 1024)
+    os.utime(filler, (1, 1))
+    p.start()
+    path = "/v2/ns/x/blobs/" + digest
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as c:
+        c.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, p.hostport)).encode())
+        lib.wait_until(lambda: up.seen(path), 30, "the proxy's GET of the blob upstream")
+    t0 = time.monotonic()
+    lib.wait_until(lambda: "bytes=%d ms=" % len(blob) in p.log_text(), 120,
+                   "the download with no client to end")
+    took = time.monotonic() - t0
+    check(took < 30, "the 128 MiB download with no client took %.1f s" % took)
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", digest)), 60,
+                   "the blob to be cached")
+
+
 def test_chunked_blob_disk_full_answered_503(t):
     """The disk fills during a chunked download with nothing left to evict: its client,
     which has had no byte yet, gets a 503 (not passed through: a pass-through cannot hold

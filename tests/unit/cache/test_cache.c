@@ -1542,9 +1542,12 @@ static void test_can_hold(void)
     digest_of(t, 100, d[1], false);
     CHECK(rp_cache_can_hold(c, d[0], 200));
     CHECK(!rp_cache_can_hold(c, d[0], 201));
+    CHECK(rp_cache_room_for(c, d[0]) == 200);
     rp_cache_pin(c, d[1]);
     CHECK(rp_cache_can_hold(c, d[1], 201));
+    CHECK(rp_cache_room_for(c, d[1]) == UINT64_MAX);
     CHECK(!rp_cache_can_hold(c, "sha256:nope", 1));
+    CHECK(rp_cache_room_for(c, "sha256:nope") == 0);
     /* Pinned content present takes its share of max_size: 150 pinned bytes leave 50. */
     char p[RP_CACHE_DIGEST_BUF];
     char *big = sized(150, 8);
@@ -1552,11 +1555,13 @@ static void test_can_hold(void)
     rp_cache_pin(c, p);
     CHECK(rp_cache_can_hold(c, d[0], 50));
     CHECK(!rp_cache_can_hold(c, d[0], 51));
+    CHECK(rp_cache_room_for(c, d[0]) == 50);
     CHECK(rp_cache_can_hold(c, d[1], 201)); /* pinned itself */
     free(big);
     rp_cache_close(c);
     c = open_ok(dir, 0);
     CHECK(rp_cache_can_hold(c, d[0], UINT64_MAX));
+    CHECK(rp_cache_room_for(c, d[0]) == UINT64_MAX);
     rp_cache_close(c);
     free(t);
     rm_rf(dir);
