@@ -230,7 +230,9 @@ def test_systemd_notify(t):
               and reloading[1][len("MONOTONIC_USEC="):].isdigit(),
               "MONOTONIC_USEC beside RELOADING=1: %r" % reloading)
         eq(mgr.recv(4096).decode().splitlines()[0], "READY=1", "after the reload")
-        check("configuration applied" in p.log_text(), "the reload was applied before READY=1")
+        # The log line is written at the end of the loop iteration that sent READY=1.
+        lib.wait_until(lambda: "configuration applied" in p.log_text(), 10,
+                       "the reload applied, around READY=1")
         eq(p.stop(), [], "problems at the stop")
         eq(mgr.recv(4096).decode(), "STOPPING=1", "the message SIGTERM brings")
     check("NOTIFY_SOCKET" not in p.log_text(), "a notification failed: %s"
