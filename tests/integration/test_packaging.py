@@ -154,6 +154,9 @@ def test_systemd_unit(t):
     # The proxy sends READY=1 (test_ops.test_systemd_notify); AF_UNIX below carries it.
     eq(one("Type"), "notify", "Type=")
     eq(one("NotifyAccess"), "main", "NotifyAccess=")
+    # Waiting for READY=1 must not put a bound on opening a large cache (a rebuild of its
+    # index stats every file): killed at the start timeout, it would restart and rescan.
+    eq(one("TimeoutStartSec"), "infinity", "TimeoutStartSec=")
     if "DynamicUser" in svc:
         eq(one("DynamicUser"), "no", "DynamicUser= (a static user owns the credential files)")
     eq(one("ProtectSystem"), "strict", "ProtectSystem=")
