@@ -520,8 +520,9 @@ int rp_sd_notify(const char *state)
     /* An abstract name's length counts exactly its bytes; a path's may include the NUL. */
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
     /* The caller is an event loop: a manager whose queue is full is waited for a while (a
-     * READY=1 lost to a busy moment of PID 1 would get the unit killed at its start timeout),
-     * but one that stopped reading costs that while, not a proxy blocked until it reads. */
+     * READY=1 lost to a busy moment of PID 1 would leave the unit starting for good: it has
+     * no start timeout), but one that stopped reading costs that while, not a proxy blocked
+     * until it reads. */
     struct timeval tv = {SD_NOTIFY_WAIT_MS / 1000, (SD_NOTIFY_WAIT_MS % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     ssize_t sent = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
