@@ -1494,6 +1494,26 @@ static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res)
     return manifest_from_cache(r, r->stale_digest, "STALE");
 }
 
+/* Records the tag as naming the manifest a HEAD answered to accept names (the proxy's
+ * list, for a revalidation or a canonical fetch): as from a GET (containerd GETs the
+ * digest next; until then a lookup finds it uncached and revalidates), with its type,
+ * which the revalidation names when the list does not (an OCI artifact manifest). Not
+ * when such a type cannot be recorded: the revalidation could not name it, and a
+ * registry's 404 to that would read as the tag being gone. False when not recorded. */
+static bool record_head_tag(struct rp_req *r, const char *accept)
+{
+    const char *t = rp_header_value_safe(r->up_h.content_type) ? r->up_h.content_type : NULL;
+    const char *d = r->up_h.docker_content_digest;
+    if (!d || !rp_valid_digest(d, strlen(d)) || !t)
+        return false;
+    const char *keep = tag_type(r, d);
+    if (!(keep || rp_accept_names(RP_MANIFEST_ACCEPT, t)) || !rp_manifest_tag_canonical(accept, t))
+        return false;
+    rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref, d, keep,
+                     rp_wall_s());
+    return true;
+}
+
 static void up_done_cb(void *arg, const struct rp_fetch_result *res)
 {
     struct rp_req *r = arg;
@@ -1560,6 +1580,20 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
                 return;
         }
         bool cached = named && manifest_cached(r, d, &data, &len, &type);
+        /* Moved to a manifest not cached: the tag follows upstream now, whoever answers
+         * (a HEAD below, or a GET that may fail), or else stale serving would answer the
+         * old digest in a later outage; nor does this request's GET, should it fail. The
+         * revalidation asked with the proxy's list. */
+        if (named && !unchanged && !cached) {
+            r->have_stale = false;
+            if (!record_head_tag(r, RP_MANIFEST_ACCEPT)) {
+                /* A type a tag cannot record: the old digest is no longer the tag's, and
+                 * stale serving (or an offline registry) must not answer it for the tag.
+                 * Dropped, the next request is a plain miss. */
+                rp_cache_tag_delete(r->conn->srv->cache, r->route.reg->name, r->route.name,
+                                    r->route.ref);
+            }
+        }
         if (named && !unchanged && cached) {
             /* Moved to a manifest this repository has cached already (containerd resolves
              * a tag by HEAD, then fetches the digest): the tag follows, no GET needed. */
@@ -1630,19 +1664,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
                 start_fetch(r, true, false);
                 return;
             }
-            /* A HEAD answered to the full list names the tag's manifest: the tag is
-             * recorded, as from a GET (containerd GETs the digest next; until then a
-             * lookup finds it uncached and revalidates), with its type, which the
-             * revalidation names when the list does not (an OCI artifact manifest). Not
-             * when such a type cannot be recorded: the revalidation could not name it,
-             * and a registry's 404 to that would read as the tag being gone. */
-            const char *d = r->up_h.docker_content_digest;
-            const char *keep = d && rp_valid_digest(d, strlen(d)) ? tag_type(r, d) : NULL;
-            if (d && rp_valid_digest(d, strlen(d)) && t &&
-                (keep || rp_accept_names(RP_MANIFEST_ACCEPT, t)) &&
-                rp_manifest_tag_canonical(r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept, t))
-                rp_cache_tag_set(r->conn->srv->cache, r->route.reg->name, r->route.name,
-                                 r->route.ref, d, keep, rp_wall_s());
+            record_head_tag(r, r->canonical_fetch ? RP_MANIFEST_ACCEPT : r->accept);
         }
         answer_success(r);
         return;

@@ -182,3 +182,74 @@ def test_head_by_digest_other_digest_refused(t):
     r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
     eq((g.status, r.status, r.header("Docker-Content-Digest")), (502, 502, None),
        "GET and HEAD by digest, upstream naming another digest")
+
+
+def test_head_seeing_moved_tag_records_it(t):
+    """A HEAD of a tag past tag_ttl whose revalidation finds the tag moved to a manifest not
+    cached is answered from the revalidation's own HEAD. The tag record kept the old digest,
+    so in a later outage (within max_stale) the proxy served the old manifest for a tag it
+    had seen move: a HEAD and a GET answered the digest upstream no longer names."""
+    m1, d1, _, _, _, _ = rawup.image()
+    m2, d2, _, _, _, _ = rawup.image()
+    state = {"tag": (m1, d1), "down": False}
+
+    def h(r):
+        if state["down"]:
+            r.send(503, b"")
+        elif r.path == "/v2/ns/mv/manifests/v1":
+            m, d = state["tag"]
+            r.answer(m, OCI, d)
+        elif r.path in ("/v2/ns/mv/manifests/" + d1, "/v2/ns/mv/manifests/" + d2):
+            m = m1 if r.path.endswith(d1) else m2
+            r.answer(m, OCI, lib.sha256(m))
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], cache={"max_stale": "1h"})
+    path = "/v2/ns/mv/manifests/v1"
+    g = p.get(path, headers={"Accept": CONTAINERD})
+    eq((g.status, g.header("Docker-Content-Digest")), (200, d1), "GET by tag fills it")
+    state["tag"] = (m2, d2)
+    time.sleep(2.2)
+    r = p.get(path, method="HEAD", headers={"Accept": CONTAINERD})
+    eq((r.status, r.header("Docker-Content-Digest")), (200, d2),
+       "HEAD past tag_ttl after the tag moved upstream")
+    state["down"] = True
+    res = [(x.status, x.header("Docker-Content-Digest"))
+           for x in (p.get(path, method="HEAD", headers={"Accept": CONTAINERD}),
+                     p.get(path, headers={"Accept": CONTAINERD}))]
+    check(all(d != d1 for _, d in res),
+          "upstream down after a HEAD saw the tag move to %s: HEAD and GET by tag answered %r "
+          "(the old digest %s)" % (d2, res, d1))
+
+
+def test_get_seeing_moved_tag_not_answered_stale(t):
+    """A GET of a tag past tag_ttl whose revalidation finds the tag moved fetches the new
+    manifest; when that fetch fails (5xx) it must not fall back to the old manifest as
+    STALE: upstream has just said the tag names another."""
+    m1, d1, _, _, _, _ = rawup.image()
+    m2, d2, _, _, _, _ = rawup.image()
+    state = {"tag": (m1, d1)}
+
+    def h(r):
+        if r.path == "/v2/ns/mv/manifests/v1":
+            m, d = state["tag"]
+            if r.method == "GET" and d == d2:
+                r.send(503, b"")
+            else:
+                r.answer(m, OCI, d)
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], cache={"max_stale": "1h"})
+    path = "/v2/ns/mv/manifests/v1"
+    g = p.get(path, headers={"Accept": CONTAINERD})
+    eq((g.status, g.header("Docker-Content-Digest")), (200, d1), "GET by tag fills it")
+    state["tag"] = (m2, d2)
+    time.sleep(2.2)
+    r = p.get(path, headers={"Accept": CONTAINERD})
+    check(r.status != 200 or r.header("Docker-Content-Digest") != d1,
+          "GET past tag_ttl, upstream HEAD naming %s then its GET failing: answered %r with "
+          "the old digest %s" % (d2, (r.status, r.header("X-Regproxy-Cache")), d1))
