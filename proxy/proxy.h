@@ -459,8 +459,9 @@ int rp_conn_queue_file(struct rp_conn *c, int fd, uint64_t off, uint64_t len);
 struct evbuffer *rp_conn_output(struct rp_conn *c);
 /* Bytes the client is still owed: the output evbuffer and a file body. */
 size_t rp_conn_output_len(struct rp_conn *c);
-/* Drops the last len bytes queued, if they are all that is queued (so none of them has
- * been sent) and no file body follows; returns whether it did. */
+/* Drops the last len bytes queued, if all of them are still queued (so none has been
+ * sent; earlier answers queued before them stay) and no file body follows; on a TLS
+ * connection only when they are all that is queued. Returns whether it did. */
 bool rp_conn_take_back(struct rp_conn *c, size_t len);
 /* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
 void rp_conn_stream_mode(struct rp_conn *c);

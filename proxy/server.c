@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -108,11 +109,32 @@ size_t rp_conn_output_len(struct rp_conn *c)
 
 bool rp_conn_take_back(struct rp_conn *c, size_t len)
 {
-    /* Bytes leave from the front: when the output is exactly the len bytes last queued,
-     * none of them has. (A TLS connection's output moves into OpenSSL as it is written.) */
-    if (len == 0 || c->file_left || evbuffer_get_length(c->out) != len)
+    /* Bytes leave from the front: while the output still holds the len bytes last queued,
+     * none of them has left, even behind earlier answers (pipelined requests) still
+     * queued. evbuffer cuts only from the front, so those are set aside and put back; the
+     * piece split is a memory chain (a head is never added to a file segment's), whole
+     * chains just move. A TLS connection's front may be inside OpenSSL, which must be
+     * offered the same bytes again, perhaps in one piece with this answer's: there it is
+     * taken back only when it is all that is queued. */
+    size_t have = evbuffer_get_length(c->out);
+    if (len == 0 || c->file_left || have < len)
         return false;
-    return evbuffer_drain(c->out, len) == 0;
+    if (have == len)
+        return evbuffer_drain(c->out, len) == 0;
+    size_t before = have - len;
+    if (c->bev || before > INT_MAX)
+        return false;
+    struct evbuffer *front = evbuffer_new();
+    if (!front)
+        return false;
+    bool ok = evbuffer_remove_buffer(c->out, front, before) == (int)before &&
+              evbuffer_drain(c->out, len) == 0;
+    if (!ok)
+        evbuffer_prepend_buffer(c->out, front);
+    else
+        ok = evbuffer_add_buffer(c->out, front) == 0;
+    evbuffer_free(front);
+    return ok;
 }
 
 /* Input buffers are held only while bytes wait to be parsed: ten thousand idle keep-alive

@@ -8,11 +8,14 @@ import base64
 import gzip
 import json
 import os
+import socket
 import time
 
 import lib
 import rawup
 from lib import check, eq
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 MT = "application/vnd.oci.image.manifest.v1+json"
 
@@ -424,3 +427,78 @@ def test_cdn_wrong_length_answered_502(t):
         check("digest" in json.dumps(e["detail"]), "%s: detail %r does not say why" % (what, e))
     check(not os.path.exists(lib.cache_path(p.cache_dir, "blobs", rawup.sha256(blob))),
           "a blob cached from a short answer")
+
+
+def _read_responses(s, n):
+    """Up to n pipelined responses from socket s, read until they are complete or the proxy
+    closes: [(status, body)], body None for one cut short."""
+    buf, out, eof = b"", [], False
+    while len(out) < n:
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end >= 0:
+            lines = buf[:head_end].decode("latin-1").split("\r\n")
+            hd = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+            need = head_end + 4 + int(hd.get("content-length", "0"))
+            if len(buf) >= need:
+                out.append((int(lines[0].split()[1]), buf[head_end + 4:need]))
+                buf = buf[need:]
+                continue
+        if eof:
+            if head_end >= 0:
+                out.append((int(buf.split(b" ", 2)[1]), None))
+            break
+        b = s.recv(65536)
+        eof = not b
+        buf += b
+    return out
+
+
+def test_cdn_wrong_length_answered_502_behind_pipelined_answers(t):
+    """A client that pipelines requests and reads slowly: the answers to its GETs of a
+    cached manifest are still queued in the proxy when the blob GET behind them fails (its
+    CDN's Content-Length is short). Nothing of the blob's answer has left, but it was taken
+    back only when it was all that was queued: the client got the manifests, then the
+    blob's 200 head and a closed connection, instead of a 502."""
+    blob = os.urandom(4096)
+    digest = rawup.sha256(blob)
+    idx = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+                      "annotations": {"pad": "x" * 300000}}).encode()
+    md = rawup.sha256(idx)
+
+    def cdn_h(r):
+        r.send(200, blob[:-10], [("Content-Type", "application/octet-stream"),
+                                 ("Content-Length", str(len(blob) - 10))])
+        return False
+    cdn = rawup.RawUpstream(t, cdn_h)
+
+    def h(r):
+        if r.path.startswith("/v2/ns/x/blobs/"):
+            r.send(307, b"", [("Location", "%s/cdn/%s?sig=x" % (cdn.url, digest))])
+        elif r.path == "/v2/ns/x/manifests/" + md:
+            r.answer(idx, OCI_INDEX, md)
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    mpath = "/v2/ns/x/manifests/" + md
+    eq(p.get(mpath, headers={"Accept": OCI_INDEX}).status, 200, "manifest cached first")
+    n0 = len(p.access())
+    s = socket.socket()
+    t.defer(s.close)
+    # A small window and segments: the kernel holds far less than the queued answers.
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", p.port))
+    req = "GET %s HTTP/1.1\r\nHost: x\r\nAccept: %s\r\n\r\n"
+    s.sendall(("".join(req % (mpath, OCI_INDEX) for _ in range(3)) +
+               req % ("/v2/ns/x/blobs/" + digest, "*/*")).encode())
+    p.wait_access(n0 + 4, timeout=60)  # the blob's request has ended, one way or the other
+    s.settimeout(60)
+    got = _read_responses(s, 4)
+    eq([(st, b == idx) for st, b in got[:3]], [(200, True)] * 3, "pipelined manifest GETs")
+    eq([st for st, b in got[3:]], [502],
+       "blob GET behind them, its CDN's answer short (responses: %r)"
+       % [(st, None if b is None else len(b)) for st, b in got])
+    e = json.loads(got[3][1])["errors"][0]
+    check("digest" in json.dumps(e["detail"]), "502 detail %r does not say why" % e)
