@@ -76,9 +76,9 @@ def test_abandoned_fill_over_max_size_stops(t):
           "the %d byte blob is cached with max_size 5M" % layer["size"])
 
 
-def test_fill_over_max_size_left_before_headers_not_downloaded(t):
-    """Its only client gone before upstream answered, a blob the cache would not keep is not
-    downloaded at all: the fill stops at upstream's headers."""
+def _held_blob_upstream(t):
+    """An upstream holding the 6 MiB blob ns/x's GET until the returned event is set (set at
+    the test's end regardless): (upstream, digest, event)."""
     import threading
 
     import rawup
@@ -98,6 +98,27 @@ def test_fill_over_max_size_left_before_headers_not_downloaded(t):
         return False
     up = rawup.RawUpstream(t, h)
     t.defer(go.set)
+    return up, digest, go
+
+
+def _given_up(p, digest, gone):
+    """The fill of digest ended with the log line `gone`, not downloaded in vain; counted
+    once, and nothing left in tmp/."""
+    served = "served but not cached"
+    lib.wait_until(lambda: gone in p.log_text() or served in p.log_text(), 60,
+                   "the fill of %s to end after its clients left" % digest)
+    check(served not in p.log_text(), "the blob was downloaded with no client left, to be "
+          "thrown away")
+    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "tmp") == [], 30,
+                   "tmp/ of the cache to empty after the given-up fill")
+    eq(p.metrics()[("regproxy_fill_not_kept_total", frozenset({("registry", "raw.test")}))], 1,
+       "fills not kept (counted once)")
+
+
+def test_fill_over_max_size_left_before_headers_not_downloaded(t):
+    """Its only client gone before upstream answered, a blob the cache would not keep is not
+    downloaded at all: the fill stops at upstream's headers."""
+    up, digest, go = _held_blob_upstream(t)
     p = t.proxy(registries=[up.conf()], cache={"max_size": "5M"})
     path = "/v2/ns/x/blobs/" + digest
     with socket.create_connection(("127.0.0.1", p.port), timeout=30) as c:
@@ -106,40 +127,14 @@ def test_fill_over_max_size_left_before_headers_not_downloaded(t):
     lib.wait_until(lambda: any(a.get("path") == path and a.get("aborted") == "client"
                                for a in p.access()), 30, "the client's departure logged")
     go.set()
-    gone = "not downloaded with its clients gone"
-    served = "served but not cached"
-    lib.wait_until(lambda: gone in p.log_text() or served in p.log_text(), 60,
-                   "the fill of %s to end after its only client left" % digest)
-    check(served not in p.log_text(), "the blob was downloaded with no client left, to be "
-          "thrown away")
-    key = frozenset({("registry", "raw.test")})
-    eq(p.metrics()[("regproxy_fill_not_kept_total", key)], 1, "fills not kept")
-    eq(lib.cache_files(p.cache_dir, "tmp"), [], "tmp/ of the cache after the declined fill")
+    _given_up(p, digest, "not downloaded with its clients gone")
 
 
 def test_fill_over_max_size_left_to_a_past_the_end_range_stops(t):
     """A fill's last reader can also leave by being answered without it: a range past the
     end gets its 416 once upstream's headers give the size. With its other client gone
     before then, a blob the cache would not keep is then given up, as when a client leaves."""
-    import threading
-
-    import rawup
-    blob = os.urandom(6 << 20)
-    digest = rawup.sha256(blob)
-    go = threading.Event()
-
-    def h(r):
-        if r.path != "/v2/ns/x/blobs/" + digest:
-            r.send(404, b"")
-            return False
-        go.wait(60)
-        try:
-            r.send(200, blob, [("Content-Type", "application/octet-stream")])
-        except OSError:
-            pass  # the proxy stopped reading
-        return False
-    up = rawup.RawUpstream(t, h)
-    t.defer(go.set)
+    up, digest, go = _held_blob_upstream(t)
     p = t.proxy(registries=[up.conf()], cache={"max_size": "5M"},
                 admin={"log_level": "debug"})
     path = "/v2/ns/x/blobs/" + digest
@@ -157,14 +152,5 @@ def test_fill_over_max_size_left_to_a_past_the_end_range_stops(t):
         go.set()
         head = ranged.recv(4096)
         check(head.startswith(b"HTTP/1.1 416"), "the range past the end: %r" % head[:200])
-    gone = "not downloaded: its clients were answered without it"
-    served = "served but not cached"
-    lib.wait_until(lambda: gone in p.log_text() or served in p.log_text(), 60,
-                   "the fill of %s to end after its readers left" % digest)
-    check(served not in p.log_text(), "the blob was downloaded with no client left, to be "
-          "thrown away")
+    _given_up(p, digest, "not downloaded: its clients were answered without it")
     eq(len(up.seen(path)), 1, "upstream GETs of the blob")
-    lib.wait_until(lambda: lib.cache_files(p.cache_dir, "tmp") == [], 30,
-                   "tmp/ of the cache to empty after the given-up fill")
-    eq(p.metrics()[("regproxy_fill_not_kept_total", frozenset({("registry", "raw.test")}))], 1,
-       "fills not kept (counted once)")
