@@ -285,6 +285,25 @@ static void behind_size_learn(struct rp_server *srv, const char *digest, int64_t
 static void fill_count(const struct rp_fill *f, enum rp_fill_event ev);
 static void start_readers(struct rp_fill *f);
 
+/* No reader waits for the download and the cache will not keep the blob: it is not wanted,
+ * which is not a failure. Counted and logged (how: when it was seen, bytes: the blob's size,
+ * -1 unknown); the caller stops the transfer. */
+static void fill_decline(struct rp_fill *f, int64_t bytes, const char *how)
+{
+    f->declined = true;
+    fill_count(f, RP_FILL_NOT_KEPT);
+    rp_info("fill %s registry=%s bytes=%lld: %s: larger than the cache's max_size", f->digest,
+            f->reg->name, (long long)bytes, how);
+}
+
+/* fill_decline for a download under way. */
+static void fill_give_up(struct rp_fill *f)
+{
+    char how[80];
+    snprintf(how, sizeof(how), "given up at %lld with its clients gone", (long long)f->written);
+    fill_decline(f, f->unsized ? -1 : f->expected, how);
+}
+
 /* Pins the blob by the patterns in force (as a finished fill is) and asks whether the cache
  * may keep size bytes of it: not when that is more than max_size leaves beside the pins. */
 static bool fill_keepable(struct rp_fill *f, int64_t size)
@@ -346,12 +365,9 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         f->unsized = h->length < 0;
         /* Unsized, nothing says yet that it is too big: judged as its bytes land. */
         if (TAILQ_EMPTY(&f->readers) && !fill_keepable(f, h->length < 0 ? 0 : h->length)) {
-            f->declined = true;
-            fill_count(f, RP_FILL_NOT_KEPT);
-            rp_info("fill %s registry=%s bytes=%lld: not downloaded %s: larger than the "
-                    "cache's max_size",
-                    f->digest, f->reg->name, (long long)h->length,
-                    f->behind ? "behind a range" : "with its clients gone");
+            fill_decline(f, h->length,
+                         f->behind ? "not downloaded behind a range"
+                                   : "not downloaded with its clients gone");
             return -1;
         }
         f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
@@ -381,11 +397,7 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
      * is known): judged as if none had waited, above. Here, not on the next loop turn: over
      * a fast link the whole blob lands meanwhile. */
     if (TAILQ_EMPTY(&f->readers) && !fill_keepable(f, f->expected)) {
-        f->declined = true;
-        fill_count(f, RP_FILL_NOT_KEPT);
-        rp_info("fill %s registry=%s bytes=%lld: not downloaded: its clients were answered "
-                "without it, and it is larger than the cache's max_size",
-                f->digest, f->reg->name, (long long)f->expected);
+        fill_decline(f, f->expected, "not downloaded, its clients answered without it");
         return -1;
     }
     return 0;
@@ -449,11 +461,7 @@ static long fill_data_cb(void *arg, const char *p, size_t n)
      * grows: past that, it stops here, as at headers (fill_headers_cb). Judged per piece,
      * not per loop iteration: over a fast link the rest and the end come in one. */
     if (f->unsized && TAILQ_EMPTY(&f->readers) && !unsized_keepable(f)) {
-        f->declined = true;
-        fill_count(f, RP_FILL_NOT_KEPT);
-        rp_info("fill %s registry=%s bytes=-1: given up at %lld with its clients gone: larger "
-                "than the cache's max_size",
-                f->digest, f->reg->name, (long long)f->written);
+        fill_give_up(f);
         return -1;
     }
     /* curl hands over a TLS record at a time, many per loop iteration: the file write and
@@ -745,11 +753,7 @@ static void fill_abandon_cb(evutil_socket_t fd, short what, void *arg)
         fill_keepable(f, size))
         return;
     fill_unlist(f);
-    fill_count(f, RP_FILL_NOT_KEPT);
-    rp_info("fill %s registry=%s bytes=%lld: given up at %lld with its clients gone: larger "
-            "than the cache's max_size",
-            f->digest, f->reg->name, (long long)(f->unsized ? -1 : f->expected),
-            (long long)f->written);
+    fill_give_up(f);
     fill_free(f);
 }
 

@@ -152,5 +152,5 @@ def test_fill_over_max_size_left_to_a_past_the_end_range_stops(t):
         go.set()
         head = ranged.recv(4096)
         check(head.startswith(b"HTTP/1.1 416"), "the range past the end: %r" % head[:200])
-    _given_up(p, digest, "not downloaded: its clients were answered without it")
+    _given_up(p, digest, "not downloaded, its clients answered without it")
     eq(len(up.seen(path)), 1, "upstream GETs of the blob")
