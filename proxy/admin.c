@@ -200,17 +200,12 @@ static void admin_resume_cb(evutil_socket_t fd, short what, void *arg)
         evconnlistener_enable(srv->admin);
 }
 
-/* accept() failed (EMFILE, ENFILE): the listening socket stays readable, and a probe or a
- * scrape waiting on it would spin the loop at full CPU, libevent logging every turn. As on
- * the registry listeners, accepting pauses for 100 ms. */
+/* A probe or a scrape waiting while descriptors ran out would spin the loop, as on the
+ * registry listeners. */
 static void admin_error_cb(struct evconnlistener *l, void *arg)
 {
     struct rp_server *srv = arg;
-    int err = EVUTIL_SOCKET_ERROR();
-    rp_warn("admin listen: accept: %s; new connections wait 100 ms", strerror(err));
-    evconnlistener_disable(l);
-    struct timeval tv = {0, 100000};
-    evtimer_add(srv->admin_resume_ev, &tv);
+    rp_server_accept_pause(l, srv->admin_resume_ev, "admin listen");
 }
 
 int rp_admin_start(struct rp_server *srv, const char *addr)

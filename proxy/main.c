@@ -400,12 +400,7 @@ int main(int argc, char **argv)
          * would end the process (systemctl reload soon after start), and a PID 1 (in a
          * container) drops a SIGTERM or SIGINT it has no handler for, so a pod deleted
          * during start-up would serve on until the SIGKILL. */
-        sigset_t held;
-        sigemptyset(&held);
-        sigaddset(&held, SIGHUP);
-        sigaddset(&held, SIGTERM);
-        sigaddset(&held, SIGINT);
-        sigprocmask(SIG_BLOCK, &held, NULL);
+        rp_server_hold_signals(SIG_BLOCK);
         struct rp_conf *conf = load(config);
         if (!conf)
             return 1;

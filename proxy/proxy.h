@@ -496,6 +496,15 @@ const EVP_MD *rp_digest_md(const char *digest);
 /* Serves until SIGTERM/SIGINT. SIGHUP, SIGTERM and SIGINT may be blocked on entry (main
  * holds them while starting): they are unblocked once their handlers are in place. */
 int rp_server_run(struct rp_conf *conf);
+/* Blocks (SIG_BLOCK) or unblocks (SIG_UNBLOCK) the signals serve holds pending while it
+ * starts: SIGHUP, SIGTERM, SIGINT. main blocks them before loading; rp_server_run unblocks
+ * them once its handlers are in place. */
+void rp_server_hold_signals(int how);
+/* accept() failed on l (EMFILE, ENFILE, ENOBUFS): the listening socket stays readable, and
+ * the loop would spin on it at full CPU, libevent logging each turn. Logs it (label: whose
+ * listener) and disables l for 100 ms, after which resume_ev fires (a timer the caller
+ * made, which enables l again when it still should). */
+void rp_server_accept_pause(struct evconnlistener *l, struct event *resume_ev, const char *label);
 /* Tells a systemd-style service manager the proxy's state (rp_sd_notify); a failure is
  * logged once, not fatal. */
 void rp_server_notify(struct rp_server *srv, const char *state);

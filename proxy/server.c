@@ -1405,17 +1405,23 @@ static void listen_resume_cb(evutil_socket_t fd, short what, void *arg)
         evconnlistener_enable(ctx->li->ev);
 }
 
-/* accept() failed (EMFILE, ENFILE, ENOBUFS): the listening socket stays readable, so the
- * loop would spin on it at full CPU, logging each turn. Accepting pauses for 100 ms; the
- * connections already open go on, and closing them frees descriptors. */
+void rp_server_accept_pause(struct evconnlistener *l, struct event *resume_ev, const char *label)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    rp_warn("%s: accept: %s; new connections wait 100 ms", label, strerror(err));
+    evconnlistener_disable(l);
+    struct timeval tv = {0, 100000};
+    evtimer_add(resume_ev, &tv);
+}
+
+/* Accepting pauses; the connections already open go on, and closing them frees
+ * descriptors. */
 static void listen_error_cb(struct evconnlistener *l, void *arg)
 {
     struct rp_listen_ctx *ctx = arg;
-    int err = EVUTIL_SOCKET_ERROR();
-    rp_warn("listen %s: accept: %s; new connections wait 100 ms", ctx->conf->addr, strerror(err));
-    evconnlistener_disable(l);
-    struct timeval tv = {0, 100000};
-    evtimer_add(ctx->resume_ev, &tv);
+    char label[300];
+    snprintf(label, sizeof(label), "listen %s", ctx->conf->addr);
+    rp_server_accept_pause(l, ctx->resume_ev, label);
 }
 
 static int listen_on(struct rp_server *srv, struct rp_listener *li, struct rp_listen_ctx *ctx)
@@ -1730,6 +1736,16 @@ static void raise_nofile(const struct rp_conf *conf)
                 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
 }
 
+void rp_server_hold_signals(int how)
+{
+    sigset_t held;
+    sigemptyset(&held);
+    sigaddset(&held, SIGHUP);
+    sigaddset(&held, SIGTERM);
+    sigaddset(&held, SIGINT);
+    sigprocmask(how, &held, NULL);
+}
+
 void rp_server_notify(struct rp_server *srv, const char *state)
 {
     if (rp_sd_notify(state) < 0 && !srv->notify_failed) {
@@ -1767,12 +1783,7 @@ int rp_server_run(struct rp_conf *conf)
     evsignal_add(srv.sig_int, NULL);
     rp_reload_init(&srv);
     /* main held these back while starting: one sent meanwhile is handled now. */
-    sigset_t held;
-    sigemptyset(&held);
-    sigaddset(&held, SIGHUP);
-    sigaddset(&held, SIGTERM);
-    sigaddset(&held, SIGINT);
-    sigprocmask(SIG_UNBLOCK, &held, NULL);
+    rp_server_hold_signals(SIG_UNBLOCK);
     if (strcmp(conf->admin.listen, "off") != 0)
         rp_admin_start(&srv, conf->admin.listen);
     for (size_t i = 0; i < conf->n_warnings; i++)
