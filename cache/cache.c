@@ -2437,6 +2437,7 @@ bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo,
 /* ---------------------------------------------------------------- tags --- */
 
 /* A tag's memory value: digest, NUL, media type ("" when unknown), NUL. */
+#define TAG_VALUE_MAX (RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1)
 static size_t tag_value(char *buf, const char *digest, const char *media_type)
 {
     size_t dn = strlen(digest) + 1, tn = strlen(media_type) + 1;
@@ -2475,7 +2476,7 @@ int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
     free(body);
     char key[MEMO_KEY_MAX];
     size_t klen = memo_key(key, registry, repo, tag);
-    char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1];
+    char val[TAG_VALUE_MAX];
     if (rc == RP_CACHE_OK)
         memo_put(c, &c->tags, key, klen, val, tag_value(val, d.str, media_type), now_s);
     else /* the file still says what it said; let the next get read it */
@@ -2560,39 +2561,42 @@ static int tag_decode(const char *buf, size_t n, const char *registry, const cha
     return RP_CACHE_OK;
 }
 
-/* A tag from memory or its file: val gets tag_value's layout. */
+/* A tag's value (tag_value's layout: digest, NUL, media type, NUL) from memory or its
+ * file: *val points into the memory cache (good until its next change), or, read from the
+ * file, into scratch. A warm "manifest by tag" copies only what its caller wants of it. */
 static int tag_lookup(struct rp_cache *c, const char *registry, const char *repo, const char *tag,
-                      char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1], int64_t *fetched_s)
+                      char scratch[TAG_VALUE_MAX], const char **val, int64_t *fetched_s)
 {
     char key[MEMO_KEY_MAX];
     size_t klen = memo_key(key, registry, repo, tag);
     struct memo_ent *me = memo_find(c, &c->tags, key, klen);
-    if (me) {
-        memcpy(val, me->kv + me->klen, me->vlen);
-        *fetched_s = me->when;
+    if (!me) {
+        char hex[65], rel[REL_MAX];
+        key_hex(registry, repo, tag, hex);
+        key_rel(rel, sizeof(rel), "tags", hex);
+        char *buf = NULL;
+        size_t n = 0;
+        struct digest d;
+        int64_t when = 0;
+        char type[MEDIA_TYPE_MAX + 1] = "";
+        int rc = read_file(c, rel, TAG_FILE_MAX, &buf, &n);
+        if (rc == RP_CACHE_OK)
+            rc = tag_decode(buf, n, registry, repo, tag, &d, &when, type);
+        free(buf);
+        if (rc == RP_CACHE_E_CORRUPT) {
+            rp_warn("cache: %s is damaged; removed", rel);
+            if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+                rp_warn("cache: removing %s: %s", rel, strerror(errno));
+        }
+        if (rc != RP_CACHE_OK)
+            return rc;
+        memo_put(c, &c->tags, key, klen, scratch, tag_value(scratch, d.str, type), when);
+        *val = scratch;
+        *fetched_s = when;
         return RP_CACHE_OK;
     }
-    char hex[65], rel[REL_MAX];
-    key_hex(registry, repo, tag, hex);
-    key_rel(rel, sizeof(rel), "tags", hex);
-    char *buf = NULL;
-    size_t n = 0;
-    struct digest d;
-    int64_t when = 0;
-    char type[MEDIA_TYPE_MAX + 1] = "";
-    int rc = read_file(c, rel, TAG_FILE_MAX, &buf, &n);
-    if (rc == RP_CACHE_OK)
-        rc = tag_decode(buf, n, registry, repo, tag, &d, &when, type);
-    free(buf);
-    if (rc == RP_CACHE_E_CORRUPT) {
-        rp_warn("cache: %s is damaged; removed", rel);
-        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-            rp_warn("cache: removing %s: %s", rel, strerror(errno));
-    }
-    if (rc != RP_CACHE_OK)
-        return rc;
-    *fetched_s = when;
-    memo_put(c, &c->tags, key, klen, val, tag_value(val, d.str, type), when);
+    *val = me->kv + me->klen;
+    *fetched_s = me->when;
     return RP_CACHE_OK;
 }
 
@@ -2604,10 +2608,11 @@ int rp_cache_tag_get(struct rp_cache *c, const char *registry, const char *repo,
     if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || !digest ||
         digest_len < RP_CACHE_DIGEST_BUF || !fetched_s)
         return RP_CACHE_E_INVALID;
-    char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1];
-    int rc = tag_lookup(c, registry, repo, tag, val, fetched_s);
+    char scratch[TAG_VALUE_MAX];
+    const char *val;
+    int rc = tag_lookup(c, registry, repo, tag, scratch, &val, fetched_s);
     if (rc == RP_CACHE_OK)
-        snprintf(digest, digest_len, "%s", val);
+        memcpy(digest, val, strlen(val) + 1); /* a parsed digest: fits RP_CACHE_DIGEST_BUF */
     return rc;
 }
 
@@ -2618,17 +2623,19 @@ int rp_cache_tag_type(struct rp_cache *c, const char *registry, const char *repo
         buf[0] = '\0';
     if (!c || !key_part_ok(registry) || !key_part_ok(repo) || !key_part_ok(tag) || !buf || !len)
         return RP_CACHE_E_INVALID;
-    char val[RP_CACHE_DIGEST_BUF + MEDIA_TYPE_MAX + 1];
+    char scratch[TAG_VALUE_MAX];
+    const char *val;
     int64_t when;
-    int rc = tag_lookup(c, registry, repo, tag, val, &when);
+    int rc = tag_lookup(c, registry, repo, tag, scratch, &val, &when);
     if (rc != RP_CACHE_OK)
         return rc;
     const char *type = val + strlen(val) + 1;
-    if (!type[0])
+    size_t tn = strlen(type);
+    if (!tn)
         return RP_CACHE_E_NOENT;
-    if (strlen(type) >= len)
+    if (tn >= len)
         return RP_CACHE_E_INVALID;
-    memcpy(buf, type, strlen(type) + 1);
+    memcpy(buf, type, tn + 1);
     return RP_CACHE_OK;
 }
 
