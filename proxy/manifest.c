@@ -408,10 +408,20 @@ int rp_image_list_load(const struct rp_conf *conf, const char *path, struct rp_i
         got += (size_t)r;
     }
     buf[size] = '\0';
+    /* Lists written on Windows: Notepad and PowerShell's UTF8 encoding start the file with a
+     * byte order mark, which is no part of the first reference; Windows PowerShell's `>`
+     * writes UTF-16, where every other byte is NUL: say so rather than quote garbage. */
+    size_t start = 0;
+    if (size >= 3 && memcmp(buf, "\xef\xbb\xbf", 3) == 0)
+        start = 3;
+    else if (size >= 2 && (memcmp(buf, "\xff\xfe", 2) == 0 || memcmp(buf, "\xfe\xff", 2) == 0)) {
+        set_err(err, errlen, "%s: UTF-16 text; save the list as UTF-8 or ASCII", path);
+        goto out;
+    }
     struct rp_image_ref *v = NULL;
     size_t cnt = 0, alloc = 0;
     unsigned line = 0;
-    for (size_t pos = 0; pos < size;) {
+    for (size_t pos = start; pos < size;) {
         line++;
         const char *s = buf + pos;
         const char *nl = memchr(s, '\n', size - pos);

@@ -112,9 +112,9 @@ int rp_image_ref_parse(const struct rp_conf *conf, const char *s, size_t len,
 /* "registry/repo:tag@digest" (parts present only) into buf. */
 void rp_image_ref_format(const struct rp_image_ref *r, char *buf, size_t len);
 
-/* Reads an image list (one reference a line, '#' comments, blank lines ignored; at most
- * 16 MiB and 100000 images). Returns 0 and an array (free()), or -1 with "FILE:LINE:
- * reason" in err. */
+/* Reads an image list (one reference a line, '#' comments, blank lines ignored, CRLF and a
+ * leading UTF-8 byte order mark accepted, UTF-16 refused; at most 16 MiB and 100000 images).
+ * Returns 0 and an array (free()), or -1 with "FILE:LINE: reason" in err. */
 int rp_image_list_load(const struct rp_conf *conf, const char *path, struct rp_image_ref **out,
                        size_t *n, char *err, size_t errlen);
 

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Disconnected-cluster workflows against a static plain-HTTP upstream (rawup): mirror
 --platform through an index of indexes, a mirror rerun after a tag moved, an older bundle
-imported after a newer one, and split parts in the wrong order."""
+imported after a newer one, split parts in the wrong order, and a list saved on Windows."""
 import json
 import os
 import re
@@ -218,3 +218,28 @@ def test_split_parts_swapped(t):
     eq(rc, 1, "exit status of the import of swapped parts (stderr %r)" % err)
     blobs = os.path.join(cache2, "blobs")
     check(not os.path.exists(blobs) or not os.listdir(blobs), "cache untouched")
+
+
+def test_mirror_list_written_on_windows(t):
+    """A list saved by Notepad or PowerShell (Set-Content -Encoding UTF8): a UTF-8 byte order
+    mark, CRLF line ends, trailing spaces. The mark was taken for part of the first reference,
+    refused as "spaces or control characters" with an invisible quote. A UTF-16 list
+    (Windows PowerShell's `>`) is refused saying what it is."""
+    st = Store()
+    a = st.image("ns/app", "amd64", tag="v1")
+    b = st.image("ns/other", "amd64", tag="v2")
+    up = rawup.RawUpstream(t, st.handler())
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    lst = os.path.join(t.tmp, "list")
+    text = "%s/ns/app:v1  \r\n# comment\r\n\r\n%s/ns/other:v2\r\n" % (NAME, NAME)
+    with open(lst, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + text.encode())
+    rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
+    eq(rc, 0, "mirror of a list with a byte order mark (stdout %r, stderr %r)" % (out, err))
+    for ref, d in (("ns/app:v1", a["digest"]), ("ns/other:v2", b["digest"])):
+        check("ok %s/%s@%s" % (NAME, ref, d) in out, "%s not mirrored:\n%s" % (ref, out))
+    with open(lst, "wb") as f:
+        f.write(text.encode("utf-16"))
+    rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
+    eq(rc, 1, "mirror of a UTF-16 list (stdout %r, stderr %r)" % (out, err))
+    check("%s: UTF-16" % lst in err, "the message should name the file and UTF-16: %r" % err)
