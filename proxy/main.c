@@ -69,7 +69,8 @@ static const struct command_help commands[] = {
      "Everything mirrored is pinned (never evicted) and recorded in the cache dir's `pins`\n"
      "file, which `serve` re-applies at every start. A rerun fetches only what is missing.\n"
      "Prints a line per image (a progress line on a terminal) and a summary; exits 0 when\n"
-     "every image succeeded, else 1, naming each failure with the proxy's error.\n"
+     "every image succeeded, else 1, naming each failure with the proxy's error (a LIST\n"
+     "naming no image is an error too).\n"
      "The cache must not be in use by a running regproxy.\n",
      "cPj"},
     {"export", "export -c FILE [LIST] -o BUNDLE [--split SIZE] | [LIST] --oci DIR",

@@ -528,6 +528,16 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
         rp_platforms_free(m.platforms);
         return 1;
     }
+    if (m.n_images == 0) {
+        /* Most likely the command that wrote the list failed (`oc adm release info ... >
+         * LIST`): "0 of 0 images ok" and exit 0 would let the cluster be disconnected with
+         * nothing mirrored. Export refuses an empty list the same way. */
+        fprintf(stderr, "regproxy mirror: %s names no image (only blank lines and comments)\n",
+                o->list);
+        free(refs);
+        rp_platforms_free(m.platforms);
+        return 1;
+    }
     m.images = rp_xcalloc(m.n_images + 1, sizeof(*m.images));
     for (size_t i = 0; i < m.n_images; i++) {
         m.images[i].ref = refs[i];

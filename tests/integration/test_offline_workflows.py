@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Disconnected-cluster workflows against a static plain-HTTP upstream (rawup): mirror
 --platform through an index of indexes, a mirror rerun after a tag moved, an older bundle
-imported after a newer one, split parts in the wrong order, and a list saved on Windows."""
+imported after a newer one, split parts in the wrong order, a list saved on Windows and an empty list."""
 import json
 import os
 import re
@@ -243,3 +243,19 @@ def test_mirror_list_written_on_windows(t):
     rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
     eq(rc, 1, "mirror of a UTF-16 list (stdout %r, stderr %r)" % (out, err))
     check("%s: UTF-16" % lst in err, "the message should name the file and UTF-16: %r" % err)
+
+
+def test_mirror_empty_list(t):
+    """A list with nothing but comments and blank lines, as left by a failed `oc adm release
+    info ... > LIST`: the mirror said "0 of 0 images ok" and exited 0, so a script went on to
+    disconnect the cluster with nothing mirrored. It must fail, saying the list is empty."""
+    st = Store()
+    st.image("ns/app", "amd64", tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("# images for 4.14\n\n   \n")
+    rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
+    eq(rc, 1, "mirror of an empty list (stdout %r, stderr %r)" % (out, err))
+    check("%s names no image" % lst in err, "the message should say the list is empty: %r" % err)
