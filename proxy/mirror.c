@@ -258,6 +258,21 @@ static void manifest_done(struct mirror *m, struct task *t)
     if (t->depth == 0) {
         snprintf(img->top_digest, sizeof(img->top_digest), "%s", digest);
         rp_cache_pin(m->srv.cache, digest);
+        /* By tag, the digest is known only now, after the proxy published the manifest
+         * unpinned: with pinned content past max_size (earlier images of this list or of
+         * the pins file), that publish evicted it at once. Pinned now, it is asked again by
+         * digest, and kept; its references are followed from that answer. */
+        const char *data, *type;
+        size_t len;
+        if (!t->digest[0] &&
+            rp_cache_manifest_peek(m->srv.cache, digest, &data, &len, &type) != RP_CACHE_OK) {
+            struct task_list again;
+            TAILQ_INIT(&again);
+            struct task *d = task_new(img, m, T_MANIFEST, digest, digest, -1, 0);
+            TAILQ_INSERT_TAIL(&again, d, link);
+            queue_front(m, &again);
+            return;
+        }
     }
     img->manifests++;
     m->prog.bytes += t->body.len;

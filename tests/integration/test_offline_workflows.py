@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Disconnected-cluster workflows against a static plain-HTTP upstream (rawup): mirror
 --platform through an index of indexes, a mirror rerun after a tag moved, an older bundle
-imported after a newer one, split parts in the wrong order, a list saved on Windows and an empty list."""
+imported after a newer one, split parts in the wrong order, a list saved on Windows, an
+empty list, and mirrors that together exceed max_size."""
 import json
 import os
 import re
@@ -259,3 +260,36 @@ def test_mirror_empty_list(t):
     rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
     eq(rc, 1, "mirror of an empty list (stdout %r, stderr %r)" % (out, err))
     check("%s names no image" % lst in err, "the message should say the list is empty: %r" % err)
+
+
+def test_mirror_beyond_max_size(t):
+    """Mirrored content is pinned and kept past max_size (as documented), whether the pinned
+    bytes come from earlier lines of the list or from an earlier mirror. An image named by
+    tag used to fail once they passed max_size ("not kept by the cache"): its manifest, whose
+    digest the mirror learns only from the answer, was published unpinned and evicted at
+    once, and the image was left out of the pins file."""
+    st = Store()
+    imgs = {r: st.big_image("ns/" + r, 2, 600 * 1024, "v1") for r in ("a", "b", "c")}
+    up = rawup.RawUpstream(t, st.handler())
+    cache = os.path.join(t.tmp, "cache")
+    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, up, max_size="1M")
+    lst = os.path.join(t.tmp, "list")
+    for names in (("a", "b"), ("c",)):
+        with open(lst, "w") as f:
+            f.write("".join("%s/ns/%s:v1\n" % (NAME, r) for r in names))
+        # -j 1: b starts once a is complete, its pinned bytes already past max_size
+        rc, out, err = _run(t, ["mirror", "-c", conf, lst, "-j", "1"], ok=False)
+        eq(rc, 0, "mirror of %s into a cache with max_size 1M (stdout %r, stderr %r)"
+           % (names, out, err[-1500:]))
+    pins = open(os.path.join(cache, "pins")).read()
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache, "offline": "yes",
+                                                   "max_size": "1M"})
+    for r, (man, layers) in sorted(imgs.items()):
+        check("%s/ns/%s:v1@%s" % (NAME, r, man["digest"]) in pins, "ns/%s:v1 not in the pins "
+              "file:\n%s" % (r, pins))
+        g = p.get("/v2/ns/%s/manifests/v1" % r, headers={"Accept": lib.ACCEPT_ALL})
+        eq((g.status, g.headers.get("docker-content-digest")), (200, man["digest"]),
+           "ns/%s:v1 served offline after the mirror" % r)
+        for layer in layers:
+            got = lib.stream_get(p.port, "/v2/ns/%s/blobs/%s" % (r, layer["digest"]))
+            eq((got.status, got.digest), (200, layer["digest"]), "ns/%s layer offline" % r)
