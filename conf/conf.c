@@ -125,7 +125,9 @@ static const struct rp_conf_option options[] = {
      .aux_offset = CACHE_F(n_pins),
      .help = "images never evicted: comma-separated REGISTRY/REPOSITORY patterns with shell "
              "wildcards, where * also matches '/' (registry.redhat.io/* pins a whole "
-             "registry), e.g. registry.redhat.io/openshift3/*. Applied to what is cached "
+             "registry), e.g. registry.redhat.io/openshift3/*. REGISTRY is the section name "
+             "or the host (docker.io for Docker Hub, where docker.io/nginx also pins "
+             "library/nginx). Applied to what is cached "
              "already at every start and on a reload that changes them; a pattern removed "
              "lets its images go"},
     {.section = RP_CONF_SECTION_CACHE,

@@ -158,7 +158,9 @@ struct rp_pins_stamp {
     int64_t mtime_ns;
 };
 void rp_pins_stamp(const char *cache_dir, struct rp_pins_stamp *out);
-/* Whether registry/repo matches one of conf's `pin` patterns (shell wildcards). */
+/* Whether registry/repo matches one of conf's `pin` patterns (shell wildcards), tried with
+ * the registry's section name and its host[:port] (for Docker Hub also "docker.io", and an
+ * official image's short name without "library/"). */
 bool rp_pin_pattern_match(const struct rp_conf *conf, const char *registry, const char *repo);
 /* Pins what conf and the pins file say must stay, the only sources of pins (the cache keeps
  * none across an open): rp_pin_walk for every image of the pins file, and every digest linked

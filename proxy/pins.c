@@ -316,18 +316,30 @@ bool rp_pin_pattern_match(const struct rp_conf *conf, const char *registry, cons
         return false;
     /* By the registry's section name or by its host[:port], as LIST lines and the pins file
      * take either: a pattern written with the host must not pin nothing when the section
-     * is named otherwise. */
+     * is named otherwise. Docker Hub also by "docker.io", the name its clients use, and
+     * with official images' short names ("docker.io/nginx" for library/nginx), as `repos`
+     * takes them: routing added the "library/" the operator did not write. */
     const struct rp_conf_registry *reg = rp_conf_find_registry(conf, registry, strlen(registry));
-    char *image = rp_xasprintf("%s/%s", registry, repo);
-    char *by_host = reg && strcmp(reg->hostport, registry) != 0
-                        ? rp_xasprintf("%s/%s", reg->hostport, repo)
-                        : NULL;
+    const char *hosts[3] = {registry, NULL, NULL};
+    if (reg && strcmp(reg->hostport, registry) != 0)
+        hosts[1] = reg->hostport;
+    const char *repos[2] = {repo, NULL};
+    if (reg && reg->dockerhub) {
+        if (strcmp(registry, "docker.io") != 0 && strcmp(reg->hostport, "docker.io") != 0)
+            hosts[2] = "docker.io";
+        if (strncmp(repo, "library/", 8) == 0 && !strchr(repo + 8, '/'))
+            repos[1] = repo + 8;
+    }
     bool hit = false;
-    for (size_t i = 0; i < cc->n_pins && !hit; i++)
-        hit = fnmatch(cc->pins[i], image, 0) == 0 ||
-              (by_host && fnmatch(cc->pins[i], by_host, 0) == 0);
-    free(image);
-    free(by_host);
+    for (size_t h = 0; h < 3 && !hit; h++)
+        for (size_t r = 0; r < 2 && !hit && hosts[h]; r++) {
+            if (!repos[r])
+                continue;
+            char *image = rp_xasprintf("%s/%s", hosts[h], repos[r]);
+            for (size_t i = 0; i < cc->n_pins && !hit; i++)
+                hit = fnmatch(cc->pins[i], image, 0) == 0;
+            free(image);
+        }
     return hit;
 }
 

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Unit tests for proxy/pins.c: which repositories the `pin` patterns pin, against a
+ * hand-built configuration. */
+#include "../unit.h"
+
+#include "../../../proxy/offline.h"
+
+static struct rp_conf_registry regs[] = {
+    {.name = "redhat",
+     .url = "https://registry.redhat.io",
+     .host = "registry.redhat.io",
+     .port = 443,
+     .hostport = "registry.redhat.io"},
+    {.name = "hub",
+     .url = "https://registry-1.docker.io",
+     .host = "registry-1.docker.io",
+     .port = 443,
+     .hostport = "registry-1.docker.io",
+     .dockerhub = true},
+    {.name = "local",
+     .url = "https://127.0.0.1:5001",
+     .host = "127.0.0.1",
+     .port = 5001,
+     .hostport = "127.0.0.1:5001"},
+};
+
+static bool pinned(const char *pattern, const char *registry, const char *repo)
+{
+    char *pins[] = {(char *)pattern};
+    struct rp_conf conf = {.registries = regs, .n_registries = 3};
+    conf.cache.pins = pins;
+    conf.cache.n_pins = 1;
+    return rp_pin_pattern_match(&conf, registry, repo);
+}
+
+static void test_name_or_host(void)
+{
+    CHECK(pinned("redhat/openshift3/*", "redhat", "openshift3/ose-pod"));
+    CHECK(pinned("registry.redhat.io/openshift3/*", "redhat", "openshift3/ose-pod"));
+    CHECK(pinned("registry.redhat.io/*", "redhat", "a/b/c"));
+    CHECK(pinned("127.0.0.1:5001/ns/x", "local", "ns/x"));
+    CHECK(!pinned("registry.redhat.io/openshift3/*", "redhat", "rhel8/ubi"));
+    CHECK(!pinned("quay.io/*", "redhat", "openshift3/ose-pod"));
+}
+
+/* Docker Hub as its clients name it: "docker.io", official images without "library/". */
+static void test_dockerhub(void)
+{
+    CHECK(pinned("docker.io/nginx", "hub", "library/nginx"));
+    CHECK(pinned("docker.io/library/nginx", "hub", "library/nginx"));
+    CHECK(pinned("hub/nginx", "hub", "library/nginx"));
+    CHECK(pinned("registry-1.docker.io/nginx", "hub", "library/nginx"));
+    CHECK(pinned("docker.io/bitnami/*", "hub", "bitnami/redis"));
+    CHECK(!pinned("docker.io/nginx", "hub", "library/redis"));
+    CHECK(!pinned("docker.io/redis", "hub", "bitnami/redis"));
+    /* Only a one-component rest is a short name, and only on Docker Hub. */
+    CHECK(!pinned("docker.io/a/b", "hub", "library/a/b"));
+    CHECK(!pinned("redhat/ubi", "redhat", "library/ubi"));
+    CHECK(!pinned("docker.io/ns/x", "local", "ns/x"));
+}
+
+int main(void)
+{
+    RUN(test_name_or_host);
+    RUN(test_dockerhub);
+    UNIT_EXIT();
+}
