@@ -2,7 +2,9 @@
 """Disconnected-cluster workflows against a static plain-HTTP upstream (rawup): mirror
 --platform through an index of indexes, a mirror rerun after a tag moved, an older bundle
 imported after a newer one, split parts in the wrong order, a list saved on Windows, an
-empty list, and mirrors that together exceed max_size."""
+empty list, mirrors that together exceed max_size, and bundles rewritten as a
+hostile party would (records re-encoded with the lz4 tool, the trailer recomputed)."""
+import hashlib
 import json
 import os
 import re
@@ -293,3 +295,69 @@ def test_mirror_beyond_max_size(t):
         for layer in layers:
             got = lib.stream_get(p.port, "/v2/ns/%s/blobs/%s" % (r, layer["digest"]))
             eq((got.status, got.digest), (200, layer["digest"]), "ns/%s layer offline" % r)
+
+
+def _lz4(data, decode=False):
+    p = subprocess.run(["lz4", "-q", "-c"] + (["-d"] if decode else []), input=data,
+                       stdout=subprocess.PIPE, check=True)
+    return p.stdout
+
+
+def _bundle_read(path):
+    """A one-file bundle as (metadata dict, [[type, name, data]]), records decoded (LZ4 frames
+    of the metadata and manifests undone); the trailer left out."""
+    with open(path, "rb") as f:
+        b = f.read()
+    pos, recs = 32, []
+    while True:
+        typ, nl, dl = b[pos], int.from_bytes(b[pos + 4:pos + 8], "big"), \
+            int.from_bytes(b[pos + 8:pos + 16], "big")
+        name = b[pos + 16:pos + 16 + nl].decode()
+        data = b[pos + 16 + nl:pos + 16 + nl + dl]
+        pos += 16 + nl + dl
+        if typ == ord("T"):
+            break
+        recs.append([chr(typ), name, _lz4(data, True) if typ in b"Mm" else data])
+    return json.loads(recs[0][2]), recs[1:]
+
+
+def _bundle_write(path, meta, recs):
+    """The bundle of _bundle_read's parts, as a valid stream (lengths and trailer right)."""
+    body = b""
+    for typ, name, data in [["M", "", json.dumps(meta).encode()]] + recs:
+        data = _lz4(data) if typ in "Mm" else data
+        body += bytes([ord(typ), 0, 0, 0]) + len(name).to_bytes(4, "big") + \
+            len(data).to_bytes(8, "big") + name.encode() + data
+    total = 32 + len(body) + 16 + 32
+    head = b"RPBUNDLE" + (1).to_bytes(4, "big") + bytes(4) + total.to_bytes(8, "big") + bytes(8)
+    with open(path, "wb") as f:
+        f.write(head + body + b"T" + bytes(7) + (32).to_bytes(8, "big") +
+                hashlib.sha256(head + body).digest())
+
+
+def test_import_bundle_media_type_not_relabelling(t):
+    """A bundle's metadata gives each manifest a media type, which import stored as it came,
+    replacing the type the cache had for those bytes: a bundle (hostile, or made by a tool
+    that got it wrong) relabelled an image every registry linking that digest serves, and
+    clients then failed to parse it. As the proxy does for what it fetches, the bytes' own
+    mediaType is the type kept."""
+    st = Store()
+    man = st.image("ns/app", "amd64", tag="v1")
+    conf, _ = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/app:v1")
+    good = os.path.join(t.tmp, "good.rpb")
+    _run(t, ["export", "-c", conf, "-o", good])
+    meta, recs = _bundle_read(good)
+    eq([m["media_type"] for m in meta["manifests"]], [OCI_MAN], "exported media types")
+    meta["manifests"][0]["media_type"] = "text/html"
+    bad = os.path.join(t.tmp, "relabel.rpb")
+    _bundle_write(bad, meta, recs)
+    cache2 = os.path.join(t.tmp, "cache-off")
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
+    _run(t, ["import", "-c", conf2, good])
+    rc, out, err = _run(t, ["import", "-c", conf2, bad], ok=False)
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache2, "offline": "yes"})
+    r = p.get("/v2/ns/app/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.headers.get("content-type"), r.headers.get("docker-content-digest")),
+       (200, OCI_MAN, man["digest"]),
+       "manifest after importing a bundle that calls it text/html (import exit %d, %r)"
+       % (rc, err[-300:]))
