@@ -1720,7 +1720,23 @@ static int parts_open(const char *path, struct parts *p, char *err, size_t errle
         free(first);
         return -1;
     }
-    if (parse_header(h, &total, &part_size, err, errlen) != 0) {
+    char why[256];
+    if (parse_header(h, &total, &part_size, why, sizeof(why)) != 0) {
+        /* Named by a later part (b.rpb.001 for b.rpb.000): the header is only in the first. */
+        size_t fl = strlen(first), digits = 0;
+        while (digits < fl - 1 && first[fl - 1 - digits] >= '0' && first[fl - 1 - digits] <= '9')
+            digits++;
+        char *part0 = digits >= 3 && first[fl - 1 - digits] == '.'
+                          ? rp_xasprintf("%.*s.000", (int)(fl - digits - 1), first)
+                          : NULL;
+        if (part0 && strcmp(part0, first) != 0 && memcmp(h, RP_BUNDLE_MAGIC, 8) != 0 &&
+            stat(part0, &st) == 0) {
+            snprintf(err, errlen, "%s is not the first part of a split bundle: name %s", first,
+                     part0);
+        } else {
+            snprintf(err, errlen, "%s: %s", first, why);
+        }
+        free(part0);
         free(first);
         return -1;
     }

@@ -361,3 +361,31 @@ def test_import_bundle_media_type_not_relabelling(t):
        (200, OCI_MAN, man["digest"]),
        "manifest after importing a bundle that calls it text/html (import exit %d, %r)"
        % (rc, err[-300:]))
+
+
+def test_import_named_by_a_later_part(t):
+    """import given b.rpb.001 of a split bundle (the parts listed, one picked): the header is
+    only in b.rpb.000, and the message was "not a regproxy bundle (bad magic)", naming no
+    file, as if the media were bad. It names the part to give instead; a file that is not a
+    bundle at all is named too."""
+    st = Store()
+    st.big_image("ns/big", 2, 100 * 1024, "v1")
+    conf, _ = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/big:v1")
+    d = os.path.join(t.tmp, "media")
+    os.makedirs(d)
+    base = os.path.join(d, "b.rpb")
+    _run(t, ["export", "-c", conf, "-o", base, "--split", "64K"])
+    check(os.path.exists(base + ".002"), "a 200 kB bundle in 64K parts: %s" % os.listdir(d))
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), os.path.join(t.tmp, "cache-off"),
+                  offline=True)
+    rc, _, err = _run(t, ["import", "-c", conf2, base + ".001"], ok=False)
+    eq(rc, 1, "exit status of an import naming part .001 (stderr %r)" % err)
+    check("%s.001 is not the first part of a split bundle: name %s.000" % (base, base) in err,
+          "the message should name the first part: %r" % err)
+    junk = os.path.join(t.tmp, "junk.bin")
+    with open(junk, "wb") as f:
+        f.write(b"x" * 64)
+    rc, _, err = _run(t, ["import", "-c", conf2, junk], ok=False)
+    check(rc == 1 and "%s: not a regproxy bundle" % junk in err,
+          "a file that is no bundle, named in the message: %d %r" % (rc, err))
+    _run(t, ["import", "-c", conf2, base + ".000"])
