@@ -505,7 +505,8 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
     unsigned char *chunk = NULL;
     EVP_MD_CTX *bmd = NULL;
     size_t next_manifest = 0, next_blob = 0;
-    uint64_t part_size;
+    uint64_t part_size, rec_start = 0;
+    bool located = false; /* err is about the whole stream, not where reading stopped */
     bool trusted = (flags & RP_BUNDLE_F_TRUSTED) != 0;
     int rc = -1;
     if (!sink)
@@ -529,6 +530,7 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
                      (unsigned long long)r.pos);
             goto out;
         }
+        rec_start = r.pos;
         /* The trailer's sum covers every byte before its record: hash a head only once
          * it is known not to be the trailer's. */
         if (rd(&r, rh, sizeof(rh), false) != 0)
@@ -565,6 +567,7 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
                 snprintf(err, errlen,
                          "the bundle's checksum does not match its content "
                          "(corrupted in transit?)");
+                located = true;
                 goto out;
             }
             if (r.pos != r.total) {
@@ -610,7 +613,7 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
             free(plain);
             data = plain = NULL;
             if (sink->meta && sink->meta(arg, meta, err, errlen) != 0)
-                goto out;
+                goto sink_failed;
         } else if (type == REC_MANIFEST) {
             if (!meta || next_blob || next_manifest == meta->n_manifests ||
                 strcmp(name, meta->manifests[next_manifest].digest) != 0) {
@@ -640,7 +643,7 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
             }
             if (sink->manifest &&
                 sink->manifest(arg, it->digest, it->media_type, plain, plen, err, errlen) != 0)
-                goto out;
+                goto sink_failed;
             free(data);
             free(plain);
             data = plain = NULL;
@@ -660,7 +663,7 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
             int want =
                 sink->blob_begin ? sink->blob_begin(arg, it->digest, it->size, err, errlen) : 1;
             if (want < 0)
-                goto out;
+                goto sink_failed;
             if (want == 1 && trusted && src->skip) {
                 const char *why = NULL;
                 if (src->skip(src->arg, data_len, &why) != 0) {
@@ -683,7 +686,7 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
                     goto out;
                 EVP_DigestUpdate(bmd, chunk, n);
                 if (want == 0 && sink->blob_data && sink->blob_data(arg, chunk, n, err, errlen))
-                    goto out;
+                    goto sink_failed;
                 left -= n;
             }
             unsigned char md[EVP_MAX_MD_SIZE];
@@ -694,7 +697,7 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
                 goto out;
             }
             if (want == 0 && sink->blob_end && sink->blob_end(arg, err, errlen) != 0)
-                goto out;
+                goto sink_failed;
         } else {
             snprintf(err, errlen, "unknown record type 0x%02x at byte %llu", type,
                      (unsigned long long)(r.pos - sizeof(rh) - name_len));
@@ -706,7 +709,21 @@ int rp_bundle_read(const struct rp_bundle_src *src, unsigned flags,
         *metap = meta;
         meta = NULL;
     }
+    goto out;
+sink_failed:
+    located = true; /* the sink's reason (a full disk, a missing blob) is not about a part */
 out:
+    if (rc != 0 && !located && src->where && r.pos > 0) {
+        /* The record being read when it failed, up to where reading stopped: a blob that
+         * does not match its digest may have its damage in any part it spans. */
+        char loc[1024];
+        loc[0] = '\0';
+        src->where(src->arg, rec_start, r.pos > rec_start ? r.pos : rec_start + 1, loc,
+                   sizeof(loc));
+        size_t el = strlen(err);
+        if (loc[0] && el + 1 < errlen)
+            snprintf(err + el, errlen - el, " (%s)", loc);
+    }
     rp_bundle_meta_free(meta);
     free(data);
     free(plain);
@@ -1606,6 +1623,7 @@ out:
 struct parts {
     char **paths;
     uint64_t *sizes;
+    uint64_t part_size; /* the header's: 0 for one file */
     size_t n, cur;
     int fd;
 };
@@ -1691,6 +1709,22 @@ static int parts_skip(void *arg, uint64_t n, const char **why)
     return 0;
 }
 
+/* Which part files hold [from, to): "part P" or "parts P to Q"; nothing for one file. */
+static void parts_where(void *arg, uint64_t from, uint64_t to, char *buf, size_t len)
+{
+    const struct parts *p = arg;
+    buf[0] = '\0';
+    if (p->n < 2 || !p->part_size || to <= from)
+        return;
+    size_t a = (size_t)(from / p->part_size), b = (size_t)((to - 1) / p->part_size);
+    a = a < p->n ? a : p->n - 1;
+    b = b < p->n ? b : p->n - 1;
+    if (a == b)
+        snprintf(buf, len, "in part %s", p->paths[a]);
+    else
+        snprintf(buf, len, "in parts %s to %s", p->paths[a], p->paths[b]);
+}
+
 /* Finds the bundle's files from BUNDLE (one file, or the .000 part, or the prefix of the
  * parts) and checks that every part its header announces is there with the right size. */
 static int parts_open(const char *path, struct parts *p, char *err, size_t errlen)
@@ -1755,6 +1789,7 @@ static int parts_open(const char *path, struct parts *p, char *err, size_t errle
     p->paths = rp_xcalloc(n, sizeof(*p->paths));
     p->sizes = rp_xcalloc(n, sizeof(*p->sizes));
     p->n = n;
+    p->part_size = part_size;
     for (size_t i = 0; i < n; i++) {
         p->paths[i] = part_size ? part_name(base, part_size, i) : rp_xstrdup(first);
         uint64_t want = part_size ? (i + 1 < n ? part_size : total - part_size * (n - 1)) : total;
@@ -2184,7 +2219,8 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
         total += parts.sizes[i];
     rp_progress_init(&prog, "verifying", 0, total);
     im.prog = &prog;
-    struct rp_bundle_src src = {.read = parts_read, .skip = parts_skip, .arg = &parts};
+    struct rp_bundle_src src = {
+        .read = parts_read, .skip = parts_skip, .where = parts_where, .arg = &parts};
     const struct rp_bundle_sink verify = {
         .meta = verify_meta_cb, .manifest = verify_manifest_cb, .blob_begin = verify_blob_cb};
     /* Pass 1: everything is read and checked; the cache is not even opened. */

@@ -243,6 +243,10 @@ struct rp_bundle_src {
     long (*read)(void *arg, void *buf, size_t n, const char **why);
     /* Optional: moves n bytes ahead without reading them (RP_BUNDLE_F_TRUSTED only). */
     int (*skip)(void *arg, uint64_t n, const char **why);
+    /* Optional: names the files that hold stream bytes [from, to) ("part b.rpb.003"), or
+     * writes "" when that says nothing (one file); a failed read ends its message with it,
+     * so that the part to copy again is known. */
+    void (*where)(void *arg, uint64_t from, uint64_t to, char *buf, size_t len);
     void *arg;
 };
 

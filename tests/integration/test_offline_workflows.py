@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -219,6 +220,8 @@ def test_split_parts_swapped(t):
     conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
     rc, out, err = _run(t, ["import", "-c", conf2, os.path.join(d, "b.rpb")], ok=False)
     eq(rc, 1, "exit status of the import of swapped parts (stderr %r)" % err)
+    check(re.search(r"\(in parts? %s" % re.escape(os.path.join(d, "b.rpb.00")), err),
+          "the message should name where the stream went wrong: %r" % err)
     blobs = os.path.join(cache2, "blobs")
     check(not os.path.exists(blobs) or not os.listdir(blobs), "cache untouched")
 
@@ -389,3 +392,58 @@ def test_import_named_by_a_later_part(t):
     check(rc == 1 and "%s: not a regproxy bundle" % junk in err,
           "a file that is no bundle, named in the message: %d %r" % (rc, err))
     _run(t, ["import", "-c", conf2, base + ".000"])
+
+
+def test_import_names_damaged_part(t):
+    """A split bundle with one byte flipped in one part (bad media): import refused it with
+    "blob sha256:...: content does not match its digest" and no word of which of the parts
+    to copy again. The message names the parts the damaged record spans (reordered parts:
+    test_split_parts_swapped); a checksum failure of the whole stream names none."""
+    st = Store()
+    st.big_image("ns/big", 2, 300 * 1024, "v1")
+    conf, _ = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/big:v1")
+    d = os.path.join(t.tmp, "media")
+    os.makedirs(d)
+    base = os.path.join(d, "b.rpb")
+    _run(t, ["export", "-c", conf, "-o", base, "--split", "64K"])
+    parts = sorted(x for x in os.listdir(d))
+    stream = b"".join(open(os.path.join(d, x), "rb").read() for x in parts)
+    # The records of the stream: (start, end, type), to know which parts the blob spans.
+    recs, pos = [], 32
+    while pos < len(stream):
+        nl = int.from_bytes(stream[pos + 4:pos + 8], "big")
+        dl = int.from_bytes(stream[pos + 8:pos + 16], "big")
+        recs.append((pos, pos + 16 + nl + dl, chr(stream[pos])))
+        pos += 16 + nl + dl
+    blob = max((r for r in recs if r[2] == "b"), key=lambda r: r[1] - r[0])
+    flip = blob[0] + (blob[1] - blob[0]) // 2
+    part = 64 << 10
+    want = "in parts %s.%03d to %s.%03d" % (base, blob[0] // part, base, (blob[1] - 1) // part)
+    check(blob[0] // part < flip // part < (blob[1] - 1) // part, "the blob spans 3+ parts")
+    bad = os.path.join(t.tmp, "bad")
+    shutil.copytree(d, bad)
+    with open(os.path.join(bad, "b.rpb.%03d" % (flip // part)), "r+b") as f:
+        f.seek(flip % part)
+        b = f.read(1)
+        f.seek(flip % part)
+        f.write(bytes([b[0] ^ 1]))
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), os.path.join(t.tmp, "cache-off"),
+                  offline=True)
+    rc, _, err = _run(t, ["import", "-c", conf2, os.path.join(bad, "b.rpb.000")], ok=False)
+    eq(rc, 1, "exit status of the import of a damaged part (stderr %r)" % err)
+    check("does not match its digest (%s)" % want.replace(d, bad) in err,
+          "the message should name the parts of the damaged blob (%r): %r"
+          % (want.replace(d, bad), err))
+    # The trailer's own checksum covers the whole stream: no part is named.
+    shutil.rmtree(bad)
+    shutil.copytree(d, bad)
+    last = os.path.join(bad, parts[-1])
+    with open(last, "r+b") as f:
+        f.seek(os.path.getsize(last) - 1)
+        b = f.read(1)
+        f.seek(os.path.getsize(last) - 1)
+        f.write(bytes([b[0] ^ 1]))
+    rc, _, err = _run(t, ["import", "-c", conf2, os.path.join(bad, "b.rpb.000")], ok=False)
+    check(rc == 1 and "checksum does not match its content (corrupted in transit?)\n" in err,
+          "a trailer mismatch names no part: %r" % err)
+    _run(t, ["import", "-c", conf2, base])
