@@ -1733,6 +1733,19 @@ static int parts_open(const char *path, struct parts *p, char *err, size_t errle
     p->fd = -1;
     struct stat st;
     char *first = rp_xstrdup(path);
+    char *split0 = rp_xasprintf("%s.000", path);
+    bool both = stat(first, &st) == 0 && S_ISREG(st.st_mode) && stat(split0, &st) == 0;
+    free(split0);
+    if (both) {
+        /* A split export to the -o of an earlier whole one leaves that file there: reading
+         * it would import last time's images and say nothing. */
+        snprintf(err, errlen,
+                 "both %s and the parts %s.000, ... are there: name the one to import "
+                 "(%s.000 for the split bundle), or remove the other",
+                 path, path, path);
+        free(first);
+        return -1;
+    }
     if (stat(first, &st) != 0) {
         free(first);
         first = rp_xasprintf("%s.000", path);

@@ -447,3 +447,31 @@ def test_import_names_damaged_part(t):
     check(rc == 1 and "checksum does not match its content (corrupted in transit?)\n" in err,
           "a trailer mismatch names no part: %r" % err)
     _run(t, ["import", "-c", conf2, base])
+
+
+def test_import_whole_and_split_bundle_of_one_name(t):
+    """Last week's export wrote media/b.rpb; this week's bundle outgrew the media's file size
+    limit and was exported with --split to the same -o, leaving b.rpb next to b.rpb.000.
+    `import b.rpb` read the old file, imported last week's images and exited 0. Both being
+    there is refused, naming them."""
+    st = Store()
+    st.image("ns/app", "amd64", tag="v1")
+    conf, lst = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/app:v1")
+    d = os.path.join(t.tmp, "media")
+    os.makedirs(d)
+    base = os.path.join(d, "b.rpb")
+    _run(t, ["export", "-c", conf, lst, "-o", base])
+    new = st.image("ns/app", "amd64", tag="v1")  # the tag moves upstream
+    _run(t, ["mirror", "-c", conf, lst])
+    _run(t, ["export", "-c", conf, lst, "-o", base, "--split", "64K"])
+    cache2 = os.path.join(t.tmp, "cache-off")
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
+    rc, out, err = _run(t, ["import", "-c", conf2, base], ok=False)
+    eq(rc, 1, "exit status of `import b.rpb` with b.rpb and b.rpb.000 both there (stdout %r)"
+       % out)
+    check("both %s and the parts %s.000" % (base, base) in err, "the message: %r" % err)
+    check(not os.path.exists(os.path.join(cache2, "pins")), "nothing imported")
+    _run(t, ["import", "-c", conf2, base + ".000"])
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache2, "offline": "yes"})
+    r = p.get("/v2/ns/app/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.headers.get("docker-content-digest"), new["digest"], "tag v1 from the split bundle")
