@@ -1537,6 +1537,16 @@ static int write_oci(struct collect *k, const char *dir, struct rp_progress *pro
         const struct bundle_item *it = &k->manifests[mi];
         char *full = im->tag ? rp_xasprintf("%s/%s:%s", im->registry, im->repo, im->tag)
                              : rp_xasprintf("%s/%s@%s", im->registry, im->repo, im->digest);
+        /* skopeo and podman look up a name in index.json only among OCI manifests and
+         * indexes; containerd takes Docker types too. Converting would change the digests
+         * the images are pinned and signed by: say so instead of failing later in skopeo. */
+        if (strcmp(it->media_type, RP_MEDIA_DOCKER_LIST) == 0 ||
+            strcmp(it->media_type, RP_MEDIA_DOCKER_MANIFEST) == 0)
+            fprintf(stderr,
+                    "regproxy export: warning: %s is in Docker format (%s): skopeo and podman "
+                    "do not read such an image from an OCI layout (containerd does); export a "
+                    "bundle for them\n",
+                    full, it->media_type);
         bool unique = im->tag != NULL;
         for (size_t j = 0; j < k->n_images && unique; j++)
             unique = j == i || !k->images[j].tag || strcmp(k->images[j].tag, im->tag) != 0;

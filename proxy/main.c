@@ -79,7 +79,9 @@ static const struct command_help commands[] = {
      "version 1: header, LZ4-compressed metadata and manifests, blobs as stored, a sha256\n"
      "trailer). --split SIZE (e.g. 4G) writes BUNDLE.000, BUNDLE.001, ... of at most SIZE\n"
      "bytes each. --oci DIR writes an OCI image layout instead, readable by skopeo copy\n"
-     "oci:DIR:TAG (each image is named REGISTRY/REPO:TAG, and TAG alone when unique).\n"
+     "oci:DIR:TAG (each image is named REGISTRY/REPO:TAG, and TAG alone when unique;\n"
+     "Docker-format images are written as they are, with a warning: skopeo and podman do\n"
+     "not read them from a layout).\n"
      "Every blob's digest is checked as it is copied. Needs the cache not in use.\n",
      "coSO"},
     {"import", "import -c FILE BUNDLE",

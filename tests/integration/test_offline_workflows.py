@@ -20,6 +20,7 @@ from test_disconnected import _run
 NAME = "raw.test"
 OCI_IDX = "application/vnd.oci.image.index.v1+json"
 OCI_MAN = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MAN = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def sha(b):
@@ -475,3 +476,32 @@ def test_import_whole_and_split_bundle_of_one_name(t):
     p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache2, "offline": "yes"})
     r = p.get("/v2/ns/app/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq(r.headers.get("docker-content-digest"), new["digest"], "tag v1 from the split bundle")
+
+
+def test_export_oci_warns_of_docker_format(t):
+    """export --oci of an image in Docker format (schema 2 manifest or manifest list, most of
+    Docker Hub): skopeo and podman look names up in index.json only among OCI manifests and
+    indexes, so `skopeo copy oci:DIR:TAG` failed later with "no descriptor found for
+    reference" while export had said nothing and exited 0. Export names each such image on
+    stderr; OCI images export as before and skopeo reads them."""
+    st = Store()
+    cfg = st.blob(b'{"architecture":"amd64","os":"linux"}')
+    cfg["mediaType"] = "application/vnd.docker.container.image.v1+json"
+    layer = st.blob(os.urandom(3000))
+    layer["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    st.manifest("ns/dock", {"schemaVersion": 2, "mediaType": DOCKER_MAN, "config": cfg,
+                            "layers": [layer]}, DOCKER_MAN, tag="v1")
+    oci_img = st.image("ns/app", "amd64", tag="v2")
+    up = rawup.RawUpstream(t, st.handler())
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/dock:v1\n%s/ns/app:v2\n" % (NAME, NAME))
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    _run(t, ["mirror", "-c", conf, lst])
+    oci = os.path.join(t.tmp, "oci")
+    _, out, err = _run(t, ["export", "-c", conf, lst, "--oci", oci])
+    check("warning: %s/ns/dock:v1 is in Docker format (%s)" % (NAME, DOCKER_MAN) in err,
+          "export should warn of the Docker-format image: %r" % err)
+    check("ns/app" not in err, "no warning for the OCI image: %r" % err)
+    r = t.s.skopeo(["inspect", "--raw", "oci:%s:v2" % oci])
+    eq(lib.sha256(r.stdout), oci_img["digest"], "skopeo inspect of the OCI image")
