@@ -370,8 +370,15 @@ int main(int argc, char **argv)
             return 2;
         }
         uint64_t split_bytes = 0;
-        if (split && (!is_export || oci || (split_bytes = parse_size(split)) == 0)) {
+        if (split && (!is_export || oci)) {
             fprintf(stderr, "regproxy: --split SIZE goes with export -o (e.g. --split 4G)\n");
+            return 2;
+        }
+        if (split && (split_bytes = parse_size(split)) == 0) {
+            fprintf(stderr,
+                    "regproxy export: bad --split size '%s': a whole number of bytes, "
+                    "optionally with K, M, G or T (e.g. 4G, or 4480M for a DVD)\n",
+                    split);
             return 2;
         }
         struct rp_conf *conf = load(config);

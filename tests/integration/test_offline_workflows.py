@@ -505,3 +505,17 @@ def test_export_oci_warns_of_docker_format(t):
     check("ns/app" not in err, "no warning for the OCI image: %r" % err)
     r = t.s.skopeo(["inspect", "--raw", "oci:%s:v2" % oci])
     eq(lib.sha256(r.stdout), oci_img["digest"], "skopeo inspect of the OCI image")
+
+
+def test_export_bad_split_size(t):
+    """`export -o b.rpb --split 4.7G` (a DVD's size as it is written on the box) answered
+    "--split SIZE goes with export -o", which it was given: the message says what is wrong
+    with the size instead. Without -o it still says --split needs it."""
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), offline=True)
+    out = os.path.join(t.tmp, "b.rpb")
+    for size in ("4.7G", "abc", "0"):
+        rc, _, err = _run(t, ["export", "-c", conf, "-o", out, "--split", size], ok=False)
+        check(rc == 2 and "bad --split size '%s'" % size in err,
+              "--split %s: exit %d, %r" % (size, rc, err))
+    rc, _, err = _run(t, ["export", "-c", conf, "--oci", out, "--split", "4G"], ok=False)
+    check(rc == 2 and "--split SIZE goes with export -o" in err, "--split with --oci: %r" % err)
