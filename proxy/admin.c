@@ -14,12 +14,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Idle limit for reads and writes, and the whole time a request head may take to arrive:
+ * the idle timeout alone restarts with every byte, so a client trickling one byte at a time
+ * would hold the connection (and a descriptor the registry listeners share) indefinitely. */
 #define ADMIN_TIMEOUT_S 10
 
 struct rp_admin_conn {
     struct rp_server *srv;
     struct bufferevent *bev;
     TAILQ_ENTRY(rp_admin_conn) link; /* srv->admin_conns: freed at exit if still open */
+    struct event *deadline;          /* ADMIN_TIMEOUT_S after the accept: the head is due */
     bool done;
     bool head; /* the request is a HEAD */
 };
@@ -27,6 +31,8 @@ struct rp_admin_conn {
 static void admin_free(struct rp_admin_conn *a)
 {
     TAILQ_REMOVE(&a->srv->admin_conns, a, link);
+    if (a->deadline)
+        event_free(a->deadline);
     bufferevent_free(a->bev);
     free(a);
 }
@@ -54,6 +60,7 @@ static void admin_reply(struct rp_admin_conn *a, int status, const char *type, c
                         : status == 503 ? "Service Unavailable"
                         : status == 405 ? "Method Not Allowed"
                         : status == 400 ? "Bad Request"
+                        : status == 408 ? "Request Timeout"
                                         : "Not Found",
                         type, len);
     if (!a->head)
@@ -155,6 +162,15 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
     rp_buf_free(&body);
 }
 
+static void admin_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_admin_conn *a = arg;
+    if (!a->done)
+        admin_reply(a, 408, "text/plain", "request head not received in time\n", 34);
+}
+
 static void admin_write_cb(struct bufferevent *bev, void *arg)
 {
     struct rp_admin_conn *a = arg;
@@ -188,6 +204,9 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
     bufferevent_setcb(a->bev, admin_read_cb, admin_write_cb, admin_event_cb, a);
     struct timeval tv = {ADMIN_TIMEOUT_S, 0};
     bufferevent_set_timeouts(a->bev, &tv, &tv);
+    a->deadline = evtimer_new(srv->base, admin_deadline_cb, a);
+    if (a->deadline)
+        evtimer_add(a->deadline, &tv);
     bufferevent_enable(a->bev, EV_READ | EV_WRITE);
 }
 

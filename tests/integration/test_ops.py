@@ -5,6 +5,7 @@ unwritable; JSON logs parse line by line and carry no secret."""
 import json
 import os
 import pwd
+import select
 import socket
 import shutil
 import signal
@@ -237,3 +238,24 @@ def test_systemd_notify(t):
         eq(mgr.recv(4096).decode(), "STOPPING=1", "the message SIGTERM brings")
     check("NOTIFY_SOCKET" not in p.log_text(), "a notification failed: %s"
           % lib.tail(p.log, 20))
+
+
+def test_admin_slow_head_cut_off(t):
+    """A client trickling its request head to the admin listener a byte at a time (each
+    byte within the idle timeout) is answered 408 once the head has taken longer than the
+    admin's 10 s, rather than held for as long as it keeps trickling: such connections
+    would otherwise pile up and use the descriptors the registry listeners need."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")])
+    req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 30 + b"\r\n\r\n"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", p.admin_port), timeout=30) as c:
+        for b in req:  # a byte every 0.5 s (37 s for the whole head) until answered
+            c.sendall(bytes([b]))
+            sent += 1
+            if select.select([c], [], [], 0.5)[0]:
+                break
+        got = lib.read_to_eof(c)
+    check(sent < len(req), "the proxy took the whole %d-byte head sent a byte every 0.5 s"
+          % len(req))
+    check(got.startswith(b"HTTP/1.1 408"), "a head trickled past the deadline got %r"
+          % got[:80])
