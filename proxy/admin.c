@@ -194,7 +194,11 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
     struct rp_server *srv = arg;
     struct rp_admin_conn *a = rp_xcalloc(1, sizeof(*a));
     a->srv = srv;
-    a->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    /* Not BEV_OPT_DEFER_CALLBACKS: a deferred callback still queued when the loop ends (a
+     * client hanging up as SIGTERM comes) holds a reference that bufferevent_free cannot
+     * drop, and the connection would never be freed. Our callbacks are never nested: each
+     * is called by libevent, which keeps the bufferevent alive across it. */
+    a->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!a->bev) {
         evutil_closesocket(fd);
         free(a);

@@ -259,3 +259,18 @@ def test_admin_slow_head_cut_off(t):
           % len(req))
     check(got.startswith(b"HTTP/1.1 408"), "a head trickled past the deadline got %r"
           % got[:80])
+
+
+def test_admin_connections_closed_as_it_stops(t):
+    """Scrapers and probes that hang up just as the proxy stops (a rollout: SIGTERM while
+    the kubelet's probes come and go) leave nothing behind: each admin connection is freed
+    with its descriptor, the harness failing the test on a leak report."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")])
+    conns = [socket.create_connection(("127.0.0.1", p.admin_port)) for _ in range(100)]
+    try:
+        eq(p.admin("/healthz").status, 200, "healthz beside 100 open admin connections")
+    finally:
+        for c in conns:
+            c.close()
+    problems = p.stop()  # at once: their hang-ups are still being taken in
+    check(not problems, "; ".join(problems))
