@@ -54,7 +54,7 @@ static void admin_reply(struct rp_admin_conn *a, int status, const char *type, c
     struct evbuffer *out = bufferevent_get_output(a->bev);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                        "%sCache-Control: no-store\r\nConnection: close\r\n\r\n",
                         status,
                         status == 200   ? "OK"
                         : status == 503 ? "Service Unavailable"
@@ -62,7 +62,9 @@ static void admin_reply(struct rp_admin_conn *a, int status, const char *type, c
                         : status == 400 ? "Bad Request"
                         : status == 408 ? "Request Timeout"
                                         : "Not Found",
-                        type, len);
+                        type, len,
+                        /* RFC 9110 15.5.6: a 405 says which methods are allowed */
+                        status == 405 ? "Allow: GET, HEAD\r\n" : "");
     if (!a->head)
         evbuffer_add(out, body, len);
     a->done = true;
@@ -138,7 +140,7 @@ static void admin_read_cb(struct bufferevent *bev, void *arg)
         return;
     }
     if (h.method != RP_HTTP_GET && h.method != RP_HTTP_HEAD) {
-        admin_reply(a, 405, "text/plain", "GET only\n", 9);
+        admin_reply(a, 405, "text/plain", "GET or HEAD only\n", 17);
         return;
     }
     a->head = h.method == RP_HTTP_HEAD;

@@ -274,3 +274,20 @@ def test_admin_connections_closed_as_it_stops(t):
             c.close()
     problems = p.stop()  # at once: their hang-ups are still being taken in
     check(not problems, "; ".join(problems))
+
+
+def test_admin_other_methods(t):
+    """Methods other than GET and HEAD on the admin listener are answered 405 with the
+    Allow header RFC 9110 requires of a 405, naming both methods, as the registry
+    listeners do."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")])
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        got = lib.raw_exchange(p.admin_port, ("%s /metrics HTTP/1.1\r\nHost: x\r\n"
+                                              "Content-Length: 0\r\n\r\n" % method).encode())
+        head, _, body = got.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        eq(lines[0], "HTTP/1.1 405 Method Not Allowed", "status line of %s" % method)
+        allow = [x.split(":", 1)[1].strip() for x in lines[1:]
+                 if x.lower().startswith("allow:")]
+        eq(allow, ["GET, HEAD"], "Allow header of the 405 to %s (head %r)" % (method, head))
+        check(b"HEAD" in body, "the 405's body names HEAD as allowed too: %r" % body)
