@@ -55,6 +55,30 @@ static void adds(struct line *l, const char *s)
     add(l, s, strlen(s));
 }
 
+/* s in double quotes, '"' and '\\' escaped with '\\' (logfmt's quoted value). */
+static void addquoted(struct line *l, const char *s)
+{
+    add(l, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            add(l, "\\", 1);
+        add(l, s, 1);
+    }
+    add(l, "\"", 1);
+}
+
+/* A value as logfmt parsers (go-logfmt, Promtail's and Loki's logfmt) read it: bare unless
+ * it holds '=' or '"', which they refuse in a bare value, dropping the whole line (a query:
+ * tags/list?n=100, referrers?artifactType=...). Values here are visible ASCII (request
+ * targets) or our own words. */
+static void addval(struct line *l, const char *s)
+{
+    if (strpbrk(s, "=\""))
+        addquoted(l, s);
+    else
+        adds(l, s);
+}
+
 static void addnum(struct line *l, long long v)
 {
     char tmp[RP_U64_DIGITS];
@@ -98,7 +122,7 @@ void rp_access_log(const struct rp_access *a)
     adds(&l, " method=");
     adds(&l, a->method);
     adds(&l, " path=");
-    adds(&l, a->path);
+    addval(&l, a->path);
     adds(&l, " status=");
     addnum(&l, a->status);
     adds(&l, " bytes=");
@@ -118,9 +142,8 @@ void rp_access_log(const struct rp_access *a)
         adds(&l, a->aborted);
     }
     if (a->reason) {
-        adds(&l, " reason=\"");
-        adds(&l, a->reason);
-        adds(&l, "\"");
+        adds(&l, " reason=");
+        addquoted(&l, a->reason);
     }
     /* Lines are one per request: a reason never carries a line break into the log. */
     for (size_t i = 0; i < l.len; i++)

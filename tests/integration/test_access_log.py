@@ -148,3 +148,79 @@ def test_no_secrets_in_logs(t):
     leaked = [k for k, v in secrets.items() if v and v in text]
     check(not leaked, "secrets in the proxy's log: %s" % ", ".join(leaked))
     check("Bearer ey" not in text, "a bearer token in the proxy's log")
+
+
+def _logfmt(line):
+    """A text log line parsed as go-logfmt (Loki's `| logfmt`) decodes it: space-separated
+    key[=value]; a key is bytes above ' ' other than '=' and '"'; a bare value holds
+    neither '=' nor '"'; a quoted value runs to the first unescaped '"'. Raises ValueError
+    where such a parser stops."""
+    out, i, n = {}, 0, len(line)
+    while i < n:
+        if line[i] == " ":
+            i += 1
+            continue
+        j = i
+        while j < n and line[j] > " " and line[j] not in '="':
+            j += 1
+        if j == i:
+            raise ValueError("unexpected %r at %d" % (line[i], i))
+        key = line[i:j]
+        if j == n or line[j] == " ":
+            out[key], i = None, j
+            continue
+        if line[j] != "=":
+            raise ValueError("unexpected %r after key %r" % (line[j], key))
+        j += 1
+        if j < n and line[j] == '"':
+            v, j = [], j + 1
+            while j < n and line[j] != '"':
+                if line[j] == "\\" and j + 1 < n:
+                    j += 1
+                v.append(line[j])
+                j += 1
+            if j == n:
+                raise ValueError("unterminated quoted value of %r" % key)
+            out[key], i = "".join(v), j + 1
+            continue
+        k = j
+        while k < n and line[k] > " ":
+            if line[k] in '="':
+                raise ValueError("unexpected %r in the value of %r" % (line[k], key))
+            k += 1
+        out[key], i = line[j:k], k
+    return out
+
+
+def test_text_line_is_logfmt(t):
+    """Each text access line reads as logfmt whatever the client's target holds: a target
+    with '=' (a query: tags/list?n=, referrers?artifactType=) or '"', which logfmt parsers
+    refuse in a bare value (dropping the line, status and peer with it), is written quoted,
+    and parses back to what was sent."""
+    p = t.proxy()
+    targets = ["/v2/ns/multi/tags/list?n=1&last=a",
+               '/v2/a"b\\c/manifests/x', "/v2/ns/multi/manifests/v1?x=%22y%22"]
+
+    def access():
+        return [x for x in p.log_text().splitlines() if " info access " in x]
+
+    mark = len(lib.wait_until(access, 10, "the access line of the harness's ping"))
+    sent = []
+    for target in targets:
+        out = lib.raw_exchange(p.port, ("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                        "\r\n" % target).encode())
+        sent.append((target, out.split(b" ", 2)[1].decode()))
+    lines = lib.wait_until(lambda: len(access()) >= mark + len(targets) and access()[mark:],
+                           10, "the access lines of %d requests" % len(targets))
+    problems = []
+    for (target, status), line in zip(sent, lines):
+        try:
+            f = _logfmt(line)
+        except ValueError as e:
+            problems.append("%s: not logfmt (%s): %s" % (target, e, line))
+            continue
+        if (f.get("path"), f.get("status")) != (target, status) or not f.get("peer"):
+            problems.append("%s (status %s) read back as path=%r status=%r peer=%r: %s"
+                            % (target, status, f.get("path"), f.get("status"), f.get("peer"),
+                               line))
+    check(not problems, "\n".join(problems))
