@@ -5,6 +5,7 @@ unwritable; JSON logs parse line by line and carry no secret."""
 import json
 import os
 import pwd
+import re
 import select
 import socket
 import shutil
@@ -84,6 +85,110 @@ def test_metrics_miss_hit_stale_eviction(t):
     check(_m(m4, "regproxy_open_connections") >= 0, "open connections gauge")
     text = p.admin("/metrics").body.decode()
     check("password" not in text.lower(), "a password-like label in /metrics")
+
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABELS = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+_SAMPLE = re.compile(r"^(%s)(?:\{(%s(?:,%s)*)?\})? (\S+)$" % (_NAME, _LABELS, _LABELS))
+
+
+def _exposition_problems(text):
+    """What in a /metrics body breaks the text exposition format 0.0.4 as Prometheus
+    reads it: # HELP and # TYPE at most once per family and before its samples, a family's
+    samples together, label values escaped, counters named *_total, histograms with
+    cumulative buckets up to le="+Inf" equal to _count beside _sum, no series twice."""
+    problems, types, helped, done, series = [], {}, set(), set(), set()
+    hist, current = {}, None
+    if not text.endswith("\n"):
+        problems.append("no newline at the end")
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) < 4 or parts[1] not in ("HELP", "TYPE"):
+                problems.append("comment line %r" % line)
+                continue
+            name = parts[2]
+            seen = helped if parts[1] == "HELP" else types
+            if name in seen or name in done:
+                problems.append("second # %s for %s" % (parts[1], name))
+            if parts[1] == "TYPE":
+                if parts[3] not in ("counter", "gauge", "histogram", "summary", "untyped"):
+                    problems.append("type %r of %s" % (parts[3], name))
+                types[name] = parts[3]
+            else:
+                helped.add(name)
+            if current not in (None, name):
+                done.add(current)
+            current = name
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            problems.append("not a sample line: %r" % line)
+            continue
+        name, labels, value = m.groups()
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and types.get(name[:-len(suffix)]) == "histogram":
+                family = name[:-len(suffix)]
+        if family != current or family in done:
+            problems.append("%s outside its family's block (under %s)" % (name, current))
+        if family not in types:
+            problems.append("%s has no # TYPE before it" % name)
+        if types.get(family) == "counter" and not family.endswith("_total"):
+            problems.append("counter %s is not named *_total" % family)
+        key = (name, labels or "")
+        if key in series:
+            problems.append("series %s{%s} twice" % key)
+        series.add(key)
+        try:
+            v = float(value)
+        except ValueError:
+            problems.append("value %r of %s" % (value, name))
+            continue
+        if types.get(family) == "histogram":
+            pairs = re.findall(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"', labels or "")
+            le = [b for a, b in pairs if a == "le"]
+            rest = tuple((a, b) for a, b in pairs if a != "le")
+            h = hist.setdefault((family, rest), {"buckets": []})
+            if name.endswith("_bucket"):
+                h["buckets"].append((le[0] if le else None, v))
+            else:
+                h[name[len(family) + 1:]] = v
+    for (family, rest), h in hist.items():
+        les = [le for le, _ in h["buckets"]]
+        counts = [c for _, c in h["buckets"]]
+        if not les or les[-1] != "+Inf":
+            problems.append("%s%r: last bucket le=%r, not +Inf" % (family, rest, les[-1:]))
+        if counts != sorted(counts):
+            problems.append("%s%r: buckets not cumulative: %r" % (family, rest, counts))
+        if [float(x) for x in les[:-1]] != sorted(float(x) for x in les[:-1]):
+            problems.append("%s%r: bucket bounds out of order: %r" % (family, rest, les))
+        if "count" not in h or "sum" not in h:
+            problems.append("%s%r: _sum or _count missing" % (family, rest))
+        elif counts and counts[-1] != h["count"]:
+            problems.append("%s%r: +Inf bucket %s != _count %s" % (family, rest, counts[-1],
+                                                                   h["count"]))
+    return problems
+
+
+def test_metrics_exposition_format(t):
+    """/metrics as Prometheus's text parser (format 0.0.4) takes it, checked strictly after
+    pulls that fill every family (a registry name with a backslash, which must be escaped
+    in its label values), with the Content-Type that names the format."""
+    s = t.s
+    p = t.proxy(registries=[s.token_registry.conf("registry.token.test"),
+                            s.basic_registry.conf("basic\\test")])
+    t.pull(p, "ns/multi:v1")
+    t.pull(p, "ns/multi:v1")
+    p.get("/v2/nosuch/thing/manifests/v1")  # a 4xx
+    r = p.admin("/metrics")
+    eq(r.status, 200, "GET /metrics")
+    eq(r.header("content-type").replace(" ", "").split(";")[:2], ["text/plain", "version=0.0.4"],
+       "Content-Type of /metrics")
+    text = r.body.decode("utf-8")
+    check('registry="basic\\\\test"' in text, "the backslash in a registry name escaped")
+    problems = _exposition_problems(text)
+    check(not problems, "/metrics breaks the exposition format:\n%s" % "\n".join(problems))
 
 
 def _proxy_as_nobody(t, name, **kw):
