@@ -1301,7 +1301,22 @@ static int no_passphrase(char *buf, int size, int rwflag, void *asked)
     return -1;
 }
 
-/* TLS 1.2 or newer, the certificate chain and key from the listener's config. */
+/* The first error OpenSSL queued, as text; the queue is emptied. */
+static void tls_error_text(char *buf, size_t len)
+{
+    ERR_error_string_n(ERR_peek_error(), buf, len);
+    ERR_clear_error();
+}
+
+/* A key of the certificate's type that is not its key fails as it loads with this. */
+static bool key_mismatch(unsigned long e)
+{
+    return ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
+}
+
+/* TLS 1.2 or newer, the certificate chain and key from the listener's config. A load that
+ * fails says which file and why in the operator's terms: OpenSSL's own text for an EC key
+ * given with an RSA certificate is "no certificate assigned". */
 static SSL_CTX *tls_context(const struct rp_conf_listen *l)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -1312,24 +1327,43 @@ static SSL_CTX *tls_context(const struct rp_conf_listen *l)
     SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    bool ok = SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) == 1 &&
-              SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) == 1 &&
-              SSL_CTX_check_private_key(ctx) == 1;
-    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL); /* `asked` is this frame's */
-    if (!ok) {
-        unsigned long e = ERR_get_error();
-        char buf[256];
-        ERR_error_string_n(e, buf, sizeof(buf));
+    char why[600], ssl_err[256];
+    ERR_clear_error();
+    bool have_key = false, mismatch = false;
+    if (SSL_CTX_use_certificate_chain_file(ctx, l->tls_cert) != 1) {
+        tls_error_text(ssl_err, sizeof(ssl_err));
+        snprintf(why, sizeof(why), "no PEM certificate could be read from tls_cert %s (%s)",
+                 l->tls_cert, ssl_err);
+    } else if (SSL_CTX_use_PrivateKey_file(ctx, l->tls_key, SSL_FILETYPE_PEM) == 1) {
+        /* A key of another type than the certificate's loads, and fails here. */
+        have_key = true;
+        mismatch = SSL_CTX_check_private_key(ctx) != 1;
+    } else if (key_mismatch(ERR_peek_error())) {
+        have_key = mismatch = true;
+    } else {
+        tls_error_text(ssl_err, sizeof(ssl_err));
         if (asked)
-            snprintf(buf, sizeof(buf),
+            snprintf(why, sizeof(why),
                      "%s is encrypted (a passphrase is never asked for: "
                      "give an unencrypted key)",
                      l->tls_key);
-        rp_error("listen %s: cannot load tls_cert/tls_key: %s", l->addr, buf);
-        SSL_CTX_free(ctx);
-        return NULL;
+        else
+            snprintf(why, sizeof(why), "no PEM private key could be read from tls_key %s (%s)",
+                     l->tls_key, ssl_err);
     }
-    return ctx;
+    if (mismatch) {
+        ERR_clear_error();
+        snprintf(why, sizeof(why),
+                 "tls_key %s is not the private key of the first certificate in tls_cert %s "
+                 "(the server's own certificate comes first, then its chain)",
+                 l->tls_key, l->tls_cert);
+    } else if (have_key) {
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL); /* `asked` is this frame's */
+        return ctx;
+    }
+    rp_error("listen %s: cannot load tls_cert/tls_key: %s", l->addr, why);
+    SSL_CTX_free(ctx);
+    return NULL;
 }
 
 /* Draining: the loop ends once the last client connection is gone. */

@@ -126,6 +126,46 @@ def test_check_loads_listener_files(t):
               "check with %r: exit %d, expected a failure saying %r:\n%s" % (keys, rc, why, out))
 
 
+def _openssl(*args):
+    subprocess.run(["openssl"] + list(args), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def test_check_says_which_tls_file_is_wrong(t):
+    """An EC key given with an RSA certificate was reported as OpenSSL's "no certificate
+    assigned", and a chain file with the intermediate before the server's own certificate
+    as "key values mismatch": both now say the key is not the first certificate's."""
+    s = t.s
+    d = os.path.join(t.tmp, "pki")
+    os.makedirs(d)
+    f = lambda name: os.path.join(d, name)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f("ca.key"), "-out",
+             f("ca.crt"), "-days", "1", "-subj", "/CN=test-ca", "-addext",
+             "basicConstraints=critical,CA:TRUE")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f("rsa.key"), "-out",
+             f("rsa.csr"), "-subj", "/CN=127.0.0.1")
+    _openssl("x509", "-req", "-in", f("rsa.csr"), "-CA", f("ca.crt"), "-CAkey", f("ca.key"),
+             "-CAcreateserial", "-out", f("rsa.crt"), "-days", "1")
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out",
+             f("ec.key"))
+    with open(f("reversed.crt"), "wb") as out:
+        for name in ("ca.crt", "rsa.crt"):
+            with open(f(name), "rb") as part:
+                out.write(part.read())
+    reg = s.anon_registry.conf("registry.anon.test", test_login="no")
+    for crt, key in (("rsa.crt", "ec.key"), ("reversed.crt", "rsa.key")):
+        p = t.proxy(registries=[reg], start=False,
+                    listeners=[{"default": "registry.anon.test", "tls_cert": f(crt),
+                                "tls_key": f(key)}])
+        p.ports = [lib.free_port()]
+        p.write_conf()
+        rc, _, out = _run_check(t, p)
+        want = "tls_key %s is not the private key of the first certificate in tls_cert %s" % (
+            f(key), f(crt))
+        check(rc != 0 and want in out, "check of tls_cert %s with tls_key %s: exit %d, "
+              "expected a failure saying %r:\n%s" % (crt, key, rc, want, out))
+
+
 def test_unusable_htpasswd_entries_warned(t):
     """{SHA} and locked htpasswd entries failed every login without a word at load: check
     and serve name each (file, line, user), never its hash, and the good entry still works."""
