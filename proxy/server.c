@@ -1314,6 +1314,31 @@ static bool key_mismatch(unsigned long e)
     return ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
 }
 
+/* A certificate past its notAfter (or before its notBefore) still loads, and is served: a
+ * client that does not verify can use it, and the one it replaces may be no better. Every
+ * verifying client refuses it, so the operator hears it at start, at `check` and at
+ * reload, instead of from each client. */
+static void tls_warn_validity(const struct rp_conf_listen *l, SSL_CTX *ctx)
+{
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    if (!leaf)
+        return;
+    const ASN1_TIME *until = X509_get0_notAfter(leaf), *from = X509_get0_notBefore(leaf);
+    /* -1: earlier than now, 1: later, 0: a time that does not parse (not warned about). */
+    bool expired = X509_cmp_current_time(until) < 0;
+    if (!expired && X509_cmp_current_time(from) <= 0)
+        return;
+    char when[64] = "?";
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b && ASN1_TIME_print(b, expired ? until : from) == 1) {
+        int n = BIO_read(b, when, (int)sizeof(when) - 1);
+        when[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+    rp_warn("listen %s: tls_cert %s %s %s: clients that verify it refuse the connection", l->addr,
+            l->tls_cert, expired ? "expired on" : "is not valid until", when);
+}
+
 /* TLS 1.2 or newer, the certificate chain and key from the listener's config. A load that
  * fails says which file and why in the operator's terms: OpenSSL's own text for an EC key
  * given with an RSA certificate is "no certificate assigned". */
@@ -1359,6 +1384,7 @@ static SSL_CTX *tls_context(const struct rp_conf_listen *l)
                  l->tls_key, l->tls_cert);
     } else if (have_key) {
         SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL); /* `asked` is this frame's */
+        tls_warn_validity(l, ctx);
         return ctx;
     }
     rp_error("listen %s: cannot load tls_cert/tls_key: %s", l->addr, why);

@@ -3,12 +3,18 @@
 reason (credentials rejected by the realm, none configured where the realm wants some,
 realm not allowed, TLS verification failed, image not found, unreachable), a non-zero exit
 when any fails."""
+import datetime
 import os
 import pty
 import select
 import signal
 import subprocess
 import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 import lib
 from lib import check, eq
@@ -164,6 +170,49 @@ def test_check_says_which_tls_file_is_wrong(t):
             f(key), f(crt))
         check(rc != 0 and want in out, "check of tls_cert %s with tls_key %s: exit %d, "
               "expected a failure saying %r:\n%s" % (crt, key, rc, want, out))
+
+
+def _cert_valid_from(d, not_before, not_after):
+    """A self-signed certificate and key for 127.0.0.1 valid between the two times."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .sign(key, hashes.SHA256()))
+    os.makedirs(d)
+    crt, key_path = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+    with open(crt, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return crt, key_path
+
+
+def test_expired_tls_cert_warned(t):
+    """An expired serving certificate (or one not valid yet) loaded without a word: `check`
+    said the configuration was ok, serve started, and only each client's failed handshake
+    told. It still loads (a client that does not verify can use it), with a warning naming
+    the date."""
+    s = t.s
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+    cases = (("expired", now - 2 * day, now - day, "expired on "),
+             ("future", now + day, now + 2 * day, "is not valid until "))
+    for name, start, end, words in cases:
+        crt, key = _cert_valid_from(os.path.join(t.tmp, name), start, end)
+        p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test", test_login="no")],
+                    listeners=[{"default": "registry.anon.test", "tls_cert": crt,
+                                "tls_key": key}], start=False)
+        p.ports = [lib.free_port()]
+        p.write_conf()
+        rc, _, out = _run_check(t, p)
+        want = "tls_cert %s %s" % (crt, words)
+        check(rc == 0 and want in out and "configuration ok" in out,
+              "check of a tls_cert valid from %s to %s: exit %d, expected ok with a warning "
+              "%r:\n%s" % (start, end, rc, want, out))
 
 
 def test_unusable_htpasswd_entries_warned(t):
