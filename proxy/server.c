@@ -1339,6 +1339,27 @@ static void tls_warn_validity(const struct rp_conf_listen *l, SSL_CTX *ctx)
             l->tls_cert, expired ? "expired on" : "is not valid until", when);
 }
 
+/* OpenSSL's default list also takes, in TLS 1.2, RSA key exchange (no forward secrecy) and
+ * CBC with SHA-1 (AES128-SHA), which scanners report. Of the list OpenSSL starts with (its
+ * default, or the system's crypto policy), TLS 1.2 keeps the suites with an ephemeral key
+ * exchange and an AEAD cipher: ECDHE with AES-GCM or ChaCha20 is what every registry client
+ * (Go's crypto/tls, curl, Java 8) offers. TLS 1.3's suites are all of that kind. */
+static void tls_strong_ciphers(SSL_CTX *ctx)
+{
+    STACK_OF(SSL_CIPHER) *all = SSL_CTX_get_ciphers(ctx);
+    struct rp_buf keep;
+    rp_buf_init(&keep, 64 * 1024);
+    for (int i = 0; all && i < sk_SSL_CIPHER_num(all); i++) {
+        const SSL_CIPHER *c = sk_SSL_CIPHER_value(all, i);
+        int kx = SSL_CIPHER_get_kx_nid(c);
+        if ((kx == NID_kx_ecdhe || kx == NID_kx_dhe) && SSL_CIPHER_is_aead(c))
+            rp_buf_addf(&keep, "%s%s", keep.len ? ":" : "", SSL_CIPHER_get_name(c));
+    }
+    if (keep.len) /* else the policy allows no such suite: it is left as it is */
+        SSL_CTX_set_cipher_list(ctx, keep.data);
+    rp_buf_free(&keep);
+}
+
 /* TLS 1.2 or newer, the certificate chain and key from the listener's config. A load that
  * fails says which file and why in the operator's terms: OpenSSL's own text for an EC key
  * given with an RSA certificate is "no certificate assigned". */
@@ -1352,6 +1373,7 @@ static SSL_CTX *tls_context(const struct rp_conf_listen *l)
     SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    tls_strong_ciphers(ctx);
     char why[600], ssl_err[256];
     ERR_clear_error();
     bool have_key = false, mismatch = false;

@@ -297,6 +297,37 @@ def test_tls_serving_and_reload(t):
     eq(cn, "second", "certificate served after SIGHUP")
 
 
+def _tls12_cipher(port, cipher):
+    """The suite a TLS 1.2 handshake offering only `cipher` gets, or None when refused."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(cipher)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as c:
+                return c.cipher()[0]
+    except (ssl.SSLError, ConnectionResetError):
+        return None
+
+
+def test_tls12_only_forward_secret_aead_suites(t):
+    """OpenSSL's default list let a TLS 1.2 client use RSA key exchange (no forward secrecy)
+    and CBC with SHA-1 (AES128-SHA): scanners flag both. TLS 1.2 takes ECDHE with AES-GCM
+    or ChaCha20, which every registry client offers."""
+    s = t.s
+    _, key, crt = lib.serving_cert(t, "ciphers")
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}])
+    for weak in ("AES128-SHA", "AES256-SHA256", "AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA",
+                 "ECDHE-RSA-AES256-SHA384"):
+        eq(_tls12_cipher(p.port, weak), None, "TLS 1.2 handshake offering only %s" % weak)
+    for good in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+                 "ECDHE-RSA-CHACHA20-POLY1305"):
+        eq(_tls12_cipher(p.port, good), good, "TLS 1.2 handshake offering only %s" % good)
+
+
 def _replace(src, dst):
     """Writes dst as a secret volume or cert-manager would: whole, by rename."""
     with open(src, "rb") as f, open(dst + ".tmp", "wb") as g:
