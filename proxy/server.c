@@ -1002,16 +1002,57 @@ static void tls_write_cb(struct bufferevent *bev, void *arg)
     conn_write_done(c);
 }
 
+/* Plain HTTP sent to a TLS listener (an http:// mirror or endpoint, curl without https)
+ * is told so, as Go's servers tell it (docker-registry: 400 "Client sent an HTTP request to
+ * an HTTPS server."); it was reset, which clients report as "connection reset by peer".
+ * OpenSSL read only the first bytes: the rest of the request is read and dropped before the
+ * close, which would otherwise reset the connection and lose the answer. */
+static void tls_answer_plain_http(struct rp_conn *c)
+{
+    static const char message[] = "Client sent an HTTP request to an HTTPS server.";
+    char id[32], head[256];
+    rp_request_id(id, sizeof(id));
+    char *body = rp_error_body("UNSUPPORTED", message, NULL);
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 400 Bad Request\r\nDocker-Distribution-API-Version: registry/2.0\r\n"
+                     "X-Request-Id: %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     id, strlen(body));
+    struct iovec iov[2] = {{head, (size_t)n}, {body, strlen(body)}};
+    if (writev(c->fd, iov, 2) > 0) /* the socket's buffer is empty: it takes it all */
+        shutdown(c->fd, SHUT_WR);
+    free(body);
+    /* What has arrived, at most a request head's worth: a client that keeps sending is
+     * not read for longer than that on the loop. */
+    char sink[4096];
+    for (int i = 0; i < RP_CONN_IN_SIZE / (int)sizeof(sink) + 1; i++)
+        if (read(c->fd, sink, sizeof(sink)) <= 0)
+            break;
+    rp_metrics_request(&c->srv->metrics, -1, 400, NULL, 0);
+    struct rp_access a = {.id = id,
+                          .method = "-",
+                          .path = "-",
+                          .registry = "-",
+                          .cache = "-",
+                          .peer = c->peer,
+                          .status = 400,
+                          .reason = "plain HTTP sent to a TLS listener"};
+    rp_access_log(&a);
+}
+
 static void tls_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     struct rp_conn *c = arg;
     if (what == BEV_EVENT_CONNECTED)
         return; /* TLS handshake done */
     if (what & BEV_EVENT_TIMEOUT) {
         rp_info("conn %s: client took nothing for %d s; closing", c->peer, SEND_TIMEOUT_S);
     } else if (what & BEV_EVENT_ERROR) {
-        rp_debug("conn %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        unsigned long e = bufferevent_get_openssl_error(bev);
+        if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST)
+            tls_answer_plain_http(c);
+        else
+            rp_debug("conn %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
     }
     conn_gone(c);
 }

@@ -501,6 +501,31 @@ def test_refused_tls_client_that_never_handshakes_is_closed(t):
         held.close()
 
 
+def test_plain_http_on_tls_listener_told(t):
+    """A plain-HTTP request on a TLS listener (an http:// mirror entry, curl without https)
+    was reset, which clients report as "connection reset by peer". It gets the 400 Go's
+    servers (docker-registry among them) send, with their words, and is logged."""
+    s = t.s
+    d, key, crt = lib.serving_cert(t, "plain-on-tls")
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}])
+    seen = len(p.access())
+    for method in (b"GET", b"HEAD"):
+        try:
+            out = lib.raw_exchange(p.port, method + b" /v2/ HTTP/1.1\r\nHost: x\r\n"
+                                   b"User-Agent: containerd/1.7\r\n\r\n")
+        except ConnectionResetError:
+            out = b"(reset)"
+        check(out.startswith(b"HTTP/1.1 400 ") and
+              b"Client sent an HTTP request to an HTTPS server." in out,
+              "plain-HTTP %s on a TLS listener: %r" % (method.decode(), out[:300]))
+    lines = p.wait_access(seen + 2)[seen:]
+    eq([(x.get("status"), x.get("reason")) for x in lines],
+       [("400", "plain HTTP sent to a TLS listener")] * 2, "access-log lines")
+    eq(_peer_cn(p.port, os.path.join(d, "ca.crt"))[0], "plain-on-tls",
+       "a TLS handshake after the plain-HTTP requests")
+
+
 def test_no_unsolicited_408_after_a_challenge(t):
     """A 401 challenge ends that request: its head deadline must not fire later on the idle
     keep-alive connection (a 408 sent then is read as the answer to the next request)."""
