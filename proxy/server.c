@@ -547,6 +547,14 @@ static void linger_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_linger(struct rp_conn *c)
 {
+    /* TLS: close_notify tells the client the close is the answer's end, not a cut (strict
+     * clients reading to the close, rustls ones say, report "unexpected eof" without it). */
+    SSL *ssl = c->bev ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+    if (ssl && SSL_is_init_finished(ssl)) {
+        ERR_clear_error();
+        SSL_shutdown(ssl);
+        ERR_clear_error();
+    }
     if (c->linger_ev) {
         /* A refused connection's timer was set up front (refuse_connection): its answer
          * is out now, so the client hears the end at once. */

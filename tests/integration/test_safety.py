@@ -551,3 +551,32 @@ def test_no_unsolicited_408_after_a_challenge(t):
         again = c.recv(65536)
         check(again.startswith(b"HTTP/1.1 200"), "with credentials after the wait: %r"
               % again[:100])
+
+
+def test_tls_close_sends_close_notify(t):
+    """A TLS connection closed after its answer (Connection: close, a refused request) ended
+    with a bare TCP close: strict clients reading to the close (rustls ones, Python with
+    suppress_ragged_eofs off) report "unexpected eof", and a finished answer could not be
+    told from a cut one. It ends with close_notify now."""
+    s = t.s
+    d, key, crt = lib.serving_cert(t, "close-notify")
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}])
+    ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+    for req, status in ((b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"200"),
+                        (b"POST /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", b"405")):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1",
+                                 suppress_ragged_eofs=False) as c:
+                c.sendall(req)
+                got, end = b"", "close_notify"
+                try:
+                    while True:
+                        b = c.recv(65536)
+                        if not b:
+                            break
+                        got += b
+                except ssl.SSLEOFError as e:
+                    end = "a TCP close without close_notify (%s)" % e
+                check(got.startswith(b"HTTP/1.1 " + status), "answer: %r" % got[:100])
+                eq(end, "close_notify", "how the answer to %r ended" % req.split(b"\r\n")[0])
