@@ -69,8 +69,9 @@ def test_herd_one_upstream_fetch(t):
     check(all(a.get("cache") == "MISS" for a in misses),
           "herd clients should all be cache=MISS (joined the one fill): %s"
           % sorted({a.get("cache") for a in misses}))
-    check(os.path.isfile(lib.cache_path(p.cache_dir, "blobs", big["digest"])),
-          "the blob is not in the cache after the herd")
+    # Clients have the last byte once the digest matched; the rename follows the fsync.
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", big["digest"])),
+                   10, "the blob to be in the cache after the herd")
 
     m = reg.mark()
     r = lib.stream_get(p.port, path)

@@ -114,8 +114,8 @@ def test_chunked_blob_herd_one_upstream_get(t):
             eq(r.header("content-range"), "bytes %d-%d/%d" % (first, len(layer) - 1, len(layer)),
                "Content-Range of %s" % ranges[i])
     eq(len(_blob_gets(up, ld)), 1, "upstream GETs of the chunked blob for 4 clients")
-    check(os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)),
-          "the verified chunked blob is not cached")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), 10,
+                   "the verified chunked blob to be cached")
     r = lib.stream_get(p.port, path)
     eq((r.status, r.complete, r.digest, r.header("x-regproxy-cache")), (200, True, ld, "HIT"),
        "GET after the chunked fill")
@@ -129,7 +129,8 @@ def test_chunked_blobs_skopeo_pull(t):
     up = _registry(t, blobs, _send_chunked)
     p = t.proxy(registries=[up.conf()], listeners=[{"default": "raw.test"}])
     t.pull(p, "ns/x:v1")
-    check(os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), "the layer is not cached")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), 10,
+                   "the layer to be cached")
 
 
 def test_close_delimited_blob(t):
@@ -148,7 +149,8 @@ def test_close_delimited_blob(t):
     r = lib.stream_get(p.port, "/v2/ns/x/blobs/" + ld)
     eq((r.status, r.complete, r.digest, r.length), (200, True, ld, len(layer)),
        "a close-delimited blob (%r)" % r)
-    check(os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), "the blob is not cached")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), 10,
+                   "the blob to be cached")
 
     blobs, ld, layer = _image()
     short[0] = True
@@ -194,7 +196,8 @@ def test_chunked_blob_cut_resumed_by_206(t):
     gets = _blob_gets(up, ld)
     eq(len(gets), 2, "upstream GETs (the cut one and its resumption)")
     check(gets[1][3].get("range", "").startswith("bytes="), "the resumption has no Range")
-    check(os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), "the blob is not cached")
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), 10,
+                   "the blob to be cached")
 
 
 def test_chunked_blob_cut_range_ignored_fails(t):
