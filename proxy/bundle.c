@@ -2033,21 +2033,6 @@ static const struct bundle_item *next_item(const struct bundle_item *v, size_t n
     abort();
 }
 
-/* The media type a manifest's bytes give themselves (mediaType), or NULL when they give
- * none (an OCI manifest without it) or it could not be a header value: the type the proxy
- * stores for a manifest it fetches (request.c), so that a bundle's metadata cannot relabel
- * bytes that other registries' clients are served too. */
-static char *manifest_own_type(const char *data, size_t len)
-{
-    json_t *j = json_loadb(data, len, 0, NULL);
-    const char *t = json_string_value(json_object_get(j, "mediaType"));
-    char *own = t && strlen(t) <= RP_MEDIA_TYPE_MAX && strchr(t, '/') && rp_header_value_safe(t)
-                    ? rp_xstrdup(t)
-                    : NULL;
-    json_decref(j);
-    return own;
-}
-
 static int publish_manifest_cb(void *arg, const char *digest, const char *media_type,
                                const char *data, size_t len, char *err, size_t errlen)
 {
@@ -2061,7 +2046,9 @@ static int publish_manifest_cb(void *arg, const char *digest, const char *media_
     im->held = rp_xrealloc(im->held, (im->n_held + 1) * sizeof(*im->held));
     struct held_manifest *h = &im->held[im->n_held++];
     snprintf(h->digest, sizeof(h->digest), "%s", digest);
-    h->media_type = manifest_own_type(data, len);
+    /* The bytes' own type, as for a manifest fetched: a bundle's metadata cannot relabel
+     * bytes that other registries' clients are served too. */
+    h->media_type = rp_manifest_own_type(data, len);
     if (!h->media_type)
         h->media_type = rp_xstrdup(media_type ? media_type : "");
     h->data = rp_xmalloc(len ? len : 1);

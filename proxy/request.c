@@ -1247,9 +1247,7 @@ static bool tag_answer_whole(const struct rp_req *r, const char *body)
     return r->up_h.length >= 0 || r->up_h.chunked;
 }
 
-/* The media type a manifest's bytes give themselves (mediaType), or NULL when they give
- * none (schema 1, an OCI manifest without it) or it could not be a header value. */
-static char *manifest_own_type(const char *body, size_t len)
+char *rp_manifest_own_type(const char *body, size_t len)
 {
     json_t *j = json_loadb(body, len, 0, NULL);
     const char *t = json_string_value(json_object_get(j, "mediaType"));
@@ -1295,7 +1293,7 @@ static void manifest_fetched(struct rp_req *r)
      * header: when the bytes name their type, that is the one stored and answered, or a
      * registry serving bytes another also serves (any public image's) under another
      * Content-Type would relabel them for the other registry's clients. */
-    char *own = type ? manifest_own_type(body, r->body.len) : NULL;
+    char *own = type ? rp_manifest_own_type(body, r->body.len) : NULL;
     if (own)
         type = own;
     if (type) {
