@@ -206,6 +206,7 @@ struct rp_req {
     char *target;
     char *accept;
     char *range;
+    char *if_none_match; /* its If-None-Match list, or NULL */
     struct rp_route route;
     bool routed;              /* route is valid */
     const char *cache_status; /* HIT, MISS, STALE, REVALIDATED, PASS: for logs and header */
@@ -445,8 +446,8 @@ void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *r
 void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
                         int64_t content_length, const char *extra);
 /* A whole response: head, then the len bytes of body unless !send_body (HEAD, whose
- * Content-Length still says len). Sent at once when nothing is queued before it; body need
- * only live until the call returns. */
+ * Content-Length still says len; a 304 has none, RFC 9110 8.6). Sent at once when nothing is queued
+ * before it; body need only live until the call returns. */
 void rp_conn_write_response(struct rp_conn *c, int status, const char *content_type,
                             const char *extra, const void *body, size_t len, bool send_body);
 /* A whole response whose body is len bytes of fd from off (a cached blob): the head, then

@@ -21,6 +21,9 @@
 #define RANGE_MAX 2048
 /* Ranges of one request answered as multipart/byteranges; more get the whole blob. */
 #define RANGES_MAX 64
+/* An If-None-Match list longer than this is ignored: the full answer is always a correct
+ * one to a conditional request. */
+#define INM_MAX 1024
 
 static const struct rp_fetch_cb upstream_cb;
 static void mp_free(struct rp_multipart *mp);
@@ -47,7 +50,7 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
     /* One allocation: the strings the request keeps from its head live after it. Docker
      * sends one Accept header per media type; others send one list. Upstream gets the same
      * list either way (joined as RFC 9110 allows); an absurd list is cut, not fatal. */
-    size_t acc_len = 0, range_len = 0, n_ranges = 0;
+    size_t acc_len = 0, range_len = 0, n_ranges = 0, inm_len = 0;
     bool acc_full = false, if_range_other = false;
     const struct rp_http_header *range = NULL;
     for (size_t i = 0; i < h->n_headers; i++) {
@@ -63,8 +66,12 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
             range = hd;
         } else if (rp_strieq_n(hd->name, hd->name_len, "if-range")) {
             if_range_other = !if_range_names_blob(hd, h->target, h->target_len);
+        } else if (rp_strieq_n(hd->name, hd->name_len, "if-none-match") && hd->value_len > 0) {
+            inm_len += (inm_len ? 2 : 0) + hd->value_len;
         }
     }
+    if (inm_len > INM_MAX)
+        inm_len = 0;
     /* If-Range (RFC 9110 13.1.5): the range only for the representation it names. A blob's
      * only validator is its digest, as a strong ETag; a date or another tag gets it whole. */
     if (if_range_other)
@@ -75,8 +82,8 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
         range = NULL;
     else
         range_len = range->value_len;
-    struct rp_req *r =
-        rp_xcalloc(1, sizeof(*r) + h->target_len + 1 + (acc_len + 1) + (range_len + 1));
+    struct rp_req *r = rp_xcalloc(1, sizeof(*r) + h->target_len + 1 + (acc_len + 1) +
+                                         (range_len + 1) + (inm_len + 1));
     char *p = (char *)(r + 1);
     r->target = p;
     memcpy(p, h->target, h->target_len);
@@ -109,6 +116,24 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
          * uncached, at every such request. */
         if (rp_header_value_safe(p) && rp_http_range_valid(p, range_len))
             r->range = p;
+        p += range_len + 1;
+    }
+    if (inm_len) {
+        /* Repeated lines make one list (RFC 9110 5.3), as for Accept. */
+        size_t n = 0;
+        for (size_t i = 0; i < h->n_headers; i++) {
+            const struct rp_http_header *hd = &h->headers[i];
+            if (!rp_strieq_n(hd->name, hd->name_len, "if-none-match") || hd->value_len == 0)
+                continue;
+            if (n) {
+                memcpy(p + n, ", ", 2);
+                n += 2;
+            }
+            memcpy(p + n, hd->value, hd->value_len);
+            n += hd->value_len;
+        }
+        if (rp_header_value_safe(p))
+            r->if_none_match = p;
     }
     r->conn = c;
     r->state = RQ_ROUTE;
@@ -711,6 +736,55 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     rp_req_queued(r);
 }
 
+/* Whether an If-None-Match list (RFC 9110 13.1.2) names the representation whose ETag is
+ * "<digest>", so a GET or HEAD is answered 304: "*", or an entity-tag equal to it by the
+ * weak comparison (W/ ignored). A bare digest counts too: docker-registry takes one. */
+static bool none_match_names(const char *inm, const char *digest)
+{
+    if (!inm)
+        return false;
+    size_t dlen = strlen(digest);
+    for (const char *p = inm; *p;) {
+        if (*p == ',' || *p == ' ' || *p == '\t') {
+            p++;
+            continue;
+        }
+        if (*p == '*')
+            return true;
+        if (p[0] == 'W' && p[1] == '/')
+            p += 2;
+        const char *v = p;
+        size_t n;
+        if (*p == '"') {
+            /* An opaque tag may hold commas: it runs to its closing quote. */
+            v = ++p;
+            const char *q = strchr(p, '"');
+            n = q ? (size_t)(q - p) : strlen(p);
+            p += n + (q ? 1 : 0);
+        } else {
+            n = strcspn(p, ", \t");
+            p += n;
+        }
+        if (n == dlen && memcmp(v, digest, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The 304 to a GET or HEAD whose If-None-Match names digest: the validator and digest the
+ * 200 would carry, no body. From the stack, as the hit it replaces. */
+static void answer_not_modified(struct rp_req *r, const char *digest)
+{
+    char extra[2 * RP_DIGEST_MAX + 160];
+    snprintf(extra, sizeof(extra),
+             "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\nX-Regproxy-Cache: %s\r\n%s", digest,
+             digest, r->cache_status,
+             strcmp(r->cache_status, "STALE") == 0
+                 ? "Warning: 110 regproxy \"Response is Stale\"\r\n"
+                 : "");
+    respond(r, 304, NULL, NULL, 0, extra);
+}
+
 static bool accept_allows(const char *accept, const char *media_type)
 {
     if (!accept || !media_type)
@@ -742,8 +816,13 @@ static bool manifest_from_cache(struct rp_req *r, const char *digest, const char
         return false;
     rp_server_maybe_pin(srv, r->route.reg, r->route.name, digest);
     r->cache_status = status;
-    char extra[RP_DIGEST_MAX + 128];
-    snprintf(extra, sizeof(extra), "Docker-Content-Digest: %s\r\nX-Regproxy-Cache: %s\r\n%s",
+    if (none_match_names(r->if_none_match, digest)) {
+        answer_not_modified(r, digest);
+        return true;
+    }
+    char extra[2 * RP_DIGEST_MAX + 160];
+    snprintf(extra, sizeof(extra),
+             "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\nX-Regproxy-Cache: %s\r\n%s", digest,
              digest, status,
              strcmp(status, "STALE") == 0 ? "Warning: 110 regproxy \"Response is Stale\"\r\n" : "");
     respond(r, 200, type, data, len, extra);
@@ -1320,9 +1399,14 @@ static void manifest_fetched(struct rp_req *r)
         start_fetch(r, false, false);
         return;
     }
+    if (none_match_names(r->if_none_match, digest)) {
+        free(own);
+        answer_not_modified(r, digest);
+        return;
+    }
     struct rp_buf extra;
     rp_buf_init(&extra, 4096);
-    rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\n", digest);
+    rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\n", digest, digest);
     cache_header(r, &extra);
     respond(r, r->up_status, type, body, r->body.len, extra.data);
     rp_buf_free(&extra);
@@ -1352,13 +1436,14 @@ static void answer_success(struct rp_req *r)
     rp_buf_init(&extra, 32768);
     const char *type = rp_header_value_safe(h->content_type) ? h->content_type : NULL;
     int64_t length = r->head ? h->length : (int64_t)r->body.len;
+    const char *digest = NULL; /* a manifest's, for its ETag and If-None-Match */
     switch (r->route.kind) {
     case RP_ROUTE_MANIFEST: /* HEAD */
-        if (r->route.ref_is_digest)
-            rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\n", r->route.ref);
-        else if (h->docker_content_digest &&
-                 rp_valid_digest(h->docker_content_digest, strlen(h->docker_content_digest)))
-            rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\n", h->docker_content_digest);
+        digest = r->route.ref_is_digest                  ? r->route.ref
+                 : ud && rp_valid_digest(ud, strlen(ud)) ? ud
+                                                         : NULL;
+        if (digest)
+            rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\n", digest, digest);
         break;
     case RP_ROUTE_BLOB: /* HEAD */
         rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
@@ -1383,7 +1468,9 @@ static void answer_success(struct rp_req *r)
     cache_header(r, &extra);
     if (r->head && r->route.kind == RP_ROUTE_MANIFEST)
         rp_inflight_share(r);
-    if (r->head) {
+    if (digest && none_match_names(r->if_none_match, digest))
+        answer_not_modified(r, digest);
+    else if (r->head) {
         rp_conn_write_head(r->conn, r->up_status, type, length, extra.data);
         rp_req_finish(r, NULL);
     } else {

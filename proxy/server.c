@@ -251,7 +251,9 @@ static char *build_head(struct rp_conn *c, int status, const char *content_type,
         p = put(p, content_type, type_len);
         p = PUT_LIT(p, "\r\n");
     }
-    if (content_length >= 0) {
+    /* A 304 has no content, and a Content-Length there would have to be the 200's (RFC
+     * 9110 8.6): none. */
+    if (content_length >= 0 && status != 304) {
         p = PUT_LIT(p, "Content-Length: ");
         p = put_u64(p, (uint64_t)content_length);
         p = PUT_LIT(p, "\r\n");
