@@ -88,7 +88,12 @@ static void render_metrics(struct rp_server *srv, struct rp_buf *out)
     const char **names = rp_xcalloc(srv->conf->n_registries + 1, sizeof(*names));
     for (size_t i = 0; i < srv->conf->n_registries; i++)
         names[i] = srv->conf->registries[i].name;
-    rp_metrics_render(&srv->metrics, &g, names, out);
+    const char **tls = rp_xcalloc(srv->conf->n_listens + 1, sizeof(*tls));
+    for (size_t i = 0; i < srv->conf->n_listens; i++)
+        if (srv->conf->listens[i].tls_cert)
+            tls[i] = srv->conf->listens[i].addr;
+    rp_metrics_render(&srv->metrics, &g, names, tls, out);
+    free(tls);
     free(names);
 }
 

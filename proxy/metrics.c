@@ -14,17 +14,37 @@ static const char *const cache_names[RP_METRICS_CACHE_RESULTS] = {"hit", "miss",
 static const double latency_le[RP_METRICS_LATENCY_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                               0.5,   1,    2.5,   5,    10,  30};
 
-void rp_metrics_init(struct rp_metrics *m, size_t n_registries)
+static const char *const tls_fail_names[RP_TLS_FAILS] = {
+    [RP_TLS_FAIL_UNKNOWN_CA] = "alert_unknown_ca",
+    [RP_TLS_FAIL_BAD_CERTIFICATE] = "alert_bad_certificate",
+    [RP_TLS_FAIL_ALERT_OTHER] = "alert_other",
+    [RP_TLS_FAIL_PROTOCOL_VERSION] = "protocol_version",
+    [RP_TLS_FAIL_NO_SHARED_CIPHER] = "no_shared_cipher",
+    [RP_TLS_FAIL_HTTP_REQUEST] = "http_request",
+    [RP_TLS_FAIL_EOF] = "eof",
+    [RP_TLS_FAIL_OTHER] = "other",
+};
+
+const char *rp_metrics_tls_fail_name(enum rp_tls_fail why)
+{
+    return why < RP_TLS_FAILS ? tls_fail_names[why] : "other";
+}
+
+void rp_metrics_init(struct rp_metrics *m, size_t n_registries, size_t n_listeners)
 {
     memset(m, 0, sizeof(*m));
     m->regs = rp_xcalloc(n_registries ? n_registries : 1, sizeof(*m->regs));
     m->n_regs = n_registries;
+    m->tls_fails = rp_xcalloc(n_listeners ? n_listeners : 1, sizeof(*m->tls_fails));
+    m->n_listeners = n_listeners;
 }
 
 void rp_metrics_fini(struct rp_metrics *m)
 {
     free(m->regs);
     m->regs = NULL;
+    free(m->tls_fails);
+    m->tls_fails = NULL;
 }
 
 static int status_class(int status)
@@ -88,6 +108,12 @@ void rp_metrics_fill(struct rp_metrics *m, size_t reg, enum rp_fill_event ev)
         m->regs[reg].fills[ev]++;
 }
 
+void rp_metrics_tls_fail(struct rp_metrics *m, size_t listener, enum rp_tls_fail why)
+{
+    if (listener < m->n_listeners && why < RP_TLS_FAILS)
+        m->tls_fails[listener][why]++;
+}
+
 void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok)
 {
     if (reg >= m->n_regs)
@@ -128,7 +154,8 @@ static void head(struct rp_buf *out, const char *name, const char *type, const c
 }
 
 void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauges *g,
-                       const char *const *registry_names, struct rp_buf *out)
+                       const char *const *registry_names, const char *const *tls_listener_names,
+                       struct rp_buf *out)
 {
     head(out, "regproxy_requests_total", "counter",
          "Client requests answered, by route kind and status class.");
@@ -234,4 +261,18 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
          "Connections refused at the connection limit.");
     rp_buf_addf(out, "regproxy_connections_refused_total %llu\n",
                 (unsigned long long)m->connections_refused);
+    head(out, "regproxy_tls_handshake_failures_total", "counter",
+         "TLS handshakes that failed on a TLS listener, by listener and reason (alert_unknown_ca, "
+         "alert_bad_certificate: the client does not accept tls_cert; eof: hung up, as TCP "
+         "health checks do).");
+    for (size_t l = 0; l < m->n_listeners; l++) {
+        if (!tls_listener_names[l])
+            continue;
+        for (int why = 0; why < RP_TLS_FAILS; why++) {
+            rp_buf_addf(out, "regproxy_tls_handshake_failures_total{listener=\"");
+            add_label_value(out, tls_listener_names[l]);
+            rp_buf_addf(out, "\",reason=\"%s\"} %llu\n", tls_fail_names[why],
+                        (unsigned long long)m->tls_fails[l][why]);
+        }
+    }
 }

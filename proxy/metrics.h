@@ -25,6 +25,21 @@ enum rp_fill_event {
     RP_FILL_EVENTS
 };
 
+/* Why a TLS handshake on a listener failed: a fixed set, named in labels by
+ * rp_metrics_tls_fail_name. */
+enum rp_tls_fail {
+    RP_TLS_FAIL_UNKNOWN_CA,       /* the client's alert unknown_ca: it lacks tls_cert's issuer */
+    RP_TLS_FAIL_BAD_CERTIFICATE,  /* alert bad_certificate (Go clients, on any verify error) */
+    RP_TLS_FAIL_ALERT_OTHER,      /* another alert from the client */
+    RP_TLS_FAIL_PROTOCOL_VERSION, /* no TLS version in common (the client offers < 1.2) */
+    RP_TLS_FAIL_NO_SHARED_CIPHER, /* no cipher suite (or key exchange group) in common */
+    RP_TLS_FAIL_HTTP_REQUEST,     /* plain HTTP, answered 400 */
+    RP_TLS_FAIL_EOF,              /* the client hung up (or reset) mid-handshake */
+    RP_TLS_FAIL_OTHER,            /* not TLS at all, a malformed handshake, ... */
+    RP_TLS_FAILS
+};
+const char *rp_metrics_tls_fail_name(enum rp_tls_fail why);
+
 struct rp_metrics_registry {
     uint64_t upstream_by_class[6]; /* 1xx..5xx by first digit; [0]: no answer */
     uint64_t latency_buckets[RP_METRICS_LATENCY_BUCKETS + 1]; /* cumulative at render */
@@ -42,9 +57,11 @@ struct rp_metrics {
     uint64_t connections_refused;
     struct rp_metrics_registry *regs; /* one per configured registry */
     size_t n_regs;
+    uint64_t (*tls_fails)[RP_TLS_FAILS]; /* one row per listener, by enum rp_tls_fail */
+    size_t n_listeners;
 };
 
-void rp_metrics_init(struct rp_metrics *m, size_t n_registries);
+void rp_metrics_init(struct rp_metrics *m, size_t n_registries, size_t n_listeners);
 void rp_metrics_fini(struct rp_metrics *m);
 /* kind: enum rp_route_kind value, or RP_METRICS_KINDS - 1 for requests that never routed. */
 void rp_metrics_request(struct rp_metrics *m, int kind, int status, const char *cache_status,
@@ -52,6 +69,8 @@ void rp_metrics_request(struct rp_metrics *m, int kind, int status, const char *
 void rp_metrics_upstream(struct rp_metrics *m, size_t reg, int status, int64_t ms);
 void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok);
 void rp_metrics_fill(struct rp_metrics *m, size_t reg, enum rp_fill_event ev);
+/* A TLS handshake failed on listener (its index in the configuration). */
+void rp_metrics_tls_fail(struct rp_metrics *m, size_t listener, enum rp_tls_fail why);
 
 /* Values that are read at render time rather than counted. */
 struct rp_metrics_gauges {
@@ -61,8 +80,10 @@ struct rp_metrics_gauges {
     uint64_t max_size;
 };
 /* Renders everything in the text exposition format (version 0.0.4) into out.
- * registry_names[i] names m->regs[i]. */
+ * registry_names[i] names m->regs[i]; tls_listener_names[i] names listener i when it serves
+ * TLS, and is NULL when it does not (its handshake failures are then left out). */
 void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauges *g,
-                       const char *const *registry_names, struct rp_buf *out);
+                       const char *const *registry_names, const char *const *tls_listener_names,
+                       struct rp_buf *out);
 
 #endif

@@ -347,6 +347,7 @@ struct rp_conn {
     struct sockaddr_in6 peer_sa;
     bool over_limit; /* refused at accept (max_connections, allow): told why, then closed */
     struct rp_listen_ctx *lctx; /* the listener it came in on (settings swap on reload) */
+    size_t listener;            /* that listener's index, set for refused connections too */
     unsigned n_requests;
     char peer[64];
     TAILQ_ENTRY(rp_conn) link;

@@ -34,6 +34,8 @@
 #define SEND_TIMEOUT_S 120 /* a client that takes nothing for this long is gone */
 #define MAX_REQUESTS_PER_CONN 10000
 #define LINGER_S 2 /* draining a rejected client before closing */
+/* Lines about a herd (refusals, failed TLS handshakes): at most one per this, plus the first */
+#define REFUSED_LOG_MS 1000
 
 /* What a listener's configuration turns into; rebuilt on reload and swapped whole. */
 struct listen_settings {
@@ -47,9 +49,11 @@ struct rp_listen_ctx {
     struct rp_server *srv;
     const struct rp_conf_listen *conf;
     struct listen_settings set;
-    size_t n_conns;          /* open connections accepted here (max_connections) */
-    struct rp_listener *li;  /* its listener (li->ev is NULL once closed) */
-    struct event *resume_ev; /* accepting again after accept() failed */
+    size_t n_conns;             /* open connections accepted here (max_connections) */
+    struct rp_listener *li;     /* its listener (li->ev is NULL once closed) */
+    struct event *resume_ev;    /* accepting again after accept() failed */
+    int64_t tls_fail_logged_ms; /* when a failed TLS handshake was last logged */
+    size_t tls_fail_unlogged;   /* failed handshakes logged since that line */
 };
 
 static const char *status_reason(int status)
@@ -1051,19 +1055,142 @@ static void tls_answer_plain_http(struct rp_conn *c)
     rp_access_log(&a);
 }
 
+/* The OpenSSL error that ended a connection, or 0 when none did (a hang-up or a reset).
+ * libevent keeps the first three, giving back the latest first, beside SSL_get_error's
+ * code (SSL_ERROR_SSL, SSL_ERROR_SYSCALL: no library) and the system's errno: the SSL
+ * library's earliest names the cause. */
+static unsigned long tls_error(struct bufferevent *bev)
+{
+    unsigned long e = 0, other = 0, x;
+    while ((x = bufferevent_get_openssl_error(bev))) {
+        int lib = ERR_GET_LIB(x);
+        if (lib == ERR_LIB_SSL)
+            e = x;
+        else if (lib != 0 && lib != ERR_LIB_SYS)
+            other = x;
+    }
+    return e ? e : other;
+}
+
+/* Why a handshake failed, from tls_error's answer. */
+static enum rp_tls_fail tls_fail_reason(unsigned long e)
+{
+    if (!e)
+        return RP_TLS_FAIL_EOF;
+    if (ERR_GET_LIB(e) != ERR_LIB_SSL)
+        return RP_TLS_FAIL_OTHER;
+    int r = ERR_GET_REASON(e);
+    switch (r) {
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+        return RP_TLS_FAIL_UNKNOWN_CA;
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+        return RP_TLS_FAIL_BAD_CERTIFICATE;
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_VERSION_TOO_LOW:
+    case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
+        return RP_TLS_FAIL_PROTOCOL_VERSION;
+    case SSL_R_NO_SHARED_CIPHER:
+    case SSL_R_NO_SHARED_GROUPS:
+        return RP_TLS_FAIL_NO_SHARED_CIPHER;
+    case SSL_R_HTTP_REQUEST:
+        return RP_TLS_FAIL_HTTP_REQUEST;
+#ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING /* OpenSSL 3 */
+    case SSL_R_UNEXPECTED_EOF_WHILE_READING:
+        return RP_TLS_FAIL_EOF;
+#endif
+    }
+    /* An alert received is its description plus SSL_AD_REASON_OFFSET (ssl.h). */
+    if (r > SSL_AD_REASON_OFFSET && r < SSL_AD_REASON_OFFSET + 256)
+        return RP_TLS_FAIL_ALERT_OTHER;
+    return RP_TLS_FAIL_OTHER;
+}
+
+/* A handshake that failed on a TLS listener is counted by reason. An operator whose nodes
+ * do not trust tls_cert's issuer heard nothing of it, only the nodes' pulls failing: it is
+ * logged at info in their words, with the same rationing as refusals at max_connections
+ * (per listener: the first, then a line a second at most, counting those in between).
+ * A hang-up is only counted: load balancers' TCP health checks connect and close, and
+ * plain HTTP has its access-log line already. */
+static void tls_handshake_failed(struct rp_conn *c, unsigned long e)
+{
+    struct rp_server *srv = c->srv;
+    enum rp_tls_fail why = tls_fail_reason(e);
+    rp_metrics_tls_fail(&srv->metrics, c->listener, why);
+    if (why == RP_TLS_FAIL_EOF || why == RP_TLS_FAIL_HTTP_REQUEST) {
+        rp_debug("conn %s: TLS handshake not completed (%s)", c->peer,
+                 rp_metrics_tls_fail_name(why));
+        return;
+    }
+    if (c->listener >= srv->n_listeners)
+        return;
+    struct rp_listen_ctx *ctx = &srv->lctx[c->listener];
+    ctx->tls_fail_unlogged++;
+    int64_t now = rp_now_ms();
+    if (ctx->tls_fail_logged_ms && now - ctx->tls_fail_logged_ms < REFUSED_LOG_MS)
+        return;
+    char more[80] = "";
+    if (ctx->tls_fail_unlogged > 1)
+        snprintf(more, sizeof(more), "; %zu failed handshakes on it since the last such line",
+                 ctx->tls_fail_unlogged);
+    ctx->tls_fail_logged_ms = now;
+    ctx->tls_fail_unlogged = 0;
+    const char *cert = c->listen->tls_cert ? c->listen->tls_cert : "tls_cert";
+    switch (why) {
+    case RP_TLS_FAIL_UNKNOWN_CA:
+        rp_info("conn %s: TLS handshake on %s failed: the client does not trust the issuer of "
+                "%s (alert unknown_ca): give clients the CA that signed it%s",
+                c->peer, c->listen->addr, cert, more);
+        break;
+    case RP_TLS_FAIL_BAD_CERTIFICATE:
+        /* Go's crypto/tls (containerd, CRI-O, podman, skopeo, docker) sends this one for any
+         * certificate it does not accept, an unknown issuer included. */
+        rp_info("conn %s: TLS handshake on %s failed: the client rejected %s (alert "
+                "bad_certificate; Go clients send it when they lack the issuing CA, when the "
+                "name they dialed is not in its subjectAltName, or when it has expired)%s",
+                c->peer, c->listen->addr, cert, more);
+        break;
+    case RP_TLS_FAIL_ALERT_OTHER:
+        rp_info("conn %s: TLS handshake on %s failed: the client ended it with alert %s%s", c->peer,
+                c->listen->addr,
+                SSL_alert_desc_string_long(ERR_GET_REASON(e) - SSL_AD_REASON_OFFSET), more);
+        break;
+    case RP_TLS_FAIL_PROTOCOL_VERSION:
+        rp_info("conn %s: TLS handshake on %s failed: no TLS version in common (the proxy takes "
+                "TLS 1.2 and 1.3; the client offered older ones)%s",
+                c->peer, c->listen->addr, more);
+        break;
+    case RP_TLS_FAIL_NO_SHARED_CIPHER:
+        rp_info("conn %s: TLS handshake on %s failed: no cipher suite in common (TLS 1.2 takes "
+                "ECDHE with AES-GCM or ChaCha20 only)%s",
+                c->peer, c->listen->addr, more);
+        break;
+    default: {
+        const char *detail = ERR_reason_error_string(e);
+        rp_info("conn %s: TLS handshake on %s failed: %s (a client speaking something other "
+                "than TLS, or a scanner)%s",
+                c->peer, c->listen->addr, detail ? detail : "no detail", more);
+        break;
+    }
+    }
+}
+
 static void tls_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct rp_conn *c = arg;
     if (what == BEV_EVENT_CONNECTED)
         return; /* TLS handshake done */
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    bool handshaking = ssl && !SSL_is_init_finished(ssl);
     if (what & BEV_EVENT_TIMEOUT) {
         rp_info("conn %s: client took nothing for %d s; closing", c->peer, SEND_TIMEOUT_S);
-    } else if (what & BEV_EVENT_ERROR) {
-        unsigned long e = bufferevent_get_openssl_error(bev);
+    } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF)) {
+        unsigned long e = tls_error(bev);
         if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_HTTP_REQUEST)
             tls_answer_plain_http(c);
-        else
+        else if (what & BEV_EVENT_ERROR)
             rp_debug("conn %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        if (handshaking)
+            tls_handshake_failed(c, e);
     }
     conn_gone(c);
 }
@@ -1213,7 +1340,6 @@ static void answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, cons
 /* A herd past max_connections would write a line per refused connection: the first is
  * logged, then at most one line per REFUSED_LOG_MS, counting those in between (the metric
  * counts every one). */
-#define REFUSED_LOG_MS 1000
 
 static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
 {
@@ -1242,6 +1368,7 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     struct rp_conn *c = rp_xcalloc(1, sizeof(*c));
     c->srv = srv;
     c->listen = ctx->conf;
+    c->listener = (size_t)(ctx - srv->lctx);
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
     c->fd = fd;
     c->file_fd = -1;
@@ -1689,7 +1816,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     }
     srv->auths = rp_xcalloc(conf->n_registries, sizeof(*srv->auths));
     srv->checks = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->checks));
-    rp_metrics_init(&srv->metrics, conf->n_registries);
+    rp_metrics_init(&srv->metrics, conf->n_registries, conf->n_listens);
     for (size_t i = 0; i < conf->n_registries; i++)
         srv->auths[i] = rp_auth_new(&conf->registries[i]);
     return 0;

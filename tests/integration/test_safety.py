@@ -580,3 +580,114 @@ def test_tls_close_sends_close_notify(t):
                     end = "a TCP close without close_notify (%s)" % e
                 check(got.startswith(b"HTTP/1.1 " + status), "answer: %r" % got[:100])
                 eq(end, "close_notify", "how the answer to %r ended" % req.split(b"\r\n")[0])
+
+
+def _tls_fails(p, listener):
+    """regproxy_tls_handshake_failures_total of a listener, by reason."""
+    return {dict(labels)["reason"]: v for (name, labels), v in p.metrics().items()
+            if name == "regproxy_tls_handshake_failures_total"
+            and dict(labels).get("listener") == listener}
+
+
+def _handshake(port, ctx):
+    """A TLS handshake with ctx: None when it completed, else the client's error."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                return None
+    except (ssl.SSLError, ssl.CertificateError, OSError) as e:
+        return e
+
+
+def test_tls_handshake_failures_counted_and_logged(t):
+    """A failed TLS handshake was logged at debug level only and counted nowhere: an operator
+    whose nodes do not trust the proxy's certificate saw nothing but failing pulls. Each is
+    counted by listener and reason, and logged at info in an operator's words, at most a line
+    a second per listener; a bare TCP connect and close (a load balancer's health check) is
+    counted, never logged per connection."""
+    s = t.s
+    d, key, crt = lib.serving_cert(t, "handshakes")
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}])
+    addr = "127.0.0.1:%d" % p.port
+    eq(sorted(_tls_fails(p, addr)), sorted([
+        "alert_unknown_ca", "alert_bad_certificate", "alert_other", "protocol_version",
+        "no_shared_cipher", "http_request", "eof", "other"]), "reasons of a TLS listener")
+
+    def lines(words):
+        return [x for x in p.log_text().splitlines() if words in x]
+
+    def no_ca():  # Python's OpenSSL without the CA: alert unknown_ca
+        err = _handshake(p.port, ssl.create_default_context())
+        check(isinstance(err, ssl.SSLCertVerificationError), "handshake without the CA: %r"
+              % err)
+
+    def go_no_ca():  # Go's crypto/tls (skopeo; containerd, CRI-O, podman alike)
+        r = s.skopeo(["inspect", "--raw", "--no-creds", "docker://%s/ns/multi:v1" % addr],
+                     check_rc=False, timeout=60)
+        check(r.returncode != 0 and "certificate" in r.err, "skopeo without the CA: %d %s"
+              % (r.returncode, r.err[-300:]))
+
+    def tls11():
+        out = subprocess.run(["openssl", "s_client", "-connect", addr, "-tls1_1", "-cipher",
+                              "DEFAULT@SECLEVEL=0"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, OPENSSL_CONF="/dev/null"), timeout=30)
+        check(out.returncode != 0, "openssl s_client -tls1_1 connected: %r" % out.stdout[-300:])
+
+    def weak_cipher():
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("AES128-SHA")
+        check(_handshake(p.port, ctx) is not None, "a TLS 1.2 handshake offering AES128-SHA")
+
+    def scanner():  # a TLS record header, then no handshake message
+        try:
+            lib.raw_exchange(p.port, b"\x16\x03\x01\x00\x05hello" + b"\x00" * 64)
+        except ConnectionResetError:
+            pass
+
+    # Each client until its line is logged (a line a second at most): the counter grows
+    # by its reason alone meanwhile.
+    for provoke, reason, words in (
+            (no_ca, "alert_unknown_ca",
+             "does not trust the issuer of %s (alert unknown_ca): give clients the CA" % crt),
+            (go_no_ca, "alert_bad_certificate", "rejected %s (alert bad_certificate" % crt),
+            (tls11, "protocol_version", "no TLS version in common"),
+            (weak_cipher, "no_shared_cipher", "no cipher suite in common"),
+            (scanner, "other", "other than TLS, or a scanner")):
+        before = _tls_fails(p, addr)
+        lib.wait_until(lambda: provoke() or lines(words), 15, "a line saying %r" % words,
+                       interval=0.2)
+        after = _tls_fails(p, addr)
+        grew = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        check(list(grew) == [reason] and grew[reason] >= 1,
+              "counted after %s: %r, expected %s alone" % (provoke.__name__, grew, reason))
+        line = lines(words)[-1]
+        check("conn 127.0.0.1:" in line and "on %s failed" % addr in line,
+              "the line names the client and the listener: %r" % line)
+    # Plain HTTP (answered 400, access-logged) and health checks (connect, close): counted,
+    # neither logged as a failed handshake.
+    before, logged = _tls_fails(p, addr), len(lines("TLS handshake"))
+    lib.raw_exchange(p.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(30):
+        socket.create_connection(("127.0.0.1", p.port), timeout=10).close()
+    lib.wait_until(lambda: _tls_fails(p, addr)["eof"] - before["eof"] == 30, 10,
+                   "30 eof counted")
+    eq(_tls_fails(p, addr)["http_request"] - before["http_request"], 1, "http_request counted")
+    eq(len(lines("TLS handshake")), logged, "lines about TLS handshakes after a plain-HTTP "
+       "request and 30 TCP connects closed at once")
+    # A herd of clients without the CA: every one counted, a line a second in the log.
+    before, logged = _tls_fails(p, addr), len(lines("alert unknown_ca"))
+    t0 = time.monotonic()
+    for _ in range(40):
+        no_ca()
+    lib.wait_until(lambda: _tls_fails(p, addr)["alert_unknown_ca"] -
+                   before["alert_unknown_ca"] == 40, 10, "40 alert_unknown_ca counted")
+    elapsed = time.monotonic() - t0
+    herd = len(lines("alert unknown_ca")) - logged
+    check(herd <= 1 + int(elapsed), "%d unknown_ca lines for 40 handshakes in %.1f s"
+          % (herd, elapsed))
+    # A client with the CA still gets through.
+    eq(_peer_cn(p.port, os.path.join(d, "ca.crt"))[0], "handshakes", "a client with the CA")
