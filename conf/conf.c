@@ -207,7 +207,8 @@ static const struct rp_conf_option options[] = {
      .type = RP_CONF_STRING,
      .default_text = "127.0.0.1:5001",
      .offset = ADMIN_F(listen),
-     .help = "address of /metrics, /healthz and /readyz (never a registry listener); off "
+     .help = "address of /metrics, /healthz and /readyz (never a registry listener), which "
+             "takes 64 connections at once and closes more at once, unanswered; off "
              "disables it"},
     {.section = RP_CONF_SECTION_ADMIN,
      .key = "log_format",

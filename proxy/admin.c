@@ -18,6 +18,13 @@
  * the idle timeout alone restarts with every byte, so a client trickling one byte at a time
  * would hold the connection (and a descriptor the registry listeners share) indefinitely. */
 #define ADMIN_TIMEOUT_S 10
+/* Admin connections open at once. The registry listeners have max_connections; without a
+ * bound here a flood of admin connections (a runaway scraper, a port scan) would take the
+ * descriptors their clients need. Probes and scrapes take one each, briefly: past the cap a
+ * connection is closed at once, unanswered. */
+#define ADMIN_CONNS_MAX 64
+/* At most one line a second about refusals, plus the first (as for max_connections). */
+#define ADMIN_REFUSED_LOG_MS 1000
 
 struct rp_admin_conn {
     struct rp_server *srv;
@@ -31,6 +38,7 @@ struct rp_admin_conn {
 static void admin_free(struct rp_admin_conn *a)
 {
     TAILQ_REMOVE(&a->srv->admin_conns, a, link);
+    a->srv->n_admin_conns--;
     if (a->deadline)
         event_free(a->deadline);
     bufferevent_free(a->bev);
@@ -199,6 +207,24 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
     (void)sa;
     (void)salen;
     struct rp_server *srv = arg;
+    if (srv->n_admin_conns >= ADMIN_CONNS_MAX) {
+        evutil_closesocket(fd);
+        srv->admin_refused_unlogged++;
+        int64_t now = rp_now_ms();
+        if (!srv->admin_refused_logged_ms ||
+            now - srv->admin_refused_logged_ms >= ADMIN_REFUSED_LOG_MS) {
+            char more[64] = "";
+            if (srv->admin_refused_unlogged > 1)
+                snprintf(more, sizeof(more), "; %zu closed since the last such line",
+                         srv->admin_refused_unlogged);
+            rp_warn("admin listen: connection closed unanswered: %d admin connections open, "
+                    "the most allowed%s",
+                    ADMIN_CONNS_MAX, more);
+            srv->admin_refused_logged_ms = now;
+            srv->admin_refused_unlogged = 0;
+        }
+        return;
+    }
     struct rp_admin_conn *a = rp_xcalloc(1, sizeof(*a));
     a->srv = srv;
     /* Not BEV_OPT_DEFER_CALLBACKS: a deferred callback still queued when the loop ends (a
@@ -212,6 +238,7 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
         return;
     }
     TAILQ_INSERT_TAIL(&srv->admin_conns, a, link);
+    srv->n_admin_conns++;
     bufferevent_setcb(a->bev, admin_read_cb, admin_write_cb, admin_event_cb, a);
     struct timeval tv = {ADMIN_TIMEOUT_S, 0};
     bufferevent_set_timeouts(a->bev, &tv, &tv);

@@ -417,6 +417,9 @@ struct rp_server {
     struct evconnlistener *admin;
     struct event *admin_resume_ev;           /* accepting again after accept() failed (EMFILE) */
     TAILQ_HEAD(, rp_admin_conn) admin_conns; /* a scraper's may still be open at exit */
+    size_t n_admin_conns;
+    int64_t admin_refused_logged_ms; /* when a refusal past the admin cap was last logged */
+    size_t admin_refused_unlogged;   /* refusals since that line */
     struct rp_metrics metrics;
     struct rp_check_status *checks; /* one per registry: the last login check */
     TAILQ_HEAD(, rp_check) checks_running;

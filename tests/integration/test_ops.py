@@ -371,9 +371,10 @@ def test_admin_connections_closed_as_it_stops(t):
     the kubelet's probes come and go) leave nothing behind: each admin connection is freed
     with its descriptor, the harness failing the test on a leak report."""
     p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")])
-    conns = [socket.create_connection(("127.0.0.1", p.admin_port)) for _ in range(100)]
+    # Fewer than the admin listener's 64 at once, so that /healthz is served beside them.
+    conns = [socket.create_connection(("127.0.0.1", p.admin_port)) for _ in range(60)]
     try:
-        eq(p.admin("/healthz").status, 200, "healthz beside 100 open admin connections")
+        eq(p.admin("/healthz").status, 200, "healthz beside 60 open admin connections")
     finally:
         for c in conns:
             c.close()
@@ -396,3 +397,36 @@ def test_admin_other_methods(t):
                  if x.lower().startswith("allow:")]
         eq(allow, ["GET, HEAD"], "Allow header of the 405 to %s (head %r)" % (method, head))
         check(b"HEAD" in body, "the 405's body names HEAD as allowed too: %r" % body)
+
+
+def test_admin_connections_capped(t):
+    """The admin listener had no bound on connections open at once (the registry listeners
+    have max_connections): a flood of them could take the descriptors the registry
+    listeners need. Past 64, a connection is closed at once, unanswered; pulls go on, and
+    /healthz answers again once the flood has closed."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")])
+    held = [socket.create_connection(("127.0.0.1", p.admin_port), timeout=30)
+            for _ in range(64)]
+    try:
+        # Accepted in order after the 64: closed without an answer (a reset, as it sent a
+        # request the proxy never read, or a plain close).
+        for i in range(3):
+            with socket.create_connection(("127.0.0.1", p.admin_port), timeout=30) as c:
+                c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                try:
+                    got = lib.read_to_eof(c)
+                except ConnectionResetError:
+                    got = b""
+            eq(got, b"", "what admin connection %d past 64 open ones receives" % (65 + i))
+        eq(p.get("/v2/").status, 200, "a ping on the registry listener during the flood")
+        lib.wait_until(lambda: "admin listen: connection closed unanswered: 64 admin "
+                       "connections open" in p.log_text(), 10, "the refusal logged")
+        # The held connections are still served.
+        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(lib.read_to_eof(held[0]).startswith(b"HTTP/1.1 200"),
+              "a held admin connection answered")
+    finally:
+        for c in held:
+            c.close()
+    lib.wait_until(lambda: p.admin("/healthz").status == 200, 10,
+                   "/healthz once the flood closed")
