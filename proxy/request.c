@@ -675,8 +675,20 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
 }
 
 /* Serves a cached blob from its file: sendfile at the client's pace, Range and HEAD. */
+static bool none_match_names(const char *inm, const char *digest);
+static void answer_not_modified(struct rp_req *r, const char *digest);
+
 static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
 {
+    /* Its digest is a blob's ETag, as for manifests: a client (an HTTP cache in front)
+     * revalidating the blob it has gets a 304, Range or not (RFC 9110 13.2.2 evaluates
+     * If-None-Match first), as from docker-registry. */
+    if (none_match_names(r->if_none_match, r->route.ref)) {
+        close(b->fd);
+        rp_cache_release(r->conn->srv->cache, r->route.ref);
+        answer_not_modified(r, r->route.ref);
+        return;
+    }
     uint64_t start = 0, end = 0;
     enum rp_range_result rr = RP_RANGE_NONE;
     struct rp_byte_range rs[RANGES_MAX];

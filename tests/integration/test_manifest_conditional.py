@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Manifests carry docker-registry's validator, `ETag: "<digest>"`, and a GET or HEAD whose
 If-None-Match names it is answered 304, by tag and by digest, whether the proxy answers
-from its cache or from upstream: as docker-registry answers the same requests."""
+from its cache or from upstream: as docker-registry answers the same requests. Cached
+blobs likewise."""
 import http.client
+import json
 
 import lib
 from lib import check, eq
@@ -101,3 +103,29 @@ def test_if_none_match_lists_and_weak_tags(t):
         eq((r2.status, lib.sha256(r2.read())), (200, d), "the next answer after a 304")
     finally:
         c.close()
+
+
+def test_if_none_match_cached_blob(t):
+    """A cached blob's digest is its ETag too: a GET or HEAD naming it in If-None-Match,
+    with a Range or without, gets a 304 with no body, as from docker-registry; another
+    ETag gets the blob."""
+    reg = t.s.anon_registry
+    p = _proxy(t)
+    layer = json.loads(reg.pushed["ns/multi:v1"]["body"])["layers"][0]["digest"]
+    path = "/v2/ns/multi/blobs/" + layer
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.digest), (200, layer), "GET %s (fills the cache)" % path)
+    lib.wait_until(lambda: p.get(path, method="HEAD").header("X-Regproxy-Cache") == "HIT", 10,
+                   "the blob to be cached")
+    for method, extra in (("GET", {}), ("HEAD", {}), ("GET", {"Range": "bytes=0-9"})):
+        headers = dict(extra, **{"If-None-Match": '"%s"' % layer})
+        u = reg.client(None).get(path, method, headers)
+        st, h, body = p.raw(method, path, headers)
+        what = "%s %s %s" % (method, path, headers)
+        eq((st, body), (304, b""), what)
+        eq(st, u.status, "%s: status (docker-registry's)" % what)
+        eq((h.get("etag"), h.get("docker-content-digest"), h.get("x-regproxy-cache")),
+           ('"%s"' % layer, layer, "HIT"), "%s: headers" % what)
+    st, h, body = p.raw("GET", path, {"If-None-Match": '"sha256:%s"' % ("3" * 64)})
+    eq((st, lib.sha256(body), h.get("etag")), (200, layer, '"%s"' % layer),
+       "GET with an If-None-Match naming another blob")
