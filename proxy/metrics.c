@@ -22,6 +22,7 @@ static const char *const tls_fail_names[RP_TLS_FAILS] = {
     [RP_TLS_FAIL_NO_SHARED_CIPHER] = "no_shared_cipher",
     [RP_TLS_FAIL_HTTP_REQUEST] = "http_request",
     [RP_TLS_FAIL_EOF] = "eof",
+    [RP_TLS_FAIL_TIMEOUT] = "timeout",
     [RP_TLS_FAIL_OTHER] = "other",
 };
 
@@ -264,7 +265,7 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
     head(out, "regproxy_tls_handshake_failures_total", "counter",
          "TLS handshakes that failed on a TLS listener, by listener and reason (alert_unknown_ca, "
          "alert_bad_certificate: the client does not accept tls_cert; eof: hung up, as TCP "
-         "health checks do).");
+         "health checks do; timeout: not completed within 10 s).");
     for (size_t l = 0; l < m->n_listeners; l++) {
         if (!tls_listener_names[l])
             continue;

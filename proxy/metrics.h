@@ -35,6 +35,7 @@ enum rp_tls_fail {
     RP_TLS_FAIL_NO_SHARED_CIPHER, /* no cipher suite (or key exchange group) in common */
     RP_TLS_FAIL_HTTP_REQUEST,     /* plain HTTP, answered 400 */
     RP_TLS_FAIL_EOF,              /* the client hung up (or reset) mid-handshake */
+    RP_TLS_FAIL_TIMEOUT,          /* not completed within the head deadline (10 s) */
     RP_TLS_FAIL_OTHER,            /* not TLS at all, a malformed handshake, ... */
     RP_TLS_FAILS
 };

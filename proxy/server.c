@@ -487,6 +487,13 @@ static void conn_idle(struct rp_conn *c)
 
 static void conn_free(struct rp_conn *c);
 struct rp_http_request_head;
+
+/* A TLS connection whose handshake is not done yet. */
+static bool conn_handshaking(const struct rp_conn *c)
+{
+    SSL *ssl = c->bev ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+    return ssl && !SSL_is_init_finished(ssl);
+}
 static void conn_reject(struct rp_conn *c, const struct rp_http_request_head *h, int status,
                         const char *code, const char *message);
 
@@ -497,6 +504,13 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct rp_conn *c = arg;
     if (c->req || c->close_after || c->auth_wait.job)
         return;
+    if (conn_handshaking(c)) {
+        /* Counted, not logged: scanners connect and say nothing by the thousand. */
+        rp_metrics_tls_fail(&c->srv->metrics, c->listener, RP_TLS_FAIL_TIMEOUT);
+        rp_debug("conn %s: TLS handshake not completed in %d s", c->peer, HEAD_DEADLINE_S);
+        conn_free(c);
+        return;
+    }
     if (c->head_started) {
         conn_reject(c, NULL, 408, "UNSUPPORTED", "request head not received in time");
         return;
@@ -1177,8 +1191,13 @@ static void tls_handshake_failed(struct rp_conn *c, unsigned long e)
 static void tls_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct rp_conn *c = arg;
-    if (what == BEV_EVENT_CONNECTED)
-        return; /* TLS handshake done */
+    if (what == BEV_EVENT_CONNECTED) {
+        /* TLS handshake done: the handshake deadline gives way to idle_timeout, unless
+         * the request head has begun (its own deadline runs then). */
+        if (!c->head_started && !c->req && !c->close_after && !c->auth_wait.job)
+            conn_wait_request(c, false);
+        return;
+    }
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
     bool handshaking = ssl && !SSL_is_init_finished(ssl);
     if (what & BEV_EVENT_TIMEOUT) {
@@ -1471,7 +1490,14 @@ static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
      * again by this address. */
     memcpy(&c->peer_sa, sa,
            (size_t)salen < sizeof(c->peer_sa) ? (size_t)salen : sizeof(c->peer_sa));
-    conn_wait_request(c, false);
+    if (c->bev) {
+        /* A TLS handshake gets the head deadline, not idle_timeout: a client that connects
+         * and sends nothing, or half a ClientHello, is the slowloris of TLS listeners. */
+        struct timeval tv = {HEAD_DEADLINE_S, 0};
+        evtimer_add(c->wait_ev, &tv);
+    } else {
+        conn_wait_request(c, false);
+    }
 }
 
 /* OpenSSL's default asks for a key's passphrase on the controlling terminal: started from

@@ -612,7 +612,8 @@ def test_tls_handshake_failures_counted_and_logged(t):
     addr = "127.0.0.1:%d" % p.port
     eq(sorted(_tls_fails(p, addr)), sorted([
         "alert_unknown_ca", "alert_bad_certificate", "alert_other", "protocol_version",
-        "no_shared_cipher", "http_request", "eof", "other"]), "reasons of a TLS listener")
+        "no_shared_cipher", "http_request", "eof", "timeout", "other"]),
+       "reasons of a TLS listener")
 
     def lines(words):
         return [x for x in p.log_text().splitlines() if words in x]
@@ -691,3 +692,72 @@ def test_tls_handshake_failures_counted_and_logged(t):
           % (herd, elapsed))
     # A client with the CA still gets through.
     eq(_peer_cn(p.port, os.path.join(d, "ca.crt"))[0], "handshakes", "a client with the CA")
+
+
+def _client_hello():
+    """The bytes of a real TLS ClientHello, as a client would send first."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
+def _closed_by_peer(sock):
+    """Waits (up to the socket's timeout) for the peer to close: True when it did."""
+    try:
+        while True:
+            b = sock.recv(4096)
+            if not b:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_tls_handshake_deadline(t):
+    """A TLS client that connected and sent nothing, or half a ClientHello, held its
+    connection (and a max_connections slot) until idle_timeout, uncounted: plain HTTP has a
+    10 s deadline for its request head, TLS had none for its handshake. A handshake gets
+    that deadline now, and one not done in time is counted as reason `timeout`, not logged.
+    A connection whose handshake completed still waits for its request until idle_timeout."""
+    s = t.s
+    d, key, crt = lib.serving_cert(t, "hs-deadline")
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key,
+                            "idle_timeout": "300s"}])
+    addr = "127.0.0.1:%d" % p.port
+    ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+    done = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), timeout=10),
+                           server_hostname="127.0.0.1")
+    silent = socket.create_connection(("127.0.0.1", p.port))
+    half = socket.create_connection(("127.0.0.1", p.port))
+    hello = _client_hello()
+    half.sendall(hello[:len(hello) // 2])
+    try:
+        for name, sock in (("a client sending nothing", silent),
+                           ("a client sending half a ClientHello", half)):
+            sock.settimeout(120)  # far below idle_timeout (300 s), far above the deadline
+            check(_closed_by_peer(sock), "%s closed before idle_timeout" % name)
+        lib.wait_until(lambda: _tls_fails(p, addr)["timeout"] == 2, 10, "2 timeouts counted")
+        eq(_tls_fails(p, addr)["timeout"], 2, "handshakes counted as timeout")
+        check(not [x for x in p.log_text().splitlines() if "TLS handshake" in x],
+              "no line per timed-out handshake")
+        # Accepted before both, and past the deadline now: its handshake is done, so it
+        # waits for a request as long as idle_timeout lets it.
+        done.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            b = done.recv(65536)
+            if not b:
+                break
+            got += b
+        check(got.startswith(b"HTTP/1.1 200"), "answer after the deadline: %r" % got[:100])
+    finally:
+        for sock in (done, silent, half):
+            sock.close()
