@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <signal.h>
 #include <stddef.h>
@@ -40,7 +41,8 @@
 /* What a listener's configuration turns into; rebuilt on reload and swapped whole. */
 struct listen_settings {
     SSL_CTX *tls;
-    struct rp_cidr *allow; /* parsed conf->allow */
+    unsigned char tls_files[32]; /* sha256 of the tls_cert and tls_key tls was built from */
+    struct rp_cidr *allow;       /* parsed conf->allow */
     size_t n_allow;
     struct rp_htpasswd *htpasswd;
 };
@@ -1226,12 +1228,61 @@ static void settings_free(struct listen_settings *st)
 }
 
 static SSL_CTX *tls_context(const struct rp_conf_listen *l);
+static void tls_warn_validity(const struct rp_conf_listen *l, SSL_CTX *ctx);
 
-static int settings_load(const struct rp_conf_listen *l, struct listen_settings *st)
+/* sha256 of the contents of tls_cert, then tls_key (each length-prefixed): what an SSL_CTX
+ * was built from. Contents, not mtimes: a Kubernetes secret volume swaps a symlink to files
+ * whose times say nothing. -1 when either cannot be read (tls_context then says why). */
+static int tls_files_digest(const struct rp_conf_listen *l, unsigned char out[32])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int rc = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 ? 0 : -1;
+    const char *paths[2] = {l->tls_cert, l->tls_key};
+    for (size_t i = 0; i < 2 && rc == 0; i++) {
+        FILE *f = fopen(paths[i], "rb");
+        if (!f) {
+            rc = -1;
+            break;
+        }
+        unsigned char buf[8192];
+        uint64_t len = 0;
+        size_t n;
+        while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+            EVP_DigestUpdate(md, buf, n);
+            len += n;
+        }
+        if (ferror(f))
+            rc = -1;
+        fclose(f);
+        EVP_DigestUpdate(md, &len, sizeof(len));
+    }
+    unsigned int dlen = 0;
+    if (rc == 0 && (EVP_DigestFinal_ex(md, out, &dlen) != 1 || dlen != 32))
+        rc = -1;
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
+/* `prev`: the listener's settings before a reload, or NULL. Its SSL_CTX is kept when
+ * tls_cert and tls_key hold what it was built from: a new one would have new session
+ * ticket keys and an empty session cache, and every client would lose TLS session
+ * resumption at each reload (a credential file rotated, a SIGHUP). */
+static int settings_load(const struct rp_conf_listen *l, struct listen_settings *st,
+                         const struct listen_settings *prev)
 {
     memset(st, 0, sizeof(*st));
     if (l->tls_cert) {
-        st->tls = tls_context(l);
+        bool digested = tls_files_digest(l, st->tls_files) == 0;
+        if (digested && prev && prev->tls &&
+            memcmp(prev->tls_files, st->tls_files, sizeof(st->tls_files)) == 0 &&
+            SSL_CTX_up_ref(prev->tls) == 1) {
+            st->tls = prev->tls;
+            tls_warn_validity(l, st->tls);
+        } else {
+            st->tls = tls_context(l);
+            if (!digested) /* never matches: the next reload builds a new context */
+                memset(st->tls_files, 0, sizeof(st->tls_files));
+        }
         if (!st->tls)
             goto fail;
     }
@@ -1268,7 +1319,7 @@ int rp_server_reload_listeners(struct rp_server *srv, const struct rp_conf *fres
     struct listen_settings *tmp = rp_xcalloc(srv->n_listeners + 1, sizeof(*tmp));
     int rc = -1;
     for (size_t i = 0; i < srv->n_listeners; i++)
-        if (settings_load(&fresh->listens[i], &tmp[i]) != 0)
+        if (settings_load(&fresh->listens[i], &tmp[i], &srv->lctx[i].set) != 0)
             goto out;
     for (size_t i = 0; i < srv->n_listeners; i++) {
         struct listen_settings old = srv->lctx[i].set;
@@ -1288,7 +1339,7 @@ int rp_server_check_listeners(const struct rp_conf *conf)
     int rc = 0;
     for (size_t i = 0; i < conf->n_listens; i++) {
         struct listen_settings st;
-        if (settings_load(&conf->listens[i], &st) != 0)
+        if (settings_load(&conf->listens[i], &st, NULL) != 0)
             rc = -1;
         else
             settings_free(&st);
@@ -1723,7 +1774,7 @@ static void listen_error_cb(struct evconnlistener *l, void *arg)
 
 static int listen_on(struct rp_server *srv, struct rp_listener *li, struct rp_listen_ctx *ctx)
 {
-    if (settings_load(li->conf, &ctx->set) != 0)
+    if (settings_load(li->conf, &ctx->set, NULL) != 0)
         return -1;
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
@@ -1892,7 +1943,7 @@ int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen
     srv->listeners[0].conf = l;
     srv->lctx[0].srv = srv;
     srv->lctx[0].conf = l;
-    if (settings_load(l, &srv->lctx[0].set) != 0)
+    if (settings_load(l, &srv->lctx[0].set, NULL) != 0)
         return -1;
     /* Bound here rather than by listen_on: port 0 (any free port) is the point. */
     struct sockaddr_in sin;

@@ -761,3 +761,81 @@ def test_tls_handshake_deadline(t):
     finally:
         for sock in (done, silent, half):
             sock.close()
+
+
+def _tls_get(port, ctx, session=None):
+    """GET /v2/ over TLS offering `session`: (session after it, reused?, peer commonName)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as c:
+            c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                got += b
+            check(got.startswith(b"HTTP/1.1 200"), "answer over TLS: %r" % got[:100])
+            cn = dict(x[0] for x in c.getpeercert()["subject"]).get("commonName")
+            return c.session, c.session_reused, cn
+
+
+def test_tls_session_resumed_across_reload(t):
+    """Every reload built every TLS listener's SSL_CTX again, its certificate unchanged or
+    not: new session ticket keys, so every client lost TLS session resumption at each
+    credential rotation or SIGHUP. A listener keeps its SSL_CTX while tls_cert and tls_key
+    hold the same bytes, and takes the new pair when they change."""
+    s = t.s
+    reg = s.token_registry
+    d1, key1, crt1 = lib.serving_cert(t, "first")
+    d2, key2, crt2 = lib.serving_cert(t, "second")
+    live_key, live_crt = os.path.join(t.tmp, "live.key"), os.path.join(t.tmp, "live.crt")
+    _replace(key1, live_key)
+    _replace(crt1, live_crt)
+    p = t.proxy(registries=[reg.conf("registry.token.test")],
+                listeners=[{"default": "registry.token.test", "tls_cert": live_crt,
+                            "tls_key": live_key}])
+    pwfile = os.path.join(p.dir, "registry.token.test.pw")
+    check(os.path.exists(pwfile), "password file %s missing" % pwfile)
+    ctxs = {}
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = ssl.create_default_context(cafile=os.path.join(d1, "ca.crt"))
+        ctx.load_verify_locations(os.path.join(d2, "ca.crt"))
+        ctx.minimum_version = ctx.maximum_version = version
+        ctxs[version.name] = ctx
+    sessions = {}
+    for name, ctx in ctxs.items():
+        sess, _, cn = _tls_get(p.port, ctx)
+        eq(cn, "first", "certificate served (%s)" % name)
+        sess, reused, _ = _tls_get(p.port, ctx, sess)
+        check(reused, "%s session resumed with no reload in between" % name)
+        sessions[name] = sess
+    # A rotated credential file (the watch reloads), then a SIGHUP: tls_cert/tls_key as
+    # they were, and the same bytes rewritten by rename (a secret volume's swap).
+    with open(pwfile) as f:
+        pw = f.read()
+    with open(pwfile + ".new", "w") as f:
+        f.write("rotated-" + pw)
+    os.chmod(pwfile + ".new", 0o600)
+    os.rename(pwfile + ".new", pwfile)
+    lib.wait_until(lambda: "reload (a watched file changed): configuration applied"
+                   in p.log_text(), 15, "the reload after the password file changed")
+    _replace(key1, live_key)
+    _replace(crt1, live_crt)
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
+                   "the reload on SIGHUP")
+    for name, ctx in ctxs.items():
+        sess, reused, cn = _tls_get(p.port, ctx, sessions[name])
+        check(reused, "%s session resumed across reloads that left tls_cert alone" % name)
+        eq(cn, "first", "certificate served (%s)" % name)
+        sessions[name] = sess
+    # The certificate rotated: the new one is served, old sessions are not resumed on it.
+    _replace(key2, live_key)
+    _replace(crt2, live_crt)
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: p.log_text().count("reload (SIGHUP): configuration applied") >= 2,
+                   10, "the reload after the certificate rotated")
+    for name, ctx in ctxs.items():
+        _, reused, cn = _tls_get(p.port, ctx, sessions[name])
+        eq(cn, "second", "certificate served after it rotated (%s)" % name)
+        check(not reused, "%s session of the old certificate resumed" % name)
