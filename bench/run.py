@@ -1217,6 +1217,26 @@ def tcp_settings():
     return ", ".join(out) or "settings unknown"
 
 
+def pacing_note():
+    """A line for the results when TCP paces itself with timers (BBR without fq): on loopback
+    that work is charged to the sending server, and it bounds the single-client blob and the
+    herd (measured 2026-12-01: with cubic, regproxy's single-client blob went from 0.86x to
+    1.32x nginx's MB/s, at a tenth of the CPU per GiB, and nginx's own doubled)."""
+    def read(path):
+        with contextlib.suppress(OSError):
+            with open(path) as f:
+                return f.read().strip()
+        return ""
+    cc = read("/proc/sys/net/ipv4/tcp_congestion_control")
+    qdisc = read("/proc/sys/net/core/default_qdisc")
+    if cc != "bbr" or qdisc.startswith("fq"):
+        return None
+    return ("- TCP pacing: BBR without an fq qdisc paces with timers, and on loopback that work "
+            "is charged to the sending server: the warm single-client blob is bound by it, "
+            "and the herd's time moves with it (README, \"Where it falls short\"); cubic, "
+            "or BBR with fq, does not have it.")
+
+
 def versions(binpath):
     out = {}
     for name, argv in (("regproxy", [binpath, "--version"]),
@@ -1342,7 +1362,10 @@ def main():
             "- versions: " + "; ".join("%s" % v for v in vers.values()),
             "- load generator and servers share the machine's cores (load average %.1f before "
             "the run, %.1f after, counting the bench's own processes): prefer the CPU-per-GiB "
-            "figures and the ratios to absolute numbers." % (load0[1], os.getloadavg()[1]), ""]
+            "figures and the ratios to absolute numbers." % (load0[1], os.getloadavg()[1])]
+    if pacing_note():
+        head.append(pacing_note())
+    head.append("")
     legend = ["",
               "Ratios are regproxy ÷ other: above 1 is better for MB/s and req/s, below 1 is "
               "better for CPU, latency, RSS, seconds and upstream GETs. The peer is Debian's "
