@@ -45,6 +45,30 @@ static bool if_range_names_blob(const struct rp_http_header *hd, const char *tar
            memcmp(target + tlen - dlen - 7, "/blobs/", 7) == 0;
 }
 
+/* The non-empty lines of header `name` as one list (RFC 9110 5.3: repeated lines join with
+ * ", "), into dst: as many whole lines as fit in cap bytes, the rest left out. dst has room
+ * for cap + 1 and is NUL-terminated. */
+static void join_fields(const struct rp_http_request_head *h, const char *name, char *dst,
+                        size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < h->n_headers; i++) {
+        const struct rp_http_header *hd = &h->headers[i];
+        if (!rp_strieq_n(hd->name, hd->name_len, name) || hd->value_len == 0)
+            continue;
+        size_t add = (n ? 2 : 0) + hd->value_len;
+        if (n + add > cap)
+            break;
+        if (n) {
+            memcpy(dst + n, ", ", 2);
+            n += 2;
+        }
+        memcpy(dst + n, hd->value, hd->value_len);
+        n += hd->value_len;
+    }
+    dst[n] = '\0';
+}
+
 struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *h)
 {
     /* One allocation: the strings the request keeps from its head live after it. Docker
@@ -89,24 +113,9 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
     memcpy(p, h->target, h->target_len);
     p += h->target_len + 1;
     if (acc_len) {
-        char *a = p;
-        size_t n = 0;
-        for (size_t i = 0; i < h->n_headers; i++) {
-            const struct rp_http_header *hd = &h->headers[i];
-            if (!rp_strieq_n(hd->name, hd->name_len, "accept") || hd->value_len == 0)
-                continue;
-            size_t add = (n ? 2 : 0) + hd->value_len;
-            if (n + add > acc_len)
-                break;
-            if (n) {
-                memcpy(a + n, ", ", 2);
-                n += 2;
-            }
-            memcpy(a + n, hd->value, hd->value_len);
-            n += hd->value_len;
-        }
-        if (rp_header_value_safe(a))
-            r->accept = a;
+        join_fields(h, "accept", p, acc_len);
+        if (rp_header_value_safe(p))
+            r->accept = p;
         p += acc_len + 1;
     }
     if (range) {
@@ -119,19 +128,7 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
         p += range_len + 1;
     }
     if (inm_len) {
-        /* Repeated lines make one list (RFC 9110 5.3), as for Accept. */
-        size_t n = 0;
-        for (size_t i = 0; i < h->n_headers; i++) {
-            const struct rp_http_header *hd = &h->headers[i];
-            if (!rp_strieq_n(hd->name, hd->name_len, "if-none-match") || hd->value_len == 0)
-                continue;
-            if (n) {
-                memcpy(p + n, ", ", 2);
-                n += 2;
-            }
-            memcpy(p + n, hd->value, hd->value_len);
-            n += hd->value_len;
-        }
+        join_fields(h, "if-none-match", p, inm_len);
         if (rp_header_value_safe(p))
             r->if_none_match = p;
     }
