@@ -23,8 +23,6 @@
  * descriptors their clients need. Probes and scrapes take one each, briefly: past the cap a
  * connection is closed at once, unanswered. */
 #define ADMIN_CONNS_MAX 64
-/* At most one line a second about refusals, plus the first (as for max_connections). */
-#define ADMIN_REFUSED_LOG_MS 1000
 
 struct rp_admin_conn {
     struct rp_server *srv;
@@ -209,20 +207,11 @@ static void admin_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct
     struct rp_server *srv = arg;
     if (srv->n_admin_conns >= ADMIN_CONNS_MAX) {
         evutil_closesocket(fd);
-        srv->admin_refused_unlogged++;
-        int64_t now = rp_now_ms();
-        if (!srv->admin_refused_logged_ms ||
-            now - srv->admin_refused_logged_ms >= ADMIN_REFUSED_LOG_MS) {
-            char more[64] = "";
-            if (srv->admin_refused_unlogged > 1)
-                snprintf(more, sizeof(more), "; %zu closed since the last such line",
-                         srv->admin_refused_unlogged);
+        char more[64];
+        if (rp_log_ration(&srv->admin_refused_log, "closed", more, sizeof(more)))
             rp_warn("admin listen: connection closed unanswered: %d admin connections open, "
                     "the most allowed%s",
                     ADMIN_CONNS_MAX, more);
-            srv->admin_refused_logged_ms = now;
-            srv->admin_refused_unlogged = 0;
-        }
         return;
     }
     struct rp_admin_conn *a = rp_xcalloc(1, sizeof(*a));

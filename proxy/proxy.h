@@ -385,9 +385,8 @@ struct rp_server {
     struct event *write_ev;
     char *in_pool; /* free input buffers, linked through their first bytes */
     size_t n_in_pool;
-    size_t n_refusing;         /* connections refused at accept, being answered */
-    int64_t refused_logged_ms; /* when a refusal at max_connections was last logged */
-    size_t refused_unlogged;   /* refusals since that line */
+    size_t n_refusing;                /* connections refused at accept, being answered */
+    struct rp_log_ration refused_log; /* refusals at max_connections */
     TAILQ_HEAD(, rp_token_fetch) token_fetches;
     TAILQ_HEAD(, rp_fill) fills;
     struct rp_syncer *syncer; /* fsyncs finished fills off the loop (syncer.h) */
@@ -418,8 +417,7 @@ struct rp_server {
     struct event *admin_resume_ev;           /* accepting again after accept() failed (EMFILE) */
     TAILQ_HEAD(, rp_admin_conn) admin_conns; /* a scraper's may still be open at exit */
     size_t n_admin_conns;
-    int64_t admin_refused_logged_ms; /* when a refusal past the admin cap was last logged */
-    size_t admin_refused_unlogged;   /* refusals since that line */
+    struct rp_log_ration admin_refused_log; /* connections closed past the admin cap */
     struct rp_metrics metrics;
     struct rp_check_status *checks; /* one per registry: the last login check */
     TAILQ_HEAD(, rp_check) checks_running;

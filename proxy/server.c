@@ -35,8 +35,6 @@
 #define SEND_TIMEOUT_S 120 /* a client that takes nothing for this long is gone */
 #define MAX_REQUESTS_PER_CONN 10000
 #define LINGER_S 2 /* draining a rejected client before closing */
-/* Lines about a herd (refusals, failed TLS handshakes): at most one per this, plus the first */
-#define REFUSED_LOG_MS 1000
 
 /* What a listener's configuration turns into; rebuilt on reload and swapped whole. */
 struct listen_settings {
@@ -51,11 +49,10 @@ struct rp_listen_ctx {
     struct rp_server *srv;
     const struct rp_conf_listen *conf;
     struct listen_settings set;
-    size_t n_conns;             /* open connections accepted here (max_connections) */
-    struct rp_listener *li;     /* its listener (li->ev is NULL once closed) */
-    struct event *resume_ev;    /* accepting again after accept() failed */
-    int64_t tls_fail_logged_ms; /* when a failed TLS handshake was last logged */
-    size_t tls_fail_unlogged;   /* failed handshakes logged since that line */
+    size_t n_conns;                    /* open connections accepted here (max_connections) */
+    struct rp_listener *li;            /* its listener (li->ev is NULL once closed) */
+    struct event *resume_ev;           /* accepting again after accept() failed */
+    struct rp_log_ration tls_fail_log; /* failed TLS handshakes */
 };
 
 static const char *status_reason(int status)
@@ -1140,16 +1137,9 @@ static void tls_handshake_failed(struct rp_conn *c, unsigned long e)
     if (c->listener >= srv->n_listeners)
         return;
     struct rp_listen_ctx *ctx = &srv->lctx[c->listener];
-    ctx->tls_fail_unlogged++;
-    int64_t now = rp_now_ms();
-    if (ctx->tls_fail_logged_ms && now - ctx->tls_fail_logged_ms < REFUSED_LOG_MS)
+    char more[80];
+    if (!rp_log_ration(&ctx->tls_fail_log, "failed handshakes on it", more, sizeof(more)))
         return;
-    char more[80] = "";
-    if (ctx->tls_fail_unlogged > 1)
-        snprintf(more, sizeof(more), "; %zu failed handshakes on it since the last such line",
-                 ctx->tls_fail_unlogged);
-    ctx->tls_fail_logged_ms = now;
-    ctx->tls_fail_unlogged = 0;
     const char *cert = c->listen->tls_cert ? c->listen->tls_cert : "tls_cert";
     switch (why) {
     case RP_TLS_FAIL_UNKNOWN_CA:
@@ -1407,27 +1397,17 @@ static void answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, cons
     }
 }
 
-/* A herd past max_connections would write a line per refused connection: the first is
- * logged, then at most one line per REFUSED_LOG_MS, counting those in between (the metric
- * counts every one). */
-
+/* A herd past max_connections would write a line per refused connection: rationed
+ * (rp_log_ration; the metric counts every one). */
 static void refuse_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
 {
     struct rp_server *srv = ctx->srv;
     srv->metrics.connections_refused++;
-    srv->refused_unlogged++;
-    int64_t now = rp_now_ms();
-    if (!srv->refused_logged_ms || now - srv->refused_logged_ms >= REFUSED_LOG_MS) {
-        char more[64] = "";
-        if (srv->refused_unlogged > 1)
-            snprintf(more, sizeof(more), "; %zu refused since the last such line",
-                     srv->refused_unlogged);
+    char more[64];
+    if (rp_log_ration(&srv->refused_log, "refused", more, sizeof(more)))
         rp_warn("conn %s: refused, %zu connections open on %s (max_connections %llu)%s", peer,
                 ctx->n_conns, ctx->conf->addr, (unsigned long long)ctx->conf->max_connections,
                 more);
-        srv->refused_logged_ms = now;
-        srv->refused_unlogged = 0;
-    }
     answer_at_accept(ctx, fd, peer, "503 Service Unavailable", "Retry-After: 1\r\n", "UNAVAILABLE",
                      "too many connections, retry");
 }

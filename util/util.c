@@ -343,6 +343,20 @@ int64_t rp_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+bool rp_log_ration(struct rp_log_ration *r, const char *what, char *more, size_t len)
+{
+    r->count++;
+    int64_t now = rp_now_ms();
+    if (r->logged_ms && now - r->logged_ms < RP_LOG_RATION_MS)
+        return false;
+    more[0] = '\0';
+    if (r->count > 1)
+        snprintf(more, len, "; %zu %s since the last such line", r->count, what);
+    r->logged_ms = now;
+    r->count = 0;
+    return true;
+}
+
 int64_t rp_wall_s(void)
 {
     return (int64_t)time(NULL);

@@ -71,6 +71,18 @@ void rp_log_time(char *buf, size_t len);
 
 /* Milliseconds on the monotonic clock (for deadlines and token expiry). */
 int64_t rp_now_ms(void);
+
+/* A log line about a herd of like events (refused connections, failed handshakes): the
+ * first is logged, then at most one line per RP_LOG_RATION_MS, saying how many came since
+ * the last (the metrics count every one). */
+#define RP_LOG_RATION_MS 1000
+struct rp_log_ration {
+    int64_t logged_ms; /* when the last line was written; 0: none yet */
+    size_t count;      /* events since then, the current one included */
+};
+/* Counts one event. True when its line is due: then `more` holds "; N WHAT since the last
+ * such line" when N > 1, else "". */
+bool rp_log_ration(struct rp_log_ration *r, const char *what, char *more, size_t len);
 /* Seconds since the epoch (for issued_at in token answers and log stamps). */
 int64_t rp_wall_s(void);
 

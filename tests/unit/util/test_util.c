@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Unit tests for util/util.c's helpers that guard secrets, and its sd_notify client. */
+/* Unit tests for util/util.c's helpers that guard secrets, its sd_notify client and its log
+ * rationing. */
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -221,11 +222,30 @@ static void test_sd_notify_full_queue(void)
     rmdir(dir);
 }
 
+/* The first event is logged; those within RP_LOG_RATION_MS only counted; the next line due
+ * says how many came, itself included. Time is moved by moving the last line back. */
+static void test_log_ration(void)
+{
+    struct rp_log_ration r = {0};
+    char more[64];
+    CHECK(rp_log_ration(&r, "refused", more, sizeof(more)));
+    CHECK_STR(more, "");
+    for (int i = 0; i < 3; i++)
+        CHECK(!rp_log_ration(&r, "refused", more, sizeof(more)));
+    r.logged_ms -= RP_LOG_RATION_MS;
+    CHECK(rp_log_ration(&r, "refused", more, sizeof(more)));
+    CHECK_STR(more, "; 4 refused since the last such line");
+    r.logged_ms -= RP_LOG_RATION_MS;
+    CHECK(rp_log_ration(&r, "refused", more, sizeof(more)));
+    CHECK_STR(more, "");
+}
+
 int main(void)
 {
     RUN(test_redact_userinfo);
     RUN(test_buf_secret);
     RUN(test_sd_notify);
     RUN(test_sd_notify_full_queue);
+    RUN(test_log_ration);
     UNIT_EXIT();
 }
