@@ -335,20 +335,25 @@ def _replace(src, dst):
     os.rename(dst + ".tmp", dst)
 
 
+def _rotating_tls_proxy(t, reg, name):
+    """A proxy whose TLS listener serves live.crt/live.key, a copy of a "first" pair, with a
+    "second" pair made for the rotation: (proxy, first, second, live_key, live_crt), each
+    pair as lib.serving_cert gives it (dir, key, cert)."""
+    first, second = lib.serving_cert(t, "first"), lib.serving_cert(t, "second")
+    live_key, live_crt = os.path.join(t.tmp, "live.key"), os.path.join(t.tmp, "live.crt")
+    _replace(first[1], live_key)
+    _replace(first[2], live_crt)
+    p = t.proxy(registries=[reg.conf(name)],
+                listeners=[{"default": name, "tls_cert": live_crt, "tls_key": live_key}])
+    return p, first, second, live_key, live_crt
+
+
 def test_tls_rotation_watched(t):
     """A renewed certificate is picked up without SIGHUP. Half a rotation (the certificate
     before its key) is refused once, keeps the old pair serving, and is not retried, nor
     logged again, until the key arrives."""
-    s = t.s
-    reg = s.anon_registry
-    d1, key1, crt1 = lib.serving_cert(t, "first")
-    d2, key2, crt2 = lib.serving_cert(t, "second")
-    live_key, live_crt = os.path.join(t.tmp, "live.key"), os.path.join(t.tmp, "live.crt")
-    _replace(key1, live_key)
-    _replace(crt1, live_crt)
-    p = t.proxy(registries=[reg.conf("registry.anon.test")],
-                listeners=[{"default": "registry.anon.test", "tls_cert": live_crt,
-                            "tls_key": live_key}])
+    p, (d1, _, _), (d2, key2, crt2), live_key, live_crt = \
+        _rotating_tls_proxy(t, t.s.anon_registry, "registry.anon.test")
     eq(_peer_cn(p.port, os.path.join(d1, "ca.crt"))[0], "first", "certificate served")
     _replace(crt2, live_crt)
     refused = "reload (a watched file changed) refused"
@@ -784,16 +789,8 @@ def test_tls_session_resumed_across_reload(t):
     not: new session ticket keys, so every client lost TLS session resumption at each
     credential rotation or SIGHUP. A listener keeps its SSL_CTX while tls_cert and tls_key
     hold the same bytes, and takes the new pair when they change."""
-    s = t.s
-    reg = s.token_registry
-    d1, key1, crt1 = lib.serving_cert(t, "first")
-    d2, key2, crt2 = lib.serving_cert(t, "second")
-    live_key, live_crt = os.path.join(t.tmp, "live.key"), os.path.join(t.tmp, "live.crt")
-    _replace(key1, live_key)
-    _replace(crt1, live_crt)
-    p = t.proxy(registries=[reg.conf("registry.token.test")],
-                listeners=[{"default": "registry.token.test", "tls_cert": live_crt,
-                            "tls_key": live_key}])
+    p, (d1, key1, crt1), (d2, key2, crt2), live_key, live_crt = \
+        _rotating_tls_proxy(t, t.s.token_registry, "registry.token.test")
     pwfile = os.path.join(p.dir, "registry.token.test.pw")
     check(os.path.exists(pwfile), "password file %s missing" % pwfile)
     ctxs = {}
