@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Soak: many clients at once doing everything a registry client does (whole blobs, ranges,
+aborted downloads, manifests by tag and digest with assorted Accept lists, HEADs, tag lists,
+pipelined requests, garbage) while the cache evicts under a small max_size, tags expire
+every second, the configuration is reloaded and the upstream goes away and comes back.
+What must hold: every 200 or 206 the proxy finishes carries exactly the bytes its digest or
+range names, the cache holds only verified content, and the sanitizer build reports nothing
+(checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
+random seed (printed)."""
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+
+import lib
+from lib import check
+
+ACCEPTS = [
+    None,
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+    "*/*",
+]
+REFS = ["ns/multi:v1", "ns/multi-v2s2:v1", "ns/large:v1", "ns/multiarch:v1", "ns/tags:t00"]
+
+
+def _blobs(shared):
+    """{digest: (repo, size)} of every blob of REFS, and {digest: bytes} of the small ones."""
+    out, small = {}, {}
+    for ref in REFS:
+        repo = ref.split(":")[0]
+        for m in lib.image_manifests(shared, ref):
+            for d in [m["config"]] + m["layers"]:
+                out[d["digest"]] = (repo, d["size"])
+                if d["size"] < 4 << 20 and d["digest"] not in small:
+                    small[d["digest"]] = shared.client().get(
+                        "/v2/%s/blobs/%s" % (repo, d["digest"])).body
+    return out, small
+
+
+def test_soak(t):
+    seconds = float(os.environ.get("SOAK_SECONDS", "30"))
+    seed = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
+    print("    soak: %.0f s, seed %d" % (seconds, seed), flush=True)
+    # A token-auth registry of the test's own over the shared one's storage, so that it
+    # can be stopped: every outage and reload makes the proxy log in again.
+    shared = t.s.token_registry
+    reg = lib.Registry(t.s, "token", "registry.soak.test", storage=shared.storage,
+                       realm=t.s.issuer.realm, dir=os.path.join(t.tmp, "reg-soak"))
+    t.defer(reg.stop)
+    blobs, small = _blobs(shared)
+    p = t.proxy(registries=[reg.conf(tag_ttl="1s")],
+                cache={"max_size": "105M", "max_stale": "1h"})
+    port = p.ports[0]
+    bad = []
+    stats = {}
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def note(kind, what):
+        with lock:
+            stats[kind] = stats.get(kind, 0) + 1
+            if kind == "BAD":
+                bad.append(what)
+
+    def prefix(rnd):
+        return "/v2/" + ("registry.soak.test/" if rnd.random() < 0.5 else "")
+
+    def blob_get(rnd):
+        d = rnd.choice(list(blobs))
+        repo, size = blobs[d]
+        path = prefix(rnd) + "%s/blobs/%s" % (repo, d)
+        r = rnd.random()
+        if r < 0.2:
+            s = lib.stream_get(port, path, limit=rnd.randrange(1, size + 1))
+            note("aborted", None)
+            if s.status not in (0, 200, 502, 503, 504):
+                note("BAD", "aborted GET %s: %r" % (path, s))
+            return
+        if r < 0.5 and d in small and size > 1:
+            a = rnd.randrange(0, size)
+            b = rnd.randrange(a, size)
+            s = lib.stream_get(port, path, headers={"Range": "bytes=%d-%d" % (a, b)})
+            if s.status == 206 and s.complete:
+                if s.digest != lib.sha256(small[d][a:b + 1]):
+                    note("BAD", "range %d-%d of %s: wrong bytes %r" % (a, b, d, s))
+                note("range", None)
+            elif s.status not in (0, 502, 503, 504) or (s.status == 206 and not s.error):
+                note("BAD", "range %d-%d of %s: %r" % (a, b, d, s))
+            return
+        s = lib.stream_get(port, path, method="HEAD" if r < 0.6 else "GET")
+        if s.status == 200 and (s.length is not None and s.length != size):
+            note("BAD", "%s: length %s, want %d" % (path, s.length, size))
+        if s.status == 200 and r >= 0.6:
+            if s.complete and s.digest != d:
+                note("BAD", "GET %s: digest %s" % (path, s.digest))
+            if s.complete:
+                note("blob", None)
+            else:
+                note("cut", None)
+        elif s.status not in (0, 200, 502, 503, 504):
+            note("BAD", "%s: %r" % (path, s))
+
+    def manifest_get(rnd):
+        ref = rnd.choice(REFS)
+        repo, tag = ref.split(":")
+        by = tag if rnd.random() < 0.6 else shared.pushed[ref]["digest"]
+        path = prefix(rnd) + "%s/manifests/%s" % (repo, by)
+        acc = rnd.choice(ACCEPTS)
+        method = "HEAD" if rnd.random() < 0.3 else "GET"
+        s = lib.stream_get(port, path, headers={"Accept": acc} if acc else None, method=method)
+        if s.status == 200 and method == "HEAD":
+            if not s.header("docker-content-digest") or not s.length:
+                note("BAD", "HEAD %s (Accept %s): %r" % (path, acc, s))
+        elif s.status == 200 and s.complete and s.length:
+            dg = s.header("docker-content-digest")
+            if dg != s.digest:
+                note("BAD", "%s (Accept %s): Docker-Content-Digest %s, body %s"
+                     % (path, acc, dg, s.digest))
+            note("manifest", None)
+        elif s.status not in (0, 200, 404, 406, 502, 503, 504):
+            note("BAD", "%s (Accept %s): %r" % (path, acc, s))
+
+    def tags(rnd):
+        s = lib.stream_get(port, prefix(rnd) + "ns/tags/tags/list?n=%d" % rnd.randrange(1, 30))
+        if s.status == 200 and s.complete:
+            json.loads(s.body)
+            note("tags", None)
+        elif s.status not in (0, 502, 503, 504):
+            note("BAD", "tags list: %r" % s)
+
+    def pipelined(rnd):
+        ref = rnd.choice(REFS)
+        repo, tag = ref.split(":")
+        req = ("GET /v2/%s/manifests/%s HTTP/1.1\r\nHost: x\r\n\r\n" % (repo, tag)).encode()
+        data = req * rnd.randrange(2, 6)
+        if rnd.random() < 0.3:
+            data += bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200)))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+                c.sendall(data)
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(65536):
+                    pass
+        except OSError:
+            pass
+        note("pipelined", None)
+
+    def garbage(rnd):
+        choices = [
+            b"GET /v2/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /v2/ns/multi/blobs/sha256:zz HTTP/1.1\r\n\r\n",
+            b"GET http://evil.example/v2/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /v2/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"GET /v2/ns/multi/manifests/v1 HTTP/1.1\r\nRange: bytes=5-1,\r\n\r\n",
+            bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 2000))),
+        ]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+                c.sendall(rnd.choice(choices))
+                if rnd.random() < 0.5:
+                    c.recv(65536)
+        except OSError:
+            pass
+        note("garbage", None)
+
+    def herd(rnd):
+        d = rnd.choice(list(blobs))
+        repo, size = blobs[d]
+        path = prefix(rnd) + "%s/blobs/%s" % (repo, d)
+        got = lib.parallel([lambda: lib.stream_get(port, path)] * rnd.randrange(2, 8))
+        for s in got:
+            if s.status == 200 and s.complete and s.digest != d:
+                note("BAD", "herd GET %s: digest %s" % (path, s.digest))
+            elif s.status not in (0, 200, 502, 503, 504):
+                note("BAD", "herd GET %s: %r" % (path, s))
+        note("herd", None)
+
+    ops = [(blob_get, 5), (herd, 1), (manifest_get, 4), (tags, 1), (pipelined, 1), (garbage, 1)]
+    table = [f for f, w in ops for _ in range(w)]
+
+    def worker(i):
+        rnd = random.Random(seed * 100 + i)
+        while time.monotonic() < stop:
+            rnd.choice(table)(rnd)
+
+    def chaos():
+        rnd = random.Random(seed)
+        while time.monotonic() < stop - 3:
+            time.sleep(rnd.uniform(1, 4))
+            r = rnd.random()
+            if r < 0.4:
+                os.kill(p.pid, signal.SIGHUP)
+                note("reload", None)
+            elif r < 0.7:
+                reg.stop()
+                time.sleep(rnd.uniform(0.2, 2))
+                reg.restart()
+                note("outage", None)
+
+    fns = [lambda i=i: worker(i) for i in range(10)] + [chaos]
+    lib.parallel(fns, timeout=seconds + 300)
+    print("    soak: %s" % ", ".join("%s %d" % kv for kv in sorted(stats.items())), flush=True)
+    check(not bad, "%d bad answers (seed %d); first: %s" % (len(bad), seed, bad[:5]))
+    # Whatever was in flight has settled: everything under blobs/ and manifests/ verifies.
+    time.sleep(1)
+    lib.check_cache_store(p.cache_dir, "after the soak: ")
+    st, _, _ = p.raw("GET", "/v2/")
+    check(st == 200, "the proxy answers /v2/ after the soak (%s)" % st)
