@@ -326,16 +326,20 @@ def request(url, method="GET", headers=None, body=None, ca=None, timeout=60):
         c.close()
 
 
+def _unverified_tls():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def raw_request(host, port, data, timeout=30, tls=False):
     """Sends raw bytes on a plain TCP connection (or TLS without verification), returns the
     whole answer (until close or a complete response with Content-Length)."""
     with socket.create_connection((host, port), timeout=timeout) as raw:
         s = raw
         if tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            s = ctx.wrap_socket(raw)
+            s = _unverified_tls().wrap_socket(raw)
         s.sendall(data)
         buf = b""
         while True:
@@ -621,19 +625,22 @@ class Stream:
 
 
 def stream_get(port, path, headers=None, method="GET", timeout=120, host="127.0.0.1",
-               limit=None):
+               limit=None, tls=False):
     """One request on a fresh connection (Connection: close), the body hashed as it arrives
     and not kept (50 clients x 100 MB stay cheap). Never raises for a broken connection:
     that is reported in the Stream (error, complete=False). limit: read that many body bytes
     (hashed), then close, as containerd does with each chunk of a parallel layer fetch;
-    complete then means they all arrived."""
+    complete then means they all arrived. tls: speak TLS (the certificate is not checked)."""
     out = Stream()
     t0 = time.monotonic()
     h = hashlib.sha256()
     lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%d" % (host, port),
              "Connection: close"] + ["%s: %s" % kv for kv in (headers or {}).items()]
     try:
-        with socket.create_connection((host, port), timeout=timeout) as c:
+        c = socket.create_connection((host, port), timeout=timeout)
+        if tls:
+            c = _unverified_tls().wrap_socket(c)
+        with c:
             c.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
             buf = b""
             while b"\r\n\r\n" not in buf:

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Soak: many clients at once doing everything a registry client does (whole blobs, ranges,
 aborted downloads, manifests by tag and digest with assorted Accept lists, HEADs, tag lists,
-pipelined requests, garbage) while the cache evicts under a small max_size, tags expire
-every second, the configuration is reloaded and the upstream goes away and comes back.
+pipelined requests, garbage) on a plain and a TLS listener, while the cache evicts under a
+small max_size, tags expire every second, the configuration is reloaded and the upstream
+goes away and comes back.
 What must hold: every 200 or 206 the proxy finishes carries exactly the bytes its digest or
 range names, the cache holds only verified content, and the sanitizer build reports nothing
 (checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
@@ -56,9 +57,11 @@ def test_soak(t):
                        realm=t.s.issuer.realm, dir=os.path.join(t.tmp, "reg-soak"))
     t.defer(reg.stop)
     blobs, small = _blobs(shared)
+    _, key, crt = lib.serving_cert(t, "soak-tls")
     p = t.proxy(registries=[reg.conf(tag_ttl="1s")],
+                listeners=[{"default": reg.name},
+                           {"default": reg.name, "tls_cert": crt, "tls_key": key}],
                 cache={"max_size": "105M", "max_stale": "1h"})
-    port = p.ports[0]
     bad = []
     stats = {}
     lock = threading.Lock()
@@ -70,6 +73,20 @@ def test_soak(t):
             if kind == "BAD":
                 bad.append(what)
 
+    def listener(rnd):
+        """(port, tls) of the plain or the TLS listener."""
+        i = rnd.randrange(2)
+        return p.ports[i], i == 1
+
+    def connect(rnd):
+        port, tls = listener(rnd)
+        c = socket.create_connection(("127.0.0.1", port), timeout=20)
+        return lib._unverified_tls().wrap_socket(c) if tls else c
+
+    def get(rnd, path, **kw):
+        port, tls = listener(rnd)
+        return lib.stream_get(port, path, tls=tls, **kw)
+
     def prefix(rnd):
         return "/v2/" + ("registry.soak.test/" if rnd.random() < 0.5 else "")
 
@@ -79,7 +96,7 @@ def test_soak(t):
         path = prefix(rnd) + "%s/blobs/%s" % (repo, d)
         r = rnd.random()
         if r < 0.2:
-            s = lib.stream_get(port, path, limit=rnd.randrange(1, size + 1))
+            s = get(rnd, path, limit=rnd.randrange(1, size + 1))
             note("aborted", None)
             if s.status not in (0, 200, 502, 503, 504):
                 note("BAD", "aborted GET %s: %r" % (path, s))
@@ -87,7 +104,7 @@ def test_soak(t):
         if r < 0.5 and d in small and size > 1:
             a = rnd.randrange(0, size)
             b = rnd.randrange(a, size)
-            s = lib.stream_get(port, path, headers={"Range": "bytes=%d-%d" % (a, b)})
+            s = get(rnd, path, headers={"Range": "bytes=%d-%d" % (a, b)})
             if s.status == 206 and s.complete:
                 if s.digest != lib.sha256(small[d][a:b + 1]):
                     note("BAD", "range %d-%d of %s: wrong bytes %r" % (a, b, d, s))
@@ -95,7 +112,7 @@ def test_soak(t):
             elif s.status not in (0, 502, 503, 504) or (s.status == 206 and not s.error):
                 note("BAD", "range %d-%d of %s: %r" % (a, b, d, s))
             return
-        s = lib.stream_get(port, path, method="HEAD" if r < 0.6 else "GET")
+        s = get(rnd, path, method="HEAD" if r < 0.6 else "GET")
         if s.status == 200 and (s.length is not None and s.length != size):
             note("BAD", "%s: length %s, want %d" % (path, s.length, size))
         if s.status == 200 and r >= 0.6:
@@ -115,7 +132,7 @@ def test_soak(t):
         path = prefix(rnd) + "%s/manifests/%s" % (repo, by)
         acc = rnd.choice(ACCEPTS)
         method = "HEAD" if rnd.random() < 0.3 else "GET"
-        s = lib.stream_get(port, path, headers={"Accept": acc} if acc else None, method=method)
+        s = get(rnd, path, headers={"Accept": acc} if acc else None, method=method)
         if s.status == 200 and method == "HEAD":
             if not s.header("docker-content-digest") or not s.length:
                 note("BAD", "HEAD %s (Accept %s): %r" % (path, acc, s))
@@ -129,7 +146,7 @@ def test_soak(t):
             note("BAD", "%s (Accept %s): %r" % (path, acc, s))
 
     def tags(rnd):
-        s = lib.stream_get(port, prefix(rnd) + "ns/tags/tags/list?n=%d" % rnd.randrange(1, 30))
+        s = get(rnd, prefix(rnd) + "ns/tags/tags/list?n=%d" % rnd.randrange(1, 30))
         if s.status == 200 and s.complete:
             json.loads(s.body)
             note("tags", None)
@@ -144,7 +161,7 @@ def test_soak(t):
         if rnd.random() < 0.3:
             data += bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200)))
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            with connect(rnd) as c:
                 c.sendall(data)
                 c.shutdown(socket.SHUT_WR)
                 while c.recv(65536):
@@ -163,7 +180,7 @@ def test_soak(t):
             bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 2000))),
         ]
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            with connect(rnd) as c:
                 c.sendall(rnd.choice(choices))
                 if rnd.random() < 0.5:
                     c.recv(65536)
@@ -175,7 +192,7 @@ def test_soak(t):
         d = rnd.choice(list(blobs))
         repo, size = blobs[d]
         path = prefix(rnd) + "%s/blobs/%s" % (repo, d)
-        got = lib.parallel([lambda: lib.stream_get(port, path)] * rnd.randrange(2, 8))
+        got = lib.parallel([lambda: get(rnd, path)] * rnd.randrange(2, 8))
         for s in got:
             if s.status == 200 and s.complete and s.digest != d:
                 note("BAD", "herd GET %s: digest %s" % (path, s.digest))
