@@ -150,6 +150,10 @@ static const char *image_missing(struct mirror *m, const struct image *img)
 
 static void image_finish(struct mirror *m, struct image *img)
 {
+    /* After a signal no image is reported any more: those under way are named once, by
+     * the summary, even one whose last flush completes while the cache closes. */
+    if (m->interrupted)
+        return;
     img->finished = true;
     m->finished++;
     m->active_images--;
@@ -157,8 +161,6 @@ static void image_finish(struct mirror *m, struct image *img)
     char fetched[32], cached[32];
     rp_format_bytes(img->fetched, fetched, sizeof(fetched));
     rp_format_bytes(img->cached, cached, sizeof(cached));
-    if (m->interrupted)
-        image_fail(img, "interrupted", "a rerun resumes where this one stopped");
     if (!img->fail && img->top_is_index && img->leaves == 0)
         image_fail(img, "manifest", "the index has no manifest for the requested platforms");
     const char *missing = img->fail ? NULL : image_missing(m, img);
@@ -611,11 +613,20 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
     char fetched[32], cached[32];
     rp_format_bytes(m.fetched, fetched, sizeof(fetched));
     rp_format_bytes(m.cached, cached, sizeof(cached));
-    size_t ok = m.finished - m.failed;
+    size_t ok = m.finished - m.failed, under_way = 0;
+    for (size_t i = 0; m.interrupted && i < m.n_images; i++)
+        if (m.images[i].started && !m.images[i].finished) {
+            printf("interrupted %s: not mirrored, nor pinned; a rerun resumes it\n",
+                   m.images[i].name);
+            under_way++;
+        }
+    char not_done[96] = "";
+    if (m.interrupted)
+        snprintf(not_done, sizeof(not_done), ", %zu interrupted, %zu not started", under_way,
+                 m.n_images - m.finished - under_way);
     printf("mirror: %zu of %zu images ok, %zu failed%s; %s fetched in %.1f s (%.1f MB/s), %s "
            "already cached\n",
-           ok, m.n_images, m.failed + (m.n_images - m.finished),
-           m.interrupted ? " or not done (interrupted)" : "", fetched,
+           ok, m.n_images, m.failed, not_done, fetched,
            (double)(rp_now_ms() - m.prog.start_ms) / 1000.0, rp_progress_rate(&m.prog), cached);
     fflush(stdout);
     rc = ok == m.n_images ? 0 : 1;

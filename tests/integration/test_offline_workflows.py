@@ -2,20 +2,22 @@
 """Disconnected-cluster workflows against a static plain-HTTP upstream (rawup): mirror
 --platform through an index of indexes, a mirror rerun after a tag moved, an older bundle
 imported after a newer one, split parts in the wrong order, a list saved on Windows, an
-empty list, mirrors that together exceed max_size, and bundles rewritten as a
+empty list, an interrupted mirror, mirrors that together exceed max_size, and bundles rewritten as a
 hostile party would (records re-encoded with the lz4 tool, the trailer recomputed)."""
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 
 import lib
 import rawup
 from lib import check, eq
-from test_disconnected import _run
+from test_disconnected import ASAN_ENV, _run
 
 NAME = "raw.test"
 OCI_IDX = "application/vnd.oci.image.index.v1+json"
@@ -266,6 +268,68 @@ def test_mirror_empty_list(t):
     rc, out, err = _run(t, ["mirror", "-c", conf, lst], ok=False)
     eq(rc, 1, "mirror of an empty list (stdout %r, stderr %r)" % (out, err))
     check("%s names no image" % lst in err, "the message should say the list is empty: %r" % err)
+
+
+def test_mirror_interrupted(t):
+    """SIGINT while an image is being mirrored: the images finished before it are ok and
+    pinned; the one under way is named ("interrupted NAME"), neither reported ok nor pinned;
+    the summary counts it apart from those not started, and is the last line (an image whose
+    last flush completed as the cache closed used to print a FAILED line after it); exit 1.
+    A rerun then mirrors all of them."""
+    st = Store()
+    imgs = {r: st.big_image("ns/" + r, 1, 64 * 1024, "v1") for r in ("a", "b", "c")}
+    stall = imgs["b"][1][0]["digest"]
+    reached, release = threading.Event(), threading.Event()
+    inner = st.handler()
+
+    def handler(r):
+        if r.path.endswith("/blobs/" + stall) and not release.is_set():
+            reached.set()
+            release.wait(60)  # the layer of ns/b hangs until the test lets it go
+            return False
+        return inner(r)
+    up = rawup.RawUpstream(t, handler)
+    t.defer(release.set)
+    cache = os.path.join(t.tmp, "cache")
+    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, up)
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("".join("%s/ns/%s:v1\n" % (NAME, r) for r in ("a", "b", "c")))
+    p = subprocess.Popen([t.s.bin, "mirror", "-c", conf, lst, "-j", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=lib.clean_env(ASAN_ENV))
+    try:
+        check(reached.wait(60), "the mirror never asked for the layer of ns/b")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out, err = out.decode(), err.decode()
+    for m in lib.SANITIZER_MARKERS:
+        check(m not in out + err, "sanitizer report from the mirror:\n%s" % err[-6000:])
+    eq(p.returncode, 1, "exit status of the interrupted mirror (stdout %r)" % out)
+    lines = out.strip().split("\n")
+    check(len(lines) == 4 and lines[0].startswith("ok %s/ns/a:v1@" % NAME) and
+          lines[1] == "mirror: signal 2: stopping (a rerun resumes)",
+          "the interrupted mirror's output should be the ok line of ns/a, the signal, a line "
+          "naming ns/b and the summary:\n%s" % out)
+    eq(lines[2], "interrupted %s/ns/b:v1: not mirrored, nor pinned; a rerun resumes it" % NAME,
+       "the line for the image under way")
+    check(lines[3].startswith("mirror: 1 of 3 images ok, 0 failed, 1 interrupted, "
+                              "1 not started; "), "summary of the interrupted mirror: %r"
+          % lines[3])
+    pins = open(os.path.join(cache, "pins")).read().split()
+    eq(pins, ["%s/ns/a:v1@%s" % (NAME, imgs["a"][0]["digest"])], "the pins file")
+
+    release.set()
+    rc, out, err = _run(t, ["mirror", "-c", conf, lst])
+    check(re.search(r"^mirror: 3 of 3 images ok, 0 failed;", out, re.M),
+          "the rerun's summary: %r" % out)
+    pins = open(os.path.join(cache, "pins")).read().split()
+    eq(sorted(pins), sorted("%s/ns/%s:v1@%s" % (NAME, r, imgs[r][0]["digest"]) for r in imgs),
+       "the pins file after the rerun")
 
 
 def test_mirror_beyond_max_size(t):
