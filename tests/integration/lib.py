@@ -132,7 +132,9 @@ except OSError:
 
 
 def _child_setup():
-    # Die with the runner even if it is SIGKILLed (PR_SET_PDEATHSIG = 1).
+    # Die with the runner even if it is SIGKILLed (PR_SET_PDEATHSIG = 1). The signal comes
+    # when the *thread* that started the child ends: a long-lived child (a proxy restarted
+    # mid-test) must be started from the test's own thread, not from a parallel() client.
     if _libc is not None:
         _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 

@@ -2,8 +2,9 @@
 """Soak: many clients at once doing everything a registry client does (whole blobs, ranges,
 aborted downloads, manifests by tag and digest with assorted Accept lists, HEADs, tag lists,
 pipelined requests, garbage) on a plain and a TLS listener, while the cache evicts under a
-small max_size, tags expire every second, the configuration is reloaded and the upstream
-goes away and comes back, and a second registry serves the same digests damaged.
+small max_size, tags expire every second, the configuration is reloaded, the upstream goes
+away and comes back, the proxy is killed (SIGKILL) and restarted, and a second registry
+serves the same digests damaged.
 What must hold: every 200 or 206 the proxy finishes carries exactly the bytes its digest or
 range names, the cache holds only verified content, and the sanitizer build reports nothing
 (checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
@@ -247,9 +248,29 @@ def test_soak(t):
                 time.sleep(rnd.uniform(0.2, 2))
                 reg.restart()
                 note("outage", None)
+            elif r < 0.85:
+                # A crash: fills cut mid-write, no index snapshot. The restarted proxy
+                # (new ports; the workers follow) must serve only verified content.
+                p.kill9()
+                p.start()
+                note("crash", None)
 
-    fns = [lambda i=i: worker(i) for i in range(10)] + [chaos]
-    lib.parallel(fns, timeout=seconds + 300)
+    errors = []
+
+    def workers():
+        try:
+            lib.parallel([lambda i=i: worker(i) for i in range(10)], timeout=seconds + 300)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+    wt = threading.Thread(target=workers, daemon=True)
+    wt.start()
+    # Chaos on this thread: children die with the thread that started them (the runner's
+    # PR_SET_PDEATHSIG is per thread), and the proxy and registry it restarts must outlive it.
+    chaos()
+    wt.join(seconds + 310)
+    check(not wt.is_alive(), "soak clients still running %d s after the end" % 310)
+    if errors:
+        raise errors[0]
     print("    soak: %s" % ", ".join("%s %d" % kv for kv in sorted(stats.items())), flush=True)
     check(not bad, "%d bad answers (seed %d); first: %s" % (len(bad), seed, bad[:5]))
     # Whatever was in flight has settled: everything under blobs/ and manifests/ verifies.
