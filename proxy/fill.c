@@ -111,6 +111,11 @@ bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg,
     return f->reg == reg && strcmp(f->repo, repo) == 0;
 }
 
+int64_t rp_fill_length(const struct rp_fill *f)
+{
+    return f->unsized ? -1 : f->expected;
+}
+
 /* Queues [r->fill_sent, upto) of the blob to r's client from the temp file
  * (rp_conn_queue_file: the reader may go away at any time). */
 static int queue_range(struct rp_req *r, int64_t upto)

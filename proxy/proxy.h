@@ -156,6 +156,8 @@ struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest);
 /* Whether f downloads for this registry and repository (its readers need no
  * confirmation that the repository has the blob: the download itself confirms it). */
 bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg, const char *repo);
+/* The blob's length as f's upstream announced it, or -1 while not known. */
+int64_t rp_fill_length(const struct rp_fill *f);
 void rp_fills_free_all(struct rp_server *srv);
 
 /* ---------------------------------------------------------------------- inflight.c */
@@ -231,8 +233,9 @@ struct rp_req {
     bool have_stale;
     char stale_digest[RP_DIGEST_MAX + 1];
     int64_t stale_age_s;
-    bool revalidating; /* the current fetch is a HEAD checking a cached tag */
-    bool confirmed;    /* upstream said this repository has the cached blob (RQ_CONFIRM) */
+    bool revalidating;     /* the current fetch is a HEAD checking a cached tag */
+    bool confirmed;        /* upstream said this repository has the cached blob (RQ_CONFIRM) */
+    int64_t confirmed_len; /* the blob's Content-Length in that answer, or -1 */
     /* The cached blob being sent is marked in use (rp_cache_blob_open; rp_cache_hold for a
      * fill's reader, whose temp file becomes the blob) until the request is freed: eviction
      * neither counts its bytes as freed nor takes it while it is sent. */

@@ -140,6 +140,7 @@ struct rp_req *rp_req_new(struct rp_conn *c, const struct rp_http_request_head *
     r->cache_status = "PASS";
     r->stream_expected = -1;
     r->up_h.length = -1;
+    r->confirmed_len = -1;
     r->fill_fd = -1;
     return r;
 }
@@ -1000,6 +1001,16 @@ static void lookup(struct rp_req *r)
             start_fetch(r, true, false);
             return;
         }
+        if (running && r->confirmed && r->confirmed_len >= 0 && rp_fill_length(running) >= 0 &&
+            rp_fill_length(running) != r->confirmed_len) {
+            /* This repository's registry gives the digest another length than the download
+             * under way (from another registry or repository) was announced with: one of
+             * them is wrong, and a reader of that download would get its length, then a cut
+             * when its digest fails. This registry's own bytes are passed through instead,
+             * verified on the way as every pass-through is. */
+            rp_req_pass_through(r);
+            return;
+        }
         if (r->range && !range_joins_fill(r->range, running)) {
             /* A range of an uncached blob passes through; the cache is filled behind it
              * once upstream answered it (up_headers_cb). */
@@ -1738,6 +1749,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             /* Served on upstream's word even when the link cannot be kept (a full disk):
              * looking up again would only confirm again, for ever. */
             r->confirmed = true;
+            r->confirmed_len = r->up_h.length;
             int e =
                 rp_cache_link(r->conn->srv->cache, r->route.reg->name, r->route.name, r->route.ref);
             if (e != RP_CACHE_OK)

@@ -5,8 +5,10 @@ manifest and blobs. A blob cached through one repository is served for another r
 of the same registry only after upstream confirmed (a HEAD) that the repository has it; a
 repository (or registry) that does not have it upstream gets 404 BLOB_UNKNOWN although the
 bytes are in the cache, and a manifest digest cached for one registry is not served for
-another."""
+another. A download of a digest from one registry is not joined by a client of another
+whose registry gives the digest another length."""
 import os
+import threading
 
 import lib
 import rawup
@@ -124,3 +126,53 @@ def test_manifest_type_not_rewritten_by_another_registry(t):
     r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, r.header("X-Regproxy-Cache"), r.header("Content-Type")), (200, "HIT", want),
        "GET %s again, after the other registry answered it" % path)
+
+
+def test_download_of_another_length_not_joined(t):
+    """A digest being downloaded from one registry, which announced the wrong length (a
+    broken registry, or a hostile one), and asked meanwhile from another registry that
+    confirms it with the right one: the second client used to join the first download, got
+    its length in the head, then a cut when the digest failed. It is passed through from its
+    own registry instead, whole and verified; the broken download still caches nothing."""
+    anon = t.s.anon_registry
+    layer = lib.image_manifests(anon, "ns/multi:v1")[0]["layers"][0]
+    digest, size = layer["digest"], layer["size"]
+    body = anon.client().get("/v2/ns/multi/blobs/" + digest).body
+    eq(lib.sha256(body), digest, "the layer straight from upstream")
+    reached, release = threading.Event(), threading.Event()
+
+    def handler(r):
+        if r.path == "/v2/":
+            r.send(200, b"{}", [("Content-Type", "application/json")])
+        elif r.path == "/v2/ns/bad/blobs/" + digest and r.method == "GET":
+            # 100 bytes more than the blob, the first bytes, then nothing until released
+            r.raw(("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                   "Content-Length: %d\r\nConnection: close\r\n\r\n" % (size + 100)).encode()
+                  + body[:10])
+            reached.set()
+            release.wait(60)
+        else:
+            r.send(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}',
+                   [("Content-Type", "application/json")])
+        return False
+    up = rawup.RawUpstream(t, handler)
+    t.defer(release.set)
+    p = t.proxy(registries=[anon.conf(), up.conf()])
+    first = {}
+    th = threading.Thread(target=lambda: first.update(
+        s=lib.stream_get(p.port, "/v2/raw.test/ns/bad/blobs/" + digest, timeout=60)),
+        daemon=True)
+    th.start()
+    check(reached.wait(30), "the proxy never asked the broken registry for the blob")
+    s = lib.stream_get(p.port, "/v2/%s/ns/multi/blobs/%s" % (ANON, digest), timeout=15)
+    eq((s.status, s.length, s.complete, s.digest), (200, size, True, digest),
+       "GET from the good registry while the broken one's download of the digest runs "
+       "(%r)" % s)
+    release.set()
+    th.join(60)
+    f = first.get("s")
+    check(f is not None and not f.complete, "the broken registry's client must not get a "
+          "complete answer: %r" % f)
+    lib.wait_until(lambda: not lib.cache_files(p.cache_dir, "tmp"), 10,
+                   "the broken download's temp file to go")
+    lib.check_cache_store(p.cache_dir)
