@@ -273,7 +273,8 @@ bad:
 }
 
 /* A platform's variant as containerd normalises it: an arm64 without one is v8, an arm
- * without one v7 (indexes often leave it out, users often write it). */
+ * without one v7, an amd64 without one v1 (indexes often leave it out, users often write
+ * it). */
 static const char *variant_of(const char *arch, const char *variant)
 {
     if (variant[0])
@@ -282,7 +283,37 @@ static const char *variant_of(const char *arch, const char *variant)
         return "v8";
     if (strcmp(arch, "arm") == 0)
         return "v7";
+    if (strcmp(arch, "amd64") == 0)
+        return "v1";
     return "";
+}
+
+/* "vN" as N (1..99), or 0. */
+static int variant_level(const char *v)
+{
+    if (v[0] != 'v' || v[1] < '1' || v[1] > '9')
+        return 0;
+    if (!v[2])
+        return v[1] - '0';
+    if (v[2] >= '0' && v[2] <= '9' && !v[3])
+        return (v[1] - '0') * 10 + (v[2] - '0');
+    return 0;
+}
+
+/* Whether a machine of variant want runs an image of variant have, as containerd's
+ * platforms.Only decides it: amd64 levels run the levels below them (an amd64/v3 node
+ * pulls a v1 image when the index has no v3 one), arm v7 runs v6 and v5; otherwise the
+ * variants are equal. */
+static bool variant_runs(const char *arch, const char *want, const char *have)
+{
+    if (strcmp(want, have) == 0)
+        return true;
+    int w = variant_level(want), h = variant_level(have);
+    if (strcmp(arch, "amd64") == 0)
+        return w && h && h <= w;
+    if (strcmp(arch, "arm") == 0)
+        return w && h >= 5 && h <= w;
+    return false;
 }
 
 bool rp_platforms_match(const struct rp_platforms *p, const struct rp_manifest_ref *child)
@@ -292,7 +323,8 @@ bool rp_platforms_match(const struct rp_platforms *p, const struct rp_manifest_r
     for (size_t i = 0; i < p->n; i++) {
         const struct platform *pl = &p->v[i];
         if (strcmp(pl->os, child->os) == 0 && strcmp(pl->arch, child->arch) == 0 &&
-            (!pl->variant[0] || strcmp(pl->variant, variant_of(child->arch, child->variant)) == 0))
+            (!pl->variant[0] || variant_runs(pl->arch, variant_of(pl->arch, pl->variant),
+                                             variant_of(child->arch, child->variant))))
             return true;
     }
     return false;

@@ -150,6 +150,49 @@ static void test_manifest_refs(void)
         CHECK(rp_platforms_match(NULL, &r.v[0]));
     }
     rp_manifest_refs_free(&r);
+    /* Variants run as containerd's platforms.Only has it: amd64 levels and arm v5-v7 run
+     * the ones below them, and no variant is amd64 v1, arm v7, arm64 v8. */
+    const char *idx2 =
+        "{\"schemaVersion\":2,\"manifests\":["
+        "{\"digest\":\"sha256:1111111111111111111111111111111111111111111111111111111111111111\","
+        "\"size\":5,\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}},"
+        "{\"digest\":\"sha256:2222222222222222222222222222222222222222222222222222222222222222\","
+        "\"size\":5,\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\","
+        "\"variant\":\"v3\"}},"
+        "{\"digest\":\"sha256:3333333333333333333333333333333333333333333333333333333333333333\","
+        "\"size\":5,\"platform\":{\"os\":\"linux\",\"architecture\":\"arm\","
+        "\"variant\":\"v6\"}},"
+        "{\"digest\":\"sha256:4444444444444444444444444444444444444444444444444444444444444444\","
+        "\"size\":5,\"platform\":{\"os\":\"linux\",\"architecture\":\"arm\"}}]}";
+    CHECK_INT(rp_manifest_refs(idx2, strlen(idx2), &r, err, sizeof(err)), 0);
+    CHECK_INT(r.n, 4);
+    if (r.n == 4) {
+        static const struct {
+            const char *want;
+            bool amd64, amd64v3, armv6, arm;
+        } cases[] = {
+            {"linux/amd64", true, true, false, false},
+            {"linux/amd64/v1", true, false, false, false},
+            {"linux/amd64/v2", true, false, false, false},
+            {"linux/amd64/v3", true, true, false, false},
+            {"linux/amd64/v4", true, true, false, false},
+            {"linux/arm", false, false, true, true},
+            {"linux/arm/v7", false, false, true, true},
+            {"linux/arm/v6", false, false, true, false},
+            {"linux/arm/v5", false, false, false, false},
+            {"linux/arm64", false, false, false, false},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            struct rp_platforms *pl = NULL;
+            CHECK_INT(rp_platforms_parse(cases[i].want, &pl, err, sizeof(err)), 0);
+            CHECK(rp_platforms_match(pl, &r.v[0]) == cases[i].amd64);
+            CHECK(rp_platforms_match(pl, &r.v[1]) == cases[i].amd64v3);
+            CHECK(rp_platforms_match(pl, &r.v[2]) == cases[i].armv6);
+            CHECK(rp_platforms_match(pl, &r.v[3]) == cases[i].arm);
+            rp_platforms_free(pl);
+        }
+    }
+    rp_manifest_refs_free(&r);
     struct rp_platforms *p = NULL;
     CHECK_INT(rp_platforms_parse("linux", &p, err, sizeof(err)), -1);
     CHECK_INT(rp_platforms_parse("linux/amd64,", &p, err, sizeof(err)), -1);
