@@ -211,14 +211,16 @@ def integration_phase(args, filters, res, tmp):
             t0 = time.monotonic()
             ctx = lib.TestCtx(session, name, os.path.join(tmp, "t%03d-%s" % (i, name)))
             err = None
+            # A test may ask for longer (test_soak, with SOAK_SECONDS): fn.timeout seconds.
+            limit = max(args.timeout, getattr(fn, "timeout", 0))
             try:
-                timer.start(args.timeout)
+                timer.start(limit)
                 try:
                     fn(ctx)
                 finally:
                     timer.cancel()
             except lib.Timer.TestTimeout:
-                err = "timed out after %d s\n%s" % (args.timeout, traceback.format_exc(limit=-3))
+                err = "timed out after %d s\n%s" % (limit, traceback.format_exc(limit=-3))
             except AssertionError as e:
                 tb = traceback.extract_tb(e.__traceback__)
                 where = next((f for f in reversed(tb) if "/integration/test_" in f.filename),

@@ -1,17 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
 """Soak: many clients at once doing everything a registry client does (whole blobs, ranges,
 aborted downloads, manifests by tag and digest with assorted Accept lists, HEADs, tag lists,
-pipelined requests, garbage) on a plain and a TLS listener, while the cache evicts under a
-small max_size, tags expire every second, the configuration is reloaded, the upstream goes
-away and comes back, the proxy is killed (SIGKILL) and restarted, and a second registry
-serves the same digests damaged.
+pipelined requests, garbage) on a plain and a TLS listener, and logins right, wrong and
+missing on a listener with client accounts, while the cache evicts under a small max_size,
+tags expire every second, the configuration is reloaded, the upstream goes away and comes
+back, the proxy is killed (SIGKILL) and restarted, and a second registry serves the same
+digests damaged.
 What must hold: every 200 or 206 the proxy finishes carries exactly the bytes its digest or
-range names, the cache holds only verified content, and the sanitizer build reports nothing
-(checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
+range names, no wrong or missing login gets content, the cache holds only verified content,
+and the sanitizer build reports nothing (checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
 random seed (printed)."""
+import base64
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import threading
@@ -47,8 +50,11 @@ def _blobs(shared):
     return out, small
 
 
+SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
+
+
 def test_soak(t):
-    seconds = float(os.environ.get("SOAK_SECONDS", "30"))
+    seconds = SECONDS
     seed = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
     print("    soak: %.0f s, seed %d" % (seconds, seed), flush=True)
     # A token-auth registry of the test's own over the shared one's storage, so that it
@@ -59,6 +65,10 @@ def test_soak(t):
     t.defer(reg.stop)
     blobs, small = _blobs(shared)
     _, key, crt = lib.serving_cert(t, "soak-tls")
+    # A third listener takes client accounts: a wrong or missing login must never be
+    # answered with content, whatever else is going on.
+    account = ("node", "soak-" + secrets.token_hex(8))
+    htp = lib.htpasswd_file(t, account[0], account[1])
     # The fake registry (Basic auth, blobs redirected to its CDN) serves the same layouts,
     # so the same digests, also damaged: a repository under mode/corrupt/ gets one byte
     # flipped, mode/truncate/ and mode/long/ the wrong length, mode/cut/ and the first
@@ -67,7 +77,8 @@ def test_soak(t):
     fake_blobs = [d for d, (repo, _) in blobs.items() if repo != "ns/multi-v2s2"]
     p = t.proxy(registries=[reg.conf(tag_ttl="1s"), fake.conf()],
                 listeners=[{"default": reg.name},
-                           {"default": reg.name, "tls_cert": crt, "tls_key": key}],
+                           {"default": reg.name, "tls_cert": crt, "tls_key": key},
+                           {"default": reg.name, "htpasswd": htp}],
                 cache={"max_size": "105M", "max_stale": "1h"})
     bad = []
     stats = {}
@@ -152,6 +163,27 @@ def test_soak(t):
         else:
             note("BAD", "GET %s: %r" % (path, s))
 
+    def login(rnd):
+        ref = rnd.choice(REFS)
+        repo, tag = ref.split(":")
+        path = "/v2/%s/manifests/%s" % (repo, tag)
+        who = rnd.choice(["right", "wrong", "none"])
+        creds = {"right": account, "wrong": (account[0], "not-" + account[1]),
+                 "none": None}[who]
+        headers = {"Accept": lib.ACCEPT_ALL}
+        if creds:
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                ("%s:%s" % creds).encode()).decode()
+        s = lib.stream_get(p.ports[2], path, headers=headers)
+        if who != "right" and 200 <= s.status < 300:
+            note("BAD", "%s login got %r for %s" % (who, s, path))
+        elif who == "right" and s.status == 401:
+            note("BAD", "the right login got 401 for %s: %r" % (path, s))
+        elif s.status in (0, 200, 401, 404, 429, 502, 503, 504):
+            note("login " + who, None)
+        else:
+            note("BAD", "%s login: %r for %s" % (who, s, path))
+
     def manifest_get(rnd):
         ref = rnd.choice(REFS)
         repo, tag = ref.split(":")
@@ -227,7 +259,7 @@ def test_soak(t):
                 note("BAD", "herd GET %s: %r" % (path, s))
         note("herd", None)
 
-    ops = [(blob_get, 4), (fake_blob, 2), (herd, 1), (manifest_get, 4), (tags, 1), (pipelined, 1), (garbage, 1)]
+    ops = [(blob_get, 4), (fake_blob, 2), (herd, 1), (login, 1), (manifest_get, 4), (tags, 1), (pipelined, 1), (garbage, 1)]
     table = [f for f, w in ops for _ in range(w)]
 
     def worker(i):
@@ -278,3 +310,8 @@ def test_soak(t):
     lib.check_cache_store(p.cache_dir, "after the soak: ")
     st, _, _ = p.raw("GET", "/v2/")
     check(st == 200, "the proxy answers /v2/ after the soak (%s)" % st)
+
+
+# The runner's limit, past the clients' own (workers end by SECONDS; set-up, the last
+# chaos action and the final checks take the rest).
+test_soak.timeout = int(SECONDS) + 300
