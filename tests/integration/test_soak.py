@@ -5,7 +5,7 @@ pipelined requests, garbage) on a plain and a TLS listener, and logins right, wr
 missing on a listener with client accounts, while the cache evicts under a small max_size,
 tags expire every second, the configuration is reloaded, the upstream goes away and comes
 back, the proxy is killed (SIGKILL) and restarted, and a second registry serves the same
-digests damaged.
+blobs and manifests damaged.
 What must hold: every 200 or 206 the proxy finishes carries exactly the bytes its digest or
 range names, no wrong or missing login gets content, the cache holds only verified content,
 and the sanitizer build reports nothing (checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
@@ -163,6 +163,30 @@ def test_soak(t):
         else:
             note("BAD", "GET %s: %r" % (path, s))
 
+    def fake_manifest(rnd):
+        ref = rnd.choice(["ns/multi:v1", "ns/multiarch:v1", "ns/large:v1"])
+        repo, tag = ref.split(":")
+        want = shared.pushed[ref]["digest"]
+        mode = rnd.choice(["", "manifest-cut", "manifest-cut-nodigest", "manifest-close",
+                           "bigmanifest", "artifact", "500", "429", "slowmanifest"])
+        by = tag if rnd.random() < 0.7 else want
+        path = "/v2/%s/%s%s/manifests/%s" % (fake.name, "mode/%s/" % mode if mode else "",
+                                             repo, by)
+        s = get(rnd, path, headers={"Accept": lib.ACCEPT_ALL})
+        if s.status == 200 and s.complete:
+            dg = s.header("docker-content-digest")
+            if mode in ("manifest-cut", "manifest-cut-nodigest", "bigmanifest"):
+                note("BAD", "GET %s: a damaged manifest served: %r" % (path, s))
+            elif dg != s.digest or (mode != "artifact" and s.digest != want):
+                note("BAD", "GET %s: Docker-Content-Digest %s, body %s, want %s"
+                     % (path, dg, s.digest, want))
+            else:
+                note("fake manifest", None)
+        elif s.status in (0, 200, 404, 429, 500, 502, 503, 504):
+            note("fake manifest refused", None)
+        else:
+            note("BAD", "GET %s: %r" % (path, s))
+
     def login(rnd):
         ref = rnd.choice(REFS)
         repo, tag = ref.split(":")
@@ -259,7 +283,7 @@ def test_soak(t):
                 note("BAD", "herd GET %s: %r" % (path, s))
         note("herd", None)
 
-    ops = [(blob_get, 4), (fake_blob, 2), (herd, 1), (login, 1), (manifest_get, 4), (tags, 1), (pipelined, 1), (garbage, 1)]
+    ops = [(blob_get, 4), (fake_blob, 2), (fake_manifest, 1), (herd, 1), (login, 1), (manifest_get, 4), (tags, 1), (pipelined, 1), (garbage, 1)]
     table = [f for f, w in ops for _ in range(w)]
 
     def worker(i):
