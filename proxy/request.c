@@ -482,11 +482,26 @@ void rp_req_pass_through(struct rp_req *r)
 
 /* --- answering from the cache --- */
 
+/* The Warning line (RFC 7234 5.5.1) an answer served stale carries, or "". */
+static const char *stale_warning(const char *cache_status)
+{
+    return strcmp(cache_status, "STALE") == 0 ? "Warning: 110 regproxy \"Response is Stale\"\r\n"
+                                              : "";
+}
+
+/* A manifest's (or a 304's) digest, its ETag, and what the cache did, into dst: on the
+ * stack, as the cache hit it answers for allocates nothing. */
+#define DIGEST_HEADERS_MAX (2 * RP_DIGEST_MAX + 160)
+static void digest_headers(char *dst, size_t cap, const char *digest, const char *cache_status)
+{
+    snprintf(dst, cap, "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\nX-Regproxy-Cache: %s\r\n%s",
+             digest, digest, cache_status, stale_warning(cache_status));
+}
+
 static void cache_header(struct rp_req *r, struct rp_buf *extra)
 {
-    rp_buf_addf(extra, "X-Regproxy-Cache: %s\r\n", r->cache_status);
-    if (strcmp(r->cache_status, "STALE") == 0)
-        rp_buf_addf(extra, "Warning: 110 regproxy \"Response is Stale\"\r\n");
+    rp_buf_addf(extra, "X-Regproxy-Cache: %s\r\n%s", r->cache_status,
+                stale_warning(r->cache_status));
 }
 
 /* 416 for a blob range past its end, from the cache or from upstream; content_range is
@@ -785,13 +800,8 @@ static bool none_match_names(const char *inm, const char *digest)
  * 200 would carry, no body. From the stack, as the hit it replaces. */
 static void answer_not_modified(struct rp_req *r, const char *digest)
 {
-    char extra[2 * RP_DIGEST_MAX + 160];
-    snprintf(extra, sizeof(extra),
-             "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\nX-Regproxy-Cache: %s\r\n%s", digest,
-             digest, r->cache_status,
-             strcmp(r->cache_status, "STALE") == 0
-                 ? "Warning: 110 regproxy \"Response is Stale\"\r\n"
-                 : "");
+    char extra[DIGEST_HEADERS_MAX];
+    digest_headers(extra, sizeof(extra), digest, r->cache_status);
     respond(r, 304, NULL, NULL, 0, extra);
 }
 
@@ -830,11 +840,8 @@ static bool manifest_from_cache(struct rp_req *r, const char *digest, const char
         answer_not_modified(r, digest);
         return true;
     }
-    char extra[2 * RP_DIGEST_MAX + 160];
-    snprintf(extra, sizeof(extra),
-             "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\nX-Regproxy-Cache: %s\r\n%s", digest,
-             digest, status,
-             strcmp(status, "STALE") == 0 ? "Warning: 110 regproxy \"Response is Stale\"\r\n" : "");
+    char extra[DIGEST_HEADERS_MAX];
+    digest_headers(extra, sizeof(extra), digest, status);
     respond(r, 200, type, data, len, extra);
     return true;
 }
