@@ -756,12 +756,7 @@ def test_tls_handshake_deadline(t):
         # Accepted before both, and past the deadline now: its handshake is done, so it
         # waits for a request as long as idle_timeout lets it.
         done.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        got = b""
-        while True:
-            b = done.recv(65536)
-            if not b:
-                break
-            got += b
+        got = lib.read_to_eof(done)
         check(got.startswith(b"HTTP/1.1 200"), "answer after the deadline: %r" % got[:100])
     finally:
         for sock in (done, silent, half):
@@ -773,12 +768,7 @@ def _tls_get(port, ctx, session=None):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as c:
             c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            got = b""
-            while True:
-                b = c.recv(65536)
-                if not b:
-                    break
-                got += b
+            got = lib.read_to_eof(c)
             check(got.startswith(b"HTTP/1.1 200"), "answer over TLS: %r" % got[:100])
             cn = dict(x[0] for x in c.getpeercert()["subject"]).get("commonName")
             return c.session, c.session_reused, cn
