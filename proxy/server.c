@@ -1190,8 +1190,7 @@ static void tls_event_cb(struct bufferevent *bev, short what, void *arg)
             conn_wait_request(c, false);
         return;
     }
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    bool handshaking = ssl && !SSL_is_init_finished(ssl);
+    bool handshaking = conn_handshaking(c);
     if (what & BEV_EVENT_TIMEOUT) {
         rp_info("conn %s: client took nothing for %d s; closing", c->peer, SEND_TIMEOUT_S);
     } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF)) {
