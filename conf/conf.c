@@ -1644,6 +1644,19 @@ static int parse_header(struct parser *p, const char *s, size_t n, unsigned line
         fail(p, line, "section [%s] takes no name", rp_conf_section_name(kind));
         return -1;
     }
+    /* Clients write a registry's name as the first component of an image reference, and
+     * admins in pin patterns, mirror lists and `default`: a name with a space or a '/' could
+     * never be reached, and would be written bare into the access log's fields. */
+    for (size_t i = 0; kind == RP_CONF_SECTION_REGISTRY && i < nlen; i++) {
+        char ch = name[i];
+        if (!is_alpha(ch) && !is_digit(ch) && !strchr("._-:[]", ch)) {
+            fail(p, line,
+                 "bad registry name \"%.*s\": letters, digits, '.', '_', '-', and ':' or '[]' "
+                 "of a host:port, as in an image reference",
+                 (int)nlen, name);
+            return -1;
+        }
+    }
     if (finish_section(p) != 0)
         return -1;
     return open_section(p, kind, name, nlen, line);

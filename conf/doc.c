@@ -67,7 +67,9 @@ static const char *const section_intro[] = {
         "how an OpenShift `oreg_url` pointing at the proxy works.\n",
     [RP_CONF_SECTION_CACHE] = "At most one section; without it the defaults below apply.\n",
     [RP_CONF_SECTION_REGISTRY] =
-        "One section per upstream registry; NAME is how clients and `default` refer to it.\n"
+        "One section per upstream registry; NAME is how clients and `default` refer to it: the\n"
+        "first component of an image reference, so letters, digits, '.', '_', '-', and ':' or\n"
+        "'[]' of a host:port.\n"
         "The proxy dials no host that is not configured here. Credentials come from `user`\n"
         "with `password` or `password_file`, or from `auth_file`; with none the registry is\n"
         "pulled anonymously.\n",

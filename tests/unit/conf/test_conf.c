@@ -414,6 +414,20 @@ static void test_syntax_errors(void)
                "test.conf:4: section name may not contain quotes or control characters");
     expect_err(MINIMAL "[registry \"a\tb\"]\n",
                "test.conf:4: section name may not contain quotes or control characters");
+    expect_err(MINIMAL "[registry \"my reg\"]\n",
+               "test.conf:4: bad registry name \"my reg\": letters, digits, '.', '_', '-', and "
+               "':' or '[]' of a host:port, as in an image reference");
+    expect_err(MINIMAL "[registry \"quay.io/org\"]\n",
+               "test.conf:4: bad registry name \"quay.io/org\": letters, digits, '.', '_', '-', "
+               "and ':' or '[]' of a host:port, as in an image reference");
+    expect_err(MINIMAL "[registry \"a=b\"]\nurl = https://x\n",
+               "test.conf:4: bad registry name \"a=b\": letters, digits, '.', '_', '-', and "
+               "':' or '[]' of a host:port, as in an image reference");
+    struct rp_conf *named = parse(MINIMAL "[registry \"Reg_1.example-x:5000\"]\nurl = https://x\n"
+                                          "[registry \"[fd00::1]:5000\"]\nurl = https://y\n");
+    CHECK_STR(err, "");
+    CHECK(named && named->n_registries == 3);
+    rp_conf_free(named);
     expect_err(MINIMAL "[registry]\n",
                "test.conf:4: section [registry] needs a name: [registry \"NAME\"]");
     expect_err(MINIMAL "[listen]\n",
