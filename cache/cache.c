@@ -1725,6 +1725,21 @@ void rp_cache_unpin_all(struct rp_cache *c)
 
 /* ---------------------------------------------------------------- blobs --- */
 
+/* Opens a published blob's file (its path, REL_MAX bytes, into rel) and stats it: the fd,
+ * or -1 with errno set. */
+static int blob_file_open(struct rp_cache *c, const struct digest *d, char *rel, struct stat *st)
+{
+    entry_rel(rel, REL_MAX, RP_CACHE_BLOB, d->algo, dhex(d));
+    int fd = openat(c->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0 && fstat(fd, st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        fd = -1;
+    }
+    return fd;
+}
+
 bool rp_cache_blob_present(struct rp_cache *c, const char *digest)
 {
     struct digest d;
@@ -1745,13 +1760,10 @@ int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_b
     if (!e || !e->present)
         return RP_CACHE_E_NOENT;
     char rel[REL_MAX];
-    entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d.algo, dhex(&d));
-    int fd = openat(c->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
+    int fd = blob_file_open(c, &d, rel, &st);
+    if (fd < 0) {
         int e2 = errno;
-        if (fd >= 0)
-            close(fd);
         if (e2 == ENOENT) {
             index_forget(c, e);
             return RP_CACHE_E_NOENT;
@@ -2309,6 +2321,149 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
     if (rc == RP_CACHE_OK)
         memo_put(c, &c->links, key, klen, NULL, 0, 0);
     return rc;
+}
+
+/* ---- scrub ---- */
+
+/* Hashes the blob file of e; RP_CACHE_OK, E_DIGEST or E_SIZE with *why set, or E_IO with
+ * errno's text in *why. */
+static int blob_check(struct rp_cache *c, const struct entry *e, const struct digest *d, char *why,
+                      size_t whylen)
+{
+    char rel[REL_MAX];
+    struct stat st;
+    int fd = blob_file_open(c, d, rel, &st);
+    if (fd < 0) {
+        int e2 = errno;
+        snprintf(why, whylen, "%s: %s", rel, strerror(e2));
+        return e2 == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO;
+    }
+    if ((uint64_t)st.st_size != e->size) {
+        close(fd);
+        snprintf(why, whylen, "%llu bytes, %llu expected", (unsigned long long)st.st_size,
+                 (unsigned long long)e->size);
+        return RP_CACHE_E_SIZE;
+    }
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int rc = md && EVP_DigestInit_ex(md, algo_md(d->algo), NULL) == 1 ? RP_CACHE_OK : RP_CACHE_E_IO;
+    enum { CHUNK = 1 << 20 };
+    char *buf = rp_xmalloc(CHUNK);
+    uint64_t total = 0;
+    while (rc == RP_CACHE_OK) {
+        ssize_t n = read(fd, buf, CHUNK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(why, whylen, "%s: reading: %s", rel, strerror(errno));
+            rc = RP_CACHE_E_IO;
+        } else if (n == 0) {
+            break;
+        } else if (EVP_DigestUpdate(md, buf, (size_t)n) != 1) {
+            rc = RP_CACHE_E_IO;
+        } else {
+            total += (uint64_t)n;
+        }
+    }
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int outlen = 0;
+    if (rc == RP_CACHE_OK && total != e->size) {
+        snprintf(why, whylen, "%llu bytes read, %llu expected", (unsigned long long)total,
+                 (unsigned long long)e->size);
+        rc = RP_CACHE_E_SIZE;
+    } else if (rc == RP_CACHE_OK && EVP_DigestFinal_ex(md, out, &outlen) != 1) {
+        rc = RP_CACHE_E_IO;
+    } else if (rc == RP_CACHE_OK &&
+               (outlen != algos[d->algo].rawlen || memcmp(out, d->raw, outlen) != 0)) {
+        struct digest got;
+        digest_from_raw(d->algo, out, &got);
+        snprintf(why, whylen, "its %llu bytes hash to %s", (unsigned long long)total, got.str);
+        rc = RP_CACHE_E_DIGEST;
+    }
+    if (rc == RP_CACHE_E_IO && !why[0])
+        snprintf(why, whylen, "%s: hashing failed", rel);
+    /* A scrub of a cache larger than memory would otherwise push out what serving needs. */
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    free(buf);
+    EVP_MD_CTX_free(md);
+    close(fd);
+    return rc;
+}
+
+int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
+                    struct rp_cache_verify_stats *out)
+{
+    struct rp_cache_verify_stats st = {0};
+    if (out)
+        *out = st;
+    if (!c)
+        return RP_CACHE_E_INVALID;
+    /* The digests first: removing entries while walking the buckets would unlink them
+     * under the walk. */
+    size_t n = 0, cap = 0;
+    struct digest *v = NULL;
+    uint8_t *kinds = NULL;
+    for (size_t i = 0; i < c->nbuckets; i++) {
+        for (struct entry *e = c->buckets[i]; e; e = e->hnext) {
+            if (!e->present)
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 256;
+                v = rp_xrealloc(v, cap * sizeof(*v));
+                kinds = rp_xrealloc(kinds, cap);
+            }
+            digest_from_raw(e->algo, e->raw, &v[n]);
+            kinds[n++] = e->kind;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct digest *d = &v[i];
+        struct entry *e = index_find(c, kinds[i], d->algo, d->raw);
+        if (!e || !e->present)
+            continue;
+        char why[REL_MAX + 128] = "";
+        int rc;
+        if (kinds[i] == RP_CACHE_MANIFEST) {
+            st.manifests++;
+            struct rp_cache_manifest m;
+            /* Decoding checks the digest, and removes a damaged file. */
+            rc = manifest_read(c, e, d, &m);
+            if (rc == RP_CACHE_OK)
+                rp_cache_manifest_free(&m);
+            else if (rc == RP_CACHE_E_CORRUPT)
+                snprintf(why, sizeof(why), "manifest damaged (header, compression or digest)");
+            else if (rc == RP_CACHE_E_IO)
+                snprintf(why, sizeof(why), "manifest unreadable");
+        } else {
+            st.blobs++;
+            st.blob_bytes += e->size;
+            rc = blob_check(c, e, d, why, sizeof(why));
+            if (rc == RP_CACHE_E_DIGEST || rc == RP_CACHE_E_SIZE) {
+                char rel[REL_MAX];
+                entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d->algo, dhex(d));
+                if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+                    rp_warn("cache: removing %s: %s", rel, strerror(errno));
+                index_forget(c, e);
+                rc = RP_CACHE_E_CORRUPT;
+            } else if (rc == RP_CACHE_E_NOENT) {
+                index_forget(c, e); /* deleted behind our back: nothing to serve, nor to report */
+            }
+        }
+        if (rc == RP_CACHE_E_CORRUPT) {
+            st.damaged++;
+            if (fn)
+                fn(arg, d->str, why, true);
+        } else if (rc == RP_CACHE_E_IO) {
+            st.unreadable++;
+            if (fn)
+                fn(arg, d->str, why, false);
+        }
+    }
+    free(v);
+    free(kinds);
+    if (out)
+        *out = st;
+    return RP_CACHE_OK;
 }
 
 /* Splits a link file into its registry, repository (NUL-terminated, each of at most

@@ -214,6 +214,27 @@ void rp_cache_unpin_all(struct rp_cache *c);
 typedef void (*rp_cache_link_fn)(void *arg, const char *registry, const char *repo,
                                  const char *digest);
 size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg);
+/* --- scrub --- */
+struct rp_cache_verify_stats {
+    uint64_t blobs, blob_bytes, manifests; /* checked */
+    uint64_t damaged;                      /* removed: they did not match their digest */
+    uint64_t unreadable;                   /* kept: reading them failed (EIO ...) */
+};
+/* Told about each damaged or unreadable entry: its digest, what was wrong, and whether it
+ * was removed. */
+typedef void (*rp_cache_verify_fn)(void *arg, const char *digest, const char *why, bool removed);
+/* Reads every published blob and manifest and checks it against its digest. Blobs are
+ * verified when they are fetched and are then served without reading them again, so damage
+ * on disk that keeps a blob's size (a flipped bit, a block of zeros from a crash or a bad
+ * sector) would be served to every client, each failing its check and retrying into the
+ * same bytes. Each damaged entry is removed, as a damaged blob found at open is, so the next
+ * request fetches it again; pinned ones stay pinned, as placeholders. A file that cannot be
+ * read is kept and reported. Reads every byte of the cache, synchronously (and asks the
+ * kernel not to keep what it read): for `regproxy verify`, with no other owner of the cache.
+ * Returns RP_CACHE_OK or E_INVALID. */
+int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
+                    struct rp_cache_verify_stats *out);
+
 /* Evicts least recently used, unpinned, unused entries until the store is at most
  * max_size. Returns how many were evicted. Called after each commit by the cache itself
  * (which spares a blob it just published, unless the blob does not fit beside the pins:

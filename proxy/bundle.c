@@ -750,10 +750,8 @@ static bool cache_lock_held(const char *dir)
     return held;
 }
 
-/* max_size: the configured one to publish into (import), 0 to only read (export): eviction
- * runs whenever the last reader releases a blob while the store is over max_size, which it
- * may rightly be (pins are kept past it), and would take the very images being read. */
-static struct rp_cache *open_cache(const struct rp_conf *conf, const char *cmd, uint64_t max_size)
+struct rp_cache *rp_offline_open_cache(const struct rp_conf *conf, const char *cmd,
+                                       uint64_t max_size)
 {
     if (cache_lock_held(conf->cache.dir)) {
         fprintf(stderr,
@@ -1584,7 +1582,7 @@ int rp_export_main(struct rp_conf *conf, const struct rp_export_opts *o)
         fprintf(stderr, "regproxy export: --split must be at least 64K\n");
         return 2;
     }
-    k.c = open_cache(conf, "export", 0);
+    k.c = rp_offline_open_cache(conf, "export", 0);
     if (!k.c)
         return 1;
     if (collect_all(&k, conf, o->list) != 0)
@@ -2245,7 +2243,7 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
            parts.paths[0], parts.n, parts.n == 1 ? "" : "s", meta->n_images, meta->n_manifests,
            meta->n_blobs, verify_s);
     fflush(stdout);
-    im.c = open_cache(conf, "import", conf->cache.max_size);
+    im.c = rp_offline_open_cache(conf, "import", conf->cache.max_size);
     if (!im.c)
         goto out;
     /* Publishing evicts to max_size: what the proxy pins must be pinned here too. */

@@ -4,7 +4,8 @@
  * for removable media, `import` verifies a bundle completely and then publishes it into a
  * cache served with `offline = yes`. This header is internal to proxy/: manifest.c (pure
  * parsing: manifest references, platforms, image references), pins.c (the pins file that
- * makes mirrored pins survive restarts), progress.c, mirror.c and bundle.c. */
+ * makes mirrored pins survive restarts), progress.c, mirror.c, bundle.c, and verify.c
+ * (`regproxy verify`: every cached digest checked again). */
 #ifndef RP_OFFLINE_H
 #define RP_OFFLINE_H
 
@@ -287,8 +288,21 @@ struct rp_export_opts {
 };
 /* `regproxy export`: 0 when the bundle (or layout) was written, 1 otherwise. */
 int rp_export_main(struct rp_conf *conf, const struct rp_export_opts *o);
+/* Opens the configuration's cache for a command (`cmd` names it in messages) that must be
+ * its only owner, saying on stderr when a running serve or mirror holds it. max_size: the
+ * configured one to publish into (import), 0 to only read (export, verify): eviction runs
+ * whenever the last reader releases a blob while the store is over max_size, which it may
+ * rightly be (pins are kept past it), and would take the very images being read. */
+struct rp_cache *rp_offline_open_cache(const struct rp_conf *conf, const char *cmd,
+                                       uint64_t max_size);
 /* `regproxy import`: verifies the whole bundle first (touching nothing), then publishes it.
  * 0 when imported, 1 otherwise. */
 int rp_import_main(struct rp_conf *conf, const char *bundle);
+
+/* ------------------------------------------------------------------------ verify.c */
+
+/* `regproxy verify`: rp_cache_verify over the configuration's cache, a line per damaged or
+ * unreadable entry and a summary on stdout. 0 when everything matched its digest, else 1. */
+int rp_verify_main(const struct rp_conf *conf);
 
 #endif

@@ -36,6 +36,7 @@ def test_option_of_another_command_refused(t):
         (["import-inventory", "-c", "c.conf", "inv"], "regproxy import-inventory: -c/--config"),
         (["export", "-c", "c.conf", "--platform", "linux/amd64", "-o", "b"],
          "regproxy export: --platform"),
+        (["verify", "-c", "c.conf", "-o", "x"], "regproxy verify: -o/--output"),
     ]
     for args, msg in cases:
         rc, out, err = _run(t, args)

@@ -1979,6 +1979,95 @@ static void test_blob_resized(void)
     blob_resized_case(true, true);
 }
 
+struct scrub_seen {
+    int n, removed;
+    char digest[RP_CACHE_DIGEST_BUF];
+    char why[256];
+};
+
+static void scrub_cb(void *arg, const char *digest, const char *why, bool removed)
+{
+    struct scrub_seen *v = arg;
+    v->n++;
+    v->removed += removed;
+    snprintf(v->digest, sizeof(v->digest), "%s", digest);
+    snprintf(v->why, sizeof(v->why), "%s", why);
+}
+
+/* rp_cache_verify finds same-size damage, which opening a blob cannot see, and removes the
+ * entry (a pinned one stays pinned, as a placeholder); intact content stays, a manifest's
+ * damage is found too, and a second pass finds nothing. */
+static void test_verify(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char good[RP_CACHE_DIGEST_BUF], bad[RP_CACHE_DIGEST_BUF], big[RP_CACHE_DIGEST_BUF];
+    char *bigs = sized(3u << 20, 5); /* more than one read of the scrub */
+    CHECK_INT(put_blob(c, "intact blob", good), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, "blob to damage", bad), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, bigs, big), RP_CACHE_OK);
+    char *m = json_manifest(3, 1), md[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    rp_cache_pin(c, bad);
+
+    struct scrub_seen v = {0};
+    struct rp_cache_verify_stats st;
+    CHECK_INT(rp_cache_verify(c, scrub_cb, &v, &st), RP_CACHE_OK);
+    CHECK_INT(v.n, 0);
+    CHECK(st.blobs == 3 && st.manifests == 1 && st.damaged == 0 && st.unreadable == 0);
+    CHECK(st.blob_bytes == strlen("intact blob") + strlen("blob to damage") + (3u << 20));
+
+    char *path = obj_path(dir, "blobs", bad);
+    spit(path, "blob to damagE", strlen("blob to damage")); /* same size */
+    CHECK(has_blob(c, bad));                                /* what serving sees: nothing wrong */
+    CHECK_INT(rp_cache_verify(c, scrub_cb, &v, &st), RP_CACHE_OK);
+    CHECK_INT(v.n, 1);
+    CHECK_INT(v.removed, 1);
+    CHECK_STR(v.digest, bad);
+    CHECK(strncmp(v.why, "its 14 bytes hash to sha256:", 28) == 0);
+    CHECK(st.damaged == 1 && st.blobs == 3);
+    CHECK(!exists(path));
+    CHECK(!has_blob(c, bad));
+    CHECK(blob_is(c, good, "intact blob"));
+    CHECK(blob_is(c, big, bigs));
+    /* A manifest's damage: found, removed. */
+    char *mpath = obj_path(dir, "manifests", md);
+    size_t mlen;
+    char *mf = slurp(mpath, &mlen);
+    mf[mlen - 2] ^= 1;
+    spit(mpath, mf, mlen);
+    free(mf);
+    memset(&v, 0, sizeof(v));
+    CHECK_INT(rp_cache_verify(c, scrub_cb, &v, &st), RP_CACHE_OK);
+    CHECK_INT(v.n, 1);
+    CHECK_STR(v.digest, md);
+    CHECK(st.damaged == 1 && st.manifests == 1);
+    CHECK(!exists(mpath));
+
+    /* Still pinned: the content, fetched again, is not evicted. */
+    CHECK_INT(put_blob(c, "blob to damage", bad), RP_CACHE_OK);
+    CHECK_INT(rp_cache_evict(c), 0);
+    rp_cache_set_max_size(c, 1);
+    rp_cache_evict(c);
+    CHECK(has_blob(c, bad));
+    CHECK(!has_blob(c, good));
+    rp_cache_set_max_size(c, 0);
+
+    memset(&v, 0, sizeof(v));
+    CHECK_INT(rp_cache_verify(c, scrub_cb, &v, &st), RP_CACHE_OK);
+    CHECK_INT(v.n, 0);
+    CHECK(st.damaged == 0 && st.manifests == 0 && st.blobs == 1);
+    CHECK_INT(rp_cache_verify(NULL, NULL, NULL, &st), RP_CACHE_E_INVALID);
+
+    free(mpath);
+    free(path);
+    free(m);
+    free(bigs);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
 /* Symlinks planted in the cache directory never make the cache delete, truncate or create
  * files outside it: a tmp/ that points elsewhere is refused (open empties tmp/), as are the
  * other top directories (publishing and eviction would go through them) and a lock file that
@@ -2822,6 +2911,7 @@ int main(void)
     RUN(test_open_evicts_nothing_before_pins);
     RUN(test_blob_vanished);
     RUN(test_blob_resized);
+    RUN(test_verify);
     RUN(test_planted_symlinks);
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);
