@@ -2422,6 +2422,7 @@ int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
         if (!e || !e->present)
             continue;
         char why[REL_MAX + 128] = "";
+        uint64_t size = e->size;
         int rc;
         if (kinds[i] == RP_CACHE_MANIFEST) {
             st.manifests++;
@@ -2449,15 +2450,13 @@ int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
                 index_forget(c, e); /* deleted behind our back: nothing to serve, nor to report */
             }
         }
-        if (rc == RP_CACHE_E_CORRUPT) {
+        if (rc == RP_CACHE_E_CORRUPT)
             st.damaged++;
-            if (fn)
-                fn(arg, d->str, why, true);
-        } else if (rc == RP_CACHE_E_IO) {
+        else if (rc == RP_CACHE_E_IO)
             st.unreadable++;
-            if (fn)
-                fn(arg, d->str, why, false);
-        }
+        if (fn && rc != RP_CACHE_E_NOENT)
+            fn(arg, d->str, size, rc == RP_CACHE_E_CORRUPT || rc == RP_CACHE_E_IO ? why : NULL,
+               rc == RP_CACHE_E_CORRUPT);
     }
     free(v);
     free(kinds);

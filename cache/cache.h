@@ -220,9 +220,11 @@ struct rp_cache_verify_stats {
     uint64_t damaged;                      /* removed: they did not match their digest */
     uint64_t unreadable;                   /* kept: reading them failed (EIO ...) */
 };
-/* Told about each damaged or unreadable entry: its digest, what was wrong, and whether it
- * was removed. */
-typedef void (*rp_cache_verify_fn)(void *arg, const char *digest, const char *why, bool removed);
+/* Told about each entry once it is checked: its digest and size on disk; for a damaged or
+ * unreadable one what was wrong (why NULL: it matched) and whether it was removed. The
+ * entries to expect are those rp_cache_stats counts. */
+typedef void (*rp_cache_verify_fn)(void *arg, const char *digest, uint64_t size, const char *why,
+                                   bool removed);
 /* Reads every published blob and manifest and checks it against its digest. Blobs are
  * verified when they are fetched and are then served without reading them again, so damage
  * on disk that keeps a blob's size (a flipped bit, a block of zeros from a crash or a bad

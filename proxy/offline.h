@@ -179,6 +179,7 @@ void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf);
 struct rp_progress {
     bool tty;
     const char *verb; /* "mirroring", "exporting", "importing", "verifying" */
+    const char *noun; /* what done/total count; NULL: "images" */
     int64_t start_ms, last_ms;
     uint64_t bytes, total_bytes; /* total_bytes 0: unknown */
     size_t done, total;

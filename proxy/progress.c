@@ -55,8 +55,8 @@ void rp_progress_update(struct rp_progress *p, bool force)
     rp_format_bytes(p->bytes, got, sizeof(got));
     if (p->total_bytes)
         rp_format_bytes(p->total_bytes, tot, sizeof(tot));
-    fprintf(stderr, "\r\033[K%s: %zu/%zu images, %s%s%s, %.1f MB/s", p->verb, p->done, p->total,
-            got, tot[0] ? " of " : "", tot, rp_progress_rate(p));
+    fprintf(stderr, "\r\033[K%s: %zu/%zu %s, %s%s%s, %.1f MB/s", p->verb, p->done, p->total,
+            p->noun ? p->noun : "images", got, tot[0] ? " of " : "", tot, rp_progress_rate(p));
     fflush(stderr);
     p->shown = true;
 }

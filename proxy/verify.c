@@ -8,16 +8,20 @@
 
 #include <stdio.h>
 
-static void on_damage(void *arg, const char *digest, const char *why, bool removed)
+static void on_entry(void *arg, const char *digest, uint64_t size, const char *why, bool removed)
 {
-    (void)arg;
+    struct rp_progress *p = arg;
+    p->done++;
+    p->bytes += size;
     if (removed)
-        printf("damaged %s: %s; removed (the next pull fetches it again; an offline cache "
-               "needs it mirrored or imported again)\n",
-               digest, why);
+        rp_progress_line(p,
+                         "damaged %s: %s; removed (the next pull fetches it again; an offline "
+                         "cache needs it mirrored or imported again)",
+                         digest, why);
+    else if (why)
+        rp_progress_line(p, "UNREADABLE %s: %s; kept", digest, why);
     else
-        printf("UNREADABLE %s: %s; kept\n", digest, why);
-    fflush(stdout);
+        rp_progress_update(p, false);
 }
 
 int rp_verify_main(const struct rp_conf *conf)
@@ -25,8 +29,14 @@ int rp_verify_main(const struct rp_conf *conf)
     struct rp_cache *c = rp_offline_open_cache(conf, "verify", 0);
     if (!c)
         return 1;
+    struct rp_cache_stats cs;
+    rp_cache_stats(c, &cs);
+    struct rp_progress prog;
+    rp_progress_init(&prog, "verifying", (size_t)cs.entries, cs.size);
+    prog.noun = "entries";
     struct rp_cache_verify_stats st;
-    int rc = rp_cache_verify(c, on_damage, NULL, &st);
+    int rc = rp_cache_verify(c, on_entry, &prog, &st);
+    rp_progress_end(&prog);
     rp_cache_close(c);
     if (rc != RP_CACHE_OK) {
         fprintf(stderr, "regproxy verify: %s\n", rp_cache_strerror(rc));

@@ -1980,14 +1980,19 @@ static void test_blob_resized(void)
 }
 
 struct scrub_seen {
-    int n, removed;
+    int checked, n, removed; /* n: damaged or unreadable */
+    uint64_t checked_bytes;
     char digest[RP_CACHE_DIGEST_BUF];
     char why[256];
 };
 
-static void scrub_cb(void *arg, const char *digest, const char *why, bool removed)
+static void scrub_cb(void *arg, const char *digest, uint64_t size, const char *why, bool removed)
 {
     struct scrub_seen *v = arg;
+    v->checked++;
+    v->checked_bytes += size;
+    if (!why)
+        return;
     v->n++;
     v->removed += removed;
     snprintf(v->digest, sizeof(v->digest), "%s", digest);
@@ -2016,6 +2021,10 @@ static void test_verify(void)
     CHECK_INT(rp_cache_verify(c, scrub_cb, &v, &st), RP_CACHE_OK);
     CHECK_INT(v.n, 0);
     CHECK(st.blobs == 3 && st.manifests == 1 && st.damaged == 0 && st.unreadable == 0);
+    struct rp_cache_stats cs; /* what the callback's caller expects to see */
+    rp_cache_stats(c, &cs);
+    CHECK_INT(v.checked, (int)cs.entries);
+    CHECK(v.checked_bytes == cs.size);
     CHECK(st.blob_bytes == strlen("intact blob") + strlen("blob to damage") + (3u << 20));
 
     char *path = obj_path(dir, "blobs", bad);
