@@ -276,7 +276,7 @@ static void test_offline_conf(void)
         CHECK_INT(c->registries[0].port, 5000);
         rp_conf_free(c);
     }
-    t = "[listen \"127.0.0.1:1\"]\n[registry \"my mirror\"]\noffline = yes\n";
+    t = "[listen \"127.0.0.1:1\"]\n[registry \"my-mirror:x\"]\noffline = yes\n";
     CHECK_INT(rp_conf_parse(t, strlen(t), "t.conf", &c, err, sizeof(err)), -1);
     CHECK(strstr(err, "must be the registry's host") != NULL);
     /* [cache] offline after the registry still waives its url */
