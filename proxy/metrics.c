@@ -125,8 +125,9 @@ void rp_metrics_token(struct rp_metrics *m, size_t reg, int ok)
         m->regs[reg].token_failed++;
 }
 
-/* Label values are registry names from the configuration; escape them anyway as the
- * format requires (backslash, quote, newline). */
+/* Label values are registry names and listener addresses from the configuration, which
+ * admits none of the characters the format escapes; escaped anyway (backslash, quote,
+ * newline), should that rule ever loosen. */
 static void add_label_value(struct rp_buf *out, const char *v)
 {
     for (; *v; v++) {

@@ -6,7 +6,10 @@
 
 #include "../util/util.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
 
 static void on_entry(void *arg, const char *digest, uint64_t size, const char *why, bool removed)
 {
@@ -26,6 +29,12 @@ static void on_entry(void *arg, const char *digest, uint64_t size, const char *w
 
 int rp_verify_main(const struct rp_conf *conf)
 {
+    /* Opening creates a missing cache: a mistyped dir would be "verified", empty. */
+    struct stat sb;
+    if (stat(conf->cache.dir, &sb) != 0) {
+        fprintf(stderr, "regproxy verify: no cache at %s: %s\n", conf->cache.dir, strerror(errno));
+        return 1;
+    }
     struct rp_cache *c = rp_offline_open_cache(conf, "verify", 0);
     if (!c)
         return 1;

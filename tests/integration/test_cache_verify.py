@@ -86,7 +86,17 @@ def test_verify_removes_damaged_content(t):
           "the refetched blob was not cached again")
 
 
-def test_verify_needs_config(t):
+def test_verify_needs_config_and_cache(t):
     rc, out, err = _run(t, ["verify"], ok=False)
     eq(rc, 2, "verify without -c")
     check("-c FILE is required" in err, "verify without -c: %r" % err)
+    # A mistyped cache dir is an error, not an empty cache created and "verified".
+    missing = os.path.join(t.tmp, "no-such-cache")
+    conf = os.path.join(t.tmp, "v.conf")
+    with open(conf, "w") as f:
+        f.write('[listen "127.0.0.1:%d"]\n[cache]\ndir = %s\n[registry "r.example"]\n'
+                "offline = yes\n[admin]\nlisten = off\n" % (lib.free_port(), missing))
+    rc, out, err = _run(t, ["verify", "-c", conf], ok=False)
+    eq(rc, 1, "verify of a cache dir that does not exist")
+    check(("no cache at %s" % missing) in err, "its message: %r" % err)
+    check(not os.path.exists(missing), "verify created the missing cache dir")
