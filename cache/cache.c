@@ -2325,6 +2325,79 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
 
 /* ---- scrub ---- */
 
+int rp_cache_check_fd(int fd, const char *digest, uint64_t size, uint64_t bytes_per_s,
+                      const atomic_bool *stop, char *why, size_t whylen)
+{
+    struct digest d;
+    if (parse_digest(digest, &d) != 0)
+        return RP_CACHE_E_INVALID;
+    why[0] = '\0';
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int rc = md && EVP_DigestInit_ex(md, algo_md(d.algo), NULL) == 1 ? RP_CACHE_OK : RP_CACHE_E_IO;
+    enum { CHUNK = 1 << 20 };
+    char *buf = rp_xmalloc(CHUNK);
+    uint64_t total = 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (rc == RP_CACHE_OK) {
+        if (stop && atomic_load(stop)) {
+            snprintf(why, whylen, "stopped");
+            rc = RP_CACHE_E_IO;
+            break;
+        }
+        ssize_t n = read(fd, buf, CHUNK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(why, whylen, "reading: %s", strerror(errno));
+            rc = RP_CACHE_E_IO;
+        } else if (n == 0) {
+            break;
+        } else if (EVP_DigestUpdate(md, buf, (size_t)n) != 1) {
+            rc = RP_CACHE_E_IO;
+        } else {
+            total += (uint64_t)n;
+        }
+        if (rc == RP_CACHE_OK && bytes_per_s) {
+            /* Ahead of the rate: sleep off the difference, in slices short enough that a
+             * stop is noticed. */
+            double due = (double)total / (double)bytes_per_s;
+            for (;;) {
+                struct timespec now;
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                double spent =
+                    (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
+                if (spent >= due || (stop && atomic_load(stop)))
+                    break;
+                double nap = due - spent < 0.1 ? due - spent : 0.1;
+                struct timespec ts = {0, (long)(nap * 1e9)};
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int outlen = 0;
+    if (rc == RP_CACHE_OK && total != size) {
+        snprintf(why, whylen, "%llu bytes, %llu expected", (unsigned long long)total,
+                 (unsigned long long)size);
+        rc = RP_CACHE_E_SIZE;
+    } else if (rc == RP_CACHE_OK && EVP_DigestFinal_ex(md, out, &outlen) != 1) {
+        rc = RP_CACHE_E_IO;
+    } else if (rc == RP_CACHE_OK &&
+               (outlen != algos[d.algo].rawlen || memcmp(out, d.raw, outlen) != 0)) {
+        struct digest got;
+        digest_from_raw(d.algo, out, &got);
+        snprintf(why, whylen, "its %llu bytes hash to %s", (unsigned long long)total, got.str);
+        rc = RP_CACHE_E_DIGEST;
+    }
+    if (rc == RP_CACHE_E_IO && !why[0])
+        snprintf(why, whylen, "hashing failed");
+    free(buf);
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
 /* Hashes the blob file of e; RP_CACHE_OK, E_DIGEST or E_SIZE with *why set, or E_IO with
  * errno's text in *why. */
 static int blob_check(struct rp_cache *c, const struct entry *e, const struct digest *d, char *why,
@@ -2338,56 +2411,55 @@ static int blob_check(struct rp_cache *c, const struct entry *e, const struct di
         snprintf(why, whylen, "%s: %s", rel, strerror(e2));
         return e2 == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO;
     }
-    if ((uint64_t)st.st_size != e->size) {
-        close(fd);
-        snprintf(why, whylen, "%llu bytes, %llu expected", (unsigned long long)st.st_size,
-                 (unsigned long long)e->size);
-        return RP_CACHE_E_SIZE;
-    }
-    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    int rc = md && EVP_DigestInit_ex(md, algo_md(d->algo), NULL) == 1 ? RP_CACHE_OK : RP_CACHE_E_IO;
-    enum { CHUNK = 1 << 20 };
-    char *buf = rp_xmalloc(CHUNK);
-    uint64_t total = 0;
-    while (rc == RP_CACHE_OK) {
-        ssize_t n = read(fd, buf, CHUNK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            snprintf(why, whylen, "%s: reading: %s", rel, strerror(errno));
-            rc = RP_CACHE_E_IO;
-        } else if (n == 0) {
-            break;
-        } else if (EVP_DigestUpdate(md, buf, (size_t)n) != 1) {
-            rc = RP_CACHE_E_IO;
-        } else {
-            total += (uint64_t)n;
-        }
-    }
-    unsigned char out[EVP_MAX_MD_SIZE];
-    unsigned int outlen = 0;
-    if (rc == RP_CACHE_OK && total != e->size) {
-        snprintf(why, whylen, "%llu bytes read, %llu expected", (unsigned long long)total,
-                 (unsigned long long)e->size);
-        rc = RP_CACHE_E_SIZE;
-    } else if (rc == RP_CACHE_OK && EVP_DigestFinal_ex(md, out, &outlen) != 1) {
-        rc = RP_CACHE_E_IO;
-    } else if (rc == RP_CACHE_OK &&
-               (outlen != algos[d->algo].rawlen || memcmp(out, d->raw, outlen) != 0)) {
-        struct digest got;
-        digest_from_raw(d->algo, out, &got);
-        snprintf(why, whylen, "its %llu bytes hash to %s", (unsigned long long)total, got.str);
-        rc = RP_CACHE_E_DIGEST;
-    }
-    if (rc == RP_CACHE_E_IO && !why[0])
-        snprintf(why, whylen, "%s: hashing failed", rel);
+    int rc = rp_cache_check_fd(fd, d->str, e->size, 0, NULL, why, whylen);
     /* A scrub of a cache larger than memory would otherwise push out what serving needs. */
     (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    free(buf);
-    EVP_MD_CTX_free(md);
     close(fd);
     return rc;
+}
+
+size_t rp_cache_blobs_each(struct rp_cache *c, rp_cache_blob_fn fn, void *arg)
+{
+    size_t n = 0;
+    for (size_t i = 0; c && i < c->nbuckets; i++)
+        for (struct entry *e = c->buckets[i]; e; e = e->hnext)
+            if (e->present && e->kind == RP_CACHE_BLOB) {
+                struct digest d;
+                digest_from_raw(e->algo, e->raw, &d);
+                fn(arg, d.str, e->size);
+                n++;
+            }
+    return n;
+}
+
+char *rp_cache_blob_path(const struct rp_cache *c, const char *digest)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0)
+        return NULL;
+    char rel[REL_MAX];
+    entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d.algo, dhex(&d));
+    return rp_xasprintf("%s/%s", c->dir, rel);
+}
+
+int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uint64_t ino)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0)
+        return RP_CACHE_E_INVALID;
+    struct entry *e = index_find(c, RP_CACHE_BLOB, d.algo, d.raw);
+    if (!e || !e->present)
+        return RP_CACHE_E_NOENT;
+    char rel[REL_MAX];
+    entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d.algo, dhex(&d));
+    struct stat st;
+    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || (uint64_t)st.st_dev != dev ||
+        (uint64_t)st.st_ino != ino)
+        return RP_CACHE_E_NOENT;
+    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+        rp_warn("cache: removing %s: %s", rel, strerror(errno));
+    index_forget(c, e);
+    return RP_CACHE_OK;
 }
 
 int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,

@@ -10,6 +10,7 @@
 #ifndef RP_CACHE_H
 #define RP_CACHE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -236,6 +237,26 @@ typedef void (*rp_cache_verify_fn)(void *arg, const char *digest, uint64_t size,
  * Returns RP_CACHE_OK or E_INVALID. */
 int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
                     struct rp_cache_verify_stats *out);
+
+/* --- online scrub (proxy/scrub.c): the loop lists, a worker thread checks, the loop drops --- */
+/* Calls fn for every published blob: its digest and size. Returns how many. */
+typedef void (*rp_cache_blob_fn)(void *arg, const char *digest, uint64_t size);
+size_t rp_cache_blobs_each(struct rp_cache *c, rp_cache_blob_fn fn, void *arg);
+/* The absolute path of a blob's file, published or not (NULL for an invalid digest); the
+ * caller frees it. For a worker thread to open without touching the cache. */
+char *rp_cache_blob_path(const struct rp_cache *c, const char *digest);
+/* Reads fd to its end and checks what it holds against digest and size: RP_CACHE_OK,
+ * E_DIGEST or E_SIZE (why says what it holds), E_IO (why says which call failed), or
+ * E_INVALID for a bad digest. bytes_per_s > 0 paces the reads to that rate; *stop, when set
+ * by another thread, ends the check early with E_IO. Touches no cache: any thread may call
+ * it. */
+int rp_cache_check_fd(int fd, const char *digest, uint64_t size, uint64_t bytes_per_s,
+                      const atomic_bool *stop, char *why, size_t whylen);
+/* Removes a published blob found damaged by such a check, if its file is still the one that
+ * was checked (same device and inode: it may have been evicted and fetched again since).
+ * Readers holding the file keep their descriptor. RP_CACHE_OK when removed, E_NOENT when
+ * there was nothing (or something newer) to remove. */
+int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uint64_t ino);
 
 /* Evicts least recently used, unpinned, unused entries until the store is at most
  * max_size. Returns how many were evicted. Called after each commit by the cache itself

@@ -146,6 +146,27 @@ static const struct rp_conf_option options[] = {
      .offset = CACHE_F(offline),
      .help = "every registry is offline (see offline in [registry]): a disconnected proxy "
              "serving mirrored or imported content"},
+    {.section = RP_CONF_SECTION_CACHE,
+     .key = "scrub_interval",
+     .type = RP_CONF_DURATION,
+     .default_text = "0",
+     .min = 0,
+     .max = STALE_MAX_MS,
+     .offset = CACHE_F(scrub_interval_ms),
+     .help = "while serving, re-read every cached blob this often and check it against its "
+             "digest (0: never). Blobs are verified as they arrive and then served as stored, "
+             "so damage on disk that keeps a file's size would otherwise reach every client; "
+             "a damaged blob is removed and fetched again at the next pull. The first pass "
+             "starts one scrub_interval (at most 10m) after the start, each next one "
+             "scrub_interval after the last ended. regproxy verify does the same offline"},
+    {.section = RP_CONF_SECTION_CACHE,
+     .key = "scrub_rate",
+     .type = RP_CONF_SIZE,
+     .default_text = "50M",
+     .min = 1 << 20,
+     .max = SIZE_MAX_BYTES,
+     .offset = CACHE_F(scrub_rate),
+     .help = "bytes per second the scrub reads at most, leaving the disk to serving"},
 
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "url",

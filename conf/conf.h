@@ -93,6 +93,10 @@ struct rp_conf_cache {
     char **pins;          /* "REGISTRY/REPO" fnmatch patterns whose content is never evicted */
     size_t n_pins;
     bool offline; /* every registry is offline (copied into each rp_conf_registry.offline) */
+    /* serve re-reads every cached blob this often and checks its digest (0: never), at
+     * most scrub_rate bytes per second (proxy/scrub.c). */
+    int64_t scrub_interval_ms;
+    uint64_t scrub_rate;
 };
 
 /* A credential file the configuration read (or a listener's certificate, key or htpasswd

@@ -257,6 +257,14 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
          "Cache writes given up because the disk was full and no eviction could make room.");
     rp_buf_addf(out, "regproxy_cache_disk_full_total %llu\n",
                 (unsigned long long)g->cache_disk_full);
+    head(out, "regproxy_cache_scrubbed_bytes_total", "counter",
+         "Bytes of cached blobs the scrub (scrub_interval) read and checked.");
+    rp_buf_addf(out, "regproxy_cache_scrubbed_bytes_total %llu\n",
+                (unsigned long long)m->scrub_bytes);
+    head(out, "regproxy_cache_scrub_damaged_total", "counter",
+         "Cached blobs the scrub found damaged and removed.");
+    rp_buf_addf(out, "regproxy_cache_scrub_damaged_total %llu\n",
+                (unsigned long long)m->scrub_damaged);
     head(out, "regproxy_open_connections", "gauge", "Client connections open.");
     rp_buf_addf(out, "regproxy_open_connections %llu\n", (unsigned long long)g->open_connections);
     head(out, "regproxy_connections_refused_total", "counter",

@@ -56,7 +56,8 @@ struct rp_metrics {
     uint64_t cache[RP_METRICS_CACHE_RESULTS];
     uint64_t bytes_from_cache, bytes_from_upstream;
     uint64_t connections_refused;
-    struct rp_metrics_registry *regs; /* one per configured registry */
+    uint64_t scrub_bytes, scrub_damaged; /* [cache] scrub_interval (scrub.c) */
+    struct rp_metrics_registry *regs;    /* one per configured registry */
     size_t n_regs;
     uint64_t (*tls_fails)[RP_TLS_FAILS]; /* one row per listener, by enum rp_tls_fail */
     size_t n_listeners;

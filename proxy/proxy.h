@@ -21,6 +21,7 @@
 #include "http_parse.h"
 #include "metrics.h"
 #include "offline.h"
+#include "scrub.h"
 #include "syncer.h"
 #include "route.h"
 #include "upstream.h"
@@ -398,6 +399,7 @@ struct rp_server {
      * one rp_cache_sync queued at a time, and one more if writes came meanwhile. */
     struct rp_syncer *durable;
     bool durable_queued, durable_again;
+    struct rp_scrub *scrub;             /* serve: [cache] scrub_interval (scrub.h) */
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
     size_t n_fills;
     /* Sizes of blobs that fills started behind a multipart range (which gives no size)

@@ -166,6 +166,11 @@ int rp_reload(struct rp_server *srv, const char *why)
     rp_cache_set_max_size(srv->cache, run->cache.max_size);
     SWAP(run->cache.tag_ttl_ms, fresh->cache.tag_ttl_ms);
     SWAP(run->cache.max_stale_ms, fresh->cache.max_stale_ms);
+    bool scrub_changed = run->cache.scrub_interval_ms != fresh->cache.scrub_interval_ms;
+    SWAP(run->cache.scrub_interval_ms, fresh->cache.scrub_interval_ms);
+    SWAP(run->cache.scrub_rate, fresh->cache.scrub_rate);
+    if (scrub_changed)
+        rp_scrub_reconfigured(srv->scrub);
     bool patterns_changed = !same_pin_patterns(run, fresh);
     SWAP(run->cache.pins, fresh->cache.pins);
     SWAP(run->cache.n_pins, fresh->cache.n_pins);

@@ -1973,6 +1973,8 @@ void rp_server_fini(struct rp_server *srv)
             conn_free(c);
         }
     in_pool_free(srv);
+    rp_scrub_free(srv->scrub); /* stops a pass within about 100 ms */
+    srv->scrub = NULL;
     rp_syncer_free(srv->hasher); /* its jobs' waiters are gone with the connections */
     srv->hasher = NULL;
     if (srv->checks_running.tqh_last)
@@ -2104,6 +2106,7 @@ int rp_server_run(struct rp_conf *conf)
     srv.durable = rp_syncer_new(srv.base);
     if (srv.durable)
         rp_cache_set_sync_hook(srv.cache, durable_request, &srv);
+    srv.scrub = rp_scrub_new(&srv);
     raise_nofile(conf);
     srv.n_listeners = conf->n_listens;
     srv.listeners = rp_xcalloc(conf->n_listens, sizeof(*srv.listeners));

@@ -2077,6 +2077,86 @@ static void test_verify(void)
     rm_rf(dir);
 }
 
+static void count_blob(void *arg, const char *digest, uint64_t size)
+{
+    (void)digest;
+    ((uint64_t *)arg)[0]++;
+    ((uint64_t *)arg)[1] += size;
+}
+
+/* The online scrub's pieces: blobs listed, a file checked on any thread (paced, stoppable),
+ * and a damaged blob dropped only while its file is the one that was checked. */
+static void test_scrub_parts(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    char a[RP_CACHE_DIGEST_BUF], b[RP_CACHE_DIGEST_BUF];
+    char *big = sized(2u << 20, 3);
+    CHECK_INT(put_blob(c, "scrub me", a), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, big, b), RP_CACHE_OK);
+    char *m = json_manifest(1, 2), md[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    uint64_t seen[2] = {0, 0};
+    CHECK_INT((int)rp_cache_blobs_each(c, count_blob, seen), 2); /* blobs only */
+    CHECK(seen[0] == 2 && seen[1] == strlen("scrub me") + (2u << 20));
+
+    char *pa = rp_cache_blob_path(c, a), *pb = rp_cache_blob_path(c, b);
+    char *want = obj_path(dir, "blobs", a);
+    CHECK_STR(pa, want);
+    CHECK(rp_cache_blob_path(c, "sha256:nothex") == NULL);
+    char why[256];
+    int fd = open(pb, O_RDONLY);
+    /* 2 MiB at 8 MiB/s: paced to about a quarter of a second. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_INT(rp_cache_check_fd(fd, b, 2u << 20, 8u << 20, NULL, why, sizeof(why)), RP_CACHE_OK);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double spent = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    CHECK(spent >= 0.2);
+    lseek(fd, 0, SEEK_SET);
+    atomic_bool stop;
+    atomic_init(&stop, true);
+    CHECK_INT(rp_cache_check_fd(fd, b, 2u << 20, 0, &stop, why, sizeof(why)), RP_CACHE_E_IO);
+    CHECK_STR(why, "stopped");
+    lseek(fd, 0, SEEK_SET);
+    CHECK_INT(rp_cache_check_fd(fd, b, (2u << 20) + 1, 0, NULL, why, sizeof(why)), RP_CACHE_E_SIZE);
+    close(fd);
+
+    /* Damaged in place: dropped while it is the same file. */
+    spit(pa, "scrub mE", 8);
+    struct stat st;
+    CHECK(stat(pa, &st) == 0);
+    fd = open(pa, O_RDONLY);
+    CHECK_INT(rp_cache_check_fd(fd, a, 8, 0, NULL, why, sizeof(why)), RP_CACHE_E_DIGEST);
+    close(fd);
+    CHECK(strncmp(why, "its 8 bytes hash to sha256:", 27) == 0);
+    /* Replaced meanwhile (evicted, fetched again: another inode): left alone. */
+    char *moved = rp_xasprintf("%s.old", pa);
+    CHECK(rename(pa, moved) == 0);
+    spit(pa, "scrub me", 8);
+    CHECK_INT(rp_cache_blob_drop(c, a, (uint64_t)st.st_dev, (uint64_t)st.st_ino), RP_CACHE_E_NOENT);
+    CHECK(blob_is(c, a, "scrub me"));
+    struct stat st2;
+    CHECK(stat(pa, &st2) == 0);
+    CHECK_INT(rp_cache_blob_drop(c, a, (uint64_t)st2.st_dev, (uint64_t)st2.st_ino), RP_CACHE_OK);
+    CHECK(!exists(pa));
+    CHECK(!has_blob(c, a));
+    CHECK_INT(rp_cache_blob_drop(c, a, (uint64_t)st2.st_dev, (uint64_t)st2.st_ino),
+              RP_CACHE_E_NOENT);
+    CHECK(blob_is(c, b, big));
+    unlink(moved);
+
+    free(moved);
+    free(want);
+    free(pa);
+    free(pb);
+    free(m);
+    free(big);
+    rp_cache_close(c);
+    rm_rf(dir);
+}
+
 /* Symlinks planted in the cache directory never make the cache delete, truncate or create
  * files outside it: a tmp/ that points elsewhere is refused (open empties tmp/), as are the
  * other top directories (publishing and eviction would go through them) and a lock file that
@@ -2921,6 +3001,7 @@ int main(void)
     RUN(test_blob_vanished);
     RUN(test_blob_resized);
     RUN(test_verify);
+    RUN(test_scrub_parts);
     RUN(test_planted_symlinks);
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);

@@ -73,6 +73,8 @@ static void test_default_text(void)
     CHECK_STR(c->cache.dir, "/var/cache/regproxy");
     CHECK(c->cache.max_size == 100ULL << 30);
     CHECK_INT(c->cache.tag_ttl_ms, 600000);
+    CHECK(c->cache.scrub_interval_ms == 0);
+    CHECK(c->cache.scrub_rate == 50ULL << 20);
 
     const struct rp_conf_registry *r = &c->registries[0];
     CHECK_STR(r->name, "registry.redhat.io");
@@ -428,6 +430,8 @@ static void test_syntax_errors(void)
     CHECK_STR(err, "");
     CHECK(named && named->n_registries == 3);
     rp_conf_free(named);
+    expect_err("[listen \"127.0.0.1:1\"]\n[cache]\nscrub_rate = 1K\n",
+               "test.conf:3: 'scrub_rate' in [cache] must be between 1M and 1048576T");
     expect_err(MINIMAL "[registry]\n",
                "test.conf:4: section [registry] needs a name: [registry \"NAME\"]");
     expect_err(MINIMAL "[listen]\n",

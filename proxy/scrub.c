@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* scrub: see scrub.h. A pass lists the cache's blobs on the loop, then hands them to the
+ * worker one at a time; the loop never waits for it, and it touches nothing of the cache's
+ * but the file it was given. */
+#include "scrub.h"
+
+#include "offline.h" /* rp_format_bytes */
+#include "proxy.h"
+
+#include "../util/util.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The first pass waits one scrub_interval, but no longer than this, after the start (or a
+ * reload that changed the interval): a proxy restarted more often than the interval would
+ * otherwise never scrub. */
+#define FIRST_PASS_MAX_MS (10 * 60 * 1000)
+
+struct scrub_blob {
+    char *digest;
+    uint64_t size;
+};
+
+struct rp_scrub {
+    struct rp_server *srv;
+    struct rp_syncer *worker;
+    struct event *timer;
+    atomic_bool stop;
+    struct scrub_blob *list; /* the pass's blobs, as listed when it began */
+    size_t n, cap, next;
+    bool busy; /* a job is with the worker */
+    int64_t pass_start_ms;
+    uint64_t pass_bytes, pass_damaged;
+};
+
+struct scrub_job {
+    struct rp_scrub *s;
+    char *digest, *path;
+    uint64_t size, rate;
+    int rc;
+    uint64_t dev, ino;
+    char why[256];
+};
+
+static void arm(struct rp_scrub *s, int64_t ms)
+{
+    event_del(s->timer);
+    if (ms <= 0)
+        return;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    event_add(s->timer, &tv);
+}
+
+static int64_t first_delay(const struct rp_scrub *s)
+{
+    int64_t iv = s->srv->conf->cache.scrub_interval_ms;
+    return iv < FIRST_PASS_MAX_MS ? iv : FIRST_PASS_MAX_MS;
+}
+
+static void list_blob(void *arg, const char *digest, uint64_t size)
+{
+    struct rp_scrub *s = arg;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 64;
+        s->list = rp_xrealloc(s->list, s->cap * sizeof(*s->list));
+    }
+    s->list[s->n++] = (struct scrub_blob){rp_xstrdup(digest), size};
+}
+
+static void list_free(struct rp_scrub *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->list[i].digest);
+    free(s->list);
+    s->list = NULL;
+    s->n = s->cap = s->next = 0;
+}
+
+/* On the worker: the file as it is now against its digest. */
+static void job_work(void *arg)
+{
+    struct scrub_job *j = arg;
+    int fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        j->rc = errno == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO; /* ENOENT: evicted since */
+        snprintf(j->why, sizeof(j->why), "%s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    j->dev = (uint64_t)st.st_dev;
+    j->ino = (uint64_t)st.st_ino;
+    if ((uint64_t)st.st_size != j->size) {
+        snprintf(j->why, sizeof(j->why), "%llu bytes, %llu expected",
+                 (unsigned long long)st.st_size, (unsigned long long)j->size);
+        j->rc = RP_CACHE_E_SIZE;
+    } else {
+        j->rc =
+            rp_cache_check_fd(fd, j->digest, j->size, j->rate, &j->s->stop, j->why, sizeof(j->why));
+    }
+    close(fd);
+}
+
+static void next_blob(struct rp_scrub *s);
+
+/* On the loop: acts on the verdict, then sends the next blob. */
+static void job_done(void *arg)
+{
+    struct scrub_job *j = arg;
+    struct rp_scrub *s = j->s;
+    struct rp_server *srv = s->srv;
+    s->busy = false;
+    if (j->rc == RP_CACHE_OK || j->rc == RP_CACHE_E_DIGEST) {
+        s->pass_bytes += j->size;
+        srv->metrics.scrub_bytes += j->size;
+    }
+    if (j->rc == RP_CACHE_E_DIGEST || j->rc == RP_CACHE_E_SIZE) {
+        if (rp_cache_blob_drop(srv->cache, j->digest, j->dev, j->ino) == RP_CACHE_OK) {
+            rp_warn("cache scrub: blob %s is damaged (%s); removed: the next pull fetches it "
+                    "again",
+                    j->digest, j->why);
+            s->pass_damaged++;
+            srv->metrics.scrub_damaged++;
+        } else {
+            rp_debug("cache scrub: blob %s was replaced while it was checked", j->digest);
+        }
+    } else if (j->rc == RP_CACHE_E_IO && !atomic_load(&s->stop)) {
+        rp_warn("cache scrub: blob %s: %s; kept", j->digest, j->why);
+    }
+    free(j->digest);
+    free(j->path);
+    free(j);
+    if (!atomic_load(&s->stop))
+        next_blob(s);
+}
+
+static void next_blob(struct rp_scrub *s)
+{
+    struct rp_server *srv = s->srv;
+    while (s->next < s->n) {
+        struct scrub_blob *b = &s->list[s->next++];
+        /* Evicted since the pass began: nothing to check. */
+        if (!rp_cache_blob_present(srv->cache, b->digest))
+            continue;
+        struct scrub_job *j = rp_xcalloc(1, sizeof(*j));
+        j->s = s;
+        j->digest = b->digest;
+        b->digest = NULL;
+        j->path = rp_cache_blob_path(srv->cache, j->digest);
+        j->size = b->size;
+        j->rate = srv->conf->cache.scrub_rate;
+        s->busy = true;
+        rp_syncer_submit(s->worker, job_work, job_done, j);
+        return;
+    }
+    char bytes[32];
+    rp_format_bytes(s->pass_bytes, bytes, sizeof(bytes));
+    rp_info("cache scrub: %zu blobs (%s) checked in %.1f s; %llu damaged", s->n, bytes,
+            (double)(rp_now_ms() - s->pass_start_ms) / 1000.0, (unsigned long long)s->pass_damaged);
+    list_free(s);
+    arm(s, srv->conf->cache.scrub_interval_ms);
+}
+
+static void pass_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rp_scrub *s = arg;
+    if (s->busy || s->list || s->srv->conf->cache.scrub_interval_ms <= 0)
+        return;
+    s->pass_start_ms = rp_now_ms();
+    s->pass_bytes = s->pass_damaged = 0;
+    rp_cache_blobs_each(s->srv->cache, list_blob, s);
+    if (s->n == 0)
+        s->list = rp_xcalloc(1, sizeof(*s->list)); /* a pass, even of nothing */
+    next_blob(s);
+}
+
+struct rp_scrub *rp_scrub_new(struct rp_server *srv)
+{
+    struct rp_scrub *s = rp_xcalloc(1, sizeof(*s));
+    s->srv = srv;
+    atomic_init(&s->stop, false);
+    s->worker = rp_syncer_new(srv->base);
+    s->timer = evtimer_new(srv->base, pass_cb, s);
+    if (!s->worker || !s->timer) {
+        rp_error("cache scrub: cannot start its thread or timer; no scrub");
+        rp_syncer_free(s->worker);
+        if (s->timer)
+            event_free(s->timer);
+        free(s);
+        return NULL;
+    }
+    arm(s, first_delay(s));
+    return s;
+}
+
+void rp_scrub_reconfigured(struct rp_scrub *s)
+{
+    if (s && !s->busy && !s->list)
+        arm(s, first_delay(s));
+}
+
+void rp_scrub_free(struct rp_scrub *s)
+{
+    if (!s)
+        return;
+    atomic_store(&s->stop, true);
+    rp_syncer_free(s->worker); /* the job under way ends early; its done runs here */
+    event_free(s->timer);
+    list_free(s);
+    free(s);
+}
