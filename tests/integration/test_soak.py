@@ -4,11 +4,11 @@ aborted downloads, manifests by tag and digest with assorted Accept lists, HEADs
 pipelined requests, garbage) on a plain and a TLS listener, and logins right, wrong and
 missing on a listener with client accounts, while the cache evicts under a small max_size,
 tags expire every second, the configuration is reloaded, the upstream goes away and comes
-back, the proxy is killed (SIGKILL) and restarted, and a second registry serves the same
-blobs and manifests damaged.
+back, the proxy is killed (SIGKILL) and restarted, a second registry serves the same blobs
+and manifests damaged, and the scrub re-reads the cache every second.
 What must hold: every 200 or 206 the proxy finishes carries exactly the bytes its digest or
 range names, no wrong or missing login gets content, the cache holds only verified content,
-and the sanitizer build reports nothing (checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
+the scrub removes nothing (nothing damaged reached the disk), and the sanitizer build reports nothing (checked when the proxy stops). SOAK_SECONDS sets the length (default 30), SOAK_SEED the
 random seed (printed)."""
 import base64
 import json
@@ -79,7 +79,8 @@ def test_soak(t):
                 listeners=[{"default": reg.name},
                            {"default": reg.name, "tls_cert": crt, "tls_key": key},
                            {"default": reg.name, "htpasswd": htp}],
-                cache={"max_size": "105M", "max_stale": "1h"})
+                cache={"max_size": "105M", "max_stale": "1h", "scrub_interval": "1s",
+                       "scrub_rate": "200M"})
     bad = []
     stats = {}
     lock = threading.Lock()
@@ -332,6 +333,12 @@ def test_soak(t):
     # Whatever was in flight has settled: everything under blobs/ and manifests/ verifies.
     time.sleep(1)
     lib.check_cache_store(p.cache_dir, "after the soak: ")
+    # The scrub ran all along (passes every second, through evictions, fills and crashes) and
+    # must never have taken an intact blob for a damaged one: nothing damaged reached disk.
+    log = p.log_text()
+    check("cache scrub: " in log, "no scrub pass completed during the soak")
+    damaged = [line for line in log.splitlines() if "cache scrub: blob" in line]
+    check(not damaged, "the scrub removed blobs during the soak: %s" % damaged[:3])
     st, _, _ = p.raw("GET", "/v2/")
     check(st == 200, "the proxy answers /v2/ after the soak (%s)" % st)
 
