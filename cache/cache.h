@@ -253,7 +253,8 @@ char *rp_cache_blob_path(const struct rp_cache *c, const char *digest);
 int rp_cache_check_fd(int fd, const char *digest, uint64_t size, uint64_t bytes_per_s,
                       const atomic_bool *stop, char *why, size_t whylen);
 /* Removes a published blob found damaged by such a check, if its file is still the one that
- * was checked (same device and inode: it may have been evicted and fetched again since).
+ * was checked (same device and inode: it may have been evicted and fetched again since; the
+ * checker keeps its descriptor open until this returns, so that the inode is not reused).
  * Readers holding the file keep their descriptor. RP_CACHE_OK when removed, E_NOENT when
  * there was nothing (or something newer) to remove. */
 int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uint64_t ino);

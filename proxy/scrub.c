@@ -45,6 +45,9 @@ struct scrub_job {
     char *digest, *path;
     uint64_t size, rate;
     int rc;
+    /* Open from the check until the loop has acted on it: while it is open its inode cannot
+     * be freed and given to a new file, so dev and ino name the checked file and no other. */
+    int fd;
     uint64_t dev, ino;
     char why[256];
 };
@@ -87,13 +90,11 @@ static void list_free(struct rp_scrub *s)
 static void job_work(void *arg)
 {
     struct scrub_job *j = arg;
-    int fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = j->fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
         j->rc = errno == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO; /* ENOENT: evicted since */
         snprintf(j->why, sizeof(j->why), "%s", strerror(errno));
-        if (fd >= 0)
-            close(fd);
         return;
     }
     j->dev = (uint64_t)st.st_dev;
@@ -106,7 +107,6 @@ static void job_work(void *arg)
         j->rc =
             rp_cache_check_fd(fd, j->digest, j->size, j->rate, &j->s->stop, j->why, sizeof(j->why));
     }
-    close(fd);
 }
 
 static void next_blob(struct rp_scrub *s);
@@ -135,6 +135,8 @@ static void job_done(void *arg)
     } else if (j->rc == RP_CACHE_E_IO && !atomic_load(&s->stop)) {
         rp_warn("cache scrub: blob %s: %s; kept", j->digest, j->why);
     }
+    if (j->fd >= 0)
+        close(j->fd);
     free(j->digest);
     free(j->path);
     free(j);
@@ -157,6 +159,7 @@ static void next_blob(struct rp_scrub *s)
         j->path = rp_cache_blob_path(srv->cache, j->digest);
         j->size = b->size;
         j->rate = srv->conf->cache.scrub_rate;
+        j->fd = -1;
         s->busy = true;
         rp_syncer_submit(s->worker, job_work, job_done, j);
         return;
