@@ -265,6 +265,11 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
          "Cached blobs the scrub found damaged and removed.");
     rp_buf_addf(out, "regproxy_cache_scrub_damaged_total %llu\n",
                 (unsigned long long)m->scrub_damaged);
+    head(out, "regproxy_cache_scrub_last_pass_end_seconds", "gauge",
+         "Unix time the scrub last finished a pass over every cached blob (0: never since the "
+         "start).");
+    rp_buf_addf(out, "regproxy_cache_scrub_last_pass_end_seconds %lld\n",
+                (long long)m->scrub_last_pass_s);
     head(out, "regproxy_open_connections", "gauge", "Client connections open.");
     rp_buf_addf(out, "regproxy_open_connections %llu\n", (unsigned long long)g->open_connections);
     head(out, "regproxy_connections_refused_total", "counter",

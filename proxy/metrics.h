@@ -57,6 +57,7 @@ struct rp_metrics {
     uint64_t bytes_from_cache, bytes_from_upstream;
     uint64_t connections_refused;
     uint64_t scrub_bytes, scrub_damaged; /* [cache] scrub_interval (scrub.c) */
+    int64_t scrub_last_pass_s;           /* Unix time the last whole pass ended; 0: none */
     struct rp_metrics_registry *regs;    /* one per configured registry */
     size_t n_regs;
     uint64_t (*tls_fails)[RP_TLS_FAILS]; /* one row per listener, by enum rp_tls_fail */

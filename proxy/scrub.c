@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The first pass waits one scrub_interval, but no longer than this, after the start (or a
@@ -168,6 +169,7 @@ static void next_blob(struct rp_scrub *s)
     rp_format_bytes(s->pass_bytes, bytes, sizeof(bytes));
     rp_info("cache scrub: %zu blobs (%s) checked in %.1f s; %llu damaged", s->n, bytes,
             (double)(rp_now_ms() - s->pass_start_ms) / 1000.0, (unsigned long long)s->pass_damaged);
+    srv->metrics.scrub_last_pass_s = (int64_t)time(NULL);
     list_free(s);
     arm(s, srv->conf->cache.scrub_interval_ms);
 }

@@ -29,6 +29,7 @@ def test_scrub_removes_a_damaged_blob(t):
     reg = t.s.anon_registry
     p = t.proxy(registries=[reg.conf("registry.anon.test")],
                 cache={"scrub_interval": "1s", "scrub_rate": "100M"})
+    started = time.time()
     t.pull(p, "ns/multi:v1")
     blobs = lib.cache_digests(p.cache_dir, "blobs")
     total = sum(blobs.values())
@@ -36,6 +37,10 @@ def test_scrub_removes_a_damaged_blob(t):
     lib.wait_until(lambda: _metric(p, "regproxy_cache_scrubbed_bytes_total") >= total, 30,
                    "a scrub pass over the %d cached bytes" % total)
     eq(_metric(p, "regproxy_cache_scrub_damaged_total"), 0, "blobs the scrub removed, intact")
+    lib.wait_until(lambda: _metric(p, "regproxy_cache_scrub_last_pass_end_seconds")
+                   >= started - 1, 30, "the end of a whole pass in the last-pass gauge")
+    check(_metric(p, "regproxy_cache_scrub_last_pass_end_seconds") <= time.time() + 1,
+          "the last-pass gauge is in the future")
     eq(lib.cache_digests(p.cache_dir, "blobs"), blobs, "the cached blobs after a clean pass")
 
     blob = max(blobs, key=lambda d: blobs[d])
@@ -71,6 +76,7 @@ def test_scrub_off_by_default_and_on_by_reload(t):
     t.pull(p, "ns/multi:v1")
     time.sleep(1.5)
     eq(_metric(p, "regproxy_cache_scrubbed_bytes_total"), 0, "bytes scrubbed with no interval")
+    eq(_metric(p, "regproxy_cache_scrub_last_pass_end_seconds"), 0, "the last pass, with none")
     blobs = lib.cache_digests(p.cache_dir, "blobs")
     p.cache.update({"scrub_interval": "1s", "scrub_rate": "100M"})
     p.write_conf()
