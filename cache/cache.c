@@ -1042,6 +1042,19 @@ static void index_forget(struct rp_cache *c, struct entry *e)
         index_free_entry(c, e);
 }
 
+/* Removes the file of a damaged (or replaced) entry and forgets it. A file that will not go
+ * is still forgotten: served, it would fail every client's check. */
+static void remove_entry_file(struct rp_cache *c, struct entry *e)
+{
+    struct digest d;
+    char rel[REL_MAX];
+    digest_from_raw(e->algo, e->raw, &d);
+    entry_rel(rel, sizeof(rel), e->kind, e->algo, dhex(&d));
+    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+        rp_warn("cache: removing %s: %s", rel, strerror(errno));
+    index_forget(c, e);
+}
+
 static void index_clear(struct rp_cache *c)
 {
     mm_clear(c); /* before the entries its copies point back to */
@@ -1778,9 +1791,7 @@ int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_b
         close(fd);
         rp_warn("cache: %s is damaged (%llu bytes, %llu expected); removed", rel,
                 (unsigned long long)st.st_size, (unsigned long long)e->size);
-        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-            rp_warn("cache: removing %s: %s", rel, strerror(errno));
-        index_forget(c, e);
+        remove_entry_file(c, e);
         return RP_CACHE_E_CORRUPT;
     }
     touch(c, e);
@@ -2144,9 +2155,7 @@ static int manifest_read(struct rp_cache *c, struct entry *e, const struct diges
         index_forget(c, e);
     } else if (rc == RP_CACHE_E_CORRUPT) {
         rp_warn("cache: %s is damaged; removed", rel);
-        if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-            rp_warn("cache: removing %s: %s", rel, strerror(errno));
-        index_forget(c, e);
+        remove_entry_file(c, e);
     } else if (rc == RP_CACHE_OK) {
         touch(c, e);
     }
@@ -2456,9 +2465,7 @@ int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uin
     if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || (uint64_t)st.st_dev != dev ||
         (uint64_t)st.st_ino != ino)
         return RP_CACHE_E_NOENT;
-    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-        rp_warn("cache: removing %s: %s", rel, strerror(errno));
-    index_forget(c, e);
+    remove_entry_file(c, e);
     return RP_CACHE_OK;
 }
 
@@ -2512,11 +2519,7 @@ int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
             st.blob_bytes += e->size;
             rc = blob_check(c, e, d, why, sizeof(why));
             if (rc == RP_CACHE_E_DIGEST || rc == RP_CACHE_E_SIZE) {
-                char rel[REL_MAX];
-                entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d->algo, dhex(d));
-                if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-                    rp_warn("cache: removing %s: %s", rel, strerror(errno));
-                index_forget(c, e);
+                remove_entry_file(c, e);
                 rc = RP_CACHE_E_CORRUPT;
             } else if (rc == RP_CACHE_E_NOENT) {
                 index_forget(c, e); /* deleted behind our back: nothing to serve, nor to report */

@@ -1008,8 +1008,9 @@ static void lookup(struct rp_req *r)
             start_fetch(r, true, false);
             return;
         }
-        if (running && r->confirmed && r->confirmed_len >= 0 && rp_fill_length(running) >= 0 &&
-            rp_fill_length(running) != r->confirmed_len) {
+        int64_t running_len = running ? rp_fill_length(running) : -1;
+        if (r->confirmed && r->confirmed_len >= 0 && running_len >= 0 &&
+            running_len != r->confirmed_len) {
             /* This repository's registry gives the digest another length than the download
              * under way (from another registry or repository) was announced with: one of
              * them is wrong, and a reader of that download would get its length, then a cut

@@ -921,11 +921,17 @@ static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *inf
  * better than uncapped). */
 #define SENDFILE_CHUNK (256u * 1024)
 
+/* What the next sendfile asks for. */
+static size_t file_piece(const struct rp_conn *c)
+{
+    return c->file_left < SENDFILE_CHUNK ? (size_t)c->file_left : SENDFILE_CHUNK;
+}
+
 /* Sends from the file body; <= 0 as write(2). */
 static ssize_t conn_send_file(struct rp_conn *c)
 {
     off_t off = (off_t)c->file_off;
-    size_t want = c->file_left < SENDFILE_CHUNK ? (size_t)c->file_left : SENDFILE_CHUNK;
+    size_t want = file_piece(c);
     ssize_t n = sendfile(c->fd, c->file_fd, &off, want);
     if (n > 0) {
         c->file_off += (uint64_t)n;
@@ -952,9 +958,7 @@ static void conn_write(struct rp_conn *c)
     bool file_done = false;
     for (int i = 0; i < WRITES_PER_CALLBACK && rp_conn_output_len(c); i++) {
         bool file = evbuffer_get_length(c->out) == 0;
-        size_t first = file
-                           ? (c->file_left < SENDFILE_CHUNK ? (size_t)c->file_left : SENDFILE_CHUNK)
-                           : evbuffer_get_contiguous_space(c->out);
+        size_t first = file ? file_piece(c) : evbuffer_get_contiguous_space(c->out);
         ssize_t n = file ? conn_send_file(c) : evbuffer_write(c->out, c->fd);
         if (n < 0 && !retriable(errno)) {
             rp_debug("conn %s: %s", c->peer, strerror(errno));
