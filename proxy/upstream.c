@@ -25,6 +25,7 @@ struct rp_xfer {
     struct rp_upstream *up;
     CURL *easy;
     struct curl_slist *req_headers;
+    char *post_body; /* a secret (an OAuth2 refresh token): ours, wiped at free */
     struct rp_xfer_cb cb;
     void *arg;
     struct rp_xfer_headers h;
@@ -86,6 +87,7 @@ static void xfer_free(struct rp_xfer *x)
         rp_secure_zero(l->data, strlen(l->data));
     curl_slist_free_all(x->req_headers);
     curl_easy_cleanup(x->easy);
+    rp_free_secret(x->post_body);
     free(x->proxy);
     free(x);
 }
@@ -505,9 +507,11 @@ struct rp_xfer *rp_upstream_start(struct rp_upstream *up, const struct rp_xfer_o
     if (o->head)
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     if (o->post_body) {
-        /* COPYPOSTFIELDS: curl keeps its own copy for the transfer's life. */
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(o->post_body));
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->post_body);
+        /* Our copy, not COPYPOSTFIELDS: curl would free its copy of the refresh token
+         * unwiped. POSTFIELDS reads ours, which outlives the easy handle. */
+        x->post_body = rp_xstrdup(o->post_body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(x->post_body));
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->post_body);
     }
     if (o->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
