@@ -223,6 +223,8 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
                         xe == RP_XFER_OK ? f->status : 0, rp_now_ms() - f->sent_ms);
     if (xe != RP_XFER_OK) {
         f->res.xfer_err = xe;
+        if (!f->res.status)
+            f->res.status = status; /* an answer refused in its head: upstream is reachable */
         if (f->res.fail == RP_FETCH_OK)
             f->res.fail = RP_FETCH_E_TRANSPORT;
         fail(f, f->res.fail, err); /* a res_err set before (drained_too_much) comes first */

@@ -33,8 +33,12 @@ struct rp_xfer {
     bool in_head; /* past a response's status line, before the blank line ending its head */
     bool headers_done;
     bool cancelled;
-    bool added;  /* in the multi handle (not while waiting for add_ev) */
-    char *proxy; /* the configured egress proxy (never credentials), for messages */
+    /* Why header_cb refused the answer (a static string), for the error in place of curl's
+     * "Failed writing received data to disk/application". */
+    const char *refused;
+    int line_status; /* of the status line being read: curl may not report it after a refusal */
+    bool added;      /* in the multi handle (not while waiting for add_ev) */
+    char *proxy;     /* the configured egress proxy (never credentials), for messages */
     char errbuf[CURL_ERROR_SIZE];
     TAILQ_ENTRY(rp_xfer) link;
 };
@@ -193,6 +197,11 @@ static void check_multi_info(struct rp_upstream *up)
                  * names only an address). */
                 snprintf(err, sizeof(err), "cannot reach the egress proxy %.160s: %s", x->proxy,
                          x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+            } else if (rc == CURLE_WRITE_ERROR && x->refused) {
+                snprintf(err, sizeof(err), "%s", x->refused);
+                if (status == 0) /* an answer arrived: not "unreachable" */
+                    status = x->line_status;
+                xe = RP_XFER_E_OTHER; /* upstream's answer, not our callbacks' choice */
             } else if (rc != CURLE_OK) {
                 snprintf(err, sizeof(err), "%s%s%s", curl_easy_strerror(rc),
                          x->errbuf[0] ? ": " : "", x->errbuf);
@@ -308,13 +317,20 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
     if (x->cancelled)
         return 0;
     x->header_bytes += n;
-    if (x->header_bytes > HEADER_BYTES_MAX)
+    if (x->header_bytes > HEADER_BYTES_MAX) {
+        x->refused = "the answer's header lines exceed 64 KiB";
         return 0; /* aborts: CURLE_WRITE_ERROR */
+    }
     if (!x->in_head) {
         /* A response's first line (the first, or the next after a 1xx): forget what a 1xx
          * said. The byte budget counts every response: endless 1xx are bounded too. */
         headers_clear(&x->h);
         x->in_head = true;
+        const char *sp = memchr(buf, ' ', n);
+        x->line_status = 0;
+        if (sp && (size_t)(buf + n - sp) > 3)
+            for (int i = 1; i <= 3 && sp[i] >= '0' && sp[i] <= '9'; i++)
+                x->line_status = x->line_status * 10 + (sp[i] - '0');
         return n;
     }
     size_t len = n;
@@ -358,8 +374,10 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         v++;
     while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
         end--;
-    if ((size_t)(end - v) > HEADER_VALUE_MAX)
+    if ((size_t)(end - v) > HEADER_VALUE_MAX) {
+        x->refused = "a header value in the answer exceeds 8 KiB";
         return 0;
+    }
     if (*slot) {
         /* Repeated headers: the first wins, except WWW-Authenticate and Link which may be
          * split across lines and are joined as a list (RFC 9110 5.3). */

@@ -94,6 +94,38 @@ def test_manifest_redirect_followed(t):
     eq((r.status, r.body), (200, m), "manifest behind a same-origin 307")
 
 
+def test_oversized_headers_named(t):
+    """An answer the proxy refuses for its header size (a 9 KiB CDN Location, 70 KiB of
+    header lines): the client gets 502 naming that, not 'unreachable', and so does the log.
+    Nothing is cached: the next GET asks upstream again."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path == "/v2/ns/x/blobs/" + ld:
+            r.send(307, b"", [("Location", "%s/cdn/%s?sig=%s" % (up.url, ld, "a" * 9000))])
+        elif r.path == "/v2/ns/x/manifests/v1":
+            r.send(200, m, [("Content-Type", MT), ("Docker-Content-Digest", md)] +
+                   [("X-Pad-%d" % i, "p" * 1000) for i in range(70)])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    for path, why in (("/v2/ns/x/blobs/" + ld, "a header value in the answer exceeds 8 KiB"),
+                      ("/v2/ns/x/manifests/v1", "the answer's header lines exceed 64 KiB")):
+        for i in range(2):
+            r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+            eq(r.status, 502, "%s answer %d: %r" % (path, i, r.body))
+            body = json.loads(r.body)
+            check(body["errors"][0]["detail"]["error"] == why,
+                  "%s: the error names the header size: %r" % (path, r.body))
+        check(why in p.log_text(), "the log names it: %s" % why)
+    eq(sum(1 for q in up.reqs if q[2] == "/v2/ns/x/blobs/" + ld), 2,
+       "each blob GET asked upstream: nothing cached")
+    eq(sum(1 for q in up.reqs if q[2] == "/v2/ns/x/manifests/v1"), 2,
+       "each manifest GET asked upstream: nothing cached")
+
+
 def test_1xx_trailers_manifest(t):
     """1xx answers before the manifest, chunked framing with trailers (one of them a wrong
     Docker-Content-Digest): the manifest is served and cached right, nothing leaks."""
