@@ -325,9 +325,12 @@ struct rp_conn {
     uint64_t file_left; /* bytes of it still owed */
     char *in;           /* a pooled buffer of RP_CONN_IN_SIZE while bytes wait, else NULL */
     size_t in_len;
-    size_t write_low;  /* the write callback runs once out has drained to this */
-    bool read_paused;  /* in is full: rev is off until a request consumes it */
-    bool writing;      /* wev is pending: the socket took less than we had */
+    size_t write_low; /* the write callback runs once out has drained to this */
+    bool read_paused; /* in is full: rev is off until a request consumes it */
+    bool writing;     /* wev is pending: the socket took less than we had */
+    /* TLS: OpenSSL holds a record the socket did not take all of (its last write fell
+     * short). The bytes it sealed are still in `out`, and must go out as sealed. */
+    bool tls_record_pending;
     bool write_queued; /* on the server's write queue: written later in this loop iteration */
     bool in_write_cb;  /* conn_free waits for the write callback to return */
     bool parsing;      /* in conn_try_parse's loop: conn_free waits for it too */
@@ -475,7 +478,8 @@ struct evbuffer *rp_conn_output(struct rp_conn *c);
 size_t rp_conn_output_len(struct rp_conn *c);
 /* Drops the last len bytes queued, if all of them are still queued (so none has been
  * sent; earlier answers queued before them stay) and no file body follows; on a TLS
- * connection only when they are all that is queued. Returns whether it did. */
+ * connection only when they are all that is queued and none is sealed in a record OpenSSL
+ * has yet to send. Returns whether it did. */
 bool rp_conn_take_back(struct rp_conn *c, size_t len);
 /* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
 void rp_conn_stream_mode(struct rp_conn *c);

@@ -119,9 +119,12 @@ bool rp_conn_take_back(struct rp_conn *c, size_t len)
      * piece split is a memory chain (a head is never added to a file segment's), whole
      * chains just move. A TLS connection's front may be inside OpenSSL, which must be
      * offered the same bytes again, perhaps in one piece with this answer's: there it is
-     * taken back only when it is all that is queued. */
+     * taken back only when it is all that is queued, and not while OpenSSL holds a record
+     * the socket refused. Then those bytes were sealed (libevent's SSL_write met a full
+     * socket) and the record goes out whatever is queued in their place, libevent dropping
+     * as many bytes of that. */
     size_t have = evbuffer_get_length(c->out);
-    if (len == 0 || c->file_left || have < len)
+    if (len == 0 || c->file_left || have < len || c->tls_record_pending)
         return false;
     if (have == len)
         return evbuffer_drain(c->out, len) == 0;
@@ -544,6 +547,8 @@ static void conn_free(struct rp_conn *c)
     if (c->file_fd >= 0)
         close(c->file_fd);
     if (c->bev) {
+        /* libevent may free the SSL, and its BIO, after c is gone. */
+        BIO_set_callback_arg(SSL_get_wbio(bufferevent_openssl_get_ssl(c->bev)), NULL);
         bufferevent_free(c->bev); /* closes fd, frees out */
     } else {
         event_free(c->rev);
@@ -1014,6 +1019,20 @@ static void write_queue_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Watches the TLS socket's writes for rp_conn_take_back: after OpenSSL's write of a record
+ * fell short, the record is pending until a later write completes it. */
+static long tls_write_watch(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
+                            int ret, size_t *processed)
+{
+    (void)argp;
+    (void)argi;
+    (void)argl;
+    struct rp_conn *c = (struct rp_conn *)BIO_get_callback_arg(b);
+    if (c && oper == (BIO_CB_WRITE | BIO_CB_RETURN))
+        c->tls_record_pending = ret <= 0 || !processed || *processed < len;
+    return ret;
+}
+
 static void tls_read_cb(struct bufferevent *bev, void *arg)
 {
     struct rp_conn *c = arg;
@@ -1451,6 +1470,9 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
             return NULL;
         }
         c->out = bufferevent_get_output(c->bev);
+        BIO *wbio = SSL_get_wbio(ssl);
+        BIO_set_callback_ex(wbio, tls_write_watch);
+        BIO_set_callback_arg(wbio, (char *)c);
         bufferevent_setcb(c->bev, tls_read_cb, tls_write_cb, tls_event_cb, c);
         /* Stop reading ahead once a full head is buffered: pipelined requests wait there. */
         bufferevent_setwatermark(c->bev, EV_READ, 0, RP_CONN_IN_SIZE);
