@@ -297,8 +297,8 @@ void rp_req_queued(struct rp_req *r);
 /* An answer begun with rp_conn_write_head failed before any of it left the proxy (head and
  * body so far all still queued, as when upstream's head, body and failure come in one loop
  * iteration): takes it back, so that r can be answered with an error rather than cut.
- * False when some of it is out (or may be: a TLS connection's file body), or something is
- * queued before it; then cutting the connection is all that is left. */
+ * False when some of it is out (or may be: a TLS connection's file body, or bytes OpenSSL
+ * sealed); then cutting the connection is all that is left. */
 bool rp_req_take_back(struct rp_req *r);
 /* r was cut with `undelivered` bytes still queued, its client gone (why: "client") or the
  * proxy stopping before it ended ("shutdown"): logged as aborted=WHY, and counted in the
@@ -329,8 +329,11 @@ struct rp_conn {
     bool read_paused; /* in is full: rev is off until a request consumes it */
     bool writing;     /* wev is pending: the socket took less than we had */
     /* TLS: OpenSSL holds a record the socket did not take all of (its last write fell
-     * short). The bytes it sealed are still in `out`, and must go out as sealed. */
+     * short). The bytes it sealed are at the front of `out`, and must go out as sealed:
+     * all of them were added before tls_sealed_at (a count of bytes ever added to out,
+     * tls_added). */
     bool tls_record_pending;
+    uint64_t tls_added, tls_sealed_at;
     bool write_queued; /* on the server's write queue: written later in this loop iteration */
     bool in_write_cb;  /* conn_free waits for the write callback to return */
     bool parsing;      /* in conn_try_parse's loop: conn_free waits for it too */
@@ -478,8 +481,8 @@ struct evbuffer *rp_conn_output(struct rp_conn *c);
 size_t rp_conn_output_len(struct rp_conn *c);
 /* Drops the last len bytes queued, if all of them are still queued (so none has been
  * sent; earlier answers queued before them stay) and no file body follows; on a TLS
- * connection only when they are all that is queued and none is sealed in a record OpenSSL
- * has yet to send. Returns whether it did. */
+ * connection only when none of them is sealed in a record OpenSSL has yet to send.
+ * Returns whether it did. */
 bool rp_conn_take_back(struct rp_conn *c, size_t len);
 /* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
 void rp_conn_stream_mode(struct rp_conn *c);

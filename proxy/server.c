@@ -117,29 +117,31 @@ bool rp_conn_take_back(struct rp_conn *c, size_t len)
      * none of them has left, even behind earlier answers (pipelined requests) still
      * queued. evbuffer cuts only from the front, so those are set aside and put back; the
      * piece split is a memory chain (a head is never added to a file segment's), whole
-     * chains just move. A TLS connection's front may be inside OpenSSL, which must be
-     * offered the same bytes again, perhaps in one piece with this answer's: there it is
-     * taken back only when it is all that is queued, and not while OpenSSL holds a record
-     * the socket refused. Then those bytes were sealed (libevent's SSL_write met a full
-     * socket) and the record goes out whatever is queued in their place, libevent dropping
-     * as many bytes of that. */
+     * chains just move. On TLS, the front may be sealed in a record OpenSSL holds for a
+     * full socket: libevent offers it the same bytes again (the same count from the front,
+     * which the set-aside keeps), and the record goes out whatever they are. So the bytes
+     * taken back must all have been added after that record was sealed. */
     size_t have = evbuffer_get_length(c->out);
-    if (len == 0 || c->file_left || have < len || c->tls_record_pending)
+    if (len == 0 || c->file_left || have < len)
+        return false;
+    if (c->tls_record_pending && c->tls_added - c->tls_sealed_at < len)
         return false;
     if (have == len)
         return evbuffer_drain(c->out, len) == 0;
     size_t before = have - len;
-    if (c->bev || before > INT_MAX)
+    if (before > INT_MAX)
         return false;
     struct evbuffer *front = evbuffer_new();
     if (!front)
         return false;
+    uint64_t added = c->tls_added; /* the front goes back: not bytes added after a seal */
     bool ok = evbuffer_remove_buffer(c->out, front, before) == (int)before &&
               evbuffer_drain(c->out, len) == 0;
     if (!ok)
         evbuffer_prepend_buffer(c->out, front);
     else
         ok = evbuffer_add_buffer(c->out, front) == 0;
+    c->tls_added = added;
     evbuffer_free(front);
     return ok;
 }
@@ -1020,7 +1022,8 @@ static void write_queue_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Watches the TLS socket's writes for rp_conn_take_back: after OpenSSL's write of a record
- * fell short, the record is pending until a later write completes it. */
+ * fell short, the record is pending until a later write completes it, and what it sealed
+ * was in `out` by then (libevent drains only after SSL_write returns). */
 static long tls_write_watch(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
                             int ret, size_t *processed)
 {
@@ -1028,9 +1031,18 @@ static long tls_write_watch(BIO *b, int oper, const char *argp, size_t len, int 
     (void)argi;
     (void)argl;
     struct rp_conn *c = (struct rp_conn *)BIO_get_callback_arg(b);
-    if (c && oper == (BIO_CB_WRITE | BIO_CB_RETURN))
+    if (c && oper == (BIO_CB_WRITE | BIO_CB_RETURN)) {
         c->tls_record_pending = ret <= 0 || !processed || *processed < len;
+        if (c->tls_record_pending)
+            c->tls_sealed_at = c->tls_added;
+    }
     return ret;
+}
+
+static void tls_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    ((struct rp_conn *)arg)->tls_added += info->n_added;
 }
 
 static void tls_read_cb(struct bufferevent *bev, void *arg)
@@ -1473,6 +1485,12 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
         BIO *wbio = SSL_get_wbio(ssl);
         BIO_set_callback_ex(wbio, tls_write_watch);
         BIO_set_callback_arg(wbio, (char *)c);
+        if (!evbuffer_add_cb(c->out, tls_out_cb, c)) {
+            BIO_set_callback_arg(wbio, NULL);
+            bufferevent_free(c->bev);
+            free(c);
+            return NULL;
+        }
         bufferevent_setcb(c->bev, tls_read_cb, tls_write_cb, tls_event_cb, c);
         /* Stop reading ahead once a full head is buffered: pipelined requests wait there. */
         bufferevent_setwatermark(c->bev, EV_READ, 0, RP_CONN_IN_SIZE);

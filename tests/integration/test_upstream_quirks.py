@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import socket
+import ssl
 import time
 
 import lib
@@ -490,7 +491,9 @@ def test_cdn_wrong_length_answered_502_behind_pipelined_answers(t):
     cached manifest are still queued in the proxy when the blob GET behind them fails (its
     CDN's Content-Length is short). Nothing of the blob's answer has left, but it was taken
     back only when it was all that was queued: the client got the manifests, then the
-    blob's 200 head and a closed connection, instead of a 502."""
+    blob's 200 head and a closed connection, instead of a 502. Over TLS too, where the
+    front of the queue is sealed in a record OpenSSL could not send yet (the socket is full)
+    and the blob's answer, queued after, is not."""
     blob = os.urandom(4096)
     digest = rawup.sha256(blob)
     idx = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
@@ -512,25 +515,36 @@ def test_cdn_wrong_length_answered_502_behind_pipelined_answers(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[up.conf()])
+    _, key, crt = lib.serving_cert(t, "tls")
+    p = t.proxy(registries=[up.conf()], listeners=[
+        {"default": "raw.test"}, {"default": "raw.test", "tls_cert": crt, "tls_key": key}])
     mpath = "/v2/ns/x/manifests/" + md
     eq(p.get(mpath, headers={"Accept": OCI_INDEX}).status, 200, "manifest cached first")
-    n0 = len(p.access())
-    s = socket.socket()
-    t.defer(s.close)
-    # A small window and segments: the kernel holds far less than the queued answers.
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", p.port))
-    req = "GET %s HTTP/1.1\r\nHost: x\r\nAccept: %s\r\n\r\n"
-    s.sendall(("".join(req % (mpath, OCI_INDEX) for _ in range(3)) +
-               req % ("/v2/ns/x/blobs/" + digest, "*/*")).encode())
-    p.wait_access(n0 + 4, timeout=60)  # the blob's request has ended, one way or the other
-    s.settimeout(60)
-    got = _read_responses(s, 4)
-    eq([(st, b == idx) for st, b in got[:3]], [(200, True)] * 3, "pipelined manifest GETs")
-    eq([st for st, b in got[3:]], [502],
-       "blob GET behind them, its CDN's answer short (responses: %r)"
-       % [(st, None if b is None else len(b)) for st, b in got])
-    e = json.loads(got[3][1])["errors"][0]
-    check("digest" in json.dumps(e["detail"]), "502 detail %r does not say why" % e)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for tls in (False, True):
+        what = "over TLS" if tls else "plain"
+        n0 = len(p.access())
+        s = socket.socket()
+        t.defer(s.close)
+        # A small window and segments: the kernel holds far less than the queued answers.
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1000)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", p.ports[1] if tls else p.port))
+        if tls:
+            s = ctx.wrap_socket(s)
+            t.defer(s.close)
+        req = "GET %s HTTP/1.1\r\nHost: x\r\nAccept: %s\r\n\r\n"
+        s.sendall(("".join(req % (mpath, OCI_INDEX) for _ in range(3)) +
+                   req % ("/v2/ns/x/blobs/" + digest, "*/*")).encode())
+        p.wait_access(n0 + 4, timeout=60)  # the blob's request has ended, one way or the other
+        s.settimeout(60)
+        got = _read_responses(s, 4)
+        eq([(st, b == idx) for st, b in got[:3]], [(200, True)] * 3,
+           "pipelined manifest GETs, %s" % what)
+        eq([st for st, b in got[3:]], [502],
+           "blob GET behind them, its CDN's answer short, %s (responses: %r)"
+           % (what, [(st, None if b is None else len(b)) for st, b in got]))
+        e = json.loads(got[3][1])["errors"][0]
+        check("digest" in json.dumps(e["detail"]), "502 detail %r does not say why" % e)
