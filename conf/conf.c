@@ -661,6 +661,29 @@ static bool is_dockerhub_host(const char *s, size_t n)
            rp_strieq_n(s, n, "index.docker.io");
 }
 
+/* "HOST:PORT" naming r's host and port, the scheme's default included ("quay.io:443" for a
+ * registry kept as "quay.io"; an IPv6 host in brackets). */
+static bool names_host_and_port(const struct rp_conf_registry *r, const char *s, size_t len)
+{
+    size_t colon = len;
+    while (colon > 0 && s[colon - 1] >= '0' && s[colon - 1] <= '9')
+        colon--;
+    if (colon == 0 || colon == len || s[colon - 1] != ':' || len - colon > 5)
+        return false;
+    int port = 0;
+    for (size_t i = colon; i < len; i++)
+        port = port * 10 + (s[i] - '0');
+    size_t hlen = colon - 1;
+    bool v6 = strchr(r->host, ':') != NULL;
+    if (v6 != (hlen >= 2 && s[0] == '[' && s[hlen - 1] == ']'))
+        return false;
+    if (v6) {
+        s++;
+        hlen -= 2;
+    }
+    return port == r->port && rp_strieq_n(s, hlen, r->host);
+}
+
 const struct rp_conf_registry *rp_conf_find_registry(const struct rp_conf *conf, const char *s,
                                                      size_t len)
 {
@@ -672,7 +695,8 @@ const struct rp_conf_registry *rp_conf_find_registry(const struct rp_conf *conf,
             return &conf->registries[i];
     for (size_t i = 0; i < conf->n_registries; i++) {
         const struct rp_conf_registry *r = &conf->registries[i];
-        if (rp_strieq_n(s, len, r->host) || rp_strieq_n(s, len, r->hostport))
+        if (rp_strieq_n(s, len, r->host) || rp_strieq_n(s, len, r->hostport) ||
+            names_host_and_port(r, s, len))
             return r;
     }
     /* Docker Hub goes by three names; clients use "docker.io" for the one the API is on. */

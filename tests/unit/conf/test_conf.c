@@ -930,6 +930,16 @@ static void test_find_registry(void)
     CHECK(FIND("registry-1.docker.io") == &c->registries[2]);
     CHECK(FIND("quay.io") == &c->registries[3]);
     CHECK_STR(c->registries[3].hostport, "quay.io");
+    /* The scheme's default port written out names the same registry (default = HOST:443). */
+    CHECK(FIND("quay.io:443") == &c->registries[3]);
+    CHECK(FIND("Registry.RedHat.io:443") == &c->registries[0]);
+    CHECK(FIND("quay.io:80") == NULL);
+    CHECK(FIND("quay.io:0443") == &c->registries[3]);
+    CHECK(FIND("quay.io:443443") == NULL);
+    CHECK(FIND(":443") == NULL);
+    CHECK(FIND("quay.io:") == NULL);
+    CHECK(FIND("[::1]:443") == NULL);
+    CHECK(FIND("[127.0.0.1]:5001") == NULL);
     CHECK(FIND("[::1]:444") == &c->registries[4]);
     CHECK(FIND("::1") == &c->registries[4]);
     CHECK(FIND("nope") == NULL);
