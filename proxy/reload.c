@@ -202,6 +202,12 @@ int rp_reload(struct rp_server *srv, const char *why)
  * was broken is applied once the file is fixed. */
 static void reload_or_rearm(struct rp_server *srv, const char *why)
 {
+    if (srv->stopping) {
+        /* Draining: READY=1 after STOPPING=1 would tell systemd the unit is back, and a new
+         * configuration would start login checks for a proxy that is going away. */
+        rp_info("reload (%s) ignored: shutting down", why);
+        return;
+    }
     /* systemd shows the unit reloading until READY=1 (MONOTONIC_USEC: what Type=notify-reload
      * units must send with it). */
     struct timespec ts;

@@ -368,7 +368,7 @@ def test_sigterm_drains(t):
     """SIGTERM lets pulls in progress finish: the listener closes at once (new connections
     are refused), an idle keep-alive connection is closed, /readyz says 503 (stopping), a
     100 MiB blob half read by a slow client still arrives whole and verified, and then the
-    proxy exits 0 by itself, well before drain_timeout."""
+    proxy exits 0 by itself, well before drain_timeout. A SIGHUP meanwhile is ignored."""
     p, blob, path = _cached_blob(t, 0, admin={"drain_timeout": "60s"})
     idle = socket.create_connection(("127.0.0.1", p.port), timeout=10)
     idle.sendall(_request("/v2/"))
@@ -398,6 +398,11 @@ def test_sigterm_drains(t):
         r = p.admin("/readyz")
         eq(r.status, 503, "readyz while draining (%s)" % r.body[:200])
         check(json.loads(r.body)["stopping"], "readyz body without stopping: %r" % r.body)
+        # A SIGHUP while draining (a config rollout as the pod ends) is not a reload.
+        os.kill(p.proc.p.pid, signal.SIGHUP)
+        lib.wait_until(lambda: "reload (SIGHUP) ignored: shutting down" in p.log_text(), 10,
+                       "the SIGHUP while draining to be logged as ignored")
+        check("configuration applied" not in p.log_text(), "a reload applied while draining")
         check(p.proc.alive(), "the proxy exited with a response half sent")
         size = int(headers["content-length"])
         while n < size:
