@@ -112,7 +112,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -635,80 +634,11 @@ static bool token_is(const char *tok, size_t len, const char *want)
 
 /* ---------------------------------------------------------------- memory --- */
 
-static uint64_t rotl64(uint64_t x, int b)
-{
-    return (x << b) | (x >> (64 - b));
-}
-
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = rotl64(v1, 13);                                                                       \
-        v1 ^= v0;                                                                                  \
-        v0 = rotl64(v0, 32);                                                                       \
-        v2 += v3;                                                                                  \
-        v3 = rotl64(v3, 16);                                                                       \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = rotl64(v3, 21);                                                                       \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = rotl64(v1, 17);                                                                       \
-        v1 ^= v2;                                                                                  \
-        v2 = rotl64(v2, 32);                                                                       \
-    } while (0)
-
-static uint64_t load_le64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-/* SipHash-2-4: memo keys are request text, so the table must not be floodable by anyone who
- * knows the hash function; the key is random per open. */
-static uint64_t siphash(const uint64_t k[2], const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    uint64_t v0 = 0x736f6d6570736575ull ^ k[0], v1 = 0x646f72616e646f6dull ^ k[1];
-    uint64_t v2 = 0x6c7967656e657261ull ^ k[0], v3 = 0x7465646279746573ull ^ k[1];
-    uint64_t b = (uint64_t)n << 56;
-    for (; n >= 8; n -= 8, p += 8) {
-        uint64_t m = load_le64(p);
-        v3 ^= m;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m;
-    }
-    for (size_t i = 0; i < n; i++)
-        b |= (uint64_t)p[i] << (8 * i);
-    v3 ^= b;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
-
+/* The memo tables' SipHash key is random per open: memo keys are request text, and the
+ * tables must not be floodable by anyone who knows the hash function. */
 static void hkey_init(struct rp_cache *c)
 {
-    unsigned char k[16];
-    if (getrandom(k, sizeof(k), GRND_NONBLOCK) != (ssize_t)sizeof(k)) {
-        /* Early boot without entropy: weaker, but the bounds still cap any chain. */
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t a = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 32 ^ (uint64_t)getpid();
-        uint64_t b = (uint64_t)(uintptr_t)c * 0x9e3779b97f4a7c15ull;
-        memcpy(k, &a, 8);
-        memcpy(k + 8, &b, 8);
-    }
-    c->hkey[0] = load_le64(k);
-    c->hkey[1] = load_le64(k + 8);
+    rp_random_key(c->hkey);
 }
 
 /* Joins the parts, each followed by its NUL (as key_hex hashes them). The caller checked
@@ -754,7 +684,7 @@ static struct memo_ent *memo_find(struct rp_cache *c, struct memo *m, const char
 {
     if (!m->n)
         return NULL;
-    uint64_t h = siphash(c->hkey, key, klen);
+    uint64_t h = rp_siphash(c->hkey, key, klen);
     for (struct memo_ent *e = m->b[h & (m->nb - 1)]; e; e = e->hnext)
         if (e->hash == h && e->klen == klen && memcmp(e->kv, key, klen) == 0) {
             if (e != m->tail) {
@@ -801,7 +731,7 @@ static void memo_put(struct rp_cache *c, struct memo *m, const char *key, size_t
     while (m->n >= m->max && m->head)
         memo_remove(m, m->head);
     struct memo_ent *e = rp_xmalloc(sizeof(*e) + klen + vlen);
-    e->hash = siphash(c->hkey, key, klen);
+    e->hash = rp_siphash(c->hkey, key, klen);
     e->when = when;
     e->klen = (uint32_t)klen;
     e->vlen = (uint32_t)vlen;

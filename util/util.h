@@ -95,8 +95,13 @@ size_t rp_fmt_u64(char *out, uint64_t v);
 /* Strict decimal parse of [s, s+len) into *out: digits only, no sign, no overflow. */
 int rp_parse_u64(const char *s, size_t len, uint64_t *out);
 
-/* FNV-1a of a NUL-terminated string: for tables keyed by digests, which are uniform already
- * (no keyed hash needed: nothing an attacker picks collides them on purpose cheaply). */
+/* SipHash-2-4 of n bytes under key k. */
+uint64_t rp_siphash(const uint64_t k[2], const void *data, size_t n);
+/* A random key for rp_siphash (getrandom; time and pid when the kernel has no entropy yet). */
+void rp_random_key(uint64_t k[2]);
+/* SipHash of a NUL-terminated string under a key random per process: for tables keyed by
+ * digests that are only claims (a bundle's metadata, a pins file), which anyone may pick
+ * to collide under a known hash. */
 uint64_t rp_str_hash(const char *s);
 /* Lower-case hex of n bytes into out (room for 2n + 1: it is NUL-terminated). */
 void rp_hex_encode(const unsigned char *raw, size_t n, char *out);

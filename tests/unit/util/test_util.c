@@ -240,8 +240,25 @@ static void test_log_ration(void)
     CHECK_STR(more, "");
 }
 
+/* SipHash-2-4's reference vectors (Aumasson and Bernstein, appendix A): key 00..0f,
+ * messages 00..(n-1). rp_str_hash, keyed per process, is stable within it. */
+static void test_siphash(void)
+{
+    uint64_t k[2] = {0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull};
+    unsigned char m[15];
+    for (size_t i = 0; i < sizeof(m); i++)
+        m[i] = (unsigned char)i;
+    CHECK(rp_siphash(k, m, 0) == 0x726fdb47dd0e0e31ull);
+    CHECK(rp_siphash(k, m, 8) == 0x93f5f5799a932462ull);
+    CHECK(rp_siphash(k, m, 15) == 0xa129ca6149be45e5ull);
+    const char *d = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    CHECK(rp_str_hash(d) == rp_str_hash(d));
+    CHECK(rp_str_hash("a") != rp_str_hash("b"));
+}
+
 int main(void)
 {
+    RUN(test_siphash);
     RUN(test_redact_userinfo);
     RUN(test_buf_secret);
     RUN(test_sd_notify);
