@@ -1329,6 +1329,17 @@ static int write_bundle(struct collect *k, const struct rp_export_opts *o, struc
     for (size_t i = 0; i < k->n_blobs; i++)
         total += record_len(k->blobs[i].digest, k->blobs[i].size);
     prog->total_bytes = total;
+    if (parts_count(total, o->split) > PARTS_MAX) {
+        /* import refuses a header announcing more (parse_header): say so before writing. */
+        char sz[32], min[32];
+        rp_format_bytes(total, sz, sizeof(sz));
+        rp_format_bytes(total / PARTS_MAX + 1, min, sizeof(min));
+        fprintf(stderr,
+                "regproxy export: this bundle (%s) would be more than %d parts of --split's "
+                "size; import takes at most %d: use parts of at least %s\n",
+                sz, PARTS_MAX, PARTS_MAX, min);
+        goto out;
+    }
     w.sha = EVP_MD_CTX_new();
     if (!w.sha || EVP_DigestInit_ex(w.sha, EVP_sha256(), NULL) != 1)
         goto fail;
@@ -1378,6 +1389,10 @@ out:
 
 static int mkdirs(const char *path)
 {
+    if (!*path) {
+        errno = ENOENT;
+        return -1;
+    }
     char *p = rp_xstrdup(path);
     for (char *s = p + 1; *s; s++) {
         if (*s != '/')

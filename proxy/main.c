@@ -378,6 +378,10 @@ int main(int argc, char **argv)
                     fprintf(stderr, "usage: regproxy %s\n", commands[i].synopsis);
             return 2;
         }
+        if (is_export && ((oci && !*oci) || (have_output && !*outdir))) {
+            fprintf(stderr, "regproxy export: %s names no file\n", oci ? "--oci" : "-o");
+            return 2;
+        }
         uint64_t split_bytes = 0;
         if (split && (!is_export || oci)) {
             fprintf(stderr, "regproxy: --split SIZE goes with export -o (e.g. --split 4G)\n");

@@ -43,6 +43,12 @@ def test_option_of_another_command_refused(t):
         eq(rc, 2, "regproxy %s" % " ".join(args))
         check(err.startswith(msg) and "usage: regproxy " in err,
               "regproxy %s said: %r" % (" ".join(args), err))
+    # An empty name: --oci "" made mkdirs read (and write) before its buffer.
+    for args, msg in ((["export", "-c", "c.conf", "--oci", ""], "--oci names no file"),
+                      (["export", "-c", "c.conf", "-o", ""], "-o names no file")):
+        rc, out, err = _run(t, args)
+        eq(rc, 2, "regproxy %r" % args)
+        eq(err, "regproxy export: %s\n" % msg, "regproxy %r said" % args)
     rc, _, err = _run(t, ["frobnicate"])
     eq(rc, 2, "an unknown command")
     check("unknown command 'frobnicate'" in err, "its message: %r" % err)
