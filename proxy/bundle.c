@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <lz4frame.h>
+#include <malloc.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +336,36 @@ static bool dindex_add(struct dindex *x, const struct bundle_item *items, size_t
     return true;
 }
 
+/* What jansson may allocate while it parses a bundle's metadata. Its tree of real metadata
+ * takes about 5 times the text (measured: 100,000 blobs, 15 MB of JSON, 78 MB); a crafted
+ * one of empty objects takes 73 times, and 64 MiB of it (LZ4 shrinks that to 260 KB) took
+ * 5 GB. Past the budget its allocations fail, and the bundle is refused. */
+#define META_BUDGET(len) (10 * (int64_t)(len) + ((int64_t)16 << 20))
+
+static struct {
+    bool on, refused;
+    int64_t used, limit;
+} jbudget;
+
+static void *jbudget_malloc(size_t n)
+{
+    if (jbudget.on && jbudget.used + (int64_t)n > jbudget.limit) {
+        jbudget.refused = true;
+        return NULL;
+    }
+    void *p = malloc(n);
+    if (p && jbudget.on)
+        jbudget.used += (int64_t)malloc_usable_size(p);
+    return p;
+}
+
+static void jbudget_free(void *p)
+{
+    if (p && jbudget.on)
+        jbudget.used -= (int64_t)malloc_usable_size(p);
+    free(p);
+}
+
 static int meta_parse(const char *text, size_t len, struct rp_bundle_meta **out, char *err,
                       size_t errlen)
 {
@@ -342,8 +373,27 @@ static int meta_parse(const char *text, size_t len, struct rp_bundle_meta **out,
     struct rp_bundle_meta *m = rp_xcalloc(1, sizeof(*m));
     struct dindex mi = {0}, bi = {0};
     json_error_t je;
+    /* Both wrap malloc and free: objects from before or after the parse mix safely. */
+    json_set_alloc_funcs(jbudget_malloc, jbudget_free);
+    jbudget.used = 0;
+    jbudget.refused = false;
+    jbudget.limit = META_BUDGET(len);
+    jbudget.on = true;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    jbudget.on = false;
     int rc = -1;
+    if (jbudget.refused) {
+        json_decref(root); /* NULL, or a tree a failed allocation left short */
+        char sz[32], b[32];
+        rp_format_bytes(len, sz, sizeof(sz));
+        rp_format_bytes((uint64_t)jbudget.limit, b, sizeof(b));
+        snprintf(err, errlen,
+                 "metadata (%s of JSON) needs more than %s of memory to read, far more than "
+                 "any export writes",
+                 sz, b);
+        rp_bundle_meta_free(m);
+        return -1;
+    }
     if (!json_is_object(root)) {
         why = "metadata is not a JSON object";
         goto out;

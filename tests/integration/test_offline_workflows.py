@@ -583,3 +583,30 @@ def test_export_bad_split_size(t):
               "--split %s: exit %d, %r" % (size, rc, err))
     rc, _, err = _run(t, ["export", "-c", conf, "--oci", out, "--split", "4G"], ok=False)
     check(rc == 2 and "--split SIZE goes with export -o" in err, "--split with --oci: %r" % err)
+
+
+def test_import_metadata_memory_bounded(t):
+    """Metadata whose JSON costs far more memory than its size (an unknown key holding a
+    million empty objects: 4 MiB of text, 17 KiB as LZ4) is refused with a message saying
+    so, before jansson's tree of it grows to 73 times the text (64 MiB of it, 260 KB on
+    disk, took 5 GB). A real bundle's metadata passes: its tree is about 5 times its text."""
+    meta = {"format": "regproxy-bundle", "version": 1, "images": [], "manifests": [],
+            "blobs": [], "pad": []}
+    path = os.path.join(t.tmp, "bomb.rpb")
+    body = json.dumps(meta).encode().replace(b'"pad": []',
+                                             b'"pad": [' + b",".join([b"{}"] * 1400000) + b"]")
+    # _bundle_write dumps meta itself: the stream is written here, with the padded text.
+    data = _lz4(body)
+    rec = b"M" + bytes(3) + (0).to_bytes(4, "big") + len(data).to_bytes(8, "big") + data
+    total = 32 + len(rec) + 16 + 32
+    head = b"RPBUNDLE" + (1).to_bytes(4, "big") + bytes(4) + total.to_bytes(8, "big") + bytes(8)
+    with open(path, "wb") as f:
+        f.write(head + rec + b"T" + bytes(7) + (32).to_bytes(8, "big") +
+                hashlib.sha256(head + rec).digest())
+    check(os.path.getsize(path) < 1 << 20, "the bundle is small: %d" % os.path.getsize(path))
+    conf = _conf(os.path.join(t.tmp, "off.conf"), os.path.join(t.tmp, "cache-off"), offline=True)
+    rc, out, err = _run(t, ["import", "-c", conf, path], ok=False)
+    eq(rc, 1, "exit status of importing it (stdout %r, stderr %r)" % (out, err))
+    check(re.search(r"refused, nothing imported: metadata \([0-9.]+ MB of JSON\) needs more "
+                    r"than [0-9.]+ MB of memory to read, far more than any export writes\n", err),
+          "the refusal says why: %r" % err)

@@ -2,7 +2,7 @@
 # Installs the Debian packages regproxy's build and tests need, when any is missing.
 set -eu
 pkgs="make gcc clang clang-format pkg-config strace libevent-dev libcurl4-openssl-dev libssl-dev libjansson-dev
-liblz4-dev libyaml-dev libcrypt-dev libclang-rt-14-dev docker-registry skopeo apache2-utils jq nginx-light
+liblz4-dev lz4 libyaml-dev libcrypt-dev libclang-rt-14-dev docker-registry skopeo apache2-utils jq nginx-light
 python3 python3-cryptography openssl ca-certificates curl
 python3-yaml groff-base systemd podman containerd"
 missing=""
