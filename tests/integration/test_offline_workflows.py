@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -610,3 +611,49 @@ def test_import_metadata_memory_bounded(t):
     check(re.search(r"refused, nothing imported: metadata \([0-9.]+ MB of JSON\) needs more "
                     r"than [0-9.]+ MB of memory to read, far more than any export writes\n", err),
           "the refusal says why: %r" % err)
+
+
+def _import_peak_rss_mb(t, conf, path):
+    """regproxy import's exit status and peak RSS in MB, measured by a Python of its own
+    (whose only child it is), ASan's quarantine of freed memory kept small."""
+    env = lib.clean_env(ASAN_ENV)
+    env["ASAN_OPTIONS"] += ":quarantine_size_mb=1"
+    code = ("import resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+            "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    p = subprocess.run([sys.executable, "-c", code, t.s.bin, "import", "-c", conf, path],
+                       stdout=subprocess.PIPE, env=env, timeout=600, check=True)
+    rc, kb = p.stdout.split()
+    return int(rc), int(kb) // 1024
+
+
+def test_import_held_manifests_memory_bounded(t):
+    """Pass 2 holds manifests until their blobs are in. 100 manifests of 4 MiB, mostly
+    whitespace (16 KB each as LZ4 records), took over 400 MB held as read; held compressed,
+    they take about what the bundle does. Every one is imported."""
+    cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    cd = sha(cfg)
+    mans = []
+    for i in range(100):
+        head = json.dumps({"schemaVersion": 2, "mediaType": OCI_MAN,
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": cd, "size": len(cfg)},
+                           "layers": [], "annotations": {"n": str(i)}}).encode()
+        mans.append(head[:-1] + b" " * ((4 << 20) - len(head) - 64) + b"}")
+    meta = {"format": "regproxy-bundle", "version": 1, "images": [],
+            "manifests": [{"digest": sha(m), "media_type": OCI_MAN, "size": len(m),
+                           "repos": [[NAME, "ns/ws"]]} for m in mans],
+            "blobs": [{"digest": cd, "size": len(cfg), "repos": [[NAME, "ns/ws"]]}]}
+    path = os.path.join(t.tmp, "ws.rpb")
+    _bundle_write(path, meta, [["m", sha(m), m] for m in mans] + [["b", cd, cfg]])
+    check(os.path.getsize(path) < 8 << 20, "the bundle is small: %d" % os.path.getsize(path))
+    cache = os.path.join(t.tmp, "cache-off")
+    conf = _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True)
+    rc, mb = _import_peak_rss_mb(t, conf, path)
+    eq(rc, 0, "exit status of the import")
+    check(mb < 250, "import peaked at %d MB holding 400 MiB of manifests" % mb)
+    for i, m in enumerate(mans):
+        p = lib.cache_path(cache, "manifests", sha(m))
+        check(os.path.exists(p), "manifest %d imported" % i)
+        if i in (0, 99):  # decoding in Python is slow: the first and the last
+            eq(lib.read_cached_manifest(p), (OCI_MAN, m), "manifest %d's type and bytes" % i)
