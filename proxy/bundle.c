@@ -2084,6 +2084,23 @@ static int verify_blob_cb(void *arg, const char *digest, uint64_t size, char *er
     return 1;
 }
 
+struct image_link {
+    struct rp_cache *c;
+    const char *reg, *repo;
+    char digest[RP_CACHE_DIGEST_BUF]; /* the one that failed */
+    int e;
+};
+
+static int image_link_visit(void *arg, const char *digest)
+{
+    struct image_link *l = arg;
+    l->e = rp_cache_link(l->c, l->reg, l->repo, digest);
+    if (l->e == RP_CACHE_OK)
+        return 0;
+    snprintf(l->digest, sizeof(l->digest), "%s", digest);
+    return -1;
+}
+
 static int link_all(struct import *im, const struct bundle_item *it, char *err, size_t errlen)
 {
     for (size_t i = 0; i < it->n_repos; i++) {
@@ -2367,6 +2384,23 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
         goto out;
     }
     rp_bundle_meta_free(meta2);
+    /* Each image's manifests and blobs are linked to its repository, whatever the items'
+     * own repos lists say: the bundle names the image, and its manifest names the rest (as
+     * a registry serves a manifest's blobs under its repository). A crafted bundle that
+     * left them out was tagged, its manifest served, and every layer answered 404. */
+    for (size_t i = 0; i < meta->n_images; i++) {
+        const struct bundle_image *bi = &meta->images[i];
+        struct image_link l = {
+            .c = im.c, .reg = local_registry(&im, bi->registry), .repo = bi->repo};
+        if (rp_manifest_walk(im.c, bi->digest, image_link_visit, &l, NULL) != 0) {
+            rp_progress_end(&pub);
+            fprintf(stderr,
+                    "regproxy import: failed while linking %s to %s/%s (no tag was set; "
+                    "importing again finishes the job): %s\n",
+                    l.digest, l.reg, bi->repo, rp_cache_strerror(l.e));
+            goto out;
+        }
+    }
     /* In the pins file, at once, before any tag moves: a tag set on content that the next
      * start does not pin may see it evicted, and an offline cache cannot fetch it again. A
      * failure here (a full disk) leaves every tag as it was. */

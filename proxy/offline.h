@@ -148,10 +148,14 @@ int rp_pins_add_lines(const char *cache_dir, char *const *lines, size_t n);
  * have are skipped with a warning). No file: 0 images. 0, or -1 with a reason in err. */
 int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *n, char *err,
                  size_t errlen);
-/* Pins digest and, when it is a cached manifest, everything it references (children of an
- * index, config and layers), whether present yet or not. Each digest is walked once however
- * often manifests repeat it (again only when a shorter path reaches it). Returns the number
- * of distinct digests pinned. */
+/* Calls visit for digest and, when it is a cached manifest, for everything it references
+ * (children of an index, config and layers), whether present yet or not. Each digest is
+ * walked once however often manifests repeat it (again only when a shorter path reaches
+ * it). Stops at the first visit that returns non-zero, and returns that (0 when none did);
+ * *n (when n is not NULL) gets the number of distinct digests reached. */
+int rp_manifest_walk(struct rp_cache *c, const char *digest,
+                     int (*visit)(void *arg, const char *digest), void *arg, size_t *n);
+/* rp_manifest_walk pinning each digest. Returns the number of distinct digests pinned. */
 size_t rp_pin_walk(struct rp_cache *c, const char *digest);
 /* Tells one version of the pins file from another (all zero when there is none). */
 struct rp_pins_stamp {

@@ -264,34 +264,56 @@ static void seen_free(struct seen *s)
     free(s->slots);
 }
 
-static void walk(struct rp_cache *c, struct seen *s, const char *digest, int depth)
+struct walker {
+    struct rp_cache *c;
+    struct seen s;
+    int (*visit)(void *arg, const char *digest);
+    void *arg;
+    int rc; /* the first visit's failure: the walk stops */
+};
+
+static void walk(struct walker *w, const char *digest, int depth)
 {
-    if (!seen_visit(s, digest, depth))
+    if (w->rc || !seen_visit(&w->s, digest, depth) || (w->rc = w->visit(w->arg, digest)) != 0)
         return;
-    rp_cache_pin(c, digest);
     struct rp_cache_manifest m;
-    if (depth > WALK_DEPTH_MAX || rp_cache_manifest_get(c, digest, &m) != RP_CACHE_OK)
+    if (depth > WALK_DEPTH_MAX || rp_cache_manifest_get(w->c, digest, &m) != RP_CACHE_OK)
         return;
     struct rp_manifest_refs refs;
     char err[256];
     if (rp_manifest_refs(m.data, m.len, &refs, err, sizeof(err)) == 0) {
-        for (size_t i = 0; i < refs.n; i++) {
+        for (size_t i = 0; i < refs.n && !w->rc; i++) {
             if (refs.v[i].kind == RP_REF_CHILD)
-                walk(c, s, refs.v[i].digest, depth + 1);
-            else if (seen_visit(s, refs.v[i].digest, 0)) /* a blob: nothing below it */
-                rp_cache_pin(c, refs.v[i].digest);
+                walk(w, refs.v[i].digest, depth + 1);
+            else if (seen_visit(&w->s, refs.v[i].digest, 0)) /* a blob: nothing below it */
+                w->rc = w->visit(w->arg, refs.v[i].digest);
         }
         rp_manifest_refs_free(&refs);
     }
     rp_cache_manifest_free(&m);
 }
 
+int rp_manifest_walk(struct rp_cache *c, const char *digest,
+                     int (*visit)(void *arg, const char *digest), void *arg, size_t *n)
+{
+    struct walker w = {.c = c, .visit = visit, .arg = arg};
+    walk(&w, digest, 0);
+    if (n)
+        *n = w.s.n;
+    seen_free(&w.s);
+    return w.rc;
+}
+
+static int pin_visit(void *arg, const char *digest)
+{
+    rp_cache_pin(arg, digest);
+    return 0;
+}
+
 size_t rp_pin_walk(struct rp_cache *c, const char *digest)
 {
-    struct seen s = {0};
-    walk(c, &s, digest, 0);
-    size_t n = s.n;
-    seen_free(&s);
+    size_t n = 0;
+    rp_manifest_walk(c, digest, pin_visit, c, &n);
     return n;
 }
 

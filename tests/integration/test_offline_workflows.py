@@ -657,3 +657,35 @@ def test_import_held_manifests_memory_bounded(t):
         check(os.path.exists(p), "manifest %d imported" % i)
         if i in (0, 99):  # decoding in Python is slow: the first and the last
             eq(lib.read_cached_manifest(p), (OCI_MAN, m), "manifest %d's type and bytes" % i)
+
+
+def test_import_links_image_content_to_its_repo(t):
+    """A bundle (crafted, or from a cache whose links were lost) whose image ns/app:v1 has
+    its manifest linked to ns/app but its blobs to no repository: import tagged and pinned
+    the image, its manifest was served, and each layer answered 404 BLOB_UNKNOWN. What an
+    image's manifest names is linked to the image's repository."""
+    cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    layer = os.urandom(3000)
+    m = json.dumps({"schemaVersion": 2, "mediaType": OCI_MAN,
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                               "digest": sha(cfg), "size": len(cfg)},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                "digest": sha(layer), "size": len(layer)}]}).encode()
+    meta = {"format": "regproxy-bundle", "version": 1,
+            "images": [{"registry": NAME, "repo": "ns/app", "tag": "v1", "digest": sha(m)}],
+            "manifests": [{"digest": sha(m), "media_type": OCI_MAN, "size": len(m),
+                           "repos": [[NAME, "ns/app"]]}],
+            "blobs": [{"digest": sha(b), "size": len(b), "repos": []} for b in (cfg, layer)]}
+    path = os.path.join(t.tmp, "unlinked.rpb")
+    _bundle_write(path, meta, [["m", sha(m), m], ["b", sha(cfg), cfg], ["b", sha(layer), layer]])
+    cache = os.path.join(t.tmp, "cache-off")
+    _run(t, ["import", "-c", _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True), path])
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache, "offline": "yes"})
+    r = p.get("/v2/ns/app/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "the imported image's manifest")
+    for what, b in (("config", cfg), ("layer", layer)):
+        r = p.get("/v2/ns/app/blobs/" + sha(b))
+        eq((r.status, sha(r.body) if r.status == 200 else r.body), (200, sha(b)),
+           "the image's %s, from its repository" % what)
+    r = p.get("/v2/ns/other/blobs/" + sha(layer))
+    eq(r.status, 404, "the layer from a repository the bundle does not link it to")
