@@ -59,17 +59,44 @@ out:
     return rc;
 }
 
-static bool has_line(const char *buf, size_t len, const char *line)
+/* The lines of a growing buffer, as a set: one scan of the buffer per line added was
+ * quadratic (an import of 50,000 images spent 21 s here, found on review). */
+struct line_set {
+    struct {
+        size_t off, len;
+    } * v; /* len 0: empty (the empty line is never looked up) */
+    size_t mask;
+};
+
+static size_t line_slot(const struct line_set *ls, const char *buf, const char *line, size_t n)
 {
-    size_t n = strlen(line);
+    size_t k = (size_t)rp_mem_hash(line, n) & ls->mask;
+    while (ls->v[k].len && !(ls->v[k].len == n && memcmp(buf + ls->v[k].off, line, n) == 0))
+        k = (k + 1) & ls->mask;
+    return k;
+}
+
+/* The set of buf's lines, with room for `more` to be added. */
+static void line_set_init(struct line_set *ls, const char *buf, size_t len, size_t more)
+{
+    size_t lines = more;
+    for (size_t i = 0; i < len; i++)
+        lines += buf[i] == '\n';
+    size_t cap = 16;
+    while (cap < 2 * lines + 2)
+        cap *= 2;
+    ls->v = rp_xcalloc(cap, sizeof(*ls->v));
+    ls->mask = cap - 1;
     for (size_t pos = 0; pos < len;) {
         const char *nl = memchr(buf + pos, '\n', len - pos);
         size_t l = nl ? (size_t)(nl - (buf + pos)) : len - pos;
-        if (l == n && memcmp(buf + pos, line, n) == 0)
-            return true;
+        if (l) {
+            size_t k = line_slot(ls, buf, buf + pos, l);
+            ls->v[k].off = pos;
+            ls->v[k].len = l;
+        }
         pos += l + 1;
     }
-    return false;
 }
 
 char *rp_pins_line(const char *registry, const char *repo, const char *tag, const char *digest)
@@ -94,13 +121,23 @@ int rp_pins_add_lines(const char *cache_dir, char *const *lines, size_t n)
     if ((len && rp_buf_add(&b, buf, len) < 0) ||
         (len && buf[len - 1] != '\n' && rp_buf_add(&b, "\n", 1) < 0))
         goto too_big;
+    struct line_set ls;
+    line_set_init(&ls, b.data, b.len, n);
     for (size_t i = 0; i < n; i++) {
-        if (has_line(b.data, b.len, lines[i]))
-            continue;
-        if (rp_buf_addf(&b, "%s\n", lines[i]) < 0)
+        size_t l = strlen(lines[i]);
+        size_t k = l ? line_slot(&ls, b.data, lines[i], l) : 0;
+        if (!l || ls.v[k].len)
+            continue; /* there already */
+        size_t off = b.len;
+        if (rp_buf_addf(&b, "%s\n", lines[i]) < 0) {
+            free(ls.v);
             goto too_big;
+        }
+        ls.v[k].off = off;
+        ls.v[k].len = l;
         added++;
     }
+    free(ls.v);
     if (added == 0) {
         rc = 0;
         goto out;

@@ -486,8 +486,13 @@ static void str_key_init(void)
 
 uint64_t rp_str_hash(const char *s)
 {
+    return rp_mem_hash(s, strlen(s));
+}
+
+uint64_t rp_mem_hash(const void *p, size_t n)
+{
     pthread_once(&str_key_once, str_key_init);
-    return rp_siphash(str_key, s, strlen(s));
+    return rp_siphash(str_key, p, n);
 }
 
 void rp_hex_encode(const unsigned char *raw, size_t n, char *out)

@@ -103,6 +103,8 @@ void rp_random_key(uint64_t k[2]);
  * digests that are only claims (a bundle's metadata, a pins file), which anyone may pick
  * to collide under a known hash. */
 uint64_t rp_str_hash(const char *s);
+/* The same, of n bytes. */
+uint64_t rp_mem_hash(const void *p, size_t n);
 /* Lower-case hex of n bytes into out (room for 2n + 1: it is NUL-terminated). */
 void rp_hex_encode(const unsigned char *raw, size_t n, char *out);
 /* Standard base64 (with padding) of n bytes, as a new string. */

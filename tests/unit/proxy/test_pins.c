@@ -5,6 +5,8 @@
 
 #include "../../../proxy/offline.h"
 
+#include <unistd.h>
+
 static struct rp_conf_registry regs[] = {
     {.name = "redhat",
      .url = "https://registry.redhat.io",
@@ -59,8 +61,50 @@ static void test_dockerhub(void)
     CHECK(!pinned("docker.io/ns/x", "local", "ns/x"));
 }
 
+static char *read_pins(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/" RP_PINS_FILE, dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    static char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Lines already in the file (the last without its newline), repeated in the batch, and
+ * new ones: each new line once, in order, the file otherwise as it was. */
+static void test_add_lines(void)
+{
+    char dir[] = "/tmp/rp-test-pins-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/" RP_PINS_FILE, dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fputs("# mirrored\nr/a:1@sha256:aa\n\nr/b@sha256:bb", f);
+    fclose(f);
+    char *batch[] = {"r/b@sha256:bb",   "r/c:2@sha256:cc", "r/a:1@sha256:aa", "",
+                     "r/c:2@sha256:cc", "r/a:1@sha256:a",  "r/d@sha256:dd"};
+    CHECK(rp_pins_add_lines(dir, batch, sizeof(batch) / sizeof(batch[0])) == 0);
+    CHECK_STR(read_pins(dir), "# mirrored\nr/a:1@sha256:aa\n\nr/b@sha256:bb\nr/c:2@sha256:cc\n"
+                              "r/a:1@sha256:a\nr/d@sha256:dd\n");
+    /* Nothing new: the file is left alone. */
+    CHECK(rp_pins_add_lines(dir, batch, 3) == 0);
+    CHECK_STR(read_pins(dir), "# mirrored\nr/a:1@sha256:aa\n\nr/b@sha256:bb\nr/c:2@sha256:cc\n"
+                              "r/a:1@sha256:a\nr/d@sha256:dd\n");
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
+    RUN(test_add_lines);
     RUN(test_name_or_host);
     RUN(test_dockerhub);
     UNIT_EXIT();
