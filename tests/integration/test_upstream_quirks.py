@@ -548,3 +548,28 @@ def test_cdn_wrong_length_answered_502_behind_pipelined_answers(t):
            % (what, [(st, None if b is None else len(b)) for st, b in got]))
         e = json.loads(got[3][1])["errors"][0]
         check("digest" in json.dumps(e["detail"]), "502 detail %r does not say why" % e)
+
+
+def test_empty_blob_pipelined_fetched_once(t):
+    """The empty blob (size 0: empty layers use it), GET twice pipelined on one connection,
+    cold. Its first answer has no byte to hold back until the verdict, so it ends as the
+    fill is published; the second must find the fill or the cached blob then, not fetch
+    again. One upstream GET, two 200s."""
+    empty = b""
+    d = rawup.sha256(empty)
+
+    def h(r):
+        if r.path == "/v2/ns/x/blobs/" + d:
+            r.send(200, empty, [("Content-Type", "application/octet-stream")])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    t.defer(s.close)
+    req = "GET /v2/ns/x/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n" % d
+    s.sendall((req * 2).encode())
+    got = _read_responses(s, 2)
+    eq(got, [(200, b""), (200, b"")], "two pipelined GETs of the empty blob")
+    eq(len(up.seen("/v2/ns/x/blobs/")), 1, "upstream GETs of the empty blob")
