@@ -972,16 +972,17 @@ static void index_forget(struct rp_cache *c, struct entry *e)
         index_free_entry(c, e);
 }
 
-/* Removes the file of a damaged (or replaced) entry and forgets it. A file that will not go
- * is still forgotten: served, it would fail every client's check. */
-static void remove_entry_file(struct rp_cache *c, struct entry *e)
+/* Removes an entry's file and forgets it (why: "removing" a damaged or replaced one,
+ * "evicting"). A file that will not go is still forgotten: served, a damaged one would fail
+ * every client's check, and eviction would retry it forever. Not finding it is fine. */
+static void remove_entry_file(struct rp_cache *c, struct entry *e, const char *why)
 {
     struct digest d;
     char rel[REL_MAX];
     digest_from_raw(e->algo, e->raw, &d);
     entry_rel(rel, sizeof(rel), e->kind, e->algo, dhex(&d));
     if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-        rp_warn("cache: removing %s: %s", rel, strerror(errno));
+        rp_warn("cache: %s %s: %s", why, rel, strerror(errno));
     index_forget(c, e);
 }
 
@@ -1462,17 +1463,9 @@ void rp_cache_stats(const struct rp_cache *c, struct rp_cache_stats *out)
 
 static void evict_entry(struct rp_cache *c, struct entry *e)
 {
-    struct digest d;
-    char rel[REL_MAX];
-    digest_from_raw(e->algo, e->raw, &d);
-    entry_rel(rel, sizeof(rel), e->kind, e->algo, dhex(&d));
-    /* Not finding the file is fine (someone else removed it); failing to remove it still
-     * drops it from the index, or eviction would retry it forever. */
-    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
-        rp_warn("cache: evicting %s: %s", rel, strerror(errno));
     c->st.evictions++;
     c->st.evicted_bytes += e->size;
-    index_forget(c, e);
+    remove_entry_file(c, e, "evicting");
 }
 
 void rp_cache_set_max_size(struct rp_cache *c, uint64_t max_size)
@@ -1721,7 +1714,7 @@ int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_b
         close(fd);
         rp_warn("cache: %s is damaged (%llu bytes, %llu expected); removed", rel,
                 (unsigned long long)st.st_size, (unsigned long long)e->size);
-        remove_entry_file(c, e);
+        remove_entry_file(c, e, "removing");
         return RP_CACHE_E_CORRUPT;
     }
     touch(c, e);
@@ -2085,7 +2078,7 @@ static int manifest_read(struct rp_cache *c, struct entry *e, const struct diges
         index_forget(c, e);
     } else if (rc == RP_CACHE_E_CORRUPT) {
         rp_warn("cache: %s is damaged; removed", rel);
-        remove_entry_file(c, e);
+        remove_entry_file(c, e, "removing");
     } else if (rc == RP_CACHE_OK) {
         touch(c, e);
     }
@@ -2395,7 +2388,7 @@ int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uin
     if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || (uint64_t)st.st_dev != dev ||
         (uint64_t)st.st_ino != ino)
         return RP_CACHE_E_NOENT;
-    remove_entry_file(c, e);
+    remove_entry_file(c, e, "removing");
     return RP_CACHE_OK;
 }
 
@@ -2449,7 +2442,7 @@ int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
             st.blob_bytes += e->size;
             rc = blob_check(c, e, d, why, sizeof(why));
             if (rc == RP_CACHE_E_DIGEST || rc == RP_CACHE_E_SIZE) {
-                remove_entry_file(c, e);
+                remove_entry_file(c, e, "removing");
                 rc = RP_CACHE_E_CORRUPT;
             } else if (rc == RP_CACHE_E_NOENT) {
                 index_forget(c, e); /* deleted behind our back: nothing to serve, nor to report */

@@ -79,8 +79,8 @@ static char *read_pins(const char *dir)
  * new ones: each new line once, in order, the file otherwise as it was. */
 static void test_add_lines(void)
 {
-    char dir[] = "/tmp/rp-test-pins-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
+    char dir[256];
+    unit_mkdtemp(dir, sizeof(dir), "rp-test-pins");
     char path[512];
     snprintf(path, sizeof(path), "%s/" RP_PINS_FILE, dir);
     FILE *f = fopen(path, "w");
