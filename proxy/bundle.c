@@ -801,6 +801,13 @@ static bool cache_lock_held(const char *dir)
     return held;
 }
 
+/* The sync hook of an import: the cache notes what it left unsynced, and the import syncs
+ * at its own points (rp_cache_sync), not on request. */
+static void import_sync_later(void *arg)
+{
+    (void)arg;
+}
+
 struct rp_cache *rp_offline_open_cache(const struct rp_conf *conf, const char *cmd,
                                        uint64_t max_size)
 {
@@ -2357,6 +2364,11 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
         goto out;
     /* Publishing evicts to max_size: what the proxy pins must be pinned here too. */
     rp_pins_apply(im.c, conf);
+    /* Manifests, links and tags are checked when read, so their files need not be fsynced
+     * one by one (two fsyncs each: 7,830 for 300 images, most of the import's time): the
+     * cache leaves them to the syncfs below, once before any tag moves and once before
+     * success is reported. Blob bytes are fsynced before their rename as always. */
+    rp_cache_set_sync_hook(im.c, import_sync_later, NULL);
     im.verified = meta;
     /* Pass 2: publish through the cache, which verifies each digest again. */
     struct rp_progress pub;
@@ -2400,6 +2412,17 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
                     l.digest, l.reg, bi->repo, rp_cache_strerror(l.e));
             goto out;
         }
+    }
+    /* Durable before any tag moves: a power loss after a tag's file reached the disk and
+     * before the manifest it names did would leave the tag naming nothing, where it had
+     * named the image it had before. */
+    if (rp_cache_sync(im.c) != 0) {
+        rp_progress_end(&pub);
+        fprintf(stderr,
+                "regproxy import: failed to make the imported content durable (syncfs: %s); "
+                "no tag was set; importing again finishes the job\n",
+                strerror(errno));
+        goto out;
     }
     /* In the pins file, at once, before any tag moves: a tag set on content that the next
      * start does not pin may see it evicted, and an offline cache cannot fetch it again. A
@@ -2460,6 +2483,13 @@ int rp_import_main(struct rp_conf *conf, const char *bundle)
                          bi->tag ? bi->tag : "", bi->digest);
     }
     rp_progress_end(&pub);
+    if (rp_cache_sync(im.c) != 0) {
+        fprintf(stderr,
+                "regproxy import: failed to make the tags durable (syncfs: %s); importing "
+                "again finishes the job\n",
+                strerror(errno));
+        goto out;
+    }
     char nb[32], tb[32];
     rp_format_bytes(im.new_bytes, nb, sizeof(nb));
     rp_format_bytes(total, tb, sizeof(tb));

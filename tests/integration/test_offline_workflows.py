@@ -689,3 +689,82 @@ def test_import_links_image_content_to_its_repo(t):
            "the image's %s, from its repository" % what)
     r = p.get("/v2/ns/other/blobs/" + sha(layer))
     eq(r.status, 404, "the layer from a repository the bundle does not link it to")
+
+
+def test_import_syncs_in_batches(t):
+    """An import fsynced every manifest, link and tag file and its directory one by one: two
+    fsyncs per file, 7,830 for a bundle of 300 images, most of its time. Those files are
+    checked when read, so the cache leaves them to a syncfs: one before the first tag moves
+    (a tag durable before the manifest it names would name nothing after a power loss) and
+    one before the import reports success. Blob bytes are still fsynced before their rename,
+    one fsync each."""
+    shared = [os.urandom(700) for _ in range(2)]
+    meta = {"format": "regproxy-bundle", "version": 1, "images": [], "manifests": [],
+            "blobs": [{"digest": sha(b), "size": len(b), "repos": []} for b in shared]}
+    mrecs, brecs = [], [["b", sha(b), b] for b in shared]
+    for i in range(12):
+        repo = "ns/app%d" % (i % 3)
+        cfg = json.dumps({"architecture": "amd64", "os": "linux", "n": i,
+                          "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        mine = os.urandom(600)
+        m = json.dumps({"schemaVersion": 2, "mediaType": OCI_MAN,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": sha(cfg), "size": len(cfg)},
+                        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                    "digest": sha(b), "size": len(b)}
+                                   for b in [mine] + shared]}).encode()
+        meta["images"].append({"registry": NAME, "repo": repo, "tag": "v%d" % i,
+                               "digest": sha(m)})
+        meta["manifests"].append({"digest": sha(m), "media_type": OCI_MAN, "size": len(m),
+                                  "repos": [[NAME, repo]]})
+        mrecs.append(["m", sha(m), m])
+        for b in (cfg, mine):
+            meta["blobs"].append({"digest": sha(b), "size": len(b), "repos": [[NAME, repo]]})
+            brecs.append(["b", sha(b), b])
+    path = os.path.join(t.tmp, "many.rpb")
+    _bundle_write(path, meta, mrecs + brecs)
+    cache = os.path.join(t.tmp, "cache-off")
+    conf = _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True)
+    trace = os.path.join(t.tmp, "import.strace")
+    p = subprocess.run(["strace", "-f", "-qq", "-o", trace, "-e",
+                        "trace=fsync,fdatasync,syncfs,rename,renameat,renameat2",
+                        t.s.bin, "import", "-c", conf, path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=lib.clean_env(dict(ASAN_ENV, ASAN_OPTIONS=ASAN_ENV["ASAN_OPTIONS"]
+                                              .replace("detect_leaks=1", "detect_leaks=0"))),
+                       timeout=300)  # LeakSanitizer does not run under ptrace
+    out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    for mk in lib.SANITIZER_MARKERS:
+        check(mk not in out + err, "sanitizer report from regproxy import:\n%s" % err[-6000:])
+    eq(p.returncode, 0, "exit status of the import (stdout %r, stderr %r)" % (out, err))
+    m = re.search(r"(\d+) new manifests, (\d+) new blobs", out)
+    check(m, "the import's summary: %r" % out)
+    eq((int(m.group(1)), int(m.group(2))), (12, 26), "new manifests and blobs")
+    events = []  # (syscall, rename target or None), in order
+    with open(trace) as f:
+        for line in f:
+            c = re.match(r"\d+\s+(fsync|fdatasync|syncfs|rename|renameat|renameat2)\((.*)", line)
+            if not c or line.rstrip().endswith("= -1 ENOENT (No such file or directory)"):
+                continue
+            names = re.findall(r'"([^"]*)"', c.group(2))
+            events.append((c.group(1), names[-1] if c.group(1).startswith("rename") else None))
+    fsyncs = [e for e in events if e[0] in ("fsync", "fdatasync")]
+    # One per blob; the pins file and its directory; the index snapshot and its directory.
+    check(len(fsyncs) <= 26 + 4, "fsyncs: %d for 26 new blobs (events: %r)"
+          % (len(fsyncs), events[:60]))
+    kinds = [("tag" if e[1].startswith("tags/") else "meta" if
+              e[1].startswith(("links/", "manifests/")) else "blob" if e[1].startswith("blobs/")
+              else "other") if e[1] else e[0] for e in events]
+    check("tag" in kinds and "meta" in kinds, "renames seen: %r" % sorted(set(kinds)))
+    first_tag, last_tag = kinds.index("tag"), len(kinds) - 1 - kinds[::-1].index("tag")
+    last_meta = len(kinds) - 1 - kinds[::-1].index("meta")
+    check(last_meta < first_tag and "syncfs" in kinds[last_meta:first_tag],
+          "a syncfs between the last manifest or link and the first tag: %r" % kinds)
+    check("syncfs" in kinds[last_tag:], "a syncfs after the last tag: %r" % kinds[-20:])
+
+    px = t.proxy(registries=[{"name": NAME}], cache={"dir": cache, "offline": "yes"})
+    for i in (0, 11):
+        r = px.get("/v2/ns/app%d/manifests/v%d" % (i % 3, i), headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, sha(r.body)), (200, meta["images"][i]["digest"]), "image %d's manifest" % i)
+    r = px.get("/v2/ns/app2/blobs/" + sha(shared[1]))
+    eq((r.status, sha(r.body)), (200, sha(shared[1])), "a shared layer")
