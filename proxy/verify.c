@@ -8,14 +8,29 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+struct verify_run {
+    struct rp_progress prog;
+    char **damaged; /* removed digests, sorted after the pass for lookups */
+    size_t n_damaged, alloc;
+};
+
 static void on_entry(void *arg, const char *digest, uint64_t size, const char *why, bool removed)
 {
-    struct rp_progress *p = arg;
+    struct verify_run *v = arg;
+    struct rp_progress *p = &v->prog;
     p->done++;
     p->bytes += size;
+    if (removed) {
+        if (v->n_damaged == v->alloc) {
+            v->alloc = v->alloc ? v->alloc * 2 : 16;
+            v->damaged = rp_xrealloc(v->damaged, v->alloc * sizeof(*v->damaged));
+        }
+        v->damaged[v->n_damaged++] = rp_xstrdup(digest);
+    }
     if (removed)
         rp_progress_line(p,
                          "damaged %s: %s; removed (the next pull fetches it again; an offline "
@@ -25,6 +40,54 @@ static void on_entry(void *arg, const char *digest, uint64_t size, const char *w
         rp_progress_line(p, "UNREADABLE %s: %s; kept", digest, why);
     else
         rp_progress_update(p, false);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+struct affected {
+    const struct verify_run *v;
+    const char *digest; /* the first damaged digest the image reaches */
+};
+
+static int find_damaged(void *arg, const char *digest)
+{
+    struct affected *a = arg;
+    char *const *hit = bsearch(&digest, a->v->damaged, a->v->n_damaged, sizeof(char *), cmp_str);
+    if (hit)
+        a->digest = *hit;
+    return hit != NULL;
+}
+
+/* A removed digest is fetched again by the next pull, unless the cache is offline: then the
+ * image has to be mirrored or imported again, and the admin needs its name, not a digest.
+ * Mirrored and imported images are the pins file's; each is walked through the manifests
+ * still cached (a removed manifest is reached by its digest, its content no further). */
+static void name_affected_images(const struct rp_conf *conf, struct rp_cache *c,
+                                 struct verify_run *v)
+{
+    struct rp_image_ref *imgs = NULL;
+    size_t n = 0;
+    char err[512];
+    if (rp_pins_load(conf, &imgs, &n, err, sizeof(err)) != 0) {
+        fprintf(stderr,
+                "regproxy verify: cannot tell which mirrored or imported images the "
+                "damage touched: %s\n",
+                err);
+        return;
+    }
+    qsort(v->damaged, v->n_damaged, sizeof(*v->damaged), cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        struct affected a = {.v = v};
+        if (rp_manifest_walk(c, imgs[i].digest, find_damaged, &a, NULL) == 0)
+            continue;
+        char name[RP_TARGET_MAX];
+        rp_image_ref_format(&imgs[i], name, sizeof(name));
+        printf("image %s lost %s: mirror or import it again\n", name, a.digest);
+    }
+    free(imgs);
 }
 
 int rp_verify_main(const struct rp_conf *conf)
@@ -40,12 +103,17 @@ int rp_verify_main(const struct rp_conf *conf)
         return 1;
     struct rp_cache_stats cs;
     rp_cache_stats(c, &cs);
-    struct rp_progress prog;
-    rp_progress_init(&prog, "verifying", (size_t)cs.entries, cs.size);
-    prog.noun = "entries";
+    struct verify_run v = {0};
+    rp_progress_init(&v.prog, "verifying", (size_t)cs.entries, cs.size);
+    v.prog.noun = "entries";
     struct rp_cache_verify_stats st;
-    int rc = rp_cache_verify(c, on_entry, &prog, &st);
-    rp_progress_end(&prog);
+    int rc = rp_cache_verify(c, on_entry, &v, &st);
+    rp_progress_end(&v.prog);
+    if (v.n_damaged)
+        name_affected_images(conf, c, &v);
+    for (size_t i = 0; i < v.n_damaged; i++)
+        free(v.damaged[i]);
+    free(v.damaged);
     rp_cache_close(c);
     if (rc != RP_CACHE_OK) {
         fprintf(stderr, "regproxy verify: %s\n", rp_cache_strerror(rc));

@@ -2,8 +2,9 @@
 """Disconnected-cluster workflows against a static plain-HTTP upstream (rawup): mirror
 --platform through an index of indexes, a mirror rerun after a tag moved, an older bundle
 imported after a newer one, split parts in the wrong order, a list saved on Windows, an
-empty list, an interrupted mirror, mirrors that together exceed max_size, and bundles rewritten as a
-hostile party would (records re-encoded with the lz4 tool, the trailer recomputed)."""
+empty list, an interrupted mirror, mirrors that together exceed max_size, bundles rewritten as a
+hostile party would (records re-encoded with the lz4 tool, the trailer recomputed), an import's
+disk syncs, and verify naming the imported images it found damaged."""
 import hashlib
 import json
 import os
@@ -691,22 +692,20 @@ def test_import_links_image_content_to_its_repo(t):
     eq(r.status, 404, "the layer from a repository the bundle does not link it to")
 
 
-def test_import_syncs_in_batches(t):
-    """An import fsynced every manifest, link and tag file and its directory one by one: two
-    fsyncs per file, 7,830 for a bundle of 300 images, most of its time. Those files are
-    checked when read, so the cache leaves them to a syncfs: one before the first tag moves
-    (a tag durable before the manifest it names would name nothing after a power loss) and
-    one before the import reports success. Blob bytes are still fsynced before their rename,
-    one fsync each."""
+def _crafted_images(n):
+    """A bundle's metadata and records for n images NAME/ns/app{i%3}:v{i}, each a manifest,
+    a config and a layer of its own and the same two shared layers: (meta, records, layers
+    of each image's own, shared layers)."""
     shared = [os.urandom(700) for _ in range(2)]
     meta = {"format": "regproxy-bundle", "version": 1, "images": [], "manifests": [],
             "blobs": [{"digest": sha(b), "size": len(b), "repos": []} for b in shared]}
-    mrecs, brecs = [], [["b", sha(b), b] for b in shared]
-    for i in range(12):
+    mrecs, brecs, own = [], [["b", sha(b), b] for b in shared], []
+    for i in range(n):
         repo = "ns/app%d" % (i % 3)
         cfg = json.dumps({"architecture": "amd64", "os": "linux", "n": i,
                           "rootfs": {"type": "layers", "diff_ids": []}}).encode()
         mine = os.urandom(600)
+        own.append(mine)
         m = json.dumps({"schemaVersion": 2, "mediaType": OCI_MAN,
                         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                                    "digest": sha(cfg), "size": len(cfg)},
@@ -721,8 +720,19 @@ def test_import_syncs_in_batches(t):
         for b in (cfg, mine):
             meta["blobs"].append({"digest": sha(b), "size": len(b), "repos": [[NAME, repo]]})
             brecs.append(["b", sha(b), b])
+    return meta, mrecs + brecs, own, shared
+
+
+def test_import_syncs_in_batches(t):
+    """An import fsynced every manifest, link and tag file and its directory one by one: two
+    fsyncs per file, 7,830 for a bundle of 300 images, most of its time. Those files are
+    checked when read, so the cache leaves them to a syncfs: one before the first tag moves
+    (a tag durable before the manifest it names would name nothing after a power loss) and
+    one before the import reports success. Blob bytes are still fsynced before their rename,
+    one fsync each."""
+    meta, recs, _, shared = _crafted_images(12)
     path = os.path.join(t.tmp, "many.rpb")
-    _bundle_write(path, meta, mrecs + brecs)
+    _bundle_write(path, meta, recs)
     cache = os.path.join(t.tmp, "cache-off")
     conf = _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True)
     trace = os.path.join(t.tmp, "import.strace")
@@ -768,3 +778,32 @@ def test_import_syncs_in_batches(t):
         eq((r.status, sha(r.body)), (200, meta["images"][i]["digest"]), "image %d's manifest" % i)
     r = px.get("/v2/ns/app2/blobs/" + sha(shared[1]))
     eq((r.status, sha(r.body)), (200, sha(shared[1])), "a shared layer")
+
+
+def test_verify_names_damaged_imported_images(t):
+    """verify named each damaged digest and removed it: the next pull fetches it again, but an
+    offline cache cannot, and its admin had to work out from digests which images to import
+    again. verify now names every mirrored or imported image that lost something, whether a
+    layer or a manifest, and no other."""
+    meta, recs, own, _ = _crafted_images(4)
+    path = os.path.join(t.tmp, "four.rpb")
+    _bundle_write(path, meta, recs)
+    cache = os.path.join(t.tmp, "cache-off")
+    conf = _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True)
+    _run(t, ["import", "-c", conf, path])
+    for p in (lib.cache_path(cache, "blobs", sha(own[1])),
+              lib.cache_path(cache, "manifests", meta["images"][2]["digest"])):
+        with open(p, "r+b") as f:
+            f.seek(10)
+            b = f.read(1)
+            f.seek(10)
+            f.write(bytes([b[0] ^ 0x55]))
+    rc, out, err = _run(t, ["verify", "-c", conf], ok=False)
+    eq(rc, 1, "verify's exit status with damage (stdout %r, stderr %r)" % (out, err))
+    named = sorted(line for line in out.splitlines() if line.startswith("image "))
+    want = sorted("image %s/%s:%s@%s lost %s: mirror or import it again"
+                  % (NAME, im["repo"], im["tag"], im["digest"], lost)
+                  for im, lost in ((meta["images"][1], sha(own[1])),
+                                   (meta["images"][2], meta["images"][2]["digest"])))
+    eq(named, want, "the images verify names (stdout %r)" % out)
+    check("2 damaged and removed" in out.splitlines()[-1], "verify's summary: %r" % out)
