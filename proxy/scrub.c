@@ -125,9 +125,11 @@ static void job_done(void *arg)
     }
     if (j->rc == RP_CACHE_E_DIGEST || j->rc == RP_CACHE_E_SIZE) {
         if (rp_cache_blob_drop(srv->cache, j->digest, j->dev, j->ino) == RP_CACHE_OK) {
-            rp_warn("cache scrub: blob %s is damaged (%s); removed: the next pull fetches it "
-                    "again",
-                    j->digest, j->why);
+            rp_warn("cache scrub: blob %s is damaged (%s); removed: %s", j->digest, j->why,
+                    srv->conf->cache.offline
+                        ? "this cache is offline, so the images that use it need mirroring or "
+                          "importing again"
+                        : "the next pull fetches it again");
             s->pass_damaged++;
             srv->metrics.scrub_damaged++;
         } else {

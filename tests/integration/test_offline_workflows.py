@@ -807,3 +807,31 @@ def test_verify_names_damaged_imported_images(t):
                                    (meta["images"][2], meta["images"][2]["digest"])))
     eq(named, want, "the images verify names (stdout %r)" % out)
     check("2 damaged and removed" in out.splitlines()[-1], "verify's summary: %r" % out)
+
+
+def test_scrub_on_an_offline_cache_says_what_to_do(t):
+    """The serving scrub removed a damaged blob and logged that the next pull fetches it
+    again, which an offline cache cannot do: it now says that the images using it need
+    mirroring or importing again."""
+    meta, recs, own, _ = _crafted_images(2)
+    path = os.path.join(t.tmp, "two.rpb")
+    _bundle_write(path, meta, recs)
+    cache = os.path.join(t.tmp, "cache-off")
+    _run(t, ["import", "-c", _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True), path])
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache, "offline": "yes",
+                                                    "scrub_interval": "1s", "scrub_rate": "100M"})
+    blob = lib.cache_path(cache, "blobs", sha(own[0]))
+    with open(blob, "r+b") as f:
+        f.seek(10)
+        b = f.read(1)
+        f.seek(10)
+        f.write(bytes([b[0] ^ 0x55]))
+    lib.wait_until(lambda: p.metrics().get(("regproxy_cache_scrub_damaged_total", frozenset()),
+                                           0) == 1, 30, "the scrub to find the damaged blob")
+    log = p.log_text()
+    check(("cache scrub: blob %s is damaged" % sha(own[0])) in log and
+          "removed: this cache is offline, so the images that use it need mirroring or "
+          "importing again" in log, "the scrub's line:\n%s" % log[-3000:])
+    check("the next pull fetches it again" not in log, "the scrub's line promises a fetch")
+    r = p.get("/v2/ns/app0/blobs/" + sha(own[0]))
+    eq(r.status, 404, "the removed blob, offline (body %r)" % r.body[:300])
