@@ -1098,6 +1098,15 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         return -1;
     }
     bool ok = status >= 200 && status < 300;
+    if (ok && status != 200 && r->route.kind == RP_ROUTE_MANIFEST) {
+        /* Only a 200 carries the whole manifest (we send no Range). A manifest by tag has no
+         * digest to check its bytes against: a 206 nobody asked for (a piece of it), a 204
+         * (nothing) or a 203 (a transformation) would be cached and served as the tag's
+         * manifest; a HEAD's would record the tag. */
+        r->up_err = rp_xasprintf("upstream answered a manifest %s with status %d",
+                                 r->fetch_head ? "HEAD" : "GET", status);
+        return -1;
+    }
     if (ok && r->route.kind == RP_ROUTE_BLOB && r->state == RQ_UPSTREAM && !r->head) {
         /* A range pass-through: streamed with backpressure, never cached. Only a whole
          * blob (hashed, its last byte held back) or the part asked for: any other success

@@ -573,3 +573,35 @@ def test_empty_blob_pipelined_fetched_once(t):
     got = _read_responses(s, 2)
     eq(got, [(200, b""), (200, b"")], "two pipelined GETs of the empty blob")
     eq(len(up.seen("/v2/ns/x/blobs/")), 1, "upstream GETs of the empty blob")
+
+
+def test_manifest_partial_success_not_cached(t):
+    """A manifest GET answered with a success other than 200 (a 206 with a piece of it that
+    nobody asked for, a 204 with nothing): by tag there is no digest to check the bytes
+    against, so they must not be cached as the tag's manifest nor served as a manifest; by
+    digest, not relayed as a 206 without Content-Range. Each GET asks upstream again."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/piece":
+            r.send(206, m[:100], [("Content-Type", MT),
+                                  ("Content-Range", "bytes 0-99/%d" % len(m))])
+        elif r.path == "/v2/ns/x/manifests/" + md:
+            r.send(206, m, [("Content-Type", MT),
+                            ("Content-Range", "bytes 0-%d/%d" % (len(m) - 1, len(m)))])
+        elif r.path == "/v2/ns/x/manifests/empty":
+            r.send(204, b"", [("Content-Type", MT)])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    for ref in ("piece", md, "empty"):
+        path = "/v2/ns/x/manifests/" + ref
+        for i in range(2):
+            r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+            eq((r.status, [e["code"] for e in _body_json(r)["errors"]]), (502, ["UNKNOWN"]),
+               "GET %s (%d) answered %d by upstream: %r" % (ref, i, 206 if ref != "empty"
+                                                            else 204, r.body[:80]))
+        eq(len(up.seen(path)), 2, "GET %s twice: upstream GETs (one: the answer was cached)"
+           % ref)
