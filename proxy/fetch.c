@@ -43,6 +43,7 @@ struct rp_fetch {
     uint64_t token_generation;
     int redirects;
     struct rp_xfer *xfer;
+    bool headed;    /* the current transfer's final response head arrived (xfer_headers_cb) */
     bool final;     /* the current transfer's response goes to the owner */
     size_t drained; /* body bytes of a non-final answer (a redirect, a retried 401) so far */
     /* A final answer that is not a success: its body goes to the owner up to
@@ -135,6 +136,7 @@ static int drained_too_much(struct rp_fetch *f, int status)
 static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     struct rp_fetch *f = arg;
+    f->headed = true;
     f->status = status;
     f->final = true;
     bool fresh = f->token_fresh && f->token_generation == rp_auth_generation(f->auth);
@@ -228,6 +230,17 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
         if (f->res.fail == RP_FETCH_OK)
             f->res.fail = RP_FETCH_E_TRANSPORT;
         fail(f, f->res.fail, err); /* a res_err set before (drained_too_much) comes first */
+        return;
+    }
+    if (!f->headed) {
+        /* No final head ever came: a 101 nobody asked for ends curl's header parsing, and
+         * the rest arrives as a body. Neither a retried 401 nor a redirect (whose Location
+         * would be NULL, or the previous hop's, fetched again up to RP_REDIRECTS_MAX). */
+        f->res.status = f->status;
+        if (!f->res_err)
+            f->res_err =
+                rp_xasprintf("upstream answered %d and no final answer followed", f->status);
+        fail(f, RP_FETCH_E_OWNER, NULL);
         return;
     }
     if (f->final) {
@@ -376,6 +389,7 @@ static void fetch_drive(struct rp_fetch *f)
                 .timeout_ms = f->stream ? 0 : METADATA_TIMEOUT_MS,
                 .stall_timeout_s = STALL_TIMEOUT_S,
             };
+            f->headed = false;
             f->final = false;
             f->status = 0;
             f->state = F_WAIT;

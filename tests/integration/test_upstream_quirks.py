@@ -605,3 +605,30 @@ def test_manifest_partial_success_not_cached(t):
                                                             else 204, r.body[:80]))
         eq(len(up.seen(path)), 2, "GET %s twice: upstream GETs (one: the answer was cached)"
            % ref)
+
+
+def test_101_is_no_redirect(t):
+    """A 101 nobody asked for (with a byte after its head, which curl takes as a body): no
+    final answer came. It is not a redirect to follow: a CDN answering so was fetched again
+    at its own Location up to the redirect limit, and the client told "too many redirects"
+    or "redirect to a malformed location". One request each, and a 502 naming the 101."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path == "/v2/ns/x/blobs/" + ld:
+            r.send(307, b"", [("Location", "/cdn/" + ld)])
+        elif r.path.startswith("/cdn/") or r.path == "/v2/ns/x/manifests/v1":
+            r.send(101, b"x", [("Upgrade", "h2c")])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    for path, seen in (("/v2/ns/x/blobs/" + ld, "/cdn/"), ("/v2/ns/x/manifests/v1",
+                                                             "/v2/ns/x/manifests/")):
+        r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, 502, "GET %s answered 101: %r" % (path, r.body))
+        d = _body_json(r)["errors"][0]["detail"]
+        eq((d.get("upstream_status"), "101" in d.get("error", "")), (101, True),
+           "GET %s: the detail names the 101 (%r)" % (path, d))
+        eq(len(up.seen(seen)), 1, "GET %s: requests to %s" % (path, seen))
