@@ -183,10 +183,11 @@ void rp_inflight_free_all(struct rp_server *srv);
 
 /* ----------------------------------------------------------------------- request.c */
 
-/* The media type a manifest's bytes give themselves (mediaType), malloc'd; NULL when they
- * give none (schema 1, an OCI manifest without it) or it could not be a header value. It is
- * the type cached for those bytes, whoever labelled them otherwise (another registry's
- * Content-Type, a bundle's metadata), since every registry's clients are served them. */
+/* The media type a manifest's bytes give themselves (mediaType, or for an OCI manifest or
+ * index without it, the one its shape names), malloc'd; NULL when they give none (schema 1)
+ * or it could not be a header value. It is the type cached for those bytes, whoever
+ * labelled them otherwise (another registry's Content-Type, a bundle's metadata), since
+ * every registry's clients are served them. */
 char *rp_manifest_own_type(const char *body, size_t len);
 
 enum rp_req_state {

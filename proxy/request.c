@@ -1367,6 +1367,19 @@ char *rp_manifest_own_type(const char *body, size_t len)
 {
     json_t *j = json_loadb(body, len, 0, NULL);
     const char *t = json_string_value(json_object_get(j, "mediaType"));
+    json_t *sv = json_object_get(j, "schemaVersion");
+    if (json_is_object(j) && !json_object_get(j, "mediaType") && json_is_integer(sv) &&
+        json_integer_value(sv) == 2) {
+        /* Without the field, the structure names the type (OCI image-spec: Docker schema 2
+         * requires mediaType, so these are OCI's): else any registry's Content-Type would
+         * relabel the bytes for every registry's clients (an image manifest called an index
+         * fails their pulls). Both or neither of the shapes: no type of its own. */
+        bool index = json_is_array(json_object_get(j, "manifests"));
+        bool image = json_is_object(json_object_get(j, "config")) &&
+                     json_is_array(json_object_get(j, "layers"));
+        if (index != image)
+            t = index ? RP_MEDIA_OCI_INDEX : RP_MEDIA_OCI_MANIFEST;
+    }
     char *own = t && strlen(t) <= RP_MEDIA_TYPE_MAX && strchr(t, '/') && rp_header_value_safe(t)
                     ? rp_xstrdup(t)
                     : NULL;

@@ -632,3 +632,40 @@ def test_101_is_no_redirect(t):
         eq((d.get("upstream_status"), "101" in d.get("error", "")), (101, True),
            "GET %s: the detail names the 101 (%r)" % (path, d))
         eq(len(up.seen(seen)), 1, "GET %s: requests to %s" % (path, seen))
+
+
+def test_manifest_without_media_type_not_relabelled(t):
+    """An OCI image manifest whose bytes have no mediaType field (it is optional in OCI),
+    cached from one registry, then served by another (or another repository) under an
+    index's Content-Type: the cache took the second label for the bytes, and the first
+    registry's clients then got their image manifest as an index (their pulls fail). With no
+    mediaType, the bytes' shape names the type that is cached and answered."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    doc = json.loads(m)
+    del doc["mediaType"]
+    m = json.dumps(doc).encode()
+    md = rawup.sha256(m)
+
+    def good(r):
+        if r.path in ("/v2/ns/x/manifests/v1", "/v2/ns/x/manifests/" + md):
+            r.answer(m, MT, md)
+        else:
+            r.send(404, b"")
+        return False
+
+    def relabel(r):
+        if r.path == "/v2/evil/x/manifests/" + md:
+            r.answer(m, OCI_INDEX, md)
+        else:
+            r.send(404, b"")
+        return False
+    a = rawup.RawUpstream(t, good)
+    b = rawup.RawUpstream(t, relabel)
+    p = t.proxy(registries=[a.conf(name="a.test"), b.conf(name="b.test")])
+    r = p.get("/v2/a.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.header("Content-Type")), (200, MT), "a.test ns/x:v1 first")
+    p.get("/v2/b.test/evil/x/manifests/" + md, headers={"Accept": lib.ACCEPT_ALL})
+    for ref in ("v1", md):
+        r = p.get("/v2/a.test/ns/x/manifests/" + ref, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, r.body, r.header("Content-Type")), (200, m, MT),
+           "a.test ns/x %s after b.test served the bytes as an index" % ref)
