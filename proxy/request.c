@@ -1363,6 +1363,17 @@ static bool tag_answer_whole(const struct rp_req *r, const char *body)
     return r->up_h.length >= 0 || r->up_h.chunked;
 }
 
+/* Whether body is a JSON object, as every manifest is: a manifest by tag has no digest to
+ * vouch for it, and one whose Content-Length lies short (with no Docker-Content-Digest) is
+ * framed as whole, cut inside its JSON. */
+static bool json_object_body(const char *body, size_t len)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    bool ok = json_is_object(j);
+    json_decref(j);
+    return ok;
+}
+
 char *rp_manifest_own_type(const char *body, size_t len)
 {
     json_t *j = json_loadb(body, len, 0, NULL);
@@ -1415,6 +1426,13 @@ static void manifest_fetched(struct rp_req *r)
                               "upstream sent a manifest that may have been cut short: it does "
                               "not match upstream's Docker-Content-Digest, or has neither that "
                               "nor a Content-Length or chunked framing",
+                              r->up_status, NULL);
+        return;
+    }
+    if (!rt->ref_is_digest && !json_object_body(body, r->body.len)) {
+        rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
+                              "upstream sent a manifest that is not a JSON object (cut short "
+                              "by a wrong Content-Length, or no manifest)",
                               r->up_status, NULL);
         return;
     }

@@ -669,3 +669,30 @@ def test_manifest_without_media_type_not_relabelled(t):
         r = p.get("/v2/a.test/ns/x/manifests/" + ref, headers={"Accept": lib.ACCEPT_ALL})
         eq((r.status, r.body, r.header("Content-Type")), (200, m, MT),
            "a.test ns/x %s after b.test served the bytes as an index" % ref)
+
+
+def test_manifest_short_content_length_not_cached(t):
+    """A manifest by tag without Docker-Content-Digest whose Content-Length lies short (the
+    first 100 bytes), or is 0: curl reads what the length says, which framing alone takes for
+    whole. The piece, not even JSON, was cached, recorded as the tag's manifest and served
+    as a 200 HIT until tag_ttl ran out. It is refused: 502 MANIFEST_INVALID, nothing cached."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/short":
+            r.send(200, m, [("Content-Type", MT), ("Content-Length", "100")])
+        elif r.path == "/v2/ns/x/manifests/empty":
+            r.send(200, b"", [("Content-Type", MT)])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    for tag in ("short", "empty"):
+        path = "/v2/ns/x/manifests/" + tag
+        for i in range(2):
+            r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+            codes = [e["code"] for e in (_body_json(r) or {}).get("errors", [])]
+            eq((r.status, codes), (502, ["MANIFEST_INVALID"]),
+               "GET ns/x:%s (%d): %r" % (tag, i, r.body[:120]))
+        eq(len(up.seen(path)), 2, "GET ns/x:%s twice: upstream GETs (one: it was cached)" % tag)
