@@ -343,6 +343,19 @@ static void route_error(struct rp_req *r, int e, const char *why)
     }
 }
 
+/* Appends a list's paging parameters (n, last, a registry's own) to the query q holds, and
+ * makes its first '&' the '?'. */
+static void page_query(const struct rp_route *rt, char *q, size_t cap)
+{
+    if (rt->n >= 0)
+        snprintf(q + strlen(q), cap - strlen(q), "&n=%ld", rt->n);
+    if (rt->last[0])
+        snprintf(q + strlen(q), cap - strlen(q), "&last=%s", rt->last);
+    snprintf(q + strlen(q), cap - strlen(q), "%s", rt->extra_query);
+    if (q[0])
+        q[0] = '?';
+}
+
 /* The upstream path for the route (only validated parts travel upstream). */
 static char *upstream_path(const struct rp_req *r)
 {
@@ -353,8 +366,6 @@ static char *upstream_path(const struct rp_req *r)
     case RP_ROUTE_BLOB:
         return rp_xasprintf("/v2/%s/blobs/%s", rt->name, rt->ref);
     case RP_ROUTE_REFERRERS: {
-        if (!rt->artifact_type[0])
-            return rp_xasprintf("/v2/%s/referrers/%s", rt->name, rt->ref);
         /* Encoded as clients send it: a Go registry reads a bare '+' as a space. */
         char enc[3 * sizeof(rt->artifact_type)];
         size_t o = 0;
@@ -366,17 +377,17 @@ static char *upstream_path(const struct rp_req *r)
                 o += (size_t)snprintf(enc + o, sizeof(enc) - o, "%%%02X", (unsigned char)*c);
         }
         enc[o] = '\0';
-        return rp_xasprintf("/v2/%s/referrers/%s?artifactType=%s", rt->name, rt->ref, enc);
+        /* Paged as tags lists are: the parameters a registry named the next page with (its
+         * Link, rewritten by rewrite_link) go back to it. */
+        char q[sizeof(enc) + sizeof(rt->extra_query) + 200] = "";
+        if (o)
+            snprintf(q, sizeof(q), "&artifactType=%s", enc);
+        page_query(rt, q, sizeof(q));
+        return rp_xasprintf("/v2/%s/referrers/%s%s", rt->name, rt->ref, q);
     }
     case RP_ROUTE_TAGS: {
         char q[sizeof(rt->extra_query) + 200] = "";
-        if (rt->n >= 0)
-            snprintf(q, sizeof(q), "&n=%ld", rt->n);
-        if (rt->last[0])
-            snprintf(q + strlen(q), sizeof(q) - strlen(q), "&last=%s", rt->last);
-        snprintf(q + strlen(q), sizeof(q) - strlen(q), "%s", rt->extra_query);
-        if (q[0])
-            q[0] = '?';
+        page_query(rt, q, sizeof(q));
         return rp_xasprintf("/v2/%s/tags/list%s", rt->name, q);
     }
     case RP_ROUTE_PING:
@@ -1258,9 +1269,10 @@ static bool link_is_next(const char *params, size_t len)
     return false;
 }
 
-/* Rewrites a tags/list Link header into the proxy's namespace: of its link-values (upstream
- * may send several, and repeated Link lines arrive joined by commas) only the one with
- * rel="next" is kept, as `</v2/CLIENT-NAME/tags/list?...>; rel="next"` with the client's ns=
+/* Rewrites a tags/list (or referrers) Link header into the proxy's namespace: of its
+ * link-values (upstream may send several, and repeated Link lines arrive joined by commas)
+ * only the one with rel="next" is kept, as `</v2/CLIENT-NAME/tags/list?...>; rel="next"`
+ * (`.../referrers/DIGEST?...`, the request's subject) with the client's ns=
  * when it used one; its other parameters and every other link are dropped, so nothing
  * upstream wrote reaches the client but that page's query. Returns a new string, or NULL
  * when there is no such link we understand (the header is dropped). */
@@ -1293,13 +1305,23 @@ static char *rewrite_link(const struct rp_req *r, const char *link)
             return NULL;
     }
     size_t plen = ulen - (size_t)(path - uri);
-    /* Any /v2/.../tags/list: only the query is kept, and a registry the request was
-     * redirected to (registry.k8s.io's backing one) names the repository its own way. */
+    /* Any /v2/.../tags/list (or /v2/.../referrers/<digest>): only the query is kept, and a
+     * registry the request was redirected to (registry.k8s.io's backing one) names the
+     * repository its own way. */
     const char *q = memchr(path, '?', plen);
     size_t pathlen = q ? (size_t)(q - path) : plen;
-    static const char suffix[] = "/tags/list";
-    bool ok = pathlen > 4 + sizeof(suffix) - 1 && memcmp(path, "/v2/", 4) == 0 &&
-              memcmp(path + pathlen - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) == 0;
+    bool referrers = r->route.kind == RP_ROUTE_REFERRERS;
+    const char *suffix = referrers ? "/referrers" : "/tags/list";
+    size_t slen = strlen(suffix), end = pathlen;
+    if (referrers) { /* the subject's segment: the page is of this request's subject */
+        while (end > 0 && path[end - 1] != '/')
+            end--;
+        if (end == pathlen || end == 0)
+            return NULL;
+        end--;
+    }
+    bool ok = end > 4 + slen && memcmp(path, "/v2/", 4) == 0 &&
+              memcmp(path + end - slen, suffix, slen) == 0;
     if (!ok)
         return NULL;
     const char *query = path + pathlen;
@@ -1321,12 +1343,14 @@ static char *rewrite_link(const struct rp_req *r, const char *link)
         i += n + 1;
     }
     const char *kept = kq.len ? kq.data : "";
+    const char *what = referrers ? "referrers/" : "tags/list";
+    const char *ref = referrers ? r->route.ref : "";
     char *out;
     if (r->route.via_ns)
-        out = rp_xasprintf("</v2/%s/tags/list%s%sns=%s>; rel=\"next\"", r->route.client_name, kept,
-                           kq.len ? "&" : "?", r->route.reg->name);
+        out = rp_xasprintf("</v2/%s/%s%s%s%sns=%s>; rel=\"next\"", r->route.client_name, what, ref,
+                           kept, kq.len ? "&" : "?", r->route.reg->name);
     else
-        out = rp_xasprintf("</v2/%s/tags/list%s>; rel=\"next\"", r->route.client_name, kept);
+        out = rp_xasprintf("</v2/%s/%s%s%s>; rel=\"next\"", r->route.client_name, what, ref, kept);
     rp_buf_free(&kq);
     if (!rp_header_value_safe(out)) {
         free(out);
@@ -1529,6 +1553,14 @@ static void answer_success(struct rp_req *r)
     case RP_ROUTE_REFERRERS:
         if (rp_header_value_safe(h->oci_filters_applied))
             rp_buf_addf(&extra, "OCI-Filters-Applied: %s\r\n", h->oci_filters_applied);
+        /* A list that does not fit one answer names its next page in a Link (OCI
+         * distribution spec, "Listing Referrers"), as tags lists do. */
+        if (h->link) {
+            char *link = rewrite_link(r, h->link);
+            if (link)
+                rp_buf_addf(&extra, "Link: %s\r\n", link);
+            free(link);
+        }
         break;
     case RP_ROUTE_PING:
         break;

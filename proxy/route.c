@@ -338,7 +338,9 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
             seen_n = true;
             out->n = n > RP_TAGS_N_MAX ? RP_TAGS_N_MAX : (long)n;
         } else if (klen == 4) {
-            if (seen_last || !rp_valid_tag(v, vlen)) {
+            /* A tag, as tags/list pages by; a referrers page may be named by the last
+             * digest listed (the kind is checked once the path is split). */
+            if (seen_last || !(rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen))) {
                 *why = "last must be a valid tag, given once";
                 return RP_ROUTE_E_PARAM_INVALID;
             }
@@ -549,6 +551,11 @@ int rp_route_parse(const struct rp_conf *conf, const struct rp_conf_listen *list
     rc = check_ref(out, ref, ref_len, why);
     if (rc != RP_ROUTE_OK)
         return rc;
+    if (out->kind != RP_ROUTE_REFERRERS && out->last[0] &&
+        !rp_valid_tag(out->last, strlen(out->last))) {
+        *why = "last must be a valid tag, given once";
+        return RP_ROUTE_E_PARAM_INVALID;
+    }
     memcpy(out->client_name, rest, name_len);
     out->client_name[name_len] = '\0';
     rc = choose_registry(conf, listener, rest, name_len, &qs, out, why);

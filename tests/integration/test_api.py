@@ -2,6 +2,7 @@
 """The registry API as a client sees it through the proxy: ping, manifests and blobs by
 tag and digest (GET/HEAD/Range), tags/list pagination with Link rewriting, referrers, and
 upstream errors relayed with the right statuses."""
+import hashlib
 import json
 import urllib.parse
 
@@ -248,6 +249,56 @@ def test_referrers_forwarded(t):
     eq(r.json().get("manifests"), [], "referrers index")
     eq(r.header("Content-Type"), "application/vnd.oci.image.index.v1+json",
        "referrers Content-Type")
+
+
+def _walk_referrers(p, first, want_path, want_ns=None):
+    """Follows the Link headers from first as oras-go does; returns (digests, pages)."""
+    target, got, pages = first, [], 0
+    while target:
+        r = p.get(target)
+        eq(r.status, 200, "GET %s" % target)
+        eq(r.header("Content-Type"), "application/vnd.oci.image.index.v1+json",
+           "Content-Type of %s" % target)
+        got += [d["digest"] for d in r.json()["manifests"]]
+        pages += 1
+        check(pages <= 6, "more than 6 pages of referrers: the cursor is not forwarded")
+        h = r.header("Link")
+        if not h:
+            break
+        target = h[1:h.index(">")]
+        u = urllib.parse.urlsplit(target)
+        eq(u.path, want_path, "path of the referrers Link %r" % h)
+        if want_ns:
+            eq(urllib.parse.parse_qs(u.query).get("ns"), [want_ns], "ns kept in Link %r" % h)
+    return got, pages
+
+
+def test_referrers_pages_follow_links(t):
+    """A registry that pages referrers names the next page in a Link (OCI distribution spec,
+    "Listing Referrers": a Link MUST be included when the list does not fit one answer), with
+    parameters of its own. The proxy dropped that Link, and forwarded no paging parameter
+    upstream: oras, notation and cosign saw the first page only, and missed the signatures
+    and SBOMs on the others."""
+    s = t.s
+    fr = s.fakereg
+    p = _proxy(t)
+    d = s.images["multi"]["tags"]["v1"]
+    want = ["sha256:" + hashlib.sha256(b"%s referrer %d" % (d.encode(), i)).hexdigest()
+            for i in range(5)]
+    mark = fr.mark()
+    got, pages = _walk_referrers(
+        p, "/v2/registry.fake.test/mode/referrers-paged/ns/multi/referrers/" + d,
+        "/v2/registry.fake.test/mode/referrers-paged/ns/multi/referrers/" + d)
+    eq(got, want, "referrers following the Links (prefix route)")
+    eq(pages, 3, "pages of 2 of 5 referrers")
+    ups = [x for x in fr.requests(mark[0]) if "/referrers/" in x["path"] and
+           x.get("status") == 200]
+    eq(len(ups), 3, "upstream referrers requests answered")
+    # containerd-style ns=: the Link keeps the client's ns
+    got, pages = _walk_referrers(
+        p, "/v2/mode/referrers-paged/ns/multi/referrers/%s?ns=registry.fake.test&n=3" % d,
+        "/v2/mode/referrers-paged/ns/multi/referrers/" + d, want_ns="registry.fake.test")
+    eq((got, pages), (want, 2), "referrers following the Links (ns route, n=3)")
 
 
 def test_upstream_429_relayed(t):

@@ -532,6 +532,18 @@ static void test_referrers(void)
     t[n + 253] = '\0'; /* 255 */
     CHECK_INT(route(t), RP_ROUTE_OK);
     CHECK_INT(strlen(r.artifact_type), 255);
+    /* Paged as a registry names the next page: by the last digest listed, n, and a cursor
+     * of its own, all forwarded. A digest is no tag: tags lists still refuse it. */
+    CHECK_INT(route("/v2/foo/referrers/" SHA256 "?n=2&last=" SHA256 "&cursor=YXQ6Mg%3D%3D"),
+              RP_ROUTE_OK);
+    CHECK_INT(r.n, 2);
+    CHECK_STR(r.last, SHA256);
+    CHECK_STR(r.extra_query, "&cursor=YXQ6Mg%3D%3D");
+    CHECK_INT(route("/v2/foo/referrers/" SHA256 "?last=v1"), RP_ROUTE_OK);
+    CHECK_STR(r.last, "v1");
+    CHECK_INT(route("/v2/foo/referrers/" SHA256 "?last=a/b"), RP_ROUTE_E_PARAM_INVALID);
+    CHECK_INT(route("/v2/foo/tags/list?last=" SHA256), RP_ROUTE_E_PARAM_INVALID);
+    CHECK_INT(route("/v2/foo/manifests/v1?last=" SHA256), RP_ROUTE_E_PARAM_INVALID);
 }
 
 static void test_too_long(void)
