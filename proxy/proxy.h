@@ -33,8 +33,11 @@ struct evconnlistener;
 struct evbuffer;
 
 #define RP_MANIFEST_MAX (4 * 1024 * 1024) /* largest manifest or index accepted upstream */
-#define RP_SMALL_BODY_MAX (1024 * 1024)   /* tags lists, referrers */
-#define RP_ERROR_BODY_MAX (64 * 1024)     /* upstream error bodies kept for the client */
+/* Tags lists and referrers: docker-registry 2.8 ignores n and answers every tag of a
+ * repository at once, megabytes where CI tags every commit (100,000 tags of a branch and a
+ * commit id are about 5 MB); the body is only buffered while it passes. */
+#define RP_LIST_BODY_MAX (16 * 1024 * 1024)
+#define RP_ERROR_BODY_MAX (64 * 1024) /* upstream error bodies kept for the client */
 #define RP_REDIRECTS_MAX 5
 #define RP_STREAM_HIGH (1024 * 1024)           /* stop feeding a client with this much queued */
 #define RP_STREAM_LOW (256 * 1024)             /* and go on when it has drained to this */

@@ -1180,7 +1180,7 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         return 0; /* no body: Content-Length describes what a GET would send */
     size_t cap = !ok                                  ? RP_ERROR_BODY_MAX
                  : r->route.kind == RP_ROUTE_MANIFEST ? RP_MANIFEST_MAX
-                                                      : RP_SMALL_BODY_MAX;
+                                                      : RP_LIST_BODY_MAX;
     r->body_cap = cap;
     rp_buf_init(&r->body, cap);
     /* An error answer's body is cut to its cap (fetch.c), not refused: the status is what

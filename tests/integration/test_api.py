@@ -217,6 +217,21 @@ def test_tags_pagination_and_links(t):
     eq(r.status, 400, "tags/list?n=abc")
 
 
+def test_tags_list_of_a_busy_repository(t):
+    """docker-registry 2.8 ignores n and answers every tag at once: a repository that CI
+    tags at every commit has megabytes of them (40,000 tags, 2.1 MB here). The proxy kept
+    tags lists to 1 MiB and answered such a one 502, so skopeo list-tags failed through it
+    while working against the registry."""
+    p = _proxy(t)
+    name = "registry.fake.test/mode/tags-many/ns/tags"
+    r = t.s.skopeo(["list-tags", "--tls-verify=false", "--no-creds",
+                    "docker://%s/%s" % (p.hostport, name)], check_rc=False)
+    eq(r.returncode, 0, "skopeo list-tags through the proxy (stderr %r)" % r.err[-500:])
+    tags = json.loads(r.out)["Tags"]
+    eq(len(tags), 40000, "tags skopeo listed")
+    eq(tags[-1], "ci-39999-" + hashlib.sha1(b"39999").hexdigest(), "the last tag")
+
+
 def test_referrers_forwarded(t):
     s = t.s
     p = _proxy(t)
