@@ -9,6 +9,7 @@
 
 #include <event2/event.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,8 @@ struct mirror {
     struct rp_server srv;
     struct rp_conf_listen listen;
     int port;
+    /* "Bearer KEY", KEY random per run: the internal listener answers only this client. */
+    char authorization[7 + 64 + 1];
     struct rp_upstream *client;
     struct rp_platforms *platforms;
     struct image *images;
@@ -468,6 +471,7 @@ static void task_start(struct mirror *m, struct task *t)
                              img->ref.repo, t->kind == T_MANIFEST ? "manifests" : "blobs", t->ref);
     struct rp_xfer_opts o = {
         .url = url,
+        .authorization = m->authorization,
         .accept = t->kind == T_MANIFEST ? RP_MANIFEST_ACCEPT : NULL,
         .tls_verify = true,
         .timeout_ms = t->kind == T_MANIFEST ? MANIFEST_TIMEOUT_MS : 0,
@@ -592,7 +596,17 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
     m.listen.host = "127.0.0.1";
     m.listen.max_connections = 1024;  /* the mirror's own client only */
     m.listen.idle_timeout_ms = 60000; /* as [listen] idle_timeout's default */
-    m.port = rp_server_listen_internal(&m.srv, &m.listen);
+    /* Any local user can connect to 127.0.0.1: the listener, which pulls with the
+     * configuration's credentials, serves only requests with this run's key. */
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        fprintf(stderr, "regproxy mirror: no random bytes for the internal listener's key\n");
+        goto out;
+    }
+    memcpy(m.authorization, "Bearer ", 7);
+    rp_hex_encode(raw, sizeof(raw), m.authorization + 7);
+    rp_secure_zero(raw, sizeof(raw));
+    m.port = rp_server_listen_internal(&m.srv, &m.listen, m.authorization + 7);
     if (m.port <= 0)
         goto out;
     m.client = rp_upstream_new(m.srv.base);
@@ -656,5 +670,6 @@ out:
     }
     free(m.images);
     rp_platforms_free(m.platforms);
+    rp_secure_zero(m.authorization, sizeof(m.authorization));
     return rc;
 }

@@ -539,8 +539,12 @@ void rp_server_notify(struct rp_server *srv, const char *state);
  * which runs the proxy in-process. */
 int rp_server_init(struct rp_server *srv, struct rp_conf *conf);
 /* Serves on l alone (the mirror's internal listener, e.g. 127.0.0.1 port 0; l must outlive
- * the server). Returns the bound port, or -1 (logged). */
-int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen *l);
+ * the server), answering only requests that carry "Authorization: Bearer KEY" (key is
+ * copied, and wiped at rp_server_fini): any local user can connect to 127.0.0.1, and this
+ * listener pulls with the configuration's credentials. Returns the bound port, or -1
+ * (logged). */
+int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen *l,
+                              const char *key);
 /* Closes connections, fills, listeners and the cache, frees everything; srv is zeroed. */
 void rp_server_fini(struct rp_server *srv);
 

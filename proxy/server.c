@@ -16,6 +16,7 @@
 #include <event2/listener.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
@@ -53,6 +54,9 @@ struct rp_listen_ctx {
     struct rp_listener *li;            /* its listener (li->ev is NULL once closed) */
     struct event *resume_ev;           /* accepting again after accept() failed */
     struct rp_log_ration tls_fail_log; /* failed TLS handshakes */
+    /* The internal listener's (rp_server_listen_internal): every request must carry
+     * "Authorization: Bearer KEY". A secret; NULL on configured listeners. */
+    char *key;
 };
 
 static const char *status_reason(int status)
@@ -729,6 +733,18 @@ static void conn_try_parse(struct rp_conn *c)
         free(c);
 }
 
+/* Whether the head carries "Authorization: Bearer KEY": the internal listener is on
+ * 127.0.0.1, where any local user can connect, and it pulls with the configuration's
+ * credentials under no allow list or client accounts. Only the process that made it knows
+ * KEY. */
+static bool internal_key_ok(const char *key, const struct rp_http_request_head *h)
+{
+    const struct rp_http_header *ah = rp_http_find_header(h, "authorization");
+    size_t klen = strlen(key);
+    return ah && ah->value_len == 7 + klen && rp_strieq_n(ah->value, 7, "Bearer ") &&
+           CRYPTO_memcmp(ah->value + 7, key, klen) == 0;
+}
+
 static void conn_parse_one(struct rp_conn *c)
 {
     if (c->bev)
@@ -790,6 +806,10 @@ static void conn_parse_one(struct rp_conn *c)
     if (!rp_acl_allows(c->lctx->set.allow, c->lctx->set.n_allow,
                        (const struct sockaddr *)&c->peer_sa)) {
         conn_reject(c, &h, 403, "DENIED", "this network may not pull from this proxy");
+        return;
+    }
+    if (c->lctx->key && !internal_key_ok(c->lctx->key, &h)) {
+        conn_reject(c, &h, 403, "DENIED", "this listener serves the mirror's own requests only");
         return;
     }
     struct rp_htpasswd *accounts = rp_conn_htpasswd(c);
@@ -1969,7 +1989,8 @@ static void durable_request(void *arg)
         durable_submit(srv);
 }
 
-int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen *l)
+int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen *l,
+                              const char *key)
 {
     srv->n_listeners = 1;
     srv->listeners = rp_xcalloc(1, sizeof(*srv->listeners));
@@ -1977,6 +1998,7 @@ int rp_server_listen_internal(struct rp_server *srv, const struct rp_conf_listen
     srv->listeners[0].conf = l;
     srv->lctx[0].srv = srv;
     srv->lctx[0].conf = l;
+    srv->lctx[0].key = rp_xstrdup(key);
     if (settings_load(l, &srv->lctx[0].set, NULL) != 0)
         return -1;
     /* Bound here rather than by listen_on: port 0 (any free port) is the point. */
@@ -2038,6 +2060,7 @@ void rp_server_fini(struct rp_server *srv)
     if (srv->lctx)
         for (size_t i = 0; i < srv->n_listeners; i++) {
             settings_free(&srv->lctx[i].set);
+            rp_free_secret(srv->lctx[i].key);
             if (srv->lctx[i].resume_ev)
                 event_free(srv->lctx[i].resume_ev);
         }

@@ -334,6 +334,80 @@ def test_mirror_interrupted(t):
        "the pins file after the rerun")
 
 
+def _loopback_listeners():
+    """Ports listening on 127.0.0.1 (/proc/net/tcp: state 0A)."""
+    ports = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            addr, port = fields[1].split(":")
+            if fields[3] == "0A" and addr == "0100007F":
+                ports.add(int(port, 16))
+    return ports
+
+
+def test_mirror_internal_listener_serves_only_the_mirror(t):
+    """`regproxy mirror` pulls through an in-process listener on 127.0.0.1, with the
+    configuration's credentials and no allow list or client accounts of its own. Any local
+    user who found its port while a mirror ran (a scan of 127.0.0.1, /proc/net/tcp) used to
+    pull through it, anonymously, any repository the registry credentials can read. Only the
+    mirror's own requests may be served there."""
+    st = Store()
+    imgs = {r: st.big_image("ns/" + r, 1, 64 * 1024, "v1") for r in ("a", "secret")}
+    stall = imgs["a"][1][0]["digest"]
+    reached, release = threading.Event(), threading.Event()
+    inner = st.handler()
+    asked = []
+
+    def handler(r):
+        asked.append(r.path)
+        if r.path.endswith("/blobs/" + stall) and not release.is_set():
+            reached.set()
+            release.wait(60)  # the mirror's layer waits until the test has looked around
+        return inner(r)
+    up = rawup.RawUpstream(t, handler)
+    t.defer(release.set)
+    cache = os.path.join(t.tmp, "cache")
+    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, up)
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("%s/ns/a:v1\n" % NAME)
+    before = _loopback_listeners()
+    p = subprocess.Popen([t.s.bin, "mirror", "-c", conf, lst],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=lib.clean_env(ASAN_ENV))
+    try:
+        check(reached.wait(60), "the mirror never asked for the layer of ns/a")
+        served = []
+        for port in sorted(_loopback_listeners() - before - {up.port}):
+            try:
+                r = lib.request("http://127.0.0.1:%d/v2/%s/ns/secret/manifests/v1" % (port, NAME),
+                                headers={"Accept": OCI_MAN}, timeout=10)
+            except Exception:
+                continue
+            if r.header("X-Request-Id"):  # a regproxy listener: the mirror's
+                served.append((port, r.status, r.body[:100]))
+        check(served, "no regproxy listener found on 127.0.0.1 while the mirror ran")
+        for port, status, body in served:
+            check(status in (401, 403),
+                  "another local client asked the mirror's listener (port %d) for a repository "
+                  "the mirror was not asked for and got %d %r" % (port, status, body))
+        check(not any("/ns/secret/" in a for a in asked),
+              "upstream was asked for ns/secret: %r" % [a for a in asked if "secret" in a])
+        release.set()
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    out, err = out.decode(), err.decode()
+    for m in lib.SANITIZER_MARKERS:
+        check(m not in out + err, "sanitizer report from the mirror:\n%s" % err[-6000:])
+    eq(p.returncode, 0, "exit status of the mirror (stdout %r, stderr %r)" % (out, err[-2000:]))
+    check(re.search(r"^mirror: 1 of 1 images ok, 0 failed;", out, re.M),
+          "the mirror's summary: %r" % out)
+
+
 def test_mirror_beyond_max_size(t):
     """Mirrored content is pinned and kept past max_size (as documented), whether the pinned
     bytes come from earlier lines of the list or from an earlier mirror. An image named by
