@@ -43,9 +43,10 @@ struct rp_fetch {
     uint64_t token_generation;
     int redirects;
     struct rp_xfer *xfer;
-    bool headed;    /* the current transfer's final response head arrived (xfer_headers_cb) */
-    bool final;     /* the current transfer's response goes to the owner */
-    size_t drained; /* body bytes of a non-final answer (a redirect, a retried 401) so far */
+    bool headed; /* the current transfer's final response head arrived (xfer_headers_cb) */
+    bool body_before_head; /* and body bytes came without one: refused (xfer_data_cb) */
+    bool final;            /* the current transfer's response goes to the owner */
+    size_t drained;        /* body bytes of a non-final answer (a redirect, a retried 401) so far */
     /* A final answer that is not a success: its body goes to the owner up to
      * RP_ERROR_BODY_MAX, then the transfer ends there and counts as complete (err_cut). A
      * blob's transfer has no total timeout, and an error body that never ends would hold the
@@ -187,6 +188,12 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
 static long xfer_data_cb(void *arg, const char *p, size_t n)
 {
     struct rp_fetch *f = arg;
+    if (!f->headed) {
+        /* A body before any final head: after a 101 (see xfer_done_cb), refused at once,
+         * however long it is, rather than drained as a redirect's or a 401's would be. */
+        f->body_before_head = true;
+        return -1;
+    }
     if (!f->final) {
         f->drained += n;
         return f->drained > RP_ERROR_BODY_MAX ? drained_too_much(f, f->status) : (long)n;
@@ -223,16 +230,7 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
         xe = RP_XFER_OK;
     rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
                         xe == RP_XFER_OK ? f->status : 0, rp_now_ms() - f->sent_ms);
-    if (xe != RP_XFER_OK) {
-        f->res.xfer_err = xe;
-        if (!f->res.status)
-            f->res.status = status; /* an answer refused in its head: upstream is reachable */
-        if (f->res.fail == RP_FETCH_OK)
-            f->res.fail = RP_FETCH_E_TRANSPORT;
-        fail(f, f->res.fail, err); /* a res_err set before (drained_too_much) comes first */
-        return;
-    }
-    if (!f->headed) {
+    if (f->body_before_head || (xe == RP_XFER_OK && !f->headed)) {
         /* No final head ever came: a 101 nobody asked for ends curl's header parsing, and
          * the rest arrives as a body. Neither a retried 401 nor a redirect (whose Location
          * would be NULL, or the previous hop's, fetched again up to RP_REDIRECTS_MAX). */
@@ -241,6 +239,15 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
             f->res_err =
                 rp_xasprintf("upstream answered %d and no final answer followed", f->status);
         fail(f, RP_FETCH_E_OWNER, NULL);
+        return;
+    }
+    if (xe != RP_XFER_OK) {
+        f->res.xfer_err = xe;
+        if (!f->res.status)
+            f->res.status = status; /* an answer refused in its head: upstream is reachable */
+        if (f->res.fail == RP_FETCH_OK)
+            f->res.fail = RP_FETCH_E_TRANSPORT;
+        fail(f, f->res.fail, err); /* a res_err set before (drained_too_much) comes first */
         return;
     }
     if (f->final) {
@@ -390,6 +397,7 @@ static void fetch_drive(struct rp_fetch *f)
                 .stall_timeout_s = STALL_TIMEOUT_S,
             };
             f->headed = false;
+            f->body_before_head = false;
             f->final = false;
             f->status = 0;
             f->state = F_WAIT;

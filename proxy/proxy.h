@@ -65,7 +65,8 @@ enum rp_fetch_fail {
     RP_FETCH_E_TOKEN,     /* no token could be had (token_err says why) */
     RP_FETCH_E_AUTH,      /* a 401 that credentials cannot fix (auth_err says why) */
     RP_FETCH_E_REDIRECT,  /* a redirect we refuse: too many, bad scheme, malformed */
-    RP_FETCH_E_OWNER,     /* the owner's callback aborted the transfer */
+    RP_FETCH_E_OWNER,     /* refused: the owner's callback aborted the transfer, or the
+                           * answer was unusable (Content-Encoding, no final head) */
 };
 
 struct rp_fetch_result {

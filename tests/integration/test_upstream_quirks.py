@@ -579,8 +579,11 @@ def test_manifest_partial_success_not_cached(t):
     """A manifest GET answered with a success other than 200 (a 206 with a piece of it that
     nobody asked for, a 204 with nothing): by tag there is no digest to check the bytes
     against, so they must not be cached as the tag's manifest nor served as a manifest; by
-    digest, not relayed as a 206 without Content-Range. Each GET asks upstream again."""
+    digest, not relayed as a 206 without Content-Range. Each GET asks upstream again. A
+    HEAD by tag answered 204 does not record the tag."""
     m, md, layer, ld, cfg, cd = rawup.image()
+    m2 = rawup.image()[0]
+    md2 = rawup.sha256(m2)
 
     def h(r):
         if r.path == "/v2/ns/x/manifests/piece":
@@ -591,11 +594,22 @@ def test_manifest_partial_success_not_cached(t):
                             ("Content-Range", "bytes 0-%d/%d" % (len(m) - 1, len(m)))])
         elif r.path == "/v2/ns/x/manifests/empty":
             r.send(204, b"", [("Content-Type", MT)])
+        elif r.path == "/v2/ns/x/manifests/head" and r.method == "HEAD":
+            r.send(204, b"", [("Content-Type", MT), ("Docker-Content-Digest", md2)])
+        elif r.path == "/v2/ns/x/manifests/head":
+            r.answer(m2, MT, md2)
         else:
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
     p = t.proxy(registries=[up.conf()])
+    # A HEAD by tag answered 204: the tag is not recorded, so the GET after it goes upstream.
+    r = p.get("/v2/ns/x/manifests/head", method="HEAD", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 502, "HEAD by tag answered 204 by upstream")
+    r = p.get("/v2/ns/x/manifests/head", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m2), "GET by tag after the refused HEAD")
+    eq([q[1] for q in up.seen("/v2/ns/x/manifests/head")], ["HEAD", "GET"],
+       "upstream requests for the tag (a GET answered from a recorded tag would not be here)")
     for ref in ("piece", md, "empty"):
         path = "/v2/ns/x/manifests/" + ref
         for i in range(2):
@@ -619,13 +633,16 @@ def test_101_is_no_redirect(t):
             r.send(307, b"", [("Location", "/cdn/" + ld)])
         elif r.path.startswith("/cdn/") or r.path == "/v2/ns/x/manifests/v1":
             r.send(101, b"x", [("Upgrade", "h2c")])
+        elif r.path == "/v2/ns/y/manifests/v1":  # past what a redirect's body may be
+            r.send(101, b"x" * 100000, [("Upgrade", "h2c")])
         else:
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
     p = t.proxy(registries=[up.conf()])
-    for path, seen in (("/v2/ns/x/blobs/" + ld, "/cdn/"), ("/v2/ns/x/manifests/v1",
-                                                             "/v2/ns/x/manifests/")):
+    for path, seen in (("/v2/ns/x/blobs/" + ld, "/cdn/"),
+                       ("/v2/ns/x/manifests/v1", "/v2/ns/x/manifests/"),
+                       ("/v2/ns/y/manifests/v1", "/v2/ns/y/manifests/")):
         r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
         eq(r.status, 502, "GET %s answered 101: %r" % (path, r.body))
         d = _body_json(r)["errors"][0]["detail"]
@@ -639,36 +656,49 @@ def test_manifest_without_media_type_not_relabelled(t):
     cached from one registry, then served by another (or another repository) under an
     index's Content-Type: the cache took the second label for the bytes, and the first
     registry's clients then got their image manifest as an index (their pulls fail). With no
-    mediaType, the bytes' shape names the type that is cached and answered."""
+    mediaType, the bytes' shape names the type that is cached and answered; likewise an
+    index without it, served by the other registry as an image manifest."""
     m, md, layer, ld, cfg, cd = rawup.image()
     doc = json.loads(m)
     del doc["mediaType"]
     m = json.dumps(doc).encode()
     md = rawup.sha256(m)
+    idx = json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": MT, "digest": md, "size": len(m),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+    xd = rawup.sha256(idx)
+    # (tag, bytes, digest, the type a.test labels them with, the one b.test does)
+    cases = (("v1", m, md, MT, OCI_INDEX), ("idx", idx, xd, OCI_INDEX, MT))
 
     def good(r):
-        if r.path in ("/v2/ns/x/manifests/v1", "/v2/ns/x/manifests/" + md):
-            r.answer(m, MT, md)
-        else:
-            r.send(404, b"")
+        for tag, body, d, mine, _ in cases:
+            if r.path in ("/v2/ns/x/manifests/" + tag, "/v2/ns/x/manifests/" + d):
+                r.answer(body, mine, d)
+                return False
+        r.send(404, b"")
         return False
 
     def relabel(r):
-        if r.path == "/v2/evil/x/manifests/" + md:
-            r.answer(m, OCI_INDEX, md)
-        else:
-            r.send(404, b"")
+        for _, body, d, _, theirs in cases:
+            if r.path == "/v2/evil/x/manifests/" + d:
+                r.answer(body, theirs, d)
+                return False
+        r.send(404, b"")
         return False
     a = rawup.RawUpstream(t, good)
     b = rawup.RawUpstream(t, relabel)
     p = t.proxy(registries=[a.conf(name="a.test"), b.conf(name="b.test")])
-    r = p.get("/v2/a.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
-    eq((r.status, r.header("Content-Type")), (200, MT), "a.test ns/x:v1 first")
-    p.get("/v2/b.test/evil/x/manifests/" + md, headers={"Accept": lib.ACCEPT_ALL})
-    for ref in ("v1", md):
-        r = p.get("/v2/a.test/ns/x/manifests/" + ref, headers={"Accept": lib.ACCEPT_ALL})
-        eq((r.status, r.body, r.header("Content-Type")), (200, m, MT),
-           "a.test ns/x %s after b.test served the bytes as an index" % ref)
+    for tag, body, d, mine, theirs in cases:
+        r = p.get("/v2/a.test/ns/x/manifests/" + tag, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, r.body, r.header("Content-Type")), (200, body, mine),
+           "a.test ns/x:%s first" % tag)
+        r = p.get("/v2/b.test/evil/x/manifests/" + d, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, r.body), (200, body), "b.test's answer for the same bytes (%s)" % tag)
+        eq(len(b.seen("/v2/evil/x/manifests/" + d)), 1, "b.test asked for them (%s)" % tag)
+        for ref in (tag, d):
+            r = p.get("/v2/a.test/ns/x/manifests/" + ref, headers={"Accept": lib.ACCEPT_ALL})
+            eq((r.status, r.body, r.header("Content-Type")), (200, body, mine),
+               "a.test ns/x %s after b.test served the bytes as %s" % (ref, theirs))
 
 
 def test_manifest_short_content_length_not_cached(t):
