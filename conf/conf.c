@@ -156,7 +156,9 @@ static const struct rp_conf_option options[] = {
      .help = "while serving, re-read every cached blob this often and check it against its "
              "digest (0: never). Blobs are verified as they arrive and then served as stored, "
              "so damage on disk that keeps a file's size would otherwise reach every client; "
-             "a damaged blob is removed and fetched again at the next pull. The first pass "
+             "a damaged blob is removed and fetched again at the next pull (not through an "
+             "offline registry: the log line then says its images need mirroring or "
+             "importing again). The first pass "
              "starts one scrub_interval (at most 10m) after the start, each next one "
              "scrub_interval after the last ended. regproxy verify does the same offline"},
     {.section = RP_CONF_SECTION_CACHE,
@@ -266,7 +268,8 @@ static const struct rp_conf_option options[] = {
      .type = RP_CONF_BOOL,
      .default_text = "yes",
      .offset = REG_F(tls_verify),
-     .help = "verify the registry's TLS certificate"},
+     .help = "verify the TLS certificates of the registry, its token realm and its blob CDNs "
+             "(`no` turns it off for all three)"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "ca_file",
      .type = RP_CONF_PATH,

@@ -112,6 +112,16 @@ static void job_work(void *arg)
 
 static void next_blob(struct rp_scrub *s);
 
+/* A blob is stored once for every registry: removed, it is fetched again by the next pull
+ * unless that pull is through an offline registry. */
+static bool any_registry_offline(const struct rp_conf *conf)
+{
+    for (size_t i = 0; i < conf->n_registries; i++)
+        if (conf->registries[i].offline)
+            return true;
+    return false;
+}
+
 /* On the loop: acts on the verdict, then sends the next blob. */
 static void job_done(void *arg)
 {
@@ -129,6 +139,9 @@ static void job_done(void *arg)
                     srv->conf->cache.offline
                         ? "this cache is offline, so the images that use it need mirroring or "
                           "importing again"
+                    : any_registry_offline(srv->conf)
+                        ? "the next pull fetches it again, unless through an offline registry, "
+                          "whose images that use it need mirroring or importing again"
                         : "the next pull fetches it again");
             s->pass_damaged++;
             srv->metrics.scrub_damaged++;

@@ -30,16 +30,15 @@ static void on_entry(void *arg, const char *digest, uint64_t size, const char *w
             v->damaged = rp_xrealloc(v->damaged, v->alloc * sizeof(*v->damaged));
         }
         v->damaged[v->n_damaged++] = rp_xstrdup(digest);
-    }
-    if (removed)
         rp_progress_line(p,
                          "damaged %s: %s; removed (the next pull fetches it again; an offline "
                          "cache needs it mirrored or imported again)",
                          digest, why);
-    else if (why)
+    } else if (why) {
         rp_progress_line(p, "UNREADABLE %s: %s; kept", digest, why);
-    else
+    } else {
         rp_progress_update(p, false);
+    }
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -61,10 +60,11 @@ static int find_damaged(void *arg, const char *digest)
     return hit != NULL;
 }
 
-/* A removed digest is fetched again by the next pull, unless the cache is offline: then the
- * image has to be mirrored or imported again, and the admin needs its name, not a digest.
- * Mirrored and imported images are the pins file's; each is walked through the manifests
- * still cached (a removed manifest is reached by its digest, its content no further). */
+/* A removed digest is fetched again by the next pull, unless its registry is offline: then
+ * the image has to be mirrored or imported again, and the admin needs its name, not a
+ * digest. Mirrored and imported images are the pins file's; each is walked through the
+ * manifests still cached (a removed manifest is reached by its digest, its content no
+ * further). */
 static void name_affected_images(const struct rp_conf *conf, struct rp_cache *c,
                                  struct verify_run *v)
 {
@@ -85,7 +85,9 @@ static void name_affected_images(const struct rp_conf *conf, struct rp_cache *c,
             continue;
         char name[RP_TARGET_MAX];
         rp_image_ref_format(&imgs[i], name, sizeof(name));
-        printf("image %s lost %s: mirror or import it again\n", name, a.digest);
+        printf("image %s lost %s: %s\n", name, a.digest,
+               imgs[i].reg->offline ? "mirror or import it again"
+                                    : "the next pull fetches it again");
     }
     free(imgs);
 }

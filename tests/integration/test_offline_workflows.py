@@ -334,14 +334,23 @@ def test_mirror_interrupted(t):
        "the pins file after the rerun")
 
 
-def _loopback_listeners():
-    """Ports listening on 127.0.0.1 (/proc/net/tcp: state 0A)."""
+def _loopback_listeners(pid):
+    """Ports process pid listens on at 127.0.0.1 (/proc/net/tcp: state 0A, its socket inode
+    among the process's descriptors)."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            m = re.match(r"socket:\[(\d+)\]$", os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+        except OSError:
+            continue
+        if m:
+            inodes.add(m.group(1))
     ports = set()
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             fields = line.split()
             addr, port = fields[1].split(":")
-            if fields[3] == "0A" and addr == "0100007F":
+            if fields[3] == "0A" and addr == "0100007F" and fields[9] in inodes:
                 ports.add(int(port, 16))
     return ports
 
@@ -372,14 +381,13 @@ def test_mirror_internal_listener_serves_only_the_mirror(t):
     lst = os.path.join(t.tmp, "list")
     with open(lst, "w") as f:
         f.write("%s/ns/a:v1\n" % NAME)
-    before = _loopback_listeners()
     p = subprocess.Popen([t.s.bin, "mirror", "-c", conf, lst],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=lib.clean_env(ASAN_ENV))
     try:
         check(reached.wait(60), "the mirror never asked for the layer of ns/a")
         served = []
-        for port in sorted(_loopback_listeners() - before - {up.port}):
+        for port in sorted(_loopback_listeners(p.pid)):
             try:
                 r = lib.request("http://127.0.0.1:%d/v2/%s/ns/secret/manifests/v1" % (port, NAME),
                                 headers={"Accept": OCI_MAN}, timeout=10)
@@ -387,7 +395,7 @@ def test_mirror_internal_listener_serves_only_the_mirror(t):
                 continue
             if r.header("X-Request-Id"):  # a regproxy listener: the mirror's
                 served.append((port, r.status, r.body[:100]))
-        check(served, "no regproxy listener found on 127.0.0.1 while the mirror ran")
+        eq(len(served), 1, "regproxy listeners of the mirror on 127.0.0.1: %r" % served)
         for port, status, body in served:
             check(status in (401, 403),
                   "another local client asked the mirror's listener (port %d) for a repository "
@@ -799,11 +807,11 @@ def _crafted_images(n):
 
 def test_import_syncs_in_batches(t):
     """An import fsynced every manifest, link and tag file and its directory one by one: two
-    fsyncs per file, 7,830 for a bundle of 300 images, most of its time. Those files are
-    checked when read, so the cache leaves them to a syncfs: one before the first tag moves
-    (a tag durable before the manifest it names would name nothing after a power loss) and
-    one before the import reports success. Blob bytes are still fsynced before their rename,
-    one fsync each."""
+    fsyncs per file, 7,830 for a bundle of 300 images, most of its time. Manifests and links
+    are checked when read, so the cache leaves them to one syncfs before the first tag moves
+    (a tag durable before the manifest it names would name nothing after a power loss).
+    Tags are then fsynced each before its rename (a torn one is lost for good offline), and
+    blob bytes, as always, before theirs."""
     meta, recs, _, shared = _crafted_images(12)
     path = os.path.join(t.tmp, "many.rpb")
     _bundle_write(path, meta, recs)
@@ -833,8 +841,9 @@ def test_import_syncs_in_batches(t):
             names = re.findall(r'"([^"]*)"', c.group(2))
             events.append((c.group(1), names[-1] if c.group(1).startswith("rename") else None))
     fsyncs = [e for e in events if e[0] in ("fsync", "fdatasync")]
-    # One per blob; the pins file and its directory; the index snapshot and its directory.
-    check(len(fsyncs) <= 26 + 4, "fsyncs: %d for 26 new blobs (events: %r)"
+    # One per blob; a tag, its directory and (new) that directory's parent each; the pins
+    # file and the index snapshot, each with its directory.
+    check(len(fsyncs) <= 26 + 3 * 12 + 4, "fsyncs: %d for 26 new blobs and 12 tags (events: %r)"
           % (len(fsyncs), events[:60]))
     kinds = [("tag" if e[1].startswith("tags/") else "meta" if
               e[1].startswith(("links/", "manifests/")) else "blob" if e[1].startswith("blobs/")
@@ -844,7 +853,11 @@ def test_import_syncs_in_batches(t):
     last_meta = len(kinds) - 1 - kinds[::-1].index("meta")
     check(last_meta < first_tag and "syncfs" in kinds[last_meta:first_tag],
           "a syncfs between the last manifest or link and the first tag: %r" % kinds)
-    check("syncfs" in kinds[last_tag:], "a syncfs after the last tag: %r" % kinds[-20:])
+    for i, k in enumerate(kinds):
+        if k == "tag":
+            eq(kinds[i - 1], "fsync", "what came before tag rename #%d: %r" % (i, kinds))
+    eq(kinds[last_tag + 1] if last_tag + 1 < len(kinds) else None, "fsync",
+       "the last tag's directory synced after its rename: %r" % kinds[-20:])
 
     px = t.proxy(registries=[{"name": NAME}], cache={"dir": cache, "offline": "yes"})
     for i in (0, 11):
@@ -882,6 +895,23 @@ def test_verify_names_damaged_imported_images(t):
     eq(named, want, "the images verify names (stdout %r)" % out)
     check("2 damaged and removed" in out.splitlines()[-1], "verify's summary: %r" % out)
 
+    # The same registry online: the next pull fetches what was lost.
+    with open(lib.cache_path(cache, "blobs", sha(own[3])), "r+b") as f:
+        f.seek(10)
+        b = f.read(1)
+        f.seek(10)
+        f.write(bytes([b[0] ^ 0x55]))
+    class Unreached:  # verify dials nothing
+        url = "https://127.0.0.1:9"
+    rc, out, err = _run(t, ["verify", "-c", _conf(os.path.join(t.tmp, "on.conf"), cache,
+                                                  Unreached)], ok=False)
+    eq(rc, 1, "verify's exit status with damage, online (stdout %r, stderr %r)" % (out, err))
+    im = meta["images"][3]
+    eq([line for line in out.splitlines() if line.startswith("image ")],
+       ["image %s/%s:%s@%s lost %s: the next pull fetches it again"
+        % (NAME, im["repo"], im["tag"], im["digest"], sha(own[3]))],
+       "the image verify names, online (stdout %r)" % out)
+
 
 def test_scrub_on_an_offline_cache_says_what_to_do(t):
     """The serving scrub removed a damaged blob and logged that the next pull fetches it
@@ -909,3 +939,23 @@ def test_scrub_on_an_offline_cache_says_what_to_do(t):
     check("the next pull fetches it again" not in log, "the scrub's line promises a fetch")
     r = p.get("/v2/ns/app0/blobs/" + sha(own[0]))
     eq(r.status, 404, "the removed blob, offline (body %r)" % r.body[:300])
+    problems = p.stop()
+    check(not problems, "; ".join(problems))
+
+    # Only the registry offline, beside one that is not: the next pull may or may not fetch.
+    p = t.proxy(registries=[{"name": NAME, "offline": "yes"},
+                            {"name": "online.test", "url": "https://127.0.0.1:9",
+                             "test_login": "no"}],
+                cache={"dir": cache, "scrub_interval": "1s", "scrub_rate": "100M"})
+    with open(lib.cache_path(cache, "blobs", sha(own[1])), "r+b") as f:
+        f.seek(10)
+        b = f.read(1)
+        f.seek(10)
+        f.write(bytes([b[0] ^ 0x55]))
+    lib.wait_until(lambda: p.metrics().get(("regproxy_cache_scrub_damaged_total", frozenset()),
+                                           0) == 1, 30, "the scrub to find the second blob")
+    log = p.log_text()
+    check(("cache scrub: blob %s is damaged" % sha(own[1])) in log and
+          "removed: the next pull fetches it again, unless through an offline registry, whose "
+          "images that use it need mirroring or importing again" in log,
+          "the scrub's line, one registry offline:\n%s" % log[-3000:])
