@@ -1542,19 +1542,13 @@ static void answer_success(struct rp_req *r)
         if (!type)
             type = "application/octet-stream";
         break;
-    case RP_ROUTE_TAGS:
-        if (h->link) {
-            char *link = rewrite_link(r, h->link);
-            if (link)
-                rp_buf_addf(&extra, "Link: %s\r\n", link);
-            free(link);
-        }
-        break;
     case RP_ROUTE_REFERRERS:
         if (rp_header_value_safe(h->oci_filters_applied))
             rp_buf_addf(&extra, "OCI-Filters-Applied: %s\r\n", h->oci_filters_applied);
         /* A list that does not fit one answer names its next page in a Link (OCI
          * distribution spec, "Listing Referrers"), as tags lists do. */
+        /* fall through */
+    case RP_ROUTE_TAGS:
         if (h->link) {
             char *link = rewrite_link(r, h->link);
             if (link)

@@ -294,7 +294,8 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
                      (klen == 4 && memcmp(k, "last", 4) == 0) ||
                      (klen == 12 && memcmp(k, "artifactType", 12) == 0);
         if (!known) {
-            /* Kept for tags/list only; otherwise ignored, whatever it contains. */
+            /* Kept for tags/list and referrers only; otherwise ignored, whatever it
+             * contains. */
             size_t have = strlen(out->extra_query);
             if (forwardable_param(k, plen) && have + plen + 1 < sizeof(out->extra_query)) {
                 out->extra_query[have] = '&';
@@ -341,7 +342,7 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
             /* A tag, as tags/list pages by; a referrers page may be named by the last
              * digest listed (the kind is checked once the path is split). */
             if (seen_last || !(rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen))) {
-                *why = "last must be a valid tag, given once";
+                *why = "last must be a valid tag (or for referrers a digest), given once";
                 return RP_ROUTE_E_PARAM_INVALID;
             }
             seen_last = true;
