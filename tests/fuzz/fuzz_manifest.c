@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer target: manifests and indexes through rp_manifest_refs, the parser the mirror,
  * the pins walk and export use to find an image's children, config and layers. Every
- * reference it returns must carry a valid digest and a non-negative size. The input is also
- * a client's Accept list for rp_accept_names and rp_manifest_tag_canonical, which must
- * agree with each other. */
+ * reference it returns must carry a valid digest and a non-negative size. The same bytes go
+ * through rp_manifest_own_type, the type cached for an upstream's manifest: none, or one
+ * that can be a header value. The input is also a client's Accept list for
+ * rp_accept_names and rp_manifest_tag_canonical, which must agree with each other. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,6 +12,8 @@
 #include <string.h>
 
 #include "proxy/offline.h"
+#include "proxy/proxy.h"
+#include "util/util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -34,6 +37,10 @@ static void accept_list(const uint8_t *data, size_t size)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     accept_list(data, size);
+    char *own = rp_manifest_own_type((const char *)data, size);
+    if (own && (strlen(own) > RP_MEDIA_TYPE_MAX || !strchr(own, '/') || !rp_header_value_safe(own)))
+        abort();
+    free(own);
     struct rp_manifest_refs r;
     char err[256];
     if (rp_manifest_refs((const char *)data, size, &r, err, sizeof(err)) != 0) {
