@@ -248,3 +248,27 @@ def test_sighup_during_startup(t):
     lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
                    "the reload asked for during startup to be applied")
     eq(p.get("/v2/").status, 200, "ping after the SIGHUP during startup")
+
+
+def test_reload_keeps_tokens_of_unchanged_registries(t):
+    """A reload drops the tokens obtained with credentials it replaced, and only those: a
+    SIGHUP that changes nothing for a registry (`systemctl reload` run by configuration
+    management, a listener's certificate or client accounts rotated, a log level) used to
+    drop every registry's tokens and learned challenge, so each one's next request went
+    upstream anonymously for a 401 and fetched a new token, and a token fetch under way was
+    thrown away as if "the credentials changed in a reload"."""
+    s = t.s
+    reg = s.token_registry
+    p = t.proxy(registries=[reg.conf("registry.token.test")])
+    r = p.get("/v2/ns/tags/manifests/t00", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest before the reload")
+    p.admin_keys["log_level"] = "info"  # a change, none of it the registry's
+    p.write_conf()
+    _sighup(p, 1)
+    since, mark = time.time(), reg.mark()
+    r = p.get("/v2/ns/tags/manifests/t01", headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "manifest after the reload")
+    eq(len(s.issuer.fetches(since=since)), 0,
+       "token fetches after a reload that left the registry's credentials alone")
+    eq(reg.count("GET", "/v2/ns/tags/", status=401, since=mark), 0,
+       "requests answered 401 after a reload that left the registry's credentials alone")
