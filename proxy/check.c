@@ -154,9 +154,20 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
             return;
         }
     case RP_FETCH_E_AUTH:
-        check_finish(c, false, "credentials rejected by the registry (%s)",
-                     rp_auth_strerror(res->auth_err));
-        return;
+        switch (res->auth_err) {
+        case RP_AUTH_E_NO_CREDENTIALS:
+            /* Nothing was sent, so nothing was rejected: say what the operator must add. */
+            check_finish(c, false,
+                         "no credentials configured, and the registry asks for Basic "
+                         "credentials (set user and password_file, or auth_file)");
+            return;
+        case RP_AUTH_E_REJECTED:
+            check_finish(c, false, "credentials rejected by the registry (Basic)");
+            return;
+        default: /* a 401 without a challenge we can answer: nothing was tried */
+            check_finish(c, false, "%s: %s", what, rp_auth_strerror(res->auth_err));
+            return;
+        }
     case RP_FETCH_E_REDIRECT:
     case RP_FETCH_E_OWNER:
     default:

@@ -335,3 +335,28 @@ def test_check_waits_for_every_registry(t):
           "badimage.test verdict: %r\n%s" % (lines.get("badimage.test"), out))
     eq(lines.get("good.test", "")[:2], "ok", "good.test verdict, after badimage.test (%s)" % out)
     check("Sanitizer" not in out, "sanitizer report from check:\n" + out)
+
+
+def test_check_basic_registry_verdicts(t):
+    """A Basic-auth registry: with no credentials configured the line says so and how to
+    add them (it said "credentials rejected by the registry (registry asks for Basic
+    credentials, none configured)", blaming credentials that do not exist); a wrong
+    password is a rejection; the right one passes."""
+    b = t.s.basic_registry
+    regs = [dict(b.conf("nocreds.test", test_image="ns/multi:v1", test_login="yes"),
+                 user=None, password=None),
+            b.conf("wrongpass.test", password="not-the-password", test_image="ns/multi:v1",
+                   test_login="yes"),
+            b.conf("good.test", test_image="ns/multi:v1", test_login="yes")]
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    eq(rc, 1, "check exit status (%s)" % out)
+    got = lines.get("nocreds.test", "")
+    check(got.startswith("FAILED: no credentials configured") and "rejected" not in got,
+          "check line for a Basic registry without credentials: %r\n%s" % (got, out))
+    check(lines.get("wrongpass.test", "").startswith("FAILED: credentials rejected by the "
+                                                     "registry"),
+          "check line for a wrong Basic password: %r\n%s" % (lines.get("wrongpass.test"), out))
+    eq(lines.get("good.test", "")[:2], "ok", "good.test verdict (%s)" % out)
