@@ -267,8 +267,10 @@ def test_man_page(t):
         end = min([v for v in sections.values() if v > start] + [text.index(".SH", start)])
         check(re.search(r"^\.B %s$" % key, text[start:end], re.M),
               "docs/regproxy.1 does not document %s in [%s]" % (key, sec))
+    # Where the logs go and what an access line holds: an operator setting up rotation or
+    # a log pipeline had only the source to read.
     for needed in ("/metrics", "/healthz", "/readyz", "SIGHUP", "/var/cache/regproxy",
-                   "127.0.0.1:5001"):
+                   "127.0.0.1:5001", ".SH LOGGING", "standard error", "X-Request-Id"):
         check(needed in text, "docs/regproxy.1 does not mention %s" % needed)
 
 
