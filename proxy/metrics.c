@@ -270,6 +270,18 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
          "start).");
     rp_buf_addf(out, "regproxy_cache_scrub_last_pass_end_seconds %lld\n",
                 (long long)m->scrub_last_pass_s);
+    head(out, "regproxy_config_reloads_total", "counter",
+         "Configuration reloads (SIGHUP, or a watched credential, certificate or htpasswd "
+         "file changed), by result: applied, or refused (the previous configuration still "
+         "serves; the log says why).");
+    rp_buf_addf(out, "regproxy_config_reloads_total{result=\"applied\"} %llu\n",
+                (unsigned long long)m->reloads_applied);
+    rp_buf_addf(out, "regproxy_config_reloads_total{result=\"refused\"} %llu\n",
+                (unsigned long long)m->reloads_refused);
+    head(out, "regproxy_config_last_reload_successful", "gauge",
+         "0 when the last reload was refused (the running configuration is not the file's), "
+         "else 1.");
+    rp_buf_addf(out, "regproxy_config_last_reload_successful %d\n", m->last_reload_refused ? 0 : 1);
     head(out, "regproxy_open_connections", "gauge", "Client connections open.");
     rp_buf_addf(out, "regproxy_open_connections %llu\n", (unsigned long long)g->open_connections);
     head(out, "regproxy_connections_refused_total", "counter",

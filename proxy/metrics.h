@@ -5,6 +5,7 @@
 #ifndef RP_METRICS_H
 #define RP_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,7 +59,11 @@ struct rp_metrics {
     uint64_t connections_refused;
     uint64_t scrub_bytes, scrub_damaged; /* [cache] scrub_interval (scrub.c) */
     int64_t scrub_last_pass_s;           /* Unix time the last whole pass ended; 0: none */
-    struct rp_metrics_registry *regs;    /* one per configured registry */
+    /* Reloads (SIGHUP, a watched file) applied and refused, and whether the last one was
+     * refused: the running configuration is then not the file's (reload.c). */
+    uint64_t reloads_applied, reloads_refused;
+    bool last_reload_refused;
+    struct rp_metrics_registry *regs; /* one per configured registry */
     size_t n_regs;
     uint64_t (*tls_fails)[RP_TLS_FAILS]; /* one row per listener, by enum rp_tls_fail */
     size_t n_listeners;

@@ -255,11 +255,20 @@ static void reload_or_rearm(struct rp_server *srv, const char *why)
         rp_conf_watch_rearm(srv->conf, now);
         srv->reload_refused = true;
         srv->refused_source = source;
+        srv->metrics.reloads_refused++;
     } else {
         srv->reload_refused = false;
+        srv->metrics.reloads_applied++;
     }
+    /* Refused, the proxy serves on with what the file no longer says (a renewed certificate
+     * not taken, a rotated password not used): /metrics and the unit's status say so, not
+     * only the log. */
+    srv->metrics.last_reload_refused = srv->reload_refused;
     free(now);
-    rp_server_notify(srv, "READY=1\nSTATUS=serving");
+    rp_server_notify(srv, srv->reload_refused
+                              ? "READY=1\nSTATUS=serving; the last reload was refused, the "
+                                "previous configuration is kept (see the log)"
+                              : "READY=1\nSTATUS=serving");
 }
 
 static void watch_cb(evutil_socket_t fd, short what, void *arg)

@@ -340,6 +340,14 @@ def test_systemd_notify(t):
         # The log line is written at the end of the loop iteration that sent READY=1.
         lib.wait_until(lambda: "configuration applied" in p.log_text(), 10,
                        "the reload applied, around READY=1")
+        # A refused reload: READY=1 still (it serves), and the unit's status says so.
+        with open(p.conf_path, "a") as f:
+            f.write("\nnot a key value line\n")
+        os.kill(p.pid, signal.SIGHUP)
+        eq(mgr.recv(4096).decode().splitlines()[0], "RELOADING=1", "a refused reload's first")
+        refused = mgr.recv(4096).decode().splitlines()
+        check(refused[0] == "READY=1" and len(refused) == 2 and "refused" in refused[1],
+              "READY=1 with a STATUS= naming the refused reload: %r" % refused)
         eq(p.stop(), [], "problems at the stop")
         eq(mgr.recv(4096).decode(), "STOPPING=1", "the message SIGTERM brings")
     check("NOTIFY_SOCKET" not in p.log_text(), "a notification failed: %s"

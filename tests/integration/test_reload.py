@@ -272,3 +272,30 @@ def test_reload_keeps_tokens_of_unchanged_registries(t):
        "token fetches after a reload that left the registry's credentials alone")
     eq(reg.count("GET", "/v2/ns/tags/", status=401, since=mark), 0,
        "requests answered 401 after a reload that left the registry's credentials alone")
+
+
+def test_refused_reload_shown_in_metrics(t):
+    """A refused reload leaves the proxy serving a configuration that is no longer the
+    file's (a renewed certificate not taken, a rotated password not used). It was said only
+    in the log: /metrics now counts reloads by result and says whether the last one was
+    refused, so that it can be alerted on."""
+    s = t.s
+    reg = s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+
+    def state():
+        m = p.metrics()
+        return (m.get(("regproxy_config_reloads_total", frozenset({("result", "applied")}))),
+                m.get(("regproxy_config_reloads_total", frozenset({("result", "refused")}))),
+                m.get(("regproxy_config_last_reload_successful", frozenset())))
+    eq(state(), (0, 0, 1), "reloads applied, refused, last successful at the start")
+    with open(p.conf_path) as f:
+        good = f.read()
+    with open(p.conf_path, "a") as f:
+        f.write("\nnot a key value line\n")
+    _sighup(p, 1, "refused")
+    eq(state(), (0, 1, 0), "reloads applied, refused, last successful after a refused one")
+    with open(p.conf_path, "w") as f:
+        f.write(good)
+    _sighup(p, 1)
+    eq(state(), (1, 1, 1), "reloads applied, refused, last successful once the file was fixed")
