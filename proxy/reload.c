@@ -238,6 +238,10 @@ static void reload_or_rearm(struct rp_server *srv, const char *why)
         /* Draining: READY=1 after STOPPING=1 would tell systemd the unit is back, and a new
          * configuration would start login checks for a proxy that is going away. */
         rp_info("reload (%s) ignored: shutting down", why);
+        /* Not rearmed, a changed file would be found again, and this said, at every look
+         * for as long as the drain lasts: the watch stops (a SIGHUP is still answered). */
+        if (srv->watch_ev)
+            event_del(srv->watch_ev);
         return;
     }
     /* systemd shows the unit reloading until READY=1 (MONOTONIC_USEC: what Type=notify-reload

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 
@@ -299,3 +300,26 @@ def test_refused_reload_shown_in_metrics(t):
         f.write(good)
     _sighup(p, 1)
     eq(state(), (1, 1, 1), "reloads applied, refused, last successful once the file was fixed")
+
+
+def test_watch_quiet_while_draining(t):
+    """A watched file that changes while the proxy drains after SIGTERM is not reloaded,
+    and said once: the watch looked again every 2 s and logged "ignored: shutting down"
+    each time, for as long as the drain lasted (25 s by default)."""
+    s = t.s
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test", user="u",
+                                                 password="p1")],
+                admin={"drain_timeout": "60s"})
+    # A request head left unfinished keeps the drain going (until the 10 s head deadline).
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(0.3)
+    os.kill(p.pid, signal.SIGTERM)
+    lib.wait_until(lambda: "draining" in p.log_text(), 10, "the drain to begin")
+    _write_pw(os.path.join(p.dir, "registry.anon.test.pw"), "p2")
+    key = "reload (a watched file changed) ignored: shutting down"
+    lib.wait_until(lambda: key in p.log_text(), 10, "the changed file to be noticed")
+    time.sleep(5)  # two more looks of the watch, were it still looking
+    n = p.log_text().count(key)
+    c.close()
+    eq(n, 1, "lines saying the watched file's reload was ignored while draining")
