@@ -76,7 +76,7 @@
  *
  * Eviction runs after every publish and when the last user releases a blob: while size >
  * max_size, unlink the least recently used entry that is neither pinned nor in use, nor the blob
- * just published (evict_published). Use means blob_open or hold (until release) or
+ * or manifest just published (evict_published). Use means blob_open or hold (until release) or
  * manifest_get/peek.
  *
  * Memory. Three bounded caches in front of the files make a warm "manifest by tag" request
@@ -2217,9 +2217,11 @@ int rp_cache_manifest_put(struct rp_cache *c, const char *digest, const char *me
     if (rc == RP_CACHE_OK) {
         index_publish(c, RP_CACHE_MANIFEST, d.algo, d.raw, (uint64_t)hl + plen);
         /* Replaces a copy with another media type; eviction right after drops it again if
-         * the new file itself does not fit the store. */
-        mm_store(c, index_find(c, RP_CACHE_MANIFEST, d.algo, d.raw), data, len, media_type);
-        rp_cache_evict(c);
+         * the new file itself does not fit beside the pins, but not because what is in use
+         * keeps the store over max_size (as for a blob's publish). */
+        struct entry *ne = index_find(c, RP_CACHE_MANIFEST, d.algo, d.raw);
+        mm_store(c, ne, data, len, media_type);
+        evict_published(c, ne);
     }
 out:
     free(lz);

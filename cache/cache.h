@@ -260,8 +260,8 @@ int rp_cache_check_fd(int fd, const char *digest, uint64_t size, uint64_t bytes_
 int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uint64_t ino);
 
 /* Evicts least recently used, unpinned, unused entries until the store is at most
- * max_size. Returns how many were evicted. Called after each commit by the cache itself
- * (which spares a blob it just published, unless the blob does not fit beside the pins:
+ * max_size. Returns how many were evicted. Called after each commit and manifest publish by
+ * the cache itself (which spares what it just published, unless that does not fit beside the pins:
  * left over max_size by what is in use, the store shrinks as it is released); exposed for
  * tests.
  *

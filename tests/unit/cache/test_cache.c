@@ -1389,6 +1389,51 @@ static void test_evict_spares_published_while_in_use(void)
     rm_rf(dir);
 }
 
+/* The same for a manifest: while a blob in use keeps the store over max_size, the manifest
+ * just published (it fits beside the pins) is not evicted at once, as if it did not fit: it
+ * crossed the network for nothing, and the requests waiting for it (inflight.c) found it
+ * gone and each fetched it again. Once the blob is released, LRU order decides. */
+static void test_evict_spares_published_manifest_while_in_use(void)
+{
+    char *dir = mk_tmpdir();
+    char *m = json_manifest(1, 51);
+    char md[RP_CACHE_DIGEST_BUF], da[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    uint64_t max = 600; /* the manifest's file fits, beside the blob it does not */
+    struct rp_cache *c = open_ok(dir, max);
+    char *a = sized(500, 52);
+    CHECK_INT(put_blob(c, a, da), RP_CACHE_OK);
+    struct rp_cache_blob ba;
+    CHECK_INT(rp_cache_blob_open(c, da, &ba), RP_CACHE_OK); /* a slow client reads A */
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    struct rp_cache_stats st;
+    rp_cache_stats(c, &st);
+    CHECK(st.size > max); /* over by what is in use */
+    struct rp_cache_manifest got;
+    CHECK_INT(rp_cache_manifest_get(c, md, &got), RP_CACHE_OK);
+    rp_cache_manifest_free(&got);
+    close(ba.fd);
+    rp_cache_release(c, da); /* A is the least recently used: it goes */
+    CHECK(!rp_cache_blob_present(c, da));
+    CHECK_INT(rp_cache_manifest_get(c, md, &got), RP_CACHE_OK);
+    rp_cache_manifest_free(&got);
+    rp_cache_stats(c, &st);
+    CHECK(st.size <= max);
+    rp_cache_close(c);
+    /* Too big beside the pins it still goes at once, as the mirror expects. */
+    rm_rf(dir);
+    dir = mk_tmpdir();
+    c = open_ok(dir, max);
+    CHECK_INT(put_blob(c, a, da), RP_CACHE_OK);
+    rp_cache_pin(c, da);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    CHECK_INT(rp_cache_manifest_get(c, md, &got), RP_CACHE_E_NOENT);
+    rp_cache_close(c);
+    free(a);
+    free(m);
+    rm_rf(dir);
+}
+
 /* A fill's readers hold the temp file that becomes the blob: held before the publish, the
  * blob is in use once published, and eviction waits for the release. */
 static void test_hold_before_publish(void)
@@ -2992,6 +3037,7 @@ int main(void)
     RUN(test_can_hold);
     RUN(test_evict_in_use);
     RUN(test_evict_spares_published_while_in_use);
+    RUN(test_evict_spares_published_manifest_while_in_use);
     RUN(test_hold_before_publish);
     RUN(test_hold_survives_unpin);
     RUN(test_disk_full);
