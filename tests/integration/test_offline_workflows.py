@@ -19,6 +19,7 @@ import time
 import lib
 import rawup
 from lib import check, eq
+from test_cache_verify import _flip
 from test_disconnected import ASAN_ENV, _run
 
 NAME = "raw.test"
@@ -100,6 +101,21 @@ def _conf(path, cache_dir, up=None, offline=False, name=NAME, max_size=None):
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+def _reap(p):
+    """Kills child p if it is still running (a test failed while it ran)."""
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def _decoded(out, err, who):
+    """A child's stdout and stderr as text; fails on a sanitizer report in either."""
+    out, err = out.decode(errors="replace"), err.decode(errors="replace")
+    for m in lib.SANITIZER_MARKERS:
+        check(m not in out + err, "sanitizer report from %s:\n%s" % (who, err[-6000:]))
+    return out, err
 
 
 def _list(t, ref):
@@ -272,31 +288,50 @@ def test_mirror_empty_list(t):
     check("%s names no image" % lst in err, "the message should say the list is empty: %r" % err)
 
 
+def _stalled_mirror_upstream(t, repos, stall_repo, drop=False):
+    """An upstream holding ns/REPO:v1 for each of repos (one 64 KiB layer each), whose layer
+    of ns/stall_repo hangs until `release` is set (then served, or the connection dropped):
+    (upstream, {repo: (manifest, layers)}, reached event, release event, list of the paths
+    asked for)."""
+    st = Store()
+    imgs = {r: st.big_image("ns/" + r, 1, 64 * 1024, "v1") for r in repos}
+    stall = imgs[stall_repo][1][0]["digest"]
+    reached, release = threading.Event(), threading.Event()
+    inner = st.handler()
+    asked = []
+
+    def handler(r):
+        asked.append(r.path)
+        if r.path.endswith("/blobs/" + stall) and not release.is_set():
+            reached.set()
+            release.wait(60)  # until the test has done what it does while it hangs
+            if drop:
+                return False
+        return inner(r)
+    up = rawup.RawUpstream(t, handler)
+    t.defer(release.set)
+    return up, imgs, reached, release, asked
+
+
+def _mirror_conf(t, cache, up, repos):
+    """c.conf in front of up with the cache dir cache, and a list of NAME/ns/REPO:v1 for
+    repos: (configuration path, list path)."""
+    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, up)
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("".join("%s/ns/%s:v1\n" % (NAME, r) for r in repos))
+    return conf, lst
+
+
 def test_mirror_interrupted(t):
     """SIGINT while an image is being mirrored: the images finished before it are ok and
     pinned; the one under way is named ("interrupted NAME"), neither reported ok nor pinned;
     the summary counts it apart from those not started, and is the last line (an image whose
     last flush completed as the cache closed used to print a FAILED line after it); exit 1.
     A rerun then mirrors all of them."""
-    st = Store()
-    imgs = {r: st.big_image("ns/" + r, 1, 64 * 1024, "v1") for r in ("a", "b", "c")}
-    stall = imgs["b"][1][0]["digest"]
-    reached, release = threading.Event(), threading.Event()
-    inner = st.handler()
-
-    def handler(r):
-        if r.path.endswith("/blobs/" + stall) and not release.is_set():
-            reached.set()
-            release.wait(60)  # the layer of ns/b hangs until the test lets it go
-            return False
-        return inner(r)
-    up = rawup.RawUpstream(t, handler)
-    t.defer(release.set)
+    up, imgs, reached, release, _ = _stalled_mirror_upstream(t, ("a", "b", "c"), "b", drop=True)
     cache = os.path.join(t.tmp, "cache")
-    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, up)
-    lst = os.path.join(t.tmp, "list")
-    with open(lst, "w") as f:
-        f.write("".join("%s/ns/%s:v1\n" % (NAME, r) for r in ("a", "b", "c")))
+    conf, lst = _mirror_conf(t, cache, up, ("a", "b", "c"))
     p = subprocess.Popen([t.s.bin, "mirror", "-c", conf, lst, "-j", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=lib.clean_env(ASAN_ENV))
@@ -305,12 +340,8 @@ def test_mirror_interrupted(t):
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    out, err = out.decode(), err.decode()
-    for m in lib.SANITIZER_MARKERS:
-        check(m not in out + err, "sanitizer report from the mirror:\n%s" % err[-6000:])
+        _reap(p)
+    out, err = _decoded(out, err, "the mirror")
     eq(p.returncode, 1, "exit status of the interrupted mirror (stdout %r)" % out)
     lines = out.strip().split("\n")
     check(len(lines) == 4 and lines[0].startswith("ok %s/ns/a:v1@" % NAME) and
@@ -361,26 +392,8 @@ def test_mirror_internal_listener_serves_only_the_mirror(t):
     user who found its port while a mirror ran (a scan of 127.0.0.1, /proc/net/tcp) used to
     pull through it, anonymously, any repository the registry credentials can read. Only the
     mirror's own requests may be served there."""
-    st = Store()
-    imgs = {r: st.big_image("ns/" + r, 1, 64 * 1024, "v1") for r in ("a", "secret")}
-    stall = imgs["a"][1][0]["digest"]
-    reached, release = threading.Event(), threading.Event()
-    inner = st.handler()
-    asked = []
-
-    def handler(r):
-        asked.append(r.path)
-        if r.path.endswith("/blobs/" + stall) and not release.is_set():
-            reached.set()
-            release.wait(60)  # the mirror's layer waits until the test has looked around
-        return inner(r)
-    up = rawup.RawUpstream(t, handler)
-    t.defer(release.set)
-    cache = os.path.join(t.tmp, "cache")
-    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, up)
-    lst = os.path.join(t.tmp, "list")
-    with open(lst, "w") as f:
-        f.write("%s/ns/a:v1\n" % NAME)
+    up, _, reached, release, asked = _stalled_mirror_upstream(t, ("a", "secret"), "a")
+    conf, lst = _mirror_conf(t, os.path.join(t.tmp, "cache"), up, ("a",))
     p = subprocess.Popen([t.s.bin, "mirror", "-c", conf, lst],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=lib.clean_env(ASAN_ENV))
@@ -405,12 +418,8 @@ def test_mirror_internal_listener_serves_only_the_mirror(t):
         release.set()
         out, err = p.communicate(timeout=120)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    out, err = out.decode(), err.decode()
-    for m in lib.SANITIZER_MARKERS:
-        check(m not in out + err, "sanitizer report from the mirror:\n%s" % err[-6000:])
+        _reap(p)
+    out, err = _decoded(out, err, "the mirror")
     eq(p.returncode, 0, "exit status of the mirror (stdout %r, stderr %r)" % (out, err[-2000:]))
     check(re.search(r"^mirror: 1 of 1 images ok, 0 failed;", out, re.M),
           "the mirror's summary: %r" % out)
@@ -825,9 +834,7 @@ def test_import_syncs_in_batches(t):
                        env=lib.clean_env(dict(ASAN_ENV, ASAN_OPTIONS=ASAN_ENV["ASAN_OPTIONS"]
                                               .replace("detect_leaks=1", "detect_leaks=0"))),
                        timeout=300)  # LeakSanitizer does not run under ptrace
-    out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-    for mk in lib.SANITIZER_MARKERS:
-        check(mk not in out + err, "sanitizer report from regproxy import:\n%s" % err[-6000:])
+    out, err = _decoded(p.stdout, p.stderr, "regproxy import")
     eq(p.returncode, 0, "exit status of the import (stdout %r, stderr %r)" % (out, err))
     m = re.search(r"(\d+) new manifests, (\d+) new blobs", out)
     check(m, "the import's summary: %r" % out)
@@ -880,11 +887,7 @@ def test_verify_names_damaged_imported_images(t):
     _run(t, ["import", "-c", conf, path])
     for p in (lib.cache_path(cache, "blobs", sha(own[1])),
               lib.cache_path(cache, "manifests", meta["images"][2]["digest"])):
-        with open(p, "r+b") as f:
-            f.seek(10)
-            b = f.read(1)
-            f.seek(10)
-            f.write(bytes([b[0] ^ 0x55]))
+        _flip(p)
     rc, out, err = _run(t, ["verify", "-c", conf], ok=False)
     eq(rc, 1, "verify's exit status with damage (stdout %r, stderr %r)" % (out, err))
     named = sorted(line for line in out.splitlines() if line.startswith("image "))
@@ -896,11 +899,7 @@ def test_verify_names_damaged_imported_images(t):
     check("2 damaged and removed" in out.splitlines()[-1], "verify's summary: %r" % out)
 
     # The same registry online: the next pull fetches what was lost.
-    with open(lib.cache_path(cache, "blobs", sha(own[3])), "r+b") as f:
-        f.seek(10)
-        b = f.read(1)
-        f.seek(10)
-        f.write(bytes([b[0] ^ 0x55]))
+    _flip(lib.cache_path(cache, "blobs", sha(own[3])))
     class Unreached:  # verify dials nothing
         url = "https://127.0.0.1:9"
     rc, out, err = _run(t, ["verify", "-c", _conf(os.path.join(t.tmp, "on.conf"), cache,
@@ -911,6 +910,16 @@ def test_verify_names_damaged_imported_images(t):
        ["image %s/%s:%s@%s lost %s: the next pull fetches it again"
         % (NAME, im["repo"], im["tag"], im["digest"], sha(own[3]))],
        "the image verify names, online (stdout %r)" % out)
+
+
+def _scrub_found(p, digest):
+    """Waits for proxy p's scrub to remove one damaged blob, digest; returns p's log."""
+    lib.wait_until(lambda: p.metrics().get(("regproxy_cache_scrub_damaged_total", frozenset()),
+                                           0) == 1, 30, "the scrub to find %s" % digest)
+    log = p.log_text()
+    check(("cache scrub: blob %s is damaged" % digest) in log,
+          "the scrub's line for %s:\n%s" % (digest, log[-3000:]))
+    return log
 
 
 def test_scrub_on_an_offline_cache_says_what_to_do(t):
@@ -924,17 +933,9 @@ def test_scrub_on_an_offline_cache_says_what_to_do(t):
     _run(t, ["import", "-c", _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True), path])
     p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache, "offline": "yes",
                                                     "scrub_interval": "1s", "scrub_rate": "100M"})
-    blob = lib.cache_path(cache, "blobs", sha(own[0]))
-    with open(blob, "r+b") as f:
-        f.seek(10)
-        b = f.read(1)
-        f.seek(10)
-        f.write(bytes([b[0] ^ 0x55]))
-    lib.wait_until(lambda: p.metrics().get(("regproxy_cache_scrub_damaged_total", frozenset()),
-                                           0) == 1, 30, "the scrub to find the damaged blob")
-    log = p.log_text()
-    check(("cache scrub: blob %s is damaged" % sha(own[0])) in log and
-          "removed: this cache is offline, so the images that use it need mirroring or "
+    _flip(lib.cache_path(cache, "blobs", sha(own[0])))
+    log = _scrub_found(p, sha(own[0]))
+    check("removed: this cache is offline, so the images that use it need mirroring or "
           "importing again" in log, "the scrub's line:\n%s" % log[-3000:])
     check("the next pull fetches it again" not in log, "the scrub's line promises a fetch")
     r = p.get("/v2/ns/app0/blobs/" + sha(own[0]))
@@ -947,15 +948,8 @@ def test_scrub_on_an_offline_cache_says_what_to_do(t):
                             {"name": "online.test", "url": "https://127.0.0.1:9",
                              "test_login": "no"}],
                 cache={"dir": cache, "scrub_interval": "1s", "scrub_rate": "100M"})
-    with open(lib.cache_path(cache, "blobs", sha(own[1])), "r+b") as f:
-        f.seek(10)
-        b = f.read(1)
-        f.seek(10)
-        f.write(bytes([b[0] ^ 0x55]))
-    lib.wait_until(lambda: p.metrics().get(("regproxy_cache_scrub_damaged_total", frozenset()),
-                                           0) == 1, 30, "the scrub to find the second blob")
-    log = p.log_text()
-    check(("cache scrub: blob %s is damaged" % sha(own[1])) in log and
-          "removed: the next pull fetches it again, unless through an offline registry, whose "
+    _flip(lib.cache_path(cache, "blobs", sha(own[1])))
+    log = _scrub_found(p, sha(own[1]))
+    check("removed: the next pull fetches it again, unless through an offline registry, whose "
           "images that use it need mirroring or importing again" in log,
           "the scrub's line, one registry offline:\n%s" % log[-3000:])
