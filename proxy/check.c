@@ -157,9 +157,15 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
         switch (res->auth_err) {
         case RP_AUTH_E_NO_CREDENTIALS:
             /* Nothing was sent, so nothing was rejected: say what the operator must add. */
-            check_finish(c, false,
-                         "no credentials configured, and the registry asks for Basic "
-                         "credentials (set user and password_file, or auth_file)");
+            if (c->reg->identity_token)
+                check_finish(c, false,
+                             "the registry asks for Basic credentials, and the auth_file "
+                             "gives only an identity token, which is for a token realm (set "
+                             "user and password_file)");
+            else
+                check_finish(c, false,
+                             "no credentials configured, and the registry asks for Basic "
+                             "credentials (set user and password_file, or auth_file)");
             return;
         case RP_AUTH_E_REJECTED:
             check_finish(c, false, "credentials rejected by the registry (Basic)");

@@ -228,8 +228,11 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
         f->status = status;
     if (f->err_cut)
         xe = RP_XFER_OK;
+    /* A body before any head ends in a write error of ours, not a transport failure: the
+     * registry answered, with its 1xx. */
     rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
-                        xe == RP_XFER_OK ? f->status : 0, rp_now_ms() - f->sent_ms);
+                        xe == RP_XFER_OK || f->body_before_head ? f->status : 0,
+                        rp_now_ms() - f->sent_ms);
     if (f->body_before_head || (xe == RP_XFER_OK && !f->headed)) {
         /* No final head ever came: a 101 nobody asked for ends curl's header parsing, and
          * the rest arrives as a body. Neither a retried 401 nor a redirect (whose Location

@@ -316,6 +316,7 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
 
 static void route_error(struct rp_req *r, int e, const char *why)
 {
+    r->cache_status = "-"; /* never routed: the access line says so, as for a refusal */
     switch (e) {
     case RP_ROUTE_E_NAME_INVALID:
         rp_req_error(r, 400, "NAME_INVALID", why, NULL);

@@ -634,8 +634,9 @@ static void conn_refuse(struct rp_conn *c, const struct rp_http_request_head *h,
     }
     snprintf(hdrs, sizeof(hdrs), "X-Request-Id: %s\r\n%s", id, extra ? extra : "");
     char *body = rp_error_body(code, message, NULL);
-    rp_conn_write_response(c, status, "application/json", hdrs, body, strlen(body),
-                           !(h && h->method == RP_HTTP_HEAD));
+    bool with_body = !(h && h->method == RP_HTTP_HEAD);
+    size_t body_len = strlen(body);
+    rp_conn_write_response(c, status, "application/json", hdrs, body, body_len, with_body);
     free(body);
     rp_metrics_request(&c->srv->metrics, -1, status, NULL, 0);
     struct rp_access a = {.id = id,
@@ -645,6 +646,7 @@ static void conn_refuse(struct rp_conn *c, const struct rp_http_request_head *h,
                           .cache = "-",
                           .peer = c->peer,
                           .status = status,
+                          .bytes = with_body ? body_len : 0,
                           .reason = reason};
     rp_access_log(&a);
 }

@@ -29,7 +29,8 @@ def test_one_line_per_request(t):
             ("GET", "/v2/ns/multi/manifests/nosuchtag", {"Accept": lib.ACCEPT_ALL}),
             ("GET", "/v2/registry.basic.test/ns/multi/manifests/v1", {"Accept": lib.ACCEPT_ALL}),
             ("GET", "/v2/%2e%2e/manifests/latest", {}),
-            ("GET", "/v2/evil.example/x/manifests/latest", {})]
+            ("GET", "/v2/evil.example/x/manifests/latest", {}),
+            ("PUT", "/v2/ns/multi/manifests/v1", {})]
     got = []
     for method, path, h in reqs:
         st, hd, body = p.raw(method, path, h)
@@ -56,13 +57,17 @@ def test_one_line_per_request(t):
                 if k not in line:
                     problems.append("%s %s: access line lacks %s: %r" % (method, path, k, line))
         try:
-            if method == "GET" and int(line.get("bytes", -1)) < blen:
+            if method != "HEAD" and int(line.get("bytes", -1)) < blen:
                 problems.append("%s %s: %d body bytes sent, log says bytes=%s"
                                 % (method, path, blen, line.get("bytes")))
         except ValueError:
             problems.append("bytes=%r is not a number" % line.get("bytes"))
     eq(lines[1].get("registry"), "registry.token.test", "registry of the default route")
     eq(lines[7].get("registry"), "registry.basic.test", "registry of the prefix route")
+    # Refused by routing (400, 404) or at the connection (405): never routed, no cache.
+    eq([(lines[i].get("status"), lines[i].get("cache")) for i in (8, 9, 10)],
+       [(str(got[i][2]), "-") for i in (8, 9, 10)], "status and cache of refused requests")
+    eq(got[10][2], 405, "PUT")
     check(not problems, "\n".join(problems))
 
 

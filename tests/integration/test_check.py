@@ -3,7 +3,9 @@
 reason (credentials rejected by the realm, none configured where the realm wants some,
 realm not allowed, TLS verification failed, image not found, unreachable), a non-zero exit
 when any fails."""
+import base64
 import datetime
+import json
 import os
 import pty
 import select
@@ -58,6 +60,10 @@ def test_check_reports_each_registry(t):
     rc, lines, out = _run_check(t, p)
     check(rc != 0, "check exited 0 although registries fail:\n" + out)
     eq(lines.get("good.test", "")[:2], "ok", "good.test verdict (%s)" % out)
+    check(lines.get("idtoken.test", "").startswith(
+        "FAILED: the registry asks for Basic credentials, and the auth_file gives only an "
+        "identity token"), "check line for an identity token only: %r\n%s"
+        % (lines.get("idtoken.test"), out))
     expect = {
         "wrongpass.test": "FAILED: credentials rejected by realm https://127.0.0.1:",
         "missing.test": "FAILED: image not found: ns/does-not-exist:v1",
@@ -348,6 +354,14 @@ def test_check_basic_registry_verdicts(t):
             b.conf("wrongpass.test", password="not-the-password", test_image="ns/multi:v1",
                    test_login="yes"),
             b.conf("good.test", test_image="ns/multi:v1", test_login="yes")]
+    # docker login's identity token only: for a token realm, not Basic.
+    idfile = os.path.join(t.tmp, "config.json")
+    with open(idfile, "w") as f:
+        json.dump({"auths": {b.hostport: {"auth": base64.b64encode(b"<token>:").decode(),
+                                          "identitytoken": "refresh-me"}}}, f)
+    os.chmod(idfile, 0o600)
+    regs.append(dict(b.conf("idtoken.test", test_image="ns/multi:v1", test_login="yes"),
+                     user=None, password=None, auth_file=idfile))
     p = t.proxy(registries=regs, start=False)
     p.ports = [lib.free_port()]
     p.write_conf()
@@ -360,3 +374,7 @@ def test_check_basic_registry_verdicts(t):
                                                      "registry"),
           "check line for a wrong Basic password: %r\n%s" % (lines.get("wrongpass.test"), out))
     eq(lines.get("good.test", "")[:2], "ok", "good.test verdict (%s)" % out)
+    check(lines.get("idtoken.test", "").startswith(
+        "FAILED: the registry asks for Basic credentials, and the auth_file gives only an "
+        "identity token"), "check line for an identity token only: %r\n%s"
+        % (lines.get("idtoken.test"), out))

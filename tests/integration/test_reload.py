@@ -321,5 +321,8 @@ def test_watch_quiet_while_draining(t):
     lib.wait_until(lambda: key in p.log_text(), 10, "the changed file to be noticed")
     time.sleep(5)  # two more looks of the watch, were it still looking
     n = p.log_text().count(key)
+    # Still draining (the head deadline had not ended it): else the watch had no chance to
+    # look again, and one line would prove nothing.
+    check(p.proc.p.poll() is None, "the proxy had stopped draining before the count")
     c.close()
     eq(n, 1, "lines saying the watched file's reload was ignored while draining")

@@ -649,6 +649,11 @@ def test_101_is_no_redirect(t):
         eq((d.get("upstream_status"), "101" in d.get("error", "")), (101, True),
            "GET %s: the detail names the 101 (%r)" % (path, d))
         eq(len(up.seen(seen)), 1, "GET %s: requests to %s" % (path, seen))
+    # Answers, not transport failures: an unsolicited 101 must not look like an outage.
+    m = p.metrics()
+    eq([m.get(("regproxy_upstream_requests_total",
+               frozenset({"registry": "raw.test", "status": c}.items()))) for c in ("1xx", "other")],
+       [3.0, 0.0], "upstream requests counted as 1xx and as other (no answer)")
 
 
 def test_manifest_without_media_type_not_relabelled(t):
