@@ -1589,8 +1589,10 @@ bool rp_req_redirect_refused(struct rp_req *r, const struct rp_fetch_result *res
 {
     /* Blobs only: a CDN's 4xx is about its signed URL. A manifest, tag list or referrers
      * redirected to a backing registry (registry.k8s.io) gets that registry's answers, whose
-     * 404 means what a 404 means (referrers: fall back to tags). */
-    if (r->route.kind != RP_ROUTE_BLOB || !res->from_redirect || status < 400 || status >= 500)
+     * 404 means what a 404 means (referrers: fall back to tags). Except a 429: the CDN
+     * rate-limits, and the client backs off by its Retry-After as when pulling directly. */
+    if (r->route.kind != RP_ROUTE_BLOB || !res->from_redirect || status < 400 || status >= 500 ||
+        status == 429)
         return false;
     rp_warn("upstream %s: %s: the registry's redirect target answered %d", r->route.reg->name,
             rp_route_kind_name(r->route.kind), status);

@@ -228,6 +228,35 @@ def test_cross_origin_cdn_401_403(t):
               "CDN %d: message %r" % (st, e["message"]))
 
 
+def test_cdn_429_keeps_retry_after(t):
+    """The blob CDN rate-limits (429 with Retry-After), for a plain GET and for one that
+    joins a fill: the client gets 429 TOOMANYREQUESTS with the CDN's Retry-After, so it
+    backs off as it would pulling directly, not a 502 that says the URL went bad."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def cdn_h(r):
+        r.send(429, b"<Error><Code>SlowDown</Code></Error>",
+               [("Content-Type", "application/xml"), ("Retry-After", "17")])
+        return False
+    cdn = rawup.RawUpstream(t, cdn_h)
+
+    def h(r):
+        if r.path.startswith("/v2/ns/x/blobs/"):
+            r.send(307, b"", [("Location", "%s/cdn/%s?sig=ok" % (cdn.url, ld))])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    for i in range(2):
+        r = p.get("/v2/ns/x/blobs/" + ld)
+        eq(r.status, 429, "GET %d through a rate-limiting CDN: %r" % (i, r.body))
+        eq(r.header("Retry-After"), "17", "GET %d: Retry-After" % i)
+        eq([e["code"] for e in _body_json(r)["errors"]], ["TOOMANYREQUESTS"], "GET %d: code" % i)
+    check(not any(x[3].get("authorization") for x in cdn.seen()),
+          "credentials sent to the CDN")
+
+
 def test_resume_wrong_content_range(t):
     """A cut download resumed; the 206 names the wrong range. Nothing wrong served/cached."""
     m, md, layer, ld, cfg, cd = rawup.image()
