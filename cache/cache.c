@@ -105,6 +105,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <lz4.h>
 #include <lz4hc.h>
 #include <openssl/evp.h>
@@ -114,6 +115,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -448,16 +450,86 @@ static int write_all(struct rp_cache *c, int fd, const void *p, size_t n, uint64
     return 0;
 }
 
-static int fsync_dir(struct rp_cache *c, const char *rel)
+/* ------------------------------------------------ paths below the cache directory ---
+ * Whoever can write into the cache directory (a shared volume, a less privileged user) must
+ * not be able to make the proxy read, write or remove anything outside it by planting a
+ * symlink: a blob served from a symlinked <hh> directory goes out with sendfile, unverified.
+ * So no path below dir is ever resolved through a symlink, at any component: every open goes
+ * through open_beneath, and every other call (rename, unlink, mkdir, stat) acts on a name
+ * inside a directory opened by it. What a planted symlink stands in front of is treated as
+ * damaged: not served, removed (the symlink only, never what it points to), fetched again. */
+
+/* Whether openat2(2) works: -1 not known yet, 1 yes, 0 no (ENOSYS before Linux 5.6; EPERM
+ * from a seccomp filter that does not know it). The scrub worker asks too. */
+static atomic_int have_openat2 = -1;
+
+/* open_beneath's fallback: one component at a time, each directory opened with O_NOFOLLOW
+ * from the one before it, so no symlink is followed and ".." is refused. */
+static int open_walk(int dirfd, const char *rel, int flags, mode_t mode)
 {
-    if (sync_deferred(c))
-        return 0;
-    int fd = openat(c->dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int rc = sync_fd(fd);
-    close(fd);
-    return rc;
+    int fd = dirfd;
+    for (const char *p = rel;;) {
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        char comp[256];
+        int next = -1;
+        if (n == 0 || n >= sizeof(comp) || (n == 2 && p[0] == '.' && p[1] == '.')) {
+            errno = EXDEV; /* what openat2 says of a path that leaves the directory */
+        } else {
+            memcpy(comp, p, n);
+            comp[n] = '\0';
+            next = slash ? openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                         : openat(fd, comp, flags, mode);
+        }
+        int e = errno;
+        if (fd != dirfd)
+            close(fd);
+        errno = e;
+        if (next < 0 || !slash)
+            return next;
+        fd = next;
+        p = slash + 1;
+    }
+}
+
+/* Opens rel (a path this file made: relative, no "..") below dirfd without following a
+ * symlink at any component, the last included (O_NOFOLLOW and O_CLOEXEC are added). The fd,
+ * or -1 with errno: ELOOP (or ENOTDIR from the fallback) when a symlink is in the way. One
+ * system call when openat2 works, as many as rel has components when not. Thread-safe. */
+static int open_beneath(int dirfd, const char *rel, int flags, mode_t mode)
+{
+    flags |= O_NOFOLLOW | O_CLOEXEC;
+    int have = atomic_load_explicit(&have_openat2, memory_order_relaxed);
+    if (have != 0) {
+        struct open_how how = {
+            .flags = (uint64_t)flags,
+            .mode = (flags & O_CREAT) ? (uint64_t)mode : 0,
+            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        };
+        long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
+        if (fd >= 0) {
+            if (have < 0)
+                atomic_store_explicit(&have_openat2, 1, memory_order_relaxed);
+            return (int)fd;
+        }
+        int e = errno;
+        if (e != ENOSYS && e != EPERM)
+            return -1;
+        /* EPERM may also be the file's own answer: the fallback then gets it too. Only
+         * when the fallback succeeds was it a filter refusing the call. */
+        int fd2 = open_walk(dirfd, rel, flags, mode);
+        if (e == ENOSYS || fd2 >= 0)
+            atomic_store_explicit(&have_openat2, 0, memory_order_relaxed);
+        return fd2;
+    }
+    return open_walk(dirfd, rel, flags, mode);
+}
+
+/* An errno that means something other than what the cache made sits in a path: a symlink
+ * (ELOOP), a file where a directory belongs (ENOTDIR), a way out (EXDEV). */
+static bool planted(int e)
+{
+    return e == ELOOP || e == ENOTDIR || e == EXDEV;
 }
 
 static void parent_of(const char *rel, char *out, size_t n)
@@ -469,21 +541,120 @@ static void parent_of(const char *rel, char *out, size_t n)
         snprintf(out, n, "%.*s", (int)(slash - rel), rel);
 }
 
+/* Opens the directory holding rel (as open_beneath does) and points *base at rel's last
+ * component: what rename, unlink, mkdir and stat then act on. The fd, or -1 (errno set). */
+static int open_parent(struct rp_cache *c, const char *rel, const char **base)
+{
+    char parent[REL_MAX];
+    parent_of(rel, parent, sizeof(parent));
+    const char *slash = strrchr(rel, '/');
+    *base = slash ? slash + 1 : rel;
+    return open_beneath(c->dirfd, parent, O_RDONLY | O_DIRECTORY, 0);
+}
+
+/* stat of rel without following a symlink: one at its end is reported as such (S_ISLNK),
+ * one on the way is ELOOP or ENOTDIR. 0 or -1 (errno set). */
+static int stat_beneath(struct rp_cache *c, const char *rel, struct stat *st)
+{
+    int fd = open_beneath(c->dirfd, rel, O_PATH, 0);
+    if (fd < 0)
+        return -1;
+    int rc = fstat(fd, st);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+/* Removes the first symlink on rel's path (the symlink, never what it points to), so the
+ * cache's own layout can be made again there. 0 when one was removed, else -1. */
+static int unplant(struct rp_cache *c, const char *rel)
+{
+    char path[REL_MAX];
+    for (const char *end = strchr(rel, '/');; end = strchr(end + 1, '/')) {
+        snprintf(path, sizeof(path), "%.*s", end ? (int)(end - rel) : (int)strlen(rel), rel);
+        const char *base;
+        int pfd = open_parent(c, path, &base);
+        if (pfd < 0)
+            return -1;
+        struct stat st;
+        bool lnk = fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+        int rc = lnk ? unlinkat(pfd, base, 0) : -1;
+        close(pfd);
+        if (lnk) {
+            if (rc == 0)
+                rp_warn("cache: %s/%s is a symlink, planted in the cache directory: not "
+                        "followed, removed",
+                        c->dir, path);
+            return rc;
+        }
+        if (!end)
+            return -1;
+    }
+}
+
+/* unlink of rel, through no symlink. A symlink in its path is removed instead: whatever rel
+ * named is then gone from the cache's view, as an unlink would have made it. 0, or -1 with
+ * errno (ENOENT: nothing there). */
+static int unlink_beneath(struct rp_cache *c, const char *rel)
+{
+    const char *base;
+    int pfd = open_parent(c, rel, &base);
+    if (pfd < 0)
+        return planted(errno) && unplant(c, rel) == 0 ? 0 : -1;
+    int rc = unlinkat(pfd, base, 0);
+    int e = errno;
+    close(pfd);
+    errno = e;
+    return rc;
+}
+
+/* fsyncs an open directory, unless that is left to rp_cache_sync. */
+static int fsync_dir_fd(struct rp_cache *c, int fd)
+{
+    return sync_deferred(c) ? 0 : sync_fd(fd);
+}
+
+static int fsync_dir(struct rp_cache *c, const char *rel)
+{
+    if (sync_deferred(c))
+        return 0;
+    int fd = open_beneath(c->dirfd, rel, O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0)
+        return -1;
+    int rc = sync_fd(fd);
+    close(fd);
+    return rc;
+}
+
 /* Creates the missing directories leading to rel, fsyncing each new one's parent so the
- * directory entries are as durable as the files renamed into them. */
+ * directory entries are as durable as the files renamed into them. A symlink found where
+ * one of them belongs is removed and the directory made. */
 static int make_parents(struct rp_cache *c, const char *rel)
 {
     char path[REL_MAX];
     for (const char *p = strchr(rel, '/'); p; p = strchr(p + 1, '/')) {
         snprintf(path, sizeof(path), "%.*s", (int)(p - rel), rel);
-        if (mkdirat(c->dirfd, path, 0755) == 0) {
-            char parent[REL_MAX];
-            parent_of(path, parent, sizeof(parent));
-            if (fsync_dir(c, parent) != 0)
-                return -1;
-        } else if (errno != EEXIST) {
+        const char *base;
+        int pfd = open_parent(c, path, &base);
+        if (pfd < 0)
             return -1;
+        int rc = mkdirat(pfd, base, 0755);
+        struct stat st;
+        if (rc != 0 && errno == EEXIST && fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+            errno = EEXIST;
+            if (S_ISLNK(st.st_mode) && unplant(c, path) == 0)
+                rc = mkdirat(pfd, base, 0755);
         }
+        if (rc == 0)
+            rc = fsync_dir_fd(c, pfd);
+        else if (errno == EEXIST)
+            rc = 0;
+        int e = errno;
+        close(pfd);
+        errno = e;
+        if (rc != 0)
+            return -1;
     }
     return 0;
 }
@@ -510,13 +681,22 @@ static int tmp_open(struct rp_cache *c, const char *prefix, char *name, size_t n
     return -1;
 }
 
+/* Renames tmp/<name> to rel: the directory it went into, open (for its fsync), or -1. */
 static int rename_in(struct rp_cache *c, const char *name, const char *rel)
 {
-    if (renameat(c->tmpfd, name, c->dirfd, rel) == 0)
-        return 0;
-    if (errno != ENOENT || make_parents(c, rel) != 0)
+    const char *base;
+    int pfd = open_parent(c, rel, &base);
+    if (pfd < 0 && (errno == ENOENT || planted(errno)) && make_parents(c, rel) == 0)
+        pfd = open_parent(c, rel, &base);
+    if (pfd < 0)
         return -1;
-    return renameat(c->tmpfd, name, c->dirfd, rel);
+    if (renameat(c->tmpfd, name, pfd, base) != 0) {
+        int e = errno;
+        close(pfd);
+        errno = e;
+        return -1;
+    }
+    return pfd;
 }
 
 /* Renames tmp/<name> (already written and fsynced by the caller) to rel and fsyncs rel's
@@ -524,19 +704,23 @@ static int rename_in(struct rp_cache *c, const char *name, const char *rel)
  * full file system gets one round of make_room. */
 static int publish(struct rp_cache *c, const char *name, const char *rel)
 {
-    if (rename_in(c, name, rel) != 0 &&
-        !(disk_full(errno) && make_room(c, 0) && rename_in(c, name, rel) == 0)) {
+    int pfd = rename_in(c, name, rel);
+    if (pfd < 0 && disk_full(errno) && make_room(c, 0))
+        pfd = rename_in(c, name, rel);
+    if (pfd < 0) {
         int e = errno;
         rp_warn("cache: publishing %s: %s", rel, strerror(e));
         unlinkat(c->tmpfd, name, 0);
         return disk_full(e) ? RP_CACHE_E_NOSPACE : RP_CACHE_E_IO;
     }
-    char parent[REL_MAX];
-    parent_of(rel, parent, sizeof(parent));
     /* The file is complete and verified whatever happens now; a failed directory fsync only
      * risks losing the name on power loss, so it is reported but does not undo the publish. */
-    if (fsync_dir(c, parent) != 0)
+    if (fsync_dir_fd(c, pfd) != 0) {
+        char parent[REL_MAX];
+        parent_of(rel, parent, sizeof(parent));
         rp_warn("cache: fsync of %s: %s", parent, strerror(errno));
+    }
+    close(pfd);
     return RP_CACHE_OK;
 }
 
@@ -568,15 +752,23 @@ static int atomic_write(struct rp_cache *c, const char *prefix, const char *rel,
 }
 
 /* Reads a whole file of at most cap bytes. Returns OK, E_NOENT, E_IO, or E_CORRUPT when
- * it is larger than cap, not a regular file, or shorter than fstat said. *out gets a
- * trailing NUL not counted in *outlen. */
+ * it is larger than cap, not a regular file, shorter than fstat said, or behind a symlink. *out
+ * gets a trailing NUL not counted in *outlen. */
 static int read_file(struct rp_cache *c, const char *rel, size_t cap, char **out, size_t *outlen)
 {
     int rc = RP_CACHE_E_IO;
     char *buf = NULL;
-    int fd = openat(c->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open_beneath(c->dirfd, rel, O_RDONLY, 0);
     if (fd < 0) {
-        rc = errno == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO;
+        /* A symlink in the way: whatever is behind it is not ours, and what the caller wanted
+         * is as good as damaged (removed, which removes the symlink). */
+        rc = RP_CACHE_E_IO;
+        if (errno == ENOENT)
+            rc = RP_CACHE_E_NOENT;
+        else if (planted(errno)) {
+            rp_warn("cache: %s: %s in its path; not followed", rel, strerror(errno));
+            rc = RP_CACHE_E_CORRUPT;
+        }
         goto out;
     }
     struct stat st;
@@ -981,7 +1173,7 @@ static void remove_entry_file(struct rp_cache *c, struct entry *e, const char *w
     char rel[REL_MAX];
     digest_from_raw(e->algo, e->raw, &d);
     entry_rel(rel, sizeof(rel), e->kind, e->algo, dhex(&d));
-    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+    if (unlink_beneath(c, rel) != 0 && errno != ENOENT)
         rp_warn("cache: %s %s: %s", why, rel, strerror(errno));
     index_forget(c, e);
 }
@@ -1176,7 +1368,7 @@ static bool name_to_raw(const char *name, int algo, const char *prefix, unsigned
 static int open_top(struct rp_cache *c, const char *rel, DIR **out)
 {
     *out = NULL;
-    int fd = openat(c->dirfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = open_beneath(c->dirfd, rel, O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0)
         return errno == ENOENT ? 0 : -1;
     *out = fdopendir(fd);
@@ -1189,12 +1381,18 @@ static int open_top(struct rp_cache *c, const char *rel, DIR **out)
     return 0;
 }
 
-/* Opens the subdirectory hh of d when hh is a two hex digit <hh> name, else NULL. */
-static DIR *open_hh(DIR *d, const char *hh)
+/* Opens the subdirectory hh of d (the directory top) when hh is a two hex digit <hh> name,
+ * else NULL. One that is a symlink is reported and not followed: its entries stay unknown,
+ * and the first publish under it replaces it with a directory. */
+static DIR *open_hh(struct rp_cache *c, DIR *d, const char *top, const char *hh)
 {
     if (strlen(hh) != 2 || hexval(hh[0]) < 0 || hexval(hh[1]) < 0)
         return NULL;
-    int sfd = openat(dirfd(d), hh, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int sfd = openat(dirfd(d), hh, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sfd < 0 && planted(errno))
+        rp_warn("cache: %s/%s/%s is not a directory (a symlink?); not followed, what it holds "
+                "is not served",
+                c->dir, top, hh);
     DIR *sd = sfd >= 0 ? fdopendir(sfd) : NULL;
     if (!sd && sfd >= 0)
         close(sfd);
@@ -1215,20 +1413,25 @@ static int scan_dir(struct rp_cache *c, int kind, int algo, struct found **v, si
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *hh = de->d_name;
-        DIR *sd = open_hh(d, hh);
+        DIR *sd = open_hh(c, d, top, hh);
         if (!sd)
             continue;
         struct dirent *fe;
         while ((fe = readdir(sd)) != NULL) {
             struct found f;
             struct stat st;
-            if (fe->d_type != DT_REG && fe->d_type != DT_UNKNOWN)
+            if (fe->d_type != DT_REG && fe->d_type != DT_LNK && fe->d_type != DT_UNKNOWN)
                 continue;
             if (!name_to_raw(fe->d_name, algo, hh, f.raw))
                 continue;
-            if (fstatat(dirfd(sd), fe->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-                !S_ISREG(st.st_mode))
+            if (fstatat(dirfd(sd), fe->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
                 continue;
+            if (!S_ISREG(st.st_mode)) {
+                if (S_ISLNK(st.st_mode))
+                    rp_warn("cache: %s/%s/%s/%s is a symlink; not followed, not served", c->dir,
+                            top, hh, fe->d_name);
+                continue;
+            }
             memset(f.raw + algos[algo].rawlen, 0, sizeof(f.raw) - algos[algo].rawlen);
             f.kind = (uint8_t)kind;
             f.algo = (uint8_t)algo;
@@ -1363,9 +1566,17 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
     what = "creating subdirectories of";
     for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
         struct stat st;
-        if (mkdirat(c->dirfd, subdirs[i], 0755) != 0 && errno != EEXIST)
+        const char *base;
+        int pfd = open_parent(c, subdirs[i], &base);
+        if (pfd < 0)
             goto fail;
-        if (fstatat(c->dirfd, subdirs[i], &st, AT_SYMLINK_NOFOLLOW) != 0)
+        int rc = mkdirat(pfd, base, 0755) != 0 && errno != EEXIST
+                     ? -1
+                     : fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW);
+        int e = errno;
+        close(pfd);
+        errno = e;
+        if (rc != 0)
             goto fail;
         if (!S_ISDIR(st.st_mode)) { /* a symlink: publishing and eviction would go through it */
             errno = ENOTDIR;
@@ -1666,7 +1877,7 @@ void rp_cache_unpin_all(struct rp_cache *c)
 static int blob_file_open(struct rp_cache *c, const struct digest *d, char *rel, struct stat *st)
 {
     entry_rel(rel, REL_MAX, RP_CACHE_BLOB, d->algo, dhex(d));
-    int fd = openat(c->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open_beneath(c->dirfd, rel, O_RDONLY, 0);
     if (fd >= 0 && fstat(fd, st) != 0) {
         int e = errno;
         close(fd);
@@ -1703,6 +1914,13 @@ int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_b
         if (e2 == ENOENT) {
             index_forget(c, e);
             return RP_CACHE_E_NOENT;
+        }
+        if (planted(e2)) {
+            /* Served, whatever a planted symlink points to would go out unverified. */
+            rp_warn("cache: %s: %s in its path; not followed, treated as damaged", rel,
+                    strerror(e2));
+            remove_entry_file(c, e, "removing");
+            return RP_CACHE_E_CORRUPT;
         }
         rp_warn("cache: opening %s: %s", rel, strerror(e2));
         return RP_CACHE_E_IO;
@@ -1918,6 +2136,17 @@ uint64_t rp_cache_fill_written(const struct rp_cache_fill *f)
 const char *rp_cache_fill_path(const struct rp_cache_fill *f)
 {
     return f ? f->path : NULL;
+}
+
+int rp_cache_fill_open_reader(const struct rp_cache_fill *f)
+{
+    if (!f || !f->c) {
+        errno = ENOENT;
+        return -1;
+    }
+    /* Through the descriptor of tmp/ taken at open, not the path: a tmp/ renamed away and
+     * replaced by a symlink since must not hand readers a file from elsewhere. */
+    return openat(f->c->tmpfd, f->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 }
 
 int rp_cache_fill_verify(struct rp_cache_fill *f)
@@ -2244,7 +2473,7 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
     key_rel(rel, sizeof(rel), "links", hex);
     struct stat st;
     int rc = RP_CACHE_OK;
-    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
+    if (stat_beneath(c, rel, &st) != 0 || !S_ISREG(st.st_mode)) {
         char hdr[TAG_HDR_MAX];
         snprintf(hdr, sizeof(hdr), "%s 1 %s %zu %zu\n", LINK_MAGIC, d.str, strlen(registry),
                  strlen(repo));
@@ -2332,8 +2561,8 @@ int rp_cache_check_fd(int fd, const char *digest, uint64_t size, uint64_t bytes_
     return rc;
 }
 
-/* Hashes the blob file of e; RP_CACHE_OK, E_DIGEST or E_SIZE with *why set, or E_IO with
- * errno's text in *why. */
+/* Hashes the blob file of e; RP_CACHE_OK, E_DIGEST or E_SIZE with *why set, E_CORRUPT when
+ * a symlink stands in its path, or E_IO with errno's text in *why. */
 static int blob_check(struct rp_cache *c, const struct entry *e, const struct digest *d, char *why,
                       size_t whylen)
 {
@@ -2342,6 +2571,10 @@ static int blob_check(struct rp_cache *c, const struct entry *e, const struct di
     int fd = blob_file_open(c, d, rel, &st);
     if (fd < 0) {
         int e2 = errno;
+        if (planted(e2)) {
+            snprintf(why, whylen, "%s: %s in its path (not followed)", rel, strerror(e2));
+            return RP_CACHE_E_CORRUPT;
+        }
         snprintf(why, whylen, "%s: %s", rel, strerror(e2));
         return e2 == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO;
     }
@@ -2376,6 +2609,18 @@ char *rp_cache_blob_path(const struct rp_cache *c, const char *digest)
     return rp_xasprintf("%s/%s", c->dir, rel);
 }
 
+int rp_cache_blob_fd(const struct rp_cache *c, const char *digest)
+{
+    struct digest d;
+    if (!c || parse_digest(digest, &d) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    char rel[REL_MAX];
+    entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d.algo, dhex(&d));
+    return open_beneath(c->dirfd, rel, O_RDONLY, 0);
+}
+
 int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uint64_t ino)
 {
     struct digest d;
@@ -2387,8 +2632,7 @@ int rp_cache_blob_drop(struct rp_cache *c, const char *digest, uint64_t dev, uin
     char rel[REL_MAX];
     entry_rel(rel, sizeof(rel), RP_CACHE_BLOB, d.algo, dhex(&d));
     struct stat st;
-    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || (uint64_t)st.st_dev != dev ||
-        (uint64_t)st.st_ino != ino)
+    if (stat_beneath(c, rel, &st) != 0 || (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
         return RP_CACHE_E_NOENT;
     remove_entry_file(c, e, "removing");
     return RP_CACHE_OK;
@@ -2443,7 +2687,7 @@ int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
             st.blobs++;
             st.blob_bytes += e->size;
             rc = blob_check(c, e, d, why, sizeof(why));
-            if (rc == RP_CACHE_E_DIGEST || rc == RP_CACHE_E_SIZE) {
+            if (rc == RP_CACHE_E_DIGEST || rc == RP_CACHE_E_SIZE || rc == RP_CACHE_E_CORRUPT) {
                 remove_entry_file(c, e, "removing");
                 rc = RP_CACHE_E_CORRUPT;
             } else if (rc == RP_CACHE_E_NOENT) {
@@ -2527,7 +2771,7 @@ size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg)
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *hh = de->d_name;
-        DIR *sd = open_hh(d, hh);
+        DIR *sd = open_hh(c, d, "links", hh);
         if (!sd)
             continue;
         struct dirent *fe;
@@ -2582,7 +2826,7 @@ bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo,
     key_hex(registry, repo, d.str, hex);
     key_rel(rel, sizeof(rel), "links", hex);
     struct stat st;
-    if (fstatat(c->dirfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+    if (stat_beneath(c, rel, &st) != 0 || !S_ISREG(st.st_mode))
         return false;
     memo_put(c, &c->links, key, klen, NULL, 0, 0);
     return true;
@@ -2646,7 +2890,7 @@ int rp_cache_tag_delete(struct rp_cache *c, const char *registry, const char *re
     key_hex(registry, repo, tag, hex);
     key_rel(rel, sizeof(rel), "tags", hex);
     memo_del(c, &c->tags, key, memo_key(key, registry, repo, tag));
-    if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+    if (unlink_beneath(c, rel) != 0 && errno != ENOENT)
         return RP_CACHE_E_IO;
     return RP_CACHE_OK;
 }
@@ -2739,7 +2983,7 @@ static int tag_lookup(struct rp_cache *c, const char *registry, const char *repo
         free(buf);
         if (rc == RP_CACHE_E_CORRUPT) {
             rp_warn("cache: %s is damaged; removed", rel);
-            if (unlinkat(c->dirfd, rel, 0) != 0 && errno != ENOENT)
+            if (unlink_beneath(c, rel) != 0 && errno != ENOENT)
                 rp_warn("cache: removing %s: %s", rel, strerror(errno));
         }
         if (rc != RP_CACHE_OK)

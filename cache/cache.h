@@ -6,7 +6,9 @@
  * known) matched: fills go to a temp file on the same filesystem, then fsync, rename,
  * fsync of the directory (the last two later, on the owner's thread, with a sync hook: see
  * rp_cache_set_sync_hook). File names come only from validated digests and from hashes of
- * (registry, repository, tag) keys, never from request text. */
+ * (registry, repository, tag) keys, never from request text. No path below the directory is
+ * resolved through a symlink: one planted there makes what it stands for damaged (removed,
+ * the symlink only, and fetched again), never read, written or removed outside. */
 #ifndef RP_CACHE_H
 #define RP_CACHE_H
 
@@ -123,8 +125,12 @@ int rp_cache_fill_flush(struct rp_cache_fill *f);
 uint64_t rp_cache_fill_written(const struct rp_cache_fill *f);
 /* Bytes in the temp file (readers may read this far). */
 uint64_t rp_cache_fill_flushed(const struct rp_cache_fill *f);
-/* Path of the temp file (readers open their own fd on it while it grows). */
+/* Path of the temp file, for messages. */
 const char *rp_cache_fill_path(const struct rp_cache_fill *f);
+/* A new descriptor of the temp file, for reading while it grows (each reader its own):
+ * opened through the cache's own descriptor of tmp/, never by path, so nothing planted in
+ * the cache directory since it was opened can stand in for it. -1 with errno set. */
+int rp_cache_fill_open_reader(const struct rp_cache_fill *f);
 /* Flushes, then checks size and digest of what was written (once: later calls return the
  * same verdict) without publishing anything: RP_CACHE_OK, E_SIZE, E_DIGEST or E_IO. Lets a
  * caller release verified bytes to readers before the slower durable publish. */
@@ -243,8 +249,14 @@ int rp_cache_verify(struct rp_cache *c, rp_cache_verify_fn fn, void *arg,
 typedef void (*rp_cache_blob_fn)(void *arg, const char *digest, uint64_t size);
 size_t rp_cache_blobs_each(struct rp_cache *c, rp_cache_blob_fn fn, void *arg);
 /* The absolute path of a blob's file, published or not (NULL for an invalid digest); the
- * caller frees it. For a worker thread to open without touching the cache. */
+ * caller frees it. For messages: open it with rp_cache_blob_fd. */
 char *rp_cache_blob_path(const struct rp_cache *c, const char *digest);
+/* Opens a blob's file for reading, published or not, following no symlink anywhere below
+ * the cache directory. The fd (the caller closes it), or -1 with errno: ENOENT when there is
+ * none, ELOOP or ENOTDIR when something planted (a symlink) stands in its path, EINVAL for an
+ * invalid digest. Touches only the cache's directory descriptor, fixed from open to close:
+ * a worker thread may call it while the owner uses the cache. */
+int rp_cache_blob_fd(const struct rp_cache *c, const char *digest);
 /* Reads fd to its end and checks what it holds against digest and size: RP_CACHE_OK,
  * E_DIGEST or E_SIZE (why says what it holds), E_IO (why says which call failed), or
  * E_INVALID for a bad digest. bytes_per_s > 0 paces the reads to that rate; *stop, when set

@@ -189,7 +189,7 @@ static void reader_start(struct rp_req *r)
         rp_req_range_unsatisfiable(r, (uint64_t)f->expected);
         return;
     }
-    r->fill_fd = open(rp_cache_fill_path(f->cf), O_RDONLY | O_CLOEXEC);
+    r->fill_fd = rp_cache_fill_open_reader(f->cf);
     if (r->fill_fd < 0) {
         /* Out of descriptors, say: nothing is sent yet, so the client gets an answer
          * rather than a bare close later. The fill goes on for the others. */

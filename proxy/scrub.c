@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* scrub: see scrub.h. A pass lists the cache's blobs on the loop, then hands them to the
  * worker one at a time; the loop never waits for it, and it touches nothing of the cache's
- * but the file it was given. */
+ * but the blob file it was given (opened through rp_cache_blob_fd). */
 #include "scrub.h"
 
 #include "offline.h" /* rp_format_bytes */
@@ -43,7 +43,8 @@ struct rp_scrub {
 
 struct scrub_job {
     struct rp_scrub *s;
-    char *digest, *path;
+    const struct rp_cache *cache; /* only for rp_cache_blob_fd, which any thread may call */
+    char *digest;
     uint64_t size, rate;
     int rc;
     /* Open from the check until the loop has acted on it: while it is open its inode cannot
@@ -91,8 +92,15 @@ static void list_free(struct rp_scrub *s)
 static void job_work(void *arg)
 {
     struct scrub_job *j = arg;
-    int fd = j->fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = j->fd = rp_cache_blob_fd(j->cache, j->digest);
     struct stat st;
+    if (fd < 0 && (errno == ELOOP || errno == ENOTDIR)) {
+        /* Not followed: what it points to is not the cache's to check, nor to serve. */
+        snprintf(j->why, sizeof(j->why), "a symlink in its path (%s); not followed",
+                 strerror(errno));
+        j->rc = RP_CACHE_E_CORRUPT;
+        return;
+    }
     if (fd < 0 || fstat(fd, &st) != 0) {
         j->rc = errno == ENOENT ? RP_CACHE_E_NOENT : RP_CACHE_E_IO; /* ENOENT: evicted since */
         snprintf(j->why, sizeof(j->why), "%s", strerror(errno));
@@ -148,13 +156,28 @@ static void job_done(void *arg)
         } else {
             rp_debug("cache scrub: blob %s was replaced while it was checked", j->digest);
         }
+    } else if (j->rc == RP_CACHE_E_CORRUPT) {
+        /* Opening it on the loop finds the same symlink, removes it and forgets the blob,
+         * as a request would; unless it was fetched again since. */
+        struct rp_cache_blob b;
+        int rc = rp_cache_blob_open(srv->cache, j->digest, &b);
+        if (rc == RP_CACHE_OK) {
+            close(b.fd);
+            rp_cache_release(srv->cache, j->digest);
+        } else if (rc == RP_CACHE_E_CORRUPT) {
+            rp_warn("cache scrub: blob %s: %s; forgotten: %s", j->digest, j->why,
+                    srv->conf->cache.offline ? "this cache is offline, so the images that use "
+                                               "it need mirroring or importing again"
+                                             : "the next pull fetches it again");
+            s->pass_damaged++;
+            srv->metrics.scrub_damaged++;
+        }
     } else if (j->rc == RP_CACHE_E_IO && !atomic_load(&s->stop)) {
         rp_warn("cache scrub: blob %s: %s; kept", j->digest, j->why);
     }
     if (j->fd >= 0)
         close(j->fd);
     free(j->digest);
-    free(j->path);
     free(j);
     if (!atomic_load(&s->stop))
         next_blob(s);
@@ -172,7 +195,7 @@ static void next_blob(struct rp_scrub *s)
         j->s = s;
         j->digest = b->digest;
         b->digest = NULL;
-        j->path = rp_cache_blob_path(srv->cache, j->digest);
+        j->cache = srv->cache;
         j->size = b->size;
         j->rate = srv->conf->cache.scrub_rate;
         j->fd = -1;

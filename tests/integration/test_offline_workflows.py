@@ -845,15 +845,17 @@ def test_import_syncs_in_batches(t):
             c = re.match(r"\d+\s+(fsync|fdatasync|syncfs|rename|renameat|renameat2)\((.*)", line)
             if not c or line.rstrip().endswith("= -1 ENOENT (No such file or directory)"):
                 continue
+            # A publish renames tmp/<kind>.<n> to a name inside its directory: the temp
+            # name says what it is (the target is relative to that directory's descriptor).
             names = re.findall(r'"([^"]*)"', c.group(2))
-            events.append((c.group(1), names[-1] if c.group(1).startswith("rename") else None))
+            events.append((c.group(1), names[0] if c.group(1).startswith("rename") else None))
     fsyncs = [e for e in events if e[0] in ("fsync", "fdatasync")]
     # One per blob; a tag, its directory and (new) that directory's parent each; the pins
     # file and the index snapshot, each with its directory.
     check(len(fsyncs) <= 26 + 3 * 12 + 4, "fsyncs: %d for 26 new blobs and 12 tags (events: %r)"
           % (len(fsyncs), events[:60]))
-    kinds = [("tag" if e[1].startswith("tags/") else "meta" if
-              e[1].startswith(("links/", "manifests/")) else "blob" if e[1].startswith("blobs/")
+    kinds = [("tag" if e[1].startswith("tag.") else "meta" if
+              e[1].startswith(("link.", "manifest.")) else "blob" if e[1].startswith("fill.")
               else "other") if e[1] else e[0] for e in events]
     check("tag" in kinds and "meta" in kinds, "renames seen: %r" % sorted(set(kinds)))
     first_tag, last_tag = kinds.index("tag"), len(kinds) - 1 - kinds[::-1].index("tag")

@@ -8,15 +8,21 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <linux/filter.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
 #include <lz4.h>
 #include <lz4hc.h>
 #include <openssl/evp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -2629,6 +2635,263 @@ static void test_mem_bounds(void)
     rm_rf(dir);
 }
 
+/* ---------------------------------------------------------------- planted symlinks --- */
+
+/* Replaces the directory holding path by a symlink to out, where a file of path's name holds
+ * other bytes of the same length (a size check alone would not notice). The outside file's
+ * path; the caller frees it. */
+static char *plant_shard(const char *path, const char *out, const char *bytes)
+{
+    char *shard = rp_xstrdup(path);
+    char *slash = strrchr(shard, '/');
+    *slash = '\0';
+    char *outside = rp_xasprintf("%s/%s", out, slash + 1);
+    spit(outside, bytes, strlen(bytes));
+    rm_rf(rp_xstrdup(shard));
+    CHECK(symlink(out, shard) == 0);
+    free(shard);
+    return outside;
+}
+
+static bool file_is(const char *path, const char *want)
+{
+    size_t n = 0;
+    char *s = slurp(path, &n);
+    bool ok = s && n == strlen(want) && memcmp(s, want, n) == 0;
+    free(s);
+    return ok;
+}
+
+/* Not a symlink (a directory made again, or nothing). */
+static bool not_symlink(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) != 0 || !S_ISLNK(st.st_mode);
+}
+
+static char *parent_dir(const char *path)
+{
+    char *p = rp_xstrdup(path);
+    *strrchr(p, '/') = '\0';
+    return p;
+}
+
+/* Two blobs of n bytes whose <hh> directories differ. */
+static void two_shards(char *a, char *da, char *b, char *db, size_t n)
+{
+    for (int seed = 0;; seed++) {
+        char *x = sized(n, seed), *y = sized(n, seed + 100);
+        memcpy(a, x, n + 1);
+        memcpy(b, y, n + 1);
+        free(x);
+        free(y);
+        digest_of(a, n, da, false);
+        digest_of(b, n, db, false);
+        if (memcmp(da + 7, db + 7, 2) != 0)
+            return;
+    }
+}
+
+/* Every way the cache reaches a file below its directory, with a symlink planted in the
+ * path (the <hh> directory, or the file itself) pointing outside: nothing outside is read
+ * (served), written, created or removed; what the symlink stands for is damaged (a miss),
+ * the symlink is removed, and a new fill publishes inside the cache again. */
+static void planted_symlink_cases(void)
+{
+    char *dir = mk_tmpdir(), *out = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 0);
+    rp_cache_set_memory(c, 0, 0, 0); /* every lookup goes to the files */
+
+    /* A blob's <hh> directory: not served, the symlink goes, a new fill lands inside. */
+    const char *real = "the real bytes of a cached blob";
+    const char *fake = "THE FAKE BYTES of a cached blob";
+    char d[RP_CACHE_DIGEST_BUF];
+    CHECK_INT(put_blob(c, real, d), RP_CACHE_OK);
+    char *p = obj_path(dir, "blobs", d), *shard = parent_dir(p);
+    char *outside = plant_shard(p, out, fake);
+    struct rp_cache_blob b;
+    int rc = rp_cache_blob_open(c, d, &b);
+    CHECK(rc != RP_CACHE_OK);
+    if (rc == RP_CACHE_OK) {
+        size_t n;
+        char *s = read_all(b.fd, &n);
+        CHECK(!(n == strlen(fake) && memcmp(s, fake, n) == 0)); /* served from outside */
+        free(s);
+        close(b.fd);
+        rp_cache_release(c, d);
+    }
+    CHECK(!rp_cache_blob_present(c, d));
+    CHECK(not_symlink(shard));
+    CHECK_INT(put_blob(c, real, d), RP_CACHE_OK);
+    CHECK(blob_is(c, d, real));
+    CHECK(file_is(outside, fake));
+    CHECK_INT(count_files(out, "."), 1);
+
+    /* The blob file itself a symlink: not served, the symlink (only) removed. */
+    CHECK(unlink(p) == 0 && symlink(outside, p) == 0);
+    CHECK(rp_cache_blob_open(c, d, &b) != RP_CACHE_OK);
+    CHECK(not_symlink(p));
+    CHECK(file_is(outside, fake));
+    free(outside);
+    free(shard);
+    free(p);
+
+    /* Publishing into a symlinked <hh> directory creates nothing outside. */
+    char *o2 = rp_xasprintf("%s/empty", out);
+    CHECK(mkdir(o2, 0755) == 0);
+    const char *other = "a blob published into a planted shard";
+    char d2[RP_CACHE_DIGEST_BUF];
+    digest_of(other, strlen(other), d2, false);
+    p = obj_path(dir, "blobs", d2);
+    shard = parent_dir(p);
+    rm_rf(rp_xstrdup(shard));
+    CHECK(symlink(o2, shard) == 0);
+    CHECK_INT(put_blob(c, other, d2), RP_CACHE_OK);
+    CHECK_INT(count_files(o2, "."), 0);
+    CHECK(not_symlink(shard));
+    CHECK(blob_is(c, d2, other));
+    free(shard);
+    free(p);
+
+    /* A manifest (even a valid copy behind the symlink is not read), a tag, a link. */
+    char *m = json_manifest(2, 9), md[RP_CACHE_DIGEST_BUF];
+    digest_of(m, strlen(m), md, false);
+    CHECK_INT(rp_cache_manifest_put(c, md, MT_OCI, m, strlen(m)), RP_CACHE_OK);
+    p = obj_path(dir, "manifests", md);
+    size_t mlen = 0;
+    char *mfile = slurp(p, &mlen);
+    outside = plant_shard(p, out, mfile ? mfile : "");
+    struct rp_cache_manifest mm;
+    CHECK(rp_cache_manifest_get(c, md, &mm) != RP_CACHE_OK);
+    rp_cache_manifest_free(&mm);
+    CHECK(file_is(outside, mfile ? mfile : ""));
+    free(mfile);
+    free(outside);
+    free(p);
+    free(m);
+
+    CHECK_INT(rp_cache_tag_set(c, REG, REPO, "v1", d, MT_OCI, 1000), RP_CACHE_OK);
+    p = key_file(dir, "tags", REG, REPO, "v1");
+    size_t tlen = 0;
+    char *tfile = slurp(p, &tlen);
+    outside = plant_shard(p, out, tfile ? tfile : "");
+    char got[RP_CACHE_DIGEST_BUF];
+    int64_t when;
+    CHECK(rp_cache_tag_get(c, REG, REPO, "v1", got, sizeof(got), &when) != RP_CACHE_OK);
+    CHECK(file_is(outside, tfile ? tfile : ""));
+    CHECK_INT(rp_cache_tag_delete(c, REG, REPO, "v1"), RP_CACHE_OK);
+    CHECK(file_is(outside, tfile ? tfile : "")); /* not deleted through the symlink */
+    free(tfile);
+    free(outside);
+    free(p);
+
+    p = key_file(dir, "links", REG, REPO, d);
+    outside = plant_shard(p, out, "RPLINK whatever");
+    CHECK(!rp_cache_linked(c, REG, REPO, d));
+    CHECK_INT(rp_cache_link(c, REG, REPO, d), RP_CACHE_OK);
+    CHECK(file_is(outside, "RPLINK whatever"));
+    CHECK(rp_cache_linked(c, REG, REPO, d));
+    free(outside);
+    free(p);
+
+    /* verify reports it as damaged, removes nothing outside. */
+    char v1[64], dv1[RP_CACHE_DIGEST_BUF], v2[64], dv2[RP_CACHE_DIGEST_BUF];
+    two_shards(v1, dv1, v2, dv2, 40);
+    CHECK_INT(fill(c, dv1, v1, 40, 40), RP_CACHE_OK);
+    p = obj_path(dir, "blobs", dv1);
+    outside = plant_shard(p, out, v2);
+    struct scrub_seen v = {0};
+    struct rp_cache_verify_stats st;
+    CHECK_INT(rp_cache_verify(c, scrub_cb, &v, &st), RP_CACHE_OK);
+    CHECK_INT(st.damaged, 1);
+    CHECK_STR(v.digest, dv1);
+    CHECK(strstr(v.why, "not followed") != NULL);
+    CHECK(file_is(outside, v2));
+    CHECK(!rp_cache_blob_present(c, dv1));
+    free(outside);
+    free(p);
+    rp_cache_close(c);
+
+    /* Eviction of a blob behind a symlinked <hh> unlinks nothing outside. */
+    char *dir2 = mk_tmpdir();
+    c = open_ok(dir2, 60);
+    CHECK_INT(fill(c, dv1, v1, 40, 40), RP_CACHE_OK);
+    p = obj_path(dir2, "blobs", dv1);
+    char *o3 = rp_xasprintf("%s/evict", out);
+    CHECK(mkdir(o3, 0755) == 0);
+    outside = plant_shard(p, o3, v1);
+    CHECK_INT(fill(c, dv2, v2, 40, 40), RP_CACHE_OK); /* evicts dv1 */
+    CHECK(!rp_cache_blob_present(c, dv1));
+    CHECK(file_is(outside, v1));
+    free(outside);
+    free(p);
+
+    /* The scan at open (no snapshot) does not index through a symlinked <hh>, and the blob
+     * file descriptor for the scrub worker is not opened through one either. */
+    rp_cache_close(c);
+    char *idx = rp_xasprintf("%s/index", dir2);
+    unlink(idx);
+    free(idx);
+    p = obj_path(dir2, "blobs", dv2);
+    outside = plant_shard(p, o3, v2);
+    c = open_ok(dir2, 0);
+    CHECK(!rp_cache_blob_present(c, dv2));
+    CHECK(rp_cache_blob_fd(c, dv2) < 0 && (errno == ELOOP || errno == ENOTDIR));
+    CHECK(file_is(outside, v2));
+    rp_cache_close(c);
+    free(outside);
+    free(p);
+
+    free(o3);
+    free(o2);
+    rm_rf(dir2);
+    rm_rf(dir);
+    rm_rf(out);
+}
+
+static void test_planted_symlinks_below(void)
+{
+    planted_symlink_cases();
+}
+
+/* A seccomp filter that answers openat2 with err, as old kernels (ENOSYS) and container
+ * runtimes that do not know the call (EPERM) do. */
+static bool refuse_openat2(int err)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_openat2, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof(f) / sizeof(f[0])), f};
+    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+           prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+
+/* The same, where openat2 is refused: the component walk keeps every guarantee. */
+static void test_planted_symlinks_no_openat2(void)
+{
+    static const int errs[] = {ENOSYS, EPERM};
+    for (size_t i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (!refuse_openat2(errs[i]))
+                _exit(2);
+            struct open_how how = {.flags = O_RDONLY};
+            if (syscall(SYS_openat2, AT_FDCWD, ".", &how, sizeof(how)) >= 0 || errno != errs[i])
+                _exit(3);
+            unit_cur_failed = 0;
+            planted_symlink_cases();
+            _exit(unit_cur_failed ? 1 : 0);
+        }
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+}
+
 /* ---------------------------------------------------------------- benchmark --- */
 
 static double now_s(void)
@@ -3049,6 +3312,8 @@ int main(void)
     RUN(test_verify);
     RUN(test_scrub_parts);
     RUN(test_planted_symlinks);
+    RUN(test_planted_symlinks_below);
+    RUN(test_planted_symlinks_no_openat2);
     RUN(test_invalid_digests);
     RUN(test_strerror_and_open_errors);
     RUN(test_stats);
