@@ -24,12 +24,14 @@ static char *pins_path(const char *cache_dir)
     return rp_xasprintf("%s/%s", cache_dir, RP_PINS_FILE);
 }
 
-/* Reads the file (missing: empty). 0 or -1 (errno set). */
+/* Reads the file (missing: empty). 0 or -1 (errno set). It lives in the cache directory,
+ * where others may be able to write: a symlink in its place is refused (ELOOP), else a
+ * rewrite would copy what it names into the pins file. */
 static int read_all(const char *path, char **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : -1;
     struct stat st;
@@ -143,8 +145,11 @@ int rp_pins_add_lines(const char *cache_dir, char *const *lines, size_t n)
         goto out;
     }
     /* Rewritten whole and renamed: a crash leaves the old list or the new, never a torn
-     * line (the lock on the cache makes us its only writer). */
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+     * line (the lock on the cache makes us its only writer). A new file each time, never one
+     * opened: a symlink planted as the temp name is removed, not written through. */
+    if (unlink(tmp) != 0 && errno != ENOENT)
+        goto fail;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0)
         goto fail;
     size_t off = 0;

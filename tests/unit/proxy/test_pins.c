@@ -5,6 +5,8 @@
 
 #include "../../../proxy/offline.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static struct rp_conf_registry regs[] = {
@@ -102,9 +104,61 @@ static void test_add_lines(void)
     rmdir(dir);
 }
 
+static bool file_is(const char *path, const char *want)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    return n == strlen(want) && memcmp(buf, want, n) == 0;
+}
+
+/* The pins file lives in the cache directory, where others may write: a symlink planted as
+ * pins.tmp made the rewrite truncate and fill the file it points to, and one planted as pins
+ * made it copy whatever file that names (a secret, as the user running the import) into the
+ * world-readable pins file. Neither is followed. */
+static void test_add_lines_planted_symlinks(void)
+{
+    char dir[256], out[256], pins[512], tmp[600], victim[600];
+    unit_mkdtemp(dir, sizeof(dir), "rp-test-pins");
+    unit_mkdtemp(out, sizeof(out), "rp-test-pins-out");
+    snprintf(pins, sizeof(pins), "%s/" RP_PINS_FILE, dir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", pins);
+    snprintf(victim, sizeof(victim), "%s/secret", out);
+    FILE *f = fopen(victim, "w");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fputs("root:secret-hash\n", f);
+    fclose(f);
+    char *batch[] = {"r/x@sha256:xx"};
+
+    CHECK(symlink(victim, tmp) == 0);
+    CHECK(rp_pins_add_lines(dir, batch, 1) == 0);
+    CHECK(file_is(victim, "root:secret-hash\n"));
+    CHECK_STR(read_pins(dir), "r/x@sha256:xx\n");
+    struct stat st;
+    CHECK(lstat(tmp, &st) != 0);
+    unlink(tmp);
+    unlink(pins);
+
+    CHECK(symlink(victim, pins) == 0);
+    CHECK(rp_pins_add_lines(dir, batch, 1) != 0);
+    CHECK(file_is(victim, "root:secret-hash\n"));
+    CHECK(lstat(pins, &st) == 0 && S_ISLNK(st.st_mode)); /* nothing copied out of it */
+    unlink(pins);
+    unlink(tmp);
+    unlink(victim);
+    rmdir(out);
+    rmdir(dir);
+}
+
 int main(void)
 {
     RUN(test_add_lines);
+    RUN(test_add_lines_planted_symlinks);
     RUN(test_name_or_host);
     RUN(test_dockerhub);
     UNIT_EXIT();
