@@ -788,11 +788,11 @@ out:
 
 /* The cache's lock is taken by whoever has it open; import checks it before its long
  * verification pass so a running proxy is reported at once, not after it. The definitive
- * check is rp_cache_open's. */
+ * check is rp_cache_open's, which refuses a symlinked lock: not followed here either. */
 static bool cache_lock_held(const char *dir)
 {
     char *path = rp_xasprintf("%s/lock", dir);
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     free(path);
     if (fd < 0)
         return false;
