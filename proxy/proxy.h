@@ -35,7 +35,8 @@ struct evbuffer;
 #define RP_MANIFEST_MAX (4 * 1024 * 1024) /* largest manifest or index accepted upstream */
 /* Tags lists and referrers: docker-registry 2.8 ignores n and answers every tag of a
  * repository at once, megabytes where CI tags every commit (100,000 tags of a branch and a
- * commit id are about 5 MB); the body is only buffered while it passes. */
+ * commit id are about 5 MB). They stream to the client (request.c: list_stream_start), and
+ * this bounds what passes: an upstream that sends more is cut there, its client with it. */
 #define RP_LIST_BODY_MAX (16 * 1024 * 1024)
 #define RP_ERROR_BODY_MAX (64 * 1024) /* upstream error bodies kept for the client */
 #define RP_REDIRECTS_MAX 5
@@ -349,6 +350,14 @@ struct rp_conn {
      * then takes the same head again. */
     struct rp_htpasswd_waiter auth_wait;
     bool keep_alive;
+    /* The response going out has no length known when its head left (a list streamed from
+     * an upstream that sent none, rp_conn_write_head_unsized): to an HTTP/1.1 client it is
+     * chunked, each piece framed by rp_conn_body_add and ended by rp_conn_body_end; to an
+     * HTTP/1.0 one it runs to the close. body_framing counts the chunk framing queued, which
+     * rp_conn_take_back takes back with the rest. Cleared when the request is done. */
+    bool body_chunked;
+    bool body_to_close;
+    size_t body_framing;
     /* The request being answered is HTTP/1.0: a 1.0 client reads to EOF unless the answer
      * says "Connection: keep-alive" (RFC 9112 9.3), as Go and nginx answer it. */
     bool http10;
@@ -487,8 +496,22 @@ size_t rp_conn_output_len(struct rp_conn *c);
 /* Drops the last len bytes queued, if all of them are still queued (so none has been
  * sent; earlier answers queued before them stay) and no file body follows; on a TLS
  * connection only when none of them is sealed in a record OpenSSL has yet to send.
- * Returns whether it did. */
+ * len is the head and body bytes the request queued: the chunk framing of an unsized
+ * response is added here, and the response's framing forgotten with it. Returns whether it
+ * did. */
 bool rp_conn_take_back(struct rp_conn *c, size_t len);
+/* Queues the head of a response whose length is not known yet (no Content-Length): chunked
+ * to an HTTP/1.1 client, to the close (Connection: close) to an HTTP/1.0 one. Not for HEAD,
+ * 1xx, 204 or 304, which have no body. Its body goes through rp_conn_body_add and ends with
+ * rp_conn_body_end; cut short (rp_conn_request_done with abort), the client sees a cut: the
+ * chunks do not end, or a response to the close ends in a reset, not a clean close. */
+void rp_conn_write_head_unsized(struct rp_conn *c, int status, const char *content_type,
+                                const char *extra);
+/* Queues n body bytes of the response going out, framed as a chunk when it is chunked
+ * (nothing for n == 0: an empty chunk would end it). */
+void rp_conn_body_add(struct rp_conn *c, const void *p, size_t n);
+/* The body is all queued: a chunked one gets its last chunk. */
+void rp_conn_body_end(struct rp_conn *c);
 /* Make the connection call rp_req_output_drained when its output falls to RP_STREAM_LOW. */
 void rp_conn_stream_mode(struct rp_conn *c);
 void rp_conn_request_done(struct rp_conn *c, bool abort);

@@ -1089,12 +1089,48 @@ static void lookup(struct rp_req *r)
     case RP_ROUTE_TAGS:
     case RP_ROUTE_REFERRERS:
     case RP_ROUTE_PING:
-        start_fetch(r, r->head, false);
+        /* A list's GET streams to its client (list_stream_start): a slow client pauses the
+         * transfer, which a total timeout would cut; the stall timeout bounds upstream. */
+        start_fetch(r, r->head, !r->head && rt->kind != RP_ROUTE_PING);
         return;
     }
 }
 
 /* --- upstream answers --- */
+
+static void list_headers(const struct rp_req *r, struct rp_buf *extra);
+
+/* A tags list's or referrers' success: its body passes to the client as it arrives, with
+ * backpressure (up_data_cb, rp_req_output_drained), never whole in memory. docker-registry
+ * 2.8 answers every tag of a repository at once, and clients that ask and do not read would
+ * each hold a list. Nothing is decided from the whole body (a list has no digest to check,
+ * and is not cached), so nothing is lost by not having it. Upstream's Content-Length goes to
+ * the client; without one the answer is chunked, or runs to the close for an HTTP/1.0
+ * client. Either way a cut upstream cuts the client (up_done_cb), and RP_LIST_BODY_MAX
+ * still bounds what passes: an upstream that sends for ever is cut there. */
+static int list_stream_start(struct rp_req *r, int status, const struct rp_xfer_headers *h)
+{
+    if (h->length > RP_LIST_BODY_MAX) {
+        r->up_err = rp_xasprintf("upstream answer of %lld bytes exceeds the %d byte limit",
+                                 (long long)h->length, RP_LIST_BODY_MAX);
+        return -1;
+    }
+    struct rp_buf extra;
+    rp_buf_init(&extra, 32768);
+    list_headers(r, &extra);
+    cache_header(r, &extra);
+    const char *type = rp_header_value_safe(h->content_type) ? h->content_type : NULL;
+    if (h->length >= 0)
+        rp_conn_write_head(r->conn, status, type, h->length, extra.data);
+    else
+        rp_conn_write_head_unsized(r->conn, status, type, extra.data);
+    rp_buf_free(&extra);
+    r->streaming = true;
+    r->stream_expected = h->length;
+    r->stream_sent = 0;
+    rp_conn_stream_mode(r->conn);
+    return 0;
+}
 
 static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
@@ -1177,6 +1213,9 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         rp_conn_stream_mode(r->conn);
         return 0;
     }
+    if (ok && status != 204 && !r->fetch_head &&
+        (r->route.kind == RP_ROUTE_TAGS || r->route.kind == RP_ROUTE_REFERRERS))
+        return list_stream_start(r, status, h);
     if (r->fetch_head)
         return 0; /* no body: Content-Length describes what a GET would send */
     size_t cap = !ok                                  ? RP_ERROR_BODY_MAX
@@ -1202,8 +1241,12 @@ static long up_data_cb(void *arg, const char *p, size_t n)
             r->paused = true;
             return 0;
         }
-        if ((int64_t)n > r->stream_expected - r->stream_sent) {
+        if (r->stream_expected >= 0 && (int64_t)n > r->stream_expected - r->stream_sent) {
             r->up_err = rp_xstrdup("upstream sent more bytes than its Content-Length");
+            return -1;
+        }
+        if (r->stream_expected < 0 && r->stream_sent + (int64_t)n > RP_LIST_BODY_MAX) {
+            r->up_err = rp_xasprintf("upstream answer exceeds the %d byte limit", RP_LIST_BODY_MAX);
             return -1;
         }
         size_t out = n;
@@ -1215,7 +1258,7 @@ static long up_data_cb(void *arg, const char *p, size_t n)
             if (r->stream_sent + (int64_t)n == r->stream_expected && n > 0)
                 r->stream_last = p[--out]; /* sent once the digest matched */
         }
-        evbuffer_add(rp_conn_output(r->conn), p, out);
+        rp_conn_body_add(r->conn, p, out);
         r->stream_sent += (int64_t)n;
         r->bytes += out;
         return (long)n;
@@ -1509,6 +1552,23 @@ static void manifest_fetched(struct rp_req *r)
     free(own);
 }
 
+/* A tags list's or referrers' headers from upstream's: OCI-Filters-Applied, and the next
+ * page's Link in the proxy's names. */
+static void list_headers(const struct rp_req *r, struct rp_buf *extra)
+{
+    const struct rp_xfer_headers *h = &r->up_h;
+    if (r->route.kind == RP_ROUTE_REFERRERS && rp_header_value_safe(h->oci_filters_applied))
+        rp_buf_addf(extra, "OCI-Filters-Applied: %s\r\n", h->oci_filters_applied);
+    /* A list that does not fit one answer names its next page in a Link (OCI distribution
+     * spec, "Listing Referrers"), as tags lists do. */
+    if (h->link) {
+        char *link = rewrite_link(r, h->link);
+        if (link)
+            rp_buf_addf(extra, "Link: %s\r\n", link);
+        free(link);
+    }
+}
+
 static void answer_success(struct rp_req *r)
 {
     const struct rp_xfer_headers *h = &r->up_h;
@@ -1547,18 +1607,8 @@ static void answer_success(struct rp_req *r)
             type = "application/octet-stream";
         break;
     case RP_ROUTE_REFERRERS:
-        if (rp_header_value_safe(h->oci_filters_applied))
-            rp_buf_addf(&extra, "OCI-Filters-Applied: %s\r\n", h->oci_filters_applied);
-        /* A list that does not fit one answer names its next page in a Link (OCI
-         * distribution spec, "Listing Referrers"), as tags lists do. */
-        /* fall through */
     case RP_ROUTE_TAGS:
-        if (h->link) {
-            char *link = rewrite_link(r, h->link);
-            if (link)
-                rp_buf_addf(&extra, "Link: %s\r\n", link);
-            free(link);
-        }
+        list_headers(r, &extra);
         break;
     case RP_ROUTE_PING:
         break;
@@ -1714,12 +1764,18 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     if (r->streaming) {
-        if (res->fail != RP_FETCH_OK || r->stream_sent != r->stream_expected) {
+        bool whole = r->stream_expected < 0 || r->stream_sent == r->stream_expected;
+        if (res->fail != RP_FETCH_OK || !whole) {
             if (rp_req_take_back(r)) {
                 r->streaming = false;
                 up_failed(r, res);
                 return;
             }
+            /* Part of it is out: the client is cut, so it never looks whole. */
+            const char *why = r->up_err ? r->up_err : res->err;
+            rp_warn("upstream %s: %s cut after %lld bytes%s%s", r->route.reg->name,
+                    rp_route_kind_name(r->route.kind), (long long)r->stream_sent, why ? ": " : "",
+                    why ? why : "");
             rp_req_finish(r, "upstream");
             return;
         }
@@ -1743,6 +1799,12 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             }
             evbuffer_add(rp_conn_output(r->conn), &r->stream_last, 1);
             r->bytes++;
+        }
+        if (r->route.kind != RP_ROUTE_BLOB) {
+            /* A list: done once its client has it all, as the access line then says. */
+            rp_conn_body_end(r->conn);
+            rp_req_queued(r);
+            return;
         }
         rp_req_finish(r, NULL);
         return;

@@ -115,6 +115,14 @@ size_t rp_conn_output_len(struct rp_conn *c)
     return evbuffer_get_length(c->out) + (size_t)c->file_left;
 }
 
+/* The response is done with, or taken back: the next one is framed by its own head. */
+static void body_unframed(struct rp_conn *c)
+{
+    c->body_chunked = false;
+    c->body_to_close = false;
+    c->body_framing = 0;
+}
+
 bool rp_conn_take_back(struct rp_conn *c, size_t len)
 {
     /* Bytes leave from the front: while the output still holds the len bytes last queued,
@@ -125,13 +133,18 @@ bool rp_conn_take_back(struct rp_conn *c, size_t len)
      * full socket: libevent offers it the same bytes again (the same count from the front,
      * which the set-aside keeps), and the record goes out whatever they are. So the bytes
      * taken back must all have been added after that record was sealed. */
+    len += c->body_framing;
     size_t have = evbuffer_get_length(c->out);
     if (len == 0 || c->file_left || have < len)
         return false;
     if (c->tls_record_pending && c->tls_added - c->tls_sealed_at < len)
         return false;
-    if (have == len)
-        return evbuffer_drain(c->out, len) == 0;
+    if (have == len) {
+        if (evbuffer_drain(c->out, len) != 0)
+            return false;
+        body_unframed(c);
+        return true;
+    }
     size_t before = have - len;
     if (before > INT_MAX)
         return false;
@@ -147,6 +160,8 @@ bool rp_conn_take_back(struct rp_conn *c, size_t len)
         ok = evbuffer_add_buffer(c->out, front) == 0;
     c->tls_added = added;
     evbuffer_free(front);
+    if (ok)
+        body_unframed(c);
     return ok;
 }
 
@@ -269,10 +284,12 @@ static char *build_head(struct rp_conn *c, int status, const char *content_type,
         p = PUT_LIT(p, "Content-Length: ");
         p = put_u64(p, (uint64_t)content_length);
         p = PUT_LIT(p, "\r\n");
+    } else if (content_length < 0 && c->body_chunked) {
+        p = PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
     }
     if (extra)
         p = put(p, extra, extra_len);
-    if (!c->keep_alive)
+    if (!c->keep_alive || c->body_to_close)
         p = PUT_LIT(p, "Connection: close\r\n");
     else if (c->http10)
         p = PUT_LIT(p, "Connection: keep-alive\r\n");
@@ -297,6 +314,42 @@ void rp_conn_write_head(struct rp_conn *c, int status, const char *content_type,
         c->req->head_len = len;
     if (head != small)
         free(head);
+}
+
+void rp_conn_write_head_unsized(struct rp_conn *c, int status, const char *content_type,
+                                const char *extra)
+{
+    /* RFC 9112 6.3: chunked is HTTP/1.1's; an HTTP/1.0 client reads to the close. */
+    body_unframed(c);
+    if (c->http10)
+        c->body_to_close = true;
+    else
+        c->body_chunked = true;
+    rp_conn_write_head(c, status, content_type, -1, extra);
+}
+
+void rp_conn_body_add(struct rp_conn *c, const void *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (!c->body_chunked) {
+        evbuffer_add(c->out, p, n);
+        return;
+    }
+    char size[24];
+    int k = snprintf(size, sizeof(size), "%zx\r\n", n);
+    evbuffer_add(c->out, size, (size_t)k);
+    evbuffer_add(c->out, p, n);
+    evbuffer_add(c->out, "\r\n", 2);
+    c->body_framing += (size_t)k + 2;
+}
+
+void rp_conn_body_end(struct rp_conn *c)
+{
+    if (!c->body_chunked)
+        return;
+    evbuffer_add(c->out, "0\r\n\r\n", 5);
+    c->body_framing += 5;
 }
 
 /* Writes head and body straight to the socket when nothing is queued before them (see
@@ -686,8 +739,16 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
     struct rp_req *r = c->req;
     c->req = NULL;
     rp_req_free(r);
-    if (abort || !c->keep_alive || c->srv->stopping) {
+    bool to_close = c->body_to_close;
+    body_unframed(c);
+    if (abort || !c->keep_alive || to_close || c->srv->stopping) {
         if (abort) {
+            if (to_close) {
+                /* A body that runs to the close ends as the whole one would, with a FIN:
+                 * a reset is all that tells the client this one was cut. */
+                struct linger l = {.l_onoff = 1, .l_linger = 0};
+                setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+            }
             conn_free(c);
             return;
         }
