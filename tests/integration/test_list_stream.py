@@ -338,7 +338,7 @@ def test_upstream_cut_mid_body(t):
         else:
             eq(h.get("connection"), "close", what + ": Connection")
             check(end != "eof", what + ": a clean close after %d of %d bytes" % (len(raw), full))
-        lib.wait_until(lambda: [a for a in p.access() if a.get("aborted") == "upstream"], 10,
+        lib.wait_until(lambda: [a for a in p.access() if a.get("aborted") == "upstream"], 60,
                        what + ": the access line of the cut answer")
 
 
@@ -367,7 +367,7 @@ def test_list_past_the_limit_cut(t):
         eq((r.complete, r.header("transfer-encoding")), (False, "chunked"),
            "a list past the limit (%r)" % r)
     lib.wait_until(lambda: [a for a in p.access() if a.get("path") == "/v2/ns/huge/tags/list"],
-                   10, "the access line")
+                   60, "the access line")
     a = [a for a in p.access() if a.get("path") == "/v2/ns/huge/tags/list"][0]
     check(a.get("aborted") == "upstream" or a.get("status") == "502", "access line %r" % a)
     check(int(a.get("bytes")) <= 16 * 1024 * 1024, "bytes passed: %r" % a)
