@@ -248,8 +248,8 @@ int rp_http_parse_request(const char *buf, size_t len, size_t max_target,
             return RP_HTTP_E_HEADERS_TOO_LARGE;
     }
     if (rc == 0) {
-        if (len - pos == 1 && buf[pos] == '\r')
-            return RP_HTTP_NEED_MORE; /* the CR of an empty line before the request line */
+        if (len - pos == 1 && buf[pos] == '\r') /* the CR of an empty line before it */
+            return len >= RP_HTTP_MAX_HEAD ? RP_HTTP_E_HEADERS_TOO_LARGE : RP_HTTP_NEED_MORE;
         rc = parse_request_line(buf + pos, len - pos, false, max_target, out);
         if (rc < 0)
             return rc;

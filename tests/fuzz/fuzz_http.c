@@ -34,6 +34,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = rp_http_parse_request(buf, size, 2048, &h);
     if (rc < RP_HTTP_E_TARGET)
         abort();
+    /* The server reads no more into a full buffer: a head that does not fit is an error. */
+    if (rc == RP_HTTP_NEED_MORE && size >= RP_HTTP_MAX_HEAD)
+        abort();
     if (rc <= 0)
         return 0;
     if ((size_t)rc > size || rc > RP_HTTP_MAX_HEAD || h.n_headers > RP_HTTP_MAX_HEADERS)

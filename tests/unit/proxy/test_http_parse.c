@@ -256,6 +256,14 @@ static void test_limits(void)
     memset(buf, '\n', RP_HTTP_MAX_HEAD + 10);
     CHECK_INT(parse_n(buf, RP_HTTP_MAX_HEAD + 10), RP_HTTP_E_HEADERS_TOO_LARGE);
     CHECK_INT(parse_n(buf, 100), RP_HTTP_NEED_MORE);
+    /* So do CRLF ones, even when the buffer (a head and one byte: the server's input) ends
+     * in the CR of one more: a full buffer is never "need more", which would leave the
+     * connection waiting for bytes it has no room to read. */
+    for (size_t i = 0; i < RP_HTTP_MAX_HEAD; i += 2)
+        memcpy(buf + i, "\r\n", 2);
+    buf[RP_HTTP_MAX_HEAD] = '\r';
+    CHECK_INT(parse_n(buf, RP_HTTP_MAX_HEAD + 1), RP_HTTP_E_HEADERS_TOO_LARGE);
+    CHECK_INT(parse_n(buf, RP_HTTP_MAX_HEAD - 1), RP_HTTP_NEED_MORE);
 }
 
 static void test_framing(void)
