@@ -1175,10 +1175,14 @@ static void tls_answer_plain_http(struct rp_conn *c)
                      "X-Request-Id: %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                      id, strlen(body));
-    struct iovec iov[2] = {{head, (size_t)n}, {body, strlen(body)}};
-    if (writev(c->fd, iov, 2) > 0) /* the socket's buffer is empty: it takes it all */
+    size_t body_len = strlen(body);
+    struct iovec iov[2] = {{head, (size_t)n}, {body, body_len}};
+    ssize_t w = writev(c->fd, iov, 2);
+    if (w > 0) /* the socket's buffer is empty: it takes it all */
         shutdown(c->fd, SHUT_WR);
     free(body);
+    /* The access line counts the body bytes that left, as for every refusal. */
+    size_t sent = w > n ? (size_t)(w - n) : 0;
     /* What has arrived, at most a request head's worth: a client that keeps sending is
      * not read for longer than that on the loop. */
     char sink[4096];
@@ -1193,6 +1197,7 @@ static void tls_answer_plain_http(struct rp_conn *c)
                           .cache = "-",
                           .peer = c->peer,
                           .status = 400,
+                          .bytes = sent < body_len ? sent : body_len,
                           .reason = "plain HTTP sent to a TLS listener"};
     rp_access_log(&a);
 }
@@ -1495,25 +1500,27 @@ static void peer_name(const struct sockaddr *sa, char *out, size_t outlen)
 
 static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer);
 
-static void answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer,
-                             const char *status_line, const char *extra_headers, const char *code,
-                             const char *message)
+/* Returns the length of the body queued, 0 when the connection was closed unanswered. */
+static size_t answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer,
+                               const char *status_line, const char *extra_headers, const char *code,
+                               const char *message)
 {
     if (ctx->srv->n_refusing >= REFUSING_MAX) {
         evutil_closesocket(fd);
-        return;
+        return 0;
     }
     struct rp_conn *c = conn_new(ctx, fd, peer);
     if (!c)
-        return;
+        return 0;
     c->over_limit = true;
     ctx->srv->n_refusing++;
     struct evbuffer *out = rp_conn_output(c);
     char *body = rp_error_body(code, message, NULL);
+    size_t body_len = strlen(body);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %s\r\nContent-Type: application/json\r\n%s"
                         "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                        status_line, extra_headers, strlen(body), body);
+                        status_line, extra_headers, body_len, body);
     free(body);
     conn_close_after_flush(c);
     /* A TLS client that never starts its handshake never takes the answer, and would hold
@@ -1523,6 +1530,7 @@ static void answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, cons
         struct timeval tv = {LINGER_S, 0};
         evtimer_add(c->linger_ev, &tv);
     }
+    return body_len;
 }
 
 /* A herd past max_connections would write a line per refused connection: rationed
@@ -1615,6 +1623,9 @@ static void deny_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const
     char id[32];
     rp_request_id(id, sizeof(id));
     rp_metrics_request(&ctx->srv->metrics, -1, 403, NULL, 0);
+    /* The access line counts the body that goes out, as every refusal's does. */
+    size_t body_len = answer_at_accept(ctx, fd, peer, "403 Forbidden", "", "DENIED",
+                                       "this network may not pull from this proxy");
     struct rp_access a = {.id = id,
                           .method = "-",
                           .path = "-",
@@ -1622,10 +1633,9 @@ static void deny_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const
                           .cache = "-",
                           .peer = peer,
                           .status = 403,
+                          .bytes = body_len,
                           .reason = "this network may not pull from this proxy; refused at accept"};
     rp_access_log(&a);
-    answer_at_accept(ctx, fd, peer, "403 Forbidden", "", "DENIED",
-                     "this network may not pull from this proxy");
 }
 
 static void listen_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,

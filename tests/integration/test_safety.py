@@ -22,8 +22,12 @@ def test_allow_networks(t):
                 listeners=[{"default": "registry.anon.test", "allow": "10.0.0.0/8, fd00::/8"},
                            {"default": "registry.anon.test", "allow": "127.0.0.0/8"}])
     mark = reg.mark()
+    seen = len(p.access())
     r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, r.error_codes()), (403, ["DENIED"]), "request from outside allow")
+    line = p.wait_access(seen + 1)[seen]
+    eq((line.get("status"), line.get("cache"), line.get("bytes")), ("403", "-", str(len(r.body))),
+       "access line of a connection refused at accept (bytes: the body that went out)")
     r = p.get("/v2/", listener=0)
     eq(r.status, 403, "even the ping is refused outside allow")
     eq(len(reg.since(mark)), 0, "upstream requests caused by a denied client")
@@ -515,6 +519,7 @@ def test_plain_http_on_tls_listener_told(t):
     p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test")],
                 listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}])
     seen = len(p.access())
+    sent = []
     for method in (b"GET", b"HEAD"):
         try:
             out = lib.raw_exchange(p.port, method + b" /v2/ HTTP/1.1\r\nHost: x\r\n"
@@ -524,9 +529,12 @@ def test_plain_http_on_tls_listener_told(t):
         check(out.startswith(b"HTTP/1.1 400 ") and
               b"Client sent an HTTP request to an HTTPS server." in out,
               "plain-HTTP %s on a TLS listener: %r" % (method.decode(), out[:300]))
+        # The method is never read: the body goes out whatever it was.
+        sent.append(str(len(out.partition(b"\r\n\r\n")[2])))
     lines = p.wait_access(seen + 2)[seen:]
-    eq([(x.get("status"), x.get("reason")) for x in lines],
-       [("400", "plain HTTP sent to a TLS listener")] * 2, "access-log lines")
+    eq([(x.get("status"), x.get("reason"), x.get("bytes")) for x in lines],
+       [("400", "plain HTTP sent to a TLS listener", n) for n in sent],
+       "access-log lines (bytes: the body that went out)")
     eq(_peer_cn(p.port, os.path.join(d, "ca.crt"))[0], "plain-on-tls",
        "a TLS handshake after the plain-HTTP requests")
 
