@@ -164,15 +164,17 @@ static int check_path_chars(const char *p, size_t len, const char **why)
     return RP_ROUTE_OK;
 }
 
-/* A host or host:port as containerd writes it in ?ns= (decoded): nothing that could change
- * the meaning of a URL. Upper case is tolerated (lookup is case-insensitive). */
+/* A host or host:port as containerd writes it in ?ns= (decoded), or a registry's section
+ * name, which Links to a next page carry (rewrite_link) and which may hold a '_' (conf.c):
+ * nothing that could change the meaning of a URL. Upper case is tolerated (lookup is
+ * case-insensitive). */
 static bool valid_ns(const char *s, size_t len)
 {
     if (len == 0 || len > 255)
         return false;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
-        if (!is_alnum(c) && c != '.' && c != '-' && c != ':' && c != '[' && c != ']')
+        if (!is_alnum(c) && c != '.' && c != '-' && c != '_' && c != ':' && c != '[' && c != ']')
             return false;
     }
     return true;

@@ -316,6 +316,18 @@ def test_referrers_pages_follow_links(t):
     eq((got, pages), (want, 2), "referrers following the Links (ns route, n=3)")
 
 
+
+def test_tags_links_ns_for_a_registry_named_with_underscore(t):
+    """A containerd client names the registry by its host in ns=; the Link to the next page
+    names it by its section name, which may hold a '_' (conf allows it). Following that
+    Link must reach the same registry, not be refused as a bad ns."""
+    fr = t.s.fakereg
+    p = t.proxy(registries=[fr.conf(name="fake_mirror")], listeners=[{"default": None}])
+    _walk_tags(t, p, "/v2/ns/tags/tags/list?n=5&ns=%s" % fr.hostport, 0,
+               "/v2/ns/tags/tags/list", want_ns="fake_mirror")
+    r = p.get("/v2/ns/tags/tags/list?n=5&ns=fake_mirror")
+    eq((r.status, len(r.json().get("tags", []))), (200, 5), "ns= naming the registry by name")
+
 def test_upstream_429_relayed(t):
     s = t.s
     p = _proxy(t)

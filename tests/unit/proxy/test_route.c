@@ -250,6 +250,9 @@ static void test_ns(void)
     CHECK_INT(route("/v2/foo/manifests/x?ns=169.254.169.254"), RP_ROUTE_E_NAME_UNKNOWN);
     CHECK_INT(route("/v2/foo/manifests/x?ns=localhost:22"), RP_ROUTE_E_NAME_UNKNOWN);
     CHECK_INT(route("/v2/foo/manifests/x?ns=[::1]:5001"), RP_ROUTE_E_NAME_UNKNOWN);
+    /* A section name may hold a '_' (conf.c), and Links to a next page carry the name: such
+     * an ns is looked up, not refused as malformed. */
+    CHECK_INT(route("/v2/foo/manifests/x?ns=my_mirror"), RP_ROUTE_E_NAME_UNKNOWN);
     /* Malformed ns values. */
     CHECK_INT(route("/v2/foo/manifests/x?ns="), RP_ROUTE_E_NAME_INVALID);
     CHECK_INT(route("/v2/foo/manifests/x?ns"), RP_ROUTE_E_PARAM_INVALID);
