@@ -374,7 +374,9 @@ enum rp_htpasswd_verdict rp_htpasswd_begin(struct rp_htpasswd *h, const char *au
         return RP_HTPASSWD_FAIL;
     enum rp_htpasswd_verdict v = RP_HTPASSWD_FAIL;
     char *colon = memchr(dec, ':', dlen);
-    if (!colon || dlen > 4096)
+    /* A NUL would end the name or the password early where they are used as C strings:
+     * "user:pass\0anything" would pass as user:pass. */
+    if (!colon || dlen > 4096 || memchr(dec, '\0', dlen))
         goto out;
     unsigned char mac[32];
     unsigned int maclen = sizeof(mac);

@@ -54,6 +54,11 @@ def test_htpasswd_client_accounts(t):
     r = p.get("/v2/ns/multi/manifests/v1", headers={
         "Accept": lib.ACCEPT_ALL, "Authorization": "Basic bm9kZTp3cm9uZw=="})  # node:wrong
     eq(r.status, 401, "wrong client password")
+    # A NUL would end the name or the password as the C strings they are checked as: the
+    # right password followed by anything must not pass, nor the name followed by anything.
+    for cred in (b"node:node-secret\0junk", b"node\0x:node-secret"):
+        r = p.get("/v2/", headers={"Authorization": "Basic " + base64.b64encode(cred).decode()})
+        eq(r.status, 401, "credentials with a NUL: %r" % cred)
     check("node-secret" not in p.log_text(), "client password in the log")
     # Guesses pipelined behind a failed one get nothing: the connection ends with its 401
     # (each would cost a bcrypt on the event loop), and the proxy stays responsive.
