@@ -33,7 +33,8 @@ static const struct command_help commands[] = {
      "At start-up it logs in to each registry with test_login (as `check` does) and logs\n"
      "the verdicts; a failing registry does not stop the others.\n"
      "Signals: SIGHUP re-reads the configuration (credentials and per-registry settings\n"
-     "apply in place, tokens are dropped, pulls in flight continue; a broken file is\n"
+     "apply in place, the tokens of a registry whose credentials, token_realms, TLS or\n"
+     "proxy settings changed are dropped, pulls in flight continue; a broken file is\n"
      "refused and the old configuration keeps serving); a change to a password_file,\n"
      "auth_file, tls_cert, tls_key or htpasswd file does the same by itself.\n"
      "SIGTERM/SIGINT drain, then stop.\n"
@@ -88,10 +89,11 @@ static const struct command_help commands[] = {
      "Loads a bundle (BUNDLE, or BUNDLE.000 for a split one) into the cache. The whole\n"
      "bundle is read and verified first (format version, every part present, every digest\n"
      "and size, the trailer checksum); a truncated, corrupted or incomplete bundle is\n"
-     "refused without touching the cache. Then it is published: manifests, blobs, repository\n"
-     "links, tags, pins (recorded in the `pins` file). Importing a bundle twice changes\n"
-     "nothing. Every registry the bundle names must be configured (offline = yes and no url\n"
-     "is the disconnected setup). Stop the proxy serving the cache first.\n",
+     "refused without touching the cache. Then it is published: blobs, each manifest once\n"
+     "what it names is in, repository links, pins (recorded in the `pins` file), and tags\n"
+     "last. Importing a bundle twice changes nothing. Every registry the bundle names must\n"
+     "be configured (offline = yes and no url is the disconnected setup). Stop the proxy\n"
+     "serving the cache first.\n",
      "c"},
     {"verify", "verify -c FILE",
      "Reads every blob and manifest in the cache and checks it against its digest. Content\n"
