@@ -306,7 +306,8 @@ static const struct rp_conf_option options[] = {
      .offset = REG_F(test_image),
      .help = "image `regproxy check` reads the manifest of, REPOSITORY[:TAG|@DIGEST] (tag "
              "latest when none; on Docker Hub alpine means library/alpine, as in a pull; "
-             "default: openshift3/ose-pod on registry.redhat.io)"},
+             "default: openshift3/ose-pod on registry.redhat.io, none elsewhere: check then "
+             "stops after the ping and its token flow)"},
     {.section = RP_CONF_SECTION_REGISTRY,
      .key = "test_login",
      .type = RP_CONF_BOOL,
