@@ -605,6 +605,14 @@ static void conn_free(struct rp_conn *c)
     in_release(c);
     if (c->file_fd >= 0)
         close(c->file_fd);
+    if (c->body_to_close) {
+        /* A body that runs to the close and did not end (rp_conn_request_done clears this
+         * once it has): a FIN would look like its end, whoever closes here (an upstream cut,
+         * the client's send timeout, drain_timeout or a second signal at shutdown). A reset
+         * is all that tells the client this one was cut. */
+        struct linger l = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    }
     if (c->bev) {
         /* libevent may free the SSL, and its BIO, after c is gone. */
         BIO_set_callback_arg(SSL_get_wbio(bufferevent_openssl_get_ssl(c->bev)), NULL);
@@ -739,19 +747,13 @@ void rp_conn_request_done(struct rp_conn *c, bool abort)
     struct rp_req *r = c->req;
     c->req = NULL;
     rp_req_free(r);
+    if (abort) {
+        conn_free(c); /* a body to the close, cut: reset there */
+        return;
+    }
     bool to_close = c->body_to_close;
     body_unframed(c);
-    if (abort || !c->keep_alive || to_close || c->srv->stopping) {
-        if (abort) {
-            if (to_close) {
-                /* A body that runs to the close ends as the whole one would, with a FIN:
-                 * a reset is all that tells the client this one was cut. */
-                struct linger l = {.l_onoff = 1, .l_linger = 0};
-                setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-            }
-            conn_free(c);
-            return;
-        }
+    if (!c->keep_alive || to_close || c->srv->stopping) {
         /* Even with nothing left to send: closing with unread input (requests pipelined
          * behind a Connection: close) makes the kernel reset the connection, which can
          * destroy the answer's tail before the client reads it. */

@@ -394,3 +394,30 @@ def test_client_leaves_mid_list(t):
         want = _body("tags", "ns/" + mode, LIST_BYTES)
         eq((r.status, r.complete, r.digest), (200, True, lib.sha256(want)),
            mode + ": the next client (%r)" % r)
+
+
+def test_close_delimited_list_cut_at_shutdown(t):
+    """An HTTP/1.0 client's list that upstream sends without a length runs to the close. The
+    proxy shutting down mid-list (drain_timeout, 2 s here) cuts it: the connection is reset,
+    as for an upstream cut, not closed cleanly, which would make the half list look whole."""
+    lists, p = _proxy(t)
+    c = _connect(p)
+    c.sendall(_request("/v2/ns/cut-chunked/tags/list", "1.0"))
+    status, h, rest = _read_head(c)
+    eq((status.split()[1], h.get("content-length"), h.get("transfer-encoding"),
+        h.get("connection")), ("200", None, None, "close"), "the head of a list to the close")
+    while len(rest) < 64 * 1024:
+        b = c.recv(65536)
+        check(b, "closed after %d body bytes" % len(rest))
+        rest += b
+    # Upstream holds the second half back: the list is under way when the proxy stops.
+    problems = p.stop()
+    check(not problems, "; ".join(problems))
+    more, end = _read_rest(c)
+    c.close()
+    full = len(_body("tags", "ns/cut-chunked", LIST_BYTES))
+    check(len(rest) + len(more) < full, "%d of %d bytes" % (len(rest) + len(more), full))
+    check(end != "eof", "the list cut at shutdown ended in a clean close after %d of %d bytes"
+          % (len(rest) + len(more), full))
+    check([a for a in p.access() if a.get("aborted") == "shutdown"],
+          "the access line of the list cut at shutdown")
