@@ -64,6 +64,8 @@ static const char *status_reason(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 204:
+        return "No Content";
     case 206:
         return "Partial Content";
     case 304:
@@ -278,9 +280,9 @@ static char *build_head(struct rp_conn *c, int status, const char *content_type,
         p = put(p, content_type, type_len);
         p = PUT_LIT(p, "\r\n");
     }
-    /* A 304 has no content, and a Content-Length there would have to be the 200's (RFC
-     * 9110 8.6): none. */
-    if (content_length >= 0 && status != 304) {
+    /* A 304 has no content, and a Content-Length there would have to be the 200's; a 204
+     * must not have one (RFC 9110 8.6): none. */
+    if (content_length >= 0 && status != 304 && status != 204) {
         p = PUT_LIT(p, "Content-Length: ");
         p = put_u64(p, (uint64_t)content_length);
         p = PUT_LIT(p, "\r\n");

@@ -650,6 +650,28 @@ def test_manifest_partial_success_not_cached(t):
            % ref)
 
 
+def test_list_204_has_no_content_length(t):
+    """A tags list answered 204 (an empty answer some registries give a repository with no
+    tags) passes on as 204 with no Content-Length, which a 204 must not carry (RFC 9110
+    8.6), and the connection goes on to the next pipelined answer."""
+    def h(r):
+        if r.path == "/v2/ns/x/tags/list":
+            r.send(204, b"", [])
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    req = b"GET /v2/ns/x/tags/list HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = lib.raw_exchange(p.port, req + req.replace(b"HTTP/1.1\r\n",
+                                                     b"HTTP/1.1\r\nConnection: close\r\n"))
+    heads = [x for x in got.split(b"\r\n\r\n") if x.startswith(b"HTTP/1.1")]
+    eq(len(heads), 2, "answers to two pipelined GETs: %r" % got)
+    for head in heads:
+        check(head.startswith(b"HTTP/1.1 204 No Content\r\n"), "status: %r" % head[:40])
+        check(b"content-length" not in head.lower(), "a 204 with a Content-Length: %r" % head)
+
+
 def test_101_is_no_redirect(t):
     """A 101 nobody asked for (with a byte after its head, which curl takes as a body): no
     final answer came. It is not a redirect to follow: a CDN answering so was fetched again
