@@ -23,18 +23,23 @@ def _listing(d):
     return out
 
 
-def test_symlinked_shard_is_not_followed(t):
-    reg = t.s.anon_registry
-    p = t.proxy(registries=[reg.conf("registry.anon.test")])
-    layer = lib.image_manifests(reg, REF)[0]["layers"][0]
+def _warm_layer(t, p):
+    """GETs the first layer of REF through p until it is in the cache: its digest, size,
+    request path, cache file and <hh> directory."""
+    layer = lib.image_manifests(t.s.anon_registry, REF)[0]["layers"][0]
     digest, size = layer["digest"], layer["size"]
     path = "/v2/%s/blobs/%s" % (REF.split(":")[0], digest)
     blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
-    shard = os.path.dirname(blob_file)
-
     r = lib.stream_get(p.port, path)
     eq((r.status, r.complete, r.digest), (200, True, digest), "first GET of %s (%r)" % (path, r))
     lib.wait_until(lambda: os.path.isfile(blob_file), 10, "%s in the cache" % blob_file)
+    return digest, size, path, blob_file, os.path.dirname(blob_file)
+
+
+def test_symlinked_shard_is_not_followed(t):
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    digest, size, path, blob_file, shard = _warm_layer(t, p)
     r = lib.stream_get(p.port, path)
     eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
        "second GET, from the cache (%r)" % r)
@@ -84,14 +89,7 @@ def test_scrub_reports_a_symlinked_shard(t):
     reg = t.s.anon_registry
     p = t.proxy(registries=[reg.conf("registry.anon.test")],
                 cache={"scrub_interval": "1s", "scrub_rate": "100M"})
-    layer = lib.image_manifests(reg, REF)[0]["layers"][0]
-    digest, size = layer["digest"], layer["size"]
-    path = "/v2/%s/blobs/%s" % (REF.split(":")[0], digest)
-    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
-    shard = os.path.dirname(blob_file)
-    r = lib.stream_get(p.port, path)
-    eq((r.status, r.digest), (200, digest), "GET of %s (%r)" % (path, r))
-    lib.wait_until(lambda: os.path.isfile(blob_file), 10, "%s in the cache" % blob_file)
+    digest, size, path, blob_file, shard = _warm_layer(t, p)
 
     outside = os.path.join(t.tmp, "outside")
     os.mkdir(outside)

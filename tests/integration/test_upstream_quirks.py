@@ -198,15 +198,9 @@ def test_refused_and_tls_errors(t):
                        "%s: a log line giving the reason" % reg)
 
 
-def test_cross_origin_cdn_401_403(t):
-    """The blob CDN on another origin answers 401 (no challenge) or 403 (expired URL)."""
-    m, md, layer, ld, cfg, cd = rawup.image()
-    status = {"v": 401}
-
-    def cdn_h(r):
-        r.send(status["v"], b"<Error><Code>AccessDenied</Code><Message>Request has expired"
-               b"</Message></Error>", [("Content-Type", "application/xml")])
-        return False
+def _cross_origin_cdn(t, ld, cdn_h):
+    """A registry that redirects every blob GET to a CDN on another origin, answered by
+    cdn_h; the proxy in front of it, and the CDN."""
     cdn = rawup.RawUpstream(t, cdn_h)
 
     def h(r):
@@ -216,7 +210,19 @@ def test_cross_origin_cdn_401_403(t):
             r.send(404, b"")
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[up.conf()])
+    return t.proxy(registries=[up.conf()]), cdn
+
+
+def test_cross_origin_cdn_401_403(t):
+    """The blob CDN on another origin answers 401 (no challenge) or 403 (expired URL)."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    status = {"v": 401}
+
+    def cdn_h(r):
+        r.send(status["v"], b"<Error><Code>AccessDenied</Code><Message>Request has expired"
+               b"</Message></Error>", [("Content-Type", "application/xml")])
+        return False
+    p, _ = _cross_origin_cdn(t, ld, cdn_h)
     for st in (401, 403):
         status["v"] = st
         r = p.get("/v2/ns/x/blobs/" + ld)
@@ -238,16 +244,7 @@ def test_cdn_429_keeps_retry_after(t):
         r.send(429, b"<Error><Code>SlowDown</Code></Error>",
                [("Content-Type", "application/xml"), ("Retry-After", "17")])
         return False
-    cdn = rawup.RawUpstream(t, cdn_h)
-
-    def h(r):
-        if r.path.startswith("/v2/ns/x/blobs/"):
-            r.send(307, b"", [("Location", "%s/cdn/%s?sig=ok" % (cdn.url, ld))])
-        else:
-            r.send(404, b"")
-        return False
-    up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[up.conf()])
+    p, cdn = _cross_origin_cdn(t, ld, cdn_h)
     for i in range(2):
         r = p.get("/v2/ns/x/blobs/" + ld)
         eq(r.status, 429, "GET %d through a rate-limiting CDN: %r" % (i, r.body))
