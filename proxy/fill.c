@@ -116,6 +116,21 @@ int64_t rp_fill_length(const struct rp_fill *f)
     return f->unsized ? -1 : f->expected;
 }
 
+bool rp_fill_head_known(const struct rp_fill *f)
+{
+    return (f->state == FILL_RUNNING && !f->unsized) || f->state == FILL_SYNCING;
+}
+
+void rp_fill_answer_head(struct rp_fill *f, struct rp_req *r)
+{
+    char extra[2 * RP_DIGEST_MAX + 256];
+    snprintf(extra, sizeof(extra), RP_BLOB_HEADERS "X-Regproxy-Cache: %s\r\n", f->digest, f->digest,
+             r->cache_status);
+    r->up_status = f->up_status;
+    rp_conn_write_response(r->conn, 200, f->content_type, extra, NULL, (size_t)f->expected, false);
+    rp_req_queued(r);
+}
+
 /* Queues [r->fill_sent, upto) of the blob to r's client from the temp file
  * (rp_conn_queue_file: the reader may go away at any time). */
 static int queue_range(struct rp_req *r, int64_t upto)

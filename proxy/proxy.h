@@ -164,6 +164,13 @@ struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest);
 bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg, const char *repo);
 /* The blob's length as f's upstream announced it, or -1 while not known. */
 int64_t rp_fill_length(const struct rp_fill *f);
+/* Whether upstream's head has given f's length and type: the head of a GET joining f is
+ * known. Not while upstream has not answered yet, nor when it sent no Content-Length (the
+ * length is known only once the whole blob is in and verified). */
+bool rp_fill_head_known(const struct rp_fill *f);
+/* Answers r, a HEAD of f's blob, from f (rp_fill_head_known must hold): the head a GET
+ * joining f gets, without the body and without an upstream request of its own. */
+void rp_fill_answer_head(struct rp_fill *f, struct rp_req *r);
 void rp_fills_free_all(struct rp_server *srv);
 
 /* ---------------------------------------------------------------------- inflight.c */

@@ -1017,6 +1017,20 @@ static void lookup(struct rp_req *r)
             return;
         }
         if (r->head) {
+            /* The download under way knows the length once upstream's head is in, and its
+             * name is its digest: a HEAD behind a GET that fills the blob (containerd and
+             * CRI-O check a layer so) costs no upstream request of its own. Unless this
+             * repository's registry gave the digest another length (see below). */
+            if (running && rp_fill_head_known(running) &&
+                !(r->confirmed && r->confirmed_len >= 0 &&
+                  r->confirmed_len != rp_fill_length(running))) {
+                r->cache_status = "MISS";
+                if (none_match_names(r->if_none_match, rt->ref))
+                    answer_not_modified(r, rt->ref);
+                else
+                    rp_fill_answer_head(running, r);
+                return;
+            }
             start_fetch(r, true, false);
             return;
         }

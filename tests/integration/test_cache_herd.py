@@ -144,3 +144,73 @@ def test_herd_other_repository_fails(t):
     eq(res["a"].status, 404, "the repository whose upstream 404s the blob")
     eq((rb.status, rb.complete, rb.digest), (200, True, d),
        "the other repository's client, which joined the failed download (%r)" % rb)
+
+
+def test_head_while_the_blob_is_filled_not_upstream(t):
+    """A HEAD of a blob whose download is under way is answered from that download (its
+    length is known from upstream's head, its digest is its name), not with a HEAD of its
+    own upstream: on another connection while the fill runs, and pipelined on the
+    connection whose GET is filling it. Each used to cost an upstream HEAD (cache=PASS)."""
+    import socket
+
+    import rawup
+    blob = os.urandom(6 << 20)
+    digest = rawup.sha256(blob)
+    path = "/v2/ns/x/blobs/" + digest
+    go = threading.Event()
+
+    def h(r):
+        if r.path != path:
+            r.send(404, b"")
+            return False
+        if r.method == "HEAD":
+            r.answer(blob, "application/octet-stream", digest)
+            return False
+        half = len(blob) // 2
+        try:
+            r.raw(("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                   "Content-Length: %d\r\nConnection: close\r\n\r\n" % len(blob)).encode() +
+                  blob[:half])
+            go.wait(60)  # the fill stays under way until the test lets it end
+            r.raw(blob[half:])
+        except OSError:
+            pass
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(go.set)
+    p = t.proxy(registries=[up.conf()])
+    req = "HTTP/1.1\r\nHost: %s\r\n\r\n" % p.hostport
+    a = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    t.defer(a.close)
+    a.sendall(("GET %s %sHEAD %s %s" % (path, req, path, req)).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = a.recv(65536)
+        check(b, "the GET's connection closed before its head: %r" % buf[:300])
+        buf += b
+    check(buf.startswith(b"HTTP/1.1 200"), "the GET's answer: %r" % buf[:300])
+    # The fill is under way (its head is out, its end held upstream).
+    st, hd, body = p.raw("HEAD", path)
+    eq((st, hd.get("content-length"), hd.get("docker-content-digest"), body),
+       (200, str(len(blob)), digest, b""), "HEAD on another connection during the fill")
+    go.set()
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    while len(rest) < len(blob):
+        b = a.recv(1 << 20)
+        check(b, "the GET's connection closed after %d body bytes" % len(rest))
+        rest += b
+    got, after = rest[:len(blob)], rest[len(blob):]
+    eq(rawup.sha256(got), digest, "the GET's body")
+    while b"\r\n\r\n" not in after:
+        b = a.recv(65536)
+        check(b, "closed before the pipelined HEAD's answer: %r" % after[:300])
+        after += b
+    head, _, extra = after.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hd = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    eq((lines[0].split(" ")[1], hd.get("content-length"), hd.get("docker-content-digest"), extra),
+       ("200", str(len(blob)), digest, b""), "HEAD pipelined behind the GET")
+    heads = [x for x in up.seen(path) if x[1] == "HEAD"]
+    eq(len(heads), 0, "upstream HEADs of the blob (%s)" % [x.get("cache") for x in p.access()
+                                                          if x.get("method") == "HEAD"])
+    eq(len([x for x in up.seen(path) if x[1] == "GET"]), 1, "upstream GETs of the blob")
