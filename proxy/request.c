@@ -256,6 +256,22 @@ void rp_req_upstream_error(struct rp_req *r, int status, const char *code, const
     free(detail);
 }
 
+/* respond() with an answer made from upstream's error. A HEAD's carries no Content-Length:
+ * the GET's body is upstream's own error body, or quotes it, and a HEAD never sees it
+ * (upstream's HEAD has none), so the length our own body would have is not the GET's, which
+ * RFC 9110 8.6 forbids; 9.3.2 lets a HEAD omit what only the content determines. Clients
+ * read nothing but a HEAD's status (containerd, containers/image). */
+static void respond_upstream_error(struct rp_req *r, int status, const char *body, size_t len,
+                                   const char *extra)
+{
+    if (!r->head) {
+        respond(r, status, "application/json", body, len, extra);
+        return;
+    }
+    rp_conn_write_head(r->conn, status, "application/json", -1, extra);
+    rp_req_finish(r, NULL);
+}
+
 /* Upstream said no. 4xx pass on as they are (429 with its Retry-After), with upstream's
  * registry-format body when it sent one; 5xx become 503 with upstream's status and error
  * in the detail. Never turned into 404. */
@@ -289,8 +305,7 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
             json_object_set(d, "upstream_errors", json_object_get(j, "errors"));
         char *detail = json_dumps(d, JSON_COMPACT);
         char *eb = rp_error_body(refused ? "UNAUTHORIZED" : "UNAVAILABLE", msg, detail);
-        respond(r, refused ? 502 : 503, "application/json", eb, strlen(eb),
-                extra[0] ? extra : NULL);
+        respond_upstream_error(r, refused ? 502 : 503, eb, strlen(eb), extra[0] ? extra : NULL);
         free(eb);
         free(detail);
         free(msg);
@@ -300,7 +315,7 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
     }
     json_decref(j);
     if (registry_format) {
-        respond(r, status, "application/json", body, len, extra[0] ? extra : NULL);
+        respond_upstream_error(r, status, body, len, extra[0] ? extra : NULL);
         return;
     }
     char *msg = rp_xasprintf("upstream registry %s answered %d", r->route.reg->name, status);
@@ -308,7 +323,7 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
     char *detail = json_dumps(d, JSON_COMPACT);
     json_decref(d);
     char *eb = rp_error_body(rp_error_code_for_status(status, r->route.kind), msg, detail);
-    respond(r, status, "application/json", eb, strlen(eb), extra[0] ? extra : NULL);
+    respond_upstream_error(r, status, eb, strlen(eb), extra[0] ? extra : NULL);
     free(eb);
     free(detail);
     free(msg);

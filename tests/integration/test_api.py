@@ -385,3 +385,40 @@ def test_unknown_manifest_and_repo(t):
     eq(r.status, 404, "unknown repository")
     check(_errors(r, "unknown repository")[0] in ("NAME_UNKNOWN", "MANIFEST_UNKNOWN"),
           "error code of an unknown repository: %r" % r.body)
+
+
+def test_head_of_an_upstream_error_announces_no_other_length(t):
+    """A HEAD answered with upstream's error has the GET's status, and no Content-Length
+    other than the GET's body length (RFC 9110 8.6). The GET relays upstream's own error
+    body (or quotes it in the proxy's), which a HEAD never sees: the HEAD used to announce
+    the length of the proxy's own error body instead (167 bytes beside docker-registry's
+    99 for an unknown tag)."""
+    s = t.s
+    p = _proxy(t)
+    digest = s.images["multi"]["tags"]["v1"]
+    # docker-registry itself announces on a HEAD the length of the body its GET sends.
+    up = s.anon_registry.client("pull")
+    uh, ug = (up.manifest("ns/multi", "nosuchtag", method=m) for m in ("HEAD", "GET"))
+    eq((uh.status, uh.header("Content-Length")), (404, str(len(ug.body))),
+       "docker-registry's HEAD of an unknown tag")
+    for path in ("/v2/registry.anon.test/ns/multi/manifests/nosuchtag",
+                 "/v2/registry.anon.test/ns/multi/manifests/sha256:" + "1" * 64,
+                 "/v2/registry.anon.test/ns/multi/blobs/sha256:" + "1" * 64,
+                 "/v2/registry.fake.test/ns/multi/manifests/nosuchtag",
+                 "/v2/registry.fake.test/mode/429/ns/multi/manifests/v1",
+                 "/v2/registry.fake.test/mode/500/ns/multi/manifests/v1",
+                 "/v2/registry.fake.test/mode/503/ns/multi/blobs/" + digest):
+        gs, gh, gb = p.raw("GET", path, headers={"Accept": lib.ACCEPT_ALL})
+        hs, hh, hb = p.raw("HEAD", path, headers={"Accept": lib.ACCEPT_ALL})
+        check(gs >= 400, "GET %s: expected an error, got %d %r" % (path, gs, gb[:200]))
+        eq(gh.get("content-length"), str(len(gb)), "Content-Length of GET %s" % path)
+        eq((hs, hb), (gs, b""), "HEAD %s: status (the GET's) and body" % path)
+        check(hh.get("content-length") in (None, str(len(gb))),
+              "HEAD %s announces Content-Length %s; the GET sends %d bytes: %r"
+              % (path, hh.get("content-length"), len(gb), gb[:200]))
+        eq(hh.get("content-type"), gh.get("content-type"), "Content-Type of HEAD %s" % path)
+    # The proxy's own errors are the GET's body exactly: a HEAD still announces its length.
+    gs, gh, gb = p.raw("GET", "/v2/ns/multi/manifests/" + "x" * 200)
+    hs, hh, hb = p.raw("HEAD", "/v2/ns/multi/manifests/" + "x" * 200)
+    eq((hs, hh.get("content-length"), hb), (gs, str(len(gb)), b""),
+       "HEAD of an invalid tag beside its GET (%d %r)" % (gs, gb[:200]))
