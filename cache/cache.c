@@ -1896,7 +1896,9 @@ bool rp_cache_blob_present(struct rp_cache *c, const char *digest)
     return e && e->present;
 }
 
-int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out)
+/* rp_cache_blob_open, or with use false rp_cache_blob_recheck: the same checks and
+ * removals, but no use counted (the LRU order and the in-use mark untouched, no fd). */
+static int blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out, bool use)
 {
     struct digest d;
     out->fd = -1;
@@ -1935,11 +1937,26 @@ int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_b
         remove_entry_file(c, e, "removing");
         return RP_CACHE_E_CORRUPT;
     }
+    if (!use) {
+        close(fd);
+        return RP_CACHE_OK;
+    }
     touch(c, e);
     e->in_use++;
     out->fd = fd;
     out->size = (uint64_t)st.st_size;
     return RP_CACHE_OK;
+}
+
+int rp_cache_blob_open(struct rp_cache *c, const char *digest, struct rp_cache_blob *out)
+{
+    return blob_open(c, digest, out, true);
+}
+
+int rp_cache_blob_recheck(struct rp_cache *c, const char *digest)
+{
+    struct rp_cache_blob b;
+    return blob_open(c, digest, &b, false);
 }
 
 void rp_cache_hold(struct rp_cache *c, const char *digest)

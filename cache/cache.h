@@ -257,6 +257,13 @@ char *rp_cache_blob_path(const struct rp_cache *c, const char *digest);
  * invalid digest. Touches only the cache's directory descriptor, fixed from open to close:
  * a worker thread may call it while the owner uses the cache. */
 int rp_cache_blob_fd(const struct rp_cache *c, const char *digest);
+/* The owner's second look at a blob a checker found something wrong with (the scrub's
+ * worker found a symlink in its path): opens it as rp_cache_blob_open does, removing it
+ * when something planted stands in its path or its size is wrong (E_CORRUPT), forgetting
+ * it when its file is gone (E_NOENT), but counts no use: a check is not a read, and the
+ * blob keeps its place in the eviction order (nor is it marked in use: nothing to
+ * release). RP_CACHE_OK when its file is sound (fetched again since, say). */
+int rp_cache_blob_recheck(struct rp_cache *c, const char *digest);
 /* Reads fd to its end and checks what it holds against digest and size: RP_CACHE_OK,
  * E_DIGEST or E_SIZE (why says what it holds), E_IO (why says which call failed), or
  * E_INVALID for a bad digest. bytes_per_s > 0 paces the reads to that rate; *stop, when set

@@ -157,14 +157,11 @@ static void job_done(void *arg)
             rp_debug("cache scrub: blob %s was replaced while it was checked", j->digest);
         }
     } else if (j->rc == RP_CACHE_E_CORRUPT) {
-        /* Opening it on the loop finds the same symlink, removes it and forgets the blob,
-         * as a request would; unless it was fetched again since. */
-        struct rp_cache_blob b;
-        int rc = rp_cache_blob_open(srv->cache, j->digest, &b);
-        if (rc == RP_CACHE_OK) {
-            close(b.fd);
-            rp_cache_release(srv->cache, j->digest);
-        } else if (rc == RP_CACHE_E_CORRUPT) {
+        /* Looked at again on the loop: the same symlink is removed and the blob forgotten,
+         * as a request's open would; unless it was fetched again since. Not counted as a
+         * use: the blob keeps its place in the eviction order. */
+        int rc = rp_cache_blob_recheck(srv->cache, j->digest);
+        if (rc == RP_CACHE_E_CORRUPT) {
             rp_warn("cache scrub: blob %s: %s; forgotten: %s", j->digest, j->why,
                     srv->conf->cache.offline ? "this cache is offline, so the images that use "
                                                "it need mirroring or importing again"

@@ -2208,6 +2208,50 @@ static void test_scrub_parts(void)
     rm_rf(dir);
 }
 
+/* The scrub's second look at a blob (rp_cache_blob_recheck) removes what a request's open
+ * would, but counts no use: the blob keeps its place in the LRU order and is not held. */
+static void test_blob_recheck(void)
+{
+    char *dir = mk_tmpdir();
+    struct rp_cache *c = open_ok(dir, 300);
+    char d[4][RP_CACHE_DIGEST_BUF];
+    char *t[4];
+    for (int i = 0; i < 4; i++)
+        t[i] = sized(100, i);
+    CHECK_INT(put_blob(c, t[0], d[0]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[1], d[1]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[2], d[2]), RP_CACHE_OK);
+    CHECK_INT(rp_cache_blob_recheck(c, d[0]), RP_CACHE_OK);
+    CHECK_INT(put_blob(c, t[3], d[3]), RP_CACHE_OK);
+    CHECK(!rp_cache_blob_present(c, d[0])); /* still the oldest, and not held */
+    CHECK(rp_cache_blob_present(c, d[1]));
+    /* A symlink standing for its file: removed (not what it points to), forgotten. */
+    char *p = obj_path(dir, "blobs", d[1]);
+    char *out = mk_tmpdir();
+    char *victim = rp_xasprintf("%s/victim", out);
+    spit(victim, t[1], 100);
+    CHECK(unlink(p) == 0 && symlink(victim, p) == 0);
+    CHECK_INT(rp_cache_blob_recheck(c, d[1]), RP_CACHE_E_CORRUPT);
+    CHECK(!rp_cache_blob_present(c, d[1]));
+    CHECK(!exists(p));
+    CHECK(exists(victim));
+    /* Gone behind the cache's back: forgotten. */
+    char *p2 = obj_path(dir, "blobs", d[2]);
+    CHECK(unlink(p2) == 0);
+    CHECK_INT(rp_cache_blob_recheck(c, d[2]), RP_CACHE_E_NOENT);
+    CHECK(!rp_cache_blob_present(c, d[2]));
+    CHECK_INT(rp_cache_blob_recheck(c, d[0]), RP_CACHE_E_NOENT);
+    CHECK_INT(rp_cache_blob_recheck(c, "sha256:nothex"), RP_CACHE_E_INVALID);
+    rp_cache_close(c);
+    free(p2);
+    free(victim);
+    free(p);
+    for (int i = 0; i < 4; i++)
+        free(t[i]);
+    rm_rf(out);
+    rm_rf(dir);
+}
+
 /* Symlinks planted in the cache directory never make the cache delete, truncate or create
  * files outside it: a tmp/ that points elsewhere is refused (open empties tmp/), as are the
  * other top directories (publishing and eviction would go through them) and a lock file that
@@ -3311,6 +3355,7 @@ int main(void)
     RUN(test_blob_resized);
     RUN(test_verify);
     RUN(test_scrub_parts);
+    RUN(test_blob_recheck);
     RUN(test_planted_symlinks);
     RUN(test_planted_symlinks_below);
     RUN(test_planted_symlinks_no_openat2);
