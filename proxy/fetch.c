@@ -228,10 +228,11 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
         f->status = status;
     if (f->err_cut)
         xe = RP_XFER_OK;
-    /* A body before any head ends in a write error of ours, not a transport failure: the
-     * registry answered, with its 1xx. */
+    /* The registry answered once a head (or a 1xx's body, which ends in a write error of
+     * ours) arrived: counted by that status, as the access line's upstream says, also when
+     * the body failed afterwards. "other" is for no answer. */
     rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
-                        xe == RP_XFER_OK || f->body_before_head ? f->status : 0,
+                        xe == RP_XFER_OK || f->headed || f->body_before_head ? f->status : 0,
                         rp_now_ms() - f->sent_ms);
     if (f->body_before_head || (xe == RP_XFER_OK && !f->headed)) {
         /* No final head ever came: a 101 nobody asked for ends curl's header parsing, and
