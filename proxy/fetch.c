@@ -444,6 +444,13 @@ void rp_fetch_cancel(struct rp_fetch *f)
 {
     if (!f)
         return;
+    /* A request under way (its client left, a fill nobody waits for) was sent all the
+     * same: counted as xfer_done_cb would, by the status of a head that arrived, as the
+     * access line's upstream says, else as no answer. */
+    if (f->xfer)
+        rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
+                            f->headed || f->body_before_head ? f->status : 0,
+                            rp_now_ms() - f->sent_ms);
     fetch_free(f);
 }
 

@@ -3,8 +3,8 @@
 blobs missed, hit, HEAD, 304, ranges 206 and 416, 404s from upstream and from routing, a
 push's 405, bad heads 400/414/431, a 401 challenge, refusals at accept outside allow (403),
 plain HTTP on a TLS listener (400), one past max_connections (503), tags lists and referrers
-streamed with Content-Length, chunked and to the close, a list upstream cut short, a blob
-served from a fill while it downloads) is then read back from
+streamed with Content-Length, chunked and to the close, a list upstream cut short, a client
+that leaves mid-body, a blob served from a fill while it downloads) is then read back from
 both, and their totals compared. Which metric is which access-log field:
 
 - regproxy_requests_total{status=C} summed over routes: access lines whose status is of
@@ -233,6 +233,21 @@ def test_metrics_and_access_log_agree(t):
     t2.join(60)
     eq([r[0] if r else None for r in res], [200, 200], "the layer's two GETs")
     eq([rawup.sha256(r[2]) for r in res], [up.ld, up.ld], "the layer's two bodies")
+    # A client that leaves mid-body: a list upstream holds after 1 MiB.
+    mark = len(p.access())
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    c.sendall(b"GET /v2/raw.test/ns/slow/tags/list HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while len(got) < 200000:
+        b = c.recv(65536)
+        check(b, "the slow list ended early")
+        got += b
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()
+    lib.wait_until(lambda: [x for x in p.access(mark) if x.get("aborted") == "client"], 20,
+                   "the access line of the client that left")
+    up.slow_go.set()
+
     # Everything is logged once its answer ended: wait for the lines to stop coming.
     lines = lib.settle(lambda: p.access(), at_least=len(gets) + 15)
     m = p.metrics()
