@@ -181,9 +181,11 @@ def test_metrics_and_access_log_agree(t):
         ("HEAD", "/v2/raw.test/ns/chunked/tags/list", {}),
         ("GET", "/v2/raw.test/ns/cut/tags/list", {}),
     ]
+    received = {}  # X-Request-Id: body bytes the client got (dechunked)
     for method, path, h in gets:
         try:
-            p.raw(method, path, h)
+            st, hd, body = p.raw(method, path, h)
+            received[hd.get("x-request-id")] = len(body)
         except (lib.Failure, OSError):
             pass  # a cut answer: what the proxy logged and counted is what is compared
     # Lists to HTTP/1.0 clients: chunked upstream, sent to the close.
@@ -253,6 +255,13 @@ def test_metrics_and_access_log_agree(t):
     m = p.metrics()
     problems = []
 
+    # Bytes: the body a client received whole, without chunk framing.
+    for x in lines:
+        if x["id"] in received and int(x["bytes"]) != received[x["id"]]:
+            problems.append("%s %s: the client got %d body bytes, the access line says %s"
+                            % (x["method"], x["path"], received[x["id"]], x["bytes"]))
+    check(len([x for x in lines if x["id"] in received]) == len(gets),
+          "an access line for each of the %d requests" % len(gets))
     # Requests by status class.
     by_class = {}
     zero = 0
