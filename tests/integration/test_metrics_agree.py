@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """/metrics and the access log tell the same story. A mix of requests (pings, manifests and
-blobs missed, hit, HEAD, 304, ranges 206 and 416, 404s from upstream and from routing, a
-push's 405, bad heads 400/414/431, a 401 challenge, refusals at accept outside allow (403),
+blobs missed, hit, HEAD, 304, ranges 206 and 416, a tag revalidated and one served stale,
+404s from upstream and from routing, a push's 405, bad heads 400/414/431, a 401 challenge, refusals at accept outside allow (403),
 plain HTTP on a TLS listener (400), one past max_connections (503), tags lists and referrers
 streamed with Content-Length, chunked and to the close, a list upstream cut short, a client
 that leaves mid-body, a blob served from a fill while it downloads) is then read back from
@@ -14,11 +14,15 @@ both, and their totals compared. Which metric is which access-log field:
 - regproxy_cache_requests_total{result=R}: lines with cache=R (upper case) and a content
   status (2xx, 304) that are not the ping (/v2/, answered by the proxy itself).
 - regproxy_served_bytes_total{source="cache"}: the bytes of those lines with cache HIT, STALE
-  or REVALIDATED; {source="upstream"}: those with MISS or PASS.
+  or REVALIDATED; {source="upstream"}: those with MISS or PASS. Error bodies (the refusals'
+  too: 403 at accept, 400 on a TLS listener) are in the access line's bytes but are no
+  content, so in neither (the man page and HELP say content). Each access line's bytes is
+  also the body its client received, without chunk framing.
 - regproxy_upstream_requests_total{registry=R,status=C}: the requests registry R received
   (its own record here), and the lines of R's requests whose upstream is of class C: one
   request each, but for the proxy's own pings (no access line) and the readers of one fill,
   whose lines all carry that download's status."""
+import base64
 import hashlib
 import json
 import re
@@ -49,6 +53,7 @@ class _Up:
         self.m, self.md, self.layer, self.ld, self.cfg, self.cd = rawup.image()
         self.lock = threading.Lock()
         self.sent = []  # (path, status)
+        self.down = False  # manifests answer 503
         self.slow_go = threading.Event()
         self.layer_go = threading.Event()
         t.defer(self.slow_go.set)
@@ -66,6 +71,11 @@ class _Up:
             r.send(200, b"{}", [("Content-Type", "application/json")])
             return False
         if path == "/v2/ns/app/manifests/v1":
+            if self.down:
+                self.note(r, 503)
+                r.send(503, b'{"errors":[{"code":"UNAVAILABLE","message":"down"}]}',
+                       [("Content-Type", "application/json")])
+                return False
             self.note(r, 200)
             r.answer(self.m, "application/vnd.oci.image.manifest.v1+json", self.md)
             return False
@@ -82,8 +92,8 @@ class _Up:
             self.layer_go.wait(60)
             r.raw(self.layer[half:])
             return False
-        m = re.match(r"^/v2/ns/(length|chunked|close|cut|slow)/(tags/list|referrers/sha256:[0-9a-f]{64})$",
-                     path)
+        m = re.match(r"^/v2/ns/(length|chunked|close|cut|slow)/"
+                     r"(tags/list|referrers/sha256:[0-9a-f]{64})$", path)
         if not m or r.method != "GET":
             self.note(r, 404)
             r.send(404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}',
@@ -138,7 +148,8 @@ def test_metrics_and_access_log_agree(t):
     up = _Up(t)
     d, key, crt = lib.serving_cert(t, "agree")
     htp = lib.htpasswd_file(t, "node", "node-secret")
-    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test"), up.up.conf()],
+    p = t.proxy(registries=[s.anon_registry.conf("registry.anon.test"),
+                            up.up.conf(tag_ttl="1s")],
                 listeners=[{"default": "registry.anon.test"},
                            {"default": "registry.anon.test", "tls_cert": crt, "tls_key": key},
                            {"default": "registry.anon.test", "allow": "10.0.0.0/8"},
@@ -188,11 +199,19 @@ def test_metrics_and_access_log_agree(t):
             received[hd.get("x-request-id")] = len(body)
         except (lib.Failure, OSError):
             pass  # a cut answer: what the proxy logged and counted is what is compared
+    # The tag past its tag_ttl: revalidated, then served stale while raw.test fails.
+    man_path = "/v2/raw.test/ns/app/manifests/v1"
+    for down, want in ((False, "REVALIDATED"), (True, "STALE")):
+        up.down = down
+        time.sleep(1.2)
+        st, hd, body = p.raw("GET", man_path, acc)
+        eq((st, hd.get("x-regproxy-cache")), (200, want), "the tag past its tag_ttl")
+        received[hd.get("x-request-id")] = len(body)
     # Lists to HTTP/1.0 clients: chunked upstream, sent to the close.
     for path in ("/v2/raw.test/ns/chunked/tags/list", "/v2/raw.test/ns/close/referrers/" + SUBJECT):
         with socket.create_connection(("127.0.0.1", p.port), timeout=30) as c:
             c.sendall(b"GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % path.encode())
-            st, body = _read_response(c)
+            st, _ = _read_response(c)
             eq(st, 200, "HTTP/1.0 GET %s" % path)
     # Bad heads: malformed, too long a target, too large a head.
     for data in (b"GET /v2/ HTTP/1.1\r\nHost x\r\n\r\n",
@@ -209,7 +228,7 @@ def test_metrics_and_access_log_agree(t):
         except OSError:
             pass
     eq(p.get("/v2/", listener=3).status, 401, "no credentials on the htpasswd listener")
-    auth = "Basic " + __import__("base64").b64encode(b"node:node-secret").decode()
+    auth = "Basic " + base64.b64encode(b"node:node-secret").decode()
     eq(p.get("/v2/", listener=3, headers={"Authorization": auth}).status, 200, "login")
     # Past max_connections (1): a 503, in neither the access log nor requests_total.
     with socket.create_connection(("127.0.0.1", p.ports[4]), timeout=10) as held:
@@ -260,8 +279,8 @@ def test_metrics_and_access_log_agree(t):
         if x["id"] in received and int(x["bytes"]) != received[x["id"]]:
             problems.append("%s %s: the client got %d body bytes, the access line says %s"
                             % (x["method"], x["path"], received[x["id"]], x["bytes"]))
-    check(len([x for x in lines if x["id"] in received]) == len(gets),
-          "an access line for each of the %d requests" % len(gets))
+    check(len([x for x in lines if x["id"] in received]) == len(received),
+          "an access line for each of the %d requests" % len(received))
     # Requests by status class.
     by_class = {}
     zero = 0
