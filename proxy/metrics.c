@@ -167,8 +167,8 @@ void rp_metrics_render(const struct rp_metrics *m, const struct rp_metrics_gauge
                 rp_buf_addf(out, "regproxy_requests_total{route=\"%s\",status=\"%s\"} %llu\n",
                             kind_names[k], class_names[c], (unsigned long long)m->requests[k][c]);
     head(out, "regproxy_cache_requests_total", "counter",
-         "Manifest and blob requests answered with content (2xx, 304), by cache result "
-         "(hit, miss, stale, revalidated, pass).");
+         "Manifest, blob, tags list and referrers requests answered with content (2xx, 304), "
+         "by cache result (hit, miss, stale, revalidated, pass).");
     for (int i = 0; i < RP_METRICS_CACHE_RESULTS; i++)
         rp_buf_addf(out, "regproxy_cache_requests_total{result=\"%s\"} %llu\n", cache_names[i],
                     (unsigned long long)m->cache[i]);
