@@ -215,6 +215,12 @@ void rp_req_finish(struct rp_req *r, const char *aborted)
 {
     /* Waiters look up again from the loop, after this answer was cached (or not). */
     rp_inflight_done(r, aborted == NULL);
+    /* Aborted, the connection closes at once (below): what is still queued for the client
+     * never leaves, and bytes counts what did, as for a client that left (rp_req_cut). */
+    if (aborted) {
+        size_t undelivered = rp_conn_output_len(r->conn);
+        r->bytes = r->bytes > undelivered ? r->bytes - undelivered : 0;
+    }
     rp_req_log(r, aborted);
     r->state = RQ_DONE;
     rp_metrics_request(&r->conn->srv->metrics, r->routed ? (int)r->route.kind : -1, r->status,
