@@ -585,9 +585,21 @@ void rp_xfer_resume(struct rp_xfer *x)
     struct rp_upstream *up = x->up;
     up->in_curl++;
     up->in_curl_call++;
-    curl_easy_pause(x->easy, CURLPAUSE_CONT);
+    CURLcode rc = curl_easy_pause(x->easy, CURLPAUSE_CONT);
     up->in_curl_call--;
+    if (rc != CURLE_OK && !x->cancelled && x->cb.on_done_cb) {
+        /* curl 7.88 hands the data held while paused to write_cb inside curl_easy_pause,
+         * and a refusal there (a list past its cap) only makes this call fail: the transfer
+         * went on, and the next data met the same refusal again, its owner's error set
+         * twice (one leaked) and the end delayed by as long as upstream took to send more.
+         * It ends here, as a write error of ours ends in check_multi_info. */
+        long status = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        x->cancelled = true;
+        x->cb.on_done_cb(x->arg, classify(rc), (int)status, curl_easy_strerror(rc));
+    }
     up->in_curl--;
+    reap_cancelled(up);
     /* Unpausing may have finished the transfer or changed its timers. */
     check_multi_info(up);
 }
