@@ -118,7 +118,9 @@ int64_t rp_fill_length(const struct rp_fill *f)
 
 bool rp_fill_head_known(const struct rp_fill *f)
 {
-    return (f->state == FILL_RUNNING && !f->unsized) || f->state == FILL_SYNCING;
+    /* Verified only: while it runs, its length is the word of whoever answered the GET (a
+     * CDN that may send more or less than the blob); the blob's own registry is asked. */
+    return f->state == FILL_SYNCING;
 }
 
 void rp_fill_answer_head(struct rp_fill *f, struct rp_req *r)

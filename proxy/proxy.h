@@ -164,9 +164,9 @@ struct rp_fill *rp_fill_find(struct rp_server *srv, const char *digest);
 bool rp_fill_is_for(const struct rp_fill *f, const struct rp_conf_registry *reg, const char *repo);
 /* The blob's length as f's upstream announced it, or -1 while not known. */
 int64_t rp_fill_length(const struct rp_fill *f);
-/* Whether upstream's head has given f's length and type: the head of a GET joining f is
- * known. Not while upstream has not answered yet, nor when it sent no Content-Length (the
- * length is known only once the whole blob is in and verified). */
+/* Whether f's blob is all in and verified (being made durable): its length and type are
+ * then known for sure. Not before: upstream's Content-Length is only its word, and a HEAD
+ * answered with a wrong one could not be taken back as a GET's cut body is. */
 bool rp_fill_head_known(const struct rp_fill *f);
 /* Answers r, a HEAD of f's blob, from f (rp_fill_head_known must hold): the head a GET
  * joining f gets, without the body and without an upstream request of its own. */

@@ -1038,10 +1038,11 @@ static void lookup(struct rp_req *r)
             return;
         }
         if (r->head) {
-            /* The download under way knows the length once upstream's head is in, and its
-             * name is its digest: a HEAD behind a GET that fills the blob (containerd and
-             * CRI-O check a layer so) costs no upstream request of its own. Unless this
-             * repository's registry gave the digest another length (see below). */
+            /* A download verified and being made durable knows the length for sure, and its
+             * name is its digest: a HEAD pipelined behind the GET that filled the blob (read
+             * once the GET's last byte is out, before the blob is published) costs no
+             * upstream request of its own. Unless this repository's registry gave the
+             * digest another length (see below). */
             if (running && rp_fill_head_known(running) &&
                 !(r->confirmed && r->confirmed_len >= 0 &&
                   r->confirmed_len != rp_fill_length(running))) {
