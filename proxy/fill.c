@@ -123,11 +123,18 @@ bool rp_fill_head_known(const struct rp_fill *f)
     return f->state == FILL_SYNCING;
 }
 
+/* The headers of every head r gets from f: the blob's, and how the cache answered. Their
+ * length. */
+static int head_extra(const struct rp_fill *f, const struct rp_req *r, char *extra, size_t n)
+{
+    return snprintf(extra, n, RP_BLOB_HEADERS "X-Regproxy-Cache: %s\r\n", f->digest, f->digest,
+                    r->cache_status);
+}
+
 void rp_fill_answer_head(struct rp_fill *f, struct rp_req *r)
 {
     char extra[2 * RP_DIGEST_MAX + 256];
-    snprintf(extra, sizeof(extra), RP_BLOB_HEADERS "X-Regproxy-Cache: %s\r\n", f->digest, f->digest,
-             r->cache_status);
+    head_extra(f, r, extra, sizeof(extra));
     r->up_status = f->up_status;
     rp_conn_write_response(r->conn, 200, f->content_type, extra, NULL, (size_t)f->expected, false);
     rp_req_queued(r);
@@ -216,8 +223,7 @@ static void reader_start(struct rp_req *r)
         return;
     }
     char extra[2 * RP_DIGEST_MAX + 256];
-    int n = snprintf(extra, sizeof(extra), RP_BLOB_HEADERS "X-Regproxy-Cache: %s\r\n", f->digest,
-                     f->digest, r->cache_status);
+    int n = head_extra(f, r, extra, sizeof(extra));
     r->fill_sent = 0;
     r->fill_end = f->expected;
     if (rr == RP_RANGE_OK) {

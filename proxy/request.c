@@ -185,9 +185,15 @@ void rp_req_log(const struct rp_req *r, const char *aborted)
     rp_access_log(&a);
 }
 
-void rp_req_cut(struct rp_req *r, size_t undelivered, const char *why)
+/* What is still queued for r's client will never leave: bytes counts what did. */
+static void uncount_undelivered(struct rp_req *r, size_t undelivered)
 {
     r->bytes = r->bytes > undelivered ? r->bytes - undelivered : 0;
+}
+
+void rp_req_cut(struct rp_req *r, size_t undelivered, const char *why)
+{
+    uncount_undelivered(r, undelivered);
     rp_req_log(r, why);
     if (r->status) /* a response was under way: it counts, with what left the proxy */
         rp_metrics_request(&r->conn->srv->metrics, r->routed ? (int)r->route.kind : -1, r->status,
@@ -217,10 +223,8 @@ void rp_req_finish(struct rp_req *r, const char *aborted)
     rp_inflight_done(r, aborted == NULL);
     /* Aborted, the connection closes at once (below): what is still queued for the client
      * never leaves, and bytes counts what did, as for a client that left (rp_req_cut). */
-    if (aborted) {
-        size_t undelivered = rp_conn_output_len(r->conn);
-        r->bytes = r->bytes > undelivered ? r->bytes - undelivered : 0;
-    }
+    if (aborted)
+        uncount_undelivered(r, rp_conn_output_len(r->conn));
     rp_req_log(r, aborted);
     r->state = RQ_DONE;
     rp_metrics_request(&r->conn->srv->metrics, r->routed ? (int)r->route.kind : -1, r->status,
