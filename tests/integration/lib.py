@@ -218,6 +218,23 @@ def ping_from(port, creds=None, source="127.0.0.1"):
     return int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
 
 
+def read_head(c, buf=b""):
+    """Reads one response head from socket c, after the bytes already in buf: (status line,
+    {lower-case name: value}, the bytes after the head). A header sent twice fails."""
+    while b"\r\n\r\n" not in buf:
+        b = c.recv(65536)
+        check(b, "connection closed before the response head (%r)" % buf[:200])
+        buf += b
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hdrs = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        check(k.strip().lower() not in hdrs, "header %s twice in %r" % (k, head))
+        hdrs[k.strip().lower()] = v.strip()
+    return lines[0], hdrs, rest
+
+
 def raw_exchange(port, data, timeout=10):
     """Sends data on a fresh connection to 127.0.0.1:port and returns all that comes back
     until the server closes; fails if it keeps the connection open past timeout."""

@@ -128,22 +128,6 @@ def _request(path, version="1.1", close=True):
             % (path, version, "Connection: close\r\n" if close else "")).encode()
 
 
-def _read_head(c):
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        b = c.recv(65536)
-        check(b, "connection closed before the response head (%r)" % buf[:200])
-        buf += b
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    hdrs = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        check(k.strip().lower() not in hdrs, "header %s twice in %r" % (k, head))
-        hdrs[k.strip().lower()] = v.strip()
-    return lines[0], hdrs, rest
-
-
 def _read_rest(c):
     """Everything until the close; (bytes, how it ended: "eof" or the error's name)."""
     out = []
@@ -190,7 +174,7 @@ def test_large_lists_exact_and_framed(t):
                 what = "%s %s HTTP/%s" % (kind, mode, version)
                 c = _connect(p)
                 c.sendall(_request(path, version))
-                status, h, rest = _read_head(c)
+                status, h, rest = lib.read_head(c)
                 more, end = _read_rest(c)
                 c.close()
                 raw = rest + more
@@ -295,7 +279,7 @@ def test_clients_that_do_not_read_hold_little(t):
         want = lib.sha256(_body("tags", "ns/" + mode, LIST_BYTES))
 
         def read(c):
-            status, h, rest = _read_head(c)
+            status, h, rest = lib.read_head(c)
             more, end = _read_rest(c)
             c.close()
             raw = rest + more
@@ -318,7 +302,7 @@ def test_upstream_cut_mid_body(t):
         lists, p = _proxy(t)
         c = _connect(p)
         c.sendall(_request("/v2/ns/cut-%s/tags/list" % framing, version))
-        status, h, rest = _read_head(c)
+        status, h, rest = lib.read_head(c)
         eq(status.split()[1], "200", what + ": status")
         # Some of the body is with the client before upstream goes away.
         while len(rest) < 64 * 1024:
@@ -419,7 +403,7 @@ def test_client_leaves_mid_list(t):
         path = "/v2/ns/%s/tags/list" % mode
         c = _connect(p, rcvbuf=4096)
         c.sendall(_request(path))
-        status, h, rest = _read_head(c)
+        status, h, rest = lib.read_head(c)
         eq(status.split()[1], "200", mode + ": status")
         while len(rest) < 2 * 1024 * 1024:
             b = c.recv(65536)
@@ -441,7 +425,7 @@ def test_close_delimited_list_cut_at_shutdown(t):
     lists, p = _proxy(t)
     c = _connect(p)
     c.sendall(_request("/v2/ns/cut-chunked/tags/list", "1.0"))
-    status, h, rest = _read_head(c)
+    status, h, rest = lib.read_head(c)
     eq((status.split()[1], h.get("content-length"), h.get("transfer-encoding"),
         h.get("connection")), ("200", None, None, "close"), "the head of a list to the close")
     while len(rest) < 64 * 1024:

@@ -4,9 +4,11 @@
 #ifndef RP_UNIT_H
 #define RP_UNIT_H
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static int unit_passed, unit_failed, unit_cur_failed;
 static const char *unit_cur;
@@ -63,6 +65,20 @@ static inline char *unit_mkdtemp(char *buf, size_t len, const char *prefix)
         exit(2);
     }
     return buf;
+}
+
+static inline int unit_rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Removes dir and all below it (symlinks themselves, never what they point to). */
+static inline void unit_rm_rf(const char *dir)
+{
+    nftw(dir, unit_rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 #define RUN(fn) unit_run(#fn, fn)

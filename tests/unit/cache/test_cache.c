@@ -43,17 +43,9 @@ static char *mk_tmpdir(void)
     return rp_xstrdup(unit_mkdtemp(buf, sizeof(buf), "rp_cache_test"));
 }
 
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void rm_rf(char *dir)
 {
-    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    unit_rm_rf(dir);
     free(dir);
 }
 

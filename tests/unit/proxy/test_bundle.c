@@ -22,19 +22,6 @@
 
 static char tmpdir[64]; /* a longer $TMPDIR fails mkdtemp, clearly */
 
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st;
-    (void)flag;
-    (void)f;
-    return remove(p);
-}
-
-static void rm_rf(const char *dir)
-{
-    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static char *slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -868,7 +855,7 @@ static void test_import_deep_nesting(void)
         rp_cache_close(c);
     }
     if (on_shm)
-        rm_rf(shm);
+        unit_rm_rf(shm);
     for (int i = 0; i <= N; i++)
         free(text[i]);
     free(text);
@@ -1160,7 +1147,7 @@ int main(int argc, char **argv)
     rp_log_set_level(RP_LOG_ERROR);
     if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) {
         int rc = write_seeds(argv[2]);
-        rm_rf(tmpdir);
+        unit_rm_rf(tmpdir);
         return rc;
     }
     RUN(test_accept_and_tag_canonical);
@@ -1183,6 +1170,6 @@ int main(int argc, char **argv)
     RUN(test_pins_add_lines);
     RUN(test_pins_load_edited);
     RUN(test_pin_pattern_by_name_or_host);
-    rm_rf(tmpdir);
+    unit_rm_rf(tmpdir);
     UNIT_EXIT();
 }

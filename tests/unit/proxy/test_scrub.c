@@ -9,27 +9,12 @@
 
 #include "../unit.h"
 
-#include <ftw.h>
 #include <openssl/evp.h>
 
 static char *mk_tmpdir(void)
 {
     char buf[512];
     return rp_xstrdup(unit_mkdtemp(buf, sizeof(buf), "rp-scrub"));
-}
-
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void rm_rf(const char *dir)
-{
-    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Publishes n bytes of seed as a blob; digest receives its name. */
@@ -101,7 +86,7 @@ static void test_symlink_recheck_keeps_lru_order(void)
     CHECK(rp_cache_blob_present(c, x));
     CHECK(rp_cache_blob_present(c, d));
     rp_cache_close(c);
-    rm_rf(dir);
+    unit_rm_rf(dir);
     free(dir);
 }
 
@@ -141,8 +126,8 @@ static void test_symlink_still_there_is_removed(void)
     free(victim);
     free(shard);
     free(file);
-    rm_rf(dir);
-    rm_rf(out);
+    unit_rm_rf(dir);
+    unit_rm_rf(out);
     free(dir);
     free(out);
 }
