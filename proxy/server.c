@@ -1504,18 +1504,19 @@ static void peer_name(const struct sockaddr *sa, char *out, size_t outlen)
 
 static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer);
 
-/* Returns the length of the body queued, 0 when the connection was closed unanswered. */
-static size_t answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer,
-                               const char *status_line, const char *extra_headers, const char *code,
-                               const char *message)
+/* Returns the length of the body queued, or -1 when the connection was closed unanswered
+ * (past REFUSING_MAX, or out of memory). */
+static ssize_t answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer,
+                                const char *status_line, const char *extra_headers,
+                                const char *code, const char *message)
 {
     if (ctx->srv->n_refusing >= REFUSING_MAX) {
         evutil_closesocket(fd);
-        return 0;
+        return -1;
     }
     struct rp_conn *c = conn_new(ctx, fd, peer);
     if (!c)
-        return 0;
+        return -1;
     c->over_limit = true;
     ctx->srv->n_refusing++;
     struct evbuffer *out = rp_conn_output(c);
@@ -1534,7 +1535,7 @@ static size_t answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, co
         struct timeval tv = {LINGER_S, 0};
         evtimer_add(c->linger_ev, &tv);
     }
-    return body_len;
+    return (ssize_t)body_len;
 }
 
 /* A herd past max_connections would write a line per refused connection: rationed
@@ -1621,24 +1622,29 @@ static struct rp_conn *conn_new(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
 /* `allow` depends on the address alone, so a client outside it is refused at accept: it
  * holds no max_connections slot and no idle time, and is answered before it asks (the 403
  * its request would get), without waiting for a request that may never come. Counted and
- * logged as that 403. */
+ * logged as that 403; past REFUSING_MAX as what it is, a close with no answer (status 0). */
 static void deny_connection(struct rp_listen_ctx *ctx, evutil_socket_t fd, const char *peer)
 {
     char id[32];
     rp_request_id(id, sizeof(id));
-    rp_metrics_request(&ctx->srv->metrics, -1, 403, NULL, 0);
     /* The access line counts the body that goes out, as every refusal's does. */
-    size_t body_len = answer_at_accept(ctx, fd, peer, "403 Forbidden", "", "DENIED",
-                                       "this network may not pull from this proxy");
+    ssize_t body_len = answer_at_accept(ctx, fd, peer, "403 Forbidden", "", "DENIED",
+                                        "this network may not pull from this proxy");
+    bool answered = body_len >= 0;
+    rp_metrics_request(&ctx->srv->metrics, -1, answered ? 403 : 0, NULL, 0);
     struct rp_access a = {.id = id,
                           .method = "-",
                           .path = "-",
                           .registry = "-",
                           .cache = "-",
                           .peer = peer,
-                          .status = 403,
-                          .bytes = body_len,
-                          .reason = "this network may not pull from this proxy; refused at accept"};
+                          .status = answered ? 403 : 0,
+                          .bytes = answered ? (uint64_t)body_len : 0,
+                          .reason = answered ? "this network may not pull from this proxy; "
+                                               "refused at accept"
+                                             : "this network may not pull from this proxy; "
+                                               "closed unanswered at accept, too many refusals "
+                                               "under way"};
     rp_access_log(&a);
 }
 

@@ -181,3 +181,53 @@ def test_outsider_refused_at_accept_holds_no_slot(t):
     other_4xx = ("regproxy_requests_total", frozenset({"route": "other", "status": "4xx"}.items()))
     check(p.metrics().get(other_4xx, 0) >= 1, "the refusal is not counted as a 4xx: %r"
           % p.metrics())
+
+
+def test_outsider_closed_unanswered_logged_as_unanswered(t):
+    """Past the budget of refusals under way (256, each lingering up to 2 s for its client
+    to close), a connection from outside `allow` is closed without an answer. Its access
+    line and /metrics say so: status 0 and 0 bytes, not the 403 it never got."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "allow": "127.0.0.2/32"}])
+    def other(m, c):
+        return m.get(("regproxy_requests_total",
+                      frozenset({"route": "other", "status": c}.items())), 0)
+    before = p.metrics()
+    socks = []
+    try:
+        for _ in range(400):  # held open: each answered one keeps its slot while it lingers
+            s = socket.create_connection(("127.0.0.1", p.port), timeout=20)
+            socks.append(s)
+        got = {}
+        for s in socks:
+            port = s.getsockname()[1]
+            try:
+                got[port] = lib.read_to_eof(s)
+            except ConnectionResetError:
+                got[port] = b""
+    finally:
+        for s in socks:
+            s.close()
+    unanswered = sorted(port for port, b in got.items() if not b)
+    answered = [port for port, b in got.items() if b]
+    check(unanswered, "every one of 400 outsiders was answered: the budget was not reached")
+    check(len(answered) >= 256, "only %d outsiders were answered" % len(answered))
+    check(all(got[port].startswith(b"HTTP/1.1 403 ") for port in answered),
+          "an answered outsider got something other than a 403")
+    by_port = {}
+    ports = set(got)
+    lib.wait_until(lambda: ports <= {int(a.get("peer", ":0").rsplit(":", 1)[1])
+                                     for a in p.access()}, 10, "400 access lines")
+    for a in p.access():
+        by_port[int(a.get("peer", ":0").rsplit(":", 1)[1])] = a
+    for port in unanswered:
+        a = by_port.get(port)
+        check(a is not None, "no access line for the outsider on port %d" % port)
+        eq((a.get("status"), a.get("bytes")), ("0", "0"), "the unanswered outsider's line")
+        check("unanswered" in a.get("reason", ""), "reason: %r" % a.get("reason"))
+    for port in answered:
+        eq(by_port[port].get("status"), "403", "an answered outsider's line")
+    m = p.metrics()
+    eq((other(m, "4xx") - other(before, "4xx"), other(m, "other") - other(before, "other")),
+       (len(answered), len(unanswered)),
+       "/metrics: refusals answered (4xx) and closed unanswered (other)")
