@@ -460,3 +460,147 @@ int rp_http_parse_content_range(const char *value, size_t len, uint64_t *first, 
     *complete = c;
     return 0;
 }
+
+bool rp_http_etag_list_names(const char *value, const char *tag)
+{
+    if (!value)
+        return false;
+    size_t tlen = strlen(tag);
+    for (const char *p = value; *p;) {
+        if (*p == ',' || *p == ' ' || *p == '\t') {
+            p++;
+            continue;
+        }
+        if (*p == '*')
+            return true;
+        if (p[0] == 'W' && p[1] == '/')
+            p += 2;
+        const char *v = p;
+        size_t n;
+        if (*p == '"') {
+            /* An opaque tag may hold commas: it runs to its closing quote. */
+            v = ++p;
+            const char *q = strchr(p, '"');
+            n = q ? (size_t)(q - p) : strlen(p);
+            p += n + (q ? 1 : 0);
+        } else {
+            n = strcspn(p, ", \t");
+            p += n;
+        }
+        if (n == tlen && memcmp(v, tag, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool rp_http_te_chunked(const char *value, size_t len)
+{
+    while (len > 0 && is_ows(value[len - 1]))
+        len--;
+    if (len < 7 || !rp_strieq_n(value + len - 7, 7, "chunked"))
+        return false;
+    if (len == 7)
+        return true;
+    char before = value[len - 8];
+    return is_ows(before) || before == ',';
+}
+
+/* Whether a link-value's parameters (what follows its `>`, up to the next link-value) say
+ * rel="next" (or rel=next; RFC 8288 relation types are case-insensitive). */
+static bool link_is_next(const char *params, size_t len)
+{
+    for (size_t i = 0; i + 3 <= len; i++) {
+        if (!rp_strieq_n(params + i, 3, "rel") ||
+            (i > 0 && params[i - 1] != ';' && params[i - 1] != ' ' && params[i - 1] != '\t'))
+            continue;
+        size_t j = i + 3;
+        while (j < len && (params[j] == ' ' || params[j] == '\t'))
+            j++;
+        if (j >= len || params[j] != '=')
+            continue;
+        j++;
+        while (j < len && (params[j] == ' ' || params[j] == '\t'))
+            j++;
+        bool quoted = j < len && params[j] == '"';
+        j += quoted;
+        if (j + 4 <= len && rp_strieq_n(params + j, 4, "next") &&
+            (j + 4 == len || params[j + 4] == (quoted ? '"' : ';') ||
+             (!quoted && (params[j + 4] == ' ' || params[j + 4] == ','))))
+            return true;
+    }
+    return false;
+}
+
+int rp_http_link_next_query(const char *link, bool referrers, char *out, size_t cap)
+{
+    const char *lt = NULL, *gt = NULL;
+    for (const char *p = link; (p = strchr(p, '<')) != NULL;) {
+        const char *e = strchr(p, '>');
+        if (!e)
+            return -1;
+        const char *params = e + 1, *next = strchr(params, '<');
+        size_t plen = next ? (size_t)(next - params) : strlen(params);
+        if (link_is_next(params, plen)) {
+            lt = p;
+            gt = e;
+            break;
+        }
+        p = e + 1;
+    }
+    if (!lt)
+        return -1;
+    const char *uri = lt + 1;
+    size_t ulen = (size_t)(gt - uri);
+    const char *path = uri;
+    /* Absolute links are reduced to their path: the client must come back to us. */
+    if (ulen > 8 && (strncmp(uri, "https://", 8) == 0 || strncmp(uri, "http://", 7) == 0)) {
+        const char *host = strstr(uri, "//") + 2;
+        path = memchr(host, '/', ulen - (size_t)(host - uri));
+        if (!path)
+            return -1;
+    }
+    size_t plen = ulen - (size_t)(path - uri);
+    /* Any /v2/.../tags/list (or /v2/.../referrers/<digest>): only the query is kept, and a
+     * registry the request was redirected to (registry.k8s.io's backing one) names the
+     * repository its own way. */
+    const char *q = memchr(path, '?', plen);
+    size_t pathlen = q ? (size_t)(q - path) : plen;
+    const char *suffix = referrers ? "/referrers" : "/tags/list";
+    size_t slen = strlen(suffix), end = pathlen;
+    if (referrers) { /* the subject's segment: the page is of the request's subject */
+        while (end > 0 && path[end - 1] != '/')
+            end--;
+        if (end == pathlen || end == 0)
+            return -1;
+        end--;
+    }
+    if (!(end > 4 + slen && memcmp(path, "/v2/", 4) == 0 &&
+          memcmp(path + end - slen, suffix, slen) == 0))
+        return -1;
+    const char *query = path + pathlen;
+    size_t qlen = plen - pathlen;
+    for (size_t i = 0; i < qlen; i++)
+        if (query[i] <= 0x20 || query[i] >= 0x7f || query[i] == '"' || query[i] == '<')
+            return -1;
+    /* Each parameter kept costs what it had: its text and the '?' or '&' before it. */
+    if (cap < qlen + 1)
+        return -1;
+    /* ns= is the client's word to the proxy, and its router takes it over the path:
+     * upstream's would send the client's next page, and the proxy's credentials, to another
+     * registry. */
+    size_t o = 0;
+    for (size_t i = 1; i < qlen;) {
+        const char *amp = memchr(query + i, '&', qlen - i);
+        size_t n = amp ? (size_t)(amp - (query + i)) : qlen - i;
+        bool ns = n >= 2 && memcmp(query + i, "ns", 2) == 0 && (n == 2 || query[i + 2] == '=');
+        if (n && !ns) {
+            out[o] = o ? '&' : '?';
+            o++;
+            memcpy(out + o, query + i, n);
+            o += n;
+        }
+        i += n + 1;
+    }
+    out[o] = '\0';
+    return 0;
+}

@@ -91,4 +91,22 @@ enum rp_range_result rp_http_parse_ranges(const char *value, size_t len, uint64_
 int rp_http_parse_content_range(const char *value, size_t len, uint64_t *first, uint64_t *last,
                                 uint64_t *complete);
 
+/* Header values read from upstream and from clients beyond the request head. */
+
+/* Whether an If-None-Match value (RFC 9110 13.1.2) names the entity-tag whose opaque part is
+ * `tag`: "*", or an entity-tag equal to it by the weak comparison (W/ ignored). A bare,
+ * unquoted value counts too: docker-registry takes one. An opaque tag may hold commas. */
+bool rp_http_etag_list_names(const char *value, const char *tag);
+/* Whether a Transfer-Encoding value's last coding is "chunked" (RFC 9112 6.1): whether the
+ * body is framed by chunks. */
+bool rp_http_te_chunked(const char *value, size_t len);
+/* Reads a Link value (RFC 8288; repeated Link lines joined by commas) for its rel="next"
+ * link to a tags list under /v2/ (with `referrers`, to a referrers page of a subject:
+ * /v2/NAME/referrers/DIGEST). An absolute link counts by its path. Writes the link's query to
+ * out as "" or "?k=v&..." with every ns= parameter left out, and returns 0; -1 (out
+ * untouched) when there is no such link, its query holds anything but visible ASCII other
+ * than '"' and '<', or out (cap bytes) cannot hold it: a cap of strlen(link) + 1 always can.
+ * The path is not returned: the caller names its own repository. */
+int rp_http_link_next_query(const char *link, bool referrers, char *out, size_t cap);
+
 #endif

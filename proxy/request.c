@@ -725,7 +725,6 @@ static void serve_multipart(struct rp_req *r, struct rp_cache_blob *b,
 }
 
 /* Serves a cached blob from its file: sendfile at the client's pace, Range and HEAD. */
-static bool none_match_names(const char *inm, const char *digest);
 static void answer_not_modified(struct rp_req *r, const char *digest);
 
 static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
@@ -733,7 +732,7 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     /* Its digest is a blob's ETag, as for manifests: a client (an HTTP cache in front)
      * revalidating the blob it has gets a 304, Range or not (RFC 9110 13.2.2 evaluates
      * If-None-Match first), as from docker-registry. */
-    if (none_match_names(r->if_none_match, r->route.ref)) {
+    if (rp_http_etag_list_names(r->if_none_match, r->route.ref)) {
         close(b->fd);
         rp_cache_release(r->conn->srv->cache, r->route.ref);
         answer_not_modified(r, r->route.ref);
@@ -798,41 +797,6 @@ static void serve_blob(struct rp_req *r, struct rp_cache_blob *b)
     rp_req_queued(r);
 }
 
-/* Whether an If-None-Match list (RFC 9110 13.1.2) names the representation whose ETag is
- * "<digest>", so a GET or HEAD is answered 304: "*", or an entity-tag equal to it by the
- * weak comparison (W/ ignored). A bare digest counts too: docker-registry takes one. */
-static bool none_match_names(const char *inm, const char *digest)
-{
-    if (!inm)
-        return false;
-    size_t dlen = strlen(digest);
-    for (const char *p = inm; *p;) {
-        if (*p == ',' || *p == ' ' || *p == '\t') {
-            p++;
-            continue;
-        }
-        if (*p == '*')
-            return true;
-        if (p[0] == 'W' && p[1] == '/')
-            p += 2;
-        const char *v = p;
-        size_t n;
-        if (*p == '"') {
-            /* An opaque tag may hold commas: it runs to its closing quote. */
-            v = ++p;
-            const char *q = strchr(p, '"');
-            n = q ? (size_t)(q - p) : strlen(p);
-            p += n + (q ? 1 : 0);
-        } else {
-            n = strcspn(p, ", \t");
-            p += n;
-        }
-        if (n == dlen && memcmp(v, digest, n) == 0)
-            return true;
-    }
-    return false;
-}
-
 /* The 304 to a GET or HEAD whose If-None-Match names digest: the validator and digest the
  * 200 would carry, no body. From the stack, as the hit it replaces. */
 static void answer_not_modified(struct rp_req *r, const char *digest)
@@ -873,7 +837,7 @@ static bool manifest_from_cache(struct rp_req *r, const char *digest, const char
         return false;
     rp_server_maybe_pin(srv, r->route.reg, r->route.name, digest);
     r->cache_status = status;
-    if (none_match_names(r->if_none_match, digest)) {
+    if (rp_http_etag_list_names(r->if_none_match, digest)) {
         answer_not_modified(r, digest);
         return true;
     }
@@ -1051,7 +1015,7 @@ static void lookup(struct rp_req *r)
                 !(r->confirmed && r->confirmed_len >= 0 &&
                   r->confirmed_len != rp_fill_length(running))) {
                 r->cache_status = "MISS";
-                if (none_match_names(r->if_none_match, rt->ref))
+                if (rp_http_etag_list_names(r->if_none_match, rt->ref))
                     answer_not_modified(r, rt->ref);
                 else
                     rp_fill_answer_head(running, r);
@@ -1327,115 +1291,30 @@ void rp_req_output_drained(struct rp_req *r)
     }
 }
 
-/* Whether a link-value's parameters (what follows its `>`, up to the next link-value) say
- * rel="next" (or rel=next; RFC 8288 relation types are case-insensitive). */
-static bool link_is_next(const char *params, size_t len)
-{
-    for (size_t i = 0; i + 3 <= len; i++) {
-        if (!rp_strieq_n(params + i, 3, "rel") ||
-            (i > 0 && params[i - 1] != ';' && params[i - 1] != ' ' && params[i - 1] != '\t'))
-            continue;
-        size_t j = i + 3;
-        while (j < len && (params[j] == ' ' || params[j] == '\t'))
-            j++;
-        if (j >= len || params[j] != '=')
-            continue;
-        j++;
-        while (j < len && (params[j] == ' ' || params[j] == '\t'))
-            j++;
-        bool quoted = j < len && params[j] == '"';
-        j += quoted;
-        if (j + 4 <= len && rp_strieq_n(params + j, 4, "next") &&
-            (j + 4 == len || params[j + 4] == (quoted ? '"' : ';') ||
-             (!quoted && (params[j + 4] == ' ' || params[j + 4] == ','))))
-            return true;
-    }
-    return false;
-}
-
 /* Rewrites a tags/list (or referrers) Link header into the proxy's namespace: of its
- * link-values (upstream may send several, and repeated Link lines arrive joined by commas)
- * only the one with rel="next" is kept, as `</v2/CLIENT-NAME/tags/list?...>; rel="next"`
- * (`.../referrers/DIGEST?...`, the request's subject) with the client's ns=
+ * link-values only the one with rel="next" is kept, as `</v2/CLIENT-NAME/tags/list?...>;
+ * rel="next"` (`.../referrers/DIGEST?...`, the request's subject) with the client's ns=
  * when it used one; its other parameters and every other link are dropped, so nothing
  * upstream wrote reaches the client but that page's query. Returns a new string, or NULL
  * when there is no such link we understand (the header is dropped). */
 static char *rewrite_link(const struct rp_req *r, const char *link)
 {
-    const char *lt = NULL, *gt = NULL;
-    for (const char *p = link; (p = strchr(p, '<')) != NULL;) {
-        const char *e = strchr(p, '>');
-        if (!e)
-            return NULL;
-        const char *params = e + 1, *next = strchr(params, '<');
-        size_t plen = next ? (size_t)(next - params) : strlen(params);
-        if (link_is_next(params, plen)) {
-            lt = p;
-            gt = e;
-            break;
-        }
-        p = e + 1;
-    }
-    if (!lt)
-        return NULL;
-    const char *uri = lt + 1;
-    size_t ulen = (size_t)(gt - uri);
-    const char *path = uri;
-    /* Absolute links are reduced to their path: the client must come back to us. */
-    if (ulen > 8 && (strncmp(uri, "https://", 8) == 0 || strncmp(uri, "http://", 7) == 0)) {
-        const char *host = strstr(uri, "//") + 2;
-        path = memchr(host, '/', ulen - (size_t)(host - uri));
-        if (!path)
-            return NULL;
-    }
-    size_t plen = ulen - (size_t)(path - uri);
-    /* Any /v2/.../tags/list (or /v2/.../referrers/<digest>): only the query is kept, and a
-     * registry the request was redirected to (registry.k8s.io's backing one) names the
-     * repository its own way. */
-    const char *q = memchr(path, '?', plen);
-    size_t pathlen = q ? (size_t)(q - path) : plen;
     bool referrers = r->route.kind == RP_ROUTE_REFERRERS;
-    const char *suffix = referrers ? "/referrers" : "/tags/list";
-    size_t slen = strlen(suffix), end = pathlen;
-    if (referrers) { /* the subject's segment: the page is of this request's subject */
-        while (end > 0 && path[end - 1] != '/')
-            end--;
-        if (end == pathlen || end == 0)
-            return NULL;
-        end--;
-    }
-    bool ok = end > 4 + slen && memcmp(path, "/v2/", 4) == 0 &&
-              memcmp(path + end - slen, suffix, slen) == 0;
-    if (!ok)
+    size_t cap = strlen(link) + 1;
+    char *kept = rp_xmalloc(cap);
+    if (rp_http_link_next_query(link, referrers, kept, cap) != 0) {
+        free(kept);
         return NULL;
-    const char *query = path + pathlen;
-    size_t qlen = plen - pathlen;
-    for (size_t i = 0; i < qlen; i++)
-        if (query[i] <= 0x20 || query[i] >= 0x7f || query[i] == '"' || query[i] == '<')
-            return NULL;
-    /* ns= is the client's word to us, and the router takes it over the path: upstream's
-     * would send the client's next page, and our credentials, to another registry. */
-    struct rp_buf kq;
-    rp_buf_init(&kq, qlen + 1);
-    for (size_t i = qlen ? 1 : 0; i < qlen;) {
-        size_t n = strcspn(query + i, "&");
-        if (n > qlen - i)
-            n = qlen - i;
-        bool ns = n >= 2 && memcmp(query + i, "ns", 2) == 0 && (n == 2 || query[i + 2] == '=');
-        if (n && !ns)
-            rp_buf_addf(&kq, "%c%.*s", kq.len ? '&' : '?', (int)n, query + i);
-        i += n + 1;
     }
-    const char *kept = kq.len ? kq.data : "";
     const char *what = referrers ? "referrers/" : "tags/list";
     const char *ref = referrers ? r->route.ref : "";
     char *out;
     if (r->route.via_ns)
         out = rp_xasprintf("</v2/%s/%s%s%s%sns=%s>; rel=\"next\"", r->route.client_name, what, ref,
-                           kept, kq.len ? "&" : "?", r->route.reg->name);
+                           kept, kept[0] ? "&" : "?", r->route.reg->name);
     else
         out = rp_xasprintf("</v2/%s/%s%s%s>; rel=\"next\"", r->route.client_name, what, ref, kept);
-    rp_buf_free(&kq);
+    free(kept);
     if (!rp_header_value_safe(out)) {
         free(out);
         return NULL;
@@ -1578,7 +1457,7 @@ static void manifest_fetched(struct rp_req *r)
         start_fetch(r, false, false);
         return;
     }
-    if (none_match_names(r->if_none_match, digest)) {
+    if (rp_http_etag_list_names(r->if_none_match, digest)) {
         free(own);
         answer_not_modified(r, digest);
         return;
@@ -1656,7 +1535,7 @@ static void answer_success(struct rp_req *r)
     cache_header(r, &extra);
     if (r->head && r->route.kind == RP_ROUTE_MANIFEST)
         rp_inflight_share(r);
-    if (digest && none_match_names(r->if_none_match, digest))
+    if (digest && rp_http_etag_list_names(r->if_none_match, digest))
         answer_not_modified(r, digest);
     else if (r->head) {
         rp_conn_write_head(r->conn, r->up_status, type, length, extra.data);

@@ -12,6 +12,7 @@
 #include <sys/queue.h>
 
 #include "../util/util.h"
+#include "http_parse.h"
 
 #define HEADER_BYTES_MAX (64 * 1024) /* all header lines of one response */
 #define HEADER_VALUE_MAX 8192
@@ -358,11 +359,7 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         return n;
     if (rp_strieq_n(buf, (size_t)(colon - buf), "transfer-encoding")) {
         /* The last coding of the last such line is the framing (RFC 9112 6.1). */
-        const char *e = buf + len;
-        while (e > colon + 1 && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-        x->h.chunked = e - (colon + 1) >= 7 && rp_strieq_n(e - 7, 7, "chunked") &&
-                       (e - 7 == colon + 1 || e[-8] == ' ' || e[-8] == '\t' || e[-8] == ',');
+        x->h.chunked = rp_http_te_chunked(colon + 1, (size_t)(buf + len - (colon + 1)));
         return n;
     }
     char **slot = header_slot(&x->h, buf, (size_t)(colon - buf));

@@ -540,6 +540,81 @@ static void test_content_range(void)
     CHECK_INT(c, 10);
 }
 
+static void test_etag_list(void)
+{
+    const char *d = "sha256:abc";
+    CHECK(rp_http_etag_list_names("\"sha256:abc\"", d));
+    CHECK(rp_http_etag_list_names("W/\"sha256:abc\"", d)); /* weak comparison */
+    CHECK(rp_http_etag_list_names("sha256:abc", d));       /* bare, as docker-registry takes */
+    CHECK(rp_http_etag_list_names("*", d));
+    CHECK(rp_http_etag_list_names("\"x,y\", \"sha256:abc\"", d));
+    CHECK(rp_http_etag_list_names(" ,\t\"other\" ,sha256:abc", d));
+    CHECK(!rp_http_etag_list_names("\"sha256:abc, \"", d)); /* a comma inside a tag */
+    CHECK(!rp_http_etag_list_names("\"sha256:ab\"", d));
+    CHECK(!rp_http_etag_list_names("\"sha256:abcd\"", d));
+    CHECK(rp_http_etag_list_names("\"sha256:abc", d)); /* unterminated: runs to the end */
+    CHECK(!rp_http_etag_list_names("", d));
+    CHECK(!rp_http_etag_list_names(NULL, d));
+    CHECK(!rp_http_etag_list_names("W/", d));
+}
+
+static void test_te_chunked(void)
+{
+#define TE(s) rp_http_te_chunked(s, strlen(s))
+    CHECK(TE("chunked"));
+    CHECK(TE(" Chunked \t"));
+    CHECK(TE("gzip, chunked"));
+    CHECK(TE("gzip,chunked"));
+    CHECK(!TE("chunked, gzip")); /* the last coding frames */
+    CHECK(!TE("notchunked"));
+    CHECK(!TE("hunked"));
+    CHECK(!TE(""));
+    CHECK(!TE("   "));
+    CHECK(!rp_http_te_chunked("chunked", 6));
+#undef TE
+}
+
+static void test_link_next(void)
+{
+    char out[256];
+#define LINK(s, ref) rp_http_link_next_query(s, ref, out, sizeof(out))
+    CHECK_INT(LINK("</v2/lib/app/tags/list?n=10&last=b>; rel=\"next\"", false), 0);
+    CHECK_STR(out, "?n=10&last=b");
+    CHECK_INT(LINK("<https://up.example/v2/x/tags/list?last=b>; rel=next", false), 0);
+    CHECK_STR(out, "?last=b");
+    /* Only rel="next", among several link-values; relation types are case-insensitive. */
+    CHECK_INT(
+        LINK("</v2/a/tags/list?p=1>; rel=\"prev\", </v2/a/tags/list?p=3>; REL=\"Next\"", false), 0);
+    CHECK_STR(out, "?p=3");
+    CHECK_INT(LINK("</v2/a/tags/list?p=1>; rel=\"prev\"", false), -1);
+    CHECK_INT(LINK("</v2/a/tags/list?p=1>; norel=\"next\"", false), -1);
+    /* ns= never passes, whatever its place; empty parameters go too. */
+    CHECK_INT(LINK("</v2/a/tags/list?ns=evil.example&n=1&&ns&nsx=2>; rel=\"next\"", false), 0);
+    CHECK_STR(out, "?n=1&nsx=2");
+    CHECK_INT(LINK("</v2/a/tags/list?ns=evil.example>; rel=\"next\"", false), 0);
+    CHECK_STR(out, "");
+    CHECK_INT(LINK("</v2/a/tags/list>; rel=\"next\"", false), 0);
+    CHECK_STR(out, "");
+    /* Not a tags list, not under /v2/, a query that is not visible ASCII, no closing '>'. */
+    CHECK_INT(LINK("</v2/a/manifests/x?n=1>; rel=\"next\"", false), -1);
+    CHECK_INT(LINK("</v3/a/tags/list?n=1>; rel=\"next\"", false), -1);
+    CHECK_INT(LINK("</v2/a/tags/list?n=\"1>; rel=\"next\"", false), -1);
+    CHECK_INT(LINK("</v2/a/tags/list?n=1 2>; rel=\"next\"", false), -1);
+    CHECK_INT(LINK("</v2/a/tags/list?n=1; rel=\"next\"", false), -1);
+    CHECK_INT(LINK("<https://host-without-path>; rel=\"next\"", false), -1);
+    /* Referrers pages name a subject; a tags link is not one. */
+    CHECK_INT(LINK("</v2/a/referrers/sha256:0?n=1>; rel=\"next\"", true), 0);
+    CHECK_STR(out, "?n=1");
+    CHECK_INT(LINK("</v2/a/referrers/?n=1>; rel=\"next\"", true), -1);
+    CHECK_INT(LINK("</v2/a/tags/list?n=1>; rel=\"next\"", true), -1);
+    CHECK_INT(LINK("</v2/a/referrers/sha256:0?n=1>; rel=\"next\"", false), -1);
+    /* Too small a buffer is refused, not overrun. */
+    strcpy(out, "untouched");
+    CHECK_INT(rp_http_link_next_query("</v2/a/tags/list?n=10>; rel=\"next\"", false, out, 5), -1);
+    CHECK_STR(out, "untouched");
+#undef LINK
+}
+
 int main(void)
 {
     RUN(test_complete);
@@ -560,5 +635,8 @@ int main(void)
     RUN(test_ranges);
     RUN(test_range_valid);
     RUN(test_content_range);
+    RUN(test_etag_list);
+    RUN(test_te_chunked);
+    RUN(test_link_next);
     UNIT_EXIT();
 }
