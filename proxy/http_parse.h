@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* http_parse: strict HTTP/1.x request-head parsing and Range parsing. Pure functions over
- * caller-owned bytes; no allocation. Hostile input is the normal case here. */
+/* http_parse: strict HTTP/1.x request-head parsing, Range parsing, and the header values
+ * read from upstream answers (Content-Range, Link, Transfer-Encoding) and clients
+ * (If-None-Match). Pure functions over caller-owned bytes; no allocation. Hostile input is
+ * the normal case here. */
 #ifndef RP_HTTP_PARSE_H
 #define RP_HTTP_PARSE_H
 
