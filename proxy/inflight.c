@@ -5,9 +5,10 @@
  * cache hit. A HEAD caches no manifest, so a HEAD leader's success is handed to the HEADs
  * waiting on it as it is; a HEAD also waits on a GET of the same manifest, whose answer
  * it then finds cached. After a failure each waiter asks upstream once more on its own (an
- * error answer is not something to cache or replay). A leader that goes away before
- * upstream answered (its client left, its fetch cancelled) has no answer at all: its
- * waiters share one fetch again, led by the first of them. Clients that give up on a slow
+ * error answer is not something to cache or replay), except after a revalidation that
+ * found upstream down or failing and served its tag stale: its waiters serve it stale too. A leader
+ * that goes away before upstream answered (its client left, its fetch cancelled) has no answer at
+ * all: its waiters share one fetch again, led by the first of them. Clients that give up on a slow
  * upstream are the herd this exists for. */
 #include "proxy.h"
 
@@ -22,6 +23,7 @@ struct rp_inflight {
     TAILQ_HEAD(, rp_req) waiters;
     struct event *wake;
     bool answered; /* the leader's fetch ended with upstream's answer, not cancelled */
+    bool stale;    /* the leader served its tag stale: upstream is down or failing */
     /* A HEAD leader's success, as its client got it (rp_inflight_share). */
     bool shared;
     int status;
@@ -86,6 +88,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
          * Without one, the first woken leads a new entry (find skips this one) and the
          * others join it, as fresh misses would. */
         r->coalesced = f->answered;
+        r->peer_stale = f->stale;
         r->state = RQ_LOOKUP;
         rp_req_drive(r);
     }
@@ -143,6 +146,12 @@ void rp_inflight_share(struct rp_req *r)
     f->shared = true;
     f->status = r->up_status;
     rp_headers_copy(&f->h, &r->up_h);
+}
+
+void rp_inflight_stale(struct rp_req *r)
+{
+    if (r->leads)
+        r->leads->stale = true;
 }
 
 void rp_inflight_done(struct rp_req *r, bool answered)

@@ -187,6 +187,12 @@ bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r);
  * and r->up_h): the HEADs waiting on it get the same answer (rp_req_answer_shared) rather
  * than look up a manifest that was never cached. No effect unless r leads a HEAD. */
 void rp_inflight_share(struct rp_req *r);
+/* A leading revalidation found upstream down or failing and is about to answer its tag
+ * stale: its waiters are told (peer_stale), and serve the tag stale too, each within
+ * max_stale, rather than each revalidate on its own, which against a stalled upstream
+ * meant a second full timeout apiece, and as many upstream connections as waiters. No
+ * effect unless r leads. */
+void rp_inflight_stale(struct rp_req *r);
 /* The leader answered its client, or was cancelled with it before upstream answered (its
  * waiters then share a fetch again rather than each making one). */
 void rp_inflight_done(struct rp_req *r, bool answered);
@@ -267,6 +273,7 @@ struct rp_req {
     struct rp_inflight *inflight; /* waiting on this one */
     struct rp_inflight *leads;    /* fetching for this one's waiters */
     bool coalesced;               /* already waited once: fetch alone if it still misses */
+    bool peer_stale;              /* the revalidation waited on served stale (upstream failing) */
     TAILQ_ENTRY(rp_req) inflight_link;
     /* accounting */
     int status;

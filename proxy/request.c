@@ -434,6 +434,7 @@ static void canonical_unless_named(struct rp_req *r)
 
 static bool manifest_cached(const struct rp_req *r, const char *digest, const char **data,
                             size_t *len, const char **type);
+static bool stale_answer(struct rp_req *r, const char *why, int status);
 
 /* A tag's revalidation asks with the proxy's list, and with the type its manifest was
  * cached as when the list does not name it (an OCI artifact manifest): a registry refuses
@@ -1053,6 +1054,9 @@ static void lookup(struct rp_req *r)
         } else {
             char digest[RP_DIGEST_MAX + 1];
             int64_t fetched_s = 0;
+            /* Woken by a revalidation that served this tag stale: upstream is failing. */
+            bool peer_stale = r->peer_stale;
+            r->peer_stale = false;
             if (rp_cache_tag_get(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
                                  sizeof(digest), &fetched_s) == RP_CACHE_OK) {
                 int64_t age_ms = tag_age_ms(fetched_s);
@@ -1078,6 +1082,8 @@ static void lookup(struct rp_req *r)
                 r->have_stale = true;
                 snprintf(r->stale_digest, sizeof(r->stale_digest), "%s", digest);
                 r->stale_age_s = age_ms / 1000;
+                if (peer_stale && stale_answer(r, "failed the revalidation waited on", 0))
+                    return;
                 /* Past its freshness: a HEAD tells whether the tag still names it. */
                 r->revalidating = true;
                 start_fetch(r, true, false);
@@ -1629,6 +1635,24 @@ static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
     }
 }
 
+/* Answers r's cached tag (have_stale) stale, unless it is past tag_ttl + max_stale; why
+ * and status say what upstream did. Its waiters, if r leads, serve it stale too. */
+static bool stale_answer(struct rp_req *r, const char *why, int status)
+{
+    int64_t limit = tag_ttl_ms(r) + r->conn->srv->conf->cache.max_stale_ms;
+    if (r->stale_age_s * 1000 > limit)
+        return false;
+    const char *data, *type;
+    size_t len;
+    if (!manifest_cached(r, r->stale_digest, &data, &len, &type) || !accept_allows(r->accept, type))
+        return false;
+    rp_warn("stale registry=%s repo=%s tag=%s age=%llds: upstream %s (status %d)",
+            r->route.reg->name, r->route.name, r->route.ref, (long long)r->stale_age_s, why,
+            status);
+    rp_inflight_stale(r); /* before the answer, which wakes the waiters */
+    return manifest_from_cache(r, r->stale_digest, "STALE");
+}
+
 /* stale-if-error: a cached tag may be served while upstream is down or failing (5xx, 429)
  * for up to max_stale past its freshness. */
 static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res)
@@ -1639,13 +1663,7 @@ static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res)
                   (res->fail == RP_FETCH_OK && (res->status >= 500 || res->status == 429));
     if (!outage)
         return false;
-    int64_t limit = tag_ttl_ms(r) + r->conn->srv->conf->cache.max_stale_ms;
-    if (r->stale_age_s * 1000 > limit)
-        return false;
-    rp_warn("stale registry=%s repo=%s tag=%s age=%llds: upstream %s (status %d)",
-            r->route.reg->name, r->route.name, r->route.ref, (long long)r->stale_age_s,
-            res->err ? res->err : "failed", res->status);
-    return manifest_from_cache(r, r->stale_digest, "STALE");
+    return stale_answer(r, res->err ? res->err : "failed", res->status);
 }
 
 /* Records the tag as naming the manifest a HEAD answered to accept names (the proxy's

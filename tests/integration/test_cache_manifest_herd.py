@@ -257,3 +257,53 @@ def test_cold_tag_heads_wait_for_a_get(t):
     got, ups, _m, d = _cold_tag_herd(t, ["HEAD", "GET"] * 5, first="GET")
     _check_herd(got, d, "a GET, then 5 HEADs and 5 GETs of a cold tag")
     eq(ups, ["GET"], "upstream requests for a GET of a cold tag and 10 requests behind it")
+
+
+def test_expired_tag_herd_upstream_failing_one_revalidation(t):
+    """A tag past tag_ttl asked by many clients at once while upstream is failing (here:
+    each HEAD held, as a stalled upstream holds it, then cut without an answer): the one
+    revalidation fails, its client gets the stale tag, and so do those waiting on it. Each
+    waiter used to revalidate again on its own once the leader had served stale: as many
+    upstream connections as clients, and, upstream stalled, each waiter kept for a second
+    full timeout before it got the same stale answer."""
+    m, d, _l, _ld, _c, _cd = rawup.image()
+    release = threading.Event()
+
+    def h(r):
+        if "/manifests/" not in r.path:
+            r.send(404, b"")
+            return False
+        if r.method == "GET":
+            r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
+            return False
+        release.wait(120)
+        return False  # cut without an answer
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], admin={"log_level": "debug"})
+    path = "/v2/ns/st/manifests/v1"
+    eq(p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status, 200, "first GET")
+    time.sleep(2.2)  # tag ages are whole seconds
+    order = ["GET"] * 8 + ["HEAD"] * 3
+    n = len(order)
+    got = [None] * n
+
+    def one(i):
+        got[i] = p.get(path, method=order[i], headers={"Accept": lib.ACCEPT_ALL})
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    ths[0].start()
+    lib.wait_until(lambda: up.seen(path)[1:], 60, "the first GET's revalidation upstream")
+    for th in ths[1:]:
+        th.start()
+    lib.wait_until(lambda: p.log_text().count(" waits for request ") >= n - 1, 60,
+                   "each of %d requests waiting on the first" % (n - 1))
+    release.set()
+    for th in ths:
+        th.join(120)
+    for r in got:
+        check(r is not None, "a request got no answer")
+    eq([(r.status, r.header("X-Regproxy-Cache"), r.header("Docker-Content-Digest"))
+        for r in got], [(200, "STALE", d)] * n, "(status, cache, digest) of each request")
+    eq({lib.sha256(r.body) for r in got[:8]}, {d}, "bodies of the GETs")
+    heads = [x for x in up.seen(path) if x[1] == "HEAD"]
+    eq(len(heads), 1, "upstream HEADs for %d concurrent requests of a tag past tag_ttl" % n)
