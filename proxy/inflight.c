@@ -6,10 +6,12 @@
  * waiting on it as it is; a HEAD also waits on a GET of the same manifest, whose answer
  * it then finds cached. After a failure each waiter asks upstream once more on its own (an
  * error answer is not something to cache or replay), except after a revalidation that
- * found upstream down or failing and served its tag stale: its waiters serve it stale too. A leader
- * that goes away before upstream answered (its client left, its fetch cancelled) has no answer at
- * all: its waiters share one fetch again, led by the first of them. Clients that give up on a slow
- * upstream are the herd this exists for. */
+ * found upstream down or failing and served its tag stale (its waiters serve it stale too),
+ * or a fetch that had no whole answer from upstream (its waiters answer the same failure,
+ * serving their tag stale where they may). A leader that goes away before upstream
+ * answered (its client left, its fetch cancelled) has no answer at all: its waiters share
+ * one fetch again, led by the first of them. Clients that give up on a slow upstream are
+ * the herd this exists for. */
 #include "proxy.h"
 
 #include <event2/event.h>
@@ -24,6 +26,9 @@ struct rp_inflight {
     struct event *wake;
     bool answered; /* the leader's fetch ended with upstream's answer, not cancelled */
     bool stale;    /* the leader served its tag stale: upstream is down or failing */
+    bool failed;   /* the leader had no whole answer from upstream: res is its failure */
+    struct rp_fetch_result res;
+    char *err; /* res's */
     /* A HEAD leader's success, as its client got it (rp_inflight_share). */
     bool shared;
     int status;
@@ -66,6 +71,7 @@ static void entry_free(struct rp_inflight *f)
     if (f->wake)
         event_free(f->wake);
     rp_headers_free(&f->h);
+    free(f->err);
     free(f->key);
     free(f);
 }
@@ -89,6 +95,13 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
          * others join it, as fresh misses would. */
         r->coalesced = f->answered;
         r->peer_stale = f->stale;
+        if (f->failed) {
+            r->peer_failed = true;
+            r->peer_res = f->res;
+            free(r->peer_err);
+            r->peer_err = f->err ? rp_xstrdup(f->err) : NULL;
+            r->peer_res.err = r->peer_err;
+        }
         r->state = RQ_LOOKUP;
         rp_req_drive(r);
     }
@@ -152,6 +165,18 @@ void rp_inflight_stale(struct rp_req *r)
 {
     if (r->leads)
         r->leads->stale = true;
+}
+
+void rp_inflight_failed(struct rp_req *r, const struct rp_fetch_result *res)
+{
+    struct rp_inflight *f = r->leads;
+    if (!f)
+        return;
+    f->failed = true;
+    f->res = *res;
+    free(f->err);
+    f->err = res->err ? rp_xstrdup(res->err) : NULL;
+    f->res.err = f->err;
 }
 
 void rp_inflight_done(struct rp_req *r, bool answered)

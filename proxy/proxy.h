@@ -193,6 +193,14 @@ void rp_inflight_share(struct rp_req *r);
  * meant a second full timeout apiece, and as many upstream connections as waiters. No
  * effect unless r leads. */
 void rp_inflight_stale(struct rp_req *r);
+/* A leader is about to answer a failure that had no whole answer from upstream
+ * (unreachable, timed out, cut before or after its head; the token realm likewise): its
+ * waiters are handed res (peer_failed) and answer it as their own, as a blob's readers
+ * share its download's failure, rather than each ask upstream again: against a stalled
+ * upstream that was a second full timeout apiece, and as many upstream connections as
+ * waiters. An answer (a 404, a 5xx) is not shared: each waiter still asks on its own. No
+ * effect unless r leads. */
+void rp_inflight_failed(struct rp_req *r, const struct rp_fetch_result *res);
 /* The leader answered its client, or was cancelled with it before upstream answered (its
  * waiters then share a fetch again rather than each making one). */
 void rp_inflight_done(struct rp_req *r, bool answered);
@@ -274,6 +282,9 @@ struct rp_req {
     struct rp_inflight *leads;    /* fetching for this one's waiters */
     bool coalesced;               /* already waited once: fetch alone if it still misses */
     bool peer_stale;              /* the revalidation waited on served stale (upstream failing) */
+    bool peer_failed;             /* the fetch waited on had no whole answer: see peer_res */
+    struct rp_fetch_result peer_res; /* its err is peer_err */
+    char *peer_err;
     TAILQ_ENTRY(rp_req) inflight_link;
     /* accounting */
     int status;

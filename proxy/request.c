@@ -161,6 +161,7 @@ void rp_req_free(struct rp_req *r)
         rp_cache_release(r->conn->srv->cache, r->route.ref);
     mp_free(r->mp);
     free(r->up_err);
+    free(r->peer_err);
     rp_headers_free(&r->up_h);
     rp_buf_free(&r->body);
     EVP_MD_CTX_free(r->stream_md);
@@ -435,6 +436,8 @@ static void canonical_unless_named(struct rp_req *r)
 static bool manifest_cached(const struct rp_req *r, const char *digest, const char **data,
                             size_t *len, const char **type);
 static bool stale_answer(struct rp_req *r, const char *why, int status);
+static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res);
+static void up_failed(struct rp_req *r, const struct rp_fetch_result *res);
 
 /* A tag's revalidation asks with the proxy's list, and with the type its manifest was
  * cached as when the list does not name it (an OCI artifact manifest): a registry refuses
@@ -1047,16 +1050,19 @@ static void lookup(struct rp_req *r)
         rp_fill_join(srv, r);
         return;
     }
-    case RP_ROUTE_MANIFEST:
+    case RP_ROUTE_MANIFEST: {
+        /* Woken by a revalidation that served this tag stale (upstream is failing), or by a
+         * fetch that had no answer from upstream (its failure is ours): see inflight.c. */
+        bool peer_stale = r->peer_stale;
+        bool peer_failed = r->peer_failed;
+        r->peer_stale = false;
+        r->peer_failed = false;
         if (rt->ref_is_digest) {
             if (manifest_from_cache(r, rt->ref, "HIT"))
                 return;
         } else {
             char digest[RP_DIGEST_MAX + 1];
             int64_t fetched_s = 0;
-            /* Woken by a revalidation that served this tag stale: upstream is failing. */
-            bool peer_stale = r->peer_stale;
-            r->peer_stale = false;
             if (rp_cache_tag_get(srv->cache, rt->reg->name, rt->name, rt->ref, digest,
                                  sizeof(digest), &fetched_s) == RP_CACHE_OK) {
                 int64_t age_ms = tag_age_ms(fetched_s);
@@ -1084,6 +1090,11 @@ static void lookup(struct rp_req *r)
                 r->stale_age_s = age_ms / 1000;
                 if (peer_stale && stale_answer(r, "failed the revalidation waited on", 0))
                     return;
+                if (peer_failed) {
+                    if (!serve_stale(r, &r->peer_res))
+                        up_failed(r, &r->peer_res);
+                    return;
+                }
                 /* Past its freshness: a HEAD tells whether the tag still names it. */
                 r->revalidating = true;
                 start_fetch(r, true, false);
@@ -1093,9 +1104,14 @@ static void lookup(struct rp_req *r)
         r->cache_status = "MISS";
         if (rp_inflight_wait(srv, r))
             return; /* woken when the request fetching it is done */
+        if (peer_failed) {
+            up_failed(r, &r->peer_res);
+            return;
+        }
         canonical_unless_named(r);
         start_fetch(r, r->head, false);
         return;
+    }
     case RP_ROUTE_TAGS:
     case RP_ROUTE_REFERRERS:
     case RP_ROUTE_PING:
@@ -1589,6 +1605,15 @@ const char *rp_req_unreachable_msg(enum rp_xfer_error e)
 static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
 {
     const char *err = r->up_err ? r->up_err : res->err;
+    /* No whole answer from upstream (none at all, or one cut short): the requests waiting on
+     * this one answer the same. */
+    if (res->fail == RP_FETCH_E_TRANSPORT ||
+        (res->fail == RP_FETCH_E_TOKEN && res->xfer_err != RP_XFER_OK &&
+         res->xfer_err != RP_XFER_E_ABORTED)) {
+        struct rp_fetch_result shared = *res;
+        shared.err = err;
+        rp_inflight_failed(r, &shared);
+    }
     switch (res->fail) {
     case RP_FETCH_E_TOKEN: {
         int e = res->token_err;

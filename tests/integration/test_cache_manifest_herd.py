@@ -307,3 +307,96 @@ def test_expired_tag_herd_upstream_failing_one_revalidation(t):
     eq({lib.sha256(r.body) for r in got[:8]}, {d}, "bodies of the GETs")
     heads = [x for x in up.seen(path) if x[1] == "HEAD"]
     eq(len(heads), 1, "upstream HEADs for %d concurrent requests of a tag past tag_ttl" % n)
+
+
+def _cold_tag_herd_cut(t, head):
+    """Requests of a cold tag waiting on one upstream GET that upstream holds, as a stalled
+    upstream does, then cuts: before any head, or (head) after a head and part of the body.
+    Every waiter gets the leader's 503 UNAVAILABLE (502 for the cut answer). Each used to
+    ask upstream again on its own: as many upstream connections as clients, and, upstream
+    stalled, every client but the first kept for a second full timeout before the same
+    error (a blob's waiting readers share its download's failure so already)."""
+    release = threading.Event()
+
+    def h(r):
+        if head:
+            r.raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json"
+                  b"\r\nContent-Length: 1000\r\n\r\n{\"schemaVersion\"")
+        release.wait(120)
+        return False  # cut
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
+    path = "/v2/ns/cold/manifests/v1"
+    order = ["GET"] * 6 + ["HEAD"] * 4
+    got = [None] * len(order)
+
+    def one(i):
+        got[i] = p.get(path, method=order[i], headers={"Accept": lib.ACCEPT_ALL})
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
+    ths[0].start()
+    lib.wait_until(lambda: up.seen(path), 60, "the first GET upstream")
+    for th in ths[1:]:
+        th.start()
+    lib.wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
+                   >= len(order), 60,
+                   "each of %d requests upstream or waiting on another" % len(order))
+    release.set()
+    for th in ths:
+        th.join(120)
+    for r in got:
+        check(r is not None, "a request got no answer")
+    want, code = (502, "UNKNOWN") if head else (503, "UNAVAILABLE")
+    eq([r.status for r in got], [want] * len(order), "statuses")
+    for r in got[:6]:
+        eq(r.error_codes(), [code], "error codes (body %r)" % r.body[:200])
+    eq([x[1] for x in up.seen(path)], ["GET"],
+       "upstream requests for %d concurrent requests of a cold tag" % len(order))
+
+
+def test_cold_tag_herd_upstream_silent_one_upstream_get(t):
+    _cold_tag_herd_cut(t, head=False)
+
+
+def test_cold_tag_herd_upstream_cut_answer_one_upstream_get(t):
+    _cold_tag_herd_cut(t, head=True)
+
+
+def test_cold_tag_herd_realm_silent_one_token_request(t):
+    """The same when it is the token realm that gives no answer (held, then cut): the
+    requests waiting on the one that asked for a token get its 503; they used to ask the
+    realm again, and wait for it again."""
+    release = threading.Event()
+
+    def h(r):
+        if r.path.startswith("/token"):
+            release.wait(120)
+            return False  # cut without an answer
+        r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"no","detail":null}]}',
+               [("Content-Type", "application/json"),
+                ("WWW-Authenticate", 'Bearer realm="%s/token",service="svc"' % up.url)])
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
+    path = "/v2/ns/cold/manifests/v1"
+    got = [None] * 8
+
+    def one(i):
+        got[i] = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(got))]
+    ths[0].start()
+    lib.wait_until(lambda: up.seen("/token"), 60, "the first token request")
+    for th in ths[1:]:
+        th.start()
+    lib.wait_until(lambda: p.log_text().count(" waits for request ") >= len(got) - 1, 60,
+                   "each of %d requests waiting on the first" % (len(got) - 1))
+    release.set()
+    for th in ths:
+        th.join(120)
+    for r in got:
+        check(r is not None, "a request got no answer")
+    eq([(r.status, r.error_codes()) for r in got], [(503, ["UNAVAILABLE"])] * len(got),
+       "(status, error codes) of each GET")
+    eq(len(up.seen("/token")), 1, "token requests for %d concurrent GETs" % len(got))
+    eq(len(up.seen(path)), 1, "registry requests for %d concurrent GETs" % len(got))
