@@ -1679,12 +1679,15 @@ static bool stale_answer(struct rp_req *r, const char *why, int status)
 }
 
 /* stale-if-error: a cached tag may be served while upstream is down or failing (5xx, 429)
- * for up to max_stale past its freshness. */
+ * or refuses the proxy's credentials, for up to max_stale past its freshness. Refused
+ * credentials are the token realm's verdict (E_TOKEN) or, with Basic, the registry's own
+ * (E_AUTH: a 401 for the credentials sent). */
 static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res)
 {
     if (!r->have_stale)
         return false;
     bool outage = res->fail == RP_FETCH_E_TRANSPORT || res->fail == RP_FETCH_E_TOKEN ||
+                  res->fail == RP_FETCH_E_AUTH ||
                   (res->fail == RP_FETCH_OK && (res->status >= 500 || res->status == 429));
     if (!outage)
         return false;

@@ -5,11 +5,13 @@ served, marked STALE (header, Warning: 110, access log), and a pull of it succee
 digests are served as hits; content that was never cached gets 503 UNAVAILABLE naming the
 upstream error, never 404; past tag_ttl + max_stale the stale tag is no longer served. When
 upstream comes back the tag revalidates."""
+import base64
 import json
 import math
 import time
 
 import lib
+import rawup
 from lib import check, eq
 
 
@@ -144,3 +146,41 @@ def test_upstream_errors(t):
        (200, digest, "REVALIDATED"), "GET the tag once upstream is healthy")
     stale = [a for a in p.access() if a.get("path") == path and a.get("cache") == "STALE"]
     eq(len(stale), 3, "access-log lines with cache=STALE for %s" % path)
+
+
+def test_basic_credentials_refused(t):
+    """A registry that takes Basic credentials and starts refusing the proxy's (a rotated
+    password): a cached tag past tag_ttl is served STALE, as when a token realm refuses
+    them, and as documented ("down, or refuses the proxy's credentials"). It used to be
+    answered 502 UNAUTHORIZED. A tag never cached still gets that 502."""
+    m, d, _l, _ld, _c, _cd = rawup.image()
+    accepted = {"auth": "Basic " + base64.b64encode(b"puller:pw").decode()}
+
+    def h(r):
+        if r.h("authorization") == accepted["auth"]:
+            r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
+        else:
+            r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"no","detail":null}]}',
+                   [("Content-Type", "application/json"),
+                    ("WWW-Authenticate", 'Basic realm="registry"')])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s", user="puller", password="pw")])
+    path = "/v2/ns/b/manifests/v1"
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    t_fetched = time.time()
+    eq((r.status, r.header("X-Regproxy-Cache"), lib.sha256(r.body)), (200, "MISS", d),
+       "first GET %s" % path)
+    accepted["auth"] = "Basic " + base64.b64encode(b"puller:rotated").decode()
+    _past(t_fetched, 1)
+    n = len(up.seen(path))
+    _stale(p.get(path, headers={"Accept": lib.ACCEPT_ALL}), d,
+           "GET the cached tag while upstream refuses the proxy's credentials")
+    r = p.get(path, method="HEAD", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.header("X-Regproxy-Cache"), r.header("Docker-Content-Digest")),
+       (200, "STALE", d), "HEAD of the cached tag while upstream refuses the credentials")
+    check(len(up.seen(path)) > n, "the proxy should have asked upstream again")
+    r = p.get("/v2/ns/b/manifests/v2", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.error_codes()), (502, ["UNAUTHORIZED"]),
+       "GET of a tag never cached while upstream refuses the credentials (body %r)"
+       % r.body[:200])
