@@ -1,17 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* inflight: concurrent misses for the same manifest, and revalidations of the same tag,
- * share one upstream exchange. The first request leads (it fetches, verifies and caches);
- * the others wait and, when the leader has answered, look up again: a success is then a
- * cache hit. A HEAD caches no manifest, so a HEAD leader's success is handed to the HEADs
- * waiting on it as it is; a HEAD also waits on a GET of the same manifest, whose answer
- * it then finds cached. After a failure each waiter asks upstream once more on its own (an
- * error answer is not something to cache or replay), except after a revalidation that
- * found upstream down or failing and served its tag stale (its waiters serve it stale too),
- * or a fetch that had no whole answer from upstream (its waiters answer the same failure,
- * serving their tag stale where they may). A leader that goes away before upstream
- * answered (its client left, its fetch cancelled) has no answer at all: its waiters share
- * one fetch again, led by the first of them. Clients that give up on a slow upstream are
- * the herd this exists for. */
+/* inflight: concurrent misses for the same manifest, revalidations of the same tag, and
+ * confirmations that a repository has a blob cached from another, share one upstream
+ * exchange (a confirmation's waiters are woken as soon as it recorded the link). The first request
+ * leads (it fetches, verifies and caches); the others wait and, when the leader has answered, look
+ * up again: a success is then a cache hit. A HEAD caches no manifest, so a HEAD leader's success is
+ * handed to the HEADs waiting on it as it is; a HEAD also waits on a GET of the same manifest,
+ * whose answer it then finds cached. After a failure each waiter asks upstream once more on its own
+ * (an error answer is not something to cache or replay), except after a revalidation that found
+ * upstream down or failing and served its tag stale (its waiters serve it stale too), or a fetch
+ * that had no whole answer from upstream (its waiters answer the same failure, serving their tag
+ * stale where they may). A leader that goes away before upstream answered (its client left, its
+ * fetch cancelled) has no answer at all: its waiters share one fetch again, led by the first of
+ * them. Clients that give up on a slow upstream are the herd this exists for. */
 #include "proxy.h"
 
 #include <event2/event.h>
@@ -36,13 +36,14 @@ struct rp_inflight {
     TAILQ_ENTRY(rp_inflight) link;
 };
 
-/* Method, registry, repository, reference and the exact Accept list: two clients that
- * accept different media types may get different manifests for one tag, and a HEAD
- * leader's answer caches no manifest for a GET to find. */
+/* Method, kind (a manifest, or a blob's confirmation), registry, repository, reference and
+ * the exact Accept list: two clients that accept different media types may get different
+ * manifests for one tag, and a HEAD leader's answer caches no manifest for a GET to find. */
 static char *key_of(const struct rp_req *r, char method)
 {
-    return rp_xasprintf("%c%s%c%s%c%s%c%s", method, r->route.reg->name, 0, r->route.name, 0,
-                        r->route.ref, 0, r->accept ? r->accept : "");
+    return rp_xasprintf("%c%c%s%c%s%c%s%c%s", method, (char)('0' + (int)r->route.kind),
+                        r->route.reg->name, 0, r->route.name, 0, r->route.ref, 0,
+                        r->accept ? r->accept : "");
 }
 
 static size_t key_len(const char *k)
@@ -130,8 +131,9 @@ bool rp_inflight_wait(struct rp_server *srv, struct rp_req *r)
     }
     if (f && f->leader) {
         free(key);
-        rp_debug("request %s waits for request %s: manifest registry=%s repo=%s ref=%s", r->id,
-                 f->leader->id, r->route.reg->name, r->route.name, r->route.ref);
+        rp_debug("request %s waits for request %s: %s registry=%s repo=%s ref=%s", r->id,
+                 f->leader->id, rp_route_kind_name(r->route.kind), r->route.reg->name,
+                 r->route.name, r->route.ref);
         TAILQ_INSERT_TAIL(&f->waiters, r, inflight_link);
         r->inflight = f;
         r->state = RQ_WAIT_PEER;

@@ -175,7 +175,8 @@ void rp_fills_free_all(struct rp_server *srv);
 
 /* ---------------------------------------------------------------------- inflight.c */
 /* Concurrent misses for one manifest (method, registry, repository, reference, Accept),
- * and concurrent revalidations of one tag, share one upstream exchange; a HEAD waits on a
+ * concurrent revalidations of one tag, and concurrent confirmations that a repository has
+ * a blob cached from another, share one upstream exchange; a HEAD waits on a
  * GET of the same manifest when there is one. Returns true when r now waits for a request
  * already fetching it (it is driven again, from the loop, when that one is done, or given
  * a HEAD leader's shared answer); false when r should fetch, in which case it leads and

@@ -983,6 +983,12 @@ static void lookup(struct rp_req *r)
         offline_lookup(r);
         return;
     }
+    /* Woken by a revalidation that served this tag stale (upstream is failing), or by a
+     * fetch that had no whole answer from upstream (its failure is ours): see inflight.c. */
+    bool peer_stale = r->peer_stale;
+    bool peer_failed = r->peer_failed;
+    r->peer_stale = false;
+    r->peer_failed = false;
     switch (rt->kind) {
     case RP_ROUTE_BLOB: {
         struct rp_cache_blob b;
@@ -1003,8 +1009,16 @@ static void lookup(struct rp_req *r)
         struct rp_fill *running = cached ? NULL : rp_fill_find(srv, rt->ref);
         if (cached || (running && !linked && !rp_fill_is_for(running, rt->reg, rt->name))) {
             /* Known content, but not known for this repository: upstream must confirm
-             * that this repository has it before we hand it out. */
+             * that this repository has it before we hand it out. Once for a herd (a
+             * cluster pulling an image whose base layers another repository cached): the
+             * others wait, then find the link the confirmation recorded. */
             r->cache_status = "MISS";
+            if (peer_failed) {
+                up_failed(r, &r->peer_res);
+                return;
+            }
+            if (rp_inflight_wait(srv, r))
+                return;
             start_fetch(r, true, false);
             r->state = RQ_CONFIRM;
             return;
@@ -1051,12 +1065,6 @@ static void lookup(struct rp_req *r)
         return;
     }
     case RP_ROUTE_MANIFEST: {
-        /* Woken by a revalidation that served this tag stale (upstream is failing), or by a
-         * fetch that had no answer from upstream (its failure is ours): see inflight.c. */
-        bool peer_stale = r->peer_stale;
-        bool peer_failed = r->peer_failed;
-        r->peer_stale = false;
-        r->peer_failed = false;
         if (rt->ref_is_digest) {
             if (manifest_from_cache(r, rt->ref, "HIT"))
                 return;
@@ -1864,6 +1872,9 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
                         "served on upstream's confirmation",
                         r->route.ref, r->route.reg->name, r->route.name, rp_cache_strerror(e));
             rp_server_maybe_pin(r->conn->srv, r->route.reg, r->route.name, r->route.ref);
+            /* The requests waiting on this confirmation find the link now, not once this
+             * one's blob is all sent. */
+            rp_inflight_done(r, true);
             r->state = RQ_LOOKUP;
             rp_req_drive(r);
             return;

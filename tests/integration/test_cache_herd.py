@@ -9,6 +9,7 @@ import threading
 import time
 
 import lib
+import rawup
 from lib import check, eq
 
 CLIENTS = 50
@@ -207,3 +208,70 @@ def test_head_behind_the_filling_get_not_upstream(t):
     eq(len(heads), 1, "upstream HEADs of the blob, the pipelined HEAD's none (%s)"
        % [x.get("cache") for x in p.access() if x.get("method") == "HEAD"])
     eq(len([x for x in up.seen(path) if x[1] == "GET"]), 1, "upstream GETs of the blob")
+
+
+def _confirm_herd(t, cut):
+    """A blob cached from one repository, asked at once through another by many clients
+    (a cluster pulling an image whose base layers another image brought): upstream must
+    confirm that the other repository has it, once for all of them. Upstream holds that
+    HEAD, as a slow or stalled upstream does, then answers it, or (cut) cuts it without an
+    answer. Returns (responses, upstream HEADs of the other repository, layer, digest)."""
+    _m, _d, layer, ld, _c, _cd = rawup.image()
+    release = threading.Event()
+
+    def h(r):
+        if "/ns/a/blobs/" in r.path:
+            r.send(200, layer if r.method == "GET" else b"",
+                   [("Content-Type", "application/octet-stream"),
+                    ("Content-Length", str(len(layer))), ("Docker-Content-Digest", ld)])
+            return False
+        release.wait(120)
+        if not cut:
+            r.send(200, b"", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(len(layer))),
+                              ("Docker-Content-Digest", ld)])
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
+    eq(p.get("/v2/ns/a/blobs/" + ld).status, 200, "GET of the blob through ns/a")
+    path = "/v2/ns/b/blobs/" + ld
+    order = ["GET"] * 12 + ["HEAD"] * 4
+    got = [None] * len(order)
+
+    def one(i):
+        got[i] = p.get(path, method=order[i])
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
+    ths[0].start()
+    lib.wait_until(lambda: up.seen(path), 60, "the first confirmation upstream")
+    for th in ths[1:]:
+        th.start()
+    lib.wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
+                   >= len(order), 60,
+                   "each of %d requests upstream or waiting on another" % len(order))
+    release.set()
+    for th in ths:
+        th.join(120)
+    for r in got:
+        check(r is not None, "a request got no answer")
+    return got, [x[1] for x in up.seen(path)], layer, ld
+
+
+def test_confirm_herd_one_upstream_head(t):
+    """Each used to send its own HEAD: as many upstream requests (and, upstream stalled,
+    connections held) as clients, per shared layer."""
+    got, ups, layer, ld = _confirm_herd(t, cut=False)
+    eq([r.status for r in got], [200] * len(got), "statuses")
+    eq({lib.sha256(r.body) for r in got if r.body}, {ld}, "GET bodies")
+    eq({r.header("Content-Length") for r in got}, {str(len(layer))}, "lengths")
+    eq(ups, ["HEAD"], "upstream requests for %d concurrent requests of a blob cached from "
+       "another repository" % len(got))
+
+
+def test_confirm_herd_upstream_silent(t):
+    got, ups, _layer, _ld = _confirm_herd(t, cut=True)
+    eq([r.status for r in got], [503] * len(got), "statuses")
+    for r in got[:12]:
+        eq(r.error_codes(), ["UNAVAILABLE"], "error codes (body %r)" % r.body[:200])
+    eq(ups, ["HEAD"], "upstream requests for %d concurrent requests of a blob cached from "
+       "another repository, upstream silent" % len(got))
