@@ -52,8 +52,14 @@
  * not pinned; an entry that is not present exists only because it is pinned (a pin may come
  * before the content). Pins are never persisted: the owner pins again at every open.
  * stats.size/entries sum the present entries; size is bytes on disk (for manifests: header +
- * possibly compressed payload). Tags and links are not indexed: they are looked up by name and
- * never evicted (the proxy treats a missing blob as a miss).
+ * possibly compressed payload). Tags and links are not indexed: they are looked up by name
+ * (the proxy treats a missing blob as a miss) and not counted in max_size. They go with their
+ * content: once entries were forgotten (evicted, damaged, vanished), the writes of tag and
+ * link files are counted, and after as many as the sweep before kept (KEY_SWEEP_MIN at
+ * least) one pass removes every tag and link file whose digest has no index entry (neither
+ * present, pinned nor in use). Without it every tag and repository ever pulled left a file
+ * for good, whatever max_size said. Amortized, a pass costs a read of a file or two per
+ * tag or link written; it runs on the caller's thread (the loop, for serve).
  *
  * Snapshot ("index"), little-endian:
  *   "RPCINDEX" u32 version=1 u32 0 u64 count u64 total_size
@@ -138,6 +144,9 @@
 #define LINK_MAGIC "RPLINK"
 /* Registry names, repositories (distribution caps them at 255) and tags (128) fit easily. */
 #define KEY_PART_MAX 1024
+/* Tag and link files written (once entries were forgotten) before the first sweep of those
+ * whose content is gone; later sweeps wait for as many as the one before kept. */
+#define KEY_SWEEP_MIN 1024
 #define TAG_HDR_MAX 256
 #define TAG_FILE_MAX (TAG_HDR_MAX + 3 * KEY_PART_MAX + MEDIA_TYPE_MAX + 1 + 65)
 /* A memory key: three parts of at most KEY_PART_MAX, each followed by a NUL. */
@@ -239,7 +248,11 @@ struct rp_cache {
     struct mem_manifest *mm_spare;   /* last peeked manifest too big for the memory bound */
     void (*sync_request)(void *arg); /* rp_cache_set_sync_hook */
     void *sync_arg;
-    bool unsynced; /* a write was left to rp_cache_sync: close syncs once more */
+    bool unsynced;            /* a write was left to rp_cache_sync: close syncs once more */
+    uint64_t forgets;         /* present entries forgotten, ever (index_forget) */
+    uint64_t forgets_swept;   /* forgets as of the last key sweep */
+    uint64_t key_writes;      /* tag and link files written since the last key sweep */
+    uint64_t key_sweep_after; /* key_writes that make the next sweep due */
 };
 
 struct rp_cache_fill {
@@ -426,6 +439,7 @@ static bool disk_full(int e)
 }
 
 static size_t make_room(struct rp_cache *c, uint64_t need);
+static void key_written(struct rp_cache *c);
 
 /* Writes all of p to fd. With a cache, a full file system gets one round of make_room for
  * `need` bytes (at least n) before the write fails. */
@@ -1154,6 +1168,7 @@ static void index_forget(struct rp_cache *c, struct entry *e)
     if (e->present) {
         c->st.size -= e->size;
         c->st.entries--;
+        c->forgets++;
     }
     e->present = false;
     e->size = 0;
@@ -1543,6 +1558,7 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
     c->lru.next = c->lru.prev = &c->lru;
     hkey_init(c);
     rp_cache_set_memory(c, RP_CACHE_MEM_MANIFEST_BYTES, RP_CACHE_MEM_TAGS, RP_CACHE_MEM_LINKS);
+    c->key_sweep_after = KEY_SWEEP_MIN;
 
     what = "creating";
     if (mkdir_p(dir) != 0)
@@ -2490,6 +2506,7 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
     key_rel(rel, sizeof(rel), "links", hex);
     struct stat st;
     int rc = RP_CACHE_OK;
+    bool wrote = false;
     if (stat_beneath(c, rel, &st) != 0 || !S_ISREG(st.st_mode)) {
         char hdr[TAG_HDR_MAX];
         snprintf(hdr, sizeof(hdr), "%s 1 %s %zu %zu\n", LINK_MAGIC, d.str, strlen(registry),
@@ -2497,9 +2514,14 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
         char *body = rp_xasprintf("%s%s\n", registry, repo);
         rc = atomic_write(c, "link", rel, hdr, strlen(hdr), body, strlen(body));
         free(body);
+        wrote = rc == RP_CACHE_OK;
     }
     if (rc == RP_CACHE_OK)
         memo_put(c, &c->links, key, klen, NULL, 0, 0);
+    /* Last: a sweep clears the memory tables, and may take this very file (a blob confirmed
+     * upstream but not cached), which memory must then not claim either. */
+    if (wrote)
+        key_written(c);
     return rc;
 }
 
@@ -2826,6 +2848,92 @@ size_t rp_cache_links_each(struct rp_cache *c, rp_cache_link_fn fn, void *arg)
     return n;
 }
 
+/* The digest a tag file's first line names ("RPTAG <v> <fetched_s> <digest> ..."): 0, or -1
+ * for a file that does not parse (left alone: a lookup removes a damaged one). */
+static int tag_file_digest(const char *buf, size_t n, struct digest *d)
+{
+    const char *nl = memchr(buf, '\n', n < TAG_HDR_MAX ? n : TAG_HDR_MAX);
+    const char *p = buf, *tok;
+    size_t toklen;
+    char dstr[RP_CACHE_DIGEST_BUF];
+    if (!nl || !next_token(&p, nl, &tok, &toklen) || !token_is(tok, toklen, TAG_MAGIC) ||
+        !next_token(&p, nl, &tok, &toklen) || !next_token(&p, nl, &tok, &toklen) ||
+        !next_token(&p, nl, &tok, &toklen) || toklen >= sizeof(dstr))
+        return -1;
+    memcpy(dstr, tok, toklen);
+    dstr[toklen] = '\0';
+    return parse_digest(dstr, d);
+}
+
+/* Removes the files under top ("tags" or "links") whose digest has no index entry: its
+ * content was evicted or lost, and is neither pinned nor being read or filled. A tag then
+ * answers nothing (its manifest would be fetched anyway) and a link vouches for nothing
+ * cached (the next fetch for the repository writes it again). Counts what stays in *kept. */
+static size_t key_sweep_top(struct rp_cache *c, const char *top, size_t *kept)
+{
+    DIR *d;
+    if (open_top(c, top, &d) != 0 || !d)
+        return 0;
+    size_t removed = 0;
+    bool links = strcmp(top, "links") == 0;
+    char *registry = rp_xmalloc(KEY_PART_MAX + 1), *repo = rp_xmalloc(KEY_PART_MAX + 1);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *hh = de->d_name;
+        DIR *sd = open_hh(c, d, top, hh);
+        if (!sd)
+            continue;
+        struct dirent *fe;
+        while ((fe = readdir(sd)) != NULL) {
+            if (!key_name_ok(fe->d_name, hh))
+                continue;
+            char rel[REL_MAX], *buf = NULL;
+            size_t len = 0;
+            struct digest dg;
+            key_rel(rel, sizeof(rel), top, fe->d_name);
+            if (read_file(c, rel, TAG_FILE_MAX, &buf, &len) != RP_CACHE_OK)
+                continue;
+            int rc = links ? link_decode(buf, len, registry, repo, &dg)
+                           : (tag_file_digest(buf, len, &dg) == 0 ? RP_CACHE_OK : -1);
+            free(buf);
+            if (rc != RP_CACHE_OK || index_find(c, RP_CACHE_BLOB, dg.algo, dg.raw) ||
+                index_find(c, RP_CACHE_MANIFEST, dg.algo, dg.raw)) {
+                (*kept)++;
+                continue;
+            }
+            if (unlinkat(dirfd(sd), fe->d_name, 0) == 0)
+                removed++;
+            else if (errno != ENOENT)
+                (*kept)++;
+        }
+        closedir(sd);
+    }
+    closedir(d);
+    free(registry);
+    free(repo);
+    return removed;
+}
+
+static void key_written(struct rp_cache *c)
+{
+    if (++c->key_writes < c->key_sweep_after || c->forgets == c->forgets_swept)
+        return;
+    size_t kept = 0;
+    size_t removed = key_sweep_top(c, "tags", &kept);
+    removed += key_sweep_top(c, "links", &kept);
+    if (removed) {
+        /* What memory remembers of them must go too: a remembered link is not written
+         * again, and would vouch for the repository with no file behind it. */
+        memo_clear(&c->tags);
+        memo_clear(&c->links);
+    }
+    c->forgets_swept = c->forgets;
+    c->key_writes = 0;
+    c->key_sweep_after = kept > KEY_SWEEP_MIN ? kept : KEY_SWEEP_MIN;
+    rp_info("cache: %zu tag and link files of content no longer cached removed, %zu kept", removed,
+            kept);
+}
+
 bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo, const char *digest)
 {
     struct digest d;
@@ -2896,6 +3004,8 @@ int rp_cache_tag_set(struct rp_cache *c, const char *registry, const char *repo,
         memo_put(c, &c->tags, key, klen, val, tag_value(val, d.str, media_type), now_s);
     else /* the file still says what it said; let the next get read it */
         memo_del(c, &c->tags, key, klen);
+    if (rc == RP_CACHE_OK) /* last, as in rp_cache_link */
+        key_written(c);
     return rc;
 }
 

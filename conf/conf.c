@@ -108,7 +108,9 @@ static const struct rp_conf_option options[] = {
      .max = SIZE_MAX_BYTES,
      .offset = CACHE_F(max_size),
      .help = "evict least recently used content beyond this size; 0 = unbounded. A blob "
-             "larger than this is served but not kept (unless pinned). A full disk also "
+             "larger than this is served but not kept (unless pinned). Tag and repository "
+             "link files are not counted; those of content no longer cached are removed once "
+             "evictions happened and at least 1024 more were written. A full disk also "
              "evicts least recently used blobs, whatever this says"},
     {.section = RP_CONF_SECTION_CACHE,
      .key = "tag_ttl",
