@@ -8,6 +8,12 @@
 #include <string.h>
 
 #define TOKEN_TIMEOUT_MS 30000L
+/* Token fetches left without a waiter (their clients gone) that may go on, for the token
+ * to serve the next request for the scope. Every distinct repository name an anonymous
+ * client asks for is a scope, so without a bound a client that asks and hangs up, name
+ * after name, kept a realm connection and its memory for each (up to TOKEN_TIMEOUT_MS
+ * against a slow realm): beyond it the oldest such fetch is cancelled. */
+#define TOKEN_ORPHANS_MAX 32
 
 struct waiter {
     struct rp_fetch *fetch;
@@ -174,9 +180,29 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     return 0;
 }
 
+/* Cancels the oldest token fetches nobody waits for beyond TOKEN_ORPHANS_MAX. One being
+ * answered (waking) is left alone: wake_all still walks it. */
+static void trim_orphans(struct rp_server *srv)
+{
+    size_t n = 0;
+    struct rp_token_fetch *f, *next;
+    TAILQ_FOREACH(f, &srv->token_fetches, link)
+    n += !f->waking && TAILQ_EMPTY(&f->waiters);
+    for (f = TAILQ_FIRST(&srv->token_fetches); f && n > TOKEN_ORPHANS_MAX; f = next) {
+        next = TAILQ_NEXT(f, link);
+        if (f->waking || !TAILQ_EMPTY(&f->waiters))
+            continue;
+        rp_debug("token registry=%s: request cancelled, no client waits for it", f->reg->name);
+        TAILQ_REMOVE(&srv->token_fetches, f, link);
+        fetch_free(f);
+        n--;
+    }
+}
+
 void rp_tokens_leave(struct rp_server *srv, struct rp_fetch *fetch)
 {
-    /* The token request goes on without this waiter: its token serves the next one. */
+    /* The token request goes on without this waiter: its token serves the next one (as
+     * long as there are few such requests, trim_orphans). */
     struct rp_token_fetch *f;
     TAILQ_FOREACH(f, &srv->token_fetches, link)
     {
@@ -186,6 +212,8 @@ void rp_tokens_leave(struct rp_server *srv, struct rp_fetch *fetch)
             if (w->fetch == fetch) {
                 TAILQ_REMOVE(&f->waiters, w, link);
                 free(w);
+                if (TAILQ_EMPTY(&f->waiters) && !f->waking)
+                    trim_orphans(srv);
                 return;
             }
         }
