@@ -35,6 +35,12 @@
 #define PUMP_MIN (256 * 1024)
 /* Resumptions of one download after the network cut it (docker retries a layer 5 times). */
 #define FILL_RESUMES 3
+/* Downloads with no client that go on at once (for the next client: all left, or begun
+ * behind a range). Each holds a temp file, an upstream connection and its buffers (some
+ * 340 KB), for as long as upstream takes: without a bound, a client on the anonymous port
+ * that asks for blob after blob and hangs up after each head made as many. Beyond it, the
+ * download whose last client just left stops, and none starts behind a range. */
+#define FILL_ORPHANS_MAX 64
 
 enum fill_state {
     FILL_WAITING, /* no answer from upstream yet */
@@ -313,6 +319,27 @@ static void behind_size_learn(struct rp_server *srv, const char *digest, int64_t
 static void fill_count(const struct rp_fill *f, enum rp_fill_event ev);
 static void start_readers(struct rp_fill *f);
 
+/* Downloads under way that no client reads (FILL_ORPHANS_MAX). */
+static size_t orphans(const struct rp_server *srv)
+{
+    size_t n = 0;
+    const struct rp_fill *f;
+    TAILQ_FOREACH(f, &srv->fills, link)
+    n += TAILQ_EMPTY(&f->readers) && !f->declined &&
+         (f->state == FILL_WAITING || f->state == FILL_RUNNING);
+    return n;
+}
+
+/* Stops a download no client reads, being one too many of those (the caller stops the
+ * transfer, as for fill_decline). */
+static void fill_too_many(struct rp_fill *f)
+{
+    f->declined = true;
+    rp_info("fill %s registry=%s bytes=%lld: stopped with its clients gone: %d downloads with "
+            "no client go on already",
+            f->digest, f->reg->name, (long long)f->written, FILL_ORPHANS_MAX);
+}
+
 /* No reader waits for the download and the cache will not keep the blob: it is not wanted,
  * which is not a failure. Counted and logged (how: when it was seen, bytes: the blob's size,
  * -1 unknown); the caller stops the transfer. */
@@ -396,6 +423,10 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
             fill_decline(f, h->length,
                          f->behind ? "not downloaded behind a range"
                                    : "not downloaded with its clients gone");
+            return -1;
+        }
+        if (TAILQ_EMPTY(&f->readers) && orphans(f->srv) > FILL_ORPHANS_MAX) {
+            fill_too_many(f);
             return -1;
         }
         f->cf = rp_cache_fill_begin(f->srv->cache, f->digest, h->length, &err);
@@ -777,11 +808,16 @@ static void fill_abandon_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct rp_fill *f = arg;
     int64_t size = f->expected >= 0 ? f->expected : f->written; /* unsized: so far */
-    if (f->state != FILL_RUNNING || f->declined || !TAILQ_EMPTY(&f->readers) ||
-        fill_keepable(f, size))
+    if (f->state != FILL_RUNNING || f->declined || !TAILQ_EMPTY(&f->readers))
+        return;
+    bool too_many = orphans(f->srv) > FILL_ORPHANS_MAX;
+    if (!too_many && fill_keepable(f, size))
         return;
     fill_unlist(f);
-    fill_give_up(f);
+    if (too_many)
+        fill_too_many(f);
+    else
+        fill_give_up(f);
     fill_free(f);
 }
 
@@ -852,7 +888,8 @@ bool rp_fill_behind(struct rp_server *srv, const struct rp_conf_registry *reg, c
 {
     /* Concurrent ranges all pass through; the first answer starts the fill, and a late one
      * may come after it finished. */
-    if (rp_fill_find(srv, digest) || rp_cache_blob_present(srv->cache, digest))
+    if (rp_fill_find(srv, digest) || rp_cache_blob_present(srv->cache, digest) ||
+        orphans(srv) >= FILL_ORPHANS_MAX)
         return false;
     /* Pinned first, as a finished fill is: a pin lets the cache keep a blob over max_size. */
     rp_server_maybe_pin(srv, reg, repo, digest);
