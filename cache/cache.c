@@ -147,6 +147,10 @@
 /* Tag and link files written (once entries were forgotten) before the first sweep of those
  * whose content is gone; later sweeps wait for as many as the one before kept. */
 #define KEY_SWEEP_MIN 1024
+/* A sweep goes one <hh> shard of tags/, then of links/, per tag or link file written: each
+ * step reads 1/512 of those files, so no write waits for a pass over all of them (a large
+ * cache holds some 100,000, and the loop would stall for a second or more). */
+#define KEY_SWEEP_SHARDS 512
 #define TAG_HDR_MAX 256
 #define TAG_FILE_MAX (TAG_HDR_MAX + 3 * KEY_PART_MAX + MEDIA_TYPE_MAX + 1 + 65)
 /* A memory key: three parts of at most KEY_PART_MAX, each followed by a NUL. */
@@ -250,9 +254,11 @@ struct rp_cache {
     void *sync_arg;
     bool unsynced;            /* a write was left to rp_cache_sync: close syncs once more */
     uint64_t forgets;         /* present entries forgotten, ever (index_forget) */
-    uint64_t forgets_swept;   /* forgets as of the last key sweep */
+    uint64_t forgets_swept;   /* forgets as of the last key sweep's start */
     uint64_t key_writes;      /* tag and link files written since the last key sweep */
     uint64_t key_sweep_after; /* key_writes that make the next sweep due */
+    int key_sweep_pos;        /* the sweep's next shard (KEY_SWEEP_SHARDS), or -1: none */
+    size_t key_swept_kept, key_swept_removed; /* by the sweep under way */
 };
 
 struct rp_cache_fill {
@@ -1559,6 +1565,7 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
     hkey_init(c);
     rp_cache_set_memory(c, RP_CACHE_MEM_MANIFEST_BYTES, RP_CACHE_MEM_TAGS, RP_CACHE_MEM_LINKS);
     c->key_sweep_after = KEY_SWEEP_MIN;
+    c->key_sweep_pos = -1;
 
     what = "creating";
     if (mkdir_p(dir) != 0)
@@ -2518,8 +2525,8 @@ int rp_cache_link(struct rp_cache *c, const char *registry, const char *repo, co
     }
     if (rc == RP_CACHE_OK)
         memo_put(c, &c->links, key, klen, NULL, 0, 0);
-    /* Last: a sweep clears the memory tables, and may take this very file (a blob confirmed
-     * upstream but not cached), which memory must then not claim either. */
+    /* Last: a sweep may take this very file (a blob confirmed upstream but not cached), and
+     * its memory entry with it. */
     if (wrote)
         key_written(c);
     return rc;
@@ -2865,73 +2872,81 @@ static int tag_file_digest(const char *buf, size_t n, struct digest *d)
     return parse_digest(dstr, d);
 }
 
-/* Removes the files under top ("tags" or "links") whose digest has no index entry: its
- * content was evicted or lost, and is neither pinned nor being read or filled. A tag then
- * answers nothing (its manifest would be fetched anyway) and a link vouches for nothing
- * cached (the next fetch for the repository writes it again). Counts what stays in *kept. */
-static size_t key_sweep_top(struct rp_cache *c, const char *top, size_t *kept)
+/* Removes the files of one <hh> shard of top ("tags" or "links") whose digest has no index
+ * entry: its content was evicted or lost, and is neither pinned nor being read or filled. A
+ * tag then answers nothing (its manifest would be fetched anyway) and a link vouches for
+ * nothing cached (the next fetch for the repository writes it again, which its memory entry,
+ * removed with it, would skip). A tag's memory entry may stay: it names a digest that is
+ * looked up, as after any eviction, and the next fetch writes the tag again. */
+static void key_sweep_shard(struct rp_cache *c, const char *top, unsigned shard)
 {
-    DIR *d;
-    if (open_top(c, top, &d) != 0 || !d)
-        return 0;
-    size_t removed = 0;
+    char rel[REL_MAX], hh[3];
+    snprintf(hh, sizeof(hh), "%02x", shard);
+    snprintf(rel, sizeof(rel), "%s/%s", top, hh);
+    int fd = open_beneath(c->dirfd, rel, O_RDONLY | O_DIRECTORY, 0);
+    DIR *sd = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!sd) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
     bool links = strcmp(top, "links") == 0;
     char *registry = rp_xmalloc(KEY_PART_MAX + 1), *repo = rp_xmalloc(KEY_PART_MAX + 1);
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        const char *hh = de->d_name;
-        DIR *sd = open_hh(c, d, top, hh);
-        if (!sd)
+    struct dirent *fe;
+    while ((fe = readdir(sd)) != NULL) {
+        if (!key_name_ok(fe->d_name, hh))
             continue;
-        struct dirent *fe;
-        while ((fe = readdir(sd)) != NULL) {
-            if (!key_name_ok(fe->d_name, hh))
-                continue;
-            char rel[REL_MAX], *buf = NULL;
-            size_t len = 0;
-            struct digest dg;
-            key_rel(rel, sizeof(rel), top, fe->d_name);
-            if (read_file(c, rel, TAG_FILE_MAX, &buf, &len) != RP_CACHE_OK)
-                continue;
-            int rc = links ? link_decode(buf, len, registry, repo, &dg)
-                           : (tag_file_digest(buf, len, &dg) == 0 ? RP_CACHE_OK : -1);
-            free(buf);
-            if (rc != RP_CACHE_OK || index_find(c, RP_CACHE_BLOB, dg.algo, dg.raw) ||
-                index_find(c, RP_CACHE_MANIFEST, dg.algo, dg.raw)) {
-                (*kept)++;
-                continue;
-            }
-            if (unlinkat(dirfd(sd), fe->d_name, 0) == 0)
-                removed++;
-            else if (errno != ENOENT)
-                (*kept)++;
+        char *buf = NULL;
+        size_t len = 0;
+        struct digest dg;
+        key_rel(rel, sizeof(rel), top, fe->d_name);
+        if (read_file(c, rel, TAG_FILE_MAX, &buf, &len) != RP_CACHE_OK)
+            continue;
+        int rc = links ? link_decode(buf, len, registry, repo, &dg)
+                       : (tag_file_digest(buf, len, &dg) == 0 ? RP_CACHE_OK : -1);
+        free(buf);
+        if (rc != RP_CACHE_OK || index_find(c, RP_CACHE_BLOB, dg.algo, dg.raw) ||
+            index_find(c, RP_CACHE_MANIFEST, dg.algo, dg.raw)) {
+            c->key_swept_kept++;
+            continue;
         }
-        closedir(sd);
+        if (unlinkat(dirfd(sd), fe->d_name, 0) != 0) {
+            if (errno != ENOENT)
+                c->key_swept_kept++;
+            continue;
+        }
+        c->key_swept_removed++;
+        if (links) {
+            char key[MEMO_KEY_MAX];
+            memo_del(c, &c->links, key, memo_key(key, registry, repo, dg.str));
+        }
     }
-    closedir(d);
+    closedir(sd);
     free(registry);
     free(repo);
-    return removed;
 }
 
+/* Counts a tag or link file written; once enough were since the last sweep, and entries
+ * were forgotten meanwhile, starts a sweep, which then goes a shard per call. */
 static void key_written(struct rp_cache *c)
 {
-    if (++c->key_writes < c->key_sweep_after || c->forgets == c->forgets_swept)
-        return;
-    size_t kept = 0;
-    size_t removed = key_sweep_top(c, "tags", &kept);
-    removed += key_sweep_top(c, "links", &kept);
-    if (removed) {
-        /* What memory remembers of them must go too: a remembered link is not written
-         * again, and would vouch for the repository with no file behind it. */
-        memo_clear(&c->tags);
-        memo_clear(&c->links);
+    if (c->key_sweep_pos < 0) {
+        if (++c->key_writes < c->key_sweep_after || c->forgets == c->forgets_swept)
+            return;
+        c->key_sweep_pos = 0;
+        c->key_swept_kept = c->key_swept_removed = 0;
+        c->forgets_swept = c->forgets;
     }
-    c->forgets_swept = c->forgets;
+    unsigned pos = (unsigned)c->key_sweep_pos++;
+    key_sweep_shard(c, pos < KEY_SWEEP_SHARDS / 2 ? "tags" : "links", pos % (KEY_SWEEP_SHARDS / 2));
+    if (c->key_sweep_pos < KEY_SWEEP_SHARDS)
+        return;
+    size_t kept = c->key_swept_kept;
+    c->key_sweep_pos = -1;
     c->key_writes = 0;
     c->key_sweep_after = kept > KEY_SWEEP_MIN ? kept : KEY_SWEEP_MIN;
-    rp_info("cache: %zu tag and link files of content no longer cached removed, %zu kept", removed,
-            kept);
+    rp_info("cache: %zu tag and link files of content no longer cached removed, %zu kept",
+            c->key_swept_removed, kept);
 }
 
 bool rp_cache_linked(struct rp_cache *c, const char *registry, const char *repo, const char *digest)
