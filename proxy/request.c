@@ -1380,6 +1380,50 @@ static bool tag_answer_whole(const struct rp_req *r, const char *body)
     return r->up_h.length >= 0 || r->up_h.chunked;
 }
 
+/* Standard base64 of the base64url text s (RFC 4648 5, unpadded, as JWS writes it),
+ * decoded by rp_base64_decode. */
+static unsigned char *b64url_decode(const char *s, size_t *outlen)
+{
+    char *std = rp_xstrdup(s);
+    for (char *c = std; *c; c++)
+        *c = *c == '-' ? '+' : *c == '_' ? '/' : *c;
+    unsigned char *out = rp_base64_decode(std, strlen(std), outlen);
+    free(std);
+    return out;
+}
+
+/* A signed schema 1 manifest's digest into out, as registries name it (Docker-Content-Digest,
+ * references by digest): of its payload, the bytes without the signatures. libtrust's JWS
+ * says which: the first signature's protected header holds the payload's formatLength and the
+ * formatTail that the signatures replaced. False when the manifest does not say. */
+static bool schema1_digest(const char *algo, const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *sig = json_array_get(json_object_get(j, "signatures"), 0);
+    const char *prot = json_string_value(json_object_get(sig, "protected"));
+    size_t plen = 0, tlen = 0;
+    unsigned char *ph = prot ? b64url_decode(prot, &plen) : NULL;
+    json_t *h = ph ? json_loadb((const char *)ph, plen, 0, NULL) : NULL;
+    json_t *fl = json_object_get(h, "formatLength");
+    const char *ft = json_string_value(json_object_get(h, "formatTail"));
+    unsigned char *tail = ft ? b64url_decode(ft, &tlen) : NULL;
+    bool ok = tail && json_is_integer(fl) && json_integer_value(fl) >= 0 &&
+              (uint64_t)json_integer_value(fl) <= len;
+    if (ok) {
+        size_t n = (size_t)json_integer_value(fl);
+        char *payload = rp_xmalloc(n + tlen + 1);
+        memcpy(payload, body, n);
+        memcpy(payload + n, tail, tlen);
+        digest_hex(algo, payload, n + tlen, out, outlen);
+        free(payload);
+    }
+    free(tail);
+    json_decref(h);
+    free(ph);
+    json_decref(j);
+    return ok;
+}
+
 /* The own type of a parsed manifest (rp_manifest_own_type). */
 static char *own_type_of(const json_t *j)
 {
@@ -1425,8 +1469,18 @@ static void manifest_fetched(struct rp_req *r)
     const char *algo_of = rt->ref_is_digest                       ? rt->ref
                           : ud && rp_valid_digest(ud, strlen(ud)) ? ud
                                                                   : "sha256:";
-    digest_hex(strncmp(algo_of, "sha512:", 7) == 0 ? "sha512" : "sha256", body, r->body.len, digest,
-               sizeof(digest));
+    const char *algo = strncmp(algo_of, "sha512:", 7) == 0 ? "sha512" : "sha256";
+    digest_hex(algo, body, r->body.len, digest, sizeof(digest));
+    /* Signed schema 1 (what docker-registry makes of a schema 2 tag for a client naming no
+     * schema 2 type) is named by its payload's digest, upstream's Docker-Content-Digest and
+     * its HEAD's: the hash of the signed bytes differs at every signing. Not cached: the
+     * cache keeps bytes under their own hash. */
+    bool schema1 = type && strstr(type, "vnd.docker.distribution.manifest.v1") != NULL;
+    if (schema1 && !(rt->ref_is_digest && strcmp(digest, rt->ref) == 0)) {
+        char payload_digest[RP_DIGEST_MAX + 1];
+        if (schema1_digest(algo, body, r->body.len, payload_digest, sizeof(payload_digest)))
+            memcpy(digest, payload_digest, sizeof(digest));
+    }
     /* A manifest asked for by digest must be that digest, whatever upstream says. */
     if (rt->ref_is_digest && strcmp(digest, rt->ref) != 0) {
         rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
@@ -1463,7 +1517,7 @@ static void manifest_fetched(struct rp_req *r)
     json_decref(j);
     if (own)
         type = own;
-    if (type) {
+    if (type && !schema1) {
         /* Pinned before publishing: publishing runs eviction, which must not take it. */
         rp_server_maybe_pin(srv, rt->reg, rt->name, digest);
         int e = rp_cache_manifest_put(srv->cache, digest, type, body, r->body.len);

@@ -253,3 +253,26 @@ def test_get_seeing_moved_tag_not_answered_stale(t):
     check(r.status != 200 or r.header("Docker-Content-Digest") != d1,
           "GET past tag_ttl, upstream HEAD naming %s then its GET failing: answered %r with "
           "the old digest %s" % (d2, (r.status, r.header("X-Regproxy-Cache")), d1))
+
+
+def test_schema1_get_names_the_payload_digest(t):
+    """docker-registry answers a schema 2 tag, to a client naming only schema 1, with a
+    signed schema 1 manifest, signed anew at every request, and names it in
+    Docker-Content-Digest by its payload's digest (the bytes without the signatures), in the
+    GET's answer as in the HEAD's. The proxy named its GET's answer by the hash of the signed
+    bytes: another digest at every GET, never the HEAD's or upstream's."""
+    schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    reg = t.s.anon_registry
+    path = "/v2/ns/multi-v2s2/manifests/v1"
+    h = {"Accept": schema1}
+    up = reg.client(None).get(path, "GET", h)
+    eq((up.status, up.header("Content-Type")), (200, schema1), "upstream GET, schema 1 only")
+    want = up.header("Docker-Content-Digest")
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "10m"})
+    for n in (1, 2):
+        g = p.get(path, headers=h)
+        hd = p.get(path, method="HEAD", headers=h)
+        eq((g.status, g.header("Content-Type"), hd.status), (200, schema1, 200),
+           "GET and HEAD %d, schema 1 only" % n)
+        eq((g.header("Docker-Content-Digest"), hd.header("Docker-Content-Digest")),
+           (want, want), "GET and HEAD %d: Docker-Content-Digest (upstream's: %s)" % (n, want))
