@@ -216,6 +216,13 @@ void rp_inflight_free_all(struct rp_server *srv);
  * labelled them otherwise (another registry's Content-Type, a bundle's metadata), since
  * every registry's clients are served them. */
 char *rp_manifest_own_type(const char *body, size_t len);
+/* A signed schema 1 manifest's digest ("sha256" or "sha512" algo), as registries name it
+ * (Docker-Content-Digest, references by digest): of its payload, the bytes without the
+ * signatures, as libtrust's JWS gives it (the first signature's protected header names the
+ * payload's formatLength and the formatTail the signatures replaced), written to out. False,
+ * out untouched, when the bytes do not say. */
+bool rp_manifest_schema1_digest(const char *algo, const char *body, size_t len, char *out,
+                                size_t outlen);
 
 enum rp_req_state {
     RQ_ROUTE,     /* parse and validate the target, pick the registry */

@@ -1392,11 +1392,8 @@ static unsigned char *b64url_decode(const char *s, size_t *outlen)
     return out;
 }
 
-/* A signed schema 1 manifest's digest into out, as registries name it (Docker-Content-Digest,
- * references by digest): of its payload, the bytes without the signatures. libtrust's JWS
- * says which: the first signature's protected header holds the payload's formatLength and the
- * formatTail that the signatures replaced. False when the manifest does not say. */
-static bool schema1_digest(const char *algo, const char *body, size_t len, char *out, size_t outlen)
+bool rp_manifest_schema1_digest(const char *algo, const char *body, size_t len, char *out,
+                                size_t outlen)
 {
     json_t *j = json_loadb(body, len, 0, NULL);
     json_t *sig = json_array_get(json_object_get(j, "signatures"), 0);
@@ -1478,7 +1475,8 @@ static void manifest_fetched(struct rp_req *r)
     bool schema1 = type && strstr(type, "vnd.docker.distribution.manifest.v1") != NULL;
     if (schema1 && !(rt->ref_is_digest && strcmp(digest, rt->ref) == 0)) {
         char payload_digest[RP_DIGEST_MAX + 1];
-        if (schema1_digest(algo, body, r->body.len, payload_digest, sizeof(payload_digest)))
+        if (rp_manifest_schema1_digest(algo, body, r->body.len, payload_digest,
+                                       sizeof(payload_digest)))
             memcpy(digest, payload_digest, sizeof(digest));
     }
     /* A manifest asked for by digest must be that digest, whatever upstream says. */

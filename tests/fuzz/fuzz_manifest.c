@@ -4,7 +4,8 @@
  * reference it returns must carry a valid digest and a non-negative size. The same bytes go
  * through rp_manifest_own_type, the type cached for an upstream's manifest: none, or one
  * that can be a header value. The input is also a client's Accept list for
- * rp_accept_names and rp_manifest_tag_canonical, which must agree with each other. */
+ * rp_accept_names and rp_manifest_tag_canonical, which must agree with each other, and a
+ * signed schema 1 manifest for rp_manifest_schema1_digest, which must give a valid digest. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,6 +42,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (own && (strlen(own) > RP_MEDIA_TYPE_MAX || !strchr(own, '/') || !rp_header_value_safe(own)))
         abort();
     free(own);
+    /* A signed schema 1 manifest's digest, of the payload its JWS header describes. */
+    char d[RP_DIGEST_MAX + 1];
+    if (rp_manifest_schema1_digest("sha256", (const char *)data, size, d, sizeof(d)) &&
+        (strncmp(d, "sha256:", 7) != 0 || !rp_valid_digest(d, strlen(d))))
+        abort();
     struct rp_manifest_refs r;
     char err[256];
     if (rp_manifest_refs((const char *)data, size, &r, err, sizeof(err)) != 0) {
