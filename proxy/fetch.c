@@ -231,9 +231,12 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
     /* The registry answered once a head (or a 1xx's body, which ends in a write error of
      * ours) arrived: counted by that status, as the access line's upstream says, also when
      * the body failed afterwards. "other" is for no answer. */
+    bool answered = xe == RP_XFER_OK || f->headed || f->body_before_head;
     rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
-                        xe == RP_XFER_OK || f->headed || f->body_before_head ? f->status : 0,
-                        rp_now_ms() - f->sent_ms);
+                        answered ? f->status : 0, rp_now_ms() - f->sent_ms);
+    /* The registry's own reachability (a CDN's is not its): see rp_server_unreachable_for. */
+    if (f->url_is_registry && (answered || xe == RP_XFER_E_UNREACHABLE || xe == RP_XFER_E_TIMEOUT))
+        rp_server_upstream_seen(f->srv, f->reg, answered);
     if (f->body_before_head || (xe == RP_XFER_OK && !f->headed)) {
         /* No final head ever came: a 101 nobody asked for ends curl's header parsing, and
          * the rest arrives as a body. Neither a retried 401 nor a redirect (whose Location

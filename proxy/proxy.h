@@ -428,7 +428,8 @@ struct rp_server {
     struct rp_conf *conf;
     struct rp_upstream *up;
     struct rp_cache *cache;
-    struct rp_auth **auths; /* one per conf->registries[i] */
+    struct rp_auth **auths;  /* one per conf->registries[i] */
+    int64_t *unreachable_ms; /* one per registry: when it last gave no answer, 0 after one */
     struct rp_listener *listeners;
     struct rp_listen_ctx *lctx; /* one per listener */
     size_t n_listeners;
@@ -498,6 +499,17 @@ extern bool rp_verbose;
 /* [admin] log_format and log_level (unless rp_verbose). */
 void rp_server_apply_logging(const struct rp_conf *conf);
 struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_registry *reg);
+/* How a request to the registry itself (not a redirect's target) ended: with an answer, or
+ * with none because the registry could not be reached or did not answer in time. After no
+ * answer, tags past tag_ttl are served stale at once (within max_stale) for
+ * RP_UNREACHABLE_HOLD_MS rather than each wait out a revalidation of its own; an answer ends
+ * that. */
+#define RP_UNREACHABLE_HOLD_MS 30000
+void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registry *reg,
+                             bool answered);
+/* Whether the registry gave no answer less than RP_UNREACHABLE_HOLD_MS ago, and none since:
+ * how long ago, in ms, or -1. */
+int64_t rp_server_unreachable_for(const struct rp_server *srv, const struct rp_conf_registry *reg);
 /* Pins digest when (registry, repo) matches a [cache] pin pattern. */
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
                          const char *repo, const char *digest);

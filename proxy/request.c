@@ -1103,6 +1103,12 @@ static void lookup(struct rp_req *r)
                         up_failed(r, &r->peer_res);
                     return;
                 }
+                /* The registry gave no answer moments ago: waiting out another revalidation
+                 * (up to a connect or answer timeout) would only end here too. */
+                int64_t down_ms = rp_server_unreachable_for(srv, rt->reg);
+                if (down_ms >= 0 &&
+                    stale_answer(r, "gave no answer moments ago, not asked again yet", 0))
+                    return;
                 /* Past its freshness: a HEAD tells whether the tag still names it. */
                 r->revalidating = true;
                 start_fetch(r, true, false);

@@ -507,6 +507,19 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
     return srv->auths[reg - srv->conf->registries];
 }
 
+void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registry *reg,
+                             bool answered)
+{
+    srv->unreachable_ms[reg - srv->conf->registries] = answered ? 0 : rp_now_ms();
+}
+
+int64_t rp_server_unreachable_for(const struct rp_server *srv, const struct rp_conf_registry *reg)
+{
+    int64_t at = srv->unreachable_ms[reg - srv->conf->registries];
+    int64_t ago = rp_now_ms() - at;
+    return at && ago < RP_UNREACHABLE_HOLD_MS ? ago : -1;
+}
+
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
                          const char *repo, const char *digest)
 {
@@ -2030,6 +2043,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     }
     srv->auths = rp_xcalloc(conf->n_registries, sizeof(*srv->auths));
     srv->checks = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->checks));
+    srv->unreachable_ms = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->unreachable_ms));
     rp_metrics_init(&srv->metrics, conf->n_registries, conf->n_listens);
     for (size_t i = 0; i < conf->n_registries; i++)
         srv->auths[i] = rp_auth_new(&conf->registries[i]);
@@ -2174,6 +2188,7 @@ void rp_server_fini(struct rp_server *srv)
         for (size_t i = 0; i < srv->conf->n_registries; i++)
             free(srv->checks[i].line);
     free(srv->checks);
+    free(srv->unreachable_ms);
     rp_metrics_fini(&srv->metrics);
     if (srv->log_flush_ev) {
         rp_log_batch(NULL, NULL);

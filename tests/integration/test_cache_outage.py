@@ -112,6 +112,46 @@ def test_upstream_down(t):
     eq([x[0] for x in ups], ["HEAD"], "upstream requests for the revalidation")
 
 
+
+def test_unreachable_registry_not_asked_again_at_once(t):
+    """A registry that gave no answer is not asked again at once: for 30 s, tags past
+    tag_ttl are served stale right away (within max_stale), not each after a revalidation
+    of its own. Refused here; for a registry that drops connections, or accepts and says
+    nothing, each such revalidation would wait out a 15 s or 60 s timeout. Any answer from
+    the registry ends that."""
+    s = t.s
+    reg = t.private_registry("anon", images={
+        "ns/multi:v1": "oci:%s:v1" % s.images["multi"]["dir"],
+        "ns/multiarch:v1": "oci:%s:v1" % s.images["multiarch"]["dir"]})
+    p = t.proxy(registries=[reg.conf()], cache={"tag_ttl": "1s", "max_stale": "1h"})
+    digests = {}
+    for repo in ("multi", "multiarch"):
+        r = p.get("/v2/ns/%s/manifests/v1" % repo, headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, 200, "GET ns/%s:v1 with upstream up" % repo)
+        digests[repo] = lib.sha256(r.body)
+    t_fetched = time.time()
+
+    reg.stop()
+    _past(t_fetched, 1)
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    _stale(r, digests["multi"], "ns/multi:v1, upstream refusing")
+    reg.restart()
+    mk = reg.mark()
+    # Another tag, within the 30 s: stale at once, the registry not asked.
+    r = p.get("/v2/ns/multiarch/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    _stale(r, digests["multiarch"], "ns/multiarch:v1 right after the registry gave no answer")
+    st, h, _ = p.raw("HEAD", "/v2/ns/multi/manifests/v1", {"Accept": lib.ACCEPT_ALL})
+    eq((st, h.get("x-regproxy-cache")), (200, "STALE"), "HEAD of ns/multi:v1 meanwhile")
+    ups = lib.settle(lambda: [x for x in reg.since(mk) if "/manifests/" in x[1]])
+    eq(ups, [], "registry requests for stale tags within 30 s of no answer")
+    # Something only upstream can answer (an uncached tag) still goes there; its answer
+    # ends the hold, and the next tag past tag_ttl revalidates.
+    r = p.get("/v2/ns/multi/manifests/v2", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.error_codes()[:1]), (404, ["MANIFEST_UNKNOWN"]), "an uncached tag")
+    r = p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")),
+       (200, digests["multi"], "REVALIDATED"), "ns/multi:v1 once the registry answered")
+
 def test_upstream_errors(t):
     """500, 503 and 429 from upstream on revalidation: the cached tag is served STALE."""
     fr = t.s.fakereg
