@@ -259,6 +259,9 @@ struct rp_req {
     bool streaming;     /* pass-through stream of a blob range */
     bool range_refused; /* upstream answered the range pass-through with 416 */
     bool fill_behind;   /* a range pass-through that starts the cache's fill (rp_fill_behind) */
+    /* Upstream ignored the range, sending the whole blob with no length: the download is to
+     * serve it (range_to_fill: once this fetch is done). */
+    bool range_unsized, range_to_fill;
     bool paused;
     int64_t stream_expected, stream_sent;
     /* A whole blob passed through is hashed on the way, and its last byte held back until

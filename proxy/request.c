@@ -1053,7 +1053,7 @@ static void lookup(struct rp_req *r)
             rp_req_pass_through(r);
             return;
         }
-        if (r->range && !range_joins_fill(r->range, running)) {
+        if (r->range && !r->range_unsized && !range_joins_fill(r->range, running)) {
             /* A range of an uncached blob passes through; the cache is filled behind it
              * once upstream answered it (up_headers_cb). */
             r->fill_behind = !running;
@@ -1202,6 +1202,17 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
          * blob's digest. */
         if (status != 200 && !(status == 206 && r->range)) {
             r->up_err = rp_xasprintf("upstream answered a blob GET with status %d", status);
+            return -1;
+        }
+        if (h->length < 0 && status == 200 && r->range && !r->range_unsized) {
+            /* Upstream ignored the Range and sends the whole blob with no length (chunked,
+             * as Harbor's proxy-cache projects do): it cannot pass through (there is no last
+             * byte to hold back until the digest matched), and no fill would start behind
+             * it, so every range of the blob would fail. The download that fills the cache
+             * serves the range instead, once verified, as it serves any client of such a
+             * blob (up_done_cb). */
+            r->range_unsized = true;
+            r->range_to_fill = true;
             return -1;
         }
         if (h->length < 0) {
@@ -1792,6 +1803,14 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         bool ok =
             cr && rp_header_value_safe(cr) && strncmp(cr, "bytes */", 8) == 0 && strlen(cr) < 40;
         answer_range_unsatisfiable(r, ok ? cr : NULL);
+        return;
+    }
+    if (r->range_to_fill) {
+        /* Served by the download rather than passed through (up_headers_cb). */
+        r->range_to_fill = false;
+        r->fill_behind = false;
+        r->state = RQ_LOOKUP;
+        rp_req_drive(r);
         return;
     }
     if (r->streaming) {

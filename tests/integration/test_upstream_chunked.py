@@ -215,6 +215,36 @@ def test_chunked_blob_cut_range_ignored_fails(t):
     _nothing_cached(p, ld, "cut, Range ignored")
 
 
+def test_chunked_blob_ranges_when_range_is_ignored(t):
+    """An upstream that ignores Range and sends every blob whole and chunked (Harbor's
+    proxy-cache projects): a range that cannot join a download (a bounded one, a suffix, a
+    resumption from the middle with none running) used to be passed through, refused for
+    its missing length (502), and the download behind it never started, so every such
+    request failed for good. The download serves it instead, once verified: a 206 with the
+    asked bytes (several ranges: the whole blob), and the blob is cached; over max_size it
+    is served and not kept."""
+    blobs, ld, layer = _image()
+    n = len(layer)
+    up = _registry(t, blobs, _send_chunked)
+    path = "/v2/ns/x/blobs/" + ld
+    for rng, lo, hi in (("bytes=100-199", 100, 199), ("bytes=-10", n - 10, n - 1),
+                        ("bytes=%d-" % (n // 2), n // 2, n - 1), ("bytes=0-9,20-29", None, None)):
+        p = t.proxy(registries=[up.conf()])
+        r = p.get(path, headers={"Range": rng})
+        if lo is None:
+            eq((r.status, lib.sha256(r.body)), (200, ld), "Range %s: the whole blob" % rng)
+        else:
+            eq((r.status, r.header("Content-Range"), r.body == layer[lo:hi + 1]),
+               (206, "bytes %d-%d/%d" % (lo, hi, n), True), "Range %s (%.200r)" % (rng, r.body))
+        lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), 10,
+                       "the blob cached after Range %s" % rng)
+    p = t.proxy(registries=[up.conf()], cache={"max_size": "1M"})
+    r = p.get(path, headers={"Range": "bytes=100-199"})
+    eq((r.status, r.header("Content-Range"), r.body == layer[100:200]),
+       (206, "bytes 100-199/%d" % n, True), "a range of a blob over max_size")
+    _nothing_cached(p, ld, "a range over max_size")
+
+
 def test_chunked_blob_broken_framing_fails(t):
     """A chunk-size line that is not hex: curl refuses the framing; the client gets an
     error and nothing is cached."""
