@@ -1023,7 +1023,12 @@ static void lookup(struct rp_req *r)
             r->state = RQ_CONFIRM;
             return;
         }
-        if (r->head) {
+        /* If-None-Match naming the digest (an HTTP cache in front revalidating the blob it
+         * has, which this proxy evicted or never had): a blob has no other representation,
+         * so once upstream's HEAD says this repository has it, the answer is a 304, as
+         * docker-registry's and a cache hit's are (answer_success). A GET downloads
+         * nothing for it. */
+        if (r->head || rp_http_etag_list_names(r->if_none_match, rt->ref)) {
             /* A download verified and being made durable knows the length for sure, and its
              * name is its digest: a HEAD pipelined behind the GET that filled the blob (read
              * once the GET's last byte is out, before the blob is published) costs no
@@ -1195,7 +1200,7 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
                                  r->fetch_head ? "HEAD" : "GET", status);
         return -1;
     }
-    if (ok && r->route.kind == RP_ROUTE_BLOB && r->state == RQ_UPSTREAM && !r->head) {
+    if (ok && r->route.kind == RP_ROUTE_BLOB && r->state == RQ_UPSTREAM && !r->fetch_head) {
         /* A range pass-through: streamed with backpressure, never cached. Only a whole
          * blob (hashed, its last byte held back) or the part asked for: any other success
          * (203, 204, a 206 nobody asked for) would reach the client unverified under the
@@ -1619,10 +1624,11 @@ static void answer_success(struct rp_req *r)
         if (digest)
             rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\n", digest, digest);
         break;
-    case RP_ROUTE_BLOB: /* HEAD */
+    case RP_ROUTE_BLOB: /* HEAD, or a GET whose If-None-Match names the blob (lookup) */
         rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
         if (!type)
             type = "application/octet-stream";
+        digest = r->route.ref; /* for If-None-Match only: its headers are in already */
         break;
     case RP_ROUTE_REFERRERS:
     case RP_ROUTE_TAGS:

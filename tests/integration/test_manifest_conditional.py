@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Manifests carry docker-registry's validator, `ETag: "<digest>"`, and a GET or HEAD whose
 If-None-Match names it is answered 304, by tag and by digest, whether the proxy answers
-from its cache or from upstream: as docker-registry answers the same requests. Cached
-blobs likewise."""
+from its cache or from upstream: as docker-registry answers the same requests. Blobs
+likewise, cached or not."""
 import http.client
 import json
 
@@ -129,3 +129,34 @@ def test_if_none_match_cached_blob(t):
     st, h, body = p.raw("GET", path, {"If-None-Match": '"sha256:%s"' % ("3" * 64)})
     eq((st, lib.sha256(body), h.get("etag")), (200, layer, '"%s"' % layer),
        "GET with an If-None-Match naming another blob")
+
+
+def test_if_none_match_uncached_blob(t):
+    """A blob's ETag is its digest whether the proxy has it or not: a GET or HEAD of an
+    uncached blob naming it in If-None-Match (an HTTP cache in front revalidating a blob
+    the proxy evicted) gets a 304 as from docker-registry, after an upstream HEAD says the
+    repository has it, and nothing is downloaded. It used to get the whole blob (a GET
+    downloaded it), a HEAD a 200. A blob upstream does not have is still a 404."""
+    reg = t.s.anon_registry
+    p = _proxy(t)
+    layer = json.loads(reg.pushed["ns/multi:v1"]["body"])["layers"][1]["digest"]
+    path = "/v2/ns/multi/blobs/" + layer
+    for method, extra in (("GET", {}), ("HEAD", {}), ("GET", {"Range": "bytes=0-9"}),
+                          ("GET", {"Range": "bytes=0-"})):
+        headers = dict(extra, **{"If-None-Match": '"%s"' % layer})
+        what = "%s %s %s" % (method, path, headers)
+        u = reg.client(None).get(path, method, headers)
+        mk = reg.mark()
+        st, h, body = p.raw(method, path, headers)
+        eq((st, len(body)), (304, 0), "%s: status and body length" % what)
+        eq(st, u.status, "%s: status (docker-registry's)" % what)
+        eq((h.get("etag"), h.get("docker-content-digest")), ('"%s"' % layer, layer),
+           "%s: headers" % what)
+        ups = lib.settle(lambda: [(m, s) for m, pa, s in reg.since(mk) if pa == path], 1)
+        eq(ups, [("HEAD", 200)], "%s: upstream requests" % what)
+    check(not lib.cache_files(p.cache_dir, "blobs"), "a blob was cached: %s"
+          % lib.cache_files(p.cache_dir, "blobs"))
+    missing = "sha256:" + "4" * 64
+    st, h, body = p.raw("GET", "/v2/ns/multi/blobs/" + missing,
+                        {"If-None-Match": '"%s"' % missing})
+    eq(st, 404, "GET of a blob upstream does not have, with If-None-Match naming it")
