@@ -975,6 +975,19 @@ static bool range_joins_fill(const char *range, const struct rp_fill *running)
     return first == 0 || running;
 }
 
+/* Whether r is a GET whose Range no blob can satisfy, whatever its size ("bytes=-0", or a
+ * first byte past any size): a 416 naming the size, which an upstream HEAD gives
+ * (answer_success). Passed through, docker-registry answers "bytes=-0" with a 206 of no
+ * bytes and a Content-Range whose first byte is past its last. */
+static bool range_never_satisfiable(const struct rp_req *r)
+{
+    struct rp_byte_range rs[RANGES_MAX];
+    size_t n = 0;
+    return r->range && !r->head &&
+           rp_http_parse_ranges(r->range, strlen(r->range), UINT64_MAX, rs, RANGES_MAX, &n) ==
+               RP_RANGE_UNSATISFIABLE;
+}
+
 static void lookup(struct rp_req *r)
 {
     struct rp_server *srv = r->conn->srv;
@@ -1027,8 +1040,9 @@ static void lookup(struct rp_req *r)
          * has, which this proxy evicted or never had): a blob has no other representation,
          * so once upstream's HEAD says this repository has it, the answer is a 304, as
          * docker-registry's and a cache hit's are (answer_success). A GET downloads
-         * nothing for it. */
-        if (r->head || rp_http_etag_list_names(r->if_none_match, rt->ref)) {
+         * nothing for it, nor for a range no blob can satisfy (a 416 from that HEAD). */
+        if (r->head || rp_http_etag_list_names(r->if_none_match, rt->ref) ||
+            range_never_satisfiable(r)) {
             /* A download verified and being made durable knows the length for sure, and its
              * name is its digest: a HEAD pipelined behind the GET that filled the blob (read
              * once the GET's last byte is out, before the blob is published) costs no
@@ -1040,6 +1054,8 @@ static void lookup(struct rp_req *r)
                 r->cache_status = "MISS";
                 if (rp_http_etag_list_names(r->if_none_match, rt->ref))
                     answer_not_modified(r, rt->ref);
+                else if (!r->head)
+                    rp_req_range_unsatisfiable(r, (uint64_t)rp_fill_length(running));
                 else
                     rp_fill_answer_head(running, r);
                 return;
@@ -1624,7 +1640,8 @@ static void answer_success(struct rp_req *r)
         if (digest)
             rp_buf_addf(&extra, "Docker-Content-Digest: %s\r\nETag: \"%s\"\r\n", digest, digest);
         break;
-    case RP_ROUTE_BLOB: /* HEAD, or a GET whose If-None-Match names the blob (lookup) */
+    case RP_ROUTE_BLOB: /* HEAD; a GET whose If-None-Match names the blob, or whose range no
+                         * blob can satisfy (lookup) */
         rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
         if (!type)
             type = "application/octet-stream";
@@ -1642,6 +1659,10 @@ static void answer_success(struct rp_req *r)
         rp_inflight_share(r);
     if (digest && rp_http_etag_list_names(r->if_none_match, digest))
         answer_not_modified(r, digest);
+    else if (r->route.kind == RP_ROUTE_BLOB && !r->head && h->length >= 0)
+        rp_req_range_unsatisfiable(r, (uint64_t)h->length); /* range_never_satisfiable */
+    else if (r->route.kind == RP_ROUTE_BLOB && !r->head)
+        answer_range_unsatisfiable(r, NULL);
     else if (r->head) {
         rp_conn_write_head(r->conn, r->up_status, type, length, extra.data);
         rp_req_finish(r, NULL);

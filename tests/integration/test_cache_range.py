@@ -101,6 +101,34 @@ def test_head_and_range(t):
     eq(_ups(reg, mk, digest), [], "upstream requests for Range and HEAD of a cached blob")
 
 
+def test_range_never_satisfiable_uncached(t):
+    """A range no blob can satisfy ("bytes=-0": RFC 9110 14.1.1; a first byte past any
+    size) is a 416 naming the blob's size, cached or not, after an upstream HEAD; nothing
+    is downloaded. It used to pass through, and docker-registry answers "bytes=-0" with a
+    206 of no bytes and a Content-Range whose first byte is past its last, which reached
+    the client as it was."""
+    reg = t.s.anon_registry
+    layer = lib.image_manifests(reg, "ns/multi:v1")[0]["layers"][1]
+    digest, size = layer["digest"], layer["size"]
+    path = "/v2/ns/multi/blobs/" + digest
+    p = t.proxy(registries=[reg.conf()])
+    for rng in ("bytes=-0", "bytes=-0, -0", "bytes=18446744073709551615-"):
+        mk = reg.mark()
+        r = p.get(path, headers={"Range": rng})
+        codes = [e["code"] for e in r.json()["errors"]] if r.status == 416 else None
+        eq((r.status, r.header("Content-Range"), codes),
+           (416, "bytes */%d" % size, ["RANGE_INVALID"]), "uncached Range %s (%.300r)"
+           % (rng, r.body))
+        eq(_ups(reg, mk, digest, 1), [("HEAD", 200)], "upstream requests for Range %s" % rng)
+        st, h, body = p.raw("HEAD", path, {"Range": rng})
+        eq((st, h.get("content-length"), h.get("content-range")), (200, str(size), None),
+           "HEAD with Range %s" % rng)
+    _not_cached(p, digest, "after ranges no blob can satisfy")
+    missing = "sha256:" + "5" * 64
+    r = p.get("/v2/ns/multi/blobs/" + missing, headers={"Range": "bytes=-0"})
+    eq(r.status, 404, "Range bytes=-0 of a blob upstream does not have")
+
+
 def test_range_from_zero_fills_the_cache(t):
     """"bytes=0-" of an uncached blob is a whole-blob pull: one upstream GET without Range,
     a 206 for all of it, and the blob cached."""
