@@ -507,15 +507,17 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
     return srv->auths[reg - srv->conf->registries];
 }
 
+/* `regproxy check` runs fetches on a server of its own, which keeps no such record. */
 void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registry *reg,
                              bool answered)
 {
-    srv->unreachable_ms[reg - srv->conf->registries] = answered ? 0 : rp_now_ms();
+    if (srv->unreachable_ms)
+        srv->unreachable_ms[reg - srv->conf->registries] = answered ? 0 : rp_now_ms();
 }
 
 int64_t rp_server_unreachable_for(const struct rp_server *srv, const struct rp_conf_registry *reg)
 {
-    int64_t at = srv->unreachable_ms[reg - srv->conf->registries];
+    int64_t at = srv->unreachable_ms ? srv->unreachable_ms[reg - srv->conf->registries] : 0;
     int64_t ago = rp_now_ms() - at;
     return at && ago < RP_UNREACHABLE_HOLD_MS ? ago : -1;
 }
