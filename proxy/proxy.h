@@ -220,7 +220,8 @@ char *rp_manifest_own_type(const char *body, size_t len);
  * (Docker-Content-Digest, references by digest): of its payload, the bytes without the
  * signatures, as libtrust's JWS gives it (the first signature's protected header names the
  * payload's formatLength and the formatTail the signatures replaced), written to out. False,
- * out untouched, when the bytes do not say. */
+ * out untouched, when the bytes do not say, or when that payload is not the manifest itself
+ * less its signatures (another manifest's bytes as formatTail). */
 bool rp_manifest_schema1_digest(const char *algo, const char *body, size_t len, char *out,
                                 size_t outlen);
 

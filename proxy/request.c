@@ -1433,7 +1433,7 @@ static unsigned char *b64url_decode(const char *s, size_t *outlen)
 bool rp_manifest_schema1_digest(const char *algo, const char *body, size_t len, char *out,
                                 size_t outlen)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *sig = json_array_get(json_object_get(j, "signatures"), 0);
     const char *prot = json_string_value(json_object_get(sig, "protected"));
     size_t plen = 0, tlen = 0;
@@ -1449,7 +1449,18 @@ bool rp_manifest_schema1_digest(const char *algo, const char *body, size_t len, 
         char *payload = rp_xmalloc(n + tlen + 1);
         memcpy(payload, body, n);
         memcpy(payload + n, tail, tlen);
-        digest_hex(algo, payload, n + tlen, out, outlen);
+        /* The header is upstream's word too: the payload it names must be the manifest
+         * served, less its signatures, or any bytes would pass under another manifest's
+         * digest (formatLength 0, and that manifest as formatTail), and a client that reads
+         * the fields it was sent rather than the payload would use what it did not pin. */
+        json_t *pj = json_loadb(payload, n + tlen, JSON_REJECT_DUPLICATES, NULL);
+        json_t *unsigned_j = json_deep_copy(j);
+        ok = json_is_object(pj) && json_is_object(unsigned_j) &&
+             json_object_del(unsigned_j, "signatures") == 0 && json_equal(pj, unsigned_j);
+        json_decref(unsigned_j);
+        json_decref(pj);
+        if (ok)
+            digest_hex(algo, payload, n + tlen, out, outlen);
         free(payload);
     }
     free(tail);

@@ -165,3 +165,50 @@ def test_blob_other_success_not_passed_through(t):
     fr.set_mode("ok")
     st, n, body, complete = _get(p, path)
     eq((st, complete, lib.sha256(body)), (200, True, layer["digest"]), "GET once upstream is ok")
+
+
+def _b64url(b):
+    import base64
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def test_schema1_payload_must_be_the_manifest_served(t):
+    """A signed schema 1 manifest is named by its payload's digest, and its JWS says which
+    bytes that payload is: the manifest's first formatLength bytes, then formatTail. The
+    proxy took that word as it came: an upstream that sends any manifest it likes, with a
+    "signature" whose formatLength is 0 and whose formatTail is another manifest's whole
+    bytes, had it passed on under the other manifest's digest, also to a GET by that digest
+    (a client that reads the fields it was sent rather than the payload would use a manifest
+    it never pinned). The payload must be the manifest served, less its signatures: by
+    digest such bytes are refused, by tag they are named by their own hash."""
+    import rawup
+    schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    genuine = json.dumps({"schemaVersion": 1, "name": "ns/x", "tag": "v1",
+                          "architecture": "amd64", "fsLayers": [{"blobSum": "sha256:" + "1" * 64}],
+                          "history": [{"v1Compatibility": "{}"}]}, indent=3).encode()
+    d = lib.sha256(genuine)
+    evil = json.dumps({"schemaVersion": 1, "name": "ns/x", "tag": "v1", "architecture": "amd64",
+                       "fsLayers": [{"blobSum": "sha256:" + "2" * 64}],
+                       "history": [{"v1Compatibility": "{}"}],
+                       "signatures": [{"header": {"alg": "ES256"}, "signature": "AAAA",
+                                       "protected": _b64url(json.dumps(
+                                           {"formatLength": 0,
+                                            "formatTail": _b64url(genuine)}).encode())}]},
+                      indent=3).encode()
+
+    def h(r):
+        if r.path.startswith("/v2/ns/x/manifests/"):
+            r.answer(evil, schema1, d)
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    r = p.get("/v2/ns/x/manifests/" + d, headers={"Accept": schema1})
+    eq(r.status, 502, "schema 1 manifest whose payload is another's, by that one's digest: "
+       "%s %s" % (r.header("Docker-Content-Digest"), r.body[:200]))
+    eq(json.loads(r.body)["errors"][0]["code"], "MANIFEST_INVALID", "error code")
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": schema1})
+    eq((r.status, r.header("Docker-Content-Digest"), r.header("ETag")),
+       (200, lib.sha256(evil), '"%s"' % lib.sha256(evil)),
+       "the same by tag: named by its own bytes, not the other manifest's digest %s" % d)
