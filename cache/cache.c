@@ -2872,6 +2872,16 @@ static int tag_file_digest(const char *buf, size_t n, struct digest *d)
     return parse_digest(dstr, d);
 }
 
+/* Whether a fill of d is under way (begun, not yet committed or aborted): its blob has no
+ * index entry yet, but a repository confirmed upstream to have it is linked to it already. */
+static bool fill_under_way(const struct rp_cache *c, const struct digest *d)
+{
+    for (const struct rp_cache_fill *f = c->fills; f; f = f->next)
+        if (f->d.algo == d->algo && memcmp(f->d.raw, d->raw, algos[d->algo].rawlen) == 0)
+            return true;
+    return false;
+}
+
 /* Removes the files of one <hh> shard of top ("tags" or "links") whose digest has no index
  * entry: its content was evicted or lost, and is neither pinned nor being read or filled. A
  * tag then answers nothing (its manifest would be fetched anyway) and a link vouches for
@@ -2906,7 +2916,7 @@ static void key_sweep_shard(struct rp_cache *c, const char *top, unsigned shard)
                        : (tag_file_digest(buf, len, &dg) == 0 ? RP_CACHE_OK : -1);
         free(buf);
         if (rc != RP_CACHE_OK || index_find(c, RP_CACHE_BLOB, dg.algo, dg.raw) ||
-            index_find(c, RP_CACHE_MANIFEST, dg.algo, dg.raw)) {
+            index_find(c, RP_CACHE_MANIFEST, dg.algo, dg.raw) || fill_under_way(c, &dg)) {
             c->key_swept_kept++;
             continue;
         }

@@ -89,3 +89,73 @@ def test_tag_and_link_files_follow_eviction(t):
     # An early tag, whose files went with its manifest, is a plain miss, fetched correctly.
     s = get("ns/r0", "t0")
     eq(s.header("X-Regproxy-Cache"), "MISS", "an early tag, evicted")
+
+
+def test_link_confirmed_during_a_download_survives_the_sweep(t):
+    """A repository asking for a blob that another repository's download is bringing gets it
+    once upstream confirmed that it has it too: the link is recorded then, before the blob is
+    in the index. The sweep took such a link for one of content no longer cached, so after
+    the download the repository had no link: its next request asked upstream to confirm
+    again, and with upstream failing got a 503 for a blob the cache holds. A link whose blob
+    is being downloaded stays."""
+    import threading
+    layer = os.urandom(100 * 1024 + 3)
+    ld = lib.sha256(layer)
+    release = threading.Event()
+    t.defer(release.set)
+    failing = threading.Event()
+
+    def h(r):
+        path = r.path.split("?")[0]
+        if path == "/v2/ns/a/blobs/" + ld:
+            r.raw(("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                   "Content-Length: %d\r\nDocker-Content-Digest: %s\r\nConnection: close\r\n\r\n"
+                   % (len(layer), ld)).encode() + layer[:1000])
+            release.wait(120)
+            r.raw(layer[1000:])
+            return False
+        if path == "/v2/ns/b/blobs/" + ld:
+            if failing.is_set():
+                r.send(503, b"")
+            else:
+                r.send(200, b"", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(len(layer))),
+                                  ("Docker-Content-Digest", ld)])
+            return False
+        if "/manifests/" in path:
+            b = _manifest(path)
+            r.answer(b, MT, lib.sha256(b))
+            return False
+        r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()], cache={"max_size": "256K"})
+    got = {}
+
+    def one(repo):
+        got[repo] = lib.stream_get(p.port, "/v2/%s/blobs/%s" % (repo, ld))
+    ta = threading.Thread(target=one, args=("ns/a",), daemon=True)
+    ta.start()
+    lib.wait_until(lambda: up.seen("/v2/ns/a/blobs/"), 60, "the download upstream")
+    tb = threading.Thread(target=one, args=("ns/b",), daemon=True)
+    tb.start()
+    lib.wait_until(lambda: _files(p, "links") == 1, 60, "ns/b's link, once upstream confirmed")
+    # Enough tags of evicted manifests for a whole sweep (its start, then all its shards).
+    for i in range(800):
+        s = lib.stream_get(p.port, "/v2/ns/r%d/manifests/t%d" % (i % 50, i),
+                           headers={"Accept": MT})
+        eq(s.status, 200, "GET tag %d" % i)
+    check("files of content no longer cached removed" in p.log_text(), "no sweep ended")
+    release.set()
+    ta.join(120)
+    tb.join(120)
+    for repo in ("ns/a", "ns/b"):
+        eq((got[repo].status, got[repo].digest), (200, ld), "the blob through %s" % repo)
+    lib.wait_until(lambda: p.get("/v2/ns/a/blobs/" + ld, method="HEAD").header(
+        "X-Regproxy-Cache") == "HIT", 60, "the blob cached")
+    failing.set()
+    mark = len(up.seen("/v2/ns/b/"))
+    r = p.get("/v2/ns/b/blobs/" + ld)
+    eq((r.status, r.header("X-Regproxy-Cache")), (200, "HIT"),
+       "the blob through ns/b, upstream failing: %s" % r.body[:200])
+    eq(up.seen("/v2/ns/b/")[mark:], [], "upstream requests for a blob ns/b had confirmed")
