@@ -101,7 +101,9 @@ static const struct command_help commands[] = {
      "file's size (a flipped bit, zeros after a crash) would reach every client, each\n"
      "failing its own check. Each damaged entry is named and removed, so the next pull\n"
      "fetches it again (in an offline cache: mirror or import it again); an unreadable\n"
-     "one is named and kept. Ends with a summary; exits 0 when everything matched, else 1.\n"
+     "one is named and kept. Every mirrored or imported image that lost a manifest or a\n"
+     "layer (removed, or its file gone) is named. Ends with a summary; exits 0 when\n"
+     "everything matched and every such image is whole, else 1.\n"
      "Needs the cache not in use.\n",
      "c"},
     {"help", "help [COMMAND]", "Explains a command, or lists them all.\n", ""},

@@ -907,11 +907,65 @@ def test_verify_names_damaged_imported_images(t):
     rc, out, err = _run(t, ["verify", "-c", _conf(os.path.join(t.tmp, "on.conf"), cache,
                                                   Unreached)], ok=False)
     eq(rc, 1, "verify's exit status with damage, online (stdout %r, stderr %r)" % (out, err))
-    im = meta["images"][3]
-    eq([line for line in out.splitlines() if line.startswith("image ")],
-       ["image %s/%s:%s@%s lost %s: the next pull fetches it again"
-        % (NAME, im["repo"], im["tag"], im["digest"], sha(own[3]))],
-       "the image verify names, online (stdout %r)" % out)
+    # Images 1 and 2 have not got back what they lost (nothing pulled them): named again.
+    eq(sorted(line for line in out.splitlines() if line.startswith("image ")),
+       sorted("image %s/%s:%s@%s lost %s: the next pull fetches it again"
+              % (NAME, im["repo"], im["tag"], im["digest"], lost)
+              for im, lost in ((meta["images"][1], sha(own[1])),
+                               (meta["images"][2], meta["images"][2]["digest"]),
+                               (meta["images"][3], sha(own[3])))),
+       "the images verify names, online (stdout %r)" % out)
+
+
+def test_verify_names_images_whose_files_are_gone(t):
+    """A layer file of an imported image gone from the cache dir (fsck after a disk error moves
+    damaged files to lost+found): verify found nothing to check for it, said "0 damaged",
+    named no image and exited 0, while the offline cluster could not pull the image. verify
+    now walks every mirrored or imported image and names the one that lost a file, however
+    it went, every time it runs, and exits 1."""
+    meta, recs, own, _ = _crafted_images(2)
+    path = os.path.join(t.tmp, "two.rpb")
+    _bundle_write(path, meta, recs)
+    cache = os.path.join(t.tmp, "cache-off")
+    conf = _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True)
+    _run(t, ["import", "-c", conf, path])
+    os.unlink(lib.cache_path(cache, "blobs", sha(own[1])))
+    im = meta["images"][1]
+    want = ["image %s/%s:%s@%s lost %s: mirror or import it again"
+            % (NAME, im["repo"], im["tag"], im["digest"], sha(own[1]))]
+    for run in ("first", "second"):
+        rc, out, err = _run(t, ["verify", "-c", conf], ok=False)
+        eq(([line for line in out.splitlines() if line.startswith("image ")], rc), (want, 1),
+           "images named and exit status of the %s verify (stdout %r, stderr %r)"
+           % (run, out, err))
+        check("1 mirrored or imported image incomplete" in out.splitlines()[-1],
+              "verify's summary: %r" % out)
+    # Imported again, the image is whole: nothing named, exit 0.
+    _run(t, ["import", "-c", conf, path])
+    rc, out, err = _run(t, ["verify", "-c", conf], ok=False)
+    eq((rc, [line for line in out.splitlines() if line.startswith("image ")]), (0, []),
+       "verify after importing again (stdout %r)" % out)
+
+    # An index mirrored with --platform: the platforms left out are not losses; the one
+    # mirrored gone, the index (which then serves no platform) is named.
+    st = Store()
+    amd, arm = st.image("ns/m", "amd64"), st.image("ns/m", "arm64")
+    amd["platform"] = {"os": "linux", "architecture": "amd64"}
+    arm["platform"] = {"os": "linux", "architecture": "arm64"}
+    idx = st.manifest("ns/m", {"schemaVersion": 2, "mediaType": OCI_IDX,
+                               "manifests": [amd, arm]}, OCI_IDX, tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    conf2 = _conf(os.path.join(t.tmp, "m.conf"), os.path.join(t.tmp, "cache-m"), up)
+    _run(t, ["mirror", "-c", conf2, _list(t, "ns/m:v1"), "--platform", "linux/arm64"])
+    rc, out, err = _run(t, ["verify", "-c", conf2], ok=False)
+    eq((rc, [line for line in out.splitlines() if line.startswith("image ")]), (0, []),
+       "verify of an index mirrored for one platform (stdout %r)" % out)
+    os.unlink(lib.cache_path(os.path.join(t.tmp, "cache-m"), "manifests", arm["digest"]))
+    rc, out, err = _run(t, ["verify", "-c", conf2], ok=False)
+    eq((rc, [line for line in out.splitlines() if line.startswith("image ")]),
+       (1, ["image %s/ns/m:v1@%s lost %s: the next pull fetches it again"
+            % (NAME, idx["digest"], idx["digest"])]),
+       "verify of that index after its one platform's manifest went (stdout %r)" % out)
 
 
 def _scrub_found(p, digest):
