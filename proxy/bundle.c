@@ -1655,6 +1655,13 @@ int rp_export_main(struct rp_conf *conf, const struct rp_export_opts *o)
         fprintf(stderr, "regproxy export: --split must be at least 64K\n");
         return 2;
     }
+    /* Opening creates a missing cache: a mistyped dir was made, empty, and the export said
+     * that nothing was ever mirrored or imported into it. */
+    struct stat sb;
+    if (stat(conf->cache.dir, &sb) != 0) {
+        fprintf(stderr, "regproxy export: no cache at %s: %s\n", conf->cache.dir, strerror(errno));
+        return 1;
+    }
     k.c = rp_offline_open_cache(conf, "export", 0);
     if (!k.c)
         return 1;

@@ -678,6 +678,20 @@ def test_export_bad_split_size(t):
     check(rc == 2 and "--split SIZE goes with export -o" in err, "--split with --oci: %r" % err)
 
 
+def test_export_of_a_missing_cache(t):
+    """export with a cache dir that is not there (a typo in the configuration, or a disk not
+    mounted): opening the cache created it, directories and all, and export said "nothing
+    was mirrored or imported into this cache", as if the mirror had been lost. verify already
+    refused such a dir; export now does the same, and leaves no directory behind."""
+    cache = os.path.join(t.tmp, "not-mounted", "cache")
+    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, offline=True)
+    for out in (["-o", os.path.join(t.tmp, "b.rpb")], ["--oci", os.path.join(t.tmp, "oci")]):
+        rc, _, err = _run(t, ["export", "-c", conf] + out, ok=False)
+        eq((rc, err), (1, "regproxy export: no cache at %s: No such file or directory\n" % cache),
+           "export %s of a missing cache" % out[0])
+        check(not os.path.exists(os.path.dirname(cache)), "export created %s" % cache)
+
+
 def test_import_metadata_memory_bounded(t):
     """Metadata whose JSON costs far more memory than its size (an unknown key holding a
     million empty objects: 4 MiB of text, 17 KiB as LZ4) is refused with a message saying
