@@ -1186,6 +1186,18 @@ struct writer {
     struct rp_progress *prog;
 };
 
+/* A temp file of an export's output, made new: the output often goes to a directory others
+ * can write (shared media, a transfer area), and a symlink planted under the temp name was
+ * followed, so that the export, usually run as root, truncated and overwrote the file it
+ * named. The name is removed first (a leftover of an interrupted export), then created
+ * exclusively, never through a symlink. */
+static int create_new(const char *path)
+{
+    if (unlink(path) != 0 && errno != ENOENT)
+        return -1;
+    return open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+}
+
 static char *part_name(const char *base, uint64_t split, size_t i)
 {
     return split ? rp_xasprintf("%s.%03zu", base, i) : rp_xstrdup(base);
@@ -1208,7 +1220,7 @@ static int w_open_part(struct writer *w)
 {
     char *name = part_name(w->base, w->split, w->n);
     char *tmp = rp_xasprintf("%s.tmp", name);
-    w->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    w->fd = create_new(tmp);
     free(tmp);
     if (w->fd < 0) {
         free(name);
@@ -1515,7 +1527,7 @@ static int oci_blob(const char *dir, const char *digest, struct rp_cache *c,
         rc = 0;
         goto out;
     }
-    if (mkdirs(sub) != 0 || (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+    if (mkdirs(sub) != 0 || (fd = create_new(tmp)) < 0) {
         snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
         goto out;
     }
@@ -1555,7 +1567,7 @@ static int write_text_file(const char *dir, const char *name, const char *text)
     char *path = rp_xasprintf("%s/%s", dir, name);
     char *tmp = rp_xasprintf("%s.tmp", path);
     int rc = -1;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = create_new(tmp);
     if (fd >= 0 && fd_write_all(fd, text, strlen(text)) == 0 && fsync(fd) == 0) {
         close(fd);
         fd = -1;

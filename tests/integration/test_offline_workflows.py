@@ -692,6 +692,42 @@ def test_export_of_a_missing_cache(t):
         check(not os.path.exists(os.path.dirname(cache)), "export created %s" % cache)
 
 
+def test_export_does_not_write_through_planted_symlinks(t):
+    """export wrote its output under NAME.tmp opened with O_TRUNC, following a symlink there:
+    anyone able to write the output directory (shared media, a transfer area) could plant
+    BUNDLE.tmp -> /etc/shadow, and the export, run as root, truncated and overwrote that
+    file with the bundle. Same for split parts and for the OCI layout's blobs and
+    index.json. The temp names are now made new, never followed; the exports succeed and the
+    targets are untouched."""
+    st = Store()
+    man = st.image("ns/app", "amd64", tag="v1")
+    conf, _ = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/app:v1")
+    victim = os.path.join(t.tmp, "victim")
+    with open(victim, "w") as f:
+        f.write("precious\n")
+    out = os.path.join(t.tmp, "out")
+    oci = os.path.join(out, "oci")
+    os.makedirs(os.path.join(oci, "blobs", "sha256"))
+    plants = [os.path.join(out, "b.rpb.tmp"), os.path.join(out, "s.rpb.000.tmp"),
+              os.path.join(oci, "index.json.tmp"),
+              os.path.join(oci, "blobs", "sha256", man["digest"][7:] + ".tmp")]
+    for p in plants:
+        os.symlink(victim, p)
+    _run(t, ["export", "-c", conf, "-o", os.path.join(out, "b.rpb")])
+    _run(t, ["export", "-c", conf, "-o", os.path.join(out, "s.rpb"), "--split", "64K"])
+    _run(t, ["export", "-c", conf, "--oci", oci])
+    with open(victim) as f:
+        eq(f.read(), "precious\n", "the file the planted symlinks named")
+    check(not any(os.path.lexists(p) for p in plants), "temp names left: %s"
+          % [p for p in plants if os.path.lexists(p)])
+    cache2 = os.path.join(t.tmp, "cache-off")
+    conf2 = _conf(os.path.join(t.tmp, "off.conf"), cache2, offline=True)
+    for b in ("b.rpb", "s.rpb.000"):
+        _run(t, ["import", "-c", conf2, os.path.join(out, b)])
+    r = t.s.skopeo(["inspect", "--raw", "oci:%s:v1" % oci])
+    eq(lib.sha256(r.stdout), man["digest"], "skopeo inspect of the OCI layout")
+
+
 def test_import_metadata_memory_bounded(t):
     """Metadata whose JSON costs far more memory than its size (an unknown key holding a
     million empty objects: 4 MiB of text, 17 KiB as LZ4) is refused with a message saying
