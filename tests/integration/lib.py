@@ -75,6 +75,28 @@ def sha256(b):
     return "sha256:" + hashlib.sha256(b).hexdigest()
 
 
+SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+
+def schema1_payload_digest(body):
+    """A signed schema 1 manifest's digest as registries and clients (containers/image,
+    docker's libtrust) compute it: of its payload, the first signature's protected header's
+    formatLength bytes of the body followed by its formatTail; the payload must be the body
+    less its signatures. None when the body does not say so."""
+    def b64url(s):
+        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    try:
+        j = json.loads(body)
+        prot = json.loads(b64url(j["signatures"][0]["protected"]))
+        payload = body[:int(prot["formatLength"])] + b64url(prot["formatTail"])
+        del j["signatures"]
+        if json.loads(payload) != j:
+            return None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return sha256(payload)
+
+
 def sha256_file(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:

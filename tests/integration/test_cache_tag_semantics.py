@@ -276,3 +276,4 @@ def test_schema1_get_names_the_payload_digest(t):
            "GET and HEAD %d, schema 1 only" % n)
         eq((g.header("Docker-Content-Digest"), hd.header("Docker-Content-Digest")),
            (want, want), "GET and HEAD %d: Docker-Content-Digest (upstream's: %s)" % (n, want))
+        eq(lib.schema1_payload_digest(g.body), want, "GET %d: the body's payload digest" % n)

@@ -222,9 +222,13 @@ def test_soak(t):
                 note("BAD", "HEAD %s (Accept %s): %r" % (path, acc, s))
         elif s.status == 200 and s.complete and s.length:
             dg = s.header("docker-content-digest")
-            if dg != s.digest:
+            # Signed schema 1 (docker-registry's answer to an Accept naming no schema 2 type)
+            # is named by its payload's digest, as clients verify it.
+            got = (lib.schema1_payload_digest(s.body)
+                   if s.header("content-type") == lib.SCHEMA1_SIGNED else s.digest)
+            if dg != got:
                 note("BAD", "%s (Accept %s): Docker-Content-Digest %s, body %s"
-                     % (path, acc, dg, s.digest))
+                     % (path, acc, dg, got))
             note("manifest", None)
         elif s.status not in (0, 200, 404, 406, 502, 503, 504):
             note("BAD", "%s (Accept %s): %r" % (path, acc, s))
