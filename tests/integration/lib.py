@@ -120,6 +120,32 @@ def tail(path, n=40):
         return "(cannot read %s: %s)" % (path, e)
 
 
+def held_herd(p, up, path, order, release, first=True, headers=None):
+    """Requests of path through proxy p, one per method in order, all inside the proxy before
+    the upstream up (a rawup.RawUpstream holding them until release is set) answers any.
+    With first, the first is sent, and seen upstream, before the rest. Waits until each either
+    went upstream or waits on another (the proxy's debug line: p logs at debug), then
+    releases upstream. Returns the responses in order (None for one that got none) and
+    the methods upstream saw for path."""
+    got = [None] * len(order)
+
+    def one(i):
+        got[i] = p.get(path, method=order[i], headers=headers)
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
+    if first:
+        ths[0].start()
+        wait_until(lambda: up.seen(path), 60, "the first request upstream")
+    for th in ths[1 if first else 0:]:
+        th.start()
+    wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
+               >= len(order), 60,
+               "each of %d requests upstream or waiting on another" % len(order))
+    release.set()
+    for th in ths:
+        th.join(120)
+    return got, [x[1] for x in up.seen(path)]
+
+
 def wait_until(fn, timeout, what, interval=0.05, proc=None):
     """Polls fn() until it returns a truthy value; fails naming `what` after timeout, or
     at once when `proc` (a Proc) dies meanwhile."""

@@ -235,26 +235,10 @@ def _confirm_herd(t, cut):
     t.defer(release.set)
     p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
     eq(p.get("/v2/ns/a/blobs/" + ld).status, 200, "GET of the blob through ns/a")
-    path = "/v2/ns/b/blobs/" + ld
-    order = ["GET"] * 12 + ["HEAD"] * 4
-    got = [None] * len(order)
-
-    def one(i):
-        got[i] = p.get(path, method=order[i])
-    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
-    ths[0].start()
-    lib.wait_until(lambda: up.seen(path), 60, "the first confirmation upstream")
-    for th in ths[1:]:
-        th.start()
-    lib.wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
-                   >= len(order), 60,
-                   "each of %d requests upstream or waiting on another" % len(order))
-    release.set()
-    for th in ths:
-        th.join(120)
+    got, ups = lib.held_herd(p, up, "/v2/ns/b/blobs/" + ld, ["GET"] * 12 + ["HEAD"] * 4, release)
     for r in got:
         check(r is not None, "a request got no answer")
-    return got, [x[1] for x in up.seen(path)], layer, ld
+    return got, ups, layer, ld
 
 
 def test_confirm_herd_one_upstream_head(t):

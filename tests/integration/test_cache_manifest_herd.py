@@ -210,25 +210,10 @@ def _cold_tag_herd(t, methods, first=None):
     manifest and its digest)."""
     up, release, m, d = _held_upstream(t)
     p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
-    path = "/v2/ns/cold/manifests/v1"
     order = ([first] if first else []) + list(methods)
-    got = [None] * len(order)
-
-    def one(i):
-        got[i] = p.get(path, method=order[i], headers={"Accept": lib.ACCEPT_ALL})
-    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
-    if first:
-        ths[0].start()
-        lib.wait_until(lambda: up.seen(path), 60, "the first request upstream")
-    for th in ths[1 if first else 0:]:
-        th.start()
-    lib.wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
-                   >= len(order), 60,
-                   "each of %d requests upstream or waiting on another" % len(order))
-    release.set()
-    for th in ths:
-        th.join(120)
-    return got, [x[1] for x in up.seen(path)], m, d
+    got, ups = lib.held_herd(p, up, "/v2/ns/cold/manifests/v1", order, release,
+                             first=bool(first), headers={"Accept": lib.ACCEPT_ALL})
+    return got, ups, m, d
 
 
 def _check_herd(got, digest, what):
@@ -329,21 +314,7 @@ def _cold_tag_herd_cut(t, head):
     p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
     path = "/v2/ns/cold/manifests/v1"
     order = ["GET"] * 6 + ["HEAD"] * 4
-    got = [None] * len(order)
-
-    def one(i):
-        got[i] = p.get(path, method=order[i], headers={"Accept": lib.ACCEPT_ALL})
-    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
-    ths[0].start()
-    lib.wait_until(lambda: up.seen(path), 60, "the first GET upstream")
-    for th in ths[1:]:
-        th.start()
-    lib.wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
-                   >= len(order), 60,
-                   "each of %d requests upstream or waiting on another" % len(order))
-    release.set()
-    for th in ths:
-        th.join(120)
+    got, _ = lib.held_herd(p, up, path, order, release, headers={"Accept": lib.ACCEPT_ALL})
     for r in got:
         check(r is not None, "a request got no answer")
     want, code = (502, "UNKNOWN") if head else (503, "UNAVAILABLE")
