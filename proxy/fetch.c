@@ -236,7 +236,7 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
                         answered ? f->status : 0, rp_now_ms() - f->sent_ms);
     /* The registry's own reachability (a CDN's is not its): see rp_server_unreachable_for. */
     if (f->url_is_registry && (answered || xe == RP_XFER_E_UNREACHABLE || xe == RP_XFER_E_TIMEOUT))
-        rp_server_upstream_seen(f->srv, f->reg, answered);
+        rp_server_upstream_seen(f->srv, f->reg, answered, f->sent_ms);
     if (f->body_before_head || (xe == RP_XFER_OK && !f->headed)) {
         /* No final head ever came: a 101 nobody asked for ends curl's header parsing, and
          * the rest arrives as a body. Neither a retried 401 nor a redirect (whose Location

@@ -432,8 +432,10 @@ struct rp_server {
     struct rp_conf *conf;
     struct rp_upstream *up;
     struct rp_cache *cache;
-    struct rp_auth **auths;  /* one per conf->registries[i] */
-    int64_t *unreachable_ms; /* one per registry: when it last gave no answer, 0 after one */
+    struct rp_auth **auths; /* one per conf->registries[i] */
+    /* Two per registry (rp_server_upstream_seen): [2i] when it last gave no answer, 0 after
+     * an answer; [2i + 1] when the last answer came. */
+    int64_t *unreachable_ms;
     struct rp_listener *listeners;
     struct rp_listen_ctx *lctx; /* one per listener */
     size_t n_listeners;
@@ -507,10 +509,12 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
  * with none because the registry could not be reached or did not answer in time. After no
  * answer, tags past tag_ttl are served stale at once (within max_stale) for
  * RP_UNREACHABLE_HOLD_MS rather than each wait out a revalidation of its own; an answer ends
- * that. */
+ * that. A request sent (sent_ms) before the last answer, that times out only after it, does
+ * not start it again: one request hung since before the registry came back says nothing of
+ * it now. */
 #define RP_UNREACHABLE_HOLD_MS 30000
 void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registry *reg,
-                             bool answered);
+                             bool answered, int64_t sent_ms);
 /* Whether the registry gave no answer less than RP_UNREACHABLE_HOLD_MS ago, and none since:
  * how long ago, in ms, or -1. */
 int64_t rp_server_unreachable_for(const struct rp_server *srv, const struct rp_conf_registry *reg);

@@ -509,15 +509,24 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
 
 /* `regproxy check` runs fetches on a server of its own, which keeps no such record. */
 void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registry *reg,
-                             bool answered)
+                             bool answered, int64_t sent_ms)
 {
-    if (srv->unreachable_ms)
-        srv->unreachable_ms[reg - srv->conf->registries] = answered ? 0 : rp_now_ms();
+    if (!srv->unreachable_ms)
+        return;
+    int64_t *at = &srv->unreachable_ms[2 * (size_t)(reg - srv->conf->registries)];
+    int64_t now = rp_now_ms();
+    if (answered) {
+        at[0] = 0;
+        at[1] = now;
+    } else if (sent_ms >= at[1]) {
+        at[0] = now; /* not a request sent before the last answer, timing out only now */
+    }
 }
 
 int64_t rp_server_unreachable_for(const struct rp_server *srv, const struct rp_conf_registry *reg)
 {
-    int64_t at = srv->unreachable_ms ? srv->unreachable_ms[reg - srv->conf->registries] : 0;
+    int64_t at =
+        srv->unreachable_ms ? srv->unreachable_ms[2 * (size_t)(reg - srv->conf->registries)] : 0;
     int64_t ago = rp_now_ms() - at;
     return at && ago < RP_UNREACHABLE_HOLD_MS ? ago : -1;
 }
@@ -2045,7 +2054,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     }
     srv->auths = rp_xcalloc(conf->n_registries, sizeof(*srv->auths));
     srv->checks = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->checks));
-    srv->unreachable_ms = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->unreachable_ms));
+    srv->unreachable_ms = rp_xcalloc(2 * conf->n_registries + 1, sizeof(*srv->unreachable_ms));
     rp_metrics_init(&srv->metrics, conf->n_registries, conf->n_listens);
     for (size_t i = 0; i < conf->n_registries; i++)
         srv->auths[i] = rp_auth_new(&conf->registries[i]);
