@@ -120,25 +120,28 @@ def tail(path, n=40):
         return "(cannot read %s: %s)" % (path, e)
 
 
-def held_herd(p, up, path, order, release, first=True, headers=None):
+def held_herd(p, up, path, order, release, first=True, headers=None, first_seen=None,
+              all_in=None):
     """Requests of path through proxy p, one per method in order, all inside the proxy before
     the upstream up (a rawup.RawUpstream holding them until release is set) answers any.
-    With first, the first is sent, and seen upstream, before the rest. Waits until each either
-    went upstream or waits on another (the proxy's debug line: p logs at debug), then
+    With first, the first is sent, and seen upstream (first_seen(), by default a request for
+    path), before the rest. Waits until each either went upstream or waits on another
+    (all_in(waiting), given how many the proxy's debug line says wait: p logs at debug), then
     releases upstream. Returns the responses in order (None for one that got none) and
     the methods upstream saw for path."""
     got = [None] * len(order)
+    first_seen = first_seen or (lambda: up.seen(path))
+    all_in = all_in or (lambda waiting: len(up.seen(path)) + waiting >= len(order))
 
     def one(i):
         got[i] = p.get(path, method=order[i], headers=headers)
     ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(order))]
     if first:
         ths[0].start()
-        wait_until(lambda: up.seen(path), 60, "the first request upstream")
+        wait_until(first_seen, 60, "the first request upstream")
     for th in ths[1 if first else 0:]:
         th.start()
-    wait_until(lambda: len(up.seen(path)) + p.log_text().count(" waits for request ")
-               >= len(order), 60,
+    wait_until(lambda: all_in(p.log_text().count(" waits for request ")), 60,
                "each of %d requests upstream or waiting on another" % len(order))
     release.set()
     for th in ths:

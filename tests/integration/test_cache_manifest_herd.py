@@ -271,20 +271,9 @@ def test_expired_tag_herd_upstream_failing_one_revalidation(t):
     time.sleep(2.2)  # tag ages are whole seconds
     order = ["GET"] * 8 + ["HEAD"] * 3
     n = len(order)
-    got = [None] * n
-
-    def one(i):
-        got[i] = p.get(path, method=order[i], headers={"Accept": lib.ACCEPT_ALL})
-    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
-    ths[0].start()
-    lib.wait_until(lambda: up.seen(path)[1:], 60, "the first GET's revalidation upstream")
-    for th in ths[1:]:
-        th.start()
-    lib.wait_until(lambda: p.log_text().count(" waits for request ") >= n - 1, 60,
-                   "each of %d requests waiting on the first" % (n - 1))
-    release.set()
-    for th in ths:
-        th.join(120)
+    got, _ = lib.held_herd(p, up, path, order, release, headers={"Accept": lib.ACCEPT_ALL},
+                           first_seen=lambda: up.seen(path)[1:],
+                           all_in=lambda waiting: waiting >= n - 1)
     for r in got:
         check(r is not None, "a request got no answer")
     eq([(r.status, r.header("X-Regproxy-Cache"), r.header("Docker-Content-Digest"))
@@ -351,20 +340,9 @@ def test_cold_tag_herd_realm_silent_one_token_request(t):
     t.defer(release.set)
     p = t.proxy(registries=[up.conf()], admin={"log_level": "debug"})
     path = "/v2/ns/cold/manifests/v1"
-    got = [None] * 8
-
-    def one(i):
-        got[i] = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
-    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(got))]
-    ths[0].start()
-    lib.wait_until(lambda: up.seen("/token"), 60, "the first token request")
-    for th in ths[1:]:
-        th.start()
-    lib.wait_until(lambda: p.log_text().count(" waits for request ") >= len(got) - 1, 60,
-                   "each of %d requests waiting on the first" % (len(got) - 1))
-    release.set()
-    for th in ths:
-        th.join(120)
+    got, _ = lib.held_herd(p, up, path, ["GET"] * 8, release, headers={"Accept": lib.ACCEPT_ALL},
+                           first_seen=lambda: up.seen("/token"),
+                           all_in=lambda waiting: waiting >= 7)
     for r in got:
         check(r is not None, "a request got no answer")
     eq([(r.status, r.error_codes()) for r in got], [(503, ["UNAVAILABLE"])] * len(got),

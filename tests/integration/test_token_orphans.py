@@ -55,13 +55,17 @@ def test_abandoned_token_fetches_are_bounded(t):
     p = t.proxy(registries=[up.conf(token_realms="%s/token" % up.url)])
     base = _sockets(p)
 
-    for i in range(NAMES):
+    def orphan(i):
+        """A client asks for ns/n<i> and leaves once the proxy has asked the realm."""
         asked = len(up.seen("/token"))
         c = socket.create_connection(("127.0.0.1", p.port))
         c.sendall(b"GET /v2/ns/n%d/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n" % i)
         lib.wait_until(lambda: len(up.seen("/token")) > asked, 10,
                        "the proxy asking the realm for ns/n%d" % i)
         c.close()
+
+    for i in range(NAMES):
+        orphan(i)
     lib.wait_until(lambda: p.metrics()[("regproxy_open_connections", frozenset())] == 0, 10,
                    "the clients' connections to close")
     # The cancelled fetches' realm connections are closed as they are cancelled.
@@ -81,12 +85,7 @@ def test_abandoned_token_fetches_are_bounded(t):
     lib.wait_until(lambda: len(up.seen("/token")) > asked, 10,
                    "the proxy asking the realm for the waiting client")
     for i in range(NAMES, NAMES + 2 * ORPHANS_MAX):  # more orphans, pushing out the oldest
-        n = len(up.seen("/token"))
-        c = socket.create_connection(("127.0.0.1", p.port))
-        c.sendall(b"GET /v2/ns/n%d/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n" % i)
-        lib.wait_until(lambda: len(up.seen("/token")) > n, 10,
-                       "the proxy asking the realm for ns/n%d" % i)
-        c.close()
+        orphan(i)
     realm_open.set()
     th.join(60)
     check(got, "the waiting client got no answer")
