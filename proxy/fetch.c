@@ -234,7 +234,7 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
     bool answered = xe == RP_XFER_OK || f->headed || f->body_before_head;
     rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
                         answered ? f->status : 0, rp_now_ms() - f->sent_ms);
-    /* The registry's own reachability (a CDN's is not its): see rp_server_unreachable_for. */
+    /* The registry's own reachability (a CDN's is not its): see rp_server_registry_silent. */
     if (f->url_is_registry && (answered || xe == RP_XFER_E_UNREACHABLE || xe == RP_XFER_E_TIMEOUT))
         rp_server_upstream_seen(f->srv, f->reg, answered, f->sent_ms);
     if (f->body_before_head || (xe == RP_XFER_OK && !f->headed)) {

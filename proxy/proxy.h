@@ -433,9 +433,10 @@ struct rp_server {
     struct rp_upstream *up;
     struct rp_cache *cache;
     struct rp_auth **auths; /* one per conf->registries[i] */
-    /* Two per registry (rp_server_upstream_seen): [2i] when it last gave no answer, 0 after
-     * an answer; [2i + 1] when the last answer came. */
-    int64_t *unreachable_ms;
+    struct rp_reach {
+        int64_t silent_ms;   /* when it last gave no answer, 0 once it answered since */
+        int64_t answered_ms; /* when it last answered */
+    } * reach;               /* one per registry (rp_server_upstream_seen) */
     struct rp_listener *listeners;
     struct rp_listen_ctx *lctx; /* one per listener */
     size_t n_listeners;
@@ -515,9 +516,8 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
 #define RP_UNREACHABLE_HOLD_MS 30000
 void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registry *reg,
                              bool answered, int64_t sent_ms);
-/* Whether the registry gave no answer less than RP_UNREACHABLE_HOLD_MS ago, and none since:
- * how long ago, in ms, or -1. */
-int64_t rp_server_unreachable_for(const struct rp_server *srv, const struct rp_conf_registry *reg);
+/* Whether the registry gave no answer less than RP_UNREACHABLE_HOLD_MS ago, and none since. */
+bool rp_server_registry_silent(const struct rp_server *srv, const struct rp_conf_registry *reg);
 /* Pins digest when (registry, repo) matches a [cache] pin pattern. */
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
                          const char *repo, const char *digest);

@@ -1126,8 +1126,7 @@ static void lookup(struct rp_req *r)
                 }
                 /* The registry gave no answer moments ago: waiting out another revalidation
                  * (up to a connect or answer timeout) would only end here too. */
-                int64_t down_ms = rp_server_unreachable_for(srv, rt->reg);
-                if (down_ms >= 0 &&
+                if (rp_server_registry_silent(srv, rt->reg) &&
                     stale_answer(r, "gave no answer moments ago, not asked again yet", 0))
                     return;
                 /* Past its freshness: a HEAD tells whether the tag still names it. */

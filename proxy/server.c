@@ -511,24 +511,21 @@ struct rp_auth *rp_server_auth(struct rp_server *srv, const struct rp_conf_regis
 void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registry *reg,
                              bool answered, int64_t sent_ms)
 {
-    if (!srv->unreachable_ms)
+    if (!srv->reach)
         return;
-    int64_t *at = &srv->unreachable_ms[2 * (size_t)(reg - srv->conf->registries)];
-    int64_t now = rp_now_ms();
+    struct rp_reach *at = &srv->reach[reg - srv->conf->registries];
     if (answered) {
-        at[0] = 0;
-        at[1] = now;
-    } else if (sent_ms >= at[1]) {
-        at[0] = now; /* not a request sent before the last answer, timing out only now */
+        at->silent_ms = 0;
+        at->answered_ms = rp_now_ms();
+    } else if (sent_ms >= at->answered_ms) {
+        at->silent_ms = rp_now_ms(); /* not sent before the last answer, timing out only now */
     }
 }
 
-int64_t rp_server_unreachable_for(const struct rp_server *srv, const struct rp_conf_registry *reg)
+bool rp_server_registry_silent(const struct rp_server *srv, const struct rp_conf_registry *reg)
 {
-    int64_t at =
-        srv->unreachable_ms ? srv->unreachable_ms[2 * (size_t)(reg - srv->conf->registries)] : 0;
-    int64_t ago = rp_now_ms() - at;
-    return at && ago < RP_UNREACHABLE_HOLD_MS ? ago : -1;
+    int64_t at = srv->reach ? srv->reach[reg - srv->conf->registries].silent_ms : 0;
+    return at && rp_now_ms() - at < RP_UNREACHABLE_HOLD_MS;
 }
 
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
@@ -2054,7 +2051,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     }
     srv->auths = rp_xcalloc(conf->n_registries, sizeof(*srv->auths));
     srv->checks = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->checks));
-    srv->unreachable_ms = rp_xcalloc(2 * conf->n_registries + 1, sizeof(*srv->unreachable_ms));
+    srv->reach = rp_xcalloc(conf->n_registries + 1, sizeof(*srv->reach));
     rp_metrics_init(&srv->metrics, conf->n_registries, conf->n_listens);
     for (size_t i = 0; i < conf->n_registries; i++)
         srv->auths[i] = rp_auth_new(&conf->registries[i]);
@@ -2199,7 +2196,7 @@ void rp_server_fini(struct rp_server *srv)
         for (size_t i = 0; i < srv->conf->n_registries; i++)
             free(srv->checks[i].line);
     free(srv->checks);
-    free(srv->unreachable_ms);
+    free(srv->reach);
     rp_metrics_fini(&srv->metrics);
     if (srv->log_flush_ev) {
         rp_log_batch(NULL, NULL);
