@@ -59,7 +59,7 @@ static void admin_reply(struct rp_admin_conn *a, int status, const char *type, c
     /* Content-Length still says what a GET gets; a HEAD's answer is the head alone. */
     struct evbuffer *out = bufferevent_get_output(a->bev);
     evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                        "HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %zu\r\n"
                         "%sCache-Control: no-store\r\nConnection: close\r\n\r\n",
                         status,
                         status == 200   ? "OK"
@@ -68,7 +68,7 @@ static void admin_reply(struct rp_admin_conn *a, int status, const char *type, c
                         : status == 400 ? "Bad Request"
                         : status == 408 ? "Request Timeout"
                                         : "Not Found",
-                        type, len,
+                        rp_server_date_line(a->srv), type, len,
                         /* RFC 9110 15.5.6: a 405 says which methods are allowed */
                         status == 405 ? "Allow: GET, HEAD\r\n" : "");
     if (!a->head)

@@ -518,6 +518,10 @@ void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registr
                              bool answered, int64_t sent_ms);
 /* Whether the registry gave no answer less than RP_UNREACHABLE_HOLD_MS ago, and none since. */
 bool rp_server_registry_silent(const struct rp_server *srv, const struct rp_conf_registry *reg);
+/* The Date every answer carries (RFC 9110 6.6.1: an origin server with a clock sends one),
+ * as "Date: <IMF-fixdate>\r\n". Formatted once a second, from the loop's cached clock: no
+ * system call, no allocation on a cache hit's path. */
+const char *rp_server_date_line(struct rp_server *srv);
 /* Pins digest when (registry, repo) matches a [cache] pin pattern. */
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
                          const char *repo, const char *digest);

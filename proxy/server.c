@@ -29,6 +29,7 @@
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -270,6 +271,7 @@ static char *build_head(struct rp_conn *c, int status, const char *content_type,
     *p++ = ' ';
     p = put(p, reason, reason_len);
     p = PUT_LIT(p, "\r\nDocker-Distribution-API-Version: registry/2.0\r\n");
+    p = put(p, rp_server_date_line(c->srv), sizeof("Date: \r\n") - 1 + RP_HTTP_DATE_LEN);
     if (c->req) {
         p = PUT_LIT(p, "X-Request-Id: ");
         p = put(p, c->req->id, strlen(c->req->id));
@@ -526,6 +528,22 @@ bool rp_server_registry_silent(const struct rp_server *srv, const struct rp_conf
 {
     int64_t at = srv->reach ? srv->reach[reg - srv->conf->registries].silent_ms : 0;
     return at && rp_now_ms() - at < RP_UNREACHABLE_HOLD_MS;
+}
+
+const char *rp_server_date_line(struct rp_server *srv)
+{
+    /* Per thread: the offline tools may serve from threads of their own. */
+    static _Thread_local int64_t at = -1;
+    static _Thread_local char line[sizeof("Date: \r\n") + RP_HTTP_DATE_LEN] = "Date: ";
+    struct timeval tv;
+    if (!srv->base || event_base_gettimeofday_cached(srv->base, &tv) != 0)
+        gettimeofday(&tv, NULL);
+    if ((int64_t)tv.tv_sec != at) {
+        at = (int64_t)tv.tv_sec;
+        rp_fmt_http_date(line + 6, at);
+        memcpy(line + 6 + RP_HTTP_DATE_LEN, "\r\n", 3);
+    }
+    return line;
 }
 
 void rp_server_maybe_pin(struct rp_server *srv, const struct rp_conf_registry *reg,
@@ -1192,14 +1210,14 @@ static void tls_write_cb(struct bufferevent *bev, void *arg)
 static void tls_answer_plain_http(struct rp_conn *c)
 {
     static const char message[] = "Client sent an HTTP request to an HTTPS server.";
-    char id[32], head[256];
+    char id[32], head[512];
     rp_request_id(id, sizeof(id));
     char *body = rp_error_body("UNSUPPORTED", message, NULL);
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 400 Bad Request\r\nDocker-Distribution-API-Version: registry/2.0\r\n"
-                     "X-Request-Id: %s\r\nContent-Type: application/json\r\n"
+                     "%sX-Request-Id: %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                     id, strlen(body));
+                     rp_server_date_line(c->srv), id, strlen(body));
     size_t body_len = strlen(body);
     struct iovec iov[2] = {{head, (size_t)n}, {body, body_len}};
     ssize_t w = writev(c->fd, iov, 2);
@@ -1544,9 +1562,9 @@ static ssize_t answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     char *body = rp_error_body(code, message, NULL);
     size_t body_len = strlen(body);
     evbuffer_add_printf(out,
-                        "HTTP/1.1 %s\r\nContent-Type: application/json\r\n%s"
+                        "HTTP/1.1 %s\r\n%sContent-Type: application/json\r\n%s"
                         "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                        status_line, extra_headers, body_len, body);
+                        status_line, rp_server_date_line(ctx->srv), extra_headers, body_len, body);
     free(body);
     conn_close_after_flush(c);
     /* A TLS client that never starts its handshake never takes the answer, and would hold

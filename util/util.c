@@ -384,6 +384,57 @@ bool rp_strieq_n(const char *a, size_t alen, const char *b)
     return alen == blen && strncasecmp(a, b, alen) == 0;
 }
 
+void rp_fmt_http_date(char *out, int64_t t)
+{
+    static const char wday[7][3] = {{'T', 'h', 'u'}, {'F', 'r', 'i'}, {'S', 'a', 't'},
+                                    {'S', 'u', 'n'}, {'M', 'o', 'n'}, {'T', 'u', 'e'},
+                                    {'W', 'e', 'd'}};
+    static const char mon[12][3] = {{'J', 'a', 'n'}, {'F', 'e', 'b'}, {'M', 'a', 'r'},
+                                    {'A', 'p', 'r'}, {'M', 'a', 'y'}, {'J', 'u', 'n'},
+                                    {'J', 'u', 'l'}, {'A', 'u', 'g'}, {'S', 'e', 'p'},
+                                    {'O', 'c', 't'}, {'N', 'o', 'v'}, {'D', 'e', 'c'}};
+    if (t < 0)
+        t = 0;
+    int64_t days = t / 86400, secs = t % 86400;
+    int wd = (int)(days % 7); /* 1970-01-01 was a Thursday */
+    /* Civil date from days since the epoch (H. Hinnant's days_from_civil, inverted). */
+    int64_t z = days + 719468;
+    int64_t era = z / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1;
+    int64_t m = mp < 10 ? mp + 3 : mp - 9;
+    int64_t y = yoe + era * 400 + (m <= 2);
+    if (y > 9999) /* four digits is the format's: the last second it can name */
+        y = 9999, m = 12, d = 31, secs = 86399, wd = 1;
+    char *p = out;
+    memcpy(p, wday[wd], 3);
+    p[3] = ',';
+    p[4] = ' ';
+    p[5] = (char)('0' + d / 10);
+    p[6] = (char)('0' + d % 10);
+    p[7] = ' ';
+    memcpy(p + 8, mon[m - 1], 3);
+    p[11] = ' ';
+    p[12] = (char)('0' + y / 1000);
+    p[13] = (char)('0' + y / 100 % 10);
+    p[14] = (char)('0' + y / 10 % 10);
+    p[15] = (char)('0' + y % 10);
+    p[16] = ' ';
+    int hh = (int)(secs / 3600), mm = (int)(secs / 60 % 60), ss = (int)(secs % 60);
+    p[17] = (char)('0' + hh / 10);
+    p[18] = (char)('0' + hh % 10);
+    p[19] = ':';
+    p[20] = (char)('0' + mm / 10);
+    p[21] = (char)('0' + mm % 10);
+    p[22] = ':';
+    p[23] = (char)('0' + ss / 10);
+    p[24] = (char)('0' + ss % 10);
+    memcpy(p + 25, " GMT", 4);
+}
+
 int rp_parse_u64(const char *s, size_t len, uint64_t *out)
 {
     if (len == 0 || len > 20)

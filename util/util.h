@@ -92,6 +92,11 @@ bool rp_strieq_n(const char *a, size_t alen, const char *b);
  * number of digits. For heads and log lines built without printf. */
 #define RP_U64_DIGITS 20
 size_t rp_fmt_u64(char *out, uint64_t v);
+/* Writes the IMF-fixdate (RFC 9110 5.6.7) of `t` seconds since the epoch to out, e.g.
+ * "Sun, 06 Nov 1994 08:49:37 GMT": RP_HTTP_DATE_LEN bytes, no terminating NUL. By hand:
+ * strftime's names follow the locale. */
+#define RP_HTTP_DATE_LEN 29
+void rp_fmt_http_date(char *out, int64_t t);
 /* Strict decimal parse of [s, s+len) into *out: digits only, no sign, no overflow. */
 int rp_parse_u64(const char *s, size_t len, uint64_t *out);
 

@@ -2,8 +2,11 @@
 """The registry API as a client sees it through the proxy: ping, manifests and blobs by
 tag and digest (GET/HEAD/Range), tags/list pagination with Link rewriting, referrers, and
 upstream errors relayed with the right statuses."""
+import email.utils
 import hashlib
 import json
+import re
+import time
 import urllib.parse
 
 import lib
@@ -39,6 +42,44 @@ def test_ping(t):
        "Docker-Distribution-API-Version of GET /v2/")
     st, h, body = p.raw("HEAD", "/v2/")
     eq((st, body), (200, b""), "HEAD /v2/")
+
+
+_IMF_FIXDATE = re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d "
+                          r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
+                          r"\d\d:\d\d:\d\d GMT")
+
+
+def _dated(value, what):
+    """A Date value is an IMF-fixdate (RFC 9110 5.6.7) naming today: a client's cache and
+    its clock-skew checks read it."""
+    check(value and _IMF_FIXDATE.fullmatch(value), "%s: Date %r is no IMF-fixdate" % (what, value))
+    off = abs(email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    check(off < 86400, "%s: Date %r is %d s off this machine's clock" % (what, value, off))
+
+
+def test_every_answer_carries_a_date(t):
+    """RFC 9110 6.6.1: an origin server with a clock sends Date in every answer: the ping,
+    a manifest and a blob from the cache (the hot paths), errors, refusals, the admin
+    listener's answers."""
+    s = t.s
+    p = _proxy(t)
+    reg = s.token_registry
+    m = lib.image_manifests(reg, "ns/multi:v1")[0]
+    blob = "/v2/ns/multi/blobs/" + m["layers"][0]["digest"]
+    manifest = "/v2/ns/multi/manifests/v1"
+    for path in (blob, manifest):
+        eq(p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status, 200, "GET %s (to cache it)" % path)
+    for method, path, want in (("GET", "/v2/", 200), ("GET", blob, 200), ("HEAD", blob, 200),
+                               ("GET", manifest, 200), ("HEAD", manifest, 200),
+                               ("GET", "/v2/ns/multi/manifests/no-such-tag", 404),
+                               ("GET", "/v2/NOT-A-NAME/tags/list", 400),
+                               ("DELETE", manifest, 405)):
+        st, h, _ = p.raw(method, path, {"Accept": lib.ACCEPT_ALL})
+        eq(st, want, "%s %s" % (method, path))
+        _dated(h.get("date"), "%s %s" % (method, path))
+    r = p.admin("/healthz")
+    eq(r.status, 200, "admin /healthz")
+    _dated(r.header("Date"), "admin /healthz")
 
 
 def test_manifests_by_tag_and_digest(t):

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../unit.h"
@@ -256,8 +257,46 @@ static void test_siphash(void)
     CHECK(rp_str_hash("a") != rp_str_hash("b"));
 }
 
+static void http_date(int64_t t, const char *want)
+{
+    char out[RP_HTTP_DATE_LEN + 1];
+    rp_fmt_http_date(out, t);
+    out[RP_HTTP_DATE_LEN] = '\0';
+    CHECK_STR(out, want);
+}
+
+/* RFC 9110's own example, the leap days and century rules, and every day of 1968-2105 (a
+ * step of a day and some seconds) against the C library in the C locale. */
+static void test_http_date(void)
+{
+    http_date(784111777, "Sun, 06 Nov 1994 08:49:37 GMT");
+    http_date(0, "Thu, 01 Jan 1970 00:00:00 GMT");
+    http_date(951782400, "Tue, 29 Feb 2000 00:00:00 GMT");
+    http_date(4107542399, "Sun, 28 Feb 2100 23:59:59 GMT");
+    http_date(4107542400, "Mon, 01 Mar 2100 00:00:00 GMT");
+    http_date(2147483648, "Tue, 19 Jan 2038 03:14:08 GMT");
+    http_date(-1, "Thu, 01 Jan 1970 00:00:00 GMT");
+    http_date(INT64_MAX, "Fri, 31 Dec 9999 23:59:59 GMT");
+    int bad = 0;
+    for (int64_t t = 0; t < 4260000000 && bad < 5; t += 86400 + 3677) {
+        time_t tt = (time_t)t;
+        struct tm tm;
+        gmtime_r(&tt, &tm);
+        char want[64], got[RP_HTTP_DATE_LEN + 1];
+        strftime(want, sizeof(want), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        rp_fmt_http_date(got, t);
+        got[RP_HTTP_DATE_LEN] = '\0';
+        if (strcmp(got, want) != 0) {
+            fprintf(stderr, "%lld: %s != %s\n", (long long)t, got, want);
+            bad++;
+        }
+    }
+    CHECK_INT(bad, 0);
+}
+
 int main(void)
 {
+    RUN(test_http_date);
     RUN(test_siphash);
     RUN(test_redact_userinfo);
     RUN(test_buf_secret);
