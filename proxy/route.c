@@ -306,7 +306,7 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
             }
             continue;
         }
-        if (!eq) {
+        if (!eq && klen == 2) {
             *why = "query parameter without a value";
             return RP_ROUTE_E_PARAM_INVALID;
         }
@@ -318,6 +318,10 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
         }
         v = dec;
         vlen = dlen;
+        /* An empty n, last or artifactType ("n=", or "n" alone) is not given, as Go's
+         * Query().Get reads it in docker-registry; given twice, even empty, is still an
+         * error: which one counts would be a guess. */
+        bool empty = vlen == 0 && klen != 2;
         if (klen == 2) {
             if (qs->has_ns) {
                 *why = "repeated ns parameter";
@@ -334,16 +338,17 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
         }
         if (klen == 1) {
             uint64_t n;
-            if (seen_n || rp_parse_u64(v, vlen, &n) != 0) {
+            if (seen_n || (!empty && rp_parse_u64(v, vlen, &n) != 0)) {
                 *why = "n must be a non-negative decimal number, given once";
                 return RP_ROUTE_E_PARAM_INVALID;
             }
             seen_n = true;
-            out->n = n > RP_TAGS_N_MAX ? RP_TAGS_N_MAX : (long)n;
+            if (!empty)
+                out->n = n > RP_TAGS_N_MAX ? RP_TAGS_N_MAX : (long)n;
         } else if (klen == 4) {
             /* A tag, as tags/list pages by; a referrers page may be named by the last
              * digest listed (the kind is checked once the path is split). */
-            if (seen_last || !(rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen))) {
+            if (seen_last || !(empty || rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen))) {
                 *why = "last must be a valid tag (or for referrers a digest), given once";
                 return RP_ROUTE_E_PARAM_INVALID;
             }
@@ -351,7 +356,8 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
             memcpy(out->last, v, vlen);
             out->last[vlen] = '\0';
         } else {
-            if (seen_at || !valid_media_type(v, vlen) || vlen >= sizeof(out->artifact_type)) {
+            if (seen_at || !(empty || valid_media_type(v, vlen)) ||
+                vlen >= sizeof(out->artifact_type)) {
                 *why = "artifactType must be a media type, given once";
                 return RP_ROUTE_E_PARAM_INVALID;
             }

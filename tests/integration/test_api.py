@@ -256,6 +256,12 @@ def test_tags_pagination_and_links(t):
     eq(sorted(r.json()["tags"]), ["t%02d" % i for i in range(lib.NTAGS)], "token registry tags")
     r = p.get("/v2/ns/tags/tags/list?n=abc", listener=1)
     eq(r.status, 400, "tags/list?n=abc")
+    # An empty n or last is not given, as docker-registry reads it: the whole list, upstream's.
+    up = s.token_registry.client("pull").get("/v2/ns/tags/tags/list?n=&last=")
+    eq(up.status, 200, "upstream tags/list?n=&last=")
+    for q in ("?n=&last=", "?n&last", "?last="):
+        r = p.get("/v2/ns/tags/tags/list" + q)
+        eq((r.status, r.json()), (200, up.json()), "tags/list%s, beside upstream's" % q)
 
 
 def test_tags_list_of_a_busy_repository(t):
