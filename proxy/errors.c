@@ -69,16 +69,9 @@ bool rp_header_value_safe(const char *v)
 
 void rp_headers_free(struct rp_xfer_headers *h)
 {
-    free(h->content_type);
-    free(h->content_length);
-    free(h->content_range);
-    free(h->docker_content_digest);
-    free(h->www_authenticate);
-    free(h->location);
-    free(h->retry_after);
-    free(h->link);
-    free(h->etag);
-    free(h->oci_filters_applied);
+#define FREE(field, name) free(h->field);
+    RP_XFER_HEADER_FIELDS(FREE)
+#undef FREE
     memset(h, 0, sizeof(*h));
     h->length = -1;
 }
@@ -91,16 +84,9 @@ static char *dup_or_null(const char *s)
 void rp_headers_copy(struct rp_xfer_headers *dst, const struct rp_xfer_headers *src)
 {
     rp_headers_free(dst);
-    dst->content_type = dup_or_null(src->content_type);
-    dst->content_length = dup_or_null(src->content_length);
-    dst->content_range = dup_or_null(src->content_range);
-    dst->docker_content_digest = dup_or_null(src->docker_content_digest);
-    dst->www_authenticate = dup_or_null(src->www_authenticate);
-    dst->location = dup_or_null(src->location);
-    dst->retry_after = dup_or_null(src->retry_after);
-    dst->link = dup_or_null(src->link);
-    dst->etag = dup_or_null(src->etag);
-    dst->oci_filters_applied = dup_or_null(src->oci_filters_applied);
+#define COPY(field, name) dst->field = dup_or_null(src->field);
+    RP_XFER_HEADER_FIELDS(COPY)
+#undef COPY
     dst->length = src->length;
     dst->chunked = src->chunked;
 }

@@ -576,8 +576,8 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
                          NULL);
         } else if (f->state == FILL_REFUSED) {
             if (!rp_req_redirect_refused(r, res, f->up_status))
-                rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->err_body.data,
-                                               f->err_body.len);
+                rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, NULL,
+                                               f->err_body.data, f->err_body.len);
         } else if (res->fail == RP_FETCH_E_TOKEN || res->fail == RP_FETCH_E_AUTH) {
             /* 502: the registry refused the proxy, not the client (see up_failed). */
             rp_req_upstream_error(r, 502, "UNAUTHORIZED", "cannot authenticate upstream",

@@ -322,9 +322,10 @@ const char *rp_req_unreachable_msg(enum rp_xfer_error e);
 /* Answers a HEAD with the upstream success another HEAD of the same manifest got (status
  * and upstream's headers, copied), as a MISS. */
 void rp_req_answer_shared(struct rp_req *r, int status, const struct rp_xfer_headers *h);
-/* Passes a failed upstream answer on honestly (never turned into 404). */
+/* Passes a failed upstream answer on honestly (never turned into 404). allow: upstream's
+ * Allow, for a 405 (or NULL). */
 void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
-                                    const char *body, size_t len);
+                                    const char *allow, const char *body, size_t len);
 /* A blob GET answered straight from upstream, streamed with backpressure and not cached:
  * for when the cache cannot hold it (its disk is full of what cannot be evicted). */
 void rp_req_pass_through(struct rp_req *r);

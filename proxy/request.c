@@ -286,8 +286,25 @@ static void respond_upstream_error(struct rp_req *r, int status, const char *bod
 /* Upstream said no. 4xx pass on as they are (429 with its Retry-After), with upstream's
  * registry-format body when it sent one; 5xx become 503 with upstream's status and error
  * in the detail. Never turned into 404. */
+/* What a 405's Allow says through the proxy: upstream's methods that the proxy serves too
+ * (GET, HEAD), e.g. "GET" for a HEAD of tags/list on docker-registry. Upstream's PUT or
+ * DELETE would invite a client to what the proxy refuses. */
+static void allow_line(const char *allow, char *out, size_t cap)
+{
+    bool get = false, head = false;
+    for (const char *p = allow; *p;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, " \t,");
+        get |= n == 3 && memcmp(p, "GET", 3) == 0;
+        head |= n == 4 && memcmp(p, "HEAD", 4) == 0;
+        p += n;
+    }
+    snprintf(out, cap, "Allow: %s%s%s\r\n", get ? "GET" : "", get && head ? ", " : "",
+             head ? "HEAD" : "");
+}
+
 void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *retry_after,
-                                    const char *body, size_t len)
+                                    const char *allow, const char *body, size_t len)
 {
     r->up_status = status;
     if (status < 400 || status > 599) {
@@ -299,6 +316,8 @@ void rp_req_answer_upstream_failure(struct rp_req *r, int status, const char *re
      * the head would end inside the body (the fill caps it the same way). */
     if ((status == 429 || status >= 500) && retry_after && strlen(retry_after) < 64)
         snprintf(extra, sizeof(extra), "Retry-After: %s\r\n", retry_after);
+    else if (status == 405 && allow)
+        allow_line(allow, extra, sizeof(extra));
     json_t *j = len ? json_loadb(body, len, 0, NULL) : NULL;
     bool registry_format = j && json_is_array(json_object_get(j, "errors"));
     /* A 401 that survived the auth retries refuses the proxy's credentials or its tokens
@@ -1953,7 +1972,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
             rp_req_answer_upstream_failure(
                 r, res->status,
                 rp_header_value_safe(r->up_h.retry_after) ? r->up_h.retry_after : NULL,
-                r->body.data, r->body.len);
+                r->up_h.allow, r->body.data, r->body.len);
             return;
         }
         if (res->fail != RP_FETCH_OK) {
@@ -2019,7 +2038,7 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     rp_req_answer_upstream_failure(
         r, res->status, rp_header_value_safe(r->up_h.retry_after) ? r->up_h.retry_after : NULL,
-        r->body.data, r->body.len);
+        r->up_h.allow, r->body.data, r->body.len);
 }
 
 static const struct rp_fetch_cb upstream_cb = {

@@ -62,21 +62,11 @@ struct rp_upstream {
 
 static void headers_clear(struct rp_xfer_headers *h)
 {
-    char **fields[] = {&h->content_type,
-                       &h->content_length,
-                       &h->content_range,
-                       &h->docker_content_digest,
-                       &h->www_authenticate,
-                       &h->location,
-                       &h->retry_after,
-                       &h->link,
-                       &h->etag,
-                       &h->oci_filters_applied,
-                       &h->content_encoding};
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        free(*fields[i]);
-        *fields[i] = NULL;
-    }
+#define CLEAR(field, name)                                                                         \
+    free(h->field);                                                                                \
+    h->field = NULL;
+    RP_XFER_HEADER_FIELDS(CLEAR)
+#undef CLEAR
     h->length = -1;
     h->chunked = false;
 }
@@ -293,17 +283,9 @@ static char **header_slot(struct rp_xfer_headers *h, const char *name, size_t le
         const char *name;
         size_t off;
     } known[] = {
-        {"content-type", offsetof(struct rp_xfer_headers, content_type)},
-        {"content-length", offsetof(struct rp_xfer_headers, content_length)},
-        {"content-range", offsetof(struct rp_xfer_headers, content_range)},
-        {"docker-content-digest", offsetof(struct rp_xfer_headers, docker_content_digest)},
-        {"www-authenticate", offsetof(struct rp_xfer_headers, www_authenticate)},
-        {"location", offsetof(struct rp_xfer_headers, location)},
-        {"retry-after", offsetof(struct rp_xfer_headers, retry_after)},
-        {"link", offsetof(struct rp_xfer_headers, link)},
-        {"etag", offsetof(struct rp_xfer_headers, etag)},
-        {"oci-filters-applied", offsetof(struct rp_xfer_headers, oci_filters_applied)},
-        {"content-encoding", offsetof(struct rp_xfer_headers, content_encoding)},
+#define KNOWN(field, name) {name, offsetof(struct rp_xfer_headers, field)},
+        RP_XFER_HEADER_FIELDS(KNOWN)
+#undef KNOWN
     };
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         if (rp_strieq_n(name, len, known[i].name))

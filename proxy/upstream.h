@@ -14,20 +14,28 @@ struct event_base;
 struct rp_upstream;
 struct rp_xfer;
 
-/* Response headers the proxy acts on; each value is a NUL-terminated copy (or NULL) owned
- * by the transfer and valid until the transfer's on_done returns. */
+/* The response headers the proxy acts on, as (field, lower-case name): one list, so that
+ * reading, copying and freeing them cannot miss one. */
+#define RP_XFER_HEADER_FIELDS(X)                                                                   \
+    X(content_type, "content-type")                                                                \
+    X(content_length, "content-length")                                                            \
+    X(content_range, "content-range")                                                              \
+    X(docker_content_digest, "docker-content-digest")                                              \
+    X(www_authenticate, "www-authenticate")                                                        \
+    X(location, "location")                                                                        \
+    X(retry_after, "retry-after")                                                                  \
+    X(link, "link")                                                                                \
+    X(etag, "etag")                                                                                \
+    X(oci_filters_applied, "oci-filters-applied")                                                  \
+    X(content_encoding, "content-encoding")                                                        \
+    X(allow, "allow")
+
+/* Each value is a NUL-terminated copy (or NULL) owned by the transfer and valid until the
+ * transfer's on_done returns. */
 struct rp_xfer_headers {
-    char *content_type;
-    char *content_length;
-    char *content_range;
-    char *docker_content_digest;
-    char *www_authenticate;
-    char *location;
-    char *retry_after;
-    char *link;
-    char *etag;
-    char *oci_filters_applied;
-    char *content_encoding;
+#define RP_XFER_HEADER_MEMBER(field, name) char *field;
+    RP_XFER_HEADER_FIELDS(RP_XFER_HEADER_MEMBER)
+#undef RP_XFER_HEADER_MEMBER
     int64_t length; /* parsed Content-Length, or -1 */
     bool chunked;   /* Transfer-Encoding ends in chunked: curl tells a cut from the end */
 };

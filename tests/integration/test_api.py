@@ -434,6 +434,18 @@ def test_unknown_manifest_and_repo(t):
           "error code of an unknown repository: %r" % r.body)
 
 
+def test_upstream_405_keeps_its_allow(t):
+    """docker-registry answers a HEAD of tags/list 405 with Allow: GET. Relayed, the 405
+    keeps it (RFC 9110 15.5.6: a 405 must say what is allowed), cut to what the proxy
+    serves: it lost it before."""
+    s = t.s
+    p = _proxy(t)
+    up = s.anon_registry.client("pull").get("/v2/ns/multi/tags/list", method="HEAD")
+    eq((up.status, up.header("Allow")), (405, "GET"), "docker-registry's HEAD of tags/list")
+    st, h, body = p.raw("HEAD", "/v2/registry.anon.test/ns/multi/tags/list")
+    eq((st, h.get("allow"), body), (405, "GET", b""), "HEAD of tags/list through the proxy")
+
+
 def test_head_of_an_upstream_error_announces_no_other_length(t):
     """A HEAD answered with upstream's error has the GET's status, and no Content-Length
     other than the GET's body length (RFC 9110 8.6). The GET relays upstream's own error
