@@ -103,7 +103,8 @@ static const struct command_help commands[] = {
      "fetches it again (in an offline cache: mirror or import it again); an unreadable\n"
      "one is named and kept. Every mirrored or imported image that lost a manifest or a\n"
      "layer (removed, or its file gone) is named. Ends with a summary; exits 0 when\n"
-     "everything matched and every such image is whole, else 1.\n"
+     "everything matched and every such image is whole, else 1 (also when the pins file\n"
+     "cannot be read: then no such image was checked).\n"
      "Needs the cache not in use.\n",
      "c"},
     {"help", "help [COMMAND]", "Explains a command, or lists them all.\n", ""},

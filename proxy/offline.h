@@ -307,7 +307,9 @@ int rp_import_main(struct rp_conf *conf, const char *bundle);
 /* ------------------------------------------------------------------------ verify.c */
 
 /* `regproxy verify`: rp_cache_verify over the configuration's cache, a line per damaged or
- * unreadable entry and a summary on stdout. 0 when everything matched its digest, else 1. */
+ * unreadable entry, one per mirrored or imported image that lost something, and a summary
+ * on stdout. 0 when everything matched its digest and every such image is whole, else 1
+ * (also when the pins file could not be read, which leaves those images unchecked). */
 int rp_verify_main(const struct rp_conf *conf);
 
 #endif

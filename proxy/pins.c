@@ -24,39 +24,61 @@ static char *pins_path(const char *cache_dir)
     return rp_xasprintf("%s/%s", cache_dir, RP_PINS_FILE);
 }
 
-/* Reads the file (missing: empty). 0 or -1 (errno set). It lives in the cache directory,
- * where others may be able to write: a symlink in its place is refused (ELOOP), else a
- * rewrite would copy what it names into the pins file. */
-static int read_all(const char *path, char **out, size_t *len)
+/* Reads the file (missing: empty). 0, or -1 with the reason in why (path not included). It
+ * lives in the cache directory, where others may be able to write: a symlink in its place is
+ * refused, else a rewrite would copy what it names into the pins file; a FIFO is not waited
+ * on. A read error fails the whole read: a list cut short would silently unpin (and, for
+ * verify, leave unchecked) every image after the cut. */
+static int read_all(const char *path, char **out, size_t *len, char *why, size_t whylen)
 {
     *out = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : -1;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        snprintf(why, whylen, "%s",
+                 errno == ELOOP ? "a symbolic link, which is refused" : strerror(errno));
+        return -1;
+    }
     struct stat st;
     int rc = -1;
-    if (fstat(fd, &st) != 0)
+    char *buf = NULL;
+    if (fstat(fd, &st) != 0) {
+        snprintf(why, whylen, "%s", strerror(errno));
         goto out;
-    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > PINS_FILE_MAX) {
-        errno = EFBIG;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(why, whylen, "not a regular file (%s)",
+                 S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket");
+        goto out;
+    }
+    if ((uint64_t)st.st_size > PINS_FILE_MAX) {
+        snprintf(why, whylen, "larger than %zu MiB (%llu bytes)", PINS_FILE_MAX >> 20,
+                 (unsigned long long)st.st_size);
         goto out;
     }
     size_t size = (size_t)st.st_size, got = 0;
-    char *buf = rp_xmalloc(size + 1);
+    buf = rp_xmalloc(size + 1);
     while (got < size) {
         ssize_t r = read(fd, buf + got, size - got);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0)
-            break;
+        if (r < 0) {
+            snprintf(why, whylen, "%s", strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break; /* shrank while read: what was there */
         got += (size_t)r;
     }
     buf[got] = '\0';
     *out = buf;
+    buf = NULL;
     *len = got;
     rc = 0;
 out:
+    free(buf);
     close(fd);
     return rc;
 }
@@ -116,8 +138,9 @@ int rp_pins_add_lines(const char *cache_dir, char *const *lines, size_t n)
     int rc = -1, fd = -1;
     struct rp_buf b;
     rp_buf_init(&b, PINS_FILE_MAX + 4096);
-    if (read_all(path, &buf, &len) != 0) {
-        rp_error("pins: reading %s: %s", path, strerror(errno));
+    char why[128];
+    if (read_all(path, &buf, &len, why, sizeof(why)) != 0) {
+        rp_error("pins: reading %s: %s", path, why);
         goto out;
     }
     if ((len && rp_buf_add(&b, buf, len) < 0) ||
@@ -207,8 +230,9 @@ int rp_pins_load(const struct rp_conf *conf, struct rp_image_ref **out, size_t *
     char *path = pins_path(conf->cache.dir);
     char *buf = NULL;
     size_t len = 0;
-    if (read_all(path, &buf, &len) != 0) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    char rwhy[128];
+    if (read_all(path, &buf, &len, rwhy, sizeof(rwhy)) != 0) {
+        snprintf(err, errlen, "%s: %s", path, rwhy);
         free(path);
         return -1;
     }

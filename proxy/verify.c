@@ -110,19 +110,21 @@ static int image_lost(struct rp_cache *c, const struct verify_run *v, const char
 /* A removed digest is fetched again by the next pull, unless its registry is offline: then
  * the image has to be mirrored or imported again, and the admin needs its name, not a
  * digest. Mirrored and imported images are the pins file's; each is walked through the
- * manifests still cached. Returns how many of them lost something. */
-static size_t name_affected_images(const struct rp_conf *conf, struct rp_cache *c,
-                                   struct verify_run *v)
+ * manifests still cached. Returns how many of them lost something, or -1 when the pins file
+ * could not be read: then none was checked, which must not pass for all of them whole. */
+static long name_affected_images(const struct rp_conf *conf, struct rp_cache *c,
+                                 struct verify_run *v)
 {
     struct rp_image_ref *imgs = NULL;
-    size_t n = 0, affected = 0;
+    size_t n = 0;
+    long affected = 0;
     char err[512];
     if (rp_pins_load(conf, &imgs, &n, err, sizeof(err)) != 0) {
         fprintf(stderr,
-                "regproxy verify: cannot tell which mirrored or imported images the "
-                "damage touched: %s\n",
+                "regproxy verify: cannot read the pins file %s; the mirrored and imported "
+                "images it lists were not checked\n",
                 err);
-        return 0;
+        return -1;
     }
     if (v->n_damaged)
         qsort(v->damaged, v->n_damaged, sizeof(*v->damaged), cmp_str);
@@ -162,7 +164,7 @@ int rp_verify_main(const struct rp_conf *conf)
     rp_progress_end(&v.prog);
     /* Every time, not only after damage: a file gone from under the cache is no entry to
      * check, and only the images that needed it tell. */
-    size_t incomplete = rc == RP_CACHE_OK ? name_affected_images(conf, c, &v) : 0;
+    long incomplete = rc == RP_CACHE_OK ? name_affected_images(conf, c, &v) : 0;
     for (size_t i = 0; i < v.n_damaged; i++)
         free(v.damaged[i]);
     free(v.damaged);
@@ -178,8 +180,10 @@ int rp_verify_main(const struct rp_conf *conf)
            (unsigned long long)st.blobs, st.blobs == 1 ? "" : "s", bytes,
            (unsigned long long)st.manifests, st.manifests == 1 ? "" : "s", conf->cache.dir,
            (unsigned long long)st.damaged, (unsigned long long)st.unreadable);
-    if (incomplete)
-        printf("; %zu mirrored or imported image%s incomplete", incomplete,
+    if (incomplete < 0)
+        printf("; pins file unreadable: mirrored and imported images not checked");
+    else if (incomplete)
+        printf("; %ld mirrored or imported image%s incomplete", incomplete,
                incomplete == 1 ? "" : "s");
     printf("\n");
     return st.damaged || st.unreadable || incomplete ? 1 : 0;

@@ -1018,6 +1018,58 @@ def test_verify_names_images_whose_files_are_gone(t):
        "verify of that index after its one platform's manifest went (stdout %r)" % out)
 
 
+def test_verify_with_an_unreadable_pins_file_fails(t):
+    """A pins file verify could not read (over its 64 MiB cap, a directory in its place) got
+    "cannot tell which mirrored or imported images the damage touched" on stderr at every
+    run, as if only damage needed it, and an exit status of 0 although no mirrored or
+    imported image had been checked: a script took the cache for verified (and a FIFO there
+    hung it). verify now still checks every blob and manifest, says the pins file could not
+    be read and why, and exits 1."""
+    meta, recs, own, _ = _crafted_images(2)
+    path = os.path.join(t.tmp, "two.rpb")
+    _bundle_write(path, meta, recs)
+    cache = os.path.join(t.tmp, "cache-off")
+    conf = _conf(os.path.join(t.tmp, "off.conf"), cache, offline=True)
+    _run(t, ["import", "-c", conf, path])
+    pins = os.path.join(cache, "pins")
+    with open(pins, "rb") as f:
+        saved = f.read()
+    blobs = len(lib.cache_digests(cache, "blobs"))
+
+    def unreadable(what, want_why):
+        rc, out, err = _run(t, ["verify", "-c", conf], timeout=120, ok=False)
+        eq(rc, 1, "verify's exit status with %s (stdout %r, stderr %r)" % (what, out, err))
+        check(("cannot read the pins file %s" % pins) in err and want_why in err,
+              "verify's message for %s: %r" % (what, err))
+        check(("verified %d blobs" % blobs) in out and "0 damaged" in out,
+              "the blobs and manifests are still checked with %s: %r" % (what, out))
+        check("pins file unreadable" in out.splitlines()[-1],
+              "verify's summary with %s: %r" % (what, out))
+
+    # Over the cap: a sparse file (the size is what is checked; root reads any mode).
+    with open(pins, "r+b") as f:
+        f.truncate((64 << 20) + 1)
+    unreadable("a pins file over 64 MiB", "larger than")
+    # A directory where the file should be.
+    os.unlink(pins)
+    os.mkdir(pins)
+    unreadable("a directory as the pins file", "not a regular file")
+    os.rmdir(pins)
+    # A FIFO: was waited on for a writer that never comes.
+    os.mkfifo(pins)
+    unreadable("a FIFO as the pins file", "not a regular file")
+    # Readable again: whole, exit 0; an image that lost a layer is named as before.
+    os.unlink(pins)
+    with open(pins, "wb") as f:
+        f.write(saved)
+    rc, out, err = _run(t, ["verify", "-c", conf], ok=False)
+    eq(rc, 0, "verify with the pins file back (stdout %r, stderr %r)" % (out, err))
+    os.unlink(lib.cache_path(cache, "blobs", sha(own[0])))
+    rc, out, err = _run(t, ["verify", "-c", conf], ok=False)
+    eq((rc, len([line for line in out.splitlines() if line.startswith("image ")])), (1, 1),
+       "verify with a layer gone (stdout %r, stderr %r)" % (out, err))
+
+
 def _scrub_found(p, digest):
     """Waits for proxy p's scrub to remove one damaged blob, digest; returns p's log."""
     lib.wait_until(lambda: p.metrics().get(("regproxy_cache_scrub_damaged_total", frozenset()),
