@@ -1509,76 +1509,125 @@ static int fd_out_cb(void *arg, const void *p, size_t n)
     return 0;
 }
 
-/* path/blobs/<alg>/<hex>, written under a temp name and renamed; one of the right size is
- * kept (a rerun after an interruption resumes). */
-static int oci_blob(const char *dir, const char *digest, struct rp_cache *c,
+/* A directory inside the layout (blobs, blobs/<alg>), made when missing and opened, never
+ * through a symlink: the output directory is often one others can write (shared media, a
+ * transfer area), and a `blobs` symlink planted there sent every blob, written as root,
+ * into the directory it named. Everything below is then reached relative to the
+ * descriptor, so the path is not looked up again. shown names it in err. */
+static int oci_subdir(int parent, const char *name, const char *shown, char *err, size_t errlen)
+{
+    if (mkdirat(parent, name, 0755) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "%s: %s", shown, strerror(errno));
+        return -1;
+    }
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        struct stat st;
+        if (e == ELOOP ||
+            (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)))
+            snprintf(err, errlen,
+                     "%s is a symbolic link: refused (the layout is written only inside its "
+                     "directory, never through a link)",
+                     shown);
+        else
+            snprintf(err, errlen, "%s: %s", shown, strerror(e));
+        return -1;
+    }
+    return fd;
+}
+
+/* name in dirfd, written whole under name.tmp (made new, never through a symlink: see
+ * create_new) and renamed over it; a symlink at name is replaced, not followed. Writes the
+ * content through out, or data when out is NULL. 0, or -1 with errno set (err filled when
+ * out failed). */
+static int write_at(int dirfd, const char *name, const char *data, size_t len,
+                    int (*out)(int fd, void *arg, char *err, size_t errlen), void *arg, char *err,
+                    size_t errlen)
+{
+    char *tmp = rp_xasprintf("%s.tmp", name);
+    int rc = -1, fd = -1;
+    if (unlinkat(dirfd, tmp, 0) != 0 && errno != ENOENT)
+        goto out;
+    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0)
+        goto out;
+    if (out ? out(fd, arg, err, errlen) != 0 : fd_write_all(fd, data, len) != 0)
+        goto out;
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        fd = -1;
+        goto out;
+    }
+    fd = -1;
+    rc = renameat(dirfd, tmp, dirfd, name);
+out:;
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    if (rc != 0)
+        unlinkat(dirfd, tmp, 0);
+    free(tmp);
+    errno = e;
+    return rc;
+}
+
+struct oci_blob_out {
+    struct rp_cache *c;
+    const struct bundle_item *it;
+    const char *data; /* a manifest's bytes, or NULL: the blob from the cache */
+    size_t len;
+    struct rp_progress *prog;
+    bool failed; /* write_blob failed: err says why */
+};
+
+static int oci_blob_out_cb(int fd, void *arg, char *err, size_t errlen)
+{
+    struct oci_blob_out *b = arg;
+    struct fd_out fo = {.fd = fd, .prog = b->prog};
+    if (b->data)
+        return fd_out_cb(&fo, b->data, b->len);
+    if (write_blob(b->c, b->it, fd_out_cb, &fo, err, errlen) != 0) {
+        b->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+/* DIR/blobs/<alg>/<hex> (blobs_fd: DIR/blobs, opened), written under a temp name and
+ * renamed; a regular file of the right size is kept (a rerun after an interruption
+ * resumes), anything else there is replaced. */
+static int oci_blob(int blobs_fd, const char *dir, const char *digest, struct rp_cache *c,
                     const struct bundle_item *it, const char *data, size_t len,
                     struct rp_progress *prog, char *err, size_t errlen)
 {
     const char *colon = strchr(digest, ':');
-    char *sub = rp_xasprintf("%s/blobs/%.*s", dir, (int)(colon - digest), digest);
-    char *path = rp_xasprintf("%s/%s", sub, colon + 1);
-    char *tmp = rp_xasprintf("%s.tmp", path);
-    int rc = -1, fd = -1;
+    char *alg = rp_xasprintf("%.*s", (int)(colon - digest), digest);
+    char *shown = rp_xasprintf("%s/blobs/%s", dir, alg);
+    const char *hex = colon + 1;
+    int rc = -1;
+    int afd = oci_subdir(blobs_fd, alg, shown, err, errlen);
+    if (afd < 0)
+        goto out;
     struct stat st;
     uint64_t want = data ? len : it->size;
-    if (stat(path, &st) == 0 && (uint64_t)st.st_size == want) {
+    if (fstatat(afd, hex, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+        (uint64_t)st.st_size == want) {
         prog->bytes += want;
         rc = 0;
         goto out;
     }
-    if (mkdirs(sub) != 0 || (fd = create_new(tmp)) < 0) {
-        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    struct fd_out fo = {.fd = fd, .prog = prog};
-    if (data) {
-        if (fd_out_cb(&fo, data, len) != 0) {
-            snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-            goto out;
-        }
-    } else if (write_blob(c, it, fd_out_cb, &fo, err, errlen) != 0) {
-        goto out;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        fd = -1;
-        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    struct oci_blob_out bo = {.c = c, .it = it, .data = data, .len = len, .prog = prog};
+    if (write_at(afd, hex, NULL, 0, oci_blob_out_cb, &bo, err, errlen) != 0) {
+        if (!bo.failed)
+            snprintf(err, errlen, "%s/%s: %s", shown, hex, strerror(errno));
         goto out;
     }
     rc = 0;
 out:
-    if (fd >= 0)
-        close(fd);
-    if (rc != 0)
-        unlink(tmp);
-    free(tmp);
-    free(path);
-    free(sub);
-    return rc;
-}
-
-static int write_text_file(const char *dir, const char *name, const char *text)
-{
-    char *path = rp_xasprintf("%s/%s", dir, name);
-    char *tmp = rp_xasprintf("%s.tmp", path);
-    int rc = -1;
-    int fd = create_new(tmp);
-    if (fd >= 0 && fd_write_all(fd, text, strlen(text)) == 0 && fsync(fd) == 0) {
-        close(fd);
-        fd = -1;
-        rc = rename(tmp, path);
-    }
-    if (fd >= 0)
-        close(fd);
-    if (rc != 0)
-        unlink(tmp);
-    free(tmp);
-    free(path);
+    if (afd >= 0)
+        close(afd);
+    free(shown);
+    free(alg);
     return rc;
 }
 
@@ -1588,32 +1637,45 @@ static int write_text_file(const char *dir, const char *name, const char *text)
 static int write_oci(struct collect *k, const char *dir, struct rp_progress *prog)
 {
     char err[1024];
+    /* DIR itself is the operator's to name (a symlink to a mount is theirs to use); what
+     * the export makes or enters inside it is reached only through descriptors. */
     if (mkdirs(dir) != 0) {
         fprintf(stderr, "regproxy export: %s: %s\n", dir, strerror(errno));
         return -1;
+    }
+    int rc = -1, dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), bfd = -1;
+    char *shown = rp_xasprintf("%s/blobs", dir);
+    json_t *mans = NULL;
+    if (dfd < 0) {
+        fprintf(stderr, "regproxy export: %s: %s\n", dir, strerror(errno));
+        goto out;
+    }
+    if ((bfd = oci_subdir(dfd, "blobs", shown, err, sizeof(err))) < 0) {
+        fprintf(stderr, "regproxy export: %s\n", err);
+        goto out;
     }
     for (size_t i = 0; i < k->n_manifests; i++) {
         struct rp_cache_manifest m;
         const struct bundle_item *it = &k->manifests[i];
         if (rp_cache_manifest_get(k->c, it->digest, &m) != RP_CACHE_OK) {
             fprintf(stderr, "regproxy export: manifest %s vanished from the cache\n", it->digest);
-            return -1;
+            goto out;
         }
-        int e = oci_blob(dir, it->digest, k->c, it, m.data, m.len, prog, err, sizeof(err));
+        int e = oci_blob(bfd, dir, it->digest, k->c, it, m.data, m.len, prog, err, sizeof(err));
         rp_cache_manifest_free(&m);
         if (e != 0) {
             fprintf(stderr, "regproxy export: %s\n", err);
-            return -1;
+            goto out;
         }
     }
     for (size_t i = 0; i < k->n_blobs; i++) {
-        if (oci_blob(dir, k->blobs[i].digest, k->c, &k->blobs[i], NULL, 0, prog, err,
+        if (oci_blob(bfd, dir, k->blobs[i].digest, k->c, &k->blobs[i], NULL, 0, prog, err,
                      sizeof(err)) != 0) {
             fprintf(stderr, "regproxy export: %s\n", err);
-            return -1;
+            goto out;
         }
     }
-    json_t *mans = json_array();
+    mans = json_array();
     for (size_t i = 0; i < k->n_images; i++) {
         const struct bundle_image *im = &k->images[i];
         size_t mi = dindex_find(&k->mi, k->manifests, im->digest);
@@ -1646,15 +1708,23 @@ static int write_oci(struct collect *k, const char *dir, struct rp_progress *pro
     }
     json_t *index = json_pack("{s:i, s:s, s:o}", "schemaVersion", 2, "mediaType",
                               RP_MEDIA_OCI_INDEX, "manifests", mans);
+    mans = NULL; /* the index's now */
     char *text = json_dumps(index, JSON_COMPACT);
     json_decref(index);
-    int rc = 0;
-    if (write_text_file(dir, "oci-layout", "{\"imageLayoutVersion\":\"1.0.0\"}") != 0 ||
-        write_text_file(dir, "index.json", text) != 0) {
+    static const char layout[] = "{\"imageLayoutVersion\":\"1.0.0\"}";
+    if (write_at(dfd, "oci-layout", layout, strlen(layout), NULL, NULL, err, sizeof(err)) != 0 ||
+        write_at(dfd, "index.json", text, strlen(text), NULL, NULL, err, sizeof(err)) != 0)
         fprintf(stderr, "regproxy export: writing %s: %s\n", dir, strerror(errno));
-        rc = -1;
-    }
+    else
+        rc = 0;
     free(text);
+out:
+    json_decref(mans);
+    if (bfd >= 0)
+        close(bfd);
+    if (dfd >= 0)
+        close(dfd);
+    free(shown);
     return rc;
 }
 

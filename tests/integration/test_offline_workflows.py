@@ -728,6 +728,54 @@ def test_export_does_not_write_through_planted_symlinks(t):
     eq(lib.sha256(r.stdout), man["digest"], "skopeo inspect of the OCI layout")
 
 
+def test_export_oci_refuses_symlinked_directories(t):
+    """export --oci into an existing directory made blobs/ and blobs/sha256/ with mkdir,
+    taking EEXIST for done, and wrote there by path: a `blobs` or `blobs/sha256` symlink
+    planted in the output directory by anyone able to write it sent every blob, as root,
+    into the directory it named. A blob file planted as a symlink to a file of the right
+    size was taken for one already written (stat followed it) and left in the layout. Export
+    now refuses a symlinked directory inside the layout, writing nothing through it, and
+    replaces a symlinked blob file (or index.json, oci-layout) with the real thing, the
+    file it named untouched."""
+    st = Store()
+    man, layers = st.big_image("ns/app", 1, 5000, "v1")
+    conf, _ = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/app:v1")
+    elsewhere = os.path.join(t.tmp, "elsewhere")
+    os.mkdir(elsewhere)
+    for i, link in enumerate(("blobs", os.path.join("blobs", "sha256"))):
+        oci = os.path.join(t.tmp, "oci%d" % i)
+        os.makedirs(os.path.dirname(os.path.join(oci, link)))
+        os.symlink(elsewhere, os.path.join(oci, link))
+        rc, out, err = _run(t, ["export", "-c", conf, "--oci", oci], ok=False)
+        eq(rc, 1, "export --oci with %s a symlink (stdout %r, stderr %r)" % (link, out, err))
+        check(("%s is a symbolic link" % os.path.join(oci, link)) in err,
+              "the refusal names %s: %r" % (link, err))
+        eq(os.listdir(elsewhere), [], "written through the %s symlink" % link)
+        check(not os.path.exists(os.path.join(oci, "index.json")),
+              "index.json written after the refusal")
+
+    # A blob file, index.json and oci-layout planted as symlinks to files of the size the
+    # export wants: replaced, not followed nor kept.
+    oci = os.path.join(t.tmp, "oci-files")
+    sub = os.path.join(oci, "blobs", "sha256")
+    os.makedirs(sub)
+    victim = os.path.join(t.tmp, "victim")
+    with open(victim, "wb") as f:
+        f.write(b"x" * layers[0]["size"])
+    plants = [os.path.join(sub, layers[0]["digest"][7:]), os.path.join(oci, "index.json"),
+              os.path.join(oci, "oci-layout")]
+    for p in plants:
+        os.symlink(victim, p)
+    _run(t, ["export", "-c", conf, "--oci", oci])
+    with open(victim, "rb") as f:
+        eq(f.read(), b"x" * layers[0]["size"], "the file the planted symlinks named")
+    eq([p for p in plants if os.path.islink(p)], [], "symlinks left in the layout")
+    with open(plants[0], "rb") as f:
+        eq(sha(f.read()), layers[0]["digest"], "the layer's file in the layout")
+    r = t.s.skopeo(["inspect", "--raw", "oci:%s:v1" % oci])
+    eq(lib.sha256(r.stdout), man["digest"], "skopeo inspect of the OCI layout")
+
+
 def test_import_metadata_memory_bounded(t):
     """Metadata whose JSON costs far more memory than its size (an unknown key holding a
     million empty objects: 4 MiB of text, 17 KiB as LZ4) is refused with a message saying
