@@ -256,6 +256,14 @@ int rp_auth_on_unauthorized(struct rp_auth *a, const char *scope, const char *ww
     struct rp_auth_challenge ch[RP_AUTH_MAX_CHALLENGES];
     int n = 0, rc = RP_AUTH_E_NO_CHALLENGE;
 
+    /* The token that was sent is refused, whatever the challenge says: one we cannot use
+     * (none, RFC 6750's realm-less `Bearer error="invalid_token"`, a malformed one) used to
+     * leave it cached, sent and refused again by every request until it expired. Only if
+     * it is the cached one: another request may already have replaced it with a fresh one. */
+    struct token_entry *e = find_token(a, scope_key(scope));
+    if (e && sent_authorization && starts_with_ci(sent_authorization, "Bearer ") &&
+        strcmp(sent_authorization + 7, e->token) == 0)
+        drop_token(a, e);
     if (!www_authenticate)
         return RP_AUTH_E_NO_CHALLENGE;
     n = rp_auth_parse_challenges(www_authenticate, strlen(www_authenticate), ch,
@@ -282,12 +290,6 @@ int rp_auth_on_unauthorized(struct rp_auth *a, const char *scope, const char *ww
     if (bearer) {
         learn(a, KIND_BEARER, rp_auth_challenge_param(bearer, "realm"),
               rp_auth_challenge_param(bearer, "service"));
-        /* Drop the token only if it is the one that was refused: another request may
-         * already have replaced it with a fresh one. */
-        struct token_entry *e = find_token(a, scope_key(scope));
-        if (e && sent_authorization && starts_with_ci(sent_authorization, "Bearer ") &&
-            strcmp(sent_authorization + 7, e->token) == 0)
-            drop_token(a, e);
         rc = RP_AUTH_OK;
     } else if (basic) {
         learn(a, KIND_BASIC, NULL, NULL);

@@ -85,7 +85,7 @@ enum rp_auth_step rp_auth_prepare(struct rp_auth *a, const char *scope, int64_t 
  * WWW-Authenticate header (may be NULL). Learns the challenge (scheme, realm, service):
  * Bearer when offered, except that Basic offered beside it wins when the Bearer realm may
  * not be dialed and user and password are configured. Drops the cached token for scope if
- * it is the one that was rejected.
+ * it is the one that was rejected, also when the header offers nothing usable.
  * Returns RP_AUTH_OK when a retry can succeed (the caller retries once at most),
  * else an error: E_NO_CHALLENGE, E_NO_CREDENTIALS (Basic without credentials), or
  * E_REJECTED (Basic credentials that were just sent were refused). */

@@ -420,6 +420,47 @@ def test_moved_realm_learned_again(t):
     eq(len(up.seen("/new-token")), 1, "token requests to the new realm")
 
 
+def test_token_refused_with_unusable_challenge_not_sent_again(t):
+    """A cached token the registry refuses with a 401 whose challenge the proxy cannot use
+    (RFC 6750's realm-less `Bearer error="invalid_token"`): that token is dead, and must not
+    be sent (and refused) again by every later request until its expires_in runs out; the
+    next request fetches a fresh one from the realm learned before."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    st = {"issued": 0, "valid": "tok1"}
+
+    def h(r):
+        if r.path.startswith("/token"):
+            st["issued"] += 1
+            r.send(200, json.dumps({"token": "tok%d" % st["issued"], "expires_in": 3600}
+                                   ).encode(), [("Content-Type", "application/json")])
+            return False
+        auth = r.h("authorization")
+        if auth == "Bearer " + st["valid"]:
+            r.send(200, m, [("Content-Type", MT), ("Docker-Content-Digest", md)])
+        elif auth:
+            r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"invalid token",'
+                   b'"detail":null}]}', [("Content-Type", "application/json"),
+                                         ("WWW-Authenticate", 'Bearer error="invalid_token"')])
+        else:
+            r.send(401, b"", [("WWW-Authenticate",
+                               'Bearer realm="%s/token",service="svc"' % up.url)])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "manifest with the first token")
+    st["valid"] = "tok2"  # tok1 revoked: the registry refuses it from now on
+    mark = len(up.seen())
+    for tag in ("v2", "v3", "v4"):
+        p.get("/v2/ns/x/manifests/" + tag, headers={"Accept": lib.ACCEPT_ALL})
+    sent_dead = [x for x in up.seen()[mark:] if x[3].get("authorization") == "Bearer tok1"]
+    eq(len(sent_dead), 1, "requests upstream with the refused token tok1 (requests seen: %r)"
+       % [(x[2], x[3].get("authorization")) for x in up.seen()[mark:]])
+    r = p.get("/v2/ns/x/manifests/v5", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "manifest once a fresh token was fetched")
+    eq(st["issued"], 2, "tokens issued")
+
+
 def test_basic_offered_beside_a_foreign_realm(t):
     """A registry offering Bearer with a realm the policy does not allow, and Basic beside
     it: the credentials may go to the registry itself, so Basic is used rather than failing

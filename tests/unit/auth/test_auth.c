@@ -853,6 +853,38 @@ static void test_challenge_change_drops_tokens(void)
     rp_auth_free(a);
 }
 
+/* A 401 to a token we sent refuses that token, whatever its challenge says: one the proxy
+ * cannot use (none, RFC 6750's realm-less `Bearer error="invalid_token"`, a malformed one)
+ * must not leave the dead token cached, sent and refused by every request until it
+ * expires (a day at most). */
+static void test_refused_token_dropped_without_usable_challenge(void)
+{
+    static const char *const headers[] = {
+        NULL, "", "Bearer error=\"invalid_token\"", "Bearer realm=\"unterminated", "Negotiate",
+    };
+    const char *scope = "repository:rhel8/ubi:pull";
+    const char *answer = "{\"token\":\"tok1\",\"expires_in\":3600}";
+    for (size_t k = 0; k < sizeof(headers) / sizeof(headers[0]); k++) {
+        struct rp_auth *a = rp_auth_new(&rh_reg);
+        char *authz;
+        CHECK_INT(rp_auth_on_unauthorized(a, scope, RH_CHALLENGE, NULL), RP_AUTH_OK);
+        CHECK_INT(rp_auth_token_response(a, scope, 200, answer, strlen(answer), 0), RP_AUTH_OK);
+        CHECK_INT(rp_auth_token_response(a, "other", 200, answer, strlen(answer), 0), RP_AUTH_OK);
+        CHECK_INT(rp_auth_prepare(a, scope, 0, &authz), RP_AUTH_SEND);
+        CHECK_STR(authz, "Bearer tok1");
+        CHECK(rp_auth_on_unauthorized(a, scope, headers[k], authz) != RP_AUTH_OK);
+        rp_free_secret(authz);
+        /* The next request gets a fresh token from the realm learned before... */
+        CHECK_INT(rp_auth_prepare(a, scope, 0, &authz), RP_AUTH_NEED_TOKEN);
+        CHECK(authz == NULL);
+        /* ...and only the refused token went. */
+        CHECK_INT(rp_auth_prepare(a, "other", 0, &authz), RP_AUTH_SEND);
+        CHECK_STR(authz, "Bearer tok1");
+        rp_free_secret(authz);
+        rp_auth_free(a);
+    }
+}
+
 static void test_token_response_errors(void)
 {
     struct rp_auth *a = rp_auth_new(&rh_reg);
@@ -969,6 +1001,7 @@ int main(void)
     RUN(test_challenge_choice);
     RUN(test_challenge_change_drops_tokens);
     RUN(test_token_response_errors);
+    RUN(test_refused_token_dropped_without_usable_challenge);
     RUN(test_reset);
     RUN(test_cache_bound);
     UNIT_EXIT();
