@@ -402,7 +402,7 @@ int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char
 }
 
 int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, const char *body,
-                           size_t len, int64_t now_ms)
+                           size_t len, int64_t asked_ms)
 {
     struct rp_auth_token t;
 
@@ -420,11 +420,12 @@ int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, con
     }
     /* expires_in is in [1, 1 day], so life_ms - margin_ms is at least 750 ms. issued_at is
      * not used: comparing the server's wall clock with ours would make expiry depend on
-     * clock skew, while the monotonic clock from receipt errs only on the safe side. */
+     * clock skew, while the monotonic clock from when the request was sent errs only on the
+     * safe side (the token's life cannot have begun before it). */
     int64_t life_ms = t.expires_in * 1000;
     int64_t margin_ms = life_ms / 4 < MAX_MARGIN_MS ? life_ms / 4 : MAX_MARGIN_MS;
     int64_t keep_ms = life_ms - margin_ms;
-    int64_t expiry = now_ms > INT64_MAX - keep_ms ? INT64_MAX : now_ms + keep_ms;
+    int64_t expiry = asked_ms > INT64_MAX - keep_ms ? INT64_MAX : asked_ms + keep_ms;
     store_token(a, scope_key(scope), t.token, expiry);
     return RP_AUTH_OK;
 }

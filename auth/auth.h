@@ -105,11 +105,12 @@ int rp_auth_token_request(struct rp_auth *a, const char *scope, char **url, char
                           char **post_body);
 
 /* The realm answered a token request for scope with HTTP `status` and `body` (status 0:
- * no answer, the transfer failed). On success the token is cached until now_ms +
- * expires_in minus a margin. Returns RP_AUTH_OK, E_REJECTED (401/403), E_REALM_ERROR
+ * no answer, the transfer failed). On success the token is cached until asked_ms +
+ * expires_in minus a margin: asked_ms is when the request was sent, since the realm's clock
+ * for the token started no earlier. Returns RP_AUTH_OK, E_REJECTED (401/403), E_REALM_ERROR
  * (other non-2xx, or 0), E_SYNTAX or E_NO_TOKEN. */
 int rp_auth_token_response(struct rp_auth *a, const char *scope, int status, const char *body,
-                           size_t len, int64_t now_ms);
+                           size_t len, int64_t asked_ms);
 
 /* The Bearer realm learned from the registry's challenge, or NULL (for messages). */
 const char *rp_auth_realm(const struct rp_auth *a);

@@ -98,7 +98,7 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
         return;
     }
     int e = rp_auth_token_response(f->auth, f->scope, ok ? status : 0, f->body.data, f->body.len,
-                                   rp_now_ms());
+                                   f->started_ms);
     rp_metrics_token(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
                      e == RP_AUTH_OK);
     if (e == RP_AUTH_OK)
