@@ -1211,6 +1211,87 @@ static int list_stream_start(struct rp_req *r, int status, const struct rp_xfer_
     return 0;
 }
 
+/* A 206's Content-Range, "bytes FIRST-LAST/COMPLETE", COMPLETE UINT64_MAX when upstream
+ * wrote "*" (unknown: RFC 9110 14.4 allows it). -1 for anything else. */
+static int pass_through_content_range(const char *v, uint64_t *first, uint64_t *last,
+                                      uint64_t *complete)
+{
+    if (!v)
+        return -1;
+    if (rp_http_parse_content_range(v, strlen(v), first, last, complete) == 0)
+        return 0;
+    char buf[96];
+    size_t n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n < 2 || n + 20 > sizeof(buf) || v[n - 1] != '*' || v[n - 2] != '/')
+        return -1;
+    snprintf(buf, sizeof(buf), "%.*s%llu", (int)(n - 1), v, (unsigned long long)UINT64_MAX);
+    return rp_http_parse_content_range(buf, strlen(buf), first, last, complete);
+}
+
+/* Whether upstream's 206 to a range passed through answers the range the client asked for:
+ * its Content-Range names exactly the bytes that range is of a blob of the complete length
+ * it gives (as a server resolves an open or suffix range, or one past the end), and its
+ * Content-Length, when it has one, is their number. A client splices a 206's bytes in at the
+ * place it asked for: resuming a layer at byte K, bytes from elsewhere would make a layer
+ * that fails its digest at best. For several ranges: a single part that spans them all (a
+ * server may coalesce), or a multipart/byteranges answer, whose parts say their own ranges.
+ * On success *first, *last, *complete (UINT64_MAX: unknown) are the range's, and *multipart
+ * says the answer is a multipart one (no range). Otherwise *why says what is wrong. */
+static bool pass_through_answers_range(const struct rp_req *r, const struct rp_xfer_headers *h,
+                                       uint64_t *first, uint64_t *last, uint64_t *complete,
+                                       bool *multipart, const char **why)
+{
+    size_t rlen = strlen(r->range);
+    bool several = memchr(r->range, ',', rlen) != NULL;
+    *multipart = false;
+    if (!h->content_range && several) {
+        const char *t = h->content_type;
+        if (!t || !rp_strieq_n(t, strlen(t) < 20 ? strlen(t) : 20, "multipart/byteranges") ||
+            !strstr(t, "boundary=")) {
+            *why = "a 206 to several ranges that is neither one range nor multipart/byteranges";
+            return false;
+        }
+        *multipart = true;
+        return true;
+    }
+    if (pass_through_content_range(h->content_range, first, last, complete) != 0) {
+        *why = h->content_range ? "a 206 whose Content-Range does not parse"
+                                : "a 206 without Content-Range";
+        return false;
+    }
+    uint64_t want_first = 0, want_last = 0;
+    if (several) {
+        struct rp_byte_range rs[RANGES_MAX];
+        size_t n = 0;
+        if (rp_http_parse_ranges(r->range, rlen, *complete, rs, RANGES_MAX, &n) != RP_RANGE_OK) {
+            *why = "a 206 to ranges none of which that length satisfies";
+            return false;
+        }
+        want_first = rs[0].first;
+        want_last = rs[0].last;
+        for (size_t i = 1; i < n; i++) {
+            want_first = rs[i].first < want_first ? rs[i].first : want_first;
+            want_last = rs[i].last > want_last ? rs[i].last : want_last;
+        }
+    } else if (rp_http_parse_range(r->range, rlen, *complete, &want_first, &want_last) !=
+               RP_RANGE_OK) {
+        *why = "a 206 to a range that its complete length does not satisfy";
+        return false;
+    }
+    if (*first != want_first || *last != want_last) {
+        *why = "a 206 for another range than the one asked for";
+        return false;
+    }
+    if (*last - *first >= (uint64_t)INT64_MAX ||
+        (h->length >= 0 && (uint64_t)h->length != *last - *first + 1)) {
+        *why = "a 206 whose Content-Length is not its Content-Range's";
+        return false;
+    }
+    return true;
+}
+
 static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     struct rp_req *r = arg;
@@ -1254,6 +1335,17 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
             r->range_to_fill = true;
             return -1;
         }
+        uint64_t first = 0, last = 0, size = UINT64_MAX;
+        bool multipart = false;
+        const char *why = NULL;
+        if (status == 206 &&
+            !pass_through_answers_range(r, h, &first, &last, &size, &multipart, &why)) {
+            r->up_err =
+                rp_xasprintf("upstream answered Range %s with %s%s%s", r->range, why,
+                             rp_header_value_safe(h->content_range) ? ": " : "",
+                             rp_header_value_safe(h->content_range) ? h->content_range : "");
+            return -1;
+        }
         if (h->length < 0) {
             r->up_err = rp_xstrdup("upstream sent a blob range without Content-Length");
             return -1;
@@ -1267,15 +1359,17 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         struct rp_buf extra;
         rp_buf_init(&extra, 16384);
         rp_buf_addf(&extra, RP_BLOB_HEADERS, r->route.ref, r->route.ref);
-        if (status == 206 && rp_header_value_safe(h->content_range))
-            rp_buf_addf(&extra, "Content-Range: %s\r\n", h->content_range);
+        /* The range as checked, in the form a client parses most surely. */
+        if (status == 206 && !multipart && size != UINT64_MAX)
+            rp_buf_addf(&extra, "Content-Range: bytes %llu-%llu/%llu\r\n",
+                        (unsigned long long)first, (unsigned long long)last,
+                        (unsigned long long)size);
+        else if (status == 206 && !multipart)
+            rp_buf_addf(&extra, "Content-Range: bytes %llu-%llu/*\r\n", (unsigned long long)first,
+                        (unsigned long long)last);
         if (status == 206 && r->fill_behind) {
             /* A multipart answer to several ranges has no Content-Range: size unknown. */
-            uint64_t first, last, size;
-            bool sized = h->content_range &&
-                         rp_http_parse_content_range(h->content_range, strlen(h->content_range),
-                                                     &first, &last, &size) == 0 &&
-                         size <= INT64_MAX;
+            bool sized = !multipart && size <= INT64_MAX;
             rp_fill_behind(r->conn->srv, r->route.reg, r->route.name, r->route.ref,
                            sized ? (int64_t)size : -1);
         } else if (status == 200 && r->fill_behind) {

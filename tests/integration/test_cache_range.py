@@ -717,3 +717,84 @@ def test_if_range(t):
             eq(got.digest, digest, "If-Range %s: the whole blob" % cond)
         else:
             eq(got.body, r.body[:10], "If-Range %s: the range" % cond)
+
+
+def _lying_range_upstream(t, answers):
+    """A plain upstream whose 206 to each Range value is answers[range]: (Content-Range or
+    None, body, extra headers). The blob (3 MB) is over the proxy's max_size, so every range
+    passes through and nothing is cached behind it. (proxy, blob, path, upstream)."""
+    import rawup
+    _m, _md, blob, digest, _cfg, _cd = rawup.image()
+
+    def h(r):
+        if not r.path.endswith("/blobs/" + digest) or r.method != "GET":
+            r.send(404, b"")
+            return False
+        if not r.h("range"):  # the fill behind a range of unknown size: declined at the head
+            r.answer(blob, "application/octet-stream")
+            return False
+        cr, body, extra = answers[r.h("range")]
+        hs = [("Content-Type", "application/octet-stream")] + list(extra)
+        if cr is not None:
+            hs.append(("Content-Range", cr))
+        r.send(206, body, hs)
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()], cache={"max_size": "1M"})
+    return p, blob, "/v2/ns/x/blobs/" + digest, up
+
+
+def test_pass_through_206_must_answer_the_range_asked(t):
+    """A range passed through is answered by upstream's 206 only when its Content-Range is
+    the range asked for (resolved against the blob's size as a server resolves it) and its
+    Content-Length that range's length. Any other (another start or end, none, one that
+    does not parse, a length that disagrees) used to reach the client as upstream's word:
+    a client resuming a layer at byte K would splice in bytes from elsewhere. It is a 502
+    in the registry's error format, and nothing is cached."""
+    answers = {}
+    p, blob, path, up = _lying_range_upstream(t, answers)
+    n = len(blob)
+    bad = [
+        ("bytes=100-199", "bytes 90-189/%d" % n, blob[90:190], (), "another start"),
+        ("bytes=100-199", "bytes 100-299/%d" % n, blob[100:300], (), "another end"),
+        ("bytes=100-199", None, blob[100:200], (), "no Content-Range"),
+        ("bytes=100-199", "bytes 100-199", blob[100:200], (), "no complete length"),
+        ("bytes=100-199", "bytes=100-199/%d" % n, blob[100:200], (), "not a Content-Range"),
+        ("bytes=100-199", "bytes 100-199/150", blob[100:200], (), "last past the length"),
+        ("bytes=100-199", "bytes 100-199/%d" % n, blob[100:150], (), "Content-Length short"),
+        ("bytes=100-199", "bytes 100-199/%d" % n, blob[100:250], (), "Content-Length long"),
+        ("bytes=100-", "bytes 100-199/%d" % n, blob[100:200], (), "open range cut short"),
+        ("bytes=100-", "bytes 0-%d/%d" % (n - 1, n), blob, (), "open range from 0"),
+        ("bytes=-10", "bytes 0-9/%d" % n, blob[:10], (), "suffix from the start"),
+        ("bytes=-10", "bytes %d-%d/%d" % (n - 20, n - 11, n), blob[-20:-10], (),
+         "suffix not at the end"),
+        ("bytes=0-9", "bytes 0-9/*", blob[:10] + b"x", (), "unknown length, Content-Length"),
+        ("bytes=0-99999999", "bytes 0-99999999/*", blob[:20], (), "clamped, length unknown"),
+        ("bytes=0-9,20-29", None, blob[:10] + blob[20:30], (), "several ranges, not multipart"),
+        ("bytes=0-9,20-29", "bytes 0-9/%d" % n, blob[:10], (), "one of several ranges"),
+    ]
+    for rng, cr, body, extra, what in bad:
+        answers.clear()
+        answers[rng] = (cr, body, extra)
+        r = p.get(path, headers={"Range": rng})
+        eq((r.status, r.header("Content-Range"), r.error_codes() if r.status == 502 else None),
+           (502, None, ["UNKNOWN"]), "%s: Range %s answered %r (%.200r)" % (what, rng, cr, r.body))
+    _not_cached(p, path.rsplit("/", 1)[1], "after 206s that answer other ranges")
+    good = [
+        ("bytes=100-199", "bytes 100-199/%d" % n, 100, 199),
+        ("bytes=100-", "bytes 100-%d/%d" % (n - 1, n), 100, n - 1),
+        ("bytes=-10", "bytes %d-%d/%d" % (n - 10, n - 1, n), n - 10, n - 1),
+        ("bytes=%d-99999999" % (n - 5), "bytes %d-%d/%d" % (n - 5, n - 1, n), n - 5, n - 1),
+        ("bytes=-99999999", "bytes 0-%d/%d" % (n - 1, n), 0, n - 1),
+        ("bytes=0-9", "bytes 0-9/*", 0, 9),
+        ("BYTES=0-9", "Bytes 0-9/%d" % n, 0, 9),
+        ("bytes=0-9,20-29", "bytes 0-29/%d" % n, 0, 29),  # coalesced
+    ]
+    for rng, cr, lo, hi in good:
+        answers.clear()
+        answers[rng] = (cr, blob[lo:hi + 1], ())
+        r = lib.stream_get(p.port, path, headers={"Range": rng}, timeout=30)
+        eq((r.status, r.complete, r.got, r.header("content-range")),
+           (206, True, hi - lo + 1, "bytes %d-%d/%s" % (lo, hi, cr.rsplit("/", 1)[1])),
+           "Range %s answered %s" % (rng, cr))
+        eq(r.digest, lib.sha256(blob[lo:hi + 1]), "bytes of Range %s" % rng)
