@@ -1346,7 +1346,14 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
                              rp_header_value_safe(h->content_range) ? h->content_range : "");
             return -1;
         }
-        if (h->length < 0) {
+        /* A 206 sent without Content-Length (chunked, or to the close) is as long as its
+         * checked Content-Range says: the client gets that length, and an upstream that
+         * sends fewer or more bytes cuts it (up_data_cb, up_done_cb), even when its framing
+         * ends cleanly. A multipart one has no such bound. */
+        int64_t length = h->length;
+        if (length < 0 && status == 206 && !multipart)
+            length = (int64_t)(last - first + 1);
+        if (length < 0) {
             r->up_err = rp_xstrdup("upstream sent a blob range without Content-Length");
             return -1;
         }
@@ -1381,10 +1388,10 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         rp_conn_write_head(r->conn, status,
                            rp_header_value_safe(h->content_type) ? h->content_type
                                                                  : "application/octet-stream",
-                           h->length, extra.data);
+                           length, extra.data);
         rp_buf_free(&extra);
         r->streaming = true;
-        r->stream_expected = h->length;
+        r->stream_expected = length;
         r->stream_sent = 0;
         if (status == 200 && h->length > 0) {
             r->stream_md = EVP_MD_CTX_new();

@@ -798,3 +798,47 @@ def test_pass_through_206_must_answer_the_range_asked(t):
            (206, True, hi - lo + 1, "bytes %d-%d/%s" % (lo, hi, cr.rsplit("/", 1)[1])),
            "Range %s answered %s" % (rng, cr))
         eq(r.digest, lib.sha256(blob[lo:hi + 1]), "bytes of Range %s" % rng)
+
+
+def _chunked(b, size=4096):
+    return b"".join(b"%x\r\n%s\r\n" % (len(b[i:i + size]), b[i:i + size])
+                    for i in range(0, len(b), size)) + b"0\r\n\r\n"
+
+
+def test_pass_through_chunked_206_bounded_by_its_range(t):
+    """A 206 sent chunked (no Content-Length) to a range passed through used to be a 502, so
+    an upstream that frames its answers so failed every range of an uncached blob (a lazy
+    puller's, a resumed pull's). Its Content-Range, once checked against the range asked,
+    says how many bytes it has: the client gets them with that Content-Length, HTTP/1.1 or
+    1.0. An upstream that sends fewer (a chunked body that ends early, which would look
+    whole) or more than that must never leave the client with a whole-looking answer."""
+    answers = {}
+    p, blob, path, up = _lying_range_upstream(t, answers)
+    n = len(blob)
+    te = [("Transfer-Encoding", "chunked")]
+    for rng, lo, hi in (("bytes=100-199", 100, 199), ("bytes=1000-", 1000, n - 1),
+                        ("bytes=-5000", n - 5000, n - 1)):
+        answers.clear()
+        answers[rng] = ("bytes %d-%d/%d" % (lo, hi, n), _chunked(blob[lo:hi + 1]), te)
+        r = lib.stream_get(p.port, path, headers={"Range": rng}, timeout=30)
+        eq((r.status, r.complete, r.length, r.header("content-range")),
+           (206, True, hi - lo + 1, "bytes %d-%d/%d" % (lo, hi, n)), "chunked 206 to %s" % rng)
+        eq(r.digest, lib.sha256(blob[lo:hi + 1]), "bytes of the chunked 206 to %s" % rng)
+    rng = "bytes=100-199"
+    answers[rng] = ("bytes 100-199/%d" % n, _chunked(blob[100:200]), te)
+    st, body = _raw_status_and_body(p.port, ("GET %s HTTP/1.0\r\nRange: %s\r\n\r\n"
+                                             % (path, rng)).encode())
+    eq((st, body), (206, blob[100:200]), "chunked 206 to an HTTP/1.0 client")
+    # Wrong sizes: a short body, a long one, a long one far past the range.
+    for what, body in (("short", blob[100:150]), ("long", blob[100:201]),
+                       ("far too long", blob[100:100 + (2 << 20)])):
+        answers[rng] = ("bytes 100-199/%d" % n, _chunked(body), te)
+        r = lib.stream_get(p.port, path, headers={"Range": rng}, timeout=30)
+        check(not (r.status == 206 and r.complete), "a %s chunked 206 reached the client "
+              "whole: %r" % (what, r))
+        check(r.status in (206, 502), "a %s chunked 206: %r" % (what, r))
+    # Its range is checked as any 206's is.
+    answers[rng] = ("bytes 90-189/%d" % n, _chunked(blob[90:190]), te)
+    r = p.get(path, headers={"Range": rng})
+    eq((r.status, r.error_codes()), (502, ["UNKNOWN"]), "a chunked 206 for another range")
+    _not_cached(p, path.rsplit("/", 1)[1], "after chunked 206s")
