@@ -1393,7 +1393,12 @@ static int up_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
         r->streaming = true;
         r->stream_expected = length;
         r->stream_sent = 0;
-        if (status == 200 && h->length > 0) {
+        /* A 206 of every byte of the blob (a range past its end from byte 0, a suffix
+         * longer than it) is the whole blob too, and verified as a 200 is. */
+        bool whole =
+            (status == 200 && h->length > 0) ||
+            (status == 206 && !multipart && first == 0 && size != UINT64_MAX && last + 1 == size);
+        if (whole) {
             r->stream_md = EVP_MD_CTX_new();
             if (!r->stream_md ||
                 EVP_DigestInit_ex(r->stream_md, rp_digest_md(r->route.ref), NULL) != 1) {

@@ -842,3 +842,27 @@ def test_pass_through_chunked_206_bounded_by_its_range(t):
     r = p.get(path, headers={"Range": rng})
     eq((r.status, r.error_codes()), (502, ["UNKNOWN"]), "a chunked 206 for another range")
     _not_cached(p, path.rsplit("/", 1)[1], "after chunked 206s")
+
+
+def test_pass_through_206_of_the_whole_blob_is_verified(t):
+    """A range that covers the whole blob ("bytes=0-" past its end, a suffix longer than it)
+    may pass through, and upstream's 206 then carries every byte of the blob under its
+    Docker-Content-Digest, as a 200 would. A 200 passed through is hashed and its last byte
+    held until the digest matched; such a 206 was not, and damaged bytes (a CDN's) reached
+    the client whole. It is checked as a 200 is: damaged, the client is cut."""
+    answers = {}
+    p, blob, path, up = _lying_range_upstream(t, answers)
+    n = len(blob)
+    bad = blob[:n // 2] + bytes([blob[n // 2] ^ 1]) + blob[n // 2 + 1:]
+    for rng in ("bytes=0-99999999", "bytes=-99999999"):
+        answers.clear()
+        answers[rng] = ("bytes 0-%d/%d" % (n - 1, n), bad, ())
+        r = lib.stream_get(p.port, path, headers={"Range": rng}, timeout=30)
+        check(not (r.status == 206 and r.complete), "a damaged 206 of the whole blob to %s "
+              "reached the client whole: %r" % (rng, r))
+        answers[rng] = ("bytes 0-%d/%d" % (n - 1, n), blob, ())
+        r = lib.stream_get(p.port, path, headers={"Range": rng}, timeout=30)
+        eq((r.status, r.complete, r.digest, r.header("content-range")),
+           (206, True, lib.sha256(blob), "bytes 0-%d/%d" % (n - 1, n)),
+           "the 206 of the whole blob to %s" % rng)
+    _not_cached(p, path.rsplit("/", 1)[1], "after 206s of the whole blob")
