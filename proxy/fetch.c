@@ -33,6 +33,9 @@ struct rp_fetch {
     char *url;          /* current URL: registry_url or a redirect target */
     bool url_is_registry;
     char *authorization; /* secret */
+    /* rp_auth_generation when authorization was made: a 401 that answers credentials a
+     * reload has since replaced says nothing about the new ones. */
+    uint64_t authorization_generation;
     char *accept, *range;
     bool head, stream, follow_redirects;
     int auth_retries;
@@ -141,6 +144,9 @@ static int xfer_headers_cb(void *arg, int status, const struct rp_xfer_headers *
     f->status = status;
     f->final = true;
     bool fresh = f->token_fresh && f->token_generation == rp_auth_generation(f->auth);
+    /* Like rp_fetch_token_stale: 401s made under replaced credentials do not count. */
+    if (status == 401 && f->authorization_generation != rp_auth_generation(f->auth))
+        f->auth_retries = 0;
     if (status == 401 && f->url_is_registry && f->auth_retries < AUTH_RETRIES && !fresh) {
         f->final = false;
         free(f->www_authenticate);
@@ -263,7 +269,11 @@ static void xfer_done_cb(void *arg, enum rp_xfer_error xe, int status, const cha
     }
     if (f->status == 401) {
         f->auth_retries++;
-        int e = rp_auth_on_unauthorized(f->auth, f->scope, f->www_authenticate, f->authorization);
+        /* Sent with credentials a reload has replaced (Basic with the old password): not a
+         * verdict on the new ones, which the retry sends. */
+        bool replaced = f->authorization_generation != rp_auth_generation(f->auth);
+        int e = rp_auth_on_unauthorized(f->auth, f->scope, f->www_authenticate,
+                                        replaced ? NULL : f->authorization);
         if (e != RP_AUTH_OK) {
             f->res.status = 401;
             f->res.auth_err = e;
@@ -370,6 +380,7 @@ static void fetch_drive(struct rp_fetch *f)
         case F_AUTH: {
             rp_free_secret(f->authorization);
             f->authorization = NULL;
+            f->authorization_generation = rp_auth_generation(f->auth);
             if (rp_auth_prepare(f->auth, f->scope, rp_now_ms(), &f->authorization) ==
                 RP_AUTH_NEED_TOKEN) {
                 int e = rp_tokens_wait(f->srv, f->auth, f->reg, f->scope, f);

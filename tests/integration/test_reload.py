@@ -3,6 +3,8 @@
 rewritten while a large pull is in flight; SIGHUP (or the file watch) applies it without
 dropping the pull, and the next pull uses the new credentials. A broken configuration on
 SIGHUP leaves the proxy serving with the old one."""
+import base64
+import http.server
 import json
 import os
 import secrets
@@ -326,3 +328,83 @@ def test_watch_quiet_while_draining(t):
     check(p.proc.p.poll() is None, "the proxy had stopped draining before the count")
     c.close()
     eq(n, 1, "lines saying the watched file's reload was ignored while draining")
+
+
+class _BasicRegistry:
+    """A plain-http registry on 127.0.0.1 taking Basic credentials for `password` (user
+    alice), recording (time, path, authorization). hold_next holds the next /v2/ns/ answer
+    that many seconds, then judges the credentials as they are by then (a password rotated
+    upstream meanwhile refuses the old one)."""
+
+    def __init__(self, t):
+        self.reqs = []
+        self.password = "old-secret"
+        self.hold_next = 0.0
+        self.lock = threading.Lock()
+        up = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                auth = self.headers.get("Authorization")
+                with up.lock:
+                    up.reqs.append((time.time(), self.path, auth))
+                    hold = 0.0
+                    if self.path.startswith("/v2/ns/"):
+                        hold, up.hold_next = up.hold_next, 0.0
+                if hold:
+                    time.sleep(hold)
+                want = "Basic " + base64.b64encode(
+                    ("alice:%s" % up.password).encode()).decode()
+                if auth != want:
+                    body = b'{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}'
+                    return self._send(401, body, {"WWW-Authenticate": 'Basic realm="r"'})
+                return self._send(200, json.dumps({"name": "ns/x", "tags": ["v1"]}).encode())
+
+            def _send(self, status, body, extra=None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = "http://127.0.0.1:%d" % self.srv.server_port
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        t.defer(self.srv.server_close)
+        t.defer(self.srv.shutdown)
+
+    def seen(self, since=0.0):
+        with self.lock:
+            return [r for r in self.reqs if r[0] >= since]
+
+
+def test_reload_during_basic_request_retries_with_new_password(t):
+    """A Basic request sent with the old password whose 401 comes back after a reload
+    replaced that password: the 401 is about credentials no longer configured, so the
+    request is made again with the new ones. It used to be taken as the new credentials
+    rejected, and the client got an error although the new password works."""
+    up = _BasicRegistry(t)
+    p = t.proxy(registries=[{"name": "local.test", "url": up.url, "user": "alice",
+                             "password": "old-secret"}])
+    eq(p.get("/v2/ns/x/tags/list").status, 200, "tags with the old password")
+    up.hold_next = 3.0
+    res = {}
+    th = threading.Thread(target=lambda: res.setdefault("a", p.get("/v2/ns/x/tags/list?n=1")))
+    th.start()
+    lib.wait_until(lambda: any(x[1].startswith("/v2/ns/x/tags/list?n=1") for x in up.seen()),
+                   10, "the held request upstream")
+    up.password = "new-secret"
+    p.registries[0]["password"] = "new-secret"
+    p.write_conf()
+    _sighup(p, 1)
+    th.join(30)
+    eq(res.get("a") and res["a"].status, 200,
+       "status of the request whose 401 (for the old password) came after the reload")
+    eq(p.get("/v2/ns/x/tags/list?n=2").status, 200, "tags after the reload")
