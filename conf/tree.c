@@ -342,13 +342,13 @@ out:
 
 json_t *rp_conf_tree_load(const char *text, size_t len, char *why, size_t whylen)
 {
-    size_t i = 0;
-    if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
-        i = 3;
+    size_t bom = len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0 ? 3 : 0, i = bom;
     while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
         i++;
+    /* jansson skips the leading whitespace itself, so its line and column are the file's;
+     * only the byte order mark, which it refuses, is left out. */
     if (i < len && (text[i] == '{' || text[i] == '['))
-        return json_load(text + i, len - i, why, whylen);
+        return json_load(text + bom, len - bom, why, whylen);
     return yaml_load(text, len, why, whylen);
 }
 

@@ -1487,6 +1487,13 @@ static void test_auth_errors(void)
               -1);
     CHECK(strncmp(err, "pull.json: invalid JSON at line 1, column ", 42) == 0);
     CHECK(strstr(err, "aHVudGVy") == NULL);
+    /* Blank lines (and a byte order mark) before the JSON count: the line is the file's. */
+    CHECK_INT(auth("\n\n{\"auths\": {\"x\": {\"auth\": hunter2}}}", "x", 443, false, &a), -1);
+    CHECK_STR(err, "pull.json: invalid JSON at line 3, column 31: invalid token");
+    CHECK_INT(
+        auth("\xef\xbb\xbf\r\n  {\"auths\": {\"x\": {\"auth\": hunter2}}}", "x", 443, false, &a),
+        -1);
+    CHECK_STR(err, "pull.json: invalid JSON at line 2, column 33: invalid token");
     CHECK_INT(auth("{\"auths\": {}, \"auths\": {}}", "x", 443, false, &a), -1);
     CHECK(strncmp(err, "pull.json: invalid JSON at line 1, column ", 42) == 0);
     CHECK(strstr(err, "duplicate") != NULL);
