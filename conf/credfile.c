@@ -206,9 +206,22 @@ static int take_entry(struct cred_parse *c, json_t *cfg, const char *key, json_t
     }
     if (userl == 0 && tokl == 0) {
         const char *store = json_string_value(json_object_get(cfg, "credsStore"));
+        const char *helper = NULL, *hk;
+        json_t *hv;
         struct rp_buf sb;
         rp_buf_init(&sb, 256);
-        if (store) {
+        /* docker asks the registry's credHelpers entry before credsStore, and leaves an
+         * empty auths entry beside either. */
+        json_object_foreach(json_object_get(cfg, "credHelpers"), hk, hv)
+        {
+            if (!helper && key_rank(c, hk) > 0)
+                helper = json_string_value(hv);
+        }
+        if (helper) {
+            rp_buf_addf(&sb, ": docker keeps them with the credential helper '");
+            rp_conf_buf_add_safe(&sb, helper);
+            rp_buf_addf(&sb, "' (credHelpers), which regproxy does not run");
+        } else if (store) {
             rp_buf_addf(&sb, ": docker keeps them in the credential store '");
             rp_conf_buf_add_safe(&sb, store);
             rp_buf_addf(&sb, "' (credsStore), which regproxy does not read");

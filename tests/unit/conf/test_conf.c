@@ -1431,6 +1431,14 @@ static void test_auth_errors(void)
                     "pull.json: auths.\"r.example.com\" has no credentials (auth, username and "
                     "password, or identitytoken): docker keeps them in the credential store "
                     "'desktop' (credsStore), which regproxy does not read");
+    /* What docker login writes beside a credential helper: an empty entry in auths. The
+     * helper names the registry's own store, so it is the one docker would ask. */
+    expect_auth_err("{\"auths\":{\"r.example.com\":{}},\"credsStore\":\"desktop\","
+                    "\"credHelpers\":{\"r.example.com\":\"ecr-login\"}}",
+                    "r.example.com", 443,
+                    "pull.json: auths.\"r.example.com\" has no credentials (auth, username and "
+                    "password, or identitytoken): docker keeps them with the credential helper "
+                    "'ecr-login' (credHelpers), which regproxy does not run");
     expect_auth_err("{\"auths\":{\"r.example.com\":{\"username\":\"u\"}}}", "r.example.com", 443,
                     "pull.json: auths.\"r.example.com\" has a username but no password");
     expect_auth_err("{\"auths\":{\"r.example.com\":{\"password\":\"hunter2\"}}}", "r.example.com",
