@@ -1593,6 +1593,84 @@ static int oci_blob_out_cb(int fd, void *arg, char *err, size_t errlen)
     return 0;
 }
 
+#define OCI_INDEX_MAX (16 << 20)
+#define OCI_REF_NAME "org.opencontainers.image.ref.name"
+
+/* The manifests of an index.json already in the layout, read before anything is written:
+ * the export keeps them (oci_keep). A new array: empty when there is no index.json, or a
+ * symlink in its place (replaced); NULL with err set when what is there is no OCI index,
+ * which is not the export's to overwrite. */
+static json_t *oci_old_entries(int dfd, const char *dir, char *err, size_t errlen)
+{
+    int fd = openat(dfd, "index.json", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ELOOP)
+            return json_array();
+        snprintf(err, errlen, "%s/index.json: %s", dir, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    const char *why = NULL;
+    json_t *old = NULL, *entries = NULL;
+    char *text = NULL;
+    json_error_t je;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > OCI_INDEX_MAX) {
+        why = "not a regular file of at most 16 MiB";
+    } else {
+        size_t len = (size_t)st.st_size, got = 0;
+        text = rp_xmalloc(len + 1);
+        while (got < len) {
+            ssize_t r = read(fd, text + got, len - got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        old = got == len ? json_loadb(text, len, JSON_REJECT_DUPLICATES, &je) : NULL;
+        if (got != len)
+            why = "it cannot be read whole";
+        else if (!old)
+            why = je.text;
+        else if (!json_is_array(json_object_get(old, "manifests")))
+            why = "no manifests array";
+    }
+    close(fd);
+    if (why)
+        snprintf(err, errlen,
+                 "%s/index.json is there but is no OCI image index (%s): move it away or "
+                 "export into another directory",
+                 dir, why);
+    else
+        entries = json_incref(json_object_get(old, "manifests"));
+    json_decref(old);
+    free(text);
+    return entries;
+}
+
+/* Appends to `into` the old entries whose ref.name is none of those in mans (the export's),
+ * as `skopeo copy` into oci:DIR:TAG keeps the layout's other images: a second export into a
+ * directory used to drop the first one's names, leaving its blobs unreachable. */
+static void oci_keep(json_t *into, json_t *old, json_t *mans)
+{
+    size_t i, j;
+    json_t *e, *n;
+    json_array_foreach(old, i, e)
+    {
+        const char *name =
+            json_string_value(json_object_get(json_object_get(e, "annotations"), OCI_REF_NAME));
+        bool replaced = false;
+        json_array_foreach(mans, j, n)
+        {
+            const char *nn =
+                json_string_value(json_object_get(json_object_get(n, "annotations"), OCI_REF_NAME));
+            replaced |= name && nn && strcmp(name, nn) == 0;
+        }
+        if (!replaced)
+            json_array_append(into, e);
+    }
+}
+
 /* DIR/blobs/<alg>/<hex> (blobs_fd: DIR/blobs, opened), written under a temp name and
  * renamed; a regular file of the right size is kept (a rerun after an interruption
  * resumes), anything else there is replaced. */
@@ -1645,9 +1723,13 @@ static int write_oci(struct collect *k, const char *dir, struct rp_progress *pro
     }
     int rc = -1, dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), bfd = -1;
     char *shown = rp_xasprintf("%s/blobs", dir);
-    json_t *mans = NULL;
+    json_t *mans = NULL, *old_entries = NULL;
     if (dfd < 0) {
         fprintf(stderr, "regproxy export: %s: %s\n", dir, strerror(errno));
+        goto out;
+    }
+    if (!(old_entries = oci_old_entries(dfd, dir, err, sizeof(err)))) {
+        fprintf(stderr, "regproxy export: %s\n", err);
         goto out;
     }
     if ((bfd = oci_subdir(dfd, "blobs", shown, err, sizeof(err))) < 0) {
@@ -1699,16 +1781,18 @@ static int write_oci(struct collect *k, const char *dir, struct rp_progress *pro
         for (int n = 0; n < 2; n++) {
             if (!names[n])
                 continue;
-            json_array_append_new(mans, json_pack("{s:s, s:s, s:I, s:{s:s}}", "mediaType",
-                                                  it->media_type, "digest", it->digest, "size",
-                                                  (json_int_t)it->size, "annotations",
-                                                  "org.opencontainers.image.ref.name", names[n]));
+            json_array_append_new(mans,
+                                  json_pack("{s:s, s:s, s:I, s:{s:s}}", "mediaType", it->media_type,
+                                            "digest", it->digest, "size", (json_int_t)it->size,
+                                            "annotations", OCI_REF_NAME, names[n]));
         }
         free(full);
     }
+    json_t *all = json_array();
+    oci_keep(all, old_entries, mans);
+    json_array_extend(all, mans);
     json_t *index = json_pack("{s:i, s:s, s:o}", "schemaVersion", 2, "mediaType",
-                              RP_MEDIA_OCI_INDEX, "manifests", mans);
-    mans = NULL; /* the index's now */
+                              RP_MEDIA_OCI_INDEX, "manifests", all);
     char *text = json_dumps(index, JSON_COMPACT);
     json_decref(index);
     static const char layout[] = "{\"imageLayoutVersion\":\"1.0.0\"}";
@@ -1720,6 +1804,7 @@ static int write_oci(struct collect *k, const char *dir, struct rp_progress *pro
     free(text);
 out:
     json_decref(mans);
+    json_decref(old_entries);
     if (bfd >= 0)
         close(bfd);
     if (dfd >= 0)

@@ -664,6 +664,51 @@ def test_export_oci_warns_of_docker_format(t):
     eq(lib.sha256(r.stdout), oci_img["digest"], "skopeo inspect of the OCI image")
 
 
+def test_export_oci_keeps_the_layouts_other_images(t):
+    """Two exports into one OCI layout, as `skopeo copy` into oci:DIR:TAG adds to it: the
+    second rewrote index.json from scratch, and the first export's names were gone (its
+    blobs left unreachable). Now the layout keeps the names the new export does not write,
+    and a name it writes again points at the new image, once. What is there and is no OCI
+    index is refused, before anything is written."""
+    st = Store()
+    a = st.image("ns/a", "amd64", tag="v1")
+    b = st.image("ns/b", "amd64", tag="v2")
+    a2 = st.image("ns/a2", "amd64", tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    lists = {}
+    for ref in ("ns/a:v1", "ns/b:v2", "ns/a2:v1"):
+        lists[ref] = os.path.join(t.tmp, "list-" + ref.replace("/", "_"))
+        with open(lists[ref], "w") as f:
+            f.write("%s/%s\n" % (NAME, ref))
+        _run(t, ["mirror", "-c", conf, lists[ref]])
+    oci = os.path.join(t.tmp, "oci")
+    for ref in ("ns/a:v1", "ns/b:v2", "ns/b:v2"):
+        _run(t, ["export", "-c", conf, lists[ref], "--oci", oci])
+    for name, img in (("v1", a), ("v2", b), ("%s/ns/a:v1" % NAME, a),
+                      ("%s/ns/b:v2" % NAME, b)):
+        r = t.s.skopeo(["inspect", "--raw", "oci:%s:%s" % (oci, name)])
+        eq(lib.sha256(r.stdout), img["digest"], "skopeo inspect oci:DIR:%s after both exports"
+           % name)
+    # Another image tagged v1: the bare v1 is now its, the full names stay each their own.
+    _run(t, ["export", "-c", conf, lists["ns/a2:v1"], "--oci", oci])
+    with open(os.path.join(oci, "index.json")) as f:
+        names = [m["annotations"]["org.opencontainers.image.ref.name"]
+                 for m in json.load(f)["manifests"]]
+    eq(sorted(names), sorted(["%s/ns/a:v1" % NAME, "%s/ns/b:v2" % NAME, "v2",
+                              "%s/ns/a2:v1" % NAME, "v1"]), "index.json's names")
+    r = t.s.skopeo(["inspect", "--raw", "oci:%s:v1" % oci])
+    eq(lib.sha256(r.stdout), a2["digest"], "oci:DIR:v1 after ns/a2:v1 was exported")
+    bad = os.path.join(t.tmp, "bad")
+    os.makedirs(bad)
+    with open(os.path.join(bad, "index.json"), "w") as f:
+        f.write("not json")
+    rc, out, err = _run(t, ["export", "-c", conf, lists["ns/a:v1"], "--oci", bad], ok=False)
+    eq(rc, 1, "export --oci over a damaged index.json (stdout %r, stderr %r)" % (out, err))
+    check("index.json is there but is no OCI image index" in err, "its message: %r" % err)
+    eq(sorted(os.listdir(bad)), ["index.json"], "what the refused export left in the directory")
+
+
 def test_export_bad_split_size(t):
     """`export -o b.rpb --split 4.7G` (a DVD's size as it is written on the box) answered
     "--split SIZE goes with export -o", which it was given: the message says what is wrong
