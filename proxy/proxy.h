@@ -519,6 +519,10 @@ void rp_server_upstream_seen(struct rp_server *srv, const struct rp_conf_registr
                              bool answered, int64_t sent_ms);
 /* Whether the registry gave no answer less than RP_UNREACHABLE_HOLD_MS ago, and none since. */
 bool rp_server_registry_silent(const struct rp_server *srv, const struct rp_conf_registry *reg);
+/* Warns when the listeners' max_connections (and a margin) exceed the open-files limit:
+ * past it new connections wait in the backlog instead of getting a 503. At the start
+ * (reload_why NULL) and after a reload that changed a max_connections. */
+void rp_server_check_nofile(const struct rp_conf *conf, const char *reload_why);
 /* The Date every answer carries (RFC 9110 6.6.1: an origin server with a clock sends one),
  * as "Date: <IMF-fixdate>\r\n". Formatted once a second, from the loop's cached clock: no
  * system call, no allocation on a cache hit's path. */

@@ -160,7 +160,9 @@ int rp_reload(struct rp_server *srv, const char *why)
         rp_conf_free(fresh);
         return -1;
     }
+    bool conns_changed = false;
     for (size_t i = 0; i < run->n_listens; i++) {
+        conns_changed |= run->listens[i].max_connections != fresh->listens[i].max_connections;
         SWAP(run->listens[i].tls_cert, fresh->listens[i].tls_cert);
         SWAP(run->listens[i].tls_key, fresh->listens[i].tls_key);
         SWAP(run->listens[i].allow, fresh->listens[i].allow);
@@ -173,6 +175,8 @@ int rp_reload(struct rp_server *srv, const char *why)
     SWAP(run->admin.log_level, fresh->admin.log_level);
     SWAP(run->admin.drain_timeout_ms, fresh->admin.drain_timeout_ms);
     rp_server_apply_logging(run);
+    if (conns_changed)
+        rp_server_check_nofile(run, why);
     size_t reset = 0;
     for (size_t i = 0; i < run->n_registries; i++) {
         bool keep = same_auth(&run->registries[i], &fresh->registries[i]);

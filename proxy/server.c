@@ -2247,24 +2247,30 @@ static void log_kick(void *arg)
 /* Every connection is a descriptor (a blob being sent, two): the usual soft limit of 1024
  * is below the default max_connections, and past it accept() fails where a 503 was meant
  * to answer. The soft limit goes up to the hard one; if that is still short, say so. */
-static void raise_nofile(const struct rp_conf *conf)
+void rp_server_check_nofile(const struct rp_conf *conf, const char *reload_why)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return;
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            getrlimit(RLIMIT_NOFILE, &rl);
-    }
     uint64_t want = 64; /* the cache, logs, upstream connections */
     for (size_t i = 0; i < conf->n_listens; i++)
         want += conf->listens[i].max_connections;
     if (rl.rlim_cur != RLIM_INFINITY && want > rl.rlim_cur)
-        rp_warn("open files limited to %llu, below the listeners' max_connections (%llu in "
-                "all): past it new connections wait instead of getting a 503; raise "
+        rp_warn("%s%s%sopen files limited to %llu, below the listeners' max_connections (%llu "
+                "in all): past it new connections wait instead of getting a 503; raise "
                 "LimitNOFILE (ulimit -n)",
+                reload_why ? "reload (" : "", reload_why ? reload_why : "", reload_why ? "): " : "",
                 (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+}
+
+static void raise_nofile(const struct rp_conf *conf)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rp_server_check_nofile(conf, NULL);
 }
 
 void rp_server_hold_signals(int how)

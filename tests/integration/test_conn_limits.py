@@ -83,6 +83,27 @@ def test_fd_exhaustion_does_not_spin(t):
     lib.wait_until(lambda: p.get("/v2/").status == 200, 20, "serving again")
 
 
+def test_reload_past_the_open_files_limit_warns(t):
+    """The start warns when the listeners' max_connections pass the open-files limit; a
+    reload raising max_connections past it said nothing, and the proxy then left
+    connections waiting in the backlog instead of answering 503. It warns now, and a reload
+    that changes no max_connections does not repeat it."""
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "max_connections": "100"}],
+                wrapper=["prlimit", "--nofile=256:256", "--"])
+    check("open files limited" not in p.log_text(), "a warning with 164 of 256 wanted")
+    for n, conns in enumerate(("1000", "1000"), 1):
+        p.listeners[0]["max_connections"] = conns
+        p.write_conf()
+        os.kill(p.pid, signal.SIGHUP)
+        lib.wait_until(lambda: p.log_text().count("reload (SIGHUP): configuration applied")
+                       >= n, 10, "reload %d applied" % n)
+    eq(p.log_text().count("reload (SIGHUP): open files limited to 256, below the listeners' "
+                          "max_connections (1064 in all)"), 1,
+       "warnings after a reload to max_connections 1000, then one changing nothing")
+    eq(p.get("/v2/").status, 200, "GET /v2/ after the reloads")
+
+
 def test_fd_exhaustion_admin_probe_does_not_spin(t):
     """As above, with a probe or scrape arriving at the admin listener while descriptors
     are out: its accept() fails with EMFILE too, and that must not spin the loop or flood
