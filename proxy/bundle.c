@@ -1700,6 +1700,12 @@ static int oci_blob(int blobs_fd, const char *dir, const char *digest, struct rp
             snprintf(err, errlen, "%s/%s: %s", shown, hex, strerror(errno));
         goto out;
     }
+    /* The rename made durable before index.json can name the blob: after a power cut a
+     * layout must not name what its directory lost. */
+    if (fsync(afd) != 0) {
+        snprintf(err, errlen, "%s: %s", shown, strerror(errno));
+        goto out;
+    }
     rc = 0;
 out:
     if (afd >= 0)
@@ -1796,8 +1802,12 @@ static int write_oci(struct collect *k, const char *dir, struct rp_progress *pro
     char *text = json_dumps(index, JSON_COMPACT);
     json_decref(index);
     static const char layout[] = "{\"imageLayoutVersion\":\"1.0.0\"}";
-    if (write_at(dfd, "oci-layout", layout, strlen(layout), NULL, NULL, err, sizeof(err)) != 0 ||
-        write_at(dfd, "index.json", text, strlen(text), NULL, NULL, err, sizeof(err)) != 0)
+    /* blobs/<alg> and blobs made durable before index.json, and index.json once renamed:
+     * the export is done only when a power cut can no longer take it back. */
+    if (fsync(bfd) != 0 || fsync(dfd) != 0 ||
+        write_at(dfd, "oci-layout", layout, strlen(layout), NULL, NULL, err, sizeof(err)) != 0 ||
+        write_at(dfd, "index.json", text, strlen(text), NULL, NULL, err, sizeof(err)) != 0 ||
+        fsync(dfd) != 0)
         fprintf(stderr, "regproxy export: writing %s: %s\n", dir, strerror(errno));
     else
         rc = 0;

@@ -709,6 +709,47 @@ def test_export_oci_keeps_the_layouts_other_images(t):
     eq(sorted(os.listdir(bad)), ["index.json"], "what the refused export left in the directory")
 
 
+def test_export_oci_is_durable_before_it_ends(t):
+    """export --oci fsynced each file, but no directory: after a power cut the layout's
+    index.json could name blobs whose renames the directory lost. Under strace -y: every
+    blob's rename is followed by an fsync of its directory before index.json is renamed
+    into place, and the layout's directory is fsynced after that."""
+    st = Store()
+    st.image("ns/app", "amd64", tag="v1")
+    conf, lst = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/app:v1")
+    oci = os.path.realpath(os.path.join(t.tmp, "oci"))
+    trace = os.path.join(t.tmp, "export.strace")
+    p = subprocess.run(["strace", "-f", "-qq", "-y", "-o", trace, "-e",
+                        "trace=rename,renameat,renameat2,fsync,fdatasync",
+                        t.s.bin, "export", "-c", conf, lst, "--oci", oci],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=lib.clean_env(dict(ASAN_ENV, ASAN_OPTIONS=ASAN_ENV["ASAN_OPTIONS"]
+                                              .replace("detect_leaks=1", "detect_leaks=0"))),
+                       timeout=300)  # LeakSanitizer cannot run under ptrace
+    eq(p.returncode, 0, "export --oci under strace: %r" % p.stderr.decode()[-2000:])
+    with open(trace) as f:
+        calls = [ln.split(None, 1)[1] for ln in f if " " in ln.strip()]
+    blobs = os.path.join(oci, "blobs", "sha256")
+    index_at = next((i for i, c in enumerate(calls)
+                     if c.startswith("rename") and 'index.json"' in c), None)
+    check(index_at is not None, "index.json was never renamed into place:\n%s"
+          % "".join(calls)[-2000:])
+    pending = 0
+    for c in calls[:index_at]:
+        if c.startswith("rename") and blobs in c:
+            pending += 1
+        elif c.startswith("fsync(") and c.split(")", 1)[0].endswith("<%s>" % blobs):
+            pending = 0
+    eq(pending, 0, "blob renames with no fsync of %s after them before index.json's:\n%s"
+       % (blobs, "".join(calls[:index_at + 1])[-3000:]))
+    check(any(c.startswith("rename") and blobs in c for c in calls[:index_at]),
+          "no blob renamed into %s: %s" % (blobs, "".join(calls)[-2000:]))
+    check(any(c.startswith("fsync(") and c.split(")", 1)[0].endswith("<%s>" % oci)
+              for c in calls[index_at + 1:]),
+          "no fsync of %s after index.json was renamed:\n%s"
+          % (oci, "".join(calls[index_at:])[-2000:]))
+
+
 def test_export_bad_split_size(t):
     """`export -o b.rpb --split 4.7G` (a DVD's size as it is written on the box) answered
     "--split SIZE goes with export -o", which it was given: the message says what is wrong
