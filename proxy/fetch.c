@@ -44,6 +44,11 @@ struct rp_fetch {
      * unless a reload has changed the credentials since (token_generation). */
     bool token_fresh;
     uint64_t token_generation;
+    /* When the token this fetch waited for was asked for: F_AUTH judges that token as of
+     * then. A realm slower than the token's life less the margin gives one already past
+     * its keep time by the clock that counts from the asking; judged by the clock at its
+     * arrival, it was dropped and asked for again, by the same request, without end. */
+    int64_t token_asked_ms;
     int redirects;
     struct rp_xfer *xfer;
     bool headed; /* the current transfer's final response head arrived (xfer_headers_cb) */
@@ -347,7 +352,8 @@ static int follow_redirect(struct rp_fetch *f)
     return 0;
 }
 
-void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail)
+void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail,
+                          int64_t asked_ms)
 {
     f->in_token_wait = false;
     if (err != RP_AUTH_OK) {
@@ -358,6 +364,7 @@ void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, co
     }
     f->token_fresh = true;
     f->token_generation = rp_auth_generation(f->auth);
+    f->token_asked_ms = asked_ms;
     f->state = F_AUTH;
     fetch_drive(f);
 }
@@ -381,8 +388,12 @@ static void fetch_drive(struct rp_fetch *f)
             rp_free_secret(f->authorization);
             f->authorization = NULL;
             f->authorization_generation = rp_auth_generation(f->auth);
-            if (rp_auth_prepare(f->auth, f->scope, rp_now_ms(), &f->authorization) ==
-                RP_AUTH_NEED_TOKEN) {
+            /* Just woken with a token (F_AUTH follows no 401 for a fresh one): the freshest
+             * there is, sent however long the realm took; judged by the clock's now, a token
+             * the realm was slow to give would be asked for again, and again. */
+            bool woken = f->token_fresh && f->token_generation == f->authorization_generation;
+            if (rp_auth_prepare(f->auth, f->scope, woken ? f->token_asked_ms : rp_now_ms(),
+                                &f->authorization) == RP_AUTH_NEED_TOKEN) {
                 int e = rp_tokens_wait(f->srv, f->auth, f->reg, f->scope, f);
                 if (e == 0) {
                     f->state = F_WAIT_TOKEN;

@@ -111,8 +111,10 @@ struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opt
 /* Stops the exchange; no callback follows. Accepts NULL. Safe inside callbacks. */
 void rp_fetch_cancel(struct rp_fetch *f);
 void rp_fetch_resume(struct rp_fetch *f);
-/* For tokens.c: the token wait of f ended with err (RP_AUTH_OK or an error). */
-void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail);
+/* For tokens.c: the token wait of f ended with err (RP_AUTH_OK or an error); asked_ms: when
+ * the token was asked for (rp_now_ms), the time its life is counted from. */
+void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail,
+                          int64_t asked_ms);
 /* For tokens.c: the token f waited for was asked with credentials a reload has since
  * replaced; f starts its authentication over with the current ones. */
 void rp_fetch_token_stale(struct rp_fetch *f);

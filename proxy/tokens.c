@@ -74,7 +74,7 @@ static void wake_all(struct rp_token_fetch *f, bool stale, int e, enum rp_xfer_e
         if (stale)
             rp_fetch_token_stale(waiting);
         else
-            rp_fetch_token_ready(waiting, e, xe, err);
+            rp_fetch_token_ready(waiting, e, xe, err, f->started_ms);
     }
     TAILQ_REMOVE(&f->srv->token_fetches, f, link);
     fetch_free(f);

@@ -461,6 +461,37 @@ def test_token_refused_with_unusable_challenge_not_sent_again(t):
     eq(st["issued"], 2, "tokens issued")
 
 
+def test_token_slower_than_its_life_still_used(t):
+    """A realm that answers more slowly than the token's expires_in minus the proxy's
+    margin (expires_in 1: kept 750 ms, counted from when it was asked): the token the
+    request waited for is the best there is, and is sent. Taken for expired on arrival, it
+    was dropped and asked for again, and again, by the same request, without end."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    st = {"issued": 0}
+
+    def h(r):
+        if r.path.startswith("/token"):
+            st["issued"] += 1
+            if st["issued"] > 3:  # ends the endless refetching the bug makes
+                r.send(500, b"enough", [("Content-Type", "text/plain")])
+                return False
+            time.sleep(1.2)
+            r.send(200, json.dumps({"token": "tok%d" % st["issued"], "expires_in": 1}
+                                   ).encode(), [("Content-Type", "application/json")])
+            return False
+        if (r.h("authorization") or "").startswith("Bearer tok"):
+            r.send(200, m, [("Content-Type", MT), ("Docker-Content-Digest", md)])
+        else:
+            r.send(401, b"", [("WWW-Authenticate",
+                               'Bearer realm="%s/token",service="svc"' % up.url)])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "manifest with a token the realm was slow to give")
+    eq(st["issued"], 1, "token requests for the one GET")
+
+
 def test_basic_offered_beside_a_foreign_realm(t):
     """A registry offering Bearer with a realm the policy does not allow, and Basic beside
     it: the credentials may go to the registry itself, so Basic is used rather than failing
