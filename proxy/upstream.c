@@ -358,9 +358,10 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         return 0;
     }
     if (*slot) {
-        /* Repeated headers: the first wins, except WWW-Authenticate and Link which may be
-         * split across lines and are joined as a list (RFC 9110 5.3). */
-        if (slot == &x->h.www_authenticate || slot == &x->h.link) {
+        /* Repeated headers: the first wins, except WWW-Authenticate, Link and Allow which
+         * may be split across lines and are joined as a list (RFC 9110 5.3): a 405's Allow
+         * over several lines names every method of them. */
+        if (slot == &x->h.www_authenticate || slot == &x->h.link || slot == &x->h.allow) {
             char *joined = rp_xasprintf("%s, %.*s", *slot, (int)(end - v), v);
             free(*slot);
             *slot = joined;

@@ -492,6 +492,22 @@ def test_token_slower_than_its_life_still_used(t):
     eq(st["issued"], 1, "token requests for the one GET")
 
 
+def test_405_allow_split_across_lines_is_joined(t):
+    """Allow is a list (RFC 9110 10.2.1), which an upstream may send over several lines:
+    the relayed 405 names every method of them the proxy serves, not those of the first
+    line only."""
+    def h(r):
+        if r.path.startswith("/v2/ns/x/tags/list"):
+            r.send(405, b"", [("Allow", "GET"), ("Allow", "HEAD"), ("Allow", "DELETE")])
+        else:
+            r.send(200, b"{}", [("Content-Type", "application/json")])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    st, hd, body = p.raw("HEAD", "/v2/ns/x/tags/list")
+    eq((st, hd.get("allow")), (405, "GET, HEAD"), "HEAD of tags/list through the proxy")
+
+
 def test_basic_offered_beside_a_foreign_realm(t):
     """A registry offering Bearer with a realm the policy does not allow, and Basic beside
     it: the credentials may go to the registry itself, so Basic is used rather than failing
