@@ -439,6 +439,12 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
             f->no_cache = true;
             return -1;
         }
+    } else if (TAILQ_EMPTY(&f->readers) && orphans(f->srv) > FILL_ORPHANS_MAX) {
+        /* Begun behind a range, with its size: an orphan then, counted so. Joined since by
+         * a client that left before this head (no running download to judge then), it is
+         * one more than the bound allows now. */
+        fill_too_many(f);
+        return -1;
     }
     if (!f->cf || h->length >= 0)
         f->expected = h->length; /* begun behind a range, the size is already known */
