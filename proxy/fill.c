@@ -284,10 +284,13 @@ static int resume_headers(struct rp_fill *f, int status, const struct rp_xfer_he
             status == 206 && rp_header_value_safe(h->content_range) ? h->content_range : "");
         return -1;
     }
-    if (status == 206 && h->length == f->expected - have &&
+    /* Sent without Content-Length (chunked, as everything such an upstream sends), the
+     * answer is as long as its Content-Range says; the temp file takes no byte past the
+     * blob's size, and one short of it fails the verification. */
+    if (status == 206 && (h->length < 0 || h->length == f->expected - have) &&
         content_range_is(h->content_range, have, f->expected - 1, f->expected))
         return 0;
-    if (status == 200 && h->length == f->expected) {
+    if (status == 200 && (h->length < 0 || h->length == f->expected)) {
         f->skip = have;
         return 0;
     }

@@ -64,3 +64,58 @@ def test_skopeo_pull_through_cuts(t):
     _, p, _, _ = lib.fakereg_blob_in_mode(t, "cutonce")
     _, tags = t.pull(p, "ns/large:v1")
     eq(tags.get("v1"), t.s.images["large"]["tags"]["v1"], "digest pulled through the cuts")
+
+
+def _chunked(b, size=4096):
+    return b"".join(b"%x\r\n%s\r\n" % (len(b[i:i + size]), b[i:i + size])
+                    for i in range(0, len(b), size))
+
+
+def test_cut_chunked_download_of_known_size_resumes(t):
+    """An upstream that sends blobs chunked (Harbor's proxy-cache projects), 206s to ranges
+    too. A download begun behind a range knows the blob's size from that range's
+    Content-Range; cut midway, its resumption's 206 names exactly the rest, chunked as
+    everything that upstream sends: the rest is fetched from there and the blob cached, as
+    for a download whose size upstream's first answer gave."""
+    import rawup
+    blob = bytes(range(256)) * 1200 + b"tail"
+    n = len(blob)
+    digest = lib.sha256(blob)
+    cut_at = 100000
+    te = ("Transfer-Encoding", "chunked")
+
+    def h(r):
+        rng = r.h("range")
+        if r.method != "GET" or not r.path.endswith("/blobs/" + digest):
+            r.send(404, b"")
+            return False
+        try:
+            if rng == "bytes=10-19":
+                r.send(206, blob[10:20], [("Content-Range", "bytes 10-19/%d" % n)])
+            elif rng is None:  # the download: cut before its end, no terminating chunk
+                r.raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                      b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                      + _chunked(blob[:cut_at]))
+            else:
+                k = int(rng[len("bytes="):-1])
+                r.send(206, _chunked(blob[k:]) + b"0\r\n\r\n",
+                       [("Content-Range", "bytes %d-%d/%d" % (k, n - 1, n)), te])
+        except OSError:
+            pass
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/blobs/" + digest
+    st, _, body = p.raw("GET", path, {"Range": "bytes=10-19"})
+    eq((st, body), (206, blob[10:20]), "the range that starts the download behind it")
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file) or
+                   "failed after" in open(p.log).read(), 30, "the download to end")
+    check(os.path.isfile(blob_file), "the cut download was not resumed and cached:\n%s"
+          % lib.tail(p.log, 10))
+    resumed = [x for x in up.seen(path) if x[3].get("range", "").startswith("bytes=")
+               and x[3]["range"] != "bytes=10-19"]
+    eq([x[3]["range"] for x in resumed], ["bytes=%d-" % cut_at], "the resumption's Range")
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
+       "GET once the resumed blob is cached")
