@@ -1528,16 +1528,19 @@ static void digest_hex(const char *algo, const char *p, size_t n, char *out, siz
  * body that has no Content-Length and is not chunked just as its real end does, so such a
  * body must match upstream's Docker-Content-Digest (which registries send); one that names a
  * digest must match it in any case. Except a signed schema 1 manifest: its digest is of the
- * payload without the signatures, so only the framing can say. */
-static bool tag_answer_whole(const struct rp_req *r, const char *body)
+ * payload without the signatures, so only the framing can say. *vouched: upstream's digest
+ * matched, so the body is whole whatever the framing says. */
+static bool tag_answer_whole(const struct rp_req *r, const char *body, bool *vouched)
 {
     const char *d = r->up_h.docker_content_digest, *type = r->up_h.content_type;
     bool schema1 = type && strstr(type, "vnd.docker.distribution.manifest.v1");
+    *vouched = false;
     if (d && rp_valid_digest(d, strlen(d)) && !schema1) {
         char got[RP_DIGEST_MAX + 1];
         digest_hex(strncmp(d, "sha512:", 7) == 0 ? "sha512" : "sha256", body, r->body.len, got,
                    sizeof(got));
-        return strcmp(got, d) == 0;
+        *vouched = strcmp(got, d) == 0;
+        return *vouched;
     }
     return r->up_h.length >= 0 || r->up_h.chunked;
 }
@@ -1659,7 +1662,8 @@ static void manifest_fetched(struct rp_req *r)
                               r->up_status, NULL);
         return;
     }
-    if (!rt->ref_is_digest && !tag_answer_whole(r, body)) {
+    bool vouched = false;
+    if (!rt->ref_is_digest && !tag_answer_whole(r, body, &vouched)) {
         rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
                               "upstream sent a manifest that may have been cut short: it does "
                               "not match upstream's Docker-Content-Digest, or has neither that "
@@ -1671,8 +1675,10 @@ static void manifest_fetched(struct rp_req *r)
     json_t *j = !rt->ref_is_digest || type ? json_loadb(body, r->body.len, 0, NULL) : NULL;
     /* Every manifest is a JSON object: a manifest by tag has no digest to vouch for it, and
      * one whose Content-Length lies short (with no Docker-Content-Digest) is framed as whole,
-     * cut inside its JSON. */
-    if (!rt->ref_is_digest && !json_is_object(j)) {
+     * cut inside its JSON. Unless upstream's digest vouched for the bytes: they are whole,
+     * and what jansson cannot read (a \u0000 in a string, an integer beyond 64 bits, a byte
+     * that is not UTF-8) the clients' parsers may, as they do by digest. */
+    if (!rt->ref_is_digest && !vouched && !json_is_object(j)) {
         json_decref(j);
         rp_req_upstream_error(r, 502, "MANIFEST_INVALID",
                               "upstream sent a manifest that is not a JSON object (cut short "
