@@ -374,3 +374,45 @@ def test_check_basic_registry_verdicts(t):
         "FAILED: the registry asks for Basic credentials, and the auth_file gives only an "
         "identity token"), "check line for an identity token only: %r\n%s"
         % (lines.get("idtoken.test"), out))
+
+
+def test_check_ping_401_but_anonymous_pulls(t):
+    """A registry that answers 401 to /v2/ (a Basic challenge, or none at all) but serves its
+    images anonymously: a pull, which never pings, works, yet check said FAILED (no
+    credentials configured / no usable challenge). With a test_image, a 401 to the ping
+    that rejected nothing we sent is not the verdict: the manifest request is."""
+    import rawup
+    m, md, _, _, _, _ = rawup.image()
+
+    def handler(challenge):
+        def h(r):
+            if r.path == "/v2/":
+                r.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                       [("WWW-Authenticate", challenge)] if challenge else [])
+            elif r.path == "/v2/ns/x/manifests/v1":
+                r.answer(m, "application/vnd.oci.image.manifest.v1+json", md)
+            else:
+                r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+        return h
+
+    basic = rawup.RawUpstream(t, handler('Basic realm="r"'))
+    bare = rawup.RawUpstream(t, handler(None))
+    regs = [basic.conf("basic.test", test_image="ns/x:v1", test_login="yes"),
+            bare.conf("bare.test", test_image="ns/x:v1", test_login="yes"),
+            # Its test image is not there, and the 401 to the ping still is not the reason.
+            basic.conf("missing.test", test_image="ns/gone:v1", test_login="yes")]
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    for name in ("basic.test", "bare.test"):
+        check(lines.get(name, "").startswith("ok ("),
+              "check line for %s, whose images a pull gets anonymously: %r\n%s"
+              % (name, lines.get(name), out))
+    check(lines.get("missing.test", "").startswith("FAILED: image not found: ns/gone:v1"),
+          "check line for missing.test: %r\n%s" % (lines.get("missing.test"), out))
+    eq(rc, 1, "check exit status (%s)" % out)
+    # As a pull sees it.
+    p.start()
+    r = p.get("/v2/basic.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "the manifest pulled anonymously through the proxy")
