@@ -47,8 +47,8 @@ static const struct command_help commands[] = {
      "then for each registry with test_login = yes: pings it, runs the token flow and asks\n"
      "for the manifest of test_image. Prints one line per registry: `ok (...)`, `skipped`\n"
      "or `FAILED: <reason>` (credentials rejected by realm X, none configured where the\n"
-     "realm wants some, realm not allowed, TLS verification failed, image not found,\n"
-     "unreachable, timed out). Exits 1 when any registry failed.\n",
+     "realm wants some, realm not allowed, TLS verification failed, TLS handshake failed,\n"
+     "image not found, unreachable, timed out). Exits 1 when any registry failed.\n",
      "c"},
     {"import-inventory", "import-inventory INVENTORY [-o DIR] [--proxy HOST:PORT]",
      "Reads an openshift-ansible inventory (INI with [OSEv3:vars], or YAML group_vars) and\n"

@@ -1843,8 +1843,9 @@ bool rp_req_redirect_refused(struct rp_req *r, const struct rp_fetch_result *res
 const char *rp_req_unreachable_msg(enum rp_xfer_error e)
 {
     /* A certificate problem is the admin's to fix (ca_file), not an outage to wait out. */
-    return e == RP_XFER_E_TLS ? "TLS with the upstream registry failed"
-                              : "upstream registry unreachable";
+    return e == RP_XFER_E_TLS || e == RP_XFER_E_TLS_HANDSHAKE
+               ? "TLS with the upstream registry failed"
+               : "upstream registry unreachable";
 }
 
 static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)

@@ -118,6 +118,8 @@ const char *rp_xfer_error_name(enum rp_xfer_error e)
         return "unreachable";
     case RP_XFER_E_TLS:
         return "TLS verification failed";
+    case RP_XFER_E_TLS_HANDSHAKE:
+        return "TLS handshake failed";
     case RP_XFER_E_TIMEOUT:
         return "timed out";
     case RP_XFER_E_ABORTED:
@@ -137,8 +139,12 @@ static enum rp_xfer_error classify(CURLcode rc)
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT:
         return RP_XFER_E_UNREACHABLE;
-    case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CONNECT_ERROR:
+        /* No certificate was looked at: the server speaks plain HTTP ("wrong version
+         * number"), reset the connection, or shares no protocol version or cipher. Said as
+         * verification, it sent the operator to ca_file. */
+        return RP_XFER_E_TLS_HANDSHAKE;
+    case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_ISSUER_ERROR:

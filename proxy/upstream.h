@@ -43,11 +43,12 @@ struct rp_xfer_headers {
 /* Why a transfer failed, for messages that tell an admin what to fix. */
 enum rp_xfer_error {
     RP_XFER_OK = 0,
-    RP_XFER_E_UNREACHABLE, /* name resolution or connection failed */
-    RP_XFER_E_TLS,         /* TLS handshake or certificate verification failed */
-    RP_XFER_E_TIMEOUT,     /* connect, total or stall timeout */
-    RP_XFER_E_ABORTED,     /* a callback asked to stop */
-    RP_XFER_E_OTHER,       /* anything else (protocol error, reset mid-body) */
+    RP_XFER_E_UNREACHABLE,   /* name resolution or connection failed */
+    RP_XFER_E_TLS,           /* the certificate did not verify (or ours did not load) */
+    RP_XFER_E_TLS_HANDSHAKE, /* no TLS handshake: plain HTTP, a reset, a protocol mismatch */
+    RP_XFER_E_TIMEOUT,       /* connect, total or stall timeout */
+    RP_XFER_E_ABORTED,       /* a callback asked to stop */
+    RP_XFER_E_OTHER,         /* anything else (protocol error, reset mid-body) */
 };
 const char *rp_xfer_error_name(enum rp_xfer_error e);
 

@@ -10,7 +10,10 @@ import os
 import pty
 import select
 import signal
+import socket
+import struct
 import subprocess
+import threading
 import time
 
 from cryptography import x509
@@ -416,3 +419,52 @@ def test_check_ping_401_but_anonymous_pulls(t):
     p.start()
     r = p.get("/v2/basic.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, r.body), (200, m), "the manifest pulled anonymously through the proxy")
+
+
+def test_check_tls_handshake_failure_not_called_verification(t):
+    """An https:// url whose server speaks plain HTTP (OpenSSL: wrong version number), or
+    that resets the connection during the handshake, was reported as "TLS verification
+    failed": no certificate was ever seen, and the operator went looking at ca_file. Those
+    are handshake failures; a certificate that does not verify still says verification."""
+    def server(answer):
+        """A listener that reads the ClientHello and answers it with answer(conn)."""
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(8)
+        t.defer(ls.close)
+
+        def run():
+            while True:
+                try:
+                    c, _ = ls.accept()
+                except OSError:
+                    return
+                c.recv(4096)
+                answer(c)
+                c.close()
+        threading.Thread(target=run, daemon=True).start()
+        return ls.getsockname()[1]
+
+    # What an HTTP server answers to bytes that are not HTTP.
+    plain = server(lambda c: c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                       b"Connection: close\r\n\r\n"))
+    reset = server(lambda c: c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0)))
+    tok = t.s.token_registry
+    regs = [{"name": "plain.test", "url": "https://127.0.0.1:%d" % plain,
+             "test_login": "yes"},
+            {"name": "reset.test", "url": "https://127.0.0.1:%d" % reset,
+             "test_login": "yes"},
+            dict(tok.conf("wrongca.test", test_image="ns/multi:v1", test_login="yes"),
+                 ca_file=None)]
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    eq(rc, 1, "check exit status (%s)" % out)
+    for name in ("plain.test", "reset.test"):
+        check(lines.get(name, "").startswith("FAILED: TLS handshake failed: https://"),
+              "check line for %s: %r\n%s" % (name, lines.get(name), out))
+    check(lines.get("wrongca.test", "").startswith("FAILED: TLS verification failed"),
+          "check line for a certificate that does not verify: %r\n%s"
+          % (lines.get("wrongca.test"), out))
