@@ -25,6 +25,7 @@ struct rp_check {
     char ref[RP_DIGEST_MAX + 1];
     char *image;   /* test_image as when the check started: a reload may change the registry's */
     bool ping_401; /* the ping's 401, not a verdict: the manifest request is (see below) */
+    bool get;      /* the manifest asked for with GET: HEAD was refused */
     struct rp_fetch *fetch;
     rp_check_done_cb done;
     void *arg;
@@ -90,7 +91,7 @@ static void check_step(struct rp_check *c)
         .reg = c->reg,
         .path = path,
         .name = c->name,
-        .head = c->step == STEP_MANIFEST,
+        .head = c->step == STEP_MANIFEST && !c->get,
         .accept = c->step == STEP_MANIFEST ? CHECK_ACCEPT : NULL,
         .follow_redirects = true, /* as pulls do: some registries redirect manifests */
     };
@@ -200,6 +201,13 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
             return;
         }
         c->step = STEP_MANIFEST;
+        check_step(c);
+        return;
+    }
+    /* HEAD saves a pull from Docker Hub's rate limit, but not every registry implements it
+     * for manifests; a pull GETs, and so does the check then. */
+    if ((res->status == 405 || res->status == 501) && !c->get) {
+        c->get = true;
         check_step(c);
         return;
     }

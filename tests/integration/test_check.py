@@ -468,3 +468,39 @@ def test_check_tls_handshake_failure_not_called_verification(t):
     check(lines.get("wrongca.test", "").startswith("FAILED: TLS verification failed"),
           "check line for a certificate that does not verify: %r\n%s"
           % (lines.get("wrongca.test"), out))
+
+
+def test_check_registry_without_manifest_head(t):
+    """A registry that answers HEAD on manifests with 405 (or 501) and GET with the manifest:
+    a pull (which GETs) works, yet check said "manifest request ... answered 405". Its
+    manifest request falls back to a GET, as a pull's is."""
+    import rawup
+    m, md, _, _, _, _ = rawup.image()
+
+    def handler(code):
+        def h(r):
+            if r.path == "/v2/":
+                r.send(200, b"{}")
+            elif r.path == "/v2/ns/x/manifests/v1" and r.method == "HEAD":
+                r.send(code, b"")
+            elif r.path == "/v2/ns/x/manifests/v1":
+                r.answer(m, "application/vnd.oci.image.manifest.v1+json", md)
+            else:
+                r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+        return h
+
+    ups = {code: rawup.RawUpstream(t, handler(code)) for code in (405, 501)}
+    regs = [up.conf("h%d.test" % code, test_image="ns/x:v1", test_login="yes")
+            for code, up in ups.items()]
+    regs.append(ups[405].conf("missing.test", test_image="ns/gone:v1", test_login="yes"))
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    for code in ups:
+        check(lines.get("h%d.test" % code, "").startswith("ok ("),
+              "check line for a registry answering HEAD with %d: %r\n%s"
+              % (code, lines.get("h%d.test" % code), out))
+    check(lines.get("missing.test", "").startswith("FAILED: image not found: ns/gone:v1"),
+          "check line for missing.test: %r\n%s" % (lines.get("missing.test"), out))
+    eq(rc, 1, "check exit status (%s)" % out)
