@@ -1549,6 +1549,7 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
     };
     struct rp_cache *c = NULL;
     const char *what = NULL;
+    const char *sub = ""; /* the path below dir that failed: the message names it */
     if (err && errlen)
         err[0] = '\0';
     if (!dir || !dir[0]) {
@@ -1580,16 +1581,21 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
         goto fail;
     /* No symlink is followed below dir: one planted there would have us create, write or
      * (emptying tmp/) delete files outside the store, as whatever user runs the proxy. */
+    sub = "/lock"; /* e.g. root's, left by a command run as root: not dir's fault */
     c->lockfd = openat(c->dirfd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (c->lockfd < 0)
         goto fail;
+    sub = "";
     what = "locking (is another regproxy using it?)";
     if (flock(c->lockfd, LOCK_EX | LOCK_NB) != 0)
         goto fail;
-    what = "creating subdirectories of";
+    what = "creating";
+    char subdir[32];
     for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
         struct stat st;
         const char *base;
+        snprintf(subdir, sizeof(subdir), "/%s", subdirs[i]);
+        sub = subdir;
         int pfd = open_parent(c, subdirs[i], &base);
         if (pfd < 0)
             goto fail;
@@ -1606,10 +1612,12 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
             goto fail;
         }
     }
-    what = "opening tmp/ of";
+    what = "opening";
+    sub = "/tmp";
     c->tmpfd = openat(c->dirfd, "tmp", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (c->tmpfd < 0)
         goto fail;
+    sub = "";
     clear_tmp(c);
     if (index_load(c) != 0) {
         what = "scanning";
@@ -1622,7 +1630,7 @@ struct rp_cache *rp_cache_open(const char *dir, uint64_t max_size, char *err, si
     return c;
 fail:
     if (err)
-        snprintf(err, errlen, "cache: %s %s: %s", what, dir, strerror(errno));
+        snprintf(err, errlen, "cache: %s %s%s: %s", what, dir, sub, strerror(errno));
     rp_cache_close(c); /* not ready: no snapshot of a half-built index is written */
     return NULL;
 }

@@ -439,3 +439,37 @@ def test_admin_connections_capped(t):
             c.close()
     lib.wait_until(lambda: p.admin("/healthz").status == 200, 10,
                    "/healthz once the flood closed")
+
+
+def test_cache_lock_file_not_ours_named(t):
+    """A cache directory the service user owns, holding a `lock` file root left behind (a
+    `regproxy mirror` run as root): serve exited with "cache: opening DIR: Permission
+    denied", naming the directory, which is fine, not the file that is not. The message
+    names the lock file."""
+    nobody = pwd.getpwnam("nobody")
+    cache = os.path.join(t.tmp, "cache-rootlock")
+    os.makedirs(cache)
+    os.chown(cache, nobody.pw_uid, nobody.pw_gid)
+    with open(os.path.join(cache, "lock"), "w"):
+        pass
+    os.chmod(os.path.join(cache, "lock"), 0o644)  # root's, as a root run leaves it
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test", test_login="no")],
+                cache={"dir": cache}, start=False)
+    p.ports = [lib.free_port()]
+    old = os.umask(0o022)  # the config file must be readable by nobody
+    try:
+        p.write_conf()
+    finally:
+        os.umask(old)
+    d = p.dir
+    while d.startswith(tempfile.gettempdir() + os.sep) and d != tempfile.gettempdir():
+        os.chmod(d, os.stat(d).st_mode | 0o011)
+        d = os.path.dirname(d)
+    r = subprocess.run(["setpriv", "--reuid", str(nobody.pw_uid), "--regid",
+                        str(nobody.pw_gid), "--clear-groups", t.s.bin, "serve", "-c",
+                        p.conf_path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=60, env=lib.clean_env())
+    out = r.stdout.decode()
+    eq(r.returncode, 1, "serve's exit status with a lock file it cannot open (%s)" % out)
+    want = "cache: opening %s: Permission denied" % os.path.join(cache, "lock")
+    check(want in out, "serve's message, expected %r:\n%s" % (want, out))
