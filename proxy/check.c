@@ -216,8 +216,17 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     if (res->status == 401 || res->status == 403) {
-        check_finish(c, false, "access to %s denied (%d): check the account's permissions",
-                     c->image, res->status);
+        /* The realm gave an anonymous token the registry does not take for this image (a
+         * registry that wants an account for every image may): there is no account whose
+         * permissions could be wrong. */
+        if (!c->reg->user && !c->reg->identity_token)
+            check_finish(c, false,
+                         "access to %s denied (%d) to an anonymous pull: no credentials "
+                         "configured (set user and password_file, or auth_file)",
+                         c->image, res->status);
+        else
+            check_finish(c, false, "access to %s denied (%d): check the account's permissions",
+                         c->image, res->status);
         return;
     }
     if (res->status != 200) {

@@ -504,3 +504,40 @@ def test_check_registry_without_manifest_head(t):
     check(lines.get("missing.test", "").startswith("FAILED: image not found: ns/gone:v1"),
           "check line for missing.test: %r\n%s" % (lines.get("missing.test"), out))
     eq(rc, 1, "check exit status (%s)" % out)
+
+
+def test_check_anonymous_token_without_access(t):
+    """A realm that hands out anonymous tokens, and a registry that refuses the manifest to
+    them (one that wants an account for every image may): with no credentials configured, check said "access to IMAGE denied (401): check the
+    account's permissions", about an account that does not exist. It says none is
+    configured, and how to add one; with credentials, permissions are still the reason."""
+    import rawup
+
+    def h(r):
+        challenge = 'Bearer realm="%s/token",service="s"' % up.url
+        authed = (r.h("authorization") or "").startswith("Bearer ")
+        if r.path.startswith("/token"):
+            r.send(200, b'{"token": "anonymous-token"}', [("Content-Type", "application/json")])
+        elif r.path == "/v2/" and authed:
+            r.send(200, b"{}")
+        else:
+            r.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                   [("WWW-Authenticate", challenge + ',error="insufficient_scope"'
+                     if authed else challenge)])
+    up = rawup.RawUpstream(t, h)
+    regs = [up.conf("anon.test", token_realms=up.url + "/token", test_image="ns/x:v1",
+                    test_login="yes"),
+            up.conf("creds.test", token_realms=up.url + "/token", user="u", password="pw",
+                    test_image="ns/x:v1", test_login="yes")]
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    eq(rc, 1, "check exit status (%s)" % out)
+    got = lines.get("anon.test", "")
+    check(got.startswith("FAILED: access to ns/x:v1 denied (401) to an anonymous pull: no "
+                         "credentials configured") and "account" not in got,
+          "check line with no credentials configured: %r\n%s" % (got, out))
+    check(lines.get("creds.test", "").startswith("FAILED: access to ns/x:v1 denied (401): "
+                                                 "check the account's permissions"),
+          "check line with credentials: %r\n%s" % (lines.get("creds.test"), out))
