@@ -708,3 +708,26 @@ def test_kubernetes_manifests(t):
     route, = [x for items in odocs.values() for x in items if x.get("kind") == "Route"]
     eq(route["spec"]["to"]["name"], svc["metadata"]["name"], "Route target Service")
     eq(route["spec"]["port"]["targetPort"], sp["name"], "Route target port")
+
+
+def test_kubernetes_liveness_waits_for_the_cache_to_open(t):
+    """The admin listener (/healthz) opens only once the cache is open, and opening a cache
+    without its index snapshot (after a kill -9, or a SIGKILL at the end of a grace period)
+    empties tmp/ and stats every entry: minutes for a large cache on a slow disk, as
+    regproxy.service's TimeoutStartSec=infinity says. The Deployment's liveness probe alone
+    (initialDelaySeconds 5, 3 failures 10 s apart) killed the pod some 35 s into such an
+    open; the next start had no snapshot either, and began again: a crash loop. A
+    startupProbe on /healthz holds liveness off until the proxy answers."""
+    kdir = os.path.join(DIST, "kubernetes")
+    dep = next(x for items in load_yaml_dir(kdir).values() for x in items
+               if x.get("kind") == "Deployment")
+    c, = dep["spec"]["template"]["spec"]["containers"]
+    sp = c.get("startupProbe")
+    check(sp, "the regproxy container has no startupProbe: its livenessProbe (%r) kills it "
+          "while a large cache opens" % c.get("livenessProbe"))
+    eq(sp["httpGet"]["path"], "/healthz", "startupProbe path")
+    eq(probe_port(c, sp), 5001, "startupProbe port (the admin listener)")
+    window = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
+    check(window >= 6 * 3600, "the startupProbe gives the cache %d s to open; a rebuild of a "
+          "large cache's index takes minutes, and at the end of the window the pod is killed "
+          "and starts over" % window)
