@@ -462,21 +462,6 @@ def test_multiarch_cold_warm_outage(t):
     check(not problems, "\n".join(problems))
 
 
-CONTAINERD_CONF = """version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{d}/c.sock"
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-"""
-
-
 def containerd(t, tag):
     """A fresh containerd (own root); returns the ctr argv prefix, or None when it cannot
     run here."""
@@ -487,7 +472,7 @@ def containerd(t, tag):
     t.defer(lambda: shutil.rmtree(d, ignore_errors=True))
     cfg = os.path.join(d, "config.toml")
     with open(cfg, "w") as f:
-        f.write(CONTAINERD_CONF.format(d=d))
+        f.write(tc.CONTAINERD_CONF.format(d=d))
     proc = lib.Proc("containerd", ["containerd", "--config", cfg],
                     os.path.join(t.tmp, "containerd-%s.log" % tag))
     t.defer(lambda: proc.stop(10))
