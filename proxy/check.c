@@ -192,6 +192,15 @@ static void check_done_cb(void *arg, const struct rp_fetch_result *res)
         return;
     }
     if (c->step == STEP_PING) {
+        if (res->status == 401 && c->image) {
+            /* A 401 that outlived the token retry: the realm's token (anonymous, or for
+             * credentials it accepted) grants nothing on /v2/ there, which says nothing of
+             * the image either, as above. */
+            c->ping_401 = true;
+            c->step = STEP_MANIFEST;
+            check_step(c);
+            return;
+        }
         if (res->status != 200) {
             check_finish(c, false, "ping answered %d", res->status);
             return;

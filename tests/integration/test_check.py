@@ -541,3 +541,48 @@ def test_check_anonymous_token_without_access(t):
     check(lines.get("creds.test", "").startswith("FAILED: access to ns/x:v1 denied (401): "
                                                  "check the account's permissions"),
           "check line with credentials: %r\n%s" % (lines.get("creds.test"), out))
+
+
+def test_check_ping_401_to_a_token_but_anonymous_pulls(t):
+    """A Bearer registry whose /v2/ answers 401 even to the anonymous token its realm gives
+    (a token with no scope grants nothing there), while its repositories' anonymous tokens
+    pull: a pull, which never pings, works. The ping's 401 came back as the answer after the
+    token retry (not as an auth failure), and check said FAILED 'ping answered 401'; it
+    rejected nothing configured, so the manifest request is the verdict, as for a 401 to the
+    ping with a Basic challenge or none."""
+    import rawup
+    m, md, _, _, _, _ = rawup.image()
+
+    def h(r):
+        if r.path.startswith("/token"):
+            tok = "pull" if "scope=repository" in r.path else "bare"
+            r.send(200, json.dumps({"token": tok, "expires_in": 600}).encode(),
+                   [("Content-Type", "application/json")])
+        elif r.path == "/v2/ns/x/manifests/v1" and r.h("authorization") == "Bearer pull":
+            r.answer(m, "application/vnd.oci.image.manifest.v1+json", md)
+        elif r.path.startswith("/v2/ns/") and r.h("authorization") == "Bearer pull":
+            r.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+        else:
+            scope = "" if r.path == "/v2/" else ',scope="repository:ns/%s:pull"' % (
+                r.path.split("/")[3])
+            r.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                   [("WWW-Authenticate", 'Bearer realm="%s/token",service="svc"%s'
+                     % (up.url, scope))])
+        return False
+
+    up = rawup.RawUpstream(t, h)
+    regs = [up.conf("tok.test", test_image="ns/x:v1", test_login="yes"),
+            up.conf("missing.test", test_image="ns/gone:v1", test_login="yes")]
+    p = t.proxy(registries=regs, start=False)
+    p.ports = [lib.free_port()]
+    p.write_conf()
+    rc, lines, out = _run_check(t, p)
+    check(lines.get("tok.test", "").startswith("ok (ping answered 401, anonymous"),
+          "check line for tok.test, whose images a pull gets anonymously: %r\n%s"
+          % (lines.get("tok.test"), out))
+    check(lines.get("missing.test", "").startswith("FAILED: image not found: ns/gone:v1"),
+          "check line for missing.test: %r\n%s" % (lines.get("missing.test"), out))
+    eq(rc, 1, "check exit status (%s)" % out)
+    p.start()
+    r = p.get("/v2/tok.test/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "the manifest pulled anonymously through the proxy")
