@@ -172,19 +172,8 @@ def test_expired_tag_head_herd_one_revalidation(t):
     and each sent its own revalidation upstream. HEADs of a tag whose manifest is cached
     share one, as GETs do. Upstream holds the revalidation until all 20 are inside the
     proxy (it took 1.5 s before, and a loaded machine let a HEAD arrive after it)."""
-    m, d, _l, _ld, _c, _cd = rawup.image()
-    release, hold = threading.Event(), threading.Event()
-
-    def h(r):
-        if "/manifests/" not in r.path:
-            r.send(404, b"")
-            return False
-        if hold.is_set():
-            release.wait(120)
-        r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
-        return False
-    up = rawup.RawUpstream(t, h)
-    t.defer(release.set)
+    hold = threading.Event()
+    up, release, m, d = _held_upstream(t, hold)
     p = t.proxy(registries=[up.conf(tag_ttl="1s")], admin={"log_level": "debug"})
     path = "/v2/ns/multi/manifests/v1"
     eq(p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status, 200, "first GET")
@@ -198,9 +187,10 @@ def test_expired_tag_head_herd_one_revalidation(t):
        "HEADs past tag_ttl")
 
 
-def _held_upstream(t):
-    """An upstream that holds every manifest request until the test releases it, then
-    answers an OCI image manifest: (upstream, release event, manifest, digest)."""
+def _held_upstream(t, hold=None):
+    """An upstream that holds every manifest request (with `hold`, an event: only those
+    that arrive once it is set) until the test releases it, then answers an OCI image
+    manifest: (upstream, release event, manifest, digest)."""
     m, d, _l, _ld, _c, _cd = rawup.image()
     release = threading.Event()
 
@@ -208,7 +198,8 @@ def _held_upstream(t):
         if "/manifests/" not in r.path:
             r.send(404, b"")
             return False
-        release.wait(120)
+        if hold is None or hold.is_set():
+            release.wait(120)
         r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
         return False
     up = rawup.RawUpstream(t, h)

@@ -105,6 +105,18 @@ class ForeignServer:
         return "http://127.0.0.1:%d/%s" % (self.port, lib.sha256(body))
 
 
+def _push_signed_artifact(t, reg, repo, tag, payload, cfg, layer_type, annotations, out):
+    """A cosign-style tag (".sig", ".att"): an OCI manifest whose one layer is payload,
+    pushed as repo:tag and recorded in out as an artifact."""
+    push_blob(t, reg, repo, payload)
+    push_blob(t, reg, repo, cfg)
+    m = {"schemaVersion": 2, "mediaType": OCI,
+         "config": _desc("application/vnd.oci.image.config.v1+json", cfg),
+         "layers": [_desc(layer_type, payload, annotations=annotations)]}
+    push_manifest(t, reg, repo, tag, json.dumps(m).encode(), OCI)
+    out["%s:%s" % (repo, tag)] = "artifact"
+
+
 def build_content(t, reg):
     """Pushes the hand-made images to reg; returns {ref: kind}."""
     s = t.s
@@ -170,28 +182,16 @@ def build_content(t, reg):
     scfg = json.dumps({"architecture": "", "created": "0001-01-01T00:00:00Z", "history": [
         {"created": "0001-01-01T00:00:00Z"}], "os": "", "rootfs": {
         "type": "layers", "diff_ids": [lib.sha256(sig)]}, "config": {}}).encode()
-    push_blob(t, reg, repo, sig)
-    push_blob(t, reg, repo, scfg)
-    m = {"schemaVersion": 2, "mediaType": OCI,
-         "config": _desc("application/vnd.oci.image.config.v1+json", scfg),
-         "layers": [_desc("application/vnd.dev.cosign.simplesigning.v1+json", sig,
-                          annotations={"dev.cosignproject.cosign/signature": "MEUCIQ=="})]}
-    tag = img.replace(":", "-") + ".sig"
-    push_manifest(t, reg, repo, tag, json.dumps(m).encode(), OCI)
-    out["%s:%s" % (repo, tag)] = "artifact"
+    _push_signed_artifact(t, reg, repo, img.replace(":", "-") + ".sig", sig, scfg,
+                          "application/vnd.dev.cosign.simplesigning.v1+json",
+                          {"dev.cosignproject.cosign/signature": "MEUCIQ=="}, out)
     att = json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": "e30=",
                       "signatures": [{"sig": "MEUCIQ=="}]}).encode()
     acfg = json.dumps({"architecture": "", "os": "", "rootfs": {
         "type": "layers", "diff_ids": [lib.sha256(att)]}, "config": {}}).encode()
-    push_blob(t, reg, repo, att)
-    push_blob(t, reg, repo, acfg)
-    m = {"schemaVersion": 2, "mediaType": OCI,
-         "config": _desc("application/vnd.oci.image.config.v1+json", acfg),
-         "layers": [_desc("application/vnd.dsse.envelope.v1+json", att,
-                          annotations={"predicateType": "https://slsa.dev/provenance/v0.2"})]}
-    tag = img.replace(":", "-") + ".att"
-    push_manifest(t, reg, repo, tag, json.dumps(m).encode(), OCI)
-    out["%s:%s" % (repo, tag)] = "artifact"
+    _push_signed_artifact(t, reg, repo, img.replace(":", "-") + ".att", att, acfg,
+                          "application/vnd.dsse.envelope.v1+json",
+                          {"predicateType": "https://slsa.dev/provenance/v0.2"}, out)
     # Foreign layers: an OCI and a Docker one, the blob served only from its url.
     # docker-registry refuses manifests with urls unless told which to allow.
     cfgp = os.path.join(reg.dir, "config.yml")
@@ -223,17 +223,6 @@ def build_content(t, reg):
         push_manifest(t, reg, repo, "v1", json.dumps(m).encode(), mt)
         out[repo + ":v1"] = "foreign"
     return out
-
-
-def check_dir(d, want, foreign=None):
-    with open(os.path.join(d, "manifest.json"), "rb") as f:
-        body = f.read()
-    eq(lib.sha256(body), want, "manifest pulled into %s" % d)
-    m = json.loads(body)
-    for desc in [m["config"]] + m["layers"]:
-        p = os.path.join(d, desc["digest"].split(":", 1)[1])
-        check(os.path.isfile(p), "blob %s missing from %s" % (desc["digest"], d))
-        eq(lib.sha256_file(p), desc["digest"], "content of %s" % p)
 
 
 def plain_pull(p, repo, ref, accept, want):
@@ -282,7 +271,7 @@ def round_(t, p, reg, content, phase):
             problems.append("%s skopeo copy %s: %s" % (phase, ref, r.err[-800:]))
         else:
             try:
-                check_dir(out, want)
+                tc.verify_dir(out, want)
             except lib.Failure as e:
                 problems.append("%s skopeo %s: %s" % (phase, ref, e))
         r = t.s.skopeo(["inspect", "--raw", "--tls-verify=false", "--no-creds",
@@ -409,7 +398,7 @@ def multiarch_round(t, p, reg, refs, phase):
                                                                        r.err[-500:]))
                     continue
                 try:
-                    check_dir(out, c["digest"])
+                    tc.verify_dir(out, c["digest"])
                 except lib.Failure as e:
                     problems.append("%s %s: %s" % (what, arch, e))
                 r = s.skopeo(["--override-arch", arch, "inspect", "--config",
@@ -440,7 +429,7 @@ def multiarch_round(t, p, reg, refs, phase):
                 problems.append("%s: copy child %s: %s" % (phase, by, r.err[-300:]))
             else:
                 try:
-                    check_dir(out, c["digest"])
+                    tc.verify_dir(out, c["digest"])
                 except lib.Failure as e:
                     problems.append("%s child %s: %s" % (phase, by, e))
     return problems
@@ -799,7 +788,7 @@ def test_buildx_index(t):
             if r.returncode:
                 problems.append("%s skopeo %s: %s" % (phase, arch, r.err[-400:]))
             else:
-                check_dir(out, c["digest"])
+                tc.verify_dir(out, c["digest"])
         ctr = containerd(t, "bx" + phase)
         if ctr:
             rc, o, e = ctr_run(ctr + ["content", "fetch", "--plain-http", "--all-platforms",
@@ -832,7 +821,7 @@ def test_buildx_index(t):
     if r.returncode:
         problems.append("offline skopeo amd64: %s" % r.err[-400:])
     else:
-        check_dir(out, children[0]["digest"])
+        tc.verify_dir(out, children[0]["digest"])
     d = tempfile.mkdtemp(prefix="rppod-")
     t.defer(lambda: shutil.rmtree(d, ignore_errors=True))
     conf = os.path.join(t.tmp, "registries.conf")
