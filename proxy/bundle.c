@@ -1609,32 +1609,18 @@ static json_t *oci_old_entries(int dfd, const char *dir, char *err, size_t errle
         snprintf(err, errlen, "%s/index.json: %s", dir, strerror(errno));
         return NULL;
     }
-    struct stat st;
+    char reason[128];
     const char *why = NULL;
     json_t *old = NULL, *entries = NULL;
     char *text = NULL;
+    size_t len;
     json_error_t je;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > OCI_INDEX_MAX) {
-        why = "not a regular file of at most 16 MiB";
-    } else {
-        size_t len = (size_t)st.st_size, got = 0;
-        text = rp_xmalloc(len + 1);
-        while (got < len) {
-            ssize_t r = read(fd, text + got, len - got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                break;
-            got += (size_t)r;
-        }
-        old = got == len ? json_loadb(text, len, JSON_REJECT_DUPLICATES, &je) : NULL;
-        if (got != len)
-            why = "it cannot be read whole";
-        else if (!old)
-            why = je.text;
-        else if (!json_is_array(json_object_get(old, "manifests")))
-            why = "no manifests array";
-    }
+    if (rp_read_fd_whole(fd, OCI_INDEX_MAX, &text, &len, reason, sizeof(reason)) != 0)
+        why = reason;
+    else if (!(old = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je)))
+        why = je.text;
+    else if (!json_is_array(json_object_get(old, "manifests")))
+        why = "no manifests array";
     close(fd);
     if (why)
         snprintf(err, errlen,

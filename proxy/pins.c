@@ -41,44 +41,7 @@ static int read_all(const char *path, char **out, size_t *len, char *why, size_t
                  errno == ELOOP ? "a symbolic link, which is refused" : strerror(errno));
         return -1;
     }
-    struct stat st;
-    int rc = -1;
-    char *buf = NULL;
-    if (fstat(fd, &st) != 0) {
-        snprintf(why, whylen, "%s", strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(why, whylen, "not a regular file (%s)",
-                 S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket");
-        goto out;
-    }
-    if ((uint64_t)st.st_size > PINS_FILE_MAX) {
-        snprintf(why, whylen, "larger than %zu MiB (%llu bytes)", PINS_FILE_MAX >> 20,
-                 (unsigned long long)st.st_size);
-        goto out;
-    }
-    size_t size = (size_t)st.st_size, got = 0;
-    buf = rp_xmalloc(size + 1);
-    while (got < size) {
-        ssize_t r = read(fd, buf + got, size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            snprintf(why, whylen, "%s", strerror(errno));
-            goto out;
-        }
-        if (r == 0)
-            break; /* shrank while read: what was there */
-        got += (size_t)r;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    buf = NULL;
-    *len = got;
-    rc = 0;
-out:
-    free(buf);
+    int rc = rp_read_fd_whole(fd, PINS_FILE_MAX, out, len, why, whylen);
     close(fd);
     return rc;
 }

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
@@ -433,6 +434,46 @@ void rp_fmt_http_date(char *out, int64_t t)
     p[23] = (char)('0' + ss / 10);
     p[24] = (char)('0' + ss % 10);
     memcpy(p + 25, " GMT", 4);
+}
+
+int rp_read_fd_whole(int fd, size_t cap, char **out, size_t *len, char *why, size_t whylen)
+{
+    *out = NULL;
+    *len = 0;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        snprintf(why, whylen, "%s", strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(why, whylen, "not a regular file (%s)",
+                 S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket");
+        return -1;
+    }
+    if ((uint64_t)st.st_size > cap) {
+        snprintf(why, whylen, "larger than %zu MiB (%llu bytes)", cap >> 20,
+                 (unsigned long long)st.st_size);
+        return -1;
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    char *buf = rp_xmalloc(size + 1);
+    while (got < size) {
+        ssize_t r = read(fd, buf + got, size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(why, whylen, "%s", strerror(errno));
+            free(buf);
+            return -1;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
+    return 0;
 }
 
 int rp_parse_u64(const char *s, size_t len, uint64_t *out)

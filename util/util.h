@@ -97,6 +97,12 @@ size_t rp_fmt_u64(char *out, uint64_t v);
  * strftime's names follow the locale. */
 #define RP_HTTP_DATE_LEN 29
 void rp_fmt_http_date(char *out, int64_t t);
+/* Reads the file open at fd whole into a NUL-terminated heap buffer (*out, *len): for the
+ * small files the offline tools keep beside the cache (pins, an OCI layout's index.json).
+ * 0; or -1, *out NULL, with the reason in why: not a regular file (a directory, a device,
+ * FIFO or socket), more than cap bytes, or a read error (a list cut short there would pass
+ * for the whole). A file that shrinks while read gives what was there. */
+int rp_read_fd_whole(int fd, size_t cap, char **out, size_t *len, char *why, size_t whylen);
 /* Strict decimal parse of [s, s+len) into *out: digits only, no sign, no overflow. */
 int rp_parse_u64(const char *s, size_t len, uint64_t *out);
 

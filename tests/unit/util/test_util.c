@@ -2,6 +2,7 @@
 /* Unit tests for util/util.c's helpers that guard secrets, its sd_notify client and its log
  * rationing. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -294,8 +296,42 @@ static void test_http_date(void)
     CHECK_INT(bad, 0);
 }
 
+/* A file read whole; a directory, a FIFO and a file over the cap refused with the reason. */
+static void test_read_fd_whole(void)
+{
+    char dir[] = "/tmp/rp-read-XXXXXX", path[64], fifo[64], why[128];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof(path), "%s/f", dir);
+    snprintf(fifo, sizeof(fifo), "%s/p", dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f && fputs("abc\n", f) >= 0 && fclose(f) == 0);
+    char *out = NULL;
+    size_t len = 0;
+    int fd = open(path, O_RDONLY);
+    CHECK_INT(rp_read_fd_whole(fd, 4, &out, &len, why, sizeof(why)), 0);
+    CHECK_STR(out, "abc\n");
+    CHECK_INT(len, 4);
+    free(out);
+    CHECK_INT(rp_read_fd_whole(fd, 3, &out, &len, why, sizeof(why)), -1);
+    CHECK(out == NULL && strncmp(why, "larger than", 11) == 0);
+    close(fd);
+    fd = open(dir, O_RDONLY | O_DIRECTORY);
+    CHECK_INT(rp_read_fd_whole(fd, 1 << 20, &out, &len, why, sizeof(why)), -1);
+    CHECK_STR(why, "not a regular file (a directory)");
+    close(fd);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    fd = open(fifo, O_RDONLY | O_NONBLOCK);
+    CHECK_INT(rp_read_fd_whole(fd, 1 << 20, &out, &len, why, sizeof(why)), -1);
+    CHECK_STR(why, "not a regular file (a device, FIFO or socket)");
+    close(fd);
+    unlink(fifo);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
+    RUN(test_read_fd_whole);
     RUN(test_http_date);
     RUN(test_siphash);
     RUN(test_redact_userinfo);
