@@ -142,6 +142,18 @@ static const struct rp_conf_option options[] = {
      .help = "how long past its tag_ttl a cached tag may still be served while upstream "
              "is down or failing (stale-if-error)"},
     {.section = RP_CONF_SECTION_CACHE,
+     .key = "revalidate_timeout",
+     .type = RP_CONF_DURATION,
+     .default_text = "10s",
+     .min = 0,
+     .max = 60000,
+     .offset = CACHE_F(revalidate_timeout_ms),
+     .help = "how long asking upstream about a tag past its tag_ttl may take (the token "
+             "included) while the cached tag could still be served stale; past it the tag is "
+             "served stale, the question is dropped, and a registry that had not answered is "
+             "not asked about other stale tags for 30 s. 0: wait for upstream's own limits "
+             "(60 s for an answer)"},
+    {.section = RP_CONF_SECTION_CACHE,
      .key = "offline",
      .type = RP_CONF_BOOL,
      .default_text = "no",

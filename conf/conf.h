@@ -90,7 +90,9 @@ struct rp_conf_cache {
     uint64_t max_size;    /* bytes; 0 = unbounded. Accepts suffixes K, M, G, T (powers of 1024) */
     int64_t tag_ttl_ms;   /* default 10 minutes; accepts ms, s, m, h, d suffixes */
     int64_t max_stale_ms; /* stale-if-error window past tag_ttl; default 7 days */
-    char **pins;          /* "REGISTRY/REPO" fnmatch patterns whose content is never evicted */
+    /* A revalidation with a stale answer at hand is given up after this (0: never). */
+    int64_t revalidate_timeout_ms;
+    char **pins; /* "REGISTRY/REPO" fnmatch patterns whose content is never evicted */
     size_t n_pins;
     bool offline; /* every registry is offline (copied into each rp_conf_registry.offline) */
     /* serve re-reads every cached blob this often and checks its digest (0: never), at

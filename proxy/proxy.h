@@ -104,6 +104,12 @@ struct rp_fetch_opts {
     const char *range;
     bool stream;           /* long body: a stall timeout instead of a total one */
     bool follow_redirects; /* blobs go to CDNs, manifests to backing registries */
+    /* 0, or how long the whole exchange (token wait, retries, redirects) may take; past
+     * it, it ends as E_TRANSPORT with xfer_err RP_XFER_E_TIMEOUT, and a registry that had
+     * not answered its request by then counts as silent (rp_server_registry_silent). For
+     * an owner with something to answer instead (a tag to serve stale); the usual limits
+     * still apply within it. The owner must have sent its client nothing of the answer. */
+    int64_t deadline_ms;
 };
 
 struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opts *o,

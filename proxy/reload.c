@@ -200,6 +200,7 @@ int rp_reload(struct rp_server *srv, const char *why)
     rp_cache_set_max_size(srv->cache, run->cache.max_size);
     SWAP(run->cache.tag_ttl_ms, fresh->cache.tag_ttl_ms);
     SWAP(run->cache.max_stale_ms, fresh->cache.max_stale_ms);
+    SWAP(run->cache.revalidate_timeout_ms, fresh->cache.revalidate_timeout_ms);
     bool scrub_changed = run->cache.scrub_interval_ms != fresh->cache.scrub_interval_ms;
     SWAP(run->cache.scrub_interval_ms, fresh->cache.scrub_interval_ms);
     SWAP(run->cache.scrub_rate, fresh->cache.scrub_rate);

@@ -455,6 +455,8 @@ static void canonical_unless_named(struct rp_req *r)
 static bool manifest_cached(const struct rp_req *r, const char *digest, const char **data,
                             size_t *len, const char **type);
 static bool stale_answer(struct rp_req *r, const char *why, int status);
+
+static bool stale_servable(struct rp_req *r);
 static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res);
 static void up_failed(struct rp_req *r, const struct rp_fetch_result *res);
 
@@ -518,6 +520,10 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
         /* Blobs go to CDNs; manifests too, from some registries (registry.k8s.io answers
          * them with a 308 to the backing registry). Credentials never follow (fetch.c). */
         .follow_redirects = true,
+        /* With a stale answer at hand, a slow registry is not waited for to the end. */
+        .deadline_ms = r->route.kind == RP_ROUTE_MANIFEST && r->revalidating && stale_servable(r)
+                           ? r->conn->srv->conf->cache.revalidate_timeout_ms
+                           : 0,
     };
     rp_headers_free(&r->up_h);
     rp_buf_free(&r->body);
@@ -1906,16 +1912,24 @@ static void up_failed(struct rp_req *r, const struct rp_fetch_result *res)
     }
 }
 
+/* r's cached tag (have_stale) is within tag_ttl + max_stale, its manifest is cached, and
+ * of a type r's client takes: stale_answer would answer it. */
+static bool stale_servable(struct rp_req *r)
+{
+    int64_t limit = tag_ttl_ms(r) + r->conn->srv->conf->cache.max_stale_ms;
+    if (!r->have_stale || r->stale_age_s * 1000 > limit)
+        return false;
+    const char *data, *type;
+    size_t len;
+    return manifest_cached(r, r->stale_digest, &data, &len, &type) &&
+           accept_allows(r->accept, type);
+}
+
 /* Answers r's cached tag (have_stale) stale, unless it is past tag_ttl + max_stale; why
  * and status say what upstream did. Its waiters, if r leads, serve it stale too. */
 static bool stale_answer(struct rp_req *r, const char *why, int status)
 {
-    int64_t limit = tag_ttl_ms(r) + r->conn->srv->conf->cache.max_stale_ms;
-    if (r->stale_age_s * 1000 > limit)
-        return false;
-    const char *data, *type;
-    size_t len;
-    if (!manifest_cached(r, r->stale_digest, &data, &len, &type) || !accept_allows(r->accept, type))
+    if (!stale_servable(r))
         return false;
     rp_warn("stale registry=%s repo=%s tag=%s age=%llds: upstream %s (status %d)",
             r->route.reg->name, r->route.name, r->route.ref, (long long)r->stale_age_s, why,

@@ -152,6 +152,95 @@ def test_unreachable_registry_not_asked_again_at_once(t):
     eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")),
        (200, digests["multi"], "REVALIDATED"), "ns/multi:v1 once the registry answered")
 
+def test_stalled_revalidation_served_stale(t):
+    """A registry that accepts and then says nothing (overloaded, half up behind its load
+    balancer) kept each client of a tag past tag_ttl waiting for the whole answer timeout
+    (60 s) before the cached tag was served stale, while kubelet, containerd and CRI-O
+    give up sooner. With a stale answer at hand the revalidation gets revalidate_timeout,
+    then the tag is served stale, and the registry is not asked about other stale tags for
+    30 s. A tag past max_stale has nothing to serve instead: it waits for upstream."""
+    import threading
+    m, d, _l, _ld, _c, _cd = rawup.image()
+    release, hold = threading.Event(), threading.Event()
+
+    def h(r):
+        if "/manifests/" not in r.path:
+            r.send(404, b"")
+            return False
+        if hold.is_set():
+            release.wait(120)
+        r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")],
+                cache={"max_stale": "3s", "revalidate_timeout": "1s"})
+    for repo in ("a", "b"):
+        r = p.get("/v2/ns/%s/manifests/v1" % repo, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, lib.sha256(r.body)), (200, d), "first GET of ns/%s:v1" % repo)
+    t_fetched = time.time()
+    _past(t_fetched, 1)
+    hold.set()
+    # Well inside the 60 s the proxy would otherwise wait; the client's limit, not a timing.
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, timeout=30)
+    _stale(r, d, "ns/a:v1 past tag_ttl, upstream holding the revalidation")
+    check("no answer within 1000 ms" in p.log_text(),
+          "the stale answer's log line should say the revalidation timed out")
+    # Another stale tag: at once, the registry not asked.
+    n = len(up.seen("/v2/ns/b/"))
+    st, hd, _ = p.raw("HEAD", "/v2/ns/b/manifests/v1", {"Accept": lib.ACCEPT_ALL}, timeout=30)
+    eq((st, hd.get("x-regproxy-cache")), (200, "STALE"), "HEAD ns/b:v1 right after")
+    eq(len(up.seen("/v2/ns/b/")), n, "upstream requests for ns/b:v1 within 30 s")
+    # Past tag_ttl + max_stale there is nothing to answer instead: the revalidation is
+    # waited for (released here after 3 s, well past revalidate_timeout).
+    _past(t_fetched, 5)
+    threading.Timer(3, release.set).start()
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, d, "REVALIDATED"),
+       "ns/a:v1 past max_stale, upstream slow")
+
+
+def test_stalled_token_revalidation_served_stale(t):
+    """revalidate_timeout counts the token too: a registry that starts asking for a token
+    whose realm then says nothing gets the tag served stale as when the registry itself
+    is silent. The realm's silence is not the registry's: the next stale tag asks again."""
+    import threading
+    m, d, _l, _ld, _c, _cd = rawup.image()
+    release, auth = threading.Event(), threading.Event()
+    up = None
+
+    def h(r):
+        if r.path.startswith("/token"):
+            release.wait(120)
+            r.send(503, b"")
+            return False
+        if "/manifests/" not in r.path:
+            r.send(404, b"")
+            return False
+        if auth.is_set() and not r.h("Authorization"):
+            r.send(401, b"", [("WWW-Authenticate", 'Bearer realm="%s/token",service="raw"'
+                               % up.url)])
+            return False
+        r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], cache={"revalidate_timeout": "1s"})
+    for repo in ("a", "b"):
+        r = p.get("/v2/ns/%s/manifests/v1" % repo, headers={"Accept": lib.ACCEPT_ALL})
+        eq((r.status, lib.sha256(r.body)), (200, d), "first GET of ns/%s:v1" % repo)
+    _past(time.time(), 1)
+    auth.set()
+    for repo in ("a", "b"):
+        r = p.get("/v2/ns/%s/manifests/v1" % repo, headers={"Accept": lib.ACCEPT_ALL},
+                  timeout=25)
+        _stale(r, d, "ns/%s:v1 past tag_ttl, the token realm holding" % repo)
+    check("no token within 1000 ms" in p.log_text(),
+          "the stale answer's log line should say the token did not come in time")
+    eq(len(up.seen("/token")), 2, "token requests: one per tag's scope, the second not "
+       "skipped for the first one's silence")
+
+
 def test_upstream_errors(t):
     """500, 503 and 429 from upstream on revalidation: the cached tag is served STALE."""
     fr = t.s.fakereg
