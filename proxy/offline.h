@@ -171,10 +171,14 @@ bool rp_pin_pattern_match(const struct rp_conf *conf, const char *registry, cons
  * none across an open): rp_pin_walk for every image of the pins file, and every digest linked
  * for a repository that a `pin` pattern matches (read from the cache's link files, so what
  * was pulled before a restart stays pinned without a new pull). Logs how many. Called by
- * whoever opens the cache, before anything can evict (the server at start and on a reload
- * that changed the patterns or the pins file, after rp_cache_unpin_all; import, which
+ * whoever opens the cache, before anything can evict (the server at start; import, which
  * publishes). Export only reads and needs none. */
 void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf);
+/* A reload's rp_pins_apply: rp_cache_unpin_all, then as rp_pins_apply, once the pins file
+ * was read. One that cannot be read (a symbolic link or a directory in its place, a read
+ * error) keeps every pin in force, adds those of the patterns, and returns -1: unpinned, the
+ * mirrored images it names would be evicted, and an offline cache cannot fetch them again. */
+int rp_pins_reapply(struct rp_cache *c, const struct rp_conf *conf);
 
 /* ---------------------------------------------------------------------- progress.c */
 /* Progress of mirror, export and import: on a terminal one line on stderr, rewritten at

@@ -409,20 +409,17 @@ static void pin_if_matched(void *arg, const char *registry, const char *repo, co
     }
 }
 
-void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf)
+static void pin_images(struct rp_cache *c, const struct rp_image_ref *v, size_t n)
 {
-    struct rp_image_ref *v = NULL;
-    size_t n = 0, digests = 0;
-    char err[512];
-    if (rp_pins_load(conf, &v, &n, err, sizeof(err)) != 0) {
-        rp_warn("pins: %s; mirrored images are not pinned", err);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            digests += rp_pin_walk(c, v[i].digest);
-        if (n)
-            rp_info("pins: %zu mirrored or imported images pinned (%zu digests)", n, digests);
-        free(v);
-    }
+    size_t digests = 0;
+    for (size_t i = 0; i < n; i++)
+        digests += rp_pin_walk(c, v[i].digest);
+    if (n)
+        rp_info("pins: %zu mirrored or imported images pinned (%zu digests)", n, digests);
+}
+
+static void pin_by_patterns(struct rp_cache *c, const struct rp_conf *conf)
+{
     if (conf->cache.n_pins) {
         struct pattern_pins pp = {.c = c, .conf = conf};
         size_t links = rp_cache_links_each(c, pin_if_matched, &pp);
@@ -430,4 +427,37 @@ void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf)
                 "links)",
                 pp.pinned, links);
     }
+}
+
+void rp_pins_apply(struct rp_cache *c, const struct rp_conf *conf)
+{
+    struct rp_image_ref *v = NULL;
+    size_t n = 0;
+    char err[512];
+    if (rp_pins_load(conf, &v, &n, err, sizeof(err)) != 0) {
+        rp_warn("pins: %s; mirrored images are not pinned", err);
+    } else {
+        pin_images(c, v, n);
+        free(v);
+    }
+    pin_by_patterns(c, conf);
+}
+
+int rp_pins_reapply(struct rp_cache *c, const struct rp_conf *conf)
+{
+    struct rp_image_ref *v = NULL;
+    size_t n = 0;
+    char err[512];
+    if (rp_pins_load(conf, &v, &n, err, sizeof(err)) != 0) {
+        rp_warn("pins: %s; the pins in force are kept (a pin pattern added applies, the file "
+                "is read again at the next reload)",
+                err);
+        pin_by_patterns(c, conf);
+        return -1;
+    }
+    rp_cache_unpin_all(c);
+    pin_images(c, v, n);
+    free(v);
+    pin_by_patterns(c, conf);
+    return 0;
 }

@@ -80,9 +80,10 @@ static void repin_if_changed(struct rp_server *srv, bool patterns_changed)
     rp_pins_stamp(srv->conf->cache.dir, &st);
     if (!patterns_changed && memcmp(&st, &srv->pins_stamp, sizeof(st)) == 0)
         return;
-    srv->pins_stamp = st;
-    rp_cache_unpin_all(srv->cache);
-    rp_pins_apply(srv->cache, srv->conf);
+    /* A pins file that cannot be read keeps the pins in force; its stamp is not taken, so
+     * the next reload reads it again. */
+    if (rp_pins_reapply(srv->cache, srv->conf) == 0)
+        srv->pins_stamp = st;
     size_t evicted = rp_cache_evict(srv->cache);
     if (evicted)
         rp_info("reload: %zu cache entries no longer pinned were evicted to max_size", evicted);

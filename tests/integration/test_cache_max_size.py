@@ -10,6 +10,7 @@ removed (by a restart or a reload) lets its image go, and one added by a reload 
 cached already."""
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -242,6 +243,33 @@ def test_pins_file_edited_on_reload(t):
         f.write("# emptied\n")
     _reload(p, 2)
     _large_pulled(p, reg, max_size, layer, False, "line removed from the pins file")
+
+
+def test_pins_file_unreadable_on_reload_keeps_pins(t):
+    """A reload that finds the pins file changed but cannot read it (here a symbolic link put
+    in its place, which is refused) keeps the pins in force and says so: mirrored images are
+    never evicted. It used to unpin everything first, then pin nothing from the file, and
+    evict at once: an offline cache lost images it cannot fetch again."""
+    p, reg, max_size, layer = _start_tight(t, pin=False)
+    pins = os.path.join(p.cache_dir, "pins")
+    with open(pins, "w") as f:
+        f.write("%s/ns/multi:v1@%s\n" % (reg.name, reg.pushed["ns/multi:v1"]["digest"]))
+    _reload(p, 1)
+    check("pins: 1 mirrored or imported images pinned" in p.log_text(),
+          "the reload did not pin the image the pins file names")
+    shutil.copy(pins, pins + ".real")
+    os.unlink(pins)
+    os.symlink(pins + ".real", pins)
+    _reload(p, 2)
+    check("the pins in force are kept" in p.log_text(),
+          "the unreadable pins file was not reported:\n" + p.log_text()[-1500:])
+    _large_pulled(p, reg, max_size, layer, True, "pins file unreadable at a reload")
+    # Readable again (and changed): read again at the next reload, the line removed lets go.
+    os.unlink(pins)
+    with open(pins, "w") as f:
+        f.write("# emptied\n")
+    _reload(p, 3)
+    _large_pulled(p, reg, max_size, layer, False, "pins file readable again, line removed")
 
 
 def test_blob_being_sent_is_not_evicted(t):
