@@ -37,6 +37,9 @@ struct rp_scrub {
     struct scrub_blob *list; /* the pass's blobs, as listed when it began */
     size_t n, cap, next;
     bool busy; /* a job is with the worker */
+    /* A reload turned the scrub off during a pass: the job under way was told to stop (stop
+     * set), and its done ends the pass. */
+    bool cancel;
     int64_t pass_start_ms;
     uint64_t pass_bytes, pass_damaged;
 };
@@ -176,6 +179,16 @@ static void job_done(void *arg)
         close(j->fd);
     free(j->digest);
     free(j);
+    if (s->cancel) {
+        s->cancel = false;
+        atomic_store(&s->stop, false);
+        rp_info("cache scrub: pass stopped after %zu of %zu blobs: scrub_interval is now 0",
+                s->next - 1, s->n);
+        list_free(s);
+        /* Turned on again since: a new pass, as after any change of the interval. */
+        arm(s, first_delay(s));
+        return;
+    }
     if (!atomic_load(&s->stop))
         next_blob(s);
 }
@@ -245,8 +258,17 @@ struct rp_scrub *rp_scrub_new(struct rp_server *srv)
 
 void rp_scrub_reconfigured(struct rp_scrub *s)
 {
-    if (s && !s->busy && !s->list)
+    if (!s)
+        return;
+    if (!s->busy && !s->list) {
         arm(s, first_delay(s));
+    } else if (s->busy && s->srv->conf->cache.scrub_interval_ms <= 0) {
+        /* Turned off during a pass (its reads hurt serving, say): the blob being read is
+         * given up and the pass ends, rather than running on over the whole cache. Another
+         * interval lets the pass go on; the next one is armed from it at its end. */
+        s->cancel = true;
+        atomic_store(&s->stop, true);
+    }
 }
 
 void rp_scrub_free(struct rp_scrub *s)

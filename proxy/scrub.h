@@ -16,7 +16,8 @@ struct rp_scrub;
  * when the worker thread cannot be made (logged: no scrub then). */
 struct rp_scrub *rp_scrub_new(struct rp_server *srv);
 /* A reload changed scrub_interval: an idle scrub waits anew from now; a pass under way
- * finishes first. scrub_rate is read for every blob, so it needs no call. */
+ * finishes first, unless the scrub was turned off (0): then it ends at once, the blob being
+ * read given up. scrub_rate is read for every blob, so it needs no call. */
 void rp_scrub_reconfigured(struct rp_scrub *s);
 /* Stops a pass under way within about 100 ms, waits for the worker and frees s. Before the
  * cache is closed. Accepts NULL. */

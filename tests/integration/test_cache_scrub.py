@@ -86,3 +86,40 @@ def test_scrub_off_by_default_and_on_by_reload(t):
     total = sum(blobs.values())
     lib.wait_until(lambda: _metric(p, "regproxy_cache_scrubbed_bytes_total") >= total, 30,
                    "a scrub pass after the reload turned it on")
+
+
+def _scrub_reading(p, paths):
+    """Whether the proxy holds one of paths open (the scrub reads one blob at a time)."""
+    fds = "/proc/%d/fd" % p.pid
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)) in paths:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_scrub_turned_off_by_reload_stops_the_pass(t):
+    """A reload that sets scrub_interval = 0 (say, its reads hurt serving) ends the pass under
+    way, the blob being read included. The pass used to run on to its end, at scrub_rate
+    over the whole cache: hours on a big one."""
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")],
+                cache={"scrub_interval": "1s", "scrub_rate": "1M"})
+    t.pull(p, "ns/large:v1")
+    layers = lib.image_manifests(reg, "ns/large:v1")[0]["layers"]
+    paths = {os.path.realpath(lib.cache_path(p.cache_dir, "blobs", x["digest"]))
+             for x in layers}
+    # Each layer (10 and 100 MiB) takes at least 10 s to read at 1M a second.
+    lib.wait_until(lambda: _scrub_reading(p, paths), 30, "the scrub to read a layer")
+    p.cache["scrub_interval"] = "0"
+    p.write_conf()
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "cache scrub: pass stopped" in p.log_text(), 10,
+                   "the pass to stop once scrub_interval is 0")
+    lib.wait_until(lambda: not _scrub_reading(p, paths), 5, "the layer to be closed")
+    eq(_metric(p, "regproxy_cache_scrub_damaged_total"), 0, "blobs the stopped pass removed")
+    for x in layers:
+        check(os.path.exists(lib.cache_path(p.cache_dir, "blobs", x["digest"])),
+              "layer %s was removed by the stopped pass" % x["digest"])
