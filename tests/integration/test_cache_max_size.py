@@ -40,6 +40,12 @@ def _missing(p, reg, ref):
     return out
 
 
+def _cached_soon(p, reg, ref):
+    """A blob is published (renamed into place) on the sync thread, just after its last byte
+    went to the client: a check right after the pull can come first."""
+    lib.wait_until(lambda: not _missing(p, reg, ref), 10, "%s fully cached after its pull" % ref)
+
+
 def _bounded(p, what, limit=MAX):
     def ok():
         return lib.cache_bytes(p.cache_dir) <= limit
@@ -94,7 +100,7 @@ def test_blob_bigger_than_max_size_spares_the_rest(t):
     p = t.proxy(registries=[reg.conf()], cache={"max_size": "30M"})
     _, tags = t.pull(p, "ns/multi:v1")
     eq(tags.get("v1"), reg.pushed["ns/multi:v1"]["digest"], "pull of ns/multi:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not cached after its pull")
+    _cached_soon(p, reg, "ns/multi:v1")
     big = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
     check(big["size"] > MAX, "ns/large's biggest layer is only %d bytes" % big["size"])
     _, tags = t.pull(p, "ns/large:v1")
@@ -164,7 +170,7 @@ def _start_tight(t, pin):
         cache["pin"] = PIN
     p = t.proxy(registries=[reg.conf()], cache=cache)
     t.pull(p, "ns/multi:v1")
-    check(not _missing(p, reg, "ns/multi:v1"), "ns/multi:v1 not fully cached after its pull")
+    _cached_soon(p, reg, "ns/multi:v1")
     return p, reg, max_size, layer
 
 
