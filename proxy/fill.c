@@ -62,6 +62,7 @@ struct rp_fill {
     char *content_type;
     int up_status;
     char *retry_after;
+    char *allow; /* upstream's Allow, for a 405 relayed to the readers */
     struct rp_buf err_body;
     char *fail_reason;
     bool disk_full;     /* the cache could not make room: readers are passed through */
@@ -98,6 +99,7 @@ static void fill_free(struct rp_fill *f)
     free(f->repo);
     free(f->content_type);
     free(f->retry_after);
+    free(f->allow);
     free(f->fail_reason);
     rp_buf_free(&f->err_body);
     free(f);
@@ -399,6 +401,9 @@ static int fill_headers_cb(void *arg, int status, const struct rp_xfer_headers *
         f->state = FILL_REFUSED;
         if (h->retry_after && rp_header_value_safe(h->retry_after) && strlen(h->retry_after) < 64)
             f->retry_after = rp_xstrdup(h->retry_after);
+        /* Relayed as request.c relays it (RFC 9110 15.5.6: a 405 says what is allowed). */
+        if (status == 405 && h->allow)
+            f->allow = rp_xstrdup(h->allow);
         return 0;
     }
     /* Readers would get a whole answer from the head alone (no last byte to hold back until
@@ -585,7 +590,7 @@ static void fail_readers(struct rp_fill *f, const struct rp_fetch_result *res)
                          NULL);
         } else if (f->state == FILL_REFUSED) {
             if (!rp_req_redirect_refused(r, res, f->up_status))
-                rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, NULL,
+                rp_req_answer_upstream_failure(r, f->up_status, f->retry_after, f->allow,
                                                f->err_body.data, f->err_body.len);
         } else if (res->fail == RP_FETCH_E_TOKEN || res->fail == RP_FETCH_E_AUTH) {
             /* 502: the registry refused the proxy, not the client (see up_failed). */

@@ -508,6 +508,27 @@ def test_405_allow_split_across_lines_is_joined(t):
     eq((st, hd.get("allow")), (405, "GET, HEAD"), "HEAD of tags/list through the proxy")
 
 
+def test_405_to_a_blob_download_keeps_its_allow(t):
+    """A blob GET is answered by the download that fills the cache, which relayed
+    upstream's 405 without its Allow (RFC 9110 15.5.6 requires one), while the same 405
+    answered through the request path (a HEAD) kept it: both now say upstream's methods
+    that the proxy serves."""
+    blob = b"b" * 1000
+    digest = rawup.sha256(blob)
+
+    def h(r):
+        if "/blobs/" in r.path:
+            r.send(405, b"", [("Allow", "GET, HEAD, PUT")])
+        else:
+            r.send(200, b"{}", [("Content-Type", "application/json")])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    for method in ("HEAD", "GET"):
+        st, hd, body = p.raw(method, "/v2/ns/x/blobs/" + digest)
+        eq((st, hd.get("allow")), (405, "GET, HEAD"), "upstream's 405 to a blob %s" % method)
+
+
 def test_basic_offered_beside_a_foreign_realm(t):
     """A registry offering Bearer with a realm the policy does not allow, and Basic beside
     it: the credentials may go to the registry itself, so Basic is used rather than failing
