@@ -1790,11 +1790,21 @@ static int write_oci(struct collect *k, const char *dir, struct rp_progress *pro
     static const char layout[] = "{\"imageLayoutVersion\":\"1.0.0\"}";
     /* blobs/<alg> and blobs made durable before index.json, and index.json once renamed:
      * the export is done only when a power cut can no longer take it back. */
-    if (fsync(bfd) != 0 || fsync(dfd) != 0 ||
-        write_at(dfd, "oci-layout", layout, strlen(layout), NULL, NULL, err, sizeof(err)) != 0 ||
-        write_at(dfd, "index.json", text, strlen(text), NULL, NULL, err, sizeof(err)) != 0 ||
-        fsync(dfd) != 0)
-        fprintf(stderr, "regproxy export: writing %s: %s\n", dir, strerror(errno));
+    /* The message names what failed: a directory (or anything else) in place of oci-layout
+     * or index.json said only "writing DIR: Is a directory". */
+    const char *failed = NULL;
+    if (fsync(bfd) != 0)
+        failed = "/blobs";
+    else if (fsync(dfd) != 0)
+        failed = "";
+    else if (write_at(dfd, "oci-layout", layout, strlen(layout), NULL, NULL, err, sizeof(err)) != 0)
+        failed = "/oci-layout";
+    else if (write_at(dfd, "index.json", text, strlen(text), NULL, NULL, err, sizeof(err)) != 0)
+        failed = "/index.json";
+    else if (fsync(dfd) != 0)
+        failed = "";
+    if (failed)
+        fprintf(stderr, "regproxy export: writing %s%s: %s\n", dir, failed, strerror(errno));
     else
         rc = 0;
     free(text);

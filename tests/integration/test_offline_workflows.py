@@ -862,6 +862,22 @@ def test_export_oci_refuses_symlinked_directories(t):
     eq(lib.sha256(r.stdout), man["digest"], "skopeo inspect of the OCI layout")
 
 
+def test_export_oci_names_the_file_it_cannot_write(t):
+    """A directory where the layout has oci-layout or index.json (a damaged or hand-made
+    layout) failed the export with "writing DIR: Is a directory", naming the one directory
+    that was fine. The message names the file in the way."""
+    st = Store()
+    st.image("ns/app", "amd64", tag="v1")
+    conf, lst = _mirrored(t, rawup.RawUpstream(t, st.handler()), "ns/app:v1")
+    for name in ("oci-layout", "index.json.tmp"):
+        oci = os.path.join(t.tmp, "oci-" + name)
+        os.makedirs(os.path.join(oci, name))
+        rc, out, err = _run(t, ["export", "-c", conf, lst, "--oci", oci], ok=False)
+        want = "writing %s: Is a directory" % os.path.join(oci, name.replace(".tmp", ""))
+        eq((rc, want in err), (1, True), "export --oci with a directory as %s: stderr %r"
+           % (name, err))
+
+
 def test_import_metadata_memory_bounded(t):
     """Metadata whose JSON costs far more memory than its size (an unknown key holding a
     million empty objects: 4 MiB of text, 17 KiB as LZ4) is refused with a message saying
