@@ -749,7 +749,13 @@ static void fill_done_cb(void *arg, const struct rp_fetch_result *res)
         fill_free(f);
         return;
     }
-    if (f->state != FILL_RUNNING || res->fail != RP_FETCH_OK) {
+    /* Every byte of a download of known size is in, and only what would follow them was
+     * cut (a chunked answer's terminating chunk, lost with the connection): nothing is left
+     * to resume, and the digest judges the bytes as at a clean end. Failed, the readers
+     * were cut one byte short of a blob that was whole. */
+    bool all_in = f->state == FILL_RUNNING && res->fail == RP_FETCH_E_TRANSPORT && !f->unsized &&
+                  f->expected >= 0 && f->written == f->expected;
+    if (f->state != FILL_RUNNING || (res->fail != RP_FETCH_OK && !all_in)) {
         fill_unlist(f);
         rp_warn("fill %s registry=%s failed after %lld bytes in %lld ms: %s (upstream %d)%s",
                 f->digest, f->reg->name, (long long)f->written, (long long)ms,

@@ -119,3 +119,44 @@ def test_cut_chunked_download_of_known_size_resumes(t):
     r = lib.stream_get(p.port, path)
     eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
        "GET once the resumed blob is cached")
+
+
+def test_chunked_download_cut_after_its_last_byte_is_verified(t):
+    """A download of known size (begun behind a range) sent chunked, whose connection
+    closed after the blob's last byte but before the terminating chunk: every byte is in,
+    so there is nothing to resume, and the download failed ("failed after 307204 bytes"),
+    its readers cut one byte short. The digest judges the bytes, as at a clean end: the
+    blob is cached."""
+    import rawup
+    blob = bytes(range(256)) * 1200 + b"tail"
+    n = len(blob)
+    digest = lib.sha256(blob)
+
+    def h(r):
+        rng = r.h("range")
+        if r.method != "GET" or not r.path.endswith("/blobs/" + digest):
+            r.send(404, b"")
+            return False
+        try:
+            if rng == "bytes=10-19":
+                r.send(206, blob[10:20], [("Content-Range", "bytes 10-19/%d" % n)])
+            else:  # every byte, then the connection closes without the terminating chunk
+                r.raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                      b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                      + _chunked(blob))
+        except OSError:
+            pass
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/blobs/" + digest
+    st, _, body = p.raw("GET", path, {"Range": "bytes=10-19"})
+    eq((st, body), (206, blob[10:20]), "the range that starts the download behind it")
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file) or
+                   "failed after" in open(p.log).read(), 30, "the download to end")
+    check(os.path.isfile(blob_file), "the download with every byte in was not cached:\n%s"
+          % lib.tail(p.log, 10))
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
+       "GET once the blob is cached")
