@@ -805,6 +805,27 @@ def _chunked(b, size=4096):
                     for i in range(0, len(b), size)) + b"0\r\n\r\n"
 
 
+def test_pass_through_chunked_whole_blob_206_cut_after_its_last_byte(t):
+    """A 206 of the whole blob sent chunked, whose connection closed after its last byte
+    but before the terminating chunk: every byte is in and its digest decides, as for one
+    that ended cleanly. The client was cut one byte short of a whole, right blob; a damaged
+    one cut so must still never arrive whole."""
+    answers = {}
+    p, blob, path, up = _lying_range_upstream(t, answers)
+    n = len(blob)
+    bad = blob[:n // 2] + bytes([blob[n // 2] ^ 1]) + blob[n // 2 + 1:]
+    te = [("Transfer-Encoding", "chunked")]
+    rng = "bytes=0-99999999"
+    answers[rng] = ("bytes 0-%d/%d" % (n - 1, n), _chunked(bad)[:-5], te)
+    r = lib.stream_get(p.port, path, headers={"Range": rng}, timeout=30)
+    check(not (r.status == 206 and r.complete), "a damaged whole-blob 206 cut after its last "
+          "byte reached the client whole: %r" % r)
+    answers[rng] = ("bytes 0-%d/%d" % (n - 1, n), _chunked(blob)[:-5], te)
+    r = lib.stream_get(p.port, path, headers={"Range": rng}, timeout=30)
+    eq((r.status, r.complete, r.digest), (206, True, lib.sha256(blob)),
+       "a whole-blob 206 cut after its last byte")
+
+
 def test_pass_through_chunked_206_bounded_by_its_range(t):
     """A 206 sent chunked (no Content-Length) to a range passed through used to be a 502, so
     an upstream that frames its answers so failed every range of an uncached blob (a lazy
