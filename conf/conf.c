@@ -148,9 +148,10 @@ static const struct rp_conf_option options[] = {
      .min = 0,
      .max = 60000,
      .offset = CACHE_F(revalidate_timeout_ms),
-     .help = "how long asking upstream about a tag past its tag_ttl may take (the token "
-             "included) while the cached tag could still be served stale; past it the tag is "
-             "served stale, the question is dropped, and a registry that had not answered is "
+     .help = "how long a client waits for upstream's answer about a tag past its tag_ttl "
+             "(the token included) while the cached tag could still be served stale; past it "
+             "the client gets the tag stale, the question goes on in the background and its "
+             "answer is recorded for the next client, and a registry that had not answered is "
              "not asked about other stale tags for 30 s. 0: wait for upstream's own limits "
              "(60 s for an answer)"},
     {.section = RP_CONF_SECTION_CACHE,

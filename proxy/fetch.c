@@ -68,8 +68,7 @@ struct rp_fetch {
     char *res_err;
     struct event *defer;       /* reports a failure that happened before any I/O */
     struct event *deadline_ev; /* rp_fetch_opts.deadline_ms */
-    int64_t deadline_ms;
-    int64_t sent_ms; /* when the current transfer started */
+    int64_t sent_ms;           /* when the current transfer started */
     bool in_token_wait;
 };
 
@@ -96,17 +95,6 @@ static void fetch_free(struct rp_fetch *f)
 }
 
 static void fetch_drive(struct rp_fetch *f);
-
-/* A request under way that we stop (its client left, a fill nobody waits for, a deadline)
- * was sent all the same: counted as xfer_done_cb would, by the status of a head that
- * arrived, as the access line's upstream says, else as no answer. */
-static void count_abandoned(struct rp_fetch *f)
-{
-    if (f->xfer)
-        rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
-                            f->headed || f->body_before_head ? f->status : 0,
-                            rp_now_ms() - f->sent_ms);
-}
 
 static void report(struct rp_fetch *f)
 {
@@ -374,26 +362,12 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     struct rp_fetch *f = arg;
     if (f->state == F_DONE)
         return; /* a failure already waits in defer */
-    bool token = f->in_token_wait;
-    count_abandoned(f);
-    if (f->xfer) {
-        /* The registry itself kept us waiting (a realm or a CDN is not it): later requests
-         * need not wait for it as long (rp_server_registry_silent). */
-        if (f->url_is_registry && !f->headed && !f->body_before_head)
-            rp_server_upstream_seen(f->srv, f->reg, false, f->sent_ms);
-        rp_xfer_cancel(f->xfer);
-        f->xfer = NULL;
-    }
-    if (f->in_token_wait) {
-        rp_tokens_leave(f->srv, f);
-        f->in_token_wait = false;
-    }
-    f->res.xfer_err = RP_XFER_E_TIMEOUT;
-    f->res.status = 0;
-    free(f->res_err);
-    f->res_err = rp_xasprintf("%s within %lld ms", token ? "no token" : "no answer",
-                              (long long)f->deadline_ms);
-    fail(f, RP_FETCH_E_TRANSPORT, NULL);
+    /* The registry itself keeps us waiting (a realm or a CDN is not it): later requests
+     * need not wait for it as long (rp_server_registry_silent). Any answer undoes that. */
+    if (f->xfer && f->url_is_registry && !f->headed && !f->body_before_head)
+        rp_server_upstream_seen(f->srv, f->reg, false, f->sent_ms);
+    if (f->cb.on_deadline_cb)
+        f->cb.on_deadline_cb(f->arg, f->in_token_wait);
 }
 
 void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail,
@@ -505,8 +479,7 @@ struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opt
     f->stream = o->stream;
     f->follow_redirects = o->follow_redirects;
     f->state = F_AUTH;
-    if (o->deadline_ms > 0) {
-        f->deadline_ms = o->deadline_ms;
+    if (o->deadline_ms > 0 && cb->on_deadline_cb) {
         f->deadline_ev = evtimer_new(srv->base, deadline_cb, f);
         struct timeval tv = {(time_t)(o->deadline_ms / 1000),
                              (suseconds_t)(o->deadline_ms % 1000 * 1000)};
@@ -520,8 +493,20 @@ void rp_fetch_cancel(struct rp_fetch *f)
 {
     if (!f)
         return;
-    count_abandoned(f);
+    /* A request under way (its client left, a fill nobody waits for) was sent all the
+     * same: counted as xfer_done_cb would, by the status of a head that arrived, as the
+     * access line's upstream says, else as no answer. */
+    if (f->xfer)
+        rp_metrics_upstream(&f->srv->metrics, (size_t)(f->reg - f->srv->conf->registries),
+                            f->headed || f->body_before_head ? f->status : 0,
+                            rp_now_ms() - f->sent_ms);
     fetch_free(f);
+}
+
+void rp_fetch_rebind(struct rp_fetch *f, const struct rp_fetch_cb *cb, void *arg)
+{
+    f->cb = *cb;
+    f->arg = arg;
 }
 
 void rp_fetch_resume(struct rp_fetch *f)

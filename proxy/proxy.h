@@ -93,6 +93,10 @@ struct rp_fetch_cb {
     long (*on_data_cb)(void *arg, const char *p, size_t n);
     /* Always called exactly once unless cancelled; never from inside rp_fetch_start. */
     void (*on_done_cb)(void *arg, const struct rp_fetch_result *res);
+    /* rp_fetch_opts.deadline_ms passed with the exchange under way (token_wait: still
+     * waiting for the realm). The owner answers its client some other way and cancels f,
+     * hands it to another owner (rp_fetch_rebind), or does nothing and waits on. */
+    void (*on_deadline_cb)(void *arg, bool token_wait);
 };
 
 struct rp_fetch_opts {
@@ -104,11 +108,11 @@ struct rp_fetch_opts {
     const char *range;
     bool stream;           /* long body: a stall timeout instead of a total one */
     bool follow_redirects; /* blobs go to CDNs, manifests to backing registries */
-    /* 0, or how long the whole exchange (token wait, retries, redirects) may take; past
-     * it, it ends as E_TRANSPORT with xfer_err RP_XFER_E_TIMEOUT, and a registry that had
-     * not answered its request by then counts as silent (rp_server_registry_silent). For
-     * an owner with something to answer instead (a tag to serve stale); the usual limits
-     * still apply within it. The owner must have sent its client nothing of the answer. */
+    /* 0, or how long the owner's client may wait for the whole exchange (token wait,
+     * retries, redirects) before on_deadline_cb (required then); the exchange itself keeps
+     * the usual limits. A registry whose own request has no answer by then counts as silent
+     * (rp_server_registry_silent). For an owner with something to answer instead: a stale
+     * tag. */
     int64_t deadline_ms;
 };
 
@@ -116,6 +120,9 @@ struct rp_fetch *rp_fetch_start(struct rp_server *srv, const struct rp_fetch_opt
                                 const struct rp_fetch_cb *cb, void *arg);
 /* Stops the exchange; no callback follows. Accepts NULL. Safe inside callbacks. */
 void rp_fetch_cancel(struct rp_fetch *f);
+/* The exchange goes on for another owner: later callbacks go to cb and arg (a final head
+ * that already reached the old owner is not repeated). */
+void rp_fetch_rebind(struct rp_fetch *f, const struct rp_fetch_cb *cb, void *arg);
 void rp_fetch_resume(struct rp_fetch *f);
 /* For tokens.c: the token wait of f ended with err (RP_AUTH_OK or an error); asked_ms: when
  * the token was asked for (rp_now_ms), the time its life is counted from. */
@@ -217,6 +224,12 @@ void rp_inflight_leave(struct rp_req *r); /* a waiter went away */
 void rp_inflight_free_all(struct rp_server *srv);
 
 /* ----------------------------------------------------------------------- request.c */
+
+/* A tag's revalidation that outlived its client's revalidate_timeout (the tag was served
+ * stale): it finishes in the background and records what upstream said, so a registry that
+ * is slow but answers still moves and refreshes tags. Freed when done, or at shutdown. */
+struct rp_reval;
+void rp_revals_free_all(struct rp_server *srv);
 
 /* The media type a manifest's bytes give themselves (mediaType, or for an OCI manifest or
  * index without it, the one its shape names), malloc'd; NULL when they give none (schema 1)
@@ -471,6 +484,7 @@ struct rp_server {
     bool durable_queued, durable_again;
     struct rp_scrub *scrub;             /* serve: [cache] scrub_interval (scrub.h) */
     TAILQ_HEAD(, rp_inflight) inflight; /* manifest fetches others wait on */
+    TAILQ_HEAD(, rp_reval) revals;      /* revalidations finishing in the background */
     size_t n_fills;
     /* Sizes of blobs that fills started behind a multipart range (which gives no size)
      * downloaded and verified, so that the next such range decides with no upstream request

@@ -452,6 +452,9 @@ static void canonical_unless_named(struct rp_req *r)
         !r->route.ref_is_digest && !rp_manifest_tag_canonical(r->accept, RP_MEDIA_DOCKER_MANIFEST);
 }
 
+static bool manifest_cached_in(struct rp_cache *cache, const char *registry, const char *repo,
+                               const char *digest, const char **data, size_t *len,
+                               const char **type);
 static bool manifest_cached(const struct rp_req *r, const char *digest, const char **data,
                             size_t *len, const char **type);
 static bool stale_answer(struct rp_req *r, const char *why, int status);
@@ -484,16 +487,23 @@ static char *revalidation_accept(const struct rp_req *r)
  * neither, and when the proxy's list names it: revalidation_accept has no use for such a
  * type, and a tag recorded without one keeps the file format (RPTAG 1) that earlier
  * versions read; they take a version 2 file for a damaged one and delete the tag. */
-static const char *tag_type(const struct rp_req *r, const char *digest)
+static const char *tag_type_in(struct rp_cache *cache, const char *registry, const char *repo,
+                               const char *digest, const char *upstream_type)
 {
     const char *data, *type;
     size_t len;
-    if (!manifest_cached(r, digest, &data, &len, &type))
-        type = r->up_h.content_type;
+    if (!manifest_cached_in(cache, registry, repo, digest, &data, &len, &type))
+        type = upstream_type;
     if (!type || !rp_header_value_safe(type) || strchr(type, '\t') ||
         strlen(type) > RP_MEDIA_TYPE_MAX || rp_accept_names(RP_MANIFEST_ACCEPT, type))
         return NULL;
     return type;
+}
+
+static const char *tag_type(const struct rp_req *r, const char *digest)
+{
+    return tag_type_in(r->conn->srv->cache, r->route.reg->name, r->route.name, digest,
+                       r->up_h.content_type);
 }
 
 /* Starts the upstream exchange for this request. head: HEAD instead of the client's
@@ -849,12 +859,19 @@ static bool accept_allows(const char *accept, const char *media_type)
  * is only valid until its next change, so what the socket does not take is copied). */
 /* Whether this request's repository has the manifest cached (linked, and its bytes still
  * there: a link outlives its file); its bytes and type as rp_cache_manifest_peek gives them. */
+static bool manifest_cached_in(struct rp_cache *cache, const char *registry, const char *repo,
+                               const char *digest, const char **data, size_t *len,
+                               const char **type)
+{
+    return rp_cache_linked(cache, registry, repo, digest) &&
+           rp_cache_manifest_peek(cache, digest, data, len, type) == RP_CACHE_OK;
+}
+
 static bool manifest_cached(const struct rp_req *r, const char *digest, const char **data,
                             size_t *len, const char **type)
 {
-    struct rp_cache *cache = r->conn->srv->cache;
-    return rp_cache_linked(cache, r->route.reg->name, r->route.name, digest) &&
-           rp_cache_manifest_peek(cache, digest, data, len, type) == RP_CACHE_OK;
+    return manifest_cached_in(r->conn->srv->cache, r->route.reg->name, r->route.name, digest, data,
+                              len, type);
 }
 
 static bool manifest_from_cache(struct rp_req *r, const char *digest, const char *status)
@@ -2174,10 +2191,136 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
         r->up_h.allow, r->body.data, r->body.len);
 }
 
+/* --- revalidations finishing in the background --- */
+
+struct rp_reval {
+    TAILQ_ENTRY(rp_reval) link;
+    struct rp_server *srv;
+    const struct rp_conf_registry *reg;
+    char *repo, *tag;
+    char stale_digest[RP_DIGEST_MAX + 1];
+    struct rp_fetch *fetch;
+    int status;
+    char *digest, *type; /* upstream's Docker-Content-Digest and Content-Type, when usable */
+};
+
+static void reval_free(struct rp_reval *v)
+{
+    TAILQ_REMOVE(&v->srv->revals, v, link);
+    rp_fetch_cancel(v->fetch);
+    free(v->repo);
+    free(v->tag);
+    free(v->digest);
+    free(v->type);
+    free(v);
+}
+
+void rp_revals_free_all(struct rp_server *srv)
+{
+    while (!TAILQ_EMPTY(&srv->revals))
+        reval_free(TAILQ_FIRST(&srv->revals));
+}
+
+static int reval_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
+{
+    struct rp_reval *v = arg;
+    v->status = status;
+    const char *d = h->docker_content_digest;
+    if (d && rp_valid_digest(d, strlen(d)))
+        v->digest = rp_xstrdup(d);
+    if (h->content_type && rp_header_value_safe(h->content_type))
+        v->type = rp_xstrdup(h->content_type);
+    return 0;
+}
+
+static long reval_data_cb(void *arg, const char *p, size_t n)
+{
+    (void)arg;
+    (void)p;
+    return (long)n; /* a HEAD: nothing, or an error body nobody reads */
+}
+
+/* What the request would have recorded from the same answer (up_done_cb, revalidating). */
+static const char *reval_record(struct rp_reval *v)
+{
+    struct rp_cache *c = v->srv->cache;
+    const char *reg = v->reg->name, *d = v->digest, *data, *type;
+    size_t len;
+    if (v->status == 404) {
+        rp_cache_tag_delete(c, reg, v->repo, v->tag);
+        return "gone upstream, forgotten";
+    }
+    if (v->status != 200 || !d)
+        return "no usable answer";
+    bool unchanged = strcmp(d, v->stale_digest) == 0;
+    const char *keep = tag_type_in(c, reg, v->repo, d, v->type);
+    if (unchanged || manifest_cached_in(c, reg, v->repo, d, &data, &len, &type)) {
+        rp_cache_tag_set(c, reg, v->repo, v->tag, d, keep, rp_wall_s());
+        return unchanged ? "unchanged, fresh again" : "moved to a manifest cached already";
+    }
+    if (v->type && (keep || rp_accept_names(RP_MANIFEST_ACCEPT, v->type)) &&
+        rp_manifest_tag_canonical(RP_MANIFEST_ACCEPT, v->type)) {
+        rp_cache_tag_set(c, reg, v->repo, v->tag, d, keep, rp_wall_s());
+        return "moved, the new manifest fetched at the next request";
+    }
+    rp_cache_tag_delete(c, reg, v->repo, v->tag);
+    return "moved to a type a tag cannot record, forgotten";
+}
+
+static void reval_done_cb(void *arg, const struct rp_fetch_result *res)
+{
+    struct rp_reval *v = arg;
+    v->fetch = NULL;
+    const char *what = res->fail == RP_FETCH_OK ? reval_record(v) : "failed";
+    rp_info("revalidation registry=%s repo=%s tag=%s finished in the background: %s (upstream "
+            "%d%s%s)",
+            v->reg->name, v->repo, v->tag, what, res->status, res->err ? ": " : "",
+            res->err ? res->err : "");
+    reval_free(v);
+}
+
+static const struct rp_fetch_cb reval_cb = {
+    .on_headers_cb = reval_headers_cb,
+    .on_data_cb = reval_data_cb,
+    .on_done_cb = reval_done_cb,
+};
+
+/* revalidate_timeout passed: the client gets the stale tag now, and the question goes on
+ * without it, for the next client's sake. */
+static void up_deadline_cb(void *arg, bool token_wait)
+{
+    struct rp_req *r = arg;
+    /* Upstream's answer has begun, or there is no longer a stale tag to give: wait on. */
+    if (!r->revalidating || r->up_status || !stale_servable(r))
+        return;
+    struct rp_server *srv = r->conn->srv;
+    struct rp_reval *v = rp_xcalloc(1, sizeof(*v));
+    v->srv = srv;
+    v->reg = r->route.reg;
+    v->repo = rp_xstrdup(r->route.name);
+    v->tag = rp_xstrdup(r->route.ref);
+    snprintf(v->stale_digest, sizeof(v->stale_digest), "%s", r->stale_digest);
+    v->fetch = r->fetch;
+    r->fetch = NULL;
+    rp_fetch_rebind(v->fetch, &reval_cb, v);
+    TAILQ_INSERT_TAIL(&srv->revals, v, link);
+    r->revalidating = false;
+    char why[160];
+    snprintf(
+        why, sizeof(why), "gave %s within revalidate_timeout (%lld ms), asked on in the background",
+        token_wait ? "no token" : "no answer", (long long)srv->conf->cache.revalidate_timeout_ms);
+    if (stale_answer(r, why, 0))
+        return;
+    struct rp_fetch_result res = {
+        .fail = RP_FETCH_E_TRANSPORT, .xfer_err = RP_XFER_E_TIMEOUT, .err = why};
+    up_failed(r, &res); /* the stale manifest went between the check and the answer */
+}
+
 static const struct rp_fetch_cb upstream_cb = {
     .on_headers_cb = up_headers_cb,
     .on_data_cb = up_data_cb,
     .on_done_cb = up_done_cb,
+    .on_deadline_cb = up_deadline_cb,
 };
 
 void rp_req_drive(struct rp_req *r)

@@ -2027,6 +2027,7 @@ int rp_server_init(struct rp_server *srv, struct rp_conf *conf)
     TAILQ_INIT(&srv->token_fetches);
     TAILQ_INIT(&srv->fills);
     TAILQ_INIT(&srv->inflight);
+    TAILQ_INIT(&srv->revals);
     TAILQ_INIT(&srv->checks_running);
     signal(SIGPIPE, SIG_IGN);
     srv->base = event_base_new();
@@ -2170,6 +2171,8 @@ void rp_server_fini(struct rp_server *srv)
         rp_checks_free_all(srv);
     if (srv->inflight.tqh_last)
         rp_inflight_free_all(srv);
+    if (srv->revals.tqh_last)
+        rp_revals_free_all(srv);
     rp_syncer_free(srv->syncer); /* publishes the fills it was making durable */
     srv->syncer = NULL;
     if (srv->fills.tqh_last)

@@ -8,6 +8,7 @@ upstream comes back the tag revalidates."""
 import base64
 import json
 import math
+import threading
 import time
 
 import lib
@@ -152,16 +153,13 @@ def test_unreachable_registry_not_asked_again_at_once(t):
     eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")),
        (200, digests["multi"], "REVALIDATED"), "ns/multi:v1 once the registry answered")
 
-def test_stalled_revalidation_served_stale(t):
-    """A registry that accepts and then says nothing (overloaded, half up behind its load
-    balancer) kept each client of a tag past tag_ttl waiting for the whole answer timeout
-    (60 s) before the cached tag was served stale, while kubelet, containerd and CRI-O
-    give up sooner. With a stale answer at hand the revalidation gets revalidate_timeout,
-    then the tag is served stale, and the registry is not asked about other stale tags for
-    30 s. A tag past max_stale has nothing to serve instead: it waits for upstream."""
-    import threading
+def _held_registry(t):
+    """A plain-HTTP upstream answering manifests at once until hold is set; then each waits
+    for release and answers current[0] (manifest bytes, digest). Returns (up, hold, release,
+    current, (m, d)): the image it starts with."""
     m, d, _l, _ld, _c, _cd = rawup.image()
     release, hold = threading.Event(), threading.Event()
+    current = [(m, d)]
 
     def h(r):
         if "/manifests/" not in r.path:
@@ -169,32 +167,90 @@ def test_stalled_revalidation_served_stale(t):
             return False
         if hold.is_set():
             release.wait(120)
-        r.answer(m, "application/vnd.oci.image.manifest.v1+json", d)
+        body, digest = current[0]
+        r.answer(body, "application/vnd.oci.image.manifest.v1+json", digest)
         return False
     up = rawup.RawUpstream(t, h)
     t.defer(release.set)
-    p = t.proxy(registries=[up.conf(tag_ttl="1s")],
-                cache={"max_stale": "3s", "revalidate_timeout": "1s"})
+    return up, hold, release, current, (m, d)
+
+
+def _heads(up, repo):
+    return [x for x in up.seen("/v2/%s/manifests/" % repo) if x[1] == "HEAD"]
+
+
+def test_stalled_revalidation_served_stale(t):
+    """A registry that accepts and then says nothing (overloaded, half up behind its load
+    balancer) kept each client of a tag past tag_ttl waiting for the whole answer timeout
+    (60 s) before the cached tag was served stale, while kubelet, containerd and CRI-O
+    give up sooner. With a stale answer at hand the client waits revalidate_timeout, gets
+    the tag stale, and the registry is not asked about other stale tags for 30 s; the
+    revalidation goes on in the background, and its answer makes the tag fresh again."""
+    up, hold, release, _cur, (_m, d) = _held_registry(t)
+    p = t.proxy(registries=[up.conf(tag_ttl="5s")],
+                cache={"max_stale": "1h", "revalidate_timeout": "1s"})
     for repo in ("a", "b"):
         r = p.get("/v2/ns/%s/manifests/v1" % repo, headers={"Accept": lib.ACCEPT_ALL})
         eq((r.status, lib.sha256(r.body)), (200, d), "first GET of ns/%s:v1" % repo)
-    t_fetched = time.time()
-    _past(t_fetched, 1)
+    _past(time.time(), 5)
     hold.set()
     # Well inside the 60 s the proxy would otherwise wait; the client's limit, not a timing.
     r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, timeout=30)
     _stale(r, d, "ns/a:v1 past tag_ttl, upstream holding the revalidation")
-    check("no answer within 1000 ms" in p.log_text(),
-          "the stale answer's log line should say the revalidation timed out")
+    check("gave no answer within revalidate_timeout (1000 ms)" in p.log_text(),
+          "the stale answer's log line should say the revalidation took too long")
     # Another stale tag: at once, the registry not asked.
     n = len(up.seen("/v2/ns/b/"))
     st, hd, _ = p.raw("HEAD", "/v2/ns/b/manifests/v1", {"Accept": lib.ACCEPT_ALL}, timeout=30)
     eq((st, hd.get("x-regproxy-cache")), (200, "STALE"), "HEAD ns/b:v1 right after")
     eq(len(up.seen("/v2/ns/b/")), n, "upstream requests for ns/b:v1 within 30 s")
-    # Past tag_ttl + max_stale there is nothing to answer instead: the revalidation is
-    # waited for (released here after 3 s, well past revalidate_timeout).
-    _past(t_fetched, 5)
-    threading.Timer(3, release.set).start()
+    # The held revalidation answers: ns/a:v1 is fresh again without another question.
+    release.set()
+    lib.wait_until(lambda: "repo=ns/a tag=v1 finished in the background: unchanged, fresh "
+                   "again" in p.log_text(), 20, "the background revalidation's end")
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, d, "HIT"),
+       "ns/a:v1 after the background revalidation")
+    eq(len(_heads(up, "ns/a")), 1, "upstream HEADs of ns/a:v1: the one revalidation")
+
+
+def test_stalled_revalidation_moved_in_background(t):
+    """A revalidation answered after its client got the stale tag still moves the tag: the
+    next client gets the new manifest, not the old one again."""
+    up, hold, release, cur, (_m, d) = _held_registry(t)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], cache={"revalidate_timeout": "1s"})
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body)), (200, d), "first GET of ns/a:v1")
+    _past(time.time(), 1)
+    m2 = r.body.replace(b'"schemaVersion": 2', b'"schemaVersion":  2')
+    check(m2 != r.body, "could not make a second manifest")
+    cur[0] = (m2, lib.sha256(m2))
+    hold.set()
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, timeout=30)
+    _stale(r, d, "ns/a:v1 past tag_ttl, upstream holding the revalidation")
+    hold.clear()
+    release.set()
+    lib.wait_until(lambda: "repo=ns/a tag=v1 finished in the background: moved" in p.log_text(),
+                   20, "the background revalidation's end")
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body)), (200, cur[0][1]),
+       "ns/a:v1 after a background revalidation found it moved")
+
+
+def test_revalidation_past_max_stale_waits(t):
+    """A tag past tag_ttl + max_stale has nothing to answer instead: its revalidation is
+    waited for however long upstream takes (released here after 3 s, well past
+    revalidate_timeout)."""
+    up, hold, release, _cur, (_m, d) = _held_registry(t)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")],
+                cache={"max_stale": "1s", "revalidate_timeout": "1s"})
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body)), (200, d), "first GET of ns/a:v1")
+    _past(time.time(), 3)
+    hold.set()
+    timer = threading.Timer(3, release.set)
+    timer.start()
+    t.defer(timer.cancel)
     r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, d, "REVALIDATED"),
        "ns/a:v1 past max_stale, upstream slow")
@@ -204,7 +260,6 @@ def test_stalled_token_revalidation_served_stale(t):
     """revalidate_timeout counts the token too: a registry that starts asking for a token
     whose realm then says nothing gets the tag served stale as when the registry itself
     is silent. The realm's silence is not the registry's: the next stale tag asks again."""
-    import threading
     m, d, _l, _ld, _c, _cd = rawup.image()
     release, auth = threading.Event(), threading.Event()
     up = None
@@ -235,10 +290,12 @@ def test_stalled_token_revalidation_served_stale(t):
         r = p.get("/v2/ns/%s/manifests/v1" % repo, headers={"Accept": lib.ACCEPT_ALL},
                   timeout=25)
         _stale(r, d, "ns/%s:v1 past tag_ttl, the token realm holding" % repo)
-    check("no token within 1000 ms" in p.log_text(),
+    check("gave no token within revalidate_timeout (1000 ms)" in p.log_text(),
           "the stale answer's log line should say the token did not come in time")
     eq(len(up.seen("/token")), 2, "token requests: one per tag's scope, the second not "
        "skipped for the first one's silence")
+    # Stopped with both revalidations still waiting for their tokens: a clean exit.
+    eq(p.stop(), [], "stopping with revalidations under way in the background")
 
 
 def test_upstream_errors(t):
