@@ -460,6 +460,8 @@ static bool manifest_cached(const struct rp_req *r, const char *digest, const ch
 static bool stale_answer(struct rp_req *r, const char *why, int status);
 
 static bool stale_servable(struct rp_req *r);
+static bool reval_running(struct rp_server *srv, const struct rp_conf_registry *reg,
+                          const char *repo, const char *tag);
 static bool serve_stale(struct rp_req *r, const struct rp_fetch_result *res);
 static void up_failed(struct rp_req *r, const struct rp_fetch_result *res);
 
@@ -1170,6 +1172,11 @@ static void lookup(struct rp_req *r)
                  * (up to a connect or answer timeout) would only end here too. */
                 if (rp_server_registry_silent(srv, rt->reg) &&
                     stale_answer(r, "gave no answer moments ago, not asked again yet", 0))
+                    return;
+                /* Its revalidation goes on in the background (up_deadline_cb): another
+                 * would only wait out the same deadline for the same answer. */
+                if (reval_running(srv, rt->reg, rt->name, rt->ref) &&
+                    stale_answer(r, "is still being asked about it in the background", 0))
                     return;
                 /* Past its freshness: a HEAD tells whether the tag still names it. */
                 r->revalidating = true;
@@ -2219,6 +2226,16 @@ void rp_revals_free_all(struct rp_server *srv)
 {
     while (!TAILQ_EMPTY(&srv->revals))
         reval_free(TAILQ_FIRST(&srv->revals));
+}
+
+static bool reval_running(struct rp_server *srv, const struct rp_conf_registry *reg,
+                          const char *repo, const char *tag)
+{
+    struct rp_reval *v;
+    TAILQ_FOREACH(v, &srv->revals, link)
+    if (v->reg == reg && strcmp(v->repo, repo) == 0 && strcmp(v->tag, tag) == 0)
+        return true;
+    return false;
 }
 
 static int reval_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)

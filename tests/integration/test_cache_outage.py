@@ -292,6 +292,12 @@ def test_stalled_token_revalidation_served_stale(t):
         _stale(r, d, "ns/%s:v1 past tag_ttl, the token realm holding" % repo)
     check("gave no token within revalidate_timeout (1000 ms)" in p.log_text(),
           "the stale answer's log line should say the token did not come in time")
+    # The realm's silence is not the registry's, but ns/a:v1 is still being asked about:
+    # stale at once, not after another revalidate_timeout.
+    r = p.get("/v2/ns/a/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}, timeout=25)
+    _stale(r, d, "ns/a:v1 again, its revalidation still waiting for the realm")
+    check("tag=v1 age=" in p.log_text() and "is still being asked about it in the background"
+          in p.log_text(), "the second stale answer should say the question is under way")
     eq(len(up.seen("/token")), 2, "token requests: one per tag's scope, the second not "
        "skipped for the first one's silence")
     # Stopped with both revalidations still waiting for their tokens: a clean exit.
