@@ -294,9 +294,10 @@ struct rp_req {
     bool have_stale;
     char stale_digest[RP_DIGEST_MAX + 1];
     int64_t stale_age_s;
-    bool revalidating;     /* the current fetch is a HEAD checking a cached tag */
-    bool confirmed;        /* upstream said this repository has the cached blob (RQ_CONFIRM) */
-    int64_t confirmed_len; /* the blob's Content-Length in that answer, or -1 */
+    bool revalidating;          /* the current fetch is a HEAD checking a cached tag */
+    int64_t revalidate_from_ms; /* when that HEAD started: revalidate_timeout counts from it */
+    bool confirmed;             /* upstream said this repository has the cached blob (RQ_CONFIRM) */
+    int64_t confirmed_len;      /* the blob's Content-Length in that answer, or -1 */
     /* The cached blob being sent is marked in use (rp_cache_blob_open; rp_cache_hold for a
      * fill's reader, whose temp file becomes the blob) until the request is freed: eviction
      * neither counts its bytes as freed nor takes it while it is sent. */

@@ -508,6 +508,20 @@ static const char *tag_type(const struct rp_req *r, const char *digest)
                        r->up_h.content_type);
 }
 
+/* With a stale answer at hand, a slow registry is not waited for to the end: the whole
+ * revalidation gets revalidate_timeout, its HEAD and the fetch that follows a HEAD that did
+ * not settle it (no digest named: a GET, or a HEAD for a HEAD) alike. have_stale is set only
+ * while a tag is being revalidated; a tag moved to a manifest not cached clears it. 0: no
+ * deadline. */
+static int64_t revalidate_deadline(struct rp_req *r)
+{
+    int64_t limit = r->conn->srv->conf->cache.revalidate_timeout_ms;
+    if (r->route.kind != RP_ROUTE_MANIFEST || limit <= 0 || !stale_servable(r))
+        return 0;
+    int64_t left = limit - (rp_now_ms() - r->revalidate_from_ms);
+    return left > 0 ? left : 1;
+}
+
 /* Starts the upstream exchange for this request. head: HEAD instead of the client's
  * method (revalidations and confirmations); body_cap: how much of a body to keep. */
 static void start_fetch(struct rp_req *r, bool head, bool stream)
@@ -532,10 +546,7 @@ static void start_fetch(struct rp_req *r, bool head, bool stream)
         /* Blobs go to CDNs; manifests too, from some registries (registry.k8s.io answers
          * them with a 308 to the backing registry). Credentials never follow (fetch.c). */
         .follow_redirects = true,
-        /* With a stale answer at hand, a slow registry is not waited for to the end. */
-        .deadline_ms = r->route.kind == RP_ROUTE_MANIFEST && r->revalidating && stale_servable(r)
-                           ? r->conn->srv->conf->cache.revalidate_timeout_ms
-                           : 0,
+        .deadline_ms = revalidate_deadline(r),
     };
     rp_headers_free(&r->up_h);
     rp_buf_free(&r->body);
@@ -1180,6 +1191,7 @@ static void lookup(struct rp_req *r)
                     return;
                 /* Past its freshness: a HEAD tells whether the tag still names it. */
                 r->revalidating = true;
+                r->revalidate_from_ms = rp_now_ms();
                 start_fetch(r, true, false);
                 return;
             }
@@ -2307,25 +2319,36 @@ static const struct rp_fetch_cb reval_cb = {
 static void up_deadline_cb(void *arg, bool token_wait)
 {
     struct rp_req *r = arg;
-    /* Upstream's answer has begun, or there is no longer a stale tag to give: wait on. */
-    if (!r->revalidating || r->up_status || !stale_servable(r))
-        return;
     struct rp_server *srv = r->conn->srv;
-    struct rp_reval *v = rp_xcalloc(1, sizeof(*v));
-    v->srv = srv;
-    v->reg = r->route.reg;
-    v->repo = rp_xstrdup(r->route.name);
-    v->tag = rp_xstrdup(r->route.ref);
-    snprintf(v->stale_digest, sizeof(v->stale_digest), "%s", r->stale_digest);
-    v->fetch = r->fetch;
-    r->fetch = NULL;
-    rp_fetch_rebind(v->fetch, &reval_cb, v);
-    TAILQ_INSERT_TAIL(&srv->revals, v, link);
-    r->revalidating = false;
+    /* Upstream's answer has begun, or there is no longer a stale tag to give (a reload
+     * shortened max_stale, the manifest was evicted): wait on. */
+    if (r->up_status || !stale_servable(r)) {
+        rp_debug("request %s past revalidate_timeout: %s, waiting on", r->id,
+                 r->up_status ? "upstream's answer has begun" : "no stale answer to give");
+        return;
+    }
     char why[160];
-    snprintf(
-        why, sizeof(why), "gave %s within revalidate_timeout (%lld ms), asked on in the background",
-        token_wait ? "no token" : "no answer", (long long)srv->conf->cache.revalidate_timeout_ms);
+    snprintf(why, sizeof(why), "gave %s within revalidate_timeout (%lld ms)%s",
+             token_wait ? "no token" : "no answer",
+             (long long)srv->conf->cache.revalidate_timeout_ms,
+             r->revalidating ? ", asked on in the background" : "");
+    if (!r->revalidating) {
+        /* The fetch after a HEAD that named no digest: this client's own, dropped. */
+        rp_fetch_cancel(r->fetch);
+        r->fetch = NULL;
+    } else {
+        struct rp_reval *v = rp_xcalloc(1, sizeof(*v));
+        v->srv = srv;
+        v->reg = r->route.reg;
+        v->repo = rp_xstrdup(r->route.name);
+        v->tag = rp_xstrdup(r->route.ref);
+        snprintf(v->stale_digest, sizeof(v->stale_digest), "%s", r->stale_digest);
+        v->fetch = r->fetch;
+        r->fetch = NULL;
+        rp_fetch_rebind(v->fetch, &reval_cb, v);
+        TAILQ_INSERT_TAIL(&srv->revals, v, link);
+        r->revalidating = false;
+    }
     if (stale_answer(r, why, 0))
         return;
     struct rp_fetch_result res = {
