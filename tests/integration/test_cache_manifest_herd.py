@@ -174,7 +174,10 @@ def test_expired_tag_head_herd_one_revalidation(t):
     proxy (it took 1.5 s before, and a loaded machine let a HEAD arrive after it)."""
     hold = threading.Event()
     up, release, m, d = _held_upstream(t, hold)
-    p = t.proxy(registries=[up.conf(tag_ttl="1s")], admin={"log_level": "debug"})
+    # Held until every request is in, however long a loaded machine takes: no
+    # revalidate_timeout to serve the tag stale first.
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], admin={"log_level": "debug"},
+                cache={"revalidate_timeout": "0"})
     path = "/v2/ns/multi/manifests/v1"
     eq(p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status, 200, "first GET")
     time.sleep(2.2)  # past tag_ttl
@@ -269,7 +272,10 @@ def test_expired_tag_herd_upstream_failing_one_revalidation(t):
         return False  # cut without an answer
     up = rawup.RawUpstream(t, h)
     t.defer(release.set)
-    p = t.proxy(registries=[up.conf(tag_ttl="1s")], admin={"log_level": "debug"})
+    # Held until every request is in, however long a loaded machine takes: no
+    # revalidate_timeout to serve the tag stale first.
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], admin={"log_level": "debug"},
+                cache={"revalidate_timeout": "0"})
     path = "/v2/ns/st/manifests/v1"
     eq(p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status, 200, "first GET")
     time.sleep(2.2)  # tag ages are whole seconds
