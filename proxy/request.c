@@ -2218,6 +2218,7 @@ struct rp_reval {
     const struct rp_conf_registry *reg;
     char *repo, *tag;
     char stale_digest[RP_DIGEST_MAX + 1];
+    int64_t stale_fetched_s; /* the tag's recorded time at the handoff */
     struct rp_fetch *fetch;
     int status;
     char *digest, *type; /* upstream's Docker-Content-Digest and Content-Type, when usable */
@@ -2275,6 +2276,15 @@ static const char *reval_record(struct rp_reval *v)
     struct rp_cache *c = v->srv->cache;
     const char *reg = v->reg->name, *d = v->digest, *data, *type;
     size_t len;
+    /* The answer is as of when the question was asked. A tag recorded again since (another
+     * client's revalidation or fetch found it moved, or refreshed it) holds a newer answer,
+     * which this late one must not undo: the old digest back, fresh, or the tag forgotten. */
+    char now_digest[RP_DIGEST_MAX + 1];
+    int64_t now_fetched_s = 0;
+    if (rp_cache_tag_get(c, reg, v->repo, v->tag, now_digest, sizeof(now_digest), &now_fetched_s) !=
+            RP_CACHE_OK ||
+        strcmp(now_digest, v->stale_digest) != 0 || now_fetched_s != v->stale_fetched_s)
+        return "the tag changed meanwhile, left as it is";
     if (v->status == 404) {
         rp_cache_tag_delete(c, reg, v->repo, v->tag);
         return "gone upstream, forgotten";
@@ -2343,6 +2353,11 @@ static void up_deadline_cb(void *arg, bool token_wait)
         v->repo = rp_xstrdup(r->route.name);
         v->tag = rp_xstrdup(r->route.ref);
         snprintf(v->stale_digest, sizeof(v->stale_digest), "%s", r->stale_digest);
+        char digest[RP_DIGEST_MAX + 1];
+        if (rp_cache_tag_get(srv->cache, r->route.reg->name, r->route.name, r->route.ref, digest,
+                             sizeof(digest), &v->stale_fetched_s) != RP_CACHE_OK ||
+            strcmp(digest, v->stale_digest) != 0)
+            v->stale_fetched_s = -1; /* changed already: the answer records nothing */
         v->fetch = r->fetch;
         r->fetch = NULL;
         rp_fetch_rebind(v->fetch, &reval_cb, v);

@@ -389,6 +389,58 @@ def test_revalidation_past_deadline_no_longer_stale_waits(t):
     eq([x[1] for x in up.seen(path)], ["GET", "HEAD"], "upstream requests")
 
 
+def test_background_revalidation_does_not_undo_a_newer_answer(t):
+    """A revalidation finishing in the background answers as of when it was asked. A tag
+    recorded again meanwhile (another client's revalidation found it moved) is newer than
+    that answer: the late answer must not put the tag back to the old digest, fresh."""
+    m, d, _l, _ld, _c, _cd = rawup.image()
+    m2 = m.replace(b'"schemaVersion": 2', b'"schemaVersion":  2')
+    check(m2 != m, "could not make a second manifest")
+    d2 = lib.sha256(m2)
+    release, hold = threading.Event(), threading.Event()
+    current = [(m, d)]
+    held = []
+
+    def h(r):
+        if "/manifests/" not in r.path:
+            r.send(404, b"")
+            return False
+        body, digest = current[0]  # the tag as upstream has it when asked
+        if hold.is_set() and r.method == "HEAD" and not held:
+            held.append(r.n)
+            release.wait(120)
+        r.answer(body, "application/vnd.oci.image.manifest.v1+json", digest)
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    path = "/v2/ns/a/manifests/v1"
+    p = t.proxy(registries=[up.conf(tag_ttl="5s")],
+                cache={"max_stale": "1h", "revalidate_timeout": "1s"})
+    eq((p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status), 200, "first GET")
+    _past(time.time(), 5)
+    hold.set()
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL}, timeout=30)
+    _stale(r, d, "ns/a:v1 past tag_ttl, its revalidation held")
+    # The tag moves upstream; a client that cannot be served stale (a reload set max_stale
+    # 0) revalidates it again, is answered at once, and the tag follows.
+    current[0] = (m2, d2)
+    p.cache["max_stale"] = "0s"
+    p.write_conf()
+    os.kill(p.pid, signal.SIGHUP)
+    lib.wait_until(lambda: "reload (SIGHUP): configuration applied" in p.log_text(), 10,
+                   "the reload")
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL}, timeout=30)
+    eq((r.status, lib.sha256(r.body)), (200, d2), "ns/a:v1 revalidated once it moved")
+    # The held HEAD, asked before the move, now answers the old digest.
+    release.set()
+    lib.wait_until(lambda: "repo=ns/a tag=v1 finished in the background" in p.log_text(), 20,
+                   "the background revalidation's end")
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, d2, "HIT"),
+       "ns/a:v1 after the late background answer (log: %s)"
+       % [ln for ln in p.log_text().splitlines() if "background" in ln])
+
+
 def test_upstream_errors(t):
     """500, 503 and 429 from upstream on revalidation: the cached tag is served STALE."""
     fr = t.s.fakereg
