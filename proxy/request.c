@@ -2258,8 +2258,10 @@ static int reval_headers_cb(void *arg, int status, const struct rp_xfer_headers 
     const char *d = h->docker_content_digest;
     if (d && rp_valid_digest(d, strlen(d)))
         v->digest = rp_xstrdup(d);
-    if (h->content_type && rp_header_value_safe(h->content_type))
+    if (h->content_type && rp_header_value_safe(h->content_type)) {
         v->type = rp_xstrdup(h->content_type);
+        rp_media_type_normalize(v->type); /* as up_headers_cb keeps a manifest's type */
+    }
     return 0;
 }
 

@@ -6,6 +6,7 @@ digests are served as hits; content that was never cached gets 503 UNAVAILABLE n
 upstream error, never 404; past tag_ttl + max_stale the stale tag is no longer served. When
 upstream comes back the tag revalidates."""
 import base64
+import hashlib
 import json
 import math
 import os
@@ -439,6 +440,54 @@ def test_background_revalidation_does_not_undo_a_newer_answer(t):
     eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")), (200, d2, "HIT"),
        "ns/a:v1 after the late background answer (log: %s)"
        % [ln for ln in p.log_text().splitlines() if "background" in ln])
+
+
+def test_background_revalidation_moved_with_charset_type(t):
+    """quay.io, pulp and Satellite append '; charset=utf-8' to manifest Content-Types. A tag
+    found moved in the background is recorded as the request records it: with the type as
+    the proxy keeps types (no parameters), which for a type its list names is no type at
+    all, in the tag file format (RPTAG 1) that earlier versions read."""
+    m, d, _l, _ld, _c, _cd = rawup.image()
+    m2 = m.replace(b'"schemaVersion": 2', b'"schemaVersion":  2')
+    current = [(m, d)]
+    release, hold = threading.Event(), threading.Event()
+
+    def h(r):
+        if "/manifests/" not in r.path:
+            r.send(404, b"")
+            return False
+        if hold.is_set():
+            release.wait(120)
+        body, digest = current[0]
+        r.answer(body, "application/vnd.oci.image.manifest.v1+json; charset=utf-8", digest)
+        return False
+    up = rawup.RawUpstream(t, h)
+    t.defer(release.set)
+    p = t.proxy(registries=[up.conf(tag_ttl="5s")], cache={"revalidate_timeout": "1s"})
+    path = "/v2/ns/a/manifests/v1"
+
+    def tag_head():
+        k = hashlib.sha256(("%s\0%s\0%s\0" % ("raw.test", "ns/a", "v1")).encode()).hexdigest()
+        with open(os.path.join(p.cache_dir, "tags", k[:2], k), "rb") as f:
+            return f.read().split(b"\n")[0]
+    eq((p.get(path, headers={"Accept": lib.ACCEPT_ALL}).status), 200, "first GET")
+    check(tag_head().startswith(b"RPTAG 1 "), "the tag file: %r" % tag_head())
+    _past(time.time(), 5)
+    current[0] = (m2, lib.sha256(m2))
+    hold.set()
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL}, timeout=30)
+    _stale(r, d, "ns/a:v1 past tag_ttl, upstream holding the revalidation")
+    hold.clear()
+    release.set()
+    lib.wait_until(lambda: "repo=ns/a tag=v1 finished in the background: moved" in p.log_text(),
+                   20, "the background revalidation's end")
+    check(tag_head().startswith(b"RPTAG 1 "),
+          "the tag file after the background revalidation found it moved: %r" % tag_head())
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, lib.sha256(r.body)), (200, current[0][1]), "ns/a:v1 after it moved")
+    accepts = [x[3].get("accept", "") for x in up.seen(path) if x[1] == "HEAD"]
+    check(all("charset" not in a for a in accepts),
+          "revalidations asked with a recorded type's parameters: %r" % accepts)
 
 
 def test_upstream_errors(t):
