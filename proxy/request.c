@@ -2123,6 +2123,10 @@ static void up_done_cb(void *arg, const struct rp_fetch_result *res)
                              d, tag_type(r, d), rp_wall_s());
             if (manifest_from_cache(r, d, "REVALIDATED"))
                 return;
+            /* Of a type this client does not take: its own fetch follows. The old digest is
+             * no longer the tag's: not answered stale should that fetch fail or be slow (past
+             * revalidate_timeout, revalidate_deadline). */
+            r->have_stale = false;
         }
         if (named && !cached && r->head && rp_header_value_safe(r->up_h.content_type) &&
             accept_allows(r->accept, r->up_h.content_type)) {

@@ -3,6 +3,7 @@
 HEAD and GET by tag agree on a miss; containerd's HEAD-then-GET-by-digest records the tag
 (hits, and stale answers in an outage); `*/*;q=0` accepts nothing more; sha512 by digest."""
 import hashlib
+import json
 import time
 
 import lib
@@ -253,6 +254,46 @@ def test_get_seeing_moved_tag_not_answered_stale(t):
     check(r.status != 200 or r.header("Docker-Content-Digest") != d1,
           "GET past tag_ttl, upstream HEAD naming %s then its GET failing: answered %r with "
           "the old digest %s" % (d2, (r.status, r.header("X-Regproxy-Cache")), d1))
+
+
+def test_get_seeing_tag_moved_to_cached_other_type_not_answered_stale(t):
+    """As above, with the tag moved to a manifest the repository has cached already (an
+    index pulled by digest) of a type this client does not take: its own fetch follows, and
+    when that fails (5xx), or is slow past revalidate_timeout, the client must not get the
+    old manifest as STALE either: the tag names the index now."""
+    m1, d1, _, _, _, _ = rawup.image()
+    idx = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI, "digest": d1, "size": len(m1),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+    d2 = rawup.sha256(idx)
+    state = {"tag": (m1, d1, OCI)}
+
+    def h(r):
+        if r.path == "/v2/ns/mv/manifests/v1":
+            m, d, mt = state["tag"]
+            if r.method == "GET" and d == d2:
+                r.send(503, b"")
+            else:
+                r.answer(m, mt, d)
+        elif r.path == "/v2/ns/mv/manifests/" + d2:
+            r.answer(idx, OCI_INDEX, d2)
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf(tag_ttl="1s")], cache={"max_stale": "1h"})
+    path = "/v2/ns/mv/manifests/v1"
+    g = p.get(path, headers={"Accept": OCI})
+    eq((g.status, g.header("Docker-Content-Digest")), (200, d1), "GET by tag fills it")
+    g = p.get("/v2/ns/mv/manifests/" + d2, headers={"Accept": CONTAINERD})
+    eq((g.status, g.header("Docker-Content-Digest")), (200, d2), "GET of the index by digest")
+    state["tag"] = (idx, d2, OCI_INDEX)
+    time.sleep(2.2)
+    r = p.get(path, headers={"Accept": OCI})
+    check(r.status != 200 or r.header("Docker-Content-Digest") != d1,
+          "GET past tag_ttl, upstream HEAD naming the cached index %s then its GET failing: "
+          "answered %r with the old digest %s" % (d2, (r.status, r.header("X-Regproxy-Cache")),
+                                                  d1))
 
 
 def test_schema1_get_names_the_payload_digest(t):
