@@ -392,9 +392,7 @@ static int from_secret(struct cred_parse *c, json_t *secret, struct rp_conf_auth
     json_error_t e;
     inner = json_loadb(decoded, decl, JSON_REJECT_DUPLICATES, &e);
     if (!inner) {
-        char *near = strstr(e.text, " near "); /* would quote the secret */
-        if (near)
-            *near = '\0';
+        rp_conf_json_error_scrub(e.text); /* it would quote the secret */
         cfail(c, DCJ " does not decode to JSON: line %d, column %d: %s", e.line, e.column, e.text);
         rp_secure_zero(&e, sizeof(e));
         goto out;

@@ -27,6 +27,10 @@ int rp_conf_read_fd(int fd, const struct stat *st, size_t cap, const char *too_b
 
 /* NUL bytes, or bytes that are not UTF-8: not a text document. */
 bool rp_conf_is_binary(const char *text, size_t len);
+/* Cuts a jansson error message (json_error_t.text) before any part that quotes the input:
+ * "near '<token>'", "control character 0x9", "invalid Unicode escape '\u12G4'". The input
+ * may be a credential file, whose strings are secrets. */
+void rp_conf_json_error_scrub(char *text);
 
 /* Parses JSON (first non-space byte '{' or '[') or else YAML into a jansson tree. YAML:
  * one document only, no aliases, mapping keys must be scalars and unique; plain scalars

@@ -120,17 +120,32 @@ void rp_conf_buf_add_safe(struct rp_buf *b, const char *s)
 
 /* ---- JSON ---- */
 
+void rp_conf_json_error_scrub(char *text)
+{
+    /* What follows these quotes the input (perhaps a password): "near '<token>'", a byte
+     * as "0x9", an escape as "'\\u12G4'" ("invalid Unicode escape '...'", "invalid Unicode
+     * '\\u...'"). The messages' own quotes ("'[' or '{' expected") stay. */
+    static const char *const marks[] = {" near ", " 0x", " '\\u", " '"};
+    char *cut = NULL;
+    for (size_t i = 0; i < sizeof(marks) / sizeof(marks[0]); i++) {
+        char *at = strstr(text, marks[i]);
+        /* " '" only after "escape": elsewhere it opens the message's own quote. */
+        if (at && i == 3 && (at - text < 6 || strncmp(at - 6, "escape", 6) != 0))
+            at = NULL;
+        if (at && (!cut || at < cut))
+            cut = at;
+    }
+    if (cut)
+        *cut = '\0';
+}
+
 static json_t *json_load(const char *text, size_t len, char *why, size_t whylen)
 {
     json_error_t e;
     json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &e);
     if (j)
         return j;
-    /* jansson ends many messages with "near '<token>'": the token is the input's own text
-     * (perhaps a password), so the message stops before it. */
-    char *near = strstr(e.text, " near ");
-    if (near)
-        *near = '\0';
+    rp_conf_json_error_scrub(e.text);
     snprintf(why, whylen, "invalid JSON at line %d, column %d: %s", e.line, e.column, e.text);
     rp_secure_zero(&e, sizeof(e));
     return NULL;

@@ -1546,6 +1546,13 @@ static void test_auth_errors(void)
                     "pull.json: data.\".dockerconfigjson\" is not a string");
     expect_auth_err("kind: Secret\ndata: [1]\n", "x", 443,
                     "pull.json: Secret \"data\" is not an object");
+    /* jansson quotes what it stopped at: a byte of a password, or its escape. */
+    expect_auth_err("{\"auths\": {\"x\": {\"auth\": \"se\tcret\"}}}", "x", 443,
+                    "pull.json: invalid JSON at line 1, column 28: control character");
+    expect_auth_err("{\"auths\": {\"x\": {\"auth\": \"se\\u12G4cret\"}}}", "x", 443,
+                    "pull.json: invalid JSON at line 1, column 33: invalid escape");
+    expect_auth_err("{\"auths\": {\"x\": {\"auth\": \"\\ud800\\u0041\"}}}", "x", 443,
+                    "pull.json: invalid JSON at line 1, column 39: invalid Unicode");
     char *notjson = b64("auths: {}");
     t = rp_xasprintf("kind: Secret\ndata:\n  .dockerconfigjson: %s\n", notjson);
     expect_auth_err(t, "x", 443,
