@@ -156,10 +156,10 @@ def test_unreachable_registry_not_asked_again_at_once(t):
     eq((r.status, lib.sha256(r.body), r.header("X-Regproxy-Cache")),
        (200, digests["multi"], "REVALIDATED"), "ns/multi:v1 once the registry answered")
 
-def _held_registry(t):
-    """A plain-HTTP upstream answering manifests at once until hold is set; then each waits
-    for release and answers current[0] (manifest bytes, digest). Returns (up, hold, release,
-    current, (m, d)): the image it starts with."""
+def _held_registry(t, content_type="application/vnd.oci.image.manifest.v1+json"):
+    """A plain-HTTP upstream answering manifests (as content_type) at once until hold is
+    set; then each waits for release and answers current[0] (manifest bytes, digest).
+    Returns (up, hold, release, current, (m, d)): the image it starts with."""
     m, d, _l, _ld, _c, _cd = rawup.image()
     release, hold = threading.Event(), threading.Event()
     current = [(m, d)]
@@ -171,7 +171,7 @@ def _held_registry(t):
         if hold.is_set():
             release.wait(120)
         body, digest = current[0]
-        r.answer(body, "application/vnd.oci.image.manifest.v1+json", digest)
+        r.answer(body, content_type, digest)
         return False
     up = rawup.RawUpstream(t, h)
     t.defer(release.set)
@@ -447,22 +447,9 @@ def test_background_revalidation_moved_with_charset_type(t):
     found moved in the background is recorded as the request records it: with the type as
     the proxy keeps types (no parameters), which for a type its list names is no type at
     all, in the tag file format (RPTAG 1) that earlier versions read."""
-    m, d, _l, _ld, _c, _cd = rawup.image()
+    up, hold, release, current, (m, d) = _held_registry(
+        t, "application/vnd.oci.image.manifest.v1+json; charset=utf-8")
     m2 = m.replace(b'"schemaVersion": 2', b'"schemaVersion":  2')
-    current = [(m, d)]
-    release, hold = threading.Event(), threading.Event()
-
-    def h(r):
-        if "/manifests/" not in r.path:
-            r.send(404, b"")
-            return False
-        if hold.is_set():
-            release.wait(120)
-        body, digest = current[0]
-        r.answer(body, "application/vnd.oci.image.manifest.v1+json; charset=utf-8", digest)
-        return False
-    up = rawup.RawUpstream(t, h)
-    t.defer(release.set)
     p = t.proxy(registries=[up.conf(tag_ttl="5s")], cache={"revalidate_timeout": "1s"})
     path = "/v2/ns/a/manifests/v1"
 
