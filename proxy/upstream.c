@@ -33,6 +33,7 @@ struct rp_xfer {
     size_t header_bytes;
     bool in_head; /* past a response's status line, before the blank line ending its head */
     bool headers_done;
+    bool te_seen; /* the head being read has a Transfer-Encoding: its Content-Length is void */
     bool cancelled;
     /* Why header_cb refused the answer (a static string), for the error in place of curl's
      * "Failed writing received data to disk/application". */
@@ -314,6 +315,7 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         /* A response's first line (the first, or the next after a 1xx): forget what a 1xx
          * said. The byte budget counts every response: endless 1xx are bounded too. */
         headers_clear(&x->h);
+        x->te_seen = false;
         x->in_head = true;
         const char *sp = memchr(buf, ' ', n);
         x->line_status = 0;
@@ -332,7 +334,10 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         if (status >= 100 && status < 200)
             return n;
         x->headers_done = true;
-        if (x->h.content_length) {
+        /* With a Transfer-Encoding, a Content-Length is to be ignored (RFC 9112 6.3), and
+         * curl reads a chunked answer by its chunks. Taken as the size, it made a right
+         * blob fail its size check, and told owners a length the body does not have. */
+        if (x->h.content_length && !x->te_seen) {
             uint64_t v;
             if (rp_parse_u64(x->h.content_length, strlen(x->h.content_length), &v) == 0 &&
                 v <= INT64_MAX)
@@ -348,6 +353,7 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
     if (rp_strieq_n(buf, (size_t)(colon - buf), "transfer-encoding")) {
         /* The last coding of the last such line is the framing (RFC 9112 6.1). */
         x->h.chunked = rp_http_te_chunked(colon + 1, (size_t)(buf + len - (colon + 1)));
+        x->te_seen = true;
         return n;
     }
     char **slot = header_slot(&x->h, buf, (size_t)(colon - buf));

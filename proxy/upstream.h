@@ -36,7 +36,7 @@ struct rp_xfer_headers {
 #define RP_XFER_HEADER_MEMBER(field, name) char *field;
     RP_XFER_HEADER_FIELDS(RP_XFER_HEADER_MEMBER)
 #undef RP_XFER_HEADER_MEMBER
-    int64_t length; /* parsed Content-Length, or -1 */
+    int64_t length; /* parsed Content-Length, or -1 (also beside a Transfer-Encoding) */
     bool chunked;   /* Transfer-Encoding ends in chunked: curl tells a cut from the end */
 };
 

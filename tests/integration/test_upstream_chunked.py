@@ -122,6 +122,33 @@ def test_chunked_blob_herd_one_upstream_get(t):
     eq(len(_blob_gets(up, ld)), 1, "upstream GETs after the hit")
 
 
+def test_chunked_blob_with_a_content_length_too(t):
+    """A chunked 200 that also carries a Content-Length (a wrong one here): the chunked
+    framing is the answer's length, the Content-Length is to be ignored (RFC 9112 6.3), and
+    curl reads it so. The proxy took the Content-Length for the blob's size and refused the
+    whole, right blob ("content does not match its size"), for a plain GET and a Range alike."""
+    blobs, ld, layer = _image()
+
+    def send(r, body):
+        r.raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+              b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        for off in range(0, len(body), CHUNK):
+            piece = body[off:off + CHUNK]
+            r.raw(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        r.raw(b"0\r\n\r\n")
+    up = _registry(t, blobs, send)
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/blobs/" + ld
+    r = lib.stream_get(p.port, path, headers={"Range": "bytes=100-"})
+    eq((r.status, r.complete, r.digest), (206, True, rawup.sha256(layer[100:])),
+       "a Range of a chunked blob with a wrong Content-Length (%r)" % r)
+    lib.wait_until(lambda: os.path.isfile(lib.cache_path(p.cache_dir, "blobs", ld)), 10,
+                   "the verified blob to be cached")
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.complete, r.digest, r.length, r.header("x-regproxy-cache")),
+       (200, True, ld, len(layer), "HIT"), "GET after the fill")
+
+
 def test_chunked_blobs_skopeo_pull(t):
     """skopeo pulls an image whose config and layer upstream sends chunked, every digest
     checked."""
