@@ -174,6 +174,11 @@ static void check_multi_info(struct rp_upstream *up)
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
         long status = 0;
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        /* curl takes a connection closed inside a head for the end of a whole answer (with
+         * no body): it is a cut, as one inside the body is, not the registry's answer. */
+        bool cut_head = rc == CURLE_OK && x->in_head && !x->headers_done;
+        if (cut_head)
+            rc = CURLE_RECV_ERROR;
         if (!x->cancelled && x->cb.on_done_cb) {
             char err[CURL_ERROR_SIZE + 256];
             enum rp_xfer_error xe = classify(rc);
@@ -195,6 +200,8 @@ static void check_multi_info(struct rp_upstream *up)
                  * names only an address). */
                 snprintf(err, sizeof(err), "cannot reach the egress proxy %.160s: %s", x->proxy,
                          x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+            } else if (cut_head) {
+                snprintf(err, sizeof(err), "the connection closed inside the answer's head");
             } else if (rc == CURLE_WRITE_ERROR && x->refused) {
                 snprintf(err, sizeof(err), "%s", x->refused);
                 if (status == 0) /* an answer arrived: not "unreachable" */

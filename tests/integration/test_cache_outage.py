@@ -549,3 +549,36 @@ def test_basic_credentials_refused(t):
     eq((r.status, r.error_codes()), (502, ["UNAUTHORIZED"]),
        "GET of a tag never cached while upstream refuses the credentials (body %r)"
        % r.body[:200])
+
+
+def test_answer_cut_inside_its_head_served_stale(t):
+    """A registry whose connection closes partway through the head of its answer (a load
+    balancer dropping it during a restart) is failing, not answering: the cached tag is
+    served STALE. curl takes a close inside a head for the end of a complete answer, and the
+    proxy took that for an unusable answer of the registry's (a 502, "upstream answered 200
+    and no final answer followed"), so the stale tag was not served."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+    cut = threading.Event()
+
+    def h(r):
+        if r.path == "/v2/ns/x/manifests/v1":
+            if cut.is_set():
+                r.raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest"
+                      b".v1+json\r\nDocker-Content-")
+            else:
+                r.answer(m, "application/vnd.oci.image.manifest.v1+json", md)
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()], cache={"tag_ttl": "1s"})
+    path = "/v2/ns/x/manifests/v1"
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    t_fetched = time.time()
+    eq((r.status, r.header("X-Regproxy-Cache")), (200, "MISS"), "first GET %s" % path)
+    _past(t_fetched, 1)
+    cut.set()
+    r = p.get(path, headers={"Accept": lib.ACCEPT_ALL})
+    _stale(r, md, "GET the cached tag while upstream cuts its answers inside the head")
+    check(len([x for x in up.seen(path) if x[1] in ("HEAD", "GET")]) >= 2,
+          "the proxy asked upstream again")
