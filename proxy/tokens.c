@@ -31,6 +31,9 @@ struct rp_token_fetch {
     struct rp_buf body;
     int64_t started_ms;
     bool waking; /* answered: its waiters are being woken, no new one may join */
+    /* Why the answer was refused (a static string), for the error in place of curl's
+     * "Failed writing received data to disk/application". */
+    const char *refused;
     struct waiter_list waiters;
     TAILQ_ENTRY(rp_token_fetch) link;
 };
@@ -44,17 +47,28 @@ static void fetch_free(struct rp_token_fetch *f)
     free(f);
 }
 
+#define TOKEN_TOO_BIG "the token realm's answer exceeds 64 KiB"
+_Static_assert(RP_ERROR_BODY_MAX == 64 * 1024, "TOKEN_TOO_BIG names RP_ERROR_BODY_MAX");
+
 static int fetch_headers_cb(void *arg, int status, const struct rp_xfer_headers *h)
 {
     (void)status;
-    (void)arg;
-    return h->length > RP_ERROR_BODY_MAX ? -1 : 0;
+    struct rp_token_fetch *f = arg;
+    if (h->length > RP_ERROR_BODY_MAX) {
+        f->refused = TOKEN_TOO_BIG;
+        return -1;
+    }
+    return 0;
 }
 
 static long fetch_data_cb(void *arg, const char *p, size_t n)
 {
     struct rp_token_fetch *f = arg;
-    return rp_buf_add(&f->body, p, n) < 0 ? -1 : (long)n;
+    if (rp_buf_add(&f->body, p, n) < 0) {
+        f->refused = TOKEN_TOO_BIG;
+        return -1;
+    }
+    return (long)n;
 }
 
 /* Wakes every waiter, then frees f: with the answer (e, xe, err), or, when stale, told to
@@ -85,6 +99,8 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
     bool ok = xe == RP_XFER_OK;
     struct rp_token_fetch *f = arg;
     f->xfer = NULL;
+    if (f->refused && !ok)
+        err = f->refused;
     if (f->generation != rp_auth_generation(f->auth)) {
         /* A reload replaced the credentials this token was asked with (they may have been
          * revoked, or belong to an account that may see more than the new one): the answer

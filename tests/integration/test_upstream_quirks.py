@@ -949,3 +949,39 @@ def test_manifest_jansson_cannot_read_served_by_tag(t):
         # No digest to vouch for the bytes: unreadable, they may be a body cut short.
         r = p.get("/v2/ns/x/manifests/nodigest-" + name, headers={"Accept": lib.ACCEPT_ALL})
         eq(r.status, 502, "GET ns/x:nodigest-%s (no Docker-Content-Digest)" % name)
+
+
+def test_token_answer_too_big_is_named(t):
+    """A token realm whose answer is past the 64 KiB the proxy keeps of one (chunked, or
+    with its Content-Length): the client's error and the log say so, not curl's "Failed
+    writing received data to disk/application", which sent an admin to look at the disk."""
+    tok = json.dumps({"token": "x" * 70000, "expires_in": 600}).encode()
+
+    def h(r):
+        path = r.path.split("?")[0]
+        if path.startswith("/token"):
+            if path == "/token/chunked":
+                r.raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+                      b"%x\r\n" % len(tok) + tok + b"\r\n0\r\n\r\n")
+            else:
+                r.send(200, tok, [("Content-Type", "application/json")])
+            return False
+        if not (r.h("authorization") or "").startswith("Bearer "):
+            realm = "%s/token%s" % (up.url, "/chunked" if "/chunked/" in r.path else "")
+            r.send(401, b'{"errors":[]}', [("Content-Type", "application/json"),
+                   ("WWW-Authenticate", 'Bearer realm="%s",service="svc"' % realm)])
+            return False
+        r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    for how in ("sized", "chunked"):
+        realm = "%s/token%s" % (up.url, "/chunked" if how == "chunked" else "")
+        p = t.proxy(registries=[up.conf(token_realms=realm)])
+        r = p.get("/v2/%s/x/manifests/v1" % ("chunked" if how == "chunked" else "ns"),
+                  headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, 503, "%s: status (%r)" % (how, r.body))
+        err = _body_json(r)["errors"][0]["detail"]["error"]
+        eq(err, "the token realm's answer exceeds 64 KiB", "%s: the error" % how)
+        lib.wait_until(lambda: "the token realm's answer exceeds 64 KiB" in p.log_text(), 10,
+                       "%s: the log names it" % how)
