@@ -33,7 +33,8 @@ struct rp_xfer {
     size_t header_bytes;
     bool in_head; /* past a response's status line, before the blank line ending its head */
     bool headers_done;
-    bool te_seen; /* the head being read has a Transfer-Encoding: its Content-Length is void */
+    bool te_seen;     /* the head being read has a Transfer-Encoding: its Content-Length is void */
+    bool cl_conflict; /* it has Content-Length lines of different values */
     bool cancelled;
     /* Why header_cb refused the answer (a static string), for the error in place of curl's
      * "Failed writing received data to disk/application". */
@@ -323,6 +324,7 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
          * said. The byte budget counts every response: endless 1xx are bounded too. */
         headers_clear(&x->h);
         x->te_seen = false;
+        x->cl_conflict = false;
         x->in_head = true;
         const char *sp = memchr(buf, ' ', n);
         x->line_status = 0;
@@ -341,6 +343,12 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         if (status >= 100 && status < 200)
             return n;
         x->headers_done = true;
+        if (x->cl_conflict && !x->te_seen) {
+            /* Which one frames the body is anybody's guess (curl takes the last, we took the
+             * first): an unrecoverable error for a proxy (RFC 9112 6.3). */
+            x->refused = "the answer has Content-Length lines of different values";
+            return 0;
+        }
         /* With a Transfer-Encoding, a Content-Length is to be ignored (RFC 9112 6.3), and
          * curl reads a chunked answer by its chunks. Taken as the size, it made a right
          * blob fail its size check, and told owners a length the body does not have. */
@@ -377,6 +385,9 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userp)
         return 0;
     }
     if (*slot) {
+        if (slot == &x->h.content_length &&
+            (strlen(*slot) != (size_t)(end - v) || memcmp(*slot, v, (size_t)(end - v)) != 0))
+            x->cl_conflict = true;
         /* Repeated headers: the first wins, except WWW-Authenticate, Link and Allow which
          * may be split across lines and are joined as a list (RFC 9110 5.3): a 405's Allow
          * over several lines names every method of them. */

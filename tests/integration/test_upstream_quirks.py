@@ -985,3 +985,31 @@ def test_token_answer_too_big_is_named(t):
         eq(err, "the token realm's answer exceeds 64 KiB", "%s: the error" % how)
         lib.wait_until(lambda: "the token realm's answer exceeds 64 KiB" in p.log_text(), 10,
                        "%s: the log names it" % how)
+
+
+def test_conflicting_content_lengths_refused(t):
+    """An answer with two Content-Length lines of different values: which one frames the
+    body is anybody's guess (curl read by the last, the proxy announced the first), and a
+    proxy must treat it as an unrecoverable error (RFC 9112 6.3): a 502 naming it, nothing
+    cached. The same value twice is only redundant, and served."""
+    m, md, layer, ld, cfg, cd = rawup.image()
+
+    def h(r):
+        first = "10" if r.path == "/v2/ns/x/manifests/v1" else str(len(m))
+        if r.path in ("/v2/ns/x/manifests/v1", "/v2/ns/y/manifests/v1"):
+            r.raw(("HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %s\r\n"
+                   "Content-Length: %d\r\nConnection: close\r\n\r\n" % (MT, first, len(m)))
+                  .encode() + (m if r.method == "GET" else b""))
+        else:
+            r.send(404, b"")
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    for i in range(2):
+        r = p.get("/v2/ns/x/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+        eq(r.status, 502, "answer %d with Content-Length 10 and %d (%r)" % (i, len(m), r.body))
+        eq(_body_json(r)["errors"][0]["detail"]["error"],
+           "the answer has Content-Length lines of different values", "answer %d: error" % i)
+    eq(len(up.seen("/v2/ns/x/manifests/v1")), 2, "each GET asked upstream: nothing cached")
+    r = p.get("/v2/ns/y/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "the same Content-Length twice")
