@@ -88,6 +88,7 @@ static int descriptor(json_t *d, enum rp_ref_kind kind, struct rp_manifest_ref *
             *why = "a platform is not an object";
             return -1;
         }
+        out->has_platform = p != NULL;
         if (p && (str_member(p, "os", out->os, sizeof(out->os), false) != 0 ||
                   str_member(p, "architecture", out->arch, sizeof(out->arch), false) != 0 ||
                   str_member(p, "variant", out->variant, sizeof(out->variant), false) != 0)) {
@@ -318,7 +319,9 @@ static bool variant_runs(const char *arch, const char *want, const char *have)
 
 bool rp_platforms_match(const struct rp_platforms *p, const struct rp_manifest_ref *child)
 {
-    if (!p)
+    /* No platform: for every one (containerd's images.FilterPlatforms keeps a descriptor
+     * whose Platform is nil, and pulls it when nothing more specific matches). */
+    if (!p || (child->kind == RP_REF_CHILD && !child->has_platform))
         return true;
     for (size_t i = 0; i < p->n; i++) {
         const struct platform *pl = &p->v[i];

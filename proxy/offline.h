@@ -66,6 +66,7 @@ struct rp_manifest_ref {
     /* RP_REF_CHILD: platform.os, .architecture, .variant ("" when absent) */
     char os[RP_PLATFORM_PART_MAX + 1], arch[RP_PLATFORM_PART_MAX + 1],
         variant[RP_PLATFORM_PART_MAX + 1];
+    bool has_platform; /* RP_REF_CHILD: the descriptor has a "platform" object */
 };
 
 struct rp_manifest_refs {
@@ -92,8 +93,9 @@ extern unsigned long rp_manifest_refs_calls;
 struct rp_platforms;
 /* NULL s: no filter (every platform). Returns 0, or -1 with a reason in err. */
 int rp_platforms_parse(const char *s, struct rp_platforms **out, char *err, size_t errlen);
-/* Whether an index child is wanted: every child when p is NULL; otherwise os and arch
- * equal and, when the filter item names a variant, the variant too. */
+/* Whether an index child is wanted: every child when p is NULL, and one whose descriptor
+ * names no platform (it is for every platform, as containerd's pulls take it); otherwise
+ * os and arch equal and, when the filter item names a variant, the variant too. */
 bool rp_platforms_match(const struct rp_platforms *p, const struct rp_manifest_ref *child);
 void rp_platforms_free(struct rp_platforms *p);
 

@@ -158,6 +158,28 @@ def test_platform_index_of_indexes(t):
        % (out, err[-500:]))
 
 
+def test_platform_child_without_platform(t):
+    """An index entry that names no platform is for every platform: containerd's pulls take
+    it (images.FilterPlatforms keeps a descriptor whose Platform is nil). mirror --platform
+    left it out, so an index whose image names no platform failed to mirror, and an offline
+    cluster could not pull it."""
+    st = Store()
+    img = st.image("ns/noplat", "amd64")
+    st.manifest("ns/noplat", {"schemaVersion": 2, "mediaType": OCI_IDX, "manifests": [img]},
+                OCI_IDX, tag="v1")
+    up = rawup.RawUpstream(t, st.handler())
+    lst = _list(t, "ns/noplat:v1")
+    conf = _conf(os.path.join(t.tmp, "c.conf"), os.path.join(t.tmp, "cache"), up)
+    rc, out, err = _run(t, ["mirror", "-c", conf, lst, "--platform", "linux/amd64"], ok=False)
+    eq(rc, 0, "mirror --platform linux/amd64 of an index whose image names no platform "
+       "(stdout %r, stderr %r)" % (out, err[-500:]))
+    up.close()
+    p = t.proxy(registries=[{"name": NAME}],
+                cache={"dir": os.path.join(t.tmp, "cache"), "offline": "yes"})
+    r = p.get("/v2/ns/noplat/manifests/" + img["digest"], headers={"Accept": lib.ACCEPT_ALL})
+    eq(r.status, 200, "the image, offline, after the mirror")
+
+
 def test_import_disk_full_midway(t):
     """import into a cache that runs out of room half-way through the blobs: no manifest
     naming a blob that did not make it may be published (clients would start that pull and

@@ -180,6 +180,26 @@ static void test_manifest_refs(void)
         }
     }
     rp_manifest_refs_free(&r);
+    /* A child that names no platform is for every platform, as containerd's pulls take it
+     * (images.FilterPlatforms keeps a descriptor whose Platform is nil): a --platform mirror
+     * that left it out left the image unpullable offline. An empty platform object is a
+     * platform, of no os or architecture. */
+    const char *idx3 =
+        "{\"schemaVersion\":2,\"manifests\":["
+        "{\"digest\":\"sha256:1111111111111111111111111111111111111111111111111111111111111111\","
+        "\"size\":5,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"},"
+        "{\"digest\":\"sha256:2222222222222222222222222222222222222222222222222222222222222222\","
+        "\"size\":5,\"platform\":{}}]}";
+    CHECK_INT(rp_manifest_refs(idx3, strlen(idx3), &r, err, sizeof(err)), 0);
+    CHECK_INT(r.n, 2);
+    if (r.n == 2) {
+        struct rp_platforms *pl = NULL;
+        CHECK_INT(rp_platforms_parse("linux/amd64", &pl, err, sizeof(err)), 0);
+        CHECK(rp_platforms_match(pl, &r.v[0]));
+        CHECK(!rp_platforms_match(pl, &r.v[1]));
+        rp_platforms_free(pl);
+    }
+    rp_manifest_refs_free(&r);
     struct rp_platforms *p = NULL;
     CHECK_INT(rp_platforms_parse("linux", &p, err, sizeof(err)), -1);
     CHECK_INT(rp_platforms_parse("linux/amd64,", &p, err, sizeof(err)), -1);
