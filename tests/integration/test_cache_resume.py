@@ -66,6 +66,20 @@ def test_skopeo_pull_through_cuts(t):
     eq(tags.get("v1"), t.s.images["large"]["tags"]["v1"], "digest pulled through the cuts")
 
 
+def _range_starts_download(t, up, digest, blob, what):
+    """A proxy in front of up, asked bytes 10-19 of the blob: the download that starts behind
+    the range must end with the blob cached. Returns (proxy, the blob's path)."""
+    p = t.proxy(registries=[up.conf()])
+    path = "/v2/ns/x/blobs/" + digest
+    st, _, body = p.raw("GET", path, {"Range": "bytes=10-19"})
+    eq((st, body), (206, blob[10:20]), "the range that starts the download behind it")
+    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
+    lib.wait_until(lambda: os.path.isfile(blob_file) or
+                   "failed after" in open(p.log).read(), 30, "the download to end")
+    check(os.path.isfile(blob_file), "%s was not cached:\n%s" % (what, lib.tail(p.log, 10)))
+    return p, path
+
+
 def _chunked(b, size=4096):
     return b"".join(b"%x\r\n%s\r\n" % (len(b[i:i + size]), b[i:i + size])
                     for i in range(0, len(b), size))
@@ -104,15 +118,7 @@ def test_cut_chunked_download_of_known_size_resumes(t):
             pass
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[up.conf()])
-    path = "/v2/ns/x/blobs/" + digest
-    st, _, body = p.raw("GET", path, {"Range": "bytes=10-19"})
-    eq((st, body), (206, blob[10:20]), "the range that starts the download behind it")
-    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
-    lib.wait_until(lambda: os.path.isfile(blob_file) or
-                   "failed after" in open(p.log).read(), 30, "the download to end")
-    check(os.path.isfile(blob_file), "the cut download was not resumed and cached:\n%s"
-          % lib.tail(p.log, 10))
+    p, path = _range_starts_download(t, up, digest, blob, "the cut download, resumed,")
     resumed = [x for x in up.seen(path) if x[3].get("range", "").startswith("bytes=")
                and x[3]["range"] != "bytes=10-19"]
     eq([x[3]["range"] for x in resumed], ["bytes=%d-" % cut_at], "the resumption's Range")
@@ -148,15 +154,7 @@ def test_chunked_download_cut_after_its_last_byte_is_verified(t):
             pass
         return False
     up = rawup.RawUpstream(t, h)
-    p = t.proxy(registries=[up.conf()])
-    path = "/v2/ns/x/blobs/" + digest
-    st, _, body = p.raw("GET", path, {"Range": "bytes=10-19"})
-    eq((st, body), (206, blob[10:20]), "the range that starts the download behind it")
-    blob_file = lib.cache_path(p.cache_dir, "blobs", digest)
-    lib.wait_until(lambda: os.path.isfile(blob_file) or
-                   "failed after" in open(p.log).read(), 30, "the download to end")
-    check(os.path.isfile(blob_file), "the download with every byte in was not cached:\n%s"
-          % lib.tail(p.log, 10))
+    p, path = _range_starts_download(t, up, digest, blob, "the download with every byte in")
     r = lib.stream_get(p.port, path)
     eq((r.status, r.digest, r.header("x-regproxy-cache")), (200, digest, "HIT"),
        "GET once the blob is cached")

@@ -299,8 +299,8 @@ static void test_http_date(void)
 /* A file read whole; a directory, a FIFO and a file over the cap refused with the reason. */
 static void test_read_fd_whole(void)
 {
-    char dir[] = "/tmp/rp-read-XXXXXX", path[64], fifo[64], why[128];
-    CHECK(mkdtemp(dir) != NULL);
+    char dir[4096], path[4200], fifo[4200], why[128];
+    unit_mkdtemp(dir, sizeof(dir), "rp-read");
     snprintf(path, sizeof(path), "%s/f", dir);
     snprintf(fifo, sizeof(fifo), "%s/p", dir);
     FILE *f = fopen(path, "w");
