@@ -1189,7 +1189,11 @@ static void lookup(struct rp_req *r)
                 if (reval_running(srv, rt->reg, rt->name, rt->ref) &&
                     stale_answer(r, "is still being asked about it in the background", 0))
                     return;
-                /* Past its freshness: a HEAD tells whether the tag still names it. */
+                /* Past its freshness: a HEAD tells whether the tag still names it. Until
+                 * it says the tag is unchanged (REVALIDATED) or the stale tag is given
+                 * (STALE), the cache has no answer: a failure, or a client gone, is a
+                 * MISS, as nginx counts an EXPIRED entry, not a pass-through. */
+                r->cache_status = "MISS";
                 r->revalidating = true;
                 r->revalidate_from_ms = rp_now_ms();
                 start_fetch(r, true, false);

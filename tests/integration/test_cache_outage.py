@@ -99,8 +99,15 @@ def test_upstream_down(t):
 
     # Past tag_ttl (1 s) + max_stale (4 s): no longer served by tag; by digest still.
     _past(t_fetched, 6)
+    a0 = len(p.access())
     _unavailable(p.get("/v2/ns/multi/manifests/v1", headers={"Accept": lib.ACCEPT_ALL}),
                  "cached tag past tag_ttl + max_stale, upstream down")
+    # Its failed revalidation is a miss of the cache, not a pass-through (PASS is for what
+    # the cache never keeps).
+    lines = lib.settle(lambda: [a for a in p.access(a0)
+                                if a.get("path") == "/v2/ns/multi/manifests/v1"], 1)
+    eq([(a.get("status"), a.get("cache")) for a in lines], [("503", "MISS")],
+       "access line of the failed revalidation")
     r = p.get("/v2/ns/multi/manifests/" + digest, headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, lib.sha256(r.body)), (200, digest),
        "cached manifest by digest past tag_ttl + max_stale")
