@@ -68,9 +68,10 @@ static int parse_request_line(const char *p, size_t n, bool complete, size_t max
         return RP_HTTP_E_BAD;
     /* Version before target form, so the HTTP/2 preface "PRI * HTTP/2.0" reads as a version
      * error rather than an asterisk-form target. */
-    if (v[5] != '1' || (v[7] != '0' && v[7] != '1'))
+    if (v[5] != '1')
         return RP_HTTP_E_VERSION;
-    out->minor = v[7] - '0';
+    /* A later 1.x is read as 1.1, the highest we conform to (RFC 9110 2.5), as nginx does. */
+    out->minor = v[7] == '0' ? 0 : 1;
     if (out->target[0] != '/') {
         /* absolute-form, which RFC 9112 3.2.2 says a server must accept (clients set to use
          * an HTTP proxy send it): its authority is dropped, as routing never reads a host

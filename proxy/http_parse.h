@@ -29,7 +29,7 @@ struct rp_http_request_head {
     const char *target; /* origin-form "/...": as sent, or the path and query of an
                            absolute-form target (its authority dropped); others are rejected */
     size_t target_len;
-    int minor; /* HTTP/1.<minor>: 0 or 1 */
+    int minor; /* HTTP/1.<minor>: 0 or 1 (a later 1.x counts as 1.1) */
     struct rp_http_header headers[RP_HTTP_MAX_HEADERS];
     size_t n_headers;
     bool keep_alive;      /* 1.1 unless "Connection: close"; 1.0 only with keep-alive */
@@ -45,7 +45,7 @@ enum rp_http_parse_err {
     RP_HTTP_E_HEADERS_TOO_LARGE = -2, /* 431: more than RP_HTTP_MAX_HEADERS, or head longer
                                          than RP_HTTP_MAX_HEAD */
     RP_HTTP_E_URI_TOO_LONG = -3,      /* 414: target longer than the caller's limit */
-    RP_HTTP_E_VERSION = -4,           /* 505: not HTTP/1.0 or HTTP/1.1 */
+    RP_HTTP_E_VERSION = -4,           /* 505: not HTTP/1.x */
     RP_HTTP_E_FRAMING = -5,           /* 400 + close: both Content-Length and
                                          Transfer-Encoding, differing or repeated
                                          Content-Length, malformed Content-Length */

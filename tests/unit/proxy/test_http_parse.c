@@ -144,7 +144,12 @@ static void test_request_line_errors(void)
 static void test_version(void)
 {
     CHECK_INT(parse("GET /v2/ HTTP/2.0\r\nHost: x\r\n\r\n"), RP_HTTP_E_VERSION);
-    CHECK_INT(parse("GET /v2/ HTTP/1.2\r\nHost: x\r\n\r\n"), RP_HTTP_E_VERSION);
+    /* RFC 9110 2.5: a later minor version is processed as the highest we implement, 1.1
+     * (Host required, keep-alive by default). */
+    CHECK_PARSES("GET /v2/ HTTP/1.2\r\nHost: x\r\n\r\n");
+    CHECK_INT(h.minor, 1);
+    CHECK(h.keep_alive);
+    CHECK_INT(parse("GET /v2/ HTTP/1.9\r\n\r\n"), RP_HTTP_E_BAD); /* no Host, as for 1.1 */
     CHECK_INT(parse("GET /v2/ HTTP/0.9\r\nHost: x\r\n\r\n"), RP_HTTP_E_VERSION);
     CHECK_INT(parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), RP_HTTP_E_VERSION);
 }
