@@ -137,6 +137,13 @@ int rp_manifest_refs(const char *json, size_t len, struct rp_manifest_refs *out,
     json_t *manifests = json_object_get(root, "manifests");
     json_t *config = json_object_get(root, "config");
     json_t *layers = json_object_get(root, "layers");
+    if (manifests && (config || layers)) {
+        /* No index has a config or layers, no image manifest has manifests. Read as an
+         * index, its config and layers went unchecked and unpinned: an import tagged such a
+         * document, served as the image its mediaType says, with none of its layers. */
+        why = "both an index (manifests) and an image manifest (config, layers)";
+        goto out;
+    }
     if (manifests) {
         if (!json_is_array(manifests)) {
             why = "\"manifests\" is not an array";

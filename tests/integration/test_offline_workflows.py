@@ -1005,6 +1005,38 @@ def test_import_links_image_content_to_its_repo(t):
     eq(r.status, 404, "the layer from a repository the bundle does not link it to")
 
 
+def test_import_refuses_a_manifest_that_is_also_an_index(t):
+    """A bundle whose image manifest (mediaType an OCI image manifest, config and a layer the
+    bundle does not carry) also has an empty "manifests" list: import read it as an index of
+    no children, checked none of its blobs, and tagged and pinned it; the offline proxy then
+    served it as the image manifest it says it is, and its layer answered 404. No index has a
+    config or layers: such a manifest is refused, and nothing is imported."""
+    cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    layer = os.urandom(3000)
+    m = json.dumps({"schemaVersion": 2, "mediaType": OCI_MAN, "manifests": [],
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                               "digest": sha(cfg), "size": len(cfg)},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                "digest": sha(layer), "size": len(layer)}]}).encode()
+    meta = {"format": "regproxy-bundle", "version": 1,
+            "images": [{"registry": NAME, "repo": "ns/app", "tag": "v1", "digest": sha(m)}],
+            "manifests": [{"digest": sha(m), "media_type": OCI_MAN, "size": len(m),
+                           "repos": [[NAME, "ns/app"]]}],
+            "blobs": [{"digest": sha(cfg), "size": len(cfg), "repos": [[NAME, "ns/app"]]}]}
+    path = os.path.join(t.tmp, "both.rpb")
+    _bundle_write(path, meta, [["m", sha(m), m], ["b", sha(cfg), cfg]])
+    cache = os.path.join(t.tmp, "cache-off")
+    rc, out, err = _run(t, ["import", "-c", _conf(os.path.join(t.tmp, "off.conf"), cache,
+                                                  offline=True), path], ok=False)
+    p = t.proxy(registries=[{"name": NAME}], cache={"dir": cache, "offline": "yes"})
+    r = p.get("/v2/ns/app/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((rc, r.status), (1, 404),
+       "import exit status and the tag served after importing a manifest that is also an "
+       "index (stdout %r, stderr %r)" % (out[-300:], err[-300:]))
+    check("both an index (manifests) and an image manifest" in err,
+          "import names the reason: %r" % err[-300:])
+
+
 def _crafted_images(n):
     """A bundle's metadata and records for n images NAME/ns/app{i%3}:v{i}, each a manifest,
     a config and a layer of its own and the same two shared layers: (meta, records, layers

@@ -221,6 +221,9 @@ static void test_manifest_refs(void)
         CHECK_INT(r.v[1].kind, RP_REF_LAYER);
     }
     rp_manifest_refs_free(&r);
+    /* The last two are both an index and an image manifest: read as an index, the config
+     * and layers went unchecked (an import tagged an image whose layers it did not carry)
+     * and unpinned. */
     const char *bad[] = {"",
                          "[]",
                          "{\"schemaVersion\":1,\"fsLayers\":[]}",
@@ -229,7 +232,11 @@ static void test_manifest_refs(void)
                          "3333333333333333333333333333333333333333333333333333333333333333\","
                          "\"size\":-1},\"layers\":[]}",
                          "{\"manifests\":{}}",
-                         "{\"a\":1,\"a\":2}"};
+                         "{\"a\":1,\"a\":2}",
+                         "{\"schemaVersion\":2,\"manifests\":[],\"config\":{\"digest\":\"sha256:"
+                         "3333333333333333333333333333333333333333333333333333333333333333\","
+                         "\"size\":1},\"layers\":[]}",
+                         "{\"schemaVersion\":2,\"manifests\":[],\"layers\":[]}"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         CHECK_INT(rp_manifest_refs(bad[i], strlen(bad[i]), &r, err, sizeof(err)), -1);
         CHECK(err[0] != '\0');
