@@ -294,7 +294,23 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
     size_t total = 0, unusable = 0;
     while (fgets(line, sizeof(line), f)) {
         lineno++;
-        total += strlen(line);
+        size_t chunk = strlen(line);
+        total += chunk;
+        /* A line that fills the buffer has more: read on to its end, so that its rest is
+         * never taken as a line of its own (the tail of a long commented-out entry would
+         * be a live account). */
+        bool longer = false;
+        if (chunk == sizeof(line) - 1 && line[chunk - 1] != '\n') {
+            size_t more = 0;
+            bool cr = false;
+            int ch;
+            while ((ch = getc(f)) != EOF && ch != '\n' && ++total <= HTPASSWD_MAX) {
+                more++;
+                cr = ch == '\r';
+            }
+            total += ch == '\n';
+            longer = more > (cr ? 1u : 0u); /* a CRLF's CR alone does not make it longer */
+        }
         if (total > HTPASSWD_MAX) {
             snprintf(err, errlen, "%s: larger than 1 MiB", path);
             goto fail;
@@ -303,6 +319,11 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
         line[len] = '\0';
         if (len == 0 || line[0] == '#')
             continue;
+        if (longer) {
+            snprintf(err, errlen, "%s:%u: line longer than %zu bytes", path, lineno,
+                     sizeof(line) - 1);
+            goto fail;
+        }
         char *colon = strchr(line, ':');
         if (!colon || colon == line || !colon[1] || colon[1] == ':') {
             snprintf(err, errlen, "%s:%u: expected user:hash", path, lineno);

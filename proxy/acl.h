@@ -33,7 +33,7 @@ bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo, bool
 
 struct rp_htpasswd;
 /* Loads "user:hash" lines, or nginx's "user:hash:comment" (at most 1 MiB; comments and
- * blank lines skipped). NULL with a
+ * blank lines skipped, however long; any other line past 4095 bytes refused). NULL with a
  * message naming file and line on failure. */
 struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen);
 void rp_htpasswd_free(struct rp_htpasswd *h);

@@ -279,6 +279,68 @@ static void test_htpasswd_unusable_entries_warned(void)
     free(path);
 }
 
+/* A line longer than the read buffer (4095 bytes) used to be read as several: the rest of a
+ * long commented-out line was taken as an entry of its own (an account the operator had
+ * disabled could log in), or failed the load with a line number past the file's. A long
+ * comment is skipped whole; a long entry is refused, named by its own line. */
+static void test_htpasswd_long_lines(void)
+{
+    char dir[4096];
+    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
+    char *path = rp_xasprintf("%s/htpasswd", dir);
+    char *hash = rp_xstrdup(crypt("pw", crypt_gensalt("$2b$", 4, NULL, 0)));
+    char pad[4094];
+    memset(pad, 'x', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
+    FILE *f = fopen(path, "w");
+    /* "# " and pad fill the buffer: "evil:HASH" was read as the next line. */
+    fprintf(f, "# %sevil:%s\n# short\nnode:%s\n", pad, hash, hash);
+    fclose(f);
+    char err[256];
+    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    char *evil = basic("evil:pw"), *node = basic("node:pw");
+    CHECK(h && !rp_htpasswd_check(h, evil, "10.0.0.1:1"));
+    CHECK(h && rp_htpasswd_check(h, node, "10.0.0.2:1"));
+    rp_htpasswd_free(h);
+    /* A comment longer than the buffer with no ':' in its rest: loads. */
+    f = fopen(path, "w");
+    fprintf(f, "#%s%s\nnode:%s\n", pad, pad, hash);
+    fclose(f);
+    h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    CHECK(h && rp_htpasswd_check(h, node, "10.0.0.3:1"));
+    rp_htpasswd_free(h);
+    /* An entry that long is refused, at its own line. */
+    f = fopen(path, "w");
+    fprintf(f, "node:%s\nlong:%s%s\n", hash, hash, pad);
+    fclose(f);
+    CHECK(rp_htpasswd_load(path, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, ":2: ") != NULL);
+    CHECK(strstr(err, ":3:") == NULL);
+    /* An entry just filling the buffer before its CRLF is whole (and loads, warned). */
+    f = fopen(path, "w");
+    fprintf(f, "u:%.*s\r\nnode:%s\r\n", 4093, pad, hash);
+    fclose(f);
+    h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    CHECK(h && rp_htpasswd_check(h, node, "10.0.0.4:1"));
+    rp_htpasswd_free(h);
+    /* A last line just filling the buffer, without a newline, is whole. */
+    f = fopen(path, "w");
+    fprintf(f, "node:%s\n#%.*s", hash, 4094, pad);
+    fclose(f);
+    h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    rp_htpasswd_free(h);
+    free(evil);
+    free(node);
+    free(hash);
+    unlink(path);
+    rmdir(dir);
+    free(path);
+}
+
 static int woken;
 
 static void count_wake(struct rp_htpasswd_waiter *w)
@@ -399,6 +461,7 @@ int main(void)
     RUN(test_htpasswd);
     RUN(test_htpasswd_apr1);
     RUN(test_htpasswd_unusable_entries_warned);
+    RUN(test_htpasswd_long_lines);
     RUN(test_htpasswd_async);
     UNIT_EXIT();
 }
