@@ -121,11 +121,16 @@ bool rp_acl_repo_allowed(char *const *patterns, size_t n, const char *repo, bool
 struct htpasswd_user {
     char *name;
     char *hash;
+    bool usable; /* a password may match hash (unusable_hash) */
 };
 
 struct rp_htpasswd {
     struct htpasswd_user *users;
     size_t n;
+    /* The first usable entry: what an unknown user, or one that can never log in, is
+     * hashed against (crypt refuses the others at once, which would tell them apart). n
+     * when there is none (then nothing is hashed, for anyone). */
+    size_t decoy;
     char **warnings; /* see rp_htpasswd_warning */
     size_t n_warnings;
     /* Keyed digests of credentials that verified: HMAC(key, user:pass). The key is random
@@ -151,7 +156,7 @@ struct rp_htpasswd {
     struct rp_htpasswd_job *jobs; /* hashing now */
     size_t n_jobs;
     bool orphaned;   /* freed while jobs ran: the last one frees it */
-    size_t n_hashes; /* crypt calls so far, for tests */
+    size_t n_hashes; /* hashes computed so far, for tests */
 };
 
 struct rp_htpasswd_job {
@@ -161,6 +166,7 @@ struct rp_htpasswd_job {
     unsigned char peer[17];
     char *pass, *hash; /* copies: the work runs off the loop */
     bool known, ok;
+    bool hashed; /* crypt computed a hash (it refuses a locked or unknown setting at once) */
     struct rp_htpasswd_waiter *waiters;
 };
 
@@ -337,8 +343,9 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
         h->users = rp_xrealloc(h->users, (h->n + 1) * sizeof(*h->users));
         h->users[h->n].name = rp_xstrdup(line);
         h->users[h->n].hash = rp_xstrdup(colon + 1);
-        h->n++;
         const char *why = unusable_hash(colon + 1);
+        h->users[h->n].usable = !why;
+        h->n++;
         if (why && ++unusable <= HTPASSWD_WARN_MAX) {
             /* The name goes into a log line: nothing in it may end or forge one. */
             for (char *p = line; *p; p++)
@@ -350,6 +357,8 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
         }
     }
     fclose(f);
+    for (h->decoy = 0; h->decoy < h->n && !h->users[h->decoy].usable; h->decoy++)
+        ;
     if (unusable > HTPASSWD_WARN_MAX) {
         h->warnings = rp_xrealloc(h->warnings, (h->n_warnings + 1) * sizeof(*h->warnings));
         h->warnings[h->n_warnings++] = rp_xasprintf("%s: %zu more entries can never log in", path,
@@ -435,16 +444,16 @@ enum rp_htpasswd_verdict rp_htpasswd_begin(struct rp_htpasswd *h, const char *au
         goto out; /* guessing faster than the budget: refused unhashed */
     *colon = '\0';
     const char *user = (const char *)dec;
-    /* An unknown user is hashed too (against the first user's hash, and fails), so the
-     * time taken does not tell which user names exist. */
-    const struct htpasswd_user *u = h->n ? &h->users[0] : NULL;
-    bool known = false;
-    for (size_t i = 0; i < h->n; i++)
-        if (strcmp(h->users[i].name, user) == 0) {
+    /* An unknown user is hashed too (against the first usable entry's hash, and fails), so
+     * the time taken does not tell which user names exist; so is a user whose entry can never
+     * log in (crypt would refuse a locked or {SHA} hash at once). */
+    const struct htpasswd_user *u = NULL;
+    for (size_t i = 0; i < h->n && !u; i++)
+        if (strcmp(h->users[i].name, user) == 0)
             u = &h->users[i];
-            known = true;
-            break;
-        }
+    bool known = u && u->usable;
+    if (!known)
+        u = h->decoy < h->n ? &h->users[h->decoy] : NULL;
     if (!u)
         goto out;
     /* Every hash is taken as a failure until it proves otherwise: hashes already running
@@ -563,6 +572,7 @@ void rp_htpasswd_job_work(void *arg)
     memset(&cd, 0, sizeof(cd));
     const char *out = strncmp(j->hash, "$apr1$", 6) == 0 ? apr1_crypt(j->pass, j->hash, apr1)
                                                          : crypt_r(j->pass, j->hash, &cd);
+    j->hashed = out && out[0] != '*';
     j->ok = j->known && out && out[0] != '*' && strlen(out) == strlen(j->hash) &&
             CRYPTO_memcmp(out, j->hash, strlen(out)) == 0;
     rp_secure_zero(&cd, sizeof(cd));
@@ -579,7 +589,7 @@ void rp_htpasswd_job_done(void *arg)
             break;
         }
     h->n_jobs--;
-    h->n_hashes++;
+    h->n_hashes += j->hashed;
     if (!h->orphaned) {
         if (j->ok) { /* the budgets are for failures: this one is given back */
             int64_t now = rp_now_ms();

@@ -49,7 +49,8 @@ const char *rp_htpasswd_warning(const struct rp_htpasswd *h, size_t i);
  *   - successful checks are remembered (as a keyed digest, never the password), so repeated
  *     requests cost a lookup; so are recent failures;
  *   - checks of the same credentials while one is hashing wait for that one;
- *   - an unknown user costs a hash as a known one does (no timing tells them apart);
+ *   - an unknown user, or one whose entry can never log in, costs a hash as a known one
+ *     does (no timing tells them apart);
  *   - failing hashes are rationed: 4 a second in all (4 saved up), and 1 a second for each
  *     client address (2 saved up; IPv6 by /64), so that one guesser leaves most of the
  *     budget to other clients' first logins, and an address has at most 2 distinct
@@ -79,7 +80,8 @@ void rp_htpasswd_job_work(void *job); /* the hash; touches nothing the loop uses
 void rp_htpasswd_job_done(void *job); /* records the verdict, wakes the waiters, frees job */
 /* All of it at once, on this thread (tests and tools). */
 bool rp_htpasswd_check(struct rp_htpasswd *h, const char *authorization, const char *peer);
-/* How many hashes rp_htpasswd_check has computed (tests). */
+/* How many hashes rp_htpasswd_check has computed (tests): crypt(3) refusing a setting at
+ * once is not one. */
 size_t rp_htpasswd_hashes(const struct rp_htpasswd *h);
 
 #endif

@@ -341,6 +341,52 @@ static void test_htpasswd_long_lines(void)
     free(path);
 }
 
+/* An unknown user costs a hash as a known one does, so that the time taken does not tell
+ * which names exist: it used to be hashed against the first entry's hash, which, locked or
+ * {SHA}, crypt(3) refuses at once: every unknown name answered without a hash while known
+ * ones took a bcrypt. Entries that can never log in cost a hash too. */
+static void test_htpasswd_unknown_user_costs_a_hash(void)
+{
+    char dir[4096];
+    unit_mkdtemp(dir, sizeof(dir), "rp-acl");
+    char *path = rp_xasprintf("%s/htpasswd", dir);
+    char *hash = rp_xstrdup(crypt("pw", crypt_gensalt("$2b$", 4, NULL, 0)));
+    FILE *f = fopen(path, "w");
+    fprintf(f, "locked:!%s\nsha:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\nnode:%s\n", hash, hash);
+    fclose(f);
+    char err[256];
+    struct rp_htpasswd *h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    char *nobody = basic("nobody:pw"), *locked = basic("locked:pw"), *sha = basic("sha:password"),
+         *node = basic("node:pw");
+    CHECK(h && !rp_htpasswd_check(h, nobody, "10.0.0.1:1"));
+    CHECK_INT(rp_htpasswd_hashes(h), 1);
+    CHECK(h && !rp_htpasswd_check(h, locked, "10.0.0.2:1"));
+    CHECK_INT(rp_htpasswd_hashes(h), 2);
+    CHECK(h && !rp_htpasswd_check(h, sha, "10.0.0.3:1"));
+    CHECK_INT(rp_htpasswd_hashes(h), 3);
+    CHECK(h && rp_htpasswd_check(h, node, "10.0.0.4:1"));
+    CHECK_INT(rp_htpasswd_hashes(h), 4);
+    rp_htpasswd_free(h);
+    /* No entry that can log in: nothing to hash against, and nothing to find out. */
+    f = fopen(path, "w");
+    fprintf(f, "locked:!%s\n", hash);
+    fclose(f);
+    h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    CHECK(h && !rp_htpasswd_check(h, nobody, "10.0.0.1:1"));
+    CHECK(h && !rp_htpasswd_check(h, locked, "10.0.0.2:1"));
+    rp_htpasswd_free(h);
+    free(nobody);
+    free(locked);
+    free(sha);
+    free(node);
+    free(hash);
+    unlink(path);
+    rmdir(dir);
+    free(path);
+}
+
 static int woken;
 
 static void count_wake(struct rp_htpasswd_waiter *w)
@@ -462,6 +508,7 @@ int main(void)
     RUN(test_htpasswd_apr1);
     RUN(test_htpasswd_unusable_entries_warned);
     RUN(test_htpasswd_long_lines);
+    RUN(test_htpasswd_unknown_user_costs_a_hash);
     RUN(test_htpasswd_async);
     UNIT_EXIT();
 }
