@@ -602,3 +602,50 @@ def test_request_pipelined_behind_an_answer_given_inside_a_download(t):
     eq(_answers(got_b), [416, 200], "answers to the range past the end, then the manifest")
     body = got_a.partition(b"\r\n\r\n")[2]
     eq("sha256:" + hashlib.sha256(body).hexdigest(), layer["digest"], "the whole blob on A")
+
+
+def test_half_close_after_a_cached_blob_request_gets_it_whole(t):
+    """A client that half-closes after its request (shutdown(SHUT_WR), as `nc -N` does) still
+    gets a cached blob whole, then the close, as nginx and Go deliver a cached answer (the
+    read's EOF used to be taken for a client gone, cutting the blob after a few MB)."""
+    reg = t.s.anon_registry
+    p = t.proxy(registries=[reg.conf("registry.anon.test")])
+    layer = max(lib.image_manifests(reg, "ns/large:v1")[0]["layers"], key=lambda x: x["size"])
+    path = "/v2/ns/large/blobs/" + layer["digest"]
+    r = lib.stream_get(p.port, path)
+    eq((r.status, r.complete, r.digest), (200, True, layer["digest"]), "the blob, cached")
+    a0 = len(p.access())
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the blob takes many writes
+    c.settimeout(30)
+    c.connect(("127.0.0.1", p.port))
+    got = hashlib.sha256()
+    n = 0
+    try:
+        c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+        c.shutdown(socket.SHUT_WR)
+        time.sleep(0.3)  # the proxy reads the EOF while the blob is still going out
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = c.recv(65536)
+            check(chunk, "closed before the answer's head: %r" % head[:100])
+            if not chunk:
+                return
+            head += chunk
+        head, _, body = head.partition(b"\r\n\r\n")
+        check(head.startswith(b"HTTP/1.1 200"), "answer: %r" % head[:100])
+        got.update(body)
+        n = len(body)
+        while True:
+            chunk = c.recv(1 << 20)
+            if not chunk:
+                break
+            got.update(chunk)
+            n += len(chunk)
+    finally:
+        c.close()
+    eq((n, "sha256:" + got.hexdigest()), (layer["size"], layer["digest"]),
+       "the blob's bytes after a half-close, then the close")
+    lines = lib.settle(lambda: [a for a in p.access(a0) if a.get("path") == path], 1)
+    eq([(a.get("status"), a.get("aborted")) for a in lines], [("200", None)],
+       "its access line: delivered, not aborted")
