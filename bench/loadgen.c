@@ -78,6 +78,7 @@ struct conn {
     size_t line_len;
     int status;
     uint64_t remaining;
+    uint64_t body_got; /* body bytes of the current response */
     bool close_after;
     bool in_req;
     bool paused;     /* reading stopped by the rate limit */
@@ -102,6 +103,7 @@ static struct {
     uint64_t max_reqs;
     double rate;
     double timeout;
+    int64_t expect_size; /* -s: body size every 2xx response must have; -1: any */
     bool idle;
 } opt;
 
@@ -111,6 +113,7 @@ static struct {
     struct conn *conns;
     uint64_t issued, completed, inflight, bytes, errors;
     uint64_t e_status, e_connect, e_reset, e_short, e_timeout, e_protocol, e_idle_closed;
+    uint64_t e_size;
     uint64_t status_class[6];
     uint64_t hist[H_BUCKETS];
     uint64_t max_us;
@@ -246,13 +249,14 @@ static void usage(void)
 {
     fputs("usage: loadgen [-c CONNS] [-d SECONDS] [-n MAXREQS] [-H 'Name: value']... [-r "
           "BYTES_PER_S]\n"
-          "               [-t TIMEOUT_S] [-k] URL...\n"
+          "               [-s BYTES] [-t TIMEOUT_S] [-k] URL...\n"
           "  -c  connections (default 1)\n"
           "  -d  run length; requests in flight at the end are dropped, their bytes counted\n"
           "      (default 10, or a 600 s bound when -n is given)\n"
           "  -n  stop after this many requests\n"
           "  -H  extra request header (repeatable)\n"
           "  -r  read at most this many body bytes per second per connection (slow clients)\n"
+          "  -s  every 2xx response's body must be this many bytes (else a \"size\" error)\n"
           "  -t  inactivity timeout per request (default 60)\n"
           "  -k  idle mode: open CONNS keep-alive connections (one request each), hold them idle\n"
           "      for SECONDS, then send one more request on each\n"
@@ -485,6 +489,8 @@ static void response_done(struct conn *c)
         g.status_class[cls]++;
     if (cls != 2)
         count_error(&g.e_status);
+    else if (opt.expect_size >= 0 && c->body_got != (uint64_t)opt.expect_size)
+        count_error(&g.e_size); /* complete by its own framing, but not the body asked for */
     else
         g.consecutive_connect_fails = 0;
     if (opt.idle) {
@@ -628,6 +634,7 @@ static bool feed(struct conn *c, const char *data, size_t n)
         case C_BODY: {
             size_t take = n < c->remaining ? n : (size_t)c->remaining;
             g.bytes += take;
+            c->body_got += take;
             c->remaining -= take;
             data += take;
             n -= take;
@@ -643,6 +650,7 @@ static bool feed(struct conn *c, const char *data, size_t n)
         }
         case C_BODY_EOF:
             g.bytes += n;
+            c->body_got += n;
             n = 0;
             break;
         case C_CHUNK_SIZE:
@@ -691,6 +699,7 @@ static bool feed(struct conn *c, const char *data, size_t n)
         case C_CHUNK_DATA: {
             size_t take = n < c->remaining ? n : (size_t)c->remaining;
             g.bytes += take;
+            c->body_got += take;
             c->remaining -= take;
             data += take;
             n -= take;
@@ -826,6 +835,7 @@ static void send_some(struct conn *c)
     }
     c->st = C_HEAD;
     c->head_len = 0;
+    c->body_got = 0;
 }
 
 static void write_cb(evutil_socket_t fd, short what, void *arg)
@@ -1035,9 +1045,9 @@ static void print_json(void)
            g.status_class[5]);
     printf("\"error_kinds\":{\"status\":%" PRIu64 ",\"connect\":%" PRIu64 ",\"reset\":%" PRIu64
            ",\"short_body\":%" PRIu64 ",\"timeout\":%" PRIu64 ",\"protocol\":%" PRIu64
-           ",\"idle_closed\":%" PRIu64 "}",
+           ",\"idle_closed\":%" PRIu64 ",\"size\":%" PRIu64 "}",
            g.e_status, g.e_connect, g.e_reset, g.e_short, g.e_timeout, g.e_protocol,
-           g.e_idle_closed);
+           g.e_idle_closed, g.e_size);
     if (opt.idle)
         printf(",\"established\":%d,\"held\":%d,\"setup_s\":%.3f", g.established, g.held,
                g.setup_s);
@@ -1049,9 +1059,10 @@ int main(int argc, char **argv)
 {
     opt.conns = 1;
     opt.timeout = 60;
+    opt.expect_size = -1;
     double seconds = -1;
     int ch;
-    while ((ch = getopt(argc, argv, "c:d:n:H:r:t:kh")) != -1) {
+    while ((ch = getopt(argc, argv, "c:d:n:H:r:s:t:kh")) != -1) {
         switch (ch) {
         case 'c': {
             double v = parse_num(optarg, "-c");
@@ -1075,6 +1086,9 @@ int main(int argc, char **argv)
             break;
         case 'r':
             opt.rate = parse_num(optarg, "-r");
+            break;
+        case 's':
+            opt.expect_size = (int64_t)parse_num(optarg, "-s");
             break;
         case 't':
             opt.timeout = parse_num(optarg, "-t");
