@@ -268,6 +268,22 @@ static bool forwardable_param(const char *k, size_t len)
     return len > 0 && k[0] != '=';
 }
 
+/* A last= that is no tag (nor, for referrers, a digest): a registry's own paging token,
+ * named in its Link and meant to come back as it was (Amazon ECR pages tags lists by an
+ * opaque base64 last=). Kept as sent, "last=..." with its escapes, in extra_query under the
+ * grammar of a registry's own parameters; false when it is not of that grammar or does not
+ * fit (dropped, it would have upstream answer the first page again, for ever). */
+static bool keep_opaque_last(const char *kv, size_t len, struct rp_route *out)
+{
+    size_t have = strlen(out->extra_query);
+    if (!forwardable_param(kv, len) || have + len + 1 >= sizeof(out->extra_query))
+        return false;
+    out->extra_query[have] = '&';
+    memcpy(out->extra_query + have + 1, kv, len);
+    out->extra_query[have + 1 + len] = '\0';
+    return true;
+}
+
 static int parse_query(const char *q, size_t len, struct rp_route *out, struct query *qs,
                        const char **why)
 {
@@ -313,6 +329,10 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
         char dec[512]; /* more than any valid value: the grammars below judge */
         size_t dlen;
         if (query_decode(v, vlen, dec, sizeof(dec), &dlen) != 0) {
+            if (klen == 4 && !seen_last && keep_opaque_last(k, plen, out)) {
+                seen_last = true;
+                continue;
+            }
             *why = "malformed percent-encoding in a query value, or a value too long";
             return RP_ROUTE_E_PARAM_INVALID;
         }
@@ -348,13 +368,17 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
         } else if (klen == 4) {
             /* A tag, as tags/list pages by; a referrers page may be named by the last
              * digest listed (the kind is checked once the path is split). */
-            if (seen_last || !(empty || rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen))) {
-                *why = "last must be a valid tag (or for referrers a digest), given once";
+            if (seen_last || !(empty || rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen) ||
+                               keep_opaque_last(k, plen, out))) {
+                *why = "last must be a valid tag, a digest for referrers, or a registry's token "
+                       "([A-Za-z0-9-._~+=] and %XX), given once";
                 return RP_ROUTE_E_PARAM_INVALID;
             }
             seen_last = true;
-            memcpy(out->last, v, vlen);
-            out->last[vlen] = '\0';
+            if (empty || rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen)) {
+                memcpy(out->last, v, vlen);
+                out->last[vlen] = '\0';
+            }
         } else {
             if (seen_at || !(empty || valid_media_type(v, vlen)) ||
                 vlen >= sizeof(out->artifact_type)) {

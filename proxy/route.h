@@ -50,13 +50,15 @@ struct rp_route {
     bool ref_is_digest;
     bool via_ns; /* chosen by ?ns= (Link rewrites must keep the ns parameter) */
     long n;      /* TAGS, REFERRERS: ?n=, -1 when absent; capped at RP_TAGS_N_MAX */
-    /* TAGS: ?last= (a tag); REFERRERS: a tag or a digest; "" when absent */
+    /* TAGS: ?last= (a tag); REFERRERS: a tag or a digest; "" when absent, or when it is a
+     * registry's own token (kept as sent in extra_query) */
     char last[RP_DIGEST_MAX + 1];
     char artifact_type[256]; /* REFERRERS: ?artifactType= (decoded), "" when absent */
     /* Query parameters other than ns, n, last and artifactType, as sent, each with a leading
      * '&' (those with characters beyond [A-Za-z0-9-._~+=%XX], or past the room, are left
-     * out). Forwarded with tags/list and referrers: registries page with parameters of their
-     * own, named in the next page's Link. */
+     * out), and a last= that is a registry's own token rather than a tag. Forwarded with
+     * tags/list and referrers: registries page with parameters of their own, named in the
+     * next page's Link. */
     char extra_query[512];
 };
 #define RP_TAGS_N_MAX 10000
@@ -69,7 +71,8 @@ struct rp_route {
  * configured, an unknown ns, or no default: E_NAME_UNKNOWN. Unknown query parameters are
  * kept in extra_query (tags/list and referrers forward them); `ns`, `n`, `last`,
  * `artifactType` are percent-decoded and validated (`last` is a tag, or for referrers a tag
- * or a digest). Returns RP_ROUTE_OK or an error;
+ * or a digest; any other `last` of extra_query's grammar is a registry's own token, kept
+ * there as sent). Returns RP_ROUTE_OK or an error;
  * *why (may be NULL) gets a static human-readable reason. */
 int rp_route_parse(const struct rp_conf *conf, const struct rp_conf_listen *listener,
                    const char *target, size_t len, struct rp_route *out, const char **why);

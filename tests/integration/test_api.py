@@ -235,6 +235,39 @@ def test_tags_opaque_paging(t):
     eq(len(ups), 4, "upstream tags/list requests")
 
 
+def test_tags_paged_by_an_opaque_last(t):
+    """Amazon ECR pages tags lists by a last= that is no tag but a token of its own (base64,
+    '+', '/' and '=' percent-encoded), in an absolute Link. The proxy kept that Link, then
+    refused the page it names (400 PAGINATION_NUMBER_INVALID: last must be a tag), so skopeo
+    list-tags, crane ls and oras repo tags failed on the second page of such a registry."""
+    fr = t.s.fakereg
+    p = _proxy(t)
+    name = "registry.fake.test/mode/tags-ecr/ns/tags"
+    mark = fr.mark()
+    target, tags, pages = "/v2/%s/tags/list" % name, [], 0
+    while target:
+        r = p.get(target)
+        eq(r.status, 200, "GET %s (%r)" % (target, r.body[:200]))
+        tags += r.json()["tags"]
+        pages += 1
+        check(pages <= 4, "more than 4 pages of 10 tags: the token is not forwarded")
+        h = r.header("Link")
+        target = h[1:h.index(">")] if h else None
+        if target:
+            check(target.startswith("/v2/%s/tags/list?last=" % name) and "%2F" in target,
+                  "Link %r: the proxy's path, the token as upstream wrote it" % h)
+    eq(tags, ["t%02d" % i for i in range(lib.NTAGS)], "all tags, in order, once")
+    eq(pages, 3, "pages of 10 of %d tags" % lib.NTAGS)
+    ups = [x for x in fr.requests(mark[0]) if "/tags/list" in x["path"] and
+           x.get("status") != 401]  # the first one's challenge
+    eq([x.get("status") for x in ups], [200] * 3, "upstream tags/list answers")
+    # As a client sees it: skopeo follows the Links.
+    r = t.s.skopeo(["list-tags", "--tls-verify=false", "--no-creds",
+                    "docker://%s/%s" % (p.hostport, name)], check_rc=False)
+    eq(r.returncode, 0, "skopeo list-tags through the proxy (stderr %r)" % r.err[-500:])
+    eq(json.loads(r.out)["Tags"], ["t%02d" % i for i in range(lib.NTAGS)], "tags skopeo listed")
+
+
 def test_tags_pagination_and_links(t):
     s = t.s
     fr = s.fakereg
