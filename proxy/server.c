@@ -1573,7 +1573,8 @@ static ssize_t answer_at_accept(struct rp_listen_ctx *ctx, evutil_socket_t fd, c
     char *body = rp_error_body(code, message, NULL);
     size_t body_len = strlen(body);
     evbuffer_add_printf(out,
-                        "HTTP/1.1 %s\r\n%sContent-Type: application/json\r\n%s"
+                        "HTTP/1.1 %s\r\nDocker-Distribution-API-Version: registry/2.0\r\n%s"
+                        "Content-Type: application/json\r\n%s"
                         "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
                         status_line, rp_server_date_line(ctx->srv), extra_headers, body_len, body);
     free(body);

@@ -174,6 +174,8 @@ def test_refused_connection_closed_after_its_503(t):
     finally:
         held.close()
     check(first.startswith(b"HTTP/1.1 503"), "%r" % first[:40])
+    check(b"\r\nDocker-Distribution-API-Version: registry/2.0\r\n" in first.split(b"\r\n\r\n")[0],
+          "the 503 names the API version, as every answer does: %r" % first[:300])
     check(t2 - t1 < 0.5, "the end came %.2f s after the 503" % (t2 - t1))
 
 
@@ -195,6 +197,8 @@ def test_outsider_refused_at_accept_holds_no_slot(t):
         got = lib.read_to_eof(outsider)
     check(got.startswith(b"HTTP/1.1 403 ") and b"DENIED" in got,
           "what the outsider got without asking: %r" % got[:300])
+    check(b"\r\nDocker-Distribution-API-Version: registry/2.0\r\n" in got.split(b"\r\n\r\n")[0],
+          "the 403 names the API version, as every answer does: %r" % got[:300])
     lines = lib.wait_until(lambda: [a for a in p.access() if a.get("peer") == peer], 10,
                            "the outsider's access line")
     eq([(a.get("method"), a.get("path"), a.get("status")) for a in lines], [("-", "-", "403")],
