@@ -55,11 +55,12 @@ struct rp_route {
     char last[RP_DIGEST_MAX + 1];
     char artifact_type[256]; /* REFERRERS: ?artifactType= (decoded), "" when absent */
     /* Query parameters other than ns, n, last and artifactType, as sent, each with a leading
-     * '&' (those with characters beyond [A-Za-z0-9-._~+=%XX], or past the room, are left
-     * out), and a last= that is a registry's own token rather than a tag. Forwarded with
-     * tags/list and referrers: registries page with parameters of their own, named in the
-     * next page's Link. */
-    char extra_query[512];
+     * '&' (those with characters beyond [A-Za-z0-9-._~+=%XX] are left out), and a last=
+     * that is a registry's own token rather than a tag. Forwarded with tags/list and
+     * referrers: registries page with parameters of their own, named in the next page's
+     * Link. As long as a target may be, so that no token that reached us is cut (Amazon's
+     * run to hundreds of bytes, longer once percent-encoded). */
+    char extra_query[RP_TARGET_MAX + 1];
 };
 #define RP_TAGS_N_MAX 10000
 
