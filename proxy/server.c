@@ -655,8 +655,15 @@ static void conn_free(struct rp_conn *c)
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
     }
     if (c->bev) {
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        /* SSL_free drops the session from the cache of a connection not shut down, as if
+         * it had broken: a keep-alive connection the client closed, or idle_timeout ended,
+         * could not be resumed by session ID. Nothing is sent (a cut answer's close must
+         * not look like its end); a fatal alert has dropped the session already. */
+        if (SSL_is_init_finished(ssl))
+            SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
         /* libevent may free the SSL, and its BIO, after c is gone. */
-        BIO_set_callback_arg(SSL_get_wbio(bufferevent_openssl_get_ssl(c->bev)), NULL);
+        BIO_set_callback_arg(SSL_get_wbio(ssl), NULL);
         bufferevent_free(c->bev); /* closes fd, frees out */
     } else {
         event_free(c->rev);

@@ -787,6 +787,48 @@ def _tls_get(port, ctx, session=None):
             return c.session, c.session_reused, cn
 
 
+def test_tls12_session_id_resumed_after_a_keep_alive_close(t):
+    """A TLS 1.2 client resuming by session ID (no tickets: Java's and Windows' clients
+    among others) resumed only after a `Connection: close` answer: a keep-alive connection
+    the client closed with close_notify, or idle_timeout ended, was freed without a
+    shutdown, and OpenSSL took that for a broken connection and dropped its session from the
+    cache. The session stays now, as it does when the proxy closes (TLS 1.1 on does not void
+    a session for a close without close_notify)."""
+    d, key, crt = lib.serving_cert(t, "session-id")
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key,
+                            "idle_timeout": "1s"}])
+    ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_TICKET
+    for end in ("client's close_notify", "idle_timeout"):
+        session = None
+        for attempt in ("first", "second"):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as c:
+                    c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                    got = b""
+                    while b"\r\n\r\n" not in got:
+                        b = c.recv(65536)
+                        check(b, "connection closed before the answer: %r" % got)
+                        got += b
+                    check(got.startswith(b"HTTP/1.1 200"), "answer over TLS: %r" % got[:100])
+                    if attempt == "second":
+                        check(c.session_reused, "session resumed after the %s" % end)
+                    session = c.session
+                    if end == "idle_timeout":
+                        eq(lib.read_to_eof(c), b"", "what followed the answer")
+                    else:
+                        try:  # close_notify, as curl, Go and Java send it
+                            c.unwrap()
+                        except (ssl.SSLError, OSError):
+                            pass  # no close_notify came back
+            # The proxy has let the connection go before the session is offered again.
+            lib.wait_until(lambda: p.metrics().get(("regproxy_open_connections",
+                                                    frozenset())) == 0,
+                           10, "the connection to be closed on the proxy")
+
+
 def test_tls_session_resumed_across_reload(t):
     """Every reload built every TLS listener's SSL_CTX again, its certificate unchanged or
     not: new session ticket keys, so every client lost TLS session resumption at each
