@@ -660,8 +660,17 @@ static void conn_free(struct rp_conn *c)
          * it had broken: a keep-alive connection the client closed, or idle_timeout ended,
          * could not be resumed by session ID. Nothing is sent (a cut answer's close must
          * not look like its end); a fatal alert has dropped the session already. */
-        if (SSL_is_init_finished(ssl))
+        if (SSL_is_init_finished(ssl)) {
+            /* The client's close_notify is answered with ours (TLS 1.2 asks for it; clients
+             * that wait for it report "unexpected eof" without it), unless a body that runs
+             * to the close was cut. */
+            if ((SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) && !c->body_to_close) {
+                ERR_clear_error();
+                SSL_shutdown(ssl);
+                ERR_clear_error();
+            }
             SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN);
+        }
         /* libevent may free the SSL, and its BIO, after c is gone. */
         BIO_set_callback_arg(SSL_get_wbio(ssl), NULL);
         bufferevent_free(c->bev); /* closes fd, frees out */

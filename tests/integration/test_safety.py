@@ -600,6 +600,34 @@ def test_tls_close_sends_close_notify(t):
                 eq(end, "close_notify", "how the answer to %r ended" % req.split(b"\r\n")[0])
 
 
+def test_tls_close_notify_answered(t):
+    """A client's close_notify on a keep-alive connection was met with a bare TCP close:
+    TLS 1.2 has the other side answer with its own (RFC 5246 7.2.1), and a client that
+    waits for it (Python's unwrap) reported "unexpected eof". It is answered now."""
+    d, key, crt = lib.serving_cert(t, "close-notify-answered")
+    p = t.proxy(registries=[t.s.anon_registry.conf("registry.anon.test")],
+                listeners=[{"default": "registry.anon.test", "tls_cert": crt, "tls_key": key}])
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+        ctx.minimum_version = ctx.maximum_version = version
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as raw:
+            c = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            c.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while not got.endswith(b"\r\n\r\n{}"):
+                b = c.recv(65536)
+                check(b, "connection closed before the answer: %r" % got)
+                got += b
+            check(got.startswith(b"HTTP/1.1 200"), "answer over TLS: %r" % got[:100])
+            try:
+                c.unwrap()
+                end = "close_notify"
+            except (ssl.SSLError, OSError) as e:
+                end = "no close_notify (%s)" % e
+            eq(end, "close_notify", "what answered the client's close_notify (%s)"
+               % version.name)
+
+
 def _tls_fails(p, listener):
     """regproxy_tls_handshake_failures_total of a listener, by reason."""
     return {dict(labels)["reason"]: v for (name, labels), v in p.metrics().items()
