@@ -1839,6 +1839,12 @@ static SSL_CTX *tls_context(const struct rp_conf_listen *l)
     SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF /* OpenSSL 3 */
+    /* A client's close without close_notify (between requests, whose heads frame them) is
+     * a close, as before OpenSSL 3: not a fatal error, which drops the session from the
+     * cache, so a TLS 1.2 client resuming by session ID could not. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
     /* An idle keep-alive connection (a node between pulls) would otherwise hold OpenSSL's
      * read and write buffers: 2,000 idle TLS clients (each after one request) grew RSS by
      * 61.5 MiB without this, 30.3 MiB with it. nginx sets it too. */
