@@ -614,6 +614,9 @@ def test_half_close_after_a_cached_blob_request_gets_it_whole(t):
     path = "/v2/ns/large/blobs/" + layer["digest"]
     r = lib.stream_get(p.port, path)
     eq((r.status, r.complete, r.digest), (200, True, layer["digest"]), "the blob, cached")
+    # Published, not still a download being made durable (whose readers wait on upstream).
+    lib.wait_until(lambda: p.raw("HEAD", path)[1].get("x-regproxy-cache") == "HIT", 20,
+                   "the blob served from the cache")
     a0 = len(p.access())
     c = socket.socket()
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the blob takes many writes
