@@ -298,15 +298,21 @@ struct rp_htpasswd *rp_htpasswd_load(const char *path, char *err, size_t errlen)
     char line[4096];
     unsigned lineno = 0;
     size_t total = 0, unusable = 0;
-    while (fgets(line, sizeof(line), f)) {
+    for (;;) {
+        /* fgets ends what it read with a NUL: only a read that filled the buffer puts one
+         * in its last byte, whatever NUL bytes the line has (strlen would stop at those). */
+        line[sizeof(line) - 1] = '\n';
+        if (!fgets(line, sizeof(line), f))
+            break;
         lineno++;
-        size_t chunk = strlen(line);
+        bool full = line[sizeof(line) - 1] == '\0';
+        size_t chunk = full ? sizeof(line) - 1 : strlen(line);
         total += chunk;
         /* A line that fills the buffer has more: read on to its end, so that its rest is
          * never taken as a line of its own (the tail of a long commented-out entry would
          * be a live account). */
         bool longer = false;
-        if (chunk == sizeof(line) - 1 && line[chunk - 1] != '\n') {
+        if (full && line[chunk - 1] != '\n') {
             size_t more = 0;
             bool cr = false;
             int ch;

@@ -333,6 +333,18 @@ static void test_htpasswd_long_lines(void)
     h = rp_htpasswd_load(path, err, sizeof(err));
     CHECK(h != NULL);
     rp_htpasswd_free(h);
+    /* A long comment with a NUL byte in it (a file damaged by a crash is zero-filled): it
+     * still fills the buffer, and "evil:HASH" after it was read as a line of its own. */
+    f = fopen(path, "w");
+    fputs("#", f);
+    fputc('\0', f);
+    fprintf(f, "%.*sevil:%s\nnode:%s\n", 4093, pad, hash, hash);
+    fclose(f);
+    h = rp_htpasswd_load(path, err, sizeof(err));
+    CHECK(h != NULL);
+    CHECK(h && !rp_htpasswd_check(h, evil, "10.0.0.5:1"));
+    CHECK(h && rp_htpasswd_check(h, node, "10.0.0.6:1"));
+    rp_htpasswd_free(h);
     free(evil);
     free(node);
     free(hash);
