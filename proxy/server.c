@@ -1027,8 +1027,9 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
         /* A half-close (shutdown(SHUT_WR) after the request, as `nc -N` does) with the
          * answer queued whole, a cached blob going out: it is still the client's, as nginx
          * and Go deliver a cached or static answer, and the connection closes after it
-         * (requests pipelined behind are dropped). An answer still waiting on upstream is
-         * cut, as nginx's 499 cuts it. A client gone altogether shows at the next write. */
+         * (requests pipelined behind are dropped). Any other answer (from upstream, or
+         * from a download not yet published) is cut, as nginx's 499 cuts a proxied one. A
+         * client gone altogether shows at the next write. */
         event_del(c->rev);
         c->read_paused = true; /* the close after it reads the EOF again (conn_linger) */
         c->keep_alive = false;
