@@ -34,6 +34,7 @@ struct rp_auth {
     struct token_entry *tokens;
     size_t n_tokens, alloc_tokens;
     uint64_t generation; /* bumped by rp_auth_reset */
+    uint64_t epoch;      /* bumped by rp_auth_reset and by learning another challenge */
     /* The learned realm failed (not allowed, or no token from it): only a request to the
      * registry can tell whether it still names that realm, and with no token to send none
      * would ever be made again, so the next one goes anonymous and its 401 teaches anew. */
@@ -188,11 +189,17 @@ void rp_auth_reset(struct rp_auth *a)
     forget_challenge(a);
     a->relearn = false;
     a->generation++;
+    a->epoch++;
 }
 
 uint64_t rp_auth_generation(const struct rp_auth *a)
 {
     return a->generation;
+}
+
+uint64_t rp_auth_challenge_epoch(const struct rp_auth *a)
+{
+    return a->epoch;
 }
 
 enum rp_auth_step rp_auth_prepare(struct rp_auth *a, const char *scope, int64_t now_ms,
@@ -238,11 +245,13 @@ static bool same_str(const char *x, const char *y)
 }
 
 /* Switches to the given challenge; tokens from another realm or service mean nothing to
- * the new one, so they go. */
+ * the new one, so they go, and so do the answers of token requests under way to the old
+ * realm (a new epoch: proxy/tokens.c). */
 static void learn(struct rp_auth *a, enum kind kind, const char *realm, const char *service)
 {
     if (a->kind == kind && same_str(a->realm, realm) && same_str(a->service, service))
         return;
+    a->epoch++;
     drop_all_tokens(a);
     forget_challenge(a);
     a->kind = kind;

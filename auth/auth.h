@@ -122,5 +122,9 @@ void rp_auth_reset(struct rp_auth *a);
  * with credentials that may no longer be configured: its answer must not be cached or
  * used (rp_auth_token_response of it is the caller's mistake). */
 uint64_t rp_auth_generation(const struct rp_auth *a);
+/* Changes whenever the learned challenge does (another scheme, realm or service), and with
+ * every rp_auth_reset. A token request made under an earlier challenge went to a realm the
+ * registry may no longer trust: its answer must not be cached or sent either. */
+uint64_t rp_auth_challenge_epoch(const struct rp_auth *a);
 
 #endif

@@ -387,12 +387,14 @@ void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, co
     fetch_drive(f);
 }
 
-void rp_fetch_token_stale(struct rp_fetch *f)
+void rp_fetch_token_stale(struct rp_fetch *f, bool credentials)
 {
     f->in_token_wait = false;
     /* The reload also forgot the challenge: f must learn it again from a 401, so its 401s
-     * so far, made under the old credentials, do not count against it. */
-    f->auth_retries = 0;
+     * so far, made under the old credentials, do not count against it. A realm the
+     * registry moved away from needs no 401 more: the new one is known already. */
+    if (credentials)
+        f->auth_retries = 0;
     f->token_fresh = false;
     f->state = F_AUTH;
     fetch_drive(f);

@@ -129,8 +129,9 @@ void rp_fetch_resume(struct rp_fetch *f);
 void rp_fetch_token_ready(struct rp_fetch *f, int err, enum rp_xfer_error xe, const char *detail,
                           int64_t asked_ms);
 /* For tokens.c: the token f waited for was asked with credentials a reload has since
- * replaced; f starts its authentication over with the current ones. */
-void rp_fetch_token_stale(struct rp_fetch *f);
+ * replaced (credentials), or of a realm the registry has since stopped naming; f starts
+ * its authentication over with the current ones. */
+void rp_fetch_token_stale(struct rp_fetch *f, bool credentials);
 
 /* ------------------------------------------------------------------------ tokens.c */
 /* One token request per (registry, scope), shared by every fetch that needs it. */

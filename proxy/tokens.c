@@ -27,6 +27,7 @@ struct rp_token_fetch {
     const struct rp_conf_registry *reg;
     char *scope;
     uint64_t generation; /* of auth when the request was made */
+    uint64_t epoch;      /* rp_auth_challenge_epoch then: the realm asked */
     struct rp_xfer *xfer;
     struct rp_buf body;
     int64_t started_ms;
@@ -71,12 +72,14 @@ static long fetch_data_cb(void *arg, const char *p, size_t n)
     return (long)n;
 }
 
+enum staleness { FRESH, STALE_CREDENTIALS, STALE_REALM };
+
 /* Wakes every waiter, then frees f: with the answer (e, xe, err), or, when stale, told to
  * start over. Each waiter may finish (and free) itself, or another waiter, whose
  * rp_tokens_leave must still find it here: f stays listed until all are woken, closed to
  * newcomers (one retrying at once starts a fetch of its own rather than hearing this
  * answer again). */
-static void wake_all(struct rp_token_fetch *f, bool stale, int e, enum rp_xfer_error xe,
+static void wake_all(struct rp_token_fetch *f, enum staleness stale, int e, enum rp_xfer_error xe,
                      const char *err)
 {
     f->waking = true;
@@ -85,8 +88,8 @@ static void wake_all(struct rp_token_fetch *f, bool stale, int e, enum rp_xfer_e
         TAILQ_REMOVE(&f->waiters, w, link);
         struct rp_fetch *waiting = w->fetch;
         free(w);
-        if (stale)
-            rp_fetch_token_stale(waiting);
+        if (stale != FRESH)
+            rp_fetch_token_stale(waiting, stale == STALE_CREDENTIALS);
         else
             rp_fetch_token_ready(waiting, e, xe, err, f->started_ms);
     }
@@ -110,7 +113,17 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
         rp_info("token registry=%s status=%d ms=%lld discarded: the credentials changed in a "
                 "reload",
                 f->reg->name, status, (long long)(rp_now_ms() - f->started_ms));
-        wake_all(f, true, 0, xe, NULL);
+        wake_all(f, STALE_CREDENTIALS, 0, xe, NULL);
+        return;
+    }
+    if (f->epoch != rp_auth_challenge_epoch(f->auth)) {
+        /* The registry named another realm (or service, or scheme) meanwhile: this realm's
+         * token is one it may refuse, and a fresh token's 401 is final. Dropped unread like
+         * the above, and each waiter asks the realm now named. */
+        rp_info("token registry=%s status=%d ms=%lld discarded: the registry names another "
+                "realm now",
+                f->reg->name, status, (long long)(rp_now_ms() - f->started_ms));
+        wake_all(f, STALE_REALM, 0, xe, NULL);
         return;
     }
     int e = rp_auth_token_response(f->auth, f->scope, ok ? status : 0, f->body.data, f->body.len,
@@ -127,7 +140,7 @@ static void fetch_done_cb(void *arg, enum rp_xfer_error xe, int status, const ch
                     ? "anonymous token refused (no credentials configured)"
                     : rp_auth_strerror(e),
                 err ? " detail=" : "", err ? err : "");
-    wake_all(f, false, e, xe, ok ? NULL : err);
+    wake_all(f, FRESH, e, xe, ok ? NULL : err);
 }
 
 static const struct rp_xfer_cb fetch_cb = {
@@ -149,9 +162,10 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     struct rp_token_fetch *f;
     TAILQ_FOREACH(f, &srv->token_fetches, link)
     {
-        /* Not a request made with credentials a reload has since replaced. */
+        /* Not a request made with credentials a reload has since replaced, nor one to a
+         * realm the registry has since stopped naming. */
         if (!f->waking && f->auth == auth && f->generation == rp_auth_generation(auth) &&
-            strcmp(f->scope, scope) == 0) {
+            f->epoch == rp_auth_challenge_epoch(auth) && strcmp(f->scope, scope) == 0) {
             add_waiter(f, fetch);
             return 0;
         }
@@ -170,6 +184,7 @@ int rp_tokens_wait(struct rp_server *srv, struct rp_auth *auth, const struct rp_
     f->reg = reg;
     f->scope = rp_xstrdup(scope);
     f->generation = rp_auth_generation(auth);
+    f->epoch = rp_auth_challenge_epoch(auth);
     f->started_ms = rp_now_ms();
     /* The answer holds the token, and arrives in as many pieces as the network likes. */
     rp_buf_init_secret(&f->body, RP_ERROR_BODY_MAX);

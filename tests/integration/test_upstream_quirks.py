@@ -1013,3 +1013,63 @@ def test_conflicting_content_lengths_refused(t):
     eq(len(up.seen("/v2/ns/x/manifests/v1")), 2, "each GET asked upstream: nothing cached")
     r = p.get("/v2/ns/y/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
     eq((r.status, r.body), (200, m), "the same Content-Length twice")
+
+
+def test_token_from_a_realm_left_while_it_was_asked_is_not_sent(t):
+    """The registry moves to another realm while a token request to the old one is under
+    way (its challenge, answering a request with a token of the old realm, names the new
+    one): the old realm's late answer is for an account the registry no longer trusts.
+    The request that waited for it must not be sent with it (a fresh token's 401 is final,
+    so its client got the 401), but ask the new realm; nor may the answer be cached for
+    the next request."""
+    import threading
+    m, md, layer, ld, cfg, cd = rawup.image()
+    st = {"realm": "/token-a", "issued": 0}
+    slow = threading.Event()
+    t.defer(slow.set)
+    asked_slow = threading.Event()
+
+    def h(r):
+        path = r.path.split("?")[0]
+        if path in ("/token-a", "/token-b"):
+            st["issued"] += 1
+            if path == "/token-a" and "ns%2Fslow" in r.path:
+                asked_slow.set()
+                slow.wait(60)
+            tok = "%s-%d" % (path[len("/token-"):], st["issued"])
+            r.send(200, json.dumps({"token": tok, "expires_in": 3600}).encode(),
+                   [("Content-Type", "application/json")])
+            return False
+        auth = r.h("authorization") or ""
+        if auth.startswith("Bearer " + st["realm"][len("/token-"):] + "-"):
+            r.send(200, m, [("Content-Type", MT), ("Docker-Content-Digest", md)])
+        else:
+            r.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"no","detail":null}]}',
+                   [("Content-Type", "application/json"),
+                    ("WWW-Authenticate", 'Bearer realm="%s%s",service="svc"'
+                     % (up.url, st["realm"]))])
+        return False
+    up = rawup.RawUpstream(t, h)
+    p = t.proxy(registries=[up.conf()])
+    r = p.get("/v2/ns/fast/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "manifest of ns/fast with a token of realm a")
+    got = []
+    th = threading.Thread(target=lambda: got.append(
+        p.get("/v2/ns/slow/manifests/v1", headers={"Accept": lib.ACCEPT_ALL})))
+    th.start()
+    check(asked_slow.wait(30), "the proxy never asked realm a for ns/slow")
+    st["realm"] = "/token-b"  # the registry moves: tokens of realm a are refused now
+    r = p.get("/v2/ns/fast/manifests/v2", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "manifest of ns/fast once the registry names realm b")
+    slow.set()  # realm a's token for ns/slow arrives, after the move
+    th.join(60)
+    check(got, "the client of ns/slow got no answer")
+    eq((got[0].status, got[0].body), (200, m),
+       "manifest of ns/slow, whose token request to realm a outlived the move (requests "
+       "seen: %r)" % [(x[2], x[3].get("authorization")) for x in up.seen()])
+    mark = len(up.seen())
+    r = p.get("/v2/ns/slow/manifests/v3", headers={"Accept": lib.ACCEPT_ALL})
+    eq((r.status, r.body), (200, m), "manifest of ns/slow again")
+    sent_a = [x for x in up.seen()[mark:] if (x[3].get("authorization") or "").startswith(
+        "Bearer a-")]
+    eq(sent_a, [], "requests sent with a token of realm a, after the move")

@@ -841,15 +841,23 @@ static void test_challenge_change_drops_tokens(void)
 
     CHECK_INT(rp_auth_on_unauthorized(a, "s", RH_CHALLENGE, NULL), RP_AUTH_OK);
     CHECK_INT(rp_auth_token_response(a, "s", 200, answer, strlen(answer), 0), RP_AUTH_OK);
-    /* The same challenge again (another scope's 401) keeps the cache. */
+    uint64_t epoch = rp_auth_challenge_epoch(a);
+    /* The same challenge again (another scope's 401) keeps the cache, and the epoch: token
+     * requests under way to the realm still count. */
     CHECK_INT(rp_auth_on_unauthorized(a, "other", RH_CHALLENGE, NULL), RP_AUTH_OK);
+    CHECK(rp_auth_challenge_epoch(a) == epoch);
     CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_SEND);
     rp_free_secret(authz);
-    /* A different service: the old tokens were for someone else. */
+    /* A different service: the old tokens were for someone else, and so are the answers
+     * of token requests made before (a new epoch). */
     CHECK_INT(rp_auth_on_unauthorized(
                   a, "other", "Bearer realm=\"" RH_REALM "\",service=\"new-service\"", NULL),
               RP_AUTH_OK);
+    CHECK(rp_auth_challenge_epoch(a) != epoch);
     CHECK_INT(rp_auth_prepare(a, "s", 0, &authz), RP_AUTH_NEED_TOKEN);
+    epoch = rp_auth_challenge_epoch(a);
+    rp_auth_reset(a);
+    CHECK(rp_auth_challenge_epoch(a) != epoch);
     rp_auth_free(a);
 }
 
