@@ -22,6 +22,10 @@
 #define ERROR_BODY_MAX (64 * 1024)
 #define REASON_MAX 1000 /* of an error body quoted in a failure line */
 #define NEST_MAX 2      /* an index inside an index: allowed once */
+/* The pins file is rewritten whole (and fsynced) to add a line: once per image made a long
+ * list quadratic. Images that complete within this much of the last rewrite wait for the
+ * next one, which records them together. */
+#define PINS_FLUSH_MS 1000
 
 struct mirror;
 struct image;
@@ -84,6 +88,12 @@ struct mirror {
     uint64_t fetched, cached;
     struct event *sig_int, *sig_term;
     bool interrupted;
+    /* Images complete and whole, waiting for their line in the pins file: each is reported
+     * ok (or failed) once the rewrite that records it is done. */
+    struct image **to_pin;
+    size_t n_to_pin;
+    struct event *pin_timer;
+    int64_t pinned_ms; /* when the pins file was last rewritten */
 };
 
 static void pump(struct mirror *m);
@@ -151,12 +161,9 @@ static const char *image_missing(struct mirror *m, const struct image *img)
     return NULL;
 }
 
-static void image_finish(struct mirror *m, struct image *img)
+/* Reports an image, ok or failed: it is done. */
+static void image_report(struct mirror *m, struct image *img)
 {
-    /* After a signal no image is reported any more: those under way are named once, by
-     * the summary, even one whose last flush completes while the cache closes. */
-    if (m->interrupted)
-        return;
     img->finished = true;
     m->finished++;
     m->active_images--;
@@ -164,16 +171,6 @@ static void image_finish(struct mirror *m, struct image *img)
     char fetched[32], cached[32];
     rp_format_bytes(img->fetched, fetched, sizeof(fetched));
     rp_format_bytes(img->cached, cached, sizeof(cached));
-    if (!img->fail && img->top_is_index && img->leaves == 0)
-        image_fail(img, "manifest", "the index has no manifest for the requested platforms");
-    const char *missing = img->fail ? NULL : image_missing(m, img);
-    if (missing)
-        image_fail(img, missing,
-                   "received and verified but not kept by the cache (a full disk or max_size; "
-                   "see the log)");
-    if (!img->fail && rp_pins_add(m->srv.conf->cache.dir, img->ref.reg->name, img->ref.repo,
-                                  img->ref.tag, img->top_digest) != 0)
-        image_fail(img, "pins file", "could not record the image (see the log)");
     if (img->fail) {
         m->failed++;
         rp_progress_line(&m->prog, "FAILED %s: %s", img->name, img->fail);
@@ -192,6 +189,68 @@ static void image_finish(struct mirror *m, struct image *img)
     img->n_seen = 0;
     if (m->finished == m->n_images)
         event_base_loopexit(m->srv.base, NULL);
+}
+
+/* Records the images waiting for the pins file in one rewrite, then reports them. */
+static void pins_flush(struct mirror *m)
+{
+    if (m->pin_timer)
+        evtimer_del(m->pin_timer);
+    if (m->n_to_pin == 0)
+        return;
+    size_t n = m->n_to_pin;
+    struct image **v = m->to_pin;
+    m->to_pin = NULL;
+    m->n_to_pin = 0;
+    char **lines = rp_xcalloc(n, sizeof(*lines));
+    for (size_t i = 0; i < n; i++)
+        lines[i] =
+            rp_pins_line(v[i]->ref.reg->name, v[i]->ref.repo, v[i]->ref.tag, v[i]->top_digest);
+    int rc = rp_pins_add_lines(m->srv.conf->cache.dir, lines, n);
+    m->pinned_ms = rp_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        free(lines[i]);
+        if (rc != 0)
+            image_fail(v[i], "pins file", "could not record the image (see the log)");
+        image_report(m, v[i]);
+    }
+    free(lines);
+    free(v);
+}
+
+static void pin_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pins_flush(arg);
+}
+
+static void image_finish(struct mirror *m, struct image *img)
+{
+    /* After a signal no image is reported any more: those under way are named once, by
+     * the summary, even one whose last flush completes while the cache closes. */
+    if (m->interrupted)
+        return;
+    if (!img->fail && img->top_is_index && img->leaves == 0)
+        image_fail(img, "manifest", "the index has no manifest for the requested platforms");
+    const char *missing = img->fail ? NULL : image_missing(m, img);
+    if (missing)
+        image_fail(img, missing,
+                   "received and verified but not kept by the cache (a full disk or max_size; "
+                   "see the log)");
+    if (img->fail) {
+        image_report(m, img);
+        return;
+    }
+    m->to_pin = rp_xrealloc(m->to_pin, (m->n_to_pin + 1) * sizeof(*m->to_pin));
+    m->to_pin[m->n_to_pin++] = img;
+    int64_t wait = m->pinned_ms + PINS_FLUSH_MS - rp_now_ms();
+    if (wait <= 0 || m->finished + m->n_to_pin == m->n_images || !m->pin_timer) {
+        pins_flush(m);
+    } else if (!evtimer_pending(m->pin_timer, NULL)) {
+        struct timeval tv = {.tv_sec = wait / 1000, .tv_usec = (wait % 1000) * 1000};
+        evtimer_add(m->pin_timer, &tv);
+    }
 }
 
 static void sync_barrier(void *arg)
@@ -513,6 +572,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     struct mirror *m = arg;
+    /* Those complete and whole are recorded and reported first: they are mirrored. */
+    pins_flush(m);
     rp_progress_line(&m->prog, "mirror: signal %d: stopping (a rerun resumes)", (int)sig);
     m->interrupted = true;
     event_base_loopexit(m->srv.base, NULL);
@@ -618,10 +679,13 @@ int rp_mirror_main(struct rp_conf *conf, const struct rp_mirror_opts *o)
     m.sig_term = evsignal_new(m.srv.base, SIGTERM, signal_cb, &m);
     evsignal_add(m.sig_int, NULL);
     evsignal_add(m.sig_term, NULL);
+    m.pin_timer = evtimer_new(m.srv.base, pin_timer_cb, &m);
     rp_progress_init(&m.prog, "mirroring", m.n_images, 0);
     if (m.n_images) {
         pump(&m);
         event_base_dispatch(m.srv.base);
+        if (!m.interrupted)
+            pins_flush(&m); /* (none waits: the loop ends when all are reported) */
     }
     rp_progress_end(&m.prog);
     char fetched[32], cached[32];
@@ -660,6 +724,9 @@ out:
         event_free(m.sig_int);
     if (m.sig_term)
         event_free(m.sig_term);
+    if (m.pin_timer)
+        event_free(m.pin_timer);
+    free(m.to_pin);
     if (m.srv.base)
         rp_server_fini(&m.srv);
     for (size_t i = 0; i < m.n_images; i++) {

@@ -480,6 +480,46 @@ def test_mirror_beyond_max_size(t):
             eq((got.status, got.digest), (200, layer["digest"]), "ns/%s layer offline" % r)
 
 
+def test_mirror_writes_the_pins_file_in_batches(t):
+    """Each mirrored image rewrote the whole pins file (read, rewritten, fsynced, renamed):
+    quadratic in the list's length, 4,000 images spent more time rewriting it than pulling,
+    and a list at the 100,000-image limit would have written hundreds of GB. Images that
+    complete together are now recorded together (at most one rewrite a second), each
+    reported ok only once its line is in the file."""
+    n = 300
+    st = Store()
+    st.image("ns/many", "amd64", tag="t0")
+    body = st.manifests[("ns/many", "t0")]
+    for i in range(1, n):
+        st.manifests[("ns/many", "t%d" % i)] = body
+    up = rawup.RawUpstream(t, st.handler())
+    cache = os.path.join(t.tmp, "cache")
+    conf = _conf(os.path.join(t.tmp, "c.conf"), cache, up)
+    lst = os.path.join(t.tmp, "list")
+    with open(lst, "w") as f:
+        f.write("".join("%s/ns/many:t%d\n" % (NAME, i) for i in range(n)))
+    trace = os.path.join(t.tmp, "mirror.strace")
+    p = subprocess.run(["strace", "-f", "-qq", "-o", trace, "-e",
+                        "trace=rename,renameat,renameat2", t.s.bin, "mirror", "-c", conf, lst,
+                        "-j", "8"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=lib.clean_env(dict(ASAN_ENV, ASAN_OPTIONS=ASAN_ENV["ASAN_OPTIONS"]
+                                              .replace("detect_leaks=1", "detect_leaks=0"))),
+                       timeout=600)  # LeakSanitizer does not run under ptrace
+    out, err = _decoded(p.stdout, p.stderr, "regproxy mirror")
+    eq(p.returncode, 0, "exit status of the mirror (stdout %r, stderr %r)" % (out[-2000:],
+                                                                            err[-2000:]))
+    eq(len(re.findall(r"^ok %s/ns/many:t\d+@" % NAME, out, re.M)), n, "ok lines")
+    check(re.search(r"^mirror: %d of %d images ok, 0 failed;" % (n, n), out, re.M),
+          "the summary: %r" % out[-300:])
+    pins = open(os.path.join(cache, "pins")).read().split()
+    eq(sorted(pins), sorted("%s/ns/many:t%d@%s" % (NAME, i, sha(body[0])) for i in range(n)),
+       "the pins file")
+    with open(trace) as f:
+        rewrites = sum(1 for line in f if re.search(r'rename\w*\(.*"[^"]*/pins"', line))
+    check(1 <= rewrites <= n // 4, "the pins file was rewritten %d times for %d images"
+          % (rewrites, n))
+
 def _lz4(data, decode=False):
     p = subprocess.run(["lz4", "-q", "-c"] + (["-d"] if decode else []), input=data,
                        stdout=subprocess.PIPE, check=True)
