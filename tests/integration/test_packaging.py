@@ -617,6 +617,8 @@ def test_kubernetes_manifests(t):
     for name in ("livenessProbe", "readinessProbe"):
         eq(probe_port(c, c[name]), 5001, "%s port (the admin listener)" % name)
     check(spec["securityContext"].get("runAsNonRoot") is True, "pod runAsNonRoot")
+    eq(spec["securityContext"].get("fsGroupChangePolicy"), "OnRootMismatch",
+       "fsGroupChangePolicy (a cache of many files is not re-chowned at every start)")
     sc = c["securityContext"]
     check(sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem")
           is True and sc.get("capabilities", {}).get("drop") == ["ALL"],
