@@ -1013,18 +1013,26 @@ def test_import_held_manifests_memory_bounded(t):
             eq(lib.read_cached_manifest(p), (OCI_MAN, m), "manifest %d's type and bytes" % i)
 
 
+def _one_layer_image(**extra):
+    """A config, a 3000-byte layer and the OCI image manifest naming them (with extra
+    top-level fields)."""
+    cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    layer = os.urandom(3000)
+    doc = {"schemaVersion": 2, "mediaType": OCI_MAN}
+    doc.update(extra)
+    doc["config"] = {"mediaType": "application/vnd.oci.image.config.v1+json",
+                     "digest": sha(cfg), "size": len(cfg)}
+    doc["layers"] = [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                      "digest": sha(layer), "size": len(layer)}]
+    return cfg, layer, json.dumps(doc).encode()
+
+
 def test_import_links_image_content_to_its_repo(t):
     """A bundle (crafted, or from a cache whose links were lost) whose image ns/app:v1 has
     its manifest linked to ns/app but its blobs to no repository: import tagged and pinned
     the image, its manifest was served, and each layer answered 404 BLOB_UNKNOWN. What an
     image's manifest names is linked to the image's repository."""
-    cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-    layer = os.urandom(3000)
-    m = json.dumps({"schemaVersion": 2, "mediaType": OCI_MAN,
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                               "digest": sha(cfg), "size": len(cfg)},
-                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                                "digest": sha(layer), "size": len(layer)}]}).encode()
+    cfg, layer, m = _one_layer_image()
     meta = {"format": "regproxy-bundle", "version": 1,
             "images": [{"registry": NAME, "repo": "ns/app", "tag": "v1", "digest": sha(m)}],
             "manifests": [{"digest": sha(m), "media_type": OCI_MAN, "size": len(m),
@@ -1051,13 +1059,7 @@ def test_import_refuses_a_manifest_that_is_also_an_index(t):
     no children, checked none of its blobs, and tagged and pinned it; the offline proxy then
     served it as the image manifest it says it is, and its layer answered 404. No index has a
     config or layers: such a manifest is refused, and nothing is imported."""
-    cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-    layer = os.urandom(3000)
-    m = json.dumps({"schemaVersion": 2, "mediaType": OCI_MAN, "manifests": [],
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                               "digest": sha(cfg), "size": len(cfg)},
-                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                                "digest": sha(layer), "size": len(layer)}]}).encode()
+    cfg, layer, m = _one_layer_image(manifests=[])
     meta = {"format": "regproxy-bundle", "version": 1,
             "images": [{"registry": NAME, "repo": "ns/app", "tag": "v1", "digest": sha(m)}],
             "manifests": [{"digest": sha(m), "media_type": OCI_MAN, "size": len(m),
