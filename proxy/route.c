@@ -268,12 +268,13 @@ static bool forwardable_param(const char *k, size_t len)
     return len > 0 && k[0] != '=';
 }
 
-/* A last= that is no tag (nor, for referrers, a digest): a registry's own paging token,
- * named in its Link and meant to come back as it was (Amazon ECR pages tags lists by an
- * opaque base64 last=). Kept as sent, "last=..." with its escapes, in extra_query under the
- * grammar of a registry's own parameters; false when it is not of that grammar or does not
- * fit (dropped, it would have upstream answer the first page again, for ever). */
-static bool keep_opaque_last(const char *kv, size_t len, struct rp_route *out)
+/* Keeps a registry's own paging parameter ("key=value" as sent, escapes and all) in
+ * extra_query, to be forwarded: an unknown parameter, or a last= that is no tag (nor, for
+ * referrers, a digest) but a registry's own token, named in its Link and meant to come back
+ * as it was (Amazon ECR pages tags lists by an opaque base64 last=). False when it is not
+ * of that grammar or does not fit: a last= is then refused, as dropped it would have
+ * upstream answer the first page again, for ever. */
+static bool keep_extra_param(const char *kv, size_t len, struct rp_route *out)
 {
     size_t have = strlen(out->extra_query);
     if (!forwardable_param(kv, len) || have + len + 1 >= sizeof(out->extra_query))
@@ -314,12 +315,7 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
         if (!known) {
             /* Kept for tags/list and referrers only; otherwise ignored, whatever it
              * contains. */
-            size_t have = strlen(out->extra_query);
-            if (forwardable_param(k, plen) && have + plen + 1 < sizeof(out->extra_query)) {
-                out->extra_query[have] = '&';
-                memcpy(out->extra_query + have + 1, k, plen);
-                out->extra_query[have + 1 + plen] = '\0';
-            }
+            (void)keep_extra_param(k, plen, out);
             continue;
         }
         if (!eq && klen == 2) {
@@ -329,7 +325,7 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
         char dec[512]; /* more than any valid value: the grammars below judge */
         size_t dlen;
         if (query_decode(v, vlen, dec, sizeof(dec), &dlen) != 0) {
-            if (klen == 4 && !seen_last && keep_opaque_last(k, plen, out)) {
+            if (klen == 4 && !seen_last && keep_extra_param(k, plen, out)) {
                 seen_last = true;
                 continue;
             }
@@ -369,7 +365,7 @@ static int parse_query(const char *q, size_t len, struct rp_route *out, struct q
             /* A tag, as tags/list pages by; a referrers page may be named by the last
              * digest listed (the kind is checked once the path is split). */
             if (seen_last || !(empty || rp_valid_tag(v, vlen) || rp_valid_digest(v, vlen) ||
-                               keep_opaque_last(k, plen, out))) {
+                               keep_extra_param(k, plen, out))) {
                 *why = "last must be a valid tag, a digest for referrers, or a registry's token "
                        "([A-Za-z0-9-._~+=] and %XX), given once";
                 return RP_ROUTE_E_PARAM_INVALID;
